@@ -1,0 +1,93 @@
+// Define-by-run autograd. An op that needs a gradient records a Node: its backward closure
+// (written beside the op's forward), the tensors it saved, and edges to the nodes of its inputs.
+// backward() orders the reachable nodes topologically and runs each once; leaves accumulate
+// `.grad`. Gradients returned for broadcast inputs are summed back to the input's shape here,
+// in the engine, so no op has to remember to do it.
+#pragma once
+
+#include <functional>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace bcos {
+
+// ---- grad mode ------------------------------------------------------------------------------
+bool grad_enabled();
+void set_grad_enabled(bool enabled);
+
+// Within its scope no op records a graph (like torch.no_grad()).
+struct NoGradGuard {
+  NoGradGuard() : previous_(grad_enabled()) { set_grad_enabled(false); }
+  ~NoGradGuard() { set_grad_enabled(previous_); }
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// ---- graph ----------------------------------------------------------------------------------
+struct Node;
+
+struct AutogradMeta {
+  bool requires_grad = false;
+  bool retains_grad = false;
+  Tensor grad;
+  std::shared_ptr<Node> grad_fn;          // null for leaves
+  std::weak_ptr<Node> grad_accumulator;   // leaves: created on first use
+};
+
+using Grads = std::vector<Tensor>;
+// needs[i]: whether input i wants a gradient (skip the work otherwise).
+using BackwardFn = std::function<Grads(const Tensor& grad_out, const std::vector<bool>& needs)>;
+
+struct InputInfo {
+  Shape shape;
+  DType dtype;
+  Device device;
+};
+
+struct Node {
+  std::string name;                           // e.g. "MulBackward"
+  std::vector<std::shared_ptr<Node>> next;    // per input; null when it needs no gradient
+  std::vector<InputInfo> inputs;              // what each input looked like, for checks
+  BackwardFn backward;                        // null once run without retain_graph
+  std::weak_ptr<AutogradMeta> retained;       // the output, when it called retain_grad()
+  std::shared_ptr<AutogradMeta> leaf;         // set for AccumulateGrad nodes only
+  bool released = false;
+};
+
+// A tensor kept for backward. It remembers the storage version at save time; get() raises if
+// the tensor was modified in place since.
+class SavedTensor {
+ public:
+  SavedTensor() = default;
+  SavedTensor(const Tensor& t)  // NOLINT: implicit on purpose, ops save tensors by assignment
+      : value_(t.defined() ? t.data_alias() : Tensor()), version_(t.version()) {}
+  const Tensor& get() const;
+  bool defined() const { return value_.defined(); }
+
+ private:
+  Tensor value_;
+  uint64_t version_ = 0;
+};
+
+// True when grad mode is on and any defined input requires grad: the op must record a node.
+bool needs_graph(std::initializer_list<Tensor> inputs);
+bool needs_graph(const std::vector<Tensor>& inputs);
+
+// Makes `out` the output of a new node named `name` with the given inputs.
+void record(const char* name, const Tensor& out, const std::vector<Tensor>& inputs,
+            BackwardFn backward);
+
+// Runs backward from `root` with gradient `grad` (same shape as root).
+void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph);
+
+// Sums `g` over broadcast dims so it has `shape` (the inverse of broadcasting).
+Tensor sum_to(const Tensor& g, const Shape& shape);
+
+}  // namespace bcos

@@ -1,0 +1,251 @@
+// Elementwise ops with their backward passes. Broadcasting happens here (inputs are expanded
+// to the output shape as stride-0 views); the engine sums gradients back to each input's shape.
+#include <cmath>
+
+#include "autograd/dispatch.h"
+#include "autograd/ops.h"
+
+namespace bcos {
+
+using namespace detail;
+
+namespace {
+
+Tensor unary_op(const char* name, const char* node, UnaryOp op, const Tensor& x, double p0 = 0,
+                double p1 = 0) {
+  check_defined(name, x, "input");
+  check_float(name, x);
+  Tensor out = empty(x.shape(), {x.dtype(), x.device()});
+  unary_into(op, x, out, p0, p1);
+  if (needs_graph({x})) {
+    SavedTensor sx(x), sy(out);
+    record(node, out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
+      Tensor gx = empty(g.shape(), {g.dtype(), g.device()});
+      unary_backward_into(op, g, sx.get(), sy.get(), gx, p0, p1);
+      return Grads{gx};
+    });
+  }
+  return out;
+}
+
+// Forward of a binary op: checks, broadcast, kernel.
+Tensor binary_forward(const char* name, BinaryOp op, const Tensor& a, const Tensor& b) {
+  check_defined(name, a, "first operand");
+  check_defined(name, b, "second operand");
+  check_same_device(name, a, b);
+  check_same_dtype(name, a, b);
+  if (!is_comparison(op)) {
+    if (op == BinaryOp::div || op == BinaryOp::pow)
+      check_float(name, a);
+    else
+      BCOS_CHECK(a.dtype() == DType::f32 || a.dtype() == DType::f64 || a.dtype() == DType::i64,
+                 name, ": expected float32, float64 or int64 tensors, got ", a.dtype());
+  }
+  Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
+  Tensor out = empty(shape, {is_comparison(op) ? DType::boolean : a.dtype(), a.device()});
+  binary_into(op, raw_expand(a, shape, name), raw_expand(b, shape, name), out);
+  return out;
+}
+
+Tensor scalar_for(double v, const Tensor& like) { return scalar_like(v, like); }
+
+}  // namespace
+
+Tensor add(const Tensor& a, const Tensor& b, double alpha) {
+  Tensor bb = alpha == 1.0 ? b : mul(b, alpha);
+  Tensor out = binary_forward("add", BinaryOp::add, a, bb);
+  if (needs_graph({a, bb}))
+    record("AddBackward", out, {a, bb}, [](const Tensor& g, const std::vector<bool>&) {
+      return Grads{g, g};
+    });
+  return out;
+}
+
+Tensor sub(const Tensor& a, const Tensor& b, double alpha) {
+  Tensor bb = alpha == 1.0 ? b : mul(b, alpha);
+  Tensor out = binary_forward("sub", BinaryOp::sub, a, bb);
+  if (needs_graph({a, bb}))
+    record("SubBackward", out, {a, bb}, [](const Tensor& g, const std::vector<bool>& need) {
+      return Grads{g, need[1] ? neg(g) : Tensor()};
+    });
+  return out;
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward("mul", BinaryOp::mul, a, b);
+  if (needs_graph({a, b})) {
+    SavedTensor sa(a), sb(b);
+    record("MulBackward", out, {a, b}, [=](const Tensor& g, const std::vector<bool>& need) {
+      return Grads{need[0] ? mul(g, sb.get()) : Tensor(), need[1] ? mul(g, sa.get()) : Tensor()};
+    });
+  }
+  return out;
+}
+
+Tensor div(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward("div", BinaryOp::div, a, b);
+  if (needs_graph({a, b})) {
+    SavedTensor sa(a), sb(b);
+    record("DivBackward", out, {a, b}, [=](const Tensor& g, const std::vector<bool>& need) {
+      Tensor ga, gb;
+      if (need[0]) ga = div(g, sb.get());
+      if (need[1]) gb = neg(div(mul(g, sa.get()), square(sb.get())));  // -g a / b^2
+      return Grads{ga, gb};
+    });
+  }
+  return out;
+}
+
+Tensor pow(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward("pow", BinaryOp::pow, a, b);
+  if (needs_graph({a, b})) {
+    SavedTensor sa(a), sb(b), sy(out);
+    record("PowBackward", out, {a, b}, [=](const Tensor& g, const std::vector<bool>& need) {
+      Tensor ga, gb;
+      const Tensor &x = sa.get(), &e = sb.get();
+      // d/da a^b = b a^(b-1) (0 where b == 0); d/db a^b = a^b log a (0 where a == 0 and b >= 0)
+      if (need[0]) ga = where(eq(e, 0.0), zeros_like(g), mul(g, mul(e, pow(x, sub(e, 1.0)))));
+      if (need[1]) {
+        Tensor d = mul(sy.get(), log(x));
+        Tensor no_false = zeros(Shape{}, {DType::boolean, x.device()});
+        Tensor zero_base = where(eq(x, 0.0), ge(e, 0.0), no_false);
+        gb = mul(g, where(zero_base, zeros_like(d), d));
+      }
+      return Grads{ga, gb};
+    });
+  }
+  return out;
+}
+
+Tensor minimum(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward("minimum", BinaryOp::minimum, a, b);
+  if (needs_graph({a, b})) {
+    SavedTensor sa(a), sb(b);
+    record("MinimumBackward", out, {a, b}, [=](const Tensor& g, const std::vector<bool>&) {
+      // Ties split the gradient evenly, as PyTorch does.
+      Tensor half = mul(g, 0.5);
+      Tensor a_wins = lt(sa.get(), sb.get()), tie = eq(sa.get(), sb.get());
+      Tensor ga = where(a_wins, g, where(tie, half, zeros_like(g)));
+      Tensor gb = where(a_wins, zeros_like(g), where(tie, half, g));
+      return Grads{ga, gb};
+    });
+  }
+  return out;
+}
+
+Tensor maximum(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward("maximum", BinaryOp::maximum, a, b);
+  if (needs_graph({a, b})) {
+    SavedTensor sa(a), sb(b);
+    record("MaximumBackward", out, {a, b}, [=](const Tensor& g, const std::vector<bool>&) {
+      Tensor half = mul(g, 0.5);
+      Tensor a_wins = gt(sa.get(), sb.get()), tie = eq(sa.get(), sb.get());
+      Tensor ga = where(a_wins, g, where(tie, half, zeros_like(g)));
+      Tensor gb = where(a_wins, zeros_like(g), where(tie, half, g));
+      return Grads{ga, gb};
+    });
+  }
+  return out;
+}
+
+// Scalar forms: the scalar becomes a 0-dim tensor of the same dtype and device.
+Tensor add(const Tensor& a, double b) { return add(a, scalar_for(b, a)); }
+Tensor sub(const Tensor& a, double b) { return sub(a, scalar_for(b, a)); }
+Tensor sub(double a, const Tensor& b) { return sub(scalar_for(a, b), b); }
+Tensor mul(const Tensor& a, double b) { return mul(a, scalar_for(b, a)); }
+Tensor div(const Tensor& a, double b) { return div(a, scalar_for(b, a)); }
+Tensor div(double a, const Tensor& b) { return div(scalar_for(a, b), b); }
+Tensor pow(const Tensor& x, double exponent) {
+  return unary_op("pow", "PowBackward", UnaryOp::pow_scalar, x, exponent);
+}
+
+#define BCOS_COMPARISON(fn, kind)                                                          \
+  Tensor fn(const Tensor& a, const Tensor& b) { return binary_forward(#fn, kind, a, b); } \
+  Tensor fn(const Tensor& a, double b) { return binary_forward(#fn, kind, a, scalar_for(b, a)); }
+BCOS_COMPARISON(eq, BinaryOp::eq)
+BCOS_COMPARISON(ne, BinaryOp::ne)
+BCOS_COMPARISON(lt, BinaryOp::lt)
+BCOS_COMPARISON(le, BinaryOp::le)
+BCOS_COMPARISON(gt, BinaryOp::gt)
+BCOS_COMPARISON(ge, BinaryOp::ge)
+#undef BCOS_COMPARISON
+
+Tensor neg(const Tensor& x) { return unary_op("neg", "NegBackward", UnaryOp::neg, x); }
+Tensor abs(const Tensor& x) { return unary_op("abs", "AbsBackward", UnaryOp::abs, x); }
+Tensor sign(const Tensor& x) { return unary_op("sign", "SignBackward", UnaryOp::sign, x); }
+Tensor exp(const Tensor& x) { return unary_op("exp", "ExpBackward", UnaryOp::exp, x); }
+Tensor log(const Tensor& x) { return unary_op("log", "LogBackward", UnaryOp::log, x); }
+Tensor log1p(const Tensor& x) { return unary_op("log1p", "Log1pBackward", UnaryOp::log1p, x); }
+Tensor sqrt(const Tensor& x) { return unary_op("sqrt", "SqrtBackward", UnaryOp::sqrt, x); }
+Tensor rsqrt(const Tensor& x) { return unary_op("rsqrt", "RsqrtBackward", UnaryOp::rsqrt, x); }
+Tensor square(const Tensor& x) { return unary_op("square", "SquareBackward", UnaryOp::square, x); }
+Tensor reciprocal(const Tensor& x) {
+  return unary_op("reciprocal", "ReciprocalBackward", UnaryOp::reciprocal, x);
+}
+Tensor sin(const Tensor& x) { return unary_op("sin", "SinBackward", UnaryOp::sin, x); }
+Tensor cos(const Tensor& x) { return unary_op("cos", "CosBackward", UnaryOp::cos, x); }
+Tensor tanh(const Tensor& x) { return unary_op("tanh", "TanhBackward", UnaryOp::tanh, x); }
+Tensor sigmoid(const Tensor& x) {
+  return unary_op("sigmoid", "SigmoidBackward", UnaryOp::sigmoid, x);
+}
+Tensor relu(const Tensor& x) { return unary_op("relu", "ReluBackward", UnaryOp::relu, x); }
+Tensor silu(const Tensor& x) { return unary_op("silu", "SiluBackward", UnaryOp::silu, x); }
+
+Tensor gelu(const Tensor& x, const std::string& approximate) {
+  BCOS_CHECK(approximate == "none" || approximate == "tanh",
+             "gelu: approximate must be \"none\" or \"tanh\", got \"", approximate, "\"");
+  return unary_op("gelu", "GeluBackward",
+                  approximate == "tanh" ? UnaryOp::gelu_tanh : UnaryOp::gelu_erf, x);
+}
+
+Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
+  BCOS_CHECK(lo || hi, "clamp: at least one of min and max must be given");
+  return unary_op("clamp", "ClampBackward", UnaryOp::clamp, x, lo ? *lo : NAN, hi ? *hi : NAN);
+}
+Tensor clamp_min(const Tensor& x, double lo) { return clamp(x, lo, std::nullopt); }
+Tensor clamp_max(const Tensor& x, double hi) { return clamp(x, std::nullopt, hi); }
+
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  const char* op = "where";
+  check_defined(op, cond, "condition");
+  check_defined(op, a, "first value");
+  check_defined(op, b, "second value");
+  BCOS_CHECK(cond.dtype() == DType::boolean, op, ": condition must be bool, got ", cond.dtype());
+  check_same_device(op, cond, a);
+  check_same_device(op, a, b);
+  check_same_dtype(op, a, b);
+  require_cpu(op, a);
+  Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), op), b.shape(), op);
+  Tensor out = empty(shape, {a.dtype(), a.device()});
+  cpu::where(raw_expand(cond, shape, op), raw_expand(a, shape, op), raw_expand(b, shape, op), out);
+  if (needs_graph({a, b})) {
+    SavedTensor sc(cond);
+    record("WhereBackward", out, {a, b}, [=](const Tensor& g, const std::vector<bool>& need) {
+      Tensor z = zeros(Shape{}, {g.dtype(), g.device()});
+      return Grads{need[0] ? where(sc.get(), g, z) : Tensor(),
+                   need[1] ? where(sc.get(), z, g) : Tensor()};
+    });
+  }
+  return out;
+}
+
+Tensor where(const Tensor& cond, const Tensor& a, double b) {
+  check_defined("where", a, "first value");
+  return where(cond, a, scalar_for(b, a));
+}
+
+Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+Tensor operator+(const Tensor& a, double b) { return add(a, b); }
+Tensor operator-(const Tensor& a, double b) { return sub(a, b); }
+Tensor operator*(const Tensor& a, double b) { return mul(a, b); }
+Tensor operator/(const Tensor& a, double b) { return div(a, b); }
+Tensor operator+(double a, const Tensor& b) { return add(b, a); }
+Tensor operator-(double a, const Tensor& b) { return sub(a, b); }
+Tensor operator*(double a, const Tensor& b) { return mul(b, a); }
+Tensor operator/(double a, const Tensor& b) { return div(a, b); }
+Tensor operator-(const Tensor& x) { return neg(x); }
+
+}  // namespace bcos

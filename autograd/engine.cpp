@@ -1,0 +1,190 @@
+// The backward engine: grad mode, node recording, topological execution, leaf accumulation,
+// saved-tensor version checks and the broadcast reduction of gradients.
+#include <unordered_map>
+
+#include "autograd/autograd.h"
+#include "autograd/ops.h"
+#include "tensor/copy.h"
+
+namespace bcos {
+
+namespace {
+thread_local bool g_grad_enabled = true;
+}
+
+bool grad_enabled() { return g_grad_enabled; }
+void set_grad_enabled(bool enabled) { g_grad_enabled = enabled; }
+
+const Tensor& SavedTensor::get() const {
+  if (value_.defined() && value_.version() != version_)
+    fail("a tensor saved for backward was modified by an in-place operation (version ",
+         version_, " when saved, ", value_.version(),
+         " now); compute with a copy, or do the in-place change after backward");
+  return value_;
+}
+
+bool needs_graph(std::initializer_list<Tensor> inputs) {
+  if (!grad_enabled()) return false;
+  for (const Tensor& t : inputs)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+bool needs_graph(const std::vector<Tensor>& inputs) {
+  if (!grad_enabled()) return false;
+  for (const Tensor& t : inputs)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+namespace {
+// The node a gradient for `t` flows into: its grad_fn, or its leaf accumulator.
+std::shared_ptr<Node> edge_of(const Tensor& t) {
+  if (!t.defined() || !t.requires_grad()) return nullptr;
+  const auto& meta = t.autograd_meta();
+  if (meta->grad_fn) return meta->grad_fn;
+  auto acc = meta->grad_accumulator.lock();
+  if (!acc) {
+    acc = std::make_shared<Node>();
+    acc->name = "AccumulateGrad";
+    acc->leaf = meta;
+    meta->grad_accumulator = acc;
+  }
+  return acc;
+}
+}  // namespace
+
+void record(const char* name, const Tensor& out, const std::vector<Tensor>& inputs,
+            BackwardFn backward) {
+  auto node = std::make_shared<Node>();
+  node->name = name;
+  node->backward = std::move(backward);
+  for (const Tensor& t : inputs) {
+    node->next.push_back(edge_of(t));
+    node->inputs.push_back(t.defined() ? InputInfo{t.shape(), t.dtype(), t.device()}
+                                       : InputInfo{Shape{}, DType::f32, Device()});
+  }
+  auto meta = std::make_shared<AutogradMeta>();
+  meta->requires_grad = true;
+  meta->grad_fn = std::move(node);
+  out.set_autograd_meta(std::move(meta));
+}
+
+Tensor sum_to(const Tensor& g, const Shape& shape) {
+  if (g.shape() == shape) return g;
+  int lead = g.dim() - shape.size();
+  BCOS_CHECK(lead >= 0, "sum_to: cannot reduce ", g.shape(), " to ", shape);
+  Dims dims;
+  for (int i = 0; i < g.dim(); ++i) {
+    if (i < lead) {
+      dims.push_back(i);
+    } else if (shape[i - lead] == 1 && g.shape()[i] != 1) {
+      dims.push_back(i);
+    } else {
+      BCOS_CHECK(shape[i - lead] == g.shape()[i], "sum_to: cannot reduce ", g.shape(), " to ",
+                 shape);
+    }
+  }
+  Tensor r = dims.empty() ? g : sum(g, dims, true);
+  return lead > 0 || r.shape() != shape ? r.reshape(shape) : r;
+}
+
+namespace {
+void accumulate_leaf(AutogradMeta& meta, const Tensor& g) {
+  if (!meta.grad.defined()) {
+    meta.grad = g.clone();  // owned: users may modify .grad in place
+  } else {
+    meta.grad.add_(g);
+  }
+}
+
+void accumulate(std::unordered_map<Node*, Tensor>& buffers, Node* node, const Tensor& g) {
+  auto it = buffers.find(node);
+  if (it == buffers.end() || !it->second.defined())
+    buffers[node] = g;
+  else
+    it->second = add(it->second, g);
+}
+}  // namespace
+
+void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
+  BCOS_CHECK(root.defined(), "backward: undefined tensor");
+  BCOS_CHECK(root.requires_grad(),
+             "backward: the tensor does not require grad and has no grad_fn (shape ",
+             root.shape(), ")");
+  BCOS_CHECK(grad.shape() == root.shape(), "backward: gradient shape ", grad.shape(),
+             " does not match the tensor's shape ", root.shape());
+  BCOS_CHECK(grad.dtype() == root.dtype() && grad.device() == root.device(),
+             "backward: gradient is ", grad.dtype(), " on ", grad.device(), ", the tensor ",
+             root.dtype(), " on ", root.device());
+  NoGradGuard no_grad;
+  std::shared_ptr<Node> start = edge_of(root);
+
+  // Dependency counts over the reachable graph (iterative DFS: deep nets overflow recursion).
+  std::unordered_map<Node*, int> deps;
+  std::vector<Node*> stack{start.get()};
+  deps[start.get()] = 0;
+  while (!stack.empty()) {
+    Node* n = stack.back();
+    stack.pop_back();
+    for (const auto& next : n->next) {
+      if (!next) continue;
+      auto [it, fresh] = deps.try_emplace(next.get(), 0);
+      it->second++;
+      if (fresh) stack.push_back(next.get());
+    }
+  }
+
+  std::unordered_map<Node*, Tensor> buffers;
+  buffers[start.get()] = grad;
+  std::vector<Node*> ready{start.get()};
+  while (!ready.empty()) {
+    Node* n = ready.back();
+    ready.pop_back();
+    Tensor g = std::move(buffers[n]);
+    buffers.erase(n);
+
+    if (n->leaf) {
+      if (g.defined()) accumulate_leaf(*n->leaf, g);
+      continue;
+    }
+    if (auto kept = n->retained.lock(); kept && kept->retains_grad && g.defined())
+      accumulate_leaf(*kept, g);
+    BCOS_CHECK(!n->released, "backward: trying to go through ", n->name,
+               " a second time, but its saved tensors were freed by the first backward; "
+               "call backward(gradient, /*retain_graph=*/true) the first time");
+
+    Grads grads;
+    if (g.defined()) {
+      std::vector<bool> needs;
+      for (const auto& next : n->next) needs.push_back(next != nullptr);
+      try {
+        grads = n->backward(g, needs);
+      } catch (const Error& e) {
+        fail("backward of ", n->name, ": ", e.what());
+      }
+      BCOS_CHECK(grads.size() <= n->next.size(), "backward of ", n->name, " returned ",
+                 grads.size(), " gradients for ", n->next.size(), " inputs");
+    }
+    if (!retain_graph) {
+      n->backward = nullptr;  // frees the saved tensors
+      n->released = true;
+    }
+    for (size_t i = 0; i < n->next.size(); ++i) {
+      Node* next = n->next[i].get();
+      if (!next) continue;
+      if (i < grads.size() && grads[i].defined()) {
+        const InputInfo& info = n->inputs[i];
+        Tensor gi = grads[i];
+        if (gi.shape() != info.shape) gi = sum_to(gi, info.shape);
+        if (gi.dtype() != info.dtype) gi = gi.to(info.dtype);
+        BCOS_CHECK(gi.device() == info.device, "backward of ", n->name, ": gradient on ",
+                   gi.device(), " for an input on ", info.device);
+        accumulate(buffers, next, gi);
+      }
+      if (--deps[next] == 0) ready.push_back(next);
+    }
+  }
+}
+
+}  // namespace bcos

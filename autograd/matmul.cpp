@@ -1,0 +1,91 @@
+// matmul (torch semantics: 1-D, 2-D, broadcast batches) and linear, built on one
+// differentiable primitive, the batched product of 3-D tensors:
+//   out [B, M, N] = a [B, M, K] · b [B, K, N]
+//   grad_a = g · bᵀ,  grad_b = aᵀ · g       (transposes are free strided views)
+// Batch broadcasting is an expand (whose backward sums), so the engine does the rest.
+#include "autograd/dispatch.h"
+#include "autograd/ops.h"
+
+namespace bcos {
+
+using namespace detail;
+
+namespace {
+
+Tensor bmm3(const Tensor& a, const Tensor& b) {
+  Tensor out = empty({a.size(0), a.size(1), b.size(2)}, {a.dtype(), a.device()});
+  bmm_into(a, b, out, false);
+  if (needs_graph({a, b})) {
+    SavedTensor sa(a), sb(b);
+    record("BmmBackward", out, {a, b}, [=](const Tensor& g, const std::vector<bool>& need) {
+      Tensor ga, gb;
+      if (need[0]) ga = bmm3(g, sb.get().transpose(1, 2));
+      if (need[1]) gb = bmm3(sa.get().transpose(1, 2), g);
+      return Grads{ga, gb};
+    });
+  }
+  return out;
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  const char* op = "matmul";
+  check_defined(op, a, "first operand");
+  check_defined(op, b, "second operand");
+  check_same_device(op, a, b);
+  check_same_dtype(op, a, b);
+  check_float(op, a);
+  BCOS_CHECK(a.dim() >= 1 && b.dim() >= 1, op, ": both operands need at least 1 dim, got ",
+             a.shape(), " and ", b.shape());
+  // Promote vectors to matrices: a [K] -> [1, K], b [K] -> [K, 1] (removed again at the end).
+  Tensor x = a.dim() == 1 ? a.unsqueeze(0) : a;
+  Tensor y = b.dim() == 1 ? b.unsqueeze(1) : b;
+  const int64_t m = x.size(-2), k = x.size(-1), k2 = y.size(-2), n = y.size(-1);
+  BCOS_CHECK(k == k2, op, ": shapes ", a.shape(), " and ", b.shape(), " cannot be multiplied (",
+             k, " != ", k2, ")");
+
+  Shape out_shape;
+  Tensor out;
+  if (y.dim() == 2 && x.dim() >= 2) {
+    // [..., M, K] · [K, N]: fold the batch into the rows -- one large product.
+    for (int i = 0; i < x.dim() - 1; ++i) out_shape.push_back(x.shape()[i]);
+    out_shape.push_back(n);
+    Tensor rows = x.reshape({-1, k});
+    out = bmm3(rows.unsqueeze(0), y.unsqueeze(0)).reshape(out_shape);
+  } else {
+    Shape xb(x.shape().begin(), x.shape().end() - 2), yb(y.shape().begin(), y.shape().end() - 2);
+    Shape batch = broadcast_shapes(xb, yb, op);
+    Shape xs = batch, ys = batch;
+    xs.push_back(m), xs.push_back(k);
+    ys.push_back(k), ys.push_back(n);
+    int64_t bsz = batch.numel();
+    Tensor x3 = x.expand(xs).reshape({bsz, m, k});
+    Tensor y3 = y.expand(ys).reshape({bsz, k, n});
+    out_shape = batch;
+    out_shape.push_back(m), out_shape.push_back(n);
+    out = bmm3(x3, y3).reshape(out_shape);
+  }
+  if (a.dim() == 1) out = out.squeeze(-2);
+  if (b.dim() == 1) out = out.squeeze(-1);
+  return out;
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  const char* op = "linear";
+  check_defined(op, x, "input");
+  check_defined(op, weight, "weight");
+  BCOS_CHECK(weight.dim() == 2, op, ": weight must be 2-D [out, in], got ", weight.shape());
+  BCOS_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), op, ": input ", x.shape(),
+             " does not end in the weight's in-features ", weight.size(1), " (weight ",
+             weight.shape(), ")");
+  Tensor out = matmul(x, weight.t());
+  if (bias.defined()) {
+    BCOS_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), op, ": bias ", bias.shape(),
+               " does not match the weight's out-features ", weight.size(0));
+    out = add(out, bias);
+  }
+  return out;
+}
+
+}  // namespace bcos

@@ -1,0 +1,167 @@
+// Normalisation, dropout and embedding.
+//   batch_norm: per-channel statistics over (N, spatial); a fused kernel for both passes.
+//   layer_norm / group_norm: "normalise rows" (a differentiable primitive, x viewed
+//     [rows, inner]) followed by the affine map as ordinary broadcast ops.
+//   dropout: x · mask / (1 − p) with a seeded mask;  embedding: index_select of rows.
+#include <cmath>
+
+#include "autograd/dispatch.h"
+#include "autograd/ops.h"
+
+namespace bcos {
+
+using namespace detail;
+
+Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                  const Tensor& weight, const Tensor& bias, bool training, double momentum,
+                  double eps) {
+  const char* op = "batch_norm";
+  check_defined(op, x, "input");
+  check_float(op, x);
+  require_cpu(op, x);
+  BCOS_CHECK(x.dim() >= 2, op, ": expected input [N, C, *], got shape ", x.shape());
+  const int64_t c = x.size(1);
+  for (const Tensor* t : {&running_mean, &running_var, &weight, &bias}) {
+    if (!t->defined()) continue;
+    BCOS_CHECK(t->dim() == 1 && t->size(0) == c, op, ": per-channel tensor of shape ", t->shape(),
+               " does not match the ", c, " channels of input ", x.shape());
+    check_same_dtype(op, x, *t);
+    check_same_device(op, x, *t);
+  }
+  BCOS_CHECK(training || (running_mean.defined() && running_var.defined()), op,
+             ": evaluation mode needs running_mean and running_var");
+  const int64_t per_channel = x.numel() / std::max<int64_t>(c, 1);
+  Tensor mean, invstd;
+  if (training) {
+    BCOS_CHECK(per_channel > 1, op, ": expected more than 1 value per channel when training, "
+               "got input of shape ", x.shape());
+    mean = empty({c}, {x.dtype(), x.device()});
+    Tensor var_biased = empty({c}, {x.dtype(), x.device()});
+    cpu::batch_norm_stats(x, mean, var_biased);
+    {
+      NoGradGuard no_grad;
+      invstd = rsqrt(add(var_biased, eps));
+      if (running_mean.defined()) {
+        Tensor rm = running_mean, rv = running_var;
+        rm.mul_(1 - momentum).add_(mean, momentum);
+        double unbias = double(per_channel) / double(per_channel - 1);
+        rv.mul_(1 - momentum).add_(var_biased, momentum * unbias);
+      }
+    }
+  } else {
+    NoGradGuard no_grad;
+    mean = running_mean.detach();
+    invstd = rsqrt(add(running_var.detach(), eps));
+  }
+  Tensor out = empty(x.shape(), {x.dtype(), x.device()});
+  cpu::batch_norm_forward(x, weight, bias, mean, invstd, out);
+  if (needs_graph({x, weight, bias})) {
+    SavedTensor sx(x), sw(weight), sm(mean), si(invstd);
+    record("BatchNormBackward", out, {x, weight, bias},
+           [=](const Tensor& g, const std::vector<bool>& need) {
+             Tensor gx, gw, gb;
+             const Tensor& xv = sx.get();
+             if (need[0]) gx = empty(xv.shape(), {g.dtype(), g.device()});
+             if (need[1]) gw = empty({xv.size(1)}, {g.dtype(), g.device()});
+             if (need[2]) gb = empty({xv.size(1)}, {g.dtype(), g.device()});
+             cpu::batch_norm_backward(g, xv, sw.get(), sm.get(), si.get(), training, gx, gw, gb);
+             return Grads{gx, gw, gb};
+           });
+  }
+  return out;
+}
+
+namespace {
+// x̂ = (x − mean) / sqrt(var + eps) over each row of x viewed [rows, inner].
+Tensor normalize_rows(const Tensor& x, int64_t rows, int64_t inner, double eps) {
+  Tensor out = empty(x.shape(), {x.dtype(), x.device()});
+  Tensor mean = empty({rows}, {x.dtype(), x.device()});
+  Tensor invstd = empty({rows}, {x.dtype(), x.device()});
+  cpu::row_norm_forward(x, rows, inner, eps, out, mean, invstd);
+  if (needs_graph({x})) {
+    SavedTensor sx(x);
+    record("NormalizeBackward", out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
+      Tensor gx = empty(g.shape(), {g.dtype(), g.device()});
+      cpu::row_norm_backward(g, sx.get(), rows, inner, mean, invstd, gx);
+      return Grads{gx};
+    });
+  }
+  return out;
+}
+
+void check_affine(const char* op, const Tensor& x, const Tensor& t, const Shape& expected) {
+  if (!t.defined()) return;
+  BCOS_CHECK(t.shape() == expected, op, ": affine parameter of shape ", t.shape(),
+             " does not match ", expected, " (input ", x.shape(), ")");
+  check_same_dtype(op, x, t);
+  check_same_device(op, x, t);
+}
+}  // namespace
+
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight,
+                  const Tensor& bias, double eps) {
+  const char* op = "layer_norm";
+  check_defined(op, x, "input");
+  check_float(op, x);
+  require_cpu(op, x);
+  int k = normalized_shape.size();
+  bool matches = k >= 1 && k <= x.dim();
+  for (int i = 0; matches && i < k; ++i)
+    matches = x.shape()[x.dim() - k + i] == normalized_shape[i];
+  BCOS_CHECK(matches, op, ": normalized_shape ", normalized_shape,
+             " does not match the trailing dims of input ", x.shape());
+  check_affine(op, x, weight, normalized_shape);
+  check_affine(op, x, bias, normalized_shape);
+  int64_t inner = normalized_shape.numel();
+  Tensor y = normalize_rows(x, x.numel() / std::max<int64_t>(inner, 1), inner, eps);
+  if (weight.defined()) y = mul(y, weight);
+  if (bias.defined()) y = add(y, bias);
+  return y;
+}
+
+Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias,
+                  double eps) {
+  const char* op = "group_norm";
+  check_defined(op, x, "input");
+  check_float(op, x);
+  require_cpu(op, x);
+  BCOS_CHECK(x.dim() >= 2, op, ": expected input [N, C, *], got shape ", x.shape());
+  const int64_t n = x.size(0), c = x.size(1);
+  BCOS_CHECK(groups > 0 && c % groups == 0, op, ": ", groups, " groups do not divide ", c,
+             " channels (input ", x.shape(), ")");
+  check_affine(op, x, weight, {c});
+  check_affine(op, x, bias, {c});
+  int64_t rows = n * groups;
+  Tensor y = normalize_rows(x, rows, x.numel() / std::max<int64_t>(rows, 1), eps);
+  Shape affine_shape{c};
+  for (int i = 2; i < x.dim(); ++i) affine_shape.push_back(1);  // [C, 1, 1]: per channel
+  if (weight.defined()) y = mul(y, weight.reshape(affine_shape));
+  if (bias.defined()) y = add(y, bias.reshape(affine_shape));
+  return y;
+}
+
+Tensor dropout(const Tensor& x, double p, bool training) {
+  const char* op = "dropout";
+  check_defined(op, x, "input");
+  check_float(op, x);
+  BCOS_CHECK(p >= 0 && p <= 1, op, ": probability must be in [0, 1], got ", p);
+  if (!training || p == 0) return x;
+  if (p == 1) return mul(x, 0.0);
+  Tensor keep = lt(rand(x.shape(), {x.dtype(), Device()}), 1 - p).to(x.dtype());
+  Tensor mask = mul(keep, 1.0 / (1 - p)).to(x.device());
+  return mul(x, mask);
+}
+
+Tensor embedding(const Tensor& indices, const Tensor& weight) {
+  const char* op = "embedding";
+  check_defined(op, indices, "indices");
+  check_defined(op, weight, "weight");
+  check_index(op, indices);
+  BCOS_CHECK(weight.dim() == 2, op, ": weight must be 2-D [num_embeddings, dim], got ",
+             weight.shape());
+  Shape out_shape = indices.shape();
+  out_shape.push_back(weight.size(1));
+  return index_select(weight, 0, indices.reshape({-1})).reshape(out_shape);
+}
+
+}  // namespace bcos

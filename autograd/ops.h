@@ -1,0 +1,178 @@
+// The differentiable ops: the public API. Each checks its arguments (raising bcos::Error that
+// names the op and the shapes), switches on the device to a cpu:: or cuda:: kernel, and records
+// a graph node when an input requires grad. Their backward closures sit beside the forwards in
+// autograd/<family>.cpp.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "autograd/autograd.h"
+#include "tensor/tensor.h"
+
+namespace bcos {
+
+using Dims = std::vector<int64_t>;
+
+// A height / width pair that reads as one number when both are equal: conv2d(x, w, b, 2).
+struct IntPair {
+  int64_t h = 0, w = 0;
+  IntPair(int64_t v) : h(v), w(v) {}  // NOLINT: implicit like PyTorch's int-or-tuple
+  IntPair(int64_t h_, int64_t w_) : h(h_), w(w_) {}
+};
+
+enum class Reduction { none, mean, sum };
+
+struct ValuesIndices {
+  Tensor values, indices;
+};
+
+// ---- elementwise (autograd/elementwise.cpp) ------------------------------------------------
+Tensor add(const Tensor& a, const Tensor& b, double alpha = 1.0);  // a + alpha * b
+Tensor sub(const Tensor& a, const Tensor& b, double alpha = 1.0);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor pow(const Tensor& a, const Tensor& b);
+Tensor minimum(const Tensor& a, const Tensor& b);
+Tensor maximum(const Tensor& a, const Tensor& b);
+Tensor add(const Tensor& a, double b);
+Tensor sub(const Tensor& a, double b);
+Tensor sub(double a, const Tensor& b);
+Tensor mul(const Tensor& a, double b);
+Tensor div(const Tensor& a, double b);
+Tensor div(double a, const Tensor& b);
+Tensor pow(const Tensor& x, double exponent);
+
+Tensor eq(const Tensor& a, const Tensor& b);
+Tensor ne(const Tensor& a, const Tensor& b);
+Tensor lt(const Tensor& a, const Tensor& b);
+Tensor le(const Tensor& a, const Tensor& b);
+Tensor gt(const Tensor& a, const Tensor& b);
+Tensor ge(const Tensor& a, const Tensor& b);
+Tensor eq(const Tensor& a, double b);
+Tensor ne(const Tensor& a, double b);
+Tensor lt(const Tensor& a, double b);
+Tensor le(const Tensor& a, double b);
+Tensor gt(const Tensor& a, double b);
+Tensor ge(const Tensor& a, double b);
+
+Tensor neg(const Tensor& x);
+Tensor abs(const Tensor& x);
+Tensor sign(const Tensor& x);
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor log1p(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor rsqrt(const Tensor& x);
+Tensor square(const Tensor& x);
+Tensor reciprocal(const Tensor& x);
+Tensor sin(const Tensor& x);
+Tensor cos(const Tensor& x);
+Tensor tanh(const Tensor& x);
+Tensor sigmoid(const Tensor& x);
+Tensor relu(const Tensor& x);
+Tensor silu(const Tensor& x);
+// approximate: "none" (x * Phi(x), with erf) or "tanh"
+Tensor gelu(const Tensor& x, const std::string& approximate = "none");
+Tensor clamp(const Tensor& x, std::optional<double> min, std::optional<double> max);
+Tensor clamp_min(const Tensor& x, double min);
+Tensor clamp_max(const Tensor& x, double max);
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
+Tensor where(const Tensor& cond, const Tensor& a, double b);
+
+Tensor operator+(const Tensor& a, const Tensor& b);
+Tensor operator-(const Tensor& a, const Tensor& b);
+Tensor operator*(const Tensor& a, const Tensor& b);
+Tensor operator/(const Tensor& a, const Tensor& b);
+Tensor operator+(const Tensor& a, double b);
+Tensor operator-(const Tensor& a, double b);
+Tensor operator*(const Tensor& a, double b);
+Tensor operator/(const Tensor& a, double b);
+Tensor operator+(double a, const Tensor& b);
+Tensor operator-(double a, const Tensor& b);
+Tensor operator*(double a, const Tensor& b);
+Tensor operator/(double a, const Tensor& b);
+Tensor operator-(const Tensor& x);
+
+// ---- reductions (autograd/reduce.cpp); an empty dims list means all dims ------------------
+Tensor sum(const Tensor& x, const Dims& dims = {}, bool keepdim = false);
+Tensor mean(const Tensor& x, const Dims& dims = {}, bool keepdim = false);
+Tensor var(const Tensor& x, const Dims& dims = {}, int64_t correction = 1, bool keepdim = false);
+Tensor std(const Tensor& x, const Dims& dims = {}, int64_t correction = 1, bool keepdim = false);
+Tensor prod(const Tensor& x, const Dims& dims = {}, bool keepdim = false);
+Tensor norm(const Tensor& x, double p = 2, const Dims& dims = {}, bool keepdim = false);
+Tensor logsumexp(const Tensor& x, const Dims& dims, bool keepdim = false);
+Tensor amax(const Tensor& x, const Dims& dims = {}, bool keepdim = false);
+Tensor amin(const Tensor& x, const Dims& dims = {}, bool keepdim = false);
+Tensor max(const Tensor& x);  // the largest element (gradient shared evenly among ties)
+Tensor min(const Tensor& x);
+ValuesIndices max(const Tensor& x, int64_t dim, bool keepdim = false);
+ValuesIndices min(const Tensor& x, int64_t dim, bool keepdim = false);
+Tensor argmax(const Tensor& x, std::optional<int64_t> dim = std::nullopt, bool keepdim = false);
+Tensor argmin(const Tensor& x, std::optional<int64_t> dim = std::nullopt, bool keepdim = false);
+Tensor all(const Tensor& x, const Dims& dims = {}, bool keepdim = false);
+Tensor any(const Tensor& x, const Dims& dims = {}, bool keepdim = false);
+
+// ---- softmax and losses (autograd/softmax.cpp) ---------------------------------------------
+Tensor softmax(const Tensor& x, int64_t dim);
+Tensor log_softmax(const Tensor& x, int64_t dim);
+// logits [N, C] or [N, C, d1, ...]; target int64 [N] or [N, d1, ...] of class indices.
+Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index = -100,
+                     double label_smoothing = 0.0, Reduction reduction = Reduction::mean);
+Tensor nll_loss(const Tensor& log_probs, const Tensor& target, int64_t ignore_index = -100,
+                Reduction reduction = Reduction::mean);
+// weight (optional) broadcasts against the loss: per element or per class.
+Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& target,
+                                        const Tensor& weight = Tensor(),
+                                        Reduction reduction = Reduction::mean);
+
+// ---- linear algebra (autograd/matmul.cpp) ---------------------------------------------------
+Tensor matmul(const Tensor& a, const Tensor& b);  // 1-D, 2-D and broadcast batched, as torch
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());  // x W^T + b
+
+// ---- convolution, pooling, padding (autograd/conv.cpp) -------------------------------------
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
+              IntPair stride = 1, IntPair padding = 0, IntPair dilation = 1, int64_t groups = 1);
+ValuesIndices max_pool2d_with_indices(const Tensor& x, IntPair kernel, std::optional<IntPair> stride = std::nullopt,
+                                      IntPair padding = 0, IntPair dilation = 1,
+                                      bool ceil_mode = false);
+Tensor max_pool2d(const Tensor& x, IntPair kernel, std::optional<IntPair> stride = std::nullopt,
+                  IntPair padding = 0, IntPair dilation = 1, bool ceil_mode = false);
+Tensor avg_pool2d(const Tensor& x, IntPair kernel, std::optional<IntPair> stride = std::nullopt,
+                  IntPair padding = 0, bool ceil_mode = false, bool count_include_pad = true,
+                  int64_t divisor_override = 0);
+Tensor adaptive_avg_pool2d(const Tensor& x, IntPair output_size);
+// pads: (left, right) for the last dim, then (top, bottom) for the one before, ... as F.pad.
+Tensor pad(const Tensor& x, const std::vector<int64_t>& pads, double value = 0.0);
+
+// ---- normalisation, dropout, embedding (autograd/norm.cpp) --------------------------------
+// x [N, C, *]. In training, batch statistics are used and the running ones (when defined)
+// updated in place with momentum (unbiased variance), as PyTorch does.
+Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                  const Tensor& weight, const Tensor& bias, bool training,
+                  double momentum = 0.1, double eps = 1e-5);
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = Tensor(),
+                  const Tensor& bias = Tensor(), double eps = 1e-5);
+Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight = Tensor(),
+                  const Tensor& bias = Tensor(), double eps = 1e-5);
+Tensor dropout(const Tensor& x, double p = 0.5, bool training = true);
+Tensor embedding(const Tensor& indices, const Tensor& weight);
+
+// ---- joining and indexing (autograd/indexing.cpp) ------------------------------------------
+Tensor cat(const std::vector<Tensor>& tensors, int64_t dim = 0);
+Tensor stack(const std::vector<Tensor>& tensors, int64_t dim = 0);
+std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim = 0);
+std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim = 0);
+std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim = 0);
+Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
+Tensor gather(const Tensor& x, int64_t dim, const Tensor& index);
+// x with src added at index along dim (out of place; differentiable in x and src).
+Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src);
+Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);
+Tensor one_hot(const Tensor& indices, int64_t num_classes = -1);  // int64 result
+ValuesIndices topk(const Tensor& x, int64_t k, int64_t dim = -1, bool largest = true,
+                   bool sorted = true);
+Tensor broadcast_to(const Tensor& x, const Shape& shape);
+
+}  // namespace bcos

@@ -1,0 +1,224 @@
+// 2-D convolution on the CPU as im2col + GEMM (Eigen), per sample and group:
+//   forward          out[n, g]  = W[g] · col(x[n, g])              // [Og, K] x [K, HoWo]
+//   backward input   x_grad[n,g] = col2im(W[g]^T · grad_out[n, g])
+//   backward weight  W_grad[g] += grad_out[n, g] · col(x[n, g])^T
+// with K = Cg·kh·kw. A 1x1 stride-1 unpadded conv skips im2col (the input already is the
+// column matrix). With at least as many samples as threads, samples run in parallel with a
+// column buffer per thread; otherwise Eigen threads each product.
+#include <Eigen/Core>
+#include <cstring>
+
+#include "tensor/copy.h"
+#include "tensor/cpu/kernels.h"
+#include "tensor/parallel.h"
+
+namespace bcos::cpu {
+
+namespace {
+
+template <class T>
+using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using MapR = Eigen::Map<RowMat<T>>;
+template <class T>
+using CMapR = Eigen::Map<const RowMat<T>>;
+
+struct ConvShape {
+  int64_t n, c, h, w;      // input
+  int64_t o, kh, kw;       // weight
+  int64_t ho, wo, groups;  // output
+  int64_t cg, og, k;       // per group: in channels, out channels, K = cg * kh * kw
+  bool pointwise;          // 1x1, stride 1, no padding: im2col is the identity
+};
+
+ConvShape conv_shape(const Tensor& x, const Tensor& w, const Tensor& out, const Conv2dParams& p) {
+  ConvShape s{};
+  s.n = x.size(0), s.c = x.size(1), s.h = x.size(2), s.w = x.size(3);
+  s.o = w.size(0), s.kh = w.size(2), s.kw = w.size(3);
+  s.ho = out.size(2), s.wo = out.size(3), s.groups = p.groups;
+  s.cg = s.c / p.groups, s.og = s.o / p.groups, s.k = s.cg * s.kh * s.kw;
+  s.pointwise = s.kh == 1 && s.kw == 1 && p.stride[0] == 1 && p.stride[1] == 1 &&
+                p.padding[0] == 0 && p.padding[1] == 0;
+  return s;
+}
+
+// col [K, Ho*Wo] from x [Cg, H, W] (one sample, one group).
+template <class T>
+void im2col(const T* x, const ConvShape& s, const Conv2dParams& p, T* col) {
+  const int64_t hw = s.ho * s.wo;
+  for (int64_t c = 0; c < s.cg; ++c)
+    for (int64_t ki = 0; ki < s.kh; ++ki)
+      for (int64_t kj = 0; kj < s.kw; ++kj) {
+        T* row = col + ((c * s.kh + ki) * s.kw + kj) * hw;
+        const T* plane = x + c * s.h * s.w;
+        for (int64_t oh = 0; oh < s.ho; ++oh) {
+          int64_t ih = oh * p.stride[0] - p.padding[0] + ki * p.dilation[0];
+          T* dst = row + oh * s.wo;
+          if (ih < 0 || ih >= s.h) {
+            std::fill(dst, dst + s.wo, T(0));
+            continue;
+          }
+          const T* src = plane + ih * s.w;
+          int64_t iw0 = -p.padding[1] + kj * p.dilation[1];
+          if (p.stride[1] == 1) {  // a contiguous run with zero margins
+            int64_t lo = std::clamp<int64_t>(-iw0, 0, s.wo);
+            int64_t hi = std::clamp<int64_t>(s.w - iw0, lo, s.wo);
+            std::fill(dst, dst + lo, T(0));
+            std::memcpy(dst + lo, src + iw0 + lo, size_t(hi - lo) * sizeof(T));
+            std::fill(dst + hi, dst + s.wo, T(0));
+          } else {
+            for (int64_t ow = 0; ow < s.wo; ++ow) {
+              int64_t iw = iw0 + ow * p.stride[1];
+              dst[ow] = (iw >= 0 && iw < s.w) ? src[iw] : T(0);
+            }
+          }
+        }
+      }
+}
+
+// x [Cg, H, W] += col2im(col [K, Ho*Wo]).
+template <class T>
+void col2im(const T* col, const ConvShape& s, const Conv2dParams& p, T* x) {
+  const int64_t hw = s.ho * s.wo;
+  for (int64_t c = 0; c < s.cg; ++c)
+    for (int64_t ki = 0; ki < s.kh; ++ki)
+      for (int64_t kj = 0; kj < s.kw; ++kj) {
+        const T* row = col + ((c * s.kh + ki) * s.kw + kj) * hw;
+        T* plane = x + c * s.h * s.w;
+        for (int64_t oh = 0; oh < s.ho; ++oh) {
+          int64_t ih = oh * p.stride[0] - p.padding[0] + ki * p.dilation[0];
+          if (ih < 0 || ih >= s.h) continue;
+          const T* src = row + oh * s.wo;
+          T* dst = plane + ih * s.w;
+          int64_t iw0 = -p.padding[1] + kj * p.dilation[1];
+          for (int64_t ow = 0; ow < s.wo; ++ow) {
+            int64_t iw = iw0 + ow * p.stride[1];
+            if (iw >= 0 && iw < s.w) dst[iw] += src[ow];
+          }
+        }
+      }
+}
+
+// Runs fn(sample, thread_slot) for every sample: in parallel when there are enough samples.
+template <class F>
+void over_samples(int64_t n, int64_t cost_per_sample, F&& fn) {
+  int threads = num_threads();
+  if (n >= threads && threads > 1) {
+    parallel_for(n, cost_per_sample, [&](int64_t b, int64_t e) {
+#ifdef _OPENMP
+      int slot = omp_in_parallel() ? omp_get_thread_num() : 0;
+#else
+      int slot = 0;
+#endif
+      for (int64_t i = b; i < e; ++i) fn(i, slot);
+    });
+  } else {
+    for (int64_t i = 0; i < n; ++i) fn(i, 0);
+  }
+}
+
+template <class T>
+void forward_typed(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, const Tensor& out,
+                   const Conv2dParams& p) {
+  Tensor x = raw_contiguous(x_in), w = raw_contiguous(w_in);
+  ConvShape s = conv_shape(x, w, out, p);
+  const int64_t hw = s.ho * s.wo;
+  const T* px = x.data<T>();
+  const T* pw = w.data<T>();
+  T* po = out.data<T>();
+  Tensor b = bias.defined() ? raw_contiguous(bias) : Tensor();
+  const T* pb = b.defined() ? b.data<T>() : nullptr;
+  std::vector<std::vector<T>> cols(static_cast<size_t>(num_threads()));
+  over_samples(s.n, s.o * s.k * hw, [&](int64_t i, int slot) {
+    std::vector<T>& col = cols[size_t(slot)];
+    if (!s.pointwise) col.resize(size_t(s.k * hw));
+    for (int64_t g = 0; g < s.groups; ++g) {
+      const T* xg = px + (i * s.c + g * s.cg) * s.h * s.w;
+      if (!s.pointwise) im2col(xg, s, p, col.data());
+      const T* cm = s.pointwise ? xg : col.data();
+      MapR<T> o(po + (i * s.o + g * s.og) * hw, s.og, hw);
+      o.noalias() = CMapR<T>(pw + g * s.og * s.k, s.og, s.k) * CMapR<T>(cm, s.k, hw);
+      if (pb)
+        for (int64_t oc = 0; oc < s.og; ++oc) o.row(oc).array() += pb[g * s.og + oc];
+    }
+  });
+}
+
+template <class T>
+void backward_input_typed(const Tensor& gout_in, const Tensor& w_in, const Tensor& gx,
+                          const Conv2dParams& p) {
+  Tensor gout = raw_contiguous(gout_in), w = raw_contiguous(w_in);
+  ConvShape s = conv_shape(gx, w, gout, p);
+  const int64_t hw = s.ho * s.wo;
+  const T* pg = gout.data<T>();
+  const T* pw = w.data<T>();
+  T* px = gx.data<T>();
+  std::vector<std::vector<T>> cols(static_cast<size_t>(num_threads()));
+  over_samples(s.n, s.o * s.k * hw, [&](int64_t i, int slot) {
+    std::vector<T>& col = cols[size_t(slot)];
+    for (int64_t g = 0; g < s.groups; ++g) {
+      T* xg = px + (i * s.c + g * s.cg) * s.h * s.w;
+      auto wt = CMapR<T>(pw + g * s.og * s.k, s.og, s.k).transpose();
+      CMapR<T> go(pg + (i * s.o + g * s.og) * hw, s.og, hw);
+      if (s.pointwise) {
+        MapR<T>(xg, s.k, hw).noalias() = wt * go;
+      } else {
+        col.resize(size_t(s.k * hw));
+        MapR<T>(col.data(), s.k, hw).noalias() = wt * go;
+        std::fill(xg, xg + s.cg * s.h * s.w, T(0));
+        col2im(col.data(), s, p, xg);
+      }
+    }
+  });
+}
+
+template <class T>
+void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tensor& gw,
+                           const Conv2dParams& p) {
+  Tensor gout = raw_contiguous(gout_in), x = raw_contiguous(x_in);
+  ConvShape s = conv_shape(x, gw, gout, p);
+  const int64_t hw = s.ho * s.wo;
+  const T* pg = gout.data<T>();
+  const T* px = x.data<T>();
+  int threads = num_threads();
+  // One weight-gradient accumulator per thread slot, summed at the end.
+  std::vector<std::vector<T>> acc(static_cast<size_t>(threads), std::vector<T>(size_t(s.o * s.k), T(0)));
+  std::vector<std::vector<T>> cols(static_cast<size_t>(threads));
+  over_samples(s.n, s.o * s.k * hw, [&](int64_t i, int slot) {
+    std::vector<T>& col = cols[size_t(slot)];
+    if (!s.pointwise) col.resize(size_t(s.k * hw));
+    for (int64_t g = 0; g < s.groups; ++g) {
+      const T* xg = px + (i * s.c + g * s.cg) * s.h * s.w;
+      if (!s.pointwise) im2col(xg, s, p, col.data());
+      const T* cm = s.pointwise ? xg : col.data();
+      MapR<T> a(acc[size_t(slot)].data() + g * s.og * s.k, s.og, s.k);
+      a.noalias() += CMapR<T>(pg + (i * s.o + g * s.og) * hw, s.og, hw) *
+                     CMapR<T>(cm, s.k, hw).transpose();
+    }
+  });
+  T* out = gw.data<T>();
+  std::copy(acc[0].begin(), acc[0].end(), out);
+  for (int t = 1; t < threads; ++t)
+    for (size_t j = 0; j < acc[size_t(t)].size(); ++j) out[j] += acc[size_t(t)][j];
+}
+
+}  // namespace
+
+void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
+                    const Conv2dParams& p) {
+  dispatch_float(x.dtype(), "conv2d", [&]<class T>() { forward_typed<T>(x, w, bias, out, p); });
+}
+
+void conv2d_backward_input(const Tensor& grad_out, const Tensor& w, const Tensor& grad_x,
+                           const Conv2dParams& p) {
+  dispatch_float(w.dtype(), "conv2d_backward_input",
+                 [&]<class T>() { backward_input_typed<T>(grad_out, w, grad_x, p); });
+}
+
+void conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, const Tensor& grad_w,
+                            const Conv2dParams& p) {
+  dispatch_float(x.dtype(), "conv2d_backward_weight",
+                 [&]<class T>() { backward_weight_typed<T>(grad_out, x, grad_w, p); });
+}
+
+}  // namespace bcos::cpu

@@ -1,0 +1,176 @@
+// Normalisation kernels. Batch norm works per channel over x viewed [N, C, S]; layer norm and
+// group norm share "row norm": x viewed [rows, inner], each row normalised to zero mean and unit
+// (biased) variance. Statistics accumulate in double. Backward formulas (M = elements per
+// statistic, x̂ = (x - mean) · invstd, g the gradient w.r.t. x̂):
+//   grad_x = invstd · (g − mean(g) − x̂ · mean(g · x̂))
+#include <cmath>
+
+#include "tensor/copy.h"
+#include "tensor/cpu/kernels.h"
+#include "tensor/parallel.h"
+
+namespace bcos::cpu {
+
+namespace {
+struct NCS {
+  int64_t n, c, s;
+};
+NCS ncs_of(const Tensor& x) {
+  int64_t s = 1;
+  for (int d = 2; d < x.dim(); ++d) s *= x.size(d);
+  return {x.size(0), x.size(1), s};
+}
+template <class T>
+const T* maybe(const Tensor& t) {
+  return t.defined() ? t.data<T>() : nullptr;
+}
+}  // namespace
+
+void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_biased) {
+  Tensor x = raw_contiguous(x_in);
+  NCS d = ncs_of(x);
+  dispatch_float(x.dtype(), "batch_norm", [&]<class T>() {
+    const T* px = x.data<T>();
+    T *pm = mean.data<T>(), *pv = var_biased.data<T>();
+    const double count = double(d.n * d.s);
+    parallel_for(d.c, d.n * d.s * 2, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) {
+        double sum = 0;
+        for (int64_t i = 0; i < d.n; ++i) {
+          const T* p = px + (i * d.c + c) * d.s;
+          for (int64_t j = 0; j < d.s; ++j) sum += double(p[j]);
+        }
+        double mu = sum / count, sq = 0;
+        for (int64_t i = 0; i < d.n; ++i) {
+          const T* p = px + (i * d.c + c) * d.s;
+          for (int64_t j = 0; j < d.s; ++j) {
+            double v = double(p[j]) - mu;
+            sq += v * v;
+          }
+        }
+        pm[c] = T(mu);
+        pv[c] = T(sq / count);
+      }
+    });
+  });
+}
+
+void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
+                        const Tensor& mean, const Tensor& invstd, const Tensor& out) {
+  Tensor x = raw_contiguous(x_in);
+  NCS d = ncs_of(x);
+  dispatch_float(x.dtype(), "batch_norm", [&]<class T>() {
+    const T* px = x.data<T>();
+    const T *pw = maybe<T>(weight), *pb = maybe<T>(bias);
+    const T *pm = mean.data<T>(), *pi = invstd.data<T>();
+    T* po = out.data<T>();
+    parallel_for(d.n * d.c, d.s, [&](int64_t b, int64_t e) {
+      for (int64_t nc = b; nc < e; ++nc) {
+        int64_t c = nc % d.c;
+        T scale = pi[c] * (pw ? pw[c] : T(1));
+        T shift = (pb ? pb[c] : T(0)) - pm[c] * scale;
+        const T* p = px + nc * d.s;
+        T* o = po + nc * d.s;
+        for (int64_t j = 0; j < d.s; ++j) o[j] = p[j] * scale + shift;
+      }
+    });
+  });
+}
+
+void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Tensor& weight,
+                         const Tensor& mean, const Tensor& invstd, bool training,
+                         const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
+  Tensor g = raw_contiguous(grad_out_in), x = raw_contiguous(x_in);
+  NCS d = ncs_of(x);
+  dispatch_float(x.dtype(), "batch_norm_backward", [&]<class T>() {
+    const T *pg = g.data<T>(), *px = x.data<T>(), *pw = maybe<T>(weight);
+    const T *pm = mean.data<T>(), *pi = invstd.data<T>();
+    T* pgx = grad_x.defined() ? grad_x.data<T>() : nullptr;
+    T* pgw = grad_w.defined() ? grad_w.data<T>() : nullptr;
+    T* pgb = grad_b.defined() ? grad_b.data<T>() : nullptr;
+    const double count = double(d.n * d.s);
+    parallel_for(d.c, d.n * d.s * 3, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) {
+        double sum_g = 0, sum_gx = 0;  // sum(g), sum(g * x̂)
+        double mu = double(pm[c]), is = double(pi[c]);
+        for (int64_t i = 0; i < d.n; ++i) {
+          const T* gp = pg + (i * d.c + c) * d.s;
+          const T* xp = px + (i * d.c + c) * d.s;
+          for (int64_t j = 0; j < d.s; ++j) {
+            sum_g += double(gp[j]);
+            sum_gx += double(gp[j]) * (double(xp[j]) - mu) * is;
+          }
+        }
+        if (pgw) pgw[c] = T(sum_gx);
+        if (pgb) pgb[c] = T(sum_g);
+        if (!pgx) continue;
+        double w = pw ? double(pw[c]) : 1.0;
+        double mean_g = training ? sum_g / count : 0.0;
+        double mean_gx = training ? sum_gx / count : 0.0;
+        for (int64_t i = 0; i < d.n; ++i) {
+          const T* gp = pg + (i * d.c + c) * d.s;
+          const T* xp = px + (i * d.c + c) * d.s;
+          T* o = pgx + (i * d.c + c) * d.s;
+          for (int64_t j = 0; j < d.s; ++j) {
+            double xhat = (double(xp[j]) - mu) * is;
+            o[j] = T(w * is * (double(gp[j]) - mean_g - xhat * mean_gx));
+          }
+        }
+      }
+    });
+  });
+}
+
+void row_norm_forward(const Tensor& x_in, int64_t outer, int64_t inner, double eps,
+                      const Tensor& out, const Tensor& mean, const Tensor& invstd) {
+  Tensor x = raw_contiguous(x_in);
+  dispatch_float(x.dtype(), "norm", [&]<class T>() {
+    const T* px = x.data<T>();
+    T *po = out.data<T>(), *pm = mean.data<T>(), *pi = invstd.data<T>();
+    parallel_for(outer, inner * 3, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const T* p = px + r * inner;
+        double sum = 0, sq = 0;
+        for (int64_t j = 0; j < inner; ++j) sum += double(p[j]);
+        double mu = sum / double(inner);
+        for (int64_t j = 0; j < inner; ++j) {
+          double v = double(p[j]) - mu;
+          sq += v * v;
+        }
+        double is = 1.0 / std::sqrt(sq / double(inner) + eps);
+        T* o = po + r * inner;
+        for (int64_t j = 0; j < inner; ++j) o[j] = T((double(p[j]) - mu) * is);
+        pm[r] = T(mu);
+        pi[r] = T(is);
+      }
+    });
+  });
+}
+
+void row_norm_backward(const Tensor& grad_xhat_in, const Tensor& x_in, int64_t outer,
+                       int64_t inner, const Tensor& mean, const Tensor& invstd,
+                       const Tensor& grad_x) {
+  Tensor g = raw_contiguous(grad_xhat_in), x = raw_contiguous(x_in);
+  dispatch_float(x.dtype(), "norm_backward", [&]<class T>() {
+    const T *pg = g.data<T>(), *px = x.data<T>(), *pm = mean.data<T>(), *pi = invstd.data<T>();
+    T* po = grad_x.data<T>();
+    parallel_for(outer, inner * 3, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const T *gp = pg + r * inner, *xp = px + r * inner;
+        double mu = double(pm[r]), is = double(pi[r]), sum_g = 0, sum_gx = 0;
+        for (int64_t j = 0; j < inner; ++j) {
+          sum_g += double(gp[j]);
+          sum_gx += double(gp[j]) * (double(xp[j]) - mu) * is;
+        }
+        double mean_g = sum_g / double(inner), mean_gx = sum_gx / double(inner);
+        T* o = po + r * inner;
+        for (int64_t j = 0; j < inner; ++j) {
+          double xhat = (double(xp[j]) - mu) * is;
+          o[j] = T(is * (double(gp[j]) - mean_g - xhat * mean_gx));
+        }
+      }
+    });
+  });
+}
+
+}  // namespace bcos::cpu

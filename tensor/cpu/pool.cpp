@@ -1,0 +1,193 @@
+// Pooling on the CPU: max (with PyTorch's flat per-plane indices h * W + w), average (padding
+// counted or not, divisor override), adaptive average. Every (sample, channel) plane is
+// independent, so planes run in parallel. x and outputs are contiguous [N, C, H, W].
+#include <cmath>
+#include <limits>
+
+#include "tensor/copy.h"
+#include "tensor/cpu/kernels.h"
+#include "tensor/parallel.h"
+
+namespace bcos::cpu {
+
+namespace {
+struct Planes {
+  int64_t planes, h, w, ho, wo;
+};
+Planes planes_of(const Tensor& x, const Tensor& out) {
+  return {x.size(0) * x.size(1), x.size(2), x.size(3), out.size(2), out.size(3)};
+}
+}  // namespace
+
+void max_pool2d_forward(const Tensor& x_in, const Tensor& out, const Tensor& indices,
+                        const Pool2dParams& p) {
+  Tensor x = raw_contiguous(x_in);
+  Planes s = planes_of(x, out);
+  dispatch_float(x.dtype(), "max_pool2d", [&]<class T>() {
+    const T* px = x.data<T>();
+    T* po = out.data<T>();
+    int64_t* pi = indices.data<int64_t>();
+    parallel_for(s.planes, s.ho * s.wo * p.kernel[0] * p.kernel[1], [&](int64_t b, int64_t e) {
+      for (int64_t pl = b; pl < e; ++pl) {
+        const T* plane = px + pl * s.h * s.w;
+        for (int64_t oh = 0; oh < s.ho; ++oh)
+          for (int64_t ow = 0; ow < s.wo; ++ow) {
+            int64_t h0 = oh * p.stride[0] - p.padding[0], w0 = ow * p.stride[1] - p.padding[1];
+            T best = -std::numeric_limits<T>::infinity();
+            int64_t best_i = -1;
+            for (int64_t ki = 0; ki < p.kernel[0]; ++ki) {
+              int64_t ih = h0 + ki * p.dilation[0];
+              if (ih < 0 || ih >= s.h) continue;
+              for (int64_t kj = 0; kj < p.kernel[1]; ++kj) {
+                int64_t iw = w0 + kj * p.dilation[1];
+                if (iw < 0 || iw >= s.w) continue;
+                T v = plane[ih * s.w + iw];
+                if (best_i < 0 || v > best || std::isnan(v)) {  // as PyTorch: NaN wins
+                  best = v;
+                  best_i = ih * s.w + iw;
+                }
+              }
+            }
+            po[(pl * s.ho + oh) * s.wo + ow] = best;
+            pi[(pl * s.ho + oh) * s.wo + ow] = best_i;
+          }
+      }
+    });
+  });
+}
+
+void max_pool2d_backward(const Tensor& grad_out_in, const Tensor& indices, const Tensor& grad_x) {
+  Tensor g = raw_contiguous(grad_out_in);
+  Planes s = planes_of(grad_x, g);
+  dispatch_float(g.dtype(), "max_pool2d_backward", [&]<class T>() {
+    const T* pg = g.data<T>();
+    const int64_t* pi = indices.data<int64_t>();
+    T* px = grad_x.data<T>();
+    std::fill(px, px + grad_x.numel(), T(0));
+    parallel_for(s.planes, s.ho * s.wo, [&](int64_t b, int64_t e) {
+      for (int64_t pl = b; pl < e; ++pl)
+        for (int64_t j = 0; j < s.ho * s.wo; ++j) {
+          int64_t i = pi[pl * s.ho * s.wo + j];
+          if (i >= 0) px[pl * s.h * s.w + i] += pg[pl * s.ho * s.wo + j];
+        }
+    });
+  });
+}
+
+namespace {
+// The window of output (oh, ow) clipped to the input, and the divisor PyTorch uses for it.
+struct AvgWindow {
+  int64_t h0, h1, w0, w1;
+  double divisor;
+};
+AvgWindow avg_window(int64_t oh, int64_t ow, int64_t h, int64_t w, const Pool2dParams& p) {
+  int64_t h0 = oh * p.stride[0] - p.padding[0], w0 = ow * p.stride[1] - p.padding[1];
+  int64_t h1 = std::min(h0 + p.kernel[0], h + p.padding[0]);
+  int64_t w1 = std::min(w0 + p.kernel[1], w + p.padding[1]);
+  int64_t padded_area = (h1 - h0) * (w1 - w0);
+  h0 = std::max<int64_t>(h0, 0), w0 = std::max<int64_t>(w0, 0);
+  h1 = std::min(h1, h), w1 = std::min(w1, w);
+  double divisor = p.divisor_override       ? double(p.divisor_override)
+                   : p.count_include_pad ? double(padded_area)
+                                         : double((h1 - h0) * (w1 - w0));
+  return {h0, h1, w0, w1, divisor};
+}
+}  // namespace
+
+void avg_pool2d_forward(const Tensor& x_in, const Tensor& out, const Pool2dParams& p) {
+  Tensor x = raw_contiguous(x_in);
+  Planes s = planes_of(x, out);
+  dispatch_float(x.dtype(), "avg_pool2d", [&]<class T>() {
+    const T* px = x.data<T>();
+    T* po = out.data<T>();
+    parallel_for(s.planes, s.ho * s.wo * p.kernel[0] * p.kernel[1], [&](int64_t b, int64_t e) {
+      for (int64_t pl = b; pl < e; ++pl) {
+        const T* plane = px + pl * s.h * s.w;
+        for (int64_t oh = 0; oh < s.ho; ++oh)
+          for (int64_t ow = 0; ow < s.wo; ++ow) {
+            AvgWindow win = avg_window(oh, ow, s.h, s.w, p);
+            T sum = 0;
+            for (int64_t ih = win.h0; ih < win.h1; ++ih)
+              for (int64_t iw = win.w0; iw < win.w1; ++iw) sum += plane[ih * s.w + iw];
+            po[(pl * s.ho + oh) * s.wo + ow] = sum / T(win.divisor);
+          }
+      }
+    });
+  });
+}
+
+void avg_pool2d_backward(const Tensor& grad_out_in, const Tensor& grad_x, const Pool2dParams& p) {
+  Tensor g = raw_contiguous(grad_out_in);
+  Planes s = planes_of(grad_x, g);
+  dispatch_float(g.dtype(), "avg_pool2d_backward", [&]<class T>() {
+    const T* pg = g.data<T>();
+    T* px = grad_x.data<T>();
+    std::fill(px, px + grad_x.numel(), T(0));
+    parallel_for(s.planes, s.ho * s.wo * p.kernel[0] * p.kernel[1], [&](int64_t b, int64_t e) {
+      for (int64_t pl = b; pl < e; ++pl) {
+        T* plane = px + pl * s.h * s.w;
+        for (int64_t oh = 0; oh < s.ho; ++oh)
+          for (int64_t ow = 0; ow < s.wo; ++ow) {
+            AvgWindow win = avg_window(oh, ow, s.h, s.w, p);
+            T share = pg[(pl * s.ho + oh) * s.wo + ow] / T(win.divisor);
+            for (int64_t ih = win.h0; ih < win.h1; ++ih)
+              for (int64_t iw = win.w0; iw < win.w1; ++iw) plane[ih * s.w + iw] += share;
+          }
+      }
+    });
+  });
+}
+
+namespace {
+// Adaptive pooling bins: [floor(i * in / out), ceil((i + 1) * in / out)).
+inline int64_t bin_start(int64_t i, int64_t in, int64_t out) { return (i * in) / out; }
+inline int64_t bin_end(int64_t i, int64_t in, int64_t out) { return ((i + 1) * in + out - 1) / out; }
+}  // namespace
+
+void adaptive_avg_pool2d_forward(const Tensor& x_in, const Tensor& out) {
+  Tensor x = raw_contiguous(x_in);
+  Planes s = planes_of(x, out);
+  dispatch_float(x.dtype(), "adaptive_avg_pool2d", [&]<class T>() {
+    const T* px = x.data<T>();
+    T* po = out.data<T>();
+    parallel_for(s.planes, s.h * s.w, [&](int64_t b, int64_t e) {
+      for (int64_t pl = b; pl < e; ++pl) {
+        const T* plane = px + pl * s.h * s.w;
+        for (int64_t oh = 0; oh < s.ho; ++oh)
+          for (int64_t ow = 0; ow < s.wo; ++ow) {
+            int64_t h0 = bin_start(oh, s.h, s.ho), h1 = bin_end(oh, s.h, s.ho);
+            int64_t w0 = bin_start(ow, s.w, s.wo), w1 = bin_end(ow, s.w, s.wo);
+            double sum = 0;
+            for (int64_t ih = h0; ih < h1; ++ih)
+              for (int64_t iw = w0; iw < w1; ++iw) sum += double(plane[ih * s.w + iw]);
+            po[(pl * s.ho + oh) * s.wo + ow] = T(sum / double((h1 - h0) * (w1 - w0)));
+          }
+      }
+    });
+  });
+}
+
+void adaptive_avg_pool2d_backward(const Tensor& grad_out_in, const Tensor& grad_x) {
+  Tensor g = raw_contiguous(grad_out_in);
+  Planes s = planes_of(grad_x, g);
+  dispatch_float(g.dtype(), "adaptive_avg_pool2d_backward", [&]<class T>() {
+    const T* pg = g.data<T>();
+    T* px = grad_x.data<T>();
+    std::fill(px, px + grad_x.numel(), T(0));
+    parallel_for(s.planes, s.h * s.w, [&](int64_t b, int64_t e) {
+      for (int64_t pl = b; pl < e; ++pl) {
+        T* plane = px + pl * s.h * s.w;
+        for (int64_t oh = 0; oh < s.ho; ++oh)
+          for (int64_t ow = 0; ow < s.wo; ++ow) {
+            int64_t h0 = bin_start(oh, s.h, s.ho), h1 = bin_end(oh, s.h, s.ho);
+            int64_t w0 = bin_start(ow, s.w, s.wo), w1 = bin_end(ow, s.w, s.wo);
+            T share = pg[(pl * s.ho + oh) * s.wo + ow] / T((h1 - h0) * (w1 - w0));
+            for (int64_t ih = h0; ih < h1; ++ih)
+              for (int64_t iw = w0; iw < w1; ++iw) plane[ih * s.w + iw] += share;
+          }
+      }
+    });
+  });
+}
+
+}  // namespace bcos::cpu

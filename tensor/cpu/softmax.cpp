@@ -1,0 +1,81 @@
+// Softmax and log-softmax along one dim, x viewed contiguous [outer, D, inner]; and the
+// negative log-likelihood loss. Max-subtracted, accumulated in double.
+//   softmax backward:      grad_x = y · (g − Σ g·y)
+//   log_softmax backward:  grad_x = g − exp(y) · Σ g
+#include <cmath>
+#include <limits>
+
+#include "tensor/copy.h"
+#include "tensor/cpu/kernels.h"
+#include "tensor/parallel.h"
+
+namespace bcos::cpu {
+
+namespace {
+struct ODI {
+  int64_t outer, d, inner;
+};
+ODI odi_of(const Tensor& x, int dim) {
+  ODI s{1, x.dim() ? x.size(dim) : 1, 1};
+  for (int i = 0; i < dim; ++i) s.outer *= x.size(i);
+  for (int i = dim + 1; i < x.dim(); ++i) s.inner *= x.size(i);
+  return s;
+}
+}  // namespace
+
+void softmax(const Tensor& x_in, int dim, bool log, const Tensor& out) {
+  Tensor x = raw_contiguous(x_in);
+  ODI s = odi_of(x, dim);
+  dispatch_float(x.dtype(), "softmax", [&]<class T>() {
+    const T* px = x.data<T>();
+    T* po = out.data<T>();
+    parallel_for(s.outer * s.inner, s.d * 3, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        int64_t base = (r / s.inner) * s.d * s.inner + r % s.inner;
+        const T* p = px + base;
+        T* o = po + base;
+        double m = -std::numeric_limits<double>::infinity();
+        for (int64_t j = 0; j < s.d; ++j) m = std::max(m, double(p[j * s.inner]));
+        if (std::isinf(m) && m < 0) m = 0;  // all -inf: avoid inf - inf
+        double sum = 0;
+        for (int64_t j = 0; j < s.d; ++j) sum += std::exp(double(p[j * s.inner]) - m);
+        if (log) {
+          double lse = m + std::log(sum);
+          for (int64_t j = 0; j < s.d; ++j) o[j * s.inner] = T(double(p[j * s.inner]) - lse);
+        } else {
+          for (int64_t j = 0; j < s.d; ++j)
+            o[j * s.inner] = T(std::exp(double(p[j * s.inner]) - m) / sum);
+        }
+      }
+    });
+  });
+}
+
+void softmax_backward(const Tensor& grad_in, const Tensor& y_in, int dim, bool log,
+                      const Tensor& grad_x) {
+  Tensor g = raw_contiguous(grad_in), y = raw_contiguous(y_in);
+  ODI s = odi_of(y, dim);
+  dispatch_float(y.dtype(), "softmax_backward", [&]<class T>() {
+    const T *pg = g.data<T>(), *py = y.data<T>();
+    T* po = grad_x.data<T>();
+    parallel_for(s.outer * s.inner, s.d * 3, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        int64_t base = (r / s.inner) * s.d * s.inner + r % s.inner;
+        const T *gp = pg + base, *yp = py + base;
+        T* o = po + base;
+        double acc = 0;
+        if (log) {
+          for (int64_t j = 0; j < s.d; ++j) acc += double(gp[j * s.inner]);
+          for (int64_t j = 0; j < s.d; ++j)
+            o[j * s.inner] = T(double(gp[j * s.inner]) - std::exp(double(yp[j * s.inner])) * acc);
+        } else {
+          for (int64_t j = 0; j < s.d; ++j) acc += double(gp[j * s.inner]) * double(yp[j * s.inner]);
+          for (int64_t j = 0; j < s.d; ++j)
+            o[j * s.inner] = T(double(yp[j * s.inner]) * (double(gp[j * s.inner]) - acc));
+        }
+      }
+    });
+  });
+}
+
+}  // namespace bcos::cpu

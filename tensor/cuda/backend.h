@@ -1,0 +1,70 @@
+// The CUDA backend's entry points, callable from plain C++ (implemented in tensor/cuda/*.cu and
+// compiled only when the `cuda` Meson option is on, which defines BCOS_WITH_CUDA).
+// Kernels take the same op descriptions as the CPU kernels (tensor/op_kinds.h) so the public
+// op's device switch hands over the same arguments.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensor/op_kinds.h"
+#include "tensor/tensor.h"
+
+namespace bcos::cuda {
+
+// ---- devices (cuda/device.cu) ---------------------------------------------------------------
+int device_count();  // 0 when no driver or no GPU: never throws
+void set_device(int index);
+int current_device();
+struct DeviceInfo {
+  std::string name;
+  int major = 0, minor = 0, multiprocessors = 0;
+  size_t total_memory = 0;
+};
+DeviceInfo device_info(int index);
+void synchronize(int index);  // waits for all work on the device
+int runtime_version();        // e.g. 13000
+int cublas_version();
+size_t cudnn_version();
+
+// ---- streams (cuda/device.cu) ----------------------------------------------------------------
+// Each thread has a current stream per device (the default stream until set). Kernels and
+// copies are queued on it; the caching allocator tags blocks with it.
+using StreamHandle = void*;  // a cudaStream_t
+StreamHandle current_stream(int device);
+void set_current_stream(int device, StreamHandle stream);
+StreamHandle create_stream(int device);
+void destroy_stream(int device, StreamHandle stream);
+void stream_synchronize(int device, StreamHandle stream);
+
+// ---- memory (cuda/allocator.cu) --------------------------------------------------------------
+// Caching allocator: bins by size, best fit, split and merge, blocks reused only on the stream
+// that freed them. On out-of-memory the cache is released and the allocation retried once.
+std::shared_ptr<void> allocate(size_t nbytes, int device);
+struct MemoryStats {
+  size_t in_use = 0, cached = 0, peak_in_use = 0, segments = 0, device_total = 0;
+};
+MemoryStats memory_stats(int device);
+void empty_cache();  // returns unused cached segments to the driver
+
+// ---- copies (cuda/copy.cu) -------------------------------------------------------------------
+void copy_host_to_device(void* dst, const void* src, size_t nbytes, int device);
+void copy_device_to_host(void* dst, const void* src, size_t nbytes, int device);
+void copy_peer(void* dst, int dst_device, const void* src, int src_device, size_t nbytes);
+// dst[...] = src[...] on one device: same shape, any strides, any dtypes (converted).
+void copy(const Tensor& dst, const Tensor& src);
+void fill(const Tensor& dst, double value);
+
+// ---- kernels (cuda/elementwise.cu, cuda/reduce.cu, cuda/matmul.cu) ----------------------------
+// Same contracts as the cpu:: functions of the same names (tensor/cpu/kernels.h).
+void unary(UnaryOp op, const Tensor& x, const Tensor& out, double p0 = 0, double p1 = 0);
+void unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x, const Tensor& y,
+                    const Tensor& grad_x, double p0 = 0, double p1 = 0);
+void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out);
+void reduce(ReduceOp op, const Tensor& x, const std::vector<bool>& reduce, const Tensor& out,
+            const Tensor& indices = Tensor(), int64_t correction = 0);
+void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate = false);
+
+}  // namespace bcos::cuda

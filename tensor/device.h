@@ -1,0 +1,51 @@
+// Where a tensor's bytes live: the CPU, or CUDA device N. Mixing devices in one op is an
+// error, never an implicit copy.
+#pragma once
+
+#include <ostream>
+#include <string>
+
+#include "tensor/error.h"
+
+namespace bcos {
+
+enum class DeviceType : uint8_t { cpu, cuda };
+
+struct Device {
+  DeviceType type = DeviceType::cpu;
+  int index = 0;
+
+  Device() = default;
+  Device(DeviceType t, int i = 0) : type(t), index(i) {}
+  // "cpu", "cuda", "cuda:1"
+  Device(const char* spec) : Device(parse(spec)) {}
+  Device(const std::string& spec) : Device(parse(spec)) {}
+
+  static Device cpu() { return {}; }
+  static Device cuda(int i = 0) { return {DeviceType::cuda, i}; }
+  bool is_cpu() const { return type == DeviceType::cpu; }
+  bool is_cuda() const { return type == DeviceType::cuda; }
+
+  std::string name() const { return is_cpu() ? "cpu" : "cuda:" + std::to_string(index); }
+  friend bool operator==(const Device& a, const Device& b) {
+    return a.type == b.type && (a.is_cpu() || a.index == b.index);
+  }
+  friend bool operator!=(const Device& a, const Device& b) { return !(a == b); }
+  friend std::ostream& operator<<(std::ostream& os, const Device& d) { return os << d.name(); }
+
+  static Device parse(const std::string& s) {
+    if (s == "cpu") return cpu();
+    if (s == "cuda") return cuda(0);
+    if (s.rfind("cuda:", 0) == 0 && s.size() > 5 &&
+        s.find_first_not_of("0123456789", 5) == std::string::npos)
+      return cuda(std::stoi(s.substr(5)));
+    fail("Device: cannot parse '", s, "' (expected cpu, cuda or cuda:N)");
+  }
+};
+
+// True when the library was compiled with its CUDA backend.
+bool cuda_compiled();
+// Number of visible CUDA devices (0 without a GPU or without the CUDA backend).
+int cuda_device_count();
+
+}  // namespace bcos

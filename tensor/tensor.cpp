@@ -1,0 +1,135 @@
+// Tensor handle basics: geometry queries, raw aliases, element access, storage allocation.
+#include "tensor/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "tensor/copy.h"
+#ifdef BCOS_WITH_CUDA
+#include "tensor/cuda/backend.h"
+#endif
+
+namespace bcos {
+
+// ---- Storage ----------------------------------------------------------------------------
+
+std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) {
+  auto s = std::make_shared<Storage>();
+  s->nbytes = nbytes;
+  s->device = device;
+  if (device.is_cpu()) {
+    size_t rounded = (std::max<size_t>(nbytes, 1) + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, rounded);
+    BCOS_CHECK(p != nullptr, "Storage: out of host memory allocating ", nbytes, " bytes");
+    s->data = p;
+    s->owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  } else {
+#ifdef BCOS_WITH_CUDA
+    s->owner = cuda::allocate(nbytes, device.index);
+    s->data = s->owner.get();
+#else
+    fail("Storage: cannot allocate on ", device, ": bcos was built without CUDA");
+#endif
+  }
+  return s;
+}
+
+std::shared_ptr<Storage> Storage::borrow(void* data, size_t nbytes, Device device,
+                                         std::shared_ptr<void> keep_alive) {
+  auto s = std::make_shared<Storage>();
+  s->data = data;
+  s->nbytes = nbytes;
+  s->device = device;
+  s->owner = std::move(keep_alive);
+  return s;
+}
+
+bool cuda_compiled() {
+#ifdef BCOS_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+int cuda_device_count() {
+#ifdef BCOS_WITH_CUDA
+  return cuda::device_count();
+#else
+  return 0;
+#endif
+}
+
+// ---- Tensor -----------------------------------------------------------------------------
+
+Tensor::Tensor(std::shared_ptr<Storage> storage, const Shape& shape, const Strides& strides,
+               int64_t offset, DType dtype)
+    : storage_(std::move(storage)), shape_(shape), strides_(strides), offset_(offset),
+      dtype_(dtype) {
+  BCOS_CHECK(shape_.size() == strides_.size(), "Tensor: shape ", shape_, " and strides ",
+             strides_, " differ in length");
+  for (int64_t d : shape_) BCOS_CHECK(d >= 0, "Tensor: negative size in shape ", shape_);
+}
+
+int64_t Tensor::size(int64_t d) const { return shape_[wrap_dim(d, dim(), "size")]; }
+int64_t Tensor::stride(int64_t d) const { return strides_[wrap_dim(d, dim(), "stride")]; }
+
+Device Tensor::device() const { return storage_ ? storage_->device : Device(); }
+
+bool Tensor::is_contiguous() const {
+  int64_t expected = 1;
+  for (int i = dim() - 1; i >= 0; --i) {
+    if (shape_[i] == 1) continue;
+    if (strides_[i] != expected) return false;
+    expected *= shape_[i];
+  }
+  return true;
+}
+
+void* Tensor::raw_data() const {
+  BCOS_CHECK(defined(), "Tensor: access to an undefined tensor");
+  return static_cast<char*>(storage_->data) + offset_ * int64_t(element_size());
+}
+
+Tensor Tensor::alias(const Shape& shape, const Strides& strides, int64_t offset) const {
+  BCOS_CHECK(defined(), "Tensor::alias: undefined tensor");
+  return Tensor(storage_, shape, strides, offset, dtype_);
+}
+
+void Tensor::bump_version() const {
+  if (storage_) storage_->version.fetch_add(1, std::memory_order_relaxed);
+}
+uint64_t Tensor::version() const { return storage_ ? storage_->version.load() : 0; }
+
+double Tensor::item() const {
+  BCOS_CHECK(defined(), "item: undefined tensor");
+  BCOS_CHECK(numel() == 1, "item: a tensor with ", numel(), " elements (shape ", shape_,
+             ") cannot be converted to a scalar");
+  Tensor host = to_cpu_contiguous(*this);
+  return dispatch_all(dtype_, [&]<class T>() { return double(*host.data<T>()); });
+}
+
+template <class T>
+std::vector<T> Tensor::to_vector() const {
+  BCOS_CHECK(defined(), "to_vector: undefined tensor");
+  Tensor host = to_cpu_contiguous(*this);
+  std::vector<T> out(static_cast<size_t>(numel()));
+  dispatch_all(dtype_, [&]<class S>() {
+    const S* p = host.data<S>();
+    for (size_t i = 0; i < out.size(); ++i) {
+      if constexpr (std::is_same_v<S, Half> || std::is_same_v<S, BFloat16>)
+        out[i] = static_cast<T>(float(p[i]));
+      else
+        out[i] = static_cast<T>(p[i]);
+    }
+  });
+  return out;
+}
+template std::vector<float> Tensor::to_vector<float>() const;
+template std::vector<double> Tensor::to_vector<double>() const;
+template std::vector<int64_t> Tensor::to_vector<int64_t>() const;
+template std::vector<uint8_t> Tensor::to_vector<uint8_t>() const;
+template std::vector<bool> Tensor::to_vector<bool>() const;
+template std::vector<int> Tensor::to_vector<int>() const;
+
+}  // namespace bcos

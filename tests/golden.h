@@ -1,0 +1,152 @@
+// A small safetensors reader for the test fixtures (the full, validating reader comes with
+// nn/), plus the comparison the golden tests use: the norm-wise relative error
+//   max|a − b| / max(max|b|, 1e-6)
+// which is what "relative error <= 1e-5" means throughout the tests.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace golden {
+
+inline std::string golden_dir() {
+  if (const char* env = std::getenv("BCOS_GOLDEN_DIR")) return env;
+  return BCOS_GOLDEN_DIR;
+}
+
+class Fixtures {
+ public:
+  explicit Fixtures(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    BCOS_CHECK(f.good(), "golden: cannot open ", path, " (run tools/golden/*.py)");
+    uint64_t header_len = 0;
+    f.read(reinterpret_cast<char*>(&header_len), 8);
+    std::string header(header_len, '\0');
+    f.read(header.data(), std::streamsize(header_len));
+    std::vector<char> data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    parse(header, data, path);
+  }
+
+  bool has(const std::string& key) const { return tensors_.count(key) > 0; }
+  const bcos::Tensor& operator[](const std::string& key) const {
+    auto it = tensors_.find(key);
+    BCOS_CHECK(it != tensors_.end(), "golden: missing fixture ", key);
+    return it->second;
+  }
+  std::vector<std::string> keys() const {
+    std::vector<std::string> k;
+    for (const auto& [name, t] : tensors_) k.push_back(name);
+    return k;
+  }
+
+ private:
+  // The header is flat JSON: {"name": {"dtype": "F32", "shape": [..], "data_offsets": [a, b]}, ...}
+  void parse(const std::string& h, const std::vector<char>& data, const std::string& path) {
+    size_t pos = 0;
+    auto skip_ws = [&] { while (pos < h.size() && std::isspace(static_cast<unsigned char>(h[pos]))) ++pos; };
+    auto expect = [&](char c) {
+      skip_ws();
+      BCOS_CHECK(pos < h.size() && h[pos] == c, "golden: bad header in ", path, " at ", pos);
+      ++pos;
+    };
+    auto read_string = [&] {
+      expect('"');
+      size_t end = h.find('"', pos);
+      std::string s = h.substr(pos, end - pos);
+      pos = end + 1;
+      return s;
+    };
+    auto read_ints = [&] {
+      std::vector<int64_t> v;
+      expect('[');
+      skip_ws();
+      while (h[pos] != ']') {
+        char* end = nullptr;
+        v.push_back(std::strtoll(h.c_str() + pos, &end, 10));
+        pos = size_t(end - h.c_str());
+        skip_ws();
+        if (h[pos] == ',') ++pos;
+        skip_ws();
+      }
+      ++pos;
+      return v;
+    };
+    auto skip_object = [&] {
+      int depth = 0;
+      do {
+        if (h[pos] == '{') depth++;
+        if (h[pos] == '}') depth--;
+        ++pos;
+      } while (depth > 0);
+    };
+    expect('{');
+    while (true) {
+      skip_ws();
+      if (h[pos] == '}') break;
+      std::string name = read_string();
+      expect(':');
+      skip_ws();
+      if (name == "__metadata__") {
+        skip_object();
+      } else {
+        std::string dtype;
+        std::vector<int64_t> shape, offsets;
+        expect('{');
+        while (true) {
+          skip_ws();
+          if (h[pos] == '}') { ++pos; break; }
+          std::string field = read_string();
+          expect(':');
+          skip_ws();
+          if (field == "dtype") dtype = read_string();
+          else if (field == "shape") shape = read_ints();
+          else offsets = read_ints();
+          skip_ws();
+          if (h[pos] == ',') ++pos;
+        }
+        bcos::DType dt = dtype == "F32" ? bcos::kFloat32 : dtype == "F64" ? bcos::kFloat64
+                         : dtype == "I64" ? bcos::kInt64 : dtype == "BOOL" ? bcos::kBool
+                         : dtype == "U8" ? bcos::kUInt8 : bcos::kFloat32;
+        bcos::Tensor t = bcos::empty(bcos::Shape(shape), dt);
+        size_t nbytes = size_t(offsets[1] - offsets[0]);
+        BCOS_CHECK(nbytes == size_t(t.numel()) * t.element_size() && size_t(offsets[1]) <= data.size(),
+                   "golden: bad byte range for ", name, " in ", path);
+        if (nbytes) std::memcpy(t.raw_data(), data.data() + offsets[0], nbytes);
+        tensors_[name] = t;
+      }
+      skip_ws();
+      if (h[pos] == ',') ++pos;
+    }
+  }
+  std::map<std::string, bcos::Tensor> tensors_;
+};
+
+// max|a − b| / max(max|b|, 1e-6), in double. Shapes must agree.
+inline double relative_error(const bcos::Tensor& a, const bcos::Tensor& b) {
+  BCOS_CHECK(a.shape() == b.shape(), "relative_error: shapes ", a.shape(), " and ", b.shape(),
+             " differ");
+  std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  double diff = 0, scale = 1e-6;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (std::isnan(x[i]) != std::isnan(y[i])) return INFINITY;
+    if (std::isnan(x[i])) continue;
+    diff = std::max(diff, std::abs(x[i] - y[i]));
+    scale = std::max(scale, std::abs(y[i]));
+  }
+  return diff / scale;
+}
+
+// Exact equality (for indices and booleans).
+inline bool equal(const bcos::Tensor& a, const bcos::Tensor& b) {
+  return a.shape() == b.shape() && a.to_vector<double>() == b.to_vector<double>();
+}
+
+}  // namespace golden
