@@ -59,6 +59,11 @@ struct Node {
   std::weak_ptr<AutogradMeta> retained;       // the output, when it called retain_grad()
   std::shared_ptr<AutogradMeta> leaf;         // set for AccumulateGrad nodes only
   bool released = false;
+
+  Node() = default;
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+  ~Node();  // releases long chains iteratively (a recursive release overflows the stack)
 };
 
 // A tensor kept for backward. It remembers the storage version at save time; get() raises if

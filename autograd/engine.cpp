@@ -23,6 +23,18 @@ const Tensor& SavedTensor::get() const {
   return value_;
 }
 
+Node::~Node() {
+  std::vector<std::shared_ptr<Node>> pending = std::move(next);
+  while (!pending.empty()) {
+    std::shared_ptr<Node> n = std::move(pending.back());
+    pending.pop_back();
+    if (n && n.use_count() == 1) {  // we hold the last reference: take over its edges
+      for (auto& e : n->next) pending.push_back(std::move(e));
+      n->next.clear();
+    }
+  }
+}
+
 bool needs_graph(std::initializer_list<Tensor> inputs) {
   if (!grad_enabled()) return false;
   for (const Tensor& t : inputs)

@@ -65,29 +65,31 @@ void collect(const Tensor& t, const double* vals, int dim, int64_t offset, bool 
 
 void emit(std::ostringstream& os, const Tensor& t, const double* vals, const Formatter& f,
           int dim, int64_t offset, int indent, bool summarize) {
-  if (dim == t.dim()) {
-    std::string s = f.format(vals[offset]);
-    os << std::string(size_t(std::max<int>(0, f.width - int(s.size()))), ' ') << s;
-    return;
-  }
+  constexpr int kLineWidth = 80;
   int64_t stride = contiguous_strides(t.shape())[dim];
   os << '[';
-  bool first = true;
-  for (int64_t i : kept(t.shape()[dim], summarize)) {
-    if (!first) {
-      if (dim == t.dim() - 1) {
-        os << ", ";
-      } else {
-        os << ',' << std::string(size_t(t.dim() - dim - 1), '\n')
-           << std::string(size_t(indent + dim + 1), ' ');
+  std::vector<int64_t> idx = kept(t.shape()[dim], summarize);
+  if (dim == t.dim() - 1) {  // a row of numbers, wrapped at 80 columns as PyTorch does
+    int per_line = std::max(1, (kLineWidth - indent) / (f.width + 2));
+    for (size_t k = 0; k < idx.size(); ++k) {
+      if (k > 0) os << (k % size_t(per_line) == 0 ? ",\n" + std::string(size_t(indent + 1), ' ') : ", ");
+      if (idx[k] < 0) {
+        os << " ...";
+        continue;
       }
+      std::string s = f.format(vals[offset + idx[k] * stride]);
+      os << std::string(size_t(std::max<int>(0, f.width - int(s.size()))), ' ') << s;
     }
-    first = false;
-    if (i < 0) {
-      os << "...";
-      continue;
+  } else {
+    for (size_t k = 0; k < idx.size(); ++k) {
+      if (k > 0)
+        os << ',' << std::string(size_t(t.dim() - dim - 1), '\n') << std::string(size_t(indent + 1), ' ');
+      if (idx[k] < 0) {
+        os << "...";
+        continue;
+      }
+      emit(os, t, vals, f, dim + 1, offset + idx[k] * stride, indent + 1, summarize);
     }
-    emit(os, t, vals, f, dim + 1, offset + i * stride, indent, summarize);
   }
   os << ']';
 }
@@ -116,11 +118,11 @@ std::string Tensor::to_string() const {
       if (a > 0) min_abs = std::min(min_abs, a);
       if (v != std::floor(v)) all_int = false;
     }
+    bool wide = max_abs >= 1e8 || (min_abs < INFINITY && max_abs / min_abs > 1000);
     if (all_int) {
-      f.mode = max_abs >= 1e8 ? Formatter::scientific : Formatter::integer_valued;
+      f.mode = wide ? Formatter::scientific : Formatter::integer_valued;
     } else {
-      bool sci = max_abs >= 1e8 || (min_abs < 1e-4) || (min_abs < INFINITY && max_abs / min_abs > 1000);
-      f.mode = sci ? Formatter::scientific : Formatter::fixed;
+      f.mode = wide || min_abs < 1e-4 ? Formatter::scientific : Formatter::fixed;
     }
     for (double v : shown) f.width = std::max<int>(f.width, int(f.format(v).size()));
   }
@@ -135,11 +137,12 @@ std::string Tensor::to_string() const {
   if (numel() == 0) {
     os << "[]";
   } else {
-    emit(os, host, values.data(), f, 0, 0, 7, summarize);
+    if (dim() == 0) os << f.format(values[0]);
+    else emit(os, host, values.data(), f, 0, 0, 7, summarize);
   }
   if (numel() == 0 || summarize) os << ", size=" << shape();
   if (dtype() != DType::f32 && dtype() != DType::i64 && dtype() != DType::boolean)
-    os << ", dtype=" << dtype_name(dtype());
+    os << ", dtype=torch." << dtype_name(dtype());
   if (is_cuda()) os << ", device='" << device() << "'";
   std::string fn = grad_fn_name();
   if (!fn.empty()) os << ", grad_fn=<" << fn << ">";

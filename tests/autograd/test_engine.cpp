@@ -1,0 +1,146 @@
+// The backward engine's behaviour: accumulation, grad mode, detach, retain_grad, version
+// counters, freed graphs, gradient checks against known closed forms.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "autograd/ops.h"
+
+using namespace bcos;
+
+namespace {
+std::vector<double> v(const Tensor& t) { return t.to_vector<double>(); }
+}
+
+TEST_CASE("engine: scalar backward and known gradients") {
+  Tensor x = from_vector<float>({1, 2, 3}, {3}).requires_grad_();
+  Tensor y = sum(x * x);  // dy/dx = 2x
+  y.backward();
+  CHECK(v(x.grad()) == std::vector<double>{2, 4, 6});
+  CHECK(x.is_leaf());
+  CHECK_FALSE(y.is_leaf());
+  CHECK(y.grad_fn_name() == "SumBackward");
+}
+
+TEST_CASE("engine: a tensor used twice accumulates both paths") {
+  Tensor x = from_vector<double>({0.5, -1.0}, {2}, kFloat64).requires_grad_();
+  Tensor y = sum(x * 3.0 + exp(x));  // 3 + e^x
+  y.backward();
+  std::vector<double> g = v(x.grad());
+  CHECK(g[0] == doctest::Approx(3 + std::exp(0.5)));
+  CHECK(g[1] == doctest::Approx(3 + std::exp(-1.0)));
+}
+
+TEST_CASE("engine: gradients accumulate across backward calls into .grad") {
+  Tensor x = ones({2}).requires_grad_();
+  sum(x * 2.0).backward();
+  sum(x * 3.0).backward();
+  CHECK(v(x.grad()) == std::vector<double>{5, 5});
+  x.zero_grad();
+  CHECK_FALSE(x.grad().defined());
+}
+
+TEST_CASE("engine: .grad is owned, so modifying it in place touches nothing else") {
+  Tensor a = ones({2}).requires_grad_(), b = ones({2}).requires_grad_();
+  sum(a + b).backward();  // both receive the very same gradient tensor
+  a.grad().mul_(10.0);
+  CHECK(v(b.grad()) == std::vector<double>{1, 1});
+}
+
+TEST_CASE("engine: backward with an explicit gradient for a non-scalar output") {
+  Tensor x = from_vector<float>({1, 2}, {2}).requires_grad_();
+  Tensor y = x * x;
+  CHECK_THROWS_WITH_AS(y.backward(), doctest::Contains("scalar"), Error);
+  y.backward(from_vector<float>({1, 10}, {2}));
+  CHECK(v(x.grad()) == std::vector<double>{2, 40});
+  CHECK_THROWS_WITH_AS((x * 2.0).backward(ones({3})), doctest::Contains("shape"), Error);
+}
+
+TEST_CASE("engine: NoGradGuard, detach and requires_grad_") {
+  Tensor x = ones({2}).requires_grad_();
+  {
+    NoGradGuard guard;
+    Tensor y = x * 2.0;
+    CHECK_FALSE(y.requires_grad());
+    CHECK_FALSE(grad_enabled());
+  }
+  CHECK(grad_enabled());
+  Tensor d = (x * 2.0).detach();
+  CHECK_FALSE(d.requires_grad());
+  CHECK(d.storage() != nullptr);
+  CHECK_THROWS_AS(d.backward(), Error);
+  CHECK_THROWS_WITH_AS(from_vector<int64_t>({1}, {1}).requires_grad_(),
+                       doctest::Contains("floating"), Error);
+  CHECK_THROWS_AS((x * 2.0).requires_grad_(false), Error);
+}
+
+TEST_CASE("engine: retain_grad keeps the gradient of an intermediate") {
+  Tensor x = from_vector<float>({1, 2}, {2}).requires_grad_();
+  Tensor h = x * 3.0;
+  h.retain_grad();
+  Tensor y = sum(h * h);
+  y.backward();
+  CHECK(v(h.grad()) == std::vector<double>{6, 12});  // 2h
+  CHECK(v(x.grad()) == std::vector<double>{18, 36});
+}
+
+TEST_CASE("engine: a saved tensor modified in place makes backward raise") {
+  Tensor w = ones({3}).requires_grad_();
+  Tensor x = full({3}, 2.0);
+  Tensor y = sum(w * x);  // saves x
+  x.add_(ones({3}));      // bumps its version
+  CHECK_THROWS_WITH_AS(y.backward(), doctest::Contains("modified by an in-place operation"), Error);
+}
+
+TEST_CASE("engine: going through a freed graph twice raises, retain_graph allows it") {
+  Tensor x = ones({2}).requires_grad_();
+  Tensor y = sum(exp(x));
+  y.backward(Tensor(), /*retain_graph=*/true);
+  y.backward();
+  CHECK(v(x.grad())[0] == doctest::Approx(2 * std::exp(1.0)));
+  CHECK_THROWS_WITH_AS(y.backward(), doctest::Contains("second time"), Error);
+}
+
+TEST_CASE("engine: in-place ops refuse tensors autograd tracks") {
+  Tensor w = ones({2}).requires_grad_();
+  CHECK_THROWS_WITH_AS(w.add_(ones({2})), doctest::Contains("leaf"), Error);
+  Tensor h = w * 2.0;
+  CHECK_THROWS_WITH_AS(h.mul_(2.0), doctest::Contains("graph"), Error);
+  {
+    NoGradGuard guard;  // optimizer-style updates are fine
+    w.add_(ones({2}), -0.5);
+  }
+  CHECK(v(w) == std::vector<double>{0.5, 0.5});
+  Tensor dst = zeros({2});
+  CHECK_THROWS_AS(dst.copy_(w * 1.0), Error);
+}
+
+TEST_CASE("engine: gradients flow through views and broadcasts back to the base") {
+  Tensor base = zeros({3, 4}).requires_grad_();
+  Tensor y = sum(base.slice(1, 0, 4, 2) * 2.0) + sum(base.select(0, 2)) + sum(base.t().narrow(0, 3, 1));
+  y.backward();
+  std::vector<double> g = v(base.grad());
+  // column 0 and 2 get 2, row 2 gets +1, column 3 gets +1
+  std::vector<double> expect = {2, 0, 2, 1, 2, 0, 2, 1, 3, 1, 3, 2};
+  CHECK(g == expect);
+  Tensor b = ones({1, 4}).requires_grad_();
+  sum(b + zeros({3, 4})).backward();
+  CHECK(b.grad().shape() == Shape{1, 4});
+  CHECK(v(b.grad()) == std::vector<double>{3, 3, 3, 3});
+}
+
+TEST_CASE("engine: dtype and device conversions are differentiable") {
+  Tensor x = from_vector<double>({1.5, -2}, {2}, kFloat64).requires_grad_();
+  Tensor y = sum(x.to(kFloat32) * 2.0);
+  y.backward();
+  CHECK(x.grad().dtype() == kFloat64);
+  CHECK(v(x.grad()) == std::vector<double>{2, 2});
+}
+
+TEST_CASE("engine: a deep chain does not overflow the stack") {
+  Tensor x = ones({1}).requires_grad_();
+  Tensor y = x;
+  for (int i = 0; i < 20000; ++i) y = y * 1.0;
+  sum(y).backward();
+  CHECK(x.grad().item() == 1.0);
+}

@@ -1,0 +1,192 @@
+// CPU kernels against naive reference loops, at sizes large enough to take the threaded and
+// fast paths (contiguous rows, outer reductions, Eigen layouts, im2col and 1x1 convolution).
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "autograd/ops.h"
+#include "tensor/parallel.h"
+
+using namespace bcos;
+
+namespace {
+double max_diff(const Tensor& a, const Tensor& b) {
+  std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  REQUIRE(x.size() == y.size());
+  double d = 0;
+  for (size_t i = 0; i < x.size(); ++i) d = std::max(d, std::abs(x[i] - y[i]));
+  return d;
+}
+
+// out[b, i, j] = sum_k a[b, i, k] w[b, k, j], in double, element by element.
+Tensor naive_bmm(const Tensor& a, const Tensor& b) {
+  int64_t B = a.size(0), M = a.size(1), K = a.size(2), N = b.size(2);
+  Tensor ac = a.to(kFloat64).contiguous(), bc = b.to(kFloat64).contiguous();
+  const double *pa = ac.data<double>(), *pb = bc.data<double>();
+  std::vector<double> out(static_cast<size_t>(B * M * N), 0.0);
+  for (int64_t s = 0; s < B; ++s)
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) {
+        double acc = 0;
+        for (int64_t k = 0; k < K; ++k) acc += pa[(s * M + i) * K + k] * pb[(s * K + k) * N + j];
+        out[size_t((s * M + i) * N + j)] = acc;
+      }
+  return from_vector(out, {B, M, N}, kFloat64);
+}
+
+// Direct convolution in double.
+Tensor naive_conv(const Tensor& x, const Tensor& w, int64_t stride, int64_t pad, int64_t dil,
+                  int64_t groups) {
+  Tensor xc = x.to(kFloat64).contiguous(), wc = w.to(kFloat64).contiguous();
+  int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3);
+  int64_t o = w.size(0), kh = w.size(2), kw = w.size(3), cg = c / groups, og = o / groups;
+  int64_t ho = (h + 2 * pad - dil * (kh - 1) - 1) / stride + 1;
+  int64_t wo = (wd + 2 * pad - dil * (kw - 1) - 1) / stride + 1;
+  const double *px = xc.data<double>(), *pw = wc.data<double>();
+  std::vector<double> out(static_cast<size_t>(n * o * ho * wo), 0.0);
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t oc = 0; oc < o; ++oc)
+      for (int64_t i = 0; i < ho; ++i)
+        for (int64_t j = 0; j < wo; ++j) {
+          double acc = 0;
+          int64_t g = oc / og;
+          for (int64_t ic = 0; ic < cg; ++ic)
+            for (int64_t a = 0; a < kh; ++a)
+              for (int64_t e = 0; e < kw; ++e) {
+                int64_t ih = i * stride - pad + a * dil, iw = j * stride - pad + e * dil;
+                if (ih < 0 || ih >= h || iw < 0 || iw >= wd) continue;
+                acc += px[((b * c + g * cg + ic) * h + ih) * wd + iw] * pw[((oc * cg + ic) * kh + a) * kw + e];
+              }
+          out[size_t(((b * o + oc) * ho + i) * wo + j)] = acc;
+        }
+  return from_vector(out, {n, o, ho, wo}, kFloat64);
+}
+}  // namespace
+
+TEST_CASE("kernels: large strided elementwise ops take the threaded path correctly") {
+  manual_seed(1);
+  Tensor a = randn({300, 400}), b = randn({400});
+  Tensor out = a.t().contiguous().t() * b + 1.0;  // a non-contiguous operand
+  std::vector<double> av = a.to_vector<double>(), bv = b.to_vector<double>(), ov = out.to_vector<double>();
+  double d = 0;
+  for (size_t i = 0; i < av.size(); ++i) d = std::max(d, std::abs(ov[i] - (av[i] * bv[i % 400] + 1.0)));
+  CHECK(d < 1e-5);  // two float32 roundings
+}
+
+TEST_CASE("kernels: reductions over many layouts agree with double sums") {
+  manual_seed(2);
+  Tensor x = randn({64, 33, 50}, kFloat64);
+  std::vector<double> xv = x.to_vector<double>();
+  // over dim 0 (outer reduction path), dim 2 (contiguous rows) and all (split across threads)
+  Tensor s0 = sum(x, {0}), s2 = sum(x, {2}), sall = sum(x);
+  double d0 = 0, d2 = 0, total = 0;
+  std::vector<double> r0(33 * 50, 0.0), r2(64 * 33, 0.0);
+  for (int64_t i = 0; i < 64; ++i)
+    for (int64_t j = 0; j < 33; ++j)
+      for (int64_t k = 0; k < 50; ++k) {
+        double val = xv[size_t((i * 33 + j) * 50 + k)];
+        r0[size_t(j * 50 + k)] += val;
+        r2[size_t(i * 33 + j)] += val;
+        total += val;
+      }
+  std::vector<double> s0v = s0.to_vector<double>(), s2v = s2.to_vector<double>();
+  for (size_t i = 0; i < r0.size(); ++i) d0 = std::max(d0, std::abs(s0v[i] - r0[i]));
+  for (size_t i = 0; i < r2.size(); ++i) d2 = std::max(d2, std::abs(s2v[i] - r2[i]));
+  CHECK(d0 < 1e-12);
+  CHECK(d2 < 1e-12);
+  CHECK(sall.item() == doctest::Approx(total).epsilon(1e-12));
+  // max with indices over a middle dim of a permuted view
+  Tensor p = x.permute({2, 0, 1});
+  ValuesIndices m = max(p, 1);
+  Tensor picked = gather(p, 1, m.indices.unsqueeze(1)).squeeze(1);
+  CHECK(max_diff(picked, m.values) == 0.0);
+  CHECK(min(var(x, {0, 2})).item<double>() > 0.5);
+}
+
+TEST_CASE("kernels: thread count does not change results") {
+  manual_seed(3);
+  Tensor x = randn({256, 512});
+  Tensor w = randn({512, 128});
+  int before = num_threads();
+  set_num_threads(1);
+  Tensor s1 = sum(x, {0}), m1 = matmul(x, w), c1 = softmax(x, 1);
+  set_num_threads(std::max(2, before));
+  Tensor s2 = sum(x, {0}), m2 = matmul(x, w), c2 = softmax(x, 1);
+  set_num_threads(before);
+  CHECK(max_diff(s1, s2) == 0.0);
+  CHECK(max_diff(c1, c2) == 0.0);
+  CHECK(max_diff(m1, m2) < 1e-3);  // GEMM blocking may differ by thread count
+}
+
+TEST_CASE("kernels: matmul layouts (row-major, transposed, strided, broadcast batch) vs naive") {
+  manual_seed(4);
+  for (auto [m, k, n] : {std::tuple{3, 5, 4}, {64, 130, 70}, {1, 257, 1}, {200, 300, 150}}) {
+    CAPTURE(m);
+    CAPTURE(k);
+    Tensor a = randn({2, m, k}, kFloat64), b = randn({2, k, n}, kFloat64);
+    Tensor expect = naive_bmm(a, b);
+    CHECK(max_diff(matmul(a, b), expect) < 1e-9);
+    // transposed operands, read without copies
+    Tensor at = a.transpose(1, 2).contiguous().transpose(1, 2);
+    Tensor bt = b.transpose(1, 2).contiguous().transpose(1, 2);
+    CHECK(max_diff(matmul(at, bt), expect) < 1e-9);
+    // a strided (sliced) operand that needs a copy
+    Tensor wide = randn({2, m, 2 * k}, kFloat64);
+    Tensor sliced = wide.slice(2, 0, 2 * k, 2);
+    CHECK(max_diff(matmul(sliced, b), naive_bmm(sliced.contiguous(), b)) < 1e-9);
+  }
+  Tensor a = randn({4, 1, 6, 7}), b = randn({3, 7, 5});
+  Tensor out = matmul(a, b);
+  CHECK(out.shape() == Shape{4, 3, 6, 5});
+  Tensor expect = naive_bmm(a.expand({4, 3, 6, 7}).reshape({12, 6, 7}), b.expand({4, 3, 7, 5}).reshape({12, 7, 5}));
+  CHECK(max_diff(out.reshape({12, 6, 5}), expect) < 1e-4);
+}
+
+TEST_CASE("kernels: conv2d forward and both backward passes vs a direct convolution") {
+  manual_seed(5);
+  struct Cfg {
+    int64_t n, c, h, o, k, stride, pad, dil, groups;
+  };
+  for (Cfg cfg : {Cfg{2, 3, 9, 4, 3, 1, 1, 1, 1}, Cfg{3, 4, 11, 6, 3, 2, 1, 1, 2}, Cfg{1, 2, 10, 3, 3, 1, 2, 2, 1},
+                  Cfg{4, 8, 6, 5, 1, 1, 0, 1, 1}, Cfg{2, 6, 7, 6, 3, 1, 1, 1, 6}, Cfg{1, 3, 12, 2, 5, 3, 2, 1, 1}}) {
+    CAPTURE(cfg.c);
+    CAPTURE(cfg.k);
+    CAPTURE(cfg.groups);
+    Tensor x = randn({cfg.n, cfg.c, cfg.h, cfg.h}, kFloat64).requires_grad_();
+    Tensor w = randn({cfg.o, cfg.c / cfg.groups, cfg.k, cfg.k}, kFloat64).requires_grad_();
+    Tensor y = conv2d(x, w, Tensor(), cfg.stride, cfg.pad, cfg.dil, cfg.groups);
+    CHECK(max_diff(y, naive_conv(x.detach(), w.detach(), cfg.stride, cfg.pad, cfg.dil, cfg.groups)) < 1e-10);
+    // Backward via the adjoint identity: <conv(x, w), g> is bilinear, so its gradients are
+    // checked by comparing directional derivatives computed with the naive convolution.
+    Tensor g = randn(y.shape(), kFloat64);
+    sum(y * g).backward();
+    Tensor dx = randn(x.shape(), kFloat64), dw = randn(w.shape(), kFloat64);
+    double lhs_x = sum(x.grad() * dx).item();
+    double rhs_x = sum(naive_conv(dx, w.detach(), cfg.stride, cfg.pad, cfg.dil, cfg.groups) * g).item();
+    double lhs_w = sum(w.grad() * dw).item();
+    double rhs_w = sum(naive_conv(x.detach(), dw, cfg.stride, cfg.pad, cfg.dil, cfg.groups) * g).item();
+    CHECK(lhs_x == doctest::Approx(rhs_x).epsilon(1e-10));
+    CHECK(lhs_w == doctest::Approx(rhs_w).epsilon(1e-10));
+  }
+}
+
+TEST_CASE("kernels: pooling corner cases") {
+  // all-negative input with padding: padding never wins a max
+  Tensor x = full({1, 1, 3, 3}, -5.0);
+  CHECK(max_pool2d(x, 3, 1, 1).to_vector<double>() == std::vector<double>(9, -5.0));
+  // NaN propagates through max pooling, as in PyTorch
+  Tensor y = from_vector<float>({1, NAN, 2, 3}, {1, 1, 2, 2});
+  CHECK(std::isnan(max_pool2d(y, 2).item()));
+  // adaptive pooling with bins that overlap (7 -> 3)
+  Tensor z = arange(7.0).reshape({1, 1, 1, 7});
+  CHECK(adaptive_avg_pool2d(z, IntPair(1, 3)).to_vector<double>() == std::vector<double>{1, 3, 5});
+}
+
+TEST_CASE("kernels: topk ordering and ties") {
+  Tensor x = from_vector<float>({3, 1, 3, 2, NAN}, {5});
+  ValuesIndices t = topk(x, 3);
+  std::vector<int64_t> idx = t.indices.to_vector<int64_t>();
+  CHECK(idx == std::vector<int64_t>{4, 0, 2});  // NaN first, then ties in index order
+  ValuesIndices s = topk(x, 2, 0, false);
+  CHECK(s.indices.to_vector<int64_t>() == std::vector<int64_t>{1, 3});
+}

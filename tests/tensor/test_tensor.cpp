@@ -1,0 +1,159 @@
+// Tensor handle, creation, views, conversions, random numbers and printing.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "autograd/ops.h"
+
+using namespace bcos;
+
+namespace {
+std::vector<double> v(const Tensor& t) { return t.to_vector<double>(); }
+}
+
+TEST_CASE("tensor: creation functions") {
+  CHECK(v(zeros({2, 2})) == std::vector<double>{0, 0, 0, 0});
+  CHECK(v(ones({3}, kFloat64)) == std::vector<double>{1, 1, 1});
+  CHECK(v(full({2}, -2.5)) == std::vector<double>{-2.5, -2.5});
+  CHECK(v(arange(5.0)) == std::vector<double>{0, 1, 2, 3, 4});
+  CHECK(v(arange(1, 2, 0.25)) == std::vector<double>{1, 1.25, 1.5, 1.75});
+  CHECK(arange(0, 10, 3, kInt64).dtype() == kInt64);
+  CHECK(v(linspace(0, 1, 5)) == std::vector<double>{0, 0.25, 0.5, 0.75, 1});
+  CHECK(v(eye(2, 3)) == std::vector<double>{1, 0, 0, 0, 1, 0});
+  CHECK(scalar_tensor(3.0).dim() == 0);
+  CHECK(scalar_tensor(3.0).item() == 3.0);
+  Tensor e = empty({0, 3});
+  CHECK(e.numel() == 0);
+  CHECK(from_vector<int64_t>({1LL << 60}, {1}).item<int64_t>() == (1LL << 60));
+}
+
+TEST_CASE("tensor: strides, contiguity and views share storage") {
+  Tensor a = arange(12.0).reshape({3, 4});
+  CHECK(a.strides() == Strides{4, 1});
+  Tensor t = a.t();
+  CHECK(t.strides() == Strides{1, 4});
+  CHECK_FALSE(t.is_contiguous());
+  CHECK(t.storage() == a.storage());
+  Tensor c = t.contiguous();
+  CHECK(c.is_contiguous());
+  CHECK(c.storage() != a.storage());
+  CHECK(v(c) == std::vector<double>{0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11});
+  // reshape is a view whenever possible, a copy otherwise
+  CHECK(a.reshape({2, 6}).storage() == a.storage());
+  CHECK(a.reshape({4, 3}).storage() == a.storage());
+  CHECK(t.reshape({12}).storage() != a.storage());
+  CHECK(a.slice(1, 1, 4, 2).strides() == Strides{4, 2});
+  CHECK(v(a.slice(1, 1, 4, 2)) == std::vector<double>{1, 3, 5, 7, 9, 11});
+  CHECK(v(a.slice(0, -2, 3)) == std::vector<double>{4, 5, 6, 7, 8, 9, 10, 11});
+  CHECK(v(a.select(1, 2)) == std::vector<double>{2, 6, 10});
+  CHECK(a.unsqueeze(0).shape() == Shape{1, 3, 4});
+  CHECK(a.unsqueeze(-1).shape() == Shape{3, 4, 1});
+  CHECK(ones({2, 1, 3, 1}).squeeze().shape() == Shape{2, 3});
+  CHECK(ones({2, 3, 4}).flatten(1).shape() == Shape{2, 12});
+  Tensor x = from_vector<float>({1, 2}, {2, 1});
+  Tensor ex = x.expand({2, 3});
+  CHECK(ex.strides() == Strides{1, 0});
+  CHECK(v(ex) == std::vector<double>{1, 1, 1, 2, 2, 2});
+  // a view of a view of a transposed tensor
+  Tensor b = arange(24.0).reshape({2, 3, 4}).permute({2, 0, 1});
+  CHECK(b.shape() == Shape{4, 2, 3});
+  CHECK(v(b.select(0, 1).select(0, 1)) == std::vector<double>{13, 17, 21});
+}
+
+TEST_CASE("tensor: split / chunk sizes match PyTorch") {
+  Tensor a = arange(10.0);
+  auto parts = split(a, 4);
+  REQUIRE(parts.size() == 3);
+  CHECK(parts[2].numel() == 2);
+  auto chunks = chunk(arange(5.0), 3);
+  REQUIRE(chunks.size() == 3);  // sizes 2, 2, 1
+  CHECK(chunks[2].numel() == 1);
+}
+
+TEST_CASE("tensor: copy_, fill_, clone and dtype conversion") {
+  Tensor a = zeros({2, 3});
+  a.slice(1, 1, 3).fill_(7);
+  CHECK(v(a) == std::vector<double>{0, 7, 7, 0, 7, 7});
+  Tensor b = zeros({3, 2});
+  b.copy_(a.t());
+  CHECK(v(b) == std::vector<double>{0, 0, 7, 7, 7, 7});
+  b.copy_(from_vector<float>({1, 2}, {2}));  // broadcast source
+  CHECK(v(b) == std::vector<double>{1, 2, 1, 2, 1, 2});
+  Tensor c = b.clone();
+  c.fill_(0);
+  CHECK(v(b)[1] == 2);
+  CHECK(from_vector<double>({1.7, -2.2}, {2}, kFloat64).to(kInt64).to_vector<int64_t>() ==
+        std::vector<int64_t>{1, -2});
+  CHECK(v(from_vector<float>({0, 3}, {2}).to(kBool)) == std::vector<double>{0, 1});
+  CHECK(v(from_vector<int64_t>({255, 7}, {2}).to(kUInt8)) == std::vector<double>{255, 7});
+}
+
+TEST_CASE("tensor: float16 and bfloat16 storage round-trips") {
+  std::vector<float> values = {0.0f, 1.0f, -2.5f, 65504.0f, 1e-7f, 0.1f, 3.14159f};
+  Tensor h = from_vector(values, {7}).to(kFloat16);
+  std::vector<double> back = v(h.to(kFloat32));
+  CHECK(back[1] == 1.0);
+  CHECK(back[2] == -2.5);
+  CHECK(back[3] == 65504.0);  // largest half
+  CHECK(back[4] == doctest::Approx(1.1920929e-7).epsilon(1e-3));  // subnormal half
+  CHECK(back[5] == doctest::Approx(0.0999755859375));              // nearest half to 0.1
+  CHECK(std::isinf(v(from_vector<float>({70000.f}, {1}).to(kFloat16).to(kFloat32))[0]));
+  Tensor bf = from_vector(values, {7}).to(kBFloat16);
+  std::vector<double> bback = v(bf.to(kFloat32));
+  CHECK(bback[2] == -2.5);
+  CHECK(bback[6] == doctest::Approx(3.140625));  // 8 significant bits
+  CHECK(Half(1.0f).bits == 0x3c00);
+  CHECK(BFloat16(1.0f).bits == 0x3f80);
+  CHECK(std::isnan(float(BFloat16(NAN))));
+}
+
+TEST_CASE("tensor: the seeded generator is deterministic and restorable") {
+  manual_seed(42);
+  Tensor a = randn({100});
+  GeneratorState s = get_rng_state();
+  Tensor b = rand({50});
+  manual_seed(42);
+  CHECK(v(randn({100})) == v(a));
+  set_rng_state(s);
+  CHECK(v(rand({50})) == v(b));
+  std::vector<double> u = v(rand({10000}, kFloat64));
+  double lo = *std::min_element(u.begin(), u.end()), hi = *std::max_element(u.begin(), u.end());
+  CHECK(lo >= 0.0);
+  CHECK(hi < 1.0);
+  Tensor n = randn({20000}, kFloat64);
+  CHECK(mean(n).item() == doctest::Approx(0.0).epsilon(0.03).scale(1));
+  CHECK(bcos::std(n).item() == doctest::Approx(1.0).epsilon(0.03));
+  std::vector<int64_t> r = randint(-3, 4, {5000}).to_vector<int64_t>();
+  CHECK(*std::min_element(r.begin(), r.end()) == -3);
+  CHECK(*std::max_element(r.begin(), r.end()) == 3);
+}
+
+TEST_CASE("tensor: from_blob borrows memory and keeps its owner alive") {
+  auto owner = std::make_shared<std::vector<float>>(std::vector<float>{1, 2, 3, 4});
+  Tensor t = from_blob(owner->data(), {2, 2}, kFloat32, Device(), owner);
+  std::weak_ptr<std::vector<float>> watch = owner;
+  owner.reset();
+  CHECK_FALSE(watch.expired());
+  CHECK(v(t.t()) == std::vector<double>{1, 3, 2, 4});
+  t.fill_(0);
+  t = Tensor();
+  CHECK(watch.expired());
+}
+
+TEST_CASE("tensor: printing matches PyTorch") {
+  CHECK(from_vector<float>({1, 2, 3, 4}, {2, 2}).to_string() == "tensor([[1., 2.],\n        [3., 4.]])");
+  CHECK(from_vector<float>({0.1f, -2.5f}, {2}).to_string() == "tensor([ 0.1000, -2.5000])");
+  CHECK(from_vector<float>({1e-5f, 1.0f}, {2}).to_string() == "tensor([1.0000e-05, 1.0000e+00])");
+  CHECK(from_vector<int64_t>({1, 2}, {2}).to_string() == "tensor([1, 2])");
+  CHECK(from_vector<bool>({true, false}, {2}).to_string() == "tensor([ True, False])");
+  CHECK(from_vector<double>({1.5}, {1}, kFloat64).to_string() == "tensor([1.5000], dtype=torch.float64)");
+  CHECK(scalar_tensor(2.5).to_string() == "tensor(2.5000)");
+  CHECK(zeros({2, 2, 2}).to_string() ==
+        "tensor([[[0., 0.],\n         [0., 0.]],\n\n        [[0., 0.],\n         [0., 0.]]])");
+  CHECK(zeros({0, 3}).to_string() == "tensor([], size=[0, 3])");
+  CHECK(from_vector<uint8_t>({1, 2}, {2}).to_string() == "tensor([1, 2], dtype=torch.uint8)");
+  CHECK(ones({2}).requires_grad_().to_string() == "tensor([1., 1.], requires_grad=True)");
+  std::string big = arange(2000.0).to_string();
+  CHECK(big.rfind("tensor([0.0000e+00, 1.0000e+00, 2.0000e+00,  ..., 1.9970e+03, 1.9980e+03,\n"
+                  "        1.9990e+03]", 0) == 0);
+}
