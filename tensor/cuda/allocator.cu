@@ -1,0 +1,266 @@
+// The caching allocator behind every CUDA tensor. cudaMalloc / cudaFree are slow and cudaFree
+// synchronises the device, so memory is taken from the driver in segments and recycled:
+// requests are rounded up, served best-fit from cached free blocks (small and large requests in
+// separate pools so small tensors do not fragment big segments), split when a block is much
+// larger than asked for and merged with free neighbours of the same segment when returned.
+// A block is handed out again only on the stream it was allocated on: work queued on that
+// stream is ordered after any earlier use, so reuse needs no synchronisation.
+#include <cstdint>
+#include <iomanip>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <tuple>
+#include <vector>
+
+#include "tensor/cuda/internal.h"
+
+namespace bcos::cuda {
+
+namespace {
+
+constexpr size_t kRound = 512;                    // every block is a multiple of this
+constexpr size_t kSmallRequest = size_t(1) << 20;  // up to 1 MiB: small pool
+constexpr size_t kSmallSegment = size_t(2) << 20;  // small pool segments: 2 MiB
+constexpr size_t kMediumRequest = size_t(10) << 20;  // up to 10 MiB: shared 20 MiB segments
+constexpr size_t kMediumSegment = size_t(20) << 20;
+constexpr size_t kLargeRound = size_t(2) << 20;  // larger requests: their own segment
+
+size_t round_up(size_t n, size_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// One piece of a segment. Blocks of a segment form a doubly linked list in address order, so
+// a returned block finds its neighbours without a search.
+struct Block {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  size_t size = 0;
+  char* ptr = nullptr;
+  bool allocated = false;
+  bool small = false;
+  Block* prev = nullptr;
+  Block* next = nullptr;
+};
+
+// Free blocks ordered so that lower_bound({stream, size}) is the best fit on that stream.
+struct BlockOrder {
+  bool operator()(const Block* a, const Block* b) const {
+    auto key = [](const Block* x) {
+      return std::make_tuple(reinterpret_cast<uintptr_t>(x->stream), x->size,
+                             reinterpret_cast<uintptr_t>(x->ptr));
+    };
+    return key(a) < key(b);
+  }
+};
+using Pool = std::set<Block*, BlockOrder>;
+
+struct DeviceState {
+  Pool small_pool, large_pool;
+  size_t in_use = 0, reserved = 0, peak_in_use = 0, segments = 0, total = 0;
+};
+
+std::string human_bytes(size_t n) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(2);
+  if (n >= (size_t(1) << 30))
+    os << double(n) / double(size_t(1) << 30) << " GiB";
+  else
+    os << double(n) / double(size_t(1) << 20) << " MiB";
+  return os.str();
+}
+
+class Allocator {
+ public:
+  std::shared_ptr<void> allocate(size_t nbytes, int device) {
+    if (nbytes == 0) return nullptr;  // empty tensors own no memory
+    check_device_index(device, "cuda::allocate");
+    BCOS_CHECK(nbytes <= SIZE_MAX - kLargeRound, "cuda::allocate: ", nbytes,
+               " bytes is beyond any device");
+    cudaStream_t stream = stream_of(device);
+    size_t size = round_up(nbytes, kRound);
+    bool small = size <= kSmallRequest;
+
+    std::lock_guard<std::mutex> lock(mu_);
+    DeviceState& st = state(device);
+    Pool& pool = small ? st.small_pool : st.large_pool;
+    Block* block = take_best_fit(pool, stream, size);
+    if (block == nullptr) {
+      size_t segment = small ? kSmallSegment
+                       : size <= kMediumRequest ? kMediumSegment
+                                                : round_up(size, kLargeRound);
+      block = new Block();
+      block->device = device;
+      block->stream = stream;
+      block->size = segment;
+      block->small = small;
+      try {
+        block->ptr = static_cast<char*>(malloc_segment(device, segment, nbytes));
+      } catch (...) {
+        delete block;
+        throw;
+      }
+      st.reserved += segment;
+      st.segments++;
+    }
+    split_if_worthwhile(pool, block, size);
+    block->allocated = true;
+    st.in_use += block->size;
+    st.peak_in_use = std::max(st.peak_in_use, st.in_use);
+    return std::shared_ptr<void>(block->ptr, [this, block](void*) noexcept { release(block); });
+  }
+
+  MemoryStats stats(int device) {
+    check_device_index(device, "cuda::memory_stats");
+    std::lock_guard<std::mutex> lock(mu_);
+    DeviceState& st = state(device);
+    if (st.total == 0) {
+      DeviceGuard guard(device);
+      size_t free_bytes = 0;
+      BCOS_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &st.total));
+    }
+    MemoryStats s;
+    s.in_use = st.in_use;
+    s.cached = st.reserved;
+    s.peak_in_use = st.peak_in_use;
+    s.segments = st.segments;
+    s.device_total = st.total;
+    return s;
+  }
+
+  void empty_cache() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t d = 0; d < devices_.size(); ++d) release_free_segments(int(d));
+  }
+
+ private:
+  DeviceState& state(int device) {
+    if (devices_.size() <= size_t(device)) devices_.resize(size_t(device_count()));
+    return devices_[size_t(device)];
+  }
+
+  static Block* take_best_fit(Pool& pool, cudaStream_t stream, size_t size) {
+    Block key;
+    key.stream = stream;
+    key.size = size;
+    key.ptr = nullptr;
+    auto it = pool.lower_bound(&key);
+    if (it == pool.end() || (*it)->stream != stream) return nullptr;
+    Block* block = *it;
+    pool.erase(it);
+    return block;
+  }
+
+  // Small blocks split whenever a rounded unit is left; large ones only when the rest is
+  // worth a large request, so that large segments do not crumble into small slivers.
+  static void split_if_worthwhile(Pool& pool, Block* block, size_t size) {
+    size_t remaining = block->size - size;
+    bool split = block->small ? remaining >= kRound : remaining > kSmallRequest;
+    if (!split) return;
+    Block* rest = new Block(*block);
+    rest->ptr = block->ptr + size;
+    rest->size = remaining;
+    rest->allocated = false;
+    rest->prev = block;
+    rest->next = block->next;
+    if (block->next) block->next->prev = rest;
+    block->next = rest;
+    block->size = size;
+    pool.insert(rest);
+  }
+
+  void* malloc_segment(int device, size_t bytes, size_t requested) {
+    DeviceGuard guard(device);
+    void* p = nullptr;
+    cudaError_t err = cudaMalloc(&p, bytes);
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // clear it: we handle out-of-memory ourselves
+      release_free_segments(device);
+      err = cudaMalloc(&p, bytes);
+      if (err == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        DeviceState& st = state(device);
+        size_t free_bytes = 0, total = 0;
+        if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) cudaGetLastError();
+        fail("CUDA out of memory on cuda:", device, ": requested ", requested, " bytes (",
+             human_bytes(requested), "); ", st.in_use, " bytes in use by tensors (",
+             human_bytes(st.in_use), "), ", st.reserved, " bytes cached by the allocator (",
+             human_bytes(st.reserved), "), ", free_bytes, " bytes free of ", total,
+             " bytes total on the device (", human_bytes(total), ")");
+      }
+    }
+    BCOS_CUDA_CHECK(err);
+    return p;
+  }
+
+  // Returns every segment that is entirely free to the driver. Callers hold mu_.
+  void release_free_segments(int device) {
+    DeviceState& st = state(device);
+    std::vector<Block*> whole;
+    for (Pool* pool : {&st.small_pool, &st.large_pool})
+      for (Block* b : *pool)
+        if (b->prev == nullptr && b->next == nullptr) whole.push_back(b);
+    if (whole.empty()) return;
+    DeviceGuard guard(device);
+    // Kernels queued before the blocks were returned may still be reading them.
+    BCOS_CUDA_CHECK(cudaDeviceSynchronize());
+    for (Block* b : whole) {
+      (b->small ? st.small_pool : st.large_pool).erase(b);
+      BCOS_CUDA_CHECK(cudaFree(b->ptr));
+      st.reserved -= b->size;
+      st.segments--;
+      delete b;
+    }
+  }
+
+  // The deleter of every allocation: must not throw, and touches no CUDA API, so it is safe
+  // even after the runtime has shut down at program exit.
+  void release(Block* block) noexcept {
+    try {
+      std::lock_guard<std::mutex> lock(mu_);
+      DeviceState& st = devices_[size_t(block->device)];
+      Pool& pool = block->small ? st.small_pool : st.large_pool;
+      block->allocated = false;
+      st.in_use -= block->size;
+      if (Block* prev = block->prev; prev != nullptr && !prev->allocated) {
+        pool.erase(prev);  // before its size (part of the ordering key) changes
+        prev->size += block->size;
+        prev->next = block->next;
+        if (block->next) block->next->prev = prev;
+        delete block;
+        block = prev;
+      }
+      if (Block* next = block->next; next != nullptr && !next->allocated) {
+        pool.erase(next);
+        block->size += next->size;
+        block->next = next->next;
+        if (next->next) next->next->prev = block;
+        delete next;
+      }
+      pool.insert(block);
+    } catch (...) {
+      // Only a failing mutex or set insertion can land here; leaking the block is the safe
+      // outcome for a deleter.
+    }
+  }
+
+  std::mutex mu_;
+  std::vector<DeviceState> devices_;
+};
+
+// Leaked on purpose: tensors held by static objects are freed during static destruction, in
+// an order we do not control, and their deleters must still find the allocator alive.
+Allocator& allocator() {
+  static Allocator* instance = new Allocator();
+  return *instance;
+}
+
+}  // namespace
+
+std::shared_ptr<void> allocate(size_t nbytes, int device) {
+  return allocator().allocate(nbytes, device);
+}
+
+MemoryStats memory_stats(int device) { return allocator().stats(device); }
+
+void empty_cache() { allocator().empty_cache(); }
+
+}  // namespace bcos::cuda

@@ -1,0 +1,160 @@
+// Moving bytes to, from and within GPUs: host <-> device transfers, copies between GPUs, and
+// the strided copy-with-conversion and fill kernels behind contiguous(), clone(), to(dtype),
+// copy_() and the creation functions. Conversions follow the CPU's copy kernel exactly so a
+// tensor converted on either device holds the same values.
+#include <cstring>
+
+#include "tensor/cuda/internal.h"
+
+namespace bcos::cuda {
+
+namespace {
+
+bool is_pageable_host_memory(const void* p) {
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    cudaGetLastError();
+    return true;
+  }
+  return attr.type == cudaMemoryTypeUnregistered;
+}
+
+template <class To, class From>
+__global__ void convert_copy_kernel(To* dst, const From* src, Geometry<2> g) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (g.contiguous) {
+    for (int64_t i = first; i < g.numel; i += step) dst[i] = convert_value<To>(src[i]);
+  } else {
+    for (int64_t i = first; i < g.numel; i += step) {
+      int64_t off[2];
+      g.offsets(i, off);
+      dst[off[0]] = convert_value<To>(src[off[1]]);
+    }
+  }
+}
+
+template <class T>
+__global__ void fill_kernel(T* dst, T value, Geometry<1> g) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (g.contiguous) {
+    for (int64_t i = first; i < g.numel; i += step) dst[i] = value;
+  } else {
+    for (int64_t i = first; i < g.numel; i += step) {
+      int64_t off[1];
+      g.offsets(i, off);
+      dst[off[0]] = value;
+    }
+  }
+}
+
+// The host-side value a fill writes, converted exactly as the CPU's fill converts it.
+template <class T>
+T host_fill_value(double v) {
+  if constexpr (std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>) {
+    return T(float(v));
+  } else if constexpr (std::is_same_v<T, bool>) {
+    return v != 0.0;
+  } else {
+    return static_cast<T>(v);
+  }
+}
+
+int same_cuda_device(const Tensor& dst, const Tensor& src, const char* op) {
+  BCOS_CHECK(dst.is_cuda() && src.is_cuda() && dst.device() == src.device(), op,
+             ": both tensors must be on one CUDA device, got ", dst.device(), " and ",
+             src.device());
+  return dst.device().index;
+}
+
+}  // namespace
+
+void copy_host_to_device(void* dst, const void* src, size_t nbytes, int device) {
+  if (nbytes == 0) return;
+  check_device_index(device, "cuda::copy_host_to_device");
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  BCOS_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, stream));
+  // A pageable source may be freed or rewritten as soon as we return; wait until the copy
+  // has consumed it. (A pinned source is the caller's to keep alive.)
+  if (is_pageable_host_memory(src)) BCOS_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+void copy_device_to_host(void* dst, const void* src, size_t nbytes, int device) {
+  if (nbytes == 0) return;
+  check_device_index(device, "cuda::copy_device_to_host");
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  BCOS_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, stream));
+  BCOS_CUDA_CHECK(cudaStreamSynchronize(stream));  // the caller reads dst next
+}
+
+void copy_peer(void* dst, int dst_device, const void* src, int src_device, size_t nbytes) {
+  if (nbytes == 0) return;
+  check_device_index(dst_device, "cuda::copy_peer");
+  check_device_index(src_device, "cuda::copy_peer");
+  {
+    // dst may be a recycled block that work queued on its device still reads.
+    DeviceGuard guard(dst_device);
+    BCOS_CUDA_CHECK(cudaStreamSynchronize(stream_of(dst_device)));
+  }
+  DeviceGuard guard(src_device);
+  cudaStream_t stream = stream_of(src_device);
+  BCOS_CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_device, src, src_device, nbytes, stream));
+  // The destination device's streams know nothing of this one: finish before they read dst.
+  BCOS_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+void copy(const Tensor& dst, const Tensor& src) {
+  int device = same_cuda_device(dst, src, "cuda::copy");
+  BCOS_CHECK(dst.shape() == src.shape(), "cuda::copy: shapes ", dst.shape(), " and ",
+             src.shape(), " differ");
+  if (dst.numel() == 0) return;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  if (dst.dtype() == src.dtype() && dst.is_contiguous() && src.is_contiguous()) {
+    if (dst.raw_data() != src.raw_data())
+      BCOS_CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(),
+                                      size_t(dst.numel()) * dst.element_size(),
+                                      cudaMemcpyDeviceToDevice, stream));
+    return;
+  }
+  Geometry<2> g = make_geometry<2>(dst.shape(), {&dst.strides(), &src.strides()});
+  dispatch_all(dst.dtype(), [&]<class To>() {
+    dispatch_all(src.dtype(), [&]<class From>() {
+      using DTo = device_t<To>;
+      using DFrom = device_t<From>;
+      convert_copy_kernel<DTo, DFrom><<<blocks_for(g.numel), kThreads, 0, stream>>>(
+          static_cast<DTo*>(dst.raw_data()), static_cast<const DFrom*>(src.raw_data()), g);
+      BCOS_CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+void fill(const Tensor& dst, double value) {
+  BCOS_CHECK(dst.is_cuda(), "cuda::fill: tensor is on ", dst.device());
+  if (dst.numel() == 0) return;
+  int device = dst.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  Geometry<1> g = make_geometry<1>(dst.shape(), {&dst.strides()});
+  dispatch_all(dst.dtype(), [&]<class T>() {
+    using D = device_t<T>;
+    static_assert(sizeof(D) == sizeof(T));
+    T host_value = host_fill_value<T>(value);
+    D device_value;
+    std::memcpy(static_cast<void*>(&device_value), &host_value, sizeof(D));
+    unsigned char zero[sizeof(T)] = {};
+    if (g.contiguous && std::memcmp(&host_value, zero, sizeof(T)) == 0) {
+      BCOS_CUDA_CHECK(
+          cudaMemsetAsync(dst.raw_data(), 0, size_t(g.numel) * sizeof(T), stream));
+      return;
+    }
+    fill_kernel<D><<<blocks_for(g.numel), kThreads, 0, stream>>>(
+        static_cast<D*>(dst.raw_data()), device_value, g);
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace bcos::cuda

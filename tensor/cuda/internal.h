@@ -1,0 +1,179 @@
+// Helpers shared by the CUDA backend's .cu files (not part of the public API): the current
+// stream as a cudaStream_t, the per-thread cuBLAS handle, a device guard, launch sizes, and the
+// geometry struct that strided kernels receive by value. Plain C++ may include this header (the
+// tests do, for set_allow_tf32); the device-side parts compile only under nvcc.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <type_traits>
+
+#include "tensor/cuda/backend.h"
+#include "tensor/cuda/check.h"
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
+namespace bcos::cuda {
+
+// ---- devices and streams (device.cu) ------------------------------------------------------
+// Raises naming `op` unless 0 <= device < device_count().
+void check_device_index(int device, const char* op);
+// The calling thread's current stream on `device` (nullptr: the legacy default stream).
+cudaStream_t stream_of(int device);
+// Number of streaming multiprocessors (cached per device).
+int multiprocessor_count(int device);
+// This thread's cuBLAS handle for `device`, created on first use and bound to the thread's
+// current stream on every call. The device must be the current one (see DeviceGuard).
+cublasHandle_t cublas_handle(int device);
+
+// ---- matmul (matmul.cu) ------------------------------------------------------------------
+// f32 matrix products use TF32 tensor cores by default (about 10 mantissa bits per input,
+// f32 accumulation); switch off for full f32 products. Process-wide.
+void set_allow_tf32(bool allow);
+bool allow_tf32();
+
+// Makes `device` current for a scope and restores the previous device afterwards, so a call
+// on cuda:1 never leaves the caller's thread switched away from its device.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    BCOS_CUDA_CHECK(cudaGetDevice(&previous_));
+    if (previous_ != device) {
+      BCOS_CUDA_CHECK(cudaSetDevice(device));
+      changed_ = true;
+    }
+  }
+  ~DeviceGuard() {
+    if (changed_) cudaSetDevice(previous_);  // a destructor must not throw
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+  bool changed_ = false;
+};
+
+// ---- launch sizes ---------------------------------------------------------------------------
+inline constexpr int kThreads = 256;
+// Kernels loop grid-stride, so the grid only needs to be large enough to fill the GPU.
+inline constexpr int64_t kMaxBlocks = int64_t(1) << 16;
+
+inline unsigned blocks_for(int64_t n, int threads = kThreads) {
+  return unsigned(std::clamp<int64_t>((n + threads - 1) / threads, 1, kMaxBlocks));
+}
+
+// ---- strided geometry -------------------------------------------------------------------------
+// The shape shared by N operands and each operand's strides (in elements), passed to kernels by
+// value. Built with size-1 dims dropped and adjacent dims merged wherever every operand allows
+// it, so a dense or simply-sliced tensor unravels over one or two dims.
+template <int N>
+struct Geometry {
+  int ndim = 0;
+  bool contiguous = true;  // every operand dense row-major: the offset is the linear index
+  int64_t numel = 0;
+  int64_t sizes[kMaxDims] = {};
+  int64_t strides[N][kMaxDims] = {};
+
+#if defined(__CUDACC__)
+  // Element offsets of each operand for the row-major linear index `linear`. The loop runs over
+  // a compile-time bound so the arrays stay in registers / parameter space.
+  __device__ __forceinline__ void offsets(int64_t linear, int64_t (&off)[N]) const {
+#pragma unroll
+    for (int k = 0; k < N; ++k) off[k] = 0;
+#pragma unroll
+    for (int d = kMaxDims - 1; d >= 0; --d) {
+      if (d < ndim) {
+        int64_t size = sizes[d];
+        int64_t i = linear % size;
+        linear /= size;
+#pragma unroll
+        for (int k = 0; k < N; ++k) off[k] += i * strides[k][d];
+      }
+    }
+  }
+#endif
+};
+
+// Geometry of `shape` viewed through each operand's strides.
+template <int N>
+Geometry<N> make_geometry(const Shape& shape, const std::array<const Strides*, N>& operand_strides) {
+  Geometry<N> g;
+  g.numel = shape.numel();
+  // Outer-to-inner list of the dims that matter (size > 1), merging a dim into the one inside
+  // it whenever, for every operand, stepping the outer dim once equals walking the inner fully.
+  for (int d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    bool merge = g.ndim > 0;
+    for (int k = 0; k < N && merge; ++k) {
+      int last = g.ndim - 1;
+      merge = g.strides[k][last] == (*operand_strides[k])[d] * shape[d];
+    }
+    if (merge) {
+      int last = g.ndim - 1;
+      g.sizes[last] *= shape[d];
+      for (int k = 0; k < N; ++k) g.strides[k][last] = (*operand_strides[k])[d];
+    } else {
+      g.sizes[g.ndim] = shape[d];
+      for (int k = 0; k < N; ++k) g.strides[k][g.ndim] = (*operand_strides[k])[d];
+      g.ndim++;
+    }
+  }
+  g.contiguous = true;
+  if (g.ndim > 1) g.contiguous = false;
+  for (int k = 0; k < N && g.ndim == 1; ++k)
+    if (g.strides[k][0] != 1) g.contiguous = false;
+  return g;
+}
+
+// ---- dtypes on the device -----------------------------------------------------------------------
+// Op names for error messages ("cuda unary: gelu_erf needs float32 or float64, got int64").
+const char* unary_op_name(UnaryOp op);
+const char* binary_op_name(BinaryOp op);
+const char* reduce_op_name(ReduceOp op);
+
+#if defined(__CUDACC__)
+// The device-side type that stores each dtype: f16 / bf16 become CUDA's own 16-bit types, whose
+// conversions are round-to-nearest-even like the host's Half / BFloat16.
+template <class T> struct device_type { using type = T; };
+template <> struct device_type<Half> { using type = __half; };
+template <> struct device_type<BFloat16> { using type = __nv_bfloat16; };
+template <class T> using device_t = typename device_type<T>::type;
+
+template <class T>
+inline constexpr bool is_half_like_v =
+    std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
+
+// Converts like the CPU's copy kernel: 16-bit floats go through float (so f64 -> f16 rounds
+// twice, as on the host), bool is `v != 0`, floats reach uint8 through int64 (the wrap-around
+// that x86 gives the host's plain cast).
+template <class To, class From>
+__device__ __forceinline__ To convert_value(From v) {
+  if constexpr (std::is_same_v<To, From>) {
+    return v;
+  } else if constexpr (std::is_same_v<From, __half>) {
+    return convert_value<To>(__half2float(v));
+  } else if constexpr (std::is_same_v<From, __nv_bfloat16>) {
+    return convert_value<To>(__bfloat162float(v));
+  } else if constexpr (std::is_same_v<To, __half>) {
+    return __float2half_rn(float(v));
+  } else if constexpr (std::is_same_v<To, __nv_bfloat16>) {
+    return __float2bfloat16_rn(float(v));
+  } else if constexpr (std::is_same_v<To, bool>) {
+    return v != From(0);
+  } else if constexpr (std::is_same_v<To, uint8_t> && std::is_floating_point_v<From>) {
+    return uint8_t(int64_t(v));
+  } else {
+    return static_cast<To>(v);
+  }
+}
+#endif
+
+}  // namespace bcos::cuda

@@ -1,0 +1,146 @@
+// Batched matrix products through cuBLAS (one strided-batched GEMM per call). cuBLAS is
+// column-major and our tensors are row-major, so we ask it for C^T = B^T A^T, which in its
+// view is exactly our C. An operand whose rows or columns are unit-stride is handed over as
+// it is (a transposed view costs nothing); only other layouts are copied. f32 products use
+// TF32 tensor cores unless set_allow_tf32(false); f64 runs in full double.
+#include <atomic>
+#include <climits>
+
+#include "tensor/cuda/internal.h"
+
+namespace bcos::cuda {
+
+namespace {
+
+std::atomic<bool> g_allow_tf32{true};
+
+// One [B, R, C] operand as cuBLAS reads it: a pointer, the op that turns the stored matrix
+// into X^T, its leading dimension and batch stride. `keep` holds a copy alive when one was
+// needed.
+struct GemmOperand {
+  const void* ptr = nullptr;
+  cublasOperation_t op = CUBLAS_OP_N;
+  int64_t ld = 1;
+  int64_t batch_stride = 0;
+  Tensor keep;
+};
+
+// Row-major X (unit column stride, rows `ld` apart) read column-major is X^T already: OP_N.
+// Column-major X (unit row stride) read column-major is X: OP_T. Strides of size-1 dims do not
+// matter and are ignored.
+bool describe_without_copy(int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride,
+                           GemmOperand& g) {
+  const bool row_major = (col_stride == 1 || cols == 1) &&
+                         (rows == 1 || row_stride >= std::max<int64_t>(1, cols));
+  if (row_major) {
+    g.op = CUBLAS_OP_N;
+    g.ld = rows == 1 ? std::max<int64_t>(1, cols) : row_stride;
+    return g.ld <= INT_MAX;
+  }
+  const bool col_major = (row_stride == 1 || rows == 1) &&
+                         (cols == 1 || col_stride >= std::max<int64_t>(1, rows));
+  if (col_major) {
+    g.op = CUBLAS_OP_T;
+    g.ld = cols == 1 ? std::max<int64_t>(1, rows) : col_stride;
+    return g.ld <= INT_MAX;
+  }
+  return false;
+}
+
+GemmOperand describe_operand(const Tensor& x) {
+  const int64_t batch = x.shape()[0], rows = x.shape()[1], cols = x.shape()[2];
+  GemmOperand g;
+  g.batch_stride = batch == 1 ? 0 : x.strides()[0];
+  if (describe_without_copy(rows, cols, x.strides()[1], x.strides()[2], g)) {
+    g.ptr = x.raw_data();
+    return g;
+  }
+  // Any other layout: a dense row-major copy; a broadcast batch (stride 0) copies one matrix.
+  const bool broadcast = g.batch_stride == 0;
+  Tensor source = broadcast ? x.alias({1, rows, cols}, x.strides(), x.offset()) : x;
+  g.keep = empty(source.shape(), {x.dtype(), x.device()});
+  copy(g.keep, source);
+  g.ptr = g.keep.raw_data();
+  g.op = CUBLAS_OP_N;
+  g.ld = std::max<int64_t>(1, cols);
+  g.batch_stride = broadcast ? 0 : rows * cols;
+  return g;
+}
+
+cudaDataType cuda_data_type(DType t) {
+  switch (t) {
+    case DType::f32: return CUDA_R_32F;
+    case DType::f64: return CUDA_R_64F;
+    case DType::f16: return CUDA_R_16F;
+    case DType::bf16: return CUDA_R_16BF;
+    default: fail("cuda bmm: expected float32, float64, float16 or bfloat16, got ", dtype_name(t));
+  }
+}
+
+// out (dense [B, M, N]) = a @ b (+ out when accumulate).
+void gemm_into_contiguous(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate) {
+  const int64_t batch = out.shape()[0], m = out.shape()[1], n = out.shape()[2];
+  const int64_t k = a.shape()[2];
+  BCOS_CHECK(batch <= INT_MAX && m <= INT_MAX && n <= INT_MAX && k <= INT_MAX,
+             "cuda bmm: sizes ", a.shape(), " x ", b.shape(), " exceed cuBLAS's int range");
+  const int device = out.device().index;
+  GemmOperand ga = describe_operand(a);
+  GemmOperand gb = describe_operand(b);
+  const DType dt = out.dtype();
+  const cudaDataType data_type = cuda_data_type(dt);
+  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  if (dt == DType::f64) compute = CUBLAS_COMPUTE_64F;
+  if (dt == DType::f32 && g_allow_tf32.load(std::memory_order_relaxed))
+    compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+  // Scalars are in the compute precision: double for DGEMM, float otherwise.
+  const double alpha64 = 1.0, beta64 = accumulate ? 1.0 : 0.0;
+  const float alpha32 = 1.0f, beta32 = accumulate ? 1.0f : 0.0f;
+  const void* alpha = dt == DType::f64 ? static_cast<const void*>(&alpha64) : &alpha32;
+  const void* beta = dt == DType::f64 ? static_cast<const void*>(&beta64) : &beta32;
+
+  DeviceGuard guard(device);
+  cublasHandle_t handle = cublas_handle(device);
+  // Column-major C^T [N, M] = op(B-storage) [N, K] * op(A-storage) [K, M].
+  BCOS_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+      handle, gb.op, ga.op, int(n), int(m), int(k), alpha, gb.ptr, data_type, int(gb.ld),
+      gb.batch_stride, ga.ptr, data_type, int(ga.ld), ga.batch_stride, beta, out.raw_data(),
+      data_type, int(std::max<int64_t>(1, n)), m * n, int(batch), compute, CUBLAS_GEMM_DEFAULT));
+}
+
+}  // namespace
+
+void set_allow_tf32(bool allow) { g_allow_tf32.store(allow, std::memory_order_relaxed); }
+bool allow_tf32() { return g_allow_tf32.load(std::memory_order_relaxed); }
+
+void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate) {
+  BCOS_CHECK(a.defined() && b.defined() && out.defined() && a.is_cuda() &&
+                 b.device() == a.device() && out.device() == a.device(),
+             "cuda bmm: a, b and out must be on one CUDA device");
+  BCOS_CHECK(a.dim() == 3 && b.dim() == 3 && out.dim() == 3, "cuda bmm: expected 3-D tensors, got ",
+             a.shape(), ", ", b.shape(), " and ", out.shape());
+  const int64_t batch = a.shape()[0], m = a.shape()[1], k = a.shape()[2], n = b.shape()[2];
+  BCOS_CHECK(b.shape()[0] == batch && b.shape()[1] == k && out.shape()[0] == batch &&
+                 out.shape()[1] == m && out.shape()[2] == n,
+             "cuda bmm: shapes ", a.shape(), " x ", b.shape(), " -> ", out.shape(),
+             " do not match [B, M, K] x [B, K, N] -> [B, M, N]");
+  BCOS_CHECK(a.dtype() == b.dtype() && out.dtype() == a.dtype(), "cuda bmm: dtypes ",
+             dtype_name(a.dtype()), ", ", dtype_name(b.dtype()), " and ",
+             dtype_name(out.dtype()), " must agree");
+  cuda_data_type(a.dtype());  // raises for dtypes cuBLAS is not asked to handle
+  if (batch == 0 || m == 0 || n == 0) return;
+  if (k == 0) {  // an empty sum: zeros, or out unchanged when accumulating
+    if (!accumulate) fill(out, 0.0);
+    return;
+  }
+  if (out.is_contiguous()) {
+    gemm_into_contiguous(a, b, out, accumulate);
+    return;
+  }
+  // The contract gives a dense out; a strided one still gets a correct answer via a copy.
+  Tensor dense = empty(out.shape(), {out.dtype(), out.device()});
+  if (accumulate) copy(dense, out);
+  gemm_into_contiguous(a, b, dense, accumulate);
+  copy(out, dense);
+}
+
+}  // namespace bcos::cuda
