@@ -1,27 +1,20 @@
-// 2-D convolution on the CPU as im2col + GEMM (Eigen), per sample and group:
+// 2-D convolution on the CPU as im2col + GEMM (tensor/cpu/gemm.h), per sample and group:
 //   forward          out[n, g]  = W[g] · col(x[n, g])              // [Og, K] x [K, HoWo]
 //   backward input   x_grad[n,g] = col2im(W[g]^T · grad_out[n, g])
 //   backward weight  W_grad[g] += grad_out[n, g] · col(x[n, g])^T
 // with K = Cg·kh·kw. A 1x1 stride-1 unpadded conv skips im2col (the input already is the
 // column matrix). With at least as many samples as threads, samples run in parallel with a
-// column buffer per thread; otherwise Eigen threads each product.
-#include <Eigen/Core>
+// column buffer per thread; otherwise the GEMM threads each product.
 #include <cstring>
 
 #include "tensor/copy.h"
+#include "tensor/cpu/gemm.h"
 #include "tensor/cpu/kernels.h"
 #include "tensor/parallel.h"
 
 namespace bcos::cpu {
 
 namespace {
-
-template <class T>
-using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <class T>
-using MapR = Eigen::Map<RowMat<T>>;
-template <class T>
-using CMapR = Eigen::Map<const RowMat<T>>;
 
 struct ConvShape {
   int64_t n, c, h, w;      // input
@@ -42,14 +35,13 @@ ConvShape conv_shape(const Tensor& x, const Tensor& w, const Tensor& out, const 
   return s;
 }
 
-// col [K, Ho*Wo] from x [Cg, H, W] (one sample, one group).
+// col [K, Ho*Wo] from x [Cg, H, W] (one sample, one group); rows of col are ld apart.
 template <class T>
-void im2col(const T* x, const ConvShape& s, const Conv2dParams& p, T* col) {
-  const int64_t hw = s.ho * s.wo;
+void im2col(const T* x, const ConvShape& s, const Conv2dParams& p, T* col, int64_t ld) {
   for (int64_t c = 0; c < s.cg; ++c)
     for (int64_t ki = 0; ki < s.kh; ++ki)
       for (int64_t kj = 0; kj < s.kw; ++kj) {
-        T* row = col + ((c * s.kh + ki) * s.kw + kj) * hw;
+        T* row = col + ((c * s.kh + ki) * s.kw + kj) * ld;
         const T* plane = x + c * s.h * s.w;
         for (int64_t oh = 0; oh < s.ho; ++oh) {
           int64_t ih = oh * p.stride[0] - p.padding[0] + ki * p.dilation[0];
@@ -134,12 +126,13 @@ void forward_typed(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, c
     if (!s.pointwise) col.resize(size_t(s.k * hw));
     for (int64_t g = 0; g < s.groups; ++g) {
       const T* xg = px + (i * s.c + g * s.cg) * s.h * s.w;
-      if (!s.pointwise) im2col(xg, s, p, col.data());
+      if (!s.pointwise) im2col(xg, s, p, col.data(), hw);
       const T* cm = s.pointwise ? xg : col.data();
-      MapR<T> o(po + (i * s.o + g * s.og) * hw, s.og, hw);
-      o.noalias() = CMapR<T>(pw + g * s.og * s.k, s.og, s.k) * CMapR<T>(cm, s.k, hw);
+      T* o = po + (i * s.o + g * s.og) * hw;
+      gemm(s.og, hw, s.k, pw + g * s.og * s.k, s.k, 1, cm, hw, 1, o, hw, 1, false);
       if (pb)
-        for (int64_t oc = 0; oc < s.og; ++oc) o.row(oc).array() += pb[g * s.og + oc];
+        for (int64_t oc = 0; oc < s.og; ++oc)
+          for (int64_t j = 0; j < hw; ++j) o[oc * hw + j] += pb[g * s.og + oc];
     }
   });
 }
@@ -158,13 +151,14 @@ void backward_input_typed(const Tensor& gout_in, const Tensor& w_in, const Tenso
     std::vector<T>& col = cols[size_t(slot)];
     for (int64_t g = 0; g < s.groups; ++g) {
       T* xg = px + (i * s.c + g * s.cg) * s.h * s.w;
-      auto wt = CMapR<T>(pw + g * s.og * s.k, s.og, s.k).transpose();
-      CMapR<T> go(pg + (i * s.o + g * s.og) * hw, s.og, hw);
+      // W[g]^T [K, Og] (read transposed in place) times grad_out [Og, HoWo]
+      const T* wg = pw + g * s.og * s.k;
+      const T* go = pg + (i * s.o + g * s.og) * hw;
       if (s.pointwise) {
-        MapR<T>(xg, s.k, hw).noalias() = wt * go;
+        gemm(s.k, hw, s.og, wg, 1, s.k, go, hw, 1, xg, hw, 1, false);
       } else {
         col.resize(size_t(s.k * hw));
-        MapR<T>(col.data(), s.k, hw).noalias() = wt * go;
+        gemm(s.k, hw, s.og, wg, 1, s.k, go, hw, 1, col.data(), hw, 1, false);
         std::fill(xg, xg + s.cg * s.h * s.w, T(0));
         col2im(col.data(), s, p, xg);
       }
@@ -172,28 +166,48 @@ void backward_input_typed(const Tensor& gout_in, const Tensor& w_in, const Tenso
   });
 }
 
+// grad_W[g] = Σ_n grad_out[n, g] · col(x[n, g])^T. Small feature maps give a short inner
+// dimension (Ho*Wo = 49 in ResNet's last stage), and then the GEMM spends its time re-reading and
+// re-writing grad_W once per sample; so samples are batched side by side into one longer
+// product, [Og, G*HoWo] x [G*HoWo, K], with G chosen to make the inner dimension ~256.
 template <class T>
 void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tensor& gw,
                            const Conv2dParams& p) {
   Tensor gout = raw_contiguous(gout_in), x = raw_contiguous(x_in);
   ConvShape s = conv_shape(x, gw, gout, p);
   const int64_t hw = s.ho * s.wo;
+  const int64_t group = std::clamp<int64_t>(256 / std::max<int64_t>(hw, 1), 1, s.n);
   const T* pg = gout.data<T>();
   const T* px = x.data<T>();
   int threads = num_threads();
-  // One weight-gradient accumulator per thread slot, summed at the end.
+  // One weight-gradient accumulator per thread, summed at the end.
   std::vector<std::vector<T>> acc(static_cast<size_t>(threads), std::vector<T>(size_t(s.o * s.k), T(0)));
-  std::vector<std::vector<T>> cols(static_cast<size_t>(threads));
-  over_samples(s.n, s.o * s.k * hw, [&](int64_t i, int slot) {
-    std::vector<T>& col = cols[size_t(slot)];
-    if (!s.pointwise) col.resize(size_t(s.k * hw));
-    for (int64_t g = 0; g < s.groups; ++g) {
-      const T* xg = px + (i * s.c + g * s.cg) * s.h * s.w;
-      if (!s.pointwise) im2col(xg, s, p, col.data());
-      const T* cm = s.pointwise ? xg : col.data();
-      MapR<T> a(acc[size_t(slot)].data() + g * s.og * s.k, s.og, s.k);
-      a.noalias() += CMapR<T>(pg + (i * s.o + g * s.og) * hw, s.og, hw) *
-                     CMapR<T>(cm, s.k, hw).transpose();
+  const int64_t chunks = (s.n + group - 1) / group;
+  parallel_for(chunks, s.o * s.k * hw * group, [&](int64_t c0, int64_t c1) {
+#ifdef _OPENMP
+    int slot = omp_in_parallel() ? omp_get_thread_num() : 0;
+#else
+    int slot = 0;
+#endif
+    std::vector<T> cols(size_t(s.k * hw * group)), grads(size_t(s.og * hw * group));
+    for (int64_t chunk = c0; chunk < c1; ++chunk) {
+      const int64_t n0 = chunk * group, g_n = std::min(group, s.n - n0), ld = g_n * hw;
+      for (int64_t g = 0; g < s.groups; ++g) {
+        for (int64_t j = 0; j < g_n; ++j) {  // lay samples side by side
+          const int64_t i = n0 + j;
+          const T* xg = px + (i * s.c + g * s.cg) * s.h * s.w;
+          if (s.pointwise) {
+            for (int64_t r = 0; r < s.k; ++r) std::copy_n(xg + r * hw, hw, cols.data() + r * ld + j * hw);
+          } else {
+            im2col(xg, s, p, cols.data() + j * hw, ld);
+          }
+          const T* go = pg + (i * s.o + g * s.og) * hw;
+          for (int64_t r = 0; r < s.og; ++r) std::copy_n(go + r * hw, hw, grads.data() + r * ld + j * hw);
+        }
+        // grad_out [Og, G*HoWo] times cols^T [G*HoWo, K] (read transposed in place)
+        gemm(s.og, s.k, ld, grads.data(), ld, 1, cols.data(), 1, ld,
+             acc[size_t(slot)].data() + g * s.og * s.k, s.k, 1, true);
+      }
     }
   });
   T* out = gw.data<T>();

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "autograd/ops.h"
+#include "tensor/cpu/gemm.h"
 #include "tensor/parallel.h"
 
 using namespace bcos;
@@ -189,4 +190,38 @@ TEST_CASE("kernels: topk ordering and ties") {
   CHECK(idx == std::vector<int64_t>{4, 0, 2});  // NaN first, then ties in index order
   ValuesIndices s = topk(x, 2, 0, false);
   CHECK(s.indices.to_vector<int64_t>() == std::vector<int64_t>{1, 3});
+}
+
+TEST_CASE("kernels: float32 GEMM (blocked AVX2 kernel) on edge sizes, layouts and accumulation") {
+  manual_seed(6);
+  // Sizes straddle the 6 x 16 tile, the 144-row block and the 256-deep slice; the orientation
+  // swap and the read-in-place path for row-major A are exercised through the layouts.
+  for (auto [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {5, 17, 3}, {6, 16, 256},
+                         {7, 15, 257}, {145, 33, 300}, {49, 300, 70}, {300, 49, 520}, {8, 1000, 64}}) {
+    for (int layout = 0; layout < 4; ++layout) {
+      CAPTURE(m);
+      CAPTURE(n);
+      CAPTURE(k);
+      CAPTURE(layout);
+      bool ta = layout & 1, tb = layout & 2;
+      Tensor a = ta ? randn({k, m}).t() : randn({m, k});
+      Tensor b = tb ? randn({n, k}).t() : randn({k, n});
+      Tensor c0 = randn({m, n});
+      for (bool accumulate : {false, true}) {
+        Tensor c = c0.clone();
+        cpu::gemm(m, n, k, a.data<float>(), a.stride(0), a.stride(1), b.data<float>(), b.stride(0),
+                  b.stride(1), c.data<float>(), n, 1, accumulate);
+        Tensor expect = naive_bmm(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0);
+        if (accumulate) expect = expect + c0.to(kFloat64);
+        // float32 rounding of a k-term dot product: bounded by k * eps * sum|a||b|
+        double bound = 1e-6 * double(k + 1) * 4.0;
+        CHECK(max_diff(c, expect) < bound);
+      }
+    }
+  }
+  // a strided, column-major C (the swapped orientation writes through csc != 1)
+  Tensor a = randn({9, 20}), b = randn({20, 40});
+  Tensor ct = zeros({40, 9});
+  cpu::gemm(9, 40, 20, a.data<float>(), 20, 1, b.data<float>(), 40, 1, ct.data<float>(), 1, 9, false);
+  CHECK(max_diff(ct.t(), naive_bmm(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0)) < 1e-4);
 }

@@ -1,0 +1,20 @@
+// General matrix product on the CPU, used by matmul and convolution:
+//   C[m, n] = A[m, k] · B[k, n]          (accumulate: C += A · B)
+// Element (i, j) of each matrix sits at ptr[i * row_stride + j * col_stride], so transposed and
+// strided operands are read in place. float32 runs a packed, cache-blocked kernel with an AVX2 /
+// FMA micro-kernel (Eigen's GEMM when the CPU lacks them); float64 runs Eigen's GEMM.
+#pragma once
+
+#include <cstdint>
+
+namespace bcos::cpu {
+
+// Threads over the whole product unless called from inside a parallel region.
+void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
+          const float* b, int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc,
+          bool accumulate);
+void gemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t rsa, int64_t csa,
+          const double* b, int64_t rsb, int64_t csb, double* c, int64_t rsc, int64_t csc,
+          bool accumulate);
+
+}  // namespace bcos::cpu

@@ -1,0 +1,113 @@
+#!/usr/bin/python3
+"""PyTorch side of bench/ops: times the same matmul and conv2d (forward + backward) shapes
+with torch and with build/bench/bench_ops, in one run and with one thread count, and prints
+GFLOP/s for both and their ratio (bcos / torch; above 1 means bcos.cpp is faster)."""
+import argparse
+import os
+import statistics
+import subprocess
+import time
+
+import torch
+import torch.nn.functional as F
+
+# [M, K] x [K, N]. The ResNet-50 rows are its convolutions in im2col form for one 224x224 image
+# (M = out channels, K = in channels * kh * kw, N = output pixels) and its classifier at batch 8.
+MATMUL = [
+    ("square 512", 512, 512, 512),
+    ("square 1024", 1024, 1024, 1024),
+    ("square 2048", 2048, 2048, 2048),
+    ("r50 stem 7x7", 64, 147, 12544),
+    ("r50 layer1 1x1 reduce", 64, 256, 3136),
+    ("r50 layer1 3x3", 64, 576, 3136),
+    ("r50 layer1 1x1 expand", 256, 64, 3136),
+    ("r50 layer2 3x3", 128, 1152, 784),
+    ("r50 layer3 3x3", 256, 2304, 196),
+    ("r50 layer4 3x3", 512, 4608, 49),
+    ("r50 fc batch 8", 8, 2048, 1000),
+]
+# batch N, in channels C, input H x H, out channels O, kernel K x K, stride, padding
+CONV = [
+    ("stem 7x7/2", 8, 3, 224, 64, 7, 2, 3),
+    ("layer1 3x3", 8, 64, 56, 64, 3, 1, 1),
+    ("layer1 1x1 expand", 8, 64, 56, 256, 1, 1, 0),
+    ("layer2 3x3/2", 8, 128, 56, 128, 3, 2, 1),
+    ("layer2 3x3", 8, 128, 28, 128, 3, 1, 1),
+    ("layer3 3x3", 8, 256, 14, 256, 3, 1, 1),
+    ("layer4 3x3", 8, 512, 7, 512, 3, 1, 1),
+    ("layer4 1x1 expand", 8, 512, 7, 2048, 1, 1, 0),
+]
+
+
+def median_seconds(step):
+    step()
+    times, total = [], 0.0
+    while len(times) < 3 or (total < 1.0 and len(times) < 50):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+        total += times[-1]
+    return statistics.median(times)
+
+
+def torch_matmul(m, k, n):
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    with torch.no_grad():
+        return median_seconds(lambda: torch.matmul(a, b))
+
+
+def torch_conv(n, c, h, o, k, s, p):
+    x = torch.randn(n, c, h, h, requires_grad=True)
+    w = (torch.randn(o, c, k, k) * 0.05).requires_grad_()
+    g = torch.randn(F.conv2d(x, w, stride=s, padding=p).shape)
+
+    def step():
+        F.conv2d(x, w, stride=s, padding=p).backward(g)
+        x.grad = None
+        w.grad = None
+    return median_seconds(step)
+
+
+def bcos_seconds(binary, threads, args):
+    env = dict(os.environ, BCOS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    out = subprocess.run([binary] + [str(a) for a in args], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return float(out.strip())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default="build/bench/bench_ops")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--only", choices=["matmul", "conv"])
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, float32; GFLOP/s (higher is better)")
+    rows = []
+    if args.only in (None, "matmul"):
+        for name, m, k, n in MATMUL:
+            flops = 2.0 * m * k * n
+            rows.append(("matmul", f"{name} [{m}x{k}]x[{k}x{n}]", flops,
+                         bcos_seconds(args.binary, args.threads, ["matmul", m, k, n]),
+                         torch_matmul(m, k, n), 0.7))
+    if args.only in (None, "conv"):
+        for name, n, c, h, o, k, s, p in CONV:
+            ho = (h + 2 * p - k) // s + 1
+            flops = 3 * 2.0 * n * o * ho * ho * c * k * k  # forward, input grad, weight grad
+            rows.append(("conv fwd+bwd", f"{name} x[{n},{c},{h},{h}] w[{o},{c},{k},{k}]", flops,
+                         bcos_seconds(args.binary, args.threads, ["conv", n, c, h, o, k, s, p]),
+                         torch_conv(n, c, h, o, k, s, p), 0.5))
+    width = max(len(r[1]) for r in rows)
+    print(f"{'op':13} {'shape':{width}}  {'bcos':>8} {'torch':>8}  {'ratio':>6}  bar")
+    misses = 0
+    for kind, label, flops, ours, theirs, bar in rows:
+        ratio = theirs / ours
+        ok = ratio >= bar
+        misses += not ok
+        print(f"{kind:13} {label:{width}}  {flops / ours / 1e9:8.1f} {flops / theirs / 1e9:8.1f}  "
+              f"{ratio:6.2f}  {'ok' if ok else 'MISS'} (>= {bar})")
+    print(f"{len(rows) - misses}/{len(rows)} shapes meet the bar")
+
+
+if __name__ == "__main__":
+    main()
