@@ -65,7 +65,11 @@ class Tensor {
   // The single value of a one-element tensor (copied to the host when on CUDA).
   double item() const;
   template <class T>
-  T item() const { return static_cast<T>(item()); }
+  T item() const {  // exact for int64 (through to_vector, not through double)
+    BCOS_CHECK(numel() == 1, "item: a tensor with ", numel(), " elements (shape ", shape_,
+               ") cannot be converted to a scalar");
+    return to_vector<T>()[0];
+  }
   // All values as a host vector in row-major order, converted to T.
   template <class T>
   std::vector<T> to_vector() const;

@@ -184,6 +184,15 @@ struct ExtremeAcc {  // max (sign = +1) or min (sign = -1) with the first index;
   }
 };
 
+struct IntSumAcc {  // exact int64 sums (a double accumulator loses integers beyond 2^53)
+  const int64_t* x;
+  int64_t s = 0;
+  void row(int64_t off, int64_t, int64_t n, int64_t st) {
+    for (int64_t i = 0; i < n; ++i) s += x[off + i * st];
+  }
+  void merge(const IntSumAcc& o) { s += o.s; }
+};
+
 struct BoolAcc {
   const bool* x;
   bool is_all;
@@ -296,8 +305,8 @@ void reduce(ReduceOp op, const Tensor& x, const std::vector<bool>& dims, const T
     const int64_t* px = static_cast<const int64_t*>(x.raw_data());
     int64_t* po = out.data<int64_t>();
     if (op == ReduceOp::sum) {
-      run_reduction(g, [&](int64_t) { return SumAcc<int64_t>{px, 0}; },
-                    [&](int64_t i, const SumAcc<int64_t>& a) { po[i] = int64_t(a.s); });
+      run_reduction(g, [&](int64_t) { return IntSumAcc{px}; },
+                    [&](int64_t i, const IntSumAcc& a) { po[i] = a.s; });
       return;
     }
     int64_t* idx = indices.defined() ? indices.data<int64_t>() : nullptr;

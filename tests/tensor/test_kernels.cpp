@@ -225,3 +225,10 @@ TEST_CASE("kernels: float32 GEMM (blocked AVX2 kernel) on edge sizes, layouts an
   cpu::gemm(9, 40, 20, a.data<float>(), 20, 1, b.data<float>(), 40, 1, ct.data<float>(), 1, 9, false);
   CHECK(max_diff(ct.t(), naive_bmm(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0)) < 1e-4);
 }
+
+TEST_CASE("kernels: int64 sums and extremes are exact beyond 2^53") {
+  Tensor x = from_vector<int64_t>({(1LL << 60) + 1, 1, -3}, {3});
+  CHECK(sum(x).item<int64_t>() == (1LL << 60) - 1);
+  CHECK(sum(x).to_vector<int64_t>()[0] == (1LL << 60) - 1);
+  CHECK(amax(x).to_vector<int64_t>()[0] == (1LL << 60) + 1);
+}
