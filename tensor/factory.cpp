@@ -125,6 +125,14 @@ template <class T>
 Tensor from_vector(const std::vector<T>& values, const Shape& shape, TensorOptions opts) {
   BCOS_CHECK(int64_t(values.size()) == shape.numel(), "from_vector: ", values.size(),
              " values do not fill shape ", shape);
+  if constexpr (!std::is_same_v<T, bool> && !std::is_same_v<T, int>) {
+    if (dtype_of<T>::value == opts.dtype) {  // a straight copy: exact for int64 beyond 2^53
+      check_device_available(opts.device, "from_vector");
+      Tensor host = empty(shape, opts.dtype);
+      std::copy(values.begin(), values.end(), host.data<T>());
+      return raw_to(host, opts.dtype, opts.device);
+    }
+  }
   return host_generate(shape, opts, "from_vector",
                        [&](int64_t i) { return double(values[size_t(i)]); });
 }
