@@ -51,7 +51,9 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     // [..., M, K] · [K, N]: fold the batch into the rows -- one large product.
     for (int i = 0; i < x.dim() - 1; ++i) out_shape.push_back(x.shape()[i]);
     out_shape.push_back(n);
-    Tensor rows = x.reshape({-1, k});
+    int64_t row_count = 1;
+    for (int i = 0; i < x.dim() - 1; ++i) row_count *= x.shape()[i];
+    Tensor rows = x.reshape({row_count, k});  // not -1: that is ambiguous when k == 0
     out = bmm3(rows.unsqueeze(0), y.unsqueeze(0)).reshape(out_shape);
   } else {
     Shape xb(x.shape().begin(), x.shape().end() - 2), yb(y.shape().begin(), y.shape().end() - 2);

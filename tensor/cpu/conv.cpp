@@ -176,7 +176,7 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
   Tensor gout = raw_contiguous(gout_in), x = raw_contiguous(x_in);
   ConvShape s = conv_shape(x, gw, gout, p);
   const int64_t hw = s.ho * s.wo;
-  const int64_t group = std::clamp<int64_t>(256 / std::max<int64_t>(hw, 1), 1, s.n);
+  const int64_t group = std::max<int64_t>(1, std::min<int64_t>(256 / std::max<int64_t>(hw, 1), s.n));
   const T* pg = gout.data<T>();
   const T* px = x.data<T>();
   int threads = num_threads();

@@ -58,6 +58,7 @@ int64_t output_base(const Geometry& g, int64_t o) {
 // Calls row(offset, first_linear_index, n, stride) for reduced elements [begin, end).
 template <class Row>
 void visit_reduced(const Geometry& g, int64_t base, int64_t begin, int64_t end, Row&& row) {
+  if (begin >= end) return;  // also an empty reduced dim (size 0)
   if (g.nr == 0) {
     if (begin < end) row(base, int64_t(0), int64_t(1), int64_t(1));
     return;

@@ -232,3 +232,18 @@ TEST_CASE("kernels: int64 sums and extremes are exact beyond 2^53") {
   CHECK(sum(x).to_vector<int64_t>()[0] == (1LL << 60) - 1);
   CHECK(amax(x).to_vector<int64_t>()[0] == (1LL << 60) + 1);
 }
+
+TEST_CASE("kernels: empty tensors flow through reductions, products and convolutions") {
+  CHECK(sum(zeros({0, 3}), {0}).to_vector<double>() == std::vector<double>{0, 0, 0});
+  CHECK(sum(zeros({3, 0})).item() == 0.0);
+  CHECK(std::isnan(mean(zeros({0})).item()));
+  CHECK_THROWS_AS(max(zeros({0})), Error);
+  CHECK(matmul(zeros({2, 0}), zeros({0, 3})).to_vector<double>() == std::vector<double>(6, 0.0));
+  CHECK(matmul(zeros({0, 4}), zeros({4, 3})).numel() == 0);
+  Tensor x = zeros({0, 2, 5, 5}).requires_grad_(), w = ones({3, 2, 3, 3}).requires_grad_();
+  Tensor y = conv2d(x, w, Tensor(), 1, 1);
+  CHECK(y.shape() == Shape{0, 3, 5, 5});
+  sum(y).backward();
+  CHECK(w.grad().to_vector<double>() == std::vector<double>(54, 0.0));
+  CHECK(softmax(zeros({0, 4}), 1).numel() == 0);
+}
