@@ -15,12 +15,16 @@ void check_4d(const char* op, const Tensor& x) {
   BCOS_CHECK(x.dim() == 4, op, ": expected a 4-D input [N, C, H, W], got shape ", x.shape());
 }
 
+// Output sizes; 0 when the (padded) input is smaller than one (dilated) window, which the
+// callers turn into an error.
 int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
-  return (in + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+  int64_t span = in + 2 * pad - dil * (k - 1) - 1;
+  return span < 0 ? 0 : span / stride + 1;
 }
 
 int64_t pool_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil, bool ceil_mode) {
   int64_t span = in + 2 * pad - dil * (k - 1) - 1;
+  if (span < 0) return 0;
   int64_t out = (ceil_mode ? (span + stride - 1) / stride : span / stride) + 1;
   if (ceil_mode && (out - 1) * stride >= in + pad) --out;  // the last window must start inside
   return out;
@@ -115,6 +119,7 @@ void check_pool_input(const char* op, const Tensor& x) {
   check_4d(op, x);
   check_float(op, x);
   require_cpu(op, x);
+  BCOS_CHECK(x.size(2) > 0 && x.size(3) > 0, op, ": input ", x.shape(), " has an empty plane");
 }
 }  // namespace
 
@@ -129,9 +134,10 @@ ValuesIndices max_pool2d_with_indices(const Tensor& x, IntPair kernel, std::opti
   cpu::max_pool2d_forward(x, out, idx, p);
   if (needs_graph({x})) {
     Shape xs = x.shape();
+    SavedTensor saved_idx(idx);  // returned to the caller: a change in place must be caught
     record("MaxPool2dBackward", out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
       Tensor gx = empty(xs, {g.dtype(), g.device()});
-      cpu::max_pool2d_backward(g, idx, gx);
+      cpu::max_pool2d_backward(g, saved_idx.get(), gx);
       return Grads{gx};
     });
   }

@@ -47,7 +47,15 @@ Tensor binary_forward(const char* name, BinaryOp op, const Tensor& a, const Tens
   return out;
 }
 
-Tensor scalar_for(double v, const Tensor& like) { return scalar_like(v, like); }
+// The scalar operand as a 0-dim tensor of the tensor's dtype. An integer tensor takes only
+// integral scalars: PyTorch would promote the result to float, we ask for an explicit .to().
+Tensor scalar_for(const char* op, double v, const Tensor& like) {
+  check_defined(op, like, "tensor operand");
+  BCOS_CHECK(like.is_floating_point() || v == std::trunc(v), op, ": a ", like.dtype(),
+             " tensor (shape ", like.shape(), ") with the non-integer scalar ", v,
+             "; convert the tensor with .to(kFloat32) first");
+  return scalar_like(v, like);
+}
 
 }  // namespace
 
@@ -149,19 +157,19 @@ Tensor maximum(const Tensor& a, const Tensor& b) {
 }
 
 // Scalar forms: the scalar becomes a 0-dim tensor of the same dtype and device.
-Tensor add(const Tensor& a, double b) { return add(a, scalar_for(b, a)); }
-Tensor sub(const Tensor& a, double b) { return sub(a, scalar_for(b, a)); }
-Tensor sub(double a, const Tensor& b) { return sub(scalar_for(a, b), b); }
-Tensor mul(const Tensor& a, double b) { return mul(a, scalar_for(b, a)); }
-Tensor div(const Tensor& a, double b) { return div(a, scalar_for(b, a)); }
-Tensor div(double a, const Tensor& b) { return div(scalar_for(a, b), b); }
+Tensor add(const Tensor& a, double b) { return add(a, scalar_for("add", b, a)); }
+Tensor sub(const Tensor& a, double b) { return sub(a, scalar_for("sub", b, a)); }
+Tensor sub(double a, const Tensor& b) { return sub(scalar_for("sub", a, b), b); }
+Tensor mul(const Tensor& a, double b) { return mul(a, scalar_for("mul", b, a)); }
+Tensor div(const Tensor& a, double b) { return div(a, scalar_for("div", b, a)); }
+Tensor div(double a, const Tensor& b) { return div(scalar_for("div", a, b), b); }
 Tensor pow(const Tensor& x, double exponent) {
   return unary_op("pow", "PowBackward", UnaryOp::pow_scalar, x, exponent);
 }
 
 #define BCOS_COMPARISON(fn, kind)                                                          \
   Tensor fn(const Tensor& a, const Tensor& b) { return binary_forward(#fn, kind, a, b); } \
-  Tensor fn(const Tensor& a, double b) { return binary_forward(#fn, kind, a, scalar_for(b, a)); }
+  Tensor fn(const Tensor& a, double b) { return binary_forward(#fn, kind, a, scalar_for(#fn, b, a)); }
 BCOS_COMPARISON(eq, BinaryOp::eq)
 BCOS_COMPARISON(ne, BinaryOp::ne)
 BCOS_COMPARISON(lt, BinaryOp::lt)
@@ -230,8 +238,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, double b) {
-  check_defined("where", a, "first value");
-  return where(cond, a, scalar_for(b, a));
+  return where(cond, a, scalar_for("where", b, a));
 }
 
 Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }

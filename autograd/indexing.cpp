@@ -130,8 +130,12 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
 namespace {
 void check_gather_shapes(const char* op, const Tensor& x, int d, const Tensor& index,
                          const Tensor* src) {
+  BCOS_CHECK(x.dim() > 0, op, ": the input needs at least one dim, got a 0-dim tensor");
   BCOS_CHECK(index.dim() == x.dim(), op, ": index ", index.shape(), " must have as many dims as ",
              "the input ", x.shape());
+  if (src)
+    BCOS_CHECK(src->dim() == x.dim(), op, ": src ", src->shape(), " must have as many dims as ",
+               "the input ", x.shape());
   for (int k = 0; k < x.dim(); ++k) {
     BCOS_CHECK(k == d || index.shape()[k] <= x.shape()[k], op, ": index ", index.shape(),
                " is larger than the input ", x.shape(), " in dim ", k);

@@ -28,7 +28,9 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
     check_same_dtype(op, x, *t);
     check_same_device(op, x, *t);
   }
-  BCOS_CHECK(training || (running_mean.defined() && running_var.defined()), op,
+  BCOS_CHECK(running_mean.defined() == running_var.defined(), op,
+             ": running_mean and running_var must be given together");
+  BCOS_CHECK(training || running_mean.defined(), op,
              ": evaluation mode needs running_mean and running_var");
   const int64_t per_channel = x.numel() / std::max<int64_t>(c, 1);
   Tensor mean, invstd;

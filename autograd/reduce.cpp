@@ -232,11 +232,11 @@ ValuesIndices extreme_dim(const char* op, const char* node, bool is_max, const T
   if (needs_graph({x})) {
     Shape ks = p.keep_shape, xs = x.shape();
     int d = x.dim() ? wrap_dim(dim, x.dim(), op) : 0;
-    Tensor saved_idx = idx;
+    SavedTensor saved_idx(idx);  // the caller gets these indices: catch changes in place
     record(node, values, {x}, [=](const Tensor& g, const std::vector<bool>&) {
       if (xs.size() == 0) return Grads{g.reshape(xs)};
       Tensor gx = zeros(xs, {g.dtype(), g.device()});
-      return Grads{scatter_add(gx, d, saved_idx, keepdim_grad(g, ks))};
+      return Grads{scatter_add(gx, d, saved_idx.get(), keepdim_grad(g, ks))};
     });
   }
   return {values, indices};
@@ -273,7 +273,11 @@ Tensor arg_extreme(const char* op, bool is_max, const Tensor& x, std::optional<i
     return r;
   }
   NoGradGuard no_grad;
-  return (is_max ? max(x, *dim, keepdim) : min(x, *dim, keepdim)).indices;
+  try {
+    return (is_max ? max(x, *dim, keepdim) : min(x, *dim, keepdim)).indices;
+  } catch (const Error& e) {  // name the op the caller used
+    fail(op, ": ", e.what());
+  }
 }
 }  // namespace
 

@@ -354,6 +354,10 @@ Tensor Tensor::to(Device dev) const {
 
 void detail::check_inplace(const char* op, const Tensor& self) {
   BCOS_CHECK(self.defined(), op, ": undefined tensor");
+  for (int d = 0; d < self.dim(); ++d)
+    BCOS_CHECK(self.strides()[d] != 0 || self.shape()[d] <= 1, op, ": the destination ",
+               self.shape(), " is an expanded view (stride 0 in dim ", d,
+               "): its elements share memory, so writing to it is ambiguous; clone() it first");
   if (!grad_enabled() || !self.requires_grad()) return;
   if (self.is_leaf())
     fail(op, ": a leaf tensor that requires grad (shape ", self.shape(),
@@ -366,7 +370,11 @@ Tensor& Tensor::copy_(const Tensor& src) {
   detail::check_inplace("copy_", *this);
   BCOS_CHECK(!grad_enabled() || !src.requires_grad(), "copy_: the source requires grad and the "
              "copy would not be tracked; use cat/stack/where, or copy src.detach()");
-  copy_into(*this, src);
+  bool same_view = src.storage() == storage_ && src.offset() == offset_ &&
+                   src.strides() == strides_ && src.shape() == shape_;
+  if (same_view) return *this;
+  // A source overlapping the destination in another layout would be read after being written.
+  copy_into(*this, src.storage() == storage_ ? src.detach().clone() : src);
   bump_version();
   return *this;
 }
@@ -383,6 +391,7 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
   detail::check_same_device("add_", *this, other);
   detail::check_same_dtype("add_", *this, other);
   Tensor b = alpha == 1.0 ? other.detach() : mul(other.detach(), alpha);
+  if (b.storage() == storage_) b = b.clone();  // x.add_(x.t()) must read x before writing it
   detail::binary_into(BinaryOp::add, *this, raw_expand(b, shape_, "add_"), *this);
   bump_version();
   return *this;

@@ -39,9 +39,13 @@ Tensor host_generate(const Shape& shape, TensorOptions opts, const char* op, Gen
 
 Tensor empty(const Shape& shape, TensorOptions opts) {
   check_device_available(opts.device, "empty");
-  int64_t n = shape.numel();
   for (int64_t d : shape) BCOS_CHECK(d >= 0, "empty: negative size in shape ", shape);
-  auto storage = Storage::allocate(size_t(n) * dtype_size(opts.dtype), opts.device);
+  int64_t n = shape.numel();
+  size_t nbytes = 0;
+  BCOS_CHECK(!__builtin_mul_overflow(size_t(n), dtype_size(opts.dtype), &nbytes) &&
+                 nbytes < (size_t(1) << 62),
+             "empty: shape ", shape, " of ", opts.dtype, " needs more bytes than can be addressed");
+  auto storage = Storage::allocate(nbytes, opts.device);
   return Tensor(std::move(storage), shape, contiguous_strides(shape), 0, opts.dtype);
 }
 
@@ -71,15 +75,15 @@ Tensor linspace(double start, double end, int64_t steps, TensorOptions opts) {
   BCOS_CHECK(steps >= 0, "linspace: steps must be non-negative, got ", steps);
   double step = steps > 1 ? (end - start) / double(steps - 1) : 0.0;
   // Like PyTorch: the second half counts back from `end` so both ends are exact.
-  int64_t half = steps / 2;
+  int64_t half = steps == 1 ? 1 : steps / 2;
   return host_generate({steps}, opts, "linspace", [&](int64_t i) {
     return i < half ? start + step * double(i) : end - step * double(steps - 1 - i);
   });
 }
 
 Tensor eye(int64_t n, int64_t m, TensorOptions opts) {
+  BCOS_CHECK(n >= 0 && m >= -1, "eye: sizes must be non-negative, got ", n, " x ", m);
   if (m < 0) m = n;
-  BCOS_CHECK(n >= 0, "eye: n must be non-negative, got ", n);
   return host_generate({n, m}, opts, "eye", [&](int64_t i) { return i / m == i % m ? 1.0 : 0.0; });
 }
 
@@ -146,6 +150,7 @@ template Tensor from_vector<bool>(const std::vector<bool>&, const Shape&, Tensor
 Tensor from_blob(void* data, const Shape& shape, DType dtype, Device device,
                  std::shared_ptr<void> keep_alive) {
   BCOS_CHECK(data != nullptr || shape.numel() == 0, "from_blob: null pointer");
+  for (int64_t d : shape) BCOS_CHECK(d >= 0, "from_blob: negative size in shape ", shape);
   auto storage = Storage::borrow(data, size_t(shape.numel()) * dtype_size(dtype), device,
                                  std::move(keep_alive));
   return Tensor(std::move(storage), shape, contiguous_strides(shape), 0, dtype);

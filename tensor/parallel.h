@@ -18,27 +18,42 @@ inline constexpr int64_t kParallelThreshold = 32768;
 int num_threads();
 void set_num_threads(int n);
 
-// Calls fn(begin, end) over [0, n) split into one contiguous range per thread, or once for the
-// whole range when n * cost_per_item is below the threshold or inside another parallel region.
-template <class F>
-void parallel_for(int64_t n, int64_t cost_per_item, F&& fn) {
-  if (n <= 0) return;
+// How many chunks parallel_chunks splits n items into: 1 (run serially) when n * cost is below
+// the threshold, when one thread is configured, or inside another parallel region.
+inline int64_t chunk_count(int64_t n, int64_t cost_per_item) {
 #ifdef _OPENMP
   int threads = num_threads();
   if (threads > 1 && n > 1 && n * std::max<int64_t>(cost_per_item, 1) >= kParallelThreshold &&
-      !omp_in_parallel()) {
-    int64_t t = std::min<int64_t>(threads, n);
-#pragma omp parallel num_threads(int(t))
-    {
-      int64_t id = omp_get_thread_num();
-      int64_t chunk = (n + t - 1) / t;
-      int64_t b = id * chunk, e = std::min(n, b + chunk);
-      if (b < e) fn(b, e);
-    }
+      !omp_in_parallel())
+    return std::min<int64_t>(threads, n);
+#endif
+  (void)cost_per_item;
+  return 1;
+}
+
+// Splits [0, n) into chunk_count() contiguous chunks and calls fn(chunk, begin, end) for each,
+// in parallel. The split depends only on n and the configured thread count -- never on how many
+// threads OpenMP actually grants -- so every chunk runs, results are reproducible, and `chunk`
+// (< num_threads()) can index per-thread scratch buffers.
+template <class F>
+void parallel_chunks(int64_t n, int64_t cost_per_item, F&& fn) {
+  if (n <= 0) return;
+  const int64_t chunks = chunk_count(n, cost_per_item);
+  if (chunks == 1) {
+    fn(int64_t(0), int64_t(0), n);
     return;
   }
-#endif
-  fn(int64_t(0), n);
+#pragma omp parallel for schedule(static) num_threads(int(chunks))
+  for (int64_t c = 0; c < chunks; ++c) {
+    int64_t b = n * c / chunks, e = n * (c + 1) / chunks;
+    if (b < e) fn(c, b, e);
+  }
+}
+
+// Calls fn(begin, end) over contiguous pieces of [0, n), in parallel when worthwhile.
+template <class F>
+void parallel_for(int64_t n, int64_t cost_per_item, F&& fn) {
+  parallel_chunks(n, cost_per_item, [&](int64_t, int64_t b, int64_t e) { fn(b, e); });
 }
 
 }  // namespace bcos

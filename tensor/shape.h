@@ -44,7 +44,7 @@ class Shape {
   }
   void erase(int pos) {
     for (int i = pos; i + 1 < n_; ++i) d_[i] = d_[i + 1];
-    n_--;
+    d_[--n_] = 0;
   }
   void resize(int n, int64_t fill = 0) {
     BCOS_CHECK(n <= kMaxDims, "tensor: at most ", kMaxDims, " dims are supported");
@@ -53,7 +53,8 @@ class Shape {
   }
   int64_t numel() const {
     int64_t p = 1;
-    for (int i = 0; i < n_; ++i) p *= d_[i];
+    for (int i = 0; i < n_; ++i)
+      if (__builtin_mul_overflow(p, d_[i], &p)) fail("tensor: shape ", *this, " has too many elements");
     return p;
   }
   std::vector<int64_t> vec() const { return std::vector<int64_t>(begin(), end()); }

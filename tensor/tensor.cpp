@@ -71,8 +71,14 @@ Tensor::Tensor(std::shared_ptr<Storage> storage, const Shape& shape, const Strid
   for (int64_t d : shape_) BCOS_CHECK(d >= 0, "Tensor: negative size in shape ", shape_);
 }
 
-int64_t Tensor::size(int64_t d) const { return shape_[wrap_dim(d, dim(), "size")]; }
-int64_t Tensor::stride(int64_t d) const { return strides_[wrap_dim(d, dim(), "stride")]; }
+int64_t Tensor::size(int64_t d) const {
+  BCOS_CHECK(dim() > 0, "size: dim ", d, " asked of a 0-dim tensor");
+  return shape_[wrap_dim(d, dim(), "size")];
+}
+int64_t Tensor::stride(int64_t d) const {
+  BCOS_CHECK(dim() > 0, "stride: dim ", d, " asked of a 0-dim tensor");
+  return strides_[wrap_dim(d, dim(), "stride")];
+}
 
 Device Tensor::device() const { return storage_ ? storage_->device : Device(); }
 

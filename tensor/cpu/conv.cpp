@@ -91,22 +91,14 @@ void col2im(const T* col, const ConvShape& s, const Conv2dParams& p, T* x) {
       }
 }
 
-// Runs fn(sample, thread_slot) for every sample: in parallel when there are enough samples.
+// Runs fn(sample, slot) for every sample: in parallel when there are enough samples. `slot`
+// (< num_threads()) picks the caller's scratch buffers.
 template <class F>
 void over_samples(int64_t n, int64_t cost_per_sample, F&& fn) {
-  int threads = num_threads();
-  if (n >= threads && threads > 1) {
-    parallel_for(n, cost_per_sample, [&](int64_t b, int64_t e) {
-#ifdef _OPENMP
-      int slot = omp_in_parallel() ? omp_get_thread_num() : 0;
-#else
-      int slot = 0;
-#endif
-      for (int64_t i = b; i < e; ++i) fn(i, slot);
-    });
-  } else {
-    for (int64_t i = 0; i < n; ++i) fn(i, 0);
-  }
+  if (n < num_threads()) cost_per_sample = 0;  // too few samples: let the GEMM thread instead
+  parallel_chunks(n, cost_per_sample, [&](int64_t slot, int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) fn(i, int(slot));
+  });
 }
 
 template <class T>
@@ -183,12 +175,7 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
   // One weight-gradient accumulator per thread, summed at the end.
   std::vector<std::vector<T>> acc(static_cast<size_t>(threads), std::vector<T>(size_t(s.o * s.k), T(0)));
   const int64_t chunks = (s.n + group - 1) / group;
-  parallel_for(chunks, s.o * s.k * hw * group, [&](int64_t c0, int64_t c1) {
-#ifdef _OPENMP
-    int slot = omp_in_parallel() ? omp_get_thread_num() : 0;
-#else
-    int slot = 0;
-#endif
+  parallel_chunks(chunks, s.o * s.k * hw * group, [&](int64_t slot, int64_t c0, int64_t c1) {
     std::vector<T> cols(size_t(s.k * hw * group)), grads(size_t(s.og * hw * group));
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       const int64_t n0 = chunk * group, g_n = std::min(group, s.n - n0), ld = g_n * hw;

@@ -59,6 +59,10 @@ void max_pool2d_forward(const Tensor& x_in, const Tensor& out, const Tensor& ind
 void max_pool2d_backward(const Tensor& grad_out_in, const Tensor& indices, const Tensor& grad_x) {
   Tensor g = raw_contiguous(grad_out_in);
   Planes s = planes_of(grad_x, g);
+  const int64_t* idx = indices.data<int64_t>();
+  for (int64_t i = 0; i < indices.numel(); ++i)
+    BCOS_CHECK(idx[i] >= -1 && idx[i] < s.h * s.w, "max_pool2d backward: index ", idx[i],
+               " is outside the ", s.h, " x ", s.w, " input plane");
   dispatch_float(g.dtype(), "max_pool2d_backward", [&]<class T>() {
     const T* pg = g.data<T>();
     const int64_t* pi = indices.data<int64_t>();

@@ -88,3 +88,48 @@ TEST_CASE("errors: item, undefined tensors and creation arguments") {
   expect_error([] { from_vector<float>({1, 2, 3}, {2, 2}); }, {"from_vector", "[2, 2]"});
   expect_error([] { zeros({1, 1, 1, 1, 1, 1, 1, 1, 1}); }, {"8 dims"});
 }
+
+TEST_CASE("errors: windows larger than the input, empty planes, huge shapes") {
+  expect_error([] { conv2d(ones({1, 1, 2, 2}), ones({1, 1, 3, 3}), Tensor(), 2); }, {"conv2d", "too small"});
+  expect_error([] { max_pool2d(ones({1, 1, 2, 2}), 3, IntPair(2)); }, {"max_pool2d", "too small"});
+  expect_error([] { avg_pool2d(ones({1, 1, 2, 2}), 3, IntPair(2)); }, {"avg_pool2d", "too small"});
+  expect_error([] { max_pool2d(zeros({1, 1, 0, 0}), 3, 2, 1); }, {"max_pool2d", "empty"});
+  expect_error([] { adaptive_avg_pool2d(zeros({1, 1, 0, 4}), 2); }, {"adaptive_avg_pool2d", "empty"});
+  expect_error([] { zeros({1LL << 32, 1LL << 32}); }, {"too many elements"});
+  expect_error([] { zeros({1LL << 61}); }, {"bytes"});
+  expect_error([] { eye(2, -5); }, {"eye"});
+  expect_error([] { scalar_tensor(5.0).size(0); }, {"size", "0-dim"});
+  expect_error([] { scatter_add(randn({2, 3}), 0, zeros({2, 3}, kInt64), randn({4, 5}).select(1, 0)); },
+               {"scatter_add", "src", "[4]", "[2, 3]"});
+  expect_error([] { argmax(zeros({0})); }, {"argmax"});
+  expect_error([] { batch_norm(zeros({2, 3}), zeros({3}), Tensor(), Tensor(), Tensor(), true); },
+               {"batch_norm", "together"});
+}
+
+TEST_CASE("errors: integer tensors take only integral scalars") {
+  expect_error([] { mul(from_vector<int64_t>({1, 2}, {2}), 2.5); }, {"mul", "int64", "2.5"});
+  expect_error([] { eq(from_vector<int64_t>({0, 1}, {2}), 0.5); }, {"eq", "0.5"});
+  CHECK(mul(from_vector<int64_t>({1, 2}, {2}), 3.0).to_vector<int64_t>() == std::vector<int64_t>{3, 6});
+}
+
+TEST_CASE("errors: changed pooling / max indices are caught before backward uses them") {
+  Tensor x = randn({1, 1, 4, 4}).requires_grad_();
+  ValuesIndices r = max_pool2d_with_indices(x, 2);
+  r.indices.fill_(double(1LL << 40));
+  expect_error([&] { sum(r.values).backward(); }, {"modified by an in-place operation"});
+  Tensor y = randn({3, 4}).requires_grad_();
+  ValuesIndices m = max(y, 1);
+  m.indices.fill_(0);
+  expect_error([&] { sum(m.values).backward(); }, {"modified by an in-place operation"});
+}
+
+TEST_CASE("errors: in-place writes to expanded views; overlapping sources are read first") {
+  expect_error([] { zeros({1}).expand({5}).add_(ones({5})); }, {"add_", "expanded"});
+  expect_error([] { zeros({1}).expand({5}).fill_(1); }, {"fill_", "expanded"});
+  Tensor x = arange(4.0).reshape({2, 2});
+  x.add_(x.t());
+  CHECK(x.to_vector<double>() == std::vector<double>{0, 3, 3, 6});
+  Tensor y = arange(6.0).reshape({2, 3});
+  y.slice(1, 1, 3).copy_(y.slice(1, 0, 2));
+  CHECK(y.to_vector<double>() == std::vector<double>{0, 0, 1, 3, 3, 4});
+}

@@ -247,3 +247,35 @@ TEST_CASE("kernels: empty tensors flow through reductions, products and convolut
   CHECK(w.grad().to_vector<double>() == std::vector<double>(54, 0.0));
   CHECK(softmax(zeros({0, 4}), 1).numel() == 0);
 }
+
+TEST_CASE("kernels: every chunk runs even when OpenMP grants fewer threads") {
+#ifdef _OPENMP
+  int before = num_threads();
+  set_num_threads(8);
+  omp_set_dynamic(1);  // the runtime may now hand out fewer threads than asked for
+  Tensor y = mul(ones({400000}), 2.0);
+  Tensor x = randn({64, 48, 8, 8}), w = randn({16, 48, 3, 3});
+  Tensor c = conv2d(x, w, Tensor(), 1, 1);
+  omp_set_dynamic(0);
+  set_num_threads(before);
+  CHECK(sum(y).item() == 800000.0);
+  CHECK(max_diff(c, conv2d(x, w, Tensor(), 1, 1)) < 1e-4);
+#endif
+}
+
+TEST_CASE("kernels: ops called from the user's own parallel region") {
+#ifdef _OPENMP
+  int before = num_threads();
+  set_num_threads(2);
+  Tensor x = randn({4, 3, 16, 16}, kFloat64), w = randn({5, 3, 3, 3}, kFloat64);
+  Tensor expect = naive_conv(x, w, 1, 1, 1, 1);
+  std::vector<double> errors(8, -1.0);
+#pragma omp parallel num_threads(8)
+  {
+    Tensor y = conv2d(x, w, Tensor(), 1, 1);  // runs serially inside the region
+    errors[size_t(omp_get_thread_num())] = max_diff(y, expect);
+  }
+  set_num_threads(before);
+  for (double e : errors) CHECK(e < 1e-10);
+#endif
+}

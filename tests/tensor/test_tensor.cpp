@@ -19,6 +19,7 @@ TEST_CASE("tensor: creation functions") {
   CHECK(v(arange(1, 2, 0.25)) == std::vector<double>{1, 1.25, 1.5, 1.75});
   CHECK(arange(0, 10, 3, kInt64).dtype() == kInt64);
   CHECK(v(linspace(0, 1, 5)) == std::vector<double>{0, 0.25, 0.5, 0.75, 1});
+  CHECK(v(linspace(0, 10, 1)) == std::vector<double>{0});
   CHECK(v(eye(2, 3)) == std::vector<double>{1, 0, 0, 0, 1, 0});
   CHECK(scalar_tensor(3.0).dim() == 0);
   CHECK(scalar_tensor(3.0).item() == 3.0);
