@@ -55,10 +55,9 @@ Tensor reduce_raw(ReduceOp op, const Tensor& x, const Plan& p, DType out_dtype,
 // The output gradient reshaped to keepdim form so it broadcasts against x.
 Tensor keepdim_grad(const Tensor& g, const Shape& keep_shape) { return g.reshape(keep_shape); }
 
-void check_reducible(const char* op, const Tensor& x, const Plan& p, bool needs_elements) {
-  check_defined(op, x, "input");
-  if (needs_elements)
-    BCOS_CHECK(p.count > 0, op, ": cannot reduce over an empty dim (shape ", x.shape(), ")");
+// max / min have no identity element: reducing over an empty dim is an error.
+void check_nonempty(const char* op, const Tensor& x, const Plan& p) {
+  BCOS_CHECK(p.count > 0, op, ": cannot reduce over an empty dim (shape ", x.shape(), ")");
 }
 
 }  // namespace
@@ -204,7 +203,7 @@ Tensor extreme_all(const char* op, const char* node, bool is_max, const Tensor& 
                    const Dims& dims, bool keepdim) {
   check_defined(op, x, "input");
   Plan p = plan_reduction(op, x, dims, keepdim);
-  check_reducible(op, x, p, true);
+  check_nonempty(op, x, p);
   BCOS_CHECK(x.is_floating_point() || x.dtype() == DType::i64, op, ": unsupported dtype ", x.dtype());
   Tensor out = reduce_raw(is_max ? ReduceOp::max : ReduceOp::min, x, p, x.dtype());
   if (needs_graph({x})) {
@@ -224,7 +223,7 @@ ValuesIndices extreme_dim(const char* op, const char* node, bool is_max, const T
                           int64_t dim, bool keepdim) {
   check_defined(op, x, "input");
   Plan p = plan_reduction(op, x, {dim}, keepdim);
-  check_reducible(op, x, p, true);
+  check_nonempty(op, x, p);
   BCOS_CHECK(x.is_floating_point() || x.dtype() == DType::i64, op, ": unsupported dtype ", x.dtype());
   Tensor idx = empty(p.keep_shape, {DType::i64, x.device()});
   Tensor values = reduce_raw(is_max ? ReduceOp::max : ReduceOp::min, x, p, x.dtype(), idx);
