@@ -1,0 +1,155 @@
+// Image decoding and PNG encoding on top of stb (data/stb.cpp), with the checks stb leaves to
+// its caller: sizes that fit an int, truncated JPEGs, tensors of the wrong layout.
+#include "data/image.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+
+#include <unistd.h>
+
+namespace bcos::data {
+
+namespace stb {
+unsigned char* decode_rgb(const unsigned char* bytes, int length, int* w, int* h,
+                          const char** reason);
+void free_pixels(unsigned char* pixels);
+bool encode_png(const unsigned char* pixels, int w, int h, int channels, std::string* out);
+bool encode_jpeg(const unsigned char* pixels, int w, int h, int channels, int quality, std::string* out);
+}  // namespace stb
+
+namespace {
+
+bool is_jpeg(std::string_view b) {
+  return b.size() >= 3 && uint8_t(b[0]) == 0xFF && uint8_t(b[1]) == 0xD8 && uint8_t(b[2]) == 0xFF;
+}
+
+// stb decodes a JPEG cut short by padding the missing entropy-coded data, where Pillow (and
+// libjpeg) report the file as truncated. A complete JPEG ends with the EOI marker FF D9,
+// possibly followed by padding that some encoders append; we accept up to 4 KB of it.
+bool jpeg_has_end_marker(std::string_view b) {
+  size_t stop = b.size() > 4096 ? b.size() - 4096 : 2;
+  for (size_t i = b.size(); i-- > stop + 1;)
+    if (uint8_t(b[i - 1]) == 0xFF && uint8_t(b[i]) == 0xD9) return true;
+  return false;
+}
+
+}  // namespace
+
+Tensor decode_image(std::string_view bytes, const std::string& source) {
+  BCOS_CHECK(!bytes.empty(), "decode_image: ", source, ": empty file");
+  BCOS_CHECK(bytes.size() < size_t(INT32_MAX), "decode_image: ", source, ": ", bytes.size(),
+             " bytes is more than stb_image can read (2 GB)");
+  if (is_jpeg(bytes) && !jpeg_has_end_marker(bytes))
+    fail("decode_image: ", source, ": truncated JPEG (", bytes.size(),
+         " bytes, no end-of-image marker)");
+  int w = 0, h = 0;
+  const char* reason = "unknown error";
+  unsigned char* pixels = stb::decode_rgb(reinterpret_cast<const unsigned char*>(bytes.data()),
+                                          int(bytes.size()), &w, &h, &reason);
+  if (!pixels) fail("decode_image: ", source, ": not a decodable image (", reason, ")");
+  Tensor out;
+  try {
+    out = empty({h, w, 3}, DType::u8);
+    std::memcpy(out.data<uint8_t>(), pixels, size_t(h) * size_t(w) * 3);
+  } catch (...) {
+    stb::free_pixels(pixels);
+    throw;
+  }
+  stb::free_pixels(pixels);
+  return out;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  BCOS_CHECK(f.good(), "read_file: cannot open ", path, ": ", std::strerror(errno));
+  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  BCOS_CHECK(!f.bad(), "read_file: error reading ", path);
+  return bytes;
+}
+
+Tensor read_image(const std::string& path) { return decode_image(read_file(path), path); }
+
+void write_file_atomic(const std::string& path, std::string_view bytes) {
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    BCOS_CHECK(f.good(), "write_file: cannot create ", tmp, ": ", std::strerror(errno));
+    f.write(bytes.data(), std::streamsize(bytes.size()));
+    f.flush();
+    if (!f.good()) {
+      std::remove(tmp.c_str());
+      fail("write_file: error writing ", tmp);
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    std::remove(tmp.c_str());
+    fail("write_file: cannot rename ", tmp, " to ", path, ": ", std::strerror(err));
+  }
+}
+
+namespace {
+
+// u8 [H, W, C] contiguous, from u8 [H, W, C] or f32 / f64 [C, H, W] in [0, 1].
+Tensor to_hwc_u8(const Tensor& image, const char* op) {
+  BCOS_CHECK(image.is_cpu(), op, ": the image is on ", image.device(), "; call .to(\"cpu\")");
+  BCOS_CHECK(image.dim() == 3, op, ": expected u8 [H, W, C] or f32 [C, H, W], got ",
+             dtype_name(image.dtype()), " ", image.shape());
+  Tensor hwc;  // u8 [H, W, C], contiguous
+  if (image.dtype() == DType::u8) {
+    hwc = image.contiguous();
+  } else {
+    BCOS_CHECK(image.dtype() == DType::f32 || image.dtype() == DType::f64,
+               op, ": expected u8 [H, W, C] or f32 [C, H, W], got ",
+               dtype_name(image.dtype()), " ", image.shape());
+    Tensor chw = image.to(DType::f32).contiguous();
+    const int64_t c = chw.size(0), h = chw.size(1), w = chw.size(2);
+    hwc = empty({h, w, c}, DType::u8);
+    const float* src = chw.data<float>();
+    uint8_t* dst = hwc.data<uint8_t>();
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t i = 0; i < h * w; ++i) {
+        float v = src[ch * h * w + i];
+        v = std::isnan(v) ? 0.f : std::min(std::max(v, 0.f), 1.f);
+        dst[i * c + ch] = uint8_t(std::lround(v * 255.f));
+      }
+  }
+  return hwc;
+}
+
+}  // namespace
+
+std::string encode_png(const Tensor& image) {
+  Tensor hwc = to_hwc_u8(image, "encode_png");
+  const int64_t h = hwc.size(0), w = hwc.size(1), c = hwc.size(2);
+  BCOS_CHECK(c == 1 || c == 3 || c == 4, "encode_png: ", c,
+             " channels; PNG takes 1 (grey), 3 (RGB) or 4 (RGBA); shape ", image.shape());
+  BCOS_CHECK(h > 0 && w > 0 && h * w * c < INT32_MAX, "encode_png: cannot encode an image of shape ",
+             image.shape());
+  std::string out;
+  BCOS_CHECK(stb::encode_png(hwc.data<uint8_t>(), int(w), int(h), int(c), &out),
+             "encode_png: stb_image_write failed for shape ", image.shape());
+  return out;
+}
+
+std::string encode_jpeg(const Tensor& image, int quality) {
+  Tensor hwc = to_hwc_u8(image, "encode_jpeg");
+  const int64_t h = hwc.size(0), w = hwc.size(1), c = hwc.size(2);
+  BCOS_CHECK(c == 1 || c == 3 || c == 4, "encode_jpeg: ", c, " channels; expected 1, 3 or 4; shape ",
+             image.shape());
+  BCOS_CHECK(quality >= 1 && quality <= 100, "encode_jpeg: quality ", quality, " outside 1-100");
+  BCOS_CHECK(h > 0 && w > 0 && h < 65536 && w < 65536, "encode_jpeg: cannot encode an image of shape ",
+             image.shape());
+  std::string out;
+  BCOS_CHECK(stb::encode_jpeg(hwc.data<uint8_t>(), int(w), int(h), int(c), quality, &out),
+             "encode_jpeg: stb_image_write failed for shape ", image.shape());
+  return out;
+}
+
+void write_png(const Tensor& image, const std::string& path) {
+  write_file_atomic(path, encode_png(image));
+}
+
+}  // namespace bcos::data

@@ -1,0 +1,301 @@
+// DataLoader: order independent of the worker count, shuffling, drop_last, corrupt samples,
+// early stops; the shared CIFAR-10 test shard end to end; the progress bar.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "data/image.h"
+#include "data/loader.h"
+#include "data/progress.h"
+#include "tests/data/tar_writer.h"
+#include "tests/data/helpers.h"
+#include "tests/golden.h"
+
+using namespace bcos;
+using namespace bcos::data;
+using testdata::error_of;
+
+namespace {
+
+// n records of random-ish pictures of varying size, label = index % 10.
+struct MemoryDataset : Dataset {
+  std::vector<Record> records;
+  std::set<int64_t> broken;  // indices whose image bytes are garbage
+  explicit MemoryDataset(int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      Record r;
+      r.name = "mem:" + std::to_string(i);
+      const int64_t h = 20 + i % 7, w = 24 + i % 5;
+      r.pixels = empty({h, w, 3}, DType::u8);
+      uint8_t* p = r.pixels.data<uint8_t>();
+      for (int64_t k = 0; k < h * w * 3; ++k) p[k] = uint8_t((k * 31 + i * 17) % 251);
+      r.label = i % 10;
+      records.push_back(r);
+    }
+  }
+  int64_t size() const override { return int64_t(records.size()); }
+  Record get(int64_t i) const override {
+    Record r = records.at(size_t(i));
+    if (broken.count(i)) {
+      r.pixels = Tensor();
+      r.image_bytes = "garbage";
+    }
+    return r;
+  }
+};
+
+Transform augment() {
+  return Compose({RandomResizedCrop(16), RandomHorizontalFlip(), ToTensor(), Normalize(kImageNetMean, kImageNetStd)});
+}
+
+// Every batch of an epoch, concatenated: (images, labels, names).
+struct EpochData {
+  std::vector<float> images;
+  std::vector<int64_t> labels;
+  std::vector<std::string> names;
+  std::vector<int64_t> batch_sizes;
+};
+
+EpochData run(const DataLoader& loader, int64_t epoch) {
+  EpochData d;
+  for (Batch& b : loader.epoch(epoch)) {
+    const auto im = b.images.to_vector<float>();
+    d.images.insert(d.images.end(), im.begin(), im.end());
+    const auto lb = b.labels.to_vector<int64_t>();
+    d.labels.insert(d.labels.end(), lb.begin(), lb.end());
+    d.names.insert(d.names.end(), b.names.begin(), b.names.end());
+    d.batch_sizes.push_back(b.size());
+  }
+  return d;
+}
+
+
+}  // namespace
+
+TEST_CASE("loader: the batches for a seed are the same with 0, 1, 2 and 4 workers") {
+  auto ds = std::make_shared<MemoryDataset>(103);
+  LoaderOptions o{.batch_size = 8, .shuffle = true, .workers = 0, .seed = 42};
+  const EpochData ref = run(DataLoader(ds, augment(), o), 3);
+  REQUIRE(ref.labels.size() == 103);
+  CHECK(ref.batch_sizes.size() == 13);
+  CHECK(ref.batch_sizes.back() == 7);
+  for (int workers : {1, 2, 4}) {
+    CAPTURE(workers);
+    o.workers = workers;
+    const EpochData d = run(DataLoader(ds, augment(), o), 3);
+    CHECK(d.names == ref.names);
+    CHECK(d.images == ref.images);
+    CHECK(d.batch_sizes == ref.batch_sizes);
+  }
+  // Another epoch: another order and other augmentations; without shuffle: dataset order.
+  const EpochData next = run(DataLoader(ds, augment(), o), 4);
+  CHECK(next.names != ref.names);
+  o.shuffle = false;
+  const EpochData plain = run(DataLoader(ds, augment(), o), 0);
+  for (size_t i = 0; i < plain.names.size(); ++i) CHECK(plain.names[i] == "mem:" + std::to_string(i));
+  // drop_last
+  o.drop_last = true;
+  DataLoader dropping(ds, augment(), o);
+  CHECK(dropping.num_batches() == 12);
+  CHECK(run(dropping, 0).labels.size() == 96);
+  // limit: the first samples of the (shuffled) order
+  o.drop_last = false;
+  o.shuffle = true;
+  o.limit = 50;
+  DataLoader limited(ds, augment(), o);
+  CHECK(limited.num_samples() == 50);
+  CHECK(limited.num_batches() == 7);
+  const EpochData lim = run(limited, 3);
+  CHECK(lim.names == std::vector<std::string>(ref.names.begin(), ref.names.begin() + 50));
+}
+
+TEST_CASE("loader: WebDataset order is the same for any number of workers, with shuffling") {
+  testdata::TempDir dir;
+  for (int s = 0; s < 3; ++s) {
+    std::vector<std::pair<std::string, std::string>> members;
+    for (int i = 0; i < 20; ++i) {
+      const std::string key = "s" + std::to_string(s) + "_" + std::to_string(i);
+      Tensor img = full({10, 12, 3}, double((s * 20 + i) * 3), DType::u8);
+      members.push_back({key + ".png", encode_png(img)});
+      members.push_back({key + ".cls", std::to_string(i % 10)});
+      members.push_back({key + ".txt", "sample " + key});
+    }
+    std::ofstream(dir / ("shard-" + std::to_string(s) + ".tar"), std::ios::binary) << testdata::make_tar(members);
+  }
+  auto ds = std::make_shared<WebDataset>(dir / "shard-{0..2}.tar");
+  LoaderOptions o{.batch_size = 7, .shuffle = true, .workers = 0, .seed = 9, .shuffle_buffer = 10};
+  DataLoader loader0(ds, RandomHorizontalFlip(), o);
+  CHECK(loader0.num_samples() == 60);
+  CHECK(loader0.num_batches() == 9);
+  const EpochData ref = run(loader0, 1);
+  CHECK(ref.names.size() == 60);
+  for (int workers : {1, 2, 4}) {
+    o.workers = workers;
+    CHECK(run(DataLoader(ds, RandomHorizontalFlip(), o), 1).names == ref.names);
+  }
+  o.limit = 25;
+  CHECK(run(DataLoader(ds, RandomHorizontalFlip(), o), 1).names ==
+        std::vector<std::string>(ref.names.begin(), ref.names.begin() + 25));
+  o.limit = 0;
+  // Texts travel with their images.
+  for (Batch& b : DataLoader(ds, {}, o).epoch(0))
+    for (int64_t i = 0; i < b.size(); ++i) {
+      const std::string key = b.names[size_t(i)].substr(b.names[size_t(i)].rfind(' ') + 1);
+      CHECK(b.texts[size_t(i)] == "sample " + key);
+    }
+}
+
+TEST_CASE("loader: corrupt samples raise by default and are skipped and counted with skip_corrupt") {
+  auto ds = std::make_shared<MemoryDataset>(30);
+  ds->broken = {4, 17};
+  LoaderOptions o{.batch_size = 8, .workers = 2, .seed = 1};
+  const std::string err = error_of([&] { run(DataLoader(ds, augment(), o), 0); });
+  CHECK(err.find("mem:4") != std::string::npos);
+  CHECK(err.find("skip_corrupt") != std::string::npos);
+  o.skip_corrupt = true;
+  o.report_skipped = false;
+  DataLoader loader(ds, augment(), o);
+  auto epoch = loader.epoch(0);
+  int64_t seen = 0;
+  Batch b;
+  while (epoch.next(b)) seen += b.size();
+  CHECK(seen == 28);
+  CHECK(epoch.skipped() == 2);
+
+  // WebDataset: a corrupt JPEG, a sample without an image, a truncated shard.
+  testdata::TempDir dir;
+  const std::string good = encode_jpeg(full({8, 8, 3}, 100.0, DType::u8));
+  std::string corrupt = good.substr(0, good.size() / 2);
+  std::string tar = testdata::make_tar({{"a.jpg", good}, {"a.cls", "1"}, {"b.jpg", corrupt}, {"b.cls", "2"},
+                                        {"c.cls", "3"}, {"d.jpg", good}, {"d.cls", "4"}});
+  std::ofstream(dir / "w.tar", std::ios::binary) << tar;
+  auto web = std::make_shared<WebDataset>(dir / "w.tar");
+  LoaderOptions wo{.batch_size = 2, .workers = 2};
+  const std::string werr = error_of([&] { run(DataLoader(web, {}, wo), 0); });
+  CHECK(werr.find("w.tar: b") != std::string::npos);
+  wo.skip_corrupt = true;
+  wo.report_skipped = false;
+  DataLoader wloader(web, {}, wo);
+  auto wepoch = wloader.epoch(0);
+  std::vector<int64_t> labels;
+  while (wepoch.next(b))
+    for (int64_t l : b.labels.to_vector<int64_t>()) labels.push_back(l);
+  CHECK(labels == std::vector<int64_t>{1, 4});
+  CHECK(wepoch.skipped() == 2);
+  std::ofstream(dir / "cut.tar", std::ios::binary) << tar.substr(0, 512 * 5 + 40);
+  auto cut = std::make_shared<WebDataset>(dir / "cut.tar");
+  const std::string cerr = error_of([&] { run(DataLoader(cut, {}, wo), 0); });
+  CHECK(cerr.find("cut.tar") != std::string::npos);
+  CHECK(cerr.find("offset") != std::string::npos);
+}
+
+TEST_CASE("loader: stopping early shuts the workers down; errors name the sample") {
+  auto ds = std::make_shared<MemoryDataset>(200);
+  LoaderOptions o{.batch_size = 4, .shuffle = true, .workers = 4, .prefetch = 3};
+  DataLoader loader(ds, augment(), o);
+  for (int round = 0; round < 20; ++round) {
+    auto epoch = loader.epoch(round);
+    Batch b;
+    REQUIRE(epoch.next(b));
+    CHECK(b.images.shape() == Shape({4, 3, 16, 16}));
+    CHECK(b.images.is_contiguous());
+    CHECK(b.labels.dtype() == DType::i64);
+  }  // each epoch is destroyed with batches in flight
+  // Images of different sizes cannot be stacked without a Resize / crop.
+  const std::string err = error_of([&] { run(DataLoader(ds, ToTensor(), o), 0); });
+  CHECK(err.find("one size") != std::string::npos);
+  CHECK_THROWS_AS(DataLoader(ds, {}, LoaderOptions{.batch_size = 0}), Error);
+}
+
+// The acceptance check: the whole shared test shard through the loader with 2 workers, pixels
+// against Pillow's decoding (tools/golden/data.py), labels against the keys' class names.
+TEST_CASE("cifar: the shared CIFAR-10 test shard loads through the DataLoader and matches Pillow") {
+  const std::string shard = testdata::find("data/cifar10/cifar10-test-000000.tar");
+  if (shard.empty()) return;
+  std::vector<std::string> classes;
+  {
+    std::ifstream f(testdata::data_dir() + "/data/cifar10/classes.txt");
+    for (std::string line; std::getline(f, line);)
+      if (!line.empty()) classes.push_back(line);
+  }
+  REQUIRE(classes.size() == 10);
+  golden::Fixtures gold(golden::golden_dir() + "/data.safetensors");
+  const auto ref_mean = gold["cifar.mean"].to_vector<float>();
+  const auto ref_labels = gold["cifar.labels"].to_vector<int64_t>();
+  const auto ref_pixels = gold["cifar.pixels"].to_vector<uint8_t>();
+
+  auto ds = std::make_shared<WebDataset>(shard);
+  DataLoader loader(ds, {}, {.batch_size = 500, .workers = 2});
+  const auto start = std::chrono::steady_clock::now();
+  int64_t n = 0, worst_pixel = 0;
+  double worst_mean = 0;
+  for (Batch& b : loader.epoch(0)) {
+    const auto labels = b.labels.to_vector<int64_t>();
+    const auto images = b.images.to_vector<float>();  // [N, 3, 32, 32] in [0, 1]
+    for (int64_t i = 0; i < b.size(); ++i, ++n) {
+      const std::string& name = b.names[size_t(i)];
+      const std::string key = name.substr(name.rfind(' ') + 1);
+      const std::string cls = key.substr(0, key.rfind('_'));
+      REQUIRE(labels[size_t(i)] >= 0);
+      REQUIRE(labels[size_t(i)] < 10);
+      CHECK(classes[size_t(labels[size_t(i)])] == cls);
+      CHECK(labels[size_t(i)] == ref_labels[size_t(n)]);
+      double sum = 0;
+      for (int64_t k = 0; k < 3072; ++k) {
+        const float v = images[size_t(i * 3072 + k)];
+        sum += std::nearbyint(v * 255.0);
+        if (n < 32) {  // [3, 32, 32] here, [32, 32, 3] in the fixture
+          const int64_t c = k / 1024, p = k % 1024;
+          const int ref = ref_pixels[size_t(n * 3072 + p * 3 + c)];
+          worst_pixel = std::max<int64_t>(worst_pixel, std::abs(int64_t(std::nearbyint(v * 255.0)) - ref));
+        }
+      }
+      worst_mean = std::max(worst_mean, std::abs(sum / 3072.0 - double(ref_mean[size_t(n)])));
+    }
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  MESSAGE("CIFAR-10 test shard: " << n << " samples in " << seconds << " s with 2 workers; largest difference "
+          "from Pillow: " << worst_pixel << " levels per pixel (first 32 images), " << worst_mean
+          << " levels in an image's mean (all)");
+  CHECK(n == 10000);
+  // stb's JPEG decoder (IDCT, chroma upsampling) is not libjpeg-turbo's, which Pillow uses: the
+  // largest differences measured are these bounds (3 levels in a pixel, 0.122 in an image mean).
+  CHECK(worst_pixel <= 3);
+  CHECK(worst_mean <= 0.125);
+}
+
+TEST_CASE("progress: plain lines off a terminal, with counts, rate, ETA and metrics") {
+  std::FILE* f = std::tmpfile();
+  REQUIRE(f);
+  {
+    ProgressBar bar(10, "eval", "img", f, ProgressBar::Mode::lines, 1000.0);
+    for (int i = 0; i < 3; ++i) bar.update(1, {{"loss", 0.5}, {"acc", 81.25}});
+    const std::string line = bar.render(100);
+    CHECK(line.find("eval:  30%") != std::string::npos);
+    CHECK(line.find("3/10") != std::string::npos);
+    CHECK(line.find("img/s") != std::string::npos);
+    CHECK(line.find("loss=0.5") != std::string::npos);
+    CHECK(line.find("acc=81.25") != std::string::npos);
+    CHECK(line.find('<') != std::string::npos);  // elapsed<remaining
+    bar.update(7);
+  }  // finish() on destruction writes the final line
+  std::rewind(f);
+  char buf[512] = {0};
+  std::string all;
+  while (std::fgets(buf, sizeof buf, f)) all += buf;
+  std::fclose(f);
+  CHECK(all.find("10/10") != std::string::npos);
+  CHECK(all.find("100%") != std::string::npos);
+  CHECK(all.find('\r') == std::string::npos);
+  CHECK(std::count(all.begin(), all.end(), '\n') == 1);  // the interval (1000 s) never elapsed
+  CHECK(format_duration(75) == "01:15");
+  CHECK(format_duration(3725) == "1:02:05");
+  ProgressBar unknown(0, "", "it", std::tmpfile(), ProgressBar::Mode::lines);
+  unknown.update(5);
+  CHECK(unknown.render().find("5 [") != std::string::npos);
+}
