@@ -35,6 +35,14 @@ bool has_extension(const std::string& name, const std::vector<std::string>& exte
 }  // namespace
 
 ImageFolder::ImageFolder(const std::string& root, std::vector<std::string> extensions) {
+  try {
+    scan(root, std::move(extensions));
+  } catch (const fs::filesystem_error& e) {  // unreadable folders, symlink loops
+    fail("ImageFolder: ", root, ": ", e.what());
+  }
+}
+
+void ImageFolder::scan(const std::string& root, std::vector<std::string> extensions) {
   std::error_code ec;
   BCOS_CHECK(fs::is_directory(root, ec), "ImageFolder: ", root, " is not a directory");
   for (std::string& e : extensions)
@@ -100,8 +108,9 @@ const std::vector<std::string>& Cifar10::classes() {
 
 Cifar10::Cifar10(const std::string& root, bool train) {
   std::string dir = root;
-  if (!fs::exists(fs::path(dir) / (train ? "data_batch_1.bin" : "test_batch.bin")) &&
-      fs::is_directory(fs::path(root) / "cifar-10-batches-bin"))
+  std::error_code ec;
+  if (!fs::exists(fs::path(dir) / (train ? "data_batch_1.bin" : "test_batch.bin"), ec) &&
+      fs::is_directory(fs::path(root) / "cifar-10-batches-bin", ec))
     dir = (fs::path(root) / "cifar-10-batches-bin").string();
   if (train)
     for (int i = 1; i <= 5; ++i) files_.push_back(dir + "/data_batch_" + std::to_string(i) + ".bin");

@@ -36,8 +36,8 @@ struct Dataset {
 
 class ImageFolder : public Dataset {
  public:
-  // Extensions matched case-insensitively; torchvision's IMG_EXTENSIONS less the formats stb
-  // cannot read.
+  // Extensions matched case-insensitively: those of torchvision's IMG_EXTENSIONS that
+  // data/image.h decodes.
   explicit ImageFolder(const std::string& root,
                        std::vector<std::string> extensions = {".jpg", ".jpeg", ".png", ".bmp"});
   int64_t size() const override { return int64_t(samples_.size()); }
@@ -47,6 +47,7 @@ class ImageFolder : public Dataset {
   int64_t label(int64_t index) const;
 
  private:
+  void scan(const std::string& root, std::vector<std::string> extensions);
   std::vector<std::string> classes_;
   std::vector<std::pair<std::string, int64_t>> samples_;  // (path, class index)
 };
@@ -57,6 +58,8 @@ class Cifar10 : public Dataset {
   // otherwise test_batch.bin.
   Cifar10(const std::string& root, bool train);
   ~Cifar10() override;
+  Cifar10(const Cifar10&) = delete;  // owns open file descriptors
+  Cifar10& operator=(const Cifar10&) = delete;
   int64_t size() const override { return total_; }
   Record get(int64_t index) const override;
   static const std::vector<std::string>& classes();

@@ -1,4 +1,4 @@
-// Image decoding and PNG encoding on top of stb (data/stb.cpp), with the checks stb leaves to
+// Image decoding and PNG / JPEG encoding on top of stb (data/stb.cpp), with the checks stb leaves to
 // its caller: sizes that fit an int, truncated JPEGs, tensors of the wrong layout.
 #include "data/image.h"
 
@@ -15,6 +15,7 @@ namespace stb {
 unsigned char* decode_rgb(const unsigned char* bytes, int length, int* w, int* h,
                           const char** reason);
 void free_pixels(unsigned char* pixels);
+bool info(const unsigned char* bytes, int length, int* w, int* h);
 bool encode_png(const unsigned char* pixels, int w, int h, int channels, std::string* out);
 bool encode_jpeg(const unsigned char* pixels, int w, int h, int channels, int quality, std::string* out);
 }  // namespace stb
@@ -26,14 +27,52 @@ bool is_jpeg(std::string_view b) {
 }
 
 // stb decodes a JPEG cut short by padding the missing entropy-coded data, where Pillow (and
-// libjpeg) report the file as truncated. A complete JPEG ends with the EOI marker FF D9,
-// possibly followed by padding that some encoders append; we accept up to 4 KB of it.
-bool jpeg_has_end_marker(std::string_view b) {
-  size_t stop = b.size() > 4096 ? b.size() - 4096 : 2;
-  for (size_t i = b.size(); i-- > stop + 1;)
-    if (uint8_t(b[i - 1]) == 0xFF && uint8_t(b[i]) == 0xD9) return true;
+// libjpeg) report the file as truncated. A complete JPEG has its end-of-image marker FF D9
+// after the first start-of-scan (FF DA); before it, FF D9 may occur inside an EXIF thumbnail,
+// and within scan data FF is always followed by 00 or a restart marker, never D9. So: walk the
+// header segments to the first scan, then look for FF D9 after it (searching from the end, where
+// it normally is). Returns false for a truncated file; malformed headers are left to stb.
+bool jpeg_is_complete(std::string_view b) {
+  auto at = [&](size_t i) { return static_cast<unsigned char>(b[i]); };
+  size_t pos = 2, scan = 0;
+  while (scan == 0) {
+    if (pos + 4 > b.size()) return false;  // ran out inside the headers
+    if (at(pos) != 0xFF) return true;
+    const unsigned char marker = at(pos + 1);
+    if (marker == 0xFF) {  // fill byte
+      ++pos;
+    } else if (marker == 0xDA) {
+      scan = pos;
+    } else if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) {
+      pos += 2;
+    } else {
+      pos += 2 + (size_t(at(pos + 2)) << 8 | at(pos + 3));
+    }
+  }
+  for (size_t i = b.size() - 1; i > scan + 1; --i)
+    if (at(i) == 0xD9 && at(i - 1) == 0xFF) return true;
   return false;
 }
+
+// stb reads an uncompressed BMP cut short as black pixels: check the pixel array fits the file.
+bool bmp_is_complete(std::string_view b) {
+  if (b.size() < 54) return false;
+  auto u32 = [&](size_t i) {
+    return uint32_t(uint8_t(b[i])) | uint32_t(uint8_t(b[i + 1])) << 8 | uint32_t(uint8_t(b[i + 2])) << 16 |
+           uint32_t(uint8_t(b[i + 3])) << 24;
+  };
+  const uint32_t offset = u32(10), header = u32(14);
+  if (header < 40) return true;  // old OS/2 header: left to stb
+  const int64_t w = int32_t(u32(18)), h = std::abs(int64_t(int32_t(u32(22))));
+  const int bpp = uint8_t(b[28]) | uint8_t(b[29]) << 8;
+  const uint32_t compression = u32(30);
+  if (compression != 0 && compression != 3) return true;  // RLE: sizes vary, left to stb
+  const int64_t row = (w * bpp + 31) / 32 * 4;
+  return int64_t(offset) + row * h <= int64_t(b.size());
+}
+
+// Pillow's decompression-bomb limit: it refuses images over twice its 89.5 M-pixel warning.
+constexpr int64_t kMaxPixels = 178956970;
 
 }  // namespace
 
@@ -41,10 +80,17 @@ Tensor decode_image(std::string_view bytes, const std::string& source) {
   BCOS_CHECK(!bytes.empty(), "decode_image: ", source, ": empty file");
   BCOS_CHECK(bytes.size() < size_t(INT32_MAX), "decode_image: ", source, ": ", bytes.size(),
              " bytes is more than stb_image can read (2 GB)");
-  if (is_jpeg(bytes) && !jpeg_has_end_marker(bytes))
+  if (is_jpeg(bytes) && !jpeg_is_complete(bytes))
     fail("decode_image: ", source, ": truncated JPEG (", bytes.size(),
          " bytes, no end-of-image marker)");
   int w = 0, h = 0;
+  if (!stb::info(reinterpret_cast<const unsigned char*>(bytes.data()), int(bytes.size()), &w, &h))
+    fail("decode_image: ", source, ": not a JPEG, PNG or BMP image, or its header is corrupt");
+  if (int64_t(w) * int64_t(h) > kMaxPixels)
+    fail("decode_image: ", source, ": ", w, "x", h, " pixels is over the ", kMaxPixels,
+         "-pixel limit (a corrupt header, or a decompression bomb)");
+  if (bytes.size() >= 2 && bytes[0] == 'B' && bytes[1] == 'M' && !bmp_is_complete(bytes))
+    fail("decode_image: ", source, ": truncated BMP (", bytes.size(), " bytes, fewer than its header promises)");
   const char* reason = "unknown error";
   unsigned char* pixels = stb::decode_rgb(reinterpret_cast<const unsigned char*>(bytes.data()),
                                           int(bytes.size()), &w, &h, &reason);

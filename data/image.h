@@ -1,7 +1,8 @@
-// Image files <-> tensors. Decoding (JPEG / PNG / BMP / TGA / GIF's first frame, via stb_image)
-// always yields u8 [H, W, 3]: grey is replicated to RGB and alpha is dropped, as Pillow's
-// convert("RGB") does. Encoding writes PNG (stb_image_write) from u8 [H, W, C] or from
-// f32 [C, H, W] in [0, 1], with C = 1 (grey), 3 (RGB) or 4 (RGBA).
+// Image files <-> tensors. Decoding (JPEG / PNG / BMP, via stb_image) always yields
+// u8 [H, W, 3]: grey is replicated to RGB and alpha is dropped, as Pillow's convert("RGB")
+// does; truncated files and absurd sizes raise instead of decoding to garbage. Encoding writes
+// PNG or JPEG (stb_image_write) from u8 [H, W, C] or from f32 [C, H, W] in [0, 1], with
+// C = 1 (grey), 3 (RGB) or 4 (RGBA).
 #pragma once
 
 #include <cstdint>

@@ -44,7 +44,7 @@ struct DataLoader::State {
   int64_t epoch = 0;
   std::function<bool(Job&)> source;  // fills the next job; false when the epoch has no more
 
-  std::mutex mutex;
+  std::mutex source_mutex, mutex;
   std::condition_variable work_ready, result_ready;
   int64_t issued = 0, consumed = 0;
   bool source_done = false, stop = false;
@@ -68,8 +68,9 @@ struct DataLoader::State {
         Tensor image = record_image(r);
         if (transform) image = transform(image, rng);
         if (image.dtype() == DType::u8) image = to_tensor(image);
-        BCOS_CHECK(image.dtype() == DType::f32 && image.dim() == 3, r.name, ": the transform returned ",
-                   dtype_name(image.dtype()), " ", image.shape(), "; the loader needs f32 [C, H, W]");
+        BCOS_CHECK(image.is_cpu() && image.dtype() == DType::f32 && image.dim() == 3, r.name,
+                   ": the transform returned ", dtype_name(image.dtype()), " ", image.shape(), " on ",
+                   image.device(), "; the loader needs f32 [C, H, W] on the CPU");
         images.push_back(image.contiguous());
         labels.push_back(r.label);
         b.texts.push_back(std::move(r.text));
@@ -96,26 +97,31 @@ struct DataLoader::State {
     return res;
   }
 
+  // Reading is serialised by source_mutex (so batch numbers follow the order records are read
+  // in), separately from `mutex`, which guards only the hand-over: the consumer and the other
+  // workers never wait for a read.
   void worker_loop() {
     for (;;) {
       Job job;
       {
-        std::unique_lock<std::mutex> lock(mutex);
-        work_ready.wait(lock, [&] {
-          return stop || source_done || issued < consumed + int64_t(options.workers) * options.prefetch;
-        });
-        if (stop || source_done) return;
+        std::unique_lock<std::mutex> reading(source_mutex);
+        {
+          std::unique_lock<std::mutex> lock(mutex);
+          work_ready.wait(lock, [&] {
+            return stop || source_done || issued < consumed + int64_t(options.workers) * options.prefetch;
+          });
+          if (stop || source_done) return;
+        }
         bool got = false;
+        std::exception_ptr error;
         try {
           got = source(job);
-        } catch (...) {  // a broken shard: the error takes the next batch's place in the order
-          results[issued++].error = std::current_exception();
-          source_done = true;
-          result_ready.notify_all();
-          work_ready.notify_all();
-          return;
+        } catch (...) {
+          error = std::current_exception();
         }
-        if (!got) {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (error) results[issued++].error = error;  // a broken shard takes the next batch's place
+        if (error || !got) {
           source_done = true;
           result_ready.notify_all();
           work_ready.notify_all();
@@ -149,12 +155,12 @@ struct DataLoader::State {
 
   // The next result in order, or false at the end of the epoch.
   bool take(Result& res) {
-    if (options.workers == 0) {
+    if (options.workers == 0) {  // errors propagate from here; Epoch::next ends the epoch
       Job job;
       if (source_done || !source(job)) return source_done = true, false;
       job.index = issued++;
-      res = build(job);
       ++consumed;
+      res = build(job);
       return true;
     }
     std::unique_lock<std::mutex> lock(mutex);
@@ -201,7 +207,7 @@ int64_t DataLoader::num_samples() const {
 
 int64_t DataLoader::num_batches() const {
   const int64_t n = num_samples(), b = options_.batch_size;
-  return options_.drop_last ? n / b : (n + b - 1) / b;
+  return options_.drop_last ? n / b : n / b + (n % b != 0);
 }
 
 DataLoader::Epoch DataLoader::epoch(int64_t epoch_index) const {
@@ -223,7 +229,7 @@ DataLoader::Epoch DataLoader::epoch(int64_t epoch_index) const {
     }
     const int64_t n = options_.limit > 0 ? std::min(all, options_.limit) : all;
     order->resize(size_t(n));
-    const int64_t batches = drop_last ? n / batch : (n + batch - 1) / batch;
+    const int64_t batches = drop_last ? n / batch : n / batch + (n % batch != 0);
     s->source = [order, batches, batch, next = int64_t(0)](Job& job) mutable {
       if (next >= batches) return false;
       const int64_t lo = next * batch, hi = std::min<int64_t>(lo + batch, int64_t(order->size()));
@@ -252,8 +258,9 @@ DataLoader::Epoch DataLoader::epoch(int64_t epoch_index) const {
     };
   }
   State* raw = s.get();
+  Epoch epoch(std::move(s));  // from here on its destructor joins whatever threads started
   for (int w = 0; w < options_.workers; ++w) raw->workers.emplace_back([raw] { raw->worker_loop(); });
-  return Epoch(std::move(s));
+  return epoch;
 }
 
 DataLoader::Epoch::Epoch(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -271,15 +278,23 @@ DataLoader::Epoch::~Epoch() {
 }
 
 bool DataLoader::Epoch::next(Batch& batch) {
+  BCOS_CHECK(state_, "DataLoader::Epoch: used after being moved from");
   State& s = *state_;
   if (s.finished) return false;
   for (;;) {
     Result res;
-    if (!s.take(res)) {
+    bool more = false;
+    try {
+      more = s.take(res);
+    } catch (...) {
+      res.error = std::current_exception();
+      more = true;
+    }
+    if (!more) {
       s.report_end();
       return false;
     }
-    if (res.error) {
+    if (res.error) {  // the epoch ends with its first error
       s.shutdown();
       s.source_done = true;
       s.finished = true;
@@ -293,7 +308,10 @@ bool DataLoader::Epoch::next(Batch& batch) {
   }
 }
 
-int64_t DataLoader::Epoch::skipped() const { return state_->skipped; }
+int64_t DataLoader::Epoch::skipped() const {
+  BCOS_CHECK(state_, "DataLoader::Epoch: used after being moved from");
+  return state_->skipped;
+}
 
 DataLoader::Epoch::Iterator DataLoader::Epoch::begin() {
   Iterator it{this, {}, false};

@@ -1,6 +1,7 @@
 // The progress bar (see progress.h).
 #include "data/progress.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 
@@ -110,7 +111,7 @@ std::string ProgressBar::render(int width) const {
   const int room = width - int(left.size() + right.size()) - 3;
   if (room < 10) return left + right;
   const int cells = std::min(room, 30);
-  const int filled = int(double(cells) * std::min<double>(1.0, double(done_) / double(total_)));
+  const int filled = int(double(cells) * std::clamp(double(done_) / double(total_), 0.0, 1.0));
   left += " |";
   left.append(size_t(filled), '#');
   left.append(size_t(cells - filled), ' ');

@@ -14,10 +14,11 @@
 #define STB_IMAGE_STATIC
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_NO_STDIO
-#define STBI_NO_HDR
-#define STBI_NO_PSD
-#define STBI_NO_PIC
-#define STBI_NO_PNM
+// Only the formats we promise. stb's TGA reader in particular has no magic number and would
+// "decode" many a corrupt file into garbage instead of failing.
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_PNG
+#define STBI_ONLY_BMP
 #include <stb/stb_image.h>
 #define STB_IMAGE_WRITE_STATIC
 #define STB_IMAGE_WRITE_IMPLEMENTATION
@@ -38,6 +39,12 @@ unsigned char* decode_rgb(const unsigned char* bytes, int length, int* w, int* h
 }
 
 void free_pixels(unsigned char* pixels) { stbi_image_free(pixels); }
+
+// The size from the header alone; false when stb does not recognise the format.
+bool info(const unsigned char* bytes, int length, int* w, int* h) {
+  int channels = 0;
+  return stbi_info_from_memory(bytes, length, w, h, &channels) != 0;
+}
 
 static void append_to_string(void* context, void* data, int size) {
   static_cast<std::string*>(context)->append(static_cast<const char*>(data), size_t(size));

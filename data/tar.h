@@ -24,8 +24,9 @@ class TarReader {
   TarReader& operator=(const TarReader&) = delete;
 
   // Advances to the next member (directories and links included) and reports it; false at the
-  // end of the archive. A header with a bad checksum, or an archive cut short inside a header or
-  // member, raises bcos::Error naming the file and the byte offset.
+  // end-of-archive blocks. A header with a bad checksum, a malformed pax record, or an archive
+  // cut short (inside a header or member, or before its end blocks) raises bcos::Error naming
+  // the file and the byte offset.
   bool next(TarMember& member);
   // The current member's data (call at most once per member; skipped otherwise).
   std::string read_data();

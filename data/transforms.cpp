@@ -213,6 +213,7 @@ Tensor resize(const Tensor& image, int64_t height, int64_t width, Interpolation 
 Tensor resize_shorter(const Tensor& image, int64_t size, Interpolation mode, int64_t max_size) {
   const Layout l = layout_of(image, "resize");
   BCOS_CHECK(size > 0, "resize: the shorter side must be positive, got ", size);
+  BCOS_CHECK(l.h > 0 && l.w > 0, "resize: empty image ", image.shape());
   BCOS_CHECK(max_size <= 0 || max_size > size, "resize: max_size ", max_size,
              " must exceed the requested shorter side ", size);
   const bool wide = l.w >= l.h;
@@ -306,7 +307,8 @@ Tensor add_inverse(const Tensor& image) {
 CropBox random_resized_crop_box(int64_t height, int64_t width, Rng& rng, std::array<double, 2> scale,
                                 std::array<double, 2> ratio) {
   BCOS_CHECK(height > 0 && width > 0, "random_resized_crop: empty image ", height, "x", width);
-  BCOS_CHECK(scale[0] <= scale[1] && ratio[0] <= ratio[1] && ratio[0] > 0,
+  BCOS_CHECK(scale[0] >= 0 && scale[0] <= scale[1] && std::isfinite(scale[1]) && ratio[0] > 0 &&
+                 ratio[0] <= ratio[1] && std::isfinite(ratio[1]),
              "random_resized_crop: scale and ratio must be (min, max) ranges, got scale (", scale[0],
              ", ", scale[1], ") ratio (", ratio[0], ", ", ratio[1], ")");
   const double area = double(height) * double(width);

@@ -1,7 +1,8 @@
 // Image transforms, as torchvision's, on the two layouts an image has in the pipeline:
 //   u8  [H, W, C]  as decoded (data/image.h), cheap to crop and flip;
 //   f32 [C, H, W]  after to_tensor, what the network reads.
-// Every function takes either layout (the dtype tells which) and returns the same layout.
+// The geometric ones (resize, crops, flips) take either layout (the dtype tells which) and
+// return the same; normalize and add_inverse need f32 [C, H, W].
 // Random transforms draw from the Rng they are given, never from a global generator, so a
 // seeded pipeline is reproducible (see data/rng.h).
 #pragma once

@@ -72,6 +72,7 @@ bool split_member_name(const std::string& name, std::string* key, std::string* e
 }  // namespace
 
 int64_t WebDataset::count() const {
+  std::lock_guard<std::mutex> lock(count_mutex_);
   if (count_ >= 0) return count_;
   int64_t n = 0;
   for (const std::string& shard : shards_) {
@@ -124,8 +125,14 @@ bool WebDataset::Stream::read_one(Record& r, std::string* missing) {
   r.name = tar_->path() + ": " + key;
   std::string problems;
   bool has_label = false;
+  std::vector<std::string> seen;  // extensions, to catch a field given twice
   for (;;) {
-    if (ext == "jpg" || ext == "jpeg" || ext == "png" || ext == "bmp") {
+    const bool image = ext == "jpg" || ext == "jpeg" || ext == "png" || ext == "bmp";
+    const std::string field = image ? "image" : ext;
+    if (std::find(seen.begin(), seen.end(), field) != seen.end())
+      problems += "a second " + field + " (" + m.name + "); ";
+    seen.push_back(field);
+    if (image) {
       r.image_bytes = tar_->read_data();
     } else if (ext == "cls") {
       const std::string text = tar_->read_data();

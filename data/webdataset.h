@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -34,7 +35,7 @@ class WebDataset {
   const std::vector<std::string>& shards() const { return shards_; }
   const WebDatasetOptions& options() const { return options_; }
   // The exact number of samples, from the tar headers alone (data is skipped, not read);
-  // computed once and cached.
+  // computed once and cached (thread-safe).
   int64_t count() const;
 
   // One pass over the samples in shard order, or, when `shuffle`, with the shard order
@@ -42,7 +43,8 @@ class WebDataset {
   class Stream {
    public:
     // Fills `r` with the next sample; false at the end. A sample that misses a required field
-    // is returned with `missing` set to what is missing, for the caller to raise or skip.
+    // (or has a bad label, or a field twice) is returned with `missing` describing the problem,
+    // for the caller to raise or skip.
     bool next(Record& r, std::string* missing);
 
    private:
@@ -66,6 +68,7 @@ class WebDataset {
  private:
   std::vector<std::string> shards_;
   WebDatasetOptions options_;
+  mutable std::mutex count_mutex_;
   mutable int64_t count_ = -1;
 };
 

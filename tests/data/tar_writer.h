@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -27,6 +28,24 @@ inline std::string tar_header(const std::string& name, size_t size, char type = 
   h[155] = ' ';
   return h;
 }
+
+// One member: header, data, zero padding to the block boundary.
+inline std::string tar_member(const std::string& name, const std::string& data, char type = '0') {
+  std::string out = tar_header(name, data.size(), type);
+  out += data;
+  out.append((512 - data.size() % 512) % 512, '\0');
+  return out;
+}
+
+// A pax record "<length> <key>=<value>\n", the length counting itself.
+inline std::string pax_record(const std::string& key, const std::string& value) {
+  const size_t body = key.size() + value.size() + 3;  // ' ', '=', '\n'
+  size_t len = body + 1;
+  while (std::to_string(len).size() + body != len) ++len;
+  return std::to_string(len) + " " + key + "=" + value + "\n";
+}
+
+inline std::string tar_end() { return std::string(1024, '\0'); }
 
 // members: (name, data); a name ending in '/' is a directory entry.
 inline std::string make_tar(const std::vector<std::pair<std::string, std::string>>& members) {

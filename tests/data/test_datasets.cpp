@@ -29,6 +29,31 @@ Tensor picture(int64_t h, int64_t w, int64_t c) {
   return t;
 }
 
+// A 24-bit BMP written by hand: bottom-up rows of BGR pixels, each row padded to 4 bytes.
+std::string make_bmp(const Tensor& rgb) {
+  const int64_t h = rgb.size(0), w = rgb.size(1), row = (w * 3 + 3) / 4 * 4;
+  auto le = [](std::string& s, uint32_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i) s += char((v >> (8 * i)) & 0xFF);
+  };
+  std::string b = "BM";
+  le(b, uint32_t(54 + row * h), 4);
+  le(b, 0, 4);
+  le(b, 54, 4);
+  le(b, 40, 4);
+  le(b, uint32_t(w), 4);
+  le(b, uint32_t(h), 4);
+  le(b, 1, 2);
+  le(b, 24, 2);
+  for (int i = 0; i < 6; ++i) le(b, 0, 4);
+  const auto px = rgb.to_vector<uint8_t>();
+  for (int64_t y = h - 1; y >= 0; --y) {
+    for (int64_t x = 0; x < w; ++x)
+      for (int c = 2; c >= 0; --c) b += char(px[size_t((y * w + x) * 3 + c)]);
+    b.append(size_t(row - w * 3), '\0');
+  }
+  return b;
+}
+
 void write(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary);
   f << bytes;
@@ -39,7 +64,7 @@ bool contains(const std::string& s, const std::string& part) { return s.find(par
 
 }  // namespace
 
-TEST_CASE("images: PNG round trips for RGB, RGBA, grey and f32 [C, H, W]; JPEG decodes close") {
+TEST_CASE("images: PNG round trips for RGB, RGBA, grey and f32 [C, H, W]; BMP decodes; JPEG close") {
   const Tensor rgb = picture(9, 13, 3);
   CHECK(decode_image(encode_png(rgb), "rgb").to_vector<uint8_t>() == rgb.to_vector<uint8_t>());
   // Alpha is dropped on decoding, grey replicated: as Pillow's convert("RGB").
@@ -49,6 +74,8 @@ TEST_CASE("images: PNG round trips for RGB, RGBA, grey and f32 [C, H, W]; JPEG d
   const Tensor grey = picture(9, 13, 1);
   CHECK(decode_image(encode_png(grey), "grey").to_vector<uint8_t>() ==
         grey.expand({9, 13, 3}).contiguous().to_vector<uint8_t>());
+  // BMP, bottom-up BGR with padded rows.
+  CHECK(decode_image(make_bmp(picture(5, 7, 3)), "bmp").to_vector<uint8_t>() == picture(5, 7, 3).to_vector<uint8_t>());
   // f32 [C, H, W] in [0, 1] is written as round(255 v), clamped.
   const Tensor f = to_tensor(rgb);
   CHECK(decode_image(encode_png(f), "f32").to_vector<uint8_t>() == rgb.to_vector<uint8_t>());
@@ -75,6 +102,12 @@ TEST_CASE("images: corrupt, truncated and empty files raise errors naming their 
     CAPTURE(cut);
     CHECK(contains(error_of([&] { decode_image(jpeg.substr(0, cut), "shard.tar: key7"); }), "shard.tar: key7"));
   }
+  // An end marker inside a header segment (as in an EXIF thumbnail) does not hide a truncation.
+  const std::string app1 = std::string("\xFF\xE1\x00\x08" "Ex\xFF\xD9\x00\x00", 10);
+  const std::string with_thumb = jpeg.substr(0, 2) + app1 + jpeg.substr(2);
+  CHECK(decode_image(with_thumb, "thumb.jpg").shape() == Shape({16, 16, 3}));
+  CHECK(contains(error_of([&] { decode_image(with_thumb.substr(0, with_thumb.size() * 3 / 5), "thumb.jpg"); }),
+                 "truncated"));
   for (size_t cut : {size_t(8), png.size() / 2, png.size() - 12}) {
     CAPTURE(cut);
     CHECK(contains(error_of([&] { decode_image(png.substr(0, cut), "cut.png"); }), "cut.png"));
@@ -102,15 +135,18 @@ TEST_CASE("datasets: tar reader walks members, and reports truncation with a byt
   REQUIRE(reader.next(m));  // not read: skipped
   CHECK(m.size == 700);
   CHECK(!reader.next(m));
-  // Cut inside the second member's data.
-  write(dir / "cut.tar", tar.substr(0, 512 * 3 + 100));
+  // Layout: headers at 0, 512 and 1536; b.bin's data at 2048..2748, padded to 3072; end blocks.
+  write(dir / "cut.tar", tar.substr(0, 2048 + 100));  // inside b.bin's data
   TarReader cut(dir / "cut.tar");
   const std::string err = error_of([&] {
-    while (cut.next(m)) cut.read_data();
+    while (cut.next(m)) {}
   });
   CHECK(contains(err, "cut.tar"));
   CHECK(contains(err, "truncated"));
-  CHECK(contains(err, "offset"));
+  CHECK(contains(err, "'b.bin' needs 700 bytes from byte offset 2048"));
+  write(dir / "noend.tar", tar.substr(0, 3072));  // at a member boundary, before the end blocks
+  TarReader noend(dir / "noend.tar");
+  CHECK(contains(error_of([&] { while (noend.next(m)) {} }), "offset 3072"));
   // Cut inside a header, and a header with a wrong checksum.
   write(dir / "cut2.tar", tar.substr(0, 512 + 200));
   TarReader cut2(dir / "cut2.tar");
@@ -121,6 +157,48 @@ TEST_CASE("datasets: tar reader walks members, and reports truncation with a byt
   TarReader badr(dir / "bad.tar");
   CHECK(contains(error_of([&] { while (badr.next(m)) {} }), "checksum at byte offset 512"));
   CHECK(contains(error_of([&] { TarReader r(dir / "nope.tar"); }), "nope.tar"));
+  CHECK(contains(error_of([&] { TarReader r(dir.path.string()); }), "not a regular file"));
+}
+
+TEST_CASE("datasets: tar reader takes pax and GNU long names and base-256 sizes, rejects bad pax") {
+  testdata::TempDir dir;
+  const std::string long_name = "deep/" + std::string(120, 'd') + "/sample_1.cls";
+  std::string tar = testdata::tar_member("PaxHeader", testdata::pax_record("path", long_name), 'x') +
+                    testdata::tar_member("short", "7") +
+                    testdata::tar_member("././@LongLink", std::string(110, 'g') + ".txt" + std::string(1, '\0'), 'L') +
+                    testdata::tar_member("trunc", "text") + testdata::tar_member("plain.bin", "abc");
+  // Base-256 size field on the last member: 0x80 then the size big-endian.
+  const size_t last = tar.size() - 1024;
+  std::memset(tar.data() + last + 124, 0, 12);
+  tar[last + 124] = char(0x80);
+  tar[last + 135] = 3;
+  std::memset(tar.data() + last + 148, ' ', 8);
+  unsigned sum = 0;
+  for (size_t i = last; i < last + 512; ++i) sum += static_cast<unsigned char>(tar[i]);
+  std::snprintf(tar.data() + last + 148, 8, "%06o", sum);
+  tar += testdata::tar_end();
+  write(dir / "ext.tar", tar);
+  TarReader r(dir / "ext.tar");
+  TarMember m;
+  REQUIRE(r.next(m));
+  CHECK(m.name == long_name);
+  CHECK(r.read_data() == "7");
+  REQUIRE(r.next(m));
+  CHECK(m.name == std::string(110, 'g') + ".txt");
+  CHECK(r.read_data() == "text");
+  REQUIRE(r.next(m));
+  CHECK(m.name == "plain.bin");
+  CHECK(r.read_data() == "abc");
+  CHECK(!r.next(m));
+  // A pax size that is negative, not a number, or a record whose length lies: errors, not hangs.
+  for (const std::string& record : {testdata::pax_record("size", "-1536"), testdata::pax_record("size", "12x"),
+                                    std::string("99 path=x\n")}) {
+    CAPTURE(record);
+    write(dir / "badpax.tar", testdata::tar_member("PaxHeader", record, 'x') + testdata::tar_member("a.bin", "abc") +
+                                  testdata::tar_end());
+    TarReader bad(dir / "badpax.tar");
+    CHECK(contains(error_of([&] { while (bad.next(m)) {} }), "malformed pax header at byte offset 0"));
+  }
 }
 
 TEST_CASE("datasets: brace patterns expand as WebDataset's") {
@@ -141,10 +219,11 @@ TEST_CASE("datasets: WebDataset groups members by key, maps fields by extension,
       {"a/s2.cls", "4"},                                   // no image
       {"s3.png", png}, {"s3.cls", "1"}, {"s3.txt", "a photo of a cat"}, {"s3.json", "{\"k\": 1}"},
       {"s3.extra.bin", "ignored"},
+      {"s6.jpg", jpg}, {"s6.png", png}, {"s6.cls", "2"},  // two images
   }));
   write(dir / "shard-1.tar", testdata::make_tar({{"s4.jpg", jpg}, {"s4.cls", "x"}, {"s5.jpg", jpg}}));
   WebDataset ds(dir / "shard-{0..1}.tar");
-  CHECK(ds.count() == 5);
+  CHECK(ds.count() == 6);
   auto stream = ds.stream();
   Record r;
   std::string missing;
@@ -163,6 +242,8 @@ TEST_CASE("datasets: WebDataset groups members by key, maps fields by extension,
   CHECK(r.json == "{\"k\": 1}");
   CHECK(record_image(r).shape() == Shape({5, 7, 3}));
   CHECK(missing.empty());
+  REQUIRE(stream.next(r, &missing));
+  CHECK(contains(missing, "a second image (s6.png)"));
   REQUIRE(stream.next(r, &missing));
   CHECK(contains(r.name, "shard-1.tar: s4"));
   CHECK(contains(missing, "bad label"));
@@ -185,7 +266,7 @@ TEST_CASE("datasets: WebDataset groups members by key, maps fields by extension,
   };
   auto x = names(1), y = names(1);
   CHECK(x == y);
-  CHECK(x.size() == 5);
+  CHECK(x.size() == 6);
   std::vector<std::string> sorted_x = x;
   std::sort(sorted_x.begin(), sorted_x.end());
   CHECK(std::unique(sorted_x.begin(), sorted_x.end()) == sorted_x.end());

@@ -44,6 +44,8 @@ TEST_CASE("transforms: to_tensor, normalize, flips, crops, padding, add_inverse 
   CHECK(max_abs_diff(crop(f32, 2 - 4, 7 - 4, 23, 31), F("synth.pad4_crop.f32")) == 0);
   CHECK(max_abs_diff(center_crop(f32, 15, 20), F("synth.center_crop.f32")) == 0);
   CHECK(max_abs_diff(center_crop(f32, 27, 33), F("synth.center_crop_big.f32")) == 0);
+  CHECK(max_abs_diff(center_crop(f32, 24, 34), F("synth.center_crop_odd.f32")) == 0);
+  CHECK(max_abs_diff(center_crop(f32, 20, 36), F("synth.center_crop_mixed.f32")) == 0);
   CHECK(max_abs_diff(add_inverse(f32), F("synth.add_inverse.f32")) == 0);
   // The u8 layout crops and flips the same pixels as the f32 layout.
   CHECK(max_abs_diff(to_tensor(center_crop(u8, 27, 33)), center_crop(to_tensor(u8), 27, 33)) == 0);
@@ -67,6 +69,8 @@ TEST_CASE("transforms: antialiased resize matches torchvision on random images")
   CHECK(max_abs_diff(resize_shorter(u8, 16, bl), F("synth.bilinear_short16.u8")) <= 1);
   CHECK(max_abs_diff(resize_shorter(u8, 16, bc), F("synth.bicubic_short16.u8")) <= 1);
   CHECK(max_abs_diff(resize(crop(f32, 3, 5, 14, 19), 8, 8, bl), F("synth.resized_crop.f32")) <= 2e-6);
+  const Tensor portrait = f32.transpose(1, 2).contiguous();  // [3, 31, 23]
+  CHECK(max_abs_diff(resize_shorter(portrait, 16, bl), F("synth.portrait_short16.f32")) <= 2e-6);
 }
 
 TEST_CASE("transforms: resize matches torchvision on the shared photos within 1/255") {

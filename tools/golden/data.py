@@ -115,6 +115,10 @@ def synth(out):
         out[f"synth.{name}_short16.u8"] = hwc(resize(in_u8.permute(2, 0, 1), 16, mode))
     out["synth.center_crop.f32"] = F.center_crop(x, [15, 20])
     out["synth.center_crop_big.f32"] = F.center_crop(x, [27, 33])  # larger than the image: zero padded
+    out["synth.center_crop_odd.f32"] = F.center_crop(x, [24, 34])  # odd padding: the extra row at the bottom
+    out["synth.center_crop_mixed.f32"] = F.center_crop(x, [20, 36])  # crops rows, pads columns
+    # portrait: the shorter side is the width (23 of [31, 23])
+    out["synth.portrait_short16.f32"] = resize(x.transpose(1, 2).contiguous(), 16, BILINEAR)
     out["synth.resized_crop.f32"] = F.resized_crop(x, top=3, left=5, height=14, width=19, size=[8, 8],
                                                    interpolation=BILINEAR, antialias=True)
     # the usual CIFAR augmentation: pad 4 with zeros, then take a crop of the original size
