@@ -184,20 +184,25 @@ struct DataLoader::State {
   }
 };
 
+namespace {
+
+void check_options(bool has_dataset, const LoaderOptions& o) {
+  BCOS_CHECK(has_dataset, "DataLoader: no dataset");
+  BCOS_CHECK(o.batch_size >= 1, "DataLoader: batch_size ", o.batch_size, " must be >= 1");
+  BCOS_CHECK(o.workers >= 0 && o.prefetch >= 1, "DataLoader: workers ", o.workers, " and prefetch ", o.prefetch,
+             " must be >= 0 and >= 1");
+}
+
+}  // namespace
+
 DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, Transform transform, LoaderOptions options)
     : dataset_(std::move(dataset)), transform_(std::move(transform)), options_(options) {
-  BCOS_CHECK(dataset_, "DataLoader: no dataset");
-  BCOS_CHECK(options_.batch_size >= 1, "DataLoader: batch_size ", options_.batch_size, " must be >= 1");
-  BCOS_CHECK(options_.workers >= 0 && options_.prefetch >= 1, "DataLoader: workers ", options_.workers,
-             " and prefetch ", options_.prefetch, " must be >= 0 and >= 1");
+  check_options(dataset_ != nullptr, options_);
 }
 
 DataLoader::DataLoader(std::shared_ptr<const WebDataset> dataset, Transform transform, LoaderOptions options)
     : web_(std::move(dataset)), transform_(std::move(transform)), options_(options) {
-  BCOS_CHECK(web_, "DataLoader: no dataset");
-  BCOS_CHECK(options_.batch_size >= 1, "DataLoader: batch_size ", options_.batch_size, " must be >= 1");
-  BCOS_CHECK(options_.workers >= 0 && options_.prefetch >= 1, "DataLoader: workers ", options_.workers,
-             " and prefetch ", options_.prefetch, " must be >= 0 and >= 1");
+  check_options(web_ != nullptr, options_);
 }
 
 int64_t DataLoader::num_samples() const {

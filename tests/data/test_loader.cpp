@@ -311,6 +311,22 @@ TEST_CASE("progress: plain lines off a terminal, with counts, rate, ETA and metr
   CHECK(all.find("100%") != std::string::npos);
   CHECK(all.find('\r') == std::string::npos);
   CHECK(std::count(all.begin(), all.end(), '\n') == 1);  // the interval (1000 s) never elapsed
+  // On a terminal: one line redrawn in place (carriage return, clear to end of line).
+  std::FILE* t = std::tmpfile();
+  REQUIRE(t != nullptr);
+  {
+    ProgressBar bar(4, "train", "it", t, ProgressBar::Mode::terminal);
+    bar.update(4, {{"loss", 1.5}});
+  }
+  std::rewind(t);
+  std::string term;
+  while (std::fgets(buf, sizeof buf, t)) term += buf;
+  std::fclose(t);
+  CHECK(term.rfind("\r", 0) == 0);
+  CHECK(term.find("\033[K") != std::string::npos);
+  CHECK(term.find("4/4") != std::string::npos);
+  CHECK(term.find("loss=1.5") != std::string::npos);
+  CHECK(term.back() == '\n');
   CHECK(format_duration(75) == "01:15");
   CHECK(format_duration(3725) == "1:02:05");
   std::FILE* g = std::tmpfile();
