@@ -2,7 +2,7 @@
 """Golden fixtures for the data pipeline: Pillow decodes, torchvision transforms.
 
 Writes tests/golden/data.safetensors with three groups of tensors:
-  cifar.*   the first test shard of CIFAR-10 decoded in tar order: the first 32 images'
+  cifar.*   the first test shard of CIFAR-10 decoded in tar order: the first 64 images'
             pixels (uint8 [N, 32, 32, 3]), every image's mean pixel value and every label
   photo.*   the three photos: shape, per-channel mean, and resizes of the uint8 and the
             float image (bilinear / bicubic, antialiased, shorter side or exact size)
@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DATA = os.environ.get("BCOS_DATA", os.path.join(os.path.dirname(ROOT), "shared"))
 BILINEAR = InterpolationMode.BILINEAR
 BICUBIC = InterpolationMode.BICUBIC
-CIFAR_PIXELS = 32  # images whose pixels are stored; the rest are checked through their mean
+CIFAR_PIXELS = 64  # images whose pixels are stored; the rest are checked through their mean
 
 
 def decode_rgb(raw):
