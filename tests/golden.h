@@ -41,6 +41,11 @@ class Fixtures {
     BCOS_CHECK(it != tensors_.end(), "golden: missing fixture ", key);
     return it->second;
   }
+  const std::string& metadata(const std::string& key) const {
+    auto it = metadata_.find(key);
+    BCOS_CHECK(it != metadata_.end(), "golden: missing metadata ", key);
+    return it->second;
+  }
   std::vector<std::string> keys() const {
     std::vector<std::string> k;
     for (const auto& [name, t] : tensors_) k.push_back(name);
@@ -79,14 +84,6 @@ class Fixtures {
       ++pos;
       return v;
     };
-    auto skip_object = [&] {
-      int depth = 0;
-      do {
-        if (h[pos] == '{') depth++;
-        if (h[pos] == '}') depth--;
-        ++pos;
-      } while (depth > 0);
-    };
     expect('{');
     while (true) {
       skip_ws();
@@ -94,8 +91,17 @@ class Fixtures {
       std::string name = read_string();
       expect(':');
       skip_ws();
-      if (name == "__metadata__") {
-        skip_object();
+      if (name == "__metadata__") {  // {"key": "value", ...}: plain strings (no escapes in ours)
+        expect('{');
+        while (true) {
+          skip_ws();
+          if (h[pos] == '}') { ++pos; break; }
+          std::string key = read_string();
+          expect(':');
+          metadata_[key] = read_string();
+          skip_ws();
+          if (h[pos] == ',') ++pos;
+        }
       } else {
         std::string dtype;
         std::vector<int64_t> shape, offsets;
@@ -127,6 +133,7 @@ class Fixtures {
     }
   }
   std::map<std::string, bcos::Tensor> tensors_;
+  std::map<std::string, std::string> metadata_;
 };
 
 // max|a − b| / max(max|b|, 1e-6), in double. Shapes must agree.

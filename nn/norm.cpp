@@ -1,0 +1,68 @@
+// BatchNorm2d, LayerNorm, GroupNorm (see norm.h).
+#include "nn/norm.h"
+
+#include "autograd/autograd.h"
+
+namespace bcos::nn {
+
+BatchNorm2d::BatchNorm2d(int64_t n, double eps_, double momentum_, bool affine, bool track)
+    : Module("BatchNorm2d"), num_features(n), eps(eps_), momentum(momentum_) {
+  BCOS_CHECK(n > 0, "BatchNorm2d: num_features must be positive, got ", n);
+  if (affine) {
+    register_parameter("weight", weight, ones({n}));
+    register_parameter("bias", bias, zeros({n}));
+  }
+  if (track) {
+    register_buffer("running_mean", running_mean, zeros({n}));
+    register_buffer("running_var", running_var, ones({n}));
+    register_buffer("num_batches_tracked", num_batches_tracked, zeros({}, DType::i64));
+  }
+}
+
+Tensor BatchNorm2d::forward(const Tensor& x) {
+  BCOS_CHECK(x.dim() == 4 && x.size(1) == num_features, "BatchNorm2d(", num_features,
+             "): expected input [N, ", num_features, ", H, W], got ", x.shape());
+  const bool use_batch_stats = training_ || !running_mean.defined();
+  if (training_ && num_batches_tracked.defined()) {
+    NoGradGuard no_grad;
+    num_batches_tracked.add_(ones({}, TensorOptions(DType::i64, num_batches_tracked.device())));
+  }
+  return batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, momentum, eps);
+}
+
+std::string BatchNorm2d::describe() const {
+  return str(num_features, ", eps=", eps, ", momentum=", momentum, ", affine=", weight.defined() ? "True" : "False",
+             ", track_running_stats=", running_mean.defined() ? "True" : "False");
+}
+
+LayerNorm::LayerNorm(Shape shape, double eps_, bool affine) : Module("LayerNorm"), normalized_shape(shape), eps(eps_) {
+  BCOS_CHECK(shape.size() > 0 && shape.numel() > 0, "LayerNorm: normalized_shape ", shape, " must be non-empty");
+  if (affine) {
+    register_parameter("weight", weight, ones(shape));
+    register_parameter("bias", bias, zeros(shape));
+  }
+}
+
+Tensor LayerNorm::forward(const Tensor& x) { return layer_norm(x, normalized_shape, weight, bias, eps); }
+
+std::string LayerNorm::describe() const {
+  return str(normalized_shape, ", eps=", eps, ", elementwise_affine=", weight.defined() ? "True" : "False");
+}
+
+GroupNorm::GroupNorm(int64_t groups, int64_t channels, double eps_, bool affine)
+    : Module("GroupNorm"), num_groups(groups), num_channels(channels), eps(eps_) {
+  BCOS_CHECK(groups > 0 && channels > 0 && channels % groups == 0, "GroupNorm: ", channels,
+             " channels do not split into ", groups, " groups");
+  if (affine) {
+    register_parameter("weight", weight, ones({channels}));
+    register_parameter("bias", bias, zeros({channels}));
+  }
+}
+
+Tensor GroupNorm::forward(const Tensor& x) { return group_norm(x, num_groups, weight, bias, eps); }
+
+std::string GroupNorm::describe() const {
+  return str(num_groups, ", ", num_channels, ", eps=", eps, ", affine=", weight.defined() ? "True" : "False");
+}
+
+}  // namespace bcos::nn

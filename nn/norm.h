@@ -1,0 +1,43 @@
+// Normalisation layers: BatchNorm2d (running statistics as buffers, updated in training, used in
+// eval), LayerNorm, GroupNorm. Names and defaults as PyTorch's.
+#pragma once
+
+#include "autograd/ops.h"
+#include "nn/module.h"
+
+namespace bcos::nn {
+
+// x: [N, C, H, W]. Buffers running_mean, running_var, num_batches_tracked (i64 scalar).
+class BatchNorm2d : public Module {
+ public:
+  explicit BatchNorm2d(int64_t num_features, double eps = 1e-5, double momentum = 0.1, bool affine = true,
+                       bool track_running_stats = true);
+  Tensor forward(const Tensor& x) override;
+  std::string describe() const override;
+  Tensor weight, bias, running_mean, running_var, num_batches_tracked;
+  int64_t num_features;
+  double eps, momentum;
+};
+
+// Normalises over the trailing dims `normalized_shape`.
+class LayerNorm : public Module {
+ public:
+  explicit LayerNorm(Shape normalized_shape, double eps = 1e-5, bool elementwise_affine = true);
+  Tensor forward(const Tensor& x) override;
+  std::string describe() const override;
+  Tensor weight, bias;
+  Shape normalized_shape;
+  double eps;
+};
+
+class GroupNorm : public Module {
+ public:
+  GroupNorm(int64_t num_groups, int64_t num_channels, double eps = 1e-5, bool affine = true);
+  Tensor forward(const Tensor& x) override;
+  std::string describe() const override;
+  Tensor weight, bias;
+  int64_t num_groups, num_channels;
+  double eps;
+};
+
+}  // namespace bcos::nn

@@ -1,0 +1,133 @@
+// Whole models against PyTorch (tests/golden/models.safetensors from tools/golden/models.py):
+// state-dict keys and shapes, eval-mode logits, and one SGD step in train mode. The weights are
+// a deterministic pattern both sides compute (fill_pattern), so the fixture stays small.
+#include <doctest/doctest.h>
+
+#include <sstream>
+
+#include "autograd/ops.h"
+#include "data/transforms.h"
+#include "models/resnet.h"
+#include "tests/golden.h"
+
+using namespace bcos;
+
+namespace {
+
+const golden::Fixtures& fixtures() {
+  static golden::Fixtures f(golden::golden_dir() + "/models.safetensors");
+  return f;
+}
+
+uint64_t fnv1a(const std::string& text) {
+  uint64_t h = 0xCBF29CE484222325ull;
+  for (unsigned char c : text) h = (h ^ c) * 0x100000001B3ull;
+  return h;
+}
+
+// The same numbers as tools/golden/models.py's uniform(): SplitMix64 of a counter per key.
+Tensor pattern(const std::string& key, const Shape& shape, double low, double high) {
+  const uint64_t seed = fnv1a(key);
+  std::vector<float> v(size_t(shape.numel()));
+  for (size_t i = 0; i < v.size(); ++i) {
+    uint64_t z = seed + (uint64_t(i) + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const double u = double(z >> 11) * 0x1.0p-53;
+    v[i] = float(low + (high - low) * u);
+  }
+  return from_vector(v, shape);
+}
+
+void fill_pattern(nn::Module& model) {
+  nn::StateDict state;
+  for (const auto& [key, t] : model.state_dict()) {
+    auto ends = [&](const std::string& s) { return key.size() >= s.size() && key.compare(key.size() - s.size(), s.size(), s) == 0; };
+    if (ends("num_batches_tracked")) continue;
+    if (ends("running_mean") || ends("bias")) state.emplace_back(key, pattern(key, t.shape(), -0.1, 0.1));
+    else if (ends("running_var")) state.emplace_back(key, pattern(key, t.shape(), 0.5, 1.5));
+    else if (t.dim() >= 2) {
+      const double b = std::sqrt(3.0 / double(t.numel() / t.size(0)));
+      state.emplace_back(key, pattern(key, t.shape(), -b, b));
+    } else {
+      state.emplace_back(key, pattern(key, t.shape(), 0.5, 1.0));
+    }
+  }
+  model.load_state_dict(state);
+}
+
+std::string keys_and_shapes(const nn::Module& model) {
+  std::ostringstream os;
+  bool first = true;
+  for (const auto& [key, t] : model.state_dict()) {
+    os << (first ? "" : ";") << key << ":[";
+    for (int d = 0; d < t.dim(); ++d) os << (d ? ", " : "") << t.size(d);
+    os << "]";
+    first = false;
+  }
+  return os.str();
+}
+
+double rel_error(const Tensor& a, const Tensor& b) { return golden::relative_error(a, b); }
+
+Tensor normalized_input(const Tensor& u8) {  // [N, H, W, 3] u8 -> [N, 3, H, W] f32
+  std::vector<Tensor> images;
+  for (int64_t i = 0; i < u8.size(0); ++i)
+    images.push_back(data::normalize(data::to_tensor(u8.select(0, i)), data::kImageNetMean, data::kImageNetStd));
+  return stack(images);
+}
+
+void check_model(const std::string& name, nn::Module& model, const std::string& input) {
+  const auto& f = fixtures();
+  CHECK(keys_and_shapes(model) == f.metadata("keys." + name));
+  fill_pattern(model);
+  const Tensor x = normalized_input(f[input]);
+  model.eval();
+  {
+    NoGradGuard no_grad;
+    const double err = rel_error(model(x), f[name + ".logits"]);
+    MESSAGE(name << " eval logits: relative error " << err);
+    CHECK(err <= 1e-5);  // measured: 3.4e-7 at most (float32, summation order)
+  }
+  // One SGD step (lr 0.1) in train mode, in float64 as the fixture (tools/golden/models.py says
+  // why): the parameter change is -0.1 * grad.
+  model.to(DType::f64);
+  model.train();
+  const Tensor loss = cross_entropy(model(x.to(DType::f64)), f[name + ".labels"]);
+  CHECK(rel_error(loss.detach(), f[name + ".loss"]) <= 1e-10);
+  loss.backward();
+  const nn::StateDict params = model.named_parameters(), buffers = model.named_buffers();
+  for (const std::string& key : f.keys()) {
+    const std::string delta = name + ".delta.", running = name + ".running_mean.";
+    if (key.rfind(delta, 0) == 0) {
+      const std::string p = key.substr(delta.size());
+      const Tensor* t = nn::find(params, p);
+      REQUIRE(t != nullptr);
+      const double err = rel_error(t->grad() * -0.1, f[key]);
+      CAPTURE(p);
+      CHECK(err <= 1e-8);
+    } else if (key.rfind(running, 0) == 0) {
+      const Tensor* t = nn::find(buffers, key.substr(running.size()));
+      REQUIRE(t != nullptr);
+      CHECK(rel_error(*t, f[key]) <= 1e-10);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("models: ResNet-18 matches torchvision (keys, eval logits, one SGD step)") {
+  auto model = models::resnet18();
+  check_model("resnet18", *model, "input224");
+}
+
+TEST_CASE("models: ResNet-50 matches torchvision (keys, eval logits, one SGD step)") {
+  auto model = models::resnet50();
+  check_model("resnet50", *model, "input224");
+}
+
+TEST_CASE("models: CIFAR ResNet-20 matches the reference (keys, eval logits, one SGD step)") {
+  models::CifarResNet model(20);
+  check_model("resnet20", model, "input32");
+}

@@ -1,0 +1,142 @@
+// Module mechanics: registration order and keys, load_state_dict's checks, modes, devices,
+// dtypes, replacing children, default initialisation bounds.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "autograd/ops.h"
+#include "nn/init.h"
+#include "nn/layers.h"
+#include "nn/linear.h"
+#include "nn/module.h"
+#include "nn/norm.h"
+
+using namespace bcos;
+using namespace bcos::nn;
+
+namespace {
+
+struct Block : Module {
+  ModulePtr conv, bn, act;
+  Tensor scale;
+  Block() : Module("Block") {
+    register_module("conv", conv, std::make_shared<Conv2d>(3, 4, 3, Conv2dOptions{.padding = 1, .bias = false}));
+    register_module("bn", bn, std::make_shared<BatchNorm2d>(4));
+    register_module("act", act, std::make_shared<ReLU>());
+    register_parameter("scale", scale, ones({1}));
+  }
+  Tensor forward(const Tensor& x) override { return (*act)((*bn)((*conv)(x))) * scale; }
+};
+
+std::vector<std::string> keys(const StateDict& s) {
+  std::vector<std::string> k;
+  for (const auto& [key, t] : s) k.push_back(key);
+  return k;
+}
+
+bool same(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && a.to_vector<double>() == b.to_vector<double>();
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("module: state_dict keys follow PyTorch: own tensors first, then children in order") {
+  Sequential net({std::make_shared<Block>(), std::make_shared<Flatten>(), std::make_shared<Linear>(4 * 5 * 5, 2)});
+  CHECK(keys(net.state_dict()) ==
+        std::vector<std::string>{"0.scale", "0.conv.weight", "0.bn.weight", "0.bn.bias", "0.bn.running_mean",
+                                 "0.bn.running_var", "0.bn.num_batches_tracked", "2.weight", "2.bias"});
+  CHECK(keys(net.named_parameters()) ==
+        std::vector<std::string>{"0.scale", "0.conv.weight", "0.bn.weight", "0.bn.bias", "2.weight", "2.bias"});
+  CHECK(net.num_parameters() == 1 + 4 * 3 * 9 + 4 + 4 + 100 * 2 + 2);
+  for (const Tensor& p : net.parameters()) CHECK(p.requires_grad());
+  CHECK(net(randn({2, 3, 5, 5})).shape() == Shape({2, 2}));
+  CHECK(net.to_string().find("(1): Flatten") != std::string::npos);
+}
+
+TEST_CASE("module: load_state_dict copies by key and reports missing, unexpected and mismatched keys") {
+  Block a, b;
+  b.load_state_dict(a.state_dict());
+  for (const auto& [key, t] : b.state_dict()) CHECK(same(t, *find(a.state_dict(), key)));
+  StateDict s = a.state_dict();
+  s.erase(s.begin());  // "scale"
+  s.emplace_back("extra.weight", zeros({2}));
+  const std::string err = error_of([&] { b.load_state_dict(s); });
+  CHECK(err.find("missing keys: scale") != std::string::npos);
+  CHECK(err.find("unexpected keys: extra.weight") != std::string::npos);
+  b.load_state_dict(s, /*strict=*/false);  // the rest loads
+  StateDict wrong = a.state_dict();
+  wrong[1].second = zeros({4, 3, 5, 5});
+  CHECK(error_of([&] { b.load_state_dict(wrong, false); }).find("conv.weight: checkpoint [4, 3, 5, 5], model [4, 3, 3, 3]") !=
+        std::string::npos);
+  // Checkpoints from before num_batches_tracked existed still load strictly.
+  StateDict old = a.state_dict();
+  std::erase_if(old, [](const auto& kv) { return kv.first == "bn.num_batches_tracked"; });
+  b.load_state_dict(old);
+}
+
+TEST_CASE("module: train / eval reach every child; BatchNorm uses running statistics in eval") {
+  Block m;
+  m.eval();
+  auto& bn = dynamic_cast<BatchNorm2d&>(*m.bn);
+  CHECK(!bn.is_training());
+  const Tensor x = randn({2, 3, 6, 6}) * 3 + 1;
+  Tensor before = bn.running_mean.clone();
+  m(x);
+  CHECK(same(bn.running_mean, before));
+  CHECK(bn.num_batches_tracked.item<int64_t>() == 0);
+  m.train();
+  m(x);
+  CHECK(!same(bn.running_mean, before));
+  CHECK(bn.num_batches_tracked.item<int64_t>() == 1);
+}
+
+TEST_CASE("module: replace_child keeps the member slot current; to(dtype) keeps parameters trainable") {
+  Block m;
+  auto fresh = std::make_shared<Identity>();
+  m.replace_child("act", fresh);
+  CHECK(m.act.get() == fresh.get());
+  CHECK(m.child("act").get() == fresh.get());
+  CHECK_THROWS_AS(m.replace_child("nope", fresh), Error);
+  m.to(DType::f64);
+  for (const auto& [key, t] : m.state_dict())
+    if (key != "bn.num_batches_tracked") CHECK(t.dtype() == DType::f64);
+  for (const Tensor& p : m.parameters()) {
+    CHECK(p.requires_grad());
+    CHECK(p.is_leaf());
+  }
+  const Tensor y = m(randn({1, 3, 4, 4}, DType::f64));
+  sum(y).backward();
+  CHECK(dynamic_cast<Conv2d&>(*m.conv).weight.grad().defined());
+  m.zero_grad();
+  CHECK(!dynamic_cast<Conv2d&>(*m.conv).weight.grad().defined());
+}
+
+TEST_CASE("module: default initialisation has PyTorch's bounds") {
+  manual_seed(3);
+  Linear fc(400, 30);
+  const double bound = 1.0 / std::sqrt(400.0);
+  CHECK(max(abs(fc.weight)).item() <= bound);
+  CHECK(max(abs(fc.weight)).item() > 0.95 * bound);  // uniform over the whole range
+  CHECK(max(abs(fc.bias)).item() <= bound);
+  Conv2d conv(8, 16, 3);
+  CHECK(max(abs(conv.weight)).item() <= 1.0 / std::sqrt(72.0));
+  Tensor w = empty({256, 128, 3, 3});
+  init::kaiming_normal_(w, /*fan_in=*/false);
+  CHECK(bcos::std(w).item() == doctest::Approx(std::sqrt(2.0 / (256 * 9))).epsilon(0.02));
+  init::trunc_normal_(w, 0.0, 1.0, -0.5, 0.5);
+  CHECK(max(abs(w)).item() <= 0.5);
+  BatchNorm2d bn(5);
+  CHECK(same(bn.weight, ones({5})));
+  CHECK_THROWS_AS(Linear(0, 3), Error);
+  CHECK_THROWS_AS(Conv2d(3, 4, 3, Conv2dOptions{.groups = 2}), Error);
+  CHECK(error_of([&] { bn(zeros({2, 4, 3, 3})); }).find("[2, 4, 3, 3]") != std::string::npos);
+}
