@@ -1,0 +1,162 @@
+// The optimizers' updates, written as PyTorch 1.13's single-tensor implementations write them,
+// operation for operation, so float32 results agree to rounding.
+#include "nn/optim.h"
+
+#include <cmath>
+
+#include "autograd/autograd.h"
+#include "autograd/ops.h"
+
+namespace bcos::nn {
+
+Optimizer::Optimizer(std::vector<Tensor> params, double lr_, const char* name) : lr(lr_), params_(std::move(params)), name_(name) {
+  BCOS_CHECK(lr_ >= 0, name, ": learning rate ", lr_, " must be non-negative");
+  for (size_t i = 0; i < params_.size(); ++i)
+    BCOS_CHECK(params_[i].defined() && params_[i].is_floating_point() && params_[i].is_leaf(), name, ": parameter ", i,
+               " is not a floating-point leaf tensor");
+}
+
+void Optimizer::zero_grad() {
+  for (Tensor& p : params_) p.zero_grad();
+}
+
+namespace {
+
+// state[i] as a StateDict entry, when defined.
+void put(StateDict& out, const std::vector<Tensor>& state, const char* name) {
+  for (size_t i = 0; i < state.size(); ++i)
+    if (state[i].defined()) out.emplace_back(std::to_string(i) + "." + name, state[i]);
+}
+
+void take(const StateDict& in, std::vector<Tensor>& state, const std::vector<Tensor>& params, const char* name,
+          const char* op) {
+  state.assign(params.size(), Tensor());
+  for (size_t i = 0; i < params.size(); ++i)
+    if (const Tensor* t = find(in, std::to_string(i) + "." + name)) {
+      BCOS_CHECK(t->shape() == params[i].shape(), op, ": state ", i, ".", name, " has shape ", t->shape(),
+                 " but parameter ", i, " has ", params[i].shape());
+      state[i] = t->to(params[i].dtype()).to(params[i].device()).clone();
+    }
+}
+
+}  // namespace
+
+// ---- SGD -----------------------------------------------------------------------------------
+SGD::SGD(std::vector<Tensor> params, SGDOptions o) : Optimizer(std::move(params), o.lr, "SGD"), options(o) {
+  BCOS_CHECK(o.momentum >= 0 && o.weight_decay >= 0, "SGD: momentum ", o.momentum, " and weight_decay ",
+             o.weight_decay, " must be non-negative");
+  BCOS_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0), "SGD: Nesterov needs momentum > 0 and dampening 0");
+  momentum_.resize(params_.size());
+}
+
+void SGD::step() {
+  NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor& p = params_[i];
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    if (options.weight_decay != 0) g = add(g, p.detach(), options.weight_decay);
+    if (options.momentum != 0) {
+      Tensor& buf = momentum_[i];
+      if (!buf.defined()) {
+        buf = g.clone();
+      } else {
+        buf.mul_(options.momentum).add_(g, 1 - options.dampening);
+      }
+      g = options.nesterov ? add(g, buf, options.momentum) : buf;
+    }
+    p.data_alias().add_(g, -lr);
+  }
+  ++steps_;
+}
+
+StateDict SGD::state_dict() const {
+  StateDict out;
+  put(out, momentum_, "momentum_buffer");
+  return out;
+}
+
+void SGD::load_state_dict(const StateDict& state, int64_t steps) {
+  take(state, momentum_, params_, "momentum_buffer", "SGD::load_state_dict");
+  steps_ = steps;
+}
+
+// ---- Adam / AdamW --------------------------------------------------------------------------
+Adam::Adam(std::vector<Tensor> params, AdamOptions o, bool decoupled)
+    : Optimizer(std::move(params), o.lr, decoupled ? "AdamW" : "Adam"), options(o), decoupled_(decoupled) {
+  BCOS_CHECK(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1 && o.eps >= 0 && o.weight_decay >= 0, name_,
+             ": betas must be in [0, 1), eps and weight_decay non-negative");
+  exp_avg_.resize(params_.size());
+  exp_avg_sq_.resize(params_.size());
+  max_exp_avg_sq_.resize(params_.size());
+}
+
+void Adam::step() {
+  NoGradGuard no_grad;
+  ++steps_;
+  const double bias1 = 1 - std::pow(options.beta1, double(steps_));
+  const double bias2_sqrt = std::sqrt(1 - std::pow(options.beta2, double(steps_)));
+  const double step_size = lr / bias1;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor p = params_[i].data_alias();
+    Tensor g = params_[i].grad();
+    if (!g.defined()) continue;
+    if (!exp_avg_[i].defined()) {
+      exp_avg_[i] = zeros_like(p);
+      exp_avg_sq_[i] = zeros_like(p);
+      if (options.amsgrad) max_exp_avg_sq_[i] = zeros_like(p);
+    }
+    if (decoupled_) p.mul_(1 - lr * options.weight_decay);
+    else if (options.weight_decay != 0) g = add(g, p, options.weight_decay);
+    exp_avg_[i].mul_(options.beta1).add_(g, 1 - options.beta1);
+    exp_avg_sq_[i].mul_(options.beta2).add_(g * g, 1 - options.beta2);
+    Tensor second = exp_avg_sq_[i];
+    if (options.amsgrad) {
+      max_exp_avg_sq_[i].copy_(maximum(max_exp_avg_sq_[i], exp_avg_sq_[i]));
+      second = max_exp_avg_sq_[i];
+    }
+    const Tensor denom = sqrt(second) / bias2_sqrt + options.eps;
+    p.add_(exp_avg_[i] / denom, -step_size);
+  }
+}
+
+StateDict Adam::state_dict() const {
+  StateDict out;
+  put(out, exp_avg_, "exp_avg");
+  put(out, exp_avg_sq_, "exp_avg_sq");
+  put(out, max_exp_avg_sq_, "max_exp_avg_sq");
+  return out;
+}
+
+void Adam::load_state_dict(const StateDict& state, int64_t steps) {
+  take(state, exp_avg_, params_, "exp_avg", "Adam::load_state_dict");
+  take(state, exp_avg_sq_, params_, "exp_avg_sq", "Adam::load_state_dict");
+  take(state, max_exp_avg_sq_, params_, "max_exp_avg_sq", "Adam::load_state_dict");
+  steps_ = steps;
+}
+
+// ---- clipping ------------------------------------------------------------------------------
+double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type) {
+  BCOS_CHECK(max_norm > 0 && norm_type > 0, "clip_grad_norm_: max_norm ", max_norm, " and norm_type ", norm_type,
+             " must be positive");
+  NoGradGuard no_grad;
+  std::vector<Tensor> grads;
+  for (const Tensor& p : params)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  if (grads.empty()) return 0.0;
+  double total = 0;
+  if (std::isinf(norm_type)) {
+    for (const Tensor& g : grads) total = std::max(total, max(abs(g)).item());
+  } else {
+    // As torch: the norm of the per-tensor norms.
+    std::vector<Tensor> norms;
+    for (const Tensor& g : grads) norms.push_back(norm(g, norm_type));
+    total = norm(stack(norms), norm_type).item();
+  }
+  const double coef = max_norm / (total + 1e-6);
+  if (coef < 1)
+    for (const Tensor& g : grads) g.data_alias().mul_(coef);
+  return total;
+}
+
+}  // namespace bcos::nn

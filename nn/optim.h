@@ -1,0 +1,82 @@
+// Optimizers with PyTorch's update rules, step for step: SGD (momentum, dampening, Nesterov,
+// weight decay), Adam (L2 weight decay, AMSGrad) and AdamW (decoupled decay); gradient clipping
+// by global norm. Their state (momentum buffers, moments, step counts) is a StateDict plus a few
+// numbers, so a training checkpoint can hold it.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "nn/state_dict.h"
+#include "tensor/tensor.h"
+
+namespace bcos::nn {
+
+class Optimizer {
+ public:
+  Optimizer(std::vector<Tensor> params, double lr, const char* name);
+  virtual ~Optimizer() = default;
+  virtual void step() = 0;
+  void zero_grad();  // drops the gradients (PyTorch's set_to_none=True)
+
+  double lr;  // schedules set this
+  const std::vector<Tensor>& params() const { return params_; }
+  int64_t steps_taken() const { return steps_; }
+
+  // Tensors by "<param index>.<name>" (e.g. "3.exp_avg"), and the step count.
+  virtual StateDict state_dict() const = 0;
+  virtual void load_state_dict(const StateDict& state, int64_t steps) = 0;
+
+ protected:
+  std::vector<Tensor> params_;
+  int64_t steps_ = 0;
+  const char* name_;
+};
+
+struct SGDOptions {
+  double lr = 0.1, momentum = 0.0, dampening = 0.0, weight_decay = 0.0;
+  bool nesterov = false;
+};
+
+class SGD : public Optimizer {
+ public:
+  SGD(std::vector<Tensor> params, SGDOptions options);
+  void step() override;
+  StateDict state_dict() const override;
+  void load_state_dict(const StateDict& state, int64_t steps) override;
+  SGDOptions options;
+
+ private:
+  std::vector<Tensor> momentum_;  // undefined until the first step (PyTorch starts it at the gradient)
+};
+
+struct AdamOptions {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+  bool amsgrad = false;
+};
+
+// decoupled = false: Adam (decay added to the gradient); true: AdamW (params shrink by lr * wd).
+class Adam : public Optimizer {
+ public:
+  Adam(std::vector<Tensor> params, AdamOptions options, bool decoupled = false);
+  void step() override;
+  StateDict state_dict() const override;
+  void load_state_dict(const StateDict& state, int64_t steps) override;
+  AdamOptions options;
+
+ private:
+  bool decoupled_;
+  std::vector<Tensor> exp_avg_, exp_avg_sq_, max_exp_avg_sq_;
+};
+
+// AdamW with PyTorch's default weight decay (0.01).
+class AdamW : public Adam {
+ public:
+  AdamW(std::vector<Tensor> params, AdamOptions options = {.weight_decay = 1e-2}) : Adam(std::move(params), options, true) {}
+};
+
+// Scales all gradients so their global norm is at most max_norm; returns the norm before.
+double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type = 2.0);
+
+}  // namespace bcos::nn

@@ -1,0 +1,131 @@
+// Optimizers, clipping and LR schedules against PyTorch (tests/golden/optim.safetensors, from
+// tools/golden/optim.py).
+#include <doctest/doctest.h>
+
+#include <functional>
+#include <map>
+
+#include "nn/optim.h"
+#include "nn/schedule.h"
+#include "tests/golden.h"
+
+using namespace bcos;
+using namespace bcos::nn;
+
+namespace {
+
+const golden::Fixtures& fixtures() {
+  static golden::Fixtures f(golden::golden_dir() + "/optim.safetensors");
+  return f;
+}
+
+using Make = std::function<std::unique_ptr<Optimizer>(std::vector<Tensor>)>;
+
+const std::map<std::string, Make>& optimizers() {
+  static const std::map<std::string, Make> m = {
+      {"sgd", [](auto p) { return std::make_unique<SGD>(p, SGDOptions{.lr = 0.1}); }},
+      {"sgd_momentum_wd", [](auto p) { return std::make_unique<SGD>(p, SGDOptions{.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-4}); }},
+      {"sgd_dampening", [](auto p) { return std::make_unique<SGD>(p, SGDOptions{.lr = 0.05, .momentum = 0.8, .dampening = 0.1}); }},
+      {"sgd_nesterov", [](auto p) {
+         return std::make_unique<SGD>(p, SGDOptions{.lr = 0.1, .momentum = 0.9, .weight_decay = 5e-4, .nesterov = true});
+       }},
+      {"adam", [](auto p) { return std::make_unique<Adam>(p, AdamOptions{.lr = 1e-2}); }},
+      {"adam_wd_amsgrad", [](auto p) {
+         return std::make_unique<Adam>(p, AdamOptions{.lr = 1e-2, .beta1 = 0.8, .beta2 = 0.99, .weight_decay = 1e-2, .amsgrad = true});
+       }},
+      {"adamw", [](auto p) { return std::make_unique<AdamW>(p, AdamOptions{.lr = 1e-2, .weight_decay = 0.05}); }},
+      {"adamw_amsgrad", [](auto p) {
+         return std::make_unique<AdamW>(p, AdamOptions{.lr = 3e-3, .eps = 1e-6, .weight_decay = 1e-2, .amsgrad = true});
+       }},
+  };
+  return m;
+}
+
+std::vector<Tensor> fresh_params() {
+  return {fixtures()["params.in0"].clone().requires_grad_(), fixtures()["params.in1"].clone().requires_grad_()};
+}
+
+void feed(std::vector<Tensor>& params, int step) {
+  for (size_t i = 0; i < params.size(); ++i)
+    params[i].set_grad(fixtures()["grads.step" + std::to_string(step) + "." + std::to_string(i)].clone());
+}
+
+}  // namespace
+
+// The same float32 operations in the same order as PyTorch: equal to a few ulp.
+TEST_CASE("optim: SGD, Adam and AdamW steps match PyTorch") {
+  for (const auto& [name, make] : optimizers()) {
+    CAPTURE(name);
+    std::vector<Tensor> params = fresh_params();
+    auto opt = make(params);
+    for (int s = 1; s <= 3; ++s) {
+      feed(params, s);
+      opt->step();
+      for (size_t i = 0; i < params.size(); ++i)
+        CHECK(golden::relative_error(params[i].detach(), fixtures()[name + ".step" + std::to_string(s) + "." + std::to_string(i)]) <= 1e-6);
+    }
+    CHECK(opt->steps_taken() == 3);
+    opt->zero_grad();
+    CHECK(!params[0].grad().defined());
+  }
+}
+
+TEST_CASE("optim: state dicts resume a run exactly") {
+  for (const auto& [name, make] : optimizers()) {
+    CAPTURE(name);
+    std::vector<Tensor> a = fresh_params();
+    auto opt_a = make(a);
+    for (int s = 1; s <= 3; ++s) feed(a, s), opt_a->step();
+    // Two steps, then a new optimizer on copies of the parameters, loaded from the state dict.
+    std::vector<Tensor> b = fresh_params();
+    auto opt_b = make(b);
+    for (int s = 1; s <= 2; ++s) feed(b, s), opt_b->step();
+    std::vector<Tensor> c = {b[0].detach().clone().requires_grad_(), b[1].detach().clone().requires_grad_()};
+    auto opt_c = make(c);
+    opt_c->load_state_dict(opt_b->state_dict(), opt_b->steps_taken());
+    feed(c, 3);
+    opt_c->step();
+    for (size_t i = 0; i < a.size(); ++i) CHECK(a[i].detach().to_vector<float>() == c[i].detach().to_vector<float>());
+  }
+}
+
+TEST_CASE("optim: clip_grad_norm_ matches PyTorch for the 2-norm and the max norm") {
+  for (const auto& [tag, type] : std::vector<std::pair<std::string, double>>{{"clip", 2.0}, {"clip_inf", INFINITY}}) {
+    std::vector<Tensor> params = fresh_params();
+    feed(params, 1);
+    const double total = clip_grad_norm_(params, 0.5, type);
+    CHECK(total == doctest::Approx(fixtures()[tag + ".norm"].item()).epsilon(1e-6));
+    for (size_t i = 0; i < params.size(); ++i)
+      CHECK(golden::relative_error(params[i].grad(), fixtures()[tag + ".grads." + std::to_string(i)]) <= 1e-6);
+  }
+}
+
+TEST_CASE("optim: schedules give PyTorch's learning rates step by step") {
+  auto check = [](const std::string& name, Schedule schedule) {
+    CAPTURE(name);
+    const auto ref = fixtures()["lr." + name].to_vector<double>();
+    std::vector<Tensor> params = fresh_params();
+    SGD opt(params, {.lr = 0.1});
+    Scheduler sched(opt, schedule);
+    for (size_t t = 0; t < ref.size(); ++t) {
+      CAPTURE(t);
+      CHECK(opt.lr == doctest::Approx(ref[t]).epsilon(1e-12));
+      sched.step();
+    }
+  };
+  check("cosine_warmup", cosine_schedule(0.1, 20, 1e-4, 5));
+  check("cosine", cosine_schedule(0.1, 12));
+  check("step", step_schedule(0.1, 3, 0.5));
+  check("multistep", multistep_schedule(0.1, {2, 5}, 0.1));
+}
+
+TEST_CASE("optim: bad settings raise") {
+  std::vector<Tensor> params = fresh_params();
+  CHECK_THROWS_AS(SGD(params, {.lr = -1}), Error);
+  CHECK_THROWS_AS(SGD(params, {.lr = 0.1, .nesterov = true}), Error);
+  CHECK_THROWS_AS(Adam(params, {.beta1 = 1.0}), Error);
+  CHECK_THROWS_AS(SGD({zeros({2}, DType::i64)}, {}), Error);
+  CHECK_THROWS_AS(cosine_schedule(0.1, 10, 0, 10), Error);
+  SGD opt(params, {.lr = 0.1, .momentum = 0.9});
+  CHECK_THROWS_AS(opt.load_state_dict({{"0.momentum_buffer", zeros({2, 2})}}, 1), Error);
+}
