@@ -24,6 +24,43 @@ template <class T>
 const T* maybe(const Tensor& t) {
   return t.defined() ? t.data<T>() : nullptr;
 }
+
+// Sums in double with four independent accumulators: a single running sum is one long chain of
+// dependent additions (4 cycles each); four chains keep the adder busy.
+template <class T>
+double sum_of(const T* p, int64_t n) {
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) a0 += double(p[j]), a1 += double(p[j + 1]), a2 += double(p[j + 2]), a3 += double(p[j + 3]);
+  for (; j < n; ++j) a0 += double(p[j]);
+  return (a0 + a1) + (a2 + a3);
+}
+
+template <class T>
+double squared_deviations(const T* p, int64_t n, double mu) {
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const double v0 = double(p[j]) - mu, v1 = double(p[j + 1]) - mu, v2 = double(p[j + 2]) - mu, v3 = double(p[j + 3]) - mu;
+    a0 += v0 * v0, a1 += v1 * v1, a2 += v2 * v2, a3 += v3 * v3;
+  }
+  for (; j < n; ++j) a0 += (double(p[j]) - mu) * (double(p[j]) - mu);
+  return (a0 + a1) + (a2 + a3);
+}
+
+// sum(g) and sum(g * (x - mu)) over a row.
+template <class T>
+void grad_sums(const T* g, const T* x, int64_t n, double mu, double* sum_g, double* sum_gxc) {
+  double s0 = 0, s1 = 0, t0 = 0, t1 = 0;
+  int64_t j = 0;
+  for (; j + 2 <= n; j += 2) {
+    s0 += double(g[j]), s1 += double(g[j + 1]);
+    t0 += double(g[j]) * (double(x[j]) - mu), t1 += double(g[j + 1]) * (double(x[j + 1]) - mu);
+  }
+  for (; j < n; ++j) s0 += double(g[j]), t0 += double(g[j]) * (double(x[j]) - mu);
+  *sum_g += s0 + s1;
+  *sum_gxc += t0 + t1;
+}
 }  // namespace
 
 void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_biased) {
@@ -36,18 +73,9 @@ void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_
     parallel_for(d.c, d.n * d.s * 2, [&](int64_t b, int64_t e) {
       for (int64_t c = b; c < e; ++c) {
         double sum = 0;
-        for (int64_t i = 0; i < d.n; ++i) {
-          const T* p = px + (i * d.c + c) * d.s;
-          for (int64_t j = 0; j < d.s; ++j) sum += double(p[j]);
-        }
+        for (int64_t i = 0; i < d.n; ++i) sum += sum_of(px + (i * d.c + c) * d.s, d.s);
         double mu = sum / count, sq = 0;
-        for (int64_t i = 0; i < d.n; ++i) {
-          const T* p = px + (i * d.c + c) * d.s;
-          for (int64_t j = 0; j < d.s; ++j) {
-            double v = double(p[j]) - mu;
-            sq += v * v;
-          }
-        }
+        for (int64_t i = 0; i < d.n; ++i) sq += squared_deviations(px + (i * d.c + c) * d.s, d.s, mu);
         pm[c] = T(mu);
         pv[c] = T(sq / count);
       }
@@ -91,30 +119,25 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
     const double count = double(d.n * d.s);
     parallel_for(d.c, d.n * d.s * 3, [&](int64_t b, int64_t e) {
       for (int64_t c = b; c < e; ++c) {
-        double sum_g = 0, sum_gx = 0;  // sum(g), sum(g * x̂)
-        double mu = double(pm[c]), is = double(pi[c]);
-        for (int64_t i = 0; i < d.n; ++i) {
-          const T* gp = pg + (i * d.c + c) * d.s;
-          const T* xp = px + (i * d.c + c) * d.s;
-          for (int64_t j = 0; j < d.s; ++j) {
-            sum_g += double(gp[j]);
-            sum_gx += double(gp[j]) * (double(xp[j]) - mu) * is;
-          }
-        }
+        double sum_g = 0, sum_gxc = 0;  // sum(g), sum(g * (x - mean))
+        const double mu = double(pm[c]), is = double(pi[c]);
+        for (int64_t i = 0; i < d.n; ++i)
+          grad_sums(pg + (i * d.c + c) * d.s, px + (i * d.c + c) * d.s, d.s, mu, &sum_g, &sum_gxc);
+        const double sum_gx = sum_gxc * is;  // sum(g * x̂)
         if (pgw) pgw[c] = T(sum_gx);
         if (pgb) pgb[c] = T(sum_g);
         if (!pgx) continue;
-        double w = pw ? double(pw[c]) : 1.0;
-        double mean_g = training ? sum_g / count : 0.0;
-        double mean_gx = training ? sum_gx / count : 0.0;
+        const double w = pw ? double(pw[c]) : 1.0;
+        const double mean_g = training ? sum_g / count : 0.0;
+        const double mean_gx = training ? sum_gx / count : 0.0;
+        // grad_x = a · (g − mean_g) − b · (x − mean), in T so the loop vectorises; the constants
+        // are formed in double.
+        const T a = T(w * is), b = T(w * is * is * mean_gx), mg = T(mean_g), m = T(mu);
         for (int64_t i = 0; i < d.n; ++i) {
           const T* gp = pg + (i * d.c + c) * d.s;
           const T* xp = px + (i * d.c + c) * d.s;
           T* o = pgx + (i * d.c + c) * d.s;
-          for (int64_t j = 0; j < d.s; ++j) {
-            double xhat = (double(xp[j]) - mu) * is;
-            o[j] = T(w * is * (double(gp[j]) - mean_g - xhat * mean_gx));
-          }
+          for (int64_t j = 0; j < d.s; ++j) o[j] = a * (gp[j] - mg) - b * (xp[j] - m);
         }
       }
     });
