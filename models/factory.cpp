@@ -3,12 +3,13 @@
 
 #include "data/transforms.h"
 #include "models/resnet.h"
+#include "models/vit.h"
 
 namespace bcos::models {
 
 std::vector<std::string> architectures() {
-  return {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-          "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"};
+  return {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet20", "resnet32",
+          "resnet44",  "resnet56", "resnet110", "vit_b_16",  "vit_b_32",  "vit_l_16"};
 }
 
 namespace {
@@ -41,6 +42,9 @@ std::shared_ptr<nn::Module> create_model(const std::string& arch, int64_t num_cl
   const ModelSpec spec = model_spec(arch);
   const int64_t classes = num_classes > 0 ? num_classes : spec.num_classes;
   if (const int64_t depth = cifar_depth(arch)) return std::make_shared<CifarResNet>(depth, classes);
+  if (arch == "vit_b_16") return vit_b_16(classes);
+  if (arch == "vit_b_32") return vit_b_32(classes);
+  if (arch == "vit_l_16") return vit_l_16(classes);
   ResNetOptions o{.num_classes = classes};
   if (arch == "resnet18") return resnet18(o);
   if (arch == "resnet34") return resnet34(o);

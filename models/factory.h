@@ -18,9 +18,9 @@ struct ModelSpec {
   std::vector<float> mean, std;
 };
 
-// The known architectures: resnet18/34/50/101/152 (torchvision, ImageNet: 224 px, resize 256),
-// resnet20/32/44/56/110 (CIFAR-10: 32 px, no resize). Both normalise with ImageNet's statistics
-// (the shared CIFAR checkpoints were trained so).
+// The known architectures: resnet18/34/50/101/152 and vit_b_16/b_32/l_16 (torchvision, ImageNet:
+// 224 px after resizing to 256), resnet20/32/44/56/110 (CIFAR-10: 32 px, no resize). All
+// normalise with ImageNet's statistics (the shared CIFAR checkpoints were trained so).
 std::vector<std::string> architectures();
 ModelSpec model_spec(const std::string& arch);
 // num_classes <= 0: the architecture's default.

@@ -105,6 +105,8 @@ class Sequential : public Module {
   Sequential() : Module("Sequential") {}
   explicit Sequential(std::vector<ModulePtr> modules);
   void push_back(ModulePtr module);
+  // A child under its own name (torchvision names some: "encoder_layer_0", "head").
+  void register_block(const std::string& name, ModulePtr module) { register_module(name, std::move(module)); }
   Tensor forward(const Tensor& x) override;
   size_t size() const { return children().size(); }
   Module& operator[](size_t i) const { return *children().at(i).second; }

@@ -8,6 +8,8 @@
 #include "autograd/ops.h"
 #include "data/transforms.h"
 #include "models/resnet.h"
+#include "models/vit.h"
+#include "nn/attention.h"
 #include "tests/golden.h"
 
 using namespace bcos;
@@ -130,4 +132,22 @@ TEST_CASE("models: ResNet-50 matches torchvision (keys, eval logits, one SGD ste
 TEST_CASE("models: CIFAR ResNet-20 matches the reference (keys, eval logits, one SGD step)") {
   models::CifarResNet model(20);
   check_model("resnet20", model, "input32");
+}
+
+TEST_CASE("models: ViT-B/16 structure at reduced width matches torchvision (keys, eval logits, one SGD step)") {
+  models::VisionTransformer model({.patch_size = 16, .num_layers = 12, .num_heads = 12, .hidden_dim = 192, .mlp_dim = 768});
+  check_model("vit", model, "input224");
+}
+
+TEST_CASE("models: MultiheadAttention with float and boolean masks matches PyTorch") {
+  const auto& f = fixtures();
+  nn::MultiheadAttention attn(16, 4);
+  fill_pattern(attn);
+  NoGradGuard no_grad;
+  const Tensor q = f["mha.query"], kv = f["mha.kv"];
+  CHECK(rel_error(attn.forward(q, kv, kv, f["mha.float_mask"]), f["mha.out_float"]) <= 1e-5);
+  CHECK(rel_error(attn.forward(q, kv, kv, f["mha.bool_mask"]), f["mha.out_bool"]) <= 1e-5);
+  CHECK(rel_error(attn(q), f["mha.out_self"]) <= 1e-5);
+  CHECK_THROWS_AS(attn.forward(q, kv, kv, zeros({5, 6})), Error);
+  CHECK_THROWS_AS(attn.forward(q, kv.narrow(2, 0, 8), kv), Error);
 }

@@ -157,6 +157,22 @@ def run(out, meta, name, model, size, labels, watch, running):
         out[f"{name}.running_mean.{key}"] = buffers[key].clone()
 
 
+def mha(out):
+    """nn.MultiheadAttention (batch first) with an additive float mask and a boolean mask."""
+    attn = nn.MultiheadAttention(16, 4, batch_first=True)
+    fill_pattern(attn)
+    gen = torch.Generator().manual_seed(7)
+    q, kv = torch.randn(2, 5, 16, generator=gen), torch.randn(2, 7, 16, generator=gen)
+    float_mask = torch.randn(5, 7, generator=gen)
+    bool_mask = torch.rand(5, 7, generator=gen) < 0.3
+    bool_mask[:, 0] = False  # every query keeps a key
+    out["mha.query"], out["mha.kv"], out["mha.float_mask"], out["mha.bool_mask"] = q, kv, float_mask, bool_mask
+    with torch.no_grad():
+        out["mha.out_float"] = attn(q, kv, kv, attn_mask=float_mask, need_weights=False)[0]
+        out["mha.out_bool"] = attn(q, kv, kv, attn_mask=bool_mask, need_weights=False)[0]
+        out["mha.out_self"] = attn(q, q, q, need_weights=False)[0]
+
+
 def main():
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     out, meta = {}, {"generator": "tools/golden/models.py", "torch": torch.__version__,
@@ -166,6 +182,14 @@ def main():
     run(out, meta, "resnet50", torchvision.models.resnet50(), 224, [281, 967],
         ["conv1.weight", "layer3.2.bn2.weight", "layer4.0.downsample.1.weight", "fc.bias"],
         ["layer4.2.bn3.running_mean"])
+    # ViT-B/16's structure (12 layers, 12 heads, patch 16, 224 px) at a quarter of its width
+    vit = torchvision.models.VisionTransformer(image_size=224, patch_size=16, num_layers=12, num_heads=12,
+                                               hidden_dim=192, mlp_dim=768)
+    run(out, meta, "vit", vit, 224, [281, 967],
+        ["conv_proj.bias", "class_token",
+         "encoder.layers.encoder_layer_3.self_attention.in_proj_bias", "encoder.layers.encoder_layer_11.mlp.3.bias",
+         "encoder.ln.weight", "heads.head.bias"], [])
+    mha(out)
     run(out, meta, "resnet20", CifarResNet(20), 32, [3, 1],
         ["conv1.weight", "layer2.0.conv1.weight", "layer3.2.bn2.bias", "linear.weight", "linear.bias"],
         ["layer3.2.bn2.running_mean"])

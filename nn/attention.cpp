@@ -1,0 +1,55 @@
+// Multi-head attention (see attention.h): softmax(q kᵀ / √d + mask) v per head.
+#include "nn/attention.h"
+
+#include <cmath>
+
+#include "autograd/ops.h"
+#include "nn/init.h"
+
+namespace bcos::nn {
+
+MultiheadAttention::MultiheadAttention(int64_t e, int64_t heads, double p, bool bias)
+    : Module("MultiheadAttention"), embed_dim(e), num_heads(heads), dropout(p) {
+  BCOS_CHECK(e > 0 && heads > 0 && e % heads == 0, "MultiheadAttention: embed_dim ", e,
+             " must be a positive multiple of num_heads ", heads);
+  register_parameter("in_proj_weight", in_proj_weight, empty({3 * e, e}));
+  init::xavier_uniform_(in_proj_weight);
+  if (bias) register_parameter("in_proj_bias", in_proj_bias, zeros({3 * e}));
+  auto proj = std::make_shared<Linear>(e, e, bias);
+  if (bias) init::constant_(proj->bias, 0.0);
+  register_module("out_proj", out_proj, proj);
+}
+
+Tensor MultiheadAttention::forward(const Tensor& query, const Tensor& key, const Tensor& value, const Tensor& mask) {
+  BCOS_CHECK(query.dim() == 3 && key.dim() == 3 && value.dim() == 3 && query.size(2) == embed_dim &&
+                 key.size(2) == embed_dim && value.size(2) == embed_dim && key.size(1) == value.size(1) &&
+                 query.size(0) == key.size(0) && key.size(0) == value.size(0),
+             "MultiheadAttention(", embed_dim, "): expected query [N, Lq, ", embed_dim, "] and key / value [N, Lk, ",
+             embed_dim, "], got ", query.shape(), ", ", key.shape(), ", ", value.shape());
+  const int64_t n = query.size(0), lq = query.size(1), lk = key.size(1), d = embed_dim / num_heads;
+  const std::vector<Tensor> w = chunk(in_proj_weight, 3, 0);
+  const std::vector<Tensor> b = in_proj_bias.defined() ? chunk(in_proj_bias, 3, 0) : std::vector<Tensor>(3);
+  // [N, L, E] -> [N, heads, L, d]
+  auto heads = [&](const Tensor& x, int i, int64_t len) {
+    return linear(x, w[size_t(i)], b[size_t(i)]).reshape({n, len, num_heads, d}).transpose(1, 2);
+  };
+  const Tensor q = heads(query, 0, lq), k = heads(key, 1, lk), v = heads(value, 2, lk);
+  Tensor logits = matmul(q, k.transpose(2, 3)) * (1.0 / std::sqrt(double(d)));  // [N, heads, Lq, Lk]
+  if (mask.defined()) {
+    const bool per_head = mask.dim() == 3;
+    BCOS_CHECK((mask.dim() == 2 && mask.size(0) == lq && mask.size(1) == lk) ||
+                   (per_head && mask.size(0) == n * num_heads && mask.size(1) == lq && mask.size(2) == lk),
+               "MultiheadAttention: attn_mask ", mask.shape(), " must be [", lq, ", ", lk, "] or [", n * num_heads, ", ",
+               lq, ", ", lk, "]");
+    const Tensor m = per_head ? mask.reshape({n, num_heads, lq, lk}) : mask;
+    logits = mask.dtype() == DType::boolean ? masked_fill(logits, m, -INFINITY) : logits + m.to(logits.dtype());
+  }
+  Tensor attn = softmax(logits, -1);
+  if (dropout > 0) attn = bcos::dropout(attn, dropout, training_);
+  const Tensor out = matmul(attn, v).transpose(1, 2).reshape({n, lq, embed_dim});
+  return (*out_proj)(out);
+}
+
+std::string MultiheadAttention::describe() const { return str("embed_dim=", embed_dim, ", num_heads=", num_heads); }
+
+}  // namespace bcos::nn
