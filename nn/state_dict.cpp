@@ -1,28 +1,57 @@
-// Key helpers for state dicts (see state_dict.h).
+// State-dict key helpers.
 #include "nn/state_dict.h"
+
+#include <unordered_map>
 
 namespace bcos::nn {
 
-const Tensor* find(const StateDict& state, const std::string& key) {
-  for (const auto& [k, t] : state)
-    if (k == key) return &t;
+namespace {
+
+// Raises naming both original keys when renaming made two keys equal.
+void check_unique(const StateDict& dict, const std::vector<std::string>& original_keys,
+                  const char* op) {
+  std::unordered_map<std::string, size_t> seen;
+  for (size_t i = 0; i < dict.size(); ++i) {
+    auto [it, fresh] = seen.emplace(dict[i].first, i);
+    if (!fresh)
+      fail(op, ": keys '", original_keys[it->second], "' and '", original_keys[i],
+           "' would both become '", dict[i].first, "'");
+  }
+}
+
+}  // namespace
+
+const Tensor* find(const StateDict& dict, const std::string& key) {
+  for (const auto& [name, tensor] : dict)
+    if (name == key) return &tensor;
   return nullptr;
 }
 
-StateDict strip_prefix(StateDict state, const std::string& prefix) {
-  for (auto& [k, t] : state)
-    if (k.compare(0, prefix.size(), prefix) == 0) k.erase(0, prefix.size());
-  return state;
+StateDict strip_prefix(StateDict dict, const std::string& prefix) {
+  std::vector<std::string> original;
+  original.reserve(dict.size());
+  for (auto& [name, tensor] : dict) {
+    original.push_back(name);
+    if (name.compare(0, prefix.size(), prefix) == 0) name.erase(0, prefix.size());
+  }
+  check_unique(dict, original, "strip_prefix");
+  return dict;
 }
 
-StateDict rename_keys(StateDict state, const std::vector<std::pair<std::string, std::string>>& from_to) {
-  for (auto& [k, t] : state)
-    for (const auto& [from, to] : from_to)
-      if (k.compare(0, from.size(), from) == 0) {
-        k = to + k.substr(from.size());
-        break;
-      }
-  return state;
+StateDict rename_keys(StateDict dict,
+                      const std::vector<std::pair<std::string, std::string>>& from_to_prefixes) {
+  std::vector<std::string> original;
+  original.reserve(dict.size());
+  for (auto& [name, tensor] : dict) {
+    original.push_back(name);
+    for (const auto& [from, to] : from_to_prefixes) {
+      if (name.compare(0, from.size(), from) != 0) continue;
+      name = to + name.substr(from.size());
+      break;
+    }
+  }
+  check_unique(dict, original, "rename_keys");
+  return dict;
 }
 
 }  // namespace bcos::nn

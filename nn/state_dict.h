@@ -1,6 +1,6 @@
-// StateDict: named tensors in order, as PyTorch's state_dict(). Also the helpers that adapt the
-// keys of checkpoints saved from wrapped models ("module." from DataParallel, "model." from
-// Lightning).
+// A state dict: parameter and buffer names to tensors, in order, as PyTorch's OrderedDict keeps
+// them (the order is what checkpoints and safetensors files are written and compared in). The
+// helpers adapt keys written by other code: DataParallel's "module." prefix, renamed submodules.
 #pragma once
 
 #include <string>
@@ -13,12 +13,17 @@ namespace bcos::nn {
 
 using StateDict = std::vector<std::pair<std::string, Tensor>>;
 
-// The tensor under `key`, or nullptr.
-const Tensor* find(const StateDict& state, const std::string& key);
-// Removes `prefix` from the keys that start with it (the others are kept as they are).
-StateDict strip_prefix(StateDict state, const std::string& prefix);
-// Rewrites key prefixes: each key starting with `from` gets `to` instead (the first rule that
-// matches applies).
-StateDict rename_keys(StateDict state, const std::vector<std::pair<std::string, std::string>>& from_to);
+// The tensor stored under `key`, or nullptr.
+const Tensor* find(const StateDict& dict, const std::string& key);
+
+// Removes `prefix` from every key that starts with it (others are kept as they are). Raises
+// when two entries end up with the same key.
+StateDict strip_prefix(StateDict dict, const std::string& prefix);
+
+// For each key, the first (from, to) pair whose `from` is a prefix of the key replaces that
+// prefix with `to`; keys no pair matches are kept. Raises when two entries end up with the
+// same key.
+StateDict rename_keys(StateDict dict,
+                      const std::vector<std::pair<std::string, std::string>>& from_to_prefixes);
 
 }  // namespace bcos::nn
