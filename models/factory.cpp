@@ -4,6 +4,7 @@
 #include "data/transforms.h"
 #include "models/resnet.h"
 #include "models/vit.h"
+#include "nn/torch_checkpoint.h"
 
 namespace bcos::models {
 
@@ -51,6 +52,16 @@ std::shared_ptr<nn::Module> create_model(const std::string& arch, int64_t num_cl
   if (arch == "resnet50") return resnet50(o);
   if (arch == "resnet101") return resnet101(o);
   return resnet152(o);
+}
+
+void load_pretrained(nn::Module& model, const std::string& path) {
+  nn::StateDict state = nn::load_checkpoint(path);
+  for (const std::string prefix : {"module.", "model."}) {
+    bool all = !state.empty();
+    for (const auto& [k, t] : state) all = all && k.rfind(prefix, 0) == 0;
+    if (all) state = nn::strip_prefix(std::move(state), prefix);
+  }
+  model.load_state_dict(state);
 }
 
 }  // namespace bcos::models

@@ -25,5 +25,8 @@ std::vector<std::string> architectures();
 ModelSpec model_spec(const std::string& arch);
 // num_classes <= 0: the architecture's default.
 std::shared_ptr<nn::Module> create_model(const std::string& arch, int64_t num_classes = 0);
+// Loads a checkpoint as users have it (torchvision .pth, legacy .th, safetensors) into the model,
+// strictly; a "module." (DataParallel) or "model." (Lightning) prefix on every key is removed.
+void load_pretrained(nn::Module& model, const std::string& path);
 
 }  // namespace bcos::models

@@ -23,6 +23,7 @@ class Optimizer {
   double lr;  // schedules set this
   const std::vector<Tensor>& params() const { return params_; }
   int64_t steps_taken() const { return steps_; }
+  const char* type_name() const { return name_; }
 
   // Tensors by "<param index>.<name>" (e.g. "3.exp_avg"), and the step count.
   virtual StateDict state_dict() const = 0;

@@ -1,4 +1,4 @@
-"""Minimal safetensors writer (the format: 8-byte little-endian header length, a JSON header
+"""Minimal safetensors reader and writer (the format: 8-byte little-endian header length, a JSON header
 mapping names to dtype / shape / byte offsets, then the raw little-endian tensor bytes).
 Written here so the golden scripts need only Debian's python3-torch."""
 import json
@@ -15,6 +15,28 @@ _DTYPES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+
+
+def load(path):
+    """The tensors of a safetensors file, as a dict of CPU tensors (and its metadata dict)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    by_name = {v: k for k, v in _DTYPES.items()}
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        dtype = by_name[info["dtype"]]
+        raw = bytearray(data[begin:end])
+        if dtype == torch.bfloat16:
+            t = torch.frombuffer(raw, dtype=torch.int16).view(torch.bfloat16) if raw else torch.empty(0, dtype=dtype)
+        else:
+            t = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        out[name] = t.reshape(info["shape"])
+    return out, header.get("__metadata__", {})
 
 
 def save(tensors, path, metadata=None):

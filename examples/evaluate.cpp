@@ -1,0 +1,116 @@
+// evaluate: top-1 / top-5 accuracy of a classifier on a labelled dataset, from a checkpoint as
+// users have it (torchvision .pth, the CIFAR ResNets' legacy .th, safetensors).
+//   evaluate --arch resnet20 --weights resnet20-12fca82f.th --data cifar10-test-000000.tar
+// --data takes WebDataset shards (a .tar path or a brace pattern), a CIFAR-10 binary folder
+// (data_batch_*.bin / test_batch.bin), or an ImageFolder root. The input transform follows the
+// architecture (models/factory.h).
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "autograd/ops.h"
+#include "data/loader.h"
+#include "data/progress.h"
+#include "examples/args.h"
+#include "models/factory.h"
+#include "nn/safetensors.h"
+
+using namespace bcos;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::unique_ptr<data::DataLoader> make_loader(const std::string& path, const std::string& split,
+                                              data::Transform transform, data::LoaderOptions options) {
+  std::error_code ec;
+  const bool is_dir = fs::is_directory(path, ec);
+  if (!is_dir && (path.find(".tar") != std::string::npos || path.find('{') != std::string::npos))
+    return std::make_unique<data::DataLoader>(std::make_shared<data::WebDataset>(path), transform, options);
+  BCOS_CHECK(is_dir, "evaluate: --data ", path, " is neither a .tar shard pattern nor a folder");
+  const bool cifar = fs::exists(fs::path(path) / "test_batch.bin", ec) || fs::exists(fs::path(path) / "data_batch_1.bin", ec) ||
+                     fs::is_directory(fs::path(path) / "cifar-10-batches-bin", ec);
+  if (cifar)
+    return std::make_unique<data::DataLoader>(std::make_shared<data::Cifar10>(path, split == "train"), transform, options);
+  return std::make_unique<data::DataLoader>(std::make_shared<data::ImageFolder>(path), transform, options);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  examples::Args args("evaluate", "Top-1 / top-5 accuracy of a pretrained classifier.");
+  args.option("arch", "", "architecture: resnet18/34/50/101/152, resnet20/32/44/56/110, vit_b_16/b_32/l_16", true)
+      .option("weights", "", "checkpoint: PyTorch (.pth/.pt/.th, zip or legacy) or .safetensors", true)
+      .option("data", "", "WebDataset shards (.tar, brace patterns), a CIFAR-10 binary folder or an ImageFolder", true)
+      .option("split", "test", "CIFAR-10 binary folders: test or train")
+      .option("batch", "256", "batch size")
+      .option("workers", std::to_string(std::max(1u, std::thread::hardware_concurrency())), "decoding threads")
+      .option("limit", "0", "evaluate only the first N samples (0: all)")
+      .option("save-logits", "", "write logits [N, classes] and labels [N] here (safetensors), in dataset order")
+      .option("save-inputs", "", "write the network's inputs [N, 3, H, W] here (safetensors), to check other tools on them");
+  try {
+    args.parse(argc, argv);
+    const models::ModelSpec spec = models::model_spec(args.get("arch"));
+    auto model = models::create_model(spec.arch);
+    models::load_pretrained(*model, args.get("weights"));
+    model->eval();
+
+    std::vector<data::Transform> steps;
+    if (spec.resize_size > 0) steps.push_back(data::Resize(spec.resize_size));
+    steps.push_back(data::CenterCrop(spec.input_size));
+    steps.push_back(data::ToTensor());
+    steps.push_back(data::Normalize(spec.mean, spec.std));
+    data::LoaderOptions options{.batch_size = args.integer("batch"), .workers = int(args.integer("workers")),
+                                .limit = args.integer("limit")};
+    auto loader = make_loader(args.get("data"), args.get("split"), data::Compose(steps), options);
+
+    const bool keep = !args.get("save-logits").empty(), keep_inputs = !args.get("save-inputs").empty();
+    std::vector<Tensor> all_logits, all_labels, all_inputs;
+    int64_t seen = 0, top1 = 0, top5 = 0;
+    data::ProgressBar bar(loader->num_samples(), "evaluate " + spec.arch, "img");
+    const auto start = std::chrono::steady_clock::now();
+    NoGradGuard no_grad;
+    for (data::Batch& b : loader->epoch(0)) {
+      const Tensor logits = (*model)(b.images);
+      BCOS_CHECK(logits.dim() == 2 && logits.size(1) == spec.num_classes, "evaluate: the model gave logits ",
+                 logits.shape());
+      const auto labels = b.labels.to_vector<int64_t>();
+      const int64_t k = std::min<int64_t>(5, logits.size(1));
+      const auto best = topk(logits, k, 1).indices.to_vector<int64_t>();
+      for (size_t i = 0; i < labels.size(); ++i) {
+        BCOS_CHECK(labels[i] >= 0 && labels[i] < spec.num_classes, "evaluate: ", b.names[i], " has label ",
+                   labels[i], ", outside the model's ", spec.num_classes, " classes");
+        for (int64_t j = 0; j < k; ++j)
+          if (best[i * size_t(k) + size_t(j)] == labels[i]) {
+            top1 += j == 0;
+            ++top5;
+          }
+      }
+      seen += b.size();
+      if (keep) {
+        all_logits.push_back(logits);
+        all_labels.push_back(b.labels);
+      }
+      if (keep_inputs) all_inputs.push_back(b.images);
+      bar.update(b.size(), {{"top1", 100.0 * double(top1) / double(seen)}});
+    }
+    bar.finish();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    BCOS_CHECK(seen > 0, "evaluate: the dataset ", args.get("data"), " has no samples");
+    std::printf("%s on %s: top-1 %.2f %% (%lld / %lld), top-5 %.2f %%, %.0f images/s\n", spec.arch.c_str(),
+                args.get("data").c_str(), 100.0 * double(top1) / double(seen), static_cast<long long>(top1),
+                static_cast<long long>(seen), 100.0 * double(top5) / double(seen), double(seen) / seconds);
+    if (keep) {
+      nn::save_safetensors(args.get("save-logits"), {{"logits", cat(all_logits, 0)}, {"labels", cat(all_labels, 0)}},
+                           {{"arch", spec.arch}, {"weights", args.get("weights")}, {"data", args.get("data")}});
+      std::printf("wrote logits and labels to %s\n", args.get("save-logits").c_str());
+    }
+    if (keep_inputs) {
+      nn::save_safetensors(args.get("save-inputs"), {{"inputs", cat(all_inputs, 0)}}, {{"arch", spec.arch}});
+      std::printf("wrote the inputs to %s\n", args.get("save-inputs").c_str());
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,137 @@
+#!/usr/bin/python3
+"""PyTorch side of bench/models: images/s and peak resident memory of whole models, torch
+(Debian's python3-torch + torchvision) beside build/bench/bench_models, same machine, same run,
+same thread count. Each (framework, model, mode) runs in its own process, so peak memory is that
+configuration's alone. Modes: infer (eval, no grad) and train (train mode: forward,
+cross-entropy, backward, SGD momentum 0.9). Ratios are bcos / torch: above 1 means bcos.cpp is
+faster (images/s) or leaner (memory: torch / bcos).
+  bench/models [--threads N] [--seconds S] [--only resnet18,resnet50,resnet20]
+"""
+import argparse
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+
+CONFIGS = [("resnet18", 8, 224), ("resnet50", 8, 224), ("resnet20", 128, 32)]
+RESULT = re.compile(r"^images_per_s (\S+) peak_rss_mb (\S+)$")
+
+
+def cifar_resnet(depth):
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class Block(nn.Module):
+        def __init__(self, i, o, s):
+            super().__init__()
+            self.conv1 = nn.Conv2d(i, o, 3, s, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(o)
+            self.conv2 = nn.Conv2d(o, o, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(o)
+            self.pad = o // 4 if (s != 1 or i != o) else 0
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+            short = x if self.pad == 0 else F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+            return F.relu(out + short)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            n = (depth - 2) // 6
+            self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(16)
+            layers, i = [], 16
+            for s, o in enumerate((16, 32, 64)):
+                for b in range(n):
+                    layers.append(Block(i, o, 2 if (b == 0 and s > 0) else 1))
+                    i = o
+            self.layers = nn.Sequential(*layers)
+            self.linear = nn.Linear(64, 10)
+
+        def forward(self, x):
+            out = self.layers(F.relu(self.bn1(self.conv1(x))))
+            return self.linear(out.mean((2, 3)))
+
+    return Net()
+
+
+def torch_child(arch, batch, size, mode, seconds, threads):
+    """Runs in a child process: one configuration, prints the result line."""
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = cifar_resnet(20) if arch == "resnet20" else getattr(torchvision.models, arch)()
+    classes = 10 if arch == "resnet20" else 1000
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, classes, (batch,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def run():
+        if mode == "infer":
+            with torch.no_grad():
+                model(x)
+        else:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    model.train(mode == "train")
+    run()
+    iters, start = 0, time.perf_counter()
+    while iters < 2 or time.perf_counter() - start < seconds:
+        run()
+        iters += 1
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(f"images_per_s {iters * batch / elapsed:.2f} peak_rss_mb {peak:.1f}")
+
+
+def measure(cmd, env):
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        sys.exit(f"bench/models: {' '.join(cmd)} failed:\n{out.stderr}")
+    lines = [l for l in out.stdout.splitlines() if RESULT.match(l)]
+    if len(lines) != 1:
+        sys.exit(f"bench/models: unexpected output from {' '.join(cmd)}:\n{out.stdout}")
+    m = RESULT.match(lines[0])
+    return float(m.group(1)), float(m.group(2))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default="build/bench/bench_models")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        arch, batch, size, mode = a.child
+        torch_child(arch, int(batch), int(size), mode, a.seconds, a.threads)
+        return
+    env = dict(os.environ, BCOS_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
+    only = set(filter(None, a.only.split(",")))
+    import torch
+    print(f"torch {torch.__version__}, {a.threads} threads, ~{a.seconds:.0f} s per measurement, each in its own process")
+    print(f"{'model':10s} {'batch':>5s} {'mode':6s} {'torch img/s':>12s} {'bcos img/s':>11s} {'ratio':>6s}"
+          f" {'torch MB':>9s} {'bcos MB':>8s} {'mem ratio':>9s}")
+    for arch, batch, size in CONFIGS:
+        if only and arch not in only:
+            continue
+        for mode in ("infer", "train"):
+            t_speed, t_mem = measure([sys.executable, __file__, "--threads", str(a.threads), "--seconds",
+                                      str(a.seconds), "--child", arch, str(batch), str(size), mode], env)
+            b_speed, b_mem = measure([a.binary, "--arch", arch, "--batch", str(batch), "--mode", mode,
+                                      "--seconds", str(a.seconds)], env)
+            print(f"{arch:10s} {batch:5d} {mode:6s} {t_speed:12.1f} {b_speed:11.1f} {b_speed / t_speed:6.2f}"
+                  f" {t_mem:9.0f} {b_mem:8.0f} {t_mem / b_mem:9.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
