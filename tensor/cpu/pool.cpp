@@ -19,6 +19,16 @@ Planes planes_of(const Tensor& x, const Tensor& out) {
 }
 }  // namespace
 
+namespace {
+// Taps k = 0, 1, ... of a window starting at `start` (dilation d) that fall inside [0, size):
+// the first one, and one past the last one.
+int64_t first_tap(int64_t start, int64_t d) { return start >= 0 ? 0 : (-start + d - 1) / d; }
+int64_t end_tap(int64_t start, int64_t d, int64_t kernel, int64_t size) {
+  if (start >= size) return 0;
+  return std::min<int64_t>(kernel, (size - 1 - start) / d + 1);
+}
+}  // namespace
+
 void max_pool2d_forward(const Tensor& x_in, const Tensor& out, const Tensor& indices,
                         const Pool2dParams& p) {
   Tensor x = raw_contiguous(x_in);
@@ -30,27 +40,30 @@ void max_pool2d_forward(const Tensor& x_in, const Tensor& out, const Tensor& ind
     parallel_for(s.planes, s.ho * s.wo * p.kernel[0] * p.kernel[1], [&](int64_t b, int64_t e) {
       for (int64_t pl = b; pl < e; ++pl) {
         const T* plane = px + pl * s.h * s.w;
-        for (int64_t oh = 0; oh < s.ho; ++oh)
+        for (int64_t oh = 0; oh < s.ho; ++oh) {
+          // The taps inside the plane, found once per row / column instead of tested per tap.
+          const int64_t h0 = oh * p.stride[0] - p.padding[0];
+          const int64_t ki_lo = first_tap(h0, p.dilation[0]), ki_hi = end_tap(h0, p.dilation[0], p.kernel[0], s.h);
           for (int64_t ow = 0; ow < s.wo; ++ow) {
-            int64_t h0 = oh * p.stride[0] - p.padding[0], w0 = ow * p.stride[1] - p.padding[1];
+            const int64_t w0 = ow * p.stride[1] - p.padding[1];
+            const int64_t kj_lo = first_tap(w0, p.dilation[1]), kj_hi = end_tap(w0, p.dilation[1], p.kernel[1], s.w);
             T best = -std::numeric_limits<T>::infinity();
             int64_t best_i = -1;
-            for (int64_t ki = 0; ki < p.kernel[0]; ++ki) {
-              int64_t ih = h0 + ki * p.dilation[0];
-              if (ih < 0 || ih >= s.h) continue;
-              for (int64_t kj = 0; kj < p.kernel[1]; ++kj) {
-                int64_t iw = w0 + kj * p.dilation[1];
-                if (iw < 0 || iw >= s.w) continue;
-                T v = plane[ih * s.w + iw];
-                if (best_i < 0 || v > best || std::isnan(v)) {  // as PyTorch: NaN wins
+            for (int64_t ki = ki_lo; ki < ki_hi; ++ki) {
+              const int64_t row = (h0 + ki * p.dilation[0]) * s.w;
+              for (int64_t kj = kj_lo; kj < kj_hi; ++kj) {
+                const int64_t i = row + w0 + kj * p.dilation[1];
+                const T v = plane[i];
+                if (best_i < 0 || v > best || v != v) {  // as PyTorch: NaN wins
                   best = v;
-                  best_i = ih * s.w + iw;
+                  best_i = i;
                 }
               }
             }
             po[(pl * s.ho + oh) * s.wo + ow] = best;
             pi[(pl * s.ho + oh) * s.wo + ow] = best_i;
           }
+        }
       }
     });
   });
