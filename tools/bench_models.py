@@ -19,54 +19,18 @@ CONFIGS = [("resnet18", 8, 224), ("resnet50", 8, 224), ("resnet20", 128, 32)]
 RESULT = re.compile(r"^images_per_s (\S+) peak_rss_mb (\S+)$")
 
 
-def cifar_resnet(depth):
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    class Block(nn.Module):
-        def __init__(self, i, o, s):
-            super().__init__()
-            self.conv1 = nn.Conv2d(i, o, 3, s, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(o)
-            self.conv2 = nn.Conv2d(o, o, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(o)
-            self.pad = o // 4 if (s != 1 or i != o) else 0
-
-        def forward(self, x):
-            out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-            short = x if self.pad == 0 else F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
-            return F.relu(out + short)
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            n = (depth - 2) // 6
-            self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(16)
-            layers, i = [], 16
-            for s, o in enumerate((16, 32, 64)):
-                for b in range(n):
-                    layers.append(Block(i, o, 2 if (b == 0 and s > 0) else 1))
-                    i = o
-            self.layers = nn.Sequential(*layers)
-            self.linear = nn.Linear(64, 10)
-
-        def forward(self, x):
-            out = self.layers(F.relu(self.bn1(self.conv1(x))))
-            return self.linear(out.mean((2, 3)))
-
-    return Net()
-
-
 def torch_child(arch, batch, size, mode, seconds, threads):
     """Runs in a child process: one configuration, prints the result line."""
     import torch
     import torch.nn.functional as F
     import torchvision
 
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
+    from models import CifarResNet  # the same definition the golden fixtures use
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = cifar_resnet(20) if arch == "resnet20" else getattr(torchvision.models, arch)()
+    model = CifarResNet(20) if arch == "resnet20" else getattr(torchvision.models, arch)()
     classes = 10 if arch == "resnet20" else 1000
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, classes, (batch,))
