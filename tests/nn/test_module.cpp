@@ -7,6 +7,7 @@
 #include "autograd/ops.h"
 #include "nn/init.h"
 #include "nn/layers.h"
+#include "nn/loss.h"
 #include "nn/linear.h"
 #include "nn/module.h"
 #include "nn/norm.h"
@@ -139,4 +140,16 @@ TEST_CASE("module: default initialisation has PyTorch's bounds") {
   CHECK_THROWS_AS(Linear(0, 3), Error);
   CHECK_THROWS_AS(Conv2d(3, 4, 3, Conv2dOptions{.groups = 2}), Error);
   CHECK(error_of([&] { bn(zeros({2, 4, 3, 3})); }).find("[2, 4, 3, 3]") != std::string::npos);
+}
+
+TEST_CASE("module: losses as modules give the functional losses") {
+  manual_seed(4);
+  const Tensor logits = randn({6, 5}), target = randint(0, 5, {6});
+  CHECK(same(CrossEntropyLoss(0.1)(logits, target), cross_entropy(logits, target, -100, 0.1)));
+  CHECK(same(NLLLoss()(log_softmax(logits, 1), target), nll_loss(log_softmax(logits, 1), target)));
+  const Tensor probs = rand({6, 5});
+  CHECK(same(BCEWithLogitsLoss()(logits, probs), binary_cross_entropy_with_logits(logits, probs)));
+  CHECK(same(CrossEntropyLoss(0.0, -100, Reduction::sum)(logits, target),
+             cross_entropy(logits, target, -100, 0.0, Reduction::sum)));
+  CHECK_THROWS_AS(CrossEntropyLoss()(logits, randint(0, 5, {4})), Error);
 }
