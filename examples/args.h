@@ -2,6 +2,7 @@
 // text built from what the program declares, and errors for unknown or missing options.
 #pragma once
 
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <map>

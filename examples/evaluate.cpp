@@ -13,6 +13,7 @@
 #include "data/loader.h"
 #include "data/progress.h"
 #include "examples/args.h"
+#include "examples/eval_transform.h"
 #include "models/factory.h"
 #include "nn/safetensors.h"
 
@@ -43,6 +44,8 @@ int main(int argc, char** argv) {
       .option("weights", "", "checkpoint: PyTorch (.pth/.pt/.th, zip or legacy) or .safetensors", true)
       .option("data", "", "WebDataset shards (.tar, brace patterns), a CIFAR-10 binary folder or an ImageFolder", true)
       .option("split", "test", "CIFAR-10 binary folders: test or train")
+      .option("resize", "0", "resize the shorter side to this before the center crop (0: the architecture's "
+              "default, 256 for ImageNet models; torchvision's *_V2 ResNet weights expect 232)")
       .option("batch", "256", "batch size")
       .option("workers", std::to_string(std::max(1u, std::thread::hardware_concurrency())), "decoding threads")
       .option("limit", "0", "evaluate only the first N samples (0: all)")
@@ -55,14 +58,10 @@ int main(int argc, char** argv) {
     models::load_pretrained(*model, args.get("weights"));
     model->eval();
 
-    std::vector<data::Transform> steps;
-    if (spec.resize_size > 0) steps.push_back(data::Resize(spec.resize_size));
-    steps.push_back(data::CenterCrop(spec.input_size));
-    steps.push_back(data::ToTensor());
-    steps.push_back(data::Normalize(spec.mean, spec.std));
     data::LoaderOptions options{.batch_size = args.integer("batch"), .workers = int(args.integer("workers")),
                                 .limit = args.integer("limit")};
-    auto loader = make_loader(args.get("data"), args.get("split"), data::Compose(steps), options);
+    auto loader = make_loader(args.get("data"), args.get("split"), examples::eval_transform(spec, args.integer("resize")),
+                              options);
 
     const bool keep = !args.get("save-logits").empty(), keep_inputs = !args.get("save-inputs").empty();
     std::vector<Tensor> all_logits, all_labels, all_inputs;
@@ -73,7 +72,7 @@ int main(int argc, char** argv) {
     for (data::Batch& b : loader->epoch(0)) {
       const Tensor logits = (*model)(b.images);
       BCOS_CHECK(logits.dim() == 2 && logits.size(1) == spec.num_classes, "evaluate: the model gave logits ",
-                 logits.shape());
+                 logits.shape(), ", expected [", b.size(), ", ", spec.num_classes, "]");
       const auto labels = b.labels.to_vector<int64_t>();
       const int64_t k = std::min<int64_t>(5, logits.size(1));
       const auto best = topk(logits, k, 1).indices.to_vector<int64_t>();

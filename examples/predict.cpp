@@ -3,6 +3,8 @@
 //   predict --arch resnet50 --weights resnet50-11ad3fa6.pth --image cat.png [--topk 5] [--json]
 // Class names come from --classes (one per line, e.g. ImageNet's), or CIFAR-10's for the CIFAR
 // ResNets; otherwise classes are shown by index.
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 
@@ -10,6 +12,7 @@
 #include "data/image.h"
 #include "data/transforms.h"
 #include "examples/args.h"
+#include "examples/eval_transform.h"
 #include "data/datasets.h"
 #include "models/factory.h"
 
@@ -40,6 +43,7 @@ int main(int argc, char** argv) {
       .option("weights", "", "checkpoint: PyTorch (.pth/.pt/.th) or .safetensors", true)
       .option("image", "", "a JPEG / PNG / BMP file", true)
       .option("topk", "5", "how many classes to show")
+      .option("resize", "0", "resize the shorter side to this before the center crop (0: the architecture's default)")
       .option("classes", "", "a text file with one class name per line")
       .flag("json", "print JSON instead of a table");
   try {
@@ -60,11 +64,9 @@ int main(int argc, char** argv) {
       names = data::Cifar10::classes();
     }
 
-    Tensor image = data::read_image(args.get("image"));
-    if (spec.resize_size > 0) image = data::resize_shorter(image, spec.resize_size);
-    else image = data::resize(image, spec.input_size, spec.input_size);
-    image = data::center_crop(image, spec.input_size, spec.input_size);
-    const Tensor x = data::normalize(data::to_tensor(image), spec.mean, spec.std).unsqueeze(0);
+    data::Rng unused(0);  // the evaluation transform draws nothing
+    const Tensor x = examples::eval_transform(spec, args.integer("resize"))(data::read_image(args.get("image")), unused)
+                         .unsqueeze(0);
     NoGradGuard no_grad;
     const Tensor logits = (*model)(x).squeeze(0);
     const Tensor probs = softmax(logits, 0);
@@ -77,6 +79,7 @@ int main(int argc, char** argv) {
       std::printf("{\"image\": \"%s\", \"arch\": \"%s\", \"top\": [", json_escape(args.get("image")).c_str(), spec.arch.c_str());
       for (int64_t j = 0; j < k; ++j) {
         const int64_t c = idx[size_t(j)];
+        BCOS_CHECK(std::isfinite(lv[size_t(c)]), "predict: the model gave a non-finite logit for class ", c);
         std::printf("%s{\"class\": %lld, \"name\": \"%s\", \"logit\": %.6g, \"probability\": %.6g}", j ? ", " : "",
                     static_cast<long long>(c), json_escape(name_of(c)).c_str(), lv[size_t(c)], pv[size_t(c)]);
       }

@@ -75,8 +75,8 @@ ResNet::ResNet(const std::string& block, std::vector<int64_t> layers, ResNetOpti
   register_module("maxpool", maxpool, std::make_shared<nn::MaxPool2d>(3, 2, 1));
   const int64_t planes[4] = {64, 128, 256, 512};
   for (int i = 0; i < 4; ++i)
-    stages.push_back(register_module("layer" + std::to_string(i + 1),
-                                     make_stage(bottleneck, planes[i], layers[size_t(i)], i == 0 ? 1 : 2)));
+    register_module("layer" + std::to_string(i + 1), stages[size_t(i)],
+                    make_stage(bottleneck, planes[i], layers[size_t(i)], i == 0 ? 1 : 2));
   register_module("avgpool", avgpool, std::make_shared<nn::AdaptiveAvgPool2d>(1));
   const int64_t expansion = bottleneck ? Bottleneck::expansion : BasicBlock::expansion;
   register_module("fc", fc, std::make_shared<nn::Linear>(512 * expansion, options.num_classes));
@@ -160,7 +160,7 @@ CifarResNet::CifarResNet(int64_t depth, int64_t num_classes) : nn::Module("ResNe
       stage->push_back(std::make_shared<CifarBasicBlock>(in_planes, planes[s], b == 0 && s > 0 ? 2 : 1));
       in_planes = planes[s];
     }
-    stages.push_back(register_module("layer" + std::to_string(s + 1), stage));
+    register_module("layer" + std::to_string(s + 1), stages[size_t(s)], stage);
   }
   register_module("linear", linear, std::make_shared<nn::Linear>(64, num_classes));
   // The reference initialises every conv and linear weight with He normal (fan_in).

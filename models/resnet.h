@@ -52,7 +52,8 @@ class ResNet : public nn::Module {
   // The trunk without the pooling and classifier: [N, 3, H, W] -> [N, C, H/32, W/32].
   Tensor features(const Tensor& x);
   std::shared_ptr<nn::Module> conv1, bn1, relu, maxpool, avgpool, fc;
-  std::vector<std::shared_ptr<nn::Sequential>> stages;  // layer1..layer4
+  // layer1..layer4, registered by slot (sized once, so replace_child keeps them current)
+  std::vector<std::shared_ptr<nn::Module>> stages = std::vector<std::shared_ptr<nn::Module>>(4);
 
  private:
   std::shared_ptr<nn::Sequential> make_stage(bool bottleneck, int64_t planes, int64_t blocks, int64_t stride);
@@ -90,7 +91,7 @@ class CifarResNet : public nn::Module {
   explicit CifarResNet(int64_t depth, int64_t num_classes = 10);
   Tensor forward(const Tensor& x) override;
   std::shared_ptr<nn::Module> conv1, bn1, relu, linear;
-  std::vector<std::shared_ptr<nn::Sequential>> stages;  // layer1..layer3
+  std::vector<std::shared_ptr<nn::Module>> stages = std::vector<std::shared_ptr<nn::Module>>(3);  // layer1..3
 };
 
 }  // namespace bcos::models

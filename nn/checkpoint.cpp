@@ -9,7 +9,7 @@ namespace bcos::nn {
 
 namespace {
 
-constexpr const char* kFormat = "bcos.training-checkpoint.v1";
+constexpr const char* kFormat = "bcos.training-checkpoint.v1";  // under the key "bcos.format"
 
 std::string exact(double v) {  // round-trips through strtod
   char buf[40];
@@ -46,7 +46,7 @@ void save_training_checkpoint(const std::string& path, const Module& model, cons
   for (auto& [k, t] : optimizer.state_dict()) tensors.emplace_back("optimizer." + k, t);
   const GeneratorState rng = get_rng_state();
   std::map<std::string, std::string> meta = {
-      {"format", kFormat},
+      {"bcos.format", kFormat},
       {"epoch", std::to_string(state.epoch)},
       {"step", std::to_string(state.step)},
       {"rng.seed", std::to_string(rng.seed)},
@@ -63,8 +63,8 @@ void save_training_checkpoint(const std::string& path, const Module& model, cons
 TrainingState load_training_checkpoint(const std::string& path, Module& model, Optimizer& optimizer, Scheduler* scheduler) {
   std::map<std::string, std::string> meta;
   const StateDict tensors = load_safetensors(path, &meta);
-  BCOS_CHECK(meta.count("format") && meta["format"] == kFormat, "load_training_checkpoint: ", path,
-             " is not a bcos.cpp training checkpoint (no format '", kFormat, "' in its metadata)");
+  BCOS_CHECK(meta.count("bcos.format") && meta["bcos.format"] == kFormat, "load_training_checkpoint: ", path,
+             " is not a bcos.cpp training checkpoint (no bcos.format '", kFormat, "' in its metadata)");
   BCOS_CHECK(meta["optimizer.type"] == optimizer.type_name(), "load_training_checkpoint: ", path, " holds a ",
              meta["optimizer.type"], " state but the optimizer is ", optimizer.type_name());
   StateDict model_state, optimizer_state;
@@ -72,9 +72,14 @@ TrainingState load_training_checkpoint(const std::string& path, Module& model, O
     if (k.rfind("model.", 0) == 0) model_state.emplace_back(k.substr(6), t);
     else if (k.rfind("optimizer.", 0) == 0) optimizer_state.emplace_back(k.substr(10), t);
   }
+  char* end = nullptr;
+  const std::string& lr_text = meta["optimizer.lr"];
+  const double lr = std::strtod(lr_text.c_str(), &end);
+  BCOS_CHECK(!lr_text.empty() && end && *end == '\0', "load_training_checkpoint: ", path, ": optimizer.lr is '",
+             lr_text, "', not a number");
+  optimizer.load_state_dict(optimizer_state, integer(meta, "optimizer.steps", path));  // validates first
   model.load_state_dict(model_state);
-  optimizer.load_state_dict(optimizer_state, integer(meta, "optimizer.steps", path));
-  optimizer.lr = std::strtod(meta["optimizer.lr"].c_str(), nullptr);
+  optimizer.lr = lr;
   if (scheduler) scheduler->set_step(integer(meta, "scheduler.step", path));
   set_rng_state({unsigned_integer(meta, "rng.seed", path), unsigned_integer(meta, "rng.counter", path)});
   TrainingState state{integer(meta, "epoch", path), integer(meta, "step", path), {}};

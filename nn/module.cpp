@@ -14,7 +14,7 @@ Tensor Module::forward(const Tensor&) {
 
 void Module::register_parameter(const std::string& name, Tensor& slot, Tensor value) {
   BCOS_CHECK(name.find('.') == std::string::npos && !name.empty(), type_name_, ": bad parameter name '", name, "'");
-  slot = std::move(value);
+  slot = value.defined() ? value.detach() : Tensor();  // a parameter is a leaf, as PyTorch's
   if (!slot.defined()) return;
   if (slot.is_floating_point()) slot.requires_grad_(true);
   parameters_.emplace_back(name, &slot);
@@ -128,12 +128,15 @@ void Module::load_state_dict(const StateDict& state, bool strict) {
     known.insert(key);
     auto it = given.find(key);
     if (it == given.end()) {
-      const bool optional = key.size() >= 19 && key.compare(key.size() - 19, 19, "num_batches_tracked") == 0;
+      const bool optional = key == "num_batches_tracked" ||
+                            (key.size() > 20 && key.compare(key.size() - 20, 20, ".num_batches_tracked") == 0);
       if (!optional) missing.push_back(key);
       continue;
     }
     if (it->second->shape() != slot->shape())
       mismatched.push_back(str(key, ": checkpoint ", it->second->shape(), ", model ", slot->shape()));
+    else if (is_floating(it->second->dtype()) != is_floating(slot->dtype()) && it->second->dtype() != slot->dtype())
+      mismatched.push_back(str(key, ": checkpoint ", dtype_name(it->second->dtype()), ", model ", dtype_name(slot->dtype())));
   }
   for (const auto& [key, t] : state)
     if (!known.count(key)) unexpected.push_back(key);
@@ -145,7 +148,7 @@ void Module::load_state_dict(const StateDict& state, bool strict) {
   };
   if (!mismatched.empty() || (strict && (!missing.empty() || !unexpected.empty()))) {
     std::string msg = str("load_state_dict (", type_name_, "): ");
-    if (!mismatched.empty()) msg += str("shape mismatch for ", join(mismatched), ". ");
+    if (!mismatched.empty()) msg += str("shape or dtype mismatch for ", join(mismatched), ". ");
     if (strict && !missing.empty()) msg += str("missing keys: ", join(missing), ". ");
     if (strict && !unexpected.empty()) msg += str("unexpected keys: ", join(unexpected), ". ");
     fail(msg);
@@ -154,11 +157,7 @@ void Module::load_state_dict(const StateDict& state, bool strict) {
   for (const auto& [key, slot] : slots) {
     auto it = given.find(key);
     if (it == given.end()) continue;
-    const Tensor& src = *it->second;
-    BCOS_CHECK(is_floating(src.dtype()) == is_floating(slot->dtype()) || src.dtype() == slot->dtype(),
-               "load_state_dict: ", key, " is ", dtype_name(src.dtype()), " in the checkpoint but ",
-               dtype_name(slot->dtype()), " in the model");
-    slot->data_alias().copy_(src.to(slot->device()));
+    slot->data_alias().copy_(it->second->to(slot->device()));
   }
 }
 

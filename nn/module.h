@@ -46,15 +46,18 @@ class Module {
 
   // Parameters, then buffers, of each module before its children: PyTorch's order and keys.
   StateDict state_dict() const;
-  // Copies tensors into this module's by key. strict: every key must match both ways, with the
-  // same shape; the error lists missing and unexpected keys and shape mismatches. Buffers named
+  // Copies tensors into this module's by key (converting device and float dtype). Shapes must
+  // match always; strict: every key must match both ways too. The error lists missing and
+  // unexpected keys and mismatches, and nothing is copied then. Buffers named
   // num_batches_tracked may be absent (checkpoints from before PyTorch 0.4.1 lack them).
   void load_state_dict(const StateDict& state, bool strict = true);
 
   void train(bool on = true);
   void eval() { train(false); }
   bool is_training() const { return training_; }
-  void to(Device device);  // moves parameters (still leaves) and buffers
+  // Moves parameters (still leaves) and buffers. The parameters become new tensors: build
+  // optimizers after moving the model (an optimizer holding the old ones raises on step()).
+  void to(Device device);
   void to(DType dtype);    // floating-point parameters and buffers only
   void zero_grad();
   int64_t num_parameters() const;

@@ -11,13 +11,23 @@ namespace bcos::nn {
 
 Optimizer::Optimizer(std::vector<Tensor> params, double lr_, const char* name) : lr(lr_), params_(std::move(params)), name_(name) {
   BCOS_CHECK(lr_ >= 0, name, ": learning rate ", lr_, " must be non-negative");
-  for (size_t i = 0; i < params_.size(); ++i)
-    BCOS_CHECK(params_[i].defined() && params_[i].is_floating_point() && params_[i].is_leaf(), name, ": parameter ", i,
-               " is not a floating-point leaf tensor");
+  for (size_t i = 0; i < params_.size(); ++i) {
+    BCOS_CHECK(params_[i].defined(), name, ": parameter ", i, " is an undefined tensor");
+    BCOS_CHECK(params_[i].is_floating_point(), name, ": parameter ", i, " is ", dtype_name(params_[i].dtype()),
+               ", not floating point");
+    BCOS_CHECK(params_[i].is_leaf(), name, ": parameter ", i, " is not a leaf (it was computed; detach it)");
+  }
 }
 
 void Optimizer::zero_grad() {
   for (Tensor& p : params_) p.zero_grad();
+}
+
+void Optimizer::check_some_gradient() const {
+  for (const Tensor& p : params_)
+    if (p.grad().defined()) return;
+  fail(name_, ".step: none of the ", params_.size(), " parameters has a gradient (call backward() first; if the "
+       "model was moved with to() after the optimizer was built, build the optimizer after moving it)");
 }
 
 namespace {
@@ -50,6 +60,7 @@ SGD::SGD(std::vector<Tensor> params, SGDOptions o) : Optimizer(std::move(params)
 }
 
 void SGD::step() {
+  check_some_gradient();
   NoGradGuard no_grad;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
@@ -89,18 +100,21 @@ Adam::Adam(std::vector<Tensor> params, AdamOptions o, bool decoupled)
   exp_avg_.resize(params_.size());
   exp_avg_sq_.resize(params_.size());
   max_exp_avg_sq_.resize(params_.size());
+  param_steps_.assign(params_.size(), 0);
 }
 
 void Adam::step() {
+  check_some_gradient();
   NoGradGuard no_grad;
   ++steps_;
-  const double bias1 = 1 - std::pow(options.beta1, double(steps_));
-  const double bias2_sqrt = std::sqrt(1 - std::pow(options.beta2, double(steps_)));
-  const double step_size = lr / bias1;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor p = params_[i].data_alias();
     Tensor g = params_[i].grad();
     if (!g.defined()) continue;
+    const int64_t t = ++param_steps_[i];
+    const double bias1 = 1 - std::pow(options.beta1, double(t));
+    const double bias2_sqrt = std::sqrt(1 - std::pow(options.beta2, double(t)));
+    const double step_size = lr / bias1;
     if (!exp_avg_[i].defined()) {
       exp_avg_[i] = zeros_like(p);
       exp_avg_sq_[i] = zeros_like(p);
@@ -125,13 +139,29 @@ StateDict Adam::state_dict() const {
   put(out, exp_avg_, "exp_avg");
   put(out, exp_avg_sq_, "exp_avg_sq");
   put(out, max_exp_avg_sq_, "max_exp_avg_sq");
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (exp_avg_[i].defined()) out.emplace_back(std::to_string(i) + ".step", scalar_tensor(double(param_steps_[i]), DType::i64));
   return out;
 }
 
 void Adam::load_state_dict(const StateDict& state, int64_t steps) {
-  take(state, exp_avg_, params_, "exp_avg", "Adam::load_state_dict");
-  take(state, exp_avg_sq_, params_, "exp_avg_sq", "Adam::load_state_dict");
-  take(state, max_exp_avg_sq_, params_, "max_exp_avg_sq", "Adam::load_state_dict");
+  std::vector<Tensor> m, v, vmax;
+  take(state, m, params_, "exp_avg", name_);
+  take(state, v, params_, "exp_avg_sq", name_);
+  take(state, vmax, params_, "max_exp_avg_sq", name_);
+  std::vector<int64_t> counts(params_.size(), 0);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    // Every parameter's moments come together; AMSGrad needs its running maximum too.
+    BCOS_CHECK(m[i].defined() == v[i].defined() && (!options.amsgrad || m[i].defined() == vmax[i].defined()), name_,
+               ".load_state_dict: the state of parameter ", i, " is incomplete (exp_avg ",
+               m[i].defined() ? "present" : "missing", ", exp_avg_sq ", v[i].defined() ? "present" : "missing",
+               options.amsgrad ? (vmax[i].defined() ? ", max_exp_avg_sq present" : ", max_exp_avg_sq missing") : "", ")");
+    if (!m[i].defined()) continue;
+    const Tensor* t = find(state, std::to_string(i) + ".step");
+    counts[i] = t ? t->item<int64_t>() : steps;
+  }
+  exp_avg_ = std::move(m), exp_avg_sq_ = std::move(v), max_exp_avg_sq_ = std::move(vmax);
+  param_steps_ = std::move(counts);
   steps_ = steps;
 }
 

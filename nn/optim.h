@@ -19,17 +19,21 @@ class Optimizer {
   virtual ~Optimizer() = default;
   virtual void step() = 0;
   void zero_grad();  // drops the gradients (PyTorch's set_to_none=True)
+  // Raises when no parameter has a gradient: backward was not called, or the tensors the
+  // optimizer holds are no longer the model's (Module::to() replaces them: build the optimizer
+  // after moving the model).
 
   double lr;  // schedules set this
   const std::vector<Tensor>& params() const { return params_; }
   int64_t steps_taken() const { return steps_; }
   const char* type_name() const { return name_; }
 
-  // Tensors by "<param index>.<name>" (e.g. "3.exp_avg"), and the step count.
+  // Tensors by "<param index>.<name>" (e.g. "3.exp_avg", "3.step"), and the step count.
   virtual StateDict state_dict() const = 0;
   virtual void load_state_dict(const StateDict& state, int64_t steps) = 0;
 
  protected:
+  void check_some_gradient() const;
   std::vector<Tensor> params_;
   int64_t steps_ = 0;
   const char* name_;
@@ -69,6 +73,7 @@ class Adam : public Optimizer {
  private:
   bool decoupled_;
   std::vector<Tensor> exp_avg_, exp_avg_sq_, max_exp_avg_sq_;
+  std::vector<int64_t> param_steps_;  // per parameter, as PyTorch: steps in which it had a gradient
 };
 
 // AdamW with PyTorch's default weight decay (0.01).

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numbers>
 
 #include "tensor/error.h"
 
@@ -18,7 +19,7 @@ Schedule cosine_schedule(double base_lr, int64_t total_steps, double min_lr, int
     if (t < warmup_steps)
       return base_lr * (warmup_start_factor + (1.0 - warmup_start_factor) * double(t) / double(warmup_steps));
     const double T = double(total_steps - warmup_steps), s = double(std::min(t - warmup_steps, total_steps - warmup_steps));
-    return min_lr + (base_lr - min_lr) * (1.0 + std::cos(M_PI * s / T)) / 2.0;
+    return min_lr + (base_lr - min_lr) * (1.0 + std::cos(std::numbers::pi * s / T)) / 2.0;
   };
 }
 

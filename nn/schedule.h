@@ -2,7 +2,8 @@
 // Scheduler::step(): cosine annealing with an optional linear warmup, step decay, multistep.
 // "Step" is whatever the caller counts (iterations or epochs): call step() once per unit.
 // The values equal PyTorch's schedulers (LinearLR + CosineAnnealingLR in a SequentialLR, StepLR,
-// MultiStepLR) at every step.
+// MultiStepLR) at every step up to total_steps; after it the cosine stays at min_lr where
+// PyTorch's CosineAnnealingLR would rise again.
 #pragma once
 
 #include <cstdint>

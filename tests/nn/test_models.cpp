@@ -100,6 +100,7 @@ void check_model(const std::string& name, nn::Module& model, const std::string& 
   CHECK(rel_error(loss.detach(), f[name + ".loss"]) <= 1e-10);
   loss.backward();
   const nn::StateDict params = model.named_parameters(), buffers = model.named_buffers();
+  int checked = 0;
   for (const std::string& key : f.keys()) {
     const std::string delta = name + ".delta.", running = name + ".running_mean.";
     if (key.rfind(delta, 0) == 0) {
@@ -109,12 +110,14 @@ void check_model(const std::string& name, nn::Module& model, const std::string& 
       const double err = rel_error(t->grad() * -0.1, f[key]);
       CAPTURE(p);
       CHECK(err <= 1e-8);
+      ++checked;
     } else if (key.rfind(running, 0) == 0) {
       const Tensor* t = nn::find(buffers, key.substr(running.size()));
       REQUIRE(t != nullptr);
       CHECK(rel_error(*t, f[key]) <= 1e-10);
     }
   }
+  CHECK(checked >= 4);  // the fixture's parameter changes were found and compared
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "nn/linear.h"
 #include "nn/module.h"
 #include "nn/norm.h"
+#include "nn/optim.h"
 
 using namespace bcos;
 using namespace bcos::nn;
@@ -74,6 +75,7 @@ TEST_CASE("module: load_state_dict copies by key and reports missing, unexpected
   CHECK(err.find("missing keys: scale") != std::string::npos);
   CHECK(err.find("unexpected keys: extra.weight") != std::string::npos);
   b.load_state_dict(s, /*strict=*/false);  // the rest loads
+  CHECK(same(dynamic_cast<Conv2d&>(*b.conv).weight, dynamic_cast<Conv2d&>(*a.conv).weight));
   StateDict wrong = a.state_dict();
   wrong[1].second = zeros({4, 3, 5, 5});
   CHECK(error_of([&] { b.load_state_dict(wrong, false); }).find("conv.weight: checkpoint [4, 3, 5, 5], model [4, 3, 3, 3]") !=
@@ -119,6 +121,12 @@ TEST_CASE("module: replace_child keeps the member slot current; to(dtype) keeps 
   CHECK(dynamic_cast<Conv2d&>(*m.conv).weight.grad().defined());
   m.zero_grad();
   CHECK(!dynamic_cast<Conv2d&>(*m.conv).weight.grad().defined());
+  // An optimizer built before to() holds the replaced tensors: it refuses to step.
+  Block n;
+  SGD stale(n.parameters(), {.lr = 0.1});
+  n.to(DType::f64);
+  sum(n(randn({1, 3, 4, 4}, DType::f64))).backward();
+  CHECK_THROWS_WITH_AS(stale.step(), doctest::Contains("build the optimizer after moving"), Error);
 }
 
 TEST_CASE("module: default initialisation has PyTorch's bounds") {

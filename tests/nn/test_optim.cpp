@@ -2,9 +2,11 @@
 // tools/golden/optim.py).
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <functional>
 #include <map>
 
+#include "autograd/ops.h"
 #include "nn/optim.h"
 #include "nn/schedule.h"
 #include "tests/golden.h"
@@ -128,4 +130,28 @@ TEST_CASE("optim: bad settings raise") {
   CHECK_THROWS_AS(cosine_schedule(0.1, 10, 0, 10), Error);
   SGD opt(params, {.lr = 0.1, .momentum = 0.9});
   CHECK_THROWS_AS(opt.load_state_dict({{"0.momentum_buffer", zeros({2, 2})}}, 1), Error);
+}
+
+TEST_CASE("optim: a step with no gradient anywhere raises; Adam counts steps per parameter") {
+  std::vector<Tensor> params = fresh_params();
+  SGD sgd(params, {.lr = 0.1});
+  CHECK_THROWS_WITH_AS(sgd.step(), doctest::Contains("none of the 2 parameters has a gradient"), Error);
+  // A parameter that first gets a gradient at step 3 starts its bias correction there, as in
+  // PyTorch: its first update is lr * g / (|g| + eps), about lr per element.
+  Adam adam(params, {.lr = 1e-2});
+  for (int s = 1; s <= 3; ++s) {
+    params[0].set_grad(fixtures()["grads.step" + std::to_string(s) + ".0"].clone());
+    if (s == 3) params[1].set_grad(fixtures()["grads.step3.1"].clone());
+    const Tensor before = params[1].detach().clone();
+    adam.step();
+    if (s == 3) {
+      const auto delta = (params[1].detach() - before).to_vector<float>();
+      for (float d : delta) CHECK(std::abs(d) == doctest::Approx(1e-2).epsilon(1e-4));
+    }
+  }
+  CHECK(find(adam.state_dict(), "1.step")->item<int64_t>() == 1);
+  CHECK(find(adam.state_dict(), "0.step")->item<int64_t>() == 3);
+  AdamOptions ams{.amsgrad = true};
+  Adam needs_max(params, ams);
+  CHECK_THROWS_WITH_AS(needs_max.load_state_dict(adam.state_dict(), 3), doctest::Contains("max_exp_avg_sq missing"), Error);
 }

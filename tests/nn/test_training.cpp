@@ -4,6 +4,8 @@
 
 #include <filesystem>
 
+#include <unistd.h>
+
 #include "autograd/ops.h"
 #include "nn/checkpoint.h"
 #include "nn/layers.h"
