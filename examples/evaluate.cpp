@@ -13,7 +13,7 @@
 #include "data/loader.h"
 #include "data/progress.h"
 #include "examples/args.h"
-#include "examples/eval_transform.h"
+#include "examples/classifier.h"
 #include "models/factory.h"
 #include "nn/safetensors.h"
 
@@ -40,12 +40,9 @@ std::unique_ptr<data::DataLoader> make_loader(const std::string& path, const std
 
 int main(int argc, char** argv) {
   examples::Args args("evaluate", "Top-1 / top-5 accuracy of a pretrained classifier.");
-  args.option("arch", "", "architecture: resnet18/34/50/101/152, resnet20/32/44/56/110, vit_b_16/b_32/l_16", true)
-      .option("weights", "", "checkpoint: PyTorch (.pth/.pt/.th, zip or legacy) or .safetensors", true)
-      .option("data", "", "WebDataset shards (.tar, brace patterns), a CIFAR-10 binary folder or an ImageFolder", true)
+  examples::model_options(args);
+  args.option("data", "", "WebDataset shards (.tar, brace patterns), a CIFAR-10 binary folder or an ImageFolder", true)
       .option("split", "test", "CIFAR-10 binary folders: test or train")
-      .option("resize", "0", "resize the shorter side to this before the center crop (0: the architecture's "
-              "default, 256 for ImageNet models; torchvision's *_V2 ResNet weights expect 232)")
       .option("batch", "256", "batch size")
       .option("workers", std::to_string(std::max(1u, std::thread::hardware_concurrency())), "decoding threads")
       .option("limit", "0", "evaluate only the first N samples (0: all)")

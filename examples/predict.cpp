@@ -12,7 +12,7 @@
 #include "data/image.h"
 #include "data/transforms.h"
 #include "examples/args.h"
-#include "examples/eval_transform.h"
+#include "examples/classifier.h"
 #include "data/datasets.h"
 #include "models/factory.h"
 
@@ -39,11 +39,9 @@ std::string json_escape(const std::string& s) {
 
 int main(int argc, char** argv) {
   examples::Args args("predict", "Top classes for one image.");
-  args.option("arch", "", "architecture: resnet18/34/50/101/152, resnet20/32/44/56/110, vit_b_16/b_32/l_16", true)
-      .option("weights", "", "checkpoint: PyTorch (.pth/.pt/.th) or .safetensors", true)
-      .option("image", "", "a JPEG / PNG / BMP file", true)
+  examples::model_options(args);
+  args.option("image", "", "a JPEG / PNG / BMP file", true)
       .option("topk", "5", "how many classes to show")
-      .option("resize", "0", "resize the shorter side to this before the center crop (0: the architecture's default)")
       .option("classes", "", "a text file with one class name per line")
       .flag("json", "print JSON instead of a table");
   try {
