@@ -5,6 +5,7 @@
 // with K = Cg·kh·kw. A 1x1 stride-1 unpadded conv skips im2col (the input already is the
 // column matrix). With at least as many samples as threads, samples run in parallel with a
 // column buffer per thread; otherwise the GEMM threads each product.
+#include <algorithm>
 #include <cstring>
 
 #include "tensor/copy.h"
@@ -35,6 +36,12 @@ ConvShape conv_shape(const Tensor& x, const Tensor& w, const Tensor& out, const 
   return s;
 }
 
+// The output columns ow whose input column iw0 + ow * stride lies in [0, w): [lo, hi).
+inline void columns_inside(int64_t iw0, int64_t stride, int64_t w, int64_t wo, int64_t* lo, int64_t* hi) {
+  *lo = iw0 >= 0 ? 0 : std::min<int64_t>((-iw0 + stride - 1) / stride, wo);
+  *hi = iw0 > w - 1 ? *lo : std::clamp<int64_t>((w - 1 - iw0) / stride + 1, *lo, wo);
+}
+
 // col [K, Ho*Wo] from x [Cg, H, W] (one sample, one group); rows of col are ld apart.
 template <class T>
 void im2col(const T* x, const ConvShape& s, const Conv2dParams& p, T* col, int64_t ld) {
@@ -51,19 +58,16 @@ void im2col(const T* x, const ConvShape& s, const Conv2dParams& p, T* col, int64
             continue;
           }
           const T* src = plane + ih * s.w;
-          int64_t iw0 = -p.padding[1] + kj * p.dilation[1];
-          if (p.stride[1] == 1) {  // a contiguous run with zero margins
-            int64_t lo = std::clamp<int64_t>(-iw0, 0, s.wo);
-            int64_t hi = std::clamp<int64_t>(s.w - iw0, lo, s.wo);
-            std::fill(dst, dst + lo, T(0));
+          const int64_t iw0 = -p.padding[1] + kj * p.dilation[1], st = p.stride[1];
+          int64_t lo, hi;  // zero margins around the columns inside the image
+          columns_inside(iw0, st, s.w, s.wo, &lo, &hi);
+          std::fill(dst, dst + lo, T(0));
+          if (st == 1) {
             std::memcpy(dst + lo, src + iw0 + lo, size_t(hi - lo) * sizeof(T));
-            std::fill(dst + hi, dst + s.wo, T(0));
           } else {
-            for (int64_t ow = 0; ow < s.wo; ++ow) {
-              int64_t iw = iw0 + ow * p.stride[1];
-              dst[ow] = (iw >= 0 && iw < s.w) ? src[iw] : T(0);
-            }
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[iw0 + ow * st];
           }
+          std::fill(dst + hi, dst + s.wo, T(0));
         }
       }
 }
@@ -82,10 +86,13 @@ void col2im(const T* col, const ConvShape& s, const Conv2dParams& p, T* x) {
           if (ih < 0 || ih >= s.h) continue;
           const T* src = row + oh * s.wo;
           T* dst = plane + ih * s.w;
-          int64_t iw0 = -p.padding[1] + kj * p.dilation[1];
-          for (int64_t ow = 0; ow < s.wo; ++ow) {
-            int64_t iw = iw0 + ow * p.stride[1];
-            if (iw >= 0 && iw < s.w) dst[iw] += src[ow];
+          const int64_t iw0 = -p.padding[1] + kj * p.dilation[1], st = p.stride[1];
+          int64_t lo, hi;  // only the columns inside the image receive gradient
+          columns_inside(iw0, st, s.w, s.wo, &lo, &hi);
+          if (st == 1) {  // contiguous: vectorises
+            for (int64_t ow = lo; ow < hi; ++ow) dst[iw0 + ow] += src[ow];
+          } else {
+            for (int64_t ow = lo; ow < hi; ++ow) dst[iw0 + ow * st] += src[ow];
           }
         }
       }
