@@ -30,6 +30,25 @@ struct NoGradGuard {
   bool previous_;
 };
 
+// ---- B-cos explanation mode -----------------------------------------------------------------
+// Inside it, B-cos layers and the detachable norms treat their input-dependent scales as
+// constants, so the gradient of an output with respect to the input is the dynamic linear map
+// W(x) with output = W(x) · x. Like grad mode it is per thread.
+bool explanation_mode();
+void set_explanation_mode(bool enabled);
+
+struct ExplanationModeGuard {
+  explicit ExplanationModeGuard(bool enabled = true) : previous_(explanation_mode()) {
+    set_explanation_mode(enabled);
+  }
+  ~ExplanationModeGuard() { set_explanation_mode(previous_); }
+  ExplanationModeGuard(const ExplanationModeGuard&) = delete;
+  ExplanationModeGuard& operator=(const ExplanationModeGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
 // ---- graph ----------------------------------------------------------------------------------
 struct Node;
 

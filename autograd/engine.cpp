@@ -10,10 +10,14 @@ namespace bcos {
 
 namespace {
 thread_local bool g_grad_enabled = true;
+thread_local bool g_explanation_mode = false;
 }
 
 bool grad_enabled() { return g_grad_enabled; }
 void set_grad_enabled(bool enabled) { g_grad_enabled = enabled; }
+
+bool explanation_mode() { return g_explanation_mode; }
+void set_explanation_mode(bool enabled) { g_explanation_mode = enabled; }
 
 const Tensor& SavedTensor::get() const {
   if (value_.defined() && value_.version() != version_)

@@ -146,6 +146,25 @@ Tensor adaptive_avg_pool2d(const Tensor& x, IntPair output_size);
 // pads: (left, right) for the last dim, then (top, bottom) for the one before, ... as F.pad.
 Tensor pad(const Tensor& x, const std::vector<int64_t>& pads, double value = 0.0);
 
+// ---- B-cos transforms (autograd/bcos.cpp) --------------------------------------------------
+// The B-cos layers' functional forms. weight is used as given (normalise it first for B-cos v2
+// layers); bias (optional) is part of the linear map. max_out M: the weight has O·M output rows
+// and each output is the max of M consecutive ones. b = 1 gives the (max-out) linear map.
+// In explanation mode (ExplanationModeGuard) the scale is a constant in backward.
+Tensor bcos_linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
+                   double b = 2, int64_t max_out = 1);  // x [..., K], weight [O·M, K]
+Tensor bcos_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
+                   IntPair stride = 1, IntPair padding = 0, IntPair dilation = 1,
+                   int64_t groups = 1, double b = 2, int64_t max_out = 1);
+// The two fused passes they are made of. bcos_patch_sumsq: x [N, C, H, W] -> [N, G, Ho, Wo], the
+// sum of x² over each group's channels and the window's (dilated, zero-padded) taps.
+Tensor bcos_patch_sumsq(const Tensor& x, IntPair kernel, IntPair stride = 1, IntPair padding = 0,
+                        IntPair dilation = 1, int64_t groups = 1);
+// lin [N, O·M, *], sumsq [N, G, *] -> [N, O, *]: max-out, then y = s · v with the norm
+// n = sqrt(sumsq + eps_in) + eps_out. sumsq may be undefined when b = 1.
+Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_out,
+                  double eps_in, double eps_out);
+
 // ---- normalisation, dropout, embedding (autograd/norm.cpp) --------------------------------
 // x [N, C, *]. In training, batch statistics are used and the running ones (when defined)
 // updated in place with momentum (unbiased variance), as PyTorch does.

@@ -62,6 +62,27 @@ void avg_pool2d_backward(const Tensor& grad_out, const Tensor& grad_x, const Poo
 void adaptive_avg_pool2d_forward(const Tensor& x, const Tensor& out);
 void adaptive_avg_pool2d_backward(const Tensor& grad_out, const Tensor& grad_x);
 
+// ---- B-cos (cpu/bcos.cpp) -------------------------------------------------------------------
+// out [N, G, Ho, Wo] = Σ over each group's channels and the window's taps (p: the conv's kernel,
+// stride, padding, dilation) of x², x [N, C, H, W].
+void bcos_patch_sumsq(const Tensor& x, int64_t groups, const Pool2dParams& p, const Tensor& out);
+void bcos_patch_sumsq_backward(const Tensor& grad, const Tensor& x, int64_t groups,
+                               const Pool2dParams& p, const Tensor& grad_x);
+struct BcosScaleParams {
+  double b = 2;
+  int64_t max_out = 1;
+  double eps_in = 0, eps_out = 0;  // n = sqrt(sumsq + eps_in) + eps_out
+};
+// lin [N, O·M, S], sumsq [N, G, S] (undefined: b = 1, no scaling) -> out [N, O, S]; for M > 1
+// also value (the max-out result, before scaling) and argmax (u8) [N, O, S].
+void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleParams& p,
+                        const Tensor& out, const Tensor& value, const Tensor& argmax);
+// grad [N, O, S] -> grad_lin [N, O·M, S] and (unless explain or undefined) grad_sumsq [N, G, S].
+// value: the max-out result (lin itself when M = 1). explain: s taken as a constant.
+void bcos_scale_backward(const Tensor& grad, const Tensor& value, const Tensor& sumsq,
+                         const Tensor& argmax, const BcosScaleParams& p, bool explain,
+                         const Tensor& grad_lin, const Tensor& grad_sumsq);
+
 // ---- normalisation (cpu/norm.cpp) ---------------------------------------------------------
 // Per-channel statistics over (N, H, W) for x [N, C, *]: mean and 1/sqrt(var + eps), where var
 // is the biased batch variance (training) or the running variance (eval).

@@ -1,0 +1,148 @@
+// B-cos transforms: y = s · v, v = ŵ·x (max-out over M consecutive channels), scaled by
+// s = |cos(x, ŵ)|^(b − 1) · ‖ŵ‖-ish — written out: s = |v| / ‖x‖ for b = 2, else
+// (|v / ‖x‖| + 1e-6)^(b − 1). ‖x‖ is the norm of exactly what the output unit sees: the row for a
+// linear map (+ 1e-12), the zero-padded k×k window over the group's channels for a conv
+// (sqrt(Σ x² + 1e-6)). The linear part is the ordinary linear / conv2d op; the two B-cos passes
+// (patch norm, scale) are one fused kernel each, with their backward written beside them:
+//   patch norm:  ∂sumsq/∂x = 2x · Σ_{windows ∋ pixel} g
+//   scale:       ∂y/∂v = s + (b − 1)(|u| + 1e-6)^(b−2) |u|,  ∂y/∂n = −(b − 1)(|u| + 1e-6)^(b−2) |u| v / n
+//                (u = v / n; for b = 2: 2|v| / n and −|v| v / n²)
+// In explanation mode s is a constant: ∂y/∂v = s, and no gradient reaches the norm.
+#include "autograd/dispatch.h"
+#include "autograd/ops.h"
+
+namespace bcos {
+
+using namespace detail;
+
+Tensor bcos_patch_sumsq(const Tensor& x, IntPair kernel, IntPair stride, IntPair padding,
+                        IntPair dilation, int64_t groups) {
+  const char* op = "bcos_patch_sumsq";
+  check_defined(op, x, "input");
+  check_float(op, x);
+  require_cpu(op, x);
+  BCOS_CHECK(x.dim() == 4, op, ": expected a 4-D input [N, C, H, W], got shape ", x.shape());
+  BCOS_CHECK(groups >= 1 && x.size(1) % groups == 0, op, ": groups = ", groups,
+             " must divide the ", x.size(1), " channels of input ", x.shape());
+  BCOS_CHECK(kernel.h > 0 && kernel.w > 0 && stride.h > 0 && stride.w > 0 && dilation.h > 0 &&
+                 dilation.w > 0 && padding.h >= 0 && padding.w >= 0,
+             op, ": kernel, stride and dilation must be positive and padding non-negative");
+  cpu::Pool2dParams p;
+  p.kernel[0] = kernel.h, p.kernel[1] = kernel.w;
+  p.stride[0] = stride.h, p.stride[1] = stride.w;
+  p.padding[0] = padding.h, p.padding[1] = padding.w;
+  p.dilation[0] = dilation.h, p.dilation[1] = dilation.w;
+  auto out_size = [](int64_t in, int64_t k, int64_t s, int64_t pad, int64_t d) {
+    int64_t span = in + 2 * pad - d * (k - 1) - 1;
+    return span < 0 ? 0 : span / s + 1;
+  };
+  const int64_t ho = out_size(x.size(2), kernel.h, stride.h, padding.h, dilation.h);
+  const int64_t wo = out_size(x.size(3), kernel.w, stride.w, padding.w, dilation.w);
+  BCOS_CHECK(ho > 0 && wo > 0, op, ": input ", x.shape(), " is too small for kernel (", kernel.h,
+             ", ", kernel.w, ") with this padding and dilation");
+  // x: [N, C, H, W] -> [N, G, Ho, Wo]
+  Tensor out = empty({x.size(0), groups, ho, wo}, {x.dtype(), x.device()});
+  cpu::bcos_patch_sumsq(x, groups, p, out);
+  if (needs_graph({x})) {
+    SavedTensor sx(x);
+    record("BcosPatchSumsqBackward", out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
+      Tensor gx = empty(sx.get().shape(), {g.dtype(), g.device()});
+      cpu::bcos_patch_sumsq_backward(g, sx.get(), groups, p, gx);
+      return Grads{gx};
+    });
+  }
+  return out;
+}
+
+Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_out,
+                  double eps_in, double eps_out) {
+  const char* op = "bcos_scale";
+  check_defined(op, lin, "linear output");
+  check_float(op, lin);
+  require_cpu(op, lin);
+  BCOS_CHECK(lin.dim() >= 2, op, ": expected the linear output [N, O·M, *], got ", lin.shape());
+  BCOS_CHECK(b >= 1, op, ": b must be at least 1, got ", b);
+  BCOS_CHECK(max_out >= 1 && max_out <= 255 && lin.size(1) % max_out == 0, op, ": max_out = ",
+             max_out, " must be in [1, 255] and divide the ", lin.size(1),
+             " channels of the linear output ", lin.shape());
+  const int64_t outputs = lin.size(1) / max_out;
+  const bool scaled = b != 1;
+  if (scaled) {
+    check_defined(op, sumsq, "squared input norm");
+    check_same_dtype(op, lin, sumsq);
+    check_same_device(op, lin, sumsq);
+    Shape expect = lin.shape();
+    expect[1] = sumsq.dim() >= 2 ? sumsq.size(1) : -1;
+    BCOS_CHECK(sumsq.shape() == expect && outputs % sumsq.size(1) == 0, op,
+               ": squared norms ", sumsq.shape(), " do not fit the linear output ", lin.shape(),
+               " (need [N, G, *] with G dividing the ", outputs, " output channels)");
+  }
+  if (!scaled && max_out == 1) return lin;
+  Shape out_shape = lin.shape();
+  out_shape[1] = outputs;
+  // Kernels see [N, O·M, S]: all trailing dims flattened.
+  const int64_t n = lin.size(0), spatial = lin.numel() / std::max<int64_t>(n * lin.size(1), 1);
+  Tensor l = lin.contiguous(), q = scaled ? sumsq.contiguous() : Tensor();
+  Tensor out = empty(out_shape, {lin.dtype(), lin.device()});
+  Tensor value = l, argmax;
+  if (max_out > 1) {
+    value = empty(out_shape, {lin.dtype(), lin.device()});
+    argmax = empty(out_shape, {DType::u8, lin.device()});
+  }
+  auto as3 = [n, spatial](const Tensor& t, int64_t c) { return t.alias({n, c, spatial}, {c * spatial, spatial, 1}, t.offset()); };
+  cpu::BcosScaleParams p;
+  p.b = b, p.max_out = max_out, p.eps_in = eps_in, p.eps_out = eps_out;
+  cpu::bcos_scale_forward(as3(l, lin.size(1)), scaled ? as3(q, q.size(1)) : Tensor(), p,
+                          as3(out, outputs), max_out > 1 ? as3(value, outputs) : Tensor(),
+                          max_out > 1 ? as3(argmax, outputs) : Tensor());
+  if (needs_graph({lin, sumsq})) {
+    const bool explain = explanation_mode();
+    SavedTensor sv(value), sq(q), sa(argmax);
+    const Shape lin_shape = lin.shape();
+    const int64_t groups = scaled ? q.size(1) : 1, channels = lin.size(1);
+    record("BcosScaleBackward", out, {lin, sumsq}, [=](const Tensor& g, const std::vector<bool>& need) {
+      Tensor gl = empty(lin_shape, {g.dtype(), g.device()});
+      Tensor gq;
+      if (scaled && need[1] && !explain) gq = empty({n, groups, spatial}, {g.dtype(), g.device()});
+      Tensor gc = g.contiguous();
+      cpu::bcos_scale_backward(gc.alias({n, outputs, spatial}, {outputs * spatial, spatial, 1}, gc.offset()),
+                               as3(sv.get(), max_out > 1 ? outputs : channels),
+                               scaled ? sq.get().alias({n, groups, spatial}, {groups * spatial, spatial, 1}, sq.get().offset()) : Tensor(),
+                               max_out > 1 ? sa.get().alias({n, outputs, spatial}, {outputs * spatial, spatial, 1}, sa.get().offset()) : Tensor(),
+                               p, explain, gl.alias({n, channels, spatial}, {channels * spatial, spatial, 1}, 0), gq);
+      if (gq.defined()) {
+        Shape qs = lin_shape;
+        qs[1] = groups;
+        gq = gq.alias(qs, contiguous_strides(qs), 0);
+      }
+      return Grads{gl, gq};
+    });
+  }
+  return out;
+}
+
+Tensor bcos_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, IntPair stride,
+                   IntPair padding, IntPair dilation, int64_t groups, double b, int64_t max_out) {
+  BCOS_CHECK(!weight.defined() || weight.dim() != 4 || weight.size(0) % (max_out * groups) == 0,
+             "bcos_conv2d: weight ", weight.shape(), " has ", weight.size(0),
+             " output channels, which must be a multiple of max_out (", max_out,
+             ") times groups (", groups, ")");
+  Tensor lin = conv2d(x, weight, bias, stride, padding, dilation, groups);
+  if (b == 1) return bcos_scale(lin, Tensor(), b, max_out, 0, 0);
+  Tensor sumsq = bcos_patch_sumsq(x, {weight.size(2), weight.size(3)}, stride, padding, dilation, groups);
+  return bcos_scale(lin, sumsq, b, max_out, 1e-6, 0);
+}
+
+Tensor bcos_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, double b,
+                   int64_t max_out) {
+  Tensor lin = linear(x, weight, bias);  // x: [..., K] -> [..., O·M]
+  const int64_t k = x.size(-1), om = lin.size(-1), rows = lin.numel() / std::max<int64_t>(om, 1);
+  Tensor sumsq;
+  if (b != 1) sumsq = bcos_patch_sumsq(x.reshape({rows, k, 1, 1}), 1, 1, 0, 1, 1).reshape({rows, 1, 1});
+  Tensor y = bcos_scale(lin.reshape({rows, om, 1}), sumsq, b, max_out, 0, 1e-12);
+  Shape out_shape = x.shape();
+  out_shape[out_shape.size() - 1] = om / max_out;
+  return y.reshape(out_shape);
+}
+
+}  // namespace bcos

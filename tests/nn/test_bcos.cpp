@@ -1,0 +1,338 @@
+// B-cos layers: f64 gradchecks of the fused transforms over b, max_out, groups, stride, padding
+// and dilation; golden parity with the PyTorch reference in tools/golden/bcos.py (outputs,
+// gradients, and gradients in explanation mode); and the property explanations rest on: in
+// explanation mode the input gradient of a B-cos output is its explicit dynamic weight s · ŵ.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "autograd/gradcheck.h"
+#include "nn/bcos.h"
+#include "tests/golden.h"
+
+using namespace bcos;
+
+namespace {
+
+Tensor randn64(const Shape& s, uint64_t seed) {
+  manual_seed(seed);
+  return randn(s, DType::f64);
+}
+
+void expect_gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f, std::vector<Tensor> in,
+                      const std::string& what) {
+  for (auto& t : in) t.requires_grad_(true);
+  GradcheckResult r = gradcheck(f, in, 1e-6, 1e-6, 1e-4);
+  INFO(what, ": ", r.message);
+  CHECK(r.ok);
+}
+
+struct ConvCase {
+  int64_t c, o;
+  IntPair k, stride, padding, dilation;
+  int64_t groups;
+  double b;
+  int64_t m;
+  bool normalize, bias;
+};
+
+// The cases of tools/golden/bcos.py, with the same names and parameters.
+const std::map<std::string, ConvCase>& conv_cases() {
+  static const std::map<std::string, ConvCase> t = {
+      {"conv_b2", {4, 3, 3, 1, 1, 1, 1, 2, 1, true, false}},
+      {"conv_b1", {4, 3, 3, 1, 1, 1, 1, 1, 1, true, false}},
+      {"conv_b1.5", {4, 3, 3, 1, 1, 1, 1, 1.5, 1, true, false}},
+      {"conv_b2.5", {4, 3, 3, 1, 1, 1, 1, 2.5, 1, true, false}},
+      {"conv_m2_b2", {4, 3, 3, 1, 1, 1, 1, 2, 2, true, false}},
+      {"conv_m2_b1", {4, 3, 3, 1, 1, 1, 1, 1, 2, true, false}},
+      {"conv_stride2", {3, 4, 3, 2, 0, 1, 1, 2.5, 2, true, false}},
+      {"conv_dilation2", {3, 2, 3, 1, 2, 2, 1, 2, 1, false, false}},
+      {"conv_groups2", {4, 4, 3, 1, 1, 1, 2, 2, 2, true, false}},
+      {"conv_depthwise", {4, 4, 3, 1, 1, 1, 4, 1.5, 1, true, false}},
+      {"conv_rect", {3, 2, {3, 1}, {2, 1}, {1, 0}, 1, 1, 2, 1, true, false}},
+      {"conv_1x1", {5, 3, 1, 1, 0, 1, 1, 2, 1, false, false}},
+      {"conv_bias", {3, 2, 3, 1, 1, 1, 1, 2, 1, false, true}},
+  };
+  return t;
+}
+
+struct LinearCase {
+  double b;
+  int64_t m;
+  bool normalize, bias;
+};
+
+const std::map<std::string, LinearCase>& linear_cases() {
+  static const std::map<std::string, LinearCase> t = {
+      {"linear_b1_m1", {1, 1, true, false}},    {"linear_b1.5_m1", {1.5, 1, true, false}},
+      {"linear_b2_m1", {2, 1, true, false}},    {"linear_b2.5_m1", {2.5, 1, true, false}},
+      {"linear_b1_m2", {1, 2, true, false}},    {"linear_b2_m2", {2, 2, true, false}},
+      {"linear_b2.5_m2", {2.5, 2, false, false}}, {"linear_b2_bias", {2, 1, false, true}},
+  };
+  return t;
+}
+
+Tensor unit_rows(const Tensor& w) {
+  Dims dims;
+  for (int64_t d = 1; d < w.dim(); ++d) dims.push_back(d);
+  return w / norm(w, 2, dims, true);
+}
+
+const golden::Fixtures& fixtures() {
+  static golden::Fixtures f(golden::golden_dir() + "/bcos.safetensors");
+  return f;
+}
+
+// Runs `fn` on the case's inputs (converted to dtype), checks the output, then the gradients
+// with the stored output gradient, normally and in explanation mode.
+void check_golden(const std::string& name, const std::vector<std::string>& inputs,
+                  const std::function<Tensor(const std::vector<Tensor>&)>& fn, DType dtype, double tol,
+                  const std::vector<std::string>& explained) {
+  const auto& fx = fixtures();
+  for (bool explain : {false, true}) {
+    if (explain && explained.empty()) continue;
+    std::vector<Tensor> in;
+    for (const auto& k : inputs) in.push_back(fx[name + "." + k].to(dtype).requires_grad_(true));
+    ExplanationModeGuard guard(explain);
+    Tensor y = fn(in);
+    if (!explain) {
+      INFO(name, " output (", dtype, ")");
+      CHECK(golden::relative_error(y.to(DType::f32), fx[name + ".out"]) <= tol);
+    }
+    sum(y * fx[name + ".gout"].to(dtype)).backward();
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      std::string key = name + ".g" + inputs[i] + (explain ? "_explain" : "");
+      if (explain && std::find(explained.begin(), explained.end(), inputs[i]) == explained.end()) continue;
+      INFO(key, " (", dtype, ")");
+      REQUIRE(fx.has(key));
+      CHECK(golden::relative_error(in[i].grad().to(DType::f32), fx[key]) <= tol);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("bcos: gradcheck of the B-cos linear map over b and max_out") {
+  for (double b : {1.0, 1.5, 2.0, 2.5})
+    for (int64_t m : {1, 2})
+      for (bool bias : {false, true}) {
+        std::vector<Tensor> in = {randn64({3, 2, 5}, 11), randn64({3 * m, 5}, 12)};
+        if (bias) in.push_back(randn64({3 * m}, 13));
+        expect_gradcheck([&](const std::vector<Tensor>& t) {
+          return bcos_linear(t[0], unit_rows(t[1]), bias ? t[2] : Tensor(), b, m);
+        }, in, str("linear b=", b, " max_out=", m, " bias=", bias));
+      }
+}
+
+TEST_CASE("bcos: gradcheck of the B-cos conv over b, max_out, groups, stride, padding, dilation") {
+  struct G {
+    int64_t c, o;
+    IntPair k, stride, padding, dilation;
+    int64_t groups;
+  };
+  const std::vector<G> geometries = {
+      {2, 2, 3, 1, 1, 1, 1},       {3, 2, 3, 2, 0, 1, 1},  {2, 2, 3, 1, 2, 2, 1},
+      {4, 2, 3, 1, 1, 1, 2},       {2, 2, {3, 2}, {2, 1}, {1, 0}, {1, 2}, 2},
+      {3, 2, 1, 1, 0, 1, 1},
+  };
+  for (const G& g : geometries)
+    for (double b : {1.0, 1.5, 2.0, 2.5})
+      for (int64_t m : {1, 2}) {
+        std::vector<Tensor> in = {randn64({2, g.c, 5, 4}, 21), randn64({g.o * m, g.c / g.groups, g.k.h, g.k.w}, 22)};
+        expect_gradcheck([&](const std::vector<Tensor>& t) {
+          return bcos_conv2d(t[0], unit_rows(t[1]), Tensor(), g.stride, g.padding, g.dilation, g.groups, b, m);
+        }, in, str("conv c=", g.c, " k=", g.k.h, "x", g.k.w, " stride ", g.stride.h, " pad ", g.padding.h,
+                   " dil ", g.dilation.h, " groups ", g.groups, " b=", b, " max_out=", m));
+      }
+}
+
+TEST_CASE("bcos: gradcheck of the patch norm and the scale on their own") {
+  expect_gradcheck([](const std::vector<Tensor>& t) { return bcos_patch_sumsq(t[0], 3, 2, 1, 1, 2); },
+                   {randn64({2, 4, 6, 5}, 31)}, "patch_sumsq 3x3 stride 2 groups 2");
+  expect_gradcheck([](const std::vector<Tensor>& t) { return bcos_patch_sumsq(t[0], {2, 3}, 1, {1, 2}, {2, 1}, 1); },
+                   {randn64({1, 3, 5, 6}, 32)}, "patch_sumsq 2x3 dilated");
+  for (double b : {1.5, 2.0, 2.5})
+    expect_gradcheck([b](const std::vector<Tensor>& t) { return bcos_scale(t[0], square(t[1]) + 0.5, b, 2, 1e-6, 0); },
+                     {randn64({2, 4, 3}, 33), randn64({2, 1, 3}, 34)}, str("bcos_scale b=", b));
+}
+
+TEST_CASE("bcos: golden parity of the B-cos linear map with the PyTorch reference") {
+  for (const auto& [name, c] : linear_cases())
+    for (DType dt : {DType::f32, DType::f64}) {
+      std::vector<std::string> in = {"x", "w"};
+      if (c.bias) in.push_back("bias");
+      auto fn = [c](const std::vector<Tensor>& t) {
+        return bcos_linear(t[0], c.normalize ? unit_rows(t[1]) : t[1], c.bias ? t[2] : Tensor(), c.b, c.m);
+      };
+      check_golden(name, in, fn, dt, dt == DType::f32 ? 1e-5 : 1e-6, {"x", "w"});
+    }
+}
+
+TEST_CASE("bcos: golden parity of the B-cos conv with the PyTorch reference") {
+  for (const auto& [name, c] : conv_cases())
+    for (DType dt : {DType::f32, DType::f64}) {
+      std::vector<std::string> in = {"x", "w"};
+      if (c.bias) in.push_back("bias");
+      auto fn = [c](const std::vector<Tensor>& t) {
+        return bcos_conv2d(t[0], c.normalize ? unit_rows(t[1]) : t[1], c.bias ? t[2] : Tensor(), c.stride,
+                           c.padding, c.dilation, c.groups, c.b, c.m);
+      };
+      check_golden(name, in, fn, dt, dt == DType::f32 ? 1e-5 : 1e-6, {"x", "w"});
+    }
+}
+
+TEST_CASE("bcos: every golden case of the fixture file is tested") {
+  std::set<std::string> known = {"bnu_train", "bnu_eval", "bnu_nobias_train", "dln", "dgelu", "bce", "agc"};
+  for (const auto& [name, c] : conv_cases()) known.insert(name);
+  for (const auto& [name, c] : linear_cases()) known.insert(name);
+  for (const std::string& key : fixtures().keys()) {
+    // Case names may contain dots (b1.5): the field is the part after the last dot.
+    std::string case_name = key.substr(0, key.rfind('.'));
+    INFO(key);
+    CHECK(known.count(case_name) == 1);
+  }
+}
+
+TEST_CASE("bcos: in explanation mode the input gradient of BcosLinear is its dynamic weight s · ŵ") {
+  for (double b : {2.0, 2.5})
+    for (int64_t m : {1, 2}) {
+      manual_seed(41);
+      nn::BcosLinear layer(6, 4, {b, m, true, false});
+      Tensor x = randn({5, 6}, DType::f32).requires_grad_(true);
+      Tensor w_hat = layer.effective_weight().detach();  // [4·m, 6]
+      for (int64_t r = 0; r < 5; ++r)
+        for (int64_t o = 0; o < 4; ++o) {
+          x.zero_grad();
+          ExplanationModeGuard explain;
+          Tensor y = layer(x);  // [5, 4]
+          y.select(0, r).select(0, o).backward();
+          // The explicit dynamic weight: the winning row of the max-out group, scaled by s.
+          Tensor xr = x.detach().select(0, r);
+          Tensor lin = matmul(w_hat, xr);  // [4·m]
+          int64_t best = o * m;
+          for (int64_t k = 1; k < m; ++k)
+            if (lin.select(0, o * m + k).item() > lin.select(0, best).item()) best = o * m + k;
+          const double v = lin.select(0, best).item(), n = std::sqrt(sum(xr * xr).item()) + 1e-12;
+          const double s = b == 2 ? std::abs(v) / n : std::pow(std::abs(v / n) + 1e-6, b - 1);
+          Tensor expected = w_hat.select(0, best) * s;
+          INFO("b=", b, " max_out=", m, " row ", r, " output ", o);
+          CHECK(golden::relative_error(x.grad().select(0, r), expected) <= 1e-6);
+          // Rows other than r get nothing, and W(x) · x gives the output back.
+          CHECK(sum(abs(x.grad())).item() == doctest::Approx(sum(abs(expected)).item()).epsilon(1e-6));
+          CHECK(sum(x.grad().select(0, r) * xr).item() == doctest::Approx(y.detach().select(0, r).select(0, o).item()).epsilon(1e-5));
+        }
+    }
+}
+
+namespace {
+void load_into(Tensor& param, const Tensor& value) {
+  NoGradGuard no_grad;
+  param.copy_(value);
+}
+
+// One BatchNormUncentered2d case: forward in the case's mode, gradients, updated statistics.
+void check_bnu(const std::string& name, bool training, bool with_bias, bool explain) {
+  const auto& fx = fixtures();
+  nn::BatchNormUncentered2d bn(3, 1e-5, 0.1, with_bias);
+  load_into(bn.weight, fx[name + ".weight"]);
+  if (with_bias) load_into(bn.bias, fx[name + ".bias"]);
+  load_into(bn.running_mean, fx[name + ".running_mean"]);
+  load_into(bn.running_var, fx[name + ".running_var"]);
+  training ? bn.train() : bn.eval();
+  Tensor x = fx[name + ".x"].clone().requires_grad_(true);
+  ExplanationModeGuard guard(explain);
+  Tensor y = bn(x);
+  sum(y * fx[name + ".gout"]).backward();
+  INFO(name, explain ? " (explanation mode)" : "");
+  CHECK(golden::relative_error(y.detach(), fx[name + ".out"]) <= 1e-6);
+  CHECK(golden::relative_error(x.grad(), fx[name + (explain ? ".gx_explain" : ".gx")]) <= 1e-5);
+  if (explain) return;
+  CHECK(golden::relative_error(bn.weight.grad(), fx[name + ".gweight"]) <= 1e-5);
+  if (with_bias) CHECK(golden::relative_error(bn.bias.grad(), fx[name + ".gbias"]) <= 1e-5);
+  if (training) {
+    CHECK(golden::relative_error(bn.running_mean, fx[name + ".running_mean_after"]) <= 1e-6);
+    CHECK(golden::relative_error(bn.running_var, fx[name + ".running_var_after"]) <= 1e-6);
+    CHECK(bn.num_batches_tracked.item<int64_t>() == 1);
+  }
+}
+}  // namespace
+
+TEST_CASE("bcos: BatchNormUncentered2d matches the reference (train, eval, no bias, explanation mode)") {
+  for (bool explain : {false, true}) {
+    check_bnu("bnu_train", true, true, explain);
+    check_bnu("bnu_nobias_train", true, false, explain);
+  }
+  check_bnu("bnu_eval", false, true, false);
+  // A plain function of x: gradcheck in f64 (training mode, through the batch variance).
+  nn::BatchNormUncentered2d bn(2);
+  bn.to(DType::f64);
+  expect_gradcheck([&](const std::vector<Tensor>& t) { return bn(t[0]); }, {randn64({3, 2, 2, 2}, 51)},
+                   "BatchNormUncentered2d");
+}
+
+TEST_CASE("bcos: DetachableLayerNorm and DetachableGELU match the reference") {
+  const auto& fx = fixtures();
+  for (bool explain : {false, true}) {
+    nn::DetachableLayerNorm ln(8);
+    load_into(ln.weight, fx["dln.weight"]);
+    load_into(ln.bias, fx["dln.bias"]);
+    Tensor x = fx["dln.x"].clone().requires_grad_(true);
+    ExplanationModeGuard guard(explain);
+    Tensor y = ln(x);
+    sum(y * fx["dln.gout"]).backward();
+    INFO("layer norm, explain = ", explain);
+    CHECK(golden::relative_error(y.detach(), fx["dln.out"]) <= 1e-6);
+    CHECK(golden::relative_error(x.grad(), fx[explain ? "dln.gx_explain" : "dln.gx"]) <= 1e-5);
+    if (!explain) {
+      CHECK(golden::relative_error(ln.weight.grad(), fx["dln.gweight"]) <= 1e-5);
+      CHECK(golden::relative_error(ln.bias.grad(), fx["dln.gbias"]) <= 1e-5);
+    }
+    nn::DetachableGELU act;
+    Tensor z = fx["dgelu.x"].clone().requires_grad_(true);
+    Tensor a = act(z);
+    sum(a * fx["dgelu.gout"]).backward();
+    INFO("GELU, explain = ", explain);
+    CHECK(golden::relative_error(a.detach(), fx["dgelu.out"]) <= 1e-6);
+    CHECK(golden::relative_error(z.grad(), fx[explain ? "dgelu.gx_explain" : "dgelu.gx"]) <= 1e-5);
+  }
+  // Explanation mode changes only the backward: the outputs are the same, and gelu(0) stays 0.
+  ExplanationModeGuard explain;
+  nn::DetachableGELU act;
+  Tensor zero = zeros({3});
+  CHECK(sum(abs(act(zero))).item() == 0);
+  nn::DetachableLayerNorm ln(5);
+  ln.to(DType::f64);
+  ExplanationModeGuard normal(false);
+  expect_gradcheck([&](const std::vector<Tensor>& t) { return ln(t[0]); }, {randn64({3, 5}, 52)}, "DetachableLayerNorm");
+}
+
+TEST_CASE("bcos: UniformOffLabelsBCE, LogitLayer and adaptive gradient clipping") {
+  const auto& fx = fixtures();
+  Tensor logits = fx["bce.logits"].clone().requires_grad_(true);
+  Tensor loss = nn::UniformOffLabelsBCE()(logits, fx["bce.target"]);
+  loss.backward();
+  CHECK(golden::relative_error(loss.detach(), fx["bce.loss"]) <= 1e-6);
+  CHECK(golden::relative_error(logits.grad(), fx["bce.glogits"]) <= 1e-5);
+  CHECK_THROWS_WITH_AS(nn::uniform_off_labels_bce(zeros({4, 3}), zeros({5}, DType::i64)),
+                       doctest::Contains("uniform_off_labels_bce"), Error);
+
+  nn::LogitLayer logit(std::nullopt, nn::default_logit_bias(10));
+  CHECK(logit(zeros({1})).item() == doctest::Approx(-std::log(9.0)));
+  CHECK(nn::LogitLayer(2.0, 1.0)(full({1}, 4.0)).item() == doctest::Approx(3.0));
+  CHECK(logit.named_parameters().empty());
+
+  std::vector<Tensor> params;
+  for (int i = 0; i < 3; ++i) {
+    Tensor p = fx[str("agc.p", i)].clone().requires_grad_(true);
+    sum(p * fx[str("agc.g", i)]).backward();  // sets p.grad = g
+    params.push_back(p);
+  }
+  params.push_back(zeros({2}).requires_grad_(true));  // no gradient: skipped
+  nn::adaptive_clip_grad_(params, 0.01, 1e-3);
+  for (int i = 0; i < 3; ++i) {
+    INFO("parameter ", i);
+    CHECK(golden::relative_error(params[size_t(i)].grad(), fx[str("agc.clipped", i)]) <= 1e-6);
+  }
+}
