@@ -103,7 +103,7 @@ std::shared_ptr<nn::Sequential> ResNet::make_stage(bool bottleneck, int64_t plan
 }
 
 Tensor ResNet::features(const Tensor& x) {
-  BCOS_CHECK(x.dim() == 4 && x.size(1) == 3, "ResNet: expected images [N, 3, H, W], got ", x.shape());
+  BCOS_CHECK(x.dim() == 4, "ResNet: expected images [N, C, H, W], got ", x.shape());
   Tensor y = (*maxpool)((*relu)((*bn1)((*conv1)(x))));
   for (auto& stage : stages) y = stage->forward(y);
   return y;
@@ -170,12 +170,16 @@ CifarResNet::CifarResNet(int64_t depth, int64_t num_classes) : nn::Module("ResNe
   }
 }
 
-Tensor CifarResNet::forward(const Tensor& x) {
-  BCOS_CHECK(x.dim() == 4 && x.size(1) == 3, "CIFAR ResNet: expected images [N, 3, H, W], got ", x.shape());
+Tensor CifarResNet::features(const Tensor& x) {
+  BCOS_CHECK(x.dim() == 4, "CIFAR ResNet: expected images [N, C, H, W], got ", x.shape());
   Tensor y = (*relu)((*bn1)((*conv1)(x)));
   for (auto& stage : stages) y = stage->forward(y);
-  y = mean(y, {2, 3});  // the reference's avg_pool2d over the whole (square) map
-  return (*linear)(y);
+  return y;
+}
+
+Tensor CifarResNet::forward(const Tensor& x) {
+  // mean: the reference's avg_pool2d over the whole (square) map
+  return (*linear)(mean(features(x), {2, 3}));
 }
 
 }  // namespace bcos::models

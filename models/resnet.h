@@ -90,6 +90,7 @@ class CifarResNet : public nn::Module {
   // depth = 6n + 2: 20, 32, 44, 56, 110.
   explicit CifarResNet(int64_t depth, int64_t num_classes = 10);
   Tensor forward(const Tensor& x) override;
+  Tensor features(const Tensor& x);  // the trunk: [N, 3, H, W] -> [N, 64, H/4, W/4]
   std::shared_ptr<nn::Module> conv1, bn1, relu, linear;
   std::vector<std::shared_ptr<nn::Module>> stages = std::vector<std::shared_ptr<nn::Module>>(3);  // layer1..3
 };

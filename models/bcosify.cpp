@@ -1,0 +1,168 @@
+// B-cosification of ResNets (see bcosify.h).
+#include "models/bcosify.h"
+
+#include <cmath>
+
+#include "models/resnet.h"
+#include "nn/layers.h"
+#include "nn/linear.h"
+#include "nn/norm.h"
+
+namespace bcos::models {
+
+using nn::Module;
+
+InverseNormalize::InverseNormalize(const std::vector<float>& mean, const std::vector<float>& std)
+    : Module("InverseNormalize") {
+  BCOS_CHECK(mean.size() == 3 && std.size() == 3, "InverseNormalize: need 3 means and 3 stds, got ", mean.size(),
+             " and ", std.size());
+  // Channel c:     (x − μ) / σ             = ((1 − μ) · x − μ · (1 − x)) / σ
+  // Channel c + 3: ((1 − x) − (1 − μ)) / σ = (μ · (1 − x) − (1 − μ) · x) / σ
+  std::vector<float> w(36, 0.0f);
+  for (int c = 0; c < 3; ++c) {
+    BCOS_CHECK(std[size_t(c)] > 0, "InverseNormalize: std must be positive, got ", std[size_t(c)]);
+    const float mu = mean[size_t(c)], sigma = std[size_t(c)];
+    w[size_t(c * 6 + c)] = (1 - mu) / sigma, w[size_t(c * 6 + c + 3)] = -mu / sigma;
+    w[size_t((c + 3) * 6 + c)] = -(1 - mu) / sigma, w[size_t((c + 3) * 6 + c + 3)] = mu / sigma;
+  }
+  register_buffer("weight", weight, from_vector(w, {6, 6, 1, 1}));
+}
+
+Tensor InverseNormalize::forward(const Tensor& x6) {
+  BCOS_CHECK(x6.dim() == 4 && x6.size(1) == 6, "InverseNormalize: expected (x, 1 − x) [N, 6, H, W], got ", x6.shape());
+  return conv2d(x6, weight.to(x6.dtype()));
+}
+
+BcosClassifier::BcosClassifier(std::shared_ptr<Module> n, std::shared_ptr<Module> m, std::shared_ptr<Module> l)
+    : Module("BcosClassifier") {
+  register_module("normalize", normalize, std::move(n));
+  register_module("model", model, std::move(m));
+  register_module("logit", logit, std::move(l));
+}
+
+Tensor BcosClassifier::forward(const Tensor& x6) {
+  BCOS_CHECK(x6.dim() == 4 && x6.size(1) == 6, "BcosClassifier: expected (x, 1 − x) [N, 6, H, W] (add_inverse of "
+             "images in [0, 1]), got ", x6.shape());
+  Tensor z = (*normalize)(x6);
+  Tensor y;
+  if (auto* r = dynamic_cast<ResNet*>(model.get())) {
+    y = mean((*r->fc)(r->features(z)), {2, 3});  // the 1×1 B-cos head, then global average pooling
+  } else if (auto* c = dynamic_cast<CifarResNet*>(model.get())) {
+    y = mean((*c->linear)(c->features(z)), {2, 3});
+  } else {
+    y = (*model)(z);
+  }
+  return (*logit)(y);
+}
+
+namespace {
+
+void copy_param(Tensor dst, const Tensor& src) {  // dst: a handle to the parameter (shares storage)
+  NoGradGuard no_grad;
+  BCOS_CHECK(dst.shape() == src.shape(), "bcosify: internal shape mismatch ", dst.shape(), " vs ", src.shape());
+  dst.copy_(src);
+}
+
+nn::BcosOptions bcos_options(const BcosifyOptions& o, bool had_bias) {
+  nn::BcosOptions b;
+  b.b = o.b;
+  b.normalize_weights = false;  // B-cosification keeps the pretrained weights as they are
+  b.bias = o.keep_bias && had_bias;
+  return b;
+}
+
+// conv: a Conv2d; stem: it reads the image, so it takes x₆ with W₆ = [W, −W] / 2.
+std::shared_ptr<Module> convert_conv(const nn::Conv2d& conv, const BcosifyOptions& o, bool stem) {
+  nn::BcosConv2dOptions opt{conv.options.stride, conv.options.padding, conv.options.dilation, conv.options.groups,
+                            bcos_options(o, conv.bias.defined())};
+  BCOS_CHECK(!stem || conv.options.groups == 1, "bcosify: the first conv must not be grouped");
+  auto b = std::make_shared<nn::BcosConv2d>(stem ? 2 * conv.in_channels : conv.in_channels, conv.out_channels,
+                                            conv.kernel_size, opt);
+  Tensor w = conv.weight.detach();
+  copy_param(b->weight, stem ? cat({w, -w}, 1) * 0.5 : w);
+  if (b->bias.defined()) copy_param(b->bias, conv.bias.detach());
+  return b;
+}
+
+// The classifier head: Linear(C, K) -> 1×1 BcosConv2d(C, K), applied before pooling.
+std::shared_ptr<Module> convert_head(const nn::Linear& fc, const BcosifyOptions& o) {
+  auto b = std::make_shared<nn::BcosConv2d>(fc.in_features, fc.out_features, 1,
+                                            nn::BcosConv2dOptions{1, 0, 1, 1, bcos_options(o, fc.bias.defined())});
+  copy_param(b->weight, fc.weight.detach().reshape({fc.out_features, fc.in_features, 1, 1}));
+  if (b->bias.defined()) copy_param(b->bias, fc.bias.detach());
+  return b;
+}
+
+std::shared_ptr<Module> convert_bn(const nn::BatchNorm2d& bn, const BcosifyOptions& o) {
+  BCOS_CHECK(bn.weight.defined() && bn.running_mean.defined(), "bcosify: BatchNorm2d without affine parameters or "
+             "running statistics is not supported");
+  auto u = std::make_shared<nn::BatchNormUncentered2d>(bn.num_features, bn.eps, bn.momentum, o.keep_bias);
+  NoGradGuard no_grad;
+  copy_param(u->weight, bn.weight.detach());
+  copy_param(u->running_mean, bn.running_mean);
+  copy_param(u->running_var, bn.running_var);
+  copy_param(u->num_batches_tracked, bn.num_batches_tracked);
+  if (u->bias.defined())  // β′ = β − γ μ / sqrt(var + eps): the centring folded into the shift
+    copy_param(u->bias, bn.bias.detach() - bn.weight.detach() * bn.running_mean * rsqrt(bn.running_var + bn.eps));
+  return u;
+}
+
+// Replaces every Conv2d, BatchNorm2d and MaxPool2d below `m` (the stem and head are done first).
+void convert_tree(Module& m, const BcosifyOptions& o) {
+  std::vector<std::string> names;
+  for (const auto& [name, child] : m.children()) names.push_back(name);
+  for (const std::string& name : names) {
+    std::shared_ptr<Module> child = m.child(name);
+    if (auto* conv = dynamic_cast<nn::Conv2d*>(child.get())) {
+      m.replace_child(name, convert_conv(*conv, o, false));
+    } else if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(child.get())) {
+      m.replace_child(name, convert_bn(*bn, o));
+    } else if (dynamic_cast<nn::MaxPool2d*>(child.get())) {
+      if (!o.keep_maxpool) m.replace_child(name, std::make_shared<nn::AvgPool2d>(3, 2, 1));
+    } else if (dynamic_cast<nn::Linear*>(child.get())) {
+      fail("bcosify: unexpected Linear '", name, "' inside a ResNet (only the classifier head is converted)");
+    } else {
+      convert_tree(*child, o);
+    }
+  }
+}
+
+int64_t head_classes(const Module& head) {
+  auto* fc = dynamic_cast<const nn::Linear*>(&head);
+  BCOS_CHECK(fc, "bcosify: the classifier head is a ", head.type_name(), ", expected a Linear");
+  return fc->out_features;
+}
+
+}  // namespace
+
+std::shared_ptr<BcosClassifier> bcosify(std::shared_ptr<Module> model, const BcosifyOptions& o) {
+  BCOS_CHECK(model, "bcosify: the model is null");
+  BCOS_CHECK(o.b >= 1, "bcosify: b must be at least 1, got ", o.b);
+  BCOS_CHECK(o.mean.size() == 3 && o.std.size() == 3, "bcosify: the model's input normalisation (3 means and 3 "
+             "stds) is needed to build the 6-channel input; got ", o.mean.size(), " and ", o.std.size());
+  const bool training = model->is_training();
+  const DType dtype = model->named_parameters().empty() ? DType::f32 : model->named_parameters()[0].second.dtype();
+  int64_t classes = 0;
+  // The stem (first conv) and the head (last Linear) get their special conversions; the rest
+  // is generic.
+  if (auto* r = dynamic_cast<ResNet*>(model.get())) {
+    classes = head_classes(*r->fc);
+    r->replace_child("conv1", convert_conv(dynamic_cast<nn::Conv2d&>(*r->conv1), o, true));
+    r->replace_child("fc", convert_head(dynamic_cast<nn::Linear&>(*r->fc), o));
+  } else if (auto* c = dynamic_cast<CifarResNet*>(model.get())) {
+    classes = head_classes(*c->linear);
+    c->replace_child("conv1", convert_conv(dynamic_cast<nn::Conv2d&>(*c->conv1), o, true));
+    c->replace_child("linear", convert_head(dynamic_cast<nn::Linear&>(*c->linear), o));
+  } else {
+    fail("bcosify: ", model->type_name(), " is not supported (torchvision ResNets and the CIFAR ResNets are)");
+  }
+  convert_tree(*model, o);
+  const double logit_bias = o.logit_bias.value_or(o.keep_bias ? 0.0 : nn::default_logit_bias(classes));
+  auto result = std::make_shared<BcosClassifier>(std::make_shared<InverseNormalize>(o.mean, o.std), model,
+                                                 std::make_shared<nn::LogitLayer>(std::nullopt, logit_bias));
+  result->to(dtype);
+  result->train(training);
+  return result;
+}
+
+}  // namespace bcos::models

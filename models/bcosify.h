@@ -1,0 +1,60 @@
+// B-cosification: rewrite a pretrained standard classifier into a B-cos network that computes
+// the same kind of function but is a dynamic linear map of its input, logits = W(x) · x, so
+// W(x) explains it (the B-cosification paper's recipe, for torchvision / CIFAR ResNets):
+//   - the input becomes x₆ = (x, 1 − x) for x in [0, 1]; the model's normalisation becomes a
+//     6-channel one (mean (μ, 1 − μ), std (σ, σ)), folded into an exactly *linear* per-pixel map of
+//     x₆ (using 1 = x_c + (1 − x_c)), and the first conv takes 6 channels: W₆ = [W, −W] / 2;
+//   - every Conv2d becomes a BcosConv2d with the pretrained (not unit-normalised) weights;
+//   - BatchNorm2d becomes BatchNormUncentered2d: γ and the running statistics copied, the shift
+//     β′ = β − γ · μ_run / sqrt(var_run + eps) (dropped with the other biases);
+//   - the max-pool becomes AvgPool2d(3, 2, 1); ReLUs stay;
+//   - the final Linear becomes a 1×1 B-cos conv applied before global average pooling, and a
+//     LogitLayer adds b = −ln(C − 1).
+// With keep_bias, keep_maxpool and b = 1 the converted model computes the original logits
+// exactly (the test that the conversion is right).
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "nn/bcos.h"
+#include "nn/module.h"
+
+namespace bcos::models {
+
+struct BcosifyOptions {
+  double b = 2;
+  bool keep_bias = false;     // keep conv / linear biases and the BN shifts β′
+  bool keep_maxpool = false;  // keep the stem's max-pool (not linear: breaks completeness)
+  // The input normalisation the model was trained with (3 values each; model_spec has them).
+  std::vector<float> mean, std;
+  // Added to the logits; default −ln(C − 1), or 0 when keep_bias (the original bias is kept).
+  std::optional<double> logit_bias;
+};
+
+// The 6-channel input normalisation as a bias-free 1×1 map: for x₆ = (x, 1 − x) it gives exactly
+// ((x − μ) / σ, ((1 − x) − (1 − μ)) / σ).  x₆: [N, 6, H, W] -> [N, 6, H, W]
+class InverseNormalize : public nn::Module {
+ public:
+  InverseNormalize(const std::vector<float>& mean, const std::vector<float>& std);
+  Tensor forward(const Tensor& x6) override;
+  Tensor weight;  // buffer [6, 6, 1, 1]
+};
+
+// A B-cosified classifier: x₆ [N, 6, H, W] (AddInverse of images in [0, 1]) -> logits [N, C].
+// Children: "normalize" (InverseNormalize), "model" (the converted network, its own parameter
+// names kept: model.conv1.weight, ...), "logit" (LogitLayer).
+class BcosClassifier : public nn::Module {
+ public:
+  BcosClassifier(std::shared_ptr<nn::Module> normalize, std::shared_ptr<nn::Module> model,
+                 std::shared_ptr<nn::Module> logit);
+  Tensor forward(const Tensor& x6) override;
+  std::shared_ptr<nn::Module> normalize, model, logit;
+};
+
+// Converts `model` (ResNet or CifarResNet from models/resnet.h; its modules are moved into the
+// result, so don't use `model` afterwards). Raises for other architectures.
+std::shared_ptr<BcosClassifier> bcosify(std::shared_ptr<nn::Module> model, const BcosifyOptions& options);
+
+}  // namespace bcos::models

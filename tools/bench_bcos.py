@@ -1,0 +1,352 @@
+#!/usr/bin/python3
+"""PyTorch side of bench/bcos: images/s and peak resident memory of the B-cosified CIFAR ResNet-20,
+torch (Debian's python3-torch) beside build/bench/bench_bcos, same machine, same run, same thread
+count. Each (framework, mode) runs in its own process, so peak memory is that configuration's
+alone. Modes:
+  train    the fine-tuning step: train mode, AddInverse of 3-channel images [B, 3, 32, 32] inside
+           the timed step, forward, BCE-with-logits against one-hot targets with off-labels
+           clamped to >= 1/10 (mean), backward, adaptive gradient clipping (clip 0.01, eps 1e-3)
+           on every parameter, AdamW (lr 1e-4, weight decay 0), zero_grad.
+  explain  eval mode with the dynamic scales detached (B-cos |lin| / norm, batch-norm 1/std):
+           forward of AddInverse(x), each sample's predicted-class logit summed, backward to the
+           6-channel input only (the parameters do not require grad), the input gradient read.
+Ratios are bcos / torch: above 1 means bcos.cpp is faster (images/s) or leaner (memory:
+torch / bcos).
+  bench/bcos [--threads N] [--seconds S] [--batch B] [--modes train,explain]
+
+The model is written here from the B-cos formulas (bcosify of tools/golden/models.py's
+CifarResNet(20), random init):
+  - every Conv2d -> B-cos conv, same raw weight (not unit-normalised), no bias, b = 2:
+      lin = conv2d(x, w);  n = sqrt(sum over the patch and channels of x^2 + 1e-6);
+      y = |lin| / n * lin
+  - input: AddInverse(x) = [x, 1 - x], normalised elementwise as (x6 - mu6) / sigma6 with
+    mu6 = (mu, 1 - mu), sigma6 = (sigma, sigma) (ImageNet mean / std); the first conv takes 6
+    channels with weight [W, -W] / 2
+  - every BatchNorm2d -> uncentred batch norm, y = gamma * x / sqrt(var + eps) (no beta; training:
+    biased batch variance, running stats updated as nn.BatchNorm2d does)
+  - ReLUs and option-A shortcuts kept
+  - the Linear -> 1x1 B-cos conv [10, 64, 1, 1] applied before global average pooling, then the
+    constant logit bias -ln(9)
+`--check` runs a small self-check of the conversion (float64): with b = 1 and the biases kept it
+reproduces the original model's eval logits; with b = 2 in explain mode every logit equals
+<d logit / d x6n, x6n> - ln 9 (dynamic linearity); the uncentred batch norm's running stats match
+nn.BatchNorm2d's.
+"""
+import argparse
+import copy
+import math
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+RESULT = re.compile(r"^images_per_s (\S+) peak_rss_mb (\S+)$")
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MODES = ("train", "explain")
+
+
+class BcosConv2d(nn.Module):
+    """B-cos conv with a raw (not unit-normalised) weight: lin = conv2d(x, w, bias); patch norm
+    n = sqrt(sum of x^2 over the patch and channels + 1e-6); y = scale * lin with scale |lin| / n for
+    b = 2, (|lin / n| + 1e-6) ** (b - 1) otherwise, none for b = 1; detached in explain mode."""
+
+    def __init__(self, weight, bias, stride, padding, dilation, groups, b):
+        super().__init__()
+        assert groups == 1 and tuple(dilation) == (1, 1), "patch norm via avg_pool2d: groups 1, dilation 1"
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.kernel = tuple(weight.shape[2:])
+        self.b = b
+        self.explain = False
+
+    def forward(self, x):
+        lin = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.b == 1:
+            return lin
+        sq = (x * x).sum(1, keepdim=True)
+        n = (F.avg_pool2d(sq, self.kernel, self.stride, self.padding, divisor_override=1) + 1e-6).sqrt()
+        if self.b == 2:
+            scale = lin.abs() / n
+        else:
+            scale = ((lin / n).abs() + 1e-6) ** (self.b - 1)
+        if self.explain:
+            scale = scale.detach()
+        return scale * lin
+
+
+class BatchNormUncentered2d(nn.Module):
+    """y = gamma * x / sqrt(var + eps) (+ beta if kept); x is not mean-subtracted. Training: biased
+    batch variance; running_mean / running_var (unbiased) updated as nn.BatchNorm2d does. Eval:
+    running_var. 1/sqrt(var + eps) detached in explain mode."""
+
+    def __init__(self, bn, keep_bias):
+        super().__init__()
+        self.weight = nn.Parameter(bn.weight.detach().clone())
+        self.bias = nn.Parameter(bn.bias.detach().clone()) if keep_bias else None
+        self.register_buffer("running_mean", bn.running_mean.detach().clone())
+        self.register_buffer("running_var", bn.running_var.detach().clone())
+        self.momentum, self.eps = bn.momentum, bn.eps
+        self.explain = False
+
+    def forward(self, x):
+        if self.training:
+            var = x.var(dim=(0, 2, 3), unbiased=False)
+            with torch.no_grad():
+                n = x.numel() // x.shape[1]
+                m = self.momentum
+                self.running_mean.mul_(1 - m).add_(x.mean(dim=(0, 2, 3)), alpha=m)
+                self.running_var.mul_(1 - m).add_(var * (n / (n - 1)), alpha=m)
+        else:
+            var = self.running_var
+        inv = (var + self.eps).rsqrt()
+        if self.explain:
+            inv = inv.detach()
+        y = x * (self.weight * inv).view(1, -1, 1, 1)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y
+
+
+class BcosCifarResNet(nn.Module):
+    """The converted CifarResNet; takes the 6-channel AddInverse(x) (un-normalised, in [0, 1]) and
+    normalises it elementwise, (x6 - mu6) / sigma6."""
+
+    def __init__(self, net, logit_bias):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean6", torch.tensor(MEAN + tuple(1 - m for m in MEAN)).view(1, 6, 1, 1))
+        self.register_buffer("std6", torch.tensor(STD + STD).view(1, 6, 1, 1))
+        self.logit_bias = logit_bias
+
+    def set_explain(self, on):
+        for m in self.modules():
+            if hasattr(m, "explain"):
+                m.explain = on
+        return self
+
+    def forward(self, x6):
+        net = self.net
+        out = F.relu(net.bn1(net.conv1((x6 - self.mean6) / self.std6)))
+        out = net.layer3(net.layer2(net.layer1(out)))  # CifarBlock.forward on the swapped modules
+        logits = F.adaptive_avg_pool2d(net.linear(out), 1).flatten(1)  # 1x1 B-cos conv, then pool
+        return logits + self.logit_bias if self.logit_bias else logits
+
+
+def cifar_resnet20(seed=0):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
+    from models import CifarResNet  # the same definition the golden fixtures use
+    torch.manual_seed(seed)
+    return CifarResNet(20)
+
+
+def bcosify(original, b=2.0, keep_bias=False, logit_bias=-math.log(9.0)):
+    """A B-cos copy of a CifarResNet (the original is left alone). b = 1 with keep_bias and no
+    logit bias gives back the original function on normalised inputs (see --check)."""
+    net = copy.deepcopy(original)
+
+    def conv_of(c, weight):
+        return BcosConv2d(weight, c.bias if keep_bias else None, c.stride, c.padding, c.dilation, c.groups, b)
+
+    def swap(module):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Conv2d):
+                setattr(module, name, conv_of(child, child.weight))
+            elif isinstance(child, nn.BatchNorm2d):
+                setattr(module, name, BatchNormUncentered2d(child, keep_bias))
+            else:
+                swap(child)
+
+    w = net.conv1.weight.detach()
+    net.conv1 = conv_of(net.conv1, torch.cat([w, -w], 1) / 2)  # 6 input channels: [W, -W] / 2
+    lin = net.linear
+    net.linear = BcosConv2d(lin.weight.detach().view(lin.out_features, lin.in_features, 1, 1),
+                            lin.bias if keep_bias else None, 1, 0, (1, 1), 1, b)
+    swap(net)
+    return BcosCifarResNet(net, logit_bias)
+
+
+def add_inverse(x):
+    return torch.cat([x, 1 - x], 1)
+
+
+def torch_child(mode, batch, seconds, threads):
+    """Runs in a child process: one configuration, prints the result line."""
+    torch.set_num_threads(threads)
+    model = bcosify(cifar_resnet20())
+    torch.manual_seed(1)
+    x = torch.rand(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    params = list(model.parameters())
+
+    if mode == "train":
+        model.train()
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+        target = F.one_hot(y, 10).float().clamp(min=1.0 / 10)
+
+        def unitwise_norm(t):
+            return t.norm(p=2) if t.dim() <= 1 else t.norm(p=2, dim=tuple(range(1, t.dim())), keepdim=True)
+
+        def step():
+            loss = F.binary_cross_entropy_with_logits(model(add_inverse(x)), target)
+            loss.backward()
+            with torch.no_grad():  # adaptive gradient clipping, clip 0.01, eps 1e-3
+                for p in params:
+                    max_norm = unitwise_norm(p).clamp(min=1e-3) * 0.01
+                    gn = unitwise_norm(p.grad)
+                    p.grad.copy_(torch.where(gn > max_norm, p.grad * (max_norm / gn.clamp(min=1e-6)), p.grad))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    else:
+        model.eval().set_explain(True)
+        for p in params:  # only the input gradient is wanted
+            p.requires_grad_(False)
+
+        def step():
+            x6 = add_inverse(x).requires_grad_()
+            logits = model(x6)
+            logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+            return x6.grad
+
+    for _ in range(2):  # warm-up
+        step()
+    iters, start = 0, time.perf_counter()
+    while iters < 2 or time.perf_counter() - start < seconds:
+        step()
+        iters += 1
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(f"images_per_s {iters * batch / elapsed:.2f} peak_rss_mb {peak:.1f}")
+
+
+def self_check():
+    """float64 checks of the conversion; prints each and exits non-zero on a failure."""
+    torch.set_num_threads(1)
+    ok = True
+
+    def report(name, err, tol):
+        nonlocal ok
+        ok &= err < tol
+        print(f"  {name:62s} max err {err:.2e}  {'ok' if err < tol else 'FAIL'}")
+
+    # 1. b = 1, biases kept, no logit bias: the original's eval logits on normalised inputs. The
+    #    uncentred BN equals nn.BatchNorm2d in eval only where running_mean = 0, so the BN weights,
+    #    biases and running variances are randomised but the running means are left at zero.
+    gen = torch.Generator().manual_seed(3)
+    original = cifar_resnet20()
+    with torch.no_grad():
+        for m in original.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+        original.linear.bias.copy_(torch.randn(10, generator=gen) * 0.1)
+    original = original.double().eval()
+    bcos = bcosify(original, b=1, keep_bias=True, logit_bias=0.0).double().eval()
+    # float64 constants: float32 rounds mu and 1 - mu apart (~1e-8)
+    bcos.mean6.copy_(torch.tensor(MEAN + tuple(1 - m for m in MEAN), dtype=torch.float64).view(1, 6, 1, 1))
+    bcos.std6.copy_(torch.tensor(STD + STD, dtype=torch.float64).view(1, 6, 1, 1))
+    x = torch.rand(4, 3, 32, 32, generator=gen, dtype=torch.float64)
+    xn = (x - torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(
+        STD, dtype=torch.float64).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ref, got = original(xn), bcos(add_inverse(x))
+    report("b=1 + biases: logits == CifarResNet(20)(normalised x), eval", (ref - got).abs().max().item(), 1e-10)
+
+    # 2. b = 2, no biases, explain mode (eval): each logit is linear in the normalised input with
+    #    the dynamic weights: logit + ln 9 = <d logit / d x6n, x6n> = <d logit / d x6, x6 - mu6>.
+    bcos = bcosify(cifar_resnet20()).double().eval().set_explain(True)
+    x6 = add_inverse(x).requires_grad_()
+    logits = bcos(x6)
+    cls = logits.argmax(1, keepdim=True)
+    picked = logits.gather(1, cls)
+    picked.sum().backward()
+    contrib = (x6.grad * (x6.detach() - bcos.mean6)).sum((1, 2, 3))
+    err = (contrib - (picked.detach().squeeze(1) + math.log(9.0))).abs().max().item()
+    report("b=2 explain: predicted logit + ln 9 == <grad, x6 - mu6> (rel.)", err / picked.abs().max().item(), 1e-9)
+    # (b = 2 B-cos layers are positively homogeneous of degree 1, so the identity above nearly
+    # holds without the detaching too; the gradients themselves must differ, though.)
+    g_explain = x6.grad.clone()
+    bcos.set_explain(False)
+    x6.grad = None
+    bcos(x6).gather(1, cls).sum().backward()
+    rel = ((x6.grad - g_explain).norm() / g_explain.norm()).item()
+    ok &= rel > 1e-2
+    print(f"  {'b=2: explain input gradient differs from the plain one':62s} rel. diff {rel:.2e}"
+          f"  {'ok' if rel > 1e-2 else 'FAIL'}")
+
+    # 3. uncentred BN, training: running stats as nn.BatchNorm2d's; output gamma * x / sqrt(var + eps)
+    bnu = bcosify(cifar_resnet20()).net.layer2[0].bn1.double().train()
+    c = bnu.weight.numel()
+    ref = nn.BatchNorm2d(c).double().train()
+    xb = torch.randn(8, c, 5, 5, generator=gen, dtype=torch.float64) + 0.7
+    y = bnu(xb)
+    ref(xb)
+    report("uncentred BN train: running_mean == nn.BatchNorm2d's",
+           (bnu.running_mean - ref.running_mean).abs().max().item(), 1e-12)
+    report("uncentred BN train: running_var == nn.BatchNorm2d's",
+           (bnu.running_var - ref.running_var).abs().max().item(), 1e-12)
+    want = xb / (xb.var(dim=(0, 2, 3), unbiased=False).view(1, -1, 1, 1) + 1e-5).sqrt()
+    report("uncentred BN train: output == x / sqrt(var + eps) (gamma = 1)", (y - want).abs().max().item(), 1e-12)
+    print("self-check", "passed" if ok else "FAILED")
+    sys.exit(0 if ok else 1)
+
+
+def measure(cmd, env):
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        sys.exit(f"bench/bcos: {' '.join(cmd)} failed:\n{out.stderr}")
+    lines = [l for l in out.stdout.splitlines() if RESULT.match(l)]
+    if len(lines) != 1:
+        sys.exit(f"bench/bcos: unexpected output from {' '.join(cmd)}:\n{out.stdout}")
+    m = RESULT.match(lines[0])
+    return float(m.group(1)), float(m.group(2))
+
+
+def main():
+    ap = argparse.ArgumentParser(description="B-cosified CIFAR ResNet-20: bcos.cpp beside PyTorch")
+    ap.add_argument("--binary", default="build/bench/bench_bcos")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--check", action="store_true", help="run the conversion self-check and exit")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.check:
+        self_check()
+    if a.child:
+        torch_child(a.child, a.batch, a.seconds, a.threads)
+        return
+    modes = [m for m in a.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        ap.error(f"unknown mode(s) {','.join(bad)}; choose from {','.join(MODES)}")
+    have_binary = os.path.isfile(a.binary) and os.access(a.binary, os.X_OK)
+    env = dict(os.environ, BCOS_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
+    print(f"torch {torch.__version__}, {a.threads} threads, batch {a.batch}, ~{a.seconds:g} s per measurement,"
+          f" each in its own process; B-cosified CIFAR ResNet-20 (b = 2)")
+    if not have_binary:
+        print(f"bench/bcos: NOTE: {a.binary} not found (or not executable); reporting PyTorch only")
+    print(f"{'mode':8s} {'torch img/s':>12s} {'bcos img/s':>11s} {'ratio':>6s}"
+          f" {'torch MB':>9s} {'bcos MB':>8s} {'mem ratio':>9s}")
+    for mode in modes:
+        t_speed, t_mem = measure([sys.executable, os.path.abspath(__file__), "--threads", str(a.threads),
+                                  "--seconds", str(a.seconds), "--batch", str(a.batch), "--child", mode], env)
+        if have_binary:
+            b_speed, b_mem = measure([a.binary, "--threads", str(a.threads), "--seconds", str(a.seconds),
+                                      "--batch", str(a.batch), "--mode", mode], env)
+            print(f"{mode:8s} {t_speed:12.1f} {b_speed:11.1f} {b_speed / t_speed:6.2f}"
+                  f" {t_mem:9.0f} {b_mem:8.0f} {t_mem / b_mem:9.2f}", flush=True)
+        else:
+            print(f"{mode:8s} {t_speed:12.1f} {'-':>11s} {'-':>6s} {t_mem:9.0f} {'-':>8s} {'-':>9s}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
