@@ -145,4 +145,61 @@ Tensor bcos_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, do
   return y.reshape(out_shape);
 }
 
+Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                             const Tensor& weight, const Tensor& bias, bool training, double momentum,
+                             double eps) {
+  const char* op = "batch_norm_uncentered";
+  check_defined(op, x, "input");
+  check_float(op, x);
+  require_cpu(op, x);
+  BCOS_CHECK(x.dim() >= 2, op, ": expected input [N, C, *], got shape ", x.shape());
+  const int64_t c = x.size(1);
+  for (const Tensor* t : {&running_mean, &running_var, &weight, &bias}) {
+    if (!t->defined()) continue;
+    BCOS_CHECK(t->dim() == 1 && t->size(0) == c, op, ": per-channel tensor of shape ", t->shape(),
+               " does not match the ", c, " channels of input ", x.shape());
+    check_same_dtype(op, x, *t);
+    check_same_device(op, x, *t);
+  }
+  BCOS_CHECK(training || running_var.defined(), op, ": evaluation mode needs running_var");
+  const int64_t per_channel = x.numel() / std::max<int64_t>(c, 1);
+  Tensor mean = zeros({c}, {x.dtype(), x.device()}), invstd;
+  if (training) {
+    BCOS_CHECK(per_channel > 1, op, ": expected more than 1 value per channel when training, got input of shape ",
+               x.shape());
+    Tensor var_biased = empty({c}, {x.dtype(), x.device()});
+    cpu::batch_norm_stats(x, mean, var_biased);  // the usual, centred batch variance
+    NoGradGuard no_grad;
+    invstd = rsqrt(add(var_biased, eps));
+    if (running_mean.defined()) {
+      Tensor rm = running_mean;
+      rm.mul_(1 - momentum).add_(mean, momentum);
+    }
+    if (running_var.defined()) {
+      Tensor rv = running_var;
+      rv.mul_(1 - momentum).add_(var_biased, momentum * double(per_channel) / double(per_channel - 1));
+    }
+  } else {
+    NoGradGuard no_grad;
+    invstd = rsqrt(add(running_var.detach(), eps));
+  }
+  Tensor out = empty(x.shape(), {x.dtype(), x.device()});
+  cpu::batch_norm_forward(x, weight, bias, zeros({c}, {x.dtype(), x.device()}), invstd, out);  // x not centred
+  if (needs_graph({x, weight, bias})) {
+    const bool through_variance = training && !explanation_mode();
+    SavedTensor sx(x), sw(weight);
+    record("BatchNormUncenteredBackward", out, {x, weight, bias},
+           [=](const Tensor& g, const std::vector<bool>& need) {
+             Tensor gx, gw, gb;
+             const Tensor& xv = sx.get();
+             if (need[0]) gx = empty(xv.shape(), {g.dtype(), g.device()});
+             if (need[1]) gw = empty({c}, {g.dtype(), g.device()});
+             if (need[2]) gb = empty({c}, {g.dtype(), g.device()});
+             cpu::batch_norm_uncentered_backward(g, xv, sw.get(), mean, invstd, through_variance, gx, gw, gb);
+             return Grads{gx, gw, gb};
+           });
+  }
+  return out;
+}
+
 }  // namespace bcos

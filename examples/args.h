@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -72,6 +73,14 @@ class Args {
     const long long n = std::strtoll(v.c_str(), &end, 10);
     BCOS_CHECK(!v.empty() && end && *end == '\0', program_, ": --", name, " expects an integer, got '", v, "'");
     return n;
+  }
+  double number(const std::string& name) const {
+    const std::string v = get(name);
+    char* end = nullptr;
+    const double x = std::strtod(v.c_str(), &end);
+    BCOS_CHECK(!v.empty() && end && *end == '\0' && std::isfinite(x), program_, ": --", name,
+               " expects a number, got '", v, "'");
+    return x;
   }
   bool enabled(const std::string& name) const { return values_.count(name) > 0; }
 

@@ -4,6 +4,10 @@
 // CIFAR's own 32 x 32 images alone), center-crop, to_tensor, normalise.
 #pragma once
 
+#include <filesystem>
+#include <memory>
+
+#include "data/loader.h"
 #include "data/transforms.h"
 #include "examples/args.h"
 #include "models/factory.h"
@@ -21,6 +25,24 @@ inline bcos::data::Transform eval_transform(const bcos::models::ModelSpec& spec,
   using namespace bcos::data;
   const int64_t shorter = resize > 0 ? resize : (spec.resize_size > 0 ? spec.resize_size : spec.input_size);
   return Compose({Resize(shorter), CenterCrop(spec.input_size), ToTensor(), Normalize(spec.mean, spec.std)});
+}
+
+// A loader for --data: WebDataset shards (a .tar path or a brace pattern), a CIFAR-10 binary
+// folder (data_batch_*.bin / test_batch.bin; `split` picks train or test), or an ImageFolder.
+inline std::unique_ptr<bcos::data::DataLoader> make_loader(const std::string& path, const std::string& split,
+                                                           bcos::data::Transform transform,
+                                                           bcos::data::LoaderOptions options) {
+  using namespace bcos::data;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const bool is_dir = fs::is_directory(path, ec);
+  if (!is_dir && (path.find(".tar") != std::string::npos || path.find('{') != std::string::npos))
+    return std::make_unique<DataLoader>(std::make_shared<WebDataset>(path), transform, options);
+  BCOS_CHECK(is_dir, "data: ", path, " is neither a .tar shard pattern nor a folder");
+  const bool cifar = fs::exists(fs::path(path) / "test_batch.bin", ec) || fs::exists(fs::path(path) / "data_batch_1.bin", ec) ||
+                     fs::is_directory(fs::path(path) / "cifar-10-batches-bin", ec);
+  if (cifar) return std::make_unique<DataLoader>(std::make_shared<Cifar10>(path, split == "train"), transform, options);
+  return std::make_unique<DataLoader>(std::make_shared<ImageFolder>(path), transform, options);
 }
 
 }  // namespace examples

@@ -6,7 +6,6 @@
 // architecture (models/factory.h).
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <thread>
 
 #include "autograd/ops.h"
@@ -18,25 +17,7 @@
 #include "nn/safetensors.h"
 
 using namespace bcos;
-namespace fs = std::filesystem;
 
-namespace {
-
-std::unique_ptr<data::DataLoader> make_loader(const std::string& path, const std::string& split,
-                                              data::Transform transform, data::LoaderOptions options) {
-  std::error_code ec;
-  const bool is_dir = fs::is_directory(path, ec);
-  if (!is_dir && (path.find(".tar") != std::string::npos || path.find('{') != std::string::npos))
-    return std::make_unique<data::DataLoader>(std::make_shared<data::WebDataset>(path), transform, options);
-  BCOS_CHECK(is_dir, "evaluate: --data ", path, " is neither a .tar shard pattern nor a folder");
-  const bool cifar = fs::exists(fs::path(path) / "test_batch.bin", ec) || fs::exists(fs::path(path) / "data_batch_1.bin", ec) ||
-                     fs::is_directory(fs::path(path) / "cifar-10-batches-bin", ec);
-  if (cifar)
-    return std::make_unique<data::DataLoader>(std::make_shared<data::Cifar10>(path, split == "train"), transform, options);
-  return std::make_unique<data::DataLoader>(std::make_shared<data::ImageFolder>(path), transform, options);
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   examples::Args args("evaluate", "Top-1 / top-5 accuracy of a pretrained classifier.");
@@ -57,8 +38,8 @@ int main(int argc, char** argv) {
 
     data::LoaderOptions options{.batch_size = args.integer("batch"), .workers = int(args.integer("workers")),
                                 .limit = args.integer("limit")};
-    auto loader = make_loader(args.get("data"), args.get("split"), examples::eval_transform(spec, args.integer("resize")),
-                              options);
+    auto loader = examples::make_loader(args.get("data"), args.get("split"),
+                                        examples::eval_transform(spec, args.integer("resize")), options);
 
     const bool keep = !args.get("save-logits").empty(), keep_inputs = !args.get("save-inputs").empty();
     std::vector<Tensor> all_logits, all_labels, all_inputs;

@@ -8,33 +8,83 @@
 
 namespace bcos::models {
 
+namespace {
+// Runs `fn` with the model in eval mode and its parameters not requiring grad (only input
+// gradients are wanted: no weight gradients are computed or left in .grad), then restores both.
+template <class F>
+auto with_frozen_eval(nn::Module& model, F&& fn) {
+  const bool was_training = model.is_training();
+  std::vector<Tensor> frozen;
+  for (auto& [name, p] : model.named_parameters())
+    if (p.requires_grad()) {
+      frozen.push_back(p);
+      p.requires_grad_(false);
+    }
+  struct Restore {
+    nn::Module& m;
+    bool training;
+    std::vector<Tensor>& params;
+    ~Restore() {
+      for (Tensor& p : params) p.requires_grad_(true);
+      m.train(training);
+    }
+  } restore{model, was_training, frozen};
+  model.eval();
+  return fn();
+}
+
+void check_targets(const char* op, const Tensor& targets, int64_t classes) {
+  for (int64_t c : targets.to(Device("cpu")).contiguous().to_vector<int64_t>())
+    BCOS_CHECK(c >= 0 && c < classes, op, ": target ", c, " is not a class index in [0, ", classes, ")");
+}
+
+Tensor logits_of(nn::Module& model, const Tensor& x, const char* op) {
+  Tensor logits = model(x);
+  BCOS_CHECK(logits.dim() == 2 && logits.size(0) == x.size(0), op, ": the model returned ", logits.shape(),
+             " for inputs ", x.shape(), "; expected logits [N, classes]");
+  return logits;
+}
+}  // namespace
+
 Explanation explain(nn::Module& model, const Tensor& inputs, const Tensor& targets) {
   BCOS_CHECK(inputs.dim() == 4, "explain: expected inputs [N, C, H, W], got ", inputs.shape());
   BCOS_CHECK(targets.dim() == 1 && targets.size(0) == inputs.size(0) && targets.dtype() == DType::i64,
              "explain: expected int64 targets [", inputs.size(0), "], got ", targets.dtype(), " ", targets.shape());
-  const bool was_training = model.is_training();
-  model.eval();
-  struct Restore {
-    nn::Module& m;
-    bool training;
-    ~Restore() { m.train(training); }
-  } restore{model, was_training};
-  Tensor x = inputs.detach().clone().requires_grad_(true);
-  ExplanationModeGuard explaining;
-  Tensor logits = model(x);
-  BCOS_CHECK(logits.dim() == 2 && logits.size(0) == inputs.size(0), "explain: the model returned ", logits.shape(),
-             " for inputs ", inputs.shape(), "; expected logits [N, classes]");
-  const int64_t classes = logits.size(1);
-  Tensor t = targets.to(logits.device());
-  for (int64_t c : t.to(Device("cpu")).to_vector<int64_t>())
-    BCOS_CHECK(c >= 0 && c < classes, "explain: target ", c, " is not a class index in [0, ", classes, ")");
-  // Samples are independent in eval mode, so one backward of the sum gives every W(x) at once.
-  sum(gather(logits, 1, t.reshape({-1, 1}))).backward();
-  Explanation e;
-  e.logits = logits.detach();
-  e.weights = x.grad();
-  e.contributions = sum(x.detach() * e.weights, {1});
-  return e;
+  return with_frozen_eval(model, [&] {
+    Tensor x = inputs.detach().clone().requires_grad_(true);
+    ExplanationModeGuard explaining;
+    Tensor logits = logits_of(model, x, "explain");
+    check_targets("explain", targets, logits.size(1));
+    // Samples are independent in eval mode, so one backward of the sum gives every W(x) at once.
+    sum(gather(logits, 1, targets.to(logits.device()).reshape({-1, 1}))).backward();
+    Explanation e;
+    e.logits = logits.detach();
+    e.weights = x.grad();
+    e.contributions = sum(x.detach() * e.weights, {1});
+    return e;
+  });
+}
+
+Tensor contribution_maps(nn::Module& model, const Tensor& inputs, const Tensor& targets) {
+  BCOS_CHECK(inputs.dim() == 4, "contribution_maps: expected inputs [N, C, H, W], got ", inputs.shape());
+  BCOS_CHECK(targets.dim() == 2 && targets.size(0) == inputs.size(0) && targets.dtype() == DType::i64,
+             "contribution_maps: expected int64 targets [", inputs.size(0), ", K], got ", targets.dtype(), " ",
+             targets.shape());
+  return with_frozen_eval(model, [&] {
+    Tensor x = inputs.detach().clone().requires_grad_(true);
+    ExplanationModeGuard explaining;
+    Tensor logits = logits_of(model, x, "contribution_maps");
+    check_targets("contribution_maps", targets, logits.size(1));
+    Tensor t = targets.to(logits.device());
+    std::vector<Tensor> maps;
+    const int64_t k = targets.size(1);
+    for (int64_t j = 0; j < k; ++j) {
+      x.zero_grad();
+      sum(gather(logits, 1, t.slice(1, j, j + 1).contiguous())).backward(Tensor(), j + 1 < k);
+      maps.push_back(sum(x.detach() * x.grad(), {1}));
+    }
+    return stack(maps, 1);  // [N, K, H, W]
+  });
 }
 
 double percentile(const Tensor& values, double p) {

@@ -20,6 +20,11 @@ struct Explanation {
 // is run in eval mode (its mode is restored afterwards), in explanation mode.
 Explanation explain(nn::Module& model, const Tensor& inputs, const Tensor& targets);
 
+// Contribution maps for several targets per input from one forward pass (the map of each target
+// is one more backward pass through the same graph): targets int64 [N, K] -> [N, K, H, W].
+// GridPG uses it for the n² cells of a grid.
+Tensor contribution_maps(nn::Module& model, const Tensor& inputs, const Tensor& targets);
+
 // The p-th percentile of all values (linear interpolation between order statistics, as numpy).
 double percentile(const Tensor& values, double p);
 

@@ -74,43 +74,38 @@ GridPGResult grid_pointing_game(const Tensor& images, const Tensor& labels, cons
   r.grids = o.grids;
   data::Rng rng(o.seed);
   Tensor pool = images.detach();
-  // Grids are assembled and explained a batch of (grid, cell) pairs at a time.
+  // Grids are assembled, then explained a batch of grids at a time, all their cells' classes at once.
   std::vector<Tensor> batch_images;
-  std::vector<int64_t> batch_targets;
+  std::vector<int64_t> batch_targets;  // [grids in batch, cells]
   auto flush = [&] {
     if (batch_images.empty()) return;
-    Tensor maps = attribution(stack(batch_images, 0), from_vector(batch_targets, {int64_t(batch_targets.size())}));
-    BCOS_CHECK(maps.dim() == 3 && maps.size(0) == int64_t(batch_images.size()) && maps.size(1) == n * h &&
-                   maps.size(2) == n * w,
-               "grid_pointing_game: the attribution function returned ", maps.shape(), ", expected [",
-               batch_images.size(), ", ", n * h, ", ", n * w, "]");
-    for (int64_t i = 0; i < maps.size(0); ++i) {
-      const int64_t cell = int64_t(r.scores.size()) % cells;
-      r.scores.push_back(gridpg_score(maps.select(0, i), n, cell / n, cell % n, r.smooth));
-    }
+    const int64_t b = int64_t(batch_images.size());
+    Tensor maps = attribution(stack(batch_images, 0), from_vector(batch_targets, {b, cells}));
+    BCOS_CHECK(maps.dim() == 4 && maps.size(0) == b && maps.size(1) == cells && maps.size(2) == n * h &&
+                   maps.size(3) == n * w,
+               "grid_pointing_game: the attribution function returned ", maps.shape(), ", expected [", b, ", ", cells,
+               ", ", n * h, ", ", n * w, "]");
+    for (int64_t i = 0; i < b; ++i)
+      for (int64_t cell = 0; cell < cells; ++cell)
+        r.scores.push_back(gridpg_score(maps.select(0, i).select(0, cell), n, cell / n, cell % n, r.smooth));
     batch_images.clear();
     batch_targets.clear();
   };
   for (int64_t g = 0; g < o.grids; ++g) {
     std::vector<int64_t> order = classes;  // a seeded partial Fisher–Yates shuffle: n² distinct classes
     std::vector<Tensor> tiles;
-    std::vector<int64_t> cell_class;
     for (int64_t k = 0; k < cells; ++k) {
       const size_t j = size_t(rng.randint(k, int64_t(order.size())));
       std::swap(order[size_t(k)], order[j]);
       const auto& members = by_class[order[size_t(k)]];
       tiles.push_back(pool.select(0, members[size_t(rng.randint(0, int64_t(members.size())))]));
-      cell_class.push_back(order[size_t(k)]);
+      batch_targets.push_back(order[size_t(k)]);
     }
     std::vector<Tensor> rows;
     for (int64_t row = 0; row < n; ++row)
       rows.push_back(cat(std::vector<Tensor>(tiles.begin() + row * n, tiles.begin() + (row + 1) * n), 2));
-    Tensor grid_image = cat(rows, 1);  // [C, n·h, n·w]
-    for (int64_t k = 0; k < cells; ++k) {
-      batch_images.push_back(grid_image);
-      batch_targets.push_back(cell_class[size_t(k)]);
-      if (int64_t(batch_images.size()) >= o.batch) flush();
-    }
+    batch_images.push_back(cat(rows, 1));  // [C, n·h, n·w]
+    if (int64_t(batch_images.size()) >= o.batch) flush();
   }
   flush();
   summarize(r);

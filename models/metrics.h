@@ -14,7 +14,9 @@ namespace bcos::models {
 // Fraction of rows whose largest logit is the label. logits [N, C], labels int64 [N].
 double accuracy(const Tensor& logits, const Tensor& labels);
 
-// (images [B, C, H, W], targets int64 [B]) -> attribution maps [B, H, W] (summed over channels).
+// (images [B, C, H, W], targets int64 [B, K]) -> attribution maps [B, K, H, W] (summed over
+// channels), one per target: GridPG asks for the n² cells' classes of each grid at once, so one
+// forward pass can serve them all (models/explain.h: contribution_maps).
 using AttributionFn = std::function<Tensor(const Tensor& images, const Tensor& targets)>;
 
 struct GridPGOptions {
@@ -22,7 +24,7 @@ struct GridPGOptions {
   int64_t grids = 500;     // how many grids
   uint64_t seed = 0;
   int64_t smooth = -1;     // avg-pool window; -1: 15 at 224-px cells, scaled to the cell size (odd)
-  int64_t batch = 36;      // attributions per call of the attribution function
+  int64_t batch = 4;       // grids per call of the attribution function
 };
 
 struct GridPGResult {

@@ -102,25 +102,11 @@ BatchNormUncentered2d::BatchNormUncentered2d(int64_t n, double eps_, double mome
 Tensor BatchNormUncentered2d::forward(const Tensor& x) {
   BCOS_CHECK(x.dim() == 4 && x.size(1) == num_features, "BatchNormUncentered2d(", num_features,
              "): expected input [N, ", num_features, ", H, W], got ", x.shape());
-  const int64_t c = num_features;
-  Tensor variance;
   if (training_) {
-    const int64_t count = x.numel() / c;
-    BCOS_CHECK(count > 1, "BatchNormUncentered2d: expected more than 1 value per channel when training, got input ",
-               x.shape());
-    variance = var(x, {0, 2, 3}, 0);  // the usual (centred, biased) batch variance
     NoGradGuard no_grad;
-    running_mean.mul_(1 - momentum).add_(mean(x.detach(), {0, 2, 3}), momentum);
-    running_var.mul_(1 - momentum).add_(variance.detach(), momentum * double(count) / double(count - 1));
     num_batches_tracked.add_(ones({}, TensorOptions(DType::i64, num_batches_tracked.device())));
-  } else {
-    variance = running_var;
   }
-  Tensor inv = rsqrt(variance + eps);
-  if (explanation_mode()) inv = inv.detach();
-  // x: [N, C, H, W]; one scale (and shift) per channel.
-  Tensor y = x * (weight * inv).reshape({1, c, 1, 1});
-  return bias.defined() ? y + bias.reshape({1, c, 1, 1}) : y;
+  return batch_norm_uncentered(x, running_mean, running_var, weight, bias, training_, momentum, eps);
 }
 
 std::string BatchNormUncentered2d::describe() const {

@@ -2,6 +2,7 @@
 // full-size temporary (x², |cos|, the scale) is ever materialised.
 //   patch_sumsq:  Σ over a group's input channels and the conv's (dilated, zero-padded) taps of
 //                 x², one value per output position and group — the squared input norm ‖x‖².
+//   batch_norm_uncentered_backward: the backward of y = γ · x / sqrt(var + eps) (+ β).
 //   bcos_scale:   max-out over M consecutive channels, then y = s · v with
 //                 s = |v| / n (b = 2) or (|v / n| + 1e-6)^(b − 1), n = sqrt(sumsq + eps_in) + eps_out.
 // Layouts: x [N, C, H, W] (any strides), sums [N, G, Ho, Wo]; lin [N, O·M, S], sums [N, G, S],
@@ -104,23 +105,69 @@ void bcos_patch_sumsq_backward(const Tensor& grad_in, const Tensor& x_in, int64_
 }
 
 namespace {
-// ∂y/∂v and ∂y/∂n of y = s(v, n) · v, for one value v and norm n > 0.
+// One (sample, group) slice of the scale pass. The norm of each position is shared by all the
+// group's output channels, so it is computed once per slice (inv[j] = 1 / n_j, root[j] =
+// sqrt(sumsq_j + eps_in)), and the per-channel loops below are branch-free so they vectorise.
 template <class T>
-struct ScaleTerms {
-  T s, dy_dv, dy_dn;  // y = s · v
-};
-
-template <class T>
-ScaleTerms<T> scale_terms(T v, T n, double b) {
-  const T av = std::abs(v);
-  if (b == 2) {  // s = |v| / n: no +1e-6, as the reference code
-    const T s = av / n;
-    return {s, 2 * s, -s * v / n};
+void norms_of(const T* q, int64_t s, const BcosScaleParams& p, T* root, T* inv) {
+  for (int64_t j = 0; j < s; ++j) {
+    root[j] = std::sqrt(q[j] + T(p.eps_in));
+    inv[j] = T(1) / (root[j] + T(p.eps_out));
   }
-  const T u = av / n, a = u + T(1e-6);
-  const T s = std::pow(a, T(b - 1));
-  const T t = T(b - 1) * std::pow(a, T(b - 2)) * u;  // (b − 1) a^(b−2) |u|
-  return {s, s + t, -t * v / n};
+}
+
+// Max-out of M consecutive channel planes l[k * s + j]: value and winner.
+template <class T>
+void max_out(const T* l, int64_t m, int64_t s, T* value, uint8_t* winner) {
+  std::copy(l, l + s, value);
+  std::fill(winner, winner + s, uint8_t(0));
+  for (int64_t k = 1; k < m; ++k)
+    for (int64_t j = 0; j < s; ++j)
+      if (l[k * s + j] > value[j]) value[j] = l[k * s + j], winner[j] = uint8_t(k);
+}
+
+// y = s · v with s = |v| / n (b = 2) or (|v| / n + 1e-6)^(b − 1).
+template <class T>
+void scale_forward(const T* v, const T* inv, int64_t s, double b, T* y) {
+  if (b == 2) {
+    for (int64_t j = 0; j < s; ++j) y[j] = std::abs(v[j]) * v[j] * inv[j];
+    return;
+  }
+  const T e = T(b - 1);
+  for (int64_t j = 0; j < s; ++j) y[j] = std::pow(std::abs(v[j]) * inv[j] + T(1e-6), e) * v[j];
+}
+
+// gv = g · ∂y/∂v (or g · s in explanation mode); gq += g · ∂y/∂n · ∂n/∂sumsq unless explaining.
+//   b = 2:  ∂y/∂v = 2|v| / n,  ∂y/∂n = −|v| v / n²
+//   else:   a = |v| / n + 1e-6, t = (b − 1) a^(b−2) |v| / n;  ∂y/∂v = a^(b−1) + t,  ∂y/∂n = −t v / n
+// ∂n/∂sumsq = 1 / (2 root).
+template <class T>
+void scale_backward(const T* g, const T* v, const T* inv, const T* root, int64_t s, double b, bool explain,
+                    T* gv, T* gq) {
+  if (b == 2) {
+    if (explain) {
+      for (int64_t j = 0; j < s; ++j) gv[j] = g[j] * std::abs(v[j]) * inv[j];
+      return;
+    }
+    for (int64_t j = 0; j < s; ++j) {
+      const T sv = std::abs(v[j]) * inv[j];
+      gv[j] = g[j] * 2 * sv;
+      gq[j] -= g[j] * sv * v[j] * inv[j] / (2 * root[j]);
+    }
+    return;
+  }
+  const T e = T(b - 1);
+  for (int64_t j = 0; j < s; ++j) {
+    const T u = std::abs(v[j]) * inv[j], a = u + T(1e-6);
+    const T sc = std::pow(a, e);
+    if (explain) {
+      gv[j] = g[j] * sc;
+      continue;
+    }
+    const T t = e * sc / a * u;
+    gv[j] = g[j] * (sc + t);
+    gq[j] -= g[j] * t * v[j] * inv[j] / (2 * root[j]);
+  }
 }
 }  // namespace
 
@@ -134,27 +181,19 @@ void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleP
     T* py = out.data<T>();
     T* pv = m > 1 ? value.data<T>() : nullptr;  // M = 1: the value is lin itself
     uint8_t* pa = m > 1 ? argmax.data<uint8_t>() : nullptr;
-    parallel_for(n * o, s * m * 4, [&](int64_t b, int64_t e) {
-      for (int64_t no = b; no < e; ++no) {
-        const int64_t i = no / o, c = no % o;
-        const T* l = pl + (i * o + c) * m * s;
-        const T* q = pq ? pq + (i * groups + c / per_group) * s : nullptr;
-        T* y = py + no * s;
-        for (int64_t j = 0; j < s; ++j) {
-          T v = l[j];
+    parallel_for(n * groups, per_group * s * m * 4, [&](int64_t b, int64_t e) {
+      std::vector<T> root(pq ? size_t(s) : 0), inv(pq ? size_t(s) : 0);
+      for (int64_t ng = b; ng < e; ++ng) {
+        if (pq) norms_of(pq + ng * s, s, p, root.data(), inv.data());
+        for (int64_t c = 0; c < per_group; ++c) {
+          const int64_t no = ng * per_group + c;  // (sample, channel) = (ng / G, (ng % G) · per_group + c)
+          const T* v = pl + no * m * s;
           if (m > 1) {
-            int64_t best = 0;
-            for (int64_t k = 1; k < m; ++k)
-              if (l[k * s + j] > v) v = l[k * s + j], best = k;
-            pv[no * s + j] = v;
-            pa[no * s + j] = uint8_t(best);
+            max_out(v, m, s, pv + no * s, pa + no * s);
+            v = pv + no * s;
           }
-          if (!q) {
-            y[j] = v;
-            continue;
-          }
-          const T norm = std::sqrt(q[j] + T(p.eps_in)) + T(p.eps_out);
-          y[j] = scale_terms<T>(v, norm, p.b).s * v;
+          if (pq) scale_forward(v, inv.data(), s, p.b, py + no * s);
+          else std::copy(v, v + s, py + no * s);
         }
       }
     });
@@ -176,31 +215,71 @@ void bcos_scale_backward(const Tensor& grad_in, const Tensor& value, const Tenso
     T* pgq = grad_sumsq.defined() ? grad_sumsq.data<T>() : nullptr;
     // One task per (sample, group): the group's channels all add into the same norm gradient.
     parallel_for(n * groups, per_group * s * m * 4, [&](int64_t b, int64_t e) {
+      std::vector<T> root(pq ? size_t(s) : 0), inv(pq ? size_t(s) : 0), gv(m > 1 ? size_t(s) : 0);
+      std::vector<T> gq_scratch(pq && !pgq ? size_t(s) : 0);  // explanation mode: not needed
       for (int64_t ng = b; ng < e; ++ng) {
-        const int64_t i = ng / groups, grp = ng % groups;
-        const T* q = pq ? pq + ng * s : nullptr;
-        T* gq = pgq ? pgq + ng * s : nullptr;
-        if (gq) std::fill(gq, gq + s, T(0));
-        for (int64_t c = grp * per_group; c < (grp + 1) * per_group; ++c) {
-          const int64_t no = i * o + c;
+        T* gq = pgq ? pgq + ng * s : gq_scratch.data();
+        if (pq) {
+          norms_of(pq + ng * s, s, p, root.data(), inv.data());
+          std::fill(gq, gq + s, T(0));
+        }
+        for (int64_t c = 0; c < per_group; ++c) {
+          const int64_t no = ng * per_group + c;
           const T* g = pg + no * s;
-          const T* v = pv + no * s;
           T* gl = pgl + no * m * s;
-          if (m > 1) std::fill(gl, gl + m * s, T(0));
-          for (int64_t j = 0; j < s; ++j) {
-            T dv = g[j];
-            if (q) {
-              const T root = std::sqrt(q[j] + T(p.eps_in));
-              const ScaleTerms<T> t = scale_terms<T>(v[j], root + T(p.eps_out), p.b);
-              if (explain) {
-                dv = g[j] * t.s;  // s is a constant: y is linear in v
-              } else {
-                dv = g[j] * t.dy_dv;
-                if (gq) gq[j] += g[j] * t.dy_dn / (2 * root);  // dn/dsumsq = 1 / (2 sqrt(.))
-              }
-            }
-            gl[(m > 1 ? pa[no * s + j] : 0) * s + j] = dv;
+          T* target = m > 1 ? gv.data() : gl;  // M > 1: scattered to the winners below
+          if (pq) scale_backward(g, pv + no * s, inv.data(), root.data(), s, p.b, explain || !pgq, target, gq);
+          else std::copy(g, g + s, target);
+          if (m > 1) {
+            std::fill(gl, gl + m * s, T(0));
+            const uint8_t* win = pa + no * s;
+            for (int64_t j = 0; j < s; ++j) gl[win[j] * s + j] = gv[size_t(j)];
           }
+        }
+      }
+    });
+  });
+}
+
+void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, const Tensor& weight,
+                                    const Tensor& mean, const Tensor& invstd, bool through_variance,
+                                    const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
+  Tensor g = raw_contiguous(grad_in), x = raw_contiguous(x_in);
+  const int64_t n = x.size(0), c = x.size(1), s = x.numel() / std::max<int64_t>(n * c, 1);
+  dispatch_float(x.dtype(), "batch_norm_uncentered_backward", [&]<class T>() {
+    const T *pg = g.data<T>(), *px = x.data<T>(), *pi = invstd.data<T>();
+    const T* pw = weight.defined() ? weight.data<T>() : nullptr;
+    const T* pm = through_variance ? mean.data<T>() : nullptr;
+    T* pgx = grad_x.defined() ? grad_x.data<T>() : nullptr;
+    T* pgw = grad_w.defined() ? grad_w.data<T>() : nullptr;
+    T* pgb = grad_b.defined() ? grad_b.data<T>() : nullptr;
+    const double count = double(n * s);
+    parallel_for(c, n * s * 3, [&](int64_t b, int64_t e) {
+      for (int64_t ch = b; ch < e; ++ch) {
+        double sum_gx = 0, sum_g = 0;  // A = Σ g·x, B = Σ g
+        for (int64_t i = 0; i < n; ++i) {
+          const T *gi = pg + (i * c + ch) * s, *xi = px + (i * c + ch) * s;
+          double a0 = 0, a1 = 0, b0 = 0, b1 = 0;
+          int64_t j = 0;
+          for (; j + 2 <= s; j += 2) {
+            a0 += double(gi[j]) * double(xi[j]), a1 += double(gi[j + 1]) * double(xi[j + 1]);
+            b0 += double(gi[j]), b1 += double(gi[j + 1]);
+          }
+          for (; j < s; ++j) a0 += double(gi[j]) * double(xi[j]), b0 += double(gi[j]);
+          sum_gx += a0 + a1, sum_g += b0 + b1;
+        }
+        const double r = double(pi[ch]), gamma = pw ? double(pw[ch]) : 1.0;
+        if (pgw) pgw[ch] = T(r * sum_gx);
+        if (pgb) pgb[ch] = T(sum_g);
+        if (!pgx) continue;
+        // gx = γ r g − γ r³ (A / N)(x − μ): the second term only when the batch variance is live.
+        const T k1 = T(gamma * r);
+        const T k2 = pm ? T(gamma * r * r * r * sum_gx / count) : T(0);
+        const T mu = pm ? pm[ch] : T(0);
+        for (int64_t i = 0; i < n; ++i) {
+          const T *gi = pg + (i * c + ch) * s, *xi = px + (i * c + ch) * s;
+          T* o = pgx + (i * c + ch) * s;
+          for (int64_t j = 0; j < s; ++j) o[j] = k1 * gi[j] - k2 * (xi[j] - mu);
         }
       }
     });

@@ -82,6 +82,12 @@ void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleP
 void bcos_scale_backward(const Tensor& grad, const Tensor& value, const Tensor& sumsq,
                          const Tensor& argmax, const BcosScaleParams& p, bool explain,
                          const Tensor& grad_lin, const Tensor& grad_sumsq);
+// Uncentred batch norm y = γ x r (+ β), r = 1 / sqrt(var + eps): grad_w = r Σ g x, grad_b = Σ g,
+// grad_x = γ r g − (through_variance: γ r³ (Σ g x / M)(x − mean)). x [N, C, *]; outputs may be
+// undefined.
+void batch_norm_uncentered_backward(const Tensor& grad, const Tensor& x, const Tensor& weight,
+                                    const Tensor& mean, const Tensor& invstd, bool through_variance,
+                                    const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b);
 
 // ---- normalisation (cpu/norm.cpp) ---------------------------------------------------------
 // Per-channel statistics over (N, H, W) for x [N, C, *]: mean and 1/sqrt(var + eps), where var

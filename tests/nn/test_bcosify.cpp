@@ -89,6 +89,18 @@ void check_completeness(std::shared_ptr<nn::Module> model, int64_t size, const s
   CHECK(golden::relative_error(sums, target_logits) <= 1e-4);
   CHECK(sum(abs(target_logits)).item() > 1e-3);  // a real test: the logits are not all ~0
   CHECK(bcos_model->is_training());  // explain() restores the mode it found
+  for (auto& [name, p] : bcos_model->named_parameters()) {
+    CHECK(p.requires_grad());  // ... and the parameters' requires_grad
+    CHECK(!p.grad().defined());
+  }
+  // Several targets per input from one forward pass: the same maps as one explain() per target.
+  Tensor two = from_vector(std::vector<int64_t>{0, 5, 3, 1, 7, 7}, {3, 2});
+  Tensor maps = contribution_maps(*bcos_model, x6, two);
+  CHECK(maps.shape() == Shape{3, 2, size, size});
+  for (int64_t k = 0; k < 2; ++k) {
+    Tensor single = explain(*bcos_model, x6, two.select(1, k).contiguous()).contributions;
+    CHECK(golden::relative_error(maps.select(1, k), single) <= 1e-6);
+  }
 }
 
 }  // namespace
@@ -207,16 +219,16 @@ TEST_CASE("metrics: accuracy and GridPG on synthetic attributions with a known s
   Tensor images = from_vector(pix, {2 * classes, 3, h, h});
   Tensor label_t = from_vector(labels, {2 * classes});
   auto in_cell = [](const Tensor& imgs, const Tensor& targets) {  // 1 where the target's pixels are
-    Tensor t = targets.to(DType::f32).reshape({-1, 1, 1});
-    return eq(imgs.select(1, 0), t).to(DType::f32);
+    Tensor t = targets.to(DType::f32).unsqueeze(2).unsqueeze(3);   // [B, K, 1, 1]
+    return eq(imgs.select(1, 0).unsqueeze(1), t).to(DType::f32);  // [B, K, H, W]
   };
   GridPGOptions o;
-  o.grids = 20, o.smooth = 1, o.seed = 3, o.batch = 7;
+  o.grids = 20, o.smooth = 1, o.seed = 3, o.batch = 3;
   GridPGResult perfect = grid_pointing_game(images, label_t, in_cell, o);
   CHECK(perfect.scores.size() == 180);
   CHECK(perfect.mean == doctest::Approx(1.0));
-  GridPGResult uniform = grid_pointing_game(images, label_t, [](const Tensor& imgs, const Tensor&) {
-    return ones({imgs.size(0), imgs.size(2), imgs.size(3)});
+  GridPGResult uniform = grid_pointing_game(images, label_t, [](const Tensor& imgs, const Tensor& t) {
+    return ones({imgs.size(0), t.size(1), imgs.size(2), imgs.size(3)});
   }, o);
   CHECK(uniform.mean == doctest::Approx(1.0 / 9));
   CHECK(uniform.q1 == doctest::Approx(1.0 / 9));
