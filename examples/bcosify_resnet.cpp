@@ -113,9 +113,10 @@ models::GridPGResult run_gridpg(nn::Module& model, bool bcos_model, const Setup&
     bar.update(targets.numel());
     return maps;
   };
-  if (pool.per_class.size() < 9) {  // a weak model (e.g. briefly trained from scratch): no score
-    std::fprintf(stderr, "%s: only %zu classes have confident, correct test images; GridPG needs 9\n",
-                 title.c_str(), pool.per_class.size());
+  if (grids <= 0 || pool.per_class.size() < 9) {  // a weak model (e.g. briefly trained from scratch): no score
+    if (grids > 0)
+      std::fprintf(stderr, "%s: only %zu classes have confident, correct test images; GridPG needs 9\n",
+                   title.c_str(), pool.per_class.size());
     models::GridPGResult none;
     none.mean = none.q1 = none.median = none.q3 = std::nan("");
     return none;
@@ -163,13 +164,14 @@ int main(int argc, char** argv) {
       .option("weight-decay", "0", "AdamW weight decay")
       .option("warmup", "0", "linear warm-up steps")
       .option("b", "2", "the B-cos exponent")
-      .option("gridpg-grids", "500", "GridPG: how many 3 x 3 grids")
+      .option("gridpg-grids", "500", "GridPG: how many 3 x 3 grids (0: skip GridPG)")
       .option("explain", "16", "explanation PNGs for this many test images")
       .option("limit-train", "0", "use only N training samples per epoch (0: all)")
       .option("limit-test", "0", "use only N test samples (0: all)")
       .option("workers", std::to_string(std::max(1u, std::thread::hardware_concurrency())), "decoding threads")
       .option("seed", "0", "seed of shuffling, augmentation and GridPG")
       .option("out", "out/bcosify", "output folder: checkpoint, model, report, PNGs")
+      .flag("keep-bias", "keep the biases and batch-norm shifts (an ablation: breaks completeness)")
       .flag("resume", "continue from OUT/checkpoint.safetensors")
       .flag("from-scratch", "train a B-cos model of the same architecture from random weights instead");
   try {
@@ -244,8 +246,11 @@ int main(int argc, char** argv) {
     timings.emplace_back("GridPG original", seconds_since(t));
 
     // Input × gradient maps of the original for the PNGs, while it is still the original.
+    // The first test images: explained in PNGs (--explain of them) and for the completeness check
+    // (at least 16).
     const int64_t n_explain = std::min(args.integer("explain"), before.first_images.size(0));
-    Tensor explain_images = before.first_images.slice(0, 0, n_explain);
+    Tensor explain_images =
+        before.first_images.slice(0, 0, std::min(std::max<int64_t>(n_explain, 16), before.first_images.size(0)));
     Tensor original_maps;
     {
       Tensor preds;
@@ -258,7 +263,7 @@ int main(int argc, char** argv) {
     }
 
     // 3. B-cosify (b = 2), or a same-shaped B-cos model from random weights.
-    models::BcosifyOptions options{args.number("b"), false, false, s.mean, s.std, std::nullopt};
+    models::BcosifyOptions options{args.number("b"), args.enabled("keep-bias"), false, s.mean, s.std, std::nullopt};
     auto bcos_model = models::bcosify(from_scratch ? models::create_model(s.spec.arch) : original, options);
     original.reset();
     std::printf("B-cosified %s (b = %g)%s\n", s.spec.arch.c_str(), options.b, from_scratch ? " from random weights" : "");

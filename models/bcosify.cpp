@@ -4,6 +4,8 @@
 #include <cmath>
 
 #include "models/resnet.h"
+#include "models/vit.h"
+#include "nn/attention.h"
 #include "nn/layers.h"
 #include "nn/linear.h"
 #include "nn/norm.h"
@@ -79,6 +81,7 @@ std::shared_ptr<Module> convert_conv(const nn::Conv2d& conv, const BcosifyOption
   auto b = std::make_shared<nn::BcosConv2d>(stem ? 2 * conv.in_channels : conv.in_channels, conv.out_channels,
                                             conv.kernel_size, opt);
   Tensor w = conv.weight.detach();
+  b->to(w.dtype());  // built in float32; the copies below must not round a float64 model
   copy_param(b->weight, stem ? cat({w, -w}, 1) * 0.5 : w);
   if (b->bias.defined()) copy_param(b->bias, conv.bias.detach());
   return b;
@@ -88,6 +91,7 @@ std::shared_ptr<Module> convert_conv(const nn::Conv2d& conv, const BcosifyOption
 std::shared_ptr<Module> convert_head(const nn::Linear& fc, const BcosifyOptions& o) {
   auto b = std::make_shared<nn::BcosConv2d>(fc.in_features, fc.out_features, 1,
                                             nn::BcosConv2dOptions{1, 0, 1, 1, bcos_options(o, fc.bias.defined())});
+  b->to(fc.weight.dtype());
   copy_param(b->weight, fc.weight.detach().reshape({fc.out_features, fc.in_features, 1, 1}));
   if (b->bias.defined()) copy_param(b->bias, fc.bias.detach());
   return b;
@@ -97,6 +101,7 @@ std::shared_ptr<Module> convert_bn(const nn::BatchNorm2d& bn, const BcosifyOptio
   BCOS_CHECK(bn.weight.defined() && bn.running_mean.defined(), "bcosify: BatchNorm2d without affine parameters or "
              "running statistics is not supported");
   auto u = std::make_shared<nn::BatchNormUncentered2d>(bn.num_features, bn.eps, bn.momentum, o.keep_bias);
+  u->to(bn.weight.dtype());
   NoGradGuard no_grad;
   copy_param(u->weight, bn.weight.detach());
   copy_param(u->running_mean, bn.running_mean);
@@ -107,8 +112,40 @@ std::shared_ptr<Module> convert_bn(const nn::BatchNorm2d& bn, const BcosifyOptio
   return u;
 }
 
-// Replaces every Conv2d, BatchNorm2d and MaxPool2d below `m` (the stem and head are done first).
-void convert_tree(Module& m, const BcosifyOptions& o) {
+std::shared_ptr<Module> convert_linear(const nn::Linear& fc, const BcosifyOptions& o) {
+  auto b = std::make_shared<nn::BcosLinear>(fc.in_features, fc.out_features, bcos_options(o, fc.bias.defined()));
+  b->to(fc.weight.dtype());
+  copy_param(b->weight, fc.weight.detach());
+  if (b->bias.defined()) copy_param(b->bias, fc.bias.detach());
+  return b;
+}
+
+std::shared_ptr<Module> convert_layer_norm(const nn::LayerNorm& ln, const BcosifyOptions& o) {
+  BCOS_CHECK(ln.normalized_shape.size() == 1 && ln.weight.defined(), "bcosify: only LayerNorms over the last dim "
+             "with affine parameters are supported, got normalized_shape ", ln.normalized_shape);
+  auto d = std::make_shared<nn::DetachableLayerNorm>(ln.normalized_shape[0], ln.eps, o.keep_bias && ln.bias.defined());
+  d->to(ln.weight.dtype());
+  copy_param(d->weight, ln.weight.detach());
+  if (d->bias.defined()) copy_param(d->bias, ln.bias.detach());
+  return d;
+}
+
+// The packed q/k/v projection stays linear (q and k detached in explanation mode); the output
+// projection becomes B-cos.
+std::shared_ptr<Module> convert_attention(const nn::MultiheadAttention& a, const BcosifyOptions& o) {
+  const bool bias = o.keep_bias && a.in_proj_bias.defined();
+  auto m = std::make_shared<nn::MultiheadAttention>(a.embed_dim, a.num_heads, a.dropout, bias);
+  m->to(a.in_proj_weight.dtype());
+  copy_param(m->in_proj_weight, a.in_proj_weight.detach());
+  if (bias) copy_param(m->in_proj_bias, a.in_proj_bias.detach());
+  m->detach_qk_when_explaining = true;
+  m->replace_child("out_proj", convert_linear(dynamic_cast<const nn::Linear&>(*a.out_proj), o));
+  return m;
+}
+
+// Replaces, below `m` (the stem and the ResNet head are done first): Conv2d, BatchNorm2d,
+// MaxPool2d (ResNets); Linear, LayerNorm, GELU, MultiheadAttention (ViT).
+void convert_tree(Module& m, const BcosifyOptions& o, bool vit) {
   std::vector<std::string> names;
   for (const auto& [name, child] : m.children()) names.push_back(name);
   for (const std::string& name : names) {
@@ -119,10 +156,18 @@ void convert_tree(Module& m, const BcosifyOptions& o) {
       m.replace_child(name, convert_bn(*bn, o));
     } else if (dynamic_cast<nn::MaxPool2d*>(child.get())) {
       if (!o.keep_maxpool) m.replace_child(name, std::make_shared<nn::AvgPool2d>(3, 2, 1));
-    } else if (dynamic_cast<nn::Linear*>(child.get())) {
-      fail("bcosify: unexpected Linear '", name, "' inside a ResNet (only the classifier head is converted)");
+    } else if (auto* fc = dynamic_cast<nn::Linear*>(child.get())) {
+      BCOS_CHECK(vit, "bcosify: unexpected Linear '", name, "' inside a ResNet (only the classifier head is converted)");
+      m.replace_child(name, convert_linear(*fc, o));
+    } else if (auto* ln = dynamic_cast<nn::LayerNorm*>(child.get())) {
+      m.replace_child(name, convert_layer_norm(*ln, o));
+    } else if (auto* act = dynamic_cast<nn::GELU*>(child.get())) {
+      BCOS_CHECK(act->approximate == "none", "bcosify: only the exact GELU is supported");
+      m.replace_child(name, std::make_shared<nn::DetachableGELU>());
+    } else if (auto* att = dynamic_cast<nn::MultiheadAttention*>(child.get())) {
+      m.replace_child(name, convert_attention(*att, o));
     } else {
-      convert_tree(*child, o);
+      convert_tree(*child, o, vit);
     }
   }
 }
@@ -143,6 +188,7 @@ std::shared_ptr<BcosClassifier> bcosify(std::shared_ptr<Module> model, const Bco
   const bool training = model->is_training();
   const DType dtype = model->named_parameters().empty() ? DType::f32 : model->named_parameters()[0].second.dtype();
   int64_t classes = 0;
+  const bool vit = dynamic_cast<VisionTransformer*>(model.get()) != nullptr;
   // The stem (first conv) and the head (last Linear) get their special conversions; the rest
   // is generic.
   if (auto* r = dynamic_cast<ResNet*>(model.get())) {
@@ -153,10 +199,15 @@ std::shared_ptr<BcosClassifier> bcosify(std::shared_ptr<Module> model, const Bco
     classes = head_classes(*c->linear);
     c->replace_child("conv1", convert_conv(dynamic_cast<nn::Conv2d&>(*c->conv1), o, true));
     c->replace_child("linear", convert_head(dynamic_cast<nn::Linear&>(*c->linear), o));
+  } else if (auto* v = dynamic_cast<VisionTransformer*>(model.get())) {
+    auto& heads = dynamic_cast<nn::Sequential&>(*v->heads);
+    BCOS_CHECK(heads.size() == 1, "bcosify: ViTs with a pre-logits layer are not supported");
+    classes = head_classes(heads[0]);
+    v->replace_child("conv_proj", convert_conv(dynamic_cast<nn::Conv2d&>(*v->conv_proj), o, true));
   } else {
-    fail("bcosify: ", model->type_name(), " is not supported (torchvision ResNets and the CIFAR ResNets are)");
+    fail("bcosify: ", model->type_name(), " is not supported (torchvision ResNets and ViTs, and the CIFAR ResNets are)");
   }
-  convert_tree(*model, o);
+  convert_tree(*model, o, vit);
   const double logit_bias = o.logit_bias.value_or(o.keep_bias ? 0.0 : nn::default_logit_bias(classes));
   auto result = std::make_shared<BcosClassifier>(std::make_shared<InverseNormalize>(o.mean, o.std), model,
                                                  std::make_shared<nn::LogitLayer>(std::nullopt, logit_bias));

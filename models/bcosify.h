@@ -10,6 +10,10 @@
 //   - the max-pool becomes AvgPool2d(3, 2, 1); ReLUs stay;
 //   - the final Linear becomes a 1×1 B-cos conv applied before global average pooling, and a
 //     LogitLayer adds b = −ln(C − 1).
+// ViTs (torchvision layout): every Linear becomes a BcosLinear except the attention's packed
+// q/k/v projection, which stays linear with q and k detached in explanation mode; LayerNorm →
+// DetachableLayerNorm, GELU → DetachableGELU, biases removed, the patch embedding takes x₆ like
+// the first conv, and the head still reads the class token.
 // With keep_bias, keep_maxpool and b = 1 the converted model computes the original logits
 // exactly (the test that the conversion is right).
 #pragma once
@@ -53,7 +57,7 @@ class BcosClassifier : public nn::Module {
   std::shared_ptr<nn::Module> normalize, model, logit;
 };
 
-// Converts `model` (ResNet or CifarResNet from models/resnet.h; its modules are moved into the
+// Converts `model` (ResNet, CifarResNet or VisionTransformer; its modules are moved into the
 // result, so don't use `model` afterwards). Raises for other architectures.
 std::shared_ptr<BcosClassifier> bcosify(std::shared_ptr<nn::Module> model, const BcosifyOptions& options);
 

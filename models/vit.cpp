@@ -66,8 +66,9 @@ VisionTransformer::VisionTransformer(ViTOptions o) : nn::Module("VisionTransform
 }
 
 Tensor VisionTransformer::embed(const Tensor& x) {
-  BCOS_CHECK(x.dim() == 4 && x.size(1) == 3 && x.size(2) == options.image_size && x.size(3) == options.image_size,
-             "VisionTransformer: expected images [N, 3, ", options.image_size, ", ", options.image_size, "], got ",
+  // (The channel count is the patch embedding's to check: 3, or 6 once B-cosified.)
+  BCOS_CHECK(x.dim() == 4 && x.size(2) == options.image_size && x.size(3) == options.image_size,
+             "VisionTransformer: expected images [N, C, ", options.image_size, ", ", options.image_size, "], got ",
              x.shape());
   const int64_t n = x.size(0);
   const Tensor patches = (*conv_proj)(x).reshape({n, options.hidden_dim, -1}).transpose(1, 2);  // [N, P, hidden]

@@ -33,7 +33,9 @@ Tensor MultiheadAttention::forward(const Tensor& query, const Tensor& key, const
   auto heads = [&](const Tensor& x, int i, int64_t len) {
     return linear(x, w[size_t(i)], b[size_t(i)]).reshape({n, len, num_heads, d}).transpose(1, 2);
   };
-  const Tensor q = heads(query, 0, lq), k = heads(key, 1, lk), v = heads(value, 2, lk);
+  Tensor q = heads(query, 0, lq), k = heads(key, 1, lk);
+  const Tensor v = heads(value, 2, lk);
+  if (detach_qk_when_explaining && explanation_mode()) q = q.detach(), k = k.detach();
   Tensor logits = matmul(q, k.transpose(2, 3)) * (1.0 / std::sqrt(double(d)));  // [N, heads, Lq, Lk]
   if (mask.defined()) {
     const bool per_head = mask.dim() == 3;

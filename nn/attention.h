@@ -19,6 +19,9 @@ class MultiheadAttention : public Module {
 
   Tensor in_proj_weight, in_proj_bias;
   std::shared_ptr<Module> out_proj;  // Linear(E, E)
+  // B-cos ViTs: in explanation mode the attention pattern softmax(q kᵀ) is a constant, so the
+  // layer is linear in its input (through v).
+  bool detach_qk_when_explaining = false;
   int64_t embed_dim, num_heads;
   double dropout;
 };

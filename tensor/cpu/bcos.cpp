@@ -137,7 +137,8 @@ void scale_forward(const T* v, const T* inv, int64_t s, double b, T* y) {
   for (int64_t j = 0; j < s; ++j) y[j] = std::pow(std::abs(v[j]) * inv[j] + T(1e-6), e) * v[j];
 }
 
-// gv = g · ∂y/∂v (or g · s in explanation mode); gq += g · ∂y/∂n · ∂n/∂sumsq unless explaining.
+// gv = g · ∂y/∂v (or g · s in explanation mode); gq += g · ∂y/∂n · ∂n/∂sumsq unless explaining
+// or gq is null (the norm needs no gradient).
 //   b = 2:  ∂y/∂v = 2|v| / n,  ∂y/∂n = −|v| v / n²
 //   else:   a = |v| / n + 1e-6, t = (b − 1) a^(b−2) |v| / n;  ∂y/∂v = a^(b−1) + t,  ∂y/∂n = −t v / n
 // ∂n/∂sumsq = 1 / (2 root).
@@ -149,11 +150,9 @@ void scale_backward(const T* g, const T* v, const T* inv, const T* root, int64_t
       for (int64_t j = 0; j < s; ++j) gv[j] = g[j] * std::abs(v[j]) * inv[j];
       return;
     }
-    for (int64_t j = 0; j < s; ++j) {
-      const T sv = std::abs(v[j]) * inv[j];
-      gv[j] = g[j] * 2 * sv;
-      gq[j] -= g[j] * sv * v[j] * inv[j] / (2 * root[j]);
-    }
+    for (int64_t j = 0; j < s; ++j) gv[j] = g[j] * 2 * std::abs(v[j]) * inv[j];
+    if (gq)
+      for (int64_t j = 0; j < s; ++j) gq[j] -= g[j] * std::abs(v[j]) * v[j] * inv[j] * inv[j] / (2 * root[j]);
     return;
   }
   const T e = T(b - 1);
@@ -166,7 +165,7 @@ void scale_backward(const T* g, const T* v, const T* inv, const T* root, int64_t
     }
     const T t = e * sc / a * u;
     gv[j] = g[j] * (sc + t);
-    gq[j] -= g[j] * t * v[j] * inv[j] / (2 * root[j]);
+    if (gq) gq[j] -= g[j] * t * v[j] * inv[j] / (2 * root[j]);
   }
 }
 }  // namespace
@@ -216,19 +215,16 @@ void bcos_scale_backward(const Tensor& grad_in, const Tensor& value, const Tenso
     // One task per (sample, group): the group's channels all add into the same norm gradient.
     parallel_for(n * groups, per_group * s * m * 4, [&](int64_t b, int64_t e) {
       std::vector<T> root(pq ? size_t(s) : 0), inv(pq ? size_t(s) : 0), gv(m > 1 ? size_t(s) : 0);
-      std::vector<T> gq_scratch(pq && !pgq ? size_t(s) : 0);  // explanation mode: not needed
       for (int64_t ng = b; ng < e; ++ng) {
-        T* gq = pgq ? pgq + ng * s : gq_scratch.data();
-        if (pq) {
-          norms_of(pq + ng * s, s, p, root.data(), inv.data());
-          std::fill(gq, gq + s, T(0));
-        }
+        T* gq = pgq ? pgq + ng * s : nullptr;
+        if (pq) norms_of(pq + ng * s, s, p, root.data(), inv.data());
+        if (gq) std::fill(gq, gq + s, T(0));
         for (int64_t c = 0; c < per_group; ++c) {
           const int64_t no = ng * per_group + c;
           const T* g = pg + no * s;
           T* gl = pgl + no * m * s;
           T* target = m > 1 ? gv.data() : gl;  // M > 1: scattered to the winners below
-          if (pq) scale_backward(g, pv + no * s, inv.data(), root.data(), s, p.b, explain || !pgq, target, gq);
+          if (pq) scale_backward(g, pv + no * s, inv.data(), root.data(), s, p.b, explain, target, gq);
           else std::copy(g, g + s, target);
           if (m > 1) {
             std::fill(gl, gl + m * s, T(0));

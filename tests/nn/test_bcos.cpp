@@ -148,6 +148,17 @@ TEST_CASE("bcos: gradcheck of the B-cos conv over b, max_out, groups, stride, pa
       }
 }
 
+TEST_CASE("bcos: gradcheck when only the weight needs a gradient (the first layer: a constant input)") {
+  // The norm then needs no gradient, but ∂y/∂v must still include the scale's own derivative.
+  for (double b : {1.5, 2.0, 2.5}) {
+    const Tensor x = randn64({2, 3, 5, 4}, 25), xl = randn64({4, 5}, 26);
+    expect_gradcheck([&](const std::vector<Tensor>& t) { return bcos_conv2d(x, t[0], Tensor(), 1, 1, 1, 1, b, 1); },
+                     {randn64({2, 3, 3, 3}, 27)}, str("conv, constant input, b=", b));
+    expect_gradcheck([&](const std::vector<Tensor>& t) { return bcos_linear(xl, t[0], Tensor(), b, 2); },
+                     {randn64({4, 5}, 28)}, str("linear, constant input, b=", b));
+  }
+}
+
 TEST_CASE("bcos: gradcheck of the patch norm and the scale on their own") {
   expect_gradcheck([](const std::vector<Tensor>& t) { return bcos_patch_sumsq(t[0], 3, 2, 1, 1, 2); },
                    {randn64({2, 4, 6, 5}, 31)}, "patch_sumsq 3x3 stride 2 groups 2");
