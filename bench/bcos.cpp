@@ -48,13 +48,7 @@ int main(int argc, char** argv) {
         nn::adaptive_clip_grad_(params, 0.01, 1e-3);
         opt.step();
       } else {
-        Tensor x6 = nn::add_inverse(x);
-        Tensor pred;
-        {
-          NoGradGuard no_grad;
-          pred = argmax((*model)(x6), 1);
-        }
-        models::explain(*model, x6, pred);
+        models::explain(*model, nn::add_inverse(x), Tensor());  // the predicted classes
       }
     };
     model->train(mode == "train");

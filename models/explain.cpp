@@ -48,16 +48,19 @@ Tensor logits_of(nn::Module& model, const Tensor& x, const char* op) {
 
 Explanation explain(nn::Module& model, const Tensor& inputs, const Tensor& targets) {
   BCOS_CHECK(inputs.dim() == 4, "explain: expected inputs [N, C, H, W], got ", inputs.shape());
-  BCOS_CHECK(targets.dim() == 1 && targets.size(0) == inputs.size(0) && targets.dtype() == DType::i64,
+  BCOS_CHECK(!targets.defined() ||
+                 (targets.dim() == 1 && targets.size(0) == inputs.size(0) && targets.dtype() == DType::i64),
              "explain: expected int64 targets [", inputs.size(0), "], got ", targets.dtype(), " ", targets.shape());
   return with_frozen_eval(model, [&] {
     Tensor x = inputs.detach().clone().requires_grad_(true);
     ExplanationModeGuard explaining;
     Tensor logits = logits_of(model, x, "explain");
-    check_targets("explain", targets, logits.size(1));
+    Tensor t = targets.defined() ? targets.to(logits.device()) : argmax(logits.detach(), 1);
+    if (targets.defined()) check_targets("explain", targets, logits.size(1));
     // Samples are independent in eval mode, so one backward of the sum gives every W(x) at once.
-    sum(gather(logits, 1, targets.to(logits.device()).reshape({-1, 1}))).backward();
+    sum(gather(logits, 1, t.reshape({-1, 1}))).backward();
     Explanation e;
+    e.targets = t;
     e.logits = logits.detach();
     e.weights = x.grad();
     e.contributions = sum(x.detach() * e.weights, {1});

@@ -11,13 +11,15 @@
 namespace bcos::models {
 
 struct Explanation {
+  Tensor targets;        // the explained classes [N]
   Tensor logits;         // [N, C]
   Tensor weights;        // W(x) (or the gradient): like the input, [N, C_in, H, W]
   Tensor contributions;  // Σ over input channels of input · weights: [N, H, W]
 };
 
-// inputs: what the model takes ([N, 6, H, W] for a B-cos model); targets: int64 [N]. The model
-// is run in eval mode (its mode is restored afterwards), in explanation mode.
+// inputs: what the model takes ([N, 6, H, W] for a B-cos model); targets: int64 [N], or undefined
+// to explain each image's predicted class. The model runs in eval mode and explanation mode, its
+// parameters not requiring grad (only the input gradient is computed); all restored afterwards.
 Explanation explain(nn::Module& model, const Tensor& inputs, const Tensor& targets);
 
 // Contribution maps for several targets per input from one forward pass (the map of each target

@@ -95,6 +95,9 @@ void check_completeness(std::shared_ptr<nn::Module> model, int64_t size, const s
     CHECK(p.requires_grad());  // ... and the parameters' requires_grad
     CHECK(!p.grad().defined());
   }
+  // No targets: the predicted classes are explained.
+  Explanation predicted = explain(*bcos_model, x6, Tensor());
+  CHECK(golden::equal(predicted.targets, argmax(predicted.logits, 1)));
   // Several targets per input from one forward pass: the same maps as one explain() per target.
   Tensor two = from_vector(std::vector<int64_t>{0, 5, 3, 1, 7, 7}, {3, 2});
   Tensor maps = contribution_maps(*bcos_model, x6, two);
