@@ -196,6 +196,9 @@ int main(int argc, char** argv) {
         first = p.substr(0, lb) + p.substr(lb + 1, dots - lb - 1) + p.substr(rb + 1);
       return fs::exists(first);
     };
+    // Paths the user gave must exist; missing defaults (no ../shared here) only skip the run.
+    for (const auto& [name, path] : {std::pair{"weights", weights}, {"data", train_path}, {"test-data", test_path}})
+      BCOS_CHECK(!args.has(name) || exists(path), "bcosify_resnet: --", name, " ", path, " does not exist");
     if (weights.empty() || !fs::exists(weights) || !exists(train_path) || !exists(test_path)) {
       std::printf("bcosify_resnet: skipped: the pretrained weights or the data are missing (weights '%s', data '%s', "
                   "test data '%s'); set BCOS_DATA or pass --weights / --data / --test-data\n",
