@@ -145,16 +145,15 @@ Tensor bcos_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, do
   return y.reshape(out_shape);
 }
 
-Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
-                             const Tensor& weight, const Tensor& bias, bool training, double momentum,
-                             double eps) {
+Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const Tensor& weight,
+                             const Tensor& bias, bool training, double momentum, double eps) {
   const char* op = "batch_norm_uncentered";
   check_defined(op, x, "input");
   check_float(op, x);
   require_cpu(op, x);
   BCOS_CHECK(x.dim() >= 2, op, ": expected input [N, C, *], got shape ", x.shape());
   const int64_t c = x.size(1);
-  for (const Tensor* t : {&running_mean, &running_var, &weight, &bias}) {
+  for (const Tensor* t : {&running_var, &weight, &bias}) {
     if (!t->defined()) continue;
     BCOS_CHECK(t->dim() == 1 && t->size(0) == c, op, ": per-channel tensor of shape ", t->shape(),
                " does not match the ", c, " channels of input ", x.shape());
@@ -171,13 +170,10 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_mean, const 
     cpu::batch_norm_stats(x, mean, var_biased);  // the usual, centred batch variance
     NoGradGuard no_grad;
     invstd = rsqrt(add(var_biased, eps));
-    if (running_mean.defined()) {
-      Tensor rm = running_mean;
-      rm.mul_(1 - momentum).add_(mean, momentum);
-    }
+    // As the B-cosification authors' layer: the *biased* variance, the one the forward divides by.
     if (running_var.defined()) {
       Tensor rv = running_var;
-      rv.mul_(1 - momentum).add_(var_biased, momentum * double(per_channel) / double(per_channel - 1));
+      rv.mul_(1 - momentum).add_(var_biased, momentum);
     }
   } else {
     NoGradGuard no_grad;

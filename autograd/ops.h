@@ -165,11 +165,11 @@ Tensor bcos_patch_sumsq(const Tensor& x, IntPair kernel, IntPair stride = 1, Int
 Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_out,
                   double eps_in, double eps_out);
 // Batch norm without centring: y = weight · x / sqrt(var + eps) + bias, var the (centred, biased)
-// batch variance in training -- running statistics updated as batch_norm does -- else the running
-// variance. In explanation mode no gradient flows through the batch variance.
-Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
-                             const Tensor& weight, const Tensor& bias, bool training,
-                             double momentum = 0.1, double eps = 1e-5);
+// batch variance in training -- running_var (when defined) then moves towards that same biased
+// variance with momentum, as the B-cosification authors' layer does -- else the running variance.
+// In explanation mode no gradient flows through the batch variance.
+Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const Tensor& weight,
+                             const Tensor& bias, bool training, double momentum = 0.1, double eps = 1e-5);
 
 // ---- normalisation, dropout, embedding (autograd/norm.cpp) --------------------------------
 // x [N, C, *]. In training, batch statistics are used and the running ones (when defined)

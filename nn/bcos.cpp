@@ -106,7 +106,7 @@ Tensor BatchNormUncentered2d::forward(const Tensor& x) {
     NoGradGuard no_grad;
     num_batches_tracked.add_(ones({}, TensorOptions(DType::i64, num_batches_tracked.device())));
   }
-  return batch_norm_uncentered(x, running_mean, running_var, weight, bias, training_, momentum, eps);
+  return batch_norm_uncentered(x, running_var, weight, bias, training_, momentum, eps);
 }
 
 std::string BatchNormUncentered2d::describe() const {

@@ -54,8 +54,10 @@ class BcosConv2d : public Module {
 };
 
 // y = γ · x / sqrt(var + eps) (+ β): batch norm without subtracting the mean, so it is linear in
-// x. var is the batch variance in training (the running one in eval; both kept as BatchNorm2d
-// keeps them, so the state_dict keys match), and is detached in explanation mode.
+// x. var is the batch variance in training (the running one in eval), and is detached in
+// explanation mode. The buffers are BatchNorm2d's, so the state_dict keys match; as in the
+// B-cosification authors' layer, training updates running_var with the biased batch variance and
+// leaves running_mean as it was converted (nothing reads it).
 class BatchNormUncentered2d : public Module {
  public:
   explicit BatchNormUncentered2d(int64_t num_features, double eps = 1e-5, double momentum = 0.1, bool bias = true);

@@ -83,8 +83,8 @@ class BcosConv2d(nn.Module):
 
 class BatchNormUncentered2d(nn.Module):
     """y = gamma * x / sqrt(var + eps) (+ beta if kept); x is not mean-subtracted. Training: biased
-    batch variance; running_mean / running_var (unbiased) updated as nn.BatchNorm2d does. Eval:
-    running_var. 1/sqrt(var + eps) detached in explain mode."""
+    batch variance, which running_var follows (running_mean is left alone, as in the
+    B-cosification authors' layer). Eval: running_var. 1/sqrt(var + eps) detached in explain mode."""
 
     def __init__(self, bn, keep_bias):
         super().__init__()
@@ -99,10 +99,7 @@ class BatchNormUncentered2d(nn.Module):
         if self.training:
             var = x.var(dim=(0, 2, 3), unbiased=False)
             with torch.no_grad():
-                n = x.numel() // x.shape[1]
-                m = self.momentum
-                self.running_mean.mul_(1 - m).add_(x.mean(dim=(0, 2, 3)), alpha=m)
-                self.running_var.mul_(1 - m).add_(var * (n / (n - 1)), alpha=m)
+                self.running_var.mul_(1 - self.momentum).add_(var, alpha=self.momentum)
         else:
             var = self.running_var
         inv = (var + self.eps).rsqrt()

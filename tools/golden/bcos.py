@@ -31,11 +31,11 @@ Module cases:
   bnu_train         BatchNormUncentered2d, training: x [4,3,5,5] = randn + 0.7, weight [3] = rand + 0.5,
                     bias [3] randn, running_mean [3] randn*0.1, running_var [3] rand + 0.5, momentum 0.1,
                     eps 1e-5.  keys .x .weight .bias .running_mean .running_var .out .gout .gx .gweight
-                    .gbias .gx_explain .running_mean_after .running_var_after
+                    .gbias .gx_explain .running_var_after (running_mean is not updated)
   bnu_eval          the same in eval mode.  keys .x .weight .bias .running_mean .running_var .out .gout
                     .gx .gweight .gbias
   bnu_nobias_train  training, no bias.  keys .x .weight .running_mean .running_var .out .gout .gx
-                    .gweight .gx_explain .running_mean_after .running_var_after
+                    .gweight .gx_explain .running_var_after
   dln               DetachableLayerNorm over the last dim, x [2,5,8], weight [8] = rand + 0.5, bias [8]
                     randn, eps 1e-5.  keys .x .weight .bias .out .gout .gx .gweight .gbias .gx_explain
   dgelu             DetachableGELU, x [3,7].  keys .x .out .gout .gx .gx_explain
@@ -117,14 +117,12 @@ def bcos_conv2d(x, w, b, max_out, normalize, stride=1, padding=0, dilation=1, gr
 def bn_uncentered2d(x, weight, bias, running_mean, running_var, training, momentum=0.1,
                     eps=1e-5, explain=False):
     """BatchNormUncentered2d: y = weight * x / sqrt(var + eps) (+ bias), x not mean-subtracted.
-    Training uses the biased batch variance and updates running_mean / running_var in place
-    (running_var with the unbiased variance, as nn.BatchNorm2d); eval uses running_var."""
+    Training uses the biased batch variance and moves running_var towards it in place, as the
+    B-cosification authors' layer does (running_mean is left alone); eval uses running_var."""
     if training:
         var = x.var(dim=(0, 2, 3), unbiased=False)
         with torch.no_grad():
-            n = x.numel() // x.shape[1]
-            running_mean.mul_(1 - momentum).add_(momentum * x.mean(dim=(0, 2, 3)))
-            running_var.mul_(1 - momentum).add_(momentum * var * n / (n - 1))
+            running_var.mul_(1 - momentum).add_(momentum * var)
     else:
         var = running_var
     inv = 1.0 / (var + eps).sqrt()
@@ -314,7 +312,6 @@ def bnu_case(out, meta, name, training, has_bias):
     if training:
         _, grads_e = run_grads(fn(True), inputs, gout)
         out[f"{name}.gx_explain"] = f32(grads_e[0])
-        out[f"{name}.running_mean_after"] = f32(rm_after[0])
         out[f"{name}.running_var_after"] = f32(rv_after[0])
     meta[name] = dict(training=training, bias=has_bias, momentum=0.1, eps=1e-5)
 

@@ -14,8 +14,9 @@ weights (the same ones tests/nn/test_models.cpp computes), converted in float64:
     n = sqrt(sum over the zero-padded k x k window and all input channels of x^2 + 1e-6);
     y = |lin| / n * lin. The stem takes 6 channels: W6 = cat([W, -W], 1) / 2.
   - every BatchNorm2d -> uncentred BN, y = gamma * x / sqrt(var + 1e-5), no beta; training: var =
-    biased batch variance over (0, 2, 3), running_mean / running_var (unbiased) updated as
-    nn.BatchNorm2d does (momentum 0.1); eval: running_var. gamma and running stats copied.
+    biased batch variance over (0, 2, 3), which running_var follows (momentum 0.1; running_mean
+    is left as converted, as in the B-cosification authors' layer); eval: running_var. gamma and
+    running stats copied.
   - ReLUs and option-A shortcuts kept; Linear(64, 10) -> 1x1 B-cos conv ([10, 64, 1, 1], b = 2, no
     bias) on the last feature map, then the mean over H, W, then + (-ln 9).
 The modules are tools/bench_bcos.py's (bcosify, BcosConv2d, BatchNormUncentered2d), imported; the
