@@ -1,9 +1,12 @@
 // bcosify_resnet: the whole B-cosification experiment on one command.
 //   1. evaluate the pretrained model; 2. check that the conversion with b = 1 (biases and max-pool
-//   kept) reproduces its logits; 3. B-cosify it (b = 2); 4. fine-tune with the paper's recipe
-//   (AdamW, lr 1e-4, no weight decay, cosine schedule, uniform-off-label BCE, adaptive gradient
-//   clipping), checkpointing every epoch; 5. evaluate; 6. GridPG of both models (input × gradient
-//   for the original, contributions for the B-cos model); 7. explanation PNGs; 8. report.md/json.
+//   kept) reproduces its logits; 3. B-cosify it; 4. fine-tune (AdamW, no weight decay, cosine
+//   schedule, uniform-off-label BCE, adaptive gradient clipping -- the paper's recipe -- with the
+//   biases and BN shifts kept at conversion and faded out over the first 30 % of the steps, b
+//   rising from 1 to 2 over the first 25 %, and lr 2e-3: the defaults chosen by
+//   tools/bcosify_ablation.py, see the README), checkpointing every epoch; 5. evaluate; 6. GridPG
+//   of both models (input × gradient for the original, contributions for the B-cos model);
+//   7. explanation PNGs; 8. report.md/json.
 //   bcosify_resnet                      (CIFAR-10 ResNet-20 from ../shared or $BCOS_DATA)
 //   bcosify_resnet --arch resnet20 --weights CKPT --data TRAIN --test-data TEST --epochs 1 --out out/bcosify
 //   bcosify_resnet --from-scratch       (a B-cos ResNet of the same shape from random weights)
@@ -136,6 +139,8 @@ std::unique_ptr<data::DataLoader> test_loader(const std::string& path, const Set
   return examples::make_loader(path, "test", t, {.batch_size = batch, .workers = workers, .limit = limit});
 }
 
+std::string json_number(double v) { return std::isfinite(v) ? str(v) : "null"; }  // JSON has no NaN
+
 std::string json_escape(const std::string& v) {
   std::string o;
   for (char c : v) {
@@ -158,12 +163,20 @@ int main(int argc, char** argv) {
       .option("data", cifar_dir + "/cifar10-train-{000000..000004}.tar", "training data: shards, CIFAR folder or ImageFolder")
       .option("test-data", cifar_dir + "/cifar10-test-000000.tar", "test data")
       .option("photos", root + "/data/photos", "a folder of extra images to explain (skipped when missing)")
-      .option("epochs", "1", "fine-tuning epochs")
+      .option("epochs", "1", "fine-tuning epochs (fractions too: 0.25 is a quarter of the training set)")
       .option("batch", "64", "batch size")
-      .option("lr", "1e-4", "AdamW learning rate (cosine schedule to 0)")
+      .option("lr", "2e-3", "AdamW learning rate (cosine schedule to 0)")
       .option("weight-decay", "0", "AdamW weight decay")
       .option("warmup", "0", "linear warm-up steps")
       .option("b", "2", "the B-cos exponent")
+      .option("b-warmup", "0.25", "b rises linearly from 1 over this fraction of the fine-tuning (0: b from the start)")
+      .option("bias-decay", "0.3", "the biases and BN shifts fade to zero over this fraction of the fine-tuning and "
+              "are removed at the end (0: removed at conversion)")
+      .option("head-bias-decay", "", "the same for the classifier head's bias (default: as --bias-decay)")
+      .option("logit-bias", "", "constant added to the logits (default: -ln(classes - 1); 0 with --keep-bias)")
+      .option("bn-recalibrate", "0", "re-estimate the batch-norm statistics on this many training batches after "
+              "the conversion, weights frozen")
+      .option("loss", "bce", "bce (uniform-off-label binary cross-entropy, the B-cos loss) or ce (cross-entropy)")
       .option("gridpg-grids", "500", "GridPG: how many 3 x 3 grids (0: skip GridPG)")
       .option("explain", "16", "explanation PNGs for this many test images")
       .option("limit-train", "0", "use only N training samples per epoch (0: all)")
@@ -171,7 +184,7 @@ int main(int argc, char** argv) {
       .option("workers", std::to_string(std::max(1u, std::thread::hardware_concurrency())), "decoding threads")
       .option("seed", "0", "seed of shuffling, augmentation and GridPG")
       .option("out", "out/bcosify", "output folder: checkpoint, model, report, PNGs")
-      .flag("keep-bias", "keep the biases and batch-norm shifts (an ablation: breaks completeness)")
+      .flag("keep-bias", "keep the biases and batch-norm shifts for good (an ablation: breaks completeness)")
       .flag("resume", "continue from OUT/checkpoint.safetensors")
       .flag("from-scratch", "train a B-cos model of the same architecture from random weights instead");
   try {
@@ -208,7 +221,11 @@ int main(int argc, char** argv) {
     const std::string out = args.get("out");
     fs::create_directories(out + "/explanations");
     const int workers = int(args.integer("workers"));
-    const int64_t batch = args.integer("batch"), epochs = args.integer("epochs");
+    const int64_t batch = args.integer("batch");
+    const double epochs = args.number("epochs");
+    BCOS_CHECK(epochs >= 0, "bcosify_resnet: --epochs must be non-negative, got ", epochs);
+    const std::string loss_name = args.get("loss");
+    BCOS_CHECK(loss_name == "bce" || loss_name == "ce", "bcosify_resnet: --loss is bce or ce, got '", loss_name, "'");
     const uint64_t seed = uint64_t(args.integer("seed"));
     const bool from_scratch = args.enabled("from-scratch");
     std::vector<std::pair<std::string, double>> timings;
@@ -256,11 +273,29 @@ int main(int argc, char** argv) {
         before.first_images.slice(0, 0, std::min(std::max<int64_t>(n_explain, 16), before.first_images.size(0)));
     Tensor original_maps = models::explain(*original, s.normalize(explain_images), Tensor()).contributions;
 
-    // 3. B-cosify (b = 2), or a same-shaped B-cos model from random weights.
-    models::BcosifyOptions options{args.number("b"), args.enabled("keep-bias"), false, s.mean, s.std, std::nullopt};
+    // 3. B-cosify, or a same-shaped B-cos model from random weights. Biases that fade out during
+    // fine-tuning are kept at conversion; with a b warm-up the layers start at b = 1.
+    const bool keep_bias = args.enabled("keep-bias");
+    models::FinetuneSchedule plan;
+    plan.b = args.number("b"), plan.b_warmup = args.number("b-warmup");
+    plan.bias_decay = args.number("bias-decay");
+    plan.head_bias_decay = args.has("head-bias-decay") ? args.number("head-bias-decay") : plan.bias_decay;
+    const bool fade_biases = plan.bias_decay > 0 || plan.head_bias_decay > 0;
+    BCOS_CHECK(!(keep_bias && fade_biases), "bcosify_resnet: --keep-bias keeps the biases for good; pass "
+               "--bias-decay 0 with it");
+    models::BcosifyOptions options{plan.b_warmup > 0 ? 1.0 : plan.b, keep_bias || fade_biases, false, s.mean, s.std,
+                                   args.has("logit-bias") ? args.number("logit-bias")
+                                   : keep_bias            ? 0.0
+                                                          : nn::default_logit_bias(s.spec.num_classes)};
     auto bcos_model = models::bcosify(from_scratch ? models::create_model(s.spec.arch) : original, options);
     original.reset();
-    std::printf("B-cosified %s (b = %g)%s\n", s.spec.arch.c_str(), options.b, from_scratch ? " from random weights" : "");
+    std::printf("B-cosified %s (b = %g%s; biases %s)%s\n", s.spec.arch.c_str(), plan.b,
+                plan.b_warmup > 0 ? str(", from 1 over ", plan.b_warmup * 100, " % of the steps").c_str() : "",
+                keep_bias     ? "kept"
+                : fade_biases ? str("fading out over ", plan.bias_decay * 100, " % of the steps (head ",
+                                    plan.head_bias_decay * 100, " %)").c_str()
+                              : "removed",
+                from_scratch ? " from random weights" : "");
 
     // 4. Fine-tune.
     using namespace data;
@@ -272,11 +307,26 @@ int main(int argc, char** argv) {
     const int64_t steps_per_epoch = train_loader->num_samples() / batch;
     BCOS_CHECK(steps_per_epoch > 0, "bcosify_resnet: fewer training samples (", train_loader->num_samples(),
                ") than one batch (", batch, ")");
+    const int64_t total_steps = std::llround(epochs * double(steps_per_epoch));
+    const int64_t epoch_count = (total_steps + steps_per_epoch - 1) / steps_per_epoch;  // the last may be partial
+    plan.total_steps = std::max<int64_t>(1, total_steps);
+    if (const int64_t n = args.integer("bn-recalibrate"); n > 0) {
+      t = Clock::now();
+      auto batches = train_loader->epoch(-1);  // an extra shuffle of its own, not one of the epochs
+      auto it = batches.begin();
+      models::recalibrate_batch_norm(*bcos_model, [&] {
+        BCOS_CHECK(it != batches.end(), "bcosify_resnet: --bn-recalibrate ", n, " is more batches than an epoch has");
+        Tensor x6 = nn::add_inverse((*it).images);
+        ++it;
+        return x6;
+      }, n);
+      std::printf("recalibrated the batch norms on %lld batches (%.0f s)\n", static_cast<long long>(n), seconds_since(t));
+    }
     std::vector<Tensor> params;
     for (auto& [name, p] : bcos_model->named_parameters()) params.push_back(p);
     nn::AdamW optimizer(params, {.lr = args.number("lr"), .weight_decay = args.number("weight-decay")});
-    nn::Scheduler scheduler(optimizer, nn::cosine_schedule(args.number("lr"), std::max<int64_t>(1, epochs * steps_per_epoch),
-                                                           0.0, args.integer("warmup")));
+    nn::Scheduler scheduler(optimizer, nn::cosine_schedule(args.number("lr"), plan.total_steps, 0.0,
+                                                           args.integer("warmup")));
     const std::string ckpt = out + "/checkpoint.safetensors";
     nn::TrainingState state;
     if (args.enabled("resume")) {
@@ -287,15 +337,18 @@ int main(int argc, char** argv) {
     double train_seconds = 0;
     int64_t train_images = 0;
     double last_loss = 0, last_acc = 0;
-    for (int64_t epoch = state.epoch; epoch < epochs; ++epoch) {
+    for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
       bcos_model->train();
-      ProgressBar bar(steps_per_epoch * batch, str("epoch ", epoch + 1, "/", epochs), "img");
+      const int64_t steps = std::min(steps_per_epoch, total_steps - epoch * steps_per_epoch);
+      ProgressBar bar(steps * batch, str("epoch ", epoch + 1, "/", epoch_count), "img");
       const auto start = Clock::now();
       double loss_sum = 0;
       int64_t correct = 0, seen = 0;
       for (Batch& b : train_loader->epoch(epoch)) {
+        if (state.step >= (epoch + 1) * steps_per_epoch || state.step >= total_steps) break;  // a partial epoch
+        models::apply_finetune_schedule(*bcos_model, plan, state.step);
         Tensor logits = (*bcos_model)(nn::add_inverse(b.images));
-        Tensor loss = nn::uniform_off_labels_bce(logits, b.labels);
+        Tensor loss = loss_name == "bce" ? nn::uniform_off_labels_bce(logits, b.labels) : cross_entropy(logits, b.labels);
         optimizer.zero_grad();
         loss.backward();
         nn::adaptive_clip_grad_(params, 0.01, 1e-3);
@@ -308,7 +361,7 @@ int main(int argc, char** argv) {
         correct += int64_t(sum(eq(argmax(logits.detach(), 1), b.labels).to(DType::f32)).item());
         seen += b.size();
         bar.update(b.size(), {{"loss", loss_sum / double(seen)}, {"acc", 100.0 * double(correct) / double(seen)},
-                              {"lr", optimizer.lr}});
+                              {"lr", optimizer.lr}, {"b", plan.exponent(state.step)}});
       }
       bar.finish();
       train_seconds += seconds_since(start);
@@ -320,15 +373,19 @@ int main(int argc, char** argv) {
       nn::save_training_checkpoint(ckpt, *bcos_model, optimizer, &scheduler, state);
     }
     timings.emplace_back("fine-tune", train_seconds);
+    // The final model: b as asked, and no biases unless --keep-bias (faded ones are zero by now).
+    models::set_bcos_exponent(*bcos_model, plan.b);
+    if (!keep_bias) models::remove_biases(*bcos_model);
     const double train_ips = train_seconds > 0 ? double(train_images) / train_seconds : 0;
+    const double epochs_done = double(state.step) / double(steps_per_epoch);
     nn::save_safetensors(out + "/bcos_" + s.spec.arch + ".safetensors", bcos_model->state_dict(),
-                         {{"arch", s.spec.arch}, {"bcos.b", str(options.b)}, {"epochs", str(state.epoch)}});
+                         {{"arch", s.spec.arch}, {"bcos.b", str(plan.b)}, {"epochs", str(epochs_done)},
+                          {"bias", keep_bias ? "kept" : "none"}});
 
     // 5. Evaluate the B-cos model.
     EvalResult after = evaluate(*bcos_model, true, s, *loader, 100, "evaluate B-cos " + s.spec.arch);
     timings.emplace_back("evaluate B-cos", after.seconds);
-    std::printf("B-cos %s after %lld epoch(s): top-1 %.2f %%\n", s.spec.arch.c_str(),
-                static_cast<long long>(state.epoch), after.accuracy);
+    std::printf("B-cos %s after %g epoch(s): top-1 %.2f %%\n", s.spec.arch.c_str(), epochs_done, after.accuracy);
 
     // Completeness: contributions sum to the logit minus the logit bias.
     Tensor x6 = nn::add_inverse(explain_images);
@@ -386,6 +443,15 @@ int main(int argc, char** argv) {
     const double total_seconds = seconds_since(t_total);
 
     // 8. Report.
+    const std::string recipe =
+        str("AdamW lr ", args.number("lr"), " (cosine, ", args.integer("warmup"), " warm-up steps, weight decay ",
+            args.number("weight-decay"), "), batch ", batch, ", ", loss_name == "bce" ? "uniform-off-label BCE" : "CE",
+            ", b = ", plan.b, plan.b_warmup > 0 ? str(" (from 1 over ", plan.b_warmup * 100, " % of the steps)") : "",
+            ", biases ", keep_bias ? "kept" : plan.bias_decay > 0 || plan.head_bias_decay > 0
+                ? str("faded out over ", plan.bias_decay * 100, " % (head ", plan.head_bias_decay * 100, " %) of the steps")
+                : std::string("removed at conversion"),
+            ", logit bias ", logit_bias, args.integer("bn-recalibrate") > 0
+                ? str(", BN recalibrated on ", args.integer("bn-recalibrate"), " batches") : "");
     auto grid_line = [](const models::GridPGResult& g) {
       return str(g.mean, " (quartiles ", g.q1, " / ", g.median, " / ", g.q3, ")");
     };
@@ -397,8 +463,9 @@ int main(int argc, char** argv) {
        << "| GridPG mean (quartiles) | " << grid_line(grid_before) << " | " << grid_line(grid_after) << " |\n"
        << "| GridPG pool (confident, correct test images) | " << before.pool.images.size() << " | "
        << after.pool.images.size() << " |\n\n"
-       << "- Test images: " << before.samples << "; fine-tuning: " << state.epoch << " epoch(s), " << state.step
+       << "- Test images: " << before.samples << "; fine-tuning: " << epochs_done << " epoch(s), " << state.step
        << " steps of batch " << batch << ", last epoch loss " << last_loss << ", train accuracy " << last_acc << " %\n"
+       << "- Recipe: " << recipe << "\n"
        << "- Fine-tuning speed: " << train_ips << " images/s\n"
        << "- b = 1 equivalence (biases and max-pool kept): max relative logit error " << equivalence_error << "\n"
        << "- Completeness (contributions sum to logit − logit bias " << logit_bias << "): max relative error "
@@ -413,13 +480,20 @@ int main(int argc, char** argv) {
     md.close();
     std::ofstream js(out + "/report.json");
     auto grid_json = [](const models::GridPGResult& g) {
-      return str("{\"mean\": ", g.mean, ", \"q1\": ", g.q1, ", \"median\": ", g.median, ", \"q3\": ", g.q3,
-                 ", \"grids\": ", g.grids, ", \"cell\": ", g.cell, ", \"smooth\": ", g.smooth, "}");
+      return str("{\"mean\": ", json_number(g.mean), ", \"q1\": ", json_number(g.q1), ", \"median\": ",
+                 json_number(g.median), ", \"q3\": ", json_number(g.q3), ", \"grids\": ", g.grids, ", \"cell\": ",
+                 g.cell, ", \"smooth\": ", g.smooth, "}");
     };
     js << "{\n  \"arch\": \"" << s.spec.arch << "\",\n  \"command\": \"" << json_escape(command.str()) << "\",\n"
        << "  \"from_scratch\": " << (from_scratch ? "true" : "false") << ",\n"
        << "  \"accuracy_before\": " << before.accuracy << ",\n  \"accuracy_after\": " << after.accuracy << ",\n"
-       << "  \"epochs\": " << state.epoch << ",\n  \"steps\": " << state.step << ",\n"
+       << "  \"epochs\": " << epochs_done << ",\n  \"steps\": " << state.step << ",\n"
+       << "  \"recipe\": {\"lr\": " << args.number("lr") << ", \"warmup\": " << args.integer("warmup")
+       << ", \"weight_decay\": " << args.number("weight-decay") << ", \"batch\": " << batch << ", \"b\": " << plan.b
+       << ", \"b_warmup\": " << plan.b_warmup << ", \"bias_decay\": " << plan.bias_decay << ", \"head_bias_decay\": "
+       << plan.head_bias_decay << ", \"keep_bias\": " << (keep_bias ? "true" : "false") << ", \"logit_bias\": "
+       << logit_bias << ", \"bn_recalibrate\": " << args.integer("bn-recalibrate") << ", \"loss\": \"" << loss_name
+       << "\"},\n"
        << "  \"gridpg_before\": " << grid_json(grid_before) << ",\n  \"gridpg_after\": " << grid_json(grid_after)
        << ",\n  \"b1_equivalence_error\": " << equivalence_error << ",\n  \"completeness_error\": "
        << completeness_error << ",\n  \"completeness_logit_scale\": " << logit_scale << ",\n  \"train_images_per_s\": " << train_ips << ",\n  \"timings_s\": {";

@@ -1,7 +1,9 @@
 // B-cosification of ResNets (see bcosify.h).
 #include "models/bcosify.h"
 
+#include <algorithm>
 #include <cmath>
+#include <set>
 
 #include "models/resnet.h"
 #include "models/vit.h"
@@ -55,6 +57,13 @@ Tensor BcosClassifier::forward(const Tensor& x6) {
     y = (*model)(z);
   }
   return (*logit)(y);
+}
+
+nn::Module& BcosClassifier::head() const {
+  if (auto* r = dynamic_cast<ResNet*>(model.get())) return *r->fc;
+  if (auto* c = dynamic_cast<CifarResNet*>(model.get())) return *c->linear;
+  if (auto* v = dynamic_cast<VisionTransformer*>(model.get())) return *v->heads;
+  fail("BcosClassifier: no classifier head known for a ", model->type_name());
 }
 
 namespace {
@@ -214,6 +223,92 @@ std::shared_ptr<BcosClassifier> bcosify(std::shared_ptr<Module> model, const Bco
   result->to(dtype);
   result->train(training);
   return result;
+}
+
+// ---- fine-tuning a converted model ------------------------------------------------------------
+
+double FinetuneSchedule::exponent(int64_t step) const {
+  if (b_warmup <= 0) return b;
+  return 1 + (b - 1) * std::min(1.0, double(step) / (b_warmup * double(total_steps)));
+}
+
+double FinetuneSchedule::bias_fraction(int64_t step, bool head) const {
+  const double fraction = head ? head_bias_decay : bias_decay;
+  if (step < 0) return 1;  // as converted
+  if (fraction <= 0) return 0;
+  return std::max(0.0, 1 - double(step) / (fraction * double(total_steps)));
+}
+
+namespace {
+bool is_bias_name(const std::string& name) {
+  return name == "bias" || (name.size() > 5 && name.compare(name.size() - 5, 5, "_bias") == 0);
+}
+
+std::vector<std::pair<std::string, Tensor>> own_biases(const Module& m) {  // not its children's
+  std::vector<std::pair<std::string, Tensor>> biases;
+  for (const auto& [name, p] : m.named_parameters())
+    if (name.find('.') == std::string::npos && is_bias_name(name)) biases.emplace_back(name, p);
+  return biases;
+}
+}  // namespace
+
+void apply_finetune_schedule(BcosClassifier& model, const FinetuneSchedule& s, int64_t step) {
+  BCOS_CHECK(s.total_steps > 0 && step >= 0, "apply_finetune_schedule: step ", step, " of ", s.total_steps);
+  BCOS_CHECK(s.b >= 1 && s.b_warmup >= 0 && s.bias_decay >= 0 && s.head_bias_decay >= 0,
+             "apply_finetune_schedule: b must be at least 1 and the fractions non-negative, got b ", s.b,
+             ", b_warmup ", s.b_warmup, ", bias_decay ", s.bias_decay, ", head_bias_decay ", s.head_bias_decay);
+  set_bcos_exponent(*model.model, s.exponent(step));
+  std::set<const Module*> head;
+  for (const auto& [path, m] : model.head().named_modules()) head.insert(m);
+  NoGradGuard no_grad;
+  for (const auto& [path, m] : model.named_modules()) {
+    const bool is_head = head.count(m) > 0;
+    const double before = s.bias_fraction(step - 1, is_head), now = s.bias_fraction(step, is_head);
+    const double factor = before > 0 ? now / before : 0.0;  // zero stays zero (the optimizer moved it)
+    if (factor == 1) continue;
+    for (auto& [name, bias] : own_biases(*m)) bias.mul_(factor);  // the handle shares the parameter's storage
+  }
+}
+
+void set_bcos_exponent(Module& model, double b) {
+  BCOS_CHECK(b >= 1, "set_bcos_exponent: b must be at least 1, got ", b);
+  for (const auto& [path, m] : model.named_modules()) {
+    if (auto* conv = dynamic_cast<nn::BcosConv2d*>(m)) conv->options.bcos.b = b;
+    if (auto* lin = dynamic_cast<nn::BcosLinear*>(m)) lin->options.b = b;
+  }
+}
+
+void remove_biases(Module& model) {
+  for (const auto& [path, m] : model.named_modules()) {
+    for (const auto& [name, bias] : own_biases(*m)) m->remove_parameter(name);
+    if (auto* conv = dynamic_cast<nn::BcosConv2d*>(m)) conv->options.bcos.bias = false;
+    if (auto* lin = dynamic_cast<nn::BcosLinear*>(m)) lin->options.bias = false;
+  }
+}
+
+void recalibrate_batch_norm(Module& model, const std::function<Tensor()>& next_batch, int64_t batches) {
+  BCOS_CHECK(batches >= 0, "recalibrate_batch_norm: batches must be non-negative, got ", batches);
+  if (batches == 0) return;
+  std::vector<std::pair<double*, double>> momenta;  // each norm's momentum and its value, restored after
+  for (const auto& [path, m] : model.named_modules()) {
+    if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(m)) momenta.emplace_back(&bn->momentum, bn->momentum);
+    if (auto* bn = dynamic_cast<nn::BatchNormUncentered2d*>(m)) momenta.emplace_back(&bn->momentum, bn->momentum);
+  }
+  const bool training = model.is_training();
+  model.train();
+  NoGradGuard no_grad;
+  try {
+    for (int64_t k = 1; k <= batches; ++k) {
+      for (auto& [momentum, saved] : momenta) *momentum = 1.0 / double(k);  // the mean of batches 1..k
+      model(next_batch());
+    }
+  } catch (...) {
+    for (auto& [momentum, saved] : momenta) *momentum = saved;
+    model.train(training);
+    throw;
+  }
+  for (auto& [momentum, saved] : momenta) *momentum = saved;
+  model.train(training);
 }
 
 }  // namespace bcos::models

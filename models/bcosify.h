@@ -18,6 +18,7 @@
 // exactly (the test that the conversion is right).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -54,11 +55,40 @@ class BcosClassifier : public nn::Module {
   BcosClassifier(std::shared_ptr<nn::Module> normalize, std::shared_ptr<nn::Module> model,
                  std::shared_ptr<nn::Module> logit);
   Tensor forward(const Tensor& x6) override;
+  nn::Module& head() const;  // the classifier head inside `model` (fc, linear or heads)
   std::shared_ptr<nn::Module> normalize, model, logit;
 };
 
 // Converts `model` (ResNet, CifarResNet or VisionTransformer; its modules are moved into the
 // result, so don't use `model` afterwards). Raises for other architectures.
 std::shared_ptr<BcosClassifier> bcosify(std::shared_ptr<nn::Module> model, const BcosifyOptions& options);
+
+// ---- fine-tuning a converted model ------------------------------------------------------------
+// Removing the biases at conversion destroys most of a pretrained network's function (a CIFAR
+// ResNet-20 falls to chance), and so does jumping from b = 1 to b = 2. The schedule below lets
+// fine-tuning get there gradually; it is a pure function of the step, so resuming needs no state.
+//   - bias decay: the biases and BN shifts kept at conversion (keep_bias) fade linearly to zero over
+//     the first `bias_decay` of the steps (0: zero from the first step), the classifier head's bias
+//     over its own `head_bias_decay`; once zero they stay zero, and remove_biases() drops them at
+//     the end, so the final model is bias-free and its explanations complete.
+//   - b warm-up: every B-cos layer's b rises linearly from 1 to `b` over the first `b_warmup` of
+//     the steps (0: b from the start; convert with b = 1 when warming up).
+struct FinetuneSchedule {
+  int64_t total_steps = 1;
+  double b = 2, b_warmup = 0;
+  double bias_decay = 0, head_bias_decay = 0;
+  double exponent(int64_t step) const;
+  double bias_fraction(int64_t step, bool head) const;  // α(step) in [0, 1]
+};
+// Before the forward of step `step` (0, 1, ...): sets b and scales the biases from α(step − 1) to
+// α(step) (the optimizer moves them in between, so they are rescaled, not overwritten).
+void apply_finetune_schedule(BcosClassifier& model, const FinetuneSchedule& schedule, int64_t step);
+void set_bcos_exponent(nn::Module& model, double b);  // every BcosConv2d / BcosLinear below
+// Drops every parameter named "bias" or "*_bias" below `model` (the B-cos layers, uncentred BNs,
+// layer norms, attention projections), as the authors' `module.bias = None`.
+void remove_biases(nn::Module& model);
+// Re-estimates the running variances (and means) of every batch norm below `model` on `batches`
+// batches from next_batch(), weights frozen: a cumulative average, as PyTorch's momentum=None.
+void recalibrate_batch_norm(nn::Module& model, const std::function<Tensor()>& next_batch, int64_t batches);
 
 }  // namespace bcos::models

@@ -8,11 +8,11 @@
 namespace bcos::nn {
 
 namespace {
-std::string bcos_describe(const BcosOptions& o) {
+std::string bcos_describe(const BcosOptions& o, const Tensor& bias) {
   std::string s = str("b=", o.b);
   if (o.max_out != 1) s += str(", max_out=", o.max_out);
   if (!o.normalize_weights) s += ", normalize_weights=False";
-  if (o.bias) s += ", bias=True";
+  if (bias.defined()) s += ", bias=True";
   return s;
 }
 
@@ -51,7 +51,7 @@ Tensor BcosLinear::forward(const Tensor& x) {
 }
 
 std::string BcosLinear::describe() const {
-  return str("in_features=", in_features, ", out_features=", out_features, ", ", bcos_describe(options));
+  return str("in_features=", in_features, ", out_features=", out_features, ", ", bcos_describe(options, bias));
 }
 
 BcosConv2d::BcosConv2d(int64_t in, int64_t out, IntPair k, BcosConv2dOptions o)
@@ -86,7 +86,7 @@ std::string BcosConv2d::describe() const {
   if (options.dilation.h != 1 || options.dilation.w != 1)
     s += str(", dilation=(", options.dilation.h, ", ", options.dilation.w, ")");
   if (options.groups != 1) s += str(", groups=", options.groups);
-  return s + ", " + bcos_describe(options.bcos);
+  return s + ", " + bcos_describe(options.bcos, bias);
 }
 
 BatchNormUncentered2d::BatchNormUncentered2d(int64_t n, double eps_, double momentum_, bool with_bias)

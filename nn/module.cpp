@@ -45,6 +45,16 @@ void Module::replace_child(const std::string& name, std::shared_ptr<Module> modu
   fail(type_name_, ": no child named '", name, "' to replace");
 }
 
+void Module::remove_parameter(const std::string& name) {
+  for (auto it = parameters_.begin(); it != parameters_.end(); ++it)
+    if (it->first == name) {
+      *it->second = Tensor();
+      parameters_.erase(it);
+      return;
+    }
+  fail(type_name_, ": no parameter named '", name, "' to remove");
+}
+
 std::shared_ptr<Module> Module::child(const std::string& name) const {
   for (const auto& [n, m] : children_)
     if (n == name) return m;

@@ -89,6 +89,9 @@ class Module {
   // Swaps a registered child for another (bcosify rewrites models this way); the member slot it
   // was registered with follows.
   void replace_child(const std::string& name, std::shared_ptr<Module> module);
+  // Unregisters one of this module's own parameters and empties its slot, as PyTorch's
+  // `module.bias = None` (forwards treat an undefined bias as none). Raises when absent.
+  void remove_parameter(const std::string& name);
 
  private:
   void add_child(const std::string& name, std::shared_ptr<Module> module, std::shared_ptr<Module>* slot);

@@ -129,6 +129,17 @@ TEST_CASE("module: replace_child keeps the member slot current; to(dtype) keeps 
   CHECK_THROWS_WITH_AS(stale.step(), doctest::Contains("build the optimizer after moving"), Error);
 }
 
+TEST_CASE("module: remove_parameter unregisters a parameter as `module.bias = None` does") {
+  Linear fc(3, 2);
+  fc.remove_parameter("bias");
+  CHECK(!fc.bias.defined());
+  CHECK(keys(fc.state_dict()) == std::vector<std::string>{"weight"});
+  CHECK(fc.parameters().size() == 1);
+  Tensor x = ones({1, 3});
+  CHECK(same(fc(x), matmul(x, fc.weight.detach().t())));  // the forward runs without it
+  CHECK(error_of([&] { fc.remove_parameter("bias"); }).find("no parameter named 'bias'") != std::string::npos);
+}
+
 TEST_CASE("module: default initialisation has PyTorch's bounds") {
   manual_seed(3);
   Linear fc(400, 30);
