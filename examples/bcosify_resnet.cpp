@@ -105,6 +105,22 @@ EvalResult evaluate(nn::Module& model, bool bcos_model, const Setup& s, data::Da
   return r;
 }
 
+// The share of positive contributions within `ring` px of the image border, on the pool's images
+// (at most 500), each explained for its label: the original by input × gradient, the B-cos model
+// by its contributions. Explanations spread evenly give models::border_area_share().
+double border_share(nn::Module& model, bool bcos_model, const Setup& s, const Pool& pool, int64_t ring) {
+  const int64_t n = std::min<int64_t>(int64_t(pool.images.size()), 500);
+  if (n == 0) return std::nan("");
+  std::vector<Tensor> maps;
+  for (int64_t i = 0; i < n; i += 100) {
+    const int64_t m = std::min<int64_t>(100, n - i);
+    Tensor x = stack(std::vector<Tensor>(pool.images.begin() + i, pool.images.begin() + i + m), 0);
+    Tensor y = from_vector(std::vector<int64_t>(pool.labels.begin() + i, pool.labels.begin() + i + m), {m});
+    maps.push_back(models::explain(model, bcos_model ? nn::add_inverse(x) : s.normalize(x), y).contributions);
+  }
+  return models::border_share(cat(maps, 0), ring);
+}
+
 models::GridPGResult run_gridpg(nn::Module& model, bool bcos_model, const Setup& s, const Pool& pool,
                                 int64_t grids, uint64_t seed, const std::string& title) {
   models::GridPGOptions o;
@@ -156,12 +172,16 @@ std::string json_escape(const std::string& v) {
 int main(int argc, char** argv) {
   const std::string root = data_root();
   const std::string cifar_dir = root + "/data/cifar10";
+  // ../shared holds WebDataset shards; scripts/get_data's cache the CIFAR-10 binary version.
+  const std::string binary_dir = cifar_dir + "/cifar-10-batches-bin";
+  const bool binary = !fs::exists(cifar_dir + "/cifar10-test-000000.tar") && fs::is_directory(binary_dir);
   examples::Args args("bcosify_resnet",
                       "B-cosify a pretrained ResNet, fine-tune it, and measure accuracy and explanations (GridPG).");
   args.option("arch", "resnet20", "resnet20/32/44/56/110 (CIFAR-10) or resnet18/34/50/101/152 (ImageNet-style)")
       .option("weights", "", "pretrained checkpoint (default for CIFAR ResNets: $BCOS_DATA/weights/resnet-cifar10/)")
-      .option("data", cifar_dir + "/cifar10-train-{000000..000004}.tar", "training data: shards, CIFAR folder or ImageFolder")
-      .option("test-data", cifar_dir + "/cifar10-test-000000.tar", "test data")
+      .option("data", binary ? binary_dir : cifar_dir + "/cifar10-train-{000000..000004}.tar",
+              "training data: shards, CIFAR folder or ImageFolder")
+      .option("test-data", binary ? binary_dir : cifar_dir + "/cifar10-test-000000.tar", "test data")
       .option("photos", root + "/data/photos", "a folder of extra images to explain (skipped when missing)")
       .option("epochs", "1", "fine-tuning epochs (fractions too: 0.25 is a quarter of the training set)")
       .option("batch", "64", "batch size")
@@ -185,6 +205,7 @@ int main(int argc, char** argv) {
       .option("seed", "0", "seed of shuffling, augmentation and GridPG")
       .option("out", "out/bcosify", "output folder: checkpoint, model, report, PNGs")
       .flag("keep-bias", "keep the biases and batch-norm shifts for good (an ablation: breaks completeness)")
+      .flag("no-original-gridpg", "skip the original model's GridPG (ablations, which measure only the B-cos model)")
       .flag("resume", "continue from OUT/checkpoint.safetensors")
       .flag("from-scratch", "train a B-cos model of the same architecture from random weights instead");
   try {
@@ -262,7 +283,8 @@ int main(int argc, char** argv) {
     // GridPG of the original model (input × gradient) now, before its modules are converted.
     auto t = Clock::now();
     const int64_t grids = args.integer("gridpg-grids");
-    models::GridPGResult grid_before = run_gridpg(*original, false, s, before.pool, grids, seed, "GridPG original");
+    models::GridPGResult grid_before =
+        run_gridpg(*original, false, s, before.pool, args.enabled("no-original-gridpg") ? 0 : grids, seed, "GridPG original");
     timings.emplace_back("GridPG original", seconds_since(t));
 
     // Input × gradient maps of the original for the PNGs, while it is still the original.
@@ -272,6 +294,9 @@ int main(int argc, char** argv) {
     Tensor explain_images =
         before.first_images.slice(0, 0, std::min(std::max<int64_t>(n_explain, 16), before.first_images.size(0)));
     Tensor original_maps = models::explain(*original, s.normalize(explain_images), Tensor()).contributions;
+    const int64_t ring = std::max<int64_t>(1, std::llround(2.0 * double(s.spec.input_size) / 32.0));
+    const double border_area = models::border_area_share(s.spec.input_size, s.spec.input_size, ring);
+    const double border_before = border_share(*original, false, s, before.pool, ring);
 
     // 3. B-cosify, or a same-shaped B-cos model from random weights. Biases that fade out during
     // fine-tuning are kept at conversion; with a b warm-up the layers start at b = 1.
@@ -398,6 +423,11 @@ int main(int argc, char** argv) {
     const double logit_scale = max(abs(target_logits)).item();
     std::printf("completeness: max relative error %.3g (largest |logit - bias| %.3g)\n", completeness_error, logit_scale);
 
+    const double border_after = border_share(*bcos_model, true, s, before.pool, ring);
+    std::printf("border: %.1f %% of the positive contributions within %lld px of the edge (original input x gradient "
+                "%.1f %%, even spread %.1f %%)\n", 100 * border_after, static_cast<long long>(ring), 100 * border_before,
+                100 * border_area);
+
     // 6. GridPG of the B-cos model.
     t = Clock::now();
     models::GridPGResult grid_after = run_gridpg(*bcos_model, true, s, after.pool, grids, seed, "GridPG B-cos");
@@ -473,6 +503,9 @@ int main(int argc, char** argv) {
        << "- GridPG: " << grids << " grids of 3 × 3 cells of " << grid_after.cell << " px, attribution smoothed by a "
        << grid_after.smooth << " × " << grid_after.smooth << " average (15 at 224 px, scaled); original: input × "
        << "gradient, B-cos: contributions\n"
+       << "- Border: share of the positive contributions within " << ring << " px of the image edge, on up to 500 "
+       << "of the original's confident, correct test images explained for their label: original (input × gradient) "
+       << border_before << ", B-cos " << border_after << "; spread evenly it would be " << border_area << "\n"
        << "- Explanations: " << pngs << " PNGs in explanations/ (alpha smoothing " << smooth << " px)\n\n"
        << "| phase | seconds |\n|---|---|\n";
     for (const auto& [name, sec] : timings) md << "| " << name << " | " << sec << " |\n";
@@ -487,6 +520,7 @@ int main(int argc, char** argv) {
     js << "{\n  \"arch\": \"" << s.spec.arch << "\",\n  \"command\": \"" << json_escape(command.str()) << "\",\n"
        << "  \"from_scratch\": " << (from_scratch ? "true" : "false") << ",\n"
        << "  \"accuracy_before\": " << before.accuracy << ",\n  \"accuracy_after\": " << after.accuracy << ",\n"
+       << "  \"test_images\": " << before.samples << ",\n"
        << "  \"epochs\": " << epochs_done << ",\n  \"steps\": " << state.step << ",\n"
        << "  \"recipe\": {\"lr\": " << args.number("lr") << ", \"warmup\": " << args.integer("warmup")
        << ", \"weight_decay\": " << args.number("weight-decay") << ", \"batch\": " << batch << ", \"b\": " << plan.b
@@ -495,6 +529,8 @@ int main(int argc, char** argv) {
        << logit_bias << ", \"bn_recalibrate\": " << args.integer("bn-recalibrate") << ", \"loss\": \"" << loss_name
        << "\"},\n"
        << "  \"gridpg_before\": " << grid_json(grid_before) << ",\n  \"gridpg_after\": " << grid_json(grid_after)
+       << ",\n  \"border_share\": {\"ring\": " << ring << ", \"original\": " << json_number(border_before)
+       << ", \"bcos\": " << json_number(border_after) << ", \"even\": " << border_area << "}"
        << ",\n  \"b1_equivalence_error\": " << equivalence_error << ",\n  \"completeness_error\": "
        << completeness_error << ",\n  \"completeness_logit_scale\": " << logit_scale << ",\n  \"train_images_per_s\": " << train_ips << ",\n  \"timings_s\": {";
     for (size_t i = 0; i < timings.size(); ++i)

@@ -112,4 +112,23 @@ GridPGResult grid_pointing_game(const Tensor& images, const Tensor& labels, cons
   return r;
 }
 
+double border_area_share(int64_t height, int64_t width, int64_t ring) {
+  BCOS_CHECK(height > 0 && width > 0 && ring >= 0, "border_area_share: ", height, " x ", width, ", ring ", ring);
+  const int64_t inner = std::max<int64_t>(0, height - 2 * ring) * std::max<int64_t>(0, width - 2 * ring);
+  return 1.0 - double(inner) / double(height * width);
+}
+
+double border_share(const Tensor& maps, int64_t ring) {
+  BCOS_CHECK(maps.dim() == 3 && ring >= 0, "border_share: expected maps [N, H, W] and ring >= 0, got ", maps.shape(),
+             " and ", ring);
+  NoGradGuard no_grad;
+  Tensor m = clamp_min(maps.detach().to(DType::f64), 0.0);
+  const double total = sum(m).item();
+  if (!(total > 0)) return 0;
+  const int64_t h = m.size(1), w = m.size(2);
+  if (2 * ring >= h || 2 * ring >= w) return 1;
+  const double inner = sum(m.slice(1, ring, h - ring).slice(2, ring, w - ring)).item();
+  return (total - inner) / total;
+}
+
 }  // namespace bcos::models

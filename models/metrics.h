@@ -49,4 +49,11 @@ GridPGResult grid_pointing_game(const Tensor& images, const Tensor& labels, cons
 // Mean and quartiles (linear interpolation) of scores.
 void summarize(GridPGResult& result);
 
+// How much of the positive attribution lies in the outer `ring` pixels of the image: maps
+// [N, H, W] -> Σ positive attribution in the ring / Σ positive attribution, over all N maps
+// together (0 when there is none). A map spread evenly gives the ring's share of the area,
+// border_area_share(): explanations that hug the border score well above it.
+double border_share(const Tensor& maps, int64_t ring);
+double border_area_share(int64_t height, int64_t width, int64_t ring);
+
 }  // namespace bcos::models

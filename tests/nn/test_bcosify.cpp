@@ -248,6 +248,34 @@ TEST_CASE("metrics: accuracy and GridPG on synthetic attributions with a known s
                        doctest::Contains("distinct classes"), Error);
 }
 
+TEST_CASE("metrics: border_share on maps with a known share") {
+  CHECK(border_area_share(32, 32, 2) == doctest::Approx(1.0 - 28.0 * 28.0 / 1024.0));
+  CHECK(border_area_share(4, 4, 2) == 1.0);
+  CHECK(border_share(ones({2, 32, 32}), 2) == doctest::Approx(border_area_share(32, 32, 2)));
+  // All positive mass on the frame, negative mass inside (ignored): 1.
+  Tensor frame = full({1, 8, 8}, -5.0);
+  {
+    NoGradGuard no_grad;
+    frame.select(1, 0).fill_(1.0);
+  }
+  CHECK(border_share(frame, 1) == doctest::Approx(1.0));
+  // A centred blob: 0. Two maps pooled: the mass-weighted share.
+  Tensor blob = zeros({1, 8, 8});
+  {
+    NoGradGuard no_grad;
+    blob.select(0, 0).slice(0, 3, 5).slice(1, 3, 5).fill_(2.0);  // 4 pixels x 2 = mass 8
+  }
+  CHECK(border_share(blob, 2) == 0.0);
+  Tensor edge = zeros({1, 8, 8});
+  {
+    NoGradGuard no_grad;
+    edge.select(0, 0).select(0, 0).fill_(1.0);  // 8 pixels on the top row, mass 8
+  }
+  CHECK(border_share(cat({blob, edge}, 0), 2) == doctest::Approx(0.5));
+  CHECK(border_share(zeros({1, 8, 8}), 1) == 0.0);
+  CHECK_THROWS_WITH_AS(border_share(zeros({8, 8}), 1), doctest::Contains("[N, H, W]"), Error);
+}
+
 namespace {
 std::shared_ptr<VisionTransformer> tiny_vit() {
   auto v = std::make_shared<VisionTransformer>(ViTOptions{.image_size = 16, .patch_size = 4, .num_layers = 2,
