@@ -101,21 +101,29 @@ def fmt(v, digits):
 
 def write_table(args, settings, budgets):
     base = os.path.join(args.out, args.arch)
-    rows, records = [], []
+    rows, border_rows, records = [], [], []
+    even = None
     for s in settings:
-        cells = []
+        cells, border_cells = [], []
         for b in budgets:
             r = read_report(run_dir(args.out, args.arch, s, b))
             if r is None:
                 cells.append("")
+                border_cells.append("")
                 continue
             g = r["gridpg_after"]["mean"]
+            border = r.get("border_share", {})
+            even = border.get("even", even)
             cells.append(f"{r['accuracy_after']:.2f} / {fmt(g, 2)}")
+            bs = border.get("bcos")
+            border_cells.append("" if bs is None else f"{100 * bs:.1f}")
             records.append(dict(setting=s, budget=b, top1=r["accuracy_after"], gridpg=g,
-                                completeness=r["completeness_error"], steps=r["steps"],
+                                completeness=r["completeness_error"], border_share=border.get("bcos"),
+                                steps=r["steps"],
                                 train_seconds=r["timings_s"].get("fine-tune"),
                                 test_images=r.get("test_images"), recipe=r.get("recipe"), command=r["command"]))
         rows.append((s, cells))
+        border_rows.append((s, border_cells))
     lines = [f"B-cosified {args.arch} on CIFAR-10: top-1 % on the test set / GridPG mean "
              f"({args.gridpg_grids} grids of 3 x 3), by fine-tuning budget in epochs of the training set"
              + (f" (limited to {args.limit_train} images an epoch)" if args.limit_train else ""), "",
@@ -123,6 +131,12 @@ def write_table(args, settings, budgets):
              "|---|" + "---|" * len(budgets) + "---|"]
     for s, cells in rows:
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {SETTINGS[s][1]} |")
+    if even is not None:
+        lines += ["", "Share (%) of the positive contributions within 2 px of the border (spread evenly: "
+                  f"{100 * even:.1f} %), by budget", "",
+                  "| setting | " + " | ".join("%g" % b for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+        for s, cells in border_rows:
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
     done = [r for r in records if r["setting"] not in ("keep-bias",)]
     if done:
         worst = max(r["completeness"] for r in done)
