@@ -10,6 +10,7 @@
 //   bcosify_resnet                      (CIFAR-10 ResNet-20 from ../shared or $BCOS_DATA)
 //   bcosify_resnet --arch resnet20 --weights CKPT --data TRAIN --test-data TEST --epochs 1 --out out/bcosify
 //   bcosify_resnet --from-scratch       (a B-cos ResNet of the same shape from random weights)
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -119,6 +120,35 @@ double border_share(nn::Module& model, bool bcos_model, const Setup& s, const Po
     maps.push_back(models::explain(model, bcos_model ? nn::add_inverse(x) : s.normalize(x), y).contributions);
   }
   return models::border_share(cat(maps, 0), ring);
+}
+
+// One figure of the model at work: a column per class (its first confident, correct test image
+// in `pool`, at most `columns`), rows input / W(x) in B-cos colours / contributions, on white.
+void write_overview(nn::Module& model, const Pool& pool, int64_t columns, int64_t smooth, int64_t scale,
+                    const std::string& path) {
+  std::vector<Tensor> images;
+  std::vector<int64_t> labels;
+  for (size_t i = 0; i < pool.images.size() && int64_t(images.size()) < columns; ++i)
+    if (std::find(labels.begin(), labels.end(), pool.labels[i]) == labels.end())
+      images.push_back(pool.images[i]), labels.push_back(pool.labels[i]);
+  if (images.empty()) return;
+  const int64_t n = int64_t(images.size());
+  models::Explanation e = models::explain(model, nn::add_inverse(stack(images, 0)), from_vector(labels, {n}));
+  const int64_t h = images[0].size(1);
+  Tensor gap_v = ones({h, 2, 3}), gap_h;
+  std::vector<Tensor> rows(3);
+  for (int64_t i = 0; i < n; ++i) {
+    Tensor rgba = models::explanation_rgba(e.weights.select(0, i), e.contributions.select(0, i), smooth);
+    Tensor alpha = rgba.slice(2, 3, 4);
+    Tensor cells[3] = {images[size_t(i)].permute({1, 2, 0}), rgba.slice(2, 0, 3) * alpha + (1.0 - alpha),
+                       models::contribution_heatmap(e.contributions.select(0, i))};
+    for (int r = 0; r < 3; ++r) {
+      if (i > 0) rows[size_t(r)] = cat({rows[size_t(r)], gap_v}, 1);
+      rows[size_t(r)] = i == 0 ? cells[r] : cat({rows[size_t(r)], cells[r]}, 1);
+    }
+  }
+  gap_h = ones({2, rows[0].size(1), 3});
+  data::write_png(models::to_u8_image(cat({rows[0], gap_h, rows[1], gap_h, rows[2]}, 0), scale), path);
 }
 
 models::GridPGResult run_gridpg(nn::Module& model, bool bcos_model, const Setup& s, const Pool& pool,
@@ -444,7 +474,8 @@ int main(int argc, char** argv) {
       if (ixg.defined())
         data::write_png(models::to_u8_image(models::contribution_heatmap(ixg), scale), stem + "_original_ixg.png");
     };
-    int64_t pngs = 0;
+    int64_t pngs = 1;
+    write_overview(*bcos_model, after.pool, 8, smooth, s.cifar ? 3 : 1, out + "/explanations/overview.png");
     for (int64_t i = 0; i < n_explain; ++i, pngs += 4)
       write_set(str(out, "/explanations/test_", i), explain_images.select(0, i), e.weights.select(0, i),
                 e.contributions.select(0, i), original_maps.select(0, i));
