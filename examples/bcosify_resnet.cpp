@@ -277,6 +277,18 @@ int main(int argc, char** argv) {
     BCOS_CHECK(epochs >= 0, "bcosify_resnet: --epochs must be non-negative, got ", epochs);
     const std::string loss_name = args.get("loss");
     BCOS_CHECK(loss_name == "bce" || loss_name == "ce", "bcosify_resnet: --loss is bce or ce, got '", loss_name, "'");
+    const bool keep_bias = args.enabled("keep-bias");
+    models::FinetuneSchedule plan;
+    plan.b = args.number("b"), plan.b_warmup = args.number("b-warmup");
+    plan.bias_decay = keep_bias && !args.has("bias-decay") ? 0.0 : args.number("bias-decay");  // kept: no fading
+    plan.head_bias_decay = args.has("head-bias-decay") ? args.number("head-bias-decay") : plan.bias_decay;
+    for (const auto& [name, v] : {std::pair{"b-warmup", plan.b_warmup}, {"bias-decay", plan.bias_decay},
+                                  {"head-bias-decay", plan.head_bias_decay}})
+      BCOS_CHECK(v >= 0 && v <= 1, "bcosify_resnet: --", name, " is a fraction of the fine-tuning, in [0, 1]; got ", v);
+    BCOS_CHECK(plan.b >= 1, "bcosify_resnet: --b must be at least 1, got ", plan.b);
+    const bool fade_biases = plan.bias_decay > 0 || plan.head_bias_decay > 0;
+    BCOS_CHECK(!(keep_bias && fade_biases), "bcosify_resnet: --keep-bias keeps the biases for good, so they cannot "
+               "also fade out (--bias-decay / --head-bias-decay)");
     const uint64_t seed = uint64_t(args.integer("seed"));
     const bool from_scratch = args.enabled("from-scratch");
     std::vector<std::pair<std::string, double>> timings;
@@ -330,14 +342,6 @@ int main(int argc, char** argv) {
 
     // 3. B-cosify, or a same-shaped B-cos model from random weights. Biases that fade out during
     // fine-tuning are kept at conversion; with a b warm-up the layers start at b = 1.
-    const bool keep_bias = args.enabled("keep-bias");
-    models::FinetuneSchedule plan;
-    plan.b = args.number("b"), plan.b_warmup = args.number("b-warmup");
-    plan.bias_decay = args.number("bias-decay");
-    plan.head_bias_decay = args.has("head-bias-decay") ? args.number("head-bias-decay") : plan.bias_decay;
-    const bool fade_biases = plan.bias_decay > 0 || plan.head_bias_decay > 0;
-    BCOS_CHECK(!(keep_bias && fade_biases), "bcosify_resnet: --keep-bias keeps the biases for good; pass "
-               "--bias-decay 0 with it");
     models::BcosifyOptions options{plan.b_warmup > 0 ? 1.0 : plan.b, keep_bias || fade_biases, false, s.mean, s.std,
                                    args.has("logit-bias") ? args.number("logit-bias")
                                    : keep_bias            ? 0.0
