@@ -22,7 +22,7 @@
 #include "autograd/ops.h"
 #include "data/image.h"
 #include "data/progress.h"
-#include "examples/args.h"
+#include "examples/cli.h"
 #include "examples/classifier.h"
 #include "models/bcosify.h"
 #include "models/explain.h"
@@ -41,11 +41,6 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-std::string data_root() {
-  const char* env = std::getenv("BCOS_DATA");
-  return env && *env ? env : "../shared";
-}
 
 struct Setup {
   models::ModelSpec spec;
@@ -185,74 +180,82 @@ std::unique_ptr<data::DataLoader> test_loader(const std::string& path, const Set
   return examples::make_loader(path, "test", t, {.batch_size = batch, .workers = workers, .limit = limit});
 }
 
-std::string json_number(double v) { return std::isfinite(v) ? str(v) : "null"; }  // JSON has no NaN
-
-std::string json_escape(const std::string& v) {
-  std::string o;
-  for (char c : v) {
-    if (c == '"' || c == '\\') o += '\\';
-    if (c == '\n') { o += "\\n"; continue; }
-    o += c;
-  }
-  return o;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string root = data_root();
+  const std::string root = examples::data_root();
   const std::string cifar_dir = root + "/data/cifar10";
   // ../shared holds WebDataset shards; scripts/get_data's cache the CIFAR-10 binary version.
   const std::string binary_dir = cifar_dir + "/cifar-10-batches-bin";
   const bool binary = !fs::exists(cifar_dir + "/cifar10-test-000000.tar") && fs::is_directory(binary_dir);
-  examples::Args args("bcosify_resnet",
-                      "B-cosify a pretrained ResNet, fine-tune it, and measure accuracy and explanations (GridPG).");
-  args.option("arch", "resnet20", "resnet20/32/44/56/110 (CIFAR-10) or resnet18/34/50/101/152 (ImageNet-style)")
-      .option("weights", "", "pretrained checkpoint (default for CIFAR ResNets: $BCOS_DATA/weights/resnet-cifar10/)")
-      .option("data", binary ? binary_dir : cifar_dir + "/cifar10-train-{000000..000004}.tar",
-              "training data: shards, CIFAR folder or ImageFolder")
-      .option("test-data", binary ? binary_dir : cifar_dir + "/cifar10-test-000000.tar", "test data")
-      .option("photos", root + "/data/photos", "a folder of extra images to explain (skipped when missing)")
-      .option("epochs", "1", "fine-tuning epochs (fractions too: 0.25 is a quarter of the training set)")
-      .option("batch", "64", "batch size")
-      .option("lr", "2e-3", "AdamW learning rate (cosine schedule to 0)")
-      .option("weight-decay", "0", "AdamW weight decay")
-      .option("warmup", "0", "linear warm-up steps")
-      .option("b", "2", "the B-cos exponent")
-      .option("b-warmup", "0.25", "b rises linearly from 1 over this fraction of the fine-tuning (0: b from the start)")
-      .option("bias-decay", "0.3", "the biases and BN shifts fade to zero over this fraction of the fine-tuning and "
-              "are removed at the end (0: removed at conversion)")
-      .option("head-bias-decay", "", "the same for the classifier head's bias (default: as --bias-decay)")
-      .option("logit-bias", "", "constant added to the logits (default: -ln(classes - 1); 0 with --keep-bias)")
-      .option("bn-recalibrate", "0", "re-estimate the batch-norm statistics on this many training batches after "
-              "the conversion, weights frozen")
-      .option("loss", "bce", "bce (uniform-off-label binary cross-entropy, the B-cos loss) or ce (cross-entropy)")
-      .option("gridpg-grids", "500", "GridPG: how many 3 x 3 grids (0: skip GridPG)")
-      .option("explain", "16", "explanation PNGs for this many test images")
-      .option("limit-train", "0", "use only N training samples per epoch (0: all)")
-      .option("limit-test", "0", "use only N test samples (0: all)")
-      .option("workers", std::to_string(std::max(1u, std::thread::hardware_concurrency())), "decoding threads")
-      .option("seed", "0", "seed of shuffling, augmentation and GridPG")
-      .option("out", "out/bcosify", "output folder: checkpoint, model, report, PNGs")
-      .flag("keep-bias", "keep the biases and batch-norm shifts for good (an ablation: breaks completeness)")
-      .flag("no-original-gridpg", "skip the original model's GridPG (ablations, which measure only the B-cos model)")
-      .flag("resume", "continue from OUT/checkpoint.safetensors")
-      .flag("from-scratch", "train a B-cos model of the same architecture from random weights instead");
-  try {
-    args.parse(argc, argv);
+  CLI::App app("B-cosify a pretrained ResNet, fine-tune it, and measure accuracy and explanations (GridPG).",
+               "bcosify_resnet");
+  examples::show_defaults(app);
+  std::string arch = "resnet20", weights, out = "out/bcosify", loss_name = "bce", photos_dir = root + "/data/photos";
+  std::string train_path = binary ? binary_dir : cifar_dir + "/cifar10-train-{000000..000004}.tar";
+  std::string test_path = binary ? binary_dir : cifar_dir + "/cifar10-test-000000.tar";
+  double epochs = 1, lr = 2e-3, weight_decay = 0, logit_bias_arg = 0;
+  int64_t batch = 64, warmup = 0, bn_recalibrate = 0, grids = 500, explain_count = 16, limit_train = 0, limit_test = 0;
+  int workers = int(std::max(1u, std::thread::hardware_concurrency()));
+  uint64_t seed = 0;
+  bool keep_bias = false, no_original_gridpg = false, resume = false, from_scratch = false;
+  models::FinetuneSchedule plan;
+  plan.b = 2, plan.b_warmup = 0.25, plan.bias_decay = 0.3;
+  const auto fraction = CLI::Range(0.0, 1.0);
+  app.add_option("--arch", arch, "resnet20/32/44/56/110 (CIFAR-10) or resnet18/34/50/101/152 (ImageNet-style)");
+  CLI::Option* weights_opt = app.add_option(
+      "--weights", weights, "pretrained checkpoint (default for CIFAR ResNets: $BCOS_DATA/weights/resnet-cifar10/)");
+  CLI::Option* data_opt = app.add_option("--data", train_path, "training data: shards, CIFAR folder or ImageFolder");
+  CLI::Option* test_opt = app.add_option("--test-data", test_path, "test data");
+  app.add_option("--photos", photos_dir, "a folder of extra images to explain (skipped when missing)");
+  app.add_option("--epochs", epochs, "fine-tuning epochs (fractions too: 0.25 is a quarter of the training set)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--batch", batch, "batch size")->check(CLI::PositiveNumber);
+  app.add_option("--lr", lr, "AdamW learning rate (cosine schedule to 0)")->check(CLI::NonNegativeNumber);
+  app.add_option("--weight-decay", weight_decay, "AdamW weight decay")->check(CLI::NonNegativeNumber);
+  app.add_option("--warmup", warmup, "linear warm-up steps")->check(CLI::NonNegativeNumber);
+  app.add_option("--b", plan.b, "the B-cos exponent")->check(CLI::Range(1.0, 1e6));
+  app.add_option("--b-warmup", plan.b_warmup, "b rises linearly from 1 over this fraction of the fine-tuning "
+                 "(0: b from the start)")->check(fraction);
+  CLI::Option* bias_decay_opt = app.add_option(
+      "--bias-decay", plan.bias_decay, "the biases and BN shifts fade to zero over this fraction of the fine-tuning "
+      "and are removed at the end (0: removed at conversion)")->check(fraction);
+  CLI::Option* head_opt = app.add_option("--head-bias-decay", plan.head_bias_decay,
+                                         "the same for the classifier head's bias (default: as --bias-decay)")
+                              ->check(fraction)
+                              ->default_str("");
+  CLI::Option* logit_bias_opt = app.add_option(
+      "--logit-bias", logit_bias_arg, "constant added to the logits (default: -ln(classes - 1); 0 with --keep-bias)")
+                                    ->default_str("");
+  app.add_option("--bn-recalibrate", bn_recalibrate, "re-estimate the batch-norm statistics on this many training "
+                 "batches after the conversion, weights frozen")->check(CLI::NonNegativeNumber);
+  app.add_option("--loss", loss_name, "bce (uniform-off-label binary cross-entropy, the B-cos loss) or ce "
+                 "(cross-entropy)")->check(CLI::IsMember({"bce", "ce"}));
+  app.add_option("--gridpg-grids", grids, "GridPG: how many 3 x 3 grids (0: skip GridPG)")->check(CLI::NonNegativeNumber);
+  app.add_option("--explain", explain_count, "explanation PNGs for this many test images")->check(CLI::NonNegativeNumber);
+  app.add_option("--limit-train", limit_train, "use only N training samples per epoch (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--limit-test", limit_test, "use only N test samples (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--workers", workers, "decoding threads")->check(CLI::PositiveNumber);
+  app.add_option("--seed", seed, "seed of shuffling, augmentation and GridPG");
+  app.add_option("--out", out, "output folder: checkpoint, model, report, PNGs");
+  app.add_flag("--keep-bias", keep_bias, "keep the biases and batch-norm shifts for good (an ablation: breaks completeness)");
+  app.add_flag("--no-original-gridpg", no_original_gridpg,
+               "skip the original model's GridPG (ablations, which measure only the B-cos model)");
+  app.add_flag("--resume", resume, "continue from OUT/checkpoint.safetensors");
+  app.add_flag("--from-scratch", from_scratch, "train a B-cos model of the same architecture from random weights instead");
+  return examples::run(app, argc, argv, [&] {
     const auto t_total = Clock::now();
     Setup s;
-    s.spec = models::model_spec(args.get("arch"));
+    s.spec = models::model_spec(arch);
     s.cifar = s.spec.input_size == 32;
     s.mean = s.spec.mean, s.std = s.spec.std;
-    std::string weights = args.get("weights");
     if (weights.empty()) {
       BCOS_CHECK(s.cifar, "bcosify_resnet: --weights is required for ", s.spec.arch);
       std::error_code ec;
       for (const auto& e : fs::directory_iterator(root + "/weights/resnet-cifar10", ec))
         if (e.path().filename().string().rfind(s.spec.arch + "-", 0) == 0) weights = e.path().string();
     }
-    const std::string train_path = args.get("data"), test_path = args.get("test-data");
     auto exists = [](const std::string& p) {  // a brace pattern exists when its first shard does
       std::string first = p;
       const size_t lb = p.find('{'), dots = p.find("..", lb), rb = p.find('}', lb);
@@ -261,44 +264,28 @@ int main(int argc, char** argv) {
       return fs::exists(first);
     };
     // Paths the user gave must exist; missing defaults (no ../shared here) only skip the run.
-    for (const auto& [name, path] : {std::pair{"weights", weights}, {"data", train_path}, {"test-data", test_path}})
-      BCOS_CHECK(!args.has(name) || exists(path), "bcosify_resnet: --", name, " ", path, " does not exist");
+    for (const CLI::Option* given : {weights_opt, data_opt, test_opt})
+      BCOS_CHECK(!given->count() || exists(given->as<std::string>()), "bcosify_resnet: ", given->get_name(), " ",
+                 given->as<std::string>(), " does not exist");
     if (weights.empty() || !fs::exists(weights) || !exists(train_path) || !exists(test_path)) {
       std::printf("bcosify_resnet: skipped: the pretrained weights or the data are missing (weights '%s', data '%s', "
                   "test data '%s'); set BCOS_DATA or pass --weights / --data / --test-data\n",
                   weights.c_str(), train_path.c_str(), test_path.c_str());
-      return 0;
+      return;
     }
-    const std::string out = args.get("out");
     fs::create_directories(out + "/explanations");
-    const int workers = int(args.integer("workers"));
-    const int64_t batch = args.integer("batch");
-    const double epochs = args.number("epochs");
-    BCOS_CHECK(epochs >= 0, "bcosify_resnet: --epochs must be non-negative, got ", epochs);
-    const std::string loss_name = args.get("loss");
-    BCOS_CHECK(loss_name == "bce" || loss_name == "ce", "bcosify_resnet: --loss is bce or ce, got '", loss_name, "'");
-    const bool keep_bias = args.enabled("keep-bias");
-    models::FinetuneSchedule plan;
-    plan.b = args.number("b"), plan.b_warmup = args.number("b-warmup");
-    plan.bias_decay = keep_bias && !args.has("bias-decay") ? 0.0 : args.number("bias-decay");  // kept: no fading
-    plan.head_bias_decay = args.has("head-bias-decay") ? args.number("head-bias-decay") : plan.bias_decay;
-    for (const auto& [name, v] : {std::pair{"b-warmup", plan.b_warmup}, {"bias-decay", plan.bias_decay},
-                                  {"head-bias-decay", plan.head_bias_decay}})
-      BCOS_CHECK(v >= 0 && v <= 1, "bcosify_resnet: --", name, " is a fraction of the fine-tuning, in [0, 1]; got ", v);
-    BCOS_CHECK(plan.b >= 1, "bcosify_resnet: --b must be at least 1, got ", plan.b);
+    if (keep_bias && !bias_decay_opt->count()) plan.bias_decay = 0;  // kept: no fading
+    if (!head_opt->count()) plan.head_bias_decay = plan.bias_decay;
     const bool fade_biases = plan.bias_decay > 0 || plan.head_bias_decay > 0;
     BCOS_CHECK(!(keep_bias && fade_biases), "bcosify_resnet: --keep-bias keeps the biases for good, so they cannot "
                "also fade out (--bias-decay / --head-bias-decay)");
-    const uint64_t seed = uint64_t(args.integer("seed"));
-    const bool from_scratch = args.enabled("from-scratch");
     std::vector<std::pair<std::string, double>> timings;
-    std::ostringstream command;
-    for (int i = 0; i < argc; ++i) command << (i ? " " : "") << argv[i];
+    const std::string command = examples::command_line(argc, argv);
 
     // 1. The pretrained model.
     auto original = models::create_model(s.spec.arch);
     models::load_pretrained(*original, weights);
-    auto loader = test_loader(test_path, s, 256, workers, args.integer("limit-test"));
+    auto loader = test_loader(test_path, s, 256, workers, limit_test);
     EvalResult before = evaluate(*original, false, s, *loader, 100, "evaluate " + s.spec.arch);
     timings.emplace_back("evaluate original", before.seconds);
     std::printf("original %s: top-1 %.2f %% on %lld test images\n", s.spec.arch.c_str(), before.accuracy,
@@ -324,15 +311,14 @@ int main(int argc, char** argv) {
 
     // GridPG of the original model (input × gradient) now, before its modules are converted.
     auto t = Clock::now();
-    const int64_t grids = args.integer("gridpg-grids");
     models::GridPGResult grid_before =
-        run_gridpg(*original, false, s, before.pool, args.enabled("no-original-gridpg") ? 0 : grids, seed, "GridPG original");
+        run_gridpg(*original, false, s, before.pool, no_original_gridpg ? 0 : grids, seed, "GridPG original");
     timings.emplace_back("GridPG original", seconds_since(t));
 
     // Input × gradient maps of the original for the PNGs, while it is still the original.
     // The first test images: explained in PNGs (--explain of them) and for the completeness check
     // (at least 16).
-    const int64_t n_explain = std::min(args.integer("explain"), before.first_images.size(0));
+    const int64_t n_explain = std::min(explain_count, before.first_images.size(0));
     Tensor explain_images =
         before.first_images.slice(0, 0, std::min(std::max<int64_t>(n_explain, 16), before.first_images.size(0)));
     Tensor original_maps = models::explain(*original, s.normalize(explain_images), Tensor()).contributions;
@@ -343,7 +329,7 @@ int main(int argc, char** argv) {
     // 3. B-cosify, or a same-shaped B-cos model from random weights. Biases that fade out during
     // fine-tuning are kept at conversion; with a b warm-up the layers start at b = 1.
     models::BcosifyOptions options{plan.b_warmup > 0 ? 1.0 : plan.b, keep_bias || fade_biases, false, s.mean, s.std,
-                                   args.has("logit-bias") ? args.number("logit-bias")
+                                   logit_bias_opt->count() ? logit_bias_arg
                                    : keep_bias            ? 0.0
                                                           : nn::default_logit_bias(s.spec.num_classes)};
     auto bcos_model = models::bcosify(from_scratch ? models::create_model(s.spec.arch) : original, options);
@@ -361,7 +347,7 @@ int main(int argc, char** argv) {
     Transform train_t = s.cifar ? Compose({RandomCrop(s.spec.input_size, 4), RandomHorizontalFlip(), ToTensor()})
                                 : Compose({RandomResizedCrop(s.spec.input_size), RandomHorizontalFlip(), ToTensor()});
     LoaderOptions train_opts{.batch_size = batch, .shuffle = true, .drop_last = true, .workers = workers,
-                             .seed = seed, .limit = args.integer("limit-train")};
+                             .seed = seed, .limit = limit_train};
     auto train_loader = examples::make_loader(train_path, "train", train_t, train_opts);
     const int64_t steps_per_epoch = train_loader->num_samples() / batch;
     BCOS_CHECK(steps_per_epoch > 0, "bcosify_resnet: fewer training samples (", train_loader->num_samples(),
@@ -369,7 +355,7 @@ int main(int argc, char** argv) {
     const int64_t total_steps = std::llround(epochs * double(steps_per_epoch));
     const int64_t epoch_count = (total_steps + steps_per_epoch - 1) / steps_per_epoch;  // the last may be partial
     plan.total_steps = std::max<int64_t>(1, total_steps);
-    if (const int64_t n = args.integer("bn-recalibrate"); n > 0) {
+    if (const int64_t n = bn_recalibrate; n > 0) {
       t = Clock::now();
       auto batches = train_loader->epoch(-1);  // an extra shuffle of its own, not one of the epochs
       auto it = batches.begin();
@@ -383,12 +369,11 @@ int main(int argc, char** argv) {
     }
     std::vector<Tensor> params;
     for (auto& [name, p] : bcos_model->named_parameters()) params.push_back(p);
-    nn::AdamW optimizer(params, {.lr = args.number("lr"), .weight_decay = args.number("weight-decay")});
-    nn::Scheduler scheduler(optimizer, nn::cosine_schedule(args.number("lr"), plan.total_steps, 0.0,
-                                                           args.integer("warmup")));
+    nn::AdamW optimizer(params, {.lr = lr, .weight_decay = weight_decay});
+    nn::Scheduler scheduler(optimizer, nn::cosine_schedule(lr, plan.total_steps, 0.0, warmup));
     const std::string ckpt = out + "/checkpoint.safetensors";
     nn::TrainingState state;
-    if (args.enabled("resume")) {
+    if (resume) {
       BCOS_CHECK(fs::exists(ckpt), "bcosify_resnet: --resume: no checkpoint at ", ckpt);
       state = nn::load_training_checkpoint(ckpt, *bcos_model, optimizer, &scheduler);
       std::printf("resumed from %s after epoch %lld\n", ckpt.c_str(), static_cast<long long>(state.epoch));
@@ -484,11 +469,11 @@ int main(int argc, char** argv) {
       write_set(str(out, "/explanations/test_", i), explain_images.select(0, i), e.weights.select(0, i),
                 e.contributions.select(0, i), original_maps.select(0, i));
     std::error_code ec;
-    if (fs::is_directory(args.get("photos"), ec)) {
+    if (fs::is_directory(photos_dir, ec)) {
       const int64_t shorter = s.spec.resize_size > 0 ? s.spec.resize_size : s.spec.input_size;
       data::Transform photo_t = Compose({Resize(shorter), CenterCrop(s.spec.input_size), ToTensor()});
       std::vector<fs::path> photos;
-      for (const auto& p : fs::directory_iterator(args.get("photos"))) photos.push_back(p.path());
+      for (const auto& p : fs::directory_iterator(photos_dir)) photos.push_back(p.path());
       std::sort(photos.begin(), photos.end());
       for (const auto& p : photos) {
         Tensor img;
@@ -509,20 +494,20 @@ int main(int argc, char** argv) {
 
     // 8. Report.
     const std::string recipe =
-        str("AdamW lr ", args.number("lr"), " (cosine, ", args.integer("warmup"), " warm-up steps, weight decay ",
-            args.number("weight-decay"), "), batch ", batch, ", ", loss_name == "bce" ? "uniform-off-label BCE" : "CE",
+        str("AdamW lr ", lr, " (cosine, ", warmup, " warm-up steps, weight decay ",
+            weight_decay, "), batch ", batch, ", ", loss_name == "bce" ? "uniform-off-label BCE" : "CE",
             ", b = ", plan.b, plan.b_warmup > 0 ? str(" (from 1 over ", plan.b_warmup * 100, " % of the steps)") : "",
             ", biases ", keep_bias ? "kept" : plan.bias_decay > 0 || plan.head_bias_decay > 0
                 ? str("faded out over ", plan.bias_decay * 100, " % (head ", plan.head_bias_decay * 100, " %) of the steps")
                 : std::string("removed at conversion"),
-            ", logit bias ", logit_bias, args.integer("bn-recalibrate") > 0
-                ? str(", BN recalibrated on ", args.integer("bn-recalibrate"), " batches") : "");
+            ", logit bias ", logit_bias, bn_recalibrate > 0
+                ? str(", BN recalibrated on ", bn_recalibrate, " batches") : "");
     auto grid_line = [](const models::GridPGResult& g) {
       return str(g.mean, " (quartiles ", g.q1, " / ", g.median, " / ", g.q3, ")");
     };
     std::ofstream md(out + "/report.md");
     md << "# B-cosification of " << s.spec.arch << "\n\n"
-       << "Command: `" << command.str() << "`\n\n"
+       << "Command: `" << command << "`\n\n"
        << "| | original | B-cos" << (from_scratch ? " (from scratch)" : "") << " |\n|---|---|---|\n"
        << "| top-1 accuracy (%) | " << before.accuracy << " | " << after.accuracy << " |\n"
        << "| GridPG mean (quartiles) | " << grid_line(grid_before) << " | " << grid_line(grid_after) << " |\n"
@@ -546,36 +531,28 @@ int main(int argc, char** argv) {
     for (const auto& [name, sec] : timings) md << "| " << name << " | " << sec << " |\n";
     md << "| total | " << total_seconds << " |\n";
     md.close();
-    std::ofstream js(out + "/report.json");
     auto grid_json = [](const models::GridPGResult& g) {
-      return str("{\"mean\": ", json_number(g.mean), ", \"q1\": ", json_number(g.q1), ", \"median\": ",
-                 json_number(g.median), ", \"q3\": ", json_number(g.q3), ", \"grids\": ", g.grids, ", \"cell\": ",
-                 g.cell, ", \"smooth\": ", g.smooth, "}");
+      return examples::Json{{"mean", g.mean}, {"q1", g.q1}, {"median", g.median}, {"q3", g.q3},
+                            {"grids", g.grids}, {"cell", g.cell}, {"smooth", g.smooth}};
     };
-    js << "{\n  \"arch\": \"" << s.spec.arch << "\",\n  \"command\": \"" << json_escape(command.str()) << "\",\n"
-       << "  \"from_scratch\": " << (from_scratch ? "true" : "false") << ",\n"
-       << "  \"accuracy_before\": " << before.accuracy << ",\n  \"accuracy_after\": " << after.accuracy << ",\n"
-       << "  \"test_images\": " << before.samples << ",\n"
-       << "  \"epochs\": " << epochs_done << ",\n  \"steps\": " << state.step << ",\n"
-       << "  \"recipe\": {\"lr\": " << args.number("lr") << ", \"warmup\": " << args.integer("warmup")
-       << ", \"weight_decay\": " << args.number("weight-decay") << ", \"batch\": " << batch << ", \"b\": " << plan.b
-       << ", \"b_warmup\": " << plan.b_warmup << ", \"bias_decay\": " << plan.bias_decay << ", \"head_bias_decay\": "
-       << plan.head_bias_decay << ", \"keep_bias\": " << (keep_bias ? "true" : "false") << ", \"logit_bias\": "
-       << logit_bias << ", \"bn_recalibrate\": " << args.integer("bn-recalibrate") << ", \"loss\": \"" << loss_name
-       << "\"},\n"
-       << "  \"gridpg_before\": " << grid_json(grid_before) << ",\n  \"gridpg_after\": " << grid_json(grid_after)
-       << ",\n  \"border_share\": {\"ring\": " << ring << ", \"original\": " << json_number(border_before)
-       << ", \"bcos\": " << json_number(border_after) << ", \"even\": " << border_area << "}"
-       << ",\n  \"b1_equivalence_error\": " << equivalence_error << ",\n  \"completeness_error\": "
-       << completeness_error << ",\n  \"completeness_logit_scale\": " << logit_scale << ",\n  \"train_images_per_s\": " << train_ips << ",\n  \"timings_s\": {";
-    for (size_t i = 0; i < timings.size(); ++i)
-      js << (i ? ", " : "") << "\"" << timings[i].first << "\": " << timings[i].second;
-    js << ", \"total\": " << total_seconds << "}\n}\n";
-    js.close();
+    examples::Json report = {
+        {"arch", s.spec.arch}, {"command", command}, {"from_scratch", from_scratch},
+        {"accuracy_before", before.accuracy}, {"accuracy_after", after.accuracy}, {"test_images", before.samples},
+        {"epochs", epochs_done}, {"steps", state.step},
+        {"recipe", {{"lr", lr}, {"warmup", warmup}, {"weight_decay", weight_decay}, {"batch", batch},
+                    {"b", plan.b}, {"b_warmup", plan.b_warmup}, {"bias_decay", plan.bias_decay},
+                    {"head_bias_decay", plan.head_bias_decay}, {"keep_bias", keep_bias},
+                    {"logit_bias", logit_bias}, {"bn_recalibrate", bn_recalibrate}, {"loss", loss_name}}},
+        {"gridpg_before", grid_json(grid_before)}, {"gridpg_after", grid_json(grid_after)},
+        {"border_share", {{"ring", ring}, {"original", border_before}, {"bcos", border_after}, {"even", border_area}}},
+        {"b1_equivalence_error", equivalence_error}, {"completeness_error", completeness_error},
+        {"completeness_logit_scale", logit_scale}, {"train_images_per_s", train_ips}};
+    examples::Json times;
+    for (const auto& [name, sec] : timings) times[name] = sec;
+    times["total"] = total_seconds;
+    report["timings_s"] = times;
+    std::ofstream(out + "/report.json") << examples::dump(report) << "\n";
     std::printf("wrote %s/report.md, report.json and %lld PNGs (%.0f s in all)\n", out.c_str(),
                 static_cast<long long>(pngs), total_seconds);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 1;
-  }
+  });
 }

@@ -10,7 +10,7 @@
 #include <cstdio>
 
 #include "autograd/ops.h"
-#include "examples/args.h"
+#include "examples/cli.h"
 #include "examples/classifier.h"
 #include "models/bcosify.h"
 #include "models/explain.h"
@@ -36,35 +36,38 @@ Tensor replicate_pad(const Tensor& x, int64_t k) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const char* env = std::getenv("BCOS_DATA");
-  const std::string root = env && *env ? env : "../shared";
-  examples::Args args("border_probe", "Where a B-cos classifier's positive contributions lie: image or border.");
-  args.option("model", "", "a B-cos model saved by bcosify_resnet (bcos_<arch>.safetensors)", true)
-      .option("arch", "resnet20", "its architecture")
-      .option("test-data", root + "/data/cifar10/cifar10-test-000000.tar", "test data")
-      .option("images", "500", "how many (shuffled) test images")
-      .option("seed", "1", "shuffling seed");
-  try {
-    args.parse(argc, argv);
-    const models::ModelSpec spec = models::model_spec(args.get("arch"));
+  CLI::App app("Where a B-cos classifier's positive contributions lie: image or border.", "border_probe");
+  examples::show_defaults(app);
+  std::string model_path, arch = "resnet20", test_data = examples::data_root() + "/data/cifar10/cifar10-test-000000.tar";
+  int64_t images = 500;
+  uint64_t seed = 1;
+  app.add_option("--model", model_path, "a B-cos model saved by bcosify_resnet (bcos_<arch>.safetensors)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  app.add_option("--arch", arch, "its architecture");
+  app.add_option("--test-data", test_data, "test data");
+  app.add_option("--images", images, "how many (shuffled) test images")->check(CLI::PositiveNumber);
+  app.add_option("--seed", seed, "shuffling seed");
+  return examples::run(app, argc, argv, [&] {
+    const models::ModelSpec spec = models::model_spec(arch);
     models::BcosifyOptions o;
     o.mean = spec.mean, o.std = spec.std;
     auto model = models::bcosify(models::create_model(spec.arch), o);
-    model->load_state_dict(nn::load_safetensors(args.get("model")));
+    model->load_state_dict(nn::load_safetensors(model_path));
     model->eval();
-    const int64_t n = args.integer("images"), size = spec.input_size;
+    const int64_t n = images, size = spec.input_size;
     BCOS_CHECK(n > 0, "border_probe: --images must be positive");
     using namespace data;
     const int64_t shorter = spec.resize_size > 0 ? spec.resize_size : size;
-    auto loader = examples::make_loader(args.get("test-data"), "test",
+    auto loader = examples::make_loader(test_data, "test",
                                         Compose({Resize(shorter), CenterCrop(size), ToTensor()}),
-                                        {.batch_size = n, .shuffle = true, .seed = uint64_t(args.integer("seed"))});
+                                        {.batch_size = n, .shuffle = true, .seed = seed});
     Tensor x, y;
     for (Batch& b : loader->epoch(0)) {
       x = b.images, y = b.labels;
       break;
     }
-    BCOS_CHECK(x.defined(), "border_probe: no test images in ", args.get("test-data"));
+    BCOS_CHECK(x.defined(), "border_probe: no test images in ", test_data);
     const int64_t ring = std::max<int64_t>(1, std::llround(2.0 * double(size) / 32.0)), k = 2 * ring;
     Tensor colour = mean(x, {2, 3}, true).expand(x.shape()).contiguous();
     Tensor centre = x.slice(2, k, size - k).slice(3, k, size - k);
@@ -85,8 +88,5 @@ int main(int argc, char** argv) {
       std::printf("  %-44s %.3f   (mean |contribution| %.3g)\n", name, models::border_share(e.contributions, ring),
                   mean(abs(e.contributions)).item());
     }
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 1;
-  }
+  });
 }

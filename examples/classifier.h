@@ -9,16 +9,25 @@
 
 #include "data/loader.h"
 #include "data/transforms.h"
-#include "examples/args.h"
+#include "examples/cli.h"
 #include "models/factory.h"
 
 namespace examples {
 
-inline void model_options(Args& args) {
-  args.option("arch", "", "architecture: resnet18/34/50/101/152, resnet20/32/44/56/110, vit_b_16/b_32/l_16", true)
-      .option("weights", "", "checkpoint: PyTorch (.pth/.pt/.th, zip or legacy) or .safetensors", true)
-      .option("resize", "0", "resize the shorter side to this before the center crop (0: the architecture's "
-              "default, 256 for ImageNet models; torchvision's *_V2 ResNet weights expect 232)");
+struct ModelArgs {
+  std::string arch, weights;
+  int64_t resize = 0;
+};
+
+inline void model_options(CLI::App& app, ModelArgs& m) {
+  app.add_option("--arch", m.arch, "architecture: resnet18/34/50/101/152, resnet20/32/44/56/110, vit_b_16/b_32/l_16")
+      ->required();
+  app.add_option("--weights", m.weights, "checkpoint: PyTorch (.pth/.pt/.th, zip or legacy) or .safetensors")
+      ->required()
+      ->check(CLI::ExistingFile);
+  app.add_option("--resize", m.resize, "resize the shorter side to this before the center crop (0: the "
+                 "architecture's default, 256 for ImageNet models; torchvision's *_V2 ResNet weights expect 232)")
+      ->check(CLI::NonNegativeNumber);
 }
 
 inline bcos::data::Transform eval_transform(const bcos::models::ModelSpec& spec, int64_t resize = 0) {

@@ -11,7 +11,6 @@
 #include "autograd/ops.h"
 #include "data/loader.h"
 #include "data/progress.h"
-#include "examples/args.h"
 #include "examples/classifier.h"
 #include "models/factory.h"
 #include "nn/safetensors.h"
@@ -20,28 +19,35 @@ using namespace bcos;
 
 
 int main(int argc, char** argv) {
-  examples::Args args("evaluate", "Top-1 / top-5 accuracy of a pretrained classifier.");
-  examples::model_options(args);
-  args.option("data", "", "WebDataset shards (.tar, brace patterns), a CIFAR-10 binary folder or an ImageFolder", true)
-      .option("split", "test", "CIFAR-10 binary folders: test or train")
-      .option("batch", "256", "batch size")
-      .option("workers", std::to_string(std::max(1u, std::thread::hardware_concurrency())), "decoding threads")
-      .option("limit", "0", "evaluate only the first N samples (0: all)")
-      .option("save-logits", "", "write logits [N, classes] and labels [N] here (safetensors), in dataset order")
-      .option("save-inputs", "", "write the network's inputs [N, 3, H, W] here (safetensors), to check other tools on them");
-  try {
-    args.parse(argc, argv);
-    const models::ModelSpec spec = models::model_spec(args.get("arch"));
+  CLI::App app("Top-1 / top-5 accuracy of a pretrained classifier.", "evaluate");
+  examples::show_defaults(app);
+  examples::ModelArgs m;
+  std::string data_path, split = "test", save_logits, save_inputs;
+  int64_t batch = 256, limit = 0;
+  bool json = false;
+  int workers = int(std::max(1u, std::thread::hardware_concurrency()));
+  examples::model_options(app, m);
+  app.add_option("--data", data_path, "WebDataset shards (.tar, brace patterns), a CIFAR-10 binary folder or an ImageFolder")
+      ->required();
+  app.add_option("--split", split, "CIFAR-10 binary folders: test or train")->check(CLI::IsMember({"test", "train"}));
+  app.add_option("--batch", batch, "batch size")->check(CLI::PositiveNumber);
+  app.add_option("--workers", workers, "decoding threads")->check(CLI::PositiveNumber);
+  app.add_option("--limit", limit, "evaluate only the first N samples (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--save-logits", save_logits, "write logits [N, classes] and labels [N] here (safetensors), in dataset order");
+  app.add_option("--save-inputs", save_inputs, "write the network's inputs [N, 3, H, W] here (safetensors), to check other tools on them");
+  app.add_flag("--json", json, "print the result as JSON (progress stays on stderr)");
+  return examples::run(app, argc, argv, [&] {
+    const models::ModelSpec spec = models::model_spec(m.arch);
     auto model = models::create_model(spec.arch);
-    models::load_pretrained(*model, args.get("weights"));
+    models::load_pretrained(*model, m.weights);
     model->eval();
 
-    data::LoaderOptions options{.batch_size = args.integer("batch"), .workers = int(args.integer("workers")),
-                                .limit = args.integer("limit")};
-    auto loader = examples::make_loader(args.get("data"), args.get("split"),
-                                        examples::eval_transform(spec, args.integer("resize")), options);
+    data::LoaderOptions options{.batch_size = batch, .workers = workers,
+                                .limit = limit};
+    auto loader = examples::make_loader(data_path, split,
+                                        examples::eval_transform(spec, m.resize), options);
 
-    const bool keep = !args.get("save-logits").empty(), keep_inputs = !args.get("save-inputs").empty();
+    const bool keep = !save_logits.empty(), keep_inputs = !save_inputs.empty();
     std::vector<Tensor> all_logits, all_labels, all_inputs;
     int64_t seen = 0, top1 = 0, top5 = 0;
     data::ProgressBar bar(loader->num_samples(), "evaluate " + spec.arch, "img");
@@ -73,21 +79,26 @@ int main(int argc, char** argv) {
     }
     bar.finish();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    BCOS_CHECK(seen > 0, "evaluate: the dataset ", args.get("data"), " has no samples");
-    std::printf("%s on %s: top-1 %.2f %% (%lld / %lld), top-5 %.2f %%, %.0f images/s\n", spec.arch.c_str(),
-                args.get("data").c_str(), 100.0 * double(top1) / double(seen), static_cast<long long>(top1),
-                static_cast<long long>(seen), 100.0 * double(top5) / double(seen), double(seen) / seconds);
+    BCOS_CHECK(seen > 0, "evaluate: the dataset ", data_path, " has no samples");
+    if (json) {
+      const examples::Json result = {{"arch", spec.arch}, {"weights", m.weights}, {"data", data_path},
+                                     {"samples", seen}, {"top1", 100.0 * double(top1) / double(seen)},
+                                     {"top5", 100.0 * double(top5) / double(seen)},
+                                     {"images_per_s", double(seen) / seconds}};
+      std::printf("%s\n", examples::dump(result).c_str());
+    } else {
+      std::printf("%s on %s: top-1 %.2f %% (%lld / %lld), top-5 %.2f %%, %.0f images/s\n", spec.arch.c_str(),
+                  data_path.c_str(), 100.0 * double(top1) / double(seen), static_cast<long long>(top1),
+                  static_cast<long long>(seen), 100.0 * double(top5) / double(seen), double(seen) / seconds);
+    }
     if (keep) {
-      nn::save_safetensors(args.get("save-logits"), {{"logits", cat(all_logits, 0)}, {"labels", cat(all_labels, 0)}},
-                           {{"arch", spec.arch}, {"weights", args.get("weights")}, {"data", args.get("data")}});
-      std::printf("wrote logits and labels to %s\n", args.get("save-logits").c_str());
+      nn::save_safetensors(save_logits, {{"logits", cat(all_logits, 0)}, {"labels", cat(all_labels, 0)}},
+                           {{"arch", spec.arch}, {"weights", m.weights}, {"data", data_path}});
+      std::printf("wrote logits and labels to %s\n", save_logits.c_str());
     }
     if (keep_inputs) {
-      nn::save_safetensors(args.get("save-inputs"), {{"inputs", cat(all_inputs, 0)}}, {{"arch", spec.arch}});
-      std::printf("wrote the inputs to %s\n", args.get("save-inputs").c_str());
+      nn::save_safetensors(save_inputs, {{"inputs", cat(all_inputs, 0)}}, {{"arch", spec.arch}});
+      std::printf("wrote the inputs to %s\n", save_inputs.c_str());
     }
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 1;
-  }
+  });
 }

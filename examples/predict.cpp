@@ -11,77 +11,61 @@
 #include "autograd/ops.h"
 #include "data/image.h"
 #include "data/transforms.h"
-#include "examples/args.h"
 #include "examples/classifier.h"
 #include "data/datasets.h"
 #include "models/factory.h"
 
 using namespace bcos;
 
-namespace {
-
-std::string json_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-      continue;
-    }
-    out += c;
-  }
-  return out;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
-  examples::Args args("predict", "Top classes for one image.");
-  examples::model_options(args);
-  args.option("image", "", "a JPEG / PNG / BMP file", true)
-      .option("topk", "5", "how many classes to show")
-      .option("classes", "", "a text file with one class name per line")
-      .flag("json", "print JSON instead of a table");
-  try {
-    args.parse(argc, argv);
-    const models::ModelSpec spec = models::model_spec(args.get("arch"));
+  CLI::App app("Top classes for one image.", "predict");
+  examples::show_defaults(app);
+  examples::ModelArgs m;
+  std::string image, classes;
+  int64_t top = 5;
+  bool json = false;
+  examples::model_options(app, m);
+  app.add_option("--image", image, "a JPEG / PNG / BMP file")->required()->check(CLI::ExistingFile);
+  app.add_option("--topk", top, "how many classes to show")->check(CLI::PositiveNumber);
+  app.add_option("--classes", classes, "a text file with one class name per line")->check(CLI::ExistingFile);
+  app.add_flag("--json", json, "print JSON instead of a table");
+  return examples::run(app, argc, argv, [&] {
+    const models::ModelSpec spec = models::model_spec(m.arch);
     auto model = models::create_model(spec.arch);
-    models::load_pretrained(*model, args.get("weights"));
+    models::load_pretrained(*model, m.weights);
     model->eval();
 
     std::vector<std::string> names;
-    if (!args.get("classes").empty()) {
-      std::ifstream f(args.get("classes"));
-      BCOS_CHECK(f.good(), "predict: cannot open --classes ", args.get("classes"));
+    if (!classes.empty()) {
+      std::ifstream f(classes);
+      BCOS_CHECK(f.good(), "predict: cannot open --classes ", classes);
       for (std::string line; std::getline(f, line);) names.push_back(line);
-      BCOS_CHECK(int64_t(names.size()) == spec.num_classes, "predict: ", args.get("classes"), " has ", names.size(),
+      BCOS_CHECK(int64_t(names.size()) == spec.num_classes, "predict: ", classes, " has ", names.size(),
                  " names for ", spec.num_classes, " classes");
     } else if (spec.num_classes == 10) {
       names = data::Cifar10::classes();
     }
 
     data::Rng unused(0);  // the evaluation transform draws nothing
-    const Tensor x = examples::eval_transform(spec, args.integer("resize"))(data::read_image(args.get("image")), unused)
+    const Tensor x = examples::eval_transform(spec, m.resize)(data::read_image(image), unused)
                          .unsqueeze(0);
     NoGradGuard no_grad;
     const Tensor logits = (*model)(x).squeeze(0);
     const Tensor probs = softmax(logits, 0);
-    const int64_t k = std::clamp<int64_t>(args.integer("topk"), 1, spec.num_classes);
+    const int64_t k = std::clamp<int64_t>(top, 1, spec.num_classes);
     const ValuesIndices best = topk(logits, k);
     const auto idx = best.indices.to_vector<int64_t>();
     const auto lv = logits.to_vector<float>(), pv = probs.to_vector<float>();
     auto name_of = [&](int64_t c) { return names.empty() ? "class " + std::to_string(c) : names[size_t(c)]; };
-    if (args.enabled("json")) {
-      std::printf("{\"image\": \"%s\", \"arch\": \"%s\", \"top\": [", json_escape(args.get("image")).c_str(), spec.arch.c_str());
+    if (json) {
+      examples::Json result = {{"image", image}, {"arch", spec.arch}, {"top", examples::Json::array()}};
       for (int64_t j = 0; j < k; ++j) {
         const int64_t c = idx[size_t(j)];
         BCOS_CHECK(std::isfinite(lv[size_t(c)]), "predict: the model gave a non-finite logit for class ", c);
-        std::printf("%s{\"class\": %lld, \"name\": \"%s\", \"logit\": %.6g, \"probability\": %.6g}", j ? ", " : "",
-                    static_cast<long long>(c), json_escape(name_of(c)).c_str(), lv[size_t(c)], pv[size_t(c)]);
+        result["top"].push_back({{"class", c}, {"name", name_of(c)}, {"logit", lv[size_t(c)]},
+                                 {"probability", pv[size_t(c)]}});
       }
-      std::printf("]}\n");
+      std::printf("%s\n", examples::dump(result).c_str());
     } else {
       std::printf("%-5s %-6s %-30s %10s %12s\n", "rank", "class", "name", "logit", "probability");
       for (int64_t j = 0; j < k; ++j) {
@@ -90,8 +74,5 @@ int main(int argc, char** argv) {
                     name_of(c).c_str(), lv[size_t(c)], pv[size_t(c)]);
       }
     }
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 1;
-  }
+  });
 }
