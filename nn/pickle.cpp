@@ -150,6 +150,7 @@ std::string describe(const Value& v) {
     case K::storage:
       return str("a torch.", storage_class_name(v.storage->record->type), " '", v.storage->record->key, "'");
     case K::tensor: return str("a tensor of shape ", v.tensor->shape);
+    case K::object: return "an instance of " + v.text;
   }
   return "?";
 }
@@ -249,6 +250,8 @@ Value* Unpickler::resolve_global(const std::string& module, const std::string& n
     g->global = Global::rebuild_tensor_v2;
   } else if (module == "torch._utils" && name == "_rebuild_parameter") {
     g->global = Global::rebuild_parameter;
+  } else if (allow_script_objects_ && (module == "__torch__" || module.rfind("__torch__.", 0) == 0)) {
+    g->global = Global::script_class;  // a TorchScript module class: instantiated inertly, never called
   } else {
     bool found = false;
     if (module == "torch")
@@ -386,7 +389,7 @@ Value* Unpickler::call(Value* callable, Value* args) {
       p->tensor->requires_grad = a[1]->is(Value::Kind::boolean) && a[1]->boolean;
       return p;
     }
-    case Global::storage_class: break;
+    case Global::storage_class: case Global::script_class: break;
   }
   error("calling " + callable->text + " would run code");
 }
@@ -593,15 +596,25 @@ const Value& Unpickler::load() {
         Value* args = pop();
         Value* cls = pop();
         const bool empty_kwargs = !kwargs || (kwargs->is(Value::Kind::dict) && kwargs->entries.empty());
-        if (!cls->is(Value::Kind::global) || cls->global != Global::ordered_dict || !args->is(Value::Kind::tuple) ||
-            !args->items.empty() || !empty_kwargs)
+        const bool known = cls->is(Value::Kind::global) &&
+                           (cls->global == Global::ordered_dict || cls->global == Global::script_class);
+        if (!known || !args->is(Value::Kind::tuple) || !args->items.empty() || !empty_kwargs)
           error("creating an instance of " + describe(*cls) + " would run code");
-        push(make(Value::Kind::dict));
+        Value* obj = make(cls->global == Global::script_class ? Value::Kind::object : Value::Kind::dict);
+        if (obj->is(Value::Kind::object)) obj->text = cls->text;
+        push(obj);
         break;
       }
-      case 'b': {  // BUILD: only an OrderedDict's attribute dict (torch's _metadata), ignored
+      case 'b': {  // BUILD: an OrderedDict's attribute dict (torch's _metadata, ignored), or the
+                   // attributes of a TorchScript object, set once from a dict with string keys
         Value* state = pop();
         Value* obj = top();
+        if (obj->is(Value::Kind::object) && state->is(Value::Kind::dict) && obj->entries.empty()) {
+          for (const auto& [k, v] : state->entries)
+            if (!k->is_string()) error("an attribute name of " + describe(*obj) + " is " + describe(*k));
+          obj->entries = state->entries;
+          break;
+        }
         if (!obj->is(Value::Kind::dict) || !(state->is(Value::Kind::dict) || state->is(Value::Kind::none)))
           error("setting the state of " + describe(*obj) + " from " + describe(*state) + " would run code");
         break;

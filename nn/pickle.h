@@ -6,7 +6,10 @@
 //   _rebuild_parameter, and the typed storage classes torch.{Float,Double,Half,BFloat16,Long,
 //   Int,Short,Char,Byte,Bool}Storage (as names in persistent ids; they are never called).
 // Any other global is an error naming it ("checkpoint would run code"), before anything is
-// built. Tensors are not materialised here: a rebuilt tensor is a TensorRef (storage record,
+// built. TorchScript archives (torch.jit.save) pickle their modules as instances of classes
+// named __torch__.* (mangled names such as __torch__.x.___torch_mangle_7.Conv2d included):
+// with allow_script_objects(), those become inert objects holding their attributes, built
+// with NEWOBJ + BUILD and never called. Tensors are not materialised here: a rebuilt tensor is a TensorRef (storage record,
 // offset, sizes, strides), already checked to lie inside its storage; the checkpoint reader
 // copies the bytes once it knows where each storage's bytes are.
 //
@@ -60,11 +63,12 @@ struct TensorRef {
 };
 
 // The callables and classes the unpickler knows.
-enum class Global { ordered_dict, rebuild_tensor, rebuild_tensor_v2, rebuild_parameter, storage_class };
+enum class Global { ordered_dict, rebuild_tensor, rebuild_tensor_v2, rebuild_parameter, storage_class, script_class };
 
 struct Value {
   enum class Kind {
-    none, boolean, integer, big_integer, floating, string, bytes, tuple, list, dict, global, storage, tensor
+    none, boolean, integer, big_integer, floating, string, bytes, tuple, list, dict, global, storage, tensor,
+    object  // a TorchScript module: text is its class, entries its attributes (name -> value)
   };
   Kind kind = Kind::none;
   bool boolean = false;
@@ -72,7 +76,8 @@ struct Value {
   StorageType storage_type = StorageType::f32;  // global == storage_class
   int64_t integer = 0;
   double floating = 0;
-  // string / bytes: the bytes; big_integer: little-endian two's complement; global: "module.name"
+  // string / bytes: the bytes; big_integer: little-endian two's complement; global and object:
+  // "module.name"
   std::string text;
   std::vector<Value*> items;                       // tuple, list
   std::vector<std::pair<Value*, Value*>> entries;  // dict, in insertion order
@@ -101,6 +106,9 @@ class Unpickler {
             PersistentLoad persistent_load = {});
   Unpickler(std::string&& bytes, std::string source, size_t base_offset = 0,
             PersistentLoad persistent_load = {}) = delete;  // would read a destroyed temporary
+
+  // Accept TorchScript's __torch__.* classes as inert objects (see above). Off by default.
+  void allow_script_objects(bool on = true) { allow_script_objects_ = on; }
 
   // Runs the pickle up to STOP and returns the value it leaves (owned by this Unpickler); later
   // calls return the same value.
@@ -138,6 +146,7 @@ class Unpickler {
   std::vector<size_t> marks_;  // stack sizes at each open MARK
   std::unordered_map<uint64_t, Value*> memo_;
   const Value* result_ = nullptr;
+  bool allow_script_objects_ = false;
 };
 
 }  // namespace bcos::nn::pickle

@@ -197,6 +197,28 @@ StateDict extract_state_dict(const Value& root, const std::string& path) {
   return out;
 }
 
+// A TorchScript module tree (torch.jit.save): every tensor attribute by its dotted path, as
+// state_dict() names it ("visual.layer1.0.conv1.weight"); scalars ("training") are skipped.
+// Iterative, and each object visited once, so no pickle can recurse deeply or loop.
+StateDict flatten_script_module(const Value& root, const std::string& path) {
+  StateDict out;
+  std::vector<std::pair<const Value*, std::string>> todo{{&root, ""}};
+  std::set<const Value*> seen;
+  while (!todo.empty()) {
+    auto [obj, prefix] = todo.back();
+    todo.pop_back();
+    if (!seen.insert(obj).second) continue;
+    std::vector<std::pair<const Value*, std::string>> children;
+    for (const auto& [k, v] : obj->entries) {
+      const std::string key = prefix + k->text;
+      if (v->is(Kind::tensor)) out.emplace_back(key, materialize(*v->tensor, key, path));
+      else if (v->is(Kind::object)) children.emplace_back(v, key + ".");
+    }
+    todo.insert(todo.end(), children.rbegin(), children.rend());  // children in order, depth first
+  }
+  return out;
+}
+
 StateDict load_zip(const MappedFile& file) {
   const std::string& path = file.path();
   ZipArchive zip(file.bytes(), path);
@@ -235,7 +257,15 @@ StateDict load_zip(const MappedFile& file) {
     return StorageRef{record, 0, record->numel};
   };
   pickle::Unpickler unpickler(zip.read(*pkl), path + ": " + pkl->name, pkl->data_offset, persistent_load);
-  return extract_state_dict(unpickler.load(), path);
+  const bool torchscript = zip.find(root + "/constants.pkl") != nullptr;  // torch.jit.save writes it, torch.save not
+  unpickler.allow_script_objects(torchscript);
+  const Value& object = unpickler.load();
+  if (torchscript) {
+    BCOS_CHECK(object.is(Kind::object), kOp, ": ", path, ": a TorchScript archive whose data.pkl holds ",
+               pickle::describe(object), ", not a module");
+    return flatten_script_module(object, path);
+  }
+  return extract_state_dict(object, path);
 }
 
 StateDict load_legacy(const MappedFile& file) {

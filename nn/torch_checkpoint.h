@@ -8,6 +8,10 @@
 //    list of storage keys; after them, for each key in that order, an int64 element count and
 //    the raw little-endian elements. Persistent ids are ('storage', class, key, location,
 //    numel, view) with view None or (view_key, offset, numel).
+//  - TorchScript (torch.jit.save, e.g. OpenAI's released CLIP .pt files): the zip layout above
+//    plus <archive>/constants.pkl and code/; data.pkl pickles the module tree as instances of
+//    __torch__.* classes, which load as inert objects (never called); every tensor attribute
+//    becomes a state-dict entry under its dotted path ("visual.conv1.weight").
 // The object may be the state dict itself (an OrderedDict of tensors) or a dict wrapping it
 // under "state_dict", "model_state_dict" or "model" (Lightning, training scripts; other entries
 // such as "epoch" or "best_prec1" are ignored). Inside the state dict, None / bool / int /

@@ -104,9 +104,7 @@ ZipArchive::ZipArchive(std::string_view bytes, std::string source)
       bad("central directory entry ", i, " at byte ", at, " runs past the directory");
     e.name = std::string(bytes.substr(at + kCentralSize, name_len));
     if (flags & 1) bad("entry '", e.name, "' is encrypted");
-    if (method != 0)
-      bad("entry '", e.name, "' is compressed (method ", method,
-          "); only stored entries are supported, as torch.save writes them");
+    e.method = uint16_t(method);  // a compressed entry may be listed (TorchScript's code/), not read
 
     // ZIP64 extra field: the 8-byte values of the fields that hold 0xFFFFFFFF, in this order.
     const uint64_t extra_at = at + kCentralSize + name_len;
@@ -124,8 +122,9 @@ ZipArchive::ZipArchive(std::string_view bytes, std::string source)
       }
       x += 4 + len;
     }
-    if (packed != unpacked) bad("entry '", e.name, "' is stored but its sizes differ (", packed, " vs ", unpacked, ")");
-    e.size = unpacked;
+    if (method == 0 && packed != unpacked)
+      bad("entry '", e.name, "' is stored but its sizes differ (", packed, " vs ", unpacked, ")");
+    e.size = packed;
 
     need(local, kLocalSize, "a local header");
     if (le(bytes, local, 4) != kLocalHeader) bad("entry '", e.name, "': no local header at byte ", local);
@@ -150,6 +149,9 @@ const ZipEntry* ZipArchive::find(const std::string& name) const {
 }
 
 std::string_view ZipArchive::read(const ZipEntry& entry) const {
+  if (entry.method != 0)
+    fail("zip: ", source_, ": entry '", entry.name, "' is compressed (method ", entry.method,
+         "); only stored entries can be read, as torch writes them");
   const std::string_view data = bytes_.substr(entry.data_offset, entry.size);
   const uint32_t actual = crc32(data);
   if (actual != entry.crc32)

@@ -1,7 +1,8 @@
 // The zip container of torch.save (since PyTorch 1.6), read in place from a mapped file:
 // the end-of-central-directory record (ZIP64 too), the central directory, and each entry's
 // local header. torch writes every entry STORED (uncompressed, 64-byte aligned) so tensors can
-// be copied straight out; a compressed or encrypted entry is an error, as are ranges outside
+// be copied straight out; reading a compressed entry is an error (TorchScript archives list
+// deflated code/ files, which are never read), an encrypted one too, as are ranges outside
 // the file, names that differ between the central and the local header, duplicate names and
 // CRC-32 mismatches (checked when an entry is read, as torch's reader does).
 #pragma once
@@ -17,8 +18,9 @@ namespace bcos::nn {
 struct ZipEntry {
   std::string name;
   uint64_t data_offset = 0;  // of the entry's bytes in the archive
-  uint64_t size = 0;
+  uint64_t size = 0;  // bytes in the archive
   uint32_t crc32 = 0;
+  uint16_t method = 0;  // 0: stored
 };
 
 class ZipArchive {
