@@ -352,3 +352,51 @@ TEST_CASE("serialize: corrupted checkpoints raise bcos::Error or load, never cra
   fuzz(resnet, 14100, 250, 3, "resnet20 (pickles and storage keys)");  // the pickles end at byte 14063
   fuzz(resnet, resnet.size(), 50, 4, "resnet20 (anywhere)");
 }
+
+TEST_CASE("serialize: TorchScript archives: __torch__ modules load as inert objects, flattened by attribute path") {
+  TempDir dir;
+  const std::string four = floats({1, 2, 3, 4});
+  // CLIP-like: {weight, training, visual: {conv: {weight}}} as __torch__ instances built by NEWOBJ + BUILD.
+  auto object = [](PickleWriter& w, const std::string& module, const std::string& cls) -> PickleWriter& {
+    return w.global(module, cls).op(")").op("\x81").op("}").mark();
+  };
+  PickleWriter w;
+  object(w, "__torch__", "CLIP").str("scale").tensor("0", 4, 0, {4}, {1}).str("training").op("\x89");
+  w.str("visual");
+  object(w, "__torch__.torch.nn.modules.conv.___torch_mangle_7", "Conv2d").str("weight").tensor("0", 4, 1, {3}, {1});
+  w.str("bias").none().op("u").op("b");  // the Conv2d's attributes
+  w.op("u").op("b").stop();              // the CLIP's
+  auto script_zip = [&](const std::string& pickle) {
+    ZipWriter zip;
+    zip.add("m/data.pkl", pickle).add("m/constants.pkl", PickleWriter().mark().tuple().stop().out);
+    zip.add("m/code/__torch__.py", "compressed code", 8).add("m/data/0", four);
+    return zip.bytes();
+  };
+  testnn::write_bytes(dir / "script.pt", script_zip(w.out));
+  const StateDict sd = load_torch_checkpoint(dir / "script.pt");
+  REQUIRE(sd.size() == 2);
+  CHECK(sd[0].first == "scale");
+  CHECK(sd[1].first == "visual.weight");
+  CHECK(sd[1].second.to_vector<float>() == std::vector<float>{2, 3, 4});
+
+  // Outside a TorchScript archive (no constants.pkl) a __torch__ class is just another global.
+  testnn::write_bytes(dir / "plain.pt", checkpoint_zip(w.out, {{"0", four}}));
+  CHECK(error_of([&] { load_torch_checkpoint(dir / "plain.pt"); }).find("'__torch__.CLIP' is not on the allow-list") !=
+        std::string::npos);
+  // Calling a script class, or giving it constructor arguments, would run code.
+  PickleWriter call;
+  call.global("__torch__", "CLIP").mark().tuple().reduce().stop();
+  testnn::write_bytes(dir / "call.pt", script_zip(call.out));
+  CHECK(error_of([&] { load_torch_checkpoint(dir / "call.pt"); }).find("would run code") != std::string::npos);
+  PickleWriter args;
+  args.global("__torch__", "CLIP").mark().integer(1).tuple().op("\x81").stop();
+  testnn::write_bytes(dir / "args.pt", script_zip(args.out));
+  CHECK(error_of([&] { load_torch_checkpoint(dir / "args.pt"); }).find("would run code") != std::string::npos);
+  // A data.pkl that is not a module; reading the deflated code is refused.
+  testnn::write_bytes(dir / "dict.pt", script_zip(PickleWriter().op("}").stop().out));
+  CHECK(error_of([&] { load_torch_checkpoint(dir / "dict.pt"); }).find("not a module") != std::string::npos);
+  const std::string bytes = script_zip(w.out);
+  ZipArchive zip(bytes, "in-memory");
+  CHECK(error_of([&] { zip.read(*zip.find("m/code/__torch__.py")); }).find("is compressed (method 8)") !=
+        std::string::npos);
+}
