@@ -23,6 +23,18 @@ Tensor QuickGELU::forward(const Tensor& x) { return x * sigmoid(x * 1.702); }
 
 Tensor l2_normalize(const Tensor& x) { return x / norm(x, 2, {-1}, true); }
 
+Tensor clip_contrastive_loss(const Tensor& logits) {
+  BCOS_CHECK(logits.dim() == 2 && logits.size(0) == logits.size(1) && logits.size(0) > 0,
+             "clip_contrastive_loss: expected square logits [N, N] (image i with text i), got ", logits.shape());
+  const Tensor labels = arange(double(logits.size(0)), DType::i64).to(logits.device());
+  return (cross_entropy(logits, labels) + cross_entropy(logits.transpose(0, 1), labels)) * 0.5;
+}
+
+void clamp_logit_scale_(Clip& model, double max_scale) {
+  NoGradGuard no_grad;
+  model.logit_scale.copy_(clamp(model.logit_scale, 0.0, std::log(max_scale)));
+}
+
 namespace {
 
 ModulePtr conv(int64_t in, int64_t out, int64_t k, int64_t stride = 1) {

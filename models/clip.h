@@ -138,6 +138,15 @@ class Clip : public nn::Module {
 // Unit-length rows: x / ‖x‖ along the last dim.
 Tensor l2_normalize(const Tensor& x);
 
+// CLIP's training loss: image i belongs with text i. The mean of the cross-entropies of the
+// rows (each image over the texts) and of the columns (each text over the images).
+// logits_per_image: [N, N] -> a scalar.
+Tensor clip_contrastive_loss(const Tensor& logits_per_image);
+
+// After each optimizer step, as OpenAI and open_clip do: logit_scale stays in [0, ln max_scale],
+// so exp(logit_scale) never exceeds max_scale (100).
+void clamp_logit_scale_(Clip& model, double max_scale = 100.0);
+
 // A CLIP from a state dict with OpenAI's names (the variant inferred from it); the buffers
 // OpenAI's files carry beside the weights (input_resolution, context_length, vocab_size) are
 // dropped; fp16 weights become f32.

@@ -10,6 +10,7 @@
 #include "nn/torch_checkpoint.h"
 #include "tests/golden.h"
 #include "tests/nn/helpers.h"
+#include "tests/nn/pattern.h"
 
 using namespace bcos;
 
@@ -132,4 +133,55 @@ TEST_CASE("clip: bad files and inputs raise errors naming the file, key or shape
   CHECK(testdata::error_of([&] { model->encode_image(zeros({1, 3, 64, 64})); }).find("[N, 3, 32, 32]") != std::string::npos);
   CHECK(testdata::error_of([&] { model->encode_text(zeros({2, 76}, DType::i64)); }).find("[N, 77]") != std::string::npos);
   CHECK(testdata::error_of([&] { model->encode_text(zeros({2, 77})); }).find("i64") != std::string::npos);
+}
+
+TEST_CASE("clip: full-size RN50 and ViT-B/32 image towers and the text tower match the reference (pattern weights)") {
+  const golden::Fixtures f(golden_file("clip.safetensors"));
+  const Tensor image = testnn::pattern("full.images", {1, 3, 224, 224}, -1.0, 1.0);
+  NoGradGuard no_grad;
+  {
+    models::Clip rn50(models::ClipConfig::named("RN50"));
+    testnn::fill_pattern(rn50);
+    rn50.eval();
+    CHECK(golden::relative_error(rn50.encode_image(image), f["full.rn50_features"]) <= 1e-4);
+    CHECK(golden::relative_error(rn50.encode_text(f["full.text_ids"]), f["full.text_features"]) <= 1e-4);
+  }
+  models::Clip vit(models::ClipConfig::named("ViT-B/32"));
+  testnn::fill_pattern(vit);
+  vit.eval();
+  CHECK(golden::relative_error(vit.encode_image(image), f["full.vitb32_features"]) <= 1e-4);
+}
+
+TEST_CASE("clip: the contrastive loss and its gradients in float64 match the reference (one training step)") {
+  const golden::Fixtures f(golden_file("clip.safetensors"));
+  models::ClipConfig c;
+  c.embed_dim = 16, c.image_resolution = 16, c.vision_layers = {1, 1}, c.vision_width = 8, c.vision_heads = 2;
+  c.vocab_size = 64, c.transformer_width = 32, c.transformer_heads = 2, c.transformer_layers = 1;
+  models::Clip model(c);
+  testnn::fill_pattern(model);
+  model.to(DType::f64);
+  model.train();
+  const Tensor logits = model.logits(model.encode_image(f["train.images"]), model.encode_text(f["train.text"]));
+  CHECK(golden::relative_error(logits, f["train.logits_per_image"]) <= 1e-12);
+  const Tensor loss = models::clip_contrastive_loss(logits);
+  CHECK(std::abs(loss.item() - f["train.loss"].item()) <= 1e-12 * std::abs(f["train.loss"].item()));
+  loss.backward();
+  int64_t checked = 0;
+  for (const auto& [name, p] : model.named_parameters()) {
+    CAPTURE(name);
+    REQUIRE(f.has("train.grad." + name));
+    REQUIRE(p.grad().defined());
+    CHECK(golden::relative_error(p.grad(), f["train.grad." + name]) <= 1e-10);
+    ++checked;
+  }
+  CHECK(checked == int64_t(model.named_parameters().size()));
+
+  // The logit scale is clamped to ln 100 after a step, as OpenAI's training does.
+  {
+    NoGradGuard no_grad;
+    model.logit_scale.fill_(5.0);
+  }
+  models::clamp_logit_scale_(model);
+  CHECK(model.logit_scale.item() == doctest::Approx(std::log(100.0)).epsilon(1e-12));
+  CHECK(testdata::error_of([] { models::clip_contrastive_loss(zeros({2, 3})); }).find("[N, N]") != std::string::npos);
 }

@@ -19,11 +19,13 @@ Files (tests/golden/):
   clip.safetensors    inputs and expected outputs, f32:
       rn.images [2, 3, 64, 64], rn.text i64 [3, 77], rn.image_features [2, 128],
       rn.text_features [3, 128], rn.logits_per_image [2, 3]; vit.* likewise (images 32 px)
-      full.*: full-size towers with pattern weights (tests/nn/pattern.h's formula):
-      full.text_ids i64 [2, 77] -> full.text_features [2, 512] (the text tower of RN50 /
-      ViT-B/32: width 512, 12 layers, 8 heads), full.rn50_images [1, 3, 224, 224] ->
-      full.rn50_features [1, 1024], full.vitb32_images [1, 3, 224, 224] -> full.vitb32_features [1, 512]
-      train.*: one step of the contrastive loss in f64 on a tiny CLIP (see below)
+      full.*: full-size towers with pattern weights (tests/nn/pattern.h's formula): the image
+      [1, 3, 224, 224] is pattern("full.images", -1, 1) too, not stored;
+      full.text_ids i64 [2, 77] -> full.text_features [2, 1024] (RN50's text tower: width 512,
+      12 layers, 8 heads, projected to 1024), full.rn50_features [1, 1024],
+      full.vitb32_features [1, 512]
+      train.*: the contrastive loss of a tiny CLIP in f64, and every parameter's gradient
+      (training_step below)
 
 Run with Debian's PyTorch:  /usr/bin/python3 tools/golden/clip.py
 """
@@ -318,6 +320,48 @@ def run(model, images, text):
     return img, txt, logits
 
 
+def full_size(fixtures, gen):
+    """RN50 and ViT-B/32 at full size with pattern weights (models.py's fill_pattern, which
+    tests/nn/pattern.h computes too): only inputs and outputs are stored."""
+    from models import fill_pattern, uniform
+    text_ids = texts(49408, 2, gen)
+    image = torch.from_numpy(uniform("full.images", 3 * 224 * 224, -1.0, 1.0)).view(1, 3, 224, 224)
+    rn50 = CLIP(1024, 224, [3, 4, 6, 3], 64, None, 77, 49408, 512, 8, 12)
+    fill_pattern(rn50)
+    rn50.eval()
+    with torch.no_grad():
+        fixtures["full.rn50_features"] = rn50.encode_image(image)
+        fixtures["full.text_ids"] = text_ids
+        fixtures["full.text_features"] = rn50.encode_text(text_ids)
+    del rn50
+    vit = CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12)
+    fill_pattern(vit)
+    vit.eval()
+    with torch.no_grad():
+        fixtures["full.vitb32_features"] = vit.encode_image(image)
+
+
+def training_step(fixtures, gen):
+    """One step of CLIP's symmetric contrastive loss in float64 on a tiny ModifiedResNet CLIP
+    (2 stages of 1 block, width 8, 16 px; text width 32, 2 heads, 1 layer, vocabulary 64), BN in
+    training mode: the loss and every parameter's gradient."""
+    from models import fill_pattern
+    model = CLIP(16, 16, [1, 1], 8, None, 77, 64, 32, 2, 1, vision_heads=2)
+    fill_pattern(model)
+    model.double().train()
+    images = torch.rand(4, 3, 16, 16, generator=gen, dtype=torch.float64) * 2 - 1
+    ids = texts(64, 4, gen)
+    logits_per_image, logits_per_text = model(images, ids)
+    labels = torch.arange(4)
+    loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    loss.backward()
+    fixtures["train.images"], fixtures["train.text"] = images, ids
+    fixtures["train.loss"] = loss.detach()
+    fixtures["train.logits_per_image"] = logits_per_image.detach()
+    for name, p in model.named_parameters():
+        fixtures["train.grad." + name] = p.grad
+
+
 def main():
     gen = torch.Generator().manual_seed(20261130)
     torch.manual_seed(0)
@@ -361,6 +405,8 @@ def main():
     save(hf_state_dict(sd, len(vit.visual.transformer.resblocks), len(vit.transformer.resblocks)), os.path.join(OUT, "clip_vit_hf.safetensors"),
          {"format": "pt", "generator": "tools/golden/clip.py"})
 
+    full_size(fixtures, gen)
+    training_step(fixtures, gen)
     save(fixtures, os.path.join(OUT, "clip.safetensors"), {"generator": "tools/golden/clip.py",
                                                            "torch": torch.__version__})
     print("wrote clip_rn.pt, clip_vit.pt, clip_vit_hf.safetensors and clip.safetensors")
