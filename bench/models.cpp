@@ -3,6 +3,9 @@
 // backward, SGD with momentum), and the process's peak resident memory. One line:
 //   images_per_s <float> peak_rss_mb <float>
 //   bench_models --arch resnet50 --batch 8 --mode infer|train [--seconds 3]
+// CLIP: --arch clip_rn50 / clip_vit_b_32 time the image tower of OpenAI's RN50 / ViT-B/32
+// (training: cross-entropy of the embedding as logits, SGD on the tower), clip_text the text
+// tower on [batch, 77] token ids ("images" are then texts).
 #include <sys/resource.h>
 
 #include <chrono>
@@ -10,6 +13,7 @@
 #include <string>
 
 #include "autograd/ops.h"
+#include "models/clip.h"
 #include "models/factory.h"
 #include "nn/optim.h"
 
@@ -29,19 +33,43 @@ int main(int argc, char** argv) {
       else fail("bench_models: unknown argument ", a);
     }
     BCOS_CHECK(mode == "infer" || mode == "train", "bench_models: --mode infer or train, got ", mode);
-    const models::ModelSpec spec = models::model_spec(arch);
     manual_seed(0);
-    auto model = models::create_model(arch);
-    const Tensor x = randn({batch, 3, spec.input_size, spec.input_size});
-    const Tensor y = randint(0, spec.num_classes, {batch});
-    nn::SGD opt(model->parameters(), {.lr = 0.01, .momentum = 0.9});
+    std::shared_ptr<nn::Module> model;
+    std::shared_ptr<models::Clip> clip;
+    Tensor x, y;
+    std::vector<Tensor> params;
+    if (arch.rfind("clip_", 0) == 0) {
+      BCOS_CHECK(arch == "clip_rn50" || arch == "clip_vit_b_32" || arch == "clip_text", "bench_models: unknown ", arch);
+      clip = std::make_shared<models::Clip>(models::ClipConfig::named(arch == "clip_vit_b_32" ? "ViT-B/32" : "RN50"));
+      if (arch == "clip_text") {
+        x = randint(1, 49406, {batch, 77});
+        y = randint(0, clip->config.embed_dim, {batch});
+        params = clip->parameters();
+      } else {
+        x = randn({batch, 3, 224, 224});
+        y = randint(0, clip->config.embed_dim, {batch});
+        params = clip->visual->parameters();
+      }
+      model = clip;
+    } else {
+      const models::ModelSpec spec = models::model_spec(arch);
+      model = models::create_model(arch);
+      x = randn({batch, 3, spec.input_size, spec.input_size});
+      y = randint(0, spec.num_classes, {batch});
+      params = model->parameters();
+    }
+    auto forward = [&] {
+      if (!clip) return (*model)(x);
+      return arch == "clip_text" ? clip->encode_text(x) : clip->encode_image(x);
+    };
+    nn::SGD opt(params, {.lr = 0.01, .momentum = 0.9});
     auto run = [&] {
       if (mode == "infer") {
         NoGradGuard no_grad;
-        (*model)(x);
+        forward();
       } else {
         opt.zero_grad();
-        cross_entropy((*model)(x), y).backward();
+        cross_entropy(forward(), y).backward();
         opt.step();
       }
     };

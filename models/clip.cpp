@@ -30,6 +30,18 @@ Tensor clip_contrastive_loss(const Tensor& logits) {
   return (cross_entropy(logits, labels) + cross_entropy(logits.transpose(0, 1), labels)) * 0.5;
 }
 
+Tensor zeroshot_classifier(Clip& model, const std::vector<Tensor>& class_prompt_ids) {
+  BCOS_CHECK(!class_prompt_ids.empty(), "zeroshot_classifier: no classes");
+  NoGradGuard no_grad;
+  std::vector<Tensor> rows;
+  for (const Tensor& ids : class_prompt_ids) {
+    BCOS_CHECK(ids.dim() == 2 && ids.size(0) > 0, "zeroshot_classifier: each class needs token ids [T, context], got ",
+               ids.shape());
+    rows.push_back(l2_normalize(mean(l2_normalize(model.encode_text(ids)), {0})));
+  }
+  return stack(rows, 0);
+}
+
 void clamp_logit_scale_(Clip& model, double max_scale) {
   NoGradGuard no_grad;
   model.logit_scale.copy_(clamp(model.logit_scale, 0.0, std::log(max_scale)));
@@ -285,6 +297,11 @@ Tensor Clip::encode_text(const Tensor& ids) {
              "CLIP encode_text: expected token ids i64 [N, ", config.context_length, "], got ", ids.dtype(), " ",
              ids.shape());
   const int64_t n = ids.size(0);
+  if (ids.numel() > 0) {
+    const int64_t low = min(ids).item<int64_t>(), high = max(ids).item<int64_t>();
+    BCOS_CHECK(low >= 0 && high < config.vocab_size, "CLIP encode_text: token ids from ", low, " to ", high,
+               " do not fit the model's vocabulary of ", config.vocab_size);
+  }
   Tensor x = (*token_embedding)(ids) + positional_embedding;  // [N, ctx, width]
   x = (*ln_final)((*transformer)(x));
   // The end-of-text token has the largest id: its features represent the text.

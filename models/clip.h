@@ -138,6 +138,11 @@ class Clip : public nn::Module {
 // Unit-length rows: x / ‖x‖ along the last dim.
 Tensor l2_normalize(const Tensor& x);
 
+// OpenAI's zero-shot classifier: for each class, the text embeddings of its prompts (token ids
+// i64 [T, context], one row per template) normalised, averaged and renormalised -> [classes, embed].
+// Image logits are then 100 · normalised image features · classifierᵀ.
+Tensor zeroshot_classifier(Clip& model, const std::vector<Tensor>& class_prompt_ids);
+
 // CLIP's training loss: image i belongs with text i. The mean of the cross-entropies of the
 // rows (each image over the texts) and of the columns (each text over the images).
 // logits_per_image: [N, N] -> a scalar.

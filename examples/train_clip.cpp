@@ -1,0 +1,278 @@
+// train_clip: contrastive training of a CLIP, then its zero-shot accuracy.
+//   train_clip                        a small CLIP on the CIFAR-10 train shards of ../shared (or
+//                                     $BCOS_DATA), captions made from the class names with 9 of
+//                                     the 18 CIFAR-10 templates; zero-shot on the test shard with
+//                                     the other 9
+//   train_clip --data 'pairs-{000000..000009}.tar' --test-data IMAGEFOLDER --classes names.txt
+//                                     (image, caption) pairs: <key>.jpg + <key>.txt
+//   train_clip --vision rn50 | vit_b_32 | ...   OpenAI's towers (any size trains; slowly on a CPU)
+// The loss is CLIP's symmetric cross-entropy over the batch's image-text logits, with a learnable
+// temperature clamped so exp(logit_scale) <= 100; AdamW with CLIP's betas, decoupled weight decay
+// on weight matrices only, cosine schedule with warm-up; checkpoints every epoch and --resume.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "data/rng.h"
+#include "examples/clip_common.h"
+#include "models/clip_load.h"
+#include "nn/checkpoint.h"
+#include "nn/optim.h"
+#include "nn/safetensors.h"
+#include "nn/schedule.h"
+
+using namespace bcos;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<int64_t> parse_ints(const std::string& s, const std::string& what) {
+  std::vector<int64_t> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');) {
+    try {
+      size_t used = 0;
+      out.push_back(std::stoll(item, &used));
+      BCOS_CHECK(used == item.size(), "");
+    } catch (const std::exception&) {
+      BCOS_CHECK(false, "train_clip: ", what, " expects comma-separated integers, got '", s, "'");
+    }
+  }
+  BCOS_CHECK(!out.empty(), "train_clip: ", what, " is empty");
+  return out;
+}
+
+// The tower sizes: OpenAI's by name, or a small ModifiedResNet / ViT from the options.
+struct Towers {
+  std::string vision = "resnet";
+  int64_t image_size = 32, vision_width = 32, patch_size = 4, vision_heads = 0, embed_dim = 256;
+  std::string vision_layers = "1,1,1";
+  int64_t text_width = 128, text_layers = 2, text_heads = 2, context_length = 24;
+};
+
+models::ClipConfig make_config(const Towers& s, int64_t vocab_size) {
+  static const std::map<std::string, std::string> kNamed = {
+      {"rn50", "RN50"}, {"rn101", "RN101"}, {"rn50x4", "RN50x4"}, {"rn50x16", "RN50x16"}, {"rn50x64", "RN50x64"},
+      {"vit_b_32", "ViT-B/32"}, {"vit_b_16", "ViT-B/16"}, {"vit_l_14", "ViT-L/14"}};
+  if (auto it = kNamed.find(s.vision); it != kNamed.end()) return models::ClipConfig::named(it->second);
+  BCOS_CHECK(s.vision == "resnet" || s.vision == "vit", "train_clip: --vision is resnet, vit, or one of OpenAI's: rn50, "
+             "rn101, rn50x4, rn50x16, rn50x64, vit_b_32, vit_b_16, vit_l_14; got '", s.vision, "'");
+  models::ClipConfig c;
+  c.image_resolution = s.image_size, c.vision_width = s.vision_width, c.embed_dim = s.embed_dim;
+  c.vision_layers = parse_ints(s.vision_layers, "--vision-layers");
+  c.vision_patch_size = s.vision == "vit" ? s.patch_size : 0;
+  const int64_t pooled = s.vision == "vit" ? s.vision_width : s.vision_width * 4 << (c.vision_layers.size() - 1);
+  c.vision_heads = s.vision_heads > 0 ? s.vision_heads : std::max<int64_t>(1, pooled / 64);
+  c.vocab_size = vocab_size, c.context_length = s.context_length;
+  c.transformer_width = s.text_width, c.transformer_layers = s.text_layers, c.transformer_heads = s.text_heads;
+  return c;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string root = examples::data_root(), cifar = root + "/data/cifar10";
+  CLI::App app("Train a CLIP contrastively, then classify zero-shot.", "train_clip");
+  examples::show_defaults(app);
+  std::string train_path = cifar + "/cifar10-train-{000000..000004}.tar", test_path = cifar + "/cifar10-test-000000.tar";
+  std::string vocab = examples::default_vocab(), classes = "cifar10", templates = "cifar10";
+  std::string train_templates = "0,2,4,6,8,10,12,14,16", out = "out/clip", init;
+  Towers shape;
+  double epochs = 10, lr = 2e-3, weight_decay = 0.1;
+  int64_t batch = 256, warmup = 100, limit_train = 0, limit_test = 0;
+  int workers = int(std::max(1u, std::thread::hardware_concurrency()));
+  uint64_t seed = 0;
+  bool from_classes = false, resume = false;
+  CLI::Option* data_opt = app.add_option("--data", train_path, "training shards: <key>.jpg + <key>.txt (or .cls with "
+                                         "--captions-from-classes)");
+  app.add_option("--test-data", test_path, "labelled test data for the zero-shot evaluation (\"\" to skip)");
+  app.add_flag("--captions-from-classes", from_classes, "captions are templates filled with the class name of each "
+               "sample's label (on by default for the CIFAR-10 shards)");
+  app.add_option("--classes", classes, "class names: a file, cifar10 or imagenet");
+  app.add_option("--templates", templates, "templates with {}: a file, cifar10 or imagenet");
+  app.add_option("--train-templates", train_templates, "indices of the templates captions are made from; the "
+                 "others are held out for the zero-shot evaluation (\"all\": every template in both)");
+  app.add_option("--vocab", vocab, "CLIP's BPE vocabulary");
+  app.add_option("--vision", shape.vision, "resnet / vit (small, from the options below) or OpenAI's tower: rn50, "
+                 "rn101, rn50x4, rn50x16, rn50x64, vit_b_32, vit_b_16, vit_l_14");
+  app.add_option("--image-size", shape.image_size, "input resolution of the small towers (32 to 64 for CIFAR)")
+      ->check(CLI::Range(8, 1024));
+  app.add_option("--vision-width", shape.vision_width, "ModifiedResNet stem width / ViT width")->check(CLI::PositiveNumber);
+  app.add_option("--vision-layers", shape.vision_layers, "ModifiedResNet blocks per stage (1 to 4 stages) / ViT depth");
+  app.add_option("--patch-size", shape.patch_size, "ViT patch size")->check(CLI::PositiveNumber);
+  app.add_option("--vision-heads", shape.vision_heads, "attention heads of the image tower (0: width / 64)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--embed-dim", shape.embed_dim, "joint embedding size")->check(CLI::PositiveNumber);
+  app.add_option("--text-width", shape.text_width, "text transformer width")->check(CLI::PositiveNumber);
+  app.add_option("--text-layers", shape.text_layers, "text transformer layers")->check(CLI::PositiveNumber);
+  app.add_option("--text-heads", shape.text_heads, "text transformer heads")->check(CLI::PositiveNumber);
+  app.add_option("--context-length", shape.context_length, "tokens per caption (OpenAI: 77)")->check(CLI::Range(3, 77));
+  app.add_option("--init", init, "start from these CLIP weights (any file examples/clip reads) instead of random");
+  app.add_option("--epochs", epochs, "training epochs (fractions too)")->check(CLI::NonNegativeNumber);
+  app.add_option("--batch", batch, "batch size (the contrastive loss sees batch x batch pairs)")->check(CLI::Range(2, 65536));
+  app.add_option("--lr", lr, "AdamW learning rate (cosine to 0)")->check(CLI::NonNegativeNumber);
+  app.add_option("--weight-decay", weight_decay, "decoupled weight decay of the weight matrices")->check(CLI::NonNegativeNumber);
+  app.add_option("--warmup", warmup, "linear warm-up steps")->check(CLI::NonNegativeNumber);
+  app.add_option("--limit-train", limit_train, "training samples per epoch (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--limit-test", limit_test, "test samples (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--workers", workers, "decoding threads")->check(CLI::PositiveNumber);
+  app.add_option("--seed", seed, "seed of the weights, shuffling, augmentation and captions");
+  app.add_option("--out", out, "output folder: checkpoint.safetensors, clip.safetensors, report.json");
+  app.add_flag("--resume", resume, "continue from OUT/checkpoint.safetensors");
+  return examples::run(app, argc, argv, [&] {
+    const auto t_start = std::chrono::steady_clock::now();
+    if (!data_opt->count()) from_classes = true;  // the CIFAR-10 shards have labels, not captions
+    auto exists = [](const std::string& p) {  // a brace pattern exists when its first shard does
+      std::string first = p;
+      const size_t lb = p.find('{'), dots = p.find("..", lb), rb = p.find('}', lb);
+      if (lb != std::string::npos && dots != std::string::npos && rb != std::string::npos)
+        first = p.substr(0, lb) + p.substr(lb + 1, dots - lb - 1) + p.substr(rb + 1);
+      return fs::exists(first);
+    };
+    if (!data_opt->count() && (!exists(train_path) || !fs::exists(vocab))) {
+      std::printf("train_clip: skipped: the CIFAR-10 shards or CLIP's vocabulary are missing (%s, %s); set BCOS_DATA "
+                  "or pass --data / --vocab\n", train_path.c_str(), vocab.c_str());
+      return;
+    }
+    auto tok = examples::load_tokenizer(vocab);
+    const auto class_names = examples::read_list(classes, "classes");
+    const auto all_templates = examples::read_list(templates, "templates");
+    std::vector<std::string> fit_templates, held_out;
+    if (train_templates == "all") {
+      fit_templates = held_out = all_templates;
+    } else {
+      const auto picked = parse_ints(train_templates, "--train-templates");
+      for (int64_t i : picked)
+        BCOS_CHECK(i >= 0 && i < int64_t(all_templates.size()), "train_clip: template index ", i, " is outside the ",
+                   all_templates.size(), " templates");
+      for (size_t i = 0; i < all_templates.size(); ++i)
+        (std::find(picked.begin(), picked.end(), int64_t(i)) != picked.end() ? fit_templates : held_out)
+            .push_back(all_templates[i]);
+      if (held_out.empty()) held_out = fit_templates;
+    }
+
+    manual_seed(seed);
+    std::shared_ptr<models::Clip> model = init.empty() ? std::make_shared<models::Clip>(make_config(shape, tok->vocab_size()))
+                                                       : models::load_clip(init);
+    const models::ClipConfig& config = model->config;
+    std::printf("CLIP: %s; %.2fM parameters\n", config.describe().c_str(), double(model->num_parameters()) / 1e6);
+
+    using namespace data;
+    const int64_t res = config.image_resolution;
+    Transform train_t = Compose({Resize(res, Interpolation::bicubic), RandomCrop(res, std::max<int64_t>(1, res / 8)),
+                                 RandomHorizontalFlip(), ToTensor(), Normalize(models::kClipMean, models::kClipStd)});
+    auto train_loader = examples::make_loader(train_path, "train", train_t,
+                                              {.batch_size = batch, .shuffle = true, .drop_last = true,
+                                               .workers = workers, .seed = seed, .limit = limit_train});
+    const int64_t steps_per_epoch = train_loader->num_samples() / batch;
+    BCOS_CHECK(steps_per_epoch > 0, "train_clip: fewer training samples (", train_loader->num_samples(),
+               ") than one batch (", batch, ")");
+    const int64_t total_steps = std::max<int64_t>(1, std::llround(epochs * double(steps_per_epoch)));
+    const int64_t epoch_count = (total_steps + steps_per_epoch - 1) / steps_per_epoch;
+
+    std::vector<Tensor> params, decayed;
+    for (auto& [name, p] : model->named_parameters()) {
+      params.push_back(p);
+      if (p.dim() >= 2 && name.find("embedding") == std::string::npos) decayed.push_back(p);  // CLIP: no decay on
+    }                                                                                          // gains, biases, embeddings
+    nn::AdamW optimizer(params, {.lr = lr, .beta1 = 0.9, .beta2 = 0.98, .eps = 1e-6, .weight_decay = 0.0});
+    nn::Scheduler scheduler(optimizer, nn::cosine_schedule(lr, total_steps, 0.0, std::min(warmup, total_steps - 1)));
+    fs::create_directories(out);
+    const std::string ckpt = out + "/checkpoint.safetensors";
+    nn::TrainingState state;
+    if (resume) {
+      BCOS_CHECK(fs::exists(ckpt), "train_clip: --resume: no checkpoint at ", ckpt);
+      state = nn::load_training_checkpoint(ckpt, *model, optimizer, &scheduler);
+      std::printf("resumed from %s after epoch %lld\n", ckpt.c_str(), static_cast<long long>(state.epoch));
+    }
+
+    double train_seconds = 0, last_loss = 0;
+    for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
+      model->train();
+      const int64_t steps = std::min(steps_per_epoch, total_steps - epoch * steps_per_epoch);
+      ProgressBar bar(steps * batch, str("epoch ", epoch + 1, "/", epoch_count), "img");
+      const auto start = std::chrono::steady_clock::now();
+      double loss_sum = 0;
+      int64_t seen = 0, matched = 0;
+      for (Batch& b : train_loader->epoch(epoch)) {
+        if (state.step >= (epoch + 1) * steps_per_epoch || state.step >= total_steps) break;  // a partial epoch
+        std::vector<std::string> captions = b.texts;
+        if (from_classes) {
+          const auto labels = b.labels.to_vector<int64_t>();
+          Rng rng(seed, 7, uint64_t(state.step));  // each step's template draw, reproducible on resume
+          for (size_t i = 0; i < labels.size(); ++i) {
+            BCOS_CHECK(labels[i] >= 0 && labels[i] < int64_t(class_names.size()), "train_clip: ", b.names[i],
+                       " has label ", labels[i], ", outside the ", class_names.size(), " classes");
+            const auto& t = fit_templates[size_t(rng.randint(0, int64_t(fit_templates.size())))];
+            captions[i] = examples::fill_template(t, class_names[size_t(labels[i])]);
+          }
+        }
+        for (size_t i = 0; i < captions.size(); ++i)
+          BCOS_CHECK(!captions[i].empty(), "train_clip: ", b.names[i], " has no caption (.txt); pass "
+                     "--captions-from-classes for labelled data");
+        // Each distinct caption is encoded once (captions made from templates repeat within a
+        // batch); rows are then gathered back, so the logits and gradients are exactly those of
+        // encoding every caption.
+        std::vector<std::string> distinct;
+        std::vector<int64_t> row_of;
+        std::map<std::string, int64_t> seen_at;
+        for (const auto& c : captions) {
+          auto [it, fresh] = seen_at.emplace(c, int64_t(distinct.size()));
+          if (fresh) distinct.push_back(c);
+          row_of.push_back(it->second);
+        }
+        const Tensor text_features = index_select(
+            model->encode_text(tok->tokenize(distinct, config.context_length, true)), 0,
+            from_vector(row_of, {int64_t(row_of.size())}));
+        const Tensor logits = model->logits(model->encode_image(b.images), text_features);
+        const Tensor loss = models::clip_contrastive_loss(logits);
+        optimizer.zero_grad();
+        loss.backward();
+        optimizer.step();
+        {  // AdamW's decoupled decay, on the weight matrices only
+          NoGradGuard no_grad;
+          for (Tensor& p : decayed) p.mul_(1.0 - optimizer.lr * weight_decay);
+        }
+        scheduler.step();
+        models::clamp_logit_scale_(*model);
+        ++state.step;
+        const double l = loss.item();
+        BCOS_CHECK(std::isfinite(l), "train_clip: the loss became ", l, " at step ", state.step);
+        loss_sum += l * double(b.size());
+        matched += int64_t(sum(eq(argmax(logits.detach(), 1), arange(double(b.size()), DType::i64)).to(DType::f32)).item());
+        seen += b.size();
+        bar.update(b.size(), {{"loss", loss_sum / double(seen)}, {"i2t", 100.0 * double(matched) / double(seen)},
+                              {"lr", optimizer.lr}, {"scale", std::exp(model->logit_scale.item())}});
+      }
+      bar.finish();
+      train_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      last_loss = loss_sum / double(std::max<int64_t>(seen, 1));
+      state.epoch = epoch + 1;
+      nn::save_training_checkpoint(ckpt, *model, optimizer, &scheduler, state);
+    }
+    const auto meta = config.metadata();
+    nn::save_safetensors(out + "/clip.safetensors", model->state_dict(), {meta.begin(), meta.end()});
+    std::printf("trained %lld steps in %.0f s; wrote %s/clip.safetensors\n", static_cast<long long>(state.step),
+                train_seconds, out.c_str());
+
+    examples::Json report = {{"command", examples::command_line(argc, argv)}, {"config", config.describe()},
+                             {"parameters", model->num_parameters()}, {"steps", state.step}, {"batch", batch},
+                             {"last_epoch_loss", last_loss}, {"train_seconds", train_seconds},
+                             {"train_templates", fit_templates}, {"held_out_templates", held_out}};
+    if (!test_path.empty()) {
+      const Tensor classifier = examples::zeroshot_weights(*model, *tok, class_names, held_out);
+      auto test_loader = examples::make_loader(test_path, "test", examples::clip_transform(res),
+                                               {.batch_size = 256, .workers = workers, .limit = limit_test});
+      const examples::ZeroShotResult r = examples::zeroshot_eval(*model, classifier, *test_loader, "zero-shot");
+      std::printf("zero-shot on %s with %zu held-out templates: top-1 %.2f %%, top-5 %.2f %% (%lld images)\n",
+                  test_path.c_str(), held_out.size(), r.top1, r.top5, static_cast<long long>(r.samples));
+      report["zeroshot"] = {{"data", test_path}, {"samples", r.samples}, {"top1", r.top1}, {"top5", r.top5}};
+    }
+    report["total_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    std::ofstream(out + "/report.json") << examples::dump(report) << "\n";
+  });
+}
