@@ -256,18 +256,11 @@ int main(int argc, char** argv) {
       for (const auto& e : fs::directory_iterator(root + "/weights/resnet-cifar10", ec))
         if (e.path().filename().string().rfind(s.spec.arch + "-", 0) == 0) weights = e.path().string();
     }
-    auto exists = [](const std::string& p) {  // a brace pattern exists when its first shard does
-      std::string first = p;
-      const size_t lb = p.find('{'), dots = p.find("..", lb), rb = p.find('}', lb);
-      if (lb != std::string::npos && dots != std::string::npos && rb != std::string::npos)
-        first = p.substr(0, lb) + p.substr(lb + 1, dots - lb - 1) + p.substr(rb + 1);
-      return fs::exists(first);
-    };
     // Paths the user gave must exist; missing defaults (no ../shared here) only skip the run.
     for (const CLI::Option* given : {weights_opt, data_opt, test_opt})
-      BCOS_CHECK(!given->count() || exists(given->as<std::string>()), "bcosify_resnet: ", given->get_name(), " ",
+      BCOS_CHECK(!given->count() || examples::data_exists(given->as<std::string>()), "bcosify_resnet: ", given->get_name(), " ",
                  given->as<std::string>(), " does not exist");
-    if (weights.empty() || !fs::exists(weights) || !exists(train_path) || !exists(test_path)) {
+    if (weights.empty() || !fs::exists(weights) || !examples::data_exists(train_path) || !examples::data_exists(test_path)) {
       std::printf("bcosify_resnet: skipped: the pretrained weights or the data are missing (weights '%s', data '%s', "
                   "test data '%s'); set BCOS_DATA or pass --weights / --data / --test-data\n",
                   weights.c_str(), train_path.c_str(), test_path.c_str());

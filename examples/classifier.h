@@ -36,6 +36,17 @@ inline bcos::data::Transform eval_transform(const bcos::models::ModelSpec& spec,
   return Compose({Resize(shorter), CenterCrop(spec.input_size), ToTensor(), Normalize(spec.mean, spec.std)});
 }
 
+// Does a --data path exist? A brace pattern ("train-{000000..000004}.tar") does when its first
+// shard does.
+inline bool data_exists(const std::string& p) {
+  std::string first = p;
+  const size_t lb = p.find('{'), dots = p.find("..", lb), rb = p.find('}', lb);
+  if (lb != std::string::npos && dots != std::string::npos && rb != std::string::npos)
+    first = p.substr(0, lb) + p.substr(lb + 1, dots - lb - 1) + p.substr(rb + 1);
+  std::error_code ec;
+  return std::filesystem::exists(first, ec);
+}
+
 // A loader for --data: WebDataset shards (a .tar path or a brace pattern), a CIFAR-10 binary
 // folder (data_batch_*.bin / test_batch.bin; `split` picks train or test), or an ImageFolder.
 inline std::unique_ptr<bcos::data::DataLoader> make_loader(const std::string& path, const std::string& split,

@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
   int64_t batch = 256, warmup = 100, limit_train = 0, limit_test = 0;
   int workers = int(std::max(1u, std::thread::hardware_concurrency()));
   uint64_t seed = 0;
-  bool from_classes = false, resume = false;
+  bool from_classes = false, resume = false, eval_each_epoch = false;
   CLI::Option* data_opt = app.add_option("--data", train_path, "training shards: <key>.jpg + <key>.txt (or .cls with "
                                          "--captions-from-classes)");
   app.add_option("--test-data", test_path, "labelled test data for the zero-shot evaluation (\"\" to skip)");
@@ -123,17 +123,11 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "seed of the weights, shuffling, augmentation and captions");
   app.add_option("--out", out, "output folder: checkpoint.safetensors, clip.safetensors, report.json");
   app.add_flag("--resume", resume, "continue from OUT/checkpoint.safetensors");
+  app.add_flag("--eval-each-epoch", eval_each_epoch, "zero-shot accuracy after every epoch, not only at the end");
   return examples::run(app, argc, argv, [&] {
     const auto t_start = std::chrono::steady_clock::now();
     if (!data_opt->count()) from_classes = true;  // the CIFAR-10 shards have labels, not captions
-    auto exists = [](const std::string& p) {  // a brace pattern exists when its first shard does
-      std::string first = p;
-      const size_t lb = p.find('{'), dots = p.find("..", lb), rb = p.find('}', lb);
-      if (lb != std::string::npos && dots != std::string::npos && rb != std::string::npos)
-        first = p.substr(0, lb) + p.substr(lb + 1, dots - lb - 1) + p.substr(rb + 1);
-      return fs::exists(first);
-    };
-    if (!data_opt->count() && (!exists(train_path) || !fs::exists(vocab))) {
+    if (!data_opt->count() && (!examples::data_exists(train_path) || !fs::exists(vocab))) {
       std::printf("train_clip: skipped: the CIFAR-10 shards or CLIP's vocabulary are missing (%s, %s); set BCOS_DATA "
                   "or pass --data / --vocab\n", train_path.c_str(), vocab.c_str());
       return;
@@ -190,6 +184,12 @@ int main(int argc, char** argv) {
       std::printf("resumed from %s after epoch %lld\n", ckpt.c_str(), static_cast<long long>(state.epoch));
     }
 
+    auto zero_shot = [&] {  // on the test data, with the held-out templates
+      const Tensor classifier = examples::zeroshot_weights(*model, *tok, class_names, held_out);
+      auto test_loader = examples::make_loader(test_path, "test", examples::clip_transform(res),
+                                               {.batch_size = 256, .workers = workers, .limit = limit_test});
+      return examples::zeroshot_eval(*model, classifier, *test_loader, "zero-shot");
+    };
     double train_seconds = 0, last_loss = 0;
     for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
       model->train();
@@ -253,6 +253,8 @@ int main(int argc, char** argv) {
       last_loss = loss_sum / double(std::max<int64_t>(seen, 1));
       state.epoch = epoch + 1;
       nn::save_training_checkpoint(ckpt, *model, optimizer, &scheduler, state);
+      if (eval_each_epoch && !test_path.empty() && epoch + 1 < epoch_count)
+        std::printf("epoch %lld: zero-shot top-1 %.2f %%\n", static_cast<long long>(epoch + 1), zero_shot().top1);
     }
     const auto meta = config.metadata();
     nn::save_safetensors(out + "/clip.safetensors", model->state_dict(), {meta.begin(), meta.end()});
@@ -264,10 +266,7 @@ int main(int argc, char** argv) {
                              {"last_epoch_loss", last_loss}, {"train_seconds", train_seconds},
                              {"train_templates", fit_templates}, {"held_out_templates", held_out}};
     if (!test_path.empty()) {
-      const Tensor classifier = examples::zeroshot_weights(*model, *tok, class_names, held_out);
-      auto test_loader = examples::make_loader(test_path, "test", examples::clip_transform(res),
-                                               {.batch_size = 256, .workers = workers, .limit = limit_test});
-      const examples::ZeroShotResult r = examples::zeroshot_eval(*model, classifier, *test_loader, "zero-shot");
+      const examples::ZeroShotResult r = zero_shot();
       std::printf("zero-shot on %s with %zu held-out templates: top-1 %.2f %%, top-5 %.2f %% (%lld images)\n",
                   test_path.c_str(), held_out.size(), r.top1, r.top5, static_cast<long long>(r.samples));
       report["zeroshot"] = {{"data", test_path}, {"samples", r.samples}, {"top1", r.top1}, {"top5", r.top5}};

@@ -109,12 +109,7 @@ nn::StateDict read_clip_state_dict(const std::string& path, std::map<std::string
   }
   const bool safetensors = head.size() == 9 && head[8] == '{';
   state = safetensors ? nn::load_safetensors(path, metadata) : nn::load_checkpoint(path);
-  // open_clip / DataParallel training checkpoints prefix every key.
-  for (const std::string prefix : {"module.", "model."}) {
-    bool all = !state.empty();
-    for (const auto& [k, t] : state) all = all && starts_with(k, prefix);
-    if (all) state = nn::strip_prefix(std::move(state), prefix);
-  }
+  state = nn::strip_wrapper_prefixes(std::move(state));  // open_clip / DataParallel training checkpoints
   if (is_hf_clip(state)) state = clip_state_dict_from_hf(state);
   return state;
 }

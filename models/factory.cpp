@@ -55,13 +55,7 @@ std::shared_ptr<nn::Module> create_model(const std::string& arch, int64_t num_cl
 }
 
 void load_pretrained(nn::Module& model, const std::string& path) {
-  nn::StateDict state = nn::load_checkpoint(path);
-  for (const std::string prefix : {"module.", "model."}) {
-    bool all = !state.empty();
-    for (const auto& [k, t] : state) all = all && k.rfind(prefix, 0) == 0;
-    if (all) state = nn::strip_prefix(std::move(state), prefix);
-  }
-  model.load_state_dict(state);
+  model.load_state_dict(nn::strip_wrapper_prefixes(nn::load_checkpoint(path)));
 }
 
 }  // namespace bcos::models

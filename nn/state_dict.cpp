@@ -38,6 +38,18 @@ StateDict strip_prefix(StateDict dict, const std::string& prefix) {
   return dict;
 }
 
+StateDict strip_wrapper_prefixes(StateDict dict, const std::vector<std::string>& prefixes) {
+  for (bool changed = true; changed;) {  // until no prefix is on every key ("model.module.x" -> "x")
+    changed = false;
+    for (const std::string& prefix : prefixes) {
+      bool all = !dict.empty() && !prefix.empty();
+      for (const auto& [name, t] : dict) all = all && name.compare(0, prefix.size(), prefix) == 0;
+      if (all) dict = strip_prefix(std::move(dict), prefix), changed = true;
+    }
+  }
+  return dict;
+}
+
 StateDict rename_keys(StateDict dict,
                       const std::vector<std::pair<std::string, std::string>>& from_to_prefixes) {
   std::vector<std::string> original;

@@ -20,6 +20,10 @@ const Tensor* find(const StateDict& dict, const std::string& key);
 // when two entries end up with the same key.
 StateDict strip_prefix(StateDict dict, const std::string& prefix);
 
+// Training wrappers prefix every key (DataParallel's "module.", Lightning's "model."): removes
+// any of `prefixes` that all keys start with, until none is left ("model.module.x" -> "x").
+StateDict strip_wrapper_prefixes(StateDict dict, const std::vector<std::string>& prefixes = {"module.", "model."});
+
 // For each key, the first (from, to) pair whose `from` is a prefix of the key replaces that
 // prefix with `to`; keys no pair matches are kept. Raises when two entries end up with the
 // same key.

@@ -54,6 +54,13 @@ TEST_CASE("serialize: state dict helpers") {
   CHECK(clash.find("'a'") != std::string::npos);
   CHECK(error_of([&] { rename_keys(sd, {{"module.conv.weight", "extra"}}); }).find("would both become 'extra'") !=
         std::string::npos);
+
+  // Wrapper prefixes go only when every key has them; "model.module." goes in two steps.
+  CHECK(strip_wrapper_prefixes(sd)[0].first == "module.conv.weight");  // "extra" has none
+  const StateDict wrapped = strip_wrapper_prefixes({{"model.module.a", ones({1})}, {"model.module.b", ones({1})}});
+  CHECK(wrapped[0].first == "a");
+  CHECK(wrapped[1].first == "b");
+  CHECK(strip_wrapper_prefixes({}).empty());
 }
 
 TEST_CASE("serialize: safetensors round trip, every dtype and layout") {
