@@ -27,7 +27,7 @@ Tensor bcos_patch_sumsq(const Tensor& x, IntPair kernel, IntPair stride, IntPair
   BCOS_CHECK(kernel.h > 0 && kernel.w > 0 && stride.h > 0 && stride.w > 0 && dilation.h > 0 &&
                  dilation.w > 0 && padding.h >= 0 && padding.w >= 0,
              op, ": kernel, stride and dilation must be positive and padding non-negative");
-  cpu::Pool2dParams p;
+  Pool2dParams p;
   p.kernel[0] = kernel.h, p.kernel[1] = kernel.w;
   p.stride[0] = stride.h, p.stride[1] = stride.w;
   p.padding[0] = padding.h, p.padding[1] = padding.w;
@@ -42,12 +42,12 @@ Tensor bcos_patch_sumsq(const Tensor& x, IntPair kernel, IntPair stride, IntPair
              ", ", kernel.w, ") with this padding and dilation");
   // x: [N, C, H, W] -> [N, G, Ho, Wo]
   Tensor out = empty({x.size(0), groups, ho, wo}, {x.dtype(), x.device()});
-  cpu::bcos_patch_sumsq(x, groups, p, out);
+  kernel::bcos_patch_sumsq(x, groups, p, out);
   if (needs_graph({x})) {
     SavedTensor sx(x);
     record("BcosPatchSumsqBackward", out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
       Tensor gx = empty(sx.get().shape(), {g.dtype(), g.device()});
-      cpu::bcos_patch_sumsq_backward(g, sx.get(), groups, p, gx);
+      kernel::bcos_patch_sumsq_backward(g, sx.get(), groups, p, gx);
       return Grads{gx};
     });
   }
@@ -90,9 +90,9 @@ Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_
     argmax = empty(out_shape, {DType::u8, lin.device()});
   }
   auto as3 = [n, spatial](const Tensor& t, int64_t c) { return t.alias({n, c, spatial}, {c * spatial, spatial, 1}, t.offset()); };
-  cpu::BcosScaleParams p;
+  BcosScaleParams p;
   p.b = b, p.max_out = max_out, p.eps_in = eps_in, p.eps_out = eps_out;
-  cpu::bcos_scale_forward(as3(l, lin.size(1)), scaled ? as3(q, q.size(1)) : Tensor(), p,
+  kernel::bcos_scale_forward(as3(l, lin.size(1)), scaled ? as3(q, q.size(1)) : Tensor(), p,
                           as3(out, outputs), max_out > 1 ? as3(value, outputs) : Tensor(),
                           max_out > 1 ? as3(argmax, outputs) : Tensor());
   if (needs_graph({lin, sumsq})) {
@@ -105,7 +105,7 @@ Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_
       Tensor gq;
       if (scaled && need[1] && !explain) gq = empty({n, groups, spatial}, {g.dtype(), g.device()});
       Tensor gc = g.contiguous();
-      cpu::bcos_scale_backward(gc.alias({n, outputs, spatial}, {outputs * spatial, spatial, 1}, gc.offset()),
+      kernel::bcos_scale_backward(gc.alias({n, outputs, spatial}, {outputs * spatial, spatial, 1}, gc.offset()),
                                as3(sv.get(), max_out > 1 ? outputs : channels),
                                scaled ? sq.get().alias({n, groups, spatial}, {groups * spatial, spatial, 1}, sq.get().offset()) : Tensor(),
                                max_out > 1 ? sa.get().alias({n, outputs, spatial}, {outputs * spatial, spatial, 1}, sa.get().offset()) : Tensor(),
@@ -167,7 +167,7 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const T
     BCOS_CHECK(per_channel > 1, op, ": expected more than 1 value per channel when training, got input of shape ",
                x.shape());
     Tensor var_biased = empty({c}, {x.dtype(), x.device()});
-    cpu::batch_norm_stats(x, mean, var_biased);  // the usual, centred batch variance
+    kernel::batch_norm_stats(x, mean, var_biased);  // the usual, centred batch variance
     NoGradGuard no_grad;
     invstd = rsqrt(add(var_biased, eps));
     // As the B-cosification authors' layer: the *biased* variance, the one the forward divides by.
@@ -180,7 +180,7 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const T
     invstd = rsqrt(add(running_var.detach(), eps));
   }
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
-  cpu::batch_norm_forward(x, weight, bias, zeros({c}, {x.dtype(), x.device()}), invstd, out);  // x not centred
+  kernel::batch_norm_forward(x, weight, bias, zeros({c}, {x.dtype(), x.device()}), invstd, out);  // x not centred
   if (needs_graph({x, weight, bias})) {
     const bool through_variance = training && !explanation_mode();
     SavedTensor sx(x), sw(weight);
@@ -191,7 +191,7 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const T
              if (need[0]) gx = empty(xv.shape(), {g.dtype(), g.device()});
              if (need[1]) gw = empty({c}, {g.dtype(), g.device()});
              if (need[2]) gb = empty({c}, {g.dtype(), g.device()});
-             cpu::batch_norm_uncentered_backward(g, xv, sw.get(), mean, invstd, through_variance, gx, gw, gb);
+             kernel::batch_norm_uncentered_backward(g, xv, sw.get(), mean, invstd, through_variance, gx, gw, gb);
              return Grads{gx, gw, gb};
            });
   }

@@ -58,7 +58,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stri
     BCOS_CHECK(bias.dim() == 1 && bias.size(0) == w.size(0), op, ": bias ", bias.shape(),
                " does not match the ", w.size(0), " output channels of weight ", w.shape());
   }
-  cpu::Conv2dParams p;
+  Conv2dParams p;
   p.stride[0] = stride.h, p.stride[1] = stride.w;
   p.padding[0] = padding.h, p.padding[1] = padding.w;
   p.dilation[0] = dilation.h, p.dilation[1] = dilation.w;
@@ -68,18 +68,18 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stri
   BCOS_CHECK(ho > 0 && wo > 0, op, ": input ", x.shape(), " is too small for kernel ",
              w.shape(), " with this padding and dilation");
   Tensor out = empty({x.size(0), w.size(0), ho, wo}, {x.dtype(), x.device()});
-  cpu::conv2d_forward(x, w, bias, out, p);
+  kernel::conv2d_forward(x, w, bias, out, p);
   if (needs_graph({x, w, bias})) {
     SavedTensor sx(x), sw(w);
     record("Conv2dBackward", out, {x, w, bias}, [=](const Tensor& g, const std::vector<bool>& need) {
       Tensor gx, gw, gb;
       if (need[0]) {
         gx = empty(sx.get().shape(), {g.dtype(), g.device()});
-        cpu::conv2d_backward_input(g, sw.get(), gx, p);
+        kernel::conv2d_backward_input(g, sw.get(), gx, p);
       }
       if (need[1]) {
         gw = empty(sw.get().shape(), {g.dtype(), g.device()});
-        cpu::conv2d_backward_weight(g, sx.get(), gw, p);
+        kernel::conv2d_backward_weight(g, sx.get(), gw, p);
       }
       if (need[2]) gb = sum(g, {0, 2, 3});
       return Grads{gx, gw, gb};
@@ -89,7 +89,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stri
 }
 
 namespace {
-cpu::Pool2dParams pool_params(const char* op, IntPair kernel, std::optional<IntPair> stride,
+Pool2dParams pool_params(const char* op, IntPair kernel, std::optional<IntPair> stride,
                               IntPair padding, IntPair dilation, bool ceil_mode) {
   IntPair s = stride ? *stride : kernel;
   BCOS_CHECK(kernel.h > 0 && kernel.w > 0 && s.h > 0 && s.w > 0 && dilation.h > 0 && dilation.w > 0,
@@ -97,7 +97,7 @@ cpu::Pool2dParams pool_params(const char* op, IntPair kernel, std::optional<IntP
   BCOS_CHECK(padding.h >= 0 && padding.w >= 0 && 2 * padding.h <= kernel.h && 2 * padding.w <= kernel.w,
              op, ": padding (", padding.h, ", ", padding.w, ") must be at most half the kernel (",
              kernel.h, ", ", kernel.w, ")");
-  cpu::Pool2dParams p;
+  Pool2dParams p;
   p.kernel[0] = kernel.h, p.kernel[1] = kernel.w;
   p.stride[0] = s.h, p.stride[1] = s.w;
   p.padding[0] = padding.h, p.padding[1] = padding.w;
@@ -106,7 +106,7 @@ cpu::Pool2dParams pool_params(const char* op, IntPair kernel, std::optional<IntP
   return p;
 }
 
-Shape pooled_shape(const char* op, const Tensor& x, const cpu::Pool2dParams& p) {
+Shape pooled_shape(const char* op, const Tensor& x, const Pool2dParams& p) {
   int64_t ho = pool_out_size(x.size(2), p.kernel[0], p.stride[0], p.padding[0], p.dilation[0], p.ceil_mode);
   int64_t wo = pool_out_size(x.size(3), p.kernel[1], p.stride[1], p.padding[1], p.dilation[1], p.ceil_mode);
   BCOS_CHECK(ho > 0 && wo > 0, op, ": input ", x.shape(), " is too small for kernel (",
@@ -127,17 +127,17 @@ ValuesIndices max_pool2d_with_indices(const Tensor& x, IntPair kernel, std::opti
                                       IntPair padding, IntPair dilation, bool ceil_mode) {
   const char* op = "max_pool2d";
   check_pool_input(op, x);
-  cpu::Pool2dParams p = pool_params(op, kernel, stride, padding, dilation, ceil_mode);
+  Pool2dParams p = pool_params(op, kernel, stride, padding, dilation, ceil_mode);
   Shape os = pooled_shape(op, x, p);
   Tensor out = empty(os, {x.dtype(), x.device()});
   Tensor idx = empty(os, {DType::i64, x.device()});
-  cpu::max_pool2d_forward(x, out, idx, p);
+  kernel::max_pool2d_forward(x, out, idx, p);
   if (needs_graph({x})) {
     Shape xs = x.shape();
     SavedTensor saved_idx(idx);  // returned to the caller: a change in place must be caught
     record("MaxPool2dBackward", out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
       Tensor gx = empty(xs, {g.dtype(), g.device()});
-      cpu::max_pool2d_backward(g, saved_idx.get(), gx);
+      kernel::max_pool2d_backward(g, saved_idx.get(), gx);
       return Grads{gx};
     });
   }
@@ -154,16 +154,16 @@ Tensor avg_pool2d(const Tensor& x, IntPair kernel, std::optional<IntPair> stride
   const char* op = "avg_pool2d";
   check_pool_input(op, x);
   BCOS_CHECK(divisor_override >= 0, op, ": divisor_override must be positive (0 for none)");
-  cpu::Pool2dParams p = pool_params(op, kernel, stride, padding, 1, ceil_mode);
+  Pool2dParams p = pool_params(op, kernel, stride, padding, 1, ceil_mode);
   p.count_include_pad = count_include_pad;
   p.divisor_override = divisor_override;
   Tensor out = empty(pooled_shape(op, x, p), {x.dtype(), x.device()});
-  cpu::avg_pool2d_forward(x, out, p);
+  kernel::avg_pool2d_forward(x, out, p);
   if (needs_graph({x})) {
     Shape xs = x.shape();
     record("AvgPool2dBackward", out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
       Tensor gx = empty(xs, {g.dtype(), g.device()});
-      cpu::avg_pool2d_backward(g, gx, p);
+      kernel::avg_pool2d_backward(g, gx, p);
       return Grads{gx};
     });
   }
@@ -175,12 +175,12 @@ Tensor adaptive_avg_pool2d(const Tensor& x, IntPair output_size) {
   check_pool_input(op, x);
   BCOS_CHECK(output_size.h > 0 && output_size.w > 0, op, ": output size must be positive");
   Tensor out = empty({x.size(0), x.size(1), output_size.h, output_size.w}, {x.dtype(), x.device()});
-  cpu::adaptive_avg_pool2d_forward(x, out);
+  kernel::adaptive_avg_pool2d_forward(x, out);
   if (needs_graph({x})) {
     Shape xs = x.shape();
     record("AdaptiveAvgPool2dBackward", out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
       Tensor gx = empty(xs, {g.dtype(), g.device()});
-      cpu::adaptive_avg_pool2d_backward(g, gx);
+      kernel::adaptive_avg_pool2d_backward(g, gx);
       return Grads{gx};
     });
   }

@@ -16,12 +16,12 @@ Tensor unary_op(const char* name, const char* node, UnaryOp op, const Tensor& x,
   check_defined(name, x, "input");
   check_float(name, x);
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
-  unary_into(op, x, out, p0, p1);
+  kernel::unary(op, x, out, p0, p1);
   if (needs_graph({x})) {
     SavedTensor sx(x), sy(out);
     record(node, out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
       Tensor gx = empty(g.shape(), {g.dtype(), g.device()});
-      unary_backward_into(op, g, sx.get(), sy.get(), gx, p0, p1);
+      kernel::unary_backward(op, g, sx.get(), sy.get(), gx, p0, p1);
       return Grads{gx};
     });
   }
@@ -43,7 +43,7 @@ Tensor binary_forward(const char* name, BinaryOp op, const Tensor& a, const Tens
   }
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   Tensor out = empty(shape, {is_comparison(op) ? DType::boolean : a.dtype(), a.device()});
-  binary_into(op, raw_expand(a, shape, name), raw_expand(b, shape, name), out);
+  kernel::binary(op, raw_expand(a, shape, name), raw_expand(b, shape, name), out);
   return out;
 }
 
@@ -225,7 +225,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   require_cpu(op, a);
   Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), op), b.shape(), op);
   Tensor out = empty(shape, {a.dtype(), a.device()});
-  cpu::where(raw_expand(cond, shape, op), raw_expand(a, shape, op), raw_expand(b, shape, op), out);
+  kernel::where(raw_expand(cond, shape, op), raw_expand(a, shape, op), raw_expand(b, shape, op), out);
   if (needs_graph({a, b})) {
     SavedTensor sc(cond);
     record("WhereBackward", out, {a, b}, [=](const Tensor& g, const std::vector<bool>& need) {

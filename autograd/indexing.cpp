@@ -114,13 +114,13 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   Shape out_shape = x.shape();
   out_shape[d] = index.numel();
   Tensor out = empty(out_shape, {x.dtype(), x.device()});
-  cpu::index_select(x, d, index, out);
+  kernel::index_select(x, d, index, out);
   if (needs_graph({x})) {
     Shape xs = x.shape();
     Tensor idx = index.data_alias();
     record("IndexSelectBackward", out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
       Tensor gx = zeros(xs, {g.dtype(), g.device()});
-      cpu::index_add(gx, d, idx, g);
+      kernel::index_add(gx, d, idx, g);
       return Grads{gx};
     });
   }
@@ -156,13 +156,13 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
   int d = wrap_dim(dim, x.dim(), op);
   check_gather_shapes(op, x, d, index, nullptr);
   Tensor out = empty(index.shape(), {x.dtype(), x.device()});
-  cpu::gather(x, d, index, out);
+  kernel::gather(x, d, index, out);
   if (needs_graph({x})) {
     Shape xs = x.shape();
     Tensor idx = index.data_alias();
     record("GatherBackward", out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
       Tensor gx = zeros(xs, {g.dtype(), g.device()});
-      cpu::scatter_add(gx, d, idx, g);
+      kernel::scatter_add(gx, d, idx, g);
       return Grads{gx};
     });
   }
@@ -186,7 +186,7 @@ Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tens
   copy_into(out, x);
   // src may be larger than index: only its leading index-shaped block is scattered.
   Tensor src_block = src.alias(index.shape(), src.strides(), src.offset());
-  cpu::scatter_add(out, d, index, src_block);
+  kernel::scatter_add(out, d, index, src_block);
   if (needs_graph({x, src})) {
     Tensor idx = index.data_alias();
     Shape ss = src.shape();
@@ -249,7 +249,7 @@ ValuesIndices topk(const Tensor& x, int64_t k, int64_t dim, bool largest, bool s
     s[s.size() - 1] = k;
     Tensor values = empty(s, {x.dtype(), x.device()});
     idx_last = empty(s, {DType::i64, x.device()});
-    cpu::topk(moved, k, largest, sorted, values, idx_last);
+    kernel::topk(moved, k, largest, sorted, values, idx_last);
   }
   Tensor indices = x.dim() ? idx_last.transpose(d, -1).contiguous() : idx_last.reshape({});
   Tensor values = x.dim() ? gather(x, d, indices) : x.reshape({}).clone();

@@ -39,7 +39,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
                "got input of shape ", x.shape());
     mean = empty({c}, {x.dtype(), x.device()});
     Tensor var_biased = empty({c}, {x.dtype(), x.device()});
-    cpu::batch_norm_stats(x, mean, var_biased);
+    kernel::batch_norm_stats(x, mean, var_biased);
     {
       NoGradGuard no_grad;
       invstd = rsqrt(add(var_biased, eps));
@@ -56,7 +56,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
     invstd = rsqrt(add(running_var.detach(), eps));
   }
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
-  cpu::batch_norm_forward(x, weight, bias, mean, invstd, out);
+  kernel::batch_norm_forward(x, weight, bias, mean, invstd, out);
   if (needs_graph({x, weight, bias})) {
     SavedTensor sx(x), sw(weight), sm(mean), si(invstd);
     record("BatchNormBackward", out, {x, weight, bias},
@@ -66,7 +66,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
              if (need[0]) gx = empty(xv.shape(), {g.dtype(), g.device()});
              if (need[1]) gw = empty({xv.size(1)}, {g.dtype(), g.device()});
              if (need[2]) gb = empty({xv.size(1)}, {g.dtype(), g.device()});
-             cpu::batch_norm_backward(g, xv, sw.get(), sm.get(), si.get(), training, gx, gw, gb);
+             kernel::batch_norm_backward(g, xv, sw.get(), sm.get(), si.get(), training, gx, gw, gb);
              return Grads{gx, gw, gb};
            });
   }
@@ -79,12 +79,12 @@ Tensor normalize_rows(const Tensor& x, int64_t rows, int64_t inner, double eps) 
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
   Tensor mean = empty({rows}, {x.dtype(), x.device()});
   Tensor invstd = empty({rows}, {x.dtype(), x.device()});
-  cpu::row_norm_forward(x, rows, inner, eps, out, mean, invstd);
+  kernel::row_norm_forward(x, rows, inner, eps, out, mean, invstd);
   if (needs_graph({x})) {
     SavedTensor sx(x);
     record("NormalizeBackward", out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
       Tensor gx = empty(g.shape(), {g.dtype(), g.device()});
-      cpu::row_norm_backward(g, sx.get(), rows, inner, mean, invstd, gx);
+      kernel::row_norm_backward(g, sx.get(), rows, inner, mean, invstd, gx);
       return Grads{gx};
     });
   }

@@ -48,7 +48,7 @@ Plan plan_reduction(const char* op, const Tensor& x, const Dims& dims, bool keep
 Tensor reduce_raw(ReduceOp op, const Tensor& x, const Plan& p, DType out_dtype,
                   const Tensor& indices = Tensor(), int64_t correction = 0) {
   Tensor out = empty(p.keep_shape, {out_dtype, x.device()});
-  reduce_into(op, x, p.mask, out, indices, correction);
+  kernel::reduce(op, x, p.mask, out, indices, correction);
   return out.alias(p.out_shape, contiguous_strides(p.out_shape), 0);
 }
 
@@ -116,7 +116,7 @@ Tensor std(const Tensor& x, const Dims& dims, int64_t correction, bool keepdim) 
   Plan p = plan_reduction("std", x, dims, keepdim);
   Tensor v = reduce_raw(ReduceOp::var, x, p, x.dtype(), Tensor(), correction);
   Tensor out = empty(v.shape(), {v.dtype(), v.device()});
-  unary_into(UnaryOp::sqrt, v, out);
+  kernel::unary(UnaryOp::sqrt, v, out);
   if (needs_graph({x})) {
     SavedTensor sx(x), sy(out);
     Shape ks = p.keep_shape;

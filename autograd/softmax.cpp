@@ -18,12 +18,12 @@ Tensor softmax_impl(const char* op, const char* node, bool log, const Tensor& x,
   require_cpu(op, x);
   int d = wrap_dim(dim, x.dim(), op);
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
-  if (x.numel() > 0) cpu::softmax(x, x.dim() ? d : 0, log, out);
+  if (x.numel() > 0) kernel::softmax(x, x.dim() ? d : 0, log, out);
   if (needs_graph({x})) {
     SavedTensor sy(out);
     record(node, out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
       Tensor gx = empty(g.shape(), {g.dtype(), g.device()});
-      cpu::softmax_backward(g, sy.get(), sy.get().dim() ? d : 0, log, gx);
+      kernel::softmax_backward(g, sy.get(), sy.get().dim() ? d : 0, log, gx);
       return Grads{gx};
     });
   }

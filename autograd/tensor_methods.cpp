@@ -392,14 +392,14 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
   detail::check_same_dtype("add_", *this, other);
   Tensor b = alpha == 1.0 ? other.detach() : mul(other.detach(), alpha);
   if (b.storage() == storage_) b = b.clone();  // x.add_(x.t()) must read x before writing it
-  detail::binary_into(BinaryOp::add, *this, raw_expand(b, shape_, "add_"), *this);
+  kernel::binary(BinaryOp::add, *this, raw_expand(b, shape_, "add_"), *this);
   bump_version();
   return *this;
 }
 
 Tensor& Tensor::mul_(double value) {
   detail::check_inplace("mul_", *this);
-  detail::binary_into(BinaryOp::mul, *this, raw_expand(detail::scalar_like(value, *this), shape_, "mul_"),
+  kernel::binary(BinaryOp::mul, *this, raw_expand(detail::scalar_like(value, *this), shape_, "mul_"),
                       *this);
   bump_version();
   return *this;
@@ -411,7 +411,7 @@ Tensor& Tensor::masked_fill_(const Tensor& mask, double value) {
   BCOS_CHECK(mask.dtype() == DType::boolean, "masked_fill_: mask must be bool, got ", mask.dtype());
   detail::check_same_device("masked_fill_", *this, mask);
   Tensor m = raw_expand(mask, shape_, "masked_fill_");
-  cpu::where(m, raw_expand(detail::scalar_like(value, *this), shape_, "masked_fill_"), *this, *this);
+  kernel::where(m, raw_expand(detail::scalar_like(value, *this), shape_, "masked_fill_"), *this, *this);
   bump_version();
   return *this;
 }

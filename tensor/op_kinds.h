@@ -1,6 +1,9 @@
-// The op kinds that CPU and CUDA kernels share, so the public op can switch on the device and
-// hand the same description to either backend.
+// What the CPU and CUDA kernels share, so the public op can switch on the device and hand the
+// same description to either backend: the op kinds, the parameter structs of the kernel list
+// (tensor/kernels.inc), and the ops' names for messages.
 #pragma once
+
+#include <cstdint>
 
 namespace bcos {
 
@@ -16,12 +19,96 @@ enum class BinaryOp {
   eq, ne, lt, le, gt, ge,  // produce bool
 };
 
-inline bool is_comparison(BinaryOp op) { return op >= BinaryOp::eq; }
+constexpr bool is_comparison(BinaryOp op) { return op >= BinaryOp::eq; }
 
 enum class ReduceOp {
   sum, mean, prod, max, min, all, any,
   norm1, norm2, logsumexp,
   var,  // with a correction (0: population, 1: sample)
 };
+
+
+// ---- kernel parameters --------------------------------------------------------------------------
+// Convolution: stride, padding, dilation per spatial dim (h, w) and groups.
+struct Conv2dParams {
+  int64_t stride[2] = {1, 1}, padding[2] = {0, 0}, dilation[2] = {1, 1}, groups = 1;
+};
+
+// Pooling windows; also the B-cos patch norms, whose window is their convolution's.
+struct Pool2dParams {
+  int64_t kernel[2] = {1, 1}, stride[2] = {1, 1}, padding[2] = {0, 0}, dilation[2] = {1, 1};
+  bool ceil_mode = false, count_include_pad = true;
+  int64_t divisor_override = 0;  // 0: none
+};
+
+// The B-cos scale |cos|^(b-1) of a max-out group of M units.
+struct BcosScaleParams {
+  double b = 2;
+  int64_t max_out = 1;
+  double eps_in = 0, eps_out = 0;  // n = sqrt(sumsq + eps_in) + eps_out
+};
+
+// ---- names for messages ---------------------------------------------------------------------------
+constexpr const char* op_name(UnaryOp op) {
+  switch (op) {
+    case UnaryOp::neg: return "neg";
+    case UnaryOp::abs: return "abs";
+    case UnaryOp::sign: return "sign";
+    case UnaryOp::exp: return "exp";
+    case UnaryOp::log: return "log";
+    case UnaryOp::log1p: return "log1p";
+    case UnaryOp::sqrt: return "sqrt";
+    case UnaryOp::rsqrt: return "rsqrt";
+    case UnaryOp::square: return "square";
+    case UnaryOp::reciprocal: return "reciprocal";
+    case UnaryOp::sin: return "sin";
+    case UnaryOp::cos: return "cos";
+    case UnaryOp::tanh: return "tanh";
+    case UnaryOp::sigmoid: return "sigmoid";
+    case UnaryOp::relu: return "relu";
+    case UnaryOp::gelu_erf: return "gelu_erf";
+    case UnaryOp::gelu_tanh: return "gelu_tanh";
+    case UnaryOp::silu: return "silu";
+    case UnaryOp::pow_scalar: return "pow_scalar";
+    case UnaryOp::clamp: return "clamp";
+  }
+  return "?";
+}
+
+constexpr const char* op_name(BinaryOp op) {
+  switch (op) {
+    case BinaryOp::add: return "add";
+    case BinaryOp::sub: return "sub";
+    case BinaryOp::mul: return "mul";
+    case BinaryOp::div: return "div";
+    case BinaryOp::pow: return "pow";
+    case BinaryOp::minimum: return "minimum";
+    case BinaryOp::maximum: return "maximum";
+    case BinaryOp::eq: return "eq";
+    case BinaryOp::ne: return "ne";
+    case BinaryOp::lt: return "lt";
+    case BinaryOp::le: return "le";
+    case BinaryOp::gt: return "gt";
+    case BinaryOp::ge: return "ge";
+  }
+  return "?";
+}
+
+constexpr const char* op_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum: return "sum";
+    case ReduceOp::mean: return "mean";
+    case ReduceOp::prod: return "prod";
+    case ReduceOp::max: return "max";
+    case ReduceOp::min: return "min";
+    case ReduceOp::all: return "all";
+    case ReduceOp::any: return "any";
+    case ReduceOp::norm1: return "norm1";
+    case ReduceOp::norm2: return "norm2";
+    case ReduceOp::logsumexp: return "logsumexp";
+    case ReduceOp::var: return "var";
+  }
+  return "?";
+}
 
 }  // namespace bcos

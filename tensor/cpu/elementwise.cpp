@@ -1,7 +1,10 @@
 // Elementwise CPU kernels: unary maps with their fused derivatives, binary ops over broadcast
-// (stride-0) operands, comparisons and where. Each op's forward formula and derivative sit
-// together below; the CUDA kernels mirror them.
+// (stride-0) operands, comparisons and where: the loops, around the per-element formulas that
+// tensor/elementwise_math.h writes once for both backends.
 #include <cmath>
+#include <type_traits>
+
+#include "tensor/elementwise_math.h"
 
 #include "tensor/cpu/kernels.h"
 #include "tensor/cpu/loops.h"
@@ -72,151 +75,46 @@ void map2(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
                   });
 }
 
-constexpr double kSqrt1_2 = 0.70710678118654752440;
-constexpr double kInvSqrt2Pi = 0.39894228040143267794;
-constexpr double kSqrt2OverPi = 0.79788456080286535588;
-constexpr double kGeluTanhC = 0.044715;
-
 template <class T>
-void unary_typed(UnaryOp op, const Tensor& x, const Tensor& out, T p0, T p1) {
-  switch (op) {
-    case UnaryOp::neg: return map1<T, T>(x, out, [](T v) { return -v; });
-    case UnaryOp::abs: return map1<T, T>(x, out, [](T v) { return std::abs(v); });
-    case UnaryOp::sign: return map1<T, T>(x, out, [](T v) { return T((v > 0) - (v < 0)); });
-    case UnaryOp::exp: return map1<T, T>(x, out, [](T v) { return std::exp(v); });
-    case UnaryOp::log: return map1<T, T>(x, out, [](T v) { return std::log(v); });
-    case UnaryOp::log1p: return map1<T, T>(x, out, [](T v) { return std::log1p(v); });
-    case UnaryOp::sqrt: return map1<T, T>(x, out, [](T v) { return std::sqrt(v); });
-    case UnaryOp::rsqrt: return map1<T, T>(x, out, [](T v) { return T(1) / std::sqrt(v); });
-    case UnaryOp::square: return map1<T, T>(x, out, [](T v) { return v * v; });
-    case UnaryOp::reciprocal: return map1<T, T>(x, out, [](T v) { return T(1) / v; });
-    case UnaryOp::sin: return map1<T, T>(x, out, [](T v) { return std::sin(v); });
-    case UnaryOp::cos: return map1<T, T>(x, out, [](T v) { return std::cos(v); });
-    case UnaryOp::tanh: return map1<T, T>(x, out, [](T v) { return std::tanh(v); });
-    case UnaryOp::sigmoid:
-      return map1<T, T>(x, out, [](T v) { return T(1) / (T(1) + std::exp(-v)); });
-    case UnaryOp::relu: return map1<T, T>(x, out, [](T v) { return v < T(0) ? T(0) : v; });
-    case UnaryOp::gelu_erf:
-      return map1<T, T>(x, out, [](T v) { return T(0.5) * v * (T(1) + std::erf(v * T(kSqrt1_2))); });
-    case UnaryOp::gelu_tanh:
-      return map1<T, T>(x, out, [](T v) {
-        T inner = T(kSqrt2OverPi) * (v + T(kGeluTanhC) * v * v * v);
-        return T(0.5) * v * (T(1) + std::tanh(inner));
-      });
-    case UnaryOp::silu: return map1<T, T>(x, out, [](T v) { return v / (T(1) + std::exp(-v)); });
-    case UnaryOp::pow_scalar:
-      if (p0 == T(2)) return map1<T, T>(x, out, [](T v) { return v * v; });
-      return map1<T, T>(x, out, [p0](T v) { return std::pow(v, p0); });
-    case UnaryOp::clamp: {
-      bool has_lo = !std::isnan(p0), has_hi = !std::isnan(p1);
-      return map1<T, T>(x, out, [=](T v) {
-        if (has_lo) v = std::isnan(v) ? v : std::max(v, p0);
-        if (has_hi) v = std::isnan(v) ? v : std::min(v, p1);
-        return v;
-      });
-    }
-  }
+void unary_typed(UnaryOp op, const Tensor& x, const Tensor& out, double p0, double p1) {
+  const math::UnaryParams<T> p = math::make_unary_params<T>(p0, p1);
+  math::with_unary_op(op, [&]<UnaryOp OP>() {
+    map1<T, T>(x, out, [p](T v) { return math::unary_forward<OP>(v, p); });
+  });
 }
 
-// grad_x = g * f'(x); y = f(x) where the derivative is cheaper in terms of the output.
+// grad_x = g · op'(x), on x or on y = op(x), whichever the derivative is cheaper in.
 template <class T>
 void unary_backward_typed(UnaryOp op, const Tensor& g, const Tensor& x, const Tensor& y,
-                          const Tensor& gx, T p0, T p1) {
-  auto run = [&](const Tensor& second, auto f) { map3<T, T>(g, second, Tensor(), gx, f); };
-  auto on_x = [&](auto f) { run(x, [f](T gv, T xv, T) { return f(gv, xv); }); };
-  auto on_y = [&](auto f) { run(y, [f](T gv, T yv, T) { return f(gv, yv); }); };
-  switch (op) {
-    case UnaryOp::neg: return on_x([](T gv, T) { return -gv; });
-    case UnaryOp::abs: return on_x([](T gv, T v) { return gv * T((v > 0) - (v < 0)); });
-    case UnaryOp::sign: return on_x([](T, T) { return T(0); });
-    case UnaryOp::exp: return on_y([](T gv, T yv) { return gv * yv; });
-    case UnaryOp::log: return on_x([](T gv, T v) { return gv / v; });
-    case UnaryOp::log1p: return on_x([](T gv, T v) { return gv / (T(1) + v); });
-    case UnaryOp::sqrt: return on_y([](T gv, T yv) { return gv / (T(2) * yv); });
-    case UnaryOp::rsqrt: return on_y([](T gv, T yv) { return T(-0.5) * gv * yv * yv * yv; });
-    case UnaryOp::square: return on_x([](T gv, T v) { return T(2) * gv * v; });
-    case UnaryOp::reciprocal: return on_y([](T gv, T yv) { return -gv * yv * yv; });
-    case UnaryOp::sin: return on_x([](T gv, T v) { return gv * std::cos(v); });
-    case UnaryOp::cos: return on_x([](T gv, T v) { return -gv * std::sin(v); });
-    case UnaryOp::tanh: return on_y([](T gv, T yv) { return gv * (T(1) - yv * yv); });
-    case UnaryOp::sigmoid: return on_y([](T gv, T yv) { return gv * yv * (T(1) - yv); });
-    case UnaryOp::relu: return on_x([](T gv, T v) { return v > T(0) ? gv : T(0); });
-    case UnaryOp::gelu_erf:
-      return on_x([](T gv, T v) {
-        T cdf = T(0.5) * (T(1) + std::erf(v * T(kSqrt1_2)));
-        T pdf = T(kInvSqrt2Pi) * std::exp(T(-0.5) * v * v);
-        return gv * (cdf + v * pdf);
-      });
-    case UnaryOp::gelu_tanh:
-      return on_x([](T gv, T v) {
-        T inner = T(kSqrt2OverPi) * (v + T(kGeluTanhC) * v * v * v);
-        T t = std::tanh(inner);
-        T dinner = T(kSqrt2OverPi) * (T(1) + T(3 * kGeluTanhC) * v * v);
-        return gv * (T(0.5) * (T(1) + t) + T(0.5) * v * (T(1) - t * t) * dinner);
-      });
-    case UnaryOp::silu:
-      return on_x([](T gv, T v) {
-        T s = T(1) / (T(1) + std::exp(-v));
-        return gv * s * (T(1) + v * (T(1) - s));
-      });
-    case UnaryOp::pow_scalar:
-      if (p0 == T(0)) return on_x([](T, T) { return T(0); });
-      return on_x([p0](T gv, T v) { return gv * p0 * std::pow(v, p0 - T(1)); });
-    case UnaryOp::clamp: {
-      bool has_lo = !std::isnan(p0), has_hi = !std::isnan(p1);
-      return on_x([=](T gv, T v) {
-        bool inside = (!has_lo || v >= p0) && (!has_hi || v <= p1);
-        return inside ? gv : T(0);
-      });
-    }
-  }
-}
-
-template <class T>
-inline T nan_propagating_min(T a, T b) {
-  if constexpr (std::is_floating_point_v<T>) {
-    if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<T>::quiet_NaN();
-  }
-  return a < b ? a : b;
-}
-template <class T>
-inline T nan_propagating_max(T a, T b) {
-  if constexpr (std::is_floating_point_v<T>) {
-    if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<T>::quiet_NaN();
-  }
-  return a > b ? a : b;
+                          const Tensor& gx, double p0, double p1) {
+  const math::UnaryParams<T> p = math::make_unary_params<T>(p0, p1);
+  const Tensor& s = math::derivative_uses_output(op) ? y : x;
+  math::with_unary_op(op, [&]<UnaryOp OP>() {
+    map3<T, T>(g, s, Tensor(), gx, [p](T gv, T sv, T) { return math::unary_backward<OP>(gv, sv, p); });
+  });
 }
 
 template <class T>
 void binary_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
-  switch (op) {
-    case BinaryOp::add: return map2<T, T>(a, b, out, [](T x, T y) { return x + y; });
-    case BinaryOp::sub: return map2<T, T>(a, b, out, [](T x, T y) { return x - y; });
-    case BinaryOp::mul: return map2<T, T>(a, b, out, [](T x, T y) { return x * y; });
-    case BinaryOp::div: return map2<T, T>(a, b, out, [](T x, T y) { return x / y; });
-    case BinaryOp::pow:
-      return map2<T, T>(a, b, out, [](T x, T y) { return T(std::pow(x, y)); });
-    case BinaryOp::minimum: return map2<T, T>(a, b, out, nan_propagating_min<T>);
-    case BinaryOp::maximum: return map2<T, T>(a, b, out, nan_propagating_max<T>);
-    case BinaryOp::eq: return map2<T, bool>(a, b, out, [](T x, T y) { return x == y; });
-    case BinaryOp::ne: return map2<T, bool>(a, b, out, [](T x, T y) { return x != y; });
-    case BinaryOp::lt: return map2<T, bool>(a, b, out, [](T x, T y) { return x < y; });
-    case BinaryOp::le: return map2<T, bool>(a, b, out, [](T x, T y) { return x <= y; });
-    case BinaryOp::gt: return map2<T, bool>(a, b, out, [](T x, T y) { return x > y; });
-    case BinaryOp::ge: return map2<T, bool>(a, b, out, [](T x, T y) { return x >= y; });
-  }
+  math::with_binary_op(op, [&]<BinaryOp OP>() {
+    // uint8 / bool reach here only for comparisons: instantiate nothing else for them.
+    if constexpr (is_comparison(OP) || !(std::is_same_v<T, uint8_t> || std::is_same_v<T, bool>)) {
+      using Out = std::conditional_t<is_comparison(OP), bool, T>;
+      map2<T, Out>(a, b, out, [](T x, T y) { return math::binary<OP>(x, y); });
+    }
+  });
 }
 
 }  // namespace
 
 void unary(UnaryOp op, const Tensor& x, const Tensor& out, double p0, double p1) {
-  dispatch_float(x.dtype(), "unary", [&]<class T>() { unary_typed<T>(op, x, out, T(p0), T(p1)); });
+  dispatch_float(x.dtype(), "unary", [&]<class T>() { unary_typed<T>(op, x, out, p0, p1); });
 }
 
 void unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x, const Tensor& y,
                     const Tensor& grad_x, double p0, double p1) {
   dispatch_float(x.dtype(), "unary_backward", [&]<class T>() {
-    unary_backward_typed<T>(op, grad, x, y, grad_x, T(p0), T(p1));
+    unary_backward_typed<T>(op, grad, x, y, grad_x, p0, p1);
   });
 }
 

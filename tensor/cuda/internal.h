@@ -135,9 +135,6 @@ Geometry<N> make_geometry(const Shape& shape, const std::array<const Strides*, N
 
 // ---- dtypes on the device -----------------------------------------------------------------------
 // Op names for error messages ("cuda unary: gelu_erf needs float32 or float64, got int64").
-const char* unary_op_name(UnaryOp op);
-const char* binary_op_name(BinaryOp op);
-const char* reduce_op_name(ReduceOp op);
 
 #if defined(__CUDACC__)
 // The device-side type that stores each dtype: f16 / bf16 become CUDA's own 16-bit types, whose

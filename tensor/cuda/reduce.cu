@@ -284,7 +284,7 @@ void launch_reduce(const T* x, Out* out, int64_t* indices, const ReduceArgs& arg
 
 void reduce(ReduceOp op, const Tensor& x, const std::vector<bool>& reduce, const Tensor& out,
             const Tensor& indices, int64_t correction) {
-  const char* name = reduce_op_name(op);
+  const char* name = op_name(op);
   BCOS_CHECK(x.defined() && out.defined() && x.is_cuda() && out.device() == x.device(),
              "cuda reduce ", name, ": input and output must be on one CUDA device");
   BCOS_CHECK(int(reduce.size()) == x.dim(), "cuda reduce ", name, ": ", reduce.size(),

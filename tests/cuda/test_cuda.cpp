@@ -403,7 +403,7 @@ TEST_CASE("cuda: every unary op and its derivative match the CPU") {
     const double rtol = rtol_for(dt), atol = rtol;
     uint32_t seed = 10;
     for (const UnaryCase& c : unary_cases()) {
-      INFO("op ", cuda::unary_op_name(c.op), " p0 ", c.p0, " p1 ", c.p1, " dtype ", dtype_name(dt));
+      INFO("op ", op_name(c.op), " p0 ", c.p0, " p1 ", c.p1, " dtype ", dtype_name(dt));
       Tensor x = c.positive_input ? make(shape, dt, positive(), seed++)
                                   : make(shape, dt, normal(1.5), seed++);
       Tensor y = empty(shape, dt);
@@ -446,7 +446,7 @@ TEST_CASE("cuda: NaN and infinity handling of relu, clamp, minimum and maximum")
     check_unary(UnaryOp::clamp, kNaN, 1.0);
     for (BinaryOp op : {BinaryOp::minimum, BinaryOp::maximum, BinaryOp::eq, BinaryOp::ne,
                         BinaryOp::lt, BinaryOp::ge}) {
-      INFO("op ", cuda::binary_op_name(op));
+      INFO("op ", op_name(op));
       DType out_dt = is_comparison(op) ? DType::boolean : dt;
       Tensor want = empty({8}, out_dt), got = empty({8}, {out_dt, kGpu});
       cpu::binary(op, x, z, want);
@@ -469,7 +469,7 @@ TEST_CASE("cuda: every binary op matches the CPU with broadcasting and strides")
       if ((dt == DType::u8 || dt == DType::boolean) && !is_comparison(op)) continue;
       // Integer pow goes through the device's double pow, which is not promised bit-equal.
       if (dt == DType::i64 && op == BinaryOp::pow) continue;
-      INFO("op ", cuda::binary_op_name(op), " dtype ", dtype_name(dt));
+      INFO("op ", op_name(op), " dtype ", dtype_name(dt));
       auto gen_a = [&]() {
         if (dt == DType::boolean) return make({3, 1, 5}, dt, integers(0, 1), 3);
         if (integral) return make({3, 1, 5}, dt, integers(dt == DType::u8 ? 0 : -4, 4), 3);
@@ -583,7 +583,7 @@ TEST_CASE("cuda: every reduce op matches the CPU over several dim sets") {
         if (c.strided && c.shape.size() >= 2) x_dev = strided_copy(x_dev);
         for (int64_t correction : (op == ReduceOp::var ? std::vector<int64_t>{0, 1}
                                                        : std::vector<int64_t>{0})) {
-          INFO("op ", cuda::reduce_op_name(op), " dtype ", dtype_name(dt), " shape ", c.shape,
+          INFO("op ", op_name(op), " dtype ", dtype_name(dt), " shape ", c.shape,
                " strided ", c.strided, " correction ", correction);
           Tensor want = empty(out_shape, dt), got = empty(out_shape, {dt, kGpu});
           Tensor want_idx, got_idx;
@@ -622,7 +622,7 @@ TEST_CASE("cuda: all / any, int64 reductions and NaN extremes match the CPU") {
     }
     Tensor xi = make(c.shape, DType::i64, integers(-50, 50), 9);
     for (ReduceOp op : {ReduceOp::sum, ReduceOp::max, ReduceOp::min}) {
-      INFO("int64 op ", cuda::reduce_op_name(op));
+      INFO("int64 op ", op_name(op));
       Tensor want = empty(out_shape, DType::i64), got = empty(out_shape, {DType::i64, kGpu});
       Tensor want_idx, got_idx;
       if (op != ReduceOp::sum) {
@@ -640,7 +640,7 @@ TEST_CASE("cuda: all / any, int64 reductions and NaN extremes match the CPU") {
   for (DType dt : {DType::f32, DType::f64}) {
     Tensor x = from_vector<double>(v, {3, 4}, dt);
     for (ReduceOp op : {ReduceOp::max, ReduceOp::min, ReduceOp::logsumexp, ReduceOp::sum}) {
-      INFO("op ", cuda::reduce_op_name(op), " dtype ", dtype_name(dt));
+      INFO("op ", op_name(op), " dtype ", dtype_name(dt));
       const bool extreme = op == ReduceOp::max || op == ReduceOp::min;
       Tensor want = empty({3, 1}, dt), got = empty({3, 1}, {dt, kGpu});
       Tensor want_idx = extreme ? empty({3, 1}, DType::i64) : Tensor();

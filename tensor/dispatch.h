@@ -1,0 +1,150 @@
+// The device switch of every kernel in tensor/kernels.inc: kernel::f(args) runs cpu::f or
+// cuda::f on the device of its first tensor argument. The op files in autograd/ call kernels only
+// through here, so adding a kernel means: declare it in tensor/kernels.inc, define it in
+// tensor/cpu/ and tensor/cuda/ (a backend that lacks it fails to link), add its line below.
+#pragma once
+
+#include <vector>
+
+#include "tensor/cpu/kernels.h"
+#include "tensor/op_kinds.h"
+#include "tensor/tensor.h"
+#ifdef BCOS_WITH_CUDA
+#include "tensor/cuda/backend.h"
+#define BCOS_DISPATCH(on, call) \
+  do {                          \
+    if ((on).is_cuda()) {       \
+      cuda::call;               \
+      return;                   \
+    }                           \
+    cpu::call;                  \
+  } while (0)
+#else
+#define BCOS_DISPATCH(on, call) cpu::call
+#endif
+
+namespace bcos::kernel {
+
+inline void copy(const Tensor& dst, const Tensor& src) {
+  BCOS_DISPATCH(dst, copy(dst, src));
+}
+inline void fill(const Tensor& dst, double value) {
+  BCOS_DISPATCH(dst, fill(dst, value));
+}
+inline void unary(UnaryOp op, const Tensor& x, const Tensor& out, double p0 = 0, double p1 = 0) {
+  BCOS_DISPATCH(x, unary(op, x, out, p0, p1));
+}
+inline void unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x, const Tensor& y, const Tensor& grad_x,
+                           double p0 = 0, double p1 = 0) {
+  BCOS_DISPATCH(grad, unary_backward(op, grad, x, y, grad_x, p0, p1));
+}
+inline void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+  BCOS_DISPATCH(a, binary(op, a, b, out));
+}
+inline void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
+  BCOS_DISPATCH(cond, where(cond, a, b, out));
+}
+inline void reduce(ReduceOp op, const Tensor& x, const std::vector<bool>& reduce, const Tensor& out,
+                   const Tensor& indices = Tensor(), int64_t correction = 0) {
+  BCOS_DISPATCH(x, reduce(op, x, reduce, out, indices, correction));
+}
+inline void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate = false) {
+  BCOS_DISPATCH(a, bmm(a, b, out, accumulate));
+}
+inline void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
+                           const Conv2dParams& p) {
+  BCOS_DISPATCH(x, conv2d_forward(x, w, bias, out, p));
+}
+inline void conv2d_backward_input(const Tensor& grad_out, const Tensor& w, const Tensor& grad_x,
+                                  const Conv2dParams& p) {
+  BCOS_DISPATCH(grad_out, conv2d_backward_input(grad_out, w, grad_x, p));
+}
+inline void conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, const Tensor& grad_w,
+                                   const Conv2dParams& p) {
+  BCOS_DISPATCH(grad_out, conv2d_backward_weight(grad_out, x, grad_w, p));
+}
+inline void max_pool2d_forward(const Tensor& x, const Tensor& out, const Tensor& indices, const Pool2dParams& p) {
+  BCOS_DISPATCH(x, max_pool2d_forward(x, out, indices, p));
+}
+inline void max_pool2d_backward(const Tensor& grad_out, const Tensor& indices, const Tensor& grad_x) {
+  BCOS_DISPATCH(grad_out, max_pool2d_backward(grad_out, indices, grad_x));
+}
+inline void avg_pool2d_forward(const Tensor& x, const Tensor& out, const Pool2dParams& p) {
+  BCOS_DISPATCH(x, avg_pool2d_forward(x, out, p));
+}
+inline void avg_pool2d_backward(const Tensor& grad_out, const Tensor& grad_x, const Pool2dParams& p) {
+  BCOS_DISPATCH(grad_out, avg_pool2d_backward(grad_out, grad_x, p));
+}
+inline void adaptive_avg_pool2d_forward(const Tensor& x, const Tensor& out) {
+  BCOS_DISPATCH(x, adaptive_avg_pool2d_forward(x, out));
+}
+inline void adaptive_avg_pool2d_backward(const Tensor& grad_out, const Tensor& grad_x) {
+  BCOS_DISPATCH(grad_out, adaptive_avg_pool2d_backward(grad_out, grad_x));
+}
+inline void bcos_patch_sumsq(const Tensor& x, int64_t groups, const Pool2dParams& p, const Tensor& out) {
+  BCOS_DISPATCH(x, bcos_patch_sumsq(x, groups, p, out));
+}
+inline void bcos_patch_sumsq_backward(const Tensor& grad, const Tensor& x, int64_t groups, const Pool2dParams& p,
+                                      const Tensor& grad_x) {
+  BCOS_DISPATCH(grad, bcos_patch_sumsq_backward(grad, x, groups, p, grad_x));
+}
+inline void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleParams& p, const Tensor& out,
+                               const Tensor& value, const Tensor& argmax) {
+  BCOS_DISPATCH(lin, bcos_scale_forward(lin, sumsq, p, out, value, argmax));
+}
+inline void bcos_scale_backward(const Tensor& grad, const Tensor& value, const Tensor& sumsq, const Tensor& argmax,
+                                const BcosScaleParams& p, bool explain, const Tensor& grad_lin,
+                                const Tensor& grad_sumsq) {
+  BCOS_DISPATCH(grad, bcos_scale_backward(grad, value, sumsq, argmax, p, explain, grad_lin, grad_sumsq));
+}
+inline void batch_norm_uncentered_backward(const Tensor& grad, const Tensor& x, const Tensor& weight,
+                                           const Tensor& mean, const Tensor& invstd, bool through_variance,
+                                           const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
+  BCOS_DISPATCH(
+      grad, batch_norm_uncentered_backward(grad, x, weight, mean, invstd, through_variance, grad_x, grad_w, grad_b));
+}
+inline void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& mean,
+                               const Tensor& invstd, const Tensor& out) {
+  BCOS_DISPATCH(x, batch_norm_forward(x, weight, bias, mean, invstd, out));
+}
+inline void batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& var_biased) {
+  BCOS_DISPATCH(x, batch_norm_stats(x, mean, var_biased));
+}
+inline void batch_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                                const Tensor& invstd, bool training, const Tensor& grad_x, const Tensor& grad_w,
+                                const Tensor& grad_b) {
+  BCOS_DISPATCH(grad_out, batch_norm_backward(grad_out, x, weight, mean, invstd, training, grad_x, grad_w, grad_b));
+}
+inline void row_norm_forward(const Tensor& x, int64_t outer, int64_t inner, double eps, const Tensor& out,
+                             const Tensor& mean, const Tensor& invstd) {
+  BCOS_DISPATCH(x, row_norm_forward(x, outer, inner, eps, out, mean, invstd));
+}
+inline void row_norm_backward(const Tensor& grad_xhat, const Tensor& x, int64_t outer, int64_t inner,
+                              const Tensor& mean, const Tensor& invstd, const Tensor& grad_x) {
+  BCOS_DISPATCH(grad_xhat, row_norm_backward(grad_xhat, x, outer, inner, mean, invstd, grad_x));
+}
+inline void softmax(const Tensor& x, int dim, bool log, const Tensor& out) {
+  BCOS_DISPATCH(x, softmax(x, dim, log, out));
+}
+inline void softmax_backward(const Tensor& grad, const Tensor& y, int dim, bool log, const Tensor& grad_x) {
+  BCOS_DISPATCH(grad, softmax_backward(grad, y, dim, log, grad_x));
+}
+inline void index_select(const Tensor& x, int dim, const Tensor& index, const Tensor& out) {
+  BCOS_DISPATCH(x, index_select(x, dim, index, out));
+}
+inline void index_add(const Tensor& out, int dim, const Tensor& index, const Tensor& src) {
+  BCOS_DISPATCH(out, index_add(out, dim, index, src));
+}
+inline void gather(const Tensor& x, int dim, const Tensor& index, const Tensor& out) {
+  BCOS_DISPATCH(x, gather(x, dim, index, out));
+}
+inline void scatter_add(const Tensor& out, int dim, const Tensor& index, const Tensor& src) {
+  BCOS_DISPATCH(out, scatter_add(out, dim, index, src));
+}
+inline void topk(const Tensor& x, int64_t k, bool largest, bool sorted, const Tensor& values, const Tensor& indices) {
+  BCOS_DISPATCH(x, topk(x, k, largest, sorted, values, indices));
+}
+
+}  // namespace bcos::kernel
+
+#undef BCOS_DISPATCH
