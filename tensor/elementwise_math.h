@@ -68,6 +68,14 @@ UnaryParams<T> make_unary_params(double p0, double p1) {
   return {T(p0), T(p1), !(p0 != p0), !(p1 != p1)};
 }
 
+// clamp with the bounds that exist known at compile time (a loop over it vectorises); NaN stays NaN.
+template <bool LO, bool HI, class T>
+BCOS_HD T clamp_value(T v, T lo, T hi) {
+  if constexpr (LO) v = is_nan(v) ? v : (v < lo ? lo : v);
+  if constexpr (HI) v = is_nan(v) ? v : (v > hi ? hi : v);
+  return v;
+}
+
 // y = op(x)
 template <UnaryOp OP, class T>
 BCOS_HD T unary_forward(T v, const UnaryParams<T>& p) {
@@ -94,8 +102,8 @@ BCOS_HD T unary_forward(T v, const UnaryParams<T>& p) {
   } else if constexpr (OP == UnaryOp::silu) return v / (T(1) + M::exp(-v));
   else if constexpr (OP == UnaryOp::pow_scalar) return p.p0 == T(2) ? v * v : M::pow(v, p.p0);
   else if constexpr (OP == UnaryOp::clamp) {
-    if (p.has_lo) v = is_nan(v) ? v : (v < p.p0 ? p.p0 : v);
-    if (p.has_hi) v = is_nan(v) ? v : (v > p.p1 ? p.p1 : v);
+    if (p.has_lo) v = clamp_value<true, false>(v, p.p0, p.p1);
+    if (p.has_hi) v = clamp_value<false, true>(v, p.p0, p.p1);
     return v;
   }
 }

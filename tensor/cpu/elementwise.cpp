@@ -78,6 +78,18 @@ void map2(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
 template <class T>
 void unary_typed(UnaryOp op, const Tensor& x, const Tensor& out, double p0, double p1) {
   const math::UnaryParams<T> p = math::make_unary_params<T>(p0, p1);
+  // Decided once, not per element, so these loops vectorise: x^2 as a square, clamp's bounds.
+  if (op == UnaryOp::pow_scalar && p.p0 == T(2)) op = UnaryOp::square;
+  if (op == UnaryOp::clamp) {
+    const T lo = p.p0, hi = p.p1;
+    auto run = [&]<bool LO, bool HI>() {
+      map1<T, T>(x, out, [lo, hi](T v) { return math::clamp_value<LO, HI>(v, lo, hi); });
+    };
+    if (p.has_lo && p.has_hi) return run.template operator()<true, true>();
+    if (p.has_lo) return run.template operator()<true, false>();
+    if (p.has_hi) return run.template operator()<false, true>();
+    return run.template operator()<false, false>();
+  }
   math::with_unary_op(op, [&]<UnaryOp OP>() {
     map1<T, T>(x, out, [p](T v) { return math::unary_forward<OP>(v, p); });
   });
@@ -88,6 +100,7 @@ template <class T>
 void unary_backward_typed(UnaryOp op, const Tensor& g, const Tensor& x, const Tensor& y,
                           const Tensor& gx, double p0, double p1) {
   const math::UnaryParams<T> p = math::make_unary_params<T>(p0, p1);
+  if (op == UnaryOp::pow_scalar && p.p0 == T(2)) op = UnaryOp::square;  // 2·g·x, exactly g·2·x¹, vectorised
   const Tensor& s = math::derivative_uses_output(op) ? y : x;
   math::with_unary_op(op, [&]<UnaryOp OP>() {
     map3<T, T>(g, s, Tensor(), gx, [p](T gv, T sv, T) { return math::unary_backward<OP>(gv, sv, p); });
