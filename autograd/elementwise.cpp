@@ -222,7 +222,6 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   check_same_device(op, cond, a);
   check_same_device(op, a, b);
   check_same_dtype(op, a, b);
-  require_cpu(op, a);
   Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), op), b.shape(), op);
   Tensor out = empty(shape, {a.dtype(), a.device()});
   kernel::where(raw_expand(cond, shape, op), raw_expand(a, shape, op), raw_expand(b, shape, op), out);

@@ -15,7 +15,6 @@ namespace {
 Tensor softmax_impl(const char* op, const char* node, bool log, const Tensor& x, int64_t dim) {
   check_defined(op, x, "input");
   check_float(op, x);
-  require_cpu(op, x);
   int d = wrap_dim(dim, x.dim(), op);
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
   if (x.numel() > 0) kernel::softmax(x, x.dim() ? d : 0, log, out);

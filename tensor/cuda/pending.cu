@@ -15,9 +15,6 @@ namespace {
 
 }  // namespace
 
-void where(const Tensor& cond, const Tensor&, const Tensor&, const Tensor&) {
-  no_kernel_yet("where", cond);
-}
 void conv2d_forward(const Tensor& x, const Tensor&, const Tensor&, const Tensor&, const Conv2dParams&) {
   no_kernel_yet("conv2d_forward", x);
 }
@@ -79,12 +76,6 @@ void row_norm_forward(const Tensor& x, int64_t, int64_t, double, const Tensor&, 
 void row_norm_backward(const Tensor& grad_xhat, const Tensor&, int64_t, int64_t, const Tensor&, const Tensor&,
                        const Tensor&) {
   no_kernel_yet("row_norm_backward", grad_xhat);
-}
-void softmax(const Tensor& x, int, bool, const Tensor&) {
-  no_kernel_yet("softmax", x);
-}
-void softmax_backward(const Tensor& grad, const Tensor&, int, bool, const Tensor&) {
-  no_kernel_yet("softmax_backward", grad);
 }
 void index_select(const Tensor& x, int, const Tensor&, const Tensor&) {
   no_kernel_yet("index_select", x);

@@ -58,6 +58,49 @@ TEST_CASE("cuda ops: mixing devices and missing kernels raise clear errors") {
   if (!have_gpu()) return;
   Tensor c = ones({2}), g = ones({2}, Device::cuda(0));
   CHECK_THROWS_WITH_AS(add(c, g), doctest::Contains("different devices"), Error);
-  CHECK_THROWS_WITH_AS(softmax(g, 0), doctest::Contains("no CUDA kernel yet"), Error);
+  CHECK_THROWS_WITH_AS(max_pool2d(ones({1, 1, 2, 2}, Device::cuda(0)), 2), doctest::Contains("no CUDA kernel yet"),
+                       Error);
   CHECK_THROWS_WITH_AS(zeros({1}, Device::cuda(99)), doctest::Contains("cuda:99"), Error);
+}
+
+TEST_CASE("cuda ops: softmax, log_softmax and where forward and backward match the CPU") {
+  if (!have_gpu()) return;
+  manual_seed(12);
+  for (DType dt : {kFloat32, kFloat64}) {
+    CAPTURE(dt);
+    Tensor x = randn({4, 7, 5}, dt), gout = randn({4, 7, 5}, dt), other = randn({7, 1}, dt);
+    Tensor cond = gt(randn({4, 7, 5}), 0.0);
+    auto run = [&](Device dev) {
+      std::vector<Tensor> results;
+      for (int64_t dim : {0, 1, 2}) {
+        for (bool log : {false, true}) {
+          Tensor xd = x.to(dev).transpose(0, 2).contiguous().transpose(0, 2).requires_grad_();  // strided input
+          Tensor y = log ? log_softmax(xd, dim) : softmax(xd, dim);
+          sum(y * gout.to(dev)).backward();
+          results.push_back(y.to(Device()));
+          results.push_back(xd.grad().to(Device()));
+        }
+      }
+      Tensor a = x.to(dev).requires_grad_(), b = other.to(dev).requires_grad_();
+      Tensor w = where(cond.to(dev), a, b);  // broadcast operand
+      sum(w * gout.to(dev)).backward();
+      results.push_back(w.to(Device()));
+      results.push_back(a.grad().to(Device()));
+      results.push_back(b.grad().to(Device()));
+      return results;
+    };
+    const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+    const double tol = dt == kFloat64 ? 1e-12 : 1e-5;  // both accumulate in double; exp differs in the last bit
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::relative_error(gpu[i], cpu[i]) <= tol);
+    }
+  }
+  // where on integer values, and rows holding -inf.
+  Tensor c = gt(from_vector(std::vector<float>{1, -1, 1}, {3}), 0.0);
+  Tensor ai = from_vector(std::vector<int64_t>{1, 2, 3}, {3}), bi = from_vector(std::vector<int64_t>{7, 8, 9}, {3});
+  CHECK(where(c.to(Device::cuda(0)), ai.to(Device::cuda(0)), bi.to(Device::cuda(0))).to(Device()).to_vector<int64_t>() ==
+        std::vector<int64_t>{1, 8, 3});
+  Tensor inf_rows = from_vector(std::vector<float>{-INFINITY, 0, 1, -INFINITY, -INFINITY, 2}, {2, 3});
+  CHECK(golden::relative_error(softmax(inf_rows.to(Device::cuda(0)), 1).to(Device()), softmax(inf_rows, 1)) <= 1e-6);
 }

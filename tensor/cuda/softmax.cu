@@ -1,0 +1,135 @@
+// Softmax and log-softmax along one dim on the GPU, as tensor/cpu/softmax.cpp computes them:
+// x viewed contiguous [outer, D, inner], max-subtracted, accumulated in double, one thread per
+// (outer, inner) row (simple, and exact to the CPU's order of operations; a block-per-row
+// reduction for long rows is the speed step after this).
+//   softmax backward:      grad_x = y · (g − Σ g·y)
+//   log_softmax backward:  grad_x = g − exp(y) · Σ g
+#include <cmath>
+
+#include "tensor/copy.h"
+#include "tensor/cuda/internal.h"
+
+namespace bcos::cuda {
+
+namespace {
+
+struct Rows {
+  int64_t outer, d, inner;
+};
+
+Rows rows_of(const Tensor& x, int dim) {
+  Rows r{1, x.dim() ? x.size(dim) : 1, 1};
+  for (int i = 0; i < dim; ++i) r.outer *= x.size(i);
+  for (int i = dim + 1; i < x.dim(); ++i) r.inner *= x.size(i);
+  return r;
+}
+
+template <class T>
+__global__ void softmax_kernel(const T* x, T* out, Rows s, bool log) {
+  const int64_t rows = s.outer * s.inner, step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += step) {
+    const int64_t base = (r / s.inner) * s.d * s.inner + r % s.inner;
+    const T* p = x + base;
+    T* o = out + base;
+    double m = -INFINITY;
+    for (int64_t j = 0; j < s.d; ++j) m = fmax(m, double(p[j * s.inner]));
+    if (isinf(m) && m < 0) m = 0;  // all −inf: avoid inf − inf
+    double sum = 0;
+    for (int64_t j = 0; j < s.d; ++j) sum += ::exp(double(p[j * s.inner]) - m);
+    if (log) {
+      const double lse = m + ::log(sum);
+      for (int64_t j = 0; j < s.d; ++j) o[j * s.inner] = T(double(p[j * s.inner]) - lse);
+    } else {
+      for (int64_t j = 0; j < s.d; ++j) o[j * s.inner] = T(::exp(double(p[j * s.inner]) - m) / sum);
+    }
+  }
+}
+
+template <class T>
+__global__ void softmax_backward_kernel(const T* g, const T* y, T* gx, Rows s, bool log) {
+  const int64_t rows = s.outer * s.inner, step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += step) {
+    const int64_t base = (r / s.inner) * s.d * s.inner + r % s.inner;
+    const T *gp = g + base, *yp = y + base;
+    T* o = gx + base;
+    double acc = 0;
+    if (log) {
+      for (int64_t j = 0; j < s.d; ++j) acc += double(gp[j * s.inner]);
+      for (int64_t j = 0; j < s.d; ++j)
+        o[j * s.inner] = T(double(gp[j * s.inner]) - ::exp(double(yp[j * s.inner])) * acc);
+    } else {
+      for (int64_t j = 0; j < s.d; ++j) acc += double(gp[j * s.inner]) * double(yp[j * s.inner]);
+      for (int64_t j = 0; j < s.d; ++j)
+        o[j * s.inner] = T(double(yp[j * s.inner]) * (double(gp[j * s.inner]) - acc));
+    }
+  }
+}
+
+// out = cond ? a : b over a Geometry<4> of (out, cond, a, b).
+template <class T>
+__global__ void where_kernel(T* out, const bool* cond, const T* a, const T* b, Geometry<4> g) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < g.numel; i += step) {
+    int64_t off[4];
+    g.offsets(i, off);
+    out[off[0]] = cond[off[1]] ? a[off[2]] : b[off[3]];
+  }
+}
+
+}  // namespace
+
+void softmax(const Tensor& x_in, int dim, bool log, const Tensor& out) {
+  const Tensor x = raw_contiguous(x_in);
+  const Rows s = rows_of(x, dim);
+  if (x.numel() == 0) return;
+  const int device = x.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  dispatch_float(x.dtype(), "cuda softmax", [&]<class T>() {
+    softmax_kernel<<<blocks_for(s.outer * s.inner), kThreads, 0, stream>>>(
+        static_cast<const T*>(x.raw_data()), static_cast<T*>(out.raw_data()), s, log);
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void softmax_backward(const Tensor& grad_in, const Tensor& y_in, int dim, bool log, const Tensor& grad_x) {
+  const Tensor g = raw_contiguous(grad_in), y = raw_contiguous(y_in);
+  const Rows s = rows_of(y, dim);
+  if (y.numel() == 0) return;
+  const int device = y.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  dispatch_float(y.dtype(), "cuda softmax_backward", [&]<class T>() {
+    softmax_backward_kernel<<<blocks_for(s.outer * s.inner), kThreads, 0, stream>>>(
+        static_cast<const T*>(g.raw_data()), static_cast<const T*>(y.raw_data()),
+        static_cast<T*>(grad_x.raw_data()), s, log);
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
+  if (out.numel() == 0) return;
+  const int device = out.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  const Geometry<4> g =
+      make_geometry<4>(out.shape(), {&out.strides(), &cond.strides(), &a.strides(), &b.strides()});
+  auto run = [&]<class T>() {
+    where_kernel<<<blocks_for(g.numel), kThreads, 0, stream>>>(
+        static_cast<T*>(out.raw_data()), static_cast<const bool*>(cond.raw_data()),
+        static_cast<const T*>(a.raw_data()), static_cast<const T*>(b.raw_data()), g);
+    BCOS_CUDA_CHECK_LAUNCH();
+  };
+  switch (out.dtype()) {
+    case DType::f32: return run.template operator()<float>();
+    case DType::f64: return run.template operator()<double>();
+    case DType::i64: return run.template operator()<int64_t>();
+    case DType::u8: return run.template operator()<uint8_t>();
+    case DType::boolean: return run.template operator()<bool>();
+    case DType::f16: return run.template operator()<__half>();
+    case DType::bf16: return run.template operator()<__nv_bfloat16>();
+  }
+  fail("cuda where: unsupported dtype ", dtype_name(out.dtype()));
+}
+
+}  // namespace bcos::cuda
