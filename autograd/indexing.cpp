@@ -107,7 +107,6 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   check_defined(op, index, "index");
   check_index(op, index);
   check_same_device(op, x, index);
-  require_cpu(op, x);
   BCOS_CHECK(index.dim() <= 1, op, ": index must be 0-D or 1-D, got shape ", index.shape());
   BCOS_CHECK(x.dim() > 0, op, ": input must have at least one dim");
   int d = wrap_dim(dim, x.dim(), op);

@@ -104,3 +104,31 @@ TEST_CASE("cuda ops: softmax, log_softmax and where forward and backward match t
   Tensor inf_rows = from_vector(std::vector<float>{-INFINITY, 0, 1, -INFINITY, -INFINITY, 2}, {2, 3});
   CHECK(golden::relative_error(softmax(inf_rows.to(Device::cuda(0)), 1).to(Device()), softmax(inf_rows, 1)) <= 1e-6);
 }
+
+TEST_CASE("cuda ops: index_select and embedding forward and backward match the CPU; bad indices raise") {
+  if (!have_gpu()) return;
+  manual_seed(13);
+  for (DType dt : {kFloat32, kFloat64}) {
+    CAPTURE(dt);
+    Tensor w = randn({9, 6}, dt), x = randn({3, 9, 4}, dt);
+    Tensor ids = from_vector(std::vector<int64_t>{4, 0, 4, 8, 4, 1}, {2, 3});  // repeats accumulate
+    Tensor sel = from_vector(std::vector<int64_t>{8, 2, 2, 0}, {4});
+    auto run = [&](Device dev) {
+      Tensor wd = w.to(dev).requires_grad_(), xd = x.to(dev).requires_grad_();
+      Tensor e = embedding(ids.to(dev), wd);
+      Tensor s = index_select(xd, 1, sel.to(dev));
+      (sum(e * e) + sum(s * s)).backward();
+      return std::vector<Tensor>{e.to(Device()), s.to(Device()), wd.grad().to(Device()), xd.grad().to(Device())};
+    };
+    const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-12 : 1e-6));
+    }
+  }
+  Tensor table = ones({5, 2}, Device::cuda(0));
+  CHECK_THROWS_WITH_AS(index_select(table, 0, from_vector(std::vector<int64_t>{1, 5}, {2}).to(Device::cuda(0))),
+                       doctest::Contains("index 5 is out of range for size 5"), Error);
+  CHECK_THROWS_WITH_AS(index_select(table, 0, from_vector(std::vector<int64_t>{-1}, {1}).to(Device::cuda(0))),
+                       doctest::Contains("index -1 is out of range"), Error);
+}

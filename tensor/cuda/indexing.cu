@@ -1,0 +1,116 @@
+// index_select and index_add (its backward; embeddings use both) on the GPU, as
+// tensor/cpu/indexing.cpp: x viewed contiguous [outer, D, inner]. Indices are checked on the
+// device first -- one flag, read back before any write -- so a bad index is a bcos::Error naming
+// it, never a stray memory access. index_add accumulates with atomicAdd (repeated indices).
+#include "tensor/copy.h"
+#include "tensor/cuda/internal.h"
+
+namespace bcos::cuda {
+
+namespace {
+
+struct Rows {
+  int64_t outer, d, inner;
+};
+
+Rows rows_of(const Tensor& x, int dim) {
+  Rows r{1, x.size(dim), 1};
+  for (int i = 0; i < dim; ++i) r.outer *= x.size(i);
+  for (int i = dim + 1; i < x.dim(); ++i) r.inner *= x.size(i);
+  return r;
+}
+
+// bad[0] = 1 + the position of an index outside [0, limit) (the first found; any if several).
+__global__ void find_bad_index(const int64_t* index, int64_t n, int64_t limit, unsigned long long* bad) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step)
+    if (index[i] < 0 || index[i] >= limit) atomicMin(bad, (unsigned long long)(i + 1));
+}
+
+// Raises naming the first bad index (a device round trip: the price of a clear error).
+void check_indices(const Tensor& index, int64_t limit, const char* op, cudaStream_t stream) {
+  if (index.numel() == 0) return;
+  const int device = index.device().index;
+  std::shared_ptr<void> flag = allocate(sizeof(unsigned long long), device);
+  auto* bad = static_cast<unsigned long long*>(flag.get());
+  const unsigned long long none = ~0ull;
+  BCOS_CUDA_CHECK(cudaMemcpyAsync(bad, &none, sizeof none, cudaMemcpyHostToDevice, stream));
+  find_bad_index<<<blocks_for(index.numel()), kThreads, 0, stream>>>(static_cast<const int64_t*>(index.raw_data()),
+                                                                     index.numel(), limit, bad);
+  BCOS_CUDA_CHECK_LAUNCH();
+  unsigned long long first = none;
+  BCOS_CUDA_CHECK(cudaMemcpyAsync(&first, bad, sizeof first, cudaMemcpyDeviceToHost, stream));
+  BCOS_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (first != none) {
+    int64_t value = 0;
+    BCOS_CUDA_CHECK(cudaMemcpy(&value, static_cast<const int64_t*>(index.raw_data()) + (first - 1), sizeof value,
+                               cudaMemcpyDeviceToHost));
+    fail(op, ": index ", value, " is out of range for size ", limit);
+  }
+}
+
+template <class T>
+__global__ void index_select_kernel(const T* x, const int64_t* index, T* out, Rows s, int64_t k) {
+  const int64_t n = s.outer * k * s.inner, step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
+    const int64_t c = i % s.inner, r = i / s.inner, o = r / k, j = r % k;
+    out[i] = x[(o * s.d + index[j]) * s.inner + c];
+  }
+}
+
+template <class T>
+__global__ void index_add_kernel(T* out, const int64_t* index, const T* src, Rows s, int64_t k) {
+  const int64_t n = s.outer * k * s.inner, step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
+    const int64_t c = i % s.inner, r = i / s.inner, o = r / k, j = r % k;
+    atomicAdd(out + (o * s.d + index[j]) * s.inner + c, src[i]);
+  }
+}
+
+}  // namespace
+
+void index_select(const Tensor& x_in, int dim, const Tensor& index_in, const Tensor& out) {
+  const Tensor x = raw_contiguous(x_in), index = raw_contiguous(index_in);
+  const Rows s = rows_of(x, dim);
+  const int device = x.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  check_indices(index, s.d, "index_select", stream);
+  const int64_t k = index.numel();
+  if (out.numel() == 0) return;
+  auto run = [&]<class T>() {
+    index_select_kernel<<<blocks_for(out.numel()), kThreads, 0, stream>>>(
+        static_cast<const T*>(x.raw_data()), static_cast<const int64_t*>(index.raw_data()),
+        static_cast<T*>(out.raw_data()), s, k);
+    BCOS_CUDA_CHECK_LAUNCH();
+  };
+  switch (x.dtype()) {
+    case DType::f32: return run.template operator()<float>();
+    case DType::f64: return run.template operator()<double>();
+    case DType::i64: return run.template operator()<int64_t>();
+    case DType::u8: return run.template operator()<uint8_t>();
+    case DType::boolean: return run.template operator()<bool>();
+    case DType::f16: return run.template operator()<__half>();
+    case DType::bf16: return run.template operator()<__nv_bfloat16>();
+  }
+  fail("cuda index_select: unsupported dtype ", dtype_name(x.dtype()));
+}
+
+void index_add(const Tensor& out, int dim, const Tensor& index_in, const Tensor& src_in) {
+  const Tensor src = raw_contiguous(src_in), index = raw_contiguous(index_in);
+  const Rows s = rows_of(out, dim);
+  const int device = out.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  check_indices(index, s.d, "index_add", stream);
+  const int64_t k = index.numel();
+  if (src.numel() == 0) return;
+  dispatch_float(out.dtype(), "cuda index_add", [&]<class T>() {
+    index_add_kernel<<<blocks_for(src.numel()), kThreads, 0, stream>>>(
+        static_cast<T*>(out.raw_data()), static_cast<const int64_t*>(index.raw_data()),
+        static_cast<const T*>(src.raw_data()), s, k);
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace bcos::cuda
