@@ -151,7 +151,6 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
   check_defined(op, index, "index");
   check_index(op, index);
   check_same_device(op, x, index);
-  require_cpu(op, x);
   int d = wrap_dim(dim, x.dim(), op);
   check_gather_shapes(op, x, d, index, nullptr);
   Tensor out = empty(index.shape(), {x.dtype(), x.device()});
@@ -178,7 +177,6 @@ Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tens
   check_same_device(op, x, src);
   check_same_dtype(op, x, src);
   check_float(op, x);
-  require_cpu(op, x);
   int d = wrap_dim(dim, x.dim(), op);
   check_gather_shapes(op, x, d, index, &src);
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});

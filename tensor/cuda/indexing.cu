@@ -1,5 +1,6 @@
-// index_select and index_add (its backward; embeddings use both) on the GPU, as
-// tensor/cpu/indexing.cpp: x viewed contiguous [outer, D, inner]. Indices are checked on the
+// index_select / index_add (its backward; embeddings use both) and gather / scatter_add (its
+// backward; cross-entropy uses both) on the GPU, as tensor/cpu/indexing.cpp: for index_select
+// x viewed contiguous [outer, D, inner]; for gather one thread per index element. Indices are checked on the
 // device first -- one flag, read back before any write -- so a bad index is a bcos::Error naming
 // it, never a stray memory access. index_add accumulates with atomicAdd (repeated indices).
 #include "tensor/copy.h"
@@ -67,6 +68,43 @@ __global__ void index_add_kernel(T* out, const int64_t* index, const T* src, Row
   }
 }
 
+// Where index element i (index contiguous, of `shape`) points in a tensor with `strides`: its
+// own position in every dim but `dim`, where it takes the index value.
+struct IndexWalk {
+  int ndim = 0, dim = 0;
+  int64_t shape[kMaxDims] = {}, strides[kMaxDims] = {};
+  __device__ int64_t offset(int64_t i, int64_t value) const {
+    int64_t off = 0;
+    for (int d = ndim - 1; d >= 0; --d) {
+      const int64_t p = i % shape[d];
+      i /= shape[d];
+      off += (d == dim ? value : p) * strides[d];
+    }
+    return off;
+  }
+};
+
+IndexWalk walk_of(const Tensor& index, int dim, const Strides& strides) {
+  IndexWalk w;
+  w.ndim = index.dim(), w.dim = dim;
+  for (int d = 0; d < w.ndim; ++d) w.shape[d] = index.size(d), w.strides[d] = strides[d];
+  return w;
+}
+
+template <class T>
+__global__ void gather_kernel(const T* x, const int64_t* index, T* out, int64_t n, IndexWalk w) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step)
+    out[i] = x[w.offset(i, index[i])];
+}
+
+template <class T>
+__global__ void scatter_add_kernel(T* out, const int64_t* index, const T* src, int64_t n, IndexWalk w) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step)
+    atomicAdd(out + w.offset(i, index[i]), src[i]);
+}
+
 }  // namespace
 
 void index_select(const Tensor& x_in, int dim, const Tensor& index_in, const Tensor& out) {
@@ -109,6 +147,50 @@ void index_add(const Tensor& out, int dim, const Tensor& index_in, const Tensor&
     index_add_kernel<<<blocks_for(src.numel()), kThreads, 0, stream>>>(
         static_cast<T*>(out.raw_data()), static_cast<const int64_t*>(index.raw_data()),
         static_cast<const T*>(src.raw_data()), s, k);
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void gather(const Tensor& x, int dim, const Tensor& index_in, const Tensor& out) {
+  const Tensor index = raw_contiguous(index_in);
+  const int device = x.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  check_indices(index, x.size(dim), "gather", stream);
+  const int64_t n = index.numel();
+  if (n == 0) return;
+  const IndexWalk w = walk_of(index, dim, x.strides());
+  auto run = [&]<class T>() {
+    gather_kernel<<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x.raw_data()),
+                                                            static_cast<const int64_t*>(index.raw_data()),
+                                                            static_cast<T*>(out.raw_data()), n, w);
+    BCOS_CUDA_CHECK_LAUNCH();
+  };
+  switch (x.dtype()) {
+    case DType::f32: return run.template operator()<float>();
+    case DType::f64: return run.template operator()<double>();
+    case DType::i64: return run.template operator()<int64_t>();
+    case DType::u8: return run.template operator()<uint8_t>();
+    case DType::boolean: return run.template operator()<bool>();
+    case DType::f16: return run.template operator()<__half>();
+    case DType::bf16: return run.template operator()<__nv_bfloat16>();
+  }
+  fail("cuda gather: unsupported dtype ", dtype_name(x.dtype()));
+}
+
+void scatter_add(const Tensor& out, int dim, const Tensor& index_in, const Tensor& src_in) {
+  const Tensor index = raw_contiguous(index_in), src = raw_contiguous(src_in);
+  const int device = out.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  check_indices(index, out.size(dim), "scatter_add", stream);
+  const int64_t n = index.numel();
+  if (n == 0) return;
+  const IndexWalk w = walk_of(index, dim, out.strides());
+  dispatch_float(out.dtype(), "cuda scatter_add", [&]<class T>() {
+    scatter_add_kernel<<<blocks_for(n), kThreads, 0, stream>>>(static_cast<T*>(out.raw_data()),
+                                                                 static_cast<const int64_t*>(index.raw_data()),
+                                                                 static_cast<const T*>(src.raw_data()), n, w);
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }

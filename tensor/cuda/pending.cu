@@ -77,12 +77,6 @@ void row_norm_backward(const Tensor& grad_xhat, const Tensor&, int64_t, int64_t,
                        const Tensor&) {
   no_kernel_yet("row_norm_backward", grad_xhat);
 }
-void gather(const Tensor& x, int, const Tensor&, const Tensor&) {
-  no_kernel_yet("gather", x);
-}
-void scatter_add(const Tensor& out, int, const Tensor&, const Tensor&) {
-  no_kernel_yet("scatter_add", out);
-}
 void topk(const Tensor& x, int64_t, bool, bool, const Tensor&, const Tensor&) {
   no_kernel_yet("topk", x);
 }

@@ -132,3 +132,33 @@ TEST_CASE("cuda ops: index_select and embedding forward and backward match the C
   CHECK_THROWS_WITH_AS(index_select(table, 0, from_vector(std::vector<int64_t>{-1}, {1}).to(Device::cuda(0))),
                        doctest::Contains("index -1 is out of range"), Error);
 }
+
+TEST_CASE("cuda ops: gather, scatter_add and cross-entropy forward and backward match the CPU") {
+  if (!have_gpu()) return;
+  manual_seed(14);
+  for (DType dt : {kFloat32, kFloat64}) {
+    CAPTURE(dt);
+    Tensor logits = randn({6, 5}, dt), base = randn({4, 3}, dt), src = randn({2, 3}, dt);
+    Tensor target = from_vector(std::vector<int64_t>{0, 4, -100, 2, 2, 1}, {6});
+    Tensor index = from_vector(std::vector<int64_t>{3, 0, 3, 1, 3, 2}, {2, 3});  // repeats accumulate
+    auto run = [&](Device dev) {
+      Tensor ld = logits.to(dev).requires_grad_(), bd = base.to(dev).requires_grad_(), sd = src.to(dev).requires_grad_();
+      Tensor ce = cross_entropy(ld, target.to(dev), -100, 0.1);
+      Tensor sc = scatter_add(bd, 0, index.to(dev), sd);
+      Tensor ga = gather(ld, 1, from_vector(std::vector<int64_t>{4, 4, 0, 1, 2, 3}, {6, 1}).to(dev));
+      (ce + sum(sc * sc) + sum(ga)).backward();
+      return std::vector<Tensor>{ce.to(Device()), sc.to(Device()), ga.to(Device()), ld.grad().to(Device()),
+                                 bd.grad().to(Device()), sd.grad().to(Device())};
+    };
+    const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-12 : 1e-5));
+    }
+  }
+  Tensor x = ones({2, 3}, Device::cuda(0));
+  CHECK_THROWS_WITH_AS(gather(x, 1, from_vector(std::vector<int64_t>{0, 3}, {2, 1}).to(Device::cuda(0))),
+                       doctest::Contains("gather: index 3 is out of range for size 3"), Error);
+  CHECK_THROWS_WITH_AS(cross_entropy(x, from_vector(std::vector<int64_t>{0, 7}, {2}).to(Device::cuda(0))),
+                       doctest::Contains("target 7 is out of range"), Error);
+}
