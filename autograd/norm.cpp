@@ -105,7 +105,6 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   const char* op = "layer_norm";
   check_defined(op, x, "input");
   check_float(op, x);
-  require_cpu(op, x);
   int k = normalized_shape.size();
   bool matches = k >= 1 && k <= x.dim();
   for (int i = 0; matches && i < k; ++i)
@@ -126,7 +125,6 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
   const char* op = "group_norm";
   check_defined(op, x, "input");
   check_float(op, x);
-  require_cpu(op, x);
   BCOS_CHECK(x.dim() >= 2, op, ": expected input [N, C, *], got shape ", x.shape());
   const int64_t n = x.size(0), c = x.size(1);
   BCOS_CHECK(groups > 0 && c % groups == 0, op, ": ", groups, " groups do not divide ", c,

@@ -70,13 +70,6 @@ void batch_norm_backward(const Tensor& grad_out, const Tensor&, const Tensor&, c
                          const Tensor&, const Tensor&, const Tensor&) {
   no_kernel_yet("batch_norm_backward", grad_out);
 }
-void row_norm_forward(const Tensor& x, int64_t, int64_t, double, const Tensor&, const Tensor&, const Tensor&) {
-  no_kernel_yet("row_norm_forward", x);
-}
-void row_norm_backward(const Tensor& grad_xhat, const Tensor&, int64_t, int64_t, const Tensor&, const Tensor&,
-                       const Tensor&) {
-  no_kernel_yet("row_norm_backward", grad_xhat);
-}
 void topk(const Tensor& x, int64_t, bool, bool, const Tensor&, const Tensor&) {
   no_kernel_yet("topk", x);
 }

@@ -162,3 +162,28 @@ TEST_CASE("cuda ops: gather, scatter_add and cross-entropy forward and backward 
   CHECK_THROWS_WITH_AS(cross_entropy(x, from_vector(std::vector<int64_t>{0, 7}, {2}).to(Device::cuda(0))),
                        doctest::Contains("target 7 is out of range"), Error);
 }
+
+TEST_CASE("cuda ops: layer_norm and group_norm forward and backward match the CPU") {
+  if (!have_gpu()) return;
+  manual_seed(15);
+  for (DType dt : {kFloat32, kFloat64}) {
+    CAPTURE(dt);
+    Tensor x = randn({3, 5, 8}, dt), w = randn({8}, dt), b = randn({8}, dt);
+    Tensor img = randn({2, 6, 3, 3}, dt), gw = randn({6}, dt), gb = randn({6}, dt);
+    auto run = [&](Device dev) {
+      Tensor xd = x.to(dev).requires_grad_(), wd = w.to(dev).requires_grad_(), bd = b.to(dev).requires_grad_();
+      Tensor id = img.to(dev).requires_grad_(), gwd = gw.to(dev).requires_grad_(), gbd = gb.to(dev).requires_grad_();
+      Tensor ln = layer_norm(xd, {8}, wd, bd, 1e-5);
+      Tensor gn = group_norm(id, 3, gwd, gbd, 1e-5);
+      (sum(ln * ln * ln) + sum(gn * gn * gn)).backward();
+      return std::vector<Tensor>{ln.to(Device()), gn.to(Device()), xd.grad().to(Device()), wd.grad().to(Device()),
+                                 bd.grad().to(Device()), id.grad().to(Device()), gwd.grad().to(Device()),
+                                 gbd.grad().to(Device())};
+    };
+    const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-12 : 1e-5));
+    }
+  }
+}
