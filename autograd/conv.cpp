@@ -118,7 +118,6 @@ void check_pool_input(const char* op, const Tensor& x) {
   check_defined(op, x, "input");
   check_4d(op, x);
   check_float(op, x);
-  require_cpu(op, x);
   BCOS_CHECK(x.size(2) > 0 && x.size(3) > 0, op, ": input ", x.shape(), " has an empty plane");
 }
 }  // namespace

@@ -7,6 +7,7 @@
 #include "tensor/copy.h"
 #include "tensor/cpu/kernels.h"
 #include "tensor/parallel.h"
+#include "tensor/pool_math.h"
 
 namespace bcos::cpu {
 
@@ -19,15 +20,12 @@ Planes planes_of(const Tensor& x, const Tensor& out) {
 }
 }  // namespace
 
-namespace {
-// Taps k = 0, 1, ... of a window starting at `start` (dilation d) that fall inside [0, size):
-// the first one, and one past the last one.
-int64_t first_tap(int64_t start, int64_t d) { return start >= 0 ? 0 : (-start + d - 1) / d; }
-int64_t end_tap(int64_t start, int64_t d, int64_t kernel, int64_t size) {
-  if (start >= size) return 0;
-  return std::min<int64_t>(kernel, (size - 1 - start) / d + 1);
-}
-}  // namespace
+using pool::avg_window;
+using pool::AvgWindow;
+using pool::bin_end;
+using pool::bin_start;
+using pool::end_tap;
+using pool::first_tap;
 
 void max_pool2d_forward(const Tensor& x_in, const Tensor& out, const Tensor& indices,
                         const Pool2dParams& p) {
@@ -91,26 +89,6 @@ void max_pool2d_backward(const Tensor& grad_out_in, const Tensor& indices, const
   });
 }
 
-namespace {
-// The window of output (oh, ow) clipped to the input, and the divisor PyTorch uses for it.
-struct AvgWindow {
-  int64_t h0, h1, w0, w1;
-  double divisor;
-};
-AvgWindow avg_window(int64_t oh, int64_t ow, int64_t h, int64_t w, const Pool2dParams& p) {
-  int64_t h0 = oh * p.stride[0] - p.padding[0], w0 = ow * p.stride[1] - p.padding[1];
-  int64_t h1 = std::min(h0 + p.kernel[0], h + p.padding[0]);
-  int64_t w1 = std::min(w0 + p.kernel[1], w + p.padding[1]);
-  int64_t padded_area = (h1 - h0) * (w1 - w0);
-  h0 = std::max<int64_t>(h0, 0), w0 = std::max<int64_t>(w0, 0);
-  h1 = std::min(h1, h), w1 = std::min(w1, w);
-  double divisor = p.divisor_override       ? double(p.divisor_override)
-                   : p.count_include_pad ? double(padded_area)
-                                         : double((h1 - h0) * (w1 - w0));
-  return {h0, h1, w0, w1, divisor};
-}
-}  // namespace
-
 void avg_pool2d_forward(const Tensor& x_in, const Tensor& out, const Pool2dParams& p) {
   Tensor x = raw_contiguous(x_in);
   Planes s = planes_of(x, out);
@@ -154,12 +132,6 @@ void avg_pool2d_backward(const Tensor& grad_out_in, const Tensor& grad_x, const 
     });
   });
 }
-
-namespace {
-// Adaptive pooling bins: [floor(i * in / out), ceil((i + 1) * in / out)).
-inline int64_t bin_start(int64_t i, int64_t in, int64_t out) { return (i * in) / out; }
-inline int64_t bin_end(int64_t i, int64_t in, int64_t out) { return ((i + 1) * in + out - 1) / out; }
-}  // namespace
 
 void adaptive_avg_pool2d_forward(const Tensor& x_in, const Tensor& out) {
   Tensor x = raw_contiguous(x_in);

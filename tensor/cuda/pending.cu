@@ -24,24 +24,6 @@ void conv2d_backward_input(const Tensor& grad_out, const Tensor&, const Tensor&,
 void conv2d_backward_weight(const Tensor& grad_out, const Tensor&, const Tensor&, const Conv2dParams&) {
   no_kernel_yet("conv2d_backward_weight", grad_out);
 }
-void max_pool2d_forward(const Tensor& x, const Tensor&, const Tensor&, const Pool2dParams&) {
-  no_kernel_yet("max_pool2d_forward", x);
-}
-void max_pool2d_backward(const Tensor& grad_out, const Tensor&, const Tensor&) {
-  no_kernel_yet("max_pool2d_backward", grad_out);
-}
-void avg_pool2d_forward(const Tensor& x, const Tensor&, const Pool2dParams&) {
-  no_kernel_yet("avg_pool2d_forward", x);
-}
-void avg_pool2d_backward(const Tensor& grad_out, const Tensor&, const Pool2dParams&) {
-  no_kernel_yet("avg_pool2d_backward", grad_out);
-}
-void adaptive_avg_pool2d_forward(const Tensor& x, const Tensor&) {
-  no_kernel_yet("adaptive_avg_pool2d_forward", x);
-}
-void adaptive_avg_pool2d_backward(const Tensor& grad_out, const Tensor&) {
-  no_kernel_yet("adaptive_avg_pool2d_backward", grad_out);
-}
 void bcos_patch_sumsq(const Tensor& x, int64_t, const Pool2dParams&, const Tensor&) {
   no_kernel_yet("bcos_patch_sumsq", x);
 }

@@ -58,8 +58,8 @@ TEST_CASE("cuda ops: mixing devices and missing kernels raise clear errors") {
   if (!have_gpu()) return;
   Tensor c = ones({2}), g = ones({2}, Device::cuda(0));
   CHECK_THROWS_WITH_AS(add(c, g), doctest::Contains("different devices"), Error);
-  CHECK_THROWS_WITH_AS(max_pool2d(ones({1, 1, 2, 2}, Device::cuda(0)), 2), doctest::Contains("no CUDA kernel yet"),
-                       Error);
+  CHECK_THROWS_WITH_AS(conv2d(ones({1, 1, 3, 3}, Device::cuda(0)), ones({1, 1, 3, 3}, Device::cuda(0))),
+                       doctest::Contains("no CUDA kernel yet"), Error);
   CHECK_THROWS_WITH_AS(zeros({1}, Device::cuda(99)), doctest::Contains("cuda:99"), Error);
 }
 
@@ -179,6 +179,31 @@ TEST_CASE("cuda ops: layer_norm and group_norm forward and backward match the CP
       return std::vector<Tensor>{ln.to(Device()), gn.to(Device()), xd.grad().to(Device()), wd.grad().to(Device()),
                                  bd.grad().to(Device()), id.grad().to(Device()), gwd.grad().to(Device()),
                                  gbd.grad().to(Device())};
+    };
+    const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-12 : 1e-5));
+    }
+  }
+}
+
+TEST_CASE("cuda ops: max, average and adaptive pooling forward and backward match the CPU") {
+  if (!have_gpu()) return;
+  manual_seed(16);
+  for (DType dt : {kFloat32, kFloat64}) {
+    CAPTURE(dt);
+    Tensor x = randn({2, 3, 9, 8}, dt);
+    auto run = [&](Device dev) {
+      Tensor xd = x.to(dev).requires_grad_();
+      Tensor a = max_pool2d(xd, 3, 2, 1);                        // overlapping windows, padding
+      Tensor b = max_pool2d(xd, 2, std::nullopt, 0, {2, 1});     // dilation
+      Tensor c = avg_pool2d(xd, 3, 2, 1, false, true);           // padding counted
+      Tensor d = avg_pool2d(xd, 3, 2, 1, true, false);           // ceil mode, padding not counted
+      Tensor e = adaptive_avg_pool2d(xd, {4, 3});                // uneven bins
+      (sum(a * a) + sum(b * b) + sum(c * c) + sum(d * d) + sum(e * e)).backward();
+      return std::vector<Tensor>{a.to(Device()), b.to(Device()), c.to(Device()), d.to(Device()), e.to(Device()),
+                                 xd.grad().to(Device())};
     };
     const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
     for (size_t i = 0; i < cpu.size(); ++i) {

@@ -1,0 +1,193 @@
+// Pooling on the GPU, as tensor/cpu/pool.cpp (window arithmetic shared in tensor/pool_math.h):
+// max (PyTorch's flat per-plane indices h * W + w; NaN wins), average (padding counted or not,
+// divisor override), adaptive average. One thread per output element; the backwards scatter
+// into the zeroed input gradient with atomicAdd (windows may overlap). x, outputs contiguous
+// [N, C, H, W].
+#include <cmath>
+
+#include "tensor/copy.h"
+#include "tensor/cuda/internal.h"
+#include "tensor/pool_math.h"
+
+namespace bcos::cuda {
+
+namespace {
+
+struct Planes {
+  int64_t planes, h, w, ho, wo;
+};
+Planes planes_of(const Tensor& x, const Tensor& out) {
+  return {x.size(0) * x.size(1), x.size(2), x.size(3), out.size(2), out.size(3)};
+}
+
+#define BCOS_GRID_LOOP(i, n) \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+template <class T>
+__global__ void max_pool_kernel(const T* x, T* out, int64_t* indices, Planes s, Pool2dParams p) {
+  BCOS_GRID_LOOP(o, s.planes * s.ho * s.wo) {
+    const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, pl = o / (s.wo * s.ho);
+    const T* plane = x + pl * s.h * s.w;
+    const int64_t h0 = oh * p.stride[0] - p.padding[0], w0 = ow * p.stride[1] - p.padding[1];
+    const int64_t ki_lo = pool::first_tap(h0, p.dilation[0]), ki_hi = pool::end_tap(h0, p.dilation[0], p.kernel[0], s.h);
+    const int64_t kj_lo = pool::first_tap(w0, p.dilation[1]), kj_hi = pool::end_tap(w0, p.dilation[1], p.kernel[1], s.w);
+    T best = T(-INFINITY);
+    int64_t best_i = -1;
+    for (int64_t ki = ki_lo; ki < ki_hi; ++ki) {
+      const int64_t row = (h0 + ki * p.dilation[0]) * s.w;
+      for (int64_t kj = kj_lo; kj < kj_hi; ++kj) {
+        const int64_t i = row + w0 + kj * p.dilation[1];
+        const T v = plane[i];
+        if (best_i < 0 || v > best || v != v) {  // as PyTorch: NaN wins
+          best = v;
+          best_i = i;
+        }
+      }
+    }
+    out[o] = best;
+    indices[o] = best_i;
+  }
+}
+
+template <class T>
+__global__ void max_pool_backward_kernel(const T* g, const int64_t* indices, T* gx, Planes s) {
+  BCOS_GRID_LOOP(o, s.planes * s.ho * s.wo) {
+    const int64_t i = indices[o];
+    if (i >= 0) atomicAdd(gx + (o / (s.ho * s.wo)) * s.h * s.w + i, g[o]);
+  }
+}
+
+template <class T>
+__global__ void avg_pool_kernel(const T* x, T* out, Planes s, Pool2dParams p) {
+  BCOS_GRID_LOOP(o, s.planes * s.ho * s.wo) {
+    const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, pl = o / (s.wo * s.ho);
+    const T* plane = x + pl * s.h * s.w;
+    const pool::AvgWindow win = pool::avg_window(oh, ow, s.h, s.w, p);
+    T sum = 0;
+    for (int64_t ih = win.h0; ih < win.h1; ++ih)
+      for (int64_t iw = win.w0; iw < win.w1; ++iw) sum += plane[ih * s.w + iw];
+    out[o] = sum / T(win.divisor);
+  }
+}
+
+template <class T>
+__global__ void avg_pool_backward_kernel(const T* g, T* gx, Planes s, Pool2dParams p) {
+  BCOS_GRID_LOOP(o, s.planes * s.ho * s.wo) {
+    const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, pl = o / (s.wo * s.ho);
+    T* plane = gx + pl * s.h * s.w;
+    const pool::AvgWindow win = pool::avg_window(oh, ow, s.h, s.w, p);
+    const T share = g[o] / T(win.divisor);
+    for (int64_t ih = win.h0; ih < win.h1; ++ih)
+      for (int64_t iw = win.w0; iw < win.w1; ++iw) atomicAdd(plane + ih * s.w + iw, share);
+  }
+}
+
+template <class T>
+__global__ void adaptive_avg_pool_kernel(const T* x, T* out, Planes s) {
+  BCOS_GRID_LOOP(o, s.planes * s.ho * s.wo) {
+    const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, pl = o / (s.wo * s.ho);
+    const T* plane = x + pl * s.h * s.w;
+    const int64_t h0 = pool::bin_start(oh, s.h, s.ho), h1 = pool::bin_end(oh, s.h, s.ho);
+    const int64_t w0 = pool::bin_start(ow, s.w, s.wo), w1 = pool::bin_end(ow, s.w, s.wo);
+    double sum = 0;
+    for (int64_t ih = h0; ih < h1; ++ih)
+      for (int64_t iw = w0; iw < w1; ++iw) sum += double(plane[ih * s.w + iw]);
+    out[o] = T(sum / double((h1 - h0) * (w1 - w0)));
+  }
+}
+
+template <class T>
+__global__ void adaptive_avg_pool_backward_kernel(const T* g, T* gx, Planes s) {
+  BCOS_GRID_LOOP(o, s.planes * s.ho * s.wo) {
+    const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, pl = o / (s.wo * s.ho);
+    T* plane = gx + pl * s.h * s.w;
+    const int64_t h0 = pool::bin_start(oh, s.h, s.ho), h1 = pool::bin_end(oh, s.h, s.ho);
+    const int64_t w0 = pool::bin_start(ow, s.w, s.wo), w1 = pool::bin_end(ow, s.w, s.wo);
+    const T share = g[o] / T((h1 - h0) * (w1 - w0));
+    for (int64_t ih = h0; ih < h1; ++ih)
+      for (int64_t iw = w0; iw < w1; ++iw) atomicAdd(plane + ih * s.w + iw, share);
+  }
+}
+
+#undef BCOS_GRID_LOOP
+
+// Runs `launch` for T in {float, double} on x's device and stream, zeroing `zero` first.
+template <class F>
+void launch_float(const Tensor& on, const char* op, const Tensor& zero, F&& launch) {
+  const int device = on.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  if (zero.defined())
+    BCOS_CUDA_CHECK(cudaMemsetAsync(zero.raw_data(), 0, size_t(zero.numel()) * zero.element_size(), stream));
+  dispatch_float(on.dtype(), op, [&]<class T>() {
+    launch.template operator()<T>(stream);
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace
+
+void max_pool2d_forward(const Tensor& x_in, const Tensor& out, const Tensor& indices, const Pool2dParams& p) {
+  const Tensor x = raw_contiguous(x_in);
+  const Planes s = planes_of(x, out);
+  if (out.numel() == 0) return;
+  launch_float(x, "cuda max_pool2d", Tensor(), [&]<class T>(cudaStream_t stream) {
+    max_pool_kernel<<<blocks_for(out.numel()), kThreads, 0, stream>>>(
+        static_cast<const T*>(x.raw_data()), static_cast<T*>(out.raw_data()),
+        static_cast<int64_t*>(indices.raw_data()), s, p);
+  });
+}
+
+// The indices come from max_pool2d_forward on this device, so they lie inside their planes.
+void max_pool2d_backward(const Tensor& grad_out_in, const Tensor& indices, const Tensor& grad_x) {
+  const Tensor g = raw_contiguous(grad_out_in);
+  const Planes s = planes_of(grad_x, g);
+  launch_float(g, "cuda max_pool2d_backward", grad_x, [&]<class T>(cudaStream_t stream) {
+    if (g.numel() == 0) return;
+    max_pool_backward_kernel<<<blocks_for(g.numel()), kThreads, 0, stream>>>(
+        static_cast<const T*>(g.raw_data()), static_cast<const int64_t*>(indices.raw_data()),
+        static_cast<T*>(grad_x.raw_data()), s);
+  });
+}
+
+void avg_pool2d_forward(const Tensor& x_in, const Tensor& out, const Pool2dParams& p) {
+  const Tensor x = raw_contiguous(x_in);
+  const Planes s = planes_of(x, out);
+  if (out.numel() == 0) return;
+  launch_float(x, "cuda avg_pool2d", Tensor(), [&]<class T>(cudaStream_t stream) {
+    avg_pool_kernel<<<blocks_for(out.numel()), kThreads, 0, stream>>>(static_cast<const T*>(x.raw_data()),
+                                                                        static_cast<T*>(out.raw_data()), s, p);
+  });
+}
+
+void avg_pool2d_backward(const Tensor& grad_out_in, const Tensor& grad_x, const Pool2dParams& p) {
+  const Tensor g = raw_contiguous(grad_out_in);
+  const Planes s = planes_of(grad_x, g);
+  launch_float(g, "cuda avg_pool2d_backward", grad_x, [&]<class T>(cudaStream_t stream) {
+    if (g.numel() == 0) return;
+    avg_pool_backward_kernel<<<blocks_for(g.numel()), kThreads, 0, stream>>>(
+        static_cast<const T*>(g.raw_data()), static_cast<T*>(grad_x.raw_data()), s, p);
+  });
+}
+
+void adaptive_avg_pool2d_forward(const Tensor& x_in, const Tensor& out) {
+  const Tensor x = raw_contiguous(x_in);
+  const Planes s = planes_of(x, out);
+  if (out.numel() == 0) return;
+  launch_float(x, "cuda adaptive_avg_pool2d", Tensor(), [&]<class T>(cudaStream_t stream) {
+    adaptive_avg_pool_kernel<<<blocks_for(out.numel()), kThreads, 0, stream>>>(
+        static_cast<const T*>(x.raw_data()), static_cast<T*>(out.raw_data()), s);
+  });
+}
+
+void adaptive_avg_pool2d_backward(const Tensor& grad_out_in, const Tensor& grad_x) {
+  const Tensor g = raw_contiguous(grad_out_in);
+  const Planes s = planes_of(grad_x, g);
+  launch_float(g, "cuda adaptive_avg_pool2d_backward", grad_x, [&]<class T>(cudaStream_t stream) {
+    if (g.numel() == 0) return;
+    adaptive_avg_pool_backward_kernel<<<blocks_for(g.numel()), kThreads, 0, stream>>>(
+        static_cast<const T*>(g.raw_data()), static_cast<T*>(grad_x.raw_data()), s);
+  });
+}
+
+}  // namespace bcos::cuda
