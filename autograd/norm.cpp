@@ -18,7 +18,6 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
   const char* op = "batch_norm";
   check_defined(op, x, "input");
   check_float(op, x);
-  require_cpu(op, x);
   BCOS_CHECK(x.dim() >= 2, op, ": expected input [N, C, *], got shape ", x.shape());
   const int64_t c = x.size(1);
   for (const Tensor* t : {&running_mean, &running_var, &weight, &bias}) {

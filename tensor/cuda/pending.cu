@@ -42,16 +42,6 @@ void batch_norm_uncentered_backward(const Tensor& grad, const Tensor&, const Ten
                                     bool, const Tensor&, const Tensor&, const Tensor&) {
   no_kernel_yet("batch_norm_uncentered_backward", grad);
 }
-void batch_norm_forward(const Tensor& x, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
-  no_kernel_yet("batch_norm_forward", x);
-}
-void batch_norm_stats(const Tensor& x, const Tensor&, const Tensor&) {
-  no_kernel_yet("batch_norm_stats", x);
-}
-void batch_norm_backward(const Tensor& grad_out, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool,
-                         const Tensor&, const Tensor&, const Tensor&) {
-  no_kernel_yet("batch_norm_backward", grad_out);
-}
 void topk(const Tensor& x, int64_t, bool, bool, const Tensor&, const Tensor&) {
   no_kernel_yet("topk", x);
 }

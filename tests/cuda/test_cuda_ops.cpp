@@ -212,3 +212,29 @@ TEST_CASE("cuda ops: max, average and adaptive pooling forward and backward matc
     }
   }
 }
+
+TEST_CASE("cuda ops: batch_norm in training and evaluation, forward, backward and running statistics match the CPU") {
+  if (!have_gpu()) return;
+  manual_seed(17);
+  for (DType dt : {kFloat32, kFloat64}) {
+    CAPTURE(dt);
+    Tensor x = randn({4, 3, 5, 6}, dt) * 2.0 + 0.5, w = randn({3}, dt), b = randn({3}, dt);
+    Tensor rm0 = randn({3}, dt), rv0 = rand({3}, dt) + 0.5;
+    auto run = [&](Device dev) {
+      std::vector<Tensor> results;
+      for (bool training : {true, false}) {
+        Tensor xd = x.to(dev).requires_grad_(), wd = w.to(dev).requires_grad_(), bd = b.to(dev).requires_grad_();
+        Tensor rm = rm0.to(dev).clone(), rv = rv0.to(dev).clone();
+        Tensor y = batch_norm(xd, rm, rv, wd, bd, training, 0.1, 1e-5);
+        sum(y * y * y).backward();
+        for (const Tensor& t : {y, xd.grad(), wd.grad(), bd.grad(), rm, rv}) results.push_back(t.to(Device()));
+      }
+      return results;
+    };
+    const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-12 : 1e-5));
+    }
+  }
+}
