@@ -42,7 +42,6 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stri
   check_same_device(op, x, w);
   check_same_dtype(op, x, w);
   check_float(op, x);
-  require_cpu(op, x);
   BCOS_CHECK(groups >= 1 && x.size(1) % groups == 0 && w.size(0) % groups == 0, op,
              ": groups = ", groups, " must divide the input channels (", x.size(1),
              ") and the output channels (", w.size(0), ")");

@@ -15,15 +15,6 @@ namespace {
 
 }  // namespace
 
-void conv2d_forward(const Tensor& x, const Tensor&, const Tensor&, const Tensor&, const Conv2dParams&) {
-  no_kernel_yet("conv2d_forward", x);
-}
-void conv2d_backward_input(const Tensor& grad_out, const Tensor&, const Tensor&, const Conv2dParams&) {
-  no_kernel_yet("conv2d_backward_input", grad_out);
-}
-void conv2d_backward_weight(const Tensor& grad_out, const Tensor&, const Tensor&, const Conv2dParams&) {
-  no_kernel_yet("conv2d_backward_weight", grad_out);
-}
 void bcos_patch_sumsq(const Tensor& x, int64_t, const Pool2dParams&, const Tensor&) {
   no_kernel_yet("bcos_patch_sumsq", x);
 }

@@ -1,0 +1,226 @@
+// 2-D convolution on the GPU through cuDNN: forward, backward-data and backward-filter with
+// groups, stride, padding and dilation. The algorithm is cuDNN's heuristic choice
+// (cudnnGet*Algorithm_v7: the fastest that runs), cached per shape; the workspace comes from the
+// caching allocator. f32 convolutions may use TF32 tensor cores when allow_tf32() is on (as
+// matmul, and as PyTorch's cuDNN default); f64 never. cuDNN 9 marks this descriptor API
+// deprecated in favour of its graph API; it is still shipped, and is the smallest readable way.
+#include <cudnn.h>
+
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "tensor/copy.h"
+#include "tensor/cuda/internal.h"
+
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#pragma nv_diag_suppress 1444  // "declared deprecated" (nvcc's front end)
+
+namespace bcos::cuda {
+
+namespace {
+
+// One cuDNN handle per (thread, device), bound to the thread's current stream on every use.
+struct CudnnHandles {
+  std::vector<cudnnHandle_t> by_device;
+  ~CudnnHandles() {
+    for (cudnnHandle_t h : by_device)
+      if (h) cudnnDestroy(h);
+  }
+};
+thread_local CudnnHandles t_cudnn;
+
+cudnnHandle_t cudnn_handle(int device) {
+  check_device_index(device, "cuda::cudnn_handle");
+  if (t_cudnn.by_device.size() <= size_t(device)) t_cudnn.by_device.resize(size_t(device) + 1, nullptr);
+  cudnnHandle_t& h = t_cudnn.by_device[size_t(device)];
+  if (!h) BCOS_CUDNN_CHECK(cudnnCreate(&h));
+  BCOS_CUDNN_CHECK(cudnnSetStream(h, stream_of(device)));
+  return h;
+}
+
+cudnnDataType_t cudnn_type(DType dt, const char* op) {
+  if (dt == DType::f32) return CUDNN_DATA_FLOAT;
+  if (dt == DType::f64) return CUDNN_DATA_DOUBLE;
+  fail(op, ": cuDNN convolutions take float32 or float64, got ", dtype_name(dt));
+}
+
+// The descriptors of one convolution, destroyed with it.
+struct ConvDescriptors {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+             int64_t, int64_t, int64_t, int, bool>
+      key;  // every size and parameter: the algorithm cache's key
+
+  ConvDescriptors(const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p, DType dt, const char* op) {
+    const cudnnDataType_t type = cudnn_type(dt, op);
+    BCOS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x));
+    BCOS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y));
+    BCOS_CUDNN_CHECK(cudnnCreateFilterDescriptor(&w));
+    BCOS_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&conv));
+    BCOS_CUDNN_CHECK(cudnnSetTensor4dDescriptor(x, CUDNN_TENSOR_NCHW, type, int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3])));
+    BCOS_CUDNN_CHECK(cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NCHW, type, int(ys[0]), int(ys[1]), int(ys[2]), int(ys[3])));
+    BCOS_CUDNN_CHECK(cudnnSetFilter4dDescriptor(w, type, CUDNN_TENSOR_NCHW, int(ws[0]), int(ws[1]), int(ws[2]), int(ws[3])));
+    BCOS_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv, int(p.padding[0]), int(p.padding[1]), int(p.stride[0]),
+                                                     int(p.stride[1]), int(p.dilation[0]), int(p.dilation[1]),
+                                                     CUDNN_CROSS_CORRELATION, type));
+    BCOS_CUDNN_CHECK(cudnnSetConvolutionGroupCount(conv, int(p.groups)));
+    const bool tf32 = dt == DType::f32 && allow_tf32();
+    BCOS_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+    key = {xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3], p.stride[0], p.stride[1], p.padding[0], p.padding[1],
+           p.dilation[0], p.dilation[1], p.groups, int(dt), tf32};
+  }
+  ~ConvDescriptors() {
+    cudnnDestroyConvolutionDescriptor(conv);
+    cudnnDestroyFilterDescriptor(w);
+    cudnnDestroyTensorDescriptor(y);
+    cudnnDestroyTensorDescriptor(x);
+  }
+  ConvDescriptors(const ConvDescriptors&) = delete;
+  ConvDescriptors& operator=(const ConvDescriptors&) = delete;
+};
+
+// cuDNN's heuristics, asked once per shape and direction: the first algorithm that reports success.
+template <class Algo>
+struct AlgoCache {
+  std::mutex mu;
+  std::map<std::tuple<int, decltype(ConvDescriptors::key)>, Algo> algos;
+
+  template <class Query>
+  Algo get(int device, const ConvDescriptors& d, const char* op, Query&& query) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      auto it = algos.find({device, d.key});
+      if (it != algos.end()) return it->second;
+    }
+    const Algo algo = query();
+    std::lock_guard<std::mutex> lock(mu);
+    algos.emplace(std::tuple{device, d.key}, algo);
+    (void)op;
+    return algo;
+  }
+};
+
+template <class Perf>
+auto first_working(const Perf* perf, int count, const char* op) {
+  for (int i = 0; i < count; ++i)
+    if (perf[i].status == CUDNN_STATUS_SUCCESS) return perf[i].algo;
+  fail(op, ": cuDNN offers no algorithm for this convolution");
+}
+
+AlgoCache<cudnnConvolutionFwdAlgo_t> g_forward;
+AlgoCache<cudnnConvolutionBwdDataAlgo_t> g_backward_data;
+AlgoCache<cudnnConvolutionBwdFilterAlgo_t> g_backward_filter;
+
+// alpha = 1, beta = 0 in the type cuDNN expects for the data type (double for f64).
+struct Scalars {
+  float f1 = 1, f0 = 0;
+  double d1 = 1, d0 = 0;
+  const void* one(DType dt) const { return dt == DType::f64 ? static_cast<const void*>(&d1) : &f1; }
+  const void* zero(DType dt) const { return dt == DType::f64 ? static_cast<const void*>(&d0) : &f0; }
+};
+
+std::shared_ptr<void> workspace(size_t bytes, int device) {
+  return bytes ? allocate(bytes, device) : std::shared_ptr<void>();
+}
+
+}  // namespace
+
+void conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, const Tensor& out,
+                    const Conv2dParams& p) {
+  const char* op = "cuda conv2d";
+  const Tensor x = raw_contiguous(x_in), w = raw_contiguous(w_in);
+  if (out.numel() == 0) return;
+  const int device = x.device().index;
+  DeviceGuard guard(device);
+  cudnnHandle_t h = cudnn_handle(device);
+  ConvDescriptors d(x.shape(), w.shape(), out.shape(), p, x.dtype(), op);
+  const cudnnConvolutionFwdAlgo_t algo = g_forward.get(device, d, op, [&] {
+    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    int count = 0;
+    BCOS_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x, d.w, d.conv, d.y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+                                                            &count, perf));
+    return first_working(perf, count, op);
+  });
+  size_t bytes = 0;
+  BCOS_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, d.x, d.w, d.conv, d.y, algo, &bytes));
+  std::shared_ptr<void> ws = workspace(bytes, device);
+  const Scalars s;
+  BCOS_CUDNN_CHECK(cudnnConvolutionForward(h, s.one(x.dtype()), d.x, x.raw_data(), d.w, w.raw_data(), d.conv, algo,
+                                           ws.get(), bytes, s.zero(x.dtype()), d.y, out.raw_data()));
+  if (bias.defined()) {
+    const Tensor b = raw_contiguous(bias);
+    cudnnTensorDescriptor_t bd = nullptr;
+    BCOS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&bd));
+    const cudnnStatus_t set = cudnnSetTensor4dDescriptor(bd, CUDNN_TENSOR_NCHW, cudnn_type(x.dtype(), op), 1,
+                                                         int(b.numel()), 1, 1);
+    const cudnnStatus_t add = set == CUDNN_STATUS_SUCCESS
+                                  ? cudnnAddTensor(h, s.one(x.dtype()), bd, b.raw_data(), s.one(x.dtype()), d.y,
+                                                   out.raw_data())
+                                  : set;
+    cudnnDestroyTensorDescriptor(bd);
+    BCOS_CUDNN_CHECK(add);
+  }
+}
+
+void conv2d_backward_input(const Tensor& grad_out_in, const Tensor& w_in, const Tensor& grad_x, const Conv2dParams& p) {
+  const char* op = "cuda conv2d backward (input)";
+  const Tensor g = raw_contiguous(grad_out_in), w = raw_contiguous(w_in);
+  if (grad_x.numel() == 0) return;
+  const int device = g.device().index;
+  DeviceGuard guard(device);
+  if (g.numel() == 0) {
+    BCOS_CUDA_CHECK(cudaMemsetAsync(grad_x.raw_data(), 0, size_t(grad_x.numel()) * grad_x.element_size(),
+                                    stream_of(device)));
+    return;
+  }
+  cudnnHandle_t h = cudnn_handle(device);
+  ConvDescriptors d(grad_x.shape(), w.shape(), g.shape(), p, g.dtype(), op);
+  const cudnnConvolutionBwdDataAlgo_t algo = g_backward_data.get(device, d, op, [&] {
+    cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+    int count = 0;
+    BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w, d.y, d.conv, d.x,
+                                                                 CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf));
+    return first_working(perf, count, op);
+  });
+  size_t bytes = 0;
+  BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, d.w, d.y, d.conv, d.x, algo, &bytes));
+  std::shared_ptr<void> ws = workspace(bytes, device);
+  const Scalars s;
+  BCOS_CUDNN_CHECK(cudnnConvolutionBackwardData(h, s.one(g.dtype()), d.w, w.raw_data(), d.y, g.raw_data(), d.conv,
+                                                algo, ws.get(), bytes, s.zero(g.dtype()), d.x, grad_x.raw_data()));
+}
+
+void conv2d_backward_weight(const Tensor& grad_out_in, const Tensor& x_in, const Tensor& grad_w,
+                            const Conv2dParams& p) {
+  const char* op = "cuda conv2d backward (weight)";
+  const Tensor g = raw_contiguous(grad_out_in), x = raw_contiguous(x_in);
+  if (grad_w.numel() == 0) return;
+  const int device = g.device().index;
+  DeviceGuard guard(device);
+  if (g.numel() == 0) {
+    BCOS_CUDA_CHECK(cudaMemsetAsync(grad_w.raw_data(), 0, size_t(grad_w.numel()) * grad_w.element_size(),
+                                    stream_of(device)));
+    return;
+  }
+  cudnnHandle_t h = cudnn_handle(device);
+  ConvDescriptors d(x.shape(), grad_w.shape(), g.shape(), p, g.dtype(), op);
+  const cudnnConvolutionBwdFilterAlgo_t algo = g_backward_filter.get(device, d, op, [&] {
+    cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+    int count = 0;
+    BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+        h, d.x, d.y, d.conv, d.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count, perf));
+    return first_working(perf, count, op);
+  });
+  size_t bytes = 0;
+  BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, d.x, d.y, d.conv, d.w, algo, &bytes));
+  std::shared_ptr<void> ws = workspace(bytes, device);
+  const Scalars s;
+  BCOS_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, s.one(g.dtype()), d.x, x.raw_data(), d.y, g.raw_data(), d.conv,
+                                                  algo, ws.get(), bytes, s.zero(g.dtype()), d.w, grad_w.raw_data()));
+}
+
+}  // namespace bcos::cuda
