@@ -20,7 +20,6 @@ Tensor bcos_patch_sumsq(const Tensor& x, IntPair kernel, IntPair stride, IntPair
   const char* op = "bcos_patch_sumsq";
   check_defined(op, x, "input");
   check_float(op, x);
-  require_cpu(op, x);
   BCOS_CHECK(x.dim() == 4, op, ": expected a 4-D input [N, C, H, W], got shape ", x.shape());
   BCOS_CHECK(groups >= 1 && x.size(1) % groups == 0, op, ": groups = ", groups,
              " must divide the ", x.size(1), " channels of input ", x.shape());
@@ -59,7 +58,6 @@ Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_
   const char* op = "bcos_scale";
   check_defined(op, lin, "linear output");
   check_float(op, lin);
-  require_cpu(op, lin);
   BCOS_CHECK(lin.dim() >= 2, op, ": expected the linear output [N, O·M, *], got ", lin.shape());
   BCOS_CHECK(b >= 1, op, ": b must be at least 1, got ", b);
   BCOS_CHECK(max_out >= 1 && max_out <= 255 && lin.size(1) % max_out == 0, op, ": max_out = ",
@@ -150,7 +148,6 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const T
   const char* op = "batch_norm_uncentered";
   check_defined(op, x, "input");
   check_float(op, x);
-  require_cpu(op, x);
   BCOS_CHECK(x.dim() >= 2, op, ": expected input [N, C, *], got shape ", x.shape());
   const int64_t c = x.size(1);
   for (const Tensor* t : {&running_var, &weight, &bias}) {

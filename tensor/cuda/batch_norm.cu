@@ -4,6 +4,8 @@
 //   forward:  y = x · scale + shift, scale = invstd · w, shift = b − mean · scale
 //   backward: grad_w = Σ g x̂, grad_b = Σ g, grad_x = w·invstd·(g − mean(g)) − w·invstd²·mean(g x̂)·(x − mean)
 //             (training; in evaluation the two means are 0)
+//   uncentred (B-cos) backward, y = γ x r (+ β), r = 1 / sqrt(var + eps), A = Σ g x, B = Σ g:
+//             grad_w = r A, grad_b = B, grad_x = γ r g − (through the variance: γ r³ (A / M)(x − mean))
 #include "tensor/copy.h"
 #include "tensor/cuda/internal.h"
 
@@ -103,6 +105,41 @@ __global__ void grad_x_kernel(const T* g, const T* x, const T* w, const T* mean,
   }
 }
 
+// Block c: A = Σ g·x and B = Σ g of channel c into sums[2c], sums[2c + 1]; grad_w, grad_b.
+template <class T>
+__global__ void uncentered_sums_kernel(const T* g, const T* x, const T* invstd, NCS d, double* sums, T* grad_w,
+                                       T* grad_b) {
+  __shared__ double scratch[kReduceThreads];
+  const int64_t c = blockIdx.x, count = d.n * d.s;
+  double sgx = 0, sg = 0;
+  for (int64_t k = threadIdx.x; k < count; k += blockDim.x) {
+    const int64_t i = ((k / d.s) * d.c + c) * d.s + k % d.s;
+    sgx += double(g[i]) * double(x[i]);
+    sg += double(g[i]);
+  }
+  const double a = block_sum(sgx, scratch), b = block_sum(sg, scratch);
+  if (threadIdx.x == 0) {
+    sums[2 * c] = a;
+    sums[2 * c + 1] = b;
+    if (grad_w) grad_w[c] = T(double(invstd[c]) * a);
+    if (grad_b) grad_b[c] = T(b);
+  }
+}
+
+template <class T>
+__global__ void uncentered_grad_x_kernel(const T* g, const T* x, const T* w, const T* mean, const T* invstd,
+                                         const double* sums, NCS d, T* gx) {
+  const int64_t n = d.n * d.c * d.s, step = int64_t(gridDim.x) * blockDim.x;
+  const double count = double(d.n * d.s);
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
+    const int64_t c = (i / d.s) % d.c;
+    const double r = double(invstd[c]), gamma = w ? double(w[c]) : 1.0;
+    const T k1 = T(gamma * r), k2 = mean ? T(gamma * r * r * r * sums[2 * c] / count) : T(0);
+    const T mu = mean ? mean[c] : T(0);
+    gx[i] = k1 * g[i] - k2 * (x[i] - mu);
+  }
+}
+
 template <class T>
 const T* maybe(const Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.raw_data()) : nullptr;
@@ -163,6 +200,32 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
         static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight),
         static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()),
         static_cast<const double*>(sums.get()), d, training, static_cast<T*>(grad_x.raw_data()));
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, const Tensor& weight,
+                                    const Tensor& mean, const Tensor& invstd, bool through_variance,
+                                    const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
+  const Tensor g = raw_contiguous(grad_in), x = raw_contiguous(x_in);
+  const NCS d = ncs_of(x);
+  if (d.c == 0) return;
+  const int device = x.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  std::shared_ptr<void> sums = allocate(size_t(2 * d.c) * sizeof(double), device);
+  dispatch_float(x.dtype(), "cuda batch_norm_uncentered_backward", [&]<class T>() {
+    uncentered_sums_kernel<<<unsigned(d.c), kReduceThreads, 0, stream>>>(
+        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()),
+        static_cast<const T*>(invstd.raw_data()), d, static_cast<double*>(sums.get()),
+        grad_w.defined() ? static_cast<T*>(grad_w.raw_data()) : nullptr,
+        grad_b.defined() ? static_cast<T*>(grad_b.raw_data()) : nullptr);
+    BCOS_CUDA_CHECK_LAUNCH();
+    if (!grad_x.defined() || x.numel() == 0) return;
+    uncentered_grad_x_kernel<<<blocks_for(x.numel()), kThreads, 0, stream>>>(
+        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight),
+        through_variance ? static_cast<const T*>(mean.raw_data()) : nullptr, static_cast<const T*>(invstd.raw_data()),
+        static_cast<const double*>(sums.get()), d, static_cast<T*>(grad_x.raw_data()));
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }

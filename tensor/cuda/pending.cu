@@ -15,24 +15,6 @@ namespace {
 
 }  // namespace
 
-void bcos_patch_sumsq(const Tensor& x, int64_t, const Pool2dParams&, const Tensor&) {
-  no_kernel_yet("bcos_patch_sumsq", x);
-}
-void bcos_patch_sumsq_backward(const Tensor& grad, const Tensor&, int64_t, const Pool2dParams&, const Tensor&) {
-  no_kernel_yet("bcos_patch_sumsq_backward", grad);
-}
-void bcos_scale_forward(const Tensor& lin, const Tensor&, const BcosScaleParams&, const Tensor&, const Tensor&,
-                        const Tensor&) {
-  no_kernel_yet("bcos_scale_forward", lin);
-}
-void bcos_scale_backward(const Tensor& grad, const Tensor&, const Tensor&, const Tensor&, const BcosScaleParams&, bool,
-                         const Tensor&, const Tensor&) {
-  no_kernel_yet("bcos_scale_backward", grad);
-}
-void batch_norm_uncentered_backward(const Tensor& grad, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                    bool, const Tensor&, const Tensor&, const Tensor&) {
-  no_kernel_yet("batch_norm_uncentered_backward", grad);
-}
 void topk(const Tensor& x, int64_t, bool, bool, const Tensor&, const Tensor&) {
   no_kernel_yet("topk", x);
 }

@@ -3,6 +3,8 @@
 // message) without a GPU.
 #include <doctest/doctest.h>
 
+#include <optional>
+
 #include "autograd/ops.h"
 #include "tests/golden.h"
 
@@ -266,6 +268,48 @@ TEST_CASE("cuda ops: cuDNN conv2d forward and backward match the CPU (groups, st
       for (size_t i = 0; i < cpu.size(); ++i) {
         CAPTURE(i);
         CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-10 : 5e-3));  // f32: TF32 by default
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda ops: B-cos conv2d / linear (patch norms, scale, max-out) and uncentred batch norm match the CPU") {
+  if (!have_gpu()) return;
+  manual_seed(19);
+  for (DType dt : {kFloat32, kFloat64}) {
+    for (bool explain : {false, true}) {
+      CAPTURE(dt);
+      CAPTURE(explain);
+      Tensor x = randn({2, 4, 7, 6}, dt), w = randn({6, 2, 3, 3}, dt), w2 = randn({6, 4, 3, 3}, dt);
+      Tensor wl = randn({8, 5}, dt), xl = randn({3, 5}, dt);
+      Tensor bn_w = rand({4}, dt) + 0.5, bn_b = randn({4}, dt), rv0 = rand({4}, dt) + 0.5;
+      auto run = [&](Device dev) {
+        std::vector<Tensor> results;
+        std::optional<ExplanationModeGuard> guard;
+        if (explain) guard.emplace();
+        for (double b : {2.0, 2.5}) {
+          Tensor xd = x.to(dev).requires_grad_(), wd = w.to(dev).requires_grad_(), w2d = w2.to(dev).requires_grad_();
+          Tensor y = bcos_conv2d(xd, wd, Tensor(), 1, 1, 1, /*groups=*/2, b, /*max_out=*/1);
+          Tensor y2 = bcos_conv2d(xd, w2d, Tensor(), 2, 0, 1, 1, b, /*max_out=*/2);
+          Tensor xld = xl.to(dev).requires_grad_(), wld = wl.to(dev).requires_grad_();
+          Tensor y3 = bcos_linear(xld, wld, Tensor(), b, 2);
+          (sum(y * y) + sum(y2 * y2) + sum(y3 * y3)).backward();
+          for (const Tensor& t : {y, y2, y3, xd.grad(), wd.grad(), w2d.grad(), xld.grad(), wld.grad()})
+            results.push_back(t.to(Device()));
+        }
+        for (bool training : {true, false}) {
+          Tensor xd = x.to(dev).requires_grad_(), bw = bn_w.to(dev).requires_grad_(), bb = bn_b.to(dev).requires_grad_();
+          Tensor rv = rv0.to(dev).clone();
+          Tensor y = batch_norm_uncentered(xd, rv, bw, bb, training, 0.1, 1e-5);
+          sum(y * y * y).backward();
+          for (const Tensor& t : {y, xd.grad(), bw.grad(), bb.grad(), rv}) results.push_back(t.to(Device()));
+        }
+        return results;
+      };
+      const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+      for (size_t i = 0; i < cpu.size(); ++i) {
+        CAPTURE(i);
+        CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-10 : 5e-3));  // f32 convs: TF32
       }
     }
   }

@@ -1,0 +1,216 @@
+// B-cos kernels on the GPU, as tensor/cpu/bcos.cpp computes them (its comments give the
+// formulas): the patch norms Σ x² over each group's channels and the conv's window, the B-cos
+// scale with max-out, and the uncentred batch norm's backward (in cuda/batch_norm.cu). One
+// thread per output element; sums shared by several outputs go through atomicAdd.
+// Layouts: x [N, C, H, W], sums [N, G, Ho, Wo]; lin [N, O·M, S], sums [N, G, S], out / value /
+// argmax [N, O, S], all contiguous.
+#include <cmath>
+
+#include "tensor/copy.h"
+#include "tensor/cuda/internal.h"
+#include "tensor/pool_math.h"
+
+namespace bcos::cuda {
+
+namespace {
+
+#define BCOS_GRID_LOOP(i, n) \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+struct PatchShape {
+  int64_t ng, cg, h, w, ho, wo;
+};
+
+// out[ng, oh, ow] = Σ_c Σ_taps x[ng·cg + c, ih, iw]²
+template <class T>
+__global__ void patch_sumsq_kernel(const T* x, T* out, PatchShape s, Pool2dParams p) {
+  BCOS_GRID_LOOP(o, s.ng * s.ho * s.wo) {
+    const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, ng = o / (s.wo * s.ho);
+    const int64_t h0 = oh * p.stride[0] - p.padding[0], w0 = ow * p.stride[1] - p.padding[1];
+    const int64_t ki_lo = pool::first_tap(h0, p.dilation[0]), ki_hi = pool::end_tap(h0, p.dilation[0], p.kernel[0], s.h);
+    const int64_t kj_lo = pool::first_tap(w0, p.dilation[1]), kj_hi = pool::end_tap(w0, p.dilation[1], p.kernel[1], s.w);
+    T sum = 0;
+    for (int64_t c = 0; c < s.cg; ++c) {
+      const T* plane = x + (ng * s.cg + c) * s.h * s.w;
+      for (int64_t ki = ki_lo; ki < ki_hi; ++ki)
+        for (int64_t kj = kj_lo; kj < kj_hi; ++kj) {
+          const T v = plane[(h0 + ki * p.dilation[0]) * s.w + w0 + kj * p.dilation[1]];
+          sum += v * v;
+        }
+    }
+    out[o] = sum;
+  }
+}
+
+// acc[ng, ih, iw] += g[ng, oh, ow] for every tap of every window (acc zeroed first).
+template <class T>
+__global__ void patch_scatter_kernel(const T* g, T* acc, PatchShape s, Pool2dParams p) {
+  BCOS_GRID_LOOP(o, s.ng * s.ho * s.wo) {
+    const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, ng = o / (s.wo * s.ho);
+    const int64_t h0 = oh * p.stride[0] - p.padding[0], w0 = ow * p.stride[1] - p.padding[1];
+    const int64_t ki_lo = pool::first_tap(h0, p.dilation[0]), ki_hi = pool::end_tap(h0, p.dilation[0], p.kernel[0], s.h);
+    const int64_t kj_lo = pool::first_tap(w0, p.dilation[1]), kj_hi = pool::end_tap(w0, p.dilation[1], p.kernel[1], s.w);
+    T* plane = acc + ng * s.h * s.w;
+    for (int64_t ki = ki_lo; ki < ki_hi; ++ki)
+      for (int64_t kj = kj_lo; kj < kj_hi; ++kj)
+        atomicAdd(plane + (h0 + ki * p.dilation[0]) * s.w + w0 + kj * p.dilation[1], g[o]);
+  }
+}
+
+// gx = 2 x · acc of the pixel's (sample, group)
+template <class T>
+__global__ void patch_grad_kernel(const T* x, const T* acc, T* gx, PatchShape s) {
+  const int64_t plane = s.h * s.w;
+  BCOS_GRID_LOOP(i, s.ng * s.cg * plane) {
+    const int64_t ng = i / (s.cg * plane);
+    gx[i] = T(2) * x[i] * acc[ng * plane + i % plane];
+  }
+}
+
+struct ScaleShape {
+  int64_t n, o, s, m, groups, per_group;
+};
+
+// The sumsq entry of output element (no, j): its sample's group's norm.
+__device__ __forceinline__ int64_t sumsq_index(int64_t no, int64_t j, const ScaleShape& d) {
+  const int64_t sample = no / d.o, group = (no % d.o) / d.per_group;
+  return (sample * d.groups + group) * d.s + j;
+}
+
+template <class T>
+__global__ void scale_forward_kernel(const T* lin, const T* sumsq, BcosScaleParams p, ScaleShape d, T* out, T* value,
+                                     uint8_t* argmax) {
+  BCOS_GRID_LOOP(i, d.n * d.o * d.s) {
+    const int64_t no = i / d.s, j = i % d.s;
+    const T* l = lin + no * d.m * d.s + j;
+    T v = l[0];
+    uint8_t win = 0;
+    for (int64_t k = 1; k < d.m; ++k)
+      if (l[k * d.s] > v) v = l[k * d.s], win = uint8_t(k);
+    if (d.m > 1) value[i] = v, argmax[i] = win;
+    if (!sumsq) {
+      out[i] = v;
+      continue;
+    }
+    const T inv = T(1) / (sqrt(sumsq[sumsq_index(no, j, d)] + T(p.eps_in)) + T(p.eps_out));
+    out[i] = p.b == 2 ? fabs(v) * v * inv : pow(fabs(v) * inv + T(1e-6), T(p.b - 1)) * v;
+  }
+}
+
+// grad_lin (zeroed first when M > 1) and grad_sumsq (zeroed first) from grad [N, O, S].
+template <class T>
+__global__ void scale_backward_kernel(const T* grad, const T* value, const T* sumsq, const uint8_t* argmax,
+                                      BcosScaleParams p, bool explain, ScaleShape d, T* grad_lin, T* grad_sumsq) {
+  BCOS_GRID_LOOP(i, d.n * d.o * d.s) {
+    const int64_t no = i / d.s, j = i % d.s;
+    const T g = grad[i];
+    T gv = g;
+    if (sumsq) {
+      const int64_t q = sumsq_index(no, j, d);
+      const T v = value[i], root = sqrt(sumsq[q] + T(p.eps_in)), inv = T(1) / (root + T(p.eps_out));
+      T gq = 0;
+      if (p.b == 2) {
+        gv = explain ? g * fabs(v) * inv : g * T(2) * fabs(v) * inv;
+        if (!explain) gq = -g * fabs(v) * v * inv * inv / (T(2) * root);
+      } else {
+        const T e = T(p.b - 1), u = fabs(v) * inv, a = u + T(1e-6), sc = pow(a, e);
+        if (explain) {
+          gv = g * sc;
+        } else {
+          const T t = e * sc / a * u;
+          gv = g * (sc + t);
+          gq = -g * t * v * inv / (T(2) * root);
+        }
+      }
+      if (grad_sumsq && !explain) atomicAdd(grad_sumsq + q, gq);
+    }
+    const int64_t k = d.m > 1 ? argmax[i] : 0;
+    grad_lin[(no * d.m + k) * d.s + j] = gv;
+  }
+}
+
+#undef BCOS_GRID_LOOP
+
+void zero(const Tensor& t, cudaStream_t stream) {
+  BCOS_CUDA_CHECK(cudaMemsetAsync(t.raw_data(), 0, size_t(t.numel()) * t.element_size(), stream));
+}
+
+}  // namespace
+
+void bcos_patch_sumsq(const Tensor& x_in, int64_t groups, const Pool2dParams& p, const Tensor& out) {
+  const Tensor x = raw_contiguous(x_in);
+  const PatchShape s{x.size(0) * groups, x.size(1) / groups, x.size(2), x.size(3), out.size(2), out.size(3)};
+  if (out.numel() == 0) return;
+  const int device = x.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  dispatch_float(x.dtype(), "cuda bcos_patch_sumsq", [&]<class T>() {
+    patch_sumsq_kernel<<<blocks_for(out.numel()), kThreads, 0, stream>>>(static_cast<const T*>(x.raw_data()),
+                                                                           static_cast<T*>(out.raw_data()), s, p);
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void bcos_patch_sumsq_backward(const Tensor& grad_in, const Tensor& x_in, int64_t groups, const Pool2dParams& p,
+                               const Tensor& grad_x) {
+  const Tensor x = raw_contiguous(x_in), grad = raw_contiguous(grad_in);
+  const PatchShape s{x.size(0) * groups, x.size(1) / groups, x.size(2), x.size(3), grad.size(2), grad.size(3)};
+  if (grad_x.numel() == 0) return;
+  const int device = x.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  const Tensor acc = empty({s.ng, s.h, s.w}, {x.dtype(), x.device()});
+  zero(acc, stream);
+  dispatch_float(x.dtype(), "cuda bcos_patch_sumsq_backward", [&]<class T>() {
+    if (grad.numel() > 0) {
+      patch_scatter_kernel<<<blocks_for(grad.numel()), kThreads, 0, stream>>>(static_cast<const T*>(grad.raw_data()),
+                                                                                static_cast<T*>(acc.raw_data()), s, p);
+      BCOS_CUDA_CHECK_LAUNCH();
+    }
+    patch_grad_kernel<<<blocks_for(grad_x.numel()), kThreads, 0, stream>>>(
+        static_cast<const T*>(x.raw_data()), static_cast<const T*>(acc.raw_data()), static_cast<T*>(grad_x.raw_data()),
+        s);
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleParams& p, const Tensor& out,
+                        const Tensor& value, const Tensor& argmax) {
+  const int64_t groups = sumsq.defined() ? sumsq.size(1) : 1;
+  const ScaleShape d{out.size(0), out.size(1), out.size(2), p.max_out, groups, out.size(1) / groups};
+  if (out.numel() == 0) return;
+  const int device = out.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  dispatch_float(lin.dtype(), "cuda bcos_scale", [&]<class T>() {
+    scale_forward_kernel<<<blocks_for(out.numel()), kThreads, 0, stream>>>(
+        static_cast<const T*>(lin.raw_data()), sumsq.defined() ? static_cast<const T*>(sumsq.raw_data()) : nullptr, p,
+        d, static_cast<T*>(out.raw_data()), d.m > 1 ? static_cast<T*>(value.raw_data()) : nullptr,
+        d.m > 1 ? static_cast<uint8_t*>(argmax.raw_data()) : nullptr);
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void bcos_scale_backward(const Tensor& grad_in, const Tensor& value, const Tensor& sumsq, const Tensor& argmax,
+                         const BcosScaleParams& p, bool explain, const Tensor& grad_lin, const Tensor& grad_sumsq) {
+  const Tensor grad = raw_contiguous(grad_in);
+  const int64_t groups = sumsq.defined() ? sumsq.size(1) : 1;
+  const ScaleShape d{grad.size(0), grad.size(1), grad.size(2), p.max_out, groups, grad.size(1) / groups};
+  const int device = grad.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  if (d.m > 1) zero(grad_lin, stream);  // only the winners receive a gradient
+  const bool want_q = grad_sumsq.defined() && !explain && sumsq.defined();
+  if (grad_sumsq.defined()) zero(grad_sumsq, stream);
+  if (grad.numel() == 0) return;
+  dispatch_float(grad.dtype(), "cuda bcos_scale_backward", [&]<class T>() {
+    scale_backward_kernel<<<blocks_for(grad.numel()), kThreads, 0, stream>>>(
+        static_cast<const T*>(grad.raw_data()), static_cast<const T*>(value.raw_data()),
+        sumsq.defined() ? static_cast<const T*>(sumsq.raw_data()) : nullptr,
+        d.m > 1 ? static_cast<const uint8_t*>(argmax.raw_data()) : nullptr, p, explain, d,
+        static_cast<T*>(grad_lin.raw_data()), want_q ? static_cast<T*>(grad_sumsq.raw_data()) : nullptr);
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace bcos::cuda
