@@ -233,7 +233,6 @@ Tensor one_hot(const Tensor& indices, int64_t num_classes) {
 ValuesIndices topk(const Tensor& x, int64_t k, int64_t dim, bool largest, bool sorted) {
   const char* op = "topk";
   check_defined(op, x, "input");
-  require_cpu(op, x);
   int d = wrap_dim(dim, x.dim(), op);
   int64_t n = x.dim() ? x.size(d) : 1;
   BCOS_CHECK(k >= 0 && k <= n, op, ": k = ", k, " is out of range for dim ", d, " of size ", n,

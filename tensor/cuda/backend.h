@@ -54,8 +54,8 @@ void copy_host_to_device(void* dst, const void* src, size_t nbytes, int device);
 void copy_device_to_host(void* dst, const void* src, size_t nbytes, int device);
 void copy_peer(void* dst, int dst_device, const void* src, int src_device, size_t nbytes);
 // ---- kernels: the list every backend implements (tensor/kernels.inc) --------------------------
-// Defined in cuda/copy.cu, elementwise.cu, reduce.cu, matmul.cu; the ones still missing in
-// cuda/pending.cu, which raises "no CUDA kernel yet".
+// Defined in cuda/copy.cu, elementwise.cu, reduce.cu, matmul.cu, softmax.cu, indexing.cu,
+// topk.cu, norm.cu, batch_norm.cu, pool.cu, conv.cu (cuDNN) and bcos.cu.
 #include "tensor/kernels.inc"
 
 }  // namespace bcos::cuda

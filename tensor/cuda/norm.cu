@@ -1,7 +1,7 @@
 // Row normalisation on the GPU (layer norm and group norm reduce to it), as
 // tensor/cpu/norm.cpp: x viewed [rows, inner], mean and 1/sqrt(var + eps) per row accumulated
 // in double, one thread per row (exact to the CPU's order; block-per-row reductions for wide
-// rows are the speed step after this). Batch norm's kernels are still in cuda/pending.cu.
+// rows are the speed step after this). Batch norm has its own file, cuda/batch_norm.cu.
 //   backward: grad_x = invstd · (g − mean(g) − x̂ · mean(g · x̂))
 #include <cmath>
 
