@@ -46,10 +46,18 @@ struct Setup {
   models::ModelSpec spec;
   bool cifar = false;
   std::vector<float> mean, std;
+  Device device;  // where the models run (--device); data and results stay on the CPU
   Tensor normalize(const Tensor& x) const {  // the original model's input: (x − μ) / σ
-    return (x - from_vector(mean, {1, 3, 1, 1})) / from_vector(std, {1, 3, 1, 1});
+    return (x - from_vector(mean, {1, 3, 1, 1}).to(x.device())) / from_vector(std, {1, 3, 1, 1}).to(x.device());
   }
 };
+
+// models::explain on the models' device, the explanation brought back to the CPU.
+models::Explanation explain_on(nn::Module& model, const Setup& s, const Tensor& inputs, const Tensor& targets) {
+  models::Explanation e = models::explain(model, inputs.to(s.device), targets.defined() ? targets.to(s.device) : targets);
+  const Device cpu;
+  return {e.targets.to(cpu), e.logits.to(cpu), e.weights.to(cpu), e.contributions.to(cpu)};
+}
 
 // Correctly classified, confident test images (at most `per_class` of each class): GridPG's pool.
 struct Pool {
@@ -76,7 +84,8 @@ EvalResult evaluate(nn::Module& model, bool bcos_model, const Setup& s, data::Da
   int64_t correct = 0;
   for (data::Batch& b : loader.epoch(0)) {
     if (!r.first_images.defined()) r.first_images = b.images;
-    Tensor logits = model(bcos_model ? nn::add_inverse(b.images) : s.normalize(b.images));
+    const Tensor x = b.images.to(s.device);
+    Tensor logits = model(bcos_model ? nn::add_inverse(x) : s.normalize(x)).to(Device());
     Tensor confidence = bcos_model ? sigmoid(logits) : softmax(logits, 1);
     ValuesIndices best = max(confidence, 1);
     const auto pred = best.indices.to_vector<int64_t>();
@@ -112,15 +121,15 @@ double border_share(nn::Module& model, bool bcos_model, const Setup& s, const Po
     const int64_t m = std::min<int64_t>(100, n - i);
     Tensor x = stack(std::vector<Tensor>(pool.images.begin() + i, pool.images.begin() + i + m), 0);
     Tensor y = from_vector(std::vector<int64_t>(pool.labels.begin() + i, pool.labels.begin() + i + m), {m});
-    maps.push_back(models::explain(model, bcos_model ? nn::add_inverse(x) : s.normalize(x), y).contributions);
+    maps.push_back(explain_on(model, s, bcos_model ? nn::add_inverse(x) : s.normalize(x), y).contributions);
   }
   return models::border_share(cat(maps, 0), ring);
 }
 
 // One figure of the model at work: a column per class (its first confident, correct test image
 // in `pool`, at most `columns`), rows input / W(x) in B-cos colours / contributions, on white.
-void write_overview(nn::Module& model, const Pool& pool, int64_t columns, int64_t smooth, int64_t scale,
-                    const std::string& path) {
+void write_overview(nn::Module& model, const Setup& s, const Pool& pool, int64_t columns, int64_t smooth,
+                    int64_t scale, const std::string& path) {
   std::vector<Tensor> images;
   std::vector<int64_t> labels;
   for (size_t i = 0; i < pool.images.size() && int64_t(images.size()) < columns; ++i)
@@ -128,7 +137,7 @@ void write_overview(nn::Module& model, const Pool& pool, int64_t columns, int64_
       images.push_back(pool.images[i]), labels.push_back(pool.labels[i]);
   if (images.empty()) return;
   const int64_t n = int64_t(images.size());
-  models::Explanation e = models::explain(model, nn::add_inverse(stack(images, 0)), from_vector(labels, {n}));
+  models::Explanation e = explain_on(model, s, nn::add_inverse(stack(images, 0)), from_vector(labels, {n}));
   const int64_t h = images[0].size(1);
   Tensor gap_v = ones({h, 2, 3}), gap_h;
   std::vector<Tensor> rows(3);
@@ -152,8 +161,9 @@ models::GridPGResult run_gridpg(nn::Module& model, bool bcos_model, const Setup&
   o.grids = grids, o.seed = seed, o.batch = 8;
   data::ProgressBar bar(grids * 9, title, "map");
   auto attribution = [&](const Tensor& images, const Tensor& targets) {
-    Tensor input = bcos_model ? nn::add_inverse(images) : s.normalize(images);
-    Tensor maps = models::contribution_maps(model, input, targets);
+    const Tensor x = images.to(s.device);
+    Tensor input = bcos_model ? nn::add_inverse(x) : s.normalize(x);
+    Tensor maps = models::contribution_maps(model, input, targets.to(s.device)).to(Device());
     bar.update(targets.numel());
     return maps;
   };
@@ -199,6 +209,7 @@ int main(int argc, char** argv) {
   int workers = int(std::max(1u, std::thread::hardware_concurrency()));
   uint64_t seed = 0;
   bool keep_bias = false, no_original_gridpg = false, resume = false, from_scratch = false;
+  std::string device_spec = "cpu";
   models::FinetuneSchedule plan;
   plan.b = 2, plan.b_warmup = 0.25, plan.bias_decay = 0.3;
   const auto fraction = CLI::Range(0.0, 1.0);
@@ -239,6 +250,7 @@ int main(int argc, char** argv) {
   app.add_option("--workers", workers, "decoding threads")->check(CLI::PositiveNumber);
   app.add_option("--seed", seed, "seed of shuffling, augmentation and GridPG");
   app.add_option("--out", out, "output folder: checkpoint, model, report, PNGs");
+  app.add_option("--device", device_spec, "where the models run: cpu, cuda or cuda:N");
   app.add_flag("--keep-bias", keep_bias, "keep the biases and batch-norm shifts for good (an ablation: breaks completeness)");
   app.add_flag("--no-original-gridpg", no_original_gridpg,
                "skip the original model's GridPG (ablations, which measure only the B-cos model)");
@@ -250,6 +262,7 @@ int main(int argc, char** argv) {
     s.spec = models::model_spec(arch);
     s.cifar = s.spec.input_size == 32;
     s.mean = s.spec.mean, s.std = s.spec.std;
+    s.device = examples::parse_device(device_spec);
     if (weights.empty()) {
       BCOS_CHECK(s.cifar, "bcosify_resnet: --weights is required for ", s.spec.arch);
       std::error_code ec;
@@ -278,6 +291,7 @@ int main(int argc, char** argv) {
     // 1. The pretrained model.
     auto original = models::create_model(s.spec.arch);
     models::load_pretrained(*original, weights);
+    original->to(s.device);
     auto loader = test_loader(test_path, s, 256, workers, limit_test);
     EvalResult before = evaluate(*original, false, s, *loader, 100, "evaluate " + s.spec.arch);
     timings.emplace_back("evaluate original", before.seconds);
@@ -291,12 +305,13 @@ int main(int argc, char** argv) {
       models::load_pretrained(*copy, weights);
       copy->eval();
       models::BcosifyOptions exact{1, true, true, s.mean, s.std, std::nullopt};
-      Tensor x = before.first_images.slice(0, 0, std::min<int64_t>(64, before.first_images.size(0)));
+      Tensor x = before.first_images.slice(0, 0, std::min<int64_t>(64, before.first_images.size(0))).to(s.device);
       NoGradGuard no_grad;
-      Tensor expected = (*original)(s.normalize(x));
+      Tensor expected = (*original)(s.normalize(x)).to(Device());
       auto converted = models::bcosify(copy, exact);
       converted->eval();
-      Tensor got = (*converted)(nn::add_inverse(x));
+      converted->to(s.device);
+      Tensor got = (*converted)(nn::add_inverse(x)).to(Device());
       equivalence_error = max(abs(got - expected)).item() / std::max(max(abs(expected)).item(), 1e-12);
       std::printf("b = 1 equivalence: max relative logit error %.3g on %lld images\n", equivalence_error,
                   static_cast<long long>(x.size(0)));
@@ -314,7 +329,7 @@ int main(int argc, char** argv) {
     const int64_t n_explain = std::min(explain_count, before.first_images.size(0));
     Tensor explain_images =
         before.first_images.slice(0, 0, std::min(std::max<int64_t>(n_explain, 16), before.first_images.size(0)));
-    Tensor original_maps = models::explain(*original, s.normalize(explain_images), Tensor()).contributions;
+    Tensor original_maps = explain_on(*original, s, s.normalize(explain_images), Tensor()).contributions;
     const int64_t ring = std::max<int64_t>(1, std::llround(2.0 * double(s.spec.input_size) / 32.0));
     const double border_area = models::border_area_share(s.spec.input_size, s.spec.input_size, ring);
     const double border_before = border_share(*original, false, s, before.pool, ring);
@@ -325,8 +340,10 @@ int main(int argc, char** argv) {
                                    logit_bias_opt->count() ? logit_bias_arg
                                    : keep_bias            ? 0.0
                                                           : nn::default_logit_bias(s.spec.num_classes)};
+    original->to(Device());  // the conversion runs on the CPU
     auto bcos_model = models::bcosify(from_scratch ? models::create_model(s.spec.arch) : original, options);
     original.reset();
+    bcos_model->to(s.device);
     std::printf("B-cosified %s (b = %g%s; biases %s)%s\n", s.spec.arch.c_str(), plan.b,
                 plan.b_warmup > 0 ? str(", from 1 over ", plan.b_warmup * 100, " % of the steps").c_str() : "",
                 keep_bias     ? "kept"
@@ -354,7 +371,7 @@ int main(int argc, char** argv) {
       auto it = batches.begin();
       models::recalibrate_batch_norm(*bcos_model, [&] {
         BCOS_CHECK(it != batches.end(), "bcosify_resnet: --bn-recalibrate ", n, " is more batches than an epoch has");
-        Tensor x6 = nn::add_inverse((*it).images);
+        Tensor x6 = nn::add_inverse((*it).images.to(s.device));
         ++it;
         return x6;
       }, n);
@@ -384,8 +401,9 @@ int main(int argc, char** argv) {
       for (Batch& b : train_loader->epoch(epoch)) {
         if (state.step >= (epoch + 1) * steps_per_epoch || state.step >= total_steps) break;  // a partial epoch
         models::apply_finetune_schedule(*bcos_model, plan, state.step);
-        Tensor logits = (*bcos_model)(nn::add_inverse(b.images));
-        Tensor loss = loss_name == "bce" ? nn::uniform_off_labels_bce(logits, b.labels) : cross_entropy(logits, b.labels);
+        const Tensor labels = b.labels.to(s.device);
+        Tensor logits = (*bcos_model)(nn::add_inverse(b.images.to(s.device)));
+        Tensor loss = loss_name == "bce" ? nn::uniform_off_labels_bce(logits, labels) : cross_entropy(logits, labels);
         optimizer.zero_grad();
         loss.backward();
         nn::adaptive_clip_grad_(params, 0.01, 1e-3);
@@ -395,7 +413,7 @@ int main(int argc, char** argv) {
         const double l = loss.item();
         BCOS_CHECK(std::isfinite(l), "bcosify_resnet: the loss became ", l, " at step ", state.step);
         loss_sum += l * double(b.size());
-        correct += int64_t(sum(eq(argmax(logits.detach(), 1), b.labels).to(DType::f32)).item());
+        correct += int64_t(sum(eq(argmax(logits.detach(), 1), labels).to(DType::f32)).item());
         seen += b.size();
         bar.update(b.size(), {{"loss", loss_sum / double(seen)}, {"acc", 100.0 * double(correct) / double(seen)},
                               {"lr", optimizer.lr}, {"b", plan.exponent(state.step)}});
@@ -426,7 +444,7 @@ int main(int argc, char** argv) {
 
     // Completeness: contributions sum to the logit minus the logit bias.
     Tensor x6 = nn::add_inverse(explain_images);
-    models::Explanation e = models::explain(*bcos_model, x6, Tensor());  // the predicted classes
+    models::Explanation e = explain_on(*bcos_model, s, x6, Tensor());  // the predicted classes
     const Tensor& preds = e.targets;
     const double logit_bias = dynamic_cast<nn::LogitLayer&>(*bcos_model->logit).logit_bias;
     Tensor target_logits = gather(e.logits, 1, preds.reshape({-1, 1})).reshape({-1}) - logit_bias;
@@ -457,7 +475,7 @@ int main(int argc, char** argv) {
         data::write_png(models::to_u8_image(models::contribution_heatmap(ixg), scale), stem + "_original_ixg.png");
     };
     int64_t pngs = 1;
-    write_overview(*bcos_model, after.pool, 8, smooth, s.cifar ? 3 : 1, out + "/explanations/overview.png");
+    write_overview(*bcos_model, s, after.pool, 8, smooth, s.cifar ? 3 : 1, out + "/explanations/overview.png");
     for (int64_t i = 0; i < n_explain; ++i, pngs += 4)
       write_set(str(out, "/explanations/test_", i), explain_images.select(0, i), e.weights.select(0, i),
                 e.contributions.select(0, i), original_maps.select(0, i));
@@ -477,7 +495,7 @@ int main(int argc, char** argv) {
           std::fprintf(stderr, "bcosify_resnet: skipping %s: %s\n", p.string().c_str(), err.what());
           continue;
         }
-        models::Explanation pe = models::explain(*bcos_model, nn::add_inverse(img.unsqueeze(0)), Tensor());
+        models::Explanation pe = explain_on(*bcos_model, s, nn::add_inverse(img.unsqueeze(0)), Tensor());
         write_set(out + "/explanations/photo_" + p.stem().string(), img, pe.weights.select(0, 0),
                   pe.contributions.select(0, 0), Tensor());
         pngs += 3;

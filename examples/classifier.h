@@ -15,7 +15,7 @@
 namespace examples {
 
 struct ModelArgs {
-  std::string arch, weights;
+  std::string arch, weights, device = "cpu";
   int64_t resize = 0;
 };
 
@@ -28,6 +28,16 @@ inline void model_options(CLI::App& app, ModelArgs& m) {
   app.add_option("--resize", m.resize, "resize the shorter side to this before the center crop (0: the "
                  "architecture's default, 256 for ImageNet models; torchvision's *_V2 ResNet weights expect 232)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--device", m.device, "where the model runs: cpu, cuda or cuda:N");
+}
+
+// The --device the user asked for, checked: a CUDA device needs a CUDA build and that GPU.
+inline bcos::Device parse_device(const std::string& spec) {
+  const bcos::Device d(spec);
+  BCOS_CHECK(d.is_cpu() || d.index < bcos::cuda_device_count(), "--device ", spec, ": ",
+             bcos::cuda_device_count() == 0 ? std::string("no CUDA device here (or a CPU-only build)")
+                                            : "only " + std::to_string(bcos::cuda_device_count()) + " CUDA device(s)");
+  return d;
 }
 
 inline bcos::data::Transform eval_transform(const bcos::models::ModelSpec& spec, int64_t resize = 0) {

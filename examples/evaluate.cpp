@@ -38,9 +38,11 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json, "print the result as JSON (progress stays on stderr)");
   return examples::run(app, argc, argv, [&] {
     const models::ModelSpec spec = models::model_spec(m.arch);
+    const Device device = examples::parse_device(m.device);
     auto model = models::create_model(spec.arch);
     models::load_pretrained(*model, m.weights);
     model->eval();
+    model->to(device);
 
     data::LoaderOptions options{.batch_size = batch, .workers = workers,
                                 .limit = limit};
@@ -54,7 +56,7 @@ int main(int argc, char** argv) {
     const auto start = std::chrono::steady_clock::now();
     NoGradGuard no_grad;
     for (data::Batch& b : loader->epoch(0)) {
-      const Tensor logits = (*model)(b.images);
+      const Tensor logits = (*model)(b.images.to(device)).to(Device());
       BCOS_CHECK(logits.dim() == 2 && logits.size(1) == spec.num_classes, "evaluate: the model gave logits ",
                  logits.shape(), ", expected [", b.size(), ", ", spec.num_classes, "]");
       const auto labels = b.labels.to_vector<int64_t>();

@@ -31,9 +31,11 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json, "print JSON instead of a table");
   return examples::run(app, argc, argv, [&] {
     const models::ModelSpec spec = models::model_spec(m.arch);
+    const Device device = examples::parse_device(m.device);
     auto model = models::create_model(spec.arch);
     models::load_pretrained(*model, m.weights);
     model->eval();
+    model->to(device);
 
     std::vector<std::string> names;
     if (!classes.empty()) {
@@ -50,7 +52,7 @@ int main(int argc, char** argv) {
     const Tensor x = examples::eval_transform(spec, m.resize)(data::read_image(image), unused)
                          .unsqueeze(0);
     NoGradGuard no_grad;
-    const Tensor logits = (*model)(x).squeeze(0);
+    const Tensor logits = (*model)(x.to(device)).to(Device()).squeeze(0);
     const Tensor probs = softmax(logits, 0);
     const int64_t k = std::clamp<int64_t>(top, 1, spec.num_classes);
     const ValuesIndices best = topk(logits, k);
