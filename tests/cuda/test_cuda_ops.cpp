@@ -6,6 +6,11 @@
 #include <optional>
 
 #include "autograd/ops.h"
+#include "models/bcosify.h"
+#include "models/explain.h"
+#include "models/factory.h"
+#include "nn/bcos.h"
+#include "nn/optim.h"
 #include "tests/golden.h"
 
 using namespace bcos;
@@ -332,4 +337,55 @@ TEST_CASE("cuda ops: topk (largest and smallest, ties, NaN) matches the CPU") {
         };
         CHECK(golden::equal(finite(gpu.values), finite(cpu.values)));
       }
+}
+
+TEST_CASE("cuda ops: CIFAR ResNet-20 and its B-cos form -- forward, explanation, one SGD step -- match the CPU") {
+  if (!have_gpu()) return;
+  const models::ModelSpec spec = models::model_spec("resnet20");
+  for (bool bcos : {false, true}) {
+    CAPTURE(bcos);
+    auto make = [&](Device dev) {
+      manual_seed(21);  // the same weights on both devices
+      std::shared_ptr<nn::Module> m = models::create_model("resnet20");
+      if (bcos) {
+        models::BcosifyOptions o;
+        o.mean = spec.mean, o.std = spec.std;
+        m = models::bcosify(m, o);
+      }
+      m->to(kFloat64);
+      m->to(dev);
+      return m;
+    };
+    manual_seed(22);
+    const Tensor images = rand({4, 3, 32, 32}, kFloat64);
+    const Tensor labels = from_vector(std::vector<int64_t>{3, 0, 9, 3}, {4});
+    auto run = [&](Device dev) {
+      auto model = make(dev);
+      const Tensor x = (bcos ? nn::add_inverse(images) : images).to(dev);
+      std::vector<Tensor> results;
+      if (bcos) {
+        const models::Explanation e = models::explain(*model, x, labels.to(dev));
+        results.push_back(e.contributions.to(Device()));
+        results.push_back(e.logits.to(Device()));
+      }
+      model->train();
+      std::vector<Tensor> params = model->parameters();
+      nn::SGD sgd(params, {.lr = 0.05, .momentum = 0.9});
+      const Tensor logits = (*model)(x);
+      const Tensor loss = bcos ? nn::uniform_off_labels_bce(logits, labels.to(dev)) : cross_entropy(logits, labels.to(dev));
+      sgd.zero_grad();
+      loss.backward();
+      sgd.step();
+      results.push_back(logits.detach().to(Device()));
+      for (const auto& [name, p] : model->named_parameters()) results.push_back(p.detach().to(Device()));
+      for (const auto& [name, b] : model->named_buffers()) results.push_back(b.to(Device()).to(kFloat64));
+      return results;
+    };
+    const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+    REQUIRE(cpu.size() == gpu.size());
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::relative_error(gpu[i], cpu[i]) <= 1e-9);
+    }
+  }
 }
