@@ -122,16 +122,7 @@ void index_select(const Tensor& x_in, int dim, const Tensor& index_in, const Ten
         static_cast<T*>(out.raw_data()), s, k);
     BCOS_CUDA_CHECK_LAUNCH();
   };
-  switch (x.dtype()) {
-    case DType::f32: return run.template operator()<float>();
-    case DType::f64: return run.template operator()<double>();
-    case DType::i64: return run.template operator()<int64_t>();
-    case DType::u8: return run.template operator()<uint8_t>();
-    case DType::boolean: return run.template operator()<bool>();
-    case DType::f16: return run.template operator()<__half>();
-    case DType::bf16: return run.template operator()<__nv_bfloat16>();
-  }
-  fail("cuda index_select: unsupported dtype ", dtype_name(x.dtype()));
+  dispatch_any_dtype(x.dtype(), "cuda index_select", run);
 }
 
 void index_add(const Tensor& out, int dim, const Tensor& index_in, const Tensor& src_in) {
@@ -166,16 +157,7 @@ void gather(const Tensor& x, int dim, const Tensor& index_in, const Tensor& out)
                                                             static_cast<T*>(out.raw_data()), n, w);
     BCOS_CUDA_CHECK_LAUNCH();
   };
-  switch (x.dtype()) {
-    case DType::f32: return run.template operator()<float>();
-    case DType::f64: return run.template operator()<double>();
-    case DType::i64: return run.template operator()<int64_t>();
-    case DType::u8: return run.template operator()<uint8_t>();
-    case DType::boolean: return run.template operator()<bool>();
-    case DType::f16: return run.template operator()<__half>();
-    case DType::bf16: return run.template operator()<__nv_bfloat16>();
-  }
-  fail("cuda gather: unsupported dtype ", dtype_name(x.dtype()));
+  dispatch_any_dtype(x.dtype(), "cuda gather", run);
 }
 
 void scatter_add(const Tensor& out, int dim, const Tensor& index_in, const Tensor& src_in) {

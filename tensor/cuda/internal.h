@@ -144,6 +144,22 @@ template <> struct device_type<Half> { using type = __half; };
 template <> struct device_type<BFloat16> { using type = __nv_bfloat16; };
 template <class T> using device_t = typename device_type<T>::type;
 
+// Calls f.template operator()<T>() with T the device type that stores `dt` (any dtype; 16-bit
+// floats as CUDA's own types): for kernels that only move values (where, index_select, gather).
+template <class F>
+void dispatch_any_dtype(DType dt, const char* op, F&& f) {
+  switch (dt) {
+    case DType::f32: return f.template operator()<float>();
+    case DType::f64: return f.template operator()<double>();
+    case DType::i64: return f.template operator()<int64_t>();
+    case DType::u8: return f.template operator()<uint8_t>();
+    case DType::boolean: return f.template operator()<bool>();
+    case DType::f16: return f.template operator()<__half>();
+    case DType::bf16: return f.template operator()<__nv_bfloat16>();
+  }
+  fail(op, ": unsupported dtype ", dtype_name(dt));
+}
+
 template <class T>
 inline constexpr bool is_half_like_v =
     std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;

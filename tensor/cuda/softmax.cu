@@ -120,16 +120,7 @@ void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& o
         static_cast<const T*>(a.raw_data()), static_cast<const T*>(b.raw_data()), g);
     BCOS_CUDA_CHECK_LAUNCH();
   };
-  switch (out.dtype()) {
-    case DType::f32: return run.template operator()<float>();
-    case DType::f64: return run.template operator()<double>();
-    case DType::i64: return run.template operator()<int64_t>();
-    case DType::u8: return run.template operator()<uint8_t>();
-    case DType::boolean: return run.template operator()<bool>();
-    case DType::f16: return run.template operator()<__half>();
-    case DType::bf16: return run.template operator()<__nv_bfloat16>();
-  }
-  fail("cuda where: unsupported dtype ", dtype_name(out.dtype()));
+  dispatch_any_dtype(out.dtype(), "cuda where", run);
 }
 
 }  // namespace bcos::cuda
