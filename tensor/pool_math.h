@@ -18,6 +18,17 @@ BCOS_HD int64_t end_tap(int64_t start, int64_t d, int64_t kernel, int64_t size) 
   return kernel < last ? kernel : last;
 }
 
+// The taps of output (oh, ow)'s window that lie inside an h × w plane: rows ki in [ki_lo, ki_hi)
+// at h0 + ki · dilation, columns kj in [kj_lo, kj_hi) at w0 + kj · dilation.
+struct Taps {
+  int64_t h0, w0, ki_lo, ki_hi, kj_lo, kj_hi;
+};
+BCOS_HD Taps window_taps(int64_t oh, int64_t ow, int64_t h, int64_t w, const Pool2dParams& p) {
+  const int64_t h0 = oh * p.stride[0] - p.padding[0], w0 = ow * p.stride[1] - p.padding[1];
+  return {h0, w0, first_tap(h0, p.dilation[0]), end_tap(h0, p.dilation[0], p.kernel[0], h),
+          first_tap(w0, p.dilation[1]), end_tap(w0, p.dilation[1], p.kernel[1], w)};
+}
+
 // The window of output (oh, ow) clipped to the input, and the divisor PyTorch uses for it.
 struct AvgWindow {
   int64_t h0, h1, w0, w1;

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "tensor/kernel_views.h"
 #include "tensor/copy.h"
 #include "tensor/cpu/kernels.h"
 #include "tensor/parallel.h"
@@ -18,20 +19,11 @@ void check_indices(const Tensor& index, int64_t limit, const char* op) {
     BCOS_CHECK(p[i] >= 0 && p[i] < limit, op, ": index ", p[i], " is out of range for size ",
                limit);
 }
-struct ODI {
-  int64_t outer, d, inner;
-};
-ODI odi_of(const Tensor& x, int dim) {
-  ODI s{1, x.size(dim), 1};
-  for (int i = 0; i < dim; ++i) s.outer *= x.size(i);
-  for (int i = dim + 1; i < x.dim(); ++i) s.inner *= x.size(i);
-  return s;
-}
 }  // namespace
 
 void index_select(const Tensor& x_in, int dim, const Tensor& index_in, const Tensor& out) {
   Tensor x = raw_contiguous(x_in), index = raw_contiguous(index_in);
-  ODI s = odi_of(x, dim);
+  DimView s = dim_view(x, dim);
   check_indices(index, s.d, "index_select");
   const int64_t k = index.numel();
   const int64_t* idx = index.data<int64_t>();
@@ -49,7 +41,7 @@ void index_select(const Tensor& x_in, int dim, const Tensor& index_in, const Ten
 
 void index_add(const Tensor& out, int dim, const Tensor& index_in, const Tensor& src_in) {
   Tensor src = raw_contiguous(src_in), index = raw_contiguous(index_in);
-  ODI s = odi_of(out, dim);
+  DimView s = dim_view(out, dim);
   check_indices(index, s.d, "index_add");
   const int64_t k = index.numel();
   const int64_t* idx = index.data<int64_t>();

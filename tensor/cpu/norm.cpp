@@ -5,6 +5,7 @@
 //   grad_x = invstd · (g − mean(g) − x̂ · mean(g · x̂))
 #include <cmath>
 
+#include "tensor/kernel_views.h"
 #include "tensor/copy.h"
 #include "tensor/cpu/kernels.h"
 #include "tensor/parallel.h"
@@ -12,14 +13,6 @@
 namespace bcos::cpu {
 
 namespace {
-struct NCS {
-  int64_t n, c, s;
-};
-NCS ncs_of(const Tensor& x) {
-  int64_t s = 1;
-  for (int d = 2; d < x.dim(); ++d) s *= x.size(d);
-  return {x.size(0), x.size(1), s};
-}
 template <class T>
 const T* maybe(const Tensor& t) {
   return t.defined() ? t.data<T>() : nullptr;
@@ -65,7 +58,7 @@ void grad_sums(const T* g, const T* x, int64_t n, double mu, double* sum_g, doub
 
 void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_biased) {
   Tensor x = raw_contiguous(x_in);
-  NCS d = ncs_of(x);
+  Channels d = channels_of(x);
   dispatch_float(x.dtype(), "batch_norm", [&]<class T>() {
     const T* px = x.data<T>();
     T *pm = mean.data<T>(), *pv = var_biased.data<T>();
@@ -86,7 +79,7 @@ void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_
 void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
                         const Tensor& mean, const Tensor& invstd, const Tensor& out) {
   Tensor x = raw_contiguous(x_in);
-  NCS d = ncs_of(x);
+  Channels d = channels_of(x);
   dispatch_float(x.dtype(), "batch_norm", [&]<class T>() {
     const T* px = x.data<T>();
     const T *pw = maybe<T>(weight), *pb = maybe<T>(bias);
@@ -109,7 +102,7 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
                          const Tensor& mean, const Tensor& invstd, bool training,
                          const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
   Tensor g = raw_contiguous(grad_out_in), x = raw_contiguous(x_in);
-  NCS d = ncs_of(x);
+  Channels d = channels_of(x);
   dispatch_float(x.dtype(), "batch_norm_backward", [&]<class T>() {
     const T *pg = g.data<T>(), *px = x.data<T>(), *pw = maybe<T>(weight);
     const T *pm = mean.data<T>(), *pi = invstd.data<T>();

@@ -4,21 +4,13 @@
 #include <cmath>
 #include <limits>
 
+#include "tensor/kernel_views.h"
 #include "tensor/copy.h"
 #include "tensor/cpu/kernels.h"
 #include "tensor/parallel.h"
 #include "tensor/pool_math.h"
 
 namespace bcos::cpu {
-
-namespace {
-struct Planes {
-  int64_t planes, h, w, ho, wo;
-};
-Planes planes_of(const Tensor& x, const Tensor& out) {
-  return {x.size(0) * x.size(1), x.size(2), x.size(3), out.size(2), out.size(3)};
-}
-}  // namespace
 
 using pool::avg_window;
 using pool::AvgWindow;

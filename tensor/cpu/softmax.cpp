@@ -5,27 +5,16 @@
 #include <cmath>
 #include <limits>
 
+#include "tensor/kernel_views.h"
 #include "tensor/copy.h"
 #include "tensor/cpu/kernels.h"
 #include "tensor/parallel.h"
 
 namespace bcos::cpu {
 
-namespace {
-struct ODI {
-  int64_t outer, d, inner;
-};
-ODI odi_of(const Tensor& x, int dim) {
-  ODI s{1, x.dim() ? x.size(dim) : 1, 1};
-  for (int i = 0; i < dim; ++i) s.outer *= x.size(i);
-  for (int i = dim + 1; i < x.dim(); ++i) s.inner *= x.size(i);
-  return s;
-}
-}  // namespace
-
 void softmax(const Tensor& x_in, int dim, bool log, const Tensor& out) {
   Tensor x = raw_contiguous(x_in);
-  ODI s = odi_of(x, dim);
+  DimView s = dim_view(x, dim);
   dispatch_float(x.dtype(), "softmax", [&]<class T>() {
     const T* px = x.data<T>();
     T* po = out.data<T>();
@@ -54,7 +43,7 @@ void softmax(const Tensor& x_in, int dim, bool log, const Tensor& out) {
 void softmax_backward(const Tensor& grad_in, const Tensor& y_in, int dim, bool log,
                       const Tensor& grad_x) {
   Tensor g = raw_contiguous(grad_in), y = raw_contiguous(y_in);
-  ODI s = odi_of(y, dim);
+  DimView s = dim_view(y, dim);
   dispatch_float(y.dtype(), "softmax_backward", [&]<class T>() {
     const T *pg = g.data<T>(), *py = y.data<T>();
     T* po = grad_x.data<T>();

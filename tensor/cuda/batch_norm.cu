@@ -6,6 +6,7 @@
 //             (training; in evaluation the two means are 0)
 //   uncentred (B-cos) backward, y = γ x r (+ β), r = 1 / sqrt(var + eps), A = Σ g x, B = Σ g:
 //             grad_w = r A, grad_b = B, grad_x = γ r g − (through the variance: γ r³ (A / M)(x − mean))
+#include "tensor/kernel_views.h"
 #include "tensor/copy.h"
 #include "tensor/cuda/internal.h"
 
@@ -14,15 +15,6 @@ namespace bcos::cuda {
 namespace {
 
 constexpr int kReduceThreads = 256;
-
-struct NCS {
-  int64_t n, c, s;
-};
-NCS ncs_of(const Tensor& x) {
-  int64_t s = 1;
-  for (int d = 2; d < x.dim(); ++d) s *= x.size(d);
-  return {x.size(0), x.size(1), s};
-}
 
 // The sum of v over the block's threads, in every thread (blockDim.x == kReduceThreads).
 __device__ double block_sum(double v, double* scratch) {
@@ -39,7 +31,7 @@ __device__ double block_sum(double v, double* scratch) {
 
 // Block c: mean and biased variance of channel c (two passes, as the CPU).
 template <class T>
-__global__ void stats_kernel(const T* x, NCS d, T* mean, T* var) {
+__global__ void stats_kernel(const T* x, Channels d, T* mean, T* var) {
   __shared__ double scratch[kReduceThreads];
   const int64_t c = blockIdx.x, count = d.n * d.s;
   double sum = 0;
@@ -58,7 +50,7 @@ __global__ void stats_kernel(const T* x, NCS d, T* mean, T* var) {
 }
 
 template <class T>
-__global__ void forward_kernel(const T* x, const T* w, const T* b, const T* mean, const T* invstd, NCS d, T* out) {
+__global__ void forward_kernel(const T* x, const T* w, const T* b, const T* mean, const T* invstd, Channels d, T* out) {
   const int64_t n = d.n * d.c * d.s, step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     const int64_t c = (i / d.s) % d.c;
@@ -70,7 +62,7 @@ __global__ void forward_kernel(const T* x, const T* w, const T* b, const T* mean
 
 // Block c: Σ g and Σ g·(x − mean) of channel c, into sums[2c], sums[2c + 1]; grad_w, grad_b.
 template <class T>
-__global__ void grad_sums_kernel(const T* g, const T* x, const T* mean, const T* invstd, NCS d, double* sums,
+__global__ void grad_sums_kernel(const T* g, const T* x, const T* mean, const T* invstd, Channels d, double* sums,
                                  T* grad_w, T* grad_b) {
   __shared__ double scratch[kReduceThreads];
   const int64_t c = blockIdx.x, count = d.n * d.s;
@@ -92,7 +84,7 @@ __global__ void grad_sums_kernel(const T* g, const T* x, const T* mean, const T*
 
 template <class T>
 __global__ void grad_x_kernel(const T* g, const T* x, const T* w, const T* mean, const T* invstd, const double* sums,
-                              NCS d, bool training, T* gx) {
+                              Channels d, bool training, T* gx) {
   const int64_t n = d.n * d.c * d.s, step = int64_t(gridDim.x) * blockDim.x;
   const double count = double(d.n * d.s);
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
@@ -107,7 +99,7 @@ __global__ void grad_x_kernel(const T* g, const T* x, const T* w, const T* mean,
 
 // Block c: A = Σ g·x and B = Σ g of channel c into sums[2c], sums[2c + 1]; grad_w, grad_b.
 template <class T>
-__global__ void uncentered_sums_kernel(const T* g, const T* x, const T* invstd, NCS d, double* sums, T* grad_w,
+__global__ void uncentered_sums_kernel(const T* g, const T* x, const T* invstd, Channels d, double* sums, T* grad_w,
                                        T* grad_b) {
   __shared__ double scratch[kReduceThreads];
   const int64_t c = blockIdx.x, count = d.n * d.s;
@@ -128,7 +120,7 @@ __global__ void uncentered_sums_kernel(const T* g, const T* x, const T* invstd, 
 
 template <class T>
 __global__ void uncentered_grad_x_kernel(const T* g, const T* x, const T* w, const T* mean, const T* invstd,
-                                         const double* sums, NCS d, T* gx) {
+                                         const double* sums, Channels d, T* gx) {
   const int64_t n = d.n * d.c * d.s, step = int64_t(gridDim.x) * blockDim.x;
   const double count = double(d.n * d.s);
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
@@ -149,7 +141,7 @@ const T* maybe(const Tensor& t) {
 
 void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_biased) {
   const Tensor x = raw_contiguous(x_in);
-  const NCS d = ncs_of(x);
+  const Channels d = channels_of(x);
   if (d.c == 0) return;
   const int device = x.device().index;
   DeviceGuard guard(device);
@@ -165,7 +157,7 @@ void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_
 void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& bias, const Tensor& mean,
                         const Tensor& invstd, const Tensor& out) {
   const Tensor x = raw_contiguous(x_in);
-  const NCS d = ncs_of(x);
+  const Channels d = channels_of(x);
   if (x.numel() == 0) return;
   const int device = x.device().index;
   DeviceGuard guard(device);
@@ -182,7 +174,7 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
                          const Tensor& invstd, bool training, const Tensor& grad_x, const Tensor& grad_w,
                          const Tensor& grad_b) {
   const Tensor g = raw_contiguous(grad_out_in), x = raw_contiguous(x_in);
-  const NCS d = ncs_of(x);
+  const Channels d = channels_of(x);
   if (d.c == 0) return;
   const int device = x.device().index;
   DeviceGuard guard(device);
@@ -208,7 +200,7 @@ void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, c
                                     const Tensor& mean, const Tensor& invstd, bool through_variance,
                                     const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
   const Tensor g = raw_contiguous(grad_in), x = raw_contiguous(x_in);
-  const NCS d = ncs_of(x);
+  const Channels d = channels_of(x);
   if (d.c == 0) return;
   const int device = x.device().index;
   DeviceGuard guard(device);

@@ -26,9 +26,8 @@ template <class T>
 __global__ void patch_sumsq_kernel(const T* x, T* out, PatchShape s, Pool2dParams p) {
   BCOS_GRID_LOOP(o, s.ng * s.ho * s.wo) {
     const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, ng = o / (s.wo * s.ho);
-    const int64_t h0 = oh * p.stride[0] - p.padding[0], w0 = ow * p.stride[1] - p.padding[1];
-    const int64_t ki_lo = pool::first_tap(h0, p.dilation[0]), ki_hi = pool::end_tap(h0, p.dilation[0], p.kernel[0], s.h);
-    const int64_t kj_lo = pool::first_tap(w0, p.dilation[1]), kj_hi = pool::end_tap(w0, p.dilation[1], p.kernel[1], s.w);
+    const pool::Taps t = pool::window_taps(oh, ow, s.h, s.w, p);
+    const int64_t h0 = t.h0, w0 = t.w0, ki_lo = t.ki_lo, ki_hi = t.ki_hi, kj_lo = t.kj_lo, kj_hi = t.kj_hi;
     T sum = 0;
     for (int64_t c = 0; c < s.cg; ++c) {
       const T* plane = x + (ng * s.cg + c) * s.h * s.w;
@@ -47,9 +46,8 @@ template <class T>
 __global__ void patch_scatter_kernel(const T* g, T* acc, PatchShape s, Pool2dParams p) {
   BCOS_GRID_LOOP(o, s.ng * s.ho * s.wo) {
     const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, ng = o / (s.wo * s.ho);
-    const int64_t h0 = oh * p.stride[0] - p.padding[0], w0 = ow * p.stride[1] - p.padding[1];
-    const int64_t ki_lo = pool::first_tap(h0, p.dilation[0]), ki_hi = pool::end_tap(h0, p.dilation[0], p.kernel[0], s.h);
-    const int64_t kj_lo = pool::first_tap(w0, p.dilation[1]), kj_hi = pool::end_tap(w0, p.dilation[1], p.kernel[1], s.w);
+    const pool::Taps t = pool::window_taps(oh, ow, s.h, s.w, p);
+    const int64_t h0 = t.h0, w0 = t.w0, ki_lo = t.ki_lo, ki_hi = t.ki_hi, kj_lo = t.kj_lo, kj_hi = t.kj_hi;
     T* plane = acc + ng * s.h * s.w;
     for (int64_t ki = ki_lo; ki < ki_hi; ++ki)
       for (int64_t kj = kj_lo; kj < kj_hi; ++kj)

@@ -3,23 +3,13 @@
 // x viewed contiguous [outer, D, inner]; for gather one thread per index element. Indices are checked on the
 // device first -- one flag, read back before any write -- so a bad index is a bcos::Error naming
 // it, never a stray memory access. index_add accumulates with atomicAdd (repeated indices).
+#include "tensor/kernel_views.h"
 #include "tensor/copy.h"
 #include "tensor/cuda/internal.h"
 
 namespace bcos::cuda {
 
 namespace {
-
-struct Rows {
-  int64_t outer, d, inner;
-};
-
-Rows rows_of(const Tensor& x, int dim) {
-  Rows r{1, x.size(dim), 1};
-  for (int i = 0; i < dim; ++i) r.outer *= x.size(i);
-  for (int i = dim + 1; i < x.dim(); ++i) r.inner *= x.size(i);
-  return r;
-}
 
 // bad[0] = 1 + the position of an index outside [0, limit) (the first found; any if several).
 __global__ void find_bad_index(const int64_t* index, int64_t n, int64_t limit, unsigned long long* bad) {
@@ -51,7 +41,7 @@ void check_indices(const Tensor& index, int64_t limit, const char* op, cudaStrea
 }
 
 template <class T>
-__global__ void index_select_kernel(const T* x, const int64_t* index, T* out, Rows s, int64_t k) {
+__global__ void index_select_kernel(const T* x, const int64_t* index, T* out, DimView s, int64_t k) {
   const int64_t n = s.outer * k * s.inner, step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     const int64_t c = i % s.inner, r = i / s.inner, o = r / k, j = r % k;
@@ -60,7 +50,7 @@ __global__ void index_select_kernel(const T* x, const int64_t* index, T* out, Ro
 }
 
 template <class T>
-__global__ void index_add_kernel(T* out, const int64_t* index, const T* src, Rows s, int64_t k) {
+__global__ void index_add_kernel(T* out, const int64_t* index, const T* src, DimView s, int64_t k) {
   const int64_t n = s.outer * k * s.inner, step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     const int64_t c = i % s.inner, r = i / s.inner, o = r / k, j = r % k;
@@ -109,7 +99,7 @@ __global__ void scatter_add_kernel(T* out, const int64_t* index, const T* src, i
 
 void index_select(const Tensor& x_in, int dim, const Tensor& index_in, const Tensor& out) {
   const Tensor x = raw_contiguous(x_in), index = raw_contiguous(index_in);
-  const Rows s = rows_of(x, dim);
+  const DimView s = dim_view(x, dim);
   const int device = x.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
@@ -127,7 +117,7 @@ void index_select(const Tensor& x_in, int dim, const Tensor& index_in, const Ten
 
 void index_add(const Tensor& out, int dim, const Tensor& index_in, const Tensor& src_in) {
   const Tensor src = raw_contiguous(src_in), index = raw_contiguous(index_in);
-  const Rows s = rows_of(out, dim);
+  const DimView s = dim_view(out, dim);
   const int device = out.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);

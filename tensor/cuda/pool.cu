@@ -5,6 +5,7 @@
 // [N, C, H, W].
 #include <cmath>
 
+#include "tensor/kernel_views.h"
 #include "tensor/copy.h"
 #include "tensor/cuda/internal.h"
 #include "tensor/pool_math.h"
@@ -12,13 +13,6 @@
 namespace bcos::cuda {
 
 namespace {
-
-struct Planes {
-  int64_t planes, h, w, ho, wo;
-};
-Planes planes_of(const Tensor& x, const Tensor& out) {
-  return {x.size(0) * x.size(1), x.size(2), x.size(3), out.size(2), out.size(3)};
-}
 
 #define BCOS_GRID_LOOP(i, n) \
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
@@ -28,9 +22,8 @@ __global__ void max_pool_kernel(const T* x, T* out, int64_t* indices, Planes s, 
   BCOS_GRID_LOOP(o, s.planes * s.ho * s.wo) {
     const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, pl = o / (s.wo * s.ho);
     const T* plane = x + pl * s.h * s.w;
-    const int64_t h0 = oh * p.stride[0] - p.padding[0], w0 = ow * p.stride[1] - p.padding[1];
-    const int64_t ki_lo = pool::first_tap(h0, p.dilation[0]), ki_hi = pool::end_tap(h0, p.dilation[0], p.kernel[0], s.h);
-    const int64_t kj_lo = pool::first_tap(w0, p.dilation[1]), kj_hi = pool::end_tap(w0, p.dilation[1], p.kernel[1], s.w);
+    const pool::Taps t = pool::window_taps(oh, ow, s.h, s.w, p);
+    const int64_t h0 = t.h0, w0 = t.w0, ki_lo = t.ki_lo, ki_hi = t.ki_hi, kj_lo = t.kj_lo, kj_hi = t.kj_hi;
     T best = T(-INFINITY);
     int64_t best_i = -1;
     for (int64_t ki = ki_lo; ki < ki_hi; ++ki) {

@@ -6,6 +6,7 @@
 //   log_softmax backward:  grad_x = g − exp(y) · Σ g
 #include <cmath>
 
+#include "tensor/kernel_views.h"
 #include "tensor/copy.h"
 #include "tensor/cuda/internal.h"
 
@@ -13,19 +14,8 @@ namespace bcos::cuda {
 
 namespace {
 
-struct Rows {
-  int64_t outer, d, inner;
-};
-
-Rows rows_of(const Tensor& x, int dim) {
-  Rows r{1, x.dim() ? x.size(dim) : 1, 1};
-  for (int i = 0; i < dim; ++i) r.outer *= x.size(i);
-  for (int i = dim + 1; i < x.dim(); ++i) r.inner *= x.size(i);
-  return r;
-}
-
 template <class T>
-__global__ void softmax_kernel(const T* x, T* out, Rows s, bool log) {
+__global__ void softmax_kernel(const T* x, T* out, DimView s, bool log) {
   const int64_t rows = s.outer * s.inner, step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += step) {
     const int64_t base = (r / s.inner) * s.d * s.inner + r % s.inner;
@@ -46,7 +36,7 @@ __global__ void softmax_kernel(const T* x, T* out, Rows s, bool log) {
 }
 
 template <class T>
-__global__ void softmax_backward_kernel(const T* g, const T* y, T* gx, Rows s, bool log) {
+__global__ void softmax_backward_kernel(const T* g, const T* y, T* gx, DimView s, bool log) {
   const int64_t rows = s.outer * s.inner, step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += step) {
     const int64_t base = (r / s.inner) * s.d * s.inner + r % s.inner;
@@ -80,7 +70,7 @@ __global__ void where_kernel(T* out, const bool* cond, const T* a, const T* b, G
 
 void softmax(const Tensor& x_in, int dim, bool log, const Tensor& out) {
   const Tensor x = raw_contiguous(x_in);
-  const Rows s = rows_of(x, dim);
+  const DimView s = dim_view(x, dim);
   if (x.numel() == 0) return;
   const int device = x.device().index;
   DeviceGuard guard(device);
@@ -94,7 +84,7 @@ void softmax(const Tensor& x_in, int dim, bool log, const Tensor& out) {
 
 void softmax_backward(const Tensor& grad_in, const Tensor& y_in, int dim, bool log, const Tensor& grad_x) {
   const Tensor g = raw_contiguous(grad_in), y = raw_contiguous(y_in);
-  const Rows s = rows_of(y, dim);
+  const DimView s = dim_view(y, dim);
   if (y.numel() == 0) return;
   const int device = y.device().index;
   DeviceGuard guard(device);
