@@ -146,8 +146,9 @@ Tensor dropout(const Tensor& x, double p, bool training) {
   BCOS_CHECK(p >= 0 && p <= 1, op, ": probability must be in [0, 1], got ", p);
   if (!training || p == 0) return x;
   if (p == 1) return mul(x, 0.0);
-  Tensor keep = lt(rand(x.shape(), {x.dtype(), Device()}), 1 - p).to(x.dtype());
-  Tensor mask = mul(keep, 1.0 / (1 - p)).to(x.device());
+  // The mask is drawn where x lives (the generator is counter-based: the same mask on any device).
+  Tensor keep = lt(rand(x.shape(), {x.dtype(), x.device()}), 1 - p).to(x.dtype());
+  Tensor mask = mul(keep, 1.0 / (1 - p));
   return mul(x, mask);
 }
 

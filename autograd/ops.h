@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "autograd/autograd.h"
+#include "tensor/op_kinds.h"
 #include "tensor/tensor.h"
 
 namespace bcos {
@@ -199,5 +200,13 @@ Tensor one_hot(const Tensor& indices, int64_t num_classes = -1);  // int64 resul
 ValuesIndices topk(const Tensor& x, int64_t k, int64_t dim = -1, bool largest = true,
                    bool sorted = true);
 Tensor broadcast_to(const Tensor& x, const Shape& shape);
+
+// ---- optimizer steps (autograd/optim.cpp): in place, outside the graph, no backward ---------
+// One fused pass per parameter (tensor/optim_math.h); nn/optim.cpp drives them. param is the
+// parameter's data (f32 or f64); grad and the state tensors match its shape, dtype and device.
+// momentum (SGD) may be undefined when p.momentum == 0, max_exp_avg_sq unless p.amsgrad.
+void sgd_step_(const Tensor& param, const Tensor& grad, const Tensor& momentum, const SgdStepParams& p);
+void adam_step_(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+                const Tensor& max_exp_avg_sq, const AdamStepParams& p);
 
 }  // namespace bcos

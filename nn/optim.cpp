@@ -1,5 +1,6 @@
-// The optimizers' updates, written as PyTorch 1.13's single-tensor implementations write them,
-// operation for operation, so float32 results agree to rounding.
+// The optimizers: their state and bookkeeping here, the per-element update in one fused op per
+// parameter (autograd/optim.cpp -> tensor/optim_math.h), written as PyTorch's single-tensor
+// implementations write it, operation for operation, so float32 results agree to rounding.
 #include "nn/optim.h"
 
 #include <cmath>
@@ -63,20 +64,16 @@ void SGD::step() {
   check_some_gradient();
   NoGradGuard no_grad;
   for (size_t i = 0; i < params_.size(); ++i) {
-    Tensor& p = params_[i];
-    Tensor g = p.grad();
+    const Tensor& g = params_[i].grad();
     if (!g.defined()) continue;
-    if (options.weight_decay != 0) g = add(g, p.detach(), options.weight_decay);
-    if (options.momentum != 0) {
-      Tensor& buf = momentum_[i];
-      if (!buf.defined()) {
-        buf = g.clone();
-      } else {
-        buf.mul_(options.momentum).add_(g, 1 - options.dampening);
-      }
-      g = options.nesterov ? add(g, buf, options.momentum) : buf;
+    SgdStepParams step{.lr = lr, .momentum = options.momentum, .dampening = options.dampening,
+                       .weight_decay = options.weight_decay, .nesterov = options.nesterov};
+    Tensor& buf = momentum_[i];
+    if (options.momentum != 0 && !buf.defined()) {
+      buf = empty_like(params_[i]);
+      step.first_step = true;
     }
-    p.data_alias().add_(g, -lr);
+    sgd_step_(params_[i].data_alias(), g, buf, step);
   }
   ++steps_;
 }
@@ -108,29 +105,20 @@ void Adam::step() {
   NoGradGuard no_grad;
   ++steps_;
   for (size_t i = 0; i < params_.size(); ++i) {
-    Tensor p = params_[i].data_alias();
-    Tensor g = params_[i].grad();
+    const Tensor& g = params_[i].grad();
     if (!g.defined()) continue;
     const int64_t t = ++param_steps_[i];
-    const double bias1 = 1 - std::pow(options.beta1, double(t));
-    const double bias2_sqrt = std::sqrt(1 - std::pow(options.beta2, double(t)));
-    const double step_size = lr / bias1;
     if (!exp_avg_[i].defined()) {
-      exp_avg_[i] = zeros_like(p);
-      exp_avg_sq_[i] = zeros_like(p);
-      if (options.amsgrad) max_exp_avg_sq_[i] = zeros_like(p);
+      exp_avg_[i] = zeros_like(params_[i]);
+      exp_avg_sq_[i] = zeros_like(params_[i]);
+      if (options.amsgrad) max_exp_avg_sq_[i] = zeros_like(params_[i]);
     }
-    if (decoupled_) p.mul_(1 - lr * options.weight_decay);
-    else if (options.weight_decay != 0) g = add(g, p, options.weight_decay);
-    exp_avg_[i].mul_(options.beta1).add_(g, 1 - options.beta1);
-    exp_avg_sq_[i].mul_(options.beta2).add_(g * g, 1 - options.beta2);
-    Tensor second = exp_avg_sq_[i];
-    if (options.amsgrad) {
-      max_exp_avg_sq_[i].copy_(maximum(max_exp_avg_sq_[i], exp_avg_sq_[i]));
-      second = max_exp_avg_sq_[i];
-    }
-    const Tensor denom = sqrt(second) / bias2_sqrt + options.eps;
-    p.add_(exp_avg_[i] / denom, -step_size);
+    const AdamStepParams step{.lr = lr, .beta1 = options.beta1, .beta2 = options.beta2, .eps = options.eps,
+                              .weight_decay = options.weight_decay,
+                              .step_size = lr / (1 - std::pow(options.beta1, double(t))),
+                              .bias2_sqrt = std::sqrt(1 - std::pow(options.beta2, double(t))),
+                              .decoupled = decoupled_, .amsgrad = options.amsgrad};
+    adam_step_(params_[i].data_alias(), g, exp_avg_[i], exp_avg_sq_[i], max_exp_avg_sq_[i], step);
   }
 }
 

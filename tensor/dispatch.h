@@ -31,6 +31,9 @@ inline void copy(const Tensor& dst, const Tensor& src) {
 inline void fill(const Tensor& dst, double value) {
   BCOS_DISPATCH(dst, fill(dst, value));
 }
+inline void random_fill(const Tensor& dst, RandomDist dist, uint64_t seed, uint64_t start, double p0, double p1) {
+  BCOS_DISPATCH(dst, random_fill(dst, dist, seed, start, p0, p1));
+}
 inline void unary(UnaryOp op, const Tensor& x, const Tensor& out, double p0 = 0, double p1 = 0) {
   BCOS_DISPATCH(x, unary(op, x, out, p0, p1));
 }
@@ -143,6 +146,13 @@ inline void scatter_add(const Tensor& out, int dim, const Tensor& index, const T
 }
 inline void topk(const Tensor& x, int64_t k, bool largest, bool sorted, const Tensor& values, const Tensor& indices) {
   BCOS_DISPATCH(x, topk(x, k, largest, sorted, values, indices));
+}
+inline void sgd_step(const Tensor& param, const Tensor& grad, const Tensor& momentum, const SgdStepParams& p) {
+  BCOS_DISPATCH(param, sgd_step(param, grad, momentum, p));
+}
+inline void adam_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+                      const Tensor& max_exp_avg_sq, const AdamStepParams& p) {
+  BCOS_DISPATCH(param, adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, p));
 }
 
 }  // namespace bcos::kernel

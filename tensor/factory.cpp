@@ -1,8 +1,11 @@
-// Creation functions. Random tensors are drawn on the host from the one seeded generator and
-// then copied, so a seed gives the same numbers on every device and thread count.
+// Creation functions. Random tensors reserve a range of the one seeded counter-based generator
+// and compute its values where they live, so a seed gives the same numbers on every device and
+// thread count.
 #include <cmath>
 
 #include "tensor/copy.h"
+#include "tensor/dispatch.h"
+#include "tensor/random_math.h"
 #include "tensor/tensor.h"
 
 namespace bcos {
@@ -87,42 +90,28 @@ Tensor eye(int64_t n, int64_t m, TensorOptions opts) {
   return host_generate({n, m}, opts, "eye", [&](int64_t i) { return i / m == i % m ? 1.0 : 0.0; });
 }
 
+namespace {
+Tensor random_tensor(const Shape& shape, TensorOptions opts, RandomDist dist, double p0 = 0, double p1 = 0) {
+  Tensor out = empty(shape, opts);
+  const GeneratorState s = reserve_random_words(math::random_words_used(dist, out.numel()));
+  kernel::random_fill(out, dist, s.seed, s.counter, p0, p1);
+  return out;
+}
+}  // namespace
+
 Tensor rand(const Shape& shape, TensorOptions opts) {
   BCOS_CHECK(is_floating(opts.dtype), "rand: needs a floating dtype, got ", opts.dtype);
-  std::vector<uint64_t> bits(static_cast<size_t>(shape.numel()));
-  random_bits(bits.data(), int64_t(bits.size()));
-  bool dbl = opts.dtype == DType::f64;
-  return host_generate(shape, opts, "rand", [&](int64_t i) {
-    return dbl ? double(bits[i] >> 11) * 0x1.0p-53 : double(bits[i] >> 40) * 0x1.0p-24;
-  });
+  return random_tensor(shape, opts, RandomDist::uniform);
 }
 
 Tensor randn(const Shape& shape, TensorOptions opts) {
   BCOS_CHECK(is_floating(opts.dtype), "randn: needs a floating dtype, got ", opts.dtype);
-  int64_t n = shape.numel();
-  std::vector<uint64_t> bits(static_cast<size_t>(n + 1) / 2 * 2);
-  random_bits(bits.data(), int64_t(bits.size()));
-  std::vector<double> values(bits.size());
-  for (size_t i = 0; i < bits.size(); i += 2) {  // Box-Muller: two uniforms -> two normals
-    double u1 = (double(bits[i] >> 11) + 1.0) * 0x1.0p-53;  // (0, 1]
-    double u2 = double(bits[i + 1] >> 11) * 0x1.0p-53;
-    double r = std::sqrt(-2.0 * std::log(u1));
-    values[i] = r * std::cos(2 * M_PI * u2);
-    values[i + 1] = r * std::sin(2 * M_PI * u2);
-  }
-  return host_generate(shape, opts, "randn", [&](int64_t i) { return values[size_t(i)]; });
+  return random_tensor(shape, opts, RandomDist::normal);
 }
 
 Tensor randint(int64_t low, int64_t high, const Shape& shape, TensorOptions opts) {
   BCOS_CHECK(high > low, "randint: empty range [", low, ", ", high, ")");
-  std::vector<uint64_t> bits(static_cast<size_t>(shape.numel()));
-  random_bits(bits.data(), int64_t(bits.size()));
-  auto range = uint64_t(high - low);
-  return host_generate(shape, opts, "randint", [&](int64_t i) {
-    // Multiply-shift maps 64 random bits onto [0, range) without the modulo's bias.
-    auto r = uint64_t((unsigned __int128)bits[size_t(i)] * range >> 64);
-    return double(low + int64_t(r));
-  });
+  return random_tensor(shape, opts, RandomDist::integer, double(low), double(high));
 }
 
 template <class T>

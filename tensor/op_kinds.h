@@ -27,6 +27,8 @@ enum class ReduceOp {
   var,  // with a correction (0: population, 1: sample)
 };
 
+// The generator's distributions (tensor/random_math.h).
+enum class RandomDist { uniform, normal, integer };
 
 // ---- kernel parameters --------------------------------------------------------------------------
 // Convolution: stride, padding, dilation per spatial dim (h, w) and groups.
@@ -46,6 +48,19 @@ struct BcosScaleParams {
   double b = 2;
   int64_t max_out = 1;
   double eps_in = 0, eps_out = 0;  // n = sqrt(sumsq + eps_in) + eps_out
+};
+
+// One optimizer step (tensor/optim_math.h), PyTorch's single-tensor update rules.
+struct SgdStepParams {
+  double lr = 0, momentum = 0, dampening = 0, weight_decay = 0;
+  bool nesterov = false;
+  bool first_step = false;  // the momentum buffer starts at the gradient
+};
+struct AdamStepParams {
+  double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+  double step_size = 0;   // lr / (1 − beta1^t)
+  double bias2_sqrt = 1;  // sqrt(1 − beta2^t)
+  bool decoupled = false, amsgrad = false;
 };
 
 // ---- names for messages ---------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-// The process-wide random generator: counter-based (SplitMix64 over seed + counter), so its
-// whole state is two integers that checkpoints can save and restore exactly.
+// The process-wide random generator: counter-based (tensor/random_math.h), so its whole state is
+// two integers that checkpoints can save and restore exactly, and a draw only reserves a range of
+// counters -- the values are computed where the tensor lives, on the CPU or on a GPU.
 #include <cstdlib>
 #include <mutex>
 
+#include "tensor/random_math.h"
 #include "tensor/tensor.h"
 
 namespace bcos {
@@ -10,12 +12,6 @@ namespace bcos {
 namespace {
 std::mutex g_mutex;
 GeneratorState g_state{0x5eedULL, 0};
-
-inline uint64_t mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 }  // namespace
 
 void manual_seed(uint64_t seed) {
@@ -33,16 +29,16 @@ void set_rng_state(const GeneratorState& s) {
   g_state = s;
 }
 
+GeneratorState reserve_random_words(uint64_t n) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  GeneratorState taken = g_state;
+  g_state.counter += n;
+  return taken;
+}
+
 void random_bits(uint64_t* out, int64_t n) {
-  uint64_t seed, start;
-  {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    seed = g_state.seed;
-    start = g_state.counter;
-    g_state.counter += uint64_t(n);
-  }
-  uint64_t base = mix(seed ^ 0x9e3779b97f4a7c15ULL);
-  for (int64_t i = 0; i < n; ++i) out[i] = mix(base + (start + uint64_t(i)) * 0x9e3779b97f4a7c15ULL);
+  const GeneratorState s = reserve_random_words(uint64_t(n));
+  for (int64_t i = 0; i < n; ++i) out[i] = math::random_word(s.seed, s.counter + uint64_t(i));
 }
 
 }  // namespace bcos

@@ -169,6 +169,9 @@ struct GeneratorState {
 };
 GeneratorState get_rng_state();
 void set_rng_state(const GeneratorState& s);
+// Reserves n words of the generator: returns the state before (seed, first counter) and advances
+// the counter by n.
+GeneratorState reserve_random_words(uint64_t n);
 // Draws n raw 64-bit values from the global generator, advancing it.
 void random_bits(uint64_t* out, int64_t n);
 

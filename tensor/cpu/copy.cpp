@@ -1,9 +1,11 @@
 // Strided copy with dtype conversion, and fill: the kernels behind contiguous(), clone(),
-// to(dtype), copy_() and the creation functions.
+// to(dtype), copy_() and the creation functions; random fills from the counter-based generator.
 #include <cstring>
 
 #include "tensor/cpu/kernels.h"
 #include "tensor/cpu/loops.h"
+#include "tensor/parallel.h"
+#include "tensor/random_math.h"
 
 namespace bcos::cpu {
 
@@ -59,6 +61,16 @@ void fill(const Tensor& dst, double value) {
     for_each_row<1>(dst.shape(), {&dst}, 1, [&](const int64_t* off, int64_t n, const int64_t* st) {
       T* o = d + off[0];
       for (int64_t k = 0; k < n; ++k) o[k * st[0]] = v;
+    });
+  });
+}
+
+void random_fill(const Tensor& dst, RandomDist dist, uint64_t seed, uint64_t start, double p0, double p1) {
+  const bool narrow = dst.dtype() != DType::f64;
+  dispatch_all(dst.dtype(), [&]<class T>() {
+    T* d = static_cast<T*>(dst.raw_data());
+    parallel_for(dst.numel(), 32, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) d[i] = convert<T>(math::random_value(dist, seed, start, i, narrow, p0, p1));
     });
   });
 }

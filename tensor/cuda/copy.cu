@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "tensor/cuda/internal.h"
+#include "tensor/random_math.h"
 
 namespace bcos::cuda {
 
@@ -155,6 +156,29 @@ void fill(const Tensor& dst, double value) {
         static_cast<D*>(dst.raw_data()), device_value, g);
     BCOS_CUDA_CHECK_LAUNCH();
   });
+}
+
+namespace {
+template <class T>
+__global__ void random_fill_kernel(T* dst, int64_t n, RandomDist dist, uint64_t seed, uint64_t start, bool narrow,
+                                   double p0, double p1) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step)
+    dst[i] = convert_value<T>(math::random_value(dist, seed, start, i, narrow, p0, p1));
+}
+}  // namespace
+
+void random_fill(const Tensor& dst, RandomDist dist, uint64_t seed, uint64_t start, double p0, double p1) {
+  BCOS_CHECK(dst.is_cuda() && dst.is_contiguous(), "cuda::random_fill: needs a contiguous tensor on a GPU");
+  if (dst.numel() == 0) return;
+  const int device = dst.device().index;
+  DeviceGuard guard(device);
+  const bool narrow = dst.dtype() != DType::f64;
+  dispatch_any_dtype(dst.dtype(), "random_fill", [&]<class T>() {
+    random_fill_kernel<T><<<blocks_for(dst.numel()), kThreads, 0, stream_of(device)>>>(
+        static_cast<T*>(dst.raw_data()), dst.numel(), dist, seed, start, narrow, p0, p1);
+  });
+  BCOS_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace bcos::cuda

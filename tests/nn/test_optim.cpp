@@ -130,6 +130,28 @@ TEST_CASE("optim: bad settings raise") {
   CHECK_THROWS_AS(cosine_schedule(0.1, 10, 0, 10), Error);
   SGD opt(params, {.lr = 0.1, .momentum = 0.9});
   CHECK_THROWS_AS(opt.load_state_dict({{"0.momentum_buffer", zeros({2, 2})}}, 1), Error);
+  // The fused step ops check what the optimizers hand them.
+  const Tensor p = zeros({3, 2}), g = ones({3, 2});
+  CHECK_THROWS_WITH_AS(sgd_step_(p, ones({2, 3}), Tensor(), {.lr = 0.1}), doctest::Contains("sgd_step_: gradient has shape"), Error);
+  CHECK_THROWS_WITH_AS(sgd_step_(p, g, Tensor(), {.lr = 0.1, .momentum = 0.9}), doctest::Contains("momentum buffer"), Error);
+  CHECK_THROWS_WITH_AS(sgd_step_(p.to(kFloat16), g.to(kFloat16), Tensor(), {.lr = 0.1}), doctest::Contains("float32 or float64"), Error);
+  CHECK_THROWS_WITH_AS(adam_step_(p, g, zeros({3, 2}), zeros({3, 2}, kFloat64), Tensor(), {.bias2_sqrt = 1}), doctest::Contains("adam_step_"), Error);
+  CHECK_THROWS_WITH_AS(adam_step_(p, g, zeros({3, 2}), zeros({3, 2}), Tensor(), {.bias2_sqrt = 1, .amsgrad = true}), doctest::Contains("max_exp_avg_sq"), Error);
+}
+
+TEST_CASE("optim: the fused step updates strided parameters and gradients in place") {
+  // A transposed view as the parameter and a broadcast gradient: the step goes through
+  // contiguous copies and lands in the parameter's own storage.
+  Tensor base = arange(6, kFloat64).reshape({2, 3});
+  Tensor param = base.t();                     // [3, 2], strided
+  Tensor grad = ones({1, 2}, kFloat64).expand({3, 2});  // stride 0
+  Tensor expected = param.clone() - 0.5 * ones({3, 2}, kFloat64);
+  sgd_step_(param, grad, Tensor(), {.lr = 0.5});
+  CHECK(golden::equal(base.t(), expected));
+  Tensor m = zeros({3, 2}, kFloat64), v = zeros({3, 2}, kFloat64);
+  adam_step_(param, grad, m, v, Tensor(), {.lr = 0.1, .step_size = 0.1 / (1 - 0.9), .bias2_sqrt = std::sqrt(1 - 0.999)});
+  // First Adam step: m = 0.1 g, v = 0.001 g², the update is step_size · m / (sqrt(v) / bias2 + eps) ≈ lr.
+  CHECK(golden::relative_error(base.t(), expected - 0.1) <= 1e-6);
 }
 
 TEST_CASE("optim: a step with no gradient anywhere raises; Adam counts steps per parameter") {

@@ -129,6 +129,29 @@ TEST_CASE("tensor: the seeded generator is deterministic and restorable") {
   CHECK(*std::max_element(r.begin(), r.end()) == 3);
 }
 
+TEST_CASE("tensor: draws are counter ranges of one stream -- split draws equal one draw, normals use word pairs") {
+  manual_seed(7);
+  const std::vector<double> whole = v(rand({10}, kFloat64));
+  manual_seed(7);
+  std::vector<double> parts = v(rand({4}, kFloat64));
+  for (double x : v(rand({6}, kFloat64))) parts.push_back(x);
+  CHECK(parts == whole);
+  // The raw words behind rand: the top 53 bits scaled into [0, 1).
+  manual_seed(7);
+  std::vector<uint64_t> words(10);
+  random_bits(words.data(), 10);
+  for (size_t i = 0; i < words.size(); ++i) CHECK(whole[i] == double(words[i] >> 11) * 0x1.0p-53);
+  // Three normals take four words (Box-Muller pairs), so the next draw starts at word 4.
+  manual_seed(7);
+  (void)randn({3}, kFloat64);
+  CHECK(get_rng_state().counter == 4);
+  CHECK(v(rand({6}, kFloat64)) == std::vector<double>(whole.begin() + 4, whole.end()));
+  // A float32 draw keeps 24 bits of the same words.
+  manual_seed(7);
+  const std::vector<double> narrow = v(rand({10}));
+  for (size_t i = 0; i < words.size(); ++i) CHECK(narrow[i] == double(words[i] >> 40) * 0x1.0p-24);
+}
+
 TEST_CASE("tensor: from_blob borrows memory and keeps its owner alive") {
   auto owner = std::make_shared<std::vector<float>>(std::vector<float>{1, 2, 3, 4});
   Tensor t = from_blob(owner->data(), {2, 2}, kFloat32, Device(), owner);
