@@ -1,8 +1,11 @@
 // bcos.cpp side of bench/models (tools/bench_models.py runs PyTorch beside it): images/s of a
 // model's inference (eval, no grad) or training step (train mode: forward, cross-entropy,
-// backward, SGD with momentum), and the process's peak resident memory. One line:
-//   images_per_s <float> peak_rss_mb <float>
-//   bench_models --arch resnet50 --batch 8 --mode infer|train [--seconds 3]
+// backward, SGD with momentum), and peak memory: the process's resident memory on the CPU, the
+// most tensor memory held at once on a GPU. One line:
+//   images_per_s <float> peak_rss_mb <float>        (peak_gpu_mb <float> on a GPU)
+//   bench_models --arch resnet50 --batch 8 --mode infer|train [--seconds 3] [--device cuda]
+// bcos_<arch> (bcos_resnet50, ...): the B-cosified model (models/bcosify.h, b = 2, biases
+// removed) on AddInverse(x), trained with the B-cos BCE loss (one-hot targets clamped to 1 / C).
 // CLIP: --arch clip_rn50 / clip_vit_b_32 time the image tower of OpenAI's RN50 / ViT-B/32
 // (training: cross-entropy of the embedding as logits, SGD on the tower), clip_text the text
 // tower on [batch, 77] token ids ("images" are then texts).
@@ -13,8 +16,10 @@
 #include <string>
 
 #include "autograd/ops.h"
+#include "models/bcosify.h"
 #include "models/clip.h"
 #include "models/factory.h"
+#include "nn/bcos.h"
 #include "nn/optim.h"
 
 using namespace bcos;
@@ -24,12 +29,14 @@ int main(int argc, char** argv) {
     std::string arch = "resnet18", mode = "infer";
     int64_t batch = 8;
     double seconds = 3.0;
+    Device device;
     for (int i = 1; i + 1 < argc; i += 2) {
       const std::string a = argv[i], v = argv[i + 1];
       if (a == "--arch") arch = v;
       else if (a == "--batch") batch = std::stoll(v);
       else if (a == "--mode") mode = v;
       else if (a == "--seconds") seconds = std::stod(v);
+      else if (a == "--device") device = Device(v);
       else fail("bench_models: unknown argument ", a);
     }
     BCOS_CHECK(mode == "infer" || mode == "train", "bench_models: --mode infer or train, got ", mode);
@@ -44,20 +51,31 @@ int main(int argc, char** argv) {
       if (arch == "clip_text") {
         x = randint(1, 49406, {batch, 77});
         y = randint(0, clip->config.embed_dim, {batch});
-        params = clip->parameters();
       } else {
         x = randn({batch, 3, 224, 224});
         y = randint(0, clip->config.embed_dim, {batch});
-        params = clip->visual->parameters();
       }
       model = clip;
     } else {
-      const models::ModelSpec spec = models::model_spec(arch);
-      model = models::create_model(arch);
-      x = randn({batch, 3, spec.input_size, spec.input_size});
+      const bool bcos = arch.rfind("bcos_", 0) == 0;
+      const std::string base = bcos ? arch.substr(5) : arch;
+      const models::ModelSpec spec = models::model_spec(base);
+      model = models::create_model(base);
+      if (bcos) {
+        models::BcosifyOptions o;
+        o.mean = spec.mean, o.std = spec.std;
+        model = models::bcosify(model, o);
+        x = nn::add_inverse(rand({batch, 3, spec.input_size, spec.input_size}));
+      } else {
+        x = randn({batch, 3, spec.input_size, spec.input_size});
+      }
       y = randint(0, spec.num_classes, {batch});
-      params = model->parameters();
     }
+    model->to(device);
+    x = x.to(device), y = y.to(device);
+    if (params.empty()) params = clip ? (arch == "clip_text" ? clip->parameters() : clip->visual->parameters())
+                                      : model->parameters();
+    const bool bcos_loss = arch.rfind("bcos_", 0) == 0;
     auto forward = [&] {
       if (!clip) return (*model)(x);
       return arch == "clip_text" ? clip->encode_text(x) : clip->encode_image(x);
@@ -69,23 +87,29 @@ int main(int argc, char** argv) {
         forward();
       } else {
         opt.zero_grad();
-        cross_entropy(forward(), y).backward();
+        const Tensor out = forward();
+        (bcos_loss ? nn::uniform_off_labels_bce(out, y) : cross_entropy(out, y)).backward();
         opt.step();
       }
     };
     model->train(mode == "train");
-    run();  // warm-up: allocations, caches
+    run();  // warm-up: allocations, caches, cuDNN's algorithm choices
+    run();
+    synchronize(device);
     int64_t iters = 0;
     const auto start = std::chrono::steady_clock::now();
     double elapsed = 0;
     while (iters < 2 || elapsed < seconds) {
       run();
       ++iters;
+      synchronize(device);  // GPU work is queued: time what has finished
       elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
     rusage usage{};
     getrusage(RUSAGE_SELF, &usage);
-    std::printf("images_per_s %.2f peak_rss_mb %.1f\n", double(iters * batch) / elapsed, double(usage.ru_maxrss) / 1024.0);
+    std::printf("images_per_s %.2f peak_rss_mb %.1f", double(iters * batch) / elapsed, double(usage.ru_maxrss) / 1024.0);
+    if (device.is_cuda()) std::printf(" peak_gpu_mb %.1f", double(peak_memory_bytes(device)) / (1 << 20));
+    std::printf("\n");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

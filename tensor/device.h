@@ -2,6 +2,7 @@
 // error, never an implicit copy.
 #pragma once
 
+#include <cstddef>
 #include <ostream>
 #include <string>
 
@@ -47,5 +48,23 @@ struct Device {
 bool cuda_compiled();
 // Number of visible CUDA devices (0 without a GPU or without the CUDA backend).
 int cuda_device_count();
+
+// Waits until all queued work on `d` has finished (nothing to wait for on the CPU).
+void synchronize(Device d);
+// The most memory tensors on `d` have held at once since the start, in bytes (0 on the CPU: use
+// the process's peak resident memory there).
+size_t peak_memory_bytes(Device d);
+
+// ---- GPU numerics: process-wide switches (the CPU kernels are deterministic either way) ------
+// TF32 tensor cores for float32 matrix products and convolutions (about 10 mantissa bits per
+// input, float32 accumulation). On by default, as PyTorch's default for cuDNN convolutions.
+void set_allow_tf32(bool allow);
+bool allow_tf32();
+// Deterministic algorithms: cuDNN convolutions restricted to its deterministic algorithms, and
+// the backward scatters (pooling, B-cos patch norms and scale, index_add, scatter_add) add each
+// destination's terms in a fixed order instead of with atomics in arrival order -- bit-identical
+// results from run to run, at some cost in speed. Off by default (as PyTorch).
+void set_deterministic_algorithms(bool on);
+bool deterministic_algorithms();
 
 }  // namespace bcos

@@ -1,6 +1,7 @@
 // Tensor handle basics: geometry queries, raw aliases, element access, storage allocation.
 #include "tensor/tensor.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -59,6 +60,32 @@ int cuda_device_count() {
   return 0;
 #endif
 }
+
+void synchronize(Device d) {
+#ifdef BCOS_WITH_CUDA
+  if (d.is_cuda()) cuda::synchronize(d.index);
+#else
+  BCOS_CHECK(d.is_cpu(), "synchronize: ", d, " is not available: bcos was built without CUDA");
+#endif
+}
+
+size_t peak_memory_bytes(Device d) {
+#ifdef BCOS_WITH_CUDA
+  if (d.is_cuda()) return cuda::memory_stats(d.index).peak_in_use;
+#else
+  BCOS_CHECK(d.is_cpu(), "peak_memory_bytes: ", d, " is not available: bcos was built without CUDA");
+#endif
+  return 0;
+}
+
+namespace {
+std::atomic<bool> g_allow_tf32{true};
+std::atomic<bool> g_deterministic{false};
+}  // namespace
+void set_allow_tf32(bool allow) { g_allow_tf32.store(allow, std::memory_order_relaxed); }
+bool allow_tf32() { return g_allow_tf32.load(std::memory_order_relaxed); }
+void set_deterministic_algorithms(bool on) { g_deterministic.store(on, std::memory_order_relaxed); }
+bool deterministic_algorithms() { return g_deterministic.load(std::memory_order_relaxed); }
 
 // ---- Tensor -----------------------------------------------------------------------------
 

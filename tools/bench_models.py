@@ -9,6 +9,12 @@ CLIP rows: the image towers of OpenAI's RN50 and ViT-B/32 (batch 8; training: cr
 the embedding as logits, SGD on the tower) and the text tower (batch 64 texts of 77 tokens,
 inference), PyTorch running tools/golden/clip.py's reference CLIP.
   bench/models [--threads N] [--seconds S] [--only resnet18,resnet50,resnet20,clip_rn50,clip_vit_b_32,clip_text]
+On a GPU (--device cuda): ResNet-50 and its B-cosified form at batch 64, inference and training
+step, both frameworks synchronising after every step; memory is the peak of tensor memory
+(torch.cuda.max_memory_allocated, bcos.cpp's caching allocator's peak in use). The B-cos ResNet-50
+in PyTorch is tools/bench_bcos.py's layers on torchvision's ResNet-50, converted as
+models/bcosify.h converts it (6-channel first conv, uncentred BN, max-pool -> avg-pool, fc as a
+1x1 B-cos conv before pooling, logit bias -ln 999), trained with the same B-cos BCE loss.
 """
 import argparse
 import os
@@ -20,17 +26,61 @@ import time
 
 CONFIGS = [("resnet18", 8, 224), ("resnet50", 8, 224), ("resnet20", 128, 32), ("clip_rn50", 8, 224),
            ("clip_vit_b_32", 8, 224), ("clip_text", 64, 77)]
+GPU_CONFIGS = [("resnet50", 64, 224), ("bcos_resnet50", 64, 224)]
 MODES = {"clip_text": ("infer",)}
-RESULT = re.compile(r"^images_per_s (\S+) peak_rss_mb (\S+)$")
+RESULT = re.compile(r"^images_per_s (\S+) peak_rss_mb (\S+)(?: peak_gpu_mb (\S+))?$")
 
 
-def torch_child(arch, batch, size, mode, seconds, threads):
+def bcos_torchvision_resnet(net, num_classes):
+    """models/bcosify.h's conversion of a torchvision ResNet, in PyTorch (bench only: timing)."""
+    import math
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from bench_bcos import MEAN, STD, BatchNormUncentered2d, BcosConv2d
+
+    def conv_of(c, weight):
+        return BcosConv2d(weight, None, c.stride, c.padding, c.dilation, c.groups, 2.0)
+
+    def swap(module):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Conv2d):
+                setattr(module, name, conv_of(child, child.weight))
+            elif isinstance(child, nn.BatchNorm2d):
+                setattr(module, name, BatchNormUncentered2d(child, False))
+            else:
+                swap(child)
+
+    w = net.conv1.weight.detach()
+    net.conv1 = conv_of(net.conv1, torch.cat([w, -w], 1) / 2)
+    head = BcosConv2d(net.fc.weight.detach().view(num_classes, -1, 1, 1), None, 1, 0, (1, 1), 1, 2.0)
+    swap(net)
+
+    class BcosResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.head = net, head
+            self.register_buffer("mean6", torch.tensor(MEAN + tuple(1 - m for m in MEAN)).view(1, 6, 1, 1))
+            self.register_buffer("std6", torch.tensor(STD + STD).view(1, 6, 1, 1))
+
+        def forward(self, x6):
+            n = self.net
+            x = F.relu(n.bn1(n.conv1((x6 - self.mean6) / self.std6)))
+            x = F.avg_pool2d(x, 3, 2, 1)
+            x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+            return F.adaptive_avg_pool2d(self.head(x), 1).flatten(1) - math.log(num_classes - 1)
+
+    return BcosResNet()
+
+
+def torch_child(arch, batch, size, mode, seconds, threads, device):
     """Runs in a child process: one configuration, prints the result line."""
     import torch
     import torch.nn.functional as F
     import torchvision
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from models import CifarResNet  # the same definition the golden fixtures use
 
     torch.set_num_threads(threads)
@@ -52,12 +102,26 @@ def torch_child(arch, batch, size, mode, seconds, threads):
         y = torch.randint(0, embed, (batch,))
         module = clip
     else:
-        module = model = CifarResNet(20) if arch == "resnet20" else getattr(torchvision.models, arch)()
-        classes = 10 if arch == "resnet20" else 1000
-        x = torch.randn(batch, 3, size, size)
+        base = arch[len("bcos_"):] if arch.startswith("bcos_") else arch
+        module = model = CifarResNet(20) if base == "resnet20" else getattr(torchvision.models, base)()
+        classes = 10 if base == "resnet20" else 1000
+        if arch.startswith("bcos_"):
+            module = model = bcos_torchvision_resnet(model, classes)
+            x = torch.rand(batch, 3, size, size)
+            x = torch.cat([x, 1 - x], 1)
+        else:
+            x = torch.randn(batch, 3, size, size)
         y = torch.randint(0, classes, (batch,))
         params = list(model.parameters())
+    module.to(device)
+    x, y = x.to(device), y.to(device)
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+
+    def loss_of(out):
+        if arch.startswith("bcos_"):  # the B-cos BCE: one-hot targets clamped to 1 / C
+            target = F.one_hot(y, out.shape[1]).to(out.dtype).clamp(min=1.0 / out.shape[1])
+            return F.binary_cross_entropy_with_logits(out, target)
+        return F.cross_entropy(out, y)
 
     def run():
         if mode == "infer":
@@ -65,18 +129,26 @@ def torch_child(arch, batch, size, mode, seconds, threads):
                 model(x)
         else:
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            loss_of(model(x)).backward()
             opt.step()
+
+    def sync():
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     module.train(mode == "train")
     run()
+    run()
+    sync()
     iters, start = 0, time.perf_counter()
     while iters < 2 or time.perf_counter() - start < seconds:
         run()
         iters += 1
+        sync()
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(f"images_per_s {iters * batch / elapsed:.2f} peak_rss_mb {peak:.1f}")
+    gpu = f" peak_gpu_mb {torch.cuda.max_memory_allocated() / 2**20:.1f}" if device != "cpu" else ""
+    print(f"images_per_s {iters * batch / elapsed:.2f} peak_rss_mb {peak:.1f}{gpu}")
 
 
 def measure(cmd, env):
@@ -87,7 +159,7 @@ def measure(cmd, env):
     if len(lines) != 1:
         sys.exit(f"bench/models: unexpected output from {' '.join(cmd)}:\n{out.stdout}")
     m = RESULT.match(lines[0])
-    return float(m.group(1)), float(m.group(2))
+    return float(m.group(1)), float(m.group(3) or m.group(2))  # GPU: peak tensor memory
 
 
 def main():
@@ -96,28 +168,32 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--only", default="")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (ResNet-50 and B-cos ResNet-50 at batch 64)")
+    ap.add_argument("--python", default=sys.executable, help="the Python that runs PyTorch's side")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         arch, batch, size, mode = a.child
-        torch_child(arch, int(batch), int(size), mode, a.seconds, a.threads)
+        torch_child(arch, int(batch), int(size), mode, a.seconds, a.threads, a.device)
         return
     env = dict(os.environ, BCOS_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
     only = set(filter(None, a.only.split(",")))
     import torch
-    print(f"torch {torch.__version__}, {a.threads} threads, ~{a.seconds:.0f} s per measurement, each in its own process")
+    where = f"{a.threads} threads" if a.device == "cpu" else torch.cuda.get_device_name(0)
+    print(f"torch {torch.__version__}, {where}, ~{a.seconds:.0f} s per measurement, each in its own process")
+    mem = "MB" if a.device == "cpu" else "GPU MB"
     print(f"{'model':13s} {'batch':>5s} {'mode':6s} {'torch img/s':>12s} {'bcos img/s':>11s} {'ratio':>6s}"
-          f" {'torch MB':>9s} {'bcos MB':>8s} {'mem ratio':>9s}")
-    for arch, batch, size in CONFIGS:
+          f" {'torch ' + mem:>12s} {'bcos ' + mem:>11s} {'mem ratio':>9s}")
+    for arch, batch, size in (CONFIGS if a.device == "cpu" else GPU_CONFIGS):
         if only and arch not in only:
             continue
         for mode in MODES.get(arch, ("infer", "train")):
-            t_speed, t_mem = measure([sys.executable, __file__, "--threads", str(a.threads), "--seconds",
-                                      str(a.seconds), "--child", arch, str(batch), str(size), mode], env)
+            t_speed, t_mem = measure([a.python, __file__, "--threads", str(a.threads), "--seconds", str(a.seconds),
+                                      "--device", a.device, "--child", arch, str(batch), str(size), mode], env)
             b_speed, b_mem = measure([a.binary, "--arch", arch, "--batch", str(batch), "--mode", mode,
-                                      "--seconds", str(a.seconds)], env)
+                                      "--seconds", str(a.seconds), "--device", a.device], env)
             print(f"{arch:13s} {batch:5d} {mode:6s} {t_speed:12.1f} {b_speed:11.1f} {b_speed / t_speed:6.2f}"
-                  f" {t_mem:9.0f} {b_mem:8.0f} {t_mem / b_mem:9.2f}", flush=True)
+                  f" {t_mem:12.0f} {b_mem:11.0f} {t_mem / b_mem:9.2f}", flush=True)
 
 
 if __name__ == "__main__":

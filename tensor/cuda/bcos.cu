@@ -1,7 +1,8 @@
 // B-cos kernels on the GPU, as tensor/cpu/bcos.cpp computes them (its comments give the
 // formulas): the patch norms Σ x² over each group's channels and the conv's window, the B-cos
 // scale with max-out, and the uncentred batch norm's backward (in cuda/batch_norm.cu). One
-// thread per output element; sums shared by several outputs go through atomicAdd.
+// thread per output element; sums shared by several outputs go through atomicAdd -- under
+// deterministic_algorithms() one thread owns each sum and adds its terms in order.
 // Layouts: x [N, C, H, W], sums [N, G, Ho, Wo]; lin [N, O·M, S], sums [N, G, S], out / value /
 // argmax [N, O, S], all contiguous.
 #include <cmath>
@@ -41,10 +42,13 @@ __global__ void patch_sumsq_kernel(const T* x, T* out, PatchShape s, Pool2dParam
   }
 }
 
-// acc[ng, ih, iw] += g[ng, oh, ow] for every tap of every window (acc zeroed first).
+// acc[ng, ih, iw] += g[ng, oh, ow] for every tap of every window (acc zeroed first); ordered:
+// one thread per plane ng walks its outputs in order.
 template <class T>
-__global__ void patch_scatter_kernel(const T* g, T* acc, PatchShape s, Pool2dParams p) {
-  BCOS_GRID_LOOP(o, s.ng * s.ho * s.wo) {
+__global__ void patch_scatter_kernel(const T* g, T* acc, PatchShape s, Pool2dParams p, bool ordered) {
+  const int64_t per = ordered ? s.ho * s.wo : 1, units = s.ng * s.ho * s.wo / per;
+  BCOS_GRID_LOOP(unit, units)
+  for (int64_t o = unit * per; o < (unit + 1) * per; ++o) {
     const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, ng = o / (s.wo * s.ho);
     const pool::Taps t = pool::window_taps(oh, ow, s.h, s.w, p);
     const int64_t h0 = t.h0, w0 = t.w0, ki_lo = t.ki_lo, ki_hi = t.ki_hi, kj_lo = t.kj_lo, kj_hi = t.kj_hi;
@@ -95,11 +99,23 @@ __global__ void scale_forward_kernel(const T* lin, const T* sumsq, BcosScalePara
   }
 }
 
+// Output element c of work unit `unit`: the unit itself, or (ordered) the c-th channel of the
+// unit's (sample, group, position), so one thread adds a group's terms into its sumsq entry.
+__device__ __forceinline__ int64_t scale_element(int64_t unit, int64_t c, const ScaleShape& d, bool ordered) {
+  if (!ordered) return unit;
+  const int64_t j = unit % d.s, sample = unit / d.s / d.groups, group = unit / d.s % d.groups;
+  return (sample * d.o + group * d.per_group + c) * d.s + j;
+}
+
 // grad_lin (zeroed first when M > 1) and grad_sumsq (zeroed first) from grad [N, O, S].
 template <class T>
 __global__ void scale_backward_kernel(const T* grad, const T* value, const T* sumsq, const uint8_t* argmax,
-                                      BcosScaleParams p, bool explain, ScaleShape d, T* grad_lin, T* grad_sumsq) {
-  BCOS_GRID_LOOP(i, d.n * d.o * d.s) {
+                                      BcosScaleParams p, bool explain, ScaleShape d, T* grad_lin, T* grad_sumsq,
+                                      bool ordered) {
+  const int64_t per = ordered ? d.per_group : 1, units = d.n * d.o * d.s / per;
+  BCOS_GRID_LOOP(unit, units)
+  for (int64_t c = 0; c < per; ++c) {
+    const int64_t i = scale_element(unit, c, d, ordered);
     const int64_t no = i / d.s, j = i % d.s;
     const T g = grad[i];
     T gv = g;
@@ -161,8 +177,9 @@ void bcos_patch_sumsq_backward(const Tensor& grad_in, const Tensor& x_in, int64_
   zero(acc, stream);
   dispatch_float(x.dtype(), "cuda bcos_patch_sumsq_backward", [&]<class T>() {
     if (grad.numel() > 0) {
-      patch_scatter_kernel<<<blocks_for(grad.numel()), kThreads, 0, stream>>>(static_cast<const T*>(grad.raw_data()),
-                                                                                static_cast<T*>(acc.raw_data()), s, p);
+      const bool ordered = deterministic_algorithms();
+      patch_scatter_kernel<<<blocks_for(ordered ? s.ng : grad.numel()), kThreads, 0, stream>>>(
+          static_cast<const T*>(grad.raw_data()), static_cast<T*>(acc.raw_data()), s, p, ordered);
       BCOS_CUDA_CHECK_LAUNCH();
     }
     patch_grad_kernel<<<blocks_for(grad_x.numel()), kThreads, 0, stream>>>(
@@ -201,12 +218,13 @@ void bcos_scale_backward(const Tensor& grad_in, const Tensor& value, const Tenso
   const bool want_q = grad_sumsq.defined() && !explain && sumsq.defined();
   if (grad_sumsq.defined()) zero(grad_sumsq, stream);
   if (grad.numel() == 0) return;
+  const bool ordered = want_q && deterministic_algorithms();
   dispatch_float(grad.dtype(), "cuda bcos_scale_backward", [&]<class T>() {
-    scale_backward_kernel<<<blocks_for(grad.numel()), kThreads, 0, stream>>>(
+    scale_backward_kernel<<<blocks_for(ordered ? grad.numel() / d.per_group : grad.numel()), kThreads, 0, stream>>>(
         static_cast<const T*>(grad.raw_data()), static_cast<const T*>(value.raw_data()),
         sumsq.defined() ? static_cast<const T*>(sumsq.raw_data()) : nullptr,
         d.m > 1 ? static_cast<const uint8_t*>(argmax.raw_data()) : nullptr, p, explain, d,
-        static_cast<T*>(grad_lin.raw_data()), want_q ? static_cast<T*>(grad_sumsq.raw_data()) : nullptr);
+        static_cast<T*>(grad_lin.raw_data()), want_q ? static_cast<T*>(grad_sumsq.raw_data()) : nullptr, ordered);
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }

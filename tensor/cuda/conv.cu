@@ -1,6 +1,7 @@
 // 2-D convolution on the GPU through cuDNN: forward, backward-data and backward-filter with
 // groups, stride, padding and dilation. The algorithm is cuDNN's heuristic choice
-// (cudnnGet*Algorithm_v7: the fastest that runs), cached per shape; the workspace comes from the
+// (cudnnGet*Algorithm_v7: the fastest that runs -- the fastest deterministic one under
+// deterministic_algorithms()), cached per shape; the workspace comes from the
 // caching allocator. f32 convolutions may use TF32 tensor cores when allow_tf32() is on (as
 // matmul, and as PyTorch's cuDNN default); f64 never. cuDNN 9 marks this descriptor API
 // deprecated in favour of its graph API; it is still shipped, and is the smallest readable way.
@@ -52,8 +53,9 @@ struct ConvDescriptors {
   cudnnFilterDescriptor_t w = nullptr;
   cudnnConvolutionDescriptor_t conv = nullptr;
   std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-             int64_t, int64_t, int64_t, int, bool>
+             int64_t, int64_t, int64_t, int, bool, bool>
       key;  // every size and parameter: the algorithm cache's key
+  bool deterministic = false;
 
   ConvDescriptors(const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p, DType dt, const char* op) {
     const cudnnDataType_t type = cudnn_type(dt, op);
@@ -70,8 +72,9 @@ struct ConvDescriptors {
     BCOS_CUDNN_CHECK(cudnnSetConvolutionGroupCount(conv, int(p.groups)));
     const bool tf32 = dt == DType::f32 && allow_tf32();
     BCOS_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+    deterministic = deterministic_algorithms();
     key = {xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3], p.stride[0], p.stride[1], p.padding[0], p.padding[1],
-           p.dilation[0], p.dilation[1], p.groups, int(dt), tf32};
+           p.dilation[0], p.dilation[1], p.groups, int(dt), tf32, deterministic};
   }
   ~ConvDescriptors() {
     cudnnDestroyConvolutionDescriptor(conv);
@@ -104,11 +107,14 @@ struct AlgoCache {
   }
 };
 
+// The heuristics list algorithms fastest first; with deterministic_algorithms() on, only those
+// cuDNN marks deterministic qualify.
 template <class Perf>
-auto first_working(const Perf* perf, int count, const char* op) {
+auto first_working(const Perf* perf, int count, bool deterministic, const char* op) {
   for (int i = 0; i < count; ++i)
-    if (perf[i].status == CUDNN_STATUS_SUCCESS) return perf[i].algo;
-  fail(op, ": cuDNN offers no algorithm for this convolution");
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && (!deterministic || perf[i].determinism == CUDNN_DETERMINISTIC))
+      return perf[i].algo;
+  fail(op, ": cuDNN offers no ", deterministic ? "deterministic " : "", "algorithm for this convolution");
 }
 
 AlgoCache<cudnnConvolutionFwdAlgo_t> g_forward;
@@ -143,7 +149,7 @@ void conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, 
     int count = 0;
     BCOS_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x, d.w, d.conv, d.y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
                                                             &count, perf));
-    return first_working(perf, count, op);
+    return first_working(perf, count, d.deterministic, op);
   });
   size_t bytes = 0;
   BCOS_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, d.x, d.w, d.conv, d.y, algo, &bytes));
@@ -184,7 +190,7 @@ void conv2d_backward_input(const Tensor& grad_out_in, const Tensor& w_in, const 
     int count = 0;
     BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w, d.y, d.conv, d.x,
                                                                  CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf));
-    return first_working(perf, count, op);
+    return first_working(perf, count, d.deterministic, op);
   });
   size_t bytes = 0;
   BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, d.w, d.y, d.conv, d.x, algo, &bytes));
@@ -213,7 +219,7 @@ void conv2d_backward_weight(const Tensor& grad_out_in, const Tensor& x_in, const
     int count = 0;
     BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
         h, d.x, d.y, d.conv, d.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count, perf));
-    return first_working(perf, count, op);
+    return first_working(perf, count, d.deterministic, op);
   });
   size_t bytes = 0;
   BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, d.x, d.y, d.conv, d.w, algo, &bytes));

@@ -2,7 +2,8 @@
 // backward; cross-entropy uses both) on the GPU, as tensor/cpu/indexing.cpp: for index_select
 // x viewed contiguous [outer, D, inner]; for gather one thread per index element. Indices are checked on the
 // device first -- one flag, read back before any write -- so a bad index is a bcos::Error naming
-// it, never a stray memory access. index_add accumulates with atomicAdd (repeated indices).
+// it, never a stray memory access. index_add accumulates with atomicAdd (repeated indices), in a
+// fixed order under deterministic_algorithms().
 #include "tensor/kernel_views.h"
 #include "tensor/copy.h"
 #include "tensor/cuda/internal.h"
@@ -49,13 +50,18 @@ __global__ void index_select_kernel(const T* x, const int64_t* index, T* out, Di
   }
 }
 
+// ordered: one thread per (outer, inner) column adds the k rows in index order, so repeated
+// indices sum in the same order every run (deterministic_algorithms()).
 template <class T>
-__global__ void index_add_kernel(T* out, const int64_t* index, const T* src, DimView s, int64_t k) {
-  const int64_t n = s.outer * k * s.inner, step = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
-    const int64_t c = i % s.inner, r = i / s.inner, o = r / k, j = r % k;
-    atomicAdd(out + (o * s.d + index[j]) * s.inner + c, src[i]);
-  }
+__global__ void index_add_kernel(T* out, const int64_t* index, const T* src, DimView s, int64_t k, bool ordered) {
+  const int64_t per = ordered ? k : 1, n = s.outer * k * s.inner / per, step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t unit = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; unit < n; unit += step)
+    for (int64_t t = 0; t < per; ++t) {
+      // unordered: unit is the element of src; ordered: unit is a column (o, c), t its row.
+      const int64_t i = ordered ? ((unit / s.inner) * k + t) * s.inner + unit % s.inner : unit;
+      const int64_t c = i % s.inner, r = i / s.inner, o = r / k, j = r % k;
+      atomicAdd(out + (o * s.d + index[j]) * s.inner + c, src[i]);
+    }
 }
 
 // Where index element i (index contiguous, of `shape`) points in a tensor with `strides`: its
@@ -63,6 +69,12 @@ __global__ void index_add_kernel(T* out, const int64_t* index, const T* src, Dim
 struct IndexWalk {
   int ndim = 0, dim = 0;
   int64_t shape[kMaxDims] = {}, strides[kMaxDims] = {};
+  int64_t inner = 1;  // elements after `dim` in the index
+  // Index element t along `dim` of line `line` (the index's elements that differ only in their
+  // position along `dim`: the only ones that can meet in one destination).
+  __device__ int64_t along(int64_t line, int64_t t) const {
+    return ((line / inner) * shape[dim] + t) * inner + line % inner;
+  }
   __device__ int64_t offset(int64_t i, int64_t value) const {
     int64_t off = 0;
     for (int d = ndim - 1; d >= 0; --d) {
@@ -78,6 +90,7 @@ IndexWalk walk_of(const Tensor& index, int dim, const Strides& strides) {
   IndexWalk w;
   w.ndim = index.dim(), w.dim = dim;
   for (int d = 0; d < w.ndim; ++d) w.shape[d] = index.size(d), w.strides[d] = strides[d];
+  for (int d = dim + 1; d < w.ndim; ++d) w.inner *= w.shape[d];
   return w;
 }
 
@@ -88,11 +101,15 @@ __global__ void gather_kernel(const T* x, const int64_t* index, T* out, int64_t 
     out[i] = x[w.offset(i, index[i])];
 }
 
+// ordered: one thread per line along `dim` adds its elements in order (deterministic_algorithms()).
 template <class T>
-__global__ void scatter_add_kernel(T* out, const int64_t* index, const T* src, int64_t n, IndexWalk w) {
-  const int64_t step = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step)
-    atomicAdd(out + w.offset(i, index[i]), src[i]);
+__global__ void scatter_add_kernel(T* out, const int64_t* index, const T* src, int64_t n, IndexWalk w, bool ordered) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.x, per = ordered ? w.shape[w.dim] : 1, units = n / per;
+  for (int64_t unit = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; unit < units; unit += step)
+    for (int64_t t = 0; t < per; ++t) {
+      const int64_t i = ordered ? w.along(unit, t) : unit;
+      atomicAdd(out + w.offset(i, index[i]), src[i]);
+    }
 }
 
 }  // namespace
@@ -125,9 +142,10 @@ void index_add(const Tensor& out, int dim, const Tensor& index_in, const Tensor&
   const int64_t k = index.numel();
   if (src.numel() == 0) return;
   dispatch_float(out.dtype(), "cuda index_add", [&]<class T>() {
-    index_add_kernel<<<blocks_for(src.numel()), kThreads, 0, stream>>>(
+    const bool ordered = deterministic_algorithms();
+    index_add_kernel<<<blocks_for(ordered ? src.numel() / k : src.numel()), kThreads, 0, stream>>>(
         static_cast<T*>(out.raw_data()), static_cast<const int64_t*>(index.raw_data()),
-        static_cast<const T*>(src.raw_data()), s, k);
+        static_cast<const T*>(src.raw_data()), s, k, ordered);
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }
@@ -160,9 +178,10 @@ void scatter_add(const Tensor& out, int dim, const Tensor& index_in, const Tenso
   if (n == 0) return;
   const IndexWalk w = walk_of(index, dim, out.strides());
   dispatch_float(out.dtype(), "cuda scatter_add", [&]<class T>() {
-    scatter_add_kernel<<<blocks_for(n), kThreads, 0, stream>>>(static_cast<T*>(out.raw_data()),
-                                                                 static_cast<const int64_t*>(index.raw_data()),
-                                                                 static_cast<const T*>(src.raw_data()), n, w);
+    const bool ordered = deterministic_algorithms();
+    scatter_add_kernel<<<blocks_for(ordered ? n / w.shape[dim] : n), kThreads, 0, stream>>>(
+        static_cast<T*>(out.raw_data()), static_cast<const int64_t*>(index.raw_data()),
+        static_cast<const T*>(src.raw_data()), n, w, ordered);
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }

@@ -1,7 +1,7 @@
 // Helpers shared by the CUDA backend's .cu files (not part of the public API): the current
 // stream as a cudaStream_t, the per-thread cuBLAS handle, a device guard, launch sizes, and the
 // geometry struct that strided kernels receive by value. Plain C++ may include this header (the
-// tests do, for set_allow_tf32); the device-side parts compile only under nvcc.
+// tests do); the device-side parts compile only under nvcc.
 #pragma once
 
 #include <cublas_v2.h>
@@ -32,12 +32,6 @@ int multiprocessor_count(int device);
 // This thread's cuBLAS handle for `device`, created on first use and bound to the thread's
 // current stream on every call. The device must be the current one (see DeviceGuard).
 cublasHandle_t cublas_handle(int device);
-
-// ---- matmul (matmul.cu) ------------------------------------------------------------------
-// f32 matrix products use TF32 tensor cores by default (about 10 mantissa bits per input,
-// f32 accumulation); switch off for full f32 products. Process-wide.
-void set_allow_tf32(bool allow);
-bool allow_tf32();
 
 // Makes `device` current for a scope and restores the previous device afterwards, so a call
 // on cuda:1 never leaves the caller's thread switched away from its device.

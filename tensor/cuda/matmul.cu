@@ -3,7 +3,6 @@
 // view is exactly our C. An operand whose rows or columns are unit-stride is handed over as
 // it is (a transposed view costs nothing); only other layouts are copied. f32 products use
 // TF32 tensor cores unless set_allow_tf32(false); f64 runs in full double.
-#include <atomic>
 #include <climits>
 
 #include "tensor/cuda/internal.h"
@@ -12,7 +11,6 @@ namespace bcos::cuda {
 
 namespace {
 
-std::atomic<bool> g_allow_tf32{true};
 
 // One [B, R, C] operand as cuBLAS reads it: a pointer, the op that turns the stored matrix
 // into X^T, its leading dimension and batch stride. `keep` holds a copy alive when one was
@@ -90,7 +88,7 @@ void gemm_into_contiguous(const Tensor& a, const Tensor& b, const Tensor& out, b
   const cudaDataType data_type = cuda_data_type(dt);
   cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
   if (dt == DType::f64) compute = CUBLAS_COMPUTE_64F;
-  if (dt == DType::f32 && g_allow_tf32.load(std::memory_order_relaxed))
+  if (dt == DType::f32 && allow_tf32())
     compute = CUBLAS_COMPUTE_32F_FAST_TF32;
   // Scalars are in the compute precision: double for DGEMM, float otherwise.
   const double alpha64 = 1.0, beta64 = accumulate ? 1.0 : 0.0;
@@ -109,8 +107,6 @@ void gemm_into_contiguous(const Tensor& a, const Tensor& b, const Tensor& out, b
 
 }  // namespace
 
-void set_allow_tf32(bool allow) { g_allow_tf32.store(allow, std::memory_order_relaxed); }
-bool allow_tf32() { return g_allow_tf32.load(std::memory_order_relaxed); }
 
 void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate) {
   BCOS_CHECK(a.defined() && b.defined() && out.defined() && a.is_cuda() &&

@@ -1,8 +1,9 @@
 // Pooling on the GPU, as tensor/cpu/pool.cpp (window arithmetic shared in tensor/pool_math.h):
 // max (PyTorch's flat per-plane indices h * W + w; NaN wins), average (padding counted or not,
 // divisor override), adaptive average. One thread per output element; the backwards scatter
-// into the zeroed input gradient with atomicAdd (windows may overlap). x, outputs contiguous
-// [N, C, H, W].
+// into the zeroed input gradient with atomicAdd (windows may overlap) -- under
+// deterministic_algorithms() one thread per plane walks that plane's outputs in order, so every
+// input's terms are added in the same order each run. x, outputs contiguous [N, C, H, W].
 #include <cmath>
 
 #include "tensor/kernel_views.h"
@@ -16,6 +17,19 @@ namespace {
 
 #define BCOS_GRID_LOOP(i, n) \
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+// Every output element o of planes s: spread over the grid, or (per_plane) one thread per plane
+// walking its outputs in order.
+#define BCOS_SCATTER_LOOP(o, s, per_plane)                                                                  \
+  for (int64_t unit = int64_t(blockIdx.x) * blockDim.x + threadIdx.x,                                     \
+               per = (per_plane) ? (s).ho * (s).wo : 1, units = (s).planes * (s).ho * (s).wo / per;        \
+       unit < units; unit += int64_t(gridDim.x) * blockDim.x)                                              \
+    for (int64_t o = unit * per; o < (unit + 1) * per; ++o)
+
+// Threads to launch for a backward scatter over the outputs of s.
+unsigned scatter_blocks(const Planes& s, bool per_plane) {
+  return blocks_for(per_plane ? s.planes : s.planes * s.ho * s.wo);
+}
 
 template <class T>
 __global__ void max_pool_kernel(const T* x, T* out, int64_t* indices, Planes s, Pool2dParams p) {
@@ -43,8 +57,8 @@ __global__ void max_pool_kernel(const T* x, T* out, int64_t* indices, Planes s, 
 }
 
 template <class T>
-__global__ void max_pool_backward_kernel(const T* g, const int64_t* indices, T* gx, Planes s) {
-  BCOS_GRID_LOOP(o, s.planes * s.ho * s.wo) {
+__global__ void max_pool_backward_kernel(const T* g, const int64_t* indices, T* gx, Planes s, bool per_plane) {
+  BCOS_SCATTER_LOOP(o, s, per_plane) {
     const int64_t i = indices[o];
     if (i >= 0) atomicAdd(gx + (o / (s.ho * s.wo)) * s.h * s.w + i, g[o]);
   }
@@ -64,8 +78,8 @@ __global__ void avg_pool_kernel(const T* x, T* out, Planes s, Pool2dParams p) {
 }
 
 template <class T>
-__global__ void avg_pool_backward_kernel(const T* g, T* gx, Planes s, Pool2dParams p) {
-  BCOS_GRID_LOOP(o, s.planes * s.ho * s.wo) {
+__global__ void avg_pool_backward_kernel(const T* g, T* gx, Planes s, Pool2dParams p, bool per_plane) {
+  BCOS_SCATTER_LOOP(o, s, per_plane) {
     const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, pl = o / (s.wo * s.ho);
     T* plane = gx + pl * s.h * s.w;
     const pool::AvgWindow win = pool::avg_window(oh, ow, s.h, s.w, p);
@@ -90,8 +104,8 @@ __global__ void adaptive_avg_pool_kernel(const T* x, T* out, Planes s) {
 }
 
 template <class T>
-__global__ void adaptive_avg_pool_backward_kernel(const T* g, T* gx, Planes s) {
-  BCOS_GRID_LOOP(o, s.planes * s.ho * s.wo) {
+__global__ void adaptive_avg_pool_backward_kernel(const T* g, T* gx, Planes s, bool per_plane) {
+  BCOS_SCATTER_LOOP(o, s, per_plane) {
     const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, pl = o / (s.wo * s.ho);
     T* plane = gx + pl * s.h * s.w;
     const int64_t h0 = pool::bin_start(oh, s.h, s.ho), h1 = pool::bin_end(oh, s.h, s.ho);
@@ -103,6 +117,7 @@ __global__ void adaptive_avg_pool_backward_kernel(const T* g, T* gx, Planes s) {
 }
 
 #undef BCOS_GRID_LOOP
+#undef BCOS_SCATTER_LOOP
 
 // Runs `launch` for T in {float, double} on x's device and stream, zeroing `zero` first.
 template <class F>
@@ -137,9 +152,10 @@ void max_pool2d_backward(const Tensor& grad_out_in, const Tensor& indices, const
   const Planes s = planes_of(grad_x, g);
   launch_float(g, "cuda max_pool2d_backward", grad_x, [&]<class T>(cudaStream_t stream) {
     if (g.numel() == 0) return;
-    max_pool_backward_kernel<<<blocks_for(g.numel()), kThreads, 0, stream>>>(
+    const bool ordered = deterministic_algorithms();
+    max_pool_backward_kernel<<<scatter_blocks(s, ordered), kThreads, 0, stream>>>(
         static_cast<const T*>(g.raw_data()), static_cast<const int64_t*>(indices.raw_data()),
-        static_cast<T*>(grad_x.raw_data()), s);
+        static_cast<T*>(grad_x.raw_data()), s, ordered);
   });
 }
 
@@ -158,8 +174,9 @@ void avg_pool2d_backward(const Tensor& grad_out_in, const Tensor& grad_x, const 
   const Planes s = planes_of(grad_x, g);
   launch_float(g, "cuda avg_pool2d_backward", grad_x, [&]<class T>(cudaStream_t stream) {
     if (g.numel() == 0) return;
-    avg_pool_backward_kernel<<<blocks_for(g.numel()), kThreads, 0, stream>>>(
-        static_cast<const T*>(g.raw_data()), static_cast<T*>(grad_x.raw_data()), s, p);
+    const bool ordered = deterministic_algorithms();
+    avg_pool_backward_kernel<<<scatter_blocks(s, ordered), kThreads, 0, stream>>>(
+        static_cast<const T*>(g.raw_data()), static_cast<T*>(grad_x.raw_data()), s, p, ordered);
   });
 }
 
@@ -178,8 +195,9 @@ void adaptive_avg_pool2d_backward(const Tensor& grad_out_in, const Tensor& grad_
   const Planes s = planes_of(grad_x, g);
   launch_float(g, "cuda adaptive_avg_pool2d_backward", grad_x, [&]<class T>(cudaStream_t stream) {
     if (g.numel() == 0) return;
-    adaptive_avg_pool_backward_kernel<<<blocks_for(g.numel()), kThreads, 0, stream>>>(
-        static_cast<const T*>(g.raw_data()), static_cast<T*>(grad_x.raw_data()), s);
+    const bool ordered = deterministic_algorithms();
+    adaptive_avg_pool_backward_kernel<<<scatter_blocks(s, ordered), kThreads, 0, stream>>>(
+        static_cast<const T*>(g.raw_data()), static_cast<T*>(grad_x.raw_data()), s, ordered);
   });
 }
 

@@ -685,7 +685,7 @@ TEST_CASE("cuda: bmm matches the CPU for dense, transposed, broadcast and stride
   };
   for (Mode mode : {Mode{DType::f32, true, 5e-3}, Mode{DType::f32, false, 1e-5},
                     Mode{DType::f64, false, 1e-12}}) {
-    cuda::set_allow_tf32(mode.tf32);
+    set_allow_tf32(mode.tf32);
     const DType dt = mode.dt;
     Tensor a = make({B, M, K}, dt, normal(), 21);
     Tensor b = make({B, K, N}, dt, normal(), 22);
@@ -729,7 +729,7 @@ TEST_CASE("cuda: bmm matches the CPU for dense, transposed, broadcast and stride
       CHECK_MESSAGE(m.empty(), m);
     }
   }
-  cuda::set_allow_tf32(true);
+  set_allow_tf32(true);
 }
 
 TEST_CASE("cuda: bmm edge cases") {

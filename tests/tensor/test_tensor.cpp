@@ -152,6 +152,17 @@ TEST_CASE("tensor: draws are counter ranges of one stream -- split draws equal o
   for (size_t i = 0; i < words.size(); ++i) CHECK(narrow[i] == double(words[i] >> 40) * 0x1.0p-24);
 }
 
+TEST_CASE("tensor: the GPU numerics switches default to PyTorch's (TF32 on, nondeterministic) and toggle") {
+  CHECK(allow_tf32());
+  CHECK_FALSE(deterministic_algorithms());
+  set_deterministic_algorithms(true);
+  set_allow_tf32(false);
+  CHECK(deterministic_algorithms());
+  CHECK_FALSE(allow_tf32());
+  set_deterministic_algorithms(false);
+  set_allow_tf32(true);
+}
+
 TEST_CASE("tensor: from_blob borrows memory and keeps its owner alive") {
   auto owner = std::make_shared<std::vector<float>>(std::vector<float>{1, 2, 3, 4});
   Tensor t = from_blob(owner->data(), {2, 2}, kFloat32, Device(), owner);
