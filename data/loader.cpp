@@ -10,7 +10,11 @@
 #include <map>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <thread>
+#include <utility>
+
+#include "tensor/transfer.h"
 
 namespace bcos::data {
 
@@ -53,6 +57,11 @@ struct DataLoader::State {
   int64_t skipped = 0;
   std::string first_skip;
   bool finished = false;
+  // GPU delivery: the next batch, already staged (its copy under way), and an error met while
+  // fetching it, raised on the call after the batch before it was handed out.
+  std::unique_ptr<DeviceStager> stager;
+  std::optional<Batch> staged;
+  std::exception_ptr deferred;
 
   // Reads, decodes and transforms a job's samples, then stacks them into one batch.
   Result build(Job& job) const {
@@ -84,7 +93,9 @@ struct DataLoader::State {
     }
     if (images.empty()) return res;
     const Shape shape = images[0].shape();
-    b.images = empty({int64_t(images.size()), shape[0], shape[1], shape[2]}, DType::f32);
+    const Shape batch_shape{int64_t(images.size()), shape[0], shape[1], shape[2]};
+    // Bound for a GPU: pinned, so the copy there runs while the GPU is busy.
+    b.images = options.device.is_cuda() ? empty_pinned(batch_shape, DType::f32) : empty(batch_shape, DType::f32);
     float* dst = b.images.data<float>();
     const int64_t per = shape.numel();
     for (size_t i = 0; i < images.size(); ++i) {
@@ -94,6 +105,7 @@ struct DataLoader::State {
       std::memcpy(dst + int64_t(i) * per, images[i].data<float>(), size_t(per) * sizeof(float));
     }
     b.labels = from_vector(labels, {int64_t(labels.size())});
+    if (options.device.is_cuda()) b.labels = pin_memory(b.labels);
     return res;
   }
 
@@ -191,6 +203,11 @@ void check_options(bool has_dataset, const LoaderOptions& o) {
   BCOS_CHECK(o.batch_size >= 1, "DataLoader: batch_size ", o.batch_size, " must be >= 1");
   BCOS_CHECK(o.workers >= 0 && o.prefetch >= 1, "DataLoader: workers ", o.workers, " and prefetch ", o.prefetch,
              " must be >= 0 and >= 1");
+  if (o.device.is_cuda()) {
+    BCOS_CHECK(cuda_compiled(), "DataLoader: cannot deliver batches to ", o.device, ": bcos was built without CUDA");
+    BCOS_CHECK(o.device.index >= 0 && o.device.index < cuda_device_count(), "DataLoader: no device ", o.device, " (",
+               cuda_device_count(), " CUDA devices visible)");
+  }
 }
 
 }  // namespace
@@ -262,6 +279,7 @@ DataLoader::Epoch DataLoader::epoch(int64_t epoch_index) const {
       return true;
     };
   }
+  if (options_.device.is_cuda()) s->stager = std::make_unique<DeviceStager>(options_.device);
   State* raw = s.get();
   Epoch epoch(std::move(s));  // from here on its destructor joins whatever threads started
   for (int w = 0; w < options_.workers; ++w) raw->workers.emplace_back([raw] { raw->worker_loop(); });
@@ -282,9 +300,9 @@ DataLoader::Epoch::~Epoch() {
   if (state_) state_->shutdown();
 }
 
-bool DataLoader::Epoch::next(Batch& batch) {
-  BCOS_CHECK(state_, "DataLoader::Epoch: used after being moved from");
-  State& s = *state_;
+namespace {
+// The next batch on the host, in order; false at the end of the epoch.
+bool next_on_host(DataLoader::State& s, Batch& batch) {
   if (s.finished) return false;
   for (;;) {
     Result res;
@@ -311,6 +329,37 @@ bool DataLoader::Epoch::next(Batch& batch) {
     batch = std::move(res.batch);
     return true;
   }
+}
+
+}  // namespace
+
+bool DataLoader::Epoch::next(Batch& batch) {
+  BCOS_CHECK(state_, "DataLoader::Epoch: used after being moved from");
+  State& s = *state_;
+  if (!s.stager) return next_on_host(s, batch);
+  // On a GPU one batch is always staged ahead, so its copy overlaps the caller's work on this one.
+  if (s.deferred) std::rethrow_exception(std::exchange(s.deferred, nullptr));
+  if (!s.staged) {
+    Batch first;
+    if (!next_on_host(s, first)) return false;
+    s.stager->stage({first.images, first.labels});
+    s.staged = std::move(first);
+  }
+  Batch out = std::move(*s.staged);
+  s.staged.reset();
+  std::vector<Tensor> on_device = s.stager->take();
+  out.images = on_device[0], out.labels = on_device[1];
+  try {
+    Batch ahead;
+    if (next_on_host(s, ahead)) {
+      s.stager->stage({ahead.images, ahead.labels});
+      s.staged = std::move(ahead);
+    }
+  } catch (...) {
+    s.deferred = std::current_exception();
+  }
+  batch = std::move(out);
+  return true;
 }
 
 int64_t DataLoader::Epoch::skipped() const {

@@ -33,11 +33,14 @@ struct LoaderOptions {
   int64_t shuffle_buffer = 1000;  // WebDataset: samples in the shuffle buffer
   int64_t limit = 0;           // > 0: at most this many samples per epoch (after shuffling)
   bool report_skipped = true;  // print the skip count to stderr at the end of each epoch
+  // Where batches are delivered. A GPU: workers collate into pinned host memory and each batch's
+  // copy runs on a side stream while the GPU computes on the one before (tensor/transfer.h).
+  Device device{};
 };
 
 struct Batch {
-  Tensor images;                   // f32 [N, C, H, W], contiguous
-  Tensor labels;                   // i64 [N] (-1 where a sample has none)
+  Tensor images;                   // f32 [N, C, H, W], contiguous, on LoaderOptions::device
+  Tensor labels;                   // i64 [N] (-1 where a sample has none), on the same device
   std::vector<std::string> texts;  // per sample (empty strings when absent)
   std::vector<std::string> jsons;
   std::vector<std::string> names;  // file path or "shard: key", for messages

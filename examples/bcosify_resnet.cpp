@@ -357,7 +357,7 @@ int main(int argc, char** argv) {
     Transform train_t = s.cifar ? Compose({RandomCrop(s.spec.input_size, 4), RandomHorizontalFlip(), ToTensor()})
                                 : Compose({RandomResizedCrop(s.spec.input_size), RandomHorizontalFlip(), ToTensor()});
     LoaderOptions train_opts{.batch_size = batch, .shuffle = true, .drop_last = true, .workers = workers,
-                             .seed = seed, .limit = limit_train};
+                             .seed = seed, .limit = limit_train, .device = s.device};  // GPU: pinned, side-stream copies
     auto train_loader = examples::make_loader(train_path, "train", train_t, train_opts);
     const int64_t steps_per_epoch = train_loader->num_samples() / batch;
     BCOS_CHECK(steps_per_epoch > 0, "bcosify_resnet: fewer training samples (", train_loader->num_samples(),

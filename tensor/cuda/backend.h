@@ -53,6 +53,17 @@ void empty_cache();  // returns unused cached segments to the driver
 void copy_host_to_device(void* dst, const void* src, size_t nbytes, int device);
 void copy_device_to_host(void* dst, const void* src, size_t nbytes, int device);
 void copy_peer(void* dst, int dst_device, const void* src, int src_device, size_t nbytes);
+// ---- pinned host memory and events (cuda/copy.cu) ----------------------------------------------
+// Page-locked host memory (copies from it run asynchronously); freed blocks are kept for reuse
+// by the next request of the same size, so a loader's per-batch buffers cost one cudaHostAlloc.
+std::shared_ptr<void> allocate_pinned(size_t nbytes);
+using EventHandle = void*;  // a cudaEvent_t
+EventHandle create_event(int device);  // timing disabled
+void destroy_event(int device, EventHandle event);
+void record_event(int device, EventHandle event, StreamHandle stream);
+void stream_wait_event(int device, StreamHandle stream, EventHandle event);  // on the device, host returns at once
+void event_synchronize(int device, EventHandle event);
+
 // ---- kernels: the list every backend implements (tensor/kernels.inc) --------------------------
 // Defined in cuda/copy.cu, elementwise.cu, reduce.cu, matmul.cu, softmax.cu, indexing.cu,
 // topk.cu, norm.cu, batch_norm.cu, pool.cu, conv.cu (cuDNN) and bcos.cu.

@@ -3,6 +3,8 @@
 // copy_() and the creation functions. Conversions follow the CPU's copy kernel exactly so a
 // tensor converted on either device holds the same values.
 #include <cstring>
+#include <map>
+#include <mutex>
 
 #include "tensor/cuda/internal.h"
 #include "tensor/random_math.h"
@@ -80,6 +82,58 @@ void copy_host_to_device(void* dst, const void* src, size_t nbytes, int device) 
   // A pageable source may be freed or rewritten as soon as we return; wait until the copy
   // has consumed it. (A pinned source is the caller's to keep alive.)
   if (is_pageable_host_memory(src)) BCOS_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+// ---- pinned memory and events ----------------------------------------------------------------
+namespace {
+std::mutex g_pinned_mutex;
+std::multimap<size_t, void*> g_pinned_free;  // size -> block, kept for reuse
+}  // namespace
+
+std::shared_ptr<void> allocate_pinned(size_t nbytes) {
+  void* p = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_pinned_mutex);
+    auto it = g_pinned_free.find(nbytes);
+    if (it != g_pinned_free.end()) {
+      p = it->second;
+      g_pinned_free.erase(it);
+    }
+  }
+  if (p == nullptr) BCOS_CUDA_CHECK(cudaHostAlloc(&p, std::max<size_t>(nbytes, 1), cudaHostAllocDefault));
+  return std::shared_ptr<void>(p, [nbytes](void* q) {
+    std::lock_guard<std::mutex> lock(g_pinned_mutex);
+    g_pinned_free.emplace(nbytes, q);
+  });
+}
+
+EventHandle create_event(int device) {
+  check_device_index(device, "cuda::create_event");
+  DeviceGuard guard(device);
+  cudaEvent_t e = nullptr;
+  BCOS_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  return e;
+}
+
+void destroy_event(int device, EventHandle event) {
+  if (event == nullptr) return;
+  DeviceGuard guard(device);
+  BCOS_CUDA_CHECK(cudaEventDestroy(static_cast<cudaEvent_t>(event)));
+}
+
+void record_event(int device, EventHandle event, StreamHandle stream) {
+  DeviceGuard guard(device);
+  BCOS_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)));
+}
+
+void stream_wait_event(int device, StreamHandle stream, EventHandle event) {
+  DeviceGuard guard(device);
+  BCOS_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), static_cast<cudaEvent_t>(event), 0));
+}
+
+void event_synchronize(int device, EventHandle event) {
+  DeviceGuard guard(device);
+  BCOS_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(event)));
 }
 
 void copy_device_to_host(void* dst, const void* src, size_t nbytes, int device) {
