@@ -399,14 +399,17 @@ TEST_CASE("cuda ops: fused SGD (momentum, Nesterov, decay) and Adam / AdamW / AM
   }
 }
 
-TEST_CASE("cuda ops: CIFAR ResNet-20 and its B-cos form -- forward, explanation, one SGD step -- match the CPU") {
+TEST_CASE("cuda ops: ResNet-20 / 18 / 50 and their B-cos forms -- forward, explanation, one SGD step -- match the CPU") {
   if (!have_gpu()) return;
-  const models::ModelSpec spec = models::model_spec("resnet20");
+  for (const char* arch : {"resnet20", "resnet18", "resnet50"})
   for (bool bcos : {false, true}) {
+    CAPTURE(arch);
     CAPTURE(bcos);
+    const models::ModelSpec spec = models::model_spec(arch);
+    const int64_t size = spec.input_size == 32 ? 32 : 64;  // ImageNet ResNets at 64 px: every layer, less time
     auto make = [&](Device dev) {
       manual_seed(21);  // the same weights on both devices
-      std::shared_ptr<nn::Module> m = models::create_model("resnet20");
+      std::shared_ptr<nn::Module> m = models::create_model(arch);
       if (bcos) {
         models::BcosifyOptions o;
         o.mean = spec.mean, o.std = spec.std;
@@ -417,7 +420,7 @@ TEST_CASE("cuda ops: CIFAR ResNet-20 and its B-cos form -- forward, explanation,
       return m;
     };
     manual_seed(22);
-    const Tensor images = rand({4, 3, 32, 32}, kFloat64);
+    const Tensor images = rand({4, 3, size, size}, kFloat64);
     const Tensor labels = from_vector(std::vector<int64_t>{3, 0, 9, 3}, {4});
     auto run = [&](Device dev) {
       auto model = make(dev);
