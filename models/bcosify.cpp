@@ -82,8 +82,30 @@ nn::BcosOptions bcos_options(const BcosifyOptions& o, bool had_bias) {
   return b;
 }
 
-// conv: a Conv2d; stem: it reads the image, so it takes x₆ with W₆ = [W, −W] / 2.
-std::shared_ptr<Module> convert_conv(const nn::Conv2d& conv, const BcosifyOptions& o, bool stem) {
+// The classifier head: Linear(C, K) -> 1×1 BcosConv2d(C, K), applied before pooling.
+std::shared_ptr<Module> convert_head(const nn::Linear& fc, const BcosifyOptions& o) {
+  auto b = std::make_shared<nn::BcosConv2d>(fc.in_features, fc.out_features, 1,
+                                            nn::BcosConv2dOptions{1, 0, 1, 1, bcos_options(o, fc.bias.defined())});
+  b->to(fc.weight.dtype());
+  copy_param(b->weight, fc.weight.detach().reshape({fc.out_features, fc.in_features, 1, 1}));
+  if (b->bias.defined()) copy_param(b->bias, fc.bias.detach());
+  return b;
+}
+
+int64_t head_classes(const Module& head) {
+  auto* fc = dynamic_cast<const nn::Linear*>(&head);
+  BCOS_CHECK(fc, "bcosify: the classifier head is a ", head.type_name(), ", expected a Linear");
+  return fc->out_features;
+}
+
+}  // namespace
+
+namespace bcosify_parts {
+
+std::shared_ptr<Module> conv(const Module& m, const BcosifyOptions& o, bool stem) {
+  const auto* c = dynamic_cast<const nn::Conv2d*>(&m);
+  BCOS_CHECK(c, "bcosify: expected a Conv2d, got a ", m.type_name());
+  const nn::Conv2d& conv = *c;
   nn::BcosConv2dOptions opt{conv.options.stride, conv.options.padding, conv.options.dilation, conv.options.groups,
                             bcos_options(o, conv.bias.defined())};
   BCOS_CHECK(!stem || conv.options.groups == 1, "bcosify: the first conv must not be grouped");
@@ -96,17 +118,10 @@ std::shared_ptr<Module> convert_conv(const nn::Conv2d& conv, const BcosifyOption
   return b;
 }
 
-// The classifier head: Linear(C, K) -> 1×1 BcosConv2d(C, K), applied before pooling.
-std::shared_ptr<Module> convert_head(const nn::Linear& fc, const BcosifyOptions& o) {
-  auto b = std::make_shared<nn::BcosConv2d>(fc.in_features, fc.out_features, 1,
-                                            nn::BcosConv2dOptions{1, 0, 1, 1, bcos_options(o, fc.bias.defined())});
-  b->to(fc.weight.dtype());
-  copy_param(b->weight, fc.weight.detach().reshape({fc.out_features, fc.in_features, 1, 1}));
-  if (b->bias.defined()) copy_param(b->bias, fc.bias.detach());
-  return b;
-}
-
-std::shared_ptr<Module> convert_bn(const nn::BatchNorm2d& bn, const BcosifyOptions& o) {
+std::shared_ptr<Module> batch_norm(const Module& m, const BcosifyOptions& o) {
+  const auto* b = dynamic_cast<const nn::BatchNorm2d*>(&m);
+  BCOS_CHECK(b, "bcosify: expected a BatchNorm2d, got a ", m.type_name());
+  const nn::BatchNorm2d& bn = *b;
   BCOS_CHECK(bn.weight.defined() && bn.running_mean.defined(), "bcosify: BatchNorm2d without affine parameters or "
              "running statistics is not supported");
   auto u = std::make_shared<nn::BatchNormUncentered2d>(bn.num_features, bn.eps, bn.momentum, o.keep_bias);
@@ -121,7 +136,10 @@ std::shared_ptr<Module> convert_bn(const nn::BatchNorm2d& bn, const BcosifyOptio
   return u;
 }
 
-std::shared_ptr<Module> convert_linear(const nn::Linear& fc, const BcosifyOptions& o) {
+std::shared_ptr<Module> linear(const Module& m, const BcosifyOptions& o) {
+  const auto* l = dynamic_cast<const nn::Linear*>(&m);
+  BCOS_CHECK(l, "bcosify: expected a Linear, got a ", m.type_name());
+  const nn::Linear& fc = *l;
   auto b = std::make_shared<nn::BcosLinear>(fc.in_features, fc.out_features, bcos_options(o, fc.bias.defined()));
   b->to(fc.weight.dtype());
   copy_param(b->weight, fc.weight.detach());
@@ -129,7 +147,10 @@ std::shared_ptr<Module> convert_linear(const nn::Linear& fc, const BcosifyOption
   return b;
 }
 
-std::shared_ptr<Module> convert_layer_norm(const nn::LayerNorm& ln, const BcosifyOptions& o) {
+std::shared_ptr<Module> layer_norm(const Module& m, const BcosifyOptions& o) {
+  const auto* l = dynamic_cast<const nn::LayerNorm*>(&m);
+  BCOS_CHECK(l, "bcosify: expected a LayerNorm, got a ", m.type_name());
+  const nn::LayerNorm& ln = *l;
   BCOS_CHECK(ln.normalized_shape.size() == 1 && ln.weight.defined(), "bcosify: only LayerNorms over the last dim "
              "with affine parameters are supported, got normalized_shape ", ln.normalized_shape);
   auto d = std::make_shared<nn::DetachableLayerNorm>(ln.normalized_shape[0], ln.eps, o.keep_bias && ln.bias.defined());
@@ -141,53 +162,52 @@ std::shared_ptr<Module> convert_layer_norm(const nn::LayerNorm& ln, const Bcosif
 
 // The packed q/k/v projection stays linear (q and k detached in explanation mode); the output
 // projection becomes B-cos.
-std::shared_ptr<Module> convert_attention(const nn::MultiheadAttention& a, const BcosifyOptions& o) {
+std::shared_ptr<Module> attention(const Module& layer, const BcosifyOptions& o) {
+  const auto* p = dynamic_cast<const nn::MultiheadAttention*>(&layer);
+  BCOS_CHECK(p, "bcosify: expected a MultiheadAttention, got a ", layer.type_name());
+  const nn::MultiheadAttention& a = *p;
   const bool bias = o.keep_bias && a.in_proj_bias.defined();
   auto m = std::make_shared<nn::MultiheadAttention>(a.embed_dim, a.num_heads, a.dropout, bias);
   m->to(a.in_proj_weight.dtype());
   copy_param(m->in_proj_weight, a.in_proj_weight.detach());
   if (bias) copy_param(m->in_proj_bias, a.in_proj_bias.detach());
   m->detach_qk_when_explaining = true;
-  m->replace_child("out_proj", convert_linear(dynamic_cast<const nn::Linear&>(*a.out_proj), o));
+  m->replace_child("out_proj", linear(*a.out_proj, o));
   return m;
 }
 
-// Replaces, below `m` (the stem and the ResNet head are done first): Conv2d, BatchNorm2d,
-// MaxPool2d (ResNets); Linear, LayerNorm, GELU, MultiheadAttention (ViT).
-void convert_tree(Module& m, const BcosifyOptions& o, bool vit) {
+void convert_tree(Module& m, const BcosifyOptions& o, bool vit, const Hook& hook) {
   std::vector<std::string> names;
   for (const auto& [name, child] : m.children()) names.push_back(name);
   for (const std::string& name : names) {
     std::shared_ptr<Module> child = m.child(name);
-    if (auto* conv = dynamic_cast<nn::Conv2d*>(child.get())) {
-      m.replace_child(name, convert_conv(*conv, o, false));
-    } else if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(child.get())) {
-      m.replace_child(name, convert_bn(*bn, o));
+    if (std::shared_ptr<Module> own = hook ? hook(*child) : nullptr) {
+      m.replace_child(name, own);
+    } else if (dynamic_cast<nn::Conv2d*>(child.get())) {
+      m.replace_child(name, conv(*child, o, false));
+    } else if (dynamic_cast<nn::BatchNorm2d*>(child.get())) {
+      m.replace_child(name, batch_norm(*child, o));
     } else if (dynamic_cast<nn::MaxPool2d*>(child.get())) {
       if (!o.keep_maxpool) m.replace_child(name, std::make_shared<nn::AvgPool2d>(3, 2, 1));
-    } else if (auto* fc = dynamic_cast<nn::Linear*>(child.get())) {
+    } else if (dynamic_cast<nn::Linear*>(child.get())) {
       BCOS_CHECK(vit, "bcosify: unexpected Linear '", name, "' inside a ResNet (only the classifier head is converted)");
-      m.replace_child(name, convert_linear(*fc, o));
-    } else if (auto* ln = dynamic_cast<nn::LayerNorm*>(child.get())) {
-      m.replace_child(name, convert_layer_norm(*ln, o));
+      m.replace_child(name, linear(*child, o));
+    } else if (dynamic_cast<nn::LayerNorm*>(child.get())) {
+      m.replace_child(name, layer_norm(*child, o));
     } else if (auto* act = dynamic_cast<nn::GELU*>(child.get())) {
       BCOS_CHECK(act->approximate == "none", "bcosify: only the exact GELU is supported");
       m.replace_child(name, std::make_shared<nn::DetachableGELU>());
-    } else if (auto* att = dynamic_cast<nn::MultiheadAttention*>(child.get())) {
-      m.replace_child(name, convert_attention(*att, o));
+    } else if (dynamic_cast<nn::MultiheadAttention*>(child.get())) {
+      m.replace_child(name, attention(*child, o));
     } else {
-      convert_tree(*child, o, vit);
+      convert_tree(*child, o, vit, hook);
     }
   }
 }
 
-int64_t head_classes(const Module& head) {
-  auto* fc = dynamic_cast<const nn::Linear*>(&head);
-  BCOS_CHECK(fc, "bcosify: the classifier head is a ", head.type_name(), ", expected a Linear");
-  return fc->out_features;
-}
+}  // namespace bcosify_parts
 
-}  // namespace
+using namespace bcosify_parts;
 
 std::shared_ptr<BcosClassifier> bcosify(std::shared_ptr<Module> model, const BcosifyOptions& o) {
   BCOS_CHECK(model, "bcosify: the model is null");
@@ -202,17 +222,17 @@ std::shared_ptr<BcosClassifier> bcosify(std::shared_ptr<Module> model, const Bco
   // is generic.
   if (auto* r = dynamic_cast<ResNet*>(model.get())) {
     classes = head_classes(*r->fc);
-    r->replace_child("conv1", convert_conv(dynamic_cast<nn::Conv2d&>(*r->conv1), o, true));
+    r->replace_child("conv1", conv(*r->conv1, o, true));
     r->replace_child("fc", convert_head(dynamic_cast<nn::Linear&>(*r->fc), o));
   } else if (auto* c = dynamic_cast<CifarResNet*>(model.get())) {
     classes = head_classes(*c->linear);
-    c->replace_child("conv1", convert_conv(dynamic_cast<nn::Conv2d&>(*c->conv1), o, true));
+    c->replace_child("conv1", conv(*c->conv1, o, true));
     c->replace_child("linear", convert_head(dynamic_cast<nn::Linear&>(*c->linear), o));
   } else if (auto* v = dynamic_cast<VisionTransformer*>(model.get())) {
     auto& heads = dynamic_cast<nn::Sequential&>(*v->heads);
     BCOS_CHECK(heads.size() == 1, "bcosify: ViTs with a pre-logits layer are not supported");
     classes = head_classes(heads[0]);
-    v->replace_child("conv_proj", convert_conv(dynamic_cast<nn::Conv2d&>(*v->conv_proj), o, true));
+    v->replace_child("conv_proj", conv(*v->conv_proj, o, true));
   } else {
     fail("bcosify: ", model->type_name(), " is not supported (torchvision ResNets and ViTs, and the CIFAR ResNets are)");
   }

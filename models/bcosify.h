@@ -63,6 +63,23 @@ class BcosClassifier : public nn::Module {
 // result, so don't use `model` afterwards). Raises for other architectures.
 std::shared_ptr<BcosClassifier> bcosify(std::shared_ptr<nn::Module> model, const BcosifyOptions& options);
 
+// ---- building blocks for other models' conversions (models/bcos_clip.cpp) ----------------------
+// Each returns the B-cos counterpart of one layer with the pretrained weights copied (biases
+// only with keep_bias), in the layer's dtype.
+namespace bcosify_parts {
+// stem: the layer reads the image, so it takes x₆ with W₆ = [W, −W] / 2.
+std::shared_ptr<nn::Module> conv(const nn::Module& conv2d, const BcosifyOptions& o, bool stem);
+std::shared_ptr<nn::Module> batch_norm(const nn::Module& batch_norm2d, const BcosifyOptions& o);
+std::shared_ptr<nn::Module> linear(const nn::Module& linear, const BcosifyOptions& o);
+std::shared_ptr<nn::Module> layer_norm(const nn::Module& layer_norm, const BcosifyOptions& o);
+std::shared_ptr<nn::Module> attention(const nn::Module& multihead_attention, const BcosifyOptions& o);
+// Another model's own layers: returns the replacement of `child`, or null to use the generic rules.
+using Hook = std::function<std::shared_ptr<nn::Module>(nn::Module& child)>;
+// Replaces every Conv2d, BatchNorm2d, MaxPool2d (-> AvgPool2d(3, 2, 1) unless keep_maxpool) below
+// `m`, and, with `linears`, every Linear, LayerNorm, GELU and MultiheadAttention; `hook` first.
+void convert_tree(nn::Module& m, const BcosifyOptions& o, bool linears, const Hook& hook = nullptr);
+}  // namespace bcosify_parts
+
 // ---- fine-tuning a converted model ------------------------------------------------------------
 // Removing the biases at conversion destroys most of a pretrained network's function (a CIFAR
 // ResNet-20 falls to chance), and so does jumping from b = 1 to b = 2. The schedule below lets

@@ -166,8 +166,9 @@ ModifiedResNet::ModifiedResNet(std::vector<int64_t> layers, int64_t output_dim, 
 }
 
 Tensor ModifiedResNet::features(const Tensor& x) {
-  BCOS_CHECK(x.dim() == 4 && x.size(1) == 3 && x.size(2) == input_resolution && x.size(3) == input_resolution,
-             "ModifiedResNet: expected images [N, 3, ", input_resolution, ", ", input_resolution, "], got ", x.shape());
+  BCOS_CHECK(x.dim() == 4 && x.size(1) == in_channels && x.size(2) == input_resolution && x.size(3) == input_resolution,
+             "ModifiedResNet: expected images [N, ", in_channels, ", ", input_resolution, ", ", input_resolution,
+             "], got ", x.shape());
   Tensor h = (*relu1)((*bn1)((*conv1)(x)));
   h = (*relu2)((*bn2)((*conv2)(h)));
   h = (*avgpool)((*relu3)((*bn3)((*conv3)(h))));

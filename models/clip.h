@@ -88,6 +88,7 @@ class ModifiedResNet : public nn::Module {
   std::shared_ptr<nn::Module> conv1, bn1, relu1, conv2, bn2, relu2, conv3, bn3, relu3, avgpool, attnpool;
   std::vector<std::shared_ptr<nn::Module>> stages;  // layer1.. (registered by slot)
   int64_t input_resolution;
+  int64_t in_channels = 3;  // 6 once B-cosified (models/bcos_clip.h)
 };
 
 // ---- transformer -------------------------------------------------------------------------------

@@ -134,6 +134,11 @@ std::string DetachableLayerNorm::describe() const {
   return str("(", normalized_size, ",), eps=", eps, ", bias=", bias.defined() ? "True" : "False");
 }
 
+Tensor DetachableQuickGELU::forward(const Tensor& x) {
+  const Tensor gate = sigmoid(x * 1.702);
+  return x * (explanation_mode() ? gate.detach() : gate);
+}
+
 Tensor DetachableGELU::forward(const Tensor& x) {
   if (!explanation_mode()) return gelu(x);
   // The gate Φ(x) = gelu(x) / x as a constant (Φ(0) = 1/2).

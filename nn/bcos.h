@@ -87,6 +87,13 @@ class DetachableGELU : public Module {
   Tensor forward(const Tensor& x) override;
 };
 
+// CLIP's QuickGELU x · σ(1.702 x) with the gate σ(1.702 x) detached in explanation mode.
+class DetachableQuickGELU : public Module {
+ public:
+  DetachableQuickGELU() : Module("DetachableQuickGELU") {}
+  Tensor forward(const Tensor& x) override;
+};
+
 // [N, C, ...] -> [N, 2C, ...]: (x, 1 − x), so that a dark pixel still has a norm.
 class AddInverse : public Module {
  public:
