@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "autograd/ops.h"
+#include "data/transforms.h"
 #include "models/bcosify.h"
 #include "nn/bcos.h"
 
@@ -155,6 +156,54 @@ std::shared_ptr<BcosClipVisual> bcosify_clip_visual(ModulePtr visual, const Bcos
   result->to(dtype);
   result->train(training);
   return result;
+}
+
+// ---- other resolutions ------------------------------------------------------------------------
+namespace {
+// pos [1 + g², C] (the first row: the class / mean token) -> [1 + G², C], the grid resampled.
+Tensor resample_positions(const Tensor& pos, int64_t grid) {
+  const int64_t old = std::llround(std::sqrt(double(pos.size(0) - 1))), c = pos.size(1);
+  BCOS_CHECK(old * old + 1 == pos.size(0), "set_image_resolution: ", pos.size(0), " positions are not 1 + a square");
+  if (old == grid) return pos;
+  NoGradGuard no_grad;
+  const Tensor spatial = pos.slice(0, 1, pos.size(0)).to(DType::f32).transpose(0, 1).reshape({c, old, old}).contiguous();
+  const Tensor resized = data::resize(spatial, grid, grid, data::Interpolation::bicubic);  // [C, G, G]
+  return cat({pos.slice(0, 0, 1), resized.reshape({c, grid * grid}).transpose(0, 1).to(pos.dtype())}, 0).contiguous();
+}
+}  // namespace
+
+void set_image_resolution(Module& tower, int64_t resolution) {
+  BCOS_CHECK(resolution > 0, "set_image_resolution: resolution must be positive, got ", resolution);
+  if (auto* b = dynamic_cast<BcosClipVisual*>(&tower)) {
+    set_image_resolution(*b->visual, resolution);
+    b->input_resolution = resolution;
+    return;
+  }
+  if (auto* r = dynamic_cast<ModifiedResNet*>(&tower)) {
+    const int64_t stride = int64_t(4) << (r->stages.size() - 1);
+    BCOS_CHECK(resolution % stride == 0, "set_image_resolution: ", resolution, " px is not a multiple of the "
+               "ResNet tower's stride ", stride);
+    const int64_t grid = resolution / stride;
+    if (auto* pool = dynamic_cast<AttentionPool2d*>(r->attnpool.get())) {
+      pool->positional_embedding = resample_positions(pool->positional_embedding.detach(), grid);
+      pool->spacial_dim = grid;
+    } else if (auto* bpool = dynamic_cast<BcosAttentionPool2d*>(r->attnpool.get())) {
+      if (bpool->positional_embedding.defined())
+        bpool->positional_embedding = resample_positions(bpool->positional_embedding.detach(), grid);
+      bpool->spacial_dim = grid;
+    }
+    r->input_resolution = resolution;
+    return;
+  }
+  if (auto* v = dynamic_cast<ClipVisionTransformer*>(&tower)) {
+    BCOS_CHECK(resolution % v->patch_size == 0, "set_image_resolution: ", resolution, " px is not a multiple of the "
+               "ViT's patch size ", v->patch_size);
+    if (v->positional_embedding.defined())
+      v->positional_embedding = resample_positions(v->positional_embedding.detach(), resolution / v->patch_size);
+    v->input_resolution = resolution;
+    return;
+  }
+  fail("set_image_resolution: ", tower.type_name(), " is not a CLIP image tower");
 }
 
 // ---- text-conditioned similarities -----------------------------------------------------------

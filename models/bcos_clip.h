@@ -61,6 +61,12 @@ class BcosClipVisual : public nn::Module {
 // result, so don't use `visual` afterwards).
 std::shared_ptr<BcosClipVisual> bcosify_clip_visual(std::shared_ptr<nn::Module> visual, const BcosClipOptions& options);
 
+// Makes a CLIP image tower (ModifiedResNet, VisionTransformer or their BcosClipVisual) take
+// images of `resolution` px: its positional embeddings' grids are resampled (bicubic, as is
+// usual for CLIP at other resolutions); a B-cos ResNet tower without them only changes its size
+// check. GridPG uses it to explain 3 x 3 grids of test images at three times the resolution.
+void set_image_resolution(nn::Module& tower, int64_t resolution);
+
 // Cosine similarities of an image tower's embeddings with fixed text embeddings: images -> [N, K]
 // = scale · ŝ · t̂ᵀ. ‖s‖ is detached in explanation mode, so for a B-cos tower the similarity is a
 // dynamic linear map of the input and the contributions of each target sum to its value.

@@ -1,0 +1,438 @@
+// bcos_clip_zeroshot: the B-cosification paper's CLIP experiment in one command.
+//   1. the teacher: --clip FILE (OpenAI, open_clip or Hugging Face weights), else the small CLIP
+//      examples/train_clip trains on the CIFAR-10 shards (trained on first use, kept in OUT/teacher);
+//   2. its zero-shot accuracy on the CIFAR-10 test shard (the templates it was not trained on);
+//   3. the b = 1 equivalence check, then the B-cosified image tower distilled from the frozen
+//      teacher (sigmoid loss on normalised embeddings, Adam, cosine schedule, adaptive gradient
+//      clipping, RandomResizedCrop + flip), checkpointed every epoch (--resume);
+//   4. the student's zero-shot accuracy with the teacher's text tower, agreement, embedding cosine;
+//   5. GridPG with text targets on 3 x 3 grids (teacher: input x gradient, student: contributions)
+//      and explanation PNGs for the class prompts and free --prompts;
+//   6. OUT/report.md, OUT/report.json and the PNGs.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "autograd/ops.h"
+#include "data/image.h"
+#include "data/loader.h"
+#include "data/progress.h"
+#include "examples/classifier.h"
+#include "examples/cli.h"
+#include "examples/clip_common.h"
+#include "models/bcos_clip.h"
+#include "models/clip_load.h"
+#include "models/explain.h"
+#include "models/metrics.h"
+#include "nn/bcos.h"
+#include "nn/checkpoint.h"
+#include "nn/optim.h"
+#include "nn/safetensors.h"
+#include "nn/schedule.h"
+
+using namespace bcos;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+Tensor clip_normalize(const Tensor& x) {  // images in [0, 1] -> the teacher's input
+  return (x - from_vector(models::kClipMean, {1, 3, 1, 1}).to(x.device())) /
+         from_vector(models::kClipStd, {1, 3, 1, 1}).to(x.device());
+}
+
+// The test set seen by both models: top-1 / top-5, agreement, embedding cosine, and the images
+// both classify correctly (GridPG's pool, the figures' examples).
+struct Evaluation {
+  double teacher_top1 = 0, teacher_top5 = 0, student_top1 = 0, student_top5 = 0, agreement = 0, cosine = 0;
+  int64_t samples = 0;
+  std::vector<Tensor> pool_images;
+  std::vector<int64_t> pool_labels;
+};
+
+Evaluation evaluate(nn::Module& teacher, nn::Module& student, const Tensor& classifier, data::DataLoader& loader,
+                    Device device, int64_t pool_size) {
+  Evaluation r;
+  teacher.eval(), student.eval();
+  NoGradGuard no_grad;
+  data::ProgressBar bar(loader.num_samples(), "zero-shot (teacher, student)", "img");
+  int64_t t1 = 0, t5 = 0, s1 = 0, s5 = 0, agree = 0;
+  double cos_sum = 0;
+  const Tensor cls = classifier.to(device).transpose(0, 1);
+  const int64_t k = std::min<int64_t>(5, classifier.size(0));
+  for (data::Batch& b : loader.epoch(0)) {
+    const Tensor x = b.images.to(device);
+    const Tensor te = models::l2_normalize(teacher(clip_normalize(x))), se = models::l2_normalize(student(nn::add_inverse(x)));
+    const auto tbest = topk(matmul(te, cls), k, 1).indices.to_vector<int64_t>();
+    const auto sbest = topk(matmul(se, cls), k, 1).indices.to_vector<int64_t>();
+    const auto cosines = sum(te * se, {1}).to_vector<float>();
+    const auto labels = b.labels.to_vector<int64_t>();
+    for (size_t i = 0; i < labels.size(); ++i) {
+      for (int64_t j = 0; j < k; ++j) {
+        t5 += tbest[i * size_t(k) + size_t(j)] == labels[i];
+        s5 += sbest[i * size_t(k) + size_t(j)] == labels[i];
+      }
+      const bool tc = tbest[i * size_t(k)] == labels[i], sc = sbest[i * size_t(k)] == labels[i];
+      t1 += tc, s1 += sc, agree += tbest[i * size_t(k)] == sbest[i * size_t(k)];
+      cos_sum += cosines[i];
+      if (tc && sc && int64_t(r.pool_images.size()) < pool_size)
+        r.pool_images.push_back(b.images.select(0, int64_t(i))), r.pool_labels.push_back(labels[i]);
+    }
+    r.samples += b.size();
+    bar.update(b.size(), {{"teacher", 100.0 * double(t1) / double(r.samples)},
+                          {"student", 100.0 * double(s1) / double(r.samples)}});
+  }
+  bar.finish();
+  BCOS_CHECK(r.samples > 0, "bcos_clip_zeroshot: the test set is empty");
+  const double n = double(r.samples);
+  r.teacher_top1 = 100 * double(t1) / n, r.teacher_top5 = 100 * double(t5) / n;
+  r.student_top1 = 100 * double(s1) / n, r.student_top5 = 100 * double(s5) / n;
+  r.agreement = 100 * double(agree) / n, r.cosine = cos_sum / n;
+  return r;
+}
+
+// GridPG with text targets: 3 x 3 grids of pool images at three times the towers' resolution;
+// `similarity` maps grid images (as the model takes them) to cosines with the class texts.
+models::GridPGResult gridpg(nn::Module& similarity, bool bcos_model, const Evaluation& ev, int64_t grids,
+                            uint64_t seed, Device device, const std::string& title) {
+  models::GridPGOptions o;
+  o.grids = grids, o.seed = seed, o.batch = 4;
+  data::ProgressBar bar(grids * 9, title, "map");
+  auto attribution = [&](const Tensor& images, const Tensor& targets) {
+    const Tensor x = images.to(device);
+    const Tensor maps = models::contribution_maps(similarity, bcos_model ? nn::add_inverse(x) : clip_normalize(x),
+                                                  targets.to(device)).to(Device());
+    bar.update(targets.numel());
+    return maps;
+  };
+  std::set<int64_t> classes(ev.pool_labels.begin(), ev.pool_labels.end());
+  if (grids <= 0 || classes.size() < 9) {
+    if (grids > 0) std::fprintf(stderr, "%s: only %zu classes have test images both models get right; GridPG needs 9\n",
+                                title.c_str(), classes.size());
+    models::GridPGResult none;
+    none.mean = none.q1 = none.median = none.q3 = std::nan("");
+    return none;
+  }
+  models::GridPGResult r = models::grid_pointing_game(stack(ev.pool_images, 0),
+                                                      from_vector(ev.pool_labels, {int64_t(ev.pool_labels.size())}),
+                                                      attribution, o);
+  bar.finish();
+  return r;
+}
+
+// One figure per image set: rows = images, columns = input, then per prompt the B-cos explanation
+// of cos(student(x), prompt) (colours on white) -- the explained cosine in the file's report entry.
+examples::Json write_explanations(models::BcosClipVisual& student, const Tensor& text_embeddings,
+                                  const std::vector<std::string>& prompts, const Tensor& images,
+                                  const std::string& path, Device device, int64_t scale) {
+  auto similarity = std::make_shared<models::TextSimilarity>(
+      std::shared_ptr<nn::Module>(&student, [](nn::Module*) {}), text_embeddings.to(device));
+  const int64_t n = images.size(0), k = int64_t(prompts.size()), h = images.size(2), w = images.size(3);
+  const Tensor x6 = nn::add_inverse(images.to(device));
+  std::vector<Tensor> rows;
+  const Tensor gap_v = ones({h, 2, 3}), gap_h = ones({2, (w + 2) * (k + 1) - 2, 3});
+  std::vector<std::vector<Tensor>> cells(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) cells[size_t(i)].push_back(images.select(0, i).permute({1, 2, 0}));
+  examples::Json per_prompt = examples::Json::array();
+  for (int64_t j = 0; j < k; ++j) {
+    const models::Explanation e =
+        models::explain(*similarity, x6, full({n}, double(j), DType::i64).to(device));
+    const Tensor weights = e.weights.to(Device()), contrib = e.contributions.to(Device());
+    const auto values = gather(e.logits.to(Device()), 1, full({n, 1}, double(j), DType::i64)).to_vector<float>();
+    per_prompt.push_back({{"prompt", prompts[size_t(j)]}, {"cosines", values}});
+    for (int64_t i = 0; i < n; ++i) {
+      const Tensor rgba = models::explanation_rgba(weights.select(0, i), contrib.select(0, i), 0);
+      const Tensor alpha = rgba.slice(2, 3, 4);
+      cells[size_t(i)].push_back(rgba.slice(2, 0, 3) * alpha + (1.0 - alpha));
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    Tensor row = cells[size_t(i)][0];
+    for (size_t c = 1; c < cells[size_t(i)].size(); ++c) row = cat({row, gap_v, cells[size_t(i)][c]}, 1);
+    if (!rows.empty()) rows.push_back(gap_h);
+    rows.push_back(row);
+  }
+  data::write_png(models::to_u8_image(cat(rows, 0), scale), path);
+  return per_prompt;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"B-cosify CLIP's image tower by distillation and explain zero-shot predictions with text prompts"};
+  examples::show_defaults(app);
+  const std::string root = examples::data_root(), cifar = root + "/data/cifar10";
+  std::string clip_path, out = "out/bcos_clip", train_path = cifar + "/cifar10-train-{000000..000004}.tar",
+              test_path = cifar + "/cifar10-test-000000.tar", vocab = examples::default_vocab(), classes = "cifar10",
+              templates = "cifar10", held_out_spec = "1,3,5,7,9,11,13,15,17", loss_name = "sigmoid",
+              prompts_spec = "a photo of a red car;a photo of a dog on grass", photos = root + "/data/photos",
+              device_spec = "cpu";
+  double epochs = 2, lr = 1e-4, b = 2, teacher_epochs = 4, crop_scale = 0.35;
+  int64_t batch = 128, limit_train = 0, limit_test = 0, grids = 250, pool_size = 2000, scale = 4, figure_images = 8;
+  int workers = 2;
+  uint64_t seed = 0;
+  bool resume = false;
+  app.add_option("--clip", clip_path, "the teacher: CLIP weights (OpenAI .pt, open_clip, Hugging Face); default: the "
+                 "small CLIP train_clip makes on the CIFAR-10 shards, trained on first use into OUT/teacher");
+  app.add_option("--out", out, "output folder: report.md, report.json, PNGs, checkpoint.safetensors, student.safetensors");
+  app.add_option("--data", train_path, "training images for the distillation (labels unused)");
+  app.add_option("--test-data", test_path, "labelled test images for zero-shot, GridPG and figures");
+  app.add_option("--vocab", vocab, "CLIP's BPE vocabulary");
+  app.add_option("--classes", classes, "class names: a file, cifar10 or imagenet");
+  app.add_option("--templates", templates, "prompt templates with {}: a file, cifar10 or imagenet");
+  app.add_option("--held-out", held_out_spec, "indices of the templates the zero-shot classifier uses (default: those "
+                 "train_clip leaves out; \"all\" for all)");
+  app.add_option("--epochs", epochs, "distillation epochs (fractions too)")->check(CLI::NonNegativeNumber);
+  app.add_option("--batch", batch, "distillation batch size")->check(CLI::Range(2, 65536));
+  app.add_option("--lr", lr, "Adam learning rate (cosine to 0, no weight decay)")->check(CLI::NonNegativeNumber);
+  app.add_option("--b", b, "the B-cos exponent")->check(CLI::Range(1.0, 10.0));
+  app.add_option("--loss", loss_name, "sigmoid (the authors') or cosine")->check(CLI::IsMember({"sigmoid", "cosine"}));
+  app.add_option("--crop-scale", crop_scale, "RandomResizedCrop's smallest area fraction")->check(CLI::Range(0.05, 1.0));
+  app.add_option("--teacher-epochs", teacher_epochs, "epochs of train_clip when the teacher is trained here");
+  app.add_option("--limit-train", limit_train, "training images per epoch (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--limit-test", limit_test, "test images (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--grids", grids, "GridPG 3 x 3 grids per model (0: skip)")->check(CLI::NonNegativeNumber);
+  app.add_option("--prompts", prompts_spec, "free prompts to explain, separated by ';'");
+  app.add_option("--photos", photos, "a folder of photos to explain besides test images (\"\" to skip)");
+  app.add_option("--workers", workers, "decoding threads")->check(CLI::PositiveNumber);
+  app.add_option("--seed", seed, "seed of shuffling, augmentation and GridPG");
+  app.add_option("--device", device_spec, "where the models run: cpu, cuda or cuda:N");
+  app.add_flag("--resume", resume, "continue the distillation from OUT/checkpoint.safetensors");
+  return examples::run(app, argc, argv, [&] {
+    const auto t_start = Clock::now();
+    const Device device = examples::parse_device(device_spec);
+    if (!examples::data_exists(test_path) || !fs::exists(vocab) || (clip_path.empty() && !examples::data_exists(train_path))) {
+      std::printf("bcos_clip_zeroshot: skipped: the CIFAR-10 shards or CLIP's vocabulary are missing (%s, %s); set "
+                  "BCOS_DATA or pass --data / --test-data / --vocab\n", test_path.c_str(), vocab.c_str());
+      return;
+    }
+    fs::create_directories(out);
+    examples::Json report;
+    report["command"] = examples::command_line(argc, argv);
+
+    // 1. The teacher.
+    std::string teacher_file = clip_path;
+    if (teacher_file.empty()) {
+      teacher_file = out + "/teacher/clip.safetensors";
+      if (!fs::exists(teacher_file)) {
+        const fs::path trainer = fs::path(argv[0]).parent_path() / "train_clip";
+        BCOS_CHECK(fs::exists(trainer), "bcos_clip_zeroshot: no teacher at ", teacher_file, " and no train_clip beside this "
+                   "program (", trainer.string(), ") to train one; pass --clip");
+        const std::string cmd = str("'", trainer.string(), "' --out '", out, "/teacher' --epochs ", teacher_epochs,
+                                    " --data '", train_path, "' --test-data '", test_path, "' --vocab '", vocab,
+                                    "' --workers ", workers, " --seed ", seed);
+        std::printf("training the teacher (first use): %s\n", cmd.c_str());
+        std::fflush(stdout);
+        BCOS_CHECK(std::system(cmd.c_str()) == 0, "bcos_clip_zeroshot: training the teacher failed: ", cmd);
+      }
+    }
+    std::shared_ptr<models::Clip> clip = models::load_clip(teacher_file);
+    const int64_t res = clip->config.image_resolution;
+    std::printf("teacher: %s (%s)\n", teacher_file.c_str(), clip->config.describe().c_str());
+    report["teacher"] = {{"file", teacher_file}, {"config", clip->config.describe()}};
+
+    // 2. The zero-shot classifier from the teacher's text tower, on the held-out templates.
+    auto tok = examples::load_tokenizer(vocab);
+    const auto class_names = examples::read_list(classes, "classes");
+    const auto all_templates = examples::read_list(templates, "templates");
+    std::vector<std::string> held_out;
+    if (held_out_spec == "all") {
+      held_out = all_templates;
+    } else {
+      std::stringstream ss(held_out_spec);
+      for (std::string item; std::getline(ss, item, ',');) {
+        const int64_t i = std::stoll(item);
+        BCOS_CHECK(i >= 0 && i < int64_t(all_templates.size()), "--held-out: template ", i, " of ", all_templates.size());
+        held_out.push_back(all_templates[size_t(i)]);
+      }
+    }
+    const Tensor classifier = examples::zeroshot_weights(*clip, *tok, class_names, held_out);  // [classes, embed]
+    std::shared_ptr<nn::Module> teacher = clip->visual;
+    teacher->to(device);
+    for (Tensor& p : teacher->parameters()) p.requires_grad_(false);
+
+    // 3. The b = 1 equivalence check on a fresh copy of the tower, then the student.
+    using namespace data;
+    const Transform test_t = Compose({Resize(res, Interpolation::bicubic), CenterCrop(res), ToTensor()});
+    auto test_loader = examples::make_loader(test_path, "test", test_t, {.batch_size = 250, .workers = workers, .limit = limit_test});
+    Batch first;
+    {
+      auto epoch0 = test_loader->epoch(0);
+      BCOS_CHECK(epoch0.next(first), "bcos_clip_zeroshot: the test set is empty");
+    }
+    const Tensor probe = first.images.slice(0, 0, std::min<int64_t>(16, first.size())).to(device);
+    double equivalence = 0;
+    {
+      models::BcosClipOptions exact;
+      exact.b = 1, exact.keep_bias = true, exact.keep_position = true;
+      auto copy = models::bcosify_clip_visual(models::load_clip(teacher_file)->visual, exact);
+      copy->to(device), copy->eval(), teacher->eval();
+      NoGradGuard no_grad;
+      const Tensor expected = (*teacher)(clip_normalize(probe));
+      equivalence = norm((*copy)(nn::add_inverse(probe)) - expected).item() / norm(expected).item();
+    }
+    std::printf("b = 1 equivalence: relative error %.2e between the converted and the original tower\n", equivalence);
+    BCOS_CHECK(equivalence <= 1e-4, "bcos_clip_zeroshot: the b = 1 conversion does not reproduce the teacher (relative "
+               "error ", equivalence, ")");
+    models::BcosClipOptions bo;
+    bo.b = b;
+    auto student = models::bcosify_clip_visual(models::load_clip(teacher_file)->visual, bo);
+    student->to(device);
+    std::printf("student: B-cos %s, b = %g, %.2fM parameters\n", clip->config.vit() ? "ViT" : "ModifiedResNet", b,
+                double(student->num_parameters()) / 1e6);
+
+    // Distillation: the teacher sees the normalised augmented batch, the student (x, 1 − x) of it.
+    const Transform train_t = Compose({RandomResizedCrop(res, {crop_scale, 1.0}), RandomHorizontalFlip(), ToTensor()});
+    auto train_loader = examples::make_loader(train_path, "train", train_t,
+                                              {.batch_size = batch, .shuffle = true, .drop_last = true, .workers = workers,
+                                               .seed = seed, .limit = limit_train, .device = device});
+    const int64_t steps_per_epoch = train_loader->num_samples() / batch;
+    BCOS_CHECK(steps_per_epoch > 0, "bcos_clip_zeroshot: fewer training images than one batch");
+    const int64_t total_steps = std::max<int64_t>(1, std::llround(epochs * double(steps_per_epoch)));
+    const int64_t epoch_count = epochs > 0 ? (total_steps + steps_per_epoch - 1) / steps_per_epoch : 0;
+    std::vector<Tensor> params = student->parameters();
+    nn::Adam optimizer(params, {.lr = lr});
+    nn::Scheduler scheduler(optimizer, nn::cosine_schedule(lr, total_steps, 0.0, 0));
+    const std::string ckpt = out + "/checkpoint.safetensors";
+    nn::TrainingState state;
+    if (resume) {
+      BCOS_CHECK(fs::exists(ckpt), "bcos_clip_zeroshot: --resume: no checkpoint at ", ckpt);
+      state = nn::load_training_checkpoint(ckpt, *student, optimizer, &scheduler);
+      std::printf("resumed from %s after epoch %lld\n", ckpt.c_str(), static_cast<long long>(state.epoch));
+    }
+    double train_seconds = 0, last_loss = 0;
+    int64_t train_images = 0;
+    for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
+      student->train();
+      teacher->eval();
+      const int64_t steps = std::min(steps_per_epoch, total_steps - epoch * steps_per_epoch);
+      ProgressBar bar(steps * batch, str("distil ", epoch + 1, "/", epoch_count), "img");
+      const auto start = Clock::now();
+      double loss_sum = 0, cos_sum = 0;
+      int64_t seen = 0;
+      for (Batch& bt : train_loader->epoch(epoch)) {
+        if (state.step >= (epoch + 1) * steps_per_epoch || state.step >= total_steps) break;
+        const Tensor x = bt.images.to(device);
+        Tensor target;
+        {
+          NoGradGuard no_grad;
+          target = (*teacher)(clip_normalize(x));
+        }
+        const Tensor s = (*student)(nn::add_inverse(x));
+        const Tensor loss = loss_name == "sigmoid" ? models::sigmoid_distillation_loss(s, target)
+                                                   : models::cosine_distillation_loss(s, target);
+        optimizer.zero_grad();
+        loss.backward();
+        nn::adaptive_clip_grad_(params, 0.01, 1e-3);
+        optimizer.step();
+        scheduler.step();
+        ++state.step;
+        const double l = loss.item();
+        BCOS_CHECK(std::isfinite(l), "bcos_clip_zeroshot: the loss became ", l, " at step ", state.step);
+        const double c = mean(sum(models::l2_normalize(s.detach()) * models::l2_normalize(target), {1})).item();
+        loss_sum += l * double(bt.size()), cos_sum += c * double(bt.size()), seen += bt.size();
+        bar.update(bt.size(), {{"loss", loss_sum / double(seen)}, {"cos", cos_sum / double(seen)}, {"lr", optimizer.lr}});
+      }
+      bar.finish();
+      train_seconds += seconds_since(start), train_images += seen;
+      last_loss = loss_sum / double(std::max<int64_t>(seen, 1));
+      state.epoch = epoch + 1;
+      nn::save_training_checkpoint(ckpt, *student, optimizer, &scheduler, state);
+    }
+    nn::save_safetensors(out + "/student.safetensors", student->state_dict());
+
+    // 4. Zero-shot of both, agreement, embedding cosine.
+    const Evaluation ev = evaluate(*teacher, *student, classifier, *test_loader, device, pool_size);
+    std::printf("zero-shot top-1: teacher %.2f %%, student %.2f %% (top-5 %.2f / %.2f); agreement %.2f %%; mean "
+                "embedding cosine %.4f\n", ev.teacher_top1, ev.student_top1, ev.teacher_top5, ev.student_top5,
+                ev.agreement, ev.cosine);
+
+    // 5. GridPG with text targets, at three times the resolution.
+    models::set_image_resolution(*teacher, 3 * res);
+    models::set_image_resolution(*student, 3 * res);
+    auto teacher_sim = std::make_shared<models::TextSimilarity>(teacher, classifier.to(device));
+    auto student_sim = std::make_shared<models::TextSimilarity>(student, classifier.to(device));
+    const models::GridPGResult g_teacher = gridpg(*teacher_sim, false, ev, grids, seed, device, "GridPG teacher (input x gradient)");
+    const models::GridPGResult g_student = gridpg(*student_sim, true, ev, grids, seed, device, "GridPG student (contributions)");
+    models::set_image_resolution(*teacher, res);
+    models::set_image_resolution(*student, res);
+    std::printf("GridPG (3 x 3, text targets): teacher input x gradient %.3f, student contributions %.3f\n",
+                g_teacher.mean, g_student.mean);
+
+    // Explanations: class prompts on one test image per class, free prompts on photos.
+    std::vector<Tensor> shown;
+    std::vector<int64_t> shown_labels;
+    for (size_t i = 0; i < ev.pool_images.size() && int64_t(shown.size()) < figure_images; ++i)
+      if (std::find(shown_labels.begin(), shown_labels.end(), ev.pool_labels[i]) == shown_labels.end())
+        shown.push_back(ev.pool_images[i]), shown_labels.push_back(ev.pool_labels[i]);
+    std::vector<std::string> class_prompts;
+    std::vector<int64_t> class_rows;
+    for (int64_t l : shown_labels) class_prompts.push_back("a photo of a " + class_names[size_t(l)] + "."), class_rows.push_back(l);
+    examples::Json figures;
+    if (!shown.empty()) {
+      const Tensor texts = index_select(classifier, 0, from_vector(class_rows, {int64_t(class_rows.size())}));
+      figures["classes.png"] = write_explanations(*student, texts, class_prompts, stack(shown, 0), out + "/classes.png", device, scale);
+    }
+    std::vector<std::string> free_prompts;
+    {
+      std::stringstream ss(prompts_spec);
+      for (std::string p; std::getline(ss, p, ';');)
+        if (!p.empty()) free_prompts.push_back(p);
+    }
+    if (!free_prompts.empty()) {
+      Tensor texts;
+      {
+        NoGradGuard no_grad;
+        texts = clip->encode_text(tok->tokenize(free_prompts, clip->config.context_length, true));
+      }
+      std::vector<Tensor> photo_images;
+      if (!photos.empty() && fs::is_directory(photos)) {
+        std::vector<std::string> files;
+        for (const auto& entry : fs::directory_iterator(photos)) files.push_back(entry.path().string());
+        std::sort(files.begin(), files.end());
+        Rng unused(0);
+        for (const auto& f : files) photo_images.push_back(test_t(read_image(f), unused));
+      }
+      if (!shown.empty()) photo_images.insert(photo_images.begin(), shown.begin(), shown.begin() + std::min<size_t>(2, shown.size()));
+      if (!photo_images.empty()) {
+        figures["prompts.png"] = write_explanations(*student, texts, free_prompts, stack(photo_images, 0), out + "/prompts.png", device, scale);
+      }
+    }
+
+    // 6. The report.
+    const double total = seconds_since(t_start);
+    report["equivalence_b1_relative_error"] = equivalence;
+    report["distillation"] = {{"epochs", epochs}, {"steps", state.step}, {"batch", batch}, {"lr", lr}, {"b", b},
+                              {"loss", loss_name}, {"last_loss", last_loss}, {"train_seconds", train_seconds},
+                              {"train_images_per_s", train_images > 0 ? double(train_images) / train_seconds : 0.0}};
+    report["zeroshot"] = {{"samples", ev.samples}, {"templates", held_out.size()},
+                          {"teacher_top1", ev.teacher_top1}, {"teacher_top5", ev.teacher_top5},
+                          {"student_top1", ev.student_top1}, {"student_top5", ev.student_top5},
+                          {"agreement", ev.agreement}, {"embedding_cosine", ev.cosine}};
+    report["gridpg"] = {{"grids", grids}, {"teacher_input_x_gradient", g_teacher.mean}, {"student_contributions", g_student.mean},
+                        {"teacher_quartiles", {g_teacher.q1, g_teacher.median, g_teacher.q3}},
+                        {"student_quartiles", {g_student.q1, g_student.median, g_student.q3}}};
+    report["figures"] = figures;
+    report["seconds"] = total;
+    std::ofstream(out + "/report.json") << examples::dump(report) << "\n";
+    std::ofstream md(out + "/report.md");
+    md << "# B-cos CLIP: zero-shot on " << ev.samples << " test images\n\n"
+       << "`" << report["command"].get<std::string>() << "`\n\n"
+       << "| tower | top-1 % | top-5 % | GridPG (3x3, text targets) |\n|---|---|---|---|\n"
+       << str("| teacher (", teacher_file, ") | ", ev.teacher_top1, " | ", ev.teacher_top5, " | ", g_teacher.mean,
+              " (input x gradient) |\n")
+       << str("| B-cos student (b = ", b, ", ", epochs, " epochs) | ", ev.student_top1, " | ", ev.student_top5, " | ",
+              g_student.mean, " (contributions) |\n\n")
+       << str("Agreement ", ev.agreement, " %, mean teacher-student embedding cosine ", ev.cosine,
+              "; b = 1 equivalence error ", equivalence, "; distillation ", train_seconds, " s, total ", total, " s.\n\n")
+       << "![class prompts](classes.png)\n\n![free prompts](prompts.png)\n";
+    std::printf("report: %s/report.md (%.0f s)\n", out.c_str(), total);
+  });
+}
