@@ -2,22 +2,84 @@
 // beside it): images/s of the B-cosification fine-tuning step (train mode: AddInverse, forward,
 // uniform-off-label BCE, backward, adaptive gradient clipping, AdamW) or of a batched explanation
 // (eval, explanation mode, input gradient of each image's predicted logit), and peak memory.
-//   bench_bcos --mode train|explain [--batch 64] [--seconds 10] [--threads N]
+// clip_distill / clip_explain: the B-cos CLIP tower (models/bcos_clip.h) of the default teacher
+// (ModifiedResNet [1, 1, 1] x 32 wide, 32 px, 256-d): its distillation step (frozen teacher,
+// sigmoid loss, adaptive clipping, Adam) and the explanation of each image's best of 10 texts.
+//   bench_bcos --mode train|explain|clip_distill|clip_explain [--batch 64] [--seconds 10] [--threads N]
 // One line: images_per_s <float> peak_rss_mb <float>
 #include <sys/resource.h>
 
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <string>
 
 #include "autograd/ops.h"
+#include "models/bcos_clip.h"
 #include "models/bcosify.h"
 #include "models/explain.h"
 #include "models/factory.h"
+#include "nn/bcos.h"
 #include "nn/optim.h"
 #include "tensor/parallel.h"
 
 using namespace bcos;
+
+namespace {
+
+double time_steps(const std::function<void()>& run, double seconds, int64_t& iters) {
+  run();  // warm-up
+  run();
+  iters = 0;
+  const auto start = std::chrono::steady_clock::now();
+  double elapsed = 0;
+  while (iters < 2 || elapsed < seconds) {
+    run();
+    ++iters;
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  return elapsed;
+}
+
+int clip_bench(const std::string& mode, int64_t batch, double seconds) {
+  models::ClipConfig c;
+  c.vision_layers = {1, 1, 1}, c.vision_width = 32, c.vision_heads = 8, c.image_resolution = 32, c.embed_dim = 256;
+  std::shared_ptr<nn::Module> teacher = std::make_shared<models::ModifiedResNet>(c.vision_layers, c.embed_dim,
+                                                                                 c.vision_heads, 32, 32);
+  auto student = models::bcosify_clip_visual(std::make_shared<models::ModifiedResNet>(c.vision_layers, c.embed_dim,
+                                                                                      c.vision_heads, 32, 32), {});
+  teacher->eval();
+  const Tensor x = rand({batch, 3, 32, 32});
+  const Tensor mean = from_vector(models::kClipMean, {1, 3, 1, 1}), std = from_vector(models::kClipStd, {1, 3, 1, 1});
+  std::vector<Tensor> params = student->parameters();
+  nn::Adam opt(params, {.lr = 1e-4});
+  auto similarity = std::make_shared<models::TextSimilarity>(student, randn({10, c.embed_dim}));
+  std::function<void()> run;
+  if (mode == "clip_distill") {
+    student->train();
+    run = [&] {
+      Tensor target;
+      {
+        NoGradGuard no_grad;
+        target = (*teacher)((x - mean) / std);
+      }
+      opt.zero_grad();
+      models::sigmoid_distillation_loss((*student)(nn::add_inverse(x)), target).backward();
+      nn::adaptive_clip_grad_(params, 0.01, 1e-3);
+      opt.step();
+    };
+  } else {
+    run = [&] { models::explain(*similarity, nn::add_inverse(x), Tensor()); };  // each image's best text
+  }
+  int64_t iters = 0;
+  const double elapsed = time_steps(run, seconds, iters);
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  std::printf("images_per_s %.2f peak_rss_mb %.1f\n", double(iters * batch) / elapsed, double(usage.ru_maxrss) / 1024.0);
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   try {
@@ -32,9 +94,11 @@ int main(int argc, char** argv) {
       else if (a == "--threads") set_num_threads(std::stoi(v));
       else fail("bench_bcos: unknown argument ", a);
     }
-    BCOS_CHECK(mode == "train" || mode == "explain", "bench_bcos: --mode train or explain, got ", mode);
+    BCOS_CHECK(mode == "train" || mode == "explain" || mode == "clip_distill" || mode == "clip_explain",
+               "bench_bcos: --mode train, explain, clip_distill or clip_explain, got ", mode);
     const models::ModelSpec spec = models::model_spec("resnet20");
     manual_seed(0);
+    if (mode.rfind("clip_", 0) == 0) return clip_bench(mode, batch, seconds);
     auto model = models::bcosify(models::create_model("resnet20"),
                                  {2, false, false, spec.mean, spec.std, std::nullopt});
     const Tensor x = rand({batch, 3, 32, 32});

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -65,6 +66,7 @@ Evaluation evaluate(nn::Module& teacher, nn::Module& student, const Tensor& clas
   data::ProgressBar bar(loader.num_samples(), "zero-shot (teacher, student)", "img");
   int64_t t1 = 0, t5 = 0, s1 = 0, s5 = 0, agree = 0;
   double cos_sum = 0;
+  std::map<int64_t, int64_t> per_class;
   const Tensor cls = classifier.to(device).transpose(0, 1);
   const int64_t k = std::min<int64_t>(5, classifier.size(0));
   for (data::Batch& b : loader.epoch(0)) {
@@ -82,8 +84,11 @@ Evaluation evaluate(nn::Module& teacher, nn::Module& student, const Tensor& clas
       const bool tc = tbest[i * size_t(k)] == labels[i], sc = sbest[i * size_t(k)] == labels[i];
       t1 += tc, s1 += sc, agree += tbest[i * size_t(k)] == sbest[i * size_t(k)];
       cos_sum += cosines[i];
-      if (tc && sc && int64_t(r.pool_images.size()) < pool_size)
+      // The pool keeps up to pool_size / classes images of each class (test shards may be sorted).
+      if (tc && sc && per_class[labels[i]] < pool_size / classifier.size(0)) {
         r.pool_images.push_back(b.images.select(0, int64_t(i))), r.pool_labels.push_back(labels[i]);
+        ++per_class[labels[i]];
+      }
     }
     r.samples += b.size();
     bar.update(b.size(), {{"teacher", 100.0 * double(t1) / double(r.samples)},
@@ -174,7 +179,7 @@ int main(int argc, char** argv) {
               templates = "cifar10", held_out_spec = "1,3,5,7,9,11,13,15,17", loss_name = "sigmoid",
               prompts_spec = "a photo of a red car;a photo of a dog on grass", photos = root + "/data/photos",
               device_spec = "cpu";
-  double epochs = 2, lr = 1e-4, b = 2, teacher_epochs = 4, crop_scale = 0.35;
+  double epochs = 2, lr = 1e-4, b = 2, teacher_epochs = 10, crop_scale = 0.35;
   int64_t batch = 128, limit_train = 0, limit_test = 0, grids = 250, pool_size = 2000, scale = 4, figure_images = 8;
   int workers = 2;
   uint64_t seed = 0;

@@ -10,9 +10,15 @@ alone. Modes:
   explain  eval mode with the dynamic scales detached (B-cos |lin| / norm, batch-norm 1/std):
            forward of AddInverse(x), each sample's predicted-class logit summed, backward to the
            6-channel input only (the parameters do not require grad), the input gradient read.
+  clip_distill  B-cos CLIP (tools/bcos_clip_reference.py: the default teacher's ModifiedResNet
+           tower, [1, 1, 1] x 32 wide, 32 px, 256-d, B-cosified): the distillation step -- the
+           frozen teacher on the normalised batch (no grad), the student on AddInverse(x), the
+           sigmoid distillation loss, backward, adaptive gradient clipping, Adam (lr 1e-4).
+  clip_explain  the student in explanation mode: cos(embedding, text) for 10 random text
+           embeddings (the norm detached), each image's best text explained: input gradient.
 Ratios are bcos / torch: above 1 means bcos.cpp is faster (images/s) or leaner (memory:
 torch / bcos).
-  bench/bcos [--threads N] [--seconds S] [--batch B] [--modes train,explain]
+  bench/bcos [--threads N] [--seconds S] [--batch B] [--modes train,explain,clip_distill,clip_explain]
 
 The model is written here from the B-cos formulas (bcosify of tools/golden/models.py's
 CifarResNet(20), random init):
@@ -48,7 +54,7 @@ import torch.nn.functional as F
 
 RESULT = re.compile(r"^images_per_s (\S+) peak_rss_mb (\S+)$")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-MODES = ("train", "explain")
+MODES = ("train", "explain", "clip_distill", "clip_explain")
 
 
 class BcosConv2d(nn.Module):
@@ -173,9 +179,64 @@ def add_inverse(x):
     return torch.cat([x, 1 - x], 1)
 
 
+def clip_step(mode, batch):
+    """The B-cos CLIP rows: returns the step to time."""
+    from bcos_clip_reference import CLIP_MEAN, CLIP_STD, BcosClipTower, sigmoid_distillation_loss, small_tower
+    teacher = small_tower().eval()
+    student = BcosClipTower(teacher)
+    torch.manual_seed(1)
+    x = torch.rand(batch, 3, 32, 32)
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    params = list(student.parameters())
+    if mode == "clip_distill":
+        student.train()
+        opt = torch.optim.Adam(params, lr=1e-4)
+
+        def unitwise_norm(t):
+            return t.norm(p=2) if t.dim() <= 1 else t.norm(p=2, dim=tuple(range(1, t.dim())), keepdim=True)
+
+        def step():
+            with torch.no_grad():
+                target = teacher((x - mean) / std)
+            loss = sigmoid_distillation_loss(student(add_inverse(x)), target)
+            loss.backward()
+            with torch.no_grad():  # adaptive gradient clipping, clip 0.01, eps 1e-3
+                for p in params:
+                    max_norm = unitwise_norm(p).clamp(min=1e-3) * 0.01
+                    gn = unitwise_norm(p.grad)
+                    p.grad.copy_(torch.where(gn > max_norm, p.grad * (max_norm / gn.clamp(min=1e-6)), p.grad))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+    student.eval().set_explain(True)
+    for p in params:
+        p.requires_grad_(False)
+    texts = F.normalize(torch.randn(10, 256), dim=-1)
+
+    def step():
+        x6 = add_inverse(x).requires_grad_()
+        s = student(x6)
+        cos = (s / s.norm(dim=-1, keepdim=True).detach()) @ texts.T
+        cos.gather(1, cos.argmax(1, keepdim=True)).sum().backward()
+        return x6.grad
+    return step
+
+
 def torch_child(mode, batch, seconds, threads):
     """Runs in a child process: one configuration, prints the result line."""
     torch.set_num_threads(threads)
+    if mode.startswith("clip_"):
+        step = clip_step(mode, batch)
+        for _ in range(2):
+            step()
+        iters, start = 0, time.perf_counter()
+        while iters < 2 or time.perf_counter() - start < seconds:
+            step()
+            iters += 1
+        elapsed = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        print(f"images_per_s {iters * batch / elapsed:.2f} peak_rss_mb {peak:.1f}")
+        return
     model = bcosify(cifar_resnet20())
     torch.manual_seed(1)
     x = torch.rand(batch, 3, 32, 32)
@@ -328,10 +389,10 @@ def main():
     have_binary = os.path.isfile(a.binary) and os.access(a.binary, os.X_OK)
     env = dict(os.environ, BCOS_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
     print(f"torch {torch.__version__}, {a.threads} threads, batch {a.batch}, ~{a.seconds:g} s per measurement,"
-          f" each in its own process; B-cosified CIFAR ResNet-20 (b = 2)")
+          f" each in its own process; B-cosified CIFAR ResNet-20 and CLIP RN tower (b = 2)")
     if not have_binary:
         print(f"bench/bcos: NOTE: {a.binary} not found (or not executable); reporting PyTorch only")
-    print(f"{'mode':8s} {'torch img/s':>12s} {'bcos img/s':>11s} {'ratio':>6s}"
+    print(f"{'mode':12s} {'torch img/s':>12s} {'bcos img/s':>11s} {'ratio':>6s}"
           f" {'torch MB':>9s} {'bcos MB':>8s} {'mem ratio':>9s}")
     for mode in modes:
         t_speed, t_mem = measure([sys.executable, os.path.abspath(__file__), "--threads", str(a.threads),
@@ -339,10 +400,10 @@ def main():
         if have_binary:
             b_speed, b_mem = measure([a.binary, "--threads", str(a.threads), "--seconds", str(a.seconds),
                                       "--batch", str(a.batch), "--mode", mode], env)
-            print(f"{mode:8s} {t_speed:12.1f} {b_speed:11.1f} {b_speed / t_speed:6.2f}"
+            print(f"{mode:12s} {t_speed:12.1f} {b_speed:11.1f} {b_speed / t_speed:6.2f}"
                   f" {t_mem:9.0f} {b_mem:8.0f} {t_mem / b_mem:9.2f}", flush=True)
         else:
-            print(f"{mode:8s} {t_speed:12.1f} {'-':>11s} {'-':>6s} {t_mem:9.0f} {'-':>8s} {'-':>9s}", flush=True)
+            print(f"{mode:12s} {t_speed:12.1f} {'-':>11s} {'-':>6s} {t_mem:9.0f} {'-':>8s} {'-':>9s}", flush=True)
 
 
 if __name__ == "__main__":

@@ -158,3 +158,29 @@ TEST_CASE("bcos_clip: the sigmoid and cosine distillation losses follow their fo
   CHECK(sigmoid_distillation_loss(t, t).item() < sigmoid_distillation_loss(s, t).item());
   CHECK_THROWS_WITH_AS(sigmoid_distillation_loss(s, randn({4, 7}, kFloat64)), doctest::Contains("sigmoid_distillation_loss"), Error);
 }
+
+TEST_CASE("bcos_clip: towers take other resolutions (GridPG's 3 x 3 grids); the same resolution changes nothing") {
+  auto tower = small_resnet();
+  randomize(*tower, 11);
+  tower->eval();
+  manual_seed(12);
+  const Tensor x = rand({2, 3, 32, 32}), big = rand({2, 3, 96, 96});
+  NoGradGuard no_grad;
+  const Tensor before = (*tower)(clip_normalized(x));
+  set_image_resolution(*tower, 32);
+  CHECK(golden::equal((*tower)(clip_normalized(x)), before));
+  set_image_resolution(*tower, 96);
+  CHECK((*tower)(clip_normalized(big)).shape() == Shape{2, 24});
+  CHECK(dynamic_cast<AttentionPool2d&>(*dynamic_cast<ModifiedResNet&>(*tower).attnpool).positional_embedding.shape() ==
+        Shape{1 + 12 * 12, 128});  // width 16 · 2 · 4 channels after two stages
+  CHECK_THROWS_WITH_AS((*tower)(clip_normalized(x)), doctest::Contains("ModifiedResNet: expected images [N, 3, 96, 96]"), Error);
+  CHECK_THROWS_WITH_AS(set_image_resolution(*tower, 20), doctest::Contains("not a multiple"), Error);
+  auto student = bcosify_clip_visual(small_resnet(), {});
+  student->eval();
+  set_image_resolution(*student, 96);
+  CHECK((*student)(nn::add_inverse(big)).shape() == Shape{2, 24});
+  auto vit = bcosify_clip_visual(small_vit(), {});
+  vit->eval();
+  set_image_resolution(*vit, 64);
+  CHECK((*vit)(nn::add_inverse(rand({1, 3, 64, 64}))).shape() == Shape{1, 24});
+}

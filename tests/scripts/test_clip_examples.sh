@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# examples/clip and examples/train_clip end to end: the tokenizer's output, embeddings of the
+# examples/clip, examples/train_clip and examples/bcos_clip_zeroshot end to end: the tokenizer's output, embeddings of the
 # golden CLIP files as JSON and safetensors, a few steps of training that save a model the clip
 # tool reads back, and the errors. Steps that need ../shared ($BCOS_DATA) skip without it.
 #   usage: test_clip_examples.sh BUILD_DIR SOURCE_DIR
@@ -69,6 +69,22 @@ else
       --vision-width 8 --vision-layers 1,1 --embed-dim 32 --text-width 32 --text-layers 1 --text-heads 1 \
       --context-length 16 --warmup 1 --out "$work/train" --resume >"$work/out" 2>&1
     check "--resume continues after the saved epoch" contains "$work/out" "after epoch 1"
+
+    # bcos_clip_zeroshot with that tiny CLIP as the teacher: the whole pipeline, briefly.
+    bcz="$build/examples/bcos_clip_zeroshot"
+    BCOS_DATA="$data" "$bcz" --clip "$work/train/clip.safetensors" --vocab "$vocab" --epochs 1 --limit-train 128 \
+      --batch 64 --limit-test 200 --grids 2 --photos "" --out "$work/bcos" >"$work/out" 2>&1
+    check "bcos_clip_zeroshot distils, evaluates and explains (exit 0)" test $? -eq 0
+    check "... passing the b = 1 equivalence check" contains "$work/out" "b = 1 equivalence: relative error"
+    check "... writing report.json with both towers' zero-shot" contains "$work/bcos/report.json" '"student_top1"'
+    check "... report.md, the student and a checkpoint" \
+      test -s "$work/bcos/report.md" -a -s "$work/bcos/student.safetensors" -a -s "$work/bcos/checkpoint.safetensors"
+    check "... and the explanation figures" test -s "$work/bcos/classes.png" -a -s "$work/bcos/prompts.png"
+    BCOS_DATA="$data" "$bcz" --clip "$work/train/clip.safetensors" --vocab "$vocab" --epochs 2 --limit-train 128 \
+      --batch 64 --limit-test 64 --grids 0 --photos "" --out "$work/bcos" --resume >"$work/out" 2>&1
+    check "bcos_clip_zeroshot --resume continues after the saved epoch" contains "$work/out" "after epoch 1"
+    "$bcz" --clip "$work/missing.safetensors" --vocab "$vocab" --out "$work/bcos2" >"$work/out" 2>&1
+    check "bcos_clip_zeroshot: a missing teacher file is refused" test $? -ne 0
   else
     echo "skip train_clip: $shards not found (set BCOS_DATA)"
   fi
