@@ -383,6 +383,12 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < ev.pool_images.size() && int64_t(shown.size()) < figure_images; ++i)
       if (std::find(shown_labels.begin(), shown_labels.end(), ev.pool_labels[i]) == shown_labels.end())
         shown.push_back(ev.pool_images[i]), shown_labels.push_back(ev.pool_labels[i]);
+    if (shown.empty())  // no image both get right (a weak student): the first test images
+      for (int64_t i = 0; i < first.size() && int64_t(shown.size()) < figure_images; ++i) {
+        const int64_t label = first.labels.select(0, i).item<int64_t>();
+        if (label >= 0 && label < int64_t(class_names.size()))
+          shown.push_back(first.images.select(0, i)), shown_labels.push_back(label);
+      }
     std::vector<std::string> class_prompts;
     std::vector<int64_t> class_rows;
     for (int64_t l : shown_labels) class_prompts.push_back("a photo of a " + class_names[size_t(l)] + "."), class_rows.push_back(l);
