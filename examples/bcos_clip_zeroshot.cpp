@@ -219,6 +219,7 @@ int main(int argc, char** argv) {
   return examples::run(app, argc, argv, [&] {
     const auto t_start = Clock::now();
     const Device device = examples::parse_device(device_spec);
+    BCOS_CHECK(clip_path.empty() || fs::exists(clip_path), "bcos_clip_zeroshot: --clip ", clip_path, " does not exist");
     if (!examples::data_exists(test_path) || !fs::exists(vocab) || (clip_path.empty() && !examples::data_exists(train_path))) {
       std::printf("bcos_clip_zeroshot: skipped: the CIFAR-10 shards or CLIP's vocabulary are missing (%s, %s); set "
                   "BCOS_DATA or pass --data / --test-data / --vocab\n", test_path.c_str(), vocab.c_str());

@@ -83,8 +83,9 @@ else
     BCOS_DATA="$data" "$bcz" --clip "$work/train/clip.safetensors" --vocab "$vocab" --epochs 2 --limit-train 128 \
       --batch 64 --limit-test 64 --grids 0 --photos "" --out "$work/bcos" --resume >"$work/out" 2>&1
     check "bcos_clip_zeroshot --resume continues after the saved epoch" contains "$work/out" "after epoch 1"
-    "$bcz" --clip "$work/missing.safetensors" --vocab "$vocab" --out "$work/bcos2" >"$work/out" 2>&1
+    BCOS_DATA="$data" "$bcz" --clip "$work/missing.safetensors" --vocab "$vocab" --out "$work/bcos2" >"$work/out" 2>&1
     check "bcos_clip_zeroshot: a missing teacher file is refused" test $? -ne 0
+    check "... naming it" contains "$work/out" "missing.safetensors does not exist"
   else
     echo "skip train_clip: $shards not found (set BCOS_DATA)"
   fi
