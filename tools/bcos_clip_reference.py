@@ -21,7 +21,7 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "golden"))
-from bench_bcos import BatchNormUncentered2d, BcosConv2d  # noqa: E402
+from bench_bcos import BcosConv2d, bcos_conv_of, convert_layers  # noqa: E402
 from clip import ModifiedResNet  # noqa: E402  (tools/golden/clip.py: OpenAI's architecture)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -65,30 +65,10 @@ class BcosClipTower(nn.Module):
     def __init__(self, tower, b=2.0, keep_bias=False, keep_position=False):
         super().__init__()
         net = copy.deepcopy(tower)
-
-        def conv_of(c, weight):
-            return BcosConv2d(weight, c.bias if keep_bias else None, c.stride, c.padding, c.dilation, c.groups, b)
-
-        def swap(module):
-            for name, child in list(module.named_children()):
-                if isinstance(child, nn.Conv2d):
-                    setattr(module, name, conv_of(child, child.weight))
-                elif isinstance(child, nn.BatchNorm2d):
-                    u = BatchNormUncentered2d(child, keep_bias)
-                    if keep_bias:  # the centring folded into the shift: beta - gamma mu / sqrt(var + eps)
-                        with torch.no_grad():
-                            u.bias.copy_(child.bias - child.weight * child.running_mean
-                                         / (child.running_var + child.eps).sqrt())
-                    setattr(module, name, u)
-                elif isinstance(child, BcosAttentionPool):
-                    continue
-                else:
-                    swap(child)
-
         w = net.conv1.weight.detach()
-        net.conv1 = conv_of(net.conv1, torch.cat([w, -w], 1) / 2)
+        net.conv1 = bcos_conv_of(net.conv1, torch.cat([w, -w], 1) / 2, b, keep_bias)
         net.attnpool = BcosAttentionPool(net.attnpool, keep_bias, keep_position)
-        swap(net)
+        convert_layers(net, b, keep_bias, fold_shift=True, keep=(BcosConv2d, BcosAttentionPool))
         self.net = net
         self.register_buffer("mean6", torch.tensor(CLIP_MEAN + tuple(1 - m for m in CLIP_MEAN)).view(1, 6, 1, 1))
         self.register_buffer("std6", torch.tensor(CLIP_STD + CLIP_STD).view(1, 6, 1, 1))

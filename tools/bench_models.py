@@ -37,24 +37,12 @@ def bcos_torchvision_resnet(net, num_classes):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
-    from bench_bcos import MEAN, STD, BatchNormUncentered2d, BcosConv2d
-
-    def conv_of(c, weight):
-        return BcosConv2d(weight, None, c.stride, c.padding, c.dilation, c.groups, 2.0)
-
-    def swap(module):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Conv2d):
-                setattr(module, name, conv_of(child, child.weight))
-            elif isinstance(child, nn.BatchNorm2d):
-                setattr(module, name, BatchNormUncentered2d(child, False))
-            else:
-                swap(child)
+    from bench_bcos import MEAN, STD, BcosConv2d, bcos_conv_of, convert_layers
 
     w = net.conv1.weight.detach()
-    net.conv1 = conv_of(net.conv1, torch.cat([w, -w], 1) / 2)
+    net.conv1 = bcos_conv_of(net.conv1, torch.cat([w, -w], 1) / 2)
     head = BcosConv2d(net.fc.weight.detach().view(num_classes, -1, 1, 1), None, 1, 0, (1, 1), 1, 2.0)
-    swap(net)
+    convert_layers(net, keep=(BcosConv2d,))
 
     class BcosResNet(nn.Module):
         def __init__(self):
