@@ -239,7 +239,7 @@ int main(int argc, char** argv) {
                    "program (", trainer.string(), ") to train one; pass --clip");
         const std::string cmd = str("'", trainer.string(), "' --out '", out, "/teacher' --epochs ", teacher_epochs,
                                     " --data '", train_path, "' --test-data '", test_path, "' --vocab '", vocab,
-                                    "' --workers ", workers, " --seed ", seed);
+                                    "' --captions-from-classes --workers ", workers, " --seed ", seed);
         std::printf("training the teacher (first use): %s\n", cmd.c_str());
         std::fflush(stdout);
         BCOS_CHECK(std::system(cmd.c_str()) == 0, "bcos_clip_zeroshot: training the teacher failed: ", cmd);
