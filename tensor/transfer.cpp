@@ -67,8 +67,11 @@ struct DeviceStager::Slot {
   bool ever_consumed = false, full = false;
   explicit Slot(int d) : device(d), filled(cuda::create_event(d)), consumed(cuda::create_event(d)) {}
   ~Slot() {
+    // The buffers go back to the side stream's pool: the copies into them and the caller's
+    // reads of them must be over before anything else may be written there.
     try {
       cuda::event_synchronize(device, filled);
+      if (ever_consumed) cuda::event_synchronize(device, consumed);
     } catch (...) {  // a destructor must not throw; the device is gone or broken
     }
     host.clear();
