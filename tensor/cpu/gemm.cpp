@@ -5,10 +5,14 @@
 //       pack A[MC, KC] into MR-tall panels (per thread)
 //       for each MR x NR tile: the micro-kernel accumulates KC rank-1 updates in registers
 // Packing makes every operand layout (transposed, strided) look the same to the kernel and keeps
-// its working set in L1 (B panel) and L2 (A block). The 6 x 16 micro-kernel holds 12 AVX
-// accumulators and issues 12 FMAs per 2 loads of B and 6 broadcasts of A.
+// its working set in L1 (B panel) and L2 (A block). Two micro-kernels, chosen at run time by what
+// the CPU has (one binary for both; each is compiled for its instruction set by a target
+// attribute): AVX-512, 8 x 32, 16 zmm accumulators, 16 FMAs per 2 loads of B and 8 broadcasts of
+// A; AVX2 + FMA, 6 x 16, 12 ymm accumulators, 12 FMAs per 2 loads and 6 broadcasts. Without
+// either, Eigen.
 // Why not Eigen alone: on the CPUs here (Zen 3) its float GEMM reaches ~60% of the FMA peak;
-// this kernel reaches ~85%, which is what keeps matmul and convolution level with PyTorch.
+// the AVX2 kernel reaches ~85%, which is what keeps matmul and convolution level with PyTorch;
+// on AVX-512 CPUs the 512-bit kernel doubles the work per instruction.
 #include "tensor/cpu/gemm.h"
 
 #include <Eigen/Core>
@@ -17,12 +21,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 
 #include "tensor/parallel.h"
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define BCOS_GEMM_AVX2 1
+#define BCOS_GEMM_X86 1
 #endif
 
 namespace bcos::cpu {
@@ -49,10 +54,9 @@ void eigen_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t rsa, int64_
     C.noalias() = A * B;
 }
 
-#ifdef BCOS_GEMM_AVX2
+#ifdef BCOS_GEMM_X86
 
-constexpr int64_t MR = 6, NR = 16;     // micro-tile
-constexpr int64_t MC = 144, KC = 256;  // A block: 144 x 256 floats = 144 KiB (L2)
+constexpr int64_t MC = 144, KC = 256;  // A block: 144 x 256 floats = 144 KiB (L2); a multiple of both MRs
 constexpr int64_t NC = 4096;           // B slice: 256 x 4096 floats = 4 MiB (L3)
 
 struct AlignedFree {
@@ -65,6 +69,7 @@ Buffer aligned_floats(int64_t n) {
 }
 
 // B[pc .. pc+kc, jc + NR*panel ..] -> panel-major: bp[p * NR + j]; zero beyond n.
+template <int64_t NR>
 void pack_b_panel(const float* b, int64_t rsb, int64_t csb, int64_t kc, int64_t cols, float* bp) {
   if (csb == 1 && cols == NR) {
     for (int64_t p = 0; p < kc; ++p) std::memcpy(bp + p * NR, b + p * rsb, NR * sizeof(float));
@@ -79,6 +84,7 @@ void pack_b_panel(const float* b, int64_t rsb, int64_t csb, int64_t kc, int64_t 
 }
 
 // A[ic .., pc ..] (mc x kc) -> MR-row panels: ap[panel][p * MR + i]; zero beyond mc.
+template <int64_t MR>
 void pack_a_block(const float* a, int64_t rsa, int64_t csa, int64_t mc, int64_t kc, float* ap) {
   for (int64_t ir = 0; ir < mc; ir += MR) {
     int64_t rows = std::min(MR, mc - ir);
@@ -96,50 +102,10 @@ void pack_a_block(const float* a, int64_t rsa, int64_t csa, int64_t mc, int64_t 
   }
 }
 
-// c[0:mr, 0:nr] (+)= A (MR x kc) · bp (kc x NR panel). A element (i, p) is a[i * ars + p * aks]:
-// a packed panel (ars = 1, aks = MR) or, for a row-major A, the matrix itself (ars = row
-// stride, aks = 1), which spares packing the larger operand when C is narrow.
-// The 12 accumulators are named variables, not an array: GCC keeps an array in memory and
-// stores it back every iteration.
-void micro_kernel(int64_t kc, const float* a, int64_t ars, int64_t aks, const float* bp, float* c,
-                  int64_t rsc, int64_t csc, int64_t mr, int64_t nr, bool accumulate) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-  const float *a0 = a, *a1 = a + ars, *a2 = a + 2 * ars, *a3 = a + 3 * ars, *a4 = a + 4 * ars,
-              *a5 = a + 5 * ars;
-#define BCOS_ROW(ai, lo, hi)                         \
-  {                                                  \
-    __m256 av = _mm256_broadcast_ss(ai + o);         \
-    lo = _mm256_fmadd_ps(av, b0, lo);                \
-    hi = _mm256_fmadd_ps(av, b1, hi);                \
-  }
-#pragma GCC unroll 4
-  for (int64_t p = 0, o = 0; p < kc; ++p, o += aks) {
-    __m256 b0 = _mm256_load_ps(bp), b1 = _mm256_load_ps(bp + 8);
-    BCOS_ROW(a0, c00, c01) BCOS_ROW(a1, c10, c11) BCOS_ROW(a2, c20, c21)
-    BCOS_ROW(a3, c30, c31) BCOS_ROW(a4, c40, c41) BCOS_ROW(a5, c50, c51)
-    bp += NR;
-  }
-#undef BCOS_ROW
-  alignas(32) float tile[MR][NR];
-  const __m256 rows[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-  if (mr == MR && nr == NR && csc == 1) {
-    for (int i = 0; i < MR; ++i) {
-      float* row = c + i * rsc;
-      __m256 lo = rows[i][0], hi = rows[i][1];
-      if (accumulate) {
-        lo = _mm256_add_ps(lo, _mm256_loadu_ps(row));
-        hi = _mm256_add_ps(hi, _mm256_loadu_ps(row + 8));
-      }
-      _mm256_storeu_ps(row, lo);
-      _mm256_storeu_ps(row + 8, hi);
-    }
-    return;
-  }
-  for (int i = 0; i < MR; ++i) {
-    _mm256_store_ps(tile[i], rows[i][0]);
-    _mm256_store_ps(tile[i] + 8, rows[i][1]);
-  }
+// A partial (or strided) tile: c[0:mr, 0:nr] (+)= tile, one element at a time.
+template <int64_t MR, int64_t NR>
+inline void store_tile_scalar(const float (&tile)[MR][NR], float* c, int64_t rsc, int64_t csc, int64_t mr,
+                              int64_t nr, bool accumulate) {
   for (int64_t i = 0; i < mr; ++i)
     for (int64_t j = 0; j < nr; ++j) {
       float& dst = c[i * rsc + j * csc];
@@ -147,9 +113,109 @@ void micro_kernel(int64_t kc, const float* a, int64_t ars, int64_t aks, const fl
     }
 }
 
+// c[0:mr, 0:nr] (+)= A (MR x kc) · bp (kc x NR panel). A element (i, p) is a[i * ars + p * aks]:
+// a packed panel (ars = 1, aks = MR) or, for a row-major A, the matrix itself (ars = row
+// stride, aks = 1), which spares packing the larger operand when C is narrow.
+// The accumulators are named variables, not an array: GCC keeps an array in memory and
+// stores it back every iteration.
+struct Avx2Kernel {
+  static constexpr int64_t MR = 6, NR = 16;
+  __attribute__((target("avx2,fma"))) static void run(int64_t kc, const float* a, int64_t ars, int64_t aks,
+                                                     const float* bp, float* c, int64_t rsc, int64_t csc, int64_t mr,
+                                                     int64_t nr, bool accumulate) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const float *a0 = a, *a1 = a + ars, *a2 = a + 2 * ars, *a3 = a + 3 * ars, *a4 = a + 4 * ars,
+                *a5 = a + 5 * ars;
+#define BCOS_ROW(ai, lo, hi)                         \
+  {                                                  \
+    __m256 av = _mm256_broadcast_ss(ai + o);         \
+    lo = _mm256_fmadd_ps(av, b0, lo);                \
+    hi = _mm256_fmadd_ps(av, b1, hi);                \
+  }
+#pragma GCC unroll 4
+    for (int64_t p = 0, o = 0; p < kc; ++p, o += aks) {
+      __m256 b0 = _mm256_load_ps(bp), b1 = _mm256_load_ps(bp + 8);
+      BCOS_ROW(a0, c00, c01) BCOS_ROW(a1, c10, c11) BCOS_ROW(a2, c20, c21)
+      BCOS_ROW(a3, c30, c31) BCOS_ROW(a4, c40, c41) BCOS_ROW(a5, c50, c51)
+      bp += NR;
+    }
+#undef BCOS_ROW
+    const __m256 rows[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    if (mr == MR && nr == NR && csc == 1) {
+      for (int i = 0; i < MR; ++i) {
+        float* row = c + i * rsc;
+        __m256 lo = rows[i][0], hi = rows[i][1];
+        if (accumulate) {
+          lo = _mm256_add_ps(lo, _mm256_loadu_ps(row));
+          hi = _mm256_add_ps(hi, _mm256_loadu_ps(row + 8));
+        }
+        _mm256_storeu_ps(row, lo);
+        _mm256_storeu_ps(row + 8, hi);
+      }
+      return;
+    }
+    alignas(32) float tile[MR][NR];
+    for (int i = 0; i < MR; ++i) {
+      _mm256_store_ps(tile[i], rows[i][0]);
+      _mm256_store_ps(tile[i] + 8, rows[i][1]);
+    }
+    store_tile_scalar<MR, NR>(tile, c, rsc, csc, mr, nr, accumulate);
+  }
+};
+
+struct Avx512Kernel {
+  static constexpr int64_t MR = 8, NR = 32;
+  __attribute__((target("avx512f,fma"))) static void run(int64_t kc, const float* a, int64_t ars, int64_t aks,
+                                                        const float* bp, float* c, int64_t rsc, int64_t csc,
+                                                        int64_t mr, int64_t nr, bool accumulate) {
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    __m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+    const float *a0 = a, *a1 = a + ars, *a2 = a + 2 * ars, *a3 = a + 3 * ars, *a4 = a + 4 * ars,
+                *a5 = a + 5 * ars, *a6 = a + 6 * ars, *a7 = a + 7 * ars;
+#define BCOS_ROW(ai, lo, hi)                         \
+  {                                                  \
+    __m512 av = _mm512_set1_ps(ai[o]);               \
+    lo = _mm512_fmadd_ps(av, b0, lo);                \
+    hi = _mm512_fmadd_ps(av, b1, hi);                \
+  }
+#pragma GCC unroll 4
+    for (int64_t p = 0, o = 0; p < kc; ++p, o += aks) {
+      __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16);
+      BCOS_ROW(a0, c00, c01) BCOS_ROW(a1, c10, c11) BCOS_ROW(a2, c20, c21) BCOS_ROW(a3, c30, c31)
+      BCOS_ROW(a4, c40, c41) BCOS_ROW(a5, c50, c51) BCOS_ROW(a6, c60, c61) BCOS_ROW(a7, c70, c71)
+      bp += NR;
+    }
+#undef BCOS_ROW
+    const __m512 rows[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31},
+                                {c40, c41}, {c50, c51}, {c60, c61}, {c70, c71}};
+    if (mr == MR && nr == NR && csc == 1) {
+      for (int i = 0; i < MR; ++i) {
+        float* row = c + i * rsc;
+        __m512 lo = rows[i][0], hi = rows[i][1];
+        if (accumulate) {
+          lo = _mm512_add_ps(lo, _mm512_loadu_ps(row));
+          hi = _mm512_add_ps(hi, _mm512_loadu_ps(row + 16));
+        }
+        _mm512_storeu_ps(row, lo);
+        _mm512_storeu_ps(row + 16, hi);
+      }
+      return;
+    }
+    alignas(64) float tile[MR][NR];
+    for (int i = 0; i < MR; ++i) {
+      _mm512_store_ps(tile[i], rows[i][0]);
+      _mm512_store_ps(tile[i] + 16, rows[i][1]);
+    }
+    store_tile_scalar<MR, NR>(tile, c, rsc, csc, mr, nr, accumulate);
+  }
+};
+
+template <class Kernel>
 void blocked_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
                    const float* b, int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc,
                    bool accumulate) {
+  constexpr int64_t MR = Kernel::MR, NR = Kernel::NR;
   int threads = 1;
 #ifdef _OPENMP
   if (!omp_in_parallel() && double(m) * double(n) * double(k) >= 64.0 * 64.0 * 64.0)
@@ -181,7 +247,7 @@ void blocked_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa,
         const bool acc = accumulate || pc > 0;
 #pragma omp for schedule(static)
         for (int64_t jp = 0; jp < panels; ++jp)
-          pack_b_panel(b + pc * rsb + (jc + jp * NR) * csb, rsb, csb, kc,
+          pack_b_panel<NR>(b + pc * rsb + (jc + jp * NR) * csb, rsb, csb, kc,
                        std::min(NR, nc - jp * NR), bp.get() + jp * NR * kc);
         int64_t packed_block = -1;
 #pragma omp for schedule(static)
@@ -192,7 +258,7 @@ void blocked_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa,
           // layout is packed whole.
           const int64_t full_rows = csa == 1 ? mc / MR * MR : 0;
           if (packed_block != ib) {
-            pack_a_block(a + (ic + full_rows) * rsa + pc * csa, rsa, csa, mc - full_rows, kc,
+            pack_a_block<MR>(a + (ic + full_rows) * rsa + pc * csa, rsa, csa, mc - full_rows, kc,
                          ap + full_rows * kc);
             packed_block = ib;
           }
@@ -201,7 +267,7 @@ void blocked_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa,
             const int64_t j = jc + jp * NR, nr = std::min(NR, n - j);
             for (int64_t ir = 0; ir < mc; ir += MR) {
               const bool direct = ir < full_rows;
-              micro_kernel(kc, direct ? a + (ic + ir) * rsa + pc : ap + ir * kc, direct ? rsa : 1,
+              Kernel::run(kc, direct ? a + (ic + ir) * rsa + pc : ap + ir * kc, direct ? rsa : 1,
                            direct ? 1 : MR, bp.get() + jp * NR * kc, c + (ic + ir) * rsc + j * csc,
                            rsc, csc, std::min(MR, mc - ir), nr, acc);
             }
@@ -212,30 +278,87 @@ void blocked_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa,
   }
 }
 
-#endif  // BCOS_GEMM_AVX2
+// C^T = B^T A^T is the same product with the operands' roles swapped. Picks the orientation
+// with the lower estimated cost, in cycles: padded kernel work (a C 49 wide wastes a quarter of
+// 16-wide tiles) plus packing (free for a row-major A, which is read in place; cheap for a
+// row-major B, copied a panel row at a time; a gather otherwise).
+template <class Kernel>
+void oriented_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa, const float* b,
+                    int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate) {
+  constexpr double MR = double(Kernel::MR), NR = double(Kernel::NR);
+  auto cost = [](double rows, double cols, double depth, int64_t a_cs, int64_t b_cs) {
+    double work = std::ceil(rows / MR) * MR * std::ceil(cols / NR) * NR * depth / (NR / 2);
+    double pack_a = a_cs == 1 ? 0 : 2 * rows * depth;
+    double pack_b = (b_cs == 1 ? 0.25 : 2) * depth * cols;
+    return work + pack_a + pack_b;
+  };
+  if (cost(double(n), double(m), double(k), rsb, rsa) < cost(double(m), double(n), double(k), csa, csb))
+    return blocked_sgemm<Kernel>(n, m, k, b, csb, rsb, a, csa, rsa, c, csc, rsc, accumulate);
+  blocked_sgemm<Kernel>(m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
+}
+
+using SgemmFn = void (*)(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t,
+                         int64_t, float*, int64_t, int64_t, bool);
+
+// The widest kernel the CPU runs that is not wider than `want` ("avx512", "avx2", "eigen"; empty:
+// the widest); null for Eigen.
+SgemmFn sgemm_for(const std::string& want) {
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f");
+  if (want == "eigen") return nullptr;
+  if (avx512 && want != "avx2") return oriented_sgemm<Avx512Kernel>;
+  if (avx2) return oriented_sgemm<Avx2Kernel>;
+  return nullptr;
+}
+
+// The kernel for this CPU, decided once. BCOS_GEMM=avx2 / eigen forces a narrower one.
+SgemmFn pick_sgemm() {
+  const char* forced = std::getenv("BCOS_GEMM");
+  return sgemm_for(forced ? forced : "");
+}
+
+#endif  // BCOS_GEMM_X86
 
 }  // namespace
+
+bool gemm_with(const char* kernel, int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
+               const float* b, int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate) {
+  const std::string want = kernel;
+#ifdef BCOS_GEMM_X86
+  const SgemmFn fn = sgemm_for(want);
+  const bool runs = want == "eigen" || (want == "avx512" && fn == oriented_sgemm<Avx512Kernel>) ||
+                    (want == "avx2" && fn == oriented_sgemm<Avx2Kernel>);
+  if (!runs) return false;
+  if (m == 0 || n == 0) return true;
+  if (fn && k > 0) {
+    fn(m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
+    return true;
+  }
+#else
+  if (want != "eigen") return false;
+  if (m == 0 || n == 0) return true;
+#endif
+  eigen_gemm<float>(m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
+  return true;
+}
+
+const char* gemm_kernel_name() {
+#ifdef BCOS_GEMM_X86
+  static const SgemmFn fn = pick_sgemm();
+  if (fn == oriented_sgemm<Avx512Kernel>) return "avx512 8x32";
+  if (fn == oriented_sgemm<Avx2Kernel>) return "avx2 6x16";
+#endif
+  return "eigen";
+}
 
 void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
           const float* b, int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc,
           bool accumulate) {
   if (m == 0 || n == 0) return;
-#ifdef BCOS_GEMM_AVX2
-  if (k > 0) {
-    // C^T = B^T A^T is the same product with the operands' roles swapped. Pick the orientation
-    // with the lower estimated cost, in cycles: padded kernel work (tiles are 6 x 16, so a C 49
-    // wide wastes a quarter) plus packing (free for a row-major A, which is read in place; cheap
-    // for a row-major B, copied 16 floats at a time; a gather otherwise).
-    auto cost = [](double rows, double cols, double depth, int64_t a_cs, int64_t b_cs) {
-      double work = std::ceil(rows / MR) * MR * std::ceil(cols / NR) * NR * depth / 8;
-      double pack_a = a_cs == 1 ? 0 : 2 * rows * depth;
-      double pack_b = (b_cs == 1 ? 0.25 : 2) * depth * cols;
-      return work + pack_a + pack_b;
-    };
-    if (cost(double(n), double(m), double(k), rsb, rsa) < cost(double(m), double(n), double(k), csa, csb))
-      return blocked_sgemm(n, m, k, b, csb, rsb, a, csa, rsa, c, csc, rsc, accumulate);
-    return blocked_sgemm(m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
-  }
+#ifdef BCOS_GEMM_X86
+  static const SgemmFn fn = pick_sgemm();
+  if (k > 0 && fn) return fn(m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
 #endif
   num_threads();  // Eigen gets the configured thread count
   eigen_gemm<float>(m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);

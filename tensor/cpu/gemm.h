@@ -1,8 +1,9 @@
 // General matrix product on the CPU, used by matmul and convolution:
 //   C[m, n] = A[m, k] · B[k, n]          (accumulate: C += A · B)
 // Element (i, j) of each matrix sits at ptr[i * row_stride + j * col_stride], so transposed and
-// strided operands are read in place. float32 runs a packed, cache-blocked kernel with an AVX2 /
-// FMA micro-kernel (Eigen's GEMM when the CPU lacks them); float64 runs Eigen's GEMM.
+// strided operands are read in place. float32 runs a packed, cache-blocked kernel with an
+// AVX-512 or AVX2 / FMA micro-kernel, whichever the CPU has (Eigen's GEMM when it has neither;
+// BCOS_GEMM=avx2 or eigen in the environment forces a narrower path); float64 runs Eigen's GEMM.
 #pragma once
 
 #include <cstdint>
@@ -16,5 +17,12 @@ void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t 
 void gemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t rsa, int64_t csa,
           const double* b, int64_t rsb, int64_t csb, double* c, int64_t rsc, int64_t csc,
           bool accumulate);
+
+// The float32 product through one path ("avx512", "avx2" or "eigen"); false (nothing done) when
+// this CPU cannot run it. For tests and benchmarks of each path.
+bool gemm_with(const char* kernel, int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
+               const float* b, int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate);
+// The float32 path chosen for this CPU: "avx512 8x32", "avx2 6x16" or "eigen".
+const char* gemm_kernel_name();
 
 }  // namespace bcos::cpu

@@ -192,13 +192,18 @@ TEST_CASE("kernels: topk ordering and ties") {
   CHECK(s.indices.to_vector<int64_t>() == std::vector<int64_t>{1, 3});
 }
 
-TEST_CASE("kernels: float32 GEMM (blocked AVX2 kernel) on edge sizes, layouts and accumulation") {
+TEST_CASE("kernels: float32 GEMM (each path this CPU runs: AVX-512, AVX2, Eigen) on edge sizes, layouts and accumulation") {
   manual_seed(6);
-  // Sizes straddle the 6 x 16 tile, the 144-row block and the 256-deep slice; the orientation
-  // swap and the read-in-place path for row-major A are exercised through the layouts.
-  for (auto [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {5, 17, 3}, {6, 16, 256},
-                         {7, 15, 257}, {145, 33, 300}, {49, 300, 70}, {300, 49, 520}, {8, 1000, 64}}) {
+  const std::string chosen = std::string("float32 GEMM path chosen here: ") + cpu::gemm_kernel_name();
+  MESSAGE(chosen);
+  // Sizes straddle the 6 x 16 and 8 x 32 tiles, the 144-row block and the 256-deep slice; the
+  // orientation swap and the read-in-place path for row-major A are exercised through the layouts.
+  int paths = 0;
+  for (const char* kernel : {"avx512", "avx2", "eigen"})
+  for (auto [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {5, 17, 3}, {6, 16, 256}, {8, 32, 256},
+                         {7, 15, 257}, {9, 33, 129}, {145, 33, 300}, {49, 300, 70}, {300, 49, 520}, {8, 1000, 64}}) {
     for (int layout = 0; layout < 4; ++layout) {
+      CAPTURE(kernel);
       CAPTURE(m);
       CAPTURE(n);
       CAPTURE(k);
@@ -209,8 +214,10 @@ TEST_CASE("kernels: float32 GEMM (blocked AVX2 kernel) on edge sizes, layouts an
       Tensor c0 = randn({m, n});
       for (bool accumulate : {false, true}) {
         Tensor c = c0.clone();
-        cpu::gemm(m, n, k, a.data<float>(), a.stride(0), a.stride(1), b.data<float>(), b.stride(0),
-                  b.stride(1), c.data<float>(), n, 1, accumulate);
+        if (!cpu::gemm_with(kernel, m, n, k, a.data<float>(), a.stride(0), a.stride(1), b.data<float>(),
+                            b.stride(0), b.stride(1), c.data<float>(), n, 1, accumulate))
+          continue;  // this CPU lacks the instruction set
+        paths += m == 1 && layout == 0 && !accumulate;  // one count per path that ran
         Tensor expect = naive_bmm(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0);
         if (accumulate) expect = expect + c0.to(kFloat64);
         // float32 rounding of a k-term dot product: bounded by k * eps * sum|a||b|
@@ -219,6 +226,9 @@ TEST_CASE("kernels: float32 GEMM (blocked AVX2 kernel) on edge sizes, layouts an
       }
     }
   }
+  const std::string ran = "GEMM paths run: " + std::to_string(paths);
+  MESSAGE(ran);
+  CHECK(paths >= 1);  // Eigen runs everywhere
   // a strided, column-major C (the swapped orientation writes through csc != 1)
   Tensor a = randn({9, 20}), b = randn({20, 40});
   Tensor ct = zeros({40, 9});
