@@ -27,10 +27,11 @@ using namespace bcos;
 
 namespace {
 
-double time_steps(const std::function<void()>& run, double seconds, int64_t& iters) {
-  run();  // warm-up
+// Two warm-up steps, then steps for `seconds` (at least 2); prints the result line.
+void report(const std::function<void()>& run, int64_t batch, double seconds) {
   run();
-  iters = 0;
+  run();
+  int64_t iters = 0;
   const auto start = std::chrono::steady_clock::now();
   double elapsed = 0;
   while (iters < 2 || elapsed < seconds) {
@@ -38,7 +39,9 @@ double time_steps(const std::function<void()>& run, double seconds, int64_t& ite
     ++iters;
     elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
-  return elapsed;
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  std::printf("images_per_s %.2f peak_rss_mb %.1f\n", double(iters * batch) / elapsed, double(usage.ru_maxrss) / 1024.0);
 }
 
 int clip_bench(const std::string& mode, int64_t batch, double seconds) {
@@ -71,11 +74,7 @@ int clip_bench(const std::string& mode, int64_t batch, double seconds) {
   } else {
     run = [&] { models::explain(*similarity, nn::add_inverse(x), Tensor()); };  // each image's best text
   }
-  int64_t iters = 0;
-  const double elapsed = time_steps(run, seconds, iters);
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  std::printf("images_per_s %.2f peak_rss_mb %.1f\n", double(iters * batch) / elapsed, double(usage.ru_maxrss) / 1024.0);
+  report(run, batch, seconds);
   return 0;
 }
 
@@ -116,19 +115,7 @@ int main(int argc, char** argv) {
       }
     };
     model->train(mode == "train");
-    run();  // warm-up
-    run();
-    int64_t iters = 0;
-    const auto start = std::chrono::steady_clock::now();
-    double elapsed = 0;
-    while (iters < 2 || elapsed < seconds) {
-      run();
-      ++iters;
-      elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    }
-    rusage usage{};
-    getrusage(RUSAGE_SELF, &usage);
-    std::printf("images_per_s %.2f peak_rss_mb %.1f\n", double(iters * batch) / elapsed, double(usage.ru_maxrss) / 1024.0);
+    report(run, batch, seconds);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

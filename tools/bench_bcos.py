@@ -238,20 +238,24 @@ def clip_step(mode, batch):
     return step
 
 
+def time_and_report(step, batch, seconds):
+    """Two warm-up steps, then steps for `seconds` (at least 2); prints the result line."""
+    for _ in range(2):
+        step()
+    iters, start = 0, time.perf_counter()
+    while iters < 2 or time.perf_counter() - start < seconds:
+        step()
+        iters += 1
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(f"images_per_s {iters * batch / elapsed:.2f} peak_rss_mb {peak:.1f}")
+
+
 def torch_child(mode, batch, seconds, threads):
     """Runs in a child process: one configuration, prints the result line."""
     torch.set_num_threads(threads)
     if mode.startswith("clip_"):
-        step = clip_step(mode, batch)
-        for _ in range(2):
-            step()
-        iters, start = 0, time.perf_counter()
-        while iters < 2 or time.perf_counter() - start < seconds:
-            step()
-            iters += 1
-        elapsed = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        print(f"images_per_s {iters * batch / elapsed:.2f} peak_rss_mb {peak:.1f}")
+        time_and_report(clip_step(mode, batch), batch, seconds)
         return
     model = bcosify(cifar_resnet20())
     torch.manual_seed(1)
@@ -281,15 +285,7 @@ def torch_child(mode, batch, seconds, threads):
             logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
             return x6.grad
 
-    for _ in range(2):  # warm-up
-        step()
-    iters, start = 0, time.perf_counter()
-    while iters < 2 or time.perf_counter() - start < seconds:
-        step()
-        iters += 1
-    elapsed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(f"images_per_s {iters * batch / elapsed:.2f} peak_rss_mb {peak:.1f}")
+    time_and_report(step, batch, seconds)
 
 
 def self_check():
