@@ -127,9 +127,7 @@ models::GridPGResult gridpg(nn::Module& similarity, bool bcos_model, const Evalu
   if (grids <= 0 || classes.size() < 9) {
     if (grids > 0) std::fprintf(stderr, "%s: only %zu classes have test images both models get right; GridPG needs 9\n",
                                 title.c_str(), classes.size());
-    models::GridPGResult none;
-    none.mean = none.q1 = none.median = none.q3 = std::nan("");
-    return none;
+    return models::GridPGResult::unscored();
   }
   models::GridPGResult r = models::grid_pointing_game(stack(ev.pool_images, 0),
                                                       from_vector(ev.pool_labels, {int64_t(ev.pool_labels.size())}),

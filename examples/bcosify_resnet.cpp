@@ -171,9 +171,7 @@ models::GridPGResult run_gridpg(nn::Module& model, bool bcos_model, const Setup&
     if (grids > 0)
       std::fprintf(stderr, "%s: only %zu classes have confident, correct test images; GridPG needs 9\n",
                    title.c_str(), pool.per_class.size());
-    models::GridPGResult none;
-    none.mean = none.q1 = none.median = none.q3 = std::nan("");
-    return none;
+    return models::GridPGResult::unscored();
   }
   models::GridPGResult r = models::grid_pointing_game(stack(pool.images, 0),
                                                       from_vector(pool.labels, {int64_t(pool.labels.size())}),

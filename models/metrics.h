@@ -3,6 +3,7 @@
 // cell's class, and score how much of the positive attribution lands inside that cell.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -31,6 +32,12 @@ struct GridPGResult {
   std::vector<double> scores;  // one per (grid, cell)
   double mean = 0, q1 = 0, median = 0, q3 = 0;
   int64_t smooth = 1, cell = 0, grids = 0;
+  // No score (too few classes to fill a grid, or GridPG skipped): NaN statistics.
+  static GridPGResult unscored() {
+    GridPGResult r;
+    r.mean = r.q1 = r.median = r.q3 = std::nan("");
+    return r;
+  }
 };
 
 // The smoothing window GridPG uses for a cell size: 15 at 224 px, scaled, rounded to an odd size.

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "golden"))
-from bench_bcos import BcosConv2d, bcos_conv_of, convert_layers  # noqa: E402
+from bench_bcos import BcosConv2d, bcos_conv_of, convert_layers, set_explain, six_channel  # noqa: E402
 from clip import ModifiedResNet  # noqa: E402  (tools/golden/clip.py: OpenAI's architecture)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -70,14 +70,12 @@ class BcosClipTower(nn.Module):
         net.attnpool = BcosAttentionPool(net.attnpool, keep_bias, keep_position)
         convert_layers(net, b, keep_bias, fold_shift=True, keep=(BcosConv2d, BcosAttentionPool))
         self.net = net
-        self.register_buffer("mean6", torch.tensor(CLIP_MEAN + tuple(1 - m for m in CLIP_MEAN)).view(1, 6, 1, 1))
-        self.register_buffer("std6", torch.tensor(CLIP_STD + CLIP_STD).view(1, 6, 1, 1))
+        mean6, std6 = six_channel(CLIP_MEAN, CLIP_STD)
+        self.register_buffer("mean6", mean6)
+        self.register_buffer("std6", std6)
 
     def set_explain(self, on):
-        for m in self.modules():
-            if hasattr(m, "explain"):
-                m.explain = on
-        return self
+        return set_explain(self, on)
 
     def forward(self, x6):
         return self.net((x6 - self.mean6) / self.std6)

@@ -117,6 +117,20 @@ class BatchNormUncentered2d(nn.Module):
         return y
 
 
+def set_explain(model, on):
+    """Explanation mode on or off for every layer below `model` that has one; returns model."""
+    for m in model.modules():
+        if hasattr(m, "explain"):
+            m.explain = on
+    return model
+
+
+def six_channel(mean, std):
+    """mu6 = (mu, 1 - mu), sigma6 = (sigma, sigma) as [1, 6, 1, 1]: the (x, 1 - x) normalisation."""
+    return (torch.tensor(tuple(mean) + tuple(1 - m for m in mean)).view(1, 6, 1, 1),
+            torch.tensor(tuple(std) + tuple(std)).view(1, 6, 1, 1))
+
+
 class BcosCifarResNet(nn.Module):
     """The converted CifarResNet; takes the 6-channel AddInverse(x) (un-normalised, in [0, 1]) and
     normalises it elementwise, (x6 - mu6) / sigma6."""
@@ -124,15 +138,13 @@ class BcosCifarResNet(nn.Module):
     def __init__(self, net, logit_bias):
         super().__init__()
         self.net = net
-        self.register_buffer("mean6", torch.tensor(MEAN + tuple(1 - m for m in MEAN)).view(1, 6, 1, 1))
-        self.register_buffer("std6", torch.tensor(STD + STD).view(1, 6, 1, 1))
+        mean6, std6 = six_channel(MEAN, STD)
+        self.register_buffer("mean6", mean6)
+        self.register_buffer("std6", std6)
         self.logit_bias = logit_bias
 
     def set_explain(self, on):
-        for m in self.modules():
-            if hasattr(m, "explain"):
-                m.explain = on
-        return self
+        return set_explain(self, on)
 
     def forward(self, x6):
         net = self.net

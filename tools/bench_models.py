@@ -37,7 +37,7 @@ def bcos_torchvision_resnet(net, num_classes):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
-    from bench_bcos import MEAN, STD, BcosConv2d, bcos_conv_of, convert_layers
+    from bench_bcos import MEAN, STD, BcosConv2d, bcos_conv_of, convert_layers, six_channel
 
     w = net.conv1.weight.detach()
     net.conv1 = bcos_conv_of(net.conv1, torch.cat([w, -w], 1) / 2)
@@ -48,8 +48,9 @@ def bcos_torchvision_resnet(net, num_classes):
         def __init__(self):
             super().__init__()
             self.net, self.head = net, head
-            self.register_buffer("mean6", torch.tensor(MEAN + tuple(1 - m for m in MEAN)).view(1, 6, 1, 1))
-            self.register_buffer("std6", torch.tensor(STD + STD).view(1, 6, 1, 1))
+            mean6, std6 = six_channel(MEAN, STD)
+            self.register_buffer("mean6", mean6)
+            self.register_buffer("std6", std6)
 
         def forward(self, x6):
             n = self.net
