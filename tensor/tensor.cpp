@@ -4,6 +4,10 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "tensor/copy.h"
 #ifdef BCOS_WITH_CUDA
@@ -14,11 +18,38 @@ namespace bcos {
 
 // ---- Storage ----------------------------------------------------------------------------
 
+namespace {
+
+// glibc serves blocks above its mmap threshold (128 KiB, adapting up to 32 MiB) with mmap and
+// unmaps them on free, and trims the heap top when it frees more than a few MiB: every fresh
+// activation of a training or inference step is then page-faulted in and zeroed by the kernel
+// on first touch -- 3-10 % of a ResNet step here (perf: exc_page_fault, clear_page). So the
+// first CPU tensor raises both thresholds (as MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_
+// would): large blocks then come from the heap and freed ones are reused, coalesced with their
+// neighbours, instead of returned to the OS. Peak resident memory stays that of the peak live
+// tensors (bench/models' memory columns). BCOS_MALLOC_TUNING=0 leaves malloc as it is.
+void tune_malloc_once() {
+#if defined(__GLIBC__)
+  static const bool done = [] {
+    const char* env = std::getenv("BCOS_MALLOC_TUNING");
+    if (env && std::string(env) == "0") return false;
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    mallopt(M_TOP_PAD, 64 << 20);
+    return true;
+  }();
+  (void)done;
+#endif
+}
+
+}  // namespace
+
 std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) {
   auto s = std::make_shared<Storage>();
   s->nbytes = nbytes;
   s->device = device;
   if (device.is_cpu()) {
+    tune_malloc_once();
     size_t rounded = (std::max<size_t>(nbytes, 1) + 63) / 64 * 64;
     void* p = std::aligned_alloc(64, rounded);
     BCOS_CHECK(p != nullptr, "Storage: out of host memory allocating ", nbytes, " bytes");

@@ -57,7 +57,7 @@ void eigen_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t rsa, int64_
 #ifdef BCOS_GEMM_X86
 
 constexpr int64_t MC = 144, KC = 256;  // A block: 144 x 256 floats = 144 KiB (L2); a multiple of both MRs
-constexpr int64_t NC = 4096;           // B slice: 256 x 4096 floats = 4 MiB (L3)
+constexpr int64_t NC = 1024;           // B slice: 256 x 1024 floats = 1 MiB (stays in L2)
 
 struct AlignedFree {
   void operator()(float* p) const { std::free(p); }
@@ -121,8 +121,8 @@ inline void store_tile_scalar(const float (&tile)[MR][NR], float* c, int64_t rsc
 struct Avx2Kernel {
   static constexpr int64_t MR = 6, NR = 16;
   __attribute__((target("avx2,fma"))) static void run(int64_t kc, const float* a, int64_t ars, int64_t aks,
-                                                     const float* bp, float* c, int64_t rsc, int64_t csc, int64_t mr,
-                                                     int64_t nr, bool accumulate) {
+                                                     const float* bp, int64_t bks, float* c, int64_t rsc, int64_t csc,
+                                                     int64_t mr, int64_t nr, bool accumulate) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     const float *a0 = a, *a1 = a + ars, *a2 = a + 2 * ars, *a3 = a + 3 * ars, *a4 = a + 4 * ars,
@@ -135,10 +135,10 @@ struct Avx2Kernel {
   }
 #pragma GCC unroll 4
     for (int64_t p = 0, o = 0; p < kc; ++p, o += aks) {
-      __m256 b0 = _mm256_load_ps(bp), b1 = _mm256_load_ps(bp + 8);
+      __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
       BCOS_ROW(a0, c00, c01) BCOS_ROW(a1, c10, c11) BCOS_ROW(a2, c20, c21)
       BCOS_ROW(a3, c30, c31) BCOS_ROW(a4, c40, c41) BCOS_ROW(a5, c50, c51)
-      bp += NR;
+      bp += bks;
     }
 #undef BCOS_ROW
     const __m256 rows[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
@@ -167,8 +167,8 @@ struct Avx2Kernel {
 struct Avx512Kernel {
   static constexpr int64_t MR = 8, NR = 32;
   __attribute__((target("avx512f,fma"))) static void run(int64_t kc, const float* a, int64_t ars, int64_t aks,
-                                                        const float* bp, float* c, int64_t rsc, int64_t csc,
-                                                        int64_t mr, int64_t nr, bool accumulate) {
+                                                        const float* bp, int64_t bks, float* c, int64_t rsc,
+                                                        int64_t csc, int64_t mr, int64_t nr, bool accumulate) {
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
     __m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
     const float *a0 = a, *a1 = a + ars, *a2 = a + 2 * ars, *a3 = a + 3 * ars, *a4 = a + 4 * ars,
@@ -181,10 +181,10 @@ struct Avx512Kernel {
   }
 #pragma GCC unroll 4
     for (int64_t p = 0, o = 0; p < kc; ++p, o += aks) {
-      __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16);
+      __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
       BCOS_ROW(a0, c00, c01) BCOS_ROW(a1, c10, c11) BCOS_ROW(a2, c20, c21) BCOS_ROW(a3, c30, c31)
       BCOS_ROW(a4, c40, c41) BCOS_ROW(a5, c50, c51) BCOS_ROW(a6, c60, c61) BCOS_ROW(a7, c70, c71)
-      bp += NR;
+      bp += bks;
     }
 #undef BCOS_ROW
     const __m512 rows[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31},
@@ -221,13 +221,19 @@ void blocked_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa,
   if (!omp_in_parallel() && double(m) * double(n) * double(k) >= 64.0 * 64.0 * 64.0)
     threads = num_threads();
 #endif
+  // A row-major B feeding only a few row tiles is read in place (its last partial panel
+  // packed): packing would cost more than the few passes over it save (CIFAR ResNet's 16-channel
+  // convolutions: 114 -> 146 GFLOP/s forward); with more rows the packed copy pays off.
+  const bool b_in_place = csb == 1 && m <= 4 * MR;
   const int64_t nc_max = std::min(NC, (n + NR - 1) / NR * NR);
   const int64_t kc_max = std::min(KC, k);
   Buffer bp = aligned_floats(kc_max * nc_max);
   std::vector<Buffer> aps;
   for (int t = 0; t < threads; ++t) aps.push_back(aligned_floats(std::min(MC, (m + MR - 1) / MR * MR) * kc_max));
 
+  // Row blocks of equal height (a multiple of MR, at most MC), so no thread gets a short one.
   const int64_t m_blocks = (m + MC - 1) / MC;
+  const int64_t mc_step = ((m + m_blocks - 1) / m_blocks + MR - 1) / MR * MR;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
 #ifdef _OPENMP
@@ -239,21 +245,25 @@ void blocked_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa,
     for (int64_t jc = 0; jc < n; jc += NC) {
       const int64_t nc = std::min(NC, n - jc);
       const int64_t panels = (nc + NR - 1) / NR;
-      // With fewer row blocks than threads, threads also split each block's column panels.
-      const int64_t col_splits = m_blocks >= threads ? 1 : std::min<int64_t>(panels, threads);
+      // When the row blocks do not divide evenly among the threads (3 blocks on 2 threads would
+      // leave one idle a third of the time), each block's column panels are split too: the
+      // fewest splits that make the task count a multiple of the thread count.
+      int64_t col_splits = 1;
+      while ((m_blocks * col_splits) % threads != 0 && col_splits < std::min<int64_t>(panels, threads)) ++col_splits;
       const int64_t tasks = m_blocks * col_splits;
       for (int64_t pc = 0; pc < k; pc += KC) {
         const int64_t kc = std::min(KC, k - pc);
         const bool acc = accumulate || pc > 0;
 #pragma omp for schedule(static)
-        for (int64_t jp = 0; jp < panels; ++jp)
-          pack_b_panel<NR>(b + pc * rsb + (jc + jp * NR) * csb, rsb, csb, kc,
-                       std::min(NR, nc - jp * NR), bp.get() + jp * NR * kc);
+        for (int64_t jp = b_in_place ? panels - 1 : 0; jp < panels; ++jp)
+          if (!b_in_place || nc - jp * NR < NR)
+            pack_b_panel<NR>(b + pc * rsb + (jc + jp * NR) * csb, rsb, csb, kc,
+                             std::min(NR, nc - jp * NR), bp.get() + jp * NR * kc);
         int64_t packed_block = -1;
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
           const int64_t ib = t / col_splits, split = t % col_splits;
-          const int64_t ic = ib * MC, mc = std::min(MC, m - ic);
+          const int64_t ic = ib * mc_step, mc = std::min(mc_step, m - ic);
           // A row-major A is read in place, only its last partial row panel packed; any other
           // layout is packed whole.
           const int64_t full_rows = csa == 1 ? mc / MR * MR : 0;
@@ -265,11 +275,13 @@ void blocked_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa,
           const int64_t p0 = panels * split / col_splits, p1 = panels * (split + 1) / col_splits;
           for (int64_t jp = p0; jp < p1; ++jp) {
             const int64_t j = jc + jp * NR, nr = std::min(NR, n - j);
+            const bool b_direct = b_in_place && nr == NR;
+            const float* panel = b_direct ? b + pc * rsb + j : bp.get() + jp * NR * kc;
             for (int64_t ir = 0; ir < mc; ir += MR) {
               const bool direct = ir < full_rows;
               Kernel::run(kc, direct ? a + (ic + ir) * rsa + pc : ap + ir * kc, direct ? rsa : 1,
-                           direct ? 1 : MR, bp.get() + jp * NR * kc, c + (ic + ir) * rsc + j * csc,
-                           rsc, csc, std::min(MR, mc - ir), nr, acc);
+                          direct ? 1 : MR, panel, b_direct ? rsb : NR, c + (ic + ir) * rsc + j * csc,
+                          rsc, csc, std::min(MR, mc - ir), nr, acc);
             }
           }
         }
@@ -281,18 +293,22 @@ void blocked_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa,
 // C^T = B^T A^T is the same product with the operands' roles swapped. Picks the orientation
 // with the lower estimated cost, in cycles: padded kernel work (a C 49 wide wastes a quarter of
 // 16-wide tiles) plus packing (free for a row-major A, which is read in place; cheap for a
-// row-major B, copied a panel row at a time; a gather otherwise).
+// row-major B, copied a panel row at a time; a gather otherwise) plus storing C (scalar when
+// its rows are strided).
 template <class Kernel>
 void oriented_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa, const float* b,
                     int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate) {
   constexpr double MR = double(Kernel::MR), NR = double(Kernel::NR);
-  auto cost = [](double rows, double cols, double depth, int64_t a_cs, int64_t b_cs) {
+  // A C whose rows are not contiguous (c_cs != 1: the transposed orientation of a row-major C)
+  // is stored element by element, once per K slice.
+  auto cost = [](double rows, double cols, double depth, int64_t a_cs, int64_t b_cs, int64_t c_cs) {
     double work = std::ceil(rows / MR) * MR * std::ceil(cols / NR) * NR * depth / (NR / 2);
     double pack_a = a_cs == 1 ? 0 : 2 * rows * depth;
     double pack_b = (b_cs == 1 ? 0.25 : 2) * depth * cols;
-    return work + pack_a + pack_b;
+    double store_c = c_cs == 1 ? 0 : 2 * rows * cols * std::ceil(depth / double(KC));
+    return work + pack_a + pack_b + store_c;
   };
-  if (cost(double(n), double(m), double(k), rsb, rsa) < cost(double(m), double(n), double(k), csa, csb))
+  if (cost(double(n), double(m), double(k), rsb, rsa, rsc) < cost(double(m), double(n), double(k), csa, csb, csc))
     return blocked_sgemm<Kernel>(n, m, k, b, csb, rsb, a, csa, rsa, c, csc, rsc, accumulate);
   blocked_sgemm<Kernel>(m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
 }

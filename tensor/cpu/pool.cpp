@@ -1,6 +1,7 @@
 // Pooling on the CPU: max (with PyTorch's flat per-plane indices h * W + w), average (padding
 // counted or not, divisor override), adaptive average. Every (sample, channel) plane is
 // independent, so planes run in parallel. x and outputs are contiguous [N, C, H, W].
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -19,6 +20,27 @@ using pool::bin_start;
 using pool::end_tap;
 using pool::first_tap;
 
+namespace {
+
+// One tap (ki, kj) of max pooling applied to a whole output row: out[ow] / idx[ow] take
+// plane[base + ow * stride] where it is larger (or NaN, as in PyTorch), for the columns ow in
+// [lo, hi) whose tap lies inside the plane. Visiting taps in (ki, kj) order per row gives each
+// output PyTorch's scan order (first maximum wins), and the loop over ow vectorises; kStride is
+// the stride when known at compile time (0: read `stride`).
+template <int kStride, class T>
+void max_tap_row(const T* plane, int64_t base, int64_t stride, int64_t lo, int64_t hi, T* out, int64_t* idx) {
+  const int64_t st = kStride ? kStride : stride;
+  for (int64_t ow = lo; ow < hi; ++ow) {
+    const int64_t i = base + ow * st;
+    const T v = plane[i];
+    const bool take = idx[ow] < 0 || v > out[ow] || v != v;
+    out[ow] = take ? v : out[ow];
+    idx[ow] = take ? i : idx[ow];
+  }
+}
+
+}  // namespace
+
 void max_pool2d_forward(const Tensor& x_in, const Tensor& out, const Tensor& indices,
                         const Pool2dParams& p) {
   Tensor x = raw_contiguous(x_in);
@@ -27,32 +49,28 @@ void max_pool2d_forward(const Tensor& x_in, const Tensor& out, const Tensor& ind
     const T* px = x.data<T>();
     T* po = out.data<T>();
     int64_t* pi = indices.data<int64_t>();
+    const int64_t st = p.stride[1];
     parallel_for(s.planes, s.ho * s.wo * p.kernel[0] * p.kernel[1], [&](int64_t b, int64_t e) {
       for (int64_t pl = b; pl < e; ++pl) {
         const T* plane = px + pl * s.h * s.w;
         for (int64_t oh = 0; oh < s.ho; ++oh) {
-          // The taps inside the plane, found once per row / column instead of tested per tap.
+          T* orow = po + (pl * s.ho + oh) * s.wo;
+          int64_t* irow = pi + (pl * s.ho + oh) * s.wo;
+          std::fill(orow, orow + s.wo, -std::numeric_limits<T>::infinity());
+          std::fill(irow, irow + s.wo, int64_t(-1));
           const int64_t h0 = oh * p.stride[0] - p.padding[0];
           const int64_t ki_lo = first_tap(h0, p.dilation[0]), ki_hi = end_tap(h0, p.dilation[0], p.kernel[0], s.h);
-          for (int64_t ow = 0; ow < s.wo; ++ow) {
-            const int64_t w0 = ow * p.stride[1] - p.padding[1];
-            const int64_t kj_lo = first_tap(w0, p.dilation[1]), kj_hi = end_tap(w0, p.dilation[1], p.kernel[1], s.w);
-            T best = -std::numeric_limits<T>::infinity();
-            int64_t best_i = -1;
-            for (int64_t ki = ki_lo; ki < ki_hi; ++ki) {
-              const int64_t row = (h0 + ki * p.dilation[0]) * s.w;
-              for (int64_t kj = kj_lo; kj < kj_hi; ++kj) {
-                const int64_t i = row + w0 + kj * p.dilation[1];
-                const T v = plane[i];
-                if (best_i < 0 || v > best || v != v) {  // as PyTorch: NaN wins
-                  best = v;
-                  best_i = i;
-                }
-              }
+          for (int64_t ki = ki_lo; ki < ki_hi; ++ki)
+            for (int64_t kj = 0; kj < p.kernel[1]; ++kj) {
+              // Columns ow whose tap iw = iw0 + ow * st lies in [0, w).
+              const int64_t iw0 = kj * p.dilation[1] - p.padding[1];
+              const int64_t lo = iw0 >= 0 ? 0 : std::min<int64_t>((-iw0 + st - 1) / st, s.wo);
+              const int64_t hi = iw0 > s.w - 1 ? lo : std::clamp<int64_t>((s.w - 1 - iw0) / st + 1, lo, s.wo);
+              const int64_t base = (h0 + ki * p.dilation[0]) * s.w + iw0;
+              if (st == 1) max_tap_row<1>(plane, base, st, lo, hi, orow, irow);
+              else if (st == 2) max_tap_row<2>(plane, base, st, lo, hi, orow, irow);
+              else max_tap_row<0>(plane, base, st, lo, hi, orow, irow);
             }
-            po[(pl * s.ho + oh) * s.wo + ow] = best;
-            pi[(pl * s.ho + oh) * s.wo + ow] = best_i;
-          }
         }
       }
     });
