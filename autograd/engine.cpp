@@ -106,9 +106,19 @@ Tensor sum_to(const Tensor& g, const Shape& shape) {
 }
 
 namespace {
-void accumulate_leaf(AutogradMeta& meta, const Tensor& g) {
+// True when nothing but this handle references g's memory and g covers all of it: then the
+// gradient can become .grad as it is (as PyTorch does) instead of being copied -- a copy of
+// every parameter per step otherwise (12 % of a ViT-B/32 training step).
+bool sole_owner(const Tensor& g) {
+  return !g.requires_grad() && g.is_contiguous() && g.offset() == 0 && g.storage() &&
+         g.storage().use_count() == 1 && g.storage()->nbytes == size_t(g.numel()) * g.element_size();
+}
+
+// adopt: g is not used after this call (a leaf's gradient; a retained non-leaf gradient still
+// flows on through its node's backward and is always copied).
+void accumulate_leaf(AutogradMeta& meta, const Tensor& g, bool adopt) {
   if (!meta.grad.defined()) {
-    meta.grad = g.clone();  // owned: users may modify .grad in place
+    meta.grad = adopt && sole_owner(g) ? g.detach() : g.clone();  // owned: users may modify .grad in place
   } else {
     meta.grad.add_(g);
   }
@@ -161,11 +171,11 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
     buffers.erase(n);
 
     if (n->leaf) {
-      if (g.defined()) accumulate_leaf(*n->leaf, g);
+      if (g.defined()) accumulate_leaf(*n->leaf, g, /*adopt=*/true);
       continue;
     }
     if (auto kept = n->retained.lock(); kept && kept->retains_grad && g.defined())
-      accumulate_leaf(*kept, g);
+      accumulate_leaf(*kept, g, /*adopt=*/false);
     BCOS_CHECK(!n->released, "backward: trying to go through ", n->name,
                " a second time, but its saved tensors were freed by the first backward; "
                "call backward(gradient, /*retain_graph=*/true) the first time");

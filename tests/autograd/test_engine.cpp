@@ -47,6 +47,20 @@ TEST_CASE("engine: .grad is owned, so modifying it in place touches nothing else
   CHECK(v(b.grad()) == std::vector<double>{1, 1});
 }
 
+TEST_CASE("engine: a fresh gradient is adopted as .grad, one the caller still holds is copied") {
+  // A leaf's own gradient: the caller keeps g, so .grad must not alias it.
+  Tensor x = ones({3}).requires_grad_();
+  Tensor g = from_vector<float>({1, 2, 3}, {3});
+  x.backward(g);
+  g.mul_(10.0);
+  CHECK(v(x.grad()) == std::vector<double>{1, 2, 3});
+  // linear's weight gradient arrives [out, in] row-major (gᵀ · x) and is adopted as it is.
+  Tensor w = ones({2, 3}).requires_grad_(), in = from_vector<float>({1, 2, 3, 4, 5, 6}, {2, 3});
+  sum(linear(in, w, Tensor())).backward();
+  CHECK(w.grad().is_contiguous());
+  CHECK(v(w.grad()) == std::vector<double>{5, 7, 9, 5, 7, 9});
+}
+
 TEST_CASE("engine: backward with an explicit gradient for a non-scalar output") {
   Tensor x = from_vector<float>({1, 2}, {2}).requires_grad_();
   Tensor y = x * x;
