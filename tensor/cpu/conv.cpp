@@ -113,11 +113,11 @@ void im2col(const T* x, const ConvShape& s, const Conv2dParams& p, T* col, int64
       }
 }
 
-// x [Cg, H, W] += col2im(col [K, Ho*Wo]). Zeroes col's entries for taps outside the image
-// on the whole-row path (col is scratch).
+// x [Cg, H, W] += col2im(col [K, Ho*Wo]); rows of col are ld apart. Zeroes col's entries for
+// taps outside the image on the whole-row path (col is scratch).
 template <class T>
-void col2im(T* col, const ConvShape& s, const Conv2dParams& p, T* x) {
-  const int64_t hw = s.ho * s.wo;
+void col2im(T* col, const ConvShape& s, const Conv2dParams& p, T* x, int64_t ld) {
+  const int64_t hw = ld;
   if (shifts_whole_rows(s, p)) {  // one shifted run per tap, as in im2col
     for (int64_t c = 0; c < s.cg; ++c)
       for (int64_t ki = 0; ki < s.kh; ++ki)
@@ -172,6 +172,11 @@ void over_samples(int64_t n, int64_t cost_per_sample, F&& fn) {
   });
 }
 
+// Each pass forms one product over all samples side by side when they have at most this many
+// output positions together (small maps: ResNet's 7 x 7 and 14 x 14 stages at small batches):
+// per-sample products there are only a few tiles wide and each runs on one thread.
+constexpr int64_t kOneProductColumns = 1024;
+
 template <class T>
 void forward_typed(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, const Tensor& out,
                    const Conv2dParams& p) {
@@ -209,6 +214,31 @@ void backward_input_typed(const Tensor& gout_in, const Tensor& w_in, const Tenso
   const T* pg = gout.data<T>();
   const T* pw = w.data<T>();
   T* px = gx.data<T>();
+  if (s.n * hw <= kOneProductColumns && s.n > 1 && hw > 0) {
+    // cols [K, N*HoWo] = W[g]^T · [grad_out[0, g] | grad_out[1, g] | ...], then col2im per sample.
+    const int64_t ld = s.n * hw;
+    std::vector<T> grads(size_t(s.og * ld)), cols(size_t(s.k * ld));
+    for (int64_t g = 0; g < s.groups; ++g) {
+      parallel_for(s.n, s.og * hw, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i)
+          for (int64_t r = 0; r < s.og; ++r)
+            std::copy_n(pg + ((i * s.o + g * s.og) + r) * hw, hw, grads.data() + r * ld + i * hw);
+      });
+      gemm(s.k, ld, s.og, pw + g * s.og * s.k, 1, s.k, grads.data(), ld, 1, cols.data(), ld, 1, false);
+      parallel_for(s.n, s.k * hw, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          T* xg = px + (i * s.c + g * s.cg) * s.h * s.w;
+          if (s.pointwise) {
+            for (int64_t r = 0; r < s.k; ++r) std::copy_n(cols.data() + r * ld + i * hw, hw, xg + r * hw);
+          } else {
+            std::fill(xg, xg + s.cg * s.h * s.w, T(0));
+            col2im(cols.data() + i * hw, s, p, xg, ld);
+          }
+        }
+      });
+    }
+    return;
+  }
   std::vector<std::vector<T>> cols(static_cast<size_t>(num_threads()));
   over_samples(s.n, s.o * s.k * hw, [&](int64_t i, int slot) {
     std::vector<T>& col = cols[size_t(slot)];
@@ -223,7 +253,7 @@ void backward_input_typed(const Tensor& gout_in, const Tensor& w_in, const Tenso
         col.resize(size_t(s.k * hw));
         gemm(s.k, hw, s.og, wg, 1, s.k, go, hw, 1, col.data(), hw, 1, false);
         std::fill(xg, xg + s.cg * s.h * s.w, T(0));
-        col2im(col.data(), s, p, xg);
+        col2im(col.data(), s, p, xg, hw);
       }
     }
   });
@@ -237,8 +267,6 @@ void backward_input_typed(const Tensor& gout_in, const Tensor& w_in, const Tenso
 // batch 8: 149 -> 232 GFLOP/s); otherwise G makes the inner dimension ~256, chunks of G samples
 // run in parallel with a gradient accumulator per thread, and their count is a multiple of the
 // thread count so no thread waits on a short last chunk.
-constexpr int64_t kOneProductColumns = 1024;
-
 template <class T>
 void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tensor& gw,
                            const Conv2dParams& p) {
