@@ -255,14 +255,10 @@ void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, c
         double sum_gx = 0, sum_g = 0;  // A = Σ g·x, B = Σ g
         for (int64_t i = 0; i < n; ++i) {
           const T *gi = pg + (i * c + ch) * s, *xi = px + (i * c + ch) * s;
-          double a0 = 0, a1 = 0, b0 = 0, b1 = 0;
-          int64_t j = 0;
-          for (; j + 2 <= s; j += 2) {
-            a0 += double(gi[j]) * double(xi[j]), a1 += double(gi[j + 1]) * double(xi[j + 1]);
-            b0 += double(gi[j]), b1 += double(gi[j + 1]);
-          }
-          for (; j < s; ++j) a0 += double(gi[j]) * double(xi[j]), b0 += double(gi[j]);
-          sum_gx += a0 + a1, sum_g += b0 + b1;
+          double a = 0, b = 0;  // one partial sum per vector lane (see norm.cpp's sum_of)
+#pragma omp simd reduction(+ : a, b)
+          for (int64_t j = 0; j < s; ++j) a += double(gi[j]) * double(xi[j]), b += double(gi[j]);
+          sum_gx += a, sum_g += b;
         }
         const double r = double(pi[ch]), gamma = pw ? double(pw[ch]) : 1.0;
         if (pgw) pgw[ch] = T(r * sum_gx);

@@ -206,15 +206,54 @@ void forward_typed(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, c
 }
 
 template <class T>
+void forward_typed(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, const Tensor& out,
+                   const Conv2dParams& p);
+
+// A stride-1 convolution's input gradient is itself a stride-1 convolution: of grad_out with the
+// kernel flipped in space and its in/out channels swapped, padded by (k - 1)·d - pad.
+//   gx[c, y, x] = Σ_o Σ_ij gout[o, y + i'·d - pad', x + j'·d - pad'] · W[o, c, k-1-i', k-1-j']
+// Run as a forward pass (im2col + GEMM) it copies columns instead of scattering-adding nine
+// shifted copies into gx (col2im), about half the memory traffic: CIFAR ResNet's 3 x 3 bwd_in
+// 16 channels 145 -> 187 GFLOP/s, 64 channels at 8 x 8 173 -> 197. Not used where all samples
+// form one product (small maps, below), which is faster still.
+template <class T>
+bool backward_input_as_forward(const Tensor& gout, const Tensor& w, const Tensor& gx, const ConvShape& s,
+                               const Conv2dParams& p) {
+  Conv2dParams q = p;
+  for (int d = 0; d < 2; ++d) {
+    const int64_t k = d == 0 ? s.kh : s.kw;
+    q.padding[d] = (k - 1) * p.dilation[d] - p.padding[d];
+    if (p.stride[d] != 1 || q.padding[d] < 0) return false;
+  }
+  if (s.pointwise) return false;
+  // W' [C, Og, kh, kw]: W'[g·Cg + c, o, i, j] = W[g·Og + o, c, kh-1-i, kw-1-j]
+  Tensor flipped = empty({s.c, s.og, s.kh, s.kw}, {w.dtype(), w.device()});
+  const T* pw = w.data<T>();
+  T* pf = flipped.data<T>();
+  const int64_t taps = s.kh * s.kw;
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t o = 0; o < s.og; ++o)
+      for (int64_t c = 0; c < s.cg; ++c) {
+        const T* src = pw + ((g * s.og + o) * s.cg + c) * taps;
+        T* dst = pf + ((g * s.cg + c) * s.og + o) * taps;
+        for (int64_t t = 0; t < taps; ++t) dst[t] = src[taps - 1 - t];
+      }
+  forward_typed<T>(gout, flipped, Tensor(), gx, q);
+  return true;
+}
+
+template <class T>
 void backward_input_typed(const Tensor& gout_in, const Tensor& w_in, const Tensor& gx,
                           const Conv2dParams& p) {
   Tensor gout = raw_contiguous(gout_in), w = raw_contiguous(w_in);
   ConvShape s = conv_shape(gx, w, gout, p);
   const int64_t hw = s.ho * s.wo;
+  const bool one_product = s.n * hw <= kOneProductColumns && s.n > 1 && hw > 0;
+  if (!one_product && backward_input_as_forward<T>(gout, w, gx, s, p)) return;
   const T* pg = gout.data<T>();
   const T* pw = w.data<T>();
   T* px = gx.data<T>();
-  if (s.n * hw <= kOneProductColumns && s.n > 1 && hw > 0) {
+  if (one_product) {
     // cols [K, N*HoWo] = W[g]^T · [grad_out[0, g] | grad_out[1, g] | ...], then col2im per sample.
     const int64_t ld = s.n * hw;
     std::vector<T> grads(size_t(s.og * ld)), cols(size_t(s.k * ld));
