@@ -8,7 +8,7 @@ faster (images/s) or leaner (memory: torch / bcos).
 CLIP rows: the image towers of OpenAI's RN50 and ViT-B/32 (batch 8; training: cross-entropy of
 the embedding as logits, SGD on the tower) and the text tower (batch 64 texts of 77 tokens,
 inference), PyTorch running tools/golden/clip.py's reference CLIP.
-  bench/models [--threads N] [--seconds S] [--only resnet18,resnet50,resnet20,clip_rn50,clip_vit_b_32,clip_text]
+  bench/models [--threads N] [--seconds S] [--only resnet18,resnet50,resnet20,vit_b_16,clip_rn50,clip_vit_b_32,clip_text]
 On a GPU (--device cuda): ResNet-50 and its B-cosified form at batch 64, inference and training
 step, both frameworks synchronising after every step; memory is the peak of tensor memory
 (torch.cuda.max_memory_allocated, bcos.cpp's caching allocator's peak in use). The B-cos ResNet-50
@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-CONFIGS = [("resnet18", 8, 224), ("resnet50", 8, 224), ("resnet20", 128, 32), ("clip_rn50", 8, 224),
+CONFIGS = [("resnet18", 8, 224), ("resnet50", 8, 224), ("resnet20", 128, 32), ("vit_b_16", 8, 224), ("clip_rn50", 8, 224),
            ("clip_vit_b_32", 8, 224), ("clip_text", 64, 77)]
 GPU_CONFIGS = [("resnet50", 64, 224), ("bcos_resnet50", 64, 224)]
 MODES = {"clip_text": ("infer",)}
@@ -93,7 +93,7 @@ def torch_child(arch, batch, size, mode, seconds, threads, device):
     else:
         base = arch[len("bcos_"):] if arch.startswith("bcos_") else arch
         module = model = CifarResNet(20) if base == "resnet20" else getattr(torchvision.models, base)()
-        classes = 10 if base == "resnet20" else 1000
+        classes = 10 if base == "resnet20" else 1000  # vit_b_16: torchvision's, as models/vit.h
         if arch.startswith("bcos_"):
             module = model = bcos_torchvision_resnet(model, classes)
             x = torch.rand(batch, 3, size, size)

@@ -23,17 +23,25 @@ void softmax(const Tensor& x_in, int dim, bool log, const Tensor& out) {
         int64_t base = (r / s.inner) * s.d * s.inner + r % s.inner;
         const T* p = px + base;
         T* o = po + base;
-        double m = -std::numeric_limits<double>::infinity();
-        for (int64_t j = 0; j < s.d; ++j) m = std::max(m, double(p[j * s.inner]));
+        T m = -std::numeric_limits<T>::infinity();
+        for (int64_t j = 0; j < s.d; ++j) m = std::max(m, p[j * s.inner]);
         if (std::isinf(m) && m < 0) m = 0;  // all -inf: avoid inf - inf
+        // exp in T (the max-subtracted arguments are <= 0, so it cannot overflow; float's expf
+        // is within an ulp, as PyTorch's vectorised exp) and computed once: softmax keeps the
+        // terms in `o` and scales them; the sum accumulates in double.
         double sum = 0;
-        for (int64_t j = 0; j < s.d; ++j) sum += std::exp(double(p[j * s.inner]) - m);
         if (log) {
-          double lse = m + std::log(sum);
+          for (int64_t j = 0; j < s.d; ++j) sum += double(std::exp(p[j * s.inner] - m));
+          const double lse = double(m) + std::log(sum);
           for (int64_t j = 0; j < s.d; ++j) o[j * s.inner] = T(double(p[j * s.inner]) - lse);
         } else {
-          for (int64_t j = 0; j < s.d; ++j)
-            o[j * s.inner] = T(std::exp(double(p[j * s.inner]) - m) / sum);
+          for (int64_t j = 0; j < s.d; ++j) {
+            const T e = std::exp(p[j * s.inner] - m);
+            o[j * s.inner] = e;
+            sum += double(e);
+          }
+          const T scale = T(1.0 / sum);
+          for (int64_t j = 0; j < s.d; ++j) o[j * s.inner] *= scale;
         }
       }
     });
