@@ -161,6 +161,26 @@ TEST_CASE("module: default initialisation has PyTorch's bounds") {
   CHECK(error_of([&] { bn(zeros({2, 4, 3, 3})); }).find("[2, 4, 3, 3]") != std::string::npos);
 }
 
+TEST_CASE("module: initialisers drawing in chunks give the values of one whole draw") {
+  // 2^20 + 3 elements: two chunks, the second odd-sized; a strided target takes the whole draw.
+  const int64_t n = (int64_t(1) << 20) + 3;
+  manual_seed(11);
+  Tensor w = empty({n});
+  init::normal_(w, 0.5, 2.0);
+  Tensor head_view = w.slice(0, 0, 6);  // a small contiguous view: redrawn in place
+  init::uniform_(head_view, -1.0, 3.0);
+  manual_seed(11);
+  Tensor expect = (randn({n}, DType::f64) * 2.0 + 0.5).to(kFloat32);
+  Tensor head = (rand({6}, DType::f64) * 4.0 - 1.0).to(kFloat32);
+  CHECK(same(w.slice(0, 6, n), expect.slice(0, 6, n)));
+  CHECK(same(w.slice(0, 0, 6), head));
+  Tensor strided = empty({4, 6}).t();  // [6, 4], not contiguous
+  manual_seed(12);
+  init::normal_(strided, 0.0, 1.0);
+  manual_seed(12);
+  CHECK(same(strided, randn({6, 4}, DType::f64).to(kFloat32)));
+}
+
 TEST_CASE("module: losses as modules give the functional losses") {
   manual_seed(4);
   const Tensor logits = randn({6, 5}), target = randint(0, 5, {6});
