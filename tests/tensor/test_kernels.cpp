@@ -151,7 +151,10 @@ TEST_CASE("kernels: conv2d forward and both backward passes vs a direct convolut
   for (Cfg cfg : {Cfg{2, 3, 9, 4, 3, 1, 1, 1, 1}, Cfg{3, 4, 11, 6, 3, 2, 1, 1, 2}, Cfg{1, 2, 10, 3, 3, 1, 2, 2, 1},
                   Cfg{4, 8, 6, 5, 1, 1, 0, 1, 1}, Cfg{2, 6, 7, 6, 3, 1, 1, 1, 6}, Cfg{1, 3, 12, 2, 5, 3, 2, 1, 1},
                   // more than 1024 output positions in all: per-sample (not one batched) products
-                  Cfg{3, 4, 20, 6, 3, 1, 1, 1, 1}, Cfg{2, 5, 24, 3, 1, 1, 0, 1, 1}, Cfg{5, 4, 17, 4, 3, 1, 1, 1, 2}}) {
+                  Cfg{3, 4, 20, 6, 3, 1, 1, 1, 1}, Cfg{2, 5, 24, 3, 1, 1, 0, 1, 1}, Cfg{5, 4, 17, 4, 3, 1, 1, 1, 2},
+                  // K = 1152: the column matrix is built in blocks of output rows (whole-row and
+                  // strided im2col paths)
+                  Cfg{1, 128, 20, 4, 3, 1, 1, 1, 1}, Cfg{1, 128, 41, 3, 3, 2, 1, 1, 1}, Cfg{1, 128, 20, 3, 3, 1, 2, 2, 1}}) {
     CAPTURE(cfg.n);
     CAPTURE(cfg.c);
     CAPTURE(cfg.h);
