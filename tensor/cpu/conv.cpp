@@ -123,12 +123,11 @@ void im2col(const T* x, const ConvShape& s, const Conv2dParams& p, T* col, int64
 // taps outside the image on the whole-row path (col is scratch).
 template <class T>
 void col2im(T* col, const ConvShape& s, const Conv2dParams& p, T* x, int64_t ld) {
-  const int64_t hw = ld;
   if (shifts_whole_rows(s, p)) {  // one shifted run per tap, as in im2col
     for (int64_t c = 0; c < s.cg; ++c)
       for (int64_t ki = 0; ki < s.kh; ++ki)
         for (int64_t kj = 0; kj < s.kw; ++kj) {
-          T* row = col + ((c * s.kh + ki) * s.kw + kj) * hw;
+          T* row = col + ((c * s.kh + ki) * s.kw + kj) * ld;
           T* plane = x + c * s.h * s.w;
           const int64_t dh = ki * p.dilation[0] - p.padding[0], dw = kj * p.dilation[1] - p.padding[1];
           int64_t oh_lo, oh_hi, lo, hi;
@@ -149,7 +148,7 @@ void col2im(T* col, const ConvShape& s, const Conv2dParams& p, T* x, int64_t ld)
   for (int64_t c = 0; c < s.cg; ++c)
     for (int64_t ki = 0; ki < s.kh; ++ki)
       for (int64_t kj = 0; kj < s.kw; ++kj) {
-        const T* row = col + ((c * s.kh + ki) * s.kw + kj) * hw;
+        const T* row = col + ((c * s.kh + ki) * s.kw + kj) * ld;
         T* plane = x + c * s.h * s.w;
         for (int64_t oh = 0; oh < s.ho; ++oh) {
           int64_t ih = oh * p.stride[0] - p.padding[0] + ki * p.dilation[0];
