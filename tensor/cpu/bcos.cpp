@@ -252,8 +252,9 @@ void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, c
     const double count = double(n * s);
     parallel_for(c, n * s * 3, [&](int64_t b, int64_t e) {
       for (int64_t ch = b; ch < e; ++ch) {
-        double sum_gx = 0, sum_g = 0;  // A = Σ g·x, B = Σ g
-        for (int64_t i = 0; i < n; ++i) {
+        double sum_gx = 0, sum_g = 0;  // A = Σ g·x, B = Σ g: not needed for an explanation's
+        const bool need_sums = pgw || pgb || pm;  // input gradient in eval mode (a pure scaling)
+        for (int64_t i = 0; i < n && need_sums; ++i) {
           const T *gi = pg + (i * c + ch) * s, *xi = px + (i * c + ch) * s;
           double a = 0, b = 0;  // one partial sum per vector lane (see norm.cpp's sum_of)
 #pragma omp simd reduction(+ : a, b)
@@ -271,7 +272,11 @@ void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, c
         for (int64_t i = 0; i < n; ++i) {
           const T *gi = pg + (i * c + ch) * s, *xi = px + (i * c + ch) * s;
           T* o = pgx + (i * c + ch) * s;
-          for (int64_t j = 0; j < s; ++j) o[j] = k1 * gi[j] - k2 * (xi[j] - mu);
+          if (pm) {
+            for (int64_t j = 0; j < s; ++j) o[j] = k1 * gi[j] - k2 * (xi[j] - mu);
+          } else {
+            for (int64_t j = 0; j < s; ++j) o[j] = k1 * gi[j];
+          }
         }
       }
     });
