@@ -178,6 +178,35 @@ TEST_CASE("kernels: conv2d forward and both backward passes vs a direct convolut
   }
 }
 
+TEST_CASE("kernels: float32 3x3 convolutions taking the Winograd path match a float64 direct convolution") {
+  // Shapes where conv.cpp picks Winograd F(2x2, 3x3) (enough samples for every thread, >= 64
+  // channels on 28 x 28, >= 128 on 14 x 14; odd sizes exercise the partial last tile), with a
+  // bias; the input gradient of such a conv runs the same path (a forward with the flipped kernel).
+  manual_seed(21);
+  const int64_t n = 2 * num_threads();
+  struct Shape4 {
+    int64_t c, o, h, w;
+  };
+  for (Shape4 sh : {Shape4{64, 72, 28, 28}, Shape4{128, 128, 15, 14}, Shape4{64, 64, 29, 31}}) {
+    CAPTURE(sh.c);
+    CAPTURE(sh.h);
+    CAPTURE(sh.w);
+    Tensor x = randn({n, sh.c, sh.h, sh.w}).requires_grad_(), w = randn({sh.o, sh.c, 3, 3}).requires_grad_();
+    Tensor b = randn({sh.o});
+    Tensor y = conv2d(x, w, b, 1, 1);
+    Tensor expect = naive_conv(x.detach(), w.detach(), 1, 1, 1, 1) + b.to(kFloat64).reshape({1, sh.o, 1, 1});
+    // norm-wise relative error: float32 rounding of 9·C-term sums, transformed (measured ~5e-7)
+    const double scale = std::sqrt(sum(expect * expect).item());
+    CHECK(std::sqrt(sum(square(y.to(kFloat64) - expect)).item()) / scale < 1e-5);
+    Tensor g = randn(y.shape());
+    sum(y * g).backward();
+    Tensor x64 = x.detach().to(kFloat64).requires_grad_();
+    sum(conv2d(x64, w.detach().to(kFloat64), Tensor(), 1, 1) * g.to(kFloat64)).backward();
+    const double gscale = std::sqrt(sum(x64.grad() * x64.grad()).item());
+    CHECK(std::sqrt(sum(square(x.grad().to(kFloat64) - x64.grad())).item()) / gscale < 1e-5);
+  }
+}
+
 TEST_CASE("kernels: pooling corner cases") {
   // all-negative input with padding: padding never wins a max
   Tensor x = full({1, 1, 3, 3}, -5.0);
