@@ -5,6 +5,7 @@
 // Batch broadcasting is an expand (whose backward sums), so the engine does the rest.
 #include "autograd/dispatch.h"
 #include "autograd/ops.h"
+#include "tensor/copy.h"
 
 namespace bcos {
 
@@ -27,19 +28,23 @@ Tensor bmm3(const Tensor& a, const Tensor& b) {
   return out;
 }
 
-// out [R, N] = x [R, K] · wᵀ for w [N, K]. The weight's gradient is formed as gᵀ · x, already
-// [N, K] row-major, so the engine adopts it as .grad; through matmul(x, w.t()) it arrived as a
-// transposed view and was copied element by element (12 % of a ViT-B/32 training step).
-Tensor linear_rows(const Tensor& x, const Tensor& w) {
+// out [R, N] = x [R, K] · wᵀ (+ b) for w [N, K]. The weight's gradient is formed as gᵀ · x,
+// already [N, K] row-major, so the engine adopts it as .grad; through matmul(x, w.t()) it
+// arrived as a transposed view and was copied element by element (12 % of a ViT-B/32 training
+// step). A bias is written into out first and the product accumulated onto it, instead of a
+// separate pass adding it afterwards.
+Tensor linear_rows(const Tensor& x, const Tensor& w, const Tensor& b) {
   Tensor out = empty({x.size(0), w.size(0)}, {x.dtype(), x.device()});
-  kernel::bmm(x.unsqueeze(0), w.t().unsqueeze(0), out.unsqueeze(0), false);
-  if (needs_graph({x, w})) {
+  if (b.defined()) copy_into(out, b.detach().unsqueeze(0).expand(out.shape()));
+  kernel::bmm(x.unsqueeze(0), w.t().unsqueeze(0), out.unsqueeze(0), b.defined());
+  if (needs_graph({x, w, b})) {
     SavedTensor sx(x), sw(w);
-    record("LinearBackward", out, {x, w}, [=](const Tensor& g, const std::vector<bool>& need) {
-      Tensor gx, gw;
+    record("LinearBackward", out, {x, w, b}, [=](const Tensor& g, const std::vector<bool>& need) {
+      Tensor gx, gw, gb;
       if (need[0]) gx = bmm3(g.unsqueeze(0), sw.get().unsqueeze(0)).squeeze(0);
       if (need[1]) gw = bmm3(g.t().unsqueeze(0), sx.get().unsqueeze(0)).squeeze(0);
-      return Grads{gx, gw};
+      if (need[2]) gb = sum(g, {0});
+      return Grads{gx, gw, gb};
     });
   }
   return out;
@@ -107,13 +112,13 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   out_shape[x.dim() - 1] = weight.size(0);
   int64_t rows = 1;
   for (int i = 0; i < x.dim() - 1; ++i) rows *= x.size(i);
-  Tensor out = linear_rows(x.reshape({rows, weight.size(1)}), weight).reshape(out_shape);
   if (bias.defined()) {
     BCOS_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), op, ": bias ", bias.shape(),
                " does not match the weight's out-features ", weight.size(0));
-    out = add(out, bias);
+    check_same_device(op, x, bias);
+    check_same_dtype(op, x, bias);
   }
-  return out;
+  return linear_rows(x.reshape({rows, weight.size(1)}), weight, bias).reshape(out_shape);
 }
 
 }  // namespace bcos
