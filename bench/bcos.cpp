@@ -7,9 +7,7 @@
 // sigmoid loss, adaptive clipping, Adam) and the explanation of each image's best of 10 texts.
 //   bench_bcos --mode train|explain|clip_distill|clip_explain [--batch 64] [--seconds 10] [--threads N]
 // One line: images_per_s <float> peak_rss_mb <float>
-#include <sys/resource.h>
 
-#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -22,26 +20,16 @@
 #include "nn/bcos.h"
 #include "nn/optim.h"
 #include "tensor/parallel.h"
+#include "timing.h"
 
 using namespace bcos;
 
 namespace {
 
-// Two warm-up steps, then steps for `seconds` (at least 2); prints the result line.
+// Times `run` and prints the result line.
 void report(const std::function<void()>& run, int64_t batch, double seconds) {
-  run();
-  run();
-  int64_t iters = 0;
-  const auto start = std::chrono::steady_clock::now();
-  double elapsed = 0;
-  while (iters < 2 || elapsed < seconds) {
-    run();
-    ++iters;
-    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  }
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  std::printf("images_per_s %.2f peak_rss_mb %.1f\n", double(iters * batch) / elapsed, double(usage.ru_maxrss) / 1024.0);
+  time_steps(run, [] {}, batch, seconds);
+  std::printf("\n");
 }
 
 int clip_bench(const std::string& mode, int64_t batch, double seconds) {

@@ -9,9 +9,7 @@
 // CLIP: --arch clip_rn50 / clip_vit_b_32 time the image tower of OpenAI's RN50 / ViT-B/32
 // (training: cross-entropy of the embedding as logits, SGD on the tower), clip_text the text
 // tower on [batch, 77] token ids ("images" are then texts).
-#include <sys/resource.h>
 
-#include <chrono>
 #include <cstdio>
 #include <string>
 
@@ -21,6 +19,7 @@
 #include "models/factory.h"
 #include "nn/bcos.h"
 #include "nn/optim.h"
+#include "timing.h"
 
 using namespace bcos;
 
@@ -93,21 +92,7 @@ int main(int argc, char** argv) {
       }
     };
     model->train(mode == "train");
-    run();  // warm-up: allocations, caches, cuDNN's algorithm choices
-    run();
-    synchronize(device);
-    int64_t iters = 0;
-    const auto start = std::chrono::steady_clock::now();
-    double elapsed = 0;
-    while (iters < 2 || elapsed < seconds) {
-      run();
-      ++iters;
-      synchronize(device);  // GPU work is queued: time what has finished
-      elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    }
-    rusage usage{};
-    getrusage(RUSAGE_SELF, &usage);
-    std::printf("images_per_s %.2f peak_rss_mb %.1f", double(iters * batch) / elapsed, double(usage.ru_maxrss) / 1024.0);
+    time_steps(run, [&] { synchronize(device); }, batch, seconds);  // GPU work is queued: time what has finished
     if (device.is_cuda()) std::printf(" peak_gpu_mb %.1f", double(peak_memory_bytes(device)) / (1 << 20));
     std::printf("\n");
   } catch (const std::exception& e) {

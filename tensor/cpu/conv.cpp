@@ -374,23 +374,24 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
     T* dst = slot == 0 ? out : acc[size_t(slot - 1)].data();
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       const int64_t n0 = chunk * group, g_n = std::min(group, s.n - n0), ld = g_n * hw;
-      for (int64_t g = 0; g < s.groups && group == 1; ++g) {
-        // One sample: grad_out [Og, HoWo] is read in place, and the column matrix is built and
-        // consumed a block of output rows at a time (see column_block_rows).
-        const T* xg = px + (n0 * s.c + g * s.cg) * s.h * s.w;
-        const T* go = pg + (n0 * s.o + g * s.og) * hw;
+      for (int64_t g = 0; g < s.groups; ++g) {
         T* dg = dst + g * s.og * s.k;
-        if (s.pointwise) {
-          gemm(s.og, s.k, hw, go, hw, 1, xg, 1, hw, dg, s.k, 1, chunk > c0);
+        if (group == 1) {
+          // One sample: grad_out [Og, HoWo] is read in place, and the column matrix is built and
+          // consumed a block of output rows at a time (see column_block_rows).
+          const T* xg = px + (n0 * s.c + g * s.cg) * s.h * s.w;
+          const T* go = pg + (n0 * s.o + g * s.og) * hw;
+          if (s.pointwise) {
+            gemm(s.og, s.k, hw, go, hw, 1, xg, 1, hw, dg, s.k, 1, chunk > c0);
+            continue;
+          }
+          for (int64_t oh0 = 0; oh0 < s.ho; oh0 += block_rows) {
+            const int64_t oh1 = std::min(s.ho, oh0 + block_rows), n_cols = (oh1 - oh0) * s.wo;
+            im2col(xg, s, p, cols.data(), n_cols, oh0, oh1);
+            gemm(s.og, s.k, n_cols, go + oh0 * s.wo, hw, 1, cols.data(), 1, n_cols, dg, s.k, 1, chunk > c0 || oh0 > 0);
+          }
           continue;
         }
-        for (int64_t oh0 = 0; oh0 < s.ho; oh0 += block_rows) {
-          const int64_t oh1 = std::min(s.ho, oh0 + block_rows), n_cols = (oh1 - oh0) * s.wo;
-          im2col(xg, s, p, cols.data(), n_cols, oh0, oh1);
-          gemm(s.og, s.k, n_cols, go + oh0 * s.wo, hw, 1, cols.data(), 1, n_cols, dg, s.k, 1, chunk > c0 || oh0 > 0);
-        }
-      }
-      for (int64_t g = 0; g < s.groups && group > 1; ++g) {
         parallel_for(g_n, s.k * hw, [&](int64_t j0, int64_t j1) {  // lay samples side by side
           for (int64_t j = j0; j < j1; ++j) {
             const int64_t i = n0 + j;
@@ -405,7 +406,7 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
           }
         });
         // grad_out [Og, G*HoWo] times cols^T [G*HoWo, K] (read transposed in place)
-        gemm(s.og, s.k, ld, grads.data(), ld, 1, cols.data(), 1, ld, dst + g * s.og * s.k, s.k, 1, chunk > c0);
+        gemm(s.og, s.k, ld, grads.data(), ld, 1, cols.data(), 1, ld, dg, s.k, 1, chunk > c0);
       }
     }
   });
