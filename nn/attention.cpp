@@ -33,10 +33,12 @@ Tensor MultiheadAttention::forward(const Tensor& query, const Tensor& key, const
   auto heads = [&](const Tensor& x, int i, int64_t len) {
     return linear(x, w[size_t(i)], b[size_t(i)]).reshape({n, len, num_heads, d}).transpose(1, 2);
   };
-  Tensor q = heads(query, 0, lq), k = heads(key, 1, lk);
+  // q scaled before the product, as PyTorch's multi_head_attention_forward: L·d values instead of
+  // L·L logits, and the division writes q contiguous [N, heads, L, d], which the product needs.
+  Tensor q = heads(query, 0, lq) / std::sqrt(double(d)), k = heads(key, 1, lk);
   const Tensor v = heads(value, 2, lk);
   if (detach_qk_when_explaining && explanation_mode()) q = q.detach(), k = k.detach();
-  Tensor logits = matmul(q, k.transpose(2, 3)) * (1.0 / std::sqrt(double(d)));  // [N, heads, Lq, Lk]
+  Tensor logits = matmul(q, k.transpose(2, 3));  // [N, heads, Lq, Lk]
   if (mask.defined()) {
     const bool per_head = mask.dim() == 3;
     BCOS_CHECK((mask.dim() == 2 && mask.size(0) == lq && mask.size(1) == lk) ||

@@ -8,6 +8,11 @@
 
 #include "tensor/cpu/kernels.h"
 #include "tensor/cpu/loops.h"
+#include "tensor/cpu/vec_math.h"
+
+// 512-bit vectors where the CPU has them (GCC's default tuning stops at 256): GELU 1.6 -> 1.0 ns
+// per element on one core.
+#pragma GCC target("prefer-vector-width=512")
 
 namespace bcos::cpu {
 
@@ -75,6 +80,33 @@ void map2(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
                   });
 }
 
+// float exp, sigmoid, SiLU and GELU through tensor/cpu/vec_math.h, whose loops vectorise (libm's
+// erff / expf kept them scalar: GELU was 7.6 % of a ViT-B/16 forward); every other op and dtype
+// through the formulas shared with CUDA.
+template <UnaryOp OP, class T>
+BCOS_VEC_INLINE T forward_on_cpu(T v, const math::UnaryParams<T>& p) {
+  if constexpr (std::is_same_v<T, float>) {
+    if constexpr (OP == UnaryOp::exp) return vec::exp(v);
+    else if constexpr (OP == UnaryOp::sigmoid) return 1.0f / (1.0f + vec::exp(-v));
+    else if constexpr (OP == UnaryOp::silu) return v / (1.0f + vec::exp(-v));
+    else if constexpr (OP == UnaryOp::gelu_erf) return v * vec::normal_cdf(v);
+  }
+  return math::unary_forward<OP>(v, p);
+}
+
+// g · op'(s) (s is x, or y where the derivative is cheaper in it), as forward_on_cpu.
+template <UnaryOp OP, class T>
+BCOS_VEC_INLINE T backward_on_cpu(T g, T s, const math::UnaryParams<T>& p) {
+  if constexpr (std::is_same_v<T, float>) {
+    if constexpr (OP == UnaryOp::gelu_erf) return g * (vec::normal_cdf(s) + s * vec::normal_pdf(s));
+    else if constexpr (OP == UnaryOp::silu) {
+      const float sig = 1.0f / (1.0f + vec::exp(-s));
+      return g * sig * (1.0f + s * (1.0f - sig));
+    }
+  }
+  return math::unary_backward<OP>(g, s, p);
+}
+
 template <class T>
 void unary_typed(UnaryOp op, const Tensor& x, const Tensor& out, double p0, double p1) {
   const math::UnaryParams<T> p = math::make_unary_params<T>(p0, p1);
@@ -91,7 +123,7 @@ void unary_typed(UnaryOp op, const Tensor& x, const Tensor& out, double p0, doub
     return run.template operator()<false, false>();
   }
   math::with_unary_op(op, [&]<UnaryOp OP>() {
-    map1<T, T>(x, out, [p](T v) { return math::unary_forward<OP>(v, p); });
+    map1<T, T>(x, out, [p](T v) BCOS_VEC_INLINE_LAMBDA { return forward_on_cpu<OP>(v, p); });
   });
 }
 
@@ -103,7 +135,7 @@ void unary_backward_typed(UnaryOp op, const Tensor& g, const Tensor& x, const Te
   if (op == UnaryOp::pow_scalar && p.p0 == T(2)) op = UnaryOp::square;  // 2·g·x, exactly g·2·x¹, vectorised
   const Tensor& s = math::derivative_uses_output(op) ? y : x;
   math::with_unary_op(op, [&]<UnaryOp OP>() {
-    map3<T, T>(g, s, Tensor(), gx, [p](T gv, T sv, T) { return math::unary_backward<OP>(gv, sv, p); });
+    map3<T, T>(g, s, Tensor(), gx, [p](T gv, T sv, T) BCOS_VEC_INLINE_LAMBDA { return backward_on_cpu<OP>(gv, sv, p); });
   });
 }
 

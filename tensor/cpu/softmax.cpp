@@ -4,13 +4,75 @@
 //   log_softmax backward:  grad_x = g − exp(y) · Σ g
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "tensor/kernel_views.h"
 #include "tensor/copy.h"
 #include "tensor/cpu/kernels.h"
+#include "tensor/cpu/vec_math.h"
 #include "tensor/parallel.h"
 
+#pragma GCC target("prefer-vector-width=512")  // as tensor/cpu/elementwise.cpp
+
 namespace bcos::cpu {
+
+namespace {
+
+// float's exp vectorised (tensor/cpu/vec_math.h, within an ulp, as PyTorch's vectorised exp),
+// double's from libm.
+template <class T>
+inline T exp_of(T v) {
+  if constexpr (std::is_same_v<T, float>) return vec::exp(v);
+  else return std::exp(v);
+}
+
+// One softmax row of d elements `stride` apart. Max-subtracted; each exp computed once, in T
+// (the arguments are <= 0, so it cannot overflow); the sum accumulates in double. Softmax keeps
+// the terms in `o` and scales them. A contiguous row (stride 1, the usual last dim) runs the
+// same loops with a constant stride, which the compiler vectorises.
+template <class T>
+inline void softmax_row(const T* p, T* o, int64_t d, int64_t stride, bool log) {
+  T m = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < d; ++j) m = p[j * stride] > m ? p[j * stride] : m;
+  if (std::isinf(m) && m < 0) m = 0;  // all -inf: avoid inf - inf
+  double sum = 0;
+  if (log) {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < d; ++j) sum += double(exp_of<T>(p[j * stride] - m));
+    const double lse = double(m) + std::log(sum);
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) o[j * stride] = T(double(p[j * stride]) - lse);
+  } else {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < d; ++j) {
+      const T e = exp_of<T>(p[j * stride] - m);
+      o[j * stride] = e;
+      sum += double(e);
+    }
+    const T scale = T(1.0 / sum);
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) o[j * stride] *= scale;
+  }
+}
+
+template <class T>
+inline void softmax_backward_row(const T* gp, const T* yp, T* o, int64_t d, int64_t stride, bool log) {
+  double acc = 0;
+  if (log) {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < d; ++j) acc += double(gp[j * stride]);
+    for (int64_t j = 0; j < d; ++j)
+      o[j * stride] = T(double(gp[j * stride]) - std::exp(double(yp[j * stride])) * acc);
+  } else {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < d; ++j) acc += double(gp[j * stride]) * double(yp[j * stride]);
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) o[j * stride] = T(double(yp[j * stride]) * (double(gp[j * stride]) - acc));
+  }
+}
+
+}  // namespace
 
 void softmax(const Tensor& x_in, int dim, bool log, const Tensor& out) {
   Tensor x = raw_contiguous(x_in);
@@ -20,29 +82,9 @@ void softmax(const Tensor& x_in, int dim, bool log, const Tensor& out) {
     T* po = out.data<T>();
     parallel_for(s.outer * s.inner, s.d * 3, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
-        int64_t base = (r / s.inner) * s.d * s.inner + r % s.inner;
-        const T* p = px + base;
-        T* o = po + base;
-        T m = -std::numeric_limits<T>::infinity();
-        for (int64_t j = 0; j < s.d; ++j) m = std::max(m, p[j * s.inner]);
-        if (std::isinf(m) && m < 0) m = 0;  // all -inf: avoid inf - inf
-        // exp in T (the max-subtracted arguments are <= 0, so it cannot overflow; float's expf
-        // is within an ulp, as PyTorch's vectorised exp) and computed once: softmax keeps the
-        // terms in `o` and scales them; the sum accumulates in double.
-        double sum = 0;
-        if (log) {
-          for (int64_t j = 0; j < s.d; ++j) sum += double(std::exp(p[j * s.inner] - m));
-          const double lse = double(m) + std::log(sum);
-          for (int64_t j = 0; j < s.d; ++j) o[j * s.inner] = T(double(p[j * s.inner]) - lse);
-        } else {
-          for (int64_t j = 0; j < s.d; ++j) {
-            const T e = std::exp(p[j * s.inner] - m);
-            o[j * s.inner] = e;
-            sum += double(e);
-          }
-          const T scale = T(1.0 / sum);
-          for (int64_t j = 0; j < s.d; ++j) o[j * s.inner] *= scale;
-        }
+        const int64_t base = (r / s.inner) * s.d * s.inner + r % s.inner;
+        if (s.inner == 1) softmax_row<T>(px + base, po + base, s.d, 1, log);
+        else softmax_row<T>(px + base, po + base, s.d, s.inner, log);
       }
     });
   });
@@ -57,19 +99,9 @@ void softmax_backward(const Tensor& grad_in, const Tensor& y_in, int dim, bool l
     T* po = grad_x.data<T>();
     parallel_for(s.outer * s.inner, s.d * 3, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
-        int64_t base = (r / s.inner) * s.d * s.inner + r % s.inner;
-        const T *gp = pg + base, *yp = py + base;
-        T* o = po + base;
-        double acc = 0;
-        if (log) {
-          for (int64_t j = 0; j < s.d; ++j) acc += double(gp[j * s.inner]);
-          for (int64_t j = 0; j < s.d; ++j)
-            o[j * s.inner] = T(double(gp[j * s.inner]) - std::exp(double(yp[j * s.inner])) * acc);
-        } else {
-          for (int64_t j = 0; j < s.d; ++j) acc += double(gp[j * s.inner]) * double(yp[j * s.inner]);
-          for (int64_t j = 0; j < s.d; ++j)
-            o[j * s.inner] = T(double(yp[j * s.inner]) * (double(gp[j * s.inner]) - acc));
-        }
+        const int64_t base = (r / s.inner) * s.d * s.inner + r % s.inner;
+        if (s.inner == 1) softmax_backward_row<T>(pg + base, py + base, po + base, s.d, 1, log);
+        else softmax_backward_row<T>(pg + base, py + base, po + base, s.d, s.inner, log);
       }
     });
   });
