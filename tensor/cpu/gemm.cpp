@@ -115,14 +115,17 @@ inline void store_tile_scalar(const float (&tile)[MR][NR], float* c, int64_t rsc
 
 // c[0:mr, 0:nr] (+)= A (MR x kc) · bp (kc x NR panel). A element (i, p) is a[i * ars + p * aks]:
 // a packed panel (ars = 1, aks = MR) or, for a row-major A, the matrix itself (ars = row
-// stride, aks = 1), which spares packing the larger operand when C is narrow.
+// stride, aks = 1), which spares packing the larger operand when C is narrow. B's row p starts
+// at bp + p * bks, or with kRowOffsets at bp + b_rows[p] (gemm_offset_rows).
 // The accumulators are named variables, not an array: GCC keeps an array in memory and
 // stores it back every iteration.
 struct Avx2Kernel {
   static constexpr int64_t MR = 6, NR = 16;
+  template <bool kRowOffsets = false>
   __attribute__((target("avx2,fma"))) static void run(int64_t kc, const float* a, int64_t ars, int64_t aks,
                                                      const float* bp, int64_t bks, float* c, int64_t rsc, int64_t csc,
-                                                     int64_t mr, int64_t nr, bool accumulate) {
+                                                     int64_t mr, int64_t nr, bool accumulate,
+                                                     const int64_t* b_rows = nullptr) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     const float *a0 = a, *a1 = a + ars, *a2 = a + 2 * ars, *a3 = a + 3 * ars, *a4 = a + 4 * ars,
@@ -135,7 +138,8 @@ struct Avx2Kernel {
   }
 #pragma GCC unroll 4
     for (int64_t p = 0, o = 0; p < kc; ++p, o += aks) {
-      __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+      const float* bk = kRowOffsets ? bp + b_rows[p] : bp;
+      __m256 b0 = _mm256_loadu_ps(bk), b1 = _mm256_loadu_ps(bk + 8);
       BCOS_ROW(a0, c00, c01) BCOS_ROW(a1, c10, c11) BCOS_ROW(a2, c20, c21)
       BCOS_ROW(a3, c30, c31) BCOS_ROW(a4, c40, c41) BCOS_ROW(a5, c50, c51)
       bp += bks;
@@ -166,9 +170,11 @@ struct Avx2Kernel {
 
 struct Avx512Kernel {
   static constexpr int64_t MR = 8, NR = 32;
+  template <bool kRowOffsets = false>
   __attribute__((target("avx512f,fma"))) static void run(int64_t kc, const float* a, int64_t ars, int64_t aks,
                                                         const float* bp, int64_t bks, float* c, int64_t rsc,
-                                                        int64_t csc, int64_t mr, int64_t nr, bool accumulate) {
+                                                        int64_t csc, int64_t mr, int64_t nr, bool accumulate,
+                                                        const int64_t* b_rows = nullptr) {
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
     __m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
     const float *a0 = a, *a1 = a + ars, *a2 = a + 2 * ars, *a3 = a + 3 * ars, *a4 = a + 4 * ars,
@@ -181,7 +187,8 @@ struct Avx512Kernel {
   }
 #pragma GCC unroll 4
     for (int64_t p = 0, o = 0; p < kc; ++p, o += aks) {
-      __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+      const float* bk = kRowOffsets ? bp + b_rows[p] : bp;
+      __m512 b0 = _mm512_loadu_ps(bk), b1 = _mm512_loadu_ps(bk + 16);
       BCOS_ROW(a0, c00, c01) BCOS_ROW(a1, c10, c11) BCOS_ROW(a2, c20, c21) BCOS_ROW(a3, c30, c31)
       BCOS_ROW(a4, c40, c41) BCOS_ROW(a5, c50, c51) BCOS_ROW(a6, c60, c61) BCOS_ROW(a7, c70, c71)
       bp += bks;
@@ -290,6 +297,27 @@ void blocked_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa,
   }
 }
 
+// gemm_offset_rows: A packed once into MR-row panels (zero beyond m: a convolution's weight, small);
+// then per NR-wide column panel, each K slice of B (kc rows of 32 floats, read through the row
+// offsets) stays in L1 while every row tile of A passes over it.
+template <class Kernel>
+void offset_rows_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                       const int64_t* b_rows, float* c, int64_t ldc) {
+  constexpr int64_t MR = Kernel::MR, NR = Kernel::NR;
+  const int64_t m_padded = (m + MR - 1) / MR * MR;
+  Buffer ap = aligned_floats(m_padded * k);
+  pack_a_block<MR>(a, lda, 1, m, k, ap.get());
+  for (int64_t j = 0; j < n; j += NR) {
+    const int64_t nr = std::min(NR, n - j);
+    for (int64_t pc = 0; pc < k; pc += KC) {
+      const int64_t kc = std::min(KC, k - pc);
+      for (int64_t ir = 0; ir < m; ir += MR)
+        Kernel::template run<true>(kc, ap.get() + ir * k + pc * MR, 1, MR, b + j, 0, c + ir * ldc + j, ldc, 1,
+                                   std::min(MR, m - ir), nr, pc > 0, b_rows + pc);
+    }
+  }
+}
+
 // C^T = B^T A^T is the same product with the operands' roles swapped. Picks the orientation
 // with the lower estimated cost, in cycles: padded kernel work (a C 49 wide wastes a quarter of
 // 16-wide tiles) plus packing (free for a row-major A, which is read in place; cheap for a
@@ -366,6 +394,25 @@ const char* gemm_kernel_name() {
   if (fn == oriented_sgemm<Avx2Kernel>) return "avx2 6x16";
 #endif
   return "eigen";
+}
+
+bool gemm_offset_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                      const int64_t* b_rows, float* c, int64_t ldc) {
+#ifdef BCOS_GEMM_X86
+  static const SgemmFn fn = pick_sgemm();
+  if (fn == nullptr) return false;
+  if (m == 0 || n == 0) return true;
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+    return true;
+  }
+  if (fn == oriented_sgemm<Avx512Kernel>) offset_rows_sgemm<Avx512Kernel>(m, n, k, a, lda, b, b_rows, c, ldc);
+  else offset_rows_sgemm<Avx2Kernel>(m, n, k, a, lda, b, b_rows, c, ldc);
+  return true;
+#else
+  (void)m, (void)n, (void)k, (void)a, (void)lda, (void)b, (void)b_rows, (void)c, (void)ldc;
+  return false;
+#endif
 }
 
 void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,

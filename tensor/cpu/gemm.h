@@ -18,6 +18,14 @@ void gemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t rsa, int64_t
           const double* b, int64_t rsb, int64_t csb, double* c, int64_t rsc, int64_t csc,
           bool accumulate);
 
+// C[m, n] = A[m, k] · B[k, n] with A row-major (row stride lda) and row p of B the floats
+// b[b_rows[p] + j], j < n rounded up to 32 (so each row must have that many readable floats):
+// B's rows are shifted windows of one zero-padded image, the column matrix of a convolution
+// that is never built (tensor/cpu/conv.cpp). One thread. False, doing nothing, where the CPU has
+// neither the AVX-512 nor the AVX2 kernel.
+bool gemm_offset_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                      const int64_t* b_rows, float* c, int64_t ldc);
+
 // The float32 product through one path ("avx512", "avx2" or "eigen"); false (nothing done) when
 // this CPU cannot run it. For tests and benchmarks of each path.
 bool gemm_with(const char* kernel, int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
