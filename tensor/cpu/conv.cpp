@@ -217,45 +217,97 @@ bool implicit_columns_win(const ConvShape& s, const Conv2dParams& p) {
          s.n >= num_threads();
 }
 
+// The padded image of implicit_columns_win: rows of `row` floats, planes `plane` apart; offsets[p]
+// is where column-matrix row p = (c, i, j) of output position 0 reads it. `wide_cols` output
+// positions (H rows of `row`). The last tap of the last (discarded) column reads 2·pad past the
+// padded rows, and a partial 32-wide column panel up to 31 floats past that.
+struct PaddedImage {
+  int64_t pad, row, plane, wide_cols;
+  std::vector<int64_t> offsets;
+};
+
+PaddedImage padded_image(const ConvShape& s) {
+  PaddedImage im;
+  im.pad = (s.kh - 1) / 2, im.row = s.w + im.pad, im.wide_cols = s.h * im.row;
+  im.plane = (s.h + 2 * im.pad) * im.row + 2 * im.pad;
+  im.offsets.resize(size_t(s.k));
+  for (int64_t c = 0; c < s.cg; ++c)
+    for (int64_t i = 0; i < s.kh; ++i)
+      for (int64_t j = 0; j < s.kw; ++j) im.offsets[size_t((c * s.kh + i) * s.kw + j)] = c * im.plane + i * im.row + j;
+  return im;
+}
+
+// Per-thread scratch of `floats` zeros, allocated here on the calling thread: allocations inside
+// the parallel region come from the workers' malloc arenas and raised ResNet-20 training's peak
+// memory by 15 %. Regions a pass never writes (the padded image's borders) stay zero.
+std::vector<std::vector<float>> zeroed_slots(int64_t floats) {
+  return std::vector<std::vector<float>>(size_t(num_threads()), std::vector<float>(size_t(floats), 0.0f));
+}
+
+// The interior of the padded image from x [Cg, H, W].
+void fill_padded(const float* x, const ConvShape& s, const PaddedImage& im, float* image) {
+  for (int64_t c = 0; c < s.cg; ++c)
+    for (int64_t y = 0; y < s.h; ++y)
+      std::memcpy(image + c * im.plane + (y + im.pad) * im.row + im.pad, x + (c * s.h + y) * s.w,
+                  size_t(s.w) * sizeof(float));
+}
+
 // out [N, O, H, W] = conv(x [N, C, H, W], w [O, C/groups, k, k]) (+ bias) as above; false where the
 // CPU has no kernel for it (nothing done).
 bool forward_implicit_columns(const float* px, const float* pw, const float* pb, float* po, const ConvShape& s) {
   if (!gemm_offset_rows(0, 0, 0, nullptr, 0, nullptr, nullptr, nullptr, 0)) return false;
-  const int64_t pad = (s.kh - 1) / 2, row = s.w + pad, hw = s.h * s.w, wide_cols = s.h * row;
-  // The last tap of the last (discarded) column reads 2·pad past the padded rows, and a partial
-  // 32-wide column panel up to 31 floats past that.
-  const int64_t plane = (s.h + 2 * pad) * row + 2 * pad;
-  std::vector<int64_t> offsets(size_t(s.k));
-  for (int64_t c = 0; c < s.cg; ++c)
-    for (int64_t i = 0; i < s.kh; ++i)
-      for (int64_t j = 0; j < s.kw; ++j) offsets[size_t((c * s.kh + i) * s.kw + j)] = c * plane + i * row + j;
-  // Scratch per thread, allocated here on the calling thread (allocations inside the parallel
-  // region come from the workers' malloc arenas and raised peak memory by 15 %); the borders of
-  // the padded images stay zero.
-  const size_t slots = static_cast<size_t>(num_threads());
-  std::vector<std::vector<float>> padded(slots, std::vector<float>(size_t(s.cg * plane + 32), 0.0f));
-  std::vector<std::vector<float>> wide(slots, std::vector<float>(size_t(s.og * wide_cols)));
+  const PaddedImage im = padded_image(s);
+  const int64_t hw = s.h * s.w;
+  std::vector<std::vector<float>> images = zeroed_slots(s.cg * im.plane + 32), products = zeroed_slots(s.og * im.wide_cols);
   over_samples(s.n, s.o * s.k * hw, [&](int64_t n, int slot) {
-    std::vector<float>& image = padded[size_t(slot)];
-    std::vector<float>& product = wide[size_t(slot)];
+    float* image = images[size_t(slot)].data();
+    float* product = products[size_t(slot)].data();
     for (int64_t g = 0; g < s.groups; ++g) {
-      const float* xg = px + (n * s.c + g * s.cg) * hw;
-      for (int64_t c = 0; c < s.cg; ++c)
-        for (int64_t y = 0; y < s.h; ++y)
-          std::memcpy(image.data() + c * plane + (y + pad) * row + pad, xg + c * hw + y * s.w, size_t(s.w) * sizeof(float));
-      gemm_offset_rows(s.og, wide_cols, s.k, pw + g * s.og * s.k, s.k, image.data(), offsets.data(), product.data(),
-                       wide_cols);
+      fill_padded(px + (n * s.c + g * s.cg) * hw, s, im, image);
+      gemm_offset_rows(s.og, im.wide_cols, s.k, pw + g * s.og * s.k, s.k, image, im.offsets.data(), product,
+                       im.wide_cols);
       float* o = po + (n * s.o + g * s.og) * hw;
       for (int64_t oc = 0; oc < s.og; ++oc) {
         const float bias = pb ? pb[g * s.og + oc] : 0.0f;
         for (int64_t y = 0; y < s.h; ++y) {
-          const float* src = product.data() + oc * wide_cols + y * row;
+          const float* src = product + oc * im.wide_cols + y * im.row;
           float* dst = o + oc * hw + y * s.w;
           for (int64_t x = 0; x < s.w; ++x) dst[x] = src[x] + bias;
         }
       }
     }
   });
+  return true;
+}
+
+// The weight gradient of the same convolutions: W_grad[g][o, p] = Σ_n Σ_q grad_out[n, g·Og + o]
+// (q) · image_n[offsets[p] + q] over the wide grid, where grad_out is laid out with zeros in the
+// discarded columns. Both operands run along q, so the product is a row-by-row dot product
+// (gemm_nt_offset_rows) with nothing packed or built. One accumulator per thread, summed at the end.
+bool backward_weight_implicit_columns(const float* pg, const float* px, float* out, const ConvShape& s) {
+  if (!gemm_nt_offset_rows(0, 0, 0, nullptr, 0, nullptr, nullptr, nullptr, 0, false)) return false;
+  const PaddedImage im = padded_image(s);
+  const int64_t hw = s.h * s.w, cost = s.o * s.k * hw;
+  const int64_t slots = chunk_count(s.n, cost);
+  std::vector<std::vector<float>> images = zeroed_slots(s.cg * im.plane + 32), grads = zeroed_slots(s.og * im.wide_cols);
+  std::vector<std::vector<float>> acc(size_t(slots - 1), std::vector<float>(size_t(s.o * s.k)));
+  parallel_chunks(s.n, cost, [&](int64_t slot, int64_t n0, int64_t n1) {
+    float* image = images[size_t(slot)].data();
+    float* grad = grads[size_t(slot)].data();
+    float* dst = slot == 0 ? out : acc[size_t(slot - 1)].data();
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t g = 0; g < s.groups; ++g) {
+        fill_padded(px + (n * s.c + g * s.cg) * hw, s, im, image);
+        const float* go = pg + (n * s.o + g * s.og) * hw;
+        for (int64_t oc = 0; oc < s.og; ++oc)
+          for (int64_t y = 0; y < s.h; ++y)
+            std::memcpy(grad + oc * im.wide_cols + y * im.row, go + oc * hw + y * s.w, size_t(s.w) * sizeof(float));
+        gemm_nt_offset_rows(s.og, s.k, im.wide_cols, grad, im.wide_cols, image, im.offsets.data(),
+                            dst + g * s.og * s.k, s.k, n > n0);
+      }
+  });
+  for (const std::vector<float>& a : acc)
+    for (size_t j = 0; j < a.size(); ++j) out[j] += a[j];
   return true;
 }
 
@@ -411,6 +463,9 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
   const int64_t hw = s.ho * s.wo;
   T* out = gw.data<T>();
   if (s.n == 0 || hw == 0) return std::fill(out, out + gw.numel(), T(0));
+  if constexpr (std::is_same_v<T, float>) {
+    if (implicit_columns_win(s, p) && backward_weight_implicit_columns(gout.data<T>(), x.data<T>(), out, s)) return;
+  }
   int64_t group = s.n;
   if (s.n * hw > kOneProductColumns) {
     const int64_t threads = num_threads();

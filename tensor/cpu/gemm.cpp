@@ -318,6 +318,60 @@ void offset_rows_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t 
   }
 }
 
+// gemm_nt_offset_rows: C in 4 x 6 blocks; each element a 16-wide dot-product accumulator over q,
+// summed across its lanes once at the end. Both operands are read along q where they lie (no
+// packing: a convolution's weight gradient contracts over the image, the contiguous direction
+// of both). Rows beyond m or n repeat the last one and are not stored, so the loop has no edges.
+struct NtAvx512 {
+  static constexpr int64_t MR = 4, NR = 6;
+  __attribute__((target("avx512f,fma"))) static void run(int64_t len, const float* a0, const float* a1,
+                                                        const float* a2, const float* a3,
+                                                        const float* const* b, float* c, int64_t ldc,
+                                                        int64_t mr, int64_t nr, bool accumulate) {
+    __m512 s00 = _mm512_setzero_ps(), s01 = s00, s02 = s00, s03 = s00, s04 = s00, s05 = s00;
+    __m512 s10 = s00, s11 = s00, s12 = s00, s13 = s00, s14 = s00, s15 = s00;
+    __m512 s20 = s00, s21 = s00, s22 = s00, s23 = s00, s24 = s00, s25 = s00;
+    __m512 s30 = s00, s31 = s00, s32 = s00, s33 = s00, s34 = s00, s35 = s00;
+    const float *b0 = b[0], *b1 = b[1], *b2 = b[2], *b3 = b[3], *b4 = b[4], *b5 = b[5];
+#define BCOS_COLUMN(bj, c0, c1, c2, c3)         \
+  {                                             \
+    const __m512 y = LOAD(bj + q);              \
+    c0 = _mm512_fmadd_ps(x0, y, c0);            \
+    c1 = _mm512_fmadd_ps(x1, y, c1);            \
+    c2 = _mm512_fmadd_ps(x2, y, c2);            \
+    c3 = _mm512_fmadd_ps(x3, y, c3);            \
+  }
+#define BCOS_STEP                                                                                         \
+  {                                                                                                       \
+    const __m512 x0 = LOAD(a0 + q), x1 = LOAD(a1 + q), x2 = LOAD(a2 + q), x3 = LOAD(a3 + q);              \
+    BCOS_COLUMN(b0, s00, s10, s20, s30) BCOS_COLUMN(b1, s01, s11, s21, s31)                              \
+    BCOS_COLUMN(b2, s02, s12, s22, s32) BCOS_COLUMN(b3, s03, s13, s23, s33)                              \
+    BCOS_COLUMN(b4, s04, s14, s24, s34) BCOS_COLUMN(b5, s05, s15, s25, s35)                              \
+  }
+    int64_t q = 0;
+#define LOAD(p) _mm512_loadu_ps(p)
+    for (; q + 16 <= len; q += 16) BCOS_STEP
+#undef LOAD
+    if (q < len) {
+      const __mmask16 tail = __mmask16((1u << (len - q)) - 1);
+#define LOAD(p) _mm512_maskz_loadu_ps(tail, p)
+      BCOS_STEP
+#undef LOAD
+    }
+#undef BCOS_STEP
+#undef BCOS_COLUMN
+    const __m512 sums[MR][NR] = {{s00, s01, s02, s03, s04, s05},
+                                 {s10, s11, s12, s13, s14, s15},
+                                 {s20, s21, s22, s23, s24, s25},
+                                 {s30, s31, s32, s33, s34, s35}};
+    for (int64_t i = 0; i < mr; ++i)
+      for (int64_t j = 0; j < nr; ++j) {
+        const float v = _mm512_reduce_add_ps(sums[i][j]);
+        c[i * ldc + j] = accumulate ? c[i * ldc + j] + v : v;
+      }
+  }
+};
+
 // C^T = B^T A^T is the same product with the operands' roles swapped. Picks the orientation
 // with the lower estimated cost, in cycles: padded kernel work (a C 49 wide wastes a quarter of
 // 16-wide tiles) plus packing (free for a row-major A, which is read in place; cheap for a
@@ -411,6 +465,29 @@ bool gemm_offset_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
   return true;
 #else
   (void)m, (void)n, (void)k, (void)a, (void)lda, (void)b, (void)b_rows, (void)c, (void)ldc;
+  return false;
+#endif
+}
+
+bool gemm_nt_offset_rows(int64_t m, int64_t n, int64_t len, const float* a, int64_t lda, const float* b,
+                         const int64_t* b_rows, float* c, int64_t ldc, bool accumulate) {
+#ifdef BCOS_GEMM_X86
+  static const SgemmFn fn = pick_sgemm();
+  if (fn != oriented_sgemm<Avx512Kernel>) return false;
+  constexpr int64_t MR = NtAvx512::MR, NR = NtAvx512::NR;
+  for (int64_t i = 0; i < m; i += MR) {
+    const float* rows[MR];
+    for (int64_t r = 0; r < MR; ++r) rows[r] = a + std::min(i + r, m - 1) * lda;
+    for (int64_t j = 0; j < n; j += NR) {
+      const float* cols[NR];
+      for (int64_t r = 0; r < NR; ++r) cols[r] = b + b_rows[std::min(j + r, n - 1)];
+      NtAvx512::run(len, rows[0], rows[1], rows[2], rows[3], cols, c + i * ldc + j, ldc, std::min(MR, m - i),
+                    std::min(NR, n - j), accumulate);
+    }
+  }
+  return true;
+#else
+  (void)m, (void)n, (void)len, (void)a, (void)lda, (void)b, (void)b_rows, (void)c, (void)ldc, (void)accumulate;
   return false;
 #endif
 }

@@ -26,6 +26,12 @@ void gemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t rsa, int64_t
 bool gemm_offset_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                       const int64_t* b_rows, float* c, int64_t ldc);
 
+// C[m, n] (+)= A · Bᵀ: C[i, j] = Σ_{q < len} a[i * lda + q] · b[b_rows[j] + q]. Both operands run
+// along q (a convolution's weight gradient: grad_out rows against shifted windows of the padded
+// input). One thread. False, doing nothing, where the CPU lacks the AVX-512 kernel.
+bool gemm_nt_offset_rows(int64_t m, int64_t n, int64_t len, const float* a, int64_t lda, const float* b,
+                         const int64_t* b_rows, float* c, int64_t ldc, bool accumulate);
+
 // The float32 product through one path ("avx512", "avx2" or "eigen"); false (nothing done) when
 // this CPU cannot run it. For tests and benchmarks of each path.
 bool gemm_with(const char* kernel, int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,

@@ -212,7 +212,8 @@ TEST_CASE("kernels: float32 stride-1 'same' convolutions read from a padded imag
   // Shapes where conv.cpp reads the column matrix through row offsets (gemm_offset_rows): odd
   // k x k with pad (k-1)/2 on maps of 16 x 16 or more, a sample for every thread. Out channels
   // not a multiple of 8 (partial row tiles), widths whose padded grid ends in a partial 32-wide
-  // panel, 5 x 5 kernels, groups, a bias; the input gradient runs the same path.
+  // panel, 5 x 5 kernels, groups, a bias; the input gradient runs the same path, the weight
+  // gradient its own (gemm_nt_offset_rows).
   manual_seed(22);
   const int64_t n = 2 * num_threads();
   struct Shape5 {
@@ -236,10 +237,13 @@ TEST_CASE("kernels: float32 stride-1 'same' convolutions read from a padded imag
     CHECK(std::sqrt(sum(square(y.to(kFloat64) - expect)).item()) / scale < 1e-6);
     Tensor g = randn(y.shape());
     sum(y * g).backward();
-    Tensor x64 = x.detach().to(kFloat64).requires_grad_();
-    sum(conv2d(x64, w.detach().to(kFloat64), Tensor(), 1, pad, 1, sh.groups) * g.to(kFloat64)).backward();
+    Tensor x64 = x.detach().to(kFloat64).requires_grad_(), w64 = w.detach().to(kFloat64).requires_grad_();
+    sum(conv2d(x64, w64, Tensor(), 1, pad, 1, sh.groups) * g.to(kFloat64)).backward();
     const double gscale = std::sqrt(sum(x64.grad() * x64.grad()).item());
     CHECK(std::sqrt(sum(square(x.grad().to(kFloat64) - x64.grad())).item()) / gscale < 1e-6);
+    // sums of n·H·W terms
+    const double wscale = std::sqrt(sum(w64.grad() * w64.grad()).item());
+    CHECK(std::sqrt(sum(square(w.grad().to(kFloat64) - w64.grad())).item()) / wscale < 1e-6);
   }
 }
 
