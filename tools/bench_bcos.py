@@ -18,7 +18,7 @@ alone. Modes:
            embeddings (the norm detached), each image's best text explained: input gradient.
 Ratios are bcos / torch: above 1 means bcos.cpp is faster (images/s) or leaner (memory:
 torch / bcos).
-  bench/bcos [--threads N] [--seconds S] [--batch B] [--modes train,explain,clip_distill,clip_explain]
+  bench/bcos [--threads N] [--seconds S] [--batch B] [--repeat R] [--modes train,explain,clip_distill,clip_explain]
 
 The model is written here from the B-cos formulas (bcosify of tools/golden/models.py's
 CifarResNet(20), random init):
@@ -44,6 +44,7 @@ import math
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -384,6 +385,24 @@ def measure(cmd, env):
     return float(m.group(1)), float(m.group(2))
 
 
+def alternate(run_torch, run_bcos, repeat):
+    """Runs PyTorch's and bcos.cpp's measurement alternately `repeat` times. Returns the median
+    (speed, memory) of each side (bcos: None without run_bcos) and the range of the paired speed
+    ratios: this VM's speed drifts by 10 % and more over minutes, so one run each can mislead."""
+    torch_runs, bcos_runs = [], []
+    for _ in range(max(1, repeat)):
+        torch_runs.append(run_torch())
+        if run_bcos:
+            bcos_runs.append(run_bcos())
+    median = lambda runs, i: statistics.median(r[i] for r in runs)
+    t = (median(torch_runs, 0), median(torch_runs, 1))
+    if not bcos_runs:
+        return t, None, ""
+    ratios = [b[0] / tr[0] for tr, b in zip(torch_runs, bcos_runs)]
+    spread = f" {min(ratios):.2f}-{max(ratios):.2f}" if len(ratios) > 1 else ""
+    return t, (median(bcos_runs, 0), median(bcos_runs, 1)), spread
+
+
 def main():
     ap = argparse.ArgumentParser(description="B-cosified CIFAR ResNet-20: bcos.cpp beside PyTorch")
     ap.add_argument("--binary", default="build/bench/bench_bcos")
@@ -392,6 +411,8 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--check", action="store_true", help="run the conversion self-check and exit")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the two sides alternately this many times; report medians and the paired ratios' range")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.check:
@@ -410,15 +431,18 @@ def main():
     if not have_binary:
         print(f"bench/bcos: NOTE: {a.binary} not found (or not executable); reporting PyTorch only")
     print(f"{'mode':12s} {'torch img/s':>12s} {'bcos img/s':>11s} {'ratio':>6s}"
-          f" {'torch MB':>9s} {'bcos MB':>8s} {'mem ratio':>9s}")
+          f" {'torch MB':>9s} {'bcos MB':>8s} {'mem ratio':>9s}" + (" ratio range" if a.repeat > 1 else ""))
     for mode in modes:
-        t_speed, t_mem = measure([sys.executable, os.path.abspath(__file__), "--threads", str(a.threads),
-                                  "--seconds", str(a.seconds), "--batch", str(a.batch), "--child", mode], env)
-        if have_binary:
-            b_speed, b_mem = measure([a.binary, "--threads", str(a.threads), "--seconds", str(a.seconds),
-                                      "--batch", str(a.batch), "--mode", mode], env)
+        torch_cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(a.threads), "--seconds",
+                     str(a.seconds), "--batch", str(a.batch), "--child", mode]
+        bcos_cmd = [a.binary, "--threads", str(a.threads), "--seconds", str(a.seconds), "--batch", str(a.batch),
+                    "--mode", mode]
+        (t_speed, t_mem), b, spread = alternate(lambda: measure(torch_cmd, env),
+                                                (lambda: measure(bcos_cmd, env)) if have_binary else None, a.repeat)
+        if b:
+            b_speed, b_mem = b
             print(f"{mode:12s} {t_speed:12.1f} {b_speed:11.1f} {b_speed / t_speed:6.2f}"
-                  f" {t_mem:9.0f} {b_mem:8.0f} {t_mem / b_mem:9.2f}", flush=True)
+                  f" {t_mem:9.0f} {b_mem:8.0f} {t_mem / b_mem:9.2f}{spread}", flush=True)
         else:
             print(f"{mode:12s} {t_speed:12.1f} {'-':>11s} {'-':>6s} {t_mem:9.0f} {'-':>8s} {'-':>9s}", flush=True)
 

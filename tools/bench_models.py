@@ -8,7 +8,7 @@ faster (images/s) or leaner (memory: torch / bcos).
 CLIP rows: the image towers of OpenAI's RN50 and ViT-B/32 (batch 8; training: cross-entropy of
 the embedding as logits, SGD on the tower) and the text tower (batch 64 texts of 77 tokens,
 inference), PyTorch running tools/golden/clip.py's reference CLIP.
-  bench/models [--threads N] [--seconds S] [--only resnet18,resnet50,resnet20,vit_b_16,clip_rn50,clip_vit_b_32,clip_text]
+  bench/models [--threads N] [--seconds S] [--repeat R] [--only resnet18,resnet50,resnet20,vit_b_16,clip_rn50,clip_vit_b_32,clip_text]
 On a GPU (--device cuda): ResNet-50 and its B-cosified form at batch 64, inference and training
 step, both frameworks synchronising after every step; memory is the peak of tensor memory
 (torch.cuda.max_memory_allocated, bcos.cpp's caching allocator's peak in use). The B-cos ResNet-50
@@ -159,12 +159,16 @@ def main():
     ap.add_argument("--only", default="")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (ResNet-50 and B-cos ResNet-50 at batch 64)")
     ap.add_argument("--python", default=sys.executable, help="the Python that runs PyTorch's side")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the two sides alternately this many times; report medians and the paired ratios' range")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         arch, batch, size, mode = a.child
         torch_child(arch, int(batch), int(size), mode, a.seconds, a.threads, a.device)
         return
+    from bench_bcos import alternate
+
     env = dict(os.environ, BCOS_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
     only = set(filter(None, a.only.split(",")))
     import torch
@@ -172,17 +176,19 @@ def main():
     print(f"torch {torch.__version__}, {where}, ~{a.seconds:.0f} s per measurement, each in its own process")
     mem = "MB" if a.device == "cpu" else "GPU MB"
     print(f"{'model':13s} {'batch':>5s} {'mode':6s} {'torch img/s':>12s} {'bcos img/s':>11s} {'ratio':>6s}"
-          f" {'torch ' + mem:>12s} {'bcos ' + mem:>11s} {'mem ratio':>9s}")
+          f" {'torch ' + mem:>12s} {'bcos ' + mem:>11s} {'mem ratio':>9s}" + (" ratio range" if a.repeat > 1 else ""))
     for arch, batch, size in (CONFIGS if a.device == "cpu" else GPU_CONFIGS):
         if only and arch not in only:
             continue
         for mode in MODES.get(arch, ("infer", "train")):
-            t_speed, t_mem = measure([a.python, __file__, "--threads", str(a.threads), "--seconds", str(a.seconds),
-                                      "--device", a.device, "--child", arch, str(batch), str(size), mode], env)
-            b_speed, b_mem = measure([a.binary, "--arch", arch, "--batch", str(batch), "--mode", mode,
-                                      "--seconds", str(a.seconds), "--device", a.device], env)
+            torch_cmd = [a.python, __file__, "--threads", str(a.threads), "--seconds", str(a.seconds),
+                         "--device", a.device, "--child", arch, str(batch), str(size), mode]
+            bcos_cmd = [a.binary, "--arch", arch, "--batch", str(batch), "--mode", mode, "--seconds", str(a.seconds),
+                        "--device", a.device]
+            (t_speed, t_mem), (b_speed, b_mem), spread = alternate(lambda: measure(torch_cmd, env),
+                                                                   lambda: measure(bcos_cmd, env), a.repeat)
             print(f"{arch:13s} {batch:5d} {mode:6s} {t_speed:12.1f} {b_speed:11.1f} {b_speed / t_speed:6.2f}"
-                  f" {t_mem:12.0f} {b_mem:11.0f} {t_mem / b_mem:9.2f}", flush=True)
+                  f" {t_mem:12.0f} {b_mem:11.0f} {t_mem / b_mem:9.2f}{spread}", flush=True)
 
 
 if __name__ == "__main__":
