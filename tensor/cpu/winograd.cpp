@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "tensor/cpu/gemm.h"
@@ -22,6 +23,7 @@ namespace {
 void transform_weights(const float* w, int64_t o, int64_t c, float* u) {
   const int64_t oc = o * c;
   parallel_for(oc, 64, [&](int64_t b, int64_t e) {
+#pragma omp simd
     for (int64_t k = b; k < e; ++k) {
       const float* g = w + k * 9;
       float t[4][3];  // G g
@@ -105,8 +107,9 @@ void transform_output(const float* m, int64_t o, int64_t h, int64_t w, int64_t t
 void winograd_conv3x3(const float* x, const float* w, float* out, int64_t n, int64_t c, int64_t h, int64_t width,
                       int64_t o) {
   const int64_t th = (h + 1) / 2, tw = (width + 1) / 2, tiles = th * tw;
-  std::vector<float> u(size_t(16 * o * c));
-  transform_weights(w, o, c, u.data());
+  // Written whole by the transform: not zeroed first (16·O·C floats, 16 MiB for 512 channels).
+  const std::unique_ptr<float[]> u = std::make_unique_for_overwrite<float[]>(size_t(16 * o * c));
+  transform_weights(w, o, c, u.get());
   // Samples in parallel when there are enough (each with its own V and M; the GEMMs then run on
   // one thread), otherwise one after the other with threaded GEMMs.
   const int threads = num_threads();
@@ -124,7 +127,7 @@ void winograd_conv3x3(const float* x, const float* w, float* out, int64_t n, int
     for (int64_t i = b; i < e; ++i) {
       transform_input(x + i * c * h * width, c, h, width, th, tw, s.pad.data(), s.v.data());
       for (int xi = 0; xi < 16; ++xi)
-        gemm(o, tiles, c, u.data() + xi * o * c, c, 1, s.v.data() + xi * c * tiles, tiles, 1,
+        gemm(o, tiles, c, u.get() + xi * o * c, c, 1, s.v.data() + xi * c * tiles, tiles, 1,
              s.m.data() + xi * o * tiles, tiles, 1, false);
       transform_output(s.m.data(), o, h, width, th, tw, s.full.data(), out + i * o * h * width);
     }
