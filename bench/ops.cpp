@@ -3,6 +3,8 @@
 // and prints GFLOP/s and the ratio (bench/ops is the wrapper).
 //   bench_ops matmul M K N
 //   bench_ops conv N C H O K STRIDE PAD        (square input H x H, square kernel K x K)
+//   bench_ops peak                             (the CPU's float32 FMA GFLOP/s on the configured
+//                                               threads, and the GEMM kernel in use)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -12,6 +14,12 @@
 #include <vector>
 
 #include "autograd/ops.h"
+#include "tensor/cpu/gemm.h"
+#include "tensor/parallel.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 using namespace bcos;
 
@@ -31,14 +39,76 @@ double median_seconds(const std::function<void()>& step) {
   return times[times.size() / 2];
 }
 
+#if defined(__x86_64__)
+// Peak float32 throughput: twelve independent FMA chains per thread (enough to hide the FMA
+// latency on two ports), in the widest vectors the CPU has; returns FLOPs done per thread.
+// 0.9999999 keeps the values bounded; every lane is summed and printed so nothing is optimised away.
+template <class V, V (*Fma)(V, V, V), V (*Set1)(float)>
+double fma_chains(int64_t iters, float* sink) {
+  V acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = Set1(1.0f + 1e-3f * float(i));
+  const V mul = Set1(0.9999999f), add = Set1(1e-7f);
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) acc[i] = Fma(acc[i], mul, add);
+  }
+  for (int i = 0; i < 12; ++i) {  // every chain feeds the result, or the compiler drops it
+    float lanes[sizeof(V) / sizeof(float)];
+    std::memcpy(lanes, &acc[i], sizeof(V));
+    for (float v : lanes) *sink += v;
+  }
+  return double(iters) * 12.0 * 2.0 * double(sizeof(V) / sizeof(float));
+}
+__attribute__((target("avx512f"))) __m512 fma512(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+__attribute__((target("avx512f"))) __m512 set512(float v) { return _mm512_set1_ps(v); }
+__attribute__((target("avx2,fma"))) __m256 fma256(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+__attribute__((target("avx2,fma"))) __m256 set256(float v) { return _mm256_set1_ps(v); }
+__attribute__((target("avx512f"))) double chains512(int64_t iters, float* sink) {
+  return fma_chains<__m512, fma512, set512>(iters, sink);
+}
+__attribute__((target("avx2,fma"))) double chains256(int64_t iters, float* sink) {
+  return fma_chains<__m256, fma256, set256>(iters, sink);
+}
+
+// Prints "peak_gflops <float> threads <n> vector <name> gemm <kernel>".
+int peak() {
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (!avx512 && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) {
+    std::fprintf(stderr, "bench_ops peak: this CPU has neither AVX-512 nor AVX2/FMA\n");
+    return 1;
+  }
+  const int threads = num_threads();
+  const int64_t iters = 50'000'000;
+  std::vector<float> sinks(size_t(threads), 0.0f);
+  double flops = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel for num_threads(threads) reduction(+ : flops)
+  for (int t = 0; t < threads; ++t)
+    flops += avx512 ? chains512(iters, &sinks[size_t(t)]) : chains256(iters, &sinks[size_t(t)]);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  float total = 0;
+  for (float v : sinks) total += v;
+  std::printf("peak_gflops %.1f threads %d vector %s gemm %s (checksum %g)\n", flops / seconds / 1e9, threads,
+              avx512 ? "avx512" : "avx2", cpu::gemm_kernel_name(), double(total));
+  return 0;
+}
+#else
+int peak() {
+  std::fprintf(stderr, "bench_ops peak: x86-64 only\n");
+  return 1;
+}
+#endif
+
 int usage() {
-  std::fprintf(stderr, "usage: bench_ops matmul M K N | bench_ops conv N C H O K STRIDE PAD\n");
+  std::fprintf(stderr, "usage: bench_ops matmul M K N | bench_ops conv N C H O K STRIDE PAD | bench_ops peak\n");
   return 2;
 }
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) return usage();
+  if (!std::strcmp(argv[1], "peak")) return peak();
   std::vector<int64_t> a;
   for (int i = 2; i < argc; ++i) a.push_back(std::atoll(argv[i]));
   manual_seed(0);
