@@ -211,30 +211,47 @@ constexpr int64_t kOneProductColumns = 1024;
 // tap (i, j) of output (y, x) sits at the constant offset i·R + j from y·R + x. The product runs
 // over that wider grid (R columns per output row; the last pad are discarded when copying out).
 // im2col wrote and re-read nine copies of the input (CIFAR ResNet: 24 % of a B-cos explanation).
+// Stride 2 works the same way on the four phases of the padded image (even / odd rows x even /
+// odd columns, each with its own zero borders): tap (i, j) of output (y, x) reads phase
+// (i mod 2, j mod 2) at (y + i/2, x + j/2), again a constant offset.
 bool implicit_columns_win(const ConvShape& s, const Conv2dParams& p) {
-  return s.kh == s.kw && s.kh % 2 == 1 && s.kh > 1 && p.stride[0] == 1 && p.stride[1] == 1 &&
+  const int64_t stride = p.stride[0];
+  return s.kh == s.kw && s.kh % 2 == 1 && s.kh > 1 && (stride == 1 || stride == 2) && p.stride[1] == stride &&
          p.dilation[0] == 1 && p.dilation[1] == 1 && p.padding[0] == (s.kh - 1) / 2 &&
-         p.padding[1] == (s.kw - 1) / 2 && s.ho == s.h && s.wo == s.w && s.h * s.w >= 256 &&
-         s.n >= num_threads();
+         p.padding[1] == (s.kw - 1) / 2 && s.ho * s.wo >= 256 && s.n >= num_threads();
 }
 
-// The padded image of implicit_columns_win: rows of `row` floats, planes `plane` apart; offsets[p]
-// is where column-matrix row p = (c, i, j) of output position 0 reads it. `wide_cols` output
-// positions (H rows of `row`). The last tap of the last (discarded) column reads 2·pad past the
-// padded rows, and a partial 32-wide column panel up to 31 floats past that.
+// The padded image of implicit_columns_win: `phases` (1, or 4 for stride 2) blocks of Cg planes
+// `plane` floats apart, rows of `row` floats; offsets[p] is where column-matrix row p = (c, i, j)
+// of output position 0 reads it; `wide_cols` = Ho rows of `row` output positions. The last tap of
+// a discarded column reads past the rows used, into spare space in the plane (or the next plane),
+// and a partial 32-wide column panel up to 31 floats past that: `floats` includes 32 spare.
 struct PaddedImage {
-  int64_t pad, row, plane, wide_cols;
+  int64_t stride, pad, row, plane, wide_cols, floats;
   std::vector<int64_t> offsets;
 };
 
-PaddedImage padded_image(const ConvShape& s) {
+PaddedImage padded_image(const ConvShape& s, int64_t stride) {
   PaddedImage im;
-  im.pad = (s.kh - 1) / 2, im.row = s.w + im.pad, im.wide_cols = s.h * im.row;
-  im.plane = (s.h + 2 * im.pad) * im.row + 2 * im.pad;
+  im.stride = stride, im.pad = (s.kh - 1) / 2;
+  int64_t phases = 1;
+  if (stride == 1) {
+    im.row = s.w + im.pad;
+    im.plane = (s.h + 2 * im.pad) * im.row + 2 * im.pad;
+  } else {
+    phases = 4;
+    im.row = (s.w + 2 * im.pad + 1) / 2;
+    im.plane = ((s.h + 2 * im.pad + 1) / 2 + 1) * im.row;
+  }
+  im.wide_cols = s.ho * im.row;
+  im.floats = phases * s.cg * im.plane + 32;
   im.offsets.resize(size_t(s.k));
   for (int64_t c = 0; c < s.cg; ++c)
     for (int64_t i = 0; i < s.kh; ++i)
-      for (int64_t j = 0; j < s.kw; ++j) im.offsets[size_t((c * s.kh + i) * s.kw + j)] = c * im.plane + i * im.row + j;
+      for (int64_t j = 0; j < s.kw; ++j)
+        im.offsets[size_t((c * s.kh + i) * s.kw + j)] =
+            stride == 1 ? c * im.plane + i * im.row + j
+                        : (((i & 1) * 2 + (j & 1)) * s.cg + c) * im.plane + (i >> 1) * im.row + (j >> 1);
   return im;
 }
 
@@ -248,32 +265,44 @@ std::vector<std::vector<float>> zeroed_slots(int64_t floats) {
 // The interior of the padded image from x [Cg, H, W].
 void fill_padded(const float* x, const ConvShape& s, const PaddedImage& im, float* image) {
   for (int64_t c = 0; c < s.cg; ++c)
-    for (int64_t y = 0; y < s.h; ++y)
-      std::memcpy(image + c * im.plane + (y + im.pad) * im.row + im.pad, x + (c * s.h + y) * s.w,
-                  size_t(s.w) * sizeof(float));
+    for (int64_t y = 0; y < s.h; ++y) {
+      const float* src = x + (c * s.h + y) * s.w;
+      if (im.stride == 1) {
+        std::memcpy(image + c * im.plane + (y + im.pad) * im.row + im.pad, src, size_t(s.w) * sizeof(float));
+        continue;
+      }
+      const int64_t r = y + im.pad;  // padded row: phase r mod 2, phase row r / 2
+      for (int64_t b = 0; b < 2; ++b) {
+        // padded columns t = x + pad of parity b: phase column t / 2
+        float* dst = image + (((r & 1) * 2 + b) * s.cg + c) * im.plane + (r >> 1) * im.row;
+        const int64_t x0 = ((b - im.pad) % 2 + 2) % 2;  // first x with (x + pad) mod 2 = b
+        for (int64_t xi = x0; xi < s.w; xi += 2) dst[(xi + im.pad) >> 1] = src[xi];
+      }
+    }
 }
 
-// out [N, O, H, W] = conv(x [N, C, H, W], w [O, C/groups, k, k]) (+ bias) as above; false where the
-// CPU has no kernel for it (nothing done).
-bool forward_implicit_columns(const float* px, const float* pw, const float* pb, float* po, const ConvShape& s) {
+// out [N, O, Ho, Wo] = conv(x [N, C, H, W], w [O, C/groups, k, k]) (+ bias) as above; false where
+// the CPU has no kernel for it (nothing done).
+bool forward_implicit_columns(const float* px, const float* pw, const float* pb, float* po, const ConvShape& s,
+                              int64_t stride) {
   if (!gemm_offset_rows(0, 0, 0, nullptr, 0, nullptr, nullptr, nullptr, 0)) return false;
-  const PaddedImage im = padded_image(s);
-  const int64_t hw = s.h * s.w;
-  std::vector<std::vector<float>> images = zeroed_slots(s.cg * im.plane + 32), products = zeroed_slots(s.og * im.wide_cols);
-  over_samples(s.n, s.o * s.k * hw, [&](int64_t n, int slot) {
+  const PaddedImage im = padded_image(s, stride);
+  const int64_t in_hw = s.h * s.w, out_hw = s.ho * s.wo;
+  std::vector<std::vector<float>> images = zeroed_slots(im.floats), products = zeroed_slots(s.og * im.wide_cols);
+  over_samples(s.n, s.o * s.k * out_hw, [&](int64_t n, int slot) {
     float* image = images[size_t(slot)].data();
     float* product = products[size_t(slot)].data();
     for (int64_t g = 0; g < s.groups; ++g) {
-      fill_padded(px + (n * s.c + g * s.cg) * hw, s, im, image);
+      fill_padded(px + (n * s.c + g * s.cg) * in_hw, s, im, image);
       gemm_offset_rows(s.og, im.wide_cols, s.k, pw + g * s.og * s.k, s.k, image, im.offsets.data(), product,
                        im.wide_cols);
-      float* o = po + (n * s.o + g * s.og) * hw;
+      float* o = po + (n * s.o + g * s.og) * out_hw;
       for (int64_t oc = 0; oc < s.og; ++oc) {
         const float bias = pb ? pb[g * s.og + oc] : 0.0f;
-        for (int64_t y = 0; y < s.h; ++y) {
+        for (int64_t y = 0; y < s.ho; ++y) {
           const float* src = product + oc * im.wide_cols + y * im.row;
-          float* dst = o + oc * hw + y * s.w;
-          for (int64_t x = 0; x < s.w; ++x) dst[x] = src[x] + bias;
+          float* dst = o + oc * out_hw + y * s.wo;
+          for (int64_t x = 0; x < s.wo; ++x) dst[x] = src[x] + bias;
         }
       }
     }
@@ -281,10 +310,6 @@ bool forward_implicit_columns(const float* px, const float* pw, const float* pb,
   return true;
 }
 
-// The weight gradient of the same convolutions: W_grad[g][o, p] = Σ_n Σ_q grad_out[n, g·Og + o]
-// (q) · image_n[offsets[p] + q] over the wide grid, where grad_out is laid out with zeros in the
-// discarded columns. Both operands run along q, so the product is a row-by-row dot product
-// (gemm_nt_offset_rows) with nothing packed or built. One accumulator per thread, summed at the end.
 // Where the dot products beat im2col + GEMM for the weight gradient (measured, GFLOP/s, batch 8-128):
 // few out channels, whose product with the column matrix the GEMM handled poorly (16 ch 32 x 32
 // 118 -> 214, 112 x 112 139 -> 187; 32 ch 32 x 32 215 -> 239); from 32 channels on larger maps and
@@ -293,12 +318,13 @@ bool dot_product_weight_gradient_wins(const ConvShape& s) {
   return s.og <= 16 || (s.og <= 32 && s.h * s.w <= 32 * 32);
 }
 
-bool backward_weight_implicit_columns(const float* pg, const float* px, float* out, const ConvShape& s) {
+bool backward_weight_implicit_columns(const float* pg, const float* px, float* out, const ConvShape& s,
+                                      int64_t stride) {
   if (!gemm_nt_offset_rows(0, 0, 0, nullptr, 0, nullptr, nullptr, nullptr, 0, false)) return false;
-  const PaddedImage im = padded_image(s);
-  const int64_t hw = s.h * s.w, cost = s.o * s.k * hw;
+  const PaddedImage im = padded_image(s, stride);
+  const int64_t in_hw = s.h * s.w, out_hw = s.ho * s.wo, cost = s.o * s.k * out_hw;
   const int64_t slots = chunk_count(s.n, cost);
-  std::vector<std::vector<float>> images = zeroed_slots(s.cg * im.plane + 32), grads = zeroed_slots(s.og * im.wide_cols);
+  std::vector<std::vector<float>> images = zeroed_slots(im.floats), grads = zeroed_slots(s.og * im.wide_cols);
   std::vector<std::vector<float>> acc(size_t(slots - 1), std::vector<float>(size_t(s.o * s.k)));
   parallel_chunks(s.n, cost, [&](int64_t slot, int64_t n0, int64_t n1) {
     float* image = images[size_t(slot)].data();
@@ -306,11 +332,11 @@ bool backward_weight_implicit_columns(const float* pg, const float* px, float* o
     float* dst = slot == 0 ? out : acc[size_t(slot - 1)].data();
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t g = 0; g < s.groups; ++g) {
-        fill_padded(px + (n * s.c + g * s.cg) * hw, s, im, image);
-        const float* go = pg + (n * s.o + g * s.og) * hw;
+        fill_padded(px + (n * s.c + g * s.cg) * in_hw, s, im, image);
+        const float* go = pg + (n * s.o + g * s.og) * out_hw;
         for (int64_t oc = 0; oc < s.og; ++oc)
-          for (int64_t y = 0; y < s.h; ++y)
-            std::memcpy(grad + oc * im.wide_cols + y * im.row, go + oc * hw + y * s.w, size_t(s.w) * sizeof(float));
+          for (int64_t y = 0; y < s.ho; ++y)
+            std::memcpy(grad + oc * im.wide_cols + y * im.row, go + oc * out_hw + y * s.wo, size_t(s.wo) * sizeof(float));
         gemm_nt_offset_rows(s.og, s.k, im.wide_cols, grad, im.wide_cols, image, im.offsets.data(),
                             dst + g * s.og * s.k, s.k, n > n0);
       }
@@ -341,7 +367,7 @@ void forward_typed(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, c
         });
       return;
     }
-    if (implicit_columns_win(s, p) && forward_implicit_columns(px, pw, pb, po, s)) return;
+    if (implicit_columns_win(s, p) && forward_implicit_columns(px, pw, pb, po, s, p.stride[0])) return;
   }
   const int64_t block_rows = column_block_rows(s);
   // Column buffers per thread, allocated on the calling thread and not zeroed (im2col writes all).
@@ -479,7 +505,7 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
   if (s.n == 0 || hw == 0) return std::fill(out, out + gw.numel(), T(0));
   if constexpr (std::is_same_v<T, float>) {
     if (implicit_columns_win(s, p) && dot_product_weight_gradient_wins(s) &&
-        backward_weight_implicit_columns(gout.data<T>(), x.data<T>(), out, s))
+        backward_weight_implicit_columns(gout.data<T>(), x.data<T>(), out, s, p.stride[0]))
       return;
   }
   int64_t group = s.n;

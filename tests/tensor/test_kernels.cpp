@@ -209,37 +209,41 @@ TEST_CASE("kernels: float32 3x3 convolutions taking the Winograd path match a fl
   }
 }
 
-TEST_CASE("kernels: float32 stride-1 'same' convolutions read from a padded image (no column matrix) match float64") {
+TEST_CASE("kernels: float32 'same'-padded stride-1 and stride-2 convolutions read from a padded image (no column matrix) match float64") {
   // Shapes where conv.cpp reads the column matrix through row offsets (gemm_offset_rows): odd
-  // k x k with pad (k-1)/2 on maps of 16 x 16 or more, a sample for every thread. Out channels
+  // k x k with pad (k-1)/2, stride 1 or 2, outputs of 256 positions or more, a sample per thread. Out channels
   // not a multiple of 8 (partial row tiles), widths whose padded grid ends in a partial 32-wide
   // panel, 5 x 5 kernels, groups, a bias; the input gradient runs the same path, the weight
   // gradient its own (gemm_nt_offset_rows).
   manual_seed(22);
   const int64_t n = 2 * num_threads();
   struct Shape5 {
-    int64_t c, o, h, w, k, groups;
+    int64_t c, o, h, w, k, groups, stride;
   };
-  for (Shape5 sh : {Shape5{5, 11, 16, 20, 3, 1}, Shape5{16, 16, 32, 32, 3, 1}, Shape5{6, 8, 17, 16, 5, 2},
-                    Shape5{3, 16, 16, 19, 7, 1}}) {
+  for (Shape5 sh : {Shape5{5, 11, 16, 20, 3, 1, 1}, Shape5{16, 16, 32, 32, 3, 1, 1}, Shape5{6, 8, 17, 16, 5, 2, 1},
+                    Shape5{3, 16, 16, 19, 7, 1, 1},
+                    // stride 2 (four phase images): odd and even sizes, 7 x 7, groups
+                    Shape5{5, 11, 32, 34, 3, 1, 2}, Shape5{3, 16, 33, 32, 7, 1, 2}, Shape5{8, 8, 32, 31, 5, 2, 2}}) {
     CAPTURE(sh.c);
     CAPTURE(sh.o);
     CAPTURE(sh.h);
     CAPTURE(sh.w);
     CAPTURE(sh.k);
+    CAPTURE(sh.stride);
     const int64_t pad = (sh.k - 1) / 2;
     Tensor x = randn({n, sh.c, sh.h, sh.w}).requires_grad_();
     Tensor w = randn({sh.o, sh.c / sh.groups, sh.k, sh.k}).requires_grad_();
     Tensor b = randn({sh.o});
-    Tensor y = conv2d(x, w, b, 1, pad, 1, sh.groups);
-    Tensor expect = naive_conv(x.detach(), w.detach(), 1, pad, 1, sh.groups) + b.to(kFloat64).reshape({1, sh.o, 1, 1});
+    Tensor y = conv2d(x, w, b, sh.stride, pad, 1, sh.groups);
+    Tensor expect =
+        naive_conv(x.detach(), w.detach(), sh.stride, pad, 1, sh.groups) + b.to(kFloat64).reshape({1, sh.o, 1, 1});
     // norm-wise relative error of float32 sums of k·k·C/groups terms (measured ~1e-7)
     const double scale = std::sqrt(sum(expect * expect).item());
     CHECK(std::sqrt(sum(square(y.to(kFloat64) - expect)).item()) / scale < 1e-6);
     Tensor g = randn(y.shape());
     sum(y * g).backward();
     Tensor x64 = x.detach().to(kFloat64).requires_grad_(), w64 = w.detach().to(kFloat64).requires_grad_();
-    sum(conv2d(x64, w64, Tensor(), 1, pad, 1, sh.groups) * g.to(kFloat64)).backward();
+    sum(conv2d(x64, w64, Tensor(), sh.stride, pad, 1, sh.groups) * g.to(kFloat64)).backward();
     const double gscale = std::sqrt(sum(x64.grad() * x64.grad()).item());
     CHECK(std::sqrt(sum(square(x.grad().to(kFloat64) - x64.grad())).item()) / gscale < 1e-6);
     // sums of n·H·W terms
