@@ -255,11 +255,27 @@ PaddedImage padded_image(const ConvShape& s, int64_t stride) {
   return im;
 }
 
-// Per-thread scratch of `floats` zeros, allocated here on the calling thread: allocations inside
-// the parallel region come from the workers' malloc arenas and raised ResNet-20 training's peak
-// memory by 15 %. Regions a pass never writes (the padded image's borders) stay zero.
+// Per-thread scratch is allocated on the calling thread, before the parallel region: allocations
+// inside it come from the workers' malloc arenas and raised ResNet-20 training's peak memory by
+// 15 %. zeroed_slots: `floats` zeros per slot (the padded image's borders, never written, stay
+// zero). scratch_slots: `count` uninitialised values per slot, for buffers a pass writes whole
+// before reading (zeroing them was 3 % of a ResNet-18 training step).
 std::vector<std::vector<float>> zeroed_slots(int64_t floats) {
   return std::vector<std::vector<float>>(size_t(num_threads()), std::vector<float>(size_t(floats), 0.0f));
+}
+
+template <class T>
+std::vector<std::unique_ptr<T[]>> scratch_slots(int64_t slots, int64_t count) {
+  std::vector<std::unique_ptr<T[]>> bufs(static_cast<size_t>(std::max<int64_t>(slots, 0)));
+  for (auto& b : bufs) b = std::make_unique_for_overwrite<T[]>(size_t(count));
+  return bufs;
+}
+
+// out[j] += a[j] for the extra threads' weight-gradient accumulators.
+template <class T>
+void add_accumulators(const std::vector<std::unique_ptr<T[]>>& acc, int64_t count, T* out) {
+  for (const auto& a : acc)
+    for (int64_t j = 0; j < count; ++j) out[j] += a[j];
 }
 
 // The interior of the padded image from x [Cg, H, W].
@@ -325,24 +341,25 @@ bool backward_weight_implicit_columns(const float* pg, const float* px, float* o
   const int64_t in_hw = s.h * s.w, out_hw = s.ho * s.wo, cost = s.o * s.k * out_hw;
   const int64_t slots = chunk_count(s.n, cost);
   std::vector<std::vector<float>> images = zeroed_slots(im.floats), grads = zeroed_slots(s.og * im.wide_cols);
-  std::vector<std::vector<float>> acc(size_t(slots - 1), std::vector<float>(size_t(s.o * s.k)));
+  // The extra threads' accumulators: each thread's first product overwrites its own.
+  const std::vector<std::unique_ptr<float[]>> acc = scratch_slots<float>(slots - 1, s.o * s.k);
   parallel_chunks(s.n, cost, [&](int64_t slot, int64_t n0, int64_t n1) {
     float* image = images[size_t(slot)].data();
     float* grad = grads[size_t(slot)].data();
-    float* dst = slot == 0 ? out : acc[size_t(slot - 1)].data();
+    float* dst = slot == 0 ? out : acc[size_t(slot - 1)].get();
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t g = 0; g < s.groups; ++g) {
         fill_padded(px + (n * s.c + g * s.cg) * in_hw, s, im, image);
         const float* go = pg + (n * s.o + g * s.og) * out_hw;
         for (int64_t oc = 0; oc < s.og; ++oc)
           for (int64_t y = 0; y < s.ho; ++y)
-            std::memcpy(grad + oc * im.wide_cols + y * im.row, go + oc * out_hw + y * s.wo, size_t(s.wo) * sizeof(float));
+            std::memcpy(grad + oc * im.wide_cols + y * im.row, go + oc * out_hw + y * s.wo,
+                        size_t(s.wo) * sizeof(float));
         gemm_nt_offset_rows(s.og, s.k, im.wide_cols, grad, im.wide_cols, image, im.offsets.data(),
                             dst + g * s.og * s.k, s.k, n > n0);
       }
   });
-  for (const std::vector<float>& a : acc)
-    for (size_t j = 0; j < a.size(); ++j) out[j] += a[j];
+  add_accumulators(acc, s.o * s.k, out);
   return true;
 }
 
@@ -371,8 +388,8 @@ void forward_typed(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, c
   }
   const int64_t block_rows = column_block_rows(s);
   // Column buffers per thread, allocated on the calling thread and not zeroed (im2col writes all).
-  std::vector<std::unique_ptr<T[]>> cols(static_cast<size_t>(num_threads()));
-  for (auto& c : cols) c = std::make_unique_for_overwrite<T[]>(size_t(s.pointwise ? 0 : s.k * block_rows * s.wo));
+  const std::vector<std::unique_ptr<T[]>> cols =
+      scratch_slots<T>(num_threads(), s.pointwise ? 0 : s.k * block_rows * s.wo);
   over_samples(s.n, s.o * s.k * hw, [&](int64_t i, int slot) {
     T* col = cols[size_t(slot)].get();
     for (int64_t g = 0; g < s.groups; ++g) {
@@ -467,8 +484,7 @@ void backward_input_typed(const Tensor& gout_in, const Tensor& w_in, const Tenso
     return;
   }
   // Per-thread columns, allocated on the calling thread, not zeroed (the product overwrites them).
-  std::vector<std::unique_ptr<T[]>> cols(static_cast<size_t>(num_threads()));
-  for (auto& c : cols) c = std::make_unique_for_overwrite<T[]>(size_t(s.pointwise ? 0 : s.k * hw));
+  const std::vector<std::unique_ptr<T[]>> cols = scratch_slots<T>(num_threads(), s.pointwise ? 0 : s.k * hw);
   over_samples(s.n, s.o * s.k * hw, [&](int64_t i, int slot) {
     T* col = cols[size_t(slot)].get();
     for (int64_t g = 0; g < s.groups; ++g) {
@@ -524,14 +540,10 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
   // its accumulator; im2col and the copies write every entry they leave for the GEMM). Zeroing
   // them was 2 % of a ResNet-18 training step (9 MiB per layer4 accumulator).
   const int64_t block_rows = column_block_rows(s);
-  const auto slot_count = static_cast<size_t>(slots);
-  std::vector<std::unique_ptr<T[]>> acc(slot_count - 1), col_bufs(slot_count), grad_bufs(slot_count);
-  for (auto& a : acc) a = std::make_unique_for_overwrite<T[]>(size_t(s.o * s.k));
-  for (int64_t t = 0; t < slots; ++t) {
-    col_bufs[size_t(t)] =
-        std::make_unique_for_overwrite<T[]>(size_t(group == 1 ? s.k * block_rows * s.wo : s.k * hw * group));
-    grad_bufs[size_t(t)] = std::make_unique_for_overwrite<T[]>(size_t(group == 1 ? 0 : s.og * hw * group));
-  }
+  const std::vector<std::unique_ptr<T[]>> acc = scratch_slots<T>(slots - 1, s.o * s.k);
+  const std::vector<std::unique_ptr<T[]>> col_bufs =
+      scratch_slots<T>(slots, group == 1 ? s.k * block_rows * s.wo : s.k * hw * group);
+  const std::vector<std::unique_ptr<T[]>> grad_bufs = scratch_slots<T>(slots, group == 1 ? 0 : s.og * hw * group);
   parallel_chunks(chunks, s.o * s.k * hw * group, [&](int64_t slot, int64_t c0, int64_t c1) {
     T* cols = col_bufs[size_t(slot)].get();
     T* grads = grad_bufs[size_t(slot)].get();
@@ -574,8 +586,7 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
       }
     }
   });
-  for (const auto& a : acc)
-    for (int64_t j = 0; j < s.o * s.k; ++j) out[j] += a[j];
+  add_accumulators(acc, s.o * s.k, out);
 }
 
 }  // namespace
