@@ -177,7 +177,7 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const T
     invstd = rsqrt(add(running_var.detach(), eps));
   }
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
-  kernel::batch_norm_forward(x, weight, bias, zeros({c}, {x.dtype(), x.device()}), invstd, out);  // x not centred
+  kernel::batch_norm_forward(x, weight, bias, zeros({c}, {x.dtype(), x.device()}), invstd, false, out);  // x not centred
   if (needs_graph({x, weight, bias})) {
     const bool through_variance = training && !explanation_mode();
     SavedTensor sx(x), sw(weight);

@@ -1,5 +1,6 @@
 // Normalisation, dropout and embedding.
-//   batch_norm: per-channel statistics over (N, spatial); a fused kernel for both passes.
+//   batch_norm: per-channel statistics over (N, spatial); a fused kernel for both passes, with
+//     an optional ReLU fused in (ResNets' conv → BN → ReLU: one pass fewer each way).
 //   layer_norm / group_norm: "normalise rows" (a differentiable primitive, x viewed
 //     [rows, inner]) followed by the affine map as ordinary broadcast ops.
 //   dropout: x · mask / (1 − p) with a seeded mask;  embedding: index_select of rows.
@@ -14,8 +15,8 @@ using namespace detail;
 
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, double momentum,
-                  double eps) {
-  const char* op = "batch_norm";
+                  double eps, bool relu) {
+  const char* op = relu ? "batch_norm_relu" : "batch_norm";
   check_defined(op, x, "input");
   check_float(op, x);
   BCOS_CHECK(x.dim() >= 2, op, ": expected input [N, C, *], got shape ", x.shape());
@@ -55,17 +56,17 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
     invstd = rsqrt(add(running_var.detach(), eps));
   }
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
-  kernel::batch_norm_forward(x, weight, bias, mean, invstd, out);
+  kernel::batch_norm_forward(x, weight, bias, mean, invstd, relu, out);
   if (needs_graph({x, weight, bias})) {
-    SavedTensor sx(x), sw(weight), sm(mean), si(invstd);
-    record("BatchNormBackward", out, {x, weight, bias},
+    SavedTensor sx(x), sw(weight), sb(relu ? bias : Tensor()), sm(mean), si(invstd);
+    record(relu ? "BatchNormReluBackward" : "BatchNormBackward", out, {x, weight, bias},
            [=](const Tensor& g, const std::vector<bool>& need) {
              Tensor gx, gw, gb;
              const Tensor& xv = sx.get();
              if (need[0]) gx = empty(xv.shape(), {g.dtype(), g.device()});
              if (need[1]) gw = empty({xv.size(1)}, {g.dtype(), g.device()});
              if (need[2]) gb = empty({xv.size(1)}, {g.dtype(), g.device()});
-             kernel::batch_norm_backward(g, xv, sw.get(), sm.get(), si.get(), training, gx, gw, gb);
+             kernel::batch_norm_backward(g, xv, sw.get(), sb.get(), sm.get(), si.get(), training, relu, gx, gw, gb);
              return Grads{gx, gw, gb};
            });
   }

@@ -174,10 +174,11 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const T
 
 // ---- normalisation, dropout, embedding (autograd/norm.cpp) --------------------------------
 // x [N, C, *]. In training, batch statistics are used and the running ones (when defined)
-// updated in place with momentum (unbiased variance), as PyTorch does.
+// updated in place with momentum (unbiased variance), as PyTorch does. relu: relu(batch_norm(x))
+// in one pass each way (no intermediate tensor; the backward recomputes the mask from x).
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training,
-                  double momentum = 0.1, double eps = 1e-5);
+                  double momentum = 0.1, double eps = 1e-5, bool relu = false);
 Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = Tensor(),
                   const Tensor& bias = Tensor(), double eps = 1e-5);
 Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight = Tensor(),

@@ -91,8 +91,8 @@ ClipBottleneck::ClipBottleneck(int64_t inplanes, int64_t planes, int64_t stride)
 }
 
 Tensor ClipBottleneck::forward(const Tensor& x) {
-  Tensor out = (*relu1)((*bn1)((*conv1)(x)));
-  out = (*relu2)((*bn2)((*conv2)(out)));
+  Tensor out = nn::batch_norm_relu(*bn1, *relu1, (*conv1)(x));
+  out = nn::batch_norm_relu(*bn2, *relu2, (*conv2)(out));
   out = (*bn3)((*conv3)((*avgpool)(out)));
   return (*relu3)(out + (downsample ? (*downsample)(x) : x));
 }
@@ -169,9 +169,9 @@ Tensor ModifiedResNet::features(const Tensor& x) {
   BCOS_CHECK(x.dim() == 4 && x.size(1) == in_channels && x.size(2) == input_resolution && x.size(3) == input_resolution,
              "ModifiedResNet: expected images [N, ", in_channels, ", ", input_resolution, ", ", input_resolution,
              "], got ", x.shape());
-  Tensor h = (*relu1)((*bn1)((*conv1)(x)));
-  h = (*relu2)((*bn2)((*conv2)(h)));
-  h = (*avgpool)((*relu3)((*bn3)((*conv3)(h))));
+  Tensor h = nn::batch_norm_relu(*bn1, *relu1, (*conv1)(x));
+  h = nn::batch_norm_relu(*bn2, *relu2, (*conv2)(h));
+  h = (*avgpool)(nn::batch_norm_relu(*bn3, *relu3, (*conv3)(h)));
   for (const auto& stage : stages) h = (*stage)(h);
   return h;
 }

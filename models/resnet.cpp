@@ -36,7 +36,7 @@ BasicBlock::BasicBlock(int64_t inplanes, int64_t planes, int64_t stride, std::sh
 }
 
 Tensor BasicBlock::forward(const Tensor& x) {
-  Tensor out = (*relu)((*bn1)((*conv1)(x)));
+  Tensor out = nn::batch_norm_relu(*bn1, *relu, (*conv1)(x));
   out = (*bn2)((*conv2)(out));
   return (*relu)(out + (downsample ? (*downsample)(x) : x));
 }
@@ -56,8 +56,8 @@ Bottleneck::Bottleneck(int64_t inplanes, int64_t planes, int64_t stride, std::sh
 }
 
 Tensor Bottleneck::forward(const Tensor& x) {
-  Tensor out = (*relu)((*bn1)((*conv1)(x)));
-  out = (*relu)((*bn2)((*conv2)(out)));
+  Tensor out = nn::batch_norm_relu(*bn1, *relu, (*conv1)(x));
+  out = nn::batch_norm_relu(*bn2, *relu, (*conv2)(out));
   out = (*bn3)((*conv3)(out));
   return (*relu)(out + (downsample ? (*downsample)(x) : x));
 }
@@ -104,7 +104,7 @@ std::shared_ptr<nn::Sequential> ResNet::make_stage(bool bottleneck, int64_t plan
 
 Tensor ResNet::features(const Tensor& x) {
   BCOS_CHECK(x.dim() == 4, "ResNet: expected images [N, C, H, W], got ", x.shape());
-  Tensor y = (*maxpool)((*relu)((*bn1)((*conv1)(x))));
+  Tensor y = (*maxpool)(nn::batch_norm_relu(*bn1, *relu, (*conv1)(x)));
   for (auto& stage : stages) y = stage->forward(y);
   return y;
 }
@@ -141,7 +141,7 @@ CifarBasicBlock::CifarBasicBlock(int64_t in_planes, int64_t planes, int64_t stri
 }
 
 Tensor CifarBasicBlock::forward(const Tensor& x) {
-  Tensor out = (*relu1)((*bn1)((*conv1)(x)));
+  Tensor out = nn::batch_norm_relu(*bn1, *relu1, (*conv1)(x));
   out = (*bn2)((*conv2)(out));
   return (*relu2)(out + (*shortcut)(x));
 }
@@ -172,7 +172,7 @@ CifarResNet::CifarResNet(int64_t depth, int64_t num_classes) : nn::Module("ResNe
 
 Tensor CifarResNet::features(const Tensor& x) {
   BCOS_CHECK(x.dim() == 4, "CIFAR ResNet: expected images [N, C, H, W], got ", x.shape());
-  Tensor y = (*relu)((*bn1)((*conv1)(x)));
+  Tensor y = nn::batch_norm_relu(*bn1, *relu, (*conv1)(x));
   for (auto& stage : stages) y = stage->forward(y);
   return y;
 }

@@ -1,7 +1,10 @@
 // BatchNorm2d, LayerNorm, GroupNorm (see norm.h).
 #include "nn/norm.h"
 
+#include <typeinfo>
+
 #include "autograd/autograd.h"
+#include "nn/layers.h"
 
 namespace bcos::nn {
 
@@ -19,7 +22,10 @@ BatchNorm2d::BatchNorm2d(int64_t n, double eps_, double momentum_, bool affine, 
   }
 }
 
-Tensor BatchNorm2d::forward(const Tensor& x) {
+Tensor BatchNorm2d::forward(const Tensor& x) { return run(x, false); }
+Tensor BatchNorm2d::forward_relu(const Tensor& x) { return run(x, true); }
+
+Tensor BatchNorm2d::run(const Tensor& x, bool relu) {
   BCOS_CHECK(x.dim() == 4 && x.size(1) == num_features, "BatchNorm2d(", num_features,
              "): expected input [N, ", num_features, ", H, W], got ", x.shape());
   const bool use_batch_stats = training_ || !running_mean.defined();
@@ -27,12 +33,18 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
     NoGradGuard no_grad;
     num_batches_tracked.add_(ones({}, TensorOptions(DType::i64, num_batches_tracked.device())));
   }
-  return batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, momentum, eps);
+  return batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, momentum, eps, relu);
 }
 
 std::string BatchNorm2d::describe() const {
   return str(num_features, ", eps=", eps, ", momentum=", momentum, ", affine=", weight.defined() ? "True" : "False",
              ", track_running_stats=", running_mean.defined() ? "True" : "False");
+}
+
+Tensor batch_norm_relu(Module& bn, Module& relu, const Tensor& x) {
+  if (typeid(bn) == typeid(BatchNorm2d) && typeid(relu) == typeid(ReLU))
+    return static_cast<BatchNorm2d&>(bn).forward_relu(x);
+  return relu(bn(x));
 }
 
 LayerNorm::LayerNorm(Shape shape, double eps_, bool affine) : Module("LayerNorm"), normalized_shape(shape), eps(eps_) {

@@ -13,11 +13,20 @@ class BatchNorm2d : public Module {
   explicit BatchNorm2d(int64_t num_features, double eps = 1e-5, double momentum = 0.1, bool affine = true,
                        bool track_running_stats = true);
   Tensor forward(const Tensor& x) override;
+  // relu(forward(x)) in one fused pass each way.
+  Tensor forward_relu(const Tensor& x);
   std::string describe() const override;
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   int64_t num_features;
   double eps, momentum;
+
+ private:
+  Tensor run(const Tensor& x, bool relu);
 };
+
+// relu(bn(x)) for the conv → BN → ReLU of ResNets: fused when bn is a plain BatchNorm2d and relu
+// a plain ReLU, else the two modules one after the other (bcosify swaps in other norms).
+Tensor batch_norm_relu(Module& bn, Module& relu, const Tensor& x);
 
 // Normalises over the trailing dims `normalized_shape`.
 class LayerNorm : public Module {

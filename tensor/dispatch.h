@@ -107,16 +107,17 @@ inline void batch_norm_uncentered_backward(const Tensor& grad, const Tensor& x, 
       grad, batch_norm_uncentered_backward(grad, x, weight, mean, invstd, through_variance, grad_x, grad_w, grad_b));
 }
 inline void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& mean,
-                               const Tensor& invstd, const Tensor& out) {
-  BCOS_DISPATCH(x, batch_norm_forward(x, weight, bias, mean, invstd, out));
+                               const Tensor& invstd, bool relu, const Tensor& out) {
+  BCOS_DISPATCH(x, batch_norm_forward(x, weight, bias, mean, invstd, relu, out));
 }
 inline void batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& var_biased) {
   BCOS_DISPATCH(x, batch_norm_stats(x, mean, var_biased));
 }
-inline void batch_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight, const Tensor& mean,
-                                const Tensor& invstd, bool training, const Tensor& grad_x, const Tensor& grad_w,
-                                const Tensor& grad_b) {
-  BCOS_DISPATCH(grad_out, batch_norm_backward(grad_out, x, weight, mean, invstd, training, grad_x, grad_w, grad_b));
+inline void batch_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                const Tensor& mean, const Tensor& invstd, bool training, bool relu,
+                                const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
+  BCOS_DISPATCH(grad_out,
+                batch_norm_backward(grad_out, x, weight, bias, mean, invstd, training, relu, grad_x, grad_w, grad_b));
 }
 inline void row_norm_forward(const Tensor& x, int64_t outer, int64_t inner, double eps, const Tensor& out,
                              const Tensor& mean, const Tensor& invstd) {

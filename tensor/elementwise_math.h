@@ -37,6 +37,7 @@ template <> struct Math<float> {
   static BCOS_HD float erf(float x) { return ::erff(x); }
   static BCOS_HD float pow(float x, float y) { return ::powf(x, y); }
   static BCOS_HD float abs(float x) { return ::fabsf(x); }
+  static BCOS_HD float fma(float x, float y, float z) { return ::fmaf(x, y, z); }
 };
 template <> struct Math<double> {
   static BCOS_HD double exp(double x) { return ::exp(x); }
@@ -49,6 +50,17 @@ template <> struct Math<double> {
   static BCOS_HD double erf(double x) { return ::erf(x); }
   static BCOS_HD double pow(double x, double y) { return ::pow(x, y); }
   static BCOS_HD double abs(double x) { return ::fabs(x); }
+  static BCOS_HD double fma(double x, double y, double z) { return ::fma(x, y, z); }
+};
+
+// Batch norm's per-channel map y = x · scale + shift, scale = invstd · w, shift = b − mean · scale,
+// with explicit fmas: the fused batch norm + ReLU backward recomputes y from x for its mask and
+// must get the forward's bits on either backend (a compiler may contract a·b + c or not).
+template <class T>
+struct BatchNormAffine {
+  T scale, shift;
+  BCOS_HD BatchNormAffine(T mean, T invstd, T w, T b) : scale(invstd * w), shift(Math<T>::fma(-mean, scale, b)) {}
+  BCOS_HD T operator()(T x) const { return Math<T>::fma(x, scale, shift); }
 };
 
 template <class T>

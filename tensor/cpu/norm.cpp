@@ -8,6 +8,7 @@
 #include "tensor/kernel_views.h"
 #include "tensor/copy.h"
 #include "tensor/cpu/kernels.h"
+#include "tensor/elementwise_math.h"
 #include "tensor/parallel.h"
 
 namespace bcos::cpu {
@@ -54,6 +55,22 @@ void grad_sums(const T* g, const T* x, int64_t n, double mu, double* sum_g, doub
   *sum_g += sg;
   *sum_gxc += sgx;
 }
+
+// The same sums for batch norm + ReLU: g counts only where y = fma(x, scale, shift) > 0.
+template <class T>
+void masked_grad_sums(const T* g, const T* x, int64_t n, double mu, math::BatchNormAffine<T> y, double* sum_g,
+                      double* sum_gxc) {
+  double sg = 0, sgx = 0;
+#pragma omp simd reduction(+ : sg, sgx)
+  for (int64_t j = 0; j < n; ++j) {
+    const T gv = g[j];  // loaded unconditionally: the select below vectorises, a branch would not
+    const double gj = double(y(x[j]) > T(0) ? gv : T(0));
+    sg += gj;
+    sgx += gj * (double(x[j]) - mu);
+  }
+  *sum_g += sg;
+  *sum_gxc += sgx;
+}
 }  // namespace
 
 void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_biased) {
@@ -77,7 +94,7 @@ void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_
 }
 
 void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
-                        const Tensor& mean, const Tensor& invstd, const Tensor& out) {
+                        const Tensor& mean, const Tensor& invstd, bool relu, const Tensor& out) {
   Tensor x = raw_contiguous(x_in);
   Channels d = channels_of(x);
   dispatch_float(x.dtype(), "batch_norm", [&]<class T>() {
@@ -87,24 +104,32 @@ void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& 
     T* po = out.data<T>();
     parallel_for(d.n * d.c, d.s, [&](int64_t b, int64_t e) {
       for (int64_t nc = b; nc < e; ++nc) {
-        int64_t c = nc % d.c;
-        T scale = pi[c] * (pw ? pw[c] : T(1));
-        T shift = (pb ? pb[c] : T(0)) - pm[c] * scale;
+        const int64_t c = nc % d.c;
+        const math::BatchNormAffine<T> affine(pm[c], pi[c], pw ? pw[c] : T(1), pb ? pb[c] : T(0));
         const T* p = px + nc * d.s;
         T* o = po + nc * d.s;
-        for (int64_t j = 0; j < d.s; ++j) o[j] = p[j] * scale + shift;
+        if (relu) {
+#pragma omp simd
+          for (int64_t j = 0; j < d.s; ++j) {
+            const T y = affine(p[j]);
+            o[j] = y < T(0) ? T(0) : y;  // as relu: NaN stays NaN
+          }
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < d.s; ++j) o[j] = affine(p[j]);
+        }
       }
     });
   });
 }
 
 void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Tensor& weight,
-                         const Tensor& mean, const Tensor& invstd, bool training,
-                         const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
+                         const Tensor& bias, const Tensor& mean, const Tensor& invstd, bool training,
+                         bool relu, const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
   Tensor g = raw_contiguous(grad_out_in), x = raw_contiguous(x_in);
   Channels d = channels_of(x);
   dispatch_float(x.dtype(), "batch_norm_backward", [&]<class T>() {
-    const T *pg = g.data<T>(), *px = x.data<T>(), *pw = maybe<T>(weight);
+    const T *pg = g.data<T>(), *px = x.data<T>(), *pw = maybe<T>(weight), *pb = maybe<T>(bias);
     const T *pm = mean.data<T>(), *pi = invstd.data<T>();
     T* pgx = grad_x.defined() ? grad_x.data<T>() : nullptr;
     T* pgw = grad_w.defined() ? grad_w.data<T>() : nullptr;
@@ -114,8 +139,14 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
       for (int64_t c = b; c < e; ++c) {
         double sum_g = 0, sum_gxc = 0;  // sum(g), sum(g * (x - mean))
         const double mu = double(pm[c]), is = double(pi[c]);
-        for (int64_t i = 0; i < d.n; ++i)
-          grad_sums(pg + (i * d.c + c) * d.s, px + (i * d.c + c) * d.s, d.s, mu, &sum_g, &sum_gxc);
+        const math::BatchNormAffine<T> affine(pm[c], pi[c], pw ? pw[c] : T(1), pb ? pb[c] : T(0));
+        for (int64_t i = 0; i < d.n; ++i) {
+          const T *gp = pg + (i * d.c + c) * d.s, *xp = px + (i * d.c + c) * d.s;
+          if (relu)
+            masked_grad_sums(gp, xp, d.s, mu, affine, &sum_g, &sum_gxc);
+          else
+            grad_sums(gp, xp, d.s, mu, &sum_g, &sum_gxc);
+        }
         const double sum_gx = sum_gxc * is;  // sum(g * x̂)
         if (pgw) pgw[c] = T(sum_gx);
         if (pgb) pgb[c] = T(sum_g);
@@ -130,7 +161,16 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
           const T* gp = pg + (i * d.c + c) * d.s;
           const T* xp = px + (i * d.c + c) * d.s;
           T* o = pgx + (i * d.c + c) * d.s;
-          for (int64_t j = 0; j < d.s; ++j) o[j] = a * (gp[j] - mg) - b * (xp[j] - m);
+          if (relu) {
+#pragma omp simd
+            for (int64_t j = 0; j < d.s; ++j) {
+              const T gv = gp[j], gj = affine(xp[j]) > T(0) ? gv : T(0);
+              o[j] = a * (gj - mg) - b * (xp[j] - m);
+            }
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < d.s; ++j) o[j] = a * (gp[j] - mg) - b * (xp[j] - m);
+          }
         }
       }
     });

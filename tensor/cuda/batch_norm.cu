@@ -1,7 +1,8 @@
 // Batch norm on the GPU, as tensor/cpu/norm.cpp: per channel over x viewed [N, C, S], statistics
 // and gradient sums accumulated in double -- one block per channel, reduced in shared memory --
 // and the elementwise parts one thread per element.
-//   forward:  y = x · scale + shift, scale = invstd · w, shift = b − mean · scale
+//   forward:  y = fma(x, scale, shift), scale = invstd · w, shift = b − mean · scale; with relu
+//             max(y, 0), and the backward's g taken as 0 where the recomputed y ≤ 0
 //   backward: grad_w = Σ g x̂, grad_b = Σ g, grad_x = w·invstd·(g − mean(g)) − w·invstd²·mean(g x̂)·(x − mean)
 //             (training; in evaluation the two means are 0)
 //   uncentred (B-cos) backward, y = γ x r (+ β), r = 1 / sqrt(var + eps), A = Σ g x, B = Σ g:
@@ -9,6 +10,7 @@
 #include "tensor/kernel_views.h"
 #include "tensor/copy.h"
 #include "tensor/cuda/internal.h"
+#include "tensor/elementwise_math.h"
 
 namespace bcos::cuda {
 
@@ -49,29 +51,35 @@ __global__ void stats_kernel(const T* x, Channels d, T* mean, T* var) {
   }
 }
 
+// y = fma(x, scale, shift) of channel c, as the CPU computes it (the ReLU mask depends on it).
 template <class T>
-__global__ void forward_kernel(const T* x, const T* w, const T* b, const T* mean, const T* invstd, Channels d, T* out) {
+__device__ T normalized(T x, const T* w, const T* b, const T* mean, const T* invstd, int64_t c) {
+  return math::BatchNormAffine<T>(mean[c], invstd[c], w ? w[c] : T(1), b ? b[c] : T(0))(x);
+}
+
+template <class T>
+__global__ void forward_kernel(const T* x, const T* w, const T* b, const T* mean, const T* invstd, Channels d,
+                               bool relu, T* out) {
   const int64_t n = d.n * d.c * d.s, step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
-    const int64_t c = (i / d.s) % d.c;
-    const T scale = invstd[c] * (w ? w[c] : T(1));
-    const T shift = (b ? b[c] : T(0)) - mean[c] * scale;
-    out[i] = x[i] * scale + shift;
+    const T y = normalized(x[i], w, b, mean, invstd, (i / d.s) % d.c);
+    out[i] = relu && y < T(0) ? T(0) : y;  // as relu: NaN stays NaN
   }
 }
 
 // Block c: Σ g and Σ g·(x − mean) of channel c, into sums[2c], sums[2c + 1]; grad_w, grad_b.
 template <class T>
-__global__ void grad_sums_kernel(const T* g, const T* x, const T* mean, const T* invstd, Channels d, double* sums,
-                                 T* grad_w, T* grad_b) {
+__global__ void grad_sums_kernel(const T* g, const T* x, const T* w, const T* b, const T* mean, const T* invstd,
+                                 Channels d, bool relu, double* sums, T* grad_w, T* grad_b) {
   __shared__ double scratch[kReduceThreads];
   const int64_t c = blockIdx.x, count = d.n * d.s;
   const double mu = double(mean[c]);
   double sg = 0, sgx = 0;
   for (int64_t k = threadIdx.x; k < count; k += blockDim.x) {
     const int64_t i = ((k / d.s) * d.c + c) * d.s + k % d.s;
-    sg += double(g[i]);
-    sgx += double(g[i]) * (double(x[i]) - mu);
+    const double gi = relu && !(normalized(x[i], w, b, mean, invstd, c) > T(0)) ? 0.0 : double(g[i]);
+    sg += gi;
+    sgx += gi * (double(x[i]) - mu);
   }
   const double sum_g = block_sum(sg, scratch), sum_gxc = block_sum(sgx, scratch);
   if (threadIdx.x == 0) {
@@ -83,8 +91,8 @@ __global__ void grad_sums_kernel(const T* g, const T* x, const T* mean, const T*
 }
 
 template <class T>
-__global__ void grad_x_kernel(const T* g, const T* x, const T* w, const T* mean, const T* invstd, const double* sums,
-                              Channels d, bool training, T* gx) {
+__global__ void grad_x_kernel(const T* g, const T* x, const T* w, const T* bias, const T* mean, const T* invstd,
+                              const double* sums, Channels d, bool training, bool relu, T* gx) {
   const int64_t n = d.n * d.c * d.s, step = int64_t(gridDim.x) * blockDim.x;
   const double count = double(d.n * d.s);
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
@@ -93,7 +101,8 @@ __global__ void grad_x_kernel(const T* g, const T* x, const T* w, const T* mean,
     const double mean_g = training ? sums[2 * c] / count : 0.0;
     const double mean_gx = training ? sums[2 * c + 1] * is / count : 0.0;
     const T a = T(wc * is), b = T(wc * is * is * mean_gx), mg = T(mean_g), m = mean[c];
-    gx[i] = a * (g[i] - mg) - b * (x[i] - m);
+    const T gi = relu && !(normalized(x[i], w, bias, mean, invstd, c) > T(0)) ? T(0) : g[i];
+    gx[i] = a * (gi - mg) - b * (x[i] - m);
   }
 }
 
@@ -155,7 +164,7 @@ void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_
 }
 
 void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& bias, const Tensor& mean,
-                        const Tensor& invstd, const Tensor& out) {
+                        const Tensor& invstd, bool relu, const Tensor& out) {
   const Tensor x = raw_contiguous(x_in);
   const Channels d = channels_of(x);
   if (x.numel() == 0) return;
@@ -165,14 +174,14 @@ void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& 
   dispatch_float(x.dtype(), "cuda batch_norm", [&]<class T>() {
     forward_kernel<<<blocks_for(x.numel()), kThreads, 0, stream>>>(
         static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias), static_cast<const T*>(mean.raw_data()),
-        static_cast<const T*>(invstd.raw_data()), d, static_cast<T*>(out.raw_data()));
+        static_cast<const T*>(invstd.raw_data()), d, relu, static_cast<T*>(out.raw_data()));
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }
 
-void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Tensor& weight, const Tensor& mean,
-                         const Tensor& invstd, bool training, const Tensor& grad_x, const Tensor& grad_w,
-                         const Tensor& grad_b) {
+void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Tensor& weight, const Tensor& bias,
+                         const Tensor& mean, const Tensor& invstd, bool training, bool relu, const Tensor& grad_x,
+                         const Tensor& grad_w, const Tensor& grad_b) {
   const Tensor g = raw_contiguous(grad_out_in), x = raw_contiguous(x_in);
   const Channels d = channels_of(x);
   if (d.c == 0) return;
@@ -182,16 +191,16 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
   std::shared_ptr<void> sums = allocate(size_t(2 * d.c) * sizeof(double), device);
   dispatch_float(x.dtype(), "cuda batch_norm_backward", [&]<class T>() {
     grad_sums_kernel<<<unsigned(d.c), kReduceThreads, 0, stream>>>(
-        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()),
-        static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()), d,
+        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
+        static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()), d, relu,
         static_cast<double*>(sums.get()), grad_w.defined() ? static_cast<T*>(grad_w.raw_data()) : nullptr,
         grad_b.defined() ? static_cast<T*>(grad_b.raw_data()) : nullptr);
     BCOS_CUDA_CHECK_LAUNCH();
     if (!grad_x.defined() || x.numel() == 0) return;
     grad_x_kernel<<<blocks_for(x.numel()), kThreads, 0, stream>>>(
-        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight),
+        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
         static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()),
-        static_cast<const double*>(sums.get()), d, training, static_cast<T*>(grad_x.raw_data()));
+        static_cast<const double*>(sums.get()), d, training, relu, static_cast<T*>(grad_x.raw_data()));
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }

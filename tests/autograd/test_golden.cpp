@@ -31,6 +31,12 @@ Outs bn_train(In in) {
   return {y, rm, rv};
 }
 
+Outs bn_relu_train(In in) {
+  Tensor rm = in[1].clone(), rv = in[2].clone();
+  Tensor y = batch_norm(in[0], rm, rv, in[3], in[4], true, 0.1, 1e-5, /*relu=*/true);
+  return {y, rm, rv};
+}
+
 const std::map<std::string, Case>& cases() {
   constexpr double kProduct = 1e-4;
   static const std::map<std::string, Case> table = {
@@ -152,6 +158,9 @@ const std::map<std::string, Case>& cases() {
       {"batch_norm_eval",
        {"norm", [](In x) { return one(batch_norm(x[0], x[1], x[2], x[3], x[4], false, 0.1, 1e-5)); }}},
       {"batch_norm_2d", {"norm", bn_train}},
+      {"batch_norm_relu_train", {"norm", bn_relu_train}},
+      {"batch_norm_relu_eval",
+       {"norm", [](In x) { return one(batch_norm(x[0], x[1], x[2], x[3], x[4], false, 0.1, 1e-5, true)); }}},
       {"layer_norm", {"norm", [](In x) { return one(layer_norm(x[0], {6}, x[1], x[2], 1e-5)); }}},
       {"layer_norm_2dims", {"norm", [](In x) { return one(layer_norm(x[0], {4, 6}, x[1], x[2], 1e-6)); }}},
       {"group_norm", {"norm", [](In x) { return one(group_norm(x[0], 3, x[1], x[2], 1e-5)); }}},

@@ -187,6 +187,11 @@ TEST_CASE_FIXTURE(Seeded, "gradcheck: batch_norm / layer_norm / group_norm") {
   Tensor rm = randn({2}, kFloat64), rv = add(rand({2}, kFloat64), 0.5);
   check("batch_norm eval", [&](In v) { return batch_norm(v[0], rm, rv, v[1], v[2], false); },
         {leaf({3, 2, 2, 2}), leaf({2}), leaf({2})});
+  check("batch_norm + relu train", [](In v) {
+    return batch_norm(v[0], Tensor(), Tensor(), v[1], v[2], true, 0.1, 1e-5, true);
+  }, {leaf({3, 2, 2, 2}), leaf({2}), leaf({2})});
+  check("batch_norm + relu eval", [&](In v) { return batch_norm(v[0], rm, rv, v[1], v[2], false, 0.1, 1e-5, true); },
+        {leaf({3, 2, 2, 2}), leaf({2}), leaf({2})});
   check("batch_norm 2-D", [](In v) { return batch_norm(v[0], Tensor(), Tensor(), v[1], Tensor(), true); },
         {leaf_t(4, 3), leaf({3})});
   check("layer_norm", [](In v) { return layer_norm(v[0], {4}, v[1], v[2]); },

@@ -219,7 +219,7 @@ TEST_CASE("cuda ops: max, average and adaptive pooling forward and backward matc
   }
 }
 
-TEST_CASE("cuda ops: batch_norm in training and evaluation, forward, backward and running statistics match the CPU") {
+TEST_CASE("cuda ops: batch_norm (and with ReLU fused) in training and evaluation, forward, backward and running statistics match the CPU") {
   if (!have_gpu()) return;
   manual_seed(17);
   for (DType dt : {kFloat32, kFloat64}) {
@@ -228,10 +228,11 @@ TEST_CASE("cuda ops: batch_norm in training and evaluation, forward, backward an
     Tensor rm0 = randn({3}, dt), rv0 = rand({3}, dt) + 0.5;
     auto run = [&](Device dev) {
       std::vector<Tensor> results;
-      for (bool training : {true, false}) {
+      for (int variant = 0; variant < 4; ++variant) {
+        const bool training = variant % 2 == 0, relu = variant >= 2;
         Tensor xd = x.to(dev).requires_grad_(), wd = w.to(dev).requires_grad_(), bd = b.to(dev).requires_grad_();
         Tensor rm = rm0.to(dev).clone(), rv = rv0.to(dev).clone();
-        Tensor y = batch_norm(xd, rm, rv, wd, bd, training, 0.1, 1e-5);
+        Tensor y = batch_norm(xd, rm, rv, wd, bd, training, 0.1, 1e-5, relu);
         sum(y * y * y).backward();
         for (const Tensor& t : {y, xd.grad(), wd.grad(), bd.grad(), rm, rv}) results.push_back(t.to(Device()));
       }

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "autograd/ops.h"
+#include "golden.h"
 #include "nn/init.h"
 #include "nn/layers.h"
 #include "nn/loss.h"
@@ -100,6 +101,41 @@ TEST_CASE("module: train / eval reach every child; BatchNorm uses running statis
   m(x);
   CHECK(!same(bn.running_mean, before));
   CHECK(bn.num_batches_tracked.item<int64_t>() == 1);
+}
+
+TEST_CASE("module: batch_norm_relu fuses BatchNorm2d + ReLU and equals the two modules in turn") {
+  // [4, 20, 9, 7]: 63 values per row, so the vector loops' remainders run too.
+  auto make = [] {
+    auto bn = std::make_shared<BatchNorm2d>(20);
+    manual_seed(3);
+    bn->weight.detach().copy_(randn({20}));
+    bn->bias.detach().copy_(randn({20}));
+    return bn;
+  };
+  auto fused_bn = make(), plain_bn = make();
+  ReLU relu;
+  manual_seed(4);
+  const Tensor x = randn({4, 20, 9, 7}), gout = randn({4, 20, 9, 7});
+  for (bool training : {true, false}) {
+    CAPTURE(training);
+    fused_bn->train(training);
+    plain_bn->train(training);
+    Tensor x1 = x.clone().requires_grad_(true), x2 = x.clone().requires_grad_(true);
+    Tensor y1 = batch_norm_relu(*fused_bn, relu, x1), y2 = relu(plain_bn->forward(x2));
+    CHECK(same(y1, y2));  // the same fma per element, the same ReLU
+    CHECK(y1.grad_fn_name() == "BatchNormReluBackward");
+    sum(y1 * gout).backward();
+    sum(y2 * gout).backward();
+    // The masked sums run in another loop than ReLU's backward then batch norm's: rounding only.
+    CHECK(golden::relative_error(x1.grad(), x2.grad()) < 1e-6);
+    CHECK(golden::relative_error(fused_bn->weight.grad(), plain_bn->weight.grad()) < 1e-6);
+    CHECK(golden::relative_error(fused_bn->bias.grad(), plain_bn->bias.grad()) < 1e-6);
+    CHECK(same(fused_bn->running_mean, plain_bn->running_mean));
+    CHECK(same(fused_bn->running_var, plain_bn->running_var));
+  }
+  // Anything other than a plain BatchNorm2d and ReLU: the two modules in turn.
+  Identity identity;
+  CHECK(same(batch_norm_relu(identity, relu, x), relu(x)));
 }
 
 TEST_CASE("module: replace_child keeps the member slot current; to(dtype) keeps parameters trainable") {

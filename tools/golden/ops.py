@@ -77,6 +77,11 @@ def bn_train(x, rm, rv, w, b):
     return y, rm, rv
 
 
+def bn_relu_train(x, rm, rv, w, b):  # bcos.cpp fuses the two (batch_norm(..., relu=true))
+    y, rm, rv = bn_train(x, rm, rv, w, b)
+    return F.relu(y), rm, rv
+
+
 CASES = [
     # elementwise, binary (broadcast and non-contiguous operands)
     ("add_broadcast", [N(4, 5), N(5)], lambda a, b: a + b),
@@ -196,6 +201,9 @@ CASES = [
     ("batch_norm_eval", [N(4, 3, 5, 5), C(3), V(3), N(3), N(3)],
      lambda x, rm, rv, w, b: F.batch_norm(x, rm, rv, w, b, training=False, eps=1e-5)),
     ("batch_norm_2d", [N(8, 5), C(5), V(5), N(5), N(5)], bn_train),
+    ("batch_norm_relu_train", [N(4, 3, 5, 5), C(3), V(3), N(3), N(3)], bn_relu_train),
+    ("batch_norm_relu_eval", [N(4, 3, 5, 5), C(3), V(3), N(3), N(3)],
+     lambda x, rm, rv, w, b: F.relu(F.batch_norm(x, rm, rv, w, b, training=False, eps=1e-5))),
     ("layer_norm", [N(3, 4, 6), N(6), N(6)], lambda x, w, b: F.layer_norm(x, (6,), w, b, eps=1e-5)),
     ("layer_norm_2dims", [N(3, 4, 6), N(4, 6), N(4, 6)], lambda x, w, b: F.layer_norm(x, (4, 6), w, b, eps=1e-6)),
     ("group_norm", [N(2, 6, 3, 3), N(6), N(6)], lambda x, w, b: F.group_norm(x, 3, w, b, eps=1e-5)),
