@@ -144,8 +144,8 @@ Tensor bcos_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, do
 }
 
 Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const Tensor& weight,
-                             const Tensor& bias, bool training, double momentum, double eps) {
-  const char* op = "batch_norm_uncentered";
+                             const Tensor& bias, bool training, double momentum, double eps, bool relu) {
+  const char* op = relu ? "batch_norm_uncentered_relu" : "batch_norm_uncentered";
   check_defined(op, x, "input");
   check_float(op, x);
   BCOS_CHECK(x.dim() >= 2, op, ": expected input [N, C, *], got shape ", x.shape());
@@ -177,18 +177,19 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const T
     invstd = rsqrt(add(running_var.detach(), eps));
   }
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
-  kernel::batch_norm_forward(x, weight, bias, zeros({c}, {x.dtype(), x.device()}), invstd, false, out);  // x not centred
+  kernel::batch_norm_forward(x, weight, bias, zeros({c}, {x.dtype(), x.device()}), invstd, relu, out);  // x not centred
   if (needs_graph({x, weight, bias})) {
     const bool through_variance = training && !explanation_mode();
-    SavedTensor sx(x), sw(weight);
-    record("BatchNormUncenteredBackward", out, {x, weight, bias},
+    SavedTensor sx(x), sw(weight), sb(relu ? bias : Tensor());
+    record(relu ? "BatchNormUncenteredReluBackward" : "BatchNormUncenteredBackward", out, {x, weight, bias},
            [=](const Tensor& g, const std::vector<bool>& need) {
              Tensor gx, gw, gb;
              const Tensor& xv = sx.get();
              if (need[0]) gx = empty(xv.shape(), {g.dtype(), g.device()});
              if (need[1]) gw = empty({c}, {g.dtype(), g.device()});
              if (need[2]) gb = empty({c}, {g.dtype(), g.device()});
-             kernel::batch_norm_uncentered_backward(g, xv, sw.get(), mean, invstd, through_variance, gx, gw, gb);
+             kernel::batch_norm_uncentered_backward(g, xv, sw.get(), sb.get(), mean, invstd, through_variance, relu, gx, gw,
+                                                     gb);
              return Grads{gx, gw, gb};
            });
   }

@@ -170,7 +170,8 @@ Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_
 // variance with momentum, as the B-cosification authors' layer does -- else the running variance.
 // In explanation mode no gradient flows through the batch variance.
 Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const Tensor& weight,
-                             const Tensor& bias, bool training, double momentum = 0.1, double eps = 1e-5);
+                             const Tensor& bias, bool training, double momentum = 0.1, double eps = 1e-5,
+                             bool relu = false);
 
 // ---- normalisation, dropout, embedding (autograd/norm.cpp) --------------------------------
 // x [N, C, *]. In training, batch statistics are used and the running ones (when defined)

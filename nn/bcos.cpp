@@ -99,14 +99,17 @@ BatchNormUncentered2d::BatchNormUncentered2d(int64_t n, double eps_, double mome
   register_buffer("num_batches_tracked", num_batches_tracked, zeros({}, DType::i64));
 }
 
-Tensor BatchNormUncentered2d::forward(const Tensor& x) {
+Tensor BatchNormUncentered2d::forward(const Tensor& x) { return run(x, false); }
+Tensor BatchNormUncentered2d::forward_relu(const Tensor& x) { return run(x, true); }
+
+Tensor BatchNormUncentered2d::run(const Tensor& x, bool relu) {
   BCOS_CHECK(x.dim() == 4 && x.size(1) == num_features, "BatchNormUncentered2d(", num_features,
              "): expected input [N, ", num_features, ", H, W], got ", x.shape());
   if (training_) {
     NoGradGuard no_grad;
     num_batches_tracked.add_(ones({}, TensorOptions(DType::i64, num_batches_tracked.device())));
   }
-  return batch_norm_uncentered(x, running_var, weight, bias, training_, momentum, eps);
+  return batch_norm_uncentered(x, running_var, weight, bias, training_, momentum, eps, relu);
 }
 
 std::string BatchNormUncentered2d::describe() const {

@@ -62,10 +62,14 @@ class BatchNormUncentered2d : public Module {
  public:
   explicit BatchNormUncentered2d(int64_t num_features, double eps = 1e-5, double momentum = 0.1, bool bias = true);
   Tensor forward(const Tensor& x) override;
+  Tensor forward_relu(const Tensor& x);  // relu(forward(x)), fused
   std::string describe() const override;
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   int64_t num_features;
   double eps, momentum;
+
+ private:
+  Tensor run(const Tensor& x, bool relu);
 };
 
 // LayerNorm over the last dim whose 1 / sqrt(var + eps) is detached in explanation mode (the

@@ -4,6 +4,7 @@
 #include <typeinfo>
 
 #include "autograd/autograd.h"
+#include "nn/bcos.h"
 #include "nn/layers.h"
 
 namespace bcos::nn {
@@ -42,8 +43,10 @@ std::string BatchNorm2d::describe() const {
 }
 
 Tensor batch_norm_relu(Module& bn, Module& relu, const Tensor& x) {
-  if (typeid(bn) == typeid(BatchNorm2d) && typeid(relu) == typeid(ReLU))
-    return static_cast<BatchNorm2d&>(bn).forward_relu(x);
+  if (typeid(relu) == typeid(ReLU)) {
+    if (typeid(bn) == typeid(BatchNorm2d)) return static_cast<BatchNorm2d&>(bn).forward_relu(x);
+    if (typeid(bn) == typeid(BatchNormUncentered2d)) return static_cast<BatchNormUncentered2d&>(bn).forward_relu(x);
+  }
   return relu(bn(x));
 }
 

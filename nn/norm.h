@@ -24,8 +24,8 @@ class BatchNorm2d : public Module {
   Tensor run(const Tensor& x, bool relu);
 };
 
-// relu(bn(x)) for the conv → BN → ReLU of ResNets: fused when bn is a plain BatchNorm2d and relu
-// a plain ReLU, else the two modules one after the other (bcosify swaps in other norms).
+// relu(bn(x)) for the conv → BN → ReLU of ResNets: fused when bn is a plain BatchNorm2d or
+// BatchNormUncentered2d (bcosify's) and relu a plain ReLU, else the two modules one after the other.
 Tensor batch_norm_relu(Module& bn, Module& relu, const Tensor& x);
 
 // Normalises over the trailing dims `normalized_shape`.

@@ -101,10 +101,11 @@ inline void bcos_scale_backward(const Tensor& grad, const Tensor& value, const T
   BCOS_DISPATCH(grad, bcos_scale_backward(grad, value, sumsq, argmax, p, explain, grad_lin, grad_sumsq));
 }
 inline void batch_norm_uncentered_backward(const Tensor& grad, const Tensor& x, const Tensor& weight,
-                                           const Tensor& mean, const Tensor& invstd, bool through_variance,
-                                           const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
-  BCOS_DISPATCH(
-      grad, batch_norm_uncentered_backward(grad, x, weight, mean, invstd, through_variance, grad_x, grad_w, grad_b));
+                                           const Tensor& bias, const Tensor& mean, const Tensor& invstd,
+                                           bool through_variance, bool relu, const Tensor& grad_x,
+                                           const Tensor& grad_w, const Tensor& grad_b) {
+  BCOS_DISPATCH(grad, batch_norm_uncentered_backward(grad, x, weight, bias, mean, invstd, through_variance, relu,
+                                                     grad_x, grad_w, grad_b));
 }
 inline void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& mean,
                                const Tensor& invstd, bool relu, const Tensor& out) {

@@ -2,7 +2,8 @@
 // full-size temporary (x², |cos|, the scale) is ever materialised.
 //   patch_sumsq:  Σ over a group's input channels and the conv's (dilated, zero-padded) taps of
 //                 x², one value per output position and group — the squared input norm ‖x‖².
-//   batch_norm_uncentered_backward: the backward of y = γ · x / sqrt(var + eps) (+ β).
+//   batch_norm_uncentered_backward: the backward of y = γ · x / sqrt(var + eps) (+ β), optionally
+//                 followed by a ReLU (the gradient masked where y ≤ 0).
 //   bcos_scale:   max-out over M consecutive channels, then y = s · v with
 //                 s = |v| / n (b = 2) or (|v / n| + 1e-6)^(b − 1), n = sqrt(sumsq + eps_in) + eps_out.
 // Layouts: x [N, C, H, W] (any strides), sums [N, G, Ho, Wo]; lin [N, O·M, S], sums [N, G, S],
@@ -12,6 +13,7 @@
 
 #include "tensor/copy.h"
 #include "tensor/cpu/kernels.h"
+#include "tensor/elementwise_math.h"
 #include "tensor/parallel.h"
 
 namespace bcos::cpu {
@@ -238,13 +240,15 @@ void bcos_scale_backward(const Tensor& grad_in, const Tensor& value, const Tenso
 }
 
 void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, const Tensor& weight,
-                                    const Tensor& mean, const Tensor& invstd, bool through_variance,
-                                    const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
+                                    const Tensor& bias, const Tensor& mean, const Tensor& invstd,
+                                    bool through_variance, bool relu, const Tensor& grad_x,
+                                    const Tensor& grad_w, const Tensor& grad_b) {
   Tensor g = raw_contiguous(grad_in), x = raw_contiguous(x_in);
   const int64_t n = x.size(0), c = x.size(1), s = x.numel() / std::max<int64_t>(n * c, 1);
   dispatch_float(x.dtype(), "batch_norm_uncentered_backward", [&]<class T>() {
     const T *pg = g.data<T>(), *px = x.data<T>(), *pi = invstd.data<T>();
     const T* pw = weight.defined() ? weight.data<T>() : nullptr;
+    const T* pb = bias.defined() ? bias.data<T>() : nullptr;
     const T* pm = through_variance ? mean.data<T>() : nullptr;
     T* pgx = grad_x.defined() ? grad_x.data<T>() : nullptr;
     T* pgw = grad_w.defined() ? grad_w.data<T>() : nullptr;
@@ -254,11 +258,21 @@ void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, c
       for (int64_t ch = b; ch < e; ++ch) {
         double sum_gx = 0, sum_g = 0;  // A = Σ g·x, B = Σ g: not needed for an explanation's
         const bool need_sums = pgw || pgb || pm;  // input gradient in eval mode (a pure scaling)
+        // The forward's y (mean 0: x is not centred), for the fused ReLU's mask.
+        const math::BatchNormAffine<T> y(T(0), pi[ch], pw ? pw[ch] : T(1), pb ? pb[ch] : T(0));
         for (int64_t i = 0; i < n && need_sums; ++i) {
           const T *gi = pg + (i * c + ch) * s, *xi = px + (i * c + ch) * s;
           double a = 0, b = 0;  // one partial sum per vector lane (see norm.cpp's sum_of)
+          if (relu) {
 #pragma omp simd reduction(+ : a, b)
-          for (int64_t j = 0; j < s; ++j) a += double(gi[j]) * double(xi[j]), b += double(gi[j]);
+            for (int64_t j = 0; j < s; ++j) {
+              const T gv = gi[j], gm = y(xi[j]) > T(0) ? gv : T(0);
+              a += double(gm) * double(xi[j]), b += double(gm);
+            }
+          } else {
+#pragma omp simd reduction(+ : a, b)
+            for (int64_t j = 0; j < s; ++j) a += double(gi[j]) * double(xi[j]), b += double(gi[j]);
+          }
           sum_gx += a, sum_g += b;
         }
         const double r = double(pi[ch]), gamma = pw ? double(pw[ch]) : 1.0;
@@ -272,9 +286,17 @@ void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, c
         for (int64_t i = 0; i < n; ++i) {
           const T *gi = pg + (i * c + ch) * s, *xi = px + (i * c + ch) * s;
           T* o = pgx + (i * c + ch) * s;
-          if (pm) {
+          if (relu) {
+#pragma omp simd
+            for (int64_t j = 0; j < s; ++j) {
+              const T gv = gi[j], gm = y(xi[j]) > T(0) ? gv : T(0);
+              o[j] = k1 * gm - k2 * (xi[j] - mu);
+            }
+          } else if (pm) {
+#pragma omp simd
             for (int64_t j = 0; j < s; ++j) o[j] = k1 * gi[j] - k2 * (xi[j] - mu);
           } else {
+#pragma omp simd
             for (int64_t j = 0; j < s; ++j) o[j] = k1 * gi[j];
           }
         }

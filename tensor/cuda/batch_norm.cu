@@ -53,8 +53,8 @@ __global__ void stats_kernel(const T* x, Channels d, T* mean, T* var) {
 
 // y = fma(x, scale, shift) of channel c, as the CPU computes it (the ReLU mask depends on it).
 template <class T>
-__device__ T normalized(T x, const T* w, const T* b, const T* mean, const T* invstd, int64_t c) {
-  return math::BatchNormAffine<T>(mean[c], invstd[c], w ? w[c] : T(1), b ? b[c] : T(0))(x);
+__device__ T normalized(T x, const T* w, const T* b, T mean, const T* invstd, int64_t c) {
+  return math::BatchNormAffine<T>(mean, invstd[c], w ? w[c] : T(1), b ? b[c] : T(0))(x);
 }
 
 template <class T>
@@ -62,7 +62,8 @@ __global__ void forward_kernel(const T* x, const T* w, const T* b, const T* mean
                                bool relu, T* out) {
   const int64_t n = d.n * d.c * d.s, step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
-    const T y = normalized(x[i], w, b, mean, invstd, (i / d.s) % d.c);
+    const int64_t c = (i / d.s) % d.c;
+    const T y = normalized(x[i], w, b, mean[c], invstd, c);
     out[i] = relu && y < T(0) ? T(0) : y;  // as relu: NaN stays NaN
   }
 }
@@ -77,7 +78,7 @@ __global__ void grad_sums_kernel(const T* g, const T* x, const T* w, const T* b,
   double sg = 0, sgx = 0;
   for (int64_t k = threadIdx.x; k < count; k += blockDim.x) {
     const int64_t i = ((k / d.s) * d.c + c) * d.s + k % d.s;
-    const double gi = relu && !(normalized(x[i], w, b, mean, invstd, c) > T(0)) ? 0.0 : double(g[i]);
+    const double gi = relu && !(normalized(x[i], w, b, mean[c], invstd, c) > T(0)) ? 0.0 : double(g[i]);
     sg += gi;
     sgx += gi * (double(x[i]) - mu);
   }
@@ -101,22 +102,22 @@ __global__ void grad_x_kernel(const T* g, const T* x, const T* w, const T* bias,
     const double mean_g = training ? sums[2 * c] / count : 0.0;
     const double mean_gx = training ? sums[2 * c + 1] * is / count : 0.0;
     const T a = T(wc * is), b = T(wc * is * is * mean_gx), mg = T(mean_g), m = mean[c];
-    const T gi = relu && !(normalized(x[i], w, bias, mean, invstd, c) > T(0)) ? T(0) : g[i];
+    const T gi = relu && !(normalized(x[i], w, bias, mean[c], invstd, c) > T(0)) ? T(0) : g[i];
     gx[i] = a * (gi - mg) - b * (x[i] - m);
   }
 }
 
 // Block c: A = Σ g·x and B = Σ g of channel c into sums[2c], sums[2c + 1]; grad_w, grad_b.
 template <class T>
-__global__ void uncentered_sums_kernel(const T* g, const T* x, const T* invstd, Channels d, double* sums, T* grad_w,
-                                       T* grad_b) {
+__global__ void uncentered_sums_kernel(const T* g, const T* x, const T* w, const T* bias, const T* invstd, Channels d, bool relu, double* sums, T* grad_w, T* grad_b) {
   __shared__ double scratch[kReduceThreads];
   const int64_t c = blockIdx.x, count = d.n * d.s;
   double sgx = 0, sg = 0;
   for (int64_t k = threadIdx.x; k < count; k += blockDim.x) {
     const int64_t i = ((k / d.s) * d.c + c) * d.s + k % d.s;
-    sgx += double(g[i]) * double(x[i]);
-    sg += double(g[i]);
+    const double gi = relu && !(normalized(x[i], w, bias, T(0), invstd, c) > T(0)) ? 0.0 : double(g[i]);
+    sgx += gi * double(x[i]);
+    sg += gi;
   }
   const double a = block_sum(sgx, scratch), b = block_sum(sg, scratch);
   if (threadIdx.x == 0) {
@@ -128,8 +129,8 @@ __global__ void uncentered_sums_kernel(const T* g, const T* x, const T* invstd, 
 }
 
 template <class T>
-__global__ void uncentered_grad_x_kernel(const T* g, const T* x, const T* w, const T* mean, const T* invstd,
-                                         const double* sums, Channels d, T* gx) {
+__global__ void uncentered_grad_x_kernel(const T* g, const T* x, const T* w, const T* bias, const T* mean, const T* invstd, const double* sums, Channels d, bool relu,
+                                         T* gx) {
   const int64_t n = d.n * d.c * d.s, step = int64_t(gridDim.x) * blockDim.x;
   const double count = double(d.n * d.s);
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
@@ -137,7 +138,8 @@ __global__ void uncentered_grad_x_kernel(const T* g, const T* x, const T* w, con
     const double r = double(invstd[c]), gamma = w ? double(w[c]) : 1.0;
     const T k1 = T(gamma * r), k2 = mean ? T(gamma * r * r * r * sums[2 * c] / count) : T(0);
     const T mu = mean ? mean[c] : T(0);
-    gx[i] = k1 * g[i] - k2 * (x[i] - mu);
+    const T gi = relu && !(normalized(x[i], w, bias, T(0), invstd, c) > T(0)) ? T(0) : g[i];
+    gx[i] = k1 * gi - k2 * (x[i] - mu);
   }
 }
 
@@ -206,8 +208,9 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
 }
 
 void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, const Tensor& weight,
-                                    const Tensor& mean, const Tensor& invstd, bool through_variance,
-                                    const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
+                                    const Tensor& bias, const Tensor& mean, const Tensor& invstd,
+                                    bool through_variance, bool relu, const Tensor& grad_x,
+                                    const Tensor& grad_w, const Tensor& grad_b) {
   const Tensor g = raw_contiguous(grad_in), x = raw_contiguous(x_in);
   const Channels d = channels_of(x);
   if (d.c == 0) return;
@@ -217,16 +220,16 @@ void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, c
   std::shared_ptr<void> sums = allocate(size_t(2 * d.c) * sizeof(double), device);
   dispatch_float(x.dtype(), "cuda batch_norm_uncentered_backward", [&]<class T>() {
     uncentered_sums_kernel<<<unsigned(d.c), kReduceThreads, 0, stream>>>(
-        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()),
-        static_cast<const T*>(invstd.raw_data()), d, static_cast<double*>(sums.get()),
+        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
+        static_cast<const T*>(invstd.raw_data()), d, relu, static_cast<double*>(sums.get()),
         grad_w.defined() ? static_cast<T*>(grad_w.raw_data()) : nullptr,
         grad_b.defined() ? static_cast<T*>(grad_b.raw_data()) : nullptr);
     BCOS_CUDA_CHECK_LAUNCH();
     if (!grad_x.defined() || x.numel() == 0) return;
     uncentered_grad_x_kernel<<<blocks_for(x.numel()), kThreads, 0, stream>>>(
-        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight),
+        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
         through_variance ? static_cast<const T*>(mean.raw_data()) : nullptr, static_cast<const T*>(invstd.raw_data()),
-        static_cast<const double*>(sums.get()), d, static_cast<T*>(grad_x.raw_data()));
+        static_cast<const double*>(sums.get()), d, relu, static_cast<T*>(grad_x.raw_data()));
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }

@@ -303,10 +303,11 @@ TEST_CASE("cuda ops: B-cos conv2d / linear (patch norms, scale, max-out) and unc
           for (const Tensor& t : {y, y2, y3, xd.grad(), wd.grad(), w2d.grad(), xld.grad(), wld.grad()})
             results.push_back(t.to(Device()));
         }
-        for (bool training : {true, false}) {
+        for (int variant = 0; variant < 4; ++variant) {
+          const bool training = variant % 2 == 0, relu = variant >= 2;
           Tensor xd = x.to(dev).requires_grad_(), bw = bn_w.to(dev).requires_grad_(), bb = bn_b.to(dev).requires_grad_();
           Tensor rv = rv0.to(dev).clone();
-          Tensor y = batch_norm_uncentered(xd, rv, bw, bb, training, 0.1, 1e-5);
+          Tensor y = batch_norm_uncentered(xd, rv, bw, bb, training, 0.1, 1e-5, relu);
           sum(y * y * y).backward();
           for (const Tensor& t : {y, xd.grad(), bw.grad(), bb.grad(), rv}) results.push_back(t.to(Device()));
         }

@@ -244,7 +244,7 @@ void load_into(Tensor& param, const Tensor& value) {
 }
 
 // One BatchNormUncentered2d case: forward in the case's mode, gradients, updated statistics.
-void check_bnu(const std::string& name, bool training, bool with_bias, bool explain) {
+void check_bnu(const std::string& name, bool training, bool with_bias, bool explain, bool relu = false) {
   const auto& fx = fixtures();
   nn::BatchNormUncentered2d bn(3, 1e-5, 0.1, with_bias);
   load_into(bn.weight, fx[name + ".weight"]);
@@ -254,7 +254,7 @@ void check_bnu(const std::string& name, bool training, bool with_bias, bool expl
   training ? bn.train() : bn.eval();
   Tensor x = fx[name + ".x"].clone().requires_grad_(true);
   ExplanationModeGuard guard(explain);
-  Tensor y = bn(x);
+  Tensor y = relu ? bn.forward_relu(x) : bn(x);
   sum(y * fx[name + ".gout"]).backward();
   INFO(name, explain ? " (explanation mode)" : "");
   CHECK(golden::relative_error(y.detach(), fx[name + ".out"]) <= 1e-6);
@@ -276,11 +276,17 @@ TEST_CASE("bcos: BatchNormUncentered2d matches the reference (train, eval, no bi
     check_bnu("bnu_nobias_train", true, false, explain);
   }
   check_bnu("bnu_eval", false, true, false);
+  // With the ReLU fused (nn::batch_norm_relu in the B-cosified ResNets).
+  check_bnu("bnu_relu_train", true, true, false, true);
+  check_bnu("bnu_relu_train", true, true, true, true);
+  check_bnu("bnu_relu_eval", false, true, false, true);
   // A plain function of x: gradcheck in f64 (training mode, through the batch variance).
   nn::BatchNormUncentered2d bn(2);
   bn.to(DType::f64);
   expect_gradcheck([&](const std::vector<Tensor>& t) { return bn(t[0]); }, {randn64({3, 2, 2, 2}, 51)},
                    "BatchNormUncentered2d");
+  expect_gradcheck([&](const std::vector<Tensor>& t) { return bn.forward_relu(t[0]); }, {randn64({3, 2, 2, 2}, 52)},
+                   "BatchNormUncentered2d + ReLU");
 }
 
 TEST_CASE("bcos: DetachableLayerNorm and DetachableGELU match the reference") {

@@ -34,6 +34,7 @@ Module cases:
                     .gbias .gx_explain .running_var_after (running_mean is not updated)
   bnu_eval          the same in eval mode.  keys .x .weight .bias .running_mean .running_var .out .gout
                     .gx .gweight .gbias
+  bnu_relu_train, bnu_relu_eval  as bnu_train / bnu_eval with a ReLU after the norm (the same keys).
   bnu_nobias_train  training, no bias.  keys .x .weight .running_mean .running_var .out .gout .gx
                     .gweight .gx_explain .running_var_after
   dln               DetachableLayerNorm over the last dim, x [2,5,8], weight [8] = rand + 0.5, bias [8]
@@ -281,7 +282,7 @@ def conv_cases(out, meta, keep):
         bcos_case(out, meta, keep, name, fn, x, w, bias, params)
 
 
-def bnu_case(out, meta, name, training, has_bias):
+def bnu_case(out, meta, name, training, has_bias, relu=False):
     x = randn(4, 3, 5, 5) + 0.7
     weight = rand(3) + 0.5
     bias = randn(3) if has_bias else None
@@ -292,6 +293,8 @@ def bnu_case(out, meta, name, training, has_bias):
             rm_, rv_ = rm.double().clone(), rv.double().clone()
             y = bn_uncentered2d(x, weight, rest[0] if rest else None, rm_, rv_, training,
                                 explain=explain)
+            if relu:  # bcos.cpp fuses the ResNet block's ReLU into the norm
+                y = torch.relu(y)
             if rm_out is not None:
                 rm_out.append(rm_)
                 rv_out.append(rv_)
@@ -313,7 +316,7 @@ def bnu_case(out, meta, name, training, has_bias):
         _, grads_e = run_grads(fn(True), inputs, gout)
         out[f"{name}.gx_explain"] = f32(grads_e[0])
         out[f"{name}.running_var_after"] = f32(rv_after[0])
-    meta[name] = dict(training=training, bias=has_bias, momentum=0.1, eps=1e-5)
+    meta[name] = dict(training=training, bias=has_bias, momentum=0.1, eps=1e-5, relu=relu)
 
 
 def dln_case(out, meta):
@@ -414,6 +417,8 @@ def main():
     dgelu_case(out, meta)
     bce_case(out, meta)
     agc_case(out, meta)
+    bnu_case(out, meta, "bnu_relu_train", True, True, relu=True)
+    bnu_case(out, meta, "bnu_relu_eval", False, True, relu=True)
     for k, t in out.items():
         assert t.dtype in (torch.float32, torch.int64), k
     path = os.path.join(ROOT, "tests", "golden", "bcos.safetensors")
