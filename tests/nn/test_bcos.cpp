@@ -195,7 +195,8 @@ TEST_CASE("bcos: golden parity of the B-cos conv with the PyTorch reference") {
 }
 
 TEST_CASE("bcos: every golden case of the fixture file is tested") {
-  std::set<std::string> known = {"bnu_train", "bnu_eval", "bnu_nobias_train", "dln", "dgelu", "bce", "agc"};
+  std::set<std::string> known = {"bnu_train", "bnu_eval", "bnu_nobias_train", "bnu_relu_train", "bnu_relu_eval",
+                                 "dln",       "dgelu",    "bce",              "agc"};
   for (const auto& [name, c] : conv_cases()) known.insert(name);
   for (const auto& [name, c] : linear_cases()) known.insert(name);
   for (const std::string& key : fixtures().keys()) {
