@@ -19,6 +19,7 @@
 #include "models/factory.h"
 #include "nn/bcos.h"
 #include "nn/optim.h"
+#include "tensor/parallel.h"
 #include "timing.h"
 
 using namespace bcos;
@@ -36,6 +37,7 @@ int main(int argc, char** argv) {
       else if (a == "--mode") mode = v;
       else if (a == "--seconds") seconds = std::stod(v);
       else if (a == "--device") device = Device(v);
+      else if (a == "--bf16") set_cpu_bf16(v == "1");
       else fail("bench_models: unknown argument ", a);
     }
     BCOS_CHECK(mode == "infer" || mode == "train", "bench_models: --mode infer or train, got ", mode);

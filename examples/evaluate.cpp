@@ -14,6 +14,7 @@
 #include "examples/classifier.h"
 #include "models/factory.h"
 #include "nn/safetensors.h"
+#include "tensor/parallel.h"
 
 using namespace bcos;
 
@@ -24,7 +25,7 @@ int main(int argc, char** argv) {
   examples::ModelArgs m;
   std::string data_path, split = "test", save_logits, save_inputs;
   int64_t batch = 256, limit = 0;
-  bool json = false;
+  bool json = false, bf16 = false;
   int workers = int(std::max(1u, std::thread::hardware_concurrency()));
   examples::model_options(app, m);
   app.add_option("--data", data_path, "WebDataset shards (.tar, brace patterns), a CIFAR-10 binary folder or an ImageFolder")
@@ -36,9 +37,13 @@ int main(int argc, char** argv) {
   app.add_option("--save-logits", save_logits, "write logits [N, classes] and labels [N] here (safetensors), in dataset order");
   app.add_option("--save-inputs", save_inputs, "write the network's inputs [N, 3, H, W] here (safetensors), to check other tools on them");
   app.add_flag("--json", json, "print the result as JSON (progress stays on stderr)");
+  app.add_flag("--bf16", bf16, "CPU: bfloat16 matrix products with float32 sums (AMX; ignored, with a warning, without it)");
   return examples::run(app, argc, argv, [&] {
     const models::ModelSpec spec = models::model_spec(m.arch);
     const Device device = examples::parse_device(m.device);
+    if (bf16 && !cpu_bf16_supported())
+      std::fprintf(stderr, "evaluate: --bf16: this CPU has no AMX-BF16, products stay float32\n");
+    CpuBf16Guard bf16_products(bf16);
     auto model = models::create_model(spec.arch);
     models::load_pretrained(*model, m.weights);
     model->eval();

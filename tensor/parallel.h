@@ -31,6 +31,24 @@ inline int64_t chunk_count(int64_t n, int64_t cost_per_item) {
   return 1;
 }
 
+// bfloat16 matrix products for inference and explanations: while on, every float32 GEMM on the
+// CPU (matmul, linear, convolution -- which then skips Winograd and the implicit column matrix)
+// rounds its operands to bfloat16 and sums in float32 (tensor/cpu/gemm_bf16.cpp). Only where the
+// CPU has AVX-512 BF16: set_cpu_bf16(true) is ignored elsewhere (check cpu_bf16()). Off by default;
+// not meant for training (gradients would be bf16-rounded products too).
+bool cpu_bf16_supported();
+void set_cpu_bf16(bool on);
+bool cpu_bf16();
+struct CpuBf16Guard {
+  explicit CpuBf16Guard(bool on = true) : previous_(cpu_bf16()) { set_cpu_bf16(on); }
+  ~CpuBf16Guard() { set_cpu_bf16(previous_); }
+  CpuBf16Guard(const CpuBf16Guard&) = delete;
+  CpuBf16Guard& operator=(const CpuBf16Guard&) = delete;
+
+ private:
+  bool previous_;
+};
+
 // Splits [0, n) into chunk_count() contiguous chunks and calls fn(chunk, begin, end) for each,
 // in parallel. The split depends only on n and the configured thread count -- never on how many
 // threads OpenMP actually grants -- so every chunk runs, results are reproducible, and `chunk`

@@ -196,7 +196,7 @@ bool winograd_wins(const ConvShape& s, const Conv2dParams& p) {
   const bool shape = s.kh == 3 && s.kw == 3 && s.groups == 1 && p.stride[0] == 1 && p.stride[1] == 1 &&
                      p.padding[0] == 1 && p.padding[1] == 1 && p.dilation[0] == 1 && p.dilation[1] == 1;
   const int64_t channels = std::min(s.c, s.o), area = s.h * s.w;
-  return shape && s.n >= num_threads() && ((channels >= 64 && area >= 28 * 28) || (channels >= 128 && area >= 14 * 14));
+  return shape && !bf16_product(s.o, s.ho * s.wo, s.k) && s.n >= num_threads() && ((channels >= 64 && area >= 28 * 28) || (channels >= 128 && area >= 14 * 14));
 }
 
 // Each pass forms one product over all samples side by side when they have at most this many
@@ -218,7 +218,8 @@ bool implicit_columns_win(const ConvShape& s, const Conv2dParams& p) {
   const int64_t stride = p.stride[0];
   return s.kh == s.kw && s.kh % 2 == 1 && s.kh > 1 && (stride == 1 || stride == 2) && p.stride[1] == stride &&
          p.dilation[0] == 1 && p.dilation[1] == 1 && p.padding[0] == (s.kh - 1) / 2 &&
-         p.padding[1] == (s.kw - 1) / 2 && s.ho * s.wo >= 256 && s.n >= num_threads();
+         p.padding[1] == (s.kw - 1) / 2 && s.ho * s.wo >= 256 && s.n >= num_threads() &&
+         !bf16_product(s.og, s.ho * s.wo, s.k);  // with bf16 products on, im2col feeds AMX instead
 }
 
 // The padded image of implicit_columns_win: `phases` (1, or 4 for stride 2) blocks of Cg planes

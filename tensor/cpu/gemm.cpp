@@ -496,6 +496,7 @@ void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t 
           const float* b, int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc,
           bool accumulate) {
   if (m == 0 || n == 0) return;
+  if (bf16_product(m, n, k) && gemm_bf16(m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate)) return;
 #ifdef BCOS_GEMM_X86
   static const SgemmFn fn = pick_sgemm();
   if (k > 0 && fn) return fn(m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);

@@ -32,6 +32,16 @@ bool gemm_offset_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
 bool gemm_nt_offset_rows(int64_t m, int64_t n, int64_t len, const float* a, int64_t lda, const float* b,
                          const int64_t* b_rows, float* c, int64_t ldc, bool accumulate);
 
+// The float32 product with bfloat16 operands (tensor/cpu/gemm_bf16.cpp): A and B rounded to bf16,
+// products summed in float32. Threads as gemm. False, doing nothing, where the CPU lacks AVX-512 BF16.
+bool gemm_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa, const float* b,
+               int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate);
+// Whether gemm() runs an m x n x k float32 product in bf16: the option is on (set_cpu_bf16) and
+// both sides are 64 or more (one thread, AMX against the float32 kernel: 16 x 1024 x 144 0.42x,
+// 32 x 256 x 288 0.86x, 64 x 64 x 576 1.06x, 128 x 196 x 1152 1.71x, 768 x 197 x 768 3.0x: packing
+// B for few rows of A costs more than the tiles save).
+bool bf16_product(int64_t m, int64_t n, int64_t k);
+
 // The float32 product through one path ("avx512", "avx2" or "eigen"); false (nothing done) when
 // this CPU cannot run it. For tests and benchmarks of each path.
 bool gemm_with(const char* kernel, int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,

@@ -317,6 +317,66 @@ TEST_CASE("kernels: float32 GEMM (each path this CPU runs: AVX-512, AVX2, Eigen)
   CHECK(max_diff(ct.t(), naive_bmm(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0)) < 1e-4);
 }
 
+TEST_CASE("kernels: bf16 GEMM (AMX) is the float64 product of the bf16-rounded operands; set_cpu_bf16 routes matmul and conv2d through it") {
+  if (!cpu_bf16_supported()) {
+    MESSAGE("this CPU has no AMX-BF16: bf16 products not tested");
+    float one = 1;
+    CHECK(!cpu::gemm_bf16(1, 1, 1, &one, 1, 1, &one, 1, 1, &one, 1, 1, false));
+    set_cpu_bf16(true);
+    CHECK(!cpu_bf16());  // ignored
+    return;
+  }
+  manual_seed(8);
+  auto rounded = [](const Tensor& t) { return t.to(kBFloat16).to(kFloat32); };
+  // Sizes straddle the 32 x 32 tiles, the 128-row block and the 512-deep slice (k = 1030: three
+  // slices, so C accumulates across them), odd k (a zero-padded pair).
+  for (auto [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {5, 17, 3}, {33, 31, 33}, {64, 64, 64},
+                         {130, 70, 520}, {300, 49, 1030}}) {
+    for (int layout = 0; layout < 4; ++layout) {
+      CAPTURE(m);
+      CAPTURE(n);
+      CAPTURE(k);
+      CAPTURE(layout);
+      const bool ta = layout & 1, tb = layout & 2;
+      Tensor a = ta ? randn({k, m}).t() : randn({m, k});
+      Tensor b = tb ? randn({n, k}).t() : randn({k, n});
+      Tensor c0 = randn({m, n});
+      for (bool accumulate : {false, true}) {
+        Tensor c = c0.clone();
+        REQUIRE(cpu::gemm_bf16(m, n, k, a.data<float>(), a.stride(0), a.stride(1), b.data<float>(), b.stride(0),
+                               b.stride(1), c.data<float>(), n, 1, accumulate));
+        Tensor expect = naive_bmm(rounded(a).unsqueeze(0), rounded(b).unsqueeze(0)).squeeze(0);
+        if (accumulate) expect = expect + c0.to(kFloat64);
+        // bf16 x bf16 products are exact in float32; only the float32 sums round.
+        CHECK(max_diff(c, expect) < 1e-6 * double(k + 1) * 4.0);
+      }
+    }
+  }
+  // NaN in an operand stays NaN (not rounded into an infinity).
+  Tensor a = randn({40, 64}), b = randn({64, 40}), c = zeros({40, 40});
+  a.data<float>()[3 * 64 + 5] = NAN;
+  cpu::gemm_bf16(40, 40, 64, a.data<float>(), 64, 1, b.data<float>(), 40, 1, c.data<float>(), 40, 1, false);
+  CHECK(std::isnan(c.data<float>()[3 * 40 + 7]));
+  CHECK(!std::isnan(c.data<float>()[4 * 40 + 7]));
+
+  // The switch: matmul and a 64-channel conv2d give the bf16-rounded product, and only under it.
+  Tensor x = randn({96, 80}), w = randn({80, 72});
+  Tensor exact = naive_bmm(x.unsqueeze(0), w.unsqueeze(0)).squeeze(0);
+  Tensor of_rounded = naive_bmm(rounded(x).unsqueeze(0), rounded(w).unsqueeze(0)).squeeze(0);
+  Tensor image = randn({2, 64, 12, 12}), filters = randn({64, 64, 3, 3}) * 0.1;
+  Tensor conv_rounded = conv2d(rounded(image).to(kFloat64), rounded(filters).to(kFloat64), Tensor(), 1, 1);
+  {
+    CpuBf16Guard guard;
+    CHECK(cpu_bf16());
+    Tensor y = matmul(x, w);
+    CHECK(max_diff(y, of_rounded) < 1e-4);
+    CHECK(max_diff(y, exact) > 1e-3);  // the operands really were rounded
+    CHECK(max_diff(conv2d(image, filters, Tensor(), 1, 1), conv_rounded) < 1e-4);
+  }
+  CHECK(!cpu_bf16());
+  CHECK(max_diff(matmul(x, w), exact) < 1e-4);
+}
+
 TEST_CASE("kernels: int64 sums and extremes are exact beyond 2^53") {
   Tensor x = from_vector<int64_t>({(1LL << 60) + 1, 1, -3}, {3});
   CHECK(sum(x).item<int64_t>() == (1LL << 60) - 1);
