@@ -11,8 +11,6 @@
 //   packed B panel (32 columns): bp[(pair * 32 + j) * 2 + h] = bf16 b[2·pair + h][j] -- AMX's
 //   "VNNI" layout: tile row `pair` holds the two k-values of each of 16 columns side by side.
 // Linux hands out AMX state only on request (arch_prctl ARCH_REQ_XCOMP_PERM), made once.
-#include <immintrin.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -20,7 +18,8 @@
 #include <memory>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__linux__)
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #define BCOS_AMX 1
