@@ -63,7 +63,7 @@ void masked_grad_sums(const T* g, const T* x, int64_t n, double mu, math::BatchN
   double sg = 0, sgx = 0;
 #pragma omp simd reduction(+ : sg, sgx)
   for (int64_t j = 0; j < n; ++j) {
-    const T gv = g[j];  // loaded unconditionally: the select below vectorises, a branch would not
+    const T gv = g[j];  // a select between loaded values: vectorised (with -fno-trapping-math, meson.build)
     const double gj = double(y(x[j]) > T(0) ? gv : T(0));
     sg += gj;
     sgx += gj * (double(x[j]) - mu);
