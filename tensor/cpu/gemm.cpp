@@ -56,8 +56,24 @@ void eigen_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t rsa, int64_
 
 #ifdef BCOS_GEMM_X86
 
-constexpr int64_t MC = 144, KC = 256;  // A block: 144 x 256 floats = 144 KiB (L2); a multiple of both MRs
-constexpr int64_t NC = 1024;           // B slice: 256 x 1024 floats = 1 MiB (stays in L2)
+// Blocking: each kernel names its MC (A block height, a multiple of its MR) and KC (the deepest
+// K slice; a product's slices are of equal depth, K split as evenly as KC allows). NC = 1024
+// columns for both. AVX2 (CPUs with 512 KiB L2): A block 144 x 256 floats = 144 KiB. AVX-512
+// (2 MiB L2 here): 288 x 1024 = 1.1 MiB; the 32-wide B panel (up to 128 KiB) then streams from L2
+// rather than sitting in L1, but C is read and written once per slice, and with 256-deep slices
+// that traffic cost more: ViT-B/16 training's linear-layer products, 2 threads, summed over 6
+// steps, MC x KC 144 x 256 14.27 s, 144 x 768 13.44, 288 x 768 13.07, 288 x 1024 13.07, 432 x 768
+// 13.14; bench/models rows all level or faster (ViT-B/16 training 2.63 -> 2.78 img/s, CLIP's text
+// tower 45.1 -> 47.9, ResNet-50 training 9.15 -> 9.42).
+constexpr int64_t NC = 1024;
+// gemm_offset_rows keeps 256-deep slices: its B rows are read in place and stay in L1.
+constexpr int64_t kOffsetRowsKC = 256;
+
+// K split into slices of equal depth, none deeper than kc_max.
+int64_t slice_depth(int64_t k, int64_t kc_max) {
+  const int64_t slices = (k + kc_max - 1) / kc_max;
+  return (k + slices - 1) / slices;
+}
 
 struct AlignedFree {
   void operator()(float* p) const { std::free(p); }
@@ -120,7 +136,7 @@ inline void store_tile_scalar(const float (&tile)[MR][NR], float* c, int64_t rsc
 // The accumulators are named variables, not an array: GCC keeps an array in memory and
 // stores it back every iteration.
 struct Avx2Kernel {
-  static constexpr int64_t MR = 6, NR = 16;
+  static constexpr int64_t MR = 6, NR = 16, MC = 144, KC = 256;
   template <bool kRowOffsets = false>
   __attribute__((target("avx2,fma"))) static void run(int64_t kc, const float* a, int64_t ars, int64_t aks,
                                                      const float* bp, int64_t bks, float* c, int64_t rsc, int64_t csc,
@@ -169,7 +185,7 @@ struct Avx2Kernel {
 };
 
 struct Avx512Kernel {
-  static constexpr int64_t MR = 8, NR = 32;
+  static constexpr int64_t MR = 8, NR = 32, MC = 288, KC = 1024;
   template <bool kRowOffsets = false>
   __attribute__((target("avx512f,fma"))) static void run(int64_t kc, const float* a, int64_t ars, int64_t aks,
                                                         const float* bp, int64_t bks, float* c, int64_t rsc,
@@ -232,11 +248,12 @@ void blocked_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa,
   // packed): packing would cost more than the few passes over it save (CIFAR ResNet's 16-channel
   // convolutions: 114 -> 146 GFLOP/s forward); with more rows the packed copy pays off.
   const bool b_in_place = csb == 1 && m <= 4 * MR;
+  constexpr int64_t MC = Kernel::MC;
   const int64_t nc_max = std::min(NC, (n + NR - 1) / NR * NR);
-  const int64_t kc_max = std::min(KC, k);
-  Buffer bp = aligned_floats(kc_max * nc_max);
+  const int64_t kc_step = slice_depth(k, Kernel::KC);
+  Buffer bp = aligned_floats(kc_step * nc_max);
   std::vector<Buffer> aps;
-  for (int t = 0; t < threads; ++t) aps.push_back(aligned_floats(std::min(MC, (m + MR - 1) / MR * MR) * kc_max));
+  for (int t = 0; t < threads; ++t) aps.push_back(aligned_floats(std::min(MC, (m + MR - 1) / MR * MR) * kc_step));
 
   // Row blocks of equal height (a multiple of MR, at most MC), so no thread gets a short one.
   const int64_t m_blocks = (m + MC - 1) / MC;
@@ -258,8 +275,8 @@ void blocked_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa,
       int64_t col_splits = 1;
       while ((m_blocks * col_splits) % threads != 0 && col_splits < std::min<int64_t>(panels, threads)) ++col_splits;
       const int64_t tasks = m_blocks * col_splits;
-      for (int64_t pc = 0; pc < k; pc += KC) {
-        const int64_t kc = std::min(KC, k - pc);
+      for (int64_t pc = 0; pc < k; pc += kc_step) {
+        const int64_t kc = std::min(kc_step, k - pc);
         const bool acc = accumulate || pc > 0;
 #pragma omp for schedule(static)
         for (int64_t jp = b_in_place ? panels - 1 : 0; jp < panels; ++jp)
@@ -309,8 +326,8 @@ void offset_rows_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t 
   pack_a_block<MR>(a, lda, 1, m, k, ap.get());
   for (int64_t j = 0; j < n; j += NR) {
     const int64_t nr = std::min(NR, n - j);
-    for (int64_t pc = 0; pc < k; pc += KC) {
-      const int64_t kc = std::min(KC, k - pc);
+    for (int64_t pc = 0; pc < k; pc += kOffsetRowsKC) {
+      const int64_t kc = std::min(kOffsetRowsKC, k - pc);
       for (int64_t ir = 0; ir < m; ir += MR)
         Kernel::template run<true>(kc, ap.get() + ir * k + pc * MR, 1, MR, b + j, 0, c + ir * ldc + j, ldc, 1,
                                    std::min(MR, m - ir), nr, pc > 0, b_rows + pc);
@@ -387,7 +404,7 @@ void oriented_sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa
     double work = std::ceil(rows / MR) * MR * std::ceil(cols / NR) * NR * depth / (NR / 2);
     double pack_a = a_cs == 1 ? 0 : 2 * rows * depth;
     double pack_b = (b_cs == 1 ? 0.25 : 2) * depth * cols;
-    double store_c = c_cs == 1 ? 0 : 2 * rows * cols * std::ceil(depth / double(KC));
+    double store_c = c_cs == 1 ? 0 : 2 * rows * cols * std::ceil(depth / double(Kernel::KC));
     return work + pack_a + pack_b + store_c;
   };
   if (cost(double(n), double(m), double(k), rsb, rsa, rsc) < cost(double(m), double(n), double(k), csa, csb, csc))
