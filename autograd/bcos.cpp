@@ -8,6 +8,8 @@
 //   scale:       ∂y/∂v = s + (b − 1)(|u| + 1e-6)^(b−2) |u|,  ∂y/∂n = −(b − 1)(|u| + 1e-6)^(b−2) |u| v / n
 //                (u = v / n; for b = 2: 2|v| / n and −|v| v / n²)
 // In explanation mode s is a constant: ∂y/∂v = s, and no gradient reaches the norm.
+// An epilogue (BcosEpilogue: y · a + c, + ReLU) multiplies the incoming gradient by a (zero where
+// the ReLU was off) before the scale's backward, inside the same kernel pass.
 #include "autograd/dispatch.h"
 #include "autograd/ops.h"
 
@@ -54,7 +56,7 @@ Tensor bcos_patch_sumsq(const Tensor& x, IntPair kernel, IntPair stride, IntPair
 }
 
 Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_out,
-                  double eps_in, double eps_out) {
+                  double eps_in, double eps_out, const BcosEpilogue& post) {
   const char* op = "bcos_scale";
   check_defined(op, lin, "linear output");
   check_float(op, lin);
@@ -75,7 +77,18 @@ Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_
                ": squared norms ", sumsq.shape(), " do not fit the linear output ", lin.shape(),
                " (need [N, G, *] with G dividing the ", outputs, " output channels)");
   }
-  if (!scaled && max_out == 1) return lin;
+  const bool has_post = post.scale.defined() || post.shift.defined();
+  if (has_post) {
+    for (const Tensor* t : {&post.scale, &post.shift}) {
+      BCOS_CHECK(t->defined() && t->dim() == 1 && t->size(0) == outputs, op, ": the epilogue's scale and shift must both be [",
+                 outputs, "] (one per output channel), got ", t->defined() ? str(t->shape()) : std::string("undefined"));
+      check_same_dtype(op, lin, *t);
+      check_same_device(op, lin, *t);
+      BCOS_CHECK(!(t->requires_grad() && grad_enabled()), op,
+                 ": the epilogue's scale and shift are constants; they cannot require grad");
+    }
+  }
+  if (!scaled && max_out == 1 && !has_post) return lin;
   Shape out_shape = lin.shape();
   out_shape[1] = outputs;
   // Kernels see [N, O·M, S]: all trailing dims flattened.
@@ -89,13 +102,15 @@ Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_
   }
   auto as3 = [n, spatial](const Tensor& t, int64_t c) { return t.alias({n, c, spatial}, {c * spatial, spatial, 1}, t.offset()); };
   BcosScaleParams p;
-  p.b = b, p.max_out = max_out, p.eps_in = eps_in, p.eps_out = eps_out;
-  kernel::bcos_scale_forward(as3(l, lin.size(1)), scaled ? as3(q, q.size(1)) : Tensor(), p,
+  p.b = b, p.max_out = max_out, p.eps_in = eps_in, p.eps_out = eps_out, p.relu = has_post && post.relu;
+  const Tensor post_scale = has_post ? post.scale.contiguous() : Tensor();
+  const Tensor post_shift = has_post ? post.shift.contiguous() : Tensor();
+  kernel::bcos_scale_forward(as3(l, lin.size(1)), scaled ? as3(q, q.size(1)) : Tensor(), p, post_scale, post_shift,
                           as3(out, outputs), max_out > 1 ? as3(value, outputs) : Tensor(),
                           max_out > 1 ? as3(argmax, outputs) : Tensor());
   if (needs_graph({lin, sumsq})) {
     const bool explain = explanation_mode();
-    SavedTensor sv(value), sq(q), sa(argmax);
+    SavedTensor sv(value), sq(q), sa(argmax), s_post_scale(post_scale), s_post_shift(post_shift);
     const Shape lin_shape = lin.shape();
     const int64_t groups = scaled ? q.size(1) : 1, channels = lin.size(1);
     record("BcosScaleBackward", out, {lin, sumsq}, [=](const Tensor& g, const std::vector<bool>& need) {
@@ -107,7 +122,8 @@ Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_
                                as3(sv.get(), max_out > 1 ? outputs : channels),
                                scaled ? sq.get().alias({n, groups, spatial}, {groups * spatial, spatial, 1}, sq.get().offset()) : Tensor(),
                                max_out > 1 ? sa.get().alias({n, outputs, spatial}, {outputs * spatial, spatial, 1}, sa.get().offset()) : Tensor(),
-                               p, explain, gl.alias({n, channels, spatial}, {channels * spatial, spatial, 1}, 0), gq);
+                               p, s_post_scale.get(), s_post_shift.get(), explain,
+                               gl.alias({n, channels, spatial}, {channels * spatial, spatial, 1}, 0), gq);
       if (gq.defined()) {
         Shape qs = lin_shape;
         qs[1] = groups;
@@ -120,15 +136,16 @@ Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_
 }
 
 Tensor bcos_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, IntPair stride,
-                   IntPair padding, IntPair dilation, int64_t groups, double b, int64_t max_out) {
+                   IntPair padding, IntPair dilation, int64_t groups, double b, int64_t max_out,
+                   const BcosEpilogue& post) {
   BCOS_CHECK(!weight.defined() || weight.dim() != 4 || weight.size(0) % (max_out * groups) == 0,
              "bcos_conv2d: weight ", weight.shape(), " has ", weight.size(0),
              " output channels, which must be a multiple of max_out (", max_out,
              ") times groups (", groups, ")");
   Tensor lin = conv2d(x, weight, bias, stride, padding, dilation, groups);
-  if (b == 1) return bcos_scale(lin, Tensor(), b, max_out, 0, 0);
+  if (b == 1) return bcos_scale(lin, Tensor(), b, max_out, 0, 0, post);
   Tensor sumsq = bcos_patch_sumsq(x, {weight.size(2), weight.size(3)}, stride, padding, dilation, groups);
-  return bcos_scale(lin, sumsq, b, max_out, 1e-6, 0);
+  return bcos_scale(lin, sumsq, b, max_out, 1e-6, 0, post);
 }
 
 Tensor bcos_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, double b,

@@ -152,11 +152,19 @@ Tensor pad(const Tensor& x, const std::vector<int64_t>& pads, double value = 0.0
 // layers); bias (optional) is part of the linear map. max_out M: the weight has O·M output rows
 // and each output is the max of M consecutive ones. b = 1 gives the (max-out) linear map.
 // In explanation mode (ExplanationModeGuard) the scale is a constant in backward.
+// BcosEpilogue: a per-output-channel map y -> y · scale + shift (scale, shift [O], constants that
+// take no gradient), then ReLU when relu -- an evaluation-mode batch norm (+ ReLU) folded into the
+// scale pass (nn::conv_bn builds it), the same bits as the separate ops, one pass fewer over
+// the activation each way.
+struct BcosEpilogue {
+  Tensor scale, shift;
+  bool relu = false;
+};
 Tensor bcos_linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
                    double b = 2, int64_t max_out = 1);  // x [..., K], weight [O·M, K]
 Tensor bcos_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
                    IntPair stride = 1, IntPair padding = 0, IntPair dilation = 1,
-                   int64_t groups = 1, double b = 2, int64_t max_out = 1);
+                   int64_t groups = 1, double b = 2, int64_t max_out = 1, const BcosEpilogue& post = {});
 // The two fused passes they are made of. bcos_patch_sumsq: x [N, C, H, W] -> [N, G, Ho, Wo], the
 // sum of x² over each group's channels and the window's (dilated, zero-padded) taps.
 Tensor bcos_patch_sumsq(const Tensor& x, IntPair kernel, IntPair stride = 1, IntPair padding = 0,
@@ -164,7 +172,7 @@ Tensor bcos_patch_sumsq(const Tensor& x, IntPair kernel, IntPair stride = 1, Int
 // lin [N, O·M, *], sumsq [N, G, *] -> [N, O, *]: max-out, then y = s · v with the norm
 // n = sqrt(sumsq + eps_in) + eps_out. sumsq may be undefined when b = 1.
 Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_out,
-                  double eps_in, double eps_out);
+                  double eps_in, double eps_out, const BcosEpilogue& post = {});
 // Batch norm without centring: y = weight · x / sqrt(var + eps) + bias, var the (centred, biased)
 // batch variance in training -- running_var (when defined) then moves towards that same biased
 // variance with momentum, as the B-cosification authors' layer does -- else the running variance.

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "autograd/ops.h"
+#include "nn/bcos.h"
 #include "nn/init.h"
 
 namespace bcos::models {
@@ -91,9 +92,9 @@ ClipBottleneck::ClipBottleneck(int64_t inplanes, int64_t planes, int64_t stride)
 }
 
 Tensor ClipBottleneck::forward(const Tensor& x) {
-  Tensor out = nn::batch_norm_relu(*bn1, *relu1, (*conv1)(x));
-  out = nn::batch_norm_relu(*bn2, *relu2, (*conv2)(out));
-  out = (*bn3)((*conv3)((*avgpool)(out)));
+  Tensor out = nn::conv_bn(*conv1, *bn1, relu1.get(), x);
+  out = nn::conv_bn(*conv2, *bn2, relu2.get(), out);
+  out = nn::conv_bn(*conv3, *bn3, nullptr, (*avgpool)(out));
   return (*relu3)(out + (downsample ? (*downsample)(x) : x));
 }
 
@@ -169,9 +170,9 @@ Tensor ModifiedResNet::features(const Tensor& x) {
   BCOS_CHECK(x.dim() == 4 && x.size(1) == in_channels && x.size(2) == input_resolution && x.size(3) == input_resolution,
              "ModifiedResNet: expected images [N, ", in_channels, ", ", input_resolution, ", ", input_resolution,
              "], got ", x.shape());
-  Tensor h = nn::batch_norm_relu(*bn1, *relu1, (*conv1)(x));
-  h = nn::batch_norm_relu(*bn2, *relu2, (*conv2)(h));
-  h = (*avgpool)(nn::batch_norm_relu(*bn3, *relu3, (*conv3)(h)));
+  Tensor h = nn::conv_bn(*conv1, *bn1, relu1.get(), x);
+  h = nn::conv_bn(*conv2, *bn2, relu2.get(), h);
+  h = (*avgpool)(nn::conv_bn(*conv3, *bn3, relu3.get(), h));
   for (const auto& stage : stages) h = (*stage)(h);
   return h;
 }

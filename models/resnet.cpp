@@ -1,6 +1,7 @@
 // torchvision's ResNets and the CIFAR ResNets (see resnet.h).
 #include "models/resnet.h"
 
+#include "nn/bcos.h"
 #include "nn/init.h"
 
 namespace bcos::models {
@@ -36,8 +37,8 @@ BasicBlock::BasicBlock(int64_t inplanes, int64_t planes, int64_t stride, std::sh
 }
 
 Tensor BasicBlock::forward(const Tensor& x) {
-  Tensor out = nn::batch_norm_relu(*bn1, *relu, (*conv1)(x));
-  out = (*bn2)((*conv2)(out));
+  Tensor out = nn::conv_bn(*conv1, *bn1, relu.get(), x);
+  out = nn::conv_bn(*conv2, *bn2, nullptr, out);
   return (*relu)(out + (downsample ? (*downsample)(x) : x));
 }
 
@@ -56,9 +57,9 @@ Bottleneck::Bottleneck(int64_t inplanes, int64_t planes, int64_t stride, std::sh
 }
 
 Tensor Bottleneck::forward(const Tensor& x) {
-  Tensor out = nn::batch_norm_relu(*bn1, *relu, (*conv1)(x));
-  out = nn::batch_norm_relu(*bn2, *relu, (*conv2)(out));
-  out = (*bn3)((*conv3)(out));
+  Tensor out = nn::conv_bn(*conv1, *bn1, relu.get(), x);
+  out = nn::conv_bn(*conv2, *bn2, relu.get(), out);
+  out = nn::conv_bn(*conv3, *bn3, nullptr, out);
   return (*relu)(out + (downsample ? (*downsample)(x) : x));
 }
 
@@ -104,7 +105,7 @@ std::shared_ptr<nn::Sequential> ResNet::make_stage(bool bottleneck, int64_t plan
 
 Tensor ResNet::features(const Tensor& x) {
   BCOS_CHECK(x.dim() == 4, "ResNet: expected images [N, C, H, W], got ", x.shape());
-  Tensor y = (*maxpool)(nn::batch_norm_relu(*bn1, *relu, (*conv1)(x)));
+  Tensor y = (*maxpool)(nn::conv_bn(*conv1, *bn1, relu.get(), x));
   for (auto& stage : stages) y = stage->forward(y);
   return y;
 }
@@ -141,8 +142,8 @@ CifarBasicBlock::CifarBasicBlock(int64_t in_planes, int64_t planes, int64_t stri
 }
 
 Tensor CifarBasicBlock::forward(const Tensor& x) {
-  Tensor out = nn::batch_norm_relu(*bn1, *relu1, (*conv1)(x));
-  out = (*bn2)((*conv2)(out));
+  Tensor out = nn::conv_bn(*conv1, *bn1, relu1.get(), x);
+  out = nn::conv_bn(*conv2, *bn2, nullptr, out);
   return (*relu2)(out + (*shortcut)(x));
 }
 
@@ -172,7 +173,7 @@ CifarResNet::CifarResNet(int64_t depth, int64_t num_classes) : nn::Module("ResNe
 
 Tensor CifarResNet::features(const Tensor& x) {
   BCOS_CHECK(x.dim() == 4, "CIFAR ResNet: expected images [N, C, H, W], got ", x.shape());
-  Tensor y = nn::batch_norm_relu(*bn1, *relu, (*conv1)(x));
+  Tensor y = nn::conv_bn(*conv1, *bn1, relu.get(), x);
   for (auto& stage : stages) y = stage->forward(y);
   return y;
 }

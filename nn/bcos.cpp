@@ -2,8 +2,11 @@
 #include "nn/bcos.h"
 
 #include <cmath>
+#include <typeinfo>
 
 #include "nn/init.h"
+#include "nn/layers.h"
+#include "nn/norm.h"
 
 namespace bcos::nn {
 
@@ -79,6 +82,13 @@ Tensor BcosConv2d::forward(const Tensor& x) {
                      options.groups, options.bcos.b, options.bcos.max_out);
 }
 
+Tensor BcosConv2d::forward_with(const Tensor& x, const BcosEpilogue& post) {
+  BCOS_CHECK(x.dim() == 4 && x.size(1) == in_channels, "BcosConv2d(", in_channels, " -> ", out_channels,
+             "): expected input [N, ", in_channels, ", H, W], got ", x.shape());
+  return bcos_conv2d(x, effective_weight(), bias, options.stride, options.padding, options.dilation,
+                     options.groups, options.bcos.b, options.bcos.max_out, post);
+}
+
 std::string BcosConv2d::describe() const {
   std::string s = str(in_channels, ", ", out_channels, ", kernel_size=(", kernel_size.h, ", ", kernel_size.w,
                       "), stride=(", options.stride.h, ", ", options.stride.w, ")");
@@ -110,6 +120,28 @@ Tensor BatchNormUncentered2d::run(const Tensor& x, bool relu) {
     num_batches_tracked.add_(ones({}, TensorOptions(DType::i64, num_batches_tracked.device())));
   }
   return batch_norm_uncentered(x, running_var, weight, bias, training_, momentum, eps, relu);
+}
+
+std::optional<BcosEpilogue> BatchNormUncentered2d::eval_epilogue(bool relu) const {
+  auto wants_grad = [](const Tensor& t) { return t.defined() && t.requires_grad() && grad_enabled(); };
+  if (training_ || wants_grad(weight) || wants_grad(bias)) return std::nullopt;
+  NoGradGuard no_grad;
+  // As batch_norm_uncentered in evaluation: invstd = rsqrt(running_var + eps), scale = invstd · γ.
+  const Tensor invstd = rsqrt(add(running_var.detach(), eps));
+  BcosEpilogue post;
+  post.scale = weight.defined() ? invstd * weight.detach() : invstd;
+  post.shift = bias.defined() ? bias.detach() : zeros({num_features}, {invstd.dtype(), invstd.device()});
+  post.relu = relu;
+  return post;
+}
+
+Tensor conv_bn(Module& conv, Module& bn, Module* relu, const Tensor& x) {
+  const bool plain_relu = relu == nullptr || typeid(*relu) == typeid(ReLU);
+  if (plain_relu && typeid(conv) == typeid(BcosConv2d) && typeid(bn) == typeid(BatchNormUncentered2d)) {
+    if (auto post = static_cast<BatchNormUncentered2d&>(bn).eval_epilogue(relu != nullptr))
+      return static_cast<BcosConv2d&>(conv).forward_with(x, *post);
+  }
+  return relu ? batch_norm_relu(bn, *relu, conv(x)) : bn(conv(x));
 }
 
 std::string BatchNormUncentered2d::describe() const {

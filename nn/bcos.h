@@ -45,6 +45,8 @@ class BcosConv2d : public Module {
  public:
   BcosConv2d(int64_t in_channels, int64_t out_channels, IntPair kernel_size, BcosConv2dOptions options = {});
   Tensor forward(const Tensor& x) override;
+  // forward(x) with an epilogue folded into its scale pass (see bcos_conv2d).
+  Tensor forward_with(const Tensor& x, const BcosEpilogue& post);
   std::string describe() const override;
   Tensor effective_weight() const;
   Tensor weight, bias;
@@ -63,6 +65,10 @@ class BatchNormUncentered2d : public Module {
   explicit BatchNormUncentered2d(int64_t num_features, double eps = 1e-5, double momentum = 0.1, bool bias = true);
   Tensor forward(const Tensor& x) override;
   Tensor forward_relu(const Tensor& x);  // relu(forward(x)), fused
+  // In evaluation mode, with no gradient wanted for weight or bias, the layer is a fixed
+  // per-channel map: returned as an epilogue (scale γ / sqrt(running_var + eps), formed as the
+  // forward forms it, shift β) for a B-cos layer to apply in its scale pass; nullopt otherwise.
+  std::optional<BcosEpilogue> eval_epilogue(bool relu) const;
   std::string describe() const override;
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   int64_t num_features;
@@ -71,6 +77,13 @@ class BatchNormUncentered2d : public Module {
  private:
   Tensor run(const Tensor& x, bool relu);
 };
+
+// bn(conv(x)), or relu(bn(conv(x))) when relu is given: the B-cos ResNet's conv → batch norm
+// (→ ReLU). A BcosConv2d followed by an evaluation-mode BatchNormUncentered2d (and a plain ReLU)
+// runs as one B-cos conv with the batch norm folded into its scale pass (explanations and
+// inference: one pass fewer over the activation each way, the same output bits); anything else
+// runs the modules one after the other (nn::batch_norm_relu for bn → relu).
+Tensor conv_bn(Module& conv, Module& bn, Module* relu, const Tensor& x);
 
 // LayerNorm over the last dim whose 1 / sqrt(var + eps) is detached in explanation mode (the
 // mean is still subtracted: that part is linear).

@@ -91,14 +91,16 @@ inline void bcos_patch_sumsq_backward(const Tensor& grad, const Tensor& x, int64
                                       const Tensor& grad_x) {
   BCOS_DISPATCH(grad, bcos_patch_sumsq_backward(grad, x, groups, p, grad_x));
 }
-inline void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleParams& p, const Tensor& out,
+inline void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleParams& p,
+                               const Tensor& post_scale, const Tensor& post_shift, const Tensor& out,
                                const Tensor& value, const Tensor& argmax) {
-  BCOS_DISPATCH(lin, bcos_scale_forward(lin, sumsq, p, out, value, argmax));
+  BCOS_DISPATCH(lin, bcos_scale_forward(lin, sumsq, p, post_scale, post_shift, out, value, argmax));
 }
 inline void bcos_scale_backward(const Tensor& grad, const Tensor& value, const Tensor& sumsq, const Tensor& argmax,
-                                const BcosScaleParams& p, bool explain, const Tensor& grad_lin,
-                                const Tensor& grad_sumsq) {
-  BCOS_DISPATCH(grad, bcos_scale_backward(grad, value, sumsq, argmax, p, explain, grad_lin, grad_sumsq));
+                                const BcosScaleParams& p, const Tensor& post_scale, const Tensor& post_shift,
+                                bool explain, const Tensor& grad_lin, const Tensor& grad_sumsq) {
+  BCOS_DISPATCH(grad, bcos_scale_backward(grad, value, sumsq, argmax, p, post_scale, post_shift, explain, grad_lin,
+                                          grad_sumsq));
 }
 inline void batch_norm_uncentered_backward(const Tensor& grad, const Tensor& x, const Tensor& weight,
                                            const Tensor& bias, const Tensor& mean, const Tensor& invstd,

@@ -48,6 +48,9 @@ struct BcosScaleParams {
   double b = 2;
   int64_t max_out = 1;
   double eps_in = 0, eps_out = 0;  // n = sqrt(sumsq + eps_in) + eps_out
+  // Epilogue (the kernels' post_scale / post_shift, per output channel): y -> y · a + c, then
+  // max(·, 0) when relu — an evaluation-mode batch norm (+ ReLU) after the B-cos layer.
+  bool relu = false;
 };
 
 // One optimizer step (tensor/optim_math.h), PyTorch's single-tensor update rules.

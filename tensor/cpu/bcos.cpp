@@ -5,7 +5,9 @@
 //   batch_norm_uncentered_backward: the backward of y = γ · x / sqrt(var + eps) (+ β), optionally
 //                 followed by a ReLU (the gradient masked where y ≤ 0).
 //   bcos_scale:   max-out over M consecutive channels, then y = s · v with
-//                 s = |v| / n (b = 2) or (|v / n| + 1e-6)^(b − 1), n = sqrt(sumsq + eps_in) + eps_out.
+//                 s = |v| / n (b = 2) or (|v / n| + 1e-6)^(b − 1), n = sqrt(sumsq + eps_in) + eps_out;
+//                 optionally an epilogue y · a + c (+ ReLU) per channel: an evaluation-mode batch
+//                 norm folded in, which saves a pass over the activation each way.
 // Layouts: x [N, C, H, W] (any strides), sums [N, G, Ho, Wo]; lin [N, O·M, S], sums [N, G, S],
 // out / value / argmax [N, O, S], all contiguous.
 #include <cmath>
@@ -139,6 +141,36 @@ void scale_forward(const T* v, const T* inv, int64_t s, double b, T* y) {
   for (int64_t j = 0; j < s; ++j) y[j] = std::pow(std::abs(v[j]) * inv[j] + T(1e-6), e) * v[j];
 }
 
+// The epilogue of one output channel's plane, in place: y = fma(y, a, c), then max(y, 0) under
+// relu (NaN kept, as relu) — the fma batch_norm_forward computes with scale a and shift c, so a
+// fused evaluation-mode batch norm gives the unfused bits.
+template <class T>
+void epilogue(T* y, int64_t s, T a, T c, bool relu) {
+  if (relu) {
+#pragma omp simd
+    for (int64_t j = 0; j < s; ++j) {
+      const T z = math::Math<T>::fma(y[j], a, c);
+      y[j] = z < T(0) ? T(0) : z;
+    }
+    return;
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < s; ++j) y[j] = math::Math<T>::fma(y[j], a, c);
+}
+
+// g' = g · a, zeroed under relu where the forward's fma(y, a, c) ≤ 0; y holds the forward's
+// pre-epilogue output, recomputed by the forward's own code.
+template <class T>
+void epilogue_grad(const T* g, const T* y, int64_t s, T a, T c, bool relu, T* out) {
+  if (relu) {
+#pragma omp simd
+    for (int64_t j = 0; j < s; ++j) out[j] = math::Math<T>::fma(y[j], a, c) > T(0) ? g[j] * a : T(0);
+    return;
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < s; ++j) out[j] = g[j] * a;
+}
+
 // gv = g · ∂y/∂v (or g · s in explanation mode); gq += g · ∂y/∂n · ∂n/∂sumsq unless explaining
 // or gq is null (the norm needs no gradient).
 //   b = 2:  ∂y/∂v = 2|v| / n,  ∂y/∂n = −|v| v / n²
@@ -173,12 +205,15 @@ void scale_backward(const T* g, const T* v, const T* inv, const T* root, int64_t
 }  // namespace
 
 void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleParams& p,
-                        const Tensor& out, const Tensor& value, const Tensor& argmax) {
+                        const Tensor& post_scale, const Tensor& post_shift, const Tensor& out,
+                        const Tensor& value, const Tensor& argmax) {
   const int64_t n = out.size(0), o = out.size(1), s = out.size(2), m = p.max_out;
   const int64_t groups = sumsq.defined() ? sumsq.size(1) : 1, per_group = o / groups;
   dispatch_float(lin.dtype(), "bcos_scale", [&]<class T>() {
     const T* pl = lin.data<T>();
     const T* pq = sumsq.defined() ? sumsq.data<T>() : nullptr;
+    const T* pa_post = post_scale.defined() ? post_scale.data<T>() : nullptr;
+    const T* pc_post = post_shift.defined() ? post_shift.data<T>() : nullptr;
     T* py = out.data<T>();
     T* pv = m > 1 ? value.data<T>() : nullptr;  // M = 1: the value is lin itself
     uint8_t* pa = m > 1 ? argmax.data<uint8_t>() : nullptr;
@@ -195,6 +230,7 @@ void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleP
           }
           if (pq) scale_forward(v, inv.data(), s, p.b, py + no * s);
           else std::copy(v, v + s, py + no * s);
+          if (pa_post) epilogue(py + no * s, s, pa_post[no % o], pc_post[no % o], p.relu);
         }
       }
     });
@@ -202,8 +238,9 @@ void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleP
 }
 
 void bcos_scale_backward(const Tensor& grad_in, const Tensor& value, const Tensor& sumsq,
-                         const Tensor& argmax, const BcosScaleParams& p, bool explain,
-                         const Tensor& grad_lin, const Tensor& grad_sumsq) {
+                         const Tensor& argmax, const BcosScaleParams& p, const Tensor& post_scale,
+                         const Tensor& post_shift, bool explain, const Tensor& grad_lin,
+                         const Tensor& grad_sumsq) {
   Tensor grad = raw_contiguous(grad_in);
   const int64_t n = grad.size(0), o = grad.size(1), s = grad.size(2), m = p.max_out;
   const int64_t groups = sumsq.defined() ? sumsq.size(1) : 1, per_group = o / groups;
@@ -214,9 +251,12 @@ void bcos_scale_backward(const Tensor& grad_in, const Tensor& value, const Tenso
     const uint8_t* pa = m > 1 ? argmax.data<uint8_t>() : nullptr;
     T* pgl = grad_lin.data<T>();
     T* pgq = grad_sumsq.defined() ? grad_sumsq.data<T>() : nullptr;
+    const T* pa_post = post_scale.defined() ? post_scale.data<T>() : nullptr;
+    const T* pc_post = post_shift.defined() ? post_shift.data<T>() : nullptr;
     // One task per (sample, group): the group's channels all add into the same norm gradient.
     parallel_for(n * groups, per_group * s * m * 4, [&](int64_t b, int64_t e) {
       std::vector<T> root(pq ? size_t(s) : 0), inv(pq ? size_t(s) : 0), gv(m > 1 ? size_t(s) : 0);
+      std::vector<T> y(pa_post ? size_t(s) : 0), gpost(pa_post ? size_t(s) : 0);
       for (int64_t ng = b; ng < e; ++ng) {
         T* gq = pgq ? pgq + ng * s : nullptr;
         if (pq) norms_of(pq + ng * s, s, p, root.data(), inv.data());
@@ -224,6 +264,13 @@ void bcos_scale_backward(const Tensor& grad_in, const Tensor& value, const Tenso
         for (int64_t c = 0; c < per_group; ++c) {
           const int64_t no = ng * per_group + c;
           const T* g = pg + no * s;
+          if (pa_post) {
+            const T* v = pv + no * s;
+            if (pq) scale_forward(v, inv.data(), s, p.b, y.data());
+            else std::copy(v, v + s, y.data());
+            epilogue_grad(g, y.data(), s, pa_post[no % o], pc_post[no % o], p.relu, gpost.data());
+            g = gpost.data();
+          }
           T* gl = pgl + no * m * s;
           T* target = m > 1 ? gv.data() : gl;  // M > 1: scattered to the winners below
           if (pq) scale_backward(g, pv + no * s, inv.data(), root.data(), s, p.b, explain, target, gq);

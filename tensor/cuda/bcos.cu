@@ -9,6 +9,7 @@
 
 #include "tensor/copy.h"
 #include "tensor/cuda/internal.h"
+#include "tensor/elementwise_math.h"
 #include "tensor/pool_math.h"
 
 namespace bcos::cuda {
@@ -79,9 +80,19 @@ __device__ __forceinline__ int64_t sumsq_index(int64_t no, int64_t j, const Scal
   return (sample * d.groups + group) * d.s + j;
 }
 
+// The scaled output of value v at (no, j), before any epilogue; the backward recomputes it with
+// this same code for the epilogue's ReLU mask.
 template <class T>
-__global__ void scale_forward_kernel(const T* lin, const T* sumsq, BcosScaleParams p, ScaleShape d, T* out, T* value,
-                                     uint8_t* argmax) {
+__device__ __forceinline__ T scaled(T v, const T* sumsq, int64_t no, int64_t j, const BcosScaleParams& p,
+                                    const ScaleShape& d) {
+  if (!sumsq) return v;
+  const T inv = T(1) / (sqrt(sumsq[sumsq_index(no, j, d)] + T(p.eps_in)) + T(p.eps_out));
+  return p.b == 2 ? fabs(v) * v * inv : pow(fabs(v) * inv + T(1e-6), T(p.b - 1)) * v;
+}
+
+template <class T>
+__global__ void scale_forward_kernel(const T* lin, const T* sumsq, BcosScaleParams p, const T* post_scale,
+                                     const T* post_shift, ScaleShape d, T* out, T* value, uint8_t* argmax) {
   BCOS_GRID_LOOP(i, d.n * d.o * d.s) {
     const int64_t no = i / d.s, j = i % d.s;
     const T* l = lin + no * d.m * d.s + j;
@@ -90,12 +101,13 @@ __global__ void scale_forward_kernel(const T* lin, const T* sumsq, BcosScalePara
     for (int64_t k = 1; k < d.m; ++k)
       if (l[k * d.s] > v) v = l[k * d.s], win = uint8_t(k);
     if (d.m > 1) value[i] = v, argmax[i] = win;
-    if (!sumsq) {
-      out[i] = v;
-      continue;
+    T y = scaled(v, sumsq, no, j, p, d);
+    if (post_scale) {
+      const int64_t c = no % d.o;
+      y = math::Math<T>::fma(y, post_scale[c], post_shift[c]);
+      if (p.relu) y = y < T(0) ? T(0) : y;  // as relu: NaN stays NaN
     }
-    const T inv = T(1) / (sqrt(sumsq[sumsq_index(no, j, d)] + T(p.eps_in)) + T(p.eps_out));
-    out[i] = p.b == 2 ? fabs(v) * v * inv : pow(fabs(v) * inv + T(1e-6), T(p.b - 1)) * v;
+    out[i] = y;
   }
 }
 
@@ -110,14 +122,19 @@ __device__ __forceinline__ int64_t scale_element(int64_t unit, int64_t c, const 
 // grad_lin (zeroed first when M > 1) and grad_sumsq (zeroed first) from grad [N, O, S].
 template <class T>
 __global__ void scale_backward_kernel(const T* grad, const T* value, const T* sumsq, const uint8_t* argmax,
-                                      BcosScaleParams p, bool explain, ScaleShape d, T* grad_lin, T* grad_sumsq,
-                                      bool ordered) {
+                                      BcosScaleParams p, const T* post_scale, const T* post_shift, bool explain,
+                                      ScaleShape d, T* grad_lin, T* grad_sumsq, bool ordered) {
   const int64_t per = ordered ? d.per_group : 1, units = d.n * d.o * d.s / per;
   BCOS_GRID_LOOP(unit, units)
   for (int64_t c = 0; c < per; ++c) {
     const int64_t i = scale_element(unit, c, d, ordered);
     const int64_t no = i / d.s, j = i % d.s;
-    const T g = grad[i];
+    T g = grad[i];
+    if (post_scale) {
+      const T a = post_scale[no % d.o];
+      const bool live = !p.relu || math::Math<T>::fma(scaled(value[i], sumsq, no, j, p, d), a, post_shift[no % d.o]) > T(0);
+      g = live ? g * a : T(0);
+    }
     T gv = g;
     if (sumsq) {
       const int64_t q = sumsq_index(no, j, d);
@@ -189,8 +206,8 @@ void bcos_patch_sumsq_backward(const Tensor& grad_in, const Tensor& x_in, int64_
   });
 }
 
-void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleParams& p, const Tensor& out,
-                        const Tensor& value, const Tensor& argmax) {
+void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleParams& p, const Tensor& post_scale,
+                        const Tensor& post_shift, const Tensor& out, const Tensor& value, const Tensor& argmax) {
   const int64_t groups = sumsq.defined() ? sumsq.size(1) : 1;
   const ScaleShape d{out.size(0), out.size(1), out.size(2), p.max_out, groups, out.size(1) / groups};
   if (out.numel() == 0) return;
@@ -200,14 +217,17 @@ void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleP
   dispatch_float(lin.dtype(), "cuda bcos_scale", [&]<class T>() {
     scale_forward_kernel<<<blocks_for(out.numel()), kThreads, 0, stream>>>(
         static_cast<const T*>(lin.raw_data()), sumsq.defined() ? static_cast<const T*>(sumsq.raw_data()) : nullptr, p,
-        d, static_cast<T*>(out.raw_data()), d.m > 1 ? static_cast<T*>(value.raw_data()) : nullptr,
+        post_scale.defined() ? static_cast<const T*>(post_scale.raw_data()) : nullptr,
+        post_shift.defined() ? static_cast<const T*>(post_shift.raw_data()) : nullptr, d,
+        static_cast<T*>(out.raw_data()), d.m > 1 ? static_cast<T*>(value.raw_data()) : nullptr,
         d.m > 1 ? static_cast<uint8_t*>(argmax.raw_data()) : nullptr);
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }
 
 void bcos_scale_backward(const Tensor& grad_in, const Tensor& value, const Tensor& sumsq, const Tensor& argmax,
-                         const BcosScaleParams& p, bool explain, const Tensor& grad_lin, const Tensor& grad_sumsq) {
+                         const BcosScaleParams& p, const Tensor& post_scale, const Tensor& post_shift, bool explain,
+                         const Tensor& grad_lin, const Tensor& grad_sumsq) {
   const Tensor grad = raw_contiguous(grad_in);
   const int64_t groups = sumsq.defined() ? sumsq.size(1) : 1;
   const ScaleShape d{grad.size(0), grad.size(1), grad.size(2), p.max_out, groups, grad.size(1) / groups};
@@ -223,7 +243,9 @@ void bcos_scale_backward(const Tensor& grad_in, const Tensor& value, const Tenso
     scale_backward_kernel<<<blocks_for(ordered ? grad.numel() / d.per_group : grad.numel()), kThreads, 0, stream>>>(
         static_cast<const T*>(grad.raw_data()), static_cast<const T*>(value.raw_data()),
         sumsq.defined() ? static_cast<const T*>(sumsq.raw_data()) : nullptr,
-        d.m > 1 ? static_cast<const uint8_t*>(argmax.raw_data()) : nullptr, p, explain, d,
+        d.m > 1 ? static_cast<const uint8_t*>(argmax.raw_data()) : nullptr, p,
+        post_scale.defined() ? static_cast<const T*>(post_scale.raw_data()) : nullptr,
+        post_shift.defined() ? static_cast<const T*>(post_shift.raw_data()) : nullptr, explain, d,
         static_cast<T*>(grad_lin.raw_data()), want_q ? static_cast<T*>(grad_sumsq.raw_data()) : nullptr, ordered);
     BCOS_CUDA_CHECK_LAUNCH();
   });

@@ -299,8 +299,12 @@ TEST_CASE("cuda ops: B-cos conv2d / linear (patch norms, scale, max-out) and unc
           Tensor y2 = bcos_conv2d(xd, w2d, Tensor(), 2, 0, 1, 1, b, /*max_out=*/2);
           Tensor xld = xl.to(dev).requires_grad_(), wld = wl.to(dev).requires_grad_();
           Tensor y3 = bcos_linear(xld, wld, Tensor(), b, 2);
-          (sum(y * y) + sum(y2 * y2) + sum(y3 * y3)).backward();
-          for (const Tensor& t : {y, y2, y3, xd.grad(), wd.grad(), w2d.grad(), xld.grad(), wld.grad()})
+          // with an epilogue (a folded evaluation-mode batch norm + ReLU; nn::conv_bn)
+          BcosEpilogue post;
+          post.scale = bn_w.narrow(0, 0, 3).to(dev), post.shift = bn_b.narrow(0, 0, 3).to(dev), post.relu = b == 2.0;
+          Tensor y4 = bcos_conv2d(xd, w2d, Tensor(), 1, 1, 1, 1, b, /*max_out=*/2, post);
+          (sum(y * y) + sum(y2 * y2) + sum(y3 * y3) + sum(y4 * y4)).backward();
+          for (const Tensor& t : {y, y2, y3, y4, xd.grad(), wd.grad(), w2d.grad(), xld.grad(), wld.grad()})
             results.push_back(t.to(Device()));
         }
         for (int variant = 0; variant < 4; ++variant) {

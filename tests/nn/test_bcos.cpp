@@ -10,6 +10,7 @@
 
 #include "autograd/gradcheck.h"
 #include "nn/bcos.h"
+#include "nn/layers.h"
 #include "tests/golden.h"
 
 using namespace bcos;
@@ -196,7 +197,8 @@ TEST_CASE("bcos: golden parity of the B-cos conv with the PyTorch reference") {
 
 TEST_CASE("bcos: every golden case of the fixture file is tested") {
   std::set<std::string> known = {"bnu_train", "bnu_eval", "bnu_nobias_train", "bnu_relu_train", "bnu_relu_eval",
-                                 "dln",       "dgelu",    "bce",              "agc"};
+                                 "dln",       "dgelu",    "bce",              "agc", "conv_bnu_relu_eval",
+                                 "conv_bnu_eval_b2.5_m2"};
   for (const auto& [name, c] : conv_cases()) known.insert(name);
   for (const auto& [name, c] : linear_cases()) known.insert(name);
   for (const std::string& key : fixtures().keys()) {
@@ -353,4 +355,73 @@ TEST_CASE("bcos: UniformOffLabelsBCE, LogitLayer and adaptive gradient clipping"
     INFO("parameter ", i);
     CHECK(golden::relative_error(params[size_t(i)].grad(), fx[str("agc.clipped", i)]) <= 1e-6);
   }
+}
+
+TEST_CASE("bcos: conv -> uncentred batch norm (-> ReLU) in eval runs as one fused B-cos conv (nn::conv_bn), "
+          "matching the reference and the unfused modules") {
+  const auto& fx = fixtures();
+  struct Case {
+    std::string name;
+    double b;
+    int64_t m;
+    bool relu;
+  };
+  for (const Case& c : {Case{"conv_bnu_relu_eval", 2.0, 1, true}, Case{"conv_bnu_eval_b2.5_m2", 2.5, 2, false}})
+    for (bool explain : {false, true}) {
+      INFO(c.name, explain ? " (explanation mode)" : "");
+      nn::BcosConv2dOptions o;
+      o.padding = 1, o.bcos.b = c.b, o.bcos.max_out = c.m;
+      nn::BcosConv2d conv(4, 3, 3, o);
+      load_into(conv.weight, fx[c.name + ".w"]);
+      nn::BatchNormUncentered2d bn(3);
+      load_into(bn.weight, fx[c.name + ".weight"]);
+      load_into(bn.bias, fx[c.name + ".bias"]);
+      load_into(bn.running_var, fx[c.name + ".running_var"]);
+      bn.eval();
+      bn.weight.requires_grad_(false), bn.bias.requires_grad_(false);  // as explain() freezes them
+      nn::ReLU relu_module;
+      nn::Module* relu = c.relu ? &relu_module : nullptr;
+      ExplanationModeGuard guard(explain);
+      const Tensor gout = fx[c.name + ".gout"];
+
+      Tensor x = fx[c.name + ".x"].clone().requires_grad_(true);
+      Tensor y = nn::conv_bn(conv, bn, relu, x);
+      CHECK(y.grad_fn_name() == "BcosScaleBackward");  // the norm ran inside the scale pass
+      sum(y * gout).backward();
+      CHECK(golden::relative_error(y.detach(), fx[c.name + ".out"]) <= 1e-6);
+      CHECK(golden::relative_error(x.grad(), fx[c.name + (explain ? ".gx_explain" : ".gx")]) <= 1e-5);
+      CHECK(golden::relative_error(conv.weight.grad(), fx[c.name + (explain ? ".gw_explain" : ".gw")]) <= 1e-5);
+
+      // The modules one after the other: the same bits forward, gradients within float rounding.
+      const Tensor w_grad = conv.weight.grad().clone();
+      conv.weight.zero_grad();
+      Tensor x2 = fx[c.name + ".x"].clone().requires_grad_(true);
+      Tensor y2 = c.relu ? relu_module(bn(conv(x2))) : bn(conv(x2));
+      CHECK(y2.grad_fn_name() != "BcosScaleBackward");
+      sum(y2 * gout).backward();
+      CHECK(y.to_vector<double>() == y2.to_vector<double>());
+      CHECK(golden::relative_error(x.grad(), x2.grad()) <= 1e-6);
+      CHECK(golden::relative_error(w_grad, conv.weight.grad()) <= 1e-6);
+
+      // Not folded where the norm is not a fixed map: training, or its parameters wanting a gradient.
+      bn.weight.requires_grad_(true);
+      CHECK(nn::conv_bn(conv, bn, relu, x).grad_fn_name() != "BcosScaleBackward");
+      bn.weight.requires_grad_(false);
+      bn.train();
+      CHECK(nn::conv_bn(conv, bn, relu, x).grad_fn_name() != "BcosScaleBackward");
+    }
+  // f64 gradcheck of the scale with an epilogue, for x and w (and the norm's gradient through sumsq).
+  BcosEpilogue post;
+  post.scale = abs(randn64({3}, 61)) + 0.5, post.shift = randn64({3}, 62), post.relu = true;
+  for (double b : {2.0, 2.5})
+    expect_gradcheck([&](const std::vector<Tensor>& t) { return bcos_conv2d(t[0], unit_rows(t[1]), {}, 1, 1, 1, 1, b, 2, post); },
+                     {randn64({2, 4, 5, 4}, 63), randn64({6, 4, 3, 3}, 64)}, "bcos_conv2d with epilogue");
+  // An epilogue that does not fit, or that would need a gradient, is refused.
+  const Tensor x = randn64({1, 4, 5, 4}, 65), w = randn64({3, 4, 3, 3}, 66);
+  BcosEpilogue wrong = post;
+  wrong.shift = randn64({2}, 67);
+  CHECK_THROWS_WITH_AS(bcos_conv2d(x, w, {}, 1, 1, 1, 1, 2, 1, wrong), doctest::Contains("epilogue"), Error);
+  BcosEpilogue trained = post;
+  trained.scale = post.scale.clone().requires_grad_(true);
+  CHECK_THROWS_WITH_AS(bcos_conv2d(x, w, {}, 1, 1, 1, 1, 2, 1, trained), doctest::Contains("constants"), Error);
 }

@@ -35,6 +35,10 @@ Module cases:
   bnu_eval          the same in eval mode.  keys .x .weight .bias .running_mean .running_var .out .gout
                     .gx .gweight .gbias
   bnu_relu_train, bnu_relu_eval  as bnu_train / bnu_eval with a ReLU after the norm (the same keys).
+  conv_bnu_relu_eval     B-cos conv (x [2,4,7,6], C=4 O=3 k3 s1 p1, b=2, M=1, normalize) -> uncentred
+                         batch norm in eval (weight [3] = rand + 0.5, bias [3] randn, running_var [3] =
+                         rand + 0.5, eps 1e-5) -> ReLU; conv_bnu_eval_b2.5_m2: b=2.5, M=2, no ReLU.
+                         keys .x .w .weight .bias .running_var .out .gout .gx .gw .gx_explain .gw_explain
   bnu_nobias_train  training, no bias.  keys .x .weight .running_mean .running_var .out .gout .gx
                     .gweight .gx_explain .running_var_after
   dln               DetachableLayerNorm over the last dim, x [2,5,8], weight [8] = rand + 0.5, bias [8]
@@ -319,6 +323,32 @@ def bnu_case(out, meta, name, training, has_bias, relu=False):
     meta[name] = dict(training=training, bias=has_bias, momentum=0.1, eps=1e-5, relu=relu)
 
 
+def conv_bnu_case(out, meta, name, b, m, relu):
+    """A B-cos conv (C=4 O=3 k3 s1 p1, normalize) followed by an evaluation-mode uncentred batch
+    norm (and a ReLU): the conv -> norm (-> ReLU) of a B-cosified ResNet block, which bcos.cpp runs
+    as one conv with the norm folded into its scale pass. Gradients for x and w (the norm's
+    parameters are constants there)."""
+    x, w = randn(2, 4, 7, 6), randn(3 * m, 4, 3, 3)
+    weight, bias, rv = rand(3) + 0.5, randn(3), rand(3) + 0.5
+
+    def fn(x, w, explain):
+        y = bcos_conv2d(x, w, b, m, True, 1, 1, explain=explain)
+        y = bn_uncentered2d(y, weight.double(), bias.double(), None, rv.double(), False, explain=explain)
+        return torch.relu(y) if relu else y
+
+    y, _ = run_grads(lambda *t: fn(*t, explain=False), [x, w], torch.zeros(1))
+    gout = randn(*y.shape)
+    y, grads = run_grads(lambda *t: fn(*t, explain=False), [x, w], gout)
+    _, grads_e = run_grads(lambda *t: fn(*t, explain=True), [x, w], gout)
+    if relu:
+        assert 0.1 < (y == 0).double().mean() < 0.9, name  # the mask matters
+    out.update({f"{name}.x": x, f"{name}.w": w, f"{name}.weight": weight, f"{name}.bias": bias,
+                f"{name}.running_var": rv, f"{name}.out": f32(y), f"{name}.gout": gout,
+                f"{name}.gx": f32(grads[0]), f"{name}.gw": f32(grads[1]),
+                f"{name}.gx_explain": f32(grads_e[0]), f"{name}.gw_explain": f32(grads_e[1])})
+    meta[name] = dict(C=4, O=3, kernel=3, padding=1, b=b, max_out=m, normalize=True, eps=1e-5, relu=relu)
+
+
 def dln_case(out, meta):
     x, weight, bias = randn(2, 5, 8), rand(8) + 0.5, randn(8)
     inputs = [x, weight, bias]
@@ -419,6 +449,8 @@ def main():
     agc_case(out, meta)
     bnu_case(out, meta, "bnu_relu_train", True, True, relu=True)
     bnu_case(out, meta, "bnu_relu_eval", False, True, relu=True)
+    conv_bnu_case(out, meta, "conv_bnu_relu_eval", 2, 1, relu=True)
+    conv_bnu_case(out, meta, "conv_bnu_eval_b2.5_m2", 2.5, 2, relu=False)
     for k, t in out.items():
         assert t.dtype in (torch.float32, torch.int64), k
     path = os.path.join(ROOT, "tests", "golden", "bcos.safetensors")
