@@ -69,6 +69,21 @@ Tensor add(const Tensor& a, const Tensor& b, double alpha) {
   return out;
 }
 
+Tensor add_relu(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward("add_relu", BinaryOp::add_relu, a, b);
+  if (needs_graph({a, b})) {
+    check_float("add_relu", a);
+    SavedTensor sy(out);
+    // relu's backward with the output for its input: out > 0 exactly where a + b > 0.
+    record("AddReluBackward", out, {a, b}, [=](const Tensor& g, const std::vector<bool>&) {
+      Tensor gs = empty(g.shape(), {g.dtype(), g.device()});
+      kernel::unary_backward(UnaryOp::relu, g, sy.get(), sy.get(), gs);
+      return Grads{gs, gs};
+    });
+  }
+  return out;
+}
+
 Tensor sub(const Tensor& a, const Tensor& b, double alpha) {
   Tensor bb = alpha == 1.0 ? b : mul(b, alpha);
   Tensor out = binary_forward("sub", BinaryOp::sub, a, bb);

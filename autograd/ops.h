@@ -31,6 +31,7 @@ struct ValuesIndices {
 
 // ---- elementwise (autograd/elementwise.cpp) ------------------------------------------------
 Tensor add(const Tensor& a, const Tensor& b, double alpha = 1.0);  // a + alpha * b
+Tensor add_relu(const Tensor& a, const Tensor& b);  // relu(a + b) in one pass each way (residual blocks)
 Tensor sub(const Tensor& a, const Tensor& b, double alpha = 1.0);
 Tensor mul(const Tensor& a, const Tensor& b);
 Tensor div(const Tensor& a, const Tensor& b);

@@ -95,7 +95,7 @@ Tensor ClipBottleneck::forward(const Tensor& x) {
   Tensor out = nn::conv_bn(*conv1, *bn1, relu1.get(), x);
   out = nn::conv_bn(*conv2, *bn2, relu2.get(), out);
   out = nn::conv_bn(*conv3, *bn3, nullptr, (*avgpool)(out));
-  return (*relu3)(out + (downsample ? (*downsample)(x) : x));
+  return nn::add_relu(*relu3, out, downsample ? (*downsample)(x) : x);
 }
 
 AttentionPool2d::AttentionPool2d(int64_t spacial, int64_t embed, int64_t heads, int64_t output_dim)

@@ -39,7 +39,7 @@ BasicBlock::BasicBlock(int64_t inplanes, int64_t planes, int64_t stride, std::sh
 Tensor BasicBlock::forward(const Tensor& x) {
   Tensor out = nn::conv_bn(*conv1, *bn1, relu.get(), x);
   out = nn::conv_bn(*conv2, *bn2, nullptr, out);
-  return (*relu)(out + (downsample ? (*downsample)(x) : x));
+  return nn::add_relu(*relu, out, downsample ? (*downsample)(x) : x);
 }
 
 Bottleneck::Bottleneck(int64_t inplanes, int64_t planes, int64_t stride, std::shared_ptr<nn::Sequential> down,
@@ -60,7 +60,7 @@ Tensor Bottleneck::forward(const Tensor& x) {
   Tensor out = nn::conv_bn(*conv1, *bn1, relu.get(), x);
   out = nn::conv_bn(*conv2, *bn2, relu.get(), out);
   out = nn::conv_bn(*conv3, *bn3, nullptr, out);
-  return (*relu)(out + (downsample ? (*downsample)(x) : x));
+  return nn::add_relu(*relu, out, downsample ? (*downsample)(x) : x);
 }
 
 ResNet::ResNet(const std::string& block, std::vector<int64_t> layers, ResNetOptions options)
@@ -144,7 +144,7 @@ CifarBasicBlock::CifarBasicBlock(int64_t in_planes, int64_t planes, int64_t stri
 Tensor CifarBasicBlock::forward(const Tensor& x) {
   Tensor out = nn::conv_bn(*conv1, *bn1, relu1.get(), x);
   out = nn::conv_bn(*conv2, *bn2, nullptr, out);
-  return (*relu2)(out + (*shortcut)(x));
+  return nn::add_relu(*relu2, out, (*shortcut)(x));
 }
 
 CifarResNet::CifarResNet(int64_t depth, int64_t num_classes) : nn::Module("ResNet") {

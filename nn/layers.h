@@ -3,6 +3,7 @@
 #pragma once
 
 #include <optional>
+#include <typeinfo>
 
 #include "autograd/ops.h"
 #include "nn/module.h"
@@ -14,6 +15,13 @@ class ReLU : public Module {
   ReLU() : Module("ReLU") {}
   Tensor forward(const Tensor& x) override { return relu(x); }
 };
+
+// relu(a + b) for a residual block's sum and activation: one fused op when relu is a plain ReLU
+// (typeid: a subclass or a swapped-in module runs as itself), else the module after the sum.
+inline Tensor add_relu(Module& relu, const Tensor& a, const Tensor& b) {
+  if (typeid(relu) == typeid(ReLU)) return bcos::add_relu(a, b);
+  return relu(a + b);
+}
 
 // approximate: "none" (exact, erf) or "tanh".
 class GELU : public Module {

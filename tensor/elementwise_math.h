@@ -192,7 +192,10 @@ BCOS_HD auto binary(T x, T y) {
     else return T(::pow(double(x), double(y)));  // integer powers through double
   } else if constexpr (OP == BinaryOp::minimum) return nan_propagating_min(x, y);
   else if constexpr (OP == BinaryOp::maximum) return nan_propagating_max(x, y);
-  else if constexpr (OP == BinaryOp::eq) return bool(x == y);
+  else if constexpr (OP == BinaryOp::add_relu) {
+    const T s = T(x + y);
+    return s < T(0) ? T(0) : s;  // as relu: NaN stays NaN
+  } else if constexpr (OP == BinaryOp::eq) return bool(x == y);
   else if constexpr (OP == BinaryOp::ne) return bool(x != y);
   else if constexpr (OP == BinaryOp::lt) return bool(x < y);
   else if constexpr (OP == BinaryOp::le) return bool(x <= y);
@@ -239,6 +242,7 @@ void with_binary_op(BinaryOp op, F&& f) {
     case BinaryOp::pow: return f.template operator()<BinaryOp::pow>();
     case BinaryOp::minimum: return f.template operator()<BinaryOp::minimum>();
     case BinaryOp::maximum: return f.template operator()<BinaryOp::maximum>();
+    case BinaryOp::add_relu: return f.template operator()<BinaryOp::add_relu>();
     case BinaryOp::eq: return f.template operator()<BinaryOp::eq>();
     case BinaryOp::ne: return f.template operator()<BinaryOp::ne>();
     case BinaryOp::lt: return f.template operator()<BinaryOp::lt>();

@@ -16,6 +16,7 @@ enum class UnaryOp {
 
 enum class BinaryOp {
   add, sub, mul, div, pow, minimum, maximum,
+  add_relu,                // max(x + y, 0): a residual sum and its ReLU in one pass
   eq, ne, lt, le, gt, ge,  // produce bool
 };
 
@@ -102,6 +103,7 @@ constexpr const char* op_name(BinaryOp op) {
     case BinaryOp::pow: return "pow";
     case BinaryOp::minimum: return "minimum";
     case BinaryOp::maximum: return "maximum";
+    case BinaryOp::add_relu: return "add_relu";
     case BinaryOp::eq: return "eq";
     case BinaryOp::ne: return "ne";
     case BinaryOp::lt: return "lt";

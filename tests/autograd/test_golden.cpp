@@ -49,6 +49,7 @@ const std::map<std::string, Case>& cases() {
       {"pow_tensor", {"elementwise", [](In x) { return one(pow(x[0], x[1])); }}},
       {"minimum", {"elementwise", [](In x) { return one(minimum(x[0], x[1])); }}},
       {"maximum", {"elementwise", [](In x) { return one(maximum(x[0], x[1])); }}},
+      {"add_relu", {"elementwise", [](In x) { return one(add_relu(x[0], x[1])); }}},
       {"add_scalar", {"elementwise", [](In x) { return one(x[0] + 1.5); }}},
       {"rsub_scalar", {"elementwise", [](In x) { return one(2.0 - x[0]); }}},
       {"mul_scalar", {"elementwise", [](In x) { return one(x[0] * -0.75); }}},

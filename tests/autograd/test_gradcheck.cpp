@@ -61,6 +61,8 @@ TEST_CASE_FIXTURE(Seeded, "gradcheck: pow (tensor and scalar exponents)") {
 TEST_CASE_FIXTURE(Seeded, "gradcheck: minimum / maximum") {
   check("minimum", [](In x) { return minimum(x[0], x[1]); }, {leaf_distinct({3, 4}), leaf_in({4}, -0.1, 0.1)});
   check("maximum", [](In x) { return maximum(x[0], x[1]); }, {leaf_distinct({3, 4}), leaf_in({3, 1}, -0.1, 0.1)});
+  // sums of both signs, at least 0.13 from relu's kink at 0 (the distinct values are 1/3 apart)
+  check("add_relu", [](In x) { return add_relu(x[0], x[1]); }, {leaf_distinct({3, 4}), leaf_in({3, 1}, 0.15, 0.2)});
 }
 
 TEST_CASE_FIXTURE(Seeded, "gradcheck: unary maps") {

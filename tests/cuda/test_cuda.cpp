@@ -459,7 +459,7 @@ TEST_CASE("cuda: NaN and infinity handling of relu, clamp, minimum and maximum")
 TEST_CASE("cuda: every binary op matches the CPU with broadcasting and strides") {
   SKIP_WITHOUT_GPU();
   const std::vector<BinaryOp> ops = {BinaryOp::add, BinaryOp::sub, BinaryOp::mul, BinaryOp::div,
-                                     BinaryOp::pow, BinaryOp::minimum, BinaryOp::maximum,
+                                     BinaryOp::pow, BinaryOp::minimum, BinaryOp::maximum, BinaryOp::add_relu,
                                      BinaryOp::eq, BinaryOp::ne, BinaryOp::lt, BinaryOp::le,
                                      BinaryOp::gt, BinaryOp::ge};
   const Shape out_shape{3, 4, 5};

@@ -229,6 +229,8 @@ CASES = [
     ("one_hot", [I(0, 5, 4)], lambda i: F.one_hot(i, 5)),
     ("topk", [distinct(3, 6)], lambda a: tuple(torch.topk(a, 2, dim=1))),
     ("topk_smallest_dim0", [distinct(5, 3)], lambda a: tuple(torch.topk(a, 3, dim=0, largest=False))),
+    # bcos.cpp's add_relu: a residual block's sum and ReLU in one op
+    ("add_relu", [N(2, 3, 4, 4), N(2, 3, 4, 4)], lambda a, b: F.relu(a + b)),
 ]
 
 
