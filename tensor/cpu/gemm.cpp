@@ -111,6 +111,10 @@ void pack_a_block(const float* a, int64_t rsa, int64_t csa, int64_t mc, int64_t 
         for (int64_t i = 0; i < MR; ++i) dst[p * MR + i] = src[i * rsa + p];
       continue;
     }
+    if (rsa == 1 && rows == MR) {  // a transposed A (a weight gradient's dYᵀ): MR floats in a row
+      for (int64_t p = 0; p < kc; ++p) std::memcpy(dst + p * MR, src + p * csa, MR * sizeof(float));
+      continue;
+    }
     for (int64_t p = 0; p < kc; ++p) {
       for (int64_t i = 0; i < rows; ++i) dst[p * MR + i] = src[i * rsa + p * csa];
       for (int64_t i = rows; i < MR; ++i) dst[p * MR + i] = 0.0f;
