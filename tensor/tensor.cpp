@@ -141,6 +141,7 @@ int64_t Tensor::stride(int64_t d) const {
 Device Tensor::device() const { return storage_ ? storage_->device : Device(); }
 
 bool Tensor::is_contiguous() const {
+  if (numel() == 0) return true;  // as PyTorch: no element is out of place
   int64_t expected = 1;
   for (int i = dim() - 1; i >= 0; --i) {
     if (shape_[i] == 1) continue;
