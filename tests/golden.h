@@ -118,9 +118,13 @@ class Fixtures {
           skip_ws();
           if (h[pos] == ',') ++pos;
         }
-        bcos::DType dt = dtype == "F32" ? bcos::kFloat32 : dtype == "F64" ? bcos::kFloat64
-                         : dtype == "I64" ? bcos::kInt64 : dtype == "BOOL" ? bcos::kBool
-                         : dtype == "U8" ? bcos::kUInt8 : bcos::kFloat32;
+        static const std::map<std::string, bcos::DType> dtypes = {
+            {"F32", bcos::kFloat32}, {"F64", bcos::kFloat64}, {"F16", bcos::kFloat16}, {"BF16", bcos::kBFloat16},
+            {"I64", bcos::kInt64},   {"BOOL", bcos::kBool},   {"U8", bcos::kUInt8}};
+        auto found = dtypes.find(dtype);
+        BCOS_CHECK(found != dtypes.end(), "golden: ", name, " in ", path, " has dtype '", dtype,
+                   "', which the fixture reader does not take (F32, F64, F16, BF16, I64, BOOL, U8)");
+        const bcos::DType dt = found->second;
         bcos::Tensor t = bcos::empty(bcos::Shape(shape), dt);
         size_t nbytes = size_t(offsets[1] - offsets[0]);
         BCOS_CHECK(nbytes == size_t(t.numel()) * t.element_size() && size_t(offsets[1]) <= data.size(),

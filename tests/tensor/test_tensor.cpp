@@ -2,8 +2,11 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 
 #include "autograd/ops.h"
+#include "tests/golden.h"
 
 using namespace bcos;
 
@@ -38,6 +41,11 @@ TEST_CASE("tensor: strides, contiguity and views share storage") {
   Tensor c = t.contiguous();
   CHECK(c.is_contiguous());
   CHECK(c.storage() != a.storage());
+  // empty tensors are contiguous whatever their strides (as PyTorch): a transposed or sliced one too
+  CHECK(empty({0, 3}).t().is_contiguous());
+  CHECK(empty({2, 0, 3}).permute({2, 0, 1}).is_contiguous());
+  CHECK(a.slice(1, 2, 2).is_contiguous());
+  CHECK(a.slice(1, 2, 2).contiguous().shape() == Shape{3, 0});
   CHECK(v(c) == std::vector<double>{0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11});
   // reshape is a view whenever possible, a copy otherwise
   CHECK(a.reshape({2, 6}).storage() == a.storage());
@@ -106,6 +114,29 @@ TEST_CASE("tensor: float16 and bfloat16 storage round-trips") {
   CHECK(Half(1.0f).bits == 0x3c00);
   CHECK(BFloat16(1.0f).bits == 0x3f80);
   CHECK(std::isnan(float(BFloat16(NAN))));
+}
+
+TEST_CASE("tensor: the tests' fixture reader takes float16 / bfloat16 tensors and refuses unknown dtypes") {
+  // A hand-written safetensors file: 1 and -2 as F16 (0x3c00, 0xc000) and BF16 (0x3f80, 0xc000).
+  auto write = [](const std::string& path, const std::string& header, const std::vector<uint8_t>& data) {
+    std::ofstream f(path, std::ios::binary);
+    const uint64_t n = header.size();
+    f.write(reinterpret_cast<const char*>(&n), 8);
+    f.write(header.data(), std::streamsize(n));
+    f.write(reinterpret_cast<const char*>(data.data()), std::streamsize(data.size()));
+  };
+  const std::string path = (std::filesystem::temp_directory_path() / "bcos_test_half_fixture.safetensors").string();
+  write(path, R"({"h": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}, )"
+              R"("b": {"dtype": "BF16", "shape": [2], "data_offsets": [4, 8]}})",
+        {0x00, 0x3c, 0x00, 0xc0, 0x80, 0x3f, 0x00, 0xc0});
+  golden::Fixtures fx(path);
+  CHECK(fx["h"].dtype() == kFloat16);
+  CHECK(fx["b"].dtype() == kBFloat16);
+  CHECK(v(fx["h"].to(kFloat32)) == std::vector<double>{1.0, -2.0});
+  CHECK(v(fx["b"].to(kFloat32)) == std::vector<double>{1.0, -2.0});
+  write(path, R"({"i": {"dtype": "I32", "shape": [1], "data_offsets": [0, 4]}})", {1, 0, 0, 0});
+  CHECK_THROWS_WITH_AS(golden::Fixtures{path}, doctest::Contains("I32"), Error);
+  std::filesystem::remove(path);
 }
 
 TEST_CASE("tensor: the seeded generator is deterministic and restorable") {
