@@ -309,7 +309,8 @@ void remove_biases(Module& model) {
 void recalibrate_batch_norm(Module& model, const std::function<Tensor()>& next_batch, int64_t batches) {
   BCOS_CHECK(batches >= 0, "recalibrate_batch_norm: batches must be non-negative, got ", batches);
   if (batches == 0) return;
-  std::vector<std::pair<double*, double>> momenta;  // each norm's momentum and its value, restored after
+  // each norm's momentum and its value, restored after
+  std::vector<std::pair<std::optional<double>*, std::optional<double>>> momenta;
   for (const auto& [path, m] : model.named_modules()) {
     if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(m)) momenta.emplace_back(&bn->momentum, bn->momentum);
     if (auto* bn = dynamic_cast<nn::BatchNormUncentered2d*>(m)) momenta.emplace_back(&bn->momentum, bn->momentum);

@@ -99,7 +99,7 @@ std::string BcosConv2d::describe() const {
   return s + ", " + bcos_describe(options.bcos, bias);
 }
 
-BatchNormUncentered2d::BatchNormUncentered2d(int64_t n, double eps_, double momentum_, bool with_bias)
+BatchNormUncentered2d::BatchNormUncentered2d(int64_t n, double eps_, std::optional<double> momentum_, bool with_bias)
     : Module("BatchNormUncentered2d"), num_features(n), eps(eps_), momentum(momentum_) {
   BCOS_CHECK(n > 0, "BatchNormUncentered2d: num_features must be positive, got ", n);
   register_parameter("weight", weight, ones({n}));
@@ -115,11 +115,8 @@ Tensor BatchNormUncentered2d::forward_relu(const Tensor& x) { return run(x, true
 Tensor BatchNormUncentered2d::run(const Tensor& x, bool relu) {
   BCOS_CHECK(x.dim() == 4 && x.size(1) == num_features, "BatchNormUncentered2d(", num_features,
              "): expected input [N, ", num_features, ", H, W], got ", x.shape());
-  if (training_) {
-    NoGradGuard no_grad;
-    num_batches_tracked.add_(ones({}, TensorOptions(DType::i64, num_batches_tracked.device())));
-  }
-  return batch_norm_uncentered(x, running_var, weight, bias, training_, momentum, eps, relu);
+  const double factor = training_ ? running_stats_factor(momentum, num_batches_tracked) : 0.0;
+  return batch_norm_uncentered(x, running_var, weight, bias, training_, factor, eps, relu);
 }
 
 std::optional<BcosEpilogue> BatchNormUncentered2d::eval_epilogue(bool relu) const {
@@ -145,7 +142,7 @@ Tensor conv_bn(Module& conv, Module& bn, Module* relu, const Tensor& x) {
 }
 
 std::string BatchNormUncentered2d::describe() const {
-  return str(num_features, ", eps=", eps, ", momentum=", momentum, ", bias=", bias.defined() ? "True" : "False");
+  return str(num_features, ", eps=", eps, ", momentum=", momentum_repr(momentum), ", bias=", bias.defined() ? "True" : "False");
 }
 
 DetachableLayerNorm::DetachableLayerNorm(int64_t n, double eps_, bool with_bias)

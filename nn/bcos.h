@@ -62,7 +62,9 @@ class BcosConv2d : public Module {
 // leaves running_mean as it was converted (nothing reads it).
 class BatchNormUncentered2d : public Module {
  public:
-  explicit BatchNormUncentered2d(int64_t num_features, double eps = 1e-5, double momentum = 0.1, bool bias = true);
+  // momentum = std::nullopt: a cumulative average, as BatchNorm2d.
+  explicit BatchNormUncentered2d(int64_t num_features, double eps = 1e-5, std::optional<double> momentum = 0.1,
+                                 bool bias = true);
   Tensor forward(const Tensor& x) override;
   Tensor forward_relu(const Tensor& x);  // relu(forward(x)), fused
   // In evaluation mode, with no gradient wanted for weight or bias, the layer is a fixed
@@ -72,7 +74,8 @@ class BatchNormUncentered2d : public Module {
   std::string describe() const override;
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   int64_t num_features;
-  double eps, momentum;
+  double eps;
+  std::optional<double> momentum;
 
  private:
   Tensor run(const Tensor& x, bool relu);

@@ -9,7 +9,19 @@
 
 namespace bcos::nn {
 
-BatchNorm2d::BatchNorm2d(int64_t n, double eps_, double momentum_, bool affine, bool track)
+double running_stats_factor(const std::optional<double>& momentum, Tensor num_batches_tracked) {
+  if (num_batches_tracked.defined()) {
+    NoGradGuard no_grad;
+    num_batches_tracked.add_(ones({}, TensorOptions(DType::i64, num_batches_tracked.device())));
+  }
+  if (momentum) return *momentum;
+  if (!num_batches_tracked.defined()) return 0.0;  // nothing tracked: no running statistics to move
+  return 1.0 / double(num_batches_tracked.item<int64_t>());
+}
+
+std::string momentum_repr(const std::optional<double>& momentum) { return momentum ? str(*momentum) : "None"; }
+
+BatchNorm2d::BatchNorm2d(int64_t n, double eps_, std::optional<double> momentum_, bool affine, bool track)
     : Module("BatchNorm2d"), num_features(n), eps(eps_), momentum(momentum_) {
   BCOS_CHECK(n > 0, "BatchNorm2d: num_features must be positive, got ", n);
   if (affine) {
@@ -30,15 +42,12 @@ Tensor BatchNorm2d::run(const Tensor& x, bool relu) {
   BCOS_CHECK(x.dim() == 4 && x.size(1) == num_features, "BatchNorm2d(", num_features,
              "): expected input [N, ", num_features, ", H, W], got ", x.shape());
   const bool use_batch_stats = training_ || !running_mean.defined();
-  if (training_ && num_batches_tracked.defined()) {
-    NoGradGuard no_grad;
-    num_batches_tracked.add_(ones({}, TensorOptions(DType::i64, num_batches_tracked.device())));
-  }
-  return batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, momentum, eps, relu);
+  const double factor = training_ ? running_stats_factor(momentum, num_batches_tracked) : 0.0;
+  return batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, factor, eps, relu);
 }
 
 std::string BatchNorm2d::describe() const {
-  return str(num_features, ", eps=", eps, ", momentum=", momentum, ", affine=", weight.defined() ? "True" : "False",
+  return str(num_features, ", eps=", eps, ", momentum=", momentum_repr(momentum), ", affine=", weight.defined() ? "True" : "False",
              ", track_running_stats=", running_mean.defined() ? "True" : "False");
 }
 

@@ -2,27 +2,40 @@
 // eval), LayerNorm, GroupNorm. Names and defaults as PyTorch's.
 #pragma once
 
+#include <optional>
+
 #include "autograd/ops.h"
 #include "nn/module.h"
 
 namespace bcos::nn {
 
 // x: [N, C, H, W]. Buffers running_mean, running_var, num_batches_tracked (i64 scalar).
+// momentum = std::nullopt (PyTorch's momentum=None): the running statistics are the plain
+// average of every batch seen, each training step moving them by 1 / num_batches_tracked.
 class BatchNorm2d : public Module {
  public:
-  explicit BatchNorm2d(int64_t num_features, double eps = 1e-5, double momentum = 0.1, bool affine = true,
-                       bool track_running_stats = true);
+  explicit BatchNorm2d(int64_t num_features, double eps = 1e-5, std::optional<double> momentum = 0.1,
+                       bool affine = true, bool track_running_stats = true);
   Tensor forward(const Tensor& x) override;
   // relu(forward(x)) in one fused pass each way.
   Tensor forward_relu(const Tensor& x);
   std::string describe() const override;
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   int64_t num_features;
-  double eps, momentum;
+  double eps;
+  std::optional<double> momentum;
 
  private:
   Tensor run(const Tensor& x, bool relu);
 };
+
+// The running-statistics update factor of a training step of a batch norm with this momentum:
+// momentum itself, or (momentum = std::nullopt) 1 / num_batches_tracked after the step's
+// increment. Increments num_batches_tracked (a handle to the buffer) in place when it is defined.
+double running_stats_factor(const std::optional<double>& momentum, Tensor num_batches_tracked);
+
+// "0.1", or "None" for a cumulative average: as PyTorch prints the momentum.
+std::string momentum_repr(const std::optional<double>& momentum);
 
 // relu(bn(x)) for the conv → BN → ReLU of ResNets: fused when bn is a plain BatchNorm2d or
 // BatchNormUncentered2d (bcosify's) and relu a plain ReLU, else the two modules one after the other.

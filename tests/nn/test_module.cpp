@@ -6,6 +6,7 @@
 
 #include "autograd/ops.h"
 #include "golden.h"
+#include "nn/bcos.h"
 #include "nn/init.h"
 #include "nn/layers.h"
 #include "nn/loss.h"
@@ -101,6 +102,33 @@ TEST_CASE("module: train / eval reach every child; BatchNorm uses running statis
   m(x);
   CHECK(!same(bn.running_mean, before));
   CHECK(bn.num_batches_tracked.item<int64_t>() == 1);
+}
+
+TEST_CASE("module: BatchNorm2d with momentum = None keeps the plain average of every batch's statistics") {
+  manual_seed(41);
+  BatchNorm2d bn(3, 1e-5, std::nullopt);
+  CHECK(bn.describe().find("momentum=None") != std::string::npos);
+  std::vector<Tensor> batches = {randn({4, 3, 5, 5}) * 2 + 1, randn({2, 3, 5, 5}) - 3, randn({3, 3, 5, 5}) * 0.5};
+  Tensor mean_sum = zeros({3}), var_sum = zeros({3});
+  for (size_t k = 0; k < batches.size(); ++k) {
+    bn(batches[k]);
+    mean_sum = mean_sum + mean(batches[k], {0, 2, 3});
+    var_sum = var_sum + var(batches[k], {0, 2, 3}, 1);  // the running variance is the unbiased one
+    const double seen = double(k + 1);
+    CHECK(bn.num_batches_tracked.item<int64_t>() == int64_t(k + 1));
+    CHECK(golden::relative_error(bn.running_mean, mean_sum / seen) <= 1e-6);
+    CHECK(golden::relative_error(bn.running_var, var_sum / seen) <= 1e-6);
+  }
+  // the first batch replaces the initial statistics outright (factor 1 / 1), unlike momentum 0.1
+  BatchNorm2d ema(3);
+  ema(batches[0]);
+  CHECK(golden::relative_error(ema.running_mean, mean(batches[0], {0, 2, 3}) * 0.1) <= 1e-6);
+  // the uncentred norm of bcosify (biased variance, as the authors' layer) averages the same way
+  nn::BatchNormUncentered2d bnu(3, 1e-5, std::nullopt);
+  CHECK(bnu.describe().find("momentum=None") != std::string::npos);
+  bnu(batches[0]), bnu(batches[1]);
+  Tensor expect = (var(batches[0], {0, 2, 3}, 0) + var(batches[1], {0, 2, 3}, 0)) / 2.0;
+  CHECK(golden::relative_error(bnu.running_var, expect) <= 1e-6);
 }
 
 TEST_CASE("module: batch_norm_relu fuses BatchNorm2d + ReLU and equals the two modules in turn") {
