@@ -49,6 +49,32 @@ struct ExplanationModeGuard {
   bool previous_;
 };
 
+// ---- anomaly detection ----------------------------------------------------------------------
+// For hunting a NaN in training (as torch.autograd.detect_anomaly): every recorded op's output is
+// checked for NaN (an Inf can be meant there: attention masks write −Inf into logits) and every
+// gradient the backward computes for NaN and Inf; the first found raises an Error naming the op
+// and the shapes (and whether its inputs were already NaN/Inf). One or two extra reductions per
+// tensor: a debugging aid, off by default, per thread.
+bool anomaly_detection();
+void set_anomaly_detection(bool enabled);
+
+struct AnomalyDetectionGuard {
+  explicit AnomalyDetectionGuard(bool enabled = true) : previous_(anomaly_detection()) {
+    set_anomaly_detection(enabled);
+  }
+  ~AnomalyDetectionGuard() { set_anomaly_detection(previous_); }
+  AnomalyDetectionGuard(const AnomalyDetectionGuard&) = delete;
+  AnomalyDetectionGuard& operator=(const AnomalyDetectionGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// False when a floating-point t holds a NaN or an Inf (integer and empty tensors: true).
+bool all_finite(const Tensor& t);
+// True when a floating-point t holds a NaN.
+bool has_nan(const Tensor& t);
+
 // ---- graph ----------------------------------------------------------------------------------
 struct Node;
 

@@ -1,5 +1,6 @@
 // The backward engine: grad mode, node recording, topological execution, leaf accumulation,
 // saved-tensor version checks and the broadcast reduction of gradients.
+#include <cmath>
 #include <unordered_map>
 
 #include "autograd/autograd.h"
@@ -11,6 +12,43 @@ namespace bcos {
 namespace {
 thread_local bool g_grad_enabled = true;
 thread_local bool g_explanation_mode = false;
+thread_local bool g_anomaly_detection = false;
+
+// "[2, 3] (finite), [3] (NaN/Inf)": the shapes of an op's inputs and whether each was finite.
+std::string describe_inputs(const std::vector<Tensor>& inputs) {
+  std::string s;
+  for (const Tensor& t : inputs) {
+    if (!s.empty()) s += ", ";
+    s += t.defined() ? str(t.shape(), all_finite(t) ? " (finite)" : " (NaN/Inf)") : std::string("none");
+  }
+  return s.empty() ? "none" : s;
+}
+
+// The forward op's name from its node's: "ConvolutionBackward" -> "Convolution".
+std::string forward_name(const std::string& node) {
+  const std::string suffix = "Backward";
+  return node.size() > suffix.size() && node.compare(node.size() - suffix.size(), suffix.size(), suffix) == 0
+             ? node.substr(0, node.size() - suffix.size())
+             : node;
+}
+}
+
+bool anomaly_detection() { return g_anomaly_detection; }
+void set_anomaly_detection(bool enabled) { g_anomaly_detection = enabled; }
+
+bool all_finite(const Tensor& t) {
+  if (!t.defined() || !t.is_floating_point() || t.numel() == 0) return true;
+  NoGradGuard no_grad;
+  Tensor x = t.detach();
+  if (x.dtype() != DType::f32 && x.dtype() != DType::f64) x = x.to(DType::f32);
+  return std::isfinite(sum(x * 0.0).item<double>());  // 0 · Inf and 0 · NaN are NaN
+}
+
+bool has_nan(const Tensor& t) {
+  if (!t.defined() || !t.is_floating_point() || t.numel() == 0) return false;
+  NoGradGuard no_grad;
+  const Tensor x = t.detach();
+  return any(ne(x, x)).item<double>() != 0;
 }
 
 bool grad_enabled() { return g_grad_enabled; }
@@ -80,6 +118,9 @@ void record(const char* name, const Tensor& out, const std::vector<Tensor>& inpu
     node->inputs.push_back(t.defined() ? InputInfo{t.shape(), t.dtype(), t.device()}
                                        : InputInfo{Shape{}, DType::f32, Device()});
   }
+  if (g_anomaly_detection && has_nan(out))
+    fail("anomaly detection: ", forward_name(name), " produced NaN in its output of shape ", out.shape(),
+         "; inputs: ", describe_inputs(inputs));
   auto meta = std::make_shared<AutogradMeta>();
   meta->requires_grad = true;
   meta->grad_fn = std::move(node);
@@ -191,6 +232,12 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
       }
       BCOS_CHECK(grads.size() <= n->next.size(), "backward of ", n->name, " returned ",
                  grads.size(), " gradients for ", n->next.size(), " inputs");
+      if (g_anomaly_detection)
+        for (size_t i = 0; i < grads.size(); ++i)
+          if (!all_finite(grads[i]))
+            fail("anomaly detection: the backward of ", forward_name(n->name), " produced NaN/Inf in the gradient of its input ",
+                 i, " (shape ", grads[i].shape(), ") from an incoming gradient of shape ", g.shape(),
+                 all_finite(g) ? " that was finite" : " that already held NaN/Inf");
     }
     if (!retain_graph) {
       n->backward = nullptr;  // frees the saved tensors

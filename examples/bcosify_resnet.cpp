@@ -206,7 +206,7 @@ int main(int argc, char** argv) {
   int64_t batch = 64, warmup = 0, bn_recalibrate = 0, grids = 500, explain_count = 16, limit_train = 0, limit_test = 0;
   int workers = int(std::max(1u, std::thread::hardware_concurrency()));
   uint64_t seed = 0;
-  bool keep_bias = false, no_original_gridpg = false, resume = false, from_scratch = false;
+  bool keep_bias = false, no_original_gridpg = false, resume = false, from_scratch = false, detect_anomaly = false;
   std::string device_spec = "cpu";
   models::FinetuneSchedule plan;
   plan.b = 2, plan.b_warmup = 0.25, plan.bias_decay = 0.3;
@@ -253,6 +253,8 @@ int main(int argc, char** argv) {
   app.add_flag("--no-original-gridpg", no_original_gridpg,
                "skip the original model's GridPG (ablations, which measure only the B-cos model)");
   app.add_flag("--resume", resume, "continue from OUT/checkpoint.safetensors");
+  app.add_flag("--detect-anomaly", detect_anomaly,
+               "check every op's output and gradient while fine-tuning; stop at the first NaN, naming the op (slow)");
   app.add_flag("--from-scratch", from_scratch, "train a B-cos model of the same architecture from random weights instead");
   return examples::run(app, argc, argv, [&] {
     const auto t_total = Clock::now();
@@ -389,6 +391,7 @@ int main(int argc, char** argv) {
     double train_seconds = 0;
     int64_t train_images = 0;
     double last_loss = 0, last_acc = 0;
+    AnomalyDetectionGuard anomaly(detect_anomaly);
     for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
       bcos_model->train();
       const int64_t steps = std::min(steps_per_epoch, total_steps - epoch * steps_per_epoch);
@@ -402,14 +405,16 @@ int main(int argc, char** argv) {
         const Tensor labels = b.labels.to(s.device);
         Tensor logits = (*bcos_model)(nn::add_inverse(b.images.to(s.device)));
         Tensor loss = loss_name == "bce" ? nn::uniform_off_labels_bce(logits, labels) : cross_entropy(logits, labels);
+        const double l = loss.item();  // checked before the step, so no NaN reaches the weights
+        BCOS_CHECK(std::isfinite(l), "bcosify_resnet: the loss became ", l, " at step ", state.step + 1, " (epoch ",
+                   epoch + 1, "); stopped before the update", fs::exists(ckpt) ? str("; ", ckpt, " holds the last good epoch") : "",
+                   detect_anomaly ? "" : "; --detect-anomaly names the op that produced the first NaN");
         optimizer.zero_grad();
         loss.backward();
         nn::adaptive_clip_grad_(params, 0.01, 1e-3);
         optimizer.step();
         scheduler.step();
         ++state.step;
-        const double l = loss.item();
-        BCOS_CHECK(std::isfinite(l), "bcosify_resnet: the loss became ", l, " at step ", state.step);
         loss_sum += l * double(b.size());
         correct += int64_t(sum(eq(argmax(logits.detach(), 1), labels).to(DType::f32)).item());
         seen += b.size();

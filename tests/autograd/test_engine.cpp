@@ -158,3 +158,30 @@ TEST_CASE("engine: a deep chain does not overflow the stack") {
   sum(y).backward();
   CHECK(x.grad().item() == 1.0);
 }
+
+TEST_CASE("engine: anomaly detection names the first op that produced a NaN (forward) or a NaN / Inf gradient (backward)") {
+  const Tensor x = from_vector<double>({1.0, -1.0}, {2}).requires_grad_(true);
+  CHECK(has_nan(log(x)));  // off by default: the NaN goes through
+  CHECK_FALSE(anomaly_detection());
+  {
+    AnomalyDetectionGuard anomaly;
+    CHECK_THROWS_WITH_AS(log(x), doctest::Contains("Log produced NaN in its output of shape [2]; inputs: [2] (finite)"),
+                         Error);
+    // an Inf in a forward output can be meant (a mask's −Inf before a softmax): not flagged
+    Tensor logits = from_vector<double>({0.5, 1.0, 2.0}, {3}).requires_grad_(true);
+    Tensor masked = masked_fill(logits, from_vector<bool>({false, true, false}, {3}), -INFINITY);
+    Tensor p = softmax(masked, 0);
+    CHECK(p.to_vector<double>()[1] == 0.0);
+    sum(p * from_vector<double>({1.0, 2.0, 3.0}, {3})).backward();
+    CHECK(all_finite(logits.grad()));
+    // backward: sqrt at 0 is finite, its derivative 1 / (2 sqrt 0) is not
+    Tensor z = zeros({3}, DType::f64).requires_grad_(true);
+    Tensor y = sum(sqrt(z));
+    CHECK_THROWS_WITH_AS(y.backward(), doctest::Contains("the backward of Sqrt produced NaN/Inf in the gradient of its input 0"),
+                         Error);
+  }
+  CHECK_FALSE(anomaly_detection());
+  CHECK(all_finite(from_vector<int64_t>({1, 2}, {2})));
+  CHECK_FALSE(all_finite(from_vector<float>({1.0f, INFINITY}, {2})));
+  CHECK_FALSE(has_nan(from_vector<float>({1.0f, INFINITY}, {2})));
+}
