@@ -187,7 +187,7 @@ int main(int argc, char** argv) {
   int64_t batch = 128, limit_train = 0, limit_test = 0, grids = 250, pool_size = 2000, scale = 4, figure_images = 8;
   int workers = 2;
   uint64_t seed = 0;
-  bool resume = false;
+  bool resume = false, detect_anomaly = false;
   app.add_option("--clip", clip_path, "the teacher: CLIP weights (OpenAI .pt, open_clip, Hugging Face); default: the "
                  "small CLIP train_clip makes on the CIFAR-10 shards, trained on first use into OUT/teacher");
   app.add_option("--out", out, "output folder: report.md, report.json, PNGs, checkpoint.safetensors, student.safetensors");
@@ -214,6 +214,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "seed of shuffling, augmentation and GridPG");
   app.add_option("--device", device_spec, "where the models run: cpu, cuda or cuda:N");
   app.add_flag("--resume", resume, "continue the distillation from OUT/checkpoint.safetensors");
+  app.add_flag("--detect-anomaly", detect_anomaly,
+               "check every op's output and gradient while distilling; stop at the first NaN, naming the op (slow)");
   return examples::run(app, argc, argv, [&] {
     const auto t_start = Clock::now();
     const Device device = examples::parse_device(device_spec);
@@ -319,6 +321,7 @@ int main(int argc, char** argv) {
     }
     double train_seconds = 0, last_loss = 0;
     int64_t train_images = 0;
+    AnomalyDetectionGuard anomaly(detect_anomaly);
     for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
       student->train();
       teacher->eval();
@@ -338,14 +341,17 @@ int main(int argc, char** argv) {
         const Tensor s = (*student)(nn::add_inverse(x));
         const Tensor loss = loss_name == "sigmoid" ? models::sigmoid_distillation_loss(s, target)
                                                    : models::cosine_distillation_loss(s, target);
+        const double l = loss.item();  // checked before the step, so no NaN reaches the weights
+        BCOS_CHECK(std::isfinite(l), "bcos_clip_zeroshot: the loss became ", l, " at step ", state.step + 1, " (epoch ",
+                   epoch + 1, "); stopped before the update",
+                   fs::exists(ckpt) ? str("; ", ckpt, " holds the last good epoch") : "",
+                   detect_anomaly ? "" : "; --detect-anomaly names the op that produced the first NaN");
         optimizer.zero_grad();
         loss.backward();
         nn::adaptive_clip_grad_(params, 0.01, 1e-3);
         optimizer.step();
         scheduler.step();
         ++state.step;
-        const double l = loss.item();
-        BCOS_CHECK(std::isfinite(l), "bcos_clip_zeroshot: the loss became ", l, " at step ", state.step);
         const double c = mean(sum(models::l2_normalize(s.detach()) * models::l2_normalize(target), {1})).item();
         loss_sum += l * double(bt.size()), cos_sum += c * double(bt.size()), seen += bt.size();
         bar.update(bt.size(), {{"loss", loss_sum / double(seen)}, {"cos", cos_sum / double(seen)}, {"lr", optimizer.lr}});

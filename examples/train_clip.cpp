@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
   int64_t batch = 256, warmup = 100, limit_train = 0, limit_test = 0;
   int workers = int(std::max(1u, std::thread::hardware_concurrency()));
   uint64_t seed = 0;
-  bool from_classes = false, resume = false, eval_each_epoch = false;
+  bool from_classes = false, resume = false, eval_each_epoch = false, detect_anomaly = false;
   CLI::Option* data_opt = app.add_option("--data", train_path, "training shards: <key>.jpg + <key>.txt (or .cls with "
                                          "--captions-from-classes)");
   app.add_option("--test-data", test_path, "labelled test data for the zero-shot evaluation (\"\" to skip)");
@@ -123,6 +123,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "seed of the weights, shuffling, augmentation and captions");
   app.add_option("--out", out, "output folder: checkpoint.safetensors, clip.safetensors, report.json");
   app.add_flag("--resume", resume, "continue from OUT/checkpoint.safetensors");
+  app.add_flag("--detect-anomaly", detect_anomaly,
+               "check every op's output and gradient while training; stop at the first NaN, naming the op (slow)");
   app.add_flag("--eval-each-epoch", eval_each_epoch, "zero-shot accuracy after every epoch, not only at the end");
   return examples::run(app, argc, argv, [&] {
     const auto t_start = std::chrono::steady_clock::now();
@@ -191,6 +193,7 @@ int main(int argc, char** argv) {
       return examples::zeroshot_eval(*model, classifier, *test_loader, "zero-shot");
     };
     double train_seconds = 0, last_loss = 0;
+    AnomalyDetectionGuard anomaly(detect_anomaly);
     for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
       model->train();
       const int64_t steps = std::min(steps_per_epoch, total_steps - epoch * steps_per_epoch);
@@ -230,6 +233,10 @@ int main(int argc, char** argv) {
             from_vector(row_of, {int64_t(row_of.size())}));
         const Tensor logits = model->logits(model->encode_image(b.images), text_features);
         const Tensor loss = models::clip_contrastive_loss(logits);
+        const double l = loss.item();  // checked before the step, so no NaN reaches the weights
+        BCOS_CHECK(std::isfinite(l), "train_clip: the loss became ", l, " at step ", state.step + 1, " (epoch ", epoch + 1,
+                   "); stopped before the update", fs::exists(ckpt) ? str("; ", ckpt, " holds the last good epoch") : "",
+                   detect_anomaly ? "" : "; --detect-anomaly names the op that produced the first NaN");
         optimizer.zero_grad();
         loss.backward();
         optimizer.step();
@@ -240,8 +247,6 @@ int main(int argc, char** argv) {
         scheduler.step();
         models::clamp_logit_scale_(*model);
         ++state.step;
-        const double l = loss.item();
-        BCOS_CHECK(std::isfinite(l), "train_clip: the loss became ", l, " at step ", state.step);
         loss_sum += l * double(b.size());
         matched += int64_t(sum(eq(argmax(logits.detach(), 1), arange(double(b.size()), DType::i64)).to(DType::f32)).item());
         seen += b.size();

@@ -69,6 +69,18 @@ else
       --vision-width 8 --vision-layers 1,1 --embed-dim 32 --text-width 32 --text-layers 1 --text-heads 1 \
       --context-length 16 --warmup 1 --out "$work/train" --resume >"$work/out" 2>&1
     check "--resume continues after the saved epoch" contains "$work/out" "after epoch 1"
+    # a learning rate that blows the weights up: the run stops on the non-finite loss, before updating
+    for anomaly in "" --detect-anomaly; do
+      BCOS_DATA="$data" "$train" --vocab "$vocab" --epochs 1 --limit-train 256 --batch 64 --test-data "" \
+        --vision-width 8 --vision-layers 1,1 --embed-dim 32 --text-width 32 --text-layers 1 --text-heads 1 \
+        --context-length 16 --warmup 1 --lr 1e30 --out "$work/train_nan" $anomaly >"$work/out" 2>&1
+      check "train_clip $anomaly stops on a NaN (exit 1)" test $? -eq 1
+    done
+    check "... --detect-anomaly names the op that produced it" contains "$work/out" "anomaly detection: Linear produced NaN"
+    BCOS_DATA="$data" "$train" --vocab "$vocab" --epochs 1 --limit-train 256 --batch 64 --test-data "" \
+      --vision-width 8 --vision-layers 1,1 --embed-dim 32 --text-width 32 --text-layers 1 --text-heads 1 \
+      --context-length 16 --warmup 1 --lr 1e30 --out "$work/train_nan" >"$work/out" 2>&1
+    check "... without it, the loss check stops before the update" contains "$work/out" "stopped before the update"
 
     # bcos_clip_zeroshot with that tiny CLIP as the teacher: the whole pipeline, briefly.
     bcz="$build/examples/bcos_clip_zeroshot"
