@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "tensor/files.h"
 #include "tensor/tensor.h"
 
 namespace bcos::data {
@@ -23,8 +24,8 @@ std::string encode_jpeg(const Tensor& image, int quality = 90);
 // Written to a temporary file beside `path`, then renamed over it: never a half-written file.
 void write_png(const Tensor& image, const std::string& path);
 
-// Whole-file helpers shared by the readers.
-std::string read_file(const std::string& path);
-void write_file_atomic(const std::string& path, std::string_view bytes);
+// Whole-file helpers (tensor/files.h), here too for the readers and writers of data/.
+using bcos::read_file;
+using bcos::write_file_atomic;
 
 }  // namespace bcos::data

@@ -13,6 +13,7 @@
 
 #include "nn/mapped_file.h"
 #include "tensor/copy.h"
+#include "tensor/files.h"
 
 namespace bcos::nn {
 
@@ -23,13 +24,18 @@ constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the limit of the Python li
 
 // ---- the JSON subset of a safetensors header ------------------------------------------------
 
+struct JsonMember;
 struct Json {
   enum class Kind { object, array, string, integer } kind = Kind::object;
   std::string text;
   int64_t integer = 0;
-  std::vector<Json> items;                            // array
-  std::vector<std::pair<std::string, Json>> members;  // object, in file order
-  size_t at = 0;                                      // byte offset in the file, for errors
+  std::vector<Json> items;           // array
+  std::vector<JsonMember> members;   // object, in file order
+  size_t at = 0;                     // byte offset in the file, for errors
+};
+struct JsonMember {  // (a std::pair would need Json complete inside Json)
+  std::string key;
+  Json value;
 };
 
 const char* kind_name(Json::Kind k) {
@@ -97,7 +103,7 @@ class JsonParser {
         std::string key = string();
         if (!seen.insert(key).second) error("duplicate key \"" + key + "\"");
         expect(':');
-        v.members.emplace_back(std::move(key), value(depth + 1));
+        v.members.push_back(JsonMember{std::move(key), value(depth + 1)});
         if (peek() == ',') { ++pos_; continue; }
         expect('}');
         return v;
@@ -415,39 +421,6 @@ void append_json_string(std::string& out, const std::string& s) {
   out += '"';
 }
 
-// A FILE* that removes its (temporary) file unless committed.
-class TempFile {
- public:
-  TempFile(const std::string& final_path, const char* op)
-      : path_(final_path + ".tmp." + std::to_string(::getpid())), final_(final_path), op_(op) {
-    f_ = std::fopen(path_.c_str(), "wb");
-    BCOS_CHECK(f_, op_, ": cannot create ", path_, ": ", std::strerror(errno));
-  }
-  ~TempFile() {
-    if (f_) std::fclose(f_);
-    if (!committed_) std::remove(path_.c_str());
-  }
-  void write(const void* data, size_t n) {
-    if (n && std::fwrite(data, 1, n, f_) != n) fail(op_, ": error writing ", path_, ": ", std::strerror(errno));
-  }
-  void commit() {
-    const bool ok = std::fflush(f_) == 0 && ::fsync(::fileno(f_)) == 0;
-    const int err = errno;
-    const bool closed = std::fclose(f_) == 0;
-    f_ = nullptr;
-    if (!ok || !closed) fail(op_, ": error writing ", path_, ": ", std::strerror(err));
-    if (std::rename(path_.c_str(), final_.c_str()) != 0)
-      fail(op_, ": cannot rename ", path_, " to ", final_, ": ", std::strerror(errno));
-    committed_ = true;
-  }
-
- private:
-  std::string path_, final_;
-  const char* op_;
-  std::FILE* f_ = nullptr;
-  bool committed_ = false;
-};
-
 }  // namespace
 
 void save_safetensors(const std::string& path, const StateDict& tensors,
@@ -491,7 +464,7 @@ void save_safetensors(const std::string& path, const StateDict& tensors,
   header += '}';
   header.append((8 - header.size() % 8) % 8, ' ');
 
-  TempFile out(path, op);
+  AtomicFile out(path, op);
   unsigned char length[8];
   for (int i = 0; i < 8; ++i) length[i] = static_cast<unsigned char>(uint64_t(header.size()) >> (8 * i));
   out.write(length, 8);
