@@ -2,6 +2,7 @@
 // its caller: sizes that fit an int, truncated JPEGs, tensors of the wrong layout.
 #include "data/image.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -54,6 +55,63 @@ bool jpeg_is_complete(std::string_view b) {
   return false;
 }
 
+// stb_image 2.27 (Debian's) builds a Huffman table without checking that its code lengths
+// define at most 256 symbols, and writes past the table when they define more (found by
+// fuzz/fuzz_image.cpp; 2.28 checks it). Every define-Huffman-table segment stb could reach is
+// checked here first: markers are found as stb finds them (junk between segments skipped,
+// entropy-coded data crossed, since there FF is followed by 00 or a restart marker), and each
+// table is read as stb reads it, bytes past the end reading as 0. Returns false when a table
+// declares more than 256 symbols.
+bool jpeg_huffman_tables_fit(std::string_view b) {
+  auto at = [&](size_t i) -> unsigned { return i < b.size() ? static_cast<unsigned char>(b[i]) : 0u; };
+  size_t pos = 2;
+  while (pos < b.size()) {
+    if (at(pos) != 0xFF) {  // junk, or entropy-coded data
+      ++pos;
+      continue;
+    }
+    while (pos < b.size() && at(pos) == 0xFF) ++pos;  // fill bytes
+    if (pos >= b.size()) break;
+    const unsigned marker = at(pos++);
+    if (marker == 0xD9) break;                                           // end of image
+    if (marker == 0x00 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) continue;  // no length
+    const int64_t length = int64_t(at(pos) << 8 | at(pos + 1));
+    if (marker == 0xC4) {
+      size_t p = pos + 2;
+      for (int64_t left = length - 2; left > 0;) {
+        ++p;  // table class and id
+        int64_t symbols = 0;
+        for (int i = 0; i < 16; ++i) symbols += at(p++);
+        if (symbols > 256) return false;
+        p += size_t(symbols);
+        left -= 17 + symbols;
+      }
+    }
+    pos += size_t(std::max<int64_t>(length, 2));
+  }
+  return true;
+}
+
+// stb grows its buffer for a PNG's compressed data to the length an IDAT chunk declares before
+// reading it, so 200 bytes claiming a 2 GB chunk make it allocate 2 GB (found by
+// fuzz/fuzz_image.cpp). Every chunk up to IEND must fit in the file. Returns the first chunk that
+// does not, as "IDAT (2147483648 bytes at offset 100)", or "" when all fit.
+std::string png_oversized_chunk(std::string_view b) {
+  auto u32 = [&](size_t i) {
+    return uint32_t(uint8_t(b[i])) << 24 | uint32_t(uint8_t(b[i + 1])) << 16 | uint32_t(uint8_t(b[i + 2])) << 8 |
+           uint32_t(uint8_t(b[i + 3]));
+  };
+  for (size_t pos = 8; pos + 8 <= b.size();) {
+    const uint64_t length = u32(pos);
+    std::string type(b.substr(pos + 4, 4));
+    for (char& c : type) c = (c >= 0x20 && c < 0x7F) ? c : '?';
+    if (length + 12 > b.size() - pos) return str(type, " (", length, " bytes at offset ", pos, ")");
+    if (type == "IEND") break;
+    pos += 12 + size_t(length);
+  }
+  return "";
+}
+
 // stb reads an uncompressed BMP cut short as black pixels: check the pixel array fits the file.
 bool bmp_is_complete(std::string_view b) {
   if (b.size() < 54) return false;
@@ -83,12 +141,19 @@ Tensor decode_image(std::string_view bytes, const std::string& source) {
   if (is_jpeg(bytes) && !jpeg_is_complete(bytes))
     fail("decode_image: ", source, ": truncated JPEG (", bytes.size(),
          " bytes, no end-of-image marker)");
+  // (stb takes anything starting with the start-of-image marker FF D8 for a JPEG)
+  if (bytes.size() >= 2 && uint8_t(bytes[0]) == 0xFF && uint8_t(bytes[1]) == 0xD8 && !jpeg_huffman_tables_fit(bytes))
+    fail("decode_image: ", source, ": corrupt JPEG (a Huffman table of more than 256 symbols)");
   int w = 0, h = 0;
   if (!stb::info(reinterpret_cast<const unsigned char*>(bytes.data()), int(bytes.size()), &w, &h))
     fail("decode_image: ", source, ": not a JPEG, PNG or BMP image, or its header is corrupt");
   if (int64_t(w) * int64_t(h) > kMaxPixels)
     fail("decode_image: ", source, ": ", w, "x", h, " pixels is over the ", kMaxPixels,
          "-pixel limit (a corrupt header, or a decompression bomb)");
+  if (bytes.size() >= 8 && bytes.substr(0, 8) == "\x89PNG\r\n\x1a\n")
+    if (const std::string chunk = png_oversized_chunk(bytes); !chunk.empty())
+      fail("decode_image: ", source, ": truncated or corrupt PNG (chunk ", chunk, " runs past the end of the ",
+           bytes.size(), "-byte file)");
   if (bytes.size() >= 2 && bytes[0] == 'B' && bytes[1] == 'M' && !bmp_is_complete(bytes))
     fail("decode_image: ", source, ": truncated BMP (", bytes.size(), " bytes, fewer than its header promises)");
   const char* reason = "unknown error";
@@ -107,34 +172,7 @@ Tensor decode_image(std::string_view bytes, const std::string& source) {
   return out;
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  BCOS_CHECK(f.good(), "read_file: cannot open ", path, ": ", std::strerror(errno));
-  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  BCOS_CHECK(!f.bad(), "read_file: error reading ", path);
-  return bytes;
-}
-
 Tensor read_image(const std::string& path) { return decode_image(read_file(path), path); }
-
-void write_file_atomic(const std::string& path, std::string_view bytes) {
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    BCOS_CHECK(f.good(), "write_file: cannot create ", tmp, ": ", std::strerror(errno));
-    f.write(bytes.data(), std::streamsize(bytes.size()));
-    f.flush();
-    if (!f.good()) {
-      std::remove(tmp.c_str());
-      fail("write_file: error writing ", tmp);
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    std::remove(tmp.c_str());
-    fail("write_file: cannot rename ", tmp, " to ", path, ": ", std::strerror(err));
-  }
-}
 
 namespace {
 

@@ -83,6 +83,8 @@ Evaluation evaluate(nn::Module& teacher, nn::Module& student, const Tensor& clas
     const auto cosines = sum(te * se, {1}).to_vector<float>();
     const auto labels = b.labels.to_vector<int64_t>();
     for (size_t i = 0; i < labels.size(); ++i) {
+      BCOS_CHECK(labels[i] >= 0 && labels[i] < classifier.size(0), "zero-shot: ", b.names[i], " has label ", labels[i],
+                 ", outside the ", classifier.size(0), " classes");
       for (int64_t j = 0; j < k; ++j) {
         t5 += tbest[i * size_t(k) + size_t(j)] == labels[i];
         s5 += sbest[i * size_t(k) + size_t(j)] == labels[i];
@@ -191,9 +193,9 @@ int main(int argc, char** argv) {
   app.add_option("--clip", clip_path, "the teacher: CLIP weights (OpenAI .pt, open_clip, Hugging Face); default: the "
                  "small CLIP train_clip makes on the CIFAR-10 shards, trained on first use into OUT/teacher");
   app.add_option("--out", out, "output folder: report.md, report.json, PNGs, checkpoint.safetensors, student.safetensors");
-  app.add_option("--data", train_path, "training images for the distillation (labels unused)");
-  app.add_option("--test-data", test_path, "labelled test images for zero-shot, GridPG and figures");
-  app.add_option("--vocab", vocab, "CLIP's BPE vocabulary");
+  CLI::Option* data_opt = app.add_option("--data", train_path, "training images for the distillation (labels unused)");
+  CLI::Option* test_opt = app.add_option("--test-data", test_path, "labelled test images for zero-shot, GridPG and figures");
+  CLI::Option* vocab_opt = app.add_option("--vocab", vocab, "CLIP's BPE vocabulary");
   app.add_option("--classes", classes, "class names: a file, cifar10 or imagenet");
   app.add_option("--templates", templates, "prompt templates with {}: a file, cifar10 or imagenet");
   app.add_option("--held-out", held_out_spec, "indices of the templates the zero-shot classifier uses (default: those "
@@ -220,6 +222,7 @@ int main(int argc, char** argv) {
     const auto t_start = Clock::now();
     const Device device = examples::parse_device(device_spec);
     BCOS_CHECK(clip_path.empty() || fs::exists(clip_path), "bcos_clip_zeroshot: --clip ", clip_path, " does not exist");
+    examples::check_given_paths("bcos_clip_zeroshot", {data_opt, test_opt, vocab_opt});
     if (!examples::data_exists(test_path) || !fs::exists(vocab) || (clip_path.empty() && !examples::data_exists(train_path))) {
       std::printf("bcos_clip_zeroshot: skipped: the CIFAR-10 shards or CLIP's vocabulary are missing (%s, %s); set "
                   "BCOS_DATA or pass --data / --test-data / --vocab\n", test_path.c_str(), vocab.c_str());
@@ -443,8 +446,8 @@ int main(int argc, char** argv) {
                         {"student_quartiles", {g_student.q1, g_student.median, g_student.q3}}};
     report["figures"] = figures;
     report["seconds"] = total;
-    std::ofstream(out + "/report.json") << examples::dump(report) << "\n";
-    std::ofstream md(out + "/report.md");
+    data::write_file_atomic(out + "/report.json", examples::dump(report) + "\n");
+    std::ostringstream md;
     md << "# B-cos CLIP: zero-shot on " << ev.samples << " test images\n\n"
        << "`" << report["command"].get<std::string>() << "`\n\n"
        << "| tower | top-1 % | top-5 % | GridPG (3x3, text targets) |\n|---|---|---|---|\n"
@@ -456,6 +459,7 @@ int main(int argc, char** argv) {
        << "; b = 1 equivalence: relative error " << equivalence << "; distillation " << fixed(train_seconds, 0)
        << " s, total " << fixed(total, 0) << " s.\n\n"
        << "![class prompts](classes.png)\n\n![free prompts](prompts.png)\n";
+    data::write_file_atomic(out + "/report.md", md.str());
     std::printf("report: %s/report.md (%.0f s)\n", out.c_str(), total);
   });
 }

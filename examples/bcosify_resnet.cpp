@@ -92,6 +92,8 @@ EvalResult evaluate(nn::Module& model, bool bcos_model, const Setup& s, data::Da
     const auto conf = best.values.to_vector<float>();
     const auto labels = b.labels.to_vector<int64_t>();
     for (size_t i = 0; i < labels.size(); ++i) {
+      BCOS_CHECK(labels[i] >= 0 && labels[i] < s.spec.num_classes, "bcosify_resnet: ", b.names[i], " has label ",
+                 labels[i], ", outside the model's ", s.spec.num_classes, " classes");
       if (pred[i] != labels[i]) continue;
       ++correct;
       if (conf[i] > 0.5f && r.pool.per_class[labels[i]] < per_class) {
@@ -402,6 +404,10 @@ int main(int argc, char** argv) {
       for (Batch& b : train_loader->epoch(epoch)) {
         if (state.step >= (epoch + 1) * steps_per_epoch || state.step >= total_steps) break;  // a partial epoch
         models::apply_finetune_schedule(*bcos_model, plan, state.step);
+        for (int64_t i = 0; i < b.size(); ++i)
+          if (const int64_t label = b.labels.data<int64_t>()[i]; label < 0 || label >= s.spec.num_classes)
+            fail("bcosify_resnet: ", b.names[size_t(i)], " has label ", label, ", outside the model's ",
+                 s.spec.num_classes, " classes");
         const Tensor labels = b.labels.to(s.device);
         Tensor logits = (*bcos_model)(nn::add_inverse(b.images.to(s.device)));
         Tensor loss = loss_name == "bce" ? nn::uniform_off_labels_bce(logits, labels) : cross_entropy(logits, labels);
@@ -519,7 +525,7 @@ int main(int argc, char** argv) {
     auto grid_line = [](const models::GridPGResult& g) {
       return str(g.mean, " (quartiles ", g.q1, " / ", g.median, " / ", g.q3, ")");
     };
-    std::ofstream md(out + "/report.md");
+    std::ostringstream md;
     md << "# B-cosification of " << s.spec.arch << "\n\n"
        << "Command: `" << command << "`\n\n"
        << "| | original | B-cos" << (from_scratch ? " (from scratch)" : "") << " |\n|---|---|---|\n"
@@ -544,7 +550,7 @@ int main(int argc, char** argv) {
        << "| phase | seconds |\n|---|---|\n";
     for (const auto& [name, sec] : timings) md << "| " << name << " | " << sec << " |\n";
     md << "| total | " << total_seconds << " |\n";
-    md.close();
+    data::write_file_atomic(out + "/report.md", md.str());
     auto grid_json = [](const models::GridPGResult& g) {
       return examples::Json{{"mean", g.mean}, {"q1", g.q1}, {"median", g.median}, {"q3", g.q3},
                             {"grids", g.grids}, {"cell", g.cell}, {"smooth", g.smooth}};
@@ -565,7 +571,7 @@ int main(int argc, char** argv) {
     for (const auto& [name, sec] : timings) times[name] = sec;
     times["total"] = total_seconds;
     report["timings_s"] = times;
-    std::ofstream(out + "/report.json") << examples::dump(report) << "\n";
+    data::write_file_atomic(out + "/report.json", examples::dump(report) + "\n");
     std::printf("wrote %s/report.md, report.json and %lld PNGs (%.0f s in all)\n", out.c_str(),
                 static_cast<long long>(pngs), total_seconds);
   });

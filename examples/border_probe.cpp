@@ -53,7 +53,11 @@ int main(int argc, char** argv) {
     models::BcosifyOptions o;
     o.mean = spec.mean, o.std = spec.std;
     auto model = models::bcosify(models::create_model(spec.arch), o);
-    model->load_state_dict(nn::load_safetensors(model_path));
+    try {
+      model->load_state_dict(nn::load_safetensors(model_path));
+    } catch (const Error& e) {
+      fail("border_probe: ", model_path, " is not a B-cos ", spec.arch, " saved by bcosify_resnet: ", e.what());
+    }
     model->eval();
     const int64_t n = images, size = spec.input_size;
     BCOS_CHECK(n > 0, "border_probe: --images must be positive");

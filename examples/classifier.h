@@ -57,6 +57,16 @@ inline bool data_exists(const std::string& p) {
   return std::filesystem::exists(first, ec);
 }
 
+// Paths the user typed must exist (an error naming the option); only missing defaults -- no
+// ../shared here -- may make an example skip its work. Empty values ("" to skip) are allowed.
+inline void check_given_paths(const std::string& program, std::initializer_list<const CLI::Option*> options) {
+  for (const CLI::Option* o : options) {
+    if (!o->count()) continue;
+    const std::string value = o->as<std::string>();
+    BCOS_CHECK(value.empty() || data_exists(value), program, ": ", o->get_name(), " ", value, " does not exist");
+  }
+}
+
 // A loader for --data: WebDataset shards (a .tar path or a brace pattern), a CIFAR-10 binary
 // folder (data_batch_*.bin / test_batch.bin; `split` picks train or test), or an ImageFolder.
 inline std::unique_ptr<bcos::data::DataLoader> make_loader(const std::string& path, const std::string& split,

@@ -17,6 +17,7 @@
 #include <sstream>
 #include <thread>
 
+#include "data/image.h"
 #include "data/rng.h"
 #include "examples/clip_common.h"
 #include "models/clip_load.h"
@@ -89,14 +90,14 @@ int main(int argc, char** argv) {
   bool from_classes = false, resume = false, eval_each_epoch = false, detect_anomaly = false;
   CLI::Option* data_opt = app.add_option("--data", train_path, "training shards: <key>.jpg + <key>.txt (or .cls with "
                                          "--captions-from-classes)");
-  app.add_option("--test-data", test_path, "labelled test data for the zero-shot evaluation (\"\" to skip)");
+  CLI::Option* test_opt = app.add_option("--test-data", test_path, "labelled test data for the zero-shot evaluation (\"\" to skip)");
   app.add_flag("--captions-from-classes", from_classes, "captions are templates filled with the class name of each "
                "sample's label (on by default for the CIFAR-10 shards)");
   app.add_option("--classes", classes, "class names: a file, cifar10 or imagenet");
   app.add_option("--templates", templates, "templates with {}: a file, cifar10 or imagenet");
   app.add_option("--train-templates", train_templates, "indices of the templates captions are made from; the "
                  "others are held out for the zero-shot evaluation (\"all\": every template in both)");
-  app.add_option("--vocab", vocab, "CLIP's BPE vocabulary");
+  CLI::Option* vocab_opt = app.add_option("--vocab", vocab, "CLIP's BPE vocabulary");
   app.add_option("--vision", shape.vision, "resnet / vit (small, from the options below) or OpenAI's tower: rn50, "
                  "rn101, rn50x4, rn50x16, rn50x64, vit_b_32, vit_b_16, vit_l_14");
   app.add_option("--image-size", shape.image_size, "input resolution of the small towers (32 to 64 for CIFAR)")
@@ -128,6 +129,7 @@ int main(int argc, char** argv) {
   app.add_flag("--eval-each-epoch", eval_each_epoch, "zero-shot accuracy after every epoch, not only at the end");
   return examples::run(app, argc, argv, [&] {
     const auto t_start = std::chrono::steady_clock::now();
+    examples::check_given_paths("train_clip", {data_opt, test_opt, vocab_opt});
     if (!data_opt->count()) from_classes = true;  // the CIFAR-10 shards have labels, not captions
     if (!data_opt->count() && (!examples::data_exists(train_path) || !fs::exists(vocab))) {
       std::printf("train_clip: skipped: the CIFAR-10 shards or CLIP's vocabulary are missing (%s, %s); set BCOS_DATA "
@@ -277,6 +279,6 @@ int main(int argc, char** argv) {
       report["zeroshot"] = {{"data", test_path}, {"samples", r.samples}, {"top1", r.top1}, {"top5", r.top5}};
     }
     report["total_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    std::ofstream(out + "/report.json") << examples::dump(report) << "\n";
+    data::write_file_atomic(out + "/report.json", examples::dump(report) + "\n");
   });
 }

@@ -89,7 +89,8 @@ ClipConfig ClipConfig::from_state_dict(const nn::StateDict& state,
   c.transformer_width = need(state, "ln_final.weight").size(0);
   c.transformer_heads = std::max<int64_t>(1, c.transformer_width / 64);
   c.transformer_layers = count_blocks(state, "transformer.resblocks.");
-  for (const auto& [key, value] : metadata) {
+  for (const auto& entry : metadata) {
+    const std::string &key = entry.first, &value = entry.second;  // (clang 14 cannot capture structured bindings)
     auto number = [&] {
       try {
         return std::stoll(value);

@@ -55,7 +55,12 @@ std::shared_ptr<nn::Module> create_model(const std::string& arch, int64_t num_cl
 }
 
 void load_pretrained(nn::Module& model, const std::string& path) {
-  model.load_state_dict(nn::strip_wrapper_prefixes(nn::load_checkpoint(path)));
+  nn::StateDict weights = nn::strip_wrapper_prefixes(nn::load_checkpoint(path));
+  try {
+    model.load_state_dict(weights);
+  } catch (const Error& e) {  // the file's name, which load_state_dict does not know
+    fail("load_pretrained: ", path, " does not fit the model (weights of another architecture?): ", e.what());
+  }
 }
 
 }  // namespace bcos::models

@@ -150,10 +150,10 @@ void Module::load_state_dict(const StateDict& state, bool strict) {
   }
   for (const auto& [key, t] : state)
     if (!known.count(key)) unexpected.push_back(key);
-  auto join = [](const std::vector<std::string>& v) {
+  auto join = [](const std::vector<std::string>& v) {  // the first few: enough to tell what went wrong
     std::string s;
-    for (size_t i = 0; i < v.size() && i < 20; ++i) s += (i ? ", " : "") + v[i];
-    if (v.size() > 20) s += str(", ... (", v.size(), " in all)");
+    for (size_t i = 0; i < v.size() && i < 6; ++i) s += (i ? ", " : "") + v[i];
+    if (v.size() > 6) s += str(", ... (", v.size(), " in all)");
     return s;
   };
   if (!mismatched.empty() || (strict && (!missing.empty() || !unexpected.empty()))) {
@@ -161,6 +161,7 @@ void Module::load_state_dict(const StateDict& state, bool strict) {
     if (!mismatched.empty()) msg += str("shape or dtype mismatch for ", join(mismatched), ". ");
     if (strict && !missing.empty()) msg += str("missing keys: ", join(missing), ". ");
     if (strict && !unexpected.empty()) msg += str("unexpected keys: ", join(unexpected), ". ");
+    msg.pop_back();
     fail(msg);
   }
   NoGradGuard no_grad;

@@ -112,6 +112,17 @@ TEST_CASE("images: corrupt, truncated and empty files raise errors naming their 
     CAPTURE(cut);
     CHECK(contains(error_of([&] { decode_image(png.substr(0, cut), "cut.png"); }), "cut.png"));
   }
+  // A Huffman table of 16 x 19 = 304 symbols: stb 2.27 would write past its 257-entry table
+  // (found by fuzz/fuzz_image.cpp); it is refused before stb sees it, after junk bytes and
+  // behind an APP segment too.
+  std::string dht = "\xFF\xC4";
+  const size_t dht_length = 2 + 17 + 304;
+  dht += char(dht_length >> 8), dht += char(dht_length & 0xFF), dht += char(0x00);
+  dht += std::string(16, char(19)) + std::string(304, char(1));
+  for (const std::string& prefix : {std::string(), app1, std::string("junk") + app1}) {
+    const std::string bad = jpeg.substr(0, 2) + prefix + dht + jpeg.substr(2);
+    CHECK(contains(error_of([&] { decode_image(bad, "huffman.jpg"); }), "huffman.jpg: corrupt JPEG (a Huffman table"));
+  }
   std::string flipped = jpeg;
   for (size_t i = 2; i < 40; ++i) flipped[i] = char(0x5A);  // overwrite the headers
   CHECK(contains(error_of([&] { decode_image(flipped, "flipped.jpg"); }), "flipped.jpg"));
