@@ -19,6 +19,7 @@
 #include <vector>
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -37,8 +38,11 @@ std::atomic<bool> g_bf16{false};
 bool cpu_has_amx() {
 #ifdef BCOS_AMX
   static const bool has = [] {
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return false;
+    // CPUID leaf 7: EDX bit 24 is AMX-TILE, bit 22 AMX-BF16 (read directly: clang 14's
+    // __builtin_cpu_supports does not know the AMX names).
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    if (!(edx & (1u << 24)) || !(edx & (1u << 22))) return false;
     constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
     return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
   }();
