@@ -64,7 +64,12 @@ bool jpeg_is_complete(std::string_view b) {
 // declares more than 256 symbols.
 bool jpeg_huffman_tables_fit(std::string_view b) {
   auto at = [&](size_t i) -> unsigned { return i < b.size() ? static_cast<unsigned char>(b[i]) : 0u; };
-  size_t pos = 2;
+  // stb takes FF (FF ...) D8 at the start for a JPEG's start-of-image marker
+  if (at(0) != 0xFF) return true;
+  size_t pos = 1;
+  while (pos < b.size() && at(pos) == 0xFF) ++pos;
+  if (at(pos) != 0xD8) return true;
+  ++pos;
   while (pos < b.size()) {
     if (at(pos) != 0xFF) {  // junk, or entropy-coded data
       ++pos;
@@ -141,8 +146,7 @@ Tensor decode_image(std::string_view bytes, const std::string& source) {
   if (is_jpeg(bytes) && !jpeg_is_complete(bytes))
     fail("decode_image: ", source, ": truncated JPEG (", bytes.size(),
          " bytes, no end-of-image marker)");
-  // (stb takes anything starting with the start-of-image marker FF D8 for a JPEG)
-  if (bytes.size() >= 2 && uint8_t(bytes[0]) == 0xFF && uint8_t(bytes[1]) == 0xD8 && !jpeg_huffman_tables_fit(bytes))
+  if (!jpeg_huffman_tables_fit(bytes))
     fail("decode_image: ", source, ": corrupt JPEG (a Huffman table of more than 256 symbols)");
   int w = 0, h = 0;
   if (!stb::info(reinterpret_cast<const unsigned char*>(bytes.data()), int(bytes.size()), &w, &h))

@@ -122,6 +122,8 @@ TEST_CASE("images: corrupt, truncated and empty files raise errors naming their 
   for (const std::string& prefix : {std::string(), app1, std::string("junk") + app1}) {
     const std::string bad = jpeg.substr(0, 2) + prefix + dht + jpeg.substr(2);
     CHECK(contains(error_of([&] { decode_image(bad, "huffman.jpg"); }), "huffman.jpg: corrupt JPEG (a Huffman table"));
+    // stb also reads fill bytes before the start-of-image marker
+    CHECK(contains(error_of([&] { decode_image("\xFF\xFF" + bad.substr(1), "fill.jpg"); }), "fill.jpg: corrupt JPEG"));
   }
   std::string flipped = jpeg;
   for (size_t i = 2; i < 40; ++i) flipped[i] = char(0x5A);  // overwrite the headers
