@@ -55,21 +55,25 @@ bool jpeg_is_complete(std::string_view b) {
   return false;
 }
 
-// stb_image 2.27 (Debian's) builds a Huffman table without checking that its code lengths
-// define at most 256 symbols, and writes past the table when they define more (found by
-// fuzz/fuzz_image.cpp; 2.28 checks it). Every define-Huffman-table segment stb could reach is
-// checked here first: markers are found as stb finds them (junk between segments skipped,
-// entropy-coded data crossed, since there FF is followed by 00 or a restart marker), and each
-// table is read as stb reads it, bytes past the end reading as 0. Returns false when a table
-// declares more than 256 symbols.
-bool jpeg_huffman_tables_fit(std::string_view b) {
+// stb_image 2.27 (Debian's) trusts a JPEG's Huffman tables more than it should (both found by
+// fuzz/fuzz_image.cpp, both checked by stb 2.28): it builds a table without checking that its
+// code lengths define at most 256 symbols, writing past the table when they define more, and a
+// scan may use a table no DHT segment defined, decoding with uninitialised memory (symbol
+// indices from it read anywhere). So every marker stb could reach is walked here first, as stb
+// finds them (fill bytes and junk between segments skipped, entropy-coded data crossed, since
+// there FF is followed by 00 or a restart marker), each table read as stb reads it (bytes past
+// the end read as 0), and each scan's tables checked, as stb uses them. Returns what is wrong,
+// or "" (also for files stb will reject by itself).
+std::string jpeg_huffman_problem(std::string_view b) {
   auto at = [&](size_t i) -> unsigned { return i < b.size() ? static_cast<unsigned char>(b[i]) : 0u; };
   // stb takes FF (FF ...) D8 at the start for a JPEG's start-of-image marker
-  if (at(0) != 0xFF) return true;
+  if (at(0) != 0xFF) return "";
   size_t pos = 1;
   while (pos < b.size() && at(pos) == 0xFF) ++pos;
-  if (at(pos) != 0xD8) return true;
+  if (at(pos) != 0xD8) return "";
   ++pos;
+  bool defined[2][4] = {};  // [DC / AC][table id]
+  bool progressive = false;
   while (pos < b.size()) {
     if (at(pos) != 0xFF) {  // junk, or entropy-coded data
       ++pos;
@@ -78,23 +82,34 @@ bool jpeg_huffman_tables_fit(std::string_view b) {
     while (pos < b.size() && at(pos) == 0xFF) ++pos;  // fill bytes
     if (pos >= b.size()) break;
     const unsigned marker = at(pos++);
-    if (marker == 0xD9) break;                                           // end of image
+    if (marker == 0xD9) break;                                                              // end of image
     if (marker == 0x00 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) continue;  // no length
     const int64_t length = int64_t(at(pos) << 8 | at(pos + 1));
-    if (marker == 0xC4) {
+    if (marker == 0xC2) progressive = true;
+    if (marker == 0xC4) {  // define Huffman tables
       size_t p = pos + 2;
       for (int64_t left = length - 2; left > 0;) {
-        ++p;  // table class and id
+        const unsigned table = at(p++);
         int64_t symbols = 0;
         for (int i = 0; i < 16; ++i) symbols += at(p++);
-        if (symbols > 256) return false;
+        if (symbols > 256) return str("a Huffman table of ", symbols, " symbols (256 at most)");
+        if ((table >> 4) <= 1 && (table & 15) <= 3) defined[table >> 4][table & 15] = true;
         p += size_t(symbols);
         left -= 17 + symbols;
+      }
+    } else if (marker == 0xDA) {  // start of scan: components, then Ss, Se, Ah / Al
+      const size_t p = pos + 2;
+      const unsigned components = at(p), ss = at(p + 1 + 2 * components), ah = at(p + 3 + 2 * components) >> 4;
+      const bool uses_dc = !progressive || (ss == 0 && ah == 0), uses_ac = !progressive || ss != 0;
+      for (unsigned c = 0; c < components; ++c) {
+        const unsigned dc = at(p + 2 + 2 * c) >> 4, ac = at(p + 2 + 2 * c) & 15;
+        if (uses_dc && dc <= 3 && !defined[0][dc]) return str("a scan uses DC Huffman table ", dc, ", which is not defined");
+        if (uses_ac && ac <= 3 && !defined[1][ac]) return str("a scan uses AC Huffman table ", ac, ", which is not defined");
       }
     }
     pos += size_t(std::max<int64_t>(length, 2));
   }
-  return true;
+  return "";
 }
 
 // stb grows its buffer for a PNG's compressed data to the length an IDAT chunk declares before
@@ -146,8 +161,8 @@ Tensor decode_image(std::string_view bytes, const std::string& source) {
   if (is_jpeg(bytes) && !jpeg_is_complete(bytes))
     fail("decode_image: ", source, ": truncated JPEG (", bytes.size(),
          " bytes, no end-of-image marker)");
-  if (!jpeg_huffman_tables_fit(bytes))
-    fail("decode_image: ", source, ": corrupt JPEG (a Huffman table of more than 256 symbols)");
+  if (const std::string problem = jpeg_huffman_problem(bytes); !problem.empty())
+    fail("decode_image: ", source, ": corrupt JPEG (", problem, ")");
   int w = 0, h = 0;
   if (!stb::info(reinterpret_cast<const unsigned char*>(bytes.data()), int(bytes.size()), &w, &h))
     fail("decode_image: ", source, ": not a JPEG, PNG or BMP image, or its header is corrupt");

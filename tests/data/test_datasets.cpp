@@ -121,10 +121,25 @@ TEST_CASE("images: corrupt, truncated and empty files raise errors naming their 
   dht += std::string(16, char(19)) + std::string(304, char(1));
   for (const std::string& prefix : {std::string(), app1, std::string("junk") + app1}) {
     const std::string bad = jpeg.substr(0, 2) + prefix + dht + jpeg.substr(2);
-    CHECK(contains(error_of([&] { decode_image(bad, "huffman.jpg"); }), "huffman.jpg: corrupt JPEG (a Huffman table"));
+    CHECK(contains(error_of([&] { decode_image(bad, "huffman.jpg"); }), "huffman.jpg: corrupt JPEG (a Huffman table of 304 symbols"));
     // stb also reads fill bytes before the start-of-image marker
     CHECK(contains(error_of([&] { decode_image("\xFF\xFF" + bad.substr(1), "fill.jpg"); }), "fill.jpg: corrupt JPEG"));
   }
+  // A scan using a table no DHT segment defined (stb would decode with uninitialised memory):
+  // the encoder's tables renamed from class 0 / 1 to ids that scans do not use.
+  std::string undefined = jpeg;
+  for (size_t i = 2; i + 4 < undefined.size(); ++i)
+    if (uint8_t(undefined[i]) == 0xFF && uint8_t(undefined[i + 1]) == 0xC4) {
+      const size_t length = size_t(uint8_t(undefined[i + 2])) << 8 | uint8_t(undefined[i + 3]);
+      for (size_t p = i + 4; p < i + 2 + length;) {
+        size_t symbols = 0;
+        for (int k = 1; k <= 16; ++k) symbols += uint8_t(undefined[p + size_t(k)]);
+        undefined[p] = char(uint8_t(undefined[p]) | 0x03);  // table id 3
+        p += 17 + symbols;
+      }
+      i += 1 + length;
+    }
+  CHECK(contains(error_of([&] { decode_image(undefined, "undefined.jpg"); }), "Huffman table 0, which is not defined"));
   std::string flipped = jpeg;
   for (size_t i = 2; i < 40; ++i) flipped[i] = char(0x5A);  // overwrite the headers
   CHECK(contains(error_of([&] { decode_image(flipped, "flipped.jpg"); }), "flipped.jpg"));
