@@ -31,7 +31,7 @@ void remove_stale_temporaries(const std::string& path) {
     const std::string pid_text = name.substr(prefix.size());
     if (pid_text.find_first_not_of("0123456789") != std::string::npos || pid_text.size() > 9) continue;
     const pid_t pid = pid_t(std::stol(pid_text));
-    if (pid == ::getpid() || (::kill(pid, 0) != 0 && errno == ESRCH)) {
+    if (pid != ::getpid() && ::kill(pid, 0) != 0 && errno == ESRCH) {
       std::error_code ignored;
       fs::remove(it->path(), ignored);
     }
