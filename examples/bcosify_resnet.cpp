@@ -404,10 +404,10 @@ int main(int argc, char** argv) {
       for (Batch& b : train_loader->epoch(epoch)) {
         if (state.step >= (epoch + 1) * steps_per_epoch || state.step >= total_steps) break;  // a partial epoch
         models::apply_finetune_schedule(*bcos_model, plan, state.step);
-        for (int64_t i = 0; i < b.size(); ++i)
-          if (const int64_t label = b.labels.data<int64_t>()[i]; label < 0 || label >= s.spec.num_classes)
-            fail("bcosify_resnet: ", b.names[size_t(i)], " has label ", label, ", outside the model's ",
-                 s.spec.num_classes, " classes");
+        const std::vector<int64_t> label_values = b.labels.to_vector<int64_t>();  // (the loader may deliver to the GPU)
+        for (size_t i = 0; i < label_values.size(); ++i)
+          BCOS_CHECK(label_values[i] >= 0 && label_values[i] < s.spec.num_classes, "bcosify_resnet: ", b.names[i],
+                     " has label ", label_values[i], ", outside the model's ", s.spec.num_classes, " classes");
         const Tensor labels = b.labels.to(s.device);
         Tensor logits = (*bcos_model)(nn::add_inverse(b.images.to(s.device)));
         Tensor loss = loss_name == "bce" ? nn::uniform_off_labels_bce(logits, labels) : cross_entropy(logits, labels);
