@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Crash safety: a B-cosification run (examples/bcosify_resnet on a small synthetic CIFAR-10 and
-# random ResNet-20 weights) is killed with SIGKILL several times -- at random moments, and
-# right after a checkpoint write has begun -- and resumed each time with --resume; it must end
+# random ResNet-20 weights) is killed with SIGKILL several times -- at random moments before
+# and during training, and as a checkpoint write begins -- and resumed each time with --resume; it must end
 # with the same bytes as an uninterrupted run: the final model and the last checkpoint (model,
 # AdamW moments, schedule, counters, RNG), and no temporary file left behind.
 #   usage: test_kill_resume.sh BUILD_DIR [KILLS]
@@ -27,24 +27,34 @@ ref_seconds=$(echo "$(date +%s.%N) - $start" | bc)
 echo "uninterrupted run: ${ref_seconds} s"
 
 out="$work/killed"
-RANDOM=12345  # the kill schedule is the same every time
+# The kill schedule follows the run's progress, not the clock, so a slow or busy machine gets
+# the same kills: in turn (1) a random moment in the first 1.5 s (loading, evaluating the
+# original, converting), (2) the instant the checkpoint's temporary file appears (mid-write),
+# (3) a random moment of the attempt's second epoch (after one checkpoint of its own).
+RANDOM=12345
 kills=0 write_kills=0 attempts=0 finished=0
+epoch_shown() {  # epoch_shown N: the attempt's progress bar has reached epoch N
+  tr '\r' '\n' <"$work/attempt.log" 2>/dev/null | grep -a -q "epoch $1/"
+}
 while (( attempts < 40 )); do
   attempts=$((attempts + 1))
   resume=()
   [[ -f "$out/checkpoint.safetensors" ]] && resume=(--resume)
+  done_epochs=$(grep -a -o -m1 '"epoch":"[0-9]*"' "$out/checkpoint.safetensors" 2>/dev/null | head -1 | grep -o '[0-9]*' || true)
   run "$out" "${resume[@]}" >"$work/attempt.log" 2>&1 &
   pid=$!
-  if (( kills < kills_wanted && kills % 2 == 1 )); then
-    # Wait for a checkpoint write to begin (its temporary file appears), then kill at once.
-    while kill -0 $pid 2>/dev/null && [[ ! -e "$out/checkpoint.safetensors.tmp.$pid" ]]; do :; done
-    mode="during a checkpoint write"
-  elif (( kills < kills_wanted )); then
-    # A random moment of the run: 0.2 s .. the uninterrupted run's length.
-    sleep "$(echo "scale=3; 0.2 + ($RANDOM / 32767) * $ref_seconds" | bc)"
-    mode="at a random moment"
-  else
-    mode=""
+  mode=""
+  if (( kills < kills_wanted )); then
+    case $((kills % 3)) in
+      0) sleep "$(echo "scale=3; 0.1 + ($RANDOM / 32767) * 1.4" | bc)"
+         mode="early" ;;
+      1) while kill -0 $pid 2>/dev/null && [[ ! -e "$out/checkpoint.safetensors.tmp.$pid" ]]; do :; done
+         mode="as a checkpoint write began" ;;
+      2) target=$(( ${done_epochs:-0} + 2 ))
+         while kill -0 $pid 2>/dev/null && ! epoch_shown $target; do sleep 0.02; done
+         sleep "$(echo "scale=3; ($RANDOM / 32767) * 0.3" | bc)"
+         mode="during an epoch" ;;
+    esac
   fi
   if [[ -n "$mode" ]] && kill -9 $pid 2>/dev/null; then
     wait $pid 2>/dev/null
