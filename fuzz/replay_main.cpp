@@ -15,6 +15,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 
 int main(int argc, char** argv) {
   namespace fs = std::filesystem;
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s FILE_OR_DIR...  (runs the fuzz target once on each file)\n", argv[0]);
+    return 2;
+  }
   std::vector<fs::path> inputs;
   for (int i = 1; i < argc; ++i) {
     fs::path p = argv[i];
@@ -29,10 +33,6 @@ int main(int argc, char** argv) {
     }
   }
   std::sort(inputs.begin(), inputs.end());
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s FILE_OR_DIR...  (runs the fuzz target once on each file)\n", argv[0]);
-    return 2;
-  }
   for (const auto& p : inputs) {
     std::ifstream in(p, std::ios::binary);
     std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
