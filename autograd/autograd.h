@@ -84,6 +84,8 @@ struct AutogradMeta {
   Tensor grad;
   std::shared_ptr<Node> grad_fn;          // null for leaves
   std::weak_ptr<Node> grad_accumulator;   // leaves: created on first use
+  // Called, in order, after a backward has accumulated this leaf's gradient into `grad`.
+  std::vector<std::function<void(const Tensor& grad)>> post_accumulate_hooks;
 };
 
 using Grads = std::vector<Tensor>;
@@ -136,6 +138,15 @@ void record(const char* name, const Tensor& out, const std::vector<Tensor>& inpu
 
 // Runs backward from `root` with gradient `grad` (same shape as root).
 void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph);
+
+// ---- hooks (what data-parallel training builds on) --------------------------------------------
+// `hook(grad)` runs each time a backward has accumulated the leaf `t`'s gradient into t.grad()
+// (PyTorch's register_post_accumulate_grad_hook): the gradient of that step is final then, so it
+// can be sent while the backward goes on with the layers below.
+void add_post_accumulate_grad_hook(const Tensor& t, std::function<void(const Tensor& grad)> hook);
+// Only during a backward (from a hook): `callback` runs once that backward has finished every
+// node, before backward() returns (PyTorch's queue_callback). Callbacks run in the order queued.
+void queue_backward_callback(std::function<void()> callback);
 
 // Sums `g` over broadcast dims so it has `shape` (the inverse of broadcasting).
 Tensor sum_to(const Tensor& g, const Shape& shape);

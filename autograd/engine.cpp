@@ -13,6 +13,8 @@ namespace {
 thread_local bool g_grad_enabled = true;
 thread_local bool g_explanation_mode = false;
 thread_local bool g_anomaly_detection = false;
+// The callbacks of the backward running on this thread (null outside one).
+thread_local std::vector<std::function<void()>>* g_backward_callbacks = nullptr;
 
 // "[2, 3] (finite), [3] (NaN/Inf)": the shapes of an op's inputs and whether each was finite.
 std::string describe_inputs(const std::vector<Tensor>& inputs) {
@@ -186,6 +188,13 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
              root.dtype(), " on ", root.device());
   NoGradGuard no_grad;
   std::shared_ptr<Node> start = edge_of(root);
+  std::vector<std::function<void()>> callbacks;  // queue_backward_callback's, for this backward
+  auto* const outer_callbacks = g_backward_callbacks;
+  g_backward_callbacks = &callbacks;
+  struct Restore {
+    std::vector<std::function<void()>>* outer;
+    ~Restore() { g_backward_callbacks = outer; }
+  } restore{outer_callbacks};
 
   // Dependency counts over the reachable graph (iterative DFS: deep nets overflow recursion).
   std::unordered_map<Node*, int> deps;
@@ -212,7 +221,10 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
     buffers.erase(n);
 
     if (n->leaf) {
-      if (g.defined()) accumulate_leaf(*n->leaf, g, /*adopt=*/true);
+      if (g.defined()) {
+        accumulate_leaf(*n->leaf, g, /*adopt=*/true);
+        for (const auto& hook : n->leaf->post_accumulate_hooks) hook(n->leaf->grad);
+      }
       continue;
     }
     if (auto kept = n->retained.lock(); kept && kept->retains_grad && g.defined())
@@ -258,6 +270,24 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
       if (--deps[next] == 0) ready.push_back(next);
     }
   }
+  // A callback may queue another (it runs too); indices, since the vector may grow.
+  for (size_t i = 0; i < callbacks.size(); ++i) {
+    std::function<void()> callback = std::move(callbacks[i]);
+    callback();
+  }
+}
+
+void add_post_accumulate_grad_hook(const Tensor& t, std::function<void(const Tensor& grad)> hook) {
+  BCOS_CHECK(t.defined() && t.requires_grad() && !t.autograd_meta()->grad_fn,
+             "add_post_accumulate_grad_hook: needs a leaf tensor that requires grad (got ",
+             t.defined() ? str("shape ", t.shape(), t.requires_grad() ? ", not a leaf" : ", no requires_grad")
+                         : std::string("an undefined tensor"), ")");
+  t.autograd_meta()->post_accumulate_hooks.push_back(std::move(hook));
+}
+
+void queue_backward_callback(std::function<void()> callback) {
+  BCOS_CHECK(g_backward_callbacks != nullptr, "queue_backward_callback: called outside a backward pass");
+  g_backward_callbacks->push_back(std::move(callback));
 }
 
 }  // namespace bcos

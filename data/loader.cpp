@@ -73,7 +73,8 @@ struct DataLoader::State {
       try {
         Record r = job.indices.empty() ? std::move(job.records[size_t(k)]) : dataset->get(job.indices[size_t(k)]);
         if (job.indices.empty() && !job.missing[size_t(k)].empty()) fail(r.name, ": ", job.missing[size_t(k)]);
-        Rng rng(options.seed, uint64_t(epoch), uint64_t(job.first_sample + k));
+        // The sample's position in the whole epoch (all ranks), so ranks draw different crops.
+        Rng rng(options.seed, uint64_t(epoch), uint64_t((job.first_sample + k) * options.world_size + options.rank));
         Tensor image = record_image(r);
         if (transform) image = transform(image, rng);
         if (image.dtype() == DType::u8) image = to_tensor(image);
@@ -203,6 +204,8 @@ void check_options(bool has_dataset, const LoaderOptions& o) {
   BCOS_CHECK(o.batch_size >= 1, "DataLoader: batch_size ", o.batch_size, " must be >= 1");
   BCOS_CHECK(o.workers >= 0 && o.prefetch >= 1, "DataLoader: workers ", o.workers, " and prefetch ", o.prefetch,
              " must be >= 0 and >= 1");
+  BCOS_CHECK(o.world_size >= 1 && o.rank >= 0 && o.rank < o.world_size, "DataLoader: rank ", o.rank,
+             " outside a world of ", o.world_size);
   if (o.device.is_cuda()) {
     BCOS_CHECK(cuda_compiled(), "DataLoader: cannot deliver batches to ", o.device, ": bcos was built without CUDA");
     BCOS_CHECK(o.device.index >= 0 && o.device.index < cuda_device_count(), "DataLoader: no device ", o.device, " (",
@@ -223,8 +226,10 @@ DataLoader::DataLoader(std::shared_ptr<const WebDataset> dataset, Transform tran
 }
 
 int64_t DataLoader::num_samples() const {
-  const int64_t n = dataset_ ? dataset_->size() : web_->count();
-  return options_.limit > 0 ? std::min(n, options_.limit) : n;
+  const int64_t all = dataset_ ? dataset_->size() : web_->count();
+  const int64_t n = options_.limit > 0 ? std::min(all, options_.limit) : all;
+  const int64_t w = options_.world_size;
+  return dataset_ ? (n + w - 1) / w : n / w;  // padded / cut to equal shares (see LoaderOptions)
 }
 
 int64_t DataLoader::num_batches() const {
@@ -249,8 +254,15 @@ DataLoader::Epoch DataLoader::epoch(int64_t epoch_index) const {
       Rng rng(options_.seed ^ 0x9E3779B97F4A7C15ull, uint64_t(epoch_index), ~uint64_t(0));
       for (int64_t i = all - 1; i > 0; --i) std::swap((*order)[size_t(i)], (*order)[size_t(rng.randint(0, i + 1))]);
     }
-    const int64_t n = options_.limit > 0 ? std::min(all, options_.limit) : all;
+    int64_t n = options_.limit > 0 ? std::min(all, options_.limit) : all;
     order->resize(size_t(n));
+    if (const int64_t w = options_.world_size; w > 1 && n > 0) {  // this rank's share, padded
+      const int64_t share = (n + w - 1) / w;
+      std::vector<int64_t> mine(static_cast<size_t>(share));
+      for (int64_t k = 0; k < share; ++k) mine[size_t(k)] = (*order)[size_t((k * w + options_.rank) % n)];
+      *order = std::move(mine);
+      n = share;
+    }
     const int64_t batches = drop_last ? n / batch : n / batch + (n % batch != 0);
     s->source = [order, batches, batch, next = int64_t(0)](Job& job) mutable {
       if (next >= batches) return false;
@@ -264,13 +276,18 @@ DataLoader::Epoch DataLoader::epoch(int64_t epoch_index) const {
     auto stream = std::make_shared<WebDataset::Stream>(
         web_->stream(options_.shuffle, options_.seed + uint64_t(epoch_index) * 0x9E3779B97F4A7C15ull,
                      options_.shuffle_buffer));
-    const int64_t limit = options_.limit > 0 ? options_.limit : INT64_MAX;
-    s->source = [stream, batch, drop_last, limit, read = int64_t(0)](Job& job) mutable {
+    // This rank's share: every world-th record of the stream (all ranks read the same stream).
+    const int64_t w = options_.world_size, rank = options_.rank;
+    const int64_t limit = w > 1 ? num_samples() : options_.limit > 0 ? options_.limit : INT64_MAX;
+    s->source = [stream, batch, drop_last, limit, w, rank, read = int64_t(0), position = int64_t(0)](Job& job) mutable {
       job.first_sample = read;
       for (int64_t k = 0; k < batch && read + k < limit; ++k) {
         Record r;
         std::string missing;
-        if (!stream->next(r, &missing)) break;
+        bool more = true;
+        while ((more = stream->next(r, &missing)) && position++ % w != rank) {
+        }
+        if (!more) break;
         job.records.push_back(std::move(r));
         job.missing.push_back(std::move(missing));
       }

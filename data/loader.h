@@ -33,6 +33,14 @@ struct LoaderOptions {
   int64_t shuffle_buffer = 1000;  // WebDataset: samples in the shuffle buffer
   int64_t limit = 0;           // > 0: at most this many samples per epoch (after shuffling)
   bool report_skipped = true;  // print the skip count to stderr at the end of each epoch
+  // Data-parallel training: this process's share of each epoch. Every rank draws the same
+  // shuffle (same seed) and takes every world_size-th sample of it from position `rank`, so the
+  // shares are disjoint and equal in size: a map-style dataset is padded with the shuffle's first
+  // samples to a multiple of world_size (as PyTorch's DistributedSampler), a WebDataset stream
+  // cut to its first world_size · floor(n / world_size) samples. num_samples() is the share.
+  // (dist::rank() and dist::world_size() give the values; data/ does not depend on dist/.)
+  int rank = 0;
+  int world_size = 1;
   // Where batches are delivered. A GPU: workers collate into pinned host memory and each batch's
   // copy runs on a side stream while the GPU computes on the one before (tensor/transfer.h).
   Device device{};

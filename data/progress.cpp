@@ -55,7 +55,7 @@ ProgressBar::ProgressBar(int64_t total, std::string description, std::string uni
                          double line_interval_s)
     : total_(total), description_(std::move(description)), unit_(std::move(unit)), out_(out),
       line_interval_s_(line_interval_s) {
-  terminal_ = mode == Mode::terminal || (mode == Mode::automatic && ::isatty(::fileno(out_)));
+  terminal_ = out_ && (mode == Mode::terminal || (mode == Mode::automatic && ::isatty(::fileno(out_))));
   start_ = last_draw_ = std::chrono::steady_clock::now();
 }
 
@@ -121,6 +121,7 @@ std::string ProgressBar::render(int width) const {
 
 void ProgressBar::draw(bool final) {
   last_draw_ = std::chrono::steady_clock::now();
+  if (!out_) return;  // silent (the data-parallel ranks other than 0)
   if (terminal_) {
     std::fprintf(out_, "\r%s\033[K%s", render(terminal_width(out_) - 1).c_str(), final ? "\n" : "");
   } else {

@@ -23,6 +23,7 @@ class ProgressBar {
   using Metrics = std::vector<std::pair<std::string, double>>;
 
   // total <= 0: unknown (no percentage or ETA). `unit` names what is counted ("it", "img").
+  // out = nullptr: counts but prints nothing.
   ProgressBar(int64_t total, std::string description, std::string unit = "it",
               std::FILE* out = stderr, Mode mode = Mode::automatic, double line_interval_s = 5.0);
   ~ProgressBar();

@@ -10,6 +10,7 @@
 //   bcosify_resnet                      (CIFAR-10 ResNet-20 from ../shared or $BCOS_DATA)
 //   bcosify_resnet --arch resnet20 --weights CKPT --data TRAIN --test-data TEST --epochs 1 --out out/bcosify
 //   bcosify_resnet --from-scratch       (a B-cos ResNet of the same shape from random weights)
+//   mpirun -np 2 bcosify_resnet --distributed   (data-parallel fine-tuning; rank 0 does the rest)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -21,6 +22,7 @@
 
 #include "autograd/ops.h"
 #include "data/image.h"
+#include "dist/data_parallel.h"
 #include "data/progress.h"
 #include "examples/cli.h"
 #include "examples/classifier.h"
@@ -47,6 +49,7 @@ struct Setup {
   bool cifar = false;
   std::vector<float> mean, std;
   Device device;  // where the models run (--device); data and results stay on the CPU
+  std::FILE* progress = stderr;  // nullptr on data-parallel ranks other than 0
   Tensor normalize(const Tensor& x) const {  // the original model's input: (x − μ) / σ
     return (x - from_vector(mean, {1, 3, 1, 1}).to(x.device())) / from_vector(std, {1, 3, 1, 1}).to(x.device());
   }
@@ -79,7 +82,7 @@ EvalResult evaluate(nn::Module& model, bool bcos_model, const Setup& s, data::Da
   EvalResult r;
   model.eval();
   NoGradGuard no_grad;
-  data::ProgressBar bar(loader.num_samples(), title, "img");
+  data::ProgressBar bar(loader.num_samples(), title, "img", s.progress);
   const auto start = Clock::now();
   int64_t correct = 0;
   for (data::Batch& b : loader.epoch(0)) {
@@ -161,7 +164,7 @@ models::GridPGResult run_gridpg(nn::Module& model, bool bcos_model, const Setup&
                                 int64_t grids, uint64_t seed, const std::string& title) {
   models::GridPGOptions o;
   o.grids = grids, o.seed = seed, o.batch = 8;
-  data::ProgressBar bar(grids * 9, title, "map");
+  data::ProgressBar bar(grids * 9, title, "map", s.progress);
   auto attribution = [&](const Tensor& images, const Tensor& targets) {
     const Tensor x = images.to(s.device);
     Tensor input = bcos_model ? nn::add_inverse(x) : s.normalize(x);
@@ -180,6 +183,23 @@ models::GridPGResult run_gridpg(nn::Module& model, bool bcos_model, const Setup&
                                                       attribution, o);
   bar.finish();
   return r;
+}
+
+// The conversion is right: b = 1 with biases and max-pool kept gives the original's logits (on
+// the first 64 test images). Returns the largest error relative to the largest logit.
+double b1_equivalence_error(nn::Module& original, const Setup& s, const std::string& weights, const Tensor& images) {
+  auto copy = models::create_model(s.spec.arch);
+  models::load_pretrained(*copy, weights);
+  copy->eval();
+  models::BcosifyOptions exact{1, true, true, s.mean, s.std, std::nullopt};
+  Tensor x = images.slice(0, 0, std::min<int64_t>(64, images.size(0))).to(s.device);
+  NoGradGuard no_grad;
+  Tensor expected = original(s.normalize(x)).to(Device());
+  auto converted = models::bcosify(copy, exact);
+  converted->eval();
+  converted->to(s.device);
+  Tensor got = (*converted)(nn::add_inverse(x)).to(Device());
+  return max(abs(got - expected)).item() / std::max(max(abs(expected)).item(), 1e-12);
 }
 
 std::unique_ptr<data::DataLoader> test_loader(const std::string& path, const Setup& s, int64_t batch, int workers,
@@ -209,6 +229,7 @@ int main(int argc, char** argv) {
   int workers = int(std::max(1u, std::thread::hardware_concurrency()));
   uint64_t seed = 0;
   bool keep_bias = false, no_original_gridpg = false, resume = false, from_scratch = false, detect_anomaly = false;
+  bool distributed = false, sync_bn = false;
   std::string device_spec = "cpu";
   models::FinetuneSchedule plan;
   plan.b = 2, plan.b_warmup = 0.25, plan.bias_decay = 0.3;
@@ -258,6 +279,11 @@ int main(int argc, char** argv) {
   app.add_flag("--detect-anomaly", detect_anomaly,
                "check every op's output and gradient while fine-tuning; stop at the first NaN, naming the op (slow)");
   app.add_flag("--from-scratch", from_scratch, "train a B-cos model of the same architecture from random weights instead");
+  app.add_flag("--distributed", distributed, "data-parallel fine-tuning over the processes of an mpirun / srun / "
+               "torchrun launch: --batch is the global batch, split over the ranks; rank 0 evaluates, explains and "
+               "writes everything");
+  app.add_flag("--sync-bn", sync_bn, "with --distributed: batch-norm statistics over the global batch (default: per "
+               "rank, as PyTorch's DDP)");
   return examples::run(app, argc, argv, [&] {
     const auto t_total = Clock::now();
     Setup s;
@@ -265,6 +291,19 @@ int main(int argc, char** argv) {
     s.cifar = s.spec.input_size == 32;
     s.mean = s.spec.mean, s.std = s.spec.std;
     s.device = examples::parse_device(device_spec);
+    if (distributed) {
+      dist::init();
+      if (s.device.is_cuda() && device_spec == "cuda") s.device = Device::cuda(dist::local_rank());  // a GPU per rank
+    } else {
+      const dist::LaunchInfo launch = dist::launch_info();
+      BCOS_CHECK(launch.world_size == 1, "bcosify_resnet: started by ", launch.launcher, " as one of ", launch.world_size,
+                 " processes; add --distributed (else every process would run the whole experiment)");
+    }
+    const bool main_rank = dist::is_main();
+    if (!main_rank) s.progress = nullptr;
+    BCOS_CHECK(batch % dist::world_size() == 0, "bcosify_resnet: --batch ", batch, " does not split over ",
+               dist::world_size(), " processes");
+    BCOS_CHECK(!sync_bn || distributed, "bcosify_resnet: --sync-bn needs --distributed");
     if (weights.empty()) {
       BCOS_CHECK(s.cifar, "bcosify_resnet: --weights is required for ", s.spec.arch);
       std::error_code ec;
@@ -290,51 +329,42 @@ int main(int argc, char** argv) {
     std::vector<std::pair<std::string, double>> timings;
     const std::string command = examples::command_line(argc, argv);
 
-    // 1. The pretrained model.
+    // 1. The pretrained model. 2. The conversion is right: b = 1 with biases and max-pool kept
+    // gives the same logits. (Rank 0 alone, in a data-parallel run; the others wait before step 4.)
     auto original = models::create_model(s.spec.arch);
     models::load_pretrained(*original, weights);
     original->to(s.device);
     auto loader = test_loader(test_path, s, 256, workers, limit_test);
-    EvalResult before = evaluate(*original, false, s, *loader, 100, "evaluate " + s.spec.arch);
-    timings.emplace_back("evaluate original", before.seconds);
-    std::printf("original %s: top-1 %.2f %% on %lld test images\n", s.spec.arch.c_str(), before.accuracy,
-                static_cast<long long>(before.samples));
-
-    // 2. The conversion is right: b = 1 with biases and max-pool kept gives the same logits.
-    double equivalence_error = 0;
-    {
-      auto copy = models::create_model(s.spec.arch);
-      models::load_pretrained(*copy, weights);
-      copy->eval();
-      models::BcosifyOptions exact{1, true, true, s.mean, s.std, std::nullopt};
-      Tensor x = before.first_images.slice(0, 0, std::min<int64_t>(64, before.first_images.size(0))).to(s.device);
-      NoGradGuard no_grad;
-      Tensor expected = (*original)(s.normalize(x)).to(Device());
-      auto converted = models::bcosify(copy, exact);
-      converted->eval();
-      converted->to(s.device);
-      Tensor got = (*converted)(nn::add_inverse(x)).to(Device());
-      equivalence_error = max(abs(got - expected)).item() / std::max(max(abs(expected)).item(), 1e-12);
-      std::printf("b = 1 equivalence: max relative logit error %.3g on %lld images\n", equivalence_error,
-                  static_cast<long long>(x.size(0)));
-    }
-
-    // GridPG of the original model (input × gradient) now, before its modules are converted.
-    auto t = Clock::now();
-    models::GridPGResult grid_before =
-        run_gridpg(*original, false, s, before.pool, no_original_gridpg ? 0 : grids, seed, "GridPG original");
-    timings.emplace_back("GridPG original", seconds_since(t));
-
-    // Input × gradient maps of the original for the PNGs, while it is still the original.
-    // The first test images: explained in PNGs (--explain of them) and for the completeness check
-    // (at least 16).
-    const int64_t n_explain = std::min(explain_count, before.first_images.size(0));
-    Tensor explain_images =
-        before.first_images.slice(0, 0, std::min(std::max<int64_t>(n_explain, 16), before.first_images.size(0)));
-    Tensor original_maps = explain_on(*original, s, s.normalize(explain_images), Tensor()).contributions;
+    EvalResult before;
+    double equivalence_error = 0, border_before = 0;
+    models::GridPGResult grid_before = models::GridPGResult::unscored();
+    Tensor explain_images, original_maps;
+    int64_t n_explain = 0;
     const int64_t ring = std::max<int64_t>(1, std::llround(2.0 * double(s.spec.input_size) / 32.0));
     const double border_area = models::border_area_share(s.spec.input_size, s.spec.input_size, ring);
-    const double border_before = border_share(*original, false, s, before.pool, ring);
+    if (main_rank) {
+      before = evaluate(*original, false, s, *loader, 100, "evaluate " + s.spec.arch);
+      timings.emplace_back("evaluate original", before.seconds);
+      std::printf("original %s: top-1 %.2f %% on %lld test images\n", s.spec.arch.c_str(), before.accuracy,
+                  static_cast<long long>(before.samples));
+      equivalence_error = b1_equivalence_error(*original, s, weights, before.first_images);
+      std::printf("b = 1 equivalence: max relative logit error %.3g on %lld images\n", equivalence_error,
+                  static_cast<long long>(std::min<int64_t>(64, before.first_images.size(0))));
+
+      // GridPG of the original model (input × gradient) now, before its modules are converted.
+      auto t = Clock::now();
+      grid_before = run_gridpg(*original, false, s, before.pool, no_original_gridpg ? 0 : grids, seed, "GridPG original");
+      timings.emplace_back("GridPG original", seconds_since(t));
+
+      // Input × gradient maps of the original for the PNGs, while it is still the original. The
+      // first test images: explained in PNGs (--explain of them) and for the completeness check
+      // (at least 16).
+      n_explain = std::min(explain_count, before.first_images.size(0));
+      explain_images =
+          before.first_images.slice(0, 0, std::min(std::max<int64_t>(n_explain, 16), before.first_images.size(0)));
+      original_maps = explain_on(*original, s, s.normalize(explain_images), Tensor()).contributions;
+      border_before = border_share(*original, false, s, before.pool, ring);
+    }
 
     // 3. B-cosify, or a same-shaped B-cos model from random weights. Biases that fade out during
     // fine-tuning are kept at conversion; with a b warm-up the layers start at b = 1.
@@ -346,7 +376,8 @@ int main(int argc, char** argv) {
     auto bcos_model = models::bcosify(from_scratch ? models::create_model(s.spec.arch) : original, options);
     original.reset();
     bcos_model->to(s.device);
-    std::printf("B-cosified %s (b = %g%s; biases %s)%s\n", s.spec.arch.c_str(), plan.b,
+    if (main_rank)
+      std::printf("B-cosified %s (b = %g%s; biases %s)%s\n", s.spec.arch.c_str(), plan.b,
                 plan.b_warmup > 0 ? str(", from 1 over ", plan.b_warmup * 100, " % of the steps").c_str() : "",
                 keep_bias     ? "kept"
                 : fade_biases ? str("fading out over ", plan.bias_decay * 100, " % of the steps (head ",
@@ -358,17 +389,21 @@ int main(int argc, char** argv) {
     using namespace data;
     Transform train_t = s.cifar ? Compose({RandomCrop(s.spec.input_size, 4), RandomHorizontalFlip(), ToTensor()})
                                 : Compose({RandomResizedCrop(s.spec.input_size), RandomHorizontalFlip(), ToTensor()});
-    LoaderOptions train_opts{.batch_size = batch, .shuffle = true, .drop_last = true, .workers = workers,
-                             .seed = seed, .limit = limit_train, .device = s.device};  // GPU: pinned, side-stream copies
+    // Data-parallel: each rank takes its share of every epoch, in batches of batch / world size.
+    const int64_t local_batch = batch / dist::world_size();
+    LoaderOptions train_opts{.batch_size = local_batch, .shuffle = true, .drop_last = true, .workers = workers,
+                             .seed = seed, .limit = limit_train, .rank = dist::rank(), .world_size = dist::world_size(),
+                             .device = s.device};  // GPU: pinned, side-stream copies
     auto train_loader = examples::make_loader(train_path, "train", train_t, train_opts);
-    const int64_t steps_per_epoch = train_loader->num_samples() / batch;
+    const int64_t steps_per_epoch = train_loader->num_samples() / local_batch;
     BCOS_CHECK(steps_per_epoch > 0, "bcosify_resnet: fewer training samples (", train_loader->num_samples(),
                ") than one batch (", batch, ")");
     const int64_t total_steps = std::llround(epochs * double(steps_per_epoch));
     const int64_t epoch_count = (total_steps + steps_per_epoch - 1) / steps_per_epoch;  // the last may be partial
     plan.total_steps = std::max<int64_t>(1, total_steps);
+    if (distributed) dist::barrier(7 * 24 * 3600.0);  // rank 0 evaluated alone: no job timeout for that wait
     if (const int64_t n = bn_recalibrate; n > 0) {
-      t = Clock::now();
+      const auto t = Clock::now();
       auto batches = train_loader->epoch(-1);  // an extra shuffle of its own, not one of the epochs
       auto it = batches.begin();
       models::recalibrate_batch_norm(*bcos_model, [&] {
@@ -379,6 +414,8 @@ int main(int argc, char** argv) {
       }, n);
       std::printf("recalibrated the batch norms on %lld batches (%.0f s)\n", static_cast<long long>(n), seconds_since(t));
     }
+    if (sync_bn) dist::use_sync_batch_norm(*bcos_model);
+    dist::DataParallel ddp(*bcos_model);  // rank 0's weights to all; gradients averaged (nothing on one rank)
     std::vector<Tensor> params;
     for (auto& [name, p] : bcos_model->named_parameters()) params.push_back(p);
     nn::AdamW optimizer(params, {.lr = lr, .weight_decay = weight_decay});
@@ -388,7 +425,12 @@ int main(int argc, char** argv) {
     if (resume) {
       BCOS_CHECK(fs::exists(ckpt), "bcosify_resnet: --resume: no checkpoint at ", ckpt);
       state = nn::load_training_checkpoint(ckpt, *bcos_model, optimizer, &scheduler);
-      std::printf("resumed from %s after epoch %lld\n", ckpt.c_str(), static_cast<long long>(state.epoch));
+      const auto written_by = state.extra.find("world_size");
+      const std::string world = str(dist::world_size());
+      BCOS_CHECK(written_by == state.extra.end() ? world == "1" : written_by->second == world, "bcosify_resnet: --resume: ",
+                 ckpt, " was written by a run of ", written_by == state.extra.end() ? "1" : written_by->second,
+                 " process(es); resume it with as many (each one's share of the data depends on it), not ", world);
+      if (main_rank) std::printf("resumed from %s after epoch %lld\n", ckpt.c_str(), static_cast<long long>(state.epoch));
     }
     double train_seconds = 0;
     int64_t train_images = 0;
@@ -397,7 +439,7 @@ int main(int argc, char** argv) {
     for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
       bcos_model->train();
       const int64_t steps = std::min(steps_per_epoch, total_steps - epoch * steps_per_epoch);
-      ProgressBar bar(steps * batch, str("epoch ", epoch + 1, "/", epoch_count), "img");
+      ProgressBar bar(steps * batch, str("epoch ", epoch + 1, "/", epoch_count), "img", s.progress);
       const auto start = Clock::now();
       double loss_sum = 0;
       int64_t correct = 0, seen = 0;
@@ -409,7 +451,7 @@ int main(int argc, char** argv) {
           BCOS_CHECK(label_values[i] >= 0 && label_values[i] < s.spec.num_classes, "bcosify_resnet: ", b.names[i],
                      " has label ", label_values[i], ", outside the model's ", s.spec.num_classes, " classes");
         const Tensor labels = b.labels.to(s.device);
-        Tensor logits = (*bcos_model)(nn::add_inverse(b.images.to(s.device)));
+        Tensor logits = ddp(nn::add_inverse(b.images.to(s.device)));
         Tensor loss = loss_name == "bce" ? nn::uniform_off_labels_bce(logits, labels) : cross_entropy(logits, labels);
         const double l = loss.item();  // checked before the step, so no NaN reaches the weights
         BCOS_CHECK(std::isfinite(l), "bcosify_resnet: the loss became ", l, " at step ", state.step + 1, " (epoch ",
@@ -421,10 +463,14 @@ int main(int argc, char** argv) {
         optimizer.step();
         scheduler.step();
         ++state.step;
-        loss_sum += l * double(b.size());
-        correct += int64_t(sum(eq(argmax(logits.detach(), 1), labels).to(DType::f32)).item());
-        seen += b.size();
-        bar.update(b.size(), {{"loss", loss_sum / double(seen)}, {"acc", 100.0 * double(correct) / double(seen)},
+        // This step's loss and hits over every rank's share (one small all-reduce), for the display.
+        Tensor step_stats = from_vector<double>({l * double(b.size()), sum(eq(argmax(logits.detach(), 1), labels).to(DType::f32)).item()}, {2});
+        dist::all_reduce(step_stats);
+        const auto totals = step_stats.to_vector<double>();
+        loss_sum += totals[0];
+        correct += std::llround(totals[1]);
+        seen += batch;
+        bar.update(batch, {{"loss", loss_sum / double(seen)}, {"acc", 100.0 * double(correct) / double(seen)},
                               {"lr", optimizer.lr}, {"b", plan.exponent(state.step)}});
       }
       bar.finish();
@@ -434,7 +480,12 @@ int main(int argc, char** argv) {
       last_acc = 100.0 * double(correct) / double(std::max<int64_t>(seen, 1));
       state.epoch = epoch + 1;
       state.extra.insert_or_assign("arch", s.spec.arch);
-      nn::save_training_checkpoint(ckpt, *bcos_model, optimizer, &scheduler, state);
+      state.extra.insert_or_assign("world_size", str(dist::world_size()));
+      if (main_rank) nn::save_training_checkpoint(ckpt, *bcos_model, optimizer, &scheduler, state);
+    }
+    if (!main_rank) {  // the rest is rank 0's: the others wait for it to finish, then end together
+      dist::barrier(7 * 24 * 3600.0);
+      return;
     }
     timings.emplace_back("fine-tune", train_seconds);
     // The final model: b as asked, and no biases unless --keep-bias (faded ones are zero by now).
@@ -468,7 +519,7 @@ int main(int argc, char** argv) {
                 100 * border_area);
 
     // 6. GridPG of the B-cos model.
-    t = Clock::now();
+    auto t = Clock::now();
     models::GridPGResult grid_after = run_gridpg(*bcos_model, true, s, after.pool, grids, seed, "GridPG B-cos");
     timings.emplace_back("GridPG B-cos", seconds_since(t));
 
@@ -536,7 +587,8 @@ int main(int argc, char** argv) {
        << "- Test images: " << before.samples << "; fine-tuning: " << epochs_done << " epoch(s), " << state.step
        << " steps of batch " << batch << ", last epoch loss " << last_loss << ", train accuracy " << last_acc << " %\n"
        << "- Recipe: " << recipe << "\n"
-       << "- Fine-tuning speed: " << train_ips << " images/s\n"
+       << "- Fine-tuning speed: " << train_ips << " images/s" << (dist::world_size() > 1 ? str(" (", dist::world_size(),
+          " processes, data-parallel", sync_bn ? ", synchronised batch norm" : "", ")") : "") << "\n"
        << "- b = 1 equivalence (biases and max-pool kept): max relative logit error " << equivalence_error << "\n"
        << "- Completeness (contributions sum to logit − logit bias " << logit_bias << "): max relative error "
        << completeness_error << " (largest |logit − bias| " << logit_scale << ")\n"
@@ -566,7 +618,9 @@ int main(int argc, char** argv) {
         {"gridpg_before", grid_json(grid_before)}, {"gridpg_after", grid_json(grid_after)},
         {"border_share", {{"ring", ring}, {"original", border_before}, {"bcos", border_after}, {"even", border_area}}},
         {"b1_equivalence_error", equivalence_error}, {"completeness_error", completeness_error},
-        {"completeness_logit_scale", logit_scale}, {"train_images_per_s", train_ips}};
+        {"completeness_logit_scale", logit_scale}, {"train_images_per_s", train_ips},
+        {"last_epoch_loss", last_loss}, {"last_epoch_train_accuracy", last_acc},
+        {"processes", dist::world_size()}, {"sync_bn", sync_bn}};
     examples::Json times;
     for (const auto& [name, sec] : timings) times[name] = sec;
     times["total"] = total_seconds;
@@ -574,5 +628,6 @@ int main(int argc, char** argv) {
     data::write_file_atomic(out + "/report.json", examples::dump(report) + "\n");
     std::printf("wrote %s/report.md, report.json and %lld PNGs (%.0f s in all)\n", out.c_str(),
                 static_cast<long long>(pngs), total_seconds);
+    if (distributed) dist::barrier(7 * 24 * 3600.0);  // the other ranks wait here for the end
   });
 }

@@ -1,6 +1,7 @@
 // What the examples' command lines share. CLI11 parses (help, validation, subcommands);
 // `run` turns a parse error into CLI11's message and exit code and any other error into one
-// line on stderr and exit status 1, so every example fails the same way. JSON goes through
+// line on stderr and exit status 1, so every example fails the same way (in a data-parallel job
+// the failing rank ends every rank: dist::abort). JSON goes through
 // nlohmann::ordered_json (keys in the order written; NaN and infinities print as null).
 #pragma once
 
@@ -10,6 +11,8 @@
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+
+#include "dist/dist.h"
 
 namespace examples {
 
@@ -41,8 +44,11 @@ int run(CLI::App& app, int argc, char** argv, Body&& body) {
   }
   try {
     body();
+    bcos::dist::finalize();
     return 0;
   } catch (const std::exception& e) {
+    // One rank of several: end them all (the others would wait for it until their timeout).
+    if (bcos::dist::world_size() > 1) bcos::dist::abort(1, bcos::str("rank ", bcos::dist::rank(), ": ", e.what()));
     std::fprintf(stderr, "%s\n", e.what());
     return 1;
   }

@@ -116,6 +116,8 @@ Tensor BatchNormUncentered2d::run(const Tensor& x, bool relu) {
   BCOS_CHECK(x.dim() == 4 && x.size(1) == num_features, "BatchNormUncentered2d(", num_features,
              "): expected input [N, ", num_features, ", H, W], got ", x.shape());
   const double factor = training_ ? running_stats_factor(momentum, num_batches_tracked) : 0.0;
+  if (training_ && replica_sum)
+    return synced_batch_norm(x, Tensor(), running_var, weight, bias, factor, eps, relu, false, replica_sum);
   return batch_norm_uncentered(x, running_var, weight, bias, training_, factor, eps, relu);
 }
 

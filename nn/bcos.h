@@ -10,6 +10,7 @@
 
 #include "autograd/ops.h"
 #include "nn/module.h"
+#include "nn/norm.h"
 
 namespace bcos::nn {
 
@@ -76,6 +77,7 @@ class BatchNormUncentered2d : public Module {
   int64_t num_features;
   double eps;
   std::optional<double> momentum;
+  ReplicaSum replica_sum;  // as BatchNorm2d's (dist::use_sync_batch_norm)
 
  private:
   Tensor run(const Tensor& x, bool relu);

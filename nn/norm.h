@@ -2,12 +2,16 @@
 // eval), LayerNorm, GroupNorm. Names and defaults as PyTorch's.
 #pragma once
 
+#include <functional>
 #include <optional>
 
 #include "autograd/ops.h"
 #include "nn/module.h"
 
 namespace bcos::nn {
+
+// A differentiable sum of a tensor over data-parallel replicas (dist::all_reduce_sum_autograd).
+using ReplicaSum = std::function<Tensor(const Tensor&)>;
 
 // x: [N, C, H, W]. Buffers running_mean, running_var, num_batches_tracked (i64 scalar).
 // momentum = std::nullopt (PyTorch's momentum=None): the running statistics are the plain
@@ -24,10 +28,21 @@ class BatchNorm2d : public Module {
   int64_t num_features;
   double eps;
   std::optional<double> momentum;
+  // Set (by dist::use_sync_batch_norm) to a differentiable sum over the data-parallel replicas:
+  // training statistics are then those of every replica's batch together.
+  ReplicaSum replica_sum;
 
  private:
   Tensor run(const Tensor& x, bool relu);
 };
+
+// Batch norm in training over the batches of all data-parallel replicas together (PyTorch's
+// SyncBatchNorm), composed of ops: per-channel sums, `replica_sum` of them (two all-reduces),
+// then the normalisation. centred = false: bcosify's uncentred norm (x / sqrt(var + eps), the
+// running variance biased, no running mean). Moves the running statistics by `factor`.
+Tensor synced_batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
+                         const Tensor& bias, double factor, double eps, bool relu, bool centred,
+                         const ReplicaSum& replica_sum);
 
 // The running-statistics update factor of a training step of a batch norm with this momentum:
 // momentum itself, or (momentum = std::nullopt) 1 / num_batches_tracked after the step's

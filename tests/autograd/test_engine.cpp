@@ -2,7 +2,9 @@
 // counters, freed graphs, gradient checks against known closed forms.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "autograd/ops.h"
 
@@ -10,6 +12,15 @@ using namespace bcos;
 
 namespace {
 std::vector<double> v(const Tensor& t) { return t.to_vector<double>(); }
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
 }
 
 TEST_CASE("engine: scalar backward and known gradients") {
@@ -184,4 +195,32 @@ TEST_CASE("engine: anomaly detection names the first op that produced a NaN (for
   CHECK(all_finite(from_vector<int64_t>({1, 2}, {2})));
   CHECK_FALSE(all_finite(from_vector<float>({1.0f, INFINITY}, {2})));
   CHECK_FALSE(has_nan(from_vector<float>({1.0f, INFINITY}, {2})));
+}
+
+TEST_CASE("engine: post-accumulate hooks see each leaf's final gradient; queued callbacks run when backward ends") {
+  Tensor a = from_vector<float>({1, 2}, {2}).requires_grad_();
+  Tensor b = from_vector<float>({3, 4}, {2}).requires_grad_();
+  std::vector<std::string> events;
+  add_post_accumulate_grad_hook(a, [&](const Tensor& g) {
+    events.push_back("a " + std::to_string(g.to_vector<float>()[1]));
+    queue_backward_callback([&] { events.push_back("end"); });
+  });
+  add_post_accumulate_grad_hook(b, [&](const Tensor& g) { events.push_back("b " + std::to_string(g.to_vector<float>()[0])); });
+  // a is used twice: its hook must run once, after both contributions are summed.
+  Tensor y = sum(a * b + a * 2.0);
+  y.backward();
+  REQUIRE(events.size() == 3);
+  CHECK(events.back() == "end");
+  CHECK(std::count(events.begin(), events.end(), "a " + std::to_string(4.0f + 2.0f)) == 1);
+  CHECK(std::count(events.begin(), events.end(), "b " + std::to_string(1.0f)) == 1);
+  // The hook sees the accumulated .grad (the second backward adds to the first).
+  events.clear();
+  sum(a * b + a * 2.0).backward();
+  CHECK(std::count(events.begin(), events.end(), "a " + std::to_string(12.0f)) == 1);
+  CHECK(error_of([] { queue_backward_callback([] {}); }).find("outside a backward pass") != std::string::npos);
+  Tensor not_leaf = a * 2.0;
+  CHECK(error_of([&] { add_post_accumulate_grad_hook(not_leaf, [](const Tensor&) {}); }).find("not a leaf") !=
+        std::string::npos);
+  CHECK(error_of([] { add_post_accumulate_grad_hook(zeros({2}), [](const Tensor&) {}); }).find("no requires_grad") !=
+        std::string::npos);
 }

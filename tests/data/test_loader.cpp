@@ -375,3 +375,65 @@ TEST_CASE("progress: plain lines off a terminal, with counts, rate, ETA and metr
   }
   std::fclose(g);
 }
+
+// Data-parallel shares: every rank draws the same shuffle and takes every world-th sample, so the
+// shares are disjoint, equal in size and together the epoch (map-style: padded with the shuffle's
+// first samples, as PyTorch's DistributedSampler; WebDataset: cut to a multiple of the world).
+TEST_CASE("loader: data-parallel shares are disjoint, equal, cover the epoch and agree on the shuffle") {
+  auto ds = std::make_shared<MemoryDataset>(23);
+  const Transform crop = CenterCrop(16);
+  LoaderOptions o{.batch_size = 4, .shuffle = true, .workers = 2, .seed = 5};
+  const EpochData whole = run(DataLoader(ds, crop, o), 3);
+  for (int world : {2, 3, 5}) {
+    std::vector<EpochData> shares;
+    for (int rank = 0; rank < world; ++rank) {
+      o.rank = rank, o.world_size = world;
+      DataLoader loader(ds, crop, o);
+      CHECK(loader.num_samples() == (23 + world - 1) / world);
+      shares.push_back(run(loader, 3));
+      CHECK(int64_t(shares.back().names.size()) == loader.num_samples());
+    }
+    // Interleaved back together, the shares are the one-process epoch, then its first samples again.
+    for (size_t k = 0; k < size_t(world) * shares[0].names.size(); ++k) {
+      const std::string& name = shares[size_t(k % world)].names[size_t(k / world)];
+      CHECK(name == whole.names[size_t(k % 23)]);
+    }
+  }
+  o.rank = 2, o.world_size = 2;
+  CHECK(error_of([&] { DataLoader(ds, crop, o); }).find("rank 2 outside a world of 2") != std::string::npos);
+
+  // Random transforms draw per global position: the ranks' crops differ, and are those of the
+  // one-process epoch.
+  o = LoaderOptions{.batch_size = 3, .shuffle = true, .workers = 0, .seed = 5};
+  const EpochData augmented = run(DataLoader(ds, augment(), o), 1);
+  const size_t per_image = 3 * 16 * 16;
+  for (int rank = 0; rank < 2; ++rank) {
+    o.rank = rank, o.world_size = 2;
+    const EpochData d = run(DataLoader(ds, augment(), o), 1);
+    for (size_t k = 0; k < d.names.size() && 2 * k + size_t(rank) < 23; ++k)
+      CHECK(std::equal(d.images.begin() + long(k * per_image), d.images.begin() + long((k + 1) * per_image),
+                       augmented.images.begin() + long((2 * k + size_t(rank)) * per_image)));
+  }
+
+  // WebDataset: the same stream on every rank, every world-th record, cut to equal shares.
+  testdata::TempDir dir;
+  std::vector<std::pair<std::string, std::string>> members;
+  for (int i = 0; i < 17; ++i) {
+    const std::string key = "s" + std::to_string(i);
+    members.push_back({key + ".png", encode_png(full({4, 4, 3}, double(i), DType::u8))});
+    members.push_back({key + ".cls", std::to_string(i % 10)});
+  }
+  std::ofstream(dir / "w.tar", std::ios::binary) << testdata::make_tar(members);
+  auto web = std::make_shared<WebDataset>(dir / "w.tar");
+  LoaderOptions wo{.batch_size = 2, .shuffle = true, .workers = 1, .seed = 1, .shuffle_buffer = 5};
+  const EpochData stream = run(DataLoader(web, {}, wo), 2);
+  REQUIRE(stream.names.size() == 17);
+  for (int rank = 0; rank < 3; ++rank) {
+    wo.rank = rank, wo.world_size = 3;
+    DataLoader loader(web, {}, wo);
+    CHECK(loader.num_samples() == 5);
+    const EpochData d = run(loader, 2);
+    REQUIRE(d.names.size() == 5);
+    for (size_t k = 0; k < 5; ++k) CHECK(d.names[k] == stream.names[3 * k + size_t(rank)]);
+  }
+}

@@ -1,0 +1,321 @@
+// One rank of the multi-process tests (tests/dist/test_mpi.sh runs it under mpirun -np 2):
+//   dist_worker collectives   every collective against its definition, on every dtype MPI takes
+//   dist_worker equality      N data-parallel steps of 2 ranks = N steps of one process on the
+//                             global batch (f64, within 1e-6): ResNet-20 and its B-cos form, with
+//                             synchronised batch norm; without it, per-rank statistics differ
+//   dist_worker unused        parameters without a gradient: an error, or find_unused_parameters
+//   dist_worker fail-throw    rank 1 raises at step 3: every rank ends, rank 1's error printed
+//   dist_worker fail-exit     rank 1 exits at step 3 without a word: every rank ends
+//   dist_worker timeout       rank 1 sleeps 60 s before a collective: rank 0 times out
+// Prints "dist_worker <mode>: rank R passed" per rank on success.
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "autograd/ops.h"
+#include "dist/data_parallel.h"
+#include "models/bcosify.h"
+#include "models/factory.h"
+#include "nn/bcos.h"
+#include "nn/layers.h"
+#include "nn/linear.h"
+#include "nn/optim.h"
+
+using namespace bcos;
+
+namespace {
+
+int g_failures = 0;
+
+void expect(bool ok, const std::string& what) {
+  if (ok) return;
+  ++g_failures;
+  std::fprintf(stderr, "rank %d: FAILED: %s\n", dist::rank(), what.c_str());
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+double max_diff(const Tensor& a, const Tensor& b) {
+  return max(abs(a.to(DType::f64) - b.to(DType::f64))).item();
+}
+
+// ---- collectives ------------------------------------------------------------------------------
+void collectives() {
+  const int r = dist::rank(), w = dist::world_size();
+  for (DType dt : {DType::f32, DType::f64, DType::i64}) {
+    auto mine = [&](int rank) {  // rank's tensor: 10·rank + i
+      return (arange(0, 6, 1.0, DType::f64) + 10.0 * rank).reshape({2, 3}).to(dt);
+    };
+    Tensor sum_def = zeros({2, 3}, DType::f64);
+    for (int q = 0; q < w; ++q) sum_def = sum_def + mine(q).to(DType::f64);
+    Tensor t = mine(r);
+    dist::all_reduce(t, dist::ReduceOp::sum);
+    expect(max_diff(t, sum_def) == 0, str("all_reduce(sum) of ", dt));
+    t = mine(r);
+    dist::all_reduce(t, dist::ReduceOp::max);
+    expect(max_diff(t, mine(w - 1)) == 0, str("all_reduce(max) of ", dt));
+    t = mine(r);
+    dist::all_reduce(t, dist::ReduceOp::min);
+    expect(max_diff(t, mine(0)) == 0, str("all_reduce(min) of ", dt));
+    if (dt != DType::i64) {
+      t = mine(r);
+      dist::all_reduce(t, dist::ReduceOp::avg);
+      expect(max_diff(t, sum_def / double(w)) < 1e-6, str("all_reduce(avg) of ", dt));
+    }
+    t = mine(r);
+    dist::broadcast(t, w - 1);
+    expect(max_diff(t, mine(w - 1)) == 0, str("broadcast from rank ", w - 1, " of ", dt));
+    Tensor g = dist::all_gather(mine(r));
+    expect(g.shape() == Shape{w, 2, 3}, str("all_gather shape ", g.shape()));
+    for (int q = 0; q < w; ++q) expect(max_diff(g.select(0, q), mine(q)) == 0, str("all_gather row ", q, " of ", dt));
+  }
+  Tensor flags = full({4}, double(r == 1), DType::u8);
+  dist::all_reduce(flags, dist::ReduceOp::max);
+  expect(flags.to_vector<uint8_t>() == std::vector<uint8_t>(4, 1), "all_reduce(max) of u8");
+
+  // Several in flight, finished out of order.
+  std::vector<Tensor> ts;
+  std::vector<dist::Work> works;
+  for (int k = 0; k < 3; ++k) {
+    ts.push_back(full({1000}, double(k + r), DType::f32));
+    works.push_back(dist::all_reduce_async(ts.back()));
+  }
+  for (int k = 2; k >= 0; --k) {
+    works[size_t(k)].wait();
+    expect(ts[size_t(k)].to_vector<float>()[999] == float(w * k + w * (w - 1) / 2), str("async all_reduce ", k));
+  }
+  dist::barrier();
+
+  // The differentiable sum: y = Σ_q x_q on every rank, loss_r = Σ c_r · y, so dx_r = Σ_q c_q.
+  Tensor x = full({3}, double(r + 1), DType::f64).requires_grad_();
+  Tensor y = dist::all_reduce_sum_autograd(x);
+  expect(y.to_vector<double>()[0] == double(w * (w + 1) / 2), "all_reduce_sum_autograd forward");
+  sum(y * double(r + 2)).backward();
+  double c_sum = 0;
+  for (int q = 0; q < w; ++q) c_sum += q + 2;
+  expect(x.grad().to_vector<double>()[2] == c_sum, "all_reduce_sum_autograd backward");
+
+  // Bad input: a clear error before anything is sent.
+  Tensor m = zeros({3, 4});
+  expect(contains(error_of([&] { dist::all_reduce(m.t()); }), "contiguous"), "non-contiguous tensor refused");
+  expect(contains(error_of([&] { dist::all_reduce(zeros({2}, DType::bf16)); }), "MPI has no bfloat16"),
+         "bf16 on the CPU refused");
+  expect(contains(error_of([&] { dist::all_reduce(zeros({2}, DType::i64), dist::ReduceOp::avg); }), "avg needs a float"),
+         "avg of integers refused");
+  expect(contains(error_of([&] { dist::broadcast(zeros({2}), w); }), "root"), "broadcast root out of range refused");
+}
+
+// ---- equality with one process -----------------------------------------------------------------
+struct Experiment {
+  std::string name;
+  std::function<std::shared_ptr<nn::Module>()> make;  // the same weights each call (seeded)
+  std::function<Tensor(const Tensor& logits, const Tensor& labels)> loss;
+  std::function<Tensor(const Tensor& images)> input;
+  bool sync_bn;
+  dist::DataParallelOptions options;
+};
+
+// max |parameter and buffer difference| after `steps` AdamW steps: data-parallel (this rank's
+// half of each global batch) against one process on the whole batch.
+double run_experiment(const Experiment& e, int steps) {
+  const int r = dist::rank(), w = dist::world_size();
+  const int64_t global_batch = 8, local = global_batch / w;
+  auto reference = e.make();
+  auto replica = e.make();
+  if (r != 0) {  // other ranks start elsewhere: DataParallel must bring rank 0's weights
+    NoGradGuard no_grad;
+    for (Tensor& p : replica->parameters()) p.add_(ones_like(p));
+  }
+  dist::DataParallel ddp(*replica, e.options);
+  if (e.sync_bn) dist::use_sync_batch_norm(*replica);
+  nn::AdamW opt_ref(reference->parameters(), {.lr = 1e-2, .weight_decay = 0.05});
+  nn::AdamW opt(replica->parameters(), {.lr = 1e-2, .weight_decay = 0.05});
+  reference->train();
+  replica->train();
+  manual_seed(1234);
+  for (int step = 0; step < steps; ++step) {
+    Tensor images = rand({global_batch, 3, 32, 32}, DType::f64);
+    Tensor labels = randint(0, 10, {global_batch});
+    opt_ref.zero_grad();
+    e.loss((*reference)(e.input(images)), labels).backward();
+    opt_ref.step();
+    opt.zero_grad();
+    Tensor mine = images.narrow(0, r * local, local), my_labels = labels.narrow(0, r * local, local);
+    e.loss(ddp(e.input(mine)), my_labels).backward();
+    opt.step();
+  }
+  double worst = 0;
+  const auto ref_state = reference->state_dict(), state = replica->state_dict();
+  for (size_t i = 0; i < state.size(); ++i) worst = std::max(worst, max_diff(state[i].second, ref_state[i].second));
+  return worst;
+}
+
+void equality() {
+  auto resnet = [] {
+    manual_seed(7);
+    auto m = models::create_model("resnet20", 10);
+    m->to(DType::f64);
+    return m;
+  };
+  auto bcos_resnet = [&] {
+    models::BcosifyOptions o;
+    o.mean = {0.5f, 0.5f, 0.5f}, o.std = {0.25f, 0.25f, 0.25f};
+    std::shared_ptr<nn::Module> m = models::bcosify(resnet(), o);
+    m->to(DType::f64);
+    return m;
+  };
+  auto ce = [](const Tensor& logits, const Tensor& labels) { return cross_entropy(logits, labels); };
+  auto identity = [](const Tensor& x) { return x; };
+  dist::DataParallelOptions small_buckets;
+  small_buckets.bucket_mb = 0.05, small_buckets.first_bucket_mb = 0.01;  // ~20 buckets: order and overlap
+  const int steps = 3;
+
+  const double plain = run_experiment({"resnet20", resnet, ce, identity, true, small_buckets}, steps);
+  std::printf("rank %d: ResNet-20, synchronised BN, %d steps: max |difference| %.3g\n", dist::rank(), steps, plain);
+  expect(plain <= 1e-6, str("ResNet-20 with synchronised batch norm differs from one process by ", plain));
+
+  const double bcos = run_experiment({"bcos resnet20", bcos_resnet, nn::uniform_off_labels_bce,
+                                      [](const Tensor& x) { return nn::add_inverse(x); }, true, {}}, steps);
+  std::printf("rank %d: B-cos ResNet-20, synchronised BN, %d steps: max |difference| %.3g\n", dist::rank(), steps, bcos);
+  expect(bcos <= 1e-6, str("B-cos ResNet-20 with synchronised batch norm differs from one process by ", bcos));
+
+  // Per-rank statistics (PyTorch DDP's default) are not the global batch's: the comparison can fail.
+  const double per_rank = run_experiment({"resnet20", resnet, ce, identity, false, {}}, steps);
+  std::printf("rank %d: ResNet-20, per-rank BN: max |difference| %.3g (expected > 1e-6)\n", dist::rank(), per_rank);
+  expect(per_rank > 1e-6, "per-rank batch norm matched one process: the equality test cannot tell");
+
+  // Gradient accumulation: a step of two micro-batches, the first without synchronising, equals
+  // one process on the four quarter-batches (no batch norm here, so micro-batches add up).
+  manual_seed(3);
+  auto make_mlp = [] {
+    manual_seed(11);
+    auto m = std::make_shared<nn::Sequential>(std::vector<nn::ModulePtr>{
+        std::make_shared<nn::Linear>(12, 16), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(16, 5)});
+    m->to(DType::f64);
+    return m;
+  };
+  auto reference = make_mlp(), replica = make_mlp();
+  dist::DataParallel ddp(*replica);
+  nn::SGD opt_ref(reference->parameters(), {.lr = 0.1, .momentum = 0.9});
+  nn::SGD opt(replica->parameters(), {.lr = 0.1, .momentum = 0.9});
+  for (int step = 0; step < 3; ++step) {
+    Tensor x = randn({16, 12}, DType::f64);
+    Tensor y = randint(0, 5, {16});
+    opt_ref.zero_grad();
+    cross_entropy((*reference)(x), y).backward();  // = the mean of the micro-batches' halved losses
+    opt_ref.step();
+    opt.zero_grad();
+    const int64_t local = 16 / dist::world_size();
+    for (int micro = 0; micro < 2; ++micro) {
+      ddp.set_sync(micro == 1);
+      const int64_t start = dist::rank() * local + micro * local / 2;
+      (cross_entropy(ddp(x.narrow(0, start, local / 2)), y.narrow(0, start, local / 2)) * 0.5).backward();
+    }
+    opt.step();
+  }
+  double worst = 0;
+  const auto a = reference->state_dict(), b = replica->state_dict();
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, max_diff(a[i].second, b[i].second));
+  expect(worst <= 1e-6, str("gradient accumulation with set_sync(false) differs by ", worst));
+  expect(ddp.stats().steps == 3, str("DataParallel counted ", ddp.stats().steps, " synchronised steps, not 3"));
+}
+
+// ---- unused parameters ------------------------------------------------------------------------
+// Two heads; "a" is used by rank 0 only, "b" by no rank.
+struct TwoHeads : nn::Module {
+  std::shared_ptr<nn::Module> trunk, a, b;
+  TwoHeads() : Module("TwoHeads") {
+    register_module("trunk", trunk, std::make_shared<nn::Linear>(4, 4));
+    register_module("a", a, std::make_shared<nn::Linear>(4, 2));
+    register_module("b", b, std::make_shared<nn::Linear>(4, 2));
+  }
+  Tensor forward(const Tensor& x) override {
+    Tensor h = (*trunk)(x);
+    return dist::rank() == 0 ? sum((*a)(h)) + sum(h) : sum(h);
+  }
+};
+
+void unused() {
+  manual_seed(5);
+  auto model = std::make_shared<TwoHeads>();
+  {
+    dist::DataParallel ddp(*model);
+    const std::string err = error_of([&] { ddp(randn({3, 4})).backward(); });
+    expect(contains(err, "b.weight") && contains(err, "find_unused_parameters"), "unused parameters named: " + err);
+  }
+  model->zero_grad();
+  dist::DataParallelOptions o;
+  o.find_unused_parameters = true;
+  dist::DataParallel ddp(*model, o);
+  manual_seed(6);
+  Tensor x = randn({3, 4});
+  ddp(x).backward();
+  auto& a = static_cast<nn::Linear&>(*model->a);
+  auto& b = static_cast<nn::Linear&>(*model->b);
+  expect(!b.weight.grad().defined(), "a parameter used by no rank keeps no gradient");
+  // a: rank 0's gradient (Σ over the batch of h) averaged with rank 1's zeros.
+  NoGradGuard no_grad;
+  Tensor h = (*model->trunk)(x);
+  Tensor expected = sum(h, {0}, true).expand({2, 4}) / double(dist::world_size());
+  expect(a.weight.grad().defined() && max_diff(a.weight.grad(), expected) < 1e-6,
+         "a parameter used by one rank gets the average with zeros");
+}
+
+// ---- failures ---------------------------------------------------------------------------------
+void train_until_failure(const std::string& mode) {
+  manual_seed(2);
+  auto model = std::make_shared<nn::Linear>(64, 10);
+  dist::DataParallel ddp(*model);
+  nn::SGD opt(model->parameters(), {.lr = 0.1});
+  for (int step = 0; step < 1000000; ++step) {
+    if (dist::rank() == 1 && step == 3) {
+      if (mode == "fail-throw") fail("dist_worker: rank 1 fails on purpose at step ", step);
+      if (mode == "fail-exit") std::_Exit(3);
+      if (mode == "timeout") std::this_thread::sleep_for(std::chrono::seconds(60));
+    }
+    opt.zero_grad();
+    cross_entropy(ddp(randn({4, 64})), randint(0, 10, {4})).backward();
+    opt.step();
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "";
+  try {
+    dist::init();
+    if (mode == "collectives") {
+      collectives();
+    } else if (mode == "equality") {
+      equality();
+    } else if (mode == "unused") {
+      unused();
+    } else if (mode == "fail-throw" || mode == "fail-exit" || mode == "timeout") {
+      train_until_failure(mode);
+    } else {
+      std::fprintf(stderr, "usage: dist_worker collectives|equality|unused|fail-throw|fail-exit|timeout\n");
+      return 2;
+    }
+    dist::barrier();
+  } catch (const std::exception& e) {
+    dist::abort(1, str("dist_worker ", mode, ": rank ", dist::rank(), ": ", e.what()));
+  }
+  if (g_failures) dist::abort(1, str("dist_worker ", mode, ": rank ", dist::rank(), ": ", g_failures, " check(s) failed"));
+  std::printf("dist_worker %s: rank %d of %d passed\n", mode.c_str(), dist::rank(), dist::world_size());
+  dist::finalize();
+  return 0;
+}
