@@ -54,18 +54,19 @@ void check_collective(const char* op, const Tensor& t) {
 #ifdef BCOS_WITH_NCCL
 // The NCCL communicator, made on the first CUDA collective (every rank makes the same calls, so
 // every rank gets there): the id from rank 0 over MPI, or over TCP for a torchrun-style launch.
-void ensure_nccl() {
+void ensure_nccl(int device) {
   if (detail::nccl::active()) return;
   BCOS_CHECK(!g_state.nccl_tried, "dist: the NCCL communicator failed to start earlier");
   g_state.nccl_tried = true;
   const LaunchInfo& info = g_state.info;
 #ifdef BCOS_WITH_MPI
   if (detail::mpi::active()) {
-    detail::nccl::init(info.rank, info.world_size, [](void* id, int bytes) { detail::mpi::broadcast_bytes(id, bytes); });
+    detail::nccl::init(info.rank, info.world_size, device,
+                       [](void* id, int bytes) { detail::mpi::broadcast_bytes(id, bytes); });
     return;
   }
 #endif
-  detail::nccl::init(info.rank, info.world_size,
+  detail::nccl::init(info.rank, info.world_size, device,
                      [&](void* id, int bytes) { detail::tcp_share(id, bytes, info, g_state.timeout_s); });
 }
 #endif
@@ -73,7 +74,7 @@ void ensure_nccl() {
 bool use_nccl(const char* op, const Tensor& t) {
   if (!t.is_cuda()) return false;
 #ifdef BCOS_WITH_NCCL
-  ensure_nccl();
+  ensure_nccl(t.device().index);
   return true;
 #else
   fail("dist::", op, ": ", t.shape(), " is on ", t.device(),
@@ -228,10 +229,18 @@ void Work::wait(double timeout_s) {
   using Clock = std::chrono::steady_clock;
   const double limit = timeout_s > 0 ? timeout_s : timeout_seconds();
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(limit));
-  // Poll: a short spin for the quick collectives, then sleeps, so a rank waiting for a slower
-  // one leaves it the core (two ranks on two cores here).
+  // Poll. MPI's non-blocking collectives advance only inside MPI calls, a step per call, so a
+  // sleep between polls would stretch every step of a large all-reduce: yield instead (other
+  // threads on the core still run), and only after half a second, a wait for a rank busy with
+  // something else (rank 0 evaluating alone), poll every millisecond.
+  const auto patient_until = Clock::now() + std::chrono::milliseconds(500);
+  bool long_wait = false;
   for (int polls = 0; !impl_->test(); ++polls) {
-    if (polls > 200) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    if (long_wait)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    else
+      std::this_thread::yield();
+    if (polls % 64 == 0) long_wait = Clock::now() > patient_until;
     if (polls % 64 == 0 && Clock::now() > deadline) {
       impl_->finished = true;  // do not wait again in the destructor
       fail("dist: ", impl_->what, ": no answer from the other ranks within ", limit, " s (rank ", rank(),
@@ -304,6 +313,13 @@ void barrier(double timeout_s) {
 #ifdef BCOS_WITH_MPI
   if (detail::mpi::active()) return Work(detail::mpi::barrier()).wait(timeout_s);
 #endif
+#ifdef BCOS_WITH_NCCL
+  if (cuda_device_count() > 0) {  // torchrun-style, GPUs only: a one-element all-reduce on this rank's GPU
+    Tensor token = zeros({1}, {DType::f32, Device::cuda(local_rank() % cuda_device_count())});
+    use_nccl("barrier", token);
+    return Work(detail::nccl::all_reduce(token, ReduceOp::sum)).wait(timeout_s);
+  }
+#endif
   detail::no_transport("barrier", zeros({1}));
 }
 
@@ -321,6 +337,27 @@ Tensor all_reduce_sum_autograd(const Tensor& x) {
       all_reduce(summed, ReduceOp::sum);
       return {summed};
     });
+  return out;
+}
+
+Tensor all_gather_autograd(const Tensor& x) {
+  BCOS_CHECK(x.defined() && x.dim() >= 1, "dist::all_gather_autograd: needs a tensor of at least one dim");
+  Tensor out;
+  {
+    NoGradGuard no_grad;
+    Tensor gathered = all_gather(x.detach().contiguous());  // [world, n, *]
+    Shape shape = x.shape();
+    shape[0] *= world_size();
+    out = gathered.reshape(shape);
+  }
+  if (needs_graph({x})) {
+    const int64_t n = x.size(0), offset = int64_t(rank()) * x.size(0);
+    record("AllGatherBackward", out, {x}, [n, offset](const Tensor& g, const std::vector<bool>&) -> Grads {
+      Tensor summed = g.contiguous().clone();
+      all_reduce(summed, ReduceOp::sum);
+      return {summed.narrow(0, offset, n).contiguous()};
+    });
+  }
   return out;
 }
 

@@ -91,4 +91,10 @@ Work all_reduce_async(const Tensor& t, ReduceOp op = ReduceOp::sum);
 // batch-norm statistics.
 Tensor all_reduce_sum_autograd(const Tensor& x);
 
+// A differentiable all-gather along dim 0: x [n, *] on every rank -> [world_size · n, *], rank
+// q's rows at q · n. Backward: the gradient summed over the ranks (every rank's loss may use
+// every row), then this rank's rows -- a reduce-scatter, as torch.distributed.nn.all_gather. For
+// losses over the global batch (CLIP's contrastive loss sees every rank's images and texts).
+Tensor all_gather_autograd(const Tensor& x);
+
 }  // namespace bcos::dist

@@ -44,8 +44,8 @@ void broadcast_bytes(void* data, int bytes);
 
 #ifdef BCOS_WITH_NCCL
 namespace nccl {
-// Creates the communicator for the current GPU: the id from rank 0 through `share_id`.
-void init(int rank, int world_size, const std::function<void(void* id, int bytes)>& share_id);
+// Creates the communicator on GPU `device` (this rank's): the id from rank 0 through `share_id`.
+void init(int rank, int world_size, int device, const std::function<void(void* id, int bytes)>& share_id);
 bool active();
 void finalize();
 void abort();

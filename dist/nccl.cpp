@@ -2,7 +2,9 @@
 // usual data-parallel layout), made on the first CUDA collective. Each collective runs on a side
 // stream that first waits for the caller's stream (so it sees the tensor's latest values) and
 // records an event that Work polls; when it finishes, the caller's stream waits for that event,
-// so later kernels see the result while the host never blocks on the GPU. Compiled only when
+// so later kernels see the result. Until Work::wait the caller's stream is not held back (the
+// backward goes on beside the all-reduce); wait() itself polls the event on the host, so a
+// collective stuck on a dead peer raises at the deadline instead of hanging the GPU. Compiled only when
 // meson found NCCL and the CUDA backend is on (-Dnccl).
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -50,7 +52,7 @@ ncclRedOp_t nccl_op(ReduceOp op) {
 }
 
 void check_device(const char* op, const Tensor& t) {
-  BCOS_CHECK(t.device().index == g_device, "dist::", op, ": ", t.shape(), " is on ", t.device(),
+  BCOS_CHECK(t.is_cuda() && t.device().index == g_device, "dist::", op, ": ", t.shape(), " is on ", t.device(),
              " but this rank's NCCL communicator is on cuda:", g_device, " (one GPU per rank)");
 }
 
@@ -86,8 +88,9 @@ std::shared_ptr<Work::Impl> start(std::string what, std::vector<Tensor> keep, Ca
 }
 }  // namespace
 
-void init(int rank, int world_size, const std::function<void(void* id, int bytes)>& share_id) {
-  BCOS_CUDA_CHECK(cudaGetDevice(&g_device));
+void init(int rank, int world_size, int device, const std::function<void(void* id, int bytes)>& share_id) {
+  g_device = device;
+  BCOS_CUDA_CHECK(cudaSetDevice(device));  // NCCL binds the communicator to the current device
   ncclUniqueId id{};
   if (rank == 0) BCOS_NCCL_CHECK(ncclGetUniqueId(&id));
   share_id(&id, int(sizeof id));

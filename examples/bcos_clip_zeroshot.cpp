@@ -9,6 +9,8 @@
 //   5. GridPG with text targets on 3 x 3 grids (teacher: input x gradient, student: contributions)
 //      and explanation PNGs for the class prompts and free --prompts;
 //   6. OUT/report.md, OUT/report.json and the PNGs.
+// mpirun -np N bcos_clip_zeroshot --distributed: the distillation (3) data-parallel over the N
+// processes (--batch global); rank 0 alone trains the teacher if needed, evaluates and writes.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -26,6 +28,8 @@
 #include "examples/classifier.h"
 #include "examples/cli.h"
 #include "examples/clip_common.h"
+#include "examples/distributed.h"
+#include "dist/data_parallel.h"
 #include "models/bcos_clip.h"
 #include "models/clip_load.h"
 #include "models/explain.h"
@@ -189,7 +193,7 @@ int main(int argc, char** argv) {
   int64_t batch = 128, limit_train = 0, limit_test = 0, grids = 250, pool_size = 2000, scale = 4, figure_images = 8;
   int workers = 2;
   uint64_t seed = 0;
-  bool resume = false, detect_anomaly = false;
+  bool resume = false, detect_anomaly = false, distributed = false, sync_bn = false;
   app.add_option("--clip", clip_path, "the teacher: CLIP weights (OpenAI .pt, open_clip, Hugging Face); default: the "
                  "small CLIP train_clip makes on the CIFAR-10 shards, trained on first use into OUT/teacher");
   app.add_option("--out", out, "output folder: report.md, report.json, PNGs, checkpoint.safetensors, student.safetensors");
@@ -218,9 +222,17 @@ int main(int argc, char** argv) {
   app.add_flag("--resume", resume, "continue the distillation from OUT/checkpoint.safetensors");
   app.add_flag("--detect-anomaly", detect_anomaly,
                "check every op's output and gradient while distilling; stop at the first NaN, naming the op (slow)");
+  app.add_flag("--distributed", distributed, "data-parallel distillation over the processes of an mpirun / srun / "
+               "torchrun launch (--batch is the global batch); rank 0 trains the teacher if needed, evaluates and writes");
+  app.add_flag("--sync-bn", sync_bn, "with --distributed: the student's batch-norm statistics over the global batch");
   return examples::run(app, argc, argv, [&] {
     const auto t_start = Clock::now();
-    const Device device = examples::parse_device(device_spec);
+    Device device = examples::parse_device(device_spec);
+    examples::start_processes("bcos_clip_zeroshot", distributed, batch);
+    BCOS_CHECK(!sync_bn || distributed, "bcos_clip_zeroshot: --sync-bn needs --distributed");
+    if (distributed && device.is_cuda() && device_spec == "cuda") device = Device::cuda(dist::local_rank());  // a GPU per rank
+    const bool main_rank = dist::is_main();
+    std::FILE* progress = main_rank ? stderr : nullptr;
     BCOS_CHECK(clip_path.empty() || fs::exists(clip_path), "bcos_clip_zeroshot: --clip ", clip_path, " does not exist");
     examples::check_given_paths("bcos_clip_zeroshot", {data_opt, test_opt, vocab_opt});
     if (!examples::data_exists(test_path) || !fs::exists(vocab) || (clip_path.empty() && !examples::data_exists(train_path))) {
@@ -236,21 +248,25 @@ int main(int argc, char** argv) {
     std::string teacher_file = clip_path;
     if (teacher_file.empty()) {
       teacher_file = out + "/teacher/clip.safetensors";
-      if (!fs::exists(teacher_file)) {
+      if (main_rank && !fs::exists(teacher_file)) {
         const fs::path trainer = fs::path(argv[0]).parent_path() / "train_clip";
         BCOS_CHECK(fs::exists(trainer), "bcos_clip_zeroshot: no teacher at ", teacher_file, " and no train_clip beside this "
                    "program (", trainer.string(), ") to train one; pass --clip");
-        const std::string cmd = str("'", trainer.string(), "' --out '", out, "/teacher' --epochs ", teacher_epochs,
+        // (Without the launcher's variables: the trainer is one process, not one of this job's.)
+        const std::string cmd = str(distributed ? "env -u OMPI_COMM_WORLD_RANK -u OMPI_COMM_WORLD_SIZE -u PMI_RANK "
+                                                  "-u PMI_SIZE -u SLURM_PROCID -u SLURM_NTASKS -u RANK -u WORLD_SIZE " : "",
+                                    "'", trainer.string(), "' --out '", out, "/teacher' --epochs ", teacher_epochs,
                                     " --data '", train_path, "' --test-data '", test_path, "' --vocab '", vocab,
                                     "' --captions-from-classes --workers ", workers, " --seed ", seed);
         std::printf("training the teacher (first use): %s\n", cmd.c_str());
         std::fflush(stdout);
         BCOS_CHECK(std::system(cmd.c_str()) == 0, "bcos_clip_zeroshot: training the teacher failed: ", cmd);
       }
+      if (distributed) dist::barrier(7 * 24 * 3600.0);  // the others wait while rank 0 trains the teacher
     }
     std::shared_ptr<models::Clip> clip = models::load_clip(teacher_file);
     const int64_t res = clip->config.image_resolution;
-    std::printf("teacher: %s (%s)\n", teacher_file.c_str(), clip->config.describe().c_str());
+    if (main_rank) std::printf("teacher: %s (%s)\n", teacher_file.c_str(), clip->config.describe().c_str());
     report["teacher"] = {{"file", teacher_file}, {"config", clip->config.describe()}};
 
     // 2. The zero-shot classifier from the teacher's text tower, on the held-out templates.
@@ -277,41 +293,48 @@ int main(int argc, char** argv) {
     using namespace data;
     const Transform test_t = Compose({Resize(res, Interpolation::bicubic), CenterCrop(res), ToTensor()});
     auto test_loader = examples::make_loader(test_path, "test", test_t, {.batch_size = 250, .workers = workers, .limit = limit_test});
-    Batch first;
-    {
-      auto epoch0 = test_loader->epoch(0);
-      BCOS_CHECK(epoch0.next(first), "bcos_clip_zeroshot: the test set is empty");
+    double equivalence = 0;  // (rank 0's check)
+    Batch first;             // the first test images: the probe here, the figures later (rank 0)
+    if (main_rank) {
+      {
+        auto epoch0 = test_loader->epoch(0);
+        BCOS_CHECK(epoch0.next(first), "bcos_clip_zeroshot: the test set is empty");
+      }
+      const Tensor probe = first.images.slice(0, 0, std::min<int64_t>(16, first.size())).to(device);
+      {
+        models::BcosClipOptions exact;
+        exact.b = 1, exact.keep_bias = true, exact.keep_position = true;
+        auto copy = models::bcosify_clip_visual(models::load_clip(teacher_file)->visual, exact);
+        copy->to(device), copy->eval(), teacher->eval();
+        NoGradGuard no_grad;
+        const Tensor expected = (*teacher)(clip_normalize(probe));
+        equivalence = norm((*copy)(nn::add_inverse(probe)) - expected).item() / norm(expected).item();
+      }
+      std::printf("b = 1 equivalence: relative error %.2e between the converted and the original tower\n", equivalence);
+      BCOS_CHECK(equivalence <= 1e-4, "bcos_clip_zeroshot: the b = 1 conversion does not reproduce the teacher (relative "
+                 "error ", equivalence, ")");
     }
-    const Tensor probe = first.images.slice(0, 0, std::min<int64_t>(16, first.size())).to(device);
-    double equivalence = 0;
-    {
-      models::BcosClipOptions exact;
-      exact.b = 1, exact.keep_bias = true, exact.keep_position = true;
-      auto copy = models::bcosify_clip_visual(models::load_clip(teacher_file)->visual, exact);
-      copy->to(device), copy->eval(), teacher->eval();
-      NoGradGuard no_grad;
-      const Tensor expected = (*teacher)(clip_normalize(probe));
-      equivalence = norm((*copy)(nn::add_inverse(probe)) - expected).item() / norm(expected).item();
-    }
-    std::printf("b = 1 equivalence: relative error %.2e between the converted and the original tower\n", equivalence);
-    BCOS_CHECK(equivalence <= 1e-4, "bcos_clip_zeroshot: the b = 1 conversion does not reproduce the teacher (relative "
-               "error ", equivalence, ")");
     models::BcosClipOptions bo;
     bo.b = b;
     auto student = models::bcosify_clip_visual(models::load_clip(teacher_file)->visual, bo);
     student->to(device);
-    std::printf("student: B-cos %s, b = %g, %.2fM parameters\n", clip->config.vit() ? "ViT" : "ModifiedResNet", b,
-                double(student->num_parameters()) / 1e6);
+    if (main_rank)
+      std::printf("student: B-cos %s, b = %g, %.2fM parameters\n", clip->config.vit() ? "ViT" : "ModifiedResNet", b,
+                  double(student->num_parameters()) / 1e6);
 
     // Distillation: the teacher sees the normalised augmented batch, the student (x, 1 − x) of it.
     const Transform train_t = Compose({RandomResizedCrop(res, {crop_scale, 1.0}), RandomHorizontalFlip(), ToTensor()});
+    const int64_t local_batch = batch / dist::world_size();  // each rank's share of a batch
     auto train_loader = examples::make_loader(train_path, "train", train_t,
-                                              {.batch_size = batch, .shuffle = true, .drop_last = true, .workers = workers,
-                                               .seed = seed, .limit = limit_train, .device = device});
-    const int64_t steps_per_epoch = train_loader->num_samples() / batch;
+                                              {.batch_size = local_batch, .shuffle = true, .drop_last = true,
+                                               .workers = workers, .seed = seed, .limit = limit_train,
+                                               .rank = dist::rank(), .world_size = dist::world_size(), .device = device});
+    const int64_t steps_per_epoch = train_loader->num_samples() / local_batch;
     BCOS_CHECK(steps_per_epoch > 0, "bcos_clip_zeroshot: fewer training images than one batch");
     const int64_t total_steps = std::max<int64_t>(1, std::llround(epochs * double(steps_per_epoch)));
     const int64_t epoch_count = epochs > 0 ? (total_steps + steps_per_epoch - 1) / steps_per_epoch : 0;
+    if (sync_bn) dist::use_sync_batch_norm(*student);
+    dist::DataParallel ddp(*student);  // rank 0's weights to all; gradients averaged (nothing on one rank)
     std::vector<Tensor> params = student->parameters();
     nn::Adam optimizer(params, {.lr = lr});
     nn::Scheduler scheduler(optimizer, nn::cosine_schedule(lr, total_steps, 0.0, 0));
@@ -320,7 +343,8 @@ int main(int argc, char** argv) {
     if (resume) {
       BCOS_CHECK(fs::exists(ckpt), "bcos_clip_zeroshot: --resume: no checkpoint at ", ckpt);
       state = nn::load_training_checkpoint(ckpt, *student, optimizer, &scheduler);
-      std::printf("resumed from %s after epoch %lld\n", ckpt.c_str(), static_cast<long long>(state.epoch));
+      examples::check_resume_world_size("bcos_clip_zeroshot", ckpt, state);
+      if (main_rank) std::printf("resumed from %s after epoch %lld\n", ckpt.c_str(), static_cast<long long>(state.epoch));
     }
     double train_seconds = 0, last_loss = 0;
     int64_t train_images = 0;
@@ -329,7 +353,7 @@ int main(int argc, char** argv) {
       student->train();
       teacher->eval();
       const int64_t steps = std::min(steps_per_epoch, total_steps - epoch * steps_per_epoch);
-      ProgressBar bar(steps * batch, str("distil ", epoch + 1, "/", epoch_count), "img");
+      ProgressBar bar(steps * batch, str("distil ", epoch + 1, "/", epoch_count), "img", progress);
       const auto start = Clock::now();
       double loss_sum = 0, cos_sum = 0;
       int64_t seen = 0;
@@ -341,7 +365,11 @@ int main(int argc, char** argv) {
           NoGradGuard no_grad;
           target = (*teacher)(clip_normalize(x));
         }
-        const Tensor s = (*student)(nn::add_inverse(x));
+        // The sigmoid loss pairs every student embedding with every teacher one in the batch: with
+        // several ranks, over the gathered global batch (gradients back to their own rank), so the
+        // loss is the one-process loss (the identity on one process).
+        const Tensor s = dist::all_gather_autograd(ddp(nn::add_inverse(x)));
+        target = dist::all_gather_autograd(target);
         const Tensor loss = loss_name == "sigmoid" ? models::sigmoid_distillation_loss(s, target)
                                                    : models::cosine_distillation_loss(s, target);
         const double l = loss.item();  // checked before the step, so no NaN reaches the weights
@@ -356,14 +384,19 @@ int main(int argc, char** argv) {
         scheduler.step();
         ++state.step;
         const double c = mean(sum(models::l2_normalize(s.detach()) * models::l2_normalize(target), {1})).item();
-        loss_sum += l * double(bt.size()), cos_sum += c * double(bt.size()), seen += bt.size();
-        bar.update(bt.size(), {{"loss", loss_sum / double(seen)}, {"cos", cos_sum / double(seen)}, {"lr", optimizer.lr}});
+        loss_sum += l * double(batch), cos_sum += c * double(batch), seen += batch;  // the global batch's
+        bar.update(batch, {{"loss", loss_sum / double(seen)}, {"cos", cos_sum / double(seen)}, {"lr", optimizer.lr}});
       }
       bar.finish();
       train_seconds += seconds_since(start), train_images += seen;
       last_loss = loss_sum / double(std::max<int64_t>(seen, 1));
       state.epoch = epoch + 1;
-      nn::save_training_checkpoint(ckpt, *student, optimizer, &scheduler, state);
+      state.extra.insert_or_assign("world_size", str(dist::world_size()));
+      if (main_rank) nn::save_training_checkpoint(ckpt, *student, optimizer, &scheduler, state);
+    }
+    if (!main_rank) {  // the rest is rank 0's: the others wait for it, then end together
+      dist::barrier(7 * 24 * 3600.0);
+      return;
     }
     nn::save_safetensors(out + "/student.safetensors", student->state_dict());
 
@@ -436,7 +469,8 @@ int main(int argc, char** argv) {
     report["equivalence_b1_relative_error"] = equivalence;
     report["distillation"] = {{"epochs", epochs}, {"steps", state.step}, {"batch", batch}, {"lr", lr}, {"b", b},
                               {"loss", loss_name}, {"last_loss", last_loss}, {"train_seconds", train_seconds},
-                              {"train_images_per_s", train_images > 0 ? double(train_images) / train_seconds : 0.0}};
+                              {"train_images_per_s", train_images > 0 ? double(train_images) / train_seconds : 0.0},
+                              {"processes", dist::world_size()}, {"sync_bn", sync_bn}};
     report["zeroshot"] = {{"samples", ev.samples}, {"templates", held_out.size()},
                           {"teacher_top1", ev.teacher_top1}, {"teacher_top5", ev.teacher_top5},
                           {"student_top1", ev.student_top1}, {"student_top5", ev.student_top5},
@@ -461,5 +495,6 @@ int main(int argc, char** argv) {
        << "![class prompts](classes.png)\n\n![free prompts](prompts.png)\n";
     data::write_file_atomic(out + "/report.md", md.str());
     std::printf("report: %s/report.md (%.0f s)\n", out.c_str(), total);
+    if (distributed) dist::barrier(7 * 24 * 3600.0);  // the other ranks wait here for the end
   });
 }

@@ -26,6 +26,7 @@
 #include "data/progress.h"
 #include "examples/cli.h"
 #include "examples/classifier.h"
+#include "examples/distributed.h"
 #include "models/bcosify.h"
 #include "models/explain.h"
 #include "models/factory.h"
@@ -291,18 +292,10 @@ int main(int argc, char** argv) {
     s.cifar = s.spec.input_size == 32;
     s.mean = s.spec.mean, s.std = s.spec.std;
     s.device = examples::parse_device(device_spec);
-    if (distributed) {
-      dist::init();
-      if (s.device.is_cuda() && device_spec == "cuda") s.device = Device::cuda(dist::local_rank());  // a GPU per rank
-    } else {
-      const dist::LaunchInfo launch = dist::launch_info();
-      BCOS_CHECK(launch.world_size == 1, "bcosify_resnet: started by ", launch.launcher, " as one of ", launch.world_size,
-                 " processes; add --distributed (else every process would run the whole experiment)");
-    }
+    examples::start_processes("bcosify_resnet", distributed, batch);
+    if (distributed && s.device.is_cuda() && device_spec == "cuda") s.device = Device::cuda(dist::local_rank());  // a GPU per rank
     const bool main_rank = dist::is_main();
     if (!main_rank) s.progress = nullptr;
-    BCOS_CHECK(batch % dist::world_size() == 0, "bcosify_resnet: --batch ", batch, " does not split over ",
-               dist::world_size(), " processes");
     BCOS_CHECK(!sync_bn || distributed, "bcosify_resnet: --sync-bn needs --distributed");
     if (weights.empty()) {
       BCOS_CHECK(s.cifar, "bcosify_resnet: --weights is required for ", s.spec.arch);
@@ -425,11 +418,7 @@ int main(int argc, char** argv) {
     if (resume) {
       BCOS_CHECK(fs::exists(ckpt), "bcosify_resnet: --resume: no checkpoint at ", ckpt);
       state = nn::load_training_checkpoint(ckpt, *bcos_model, optimizer, &scheduler);
-      const auto written_by = state.extra.find("world_size");
-      const std::string world = str(dist::world_size());
-      BCOS_CHECK(written_by == state.extra.end() ? world == "1" : written_by->second == world, "bcosify_resnet: --resume: ",
-                 ckpt, " was written by a run of ", written_by == state.extra.end() ? "1" : written_by->second,
-                 " process(es); resume it with as many (each one's share of the data depends on it), not ", world);
+      examples::check_resume_world_size("bcosify_resnet", ckpt, state);
       if (main_rank) std::printf("resumed from %s after epoch %lld\n", ckpt.c_str(), static_cast<long long>(state.epoch));
     }
     double train_seconds = 0;

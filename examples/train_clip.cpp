@@ -6,6 +6,10 @@
 //   train_clip --data 'pairs-{000000..000009}.tar' --test-data IMAGEFOLDER --classes names.txt
 //                                     (image, caption) pairs: <key>.jpg + <key>.txt
 //   train_clip --vision rn50 | vit_b_32 | ...   OpenAI's towers (any size trains; slowly on a CPU)
+//   mpirun -np 2 train_clip --distributed        data-parallel: each rank encodes its share of the
+//                                     batch, the features of all ranks are gathered (with their
+//                                     gradients), so the loss sees the whole global batch as on one
+//                                     process (open_clip's gather_with_grad)
 // The loss is CLIP's symmetric cross-entropy over the batch's image-text logits, with a learnable
 // temperature clamped so exp(logit_scale) <= 100; AdamW with CLIP's betas, decoupled weight decay
 // on weight matrices only, cosine schedule with warm-up; checkpoints every epoch and --resume.
@@ -19,7 +23,9 @@
 
 #include "data/image.h"
 #include "data/rng.h"
+#include "dist/data_parallel.h"
 #include "examples/clip_common.h"
+#include "examples/distributed.h"
 #include "models/clip_load.h"
 #include "nn/checkpoint.h"
 #include "nn/optim.h"
@@ -87,7 +93,8 @@ int main(int argc, char** argv) {
   int64_t batch = 256, warmup = 100, limit_train = 0, limit_test = 0;
   int workers = int(std::max(1u, std::thread::hardware_concurrency()));
   uint64_t seed = 0;
-  bool from_classes = false, resume = false, eval_each_epoch = false, detect_anomaly = false;
+  bool from_classes = false, resume = false, eval_each_epoch = false, detect_anomaly = false, distributed = false,
+       sync_bn = false;
   CLI::Option* data_opt = app.add_option("--data", train_path, "training shards: <key>.jpg + <key>.txt (or .cls with "
                                          "--captions-from-classes)");
   CLI::Option* test_opt = app.add_option("--test-data", test_path, "labelled test data for the zero-shot evaluation (\"\" to skip)");
@@ -127,9 +134,16 @@ int main(int argc, char** argv) {
   app.add_flag("--detect-anomaly", detect_anomaly,
                "check every op's output and gradient while training; stop at the first NaN, naming the op (slow)");
   app.add_flag("--eval-each-epoch", eval_each_epoch, "zero-shot accuracy after every epoch, not only at the end");
+  app.add_flag("--distributed", distributed, "data-parallel over the processes of an mpirun / srun / torchrun launch: "
+               "--batch is the global batch, the loss sees all of it; rank 0 evaluates and writes");
+  app.add_flag("--sync-bn", sync_bn, "with --distributed: batch-norm statistics (ResNet towers) over the global batch");
   return examples::run(app, argc, argv, [&] {
     const auto t_start = std::chrono::steady_clock::now();
     examples::check_given_paths("train_clip", {data_opt, test_opt, vocab_opt});
+    examples::start_processes("train_clip", distributed, batch);
+    BCOS_CHECK(!sync_bn || distributed, "train_clip: --sync-bn needs --distributed");
+    const bool main_rank = dist::is_main();
+    std::FILE* progress = main_rank ? stderr : nullptr;
     if (!data_opt->count()) from_classes = true;  // the CIFAR-10 shards have labels, not captions
     if (!data_opt->count() && (!examples::data_exists(train_path) || !fs::exists(vocab))) {
       std::printf("train_clip: skipped: the CIFAR-10 shards or CLIP's vocabulary are missing (%s, %s); set BCOS_DATA "
@@ -157,21 +171,26 @@ int main(int argc, char** argv) {
     std::shared_ptr<models::Clip> model = init.empty() ? std::make_shared<models::Clip>(make_config(shape, tok->vocab_size()))
                                                        : models::load_clip(init);
     const models::ClipConfig& config = model->config;
-    std::printf("CLIP: %s; %.2fM parameters\n", config.describe().c_str(), double(model->num_parameters()) / 1e6);
+    if (main_rank)
+      std::printf("CLIP: %s; %.2fM parameters\n", config.describe().c_str(), double(model->num_parameters()) / 1e6);
 
     using namespace data;
     const int64_t res = config.image_resolution;
     Transform train_t = Compose({Resize(res, Interpolation::bicubic), RandomCrop(res, std::max<int64_t>(1, res / 8)),
                                  RandomHorizontalFlip(), ToTensor(), Normalize(models::kClipMean, models::kClipStd)});
+    const int64_t ranks = dist::world_size(), local_batch = batch / ranks;  // each rank's share of a batch
     auto train_loader = examples::make_loader(train_path, "train", train_t,
-                                              {.batch_size = batch, .shuffle = true, .drop_last = true,
-                                               .workers = workers, .seed = seed, .limit = limit_train});
-    const int64_t steps_per_epoch = train_loader->num_samples() / batch;
+                                              {.batch_size = local_batch, .shuffle = true, .drop_last = true,
+                                               .workers = workers, .seed = seed, .limit = limit_train,
+                                               .rank = dist::rank(), .world_size = int(ranks)});
+    const int64_t steps_per_epoch = train_loader->num_samples() / local_batch;
     BCOS_CHECK(steps_per_epoch > 0, "train_clip: fewer training samples (", train_loader->num_samples(),
                ") than one batch (", batch, ")");
     const int64_t total_steps = std::max<int64_t>(1, std::llround(epochs * double(steps_per_epoch)));
     const int64_t epoch_count = (total_steps + steps_per_epoch - 1) / steps_per_epoch;
 
+    if (sync_bn) dist::use_sync_batch_norm(*model);
+    dist::DataParallel ddp(*model);  // rank 0's weights to all; gradients averaged (nothing on one rank)
     std::vector<Tensor> params, decayed;
     for (auto& [name, p] : model->named_parameters()) {
       params.push_back(p);
@@ -185,7 +204,8 @@ int main(int argc, char** argv) {
     if (resume) {
       BCOS_CHECK(fs::exists(ckpt), "train_clip: --resume: no checkpoint at ", ckpt);
       state = nn::load_training_checkpoint(ckpt, *model, optimizer, &scheduler);
-      std::printf("resumed from %s after epoch %lld\n", ckpt.c_str(), static_cast<long long>(state.epoch));
+      examples::check_resume_world_size("train_clip", ckpt, state);
+      if (main_rank) std::printf("resumed from %s after epoch %lld\n", ckpt.c_str(), static_cast<long long>(state.epoch));
     }
 
     auto zero_shot = [&] {  // on the test data, with the held-out templates
@@ -199,7 +219,7 @@ int main(int argc, char** argv) {
     for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
       model->train();
       const int64_t steps = std::min(steps_per_epoch, total_steps - epoch * steps_per_epoch);
-      ProgressBar bar(steps * batch, str("epoch ", epoch + 1, "/", epoch_count), "img");
+      ProgressBar bar(steps * batch, str("epoch ", epoch + 1, "/", epoch_count), "img", progress);
       const auto start = std::chrono::steady_clock::now();
       double loss_sum = 0;
       int64_t seen = 0, matched = 0;
@@ -208,11 +228,13 @@ int main(int argc, char** argv) {
         std::vector<std::string> captions = b.texts;
         if (from_classes) {
           const auto labels = b.labels.to_vector<int64_t>();
-          Rng rng(seed, 7, uint64_t(state.step));  // each step's template draw, reproducible on resume
+          Rng rng(seed, 7, uint64_t(state.step));  // each step's template draws, reproducible on resume
+          std::vector<int64_t> draws(static_cast<size_t>(batch));  // for the global batch: this rank's samples are
+          for (auto& d : draws) d = rng.randint(0, int64_t(fit_templates.size()));  // at i · ranks + rank
           for (size_t i = 0; i < labels.size(); ++i) {
             BCOS_CHECK(labels[i] >= 0 && labels[i] < int64_t(class_names.size()), "train_clip: ", b.names[i],
                        " has label ", labels[i], ", outside the ", class_names.size(), " classes");
-            const auto& t = fit_templates[size_t(rng.randint(0, int64_t(fit_templates.size())))];
+            const auto& t = fit_templates[size_t(draws[i * size_t(ranks) + size_t(dist::rank())])];
             captions[i] = examples::fill_template(t, class_names[size_t(labels[i])]);
           }
         }
@@ -233,7 +255,11 @@ int main(int argc, char** argv) {
         const Tensor text_features = index_select(
             model->encode_text(tok->tokenize(distinct, config.context_length, true)), 0,
             from_vector(row_of, {int64_t(row_of.size())}));
-        const Tensor logits = model->logits(model->encode_image(b.images), text_features);
+        // Every rank's features, in rank order, gradients flowing back to their own rank: the
+        // global batch's logits (the identity on one process).
+        ddp.broadcast_buffers();  // rank 0's running statistics, as ddp(x) does (the towers run outside it)
+        const Tensor logits = model->logits(dist::all_gather_autograd(model->encode_image(b.images)),
+                                            dist::all_gather_autograd(text_features));
         const Tensor loss = models::clip_contrastive_loss(logits);
         const double l = loss.item();  // checked before the step, so no NaN reaches the weights
         BCOS_CHECK(std::isfinite(l), "train_clip: the loss became ", l, " at step ", state.step + 1, " (epoch ", epoch + 1,
@@ -249,19 +275,24 @@ int main(int argc, char** argv) {
         scheduler.step();
         models::clamp_logit_scale_(*model);
         ++state.step;
-        loss_sum += l * double(b.size());
-        matched += int64_t(sum(eq(argmax(logits.detach(), 1), arange(double(b.size()), DType::i64)).to(DType::f32)).item());
-        seen += b.size();
-        bar.update(b.size(), {{"loss", loss_sum / double(seen)}, {"i2t", 100.0 * double(matched) / double(seen)},
+        loss_sum += l * double(batch);  // the global batch's loss, the same on every rank
+        matched += int64_t(sum(eq(argmax(logits.detach(), 1), arange(double(batch), DType::i64)).to(DType::f32)).item());
+        seen += batch;
+        bar.update(batch, {{"loss", loss_sum / double(seen)}, {"i2t", 100.0 * double(matched) / double(seen)},
                               {"lr", optimizer.lr}, {"scale", std::exp(model->logit_scale.item())}});
       }
       bar.finish();
       train_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       last_loss = loss_sum / double(std::max<int64_t>(seen, 1));
       state.epoch = epoch + 1;
-      nn::save_training_checkpoint(ckpt, *model, optimizer, &scheduler, state);
-      if (eval_each_epoch && !test_path.empty() && epoch + 1 < epoch_count)
+      state.extra.insert_or_assign("world_size", str(ranks));
+      if (main_rank) nn::save_training_checkpoint(ckpt, *model, optimizer, &scheduler, state);
+      if (main_rank && eval_each_epoch && !test_path.empty() && epoch + 1 < epoch_count)
         std::printf("epoch %lld: zero-shot top-1 %.2f %%\n", static_cast<long long>(epoch + 1), zero_shot().top1);
+    }
+    if (!main_rank) {  // the rest is rank 0's: the others wait for it, then end together
+      dist::barrier(7 * 24 * 3600.0);
+      return;
     }
     const auto meta = config.metadata();
     nn::save_safetensors(out + "/clip.safetensors", model->state_dict(), {meta.begin(), meta.end()});
@@ -271,7 +302,8 @@ int main(int argc, char** argv) {
     examples::Json report = {{"command", examples::command_line(argc, argv)}, {"config", config.describe()},
                              {"parameters", model->num_parameters()}, {"steps", state.step}, {"batch", batch},
                              {"last_epoch_loss", last_loss}, {"train_seconds", train_seconds},
-                             {"train_templates", fit_templates}, {"held_out_templates", held_out}};
+                             {"train_templates", fit_templates}, {"held_out_templates", held_out},
+                             {"processes", ranks}, {"sync_bn", sync_bn}};
     if (!test_path.empty()) {
       const examples::ZeroShotResult r = zero_shot();
       std::printf("zero-shot on %s with %zu held-out templates: top-1 %.2f %%, top-5 %.2f %% (%lld images)\n",
@@ -280,5 +312,6 @@ int main(int argc, char** argv) {
     }
     report["total_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     data::write_file_atomic(out + "/report.json", examples::dump(report) + "\n");
+    if (distributed) dist::barrier(7 * 24 * 3600.0);  // the other ranks wait here for the end
   });
 }

@@ -2,7 +2,8 @@
 //   dist_worker collectives   every collective against its definition, on every dtype MPI takes
 //   dist_worker equality      N data-parallel steps of 2 ranks = N steps of one process on the
 //                             global batch (f64, within 1e-6): ResNet-20 and its B-cos form, with
-//                             synchronised batch norm; without it, per-rank statistics differ
+//                             synchronised batch norm (without it, per-rank statistics differ);
+//                             gradient accumulation; CLIP's contrastive loss over all_gather_autograd
 //   dist_worker unused        parameters without a gradient: an error, or find_unused_parameters
 //   dist_worker fail-throw    rank 1 raises at step 3: every rank ends, rank 1's error printed
 //   dist_worker fail-exit     rank 1 exits at step 3 without a word: every rank ends
@@ -19,6 +20,7 @@
 #include "autograd/ops.h"
 #include "dist/data_parallel.h"
 #include "models/bcosify.h"
+#include "models/clip.h"
 #include "models/factory.h"
 #include "nn/bcos.h"
 #include "nn/layers.h"
@@ -233,6 +235,55 @@ void equality() {
   expect(ddp.stats().steps == 3, str("DataParallel counted ", ddp.stats().steps, " synchronised steps, not 3"));
 }
 
+// ---- a loss over the global batch -------------------------------------------------------------
+// CLIP's contrastive loss sees every rank's images and texts: with all_gather_autograd of both
+// feature sets, two ranks train exactly as one process on the global batch (open_clip's
+// gather_with_grad). Two linear towers and a learnable temperature, f64.
+struct TinyClip : nn::Module {
+  std::shared_ptr<nn::Module> image, text;
+  Tensor logit_scale;
+  TinyClip() : Module("TinyClip") {
+    register_module("image", image, std::make_shared<nn::Linear>(12, 8));
+    register_module("text", text, std::make_shared<nn::Linear>(10, 8));
+    register_parameter("logit_scale", logit_scale, full({}, 2.0));
+  }
+  Tensor logits(const Tensor& img, const Tensor& txt) {
+    return exp(logit_scale) * matmul(models::l2_normalize(img), models::l2_normalize(txt).t());
+  }
+};
+
+void contrastive() {
+  auto make = [] {
+    manual_seed(21);
+    auto m = std::make_shared<TinyClip>();
+    m->to(DType::f64);
+    return m;
+  };
+  auto reference = make(), replica = make();
+  dist::DataParallel ddp(*replica);
+  nn::AdamW opt_ref(reference->parameters(), {.lr = 1e-2});
+  nn::AdamW opt(replica->parameters(), {.lr = 1e-2});
+  const int64_t global = 8, local = global / dist::world_size(), from = dist::rank() * local;
+  manual_seed(22);
+  for (int step = 0; step < 4; ++step) {
+    Tensor images = randn({global, 12}, DType::f64), texts = randn({global, 10}, DType::f64);
+    opt_ref.zero_grad();
+    models::clip_contrastive_loss(reference->logits((*reference->image)(images), (*reference->text)(texts))).backward();
+    opt_ref.step();
+    opt.zero_grad();
+    Tensor img = dist::all_gather_autograd((*replica->image)(images.narrow(0, from, local)));
+    Tensor txt = dist::all_gather_autograd((*replica->text)(texts.narrow(0, from, local)));
+    models::clip_contrastive_loss(replica->logits(img, txt)).backward();
+    opt.step();
+  }
+  double worst = 0;
+  const auto a = reference->state_dict(), b = replica->state_dict();
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, max_diff(a[i].second, b[i].second));
+  std::printf("rank %d: contrastive loss over the gathered global batch, 4 steps: max |difference| %.3g\n",
+              dist::rank(), worst);
+  expect(worst <= 1e-6, str("the contrastive loss over all_gather_autograd differs from one process by ", worst));
+}
+
 // ---- unused parameters ------------------------------------------------------------------------
 // Two heads; "a" is used by rank 0 only, "b" by no rank.
 struct TwoHeads : nn::Module {
@@ -302,6 +353,7 @@ int main(int argc, char** argv) {
       collectives();
     } else if (mode == "equality") {
       equality();
+      contrastive();
     } else if (mode == "unused") {
       unused();
     } else if (mode == "fail-throw" || mode == "fail-exit" || mode == "timeout") {

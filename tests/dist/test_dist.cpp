@@ -126,6 +126,12 @@ TEST_CASE("dist: collectives over a world of one are what their definitions give
   Tensor y = dist::all_reduce_sum_autograd(x);
   sum(y * 3.0).backward();
   CHECK(max_diff(x.grad(), full({4}, 3.0)) == 0);
+  Tensor rows = randn({3, 2}).requires_grad_();
+  Tensor gathered = dist::all_gather_autograd(rows);
+  CHECK(gathered.shape() == Shape{3, 2});
+  sum(gathered * 2.0).backward();
+  CHECK(max_diff(rows.grad(), full({3, 2}, 2.0)) == 0);
+  CHECK(error_of([] { dist::all_gather_autograd(zeros({})); }).find("at least one dim") != std::string::npos);
 }
 
 TEST_CASE("dist: the TCP rendezvous hands rank 0's bytes to the others, and times out when no rank 0 comes") {
@@ -238,4 +244,47 @@ TEST_CASE("dist: DataParallel on one rank leaves training exactly as without it"
   nn::Sequential empty_model;
   CHECK(error_of([&] { dist::DataParallel bad(empty_model); }).find("no parameters that require grad") !=
         std::string::npos);
+}
+
+// NCCL on this GPU as a world of one (one GPU cannot hold two ranks): the communicator, each
+// collective on its side stream, the events that order the caller's stream after it, every dtype.
+TEST_CASE("dist: NCCL collectives on one GPU, a world of one") {
+#ifndef BCOS_WITH_NCCL
+  MESSAGE("built without NCCL (-Dnccl): not run");
+#else
+  if (cuda_device_count() == 0) {
+    MESSAGE("no CUDA device: the NCCL test did not run");
+    return;
+  }
+  if (!dist::detail::nccl::active())
+    dist::detail::nccl::init(0, 1, 0, [](void*, int) {});  // rank 0 of 1 makes the id itself
+  const Device gpu = Device::cuda(0);
+  for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16, DType::i64}) {
+    CAPTURE(dt);
+    Tensor host = arange(0.0, 12.0, 1.0, DType::f64).reshape({3, 4});
+    Tensor t = host.to(dt).to(gpu);
+    dist::Work(dist::detail::nccl::all_reduce(t, dist::ReduceOp::sum)).wait();
+    CHECK(max_diff(t.to(Device()).to(DType::f64), host) == 0);
+    if (dt != DType::i64) {
+      dist::Work(dist::detail::nccl::all_reduce(t, dist::ReduceOp::avg)).wait();
+      CHECK(max_diff(t.to(Device()).to(DType::f64), host) == 0);
+    }
+    dist::Work(dist::detail::nccl::broadcast(t, 0)).wait();
+    CHECK(max_diff(t.to(Device()).to(DType::f64), host) == 0);
+    Tensor gathered = empty({1, 3, 4}, {dt, gpu});
+    dist::Work(dist::detail::nccl::all_gather(t, gathered)).wait();
+    CHECK(max_diff(gathered.to(Device()).to(DType::f64).reshape({3, 4}), host) == 0);
+  }
+  // The caller's stream is ordered after each collective: a chain of all-reduces (side stream)
+  // and additions (caller's stream) on a large tensor, read back once at the end.
+  Tensor t = ones({1 << 20}, {DType::f32, gpu});
+  for (int i = 0; i < 4; ++i) {
+    dist::Work w(dist::detail::nccl::all_reduce(t, dist::ReduceOp::sum));
+    w.wait();
+    t.add_(ones({1 << 20}, {DType::f32, gpu}));
+  }
+  CHECK(t.to(Device()).to_vector<float>()[12345] == 5.0f);
+  CHECK(error_of([&] { dist::detail::nccl::all_reduce(zeros({2}), dist::ReduceOp::sum); }).find("is on cpu") !=
+        std::string::npos);
+#endif
 }

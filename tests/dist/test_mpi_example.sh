@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# bcosify_resnet --distributed end to end, on a synthetic CIFAR-10 (tests/tools/make_fixtures):
+#  1. two processes with synchronised batch norm train what one process does on the same global
+#     batch (each rank's share interleaves into the one-process batch, augmentations by global
+#     position): the last epoch's loss agrees to 1e-3 (f32 sums in another order), while without
+#     --sync-bn (per-rank statistics) it need not;
+#  2. rank 0 alone writes: one report, a checkpoint that records the world size;
+#  3. resume: a two-process run stopped after its second checkpoint and resumed with two
+#     processes ends byte-identical to an uninterrupted one; resuming with one process is refused;
+#  4. mpirun without --distributed is refused (every rank would run the whole experiment).
+#  5. train_clip and bcos_clip_zeroshot (with ../shared): two processes train as one.
+#   usage: test_mpi_example.sh MPIRUN BUILD_DIR SOURCE_DIR
+set -uo pipefail
+mpirun=$1
+build=$2
+src=$3
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+export OMPI_MCA_rmaps_base_oversubscribe=1
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+"$build/tests/make_fixtures" weights resnet20 "$work/r20.safetensors" 7 >/dev/null || fail "fixtures"
+"$build/tests/make_fixtures" cifar "$work/cifar" 192 64 >/dev/null || fail "fixtures"
+args=(--arch resnet20 --weights "$work/r20.safetensors" --data "$work/cifar" --test-data "$work/cifar" --batch 32
+      --lr 1e-3 --workers 1 --seed 5 --limit-test 64 --gridpg-grids 0 --explain 0 --no-original-gridpg --photos "")
+two() { timeout -k 5 300 "$mpirun" -np 2 -x OMP_NUM_THREADS=1 "$build/examples/bcosify_resnet" "$@"; }
+json() {  # json FILE KEY: a number from report.json
+  grep -o "\"$2\": [-0-9.e]*" "$1" | head -1 | awk '{print $2}'
+}
+
+OMP_NUM_THREADS=1 "$build/examples/bcosify_resnet" "${args[@]}" --epochs 2 --out "$work/one" >"$work/one.log" 2>&1 ||
+  { tail -5 "$work/one.log"; fail "one process"; }
+two "${args[@]}" --epochs 2 --distributed --sync-bn --out "$work/sync" >"$work/sync.log" 2>&1 ||
+  { tail -20 "$work/sync.log"; fail "two processes, --sync-bn"; }
+two "${args[@]}" --epochs 2 --distributed --out "$work/local" >"$work/local.log" 2>&1 ||
+  { tail -20 "$work/local.log"; fail "two processes"; }
+one_loss=$(json "$work/one/report.json" last_epoch_loss)
+sync_loss=$(json "$work/sync/report.json" last_epoch_loss)
+local_loss=$(json "$work/local/report.json" last_epoch_loss)
+echo "last epoch loss: one process $one_loss, two with --sync-bn $sync_loss, two with per-rank statistics $local_loss"
+awk -v a="$one_loss" -v b="$sync_loss" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-3 * a) }' ||
+  fail "two processes with --sync-bn do not train as one process"
+[[ $(json "$work/sync/report.json" processes) == 2 ]] || fail "report.json does not record 2 processes"
+[[ $(grep -c "wrote .*report.md" "$work/sync.log") -eq 1 ]] || fail "not exactly one rank wrote the report"
+grep -a -q '"extra.world_size":"2"' "$work/sync/checkpoint.safetensors" || fail "the checkpoint does not record the world size"
+
+# Resume: stop a 4-epoch two-process run once its second checkpoint is written, resume it, and
+# compare with an uninterrupted one.
+two "${args[@]}" --epochs 4 --distributed --out "$work/ref" >"$work/ref.log" 2>&1 || { tail -20 "$work/ref.log"; fail "reference"; }
+"$mpirun" -np 2 -x OMP_NUM_THREADS=1 "$build/examples/bcosify_resnet" "${args[@]}" --epochs 4 --distributed \
+  --out "$work/stopped" >"$work/stopped.log" 2>&1 &
+pid=$!
+for _ in $(seq 3000); do
+  grep -a -q '"epoch":"2"' "$work/stopped/checkpoint.safetensors" 2>/dev/null && break
+  sleep 0.02
+done
+kill -TERM $pid 2>/dev/null  # mpirun passes it on to both ranks
+wait $pid
+grep -a -o '"epoch":"[0-9]"' "$work/stopped/checkpoint.safetensors" | head -1
+if grep -q "wrote .*report.md" "$work/stopped.log"; then
+  echo "(the run finished before the stop: resume below only checks that a finished run resumes to the same end)"
+fi
+OMP_NUM_THREADS=1 "$build/examples/bcosify_resnet" "${args[@]}" --epochs 4 --out "$work/stopped" --resume \
+  >"$work/wrong.log" 2>&1 && fail "resuming a two-process checkpoint with one process was accepted"
+grep -q "written by a run of 2 process(es); resume it with as many" "$work/wrong.log" || { tail -3 "$work/wrong.log"; fail "no clear error for a world-size change"; }
+two "${args[@]}" --epochs 4 --distributed --out "$work/stopped" --resume >"$work/resumed.log" 2>&1 ||
+  { tail -20 "$work/resumed.log"; fail "two-process resume"; }
+cmp "$work/ref/bcos_resnet20.safetensors" "$work/stopped/bcos_resnet20.safetensors" ||
+  fail "the resumed two-process run does not end where the uninterrupted one does"
+
+two "${args[@]}" --epochs 1 --out "$work/plain" >"$work/plain.log" 2>&1 && fail "mpirun without --distributed was accepted"
+grep -q "add --distributed" "$work/plain.log" || { tail -5 "$work/plain.log"; fail "no clear error without --distributed"; }
+
+# 5. CLIP (needs the CIFAR-10 shards and CLIP's vocabulary from ../shared or $BCOS_DATA): train_clip
+#    and bcos_clip_zeroshot gather every rank's embeddings (with their gradients) for their
+#    batch-level losses, so two processes with --sync-bn train as one.
+data=${BCOS_DATA:-$src/../shared}
+if [[ -f "$data/data/clip/bpe_simple_vocab_16e6.txt.gz" && -f "$data/data/cifar10/cifar10-test-000000.tar" ]]; then
+  export BCOS_DATA=$data
+  clip_args=(--limit-train 256 --batch 64 --epochs 1 --limit-test 64 --workers 1 --warmup 1)
+  OMP_NUM_THREADS=1 "$build/examples/train_clip" "${clip_args[@]}" --out "$work/clip1" >"$work/clip1.log" 2>&1 ||
+    { tail -5 "$work/clip1.log"; fail "train_clip, one process"; }
+  timeout -k 5 300 "$mpirun" -np 2 -x OMP_NUM_THREADS=1 -x BCOS_DATA "$build/examples/train_clip" "${clip_args[@]}" \
+    --distributed --sync-bn --out "$work/clip2" >"$work/clip2.log" 2>&1 || { tail -20 "$work/clip2.log"; fail "train_clip, two processes"; }
+  a=$(json "$work/clip1/report.json" last_epoch_loss)
+  b=$(json "$work/clip2/report.json" last_epoch_loss)
+  echo "train_clip last epoch loss: one process $a, two $b"
+  awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-4 * a) }' ||
+    fail "train_clip: two processes do not train as one"
+  bcz_args=(--clip "$work/clip1/clip.safetensors" --limit-train 128 --batch 32 --epochs 1 --limit-test 64 --workers 1
+            --grids 0 --photos "")
+  OMP_NUM_THREADS=1 "$build/examples/bcos_clip_zeroshot" "${bcz_args[@]}" --out "$work/bcz1" >"$work/bcz1.log" 2>&1 ||
+    { tail -5 "$work/bcz1.log"; fail "bcos_clip_zeroshot, one process"; }
+  timeout -k 5 300 "$mpirun" -np 2 -x OMP_NUM_THREADS=1 -x BCOS_DATA "$build/examples/bcos_clip_zeroshot" "${bcz_args[@]}" \
+    --distributed --sync-bn --out "$work/bcz2" >"$work/bcz2.log" 2>&1 || { tail -20 "$work/bcz2.log"; fail "bcos_clip_zeroshot, two processes"; }
+  a=$(json "$work/bcz1/report.json" last_loss)
+  b=$(json "$work/bcz2/report.json" last_loss)
+  echo "bcos_clip_zeroshot last distillation loss: one process $a, two $b"
+  awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-4 * a) }' ||
+    fail "bcos_clip_zeroshot: two processes do not distil as one"
+else
+  echo "skip CLIP: the CIFAR-10 shards or CLIP's vocabulary are not in $data (set BCOS_DATA)"
+fi
+echo "PASS"
