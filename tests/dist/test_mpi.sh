@@ -17,7 +17,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_va
 if [[ -n "${ASAN_OPTIONS:-}" ]]; then
   export OMPI_MCA_mca_base_component_disable_dlclose=1 ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0"
 fi
-export OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1
+export OMPI_MCA_rmaps_base_oversubscribe=1 BCOS_NUM_THREADS=1
 out=$(mktemp)
 err=$(mktemp)
 trap 'rm -f "$out" "$err"' EXIT

@@ -29,12 +29,12 @@ fail() { echo "FAIL: $*"; exit 1; }
 "$build/tests/make_fixtures" cifar "$work/cifar" 192 64 >/dev/null || fail "fixtures"
 args=(--arch resnet20 --weights "$work/r20.safetensors" --data "$work/cifar" --test-data "$work/cifar" --batch 32
       --lr 1e-3 --workers 1 --seed 5 --limit-test 64 --gridpg-grids 0 --explain 0 --no-original-gridpg --photos "")
-two() { timeout -k 5 300 "$mpirun" -np 2 -x OMP_NUM_THREADS=1 "$build/examples/bcosify_resnet" "$@"; }
+two() { timeout -k 5 300 "$mpirun" -np 2 -x BCOS_NUM_THREADS=1 "$build/examples/bcosify_resnet" "$@"; }
 json() {  # json FILE KEY: a number from report.json
   grep -o "\"$2\": [-0-9.e]*" "$1" | head -1 | awk '{print $2}'
 }
 
-OMP_NUM_THREADS=1 "$build/examples/bcosify_resnet" "${args[@]}" --epochs 2 --out "$work/one" >"$work/one.log" 2>&1 ||
+BCOS_NUM_THREADS=1 "$build/examples/bcosify_resnet" "${args[@]}" --epochs 2 --out "$work/one" >"$work/one.log" 2>&1 ||
   { tail -5 "$work/one.log"; fail "one process"; }
 two "${args[@]}" --epochs 2 --distributed --sync-bn --out "$work/sync" >"$work/sync.log" 2>&1 ||
   { tail -20 "$work/sync.log"; fail "two processes, --sync-bn"; }
@@ -53,7 +53,7 @@ grep -a -q '"extra.world_size":"2"' "$work/sync/checkpoint.safetensors" || fail 
 # Resume: stop a 4-epoch two-process run once its second checkpoint is written, resume it, and
 # compare with an uninterrupted one.
 two "${args[@]}" --epochs 4 --distributed --out "$work/ref" >"$work/ref.log" 2>&1 || { tail -20 "$work/ref.log"; fail "reference"; }
-"$mpirun" -np 2 -x OMP_NUM_THREADS=1 "$build/examples/bcosify_resnet" "${args[@]}" --epochs 4 --distributed \
+"$mpirun" -np 2 -x BCOS_NUM_THREADS=1 "$build/examples/bcosify_resnet" "${args[@]}" --epochs 4 --distributed \
   --out "$work/stopped" >"$work/stopped.log" 2>&1 &
 pid=$!
 for _ in $(seq 3000); do
@@ -66,7 +66,7 @@ grep -a -o '"epoch":"[0-9]"' "$work/stopped/checkpoint.safetensors" | head -1
 if grep -q "wrote .*report.md" "$work/stopped.log"; then
   echo "(the run finished before the stop: resume below only checks that a finished run resumes to the same end)"
 fi
-OMP_NUM_THREADS=1 "$build/examples/bcosify_resnet" "${args[@]}" --epochs 4 --out "$work/stopped" --resume \
+BCOS_NUM_THREADS=1 "$build/examples/bcosify_resnet" "${args[@]}" --epochs 4 --out "$work/stopped" --resume \
   >"$work/wrong.log" 2>&1 && fail "resuming a two-process checkpoint with one process was accepted"
 grep -q "written by a run of 2 process(es); resume it with as many" "$work/wrong.log" || { tail -3 "$work/wrong.log"; fail "no clear error for a world-size change"; }
 two "${args[@]}" --epochs 4 --distributed --out "$work/stopped" --resume >"$work/resumed.log" 2>&1 ||
@@ -84,9 +84,9 @@ data=${BCOS_DATA:-$src/../shared}
 if [[ -f "$data/data/clip/bpe_simple_vocab_16e6.txt.gz" && -f "$data/data/cifar10/cifar10-test-000000.tar" ]]; then
   export BCOS_DATA=$data
   clip_args=(--limit-train 256 --batch 64 --epochs 1 --limit-test 64 --workers 1 --warmup 1)
-  OMP_NUM_THREADS=1 "$build/examples/train_clip" "${clip_args[@]}" --out "$work/clip1" >"$work/clip1.log" 2>&1 ||
+  BCOS_NUM_THREADS=1 "$build/examples/train_clip" "${clip_args[@]}" --out "$work/clip1" >"$work/clip1.log" 2>&1 ||
     { tail -5 "$work/clip1.log"; fail "train_clip, one process"; }
-  timeout -k 5 300 "$mpirun" -np 2 -x OMP_NUM_THREADS=1 -x BCOS_DATA "$build/examples/train_clip" "${clip_args[@]}" \
+  timeout -k 5 300 "$mpirun" -np 2 -x BCOS_NUM_THREADS=1 -x BCOS_DATA "$build/examples/train_clip" "${clip_args[@]}" \
     --distributed --sync-bn --out "$work/clip2" >"$work/clip2.log" 2>&1 || { tail -20 "$work/clip2.log"; fail "train_clip, two processes"; }
   a=$(json "$work/clip1/report.json" last_epoch_loss)
   b=$(json "$work/clip2/report.json" last_epoch_loss)
@@ -95,9 +95,9 @@ if [[ -f "$data/data/clip/bpe_simple_vocab_16e6.txt.gz" && -f "$data/data/cifar1
     fail "train_clip: two processes do not train as one"
   bcz_args=(--clip "$work/clip1/clip.safetensors" --limit-train 128 --batch 32 --epochs 1 --limit-test 64 --workers 1
             --grids 0 --photos "")
-  OMP_NUM_THREADS=1 "$build/examples/bcos_clip_zeroshot" "${bcz_args[@]}" --out "$work/bcz1" >"$work/bcz1.log" 2>&1 ||
+  BCOS_NUM_THREADS=1 "$build/examples/bcos_clip_zeroshot" "${bcz_args[@]}" --out "$work/bcz1" >"$work/bcz1.log" 2>&1 ||
     { tail -5 "$work/bcz1.log"; fail "bcos_clip_zeroshot, one process"; }
-  timeout -k 5 300 "$mpirun" -np 2 -x OMP_NUM_THREADS=1 -x BCOS_DATA "$build/examples/bcos_clip_zeroshot" "${bcz_args[@]}" \
+  timeout -k 5 300 "$mpirun" -np 2 -x BCOS_NUM_THREADS=1 -x BCOS_DATA "$build/examples/bcos_clip_zeroshot" "${bcz_args[@]}" \
     --distributed --sync-bn --out "$work/bcz2" >"$work/bcz2.log" 2>&1 || { tail -20 "$work/bcz2.log"; fail "bcos_clip_zeroshot, two processes"; }
   a=$(json "$work/bcz1/report.json" last_loss)
   b=$(json "$work/bcz2/report.json" last_loss)
