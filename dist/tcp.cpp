@@ -108,6 +108,7 @@ void tcp_share(void* data, int bytes, const LaunchInfo& info, double timeout_s) 
     addrinfo* addrs = resolve(info, false);
     Socket s(::socket(addrs->ai_family, addrs->ai_socktype, addrs->ai_protocol));
     const bool connected = s.fd >= 0 && ::connect(s.fd, addrs->ai_addr, addrs->ai_addrlen) == 0;
+    const int err = errno;
     ::freeaddrinfo(addrs);
     if (connected) {
       uint32_t got = 0;
@@ -117,7 +118,7 @@ void tcp_share(void* data, int bytes, const LaunchInfo& info, double timeout_s) 
       return;
     }
     BCOS_CHECK(Clock::now() < deadline, "dist: rendezvous: rank ", info.rank, " could not reach rank 0 at ", where,
-               " within ", timeout_s, " s: ", std::strerror(errno));
+               " within ", timeout_s, " s: ", std::strerror(err));
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
 }

@@ -5,9 +5,10 @@
 #     position): the last epoch's loss agrees to 1e-3 (f32 sums in another order), while without
 #     --sync-bn (per-rank statistics) it need not;
 #  2. rank 0 alone writes: one report, a checkpoint that records the world size;
-#  3. resume: a two-process run stopped after its second checkpoint and resumed with two
-#     processes ends byte-identical to an uninterrupted one; resuming with one process is refused;
-#  4. mpirun without --distributed is refused (every rank would run the whole experiment).
+#  3. resume: a two-process run stopped after its first checkpoint and resumed with two processes
+#     ends byte-identical to an uninterrupted one; resuming with one process is refused;
+#  4. mpirun without --distributed is refused (every rank would run the whole experiment), as are
+#     a global batch that does not split over the processes and --sync-bn alone.
 #  5. train_clip and bcos_clip_zeroshot (with ../shared): two processes train as one.
 #   usage: test_mpi_example.sh MPIRUN BUILD_DIR SOURCE_DIR
 set -uo pipefail
@@ -50,32 +51,45 @@ awk -v a="$one_loss" -v b="$sync_loss" 'BEGIN { d = a - b; if (d < 0) d = -d; ex
 [[ $(grep -c "wrote .*report.md" "$work/sync.log") -eq 1 ]] || fail "not exactly one rank wrote the report"
 grep -a -q '"extra.world_size":"2"' "$work/sync/checkpoint.safetensors" || fail "the checkpoint does not record the world size"
 
-# Resume: stop a 4-epoch two-process run once its second checkpoint is written, resume it, and
-# compare with an uninterrupted one.
-two "${args[@]}" --epochs 4 --distributed --out "$work/ref" >"$work/ref.log" 2>&1 || { tail -20 "$work/ref.log"; fail "reference"; }
-"$mpirun" -np 2 -x BCOS_NUM_THREADS=1 "$build/examples/bcosify_resnet" "${args[@]}" --epochs 4 --distributed \
-  --out "$work/stopped" >"$work/stopped.log" 2>&1 &
-pid=$!
-for _ in $(seq 3000); do
-  grep -a -q '"epoch":"2"' "$work/stopped/checkpoint.safetensors" 2>/dev/null && break
-  sleep 0.02
+# Resume: stop an 8-epoch two-process run once its first checkpoint is written (SIGTERM to mpirun,
+# which passes it on to both ranks), resume it, and compare with an uninterrupted run. A machine
+# fast enough to finish before the stop lands gets two more tries.
+two "${args[@]}" --epochs 8 --distributed --out "$work/ref" >"$work/ref.log" 2>&1 || { tail -20 "$work/ref.log"; fail "reference"; }
+stopped_at=""
+for attempt in 1 2 3; do
+  rm -rf "$work/stopped"
+  "$mpirun" -np 2 -x BCOS_NUM_THREADS=1 "$build/examples/bcosify_resnet" "${args[@]}" --epochs 8 --distributed \
+    --out "$work/stopped" >"$work/stopped.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 6000); do
+    [[ -f "$work/stopped/checkpoint.safetensors" ]] && break
+    sleep 0.01
+  done
+  kill -TERM $pid 2>/dev/null
+  wait $pid
+  stopped_at=$(grep -a -o '"epoch":"[0-9]*"' "$work/stopped/checkpoint.safetensors" 2>/dev/null | head -1 | grep -o '[0-9]*')
+  [[ -n "$stopped_at" && "$stopped_at" -lt 8 ]] && break
+  stopped_at=""
 done
-kill -TERM $pid 2>/dev/null  # mpirun passes it on to both ranks
-wait $pid
-grep -a -o '"epoch":"[0-9]"' "$work/stopped/checkpoint.safetensors" | head -1
-if grep -q "wrote .*report.md" "$work/stopped.log"; then
-  echo "(the run finished before the stop: resume below only checks that a finished run resumes to the same end)"
-fi
-BCOS_NUM_THREADS=1 "$build/examples/bcosify_resnet" "${args[@]}" --epochs 4 --out "$work/stopped" --resume \
+[[ -n "$stopped_at" ]] || fail "could not stop the run before its end in three tries"
+echo "stopped after epoch $stopped_at of 8"
+BCOS_NUM_THREADS=1 "$build/examples/bcosify_resnet" "${args[@]}" --epochs 8 --out "$work/stopped" --resume \
   >"$work/wrong.log" 2>&1 && fail "resuming a two-process checkpoint with one process was accepted"
 grep -q "written by a run of 2 process(es); resume it with as many" "$work/wrong.log" || { tail -3 "$work/wrong.log"; fail "no clear error for a world-size change"; }
-two "${args[@]}" --epochs 4 --distributed --out "$work/stopped" --resume >"$work/resumed.log" 2>&1 ||
+two "${args[@]}" --epochs 8 --distributed --out "$work/stopped" --resume >"$work/resumed.log" 2>&1 ||
   { tail -20 "$work/resumed.log"; fail "two-process resume"; }
 cmp "$work/ref/bcos_resnet20.safetensors" "$work/stopped/bcos_resnet20.safetensors" ||
   fail "the resumed two-process run does not end where the uninterrupted one does"
 
 two "${args[@]}" --epochs 1 --out "$work/plain" >"$work/plain.log" 2>&1 && fail "mpirun without --distributed was accepted"
 grep -q "add --distributed" "$work/plain.log" || { tail -5 "$work/plain.log"; fail "no clear error without --distributed"; }
+no_batch=()  # args without its --batch 32 (CLI11 refuses an option given twice)
+for ((i = 0; i < ${#args[@]}; i++)); do [[ ${args[i]} == --batch ]] && i=$((i + 1)) || no_batch+=("${args[i]}"); done
+two "${no_batch[@]}" --epochs 1 --distributed --batch 33 --out "$work/odd" >"$work/odd.log" 2>&1 && fail "--batch 33 over 2 processes was accepted"
+grep -q "\-\-batch 33 does not split over 2 processes" "$work/odd.log" || { tail -5 "$work/odd.log"; fail "no clear error for an odd batch"; }
+BCOS_NUM_THREADS=1 "$build/examples/bcosify_resnet" "${args[@]}" --epochs 1 --sync-bn --out "$work/nosync" >"$work/nosync.log" 2>&1 &&
+  fail "--sync-bn without --distributed was accepted"
+grep -q "sync-bn needs --distributed" "$work/nosync.log" || { tail -5 "$work/nosync.log"; fail "no clear error for --sync-bn alone"; }
 
 # 5. CLIP (needs the CIFAR-10 shards and CLIP's vocabulary from ../shared or $BCOS_DATA): train_clip
 #    and bcos_clip_zeroshot gather every rank's embeddings (with their gradients) for their
