@@ -69,11 +69,13 @@ struct DataParallel::State {
     if (find_unused) {
       // Which parameters got a gradient on any rank: those used nowhere keep no .grad (as
       // on one process); the others average with zeros from the ranks that did not use them.
-      Tensor flags = zeros({int64_t(params.size())}, DType::u8);
-      uint8_t* f = flags.data<uint8_t>();
-      for (size_t i = 0; i < params.size(); ++i) f[i] = arrived[i];
+      std::vector<uint8_t> mine(params.size());
+      for (size_t i = 0; i < params.size(); ++i) mine[i] = arrived[i];
+      // On the parameters' device: a GPU job started torchrun-style has NCCL only.
+      Tensor flags = from_vector(mine, {int64_t(mine.size())}).to(params[0].device());
       all_reduce(flags, ReduceOp::max);
-      for (size_t i = 0; i < params.size(); ++i) used[i] = f[i] != 0;
+      const std::vector<uint8_t> any = flags.to_vector<uint8_t>();
+      for (size_t i = 0; i < params.size(); ++i) used[i] = any[i] != 0;
     } else if (!all_arrived) {
       std::string missing;
       for (size_t i = 0, shown = 0; i < params.size(); ++i)

@@ -453,7 +453,8 @@ int main(int argc, char** argv) {
         scheduler.step();
         ++state.step;
         // This step's loss and hits over every rank's share (one small all-reduce), for the display.
-        Tensor step_stats = from_vector<double>({l * double(b.size()), sum(eq(argmax(logits.detach(), 1), labels).to(DType::f32)).item()}, {2});
+        Tensor step_stats = from_vector<double>({l * double(b.size()), sum(eq(argmax(logits.detach(), 1), labels).to(DType::f32)).item()}, {2})
+                                .to(s.device);  // (a GPU job started torchrun-style has NCCL only)
         dist::all_reduce(step_stats);
         const auto totals = step_stats.to_vector<double>();
         loss_sum += totals[0];
