@@ -147,6 +147,9 @@ void add_post_accumulate_grad_hook(const Tensor& t, std::function<void(const Ten
 // Only during a backward (from a hook): `callback` runs once that backward has finished every
 // node, before backward() returns (PyTorch's queue_callback). Callbacks run in the order queued.
 void queue_backward_callback(std::function<void()> callback);
+// An id of the backward running on this thread, unique per backward() call (0 outside one): a
+// hook tells a new backward from the one it already saw, also after one that raised midway.
+uint64_t current_backward_id();
 
 // Sums `g` over broadcast dims so it has `shape` (the inverse of broadcasting).
 Tensor sum_to(const Tensor& g, const Shape& shape);

@@ -15,6 +15,7 @@ thread_local bool g_explanation_mode = false;
 thread_local bool g_anomaly_detection = false;
 // The callbacks of the backward running on this thread (null outside one).
 thread_local std::vector<std::function<void()>>* g_backward_callbacks = nullptr;
+thread_local uint64_t g_backward_id = 0, g_backward_count = 0;  // the running one's; how many so far
 
 // "[2, 3] (finite), [3] (NaN/Inf)": the shapes of an op's inputs and whether each was finite.
 std::string describe_inputs(const std::vector<Tensor>& inputs) {
@@ -189,12 +190,13 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
   NoGradGuard no_grad;
   std::shared_ptr<Node> start = edge_of(root);
   std::vector<std::function<void()>> callbacks;  // queue_backward_callback's, for this backward
-  auto* const outer_callbacks = g_backward_callbacks;
-  g_backward_callbacks = &callbacks;
   struct Restore {
-    std::vector<std::function<void()>>* outer;
-    ~Restore() { g_backward_callbacks = outer; }
-  } restore{outer_callbacks};
+    std::vector<std::function<void()>>* outer_callbacks;
+    uint64_t outer_id;
+    ~Restore() { g_backward_callbacks = outer_callbacks, g_backward_id = outer_id; }
+  } restore{g_backward_callbacks, g_backward_id};
+  g_backward_callbacks = &callbacks;
+  g_backward_id = ++g_backward_count;
 
   // Dependency counts over the reachable graph (iterative DFS: deep nets overflow recursion).
   std::unordered_map<Node*, int> deps;
@@ -284,6 +286,8 @@ void add_post_accumulate_grad_hook(const Tensor& t, std::function<void(const Ten
                          : std::string("an undefined tensor"), ")");
   t.autograd_meta()->post_accumulate_hooks.push_back(std::move(hook));
 }
+
+uint64_t current_backward_id() { return g_backward_id; }
 
 void queue_backward_callback(std::function<void()> callback) {
   BCOS_CHECK(g_backward_callbacks != nullptr, "queue_backward_callback: called outside a backward pass");

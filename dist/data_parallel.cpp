@@ -28,7 +28,8 @@ struct DataParallel::State {
   std::vector<bool> arrived;
   std::vector<Bucket> buckets;
   size_t next_launch = 0;
-  bool in_backward = false, sync = true, find_unused = false;
+  uint64_t backward_id = 0;  // the backward the buckets are filling for (autograd's id)
+  bool sync = true, find_unused = false;
   DataParallelStats stats;
 
   Tensor slice(size_t i) const {  // parameter i's part of its bucket, in the parameter's shape
@@ -47,8 +48,8 @@ struct DataParallel::State {
 
   void on_gradient(size_t i, const Tensor& grad) {
     if (!sync) return;
-    if (!in_backward) {
-      in_backward = true;
+    if (backward_id != current_backward_id()) {  // the first gradient of a new backward
+      backward_id = current_backward_id();
       for (Bucket& b : buckets) b.pending = int64_t(b.params.size());
       std::fill(arrived.begin(), arrived.end(), false);
       next_launch = 0;
@@ -62,7 +63,6 @@ struct DataParallel::State {
   }
 
   void finish_backward() {
-    in_backward = false;
     const auto start = std::chrono::steady_clock::now();
     std::vector<bool> used(params.size(), true);
     const bool all_arrived = std::find(arrived.begin(), arrived.end(), false) == arrived.end();

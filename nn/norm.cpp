@@ -43,7 +43,7 @@ Tensor BatchNorm2d::run(const Tensor& x, bool relu) {
              "): expected input [N, ", num_features, ", H, W], got ", x.shape());
   const bool use_batch_stats = training_ || !running_mean.defined();
   const double factor = training_ ? running_stats_factor(momentum, num_batches_tracked) : 0.0;
-  if (use_batch_stats && replica_sum)
+  if (training_ && replica_sum)  // (as PyTorch's SyncBatchNorm: synchronised in training only)
     return synced_batch_norm(x, running_mean, running_var, weight, bias, factor, eps, relu, true, replica_sum);
   return batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, factor, eps, relu);
 }

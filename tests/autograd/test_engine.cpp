@@ -218,6 +218,22 @@ TEST_CASE("engine: post-accumulate hooks see each leaf's final gradient; queued 
   sum(a * b + a * 2.0).backward();
   CHECK(std::count(events.begin(), events.end(), "a " + std::to_string(12.0f)) == 1);
   CHECK(error_of([] { queue_backward_callback([] {}); }).find("outside a backward pass") != std::string::npos);
+  // Each backward has its own id (0 outside one), also after one that raised midway.
+  CHECK(current_backward_id() == 0);
+  std::vector<uint64_t> ids;
+  Tensor c = from_vector<float>({1}, {1}).requires_grad_();
+  add_post_accumulate_grad_hook(c, [&](const Tensor&) {
+    ids.push_back(current_backward_id());
+    if (ids.size() == 2) fail("a hook that raises");
+  });
+  sum(c * 2.0).backward();
+  CHECK(error_of([&] { sum(c * 3.0).backward(); }).find("a hook that raises") != std::string::npos);
+  sum(c * 4.0).backward();
+  REQUIRE(ids.size() == 3);
+  CHECK(ids[0] != 0);
+  CHECK(ids[1] != ids[0]);
+  CHECK(ids[2] != ids[1]);
+  CHECK(current_backward_id() == 0);
   Tensor not_leaf = a * 2.0;
   CHECK(error_of([&] { add_post_accumulate_grad_hook(not_leaf, [](const Tensor&) {}); }).find("not a leaf") !=
         std::string::npos);
