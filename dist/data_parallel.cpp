@@ -147,6 +147,7 @@ DataParallel::DataParallel(nn::Module& module, DataParallelOptions options)
     const Tensor& first = s.params[b.params[0]];
     b.flat = zeros({b.offsets.back() + s.params[b.params.back()].numel()}, {first.dtype(), first.device()});
     s.stats.bytes_per_step += double(b.flat.numel()) * double(b.flat.element_size());
+    s.stats.bucket_mb.push_back(double(b.flat.numel()) * double(b.flat.element_size()) / mb);
   }
   s.stats.buckets = int64_t(s.buckets.size());
   s.arrived.assign(s.params.size(), false);

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "dist/dist.h"
 #include "nn/module.h"
@@ -34,6 +35,7 @@ struct DataParallelOptions {
 struct DataParallelStats {
   int64_t steps = 0;           // backwards that averaged gradients
   int64_t buckets = 0;         // buckets per step
+  std::vector<double> bucket_mb;  // their sizes, in the order their all-reduces start
   double bytes_per_step = 0;   // gradient bytes all-reduced per step
   double wait_seconds = 0;     // time spent waiting for all-reduces after the backward ended
 };

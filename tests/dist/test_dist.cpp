@@ -239,6 +239,15 @@ TEST_CASE("dist: DataParallel on one rank leaves training exactly as without it"
     CAPTURE(a[i].first);
     CHECK(max_diff(a[i].second.grad(), b[i].second.grad()) == 0);
   }
+  // Buckets: the first closes past 0.001 MB, the others past 0.01 MB; together every gradient once.
+  const dist::DataParallelStats& st = ddp.stats();
+  REQUIRE(st.bucket_mb.size() == size_t(st.buckets));
+  CHECK(st.buckets > 10);
+  double total_mb = 0;
+  for (double mb : st.bucket_mb) total_mb += mb;
+  CHECK(std::abs(total_mb * 1024 * 1024 - double(wrapped->num_parameters()) * 4) < 1);
+  CHECK(std::abs(st.bytes_per_step - double(wrapped->num_parameters()) * 4) < 1);
+  for (size_t k = 1; k + 1 < st.bucket_mb.size(); ++k) CHECK(st.bucket_mb[k] >= 0.01);
   CHECK(error_of([&] { dist::DataParallel bad(*wrapped, {.bucket_mb = 0}); }).find("bucket sizes must be positive") !=
         std::string::npos);
   nn::Sequential empty_model;
