@@ -2,6 +2,7 @@
 // batches, and an in-order hand-over to the consumer with a bound on batches in flight.
 #include "data/loader.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -218,6 +219,7 @@ void check_options(bool has_dataset, const LoaderOptions& o) {
 DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, Transform transform, LoaderOptions options)
     : dataset_(std::move(dataset)), transform_(std::move(transform)), options_(options) {
   check_options(dataset_ != nullptr, options_);
+  BCOS_CHECK(!options_.split_shards, "DataLoader: split_shards is for WebDatasets; a map-style dataset is split by sample");
 }
 
 DataLoader::DataLoader(std::shared_ptr<const WebDataset> dataset, Transform transform, LoaderOptions options)
@@ -226,9 +228,16 @@ DataLoader::DataLoader(std::shared_ptr<const WebDataset> dataset, Transform tran
 }
 
 int64_t DataLoader::num_samples() const {
+  const int64_t w = options_.world_size;
+  if (web_ && options_.split_shards && w > 1) {  // the share every rank is sure to have
+    std::vector<int64_t> counts = web_->shard_counts();
+    BCOS_CHECK(int64_t(counts.size()) >= w, "DataLoader: split_shards: ", counts.size(), " shard(s) for ", w, " ranks");
+    std::sort(counts.begin(), counts.end());
+    const int64_t share = std::accumulate(counts.begin(), counts.begin() + int64_t(counts.size()) / w, int64_t(0));
+    return options_.limit > 0 ? std::min(share, options_.limit / w) : share;
+  }
   const int64_t all = dataset_ ? dataset_->size() : web_->count();
   const int64_t n = options_.limit > 0 ? std::min(all, options_.limit) : all;
-  const int64_t w = options_.world_size;
   return dataset_ ? (n + w - 1) / w : n / w;  // padded / cut to equal shares (see LoaderOptions)
 }
 
@@ -273,12 +282,14 @@ DataLoader::Epoch DataLoader::epoch(int64_t epoch_index) const {
       return true;
     };
   } else {
+    // This rank's share: its shards (split_shards), or every world-th record of the stream that
+    // every rank reads.
+    const bool by_shard = options_.split_shards && options_.world_size > 1;
     auto stream = std::make_shared<WebDataset::Stream>(
         web_->stream(options_.shuffle, options_.seed + uint64_t(epoch_index) * 0x9E3779B97F4A7C15ull,
-                     options_.shuffle_buffer));
-    // This rank's share: every world-th record of the stream (all ranks read the same stream).
-    const int64_t w = options_.world_size, rank = options_.rank;
-    const int64_t limit = w > 1 ? num_samples() : options_.limit > 0 ? options_.limit : INT64_MAX;
+                     options_.shuffle_buffer, by_shard ? options_.rank : 0, by_shard ? options_.world_size : 1));
+    const int64_t w = by_shard ? 1 : options_.world_size, rank = by_shard ? 0 : options_.rank;
+    const int64_t limit = options_.world_size > 1 ? num_samples() : options_.limit > 0 ? options_.limit : INT64_MAX;
     s->source = [stream, batch, drop_last, limit, w, rank, read = int64_t(0), position = int64_t(0)](Job& job) mutable {
       job.first_sample = read;
       for (int64_t k = 0; k < batch && read + k < limit; ++k) {

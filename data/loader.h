@@ -41,6 +41,11 @@ struct LoaderOptions {
   // (dist::rank() and dist::world_size() give the values; data/ does not depend on dist/.)
   int rank = 0;
   int world_size = 1;
+  // WebDataset only: split by shard instead -- each rank reads only every world_size-th shard of
+  // the epoch's agreed shard order (I/O no longer grows with the world size), its share cut to
+  // what every rank is sure to have: the sum of the floor(shards / world_size) smallest shards.
+  // Not the one-process epoch's samples then (those at the cut differ by epoch).
+  bool split_shards = false;
   // Where batches are delivered. A GPU: workers collate into pinned host memory and each batch's
   // copy runs on a side stream while the GPU computes on the one before (tensor/transfer.h).
   Device device{};

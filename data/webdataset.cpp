@@ -71,25 +71,36 @@ bool split_member_name(const std::string& name, std::string* key, std::string* e
 
 }  // namespace
 
-int64_t WebDataset::count() const {
+std::vector<int64_t> WebDataset::shard_counts() const {
   std::lock_guard<std::mutex> lock(count_mutex_);
-  if (count_ >= 0) return count_;
-  int64_t n = 0;
+  if (!shard_counts_.empty() || shards_.empty()) return shard_counts_;
+  std::vector<int64_t> counts;
   for (const std::string& shard : shards_) {
     TarReader tar(shard);
     TarMember m;
     std::string last, key, ext;
+    int64_t n = 0;
     while (tar.next(m)) {
       if (!m.is_file() || !split_member_name(m.name, &key, &ext)) continue;
       if (key != last) ++n, last = key;
     }
+    counts.push_back(n);
   }
-  count_ = n;
+  shard_counts_ = counts;
+  return counts;
+}
+
+int64_t WebDataset::count() const {
+  int64_t n = 0;
+  for (int64_t c : shard_counts()) n += c;
   return n;
 }
 
-WebDataset::Stream WebDataset::stream(bool shuffle, uint64_t seed, int64_t buffer) const {
+WebDataset::Stream WebDataset::stream(bool shuffle, uint64_t seed, int64_t buffer, int part, int parts) const {
   BCOS_CHECK(!shuffle || buffer >= 1, "WebDataset: shuffle buffer of ", buffer, " samples");
+  BCOS_CHECK(parts >= 1 && part >= 0 && part < parts, "WebDataset: part ", part, " of ", parts);
+  BCOS_CHECK(parts == 1 || int64_t(shards_.size()) >= parts, "WebDataset: ", shards_.size(),
+             " shard(s) cannot be split over ", parts, " parts");
   Stream s;
   s.order_ = shards_;
   s.options_ = options_;
@@ -99,6 +110,11 @@ WebDataset::Stream WebDataset::stream(bool shuffle, uint64_t seed, int64_t buffe
   if (shuffle)
     for (size_t i = s.order_.size(); i > 1; --i)
       std::swap(s.order_[i - 1], s.order_[size_t(s.rng_.randint(0, int64_t(i)))]);
+  if (parts > 1) {  // every parts-th shard of the agreed order
+    std::vector<std::string> mine;
+    for (size_t i = size_t(part); i < s.order_.size(); i += size_t(parts)) mine.push_back(s.order_[i]);
+    s.order_ = std::move(mine);
+  }
   return s;
 }
 

@@ -35,8 +35,9 @@ class WebDataset {
   const std::vector<std::string>& shards() const { return shards_; }
   const WebDatasetOptions& options() const { return options_; }
   // The exact number of samples, from the tar headers alone (data is skipped, not read);
-  // computed once and cached (thread-safe).
+  // computed once and cached (thread-safe). shard_counts(): the same per shard, in shards() order.
   int64_t count() const;
+  std::vector<int64_t> shard_counts() const;
 
   // One pass over the samples in shard order, or, when `shuffle`, with the shard order
   // permuted by `rng` and samples drawn from a shuffle buffer of `buffer` records.
@@ -63,13 +64,15 @@ class WebDataset {
     std::vector<std::pair<Record, std::string>> buffer_;  // (sample, what it misses)
     bool source_done_ = false;
   };
-  Stream stream(bool shuffle = false, uint64_t seed = 0, int64_t buffer = 1000) const;
+  // part / parts: only the shards at positions part, part + parts, ... of the (permuted) shard
+  // order: data-parallel ranks reading disjoint shards of one agreed permutation.
+  Stream stream(bool shuffle = false, uint64_t seed = 0, int64_t buffer = 1000, int part = 0, int parts = 1) const;
 
  private:
   std::vector<std::string> shards_;
   WebDatasetOptions options_;
   mutable std::mutex count_mutex_;
-  mutable int64_t count_ = -1;
+  mutable std::vector<int64_t> shard_counts_;  // empty until counted
 };
 
 }  // namespace bcos::data

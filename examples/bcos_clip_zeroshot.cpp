@@ -193,7 +193,7 @@ int main(int argc, char** argv) {
   int64_t batch = 128, limit_train = 0, limit_test = 0, grids = 250, pool_size = 2000, scale = 4, figure_images = 8;
   int workers = 2;
   uint64_t seed = 0;
-  bool resume = false, detect_anomaly = false, distributed = false, sync_bn = false;
+  bool resume = false, detect_anomaly = false, distributed = false, sync_bn = false, split_shards = false;
   app.add_option("--clip", clip_path, "the teacher: CLIP weights (OpenAI .pt, open_clip, Hugging Face); default: the "
                  "small CLIP train_clip makes on the CIFAR-10 shards, trained on first use into OUT/teacher");
   app.add_option("--out", out, "output folder: report.md, report.json, PNGs, checkpoint.safetensors, student.safetensors");
@@ -225,6 +225,8 @@ int main(int argc, char** argv) {
   app.add_flag("--distributed", distributed, "data-parallel distillation over the processes of an mpirun / srun / "
                "torchrun launch (--batch is the global batch); rank 0 trains the teacher if needed, evaluates and writes");
   app.add_flag("--sync-bn", sync_bn, "with --distributed: the student's batch-norm statistics over the global batch");
+  app.add_flag("--split-shards", split_shards, "with --distributed: each rank reads only its shards (default: every "
+               "rank reads the stream and keeps its samples, the one-process epoch exactly)");
   return examples::run(app, argc, argv, [&] {
     const auto t_start = Clock::now();
     Device device = examples::parse_device(device_spec);
@@ -328,7 +330,8 @@ int main(int argc, char** argv) {
     auto train_loader = examples::make_loader(train_path, "train", train_t,
                                               {.batch_size = local_batch, .shuffle = true, .drop_last = true,
                                                .workers = workers, .seed = seed, .limit = limit_train,
-                                               .rank = dist::rank(), .world_size = dist::world_size(), .device = device});
+                                               .rank = dist::rank(), .world_size = dist::world_size(),
+                                               .split_shards = split_shards, .device = device});
     const int64_t steps_per_epoch = train_loader->num_samples() / local_batch;
     BCOS_CHECK(steps_per_epoch > 0, "bcos_clip_zeroshot: fewer training images than one batch");
     const int64_t total_steps = std::max<int64_t>(1, std::llround(epochs * double(steps_per_epoch)));

@@ -230,7 +230,7 @@ int main(int argc, char** argv) {
   int workers = int(std::max(1u, std::thread::hardware_concurrency()));
   uint64_t seed = 0;
   bool keep_bias = false, no_original_gridpg = false, resume = false, from_scratch = false, detect_anomaly = false;
-  bool distributed = false, sync_bn = false;
+  bool distributed = false, sync_bn = false, split_shards = false;
   std::string device_spec = "cpu";
   models::FinetuneSchedule plan;
   plan.b = 2, plan.b_warmup = 0.25, plan.bias_decay = 0.3;
@@ -285,6 +285,8 @@ int main(int argc, char** argv) {
                "writes everything");
   app.add_flag("--sync-bn", sync_bn, "with --distributed: batch-norm statistics over the global batch (default: per "
                "rank, as PyTorch's DDP)");
+  app.add_flag("--split-shards", split_shards, "with --distributed and WebDataset shards: each rank reads only its "
+               "shards (default: every rank reads the stream and keeps its samples, the one-process epoch exactly)");
   return examples::run(app, argc, argv, [&] {
     const auto t_total = Clock::now();
     Setup s;
@@ -386,7 +388,7 @@ int main(int argc, char** argv) {
     const int64_t local_batch = batch / dist::world_size();
     LoaderOptions train_opts{.batch_size = local_batch, .shuffle = true, .drop_last = true, .workers = workers,
                              .seed = seed, .limit = limit_train, .rank = dist::rank(), .world_size = dist::world_size(),
-                             .device = s.device};  // GPU: pinned, side-stream copies
+                             .split_shards = split_shards, .device = s.device};  // GPU: pinned, side-stream copies
     auto train_loader = examples::make_loader(train_path, "train", train_t, train_opts);
     const int64_t steps_per_epoch = train_loader->num_samples() / local_batch;
     BCOS_CHECK(steps_per_epoch > 0, "bcosify_resnet: fewer training samples (", train_loader->num_samples(),

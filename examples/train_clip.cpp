@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
   int workers = int(std::max(1u, std::thread::hardware_concurrency()));
   uint64_t seed = 0;
   bool from_classes = false, resume = false, eval_each_epoch = false, detect_anomaly = false, distributed = false,
-       sync_bn = false;
+       sync_bn = false, split_shards = false;
   CLI::Option* data_opt = app.add_option("--data", train_path, "training shards: <key>.jpg + <key>.txt (or .cls with "
                                          "--captions-from-classes)");
   CLI::Option* test_opt = app.add_option("--test-data", test_path, "labelled test data for the zero-shot evaluation (\"\" to skip)");
@@ -137,6 +137,8 @@ int main(int argc, char** argv) {
   app.add_flag("--distributed", distributed, "data-parallel over the processes of an mpirun / srun / torchrun launch: "
                "--batch is the global batch, the loss sees all of it; rank 0 evaluates and writes");
   app.add_flag("--sync-bn", sync_bn, "with --distributed: batch-norm statistics (ResNet towers) over the global batch");
+  app.add_flag("--split-shards", split_shards, "with --distributed: each rank reads only its shards (default: every "
+               "rank reads the stream and keeps its samples, the one-process epoch exactly)");
   return examples::run(app, argc, argv, [&] {
     const auto t_start = std::chrono::steady_clock::now();
     examples::check_given_paths("train_clip", {data_opt, test_opt, vocab_opt});
@@ -182,7 +184,8 @@ int main(int argc, char** argv) {
     auto train_loader = examples::make_loader(train_path, "train", train_t,
                                               {.batch_size = local_batch, .shuffle = true, .drop_last = true,
                                                .workers = workers, .seed = seed, .limit = limit_train,
-                                               .rank = dist::rank(), .world_size = int(ranks)});
+                                               .rank = dist::rank(), .world_size = int(ranks),
+                                               .split_shards = split_shards});
     const int64_t steps_per_epoch = train_loader->num_samples() / local_batch;
     BCOS_CHECK(steps_per_epoch > 0, "train_clip: fewer training samples (", train_loader->num_samples(),
                ") than one batch (", batch, ")");

@@ -436,4 +436,37 @@ TEST_CASE("loader: data-parallel shares are disjoint, equal, cover the epoch and
     REQUIRE(d.names.size() == 5);
     for (size_t k = 0; k < 5; ++k) CHECK(d.names[k] == stream.names[3 * k + size_t(rank)]);
   }
+
+  // split_shards: each rank reads only its shards of the epoch's agreed shard order.
+  std::vector<int64_t> sizes{3, 4, 5, 3, 6, 2, 4};
+  for (size_t sh = 0; sh < sizes.size(); ++sh) {
+    std::vector<std::pair<std::string, std::string>> items;
+    for (int64_t i = 0; i < sizes[sh]; ++i) {
+      const std::string key = "shard" + std::to_string(sh) + "_" + std::to_string(i);
+      items.push_back({key + ".png", encode_png(full({4, 4, 3}, double(i), DType::u8))});
+      items.push_back({key + ".cls", "1"});
+    }
+    std::ofstream(dir / ("p" + std::to_string(sh) + ".tar"), std::ios::binary) << testdata::make_tar(items);
+  }
+  auto many = std::make_shared<WebDataset>(dir / "p{0..6}.tar");
+  CHECK(many->shard_counts() == sizes);
+  CHECK(many->count() == 27);
+  for (int64_t epoch : {0, 1}) {
+    std::set<std::string> shards_seen;
+    for (int rank = 0; rank < 3; ++rank) {
+      LoaderOptions so{.batch_size = 2, .shuffle = true, .workers = 1, .seed = 4, .shuffle_buffer = 3, .rank = rank,
+                       .world_size = 3, .split_shards = true};
+      DataLoader loader(many, {}, so);
+      CHECK(loader.num_samples() == 2 + 3);  // the floor(7 / 3) = 2 smallest shards: every rank has that many
+      const EpochData d = run(loader, epoch);
+      CHECK(d.names.size() == 5);
+      std::set<std::string> mine;
+      for (const auto& name : d.names) mine.insert(name.substr(0, name.find(':')));
+      for (const auto& shard : mine) CHECK(shards_seen.insert(shard).second);  // no shard read by two ranks
+    }
+  }
+  LoaderOptions too_many{.batch_size = 2, .rank = 0, .world_size = 8, .split_shards = true};
+  CHECK(error_of([&] { DataLoader(many, {}, too_many).num_samples(); }).find("7 shard(s) for 8 ranks") != std::string::npos);
+  LoaderOptions map_style{.batch_size = 2, .split_shards = true};
+  CHECK(error_of([&] { DataLoader(ds, crop, map_style); }).find("split_shards is for WebDatasets") != std::string::npos);
 }
