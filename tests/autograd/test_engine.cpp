@@ -7,20 +7,13 @@
 #include <functional>
 
 #include "autograd/ops.h"
+#include "tests/errors.h"
 
 using namespace bcos;
+using testing::error_of;
 
 namespace {
 std::vector<double> v(const Tensor& t) { return t.to_vector<double>(); }
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 }
 
 TEST_CASE("engine: scalar backward and known gradients") {

@@ -13,6 +13,7 @@
 #include <doctest/doctest.h>
 
 #include "tensor/error.h"
+#include "tests/errors.h"
 
 namespace testdata {
 
@@ -49,14 +50,6 @@ struct TempDir {
   }
 };
 
-// The message of the bcos::Error that fn raises, or "" when it raises none.
-inline std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const bcos::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_of;  // tests/errors.h
 
 }  // namespace testdata

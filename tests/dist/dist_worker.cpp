@@ -26,8 +26,10 @@
 #include "nn/layers.h"
 #include "nn/linear.h"
 #include "nn/optim.h"
+#include "tests/errors.h"
 
 using namespace bcos;
+using testing::error_of;
 
 namespace {
 
@@ -37,15 +39,6 @@ void expect(bool ok, const std::string& what) {
   if (ok) return;
   ++g_failures;
   std::fprintf(stderr, "rank %d: FAILED: %s\n", dist::rank(), what.c_str());
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }

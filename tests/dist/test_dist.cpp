@@ -13,20 +13,13 @@
 #include "models/factory.h"
 #include "nn/bcos.h"
 #include "nn/norm.h"
+#include "tests/errors.h"
 #include "tests/golden.h"
 
 using namespace bcos;
+using testing::error_of;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 // Sets environment variables for its lifetime and removes every launcher variable around it.
 struct Env {

@@ -8,16 +8,7 @@ set -uo pipefail
 mpirun=$1
 worker=$2
 mode=$3
-# mpirun refuses root unless told (CI and containers run as root); oversubscribe: 2 ranks may
-# exceed the machine's slots; vader's single-copy needs ptrace rights containers often lack.
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
-# Under the sanitizers (scripts/test --sanitize): OpenMPI keeps its plugins loaded and LeakSanitizer
-# unwinds fully, so what OpenMPI keeps to exit is recognised by tests/dist/lsan.supp (unloaded
-# plugins and short stacks hide the library a leak belongs to).
-if [[ -n "${ASAN_OPTIONS:-}" ]]; then
-  export OMPI_MCA_mca_base_component_disable_dlclose=1 ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0"
-fi
-export OMPI_MCA_rmaps_base_oversubscribe=1 BCOS_NUM_THREADS=1
+source "$(dirname "$0")/mpi_env.sh"  # OpenMPI as root, oversubscribed; one thread per process
 out=$(mktemp)
 err=$(mktemp)
 trap 'rm -f "$out" "$err"' EXIT

@@ -15,14 +15,7 @@ set -uo pipefail
 mpirun=$1
 build=$2
 src=$3
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
-# Under the sanitizers (scripts/test --sanitize): OpenMPI keeps its plugins loaded and LeakSanitizer
-# unwinds fully, so what OpenMPI keeps to exit is recognised by tests/dist/lsan.supp (unloaded
-# plugins and short stacks hide the library a leak belongs to).
-if [[ -n "${ASAN_OPTIONS:-}" ]]; then
-  export OMPI_MCA_mca_base_component_disable_dlclose=1 ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0"
-fi
-export OMPI_MCA_rmaps_base_oversubscribe=1
+source "$(dirname "$0")/mpi_env.sh"  # OpenMPI as root, oversubscribed; one thread per process
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
@@ -97,27 +90,25 @@ grep -q "sync-bn needs --distributed" "$work/nosync.log" || { tail -5 "$work/nos
 data=${BCOS_DATA:-$src/../shared}
 if [[ -f "$data/data/clip/bpe_simple_vocab_16e6.txt.gz" && -f "$data/data/cifar10/cifar10-test-000000.tar" ]]; then
   export BCOS_DATA=$data
-  clip_args=(--limit-train 256 --batch 64 --epochs 1 --limit-test 64 --workers 1 --warmup 1)
-  BCOS_NUM_THREADS=1 "$build/examples/train_clip" "${clip_args[@]}" --out "$work/clip1" >"$work/clip1.log" 2>&1 ||
-    { tail -5 "$work/clip1.log"; fail "train_clip, one process"; }
-  timeout -k 5 300 "$mpirun" -np 2 -x BCOS_NUM_THREADS=1 -x BCOS_DATA "$build/examples/train_clip" "${clip_args[@]}" \
-    --distributed --sync-bn --out "$work/clip2" >"$work/clip2.log" 2>&1 || { tail -20 "$work/clip2.log"; fail "train_clip, two processes"; }
-  a=$(json "$work/clip1/report.json" last_epoch_loss)
-  b=$(json "$work/clip2/report.json" last_epoch_loss)
-  echo "train_clip last epoch loss: one process $a, two $b"
-  awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-4 * a) }' ||
-    fail "train_clip: two processes do not train as one"
-  bcz_args=(--clip "$work/clip1/clip.safetensors" --limit-train 128 --batch 32 --epochs 1 --limit-test 64 --workers 1
-            --grids 0 --photos "")
-  BCOS_NUM_THREADS=1 "$build/examples/bcos_clip_zeroshot" "${bcz_args[@]}" --out "$work/bcz1" >"$work/bcz1.log" 2>&1 ||
-    { tail -5 "$work/bcz1.log"; fail "bcos_clip_zeroshot, one process"; }
-  timeout -k 5 300 "$mpirun" -np 2 -x BCOS_NUM_THREADS=1 -x BCOS_DATA "$build/examples/bcos_clip_zeroshot" "${bcz_args[@]}" \
-    --distributed --sync-bn --out "$work/bcz2" >"$work/bcz2.log" 2>&1 || { tail -20 "$work/bcz2.log"; fail "bcos_clip_zeroshot, two processes"; }
-  a=$(json "$work/bcz1/report.json" last_loss)
-  b=$(json "$work/bcz2/report.json" last_loss)
-  echo "bcos_clip_zeroshot last distillation loss: one process $a, two $b"
-  awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-4 * a) }' ||
-    fail "bcos_clip_zeroshot: two processes do not distil as one"
+  # one_vs_two EXAMPLE LOSS_KEY ARGS...: the example on one process, then on two with --sync-bn;
+  # the last loss in report.json must agree to 1e-4.
+  one_vs_two() {
+    local example=$1 key=$2
+    BCOS_NUM_THREADS=1 "$build/examples/$example" "${@:3}" --out "$work/${example}1" >"$work/${example}1.log" 2>&1 ||
+      { tail -5 "$work/${example}1.log"; fail "$example, one process"; }
+    timeout -k 5 300 "$mpirun" -np 2 -x BCOS_NUM_THREADS=1 -x BCOS_DATA "$build/examples/$example" "${@:3}" \
+      --distributed --sync-bn --out "$work/${example}2" >"$work/${example}2.log" 2>&1 ||
+      { tail -20 "$work/${example}2.log"; fail "$example, two processes"; }
+    local a b
+    a=$(json "$work/${example}1/report.json" "$key")
+    b=$(json "$work/${example}2/report.json" "$key")
+    echo "$example $key: one process $a, two $b"
+    awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-4 * a) }' ||
+      fail "$example: two processes do not train as one"
+  }
+  one_vs_two train_clip last_epoch_loss --limit-train 256 --batch 64 --epochs 1 --limit-test 64 --workers 1 --warmup 1
+  one_vs_two bcos_clip_zeroshot last_loss --clip "$work/train_clip1/clip.safetensors" --limit-train 128 --batch 32 \
+    --epochs 1 --limit-test 64 --workers 1 --grids 0 --photos ""
 else
   echo "skip CLIP: the CIFAR-10 shards or CLIP's vocabulary are not in $data (set BCOS_DATA)"
 fi

@@ -14,8 +14,10 @@
 #include "nn/module.h"
 #include "nn/norm.h"
 #include "nn/optim.h"
+#include "tests/errors.h"
 
 using namespace bcos;
+using testing::error_of;
 using namespace bcos::nn;
 
 namespace {
@@ -40,15 +42,6 @@ std::vector<std::string> keys(const StateDict& s) {
 
 bool same(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && a.to_vector<double>() == b.to_vector<double>();
-}
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace
