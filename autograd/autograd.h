@@ -49,6 +49,35 @@ struct ExplanationModeGuard {
   bool previous_;
 };
 
+// ---- autocast (mixed precision) ---------------------------------------------------------------
+// As torch.autocast: inside an AutocastGuard for a device type, matmul, linear, bmm and conv2d
+// of float32 tensors on that device multiply bfloat16 (or float16) roundings of their operands
+// and sum in float32, forward and backward (a recorded product keeps the forward's setting).
+// Everything else -- reductions, norms, softmax, losses, elementwise ops -- stays float32, and so
+// do tensors, parameters (the master weights) and gradients: our ops keep float32 activations
+// where PyTorch's autocast stores bf16 ones, so results agree to bf16's rounding, not bit for
+// bit. float64 tensors are never touched (gradchecks stay exact). Per thread, like grad mode.
+// f16 overflows above 65504 and underflows small gradients: pair it with nn::GradScaler.
+DType autocast_dtype(DeviceType device);  // the operand type of float32 products (f32: off)
+void set_autocast(DeviceType device, DType dtype);
+
+struct AutocastGuard {
+  explicit AutocastGuard(DeviceType device, DType dtype = DType::bf16, bool enabled = true)
+      : device_(device), previous_(autocast_dtype(device)) {
+    set_autocast(device, enabled ? dtype : DType::f32);
+  }
+  ~AutocastGuard() { set_autocast(device_, previous_); }
+  AutocastGuard(const AutocastGuard&) = delete;
+  AutocastGuard& operator=(const AutocastGuard&) = delete;
+
+ private:
+  DeviceType device_;
+  DType previous_;
+};
+
+// The operand type a float32 product of t takes under the current autocast (f32: unchanged).
+DType autocast_operands(const Tensor& t);
+
 // ---- anomaly detection ----------------------------------------------------------------------
 // For hunting a NaN in training (as torch.autograd.detect_anomaly): every recorded op's output is
 // checked for NaN (an Inf can be meant there: attention masks write −Inf into logits) and every

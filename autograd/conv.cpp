@@ -62,6 +62,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stri
   p.padding[0] = padding.h, p.padding[1] = padding.w;
   p.dilation[0] = dilation.h, p.dilation[1] = dilation.w;
   p.groups = groups;
+  p.operands = autocast_operands(x);  // autocast: the backward's products too (p is captured)
   int64_t ho = conv_out_size(x.size(2), w.size(2), stride.h, padding.h, dilation.h);
   int64_t wo = conv_out_size(x.size(3), w.size(3), stride.w, padding.w, dilation.w);
   BCOS_CHECK(ho > 0 && wo > 0, op, ": input ", x.shape(), " is too small for kernel ",

@@ -13,6 +13,7 @@ namespace {
 thread_local bool g_grad_enabled = true;
 thread_local bool g_explanation_mode = false;
 thread_local bool g_anomaly_detection = false;
+thread_local DType g_autocast[2] = {DType::f32, DType::f32};  // by DeviceType: cpu, cuda
 // The callbacks of the backward running on this thread (null outside one).
 thread_local std::vector<std::function<void()>>* g_backward_callbacks = nullptr;
 thread_local uint64_t g_backward_id = 0, g_backward_count = 0;  // the running one's; how many so far
@@ -59,6 +60,16 @@ void set_grad_enabled(bool enabled) { g_grad_enabled = enabled; }
 
 bool explanation_mode() { return g_explanation_mode; }
 void set_explanation_mode(bool enabled) { g_explanation_mode = enabled; }
+
+DType autocast_dtype(DeviceType device) { return g_autocast[int(device)]; }
+void set_autocast(DeviceType device, DType dtype) {
+  BCOS_CHECK(dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::f16,
+             "autocast: the product type must be bfloat16 or float16 (float32: off), got ", dtype);
+  g_autocast[int(device)] = dtype;
+}
+DType autocast_operands(const Tensor& t) {
+  return t.defined() && t.dtype() == DType::f32 ? g_autocast[int(t.device().type)] : DType::f32;
+}
 
 const Tensor& SavedTensor::get() const {
   if (value_.defined() && value_.version() != version_)

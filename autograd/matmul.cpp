@@ -3,6 +3,8 @@
 //   out [B, M, N] = a [B, M, K] · b [B, K, N]
 //   grad_a = g · bᵀ,  grad_b = aᵀ · g       (transposes are free strided views)
 // Batch broadcasting is an expand (whose backward sums), so the engine does the rest.
+// Under autocast (autograd.h) every product of the forward and its backward gets the
+// forward's operand type.
 #include "autograd/dispatch.h"
 #include "autograd/ops.h"
 #include "tensor/copy.h"
@@ -13,15 +15,15 @@ using namespace detail;
 
 namespace {
 
-Tensor bmm3(const Tensor& a, const Tensor& b) {
+Tensor bmm3(const Tensor& a, const Tensor& b, DType operands) {
   Tensor out = empty({a.size(0), a.size(1), b.size(2)}, {a.dtype(), a.device()});
-  kernel::bmm(a, b, out, false);
+  kernel::bmm(a, b, out, false, operands);
   if (needs_graph({a, b})) {
     SavedTensor sa(a), sb(b);
     record("BmmBackward", out, {a, b}, [=](const Tensor& g, const std::vector<bool>& need) {
       Tensor ga, gb;
-      if (need[0]) ga = bmm3(g, sb.get().transpose(1, 2));
-      if (need[1]) gb = bmm3(sa.get().transpose(1, 2), g);
+      if (need[0]) ga = bmm3(g, sb.get().transpose(1, 2), operands);
+      if (need[1]) gb = bmm3(sa.get().transpose(1, 2), g, operands);
       return Grads{ga, gb};
     });
   }
@@ -34,15 +36,16 @@ Tensor bmm3(const Tensor& a, const Tensor& b) {
 // step). A bias is written into out first and the product accumulated onto it, instead of a
 // separate pass adding it afterwards.
 Tensor linear_rows(const Tensor& x, const Tensor& w, const Tensor& b) {
+  const DType operands = autocast_operands(x);
   Tensor out = empty({x.size(0), w.size(0)}, {x.dtype(), x.device()});
   if (b.defined()) copy_into(out, b.detach().unsqueeze(0).expand(out.shape()));
-  kernel::bmm(x.unsqueeze(0), w.t().unsqueeze(0), out.unsqueeze(0), b.defined());
+  kernel::bmm(x.unsqueeze(0), w.t().unsqueeze(0), out.unsqueeze(0), b.defined(), operands);
   if (needs_graph({x, w, b})) {
     SavedTensor sx(x), sw(w);
     record("LinearBackward", out, {x, w, b}, [=](const Tensor& g, const std::vector<bool>& need) {
       Tensor gx, gw, gb;
-      if (need[0]) gx = bmm3(g.unsqueeze(0), sw.get().unsqueeze(0)).squeeze(0);
-      if (need[1]) gw = bmm3(g.t().unsqueeze(0), sx.get().unsqueeze(0)).squeeze(0);
+      if (need[0]) gx = bmm3(g.unsqueeze(0), sw.get().unsqueeze(0), operands).squeeze(0);
+      if (need[1]) gw = bmm3(g.t().unsqueeze(0), sx.get().unsqueeze(0), operands).squeeze(0);
       if (need[2]) gb = sum(g, {0});
       return Grads{gx, gw, gb};
     });
@@ -77,7 +80,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     int64_t row_count = 1;
     for (int i = 0; i < x.dim() - 1; ++i) row_count *= x.shape()[i];
     Tensor rows = x.reshape({row_count, k});  // not -1: that is ambiguous when k == 0
-    out = bmm3(rows.unsqueeze(0), y.unsqueeze(0)).reshape(out_shape);
+    out = bmm3(rows.unsqueeze(0), y.unsqueeze(0), autocast_operands(a)).reshape(out_shape);
   } else {
     Shape xb(x.shape().begin(), x.shape().end() - 2), yb(y.shape().begin(), y.shape().end() - 2);
     Shape batch = broadcast_shapes(xb, yb, op);
@@ -89,7 +92,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     Tensor y3 = y.expand(ys).reshape({bsz, k, n});
     out_shape = batch;
     out_shape.push_back(m), out_shape.push_back(n);
-    out = bmm3(x3, y3).reshape(out_shape);
+    out = bmm3(x3, y3, autocast_operands(a)).reshape(out_shape);
   }
   if (a.dim() == 1) out = out.squeeze(-2);
   if (b.dim() == 1) out = out.squeeze(-1);

@@ -36,6 +36,7 @@
 #include "models/metrics.h"
 #include "nn/bcos.h"
 #include "nn/checkpoint.h"
+#include "nn/grad_scaler.h"
 #include "nn/optim.h"
 #include "nn/safetensors.h"
 #include "nn/schedule.h"
@@ -188,7 +189,7 @@ int main(int argc, char** argv) {
               test_path = cifar + "/cifar10-test-000000.tar", vocab = examples::default_vocab(), classes = "cifar10",
               templates = "cifar10", held_out_spec = "1,3,5,7,9,11,13,15,17", loss_name = "sigmoid",
               prompts_spec = "a photo of a red car;a photo of a dog on grass", photos = root + "/data/photos",
-              device_spec = "cpu";
+              device_spec = "cpu", autocast = "none";
   double epochs = 6, lr = 1e-3, b = 2, teacher_epochs = 10, crop_scale = 0.35;
   int64_t batch = 128, limit_train = 0, limit_test = 0, grids = 250, pool_size = 2000, scale = 4, figure_images = 8;
   int workers = 2;
@@ -219,6 +220,7 @@ int main(int argc, char** argv) {
   app.add_option("--workers", workers, "decoding threads")->check(CLI::PositiveNumber);
   app.add_option("--seed", seed, "seed of shuffling, augmentation and GridPG");
   app.add_option("--device", device_spec, "where the models run: cpu, cuda or cuda:N");
+  examples::add_autocast_option(app, autocast);
   app.add_flag("--resume", resume, "continue the distillation from OUT/checkpoint.safetensors");
   app.add_flag("--detect-anomaly", detect_anomaly,
                "check every op's output and gradient while distilling; stop at the first NaN, naming the op (slow)");
@@ -342,6 +344,8 @@ int main(int argc, char** argv) {
     nn::Adam optimizer(params, {.lr = lr});
     nn::Scheduler scheduler(optimizer, nn::cosine_schedule(lr, total_steps, 0.0, 0));
     const std::string ckpt = out + "/checkpoint.safetensors";
+    const DType autocast_dtype = examples::autocast_type(autocast);  // (training only; evaluation in float32)
+    nn::GradScaler scaler({.enabled = autocast_dtype == DType::f16});  // a no-op unless f16
     nn::TrainingState state;
     if (resume) {
       BCOS_CHECK(fs::exists(ckpt), "bcos_clip_zeroshot: --resume: no checkpoint at ", ckpt);
@@ -363,27 +367,32 @@ int main(int argc, char** argv) {
       for (Batch& bt : train_loader->epoch(epoch)) {
         if (state.step >= (epoch + 1) * steps_per_epoch || state.step >= total_steps) break;
         const Tensor x = bt.images.to(device);
-        Tensor target;
+        Tensor target, s, loss;
         {
-          NoGradGuard no_grad;
-          target = (*teacher)(clip_normalize(x));
+          AutocastGuard mixed(device.type, autocast_dtype, autocast_dtype != DType::f32);  // teacher and student
+          {
+            NoGradGuard no_grad;
+            target = (*teacher)(clip_normalize(x));
+          }
+          // The sigmoid loss pairs every student embedding with every teacher one in the batch: with
+          // several ranks, over the gathered global batch (gradients back to their own rank), so the
+          // loss is the one-process loss (the identity on one process).
+          s = dist::all_gather_autograd(ddp(nn::add_inverse(x)));
+          target = dist::all_gather_autograd(target);
+          loss = loss_name == "sigmoid" ? models::sigmoid_distillation_loss(s, target)
+                                        : models::cosine_distillation_loss(s, target);
         }
-        // The sigmoid loss pairs every student embedding with every teacher one in the batch: with
-        // several ranks, over the gathered global batch (gradients back to their own rank), so the
-        // loss is the one-process loss (the identity on one process).
-        const Tensor s = dist::all_gather_autograd(ddp(nn::add_inverse(x)));
-        target = dist::all_gather_autograd(target);
-        const Tensor loss = loss_name == "sigmoid" ? models::sigmoid_distillation_loss(s, target)
-                                                   : models::cosine_distillation_loss(s, target);
         const double l = loss.item();  // checked before the step, so no NaN reaches the weights
         BCOS_CHECK(std::isfinite(l), "bcos_clip_zeroshot: the loss became ", l, " at step ", state.step + 1, " (epoch ",
                    epoch + 1, "); stopped before the update",
                    fs::exists(ckpt) ? str("; ", ckpt, " holds the last good epoch") : "",
                    detect_anomaly ? "" : "; --detect-anomaly names the op that produced the first NaN");
         optimizer.zero_grad();
-        loss.backward();
+        scaler.scale(loss).backward();
+        scaler.unscale_(optimizer);  // (f16: the clipping below sees true gradients)
         nn::adaptive_clip_grad_(params, 0.01, 1e-3);
-        optimizer.step();
+        scaler.step(optimizer);  // f16: skipped when a gradient overflowed
+        scaler.update();
         scheduler.step();
         ++state.step;
         const double c = mean(sum(models::l2_normalize(s.detach()) * models::l2_normalize(target), {1})).item();
@@ -473,7 +482,8 @@ int main(int argc, char** argv) {
     report["distillation"] = {{"epochs", epochs}, {"steps", state.step}, {"batch", batch}, {"lr", lr}, {"b", b},
                               {"loss", loss_name}, {"last_loss", last_loss}, {"train_seconds", train_seconds},
                               {"train_images_per_s", train_images > 0 ? double(train_images) / train_seconds : 0.0},
-                              {"processes", dist::world_size()}, {"sync_bn", sync_bn}};
+                              {"processes", dist::world_size()}, {"sync_bn", sync_bn},
+                              {"autocast", autocast}, {"skipped_steps", scaler.skipped_steps()}};
     report["zeroshot"] = {{"samples", ev.samples}, {"templates", held_out.size()},
                           {"teacher_top1", ev.teacher_top1}, {"teacher_top5", ev.teacher_top5},
                           {"student_top1", ev.student_top1}, {"student_top5", ev.student_top5},

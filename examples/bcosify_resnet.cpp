@@ -33,6 +33,7 @@
 #include "models/metrics.h"
 #include "nn/bcos.h"
 #include "nn/checkpoint.h"
+#include "nn/grad_scaler.h"
 #include "nn/optim.h"
 #include "nn/safetensors.h"
 #include "nn/schedule.h"
@@ -231,7 +232,7 @@ int main(int argc, char** argv) {
   uint64_t seed = 0;
   bool keep_bias = false, no_original_gridpg = false, resume = false, from_scratch = false, detect_anomaly = false;
   bool distributed = false, sync_bn = false, split_shards = false;
-  std::string device_spec = "cpu";
+  std::string device_spec = "cpu", autocast = "none";
   models::FinetuneSchedule plan;
   plan.b = 2, plan.b_warmup = 0.25, plan.bias_decay = 0.3;
   const auto fraction = CLI::Range(0.0, 1.0);
@@ -273,6 +274,7 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "seed of shuffling, augmentation and GridPG");
   app.add_option("--out", out, "output folder: checkpoint, model, report, PNGs");
   app.add_option("--device", device_spec, "where the models run: cpu, cuda or cuda:N");
+  examples::add_autocast_option(app, autocast);
   app.add_flag("--keep-bias", keep_bias, "keep the biases and batch-norm shifts for good (an ablation: breaks completeness)");
   app.add_flag("--no-original-gridpg", no_original_gridpg,
                "skip the original model's GridPG (ablations, which measure only the B-cos model)");
@@ -415,6 +417,8 @@ int main(int argc, char** argv) {
     for (auto& [name, p] : bcos_model->named_parameters()) params.push_back(p);
     nn::AdamW optimizer(params, {.lr = lr, .weight_decay = weight_decay});
     nn::Scheduler scheduler(optimizer, nn::cosine_schedule(lr, plan.total_steps, 0.0, warmup));
+    const DType autocast_dtype = examples::autocast_type(autocast);  // evaluation stays float32
+    nn::GradScaler scaler({.enabled = autocast_dtype == DType::f16});  // a no-op unless f16
     const std::string ckpt = out + "/checkpoint.safetensors";
     nn::TrainingState state;
     if (resume) {
@@ -442,16 +446,22 @@ int main(int argc, char** argv) {
           BCOS_CHECK(label_values[i] >= 0 && label_values[i] < s.spec.num_classes, "bcosify_resnet: ", b.names[i],
                      " has label ", label_values[i], ", outside the model's ", s.spec.num_classes, " classes");
         const Tensor labels = b.labels.to(s.device);
-        Tensor logits = ddp(nn::add_inverse(b.images.to(s.device)));
-        Tensor loss = loss_name == "bce" ? nn::uniform_off_labels_bce(logits, labels) : cross_entropy(logits, labels);
+        Tensor logits, loss;
+        {
+          AutocastGuard mixed(s.device.type, autocast_dtype, autocast_dtype != DType::f32);
+          logits = ddp(nn::add_inverse(b.images.to(s.device)));
+          loss = loss_name == "bce" ? nn::uniform_off_labels_bce(logits, labels) : cross_entropy(logits, labels);
+        }
         const double l = loss.item();  // checked before the step, so no NaN reaches the weights
         BCOS_CHECK(std::isfinite(l), "bcosify_resnet: the loss became ", l, " at step ", state.step + 1, " (epoch ",
                    epoch + 1, "); stopped before the update", fs::exists(ckpt) ? str("; ", ckpt, " holds the last good epoch") : "",
                    detect_anomaly ? "" : "; --detect-anomaly names the op that produced the first NaN");
         optimizer.zero_grad();
-        loss.backward();
+        scaler.scale(loss).backward();
+        scaler.unscale_(optimizer);  // (f16: the clipping below sees true gradients)
         nn::adaptive_clip_grad_(params, 0.01, 1e-3);
-        optimizer.step();
+        scaler.step(optimizer);  // f16: skipped when a gradient overflowed
+        scaler.update();
         scheduler.step();
         ++state.step;
         // This step's loss and hits over every rank's share (one small all-reduce), for the display.
@@ -612,7 +622,8 @@ int main(int argc, char** argv) {
         {"b1_equivalence_error", equivalence_error}, {"completeness_error", completeness_error},
         {"completeness_logit_scale", logit_scale}, {"train_images_per_s", train_ips},
         {"last_epoch_loss", last_loss}, {"last_epoch_train_accuracy", last_acc},
-        {"processes", dist::world_size()}, {"sync_bn", sync_bn}};
+        {"processes", dist::world_size()}, {"sync_bn", sync_bn}, {"autocast", autocast},
+        {"skipped_steps", scaler.skipped_steps()}};
     examples::Json times;
     for (const auto& [name, sec] : timings) times[name] = sec;
     times["total"] = total_seconds;

@@ -57,6 +57,17 @@ int run(CLI::App& app, int argc, char** argv, Body&& body) {
 // Pretty JSON; bytes that are not UTF-8 (paths, say) become U+FFFD instead of an exception.
 inline std::string dump(const Json& j) { return j.dump(2, ' ', false, Json::error_handler_t::replace); }
 
+// --autocast none | bf16 | f16: the operand type of the training step's products
+// (autograd.h: AutocastGuard; float32 when none).
+inline void add_autocast_option(CLI::App& app, std::string& value) {
+  app.add_option("--autocast", value, "mixed precision for training: none, bf16 (products of bfloat16 operands, float32 "
+                 "sums; AMX on CPUs that have it) or f16 (float16 products with dynamic loss scaling)")
+      ->check(CLI::IsMember({"none", "bf16", "f16"}));
+}
+inline bcos::DType autocast_type(const std::string& value) {
+  return value == "bf16" ? bcos::DType::bf16 : value == "f16" ? bcos::DType::f16 : bcos::DType::f32;
+}
+
 // Defaults shown in --help for every option that has one.
 inline void show_defaults(CLI::App& app) { app.option_defaults()->always_capture_default(); }
 

@@ -28,6 +28,7 @@
 #include "examples/distributed.h"
 #include "models/clip_load.h"
 #include "nn/checkpoint.h"
+#include "nn/grad_scaler.h"
 #include "nn/optim.h"
 #include "nn/safetensors.h"
 #include "nn/schedule.h"
@@ -87,7 +88,7 @@ int main(int argc, char** argv) {
   examples::show_defaults(app);
   std::string train_path = cifar + "/cifar10-train-{000000..000004}.tar", test_path = cifar + "/cifar10-test-000000.tar";
   std::string vocab = examples::default_vocab(), classes = "cifar10", templates = "cifar10";
-  std::string train_templates = "0,2,4,6,8,10,12,14,16", out = "out/clip", init;
+  std::string train_templates = "0,2,4,6,8,10,12,14,16", out = "out/clip", init, autocast = "none";
   Towers shape;
   double epochs = 10, lr = 2e-3, weight_decay = 0.1;
   int64_t batch = 256, warmup = 100, limit_train = 0, limit_test = 0;
@@ -130,6 +131,7 @@ int main(int argc, char** argv) {
   app.add_option("--workers", workers, "decoding threads")->check(CLI::PositiveNumber);
   app.add_option("--seed", seed, "seed of the weights, shuffling, augmentation and captions");
   app.add_option("--out", out, "output folder: checkpoint.safetensors, clip.safetensors, report.json");
+  examples::add_autocast_option(app, autocast);
   app.add_flag("--resume", resume, "continue from OUT/checkpoint.safetensors");
   app.add_flag("--detect-anomaly", detect_anomaly,
                "check every op's output and gradient while training; stop at the first NaN, naming the op (slow)");
@@ -201,6 +203,8 @@ int main(int argc, char** argv) {
     }                                                                                          // gains, biases, embeddings
     nn::AdamW optimizer(params, {.lr = lr, .beta1 = 0.9, .beta2 = 0.98, .eps = 1e-6, .weight_decay = 0.0});
     nn::Scheduler scheduler(optimizer, nn::cosine_schedule(lr, total_steps, 0.0, std::min(warmup, total_steps - 1)));
+    const DType autocast_dtype = examples::autocast_type(autocast);  // (training only; evaluation in float32)
+    nn::GradScaler scaler({.enabled = autocast_dtype == DType::f16});  // a no-op unless f16
     fs::create_directories(out);
     const std::string ckpt = out + "/checkpoint.safetensors";
     nn::TrainingState state;
@@ -255,22 +259,27 @@ int main(int argc, char** argv) {
           if (fresh) distinct.push_back(c);
           row_of.push_back(it->second);
         }
-        const Tensor text_features = index_select(
-            model->encode_text(tok->tokenize(distinct, config.context_length, true)), 0,
-            from_vector(row_of, {int64_t(row_of.size())}));
-        // Every rank's features, in rank order, gradients flowing back to their own rank: the
-        // global batch's logits (the identity on one process).
-        ddp.broadcast_buffers();  // rank 0's running statistics, as ddp(x) does (the towers run outside it)
-        const Tensor logits = model->logits(dist::all_gather_autograd(model->encode_image(b.images)),
-                                            dist::all_gather_autograd(text_features));
-        const Tensor loss = models::clip_contrastive_loss(logits);
+        Tensor logits, loss;
+        {
+          AutocastGuard mixed(DeviceType::cpu, autocast_dtype, autocast_dtype != DType::f32);
+          const Tensor text_features = index_select(
+              model->encode_text(tok->tokenize(distinct, config.context_length, true)), 0,
+              from_vector(row_of, {int64_t(row_of.size())}));
+          // Every rank's features, in rank order, gradients flowing back to their own rank: the
+          // global batch's logits (the identity on one process).
+          ddp.broadcast_buffers();  // rank 0's running statistics, as ddp(x) does (the towers run outside it)
+          logits = model->logits(dist::all_gather_autograd(model->encode_image(b.images)),
+                                 dist::all_gather_autograd(text_features));
+          loss = models::clip_contrastive_loss(logits);
+        }
         const double l = loss.item();  // checked before the step, so no NaN reaches the weights
         BCOS_CHECK(std::isfinite(l), "train_clip: the loss became ", l, " at step ", state.step + 1, " (epoch ", epoch + 1,
                    "); stopped before the update", fs::exists(ckpt) ? str("; ", ckpt, " holds the last good epoch") : "",
                    detect_anomaly ? "" : "; --detect-anomaly names the op that produced the first NaN");
         optimizer.zero_grad();
-        loss.backward();
-        optimizer.step();
+        scaler.scale(loss).backward();
+        scaler.step(optimizer);  // f16: skipped when a gradient overflowed
+        scaler.update();
         {  // AdamW's decoupled decay, on the weight matrices only
           NoGradGuard no_grad;
           for (Tensor& p : decayed) p.mul_(1.0 - optimizer.lr * weight_decay);
@@ -306,7 +315,8 @@ int main(int argc, char** argv) {
                              {"parameters", model->num_parameters()}, {"steps", state.step}, {"batch", batch},
                              {"last_epoch_loss", last_loss}, {"train_seconds", train_seconds},
                              {"train_templates", fit_templates}, {"held_out_templates", held_out},
-                             {"processes", ranks}, {"sync_bn", sync_bn}};
+                             {"processes", ranks}, {"sync_bn", sync_bn}, {"autocast", autocast},
+                             {"skipped_steps", scaler.skipped_steps()}};
     if (!test_path.empty()) {
       const examples::ZeroShotResult r = zero_shot();
       std::printf("zero-shot on %s with %zu held-out templates: top-1 %.2f %%, top-5 %.2f %% (%lld images)\n",

@@ -51,8 +51,9 @@ inline void reduce(ReduceOp op, const Tensor& x, const std::vector<bool>& reduce
                    const Tensor& indices = Tensor(), int64_t correction = 0) {
   BCOS_DISPATCH(x, reduce(op, x, reduce, out, indices, correction));
 }
-inline void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate = false) {
-  BCOS_DISPATCH(a, bmm(a, b, out, accumulate));
+inline void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate = false,
+                DType operands = DType::f32) {
+  BCOS_DISPATCH(a, bmm(a, b, out, accumulate, operands));
 }
 inline void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
                            const Conv2dParams& p) {

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "tensor/dtype.h"
+
 namespace bcos {
 
 enum class UnaryOp {
@@ -32,9 +34,15 @@ enum class ReduceOp {
 enum class RandomDist { uniform, normal, integer };
 
 // ---- kernel parameters --------------------------------------------------------------------------
+// Autocast (autograd/autocast.h) hands the products of matmul and convolution an operand type:
+// float32 (none), bfloat16 or float16. Both operands are rounded to it (to nearest even), the
+// products are summed in float32 and the result is float32 (on CUDA a convolution's result
+// passes through the operand type, as cuDNN writes it). Ignored for float64 tensors.
+
 // Convolution: stride, padding, dilation per spatial dim (h, w) and groups.
 struct Conv2dParams {
   int64_t stride[2] = {1, 1}, padding[2] = {0, 0}, dilation[2] = {1, 1}, groups = 1;
+  DType operands = DType::f32;  // autocast's operand type (above)
 };
 
 // Pooling windows; also the B-cos patch norms, whose window is their convolution's.

@@ -590,21 +590,41 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
   add_accumulators(acc, s.o * s.k, out);
 }
 
+// Autocast: both operands rounded (gemm.h: rounded_operand), then the float32 paths unchanged.
+bool autocast_operands(const Tensor& t, const Conv2dParams& p) {
+  return p.operands != DType::f32 && t.dtype() == DType::f32;
+}
+
 }  // namespace
 
 void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
                     const Conv2dParams& p) {
+  if (autocast_operands(x, p)) {
+    const Bf16OperandsScope amx(p.operands == DType::bf16);
+    forward_typed<float>(rounded_operand(x, p.operands), rounded_operand(w, p.operands), bias, out, p);
+    return;
+  }
   dispatch_float(x.dtype(), "conv2d", [&]<class T>() { forward_typed<T>(x, w, bias, out, p); });
 }
 
 void conv2d_backward_input(const Tensor& grad_out, const Tensor& w, const Tensor& grad_x,
                            const Conv2dParams& p) {
+  if (autocast_operands(w, p)) {
+    const Bf16OperandsScope amx(p.operands == DType::bf16);
+    backward_input_typed<float>(rounded_operand(grad_out, p.operands), rounded_operand(w, p.operands), grad_x, p);
+    return;
+  }
   dispatch_float(w.dtype(), "conv2d_backward_input",
                  [&]<class T>() { backward_input_typed<T>(grad_out, w, grad_x, p); });
 }
 
 void conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, const Tensor& grad_w,
                             const Conv2dParams& p) {
+  if (autocast_operands(x, p)) {
+    const Bf16OperandsScope amx(p.operands == DType::bf16);
+    backward_weight_typed<float>(rounded_operand(grad_out, p.operands), rounded_operand(x, p.operands), grad_w, p);
+    return;
+  }
   dispatch_float(x.dtype(), "conv2d_backward_weight",
                  [&]<class T>() { backward_weight_typed<T>(grad_out, x, grad_w, p); });
 }

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "tensor/tensor.h"
+
 namespace bcos::cpu {
 
 // Threads over the whole product unless called from inside a parallel region.
@@ -41,6 +43,23 @@ bool gemm_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int
 // 32 x 256 x 288 0.86x, 64 x 64 x 576 1.06x, 128 x 196 x 1152 1.71x, 768 x 197 x 768 3.0x: packing
 // B for few rows of A costs more than the tiles save).
 bool bf16_product(int64_t m, int64_t n, int64_t k);
+
+// Autocast on the CPU (tensor/op_kinds.h): a dense float32 copy of x whose values are rounded to
+// `operands` (bfloat16 or float16). Products of two such values are exact in float32, so any
+// float32 GEMM or convolution path then computes "rounded operands, float32 sums" exactly.
+Tensor rounded_operand(const Tensor& x, DType operands);
+// While one lives on this thread, gemm() also takes the AMX path (same sizes as bf16_product):
+// for operands already rounded to bfloat16, rounding them again while packing changes nothing.
+class Bf16OperandsScope {
+ public:
+  explicit Bf16OperandsScope(bool on);
+  ~Bf16OperandsScope();
+  Bf16OperandsScope(const Bf16OperandsScope&) = delete;
+  Bf16OperandsScope& operator=(const Bf16OperandsScope&) = delete;
+
+ private:
+  bool previous_;
+};
 
 // The float32 product through one path ("avx512", "avx2" or "eigen"); false (nothing done) when
 // this CPU cannot run it. For tests and benchmarks of each path.

@@ -27,6 +27,7 @@
 #endif
 
 #include "tensor/cpu/gemm.h"
+#include "tensor/cpu/kernels.h"
 #include "tensor/parallel.h"
 
 namespace bcos {
@@ -61,7 +62,26 @@ bool cpu_bf16() { return g_bf16.load(std::memory_order_relaxed); }
 
 namespace bcos::cpu {
 
-bool bf16_product(int64_t m, int64_t n, int64_t k) { return cpu_bf16() && m >= 64 && n >= 64 && k >= 32; }
+namespace {
+thread_local bool t_bf16_operands = false;
+}
+
+bool bf16_product(int64_t m, int64_t n, int64_t k) {
+  return (cpu_bf16() || (t_bf16_operands && cpu_bf16_supported())) && m >= 64 && n >= 64 && k >= 32;
+}
+
+Bf16OperandsScope::Bf16OperandsScope(bool on) : previous_(t_bf16_operands) { t_bf16_operands = on; }
+Bf16OperandsScope::~Bf16OperandsScope() { t_bf16_operands = previous_; }
+
+Tensor rounded_operand(const Tensor& x, DType operands) {
+  BCOS_CHECK(x.dtype() == DType::f32 && (operands == DType::bf16 || operands == DType::f16),
+             "autocast: rounds float32 operands to bfloat16 or float16, got ", x.dtype(), " to ", operands);
+  Tensor narrow = empty(x.shape(), {operands, x.device()});
+  copy(narrow, x);
+  Tensor back = empty(x.shape(), {DType::f32, x.device()});
+  copy(back, narrow);
+  return back;
+}
 
 #ifdef BCOS_AMX
 namespace {

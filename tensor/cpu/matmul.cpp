@@ -33,7 +33,12 @@ void bmm_typed(const Tensor& a, const Tensor& b, const Tensor& out, bool accumul
 
 }  // namespace
 
-void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate) {
+void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate, DType operands) {
+  if (operands != DType::f32 && a.dtype() == DType::f32) {  // autocast
+    const Bf16OperandsScope amx(operands == DType::bf16);
+    bmm_typed<float>(rounded_operand(a, operands), rounded_operand(b, operands), out, accumulate);
+    return;
+  }
   dispatch_float(a.dtype(), "matmul", [&]<class T>() { bmm_typed<T>(a, b, out, accumulate); });
 }
 

@@ -3,7 +3,9 @@
 // (cudnnGet*Algorithm_v7: the fastest that runs -- the fastest deterministic one under
 // deterministic_algorithms()), cached per shape; the workspace comes from the
 // caching allocator. f32 convolutions may use TF32 tensor cores when allow_tf32() is on (as
-// matmul, and as PyTorch's cuDNN default); f64 never. cuDNN 9 marks this descriptor API
+// matmul, and as PyTorch's cuDNN default); f64 never. Under autocast the operands are copied to
+// bf16 (or f16), cuDNN convolves those summing in float32 (its "pseudo" bf16 / half
+// configuration) into a bf16 result, which is widened into the float32 output. cuDNN 9 marks this descriptor API
 // deprecated in favour of its graph API; it is still shipped, and is the smallest readable way.
 #include <cudnn.h>
 
@@ -44,8 +46,38 @@ cudnnHandle_t cudnn_handle(int device) {
 cudnnDataType_t cudnn_type(DType dt, const char* op) {
   if (dt == DType::f32) return CUDNN_DATA_FLOAT;
   if (dt == DType::f64) return CUDNN_DATA_DOUBLE;
-  fail(op, ": cuDNN convolutions take float32 or float64, got ", dtype_name(dt));
+  if (dt == DType::bf16) return CUDNN_DATA_BFLOAT16;
+  if (dt == DType::f16) return CUDNN_DATA_HALF;
+  fail(op, ": cuDNN convolutions take float32, float64 or (autocast) bfloat16 / float16, got ", dtype_name(dt));
 }
+
+// The convolution's own arithmetic: float32 for the 16-bit operand types.
+cudnnDataType_t cudnn_compute_type(DType dt, const char* op) {
+  return dt == DType::bf16 || dt == DType::f16 ? CUDNN_DATA_FLOAT : cudnn_type(dt, op);
+}
+
+// The tensors one convolution call reads and writes, in the type cuDNN gets: as they are, or
+// under autocast (p.operands) 16-bit copies and a 16-bit result that finish() widens into the
+// caller's float32 output.
+struct ConvOperands {
+  Tensor first, second, result;
+  DType type;
+  ConvOperands(const Tensor& a, const Tensor& b, const Tensor& out, const Conv2dParams& p) {
+    const bool autocast = p.operands != DType::f32 && a.dtype() == DType::f32;
+    type = autocast ? p.operands : a.dtype();
+    first = autocast ? narrowed(a) : raw_contiguous(a);
+    second = autocast ? narrowed(b) : raw_contiguous(b);
+    result = autocast ? empty(out.shape(), {type, out.device()}) : out;
+  }
+  Tensor narrowed(const Tensor& t) const {
+    Tensor r = empty(t.shape(), {type, t.device()});
+    copy(r, t);
+    return r;
+  }
+  void finish(const Tensor& out) const {
+    if (result.raw_data() != out.raw_data()) copy(out, result);
+  }
+};
 
 // The descriptors of one convolution, destroyed with it.
 struct ConvDescriptors {
@@ -68,10 +100,12 @@ struct ConvDescriptors {
     BCOS_CUDNN_CHECK(cudnnSetFilter4dDescriptor(w, type, CUDNN_TENSOR_NCHW, int(ws[0]), int(ws[1]), int(ws[2]), int(ws[3])));
     BCOS_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv, int(p.padding[0]), int(p.padding[1]), int(p.stride[0]),
                                                      int(p.stride[1]), int(p.dilation[0]), int(p.dilation[1]),
-                                                     CUDNN_CROSS_CORRELATION, type));
+                                                     CUDNN_CROSS_CORRELATION, cudnn_compute_type(dt, op)));
     BCOS_CUDNN_CHECK(cudnnSetConvolutionGroupCount(conv, int(p.groups)));
+    // Tensor cores: always for 16-bit operands, for float32 only as TF32 when allowed.
     const bool tf32 = dt == DType::f32 && allow_tf32();
-    BCOS_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+    const bool tensor_cores = tf32 || dt == DType::bf16 || dt == DType::f16;
+    BCOS_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, tensor_cores ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
     deterministic = deterministic_algorithms();
     key = {xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3], p.stride[0], p.stride[1], p.padding[0], p.padding[1],
            p.dilation[0], p.dilation[1], p.groups, int(dt), tf32, deterministic};
@@ -121,7 +155,7 @@ AlgoCache<cudnnConvolutionFwdAlgo_t> g_forward;
 AlgoCache<cudnnConvolutionBwdDataAlgo_t> g_backward_data;
 AlgoCache<cudnnConvolutionBwdFilterAlgo_t> g_backward_filter;
 
-// alpha = 1, beta = 0 in the type cuDNN expects for the data type (double for f64).
+// alpha = 1, beta = 0 in the type cuDNN expects for the data type (double for f64, float else).
 struct Scalars {
   float f1 = 1, f0 = 0;
   double d1 = 1, d0 = 0;
@@ -138,12 +172,13 @@ std::shared_ptr<void> workspace(size_t bytes, int device) {
 void conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, const Tensor& out,
                     const Conv2dParams& p) {
   const char* op = "cuda conv2d";
-  const Tensor x = raw_contiguous(x_in), w = raw_contiguous(w_in);
   if (out.numel() == 0) return;
-  const int device = x.device().index;
+  const int device = x_in.device().index;
   DeviceGuard guard(device);
+  const ConvOperands io(x_in, w_in, out, p);
+  const Tensor &x = io.first, &w = io.second, &y = io.result;
   cudnnHandle_t h = cudnn_handle(device);
-  ConvDescriptors d(x.shape(), w.shape(), out.shape(), p, x.dtype(), op);
+  ConvDescriptors d(x.shape(), w.shape(), out.shape(), p, io.type, op);
   const cudnnConvolutionFwdAlgo_t algo = g_forward.get(device, d, op, [&] {
     cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int count = 0;
@@ -155,36 +190,41 @@ void conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, 
   BCOS_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, d.x, d.w, d.conv, d.y, algo, &bytes));
   std::shared_ptr<void> ws = workspace(bytes, device);
   const Scalars s;
-  BCOS_CUDNN_CHECK(cudnnConvolutionForward(h, s.one(x.dtype()), d.x, x.raw_data(), d.w, w.raw_data(), d.conv, algo,
-                                           ws.get(), bytes, s.zero(x.dtype()), d.y, out.raw_data()));
-  if (bias.defined()) {
+  BCOS_CUDNN_CHECK(cudnnConvolutionForward(h, s.one(io.type), d.x, x.raw_data(), d.w, w.raw_data(), d.conv, algo,
+                                           ws.get(), bytes, s.zero(io.type), d.y, y.raw_data()));
+  io.finish(out);
+  if (bias.defined()) {  // added to the output in its own type (float32 under autocast)
     const Tensor b = raw_contiguous(bias);
-    cudnnTensorDescriptor_t bd = nullptr;
+    const DType ot = out.dtype();
+    cudnnTensorDescriptor_t bd = nullptr, od = nullptr;
     BCOS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&bd));
-    const cudnnStatus_t set = cudnnSetTensor4dDescriptor(bd, CUDNN_TENSOR_NCHW, cudnn_type(x.dtype(), op), 1,
-                                                         int(b.numel()), 1, 1);
-    const cudnnStatus_t add = set == CUDNN_STATUS_SUCCESS
-                                  ? cudnnAddTensor(h, s.one(x.dtype()), bd, b.raw_data(), s.one(x.dtype()), d.y,
-                                                   out.raw_data())
-                                  : set;
+    BCOS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&od));
+    cudnnStatus_t status = cudnnSetTensor4dDescriptor(bd, CUDNN_TENSOR_NCHW, cudnn_type(ot, op), 1, int(b.numel()), 1, 1);
+    if (status == CUDNN_STATUS_SUCCESS)
+      status = cudnnSetTensor4dDescriptor(od, CUDNN_TENSOR_NCHW, cudnn_type(ot, op), int(out.shape()[0]),
+                                          int(out.shape()[1]), int(out.shape()[2]), int(out.shape()[3]));
+    if (status == CUDNN_STATUS_SUCCESS)
+      status = cudnnAddTensor(h, s.one(ot), bd, b.raw_data(), s.one(ot), od, out.raw_data());
+    cudnnDestroyTensorDescriptor(od);
     cudnnDestroyTensorDescriptor(bd);
-    BCOS_CUDNN_CHECK(add);
+    BCOS_CUDNN_CHECK(status);
   }
 }
 
 void conv2d_backward_input(const Tensor& grad_out_in, const Tensor& w_in, const Tensor& grad_x, const Conv2dParams& p) {
   const char* op = "cuda conv2d backward (input)";
-  const Tensor g = raw_contiguous(grad_out_in), w = raw_contiguous(w_in);
   if (grad_x.numel() == 0) return;
-  const int device = g.device().index;
+  const int device = grad_out_in.device().index;
   DeviceGuard guard(device);
-  if (g.numel() == 0) {
+  if (grad_out_in.numel() == 0) {
     BCOS_CUDA_CHECK(cudaMemsetAsync(grad_x.raw_data(), 0, size_t(grad_x.numel()) * grad_x.element_size(),
                                     stream_of(device)));
     return;
   }
+  const ConvOperands io(grad_out_in, w_in, grad_x, p);
+  const Tensor &g = io.first, &w = io.second, &gx = io.result;
   cudnnHandle_t h = cudnn_handle(device);
-  ConvDescriptors d(grad_x.shape(), w.shape(), g.shape(), p, g.dtype(), op);
+  ConvDescriptors d(grad_x.shape(), w.shape(), g.shape(), p, io.type, op);
   const cudnnConvolutionBwdDataAlgo_t algo = g_backward_data.get(device, d, op, [&] {
     cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     int count = 0;
@@ -196,24 +236,26 @@ void conv2d_backward_input(const Tensor& grad_out_in, const Tensor& w_in, const 
   BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, d.w, d.y, d.conv, d.x, algo, &bytes));
   std::shared_ptr<void> ws = workspace(bytes, device);
   const Scalars s;
-  BCOS_CUDNN_CHECK(cudnnConvolutionBackwardData(h, s.one(g.dtype()), d.w, w.raw_data(), d.y, g.raw_data(), d.conv,
-                                                algo, ws.get(), bytes, s.zero(g.dtype()), d.x, grad_x.raw_data()));
+  BCOS_CUDNN_CHECK(cudnnConvolutionBackwardData(h, s.one(io.type), d.w, w.raw_data(), d.y, g.raw_data(), d.conv,
+                                                algo, ws.get(), bytes, s.zero(io.type), d.x, gx.raw_data()));
+  io.finish(grad_x);
 }
 
 void conv2d_backward_weight(const Tensor& grad_out_in, const Tensor& x_in, const Tensor& grad_w,
                             const Conv2dParams& p) {
   const char* op = "cuda conv2d backward (weight)";
-  const Tensor g = raw_contiguous(grad_out_in), x = raw_contiguous(x_in);
   if (grad_w.numel() == 0) return;
-  const int device = g.device().index;
+  const int device = grad_out_in.device().index;
   DeviceGuard guard(device);
-  if (g.numel() == 0) {
+  if (grad_out_in.numel() == 0) {
     BCOS_CUDA_CHECK(cudaMemsetAsync(grad_w.raw_data(), 0, size_t(grad_w.numel()) * grad_w.element_size(),
                                     stream_of(device)));
     return;
   }
+  const ConvOperands io(grad_out_in, x_in, grad_w, p);
+  const Tensor &g = io.first, &x = io.second, &gw = io.result;
   cudnnHandle_t h = cudnn_handle(device);
-  ConvDescriptors d(x.shape(), grad_w.shape(), g.shape(), p, g.dtype(), op);
+  ConvDescriptors d(x.shape(), grad_w.shape(), g.shape(), p, io.type, op);
   const cudnnConvolutionBwdFilterAlgo_t algo = g_backward_filter.get(device, d, op, [&] {
     cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     int count = 0;
@@ -225,8 +267,9 @@ void conv2d_backward_weight(const Tensor& grad_out_in, const Tensor& x_in, const
   BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, d.x, d.y, d.conv, d.w, algo, &bytes));
   std::shared_ptr<void> ws = workspace(bytes, device);
   const Scalars s;
-  BCOS_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, s.one(g.dtype()), d.x, x.raw_data(), d.y, g.raw_data(), d.conv,
-                                                  algo, ws.get(), bytes, s.zero(g.dtype()), d.w, grad_w.raw_data()));
+  BCOS_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, s.one(io.type), d.x, x.raw_data(), d.y, g.raw_data(), d.conv,
+                                                  algo, ws.get(), bytes, s.zero(io.type), d.w, gw.raw_data()));
+  io.finish(grad_w);
 }
 
 }  // namespace bcos::cuda

@@ -2,7 +2,9 @@
 // column-major and our tensors are row-major, so we ask it for C^T = B^T A^T, which in its
 // view is exactly our C. An operand whose rows or columns are unit-stride is handed over as
 // it is (a transposed view costs nothing); only other layouts are copied. f32 products use
-// TF32 tensor cores unless set_allow_tf32(false); f64 runs in full double.
+// TF32 tensor cores unless set_allow_tf32(false); f64 runs in full double. Under autocast both
+// operands are first copied to bf16 (or f16) and cuBLAS multiplies those on the tensor cores,
+// summing and writing float32.
 #include <climits>
 
 #include "tensor/cuda/internal.h"
@@ -84,11 +86,11 @@ void gemm_into_contiguous(const Tensor& a, const Tensor& b, const Tensor& out, b
   const int device = out.device().index;
   GemmOperand ga = describe_operand(a);
   GemmOperand gb = describe_operand(b);
-  const DType dt = out.dtype();
-  const cudaDataType data_type = cuda_data_type(dt);
+  const DType dt = out.dtype();  // a and b: dt, or bf16 / f16 under autocast
+  const cudaDataType data_type = cuda_data_type(dt), operand_type = cuda_data_type(a.dtype());
   cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
   if (dt == DType::f64) compute = CUBLAS_COMPUTE_64F;
-  if (dt == DType::f32 && allow_tf32())
+  if (dt == DType::f32 && a.dtype() == DType::f32 && allow_tf32())
     compute = CUBLAS_COMPUTE_32F_FAST_TF32;
   // Scalars are in the compute precision: double for DGEMM, float otherwise.
   const double alpha64 = 1.0, beta64 = accumulate ? 1.0 : 0.0;
@@ -100,15 +102,15 @@ void gemm_into_contiguous(const Tensor& a, const Tensor& b, const Tensor& out, b
   cublasHandle_t handle = cublas_handle(device);
   // Column-major C^T [N, M] = op(B-storage) [N, K] * op(A-storage) [K, M].
   BCOS_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-      handle, gb.op, ga.op, int(n), int(m), int(k), alpha, gb.ptr, data_type, int(gb.ld),
-      gb.batch_stride, ga.ptr, data_type, int(ga.ld), ga.batch_stride, beta, out.raw_data(),
+      handle, gb.op, ga.op, int(n), int(m), int(k), alpha, gb.ptr, operand_type, int(gb.ld),
+      gb.batch_stride, ga.ptr, operand_type, int(ga.ld), ga.batch_stride, beta, out.raw_data(),
       data_type, int(std::max<int64_t>(1, n)), m * n, int(batch), compute, CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace
 
 
-void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate) {
+void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate, DType operands) {
   BCOS_CHECK(a.defined() && b.defined() && out.defined() && a.is_cuda() &&
                  b.device() == a.device() && out.device() == a.device(),
              "cuda bmm: a, b and out must be on one CUDA device");
@@ -128,14 +130,23 @@ void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate) {
     if (!accumulate) fill(out, 0.0);
     return;
   }
+  Tensor narrow_a = a, narrow_b = b;
+  if (operands != DType::f32 && a.dtype() == DType::f32) {  // autocast
+    BCOS_CHECK(operands == DType::bf16 || operands == DType::f16, "cuda bmm: autocast operands must be "
+               "bfloat16 or float16, got ", dtype_name(operands));
+    narrow_a = empty(a.shape(), {operands, a.device()});
+    narrow_b = empty(b.shape(), {operands, b.device()});
+    copy(narrow_a, a);
+    copy(narrow_b, b);
+  }
   if (out.is_contiguous()) {
-    gemm_into_contiguous(a, b, out, accumulate);
+    gemm_into_contiguous(narrow_a, narrow_b, out, accumulate);
     return;
   }
   // The contract gives a dense out; a strided one still gets a correct answer via a copy.
   Tensor dense = empty(out.shape(), {out.dtype(), out.device()});
   if (accumulate) copy(dense, out);
-  gemm_into_contiguous(a, b, dense, accumulate);
+  gemm_into_contiguous(narrow_a, narrow_b, dense, accumulate);
   copy(out, dense);
 }
 

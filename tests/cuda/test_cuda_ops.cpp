@@ -279,6 +279,41 @@ TEST_CASE("cuda ops: cuDNN conv2d forward and backward match the CPU (groups, st
   }
 }
 
+TEST_CASE("cuda ops: autocast bf16 / f16 linear, matmul and conv2d, forward and backward, match the CPU's autocast") {
+  // Both devices multiply rounded operands and sum in float32; cuDNN also writes a convolution's
+  // result (and gradients) in the 16-bit type before it is widened: one rounding of the output,
+  // 2^-9 for bf16 (2^-12 for f16), so 2^-8 there and 1e-4 for the cuBLAS products.
+  if (!have_gpu()) return;
+  manual_seed(19);
+  const Tensor x = randn({6, 40}), w = randn({24, 40}), b = randn({24});
+  const Tensor a = randn({3, 9, 33}), m = randn({3, 6, 33});  // m used transposed: a strided operand
+  const Tensor img = randn({2, 8, 10, 10}), k = randn({6, 4, 3, 3}), kb = randn({6});
+  for (DType dt : {kBFloat16, DType::f16}) {
+    CAPTURE(dt);
+    auto run = [&](Device dev) {
+      std::vector<Tensor> leaves;
+      for (const Tensor& t : {x, w, b, a, m, img, k, kb}) leaves.push_back(t.to(dev).requires_grad_());
+      Tensor y1, y2, y3;
+      {
+        AutocastGuard guard(dev.type, dt);
+        y1 = linear(leaves[0], leaves[1], leaves[2]);
+        y2 = matmul(leaves[3], leaves[4].transpose(1, 2));
+        y3 = conv2d(leaves[5], leaves[6], leaves[7], 2, 1, 1, 2);
+      }
+      (sum(y1 * y1) + sum(y2 * y2) + sum(y3 * y3)).backward();
+      std::vector<Tensor> r{y1.to(Device()), y2.to(Device()), y3.to(Device())};
+      for (const Tensor& l : leaves) r.push_back(l.grad().to(Device()));
+      return r;
+    };
+    const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+    const std::vector<bool> through_cudnn = {false, false, true, false, false, false, false, false, true, true, true};
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::relative_error(gpu[i], cpu[i]) <= (through_cudnn[i] ? 1.0 / 256 : 1e-4));
+    }
+  }
+}
+
 TEST_CASE("cuda ops: B-cos conv2d / linear (patch norms, scale, max-out) and uncentred batch norm match the CPU") {
   if (!have_gpu()) return;
   manual_seed(19);

@@ -7,6 +7,7 @@
 #include <map>
 
 #include "autograd/ops.h"
+#include "nn/grad_scaler.h"
 #include "nn/optim.h"
 #include "nn/schedule.h"
 #include "tests/golden.h"
@@ -176,4 +177,72 @@ TEST_CASE("optim: a step with no gradient anywhere raises; Adam counts steps per
   AdamOptions ams{.amsgrad = true};
   Adam needs_max(params, ams);
   CHECK_THROWS_WITH_AS(needs_max.load_state_dict(adam.state_dict(), 3), doctest::Contains("max_exp_avg_sq missing"), Error);
+}
+
+TEST_CASE("optim: GradScaler scales, unscales, skips non-finite steps and adapts its scale") {
+  // float16 autocast: an incoming gradient of 1e-8 rounds to 0 in float16 (smallest subnormal
+  // 6e-8), so the weight learns nothing -- unless the loss was scaled up first.
+  const Tensor x = ones({4, 8}), w0 = full({3, 8}, 0.5);
+  auto weight_grad = [&](GradScaler* scaler) {
+    Tensor w = w0.clone().requires_grad_();
+    SGD sgd({w}, {.lr = 1.0});
+    Tensor loss;
+    {
+      AutocastGuard f16(DeviceType::cpu, DType::f16);
+      loss = sum(linear(x, w)) * 1e-8;
+    }
+    (scaler ? scaler->scale(loss) : loss).backward();
+    if (scaler) scaler->unscale_(sgd);
+    return w.grad().clone();
+  };
+  CHECK(sum(abs(weight_grad(nullptr))).item<float>() == 0.0f);
+  GradScaler scaler;
+  CHECK(scaler.get_scale() == 65536.0);
+  const Tensor g = weight_grad(&scaler);  // each element: 4 rows x 1e-8, to f16's rounding of 1e-8 * 65536
+  for (float v : g.to_vector<float>()) CHECK(v == doctest::Approx(4e-8).epsilon(1e-3));
+
+  // Steps: a non-finite gradient skips the step and halves the scale; growth_interval clean
+  // steps in a row double it.
+  Tensor p = full({2}, 1.0).requires_grad_();
+  SGD sgd({p}, {.lr = 0.5});
+  GradScaler s2({.init_scale = 8.0, .growth_interval = 2});
+  auto step_with = [&](double grad) {
+    p.set_grad(full({2}, grad * s2.get_scale()));  // as a backward of the scaled loss gives
+    const bool stepped = s2.step(sgd);
+    s2.update();
+    return stepped;
+  };
+  CHECK(step_with(1.0));  // p = 1 - 0.5 * 1
+  CHECK(p.detach().to_vector<float>() == std::vector<float>{0.5f, 0.5f});
+  CHECK(s2.get_scale() == 8.0);
+  CHECK(step_with(1.0));  // second clean step in a row: the scale doubles
+  CHECK(s2.get_scale() == 16.0);
+  CHECK(!step_with(INFINITY));  // skipped, the scale halves, parameters unchanged
+  CHECK(p.detach().to_vector<float>() == std::vector<float>{0.0f, 0.0f});
+  CHECK(s2.get_scale() == 8.0);
+  CHECK(s2.skipped_steps() == 1);
+  CHECK(!step_with(NAN));
+  CHECK(s2.get_scale() == 4.0);
+  CHECK(step_with(1.0));
+  CHECK(s2.get_scale() == 4.0);  // one clean step since the last overflow
+  // Resume: the scale and the count of clean steps.
+  GradScaler s3;
+  s3.load_state_dict(s2.state_dict());
+  CHECK(s3.get_scale() == 4.0);
+  CHECK(find(s3.state_dict(), "growth_tracker")->to(DType::f64).item<double>() == 1.0);
+
+  // Misuse raises; a disabled scaler is a no-op.
+  p.set_grad(full({2}, 1.0));
+  s2.unscale_(sgd);
+  CHECK_THROWS_WITH_AS(s2.unscale_(sgd), doctest::Contains("already unscaled"), Error);
+  s2.step(sgd);
+  CHECK_THROWS_WITH_AS(s2.step(sgd), doctest::Contains("already stepped"), Error);
+  s2.update();
+  CHECK_THROWS_WITH_AS(s2.update(), doctest::Contains("call step()"), Error);
+  CHECK_THROWS_WITH_AS(GradScaler({.backoff_factor = 2.0}), doctest::Contains("backoff_factor"), Error);
+  CHECK_THROWS_WITH_AS(s3.load_state_dict({}), doctest::Contains("missing or malformed 'scale'"), Error);
+  GradScaler off({.enabled = false});
+  const Tensor l = full({}, 3.0);
+  CHECK(off.scale(l).item<float>() == 3.0f);
+  CHECK(off.get_scale() == 1.0);
 }

@@ -1,0 +1,92 @@
+// Dynamic loss scaling (see grad_scaler.h), with PyTorch's rules and defaults.
+#include "nn/grad_scaler.h"
+
+#include <cmath>
+
+#include "autograd/ops.h"
+
+namespace bcos::nn {
+
+GradScaler::GradScaler(GradScalerOptions options)
+    : options_(options), enabled_(options.enabled), scale_(options.init_scale) {
+  BCOS_CHECK(options.init_scale > 0 && std::isfinite(options.init_scale), "GradScaler: init_scale must be positive, got ",
+             options.init_scale);
+  BCOS_CHECK(options.growth_factor > 1, "GradScaler: growth_factor must be > 1, got ", options.growth_factor);
+  BCOS_CHECK(options.backoff_factor > 0 && options.backoff_factor < 1,
+             "GradScaler: backoff_factor must be in (0, 1), got ", options.backoff_factor);
+  BCOS_CHECK(options.growth_interval > 0, "GradScaler: growth_interval must be positive, got ",
+             options.growth_interval);
+}
+
+Tensor GradScaler::scale(const Tensor& loss) const {
+  BCOS_CHECK(loss.defined() && loss.is_floating_point(), "GradScaler::scale: expected a floating-point loss");
+  return enabled_ ? loss * scale_ : loss;
+}
+
+void GradScaler::unscale_(Optimizer& optimizer) {
+  if (!enabled_) return;
+  BCOS_CHECK(stage_ == Stage::ready, "GradScaler::unscale_: already ",
+             stage_ == Stage::unscaled ? "unscaled" : "stepped", " since the last update()");
+  NoGradGuard no_grad;
+  const double inverse = 1.0 / scale_;
+  found_inf_ = false;
+  for (const Tensor& p : optimizer.params()) {
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    g.mul_(inverse);
+    if (!all_finite(g)) found_inf_ = true;
+  }
+  stage_ = Stage::unscaled;
+}
+
+bool GradScaler::step(Optimizer& optimizer) {
+  if (!enabled_) {
+    optimizer.step();
+    return true;
+  }
+  BCOS_CHECK(stage_ != Stage::stepped, "GradScaler::step: already stepped since the last update()");
+  if (stage_ == Stage::ready) unscale_(optimizer);
+  stage_ = Stage::stepped;
+  if (found_inf_) {
+    ++skipped_;
+    return false;
+  }
+  optimizer.step();
+  return true;
+}
+
+void GradScaler::update() {
+  if (!enabled_) return;
+  BCOS_CHECK(stage_ == Stage::stepped, "GradScaler::update: call step() (or at least unscale_()) first");
+  if (found_inf_) {
+    scale_ *= options_.backoff_factor;
+    growth_tracker_ = 0;
+  } else if (++growth_tracker_ == options_.growth_interval) {
+    scale_ *= options_.growth_factor;
+    growth_tracker_ = 0;
+  }
+  stage_ = Stage::ready;
+  found_inf_ = false;
+}
+
+StateDict GradScaler::state_dict() const {
+  StateDict s;
+  s.emplace_back("scale", full(Shape{}, scale_, {DType::f64}));
+  s.emplace_back("growth_tracker", full(Shape{}, double(growth_tracker_), {DType::i64}));
+  return s;
+}
+
+void GradScaler::load_state_dict(const StateDict& state) {
+  const Tensor* found[2] = {find(state, "scale"), find(state, "growth_tracker")};
+  for (int i = 0; i < 2; ++i)
+    BCOS_CHECK(found[i] && found[i]->numel() == 1, "GradScaler::load_state_dict: missing or malformed '",
+               i == 0 ? "scale" : "growth_tracker", "'");
+  const double scale = found[0]->to(DType::f64).item<double>();
+  BCOS_CHECK(scale > 0 && std::isfinite(scale), "GradScaler::load_state_dict: scale must be positive, got ", scale);
+  scale_ = scale;
+  growth_tracker_ = int64_t(found[1]->to(DType::f64).item<double>());
+  stage_ = Stage::ready;
+  found_inf_ = false;
+}
+
+}  // namespace bcos::nn

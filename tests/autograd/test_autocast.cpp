@@ -1,0 +1,152 @@
+// Autocast (autograd/autograd.h): under an AutocastGuard, float32 products (linear, matmul, bmm,
+// conv2d) multiply bf16 / f16 roundings of their operands and sum in float32, forward and
+// backward. Fixtures: tools/golden/autocast.py.
+//   exact:  the float64 answer on rounded operands; ours sums in float32, so 1e-5 (the golden
+//           tolerance for products); the unrounded answer is ~1e-3 away, so rounding is tested.
+//   torch:  torch.autocast("cpu", bfloat16), which also rounds each output to bf16: 2^-8 (one
+//           bf16 rounding of the output, 2^-9, with room for the bias PyTorch rounds as well).
+#include <doctest/doctest.h>
+
+#include <functional>
+
+#include "autograd/ops.h"
+#include "tests/errors.h"
+#include "tests/golden.h"
+
+using namespace bcos;
+
+namespace {
+
+const golden::Fixtures& fixtures() {
+  static const golden::Fixtures f(golden::golden_dir() + "/autocast.safetensors");
+  return f;
+}
+
+using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
+
+struct AutocastCase {
+  const char* name;
+  int inputs;
+  Fn fn;
+};
+
+const std::vector<AutocastCase>& cases() {
+  static const std::vector<AutocastCase> list = {
+      {"linear", 3, [](const std::vector<Tensor>& in) { return linear(in[0], in[1], in[2]); }},
+      {"matmul", 2, [](const std::vector<Tensor>& in) { return matmul(in[0], in[1]); }},
+      {"bmm", 2, [](const std::vector<Tensor>& in) { return matmul(in[0], in[1]); }},
+      {"conv", 3, [](const std::vector<Tensor>& in) { return conv2d(in[0], in[1], in[2], 1, 1); }},
+      {"conv_grouped", 2,
+       [](const std::vector<Tensor>& in) { return conv2d(in[0], in[1], Tensor(), 2, 1, 2, 2); }},
+  };
+  return list;
+}
+
+struct Result {
+  Tensor out;
+  std::vector<Tensor> grads;
+};
+
+// The case's forward under `autocast` (f32: none) and its backward with the stored gradient;
+// backward_autocast: the setting while backward runs (the recorded products must not care).
+Result run(const AutocastCase& c, DType autocast, DType backward_autocast = DType::f32) {
+  const auto& f = fixtures();
+  std::vector<Tensor> in;
+  for (int i = 0; i < c.inputs; ++i) in.push_back(f[std::string(c.name) + ".in" + std::to_string(i)].clone().requires_grad_());
+  Result r;
+  {
+    AutocastGuard guard(DeviceType::cpu, autocast, autocast != DType::f32);
+    r.out = c.fn(in);
+  }
+  {
+    AutocastGuard guard(DeviceType::cpu, backward_autocast, backward_autocast != DType::f32);
+    r.out.backward(f[std::string(c.name) + ".gout"]);
+  }
+  for (const Tensor& t : in) r.grads.push_back(t.grad());
+  return r;
+}
+
+void compare(const AutocastCase& c, const Result& r, const std::string& tag, double tol) {
+  const auto& f = fixtures();
+  const std::string key = std::string(c.name) + "." + tag;
+  CAPTURE(key);
+  CHECK(golden::relative_error(r.out, f[key + ".out"]) <= tol);
+  for (int i = 0; i < c.inputs; ++i) {
+    CAPTURE(i);
+    CHECK(golden::relative_error(r.grads[size_t(i)], f[key + ".grad" + std::to_string(i)]) <= tol);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("autocast: products of bf16 and f16 operands summed in float32, forward and backward") {
+  for (const AutocastCase& c : cases()) {
+    CAPTURE(c.name);
+    compare(c, run(c, DType::bf16), "bf16", 1e-5);
+    compare(c, run(c, DType::f16), "f16", 1e-5);
+    // The recorded products keep the forward's setting, whatever is on when backward runs.
+    compare(c, run(c, DType::bf16, DType::f16), "bf16", 1e-5);
+    // Without autocast the same products are ~1e-3 from the rounded answer: the check above can fail.
+    const Result plain = run(c, DType::f32, DType::bf16);
+    CHECK(golden::relative_error(plain.out, fixtures()[std::string(c.name) + ".bf16.out"]) > 5e-4);
+    CHECK(golden::relative_error(plain.grads[0], fixtures()[std::string(c.name) + ".bf16.grad0"]) > 5e-4);
+  }
+}
+
+TEST_CASE("autocast: agrees with torch.autocast on the CPU to bf16's rounding") {
+  for (const AutocastCase& c : cases()) {
+    CAPTURE(c.name);
+    compare(c, run(c, DType::bf16), "torch", 1.0 / 256);
+  }
+}
+
+TEST_CASE("autocast: leaves float64, other devices and other ops alone; guards nest") {
+  const auto& f = fixtures();
+  const Tensor x = f["linear.in0"], w = f["linear.in1"];
+  const Tensor plain = linear(x, w);
+  const Tensor plain64 = linear(x.to(DType::f64), w.to(DType::f64));
+  CHECK(autocast_dtype(DeviceType::cpu) == DType::f32);
+  {
+    AutocastGuard cuda_only(DeviceType::cuda);  // a CUDA autocast does not touch CPU tensors
+    CHECK(golden::equal(linear(x, w), plain));
+    CHECK(autocast_dtype(DeviceType::cuda) == DType::bf16);
+  }
+  CHECK(autocast_dtype(DeviceType::cuda) == DType::f32);
+  {
+    AutocastGuard outer(DeviceType::cpu);
+    CHECK(golden::equal(linear(x.to(DType::f64), w.to(DType::f64)), plain64));  // float64: exact
+    CHECK(!golden::equal(linear(x, w), plain));
+    // Reductions, norms, softmax and elementwise ops stay float32, unchanged.
+    CHECK(golden::equal(softmax(x, -1), [&] {
+      AutocastGuard off(DeviceType::cpu, DType::bf16, false);
+      return softmax(x, -1);
+    }()));
+    CHECK(autocast_operands(x) == DType::bf16);
+    CHECK(autocast_operands(x.to(DType::f64)) == DType::f32);
+    {
+      AutocastGuard inner(DeviceType::cpu, DType::f16);
+      CHECK(autocast_dtype(DeviceType::cpu) == DType::f16);
+      AutocastGuard off(DeviceType::cpu, DType::bf16, false);
+      CHECK(golden::equal(linear(x, w), plain));
+    }
+    CHECK(autocast_dtype(DeviceType::cpu) == DType::bf16);
+    CHECK(linear(x, w).dtype() == DType::f32);  // float32 in, float32 out
+  }
+  CHECK(autocast_dtype(DeviceType::cpu) == DType::f32);
+  CHECK(testing::error_of([] { AutocastGuard g(DeviceType::cpu, DType::i64); }) ==
+        "autocast: the product type must be bfloat16 or float16 (float32: off), got int64");
+}
+
+TEST_CASE("autocast: a large product takes the AMX path where the CPU has it, with the same rounding") {
+  // 96 x 128 x 64: above the sizes where gemm() hands bf16 operands to AMX (tensor/cpu/gemm.h).
+  manual_seed(7);
+  const Tensor a = randn({96, 64}), b = randn({64, 128});
+  Tensor got;
+  {
+    AutocastGuard guard(DeviceType::cpu);
+    got = matmul(a, b);
+  }
+  const Tensor want = matmul(a.to(DType::bf16).to(DType::f64), b.to(DType::bf16).to(DType::f64));
+  CHECK(golden::relative_error(got, want) <= 1e-5);
+  CHECK(golden::relative_error(matmul(a, b), want) > 5e-4);
+}
