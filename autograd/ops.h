@@ -129,6 +129,18 @@ Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targ
                                         const Tensor& weight = Tensor(),
                                         Reduction reduction = Reduction::mean);
 
+// ---- attention (autograd/attention.cpp) -----------------------------------------------------
+// As torch.nn.functional.scaled_dot_product_attention: softmax(q kᵀ · scale + mask) v over the
+// keys, q [.., Lq, D], k [.., Lk, D], v [.., Lk, Dv] with the same leading dims (one or two:
+// [B, L, D] or [N, heads, L, D]) -> [.., Lq, Dv]. mask broadcasts to [.., Lq, Lk]: float masks
+// are added to the logits, bool masks keep a key where true (PyTorch's convention here;
+// nn::MultiheadAttention's attn_mask is the opposite). causal: query i sees keys j <= i.
+// scale 0: 1/sqrt(D). fused: one kernel that keeps no Lq x Lk matrix for the backward (it
+// recomputes it; tensor/cpu/attention.cpp); false: the composed matmul-softmax-matmul (also
+// what a mask that needs a gradient, and CUDA head sizes above 256, get).
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask = Tensor(),
+                                    bool causal = false, double scale = 0, bool fused = true);
+
 // ---- linear algebra (autograd/matmul.cpp) ---------------------------------------------------
 Tensor matmul(const Tensor& a, const Tensor& b);  // 1-D, 2-D and broadcast batched, as torch
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());  // x W^T + b

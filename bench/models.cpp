@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
     int64_t batch = 8;
     double seconds = 3.0;
     Device device;
+    DType autocast = DType::f32;  // --autocast bf16 | f16: the forward (and its backward) in mixed precision
     for (int i = 1; i + 1 < argc; i += 2) {
       const std::string a = argv[i], v = argv[i + 1];
       if (a == "--arch") arch = v;
@@ -38,6 +39,7 @@ int main(int argc, char** argv) {
       else if (a == "--seconds") seconds = std::stod(v);
       else if (a == "--device") device = Device(v);
       else if (a == "--bf16") set_cpu_bf16(v == "1");
+      else if (a == "--autocast") autocast = v == "bf16" ? DType::bf16 : v == "f16" ? DType::f16 : DType::f32;
       else fail("bench_models: unknown argument ", a);
     }
     BCOS_CHECK(mode == "infer" || mode == "train", "bench_models: --mode infer or train, got ", mode);
@@ -78,6 +80,7 @@ int main(int argc, char** argv) {
                                       : model->parameters();
     const bool bcos_loss = arch.rfind("bcos_", 0) == 0;
     auto forward = [&] {
+      AutocastGuard mixed(device.type, autocast, autocast != DType::f32);
       if (!clip) return (*model)(x);
       return arch == "clip_text" ? clip->encode_text(x) : clip->encode_image(x);
     };

@@ -3,6 +3,7 @@
 // and prints GFLOP/s and the ratio (bench/ops is the wrapper).
 //   bench_ops matmul M K N
 //   bench_ops conv N C H O K STRIDE PAD        (square input H x H, square kernel K x K)
+//   bench_ops attention N HEADS L D CAUSAL FUSED  (forward + backward; FUSED 0: the composed form)
 //   bench_ops peak                             (the CPU's float32 FMA GFLOP/s on the configured
 //                                               threads, and the GEMM kernel in use)
 #include <algorithm>
@@ -101,7 +102,8 @@ int peak() {
 #endif
 
 int usage() {
-  std::fprintf(stderr, "usage: bench_ops matmul M K N | bench_ops conv N C H O K STRIDE PAD | bench_ops peak\n");
+  std::fprintf(stderr, "usage: bench_ops matmul M K N | bench_ops conv N C H O K STRIDE PAD | "
+                       "bench_ops attention N HEADS L D CAUSAL FUSED | bench_ops peak\n");
   return 2;
 }
 }  // namespace
@@ -127,6 +129,14 @@ int main(int argc, char** argv) {
                     y.backward(g);
                     x.zero_grad();
                     w.zero_grad();
+                  }));
+    } else if (!std::strcmp(argv[1], "attention") && a.size() == 6) {
+      // scaled_dot_product_attention forward + backward, q k v [N, heads, L, D]
+      Tensor q = randn({a[0], a[1], a[2], a[3]}).requires_grad_(), k = randn(q.shape()).requires_grad_();
+      Tensor v = randn(q.shape()).requires_grad_(), g = randn(q.shape());
+      std::printf("%.9f\n", median_seconds([&] {
+                    scaled_dot_product_attention(q, k, v, Tensor(), a[4] != 0, 0, a[5] != 0).backward(g);
+                    q.zero_grad(), k.zero_grad(), v.zero_grad();
                   }));
     } else {
       return usage();

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "data/image.h"
+#include "examples/classifier.h"
 #include "examples/clip_common.h"
 #include "models/clip_load.h"
 #include "nn/safetensors.h"
@@ -56,6 +57,7 @@ int main(int argc, char** argv) {
   int workers = int(std::max(1u, std::thread::hardware_concurrency()));
   std::vector<std::string> texts, images;
   std::string out_path, labels, data_path, split = "test", classes = "cifar10", templates = "cifar10";
+  std::string device_spec = "cpu";
 
   auto common = [&](CLI::App* sub, bool needs_model) {
     sub->add_option("--vocab", vocab, "CLIP's BPE vocabulary (bpe_simple_vocab_16e6.txt.gz)");
@@ -64,6 +66,7 @@ int main(int argc, char** argv) {
       sub->add_option("--clip", clip_path, "the CLIP checkpoint")->required()->check(CLI::ExistingFile);
       sub->add_flag("--gelu", gelu, "the model uses exact GELU, not QuickGELU (open_clip's non-quickgelu "
                     "models; files bcos.cpp wrote say it themselves)");
+      sub->add_option("--device", device_spec, "where the model runs: cpu, cuda or cuda:N");
     }
   };
   CLI::App* tokenize = app.add_subcommand("tokenize", "print the token ids of each text");
@@ -116,13 +119,17 @@ int main(int argc, char** argv) {
     }
 
     auto model = models::load_clip(clip_path, {.quick_gelu = !gelu});
+    const Device device = examples::parse_device(device_spec), cpu;
+    model->to(device);
     NoGradGuard no_grad;
     const int64_t resolution = model->config.image_resolution, ctx = model->config.context_length;
     if (embed->parsed()) {
       BCOS_CHECK(!images.empty() || !texts.empty(), "clip embed: give --image and/or --text");
       Tensor image_emb, text_emb;
-      if (!images.empty()) image_emb = models::l2_normalize(model->encode_image(load_images(images, resolution)));
-      if (!texts.empty()) text_emb = models::l2_normalize(model->encode_text(tokenizer().tokenize(texts, ctx, true)));
+      if (!images.empty())
+        image_emb = models::l2_normalize(model->encode_image(load_images(images, resolution).to(device))).to(cpu);
+      if (!texts.empty())
+        text_emb = models::l2_normalize(model->encode_text(tokenizer().tokenize(texts, ctx, true).to(device))).to(cpu);
       if (!out_path.empty()) {
         nn::StateDict out;
         if (image_emb.defined()) out.emplace_back("image_embeddings", image_emb);
@@ -153,9 +160,9 @@ int main(int argc, char** argv) {
     if (predict->parsed()) {
       const std::vector<std::string> names = split_labels(labels);
       BCOS_CHECK(!names.empty(), "clip predict: --labels has no labels");
-      const Tensor logits = model->logits(model->encode_image(load_images(images, resolution)),
-                                          model->encode_text(tokenizer().tokenize(names, ctx, true)));
-      const Tensor probs = softmax(logits, 1);
+      const Tensor logits = model->logits(model->encode_image(load_images(images, resolution).to(device)),
+                                          model->encode_text(tokenizer().tokenize(names, ctx, true).to(device)));
+      const Tensor probs = softmax(logits, 1).to(cpu);
       examples::Json result = examples::Json::array();
       for (size_t i = 0; i < images.size(); ++i) {
         const auto p = probs.select(0, int64_t(i)).to_vector<float>();

@@ -83,7 +83,8 @@ struct ZeroShotResult {
   int64_t samples = 0;
 };
 
-// Top-1 / top-5 of 100 · cos(image, class) over a labelled dataset, behind a progress bar.
+// Top-1 / top-5 of 100 · cos(image, class) over a labelled dataset, behind a progress bar; on
+// the model's device.
 inline ZeroShotResult zeroshot_eval(bcos::models::Clip& model, const bcos::Tensor& classifier,
                                     bcos::data::DataLoader& loader, const std::string& title) {
   using namespace bcos;
@@ -95,8 +96,10 @@ inline ZeroShotResult zeroshot_eval(bcos::models::Clip& model, const bcos::Tenso
   int64_t top1 = 0, top5 = 0;
   const int64_t classes = classifier.size(0), k = std::min<int64_t>(5, classes);
   for (data::Batch& b : loader.epoch(0)) {
-    const Tensor logits = matmul(models::l2_normalize(model.encode_image(b.images)), classifier.transpose(0, 1)) * 100.0;
-    const auto best = topk(logits, k, 1).indices.to_vector<int64_t>();
+    const Device device = model.logit_scale.device();  // the model's (images come on the CPU)
+    const Tensor logits = matmul(models::l2_normalize(model.encode_image(b.images.to(device))),
+                                 classifier.to(device).transpose(0, 1)) * 100.0;
+    const auto best = topk(logits, k, 1).indices.to(Device()).to_vector<int64_t>();
     const auto labels = b.labels.to_vector<int64_t>();
     for (size_t i = 0; i < labels.size(); ++i) {
       BCOS_CHECK(labels[i] >= 0 && labels[i] < classes, "zero-shot: ", b.names[i], " has label ", labels[i],

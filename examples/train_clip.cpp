@@ -88,7 +88,8 @@ int main(int argc, char** argv) {
   examples::show_defaults(app);
   std::string train_path = cifar + "/cifar10-train-{000000..000004}.tar", test_path = cifar + "/cifar10-test-000000.tar";
   std::string vocab = examples::default_vocab(), classes = "cifar10", templates = "cifar10";
-  std::string train_templates = "0,2,4,6,8,10,12,14,16", out = "out/clip", init, autocast = "none";
+  std::string train_templates = "0,2,4,6,8,10,12,14,16", out = "out/clip", init, autocast = "none",
+              device_spec = "cpu";
   Towers shape;
   double epochs = 10, lr = 2e-3, weight_decay = 0.1;
   int64_t batch = 256, warmup = 100, limit_train = 0, limit_test = 0;
@@ -131,6 +132,8 @@ int main(int argc, char** argv) {
   app.add_option("--workers", workers, "decoding threads")->check(CLI::PositiveNumber);
   app.add_option("--seed", seed, "seed of the weights, shuffling, augmentation and captions");
   app.add_option("--out", out, "output folder: checkpoint.safetensors, clip.safetensors, report.json");
+  app.add_option("--device", device_spec, "where the model trains: cpu, cuda or cuda:N (with --distributed: "
+                 "cuda gives each rank the GPU of its local rank)");
   examples::add_autocast_option(app, autocast);
   app.add_flag("--resume", resume, "continue from OUT/checkpoint.safetensors");
   app.add_flag("--detect-anomaly", detect_anomaly,
@@ -175,6 +178,9 @@ int main(int argc, char** argv) {
     std::shared_ptr<models::Clip> model = init.empty() ? std::make_shared<models::Clip>(make_config(shape, tok->vocab_size()))
                                                        : models::load_clip(init);
     const models::ClipConfig& config = model->config;
+    Device device = examples::parse_device(device_spec);
+    if (distributed && device.is_cuda() && device_spec == "cuda") device = Device::cuda(dist::local_rank());  // a GPU per rank
+    model->to(device);  // before the optimizer takes its parameters
     if (main_rank)
       std::printf("CLIP: %s; %.2fM parameters\n", config.describe().c_str(), double(model->num_parameters()) / 1e6);
 
@@ -261,14 +267,14 @@ int main(int argc, char** argv) {
         }
         Tensor logits, loss;
         {
-          AutocastGuard mixed(DeviceType::cpu, autocast_dtype, autocast_dtype != DType::f32);
+          AutocastGuard mixed(device.type, autocast_dtype, autocast_dtype != DType::f32);
           const Tensor text_features = index_select(
-              model->encode_text(tok->tokenize(distinct, config.context_length, true)), 0,
-              from_vector(row_of, {int64_t(row_of.size())}));
+              model->encode_text(tok->tokenize(distinct, config.context_length, true).to(device)), 0,
+              from_vector(row_of, {int64_t(row_of.size())}).to(device));
           // Every rank's features, in rank order, gradients flowing back to their own rank: the
           // global batch's logits (the identity on one process).
           ddp.broadcast_buffers();  // rank 0's running statistics, as ddp(x) does (the towers run outside it)
-          logits = model->logits(dist::all_gather_autograd(model->encode_image(b.images)),
+          logits = model->logits(dist::all_gather_autograd(model->encode_image(b.images.to(device))),
                                  dist::all_gather_autograd(text_features));
           loss = models::clip_contrastive_loss(logits);
         }
@@ -288,7 +294,8 @@ int main(int argc, char** argv) {
         models::clamp_logit_scale_(*model);
         ++state.step;
         loss_sum += l * double(batch);  // the global batch's loss, the same on every rank
-        matched += int64_t(sum(eq(argmax(logits.detach(), 1), arange(double(batch), DType::i64)).to(DType::f32)).item());
+        matched += int64_t(
+            sum(eq(argmax(logits.detach(), 1), arange(double(batch), DType::i64).to(device)).to(DType::f32)).item());
         seen += batch;
         bar.update(batch, {{"loss", loss_sum / double(seen)}, {"i2t", 100.0 * double(matched) / double(seen)},
                               {"lr", optimizer.lr}, {"scale", std::exp(model->logit_scale.item())}});
@@ -315,7 +322,7 @@ int main(int argc, char** argv) {
                              {"parameters", model->num_parameters()}, {"steps", state.step}, {"batch", batch},
                              {"last_epoch_loss", last_loss}, {"train_seconds", train_seconds},
                              {"train_templates", fit_templates}, {"held_out_templates", held_out},
-                             {"processes", ranks}, {"sync_bn", sync_bn}, {"autocast", autocast},
+                             {"processes", ranks}, {"sync_bn", sync_bn}, {"autocast", autocast}, {"device", device.name()},
                              {"skipped_steps", scaler.skipped_steps()}};
     if (!test_path.empty()) {
       const examples::ZeroShotResult r = zero_shot();

@@ -38,7 +38,7 @@ Tensor zeroshot_classifier(Clip& model, const std::vector<Tensor>& class_prompt_
   for (const Tensor& ids : class_prompt_ids) {
     BCOS_CHECK(ids.dim() == 2 && ids.size(0) > 0, "zeroshot_classifier: each class needs token ids [T, context], got ",
                ids.shape());
-    rows.push_back(l2_normalize(mean(l2_normalize(model.encode_text(ids)), {0})));
+    rows.push_back(l2_normalize(mean(l2_normalize(model.encode_text(ids.to(model.logit_scale.device()))), {0})));
   }
   return stack(rows, 0);
 }

@@ -38,19 +38,25 @@ Tensor MultiheadAttention::forward(const Tensor& query, const Tensor& key, const
   Tensor q = heads(query, 0, lq) / std::sqrt(double(d)), k = heads(key, 1, lk);
   const Tensor v = heads(value, 2, lk);
   if (detach_qk_when_explaining && explanation_mode()) q = q.detach(), k = k.detach();
-  Tensor logits = matmul(q, k.transpose(2, 3));  // [N, heads, Lq, Lk]
+  Tensor m;  // the mask in [N, heads, Lq, Lk] form (a view), float: added to the logits
   if (mask.defined()) {
     const bool per_head = mask.dim() == 3;
     BCOS_CHECK((mask.dim() == 2 && mask.size(0) == lq && mask.size(1) == lk) ||
                    (per_head && mask.size(0) == n * num_heads && mask.size(1) == lq && mask.size(2) == lk),
                "MultiheadAttention: attn_mask ", mask.shape(), " must be [", lq, ", ", lk, "] or [", n * num_heads, ", ",
                lq, ", ", lk, "]");
-    const Tensor m = per_head ? mask.reshape({n, num_heads, lq, lk}) : mask;
-    logits = mask.dtype() == DType::boolean ? masked_fill(logits, m, -INFINITY) : logits + m.to(logits.dtype());
+    m = per_head ? mask.reshape({n, num_heads, lq, lk}) : mask;
+    if (mask.dtype() == DType::boolean) m = where(m, full(Shape{}, -INFINITY, {q.dtype(), q.device()}), 0.0);
   }
-  Tensor attn = softmax(logits, -1);
-  if (dropout > 0) attn = bcos::dropout(attn, dropout, training_);
-  const Tensor out = matmul(attn, v).transpose(1, 2).reshape({n, lq, embed_dim});
+  Tensor out;
+  if (dropout > 0 && training_) {  // dropout on the attention pattern: the composed form
+    Tensor logits = matmul(q, k.transpose(2, 3));  // [N, heads, Lq, Lk]
+    if (m.defined()) logits = logits + m.to(logits.dtype());
+    out = matmul(bcos::dropout(softmax(logits, -1), dropout, true), v);
+  } else {  // q is already scaled
+    out = scaled_dot_product_attention(q, k, v, m.defined() ? m.to(q.dtype()) : m, false, 1.0, fused_attention);
+  }
+  out = out.transpose(1, 2).reshape({n, lq, embed_dim});
   return (*out_proj)(out);
 }
 

@@ -22,6 +22,9 @@ class MultiheadAttention : public Module {
   // B-cos ViTs: in explanation mode the attention pattern softmax(q kᵀ) is a constant, so the
   // layer is linear in its input (through v).
   bool detach_qk_when_explaining = false;
+  // scaled_dot_product_attention's fused kernel (no Lq x Lk matrix kept for the backward); false:
+  // the composed matmul-softmax-matmul. Dropout in training always composes.
+  bool fused_attention = true;
   int64_t embed_dim, num_heads;
   double dropout;
 };

@@ -137,6 +137,15 @@ inline void softmax(const Tensor& x, int dim, bool log, const Tensor& out) {
 inline void softmax_backward(const Tensor& grad, const Tensor& y, int dim, bool log, const Tensor& grad_x) {
   BCOS_DISPATCH(grad, softmax_backward(grad, y, dim, log, grad_x));
 }
+inline void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
+                              const AttentionParams& p, const Tensor& out, const Tensor& lse) {
+  BCOS_DISPATCH(q, attention_forward(q, k, v, bias, p, out, lse));
+}
+inline void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& bias, const Tensor& out, const Tensor& lse, const AttentionParams& p,
+                               const Tensor& grad_q, const Tensor& grad_k, const Tensor& grad_v) {
+  BCOS_DISPATCH(q, attention_backward(grad_out, q, k, v, bias, out, lse, p, grad_q, grad_k, grad_v));
+}
 inline void index_select(const Tensor& x, int dim, const Tensor& index, const Tensor& out) {
   BCOS_DISPATCH(x, index_select(x, dim, index, out));
 }

@@ -52,6 +52,12 @@ struct Pool2dParams {
   int64_t divisor_override = 0;  // 0: none
 };
 
+// Fused attention: logits = q kᵀ · scale (+ bias), key j hidden from query i when causal and j > i.
+struct AttentionParams {
+  double scale = 1;
+  bool causal = false;
+};
+
 // The B-cos scale |cos|^(b-1) of a max-out group of M units.
 struct BcosScaleParams {
   double b = 2;

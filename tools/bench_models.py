@@ -9,8 +9,10 @@ CLIP rows: the image towers of OpenAI's RN50 and ViT-B/32 (batch 8; training: cr
 the embedding as logits, SGD on the tower) and the text tower (batch 64 texts of 77 tokens,
 inference), PyTorch running tools/golden/clip.py's reference CLIP.
   bench/models [--threads N] [--seconds S] [--repeat R] [--only resnet18,resnet50,resnet20,vit_b_16,clip_rn50,clip_vit_b_32,clip_text]
-On a GPU (--device cuda): ResNet-50 and its B-cosified form at batch 64, inference and training
-step, both frameworks synchronising after every step; memory is the peak of tensor memory
+--autocast bf16 (or f16): both sides in mixed precision, torch.autocast beside AutocastGuard.
+On a GPU (--device cuda): ResNet-50 and its B-cosified form, ViT-B/16, CLIP's RN50 image tower
+and text tower at batch 64, inference and training step, both frameworks synchronising after
+every step; memory is the peak of tensor memory
 (torch.cuda.max_memory_allocated, bcos.cpp's caching allocator's peak in use). The B-cos ResNet-50
 in PyTorch is tools/bench_bcos.py's layers on torchvision's ResNet-50, converted as
 models/bcosify.h converts it (6-channel first conv, uncentred BN, max-pool -> avg-pool, fc as a
@@ -26,7 +28,8 @@ import time
 
 CONFIGS = [("resnet18", 8, 224), ("resnet50", 8, 224), ("resnet20", 128, 32), ("vit_b_16", 8, 224), ("clip_rn50", 8, 224),
            ("clip_vit_b_32", 8, 224), ("clip_text", 64, 77)]
-GPU_CONFIGS = [("resnet50", 64, 224), ("bcos_resnet50", 64, 224)]
+GPU_CONFIGS = [("resnet50", 64, 224), ("bcos_resnet50", 64, 224), ("vit_b_16", 64, 224), ("clip_rn50", 64, 224),
+               ("clip_text", 64, 77)]
 MODES = {"clip_text": ("infer",)}
 RESULT = re.compile(r"^images_per_s (\S+) peak_rss_mb (\S+)(?: peak_gpu_mb (\S+))?$")
 
@@ -62,7 +65,7 @@ def bcos_torchvision_resnet(net, num_classes):
     return BcosResNet()
 
 
-def torch_child(arch, batch, size, mode, seconds, threads, device):
+def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="none"):
     """Runs in a child process: one configuration, prints the result line."""
     import torch
     import torch.nn.functional as F
@@ -112,13 +115,21 @@ def torch_child(arch, batch, size, mode, seconds, threads, device):
             return F.binary_cross_entropy_with_logits(out, target)
         return F.cross_entropy(out, y)
 
+    amp = {"bf16": torch.bfloat16, "f16": torch.float16}.get(autocast)
+
+    def forward():
+        if amp is None:
+            return model(x)
+        with torch.autocast(device_type=device.split(":")[0], dtype=amp):
+            return model(x)
+
     def run():
         if mode == "infer":
             with torch.no_grad():
-                model(x)
+                forward()
         else:
             opt.zero_grad(set_to_none=True)
-            loss_of(model(x)).backward()
+            loss_of(forward().float()).backward()
             opt.step()
 
     def sync():
@@ -161,11 +172,13 @@ def main():
     ap.add_argument("--python", default=sys.executable, help="the Python that runs PyTorch's side")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run the two sides alternately this many times; report medians and the paired ratios' range")
+    ap.add_argument("--autocast", default="none", choices=["none", "bf16", "f16"],
+                    help="mixed precision on both sides: torch.autocast and bcos.cpp's AutocastGuard")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         arch, batch, size, mode = a.child
-        torch_child(arch, int(batch), int(size), mode, a.seconds, a.threads, a.device)
+        torch_child(arch, int(batch), int(size), mode, a.seconds, a.threads, a.device, a.autocast)
         return
     from bench_bcos import alternate
 
@@ -173,7 +186,8 @@ def main():
     only = set(filter(None, a.only.split(",")))
     import torch
     where = f"{a.threads} threads" if a.device == "cpu" else torch.cuda.get_device_name(0)
-    print(f"torch {torch.__version__}, {where}, ~{a.seconds:.0f} s per measurement, each in its own process")
+    amp = "" if a.autocast == "none" else f", autocast {a.autocast}"
+    print(f"torch {torch.__version__}, {where}{amp}, ~{a.seconds:.0f} s per measurement, each in its own process")
     mem = "MB" if a.device == "cpu" else "GPU MB"
     print(f"{'model':13s} {'batch':>5s} {'mode':6s} {'torch img/s':>12s} {'bcos img/s':>11s} {'ratio':>6s}"
           f" {'torch ' + mem:>12s} {'bcos ' + mem:>11s} {'mem ratio':>9s}" + (" ratio range" if a.repeat > 1 else ""))
@@ -182,9 +196,9 @@ def main():
             continue
         for mode in MODES.get(arch, ("infer", "train")):
             torch_cmd = [a.python, __file__, "--threads", str(a.threads), "--seconds", str(a.seconds),
-                         "--device", a.device, "--child", arch, str(batch), str(size), mode]
+                         "--device", a.device, "--autocast", a.autocast, "--child", arch, str(batch), str(size), mode]
             bcos_cmd = [a.binary, "--arch", arch, "--batch", str(batch), "--mode", mode, "--seconds", str(a.seconds),
-                        "--device", a.device]
+                        "--device", a.device, "--autocast", a.autocast]
             (t_speed, t_mem), (b_speed, b_mem), spread = alternate(lambda: measure(torch_cmd, env),
                                                                    lambda: measure(bcos_cmd, env), a.repeat)
             print(f"{arch:13s} {batch:5d} {mode:6s} {t_speed:12.1f} {b_speed:11.1f} {b_speed / t_speed:6.2f}"

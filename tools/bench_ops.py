@@ -3,6 +3,7 @@
 with torch and with build/bench/bench_ops, in one run and with one thread count, and prints
 GFLOP/s for both and their ratio (bcos / torch; above 1 means bcos.cpp is faster)."""
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -27,6 +28,14 @@ MATMUL = [
     ("r50 fc batch 8", 8, 2048, 1000),
 ]
 # batch N, in channels C, input H x H, out channels O, kernel K x K, stride, padding
+# (name, N, heads, L, D, causal): ViT-B/16 and ViT-B/32 self-attention at batch 8, CLIP's text
+# tower (causal) at 64 texts.
+ATTENTION = [
+    ("ViT-B/16", 8, 12, 197, 64, 0),
+    ("ViT-B/32", 8, 12, 50, 64, 0),
+    ("CLIP text, causal", 64, 8, 77, 64, 1),
+]
+
 CONV = [
     ("stem 7x7/2", 8, 3, 224, 64, 7, 2, 3),
     ("layer1 3x3", 8, 64, 56, 64, 3, 1, 1),
@@ -68,6 +77,21 @@ def torch_conv(n, c, h, o, k, s, p):
     return median_seconds(step)
 
 
+def torch_attention(n, h, length, d, causal):
+    """PyTorch's math form of scaled dot-product attention (Debian's torch 1.13 predates the fused one)."""
+    q, k, v = (torch.randn(n, h, length, d, requires_grad=True) for _ in range(3))
+    g = torch.randn(n, h, length, d)
+    hidden = torch.ones(length, length, dtype=torch.bool).triu(1) if causal else None
+
+    def step():
+        logits = q @ k.transpose(-2, -1) / math.sqrt(d)
+        if hidden is not None:
+            logits = logits.masked_fill(hidden, float("-inf"))
+        (torch.softmax(logits, -1) @ v).backward(g)
+        q.grad = k.grad = v.grad = None
+    return median_seconds(step)
+
+
 def bcos_seconds(binary, threads, args):
     env = dict(os.environ, BCOS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     out = subprocess.run([binary] + [str(a) for a in args], env=env, check=True,
@@ -79,7 +103,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default="build/bench/bench_ops")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--only", choices=["matmul", "conv"])
+    ap.add_argument("--only", choices=["matmul", "conv", "attention"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     env = dict(os.environ, BCOS_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
@@ -102,6 +126,13 @@ def main():
             rows.append(("conv fwd+bwd", f"{name} x[{n},{c},{h},{h}] w[{o},{c},{k},{k}]", flops,
                          bcos_seconds(args.binary, args.threads, ["conv", n, c, h, o, k, s, p]),
                          torch_conv(n, c, h, o, k, s, p), 0.5))
+    if args.only in (None, "attention"):
+        for name, n, h, length, d, causal in ATTENTION:
+            flops = 2 * 2.0 * n * h * length * length * d * 3.5  # two products forward, five backward
+            for fused in (1, 0):
+                rows.append(("attn " + ("fused" if fused else "composed"), f"{name} [{n},{h},{length},{d}]", flops,
+                             bcos_seconds(args.binary, args.threads, ["attention", n, h, length, d, causal, fused]),
+                             torch_attention(n, h, length, d, causal), 0.7))
     width = max(len(r[1]) for r in rows)
     print(f"{'op':13} {'shape':{width}}  {'bcos':>8} {'torch':>8}  {'ratio':>6}  {'bcos/peak':>9}  bar")
     misses = 0

@@ -26,6 +26,7 @@
 #define BCOS_AMX 1
 #endif
 
+#include "tensor/copy.h"
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/kernels.h"
 #include "tensor/parallel.h"
@@ -73,14 +74,34 @@ bool bf16_product(int64_t m, int64_t n, int64_t k) {
 Bf16OperandsScope::Bf16OperandsScope(bool on) : previous_(t_bf16_operands) { t_bf16_operands = on; }
 Bf16OperandsScope::~Bf16OperandsScope() { t_bf16_operands = previous_; }
 
+// One float rounded to the nearest bfloat16 (ties to even), kept as a float; NaN stays NaN.
+// Branch-free bit arithmetic, so the loop below vectorises.
+inline float round_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u, quiet = (u & 0xffff0000u) | 0x400000u;
+  const uint32_t r = (u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded;
+  float out;
+  std::memcpy(&out, &r, 4);
+  return out;
+}
+
 Tensor rounded_operand(const Tensor& x, DType operands) {
   BCOS_CHECK(x.dtype() == DType::f32 && (operands == DType::bf16 || operands == DType::f16),
              "autocast: rounds float32 operands to bfloat16 or float16, got ", x.dtype(), " to ", operands);
-  Tensor narrow = empty(x.shape(), {operands, x.device()});
-  copy(narrow, x);
-  Tensor back = empty(x.shape(), {DType::f32, x.device()});
-  copy(back, narrow);
-  return back;
+  const Tensor src = raw_contiguous(x);
+  Tensor out = empty(x.shape(), {DType::f32, x.device()});
+  const float* s = src.data<float>();
+  float* o = out.data<float>();
+  parallel_for(x.numel(), 1, [&](int64_t b, int64_t e) {
+    if (operands == DType::bf16) {
+#pragma omp simd
+      for (int64_t i = b; i < e; ++i) o[i] = round_to_bf16(s[i]);
+    } else {
+      for (int64_t i = b; i < e; ++i) o[i] = float(Half(s[i]));
+    }
+  });
+  return out;
 }
 
 #ifdef BCOS_AMX

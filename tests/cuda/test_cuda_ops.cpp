@@ -8,8 +8,10 @@
 
 #include "autograd/ops.h"
 #include "models/bcosify.h"
+#include "models/clip.h"
 #include "models/explain.h"
 #include "models/factory.h"
+#include "nn/attention.h"
 #include "nn/bcos.h"
 #include "nn/optim.h"
 #include "tests/golden.h"
@@ -524,4 +526,88 @@ TEST_CASE("cuda ops: with deterministic algorithms, f32 B-cos ResNet-20 gradient
   // And the ordered sums are the same sums: the default path agrees to rounding.
   const std::vector<Tensor> fast = gradients();
   for (size_t i = 0; i < first.size(); ++i) CHECK(golden::relative_error(fast[i], first[i]) <= 1e-4);
+}
+
+TEST_CASE("cuda ops: fused attention (masks, causal, head sizes 16 / 64 / 160, strided rows) matches the CPU") {
+  if (!have_gpu()) return;
+  manual_seed(41);
+  for (DType dt : {kFloat32, kFloat64})
+  for (int64_t d : {16, 64, 160, 300}) {  // 300: over the fused kernel's 256, composed on the GPU
+    CAPTURE(dt);
+    CAPTURE(d);
+    const Tensor q = randn({2, 9, 3, d}, dt), k = randn({2, 11, 3, d}, dt), v = randn({2, 11, 3, d / 2}, dt);
+    const Tensor g = randn({2, 3, 9, d / 2}, dt);
+    Tensor keep = ones({2, 1, 1, 11}, DType::boolean);
+    keep.narrow(0, 1, 1).narrow(3, 8, 3).fill_(0);
+    const Tensor bias = randn({9, 11}, dt);
+    for (int variant = 0; variant < 4; ++variant) {
+      CAPTURE(variant);
+      auto run = [&](Device dev) {
+        Tensor qd = q.to(dev).requires_grad_(), kd = k.to(dev).requires_grad_(), vd = v.to(dev).requires_grad_();
+        const Tensor mask = variant == 1 ? keep.to(dev) : variant == 2 ? bias.to(dev) : Tensor();
+        // [N, L, heads, D] read as [N, heads, L, D]: strided rows, as MultiheadAttention makes them
+        const Tensor y = scaled_dot_product_attention(qd.transpose(1, 2), kd.transpose(1, 2), vd.transpose(1, 2), mask,
+                                                      variant == 3);
+        y.backward(g.to(dev));
+        return std::vector<Tensor>{y.to(Device()), qd.grad().to(Device()), kd.grad().to(Device()),
+                                   vd.grad().to(Device())};
+      };
+      const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+      for (size_t i = 0; i < cpu.size(); ++i) {
+        CAPTURE(i);
+        // f32: the fused kernel sums in float32 on CUDA cores; the composed one (d = 300) in TF32
+        CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-10 : d > 256 ? 5e-3 : 1e-5));
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda ops: ViT-B/16 and CLIP (RN50 and ViT-B/32 image towers, text tower) -- forward and one SGD step -- match the CPU") {
+  if (!have_gpu()) return;
+  // float64, so the only differences are summation orders: 1e-9.
+  auto compare = [](const std::vector<Tensor>& cpu, const std::vector<Tensor>& gpu) {
+    REQUIRE(cpu.size() == gpu.size());
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::relative_error(gpu[i], cpu[i]) <= 1e-9);
+    }
+  };
+  auto step = [](nn::Module& model, const Tensor& out, const Tensor& labels) {
+    std::vector<Tensor> params = model.parameters();
+    nn::SGD sgd(params, {.lr = 0.05, .momentum = 0.9});
+    sgd.zero_grad();
+    cross_entropy(out, labels).backward();
+    sgd.step();
+    std::vector<Tensor> r{out.detach().to(Device())};
+    for (const auto& [name, p] : model.named_parameters()) r.push_back(p.detach().to(Device()));
+    return r;
+  };
+  manual_seed(42);
+  const Tensor images = randn({2, 3, 224, 224}, kFloat64), labels = from_vector(std::vector<int64_t>{7, 1}, {2});
+  {
+    auto run = [&](Device dev) {
+      manual_seed(43);
+      std::shared_ptr<nn::Module> vit = models::create_model("vit_b_16");
+      vit->to(kFloat64);
+      vit->to(dev);
+      vit->train();
+      return step(*vit, (*vit)(images.to(dev)), labels.to(dev));
+    };
+    CAPTURE("vit_b_16");
+    compare(run(Device()), run(Device::cuda(0)));
+  }
+  for (const char* name : {"RN50", "ViT-B/32"}) {
+    CAPTURE(name);
+    auto run = [&](Device dev) {
+      manual_seed(44);
+      models::Clip clip(models::ClipConfig::named(name));
+      clip.to(kFloat64);
+      clip.to(dev);
+      clip.train();
+      const Tensor tokens = randint(1, 49406, {2, 77}).to(dev);
+      const Tensor logits = clip.logits(clip.encode_image(images.to(dev)), clip.encode_text(tokens));
+      return step(clip, logits, from_vector(std::vector<int64_t>{0, 1}, {2}).to(dev));
+    };
+    compare(run(Device()), run(Device::cuda(0)));
+  }
 }

@@ -69,6 +69,19 @@ else
       --vision-width 8 --vision-layers 1,1 --embed-dim 32 --text-width 32 --text-layers 1 --text-heads 1 \
       --context-length 16 --warmup 1 --out "$work/train" --resume >"$work/out" 2>&1
     check "--resume continues after the saved epoch" contains "$work/out" "after epoch 1"
+    # mixed precision: bf16 products, and f16 with the loss scaler; a device that is not there is refused
+    for amp in bf16 f16; do
+      BCOS_DATA="$data" "$train" --vocab "$vocab" --epochs 1 --limit-train 128 --batch 64 --test-data "" \
+        --vision-width 8 --vision-layers 1,1 --embed-dim 32 --text-width 32 --text-layers 1 --text-heads 1 \
+        --context-length 16 --warmup 1 --autocast $amp --out "$work/train_$amp" >"$work/out" 2>&1
+      check "train_clip --autocast $amp trains (exit 0)" test $? -eq 0
+      check "... and says so in report.json" contains "$work/train_$amp/report.json" "\"autocast\": \"$amp\""
+    done
+    if [[ "$(nvidia-smi -L 2>/dev/null | wc -l)" == 0 ]]; then
+      BCOS_DATA="$data" "$train" --vocab "$vocab" --epochs 1 --limit-train 128 --batch 64 --test-data "" \
+        --device cuda --out "$work/train_cuda" >"$work/out" 2>&1
+      check "train_clip --device cuda without a GPU is refused" contains "$work/out" "--device cuda: no CUDA device here"
+    fi
     # a learning rate that blows the weights up: the run stops on the non-finite loss, before updating
     for anomaly in "" --detect-anomaly; do
       BCOS_DATA="$data" "$train" --vocab "$vocab" --epochs 1 --limit-train 256 --batch 64 --test-data "" \
@@ -95,6 +108,9 @@ else
     BCOS_DATA="$data" "$bcz" --clip "$work/train/clip.safetensors" --vocab "$vocab" --epochs 2 --limit-train 128 \
       --batch 64 --limit-test 64 --grids 0 --photos "" --out "$work/bcos" --resume >"$work/out" 2>&1
     check "bcos_clip_zeroshot --resume continues after the saved epoch" contains "$work/out" "after epoch 1"
+    BCOS_DATA="$data" "$bcz" --clip "$work/train/clip.safetensors" --vocab "$vocab" --epochs 1 --limit-train 128 \
+      --batch 64 --limit-test 64 --grids 0 --photos "" --autocast bf16 --out "$work/bcos_bf16" >"$work/out" 2>&1
+    check "bcos_clip_zeroshot --autocast bf16 distils (exit 0)" test $? -eq 0
     BCOS_DATA="$data" "$bcz" --clip "$work/missing.safetensors" --vocab "$vocab" --out "$work/bcos2" >"$work/out" 2>&1
     check "bcos_clip_zeroshot: a missing teacher file is refused" test $? -ne 0
     check "... naming it" contains "$work/out" "missing.safetensors does not exist"

@@ -1,0 +1,168 @@
+// scaled_dot_product_attention: the fused kernels and the composed form against PyTorch's
+// definition (tests/golden/attention.safetensors, tools/golden/attention.py), f64 gradchecks,
+// masks and their edge cases, errors, and nn::MultiheadAttention through either path.
+// Tolerance: 1e-5 norm-wise (the golden tolerance; both paths sum in float32).
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "autograd/gradcheck.h"
+#include "autograd/ops.h"
+#include "nn/attention.h"
+#include "tests/errors.h"
+#include "tests/golden.h"
+
+using namespace bcos;
+
+namespace {
+
+const golden::Fixtures& fixtures() {
+  static const golden::Fixtures f(golden::golden_dir() + "/attention.safetensors");
+  return f;
+}
+
+struct Case {
+  const char* name;
+  bool causal;
+  double scale;  // 0: 1/sqrt(D)
+};
+
+const Case kCases[] = {{"plain", false, 0},          {"causal_two_blocks", true, 0}, {"causal_fewer_queries", true, 0},
+                       {"bool_padding", false, 0},   {"float_mask", false, 0},       {"three_dims_scaled", false, 0.3},
+                       {"mask_and_causal", true, 0}};
+
+}  // namespace
+
+TEST_CASE("attention: fused and composed match PyTorch's definition, forward and backward") {
+  const auto& f = fixtures();
+  for (const Case& c : kCases) {
+    for (bool fused : {true, false}) {
+      const std::string key = c.name;
+      CAPTURE(key);
+      CAPTURE(fused);
+      Tensor q = f[key + ".q"].clone().requires_grad_(), k = f[key + ".k"].clone().requires_grad_();
+      Tensor v = f[key + ".v"].clone().requires_grad_();
+      const Tensor mask = f.has(key + ".mask") ? f[key + ".mask"] : Tensor();
+      const Tensor y = scaled_dot_product_attention(q, k, v, mask, c.causal, c.scale, fused);
+      CHECK(golden::relative_error(y, f[key + ".out"]) <= 1e-5);
+      y.backward(f[key + ".gout"]);
+      CHECK(golden::relative_error(q.grad(), f[key + ".grad_q"]) <= 1e-5);
+      CHECK(golden::relative_error(k.grad(), f[key + ".grad_k"]) <= 1e-5);
+      CHECK(golden::relative_error(v.grad(), f[key + ".grad_v"]) <= 1e-5);
+    }
+  }
+}
+
+TEST_CASE("attention: f64 gradcheck of the fused kernels (masks, causal, strided inputs, several blocks)") {
+  manual_seed(31);
+  const Tensor q = randn({1, 2, 66, 3}, kFloat64).requires_grad_(), k = randn({1, 2, 5, 3}, kFloat64).requires_grad_();
+  const Tensor v = randn({1, 2, 5, 2}, kFloat64).requires_grad_();
+  auto fused = [](const Tensor& mask, bool causal) {
+    return [=](const std::vector<Tensor>& in) { return scaled_dot_product_attention(in[0], in[1], in[2], mask, causal); };
+  };
+  auto check = [](const GradcheckResult& r) {
+    INFO(r.message);
+    CHECK(r.ok);
+  };
+  check(gradcheck(fused(Tensor(), false), {q, k, v}));
+  // query rows past the keys under causal: every row keeps key 0
+  check(gradcheck(fused(Tensor(), true), {q, k, v}));
+  check(gradcheck(fused(randn({66, 5}, kFloat64), false), {q, k, v}));
+  Tensor keep = ones({1, 1, 1, 5}, DType::boolean);
+  keep.narrow(3, 3, 2).fill_(0);
+  check(gradcheck(fused(keep, false), {q, k, v}));
+  // [N, L, heads, D] transposed to [N, heads, L, D]: strided rows, as MultiheadAttention makes them
+  const Tensor qt = randn({2, 4, 3, 3}, kFloat64).requires_grad_(), kt = randn({2, 6, 3, 3}, kFloat64).requires_grad_();
+  const Tensor vt = randn({2, 6, 3, 2}, kFloat64).requires_grad_();
+  check(gradcheck([](const std::vector<Tensor>& in) {
+    return scaled_dot_product_attention(in[0].transpose(1, 2), in[1].transpose(1, 2), in[2].transpose(1, 2));
+  }, {qt, kt, vt}));
+}
+
+TEST_CASE("attention: hidden keys and rows, empty queries, and the mask's own gradient") {
+  manual_seed(32);
+  const Tensor q = randn({1, 1, 3, 4}), k = randn({1, 1, 4, 4}), v = randn({1, 1, 4, 2});
+  // A row whose every key is hidden gives NaN, as softmax over all −inf does in PyTorch.
+  Tensor keep = ones({3, 4}, DType::boolean);
+  keep.narrow(0, 1, 1).fill_(0);
+  for (bool fused : {true, false}) {
+    CAPTURE(fused);
+    const std::vector<float> y = scaled_dot_product_attention(q, k, v, keep, false, 0, fused).to_vector<float>();
+    CHECK(std::isfinite(y[0]));
+    CHECK(std::isnan(y[2]));
+    CHECK(std::isnan(y[3]));
+    CHECK(std::isfinite(y[4]));
+  }
+  // No queries: an empty result, and zero gradients for keys and values.
+  Tensor k2 = k.clone().requires_grad_(), v2 = v.clone().requires_grad_();
+  const Tensor none = scaled_dot_product_attention(randn({1, 1, 0, 4}), k2, v2);
+  CHECK(none.shape() == Shape{1, 1, 0, 2});
+  sum(none).backward();
+  CHECK(sum(abs(k2.grad())).item<float>() == 0.0f);
+  // A float mask that needs a gradient gets it (through the composed form).
+  Tensor bias = randn({3, 4}).requires_grad_();
+  sum(scaled_dot_product_attention(q, k, v, bias)).backward();
+  REQUIRE(bias.grad().defined());
+  CHECK(sum(abs(bias.grad())).item<float>() > 0.0f);
+}
+
+TEST_CASE("attention: bad input raises naming the op and the shapes") {
+  const Tensor q = zeros({2, 3, 4, 8}), k = zeros({2, 3, 5, 8}), v = zeros({2, 3, 5, 6});
+  using testing::error_of;
+  CHECK(error_of([&] { scaled_dot_product_attention(q, zeros({2, 3, 5, 7}), v); }) ==
+        "scaled_dot_product_attention: query [2, 3, 4, 8] and key [2, 3, 5, 7] differ in their last dim");
+  CHECK(error_of([&] { scaled_dot_product_attention(q, k, zeros({2, 3, 4, 6})); }) ==
+        "scaled_dot_product_attention: key [2, 3, 5, 8] and value [2, 3, 4, 6] differ in length");
+  CHECK(error_of([&] { scaled_dot_product_attention(q, zeros({2, 2, 5, 8}), zeros({2, 2, 5, 6})); }) ==
+        "scaled_dot_product_attention: the leading dims of query [2, 3, 4, 8], key [2, 2, 5, 8] and value [2, 2, 5, 6] "
+        "must agree");
+  CHECK(error_of([&] { scaled_dot_product_attention(zeros({4, 8}), zeros({5, 8}), zeros({5, 6})); }) ==
+        "scaled_dot_product_attention: expected query, key and value of 3 dims [B, L, D] or 4 [N, heads, L, D], got "
+        "[4, 8], [5, 8] and [5, 6]");
+  CHECK(error_of([&] { scaled_dot_product_attention(q, k, v, zeros({4, 4})); }) ==
+        "scaled_dot_product_attention: shapes [4, 4] and [2, 3, 4, 5] cannot be broadcast together");
+  CHECK(error_of([&] { scaled_dot_product_attention(q, k, v, zeros({1, 1, 1, 4, 5})); }) ==
+        "scaled_dot_product_attention: mask [1, 1, 1, 4, 5] does not broadcast to the logits [2, 3, 4, 5]");
+  CHECK(error_of([&] { scaled_dot_product_attention(q, k, v, zeros({4, 5}, DType::i64)); }) ==
+        "scaled_dot_product_attention: mask must be bool or float, got int64 (shape [4, 5])");
+  CHECK(error_of([&] { scaled_dot_product_attention(q, zeros({2, 3, 0, 8}), zeros({2, 3, 0, 6})); }) ==
+        "scaled_dot_product_attention: no keys (key [2, 3, 0, 8])");
+  CHECK(error_of([&] { scaled_dot_product_attention(q.to(DType::i64), k.to(DType::i64), v.to(DType::i64)); })
+            .find("expected a float32 or float64 tensor, got int64") != std::string::npos);
+}
+
+TEST_CASE("attention: MultiheadAttention gives the same through the fused kernel and the composed form") {
+  manual_seed(33);
+  nn::MultiheadAttention mha(24, 3);
+  const Tensor x = randn({2, 7, 24}), kv = randn({2, 9, 24});
+  Tensor causal = ones({7, 9}, DType::boolean);  // MultiheadAttention: true hides
+  for (int64_t i = 0; i < 7; ++i) causal.narrow(0, i, 1).narrow(1, 0, i + 1).fill_(0);
+  for (const Tensor& mask : {Tensor(), causal, randn({6, 7, 9})}) {
+    std::vector<Tensor> results[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      mha.fused_attention = fused == 1;
+      Tensor a = x.clone().requires_grad_(), b = kv.clone().requires_grad_();
+      for (auto& [name, p] : mha.named_parameters()) p.set_grad(Tensor());
+      const Tensor y = mha.forward(a, b, b, mask);
+      sum(y * y).backward();
+      results[fused] = {y, a.grad(), b.grad(), mha.in_proj_weight.grad()};
+    }
+    for (size_t i = 0; i < results[0].size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::relative_error(results[1][i], results[0][i]) <= 1e-5);
+    }
+  }
+  // Explanation mode with the pattern detached: only the value path carries the gradient.
+  mha.detach_qk_when_explaining = true;
+  for (int fused = 0; fused < 2; ++fused) {
+    mha.fused_attention = fused == 1;
+    Tensor a = x.clone().requires_grad_();
+    {
+      ExplanationModeGuard explain;
+      sum(mha.forward(a)).backward();
+    }
+    static Tensor first;
+    if (fused == 0) first = a.grad().clone();
+    else CHECK(golden::relative_error(a.grad(), first) <= 1e-5);
+  }
+}
