@@ -18,6 +18,7 @@
 #include "models/clip.h"
 #include "models/factory.h"
 #include "nn/bcos.h"
+#include "nn/attention.h"
 #include "nn/optim.h"
 #include "tensor/parallel.h"
 #include "timing.h"
@@ -30,7 +31,8 @@ int main(int argc, char** argv) {
     int64_t batch = 8;
     double seconds = 3.0;
     Device device;
-    DType autocast = DType::f32;  // --autocast bf16 | f16: the forward (and its backward) in mixed precision
+    DType autocast = DType::f32;
+    bool fused_attention = true;  // --fused-attention 0: MultiheadAttention's composed form  // --autocast bf16 | f16: the forward (and its backward) in mixed precision
     for (int i = 1; i + 1 < argc; i += 2) {
       const std::string a = argv[i], v = argv[i + 1];
       if (a == "--arch") arch = v;
@@ -39,6 +41,7 @@ int main(int argc, char** argv) {
       else if (a == "--seconds") seconds = std::stod(v);
       else if (a == "--device") device = Device(v);
       else if (a == "--bf16") set_cpu_bf16(v == "1");
+      else if (a == "--fused-attention") fused_attention = v == "1";
       else if (a == "--autocast") autocast = v == "bf16" ? DType::bf16 : v == "f16" ? DType::f16 : DType::f32;
       else fail("bench_models: unknown argument ", a);
     }
@@ -76,6 +79,8 @@ int main(int argc, char** argv) {
     }
     model->to(device);
     x = x.to(device), y = y.to(device);
+    for (auto& [name, m] : model->named_modules())
+      if (auto* mha = dynamic_cast<nn::MultiheadAttention*>(m)) mha->fused_attention = fused_attention;
     if (params.empty()) params = clip ? (arch == "clip_text" ? clip->parameters() : clip->visual->parameters())
                                       : model->parameters();
     const bool bcos_loss = arch.rfind("bcos_", 0) == 0;

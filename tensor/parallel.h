@@ -49,6 +49,14 @@ struct CpuBf16Guard {
   bool previous_;
 };
 
+// Autocast's request that float32 GEMMs of bf16-rounded operands take the AMX path
+// (tensor/cpu/gemm.h: Bf16OperandsScope). Per thread, and handed on to the workers of every
+// parallel_chunks / parallel_for, so a convolution's per-sample GEMMs see what its caller set.
+inline bool& bf16_operands_flag() {
+  static thread_local bool on = false;
+  return on;
+}
+
 // Splits [0, n) into chunk_count() contiguous chunks and calls fn(chunk, begin, end) for each,
 // in parallel. The split depends only on n and the configured thread count -- never on how many
 // threads OpenMP actually grants -- so every chunk runs, results are reproducible, and `chunk`
@@ -61,8 +69,10 @@ void parallel_chunks(int64_t n, int64_t cost_per_item, F&& fn) {
     fn(int64_t(0), int64_t(0), n);
     return;
   }
+  const bool bf16_operands = bf16_operands_flag();
 #pragma omp parallel for schedule(static) num_threads(int(chunks))
   for (int64_t c = 0; c < chunks; ++c) {
+    bf16_operands_flag() = bf16_operands;
     int64_t b = n * c / chunks, e = n * (c + 1) / chunks;
     if (b < e) fn(c, b, e);
   }

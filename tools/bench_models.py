@@ -137,7 +137,12 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
             torch.cuda.synchronize()
 
     module.train(mode == "train")
-    run()
+    try:
+        run()
+    except RuntimeError as e:  # torch 1.13's MultiheadAttention fast path rejects autocast in eval mode
+        print(f"torch failed: {str(e).splitlines()[0]}", file=sys.stderr)
+        print("images_per_s nan peak_rss_mb nan")
+        return
     run()
     sync()
     iters, start = 0, time.perf_counter()

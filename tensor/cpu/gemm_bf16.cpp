@@ -63,16 +63,12 @@ bool cpu_bf16() { return g_bf16.load(std::memory_order_relaxed); }
 
 namespace bcos::cpu {
 
-namespace {
-thread_local bool t_bf16_operands = false;
-}
-
 bool bf16_product(int64_t m, int64_t n, int64_t k) {
-  return (cpu_bf16() || (t_bf16_operands && cpu_bf16_supported())) && m >= 64 && n >= 64 && k >= 32;
+  return (cpu_bf16() || (bf16_operands_flag() && cpu_bf16_supported())) && m >= 64 && n >= 64 && k >= 32;
 }
 
-Bf16OperandsScope::Bf16OperandsScope(bool on) : previous_(t_bf16_operands) { t_bf16_operands = on; }
-Bf16OperandsScope::~Bf16OperandsScope() { t_bf16_operands = previous_; }
+Bf16OperandsScope::Bf16OperandsScope(bool on) : previous_(bf16_operands_flag()) { bf16_operands_flag() = on; }
+Bf16OperandsScope::~Bf16OperandsScope() { bf16_operands_flag() = previous_; }
 
 // One float rounded to the nearest bfloat16 (ties to even), kept as a float; NaN stays NaN.
 // Branch-free bit arithmetic, so the loop below vectorises.
@@ -86,13 +82,32 @@ inline float round_to_bf16(float f) {
   return out;
 }
 
+namespace {
+// Whether x's elements fill offsets [0, numel) of its storage span exactly, in some order of its
+// dims: contiguous, or a transposed / permuted view of a contiguous block.
+bool dense_in_some_order(const Tensor& x) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of the dims that matter
+  for (int d = 0; d < x.dim(); ++d)
+    if (x.size(d) > 1) dims.emplace_back(x.stride(d), x.size(d));
+  std::sort(dims.begin(), dims.end());
+  int64_t expected = 1;
+  for (const auto& [stride, size] : dims) {
+    if (stride != expected) return false;
+    expected *= size;
+  }
+  return true;
+}
+}  // namespace
+
 Tensor rounded_operand(const Tensor& x, DType operands) {
   BCOS_CHECK(x.dtype() == DType::f32 && (operands == DType::bf16 || operands == DType::f16),
              "autocast: rounds float32 operands to bfloat16 or float16, got ", x.dtype(), " to ", operands);
-  const Tensor src = raw_contiguous(x);
-  Tensor out = empty(x.shape(), {DType::f32, x.device()});
-  const float* s = src.data<float>();
-  float* o = out.data<float>();
+  // A dense block (a transposed weight, say) is rounded in its own layout, in one linear pass; a
+  // GEMM reads it through the same strides. Anything else is made contiguous first.
+  const Tensor src = dense_in_some_order(x) ? x : raw_contiguous(x);
+  Tensor buffer = empty({x.numel()}, {DType::f32, x.device()});
+  const float* s = static_cast<const float*>(src.raw_data());
+  float* o = buffer.data<float>();
   parallel_for(x.numel(), 1, [&](int64_t b, int64_t e) {
     if (operands == DType::bf16) {
 #pragma omp simd
@@ -101,7 +116,7 @@ Tensor rounded_operand(const Tensor& x, DType operands) {
       for (int64_t i = b; i < e; ++i) o[i] = float(Half(s[i]));
     }
   });
-  return out;
+  return buffer.alias(x.shape(), src.strides(), 0);
 }
 
 #ifdef BCOS_AMX

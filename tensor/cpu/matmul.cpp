@@ -36,6 +36,10 @@ void bmm_typed(const Tensor& a, const Tensor& b, const Tensor& out, bool accumul
 void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate, DType operands) {
   if (operands != DType::f32 && a.dtype() == DType::f32) {  // autocast
     const Bf16OperandsScope amx(operands == DType::bf16);
+    if (operands == DType::bf16 && bf16_product(out.size(1), out.size(2), a.size(2))) {
+      bmm_typed<float>(a, b, out, accumulate);  // AMX rounds the operands while it packs them
+      return;
+    }
     bmm_typed<float>(rounded_operand(a, operands), rounded_operand(b, operands), out, accumulate);
     return;
   }
