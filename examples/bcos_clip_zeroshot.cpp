@@ -351,6 +351,7 @@ int main(int argc, char** argv) {
       BCOS_CHECK(fs::exists(ckpt), "bcos_clip_zeroshot: --resume: no checkpoint at ", ckpt);
       state = nn::load_training_checkpoint(ckpt, *student, optimizer, &scheduler);
       examples::check_resume_world_size("bcos_clip_zeroshot", ckpt, state);
+      scaler.load_from(state);
       if (main_rank) std::printf("resumed from %s after epoch %lld\n", ckpt.c_str(), static_cast<long long>(state.epoch));
     }
     double train_seconds = 0, last_loss = 0;
@@ -404,6 +405,7 @@ int main(int argc, char** argv) {
       last_loss = loss_sum / double(std::max<int64_t>(seen, 1));
       state.epoch = epoch + 1;
       state.extra.insert_or_assign("world_size", str(dist::world_size()));
+      scaler.save_to(state);  // f16: the loss scale goes on after a resume
       if (main_rank) nn::save_training_checkpoint(ckpt, *student, optimizer, &scheduler, state);
     }
     if (!main_rank) {  // the rest is rank 0's: the others wait for it, then end together

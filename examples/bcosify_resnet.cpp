@@ -425,6 +425,7 @@ int main(int argc, char** argv) {
       BCOS_CHECK(fs::exists(ckpt), "bcosify_resnet: --resume: no checkpoint at ", ckpt);
       state = nn::load_training_checkpoint(ckpt, *bcos_model, optimizer, &scheduler);
       examples::check_resume_world_size("bcosify_resnet", ckpt, state);
+      scaler.load_from(state);
       if (main_rank) std::printf("resumed from %s after epoch %lld\n", ckpt.c_str(), static_cast<long long>(state.epoch));
     }
     double train_seconds = 0;
@@ -483,6 +484,7 @@ int main(int argc, char** argv) {
       state.epoch = epoch + 1;
       state.extra.insert_or_assign("arch", s.spec.arch);
       state.extra.insert_or_assign("world_size", str(dist::world_size()));
+      scaler.save_to(state);  // f16: the loss scale goes on after a resume
       if (main_rank) nn::save_training_checkpoint(ckpt, *bcos_model, optimizer, &scheduler, state);
     }
     if (!main_rank) {  // the rest is rank 0's: the others wait for it to finish, then end together

@@ -218,6 +218,7 @@ int main(int argc, char** argv) {
       BCOS_CHECK(fs::exists(ckpt), "train_clip: --resume: no checkpoint at ", ckpt);
       state = nn::load_training_checkpoint(ckpt, *model, optimizer, &scheduler);
       examples::check_resume_world_size("train_clip", ckpt, state);
+      scaler.load_from(state);
       if (main_rank) std::printf("resumed from %s after epoch %lld\n", ckpt.c_str(), static_cast<long long>(state.epoch));
     }
 
@@ -305,6 +306,7 @@ int main(int argc, char** argv) {
       last_loss = loss_sum / double(std::max<int64_t>(seen, 1));
       state.epoch = epoch + 1;
       state.extra.insert_or_assign("world_size", str(ranks));
+      scaler.save_to(state);  // f16: the loss scale goes on after a resume
       if (main_rank) nn::save_training_checkpoint(ckpt, *model, optimizer, &scheduler, state);
       if (main_rank && eval_each_epoch && !test_path.empty() && epoch + 1 < epoch_count)
         std::printf("epoch %lld: zero-shot top-1 %.2f %%\n", static_cast<long long>(epoch + 1), zero_shot().top1);

@@ -2,6 +2,8 @@
 #include "nn/grad_scaler.h"
 
 #include <cmath>
+#include <cstdio>
+#include <string>
 
 #include "autograd/ops.h"
 
@@ -85,6 +87,35 @@ void GradScaler::load_state_dict(const StateDict& state) {
   BCOS_CHECK(scale > 0 && std::isfinite(scale), "GradScaler::load_state_dict: scale must be positive, got ", scale);
   scale_ = scale;
   growth_tracker_ = int64_t(found[1]->to(DType::f64).item<double>());
+  stage_ = Stage::ready;
+  found_inf_ = false;
+}
+
+void GradScaler::save_to(TrainingState& state) const {
+  if (!enabled_) return;
+  char scale[40];
+  std::snprintf(scale, sizeof scale, "%.17g", scale_);  // round-trips the double exactly
+  state.extra.insert_or_assign("grad_scaler.scale", scale);
+  state.extra.insert_or_assign("grad_scaler.growth_tracker", std::to_string(growth_tracker_));
+}
+
+void GradScaler::load_from(const TrainingState& state) {
+  const auto scale = state.extra.find("grad_scaler.scale"), tracker = state.extra.find("grad_scaler.growth_tracker");
+  if (scale == state.extra.end() && tracker == state.extra.end()) return;
+  BCOS_CHECK(scale != state.extra.end() && tracker != state.extra.end(),
+             "GradScaler::load_from: the checkpoint has only one of grad_scaler.scale and grad_scaler.growth_tracker");
+  double value = 0;
+  long long count = -1;
+  try {
+    value = std::stod(scale->second);
+    count = std::stoll(tracker->second);
+  } catch (const std::exception&) {
+    fail("GradScaler::load_from: unreadable grad_scaler entries '", scale->second, "', '", tracker->second, "'");
+  }
+  BCOS_CHECK(value > 0 && std::isfinite(value) && count >= 0, "GradScaler::load_from: bad grad_scaler entries (scale ",
+             value, ", growth_tracker ", count, ")");
+  scale_ = value;
+  growth_tracker_ = count;
   stage_ = Stage::ready;
   found_inf_ = false;
 }

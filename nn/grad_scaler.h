@@ -8,6 +8,7 @@
 // range and needs none of this.
 #pragma once
 
+#include "nn/checkpoint.h"
 #include "nn/optim.h"
 
 namespace bcos::nn {
@@ -34,6 +35,11 @@ class GradScaler {
   // For checkpoints: "scale" and "growth_tracker" (PyTorch's names, less the underscore).
   StateDict state_dict() const;
   void load_state_dict(const StateDict& state);
+  // The same two numbers in a training checkpoint's extra entries ("grad_scaler.scale",
+  // "grad_scaler.growth_tracker"), so a resumed float16 run goes on with its scale. save_to
+  // writes nothing when disabled; load_from keeps the current state when the entries are absent.
+  void save_to(TrainingState& state) const;
+  void load_from(const TrainingState& state);
 
  private:
   GradScalerOptions options_;

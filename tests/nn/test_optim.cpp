@@ -231,6 +231,23 @@ TEST_CASE("optim: GradScaler scales, unscales, skips non-finite steps and adapts
   CHECK(s3.get_scale() == 4.0);
   CHECK(find(s3.state_dict(), "growth_tracker")->to(DType::f64).item<double>() == 1.0);
 
+  // In a training checkpoint's extra entries: the exact scale and the count of clean steps.
+  TrainingState saved;
+  s2.save_to(saved);
+  CHECK(saved.extra.at("grad_scaler.scale") == "4");
+  CHECK(saved.extra.at("grad_scaler.growth_tracker") == "1");
+  GradScaler s4;
+  s4.load_from(saved);
+  CHECK(s4.get_scale() == 4.0);
+  CHECK(find(s4.state_dict(), "growth_tracker")->to(DType::f64).item<double>() == 1.0);
+  TrainingState without;  // a checkpoint of a run without f16: the scaler keeps its state
+  s4.load_from(without);
+  CHECK(s4.get_scale() == 4.0);
+  saved.extra["grad_scaler.scale"] = "abc";
+  CHECK_THROWS_WITH_AS(s4.load_from(saved), doctest::Contains("unreadable grad_scaler entries 'abc'"), Error);
+  saved.extra.erase("grad_scaler.growth_tracker");
+  CHECK_THROWS_WITH_AS(s4.load_from(saved), doctest::Contains("only one of"), Error);
+
   // Misuse raises; a disabled scaler is a no-op.
   p.set_grad(full({2}, 1.0));
   s2.unscale_(sgd);
@@ -245,4 +262,6 @@ TEST_CASE("optim: GradScaler scales, unscales, skips non-finite steps and adapts
   const Tensor l = full({}, 3.0);
   CHECK(off.scale(l).item<float>() == 3.0f);
   CHECK(off.get_scale() == 1.0);
+  off.save_to(without);
+  CHECK(without.extra.empty());
 }

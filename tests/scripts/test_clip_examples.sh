@@ -77,6 +77,8 @@ else
       check "train_clip --autocast $amp trains (exit 0)" test $? -eq 0
       check "... and says so in report.json" contains "$work/train_$amp/report.json" "\"autocast\": \"$amp\""
     done
+    check "... the f16 checkpoint keeps its loss scale for a resume" contains "$work/train_f16/checkpoint.safetensors" \
+      "grad_scaler.scale"
     if [[ "$(nvidia-smi -L 2>/dev/null | wc -l)" == 0 ]]; then
       BCOS_DATA="$data" "$train" --vocab "$vocab" --epochs 1 --limit-train 128 --batch 64 --test-data "" \
         --device cuda --out "$work/train_cuda" >"$work/out" 2>&1
