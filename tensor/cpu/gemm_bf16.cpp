@@ -67,20 +67,21 @@ bool bf16_product(int64_t m, int64_t n, int64_t k) {
   return (cpu_bf16() || (bf16_operands_flag() && cpu_bf16_supported())) && m >= 64 && n >= 64 && k >= 32;
 }
 
-Bf16OperandsScope::Bf16OperandsScope(bool on) : previous_(bf16_operands_flag()) { bf16_operands_flag() = on; }
-Bf16OperandsScope::~Bf16OperandsScope() { bf16_operands_flag() = previous_; }
-
-// One float rounded to the nearest bfloat16 (ties to even), kept as a float; NaN stays NaN.
-// Branch-free bit arithmetic, so the loop below vectorises.
-inline float round_to_bf16(float f) {
+namespace {
+// float -> bfloat16 bits, round to nearest even; NaN stays a (quiet) NaN. Branch-free: vectorises.
+inline uint16_t to_bf16(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u, quiet = (u & 0xffff0000u) | 0x400000u;
-  const uint32_t r = (u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded;
-  float out;
-  std::memcpy(&out, &r, 4);
-  return out;
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, quiet = (u >> 16) | 0x40u;
+  return uint16_t((u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
 }
+
+// The same rounding kept as a float (autocast's operands).
+inline float round_to_bf16(float f) { return BFloat16::to_float(to_bf16(f)); }
+}  // namespace
+
+Bf16OperandsScope::Bf16OperandsScope(bool on) : previous_(bf16_operands_flag()) { bf16_operands_flag() = on; }
+Bf16OperandsScope::~Bf16OperandsScope() { bf16_operands_flag() = previous_; }
 
 namespace {
 // Whether x's elements fill offsets [0, numel) of its storage span exactly, in some order of its
@@ -124,14 +125,6 @@ namespace {
 
 constexpr int64_t kTile = 32;                        // C micro-tile 32 x 32; k step 32
 constexpr int64_t MC = 128, KC = 512, NC = 1024;     // A block 128 x 512 bf16 = 128 KiB; B slice 1 MiB
-
-// float -> bfloat16 bits, round to nearest even; NaN stays a (quiet) NaN. Branch-free: vectorises.
-inline uint16_t to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, quiet = (u >> 16) | 0x40u;
-  return uint16_t((u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
-}
 
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }

@@ -137,7 +137,7 @@ TEST_CASE("autocast: leaves float64, other devices and other ops alone; guards n
         "autocast: the product type must be bfloat16 or float16 (float32: off), got int64");
 }
 
-TEST_CASE("autocast: a large product takes the AMX path where the CPU has it, with the same rounding") {
+TEST_CASE("autocast: a product large enough for the AMX path (where the CPU has it) gives the same rounding") {
   // 96 x 128 x 64: above the sizes where gemm() hands bf16 operands to AMX (tensor/cpu/gemm.h).
   manual_seed(7);
   const Tensor a = randn({96, 64}), b = randn({64, 128});
