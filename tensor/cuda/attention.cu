@@ -153,8 +153,15 @@ __global__ void backward_key_kernel(const T* g, const T* q, const T* k, const T*
     T kv[kPer], vv[kPer], dk[kPer], dv[kPer];
     load_row<T, kPer>(row_of(k, a.ks, ni, hi, j), a.d, lane, kv);
     load_row<T, kPer>(row_of(v, a.vs, ni, hi, j), a.dv, lane, vv);
+    // A query row with every key hidden has a NaN log-sum-exp, and (as in the composed softmax,
+    // and on the CPU) its NaN reaches every key's gradient, also those of keys causality hides
+    // from it, which the loop below skips: they start from NaN.
+    bool hidden_row = false;
+    if (a.causal)
+      for (int64_t i = lane; i < min(j, a.lq); i += 32) hidden_row |= isnan(lse[bh * a.lq + i]);
+    const T start = __any_sync(0xffffffffu, hidden_row) ? T(NAN) : T(0);
 #pragma unroll
-    for (int c = 0; c < kPer; ++c) dk[c] = 0, dv[c] = 0;
+    for (int c = 0; c < kPer; ++c) dk[c] = start, dv[c] = start;
     for (int64_t i = a.causal ? j : 0; i < a.lq; ++i) {
       const int64_t qrow = bh * a.lq + i;
       const T* qr = row_of(q, a.qs, ni, hi, i);

@@ -102,10 +102,13 @@ struct ConvDescriptors {
                                                      int(p.stride[1]), int(p.dilation[0]), int(p.dilation[1]),
                                                      CUDNN_CROSS_CORRELATION, cudnn_compute_type(dt, op)));
     BCOS_CUDNN_CHECK(cudnnSetConvolutionGroupCount(conv, int(p.groups)));
-    // Tensor cores: always for 16-bit operands, for float32 only as TF32 when allowed.
+    // PyTorch's choices: tensor cores for 16-bit operands (TENSOR_OP), float32 as TF32 only when
+    // allowed (DEFAULT permits TF32, FMA forbids it), float64 left to cuDNN (DEFAULT).
     const bool tf32 = dt == DType::f32 && allow_tf32();
-    const bool tensor_cores = tf32 || dt == DType::bf16 || dt == DType::f16;
-    BCOS_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, tensor_cores ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+    const cudnnMathType_t math = dt == DType::bf16 || dt == DType::f16 ? CUDNN_TENSOR_OP_MATH
+                                 : dt == DType::f32 && !tf32          ? CUDNN_FMA_MATH
+                                                                      : CUDNN_DEFAULT_MATH;
+    BCOS_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, math));
     deterministic = deterministic_algorithms();
     key = {xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3], p.stride[0], p.stride[1], p.padding[0], p.padding[1],
            p.dilation[0], p.dilation[1], p.groups, int(dt), tf32, deterministic};
