@@ -9,11 +9,16 @@
 // CLIP: --arch clip_rn50 / clip_vit_b_32 time the image tower of OpenAI's RN50 / ViT-B/32
 // (training: cross-entropy of the embedding as logits, SGD on the tower), clip_text the text
 // tower on [batch, 77] token ids ("images" are then texts).
+// bcos_clip_rn50: B-cos CLIP (models/bcos_clip.h) of the RN50 image tower; training is its
+// distillation step (the authors' recipe): the frozen RN50 tower on the normalised images (no
+// grad), the student on AddInverse(images), the sigmoid distillation loss, backward, adaptive
+// gradient clipping (0.01), Adam (lr 1e-4); inference is the student's forward.
 
 #include <cstdio>
 #include <string>
 
 #include "autograd/ops.h"
+#include "models/bcos_clip.h"
 #include "models/bcosify.h"
 #include "models/clip.h"
 #include "models/factory.h"
@@ -49,9 +54,20 @@ int main(int argc, char** argv) {
     manual_seed(0);
     std::shared_ptr<nn::Module> model;
     std::shared_ptr<models::Clip> clip;
+    std::shared_ptr<nn::Module> teacher;  // bcos_clip_rn50: the frozen tower the student learns
     Tensor x, y;
     std::vector<Tensor> params;
-    if (arch.rfind("clip_", 0) == 0) {
+    if (arch == "bcos_clip_rn50") {
+      const models::ClipConfig c = models::ClipConfig::named("RN50");
+      auto tower = [&] {
+        return std::make_shared<models::ModifiedResNet>(c.vision_layers, c.embed_dim, c.vision_heads,
+                                                        c.image_resolution, c.vision_width);
+      };
+      teacher = tower();
+      teacher->eval();
+      model = models::bcosify_clip_visual(tower(), {});
+      x = rand({batch, 3, c.image_resolution, c.image_resolution});  // images in [0, 1]
+    } else if (arch.rfind("clip_", 0) == 0) {
       BCOS_CHECK(arch == "clip_rn50" || arch == "clip_vit_b_32" || arch == "clip_text", "bench_models: unknown ", arch);
       clip = std::make_shared<models::Clip>(models::ClipConfig::named(arch == "clip_vit_b_32" ? "ViT-B/32" : "RN50"));
       if (arch == "clip_text") {
@@ -78,22 +94,39 @@ int main(int argc, char** argv) {
       y = randint(0, spec.num_classes, {batch});
     }
     model->to(device);
-    x = x.to(device), y = y.to(device);
+    if (teacher) teacher->to(device);
+    x = x.to(device);
+    if (y.defined()) y = y.to(device);
     for (auto& [name, m] : model->named_modules())
       if (auto* mha = dynamic_cast<nn::MultiheadAttention*>(m)) mha->fused_attention = fused_attention;
     if (params.empty()) params = clip ? (arch == "clip_text" ? clip->parameters() : clip->visual->parameters())
                                       : model->parameters();
     const bool bcos_loss = arch.rfind("bcos_", 0) == 0;
+    const Tensor clip_mean = from_vector(models::kClipMean, {1, 3, 1, 1}).to(device);
+    const Tensor clip_std = from_vector(models::kClipStd, {1, 3, 1, 1}).to(device);
     auto forward = [&] {
       AutocastGuard mixed(device.type, autocast, autocast != DType::f32);
+      if (teacher) return (*model)(nn::add_inverse(x));
       if (!clip) return (*model)(x);
       return arch == "clip_text" ? clip->encode_text(x) : clip->encode_image(x);
     };
     nn::SGD opt(params, {.lr = 0.01, .momentum = 0.9});
+    nn::Adam distill_opt(teacher ? params : std::vector<Tensor>{}, {.lr = 1e-4});
     auto run = [&] {
       if (mode == "infer") {
         NoGradGuard no_grad;
         forward();
+      } else if (teacher) {
+        Tensor target;
+        {
+          NoGradGuard no_grad;
+          AutocastGuard mixed(device.type, autocast, autocast != DType::f32);
+          target = (*teacher)((x - clip_mean) / clip_std);
+        }
+        distill_opt.zero_grad();
+        models::sigmoid_distillation_loss(forward(), target).backward();
+        nn::adaptive_clip_grad_(params, 0.01, 1e-3);
+        distill_opt.step();
       } else {
         opt.zero_grad();
         const Tensor out = forward();

@@ -84,7 +84,7 @@ class BcosClipTower(nn.Module):
 def sigmoid_distillation_loss(s, t):
     s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
     logits = 10 * s @ t.T - 10
-    labels = 2 * torch.eye(len(s), dtype=s.dtype) - 1
+    labels = 2 * torch.eye(len(s), dtype=s.dtype, device=s.device) - 1
     return -F.logsigmoid(labels * logits).sum() / len(s)
 
 

@@ -8,10 +8,15 @@ faster (images/s) or leaner (memory: torch / bcos).
 CLIP rows: the image towers of OpenAI's RN50 and ViT-B/32 (batch 8; training: cross-entropy of
 the embedding as logits, SGD on the tower) and the text tower (batch 64 texts of 77 tokens,
 inference), PyTorch running tools/golden/clip.py's reference CLIP.
-  bench/models [--threads N] [--seconds S] [--repeat R] [--only resnet18,resnet50,resnet20,vit_b_16,clip_rn50,clip_vit_b_32,clip_text]
+B-cos rows (the B-cos BCE loss, one-hot targets clamped to 1 / C): bcos_vit_b_16, the B-cosified
+ViT-B/16 (bcos_torchvision_vit below: models/bcosify.h's ViT conversion); bcos_clip_rn50, B-cos
+CLIP's RN50 tower (tools/bcos_clip_reference.py), whose training step is the distillation step
+(frozen RN50 tower on the normalised images, the student on (x, 1 - x), sigmoid distillation
+loss, adaptive gradient clipping, Adam lr 1e-4).
+  bench/models [--threads N] [--seconds S] [--repeat R] [--only resnet18,resnet50,resnet20,vit_b_16,clip_rn50,clip_vit_b_32,clip_text,bcos_vit_b_16,bcos_clip_rn50]
 --autocast bf16 (or f16): both sides in mixed precision, torch.autocast beside AutocastGuard.
 On a GPU (--device cuda): ResNet-50 and its B-cosified form, ViT-B/16, CLIP's RN50 image tower
-and text tower at batch 64, inference and training step, both frameworks synchronising after
+and text tower, the B-cos ViT-B/16 and B-cos CLIP RN50 at batch 64, inference and training step, both frameworks synchronising after
 every step; memory is the peak of tensor memory
 (torch.cuda.max_memory_allocated, bcos.cpp's caching allocator's peak in use). The B-cos ResNet-50
 in PyTorch is tools/bench_bcos.py's layers on torchvision's ResNet-50, converted as
@@ -27,9 +32,9 @@ import sys
 import time
 
 CONFIGS = [("resnet18", 8, 224), ("resnet50", 8, 224), ("resnet20", 128, 32), ("vit_b_16", 8, 224), ("clip_rn50", 8, 224),
-           ("clip_vit_b_32", 8, 224), ("clip_text", 64, 77)]
+           ("clip_vit_b_32", 8, 224), ("clip_text", 64, 77), ("bcos_vit_b_16", 8, 224), ("bcos_clip_rn50", 8, 224)]
 GPU_CONFIGS = [("resnet50", 64, 224), ("bcos_resnet50", 64, 224), ("vit_b_16", 64, 224), ("clip_rn50", 64, 224),
-               ("clip_text", 64, 77)]
+               ("clip_text", 64, 77), ("bcos_vit_b_16", 64, 224), ("bcos_clip_rn50", 64, 224)]
 MODES = {"clip_text": ("infer",)}
 RESULT = re.compile(r"^images_per_s (\S+) peak_rss_mb (\S+)(?: peak_gpu_mb (\S+))?$")
 
@@ -65,6 +70,80 @@ def bcos_torchvision_resnet(net, num_classes):
     return BcosResNet()
 
 
+def bcos_torchvision_vit(net, num_classes):
+    """models/bcosify.h's conversion of a torchvision ViT, in PyTorch (bench only: timing): the
+    patch embedding a B-cos conv on (x, 1 - x) with [W, -W] / 2, every Linear a B-cos linear with
+    the raw weight and no bias (y = |lin| / n * lin, n = sqrt(sum x^2 + 1e-12)) except the packed
+    q/k/v projection, which stays linear (no bias); LayerNorms without their shift; GELU kept;
+    the head reads the class token; logit bias -ln(C - 1)."""
+    import math
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from bench_bcos import MEAN, STD, bcos_conv_of, six_channel
+
+    class BcosLinear(nn.Module):
+        def __init__(self, linear):
+            super().__init__()
+            self.weight = nn.Parameter(linear.weight.detach().clone())
+
+        def forward(self, x):
+            lin = F.linear(x, self.weight)
+            return lin.abs() / ((x * x).sum(-1, keepdim=True) + 1e-12).sqrt() * lin
+
+    class LayerNormNoShift(nn.Module):
+        def __init__(self, ln):
+            super().__init__()
+            self.weight, self.eps, self.shape = nn.Parameter(ln.weight.detach().clone()), ln.eps, ln.normalized_shape
+
+        def forward(self, x):
+            return F.layer_norm(x, self.shape, self.weight, None, self.eps)
+
+    class BcosSelfAttention(nn.Module):  # called as torchvision's EncoderBlock calls its MultiheadAttention
+        def __init__(self, mha):
+            super().__init__()
+            self.in_proj_weight = nn.Parameter(mha.in_proj_weight.detach().clone())
+            self.heads, self.out_proj = mha.num_heads, BcosLinear(mha.out_proj)
+
+        def forward(self, query, key=None, value=None, need_weights=False):  # self-attention: key = value = query
+            x = query
+            n, l, e = x.shape
+            q, k, v = F.linear(x, self.in_proj_weight).view(n, l, 3, self.heads, e // self.heads).permute(2, 0, 3, 1, 4)
+            if hasattr(F, "scaled_dot_product_attention"):  # PyTorch >= 2.0: its fused kernels
+                o = F.scaled_dot_product_attention(q, k, v)
+            else:
+                o = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), -1) @ v
+            return self.out_proj(o.transpose(1, 2).reshape(n, l, e)), None
+
+    def convert(module):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.MultiheadAttention):
+                setattr(module, name, BcosSelfAttention(child))
+            elif isinstance(child, nn.LayerNorm):
+                setattr(module, name, LayerNormNoShift(child))
+            elif isinstance(child, nn.Linear):
+                setattr(module, name, BcosLinear(child))
+            else:
+                convert(child)
+
+    w = net.conv_proj.weight.detach()
+    net.conv_proj = bcos_conv_of(net.conv_proj, torch.cat([w, -w], 1) / 2)
+    convert(net)
+
+    class BcosViT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+            mean6, std6 = six_channel(MEAN, STD)
+            self.register_buffer("mean6", mean6)
+            self.register_buffer("std6", std6)
+
+        def forward(self, x6):
+            return self.net((x6 - self.mean6) / self.std6) - math.log(num_classes - 1)
+
+    return BcosViT()
+
+
 def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="none"):
     """Runs in a child process: one configuration, prints the result line."""
     import torch
@@ -77,8 +156,19 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    params = None
-    if arch.startswith("clip_"):
+    params, teacher = None, None
+    if arch == "bcos_clip_rn50":  # B-cos CLIP's distillation step (tools/bcos_clip_reference.py)
+        from bcos_clip_reference import CLIP_MEAN, CLIP_STD, BcosClipTower
+        from clip import ModifiedResNet
+        teacher = ModifiedResNet([3, 4, 6, 3], 1024, 32, size, 64).eval()
+        module = model = BcosClipTower(ModifiedResNet([3, 4, 6, 3], 1024, 32, size, 64))
+        x = torch.rand(batch, 3, size, size)
+        y = torch.zeros(batch, dtype=torch.long)  # unused
+        params = list(model.parameters())
+        clip_mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1).to(device)
+        clip_std = torch.tensor(CLIP_STD).view(1, 3, 1, 1).to(device)
+        teacher.to(device)
+    elif arch.startswith("clip_"):
         from clip import CLIP  # tools/golden/clip.py: OpenAI's architecture
         if arch == "clip_vit_b_32":
             clip = CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12)
@@ -98,7 +188,8 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
         module = model = CifarResNet(20) if base == "resnet20" else getattr(torchvision.models, base)()
         classes = 10 if base == "resnet20" else 1000  # vit_b_16: torchvision's, as models/vit.h
         if arch.startswith("bcos_"):
-            module = model = bcos_torchvision_resnet(model, classes)
+            convert = bcos_torchvision_vit if base.startswith("vit") else bcos_torchvision_resnet
+            module = model = convert(model, classes)
             x = torch.rand(batch, 3, size, size)
             x = torch.cat([x, 1 - x], 1)
         else:
@@ -108,6 +199,8 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
     module.to(device)
     x, y = x.to(device), y.to(device)
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    if teacher is not None:
+        opt = torch.optim.Adam(params, lr=1e-4)
 
     def loss_of(out):
         if arch.startswith("bcos_"):  # the B-cos BCE: one-hot targets clamped to 1 / C
@@ -118,15 +211,29 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
     amp = {"bf16": torch.bfloat16, "f16": torch.float16}.get(autocast)
 
     def forward():
+        inputs = x if teacher is None else torch.cat([x, 1 - x], 1)
         if amp is None:
-            return model(x)
+            return model(inputs)
         with torch.autocast(device_type=device.split(":")[0], dtype=amp):
-            return model(x)
+            return model(inputs)
 
     def run():
         if mode == "infer":
             with torch.no_grad():
                 forward()
+        elif teacher is not None:
+            from bcos_clip_reference import sigmoid_distillation_loss
+            from bench_bcos import adaptive_clip_
+            with torch.no_grad():
+                if amp is None:
+                    target = teacher((x - clip_mean) / clip_std)
+                else:
+                    with torch.autocast(device_type=device.split(":")[0], dtype=amp):
+                        target = teacher((x - clip_mean) / clip_std)
+            opt.zero_grad(set_to_none=True)
+            sigmoid_distillation_loss(forward().float(), target.float()).backward()
+            adaptive_clip_(params)
+            opt.step()
         else:
             opt.zero_grad(set_to_none=True)
             loss_of(forward().float()).backward()
@@ -194,7 +301,7 @@ def main():
     amp = "" if a.autocast == "none" else f", autocast {a.autocast}"
     print(f"torch {torch.__version__}, {where}{amp}, ~{a.seconds:.0f} s per measurement, each in its own process")
     mem = "MB" if a.device == "cpu" else "GPU MB"
-    print(f"{'model':13s} {'batch':>5s} {'mode':6s} {'torch img/s':>12s} {'bcos img/s':>11s} {'ratio':>6s}"
+    print(f"{'model':14s} {'batch':>5s} {'mode':6s} {'torch img/s':>12s} {'bcos img/s':>11s} {'ratio':>6s}"
           f" {'torch ' + mem:>12s} {'bcos ' + mem:>11s} {'mem ratio':>9s}" + (" ratio range" if a.repeat > 1 else ""))
     for arch, batch, size in (CONFIGS if a.device == "cpu" else GPU_CONFIGS):
         if only and arch not in only:
@@ -206,7 +313,7 @@ def main():
                         "--device", a.device, "--autocast", a.autocast]
             (t_speed, t_mem), (b_speed, b_mem), spread = alternate(lambda: measure(torch_cmd, env),
                                                                    lambda: measure(bcos_cmd, env), a.repeat)
-            print(f"{arch:13s} {batch:5d} {mode:6s} {t_speed:12.1f} {b_speed:11.1f} {b_speed / t_speed:6.2f}"
+            print(f"{arch:14s} {batch:5d} {mode:6s} {t_speed:12.1f} {b_speed:11.1f} {b_speed / t_speed:6.2f}"
                   f" {t_mem:12.0f} {b_mem:11.0f} {t_mem / b_mem:9.2f}{spread}", flush=True)
 
 
