@@ -158,7 +158,8 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
     torch.manual_seed(0)
     params, teacher = None, None
     if arch == "bcos_clip_rn50":  # B-cos CLIP's distillation step (tools/bcos_clip_reference.py)
-        from bcos_clip_reference import CLIP_MEAN, CLIP_STD, BcosClipTower
+        from bcos_clip_reference import CLIP_MEAN, CLIP_STD, BcosClipTower, sigmoid_distillation_loss
+        from bench_bcos import adaptive_clip_
         from clip import ModifiedResNet
         teacher = ModifiedResNet([3, 4, 6, 3], 1024, 32, size, 64).eval()
         module = model = BcosClipTower(ModifiedResNet([3, 4, 6, 3], 1024, 32, size, 64))
@@ -198,8 +199,9 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
         params = list(model.parameters())
     module.to(device)
     x, y = x.to(device), y.to(device)
-    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    if teacher is not None:
+    if teacher is None:
+        opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    else:  # the distillation recipe's optimiser
         opt = torch.optim.Adam(params, lr=1e-4)
 
     def loss_of(out):
@@ -222,8 +224,6 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
             with torch.no_grad():
                 forward()
         elif teacher is not None:
-            from bcos_clip_reference import sigmoid_distillation_loss
-            from bench_bcos import adaptive_clip_
             with torch.no_grad():
                 if amp is None:
                     target = teacher((x - clip_mean) / clip_std)
