@@ -182,7 +182,7 @@ examples::Json write_explanations(models::BcosClipVisual& student, const Tensor&
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"B-cosify CLIP's image tower by distillation and explain zero-shot predictions with text prompts"};
+  cli::App app{"B-cosify CLIP's image tower by distillation and explain zero-shot predictions with text prompts"};
   examples::show_defaults(app);
   const std::string root = examples::data_root(), cifar = root + "/data/cifar10";
   std::string clip_path, out = "out/bcos_clip", train_path = cifar + "/cifar10-train-{000000..000004}.tar",
@@ -198,26 +198,26 @@ int main(int argc, char** argv) {
   app.add_option("--clip", clip_path, "the teacher: CLIP weights (OpenAI .pt, open_clip, Hugging Face); default: the "
                  "small CLIP train_clip makes on the CIFAR-10 shards, trained on first use into OUT/teacher");
   app.add_option("--out", out, "output folder: report.md, report.json, PNGs, checkpoint.safetensors, student.safetensors");
-  CLI::Option* data_opt = app.add_option("--data", train_path, "training images for the distillation (labels unused)");
-  CLI::Option* test_opt = app.add_option("--test-data", test_path, "labelled test images for zero-shot, GridPG and figures");
-  CLI::Option* vocab_opt = app.add_option("--vocab", vocab, "CLIP's BPE vocabulary");
+  cli::Option* data_opt = app.add_option("--data", train_path, "training images for the distillation (labels unused)");
+  cli::Option* test_opt = app.add_option("--test-data", test_path, "labelled test images for zero-shot, GridPG and figures");
+  cli::Option* vocab_opt = app.add_option("--vocab", vocab, "CLIP's BPE vocabulary");
   app.add_option("--classes", classes, "class names: a file, cifar10 or imagenet");
   app.add_option("--templates", templates, "prompt templates with {}: a file, cifar10 or imagenet");
   app.add_option("--held-out", held_out_spec, "indices of the templates the zero-shot classifier uses (default: those "
                  "train_clip leaves out; \"all\" for all)");
-  app.add_option("--epochs", epochs, "distillation epochs (fractions too)")->check(CLI::NonNegativeNumber);
-  app.add_option("--batch", batch, "distillation batch size")->check(CLI::Range(2, 65536));
-  app.add_option("--lr", lr, "Adam learning rate (cosine to 0, no weight decay; the authors use 1e-4 over far more steps)")->check(CLI::NonNegativeNumber);
-  app.add_option("--b", b, "the B-cos exponent")->check(CLI::Range(1.0, 10.0));
-  app.add_option("--loss", loss_name, "sigmoid (the authors') or cosine")->check(CLI::IsMember({"sigmoid", "cosine"}));
-  app.add_option("--crop-scale", crop_scale, "RandomResizedCrop's smallest area fraction")->check(CLI::Range(0.05, 1.0));
+  app.add_option("--epochs", epochs, "distillation epochs (fractions too)")->check(cli::NonNegativeNumber);
+  app.add_option("--batch", batch, "distillation batch size")->check(cli::Range(2, 65536));
+  app.add_option("--lr", lr, "Adam learning rate (cosine to 0, no weight decay; the authors use 1e-4 over far more steps)")->check(cli::NonNegativeNumber);
+  app.add_option("--b", b, "the B-cos exponent")->check(cli::Range(1.0, 10.0));
+  app.add_option("--loss", loss_name, "sigmoid (the authors') or cosine")->check(cli::IsMember({"sigmoid", "cosine"}));
+  app.add_option("--crop-scale", crop_scale, "RandomResizedCrop's smallest area fraction")->check(cli::Range(0.05, 1.0));
   app.add_option("--teacher-epochs", teacher_epochs, "epochs of train_clip when the teacher is trained here");
-  app.add_option("--limit-train", limit_train, "training images per epoch (0: all)")->check(CLI::NonNegativeNumber);
-  app.add_option("--limit-test", limit_test, "test images (0: all)")->check(CLI::NonNegativeNumber);
-  app.add_option("--grids", grids, "GridPG 3 x 3 grids per model (0: skip)")->check(CLI::NonNegativeNumber);
+  app.add_option("--limit-train", limit_train, "training images per epoch (0: all)")->check(cli::NonNegativeNumber);
+  app.add_option("--limit-test", limit_test, "test images (0: all)")->check(cli::NonNegativeNumber);
+  app.add_option("--grids", grids, "GridPG 3 x 3 grids per model (0: skip)")->check(cli::NonNegativeNumber);
   app.add_option("--prompts", prompts_spec, "free prompts to explain, separated by ';'");
   app.add_option("--photos", photos, "a folder of photos to explain besides test images (\"\" to skip)");
-  app.add_option("--workers", workers, "decoding threads")->check(CLI::PositiveNumber);
+  app.add_option("--workers", workers, "decoding threads")->check(cli::PositiveNumber);
   app.add_option("--seed", seed, "seed of shuffling, augmentation and GridPG");
   app.add_option("--device", device_spec, "where the models run: cpu, cuda or cuda:N");
   examples::add_autocast_option(app, autocast);

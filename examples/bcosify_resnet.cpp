@@ -220,7 +220,7 @@ int main(int argc, char** argv) {
   // ../shared holds WebDataset shards; scripts/get_data's cache the CIFAR-10 binary version.
   const std::string binary_dir = cifar_dir + "/cifar-10-batches-bin";
   const bool binary = !fs::exists(cifar_dir + "/cifar10-test-000000.tar") && fs::is_directory(binary_dir);
-  CLI::App app("B-cosify a pretrained ResNet, fine-tune it, and measure accuracy and explanations (GridPG).",
+  cli::App app("B-cosify a pretrained ResNet, fine-tune it, and measure accuracy and explanations (GridPG).",
                "bcosify_resnet");
   examples::show_defaults(app);
   std::string arch = "resnet20", weights, out = "out/bcosify", loss_name = "bce", photos_dir = root + "/data/photos";
@@ -235,42 +235,42 @@ int main(int argc, char** argv) {
   std::string device_spec = "cpu", autocast = "none";
   models::FinetuneSchedule plan;
   plan.b = 2, plan.b_warmup = 0.25, plan.bias_decay = 0.3;
-  const auto fraction = CLI::Range(0.0, 1.0);
+  const auto fraction = cli::Range(0.0, 1.0);
   app.add_option("--arch", arch, "resnet20/32/44/56/110 (CIFAR-10) or resnet18/34/50/101/152 (ImageNet-style)");
-  CLI::Option* weights_opt = app.add_option(
+  cli::Option* weights_opt = app.add_option(
       "--weights", weights, "pretrained checkpoint (default for CIFAR ResNets: $BCOS_DATA/weights/resnet-cifar10/)");
-  CLI::Option* data_opt = app.add_option("--data", train_path, "training data: shards, CIFAR folder or ImageFolder");
-  CLI::Option* test_opt = app.add_option("--test-data", test_path, "test data");
+  cli::Option* data_opt = app.add_option("--data", train_path, "training data: shards, CIFAR folder or ImageFolder");
+  cli::Option* test_opt = app.add_option("--test-data", test_path, "test data");
   app.add_option("--photos", photos_dir, "a folder of extra images to explain (skipped when missing)");
   app.add_option("--epochs", epochs, "fine-tuning epochs (fractions too: 0.25 is a quarter of the training set)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--batch", batch, "batch size")->check(CLI::PositiveNumber);
-  app.add_option("--lr", lr, "AdamW learning rate (cosine schedule to 0)")->check(CLI::NonNegativeNumber);
-  app.add_option("--weight-decay", weight_decay, "AdamW weight decay")->check(CLI::NonNegativeNumber);
-  app.add_option("--warmup", warmup, "linear warm-up steps")->check(CLI::NonNegativeNumber);
-  app.add_option("--b", plan.b, "the B-cos exponent")->check(CLI::Range(1.0, 1e6));
+      ->check(cli::NonNegativeNumber);
+  app.add_option("--batch", batch, "batch size")->check(cli::PositiveNumber);
+  app.add_option("--lr", lr, "AdamW learning rate (cosine schedule to 0)")->check(cli::NonNegativeNumber);
+  app.add_option("--weight-decay", weight_decay, "AdamW weight decay")->check(cli::NonNegativeNumber);
+  app.add_option("--warmup", warmup, "linear warm-up steps")->check(cli::NonNegativeNumber);
+  app.add_option("--b", plan.b, "the B-cos exponent")->check(cli::Range(1.0, 1e6));
   app.add_option("--b-warmup", plan.b_warmup, "b rises linearly from 1 over this fraction of the fine-tuning "
                  "(0: b from the start)")->check(fraction);
-  CLI::Option* bias_decay_opt = app.add_option(
+  cli::Option* bias_decay_opt = app.add_option(
       "--bias-decay", plan.bias_decay, "the biases and BN shifts fade to zero over this fraction of the fine-tuning "
       "and are removed at the end (0: removed at conversion)")->check(fraction);
-  CLI::Option* head_opt = app.add_option("--head-bias-decay", plan.head_bias_decay,
+  cli::Option* head_opt = app.add_option("--head-bias-decay", plan.head_bias_decay,
                                          "the same for the classifier head's bias (default: as --bias-decay)")
                               ->check(fraction)
                               ->default_str("");
-  CLI::Option* logit_bias_opt = app.add_option(
+  cli::Option* logit_bias_opt = app.add_option(
       "--logit-bias", logit_bias_arg, "constant added to the logits (default: -ln(classes - 1); 0 with --keep-bias)")
                                     ->default_str("");
   app.add_option("--bn-recalibrate", bn_recalibrate, "re-estimate the batch-norm statistics on this many training "
-                 "batches after the conversion, weights frozen")->check(CLI::NonNegativeNumber);
+                 "batches after the conversion, weights frozen")->check(cli::NonNegativeNumber);
   app.add_option("--loss", loss_name, "bce (uniform-off-label binary cross-entropy, the B-cos loss) or ce "
-                 "(cross-entropy)")->check(CLI::IsMember({"bce", "ce"}));
-  app.add_option("--gridpg-grids", grids, "GridPG: how many 3 x 3 grids (0: skip GridPG)")->check(CLI::NonNegativeNumber);
-  app.add_option("--explain", explain_count, "explanation PNGs for this many test images")->check(CLI::NonNegativeNumber);
+                 "(cross-entropy)")->check(cli::IsMember({"bce", "ce"}));
+  app.add_option("--gridpg-grids", grids, "GridPG: how many 3 x 3 grids (0: skip GridPG)")->check(cli::NonNegativeNumber);
+  app.add_option("--explain", explain_count, "explanation PNGs for this many test images")->check(cli::NonNegativeNumber);
   app.add_option("--limit-train", limit_train, "use only N training samples per epoch (0: all)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--limit-test", limit_test, "use only N test samples (0: all)")->check(CLI::NonNegativeNumber);
-  app.add_option("--workers", workers, "decoding threads")->check(CLI::PositiveNumber);
+      ->check(cli::NonNegativeNumber);
+  app.add_option("--limit-test", limit_test, "use only N test samples (0: all)")->check(cli::NonNegativeNumber);
+  app.add_option("--workers", workers, "decoding threads")->check(cli::PositiveNumber);
   app.add_option("--seed", seed, "seed of shuffling, augmentation and GridPG");
   app.add_option("--out", out, "output folder: checkpoint, model, report, PNGs");
   app.add_option("--device", device_spec, "where the models run: cpu, cuda or cuda:N");
@@ -308,9 +308,9 @@ int main(int argc, char** argv) {
         if (e.path().filename().string().rfind(s.spec.arch + "-", 0) == 0) weights = e.path().string();
     }
     // Paths the user gave must exist; missing defaults (no ../shared here) only skip the run.
-    for (const CLI::Option* given : {weights_opt, data_opt, test_opt})
-      BCOS_CHECK(!given->count() || examples::data_exists(given->as<std::string>()), "bcosify_resnet: ", given->get_name(), " ",
-                 given->as<std::string>(), " does not exist");
+    for (const cli::Option* given : {weights_opt, data_opt, test_opt})
+      BCOS_CHECK(!given->count() || examples::data_exists(given->as_string()), "bcosify_resnet: ", given->get_name(), " ",
+                 given->as_string(), " does not exist");
     if (weights.empty() || !fs::exists(weights) || !examples::data_exists(train_path) || !examples::data_exists(test_path)) {
       std::printf("bcosify_resnet: skipped: the pretrained weights or the data are missing (weights '%s', data '%s', "
                   "test data '%s'); set BCOS_DATA or pass --weights / --data / --test-data\n",

@@ -36,17 +36,17 @@ Tensor replicate_pad(const Tensor& x, int64_t k) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app("Where a B-cos classifier's positive contributions lie: image or border.", "border_probe");
+  cli::App app("Where a B-cos classifier's positive contributions lie: image or border.", "border_probe");
   examples::show_defaults(app);
   std::string model_path, arch = "resnet20", test_data = examples::data_root() + "/data/cifar10/cifar10-test-000000.tar";
   int64_t images = 500;
   uint64_t seed = 1;
   app.add_option("--model", model_path, "a B-cos model saved by bcosify_resnet (bcos_<arch>.safetensors)")
       ->required()
-      ->check(CLI::ExistingFile);
+      ->check(cli::ExistingFile);
   app.add_option("--arch", arch, "its architecture");
   app.add_option("--test-data", test_data, "test data");
-  app.add_option("--images", images, "how many (shuffled) test images")->check(CLI::PositiveNumber);
+  app.add_option("--images", images, "how many (shuffled) test images")->check(cli::PositiveNumber);
   app.add_option("--seed", seed, "shuffling seed");
   return examples::run(app, argc, argv, [&] {
     const models::ModelSpec spec = models::model_spec(arch);

@@ -19,15 +19,15 @@ struct ModelArgs {
   int64_t resize = 0;
 };
 
-inline void model_options(CLI::App& app, ModelArgs& m) {
+inline void model_options(cli::App& app, ModelArgs& m) {
   app.add_option("--arch", m.arch, "architecture: resnet18/34/50/101/152, resnet20/32/44/56/110, vit_b_16/b_32/l_16")
       ->required();
   app.add_option("--weights", m.weights, "checkpoint: PyTorch (.pth/.pt/.th, zip or legacy) or .safetensors")
       ->required()
-      ->check(CLI::ExistingFile);
+      ->check(cli::ExistingFile);
   app.add_option("--resize", m.resize, "resize the shorter side to this before the center crop (0: the "
                  "architecture's default, 256 for ImageNet models; torchvision's *_V2 ResNet weights expect 232)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::NonNegativeNumber);
   app.add_option("--device", m.device, "where the model runs: cpu, cuda or cuda:N");
 }
 
@@ -59,10 +59,10 @@ inline bool data_exists(const std::string& p) {
 
 // Paths the user typed must exist (an error naming the option); only missing defaults -- no
 // ../shared here -- may make an example skip its work. Empty values ("" to skip) are allowed.
-inline void check_given_paths(const std::string& program, std::initializer_list<const CLI::Option*> options) {
-  for (const CLI::Option* o : options) {
+inline void check_given_paths(const std::string& program, std::initializer_list<const cli::Option*> options) {
+  for (const cli::Option* o : options) {
     if (!o->count()) continue;
-    const std::string value = o->as<std::string>();
+    const std::string value = o->as_string();
     BCOS_CHECK(value.empty() || data_exists(value), program, ": ", o->get_name(), " ", value, " does not exist");
   }
 }

@@ -1,18 +1,92 @@
-// What the examples' command lines share. CLI11 parses (help, validation, subcommands);
-// `run` turns a parse error into CLI11's message and exit code and any other error into one
-// line on stderr and exit status 1, so every example fails the same way (in a data-parallel job
-// the failing rank ends every rank: dist::abort). JSON goes through
-// nlohmann::ordered_json (keys in the order written; NaN and infinities print as null).
+// What the examples' command lines share. CLI11 parses (help, validation, subcommands) behind
+// `cli::App`, a thin wall compiled once in examples/cli.cpp: CLI11 is header-only, and its
+// parser cost every example ~15 s of compile (37 s under the sanitizers). `run` turns a parse
+// error into CLI11's message and exit code and any other error into one line on stderr and exit
+// status 1, so every example fails the same way (in a data-parallel job the failing rank ends
+// every rank: dist::abort). JSON goes through nlohmann::ordered_json (keys in the order written;
+// NaN and infinities print as null).
 #pragma once
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
+#include <memory>
 #include <string>
+#include <vector>
 
-#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "dist/dist.h"
+
+namespace CLI {
+class App;
+class Option;
+}  // namespace CLI
+
+// CLI11's App / Option / validators, by the same names, for the types the examples parse.
+namespace cli {
+
+// A check of an option's value, turned into the CLI11 validator of the same name.
+struct Check {
+  enum Kind { kPositive, kNonNegative, kExistingFile, kIntRange, kRange, kMember } kind;
+  double lo = 0, hi = 0;
+  std::vector<std::string> members = {};
+};
+inline const Check PositiveNumber{Check::kPositive};
+inline const Check NonNegativeNumber{Check::kNonNegative};
+inline const Check ExistingFile{Check::kExistingFile};
+inline Check Range(int lo, int hi) { return {Check::kIntRange, double(lo), double(hi)}; }
+inline Check Range(double lo, double hi) { return {Check::kRange, lo, hi}; }
+inline Check IsMember(std::vector<std::string> members) { return {Check::kMember, 0, 0, std::move(members)}; }
+
+class Option {
+ public:
+  explicit Option(CLI::Option* impl) : impl_(impl) {}
+  Option* check(const Check& c);
+  Option* required();
+  Option* default_str(const std::string& shown);  // what --help shows as the default
+  size_t count() const;                            // times given on the command line
+  std::string get_name() const;
+  std::string as_string() const;                   // the value as typed
+
+ private:
+  CLI::Option* impl_;
+};
+
+class App {
+ public:
+  explicit App(const std::string& description = "", const std::string& name = "");
+  ~App();
+  App(const App&) = delete;
+  App& operator=(const App&) = delete;
+
+  Option* add_option(const std::string& name, std::string& value, const std::string& description = "");
+  Option* add_option(const std::string& name, int& value, const std::string& description = "");
+  Option* add_option(const std::string& name, long& value, const std::string& description = "");
+  Option* add_option(const std::string& name, unsigned long& value, const std::string& description = "");
+  Option* add_option(const std::string& name, double& value, const std::string& description = "");
+  Option* add_option(const std::string& name, float& value, const std::string& description = "");
+  Option* add_option(const std::string& name, std::vector<std::string>& values, const std::string& description = "");
+  Option* add_flag(const std::string& name, bool& value, const std::string& description = "");
+  App* add_subcommand(const std::string& name, const std::string& description);
+  void require_subcommand(int n);
+  bool parsed() const;   // a subcommand: was it given?
+  void show_defaults();  // --help shows the default of every option added after this
+
+  // Parses the command line. --help or a parse error: prints CLI11's message and returns the exit
+  // status; -1 when the program should go on.
+  int parse(int argc, char** argv);
+
+ private:
+  explicit App(CLI::App* borrowed);
+  std::unique_ptr<CLI::App> owned_;
+  CLI::App* app_;
+  std::deque<Option> options_;
+  std::deque<std::unique_ptr<App>> subcommands_;
+};
+
+}  // namespace cli
 
 namespace examples {
 
@@ -36,12 +110,8 @@ inline std::string command_line(int argc, char** argv) {
 
 // Parses the command line into `app`, then runs `body`; returns main's exit status.
 template <class Body>
-int run(CLI::App& app, int argc, char** argv, Body&& body) {
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+int run(cli::App& app, int argc, char** argv, Body&& body) {
+  if (const int status = app.parse(argc, argv); status >= 0) return status;
   try {
     body();
     bcos::dist::finalize();
@@ -59,16 +129,16 @@ inline std::string dump(const Json& j) { return j.dump(2, ' ', false, Json::erro
 
 // --autocast none | bf16 | f16: the operand type of the training step's products
 // (autograd.h: AutocastGuard; float32 when none).
-inline void add_autocast_option(CLI::App& app, std::string& value) {
+inline void add_autocast_option(cli::App& app, std::string& value) {
   app.add_option("--autocast", value, "mixed precision for training: none, bf16 (products of bfloat16 operands, float32 "
                  "sums; AMX on CPUs that have it) or f16 (float16 products with dynamic loss scaling)")
-      ->check(CLI::IsMember({"none", "bf16", "f16"}));
+      ->check(cli::IsMember({"none", "bf16", "f16"}));
 }
 inline bcos::DType autocast_type(const std::string& value) {
   return value == "bf16" ? bcos::DType::bf16 : value == "f16" ? bcos::DType::f16 : bcos::DType::f32;
 }
 
 // Defaults shown in --help for every option that has one.
-inline void show_defaults(CLI::App& app) { app.option_defaults()->always_capture_default(); }
+inline void show_defaults(cli::App& app) { app.show_defaults(); }
 
 }  // namespace examples

@@ -48,7 +48,7 @@ Tensor load_images(const std::vector<std::string>& paths, int64_t resolution) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app("CLIP: tokenize, embed, predict and zero-shot classify.", "clip");
+  cli::App app("CLIP: tokenize, embed, predict and zero-shot classify.", "clip");
   examples::show_defaults(app);
   app.require_subcommand(1);
   std::string vocab = examples::default_vocab(), clip_path;
@@ -59,42 +59,42 @@ int main(int argc, char** argv) {
   std::string out_path, labels, data_path, split = "test", classes = "cifar10", templates = "cifar10";
   std::string device_spec = "cpu";
 
-  auto common = [&](CLI::App* sub, bool needs_model) {
+  auto common = [&](cli::App* sub, bool needs_model) {
     sub->add_option("--vocab", vocab, "CLIP's BPE vocabulary (bpe_simple_vocab_16e6.txt.gz)");
     sub->add_flag("--json", json, "print JSON");
     if (needs_model) {
-      sub->add_option("--clip", clip_path, "the CLIP checkpoint")->required()->check(CLI::ExistingFile);
+      sub->add_option("--clip", clip_path, "the CLIP checkpoint")->required()->check(cli::ExistingFile);
       sub->add_flag("--gelu", gelu, "the model uses exact GELU, not QuickGELU (open_clip's non-quickgelu "
                     "models; files bcos.cpp wrote say it themselves)");
       sub->add_option("--device", device_spec, "where the model runs: cpu, cuda or cuda:N");
     }
   };
-  CLI::App* tokenize = app.add_subcommand("tokenize", "print the token ids of each text");
+  cli::App* tokenize = app.add_subcommand("tokenize", "print the token ids of each text");
   common(tokenize, false);
   tokenize->add_option("texts", texts, "texts to tokenize")->required();
-  tokenize->add_option("--context-length", context, "context length")->check(CLI::PositiveNumber);
+  tokenize->add_option("--context-length", context, "context length")->check(cli::PositiveNumber);
   tokenize->add_flag("--truncate", truncate, "cut texts that do not fit (else: an error)");
 
-  CLI::App* embed = app.add_subcommand("embed", "normalised image and text embeddings");
+  cli::App* embed = app.add_subcommand("embed", "normalised image and text embeddings");
   common(embed, true);
-  embed->add_option("--image", images, "image files")->check(CLI::ExistingFile);
+  embed->add_option("--image", images, "image files")->check(cli::ExistingFile);
   embed->add_option("--text", texts, "texts");
   embed->add_option("--out", out_path, "write them to this safetensors file (image_embeddings, text_embeddings)");
 
-  CLI::App* predict = app.add_subcommand("predict", "probabilities of labels for each image");
+  cli::App* predict = app.add_subcommand("predict", "probabilities of labels for each image");
   common(predict, true);
-  predict->add_option("--image", images, "image files")->required()->check(CLI::ExistingFile);
+  predict->add_option("--image", images, "image files")->required()->check(cli::ExistingFile);
   predict->add_option("--labels", labels, "comma-separated texts, e.g. \"a cat,a dog\"")->required();
 
-  CLI::App* zeroshot = app.add_subcommand("zeroshot", "zero-shot top-1 / top-5 on a labelled dataset");
+  cli::App* zeroshot = app.add_subcommand("zeroshot", "zero-shot top-1 / top-5 on a labelled dataset");
   common(zeroshot, true);
   zeroshot->add_option("--data", data_path, "WebDataset shards, a CIFAR-10 binary folder or an ImageFolder")->required();
-  zeroshot->add_option("--split", split, "CIFAR-10 binary folders: test or train")->check(CLI::IsMember({"test", "train"}));
+  zeroshot->add_option("--split", split, "CIFAR-10 binary folders: test or train")->check(cli::IsMember({"test", "train"}));
   zeroshot->add_option("--classes", classes, "class names: a file (one per line), cifar10 or imagenet");
   zeroshot->add_option("--templates", templates, "prompt templates with {}: a file, cifar10 or imagenet");
-  zeroshot->add_option("--batch", batch, "batch size")->check(CLI::PositiveNumber);
-  zeroshot->add_option("--workers", workers, "decoding threads")->check(CLI::PositiveNumber);
-  zeroshot->add_option("--limit", limit, "only the first N samples (0: all)")->check(CLI::NonNegativeNumber);
+  zeroshot->add_option("--batch", batch, "batch size")->check(cli::PositiveNumber);
+  zeroshot->add_option("--workers", workers, "decoding threads")->check(cli::PositiveNumber);
+  zeroshot->add_option("--limit", limit, "only the first N samples (0: all)")->check(cli::NonNegativeNumber);
 
   return examples::run(app, argc, argv, [&] {
     std::unique_ptr<data::ClipTokenizer> tok_holder;

@@ -20,7 +20,7 @@ using namespace bcos;
 
 
 int main(int argc, char** argv) {
-  CLI::App app("Top-1 / top-5 accuracy of a pretrained classifier.", "evaluate");
+  cli::App app("Top-1 / top-5 accuracy of a pretrained classifier.", "evaluate");
   examples::show_defaults(app);
   examples::ModelArgs m;
   std::string data_path, split = "test", save_logits, save_inputs;
@@ -30,10 +30,10 @@ int main(int argc, char** argv) {
   examples::model_options(app, m);
   app.add_option("--data", data_path, "WebDataset shards (.tar, brace patterns), a CIFAR-10 binary folder or an ImageFolder")
       ->required();
-  app.add_option("--split", split, "CIFAR-10 binary folders: test or train")->check(CLI::IsMember({"test", "train"}));
-  app.add_option("--batch", batch, "batch size")->check(CLI::PositiveNumber);
-  app.add_option("--workers", workers, "decoding threads")->check(CLI::PositiveNumber);
-  app.add_option("--limit", limit, "evaluate only the first N samples (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--split", split, "CIFAR-10 binary folders: test or train")->check(cli::IsMember({"test", "train"}));
+  app.add_option("--batch", batch, "batch size")->check(cli::PositiveNumber);
+  app.add_option("--workers", workers, "decoding threads")->check(cli::PositiveNumber);
+  app.add_option("--limit", limit, "evaluate only the first N samples (0: all)")->check(cli::NonNegativeNumber);
   app.add_option("--save-logits", save_logits, "write logits [N, classes] and labels [N] here (safetensors), in dataset order");
   app.add_option("--save-inputs", save_inputs, "write the network's inputs [N, 3, H, W] here (safetensors), to check other tools on them");
   app.add_flag("--json", json, "print the result as JSON (progress stays on stderr)");

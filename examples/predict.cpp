@@ -18,16 +18,16 @@
 using namespace bcos;
 
 int main(int argc, char** argv) {
-  CLI::App app("Top classes for one image.", "predict");
+  cli::App app("Top classes for one image.", "predict");
   examples::show_defaults(app);
   examples::ModelArgs m;
   std::string image, classes;
   int64_t top = 5;
   bool json = false;
   examples::model_options(app, m);
-  app.add_option("--image", image, "a JPEG / PNG / BMP file")->required()->check(CLI::ExistingFile);
-  app.add_option("--topk", top, "how many classes to show")->check(CLI::PositiveNumber);
-  app.add_option("--classes", classes, "a text file with one class name per line")->check(CLI::ExistingFile);
+  app.add_option("--image", image, "a JPEG / PNG / BMP file")->required()->check(cli::ExistingFile);
+  app.add_option("--topk", top, "how many classes to show")->check(cli::PositiveNumber);
+  app.add_option("--classes", classes, "a text file with one class name per line")->check(cli::ExistingFile);
   app.add_flag("--json", json, "print JSON instead of a table");
   return examples::run(app, argc, argv, [&] {
     const models::ModelSpec spec = models::model_spec(m.arch);

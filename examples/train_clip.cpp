@@ -84,7 +84,7 @@ models::ClipConfig make_config(const Towers& s, int64_t vocab_size) {
 
 int main(int argc, char** argv) {
   const std::string root = examples::data_root(), cifar = root + "/data/cifar10";
-  CLI::App app("Train a CLIP contrastively, then classify zero-shot.", "train_clip");
+  cli::App app("Train a CLIP contrastively, then classify zero-shot.", "train_clip");
   examples::show_defaults(app);
   std::string train_path = cifar + "/cifar10-train-{000000..000004}.tar", test_path = cifar + "/cifar10-test-000000.tar";
   std::string vocab = examples::default_vocab(), classes = "cifar10", templates = "cifar10";
@@ -97,39 +97,39 @@ int main(int argc, char** argv) {
   uint64_t seed = 0;
   bool from_classes = false, resume = false, eval_each_epoch = false, detect_anomaly = false, distributed = false,
        sync_bn = false, split_shards = false;
-  CLI::Option* data_opt = app.add_option("--data", train_path, "training shards: <key>.jpg + <key>.txt (or .cls with "
+  cli::Option* data_opt = app.add_option("--data", train_path, "training shards: <key>.jpg + <key>.txt (or .cls with "
                                          "--captions-from-classes)");
-  CLI::Option* test_opt = app.add_option("--test-data", test_path, "labelled test data for the zero-shot evaluation (\"\" to skip)");
+  cli::Option* test_opt = app.add_option("--test-data", test_path, "labelled test data for the zero-shot evaluation (\"\" to skip)");
   app.add_flag("--captions-from-classes", from_classes, "captions are templates filled with the class name of each "
                "sample's label (on by default for the CIFAR-10 shards)");
   app.add_option("--classes", classes, "class names: a file, cifar10 or imagenet");
   app.add_option("--templates", templates, "templates with {}: a file, cifar10 or imagenet");
   app.add_option("--train-templates", train_templates, "indices of the templates captions are made from; the "
                  "others are held out for the zero-shot evaluation (\"all\": every template in both)");
-  CLI::Option* vocab_opt = app.add_option("--vocab", vocab, "CLIP's BPE vocabulary");
+  cli::Option* vocab_opt = app.add_option("--vocab", vocab, "CLIP's BPE vocabulary");
   app.add_option("--vision", shape.vision, "resnet / vit (small, from the options below) or OpenAI's tower: rn50, "
                  "rn101, rn50x4, rn50x16, rn50x64, vit_b_32, vit_b_16, vit_l_14");
   app.add_option("--image-size", shape.image_size, "input resolution of the small towers (32 to 64 for CIFAR)")
-      ->check(CLI::Range(8, 1024));
-  app.add_option("--vision-width", shape.vision_width, "ModifiedResNet stem width / ViT width")->check(CLI::PositiveNumber);
+      ->check(cli::Range(8, 1024));
+  app.add_option("--vision-width", shape.vision_width, "ModifiedResNet stem width / ViT width")->check(cli::PositiveNumber);
   app.add_option("--vision-layers", shape.vision_layers, "ModifiedResNet blocks per stage (1 to 4 stages) / ViT depth");
-  app.add_option("--patch-size", shape.patch_size, "ViT patch size")->check(CLI::PositiveNumber);
+  app.add_option("--patch-size", shape.patch_size, "ViT patch size")->check(cli::PositiveNumber);
   app.add_option("--vision-heads", shape.vision_heads, "attention heads of the image tower (0: width / 64)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--embed-dim", shape.embed_dim, "joint embedding size")->check(CLI::PositiveNumber);
-  app.add_option("--text-width", shape.text_width, "text transformer width")->check(CLI::PositiveNumber);
-  app.add_option("--text-layers", shape.text_layers, "text transformer layers")->check(CLI::PositiveNumber);
-  app.add_option("--text-heads", shape.text_heads, "text transformer heads")->check(CLI::PositiveNumber);
-  app.add_option("--context-length", shape.context_length, "tokens per caption (OpenAI: 77)")->check(CLI::Range(3, 77));
+      ->check(cli::NonNegativeNumber);
+  app.add_option("--embed-dim", shape.embed_dim, "joint embedding size")->check(cli::PositiveNumber);
+  app.add_option("--text-width", shape.text_width, "text transformer width")->check(cli::PositiveNumber);
+  app.add_option("--text-layers", shape.text_layers, "text transformer layers")->check(cli::PositiveNumber);
+  app.add_option("--text-heads", shape.text_heads, "text transformer heads")->check(cli::PositiveNumber);
+  app.add_option("--context-length", shape.context_length, "tokens per caption (OpenAI: 77)")->check(cli::Range(3, 77));
   app.add_option("--init", init, "start from these CLIP weights (any file examples/clip reads) instead of random");
-  app.add_option("--epochs", epochs, "training epochs (fractions too)")->check(CLI::NonNegativeNumber);
-  app.add_option("--batch", batch, "batch size (the contrastive loss sees batch x batch pairs)")->check(CLI::Range(2, 65536));
-  app.add_option("--lr", lr, "AdamW learning rate (cosine to 0)")->check(CLI::NonNegativeNumber);
-  app.add_option("--weight-decay", weight_decay, "decoupled weight decay of the weight matrices")->check(CLI::NonNegativeNumber);
-  app.add_option("--warmup", warmup, "linear warm-up steps")->check(CLI::NonNegativeNumber);
-  app.add_option("--limit-train", limit_train, "training samples per epoch (0: all)")->check(CLI::NonNegativeNumber);
-  app.add_option("--limit-test", limit_test, "test samples (0: all)")->check(CLI::NonNegativeNumber);
-  app.add_option("--workers", workers, "decoding threads")->check(CLI::PositiveNumber);
+  app.add_option("--epochs", epochs, "training epochs (fractions too)")->check(cli::NonNegativeNumber);
+  app.add_option("--batch", batch, "batch size (the contrastive loss sees batch x batch pairs)")->check(cli::Range(2, 65536));
+  app.add_option("--lr", lr, "AdamW learning rate (cosine to 0)")->check(cli::NonNegativeNumber);
+  app.add_option("--weight-decay", weight_decay, "decoupled weight decay of the weight matrices")->check(cli::NonNegativeNumber);
+  app.add_option("--warmup", warmup, "linear warm-up steps")->check(cli::NonNegativeNumber);
+  app.add_option("--limit-train", limit_train, "training samples per epoch (0: all)")->check(cli::NonNegativeNumber);
+  app.add_option("--limit-test", limit_test, "test samples (0: all)")->check(cli::NonNegativeNumber);
+  app.add_option("--workers", workers, "decoding threads")->check(cli::PositiveNumber);
   app.add_option("--seed", seed, "seed of the weights, shuffling, augmentation and captions");
   app.add_option("--out", out, "output folder: checkpoint.safetensors, clip.safetensors, report.json");
   app.add_option("--device", device_spec, "where the model trains: cpu, cuda or cuda:N (with --distributed: "

@@ -124,6 +124,10 @@ expect_error "bcosify_resnet: a training label outside the classes (WebDataset)"
 expect_error "bcosify_resnet: a test label outside the classes (WebDataset)" "s04 has label 15" "$ex/bcosify_resnet" "${W20[@]}" --data "$work/cifar" --test-data "$work/label15.tar" --out "$work/b3"
 expect_error "bcosify_resnet: --resume without a checkpoint" "no checkpoint" "${B[@]}" --data "$work/cifar" --batch 16 --out "$work/b4" --resume
 expect_error "bcosify_resnet: an unknown --autocast" "--autocast: fp8 not in" "${B[@]}" --data "$work/cifar" --autocast fp8 --out "$work/b5"
+# the option checks of examples/cli.cpp: a message that names the option and the value
+expect_error "bcosify_resnet: --workers 0" "--workers: Value 0 is not positive" "${B[@]}" --data "$work/cifar" --workers 0 --out "$work/b5"
+expect_error "bcosify_resnet: --epochs -1" "--epochs: Value -1 is negative" "${B[@]}" --data "$work/cifar" --epochs -1 --out "$work/b5"
+expect_error "bcosify_resnet: --epochs nan" "--epochs: Value nan is not a number" "${B[@]}" --data "$work/cifar" --epochs nan --out "$work/b5"
 expect_success "bcosify_resnet: --autocast f16 (loss scaling) fine-tunes" "${B[@]}" --data "$work/cifar" --batch 16 --autocast f16 --out "$work/b6"
 cp "$work/random.pt" "$work/b4/checkpoint.safetensors" 2>/dev/null || { mkdir -p "$work/b4"; cp "$work/random.pt" "$work/b4/checkpoint.safetensors"; }
 expect_error "bcosify_resnet: --resume from a corrupt checkpoint" "checkpoint.safetensors" "${B[@]}" --data "$work/cifar" --batch 16 --out "$work/b4" --resume
