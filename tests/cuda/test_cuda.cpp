@@ -2,12 +2,8 @@
 // of every raw kernel (unary forward and backward, binary, reduce, bmm) on contiguous,
 // strided and broadcast operands. They use only tensor/ (factories, raw copies, cpu:: kernels)
 // so they do not depend on the autograd layer. Every test skips, with a message, when no GPU
-// is visible; the whole file reduces to one skipping test when bcos is built without CUDA.
+// is visible; only CUDA builds compile this file (tests/meson.build).
 #include <doctest/doctest.h>
-
-#include "tensor/tensor.h"
-
-#ifdef BCOS_WITH_CUDA
 
 #include <cmath>
 #include <cstdio>
@@ -22,6 +18,7 @@
 #include "tensor/cpu/kernels.h"
 #include "tensor/cuda/backend.h"
 #include "tensor/cuda/internal.h"
+#include "tensor/tensor.h"
 
 namespace {
 
@@ -749,11 +746,3 @@ TEST_CASE("cuda: bmm edge cases") {
   Tensor zi = empty({2, 3, 6}, {DType::i64, kGpu});
   CHECK_THROWS_AS(cuda::bmm(xi, yi, zi), Error);
 }
-
-#else  // !BCOS_WITH_CUDA
-
-TEST_CASE("cuda: backend not compiled") {
-  MESSAGE("bcos was built without its CUDA backend: CUDA tests skipped");
-}
-
-#endif
