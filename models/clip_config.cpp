@@ -106,9 +106,18 @@ ClipConfig ClipConfig::from_state_dict(const nn::StateDict& state,
   return c;
 }
 
+// "3,4,6,3": the ResNet's blocks per stage, or the ViT's depth.
+static std::string joined_layers(const std::vector<int64_t>& layers) {
+  std::string out;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (i) out += ',';
+    out += std::to_string(layers[i]);
+  }
+  return out;
+}
+
 std::vector<std::pair<std::string, std::string>> ClipConfig::metadata() const {
-  std::string layers;
-  for (size_t i = 0; i < vision_layers.size(); ++i) layers += (i ? "," : "") + std::to_string(vision_layers[i]);
+  const std::string layers = joined_layers(vision_layers);
   return {{"clip.embed_dim", std::to_string(embed_dim)},
           {"clip.image_resolution", std::to_string(image_resolution)},
           {"clip.vision_layers", layers},
@@ -124,8 +133,7 @@ std::vector<std::pair<std::string, std::string>> ClipConfig::metadata() const {
 }
 
 std::string ClipConfig::describe() const {
-  std::string layers;
-  for (size_t i = 0; i < vision_layers.size(); ++i) layers += (i ? "," : "") + std::to_string(vision_layers[i]);
+  const std::string layers = joined_layers(vision_layers);
   return str(vit() ? str("ViT/", vision_patch_size, " depth ", layers) : str("ModifiedResNet [", layers, "]"),
              " width ", vision_width, " heads ", vision_heads, " at ", image_resolution, " px; text ",
              transformer_layers, " x ", transformer_width, " heads ", transformer_heads, ", context ", context_length,
