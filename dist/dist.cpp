@@ -71,7 +71,7 @@ void ensure_nccl(int device) {
 }
 #endif
 
-bool use_nccl(const char* op, const Tensor& t) {
+bool use_nccl([[maybe_unused]] const char* op, const Tensor& t) {  // op: for the error without NCCL
   if (!t.is_cuda()) return false;
 #ifdef BCOS_WITH_NCCL
   ensure_nccl(t.device().index);
