@@ -131,7 +131,7 @@ inline std::string dump(const Json& j) { return j.dump(2, ' ', false, Json::erro
 // (autograd.h: AutocastGuard; float32 when none).
 inline void add_autocast_option(cli::App& app, std::string& value) {
   app.add_option("--autocast", value, "mixed precision for training: none, bf16 (products of bfloat16 operands, float32 "
-                 "sums; AMX on CPUs that have it) or f16 (float16 products with dynamic loss scaling)")
+                 "sums; AMX or AVX-512 BF16 on CPUs that have them) or f16 (float16 products with dynamic loss scaling)")
       ->check(cli::IsMember({"none", "bf16", "f16"}));
 }
 inline bcos::DType autocast_type(const std::string& value) {

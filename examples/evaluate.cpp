@@ -37,12 +37,12 @@ int main(int argc, char** argv) {
   app.add_option("--save-logits", save_logits, "write logits [N, classes] and labels [N] here (safetensors), in dataset order");
   app.add_option("--save-inputs", save_inputs, "write the network's inputs [N, 3, H, W] here (safetensors), to check other tools on them");
   app.add_flag("--json", json, "print the result as JSON (progress stays on stderr)");
-  app.add_flag("--bf16", bf16, "CPU: bfloat16 matrix products with float32 sums (AMX; ignored, with a warning, without it)");
+  app.add_flag("--bf16", bf16, "CPU: bfloat16 matrix products with float32 sums (AMX or AVX-512 BF16; ignored, with a warning, without)");
   return examples::run(app, argc, argv, [&] {
     const models::ModelSpec spec = models::model_spec(m.arch);
     const Device device = examples::parse_device(m.device);
     if (bf16 && !cpu_bf16_supported())
-      std::fprintf(stderr, "evaluate: --bf16: this CPU has no AMX-BF16, products stay float32\n");
+      std::fprintf(stderr, "evaluate: --bf16: this CPU has neither AMX-BF16 nor AVX-512 BF16, products stay float32\n");
     CpuBf16Guard bf16_products(bf16);
     auto model = models::create_model(spec.arch);
     models::load_pretrained(*model, m.weights);

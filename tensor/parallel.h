@@ -32,10 +32,11 @@ inline int64_t chunk_count(int64_t n, int64_t cost_per_item) {
 }
 
 // bfloat16 matrix products for inference and explanations: while on, every float32 GEMM on the
-// CPU (matmul, linear, convolution -- which then skips Winograd and the implicit column matrix)
-// rounds its operands to bfloat16 and sums in float32 (tensor/cpu/gemm_bf16.cpp). Only where the
-// CPU has AVX-512 BF16: set_cpu_bf16(true) is ignored elsewhere (check cpu_bf16()). Off by default;
-// not meant for training (gradients would be bf16-rounded products too).
+// CPU with both sides 64 or more (matmul, linear, convolution -- which then skips Winograd and
+// the implicit column matrix) rounds its operands to bfloat16 and sums in float32
+// (tensor/cpu/gemm_bf16.cpp). Only where the CPU has AMX-BF16 or AVX-512 BF16: set_cpu_bf16(true)
+// is ignored elsewhere (check cpu_bf16()). Off by default; not meant for training (gradients
+// would be bf16-rounded products too).
 bool cpu_bf16_supported();
 void set_cpu_bf16(bool on);
 bool cpu_bf16();
@@ -49,12 +50,15 @@ struct CpuBf16Guard {
   bool previous_;
 };
 
-// Autocast's request that float32 GEMMs of bf16-rounded operands take the AMX path
-// (tensor/cpu/gemm.h: Bf16OperandsScope). Per thread, and handed on to the workers of every
-// parallel_chunks / parallel_for, so a convolution's per-sample GEMMs see what its caller set.
-inline bool& bf16_operands_flag() {
-  static thread_local bool on = false;
-  return on;
+// Autocast's bf16 products on this thread (tensor/cpu/gemm.h: Bf16OperandsScope): off; on, with
+// the operands already rounded to bf16; or on, with float32 operands that each product rounds
+// itself (the bf16 GEMM while packing, gemm() by a rounded copy for smaller products). Per thread,
+// and handed on to the workers of every parallel_chunks / parallel_for, so a convolution's
+// per-sample GEMMs see what its caller set.
+enum class Bf16Operands : uint8_t { off, rounded, unrounded };
+inline Bf16Operands& bf16_operands_mode() {
+  static thread_local Bf16Operands mode = Bf16Operands::off;
+  return mode;
 }
 
 // Splits [0, n) into chunk_count() contiguous chunks and calls fn(chunk, begin, end) for each,
@@ -69,10 +73,10 @@ void parallel_chunks(int64_t n, int64_t cost_per_item, F&& fn) {
     fn(int64_t(0), int64_t(0), n);
     return;
   }
-  const bool bf16_operands = bf16_operands_flag();
+  const Bf16Operands bf16_operands = bf16_operands_mode();
 #pragma omp parallel for schedule(static) num_threads(int(chunks))
   for (int64_t c = 0; c < chunks; ++c) {
-    bf16_operands_flag() = bf16_operands;
+    bf16_operands_mode() = bf16_operands;
     int64_t b = n * c / chunks, e = n * (c + 1) / chunks;
     if (b < e) fn(c, b, e);
   }

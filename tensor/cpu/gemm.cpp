@@ -522,6 +522,17 @@ void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t 
           bool accumulate) {
   if (m == 0 || n == 0) return;
   if (bf16_product(m, n, k) && gemm_bf16(m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate)) return;
+  std::unique_ptr<float[]> a_rounded, b_rounded;
+  if (bf16_operands_mode() == Bf16Operands::unrounded && k > 0) {
+    // Autocast's bf16 product, too small for the bf16 GEMM: rounded copies, then float32 (whose
+    // products of bf16 values are exact).
+    a_rounded = std::make_unique_for_overwrite<float[]>(size_t(m * k));
+    b_rounded = std::make_unique_for_overwrite<float[]>(size_t(k * n));
+    round_to_bf16(m, k, a, rsa, csa, a_rounded.get());
+    round_to_bf16(k, n, b, rsb, csb, b_rounded.get());
+    a = a_rounded.get(), rsa = k, csa = 1;
+    b = b_rounded.get(), rsb = n, csb = 1;
+  }
 #ifdef BCOS_GEMM_X86
   static const SgemmFn fn = pick_sgemm();
   if (k > 0 && fn) return fn(m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);

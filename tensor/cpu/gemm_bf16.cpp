@@ -1,21 +1,31 @@
-// bfloat16 GEMM for inference: C = A · B with both operands rounded to bfloat16 (to nearest even)
-// while they are packed, products summed in float32 by AMX (Advanced Matrix Extensions): one
-// TDPBF16PS multiplies a 16 x 32 bf16 tile of A by a 32 x 16 tile of B into a 16 x 16 float32
-// tile, 8192 multiply-adds per instruction. On this CPU that is several times the float32
-// AVX-512 kernel (measured in the commit message); AVX-512 BF16's vdpbf16ps alone, tried first,
-// ran at 0.55x of it. The price is bf16's 8-bit mantissa on the inputs (relative error ≤ 2^-9 per
-// operand), which is why it is an option (set_cpu_bf16) for inference and explanations.
+// bfloat16 GEMM: C = A · B with both operands rounded to bfloat16 (to nearest even) while they are
+// packed, products summed in float32. Used by autocast's products and by the bf16 inference
+// option (set_cpu_bf16). Two kernels, by what the CPU has:
+//   AMX (Intel, Sapphire Rapids on): one TDPBF16PS multiplies a 16 x 32 bf16 tile of A by a
+//   32 x 16 tile of B into a 16 x 16 float32 tile, 8192 multiply-adds per instruction -- several
+//   times the float32 AVX-512 kernel there, where AVX-512 BF16's vdpbf16ps ran at 0.55x of float32.
+//   AVX-512 BF16 (AMD Zen 4 on): vdpbf16ps, 32 multiply-adds per instruction against an FMA's 16;
+//   on Zen 5 it issues as fast as an FMA, so twice the float32 kernel's peak.
+// bf16 x bf16 products are exact in float32; the price is bf16's 8-bit mantissa on the inputs
+// (relative error ≤ 2^-9 per operand).
 //
-// Layout: micro-tiles of C are 32 x 32 (four accumulator tiles); k runs in steps of 32.
-//   packed A block: row-major bf16, ablk[r * kp + p], rows padded to 32, k padded to kp (mult. of 32)
-//   packed B panel (32 columns): bp[(pair * 32 + j) * 2 + h] = bf16 b[2·pair + h][j] -- AMX's
-//   "VNNI" layout: tile row `pair` holds the two k-values of each of 16 columns side by side.
+// Layout: micro-tiles of C are 32 columns wide (AMX 32 rows, four accumulator tiles; AVX-512 8
+// rows, 16 zmm); k runs in pairs (AMX: steps of 32).
+//   packed A block: row-major bf16, ablk[r * kp + p], rows padded to the tile height, k to kp
+//   packed B panel (32 columns): bp[(pair * 32 + j) * 2 + h] = bf16 b[2·pair + h][j] -- the
+//   "VNNI" layout both instructions read: the two k-values of a column side by side in 32 bits.
 // Linux hands out AMX state only on request (arch_prctl ARCH_REQ_XCOMP_PERM), made once.
+// GCC 12 misreads the placeholder operand of AVX-512 intrinsics (`__Y`) as "maybe uninitialized"
+// (as in gemm.cpp).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
@@ -55,16 +65,20 @@ bool cpu_has_amx() {
 }
 }  // namespace
 
-bool cpu_bf16_supported() { return cpu_has_amx(); }
-void set_cpu_bf16(bool on) { g_bf16.store(on && cpu_has_amx()); }
+bool cpu_bf16_supported() { return std::string_view(cpu::gemm_bf16_kernel_name()) != "none"; }
+void set_cpu_bf16(bool on) { g_bf16.store(on && cpu_bf16_supported()); }
 bool cpu_bf16() { return g_bf16.load(std::memory_order_relaxed); }
 
 }  // namespace bcos
 
 namespace bcos::cpu {
 
+bool bf16_gemm_fits(int64_t m, int64_t n, int64_t k) {
+  return m >= 64 && n >= 64 && k >= 32 && cpu_bf16_supported();
+}
+
 bool bf16_product(int64_t m, int64_t n, int64_t k) {
-  return (cpu_bf16() || (bf16_operands_flag() && cpu_bf16_supported())) && m >= 64 && n >= 64 && k >= 32;
+  return (cpu_bf16() || bf16_operands_mode() != Bf16Operands::off) && bf16_gemm_fits(m, n, k);
 }
 
 namespace {
@@ -80,8 +94,15 @@ inline uint16_t to_bf16(float f) {
 inline float round_to_bf16(float f) { return BFloat16::to_float(to_bf16(f)); }
 }  // namespace
 
-Bf16OperandsScope::Bf16OperandsScope(bool on) : previous_(bf16_operands_flag()) { bf16_operands_flag() = on; }
-Bf16OperandsScope::~Bf16OperandsScope() { bf16_operands_flag() = previous_; }
+Bf16OperandsScope::Bf16OperandsScope(Bf16Operands mode) : previous_(bf16_operands_mode()) {
+  bf16_operands_mode() = mode;
+}
+Bf16OperandsScope::~Bf16OperandsScope() { bf16_operands_mode() = previous_; }
+
+void round_to_bf16(int64_t rows, int64_t cols, const float* src, int64_t rs, int64_t cs, float* dst) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) dst[i * cols + j] = round_to_bf16(src[i * rs + j * cs]);
+}
 
 namespace {
 // Whether x's elements fill offsets [0, numel) of its storage span exactly, in some order of its
@@ -123,9 +144,6 @@ Tensor rounded_operand(const Tensor& x, DType operands) {
 #ifdef BCOS_AMX
 namespace {
 
-constexpr int64_t kTile = 32;                        // C micro-tile 32 x 32; k step 32
-constexpr int64_t MC = 128, KC = 512, NC = 1024;     // A block 128 x 512 bf16 = 128 KiB; B slice 1 MiB
-
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
 };
@@ -134,6 +152,8 @@ std::unique_ptr<T[], FreeDeleter> aligned(int64_t count) {
   const size_t bytes = std::max<size_t>((size_t(count) * sizeof(T) + 63) / 64 * 64, 64);
   return std::unique_ptr<T[], FreeDeleter>(static_cast<T*>(std::aligned_alloc(64, bytes)));
 }
+
+constexpr int64_t kPanel = 32;  // both kernels: C micro-tiles 32 columns wide, B packed in 32-column panels
 
 // A[0:rows, 0:kc] -> ablk[r * kp + p]; zero for r in [rows, rows_pad) and p in [kc, kp).
 void pack_a_block(const float* a, int64_t rsa, int64_t csa, int64_t rows, int64_t rows_pad, int64_t kc,
@@ -156,18 +176,159 @@ void pack_a_block(const float* a, int64_t rsa, int64_t csa, int64_t rows, int64_
 // B[0:kc, 0:cols] (cols ≤ 32) -> one VNNI panel of kp / 2 pair rows; zero beyond cols and kc.
 void pack_b_panel(const float* b, int64_t rsb, int64_t csb, int64_t cols, int64_t kc, int64_t kp, uint16_t* bp) {
   for (int64_t q = 0; q < kp / 2; ++q) {
-    uint16_t* dst = bp + q * kTile * 2;
+    uint16_t* dst = bp + q * kPanel * 2;
     for (int h = 0; h < 2; ++h) {
       const int64_t p = 2 * q + h;
       if (p >= kc) {
-        for (int64_t j = 0; j < kTile; ++j) dst[2 * j + h] = 0;
+        for (int64_t j = 0; j < kPanel; ++j) dst[2 * j + h] = 0;
         continue;
       }
       const float* row = b + p * rsb;
       for (int64_t j = 0; j < cols; ++j) dst[2 * j + h] = to_bf16(row[j * csb]);
-      for (int64_t j = cols; j < kTile; ++j) dst[2 * j + h] = 0;
+      for (int64_t j = cols; j < kPanel; ++j) dst[2 * j + h] = 0;
     }
   }
+}
+
+// The same packing with AVX-512 BF16 (Zen 4 on; Sapphire Rapids has it beside AMX): vcvtneps2bf16
+// rounds 16 floats at once, and a 16 x 16 transpose of 32-bit pairs serves the transposed
+// operands (a linear layer's Wᵀ, a weight gradient's dYᵀ). Scalar packing cost more than the
+// products when one side is short (vdpbf16ps, one thread, 16 x 1024 x 144: 0.51x of float32
+// with it, 1.04x with this). vcvtneps2bf16 takes subnormal inputs as zero, as vdpbf16ps and
+// TDPBF16PS do with subnormal operands anyway (vdpbf16ps checked on Zen 5, TDPBF16PS by Intel's
+// manual), so no result changes.
+#define BCOS_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+inline __mmask16 first_lanes(int64_t count) {
+  return count >= 16 ? __mmask16(0xffff) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
+}
+
+// bf16 of `even` in the low half of each 32-bit lane, of `odd` in the high half.
+BCOS_BF16_TARGET inline __m512i pairs_of(__m512 even, __m512 odd) {
+  const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(even));
+  const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(odd));
+  return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+}
+
+// 32 consecutive floats (the first `count`; zero after) as their 16 pairs.
+BCOS_BF16_TARGET inline __m512i pairs_in_row(const float* p, int64_t count) {
+  const __m512 lo = _mm512_maskz_loadu_ps(first_lanes(count), p);
+  const __m512 hi = _mm512_maskz_loadu_ps(first_lanes(count - 16), p + 16);
+  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
+// r[i][j] -> r[j][i] for a 16 x 16 matrix of 32-bit values: pairs within 128-bit lanes, then
+// quadruples, then the lanes themselves.
+BCOS_BF16_TARGET inline void transpose16(__m512i (&r)[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int g = 0; g < 16; g += 4) {  // u[g + x]: column 4·lane + x of rows g .. g + 3
+    u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+    u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+    u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+    u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+  }
+  for (int x = 0; x < 4; ++x) {
+    const __m512i v = _mm512_shuffle_i32x4(u[x], u[4 + x], 0x88), w = _mm512_shuffle_i32x4(u[x], u[4 + x], 0xdd);
+    const __m512i v2 = _mm512_shuffle_i32x4(u[8 + x], u[12 + x], 0x88);
+    const __m512i w2 = _mm512_shuffle_i32x4(u[8 + x], u[12 + x], 0xdd);
+    r[x] = _mm512_shuffle_i32x4(v, v2, 0x88);
+    r[8 + x] = _mm512_shuffle_i32x4(v, v2, 0xdd);
+    r[4 + x] = _mm512_shuffle_i32x4(w, w2, 0x88);
+    r[12 + x] = _mm512_shuffle_i32x4(w, w2, 0xdd);
+  }
+}
+
+// pack_a_block for a row-major (csa = 1) or transposed (rsa = 1) A; kp even.
+BCOS_BF16_TARGET void pack_a_block_avx512(const float* a, int64_t rsa, int64_t csa, int64_t rows, int64_t rows_pad,
+                                          int64_t kc, int64_t kp, uint16_t* ablk) {
+  if (csa == 1) {
+    for (int64_t r = 0; r < rows_pad; ++r)
+      for (int64_t p = 0; p < kp; p += 32) {
+        const __m512i v = r < rows ? pairs_in_row(a + r * rsa + p, kc - p) : _mm512_setzero_si512();
+        _mm512_mask_storeu_epi32(ablk + r * kp + p, first_lanes((kp - p) / 2), v);
+      }
+    return;
+  }
+  for (int64_t r0 = 0; r0 < rows_pad; r0 += 16) {  // 16 rows x 16 pairs of k at a time
+    const __mmask16 in_rows = first_lanes(rows - r0);
+    for (int64_t p0 = 0; p0 < kp; p0 += 32) {
+      __m512i t[16];
+      for (int q = 0; q < 16; ++q) {  // t[q]: pair p0 / 2 + q of the 16 rows
+        const int64_t p = p0 + 2 * q;
+        const __m512 even = p < kc ? _mm512_maskz_loadu_ps(in_rows, a + r0 + p * csa) : _mm512_setzero_ps();
+        const __m512 odd = p + 1 < kc ? _mm512_maskz_loadu_ps(in_rows, a + r0 + (p + 1) * csa) : _mm512_setzero_ps();
+        t[q] = pairs_of(even, odd);
+      }
+      transpose16(t);  // t[r]: the 16 pairs of row r0 + r
+      for (int64_t r = 0; r < 16 && r0 + r < rows_pad; ++r)
+        _mm512_mask_storeu_epi32(ablk + (r0 + r) * kp + p0, first_lanes((kp - p0) / 2), t[r]);
+    }
+  }
+}
+
+// pack_b_panel for a row-major (csb = 1) or transposed (rsb = 1) B; kp even.
+BCOS_BF16_TARGET void pack_b_panel_avx512(const float* b, int64_t rsb, int64_t csb, int64_t cols, int64_t kc,
+                                          int64_t kp, uint16_t* bp) {
+  if (csb == 1) {
+    for (int64_t q = 0; q < kp / 2; ++q)
+      for (int64_t h = 0; h < kPanel; h += 16) {
+        const __mmask16 in_cols = first_lanes(cols - h);
+        const int64_t p = 2 * q;
+        const __m512 even = p < kc ? _mm512_maskz_loadu_ps(in_cols, b + p * rsb + h) : _mm512_setzero_ps();
+        const __m512 odd = p + 1 < kc ? _mm512_maskz_loadu_ps(in_cols, b + (p + 1) * rsb + h) : _mm512_setzero_ps();
+        _mm512_storeu_si512(bp + (q * kPanel + h) * 2, pairs_of(even, odd));
+      }
+    return;
+  }
+  for (int64_t q0 = 0; q0 < kp / 2; q0 += 16)  // 16 pairs of k x 16 columns at a time
+    for (int64_t h = 0; h < kPanel; h += 16) {
+      __m512i t[16];
+      for (int64_t j = 0; j < 16; ++j)  // t[j]: 16 pairs of column h + j
+        t[j] = h + j < cols ? pairs_in_row(b + (h + j) * csb + 2 * q0, kc - 2 * q0) : _mm512_setzero_si512();
+      transpose16(t);  // t[q]: pair q0 + q of the 16 columns
+      for (int64_t q = 0; q < 16 && q0 + q < kp / 2; ++q) _mm512_storeu_si512(bp + ((q0 + q) * kPanel + h) * 2, t[q]);
+    }
+}
+
+bool cpu_has_avx512_bf16() {
+  static const bool has = [] {
+    // CPUID leaf 7 sub-leaf 1: EAX bit 5 is AVX512_BF16 (the OS's zmm state: avx512f's check).
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512vl") || !__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx))
+      return false;
+    return (eax & (1u << 5)) != 0;
+  }();
+  return has;
+}
+
+// The packers by what the CPU and the layout allow.
+void pack_a(const float* a, int64_t rsa, int64_t csa, int64_t rows, int64_t rows_pad, int64_t kc, int64_t kp,
+            uint16_t* ablk) {
+  if (cpu_has_avx512_bf16() && (csa == 1 || rsa == 1))
+    return pack_a_block_avx512(a, rsa, csa, rows, rows_pad, kc, kp, ablk);
+  pack_a_block(a, rsa, csa, rows, rows_pad, kc, kp, ablk);
+}
+
+void pack_b(const float* b, int64_t rsb, int64_t csb, int64_t cols, int64_t kc, int64_t kp, uint16_t* bp) {
+  if (cpu_has_avx512_bf16() && (csb == 1 || rsb == 1)) return pack_b_panel_avx512(b, rsb, csb, cols, kc, kp, bp);
+  pack_b_panel(b, rsb, csb, cols, kc, kp, bp);
+}
+
+// A micro-tile's result in tmp[rows][32] -> c[0:mr, 0:nr] (+)=.
+template <int64_t R>
+void store_tile(const float (&tmp)[R][kPanel], float* c, int64_t rsc, int64_t csc, int64_t mr, int64_t nr,
+                bool accumulate) {
+  for (int64_t i = 0; i < mr; ++i)
+    for (int64_t j = 0; j < nr; ++j) {
+      float& dst = c[i * rsc + j * csc];
+      dst = accumulate ? dst + tmp[i][j] : tmp[i][j];
+    }
 }
 
 // Palette 1, eight tiles of 16 rows x 64 bytes: 0-3 the C tiles (16 x 16 float), 4-5 A (16 x 32
@@ -178,67 +339,219 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-__attribute__((target("amx-tile"))) void configure_tiles() {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
-  _tile_loadconfig(&cfg);
-}
+// Each kernel: kRows x 32 micro-tiles of C, k padded to a multiple of kDepth, slices up to KC
+// deep, row blocks up to MC tall; begin / end bracket a thread's use of it.
+struct AmxKernel {
+  static constexpr int64_t kRows = 32, kDepth = 32, MC = 128, KC = 512;  // A block 128 KiB, B slice 1 MiB
+  __attribute__((target("amx-tile"))) static void begin() {
+    TileConfig cfg;
+    for (int t = 0; t < 8; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    _tile_loadconfig(&cfg);  // tile state is per thread
+  }
+  __attribute__((target("amx-tile"))) static void end() { _tile_release(); }
 
-__attribute__((target("amx-tile"))) void release_tiles() { _tile_release(); }
-
-// c[0:mr, 0:nr] (+)= A rows (32 x kp, row stride kp) · B panel (kp x 32). Full tiles with
-// contiguous C rows go straight between C and the tile registers; others through `tmp`.
-__attribute__((target("amx-tile,amx-bf16"))) void kernel(int64_t kp, const uint16_t* a, const uint16_t* bp,
-                                                         float* c, int64_t rsc, int64_t csc, int64_t mr,
-                                                         int64_t nr, bool accumulate) {
-  const bool direct = mr == kTile && nr == kTile && csc == 1;
-  const int64_t a_stride = kp * 2, b_stride = kTile * 2 * 2, c_stride = rsc * 4;
-  if (direct && accumulate) {
-    _tile_loadd(0, c, c_stride);
-    _tile_loadd(1, c + 16, c_stride);
-    _tile_loadd(2, c + 16 * rsc, c_stride);
-    _tile_loadd(3, c + 16 * rsc + 16, c_stride);
-  } else {
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-  }
-  for (int64_t p = 0; p < kp; p += kTile) {
-    _tile_loadd(4, a + p, a_stride);
-    _tile_loadd(5, a + 16 * kp + p, a_stride);
-    const uint16_t* b = bp + (p / 2) * kTile * 2;
-    _tile_loadd(6, b, b_stride);
-    _tile_loadd(7, b + 32, b_stride);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
-  }
-  if (direct) {
-    _tile_stored(0, c, c_stride);
-    _tile_stored(1, c + 16, c_stride);
-    _tile_stored(2, c + 16 * rsc, c_stride);
-    _tile_stored(3, c + 16 * rsc + 16, c_stride);
-    return;
-  }
-  alignas(64) float tmp[kTile][kTile];
-  _tile_stored(0, &tmp[0][0], kTile * 4);
-  _tile_stored(1, &tmp[0][16], kTile * 4);
-  _tile_stored(2, &tmp[16][0], kTile * 4);
-  _tile_stored(3, &tmp[16][16], kTile * 4);
-  for (int64_t i = 0; i < mr; ++i)
-    for (int64_t j = 0; j < nr; ++j) {
-      float& dst = c[i * rsc + j * csc];
-      dst = accumulate ? dst + tmp[i][j] : tmp[i][j];
+  // c[0:mr, 0:nr] (+)= A rows (32 x kp, row stride kp) · B panel (kp x 32). Full tiles with
+  // contiguous C rows go straight between C and the tile registers; others through `tmp`.
+  __attribute__((target("amx-tile,amx-bf16"))) static void run(int64_t kp, const uint16_t* a, const uint16_t* bp,
+                                                              float* c, int64_t rsc, int64_t csc, int64_t mr,
+                                                              int64_t nr, bool accumulate) {
+    const bool direct = mr == kRows && nr == kPanel && csc == 1;
+    const int64_t a_stride = kp * 2, b_stride = kPanel * 2 * 2, c_stride = rsc * 4;
+    if (direct && accumulate) {
+      _tile_loadd(0, c, c_stride);
+      _tile_loadd(1, c + 16, c_stride);
+      _tile_loadd(2, c + 16 * rsc, c_stride);
+      _tile_loadd(3, c + 16 * rsc + 16, c_stride);
+    } else {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
     }
+    for (int64_t p = 0; p < kp; p += kDepth) {
+      _tile_loadd(4, a + p, a_stride);
+      _tile_loadd(5, a + 16 * kp + p, a_stride);
+      const uint16_t* b = bp + (p / 2) * kPanel * 2;
+      _tile_loadd(6, b, b_stride);
+      _tile_loadd(7, b + 32, b_stride);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    if (direct) {
+      _tile_stored(0, c, c_stride);
+      _tile_stored(1, c + 16, c_stride);
+      _tile_stored(2, c + 16 * rsc, c_stride);
+      _tile_stored(3, c + 16 * rsc + 16, c_stride);
+      return;
+    }
+    alignas(64) float tmp[kRows][kPanel];
+    _tile_stored(0, &tmp[0][0], kPanel * 4);
+    _tile_stored(1, &tmp[0][16], kPanel * 4);
+    _tile_stored(2, &tmp[16][0], kPanel * 4);
+    _tile_stored(3, &tmp[16][16], kPanel * 4);
+    store_tile<kRows>(tmp, c, rsc, csc, mr, nr, accumulate);
+  }
+};
+
+// AVX-512 BF16 (CPUs without AMX: AMD Zen 4 and later): vdpbf16ps adds the products of one pair of
+// k-values into each float32 lane, 32 multiply-adds per instruction where an FMA does 16. The
+// micro-tile is 8 x 32 in 16 zmm accumulators, as the float32 kernel's: per k pair, two loads of
+// the B panel, eight broadcasts of an A row's pair (read in place from the row-major A block) and
+// 16 vdpbf16ps. K slices up to 1024 deep: the B panel (64 KiB) then streams from L2, as the
+// float32 kernel's does, but fewer slices mean fewer passes over C and fewer barriers (one
+// thread, 64 x 64 x 576, KC 256 / 512 / 1024: 1.13x / 1.32x / 1.52x of float32; 2 threads
+// 0.59x / 0.64x / 0.93x). The instruction treats subnormal inputs and results as zero, whatever
+// MXCSR says (AMX does the same).
+struct DpbfKernel {
+  static constexpr int64_t kRows = 8, kDepth = 2, MC = 192, KC = 1024;
+  static void begin() {}
+  static void end() {}
+
+  __attribute__((target("avx512f,avx512bf16"))) static void run(int64_t kp, const uint16_t* a, const uint16_t* bp,
+                                                               float* c, int64_t rsc, int64_t csc, int64_t mr,
+                                                               int64_t nr, bool accumulate) {
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    __m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+    const uint16_t *a0 = a, *a1 = a + kp, *a2 = a + 2 * kp, *a3 = a + 3 * kp, *a4 = a + 4 * kp, *a5 = a + 5 * kp,
+                   *a6 = a + 6 * kp, *a7 = a + 7 * kp;
+#define BCOS_ROW(ai, lo, hi)                                         \
+  {                                                                  \
+    int32_t pair;                                                    \
+    std::memcpy(&pair, ai + p, 4);                                   \
+    const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);           \
+    lo = _mm512_dpbf16_ps(lo, av, b0);                               \
+    hi = _mm512_dpbf16_ps(hi, av, b1);                               \
+  }
+#pragma GCC unroll 4
+    for (int64_t p = 0; p < kp; p += 2, bp += 2 * kPanel) {
+      const __m512bh b0 = (__m512bh)_mm512_load_si512(bp), b1 = (__m512bh)_mm512_load_si512(bp + kPanel);
+      BCOS_ROW(a0, c00, c01) BCOS_ROW(a1, c10, c11) BCOS_ROW(a2, c20, c21) BCOS_ROW(a3, c30, c31)
+      BCOS_ROW(a4, c40, c41) BCOS_ROW(a5, c50, c51) BCOS_ROW(a6, c60, c61) BCOS_ROW(a7, c70, c71)
+    }
+#undef BCOS_ROW
+    const __m512 rows[kRows][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31},
+                                   {c40, c41}, {c50, c51}, {c60, c61}, {c70, c71}};
+    if (mr == kRows && nr == kPanel && csc == 1) {
+      for (int i = 0; i < kRows; ++i) {
+        float* row = c + i * rsc;
+        __m512 lo = rows[i][0], hi = rows[i][1];
+        if (accumulate) {
+          lo = _mm512_add_ps(lo, _mm512_loadu_ps(row));
+          hi = _mm512_add_ps(hi, _mm512_loadu_ps(row + 16));
+        }
+        _mm512_storeu_ps(row, lo);
+        _mm512_storeu_ps(row + 16, hi);
+      }
+      return;
+    }
+    alignas(64) float tmp[kRows][kPanel];
+    for (int i = 0; i < kRows; ++i) {
+      _mm512_store_ps(tmp[i], rows[i][0]);
+      _mm512_store_ps(tmp[i] + 16, rows[i][1]);
+    }
+    store_tile<kRows>(tmp, c, rsc, csc, mr, nr, accumulate);
+  }
+};
+
+// The blocked driver: per NC-wide column block and KC-deep slice, B packed into 32-column VNNI
+// panels (shared), then tasks (row block, column panel) with each thread's A block packed once.
+template <class Kernel>
+void blocked_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa, const float* b,
+                  int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate) {
+  constexpr int64_t NC = 1024, MC = Kernel::MC, KC = Kernel::KC, R = Kernel::kRows;
+  int threads = 1;
+#ifdef _OPENMP
+  if (!omp_in_parallel() && double(m) * double(n) * double(k) >= 64.0 * 64.0 * 64.0) threads = num_threads();
+#endif
+  auto round_up = [](int64_t v, int64_t to) { return (v + to - 1) / to * to; };
+  // K in slices of equal depth (each a multiple of the kernel's step), none deeper than KC.
+  const int64_t slices = (k + KC - 1) / KC;
+  const int64_t kc_step = round_up((k + slices - 1) / slices, Kernel::kDepth);
+  const int64_t nc_max = round_up(std::min(NC, n), kPanel), mc_max = round_up(std::min(MC, m), R);
+  const int64_t m_blocks = (m + MC - 1) / MC;
+  // With fewer row blocks than threads, each thread would pack the same A block for its share of
+  // the columns: then the threads pack A together, in chunks of 32 rows beside B's panels, into
+  // one shared copy (vdpbf16ps, 2 threads, 64 x 64 x 576: 118 -> 150 GFLOP/s).
+  const bool shared_a = m_blocks < threads;
+  constexpr int64_t kAChunk = 32;
+  const int64_t a_chunks = shared_a ? (m + kAChunk - 1) / kAChunk : 0;
+  auto bp = aligned<uint16_t>(kc_step * nc_max);
+  std::vector<std::unique_ptr<uint16_t[], FreeDeleter>> ablocks;
+  for (int t = 0; t < (shared_a ? 1 : threads); ++t)
+    ablocks.push_back(aligned<uint16_t>((shared_a ? round_up(m, R) : mc_max) * kc_step));
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+#ifdef _OPENMP
+    uint16_t* ablk = ablocks[shared_a ? 0 : size_t(omp_get_thread_num())].get();
+#else
+    uint16_t* ablk = ablocks[0].get();
+#endif
+    Kernel::begin();
+    for (int64_t jc = 0; jc < n; jc += NC) {
+      const int64_t nc = std::min(NC, n - jc), panels = (nc + kPanel - 1) / kPanel;
+      for (int64_t pc = 0; pc < k; pc += kc_step) {
+        const int64_t kc = std::min(kc_step, k - pc), kp = round_up(kc, Kernel::kDepth);
+        const bool acc = accumulate || pc > 0;
+#pragma omp for schedule(static)
+        for (int64_t w = 0; w < panels + a_chunks; ++w) {
+          if (w < panels) {
+            pack_b(b + pc * rsb + (jc + w * kPanel) * csb, rsb, csb, std::min(kPanel, nc - w * kPanel), kc, kp,
+                   bp.get() + w * kPanel * kp);
+          } else {
+            const int64_t r0 = (w - panels) * kAChunk, rows = std::min(kAChunk, m - r0);
+            pack_a(a + r0 * rsa + pc * csa, rsa, csa, rows, std::min(kAChunk, round_up(m, R) - r0), kc, kp,
+                   ablk + r0 * kp);
+          }
+        }
+        // Tasks: (row block, column panel); a thread re-packs its own A block only when it changes.
+        int64_t packed = -1;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < m_blocks * panels; ++t) {
+          const int64_t ib = t / panels, jp = t % panels;
+          const int64_t ic = ib * MC, mc = std::min(MC, m - ic);
+          if (!shared_a && packed != ib) {
+            pack_a(a + ic * rsa + pc * csa, rsa, csa, mc, round_up(mc, R), kc, kp, ablk);
+            packed = ib;
+          }
+          const uint16_t* block = shared_a ? ablk + ic * kp : ablk;
+          const int64_t j = jc + jp * kPanel;
+          for (int64_t ir = 0; ir < mc; ir += R)
+            Kernel::run(kp, block + ir * kp, bp.get() + jp * kPanel * kp, c + (ic + ir) * rsc + j * csc, rsc, csc,
+                        std::min(R, mc - ir), std::min(kPanel, n - j), acc);
+        }
+      }
+    }
+    Kernel::end();
+  }
 }
 
-}  // namespace
+using Bf16Fn = void (*)(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, int64_t,
+                        float*, int64_t, int64_t, bool);
 
-bool gemm_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa, const float* b,
-               int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate) {
-  if (!cpu_has_amx()) return false;
+// The kernel named `want` ("amx", "avx512bf16"; empty: the best the CPU has), null where the CPU
+// lacks it.
+Bf16Fn bf16_kernel_for(const std::string& want) {
+  if (cpu_has_amx() && (want.empty() || want == "amx")) return blocked_bf16<AmxKernel>;
+  if (cpu_has_avx512_bf16() && (want.empty() || want == "avx512bf16")) return blocked_bf16<DpbfKernel>;
+  return nullptr;
+}
+
+// The kernel for this CPU, decided once; BCOS_GEMM_BF16=avx512bf16 picks vdpbf16ps on a CPU with AMX.
+Bf16Fn pick_bf16_kernel() {
+  const char* forced = std::getenv("BCOS_GEMM_BF16");
+  return bf16_kernel_for(forced ? forced : "");
+}
+
+Bf16Fn bf16_kernel() {
+  static const Bf16Fn fn = pick_bf16_kernel();
+  return fn;
+}
+
+bool run_bf16(Bf16Fn fn, int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa, const float* b,
+              int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate) {
+  if (!fn) return false;
   if (m == 0 || n == 0) return true;
   if (k == 0) {
     if (!accumulate)
@@ -246,54 +559,25 @@ bool gemm_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int
         for (int64_t j = 0; j < n; ++j) c[i * rsc + j * csc] = 0.0f;
     return true;
   }
-  int threads = 1;
-#ifdef _OPENMP
-  if (!omp_in_parallel() && double(m) * double(n) * double(k) >= 64.0 * 64.0 * 64.0) threads = num_threads();
-#endif
-  auto round_up = [](int64_t v) { return (v + kTile - 1) / kTile * kTile; };
-  const int64_t kp_max = round_up(std::min(KC, k)), nc_max = round_up(std::min(NC, n));
-  const int64_t mc_max = round_up(std::min(MC, m));
-  auto bp = aligned<uint16_t>(kp_max * nc_max);
-  std::vector<std::unique_ptr<uint16_t[], FreeDeleter>> ablocks;
-  for (int t = 0; t < threads; ++t) ablocks.push_back(aligned<uint16_t>(mc_max * kp_max));
-  const int64_t m_blocks = (m + MC - 1) / MC;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-#ifdef _OPENMP
-    uint16_t* ablk = ablocks[size_t(omp_get_thread_num())].get();
-#else
-    uint16_t* ablk = ablocks[0].get();
-#endif
-    configure_tiles();  // tile state is per thread
-    for (int64_t jc = 0; jc < n; jc += NC) {
-      const int64_t nc = std::min(NC, n - jc), panels = (nc + kTile - 1) / kTile;
-      for (int64_t pc = 0; pc < k; pc += KC) {
-        const int64_t kc = std::min(KC, k - pc), kp = round_up(kc);
-        const bool acc = accumulate || pc > 0;
-#pragma omp for schedule(static)
-        for (int64_t jp = 0; jp < panels; ++jp)
-          pack_b_panel(b + pc * rsb + (jc + jp * kTile) * csb, rsb, csb, std::min(kTile, nc - jp * kTile), kc, kp,
-                       bp.get() + jp * kTile * kp);
-        // Tasks: (row block, column panel); a thread re-packs its A block only when it changes.
-        int64_t packed = -1;
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < m_blocks * panels; ++t) {
-          const int64_t ib = t / panels, jp = t % panels;
-          const int64_t ic = ib * MC, mc = std::min(MC, m - ic);
-          if (packed != ib) {
-            pack_a_block(a + ic * rsa + pc * csa, rsa, csa, mc, round_up(mc), kc, kp, ablk);
-            packed = ib;
-          }
-          const int64_t j = jc + jp * kTile;
-          for (int64_t ir = 0; ir < mc; ir += kTile)
-            kernel(kp, ablk + ir * kp, bp.get() + jp * kTile * kp, c + (ic + ir) * rsc + j * csc, rsc, csc,
-                   std::min(kTile, mc - ir), std::min(kTile, n - j), acc);
-        }
-      }
-    }
-    release_tiles();
-  }
+  fn(m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
   return true;
+}
+
+}  // namespace
+
+bool gemm_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa, const float* b,
+               int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate) {
+  return run_bf16(bf16_kernel(), m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
+}
+
+bool gemm_bf16_with(const char* kernel, int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
+                    const float* b, int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate) {
+  return run_bf16(bf16_kernel_for(kernel), m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
+}
+
+const char* gemm_bf16_kernel_name() {
+  const Bf16Fn fn = bf16_kernel();
+  return fn == blocked_bf16<AmxKernel> ? "amx" : fn == blocked_bf16<DpbfKernel> ? "avx512bf16" : "none";
 }
 
 #else
@@ -301,6 +585,11 @@ bool gemm_bf16(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const 
                int64_t, int64_t, bool) {
   return false;
 }
+bool gemm_bf16_with(const char*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t,
+                    int64_t, float*, int64_t, int64_t, bool) {
+  return false;
+}
+const char* gemm_bf16_kernel_name() { return "none"; }
 #endif
 
 }  // namespace bcos::cpu

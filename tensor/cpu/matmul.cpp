@@ -35,9 +35,9 @@ void bmm_typed(const Tensor& a, const Tensor& b, const Tensor& out, bool accumul
 
 void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate, DType operands) {
   if (operands != DType::f32 && a.dtype() == DType::f32) {  // autocast
-    const Bf16OperandsScope amx(operands == DType::bf16);
-    if (operands == DType::bf16 && bf16_product(out.size(1), out.size(2), a.size(2))) {
-      bmm_typed<float>(a, b, out, accumulate);  // AMX rounds the operands while it packs them
+    if (operands == DType::bf16 && bf16_gemm_fits(out.size(1), out.size(2), a.size(2))) {
+      const Bf16OperandsScope unrounded(Bf16Operands::unrounded);
+      bmm_typed<float>(a, b, out, accumulate);  // the bf16 GEMM rounds the operands while it packs them
       return;
     }
     bmm_typed<float>(rounded_operand(a, operands), rounded_operand(b, operands), out, accumulate);

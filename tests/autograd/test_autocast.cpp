@@ -137,8 +137,8 @@ TEST_CASE("autocast: leaves float64, other devices and other ops alone; guards n
         "autocast: the product type must be bfloat16 or float16 (float32: off), got int64");
 }
 
-TEST_CASE("autocast: a product large enough for the AMX path (where the CPU has it) gives the same rounding") {
-  // 96 x 128 x 64: above the sizes where gemm() hands bf16 operands to AMX (tensor/cpu/gemm.h).
+TEST_CASE("autocast: a product large enough for the bf16 GEMM (AMX, AVX-512 BF16: where the CPU has one) gives the same rounding") {
+  // 96 x 128 x 64: above the sizes where gemm() hands bf16 operands to the bf16 GEMM (tensor/cpu/gemm.h).
   manual_seed(7);
   const Tensor a = randn({96, 64}), b = randn({64, 128});
   Tensor got;
@@ -149,4 +149,42 @@ TEST_CASE("autocast: a product large enough for the AMX path (where the CPU has 
   const Tensor want = matmul(a.to(DType::bf16).to(DType::f64), b.to(DType::bf16).to(DType::f64));
   CHECK(golden::relative_error(got, want) <= 1e-5);
   CHECK(golden::relative_error(matmul(a, b), want) > 5e-4);
+}
+
+TEST_CASE("autocast: convolutions whose products the bf16 GEMM takes (operands rounded as they are packed) give the same rounding, forward and backward") {
+  // Shapes where a pass's main product is 64 or more on each side, so on a CPU with a bf16 GEMM
+  // the operands stay float32 and are rounded while packed (tensor/cpu/conv.cpp): samples side
+  // by side (2 x 10 x 10), one sample at a time with the input gradient as a forward pass
+  // (2 x 24 x 24), stride 2, and a pointwise convolution. Elsewhere the rounded-copy path runs.
+  struct ConvCase {
+    Shape x, w;
+    int64_t stride, padding;
+  };
+  const std::vector<ConvCase> convs = {{{2, 64, 10, 10}, {64, 64, 3, 3}, 1, 1},
+                                       {{2, 64, 24, 24}, {64, 64, 3, 3}, 1, 1},
+                                       {{3, 64, 20, 20}, {96, 64, 3, 3}, 2, 1},
+                                       {{2, 64, 9, 9}, {128, 64, 1, 1}, 1, 0}};
+  manual_seed(11);
+  auto rounded64 = [](const Tensor& t) { return t.to(DType::bf16).to(DType::f64); };
+  for (const ConvCase& c : convs) {
+    CAPTURE(c.x);
+    CAPTURE(c.w);
+    const Tensor x0 = randn(c.x), w0 = randn(c.w) * 0.05, b0 = randn({c.w[0]});
+    Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+    Tensor y;
+    {
+      AutocastGuard guard(DeviceType::cpu);
+      y = conv2d(x, w, b, c.stride, c.padding);
+    }
+    const Tensor gout = randn(y.shape());
+    y.backward(gout);
+    Tensor x64 = rounded64(x0).requires_grad_(), w64 = rounded64(w0).requires_grad_();
+    Tensor y64 = conv2d(x64, w64, b0.to(DType::f64), c.stride, c.padding);
+    y64.backward(rounded64(gout));
+    CHECK(golden::relative_error(y, y64) <= 1e-5);
+    CHECK(golden::relative_error(x.grad(), x64.grad()) <= 1e-5);
+    CHECK(golden::relative_error(w.grad(), w64.grad()) <= 1e-5);
+    // The float32 convolution is ~1e-3 from the rounded answer: the checks above can fail.
+    CHECK(golden::relative_error(conv2d(x0, w0, b0, c.stride, c.padding), y64) > 5e-4);
+  }
 }

@@ -317,41 +317,67 @@ TEST_CASE("kernels: float32 GEMM (each path this CPU runs: AVX-512, AVX2, Eigen)
   CHECK(max_diff(ct.t(), naive_bmm(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0)) < 1e-4);
 }
 
-TEST_CASE("kernels: bf16 GEMM (AMX) is the float64 product of the bf16-rounded operands; set_cpu_bf16 routes matmul and conv2d through it") {
+TEST_CASE("kernels: bf16 GEMM (AMX, AVX-512 BF16) is the float64 product of the bf16-rounded operands; set_cpu_bf16 routes matmul and conv2d through it") {
   if (!cpu_bf16_supported()) {
-    MESSAGE("this CPU has no AMX-BF16: bf16 products not tested");
+    MESSAGE("this CPU has neither AMX-BF16 nor AVX-512 BF16: bf16 products not tested");
     float one = 1;
     CHECK(!cpu::gemm_bf16(1, 1, 1, &one, 1, 1, &one, 1, 1, &one, 1, 1, false));
+    CHECK(std::string(cpu::gemm_bf16_kernel_name()) == "none");
     set_cpu_bf16(true);
     CHECK(!cpu_bf16());  // ignored
     return;
   }
+  MESSAGE((std::string("bf16 GEMM kernel: ") + cpu::gemm_bf16_kernel_name()));
   manual_seed(8);
   auto rounded = [](const Tensor& t) { return t.to(kBFloat16).to(kFloat32); };
-  // Sizes straddle the 32 x 32 tiles, the 128-row block and the 512-deep slice (k = 1030: three
-  // slices, so C accumulates across them), odd k (a zero-padded pair).
-  for (auto [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {5, 17, 3}, {33, 31, 33}, {64, 64, 64},
-                         {130, 70, 520}, {300, 49, 1030}}) {
-    for (int layout = 0; layout < 4; ++layout) {
-      CAPTURE(m);
-      CAPTURE(n);
-      CAPTURE(k);
-      CAPTURE(layout);
-      const bool ta = layout & 1, tb = layout & 2;
-      Tensor a = ta ? randn({k, m}).t() : randn({m, k});
-      Tensor b = tb ? randn({n, k}).t() : randn({k, n});
-      Tensor c0 = randn({m, n});
-      for (bool accumulate : {false, true}) {
-        Tensor c = c0.clone();
-        REQUIRE(cpu::gemm_bf16(m, n, k, a.data<float>(), a.stride(0), a.stride(1), b.data<float>(), b.stride(0),
-                               b.stride(1), c.data<float>(), n, 1, accumulate));
-        Tensor expect = naive_bmm(rounded(a).unsqueeze(0), rounded(b).unsqueeze(0)).squeeze(0);
-        if (accumulate) expect = expect + c0.to(kFloat64);
-        // bf16 x bf16 products are exact in float32; only the float32 sums round.
-        CHECK(max_diff(c, expect) < 1e-6 * double(k + 1) * 4.0);
+  int kernels_run = 0;
+  for (const char* kernel : {"amx", "avx512bf16"}) {
+    float one = 1;
+    if (!cpu::gemm_bf16_with(kernel, 1, 1, 1, &one, 1, 1, &one, 1, 1, &one, 1, 1, false)) {
+      MESSAGE((std::string("this CPU lacks the ") + kernel + " bf16 kernel: not tested"));
+      continue;
+    }
+    ++kernels_run;
+    // Sizes straddle the micro-tiles (32 x 32, 8 x 32), the row blocks (128, 192), the slices
+    // (512 / 256 deep; k = 1030: several, so C accumulates across them), odd k (a zero-padded pair).
+    for (auto [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {5, 17, 3}, {33, 31, 33}, {64, 64, 64},
+                           {130, 70, 520}, {300, 49, 1030}, {200, 40, 257}}) {
+      for (int layout = 0; layout < 5; ++layout) {
+        CAPTURE(kernel);
+        CAPTURE(m);
+        CAPTURE(n);
+        CAPTURE(k);
+        CAPTURE(layout);
+        // layouts 0-3: row-major or transposed A and B (the vectorised packers where the CPU has
+        // AVX-512 BF16); 4: both strided in both directions (the scalar packers)
+        const bool ta = layout & 1, tb = layout & 2;
+        Tensor a = ta ? randn({k, m}).t() : randn({m, k});
+        Tensor b = tb ? randn({n, k}).t() : randn({k, n});
+        if (layout == 4) {
+          a = randn({m, 2 * k}).slice(1, 0, 2 * k, 2);
+          b = randn({k, 3 * n}).slice(1, 0, 3 * n, 3);
+        }
+        Tensor c0 = randn({m, n});
+        for (bool accumulate : {false, true}) {
+          Tensor c = c0.clone();
+          REQUIRE(cpu::gemm_bf16_with(kernel, m, n, k, a.data<float>(), a.stride(0), a.stride(1), b.data<float>(),
+                                      b.stride(0), b.stride(1), c.data<float>(), n, 1, accumulate));
+          Tensor expect = naive_bmm(rounded(a).unsqueeze(0), rounded(b).unsqueeze(0)).squeeze(0);
+          if (accumulate) expect = expect + c0.to(kFloat64);
+          // bf16 x bf16 products are exact in float32; only the float32 sums round.
+          CHECK(max_diff(c, expect) < 1e-6 * double(k + 1) * 4.0);
+        }
       }
     }
+    // A C written through strides (its transpose): the tiles' scalar store.
+    Tensor a = randn({70, 90}), b = randn({90, 45}), ct = zeros({45, 70});
+    REQUIRE(cpu::gemm_bf16_with(kernel, 70, 45, 90, a.data<float>(), 90, 1, b.data<float>(), 45, 1, ct.data<float>(),
+                                1, 70, false));
+    CHECK(max_diff(ct.t(), naive_bmm(rounded(a).unsqueeze(0), rounded(b).unsqueeze(0)).squeeze(0)) < 1e-4);
   }
+  CHECK(kernels_run >= 1);
+  CHECK(!cpu::gemm_bf16_with("no-such-kernel", 1, 1, 1, nullptr, 1, 1, nullptr, 1, 1, nullptr, 1, 1, false));
+
   // NaN in an operand stays NaN (not rounded into an infinity).
   Tensor a = randn({40, 64}), b = randn({64, 40}), c = zeros({40, 40});
   a.data<float>()[3 * 64 + 5] = NAN;
@@ -375,6 +401,29 @@ TEST_CASE("kernels: bf16 GEMM (AMX) is the float64 product of the bf16-rounded o
   }
   CHECK(!cpu_bf16());
   CHECK(max_diff(matmul(x, w), exact) < 1e-4);
+}
+
+TEST_CASE("kernels: under autocast's unrounded bf16 operands, every gemm() rounds them: the bf16 GEMM while packing, smaller products by rounded copies") {
+  manual_seed(9);
+  auto rounded = [](const Tensor& t) { return t.to(kBFloat16).to(kFloat32); };
+  // 5 x 17 x 40 and a strided 20 x 30 x 50 are below the bf16 GEMM's sizes; 96 x 80 x 64 is not
+  // (where the CPU has one).
+  for (auto [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{5, 17, 40}, {20, 30, 50}, {96, 80, 64}}) {
+    CAPTURE(m);
+    CAPTURE(n);
+    CAPTURE(k);
+    Tensor a = randn({k, m}).t(), b = randn({k, n});  // a transposed A
+    Tensor c = zeros({m, n});
+    {
+      const cpu::Bf16OperandsScope unrounded(Bf16Operands::unrounded);
+      cpu::gemm(m, n, k, a.data<float>(), a.stride(0), a.stride(1), b.data<float>(), n, 1, c.data<float>(), n, 1,
+                false);
+    }
+    const Tensor want = naive_bmm(rounded(a).unsqueeze(0), rounded(b).unsqueeze(0)).squeeze(0);
+    CHECK(max_diff(c, want) < 1e-6 * double(k + 1) * 4.0);
+    CHECK(max_diff(naive_bmm(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0), want) > 1e-3);  // rounding matters here
+  }
+  CHECK(bf16_operands_mode() == Bf16Operands::off);  // the scope restores the mode
 }
 
 TEST_CASE("kernels: int64 sums and extremes are exact beyond 2^53") {
