@@ -15,9 +15,10 @@
 //   packed B panel (32 columns): bp[(pair * 32 + j) * 2 + h] = bf16 b[2·pair + h][j] -- the
 //   "VNNI" layout both instructions read: the two k-values of a column side by side in 32 bits.
 // Linux hands out AMX state only on request (arch_prctl ARCH_REQ_XCOMP_PERM), made once.
-// GCC 12 misreads the placeholder operand of AVX-512 intrinsics (`__Y`) as "maybe uninitialized"
-// (as in gemm.cpp).
+// GCC 12 misreads the placeholder operand of AVX-512 intrinsics (`__Y`, _mm512_undefined_*) as
+// "maybe uninitialized" (as in gemm.cpp), and at -O1 as "uninitialized".
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 #include <algorithm>
 #include <atomic>
