@@ -31,6 +31,8 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+
+#include "tensor/cpu/gemm_tile.h"
 #define BCOS_GEMM_X86 1
 #endif
 
@@ -126,17 +128,6 @@ void pack_a_block(const float* a, int64_t rsa, int64_t csa, int64_t mc, int64_t 
   }
 }
 
-// A partial (or strided) tile: c[0:mr, 0:nr] (+)= tile, one element at a time.
-template <int64_t MR, int64_t NR>
-inline void store_tile_scalar(const float (&tile)[MR][NR], float* c, int64_t rsc, int64_t csc, int64_t mr,
-                              int64_t nr, bool accumulate) {
-  for (int64_t i = 0; i < mr; ++i)
-    for (int64_t j = 0; j < nr; ++j) {
-      float& dst = c[i * rsc + j * csc];
-      dst = accumulate ? dst + tile[i][j] : tile[i][j];
-    }
-}
-
 // c[0:mr, 0:nr] (+)= A (MR x kc) · bp (kc x NR panel). A element (i, p) is a[i * ars + p * aks]:
 // a packed panel (ars = 1, aks = MR) or, for a row-major A, the matrix itself (ars = row
 // stride, aks = 1), which spares packing the larger operand when C is narrow. B's row p starts
@@ -220,25 +211,7 @@ struct Avx512Kernel {
 #undef BCOS_ROW
     const __m512 rows[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31},
                                 {c40, c41}, {c50, c51}, {c60, c61}, {c70, c71}};
-    if (mr == MR && nr == NR && csc == 1) {
-      for (int i = 0; i < MR; ++i) {
-        float* row = c + i * rsc;
-        __m512 lo = rows[i][0], hi = rows[i][1];
-        if (accumulate) {
-          lo = _mm512_add_ps(lo, _mm512_loadu_ps(row));
-          hi = _mm512_add_ps(hi, _mm512_loadu_ps(row + 16));
-        }
-        _mm512_storeu_ps(row, lo);
-        _mm512_storeu_ps(row + 16, hi);
-      }
-      return;
-    }
-    alignas(64) float tile[MR][NR];
-    for (int i = 0; i < MR; ++i) {
-      _mm512_store_ps(tile[i], rows[i][0]);
-      _mm512_store_ps(tile[i] + 16, rows[i][1]);
-    }
-    store_tile_scalar<MR, NR>(tile, c, rsc, csc, mr, nr, accumulate);
+    store_zmm_tile<MR>(rows, c, rsc, csc, mr, nr, accumulate);
   }
 };
 

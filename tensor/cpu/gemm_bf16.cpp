@@ -34,6 +34,8 @@
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "tensor/cpu/gemm_tile.h"
 #define BCOS_AMX 1
 #endif
 
@@ -321,17 +323,6 @@ void pack_b(const float* b, int64_t rsb, int64_t csb, int64_t cols, int64_t kc, 
   pack_b_panel(b, rsb, csb, cols, kc, kp, bp);
 }
 
-// A micro-tile's result in tmp[rows][32] -> c[0:mr, 0:nr] (+)=.
-template <int64_t R>
-void store_tile(const float (&tmp)[R][kPanel], float* c, int64_t rsc, int64_t csc, int64_t mr, int64_t nr,
-                bool accumulate) {
-  for (int64_t i = 0; i < mr; ++i)
-    for (int64_t j = 0; j < nr; ++j) {
-      float& dst = c[i * rsc + j * csc];
-      dst = accumulate ? dst + tmp[i][j] : tmp[i][j];
-    }
-}
-
 // Palette 1, eight tiles of 16 rows x 64 bytes: 0-3 the C tiles (16 x 16 float), 4-5 A (16 x 32
 // bf16), 6-7 B (16 pair rows x 16 columns).
 struct alignas(64) TileConfig {
@@ -392,7 +383,7 @@ struct AmxKernel {
     _tile_stored(1, &tmp[0][16], kPanel * 4);
     _tile_stored(2, &tmp[16][0], kPanel * 4);
     _tile_stored(3, &tmp[16][16], kPanel * 4);
-    store_tile<kRows>(tmp, c, rsc, csc, mr, nr, accumulate);
+    store_tile_scalar<kRows, kPanel>(tmp, c, rsc, csc, mr, nr, accumulate);
   }
 };
 
@@ -434,25 +425,7 @@ struct DpbfKernel {
 #undef BCOS_ROW
     const __m512 rows[kRows][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31},
                                    {c40, c41}, {c50, c51}, {c60, c61}, {c70, c71}};
-    if (mr == kRows && nr == kPanel && csc == 1) {
-      for (int i = 0; i < kRows; ++i) {
-        float* row = c + i * rsc;
-        __m512 lo = rows[i][0], hi = rows[i][1];
-        if (accumulate) {
-          lo = _mm512_add_ps(lo, _mm512_loadu_ps(row));
-          hi = _mm512_add_ps(hi, _mm512_loadu_ps(row + 16));
-        }
-        _mm512_storeu_ps(row, lo);
-        _mm512_storeu_ps(row + 16, hi);
-      }
-      return;
-    }
-    alignas(64) float tmp[kRows][kPanel];
-    for (int i = 0; i < kRows; ++i) {
-      _mm512_store_ps(tmp[i], rows[i][0]);
-      _mm512_store_ps(tmp[i] + 16, rows[i][1]);
-    }
-    store_tile<kRows>(tmp, c, rsc, csc, mr, nr, accumulate);
+    store_zmm_tile<kRows>(rows, c, rsc, csc, mr, nr, accumulate);
   }
 };
 
