@@ -61,6 +61,16 @@ void bcos_patch_sumsq(const Tensor& x_in, int64_t groups, const Pool2dParams& p,
     const T* px = x.data<T>();
     T* po = out.data<T>();
     parallel_for(n * groups, cg * plane, [&](int64_t b, int64_t e) {
+      if (pointwise && plane == 1) {  // a linear layer's rows [rows, K, 1, 1]: one sum along each
+        for (int64_t ng = b; ng < e; ++ng) {
+          const T* xg = px + ng * cg;
+          T sum = 0;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t c = 0; c < cg; ++c) sum += xg[c] * xg[c];
+          po[ng] = sum;
+        }
+        return;
+      }
       std::vector<T> acc(pointwise ? 0 : static_cast<size_t>(plane));
       for (int64_t ng = b; ng < e; ++ng) {
         T* sq = pointwise ? po + ng * ho * wo : acc.data();  // pointwise: x² sums are the output
@@ -101,6 +111,12 @@ void bcos_patch_sumsq_backward(const Tensor& grad_in, const Tensor& x_in, int64_
         }
         const T* xg = px + ng * cg * plane;
         T* gx = pgx + ng * cg * plane;
+        if (plane == 1) {  // a row: one gradient for all its values
+          const T gr = T(2) * g[0];
+#pragma omp simd
+          for (int64_t c = 0; c < cg; ++c) gx[c] = gr * xg[c];
+          continue;
+        }
         for (int64_t c = 0; c < cg; ++c)
           for (int64_t i = 0; i < plane; ++i) gx[c * plane + i] = T(2) * xg[c * plane + i] * g[i];
       }
@@ -202,6 +218,78 @@ void scale_backward(const T* g, const T* v, const T* inv, const T* root, int64_t
     if (gq) gq[j] -= g[j] * t * v[j] * inv[j] / (2 * root[j]);
   }
 }
+
+// The same two passes along one row of channels that share one norm (spatial size 1: a linear
+// layer's [rows, O, 1], where the loops above would run one element at a time). inv is null
+// when the layer is unscaled (b = 1); a / c are the epilogue's per-channel scale and shift, or
+// null. Each output is computed with the same expressions as above, so both paths give the same
+// bits; only the norm gradient's sum over the channels is reassociated (vector lanes).
+template <class T>
+void scale_row_forward(const T* v, int64_t c, const T* inv, double b, const T* a, const T* shift, bool relu, T* y) {
+  if (!inv) std::copy(v, v + c, y);
+  else if (b == 2) {
+    const T r = *inv;
+#pragma omp simd
+    for (int64_t j = 0; j < c; ++j) y[j] = std::abs(v[j]) * v[j] * r;
+  } else {
+    const T r = *inv, e = T(b - 1);
+    for (int64_t j = 0; j < c; ++j) y[j] = std::pow(std::abs(v[j]) * r + T(1e-6), e) * v[j];
+  }
+  if (!a) return;
+#pragma omp simd
+  for (int64_t j = 0; j < c; ++j) {
+    const T z = math::Math<T>::fma(y[j], a[j], shift[j]);
+    y[j] = relu && z < T(0) ? T(0) : z;
+  }
+}
+
+template <class T>
+void scale_row_backward(const T* g, const T* v, int64_t c, const T* inv, T root, double b, bool explain,
+                        const T* a, const T* shift, bool relu, T* gv, T* gq) {
+  if (a) {  // gv holds the epilogue's gradient first: g · a, masked by the ReLU on the forward's y
+    if (inv) scale_row_forward<T>(v, c, inv, b, nullptr, nullptr, false, gv);
+    else std::copy(v, v + c, gv);
+#pragma omp simd
+    for (int64_t j = 0; j < c; ++j)
+      gv[j] = !relu || math::Math<T>::fma(gv[j], a[j], shift[j]) > T(0) ? g[j] * a[j] : T(0);
+    g = gv;
+  }
+  if (!inv) {
+    if (g != gv) std::copy(g, g + c, gv);
+    return;
+  }
+  const T r = *inv;
+  T norm_grad = 0;  // Σ g · ∂y/∂n · ∂n/∂sumsq, negated
+  if (b == 2) {
+    if (explain) {
+#pragma omp simd
+      for (int64_t j = 0; j < c; ++j) gv[j] = g[j] * std::abs(v[j]) * r;
+      return;
+    }
+    T sum = 0;  // Σ g |v| v; the common factor 1 / (n² · 2 root) applied once
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < c; ++j) {
+      const T gj = g[j];
+      sum += gj * std::abs(v[j]) * v[j];
+      gv[j] = gj * 2 * std::abs(v[j]) * r;
+    }
+    norm_grad = sum * r * r / (2 * root);
+  } else {
+    const T e = T(b - 1);
+    for (int64_t j = 0; j < c; ++j) {
+      const T gj = g[j], u = std::abs(v[j]) * r, av = u + T(1e-6);
+      const T sc = std::pow(av, e);
+      if (explain) {
+        gv[j] = gj * sc;
+        continue;
+      }
+      const T t = e * sc / av * u;
+      gv[j] = gj * (sc + t);
+      norm_grad += gj * t * v[j] * r / (2 * root);
+    }
+  }
+  if (gq) *gq = -norm_grad;
+}
 }  // namespace
 
 void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleParams& p,
@@ -218,6 +306,16 @@ void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleP
     T* pv = m > 1 ? value.data<T>() : nullptr;  // M = 1: the value is lin itself
     uint8_t* pa = m > 1 ? argmax.data<uint8_t>() : nullptr;
     parallel_for(n * groups, per_group * s * m * 4, [&](int64_t b, int64_t e) {
+      if (s == 1 && m == 1) {  // a linear layer's rows: each slice is one norm and its channels
+        for (int64_t ng = b; ng < e; ++ng) {
+          T root = 0, inv = 0;
+          if (pq) norms_of(pq + ng, 1, p, &root, &inv);
+          const int64_t first = ng * per_group;
+          scale_row_forward(pl + first, per_group, pq ? &inv : nullptr, p.b, pa_post ? pa_post + first % o : nullptr,
+                            pc_post ? pc_post + first % o : nullptr, p.relu, py + first);
+        }
+        return;
+      }
       std::vector<T> root(pq ? size_t(s) : 0), inv(pq ? size_t(s) : 0);
       for (int64_t ng = b; ng < e; ++ng) {
         if (pq) norms_of(pq + ng * s, s, p, root.data(), inv.data());
@@ -255,6 +353,18 @@ void bcos_scale_backward(const Tensor& grad_in, const Tensor& value, const Tenso
     const T* pc_post = post_shift.defined() ? post_shift.data<T>() : nullptr;
     // One task per (sample, group): the group's channels all add into the same norm gradient.
     parallel_for(n * groups, per_group * s * m * 4, [&](int64_t b, int64_t e) {
+      if (s == 1 && m == 1) {  // a linear layer's rows, as in the forward
+        for (int64_t ng = b; ng < e; ++ng) {
+          T root = 0, inv = 0;
+          if (pq) norms_of(pq + ng, 1, p, &root, &inv);
+          const int64_t first = ng * per_group;
+          T* gq = pgq ? pgq + ng : nullptr;
+          scale_row_backward(pg + first, pv + first, per_group, pq ? &inv : nullptr, root, p.b, explain,
+                             pa_post ? pa_post + first % o : nullptr, pc_post ? pc_post + first % o : nullptr,
+                             p.relu, pgl + first, gq);
+        }
+        return;
+      }
       std::vector<T> root(pq ? size_t(s) : 0), inv(pq ? size_t(s) : 0), gv(m > 1 ? size_t(s) : 0);
       std::vector<T> y(pa_post ? size_t(s) : 0), gpost(pa_post ? size_t(s) : 0);
       for (int64_t ng = b; ng < e; ++ng) {

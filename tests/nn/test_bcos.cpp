@@ -170,6 +170,44 @@ TEST_CASE("bcos: gradcheck of the patch norm and the scale on their own") {
                      {randn64({2, 4, 3}, 33), randn64({2, 1, 3}, 34)}, str("bcos_scale b=", b));
 }
 
+TEST_CASE("bcos: the scale pass along rows (spatial size 1: a linear layer's) gives the per-position pass's values") {
+  // The kernel runs [N, O, 1] along the channels and [N, O, S > 1] position by position; each
+  // column of an S > 1 input, scaled on its own, must give that column's output and linear-output
+  // gradient bit for bit, and the norm's gradient up to the order of its sum over the channels.
+  const int64_t n = 3, o = 12, s = 5;
+  for (DType dt : {DType::f32, DType::f64})
+    for (double b : {1.0, 2.0, 2.5})
+      for (int64_t groups : {1, 2})
+        for (bool with_post : {false, true})
+          for (bool explain : {false, true}) {
+            INFO(dt, " b=", b, " groups=", groups, " epilogue=", with_post, " explain=", explain);
+            const Tensor lin = randn64({n, o, s}, 71).to(dt), gout = randn64({n, o, s}, 72).to(dt);
+            const Tensor q = (square(randn64({n, groups, s}, 73)) + 0.25).to(dt);
+            BcosEpilogue post;
+            if (with_post) post.scale = randn64({o}, 74).to(dt), post.shift = randn64({o}, 75).to(dt), post.relu = true;
+            ExplanationModeGuard guard(explain);
+            auto run = [&](const Tensor& l, const Tensor& sq) {
+              Tensor lv = l.clone().requires_grad_(true), qv = sq.clone().requires_grad_(true);
+              Tensor y = bcos_scale(lv, b == 1 ? Tensor() : qv, b, 1, 1e-6, 1e-12, post);
+              sum(y * gout.narrow(2, 0, y.size(2)).contiguous()).backward();
+              return std::vector<Tensor>{y.detach(), lv.grad(), qv.grad()};
+            };
+            const std::vector<Tensor> whole = run(lin, q);
+            for (int64_t j = 0; j < s; ++j) {
+              INFO("column ", j);
+              Tensor lv = lin.narrow(2, j, 1).clone().requires_grad_(true);
+              Tensor qv = q.narrow(2, j, 1).clone().requires_grad_(true);
+              Tensor y = bcos_scale(lv, b == 1 ? Tensor() : qv, b, 1, 1e-6, 1e-12, post);
+              sum(y * gout.narrow(2, j, 1).contiguous()).backward();
+              CHECK(y.to_vector<double>() == whole[0].narrow(2, j, 1).contiguous().to_vector<double>());
+              CHECK(lv.grad().to_vector<double>() == whole[1].narrow(2, j, 1).contiguous().to_vector<double>());
+              if (b != 1 && !explain)
+                CHECK(golden::relative_error(qv.grad(), whole[2].narrow(2, j, 1).contiguous()) <=
+                      (dt == DType::f32 ? 1e-5 : 1e-13));
+            }
+          }
+}
+
 TEST_CASE("bcos: golden parity of the B-cos linear map with the PyTorch reference") {
   for (const auto& [name, c] : linear_cases())
     for (DType dt : {DType::f32, DType::f64}) {
