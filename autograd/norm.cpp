@@ -5,6 +5,7 @@
 //     [rows, inner]) followed by the affine map as ordinary broadcast ops.
 //   dropout: x · mask / (1 − p) with a seeded mask;  embedding: index_select of rows.
 #include <cmath>
+#include <functional>
 
 #include "autograd/dispatch.h"
 #include "autograd/ops.h"
@@ -67,6 +68,84 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
              if (need[1]) gw = empty({xv.size(1)}, {g.dtype(), g.device()});
              if (need[2]) gb = empty({xv.size(1)}, {g.dtype(), g.device()});
              kernel::batch_norm_backward(g, xv, sw.get(), sb.get(), sm.get(), si.get(), training, relu, gx, gw, gb);
+             return Grads{gx, gw, gb};
+           });
+  }
+  return out;
+}
+
+Tensor batch_norm_synced(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                         const Tensor& weight, const Tensor& bias, double factor, double eps, bool relu,
+                         bool centred, const std::function<Tensor(const Tensor&)>& replica_sum) {
+  const char* op = "synced batch_norm";
+  check_defined(op, x, "input");
+  check_float(op, x);
+  BCOS_CHECK(x.dim() >= 2 && x.numel() > 0, op, ": expected a non-empty input [N, C, *], got shape ", x.shape());
+  BCOS_CHECK(bool(replica_sum), op, ": no sum over the replicas was given");
+  const int64_t c = x.size(1);
+  for (const Tensor* t : {&running_mean, &running_var, &weight, &bias}) {
+    if (!t->defined()) continue;
+    BCOS_CHECK(t->dim() == 1 && t->size(0) == c, op, ": per-channel tensor of shape ", t->shape(),
+               " does not match the ", c, " channels of input ", x.shape());
+    check_same_dtype(op, x, *t);
+    check_same_device(op, x, *t);
+  }
+  const TensorOptions like{x.dtype(), x.device()};
+  const double local = double(x.numel() / c);  // this replica's values per channel
+  Tensor mean = empty({c}, like), var = empty({c}, like), invstd;
+  kernel::batch_norm_stats(x, mean, var);  // this replica's mean and biased variance
+  double total = 0;
+  {
+    NoGradGuard no_grad;
+    // The replicas' counts and Σ count · mean give the global mean; each replica's squared
+    // deviations from it are its own plus count · (mean_r − mean)² (Chan et al.'s pairwise update,
+    // as stable as a second pass over the data).
+    Tensor sums = replica_sum(cat({mean * local, full({1}, local, like)}, 0));
+    total = sums.narrow(0, c, 1).item();
+    BCOS_CHECK(total > 1, op, ": expected more than 1 value per channel over all replicas, got input ", x.shape());
+    Tensor global_mean = sums.narrow(0, 0, c) / total;
+    var = replica_sum((var + square(mean - global_mean)) * local) / total;  // biased, as the forward divides by
+    mean = global_mean;
+    invstd = rsqrt(var + eps);
+    if (factor > 0) {
+      if (centred && running_mean.defined()) Tensor(running_mean).mul_(1 - factor).add_(mean, factor);
+      if (running_var.defined())  // PyTorch keeps the unbiased variance; the uncentred norm the biased one
+        Tensor(running_var).mul_(1 - factor).add_(var * (centred ? total / (total - 1) : 1.0), factor);
+    }
+  }
+  Tensor out = empty(x.shape(), like);
+  const Tensor shift_mean = centred ? mean : zeros({c}, like);  // the uncentred norm scales x itself
+  kernel::batch_norm_forward(x, weight, bias, shift_mean, invstd, relu, out);
+  if (needs_graph({x, weight, bias})) {
+    // As batch_norm_uncentered: in explanation mode no gradient flows through its variance.
+    const bool through_stats = centred || !explanation_mode();
+    SavedTensor sx(x), sw(weight), sb(relu ? bias : Tensor());
+    record(relu ? "SyncBatchNormReluBackward" : "SyncBatchNormBackward", out, {x, weight, bias},
+           [=](const Tensor& g, const std::vector<bool>& need) {
+             const Tensor& xv = sx.get();
+             const TensorOptions go{g.dtype(), g.device()};
+             auto backward = [&](const Tensor& gx, const Tensor& gw, const Tensor& gb, const Tensor& replicas) {
+               if (centred)
+                 kernel::batch_norm_backward(g, xv, sw.get(), sb.get(), mean, invstd, true, relu, gx, gw, gb, replicas);
+               else
+                 kernel::batch_norm_uncentered_backward(g, xv, sw.get(), sb.get(), mean, invstd, through_stats, relu, gx,
+                                                        gw, gb, replicas);
+             };
+             Tensor gx = need[0] ? empty(xv.shape(), go) : Tensor();
+             if (need[0] && through_stats) {
+               // This replica's sums, the replicas' total of them, then grad_x from the totals.
+               Tensor gw = empty({c}, go), gb = empty({c}, go);
+               backward(Tensor(), gw, gb, Tensor());
+               Tensor replicas;
+               {
+                 NoGradGuard no_grad;
+                 replicas = replica_sum(cat({gw, gb, full({1}, local, go)}, 0)).contiguous();
+               }
+               backward(gx, Tensor(), Tensor(), replicas);
+               return Grads{gx, need[1] ? gw : Tensor(), need[2] ? gb : Tensor()};
+             }
+             Tensor gw = need[1] ? empty({c}, go) : Tensor(), gb = need[2] ? empty({c}, go) : Tensor();
+             backward(gx, gw, gb, Tensor());  // the statistics are constants here: nothing to share
              return Grads{gx, gw, gb};
            });
   }

@@ -4,6 +4,7 @@
 // autograd/<family>.cpp.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -201,6 +202,17 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const T
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training,
                   double momentum = 0.1, double eps = 1e-5, bool relu = false);
+// Batch norm in training over the batches of every data-parallel replica together (PyTorch's
+// SyncBatchNorm): this replica's statistics in one pass, combined through replica_sum (a sum over
+// the replicas, e.g. an all-reduce; two of [C + 1] / [C] values forward, one of [2C + 1] back),
+// then the batch_norm kernels. centred = false: bcosify's uncentred norm (x / sqrt(var + eps) ·
+// weight + bias, var the centred biased variance, no gradient through it in explanation mode).
+// The running statistics (when defined) move by `factor`: the mean, and the variance unbiased
+// (centred) or biased (uncentred). The gradient is that of the sum of every replica's loss, as
+// DistributedDataParallel's; weight and bias get this replica's share.
+Tensor batch_norm_synced(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                         const Tensor& weight, const Tensor& bias, double factor, double eps, bool relu,
+                         bool centred, const std::function<Tensor(const Tensor&)>& replica_sum);
 Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = Tensor(),
                   const Tensor& bias = Tensor(), double eps = 1e-5);
 Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight = Tensor(),

@@ -1,8 +1,10 @@
 // bench_dist: what data-parallel training costs (bench/dist runs it under mpirun -np 1 and 2).
 //   bench_dist allreduce [MAX_MB]   all-reduce time and bandwidth of f32 buffers, 4 KB .. MAX_MB
-//   bench_dist train ARCH [BCOS]    AdamW steps of ARCH (resnet20, …; BCOS = "bcos": its B-cos
+//   bench_dist train ARCH [BCOS] [SECONDS] [sync]
+//                                   AdamW steps of ARCH (resnet20, …; BCOS = "bcos": its B-cos
 //                                   form) at 64 images per rank on fixed random data: images/s of
-//                                   the whole job, and the time each step waits for its all-reduces
+//                                   the whole job, and the time each step waits for its all-reduces;
+//                                   "sync": batch norms synchronised across the ranks
 // Rank 0 prints one line per measurement; each process runs on one thread (OMP_NUM_THREADS).
 #include <chrono>
 #include <cstdio>
@@ -51,7 +53,7 @@ void allreduce(double max_mb) {
   }
 }
 
-void train(const std::string& arch, bool bcos_model, double seconds) {
+void train(const std::string& arch, bool bcos_model, double seconds, bool sync_bn) {
   const int64_t local_batch = 64;
   manual_seed(1);
   std::shared_ptr<nn::Module> model = models::create_model(arch);
@@ -63,6 +65,7 @@ void train(const std::string& arch, bool bcos_model, double seconds) {
   }
   model->train();
   dist::DataParallel ddp(*model);
+  if (sync_bn) dist::use_sync_batch_norm(*model);
   nn::AdamW opt(model->parameters(), {.lr = 1e-4, .weight_decay = 0});
   manual_seed(100 + uint64_t(dist::rank()));
   Tensor x = rand({local_batch, 3, spec.input_size, spec.input_size});
@@ -92,8 +95,8 @@ void train(const std::string& arch, bool bcos_model, double seconds) {
   }
   const double wait = ddp.stats().wait_seconds - wait_before;
   if (dist::is_main())
-    std::printf("train arch %s%s ranks %d images_per_s %.2f step_s %.4f wait_s %.4f buckets %lld grad_mb %.2f\n",
-                bcos_model ? "bcos_" : "", arch.c_str(), dist::world_size(),
+    std::printf("train arch %s%s ranks %d sync_bn %d images_per_s %.2f step_s %.4f wait_s %.4f buckets %lld grad_mb %.2f\n",
+                bcos_model ? "bcos_" : "", arch.c_str(), dist::world_size(), int(sync_bn),
                 double(iters * local_batch * dist::world_size()) / elapsed, elapsed / double(iters),
                 wait / double(iters), static_cast<long long>(ddp.stats().buckets), ddp.stats().bytes_per_step / 1e6);
 }
@@ -107,9 +110,10 @@ int main(int argc, char** argv) {
     if (mode == "allreduce") {
       allreduce(argc > 2 ? std::atof(argv[2]) : 64);
     } else if (mode == "train" && argc > 2) {
-      train(argv[2], argc > 3 && std::string(argv[3]) == "bcos", argc > 4 ? std::atof(argv[4]) : 10);
+      train(argv[2], argc > 3 && std::string(argv[3]) == "bcos", argc > 4 ? std::atof(argv[4]) : 10,
+            argc > 5 && std::string(argv[5]) == "sync");
     } else {
-      std::fprintf(stderr, "usage: bench_dist allreduce [MAX_MB] | train ARCH [bcos|plain] [SECONDS]\n");
+      std::fprintf(stderr, "usage: bench_dist allreduce [MAX_MB] | train ARCH [bcos|plain] [SECONDS] [sync]\n");
       return 2;
     }
   } catch (const std::exception& e) {

@@ -117,7 +117,7 @@ Tensor BatchNormUncentered2d::run(const Tensor& x, bool relu) {
              "): expected input [N, ", num_features, ", H, W], got ", x.shape());
   const double factor = training_ ? running_stats_factor(momentum, num_batches_tracked) : 0.0;
   if (training_ && replica_sum)
-    return synced_batch_norm(x, Tensor(), running_var, weight, bias, factor, eps, relu, false, replica_sum);
+    return batch_norm_synced(x, Tensor(), running_var, weight, bias, factor, eps, relu, false, replica_sum);
   return batch_norm_uncentered(x, running_var, weight, bias, training_, factor, eps, relu);
 }
 

@@ -44,41 +44,13 @@ Tensor BatchNorm2d::run(const Tensor& x, bool relu) {
   const bool use_batch_stats = training_ || !running_mean.defined();
   const double factor = training_ ? running_stats_factor(momentum, num_batches_tracked) : 0.0;
   if (training_ && replica_sum)  // (as PyTorch's SyncBatchNorm: synchronised in training only)
-    return synced_batch_norm(x, running_mean, running_var, weight, bias, factor, eps, relu, true, replica_sum);
+    return batch_norm_synced(x, running_mean, running_var, weight, bias, factor, eps, relu, true, replica_sum);
   return batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, factor, eps, relu);
 }
 
 std::string BatchNorm2d::describe() const {
   return str(num_features, ", eps=", eps, ", momentum=", momentum_repr(momentum), ", affine=", weight.defined() ? "True" : "False",
              ", track_running_stats=", running_mean.defined() ? "True" : "False");
-}
-
-Tensor synced_batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
-                         const Tensor& bias, double factor, double eps, bool relu, bool centred,
-                         const ReplicaSum& replica_sum) {
-  // x: [N, C, H, W]; the per-channel sums and this replica's count travel in one all-reduce.
-  const int64_t c = x.size(1);
-  const double count = double(x.numel() / c);
-  const Dims over{0, 2, 3};
-  Tensor sums = replica_sum(cat({sum(x, over), full({1}, count, {x.dtype(), x.device()})}, 0));
-  const double total = sums.narrow(0, c, 1).item();
-  BCOS_CHECK(total > 1, "synced batch norm: expected more than 1 value per channel over all replicas, got input ",
-             x.shape());
-  Tensor mean = sums.narrow(0, 0, c) / total;
-  Tensor centred_x = x - mean.reshape({1, c, 1, 1});
-  Tensor var = replica_sum(sum(centred_x * centred_x, over)) / total;  // biased, as the forward divides by
-  Tensor invstd = rsqrt(var + eps);
-  if (!centred && explanation_mode()) invstd = invstd.detach();  // as batch_norm_uncentered
-  Tensor y = (centred ? centred_x : x) * invstd.reshape({1, c, 1, 1});
-  if (weight.defined()) y = y * weight.reshape({1, c, 1, 1});
-  if (bias.defined()) y = y + bias.reshape({1, c, 1, 1});
-  if (factor > 0) {
-    NoGradGuard no_grad;
-    if (centred && running_mean.defined()) Tensor(running_mean).mul_(1 - factor).add_(mean.detach(), factor);
-    if (running_var.defined())  // PyTorch keeps the unbiased variance; the uncentred norm the biased one
-      Tensor(running_var).mul_(1 - factor).add_(var.detach() * (centred ? total / (total - 1) : 1.0), factor);
-  }
-  return relu ? bcos::relu(y) : y;
 }
 
 Tensor batch_norm_relu(Module& bn, Module& relu, const Tensor& x) {

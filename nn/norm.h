@@ -36,14 +36,6 @@ class BatchNorm2d : public Module {
   Tensor run(const Tensor& x, bool relu);
 };
 
-// Batch norm in training over the batches of all data-parallel replicas together (PyTorch's
-// SyncBatchNorm), composed of ops: per-channel sums, `replica_sum` of them (two all-reduces),
-// then the normalisation. centred = false: bcosify's uncentred norm (x / sqrt(var + eps), the
-// running variance biased, no running mean). Moves the running statistics by `factor`.
-Tensor synced_batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
-                         const Tensor& bias, double factor, double eps, bool relu, bool centred,
-                         const ReplicaSum& replica_sum);
-
 // The running-statistics update factor of a training step of a batch norm with this momentum:
 // momentum itself, or (momentum = std::nullopt) 1 / num_batches_tracked after the step's
 // increment. Increments num_batches_tracked (a handle to the buffer) in place when it is defined.

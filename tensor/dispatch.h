@@ -106,9 +106,10 @@ inline void bcos_scale_backward(const Tensor& grad, const Tensor& value, const T
 inline void batch_norm_uncentered_backward(const Tensor& grad, const Tensor& x, const Tensor& weight,
                                            const Tensor& bias, const Tensor& mean, const Tensor& invstd,
                                            bool through_variance, bool relu, const Tensor& grad_x,
-                                           const Tensor& grad_w, const Tensor& grad_b) {
+                                           const Tensor& grad_w, const Tensor& grad_b,
+                                           const Tensor& replica_sums = Tensor()) {
   BCOS_DISPATCH(grad, batch_norm_uncentered_backward(grad, x, weight, bias, mean, invstd, through_variance, relu,
-                                                     grad_x, grad_w, grad_b));
+                                                     grad_x, grad_w, grad_b, replica_sums));
 }
 inline void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& mean,
                                const Tensor& invstd, bool relu, const Tensor& out) {
@@ -119,9 +120,10 @@ inline void batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& 
 }
 inline void batch_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight, const Tensor& bias,
                                 const Tensor& mean, const Tensor& invstd, bool training, bool relu,
-                                const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
-  BCOS_DISPATCH(grad_out,
-                batch_norm_backward(grad_out, x, weight, bias, mean, invstd, training, relu, grad_x, grad_w, grad_b));
+                                const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b,
+                                const Tensor& replica_sums = Tensor()) {
+  BCOS_DISPATCH(grad_out, batch_norm_backward(grad_out, x, weight, bias, mean, invstd, training, relu, grad_x, grad_w,
+                                              grad_b, replica_sums));
 }
 inline void row_norm_forward(const Tensor& x, int64_t outer, int64_t inner, double eps, const Tensor& out,
                              const Tensor& mean, const Tensor& invstd) {

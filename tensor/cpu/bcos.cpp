@@ -399,7 +399,7 @@ void bcos_scale_backward(const Tensor& grad_in, const Tensor& value, const Tenso
 void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, const Tensor& weight,
                                     const Tensor& bias, const Tensor& mean, const Tensor& invstd,
                                     bool through_variance, bool relu, const Tensor& grad_x,
-                                    const Tensor& grad_w, const Tensor& grad_b) {
+                                    const Tensor& grad_w, const Tensor& grad_b, const Tensor& replica_sums) {
   Tensor g = raw_contiguous(grad_in), x = raw_contiguous(x_in);
   const int64_t n = x.size(0), c = x.size(1), s = x.numel() / std::max<int64_t>(n * c, 1);
   dispatch_float(x.dtype(), "batch_norm_uncentered_backward", [&]<class T>() {
@@ -410,11 +410,13 @@ void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, c
     T* pgx = grad_x.defined() ? grad_x.data<T>() : nullptr;
     T* pgw = grad_w.defined() ? grad_w.data<T>() : nullptr;
     T* pgb = grad_b.defined() ? grad_b.data<T>() : nullptr;
-    const double count = double(n * s);
+    const T* pr = replica_sums.defined() ? replica_sums.data<T>() : nullptr;  // [Σ grad_w, Σ grad_b, count]
+    const double count = pr ? double(pr[2 * c]) : double(n * s);
     parallel_for(c, n * s * 3, [&](int64_t b, int64_t e) {
       for (int64_t ch = b; ch < e; ++ch) {
         double sum_gx = 0, sum_g = 0;  // A = Σ g·x, B = Σ g: not needed for an explanation's
-        const bool need_sums = pgw || pgb || pm;  // input gradient in eval mode (a pure scaling)
+        // input gradient in eval mode (a pure scaling), nor when the replicas' sums are given
+        const bool need_sums = pgw || pgb || (pm && !pr);
         // The forward's y (mean 0: x is not centred), for the fused ReLU's mask.
         const math::BatchNormAffine<T> y(T(0), pi[ch], pw ? pw[ch] : T(1), pb ? pb[ch] : T(0));
         for (int64_t i = 0; i < n && need_sums; ++i) {
@@ -438,7 +440,9 @@ void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, c
         if (!pgx) continue;
         // gx = γ r g − γ r³ (A / N)(x − μ): the second term only when the batch variance is live.
         const T k1 = T(gamma * r);
-        const T k2 = pm ? T(gamma * r * r * r * sum_gx / count) : T(0);
+        // The replicas' Σ grad_w is r A summed: A = Σ grad_w / r.
+        const double all_gx = pr ? double(pr[ch]) / r : sum_gx;
+        const T k2 = pm ? T(gamma * r * r * r * all_gx / count) : T(0);
         const T mu = pm ? pm[ch] : T(0);
         for (int64_t i = 0; i < n; ++i) {
           const T *gi = pg + (i * c + ch) * s, *xi = px + (i * c + ch) * s;

@@ -125,22 +125,24 @@ void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& 
 
 void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Tensor& weight,
                          const Tensor& bias, const Tensor& mean, const Tensor& invstd, bool training,
-                         bool relu, const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
+                         bool relu, const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b,
+                         const Tensor& replica_sums) {
   Tensor g = raw_contiguous(grad_out_in), x = raw_contiguous(x_in);
   Channels d = channels_of(x);
   dispatch_float(x.dtype(), "batch_norm_backward", [&]<class T>() {
     const T *pg = g.data<T>(), *px = x.data<T>(), *pw = maybe<T>(weight), *pb = maybe<T>(bias);
-    const T *pm = mean.data<T>(), *pi = invstd.data<T>();
+    const T *pm = mean.data<T>(), *pi = invstd.data<T>(), *pr = maybe<T>(replica_sums);
     T* pgx = grad_x.defined() ? grad_x.data<T>() : nullptr;
     T* pgw = grad_w.defined() ? grad_w.data<T>() : nullptr;
     T* pgb = grad_b.defined() ? grad_b.data<T>() : nullptr;
-    const double count = double(d.n * d.s);
+    const double count = pr ? double(pr[2 * d.c]) : double(d.n * d.s);
+    const bool own_sums = pgw || pgb || !pr;
     parallel_for(d.c, d.n * d.s * 3, [&](int64_t b, int64_t e) {
       for (int64_t c = b; c < e; ++c) {
         double sum_g = 0, sum_gxc = 0;  // sum(g), sum(g * (x - mean))
         const double mu = double(pm[c]), is = double(pi[c]);
         const math::BatchNormAffine<T> affine(pm[c], pi[c], pw ? pw[c] : T(1), pb ? pb[c] : T(0));
-        for (int64_t i = 0; i < d.n; ++i) {
+        for (int64_t i = 0; i < d.n && own_sums; ++i) {
           const T *gp = pg + (i * d.c + c) * d.s, *xp = px + (i * d.c + c) * d.s;
           if (relu)
             masked_grad_sums(gp, xp, d.s, mu, affine, &sum_g, &sum_gxc);
@@ -152,8 +154,8 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
         if (pgb) pgb[c] = T(sum_g);
         if (!pgx) continue;
         const double w = pw ? double(pw[c]) : 1.0;
-        const double mean_g = training ? sum_g / count : 0.0;
-        const double mean_gx = training ? sum_gx / count : 0.0;
+        const double mean_g = training ? (pr ? double(pr[d.c + c]) : sum_g) / count : 0.0;
+        const double mean_gx = training ? (pr ? double(pr[c]) : sum_gx) / count : 0.0;
         // grad_x = a · (g − mean_g) − b · (x − mean), in T so the loop vectorises; the constants
         // are formed in double.
         const T a = T(w * is), b = T(w * is * is * mean_gx), mg = T(mean_g), m = T(mu);

@@ -7,6 +7,8 @@
 //             (training; in evaluation the two means are 0)
 //   uncentred (B-cos) backward, y = γ x r (+ β), r = 1 / sqrt(var + eps), A = Σ g x, B = Σ g:
 //             grad_w = r A, grad_b = B, grad_x = γ r g − (through the variance: γ r³ (A / M)(x − mean))
+//   synchronised: given replica_sums (every replica's grad_w and grad_b summed, and their count),
+//             grad_x takes its means from those and the sums kernel is skipped
 #include "tensor/kernel_views.h"
 #include "tensor/copy.h"
 #include "tensor/cuda/internal.h"
@@ -93,14 +95,14 @@ __global__ void grad_sums_kernel(const T* g, const T* x, const T* w, const T* b,
 
 template <class T>
 __global__ void grad_x_kernel(const T* g, const T* x, const T* w, const T* bias, const T* mean, const T* invstd,
-                              const double* sums, Channels d, bool training, bool relu, T* gx) {
+                              const double* sums, const T* replica, Channels d, bool training, bool relu, T* gx) {
   const int64_t n = d.n * d.c * d.s, step = int64_t(gridDim.x) * blockDim.x;
-  const double count = double(d.n * d.s);
+  const double count = replica ? double(replica[2 * d.c]) : double(d.n * d.s);
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     const int64_t c = (i / d.s) % d.c;
     const double is = double(invstd[c]), wc = w ? double(w[c]) : 1.0;
-    const double mean_g = training ? sums[2 * c] / count : 0.0;
-    const double mean_gx = training ? sums[2 * c + 1] * is / count : 0.0;
+    const double mean_g = training ? (replica ? double(replica[d.c + c]) : sums[2 * c]) / count : 0.0;
+    const double mean_gx = training ? (replica ? double(replica[c]) : sums[2 * c + 1] * is) / count : 0.0;
     const T a = T(wc * is), b = T(wc * is * is * mean_gx), mg = T(mean_g), m = mean[c];
     const T gi = relu && !(normalized(x[i], w, bias, mean[c], invstd, c) > T(0)) ? T(0) : g[i];
     gx[i] = a * (gi - mg) - b * (x[i] - m);
@@ -129,14 +131,15 @@ __global__ void uncentered_sums_kernel(const T* g, const T* x, const T* w, const
 }
 
 template <class T>
-__global__ void uncentered_grad_x_kernel(const T* g, const T* x, const T* w, const T* bias, const T* mean, const T* invstd, const double* sums, Channels d, bool relu,
-                                         T* gx) {
+__global__ void uncentered_grad_x_kernel(const T* g, const T* x, const T* w, const T* bias, const T* mean, const T* invstd, const double* sums,
+                                         const T* replica, Channels d, bool relu, T* gx) {
   const int64_t n = d.n * d.c * d.s, step = int64_t(gridDim.x) * blockDim.x;
-  const double count = double(d.n * d.s);
+  const double count = replica ? double(replica[2 * d.c]) : double(d.n * d.s);
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     const int64_t c = (i / d.s) % d.c;
     const double r = double(invstd[c]), gamma = w ? double(w[c]) : 1.0;
-    const T k1 = T(gamma * r), k2 = mean ? T(gamma * r * r * r * sums[2 * c] / count) : T(0);
+    const double a = replica ? double(replica[c]) / r : sums[2 * c];  // the replicas' Σ grad_w is r A summed
+    const T k1 = T(gamma * r), k2 = mean ? T(gamma * r * r * r * a / count) : T(0);
     const T mu = mean ? mean[c] : T(0);
     const T gi = relu && !(normalized(x[i], w, bias, T(0), invstd, c) > T(0)) ? T(0) : g[i];
     gx[i] = k1 * gi - k2 * (x[i] - mu);
@@ -183,7 +186,7 @@ void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& 
 
 void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Tensor& weight, const Tensor& bias,
                          const Tensor& mean, const Tensor& invstd, bool training, bool relu, const Tensor& grad_x,
-                         const Tensor& grad_w, const Tensor& grad_b) {
+                         const Tensor& grad_w, const Tensor& grad_b, const Tensor& replica_sums) {
   const Tensor g = raw_contiguous(grad_out_in), x = raw_contiguous(x_in);
   const Channels d = channels_of(x);
   if (d.c == 0) return;
@@ -192,17 +195,20 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
   cudaStream_t stream = stream_of(device);
   std::shared_ptr<void> sums = allocate(size_t(2 * d.c) * sizeof(double), device);
   dispatch_float(x.dtype(), "cuda batch_norm_backward", [&]<class T>() {
-    grad_sums_kernel<<<unsigned(d.c), kReduceThreads, 0, stream>>>(
-        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
-        static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()), d, relu,
-        static_cast<double*>(sums.get()), grad_w.defined() ? static_cast<T*>(grad_w.raw_data()) : nullptr,
-        grad_b.defined() ? static_cast<T*>(grad_b.raw_data()) : nullptr);
-    BCOS_CUDA_CHECK_LAUNCH();
+    if (grad_w.defined() || grad_b.defined() || !replica_sums.defined()) {
+      grad_sums_kernel<<<unsigned(d.c), kReduceThreads, 0, stream>>>(
+          static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
+          static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()), d, relu,
+          static_cast<double*>(sums.get()), grad_w.defined() ? static_cast<T*>(grad_w.raw_data()) : nullptr,
+          grad_b.defined() ? static_cast<T*>(grad_b.raw_data()) : nullptr);
+      BCOS_CUDA_CHECK_LAUNCH();
+    }
     if (!grad_x.defined() || x.numel() == 0) return;
     grad_x_kernel<<<blocks_for(x.numel()), kThreads, 0, stream>>>(
         static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
         static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()),
-        static_cast<const double*>(sums.get()), d, training, relu, static_cast<T*>(grad_x.raw_data()));
+        static_cast<const double*>(sums.get()), maybe<T>(replica_sums), d, training, relu,
+        static_cast<T*>(grad_x.raw_data()));
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }
@@ -210,7 +216,7 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
 void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, const Tensor& weight,
                                     const Tensor& bias, const Tensor& mean, const Tensor& invstd,
                                     bool through_variance, bool relu, const Tensor& grad_x,
-                                    const Tensor& grad_w, const Tensor& grad_b) {
+                                    const Tensor& grad_w, const Tensor& grad_b, const Tensor& replica_sums) {
   const Tensor g = raw_contiguous(grad_in), x = raw_contiguous(x_in);
   const Channels d = channels_of(x);
   if (d.c == 0) return;
@@ -219,17 +225,19 @@ void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, c
   cudaStream_t stream = stream_of(device);
   std::shared_ptr<void> sums = allocate(size_t(2 * d.c) * sizeof(double), device);
   dispatch_float(x.dtype(), "cuda batch_norm_uncentered_backward", [&]<class T>() {
-    uncentered_sums_kernel<<<unsigned(d.c), kReduceThreads, 0, stream>>>(
-        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
-        static_cast<const T*>(invstd.raw_data()), d, relu, static_cast<double*>(sums.get()),
-        grad_w.defined() ? static_cast<T*>(grad_w.raw_data()) : nullptr,
-        grad_b.defined() ? static_cast<T*>(grad_b.raw_data()) : nullptr);
-    BCOS_CUDA_CHECK_LAUNCH();
+    if (grad_w.defined() || grad_b.defined() || !replica_sums.defined()) {
+      uncentered_sums_kernel<<<unsigned(d.c), kReduceThreads, 0, stream>>>(
+          static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
+          static_cast<const T*>(invstd.raw_data()), d, relu, static_cast<double*>(sums.get()),
+          grad_w.defined() ? static_cast<T*>(grad_w.raw_data()) : nullptr,
+          grad_b.defined() ? static_cast<T*>(grad_b.raw_data()) : nullptr);
+      BCOS_CUDA_CHECK_LAUNCH();
+    }
     if (!grad_x.defined() || x.numel() == 0) return;
     uncentered_grad_x_kernel<<<blocks_for(x.numel()), kThreads, 0, stream>>>(
         static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
         through_variance ? static_cast<const T*>(mean.raw_data()) : nullptr, static_cast<const T*>(invstd.raw_data()),
-        static_cast<const double*>(sums.get()), d, relu, static_cast<T*>(grad_x.raw_data()));
+        static_cast<const double*>(sums.get()), maybe<T>(replica_sums), d, relu, static_cast<T*>(grad_x.raw_data()));
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }

@@ -196,6 +196,17 @@ TEST_CASE_FIXTURE(Seeded, "gradcheck: batch_norm / layer_norm / group_norm") {
         {leaf({3, 2, 2, 2}), leaf({2}), leaf({2})});
   check("batch_norm 2-D", [](In v) { return batch_norm(v[0], Tensor(), Tensor(), v[1], Tensor(), true); },
         {leaf_t(4, 3), leaf({3})});
+  // Synchronised over replicas: alone (the identity sum), and beside an identical second replica
+  // (a doubled sum: moving x moves both, whose losses the analytic gradient sums, symmetrically).
+  for (double replicas : {1.0, 2.0})
+    for (bool centred : {true, false})
+      for (bool relu : {false, true}) {
+        INFO("replicas ", replicas, " centred ", centred, " relu ", relu);
+        auto sum_over = [replicas](const Tensor& t) { return t * replicas; };
+        check("batch_norm_synced", [&](In v) {
+          return batch_norm_synced(v[0], Tensor(), Tensor(), v[1], v[2], 0.0, 1e-5, relu, centred, sum_over);
+        }, {leaf({3, 2, 2, 2}), leaf({2}), leaf({2})});
+      }
   check("layer_norm", [](In v) { return layer_norm(v[0], {4}, v[1], v[2]); },
         {leaf_t(3, 4), leaf({4}), leaf({4})});
   check("group_norm", [](In v) { return group_norm(v[0], 2, v[1], v[2]); },

@@ -255,6 +255,36 @@ TEST_CASE("cuda ops: batch_norm (and with ReLU fused) in training and evaluation
   }
 }
 
+TEST_CASE("cuda ops: synchronised batch norm (centred and uncentred, with ReLU) matches the CPU") {
+  if (!have_gpu()) return;
+  manual_seed(27);
+  // A doubled sum stands for a second, identical replica: the kernels then take their means from
+  // the replicas' sums and count, not their own.
+  auto twice = [](const Tensor& t) { return t * 2.0; };
+  for (DType dt : {kFloat32, kFloat64}) {
+    CAPTURE(dt);
+    Tensor x = randn({4, 3, 5, 6}, dt) * 2.0 + 0.5, w = randn({3}, dt), b = randn({3}, dt);
+    Tensor rm0 = randn({3}, dt), rv0 = rand({3}, dt) + 0.5;
+    auto run = [&](Device dev) {
+      std::vector<Tensor> results;
+      for (int variant = 0; variant < 4; ++variant) {
+        const bool centred = variant % 2 == 0, relu = variant >= 2;
+        Tensor xd = x.to(dev).requires_grad_(), wd = w.to(dev).requires_grad_(), bd = b.to(dev).requires_grad_();
+        Tensor rm = rm0.to(dev).clone(), rv = rv0.to(dev).clone();
+        Tensor y = batch_norm_synced(xd, centred ? rm : Tensor(), rv, wd, bd, 0.1, 1e-5, relu, centred, twice);
+        sum(y * y * y).backward();
+        for (const Tensor& t : {y, xd.grad(), wd.grad(), bd.grad(), rm, rv}) results.push_back(t.to(Device()));
+      }
+      return results;
+    };
+    const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-12 : 1e-5));
+    }
+  }
+}
+
 TEST_CASE("cuda ops: cuDNN conv2d forward and backward match the CPU (groups, stride, padding, dilation, bias)") {
   if (!have_gpu()) return;
   manual_seed(18);

@@ -124,6 +124,57 @@ TEST_CASE("module: BatchNorm2d with momentum = None keeps the plain average of e
   CHECK(golden::relative_error(bnu.running_var, expect) <= 1e-6);
 }
 
+TEST_CASE("module: synchronised batch norm over two identical replicas equals batch norm over the doubled batch") {
+  // replica_sum = 2 t stands for a second replica holding the same batch (and, backward, the
+  // same output gradient): the statistics, the input gradient (of both replicas' losses) and the
+  // running statistics are then those of the batch twice over; weight and bias get this replica's
+  // share, half the doubled batch's. [3, 20, 9, 7]: vector remainders; f64: rounding is not the
+  // question here.
+  manual_seed(61);
+  const Tensor x = (randn({3, 20, 9, 7}, DType::f64) * 1.5 + 0.7), gout = randn({3, 20, 9, 7}, DType::f64);
+  const Tensor w = randn({20}, DType::f64), b = randn({20}, DType::f64);
+  const Tensor twice = cat({x, x}, 0), gout_twice = cat({gout, gout}, 0);
+  for (bool uncentred : {false, true})
+    for (bool relu : {false, true})
+      for (bool explain : {false, true}) {
+        INFO("uncentred ", uncentred, " relu ", relu, " explain ", explain);
+        auto make = [&]() -> std::shared_ptr<Module> {
+          std::shared_ptr<Module> m;
+          if (uncentred) m = std::make_shared<nn::BatchNormUncentered2d>(20);
+          else m = std::make_shared<BatchNorm2d>(20);
+          m->to(DType::f64);
+          for (auto& [name, p] : m->named_parameters()) p.detach().copy_(name == "weight" ? w : b);
+          return m;
+        };
+        auto synced = make(), reference = make();
+        if (uncentred) static_cast<nn::BatchNormUncentered2d&>(*synced).replica_sum = [](const Tensor& t) { return t * 2.0; };
+        else static_cast<BatchNorm2d&>(*synced).replica_sum = [](const Tensor& t) { return t * 2.0; };
+        ReLU relu_module;
+        auto run = [&](Module& m, const Tensor& in) { return relu ? batch_norm_relu(m, relu_module, in) : m(in); };
+        ExplanationModeGuard guard(explain);
+        for (int step = 0; step < 2; ++step) {  // the second step starts from moved running statistics
+          Tensor x1 = x.clone().requires_grad_(true), x2 = twice.clone().requires_grad_(true);
+          Tensor y1 = run(*synced, x1), y2 = run(*reference, x2);
+          CHECK(y1.grad_fn_name().rfind("SyncBatchNorm", 0) == 0);
+          sum(y1 * gout).backward();
+          sum(y2 * gout_twice).backward();
+          CHECK(golden::relative_error(y1, y2.narrow(0, 0, 3)) <= 1e-12);
+          CHECK(golden::relative_error(x1.grad(), x2.grad().narrow(0, 0, 3)) <= 1e-12);
+          const auto ps = synced->named_parameters(), pr = reference->named_parameters();
+          for (size_t i = 0; i < ps.size(); ++i) {
+            CAPTURE(ps[i].first);
+            CHECK(golden::relative_error(ps[i].second.grad() * 2.0, pr[i].second.grad()) <= 1e-12);
+          }
+          const auto bs = synced->named_buffers(), br = reference->named_buffers();
+          for (size_t i = 0; i < bs.size(); ++i) {
+            CAPTURE(bs[i].first);
+            CHECK(golden::relative_error(bs[i].second.to(DType::f64), br[i].second.to(DType::f64)) <= 1e-12);
+          }
+          synced->zero_grad(), reference->zero_grad();
+        }
+      }
+}
+
 TEST_CASE("module: batch_norm_relu fuses BatchNorm2d + ReLU and equals the two modules in turn") {
   // [4, 20, 9, 7]: 63 values per row, so the vector loops' remainders run too.
   auto make = [] {
