@@ -72,7 +72,12 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
     bias = mask_as_bias(mask, logits_shape, q.dtype());
   }
   const bool cuda_head_too_large = q.is_cuda() && std::max(q.size(-1), v.size(-1)) > 256;
-  if (!fused || cuda_head_too_large || (mask.defined() && mask.requires_grad()))
+  // Autocast: as torch.autocast's scaled_dot_product_attention, the products multiply 16-bit
+  // operands. bf16 on the CPU: the fused kernels round them; otherwise the composed form's
+  // matmuls do (on CUDA, cuBLAS on the tensor cores; the CUDA kernels multiply float32 only).
+  const DType operands = autocast_operands(q);
+  const bool fused_rounds = operands == DType::f32 || (operands == DType::bf16 && q.is_cpu());
+  if (!fused || cuda_head_too_large || (mask.defined() && mask.requires_grad()) || !fused_rounds)
     return composed(q, k, v, bias, causal, sc);
 
   // The fused kernels: [N, H, L, D] views; out and lse contiguous.
@@ -83,7 +88,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   Tensor out = empty({q4.size(0), q4.size(1), q4.size(2), v4.size(3)}, {q.dtype(), q.device()});
   Tensor lse = empty({q4.size(0), q4.size(1), q4.size(2)}, {q.dtype(), q.device()});
   AttentionParams p;
-  p.scale = sc, p.causal = causal;
+  p.scale = sc, p.causal = causal, p.bf16_operands = operands == DType::bf16;  // the backward keeps it
   if (out.numel() > 0) kernel::attention_forward(q4, k4, v4, b4, p, out, lse);
   Tensor result = out.reshape(out_shape);
   if (needs_graph({q, k, v})) {

@@ -56,6 +56,9 @@ struct Pool2dParams {
 struct AttentionParams {
   double scale = 1;
   bool causal = false;
+  // Under bf16 autocast (float32 q, k, v): every product multiplies bf16 roundings of its two
+  // operands (q, k, v, dO, the probabilities and dS) and sums in float32, as a matmul does.
+  bool bf16_operands = false;
 };
 
 // The B-cos scale |cos|^(b-1) of a max-out group of M units.

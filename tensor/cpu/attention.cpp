@@ -3,9 +3,12 @@
 // backward: 197 x 197 x 12 heads x 4 bytes = 1.9 MB per ViT-B image and layer). The backward
 // recomputes each block's probabilities from the saved row log-sum-exp (FlashAttention's
 // idea; here a block's whole key range fits, so its softmax is exact in one pass):
-//   P = exp(S − lse),  dV += Pᵀ dO,  dP = dO Vᵀ,  dS = P ∘ (dP − rowsum(dO ∘ O)),
+//   P = exp(S − lse),  dV += Pᵀ dO,  dP = dO Vᵀ,  dS = P ∘ (dP − rowsum(P ∘ dP)),
 //   dQ = dS K · scale,  dK += dSᵀ Q · scale
-// The products are tensor/cpu/gemm.h's, single-threaded inside the parallel loops.
+// The products are tensor/cpu/gemm.h's, single-threaded inside the parallel loops. rowsum(P ∘ dP)
+// (FlashAttention takes the equal rowsum(dO ∘ O)) is softmax's own backward of the dP computed, so
+// each row of dS sums to zero also when autocast rounds the products' operands (there dO ∘ O
+// differs from it by bf16's rounding, which dP − D, often a small difference, would amplify).
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -102,20 +105,19 @@ void forward_typed(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
 
 template <class T>
 void backward_typed(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
-                    const Tensor& out, const Tensor& lse, const AttentionParams& p, const Tensor& grad_q,
+                    const Tensor& lse, const AttentionParams& p, const Tensor& grad_q,
                     const Tensor& grad_k, const Tensor& grad_v) {
   const int64_t n = q.size(0), heads = q.size(1), lq = q.size(2), d = q.size(3), lk = k.size(2), dv = v.size(3);
   const Heads<T> Q(q), K(k), V(v);
   const T* pb = bias.defined() ? static_cast<const T*>(bias.raw_data()) : nullptr;
   const int64_t bias_rows[2] = {bias.defined() ? bias.stride(2) : 0, bias.defined() ? bias.stride(3) : 0};
-  const T *pg = static_cast<const T*>(grad_out.raw_data()), *po = static_cast<const T*>(out.raw_data());
+  const T* pg = static_cast<const T*>(grad_out.raw_data());
   const T* pl = static_cast<const T*>(lse.raw_data());
   T *gq = grad_q.data<T>(), *gk = grad_k.data<T>(), *gv = grad_v.data<T>();
   const T scale = T(p.scale);
   // Parallel over (n, h): dK and dV of one head sum over all its query blocks.
   parallel_for(n * heads, lq * lk * (2 * d + 2 * dv) * 2, [&](int64_t b0, int64_t b1) {
     std::vector<T> prob(size_t(kBlock * lk)), dprob(size_t(kBlock * lk));
-    std::vector<double> row_dot(static_cast<size_t>(kBlock));
     for (int64_t bh = b0; bh < b1; ++bh) {
       const int64_t ni = bh / heads, hi = bh % heads;
       const T *qh = Q.at(ni, hi), *kh = K.at(ni, hi), *vh = V.at(ni, hi);
@@ -124,15 +126,11 @@ void backward_typed(const Tensor& grad_out, const Tensor& q, const Tensor& k, co
       for (int64_t i0 = 0; i0 < lq; i0 += kBlock) {
         const int64_t rows = std::min(kBlock, lq - i0);
         const T* dout = pg + (bh * lq + i0) * dv;
-        const T* o = po + (bh * lq + i0) * dv;
         block_logits(qh, Q.rows, kh, K.rows, bias_nh, bias_rows, i0, rows, lk, d, p, prob.data());
         for (int64_t r = 0; r < rows; ++r) {
           const T l = pl[bh * lq + i0 + r];
           T* row = prob.data() + r * lk;
           for (int64_t j = 0; j < lk; ++j) row[j] = exp_of<T>(row[j] - l);  // −inf: 0; NaN rows stay NaN
-          double dot = 0;
-          for (int64_t c = 0; c < dv; ++c) dot += double(dout[r * dv + c]) * double(o[r * dv + c]);
-          row_dot[size_t(r)] = dot;
         }
         // dV += Pᵀ dO   [lk, dv] = [lk, rows] · [rows, dv]
         gemm(lk, dv, rows, prob.data(), 1, lk, dout, dv, 1, dvh, dv, 1, i0 > 0);
@@ -141,7 +139,10 @@ void backward_typed(const Tensor& grad_out, const Tensor& q, const Tensor& k, co
         for (int64_t r = 0; r < rows; ++r) {  // dS · scale, in place of dP
           T *ds = dprob.data() + r * lk;
           const T* pr = prob.data() + r * lk;
-          const T dot = T(row_dot[size_t(r)]);
+          double row_dot = 0;
+#pragma omp simd reduction(+ : row_dot)
+          for (int64_t j = 0; j < lk; ++j) row_dot += double(pr[j]) * double(ds[j]);
+          const T dot = T(row_dot);
 #pragma omp simd
           for (int64_t j = 0; j < lk; ++j) ds[j] = pr[j] * (ds[j] - dot) * scale;
         }
@@ -159,17 +160,26 @@ void backward_typed(const Tensor& grad_out, const Tensor& q, const Tensor& k, co
 
 }  // namespace
 
+// Under bf16 autocast the products run as gemm()'s under Bf16Operands::unrounded: the bf16 GEMM
+// rounds both operands while it packs them, and a product too small for it multiplies rounded
+// copies (tensor/cpu/gemm.h); the softmax stays float32.
+Bf16Operands rounding_of(const AttentionParams& p, const Tensor& q) {
+  return p.bf16_operands && q.dtype() == DType::f32 ? Bf16Operands::unrounded : bf16_operands_mode();
+}
+
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, const AttentionParams& p,
                        const Tensor& out, const Tensor& lse) {
+  const Bf16OperandsScope bf16(rounding_of(p, q));
   dispatch_float(q.dtype(), "scaled_dot_product_attention",
                  [&]<class T>() { forward_typed<T>(q, k, v, bias, p, out, lse); });
 }
 
 void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
-                        const Tensor& out, const Tensor& lse, const AttentionParams& p, const Tensor& grad_q,
-                        const Tensor& grad_k, const Tensor& grad_v) {
+                        const Tensor& /*out: the CUDA kernels' D = rowsum(dO ∘ O)*/, const Tensor& lse,
+                        const AttentionParams& p, const Tensor& grad_q, const Tensor& grad_k, const Tensor& grad_v) {
+  const Bf16OperandsScope bf16(rounding_of(p, q));
   dispatch_float(q.dtype(), "scaled_dot_product_attention backward", [&]<class T>() {
-    backward_typed<T>(grad_out, q, k, v, bias, out, lse, p, grad_q, grad_k, grad_v);
+    backward_typed<T>(grad_out, q, k, v, bias, lse, p, grad_q, grad_k, grad_v);
   });
 }
 

@@ -166,3 +166,50 @@ TEST_CASE("attention: MultiheadAttention gives the same through the fused kernel
     else CHECK(golden::relative_error(a.grad(), first) <= 1e-5);
   }
 }
+
+TEST_CASE("attention: under bf16 autocast the fused kernels multiply bf16 operands, as the composed form's matmuls") {
+  // torch.autocast runs scaled_dot_product_attention in bf16; here every product (q kᵀ, P v and
+  // the backward's four) multiplies bf16 roundings of its operands and sums in float32, the
+  // softmax staying float32: the rule of autocast's matmuls, so the composed form under autocast
+  // is the reference. Shapes: the fixture cases (products too small for the bf16 GEMM: rounded
+  // copies), and one whose products the bf16 GEMM takes where the CPU has one (64 x 100 x 64).
+  // The float32 answer differs by ~2e-3; differences in float32 summation order can flip a rare
+  // rounding of a probability by 2^-8, hence 2e-4.
+  const auto& f = fixtures();
+  manual_seed(35);
+  struct Input {
+    std::string name;
+    Tensor q, k, v, mask;
+    bool causal;
+    double scale;
+  };
+  std::vector<Input> inputs;
+  for (const Case& c : kCases) {
+    const std::string key = c.name;
+    inputs.push_back({key, f[key + ".q"], f[key + ".k"], f[key + ".v"],
+                      f.has(key + ".mask") ? f[key + ".mask"] : Tensor(), c.causal, c.scale});
+  }
+  inputs.push_back({"bf16 GEMM sizes", randn({2, 2, 130, 64}), randn({2, 2, 100, 64}), randn({2, 2, 100, 64}), Tensor(),
+                    false, 0});
+  for (const Input& in : inputs) {
+    CAPTURE(in.name);
+    const Tensor gout = randn(in.q.shape().size() == 3 ? Shape{in.q.size(0), in.q.size(1), in.v.size(-1)}
+                                                       : Shape{in.q.size(0), in.q.size(1), in.q.size(2), in.v.size(-1)});
+    auto run = [&](bool fused, bool autocast) {
+      Tensor q = in.q.clone().requires_grad_(), k = in.k.clone().requires_grad_(), v = in.v.clone().requires_grad_();
+      Tensor y;
+      {
+        AutocastGuard guard(DeviceType::cpu, DType::bf16, autocast);
+        y = scaled_dot_product_attention(q, k, v, in.mask, in.causal, in.scale, fused);
+      }
+      y.backward(gout);  // outside the guard: the backward keeps the forward's setting
+      return std::vector<Tensor>{y.detach(), q.grad(), k.grad(), v.grad()};
+    };
+    const auto fused = run(true, true), composed = run(false, true), plain = run(true, false);
+    for (size_t i = 0; i < fused.size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::relative_error(fused[i], composed[i]) <= 2e-4);
+      CHECK(golden::relative_error(fused[i], plain[i]) > 5e-4);
+    }
+  }
+}
