@@ -55,7 +55,7 @@ TEST_CASE("attention: fused and composed match PyTorch's definition, forward and
 
 TEST_CASE("attention: f64 gradcheck of the fused kernels (masks, causal, strided inputs, several blocks)") {
   manual_seed(31);
-  const Tensor q = randn({1, 2, 66, 3}, kFloat64).requires_grad_(), k = randn({1, 2, 5, 3}, kFloat64).requires_grad_();
+  const Tensor q = randn({1, 2, 130, 3}, kFloat64).requires_grad_(), k = randn({1, 2, 5, 3}, kFloat64).requires_grad_();
   const Tensor v = randn({1, 2, 5, 2}, kFloat64).requires_grad_();
   auto fused = [](const Tensor& mask, bool causal) {
     return [=](const std::vector<Tensor>& in) { return scaled_dot_product_attention(in[0], in[1], in[2], mask, causal); };
@@ -67,7 +67,7 @@ TEST_CASE("attention: f64 gradcheck of the fused kernels (masks, causal, strided
   check(gradcheck(fused(Tensor(), false), {q, k, v}));
   // query rows past the keys under causal: every row keeps key 0
   check(gradcheck(fused(Tensor(), true), {q, k, v}));
-  check(gradcheck(fused(randn({66, 5}, kFloat64), false), {q, k, v}));
+  check(gradcheck(fused(randn({130, 5}, kFloat64), false), {q, k, v}));
   Tensor keep = ones({1, 1, 1, 5}, DType::boolean);
   keep.narrow(3, 3, 2).fill_(0);
   check(gradcheck(fused(keep, false), {q, k, v}));
@@ -172,9 +172,12 @@ TEST_CASE("attention: under bf16 autocast the fused kernels multiply bf16 operan
   // the backward's four) multiplies bf16 roundings of its operands and sums in float32, the
   // softmax staying float32: the rule of autocast's matmuls, so the composed form under autocast
   // is the reference. Shapes: the fixture cases (products too small for the bf16 GEMM: rounded
-  // copies), and one whose products the bf16 GEMM takes where the CPU has one (64 x 100 x 64).
-  // The float32 answer differs by ~2e-3; differences in float32 summation order can flip a rare
-  // rounding of a probability by 2^-8, hence 2e-4.
+  // copies), and one whose products the bf16 GEMM takes where the CPU has one (256 x 100 x 64 and
+  // a second block of 44 rows).
+  // The float32 answer differs by 1.6e-3 to 8e-3. The two paths compute the probabilities and dS
+  // with different float32 roundings (the fused backward recomputes P from the log-sum-exp), and
+  // a value so near a bf16 rounding boundary moves by 2^-8 where the other path's does not: both
+  // paths measured up to 2.7e-4 from a float64 evaluation of the same rule, hence 5e-4.
   const auto& f = fixtures();
   manual_seed(35);
   struct Input {
@@ -189,8 +192,8 @@ TEST_CASE("attention: under bf16 autocast the fused kernels multiply bf16 operan
     inputs.push_back({key, f[key + ".q"], f[key + ".k"], f[key + ".v"],
                       f.has(key + ".mask") ? f[key + ".mask"] : Tensor(), c.causal, c.scale});
   }
-  inputs.push_back({"bf16 GEMM sizes", randn({2, 2, 130, 64}), randn({2, 2, 100, 64}), randn({2, 2, 100, 64}), Tensor(),
-                    false, 0});
+  inputs.push_back({"bf16 GEMM sizes, two blocks", randn({2, 2, 300, 64}), randn({2, 2, 100, 64}),
+                     randn({2, 2, 100, 64}), Tensor(), false, 0});
   for (const Input& in : inputs) {
     CAPTURE(in.name);
     const Tensor gout = randn(in.q.shape().size() == 3 ? Shape{in.q.size(0), in.q.size(1), in.v.size(-1)}
@@ -208,8 +211,8 @@ TEST_CASE("attention: under bf16 autocast the fused kernels multiply bf16 operan
     const auto fused = run(true, true), composed = run(false, true), plain = run(true, false);
     for (size_t i = 0; i < fused.size(); ++i) {
       CAPTURE(i);
-      CHECK(golden::relative_error(fused[i], composed[i]) <= 2e-4);
-      CHECK(golden::relative_error(fused[i], plain[i]) > 5e-4);
+      CHECK(golden::relative_error(fused[i], composed[i]) <= 5e-4);
+      CHECK(golden::relative_error(fused[i], plain[i]) > 1e-3);
     }
   }
 }

@@ -37,7 +37,7 @@ def padding_mask():  # [2, 1, 1, 10]: sample 1 has its last 3 keys padded away
 # name: (q, k, v, mask or None, causal, scale or None)
 CASES = {
     "plain": (N(2, 3, 7, 16), N(2, 3, 9, 16), N(2, 3, 9, 12), None, False, None),
-    "causal_two_blocks": (N(1, 2, 70, 8), N(1, 2, 70, 8), N(1, 2, 70, 8), None, True, None),
+    "causal_two_blocks": (N(1, 2, 140, 8), N(1, 2, 140, 8), N(1, 2, 140, 8), None, True, None),
     "causal_fewer_queries": (N(1, 2, 5, 8), N(1, 2, 9, 8), N(1, 2, 9, 8), None, True, None),
     "bool_padding": (N(2, 3, 6, 8), N(2, 3, 10, 8), N(2, 3, 10, 8), padding_mask(), False, None),
     "float_mask": (N(2, 2, 6, 8), N(2, 2, 5, 8), N(2, 2, 5, 4), N(6, 5), False, None),
