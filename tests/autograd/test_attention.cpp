@@ -4,6 +4,7 @@
 // Tolerance: 1e-5 norm-wise (the golden tolerance; both paths sum in float32).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "autograd/gradcheck.h"
@@ -167,6 +168,17 @@ TEST_CASE("attention: MultiheadAttention gives the same through the fused kernel
   }
 }
 
+// The share of a's elements further than 1e-4 of b's RMS from b's.
+double share_apart(const Tensor& a, const Tensor& b) {
+  const std::vector<double> x = a.contiguous().to_vector<double>(), y = b.contiguous().to_vector<double>();
+  double sq = 0;
+  for (double v : y) sq += v * v;
+  const double tol = 1e-4 * std::sqrt(sq / double(std::max<size_t>(y.size(), 1)));
+  size_t apart = 0;
+  for (size_t i = 0; i < x.size(); ++i) apart += std::fabs(x[i] - y[i]) > tol;
+  return double(apart) / double(std::max<size_t>(x.size(), 1));
+}
+
 TEST_CASE("attention: under bf16 autocast the fused kernels multiply bf16 operands, as the composed form's matmuls") {
   // torch.autocast runs scaled_dot_product_attention in bf16; here every product (q kᵀ, P v and
   // the backward's four) multiplies bf16 roundings of its operands and sums in float32, the
@@ -174,10 +186,14 @@ TEST_CASE("attention: under bf16 autocast the fused kernels multiply bf16 operan
   // is the reference. Shapes: the fixture cases (products too small for the bf16 GEMM: rounded
   // copies), and one whose products the bf16 GEMM takes where the CPU has one (256 x 100 x 64 and
   // a second block of 44 rows).
-  // The float32 answer differs by 1.6e-3 to 8e-3. The two paths compute the probabilities and dS
-  // with different float32 roundings (the fused backward recomputes P from the log-sum-exp), and
-  // a value so near a bf16 rounding boundary moves by 2^-8 where the other path's does not: both
-  // paths measured up to 2.7e-4 from a float64 evaluation of the same rule, hence 5e-4.
+  // The two paths compute the probabilities and dS with different float32 roundings (the fused
+  // backward recomputes P from the log-sum-exp), so now and then one of them sits on the other
+  // side of a bf16 rounding boundary and moves by 2^-8: a handful of such flips among 10^5
+  // probabilities moved a result by up to 2.7e-3 norm-wise (both paths, against a float64
+  // evaluation of the same rule), as much as the rounding itself. So the check counts elements:
+  // further than 1e-4 of the RMS from the reference, at most 5 % (measured: 0 to 0.6 %, the rows
+  // a flip touches), where rounding against not rounding moves 53-98 % (bound 30 %); and norm-wise
+  // no further than bf16's own rounding (1e-2).
   const auto& f = fixtures();
   manual_seed(35);
   struct Input {
@@ -211,8 +227,9 @@ TEST_CASE("attention: under bf16 autocast the fused kernels multiply bf16 operan
     const auto fused = run(true, true), composed = run(false, true), plain = run(true, false);
     for (size_t i = 0; i < fused.size(); ++i) {
       CAPTURE(i);
-      CHECK(golden::relative_error(fused[i], composed[i]) <= 5e-4);
-      CHECK(golden::relative_error(fused[i], plain[i]) > 1e-3);
+      CHECK(share_apart(fused[i], composed[i]) <= 0.05);
+      CHECK(share_apart(fused[i], plain[i]) >= 0.3);
+      CHECK(golden::relative_error(fused[i], composed[i]) <= 1e-2);
     }
   }
 }
