@@ -33,6 +33,13 @@ TEST_CASE("errors: shape mismatches name the op and both shapes") {
   expect_error([] { cross_entropy(zeros({4, 5}), zeros({3}, kInt64)); }, {"cross_entropy", "[3]", "[4, 5]"});
   expect_error([] { layer_norm(zeros({2, 3}), {4}); }, {"layer_norm", "[4]", "[2, 3]"});
   expect_error([] { batch_norm(zeros({2, 3}), Tensor(), Tensor(), ones({4}), Tensor(), true); }, {"batch_norm", "[4]", "[2, 3]"});
+  const auto same = [](const Tensor& t) { return t; };
+  expect_error([&] { batch_norm_synced(zeros({2, 3}), Tensor(), Tensor(), ones({4}), Tensor(), 0, 1e-5, false, true, same); },
+               {"synced batch_norm", "[4]", "[2, 3]"});
+  expect_error([&] { batch_norm_synced(zeros({1, 3}), Tensor(), Tensor(), Tensor(), Tensor(), 0, 1e-5, false, true, same); },
+               {"synced batch_norm", "more than 1 value", "[1, 3]"});
+  expect_error([] { batch_norm_synced(zeros({2, 3}), Tensor(), Tensor(), Tensor(), Tensor(), 0, 1e-5, false, true, {}); },
+               {"synced batch_norm", "no sum over the replicas"});
   expect_error([] { group_norm(zeros({2, 6, 2}), 4); }, {"group_norm", "4 groups", "6 channels"});
   expect_error([] { max_pool2d(zeros({1, 1, 2, 2}), 5, 1, 3); }, {"max_pool2d", "padding"});
   expect_error([] { zeros({2, 3}).view({4, 2}); }, {"view", "[4, 2]", "[2, 3]"});
