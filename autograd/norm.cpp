@@ -6,6 +6,7 @@
 //   dropout: x · mask / (1 − p) with a seeded mask;  embedding: index_select of rows.
 #include <cmath>
 #include <functional>
+#include <initializer_list>
 
 #include "autograd/dispatch.h"
 #include "autograd/ops.h"
@@ -13,6 +14,20 @@
 namespace bcos {
 
 using namespace detail;
+
+namespace {
+// Each defined tensor must be [C] for x [N, C, *], of x's dtype and on its device.
+void check_per_channel(const char* op, const Tensor& x, std::initializer_list<const Tensor*> per_channel) {
+  const int64_t c = x.size(1);
+  for (const Tensor* t : per_channel) {
+    if (!t->defined()) continue;
+    BCOS_CHECK(t->dim() == 1 && t->size(0) == c, op, ": per-channel tensor of shape ", t->shape(),
+               " does not match the ", c, " channels of input ", x.shape());
+    check_same_dtype(op, x, *t);
+    check_same_device(op, x, *t);
+  }
+}
+}  // namespace
 
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, double momentum,
@@ -22,13 +37,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
   check_float(op, x);
   BCOS_CHECK(x.dim() >= 2, op, ": expected input [N, C, *], got shape ", x.shape());
   const int64_t c = x.size(1);
-  for (const Tensor* t : {&running_mean, &running_var, &weight, &bias}) {
-    if (!t->defined()) continue;
-    BCOS_CHECK(t->dim() == 1 && t->size(0) == c, op, ": per-channel tensor of shape ", t->shape(),
-               " does not match the ", c, " channels of input ", x.shape());
-    check_same_dtype(op, x, *t);
-    check_same_device(op, x, *t);
-  }
+  check_per_channel(op, x, {&running_mean, &running_var, &weight, &bias});
   BCOS_CHECK(running_mean.defined() == running_var.defined(), op,
              ": running_mean and running_var must be given together");
   BCOS_CHECK(training || running_mean.defined(), op,
@@ -83,13 +92,7 @@ Tensor batch_norm_synced(const Tensor& x, const Tensor& running_mean, const Tens
   BCOS_CHECK(x.dim() >= 2 && x.numel() > 0, op, ": expected a non-empty input [N, C, *], got shape ", x.shape());
   BCOS_CHECK(bool(replica_sum), op, ": no sum over the replicas was given");
   const int64_t c = x.size(1);
-  for (const Tensor* t : {&running_mean, &running_var, &weight, &bias}) {
-    if (!t->defined()) continue;
-    BCOS_CHECK(t->dim() == 1 && t->size(0) == c, op, ": per-channel tensor of shape ", t->shape(),
-               " does not match the ", c, " channels of input ", x.shape());
-    check_same_dtype(op, x, *t);
-    check_same_device(op, x, *t);
-  }
+  check_per_channel(op, x, {&running_mean, &running_var, &weight, &bias});
   const TensorOptions like{x.dtype(), x.device()};
   const double local = double(x.numel() / c);  // this replica's values per channel
   Tensor mean = empty({c}, like), var = empty({c}, like), invstd;
