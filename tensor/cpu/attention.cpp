@@ -162,14 +162,14 @@ void backward_typed(const Tensor& grad_out, const Tensor& q, const Tensor& k, co
   });
 }
 
-}  // namespace
-
 // Under bf16 autocast the products run as gemm()'s under Bf16Operands::unrounded: the bf16 GEMM
 // rounds both operands while it packs them, and a product too small for it multiplies rounded
 // copies (tensor/cpu/gemm.h); the softmax stays float32.
 Bf16Operands rounding_of(const AttentionParams& p, const Tensor& q) {
   return p.bf16_operands && q.dtype() == DType::f32 ? Bf16Operands::unrounded : bf16_operands_mode();
 }
+
+}  // namespace
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, const AttentionParams& p,
                        const Tensor& out, const Tensor& lse) {
