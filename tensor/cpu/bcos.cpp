@@ -221,7 +221,7 @@ void scale_backward(const T* g, const T* v, const T* inv, const T* root, int64_t
 
 // The same two passes along one row of channels that share one norm (spatial size 1: a linear
 // layer's [rows, O, 1], where the loops above would run one element at a time). inv is null
-// when the layer is unscaled (b = 1); a / c are the epilogue's per-channel scale and shift, or
+// when the layer is unscaled (b = 1); a / shift are the epilogue's per-channel scale and shift, or
 // null. Each output is computed with the same expressions as above, so both paths give the same
 // bits; only the norm gradient's sum over the channels is reassociated (vector lanes).
 template <class T>
