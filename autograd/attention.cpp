@@ -76,8 +76,8 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   // operands. bf16 on the CPU: the fused kernels round them; otherwise the composed form's
   // matmuls do (on CUDA, cuBLAS on the tensor cores; the CUDA kernels multiply float32 only).
   const DType operands = autocast_operands(q);
-  const bool fused_rounds = operands == DType::f32 || (operands == DType::bf16 && q.is_cpu());
-  if (!fused || cuda_head_too_large || (mask.defined() && mask.requires_grad()) || !fused_rounds)
+  const bool fused_takes_operands = operands == DType::f32 || (operands == DType::bf16 && q.is_cpu());
+  if (!fused || cuda_head_too_large || (mask.defined() && mask.requires_grad()) || !fused_takes_operands)
     return composed(q, k, v, bias, causal, sc);
 
   // The fused kernels: [N, H, L, D] views; out and lse contiguous.
