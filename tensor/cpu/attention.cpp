@@ -84,14 +84,17 @@ void forward_typed(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
       block_logits(Q.at(ni, hi), Q.rows, K.at(ni, hi), K.rows, bias_nh, bias_rows, i0, rows, lk, d, p, s.data());
       for (int64_t r = 0; r < rows; ++r) {  // each row's softmax, and its log-sum-exp
         T* row = s.data() + r * lk;
+        // Vectorised as softmax_row's loops (scalar, this was 4 % of a B-cos ViT-B/16 training step).
         T m = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : m)
         for (int64_t j = 0; j < lk; ++j) m = row[j] > m ? row[j] : m;
-        double sum = 0;
         if (std::isinf(m) && m < 0) {  // every key hidden: NaN, as softmax gives
           for (int64_t j = 0; j < lk; ++j) row[j] = std::numeric_limits<T>::quiet_NaN();
           pl[bh * lq + i0 + r] = std::numeric_limits<T>::quiet_NaN();
           continue;
         }
+        double sum = 0;
+#pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < lk; ++j) {
           row[j] = exp_of<T>(row[j] - m);
           sum += double(row[j]);
