@@ -222,6 +222,26 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
   return y;
 }
 
+Tensor unit_rows(const Tensor& w) {
+  const char* op = "unit_rows";
+  check_defined(op, w, "input");
+  check_float(op, w);
+  BCOS_CHECK(w.dim() >= 1, op, ": expected a tensor with at least one dim, got shape ", w.shape());
+  const int64_t rows = w.size(0), inner = rows == 0 ? 0 : w.numel() / rows;
+  Tensor out = empty(w.shape(), {w.dtype(), w.device()});
+  Tensor norms = empty({rows}, {w.dtype(), w.device()});
+  kernel::unit_rows_forward(w, rows, inner, out, norms);
+  if (needs_graph({w})) {
+    SavedTensor sw(w);
+    record("UnitRowsBackward", out, {w}, [=](const Tensor& g, const std::vector<bool>&) {
+      Tensor gw = empty(g.shape(), {g.dtype(), g.device()});
+      kernel::unit_rows_backward(g, sw.get(), rows, inner, norms, gw);
+      return Grads{gw};
+    });
+  }
+  return out;
+}
+
 Tensor dropout(const Tensor& x, double p, bool training) {
   const char* op = "dropout";
   check_defined(op, x, "input");

@@ -217,6 +217,9 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
                   const Tensor& bias = Tensor(), double eps = 1e-5);
 Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight = Tensor(),
                   const Tensor& bias = Tensor(), double eps = 1e-5);
+// w / ‖w‖₂ with each w[i]'s norm over all its other dims (a B-cos layer's ŵ; PyTorch:
+// w / w.flatten(1).norm(dim=1).view(-1, 1, ...)). A zero row gives NaN, as that quotient.
+Tensor unit_rows(const Tensor& w);
 Tensor dropout(const Tensor& x, double p = 0.5, bool training = true);
 Tensor embedding(const Tensor& indices, const Tensor& weight);
 

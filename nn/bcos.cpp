@@ -24,12 +24,6 @@ void check_bcos_options(const char* layer, const BcosOptions& o) {
   BCOS_CHECK(o.max_out >= 1 && o.max_out <= 255, layer, ": max_out must be in [1, 255], got ", o.max_out);
 }
 
-// ŵ = W / ‖W‖₂ per output unit (norm over every dim but the first).
-Tensor unit_rows(const Tensor& w) {
-  Dims dims;
-  for (int64_t d = 1; d < w.dim(); ++d) dims.push_back(d);
-  return w / norm(w, 2, dims, true);
-}
 }  // namespace
 
 BcosLinear::BcosLinear(int64_t in, int64_t out, BcosOptions o)

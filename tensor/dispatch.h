@@ -133,6 +133,13 @@ inline void row_norm_backward(const Tensor& grad_xhat, const Tensor& x, int64_t 
                               const Tensor& mean, const Tensor& invstd, const Tensor& grad_x) {
   BCOS_DISPATCH(grad_xhat, row_norm_backward(grad_xhat, x, outer, inner, mean, invstd, grad_x));
 }
+inline void unit_rows_forward(const Tensor& w, int64_t outer, int64_t inner, const Tensor& out, const Tensor& norms) {
+  BCOS_DISPATCH(w, unit_rows_forward(w, outer, inner, out, norms));
+}
+inline void unit_rows_backward(const Tensor& grad, const Tensor& w, int64_t outer, int64_t inner, const Tensor& norms,
+                               const Tensor& grad_w) {
+  BCOS_DISPATCH(grad, unit_rows_backward(grad, w, outer, inner, norms, grad_w));
+}
 inline void softmax(const Tensor& x, int dim, bool log, const Tensor& out) {
   BCOS_DISPATCH(x, softmax(x, dim, log, out));
 }

@@ -28,13 +28,6 @@ struct AttentionDims {
   double scale;
 };
 
-template <class T>
-__device__ __forceinline__ T warp_sum(T v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 // Row r of a [N, H, L, ·] operand with strides s.
 template <class T>
 __device__ __forceinline__ const T* row_of(const T* base, const int64_t* s, int64_t ni, int64_t hi, int64_t r) {

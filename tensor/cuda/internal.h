@@ -131,6 +131,16 @@ Geometry<N> make_geometry(const Shape& shape, const std::array<const Strides*, N
 // Op names for error messages ("cuda unary: gelu_erf needs float32 or float64, got int64").
 
 #if defined(__CUDACC__)
+// The sum of v over the 32 lanes of a warp, in every lane (all 32 must call it).
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+#endif
+
+#if defined(__CUDACC__)
 // The device-side type that stores each dtype: f16 / bf16 become CUDA's own 16-bit types, whose
 // conversions are round-to-nearest-even like the host's Half / BFloat16.
 template <class T> struct device_type { using type = T; };

@@ -53,7 +53,75 @@ __global__ void row_norm_backward_kernel(const T* g, const T* x, int64_t rows, i
   }
 }
 
+// Unit rows (B-cos weights): one warp per row of w viewed [rows, inner], reading it coalesced; as
+// the CPU, the sum of squares in double and the quotient w / n in T. The row loop's bound is the
+// same for a whole warp (blockDim.x = 32), so every lane reaches warp_sum.
+constexpr int kRowWarps = 8;
+
+template <class T>
+__global__ void unit_rows_kernel(const T* w, int64_t rows, int64_t inner, T* out, T* norms) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.y;
+  for (int64_t r = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; r < rows; r += step) {
+    const T* p = w + r * inner;
+    double sq = 0;
+    for (int64_t j = threadIdx.x; j < inner; j += 32) sq += double(p[j]) * double(p[j]);
+    const T n = T(::sqrt(warp_sum(sq)));
+    T* o = out + r * inner;
+    for (int64_t j = threadIdx.x; j < inner; j += 32) o[j] = p[j] / n;
+    if (threadIdx.x == 0) norms[r] = n;
+  }
+}
+
+template <class T>
+__global__ void unit_rows_backward_kernel(const T* g, const T* w, int64_t rows, int64_t inner, const T* norms,
+                                          T* gw) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.y;
+  for (int64_t r = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; r < rows; r += step) {
+    const T *gp = g + r * inner, *wp = w + r * inner;
+    double dot = 0;
+    for (int64_t j = threadIdx.x; j < inner; j += 32) dot += double(gp[j]) * double(wp[j]);
+    dot = warp_sum(dot);
+    const double n = double(norms[r]);
+    const T inv = T(1.0 / n), c = T(dot / (n * n * n));
+    T* o = gw + r * inner;
+    for (int64_t j = threadIdx.x; j < inner; j += 32) o[j] = gp[j] * inv - wp[j] * c;
+  }
+}
+
+unsigned row_warp_blocks(int64_t rows) {
+  return unsigned(std::clamp<int64_t>((rows + kRowWarps - 1) / kRowWarps, 1, kMaxBlocks));
+}
+
 }  // namespace
+
+void unit_rows_forward(const Tensor& w_in, int64_t outer, int64_t inner, const Tensor& out, const Tensor& norms) {
+  const Tensor w = raw_contiguous(w_in);
+  if (outer == 0) return;
+  const int device = w.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  dispatch_float(w.dtype(), "cuda unit_rows", [&]<class T>() {
+    unit_rows_kernel<<<row_warp_blocks(outer), dim3(32, kRowWarps), 0, stream>>>(
+        static_cast<const T*>(w.raw_data()), outer, inner, static_cast<T*>(out.raw_data()),
+        static_cast<T*>(norms.raw_data()));
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void unit_rows_backward(const Tensor& grad_in, const Tensor& w_in, int64_t outer, int64_t inner, const Tensor& norms,
+                        const Tensor& grad_w) {
+  const Tensor g = raw_contiguous(grad_in), w = raw_contiguous(w_in);
+  if (outer == 0) return;
+  const int device = w.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  dispatch_float(w.dtype(), "cuda unit_rows backward", [&]<class T>() {
+    unit_rows_backward_kernel<<<row_warp_blocks(outer), dim3(32, kRowWarps), 0, stream>>>(
+        static_cast<const T*>(g.raw_data()), static_cast<const T*>(w.raw_data()), outer, inner,
+        static_cast<const T*>(norms.raw_data()), static_cast<T*>(grad_w.raw_data()));
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
 
 void row_norm_forward(const Tensor& x_in, int64_t outer, int64_t inner, double eps, const Tensor& out,
                       const Tensor& mean, const Tensor& invstd) {

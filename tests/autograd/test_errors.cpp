@@ -32,6 +32,8 @@ TEST_CASE("errors: shape mismatches name the op and both shapes") {
   expect_error([] { stack({zeros({2}), zeros({3})}); }, {"stack", "[3]", "[2]"});
   expect_error([] { cross_entropy(zeros({4, 5}), zeros({3}, kInt64)); }, {"cross_entropy", "[3]", "[4, 5]"});
   expect_error([] { layer_norm(zeros({2, 3}), {4}); }, {"layer_norm", "[4]", "[2, 3]"});
+  expect_error([] { unit_rows(zeros({})); }, {"unit_rows", "at least one dim", "[]"});
+  expect_error([] { unit_rows(zeros({2, 3}, kInt64)); }, {"unit_rows", "int64", "[2, 3]"});
   expect_error([] { batch_norm(zeros({2, 3}), Tensor(), Tensor(), ones({4}), Tensor(), true); }, {"batch_norm", "[4]", "[2, 3]"});
   const auto same = [](const Tensor& t) { return t; };
   expect_error([&] { batch_norm_synced(zeros({2, 3}), Tensor(), Tensor(), ones({4}), Tensor(), 0, 1e-5, false, true, same); },

@@ -211,6 +211,9 @@ TEST_CASE_FIXTURE(Seeded, "gradcheck: batch_norm / layer_norm / group_norm") {
         {leaf_t(3, 4), leaf({4}), leaf({4})});
   check("group_norm", [](In v) { return group_norm(v[0], 2, v[1], v[2]); },
         {leaf({2, 4, 2, 2}), leaf({4}), leaf({4})});
+  check("unit_rows", [](In v) { return unit_rows(v[0]); }, {leaf({3, 2, 2, 2})});
+  check("unit_rows (a strided view)", [](In v) { return unit_rows(v[0]); }, {leaf_t(3, 4)});
+  check("unit_rows of a vector (one row per element)", [](In v) { return unit_rows(v[0]); }, {leaf({4})});
 }
 
 TEST_CASE_FIXTURE(Seeded, "gradcheck: embedding and dropout") {

@@ -75,12 +75,6 @@ const std::map<std::string, LinearCase>& linear_cases() {
   return t;
 }
 
-Tensor unit_rows(const Tensor& w) {
-  Dims dims;
-  for (int64_t d = 1; d < w.dim(); ++d) dims.push_back(d);
-  return w / norm(w, 2, dims, true);
-}
-
 const golden::Fixtures& fixtures() {
   static golden::Fixtures f(golden::golden_dir() + "/bcos.safetensors");
   return f;
@@ -233,10 +227,52 @@ TEST_CASE("bcos: golden parity of the B-cos conv with the PyTorch reference") {
     }
 }
 
+TEST_CASE("bcos: unit_rows (the weight normalisation) matches the reference and the composed w / norm(w)") {
+  const auto& fx = fixtures();
+  for (const std::string name : {"unit_rows_linear", "unit_rows_conv"})
+    for (DType dt : {DType::f32, DType::f64}) {
+      INFO(name, " ", dt);
+      Tensor w = fx[name + ".w"].to(dt).requires_grad_(true);
+      Tensor y = unit_rows(w);
+      sum(y * fx[name + ".gout"].to(dt)).backward();
+      // Stored as float32: 1e-7 is a few of its roundings; float32 arithmetic adds a few more.
+      const double tol = dt == DType::f32 ? 1e-6 : 1e-7;
+      CHECK(golden::relative_error(y.detach().to(DType::f32), fx[name + ".out"]) <= tol);
+      CHECK(golden::relative_error(w.grad().to(DType::f32), fx[name + ".gw"]) <= tol);
+      // The composed form it replaces (its norm and quotient, their backwards), in float64.
+      Tensor w64 = fx[name + ".w"].to(DType::f64).requires_grad_(true);
+      Dims dims;
+      for (int64_t d = 1; d < w64.dim(); ++d) dims.push_back(d);
+      Tensor composed = w64 / norm(w64, 2, dims, true);
+      sum(composed * fx[name + ".gout"].to(DType::f64)).backward();
+      if (dt == DType::f64) {
+        CHECK(golden::relative_error(y.detach(), composed.detach()) <= 1e-14);
+        CHECK(golden::relative_error(w.grad(), w64.grad()) <= 1e-14);
+      }
+    }
+  // A zero row gives NaN (0 / 0, as the composed quotient) and leaves the other rows alone; no
+  // rows, or rows of no elements, give empty results.
+  Tensor w = from_vector<float>({0, 0, 3, 4}, {2, 2}).requires_grad_(true);
+  Tensor y = unit_rows(w);
+  std::vector<float> v = y.to_vector<float>();
+  CHECK((std::isnan(v[0]) && std::isnan(v[1])));
+  CHECK(v[2] == 0.6f);
+  CHECK(v[3] == 0.8f);
+  sum(y * from_vector<float>({1, 1, 1, -1}, {2, 2})).backward();
+  std::vector<float> g = w.grad().to_vector<float>();
+  CHECK((std::isnan(g[0]) && std::isnan(g[1])));
+  CHECK(std::abs(g[2] - 0.8f * 1.4f / 5) < 1e-7);  // (g − ŵ (ŵ · g)) / ‖w‖, ŵ · g = −0.2
+  CHECK(std::abs(g[3] - (-1 + 0.8f * 0.2f) / 5) < 1e-7);
+  CHECK(unit_rows(zeros({0, 3})).shape() == Shape{0, 3});
+  Tensor none = zeros({3, 0}).requires_grad_(true);
+  sum(unit_rows(none)).backward();
+  CHECK(none.grad().shape() == Shape{3, 0});
+}
+
 TEST_CASE("bcos: every golden case of the fixture file is tested") {
   std::set<std::string> known = {"bnu_train", "bnu_eval", "bnu_nobias_train", "bnu_relu_train", "bnu_relu_eval",
                                  "dln",       "dgelu",    "bce",              "agc", "conv_bnu_relu_eval",
-                                 "conv_bnu_eval_b2.5_m2"};
+                                 "conv_bnu_eval_b2.5_m2", "unit_rows_linear", "unit_rows_conv"};
   for (const auto& [name, c] : conv_cases()) known.insert(name);
   for (const auto& [name, c] : linear_cases()) known.insert(name);
   for (const std::string& key : fixtures().keys()) {

@@ -27,6 +27,9 @@ B-cos conv cases (x [2, C, 7, 6], w [O*M, C/groups, kh, kw]; out has O channels)
   conv_bias        C=3 O=2 k3 s1 p1                   b=2   M=1 no normalize, bias [2]
   keys: as for the linear cases.
 
+unit_rows_linear, unit_rows_conv: w / ||w||_2 per row, w [5, 7] / [4, 3, 3, 3] randn with row 1
+  scaled by 1000.  keys .w .out .gout .gw
+
 Module cases:
   bnu_train         BatchNormUncentered2d, training: x [4,3,5,5] = randn + 0.7, weight [3] = rand + 0.5,
                     bias [3] randn, running_mean [3] randn*0.1, running_var [3] rand + 0.5, momentum 0.1,
@@ -436,6 +439,20 @@ def self_check(keep):
     _check_conv("conv_rect", 2, 1, True, (3, 1), (2, 1), (1, 0), keep["conv_rect"])
 
 
+def unit_rows_cases(out, meta):
+    """w / ||w|| per row (norm over every dim but the first), the authors' weight normalisation."""
+    for name, shape in (("unit_rows_linear", (5, 7)), ("unit_rows_conv", (4, 3, 3, 3))):
+        w = randn(*shape)
+        w[1] *= 1000.0  # rows of very different norms
+        gout = randn(*shape)
+        wd = w.double().requires_grad_(True)
+        y = wd / wd.flatten(1).norm(dim=1).view(-1, *([1] * (wd.dim() - 1)))
+        (y * gout.double()).sum().backward()
+        out[f"{name}.w"], out[f"{name}.out"] = w, f32(y)
+        out[f"{name}.gout"], out[f"{name}.gw"] = gout, f32(wd.grad)
+        meta[name] = f"w {list(shape)} (row 1 scaled by 1000)"
+
+
 def main():
     out, meta, keep = {}, {}, {}
     linear_cases(out, meta, keep)
@@ -451,6 +468,7 @@ def main():
     bnu_case(out, meta, "bnu_relu_eval", False, True, relu=True)
     conv_bnu_case(out, meta, "conv_bnu_relu_eval", 2, 1, relu=True)
     conv_bnu_case(out, meta, "conv_bnu_eval_b2.5_m2", 2.5, 2, relu=False)
+    unit_rows_cases(out, meta)
     for k, t in out.items():
         assert t.dtype in (torch.float32, torch.int64), k
     path = os.path.join(ROOT, "tests", "golden", "bcos.safetensors")
