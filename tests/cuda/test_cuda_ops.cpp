@@ -187,6 +187,7 @@ TEST_CASE("cuda ops: layer_norm, group_norm and unit_rows forward and backward m
     Tensor img = randn({2, 6, 3, 3}, dt), gw = randn({6}, dt), gb = randn({6}, dt);
     // B-cos weights: a conv's, and rows wider than a warp and more than a block's 8 warps.
     Tensor conv_w = randn({7, 3, 3, 3}, dt), lin_w = randn({300, 1000}, dt);
+    Tensor wide = randn({300, 1000}, dt) * 3 + 1;  // layer norm rows wider than a warp, more than a block's
     auto run = [&](Device dev) {
       Tensor xd = x.to(dev).requires_grad_(), wd = w.to(dev).requires_grad_(), bd = b.to(dev).requires_grad_();
       Tensor id = img.to(dev).requires_grad_(), gwd = gw.to(dev).requires_grad_(), gbd = gb.to(dev).requires_grad_();
@@ -194,11 +195,13 @@ TEST_CASE("cuda ops: layer_norm, group_norm and unit_rows forward and backward m
       Tensor gn = group_norm(id, 3, gwd, gbd, 1e-5);
       Tensor cwd = conv_w.to(dev).requires_grad_(), lwd = lin_w.to(dev).requires_grad_();
       Tensor cu = unit_rows(cwd), lu = unit_rows(lwd);
-      (sum(ln * ln * ln) + sum(gn * gn * gn) + sum(cu * cu * cu) + sum(lu * lu * lu)).backward();
+      Tensor wd2 = wide.to(dev).requires_grad_(), lw = layer_norm(wd2, {1000});
+      (sum(ln * ln * ln) + sum(gn * gn * gn) + sum(cu * cu * cu) + sum(lu * lu * lu) + sum(lw * lw * lw)).backward();
       return std::vector<Tensor>{ln.to(Device()), gn.to(Device()), xd.grad().to(Device()), wd.grad().to(Device()),
                                  bd.grad().to(Device()), id.grad().to(Device()), gwd.grad().to(Device()),
                                  gbd.grad().to(Device()), cu.to(Device()), lu.to(Device()),
-                                 cwd.grad().to(Device()), lwd.grad().to(Device())};
+                                 cwd.grad().to(Device()), lwd.grad().to(Device()), lw.to(Device()),
+                                 wd2.grad().to(Device())};
     };
     const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
     for (size_t i = 0; i < cpu.size(); ++i) {
