@@ -200,9 +200,7 @@ void with_row_share(DType dt, int64_t width, const char* op, F&& fn) {
   });
 }
 
-unsigned warp_blocks(int64_t rows) {
-  return unsigned(std::clamp<int64_t>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock, 1, kMaxBlocks));
-}
+unsigned warp_blocks(int64_t rows) { return blocks_for(rows, kWarpsPerBlock); }
 
 }  // namespace
 

@@ -63,6 +63,9 @@ inline constexpr int64_t kMaxBlocks = int64_t(1) << 16;
 inline unsigned blocks_for(int64_t n, int threads = kThreads) {
   return unsigned(std::clamp<int64_t>((n + threads - 1) / threads, 1, kMaxBlocks));
 }
+// Kernels that give each row a warp run blocks of (32, kRowWarps) threads: one row per warp.
+inline constexpr int kRowWarps = 8;
+inline unsigned row_warp_blocks(int64_t rows) { return blocks_for(rows, kRowWarps); }
 
 // ---- strided geometry -------------------------------------------------------------------------
 // The shape shared by N operands and each operand's strides (in elements), passed to kernels by

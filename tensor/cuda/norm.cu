@@ -15,7 +15,6 @@ namespace {
 
 // One warp per row (blockDim (32, kRowWarps)): its lanes read the row coalesced; the row loop's
 // bound is the same for a whole warp, so every lane reaches warp_sum.
-constexpr int kRowWarps = 8;
 
 template <class T>
 __global__ void row_norm_kernel(const T* x, int64_t rows, int64_t inner, double eps, T* out, T* mean, T* invstd) {
@@ -91,10 +90,6 @@ __global__ void unit_rows_backward_kernel(const T* g, const T* w, int64_t rows, 
     T* o = gw + r * inner;
     for (int64_t j = threadIdx.x; j < inner; j += 32) o[j] = gp[j] * inv - wp[j] * c;
   }
-}
-
-unsigned row_warp_blocks(int64_t rows) {
-  return unsigned(std::clamp<int64_t>((rows + kRowWarps - 1) / kRowWarps, 1, kMaxBlocks));
 }
 
 }  // namespace

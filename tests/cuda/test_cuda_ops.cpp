@@ -85,8 +85,16 @@ TEST_CASE("cuda ops: softmax, log_softmax and where forward and backward match t
     CAPTURE(dt);
     Tensor x = randn({4, 7, 5}, dt), gout = randn({4, 7, 5}, dt), other = randn({7, 1}, dt);
     Tensor cond = gt(randn({4, 7, 5}), 0.0);
+    Tensor wide = randn({50, 300}, dt) * 4, wide_gout = randn({50, 300}, dt);  // rows wider than a warp
     auto run = [&](Device dev) {
       std::vector<Tensor> results;
+      for (bool log : {false, true}) {
+        Tensor xd = wide.to(dev).requires_grad_();
+        Tensor y = log ? log_softmax(xd, 1) : softmax(xd, 1);
+        sum(y * wide_gout.to(dev)).backward();
+        results.push_back(y.to(Device()));
+        results.push_back(xd.grad().to(Device()));
+      }
       for (int64_t dim : {0, 1, 2}) {
         for (bool log : {false, true}) {
           Tensor xd = x.to(dev).transpose(0, 2).contiguous().transpose(0, 2).requires_grad_();  // strided input
