@@ -126,6 +126,21 @@ TEST_CASE("cuda ops: softmax, log_softmax and where forward and backward match t
         std::vector<int64_t>{1, 8, 3});
   Tensor inf_rows = from_vector(std::vector<float>{-INFINITY, 0, 1, -INFINITY, -INFINITY, 2}, {2, 3});
   CHECK(golden::relative_error(softmax(inf_rows.to(Device::cuda(0)), 1).to(Device()), softmax(inf_rows, 1)) <= 1e-6);
+  // Rows of 40 (wider than a warp): one all −inf (NaN, as the CPU), one partly −inf.
+  Tensor wide_inf = randn({3, 40});
+  wide_inf.narrow(0, 0, 1).fill_(-INFINITY);
+  wide_inf.narrow(0, 1, 1).narrow(1, 5, 30).fill_(-INFINITY);
+  for (bool log : {false, true}) {
+    CAPTURE(log);
+    Tensor cpu = log ? log_softmax(wide_inf, 1) : softmax(wide_inf, 1);
+    Tensor gpu = (log ? log_softmax(wide_inf.to(Device::cuda(0)), 1) : softmax(wide_inf.to(Device::cuda(0)), 1));
+    CHECK(std::isnan(cpu.to_vector<float>()[0]));
+    CHECK(golden::relative_error(gpu.to(Device()), cpu) <= 1e-6);  // NaN and −inf in the same places
+  }
+  // More rows than one pass of the grid holds (65,536 blocks of 8 warps): the row loops' second lap.
+  Tensor many = randn({600000, 3});
+  CHECK(golden::relative_error(softmax(many.to(Device::cuda(0)), 1).to(Device()), softmax(many, 1)) <= 1e-6);
+  CHECK(golden::relative_error(layer_norm(many.to(Device::cuda(0)), {3}).to(Device()), layer_norm(many, {3})) <= 1e-5);
 }
 
 TEST_CASE("cuda ops: index_select and embedding forward and backward match the CPU; bad indices raise") {
