@@ -36,8 +36,8 @@ int main(int argc, char** argv) {
     int64_t batch = 8;
     double seconds = 3.0;
     Device device;
-    DType autocast = DType::f32;
-    bool fused_attention = true;  // --fused-attention 0: MultiheadAttention's composed form  // --autocast bf16 | f16: the forward (and its backward) in mixed precision
+    DType autocast = DType::f32;  // --autocast bf16 | f16: the forward (and its backward) in mixed precision
+    bool fused_attention = true;  // --fused-attention 0: MultiheadAttention's composed form
     for (int i = 1; i + 1 < argc; i += 2) {
       const std::string a = argv[i], v = argv[i + 1];
       if (a == "--arch") arch = v;
