@@ -264,6 +264,36 @@ TEST_CASE("kernels: pooling corner cases") {
   CHECK(adaptive_avg_pool2d(z, IntPair(1, 3)).to_vector<double>() == std::vector<double>{1, 3, 5});
 }
 
+TEST_CASE("kernels: average pooling whose windows tile the plane gives the general loops' bits") {
+  // x [2, 3, 7, 9]: ceil_mode adds a partial window (rows or columns), so that call takes the
+  // general loops; its whole windows are the tiled call's, summed in the same order from 0.
+  manual_seed(41);
+  for (DType dt : {kFloat32, kFloat64})
+    for (IntPair k : {IntPair(2, 2), IntPair(3, 3), IntPair(2, 3), IntPair(1, 2)}) {
+      CAPTURE(dt);
+      CAPTURE(k.h);
+      CAPTURE(k.w);
+      Tensor x = randn({2, 3, 7, 9}, dt);
+      x.narrow(2, 0, 3).narrow(3, 0, 3).fill_(-0.0);  // -0 + -0 is -0, but the sums start from +0
+      Tensor xt = x.clone().requires_grad_(), xg = x.clone().requires_grad_();
+      Tensor tiled = avg_pool2d(xt, k), general = avg_pool2d(xg, k, std::nullopt, 0, true);
+      const int64_t ho = tiled.size(2), wo = tiled.size(3);
+      REQUIRE((general.size(2) > ho || general.size(3) > wo));
+      auto bits = [](const Tensor& t) {
+        std::vector<double> v = t.contiguous().to_vector<double>();
+        std::vector<uint64_t> b(v.size());
+        for (size_t i = 0; i < v.size(); ++i) b[i] = std::bit_cast<uint64_t>(v[i]);
+        return b;
+      };
+      CHECK(bits(general.narrow(2, 0, ho).narrow(3, 0, wo)) == bits(tiled));
+      Tensor g = randn(tiled.shape(), dt), g_general = zeros(general.shape(), dt);
+      g_general.narrow(2, 0, ho).narrow(3, 0, wo).copy_(g);
+      tiled.backward(g);
+      general.backward(g_general);
+      CHECK(bits(xt.grad()) == bits(xg.grad()));  // rows and columns outside every window: 0
+    }
+}
+
 TEST_CASE("kernels: topk ordering and ties") {
   Tensor x = from_vector<float>({3, 1, 3, 2, NAN}, {5});
   ValuesIndices t = topk(x, 3);
