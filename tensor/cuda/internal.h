@@ -66,6 +66,15 @@ inline unsigned blocks_for(int64_t n, int threads = kThreads) {
 // Kernels that give each row a warp run blocks of (32, kRowWarps) threads: one row per warp.
 inline constexpr int kRowWarps = 8;
 inline unsigned row_warp_blocks(int64_t rows) { return blocks_for(rows, kRowWarps); }
+#if defined(__CUDACC__)
+// The sum of v over the 32 lanes of a warp, in every lane (all 32 must call it).
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+#endif
 
 // ---- strided geometry -------------------------------------------------------------------------
 // The shape shared by N operands and each operand's strides (in elements), passed to kernels by
@@ -132,16 +141,6 @@ Geometry<N> make_geometry(const Shape& shape, const std::array<const Strides*, N
 
 // ---- dtypes on the device -----------------------------------------------------------------------
 // Op names for error messages ("cuda unary: gelu_erf needs float32 or float64, got int64").
-
-#if defined(__CUDACC__)
-// The sum of v over the 32 lanes of a warp, in every lane (all 32 must call it).
-template <class T>
-__device__ __forceinline__ T warp_sum(T v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-#endif
 
 #if defined(__CUDACC__)
 // The device-side type that stores each dtype: f16 / bf16 become CUDA's own 16-bit types, whose
