@@ -33,9 +33,15 @@ Tensor MultiheadAttention::forward(const Tensor& query, const Tensor& key, const
   auto heads = [&](const Tensor& x, int i, int64_t len) {
     return linear(x, w[size_t(i)], b[size_t(i)]).reshape({n, len, num_heads, d}).transpose(1, 2);
   };
-  // q scaled before the product, as PyTorch's multi_head_attention_forward: L·d values instead of
-  // L·L logits, and the division writes q contiguous [N, heads, L, d], which the product needs.
-  Tensor q = heads(query, 0, lq) / std::sqrt(double(d)), k = heads(key, 1, lk);
+  // The composed form (dropout on the attention pattern) scales q before the product, as PyTorch
+  // 1.13's multi_head_attention_forward: L·d values instead of L·L logits, and the division
+  // writes q contiguous [N, heads, L, d] for the product. The fused kernels read q through its
+  // strides and apply the scale to the logits (PyTorch 2's SDPA path): one pass fewer each way,
+  // and for d = 64 (a power of 4, so 1/√d is a power of 2) the same bits.
+  const bool composed_dropout = dropout > 0 && training_;
+  const double scale = 1.0 / std::sqrt(double(d));
+  Tensor q = heads(query, 0, lq), k = heads(key, 1, lk);
+  if (composed_dropout) q = q / std::sqrt(double(d));
   const Tensor v = heads(value, 2, lk);
   if (detach_qk_when_explaining && explanation_mode()) q = q.detach(), k = k.detach();
   Tensor m;  // the mask in [N, heads, Lq, Lk] form (a view), float: added to the logits
@@ -49,12 +55,12 @@ Tensor MultiheadAttention::forward(const Tensor& query, const Tensor& key, const
     if (mask.dtype() == DType::boolean) m = where(m, full(Shape{}, -INFINITY, {q.dtype(), q.device()}), 0.0);
   }
   Tensor out;
-  if (dropout > 0 && training_) {  // dropout on the attention pattern: the composed form
+  if (composed_dropout) {  // dropout on the attention pattern: the composed form
     Tensor logits = matmul(q, k.transpose(2, 3));  // [N, heads, Lq, Lk]
     if (m.defined()) logits = logits + m.to(logits.dtype());
     out = matmul(bcos::dropout(softmax(logits, -1), dropout, true), v);
-  } else {  // q is already scaled
-    out = scaled_dot_product_attention(q, k, v, m.defined() ? m.to(q.dtype()) : m, false, 1.0, fused_attention);
+  } else {
+    out = scaled_dot_product_attention(q, k, v, m.defined() ? m.to(q.dtype()) : m, false, scale, fused_attention);
   }
   out = out.transpose(1, 2).reshape({n, lq, embed_dim});
   return (*out_proj)(out);

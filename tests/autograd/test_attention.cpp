@@ -168,6 +168,38 @@ TEST_CASE("attention: MultiheadAttention gives the same through the fused kernel
   }
 }
 
+TEST_CASE("attention: for head size 64 the scale on the logits gives the bits of q divided by 8 first") {
+  // MultiheadAttention hands the fused kernels q unscaled with scale 1/√d, where it divided q by
+  // √d before (and still does for the composed form with dropout): for d = 64, 1/√d = 2^-3 and
+  // every product and partial sum only moves by that power of two, so forward and gradients are
+  // the same bits, float32 and under bf16 autocast (rounding commutes with 2^-3 too). The second
+  // shape has products the bf16 GEMM takes.
+  manual_seed(36);
+  for (const Shape& shape : {Shape{2, 3, 7, 64}, Shape{1, 2, 300, 64}}) {
+    const Tensor q0 = randn(shape), k0 = randn(shape), v0 = randn(shape), gout = randn(shape);
+    for (bool autocast : {false, true}) {
+      CAPTURE(shape);
+      CAPTURE(autocast);
+      auto run = [&](bool divide_first) {
+        Tensor q = q0.clone().requires_grad_(), k = k0.clone().requires_grad_(), v = v0.clone().requires_grad_();
+        Tensor y;
+        {
+          AutocastGuard guard(DeviceType::cpu, DType::bf16, autocast);
+          y = divide_first ? scaled_dot_product_attention(q / 8.0, k, v, Tensor(), false, 1.0)
+                           : scaled_dot_product_attention(q, k, v, Tensor(), false, 0.125);
+        }
+        y.backward(gout);
+        return std::vector<Tensor>{y.detach(), q.grad(), k.grad(), v.grad()};
+      };
+      const auto before = run(true), now = run(false);
+      for (size_t i = 0; i < before.size(); ++i) {
+        CAPTURE(i);
+        CHECK(before[i].to_vector<float>() == now[i].to_vector<float>());
+      }
+    }
+  }
+}
+
 // The share of a's elements further than 1e-4 of b's RMS from b's.
 double share_apart(const Tensor& a, const Tensor& b) {
   const std::vector<double> x = a.contiguous().to_vector<double>(), y = b.contiguous().to_vector<double>();
