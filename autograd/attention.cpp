@@ -36,11 +36,17 @@ Tensor as_4d(const Tensor& t) {
   return u.dim() == 4 ? u : u.unsqueeze(0);
 }
 
-}  // namespace
+// What both entry points check and decide: the scale, the mask as a bias of the logits' shape,
+// the products' operand type, and whether the fused kernels take the call.
+struct Plan {
+  double scale;
+  Tensor bias;
+  DType operands;
+  bool fused;
+};
 
-Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, bool causal,
-                                    double scale, bool fused) {
-  const char* op = "scaled_dot_product_attention";
+Plan plan_for(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, double scale,
+              bool fused) {
   check_defined(op, q, "query");
   check_defined(op, k, "key");
   check_defined(op, v, "value");
@@ -59,52 +65,128 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   BCOS_CHECK(k.size(-1) == q.size(-1), op, ": query ", q.shape(), " and key ", k.shape(), " differ in their last dim");
   BCOS_CHECK(v.size(-2) == k.size(-2), op, ": key ", k.shape(), " and value ", v.shape(), " differ in length");
   BCOS_CHECK(k.size(-2) > 0, op, ": no keys (key ", k.shape(), ")");
-  const double sc = scale != 0 ? scale : 1.0 / std::sqrt(double(std::max<int64_t>(q.size(-1), 1)));
+  Plan plan;
+  plan.scale = scale != 0 ? scale : 1.0 / std::sqrt(double(std::max<int64_t>(q.size(-1), 1)));
   Shape logits_shape = q.shape();
   logits_shape[d - 1] = k.size(-2);
-  Tensor bias;
   if (mask.defined()) {
     check_same_device(op, q, mask);
     BCOS_CHECK(mask.dtype() == DType::boolean || mask.is_floating_point(), op, ": mask must be bool or float, got ",
                mask.dtype(), " (shape ", mask.shape(), ")");
     BCOS_CHECK(mask.dim() <= d && broadcast_shapes(mask.shape(), logits_shape, op) == logits_shape, op, ": mask ",
                mask.shape(), " does not broadcast to the logits ", logits_shape);
-    bias = mask_as_bias(mask, logits_shape, q.dtype());
+    plan.bias = mask_as_bias(mask, logits_shape, q.dtype());
   }
   const bool cuda_head_too_large = q.is_cuda() && std::max(q.size(-1), v.size(-1)) > 256;
   // Autocast: as torch.autocast's scaled_dot_product_attention, the products multiply 16-bit
   // operands. bf16 on the CPU: the fused kernels round them; otherwise the composed form's
   // matmuls do (on CUDA, cuBLAS on the tensor cores; the CUDA kernels multiply float32 only).
-  const DType operands = autocast_operands(q);
-  const bool fused_takes_operands = operands == DType::f32 || (operands == DType::bf16 && q.is_cpu());
-  if (!fused || cuda_head_too_large || (mask.defined() && mask.requires_grad()) || !fused_takes_operands)
-    return composed(q, k, v, bias, causal, sc);
+  plan.operands = autocast_operands(q);
+  const bool fused_takes_operands = plan.operands == DType::f32 || (plan.operands == DType::bf16 && q.is_cpu());
+  plan.fused = fused && !cuda_head_too_large && !(mask.defined() && mask.requires_grad()) && fused_takes_operands;
+  return plan;
+}
 
-  // The fused kernels: [N, H, L, D] views; out and lse contiguous.
-  const Tensor q4 = as_4d(q), k4 = as_4d(k), v4 = as_4d(v);
-  const Tensor b4 = bias.defined() ? (bias.dim() == 4 ? bias : bias.unsqueeze(0)).detach() : Tensor();
-  Shape out_shape = q.shape();
-  out_shape[d - 1] = v.size(-1);
-  Tensor out = empty({q4.size(0), q4.size(1), q4.size(2), v4.size(3)}, {q.dtype(), q.device()});
-  Tensor lse = empty({q4.size(0), q4.size(1), q4.size(2)}, {q.dtype(), q.device()});
+// The fused forward on [N, H, L, D] views (unit stride along D) into out [N, H, Lq, Dv] (any
+// strides, unit along Dv), with the row log-sum-exp lse [N, H, Lq] the backward recomputes the
+// probabilities from.
+struct FusedAttention {
+  Tensor q4, k4, v4, b4, out, lse;
   AttentionParams p;
-  p.scale = sc, p.causal = causal, p.bf16_operands = operands == DType::bf16;  // the backward keeps it
-  if (out.numel() > 0) kernel::attention_forward(q4, k4, v4, b4, p, out, lse);
-  Tensor result = out.reshape(out_shape);
+};
+
+FusedAttention fused_forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& bias, const Plan& plan,
+                             bool causal, const Tensor& out) {
+  FusedAttention f{q4, k4, v4, Tensor(), out, Tensor(), AttentionParams()};
+  f.b4 = bias.defined() ? (bias.dim() == 4 ? bias : bias.unsqueeze(0)).detach() : Tensor();
+  f.lse = empty({q4.size(0), q4.size(1), q4.size(2)}, {q4.dtype(), q4.device()});
+  f.p.scale = plan.scale, f.p.causal = causal, f.p.bf16_operands = plan.operands == DType::bf16;
+  if (out.numel() > 0) kernel::attention_forward(q4, k4, v4, f.b4, f.p, out, f.lse);
+  return f;
+}
+
+// What the backward keeps: q, k, v (views of the inputs), the lse, and the output only where
+// the kernels read it (CUDA's D = rowsum(dO ∘ O); the CPU's backward takes softmax's own
+// rowsum(P ∘ dP) instead, so it would be one [N, H, Lq, Dv] tensor per layer kept for nothing).
+struct SavedAttention {
+  SavedTensor q4, k4, v4, out, lse;
+  Tensor b4;
+  AttentionParams p;
+  explicit SavedAttention(const FusedAttention& f)
+      : q4(f.q4), k4(f.k4), v4(f.v4), out(f.out.is_cuda() ? f.out : Tensor()), lse(f.lse), b4(f.b4), p(f.p) {}
+};
+
+// grad_out [N, H, Lq, Dv] -> gq, gk, gv [N, H, L, ·] (given: any strides, unit along the last dim).
+void fused_backward(const SavedAttention& s, const Tensor& grad_out, const Tensor& gq, const Tensor& gk,
+                    const Tensor& gv) {
+  if (grad_out.numel() > 0) {
+    kernel::attention_backward(as_4d(grad_out), s.q4.get(), s.k4.get(), s.v4.get(), s.b4, s.out.get(), s.lse.get(),
+                               s.p, gq, gk, gv);
+  } else {
+    for (Tensor t : {gq, gk, gv}) t.zero_();
+  }
+}
+
+}  // namespace
+
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, bool causal,
+                                    double scale, bool fused) {
+  const Plan plan = plan_for("scaled_dot_product_attention", q, k, v, mask, scale, fused);
+  if (!plan.fused) return composed(q, k, v, plan.bias, causal, plan.scale);
+
+  const Tensor q4 = as_4d(q), k4 = as_4d(k), v4 = as_4d(v);
+  const FusedAttention f = fused_forward(q4, k4, v4, plan.bias, plan, causal,
+                                         empty({q4.size(0), q4.size(1), q4.size(2), v4.size(3)}, {q.dtype(), q.device()}));
+  Shape out_shape = q.shape();
+  out_shape[q.dim() - 1] = v.size(-1);
+  Tensor result = f.out.reshape(out_shape);
   if (needs_graph({q, k, v})) {
-    SavedTensor sq(q4), sk(k4), sv(v4), so(out), sl(lse);
-    const Shape q_shape = q.shape(), k_shape = k.shape(), v_shape = v.shape();
+    const SavedAttention saved(f);
+    const Shape q_shape = q.shape(), k_shape = k.shape(), v_shape = v.shape(), o_shape = f.out.shape();
     record("ScaledDotProductAttentionBackward", result, {q, k, v}, [=](const Tensor& g, const std::vector<bool>&) {
-      const Tensor qq = sq.get(), kk = sk.get(), vv = sv.get();
-      Tensor gq = empty(qq.shape(), {qq.dtype(), qq.device()}), gk = empty(kk.shape(), {kk.dtype(), kk.device()});
-      Tensor gv = empty(vv.shape(), {vv.dtype(), vv.device()});
-      if (g.numel() > 0) {
-        kernel::attention_backward(g.reshape(so.get().shape()).contiguous(), qq, kk, vv, b4, so.get(), sl.get(), p, gq,
-                                   gk, gv);
-      } else {
-        gq.zero_(), gk.zero_(), gv.zero_();
-      }
+      const Tensor qq = saved.q4.get(), kk = saved.k4.get(), vv = saved.v4.get();
+      const Tensor gq = empty(qq.shape(), {qq.dtype(), qq.device()}), gk = empty(kk.shape(), {kk.dtype(), kk.device()}),
+                   gv = empty(vv.shape(), {vv.dtype(), vv.device()});
+      fused_backward(saved, g.reshape(o_shape), gq, gk, gv);
       return Grads{gq.reshape(q_shape), gk.reshape(k_shape), gv.reshape(v_shape)};
+    });
+  }
+  return result;
+}
+
+Tensor packed_self_attention(const Tensor& qkv, int64_t heads, const Tensor& mask, bool causal, double scale,
+                             bool fused, bool qk_grad) {
+  const char* op = "packed_self_attention";
+  check_defined(op, qkv, "qkv");
+  BCOS_CHECK(heads > 0 && qkv.dim() == 3 && qkv.size(2) % (3 * heads) == 0 && qkv.size(2) > 0, op,
+             ": expected qkv [N, L, 3 * heads * d] for ", heads, " heads, got ", qkv.shape());
+  const int64_t n = qkv.size(0), len = qkv.size(1), e = qkv.size(2) / 3, d = e / heads;
+  // [N, L, 3E] -> part i of q | k | v as [N, heads, L, d], a view (unit stride along d).
+  auto part = [n, len, heads, d](const Tensor& t, int64_t i) {
+    return t.reshape({n, len, 3, heads, d}).select(2, i).transpose(1, 2);
+  };
+  // [N, L, E] <-> [N, heads, L, d] (split_heads: a view)
+  auto split_heads = [n, len, heads, d](const Tensor& t) { return t.reshape({n, len, heads, d}).transpose(1, 2); };
+  auto merge_heads = [n, len, e](const Tensor& t) { return t.transpose(1, 2).reshape({n, len, e}); };
+  const Tensor base = qkv.detach();
+  const Plan plan = plan_for(op, part(base, 0), part(base, 1), part(base, 2), mask, scale, fused);
+  if (!plan.fused) {  // the composed form, through views of qkv (three gradients summed)
+    Tensor q = part(qkv, 0), k = part(qkv, 1);
+    if (!qk_grad) q = q.detach(), k = k.detach();
+    return merge_heads(composed(q, k, part(qkv, 2), plan.bias, causal, plan.scale));
+  }
+  // The kernel writes its [N, heads, L, d] output straight into the merged [N, L, E] layout, and
+  // its backward the three gradients into their slices of one [N, L, 3E]: no copies either way.
+  Tensor result = empty({n, len, e}, {qkv.dtype(), qkv.device()});
+  const FusedAttention f =
+      fused_forward(part(base, 0), part(base, 1), part(base, 2), plan.bias, plan, causal, split_heads(result));
+  if (needs_graph({qkv})) {
+    const SavedAttention saved(f);
+    record("PackedSelfAttentionBackward", result, {qkv}, [=](const Tensor& g, const std::vector<bool>&) {
+      Tensor grad_qkv = empty({n, len, 3 * e}, {g.dtype(), g.device()});
+      fused_backward(saved, split_heads(g), part(grad_qkv, 0), part(grad_qkv, 1), part(grad_qkv, 2));
+      if (!qk_grad) grad_qkv.narrow(2, 0, 2 * e).zero_();
+      return Grads{grad_qkv};
     });
   }
   return result;

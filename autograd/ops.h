@@ -141,6 +141,14 @@ Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targ
 // what a mask that needs a gradient, and CUDA head sizes above 256, get).
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask = Tensor(),
                                     bool causal = false, double scale = 0, bool fused = true);
+// Self-attention on one packed projection (nn::MultiheadAttention's in_proj applied once):
+// qkv [N, L, 3·E] holds q | k | v along its last dim, each E = heads · d wide, split into heads
+// [N, heads, L, d] -> [N, L, E] with the heads merged back. What the split and
+// scaled_dot_product_attention compute, but the fused backward writes one [N, L, 3·E] gradient
+// for one product with the packed weight, where three views' gradients would each be scattered
+// into a zero [N, L, 3·E] and summed. qk_grad false: q and k are constants (detached).
+Tensor packed_self_attention(const Tensor& qkv, int64_t heads, const Tensor& mask = Tensor(), bool causal = false,
+                             double scale = 0, bool fused = true, bool qk_grad = true);
 
 // ---- linear algebra (autograd/matmul.cpp) ---------------------------------------------------
 Tensor matmul(const Tensor& a, const Tensor& b);  // 1-D, 2-D and broadcast batched, as torch

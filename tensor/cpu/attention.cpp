@@ -34,13 +34,14 @@ inline T exp_of(T v) {
   else return std::exp(v);
 }
 
-// Element (n, h) of a 4-D tensor's first two dims, as a typed pointer (rows along dim 2).
+// Element (n, h) of a 4-D tensor's first two dims, as a typed pointer (rows along dim 2; T const
+// for the inputs).
 template <class T>
 struct Heads {
-  const T* base;
+  T* base;
   int64_t s0, s1, rows;  // strides of dims 0, 1 and 2
-  Heads(const Tensor& t) : base(static_cast<const T*>(t.raw_data())), s0(t.stride(0)), s1(t.stride(1)), rows(t.stride(2)) {}
-  const T* at(int64_t n, int64_t h) const { return base + n * s0 + h * s1; }
+  Heads(const Tensor& t) : base(static_cast<T*>(t.raw_data())), s0(t.stride(0)), s1(t.stride(1)), rows(t.stride(2)) {}
+  T* at(int64_t n, int64_t h) const { return base + n * s0 + h * s1; }
 };
 
 // The logits of query rows [i0, i0 + rows) against every key, written into s [rows, lk]:
@@ -69,10 +70,10 @@ template <class T>
 void forward_typed(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, const AttentionParams& p,
                    const Tensor& out, const Tensor& lse) {
   const int64_t n = q.size(0), heads = q.size(1), lq = q.size(2), d = q.size(3), lk = k.size(2), dv = v.size(3);
-  const Heads<T> Q(q), K(k), V(v);
+  const Heads<const T> Q(q), K(k), V(v);
+  const Heads<T> O(out);
   const T* pb = bias.defined() ? static_cast<const T*>(bias.raw_data()) : nullptr;
   const int64_t bias_rows[2] = {bias.defined() ? bias.stride(2) : 0, bias.defined() ? bias.stride(3) : 0};
-  T* po = out.data<T>();
   T* pl = lse.data<T>();
   const int64_t kBlock = block_rows(p), blocks = (lq + kBlock - 1) / kBlock, items = n * heads * blocks;
   parallel_for(items, kBlock * lk * (d + dv) * 2, [&](int64_t b0, int64_t b1) {
@@ -104,7 +105,7 @@ void forward_typed(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
         for (int64_t j = 0; j < lk; ++j) row[j] *= inv;
         pl[bh * lq + i0 + r] = T(double(m) + std::log(sum));
       }
-      gemm(rows, dv, lk, s.data(), lk, 1, V.at(ni, hi), V.rows, 1, po + (bh * lq + i0) * dv, dv, 1, false);
+      gemm(rows, dv, lk, s.data(), lk, 1, V.at(ni, hi), V.rows, 1, O.at(ni, hi) + i0 * O.rows, O.rows, 1, false);
     }
   });
 }
@@ -114,12 +115,11 @@ void backward_typed(const Tensor& grad_out, const Tensor& q, const Tensor& k, co
                     const Tensor& lse, const AttentionParams& p, const Tensor& grad_q,
                     const Tensor& grad_k, const Tensor& grad_v) {
   const int64_t n = q.size(0), heads = q.size(1), lq = q.size(2), d = q.size(3), lk = k.size(2), dv = v.size(3);
-  const Heads<T> Q(q), K(k), V(v);
+  const Heads<const T> Q(q), K(k), V(v), G(grad_out);
+  const Heads<T> GQ(grad_q), GK(grad_k), GV(grad_v);
   const T* pb = bias.defined() ? static_cast<const T*>(bias.raw_data()) : nullptr;
   const int64_t bias_rows[2] = {bias.defined() ? bias.stride(2) : 0, bias.defined() ? bias.stride(3) : 0};
-  const T* pg = static_cast<const T*>(grad_out.raw_data());
   const T* pl = static_cast<const T*>(lse.raw_data());
-  T *gq = grad_q.data<T>(), *gk = grad_k.data<T>(), *gv = grad_v.data<T>();
   const T scale = T(p.scale);
   // Parallel over (n, h): dK and dV of one head sum over all its query blocks.
   const int64_t kBlock = block_rows(p);
@@ -129,10 +129,10 @@ void backward_typed(const Tensor& grad_out, const Tensor& q, const Tensor& k, co
       const int64_t ni = bh / heads, hi = bh % heads;
       const T *qh = Q.at(ni, hi), *kh = K.at(ni, hi), *vh = V.at(ni, hi);
       const T* bias_nh = pb ? pb + ni * bias.stride(0) + hi * bias.stride(1) : nullptr;
-      T *dk = gk + bh * lk * d, *dvh = gv + bh * lk * dv;
+      T *dq = GQ.at(ni, hi), *dk = GK.at(ni, hi), *dvh = GV.at(ni, hi);
       for (int64_t i0 = 0; i0 < lq; i0 += kBlock) {
         const int64_t rows = std::min(kBlock, lq - i0);
-        const T* dout = pg + (bh * lq + i0) * dv;
+        const T* dout = G.at(ni, hi) + i0 * G.rows;
         block_logits(qh, Q.rows, kh, K.rows, bias_nh, bias_rows, i0, rows, lk, d, p, prob.data());
         for (int64_t r = 0; r < rows; ++r) {
           const T l = pl[bh * lq + i0 + r];
@@ -140,9 +140,9 @@ void backward_typed(const Tensor& grad_out, const Tensor& q, const Tensor& k, co
           for (int64_t j = 0; j < lk; ++j) row[j] = exp_of<T>(row[j] - l);  // −inf: 0; NaN rows stay NaN
         }
         // dV += Pᵀ dO   [lk, dv] = [lk, rows] · [rows, dv]
-        gemm(lk, dv, rows, prob.data(), 1, lk, dout, dv, 1, dvh, dv, 1, i0 > 0);
+        gemm(lk, dv, rows, prob.data(), 1, lk, dout, G.rows, 1, dvh, GV.rows, 1, i0 > 0);
         // dP = dO Vᵀ   [rows, lk]
-        gemm(rows, lk, dv, dout, dv, 1, vh, 1, V.rows, dprob.data(), lk, 1, false);
+        gemm(rows, lk, dv, dout, G.rows, 1, vh, 1, V.rows, dprob.data(), lk, 1, false);
         for (int64_t r = 0; r < rows; ++r) {  // dS · scale, in place of dP
           T *ds = dprob.data() + r * lk;
           const T* pr = prob.data() + r * lk;
@@ -154,12 +154,14 @@ void backward_typed(const Tensor& grad_out, const Tensor& q, const Tensor& k, co
           for (int64_t j = 0; j < lk; ++j) ds[j] = pr[j] * (ds[j] - dot) * scale;
         }
         // dQ = dS K   [rows, d];  dK += dSᵀ Q   [lk, d]
-        gemm(rows, d, lk, dprob.data(), lk, 1, kh, K.rows, 1, gq + (bh * lq + i0) * d, d, 1, false);
-        gemm(lk, d, rows, dprob.data(), 1, lk, qh + i0 * Q.rows, Q.rows, 1, dk, d, 1, i0 > 0);
+        gemm(rows, d, lk, dprob.data(), lk, 1, kh, K.rows, 1, dq + i0 * GQ.rows, GQ.rows, 1, false);
+        gemm(lk, d, rows, dprob.data(), 1, lk, qh + i0 * Q.rows, Q.rows, 1, dk, GK.rows, 1, i0 > 0);
       }
       if (lq == 0) {  // no query: nothing flows back to the keys and values
-        std::fill(dk, dk + lk * d, T(0));
-        std::fill(dvh, dvh + lk * dv, T(0));
+        for (int64_t j = 0; j < lk; ++j) {
+          std::fill(dk + j * GK.rows, dk + j * GK.rows + d, T(0));
+          std::fill(dvh + j * GV.rows, dvh + j * GV.rows + dv, T(0));
+        }
       }
     }
   });

@@ -23,14 +23,16 @@ constexpr int kWarpsPerBlock = 4;
 struct AttentionDims {
   int64_t n, h, lq, lk, d, dv;
   int64_t qs[3], ks[3], vs[3];  // strides of dims 0, 1, 2 (dim 3 has unit stride)
+  int64_t os[3], gs[3];         // of out and grad_out
+  int64_t gqs[3], gks[3], gvs[3];  // of grad_q, grad_k, grad_v
   int64_t bs[4];                // the bias's four strides (0 where broadcast)
   bool has_bias, causal;
   double scale;
 };
 
-// Row r of a [N, H, L, ·] operand with strides s.
+// Row r of a [N, H, L, ·] operand with strides s (T const for the inputs).
 template <class T>
-__device__ __forceinline__ const T* row_of(const T* base, const int64_t* s, int64_t ni, int64_t hi, int64_t r) {
+__device__ __forceinline__ T* row_of(T* base, const int64_t* s, int64_t ni, int64_t hi, int64_t r) {
   return base + ni * s[0] + hi * s[1] + r * s[2];
 }
 
@@ -90,7 +92,7 @@ __global__ void forward_kernel(const T* q, const T* k, const T* v, const T* bias
       m = m_new;
     }
     const bool empty = !(l > 0) || !isfinite(m);  // every key hidden (or NaN logits): NaN, as softmax
-    T* o = out + row * a.dv;
+    T* o = row_of(out, a.os, ni, hi, i);
 #pragma unroll
     for (int c = 0; c < kPer; ++c) {
       const int64_t e = lane + 32 * c;
@@ -110,8 +112,8 @@ __global__ void backward_query_kernel(const T* g, const T* q, const T* k, const 
     const int64_t i = row % a.lq, bh = row / a.lq, ni = bh / a.h, hi = bh % a.h;
     T qv[kPer], gv[kPer], dq[kPer];
     load_row<T, kPer>(row_of(q, a.qs, ni, hi, i), a.d, lane, qv);
-    load_row<T, kPer>(g + row * a.dv, a.dv, lane, gv);
-    const T di = dot_row<T, kPer>(gv, out + row * a.dv, a.dv, lane), l = lse[row];
+    load_row<T, kPer>(row_of(g, a.gs, ni, hi, i), a.dv, lane, gv);
+    const T di = dot_row<T, kPer>(gv, row_of(out, a.os, ni, hi, i), a.dv, lane), l = lse[row];
     if (lane == 0) row_dot[row] = di;
 #pragma unroll
     for (int c = 0; c < kPer; ++c) dq[c] = 0;
@@ -126,7 +128,7 @@ __global__ void backward_query_kernel(const T* g, const T* q, const T* k, const 
         if (e < a.d) dq[c] += ds * kr[e];
       }
     }
-    T* o = gq + row * a.d;
+    T* o = row_of(gq, a.gqs, ni, hi, i);
 #pragma unroll
     for (int c = 0; c < kPer; ++c) {
       const int64_t e = lane + 32 * c;
@@ -158,7 +160,7 @@ __global__ void backward_key_kernel(const T* g, const T* q, const T* k, const T*
     for (int64_t i = a.causal ? j : 0; i < a.lq; ++i) {
       const int64_t qrow = bh * a.lq + i;
       const T* qr = row_of(q, a.qs, ni, hi, i);
-      const T* gr = g + qrow * a.dv;
+      const T* gr = row_of(g, a.gs, ni, hi, i);
       const T p = exp(logit(dot_row<T, kPer>(kv, qr, a.d, lane), bias, a, ni, hi, i, j) - lse[qrow]);
       const T ds = p * (dot_row<T, kPer>(vv, gr, a.dv, lane) - row_dot[qrow]) * T(a.scale);
 #pragma unroll
@@ -168,19 +170,27 @@ __global__ void backward_key_kernel(const T* g, const T* q, const T* k, const T*
         if (e < a.d) dk[c] += ds * qr[e];
       }
     }
+    T *gk_row = row_of(gk, a.gks, ni, hi, j), *gv_row = row_of(gv, a.gvs, ni, hi, j);
 #pragma unroll
     for (int c = 0; c < kPer; ++c) {
       const int64_t e = lane + 32 * c;
-      if (e < a.d) gk[row * a.d + e] = dk[c];
-      if (e < a.dv) gv[row * a.dv + e] = dv[c];
+      if (e < a.d) gk_row[e] = dk[c];
+      if (e < a.dv) gv_row[e] = dv[c];
     }
   }
 }
 
-AttentionDims dims_of(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, const AttentionParams& p) {
+// The outputs' strides stay 0 where a call has no such tensor (forward: the gradients).
+AttentionDims dims_of(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, const AttentionParams& p,
+                      const Tensor& out, const Tensor& grad_out = Tensor(), const Tensor& grad_q = Tensor(),
+                      const Tensor& grad_k = Tensor(), const Tensor& grad_v = Tensor()) {
   AttentionDims a{};
   a.n = q.size(0), a.h = q.size(1), a.lq = q.size(2), a.d = q.size(3), a.lk = k.size(2), a.dv = v.size(3);
   for (int i = 0; i < 3; ++i) a.qs[i] = q.stride(i), a.ks[i] = k.stride(i), a.vs[i] = v.stride(i);
+  auto strides = [](const Tensor& t, int64_t (&s)[3]) {
+    for (int i = 0; i < 3; ++i) s[i] = t.defined() ? t.stride(i) : 0;
+  };
+  strides(out, a.os), strides(grad_out, a.gs), strides(grad_q, a.gqs), strides(grad_k, a.gks), strides(grad_v, a.gvs);
   a.has_bias = bias.defined();
   for (int i = 0; i < 4; ++i) a.bs[i] = a.has_bias ? bias.stride(i) : 0;
   a.causal = p.causal;
@@ -207,7 +217,7 @@ unsigned warp_blocks(int64_t rows) { return blocks_for(rows, kWarpsPerBlock); }
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, const AttentionParams& p,
                        const Tensor& out, const Tensor& lse) {
   const char* op = "cuda scaled_dot_product_attention";
-  const AttentionDims a = dims_of(q, k, v, bias, p);
+  const AttentionDims a = dims_of(q, k, v, bias, p, out);
   if (a.n * a.h * a.lq == 0) return;
   const int device = q.device().index;
   DeviceGuard guard(device);
@@ -225,7 +235,7 @@ void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k
                         const Tensor& out, const Tensor& lse, const AttentionParams& p, const Tensor& grad_q,
                         const Tensor& grad_k, const Tensor& grad_v) {
   const char* op = "cuda scaled_dot_product_attention backward";
-  const AttentionDims a = dims_of(q, k, v, bias, p);
+  const AttentionDims a = dims_of(q, k, v, bias, p, out, grad_out, grad_q, grad_k, grad_v);
   const int device = q.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);

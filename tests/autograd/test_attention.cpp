@@ -265,3 +265,130 @@ TEST_CASE("attention: under bf16 autocast the fused kernels multiply bf16 operan
     }
   }
 }
+
+namespace {
+// [N, H, L, D] -> [N, L, H·D]
+Tensor merge_heads(const Tensor& t) { return t.transpose(1, 2).reshape({t.size(0), t.size(2), t.size(1) * t.size(3)}); }
+// Part i (q, k, v) of a packed [N, L, 3·H·D] as [N, H, L, D].
+Tensor head_part(const Tensor& qkv, int64_t heads, int64_t i) {
+  const int64_t n = qkv.size(0), len = qkv.size(1), d = qkv.size(2) / 3 / heads;
+  return qkv.reshape({n, len, 3, heads, d}).select(2, i).transpose(1, 2);
+}
+}  // namespace
+
+TEST_CASE("attention: packed_self_attention matches PyTorch's definition on the packed layout") {
+  // The fixture cases whose q, k and v share one shape, packed as MultiheadAttention's in_proj
+  // output lays them out: [N, L, q heads | k heads | v heads].
+  const auto& f = fixtures();
+  for (const char* name : {"causal_two_blocks", "mask_and_causal"}) {
+    const std::string key = name;
+    CAPTURE(key);
+    const int64_t heads = f[key + ".q"].size(1);
+    const Tensor mask = f.has(key + ".mask") ? f[key + ".mask"] : Tensor();
+    for (bool fused : {true, false}) {
+      CAPTURE(fused);
+      Tensor qkv = cat({merge_heads(f[key + ".q"]), merge_heads(f[key + ".k"]), merge_heads(f[key + ".v"])}, 2)
+                       .requires_grad_();
+      const Tensor y = packed_self_attention(qkv, heads, mask, true, 0, fused);
+      CHECK(golden::relative_error(y, merge_heads(f[key + ".out"])) <= 1e-5);
+      y.backward(merge_heads(f[key + ".gout"]));
+      CHECK(golden::relative_error(head_part(qkv.grad(), heads, 0), f[key + ".grad_q"]) <= 1e-5);
+      CHECK(golden::relative_error(head_part(qkv.grad(), heads, 1), f[key + ".grad_k"]) <= 1e-5);
+      CHECK(golden::relative_error(head_part(qkv.grad(), heads, 2), f[key + ".grad_v"]) <= 1e-5);
+    }
+  }
+}
+
+TEST_CASE("attention: packed_self_attention is scaled_dot_product_attention on its slices, bit for bit") {
+  // The same kernels on the same values: only where the output and the gradients are written
+  // differs (straight into the merged / packed layouts), so float32 and bf16 autocast results
+  // must be the same bits. One shape with two query blocks and products the bf16 GEMM takes.
+  manual_seed(37);
+  for (const Shape& shape : {Shape{2, 7, 3 * 4 * 8}, Shape{1, 300, 3 * 2 * 64}}) {
+    const int64_t heads = shape[2] == 96 ? 4 : 2;
+    const Tensor x = randn(shape), gout = randn({shape[0], shape[1], shape[2] / 3});
+    for (bool autocast : {false, true}) {
+      CAPTURE(shape);
+      CAPTURE(autocast);
+      Tensor packed = x.clone().requires_grad_(), split = x.clone().requires_grad_();
+      Tensor y_packed, y_split;
+      {
+        AutocastGuard guard(DeviceType::cpu, DType::bf16, autocast);
+        y_packed = packed_self_attention(packed, heads);
+        y_split = merge_heads(scaled_dot_product_attention(head_part(split, heads, 0), head_part(split, heads, 1),
+                                                           head_part(split, heads, 2)));
+      }
+      y_packed.backward(gout);
+      y_split.backward(gout);
+      CHECK(y_packed.to_vector<float>() == y_split.to_vector<float>());
+      CHECK(packed.grad().to_vector<float>() == split.grad().to_vector<float>());
+    }
+  }
+}
+
+TEST_CASE("attention: f64 gradcheck of packed_self_attention; q and k as constants; bad input") {
+  manual_seed(38);
+  const Tensor qkv = randn({2, 5, 3 * 2 * 3}, kFloat64).requires_grad_();
+  auto check = [](const GradcheckResult& r) {
+    INFO(r.message);
+    CHECK(r.ok);
+  };
+  for (bool fused : {true, false}) {
+    CAPTURE(fused);
+    check(gradcheck([=](const std::vector<Tensor>& in) { return packed_self_attention(in[0], 2, Tensor(), false, 0, fused); },
+                    {qkv}));
+    check(gradcheck([=](const std::vector<Tensor>& in) { return packed_self_attention(in[0], 2, Tensor(), true, 0.7, fused); },
+                    {qkv}));
+    const Tensor mask = randn({2, 1, 5, 5}, kFloat64);
+    check(gradcheck([=](const std::vector<Tensor>& in) { return packed_self_attention(in[0], 2, mask, false, 0, fused); },
+                    {qkv}));
+    // qk_grad false: the gradient of detached q and k -- zero there, the value path's elsewhere.
+    Tensor a = qkv.detach().clone().requires_grad_(), b = qkv.detach().clone().requires_grad_();
+    const Tensor g = randn({2, 5, 6}, kFloat64);
+    packed_self_attention(a, 2, mask, false, 0, fused, false).backward(g);
+    scaled_dot_product_attention(head_part(b, 2, 0).detach(), head_part(b, 2, 1).detach(), head_part(b, 2, 2), mask,
+                                 false, 0, fused)
+        .transpose(1, 2)
+        .reshape({2, 5, 6})
+        .backward(g);
+    CHECK(sum(abs(a.grad().narrow(2, 0, 12))).item<double>() == 0.0);
+    CHECK(golden::relative_error(a.grad(), b.grad()) <= 1e-12);
+  }
+  CHECK(testing::error_of([] { packed_self_attention(zeros({2, 5, 16}), 2); }) ==
+        "packed_self_attention: expected qkv [N, L, 3 * heads * d] for 2 heads, got [2, 5, 16]");
+  CHECK(testing::error_of([] { packed_self_attention(zeros({10, 18}), 2); }) ==
+        "packed_self_attention: expected qkv [N, L, 3 * heads * d] for 2 heads, got [10, 18]");
+  CHECK(testing::error_of([] { packed_self_attention(zeros({2, 5, 18}), 2, zeros({4, 4})); }) ==
+        "packed_self_attention: shapes [4, 4] and [2, 2, 5, 5] cannot be broadcast together");
+}
+
+TEST_CASE("attention: MultiheadAttention's self-attention (one packed product) equals its three products") {
+  // forward(x) takes one product with in_proj_weight and packed_self_attention; the same values
+  // in three different tensors take three products over the weight's chunks. Float32 sums
+  // grouped differently: 1e-5 norm-wise.
+  manual_seed(39);
+  nn::MultiheadAttention mha(24, 3);
+  const Tensor x = randn({2, 7, 24});
+  for (const Tensor& mask : {Tensor(), randn({7, 7})}) {
+    for (bool explain : {false, true}) {
+      CAPTURE(explain);
+      mha.detach_qk_when_explaining = explain;
+      std::vector<Tensor> results[2];
+      for (int packed = 0; packed < 2; ++packed) {
+        Tensor a = x.clone().requires_grad_();
+        for (auto& [name, p] : mha.named_parameters()) p.set_grad(Tensor());
+        ExplanationModeGuard guard(explain);
+        // (a * 1) three times: one history, three tensors -- not self-attention's one tensor.
+        const Tensor y = packed ? mha.forward(a, a, a, mask) : mha.forward(a * 1.0, a * 1.0, a * 1.0, mask);
+        sum(y * y).backward();
+        results[packed] = {y, a.grad(), explain ? Tensor() : mha.in_proj_weight.grad(),
+                           explain ? Tensor() : mha.in_proj_bias.grad()};
+      }
+      for (size_t i = 0; i < results[0].size(); ++i) {
+        if (!results[0][i].defined()) continue;
+        CAPTURE(i);
+        CHECK(golden::relative_error(results[1][i], results[0][i]) <= 1e-5);
+      }
+    }
+  }
+}
