@@ -391,4 +391,16 @@ TEST_CASE("attention: MultiheadAttention's self-attention (one packed product) e
       }
     }
   }
+  // forward(x) is the packed composition itself, bit for bit (the three products would sum the
+  // input gradient in another order).
+  mha.detach_qk_when_explaining = false;
+  auto gradient_of = [&](bool through_module) {
+    Tensor a = x.clone().requires_grad_();
+    const Tensor y = through_module ? mha.forward(a)
+                                    : (*mha.out_proj)(packed_self_attention(linear(a, mha.in_proj_weight, mha.in_proj_bias),
+                                                                            3, Tensor(), false, 1.0 / std::sqrt(8.0)));
+    sum(y * y).backward();
+    return a.grad().to_vector<float>();
+  };
+  CHECK(gradient_of(true) == gradient_of(false));
 }
