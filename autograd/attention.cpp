@@ -168,8 +168,8 @@ Tensor packed_self_attention(const Tensor& qkv, int64_t heads, const Tensor& mas
   // [N, L, E] <-> [N, heads, L, d] (split_heads: a view)
   auto split_heads = [n, len, heads, d](const Tensor& t) { return t.reshape({n, len, heads, d}).transpose(1, 2); };
   auto merge_heads = [n, len, e](const Tensor& t) { return t.transpose(1, 2).reshape({n, len, e}); };
-  const Tensor base = qkv.detach();
-  const Plan plan = plan_for(op, part(base, 0), part(base, 1), part(base, 2), mask, scale, fused);
+  const Tensor base = qkv.detach(), q4 = part(base, 0), k4 = part(base, 1), v4 = part(base, 2);
+  const Plan plan = plan_for(op, q4, k4, v4, mask, scale, fused);
   if (!plan.fused) {  // the composed form, through views of qkv (three gradients summed)
     Tensor q = part(qkv, 0), k = part(qkv, 1);
     if (!qk_grad) q = q.detach(), k = k.detach();
@@ -178,8 +178,7 @@ Tensor packed_self_attention(const Tensor& qkv, int64_t heads, const Tensor& mas
   // The kernel writes its [N, heads, L, d] output straight into the merged [N, L, E] layout, and
   // its backward the three gradients into their slices of one [N, L, 3E]: no copies either way.
   Tensor result = empty({n, len, e}, {qkv.dtype(), qkv.device()});
-  const FusedAttention f =
-      fused_forward(part(base, 0), part(base, 1), part(base, 2), plan.bias, plan, causal, split_heads(result));
+  const FusedAttention f = fused_forward(q4, k4, v4, plan.bias, plan, causal, split_heads(result));
   if (needs_graph({qkv})) {
     const SavedAttention saved(f);
     record("PackedSelfAttentionBackward", result, {qkv}, [=](const Tensor& g, const std::vector<bool>&) {
