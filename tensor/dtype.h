@@ -121,9 +121,9 @@ struct BFloat16 {
   static uint16_t from_float(float f) {
     uint32_t x;
     std::memcpy(&x, &f, 4);
-    if ((x & 0x7fffffffu) > 0x7f800000u) return uint16_t((x >> 16) | 0x40u);  // keep nan a nan
-    uint32_t rounding = 0x7fffu + ((x >> 16) & 1u);
-    return uint16_t((x + rounding) >> 16);
+    // Round to nearest even; NaN stays a (quiet) NaN. Branch-free, so conversion loops vectorise.
+    const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16, quiet = (x >> 16) | 0x40u;
+    return uint16_t((x & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
   }
   static float to_float(uint16_t b) {
     uint32_t x = uint32_t(b) << 16;

@@ -158,7 +158,10 @@ void unary(UnaryOp op, const Tensor& x, const Tensor& out, double p0, double p1)
 
 void unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x, const Tensor& y,
                     const Tensor& grad_x, double p0, double p1) {
-  dispatch_float(x.dtype(), "unary_backward", [&]<class T>() {
+  const Tensor& s = math::derivative_uses_output(op) ? y : x;
+  BCOS_CHECK(s.defined(), "unary_backward ", op_name(op), ": needs ",
+             math::derivative_uses_output(op) ? "the forward output y" : "the input x");
+  dispatch_float(s.dtype(), "unary_backward", [&]<class T>() {
     unary_backward_typed<T>(op, grad, x, y, grad_x, p0, p1);
   });
 }

@@ -37,7 +37,15 @@ bool gemm_nt_offset_rows(int64_t m, int64_t n, int64_t len, const float* a, int6
 
 // The float32 product with bfloat16 operands (tensor/cpu/gemm_bf16.cpp): A and B rounded to bf16,
 // products summed in float32. Threads as gemm. False, doing nothing, where the CPU has neither AMX
-// nor AVX-512 BF16.
+// nor AVX-512 BF16. An operand is float32 (rounded while packed) or bfloat16 already (its bits:
+// autocast keeps a linear layer's input so for the weight gradient); rs, cs: strides in elements.
+struct Bf16Operand {
+  const void* data = nullptr;
+  int64_t rs = 0, cs = 0;
+  bool is_bf16 = false;
+};
+bool gemm_bf16(int64_t m, int64_t n, int64_t k, const Bf16Operand& a, const Bf16Operand& b, float* c, int64_t rsc,
+               int64_t csc, bool accumulate);
 bool gemm_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa, const float* b,
                int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate);
 // The same with a named kernel ("amx", "avx512bf16"), for tests and benchmarks: false where the
@@ -45,6 +53,8 @@ bool gemm_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int
 // BCOS_GEMM_BF16=avx512bf16 picks vdpbf16ps on a CPU with AMX).
 bool gemm_bf16_with(const char* kernel, int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
                     const float* b, int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate);
+bool gemm_bf16_with(const char* kernel, int64_t m, int64_t n, int64_t k, const Bf16Operand& a,
+                    const Bf16Operand& b, float* c, int64_t rsc, int64_t csc, bool accumulate);
 const char* gemm_bf16_kernel_name();
 // Whether gemm() runs an m x n x k float32 product in bf16: the option is on (set_cpu_bf16) and
 // both sides are 64 or more. AMX against the float32 kernel, one thread: 16 x 1024 x 144 0.42x,

@@ -85,13 +85,8 @@ bool bf16_product(int64_t m, int64_t n, int64_t k) {
 }
 
 namespace {
-// float -> bfloat16 bits, round to nearest even; NaN stays a (quiet) NaN. Branch-free: vectorises.
-inline uint16_t to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, quiet = (u >> 16) | 0x40u;
-  return uint16_t((u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
-}
+// float -> bfloat16 bits, round to nearest even; NaN stays a (quiet) NaN.
+inline uint16_t to_bf16(float f) { return BFloat16::from_float(f); }
 
 // The same rounding kept as a float (autocast's operands).
 inline float round_to_bf16(float f) { return BFloat16::to_float(to_bf16(f)); }
@@ -158,26 +153,43 @@ std::unique_ptr<T[], FreeDeleter> aligned(int64_t count) {
 
 constexpr int64_t kPanel = 32;  // both kernels: C micro-tiles 32 columns wide, B packed in 32-column panels
 
+// An operand's element (r, c) onwards, as the same kind of operand.
+Bf16Operand at(const Bf16Operand& x, int64_t r, int64_t c) {
+  Bf16Operand y = x;
+  const int64_t offset = r * x.rs + c * x.cs;
+  if (x.is_bf16)
+    y.data = static_cast<const uint16_t*>(x.data) + offset;
+  else
+    y.data = static_cast<const float*>(x.data) + offset;
+  return y;
+}
+
+// A source element as bf16 bits: float32 rounded, bf16 as it is.
+inline uint16_t bf16_bits(float f) { return to_bf16(f); }
+inline uint16_t bf16_bits(uint16_t b) { return b; }
+
 // A[0:rows, 0:kc] -> ablk[r * kp + p]; zero for r in [rows, rows_pad) and p in [kc, kp).
-void pack_a_block(const float* a, int64_t rsa, int64_t csa, int64_t rows, int64_t rows_pad, int64_t kc,
-                  int64_t kp, uint16_t* ablk) {
+template <class Src>
+void pack_a_block(const Src* a, int64_t rsa, int64_t csa, int64_t rows, int64_t rows_pad, int64_t kc, int64_t kp,
+                  uint16_t* ablk) {
   for (int64_t r = 0; r < rows_pad; ++r) {
     uint16_t* dst = ablk + r * kp;
     if (r >= rows) {
       std::memset(dst, 0, size_t(kp) * 2);
       continue;
     }
-    const float* src = a + r * rsa;
+    const Src* src = a + r * rsa;
     if (csa == 1)
-      for (int64_t p = 0; p < kc; ++p) dst[p] = to_bf16(src[p]);
+      for (int64_t p = 0; p < kc; ++p) dst[p] = bf16_bits(src[p]);
     else
-      for (int64_t p = 0; p < kc; ++p) dst[p] = to_bf16(src[p * csa]);
+      for (int64_t p = 0; p < kc; ++p) dst[p] = bf16_bits(src[p * csa]);
     std::memset(dst + kc, 0, size_t(kp - kc) * 2);
   }
 }
 
 // B[0:kc, 0:cols] (cols ≤ 32) -> one VNNI panel of kp / 2 pair rows; zero beyond cols and kc.
-void pack_b_panel(const float* b, int64_t rsb, int64_t csb, int64_t cols, int64_t kc, int64_t kp, uint16_t* bp) {
+template <class Src>
+void pack_b_panel(const Src* b, int64_t rsb, int64_t csb, int64_t cols, int64_t kc, int64_t kp, uint16_t* bp) {
   for (int64_t q = 0; q < kp / 2; ++q) {
     uint16_t* dst = bp + q * kPanel * 2;
     for (int h = 0; h < 2; ++h) {
@@ -186,8 +198,8 @@ void pack_b_panel(const float* b, int64_t rsb, int64_t csb, int64_t cols, int64_
         for (int64_t j = 0; j < kPanel; ++j) dst[2 * j + h] = 0;
         continue;
       }
-      const float* row = b + p * rsb;
-      for (int64_t j = 0; j < cols; ++j) dst[2 * j + h] = to_bf16(row[j * csb]);
+      const Src* row = b + p * rsb;
+      for (int64_t j = 0; j < cols; ++j) dst[2 * j + h] = bf16_bits(row[j * csb]);
       for (int64_t j = cols; j < kPanel; ++j) dst[2 * j + h] = 0;
     }
   }
@@ -199,25 +211,38 @@ void pack_b_panel(const float* b, int64_t rsb, int64_t csb, int64_t cols, int64_
 // products when one side is short (vdpbf16ps, one thread, 16 x 1024 x 144: 0.51x of float32
 // with it, 1.04x with this). vcvtneps2bf16 takes subnormal inputs as zero, as vdpbf16ps and
 // TDPBF16PS do with subnormal operands anyway (vdpbf16ps checked on Zen 5, TDPBF16PS by Intel's
-// manual), so no result changes.
+// manual), so no result changes -- nor does a bf16 source's subnormal, packed as it is.
 #define BCOS_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
 inline __mmask16 first_lanes(int64_t count) {
   return count >= 16 ? __mmask16(0xffff) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
 }
-
-// bf16 of `even` in the low half of each 32-bit lane, of `odd` in the high half.
-BCOS_BF16_TARGET inline __m512i pairs_of(__m512 even, __m512 odd) {
-  const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(even));
-  const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(odd));
-  return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+inline __mmask32 first_lanes32(int64_t count) {
+  return count >= 32 ? __mmask32(0xffffffffu) : count <= 0 ? __mmask32(0) : __mmask32((1u << count) - 1);
 }
 
-// 32 consecutive floats (the first `count`; zero after) as their 16 pairs.
+// 16 consecutive values (those in `lanes`, zero elsewhere) as bf16 bits in the low half of each
+// 32-bit lane.
+BCOS_BF16_TARGET inline __m512i low_halves(const float* p, __mmask16 lanes) {
+  return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(lanes, p)));
+}
+BCOS_BF16_TARGET inline __m512i low_halves(const uint16_t* p, __mmask16 lanes) {
+  return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, p));
+}
+
+// `even` in the low half of each 32-bit lane, `odd` in the high half.
+BCOS_BF16_TARGET inline __m512i pairs_of(__m512i even, __m512i odd) {
+  return _mm512_or_si512(even, _mm512_slli_epi32(odd, 16));
+}
+
+// 32 consecutive values (the first `count`; zero after) as their 16 pairs.
 BCOS_BF16_TARGET inline __m512i pairs_in_row(const float* p, int64_t count) {
   const __m512 lo = _mm512_maskz_loadu_ps(first_lanes(count), p);
   const __m512 hi = _mm512_maskz_loadu_ps(first_lanes(count - 16), p + 16);
   return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+BCOS_BF16_TARGET inline __m512i pairs_in_row(const uint16_t* p, int64_t count) {
+  return _mm512_maskz_loadu_epi16(first_lanes32(count), p);
 }
 
 // r[i][j] -> r[j][i] for a 16 x 16 matrix of 32-bit values: pairs within 128-bit lanes, then
@@ -246,7 +271,8 @@ BCOS_BF16_TARGET inline void transpose16(__m512i (&r)[16]) {
 }
 
 // pack_a_block for a row-major (csa = 1) or transposed (rsa = 1) A; kp even.
-BCOS_BF16_TARGET void pack_a_block_avx512(const float* a, int64_t rsa, int64_t csa, int64_t rows, int64_t rows_pad,
+template <class Src>
+BCOS_BF16_TARGET void pack_a_block_avx512(const Src* a, int64_t rsa, int64_t csa, int64_t rows, int64_t rows_pad,
                                           int64_t kc, int64_t kp, uint16_t* ablk) {
   if (csa == 1) {
     for (int64_t r = 0; r < rows_pad; ++r)
@@ -262,8 +288,8 @@ BCOS_BF16_TARGET void pack_a_block_avx512(const float* a, int64_t rsa, int64_t c
       __m512i t[16];
       for (int q = 0; q < 16; ++q) {  // t[q]: pair p0 / 2 + q of the 16 rows
         const int64_t p = p0 + 2 * q;
-        const __m512 even = p < kc ? _mm512_maskz_loadu_ps(in_rows, a + r0 + p * csa) : _mm512_setzero_ps();
-        const __m512 odd = p + 1 < kc ? _mm512_maskz_loadu_ps(in_rows, a + r0 + (p + 1) * csa) : _mm512_setzero_ps();
+        const __m512i even = p < kc ? low_halves(a + r0 + p * csa, in_rows) : _mm512_setzero_si512();
+        const __m512i odd = p + 1 < kc ? low_halves(a + r0 + (p + 1) * csa, in_rows) : _mm512_setzero_si512();
         t[q] = pairs_of(even, odd);
       }
       transpose16(t);  // t[r]: the 16 pairs of row r0 + r
@@ -274,15 +300,16 @@ BCOS_BF16_TARGET void pack_a_block_avx512(const float* a, int64_t rsa, int64_t c
 }
 
 // pack_b_panel for a row-major (csb = 1) or transposed (rsb = 1) B; kp even.
-BCOS_BF16_TARGET void pack_b_panel_avx512(const float* b, int64_t rsb, int64_t csb, int64_t cols, int64_t kc,
+template <class Src>
+BCOS_BF16_TARGET void pack_b_panel_avx512(const Src* b, int64_t rsb, int64_t csb, int64_t cols, int64_t kc,
                                           int64_t kp, uint16_t* bp) {
   if (csb == 1) {
     for (int64_t q = 0; q < kp / 2; ++q)
       for (int64_t h = 0; h < kPanel; h += 16) {
         const __mmask16 in_cols = first_lanes(cols - h);
         const int64_t p = 2 * q;
-        const __m512 even = p < kc ? _mm512_maskz_loadu_ps(in_cols, b + p * rsb + h) : _mm512_setzero_ps();
-        const __m512 odd = p + 1 < kc ? _mm512_maskz_loadu_ps(in_cols, b + (p + 1) * rsb + h) : _mm512_setzero_ps();
+        const __m512i even = p < kc ? low_halves(b + p * rsb + h, in_cols) : _mm512_setzero_si512();
+        const __m512i odd = p + 1 < kc ? low_halves(b + (p + 1) * rsb + h, in_cols) : _mm512_setzero_si512();
         _mm512_storeu_si512(bp + (q * kPanel + h) * 2, pairs_of(even, odd));
       }
     return;
@@ -310,17 +337,27 @@ bool cpu_has_avx512_bf16() {
   return has;
 }
 
-// The packers by what the CPU and the layout allow.
-void pack_a(const float* a, int64_t rsa, int64_t csa, int64_t rows, int64_t rows_pad, int64_t kc, int64_t kp,
-            uint16_t* ablk) {
+// The packers by the source's type, what the CPU has and the layout.
+template <class Src>
+void pack_a_from(const Src* a, int64_t rsa, int64_t csa, int64_t rows, int64_t rows_pad, int64_t kc, int64_t kp,
+                 uint16_t* ablk) {
   if (cpu_has_avx512_bf16() && (csa == 1 || rsa == 1))
     return pack_a_block_avx512(a, rsa, csa, rows, rows_pad, kc, kp, ablk);
   pack_a_block(a, rsa, csa, rows, rows_pad, kc, kp, ablk);
 }
+void pack_a(const Bf16Operand& a, int64_t rows, int64_t rows_pad, int64_t kc, int64_t kp, uint16_t* ablk) {
+  if (a.is_bf16) return pack_a_from(static_cast<const uint16_t*>(a.data), a.rs, a.cs, rows, rows_pad, kc, kp, ablk);
+  pack_a_from(static_cast<const float*>(a.data), a.rs, a.cs, rows, rows_pad, kc, kp, ablk);
+}
 
-void pack_b(const float* b, int64_t rsb, int64_t csb, int64_t cols, int64_t kc, int64_t kp, uint16_t* bp) {
+template <class Src>
+void pack_b_from(const Src* b, int64_t rsb, int64_t csb, int64_t cols, int64_t kc, int64_t kp, uint16_t* bp) {
   if (cpu_has_avx512_bf16() && (csb == 1 || rsb == 1)) return pack_b_panel_avx512(b, rsb, csb, cols, kc, kp, bp);
   pack_b_panel(b, rsb, csb, cols, kc, kp, bp);
+}
+void pack_b(const Bf16Operand& b, int64_t cols, int64_t kc, int64_t kp, uint16_t* bp) {
+  if (b.is_bf16) return pack_b_from(static_cast<const uint16_t*>(b.data), b.rs, b.cs, cols, kc, kp, bp);
+  pack_b_from(static_cast<const float*>(b.data), b.rs, b.cs, cols, kc, kp, bp);
 }
 
 // Palette 1, eight tiles of 16 rows x 64 bytes: 0-3 the C tiles (16 x 16 float), 4-5 A (16 x 32
@@ -432,8 +469,8 @@ struct DpbfKernel {
 // The blocked driver: per NC-wide column block and KC-deep slice, B packed into 32-column VNNI
 // panels (shared), then tasks (row block, column panel) with each thread's A block packed once.
 template <class Kernel>
-void blocked_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa, const float* b,
-                  int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate) {
+void blocked_bf16(int64_t m, int64_t n, int64_t k, const Bf16Operand& a, const Bf16Operand& b, float* c, int64_t rsc,
+                  int64_t csc, bool accumulate) {
   constexpr int64_t NC = 1024, MC = Kernel::MC, KC = Kernel::KC, R = Kernel::kRows;
   int threads = 1;
 #ifdef _OPENMP
@@ -474,12 +511,10 @@ void blocked_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, 
 #pragma omp for schedule(static)
         for (int64_t w = 0; w < panels + a_chunks; ++w) {
           if (w < panels) {
-            pack_b(b + pc * rsb + (jc + w * kPanel) * csb, rsb, csb, std::min(kPanel, nc - w * kPanel), kc, kp,
-                   bp.get() + w * kPanel * kp);
+            pack_b(at(b, pc, jc + w * kPanel), std::min(kPanel, nc - w * kPanel), kc, kp, bp.get() + w * kPanel * kp);
           } else {
             const int64_t r0 = (w - panels) * kAChunk, rows = std::min(kAChunk, m - r0);
-            pack_a(a + r0 * rsa + pc * csa, rsa, csa, rows, std::min(kAChunk, round_up(m, R) - r0), kc, kp,
-                   ablk + r0 * kp);
+            pack_a(at(a, r0, pc), rows, std::min(kAChunk, round_up(m, R) - r0), kc, kp, ablk + r0 * kp);
           }
         }
         // Tasks: (row block, column panel); a thread re-packs its own A block only when it changes.
@@ -489,7 +524,7 @@ void blocked_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, 
           const int64_t ib = t / panels, jp = t % panels;
           const int64_t ic = ib * mc_step, mc = std::min(mc_step, m - ic);
           if (!shared_a && packed != ib) {
-            pack_a(a + ic * rsa + pc * csa, rsa, csa, mc, round_up(mc, R), kc, kp, ablk);
+            pack_a(at(a, ic, pc), mc, round_up(mc, R), kc, kp, ablk);
             packed = ib;
           }
           const uint16_t* block = shared_a ? ablk + ic * kp : ablk;
@@ -504,8 +539,8 @@ void blocked_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, 
   }
 }
 
-using Bf16Fn = void (*)(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, int64_t,
-                        float*, int64_t, int64_t, bool);
+using Bf16Fn = void (*)(int64_t, int64_t, int64_t, const Bf16Operand&, const Bf16Operand&, float*, int64_t, int64_t,
+                        bool);
 
 // The kernel named `want` ("amx", "avx512bf16"; empty: the best the CPU has), null where the CPU
 // lacks it.
@@ -526,8 +561,8 @@ Bf16Fn bf16_kernel() {
   return fn;
 }
 
-bool run_bf16(Bf16Fn fn, int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa, const float* b,
-              int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate) {
+bool run_bf16(Bf16Fn fn, int64_t m, int64_t n, int64_t k, const Bf16Operand& a, const Bf16Operand& b, float* c,
+              int64_t rsc, int64_t csc, bool accumulate) {
   if (!fn) return false;
   if (m == 0 || n == 0) return true;
   if (k == 0) {
@@ -536,20 +571,20 @@ bool run_bf16(Bf16Fn fn, int64_t m, int64_t n, int64_t k, const float* a, int64_
         for (int64_t j = 0; j < n; ++j) c[i * rsc + j * csc] = 0.0f;
     return true;
   }
-  fn(m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
+  fn(m, n, k, a, b, c, rsc, csc, accumulate);
   return true;
 }
 
 }  // namespace
 
-bool gemm_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa, const float* b,
-               int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate) {
-  return run_bf16(bf16_kernel(), m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
+bool gemm_bf16(int64_t m, int64_t n, int64_t k, const Bf16Operand& a, const Bf16Operand& b, float* c, int64_t rsc,
+               int64_t csc, bool accumulate) {
+  return run_bf16(bf16_kernel(), m, n, k, a, b, c, rsc, csc, accumulate);
 }
 
-bool gemm_bf16_with(const char* kernel, int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
-                    const float* b, int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate) {
-  return run_bf16(bf16_kernel_for(kernel), m, n, k, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
+bool gemm_bf16_with(const char* kernel, int64_t m, int64_t n, int64_t k, const Bf16Operand& a, const Bf16Operand& b,
+                    float* c, int64_t rsc, int64_t csc, bool accumulate) {
+  return run_bf16(bf16_kernel_for(kernel), m, n, k, a, b, c, rsc, csc, accumulate);
 }
 
 const char* gemm_bf16_kernel_name() {
@@ -558,15 +593,24 @@ const char* gemm_bf16_kernel_name() {
 }
 
 #else
-bool gemm_bf16(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*,
-               int64_t, int64_t, bool) {
+bool gemm_bf16(int64_t, int64_t, int64_t, const Bf16Operand&, const Bf16Operand&, float*, int64_t, int64_t, bool) {
   return false;
 }
-bool gemm_bf16_with(const char*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t,
-                    int64_t, float*, int64_t, int64_t, bool) {
+bool gemm_bf16_with(const char*, int64_t, int64_t, int64_t, const Bf16Operand&, const Bf16Operand&, float*, int64_t,
+                    int64_t, bool) {
   return false;
 }
 const char* gemm_bf16_kernel_name() { return "none"; }
 #endif
+
+bool gemm_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa, const float* b,
+               int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate) {
+  return gemm_bf16(m, n, k, {a, rsa, csa, false}, {b, rsb, csb, false}, c, rsc, csc, accumulate);
+}
+
+bool gemm_bf16_with(const char* kernel, int64_t m, int64_t n, int64_t k, const float* a, int64_t rsa, int64_t csa,
+                    const float* b, int64_t rsb, int64_t csb, float* c, int64_t rsc, int64_t csc, bool accumulate) {
+  return gemm_bf16_with(kernel, m, n, k, {a, rsa, csa, false}, {b, rsb, csb, false}, c, rsc, csc, accumulate);
+}
 
 }  // namespace bcos::cpu

@@ -3,8 +3,8 @@
 // view is exactly our C. An operand whose rows or columns are unit-stride is handed over as
 // it is (a transposed view costs nothing); only other layouts are copied. f32 products use
 // TF32 tensor cores unless set_allow_tf32(false); f64 runs in full double. Under autocast both
-// operands are first copied to bf16 (or f16) and cuBLAS multiplies those on the tensor cores,
-// summing and writing float32.
+// operands are first copied to bf16 (or f16) -- unless already of that type -- and cuBLAS
+// multiplies those on the tensor cores, summing and writing float32.
 #include <climits>
 
 #include "tensor/cuda/internal.h"
@@ -121,23 +121,30 @@ void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate, D
                  out.shape()[1] == m && out.shape()[2] == n,
              "cuda bmm: shapes ", a.shape(), " x ", b.shape(), " -> ", out.shape(),
              " do not match [B, M, K] x [B, K, N] -> [B, M, N]");
-  BCOS_CHECK(a.dtype() == b.dtype() && out.dtype() == a.dtype(), "cuda bmm: dtypes ",
-             dtype_name(a.dtype()), ", ", dtype_name(b.dtype()), " and ",
-             dtype_name(out.dtype()), " must agree");
-  cuda_data_type(a.dtype());  // raises for dtypes cuBLAS is not asked to handle
+  // Under autocast an operand may already be of the operand type (a linear layer's saved input).
+  const bool autocast = operands != DType::f32 && out.dtype() == DType::f32;
+  auto fits = [&](DType t) { return t == out.dtype() || (autocast && t == operands); };
+  BCOS_CHECK(fits(a.dtype()) && fits(b.dtype()), "cuda bmm: dtypes ", dtype_name(a.dtype()), ", ",
+             dtype_name(b.dtype()), " and ", dtype_name(out.dtype()), " must agree",
+             autocast ? " (or be autocast's operand type)" : "");
+  cuda_data_type(out.dtype());  // raises for dtypes cuBLAS is not asked to handle
   if (batch == 0 || m == 0 || n == 0) return;
   if (k == 0) {  // an empty sum: zeros, or out unchanged when accumulating
     if (!accumulate) fill(out, 0.0);
     return;
   }
   Tensor narrow_a = a, narrow_b = b;
-  if (operands != DType::f32 && a.dtype() == DType::f32) {  // autocast
+  if (autocast) {
     BCOS_CHECK(operands == DType::bf16 || operands == DType::f16, "cuda bmm: autocast operands must be "
                "bfloat16 or float16, got ", dtype_name(operands));
-    narrow_a = empty(a.shape(), {operands, a.device()});
-    narrow_b = empty(b.shape(), {operands, b.device()});
-    copy(narrow_a, a);
-    copy(narrow_b, b);
+    auto narrowed = [&](const Tensor& x) {
+      if (x.dtype() == operands) return x;
+      Tensor copy_of_x = empty(x.shape(), {operands, x.device()});
+      copy(copy_of_x, x);
+      return copy_of_x;
+    };
+    narrow_a = narrowed(a);
+    narrow_b = narrowed(b);
   }
   if (out.is_contiguous()) {
     gemm_into_contiguous(narrow_a, narrow_b, out, accumulate);

@@ -4,6 +4,7 @@
 
 #include <bit>
 #include <cmath>
+#include <cstring>
 
 #include "autograd/ops.h"
 #include "tensor/cpu/gemm.h"
@@ -381,12 +382,20 @@ TEST_CASE("kernels: bf16 GEMM (AMX, AVX-512 BF16) is the float64 product of the 
         // layouts 0-3: row-major or transposed A and B (the vectorised packers where the CPU has
         // AVX-512 BF16); 4: both strided in both directions (the scalar packers)
         const bool ta = layout & 1, tb = layout & 2;
-        Tensor a = ta ? randn({k, m}).t() : randn({m, k});
-        Tensor b = tb ? randn({n, k}).t() : randn({k, n});
-        if (layout == 4) {
-          a = randn({m, 2 * k}).slice(1, 0, 2 * k, 2);
-          b = randn({k, 3 * n}).slice(1, 0, 3 * n, 3);
-        }
+        // Each operand also as bfloat16 in the same layout (the same view of a bf16 buffer).
+        auto a_view = [&](const Tensor& buffer) {
+          return layout == 4 ? buffer.slice(1, 0, 2 * k, 2) : ta ? buffer.t() : buffer;
+        };
+        auto b_view = [&](const Tensor& buffer) {
+          return layout == 4 ? buffer.slice(1, 0, 3 * n, 3) : tb ? buffer.t() : buffer;
+        };
+        const Tensor a_buffer = layout == 4 ? randn({m, 2 * k}) : ta ? randn({k, m}) : randn({m, k});
+        const Tensor b_buffer = layout == 4 ? randn({k, 3 * n}) : tb ? randn({n, k}) : randn({k, n});
+        const Tensor a = a_view(a_buffer), b = b_view(b_buffer);
+        const Tensor a16 = a_view(a_buffer.to(kBFloat16)), b16 = b_view(b_buffer.to(kBFloat16));
+        auto operand = [](const Tensor& x) {
+          return cpu::Bf16Operand{x.raw_data(), x.stride(0), x.stride(1), x.dtype() == kBFloat16};
+        };
         Tensor c0 = randn({m, n});
         for (bool accumulate : {false, true}) {
           Tensor c = c0.clone();
@@ -396,6 +405,14 @@ TEST_CASE("kernels: bf16 GEMM (AMX, AVX-512 BF16) is the float64 product of the 
           if (accumulate) expect = expect + c0.to(kFloat64);
           // bf16 x bf16 products are exact in float32; only the float32 sums round.
           CHECK(max_diff(c, expect) < 1e-6 * double(k + 1) * 4.0);
+          // Operands already bfloat16 (either or both) are packed as they are: the same bits.
+          for (int which = 1; which < 4; ++which) {
+            CAPTURE(which);
+            Tensor c16 = c0.clone();
+            REQUIRE(cpu::gemm_bf16_with(kernel, m, n, k, operand(which & 1 ? a16 : a), operand(which & 2 ? b16 : b),
+                                        c16.data<float>(), n, 1, accumulate));
+            CHECK(std::memcmp(c16.raw_data(), c.raw_data(), size_t(m * n) * 4) == 0);
+          }
         }
       }
     }
