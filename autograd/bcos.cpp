@@ -150,7 +150,9 @@ Tensor bcos_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, In
 
 Tensor bcos_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, double b,
                    int64_t max_out) {
-  Tensor lin = linear(x, weight, bias);  // x: [..., K] -> [..., O·M]
+  // x: [..., K] -> [..., O·M]; the norm below keeps x for its backward, so linear keeps x too
+  // (under autocast it would otherwise keep a rounded copy beside it).
+  Tensor lin = detail::linear_keeping(x, weight, bias, b == 1);
   const int64_t k = x.size(-1), om = lin.size(-1), rows = lin.numel() / std::max<int64_t>(om, 1);
   Tensor sumsq;
   if (b != 1) sumsq = bcos_patch_sumsq(x.reshape({rows, k, 1, 1}), 1, 1, 0, 1, 1).reshape({rows, 1, 1});

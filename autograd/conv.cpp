@@ -70,15 +70,16 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stri
   Tensor out = empty({x.size(0), w.size(0), ho, wo}, {x.dtype(), x.device()});
   kernel::conv2d_forward(x, w, bias, out, p);
   if (needs_graph({x, w, bias})) {
-    SavedTensor sx(x), sw(w);
+    SavedTensor sx(needs_graph({w}) ? x : Tensor()), sw(needs_graph({x}) ? w : Tensor());  // each for the other's gradient
+    const Shape x_shape = x.shape(), w_shape = w.shape();
     record("Conv2dBackward", out, {x, w, bias}, [=](const Tensor& g, const std::vector<bool>& need) {
       Tensor gx, gw, gb;
       if (need[0]) {
-        gx = empty(sx.get().shape(), {g.dtype(), g.device()});
+        gx = empty(x_shape, {g.dtype(), g.device()});
         kernel::conv2d_backward_input(g, sw.get(), gx, p);
       }
       if (need[1]) {
-        gw = empty(sw.get().shape(), {g.dtype(), g.device()});
+        gw = empty(w_shape, {g.dtype(), g.device()});
         kernel::conv2d_backward_weight(g, sx.get(), gw, p);
       }
       if (need[2]) gb = sum(g, {0, 2, 3});

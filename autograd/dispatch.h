@@ -50,4 +50,9 @@ inline Tensor scalar_like(double value, const Tensor& like) {
 // In-place ops refuse tensors whose change autograd could not track.
 void check_inplace(const char* op, const Tensor& self);
 
+// linear, with the choice of what it keeps of x under autocast: the rounded copy it multiplies
+// (linear's own choice), or x itself, for a caller that keeps x anyway (bcos_linear: its norm's
+// backward reads x) -- a second, rounded copy would only add memory.
+Tensor linear_keeping(const Tensor& x, const Tensor& weight, const Tensor& bias, bool keep_rounded_input);
+
 }  // namespace bcos::detail

@@ -4,6 +4,7 @@
 
 #include "autograd/dispatch.h"
 #include "autograd/ops.h"
+#include "tensor/elementwise_math.h"
 
 namespace bcos {
 
@@ -18,7 +19,10 @@ Tensor unary_op(const char* name, const char* node, UnaryOp op, const Tensor& x,
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
   kernel::unary(op, x, out, p0, p1);
   if (needs_graph({x})) {
-    SavedTensor sx(x), sy(out);
+    // Only what the derivative reads: GELU's output, say, is often kept by the next op as a
+    // float32 tensor, and by nobody else (a linear layer under autocast keeps a bf16 copy).
+    const bool uses_output = math::derivative_uses_output(op);
+    SavedTensor sx(uses_output ? Tensor() : x), sy(uses_output ? out : Tensor());
     record(node, out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
       Tensor gx = empty(g.shape(), {g.dtype(), g.device()});
       kernel::unary_backward(op, g, sx.get(), sy.get(), gx, p0, p1);
@@ -97,7 +101,7 @@ Tensor sub(const Tensor& a, const Tensor& b, double alpha) {
 Tensor mul(const Tensor& a, const Tensor& b) {
   Tensor out = binary_forward("mul", BinaryOp::mul, a, b);
   if (needs_graph({a, b})) {
-    SavedTensor sa(a), sb(b);
+    SavedTensor sa(needs_graph({b}) ? a : Tensor()), sb(needs_graph({a}) ? b : Tensor());  // each for the other's gradient
     record("MulBackward", out, {a, b}, [=](const Tensor& g, const std::vector<bool>& need) {
       return Grads{need[0] ? mul(g, sb.get()) : Tensor(), need[1] ? mul(g, sa.get()) : Tensor()};
     });

@@ -7,9 +7,12 @@
 //           bf16 rounding of the output, 2^-9, with room for the bias PyTorch rounds as well).
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <cstring>
 #include <functional>
 
 #include "autograd/ops.h"
+#include "tensor/dispatch.h"
 #include "tests/errors.h"
 #include "tests/golden.h"
 
@@ -186,5 +189,66 @@ TEST_CASE("autocast: convolutions whose products the bf16 GEMM takes (operands r
     CHECK(golden::relative_error(w.grad(), w64.grad()) <= 1e-5);
     // The float32 convolution is ~1e-3 from the rounded answer: the checks above can fail.
     CHECK(golden::relative_error(conv2d(x0, w0, b0, c.stride, c.padding), y64) > 5e-4);
+  }
+}
+
+TEST_CASE("autocast: linear keeps its input rounded to the operand type for the weight's gradient, as torch.autocast does") {
+  // The copy it keeps is its own: the float32 input may change after the forward (here: NaN)
+  // without touching the gradients, which are the same bits as with the input left alone. Rows:
+  // 5 (products below the bf16 GEMM's sizes: rounded float32 copies) and 96 (the bf16 GEMM
+  // reading the kept bf16 copy, where the CPU has one); bf16 and f16.
+  manual_seed(12);
+  for (DType operands : {DType::bf16, DType::f16}) {
+    for (int64_t rows : {5, 96}) {
+      CAPTURE(std::string(dtype_name(operands)));
+      CAPTURE(rows);
+      const Tensor x0 = randn({rows, 80}), w0 = randn({72, 80}) * 0.1, b0 = randn({72}), gout = randn({rows, 72});
+      auto weight_grads = [&](bool spoil_input) {
+        Tensor x = x0.clone(), w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+        Tensor y;
+        {
+          AutocastGuard guard(DeviceType::cpu, operands);
+          y = linear(x, w, b);
+        }
+        if (spoil_input) x.fill_(NAN);
+        y.backward(gout);
+        return std::vector<Tensor>{y, w.grad(), b.grad()};
+      };
+      const std::vector<Tensor> kept = weight_grads(false), spoiled = weight_grads(true);
+      for (size_t i = 0; i < kept.size(); ++i) {
+        CAPTURE(i);
+        REQUIRE(spoiled[i].defined());
+        CHECK(std::memcmp(kept[i].raw_data(), spoiled[i].raw_data(), size_t(kept[i].numel()) * 4) == 0);
+      }
+      // And they are the float64 answer on rounded operands (so the kept copy is the rounded input).
+      auto rounded64 = [&](const Tensor& t) { return t.to(operands).to(DType::f64); };
+      const Tensor w_grad64 = matmul(rounded64(gout).t(), rounded64(x0));
+      CHECK(golden::relative_error(kept[1], w_grad64) <= 1e-5);
+      // (float16's rounding is finer than bfloat16's: the unrounded answer is ~3e-4 away there.)
+      CHECK(golden::relative_error(matmul(gout.t(), x0), w_grad64) > 1e-4);
+    }
+  }
+}
+
+TEST_CASE("autocast: the matmul kernel takes an operand already bf16 / f16 only under autocast to that type") {
+  manual_seed(13);
+  for (DType operands : {DType::bf16, DType::f16}) {
+    for (int64_t m : {6, 96}) {
+      CAPTURE(std::string(dtype_name(operands)));
+      CAPTURE(m);
+      const Tensor a = randn({2, m, 70}), b = randn({2, 70, 88});
+      const Tensor a16 = a.to(operands), b16 = b.transpose(1, 2).contiguous().to(operands).transpose(1, 2);
+      Tensor want = empty({2, m, 88}), got = empty({2, m, 88});
+      kernel::bmm(a, b, want, false, operands);
+      for (int which = 1; which < 4; ++which) {
+        CAPTURE(which);
+        kernel::bmm(which & 1 ? a16 : a, which & 2 ? b16 : b, got, false, operands);
+        CHECK(std::memcmp(got.raw_data(), want.raw_data(), size_t(want.numel()) * 4) == 0);
+      }
+      CHECK_THROWS_WITH_AS(kernel::bmm(a16, b, got, false, DType::f32),
+                           doctest::Contains("need autocast to float32"), Error);
+      const DType other = operands == DType::bf16 ? DType::f16 : DType::bf16;
+      CHECK_THROWS_WITH_AS(kernel::bmm(a16, b, got, false, other), doctest::Contains("matmul: operands"), Error);
+    }
   }
 }

@@ -110,6 +110,43 @@ TEST_CASE("engine: a saved tensor modified in place makes backward raise") {
   CHECK_THROWS_WITH_AS(y.backward(), doctest::Contains("modified by an in-place operation"), Error);
 }
 
+TEST_CASE("engine: ops keep only what their backward reads, as PyTorch's do") {
+  // A tensor kept for one input's gradient is not kept when that input needs none (a frozen
+  // layer's input; mul by a constant), nor one the derivative does not read (exp's input): the
+  // graph holds no reference to its memory. Where it is needed, it is held.
+  manual_seed(3);
+  const Tensor c = randn({4, 4}), w = randn({3, 2, 3, 3});
+  using Op = std::function<Tensor(const Tensor&)>;
+  const std::vector<std::pair<const char*, Op>> ops = {
+      {"mul", [&](const Tensor& a) { return mul(a, c); }},
+      {"matmul", [&](const Tensor& a) { return matmul(a, c); }},
+      {"linear", [&](const Tensor& a) { return linear(a, c); }},
+      {"exp", [&](const Tensor& a) { return exp(a); }},
+      {"conv2d", [&](const Tensor& a) { return conv2d(a.reshape({1, 2, 2, 4}), w, Tensor(), 1, 1); }},
+  };
+  for (const auto& [name, op] : ops) {
+    CAPTURE(name);
+    Tensor a = randn({4, 4}).requires_grad_();
+    const long before = a.storage().use_count();
+    Tensor y = op(a);
+    CHECK(y.requires_grad());
+    CHECK(a.storage().use_count() == before);
+  }
+  // Needed: mul's a for b's gradient, matmul's and conv2d's input for the weight's.
+  Tensor a = randn({4, 4}), b = randn({4, 4}).requires_grad_();
+  const long before = a.storage().use_count();
+  Tensor y1 = mul(a, b), y2 = matmul(a, b), y3 = conv2d(a.reshape({1, 2, 2, 4}), w.clone().requires_grad_(), Tensor(), 1, 1);
+  CHECK(a.storage().use_count() == before + 3);
+  // exp keeps its output, which backward reads: changing it raises there.
+  Tensor x = randn({4}).requires_grad_();
+  Tensor e = exp(x);
+  {
+    NoGradGuard no_grad;
+    e.fill_(0.0);
+  }
+  CHECK_THROWS_WITH_AS(sum(e).backward(), doctest::Contains("modified by an in-place operation"), Error);
+}
+
 TEST_CASE("engine: going through a freed graph twice raises, retain_graph allows it") {
   Tensor x = ones({2}).requires_grad_();
   Tensor y = sum(exp(x));
