@@ -2,7 +2,8 @@
 //   batch_norm: per-channel statistics over (N, spatial); a fused kernel for both passes, with
 //     an optional ReLU fused in (ResNets' conv → BN → ReLU: one pass fewer each way).
 //   layer_norm / group_norm: "normalise rows" (a differentiable primitive, x viewed
-//     [rows, inner]) followed by the affine map as ordinary broadcast ops.
+//     [rows, inner]) followed by the affine map: layer_norm's in the same node, so that x̂ is
+//     not kept; group_norm's as ordinary broadcast ops.
 //   dropout: x · mask / (1 − p) with a seeded mask;  embedding: index_select of rows.
 #include <cmath>
 #include <functional>
@@ -173,6 +174,40 @@ Tensor normalize_rows(const Tensor& x, int64_t rows, int64_t inner, double eps) 
   return out;
 }
 
+// layer_norm's x̂ · w + b, written over x̂ in place: one node that keeps x, the row statistics and
+// w (as PyTorch's native layer_norm), where normalize_rows followed by mul and add also kept x̂ for
+// w's gradient (ViT-B/16: 24 of them, 116 MB at batch 8). Backward recomputes x̂ from x with the
+// forward's own kernel and then takes the composition's steps: the same bits.
+Tensor affine_normalized_rows(const Tensor& x, int64_t rows, int64_t inner, double eps, const Tensor& weight,
+                              const Tensor& bias) {
+  const TensorOptions opts{x.dtype(), x.device()};
+  Tensor out = empty(x.shape(), opts), mean = empty({rows}, opts), invstd = empty({rows}, opts);
+  kernel::row_norm_forward(x, rows, inner, eps, out, mean, invstd);
+  if (weight.defined()) kernel::binary(BinaryOp::mul, out, weight.detach().expand(x.shape()), out);
+  if (bias.defined()) kernel::binary(BinaryOp::add, out, bias.detach().expand(x.shape()), out);
+  if (needs_graph({x, weight, bias})) {
+    SavedTensor sx(x), sw(weight);
+    const Shape bias_shape = bias.defined() ? bias.shape() : Shape{};
+    record("LayerNormBackward", out, {x, weight, bias}, [=](const Tensor& g, const std::vector<bool>& need) {
+      Tensor gx, gw, gb;
+      const Tensor& w = sw.get();
+      if (need[1]) {
+        Tensor xhat = empty(g.shape(), opts), m = empty({rows}, opts), s = empty({rows}, opts);
+        kernel::row_norm_forward(sx.get(), rows, inner, eps, xhat, m, s);
+        gw = sum_to(mul(g, xhat), w.shape());
+      }
+      if (need[2]) gb = sum_to(g, bias_shape);
+      if (need[0]) {
+        const Tensor g_xhat = w.defined() ? mul(g, w) : g;
+        gx = empty(g.shape(), opts);
+        kernel::row_norm_backward(g_xhat, sx.get(), rows, inner, mean, invstd, gx);
+      }
+      return Grads{gx, gw, gb};
+    });
+  }
+  return out;
+}
+
 void check_affine(const char* op, const Tensor& x, const Tensor& t, const Shape& expected) {
   if (!t.defined()) return;
   BCOS_CHECK(t.shape() == expected, op, ": affine parameter of shape ", t.shape(),
@@ -196,10 +231,9 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   check_affine(op, x, weight, normalized_shape);
   check_affine(op, x, bias, normalized_shape);
   int64_t inner = normalized_shape.numel();
-  Tensor y = normalize_rows(x, x.numel() / std::max<int64_t>(inner, 1), inner, eps);
-  if (weight.defined()) y = mul(y, weight);
-  if (bias.defined()) y = add(y, bias);
-  return y;
+  const int64_t rows = x.numel() / std::max<int64_t>(inner, 1);
+  if (!weight.defined() && !bias.defined()) return normalize_rows(x, rows, inner, eps);
+  return affine_normalized_rows(x, rows, inner, eps, weight, bias);
 }
 
 Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias,

@@ -147,6 +147,30 @@ TEST_CASE("engine: ops keep only what their backward reads, as PyTorch's do") {
   CHECK_THROWS_WITH_AS(sum(e).backward(), doctest::Contains("modified by an in-place operation"), Error);
 }
 
+TEST_CASE("engine: layer_norm's affine map in its own node gives the bits of normalising, then mul and add") {
+  // The one node keeps x, not x̂, and recomputes x̂ for the weight's gradient with the forward's
+  // kernel: outputs and all three gradients equal the composition's exactly.
+  manual_seed(4);
+  for (DType dt : {kFloat32, kFloat64}) {
+    CAPTURE(std::string(dtype_name(dt)));
+    const Tensor x0 = randn({3, 5, 6}, dt) * 3.0 + 1.0, w0 = randn({5, 6}, dt), b0 = randn({5, 6}, dt);
+    const Tensor g = randn({3, 5, 6}, dt);
+    std::vector<Tensor> grads[2];
+    Tensor outs[2];
+    for (int composed = 0; composed < 2; ++composed) {
+      Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+      outs[composed] = composed ? add(mul(layer_norm(x, {5, 6}, Tensor(), Tensor()), w), b) : layer_norm(x, {5, 6}, w, b);
+      outs[composed].backward(g);
+      grads[composed] = {x.grad(), w.grad(), b.grad()};
+    }
+    CHECK(v(outs[0]) == v(outs[1]));
+    for (size_t i = 0; i < 3; ++i) {
+      CAPTURE(i);
+      CHECK(v(grads[0][i]) == v(grads[1][i]));
+    }
+  }
+}
+
 TEST_CASE("engine: going through a freed graph twice raises, retain_graph allows it") {
   Tensor x = ones({2}).requires_grad_();
   Tensor y = sum(exp(x));

@@ -209,6 +209,10 @@ TEST_CASE_FIXTURE(Seeded, "gradcheck: batch_norm / layer_norm / group_norm") {
       }
   check("layer_norm", [](In v) { return layer_norm(v[0], {4}, v[1], v[2]); },
         {leaf_t(3, 4), leaf({4}), leaf({4})});
+  check("layer_norm, weight only", [](In v) { return layer_norm(v[0], {4}, v[1], Tensor()); },
+        {leaf({3, 4}), leaf({4})});
+  check("layer_norm, bias only, over two dims", [](In v) { return layer_norm(v[0], {2, 3}, Tensor(), v[1]); },
+        {leaf({2, 2, 3}), leaf({2, 3})});
   check("group_norm", [](In v) { return group_norm(v[0], 2, v[1], v[2]); },
         {leaf({2, 4, 2, 2}), leaf({4}), leaf({4})});
   check("unit_rows", [](In v) { return unit_rows(v[0]); }, {leaf({3, 2, 2, 2})});
