@@ -40,7 +40,8 @@ Tensor bmm3(const Tensor& a, const Tensor& b, DType operands) {
 // memory), the same products -- they round x anyway.
 Tensor linear_rows(const Tensor& x, const Tensor& w, const Tensor& b, bool keep_rounded_input) {
   const DType operands = autocast_operands(x);
-  const bool rounded = operands != DType::f32 && keep_rounded_input;
+  // Only when kept: without a weight gradient to form, the GEMM rounds x while packing it.
+  const bool rounded = operands != DType::f32 && keep_rounded_input && needs_graph({w});
   const Tensor x_operand = rounded ? raw_to(x, operands, x.device()) : x;
   Tensor out = empty({x.size(0), w.size(0)}, {x.dtype(), x.device()});
   if (b.defined()) copy_into(out, b.detach().unsqueeze(0).expand(out.shape()));
