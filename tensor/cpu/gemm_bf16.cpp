@@ -1,6 +1,7 @@
-// bfloat16 GEMM: C = A · B with both operands rounded to bfloat16 (to nearest even) while they are
-// packed, products summed in float32. Used by autocast's products and by the bf16 inference
-// option (set_cpu_bf16). Two kernels, by what the CPU has:
+// bfloat16 GEMM: C = A · B with both operands in bfloat16 -- float32 ones rounded (to nearest
+// even) while they are packed, bf16 ones (autocast's kept linear inputs) packed as they are --
+// products summed in float32. Used by autocast's products and by the bf16 inference option
+// (set_cpu_bf16). Two kernels, by what the CPU has:
 //   AMX (Intel, Sapphire Rapids on): one TDPBF16PS multiplies a 16 x 32 bf16 tile of A by a
 //   32 x 16 tile of B into a 16 x 16 float32 tile, 8192 multiply-adds per instruction -- several
 //   times the float32 AVX-512 kernel there, where AVX-512 BF16's vdpbf16ps ran at 0.55x of float32.
