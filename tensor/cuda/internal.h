@@ -1,7 +1,8 @@
 // Helpers shared by the CUDA backend's .cu files (not part of the public API): the current
 // stream as a cudaStream_t, the per-thread cuBLAS handle, a device guard, launch sizes, and the
 // geometry struct that strided kernels receive by value. Plain C++ may include this header (the
-// tests do); the device-side parts compile only under nvcc.
+// tests do); the device-side parts compile only under nvcc and the CPU emulator
+// (tensor/cuda/emulator/, which defines BCOS_CUDA_EMULATION).
 #pragma once
 
 #include <cublas_v2.h>
@@ -15,9 +16,17 @@
 #include "tensor/cuda/backend.h"
 #include "tensor/cuda/check.h"
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(BCOS_CUDA_EMULATION)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#endif
+
+// `#pragma unroll` for nvcc; nothing for g++, which warns about the pragma (the CUDA emulator
+// compiles the device code below too).
+#if defined(__CUDACC__)
+#define BCOS_UNROLL _Pragma("unroll")
+#else
+#define BCOS_UNROLL
 #endif
 
 namespace bcos::cuda {
@@ -66,11 +75,11 @@ inline unsigned blocks_for(int64_t n, int threads = kThreads) {
 // Kernels that give each row a warp run blocks of (32, kRowWarps) threads: one row per warp.
 inline constexpr int kRowWarps = 8;
 inline unsigned row_warp_blocks(int64_t rows) { return blocks_for(rows, kRowWarps); }
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(BCOS_CUDA_EMULATION)
 // The sum of v over the 32 lanes of a warp, in every lane (all 32 must call it).
 template <class T>
 __device__ __forceinline__ T warp_sum(T v) {
-#pragma unroll
+BCOS_UNROLL
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
@@ -88,19 +97,19 @@ struct Geometry {
   int64_t sizes[kMaxDims] = {};
   int64_t strides[N][kMaxDims] = {};
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(BCOS_CUDA_EMULATION)
   // Element offsets of each operand for the row-major linear index `linear`. The loop runs over
   // a compile-time bound so the arrays stay in registers / parameter space.
   __device__ __forceinline__ void offsets(int64_t linear, int64_t (&off)[N]) const {
-#pragma unroll
+BCOS_UNROLL
     for (int k = 0; k < N; ++k) off[k] = 0;
-#pragma unroll
+BCOS_UNROLL
     for (int d = kMaxDims - 1; d >= 0; --d) {
       if (d < ndim) {
         int64_t size = sizes[d];
         int64_t i = linear % size;
         linear /= size;
-#pragma unroll
+BCOS_UNROLL
         for (int k = 0; k < N; ++k) off[k] += i * strides[k][d];
       }
     }
@@ -142,7 +151,7 @@ Geometry<N> make_geometry(const Shape& shape, const std::array<const Strides*, N
 // ---- dtypes on the device -----------------------------------------------------------------------
 // Op names for error messages ("cuda unary: gelu_erf needs float32 or float64, got int64").
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(BCOS_CUDA_EMULATION)
 // The device-side type that stores each dtype: f16 / bf16 become CUDA's own 16-bit types, whose
 // conversions are round-to-nearest-even like the host's Half / BFloat16.
 template <class T> struct device_type { using type = T; };

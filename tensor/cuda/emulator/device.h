@@ -1,0 +1,169 @@
+// The CUDA emulator's device side: what a kernel in tensor/cuda/*.cu sees when g++ compiles it
+// for the CPU (meson -Dcuda_emulation=true; translate.py rewrites each launch into a call of
+// `launch` below). It exists because GPUs are rare where this project is built: the emulator runs
+// the backend's own kernels -- indexing, grid-stride loops, shared memory, __syncthreads, warp
+// shuffles, atomics -- on the CPU, so tests/cuda checks their logic on every machine. It does not
+// model timing or the memory model (blocks run one after another, a block's threads as
+// fibers that switch only at barriers and warp operations), so it cannot find a race that
+// depends on interleaving; it does find wrong indices, missing or divergent barriers (reported
+// as a deadlock), shuffles with exited lanes, and launches the hardware would refuse.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+// CUDA's headers define these as nothing for a host compiler; in the emulator __shared__ memory
+// is a static, shared by the block's threads (blocks run one at a time, under a lock).
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __shared__
+#undef __forceinline__
+#undef __launch_bounds__
+#define __global__
+#define __device__
+#define __host__
+#define __shared__ static
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+
+namespace bcos::emu {
+
+// One emulated GPU thread.
+struct ThreadState {
+  uint3 thread_idx;
+  int lane = 0;      // linear index within the block, mod 32
+  int warp = 0;      // linear index within the block, / 32
+};
+extern thread_local ThreadState* current_thread;  // the fiber running now (on this host thread)
+extern thread_local uint3 block_index;
+extern thread_local dim3 block_dim, grid_dim;
+
+void sync_block();  // __syncthreads
+// Every lane of the warp hands in `bits`; each gets back the bits of lane `source(lane)`.
+uint64_t warp_exchange(uint64_t bits, int source_lane, unsigned mask, const char* op);
+unsigned warp_ballot(bool predicate, unsigned mask, const char* op);
+
+using KernelBody = void (*)(void*);
+// Runs the grid, block after block; raises (naming `kernel`) on a deadlock or a shuffle that
+// lanes left. A configuration the hardware refuses sets the error cudaGetLastError returns.
+void run_grid(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+              KernelBody body, void* context);
+
+template <class Kernel>
+struct Launch {
+  const char* name;
+  Kernel kernel;
+  dim3 grid, block;
+  size_t shared_bytes;
+  cudaStream_t stream;
+  // The arguments are evaluated once, here, as a launch evaluates them; every thread gets copies.
+  template <class... Args>
+  void operator()(Args&&... args) {
+    auto call = [&] { kernel(args...); };
+    run_grid(name, grid, block, shared_bytes, stream,
+             [](void* p) { (*static_cast<decltype(call)*>(p))(); }, &call);
+  }
+};
+
+template <class Kernel>
+Launch<Kernel> launch(const char* name, Kernel kernel, dim3 grid, dim3 block, size_t shared_bytes = 0,
+                      cudaStream_t stream = nullptr) {
+  return {name, kernel, grid, block, shared_bytes, stream};
+}
+
+template <class T>
+T shuffle(T v, int source_lane, unsigned mask, const char* op) {
+  static_assert(sizeof(T) <= sizeof(uint64_t) && std::is_trivially_copyable_v<T>);
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  bits = warp_exchange(bits, source_lane, mask, op);
+  T out;
+  std::memcpy(&out, &bits, sizeof(T));
+  return out;
+}
+
+}  // namespace bcos::emu
+
+#define threadIdx (::bcos::emu::current_thread->thread_idx)
+#define blockIdx (::bcos::emu::block_index)
+#define blockDim (::bcos::emu::block_dim)
+#define gridDim (::bcos::emu::grid_dim)
+#define warpSize 32
+
+inline void __syncthreads() { ::bcos::emu::sync_block(); }
+inline void __syncwarp(unsigned = 0xffffffffu) {}
+inline void __threadfence() {}
+
+template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  const int lane = ::bcos::emu::current_thread->lane;
+  const int source = (lane & ~(width - 1)) | ((lane ^ lane_mask) & (width - 1));
+  return ::bcos::emu::shuffle(v, source, mask, "__shfl_xor_sync");
+}
+template <class T>
+T __shfl_sync(unsigned mask, T v, int source_lane, int width = 32) {
+  const int lane = ::bcos::emu::current_thread->lane;
+  return ::bcos::emu::shuffle(v, (lane & ~(width - 1)) | (source_lane & (width - 1)), mask, "__shfl_sync");
+}
+template <class T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  const int lane = ::bcos::emu::current_thread->lane, base = lane & ~(width - 1);
+  const int source = (lane - base) + int(delta) < width ? lane + int(delta) : lane;
+  return ::bcos::emu::shuffle(v, source, mask, "__shfl_down_sync");
+}
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  return ::bcos::emu::warp_ballot(predicate != 0, mask, "__ballot_sync");
+}
+inline int __any_sync(unsigned mask, int predicate) {
+  return ::bcos::emu::warp_ballot(predicate != 0, mask, "__any_sync") != 0;
+}
+inline int __all_sync(unsigned mask, int predicate) {
+  return ::bcos::emu::warp_ballot(predicate != 0, mask, "__all_sync") == mask;
+}
+
+// Atomics: one host thread runs the whole grid, so a read-modify-write is atomic as written.
+#define BCOS_EMU_ATOMIC_ADD(T) \
+  inline T atomicAdd(T* p, T v) { T old = *p; *p = static_cast<T>(old + v); return old; }
+BCOS_EMU_ATOMIC_ADD(int)
+BCOS_EMU_ATOMIC_ADD(unsigned)
+BCOS_EMU_ATOMIC_ADD(unsigned long long)
+BCOS_EMU_ATOMIC_ADD(float)
+BCOS_EMU_ATOMIC_ADD(double)
+BCOS_EMU_ATOMIC_ADD(__half)
+BCOS_EMU_ATOMIC_ADD(__nv_bfloat16)
+#undef BCOS_EMU_ATOMIC_ADD
+#define BCOS_EMU_ATOMIC_MINMAX(T) \
+  inline T atomicMin(T* p, T v) { T old = *p; if (v < old) *p = v; return old; } \
+  inline T atomicMax(T* p, T v) { T old = *p; if (v > old) *p = v; return old; }
+BCOS_EMU_ATOMIC_MINMAX(int)
+BCOS_EMU_ATOMIC_MINMAX(unsigned)
+BCOS_EMU_ATOMIC_MINMAX(unsigned long long)
+BCOS_EMU_ATOMIC_MINMAX(long long)
+#undef BCOS_EMU_ATOMIC_MINMAX
+template <class T>
+T atomicCAS(T* p, T compare, T v) { T old = *p; if (old == compare) *p = v; return old; }
+template <class T>
+T atomicExch(T* p, T v) { T old = *p; *p = v; return old; }
+template <class T>
+T __ldg(const T* p) { return *p; }
+
+// CUDA's device-side min / max over mixed arithmetic types (the common type, as its overloads).
+template <class A, class B, class = std::enable_if_t<std::is_arithmetic_v<A> && std::is_arithmetic_v<B>>>
+std::common_type_t<A, B> min(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  return C(b) < C(a) ? C(b) : C(a);
+}
+template <class A, class B, class = std::enable_if_t<std::is_arithmetic_v<A> && std::is_arithmetic_v<B>>>
+std::common_type_t<A, B> max(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  return C(a) < C(b) ? C(b) : C(a);
+}

@@ -1,0 +1,331 @@
+// The CUDA emulator's block scheduler: runs a kernel's grid on the calling host thread, one block
+// after another, each of the block's threads as a fiber with its own stack. A fiber runs until
+// it finishes or reaches a barrier (__syncthreads) or a warp operation (shuffle, ballot); a pass
+// resumes every fiber that can go on, then releases the barriers that everyone reached. Nothing
+// left to run while threads still wait is a deadlock -- a __syncthreads some threads skip, a
+// shuffle that lanes left -- and raises instead of hanging, naming the kernel and the block.
+#include <sys/mman.h>
+
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "tensor/cuda/emulator/device.h"
+#include "tensor/cuda/emulator/runtime.h"
+#include "tensor/error.h"
+
+// ---- context switch ---------------------------------------------------------------------------
+// switch_stack(&save, next): pushes the callee-saved registers (and the SSE / x87 control words)
+// on the current stack, stores its pointer in *save, loads `next` and pops the same frame. The
+// System V ABI needs nothing else kept across a call; glibc's swapcontext would also make a
+// signal-mask syscall each time, which costs more than most emulated threads do.
+#if !defined(__x86_64__)
+#error "the CUDA emulator's fibers are written for x86-64"
+#endif
+extern "C" void bcos_emu_switch_stack(void** save, void* next);
+asm(R"(
+  .text
+  .globl bcos_emu_switch_stack
+  .type bcos_emu_switch_stack, @function
+bcos_emu_switch_stack:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size bcos_emu_switch_stack, .-bcos_emu_switch_stack
+  .section .note.GNU-stack,"",@progbits
+  .text
+)");
+
+namespace bcos::emu {
+
+thread_local ThreadState* current_thread = nullptr;
+thread_local uint3 block_index;
+thread_local dim3 block_dim, grid_dim;
+
+namespace {
+
+enum class Wait { none, block, warp, done };
+
+struct Fiber {
+  ThreadState thread;
+  void* sp = nullptr;
+  Wait wait = Wait::none;
+  uint64_t warp_ops = 0;  // warp operations passed: which half of the exchange buffer is in use
+  const char* warp_op = "";
+};
+
+struct WarpBuffer {
+  uint64_t bits[2][32];
+  unsigned masks[2][32];
+};
+
+constexpr size_t kStackBytes = 256 * 1024;  // debug builds keep every local on the stack
+constexpr size_t kGuardBytes = 4096;        // an inaccessible page below each stack
+constexpr int kMaxThreads = 1024;
+
+// State of the grid being run. One grid at a time in the whole process (the lock in run_grid):
+// __shared__ arrays are statics, shared by every block.
+struct Grid {
+  const char* kernel = "";
+  KernelBody body = nullptr;
+  void* context = nullptr;
+  std::vector<Fiber> fibers;
+  std::vector<WarpBuffer> warps;
+  void* scheduler_sp = nullptr;
+  Fiber* running = nullptr;
+  std::string error;  // set by a fiber that cannot go on; raised once the fiber has yielded
+  char* stacks = nullptr;
+};
+
+Grid& grid_state() {
+  static Grid g;
+  return g;
+}
+std::mutex& grid_lock() {
+  static std::mutex m;
+  return m;
+}
+
+char* fiber_stacks() {
+  Grid& g = grid_state();
+  if (g.stacks == nullptr) {
+    const size_t total = size_t(kMaxThreads) * (kStackBytes + kGuardBytes);
+    void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) fail("CUDA emulator: could not map ", total, " bytes of fiber stacks");
+    g.stacks = static_cast<char*>(p);
+    for (int i = 0; i < kMaxThreads; ++i)
+      mprotect(g.stacks + size_t(i) * (kStackBytes + kGuardBytes), kGuardBytes, PROT_NONE);
+  }
+  return g.stacks;
+}
+
+void yield_to_scheduler() {
+  Grid& g = grid_state();
+  bcos_emu_switch_stack(&g.running->sp, g.scheduler_sp);
+}
+
+[[noreturn]] void fiber_main() {
+  Grid& g = grid_state();
+  g.body(g.context);
+  g.running->wait = Wait::done;
+  yield_to_scheduler();
+  __builtin_unreachable();
+}
+
+// A fresh stack whose first switch "returns" into fiber_main with the ABI's alignment
+// (rsp + 8 a multiple of 16 at a function's entry).
+void* fresh_stack(int index) {
+  // Stacks start at different offsets within a page: at equal ones, every fiber's saved registers
+  // would share one set of the L1 cache and evict each other at each switch.
+  char* top = fiber_stacks() + size_t(index + 1) * (kStackBytes + kGuardBytes) - size_t(index % 61) * 64;
+  auto* slots = reinterpret_cast<uint64_t*>(top - 16);  // slots[0]: return address; 16-aligned
+  slots[0] = reinterpret_cast<uint64_t>(&fiber_main);
+  slots[1] = 0;
+  uint64_t* frame = slots - 7;  // control words, r15, r14, r13, r12, rbx, rbp
+  for (int i = 0; i < 7; ++i) frame[i] = 0;
+  uint32_t mxcsr;
+  uint16_t fpu_control;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fpu_control));
+  std::memcpy(reinterpret_cast<char*>(frame), &mxcsr, 4);
+  std::memcpy(reinterpret_cast<char*>(frame) + 4, &fpu_control, 2);
+  return frame;
+}
+
+std::string describe_waits(const Grid& g) {
+  std::ostringstream os;
+  int at_block = 0, at_warp = 0, done = 0;
+  for (const Fiber& f : g.fibers) {
+    at_block += f.wait == Wait::block;
+    at_warp += f.wait == Wait::warp;
+    done += f.wait == Wait::done;
+  }
+  os << at_block << " thread(s) at __syncthreads, " << at_warp << " at a warp operation, " << done
+     << " finished";
+  return os.str();
+}
+
+// Releases the warps whose lanes have all reached their warp operation; a lane that finished
+// while others wait for it is an error (CUDA leaves such a shuffle undefined).
+bool release_warps(Grid& g) {
+  bool released = false;
+  const int n = int(g.fibers.size());
+  for (int w0 = 0; w0 < n; w0 += 32) {
+    const int w1 = std::min(n, w0 + 32);
+    int waiting = 0, finished = 0;
+    for (int t = w0; t < w1; ++t) {
+      waiting += g.fibers[size_t(t)].wait == Wait::warp;
+      finished += g.fibers[size_t(t)].wait == Wait::done;
+    }
+    if (waiting == 0) continue;
+    if (waiting + finished == w1 - w0 && finished > 0) {
+      std::string op;
+      for (int t = w0; t < w1 && op.empty(); ++t)
+        if (g.fibers[size_t(t)].wait == Wait::warp) op = g.fibers[size_t(t)].warp_op;
+      g.error = "a warp operation (" + op + ") waits for " + std::to_string(finished) + " lane(s) of warp " +
+                std::to_string(w0 / 32) + " that have finished";
+      return false;
+    }
+    if (waiting == w1 - w0) {
+      for (int t = w0; t < w1; ++t) g.fibers[size_t(t)].wait = Wait::none;
+      released = true;
+    }
+  }
+  return released;
+}
+
+bool release_block(Grid& g) {
+  int waiting = 0, finished = 0;
+  for (const Fiber& f : g.fibers) {
+    waiting += f.wait == Wait::block;
+    finished += f.wait == Wait::done;
+  }
+  if (waiting == 0 || waiting + finished != int(g.fibers.size())) return false;
+  for (Fiber& f : g.fibers)
+    if (f.wait == Wait::block) f.wait = Wait::none;
+  return true;
+}
+
+void run_block(Grid& g) {
+  const int n = int(g.fibers.size());
+  for (int t = 0; t < n; ++t) {
+    Fiber& f = g.fibers[size_t(t)];
+    f.sp = fresh_stack(t);
+    f.wait = Wait::none;
+    f.warp_ops = 0;
+  }
+  for (;;) {
+    bool ran = false, live = false;
+    for (Fiber& f : g.fibers) {
+      if (f.wait != Wait::none) continue;
+      g.running = &f;
+      current_thread = &f.thread;
+      bcos_emu_switch_stack(&g.scheduler_sp, f.sp);
+      ran = true;
+      if (!g.error.empty()) return;
+    }
+    for (const Fiber& f : g.fibers) live = live || f.wait != Wait::done;
+    if (!live) return;
+    const bool warps = release_warps(g);
+    if (!g.error.empty()) return;
+    const bool block = release_block(g);
+    if (!ran && !warps && !block) {
+      g.error = "deadlock: " + describe_waits(g) +
+                " (a __syncthreads or warp operation that not every thread reaches)";
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+void sync_block() {
+  Grid& g = grid_state();
+  g.running->wait = Wait::block;
+  yield_to_scheduler();
+}
+
+uint64_t warp_exchange(uint64_t bits, int source_lane, unsigned mask, const char* op) {
+  Grid& g = grid_state();
+  Fiber& f = *g.running;
+  WarpBuffer& w = g.warps[size_t(f.thread.warp)];
+  const int half = int(f.warp_ops & 1);
+  w.bits[half][f.thread.lane] = bits;
+  w.masks[half][f.thread.lane] = mask;
+  f.wait = Wait::warp;
+  f.warp_op = op;
+  yield_to_scheduler();
+  // Every lane has written this half now, and none can write it again before all have read it.
+  const int lanes = std::min(32, int(g.fibers.size()) - f.thread.warp * 32);
+  const unsigned everyone = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
+  if ((w.masks[half][f.thread.lane] & everyone) != everyone && g.error.empty())
+    g.error = std::string(op) + " with mask " + std::to_string(mask) +
+              ": the emulator runs warp operations with every lane of the warp only";
+  f.warp_ops++;
+  return source_lane >= 0 && source_lane < lanes ? w.bits[half][source_lane] : bits;
+}
+
+unsigned warp_ballot(bool predicate, unsigned mask, const char* op) {
+  Grid& g = grid_state();
+  Fiber& f = *g.running;
+  WarpBuffer& w = g.warps[size_t(f.thread.warp)];
+  const int half = int(f.warp_ops & 1);
+  w.bits[half][f.thread.lane] = predicate ? 1 : 0;
+  w.masks[half][f.thread.lane] = mask;
+  f.wait = Wait::warp;
+  f.warp_op = op;
+  yield_to_scheduler();
+  const int lanes = std::min(32, int(g.fibers.size()) - f.thread.warp * 32);
+  unsigned votes = 0;
+  for (int l = 0; l < lanes; ++l)
+    if (w.bits[half][l] != 0) votes |= 1u << l;
+  f.warp_ops++;
+  return votes & mask;
+}
+
+void run_grid(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+              KernelBody body, void* context) {
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  // The limits of every GPU since compute capability 3.0; the hardware refuses a launch past them
+  // and cudaGetLastError reports it.
+  if (threads == 0 || threads > kMaxThreads || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
+    runtime::set_launch_error(cudaErrorInvalidConfiguration);
+    return;
+  }
+  if (shared_bytes > 48 * 1024) {
+    runtime::set_launch_error(cudaErrorInvalidValue);
+    return;
+  }
+  runtime::check_stream(stream, kernel);
+  std::lock_guard<std::mutex> lock(grid_lock());
+  Grid& g = grid_state();
+  g.kernel = kernel;
+  g.body = body;
+  g.context = context;
+  g.error.clear();
+  g.fibers.assign(size_t(threads), Fiber{});
+  g.warps.assign(size_t((threads + 31) / 32), WarpBuffer{});
+  for (uint64_t t = 0; t < threads; ++t) {
+    ThreadState& s = g.fibers[size_t(t)].thread;
+    s.thread_idx = uint3{unsigned(t % block.x), unsigned(t / block.x % block.y), unsigned(t / (uint64_t(block.x) * block.y))};
+    s.lane = int(t % 32);
+    s.warp = int(t / 32);
+  }
+  ThreadState* const outer_thread = current_thread;
+  block_dim = block;
+  grid_dim = grid;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        block_index = uint3{x, y, z};
+        run_block(g);
+        if (!g.error.empty()) {
+          current_thread = outer_thread;
+          fail("CUDA emulator: kernel ", kernel, ", block (", x, ", ", y, ", ", z, ") of (", grid.x, ", ",
+               grid.y, ", ", grid.z, "), ", threads, " threads: ", g.error);
+        }
+      }
+  current_thread = outer_thread;
+}
+
+}  // namespace bcos::emu

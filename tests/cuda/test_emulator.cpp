@@ -1,0 +1,279 @@
+// Tests of the CUDA emulator itself (tensor/cuda/emulator/; built with -Dgpu_emulation=true): its
+// threads, barriers and warp operations behave as CUDA defines them, the mistakes it exists to
+// catch are caught, and its cuBLAS / cuDNN stand-ins compute and refuse what the real libraries
+// do. tests/cuda's other files then run the backend's kernels on it.
+#include <doctest/doctest.h>
+
+#include <cublas_v2.h>
+#include <cudnn.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "tensor/cuda/emulator/device.h"
+#include "tensor/error.h"
+
+namespace {
+
+// Device memory holding `v`, freed at scope exit.
+template <class T>
+struct DeviceArray {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit DeviceArray(const std::vector<T>& v) : n(v.size()) {
+    REQUIRE(cudaMalloc(reinterpret_cast<void**>(&p), n * sizeof(T)) == cudaSuccess);
+    REQUIRE(cudaMemcpy(p, v.data(), n * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
+  }
+  explicit DeviceArray(size_t count, T fill = T(0)) : DeviceArray(std::vector<T>(count, fill)) {}
+  ~DeviceArray() { cudaFree(p); }
+  std::vector<T> host() const {
+    std::vector<T> v(n);
+    REQUIRE(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
+    return v;
+  }
+};
+
+std::string error_of(auto&& f) {
+  try {
+    f();
+  } catch (const bcos::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("emulator: thread and block indices cover the grid once, in every dimension") {
+  DeviceArray<int> hits(size_t(3 * 2 * 4 * 5 * 2 * 3));
+  int* out = hits.p;
+  bcos::emu::launch("indices", [&](auto&&... a) {
+    auto body = [](int* o) {
+      const unsigned bx = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+      const unsigned tx = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+      atomicAdd(o + bx * (blockDim.x * blockDim.y * blockDim.z) + tx, 1);
+    };
+    body(a...);
+  }, dim3(3, 2, 4), dim3(5, 2, 3))(out);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  for (int v : hits.host()) CHECK(v == 1);
+}
+
+TEST_CASE("emulator: __syncthreads orders shared-memory writes before reads (a block reversal)") {
+  constexpr int kN = 256;
+  std::vector<float> in(kN);
+  for (int i = 0; i < kN; ++i) in[size_t(i)] = float(i);
+  DeviceArray<float> x(in), y{size_t(kN)};
+  bcos::emu::launch("reverse", [&](auto&&... a) {
+    auto body = [](const float* src, float* dst) {
+      __shared__ float tile[kN];
+      tile[threadIdx.x] = src[threadIdx.x];
+      __syncthreads();  // without it, thread 0 would read tile[255] before thread 255 wrote it
+      dst[threadIdx.x] = tile[kN - 1 - threadIdx.x];
+    };
+    body(a...);
+  }, 1, kN)(x.p, y.p);
+  const std::vector<float> out = y.host();
+  for (int i = 0; i < kN; ++i) CHECK(out[size_t(i)] == float(kN - 1 - i));
+}
+
+TEST_CASE("emulator: warp shuffles and votes exchange the lanes' values") {
+  DeviceArray<float> sums(size_t(64)), downs(size_t(64));
+  DeviceArray<int> any(size_t(64)), all(size_t(64));
+  bcos::emu::launch("warps", [&](auto&&... a) {
+    auto body = [](float* s, float* d, int* an, int* al) {
+      const int t = int(threadIdx.x);
+      float v = float(t);
+      for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      s[t] = v;
+      d[t] = __shfl_down_sync(0xffffffffu, float(t), 3);
+      an[t] = __any_sync(0xffffffffu, t == 40);
+      al[t] = __all_sync(0xffffffffu, t % 32 < 31);
+    };
+    body(a...);
+  }, 1, 64)(sums.p, downs.p, any.p, all.p);
+  const auto s = sums.host(), d = downs.host();
+  const auto an = any.host(), al = all.host();
+  for (int t = 0; t < 64; ++t) {
+    const int warp = t / 32;
+    CHECK(s[size_t(t)] == float(32 * 32 * warp + 31 * 32 / 2));  // the sum of the warp's lanes
+    CHECK(d[size_t(t)] == float(t % 32 + 3 < 32 ? t + 3 : t));    // lanes past the end keep their own
+    CHECK(an[size_t(t)] == (warp == 1));
+    CHECK(al[size_t(t)] == 0);
+  }
+}
+
+TEST_CASE("emulator: a __syncthreads that some threads skip is reported as a deadlock") {
+  DeviceArray<float> x(size_t(64));
+  float* p = x.p;
+  const std::string err = error_of([&] {
+    bcos::emu::launch("divergent", [&](auto&&... a) {
+      auto body = [](float* q) {
+        if (threadIdx.x < 16) {
+          __syncthreads();
+          q[threadIdx.x] = 1;
+        } else {
+          q[threadIdx.x] = 2;
+          __syncwarp();
+          for (int i = 0; i < 2; ++i) __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+        }
+      };
+      body(a...);
+    }, 2, 32)(p);
+  });
+  CHECK(err.find("divergent") != std::string::npos);
+  CHECK(err.find("deadlock") != std::string::npos);
+}
+
+TEST_CASE("emulator: a shuffle waiting for lanes that returned is an error") {
+  DeviceArray<float> x(size_t(32));
+  float* p = x.p;
+  const std::string err = error_of([&] {
+    bcos::emu::launch("early_exit", [&](auto&&... a) {
+      auto body = [](float* q) {
+        if (threadIdx.x >= 20) return;
+        q[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+      };
+      body(a...);
+    }, 1, 32)(p);
+  });
+  CHECK(err.find("early_exit") != std::string::npos);
+  CHECK(err.find("12 lane(s)") != std::string::npos);
+}
+
+TEST_CASE("emulator: launches the hardware refuses set cudaGetLastError and run nothing") {
+  DeviceArray<int> x(size_t(1));
+  int* p = x.p;
+  auto kernel = [&](auto&&... a) {
+    auto body = [](int* q) { atomicAdd(q, 1); };
+    body(a...);
+  };
+  bcos::emu::launch("too_many_threads", kernel, 1, 1025)(p);
+  CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+  CHECK(cudaGetLastError() == cudaSuccess);  // not sticky
+  bcos::emu::launch("empty_grid", kernel, 0, 32)(p);
+  CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+  bcos::emu::launch("grid_y", kernel, dim3(1, 65536), 32)(p);
+  CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+  CHECK(x.host()[0] == 0);
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaStreamDestroy(s) == cudaSuccess);
+  CHECK(error_of([&] { bcos::emu::launch("destroyed_stream", kernel, 1, 1, 0, s)(p); }).find("does not exist") !=
+        std::string::npos);
+}
+
+TEST_CASE("emulator: copies and memsets outside a device allocation are refused") {
+  DeviceArray<float> x(size_t(8));
+  std::vector<float> host(16);
+  CHECK(cudaMemcpy(x.p, host.data(), 8 * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+  CHECK(cudaMemcpy(x.p, host.data(), 9 * sizeof(float), cudaMemcpyHostToDevice) == cudaErrorInvalidValue);
+  CHECK(cudaMemcpy(host.data(), x.p + 1, 8 * sizeof(float), cudaMemcpyDeviceToHost) == cudaErrorInvalidValue);
+  CHECK(cudaMemcpy(host.data(), host.data() + 8, 4, cudaMemcpyDeviceToHost) == cudaErrorInvalidValue);
+  CHECK(cudaMemsetAsync(x.p, 0, 33, nullptr) == cudaErrorInvalidValue);
+  CHECK(cudaFree(host.data()) == cudaErrorInvalidValue);
+  cudaGetLastError();
+}
+
+TEST_CASE("emulator: cuBLAS GEMM is column-major with op(A), op(B), strides and beta; bad arguments are refused") {
+  cublasHandle_t h = nullptr;
+  REQUIRE(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS);
+  // Column-major A: 2 x 3 stored transposed (op T of a 3 x 2 buffer), B: 3 x 2, C: 2 x 2, two batches.
+  const std::vector<double> a = {1, 2, 3, 4, 5, 6, /*batch 1*/ 1, 0, 0, 1, 1, 1};  // [3 x 2], lda 3
+  const std::vector<double> b = {1, 0, 2, 0, 1, 3, /*batch 1*/ 2, 2, 2, 1, 1, 1};  // [3 x 2], ldb 3
+  DeviceArray<double> da(a), db(b), dc(std::vector<double>(8, 10.0));
+  const double alpha = 2, beta = 1;
+  REQUIRE(cublasGemmStridedBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, 2, 2, 3, &alpha, da.p, CUDA_R_64F, 3, 6, db.p,
+                                     CUDA_R_64F, 3, 6, &beta, dc.p, CUDA_R_64F, 2, 4, 2, CUBLAS_COMPUTE_64F,
+                                     CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+  std::vector<double> want(8);
+  for (int p = 0; p < 2; ++p)
+    for (int j = 0; j < 2; ++j)
+      for (int i = 0; i < 2; ++i) {
+        double s = 0;
+        for (int q = 0; q < 3; ++q) s += a[size_t(6 * p + q + 3 * i)] * b[size_t(6 * p + q + 3 * j)];
+        want[size_t(4 * p + i + 2 * j)] = 2 * s + 10;
+      }
+  CHECK(dc.host() == want);
+  // lda below op(A)'s rows, and float32 data with a double compute type, as cuBLAS refuses them.
+  CHECK(cublasGemmStridedBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &alpha, da.p, CUDA_R_64F, 1, 6, db.p,
+                                   CUDA_R_64F, 3, 6, &beta, dc.p, CUDA_R_64F, 2, 4, 2, CUBLAS_COMPUTE_64F,
+                                   CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_INVALID_VALUE);
+  CHECK(cublasGemmStridedBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &alpha, da.p, CUDA_R_32F, 2, 6, db.p,
+                                   CUDA_R_32F, 3, 6, &beta, dc.p, CUDA_R_32F, 2, 4, 1, CUBLAS_COMPUTE_64F,
+                                   CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_NOT_SUPPORTED);
+  // A batch stride that runs past the allocation is a bad address, which the emulator names.
+  CHECK(error_of([&] {
+          cublasGemmStridedBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, 2, 2, 3, &alpha, da.p, CUDA_R_64F, 3, 7, db.p,
+                                     CUDA_R_64F, 3, 6, &beta, dc.p, CUDA_R_64F, 2, 4, 2, CUBLAS_COMPUTE_64F,
+                                     CUBLAS_GEMM_DEFAULT);
+        }).find("A") != std::string::npos);
+  cublasDestroy(h);
+}
+
+TEST_CASE("emulator: TF32 GEMM rounds float32 inputs to 10 mantissa bits") {
+  cublasHandle_t h = nullptr;
+  REQUIRE(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS);
+  const float x = 1.0f + 1.0f / 4096;  // 2^-12: below TF32's last bit (2^-10), rounds to 1
+  DeviceArray<float> a(std::vector<float>{x}), b(std::vector<float>{1.0f}), c(size_t(1));
+  const float one = 1, zero = 0;
+  for (auto [compute, want] : {std::pair{CUBLAS_COMPUTE_32F, x}, std::pair{CUBLAS_COMPUTE_32F_FAST_TF32, 1.0f}}) {
+    REQUIRE(cublasGemmStridedBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, a.p, CUDA_R_32F, 1, 1, b.p,
+                                       CUDA_R_32F, 1, 1, &zero, c.p, CUDA_R_32F, 1, 1, 1, compute,
+                                       CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+    CHECK(c.host()[0] == want);
+  }
+  cublasDestroy(h);
+}
+
+TEST_CASE("emulator: cuDNN convolution is cross-correlation with padding, stride and groups; mismatched descriptors are refused") {
+  cudnnHandle_t h = nullptr;
+  REQUIRE(cudnnCreate(&h) == CUDNN_STATUS_SUCCESS);
+  cudnnTensorDescriptor_t xd, yd;
+  cudnnFilterDescriptor_t wd;
+  cudnnConvolutionDescriptor_t cd;
+  cudnnCreateTensorDescriptor(&xd);
+  cudnnCreateTensorDescriptor(&yd);
+  cudnnCreateFilterDescriptor(&wd);
+  cudnnCreateConvolutionDescriptor(&cd);
+  // x: [1, 2, 3, 3], two groups of one channel, w: [2, 1, 2, 2], pad 1, stride 2 -> y: [1, 2, 2, 2].
+  std::vector<double> x(18), w = {1, 2, 3, 4, 0, 0, 0, -1};
+  for (size_t i = 0; i < x.size(); ++i) x[i] = double(i + 1);
+  REQUIRE(cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NCHW, CUDNN_DATA_DOUBLE, 1, 2, 3, 3) == CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetFilter4dDescriptor(wd, CUDNN_DATA_DOUBLE, CUDNN_TENSOR_NCHW, 2, 1, 2, 2) == CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetConvolution2dDescriptor(cd, 1, 1, 2, 2, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_DOUBLE) ==
+          CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetConvolutionGroupCount(cd, 2) == CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NCHW, CUDNN_DATA_DOUBLE, 1, 2, 2, 2) == CUDNN_STATUS_SUCCESS);
+  DeviceArray<double> dx(x), dw(w), dy(size_t(8));
+  const double one = 1, zero = 0;
+  REQUIRE(cudnnConvolutionForward(h, &one, xd, dx.p, wd, dw.p, cd, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, nullptr, 0,
+                                  &zero, yd, dy.p) == CUDNN_STATUS_SUCCESS);
+  // Output (i, j) reads input rows 2i - 1 + {0, 1} and columns 2j - 1 + {0, 1} (outside: 0).
+  const std::vector<double> want = {4 * 1, 3 * 2 + 4 * 3, 2 * 4 + 4 * 7, 1 * 5 + 2 * 6 + 3 * 8 + 4 * 9};
+  // Channel 1 (x values 10..18) with w = [[0, 0], [0, -1]]: only the bottom-right tap, the input
+  // at (2i, 2j): -10, -12, -16, -18.
+  std::vector<double> want1 = {-10, -12, -16, -18};
+  const auto y = dy.host();
+  for (int i = 0; i < 4; ++i) CHECK(y[size_t(i)] == want[size_t(i)]);
+  for (int i = 0; i < 4; ++i) CHECK(y[size_t(4 + i)] == want1[size_t(i)]);
+  // The fast algorithm needs its workspace.
+  CHECK(cudnnConvolutionForward(h, &one, xd, dx.p, wd, dw.p, cd, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+                                nullptr, 0, &zero, yd, dy.p) == CUDNN_STATUS_BAD_PARAM);
+  // An output descriptor of the wrong size, and float data with a double compute type.
+  REQUIRE(cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NCHW, CUDNN_DATA_DOUBLE, 1, 2, 3, 3) == CUDNN_STATUS_SUCCESS);
+  CHECK(cudnnConvolutionForward(h, &one, xd, dx.p, wd, dw.p, cd, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, nullptr, 0,
+                                &zero, yd, dy.p) == CUDNN_STATUS_BAD_PARAM);
+  REQUIRE(cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, 2, 3, 3) == CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetFilter4dDescriptor(wd, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, 2, 1, 2, 2) == CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, 2, 2, 2) == CUDNN_STATUS_SUCCESS);
+  int count = 0;
+  cudnnConvolutionFwdAlgoPerf_t perf[8];
+  CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, 8, &count, perf) == CUDNN_STATUS_NOT_SUPPORTED);
+  cudnnDestroyConvolutionDescriptor(cd);
+  cudnnDestroyFilterDescriptor(wd);
+  cudnnDestroyTensorDescriptor(yd);
+  cudnnDestroyTensorDescriptor(xd);
+  cudnnDestroy(h);
+}
