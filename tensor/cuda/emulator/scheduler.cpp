@@ -1,9 +1,10 @@
 // The CUDA emulator's block scheduler: runs a kernel's grid on the calling host thread, one block
 // after another, each of the block's threads as a fiber with its own stack. A fiber runs until
-// it finishes or reaches a barrier (__syncthreads) or a warp operation (shuffle, ballot); a pass
-// resumes every fiber that can go on, then releases the barriers that everyone reached. Nothing
-// left to run while threads still wait is a deadlock -- a __syncthreads some threads skip, a
-// shuffle that lanes left -- and raises instead of hanging, naming the kernel and the block.
+// it finishes or reaches a barrier (__syncthreads) or a warp operation (shuffle, ballot), where
+// it hands over to the next lane of its warp; a pass resumes every fiber that can go on, then
+// releases the barriers that everyone reached. Nothing left to run while threads still wait is
+// a deadlock -- a __syncthreads some threads skip, a shuffle that lanes left -- and raises
+// instead of hanging, naming the kernel and the block.
 #include <sys/mman.h>
 
 #include <mutex>
@@ -123,6 +124,35 @@ void yield_to_scheduler() {
   bcos_emu_switch_stack(&g.running->sp, g.scheduler_sp);
 }
 
+// The running fiber has reached a warp operation (its value written, its wait set): hands over
+// to the next lane of its warp that has yet to reach it -- one switch per lane and operation,
+// without a round trip through the scheduler. Once every lane waits, the warp is released and
+// the last to arrive goes on itself. A lane that finished or waits at __syncthreads leaves the
+// warp to the scheduler, which reports it (or the deadlock).
+void wait_for_warp() {
+  Grid& g = grid_state();
+  Fiber* const self = g.running;
+  const int n = int(g.fibers.size());
+  const int w0 = self->thread.warp * 32, w1 = std::min(n, w0 + 32);
+  const int me = int(self - g.fibers.data());
+  bool everyone_waits = true;
+  for (int step = 1; step < w1 - w0; ++step) {
+    Fiber& other = g.fibers[size_t(w0 + (me - w0 + step) % (w1 - w0))];
+    if (other.wait == Wait::none) {
+      g.running = &other;
+      current_thread = &other.thread;
+      bcos_emu_switch_stack(&self->sp, other.sp);
+      return;  // resumed by a lane (or the scheduler) after the warp's release
+    }
+    everyone_waits = everyone_waits && other.wait == Wait::warp;
+  }
+  if (everyone_waits) {
+    for (int t = w0; t < w1; ++t) g.fibers[size_t(t)].wait = Wait::none;
+    return;
+  }
+  yield_to_scheduler();
+}
+
 [[noreturn]] void fiber_main() {
   Grid& g = grid_state();
   g.body(g.context);
@@ -239,8 +269,28 @@ void run_block(Grid& g) {
 }  // namespace
 
 void sync_block() {
+  // As at a warp operation: on to the next thread that has yet to arrive; the last one to arrive
+  // releases the block and goes on itself.
   Grid& g = grid_state();
-  g.running->wait = Wait::block;
+  Fiber* const self = g.running;
+  self->wait = Wait::block;
+  const int n = int(g.fibers.size()), me = int(self - g.fibers.data());
+  bool everyone_waits = true;
+  for (int step = 1; step < n; ++step) {
+    Fiber& other = g.fibers[size_t((me + step) % n)];
+    if (other.wait == Wait::none) {
+      g.running = &other;
+      current_thread = &other.thread;
+      bcos_emu_switch_stack(&self->sp, other.sp);
+      return;
+    }
+    everyone_waits = everyone_waits && (other.wait == Wait::block || other.wait == Wait::done);
+  }
+  if (everyone_waits) {
+    for (Fiber& f : g.fibers)
+      if (f.wait == Wait::block) f.wait = Wait::none;
+    return;
+  }
   yield_to_scheduler();
 }
 
@@ -253,7 +303,7 @@ uint64_t warp_exchange(uint64_t bits, int source_lane, unsigned mask, const char
   w.masks[half][f.thread.lane] = mask;
   f.wait = Wait::warp;
   f.warp_op = op;
-  yield_to_scheduler();
+  wait_for_warp();
   // Every lane has written this half now, and none can write it again before all have read it.
   const int lanes = std::min(32, int(g.fibers.size()) - f.thread.warp * 32);
   const unsigned everyone = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
@@ -273,7 +323,7 @@ unsigned warp_ballot(bool predicate, unsigned mask, const char* op) {
   w.masks[half][f.thread.lane] = mask;
   f.wait = Wait::warp;
   f.warp_op = op;
-  yield_to_scheduler();
+  wait_for_warp();
   const int lanes = std::min(32, int(g.fibers.size()) - f.thread.warp * 32);
   unsigned votes = 0;
   for (int l = 0; l < lanes; ++l)
