@@ -194,6 +194,10 @@ ResidualAttentionBlock::ResidualAttentionBlock(int64_t width, int64_t heads, boo
 
 Tensor ResidualAttentionBlock::forward(const Tensor& x) {
   const Tensor h = (*ln_1)(x);
+  // The mask is not a parameter or buffer (nothing of it is in CLIP's checkpoints), so
+  // Module::to does not move it: it follows x here, once, as OpenAI's block does at each call.
+  if (attn_mask.defined() && (attn_mask.device() != x.device() || attn_mask.dtype() != x.dtype()))
+    attn_mask = attn_mask.to(x.device()).to(x.dtype());
   Tensor mask = attn_mask;
   if (mask.defined()) {
     BCOS_CHECK(x.dim() == 3 && x.size(1) <= mask.size(0), "ResidualAttentionBlock: ", x.size(1),
