@@ -718,3 +718,41 @@ TEST_CASE("cuda ops: ViT-B/16 and CLIP (RN50 and ViT-B/32 image towers, text tow
     compare(run(Device()), run(Device::cuda(0)));
   }
 }
+
+TEST_CASE("cuda ops: a small CLIP (ModifiedResNet and ViT image towers, causal text tower) -- forward and one SGD step -- matches the CPU") {
+  if (!have_gpu()) return;
+  // The 224-px case above at a size the CUDA emulator runs in seconds: every module of both
+  // towers, the text tower's causal mask included (it once stayed on the CPU after to(cuda)).
+  manual_seed(46);
+  const Tensor images = randn({2, 3, 32, 32}, kFloat64);
+  const Tensor tokens = randint(1, 63, {2, 9});
+  for (int64_t patch : {0, 8}) {
+    CAPTURE(patch);
+    auto run = [&](Device dev) {
+      manual_seed(47);
+      models::ClipConfig c;
+      c.embed_dim = 16, c.image_resolution = 32, c.vision_layers = patch ? std::vector<int64_t>{2} : std::vector<int64_t>{1, 1};
+      c.vision_width = patch ? 32 : 8, c.vision_patch_size = patch, c.vision_heads = 2;
+      c.context_length = 9, c.vocab_size = 64, c.transformer_width = 32, c.transformer_heads = 2, c.transformer_layers = 2;
+      models::Clip clip(c);
+      clip.to(kFloat64);
+      clip.to(dev);
+      clip.train();
+      std::vector<Tensor> params = clip.parameters();
+      nn::SGD sgd(params, {.lr = 0.05, .momentum = 0.9});
+      const Tensor logits = clip.logits(clip.encode_image(images.to(dev)), clip.encode_text(tokens.to(dev)));
+      sgd.zero_grad();
+      models::clip_contrastive_loss(logits).backward();
+      sgd.step();
+      std::vector<Tensor> r{logits.detach().to(Device())};
+      for (const auto& [name, p] : clip.named_parameters()) r.push_back(p.detach().to(Device()));
+      return r;
+    };
+    const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+    REQUIRE(cpu.size() == gpu.size());
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::relative_error(gpu[i], cpu[i]) <= 1e-9);
+    }
+  }
+}
