@@ -127,7 +127,8 @@ inline int __any_sync(unsigned mask, int predicate) {
   return ::bcos::emu::warp_ballot(predicate != 0, mask, "__any_sync") != 0;
 }
 inline int __all_sync(unsigned mask, int predicate) {
-  return ::bcos::emu::warp_ballot(predicate != 0, mask, "__all_sync") == mask;
+  // No lane votes "false" (lanes a partial warp lacks cast no vote either way).
+  return ::bcos::emu::warp_ballot(predicate == 0, mask, "__all_sync") == 0;
 }
 
 // Atomics: one host thread runs the whole grid, so a read-modify-write is atomic as written.

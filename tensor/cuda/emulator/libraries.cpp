@@ -319,6 +319,12 @@ void two_algorithms(Perf* perf, int requested, int* returned, Algo fast, bool fa
   }
 }
 
+// out = alpha · acc + beta · out (beta = 0: out is not read, as cuDNN promises).
+void blend_into(void* out, cudaDataType t, const std::vector<double>& acc, double alpha, double beta) {
+  for (size_t i = 0; i < acc.size(); ++i)
+    store(out, t, int64_t(i), alpha * acc[i] + (beta == 0 ? 0.0 : beta * load(out, t, int64_t(i))));
+}
+
 cudnnStatus_t check_workspace(void* workspace, size_t bytes, int algo, int fast_algo) {
   const size_t need = algo == fast_algo ? kWorkspace : 0;
   if (bytes < need || (need > 0 && workspace == nullptr)) return CUDNN_STATUS_BAD_PARAM;
@@ -502,9 +508,7 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void* alpha, const 
         for (int64_t p = 0; p < l.positions; ++p) acc[size_t(base + k * l.out_plane + p)] = yg(k, p);
     }
   }
-  const double al = scalar(alpha, xd->type), be = scalar(beta, xd->type);
-  for (size_t i = 0; i < acc.size(); ++i)
-    store(y, t, int64_t(i), al * acc[i] + (be == 0 ? 0.0 : be * load(y, t, int64_t(i))));
+  blend_into(y, t, acc, scalar(alpha, xd->type), scalar(beta, xd->type));
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -536,9 +540,7 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void* alpha, c
           if (const int64_t at = l.taps[size_t(q * l.positions + p)]; at >= 0) acc[size_t(base + at)] += cols(q, p);
     }
   }
-  const double al = scalar(alpha, dxd->type), be = scalar(beta, dxd->type);
-  for (size_t i = 0; i < acc.size(); ++i)
-    store(dx, t, int64_t(i), al * acc[i] + (be == 0 ? 0.0 : be * load(dx, t, int64_t(i))));
+  blend_into(dx, t, acc, scalar(alpha, dxd->type), scalar(beta, dxd->type));
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -568,9 +570,7 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void* alpha,
     for (int64_t k = 0; k < l.kpg; ++k)
       for (int64_t q = 0; q < l.taps_per_out; ++q) acc[size_t((g * l.kpg + k) * l.taps_per_out + q)] = dwg(k, q);
   }
-  const double al = scalar(alpha, xd->type), be = scalar(beta, xd->type);
-  for (size_t i = 0; i < acc.size(); ++i)
-    store(dw, t, int64_t(i), al * acc[i] + (be == 0 ? 0.0 : be * load(dw, t, int64_t(i))));
+  blend_into(dw, t, acc, scalar(alpha, xd->type), scalar(beta, xd->type));
   return CUDNN_STATUS_SUCCESS;
 }
 
