@@ -70,14 +70,15 @@ std::shared_ptr<Work::Impl> start(std::string what, std::vector<Tensor> keep, Ca
   call(g_stream);
   BCOS_CUDA_CHECK(cudaEventRecord(done, g_stream));
   auto impl = std::make_shared<Work::Impl>();
-  impl->what = std::move(what);
-  impl->test = [done_owner] {
+  impl->what = what;
+  impl->test = [done_owner, what] {
     const cudaError_t rc = cudaEventQuery(done_owner.get());
     if (rc == cudaErrorNotReady) return false;
     BCOS_CUDA_CHECK(rc);
     ncclResult_t async_error = ncclSuccess;  // a peer's failure shows up here
     BCOS_NCCL_CHECK(ncclCommGetAsyncError(g_comm, &async_error));
-    BCOS_NCCL_CHECK(async_error);
+    if (async_error != ncclSuccess)
+      fail("dist: ", what, ": NCCL failed: ", ncclGetErrorString(async_error), " (", ncclGetLastError(g_comm), ")");
     return true;
   };
   impl->finish = [done_owner, caller, keep = std::move(keep)] {

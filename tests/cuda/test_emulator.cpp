@@ -7,11 +7,15 @@
 #include <cublas_v2.h>
 #include <cudnn.h>
 
+#include <chrono>
 #include <cmath>
+#include <future>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tensor/cuda/emulator/device.h"
+#include "tensor/cuda/emulator/runtime.h"
 #include "tensor/error.h"
 
 namespace {
@@ -162,6 +166,54 @@ TEST_CASE("emulator: launches the hardware refuses set cudaGetLastError and run 
   REQUIRE(cudaStreamDestroy(s) == cudaSuccess);
   CHECK(error_of([&] { bcos::emu::launch("destroyed_stream", kernel, 1, 1, 0, s)(p); }).find("does not exist") !=
         std::string::npos);
+}
+
+// The NCCL stand-in's collectives run beside the host (runtime::enqueue_beside_host), as kernels
+// do on a GPU: an event recorded after such work is not ready until it ends, and a stream told to
+// wait for that event, or synchronised, runs nothing before it.
+TEST_CASE("emulator: work queued beside the host holds back its stream, its events and synchronisation") {
+  DeviceArray<int> x(size_t(4));
+  int* p = x.p;
+  cudaStream_t side = nullptr, other = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking) == cudaSuccess);
+  cudaEvent_t done = nullptr;
+  REQUIRE(cudaEventCreateWithFlags(&done, cudaEventDisableTiming) == cudaSuccess);
+  std::promise<void> open_first, open_second;
+  std::shared_future<void> first = open_first.get_future().share(), second = open_second.get_future().share();
+  bcos::emu::runtime::enqueue_beside_host(side, [first, p] {
+    first.wait();
+    p[0] = 7;
+  });
+  REQUIRE(cudaEventRecord(done, side) == cudaSuccess);
+  CHECK(cudaEventQuery(done) == cudaErrorNotReady);
+  CHECK(cudaGetLastError() == cudaSuccess);  // "not ready" is not an error
+  REQUIRE(cudaStreamWaitEvent(other, done, 0) == cudaSuccess);
+  std::thread opener([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    open_first.set_value();
+  });
+  auto copy_first = [&](auto&&... a) {
+    auto body = [](int* q) { q[1] = q[0]; };
+    body(a...);
+  };
+  bcos::emu::launch("after_the_event", copy_first, 1, 1, 0, other)(p);  // waits for p[0] = 7
+  opener.join();
+  CHECK(cudaEventQuery(done) == cudaSuccess);
+  bcos::emu::runtime::enqueue_beside_host(side, [second, p] {
+    second.wait();
+    p[2] = 9;
+  });
+  std::thread opener2([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    open_second.set_value();
+  });
+  CHECK(cudaStreamSynchronize(side) == cudaSuccess);
+  opener2.join();
+  CHECK(x.host() == std::vector<int>{7, 7, 9, 0});
+  cudaEventDestroy(done);
+  cudaStreamDestroy(side);
+  cudaStreamDestroy(other);
 }
 
 TEST_CASE("emulator: copies and memsets outside a device allocation are refused") {

@@ -8,6 +8,11 @@
 //   dist_worker fail-throw    rank 1 raises at step 3: every rank ends, rank 1's error printed
 //   dist_worker fail-exit     rank 1 exits at step 3 without a word: every rank ends
 //   dist_worker timeout       rank 1 sleeps 60 s before a collective: rank 0 times out
+// With a second argument `cuda` every mode runs on the GPU (each rank's cuda:local_rank), so its
+// tensors go through NCCL: the model being trained data-parallel, the collectives' tensors (every
+// dtype NCCL takes). The equality mode's reference process stays on the CPU. Started with
+// RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT instead of mpirun (torchrun-style), the job has
+// no MPI: the NCCL id travels over dist's TCP rendezvous and barriers are NCCL all-reduces.
 // Prints "dist_worker <mode>: rank R passed" per rank on success.
 #include <unistd.h>
 
@@ -34,6 +39,7 @@ using testing::error_of;
 namespace {
 
 int g_failures = 0;
+Device g_device;  // where the data-parallel tensors live: the CPU, or this rank's GPU
 
 void expect(bool ok, const std::string& what) {
   if (ok) return;
@@ -44,18 +50,21 @@ void expect(bool ok, const std::string& what) {
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 double max_diff(const Tensor& a, const Tensor& b) {
-  return max(abs(a.to(DType::f64) - b.to(DType::f64))).item();
+  return max(abs(a.to(Device()).to(DType::f64) - b.to(Device()).to(DType::f64))).item();
 }
 
 // ---- collectives ------------------------------------------------------------------------------
 void collectives() {
   const int r = dist::rank(), w = dist::world_size();
-  for (DType dt : {DType::f32, DType::f64, DType::i64}) {
+  const bool gpu = g_device.is_cuda();
+  const std::vector<DType> dtypes = gpu ? std::vector<DType>{DType::f32, DType::f64, DType::f16, DType::bf16, DType::i64}
+                                        : std::vector<DType>{DType::f32, DType::f64, DType::i64};
+  for (DType dt : dtypes) {
     auto mine = [&](int rank) {  // rank's tensor: 10·rank + i
-      return (arange(0, 6, 1.0, DType::f64) + 10.0 * rank).reshape({2, 3}).to(dt);
+      return (arange(0, 6, 1.0, DType::f64) + 10.0 * rank).reshape({2, 3}).to(dt).to(g_device);
     };
     Tensor sum_def = zeros({2, 3}, DType::f64);
-    for (int q = 0; q < w; ++q) sum_def = sum_def + mine(q).to(DType::f64);
+    for (int q = 0; q < w; ++q) sum_def = sum_def + mine(q).to(Device()).to(DType::f64);
     Tensor t = mine(r);
     dist::all_reduce(t, dist::ReduceOp::sum);
     expect(max_diff(t, sum_def) == 0, str("all_reduce(sum) of ", dt));
@@ -74,10 +83,10 @@ void collectives() {
     dist::broadcast(t, w - 1);
     expect(max_diff(t, mine(w - 1)) == 0, str("broadcast from rank ", w - 1, " of ", dt));
     Tensor g = dist::all_gather(mine(r));
-    expect(g.shape() == Shape{w, 2, 3}, str("all_gather shape ", g.shape()));
+    expect(g.shape() == Shape{w, 2, 3} && g.device() == g_device, str("all_gather shape ", g.shape(), " on ", g.device()));
     for (int q = 0; q < w; ++q) expect(max_diff(g.select(0, q), mine(q)) == 0, str("all_gather row ", q, " of ", dt));
   }
-  Tensor flags = full({4}, double(r == 1), DType::u8);
+  Tensor flags = full({4}, double(r == 1), DType::u8).to(g_device);
   dist::all_reduce(flags, dist::ReduceOp::max);
   expect(flags.to_vector<uint8_t>() == std::vector<uint8_t>(4, 1), "all_reduce(max) of u8");
 
@@ -85,7 +94,7 @@ void collectives() {
   std::vector<Tensor> ts;
   std::vector<dist::Work> works;
   for (int k = 0; k < 3; ++k) {
-    ts.push_back(full({1000}, double(k + r), DType::f32));
+    ts.push_back(full({1000}, double(k + r), DType::f32).to(g_device));
     works.push_back(dist::all_reduce_async(ts.back()));
   }
   for (int k = 2; k >= 0; --k) {
@@ -95,7 +104,7 @@ void collectives() {
   dist::barrier();
 
   // The differentiable sum: y = Σ_q x_q on every rank, loss_r = Σ c_r · y, so dx_r = Σ_q c_q.
-  Tensor x = full({3}, double(r + 1), DType::f64).requires_grad_();
+  Tensor x = full({3}, double(r + 1), DType::f64).to(g_device).requires_grad_();
   Tensor y = dist::all_reduce_sum_autograd(x);
   expect(y.to_vector<double>()[0] == double(w * (w + 1) / 2), "all_reduce_sum_autograd forward");
   sum(y * double(r + 2)).backward();
@@ -104,13 +113,18 @@ void collectives() {
   expect(x.grad().to_vector<double>()[2] == c_sum, "all_reduce_sum_autograd backward");
 
   // Bad input: a clear error before anything is sent.
-  Tensor m = zeros({3, 4});
+  Tensor m = zeros({3, 4}).to(g_device);
   expect(contains(error_of([&] { dist::all_reduce(m.t()); }), "contiguous"), "non-contiguous tensor refused");
-  expect(contains(error_of([&] { dist::all_reduce(zeros({2}, DType::bf16)); }), "MPI has no bfloat16"),
-         "bf16 on the CPU refused");
-  expect(contains(error_of([&] { dist::all_reduce(zeros({2}, DType::i64), dist::ReduceOp::avg); }), "avg needs a float"),
+  if (!gpu)
+    expect(contains(error_of([&] { dist::all_reduce(zeros({2}, DType::bf16)); }), "MPI has no bfloat16"),
+           "bf16 on the CPU refused");
+  expect(contains(error_of([&] { dist::all_reduce(zeros({2}, DType::i64).to(g_device), dist::ReduceOp::avg); }),
+                  "avg needs a float"),
          "avg of integers refused");
-  expect(contains(error_of([&] { dist::broadcast(zeros({2}), w); }), "root"), "broadcast root out of range refused");
+  expect(contains(error_of([&] { dist::broadcast(zeros({2}).to(g_device), w); }), "root"),
+         "broadcast root out of range refused");
+  if (dist::launch_info().launcher == "torchrun")  // no MPI there: CPU tensors cannot travel
+    expect(contains(error_of([&] { dist::all_reduce(zeros({2})); }), "needs MPI"), "a CPU tensor without MPI refused");
 }
 
 // ---- equality with one process -----------------------------------------------------------------
@@ -130,6 +144,7 @@ double run_experiment(const Experiment& e, int steps) {
   const int64_t global_batch = 8, local = global_batch / w;
   auto reference = e.make();
   auto replica = e.make();
+  replica->to(g_device);
   if (r != 0) {  // other ranks start elsewhere: DataParallel must bring rank 0's weights
     NoGradGuard no_grad;
     for (Tensor& p : replica->parameters()) p.add_(ones_like(p));
@@ -150,7 +165,8 @@ double run_experiment(const Experiment& e, int steps) {
     e.loss((*reference)(e.input(images)), labels).backward();
     opt_ref.step();
     opt.zero_grad();
-    Tensor mine = images.narrow(0, r * local, local), my_labels = labels.narrow(0, r * local, local);
+    Tensor mine = images.narrow(0, r * local, local).to(g_device);
+    Tensor my_labels = labels.narrow(0, r * local, local).to(g_device);
     e.loss(ddp(e.input(mine)), my_labels).backward();
     opt.step();
   }
@@ -205,6 +221,7 @@ void equality() {
     return m;
   };
   auto reference = make_mlp(), replica = make_mlp();
+  replica->to(g_device);
   dist::DataParallel ddp(*replica);
   nn::SGD opt_ref(reference->parameters(), {.lr = 0.1, .momentum = 0.9});
   nn::SGD opt(replica->parameters(), {.lr = 0.1, .momentum = 0.9});
@@ -219,7 +236,8 @@ void equality() {
     for (int micro = 0; micro < 2; ++micro) {
       ddp.set_sync(micro == 1);
       const int64_t start = dist::rank() * local + micro * local / 2;
-      (cross_entropy(ddp(x.narrow(0, start, local / 2)), y.narrow(0, start, local / 2)) * 0.5).backward();
+      (cross_entropy(ddp(x.narrow(0, start, local / 2).to(g_device)), y.narrow(0, start, local / 2).to(g_device)) * 0.5)
+          .backward();
     }
     opt.step();
   }
@@ -255,6 +273,7 @@ void contrastive() {
     return m;
   };
   auto reference = make(), replica = make();
+  replica->to(g_device);
   dist::DataParallel ddp(*replica);
   nn::AdamW opt_ref(reference->parameters(), {.lr = 1e-2});
   nn::AdamW opt(replica->parameters(), {.lr = 1e-2});
@@ -266,8 +285,8 @@ void contrastive() {
     models::clip_contrastive_loss(reference->logits((*reference->image)(images), (*reference->text)(texts))).backward();
     opt_ref.step();
     opt.zero_grad();
-    Tensor img = dist::all_gather_autograd((*replica->image)(images.narrow(0, from, local)));
-    Tensor txt = dist::all_gather_autograd((*replica->text)(texts.narrow(0, from, local)));
+    Tensor img = dist::all_gather_autograd((*replica->image)(images.narrow(0, from, local).to(g_device)));
+    Tensor txt = dist::all_gather_autograd((*replica->text)(texts.narrow(0, from, local).to(g_device)));
     models::clip_contrastive_loss(replica->logits(img, txt)).backward();
     opt.step();
   }
@@ -297,9 +316,10 @@ struct TwoHeads : nn::Module {
 void unused() {
   manual_seed(5);
   auto model = std::make_shared<TwoHeads>();
+  model->to(g_device);
   {
     dist::DataParallel ddp(*model);
-    const std::string err = error_of([&] { ddp(randn({3, 4})).backward(); });
+    const std::string err = error_of([&] { ddp(randn({3, 4}).to(g_device)).backward(); });
     expect(contains(err, "b.weight") && contains(err, "find_unused_parameters"), "unused parameters named: " + err);
   }
   model->zero_grad();
@@ -307,7 +327,7 @@ void unused() {
   o.find_unused_parameters = true;
   dist::DataParallel ddp(*model, o);
   manual_seed(6);
-  Tensor x = randn({3, 4});
+  Tensor x = randn({3, 4}).to(g_device);
   ddp(x).backward();
   auto& a = static_cast<nn::Linear&>(*model->a);
   auto& b = static_cast<nn::Linear&>(*model->b);
@@ -324,6 +344,7 @@ void unused() {
 void train_until_failure(const std::string& mode) {
   manual_seed(2);
   auto model = std::make_shared<nn::Linear>(64, 10);
+  model->to(g_device);
   dist::DataParallel ddp(*model);
   nn::SGD opt(model->parameters(), {.lr = 0.1});
   for (int step = 0; step < 1000000; ++step) {
@@ -333,7 +354,7 @@ void train_until_failure(const std::string& mode) {
       if (mode == "timeout") std::this_thread::sleep_for(std::chrono::seconds(60));
     }
     opt.zero_grad();
-    cross_entropy(ddp(randn({4, 64})), randint(0, 10, {4})).backward();
+    cross_entropy(ddp(randn({4, 64}).to(g_device)), randint(0, 10, {4}).to(g_device)).backward();
     opt.step();
   }
 }
@@ -342,8 +363,16 @@ void train_until_failure(const std::string& mode) {
 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
+  const std::string device = argc > 2 ? argv[2] : "cpu";
   try {
     dist::init();
+    if (device == "cuda") {
+      BCOS_CHECK(cuda_device_count() > 0, "dist_worker: `cuda` asked for, but no CUDA device");
+      g_device = Device::cuda(dist::local_rank() % cuda_device_count());
+      set_allow_tf32(false);  // float32 results are compared within 1e-6: TF32 products round to 10 bits
+    } else {
+      BCOS_CHECK(device == "cpu", "dist_worker: device ", device, " is neither cpu nor cuda");
+    }
     if (mode == "collectives") {
       collectives();
     } else if (mode == "equality") {
@@ -354,7 +383,7 @@ int main(int argc, char** argv) {
     } else if (mode == "fail-throw" || mode == "fail-exit" || mode == "timeout") {
       train_until_failure(mode);
     } else {
-      std::fprintf(stderr, "usage: dist_worker collectives|equality|unused|fail-throw|fail-exit|timeout\n");
+      std::fprintf(stderr, "usage: dist_worker collectives|equality|unused|fail-throw|fail-exit|timeout [cpu|cuda]\n");
       return 2;
     }
     dist::barrier();

@@ -2,12 +2,14 @@
 # One multi-process test: `mpirun -np 2 dist_worker MODE` (tests/dist/dist_worker.cpp), checked
 # from outside. Passing modes must print "passed" on both ranks; the failure modes must end every
 # rank, with a non-zero status and rank 1's reason (or rank 0's timeout) on stderr, well before a
-# hang would (the whole run is bounded by `timeout`).
-#   usage: test_mpi.sh MPIRUN DIST_WORKER MODE
+# hang would (the whole run is bounded by `timeout`). DEVICE (cpu, the default, or cuda) is passed
+# on to the worker: with cuda the tensors travel through NCCL.
+#   usage: test_mpi.sh MPIRUN DIST_WORKER MODE [DEVICE]
 set -uo pipefail
 mpirun=$1
 worker=$2
 mode=$3
+device=${4:-cpu}
 source "$(dirname "$0")/mpi_env.sh"  # OpenMPI as root, oversubscribed; one thread per process
 out=$(mktemp)
 err=$(mktemp)
@@ -16,7 +18,7 @@ limit=240
 timeout_env=()
 [[ $mode == timeout ]] && timeout_env=(-x BCOS_DIST_TIMEOUT=3)
 start=$(date +%s%N)
-timeout -k 10 $limit "$mpirun" -np 2 --oversubscribe "${timeout_env[@]}" "$worker" "$mode" >"$out" 2>"$err"
+timeout -k 10 $limit "$mpirun" -np 2 --oversubscribe "${timeout_env[@]}" "$worker" "$mode" "$device" >"$out" 2>"$err"
 status=$?
 elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 cat "$out"
@@ -44,4 +46,4 @@ case $mode in
     (( elapsed_ms < 40000 )) || fail "took ${elapsed_ms} ms: the 3 s timeout did not end the job (rank 1 sleeps 60 s)"
     ;;
 esac
-echo "PASS $mode"
+echo "PASS $mode ($device)"

@@ -1,14 +1,20 @@
 // The CUDA emulator's runtime: the part of the CUDA runtime API (libcudart) the backend calls,
 // over host memory. "Device" memory is ordinary heap memory that the emulator tracks, so copies
-// and memsets are checked against the allocation they touch; streams and events are handles
-// whose work has always finished (every call runs at once, in order), which is one legal
-// schedule of what the backend queues. Devices: one, or BCOS_CUDA_EMULATOR_DEVICES of them.
+// and memsets are checked against the allocation they touch. Kernels, library calls and copies
+// run at once, in order, which is one legal schedule of what the backend queues; the one kind of
+// work that runs beside the host is what enqueue_beside_host queues (the NCCL stand-in's
+// collectives): each stream keeps the future of its last such work ("tail"), which the stream's
+// later work, events recorded on it and synchronisations wait for. Devices: one, or
+// BCOS_CUDA_EMULATOR_DEVICES of them.
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <future>
 #include <map>
 #include <mutex>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "tensor/cuda/emulator/runtime.h"
 #include "tensor/error.h"
@@ -27,6 +33,9 @@ struct State {
   std::mutex mutex;
   std::map<uintptr_t, Allocation> allocations;  // by start address
   std::set<void*> streams, events;
+  // Work running beside the host: per stream (nullptr: the default stream) the future of the last
+  // work queued on it, and per event the future it was recorded after. Absent: nothing pending.
+  std::map<void*, std::shared_future<void>> stream_tails, event_tails;
   size_t device_bytes_in_use = 0;
 };
 State& state() {
@@ -71,6 +80,39 @@ cudaError_t record(cudaError_t err) {
 
 bool valid_stream(cudaStream_t s) { return s == nullptr || state().streams.count(s) != 0; }
 
+bool finished(const std::shared_future<void>& f) {
+  return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+}
+
+// The future of the work pending on `stream`, or an invalid one. Caller holds the lock.
+std::shared_future<void> tail_of(cudaStream_t stream) {
+  auto it = state().stream_tails.find(stream);
+  if (it == state().stream_tails.end()) return {};
+  if (finished(it->second)) {
+    state().stream_tails.erase(it);
+    return {};
+  }
+  return it->second;
+}
+
+// Waits (without the lock) for the work pending on `stream`, or on every stream.
+void drain(cudaStream_t stream) {
+  std::shared_future<void> tail;
+  {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    tail = tail_of(stream);
+  }
+  if (tail.valid()) tail.wait();
+}
+void drain_all() {
+  std::vector<std::shared_future<void>> tails;
+  {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    for (auto& [stream, tail] : state().stream_tails) tails.push_back(tail);
+  }
+  for (auto& t : tails) t.wait();
+}
+
 // Checks the two ends of a copy against its kind; host memory that is not pinned is not tracked.
 cudaError_t check_copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
   const bool dst_dev = is_device_memory(dst, n), src_dev = is_device_memory(src, n);
@@ -89,8 +131,21 @@ cudaError_t check_copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind
 void set_launch_error(cudaError_t err) { t_last_error = err; }
 
 void check_stream(cudaStream_t stream, const char* what) {
+  {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    BCOS_CHECK(valid_stream(stream), "CUDA emulator: ", what, " on a stream that does not exist (destroyed?)");
+  }
+  drain(stream);
+}
+
+void enqueue_beside_host(cudaStream_t stream, std::function<void()> work) {
   std::lock_guard<std::mutex> lock(state().mutex);
-  BCOS_CHECK(valid_stream(stream), "CUDA emulator: ", what, " on a stream that does not exist (destroyed?)");
+  BCOS_CHECK(valid_stream(stream), "CUDA emulator: work queued on a stream that does not exist (destroyed?)");
+  std::shared_future<void> before = tail_of(stream);
+  state().stream_tails[stream] = std::async(std::launch::async, [before, work = std::move(work)] {
+                                   if (before.valid()) before.wait();
+                                   work();
+                                 }).share();
 }
 
 void check_device_range(const void* p, size_t bytes, const char* what) {
@@ -122,6 +177,7 @@ const char* cudaGetErrorName(cudaError_t error) {
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
     default: return "cudaErrorUnknown";
   }
 }
@@ -135,6 +191,7 @@ const char* cudaGetErrorString(cudaError_t error) {
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorNotReady: return "device not ready";
     default: return "unknown error";
   }
 }
@@ -188,7 +245,10 @@ cudaError_t cudaRuntimeGetVersion(int* version) {
   *version = CUDART_VERSION;
   return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) {
+  drain_all();
+  return cudaSuccess;
+}
 
 // ---- memory ------------------------------------------------------------------------------------------
 cudaError_t cudaMalloc(void** p, size_t size) {
@@ -206,6 +266,7 @@ cudaError_t cudaMalloc(void** p, size_t size) {
 }
 cudaError_t cudaFree(void* p) {
   if (p == nullptr) return cudaSuccess;
+  drain_all();  // cudaFree synchronises the device: no work beside the host still uses p
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   auto it = s.allocations.find(reinterpret_cast<uintptr_t>(p));
@@ -258,6 +319,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
     if (count == 0) return cudaSuccess;
     if (cudaError_t err = check_copy(dst, src, count, kind); err != cudaSuccess) return record(err);
   }
+  drain(stream);
   std::memmove(dst, src, count);
   return cudaSuccess;
 }
@@ -276,6 +338,7 @@ cudaError_t cudaMemcpyPeerAsync(void* dst, int dst_device, const void* src, int 
         d->device != dst_device || s->device != src_device)
       return record(cudaErrorInvalidValue);
   }
+  drain(stream);
   std::memmove(dst, src, count);
   return cudaSuccess;
 }
@@ -286,11 +349,12 @@ cudaError_t cudaMemsetAsync(void* p, int value, size_t count, cudaStream_t strea
     if (count == 0) return cudaSuccess;
     if (!is_device_memory(p, count)) return record(cudaErrorInvalidValue);
   }
+  drain(stream);
   std::memset(p, value, count);
   return cudaSuccess;
 }
 
-// ---- streams and events: handles whose work is always done ---------------------------------------
+// ---- streams and events: handles, with the futures of the work queued beside the host -------------
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
   std::lock_guard<std::mutex> lock(state().mutex);
   *stream = reinterpret_cast<cudaStream_t>(new char);
@@ -298,14 +362,24 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    if (stream == nullptr || !valid_stream(stream)) return record(cudaErrorInvalidResourceHandle);
+  }
+  drain(stream);  // the stream's work still finishes (here, before its handle goes)
   std::lock_guard<std::mutex> lock(state().mutex);
-  if (stream == nullptr || state().streams.erase(stream) == 0) return record(cudaErrorInvalidResourceHandle);
+  if (state().streams.erase(stream) == 0) return record(cudaErrorInvalidResourceHandle);
+  state().stream_tails.erase(stream);
   delete reinterpret_cast<char*>(stream);
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  std::lock_guard<std::mutex> lock(state().mutex);
-  return valid_stream(stream) ? cudaSuccess : record(cudaErrorInvalidResourceHandle);
+  {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    if (!valid_stream(stream)) return record(cudaErrorInvalidResourceHandle);
+  }
+  drain(stream);
+  return cudaSuccess;
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
   std::lock_guard<std::mutex> lock(state().mutex);
@@ -316,19 +390,55 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
   std::lock_guard<std::mutex> lock(state().mutex);
   if (state().events.erase(event) == 0) return record(cudaErrorInvalidResourceHandle);
+  state().event_tails.erase(event);
   delete reinterpret_cast<char*>(event);
   return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(state().mutex);
-  return state().events.count(event) && valid_stream(stream) ? cudaSuccess : record(cudaErrorInvalidResourceHandle);
+  if (!state().events.count(event) || !valid_stream(stream)) return record(cudaErrorInvalidResourceHandle);
+  std::shared_future<void> tail = tail_of(stream);
+  if (tail.valid())
+    state().event_tails[event] = tail;
+  else
+    state().event_tails.erase(event);
+  return cudaSuccess;
+}
+// The future the event waits for, or an invalid one when it has happened. Caller holds the lock.
+static std::shared_future<void> event_tail(cudaEvent_t event) {
+  auto it = state().event_tails.find(event);
+  if (it == state().event_tails.end()) return {};
+  if (finished(it->second)) {
+    state().event_tails.erase(it);
+    return {};
+  }
+  return it->second;
 }
 cudaError_t cudaEventQuery(cudaEvent_t event) {
   std::lock_guard<std::mutex> lock(state().mutex);
-  return state().events.count(event) ? cudaSuccess : record(cudaErrorInvalidResourceHandle);
+  if (!state().events.count(event)) return record(cudaErrorInvalidResourceHandle);
+  return event_tail(event).valid() ? cudaErrorNotReady : cudaSuccess;  // not ready is not an error
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t event) { return cudaEventQuery(event); }
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  std::shared_future<void> tail;
+  {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    if (!state().events.count(event)) return record(cudaErrorInvalidResourceHandle);
+    tail = event_tail(event);
+  }
+  if (tail.valid()) tail.wait();
+  return cudaSuccess;
+}
+// The stream's later work waits for the event: a pending event joins the stream's tail.
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
   std::lock_guard<std::mutex> lock(state().mutex);
-  return state().events.count(event) && valid_stream(stream) ? cudaSuccess : record(cudaErrorInvalidResourceHandle);
+  if (!state().events.count(event) || !valid_stream(stream)) return record(cudaErrorInvalidResourceHandle);
+  std::shared_future<void> awaited = event_tail(event);
+  if (!awaited.valid()) return cudaSuccess;
+  std::shared_future<void> before = tail_of(stream);
+  state().stream_tails[stream] = std::async(std::launch::async, [before, awaited] {
+                                   if (before.valid()) before.wait();
+                                   awaited.wait();
+                                 }).share();
+  return cudaSuccess;
 }
