@@ -17,6 +17,9 @@ trap 'rm -f "$out" "$err"' EXIT
 limit=240
 timeout_env=()
 [[ $mode == timeout ]] && timeout_env=(-x BCOS_DIST_TIMEOUT=3)
+# One GPU per rank, as NCCL requires: on the CUDA emulator each process then has two devices
+# and rank r takes cuda:r (dist_worker: local rank modulo the device count).
+[[ $device == cuda ]] && timeout_env+=(-x BCOS_CUDA_EMULATOR_DEVICES=2)
 start=$(date +%s%N)
 timeout -k 10 $limit "$mpirun" -np 2 --oversubscribe "${timeout_env[@]}" "$worker" "$mode" "$device" >"$out" 2>"$err"
 status=$?

@@ -4,23 +4,27 @@
 # NCCL id travels over dist's TCP rendezvous and everything, barriers included, goes through
 # NCCL: `dist_worker MODE cuda` on each rank. Like torchrun, the script ends the other rank once
 # one has failed. Passing modes must print "passed" on both ranks; fail-exit and timeout must end
-# rank 0 with an error well before a hang would.
+# rank 0 with an error well before a hang would; shared-gpu (the collectives with both ranks on
+# one GPU, which NCCL refuses) must end both with that reason.
 #   usage: test_torchrun.sh DIST_WORKER MODE
 set -uo pipefail
 worker=$1
 mode=$2
 export BCOS_NUM_THREADS=1
+export BCOS_CUDA_EMULATOR_DEVICES=2  # one GPU per rank on the CUDA emulator (NCCL refuses a shared one)
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 limit=240
 timeout_env=()
 [[ $mode == timeout ]] && timeout_env=(BCOS_DIST_TIMEOUT=3)
+worker_mode=$mode
+[[ $mode == shared-gpu ]] && export BCOS_CUDA_EMULATOR_DEVICES=1 && worker_mode=collectives
 start=$(date +%s%N)
 pids=()
 for rank in 0 1; do
   env RANK=$rank WORLD_SIZE=2 LOCAL_RANK=$rank MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "${timeout_env[@]}" \
-    timeout -k 10 $limit "$worker" "$mode" cuda >"$dir/out$rank" 2>"$dir/err$rank" &
+    timeout -k 10 $limit "$worker" "$worker_mode" cuda >"$dir/out$rank" 2>"$dir/err$rank" &
   pids+=($!)
 done
 wait "${pids[0]}"
@@ -51,6 +55,11 @@ case $mode in
     [[ $status0 -ne 0 ]] || fail "rank 0 ended well although rank 1 never answered"
     grep -q "no answer from the other ranks within 3 s (rank 0 of 2" "$dir/err0" || fail "rank 0's timeout not reported"
     (( elapsed_ms < 40000 )) || fail "took ${elapsed_ms} ms: the 3 s timeout did not end rank 0 (rank 1 sleeps 60 s)"
+    ;;
+  shared-gpu)
+    [[ $status0 -ne 0 && $status1 -ne 0 ]] || fail "two ranks on one GPU were not refused ($status0 / $status1)"
+    grep -q "duplicate GPU: ranks 0 and 1 are both on cuda:0" "$dir/err0" || fail "rank 0 did not name the shared GPU"
+    grep -q "duplicate GPU" "$dir/err1" || fail "rank 1 did not say why it stopped"
     ;;
   *) fail "no such mode here: $mode" ;;
 esac

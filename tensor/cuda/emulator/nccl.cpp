@@ -7,8 +7,10 @@
 // tells when it is done, a peer that died shows as an asynchronous error (ncclRemoteError) and a
 // silent one as work that never finishes until ncclCommAbort — the cases dist/nccl.cpp handles
 // on a GPU. The unique id holds rank 0's host name, port and a random token; rank 0 must be the
-// process that made it. Ranks calling different collectives (which NCCL leaves undefined) are
-// caught: the hub compares a header of each call and ends the communicator.
+// process that made it. As NCCL, it refuses two ranks on one GPU (the same device of the same
+// host: BCOS_CUDA_EMULATOR_DEVICES gives each process several). Ranks calling different
+// collectives (which NCCL leaves undefined) are caught: the hub compares a header of each call
+// and ends the communicator.
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -60,6 +62,13 @@ constexpr char kIdMagic[8] = "bcosNCL";
 
 std::mutex g_listen_mutex;
 std::map<uint64_t, int> g_listeners;  // token -> the socket rank 0 listens on, until the communicator starts
+
+// What each rank tells the hub when it joins.
+struct Hello {
+  uint64_t token;
+  int32_t rank, nranks, device;
+  char host[96];
+};
 
 // Every collective's header, sent by each rank to the hub, which compares it with its own.
 struct Header {
@@ -327,8 +336,11 @@ void no_delay(int fd) {
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
-// The hub's side of ncclCommInitRank: a connection from every other rank, each saying who it is.
-ncclResult_t accept_ranks(ncclComm* comm, int listener, uint64_t token, Clock::time_point deadline) {
+// The hub's side of ncclCommInitRank: a connection from every other rank, each saying who it is,
+// then a byte to each: 1 if all joined on distinct GPUs, 0 if not.
+ncclResult_t accept_ranks(ncclComm* comm, int listener, const Hello& own, Clock::time_point deadline) {
+  std::vector<Hello> hellos(size_t(comm->nranks));
+  hellos[0] = own;
   for (int joined = 1; joined < comm->nranks;) {
     pollfd p{listener, POLLIN, 0};
     const int rc = ::poll(&p, 1, ms_left(deadline));
@@ -342,27 +354,40 @@ ncclResult_t accept_ranks(ncclComm* comm, int listener, uint64_t token, Clock::t
     const int fd = ::accept(listener, nullptr, nullptr);
     if (fd < 0) continue;
     no_delay(fd);
-    uint64_t hello[3] = {};  // token, rank, nranks
-    if (!recv_all(fd, hello, sizeof hello) || hello[0] != token) {
+    Hello hello{};
+    if (!recv_all(fd, &hello, sizeof hello) || hello.token != own.token) {
       ::close(fd);  // not one of ours
       continue;
     }
-    const int q = int(hello[1]);
-    if (int(hello[2]) != comm->nranks || q <= 0 || q >= comm->nranks || comm->peers[size_t(q)] >= 0) {
+    hello.host[sizeof hello.host - 1] = 0;
+    const int q = hello.rank;
+    if (hello.nranks != comm->nranks || q <= 0 || q >= comm->nranks || comm->peers[size_t(q)] >= 0) {
       ::close(fd);
-      return error(ncclInvalidUsage, bcos::str("ncclCommInitRank: a rank says it is ", q, " of ", hello[2],
+      return error(ncclInvalidUsage, bcos::str("ncclCommInitRank: a rank says it is ", q, " of ", hello.nranks,
                                                ", with rank 0 expecting ", comm->nranks, " ranks"));
     }
     comm->peers[size_t(q)] = fd;
+    hellos[size_t(q)] = hello;
     ++joined;
   }
-  const char ok = 1;  // init is collective: nobody returns before everyone has joined
+  std::string duplicate;
+  for (int a = 0; a < comm->nranks && duplicate.empty(); ++a)
+    for (int b = a + 1; b < comm->nranks && duplicate.empty(); ++b)
+      if (hellos[size_t(a)].device == hellos[size_t(b)].device &&
+          std::strcmp(hellos[size_t(a)].host, hellos[size_t(b)].host) == 0)
+        duplicate = bcos::str("ranks ", a, " and ", b, " are both on cuda:", hellos[size_t(a)].device, " of ",
+                              hellos[size_t(a)].host);
+  const char ok = duplicate.empty() ? 1 : 0;  // init is collective: nobody returns before everyone has joined
   for (int q = 1; q < comm->nranks; ++q)
     if (!send_all(comm->peers[size_t(q)], &ok, 1)) return error(ncclSystemError, "ncclCommInitRank: a rank left");
+  if (!duplicate.empty())
+    return error(ncclInvalidUsage, "ncclCommInitRank: duplicate GPU: " + duplicate +
+                                       " (one GPU per rank; the emulator gives each process "
+                                       "BCOS_CUDA_EMULATOR_DEVICES devices)");
   return ncclSuccess;
 }
 
-ncclResult_t connect_to_hub(ncclComm* comm, const IdContents& id, Clock::time_point deadline) {
+ncclResult_t connect_to_hub(ncclComm* comm, const IdContents& id, const Hello& hello, Clock::time_point deadline) {
   const std::string port = std::to_string(ntohs(id.port));
   for (;;) {
     addrinfo hints{};
@@ -377,10 +402,12 @@ ncclResult_t connect_to_hub(ncclComm* comm, const IdContents& id, Clock::time_po
     ::freeaddrinfo(addrs);
     if (connected) {
       no_delay(fd);
-      const uint64_t hello[3] = {id.token, uint64_t(comm->rank), uint64_t(comm->nranks)};
-      char ok = 0;
-      if (!send_all(fd, hello, sizeof hello) || !recv_all(fd, &ok, 1) || ok != 1) {
+      char ok = 2;
+      if (!send_all(fd, &hello, sizeof hello) || !recv_all(fd, &ok, 1) || ok != 1) {
         ::close(fd);
+        if (ok == 0)
+          return error(ncclInvalidUsage, "ncclCommInitRank: duplicate GPU: another rank uses this rank's device "
+                                         "(rank 0 says which)");
         return error(ncclSystemError, bcos::str("ncclCommInitRank: rank 0 at ", id.host, ":", port,
                                                 " closed the connection (the other ranks did not all join)"));
       }
@@ -468,6 +495,12 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm_out, int nranks, ncclUniqueId uni
   comm->nranks = nranks;
   comm->peers.assign(rank == 0 ? size_t(nranks) : 1, -1);
   const auto deadline = Clock::now() + std::chrono::seconds(int(kInitTimeoutSeconds));
+  Hello hello{};
+  hello.token = id.token;
+  hello.rank = rank;
+  hello.nranks = nranks;
+  cudaGetDevice(&hello.device);  // the communicator's GPU: the current device, as NCCL's
+  if (::gethostname(hello.host, sizeof hello.host - 1) != 0) std::strcpy(hello.host, "localhost");
   ncclResult_t rc = ncclSuccess;
   if (rank == 0) {
     int listener = -1;
@@ -482,10 +515,10 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm_out, int nranks, ncclUniqueId uni
     if (listener < 0)
       return error(ncclInvalidUsage, "ncclCommInitRank: rank 0 must be the process whose ncclGetUniqueId made the id "
                                      "(the emulator's rank 0 listens for the others), and use it once");
-    rc = accept_ranks(comm.get(), listener, id.token, deadline);
+    rc = accept_ranks(comm.get(), listener, hello, deadline);
     ::close(listener);
   } else {
-    rc = connect_to_hub(comm.get(), id, deadline);
+    rc = connect_to_hub(comm.get(), id, hello, deadline);
   }
   if (rc != ncclSuccess) return rc;
   *comm_out = comm.release();
