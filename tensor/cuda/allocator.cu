@@ -5,11 +5,17 @@
 // larger than asked for and merged with free neighbours of the same segment when returned.
 // A block is handed out again only on the stream it was allocated on: work queued on that
 // stream is ordered after any earlier use, so reuse needs no synchronisation.
+// BCOS_CUDA_NO_CACHING=1 turns all of that off (as PyTorch's PYTORCH_NO_CUDA_MEMORY_CACHING):
+// each tensor gets a cudaMalloc of exactly its size, freed with it. Slow; it is for memory
+// checkers (compute-sanitizer on a GPU, AddressSanitizer on the CUDA emulator), which then see
+// every tensor's own bounds instead of a segment's.
 #include <cstdint>
+#include <cstdlib>
 #include <iomanip>
 #include <mutex>
 #include <set>
 #include <sstream>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -27,6 +33,11 @@ constexpr size_t kMediumSegment = size_t(20) << 20;
 constexpr size_t kLargeRound = size_t(2) << 20;  // larger requests: their own segment
 
 size_t round_up(size_t n, size_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+bool caching_disabled() {  // read at each allocation, so that a test can switch it
+  const char* v = std::getenv("BCOS_CUDA_NO_CACHING");
+  return v != nullptr && *v != 0 && std::string(v) != "0";
+}
 
 // One piece of a segment. Blocks of a segment form a doubly linked list in address order, so
 // a returned block finds its neighbours without a search.
@@ -75,6 +86,7 @@ class Allocator {
     check_device_index(device, "cuda::allocate");
     BCOS_CHECK(nbytes <= SIZE_MAX - kLargeRound, "cuda::allocate: ", nbytes,
                " bytes is beyond any device");
+    if (caching_disabled()) return allocate_uncached(nbytes, device);
     cudaStream_t stream = stream_of(device);
     size_t size = round_up(nbytes, kRound);
     bool small = size <= kSmallRequest;
@@ -132,6 +144,30 @@ class Allocator {
   }
 
  private:
+  // BCOS_CUDA_NO_CACHING: a segment of exactly nbytes per tensor, returned to the driver with it.
+  std::shared_ptr<void> allocate_uncached(size_t nbytes, int device) {
+    std::lock_guard<std::mutex> lock(mu_);
+    DeviceState& st = state(device);
+    void* p = malloc_segment(device, nbytes, nbytes);
+    st.in_use += nbytes;
+    st.reserved += nbytes;
+    st.segments++;
+    st.peak_in_use = std::max(st.peak_in_use, st.in_use);
+    return std::shared_ptr<void>(p, [this, device, nbytes](void* q) noexcept {
+      // cudaFree waits for the device, so no queued kernel still reads q. At program exit the
+      // runtime may be gone already: its error is dropped, as the memory goes with the process.
+      if (cudaFree(q) != cudaSuccess) cudaGetLastError();
+      try {
+        std::lock_guard<std::mutex> relock(mu_);
+        DeviceState& s = devices_[size_t(device)];
+        s.in_use -= nbytes;
+        s.reserved -= nbytes;
+        s.segments--;
+      } catch (...) {
+      }
+    });
+  }
+
   DeviceState& state(int device) {
     if (devices_.size() <= size_t(device)) devices_.resize(size_t(device_count()));
     return devices_[size_t(device)];

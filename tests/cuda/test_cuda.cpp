@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iomanip>
 #include <limits>
 #include <random>
@@ -183,6 +184,38 @@ TEST_CASE("cuda: allocator hands a freed block back out") {
   cuda::empty_cache();
   CHECK(cuda::memory_stats(0).cached < cached);
   CHECK(cuda::allocate(0, 0) == nullptr);
+}
+
+// Sets an environment variable for one scope.
+struct ScopedEnv {
+  std::string name;
+  ScopedEnv(const char* n, const char* value) : name(n) { setenv(n, value, 1); }
+  ~ScopedEnv() { unsetenv(name.c_str()); }
+};
+
+TEST_CASE("cuda: allocator without caching (BCOS_CUDA_NO_CACHING) gives each tensor exactly its size") {
+  SKIP_WITHOUT_GPU();
+  cuda::empty_cache();
+  const cuda::MemoryStats before = cuda::memory_stats(0);
+  std::shared_ptr<void> a, b;
+  {
+    ScopedEnv no_caching("BCOS_CUDA_NO_CACHING", "1");
+    a = cuda::allocate(1000, 0);
+    b = cuda::allocate(1000, 0);
+    Tensor t = full({5}, 3.0, {DType::f32, kGpu});  // tensors work as ever
+    CHECK(t.to_vector<float>() == std::vector<float>(5, 3.0f));
+  }
+  cuda::MemoryStats now = cuda::memory_stats(0);
+  CHECK(now.in_use == before.in_use + 2000);  // not rounded to 512-byte units
+  CHECK(now.cached == before.cached + 2000);  // nothing kept beyond the tensors
+  CHECK(now.segments == before.segments + 2);
+  a.reset();
+  now = cuda::memory_stats(0);
+  CHECK(now.in_use == before.in_use + 1000);
+  CHECK(now.cached == before.cached + 1000);  // returned to the driver at once
+  b.reset();
+  CHECK(cuda::memory_stats(0).cached == before.cached);
+  CHECK(cuda::memory_stats(0).segments == before.segments);
 }
 
 TEST_CASE("cuda: allocator splits segments and merges neighbours") {

@@ -9,11 +9,13 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <future>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "tensor/cuda/backend.h"
 #include "tensor/cuda/emulator/device.h"
 #include "tensor/cuda/emulator/runtime.h"
 #include "tensor/error.h"
@@ -226,6 +228,20 @@ TEST_CASE("emulator: copies and memsets outside a device allocation are refused"
   CHECK(cudaMemsetAsync(x.p, 0, 33, nullptr) == cudaErrorInvalidValue);
   CHECK(cudaFree(host.data()) == cudaErrorInvalidValue);
   cudaGetLastError();
+}
+
+// With the caching allocator off, each tensor is an allocation of its own, exactly its size: the
+// emulator's checks (and AddressSanitizer, in a sanitized build) then see a tensor's bounds.
+TEST_CASE("emulator: without the allocator's cache a copy one byte past a tensor is refused") {
+  setenv("BCOS_CUDA_NO_CACHING", "1", 1);
+  std::shared_ptr<void> a = bcos::cuda::allocate(1000, 0);
+  unsetenv("BCOS_CUDA_NO_CACHING");
+  std::vector<char> host(1001);
+  CHECK(cudaMemcpy(host.data(), a.get(), 1000, cudaMemcpyDeviceToHost) == cudaSuccess);
+  CHECK(cudaMemcpy(host.data(), a.get(), 1001, cudaMemcpyDeviceToHost) == cudaErrorInvalidValue);
+  cudaGetLastError();
+  std::shared_ptr<void> cached = bcos::cuda::allocate(1000, 0);  // a slice of a segment: no such bound
+  CHECK(cudaMemcpy(host.data(), cached.get(), 1001, cudaMemcpyDeviceToHost) == cudaSuccess);
 }
 
 TEST_CASE("emulator: cuBLAS GEMM is column-major with op(A), op(B), strides and beta; bad arguments are refused") {

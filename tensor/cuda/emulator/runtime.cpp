@@ -256,9 +256,10 @@ cudaError_t cudaMalloc(void** p, size_t size) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   if (s.device_bytes_in_use + size > kDeviceMemory) return record(cudaErrorMemoryAllocation);
-  // 256-byte alignment, as cudaMalloc's; at least one byte so that every allocation has an address.
-  void* q = std::aligned_alloc(256, (std::max<size_t>(size, 1) + 255) / 256 * 256);
-  if (q == nullptr) return record(cudaErrorMemoryAllocation);
+  // 256-byte alignment, as cudaMalloc's; at least one byte so that every allocation has an
+  // address. Exactly `size` bytes, so that AddressSanitizer sees the same bound as the checks here.
+  void* q = nullptr;
+  if (posix_memalign(&q, 256, std::max<size_t>(size, 1)) != 0) return record(cudaErrorMemoryAllocation);
   s.allocations[reinterpret_cast<uintptr_t>(q)] = {size, t_device, Kind::device};
   s.device_bytes_in_use += size;
   *p = q;
@@ -279,8 +280,8 @@ cudaError_t cudaFree(void* p) {
 cudaError_t cudaHostAlloc(void** p, size_t size, unsigned int) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
-  void* q = std::aligned_alloc(256, (std::max<size_t>(size, 1) + 255) / 256 * 256);
-  if (q == nullptr) return record(cudaErrorMemoryAllocation);
+  void* q = nullptr;
+  if (posix_memalign(&q, 256, std::max<size_t>(size, 1)) != 0) return record(cudaErrorMemoryAllocation);
   s.allocations[reinterpret_cast<uintptr_t>(q)] = {size, -1, Kind::pinned};
   *p = q;
   return cudaSuccess;

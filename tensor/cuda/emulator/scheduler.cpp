@@ -7,6 +7,7 @@
 // instead of hanging, naming the kernel and the block.
 #include <sys/mman.h>
 
+#include <cstring>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -15,6 +16,18 @@
 #include "tensor/cuda/emulator/device.h"
 #include "tensor/cuda/emulator/runtime.h"
 #include "tensor/error.h"
+
+// Under AddressSanitizer every switch is announced through its fiber API, so that it knows which
+// stack runs, and a stack is unpoisoned before a new thread starts on it (the last thread's
+// frames may have left red zones there). Kernels' reads and writes are then checked like any
+// other code's: with BCOS_CUDA_NO_CACHING=1 (tensor/cuda/allocator.cu), against each tensor's
+// bounds.
+#if defined(__SANITIZE_ADDRESS__)
+#include <pthread.h>
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define BCOS_EMU_ASAN 1
+#endif
 
 // ---- context switch ---------------------------------------------------------------------------
 // switch_stack(&save, next): pushes the callee-saved registers (and the SSE / x87 control words)
@@ -119,9 +132,44 @@ char* fiber_stacks() {
   return g.stacks;
 }
 
-void yield_to_scheduler() {
+char* stack_bottom(int index) { return fiber_stacks() + size_t(index) * (kStackBytes + kGuardBytes) + kGuardBytes; }
+
+// Saves the running context in *save and resumes `next_sp`: fiber `next_index`'s stack, or the
+// scheduler's (the host thread's own) for -1. `last`: the running fiber never resumes.
+void switch_to(void** save, void* next_sp, int next_index, bool last = false) {
+#ifdef BCOS_EMU_ASAN
+  const void* bottom = nullptr;
+  size_t size = 0;
+  if (next_index >= 0) {
+    bottom = stack_bottom(next_index);
+    size = kStackBytes;
+  } else {
+    static thread_local std::pair<void*, size_t> host = [] {
+      pthread_attr_t attr;
+      std::pair<void*, size_t> bounds{nullptr, 0};
+      if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+        pthread_attr_getstack(&attr, &bounds.first, &bounds.second);
+        pthread_attr_destroy(&attr);
+      }
+      return bounds;
+    }();
+    bottom = host.first;
+    size = host.second;
+  }
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(last ? nullptr : &fake_stack, bottom, size);
+  bcos_emu_switch_stack(save, next_sp);
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#else
+  (void)next_index;
+  (void)last;
+  bcos_emu_switch_stack(save, next_sp);
+#endif
+}
+
+void yield_to_scheduler(bool last = false) {
   Grid& g = grid_state();
-  bcos_emu_switch_stack(&g.running->sp, g.scheduler_sp);
+  switch_to(&g.running->sp, g.scheduler_sp, -1, last);
 }
 
 // The running fiber has reached a warp operation (its value written, its wait set): hands over
@@ -141,7 +189,7 @@ void wait_for_warp() {
     if (other.wait == Wait::none) {
       g.running = &other;
       current_thread = &other.thread;
-      bcos_emu_switch_stack(&self->sp, other.sp);
+      switch_to(&self->sp, other.sp, int(&other - g.fibers.data()));
       return;  // resumed by a lane (or the scheduler) after the warp's release
     }
     everyone_waits = everyone_waits && other.wait == Wait::warp;
@@ -154,10 +202,13 @@ void wait_for_warp() {
 }
 
 [[noreturn]] void fiber_main() {
+#ifdef BCOS_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);  // the first entry: no earlier frame
+#endif
   Grid& g = grid_state();
   g.body(g.context);
   g.running->wait = Wait::done;
-  yield_to_scheduler();
+  yield_to_scheduler(/*last=*/true);
   __builtin_unreachable();
 }
 
@@ -166,7 +217,10 @@ void wait_for_warp() {
 void* fresh_stack(int index) {
   // Stacks start at different offsets within a page: at equal ones, every fiber's saved registers
   // would share one set of the L1 cache and evict each other at each switch.
-  char* top = fiber_stacks() + size_t(index + 1) * (kStackBytes + kGuardBytes) - size_t(index % 61) * 64;
+#ifdef BCOS_EMU_ASAN
+  ASAN_UNPOISON_MEMORY_REGION(stack_bottom(index), kStackBytes);
+#endif
+  char* top = stack_bottom(index) + kStackBytes - size_t(index % 61) * 64;
   auto* slots = reinterpret_cast<uint64_t*>(top - 16);  // slots[0]: return address; 16-aligned
   slots[0] = reinterpret_cast<uint64_t>(&fiber_main);
   slots[1] = 0;
@@ -249,7 +303,7 @@ void run_block(Grid& g) {
       if (f.wait != Wait::none) continue;
       g.running = &f;
       current_thread = &f.thread;
-      bcos_emu_switch_stack(&g.scheduler_sp, f.sp);
+      switch_to(&g.scheduler_sp, f.sp, int(&f - g.fibers.data()));
       ran = true;
       if (!g.error.empty()) return;
     }
@@ -281,7 +335,7 @@ void sync_block() {
     if (other.wait == Wait::none) {
       g.running = &other;
       current_thread = &other.thread;
-      bcos_emu_switch_stack(&self->sp, other.sp);
+      switch_to(&self->sp, other.sp, int(&other - g.fibers.data()));
       return;
     }
     everyone_waits = everyone_waits && (other.wait == Wait::block || other.wait == Wait::done);
