@@ -186,11 +186,20 @@ TEST_CASE("cuda: allocator hands a freed block back out") {
   CHECK(cuda::allocate(0, 0) == nullptr);
 }
 
-// Sets an environment variable for one scope.
+// Sets an environment variable for one scope, then puts back what was there.
 struct ScopedEnv {
-  std::string name;
-  ScopedEnv(const char* n, const char* value) : name(n) { setenv(n, value, 1); }
-  ~ScopedEnv() { unsetenv(name.c_str()); }
+  std::string name, old;
+  bool had = false;
+  ScopedEnv(const char* n, const char* value) : name(n) {
+    if (const char* v = std::getenv(n)) had = true, old = v;
+    setenv(n, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had)
+      setenv(name.c_str(), old.c_str(), 1);
+    else
+      unsetenv(name.c_str());
+  }
 };
 
 TEST_CASE("cuda: allocator without caching (BCOS_CUDA_NO_CACHING) gives each tensor exactly its size") {

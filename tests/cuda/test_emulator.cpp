@@ -233,15 +233,21 @@ TEST_CASE("emulator: copies and memsets outside a device allocation are refused"
 // With the caching allocator off, each tensor is an allocation of its own, exactly its size: the
 // emulator's checks (and AddressSanitizer, in a sanitized build) then see a tensor's bounds.
 TEST_CASE("emulator: without the allocator's cache a copy one byte past a tensor is refused") {
+  const char* before = std::getenv("BCOS_CUDA_NO_CACHING");
+  const std::string saved = before ? before : "";
   setenv("BCOS_CUDA_NO_CACHING", "1", 1);
   std::shared_ptr<void> a = bcos::cuda::allocate(1000, 0);
-  unsetenv("BCOS_CUDA_NO_CACHING");
+  setenv("BCOS_CUDA_NO_CACHING", "0", 1);
   std::vector<char> host(1001);
   CHECK(cudaMemcpy(host.data(), a.get(), 1000, cudaMemcpyDeviceToHost) == cudaSuccess);
   CHECK(cudaMemcpy(host.data(), a.get(), 1001, cudaMemcpyDeviceToHost) == cudaErrorInvalidValue);
   cudaGetLastError();
   std::shared_ptr<void> cached = bcos::cuda::allocate(1000, 0);  // a slice of a segment: no such bound
   CHECK(cudaMemcpy(host.data(), cached.get(), 1001, cudaMemcpyDeviceToHost) == cudaSuccess);
+  if (before)
+    setenv("BCOS_CUDA_NO_CACHING", saved.c_str(), 1);
+  else
+    unsetenv("BCOS_CUDA_NO_CACHING");
 }
 
 TEST_CASE("emulator: cuBLAS GEMM is column-major with op(A), op(B), strides and beta; bad arguments are refused") {
