@@ -8,7 +8,8 @@
 // BCOS_CUDA_NO_CACHING=1 turns all of that off (as PyTorch's PYTORCH_NO_CUDA_MEMORY_CACHING):
 // each tensor gets a cudaMalloc of exactly its size, freed with it. Slow; it is for memory
 // checkers (compute-sanitizer on a GPU, AddressSanitizer on the CUDA emulator), which then see
-// every tensor's own bounds instead of a segment's.
+// every tensor's own bounds instead of a segment's. Each free is a cudaFree, which waits for the
+// whole device: with an NCCL collective stuck on a dead peer, freeing a tensor waits for it too.
 #include <cstdint>
 #include <cstdlib>
 #include <iomanip>

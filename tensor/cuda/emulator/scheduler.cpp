@@ -18,8 +18,9 @@
 #include "tensor/error.h"
 
 // Under AddressSanitizer every switch is announced through its fiber API, so that it knows which
-// stack runs, and a stack is unpoisoned before a new thread starts on it (the last thread's
-// frames may have left red zones there). Kernels' reads and writes are then checked like any
+// stack runs, and a stack is unpoisoned before a new thread starts on it: frames that never
+// returned leave their red zones behind -- only the few at the top when a thread finished, but
+// anywhere in a stack a failed block (a deadlock) abandoned. Kernels' reads and writes are then checked like any
 // other code's: with BCOS_CUDA_NO_CACHING=1 (tensor/cuda/allocator.cu), against each tensor's
 // bounds.
 #if defined(__SANITIZE_ADDRESS__)
@@ -132,6 +133,12 @@ char* fiber_stacks() {
   return g.stacks;
 }
 
+// Per stack: whether a thread left it mid-way (or it is in use), so that it needs a full unpoison.
+std::vector<bool>& stack_abandoned() {
+  static std::vector<bool> v(kMaxThreads, true);
+  return v;
+}
+
 char* stack_bottom(int index) { return fiber_stacks() + size_t(index) * (kStackBytes + kGuardBytes) + kGuardBytes; }
 
 // Saves the running context in *save and resumes `next_sp`: fiber `next_index`'s stack, or the
@@ -218,7 +225,12 @@ void* fresh_stack(int index) {
   // Stacks start at different offsets within a page: at equal ones, every fiber's saved registers
   // would share one set of the L1 cache and evict each other at each switch.
 #ifdef BCOS_EMU_ASAN
-  ASAN_UNPOISON_MEMORY_REGION(stack_bottom(index), kStackBytes);
+  constexpr size_t kTopBytes = 16 * 1024;  // fiber_main and the switch's frames, above any kernel's
+  if (stack_abandoned()[size_t(index)])
+    ASAN_UNPOISON_MEMORY_REGION(stack_bottom(index), kStackBytes);
+  else
+    ASAN_UNPOISON_MEMORY_REGION(stack_bottom(index) + kStackBytes - kTopBytes, kTopBytes);
+  stack_abandoned()[size_t(index)] = true;  // until its thread finishes (run_block)
 #endif
   char* top = stack_bottom(index) + kStackBytes - size_t(index % 61) * 64;
   auto* slots = reinterpret_cast<uint64_t*>(top - 16);  // slots[0]: return address; 16-aligned
@@ -289,7 +301,15 @@ bool release_block(Grid& g) {
   return true;
 }
 
+void run_fibers(Grid& g);
+
 void run_block(Grid& g) {
+  run_fibers(g);
+  for (size_t t = 0; t < g.fibers.size(); ++t)
+    if (g.fibers[t].wait == Wait::done) stack_abandoned()[t] = false;
+}
+
+void run_fibers(Grid& g) {
   const int n = int(g.fibers.size());
   for (int t = 0; t < n; ++t) {
     Fiber& f = g.fibers[size_t(t)];
