@@ -20,9 +20,9 @@
 // Under AddressSanitizer every switch is announced through its fiber API, so that it knows which
 // stack runs, and a stack is unpoisoned before a new thread starts on it: frames that never
 // returned leave their red zones behind -- only the few at the top when a thread finished, but
-// anywhere in a stack a failed block (a deadlock) abandoned. Kernels' reads and writes are then checked like any
-// other code's: with BCOS_CUDA_NO_CACHING=1 (tensor/cuda/allocator.cu), against each tensor's
-// bounds.
+// anywhere in a stack that a failed block (a deadlock) abandoned. Kernels' reads and writes are
+// then checked like any other code's: with BCOS_CUDA_NO_CACHING=1 (tensor/cuda/allocator.cu),
+// against each tensor's bounds.
 #if defined(__SANITIZE_ADDRESS__)
 #include <pthread.h>
 #include <sanitizer/asan_interface.h>
@@ -139,7 +139,9 @@ std::vector<bool>& stack_abandoned() {
   return v;
 }
 
-char* stack_bottom(int index) { return fiber_stacks() + size_t(index) * (kStackBytes + kGuardBytes) + kGuardBytes; }
+char* stack_bottom(int index) {
+  return fiber_stacks() + size_t(index) * (kStackBytes + kGuardBytes) + kGuardBytes;
+}
 
 // Saves the running context in *save and resumes `next_sp`: fiber `next_index`'s stack, or the
 // scheduler's (the host thread's own) for -1. `last`: the running fiber never resumes.
@@ -222,8 +224,6 @@ void wait_for_warp() {
 // A fresh stack whose first switch "returns" into fiber_main with the ABI's alignment
 // (rsp + 8 a multiple of 16 at a function's entry).
 void* fresh_stack(int index) {
-  // Stacks start at different offsets within a page: at equal ones, every fiber's saved registers
-  // would share one set of the L1 cache and evict each other at each switch.
 #ifdef BCOS_EMU_ASAN
   constexpr size_t kTopBytes = 16 * 1024;  // fiber_main and the switch's frames, above any kernel's
   if (stack_abandoned()[size_t(index)])
@@ -232,6 +232,8 @@ void* fresh_stack(int index) {
     ASAN_UNPOISON_MEMORY_REGION(stack_bottom(index) + kStackBytes - kTopBytes, kTopBytes);
   stack_abandoned()[size_t(index)] = true;  // until its thread finishes (run_block)
 #endif
+  // Stacks start at different offsets within a page: at equal ones, every fiber's saved registers
+  // would share one set of the L1 cache and evict each other at each switch.
   char* top = stack_bottom(index) + kStackBytes - size_t(index % 61) * 64;
   auto* slots = reinterpret_cast<uint64_t*>(top - 16);  // slots[0]: return address; 16-aligned
   slots[0] = reinterpret_cast<uint64_t>(&fiber_main);
