@@ -49,6 +49,20 @@ std::string error_of(auto&& f) {
   return "";
 }
 
+// What a launch's failure reads as once the device is synchronised: a kernel runs when its
+// stream's queue is run, and its failure is the next synchronisation's cudaErrorLaunchFailure,
+// once; "" if none.
+std::string failure_of(auto&& launch) {
+  launch();
+  const cudaError_t err = cudaDeviceSynchronize();
+  if (err == cudaSuccess) return "";
+  CHECK(err == cudaErrorLaunchFailure);
+  CHECK(std::string(cudaGetErrorName(err)) == "cudaErrorLaunchFailure");
+  CHECK(cudaGetLastError() == cudaErrorLaunchFailure);
+  CHECK(cudaDeviceSynchronize() == cudaSuccess);  // reported once
+  return cudaGetErrorString(err);
+}
+
 }  // namespace
 
 TEST_CASE("emulator: thread and block indices cover the grid once, in every dimension") {
@@ -113,7 +127,7 @@ TEST_CASE("emulator: warp shuffles and votes exchange the lanes' values") {
 TEST_CASE("emulator: a __syncthreads that some threads skip is reported as a deadlock") {
   DeviceArray<float> x(size_t(64));
   float* p = x.p;
-  const std::string err = error_of([&] {
+  const std::string err = failure_of([&] {
     bcos::emu::launch("divergent", [&](auto&&... a) {
       auto body = [](float* q) {
         if (threadIdx.x < 16) {
@@ -135,7 +149,7 @@ TEST_CASE("emulator: a __syncthreads that some threads skip is reported as a dea
 TEST_CASE("emulator: a shuffle waiting for lanes that returned is an error") {
   DeviceArray<float> x(size_t(32));
   float* p = x.p;
-  const std::string err = error_of([&] {
+  const std::string err = failure_of([&] {
     bcos::emu::launch("early_exit", [&](auto&&... a) {
       auto body = [](float* q) {
         if (threadIdx.x >= 20) return;
@@ -200,6 +214,7 @@ TEST_CASE("emulator: work queued beside the host holds back its stream, its even
     body(a...);
   };
   bcos::emu::launch("after_the_event", copy_first, 1, 1, 0, other)(p);  // waits for p[0] = 7
+  CHECK(cudaStreamSynchronize(other) == cudaSuccess);
   opener.join();
   CHECK(cudaEventQuery(done) == cudaSuccess);
   bcos::emu::runtime::enqueue_beside_host(side, [second, p] {
@@ -216,6 +231,90 @@ TEST_CASE("emulator: work queued beside the host holds back its stream, its even
   cudaEventDestroy(done);
   cudaStreamDestroy(side);
   cudaStreamDestroy(other);
+}
+
+// A stream is a queue, as on a GPU: work runs when the host needs it done, or when work on
+// another stream waits for an event recorded after it -- and not before, so a forgotten wait reads
+// what was there before. (Device memory is host memory here, so the test can look at it directly.)
+TEST_CASE("emulator: streams run their work when waited for; without an event wait another stream reads stale data") {
+  DeviceArray<int> x(size_t(3));
+  int* p = x.p;
+  cudaStream_t a = nullptr, b = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking) == cudaSuccess);
+  cudaEvent_t written = nullptr;
+  REQUIRE(cudaEventCreateWithFlags(&written, cudaEventDisableTiming) == cudaSuccess);
+  auto set_first = [=](auto&&... v) {
+    auto body = [](int* q) { q[0] = 5; };
+    body(v...);
+  };
+  auto copy_first_to = [=](auto&&... v) {
+    auto body = [](int* q, int at) { q[at] = q[0]; };
+    body(v...);
+  };
+  bcos::emu::launch("set_first", set_first, 1, 1, 0, a)(p);
+  CHECK(p[0] == 0);  // queued, not run
+  REQUIRE(cudaEventRecord(written, a) == cudaSuccess);
+  bcos::emu::launch("no_wait", copy_first_to, 1, 1, 0, b)(p, 1);
+  REQUIRE(cudaStreamWaitEvent(b, written, 0) == cudaSuccess);
+  bcos::emu::launch("after_wait", copy_first_to, 1, 1, 0, b)(p, 2);
+  CHECK(cudaStreamSynchronize(b) == cudaSuccess);
+  CHECK(x.host() == std::vector<int>{5, 0, 5});  // the copy that did not wait read the old value
+  cudaEventDestroy(written);
+  cudaStreamDestroy(a);
+  cudaStreamDestroy(b);
+}
+
+// As CUDA stages copies from pageable memory: the source is read when the call is made. Pinned
+// memory is read (and written) only when the copy runs, so it must not change before then.
+TEST_CASE("emulator: asynchronous copies read pinned memory when they run, pageable memory when issued") {
+  DeviceArray<int> x(size_t(2));
+  int* pinned = nullptr;
+  REQUIRE(cudaHostAlloc(reinterpret_cast<void**>(&pinned), 2 * sizeof(int), cudaHostAllocDefault) == cudaSuccess);
+  pinned[0] = 1;
+  pinned[1] = 0;
+  int pageable = 2;
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaMemcpyAsync(x.p, pinned, sizeof(int), cudaMemcpyHostToDevice, s) == cudaSuccess);
+  REQUIRE(cudaMemcpyAsync(x.p + 1, &pageable, sizeof(int), cudaMemcpyHostToDevice, s) == cudaSuccess);
+  pinned[0] = 10;  // too early: the copy has not read it
+  pageable = 20;   // harmless: already staged
+  REQUIRE(cudaMemcpyAsync(pinned + 1, x.p + 1, sizeof(int), cudaMemcpyDeviceToHost, s) == cudaSuccess);
+  CHECK(pinned[1] == 0);
+  CHECK(cudaStreamSynchronize(s) == cudaSuccess);
+  CHECK(x.host() == std::vector<int>{10, 2});
+  CHECK(pinned[1] == 2);
+  int back = 0;  // into pageable memory: done when the call returns
+  REQUIRE(cudaMemcpyAsync(&back, x.p, sizeof(int), cudaMemcpyDeviceToHost, s) == cudaSuccess);
+  CHECK(back == 10);
+  cudaStreamDestroy(s);
+  cudaFreeHost(pinned);
+}
+
+// The legacy default stream waits for blocking streams (created without cudaStreamNonBlocking)
+// and they for it; a non-blocking stream is ordered with neither.
+TEST_CASE("emulator: the default stream and blocking streams are ordered with each other, non-blocking ones are not") {
+  for (const unsigned flags : {unsigned(cudaStreamDefault), unsigned(cudaStreamNonBlocking)}) {
+    CAPTURE(flags);
+    DeviceArray<int> x(size_t(2));
+    int* p = x.p;
+    cudaStream_t s = nullptr;
+    REQUIRE(cudaStreamCreateWithFlags(&s, flags) == cudaSuccess);
+    auto set_first = [=](auto&&... v) {
+      auto body = [](int* q) { q[0] = 3; };
+      body(v...);
+    };
+    auto copy_first = [=](auto&&... v) {
+      auto body = [](int* q) { q[1] = q[0]; };
+      body(v...);
+    };
+    bcos::emu::launch("on_default", set_first, 1, 1)(p);
+    bcos::emu::launch("on_the_stream", copy_first, 1, 1, 0, s)(p);
+    CHECK(cudaStreamSynchronize(s) == cudaSuccess);
+    CHECK(p[1] == (flags == cudaStreamDefault ? 3 : 0));
+    cudaStreamDestroy(s);
+  }
 }
 
 TEST_CASE("emulator: copies and memsets outside a device allocation are refused") {

@@ -145,6 +145,23 @@ TEST_CASE("loader: batches delivered to a GPU (pinned, staged on a side stream) 
   CHECK(gpu.labels == host.labels);
   CHECK(gpu.names == host.names);
   CHECK(gpu.batch_sizes == host.batch_sizes);  // the last, smaller batch re-sizes a slot
+  // Batches kept on the device and read only after the epoch, as queued training steps read them:
+  // a slot's buffers must not be overwritten before the copies out of them ran, nor its pinned
+  // host blocks recycled for later batches before the copies out of them ran.
+  LoaderOptions in_turn = o;
+  in_turn.workers = 0;  // batches made on this thread, in turn: deterministic recycling
+  std::vector<Batch> kept;
+  for (Batch& b : DataLoader(ds, augment(), in_turn).epoch(1)) kept.push_back(b);
+  std::vector<float> kept_images;
+  std::vector<int64_t> kept_labels;
+  for (const Batch& b : kept) {
+    const auto im = b.images.to_vector<float>();
+    kept_images.insert(kept_images.end(), im.begin(), im.end());
+    const auto lb = b.labels.to_vector<int64_t>();
+    kept_labels.insert(kept_labels.end(), lb.begin(), lb.end());
+  }
+  CHECK(kept_images == host.images);
+  CHECK(kept_labels == host.labels);
   // Stopping after one batch (another staged, its copy in flight) shuts down cleanly.
   auto epoch = loader.epoch(2);
   Batch first;

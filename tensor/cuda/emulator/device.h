@@ -6,7 +6,9 @@
 // model timing or the memory model (blocks run one after another, a block's threads as
 // fibers that switch only at barriers and warp operations), so it cannot find a race that
 // depends on interleaving; it does find wrong indices, missing or divergent barriers (reported
-// as a deadlock), shuffles with exited lanes, and launches the hardware would refuse.
+// as a deadlock), shuffles with exited lanes, launches the hardware would refuse, and -- since a
+// launch runs only when its stream's queue is run (runtime.cpp) -- work on another stream that
+// reads the kernel's output without waiting for it.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -17,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <type_traits>
 #include <utility>
 
@@ -52,11 +55,11 @@ void sync_block();  // __syncthreads
 uint64_t warp_exchange(uint64_t bits, int source_lane, unsigned mask, const char* op);
 unsigned warp_ballot(bool predicate, unsigned mask, const char* op);
 
-using KernelBody = void (*)(void*);
-// Runs the grid, block after block; raises (naming `kernel`) on a deadlock or a shuffle that
-// lanes left. A configuration the hardware refuses sets the error cudaGetLastError returns.
+// Checks the launch configuration now (one the hardware refuses sets the error cudaGetLastError
+// returns, and nothing runs) and queues the grid on `stream`; when it runs, block after block, a
+// deadlock or a shuffle that lanes left raises, naming `kernel`, from the call that ran it.
 void run_grid(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
-              KernelBody body, void* context);
+              std::function<void()> call);
 
 template <class Kernel>
 struct Launch {
@@ -65,12 +68,12 @@ struct Launch {
   dim3 grid, block;
   size_t shared_bytes;
   cudaStream_t stream;
-  // The arguments are evaluated once, here, as a launch evaluates them; every thread gets copies.
+  // The arguments are evaluated once, here, and copied, as a launch copies them; every thread
+  // gets copies of those.
   template <class... Args>
   void operator()(Args&&... args) {
-    auto call = [&] { kernel(args...); };
     run_grid(name, grid, block, shared_bytes, stream,
-             [](void* p) { (*static_cast<decltype(call)*>(p))(); }, &call);
+             [kernel = kernel, ... a = std::decay_t<Args>(std::forward<Args>(args))] { kernel(a...); });
   }
 };
 

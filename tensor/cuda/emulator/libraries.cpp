@@ -25,7 +25,7 @@
 #include "tensor/cuda/emulator/runtime.h"
 
 using bcos::emu::runtime::check_device_range;
-using bcos::emu::runtime::check_stream;
+using bcos::emu::runtime::enqueue;
 
 namespace {
 
@@ -121,7 +121,6 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
                     (Ctype == Atype || Ctype == CUDA_R_32F);
   if (!f64 && !f32 && !half) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
-  check_stream(handle->stream, "cublasGemmStridedBatchedEx");
   const double a = f64 ? *static_cast<const double*>(alpha) : *static_cast<const float*>(alpha);
   const double b = f64 ? *static_cast<const double*>(beta) : *static_cast<const float*>(beta);
   const bool round_tf32 = f32 && compute == CUBLAS_COMPUTE_32F_FAST_TF32;
@@ -137,26 +136,29 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
   }
   check_device_range(C, size_t(extent(m, n, ldc, strideC, batch)) * cuda_type_bytes(Ctype),
                      "cublasGemmStridedBatchedEx: C");
-  for (int64_t p = 0; p < batch; ++p) {
-    Eigen::MatrixXd op_a(m, k), op_b(k, n);
-    for (int64_t q = 0; q < k; ++q)
-      for (int64_t i = 0; i < m; ++i) {
-        const double v = load(A, Atype, p * strideA + (ta ? q + i * lda : i + q * lda));
-        op_a(i, q) = round_tf32 ? tf32(v) : v;
-      }
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t q = 0; q < k; ++q) {
-        const double v = load(B, Btype, p * strideB + (tb ? j + q * ldb : q + j * ldb));
-        op_b(q, j) = round_tf32 ? tf32(v) : v;
-      }
-    const Eigen::MatrixXd product = op_a * op_b;
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t i = 0; i < m; ++i) {
-        const int64_t at = p * strideC + i + j * ldc;
-        // beta == 0: C is not read (it may hold NaN), as the documentation promises.
-        store(C, Ctype, at, a * product(i, j) + (b == 0 ? 0.0 : b * load(C, Ctype, at)));
-      }
-  }
+  // Queued: it runs in the stream's turn; the scalars were read now (host pointer mode).
+  enqueue(handle->stream, "cublasGemmStridedBatchedEx", [=] {
+    for (int64_t p = 0; p < batch; ++p) {
+      Eigen::MatrixXd op_a(m, k), op_b(k, n);
+      for (int64_t q = 0; q < k; ++q)
+        for (int64_t i = 0; i < m; ++i) {
+          const double v = load(A, Atype, p * strideA + (ta ? q + i * lda : i + q * lda));
+          op_a(i, q) = round_tf32 ? tf32(v) : v;
+        }
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t q = 0; q < k; ++q) {
+          const double v = load(B, Btype, p * strideB + (tb ? j + q * ldb : q + j * ldb));
+          op_b(q, j) = round_tf32 ? tf32(v) : v;
+        }
+      const Eigen::MatrixXd product = op_a * op_b;
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t i = 0; i < m; ++i) {
+          const int64_t at = p * strideC + i + j * ldc;
+          // beta == 0: C is not read (it may hold NaN), as the documentation promises.
+          store(C, Ctype, at, a * product(i, j) + (b == 0 ? 0.0 : b * load(C, Ctype, at)));
+        }
+    }
+  });
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -491,24 +493,28 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void* alpha, const 
   if (cudnnStatus_t s = check_workspace(workspace, workspace_bytes, algo, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM);
       s != CUDNN_STATUS_SUCCESS)
     return s;
-  check_stream(h->stream, "cudnnConvolutionForward");
   check_device_range(x, bytes_of(xd), "cudnnConvolutionForward: x");
   check_device_range(w, bytes_of(wd), "cudnnConvolutionForward: w");
   check_device_range(y, bytes_of(yd), "cudnnConvolutionForward: y");
+  // Queued: the descriptors and scalars are read now, the data when it runs.
   const cudaDataType t = as_cuda_type(xd->type);
   const bool r = rounds_tf32(xd, cd);
   const Lowering l = lower(xd, wd, cd, yd);
-  std::vector<double> acc(size_t(yd->n) * yd->c * yd->h * yd->w, 0.0);
-  for (int64_t g = 0; g < l.groups; ++g) {
-    const Eigen::MatrixXd wg = filter_rows(l, w, t, g, r);
-    for (int64_t n = 0; n < yd->n; ++n) {
-      const Eigen::MatrixXd yg = wg * gather_columns(l, x, t, n, g, r);
-      const int64_t base = (n * l.groups + g) * l.kpg * l.out_plane;
-      for (int64_t k = 0; k < l.kpg; ++k)
-        for (int64_t p = 0; p < l.positions; ++p) acc[size_t(base + k * l.out_plane + p)] = yg(k, p);
+  const int64_t batch = yd->n, out_numel = int64_t(yd->n) * yd->c * yd->h * yd->w;
+  const double al = scalar(alpha, xd->type), be = scalar(beta, xd->type);
+  enqueue(h->stream, "cudnnConvolutionForward", [=] {
+    std::vector<double> acc(size_t(out_numel), 0.0);
+    for (int64_t g = 0; g < l.groups; ++g) {
+      const Eigen::MatrixXd wg = filter_rows(l, w, t, g, r);
+      for (int64_t n = 0; n < batch; ++n) {
+        const Eigen::MatrixXd yg = wg * gather_columns(l, x, t, n, g, r);
+        const int64_t base = (n * l.groups + g) * l.kpg * l.out_plane;
+        for (int64_t k = 0; k < l.kpg; ++k)
+          for (int64_t p = 0; p < l.positions; ++p) acc[size_t(base + k * l.out_plane + p)] = yg(k, p);
+      }
     }
-  }
-  blend_into(y, t, acc, scalar(alpha, xd->type), scalar(beta, xd->type));
+    blend_into(y, t, acc, al, be);
+  });
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -522,25 +528,28 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void* alpha, c
   if (cudnnStatus_t s = check_workspace(workspace, workspace_bytes, algo, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0);
       s != CUDNN_STATUS_SUCCESS)
     return s;
-  check_stream(h->stream, "cudnnConvolutionBackwardData");
   check_device_range(w, bytes_of(wd), "cudnnConvolutionBackwardData: w");
   check_device_range(dy, bytes_of(dyd), "cudnnConvolutionBackwardData: dy");
   check_device_range(dx, bytes_of(dxd), "cudnnConvolutionBackwardData: dx");
   const cudaDataType t = as_cuda_type(dxd->type);
   const bool r = rounds_tf32(dxd, cd);
   const Lowering l = lower(dxd, wd, cd, dyd);
-  std::vector<double> acc(size_t(dxd->n) * dxd->c * dxd->h * dxd->w, 0.0);
-  for (int64_t g = 0; g < l.groups; ++g) {
-    const Eigen::MatrixXd wg_t = filter_rows(l, w, t, g, r).transpose();
-    for (int64_t n = 0; n < dyd->n; ++n) {
-      const Eigen::MatrixXd cols = wg_t * output_rows(l, dy, t, n, g, r);  // [R, P]
-      const int64_t base = (n * l.groups + g) * l.cpg * l.in_plane;
-      for (int64_t p = 0; p < l.positions; ++p)
-        for (int64_t q = 0; q < l.taps_per_out; ++q)
-          if (const int64_t at = l.taps[size_t(q * l.positions + p)]; at >= 0) acc[size_t(base + at)] += cols(q, p);
+  const int64_t batch = dyd->n, in_numel = int64_t(dxd->n) * dxd->c * dxd->h * dxd->w;
+  const double al = scalar(alpha, dxd->type), be = scalar(beta, dxd->type);
+  enqueue(h->stream, "cudnnConvolutionBackwardData", [=] {
+    std::vector<double> acc(size_t(in_numel), 0.0);
+    for (int64_t g = 0; g < l.groups; ++g) {
+      const Eigen::MatrixXd wg_t = filter_rows(l, w, t, g, r).transpose();
+      for (int64_t n = 0; n < batch; ++n) {
+        const Eigen::MatrixXd cols = wg_t * output_rows(l, dy, t, n, g, r);  // [R, P]
+        const int64_t base = (n * l.groups + g) * l.cpg * l.in_plane;
+        for (int64_t p = 0; p < l.positions; ++p)
+          for (int64_t q = 0; q < l.taps_per_out; ++q)
+            if (const int64_t at = l.taps[size_t(q * l.positions + p)]; at >= 0) acc[size_t(base + at)] += cols(q, p);
+      }
     }
-  }
-  blend_into(dx, t, acc, scalar(alpha, dxd->type), scalar(beta, dxd->type));
+    blend_into(dx, t, acc, al, be);
+  });
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -555,22 +564,25 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void* alpha,
   if (cudnnStatus_t s = check_workspace(workspace, workspace_bytes, algo, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0);
       s != CUDNN_STATUS_SUCCESS)
     return s;
-  check_stream(h->stream, "cudnnConvolutionBackwardFilter");
   check_device_range(x, bytes_of(xd), "cudnnConvolutionBackwardFilter: x");
   check_device_range(dy, bytes_of(dyd), "cudnnConvolutionBackwardFilter: dy");
   check_device_range(dw, bytes_of(dwd), "cudnnConvolutionBackwardFilter: dw");
   const cudaDataType t = as_cuda_type(xd->type);
   const bool r = rounds_tf32(xd, cd);
   const Lowering l = lower(xd, dwd, cd, dyd);
-  std::vector<double> acc(size_t(dwd->k) * dwd->c * dwd->h * dwd->w, 0.0);
-  for (int64_t g = 0; g < l.groups; ++g) {
-    Eigen::MatrixXd dwg = Eigen::MatrixXd::Zero(l.kpg, l.taps_per_out);
-    for (int64_t n = 0; n < dyd->n; ++n)
-      dwg.noalias() += output_rows(l, dy, t, n, g, r) * gather_columns(l, x, t, n, g, r).transpose();
-    for (int64_t k = 0; k < l.kpg; ++k)
-      for (int64_t q = 0; q < l.taps_per_out; ++q) acc[size_t((g * l.kpg + k) * l.taps_per_out + q)] = dwg(k, q);
-  }
-  blend_into(dw, t, acc, scalar(alpha, xd->type), scalar(beta, xd->type));
+  const int64_t batch = dyd->n, filter_numel = int64_t(dwd->k) * dwd->c * dwd->h * dwd->w;
+  const double al = scalar(alpha, xd->type), be = scalar(beta, xd->type);
+  enqueue(h->stream, "cudnnConvolutionBackwardFilter", [=] {
+    std::vector<double> acc(size_t(filter_numel), 0.0);
+    for (int64_t g = 0; g < l.groups; ++g) {
+      Eigen::MatrixXd dwg = Eigen::MatrixXd::Zero(l.kpg, l.taps_per_out);
+      for (int64_t n = 0; n < batch; ++n)
+        dwg.noalias() += output_rows(l, dy, t, n, g, r) * gather_columns(l, x, t, n, g, r).transpose();
+      for (int64_t k = 0; k < l.kpg; ++k)
+        for (int64_t q = 0; q < l.taps_per_out; ++q) acc[size_t((g * l.kpg + k) * l.taps_per_out + q)] = dwg(k, q);
+    }
+    blend_into(dw, t, acc, al, be);
+  });
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -582,19 +594,20 @@ cudnnStatus_t cudnnAddTensor(cudnnHandle_t h, const void* alpha, const cudnnTens
   const int adims[4] = {ad->n, ad->c, ad->h, ad->w}, cdims[4] = {cd->n, cd->c, cd->h, cd->w};
   for (int i = 0; i < 4; ++i)
     if (adims[i] != cdims[i] && adims[i] != 1) return CUDNN_STATUS_BAD_PARAM;
-  check_stream(h->stream, "cudnnAddTensor");
   check_device_range(a, bytes_of(ad), "cudnnAddTensor: A");
   check_device_range(c, bytes_of(cd), "cudnnAddTensor: C");
   const cudaDataType t = as_cuda_type(cd->type);
   const double al = scalar(alpha, cd->type), be = scalar(beta, cd->type);
-  int64_t i = 0;
-  for (int n = 0; n < cd->n; ++n)
-    for (int ch = 0; ch < cd->c; ++ch)
-      for (int y = 0; y < cd->h; ++y)
-        for (int x = 0; x < cd->w; ++x, ++i) {
-          const int64_t ai = ((int64_t(ad->n == 1 ? 0 : n) * ad->c + (ad->c == 1 ? 0 : ch)) * ad->h +
-                              (ad->h == 1 ? 0 : y)) * ad->w + (ad->w == 1 ? 0 : x);
-          store(c, t, i, al * load(a, t, ai) + (be == 0 ? 0.0 : be * load(c, t, i)));
-        }
+  enqueue(h->stream, "cudnnAddTensor", [=, as = *ad, cs = *cd] {
+    int64_t i = 0;
+    for (int n = 0; n < cs.n; ++n)
+      for (int ch = 0; ch < cs.c; ++ch)
+        for (int y = 0; y < cs.h; ++y)
+          for (int x = 0; x < cs.w; ++x, ++i) {
+            const int64_t ai = ((int64_t(as.n == 1 ? 0 : n) * as.c + (as.c == 1 ? 0 : ch)) * as.h +
+                                (as.h == 1 ? 0 : y)) * as.w + (as.w == 1 ? 0 : x);
+            store(c, t, i, al * load(a, t, ai) + (be == 0 ? 0.0 : be * load(c, t, i)));
+          }
+  });
   return CUDNN_STATUS_SUCCESS;
 }

@@ -531,10 +531,19 @@ ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* async_error) {
   return ncclSuccess;
 }
 
-// Waits for the calls in flight (destroy: they finish; abort: the sockets are shut first, so
-// one waiting for a silent peer ends at once), then frees the communicator.
+// Starts the calls still queued on their streams and waits for those in flight (destroy: they
+// finish; abort: the sockets are shut first, so one waiting for a silent peer ends at once), then
+// frees the communicator.
+static void start_queued_calls() {
+  try {
+    bcos::emu::runtime::synchronize_all();
+  } catch (const std::exception&) {  // a queued kernel's failure is dropped: the communicator goes anyway
+  }
+}
+
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   if (comm == nullptr) return error(ncclInvalidArgument, "ncclCommDestroy: null communicator");
+  start_queued_calls();
   comm->wait_idle();
   delete comm;
   return ncclSuccess;
@@ -543,6 +552,7 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
 ncclResult_t ncclCommAbort(ncclComm_t comm) {
   if (comm == nullptr) return ncclSuccess;
   comm->fail(ncclInvalidUsage, bcos::str("rank ", comm->rank, "'s communicator was aborted"));
+  start_queued_calls();
   comm->wait_idle();
   delete comm;
   return ncclSuccess;

@@ -1,16 +1,22 @@
 // The CUDA emulator's runtime: the part of the CUDA runtime API (libcudart) the backend calls,
 // over host memory. "Device" memory is ordinary heap memory that the emulator tracks, so copies
-// and memsets are checked against the allocation they touch. Kernels, library calls and copies
-// run at once, in order, which is one legal schedule of what the backend queues; the one kind of
-// work that runs beside the host is what enqueue_beside_host queues (the NCCL stand-in's
-// collectives): each stream keeps the future of its last such work ("tail"), which the stream's
-// later work, events recorded on it and synchronisations wait for. Devices: one, or
+// and memsets are checked against the allocation they touch. Streams are queues, as on a GPU:
+// a launch, a library call or an asynchronous copy is checked when it is issued and runs later,
+// in its stream's order, when the host needs it done (a synchronisation, an event query, a
+// synchronous copy, a free) or when work on another stream waits for an event recorded after it.
+// A missing wait then reads stale data here too. Work that runs beside the host is what
+// enqueue_beside_host queues (the NCCL stand-in's collectives): it starts in its stream's turn on
+// a thread of its own, and the stream keeps its future ("tail"), which the stream's later work,
+// events recorded after it and synchronisations wait for. Devices: one, or
 // BCOS_CUDA_EMULATOR_DEVICES of them.
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <future>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
@@ -29,14 +35,35 @@ struct Allocation {
   Kind kind;
 };
 
+// A stream's queue. Items run in order; `started` counts those taken off the front (an item
+// runs to its end before another thread may take the next: see State::exec).
+struct Queue {
+  std::deque<std::function<void()>> items;
+  uint64_t queued = 0, started = 0;
+  std::shared_future<void> tail;  // the last work started beside the host from this queue
+  int device = 0;
+  bool blocking = false;  // a stream created without cudaStreamNonBlocking: ordered with the default stream
+};
+// An event's record: the work queued on `queue` before `through` (the record's own item
+// included), then the beside-host work pending when that item ran.
+struct Record {
+  void* queue;
+  uint64_t through;
+  std::shared_future<void> tail;
+};
+
 struct State {
-  std::mutex mutex;
+  std::mutex mutex;  // guards everything below but `exec`
+  std::recursive_mutex exec;  // held while queued work runs: one host thread runs device work at a time
   std::map<uintptr_t, Allocation> allocations;  // by start address
-  std::set<void*> streams, events;
-  // Work running beside the host: per stream (nullptr: the default stream) the future of the last
-  // work queued on it, and per event the future it was recorded after. Absent: nothing pending.
-  std::map<void*, std::shared_future<void>> stream_tails, event_tails;
+  std::set<void*> streams, events;  // handles created and not destroyed
+  std::map<void*, Queue> queues;  // by stream handle; device d's default stream under default_key(d)
+  std::map<void*, std::shared_ptr<Record>> records;  // each event's last record
   size_t device_bytes_in_use = 0;
+  // The first failure of queued work (a kernel's deadlock, say) not yet reported; its text stays
+  // for cudaGetErrorString.
+  bool device_error = false;
+  std::string device_error_text = "unspecified launch failure";
 };
 State& state() {
   static State s;
@@ -56,6 +83,14 @@ int device_count() {
   return n;
 }
 
+bool run_at_once() {
+  static const bool v = [] {
+    const char* env = std::getenv("BCOS_CUDA_EMULATOR_SYNC");
+    return env != nullptr && std::string(env) == "1";
+  }();
+  return v;
+}
+
 // The allocation holding [p, p + bytes), or nullptr. Caller holds the lock.
 const Allocation* find(const void* p, size_t bytes, uintptr_t* start = nullptr) {
   auto& allocations = state().allocations;
@@ -72,6 +107,10 @@ bool is_device_memory(const void* p, size_t bytes) {
   const Allocation* a = find(p, bytes);
   return a != nullptr && a->kind == Kind::device;
 }
+bool is_pinned_memory(const void* p, size_t bytes) {
+  const Allocation* a = find(p, bytes);
+  return a != nullptr && a->kind == Kind::pinned;
+}
 
 cudaError_t record(cudaError_t err) {
   if (err != cudaSuccess) t_last_error = err;
@@ -80,37 +119,123 @@ cudaError_t record(cudaError_t err) {
 
 bool valid_stream(cudaStream_t s) { return s == nullptr || state().streams.count(s) != 0; }
 
-bool finished(const std::shared_future<void>& f) {
-  return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
-}
-
-// The future of the work pending on `stream`, or an invalid one. Caller holds the lock.
-std::shared_future<void> tail_of(cudaStream_t stream) {
-  auto it = state().stream_tails.find(stream);
-  if (it == state().stream_tails.end()) return {};
-  if (finished(it->second)) {
-    state().stream_tails.erase(it);
-    return {};
-  }
+// Stream handles are heap addresses, so small integers can name the default streams.
+void* default_key(int device) { return reinterpret_cast<void*>(uintptr_t(device) + 1); }
+// The queue a stream names: nullptr is the calling thread's device's default stream.
+void* key_of(cudaStream_t s) { return s == nullptr ? default_key(t_device) : static_cast<void*>(s); }
+// Caller holds the lock.
+Queue& queue_of(void* key) {
+  auto [it, fresh] = state().queues.try_emplace(key);
+  if (fresh && reinterpret_cast<uintptr_t>(key) <= 8) it->second.device = int(reinterpret_cast<uintptr_t>(key) - 1);
   return it->second;
 }
 
-// Waits (without the lock) for the work pending on `stream`, or on every stream.
-void drain(cudaStream_t stream) {
+bool finished(const std::shared_future<void>& f) {
+  return !f.valid() || f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+}
+// The beside-host work pending on a queue, or an invalid future. Caller holds the lock.
+std::shared_future<void> pending_tail(void* key) {
+  Queue& q = queue_of(key);
+  if (finished(q.tail)) q.tail = {};
+  return q.tail;
+}
+
+// Runs the items of queue `key` before `through` that have not started.
+void run_until(void* key, uint64_t through) {
+  std::lock_guard<std::recursive_mutex> exec(state().exec);
+  for (;;) {
+    std::function<void()> item;
+    {
+      std::lock_guard<std::mutex> lock(state().mutex);
+      Queue& q = queue_of(key);
+      if (q.started >= through || q.items.empty()) return;
+      item = std::move(q.items.front());
+      q.items.pop_front();
+      ++q.started;
+    }
+    // A failure is the device's, as a faulting kernel on a GPU: the next synchronising call
+    // returns cudaErrorLaunchFailure, whose text then says what failed.
+    try {
+      item();
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lock(state().mutex);
+      if (!state().device_error) state().device_error_text = e.what();
+      state().device_error = true;
+    }
+  }
+}
+// cudaErrorLaunchFailure once after queued work failed, else cudaSuccess.
+cudaError_t device_error() {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  if (!state().device_error) return cudaSuccess;
+  state().device_error = false;
+  return record(cudaErrorLaunchFailure);
+}
+void wait_for(std::shared_future<void> f) {
+  if (f.valid()) f.wait();
+}
+// Runs everything queued on `key` and waits for the beside-host work it started.
+void finish(void* key) {
+  run_until(key, UINT64_MAX);
   std::shared_future<void> tail;
   {
     std::lock_guard<std::mutex> lock(state().mutex);
-    tail = tail_of(stream);
+    tail = pending_tail(key);
   }
-  if (tail.valid()) tail.wait();
+  wait_for(tail);
 }
-void drain_all() {
-  std::vector<std::shared_future<void>> tails;
+void finish_all() {
+  std::vector<void*> keys;
   {
     std::lock_guard<std::mutex> lock(state().mutex);
-    for (auto& [stream, tail] : state().stream_tails) tails.push_back(tail);
+    for (auto& [key, q] : state().queues) keys.push_back(key);
   }
-  for (auto& t : tails) t.wait();
+  for (void* key : keys) finish(key);
+}
+
+// Appends an item as it is (no waiting added). Caller holds the lock.
+uint64_t push(void* key, std::function<void()> item) {
+  Queue& q = queue_of(key);
+  q.items.push_back(std::move(item));
+  return ++q.queued;
+}
+
+// An event-style record at the end of queue `key`: the item, when it runs, notes the beside-host
+// work still pending there. Caller holds the lock.
+std::shared_ptr<Record> push_record(void* key) {
+  auto rec = std::make_shared<Record>();
+  rec->queue = key;
+  rec->through = push(key, [rec] {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    rec->tail = pending_tail(rec->queue);
+  });
+  return rec;
+}
+// Queue `key`'s later work waits for `rec`: its item runs the recorded queue that far and chains
+// the recorded beside-host work onto this queue's tail (the host does not wait). Caller holds the lock.
+void push_wait(void* key, std::shared_ptr<Record> rec) {
+  push(key, [key, rec] {
+    run_until(rec->queue, rec->through);
+    std::lock_guard<std::mutex> lock(state().mutex);
+    std::shared_future<void> awaited = rec->tail, before = pending_tail(key);
+    if (finished(awaited)) return;
+    queue_of(key).tail = std::async(std::launch::async, [before, awaited] {
+                           wait_for(before);
+                           awaited.wait();
+                         }).share();
+  });
+}
+// The legacy default stream and blocking streams of one device are ordered with each other: work
+// queued on one of them waits for what the others hold. Caller holds the lock.
+void order_with_default_stream(void* key) {
+  Queue& q = queue_of(key);
+  if (q.blocking) {
+    void* d = default_key(q.device);
+    if (queue_of(d).queued > queue_of(d).started) push_wait(key, push_record(d));
+  } else if (key == default_key(q.device)) {
+    for (auto& [other, o] : state().queues)
+      if (o.blocking && o.device == q.device && o.queued > o.started) push_wait(key, push_record(other));
+  }
 }
 
 // Checks the two ends of a copy against its kind; host memory that is not pinned is not tracked.
@@ -130,23 +255,48 @@ cudaError_t check_copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind
 
 void set_launch_error(cudaError_t err) { t_last_error = err; }
 
-void check_stream(cudaStream_t stream, const char* what) {
+void enqueue(cudaStream_t stream, const char* what, std::function<void()> work) {
+  void* key = key_of(stream);
   {
     std::lock_guard<std::mutex> lock(state().mutex);
     BCOS_CHECK(valid_stream(stream), "CUDA emulator: ", what, " on a stream that does not exist (destroyed?)");
+    order_with_default_stream(key);
+    // Work waits for the beside-host work queued before it on the stream.
+    push(key, [key, work = std::move(work)] {
+      std::shared_future<void> tail;
+      {
+        std::lock_guard<std::mutex> lock(state().mutex);
+        tail = pending_tail(key);
+      }
+      wait_for(tail);
+      work();
+    });
   }
-  drain(stream);
+  if (run_at_once()) {
+    finish(key);
+    if (device_error() != cudaSuccess) fail(state().device_error_text);  // at the launch site
+  }
 }
 
 void enqueue_beside_host(cudaStream_t stream, std::function<void()> work) {
-  std::lock_guard<std::mutex> lock(state().mutex);
-  BCOS_CHECK(valid_stream(stream), "CUDA emulator: work queued on a stream that does not exist (destroyed?)");
-  std::shared_future<void> before = tail_of(stream);
-  state().stream_tails[stream] = std::async(std::launch::async, [before, work = std::move(work)] {
-                                   if (before.valid()) before.wait();
-                                   work();
-                                 }).share();
+  void* key = key_of(stream);
+  {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    BCOS_CHECK(valid_stream(stream), "CUDA emulator: work queued on a stream that does not exist (destroyed?)");
+    order_with_default_stream(key);
+    push(key, [key, work = std::move(work)] {
+      std::lock_guard<std::mutex> lock(state().mutex);
+      std::shared_future<void> before = pending_tail(key);
+      queue_of(key).tail = std::async(std::launch::async, [before, work] {
+                             wait_for(before);
+                             work();
+                           }).share();
+    });
+  }
+  if (run_at_once()) run_until(key, UINT64_MAX);  // started, not waited for: it runs beside the host
 }
+
+void synchronize_all() { finish_all(); }
 
 void check_device_range(const void* p, size_t bytes, const char* what) {
   if (bytes == 0) return;
@@ -178,6 +328,7 @@ const char* cudaGetErrorName(cudaError_t error) {
     case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     default: return "cudaErrorUnknown";
   }
 }
@@ -192,6 +343,10 @@ const char* cudaGetErrorString(cudaError_t error) {
     case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorNotReady: return "device not ready";
+    case cudaErrorLaunchFailure: {  // what failed (the text stays until another failure replaces it)
+      std::lock_guard<std::mutex> lock(state().mutex);
+      return state().device_error_text.c_str();
+    }
     default: return "unknown error";
   }
 }
@@ -246,8 +401,8 @@ cudaError_t cudaRuntimeGetVersion(int* version) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize(void) {
-  drain_all();
-  return cudaSuccess;
+  finish_all();
+  return device_error();
 }
 
 // ---- memory ------------------------------------------------------------------------------------------
@@ -267,7 +422,7 @@ cudaError_t cudaMalloc(void** p, size_t size) {
 }
 cudaError_t cudaFree(void* p) {
   if (p == nullptr) return cudaSuccess;
-  drain_all();  // cudaFree synchronises the device: no work beside the host still uses p
+  finish_all();  // cudaFree synchronises the device: no queued work still uses p
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   auto it = s.allocations.find(reinterpret_cast<uintptr_t>(p));
@@ -288,6 +443,7 @@ cudaError_t cudaHostAlloc(void** p, size_t size, unsigned int) {
 }
 cudaError_t cudaFreeHost(void* p) {
   if (p == nullptr) return cudaSuccess;
+  finish_all();  // as cudaFree: no queued copy still reads or writes p
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   auto it = s.allocations.find(reinterpret_cast<uintptr_t>(p));
@@ -313,19 +469,38 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p)
   return cudaSuccess;
 }
 
+// Asynchronous copies queue on their stream, except where the host is involved through pageable
+// (unpinned) memory, as CUDA stages such copies: a pageable source is read at the call, and a
+// copy into pageable memory is done when the call returns. Pinned memory is read or written when
+// the copy runs, so a pinned buffer rewritten or read before its copy is waited for shows it.
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream) {
+  bool pageable_src = false, pageable_dst = false;
   {
     std::lock_guard<std::mutex> lock(state().mutex);
     if (!valid_stream(stream)) return record(cudaErrorInvalidResourceHandle);
     if (count == 0) return cudaSuccess;
     if (cudaError_t err = check_copy(dst, src, count, kind); err != cudaSuccess) return record(err);
+    pageable_src = !is_device_memory(src, count) && !is_pinned_memory(src, count);
+    pageable_dst = !is_device_memory(dst, count) && !is_pinned_memory(dst, count);
   }
-  drain(stream);
-  std::memmove(dst, src, count);
+  if (pageable_dst) {
+    finish(key_of(stream));
+    if (cudaError_t err = device_error(); err != cudaSuccess) return err;
+    std::memmove(dst, src, count);
+  } else if (pageable_src) {
+    auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src), static_cast<const char*>(src) + count);
+    enqueue(stream, "cudaMemcpyAsync", [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
+  } else {
+    enqueue(stream, "cudaMemcpyAsync", [dst, src, count] { std::memmove(dst, src, count); });
+  }
   return cudaSuccess;
 }
+// On the default stream, done when it returns (the device's earlier work first).
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
-  return cudaMemcpyAsync(dst, src, count, kind, nullptr);
+  const cudaError_t err = cudaMemcpyAsync(dst, src, count, kind, nullptr);
+  if (err != cudaSuccess) return err;
+  finish(key_of(nullptr));
+  return device_error();
 }
 cudaError_t cudaMemcpyPeerAsync(void* dst, int dst_device, const void* src, int src_device, size_t count,
                                 cudaStream_t stream) {
@@ -339,8 +514,7 @@ cudaError_t cudaMemcpyPeerAsync(void* dst, int dst_device, const void* src, int 
         d->device != dst_device || s->device != src_device)
       return record(cudaErrorInvalidValue);
   }
-  drain(stream);
-  std::memmove(dst, src, count);
+  enqueue(stream, "cudaMemcpyPeerAsync", [dst, src, count] { std::memmove(dst, src, count); });
   return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void* p, int value, size_t count, cudaStream_t stream) {
@@ -350,16 +524,18 @@ cudaError_t cudaMemsetAsync(void* p, int value, size_t count, cudaStream_t strea
     if (count == 0) return cudaSuccess;
     if (!is_device_memory(p, count)) return record(cudaErrorInvalidValue);
   }
-  drain(stream);
-  std::memset(p, value, count);
+  enqueue(stream, "cudaMemsetAsync", [p, value, count] { std::memset(p, value, count); });
   return cudaSuccess;
 }
 
-// ---- streams and events: handles, with the futures of the work queued beside the host -------------
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+// ---- streams and events -------------------------------------------------------------------------------
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags) {
   std::lock_guard<std::mutex> lock(state().mutex);
   *stream = reinterpret_cast<cudaStream_t>(new char);
   state().streams.insert(*stream);
+  Queue& q = state().queues[*stream] = Queue{};  // fresh, should a stale wait have named this address
+  q.device = t_device;
+  q.blocking = (flags & cudaStreamNonBlocking) == 0;
   return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
@@ -367,10 +543,10 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     std::lock_guard<std::mutex> lock(state().mutex);
     if (stream == nullptr || !valid_stream(stream)) return record(cudaErrorInvalidResourceHandle);
   }
-  drain(stream);  // the stream's work still finishes (here, before its handle goes)
+  finish(stream);  // the stream's work still finishes (here, before its handle goes)
   std::lock_guard<std::mutex> lock(state().mutex);
   if (state().streams.erase(stream) == 0) return record(cudaErrorInvalidResourceHandle);
-  state().stream_tails.erase(stream);
+  state().queues.erase(stream);
   delete reinterpret_cast<char*>(stream);
   return cudaSuccess;
 }
@@ -379,8 +555,8 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
     std::lock_guard<std::mutex> lock(state().mutex);
     if (!valid_stream(stream)) return record(cudaErrorInvalidResourceHandle);
   }
-  drain(stream);
-  return cudaSuccess;
+  finish(key_of(stream));
+  return device_error();
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
   std::lock_guard<std::mutex> lock(state().mutex);
@@ -391,55 +567,63 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
   std::lock_guard<std::mutex> lock(state().mutex);
   if (state().events.erase(event) == 0) return record(cudaErrorInvalidResourceHandle);
-  state().event_tails.erase(event);
+  state().records.erase(event);  // a wait already queued keeps the record it waits for
   delete reinterpret_cast<char*>(event);
   return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(state().mutex);
   if (!state().events.count(event) || !valid_stream(stream)) return record(cudaErrorInvalidResourceHandle);
-  std::shared_future<void> tail = tail_of(stream);
-  if (tail.valid())
-    state().event_tails[event] = tail;
-  else
-    state().event_tails.erase(event);
+  void* key = key_of(stream);
+  order_with_default_stream(key);
+  state().records[event] = push_record(key);
   return cudaSuccess;
 }
-// The future the event waits for, or an invalid one when it has happened. Caller holds the lock.
-static std::shared_future<void> event_tail(cudaEvent_t event) {
-  auto it = state().event_tails.find(event);
-  if (it == state().event_tails.end()) return {};
-  if (finished(it->second)) {
-    state().event_tails.erase(it);
-    return {};
-  }
-  return it->second;
-}
-cudaError_t cudaEventQuery(cudaEvent_t event) {
-  std::lock_guard<std::mutex> lock(state().mutex);
-  if (!state().events.count(event)) return record(cudaErrorInvalidResourceHandle);
-  return event_tail(event).valid() ? cudaErrorNotReady : cudaSuccess;  // not ready is not an error
-}
-cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  std::shared_future<void> tail;
+// The event's last record, run as far as its own item; nullptr when never recorded (or invalid).
+static std::shared_ptr<Record> reached_record(cudaEvent_t event, cudaError_t* err) {
+  std::shared_ptr<Record> rec;
   {
     std::lock_guard<std::mutex> lock(state().mutex);
-    if (!state().events.count(event)) return record(cudaErrorInvalidResourceHandle);
-    tail = event_tail(event);
+    if (!state().events.count(event)) {
+      *err = record(cudaErrorInvalidResourceHandle);
+      return nullptr;
+    }
+    auto it = state().records.find(event);
+    if (it != state().records.end()) rec = it->second;
   }
-  if (tail.valid()) tail.wait();
-  return cudaSuccess;
+  if (rec) run_until(rec->queue, rec->through);
+  return rec;
 }
-// The stream's later work waits for the event: a pending event joins the stream's tail.
+// The queued work an event waits for runs here (the host asked); beside-host work may still be
+// pending, and then the event is not ready.
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+  cudaError_t err = cudaSuccess;
+  std::shared_ptr<Record> rec = reached_record(event, &err);
+  if (err != cudaSuccess) return err;
+  if (cudaError_t failed = device_error(); failed != cudaSuccess) return failed;
+  std::lock_guard<std::mutex> lock(state().mutex);
+  return rec && !finished(rec->tail) ? cudaErrorNotReady : cudaSuccess;  // not ready is not an error
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  cudaError_t err = cudaSuccess;
+  std::shared_ptr<Record> rec = reached_record(event, &err);
+  if (err != cudaSuccess) return err;
+  std::shared_future<void> tail;
+  if (rec) {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    tail = rec->tail;
+  }
+  wait_for(tail);
+  return device_error();
+}
+// The stream's later work waits for the event's last record (as CUDA: the one before this call).
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
   std::lock_guard<std::mutex> lock(state().mutex);
   if (!state().events.count(event) || !valid_stream(stream)) return record(cudaErrorInvalidResourceHandle);
-  std::shared_future<void> awaited = event_tail(event);
-  if (!awaited.valid()) return cudaSuccess;
-  std::shared_future<void> before = tail_of(stream);
-  state().stream_tails[stream] = std::async(std::launch::async, [before, awaited] {
-                                   if (before.valid()) before.wait();
-                                   awaited.wait();
-                                 }).share();
+  auto it = state().records.find(event);
+  if (it == state().records.end()) return cudaSuccess;  // never recorded: nothing to wait for
+  void* key = key_of(stream);
+  order_with_default_stream(key);
+  push_wait(key, it->second);
   return cudaSuccess;
 }

@@ -1,5 +1,5 @@
-// What the CUDA emulator's parts share (tensor/cuda/emulator/): the emulated runtime's checks on
-// streams and device memory, which its cuBLAS / cuDNN / NCCL stand-ins and the scheduler use.
+// What the CUDA emulator's parts share (tensor/cuda/emulator/): the emulated runtime's streams and
+// its checks on device memory, which the scheduler and the cuBLAS / cuDNN / NCCL stand-ins use.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -11,15 +11,21 @@ namespace bcos::emu::runtime {
 
 // The error the next cudaGetLastError returns (a launch the hardware would refuse).
 void set_launch_error(cudaError_t err);
-// Raises, naming `what`, unless `stream` is the default stream or one created and not destroyed;
-// then waits for the work queued on it beside the host (below), so what follows on the stream
-// runs after it. Every launch, library call and copy on a stream goes through here.
-void check_stream(cudaStream_t stream, const char* what);
-// Queues `work` on `stream` to run on a thread of its own, after the stream's earlier work: the
-// NCCL stand-in's collectives, which wait for other processes while this one goes on. Later work
-// on the stream, an event recorded after it, and every synchronisation wait for it; everything
-// else runs at once, as before. `work` must not throw (it reports through its own state).
+// Queues `work` (a kernel, a library call, a copy) on `stream`, or raises naming `what` unless the
+// stream is the default one or one created and not destroyed. Queued work runs later, in stream
+// order, on whichever host thread needs it done: a synchronisation, an event query, a synchronous
+// copy, a free, or work on another stream that waits for an event recorded after it. So a missing
+// event wait or synchronisation shows up as stale data, as on a GPU. With
+// BCOS_CUDA_EMULATOR_SYNC=1 work runs at once instead (a kernel's error then raises at its launch
+// rather than at the next synchronisation). `work` captures what it reads by value.
+void enqueue(cudaStream_t stream, const char* what, std::function<void()> work);
+// Queues `work` on `stream` to start, in its turn, on a thread of its own: the NCCL stand-in's
+// collectives, which wait for other processes while this one goes on. Later work on the stream,
+// an event recorded after it, and every synchronisation wait for it to end. `work` must not throw
+// (it reports through its own state).
 void enqueue_beside_host(cudaStream_t stream, std::function<void()> work);
+// Runs and waits for everything queued on every stream (cudaDeviceSynchronize).
+void synchronize_all();
 // Raises, naming `what`, unless [p, p + bytes) lies inside one live device allocation.
 void check_device_range(const void* p, size_t bytes, const char* what);
 

@@ -1,5 +1,5 @@
-// The CUDA emulator's block scheduler: runs a kernel's grid on the calling host thread, one block
-// after another, each of the block's threads as a fiber with its own stack. A fiber runs until
+// The CUDA emulator's block scheduler: a launch is checked and queued on its stream; when the
+// queue reaches it (runtime.cpp), the grid runs on that host thread, one block after another, each of the block's threads as a fiber with its own stack. A fiber runs until
 // it finishes or reaches a barrier (__syncthreads) or a warp operation (shuffle, ballot), where
 // it hands over to the next lane of its warp; a pass resumes every fiber that can go on, then
 // releases the barriers that everyone reached. Nothing left to run while threads still wait is
@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -101,8 +102,7 @@ constexpr int kMaxThreads = 1024;
 // __shared__ arrays are statics, shared by every block.
 struct Grid {
   const char* kernel = "";
-  KernelBody body = nullptr;
-  void* context = nullptr;
+  const std::function<void()>* body = nullptr;  // the kernel with its arguments
   std::vector<Fiber> fibers;
   std::vector<WarpBuffer> warps;
   void* scheduler_sp = nullptr;
@@ -215,7 +215,7 @@ void wait_for_warp() {
   __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);  // the first entry: no earlier frame
 #endif
   Grid& g = grid_state();
-  g.body(g.context);
+  (*g.body)();
   g.running->wait = Wait::done;
   yield_to_scheduler(/*last=*/true);
   __builtin_unreachable();
@@ -408,26 +408,15 @@ unsigned warp_ballot(bool predicate, unsigned mask, const char* op) {
   return votes & mask;
 }
 
-void run_grid(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
-              KernelBody body, void* context) {
+namespace {
+
+// Runs the grid now, on this host thread. Called from the stream's queue (runtime::enqueue).
+void run_grid_now(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& call) {
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
-  // The limits of every GPU since compute capability 3.0; the hardware refuses a launch past them
-  // and cudaGetLastError reports it.
-  if (threads == 0 || threads > kMaxThreads || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
-      grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
-    runtime::set_launch_error(cudaErrorInvalidConfiguration);
-    return;
-  }
-  if (shared_bytes > 48 * 1024) {
-    runtime::set_launch_error(cudaErrorInvalidValue);
-    return;
-  }
-  runtime::check_stream(stream, kernel);
   std::lock_guard<std::mutex> lock(grid_lock());
   Grid& g = grid_state();
   g.kernel = kernel;
-  g.body = body;
-  g.context = context;
+  g.body = &call;
   g.error.clear();
   g.fibers.assign(size_t(threads), Fiber{});
   g.warps.assign(size_t((threads + 31) / 32), WarpBuffer{});
@@ -452,6 +441,25 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, cu
         }
       }
   current_thread = outer_thread;
+}
+
+}  // namespace
+
+void run_grid(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+              std::function<void()> call) {
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  // The limits of every GPU since compute capability 3.0; the hardware refuses a launch past them
+  // and cudaGetLastError reports it.
+  if (threads == 0 || threads > kMaxThreads || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
+    runtime::set_launch_error(cudaErrorInvalidConfiguration);
+    return;
+  }
+  if (shared_bytes > 48 * 1024) {
+    runtime::set_launch_error(cudaErrorInvalidValue);
+    return;
+  }
+  runtime::enqueue(stream, kernel, [kernel, grid, block, call = std::move(call)] { run_grid_now(kernel, grid, block, call); });
 }
 
 }  // namespace bcos::emu

@@ -4,10 +4,11 @@
 The only CUDA syntax plain C++ cannot parse is the launch `kernel<T><<<grid, block, smem,
 stream>>>(args)`. It becomes
 
-    ::bcos::emu::launch("kernel<T>", [&](auto&&... a_) { kernel<T>(a_...); }, grid, block, smem,
+    ::bcos::emu::launch("kernel<T>", [=](auto&&... a_) { kernel<T>(a_...); }, grid, block, smem,
                         stream)(args)
 
-(the lambda lets a kernel template deduce its parameters from the arguments, as nvcc does). The
+(the lambda lets a kernel template deduce its parameters from the arguments, as nvcc does; it
+copies what it names, since the launch runs later, when its stream's queue reaches it). The
 file then starts with the emulator's device header, so `__global__`, `threadIdx`, `__syncthreads`
 and the rest mean what tensor/cuda/emulator/device.h says; nvcc's pragmas (`#pragma unroll`,
 `#pragma nv_diag_suppress`: hints g++ warns about) become empty lines. Everything else is left as written, line for line, so compiler
@@ -48,7 +49,7 @@ def translate(text, path):
         newlines = "\n" * kernel.count("\n")
         kernel = " ".join(kernel.split())
         out.append(text[pos:start])
-        out.append(f'::bcos::emu::launch("{kernel}", [&](auto&&... a_) {{ {kernel}(a_...); }}, {config}){newlines}')
+        out.append(f'::bcos::emu::launch("{kernel}", [=](auto&&... a_) {{ {kernel}(a_...); }}, {config}){newlines}')
         pos = close + 3
     out.append(text[pos:])
     # nvcc's own pragmas (`#pragma unroll`, `#pragma nv_diag_suppress ...`) are hints g++ warns
