@@ -56,7 +56,8 @@ void check_collective(const char* op, const Tensor& t) {
 // every rank gets there): the id from rank 0 over MPI, or over TCP for a torchrun-style launch.
 void ensure_nccl(int device) {
   if (detail::nccl::active()) return;
-  BCOS_CHECK(!g_state.nccl_tried, "dist: the NCCL communicator failed to start earlier");
+  BCOS_CHECK(!g_state.nccl_tried,
+             "dist: no NCCL communicator: it failed to start, or was aborted when a collective timed out");
   g_state.nccl_tried = true;
   const LaunchInfo& info = g_state.info;
 #ifdef BCOS_WITH_MPI
@@ -243,6 +244,7 @@ void Work::wait(double timeout_s) {
     if (polls % 64 == 0) long_wait = Clock::now() > patient_until;
     if (polls % 64 == 0 && Clock::now() > deadline) {
       impl_->finished = true;  // do not wait again in the destructor
+      if (impl_->give_up) impl_->give_up();
       fail("dist: ", impl_->what, ": no answer from the other ranks within ", limit, " s (rank ", rank(),
            " of ", world_size(), "; a rank may have failed or left the training loop early; "
            "$BCOS_DIST_TIMEOUT sets the limit)");

@@ -16,6 +16,10 @@ struct Work::Impl {
   std::string what;
   std::function<bool()> test;
   std::function<void()> finish;
+  // At the deadline, before the error: NCCL aborts its communicator (as PyTorch's watchdog does),
+  // so that nothing left behind -- a synchronising free while the error unwinds -- waits for the
+  // stuck collective. Empty for MPI.
+  std::function<void()> give_up;
   bool finished = false;
 };
 

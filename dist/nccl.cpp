@@ -4,7 +4,8 @@
 // records an event that Work polls; when it finishes, the caller's stream waits for that event,
 // so later kernels see the result. Until Work::wait the caller's stream is not held back (the
 // backward goes on beside the all-reduce); wait() itself polls the event on the host, so a
-// collective stuck on a dead peer raises at the deadline instead of hanging the GPU. Compiled only when
+// collective stuck on a dead peer raises at the deadline, after aborting the communicator, instead
+// of hanging the GPU. Compiled only when
 // meson found NCCL and the CUDA backend is on (-Dnccl).
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -81,6 +82,7 @@ std::shared_ptr<Work::Impl> start(std::string what, std::vector<Tensor> keep, Ca
       fail("dist: ", what, ": NCCL failed: ", ncclGetErrorString(async_error), " (", ncclGetLastError(g_comm), ")");
     return true;
   };
+  impl->give_up = [] { bcos::dist::detail::nccl::abort(); };
   impl->finish = [done_owner, caller, keep = std::move(keep)] {
     BCOS_CUDA_CHECK(cudaStreamWaitEvent(caller, done_owner.get(), 0));
     for (const Tensor& t : keep) t.bump_version();
