@@ -156,6 +156,39 @@ TEST_CASE("cuda: streams order work and can be made current") {
   CHECK(cuda::current_stream(0) == nullptr);
 }
 
+// Between devices: the bytes go by peer copy, then the destination reshapes and converts them.
+// A peer copy into a block that its device's queued work still reads (a tensor just freed and
+// handed out again by the cache) must wait for that work: copy_peer synchronises the
+// destination's stream first. (On the emulator: BCOS_CUDA_EMULATOR_DEVICES=2, tests/meson.build.)
+TEST_CASE("cuda: copies between two GPUs, and a peer copy into a recycled block waits for its readers") {
+  if (cuda_device_count() < 2) {
+    MESSAGE("fewer than two CUDA devices: skipped");
+    return;
+  }
+  const Device second = Device::cuda(1);
+  const Tensor a = make({37, 29}, DType::f32, normal(), 3);
+  const Tensor on_first = on_gpu(a);
+  const Tensor on_second = raw_to(on_first, DType::f32, second);
+  CHECK(on_second.device() == second);
+  CHECK_CLOSE(to_cpu_contiguous(on_second), a, 0, 0);
+  const Tensor converted = raw_to(strided_copy(on_first), DType::f64, second);  // strided source, new dtype
+  CHECK_CLOSE(to_cpu_contiguous(converted), raw_to(a, DType::f64, Device()), 0, 0);
+
+  Tensor z = raw_to(a, DType::f32, second);
+  Tensor negated = empty(z.shape(), {DType::f32, second});
+  cuda::unary(UnaryOp::neg, z, negated);  // queued on the second device's stream, reading z
+  void* const z_block = z.raw_data();
+  z = Tensor();  // its block goes back to the cache while the negation may not have run
+  const Tensor target = empty(a.shape(), {DType::f32, second});
+  const Tensor b = on_gpu(make({37, 29}, DType::f32, normal(), 4));
+  cuda::copy_peer(target.raw_data(), 1, b.raw_data(), 0, size_t(a.numel()) * sizeof(float));
+  Tensor want = empty(a.shape(), DType::f32);
+  cpu::unary(UnaryOp::neg, a, want);
+  CHECK_CLOSE(to_cpu_contiguous(negated), want, 0, 0);
+  CHECK_CLOSE(to_cpu_contiguous(target), to_cpu_contiguous(b), 0, 0);
+  if (target.raw_data() != z_block) MESSAGE("the cache handed out another block: the recycling case did not arise");
+}
+
 TEST_CASE("cuda: allocator hands a freed block back out") {
   SKIP_WITHOUT_GPU();
   cuda::empty_cache();
