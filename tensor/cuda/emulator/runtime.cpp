@@ -488,7 +488,8 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
     if (cudaError_t err = device_error(); err != cudaSuccess) return err;
     std::memmove(dst, src, count);
   } else if (pageable_src) {
-    auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src), static_cast<const char*>(src) + count);
+    const char* from = static_cast<const char*>(src);
+    auto staged = std::make_shared<std::vector<char>>(from, from + count);
     enqueue(stream, "cudaMemcpyAsync", [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
   } else {
     enqueue(stream, "cudaMemcpyAsync", [dst, src, count] { std::memmove(dst, src, count); });

@@ -1,10 +1,11 @@
 // The CUDA emulator's block scheduler: a launch is checked and queued on its stream; when the
-// queue reaches it (runtime.cpp), the grid runs on that host thread, one block after another, each of the block's threads as a fiber with its own stack. A fiber runs until
+// queue reaches it (runtime.cpp), the grid runs on that host thread, one block after another,
+// each of the block's threads as a fiber with its own stack. A fiber runs until
 // it finishes or reaches a barrier (__syncthreads) or a warp operation (shuffle, ballot), where
 // it hands over to the next lane of its warp; a pass resumes every fiber that can go on, then
 // releases the barriers that everyone reached. Nothing left to run while threads still wait is
-// a deadlock -- a __syncthreads some threads skip, a shuffle that lanes left -- and raises
-// instead of hanging, naming the kernel and the block.
+// a deadlock -- a __syncthreads some threads skip, a shuffle that lanes left -- and fails the
+// kernel instead of hanging, naming it and the block (the next synchronisation reports it).
 #include <sys/mman.h>
 
 #include <cstring>
@@ -459,7 +460,8 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, cu
     runtime::set_launch_error(cudaErrorInvalidValue);
     return;
   }
-  runtime::enqueue(stream, kernel, [kernel, grid, block, call = std::move(call)] { run_grid_now(kernel, grid, block, call); });
+  runtime::enqueue(stream, kernel,
+                   [kernel, grid, block, call = std::move(call)] { run_grid_now(kernel, grid, block, call); });
 }
 
 }  // namespace bcos::emu
