@@ -3,8 +3,10 @@
 // message) without a GPU.
 #include <doctest/doctest.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
+#include <utility>
 
 #include "autograd/ops.h"
 #include "models/bcosify.h"
@@ -264,7 +266,9 @@ TEST_CASE("cuda ops: batch_norm (and with ReLU fused) in training and evaluation
   manual_seed(17);
   for (DType dt : {kFloat32, kFloat64}) {
     CAPTURE(dt);
-    Tensor x = randn({4, 3, 5, 6}, dt) * 2.0 + 0.5, w = randn({3}, dt), b = randn({3}, dt);
+    // 360 values per channel, over the block reduction's 256 threads, so that each thread holds
+    // data (at 120 the upper half summed zeros and a missing barrier went unseen).
+    Tensor x = randn({4, 3, 9, 10}, dt) * 2.0 + 0.5, w = randn({3}, dt), b = randn({3}, dt);
     Tensor rm0 = randn({3}, dt), rv0 = rand({3}, dt) + 0.5;
     auto run = [&](Device dev) {
       std::vector<Tensor> results;
@@ -294,7 +298,7 @@ TEST_CASE("cuda ops: synchronised batch norm (centred and uncentred, with ReLU) 
   auto twice = [](const Tensor& t) { return t * 2.0; };
   for (DType dt : {kFloat32, kFloat64}) {
     CAPTURE(dt);
-    Tensor x = randn({4, 3, 5, 6}, dt) * 2.0 + 0.5, w = randn({3}, dt), b = randn({3}, dt);
+    Tensor x = randn({4, 3, 9, 10}, dt) * 2.0 + 0.5, w = randn({3}, dt), b = randn({3}, dt);
     Tensor rm0 = randn({3}, dt), rv0 = rand({3}, dt) + 0.5;
     auto run = [&](Device dev) {
       std::vector<Tensor> results;
@@ -605,6 +609,50 @@ TEST_CASE("cuda ops: with deterministic algorithms, f32 B-cos ResNet-20 gradient
   // And the ordered sums are the same sums: the default path agrees to rounding.
   const std::vector<Tensor> fast = gradients();
   for (size_t i = 0; i < first.size(); ++i) CHECK(golden::relative_error(fast[i], first[i]) <= 1e-4);
+}
+
+TEST_CASE("cuda ops: with deterministic algorithms, the scattering ops (pooling, embedding, index_select, gather, scatter_add) repeat bit for bit") {
+  if (!have_gpu()) return;
+  // Each of these adds several terms into one element with atomics by default; deterministic
+  // mode gives every such sum one thread that adds its terms in order. (On the emulator the
+  // order of atomics is drawn at each launch, so a default path here would differ between runs.)
+  const Device cuda = Device::cuda(0);
+  manual_seed(33);
+  const Tensor x = randn({4, 8, 12, 12}), table = randn({40, 16}), rows = randn({6, 30, 5});
+  const Tensor ids = randint(0, 40, {64, 8}).to(cuda), pick = randint(0, 30, {90}).to(cuda);
+  const Tensor where = randint(0, 30, {6, 70, 5}).to(cuda), src = randn({6, 70, 5}).to(cuda);
+  const std::vector<std::pair<Tensor, std::function<Tensor(const Tensor&)>>> cases = {
+      {x, [](const Tensor& t) { return max_pool2d(t, 3, 1, 1); }},  // overlapping windows
+      {x, [](const Tensor& t) { return avg_pool2d(t, 3, 1, 1); }},
+      {x, [](const Tensor& t) { return adaptive_avg_pool2d(t, {5, 5}); }},  // 12 -> 5: bins overlap
+      {table, [&](const Tensor& t) { return embedding(ids, t); }},           // repeated ids
+      {rows, [&](const Tensor& t) { return index_select(t, 1, pick); }},
+      {rows, [&](const Tensor& t) { return gather(t, 1, where); }},
+      {rows, [&](const Tensor& t) { return scatter_add(t, 1, where, src); }},
+  };
+  std::vector<Tensor> upstream;  // drawn at the first run: over six orders of magnitude, so that
+                                 // float32 sums of them depend on the order of their terms
+  auto run = [&] {
+    std::vector<Tensor> out;
+    for (size_t i = 0; i < cases.size(); ++i) {
+      Tensor leaf = cases[i].first.to(cuda).requires_grad_();
+      Tensor y = cases[i].second(leaf);
+      if (upstream.size() <= i) upstream.push_back((randn(y.shape()) * exp(randn(y.shape()) * 3.0)).to(cuda));
+      y.backward(upstream[i]);
+      out.push_back(y.to(Device()));
+      out.push_back(leaf.grad().to(Device()));
+    }
+    return out;
+  };
+  set_deterministic_algorithms(true);
+  const std::vector<Tensor> first = run(), second = run();
+  set_deterministic_algorithms(false);
+  for (size_t i = 0; i < first.size(); ++i) {
+    CAPTURE(i);
+    CHECK(golden::equal(first[i], second[i]));
+  }
+  const std::vector<Tensor> fast = run();  // the default path: the same sums, rounded otherwise
+  for (size_t i = 0; i < first.size(); ++i) CHECK(golden::relative_error(fast[i], first[i]) <= 1e-5);
 }
 
 TEST_CASE("cuda ops: fused attention (masks, causal, head sizes 16 / 64 / 160, strided rows) matches the CPU") {

@@ -7,6 +7,7 @@
 #include <cublas_v2.h>
 #include <cudnn.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -61,6 +62,24 @@ std::string failure_of(auto&& launch) {
   CHECK(cudaGetLastError() == cudaErrorLaunchFailure);
   CHECK(cudaDeviceSynchronize() == cudaSuccess);  // reported once
   return cudaGetErrorString(err);
+}
+
+// Sets the emulator's schedule for a scope, then puts back the order it had (reseeded).
+struct ScheduleScope {
+  bcos::emu::Order before = bcos::emu::current_order();
+  ScheduleScope(bcos::emu::Order order, uint64_t seed) { bcos::emu::set_order(order, seed); }
+  ~ScheduleScope() { bcos::emu::set_order(before, 0); }
+};
+
+// The order in which a launch of `blocks` x `threads` ran its threads: turn[i], thread i's place
+// (global index), taken with an atomic -- which the emulator runs when the thread's turn comes.
+std::vector<int> turns_of_launch(int blocks, int threads) {
+  DeviceArray<int> counter(size_t(1)), turn(size_t(blocks * threads));
+  bcos::emu::launch("turns", [&](auto&&... a) {
+    auto body = [](int* c, int* t) { t[blockIdx.x * blockDim.x + threadIdx.x] = atomicAdd(c, 1); };
+    body(a...);
+  }, blocks, threads)(counter.p, turn.p);
+  return turn.host();
 }
 
 }  // namespace
@@ -236,6 +255,111 @@ TEST_CASE("emulator: work queued beside the host holds back its stream, its even
 // A stream is a queue, as on a GPU: work runs when the host needs it done, or when work on
 // another stream waits for an event recorded after it -- and not before, so a forgotten wait reads
 // what was there before. (Device memory is host memory here, so the test can look at it directly.)
+TEST_CASE("emulator: blocks and threads take turns by index, in reverse, or in an order drawn for each launch") {
+  using bcos::emu::Order;
+  constexpr int kBlocks = 16, kThreads = 96, kN = kBlocks * kThreads;
+  std::vector<int> by_index(kN);
+  for (int i = 0; i < kN; ++i) by_index[size_t(i)] = i;
+  {
+    ScheduleScope scope(Order::forward, 0);
+    CHECK(turns_of_launch(kBlocks, kThreads) == by_index);
+  }
+  {
+    ScheduleScope scope(Order::reverse, 0);
+    const std::vector<int> turn = turns_of_launch(kBlocks, kThreads);
+    for (int i = 0; i < kN; ++i) CHECK(turn[size_t(i)] == kN - 1 - i);
+  }
+  ScheduleScope scope(Order::shuffle, 7);
+  const std::vector<int> first = turns_of_launch(kBlocks, kThreads), second = turns_of_launch(kBlocks, kThreads);
+  // A block runs whole before the next: its turns are one run of kThreads numbers.
+  auto block_order = [&](const std::vector<int>& turn) {
+    std::vector<int> order(kBlocks);
+    for (int b = 0; b < kBlocks; ++b) {
+      const int slot = turn[size_t(b * kThreads)] / kThreads;
+      for (int t = 0; t < kThreads; ++t) CHECK(turn[size_t(b * kThreads + t)] / kThreads == slot);
+      order[size_t(b)] = slot;
+    }
+    return order;
+  };
+  for (const std::vector<int>* turn : {&first, &second}) {
+    std::vector<int> sorted = *turn;
+    std::sort(sorted.begin(), sorted.end());
+    CHECK(sorted == by_index);  // every thread once
+    std::vector<int> blocks = block_order(*turn);
+    std::sort(blocks.begin(), blocks.end());
+    CHECK(blocks == std::vector<int>(by_index.begin(), by_index.begin() + kBlocks));
+  }
+  CHECK(block_order(first) != block_order(second));
+  CHECK(block_order(first) != std::vector<int>(by_index.begin(), by_index.begin() + kBlocks));
+  // Within a block the threads' order is drawn too: not by index, and not the same each launch.
+  const std::vector<int> within_first(first.begin(), first.begin() + kThreads);
+  const std::vector<int> within_second(second.begin(), second.begin() + kThreads);
+  CHECK(!std::is_sorted(within_first.begin(), within_first.end()));
+  CHECK(within_first != within_second);
+  // The same seed draws the same orders: a failing schedule comes back.
+  bcos::emu::set_order(Order::shuffle, 7);
+  CHECK(turns_of_launch(kBlocks, kThreads) == first);
+}
+
+TEST_CASE("emulator: a broadcast through shared memory without its barrier reads stale data in a drawn order") {
+  using bcos::emu::Order;
+  // Thread 0 writes a value that every thread of its block reads. Without the barrier the read
+  // races the write; by index, thread 0 always comes first and the race stays hidden.
+  auto stale_reads = [](bool barrier) {
+    constexpr int kBlocks = 4, kThreads = 64;
+    DeviceArray<int> out(size_t(kBlocks * kThreads), -1);
+    bcos::emu::launch("broadcast", [&](auto&&... a) {
+      auto body = [](int* o, bool sync) {
+        __shared__ int value;
+        if (threadIdx.x == 0) value = 100 + int(blockIdx.x);
+        if (sync) __syncthreads();
+        o[blockIdx.x * blockDim.x + threadIdx.x] = value;
+      };
+      body(a...);
+    }, kBlocks, kThreads)(out.p, barrier);
+    const std::vector<int> v = out.host();
+    int stale = 0;
+    for (int i = 0; i < kBlocks * kThreads; ++i) stale += v[size_t(i)] != 100 + i / kThreads;
+    return stale;
+  };
+  {
+    ScheduleScope scope(Order::forward, 0);
+    CHECK(stale_reads(false) == 0);
+  }
+  for (Order order : {Order::reverse, Order::shuffle}) {
+    ScheduleScope scope(order, 3);
+    CHECK(stale_reads(false) > 0);
+    CHECK(stale_reads(true) == 0);
+  }
+}
+
+TEST_CASE("emulator: float atomics add in the drawn order, so their sums vary from launch to launch") {
+  using bcos::emu::Order;
+  // Terms over eight orders of magnitude: their float32 sum depends on the order of the adds.
+  std::vector<float> terms(512);
+  for (size_t i = 0; i < terms.size(); ++i)
+    terms[i] = float((i % 2 ? -1.0 : 1.0) * std::pow(10.0, double(i % 9) - 4.0) * (1.0 + 0.001 * double(i)));
+  DeviceArray<float> x(terms);
+  auto atomic_sum = [&] {
+    DeviceArray<float> sum(size_t(1));
+    bcos::emu::launch("atomic_sum", [&](auto&&... a) {
+      auto body = [](const float* v, float* s) { atomicAdd(s, v[blockIdx.x * blockDim.x + threadIdx.x]); };
+      body(a...);
+    }, 4, 128)(x.p, sum.p);
+    return sum.host()[0];
+  };
+  {
+    ScheduleScope scope(Order::forward, 0);
+    CHECK(atomic_sum() == atomic_sum());
+  }
+  ScheduleScope scope(Order::shuffle, 11);
+  const float a = atomic_sum(), b = atomic_sum();
+  CHECK(a != b);
+  double exact = 0, scale = 0;
+  for (float t : terms) exact += t, scale += std::fabs(t);
+  for (float s : {a, b}) CHECK(std::fabs(s - exact) <= 1e-4 * scale);  // the same sum, rounded otherwise
+}
+
 TEST_CASE("emulator: streams run their work when waited for; without an event wait another stream reads stale data") {
   DeviceArray<int> x(size_t(3));
   int* p = x.p;
@@ -444,6 +568,74 @@ TEST_CASE("emulator: cuDNN convolution is cross-correlation with padding, stride
   int count = 0;
   cudnnConvolutionFwdAlgoPerf_t perf[8];
   CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, 8, &count, perf) == CUDNN_STATUS_NOT_SUPPORTED);
+  cudnnDestroyConvolutionDescriptor(cd);
+  cudnnDestroyFilterDescriptor(wd);
+  cudnnDestroyTensorDescriptor(yd);
+  cudnnDestroyTensorDescriptor(xd);
+  cudnnDestroy(h);
+}
+
+TEST_CASE("emulator: cuDNN's nondeterministic backward algorithms vary from call to call, the deterministic ones do not") {
+  ScheduleScope scope(bcos::emu::Order::shuffle, 5);
+  cudnnHandle_t h = nullptr;
+  REQUIRE(cudnnCreate(&h) == CUDNN_STATUS_SUCCESS);
+  cudnnTensorDescriptor_t xd, yd;
+  cudnnFilterDescriptor_t wd;
+  cudnnConvolutionDescriptor_t cd;
+  cudnnCreateTensorDescriptor(&xd);
+  cudnnCreateTensorDescriptor(&yd);
+  cudnnCreateFilterDescriptor(&wd);
+  cudnnCreateConvolutionDescriptor(&cd);
+  // x, dy: [8, 2, 5, 5] in float32, 3 x 3 filters [2, 2, 3, 3], pad 1; FMA math (no TF32).
+  constexpr int kN = 8;
+  std::vector<float> x(size_t(kN * 50)), dy(size_t(kN * 50)), w(36);
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double magnitude = std::pow(10.0, double(i / 50 % 4) - 1.0);  // each sample its own scale
+    x[i] = float(magnitude * std::sin(0.7 * double(i)));
+    dy[i] = float(std::cos(1.3 * double(i)));
+  }
+  for (size_t i = 0; i < w.size(); ++i) w[i] = float(std::sin(0.37 * double(i)) * std::pow(10.0, double(i % 5) - 2.0));
+  REQUIRE(cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, kN, 2, 5, 5) == CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, kN, 2, 5, 5) == CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetFilter4dDescriptor(wd, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, 2, 2, 3, 3) == CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetConvolution2dDescriptor(cd, 1, 1, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT) ==
+          CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetConvolutionMathType(cd, CUDNN_FMA_MATH) == CUDNN_STATUS_SUCCESS);
+  DeviceArray<float> dx_(x), dy_(dy), w_(w), dw_(size_t(36)), dxo_(x.size());
+  DeviceArray<char> workspace(size_t(4096));
+  const float one = 1, zero = 0;
+  auto filter_gradient = [&](cudnnConvolutionBwdFilterAlgo_t algo) {
+    REQUIRE(cudnnConvolutionBackwardFilter(h, &one, xd, dx_.p, yd, dy_.p, cd, algo, workspace.p, 4096, &zero, wd,
+                                           dw_.p) == CUDNN_STATUS_SUCCESS);
+    return dw_.host();
+  };
+  auto input_gradient = [&](cudnnConvolutionBwdDataAlgo_t algo) {
+    REQUIRE(cudnnConvolutionBackwardData(h, &one, wd, w_.p, yd, dy_.p, cd, algo, workspace.p, 4096, &zero, xd,
+                                         dxo_.p) == CUDNN_STATUS_SUCCESS);
+    return dxo_.host();
+  };
+  auto close = [](const std::vector<float>& a, const std::vector<float>& b) {
+    double worst = 0, scale = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      worst = std::max(worst, std::fabs(double(a[i]) - b[i]));
+      scale = std::max(scale, std::fabs(double(b[i])));
+    }
+    return worst <= 1e-5 * scale;
+  };
+  const auto dw_fixed = filter_gradient(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1);
+  CHECK(filter_gradient(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1) == dw_fixed);
+  const auto dw_a = filter_gradient(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0);
+  const auto dw_b = filter_gradient(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0);
+  CHECK(dw_a != dw_b);
+  CHECK(close(dw_a, dw_fixed));
+  CHECK(close(dw_b, dw_fixed));
+  const auto dx_fixed = input_gradient(CUDNN_CONVOLUTION_BWD_DATA_ALGO_1);
+  CHECK(input_gradient(CUDNN_CONVOLUTION_BWD_DATA_ALGO_1) == dx_fixed);
+  const auto dx_a = input_gradient(CUDNN_CONVOLUTION_BWD_DATA_ALGO_0);
+  const auto dx_b = input_gradient(CUDNN_CONVOLUTION_BWD_DATA_ALGO_0);
+  CHECK(dx_a != dx_b);
+  CHECK(close(dx_a, dx_fixed));
+  CHECK(close(dx_b, dx_fixed));
   cudnnDestroyConvolutionDescriptor(cd);
   cudnnDestroyFilterDescriptor(wd);
   cudnnDestroyTensorDescriptor(yd);

@@ -4,11 +4,13 @@
 // the backend's own kernels -- indexing, grid-stride loops, shared memory, __syncthreads, warp
 // shuffles, atomics -- on the CPU, so tests/cuda checks their logic on every machine. It does not
 // model timing or the memory model (blocks run one after another, a block's threads as
-// fibers that switch only at barriers and warp operations), so it cannot find a race that
-// depends on interleaving; it does find wrong indices, missing or divergent barriers (reported
-// as a deadlock), shuffles with exited lanes, launches the hardware would refuse, and -- since a
-// launch runs only when its stream's queue is run (runtime.cpp) -- work on another stream that
-// reads the kernel's output without waiting for it.
+// fibers that switch only at barriers and warp operations), so it cannot find a race inside the
+// stretch between two barriers; it does find wrong indices, missing barriers (a read that the
+// launch's drawn thread order puts before the write it needs, scheduler.cpp), divergent ones
+// (reported as a deadlock), shuffles with exited lanes, launches the hardware would refuse,
+// sums that depend on the order of atomics (the block order is drawn too), and -- since a launch
+// runs only when its stream's queue is run (runtime.cpp) -- work on another stream that reads
+// the kernel's output without waiting for it.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -49,6 +51,13 @@ struct ThreadState {
 extern thread_local ThreadState* current_thread;  // the fiber running now (on this host thread)
 extern thread_local uint3 block_index;
 extern thread_local dim3 block_dim, grid_dim;
+
+// The order in which a launch's blocks run and its threads take turns between barriers and warp
+// operations (BCOS_CUDA_EMULATOR_ORDER, default shuffle: drawn per launch from
+// BCOS_CUDA_EMULATOR_SEED). set_order switches it and reseeds the draws (tests).
+enum class Order { forward, reverse, shuffle };
+void set_order(Order order, uint64_t seed = 0);
+Order current_order();
 
 void sync_block();  // __syncthreads
 // Every lane of the warp hands in `bits`; each gets back the bits of lane `source(lane)`.

@@ -20,11 +20,13 @@
 
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include "tensor/cuda/emulator/runtime.h"
 
 using bcos::emu::runtime::check_device_range;
+using bcos::emu::runtime::draw_order;
 using bcos::emu::runtime::enqueue;
 
 namespace {
@@ -327,6 +329,14 @@ void blend_into(void* out, cudaDataType t, const std::vector<double>& acc, doubl
     store(out, t, int64_t(i), alpha * acc[i] + (beta == 0 ? 0.0 : beta * load(out, t, int64_t(i))));
 }
 
+// A partial sum as the nondeterministic algorithms keep it (atomic adds into the result): float32
+// for every type but float64. Their terms arrive in the launches' drawn order (draw_order), so the
+// sums round differently from call to call, as cuDNN's do; the deterministic algorithms add in
+// float64, in a fixed order.
+double add_atomically(cudaDataType t, double sum, double term) {
+  return t == CUDA_R_64F ? sum + term : double(float(sum) + float(term));
+}
+
 cudnnStatus_t check_workspace(void* workspace, size_t bytes, int algo, int fast_algo) {
   const size_t need = algo == fast_algo ? kWorkspace : 0;
   if (bytes < need || (need > 0 && workspace == nullptr)) return CUDNN_STATUS_BAD_PARAM;
@@ -536,16 +546,24 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void* alpha, c
   const Lowering l = lower(dxd, wd, cd, dyd);
   const int64_t batch = dyd->n, in_numel = int64_t(dxd->n) * dxd->c * dxd->h * dxd->w;
   const double al = scalar(alpha, dxd->type), be = scalar(beta, dxd->type);
+  const bool atomics = algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0;  // nondeterministic in cuDNN
   enqueue(h->stream, "cudnnConvolutionBackwardData", [=] {
     std::vector<double> acc(size_t(in_numel), 0.0);
+    // An input element gathers one term from each output position whose window covers it.
+    std::vector<int64_t> positions(size_t(l.positions));
+    std::iota(positions.begin(), positions.end(), int64_t(0));
+    if (atomics) positions = draw_order(l.positions);
     for (int64_t g = 0; g < l.groups; ++g) {
       const Eigen::MatrixXd wg_t = filter_rows(l, w, t, g, r).transpose();
       for (int64_t n = 0; n < batch; ++n) {
         const Eigen::MatrixXd cols = wg_t * output_rows(l, dy, t, n, g, r);  // [R, P]
         const int64_t base = (n * l.groups + g) * l.cpg * l.in_plane;
-        for (int64_t p = 0; p < l.positions; ++p)
+        for (const int64_t p : positions)
           for (int64_t q = 0; q < l.taps_per_out; ++q)
-            if (const int64_t at = l.taps[size_t(q * l.positions + p)]; at >= 0) acc[size_t(base + at)] += cols(q, p);
+            if (const int64_t at = l.taps[size_t(q * l.positions + p)]; at >= 0) {
+              double& sum = acc[size_t(base + at)];
+              sum = atomics ? add_atomically(t, sum, cols(q, p)) : sum + cols(q, p);
+            }
       }
     }
     blend_into(dx, t, acc, al, be);
@@ -572,12 +590,20 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void* alpha,
   const Lowering l = lower(xd, dwd, cd, dyd);
   const int64_t batch = dyd->n, filter_numel = int64_t(dwd->k) * dwd->c * dwd->h * dwd->w;
   const double al = scalar(alpha, xd->type), be = scalar(beta, xd->type);
+  const bool atomics = algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0;  // nondeterministic in cuDNN
   enqueue(h->stream, "cudnnConvolutionBackwardFilter", [=] {
     std::vector<double> acc(size_t(filter_numel), 0.0);
     for (int64_t g = 0; g < l.groups; ++g) {
       Eigen::MatrixXd dwg = Eigen::MatrixXd::Zero(l.kpg, l.taps_per_out);
-      for (int64_t n = 0; n < batch; ++n)
-        dwg.noalias() += output_rows(l, dy, t, n, g, r) * gather_columns(l, x, t, n, g, r).transpose();
+      if (atomics) {  // one term per sample, the samples in drawn order
+        for (const int64_t n : draw_order(batch)) {
+          const Eigen::MatrixXd term = output_rows(l, dy, t, n, g, r) * gather_columns(l, x, t, n, g, r).transpose();
+          dwg = dwg.binaryExpr(term, [t](double a, double b) { return add_atomically(t, a, b); });
+        }
+      } else {
+        for (int64_t n = 0; n < batch; ++n)
+          dwg.noalias() += output_rows(l, dy, t, n, g, r) * gather_columns(l, x, t, n, g, r).transpose();
+      }
       for (int64_t k = 0; k < l.kpg; ++k)
         for (int64_t q = 0; q < l.taps_per_out; ++q) acc[size_t((g * l.kpg + k) * l.taps_per_out + q)] = dwg(k, q);
     }

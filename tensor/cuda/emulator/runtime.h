@@ -5,7 +5,9 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace bcos::emu::runtime {
 
@@ -26,6 +28,9 @@ void enqueue(cudaStream_t stream, const char* what, std::function<void()> work);
 void enqueue_beside_host(cudaStream_t stream, std::function<void()> work);
 // Runs and waits for everything queued on every stream (cudaDeviceSynchronize).
 void synchronize_all();
+// A permutation of [0, n) by the launches' order (scheduler.cpp): the order in which a library
+// stand-in's nondeterministic algorithm adds its partial sums.
+std::vector<int64_t> draw_order(int64_t n);
 // Raises, naming `what`, unless [p, p + bytes) lies inside one live device allocation.
 void check_device_range(const void* p, size_t bytes, const char* what);
 

@@ -6,11 +6,17 @@
 // releases the barriers that everyone reached. Nothing left to run while threads still wait is
 // a deadlock -- a __syncthreads some threads skip, a shuffle that lanes left -- and fails the
 // kernel instead of hanging, naming it and the block (the next synchronisation reports it).
+// CUDA promises no order among blocks, nor among a block's threads between barriers, so neither
+// does the emulator: each launch draws the order in which its blocks run and its threads take
+// turns (the schedule below), and code that leans on one order shows it under another.
 #include <sys/mman.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <mutex>
+#include <numeric>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -106,6 +112,9 @@ struct Grid {
   const std::function<void()>* body = nullptr;  // the kernel with its arguments
   std::vector<Fiber> fibers;
   std::vector<WarpBuffer> warps;
+  // This launch's turn order: turn[k] is the k-th thread to run, turn_of its inverse, and
+  // next_in_warp[t] the lane of t's warp that follows t in that order (cyclically).
+  std::vector<int> turn, turn_of, next_in_warp;
   void* scheduler_sp = nullptr;
   Fiber* running = nullptr;
   std::string error;  // set by a fiber that cannot go on; raised once the fiber has yielded
@@ -192,10 +201,11 @@ void wait_for_warp() {
   Fiber* const self = g.running;
   const int n = int(g.fibers.size());
   const int w0 = self->thread.warp * 32, w1 = std::min(n, w0 + 32);
-  const int me = int(self - g.fibers.data());
+  int t = int(self - g.fibers.data());
   bool everyone_waits = true;
   for (int step = 1; step < w1 - w0; ++step) {
-    Fiber& other = g.fibers[size_t(w0 + (me - w0 + step) % (w1 - w0))];
+    t = g.next_in_warp[size_t(t)];
+    Fiber& other = g.fibers[size_t(t)];
     if (other.wait == Wait::none) {
       g.running = &other;
       current_thread = &other.thread;
@@ -322,7 +332,8 @@ void run_fibers(Grid& g) {
   }
   for (;;) {
     bool ran = false, live = false;
-    for (Fiber& f : g.fibers) {
+    for (int k = 0; k < n; ++k) {
+      Fiber& f = g.fibers[size_t(g.turn[size_t(k)])];
       if (f.wait != Wait::none) continue;
       g.running = &f;
       current_thread = &f.thread;
@@ -351,10 +362,10 @@ void sync_block() {
   Grid& g = grid_state();
   Fiber* const self = g.running;
   self->wait = Wait::block;
-  const int n = int(g.fibers.size()), me = int(self - g.fibers.data());
+  const int n = int(g.fibers.size()), my_turn = g.turn_of[size_t(self - g.fibers.data())];
   bool everyone_waits = true;
   for (int step = 1; step < n; ++step) {
-    Fiber& other = g.fibers[size_t((me + step) % n)];
+    Fiber& other = g.fibers[size_t(g.turn[size_t((my_turn + step) % n)])];
     if (other.wait == Wait::none) {
       g.running = &other;
       current_thread = &other.thread;
@@ -411,6 +422,99 @@ unsigned warp_ballot(bool predicate, unsigned mask, const char* op) {
 
 namespace {
 
+// ---- schedule -----------------------------------------------------------------------------------
+// BCOS_CUDA_EMULATOR_ORDER: forward (blocks and threads by index, as the emulator used to run),
+// reverse, or shuffle (the default: an order drawn for each launch from a generator seeded with
+// BCOS_CUDA_EMULATOR_SEED, 0 unless set, so a failing schedule comes back on a rerun of the same
+// program). Under forward a thread that reads shared memory before a lower-numbered thread's write
+// is ordered reads stale data; under reverse, one that reads a higher-numbered thread's; a shuffle
+// mixes both, and float atomics then add in another order at each launch, as on a GPU -- which is
+// what makes "deterministic algorithms" checkable.
+struct Schedule {
+  Order order = Order::shuffle;
+  std::mt19937_64 draws;
+};
+
+std::mutex& schedule_lock() {
+  static std::mutex m;
+  return m;
+}
+
+Schedule& schedule() {  // under schedule_lock()
+  static Schedule s = [] {
+    Schedule fresh;
+    if (const char* env = std::getenv("BCOS_CUDA_EMULATOR_ORDER"); env != nullptr && *env != '\0') {
+      const std::string v = env;
+      if (v == "forward") fresh.order = Order::forward;
+      else if (v == "reverse") fresh.order = Order::reverse;
+      else if (v == "shuffle") fresh.order = Order::shuffle;
+      else fail("CUDA emulator: BCOS_CUDA_EMULATOR_ORDER=", v, ": expected forward, reverse or shuffle");
+    }
+    uint64_t seed = 0;
+    if (const char* env = std::getenv("BCOS_CUDA_EMULATOR_SEED"); env != nullptr && *env != '\0') {
+      char* end = nullptr;
+      seed = std::strtoull(env, &end, 10);
+      if (*end != '\0') fail("CUDA emulator: BCOS_CUDA_EMULATOR_SEED=", env, ": expected a whole number");
+    }
+    fresh.draws.seed(seed);
+    return fresh;
+  }();
+  return s;
+}
+
+// The order of `n` turns under `s`: a permutation of [0, n).
+std::vector<int64_t> turns(Schedule& s, int64_t n) {
+  std::vector<int64_t> turn(static_cast<size_t>(n));
+  std::iota(turn.begin(), turn.end(), int64_t(0));
+  if (s.order == Order::reverse) std::reverse(turn.begin(), turn.end());
+  if (s.order == Order::shuffle)
+    for (int64_t i = n - 1; i > 0; --i) std::swap(turn[size_t(i)], turn[size_t(s.draws() % uint64_t(i + 1))]);
+  return turn;
+}
+
+// The grid's blocks, in the order they run: block k is (first + k * step) mod count, with step
+// coprime to count (so every block runs once) -- a permutation that needs no table for the
+// millions of blocks an elementwise launch can have.
+struct BlockOrder {
+  uint64_t count = 1, first = 0, step = 1;
+  uint64_t at(uint64_t k) const { return uint64_t((unsigned __int128)(first + (unsigned __int128)k * step) % count); }
+};
+
+BlockOrder block_order(Schedule& s, uint64_t count) {
+  BlockOrder o;
+  o.count = count;
+  if (s.order == Order::reverse) o.first = count - 1, o.step = count - 1;  // -1 modulo count
+  if (s.order == Order::shuffle && count > 1) {
+    o.first = s.draws() % count;
+    o.step = 1 + s.draws() % (count - 1);
+    while (std::gcd(o.step, count) != 1) o.step = o.step % (count - 1) + 1;
+  }
+  return o;
+}
+
+// Draws this launch's thread order into g.turn, g.turn_of and g.next_in_warp.
+void draw_turns(Grid& g) {
+  const int n = int(g.fibers.size());
+  std::vector<int64_t> order;
+  {
+    std::lock_guard<std::mutex> lock(schedule_lock());
+    order = turns(schedule(), n);
+  }
+  g.turn.assign(order.begin(), order.end());
+  g.turn_of.assign(size_t(n), 0);
+  for (int k = 0; k < n; ++k) g.turn_of[size_t(g.turn[size_t(k)])] = k;
+  // Each warp's lanes in the block's turn order, linked in a ring.
+  g.next_in_warp.assign(size_t(n), 0);
+  std::vector<int> last(g.warps.size(), -1), first(g.warps.size(), -1);
+  for (int k = 0; k < n; ++k) {
+    const int t = g.turn[size_t(k)], w = t / 32;
+    if (last[size_t(w)] >= 0) g.next_in_warp[size_t(last[size_t(w)])] = t;
+    else first[size_t(w)] = t;
+    last[size_t(w)] = t;
+  }
+  for (size_t w = 0; w < g.warps.size(); ++w) g.next_in_warp[size_t(last[w])] = first[w];
+}
+
 // Runs the grid now, on this host thread. Called from the stream's queue (runtime::enqueue).
 void run_grid_now(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& call) {
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
@@ -427,20 +531,27 @@ void run_grid_now(const char* kernel, dim3 grid, dim3 block, const std::function
     s.lane = int(t % 32);
     s.warp = int(t / 32);
   }
+  draw_turns(g);
+  const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
+  BlockOrder order;
+  {
+    std::lock_guard<std::mutex> schedule_guard(schedule_lock());
+    order = block_order(schedule(), blocks);
+  }
   ThreadState* const outer_thread = current_thread;
   block_dim = block;
   grid_dim = grid;
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        block_index = uint3{x, y, z};
-        run_block(g);
-        if (!g.error.empty()) {
-          current_thread = outer_thread;
-          fail("CUDA emulator: kernel ", kernel, ", block (", x, ", ", y, ", ", z, ") of (", grid.x, ", ",
-               grid.y, ", ", grid.z, "), ", threads, " threads: ", g.error);
-        }
-      }
+  for (uint64_t k = 0; k < blocks; ++k) {
+    const uint64_t b = order.at(k);
+    const unsigned x = unsigned(b % grid.x), y = unsigned(b / grid.x % grid.y), z = unsigned(b / grid.x / grid.y);
+    block_index = uint3{x, y, z};
+    run_block(g);
+    if (!g.error.empty()) {
+      current_thread = outer_thread;
+      fail("CUDA emulator: kernel ", kernel, ", block (", x, ", ", y, ", ", z, ") of (", grid.x, ", ", grid.y,
+           ", ", grid.z, "), ", threads, " threads: ", g.error);
+    }
+  }
   current_thread = outer_thread;
 }
 
@@ -463,5 +574,23 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, cu
   runtime::enqueue(stream, kernel,
                    [kernel, grid, block, call = std::move(call)] { run_grid_now(kernel, grid, block, call); });
 }
+
+void set_order(Order order, uint64_t seed) {
+  std::lock_guard<std::mutex> lock(schedule_lock());
+  schedule().order = order;
+  schedule().draws.seed(seed);
+}
+
+Order current_order() {
+  std::lock_guard<std::mutex> lock(schedule_lock());
+  return schedule().order;
+}
+
+namespace runtime {
+std::vector<int64_t> draw_order(int64_t n) {
+  std::lock_guard<std::mutex> lock(schedule_lock());
+  return turns(schedule(), n);
+}
+}  // namespace runtime
 
 }  // namespace bcos::emu
