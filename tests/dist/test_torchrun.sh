@@ -29,7 +29,14 @@ for rank in 0 1; do
 done
 wait "${pids[0]}"
 status0=$?
-if [[ $status0 -ne 0 ]]; then kill "${pids[1]}" 2>/dev/null; fi  # torchrun ends the others
+if [[ $status0 -ne 0 ]]; then
+  # torchrun ends the others. In shared-gpu, rank 1 has been told the reason too and is on its way
+  # out: up to 10 s to say so first (killed at once, a loaded machine sometimes lost its message).
+  if [[ $mode == shared-gpu ]]; then
+    for _ in $(seq 100); do kill -0 "${pids[1]}" 2>/dev/null || break; sleep 0.1; done
+  fi
+  kill "${pids[1]}" 2>/dev/null
+fi
 wait "${pids[1]}"
 status1=$?
 elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
