@@ -426,10 +426,10 @@ namespace {
 // BCOS_CUDA_EMULATOR_ORDER: forward (blocks and threads by index, as the emulator used to run),
 // reverse, or shuffle (the default: an order drawn for each launch from a generator seeded with
 // BCOS_CUDA_EMULATOR_SEED, 0 unless set, so a failing schedule comes back on a rerun of the same
-// program). Under forward a thread that reads shared memory before a lower-numbered thread's write
-// is ordered reads stale data; under reverse, one that reads a higher-numbered thread's; a shuffle
-// mixes both, and float atomics then add in another order at each launch, as on a GPU -- which is
-// what makes "deterministic algorithms" checkable.
+// program). Without a barrier between them, a read of what a higher-numbered thread writes comes
+// too early under forward, one of a lower-numbered thread's write under reverse; a shuffle mixes
+// both, and float atomics then add in another order at each launch, as on a GPU -- which is what
+// makes "deterministic algorithms" checkable.
 struct Schedule {
   Order order = Order::shuffle;
   std::mt19937_64 draws;
