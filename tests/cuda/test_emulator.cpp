@@ -451,6 +451,14 @@ TEST_CASE("emulator: copies and memsets outside a device allocation are refused"
   CHECK(cudaMemsetAsync(x.p, 0, 33, nullptr) == cudaErrorInvalidValue);
   CHECK(cudaFree(host.data()) == cudaErrorInvalidValue);
   cudaGetLastError();
+  // Fresh memory is not zero (a large block from the C library would be), so a kernel that
+  // forgets to clear an accumulator shows it even in a tensor of its own.
+  void* fresh = nullptr;
+  REQUIRE(cudaMalloc(&fresh, size_t(4) << 20) == cudaSuccess);
+  std::vector<unsigned char> bytes(size_t(4) << 20);
+  REQUIRE(cudaMemcpy(bytes.data(), fresh, bytes.size(), cudaMemcpyDeviceToHost) == cudaSuccess);
+  CHECK(std::count(bytes.begin(), bytes.end(), 0xFF) == std::ptrdiff_t(bytes.size()));
+  cudaFree(fresh);
 }
 
 // With the caching allocator off, each tensor is an allocation of its own, exactly its size: the

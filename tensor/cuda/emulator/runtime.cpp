@@ -415,6 +415,10 @@ cudaError_t cudaMalloc(void** p, size_t size) {
   // address. Exactly `size` bytes, so that AddressSanitizer sees the same bound as the checks here.
   void* q = nullptr;
   if (posix_memalign(&q, 256, std::max<size_t>(size, 1)) != 0) return record(cudaErrorMemoryAllocation);
+  // Fresh memory holds 0xFF bytes (NaN in every float type, -1 in every integer one), where the C
+  // library would hand out large blocks as zeroed pages: a kernel that forgets to clear an
+  // accumulator or to write part of its output then shows it, even in a tensor of its own.
+  std::memset(q, 0xFF, size);
   s.allocations[reinterpret_cast<uintptr_t>(q)] = {size, t_device, Kind::device};
   s.device_bytes_in_use += size;
   *p = q;
@@ -437,6 +441,7 @@ cudaError_t cudaHostAlloc(void** p, size_t size, unsigned int) {
   std::lock_guard<std::mutex> lock(s.mutex);
   void* q = nullptr;
   if (posix_memalign(&q, 256, std::max<size_t>(size, 1)) != 0) return record(cudaErrorMemoryAllocation);
+  std::memset(q, 0xFF, size);  // as cudaMalloc's
   s.allocations[reinterpret_cast<uintptr_t>(q)] = {size, -1, Kind::pinned};
   *p = q;
   return cudaSuccess;

@@ -1,0 +1,268 @@
+// Empty tensors on CUDA: a batch of 0, rows of no elements, no indices, no queries -- through every
+// op family, forward and backward. Each case runs on the CPU and on the GPU and must give the same
+// shapes, values and gradients (a parameter's zeros, a mean's NaN), or raise on both. A GPU refuses
+// an empty grid (cudaErrorInvalidConfiguration), cuDNN a descriptor with a dimension of 0, so every
+// op has to notice that there is nothing to do -- and still write the zeros a gradient of nothing
+// is; the emulator refuses the same, and its fresh memory is NaN. Where PyTorch defines a value
+// other than an empty result (a mean over nothing, batch norm's running statistics left alone,
+// cross-entropy of no samples) the case also checks PyTorch's answer (torch 1.13).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "autograd/ops.h"
+#include "tests/golden.h"
+
+using namespace bcos;
+
+namespace {
+
+constexpr DType kF64 = DType::f64;
+
+// Leaves of one case: made on the CPU once, copied to the device of each run.
+struct Leaves {
+  std::vector<Tensor> host;
+  std::vector<Tensor> on(Device dev) const {
+    std::vector<Tensor> out;
+    for (const Tensor& t : host) {
+      Tensor d = t.to(dev);
+      if (t.dtype() == kF64) d.requires_grad_();
+      out.push_back(d);
+    }
+    return out;
+  }
+};
+
+// What a case gives on one device: its outputs, then each float leaf's gradient after
+// sum(outputs[0]).backward() when `backward`; every tensor back on the CPU. Or the error's text.
+struct Result {
+  std::vector<Tensor> tensors;
+  std::string error;
+};
+
+using Case = std::function<std::vector<Tensor>(const std::vector<Tensor>& leaves)>;
+
+Result run_on(Device dev, const Leaves& leaves, const Case& f, bool backward) {
+  Result r;
+  try {
+    std::vector<Tensor> in = leaves.on(dev);
+    std::vector<Tensor> out = f(in);
+    if (backward) sum(out.at(0)).backward();
+    for (const Tensor& t : out) r.tensors.push_back(t.to(Device()));
+    if (backward)
+      for (const Tensor& t : in)
+        if (t.requires_grad()) {
+          // An undefined gradient (the leaf took no part) is compared as one of no elements.
+          if (t.grad().defined()) CHECK(t.grad().device() == dev);
+          r.tensors.push_back(t.grad().defined() ? t.grad().to(Device()) : Tensor());
+        }
+  } catch (const Error& e) {
+    r.error = e.what();
+  }
+  return r;
+}
+
+// Runs `f` on both devices and compares; returns the CPU's result for checks of its own.
+Result same_on_both(const char* what, const Leaves& leaves, const Case& f, bool backward = true) {
+  INFO(std::string(what));
+  Result cpu = run_on(Device(), leaves, f, backward);
+  Result gpu = run_on(Device::cuda(0), leaves, f, backward);
+  CHECK_MESSAGE(cpu.error.empty() == gpu.error.empty(), "CPU: '", cpu.error, "', GPU: '", gpu.error, "'");
+  if (!cpu.error.empty() || !gpu.error.empty()) return cpu;
+  REQUIRE(cpu.tensors.size() == gpu.tensors.size());
+  for (size_t i = 0; i < cpu.tensors.size(); ++i) {
+    CAPTURE(i);
+    const Tensor &c = cpu.tensors[i], &g = gpu.tensors[i];
+    CHECK(c.defined() == g.defined());
+    if (!c.defined() || !g.defined()) continue;
+    CHECK(c.shape() == g.shape());
+    if (c.shape() != g.shape()) continue;
+    CHECK(c.dtype() == g.dtype());
+    if (is_floating(c.dtype()))
+      CHECK(golden::relative_error(g, c) <= 1e-12);
+    else
+      CHECK(golden::equal(g, c));
+  }
+  return cpu;
+}
+
+bool all_are(const Tensor& t, double v) {
+  for (double x : t.to_vector<double>())
+    if (!(std::isnan(v) ? std::isnan(x) : x == v)) return false;
+  return true;
+}
+
+Tensor r64(const Shape& s) { return randn(s, kF64); }
+Tensor ids(const std::vector<int64_t>& v, const Shape& s) { return from_vector(v, s); }
+
+}  // namespace
+
+TEST_CASE("cuda ops: empty tensors (a batch of 0, empty rows, no indices) flow through every op family as on the CPU") {
+  if (cuda_device_count() == 0) {
+    MESSAGE("no CUDA device: skipped");
+    return;
+  }
+  manual_seed(41);
+
+  // ---- elementwise, with broadcasting against parameters that then get zero gradients ----------
+  same_on_both("elementwise", {{r64({0, 5}), r64({5}), r64({5})}}, [](const std::vector<Tensor>& t) {
+    Tensor y = gelu(t[0]) * t[1] + sigmoid(t[0]) - exp(t[2]) / 2.0;
+    y = where(gt(t[0], 0.0), y, clamp(t[0], -1.0, 1.0)) + pow(abs(t[0]) + 1.0, t[1]) + add_relu(t[0], t[2]);
+    return std::vector<Tensor>{y, eq(t[0], t[2])};
+  });
+  const Result out = same_on_both("parameter gradients are zeros", {{r64({0, 5}), r64({5})}},
+                                  [](const std::vector<Tensor>& t) { return std::vector<Tensor>{t[0] * t[1]}; });
+  if (out.error.empty()) CHECK(all_are(out.tensors.back(), 0.0));
+
+  // ---- reductions over nothing: PyTorch's values -------------------------------------------------
+  const Result red = same_on_both("reductions", {{r64({0, 5})}}, [](const std::vector<Tensor>& t) {
+    return std::vector<Tensor>{sum(t[0], {0}), mean(t[0], {0}), var(t[0], {0}), norm(t[0], 2, {0}),
+                               prod(t[0], {0}), sum(t[0]),     mean(t[0]),   amax(t[0], {1}),
+                               logsumexp(t[0], {1}), sum(t[0], {1}), bcos::std(t[0], {1})};
+  });
+  if (red.error.empty()) {
+    CHECK(all_are(red.tensors[0], 0.0));
+    CHECK(all_are(red.tensors[1], NAN));  // torch: tensor([nan, ...])
+    CHECK(all_are(red.tensors[2], NAN));
+    CHECK(all_are(red.tensors[3], 0.0));
+    CHECK(all_are(red.tensors[4], 1.0));
+    CHECK(red.tensors[5].item() == 0.0);
+    CHECK(std::isnan(red.tensors[6].item()));
+    CHECK(red.tensors[7].shape() == Shape{0});
+  }
+  const Result lse = same_on_both("logsumexp of empty rows", {{r64({3, 0})}}, [](const std::vector<Tensor>& t) {
+    return std::vector<Tensor>{logsumexp(t[0], {1}), sum(t[0], {1})};
+  });
+  if (lse.error.empty()) CHECK(all_are(lse.tensors[0], -INFINITY));  // torch: -inf
+  // A reduction that must pick an element of nothing raises (torch: "Expected reduction dim 0 to
+  // have non-zero size"), on both devices.
+  CHECK(!same_on_both("amax over an empty dim", {{r64({0, 5})}}, [](const std::vector<Tensor>& t) {
+           return std::vector<Tensor>{amax(t[0], {0})};
+         }).error.empty());
+  CHECK(!same_on_both("argmax over an empty dim", {{r64({0, 5})}}, [](const std::vector<Tensor>& t) {
+           return std::vector<Tensor>{argmax(t[0], 0)};
+         }, false).error.empty());
+  same_on_both("argmax / max / topk of no rows", {{r64({0, 5})}}, [](const std::vector<Tensor>& t) {
+    ValuesIndices m = max(t[0], 1), k = topk(t[0], 2, 1);
+    return std::vector<Tensor>{m.values + sum(k.values, {1}), m.indices, k.indices, argmax(t[0], 1)};
+  });
+
+  // ---- products --------------------------------------------------------------------------------
+  same_on_both("linear with a batch of 0", {{r64({0, 4}), r64({3, 4}), r64({3})}}, [](const std::vector<Tensor>& t) {
+    return std::vector<Tensor>{linear(t[0], t[1], t[2])};
+  });
+  const Result k0 = same_on_both("matmul over K = 0", {{r64({3, 0}), r64({0, 2})}}, [](const std::vector<Tensor>& t) {
+    return std::vector<Tensor>{matmul(t[0], t[1])};
+  });
+  if (k0.error.empty()) CHECK(all_are(k0.tensors[0], 0.0));
+  same_on_both("batched matmul of no batches", {{r64({0, 3, 4}), r64({0, 4, 2})}}, [](const std::vector<Tensor>& t) {
+    return std::vector<Tensor>{matmul(t[0], t[1])};
+  });
+
+  // ---- convolution, pooling, padding -----------------------------------------------------------
+  same_on_both("conv2d with a batch of 0", {{r64({0, 4, 6, 6}), r64({6, 2, 3, 3}), r64({6})}},
+               [](const std::vector<Tensor>& t) {
+                 return std::vector<Tensor>{conv2d(t[0], t[1], t[2], 1, 1, 1, /*groups=*/2)};
+               });
+  same_on_both("pooling and padding with a batch of 0", {{r64({0, 3, 6, 6})}}, [](const std::vector<Tensor>& t) {
+    Tensor a = max_pool2d(t[0], 3, IntPair(2), 1), b = avg_pool2d(t[0], 2), c = adaptive_avg_pool2d(t[0], 4);
+    Tensor p = pad(t[0], {1, 1, 2, 0});
+    return std::vector<Tensor>{sum(a, {1, 2, 3}) + sum(b, {1, 2, 3}) + sum(c, {1, 2, 3}) + sum(p, {1, 2, 3}),
+                               max_pool2d_with_indices(t[0], 2).indices};
+  });
+
+  // ---- norms: running statistics stay as they were (torch: F.batch_norm of an empty batch) ----
+  for (bool relu : {false, true}) {
+    Tensor running_mean = ones({3}, kF64), running_var = full({3}, 2.0, kF64);
+    const Result bn = same_on_both("batch_norm in training with a batch of 0", {{r64({0, 3, 4, 4}), r64({3}), r64({3})}},
+                                   [&](const std::vector<Tensor>& t) {
+                                     Tensor rm = running_mean.to(t[0].device()), rv = running_var.to(t[0].device());
+                                     Tensor y = batch_norm(t[0], rm, rv, t[1], t[2], true, 0.1, 1e-5, relu);
+                                     return std::vector<Tensor>{y, rm, rv};
+                                   });
+    if (bn.error.empty()) {
+      CHECK(all_are(bn.tensors[1], 1.0));
+      CHECK(all_are(bn.tensors[2], 2.0));
+    }
+  }
+  same_on_both("batch_norm in evaluation, uncentred batch norm, layer and group norm with no rows",
+               {{r64({0, 4, 3, 3}), r64({4}), r64({4}), r64({0, 8}), r64({8})}}, [](const std::vector<Tensor>& t) {
+                 Tensor rm = zeros({4}, {kF64, t[0].device()}), rv = ones({4}, {kF64, t[0].device()});
+                 Tensor a = batch_norm(t[0], rm, rv, t[1], t[2], false);
+                 Tensor b = batch_norm_uncentered(t[0], rv, t[1], t[2], false);
+                 Tensor c = group_norm(t[0], 2, t[1], t[2]);
+                 Tensor d = layer_norm(t[3], {8}, t[4], t[4]);
+                 return std::vector<Tensor>{sum(a + b + c, {1, 2, 3}) + sum(d, {1})};
+               });
+
+  // ---- softmax and losses ------------------------------------------------------------------------
+  same_on_both("softmax / log_softmax of no rows, and along an empty batch", {{r64({0, 7})}},
+               [](const std::vector<Tensor>& t) {
+                 return std::vector<Tensor>{softmax(t[0], 1) + log_softmax(t[0], 1) + softmax(t[0], 0)};
+               });
+  const Result ce = same_on_both("cross-entropy and BCE of no samples", {{r64({0, 5})}},
+                                 [](const std::vector<Tensor>& t) {
+                                   Tensor target = ids({}, {0}).to(t[0].device());
+                                   return std::vector<Tensor>{
+                                       cross_entropy(t[0], target, -100, 0.0, Reduction::sum),
+                                       cross_entropy(t[0], target),
+                                       cross_entropy(t[0], target, -100, 0.1),
+                                       binary_cross_entropy_with_logits(t[0], sigmoid(t[0]).detach())};
+                                 });
+  if (ce.error.empty()) {
+    CHECK(ce.tensors[0].item() == 0.0);        // torch: sum over nothing
+    CHECK(std::isnan(ce.tensors[1].item()));  // torch: mean over nothing is nan
+    CHECK(std::isnan(ce.tensors[2].item()));
+    CHECK(std::isnan(ce.tensors[3].item()));
+  }
+
+  // ---- attention: a batch of 0, and no queries -----------------------------------------------------
+  for (bool fused : {true, false}) {
+    same_on_both(fused ? "fused attention, empty" : "composed attention, empty",
+                 {{r64({0, 2, 4, 8}), r64({0, 2, 4, 8}), r64({0, 2, 4, 8}), r64({1, 2, 0, 8}), r64({1, 2, 5, 8}),
+                   r64({1, 2, 5, 8})}},
+                 [fused](const std::vector<Tensor>& t) {
+                   Tensor a = scaled_dot_product_attention(t[0], t[1], t[2], Tensor(), false, 0, fused);
+                   Tensor b = scaled_dot_product_attention(t[3], t[4], t[5], Tensor(), true, 0, fused);
+                   return std::vector<Tensor>{sum(a) + sum(b)};
+                 });
+  }
+
+  // ---- indexing and joining ------------------------------------------------------------------------
+  same_on_both("embedding / index_select / gather / scatter_add with no indices", {{r64({6, 4}), r64({0, 4})}},
+               [](const std::vector<Tensor>& t) {
+                 const Device dev = t[0].device();
+                 Tensor none = ids({}, {0}).to(dev), none2 = ids({}, {0, 4}).to(dev);
+                 Tensor e = embedding(none, t[0]), s = index_select(t[0], 0, none);
+                 Tensor g = gather(t[0], 0, none2), sa = scatter_add(t[0], 0, none2, t[1]);
+                 return std::vector<Tensor>{sum(e) + sum(s) + sum(g) + sum(sa)};
+               });
+  same_on_both("cat / stack / split with empty pieces", {{r64({2, 3}), r64({0, 3})}}, [](const std::vector<Tensor>& t) {
+    Tensor c = cat({t[0], t[1], t[0]}, 0);
+    Tensor s = stack({t[1], t[1]}, 1);
+    std::vector<Tensor> parts = split(c, std::vector<int64_t>{4, 0}, 0);
+    return std::vector<Tensor>{sum(c) + sum(s) + sum(parts[1]), s};
+  });
+  same_on_both("masked_fill, one_hot, dropout and copies of empty tensors", {{r64({0, 5})}},
+               [](const std::vector<Tensor>& t) {
+                 const Device dev = t[0].device();
+                 Tensor m = masked_fill(t[0], gt(t[0], 0.0), 2.0);
+                 Tensor d = dropout(t[0], 0.5, true);
+                 Tensor c = t[0].t().contiguous().t() + t[0].to(DType::f32).to(kF64);
+                 Tensor r = randn({0, 5}, {kF64, dev}) + rand({0, 5}, {kF64, dev});
+                 return std::vector<Tensor>{m + d + c + r, one_hot(ids({}, {0}).to(dev), 4)};
+               });
+
+  // ---- B-cos transforms --------------------------------------------------------------------------
+  for (double b : {1.0, 2.0}) {
+    same_on_both("B-cos conv2d / linear with a batch of 0",
+                 {{r64({0, 4, 5, 5}), r64({6, 2, 3, 3}), r64({0, 4}), r64({6, 4})}}, [b](const std::vector<Tensor>& t) {
+                   Tensor y = bcos_conv2d(t[0], unit_rows(t[1]), Tensor(), 1, 1, 1, /*groups=*/2, b, /*max_out=*/2);
+                   Tensor z = bcos_linear(t[2], unit_rows(t[3]), Tensor(), b, /*max_out=*/2);
+                   return std::vector<Tensor>{sum(y, {1, 2, 3}) + sum(z, {1})};
+                 });
+  }
+}
