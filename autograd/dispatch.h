@@ -36,12 +36,6 @@ inline void check_index(const char* op, const Tensor& t) {
              " (shape ", t.shape(), ")");
 }
 
-// For ops that only have a CPU kernel so far: a clear error instead of a wrong pointer.
-inline void require_cpu(const char* op, const Tensor& t) {
-  BCOS_CHECK(!t.defined() || t.is_cpu(), op, ": no CUDA kernel yet (input of shape ", t.shape(),
-             " on ", t.device(), "); move it to the CPU with .to(\"cpu\")");
-}
-
 // A 0-dim tensor holding `value` with the dtype and device of `like`.
 inline Tensor scalar_like(double value, const Tensor& like) {
   return full(Shape{}, value, {like.dtype(), like.device()});

@@ -407,7 +407,6 @@ Tensor& Tensor::mul_(double value) {
 
 Tensor& Tensor::masked_fill_(const Tensor& mask, double value) {
   detail::check_inplace("masked_fill_", *this);
-  detail::require_cpu("masked_fill_", *this);
   BCOS_CHECK(mask.dtype() == DType::boolean, "masked_fill_: mask must be bool, got ", mask.dtype());
   detail::check_same_device("masked_fill_", *this, mask);
   Tensor m = raw_expand(mask, shape_, "masked_fill_");

@@ -1,4 +1,8 @@
-// Empty tensors on CUDA: a batch of 0, rows of no elements, no indices, no queries -- through every
+// Edge cases of the CUDA backend, each against the CPU. In-place methods on views: strided and
+// transposed destinations, broadcast sources, a source overlapping its destination in another
+// layout (read before written).
+//
+// Empty tensors: a batch of 0, rows of no elements, no indices, no queries -- through every
 // op family, forward and backward. Each case runs on the CPU and on the GPU and must give the same
 // shapes, values and gradients (a parameter's zeros, a mean's NaN), or raise on both. A GPU refuses
 // an empty grid (cudaErrorInvalidConfiguration), cuDNN a descriptor with a dimension of 0, so every
@@ -265,4 +269,41 @@ TEST_CASE("cuda ops: empty tensors (a batch of 0, empty rows, no indices) flow t
                    return std::vector<Tensor>{sum(y, {1, 2, 3}) + sum(z, {1})};
                  });
   }
+}
+
+TEST_CASE("cuda ops: in-place methods (copy_, fill_, add_, mul_, masked_fill_) on views and overlapping sources match the CPU") {
+  if (cuda_device_count() == 0) {
+    MESSAGE("no CUDA device: skipped");
+    return;
+  }
+  manual_seed(42);
+  const Tensor base = r64({5, 6}), row = r64({4}), square = r64({4, 4});
+  const Tensor mask = gt(r64({1, 6}), 0.0), ints = randint(-9, 9, {3, 4});
+  auto run = [&](Device dev) {
+    // clone(): to(the CPU) of a CPU tensor is that tensor, which the CPU run would change
+    Tensor x = base.to(dev).clone(), sq = square.to(dev).clone(), sq2 = square.to(dev).clone();
+    Tensor i = ints.to(dev).clone();
+    x.narrow(1, 1, 4).add_(row.to(dev), 2.0);        // strided destination, broadcast source
+    x.t().narrow(0, 4, 2).mul_(-3.0);                 // a transposed view
+    x.narrow(0, 1, 3).masked_fill_(mask.to(dev), -7.0);  // broadcast mask
+    x.narrow(0, 4, 1).narrow(1, 0, 3).fill_(0.5);
+    x.narrow(1, 5, 1).zero_();
+    sq.add_(sq.t());                                  // overlapping: reads sq before writing it
+    sq2.copy_(sq2.t());
+    i.t().narrow(0, 1, 2).add_(i.t().narrow(0, 0, 2));  // int64, overlapping rows of one storage
+    return std::vector<Tensor>{x.to(Device()), sq.to(Device()), sq2.to(Device()), i.to(Device())};
+  };
+  const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+  for (size_t k = 0; k < cpu.size(); ++k) {
+    CAPTURE(k);
+    CHECK(golden::equal(gpu[k], cpu[k]));
+  }
+  // The symmetric part came out symmetric, and the copy is the transpose of the original.
+  CHECK(golden::equal(cpu[1], cpu[1].t().contiguous()));
+  CHECK(golden::equal(cpu[2], square.t().contiguous()));
+
+  const Device gpu0 = Device::cuda(0);
+  CHECK_THROWS_AS(base.to(gpu0).masked_fill_(mask, 1.0), Error);  // the mask on another device
+  CHECK_THROWS_AS(base.to(gpu0).masked_fill_(mask.to(gpu0).to(kF64), 1.0), Error);  // not a bool mask
+  CHECK_THROWS_AS(zeros({1, 6}, {kF64, gpu0}).expand({5, 6}).fill_(1.0), Error);
 }
