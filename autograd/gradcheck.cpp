@@ -8,14 +8,17 @@
 namespace bcos {
 
 namespace {
-// Storage offset of the k-th element (row-major over the shape) of a strided tensor.
-int64_t element_offset(const Tensor& t, int64_t k) {
-  int64_t off = t.offset();
+// A 0-dim view of the k-th element (row-major over the shape) of a possibly strided tensor on any
+// device, to perturb in place.
+Tensor element(const Tensor& t, int64_t k) {
+  std::vector<int64_t> index(size_t(t.dim()));
   for (int d = t.dim() - 1; d >= 0; --d) {
-    off += (k % t.shape()[d]) * t.strides()[d];
+    index[size_t(d)] = k % t.shape()[d];
     k /= t.shape()[d];
   }
-  return off;
+  Tensor e = t.detach();
+  for (int64_t i : index) e = e.select(0, i);
+  return e;
 }
 
 std::vector<double> flat_values(const Tensor& t) { return t.detach().to_vector<double>(); }
@@ -27,8 +30,9 @@ GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)
   for (size_t i = 0; i < inputs.size(); ++i) {
     const Tensor& t = inputs[i];
     if (t.defined() && t.requires_grad())
-      BCOS_CHECK(t.dtype() == DType::f64 && t.is_cpu() && t.is_leaf(), "gradcheck: input ", i,
-                 " must be a float64 CPU leaf tensor, got ", t.dtype(), " on ", t.device());
+      BCOS_CHECK(t.dtype() == DType::f64 && t.is_leaf(), "gradcheck: input ", i,
+                 " must be a float64 leaf tensor, got ", t.dtype(), t.is_leaf() ? "" : " (not a leaf)", " on ",
+                 t.device());
   }
   Tensor out = f(inputs);
   BCOS_CHECK(out.dtype() == DType::f64, "gradcheck: the function must return float64, got ", out.dtype());
@@ -45,7 +49,7 @@ GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)
         if (t.defined()) t.zero_grad();
       std::vector<double> onehot(static_cast<size_t>(n_out), 0.0);
       onehot[size_t(j)] = 1.0;
-      out.backward(from_vector(onehot, out.shape(), DType::f64), /*retain_graph=*/true);
+      out.backward(from_vector(onehot, out.shape(), DType::f64).to(out.device()), /*retain_graph=*/true);
       for (size_t i = 0; i < inputs.size(); ++i) {
         if (analytic[i].empty() || !inputs[i].grad().defined()) continue;
         std::vector<double> g = flat_values(inputs[i].grad());
@@ -59,15 +63,14 @@ GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)
   for (size_t i = 0; i < inputs.size(); ++i) {
     if (analytic[i].empty()) continue;
     const Tensor& t = inputs[i];
-    double* base = static_cast<double*>(t.storage()->data);
     for (int64_t k = 0; k < t.numel(); ++k) {
-      double& v = base[element_offset(t, k)];
-      const double orig = v;
-      v = orig + eps;
+      Tensor v = element(t, k);  // shares t's storage: f sees the perturbation
+      const double orig = v.item();
+      v.fill_(orig + eps);
       std::vector<double> plus = flat_values(f(inputs));
-      v = orig - eps;
+      v.fill_(orig - eps);
       std::vector<double> minus = flat_values(f(inputs));
-      v = orig;
+      v.fill_(orig);
       for (int64_t j = 0; j < n_out; ++j) {
         double numeric = (plus[size_t(j)] - minus[size_t(j)]) / (2 * eps);
         double a = analytic[i][size_t(j * t.numel() + k)];

@@ -1,6 +1,7 @@
 // gradcheck: compares the analytic Jacobian (one backward pass per output element) with
 // central finite differences, in float64, for every input that requires grad. Inputs may be
-// non-contiguous views and of different (broadcastable) shapes.
+// non-contiguous views and of different (broadcastable) shapes, on the CPU or a GPU (as
+// torch.autograd.gradcheck: each perturbation is written into the input where it lives).
 #pragma once
 
 #include <functional>

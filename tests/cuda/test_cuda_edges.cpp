@@ -2,8 +2,12 @@
 // transposed destinations, broadcast sources, a source overlapping its destination in another
 // layout (read before written).
 //
+// gradcheck on the GPU: the CUDA backward kernels against central differences of the CUDA
+// forward kernels, in float64 -- a check that does not go through the CPU's kernels at all.
+//
 // Empty tensors: a batch of 0, rows of no elements, no indices, no queries -- through every
-// op family, forward and backward. Each case runs on the CPU and on the GPU and must give the same
+// op family, forward and backward, in float64 and float32 (and the products under bf16 / f16
+// autocast). Each case runs on the CPU and on the GPU and must give the same
 // shapes, values and gradients (a parameter's zeros, a mean's NaN), or raise on both. A GPU refuses
 // an empty grid (cudaErrorInvalidConfiguration), cuDNN a descriptor with a dimension of 0, so every
 // op has to notice that there is nothing to do -- and still write the zeros a gradient of nothing
@@ -17,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "autograd/autograd.h"
+#include "autograd/gradcheck.h"
 #include "autograd/ops.h"
 #include "tests/golden.h"
 
@@ -25,6 +31,8 @@ using namespace bcos;
 namespace {
 
 constexpr DType kF64 = DType::f64;
+// The float type the empty-tensor cases make their leaves in (float64, then float32).
+DType g_dtype = kF64;
 
 // Leaves of one case: made on the CPU once, copied to the device of each run.
 struct Leaves {
@@ -33,7 +41,7 @@ struct Leaves {
     std::vector<Tensor> out;
     for (const Tensor& t : host) {
       Tensor d = t.to(dev);
-      if (t.dtype() == kF64) d.requires_grad_();
+      if (is_floating(t.dtype())) d.requires_grad_();
       out.push_back(d);
     }
     return out;
@@ -86,7 +94,7 @@ Result same_on_both(const char* what, const Leaves& leaves, const Case& f, bool 
     if (c.shape() != g.shape()) continue;
     CHECK(c.dtype() == g.dtype());
     if (is_floating(c.dtype()))
-      CHECK(golden::relative_error(g, c) <= 1e-12);
+      CHECK(golden::relative_error(g, c) <= (c.dtype() == kF64 ? 1e-12 : 1e-5));
     else
       CHECK(golden::equal(g, c));
   }
@@ -99,30 +107,27 @@ bool all_are(const Tensor& t, double v) {
   return true;
 }
 
-Tensor r64(const Shape& s) { return randn(s, kF64); }
+Tensor rn(const Shape& s) { return randn(s, g_dtype); }
 Tensor ids(const std::vector<int64_t>& v, const Shape& s) { return from_vector(v, s); }
 
 }  // namespace
 
-TEST_CASE("cuda ops: empty tensors (a batch of 0, empty rows, no indices) flow through every op family as on the CPU") {
-  if (cuda_device_count() == 0) {
-    MESSAGE("no CUDA device: skipped");
-    return;
-  }
-  manual_seed(41);
+namespace {
+// Every op family over empty tensors whose float leaves are of type g_dtype.
+void empty_tensor_cases() {
 
   // ---- elementwise, with broadcasting against parameters that then get zero gradients ----------
-  same_on_both("elementwise", {{r64({0, 5}), r64({5}), r64({5})}}, [](const std::vector<Tensor>& t) {
+  same_on_both("elementwise", {{rn({0, 5}), rn({5}), rn({5})}}, [](const std::vector<Tensor>& t) {
     Tensor y = gelu(t[0]) * t[1] + sigmoid(t[0]) - exp(t[2]) / 2.0;
     y = where(gt(t[0], 0.0), y, clamp(t[0], -1.0, 1.0)) + pow(abs(t[0]) + 1.0, t[1]) + add_relu(t[0], t[2]);
     return std::vector<Tensor>{y, eq(t[0], t[2])};
   });
-  const Result out = same_on_both("parameter gradients are zeros", {{r64({0, 5}), r64({5})}},
+  const Result out = same_on_both("parameter gradients are zeros", {{rn({0, 5}), rn({5})}},
                                   [](const std::vector<Tensor>& t) { return std::vector<Tensor>{t[0] * t[1]}; });
   if (out.error.empty()) CHECK(all_are(out.tensors.back(), 0.0));
 
   // ---- reductions over nothing: PyTorch's values -------------------------------------------------
-  const Result red = same_on_both("reductions", {{r64({0, 5})}}, [](const std::vector<Tensor>& t) {
+  const Result red = same_on_both("reductions", {{rn({0, 5})}}, [](const std::vector<Tensor>& t) {
     return std::vector<Tensor>{sum(t[0], {0}), mean(t[0], {0}), var(t[0], {0}), norm(t[0], 2, {0}),
                                prod(t[0], {0}), sum(t[0]),     mean(t[0]),   amax(t[0], {1}),
                                logsumexp(t[0], {1}), sum(t[0], {1}), bcos::std(t[0], {1})};
@@ -137,41 +142,41 @@ TEST_CASE("cuda ops: empty tensors (a batch of 0, empty rows, no indices) flow t
     CHECK(std::isnan(red.tensors[6].item()));
     CHECK(red.tensors[7].shape() == Shape{0});
   }
-  const Result lse = same_on_both("logsumexp of empty rows", {{r64({3, 0})}}, [](const std::vector<Tensor>& t) {
+  const Result lse = same_on_both("logsumexp of empty rows", {{rn({3, 0})}}, [](const std::vector<Tensor>& t) {
     return std::vector<Tensor>{logsumexp(t[0], {1}), sum(t[0], {1})};
   });
   if (lse.error.empty()) CHECK(all_are(lse.tensors[0], -INFINITY));  // torch: -inf
   // A reduction that must pick an element of nothing raises (torch: "Expected reduction dim 0 to
   // have non-zero size"), on both devices.
-  CHECK(!same_on_both("amax over an empty dim", {{r64({0, 5})}}, [](const std::vector<Tensor>& t) {
+  CHECK(!same_on_both("amax over an empty dim", {{rn({0, 5})}}, [](const std::vector<Tensor>& t) {
            return std::vector<Tensor>{amax(t[0], {0})};
          }).error.empty());
-  CHECK(!same_on_both("argmax over an empty dim", {{r64({0, 5})}}, [](const std::vector<Tensor>& t) {
+  CHECK(!same_on_both("argmax over an empty dim", {{rn({0, 5})}}, [](const std::vector<Tensor>& t) {
            return std::vector<Tensor>{argmax(t[0], 0)};
          }, false).error.empty());
-  same_on_both("argmax / max / topk of no rows", {{r64({0, 5})}}, [](const std::vector<Tensor>& t) {
+  same_on_both("argmax / max / topk of no rows", {{rn({0, 5})}}, [](const std::vector<Tensor>& t) {
     ValuesIndices m = max(t[0], 1), k = topk(t[0], 2, 1);
     return std::vector<Tensor>{m.values + sum(k.values, {1}), m.indices, k.indices, argmax(t[0], 1)};
   });
 
   // ---- products --------------------------------------------------------------------------------
-  same_on_both("linear with a batch of 0", {{r64({0, 4}), r64({3, 4}), r64({3})}}, [](const std::vector<Tensor>& t) {
+  same_on_both("linear with a batch of 0", {{rn({0, 4}), rn({3, 4}), rn({3})}}, [](const std::vector<Tensor>& t) {
     return std::vector<Tensor>{linear(t[0], t[1], t[2])};
   });
-  const Result k0 = same_on_both("matmul over K = 0", {{r64({3, 0}), r64({0, 2})}}, [](const std::vector<Tensor>& t) {
+  const Result k0 = same_on_both("matmul over K = 0", {{rn({3, 0}), rn({0, 2})}}, [](const std::vector<Tensor>& t) {
     return std::vector<Tensor>{matmul(t[0], t[1])};
   });
   if (k0.error.empty()) CHECK(all_are(k0.tensors[0], 0.0));
-  same_on_both("batched matmul of no batches", {{r64({0, 3, 4}), r64({0, 4, 2})}}, [](const std::vector<Tensor>& t) {
+  same_on_both("batched matmul of no batches", {{rn({0, 3, 4}), rn({0, 4, 2})}}, [](const std::vector<Tensor>& t) {
     return std::vector<Tensor>{matmul(t[0], t[1])};
   });
 
   // ---- convolution, pooling, padding -----------------------------------------------------------
-  same_on_both("conv2d with a batch of 0", {{r64({0, 4, 6, 6}), r64({6, 2, 3, 3}), r64({6})}},
+  same_on_both("conv2d with a batch of 0", {{rn({0, 4, 6, 6}), rn({6, 2, 3, 3}), rn({6})}},
                [](const std::vector<Tensor>& t) {
                  return std::vector<Tensor>{conv2d(t[0], t[1], t[2], 1, 1, 1, /*groups=*/2)};
                });
-  same_on_both("pooling and padding with a batch of 0", {{r64({0, 3, 6, 6})}}, [](const std::vector<Tensor>& t) {
+  same_on_both("pooling and padding with a batch of 0", {{rn({0, 3, 6, 6})}}, [](const std::vector<Tensor>& t) {
     Tensor a = max_pool2d(t[0], 3, IntPair(2), 1), b = avg_pool2d(t[0], 2), c = adaptive_avg_pool2d(t[0], 4);
     Tensor p = pad(t[0], {1, 1, 2, 0});
     return std::vector<Tensor>{sum(a, {1, 2, 3}) + sum(b, {1, 2, 3}) + sum(c, {1, 2, 3}) + sum(p, {1, 2, 3}),
@@ -180,8 +185,8 @@ TEST_CASE("cuda ops: empty tensors (a batch of 0, empty rows, no indices) flow t
 
   // ---- norms: running statistics stay as they were (torch: F.batch_norm of an empty batch) ----
   for (bool relu : {false, true}) {
-    Tensor running_mean = ones({3}, kF64), running_var = full({3}, 2.0, kF64);
-    const Result bn = same_on_both("batch_norm in training with a batch of 0", {{r64({0, 3, 4, 4}), r64({3}), r64({3})}},
+    Tensor running_mean = ones({3}, g_dtype), running_var = full({3}, 2.0, g_dtype);
+    const Result bn = same_on_both("batch_norm in training with a batch of 0", {{rn({0, 3, 4, 4}), rn({3}), rn({3})}},
                                    [&](const std::vector<Tensor>& t) {
                                      Tensor rm = running_mean.to(t[0].device()), rv = running_var.to(t[0].device());
                                      Tensor y = batch_norm(t[0], rm, rv, t[1], t[2], true, 0.1, 1e-5, relu);
@@ -193,8 +198,8 @@ TEST_CASE("cuda ops: empty tensors (a batch of 0, empty rows, no indices) flow t
     }
   }
   same_on_both("batch_norm in evaluation, uncentred batch norm, layer and group norm with no rows",
-               {{r64({0, 4, 3, 3}), r64({4}), r64({4}), r64({0, 8}), r64({8})}}, [](const std::vector<Tensor>& t) {
-                 Tensor rm = zeros({4}, {kF64, t[0].device()}), rv = ones({4}, {kF64, t[0].device()});
+               {{rn({0, 4, 3, 3}), rn({4}), rn({4}), rn({0, 8}), rn({8})}}, [](const std::vector<Tensor>& t) {
+                 Tensor rm = zeros({4}, {g_dtype, t[0].device()}), rv = ones({4}, {g_dtype, t[0].device()});
                  Tensor a = batch_norm(t[0], rm, rv, t[1], t[2], false);
                  Tensor b = batch_norm_uncentered(t[0], rv, t[1], t[2], false);
                  Tensor c = group_norm(t[0], 2, t[1], t[2]);
@@ -203,11 +208,11 @@ TEST_CASE("cuda ops: empty tensors (a batch of 0, empty rows, no indices) flow t
                });
 
   // ---- softmax and losses ------------------------------------------------------------------------
-  same_on_both("softmax / log_softmax of no rows, and along an empty batch", {{r64({0, 7})}},
+  same_on_both("softmax / log_softmax of no rows, and along an empty batch", {{rn({0, 7})}},
                [](const std::vector<Tensor>& t) {
                  return std::vector<Tensor>{softmax(t[0], 1) + log_softmax(t[0], 1) + softmax(t[0], 0)};
                });
-  const Result ce = same_on_both("cross-entropy and BCE of no samples", {{r64({0, 5})}},
+  const Result ce = same_on_both("cross-entropy and BCE of no samples", {{rn({0, 5})}},
                                  [](const std::vector<Tensor>& t) {
                                    Tensor target = ids({}, {0}).to(t[0].device());
                                    return std::vector<Tensor>{
@@ -226,8 +231,8 @@ TEST_CASE("cuda ops: empty tensors (a batch of 0, empty rows, no indices) flow t
   // ---- attention: a batch of 0, and no queries -----------------------------------------------------
   for (bool fused : {true, false}) {
     same_on_both(fused ? "fused attention, empty" : "composed attention, empty",
-                 {{r64({0, 2, 4, 8}), r64({0, 2, 4, 8}), r64({0, 2, 4, 8}), r64({1, 2, 0, 8}), r64({1, 2, 5, 8}),
-                   r64({1, 2, 5, 8})}},
+                 {{rn({0, 2, 4, 8}), rn({0, 2, 4, 8}), rn({0, 2, 4, 8}), rn({1, 2, 0, 8}), rn({1, 2, 5, 8}),
+                   rn({1, 2, 5, 8})}},
                  [fused](const std::vector<Tensor>& t) {
                    Tensor a = scaled_dot_product_attention(t[0], t[1], t[2], Tensor(), false, 0, fused);
                    Tensor b = scaled_dot_product_attention(t[3], t[4], t[5], Tensor(), true, 0, fused);
@@ -236,7 +241,7 @@ TEST_CASE("cuda ops: empty tensors (a batch of 0, empty rows, no indices) flow t
   }
 
   // ---- indexing and joining ------------------------------------------------------------------------
-  same_on_both("embedding / index_select / gather / scatter_add with no indices", {{r64({6, 4}), r64({0, 4})}},
+  same_on_both("embedding / index_select / gather / scatter_add with no indices", {{rn({6, 4}), rn({0, 4})}},
                [](const std::vector<Tensor>& t) {
                  const Device dev = t[0].device();
                  Tensor none = ids({}, {0}).to(dev), none2 = ids({}, {0, 4}).to(dev);
@@ -244,30 +249,60 @@ TEST_CASE("cuda ops: empty tensors (a batch of 0, empty rows, no indices) flow t
                  Tensor g = gather(t[0], 0, none2), sa = scatter_add(t[0], 0, none2, t[1]);
                  return std::vector<Tensor>{sum(e) + sum(s) + sum(g) + sum(sa)};
                });
-  same_on_both("cat / stack / split with empty pieces", {{r64({2, 3}), r64({0, 3})}}, [](const std::vector<Tensor>& t) {
+  same_on_both("cat / stack / split with empty pieces", {{rn({2, 3}), rn({0, 3})}}, [](const std::vector<Tensor>& t) {
     Tensor c = cat({t[0], t[1], t[0]}, 0);
     Tensor s = stack({t[1], t[1]}, 1);
     std::vector<Tensor> parts = split(c, std::vector<int64_t>{4, 0}, 0);
     return std::vector<Tensor>{sum(c) + sum(s) + sum(parts[1]), s};
   });
-  same_on_both("masked_fill, one_hot, dropout and copies of empty tensors", {{r64({0, 5})}},
+  same_on_both("masked_fill, one_hot, dropout and copies of empty tensors", {{rn({0, 5})}},
                [](const std::vector<Tensor>& t) {
                  const Device dev = t[0].device();
                  Tensor m = masked_fill(t[0], gt(t[0], 0.0), 2.0);
                  Tensor d = dropout(t[0], 0.5, true);
-                 Tensor c = t[0].t().contiguous().t() + t[0].to(DType::f32).to(kF64);
-                 Tensor r = randn({0, 5}, {kF64, dev}) + rand({0, 5}, {kF64, dev});
+                 Tensor c = t[0].t().contiguous().t() + t[0].to(DType::f64).to(g_dtype);
+                 Tensor r = randn({0, 5}, {g_dtype, dev}) + rand({0, 5}, {g_dtype, dev});
                  return std::vector<Tensor>{m + d + c + r, one_hot(ids({}, {0}).to(dev), 4)};
                });
 
   // ---- B-cos transforms --------------------------------------------------------------------------
   for (double b : {1.0, 2.0}) {
     same_on_both("B-cos conv2d / linear with a batch of 0",
-                 {{r64({0, 4, 5, 5}), r64({6, 2, 3, 3}), r64({0, 4}), r64({6, 4})}}, [b](const std::vector<Tensor>& t) {
+                 {{rn({0, 4, 5, 5}), rn({6, 2, 3, 3}), rn({0, 4}), rn({6, 4})}}, [b](const std::vector<Tensor>& t) {
                    Tensor y = bcos_conv2d(t[0], unit_rows(t[1]), Tensor(), 1, 1, 1, /*groups=*/2, b, /*max_out=*/2);
                    Tensor z = bcos_linear(t[2], unit_rows(t[3]), Tensor(), b, /*max_out=*/2);
                    return std::vector<Tensor>{sum(y, {1, 2, 3}) + sum(z, {1})};
                  });
+  }
+}
+}  // namespace
+
+TEST_CASE("cuda ops: empty tensors (a batch of 0, empty rows, no indices) flow through every op family as on the CPU") {
+  if (cuda_device_count() == 0) {
+    MESSAGE("no CUDA device: skipped");
+    return;
+  }
+  for (DType dt : {kF64, DType::f32}) {
+    CAPTURE(dt);
+    g_dtype = dt;
+    manual_seed(41);
+    empty_tensor_cases();
+  }
+  g_dtype = kF64;
+  // Under autocast the products multiply 16-bit copies of nothing.
+  for (DType autocast : {DType::bf16, DType::f16}) {
+    CAPTURE(autocast);
+    g_dtype = DType::f32;
+    const Result r = same_on_both("linear, matmul and conv2d under autocast with a batch of 0",
+                 {{rn({0, 4}), rn({3, 4}), rn({3}), rn({0, 4, 6, 6}), rn({6, 2, 3, 3}), rn({2, 0, 5})}},
+                 [autocast](const std::vector<Tensor>& t) {
+                   AutocastGuard guard(t[0].device().type, autocast);
+                   Tensor a = linear(t[0], t[1], t[2]), b = conv2d(t[3], t[4], Tensor(), 1, 1, 1, 2);
+                   Tensor c = matmul(t[5].transpose(1, 2), t[5]);  // K = 0: zeros
+                   return std::vector<Tensor>{sum(a, {1}) + sum(b, {1, 2, 3}) + sum(c), c};
+                 });
+    if (r.error.empty()) CHECK(all_are(r.tensors.at(1), 0.0));
+    g_dtype = kF64;
   }
 }
 
@@ -277,8 +312,8 @@ TEST_CASE("cuda ops: in-place methods (copy_, fill_, add_, mul_, masked_fill_) o
     return;
   }
   manual_seed(42);
-  const Tensor base = r64({5, 6}), row = r64({4}), square = r64({4, 4});
-  const Tensor mask = gt(r64({1, 6}), 0.0), ints = randint(-9, 9, {3, 4});
+  const Tensor base = randn({5, 6}, kF64), row = randn({4}, kF64), square = randn({4, 4}, kF64);
+  const Tensor mask = gt(randn({1, 6}, kF64), 0.0), ints = randint(-9, 9, {3, 4});
   auto run = [&](Device dev) {
     // clone(): to(the CPU) of a CPU tensor is that tensor, which the CPU run would change
     Tensor x = base.to(dev).clone(), sq = square.to(dev).clone(), sq2 = square.to(dev).clone();
@@ -306,4 +341,60 @@ TEST_CASE("cuda ops: in-place methods (copy_, fill_, add_, mul_, masked_fill_) o
   CHECK_THROWS_AS(base.to(gpu0).masked_fill_(mask, 1.0), Error);  // the mask on another device
   CHECK_THROWS_AS(base.to(gpu0).masked_fill_(mask.to(gpu0).to(kF64), 1.0), Error);  // not a bool mask
   CHECK_THROWS_AS(zeros({1, 6}, {kF64, gpu0}).expand({5, 6}).fill_(1.0), Error);
+}
+
+TEST_CASE("cuda ops: gradcheck runs on the GPU (norms, softmax and losses, pooling, cuDNN conv, B-cos, attention, indexing)") {
+  if (cuda_device_count() == 0) {
+    MESSAGE("no CUDA device: skipped");
+    return;
+  }
+  manual_seed(43);
+  const Device gpu = Device::cuda(0);
+  using In = const std::vector<Tensor>&;
+  auto leaf = [&](const Shape& s) { return randn(s, kF64).to(gpu).requires_grad_(); };
+  // Distinct values a quarter apart, in a scrambled order: no near ties for max pooling.
+  auto spread = [&](const Shape& s) {
+    const int64_t n = s.numel();
+    std::vector<double> v(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) v[size_t(i)] = double((i * 7) % n) * 0.25 - 1.0;  // 7 coprime to n
+    return from_vector(v, s, kF64).to(gpu).requires_grad_();
+  };
+  auto check = [](const char* what, const std::function<Tensor(In)>& f, const std::vector<Tensor>& inputs) {
+    const GradcheckResult r = gradcheck(f, inputs, 1e-6, 1e-5, 1e-3);
+    CHECK_MESSAGE(r.ok, std::string(what), ": ", r.message);
+  };
+  const Tensor target = ids({2, 0, 3}, {3}).to(gpu), index = ids({1, 0, 2, 1}, {2, 2}).to(gpu);
+
+  check("softmax", [](In x) { return softmax(x[0], 1); }, {leaf({3, 5})});
+  check("log_softmax", [](In x) { return log_softmax(x[0], 0); }, {leaf({3, 5})});
+  check("cross-entropy with label smoothing", [&](In x) { return cross_entropy(x[0], target, -100, 0.1); },
+        {leaf({3, 5})});
+  check("layer_norm", [](In x) { return layer_norm(x[0], {6}, x[1], x[2]); }, {leaf({3, 6}), leaf({6}), leaf({6})});
+  check("group_norm", [](In x) { return group_norm(x[0], 2, x[1], x[2]); },
+        {leaf({2, 4, 2, 2}), leaf({4}), leaf({4})});
+  check("batch_norm in training, with ReLU",
+        [](In x) { return batch_norm(x[0], Tensor(), Tensor(), x[1], x[2], true, 0.1, 1e-5, /*relu=*/true); },
+        {leaf({3, 2, 2, 2}), leaf({2}), leaf({2})});
+  check("max_pool2d", [](In x) { return max_pool2d(x[0], 2, IntPair(1)); }, {spread({1, 2, 3, 3})});
+  check("avg_pool2d with padding", [](In x) { return avg_pool2d(x[0], 2, IntPair(1), 1); }, {leaf({1, 2, 3, 3})});
+  check("adaptive_avg_pool2d", [](In x) { return adaptive_avg_pool2d(x[0], 2); }, {leaf({1, 2, 3, 3})});
+  check("cuDNN conv2d (groups, stride, padding, bias)", [](In x) { return conv2d(x[0], x[1], x[2], 2, 1, 1, 2); },
+        {leaf({1, 4, 4, 4}), leaf({2, 2, 3, 3}), leaf({2})});
+  check("B-cos conv2d (b = 2, max-out 2) of unit rows",
+        [](In x) { return bcos_conv2d(x[0], unit_rows(x[1]), Tensor(), 1, 0, 1, 1, 2.0, 2); },
+        {leaf({1, 2, 3, 3}), leaf({4, 2, 2, 2})});
+  check("B-cos linear (b = 2.5)", [](In x) { return bcos_linear(x[0], x[1], Tensor(), 2.5); },
+        {leaf({3, 4}), leaf({2, 4})});
+  check("fused attention, causal", [](In x) { return scaled_dot_product_attention(x[0], x[1], x[2], Tensor(), true); },
+        {leaf({1, 1, 3, 4}), leaf({1, 1, 3, 4}), leaf({1, 1, 3, 4})});
+  check("gather", [&](In x) { return gather(x[0], 1, index); }, {leaf({2, 3})});
+  check("scatter_add", [&](In x) { return scatter_add(x[0], 1, index, x[1]); }, {leaf({2, 3}), leaf({2, 2})});
+  check("index_select and embedding",
+        [&](In x) { return index_select(x[0], 1, index.select(0, 0)) + embedding(index.select(0, 1), x[1]).t(); },
+        {leaf({2, 3}), leaf({3, 2})});
+
+  // The inputs' rules hold on the GPU too.
+  CHECK_THROWS_AS(gradcheck([](In x) { return x[0] * 2.0; }, {randn({2}, {DType::f32, gpu}).requires_grad_()}), Error);
+  const Tensor not_leaf = leaf({2}) * 2.0;
+  CHECK_THROWS_AS(gradcheck([](In x) { return x[0] * 2.0; }, {not_leaf}), Error);
 }
