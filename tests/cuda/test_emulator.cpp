@@ -14,6 +14,7 @@
 #include <future>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "tensor/cuda/backend.h"
@@ -69,6 +70,31 @@ struct ScheduleScope {
   bcos::emu::Order before = bcos::emu::current_order();
   ScheduleScope(bcos::emu::Order order, uint64_t seed) { bcos::emu::set_order(order, seed); }
   ~ScheduleScope() { bcos::emu::set_order(before, 0); }
+};
+
+// A cuDNN handle and the four descriptors of one convolution, destroyed at scope exit.
+struct CudnnConvolution {
+  cudnnHandle_t handle = nullptr;
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  CudnnConvolution() {
+    REQUIRE(cudnnCreate(&handle) == CUDNN_STATUS_SUCCESS);
+    cudnnCreateTensorDescriptor(&x);
+    cudnnCreateTensorDescriptor(&y);
+    cudnnCreateFilterDescriptor(&w);
+    cudnnCreateConvolutionDescriptor(&conv);
+  }
+  ~CudnnConvolution() {
+    cudnnDestroyConvolutionDescriptor(conv);
+    cudnnDestroyFilterDescriptor(w);
+    cudnnDestroyTensorDescriptor(y);
+    cudnnDestroyTensorDescriptor(x);
+    cudnnDestroy(handle);
+  }
+  CudnnConvolution(const CudnnConvolution&) = delete;
+  CudnnConvolution& operator=(const CudnnConvolution&) = delete;
+  auto parts() const { return std::tuple{handle, x, y, w, conv}; }
 };
 
 // The order in which a launch of `blocks` x `threads` ran its threads: turn[i], thread i's place
@@ -533,15 +559,8 @@ TEST_CASE("emulator: TF32 GEMM rounds float32 inputs to 10 mantissa bits") {
 }
 
 TEST_CASE("emulator: cuDNN convolution is cross-correlation with padding, stride and groups; mismatched descriptors are refused") {
-  cudnnHandle_t h = nullptr;
-  REQUIRE(cudnnCreate(&h) == CUDNN_STATUS_SUCCESS);
-  cudnnTensorDescriptor_t xd, yd;
-  cudnnFilterDescriptor_t wd;
-  cudnnConvolutionDescriptor_t cd;
-  cudnnCreateTensorDescriptor(&xd);
-  cudnnCreateTensorDescriptor(&yd);
-  cudnnCreateFilterDescriptor(&wd);
-  cudnnCreateConvolutionDescriptor(&cd);
+  CudnnConvolution conv;
+  auto [h, xd, yd, wd, cd] = conv.parts();
   // x: [1, 2, 3, 3], two groups of one channel, w: [2, 1, 2, 2], pad 1, stride 2 -> y: [1, 2, 2, 2].
   std::vector<double> x(18), w = {1, 2, 3, 4, 0, 0, 0, -1};
   for (size_t i = 0; i < x.size(); ++i) x[i] = double(i + 1);
@@ -576,24 +595,12 @@ TEST_CASE("emulator: cuDNN convolution is cross-correlation with padding, stride
   int count = 0;
   cudnnConvolutionFwdAlgoPerf_t perf[8];
   CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, 8, &count, perf) == CUDNN_STATUS_NOT_SUPPORTED);
-  cudnnDestroyConvolutionDescriptor(cd);
-  cudnnDestroyFilterDescriptor(wd);
-  cudnnDestroyTensorDescriptor(yd);
-  cudnnDestroyTensorDescriptor(xd);
-  cudnnDestroy(h);
 }
 
 TEST_CASE("emulator: cuDNN's nondeterministic backward algorithms vary from call to call, the deterministic ones do not") {
   ScheduleScope scope(bcos::emu::Order::shuffle, 5);
-  cudnnHandle_t h = nullptr;
-  REQUIRE(cudnnCreate(&h) == CUDNN_STATUS_SUCCESS);
-  cudnnTensorDescriptor_t xd, yd;
-  cudnnFilterDescriptor_t wd;
-  cudnnConvolutionDescriptor_t cd;
-  cudnnCreateTensorDescriptor(&xd);
-  cudnnCreateTensorDescriptor(&yd);
-  cudnnCreateFilterDescriptor(&wd);
-  cudnnCreateConvolutionDescriptor(&cd);
+  CudnnConvolution conv;
+  auto [h, xd, yd, wd, cd] = conv.parts();
   // x, dy: [8, 2, 5, 5] in float32, 3 x 3 filters [2, 2, 3, 3], pad 1; FMA math (no TF32).
   constexpr int kN = 8;
   std::vector<float> x(size_t(kN * 50)), dy(size_t(kN * 50)), w(36);
@@ -644,9 +651,4 @@ TEST_CASE("emulator: cuDNN's nondeterministic backward algorithms vary from call
   CHECK(dx_a != dx_b);
   CHECK(close(dx_a, dx_fixed));
   CHECK(close(dx_b, dx_fixed));
-  cudnnDestroyConvolutionDescriptor(cd);
-  cudnnDestroyFilterDescriptor(wd);
-  cudnnDestroyTensorDescriptor(yd);
-  cudnnDestroyTensorDescriptor(xd);
-  cudnnDestroy(h);
 }
