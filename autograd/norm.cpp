@@ -45,7 +45,12 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
              ": evaluation mode needs running_mean and running_var");
   const int64_t per_channel = x.numel() / std::max<int64_t>(c, 1);
   Tensor mean, invstd;
-  if (training) {
+  if (training && per_channel == 0) {
+    // An empty batch, as PyTorch: an empty output, zero gradients, the running statistics left
+    // alone (there are no batch statistics to move them towards).
+    mean = zeros({c}, {x.dtype(), x.device()});
+    invstd = ones({c}, {x.dtype(), x.device()});
+  } else if (training) {
     BCOS_CHECK(per_channel > 1, op, ": expected more than 1 value per channel when training, "
                "got input of shape ", x.shape());
     mean = empty({c}, {x.dtype(), x.device()});

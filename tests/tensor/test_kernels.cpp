@@ -493,6 +493,18 @@ TEST_CASE("kernels: empty tensors flow through reductions, products and convolut
   sum(y).backward();
   CHECK(w.grad().to_vector<double>() == std::vector<double>(54, 0.0));
   CHECK(softmax(zeros({0, 4}), 1).numel() == 0);
+  // Batch norm in training over an empty batch, as torch.nn.functional.batch_norm: an empty
+  // output, zero gradients, the running statistics as they were; one value per channel raises.
+  Tensor xb = zeros({0, 3, 2, 2}).requires_grad_(), gamma = ones({3}).requires_grad_();
+  Tensor beta = zeros({3}).requires_grad_(), running_mean = full({3}, 0.5), running_var = full({3}, 2.0);
+  Tensor yb = batch_norm(xb, running_mean, running_var, gamma, beta, true);
+  CHECK(yb.shape() == Shape{0, 3, 2, 2});
+  sum(yb).backward();
+  CHECK(gamma.grad().to_vector<double>() == std::vector<double>(3, 0.0));
+  CHECK(beta.grad().to_vector<double>() == std::vector<double>(3, 0.0));
+  CHECK(running_mean.to_vector<double>() == std::vector<double>(3, 0.5));
+  CHECK(running_var.to_vector<double>() == std::vector<double>(3, 2.0));
+  CHECK_THROWS_AS(batch_norm(zeros({1, 3}), Tensor(), Tensor(), Tensor(), Tensor(), true), Error);
 }
 
 TEST_CASE("kernels: every chunk runs even when OpenMP grants fewer threads") {
