@@ -101,6 +101,7 @@ FusedAttention fused_forward(const Tensor& q4, const Tensor& k4, const Tensor& v
   f.b4 = bias.defined() ? (bias.dim() == 4 ? bias : bias.unsqueeze(0)).detach() : Tensor();
   f.lse = empty({q4.size(0), q4.size(1), q4.size(2)}, {q4.dtype(), q4.device()});
   f.p.scale = plan.scale, f.p.causal = causal, f.p.bf16_operands = plan.operands == DType::bf16;
+  f.p.tf32 = q4.dtype() == DType::f32 && plan.operands == DType::f32 && allow_tf32();
   if (out.numel() > 0) kernel::attention_forward(q4, k4, v4, f.b4, f.p, out, f.lse);
   return f;
 }

@@ -59,6 +59,9 @@ struct AttentionParams {
   // Under bf16 autocast (float32 q, k, v): every product multiplies bf16 roundings of its two
   // operands (q, k, v, dO, the probabilities and dS) and sums in float32, as a matmul does.
   bool bf16_operands = false;
+  // float32 products may run on TF32 tensor cores (CUDA; allow_tf32() when the forward ran, so
+  // the backward recomputes the same probabilities). The CPU kernels multiply in float32.
+  bool tf32 = false;
 };
 
 // The B-cos scale |cos|^(b-1) of a max-out group of M units.

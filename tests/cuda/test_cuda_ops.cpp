@@ -13,7 +13,6 @@
 #include "models/clip.h"
 #include "models/explain.h"
 #include "models/factory.h"
-#include "nn/attention.h"
 #include "nn/bcos.h"
 #include "nn/optim.h"
 #include "tests/golden.h"
@@ -653,68 +652,6 @@ TEST_CASE("cuda ops: with deterministic algorithms, the scattering ops (pooling,
   }
   const std::vector<Tensor> fast = run();  // the default path: the same sums, rounded otherwise
   for (size_t i = 0; i < first.size(); ++i) CHECK(golden::relative_error(fast[i], first[i]) <= 1e-5);
-}
-
-TEST_CASE("cuda ops: fused attention (masks, causal, head sizes 16 / 64 / 160, strided rows) matches the CPU") {
-  if (!have_gpu()) return;
-  manual_seed(41);
-  for (DType dt : {kFloat32, kFloat64})
-  for (int64_t d : {16, 64, 160, 300}) {  // 300: over the fused kernel's 256, composed on the GPU
-    CAPTURE(dt);
-    CAPTURE(d);
-    const Tensor q = randn({2, 9, 3, d}, dt), k = randn({2, 11, 3, d}, dt), v = randn({2, 11, 3, d / 2}, dt);
-    const Tensor g = randn({2, 3, 9, d / 2}, dt);
-    Tensor keep = ones({2, 1, 1, 11}, DType::boolean);
-    keep.narrow(0, 1, 1).narrow(3, 8, 3).fill_(0);
-    const Tensor bias = randn({9, 11}, dt);
-    for (int variant = 0; variant < 4; ++variant) {
-      CAPTURE(variant);
-      auto run = [&](Device dev) {
-        Tensor qd = q.to(dev).requires_grad_(), kd = k.to(dev).requires_grad_(), vd = v.to(dev).requires_grad_();
-        const Tensor mask = variant == 1 ? keep.to(dev) : variant == 2 ? bias.to(dev) : Tensor();
-        // [N, L, heads, D] read as [N, heads, L, D]: strided rows, as MultiheadAttention makes them
-        const Tensor y = scaled_dot_product_attention(qd.transpose(1, 2), kd.transpose(1, 2), vd.transpose(1, 2), mask,
-                                                      variant == 3);
-        y.backward(g.to(dev));
-        return std::vector<Tensor>{y.to(Device()), qd.grad().to(Device()), kd.grad().to(Device()),
-                                   vd.grad().to(Device())};
-      };
-      const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
-      for (size_t i = 0; i < cpu.size(); ++i) {
-        CAPTURE(i);
-        // f32: the fused kernel sums in float32 on CUDA cores; the composed one (d = 300) in TF32
-        CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-10 : d > 256 ? 5e-3 : 1e-5));
-      }
-    }
-  }
-}
-
-TEST_CASE("cuda ops: packed_self_attention (output and gradients written into the packed layouts) matches the CPU") {
-  if (!have_gpu()) return;
-  manual_seed(45);
-  for (DType dt : {kFloat32, kFloat64})
-  for (int64_t d : {16, 64, 300}) {  // 300: over the fused kernel's 256, composed through views on the GPU
-    CAPTURE(dt);
-    CAPTURE(d);
-    const int64_t heads = 3, len = 9;
-    const Tensor qkv = randn({2, len, 3 * heads * d}, dt), g = randn({2, len, heads * d}, dt);
-    const Tensor bias = randn({2, 1, len, len}, dt);
-    for (int variant = 0; variant < 3; ++variant) {  // plain, float mask and causal, q and k constant
-      CAPTURE(variant);
-      auto run = [&](Device dev) {
-        Tensor x = qkv.to(dev).requires_grad_();
-        const Tensor y = packed_self_attention(x, heads, variant == 1 ? bias.to(dev) : Tensor(), variant == 1, 0, true,
-                                               variant != 2);
-        y.backward(g.to(dev));
-        return std::vector<Tensor>{y.to(Device()), x.grad().to(Device())};
-      };
-      const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
-      for (size_t i = 0; i < cpu.size(); ++i) {
-        CAPTURE(i);
-        CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-10 : d > 256 ? 5e-3 : 1e-5));
-      }
-    }
-  }
 }
 
 TEST_CASE("cuda ops: ViT-B/16 and CLIP (RN50 and ViT-B/32 image towers, text tower) -- forward and one SGD step -- match the CPU") {

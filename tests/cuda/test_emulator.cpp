@@ -558,6 +558,65 @@ TEST_CASE("emulator: TF32 GEMM rounds float32 inputs to 10 mantissa bits") {
   cublasDestroy(h);
 }
 
+TEST_CASE("emulator: wmma's TF32 products multiply as a warp does; unrounded operands, misaligned tiles and a store read without __syncwarp are caught") {
+  using namespace nvcuda;
+  // __float_to_tf32 (cvt.rna): 10 mantissa bits, to nearest, ties away from zero.
+  CHECK(wmma::__float_to_tf32(1.0f + 1.0f / 4096) == 1.0f);
+  CHECK(wmma::__float_to_tf32(1.0f + 1.0f / 2048) == 1.0f + 1.0f / 1024);
+  CHECK(wmma::__float_to_tf32(-1.0f - 1.0f / 2048) == -1.0f - 1.0f / 1024);
+  // a [16 x 8] row-major, b [8 x 16] column-major (b's element (k, n) at n * 8 + k): small integers,
+  // so every order of summation gives the same product.
+  std::vector<float> a(16 * 8), b(8 * 16), want(16 * 16, 0.f);
+  for (int i = 0; i < 128; ++i) a[size_t(i)] = float(i * 7 % 9 - 4), b[size_t(i)] = float(i * 5 % 7 - 3);
+  for (int i = 0; i < 16; ++i)
+    for (int n = 0; n < 16; ++n)
+      for (int k = 0; k < 8; ++k) want[size_t(i * 16 + n)] += a[size_t(i * 8 + k)] * b[size_t(n * 8 + k)];
+  enum Mode { plain, unrounded, misaligned, no_syncwarp };
+  auto product = [&](Mode mode, std::vector<float> a_in) {
+    DeviceArray<float> da(a_in), db(b), dc(size_t(256));
+    const std::string failure = failure_of([&] {
+      bcos::emu::launch("wmma", [&](auto&&... args) {
+        auto body = [](const float* pa, const float* pb, float* out, Mode m) {
+          __shared__ __align__(32) float tile[16 * 16 + 8];
+          const int lane = threadIdx.x;
+          for (int t = 0; t < 8; ++t) tile[8 * lane + t] = -1;  // what a stale read finds
+          __syncwarp();
+          wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+          wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fb;
+          wmma::fragment<wmma::accumulator, 16, 16, 8, float> fc;
+          wmma::load_matrix_sync(fa, pa, 8);
+          wmma::load_matrix_sync(fb, pb, 8);
+          if (m != unrounded)
+            for (int i = 0; i < fa.num_elements; ++i) fa.x[i] = wmma::__float_to_tf32(fa.x[i]);
+          wmma::fill_fragment(fc, 0.f);
+          wmma::mma_sync(fc, fa, fb, fc);
+          wmma::store_matrix_sync(m == misaligned ? tile + 4 : tile, fc, 16, wmma::mem_row_major);
+          if (m != no_syncwarp) __syncwarp();
+          for (int t = 0; t < 8; ++t) out[8 * lane + t] = tile[8 * lane + t];  // mostly other lanes' elements
+        };
+        body(args...);
+      }, 1, 32)(da.p, db.p, dc.p, mode);
+    });
+    return std::pair{failure, dc.host()};
+  };
+  ScheduleScope scope(bcos::emu::Order::shuffle, 5);
+  {
+    const auto [failure, out] = product(plain, a);
+    CHECK(failure == "");
+    CHECK(out == want);
+  }
+  std::vector<float> fine = a;
+  fine[3] = 1.0f + 1.0f / 4096;  // not a TF32 value
+  CHECK(product(unrounded, fine).first.find("wmma::mma_sync: a TF32 operand of matrix_a was not rounded") !=
+        std::string::npos);
+  CHECK(product(plain, fine).first == "");  // rounded in the fragment
+  CHECK(product(misaligned, a).first.find("wmma::store_matrix_sync: the pointer is not 256-bit aligned") !=
+        std::string::npos);
+  const auto [failure, out] = product(no_syncwarp, a);
+  CHECK(failure == "");
+  CHECK(out != want);
+}
+
 TEST_CASE("emulator: cuDNN convolution is cross-correlation with padding, stride and groups; mismatched descriptors are refused") {
   CudnnConvolution conv;
   auto [h, xd, yd, wd, cd] = conv.parts();

@@ -2,7 +2,7 @@
 // for the CPU (meson -Dcuda_emulation=true; translate.py rewrites each launch into a call of
 // `launch` below). It exists because GPUs are rare where this project is built: the emulator runs
 // the backend's own kernels -- indexing, grid-stride loops, shared memory, __syncthreads, warp
-// shuffles, atomics -- on the CPU, so tests/cuda checks their logic on every machine. It does not
+// shuffles, atomics, wmma's tensor-core products (wmma.h) -- on the CPU, so tests/cuda checks their logic on every machine. It does not
 // model timing or the memory model (blocks run one after another, a block's threads as
 // fibers that switch only at barriers and warp operations), so it cannot find a race inside the
 // stretch between two barriers; it does find wrong indices, missing barriers (a read that the
@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -60,6 +61,9 @@ void set_order(Order order, uint64_t seed = 0);
 Order current_order();
 
 void sync_block();  // __syncthreads
+// Fails the running launch with `what` once its thread yields (a fault the hardware would raise,
+// or a rule of CUDA's the kernel broke); the thread goes on meanwhile.
+void device_fault(const std::string& what);
 // Every lane of the warp hands in `bits`; each gets back the bits of lane `source(lane)`.
 uint64_t warp_exchange(uint64_t bits, int source_lane, unsigned mask, const char* op);
 unsigned warp_ballot(bool predicate, unsigned mask, const char* op);
@@ -112,7 +116,8 @@ T shuffle(T v, int source_lane, unsigned mask, const char* op) {
 #define warpSize 32
 
 inline void __syncthreads() { ::bcos::emu::sync_block(); }
-inline void __syncwarp(unsigned = 0xffffffffu) {}
+// A rendezvous of the warp's lanes (the emulator runs warp operations with every lane only).
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::bcos::emu::warp_ballot(true, mask, "__syncwarp"); }
 inline void __threadfence() {}
 
 template <class T>
@@ -180,3 +185,5 @@ std::common_type_t<A, B> max(A a, B b) {
   using C = std::common_type_t<A, B>;
   return C(a) < C(b) ? C(b) : C(a);
 }
+
+#include "tensor/cuda/emulator/wmma.h"

@@ -382,6 +382,11 @@ void sync_block() {
   yield_to_scheduler();
 }
 
+void device_fault(const std::string& what) {
+  Grid& g = grid_state();
+  if (g.error.empty()) g.error = what;
+}
+
 uint64_t warp_exchange(uint64_t bits, int source_lane, unsigned mask, const char* op) {
   Grid& g = grid_state();
   Fiber& f = *g.running;
