@@ -1,6 +1,10 @@
 // Batch norm on the GPU, as tensor/cpu/norm.cpp: per channel over x viewed [N, C, S], statistics
-// and gradient sums accumulated in double -- one block per channel, reduced in shared memory --
-// and the elementwise parts one thread per element.
+// and gradient sums accumulated in double, and the elementwise parts one thread per element.
+// A channel's sums are split across blocks (block (c, part) adds a contiguous stretch of the
+// channel's N·S elements, walked plane by plane so that its reads are coalesced and divide
+// nothing), then a finish kernel adds each channel's parts in order: deterministic, and a GPU
+// full even for few channels (one block per channel left ResNet-50's first stage, 64 channels of
+// 200 K elements at batch 64, to 64 blocks).
 //   forward:  y = fma(x, scale, shift), scale = invstd · w, shift = b − mean · scale; with relu
 //             max(y, 0), and the backward's g taken as 0 where the recomputed y ≤ 0
 //   backward: grad_w = Σ g x̂, grad_b = Σ g, grad_x = w·invstd·(g − mean(g)) − w·invstd²·mean(g x̂)·(x − mean)
@@ -8,7 +12,9 @@
 //   uncentred (B-cos) backward, y = γ x r (+ β), r = 1 / sqrt(var + eps), A = Σ g x, B = Σ g:
 //             grad_w = r A, grad_b = B, grad_x = γ r g − (through the variance: γ r³ (A / M)(x − mean))
 //   synchronised: given replica_sums (every replica's grad_w and grad_b summed, and their count),
-//             grad_x takes its means from those and the sums kernel is skipped
+//             grad_x takes its means from those and the sums kernels are skipped
+// grad_x's per-channel coefficients are computed once per channel (in double, as the CPU), not
+// per element.
 #include "tensor/kernel_views.h"
 #include "tensor/copy.h"
 #include "tensor/cuda/internal.h"
@@ -19,6 +25,8 @@ namespace bcos::cuda {
 namespace {
 
 constexpr int kReduceThreads = 256;
+constexpr int64_t kTargetBlocks = 1024;  // blocks per reduction: several per SM on any GPU
+constexpr int64_t kMinPerBlock = 4096;   // elements a block adds at least (fewer: its own sum dominates)
 
 // The sum of v over the block's threads, in every thread (blockDim.x == kReduceThreads).
 __device__ double block_sum(double v, double* scratch) {
@@ -33,24 +41,44 @@ __device__ double block_sum(double v, double* scratch) {
   return total;
 }
 
-// Block c: mean and biased variance of channel c (two passes, as the CPU).
-template <class T>
-__global__ void stats_kernel(const T* x, Channels d, T* mean, T* var) {
+// How a channel's N·S elements are split across blocks: `parts` stretches of `chunk` (the shape
+// alone decides, so results do not depend on the GPU).
+struct Split {
+  int64_t parts, chunk;
+};
+Split split_of(const Channels& d) {
+  const int64_t count = d.n * d.s;
+  const int64_t parts = std::clamp<int64_t>(std::min(kTargetBlocks / std::max<int64_t>(d.c, 1), count / kMinPerBlock),
+                                            1, 65535);
+  return {parts, (count + parts - 1) / parts};
+}
+
+// Block (c, part): two sums of terms(i, c, a, b) over elements [part · chunk, (part + 1) · chunk)
+// of channel c (flattened (n, s) order) into partials[c][part][0, 1].
+template <class Terms>
+__global__ void partial_sums_kernel(Channels d, int64_t chunk, Terms terms, double* partials) {
   __shared__ double scratch[kReduceThreads];
-  const int64_t c = blockIdx.x, count = d.n * d.s;
-  double sum = 0;
-  for (int64_t k = threadIdx.x; k < count; k += blockDim.x) sum += double(x[((k / d.s) * d.c + c) * d.s + k % d.s]);
-  const double mu = block_sum(sum, scratch) / double(count);
-  double sq = 0;
-  for (int64_t k = threadIdx.x; k < count; k += blockDim.x) {
-    const double v = double(x[((k / d.s) * d.c + c) * d.s + k % d.s]) - mu;
-    sq += v * v;
+  const int64_t c = blockIdx.x, part = blockIdx.y, count = d.n * d.s;
+  const int64_t end = min(count, (part + 1) * chunk);
+  double a = 0, b = 0;
+  for (int64_t k = part * chunk; k < end;) {  // plane by plane: a run of one (n, c) plane
+    const int64_t n = k / d.s, s0 = k % d.s, s1 = min(d.s, s0 + (end - k));
+    const int64_t base = (n * d.c + c) * d.s;
+    for (int64_t s = s0 + threadIdx.x; s < s1; s += blockDim.x) terms(base + s, c, a, b);
+    k += s1 - s0;
   }
-  const double total = block_sum(sq, scratch);
+  a = block_sum(a, scratch);
+  b = block_sum(b, scratch);
   if (threadIdx.x == 0) {
-    mean[c] = T(mu);
-    var[c] = T(total / double(count));
+    double* out = partials + (c * int64_t(gridDim.y) + part) * 2;
+    out[0] = a, out[1] = b;
   }
+}
+
+// Channel c's parts added in order.
+__device__ void channel_totals(const double* partials, int64_t parts, int64_t c, double& a, double& b) {
+  a = 0, b = 0;
+  for (int64_t p = 0; p < parts; ++p) a += partials[(c * parts + p) * 2], b += partials[(c * parts + p) * 2 + 1];
 }
 
 // y = fma(x, scale, shift) of channel c, as the CPU computes it (the ReLU mask depends on it).
@@ -59,96 +87,184 @@ __device__ T normalized(T x, const T* w, const T* b, T mean, const T* invstd, in
   return math::BatchNormAffine<T>(mean, invstd[c], w ? w[c] : T(1), b ? b[c] : T(0))(x);
 }
 
+// The terms each reduction adds (a, b): the statistics' two passes, the backward's sums.
 template <class T>
+struct SumTerms {  // Σ x
+  const T* x;
+  __device__ void operator()(int64_t i, int64_t, double& a, double&) const { a += double(x[i]); }
+};
+template <class T>
+struct SquaredDeviationTerms {  // Σ (x − mean)², the mean in double
+  const T* x;
+  const double* mean;
+  __device__ void operator()(int64_t i, int64_t c, double& a, double&) const {
+    const double v = double(x[i]) - mean[c];
+    a += v * v;
+  }
+};
+template <class T>
+struct GradTerms {  // Σ g, Σ g (x − mean)
+  const T *g, *x, *w, *b, *mean, *invstd;
+  bool relu;
+  __device__ void operator()(int64_t i, int64_t c, double& sg, double& sgx) const {
+    const double gi = relu && !(normalized(x[i], w, b, mean[c], invstd, c) > T(0)) ? 0.0 : double(g[i]);
+    sg += gi;
+    sgx += gi * (double(x[i]) - double(mean[c]));
+  }
+};
+template <class T>
+struct UncenteredTerms {  // Σ g x, Σ g
+  const T *g, *x, *w, *b, *invstd;
+  bool relu;
+  __device__ void operator()(int64_t i, int64_t c, double& sgx, double& sg) const {
+    const double gi = relu && !(normalized(x[i], w, b, T(0), invstd, c) > T(0)) ? 0.0 : double(g[i]);
+    sgx += gi * double(x[i]);
+    sg += gi;
+  }
+};
+
+// The statistics' finishing steps, a thread per channel.
+template <class T>
+__global__ void mean_finish_kernel(const double* partials, int64_t parts, Channels d, double* mean_d, T* mean) {
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < d.c; c += int64_t(gridDim.x) * blockDim.x) {
+    double a, b;
+    channel_totals(partials, parts, c, a, b);
+    mean_d[c] = a / double(d.n * d.s);
+    mean[c] = T(mean_d[c]);
+  }
+}
+template <class T>
+__global__ void var_finish_kernel(const double* partials, int64_t parts, Channels d, T* var) {
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < d.c; c += int64_t(gridDim.x) * blockDim.x) {
+    double a, b;
+    channel_totals(partials, parts, c, a, b);
+    var[c] = T(a / double(d.n * d.s));
+  }
+}
+
+// The backward's sums per channel into sums[2c], sums[2c + 1] (the terms' a, b), and
+// grad_w = invstd · (centred: b = Σ g x̂ / invstd; uncentred: a = Σ g x), grad_b = Σ g.
+template <class T>
+__global__ void grad_finish_kernel(const double* partials, int64_t parts, Channels d, const T* invstd,
+                                   bool uncentered, double* sums, T* grad_w, T* grad_b) {
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < d.c; c += int64_t(gridDim.x) * blockDim.x) {
+    double a, b;
+    channel_totals(partials, parts, c, a, b);
+    sums[2 * c] = a;
+    sums[2 * c + 1] = b;
+    if (grad_w) grad_w[c] = T((uncentered ? a : b) * double(invstd[c]));
+    if (grad_b) grad_b[c] = T(uncentered ? b : a);
+  }
+}
+
+// grad_x's per-channel coefficients coef[c] = {k1, k2, mg, mu}: grad_x = k1 (g − mg) − k2 (x − mu).
+//   centred:   k1 = w invstd, k2 = w invstd² mean(g x̂), mg = mean(g) (both means 0 in evaluation)
+//   uncentred: k1 = γ r, k2 = γ r³ A / M (through the variance), mg = 0
+template <class T>
+__global__ void coefficients_kernel(const T* w, const T* mean, const T* invstd, const double* sums, const T* replica,
+                                    Channels d, bool training, bool uncentered, T* coef) {
+  const double count = replica ? double(replica[2 * d.c]) : double(d.n * d.s);
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < d.c; c += int64_t(gridDim.x) * blockDim.x) {
+    const double is = double(invstd[c]), wc = w ? double(w[c]) : 1.0;
+    T* k = coef + 4 * c;
+    if (uncentered) {
+      const double a = replica ? double(replica[c]) / is : sums[2 * c];  // the replicas' Σ grad_w is r A summed
+      k[0] = T(wc * is), k[1] = mean ? T(wc * is * is * is * a / count) : T(0), k[2] = T(0);
+      k[3] = mean ? mean[c] : T(0);
+    } else {
+      const double mean_g = training ? (replica ? double(replica[d.c + c]) : sums[2 * c]) / count : 0.0;
+      const double mean_gx = training ? (replica ? double(replica[c]) : sums[2 * c + 1] * is) / count : 0.0;
+      k[0] = T(wc * is), k[1] = T(wc * is * is * mean_gx), k[2] = T(mean_g), k[3] = mean[c];
+    }
+  }
+}
+
+// Elementwise kernels index with I: 32 bits when the tensor allows (a 64-bit division per
+// element costs more than its memory traffic).
+template <class T, class I>
 __global__ void forward_kernel(const T* x, const T* w, const T* b, const T* mean, const T* invstd, Channels d,
                                bool relu, T* out) {
-  const int64_t n = d.n * d.c * d.s, step = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
-    const int64_t c = (i / d.s) % d.c;
+  const I n = I(d.n * d.c * d.s), s = I(d.s), channels = I(d.c);
+  for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += I(gridDim.x) * blockDim.x) {
+    const I c = i / s % channels;
     const T y = normalized(x[i], w, b, mean[c], invstd, c);
     out[i] = relu && y < T(0) ? T(0) : y;  // as relu: NaN stays NaN
   }
 }
 
-// Block c: Σ g and Σ g·(x − mean) of channel c, into sums[2c], sums[2c + 1]; grad_w, grad_b.
-template <class T>
-__global__ void grad_sums_kernel(const T* g, const T* x, const T* w, const T* b, const T* mean, const T* invstd,
-                                 Channels d, bool relu, double* sums, T* grad_w, T* grad_b) {
-  __shared__ double scratch[kReduceThreads];
-  const int64_t c = blockIdx.x, count = d.n * d.s;
-  const double mu = double(mean[c]);
-  double sg = 0, sgx = 0;
-  for (int64_t k = threadIdx.x; k < count; k += blockDim.x) {
-    const int64_t i = ((k / d.s) * d.c + c) * d.s + k % d.s;
-    const double gi = relu && !(normalized(x[i], w, b, mean[c], invstd, c) > T(0)) ? 0.0 : double(g[i]);
-    sg += gi;
-    sgx += gi * (double(x[i]) - mu);
-  }
-  const double sum_g = block_sum(sg, scratch), sum_gxc = block_sum(sgx, scratch);
-  if (threadIdx.x == 0) {
-    sums[2 * c] = sum_g;
-    sums[2 * c + 1] = sum_gxc;
-    if (grad_w) grad_w[c] = T(sum_gxc * double(invstd[c]));
-    if (grad_b) grad_b[c] = T(sum_g);
-  }
-}
-
-template <class T>
-__global__ void grad_x_kernel(const T* g, const T* x, const T* w, const T* bias, const T* mean, const T* invstd,
-                              const double* sums, const T* replica, Channels d, bool training, bool relu, T* gx) {
-  const int64_t n = d.n * d.c * d.s, step = int64_t(gridDim.x) * blockDim.x;
-  const double count = replica ? double(replica[2 * d.c]) : double(d.n * d.s);
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
-    const int64_t c = (i / d.s) % d.c;
-    const double is = double(invstd[c]), wc = w ? double(w[c]) : 1.0;
-    const double mean_g = training ? (replica ? double(replica[d.c + c]) : sums[2 * c]) / count : 0.0;
-    const double mean_gx = training ? (replica ? double(replica[c]) : sums[2 * c + 1] * is) / count : 0.0;
-    const T a = T(wc * is), b = T(wc * is * is * mean_gx), mg = T(mean_g), m = mean[c];
-    const T gi = relu && !(normalized(x[i], w, bias, mean[c], invstd, c) > T(0)) ? T(0) : g[i];
-    gx[i] = a * (gi - mg) - b * (x[i] - m);
-  }
-}
-
-// Block c: A = Σ g·x and B = Σ g of channel c into sums[2c], sums[2c + 1]; grad_w, grad_b.
-template <class T>
-__global__ void uncentered_sums_kernel(const T* g, const T* x, const T* w, const T* bias, const T* invstd, Channels d, bool relu, double* sums, T* grad_w, T* grad_b) {
-  __shared__ double scratch[kReduceThreads];
-  const int64_t c = blockIdx.x, count = d.n * d.s;
-  double sgx = 0, sg = 0;
-  for (int64_t k = threadIdx.x; k < count; k += blockDim.x) {
-    const int64_t i = ((k / d.s) * d.c + c) * d.s + k % d.s;
-    const double gi = relu && !(normalized(x[i], w, bias, T(0), invstd, c) > T(0)) ? 0.0 : double(g[i]);
-    sgx += gi * double(x[i]);
-    sg += gi;
-  }
-  const double a = block_sum(sgx, scratch), b = block_sum(sg, scratch);
-  if (threadIdx.x == 0) {
-    sums[2 * c] = a;
-    sums[2 * c + 1] = b;
-    if (grad_w) grad_w[c] = T(double(invstd[c]) * a);
-    if (grad_b) grad_b[c] = T(b);
-  }
-}
-
-template <class T>
-__global__ void uncentered_grad_x_kernel(const T* g, const T* x, const T* w, const T* bias, const T* mean, const T* invstd, const double* sums,
-                                         const T* replica, Channels d, bool relu, T* gx) {
-  const int64_t n = d.n * d.c * d.s, step = int64_t(gridDim.x) * blockDim.x;
-  const double count = replica ? double(replica[2 * d.c]) : double(d.n * d.s);
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
-    const int64_t c = (i / d.s) % d.c;
-    const double r = double(invstd[c]), gamma = w ? double(w[c]) : 1.0;
-    const double a = replica ? double(replica[c]) / r : sums[2 * c];  // the replicas' Σ grad_w is r A summed
-    const T k1 = T(gamma * r), k2 = mean ? T(gamma * r * r * r * a / count) : T(0);
-    const T mu = mean ? mean[c] : T(0);
-    const T gi = relu && !(normalized(x[i], w, bias, T(0), invstd, c) > T(0)) ? T(0) : g[i];
-    gx[i] = k1 * gi - k2 * (x[i] - mu);
+// grad_x = k1 (g − mg) − k2 (x − mu); g is 0 where a fused ReLU cut y (y recomputed from
+// normalized_mean: the mean the forward used, or none for the uncentred form).
+template <class T, class I>
+__global__ void grad_x_kernel(const T* g, const T* x, const T* w, const T* bias, const T* normalized_mean,
+                              const T* invstd, const T* coef, Channels d, bool relu, T* gx) {
+  const I n = I(d.n * d.c * d.s), s = I(d.s), channels = I(d.c);
+  for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += I(gridDim.x) * blockDim.x) {
+    const I c = i / s % channels;
+    const T* k = coef + 4 * c;
+    const T m = normalized_mean ? normalized_mean[c] : T(0);
+    const T gi = relu && !(normalized(x[i], w, bias, m, invstd, c) > T(0)) ? T(0) : g[i];
+    gx[i] = k[0] * (gi - k[2]) - k[1] * (x[i] - k[3]);
   }
 }
 
 template <class T>
 const T* maybe(const Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.raw_data()) : nullptr;
+}
+
+// Calls fn.template operator()<I>() with 32-bit indices where numel < 2^31 (so that i + the
+// grid's stride cannot wrap), 64-bit ones otherwise.
+template <class F>
+void with_index(int64_t numel, F&& fn) {
+  if (numel <= int64_t(INT32_MAX)) fn.template operator()<uint32_t>();
+  else fn.template operator()<int64_t>();
+}
+
+// Runs partial_sums_kernel for terms over every channel; returns the partials and their split.
+template <class Terms>
+std::pair<std::shared_ptr<void>, int64_t> partial_sums(const Channels& d, const Terms& terms, int device,
+                                                       cudaStream_t stream) {
+  const Split split = split_of(d);
+  std::shared_ptr<void> partials = allocate(size_t(d.c * split.parts * 2) * sizeof(double), device);
+  partial_sums_kernel<<<dim3(unsigned(d.c), unsigned(split.parts)), kReduceThreads, 0, stream>>>(
+      d, split.chunk, terms, static_cast<double*>(partials.get()));
+  BCOS_CUDA_CHECK_LAUNCH();
+  return {partials, split.parts};
+}
+
+// The backward shared by both forms: the sums (unless the replicas' are given and no parameter
+// gradient is wanted), the coefficients, grad_x.
+template <class T, class Terms>
+void backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& invstd,
+              const Tensor& normalized_mean, const Tensor& coefficient_mean, bool training, bool uncentered, bool relu,
+              const Terms& terms, const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b,
+              const Tensor& replica_sums) {
+  const Channels d = channels_of(x);
+  const int device = x.device().index;
+  cudaStream_t stream = stream_of(device);
+  std::shared_ptr<void> sums = allocate(size_t(2 * d.c) * sizeof(double), device);
+  if (grad_w.defined() || grad_b.defined() || !replica_sums.defined()) {
+    const auto [partials, parts] = partial_sums(d, terms, device, stream);
+    grad_finish_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(
+        static_cast<const double*>(partials.get()), parts, d, static_cast<const T*>(invstd.raw_data()), uncentered,
+        static_cast<double*>(sums.get()), grad_w.defined() ? static_cast<T*>(grad_w.raw_data()) : nullptr,
+        grad_b.defined() ? static_cast<T*>(grad_b.raw_data()) : nullptr);
+    BCOS_CUDA_CHECK_LAUNCH();
+  }
+  if (!grad_x.defined() || x.numel() == 0) return;
+  std::shared_ptr<void> coef = allocate(size_t(4 * d.c) * sizeof(T), device);
+  coefficients_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(
+      maybe<T>(weight), maybe<T>(coefficient_mean), static_cast<const T*>(invstd.raw_data()),
+      static_cast<const double*>(sums.get()), maybe<T>(replica_sums), d, training, uncentered,
+      static_cast<T*>(coef.get()));
+  BCOS_CUDA_CHECK_LAUNCH();
+  with_index(x.numel(), [&]<class I>() {
+    grad_x_kernel<T, I><<<blocks_for(x.numel()), kThreads, 0, stream>>>(
+        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
+        maybe<T>(normalized_mean), static_cast<const T*>(invstd.raw_data()), static_cast<const T*>(coef.get()), d,
+        relu, static_cast<T*>(grad_x.raw_data()));
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
 }
 
 }  // namespace
@@ -161,9 +277,20 @@ void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
   dispatch_float(x.dtype(), "cuda batch_norm", [&]<class T>() {
-    stats_kernel<<<unsigned(d.c), kReduceThreads, 0, stream>>>(static_cast<const T*>(x.raw_data()), d,
-                                                              static_cast<T*>(mean.raw_data()),
-                                                              static_cast<T*>(var_biased.raw_data()));
+    // Two passes, as the CPU: the mean (kept in double), then the squared deviations from it.
+    const T* px = static_cast<const T*>(x.raw_data());
+    std::shared_ptr<void> mean_d = allocate(size_t(d.c) * sizeof(double), device);
+    {
+      const auto [partials, parts] = partial_sums(d, SumTerms<T>{px}, device, stream);
+      mean_finish_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(static_cast<const double*>(partials.get()), parts,
+                                                                   d, static_cast<double*>(mean_d.get()),
+                                                                   static_cast<T*>(mean.raw_data()));
+      BCOS_CUDA_CHECK_LAUNCH();
+    }
+    const auto [partials, parts] =
+        partial_sums(d, SquaredDeviationTerms<T>{px, static_cast<const double*>(mean_d.get())}, device, stream);
+    var_finish_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(static_cast<const double*>(partials.get()), parts, d,
+                                                                static_cast<T*>(var_biased.raw_data()));
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }
@@ -177,10 +304,13 @@ void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& 
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
   dispatch_float(x.dtype(), "cuda batch_norm", [&]<class T>() {
-    forward_kernel<<<blocks_for(x.numel()), kThreads, 0, stream>>>(
-        static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias), static_cast<const T*>(mean.raw_data()),
-        static_cast<const T*>(invstd.raw_data()), d, relu, static_cast<T*>(out.raw_data()));
-    BCOS_CUDA_CHECK_LAUNCH();
+    with_index(x.numel(), [&]<class I>() {
+      forward_kernel<T, I><<<blocks_for(x.numel()), kThreads, 0, stream>>>(
+          static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
+          static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()), d, relu,
+          static_cast<T*>(out.raw_data()));
+      BCOS_CUDA_CHECK_LAUNCH();
+    });
   });
 }
 
@@ -188,28 +318,14 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
                          const Tensor& mean, const Tensor& invstd, bool training, bool relu, const Tensor& grad_x,
                          const Tensor& grad_w, const Tensor& grad_b, const Tensor& replica_sums) {
   const Tensor g = raw_contiguous(grad_out_in), x = raw_contiguous(x_in);
-  const Channels d = channels_of(x);
-  if (d.c == 0) return;
-  const int device = x.device().index;
-  DeviceGuard guard(device);
-  cudaStream_t stream = stream_of(device);
-  std::shared_ptr<void> sums = allocate(size_t(2 * d.c) * sizeof(double), device);
+  if (x.size(1) == 0) return;
+  DeviceGuard guard(x.device().index);
   dispatch_float(x.dtype(), "cuda batch_norm_backward", [&]<class T>() {
-    if (grad_w.defined() || grad_b.defined() || !replica_sums.defined()) {
-      grad_sums_kernel<<<unsigned(d.c), kReduceThreads, 0, stream>>>(
-          static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
-          static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()), d, relu,
-          static_cast<double*>(sums.get()), grad_w.defined() ? static_cast<T*>(grad_w.raw_data()) : nullptr,
-          grad_b.defined() ? static_cast<T*>(grad_b.raw_data()) : nullptr);
-      BCOS_CUDA_CHECK_LAUNCH();
-    }
-    if (!grad_x.defined() || x.numel() == 0) return;
-    grad_x_kernel<<<blocks_for(x.numel()), kThreads, 0, stream>>>(
-        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
-        static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()),
-        static_cast<const double*>(sums.get()), maybe<T>(replica_sums), d, training, relu,
-        static_cast<T*>(grad_x.raw_data()));
-    BCOS_CUDA_CHECK_LAUNCH();
+    const GradTerms<T> terms{static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()),
+                             maybe<T>(weight), maybe<T>(bias), static_cast<const T*>(mean.raw_data()),
+                             static_cast<const T*>(invstd.raw_data()), relu};
+    backward<T>(g, x, weight, bias, invstd, mean, mean, training, false, relu, terms, grad_x, grad_w, grad_b,
+                replica_sums);
   });
 }
 
@@ -218,27 +334,13 @@ void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, c
                                     bool through_variance, bool relu, const Tensor& grad_x,
                                     const Tensor& grad_w, const Tensor& grad_b, const Tensor& replica_sums) {
   const Tensor g = raw_contiguous(grad_in), x = raw_contiguous(x_in);
-  const Channels d = channels_of(x);
-  if (d.c == 0) return;
-  const int device = x.device().index;
-  DeviceGuard guard(device);
-  cudaStream_t stream = stream_of(device);
-  std::shared_ptr<void> sums = allocate(size_t(2 * d.c) * sizeof(double), device);
+  if (x.size(1) == 0) return;
+  DeviceGuard guard(x.device().index);
   dispatch_float(x.dtype(), "cuda batch_norm_uncentered_backward", [&]<class T>() {
-    if (grad_w.defined() || grad_b.defined() || !replica_sums.defined()) {
-      uncentered_sums_kernel<<<unsigned(d.c), kReduceThreads, 0, stream>>>(
-          static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
-          static_cast<const T*>(invstd.raw_data()), d, relu, static_cast<double*>(sums.get()),
-          grad_w.defined() ? static_cast<T*>(grad_w.raw_data()) : nullptr,
-          grad_b.defined() ? static_cast<T*>(grad_b.raw_data()) : nullptr);
-      BCOS_CUDA_CHECK_LAUNCH();
-    }
-    if (!grad_x.defined() || x.numel() == 0) return;
-    uncentered_grad_x_kernel<<<blocks_for(x.numel()), kThreads, 0, stream>>>(
-        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
-        through_variance ? static_cast<const T*>(mean.raw_data()) : nullptr, static_cast<const T*>(invstd.raw_data()),
-        static_cast<const double*>(sums.get()), maybe<T>(replica_sums), d, relu, static_cast<T*>(grad_x.raw_data()));
-    BCOS_CUDA_CHECK_LAUNCH();
+    const UncenteredTerms<T> terms{static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()),
+                                   maybe<T>(weight), maybe<T>(bias), static_cast<const T*>(invstd.raw_data()), relu};
+    backward<T>(g, x, weight, bias, invstd, Tensor(), through_variance ? mean : Tensor(), true, true, relu, terms,
+                grad_x, grad_w, grad_b, replica_sums);
   });
 }
 

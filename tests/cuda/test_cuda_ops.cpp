@@ -260,22 +260,27 @@ TEST_CASE("cuda ops: max, average and adaptive pooling forward and backward matc
   }
 }
 
-TEST_CASE("cuda ops: batch_norm (and with ReLU fused) in training and evaluation, forward, backward and running statistics match the CPU") {
+TEST_CASE("cuda ops: batch_norm (and with ReLU fused; centred and uncentred) in training and evaluation, forward, backward and running statistics match the CPU") {
   if (!have_gpu()) return;
   manual_seed(17);
-  for (DType dt : {kFloat32, kFloat64}) {
+  for (DType dt : {kFloat32, kFloat64})
+  for (const Shape& shape : {Shape{4, 3, 9, 10}, Shape{5, 3, 50, 50}}) {
     CAPTURE(dt);
-    // 360 values per channel, over the block reduction's 256 threads, so that each thread holds
-    // data (at 120 the upper half summed zeros and a missing barrier went unseen).
-    Tensor x = randn({4, 3, 9, 10}, dt) * 2.0 + 0.5, w = randn({3}, dt), b = randn({3}, dt);
+    CAPTURE(shape);
+    // [4, 3, 9, 10]: 360 values per channel, over the block reduction's 256 threads, so that each
+    // thread holds data (at 120 the upper half summed zeros and a missing barrier went unseen).
+    // [5, 3, 50, 50]: 12,500 per channel, which the sums split across three blocks whose
+    // stretches (4,167 values) start and end inside the 2,500-value planes.
+    Tensor x = randn(shape, dt) * 2.0 + 0.5, w = randn({3}, dt), b = randn({3}, dt);
     Tensor rm0 = randn({3}, dt), rv0 = rand({3}, dt) + 0.5;
     auto run = [&](Device dev) {
       std::vector<Tensor> results;
-      for (int variant = 0; variant < 4; ++variant) {
-        const bool training = variant % 2 == 0, relu = variant >= 2;
+      for (int variant = 0; variant < 8; ++variant) {  // 4..7: uncentred
+        const bool training = variant % 2 == 0, relu = variant % 4 >= 2;
         Tensor xd = x.to(dev).requires_grad_(), wd = w.to(dev).requires_grad_(), bd = b.to(dev).requires_grad_();
         Tensor rm = rm0.to(dev).clone(), rv = rv0.to(dev).clone();
-        Tensor y = batch_norm(xd, rm, rv, wd, bd, training, 0.1, 1e-5, relu);
+        Tensor y = variant < 4 ? batch_norm(xd, rm, rv, wd, bd, training, 0.1, 1e-5, relu)
+                               : batch_norm_uncentered(xd, rv, wd, bd, training, 0.1, 1e-5, relu);
         sum(y * y * y).backward();
         for (const Tensor& t : {y, xd.grad(), wd.grad(), bd.grad(), rm, rv}) results.push_back(t.to(Device()));
       }
