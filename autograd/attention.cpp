@@ -77,12 +77,14 @@ Plan plan_for(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
                mask.shape(), " does not broadcast to the logits ", logits_shape);
     plan.bias = mask_as_bias(mask, logits_shape, q.dtype());
   }
-  const bool cuda_head_too_large = q.is_cuda() && std::max(q.size(-1), v.size(-1)) > 256;
+  const int64_t head = std::max(q.size(-1), v.size(-1));
+  const bool cuda_head_too_large = q.is_cuda() && head > 256;
   // Autocast: as torch.autocast's scaled_dot_product_attention, the products multiply 16-bit
-  // operands. bf16 on the CPU: the fused kernels round them; otherwise the composed form's
-  // matmuls do (on CUDA, cuBLAS on the tensor cores; the CUDA kernels multiply float32 only).
+  // operands. bf16: the fused kernels round them (on CUDA the tensor-core ones, heads up to 64);
+  // otherwise the composed form's matmuls do (on CUDA, cuBLAS on the tensor cores).
   plan.operands = autocast_operands(q);
-  const bool fused_takes_operands = plan.operands == DType::f32 || (plan.operands == DType::bf16 && q.is_cpu());
+  const bool fused_takes_operands =
+      plan.operands == DType::f32 || (plan.operands == DType::bf16 && (q.is_cpu() || head <= 64));
   plan.fused = fused && !cuda_head_too_large && !(mask.defined() && mask.requires_grad()) && fused_takes_operands;
   return plan;
 }

@@ -138,7 +138,8 @@ Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targ
 // nn::MultiheadAttention's attn_mask is the opposite). causal: query i sees keys j <= i.
 // scale 0: 1/sqrt(D). fused: one kernel that keeps no Lq x Lk matrix for the backward (it
 // recomputes it; tensor/cpu/attention.cpp); false: the composed matmul-softmax-matmul (also
-// what a mask that needs a gradient, and CUDA head sizes above 256, get).
+// what a mask that needs a gradient, CUDA head sizes above 256, and on CUDA under autocast f16
+// operands or bf16 ones with heads above 64, get).
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask = Tensor(),
                                     bool causal = false, double scale = 0, bool fused = true);
 // Self-attention on one packed projection (nn::MultiheadAttention's in_proj applied once):

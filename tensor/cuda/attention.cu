@@ -1,17 +1,20 @@
 // Fused attention on the GPU (the contract: tensor/kernels.inc), nothing of size Lq x Lk in
 // memory. Two kernel sets with one contract:
 //
-// Tensor cores (float32 under allow_tf32(), both head sizes up to 64; the default for float32),
-// tiles as FlashAttention-2 arranges them: a block of 4 warps owns 64 rows of one [N, H] slice
-// (queries in the forward and the dQ pass, keys in the dK / dV pass); the other side streams
-// past in tiles of 32 rows through shared memory, TF32-rounded, zero past the ends; each warp
-// multiplies its 16 rows with wmma's m16n16k8 TF32 products summed in float32, and its lanes
-// turn the 16 x 32 products into probabilities in shared memory (two lanes a row).
+// Tensor cores (float32 under allow_tf32(), the default, or with bf16 autocast operands; both
+// head sizes up to 64), tiles as FlashAttention-2 arranges them: a block of 4 warps owns 64 rows
+// of one [N, H] slice (queries in the forward and the dQ pass, keys in the dK / dV pass); the
+// other side streams past in tiles of 32 rows through shared memory, rounded to TF32 (bf16),
+// zero past the ends;
+// each warp multiplies its 16 rows with wmma's m16n16k8 TF32 (m16n16k16 bf16) products summed in
+// float32, and its lanes turn the 16 x 32 products into probabilities in shared memory (two
+// lanes a row).
 //   forward, two sweeps over the keys: the first finds each row's log-sum-exp (online max and
 //     sum), the second adds exp(S − lse) V straight into the accumulator fragments, already
 //     normalised, so nothing is rescaled (one more QKᵀ than FlashAttention's single sweep, on
 //     tensor cores, buys an accumulator that never leaves them);
-//   backward, D_i = dO_i·O_i, then a pass per query tile for dQ and one per key tile for dK, dV.
+//   backward, D_i = dO_i·O_i (bf16: rowsum(P ∘ dP), as the CPU, one more sweep), then a pass
+//     per query tile for dQ and one per key tile for dK, dV.
 //
 // CUDA cores (float64, float32 without TF32, heads up to 256), one warp per row:
 //   forward, a warp per query row: the keys stream past once with an online softmax (running
@@ -234,75 +237,131 @@ unsigned warp_blocks(int64_t rows) { return blocks_for(rows, kWarpsPerBlock); }
 namespace mma {
 
 using namespace nvcuda;
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
-using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
-using FragBt = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;  // rows read as columns
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
+
+// The two operand types, each with its wmma shape; the products sum in float32 either way.
+struct Tf32 {  // float32 under allow_tf32(): m16n16k8
+  using Elem = float;  // what the shared-memory tiles hold
+  using Prec = wmma::precision::tf32;
+  static constexpr int kK = 8;
+  __device__ static float round(float v) { return wmma::__float_to_tf32(v); }
+};
+struct Bf16 {  // autocast's bf16 operands: m16n16k16
+  using Elem = __nv_bfloat16;
+  using Prec = __nv_bfloat16;
+  static constexpr int kK = 16;
+  __device__ static __nv_bfloat16 round(float v) { return __float2bfloat16(v); }
+};
+template <class P>
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, P::kK, typename P::Prec, wmma::row_major>;
+template <class P>
+using FragB = wmma::fragment<wmma::matrix_b, 16, 16, P::kK, typename P::Prec, wmma::row_major>;
+template <class P>  // rows of a tile read as columns (the other side's rows, transposed)
+using FragBt = wmma::fragment<wmma::matrix_b, 16, 16, P::kK, typename P::Prec, wmma::col_major>;
+template <class P>
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, P::kK, float>;
 
 constexpr int kWarps = 4;
 constexpr int kOwn = 16 * kWarps;  // rows a block owns: 16 per warp
 constexpr int kStep = 32;          // rows of the other side per shared-memory tile
 constexpr int kHead = 64;          // D and Dv, zero-padded to it
-constexpr int kLd = kHead + 8;     // row pitch of head-wide tiles (floats): 32-byte aligned, fewer bank conflicts
-constexpr int kSLd = kStep + 4;    // row pitch of a warp's 16 x 32 scratch
+constexpr int kLd = kHead + 8;     // row pitch of head-wide tiles (elements): 16-byte rows, fewer bank conflicts
+constexpr int kSLd = kStep + 4;    // row pitch of a warp's 16 x 32 float products
 constexpr int kScratch = 16 * kSLd;
-// `work` holds the block's own 64 rows while they become fragments, then two scratch matrices
-// per warp while the tiles stream past, then the results on their way out.
-static_assert(2 * kWarps * kScratch <= kOwn * kLd);
-static_assert((kOwn * kLd + 2 * kStep * kLd + 2 * kStep) * 4 <= 48 * 1024, "static shared memory is 48 KiB");
+// A warp's 16 x 32 weights (probabilities or dS as the next product's operand): for TF32 in
+// place of the float products; for bf16 a copy beside them (pitch 40: 16-byte rows).
+template <class P>
+constexpr int kWLd = std::is_same_v<P, Tf32> ? kSLd : kStep + 8;
+
+// A block's `work` bytes hold its own 64 rows while they become fragments, then, while the
+// other side streams past, two float products per warp (and for bf16 two weight copies), then
+// the float results on their way out.
+template <class P>
+struct Work {
+  static constexpr int kProducts = 2 * kWarps * kScratch * 4;
+  static constexpr int kWeights = std::is_same_v<P, Tf32> ? 0 : 2 * kWarps * 16 * kWLd<P> * 2;
+  static constexpr int kOut = kOwn * kLd * 4;
+  static constexpr int kBytes = kProducts + kWeights > kOut ? kProducts + kWeights : kOut;
+  static_assert(kOwn * kLd * int(sizeof(typename P::Elem)) <= kBytes);
+  static_assert(kBytes + 2 * kStep * kLd * int(sizeof(typename P::Elem)) + 2 * kStep * 4 <= 48 * 1024,
+                "static shared memory is 48 KiB");
+};
+
+// Slot 0 or 1 of a warp's scratch: float products, and the weights the next product reads.
+template <class P>
+struct Scratch {
+  float* products;
+  typename P::Elem* weights;
+};
+template <class P>
+__device__ Scratch<P> scratch_of(unsigned char* work, int slot, int warp) {
+  float* products = reinterpret_cast<float*>(work) + (slot * kWarps + warp) * kScratch;
+  if constexpr (std::is_same_v<P, Tf32>) {
+    return {products, products};
+  } else {
+    auto* weights = reinterpret_cast<__nv_bfloat16*>(work + Work<P>::kProducts);
+    return {products, weights + (slot * kWarps + warp) * 16 * kWLd<P>};
+  }
+}
 
 // Rows [r0, r0 + count) of slice (ni, hi) of x (rows of len elements, `rows` of them, strides s)
-// into tile [count][kLd], TF32-rounded, zero past the ends. The block's threads share the work.
-__device__ void stage(float* tile, int count, const float* x, const int64_t* s, int64_t ni, int64_t hi, int64_t r0,
-                      int64_t rows, int64_t len) {
+// into tile [count][kLd], rounded to the operand type, zero past the ends. The block's threads
+// share the work.
+template <class P>
+__device__ void stage(typename P::Elem* tile, int count, const float* x, const int64_t* s, int64_t ni, int64_t hi,
+                      int64_t r0, int64_t rows, int64_t len) {
   for (int e = threadIdx.y * 32 + threadIdx.x; e < count * kHead; e += kWarps * 32) {
     const int r = e / kHead, c = e % kHead;
     const float v = r0 + r < rows && c < len ? row_of(x, s, ni, hi, r0 + r)[c] : 0.f;
-    tile[r * kLd + c] = wmma::__float_to_tf32(v);
+    tile[r * kLd + c] = P::round(v);
   }
 }
 
 // A warp's 16 staged rows (pitch kLd) as the left operand of its products.
-__device__ void load_rows(FragA (&f)[kHead / 8], const float* rows) {
+template <class P>
+__device__ void load_rows(FragA<P> (&f)[kHead / P::kK], const typename P::Elem* rows) {
 BCOS_UNROLL
-  for (int k = 0; k < kHead / 8; ++k) wmma::load_matrix_sync(f[k], rows + 8 * k, kLd);
+  for (int k = 0; k < kHead / P::kK; ++k) wmma::load_matrix_sync(f[k], rows + P::kK * k, kLd);
 }
 
 // out [16 x kStep] (pitch kSLd) = mine [16 x kHead] · tileᵀ, tile [kStep x kHead] (pitch kLd).
-__device__ void times_rows(const FragA (&mine)[kHead / 8], const float* tile, float* out) {
+template <class P>
+__device__ void times_rows(const FragA<P> (&mine)[kHead / P::kK], const typename P::Elem* tile, float* out) {
 BCOS_UNROLL
   for (int n = 0; n < kStep / 16; ++n) {
-    FragC c;
+    FragC<P> c;
     wmma::fill_fragment(c, 0.f);
 BCOS_UNROLL
-    for (int k = 0; k < kHead / 8; ++k) {
-      FragBt b;
-      wmma::load_matrix_sync(b, tile + n * 16 * kLd + 8 * k, kLd);
+    for (int k = 0; k < kHead / P::kK; ++k) {
+      FragBt<P> b;
+      wmma::load_matrix_sync(b, tile + n * 16 * kLd + P::kK * k, kLd);
       wmma::mma_sync(c, mine[k], b, c);
     }
     wmma::store_matrix_sync(out + n * 16, c, kSLd, wmma::mem_row_major);
   }
 }
 
-// acc [16 x kHead] += weights [16 x kStep] (pitch kSLd, TF32-rounded) · tile [kStep x kHead].
-__device__ void accumulate(FragC (&acc)[kHead / 16], const float* weights, const float* tile) {
+// acc [16 x kHead] += weights [16 x kStep] (pitch kWLd) · tile [kStep x kHead].
+template <class P>
+__device__ void accumulate(FragC<P> (&acc)[kHead / 16], const typename P::Elem* weights,
+                           const typename P::Elem* tile) {
 BCOS_UNROLL
-  for (int k = 0; k < kStep / 8; ++k) {
-    FragA a;
-    wmma::load_matrix_sync(a, weights + 8 * k, kSLd);
+  for (int k = 0; k < kStep / P::kK; ++k) {
+    FragA<P> a;
+    wmma::load_matrix_sync(a, weights + P::kK * k, kWLd<P>);
 BCOS_UNROLL
     for (int n = 0; n < kHead / 16; ++n) {
-      FragB b;
-      wmma::load_matrix_sync(b, tile + 8 * k * kLd + 16 * n, kLd);
+      FragB<P> b;
+      wmma::load_matrix_sync(b, tile + P::kK * k * kLd + 16 * n, kLd);
       wmma::mma_sync(acc[n], a, b, acc[n]);
     }
   }
 }
 
 // The warp's 16 rows of acc into rows [r0, r0 + 16) of x (strides s, `rows` rows of len), through
-// its part of `work` (pitch kLd). nan_rows: rows whose lane pair (2 r, 2 r + 1) holds a NaN
-// log-sum-exp in `lse` are written as NaN (every key hidden).
-__device__ void write_rows(const FragC (&acc)[kHead / 16], float* part, float* x, const int64_t* s, int64_t ni,
+// its part of `work` (float, pitch kLd). nan_rows: rows whose lane pair (2 r, 2 r + 1) holds a NaN
+// `lse` are written as NaN (every key hidden).
+template <class P>
+__device__ void write_rows(const FragC<P> (&acc)[kHead / 16], float* part, float* x, const int64_t* s, int64_t ni,
                            int64_t hi, int64_t r0, int64_t rows, int64_t len, bool nan_rows = false, float lse = 0) {
 BCOS_UNROLL
   for (int n = 0; n < kHead / 16; ++n) wmma::store_matrix_sync(part + 16 * n, acc[n], kLd, wmma::mem_row_major);
@@ -325,35 +384,46 @@ __device__ Tile tile_of(int64_t t, int64_t rows, int64_t heads) {
   return {bh / heads, bh % heads, bh, (t % per) * kOwn};
 }
 
+// P_ij from its product q_i·k_j: a causally hidden key gives 0, or NaN when the row has no
+// visible key at all (its lse is NaN), as softmax's NaN row in the composed form; a key a mask
+// hides (−inf) gives 0 the same way.
+__device__ float probability(float product, float lse, const float* bias, const AttentionDims& a, const Tile& t,
+                             int64_t i, int64_t j) {
+  if (a.causal && j > i) return isnan(lse) ? NAN : 0.f;
+  return exp(logit(product, bias, a, t.ni, t.hi, i, j) - lse);
+}
+
+template <class P>
 __global__ void __launch_bounds__(kWarps * 32) forward_kernel(const float* q, const float* k, const float* v,
                                                               const float* bias, float* out, float* lse_out,
                                                               AttentionDims a) {
-  __shared__ __align__(32) float work[kOwn * kLd];
-  __shared__ __align__(32) float keys[kStep * kLd];
-  __shared__ __align__(32) float values[kStep * kLd];
+  using Elem = typename P::Elem;
+  __shared__ __align__(32) unsigned char work[Work<P>::kBytes];
+  __shared__ __align__(32) unsigned char tiles[2 * kStep * kLd * sizeof(Elem)];
+  Elem *keys = reinterpret_cast<Elem*>(tiles), *values = keys + kStep * kLd;
   const int warp = threadIdx.y, lane = threadIdx.x, r = lane / 2, half = lane % 2;
-  float* scratch = work + warp * kScratch;
-  const int64_t tiles = a.n * a.h * ((a.lq + kOwn - 1) / kOwn);
-  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+  const Scratch<P> scratch = scratch_of<P>(work, 0, warp);
+  const int64_t tiles_total = a.n * a.h * ((a.lq + kOwn - 1) / kOwn);
+  for (int64_t t = blockIdx.x; t < tiles_total; t += gridDim.x) {
     const Tile tile = tile_of(t, a.lq, a.h);
     const int64_t w0 = tile.r0 + 16 * warp, i = w0 + r;  // the warp's first row; this lane's row
     const int64_t end = a.causal ? min(a.lk, tile.r0 + kOwn) : a.lk;
-    stage(work, kOwn, q, a.qs, tile.ni, tile.hi, tile.r0, a.lq, a.d);
+    stage<P>(reinterpret_cast<Elem*>(work), kOwn, q, a.qs, tile.ni, tile.hi, tile.r0, a.lq, a.d);
     __syncthreads();
-    FragA mine[kHead / 8];
-    load_rows(mine, work + 16 * warp * kLd);
+    FragA<P> mine[kHead / P::kK];
+    load_rows<P>(mine, reinterpret_cast<Elem*>(work) + 16 * warp * kLd);
     __syncthreads();  // work becomes the scratch
     // Sweep 1: each lane keeps a running max and sum over its half of its row's keys.
     float m = -INFINITY, l = 0;
     for (int64_t j0 = 0; j0 < end; j0 += kStep) {
-      stage(keys, kStep, k, a.ks, tile.ni, tile.hi, j0, a.lk, a.d);
+      stage<P>(keys, kStep, k, a.ks, tile.ni, tile.hi, j0, a.lk, a.d);
       __syncthreads();
-      times_rows(mine, keys, scratch);
+      times_rows<P>(mine, keys, scratch.products);
       __syncwarp();
       for (int c = 16 * half; c < 16 * half + 16; ++c) {
         const int64_t j = j0 + c;
         if (i >= a.lq || j >= end || (a.causal && j > i)) continue;
-        const float s = logit(scratch[r * kSLd + c], bias, a, tile.ni, tile.hi, i, j);
+        const float s = logit(scratch.products[r * kSLd + c], bias, a, tile.ni, tile.hi, i, j);
         if (s == -INFINITY) continue;
         const float m_new = s > m ? s : m;
         l = l * exp(m - m_new) + exp(s - m_new);
@@ -374,110 +444,126 @@ __global__ void __launch_bounds__(kWarps * 32) forward_kernel(const float* q, co
     const float lse = empty ? NAN : m + log(l);
     if (half == 0 && i < a.lq) lse_out[tile.bh * a.lq + i] = lse;
     // Sweep 2: O = Σ exp(S − lse) V, normalised as it goes.
-    FragC acc[kHead / 16];
+    FragC<P> acc[kHead / 16];
 BCOS_UNROLL
     for (int n = 0; n < kHead / 16; ++n) wmma::fill_fragment(acc[n], 0.f);
     for (int64_t j0 = 0; j0 < end; j0 += kStep) {
-      stage(keys, kStep, k, a.ks, tile.ni, tile.hi, j0, a.lk, a.d);
-      stage(values, kStep, v, a.vs, tile.ni, tile.hi, j0, a.lk, a.dv);
+      stage<P>(keys, kStep, k, a.ks, tile.ni, tile.hi, j0, a.lk, a.d);
+      stage<P>(values, kStep, v, a.vs, tile.ni, tile.hi, j0, a.lk, a.dv);
       __syncthreads();
-      times_rows(mine, keys, scratch);
+      times_rows<P>(mine, keys, scratch.products);
       __syncwarp();
       for (int c = 16 * half; c < 16 * half + 16; ++c) {
         const int64_t j = j0 + c;
-        float p = 0;
-        if (i < a.lq && j < end && !(a.causal && j > i)) {
-          const float s = logit(scratch[r * kSLd + c], bias, a, tile.ni, tile.hi, i, j);
-          p = s == -INFINITY ? 0.f : exp(s - lse);
-        }
-        scratch[r * kSLd + c] = wmma::__float_to_tf32(p);
+        const float p = i < a.lq && j < end ? probability(scratch.products[r * kSLd + c], lse, bias, a, tile, i, j) : 0.f;
+        scratch.weights[r * kWLd<P> + c] = P::round(p);
       }
       __syncwarp();
-      accumulate(acc, scratch, values);
+      accumulate<P>(acc, scratch.weights, values);
       __syncthreads();
     }
-    write_rows(acc, work + 16 * warp * kLd, out, a.os, tile.ni, tile.hi, w0, a.lq, a.dv, true, lse);
+    write_rows<P>(acc, reinterpret_cast<float*>(work) + 16 * warp * kLd, out, a.os, tile.ni, tile.hi, w0, a.lq, a.dv,
+                  true, lse);
     __syncthreads();  // work is staged again by the next tile
   }
 }
 
-// D_i = dO_i·O_i (into row_dot, for the key pass) and dQ_i = scale Σ_j P_ij (dP_ij − D_i) k_j.
+// D_i (into row_dot, for the key pass) and dQ_i = scale Σ_j P_ij (dP_ij − D_i) k_j. D_i is
+// dO_i·O_i for TF32; for bf16 operands Σ_j P_ij dP_ij, the CPU's (tensor/cpu/attention.cpp: the
+// two differ by bf16's rounding, which dP − D would amplify), one more sweep over the keys.
+template <class P>
 __global__ void __launch_bounds__(kWarps * 32) backward_query_kernel(const float* g, const float* q, const float* k,
                                                                      const float* v, const float* bias,
                                                                      const float* out, const float* lse_in,
                                                                      float* row_dot, float* gq, AttentionDims a) {
-  __shared__ __align__(32) float work[kOwn * kLd];
-  __shared__ __align__(32) float keys[kStep * kLd];
-  __shared__ __align__(32) float values[kStep * kLd];
+  using Elem = typename P::Elem;
+  __shared__ __align__(32) unsigned char work[Work<P>::kBytes];
+  __shared__ __align__(32) unsigned char tiles[2 * kStep * kLd * sizeof(Elem)];
+  Elem *keys = reinterpret_cast<Elem*>(tiles), *values = keys + kStep * kLd;
   const int warp = threadIdx.y, lane = threadIdx.x, r = lane / 2, half = lane % 2;
-  float *logits = work + warp * kScratch, *dp = work + (kWarps + warp) * kScratch;
-  const int64_t tiles = a.n * a.h * ((a.lq + kOwn - 1) / kOwn);
-  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+  const Scratch<P> logits = scratch_of<P>(work, 0, warp), dp = scratch_of<P>(work, 1, warp);
+  const int64_t tiles_total = a.n * a.h * ((a.lq + kOwn - 1) / kOwn);
+  for (int64_t t = blockIdx.x; t < tiles_total; t += gridDim.x) {
     const Tile tile = tile_of(t, a.lq, a.h);
     const int64_t w0 = tile.r0 + 16 * warp, i = w0 + r;
     const int64_t end = a.causal ? min(a.lk, tile.r0 + kOwn) : a.lk;
-    float di = 0, lse = 0;
-    if (i < a.lq) {
-      const float *gr = row_of(g, a.gs, tile.ni, tile.hi, i), *orow = row_of(out, a.os, tile.ni, tile.hi, i);
-      for (int64_t c = half; c < a.dv; c += 2) di += gr[c] * orow[c];
-      lse = lse_in[tile.bh * a.lq + i];
+    const float lse = i < a.lq ? lse_in[tile.bh * a.lq + i] : 0.f;
+    FragA<P> mine[kHead / P::kK], grads[kHead / P::kK];
+    stage<P>(reinterpret_cast<Elem*>(work), kOwn, q, a.qs, tile.ni, tile.hi, tile.r0, a.lq, a.d);
+    __syncthreads();
+    load_rows<P>(mine, reinterpret_cast<Elem*>(work) + 16 * warp * kLd);
+    __syncthreads();
+    stage<P>(reinterpret_cast<Elem*>(work), kOwn, g, a.gs, tile.ni, tile.hi, tile.r0, a.lq, a.dv);
+    __syncthreads();
+    load_rows<P>(grads, reinterpret_cast<Elem*>(work) + 16 * warp * kLd);
+    __syncthreads();
+    float di = 0;
+    if constexpr (std::is_same_v<P, Tf32>) {
+      if (i < a.lq) {
+        const float *gr = row_of(g, a.gs, tile.ni, tile.hi, i), *orow = row_of(out, a.os, tile.ni, tile.hi, i);
+        for (int64_t c = half; c < a.dv; c += 2) di += gr[c] * orow[c];
+      }
+    } else {
+      for (int64_t j0 = 0; j0 < end; j0 += kStep) {
+        stage<P>(keys, kStep, k, a.ks, tile.ni, tile.hi, j0, a.lk, a.d);
+        stage<P>(values, kStep, v, a.vs, tile.ni, tile.hi, j0, a.lk, a.dv);
+        __syncthreads();
+        times_rows<P>(mine, keys, logits.products);
+        times_rows<P>(grads, values, dp.products);
+        __syncwarp();
+        for (int c = 16 * half; c < 16 * half + 16; ++c) {
+          const int64_t j = j0 + c;
+          if (i < a.lq && j < end)
+            di += probability(logits.products[r * kSLd + c], lse, bias, a, tile, i, j) * dp.products[r * kSLd + c];
+        }
+        __syncthreads();
+      }
     }
     di += __shfl_xor_sync(0xffffffffu, di, 1);
     if (half == 0 && i < a.lq) row_dot[tile.bh * a.lq + i] = di;
-    FragA mine[kHead / 8], grads[kHead / 8];
-    stage(work, kOwn, q, a.qs, tile.ni, tile.hi, tile.r0, a.lq, a.d);
-    __syncthreads();
-    load_rows(mine, work + 16 * warp * kLd);
-    __syncthreads();
-    stage(work, kOwn, g, a.gs, tile.ni, tile.hi, tile.r0, a.lq, a.dv);
-    __syncthreads();
-    load_rows(grads, work + 16 * warp * kLd);
-    __syncthreads();
-    FragC acc[kHead / 16];
+    FragC<P> acc[kHead / 16];
 BCOS_UNROLL
     for (int n = 0; n < kHead / 16; ++n) wmma::fill_fragment(acc[n], 0.f);
     for (int64_t j0 = 0; j0 < end; j0 += kStep) {
-      stage(keys, kStep, k, a.ks, tile.ni, tile.hi, j0, a.lk, a.d);
-      stage(values, kStep, v, a.vs, tile.ni, tile.hi, j0, a.lk, a.dv);
+      stage<P>(keys, kStep, k, a.ks, tile.ni, tile.hi, j0, a.lk, a.d);
+      stage<P>(values, kStep, v, a.vs, tile.ni, tile.hi, j0, a.lk, a.dv);
       __syncthreads();
-      times_rows(mine, keys, logits);
-      times_rows(grads, values, dp);
+      times_rows<P>(mine, keys, logits.products);
+      times_rows<P>(grads, values, dp.products);
       __syncwarp();
       for (int c = 16 * half; c < 16 * half + 16; ++c) {
         const int64_t j = j0 + c;
         float ds = 0;
-        if (i < a.lq && j < end) {
-          // A causally hidden key adds nothing, unless the row has no visible key at all: then
-          // its NaN reaches dQ (as softmax's NaN row does in the composed form).
-          const float p = a.causal && j > i ? (isnan(lse) ? NAN : 0.f)
-                                            : exp(logit(logits[r * kSLd + c], bias, a, tile.ni, tile.hi, i, j) - lse);
-          ds = p * (dp[r * kSLd + c] - di) * float(a.scale);
-        }
-        logits[r * kSLd + c] = wmma::__float_to_tf32(ds);
+        if (i < a.lq && j < end)
+          ds = probability(logits.products[r * kSLd + c], lse, bias, a, tile, i, j) *
+               (dp.products[r * kSLd + c] - di) * float(a.scale);
+        logits.weights[r * kWLd<P> + c] = P::round(ds);
       }
       __syncwarp();
-      accumulate(acc, logits, keys);
+      accumulate<P>(acc, logits.weights, keys);
       __syncthreads();
     }
-    write_rows(acc, work + 16 * warp * kLd, gq, a.gqs, tile.ni, tile.hi, w0, a.lq, a.d);
+    write_rows<P>(acc, reinterpret_cast<float*>(work) + 16 * warp * kLd, gq, a.gqs, tile.ni, tile.hi, w0, a.lq, a.d);
     __syncthreads();
   }
 }
 
 // dV_j = Σ_i P_ij dO_i and dK_j = scale Σ_i P_ij (dP_ij − D_i) q_i, a block per 64 keys (after
 // the query pass wrote row_dot).
+template <class P>
 __global__ void __launch_bounds__(kWarps * 32) backward_key_kernel(const float* g, const float* q, const float* k,
                                                                    const float* v, const float* bias,
                                                                    const float* lse_in, const float* row_dot,
                                                                    float* gk, float* gv, AttentionDims a) {
-  __shared__ __align__(32) float work[kOwn * kLd];
-  __shared__ __align__(32) float queries[kStep * kLd];
-  __shared__ __align__(32) float grads[kStep * kLd];
+  using Elem = typename P::Elem;
+  __shared__ __align__(32) unsigned char work[Work<P>::kBytes];
+  __shared__ __align__(32) unsigned char tiles[2 * kStep * kLd * sizeof(Elem)];
   __shared__ float lses[kStep], dots[kStep];
+  Elem *queries = reinterpret_cast<Elem*>(tiles), *grads = queries + kStep * kLd;
   const int warp = threadIdx.y, lane = threadIdx.x, r = lane / 2, half = lane % 2;
-  float *probs = work + warp * kScratch, *ds = work + (kWarps + warp) * kScratch;
-  const int64_t tiles = a.n * a.h * ((a.lk + kOwn - 1) / kOwn);
-  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+  const Scratch<P> probs = scratch_of<P>(work, 0, warp), ds = scratch_of<P>(work, 1, warp);
+  const int64_t tiles_total = a.n * a.h * ((a.lk + kOwn - 1) / kOwn);
+  for (int64_t t = blockIdx.x; t < tiles_total; t += gridDim.x) {
     const Tile tile = tile_of(t, a.lk, a.h);
     const int64_t w0 = tile.r0 + 16 * warp, j = w0 + r;
     // Causal: queries before the block's first key see none of its keys. A row among them with
@@ -486,58 +572,68 @@ __global__ void __launch_bounds__(kWarps * 32) backward_key_kernel(const float* 
     bool hidden_nan = false;
     for (int64_t i = lane; i < start; i += 32) hidden_nan |= isnan(lse_in[tile.bh * a.lq + i]);
     hidden_nan = __any_sync(0xffffffffu, hidden_nan);
-    FragA mine_k[kHead / 8], mine_v[kHead / 8];
-    stage(work, kOwn, k, a.ks, tile.ni, tile.hi, tile.r0, a.lk, a.d);
+    FragA<P> mine_k[kHead / P::kK], mine_v[kHead / P::kK];
+    stage<P>(reinterpret_cast<Elem*>(work), kOwn, k, a.ks, tile.ni, tile.hi, tile.r0, a.lk, a.d);
     __syncthreads();
-    load_rows(mine_k, work + 16 * warp * kLd);
+    load_rows<P>(mine_k, reinterpret_cast<Elem*>(work) + 16 * warp * kLd);
     __syncthreads();
-    stage(work, kOwn, v, a.vs, tile.ni, tile.hi, tile.r0, a.lk, a.dv);
+    stage<P>(reinterpret_cast<Elem*>(work), kOwn, v, a.vs, tile.ni, tile.hi, tile.r0, a.lk, a.dv);
     __syncthreads();
-    load_rows(mine_v, work + 16 * warp * kLd);
+    load_rows<P>(mine_v, reinterpret_cast<Elem*>(work) + 16 * warp * kLd);
     __syncthreads();
-    FragC acc_k[kHead / 16], acc_v[kHead / 16];
+    FragC<P> acc_k[kHead / 16], acc_v[kHead / 16];
 BCOS_UNROLL
     for (int n = 0; n < kHead / 16; ++n) wmma::fill_fragment(acc_k[n], 0.f), wmma::fill_fragment(acc_v[n], 0.f);
     for (int64_t i0 = start; i0 < a.lq; i0 += kStep) {
-      stage(queries, kStep, q, a.qs, tile.ni, tile.hi, i0, a.lq, a.d);
-      stage(grads, kStep, g, a.gs, tile.ni, tile.hi, i0, a.lq, a.dv);
+      stage<P>(queries, kStep, q, a.qs, tile.ni, tile.hi, i0, a.lq, a.d);
+      stage<P>(grads, kStep, g, a.gs, tile.ni, tile.hi, i0, a.lq, a.dv);
       const int e = threadIdx.y * 32 + threadIdx.x;
       if (e < kStep && i0 + e < a.lq) lses[e] = lse_in[tile.bh * a.lq + i0 + e], dots[e] = row_dot[tile.bh * a.lq + i0 + e];
       __syncthreads();
-      times_rows(mine_k, queries, probs);  // Sᵀ: a key per row, a query per column
-      times_rows(mine_v, grads, ds);       // dPᵀ
+      times_rows<P>(mine_k, queries, probs.products);  // Sᵀ: a key per row, a query per column
+      times_rows<P>(mine_v, grads, ds.products);       // dPᵀ
       __syncwarp();
       for (int c = 16 * half; c < 16 * half + 16; ++c) {
         const int64_t i = i0 + c;
         float p = 0, d = 0;
         if (j < a.lk && i < a.lq) {
-          const float lse = lses[c];
-          p = a.causal && j > i ? (isnan(lse) ? NAN : 0.f)
-                                : exp(logit(probs[r * kSLd + c], bias, a, tile.ni, tile.hi, i, j) - lse);
-          d = p * (ds[r * kSLd + c] - dots[c]) * float(a.scale);
+          // (j, i) read as (i, j): causally hidden where j > i
+          p = probability(probs.products[r * kSLd + c], lses[c], bias, a, tile, i, j);
+          d = p * (ds.products[r * kSLd + c] - dots[c]) * float(a.scale);
         }
-        probs[r * kSLd + c] = wmma::__float_to_tf32(p);
-        ds[r * kSLd + c] = wmma::__float_to_tf32(d);
+        probs.weights[r * kWLd<P> + c] = P::round(p);
+        ds.weights[r * kWLd<P> + c] = P::round(d);
       }
       __syncwarp();
-      accumulate(acc_v, probs, grads);
-      accumulate(acc_k, ds, queries);
+      accumulate<P>(acc_v, probs.weights, grads);
+      accumulate<P>(acc_k, ds.weights, queries);
       __syncthreads();
     }
     const float poison = hidden_nan ? NAN : 0.f;  // write_rows's NaN rows, for the whole warp
-    write_rows(acc_k, work + 16 * warp * kLd, gk, a.gks, tile.ni, tile.hi, w0, a.lk, a.d, hidden_nan, poison);
-    write_rows(acc_v, work + 16 * warp * kLd, gv, a.gvs, tile.ni, tile.hi, w0, a.lk, a.dv, hidden_nan, poison);
+    float* part = reinterpret_cast<float*>(work) + 16 * warp * kLd;
+    write_rows<P>(acc_k, part, gk, a.gks, tile.ni, tile.hi, w0, a.lk, a.d, hidden_nan, poison);
+    write_rows<P>(acc_v, part, gv, a.gvs, tile.ni, tile.hi, w0, a.lk, a.dv, hidden_nan, poison);
     __syncthreads();
   }
 }
 
-// Whether the tensor-core kernels take this call: float32 with TF32 allowed at the forward
-// (AttentionParams::tf32), both head sizes within kHead.
-bool takes(DType dt, const AttentionDims& a, const AttentionParams& p) {
-  return dt == DType::f32 && p.tf32 && a.d <= kHead && a.dv <= kHead;
+// Which tensor-core kernels take a call: float32 with bf16 autocast operands, or with TF32
+// allowed at the forward (AttentionParams::tf32); both head sizes within kHead.
+enum class Kind { none, tf32, bf16 };
+Kind kind_of(DType dt, const AttentionDims& a, const AttentionParams& p) {
+  if (dt != DType::f32 || a.d > kHead || a.dv > kHead) return Kind::none;
+  if (p.bf16_operands) return Kind::bf16;
+  return p.tf32 ? Kind::tf32 : Kind::none;
 }
 
 unsigned blocks(int64_t slices, int64_t rows) { return blocks_for(slices * ((rows + kOwn - 1) / kOwn), 1); }
+
+// Calls fn.template operator()<P>() for the kind's operand type.
+template <class F>
+void with_kind(Kind kind, F&& fn) {
+  if (kind == Kind::tf32) fn.template operator()<Tf32>();
+  else fn.template operator()<Bf16>();
+}
 
 }  // namespace mma
 
@@ -551,14 +647,18 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   const int device = q.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
-  if (mma::takes(q.dtype(), a, p)) {
-    mma::forward_kernel<<<mma::blocks(a.n * a.h, a.lq), dim3(32, mma::kWarps), 0, stream>>>(
-        static_cast<const float*>(q.raw_data()), static_cast<const float*>(k.raw_data()),
-        static_cast<const float*>(v.raw_data()), a.has_bias ? static_cast<const float*>(bias.raw_data()) : nullptr,
-        static_cast<float*>(out.raw_data()), static_cast<float*>(lse.raw_data()), a);
-    BCOS_CUDA_CHECK_LAUNCH();
+  if (const mma::Kind kind = mma::kind_of(q.dtype(), a, p); kind != mma::Kind::none) {
+    mma::with_kind(kind, [&]<class P>() {
+      mma::forward_kernel<P><<<mma::blocks(a.n * a.h, a.lq), dim3(32, mma::kWarps), 0, stream>>>(
+          static_cast<const float*>(q.raw_data()), static_cast<const float*>(k.raw_data()),
+          static_cast<const float*>(v.raw_data()), a.has_bias ? static_cast<const float*>(bias.raw_data()) : nullptr,
+          static_cast<float*>(out.raw_data()), static_cast<float*>(lse.raw_data()), a);
+      BCOS_CUDA_CHECK_LAUNCH();
+    });
     return;
   }
+  BCOS_CHECK(!p.bf16_operands, op, ": bf16 operands need both head sizes within 64 (query ", q.shape(), ", value ",
+             v.shape(), "); the op composes otherwise");
   with_row_share(q.dtype(), std::max(a.d, a.dv), op, [&]<class T, int kPer>() {
     forward_kernel<T, kPer><<<warp_blocks(a.n * a.h * a.lq), dim3(32, kWarpsPerBlock), 0, stream>>>(
         static_cast<const T*>(q.raw_data()), static_cast<const T*>(k.raw_data()), static_cast<const T*>(v.raw_data()),
@@ -577,25 +677,30 @@ void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
   const Tensor row_dot = empty({a.n, a.h, a.lq}, {q.dtype(), q.device()});
-  if (mma::takes(q.dtype(), a, p)) {
+  if (const mma::Kind kind = mma::kind_of(q.dtype(), a, p); kind != mma::Kind::none) {
     const float* b = a.has_bias ? static_cast<const float*>(bias.raw_data()) : nullptr;
     const float *pg = static_cast<const float*>(grad_out.raw_data()), *pq = static_cast<const float*>(q.raw_data());
     const float *pk = static_cast<const float*>(k.raw_data()), *pv = static_cast<const float*>(v.raw_data());
     const float* pl = static_cast<const float*>(lse.raw_data());
     float* pd = static_cast<float*>(row_dot.raw_data());
-    if (a.n * a.h * a.lq > 0) {
-      mma::backward_query_kernel<<<mma::blocks(a.n * a.h, a.lq), dim3(32, mma::kWarps), 0, stream>>>(
-          pg, pq, pk, pv, b, static_cast<const float*>(out.raw_data()), pl, pd, static_cast<float*>(grad_q.raw_data()),
-          a);
-      BCOS_CUDA_CHECK_LAUNCH();
-    }
-    if (a.n * a.h * a.lk > 0) {
-      mma::backward_key_kernel<<<mma::blocks(a.n * a.h, a.lk), dim3(32, mma::kWarps), 0, stream>>>(
-          pg, pq, pk, pv, b, pl, pd, static_cast<float*>(grad_k.raw_data()), static_cast<float*>(grad_v.raw_data()), a);
-      BCOS_CUDA_CHECK_LAUNCH();
-    }
+    mma::with_kind(kind, [&]<class P>() {
+      if (a.n * a.h * a.lq > 0) {
+        mma::backward_query_kernel<P><<<mma::blocks(a.n * a.h, a.lq), dim3(32, mma::kWarps), 0, stream>>>(
+            pg, pq, pk, pv, b, static_cast<const float*>(out.raw_data()), pl, pd,
+            static_cast<float*>(grad_q.raw_data()), a);
+        BCOS_CUDA_CHECK_LAUNCH();
+      }
+      if (a.n * a.h * a.lk > 0) {
+        mma::backward_key_kernel<P><<<mma::blocks(a.n * a.h, a.lk), dim3(32, mma::kWarps), 0, stream>>>(
+            pg, pq, pk, pv, b, pl, pd, static_cast<float*>(grad_k.raw_data()), static_cast<float*>(grad_v.raw_data()),
+            a);
+        BCOS_CUDA_CHECK_LAUNCH();
+      }
+    });
     return;
   }
+  BCOS_CHECK(!p.bf16_operands, op, ": bf16 operands need both head sizes within 64 (query ", q.shape(), ", value ",
+             v.shape(), "); the op composes otherwise");
   with_row_share(q.dtype(), std::max(a.d, a.dv), op, [&]<class T, int kPer>() {
     const T* b = a.has_bias ? static_cast<const T*>(bias.raw_data()) : nullptr;
     const T *pg = static_cast<const T*>(grad_out.raw_data()), *pq = static_cast<const T*>(q.raw_data());
