@@ -323,6 +323,43 @@ BCOS_UNROLL
   for (int k = 0; k < kHead / P::kK; ++k) wmma::load_matrix_sync(f[k], rows + P::kK * k, kLd);
 }
 
+// Which (bh, first row) a block's tile index t names, for slices of `rows` rows in tiles of kOwn.
+struct Tile {
+  int64_t ni, hi, bh, r0;
+};
+__device__ Tile tile_of(int64_t t, int64_t rows, int64_t heads) {
+  const int64_t per = (rows + kOwn - 1) / kOwn, bh = t / per;
+  return {bh / heads, bh % heads, bh, (t % per) * kOwn};
+}
+
+// The block's own 64 rows of x (from tile.r0) staged through `work`, this warp's 16 of them
+// into f; work is free again on return.
+template <class P>
+__device__ void own_rows(FragA<P> (&f)[kHead / P::kK], unsigned char* work, const float* x, const int64_t* s,
+                         const Tile& tile, int64_t rows, int64_t len) {
+  auto* staged = reinterpret_cast<typename P::Elem*>(work);
+  stage<P>(staged, kOwn, x, s, tile.ni, tile.hi, tile.r0, rows, len);
+  __syncthreads();
+  load_rows<P>(f, staged + 16 * threadIdx.y * kLd);
+  __syncthreads();
+}
+
+// The next kStep rows (from r0) of two operands of the other side, staged for the whole block.
+template <class P>
+__device__ void stream_rows(typename P::Elem* first, const float* x, const int64_t* xs, int64_t x_len,
+                            typename P::Elem* second, const float* y, const int64_t* ys, int64_t y_len,
+                            const Tile& tile, int64_t r0, int64_t rows) {
+  stage<P>(first, kStep, x, xs, tile.ni, tile.hi, r0, rows, x_len);
+  stage<P>(second, kStep, y, ys, tile.ni, tile.hi, r0, rows, y_len);
+  __syncthreads();
+}
+
+template <class P>
+__device__ void zero(FragC<P> (&acc)[kHead / 16]) {
+BCOS_UNROLL
+  for (int n = 0; n < kHead / 16; ++n) wmma::fill_fragment(acc[n], 0.f);
+}
+
 // out [16 x kStep] (pitch kSLd) = mine [16 x kHead] · tileᵀ, tile [kStep x kHead] (pitch kLd).
 template <class P>
 __device__ void times_rows(const FragA<P> (&mine)[kHead / P::kK], const typename P::Elem* tile, float* out) {
@@ -375,15 +412,6 @@ BCOS_UNROLL
   __syncwarp();
 }
 
-// Which (bh, first row) a block's tile index t names, for slices of `rows` rows in tiles of kOwn.
-struct Tile {
-  int64_t ni, hi, bh, r0;
-};
-__device__ Tile tile_of(int64_t t, int64_t rows, int64_t heads) {
-  const int64_t per = (rows + kOwn - 1) / kOwn, bh = t / per;
-  return {bh / heads, bh % heads, bh, (t % per) * kOwn};
-}
-
 // P_ij from its product q_i·k_j: a causally hidden key gives 0, or NaN when the row has no
 // visible key at all (its lse is NaN), as softmax's NaN row in the composed form; a key a mask
 // hides (−inf) gives 0 the same way.
@@ -408,11 +436,8 @@ __global__ void __launch_bounds__(kWarps * 32) forward_kernel(const float* q, co
     const Tile tile = tile_of(t, a.lq, a.h);
     const int64_t w0 = tile.r0 + 16 * warp, i = w0 + r;  // the warp's first row; this lane's row
     const int64_t end = a.causal ? min(a.lk, tile.r0 + kOwn) : a.lk;
-    stage<P>(reinterpret_cast<Elem*>(work), kOwn, q, a.qs, tile.ni, tile.hi, tile.r0, a.lq, a.d);
-    __syncthreads();
     FragA<P> mine[kHead / P::kK];
-    load_rows<P>(mine, reinterpret_cast<Elem*>(work) + 16 * warp * kLd);
-    __syncthreads();  // work becomes the scratch
+    own_rows<P>(mine, work, q, a.qs, tile, a.lq, a.d);  // then work holds the scratch
     // Sweep 1: each lane keeps a running max and sum over its half of its row's keys.
     float m = -INFINITY, l = 0;
     for (int64_t j0 = 0; j0 < end; j0 += kStep) {
@@ -445,12 +470,9 @@ __global__ void __launch_bounds__(kWarps * 32) forward_kernel(const float* q, co
     if (half == 0 && i < a.lq) lse_out[tile.bh * a.lq + i] = lse;
     // Sweep 2: O = Σ exp(S − lse) V, normalised as it goes.
     FragC<P> acc[kHead / 16];
-BCOS_UNROLL
-    for (int n = 0; n < kHead / 16; ++n) wmma::fill_fragment(acc[n], 0.f);
+    zero<P>(acc);
     for (int64_t j0 = 0; j0 < end; j0 += kStep) {
-      stage<P>(keys, kStep, k, a.ks, tile.ni, tile.hi, j0, a.lk, a.d);
-      stage<P>(values, kStep, v, a.vs, tile.ni, tile.hi, j0, a.lk, a.dv);
-      __syncthreads();
+      stream_rows<P>(keys, k, a.ks, a.d, values, v, a.vs, a.dv, tile, j0, a.lk);
       times_rows<P>(mine, keys, scratch.products);
       __syncwarp();
       for (int c = 16 * half; c < 16 * half + 16; ++c) {
@@ -489,14 +511,8 @@ __global__ void __launch_bounds__(kWarps * 32) backward_query_kernel(const float
     const int64_t end = a.causal ? min(a.lk, tile.r0 + kOwn) : a.lk;
     const float lse = i < a.lq ? lse_in[tile.bh * a.lq + i] : 0.f;
     FragA<P> mine[kHead / P::kK], grads[kHead / P::kK];
-    stage<P>(reinterpret_cast<Elem*>(work), kOwn, q, a.qs, tile.ni, tile.hi, tile.r0, a.lq, a.d);
-    __syncthreads();
-    load_rows<P>(mine, reinterpret_cast<Elem*>(work) + 16 * warp * kLd);
-    __syncthreads();
-    stage<P>(reinterpret_cast<Elem*>(work), kOwn, g, a.gs, tile.ni, tile.hi, tile.r0, a.lq, a.dv);
-    __syncthreads();
-    load_rows<P>(grads, reinterpret_cast<Elem*>(work) + 16 * warp * kLd);
-    __syncthreads();
+    own_rows<P>(mine, work, q, a.qs, tile, a.lq, a.d);
+    own_rows<P>(grads, work, g, a.gs, tile, a.lq, a.dv);
     float di = 0;
     if constexpr (std::is_same_v<P, Tf32>) {
       if (i < a.lq) {
@@ -505,9 +521,7 @@ __global__ void __launch_bounds__(kWarps * 32) backward_query_kernel(const float
       }
     } else {
       for (int64_t j0 = 0; j0 < end; j0 += kStep) {
-        stage<P>(keys, kStep, k, a.ks, tile.ni, tile.hi, j0, a.lk, a.d);
-        stage<P>(values, kStep, v, a.vs, tile.ni, tile.hi, j0, a.lk, a.dv);
-        __syncthreads();
+        stream_rows<P>(keys, k, a.ks, a.d, values, v, a.vs, a.dv, tile, j0, a.lk);
         times_rows<P>(mine, keys, logits.products);
         times_rows<P>(grads, values, dp.products);
         __syncwarp();
@@ -522,12 +536,9 @@ __global__ void __launch_bounds__(kWarps * 32) backward_query_kernel(const float
     di += __shfl_xor_sync(0xffffffffu, di, 1);
     if (half == 0 && i < a.lq) row_dot[tile.bh * a.lq + i] = di;
     FragC<P> acc[kHead / 16];
-BCOS_UNROLL
-    for (int n = 0; n < kHead / 16; ++n) wmma::fill_fragment(acc[n], 0.f);
+    zero<P>(acc);
     for (int64_t j0 = 0; j0 < end; j0 += kStep) {
-      stage<P>(keys, kStep, k, a.ks, tile.ni, tile.hi, j0, a.lk, a.d);
-      stage<P>(values, kStep, v, a.vs, tile.ni, tile.hi, j0, a.lk, a.dv);
-      __syncthreads();
+      stream_rows<P>(keys, k, a.ks, a.d, values, v, a.vs, a.dv, tile, j0, a.lk);
       times_rows<P>(mine, keys, logits.products);
       times_rows<P>(grads, values, dp.products);
       __syncwarp();
@@ -573,23 +584,15 @@ __global__ void __launch_bounds__(kWarps * 32) backward_key_kernel(const float* 
     for (int64_t i = lane; i < start; i += 32) hidden_nan |= isnan(lse_in[tile.bh * a.lq + i]);
     hidden_nan = __any_sync(0xffffffffu, hidden_nan);
     FragA<P> mine_k[kHead / P::kK], mine_v[kHead / P::kK];
-    stage<P>(reinterpret_cast<Elem*>(work), kOwn, k, a.ks, tile.ni, tile.hi, tile.r0, a.lk, a.d);
-    __syncthreads();
-    load_rows<P>(mine_k, reinterpret_cast<Elem*>(work) + 16 * warp * kLd);
-    __syncthreads();
-    stage<P>(reinterpret_cast<Elem*>(work), kOwn, v, a.vs, tile.ni, tile.hi, tile.r0, a.lk, a.dv);
-    __syncthreads();
-    load_rows<P>(mine_v, reinterpret_cast<Elem*>(work) + 16 * warp * kLd);
-    __syncthreads();
+    own_rows<P>(mine_k, work, k, a.ks, tile, a.lk, a.d);
+    own_rows<P>(mine_v, work, v, a.vs, tile, a.lk, a.dv);
     FragC<P> acc_k[kHead / 16], acc_v[kHead / 16];
-BCOS_UNROLL
-    for (int n = 0; n < kHead / 16; ++n) wmma::fill_fragment(acc_k[n], 0.f), wmma::fill_fragment(acc_v[n], 0.f);
+    zero<P>(acc_k);
+    zero<P>(acc_v);
     for (int64_t i0 = start; i0 < a.lq; i0 += kStep) {
-      stage<P>(queries, kStep, q, a.qs, tile.ni, tile.hi, i0, a.lq, a.d);
-      stage<P>(grads, kStep, g, a.gs, tile.ni, tile.hi, i0, a.lq, a.dv);
       const int e = threadIdx.y * 32 + threadIdx.x;
       if (e < kStep && i0 + e < a.lq) lses[e] = lse_in[tile.bh * a.lq + i0 + e], dots[e] = row_dot[tile.bh * a.lq + i0 + e];
-      __syncthreads();
+      stream_rows<P>(queries, q, a.qs, a.d, grads, g, a.gs, a.dv, tile, i0, a.lq);
       times_rows<P>(mine_k, queries, probs.products);  // Sᵀ: a key per row, a query per column
       times_rows<P>(mine_v, grads, ds.products);       // dPᵀ
       __syncwarp();

@@ -8,23 +8,14 @@
 #include <vector>
 
 #include "autograd/ops.h"
+#include "tests/cuda/gpu_test.h"
 #include "tests/golden.h"
 
 using namespace bcos;
 
 namespace {
-bool have_gpu() {
-  if (cuda_device_count() > 0) return true;
-  MESSAGE("no CUDA device: skipped");
-  return false;
-}
-
-// allow_tf32() set for a scope, then put back.
-struct Tf32 {
-  bool was = allow_tf32();
-  explicit Tf32(bool allow) { set_allow_tf32(allow); }
-  ~Tf32() { set_allow_tf32(was); }
-};
+using gpu_test::have_gpu;
+using gpu_test::Tf32;
 
 // Float32 on the GPU against the CPU: without TF32 both sum float32 products (1e-5); with it the
 // GPU's products take inputs rounded to TF32's 10 mantissa bits (5e-3, as every TF32 case).

@@ -15,24 +15,12 @@
 #include "models/factory.h"
 #include "nn/bcos.h"
 #include "nn/optim.h"
+#include "tests/cuda/gpu_test.h"
 #include "tests/golden.h"
 
 using namespace bcos;
 
-namespace {
-bool have_gpu() {
-  if (cuda_device_count() > 0) return true;
-  MESSAGE("no CUDA device: skipped");
-  return false;
-}
-
-// Float32 products in float32 (not TF32) while in scope.
-struct Tf32Off {
-  bool was = allow_tf32();
-  Tf32Off() { set_allow_tf32(false); }
-  ~Tf32Off() { set_allow_tf32(was); }
-};
-}  // namespace
+using gpu_test::have_gpu;
 
 TEST_CASE("cuda ops: add / mul / relu / sum / matmul forward and backward match the CPU") {
   if (!have_gpu()) return;
@@ -401,7 +389,7 @@ TEST_CASE("cuda ops: B-cos conv2d / linear (patch norms, scale, max-out) and unc
   if (!have_gpu()) return;
   // float32 without TF32: max-out picks the larger of two products, and TF32's ~1e-3 error
   // could pick the other unit of a near tie than the CPU does (a gradient sent elsewhere).
-  Tf32Off exact_f32;
+  const gpu_test::Tf32 exact_f32(false);
   manual_seed(19);
   for (DType dt : {kFloat32, kFloat64}) {
     for (bool explain : {false, true}) {
@@ -584,7 +572,7 @@ TEST_CASE("cuda ops: with deterministic algorithms, f32 B-cos ResNet-20 gradient
   if (!have_gpu()) return;
   // Without TF32: the default path may choose other cuDNN algorithms than the deterministic
   // one, and TF32's rounding then differs between them by ~1e-3; float32's does not.
-  Tf32Off exact_f32;
+  const gpu_test::Tf32 exact_f32(false);
   const models::ModelSpec spec = models::model_spec("resnet20");
   manual_seed(31);
   std::shared_ptr<nn::Module> model = models::create_model("resnet20");
