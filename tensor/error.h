@@ -13,6 +13,13 @@ struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A device allocation that cannot be met even after the allocator's cache is returned (PyTorch's
+// torch.OutOfMemoryError). A caller with a smaller way to do its work catches this one alone:
+// the cuDNN convolutions do, to try an algorithm with less workspace.
+struct OutOfMemoryError : Error {
+  using Error::Error;
+};
+
 namespace detail {
 inline void append(std::ostringstream&) {}
 template <class T, class... Rest>

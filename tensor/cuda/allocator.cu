@@ -217,11 +217,11 @@ class Allocator {
         DeviceState& st = state(device);
         size_t free_bytes = 0, total = 0;
         if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) cudaGetLastError();
-        fail("CUDA out of memory on cuda:", device, ": requested ", requested, " bytes (",
-             human_bytes(requested), "); ", st.in_use, " bytes in use by tensors (",
-             human_bytes(st.in_use), "), ", st.reserved, " bytes cached by the allocator (",
-             human_bytes(st.reserved), "), ", free_bytes, " bytes free of ", total,
-             " bytes total on the device (", human_bytes(total), ")");
+        throw OutOfMemoryError(str("CUDA out of memory on cuda:", device, ": requested ", requested, " bytes (",
+                                   human_bytes(requested), "); ", st.in_use, " bytes in use by tensors (",
+                                   human_bytes(st.in_use), "), ", st.reserved, " bytes cached by the allocator (",
+                                   human_bytes(st.reserved), "), ", free_bytes, " bytes free of ", total,
+                                   " bytes total on the device (", human_bytes(total), ")"));
       }
     }
     BCOS_CUDA_CHECK(err);

@@ -1,8 +1,9 @@
 // 2-D convolution on the GPU through cuDNN: forward, backward-data and backward-filter with
 // groups, stride, padding and dilation. The algorithm is cuDNN's heuristic choice
-// (cudnnGet*Algorithm_v7: the fastest that runs -- the fastest deterministic one under
-// deterministic_algorithms()), cached per shape; the workspace comes from the
-// caching allocator. f32 convolutions may use TF32 tensor cores when allow_tf32() is on (as
+// (cudnnGet*Algorithm_v7, fastest first -- deterministic ones only under
+// deterministic_algorithms()), run with the math type cuDNN rated it with; the first that runs
+// is cached per shape, and one whose workspace does not fit or that cuDNN refuses gives way to
+// the next. The workspace comes from the caching allocator. f32 convolutions may use TF32 tensor cores when allow_tf32() is on (as
 // matmul, and as PyTorch's cuDNN default); f64 never. Under autocast the operands are copied to
 // bf16 (or f16), cuDNN convolves those summing in float32 (its "pseudo" bf16 / half
 // configuration) into a bf16 result, which is widened into the float32 output. cuDNN 9 marks this descriptor API
@@ -11,6 +12,8 @@
 
 #include <map>
 #include <mutex>
+#include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -88,6 +91,8 @@ struct ConvDescriptors {
              int64_t, int64_t, int64_t, int, bool, bool>
       key;  // every size and parameter: the algorithm cache's key
   bool deterministic = false;
+  bool fma_only = false;  // float32 with TF32 off
+  std::string shapes;     // for messages: "(x [..], w [..], y [..])"
 
   ConvDescriptors(const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p, DType dt, const char* op) {
     const cudnnDataType_t type = cudnn_type(dt, op);
@@ -110,6 +115,8 @@ struct ConvDescriptors {
                                                                       : CUDNN_DEFAULT_MATH;
     BCOS_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, math));
     deterministic = deterministic_algorithms();
+    fma_only = dt == DType::f32 && !tf32;
+    shapes = str("(x ", xs, ", w ", ws, ", y ", ys, ", ", dtype_name(dt), ")");
     key = {xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3], p.stride[0], p.stride[1], p.padding[0], p.padding[1],
            p.dilation[0], p.dilation[1], p.groups, int(dt), tf32, deterministic};
   }
@@ -123,41 +130,6 @@ struct ConvDescriptors {
   ConvDescriptors& operator=(const ConvDescriptors&) = delete;
 };
 
-// cuDNN's heuristics, asked once per shape and direction: the first algorithm that reports success.
-template <class Algo>
-struct AlgoCache {
-  std::mutex mu;
-  std::map<std::tuple<int, decltype(ConvDescriptors::key)>, Algo> algos;
-
-  template <class Query>
-  Algo get(int device, const ConvDescriptors& d, const char* op, Query&& query) {
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      auto it = algos.find({device, d.key});
-      if (it != algos.end()) return it->second;
-    }
-    const Algo algo = query();
-    std::lock_guard<std::mutex> lock(mu);
-    algos.emplace(std::tuple{device, d.key}, algo);
-    (void)op;
-    return algo;
-  }
-};
-
-// The heuristics list algorithms fastest first; with deterministic_algorithms() on, only those
-// cuDNN marks deterministic qualify.
-template <class Perf>
-auto first_working(const Perf* perf, int count, bool deterministic, const char* op) {
-  for (int i = 0; i < count; ++i)
-    if (perf[i].status == CUDNN_STATUS_SUCCESS && (!deterministic || perf[i].determinism == CUDNN_DETERMINISTIC))
-      return perf[i].algo;
-  fail(op, ": cuDNN offers no ", deterministic ? "deterministic " : "", "algorithm for this convolution");
-}
-
-AlgoCache<cudnnConvolutionFwdAlgo_t> g_forward;
-AlgoCache<cudnnConvolutionBwdDataAlgo_t> g_backward_data;
-AlgoCache<cudnnConvolutionBwdFilterAlgo_t> g_backward_filter;
-
 // alpha = 1, beta = 0 in the type cuDNN expects for the data type (double for f64, float else).
 struct Scalars {
   float f1 = 1, f0 = 0;
@@ -168,6 +140,100 @@ struct Scalars {
 
 std::shared_ptr<void> workspace(size_t bytes, int device) {
   return bytes ? allocate(bytes, device) : std::shared_ptr<void>();
+}
+
+// One entry of cuDNN's heuristics: the algorithm and the math type cuDNN rated it with. Since
+// cuDNN 7.4 the pair chooses the kernel, so the math type goes on the descriptor before the
+// workspace query and the call (as PyTorch sets it).
+template <class Algo>
+struct Choice {
+  Algo algo;
+  cudnnMathType_t math;
+};
+
+// The heuristics' entries that may run, fastest first: those cuDNN reports as running; only the
+// deterministic ones under deterministic_algorithms(); for float32 without TF32 only FMA math.
+template <class Perf>
+auto usable(const Perf* perf, int count, const ConvDescriptors& d) {
+  std::vector<Choice<decltype(perf->algo)>> out;
+  for (int i = 0; i < count; ++i)
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && (!d.deterministic || perf[i].determinism == CUDNN_DETERMINISTIC) &&
+        (!d.fma_only || perf[i].mathType == CUDNN_FMA_MATH))
+      out.push_back({perf[i].algo, perf[i].mathType});
+  return out;
+}
+
+bool not_supported(cudnnStatus_t status) {  // cuDNN 9 refines NOT_SUPPORTED into sub-codes 3001...
+  return status / 1000 * 1000 == CUDNN_STATUS_NOT_SUPPORTED;
+}
+
+// The choice that ran, per (device, shape, direction).
+template <class Algo>
+struct AlgoCache {
+  std::mutex mu;
+  std::map<std::tuple<int, decltype(ConvDescriptors::key)>, Choice<Algo>> choices;
+
+  std::optional<Choice<Algo>> find(int device, const ConvDescriptors& d) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = choices.find({device, d.key});
+    if (it == choices.end()) return std::nullopt;
+    return it->second;
+  }
+  void keep(int device, const ConvDescriptors& d, Choice<Algo> c) {
+    std::lock_guard<std::mutex> lock(mu);
+    choices.emplace(std::tuple{device, d.key}, c);
+  }
+};
+
+AlgoCache<cudnnConvolutionFwdAlgo_t> g_forward;
+AlgoCache<cudnnConvolutionBwdDataAlgo_t> g_backward_data;
+AlgoCache<cudnnConvolutionBwdFilterAlgo_t> g_backward_filter;
+
+// Runs one direction of a convolution: `call` names the cuDNN function, `list` asks the
+// heuristics, `size(algo, &bytes)` and `run(algo, workspace, bytes)` wrap its workspace query and
+// itself. The first time a shape is seen its entries are tried in order until one runs, and
+// that one is kept: an entry whose workspace the device cannot hold, or that cuDNN refuses when
+// called (NOT_SUPPORTED: its heuristics may list what a shape then cannot run), gives way to the
+// next, as in PyTorch. Any other failure raises, naming the operation and the shapes.
+template <class Algo, class List, class Size, class Run>
+void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, const char* op, const char* call,
+              List&& list, Size&& size, Run&& run) {
+  auto attempt = [&](const Choice<Algo>& c) {
+    BCOS_CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv, c.math));
+    size_t bytes = 0;
+    BCOS_CUDNN_CHECK(size(c.algo, &bytes));
+    std::shared_ptr<void> ws = workspace(bytes, device);  // may raise OutOfMemoryError
+    return run(c.algo, ws.get(), bytes);
+  };
+  auto raise = [&](cudnnStatus_t status, const Choice<Algo>& c) {
+    fail(op, " ", d.shapes, ": ", call, " (algorithm ", int(c.algo), ", math type ", int(c.math), ") failed with ",
+         cudnnGetErrorString(status), " (status ", int(status), ")");
+  };
+  if (const std::optional<Choice<Algo>> kept = cache.find(device, d)) {
+    if (const cudnnStatus_t status = attempt(*kept); status != CUDNN_STATUS_SUCCESS) raise(status, *kept);
+    return;
+  }
+  const std::vector<Choice<Algo>> choices = list();
+  std::string passed;  // why each entry gave way
+  for (const Choice<Algo>& c : choices) {
+    cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
+    try {
+      status = attempt(c);
+    } catch (const OutOfMemoryError& e) {
+      passed += str("; algorithm ", int(c.algo), ": its workspace does not fit (", e.what(), ")");
+      continue;
+    }
+    if (not_supported(status)) {
+      passed += str("; algorithm ", int(c.algo), ": ", cudnnGetErrorString(status));
+      continue;
+    }
+    if (status != CUDNN_STATUS_SUCCESS) raise(status, c);
+    cache.keep(device, d, c);
+    return;
+  }
+  const std::string kind = str(d.deterministic ? " deterministic" : "", d.fma_only ? " FMA-math (TF32 off)" : "");
+  if (choices.empty()) fail(op, " ", d.shapes, ": cuDNN's heuristics offer no", kind, " algorithm for it");
+  fail(op, " ", d.shapes, ": none of the ", choices.size(), kind, " algorithms cuDNN's heuristics offer runs", passed);
 }
 
 }  // namespace
@@ -182,19 +248,23 @@ void conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, 
   const Tensor &x = io.first, &w = io.second, &y = io.result;
   cudnnHandle_t h = cudnn_handle(device);
   ConvDescriptors d(x.shape(), w.shape(), out.shape(), p, io.type, op);
-  const cudnnConvolutionFwdAlgo_t algo = g_forward.get(device, d, op, [&] {
-    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    int count = 0;
-    BCOS_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x, d.w, d.conv, d.y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
-                                                            &count, perf));
-    return first_working(perf, count, d.deterministic, op);
-  });
-  size_t bytes = 0;
-  BCOS_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, d.x, d.w, d.conv, d.y, algo, &bytes));
-  std::shared_ptr<void> ws = workspace(bytes, device);
   const Scalars s;
-  BCOS_CUDNN_CHECK(cudnnConvolutionForward(h, s.one(io.type), d.x, x.raw_data(), d.w, w.raw_data(), d.conv, algo,
-                                           ws.get(), bytes, s.zero(io.type), d.y, y.raw_data()));
+  convolve(
+      g_forward, device, d, op, "cudnnConvolutionForward",
+      [&] {
+        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+        int count = 0;
+        BCOS_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x, d.w, d.conv, d.y,
+                                                                CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf));
+        return usable(perf, count, d);
+      },
+      [&](cudnnConvolutionFwdAlgo_t algo, size_t* bytes) {
+        return cudnnGetConvolutionForwardWorkspaceSize(h, d.x, d.w, d.conv, d.y, algo, bytes);
+      },
+      [&](cudnnConvolutionFwdAlgo_t algo, void* ws, size_t bytes) {
+        return cudnnConvolutionForward(h, s.one(io.type), d.x, x.raw_data(), d.w, w.raw_data(), d.conv, algo, ws,
+                                       bytes, s.zero(io.type), d.y, y.raw_data());
+      });
   io.finish(out);
   if (bias.defined()) {  // added to the output in its own type (float32 under autocast)
     const Tensor b = raw_contiguous(bias);
@@ -228,19 +298,23 @@ void conv2d_backward_input(const Tensor& grad_out_in, const Tensor& w_in, const 
   const Tensor &g = io.first, &w = io.second, &gx = io.result;
   cudnnHandle_t h = cudnn_handle(device);
   ConvDescriptors d(grad_x.shape(), w.shape(), g.shape(), p, io.type, op);
-  const cudnnConvolutionBwdDataAlgo_t algo = g_backward_data.get(device, d, op, [&] {
-    cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    int count = 0;
-    BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w, d.y, d.conv, d.x,
-                                                                 CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf));
-    return first_working(perf, count, d.deterministic, op);
-  });
-  size_t bytes = 0;
-  BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, d.w, d.y, d.conv, d.x, algo, &bytes));
-  std::shared_ptr<void> ws = workspace(bytes, device);
   const Scalars s;
-  BCOS_CUDNN_CHECK(cudnnConvolutionBackwardData(h, s.one(io.type), d.w, w.raw_data(), d.y, g.raw_data(), d.conv,
-                                                algo, ws.get(), bytes, s.zero(io.type), d.x, gx.raw_data()));
+  convolve(
+      g_backward_data, device, d, op, "cudnnConvolutionBackwardData",
+      [&] {
+        cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+        int count = 0;
+        BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
+            h, d.w, d.y, d.conv, d.x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf));
+        return usable(perf, count, d);
+      },
+      [&](cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(h, d.w, d.y, d.conv, d.x, algo, bytes);
+      },
+      [&](cudnnConvolutionBwdDataAlgo_t algo, void* ws, size_t bytes) {
+        return cudnnConvolutionBackwardData(h, s.one(io.type), d.w, w.raw_data(), d.y, g.raw_data(), d.conv, algo,
+                                            ws, bytes, s.zero(io.type), d.x, gx.raw_data());
+      });
   io.finish(grad_x);
 }
 
@@ -259,19 +333,23 @@ void conv2d_backward_weight(const Tensor& grad_out_in, const Tensor& x_in, const
   const Tensor &g = io.first, &x = io.second, &gw = io.result;
   cudnnHandle_t h = cudnn_handle(device);
   ConvDescriptors d(x.shape(), grad_w.shape(), g.shape(), p, io.type, op);
-  const cudnnConvolutionBwdFilterAlgo_t algo = g_backward_filter.get(device, d, op, [&] {
-    cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-    int count = 0;
-    BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-        h, d.x, d.y, d.conv, d.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count, perf));
-    return first_working(perf, count, d.deterministic, op);
-  });
-  size_t bytes = 0;
-  BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, d.x, d.y, d.conv, d.w, algo, &bytes));
-  std::shared_ptr<void> ws = workspace(bytes, device);
   const Scalars s;
-  BCOS_CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, s.one(io.type), d.x, x.raw_data(), d.y, g.raw_data(), d.conv,
-                                                  algo, ws.get(), bytes, s.zero(io.type), d.w, gw.raw_data()));
+  convolve(
+      g_backward_filter, device, d, op, "cudnnConvolutionBackwardFilter",
+      [&] {
+        cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+        int count = 0;
+        BCOS_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+            h, d.x, d.y, d.conv, d.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count, perf));
+        return usable(perf, count, d);
+      },
+      [&](cudnnConvolutionBwdFilterAlgo_t algo, size_t* bytes) {
+        return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, d.x, d.y, d.conv, d.w, algo, bytes);
+      },
+      [&](cudnnConvolutionBwdFilterAlgo_t algo, void* ws, size_t bytes) {
+        return cudnnConvolutionBackwardFilter(h, s.one(io.type), d.x, x.raw_data(), d.y, g.raw_data(), d.conv, algo,
+                                              ws, bytes, s.zero(io.type), d.w, gw.raw_data());
+      });
   io.finish(grad_w);
 }
 

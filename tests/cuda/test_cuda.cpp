@@ -308,7 +308,7 @@ TEST_CASE("cuda: out of memory raises an error naming the sizes") {
   CHECK(message.find("out of memory") != std::string::npos);
   CHECK(message.find("bytes") != std::string::npos);
   CHECK(message.find(std::to_string(size_t(1) << 50)) != std::string::npos);
-  CHECK_THROWS_AS(cuda::allocate(size_t(1) << 50, 0), Error);
+  CHECK_THROWS_AS(cuda::allocate(size_t(1) << 50, 0), OutOfMemoryError);  // a caller can tell it from other errors
   // The failure left no error behind: ordinary work goes on.
   Tensor t = full({16}, 3.0, {DType::f32, kGpu});
   CHECK(t.to_vector<float>()[15] == 3.0f);

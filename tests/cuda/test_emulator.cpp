@@ -17,10 +17,12 @@
 #include <tuple>
 #include <vector>
 
+#include "autograd/ops.h"
 #include "tensor/cuda/backend.h"
 #include "tensor/cuda/emulator/device.h"
 #include "tensor/cuda/emulator/runtime.h"
 #include "tensor/error.h"
+#include "tests/golden.h"
 
 namespace {
 
@@ -710,4 +712,45 @@ TEST_CASE("emulator: cuDNN's nondeterministic backward algorithms vary from call
   CHECK(dx_a != dx_b);
   CHECK(close(dx_a, dx_fixed));
   CHECK(close(dx_b, dx_fixed));
+}
+
+TEST_CASE("emulator: a cuDNN algorithm that is refused when called, or whose workspace the device cannot hold, "
+          "gives way to the heuristics' next; the one that ran is kept for the shape") {
+  using bcos::emu::runtime::FastAlgorithms;
+  struct Restore {
+    ~Restore() { bcos::emu::runtime::set_fast_algorithms(FastAlgorithms::run); }
+  } restore;
+  bcos::manual_seed(31);
+  // Shapes no other test convolves, so that the backend asks the heuristics afresh.
+  auto convolve = [](const bcos::Tensor& x, const bcos::Tensor& w, bcos::Device dev) {
+    bcos::Tensor xd = x.to(dev).requires_grad_(), wd = w.to(dev).requires_grad_();
+    bcos::Tensor y = bcos::conv2d(xd, wd, bcos::Tensor(), 1, 1, 1, 1);
+    bcos::sum(y * y).backward();
+    return std::vector<bcos::Tensor>{y.to(bcos::Device()), xd.grad().to(bcos::Device()), wd.grad().to(bcos::Device())};
+  };
+  auto same = [](const std::vector<bcos::Tensor>& gpu, const std::vector<bcos::Tensor>& cpu) {
+    for (size_t i = 0; i < cpu.size(); ++i) CHECK(golden::relative_error(gpu[i], cpu[i]) <= 1e-10);
+  };
+  const bcos::DType f64 = bcos::DType::f64;
+  {
+    INFO("the fast algorithms refused (NOT_SUPPORTED_SHAPE) when called");
+    const bcos::Tensor x = bcos::randn({2, 3, 11, 13}, f64), w = bcos::randn({5, 3, 3, 3}, f64);
+    const auto cpu = convolve(x, w, bcos::Device());
+    bcos::emu::runtime::set_fast_algorithms(FastAlgorithms::refused);
+    const int64_t before = bcos::emu::runtime::fast_refusals();
+    same(convolve(x, w, bcos::Device::cuda(0)), cpu);
+    CHECK(bcos::emu::runtime::fast_refusals() - before == 3);  // forward, backward-data, backward-filter once each
+    same(convolve(x, w, bcos::Device::cuda(0)), cpu);
+    CHECK(bcos::emu::runtime::fast_refusals() - before == 3);  // the second time straight to the kept ones
+  }
+  {
+    INFO("the fast algorithms asking for 32 TiB of workspace");
+    const bcos::Tensor x = bcos::randn({2, 3, 13, 11}, f64), w = bcos::randn({5, 3, 3, 3}, f64);
+    const auto cpu = convolve(x, w, bcos::Device());
+    bcos::emu::runtime::set_fast_algorithms(FastAlgorithms::oversized);
+    same(convolve(x, w, bcos::Device::cuda(0)), cpu);
+    same(convolve(x, w, bcos::Device::cuda(0)), cpu);
+    // The device still serves ordinary allocations: the failed ones left nothing behind.
+    CHECK(bcos::full({4}, 2.0, {f64, bcos::Device::cuda(0)}).to_vector<double>()[3] == 2.0);
+  }
 }

@@ -18,6 +18,7 @@
 #include <Eigen/Dense>
 #pragma GCC diagnostic pop
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -306,20 +307,28 @@ bool rounds_tf32(const cudnnTensorStruct* x, const cudnnConvolutionStruct* c) {
 
 // The algorithms the emulator offers: the first fast but nondeterministic where cuDNN's is
 // (backward), with a workspace; the second deterministic, with none -- so the backend's choice
-// and its workspace both get exercised.
+// and its workspace both get exercised. Each entry reports the descriptor's math type, with
+// which cuDNN rated it.
 constexpr size_t kWorkspace = 4096;
+std::atomic<int> g_fast_mode{0};  // a runtime::FastAlgorithms
+std::atomic<int64_t> g_fast_refusals{0};
+
+size_t fast_workspace() {  // past the emulated device's 16 GiB when tests ask for it
+  return g_fast_mode.load() == int(bcos::emu::runtime::FastAlgorithms::oversized) ? size_t(1) << 45 : kWorkspace;
+}
 
 template <class Perf, class Algo>
-void two_algorithms(Perf* perf, int requested, int* returned, Algo fast, bool fast_deterministic, Algo plain) {
+void two_algorithms(Perf* perf, int requested, int* returned, Algo fast, bool fast_deterministic, Algo plain,
+                    cudnnMathType_t math) {
   *returned = std::min(requested, 2);
   for (int i = 0; i < *returned; ++i) {
     std::memset(&perf[i], 0, sizeof perf[i]);
     perf[i].algo = i == 0 ? fast : plain;
     perf[i].status = CUDNN_STATUS_SUCCESS;
     perf[i].time = i == 0 ? 1.0f : 2.0f;
-    perf[i].memory = i == 0 ? kWorkspace : 0;
+    perf[i].memory = i == 0 ? fast_workspace() : 0;
     perf[i].determinism = i == 0 && !fast_deterministic ? CUDNN_NON_DETERMINISTIC : CUDNN_DETERMINISTIC;
-    perf[i].mathType = CUDNN_DEFAULT_MATH;
+    perf[i].mathType = math;
   }
 }
 
@@ -337,9 +346,14 @@ double add_atomically(cudaDataType t, double sum, double term) {
   return t == CUDA_R_64F ? sum + term : double(float(sum) + float(term));
 }
 
-cudnnStatus_t check_workspace(void* workspace, size_t bytes, int algo, int fast_algo) {
-  const size_t need = algo == fast_algo ? kWorkspace : 0;
+// At execution: the algorithm's workspace, and the refusal tests may ask of the fast one.
+cudnnStatus_t check_algorithm(void* workspace, size_t bytes, int algo, int fast_algo) {
+  const size_t need = algo == fast_algo ? fast_workspace() : 0;
   if (bytes < need || (need > 0 && workspace == nullptr)) return CUDNN_STATUS_BAD_PARAM;
+  if (algo == fast_algo && g_fast_mode.load() == int(bcos::emu::runtime::FastAlgorithms::refused)) {
+    ++g_fast_refusals;
+    return CUDNN_STATUS_NOT_SUPPORTED_SHAPE;
+  }
   if (need > 0) check_device_range(workspace, need, "cuDNN workspace");
   return CUDNN_STATUS_SUCCESS;
 }
@@ -365,7 +379,8 @@ const char* cudnnGetErrorString(cudnnStatus_t status) {
     case CUDNN_STATUS_SUCCESS: return "CUDNN_STATUS_SUCCESS";
     case CUDNN_STATUS_BAD_PARAM: return "CUDNN_STATUS_BAD_PARAM";
     case CUDNN_STATUS_NOT_SUPPORTED: return "CUDNN_STATUS_NOT_SUPPORTED";
-    default: return "CUDNN_STATUS_INTERNAL_ERROR";
+    case CUDNN_STATUS_NOT_SUPPORTED_SHAPE: return "CUDNN_STATUS_NOT_SUPPORTED_SHAPE";
+    default: return "CUDNN_STATUS_INTERNAL_ERROR";  // the only other status the stand-in returns
   }
 }
 
@@ -439,7 +454,7 @@ cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t, const cudnnT
   if (cudnnStatus_t s = check_convolution(x, w, c, y); s != CUDNN_STATUS_SUCCESS) return s;
   if (requested <= 0) return CUDNN_STATUS_BAD_PARAM;
   two_algorithms(perf, requested, returned, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, true,
-                 CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM);
+                 CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, c->math);
   return CUDNN_STATUS_SUCCESS;
 }
 cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnnHandle_t, const cudnnFilterDescriptor_t w,
@@ -450,7 +465,7 @@ cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnnHandle_t, const c
   if (cudnnStatus_t s = check_convolution(dx, w, c, dy); s != CUDNN_STATUS_SUCCESS) return s;
   if (requested <= 0) return CUDNN_STATUS_BAD_PARAM;
   two_algorithms(perf, requested, returned, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, false,
-                 CUDNN_CONVOLUTION_BWD_DATA_ALGO_1);
+                 CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, c->math);
   return CUDNN_STATUS_SUCCESS;
 }
 cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnnHandle_t, const cudnnTensorDescriptor_t x,
@@ -461,7 +476,7 @@ cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnnHandle_t, const
   if (cudnnStatus_t s = check_convolution(x, dw, c, dy); s != CUDNN_STATUS_SUCCESS) return s;
   if (requested <= 0) return CUDNN_STATUS_BAD_PARAM;
   two_algorithms(perf, requested, returned, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, false,
-                 CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1);
+                 CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, c->math);
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -471,7 +486,7 @@ cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t, const cudnn
                                                       const cudnnTensorDescriptor_t y, cudnnConvolutionFwdAlgo_t algo,
                                                       size_t* bytes) {
   if (cudnnStatus_t s = check_convolution(x, w, c, y); s != CUDNN_STATUS_SUCCESS) return s;
-  *bytes = algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ? kWorkspace : 0;
+  *bytes = algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ? fast_workspace() : 0;
   return CUDNN_STATUS_SUCCESS;
 }
 cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(cudnnHandle_t, const cudnnFilterDescriptor_t w,
@@ -480,7 +495,7 @@ cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(cudnnHandle_t, const 
                                                            const cudnnTensorDescriptor_t dx,
                                                            cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
   if (cudnnStatus_t s = check_convolution(dx, w, c, dy); s != CUDNN_STATUS_SUCCESS) return s;
-  *bytes = algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 ? kWorkspace : 0;
+  *bytes = algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 ? fast_workspace() : 0;
   return CUDNN_STATUS_SUCCESS;
 }
 cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnnHandle_t, const cudnnTensorDescriptor_t x,
@@ -489,7 +504,7 @@ cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnnHandle_t, cons
                                                              const cudnnFilterDescriptor_t dw,
                                                              cudnnConvolutionBwdFilterAlgo_t algo, size_t* bytes) {
   if (cudnnStatus_t s = check_convolution(x, dw, c, dy); s != CUDNN_STATUS_SUCCESS) return s;
-  *bytes = algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 ? kWorkspace : 0;
+  *bytes = algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 ? fast_workspace() : 0;
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -500,7 +515,7 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void* alpha, const 
                                       const cudnnTensorDescriptor_t yd, void* y) {
   if (h == nullptr) return CUDNN_STATUS_BAD_PARAM;
   if (cudnnStatus_t s = check_convolution(xd, wd, cd, yd); s != CUDNN_STATUS_SUCCESS) return s;
-  if (cudnnStatus_t s = check_workspace(workspace, workspace_bytes, algo, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM);
+  if (cudnnStatus_t s = check_algorithm(workspace, workspace_bytes, algo, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM);
       s != CUDNN_STATUS_SUCCESS)
     return s;
   check_device_range(x, bytes_of(xd), "cudnnConvolutionForward: x");
@@ -535,7 +550,7 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void* alpha, c
                                            const cudnnTensorDescriptor_t dxd, void* dx) {
   if (h == nullptr) return CUDNN_STATUS_BAD_PARAM;
   if (cudnnStatus_t s = check_convolution(dxd, wd, cd, dyd); s != CUDNN_STATUS_SUCCESS) return s;
-  if (cudnnStatus_t s = check_workspace(workspace, workspace_bytes, algo, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0);
+  if (cudnnStatus_t s = check_algorithm(workspace, workspace_bytes, algo, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0);
       s != CUDNN_STATUS_SUCCESS)
     return s;
   check_device_range(w, bytes_of(wd), "cudnnConvolutionBackwardData: w");
@@ -579,7 +594,7 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void* alpha,
                                              const cudnnFilterDescriptor_t dwd, void* dw) {
   if (h == nullptr) return CUDNN_STATUS_BAD_PARAM;
   if (cudnnStatus_t s = check_convolution(xd, dwd, cd, dyd); s != CUDNN_STATUS_SUCCESS) return s;
-  if (cudnnStatus_t s = check_workspace(workspace, workspace_bytes, algo, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0);
+  if (cudnnStatus_t s = check_algorithm(workspace, workspace_bytes, algo, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0);
       s != CUDNN_STATUS_SUCCESS)
     return s;
   check_device_range(x, bytes_of(xd), "cudnnConvolutionBackwardFilter: x");
@@ -637,3 +652,8 @@ cudnnStatus_t cudnnAddTensor(cudnnHandle_t h, const void* alpha, const cudnnTens
   });
   return CUDNN_STATUS_SUCCESS;
 }
+
+namespace bcos::emu::runtime {
+void set_fast_algorithms(FastAlgorithms mode) { g_fast_mode = int(mode); }
+int64_t fast_refusals() { return g_fast_refusals.load(); }
+}  // namespace bcos::emu::runtime

@@ -34,4 +34,12 @@ std::vector<int64_t> draw_order(int64_t n);
 // Raises, naming `what`, unless [p, p + bytes) lies inside one live device allocation.
 void check_device_range(const void* p, size_t bytes, const char* what);
 
+// What the cuDNN stand-in's fast convolution algorithms (the heuristics' first entries) do, so
+// that tests reach the backend's fallback to the next entry: run; refuse at execution with
+// CUDNN_STATUS_NOT_SUPPORTED_SHAPE, as real cuDNN may for an algorithm its heuristics listed; or
+// ask for a workspace larger than the device. fast_refusals() counts the refused executions.
+enum class FastAlgorithms { run, refused, oversized };
+void set_fast_algorithms(FastAlgorithms mode);
+int64_t fast_refusals();
+
 }  // namespace bcos::emu::runtime
