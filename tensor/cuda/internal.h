@@ -99,10 +99,25 @@ struct Geometry {
 
 #if defined(__CUDACC__) || defined(BCOS_CUDA_EMULATION)
   // Element offsets of each operand for the row-major linear index `linear`. The loop runs over
-  // a compile-time bound so the arrays stay in registers / parameter space.
+  // a compile-time bound so the arrays stay in registers / parameter space. Below 2^32 elements
+  // the index splits in 32-bit arithmetic: a 64-bit division is a long software routine on a
+  // GPU, a 32-bit one several times shorter, and there is one per dim and element.
   __device__ __forceinline__ void offsets(int64_t linear, int64_t (&off)[N]) const {
 BCOS_UNROLL
     for (int k = 0; k < N; ++k) off[k] = 0;
+    if (numel <= int64_t(UINT32_MAX)) {
+      uint32_t rest = uint32_t(linear);
+BCOS_UNROLL
+      for (int d = kMaxDims - 1; d >= 0; --d) {
+        if (d < ndim) {
+          const uint32_t size = uint32_t(sizes[d]), i = rest % size;
+          rest /= size;
+BCOS_UNROLL
+          for (int k = 0; k < N; ++k) off[k] += int64_t(i) * strides[k][d];
+        }
+      }
+      return;
+    }
 BCOS_UNROLL
     for (int d = kMaxDims - 1; d >= 0; --d) {
       if (d < ndim) {
