@@ -1,5 +1,6 @@
 // Batch norm on the GPU, as tensor/cpu/norm.cpp: per channel over x viewed [N, C, S], statistics
-// and gradient sums accumulated in double, and the elementwise parts one thread per element.
+// (in one pass over x, from sums shifted by the channel's first element) and gradient sums
+// accumulated in double, and the elementwise parts one thread per element.
 // A channel's sums are split across blocks (block (c, part) adds a contiguous stretch of the
 // channel's N·S elements, walked plane by plane so that its reads are coalesced and divide
 // nothing), then a finish kernel adds each channel's parts in order: deterministic, and a GPU
@@ -87,19 +88,15 @@ __device__ T normalized(T x, const T* w, const T* b, T mean, const T* invstd, in
   return math::BatchNormAffine<T>(mean, invstd[c], w ? w[c] : T(1), b ? b[c] : T(0))(x);
 }
 
-// The terms each reduction adds (a, b): the statistics' two passes, the backward's sums.
+// The terms each reduction adds (a, b): the statistics' one pass, the backward's sums.
 template <class T>
-struct SumTerms {  // Σ x
+struct ShiftedTerms {  // Σ (x − k), Σ (x − k)², k = the channel's first element
   const T* x;
-  __device__ void operator()(int64_t i, int64_t, double& a, double&) const { a += double(x[i]); }
-};
-template <class T>
-struct SquaredDeviationTerms {  // Σ (x − mean)², the mean in double
-  const T* x;
-  const double* mean;
-  __device__ void operator()(int64_t i, int64_t c, double& a, double&) const {
-    const double v = double(x[i]) - mean[c];
-    a += v * v;
+  int64_t plane;  // S: channel c's first element is x[c · S]
+  __device__ void operator()(int64_t i, int64_t c, double& a, double& b) const {
+    const double v = double(x[i]) - double(x[c * plane]);
+    a += v;
+    b += v * v;
   }
 };
 template <class T>
@@ -123,22 +120,19 @@ struct UncenteredTerms {  // Σ g x, Σ g
   }
 };
 
-// The statistics' finishing steps, a thread per channel.
+// The statistics from the shifted sums, a thread per channel: mean = k + Σ(x − k) / M,
+// var = Σ(x − k)² / M − (Σ(x − k) / M)². In double, with k inside the data's spread, the
+// subtraction loses nothing a float32 result would keep (|mean − k| is a few standard deviations
+// at most), so one read of x gives what the CPU's two passes give. No elements: NaN, as there.
 template <class T>
-__global__ void mean_finish_kernel(const double* partials, int64_t parts, Channels d, double* mean_d, T* mean) {
+__global__ void stats_finish_kernel(const double* partials, int64_t parts, Channels d, const T* x, T* mean, T* var) {
   for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < d.c; c += int64_t(gridDim.x) * blockDim.x) {
     double a, b;
     channel_totals(partials, parts, c, a, b);
-    mean_d[c] = a / double(d.n * d.s);
-    mean[c] = T(mean_d[c]);
-  }
-}
-template <class T>
-__global__ void var_finish_kernel(const double* partials, int64_t parts, Channels d, T* var) {
-  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < d.c; c += int64_t(gridDim.x) * blockDim.x) {
-    double a, b;
-    channel_totals(partials, parts, c, a, b);
-    var[c] = T(a / double(d.n * d.s));
+    const double count = double(d.n * d.s), k = count > 0 ? double(x[c * d.s]) : 0.0;
+    const double shifted_mean = a / count, v = b / count - shifted_mean * shifted_mean;
+    mean[c] = T(k + shifted_mean);
+    var[c] = T(v < 0 ? 0.0 : v);  // rounding may leave a constant channel a hair below 0; NaN stays NaN
   }
 }
 
@@ -277,20 +271,12 @@ void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
   dispatch_float(x.dtype(), "cuda batch_norm", [&]<class T>() {
-    // Two passes, as the CPU: the mean (kept in double), then the squared deviations from it.
+    // One pass over x (the CPU makes two: the mean, then the squared deviations from it).
     const T* px = static_cast<const T*>(x.raw_data());
-    std::shared_ptr<void> mean_d = allocate(size_t(d.c) * sizeof(double), device);
-    {
-      const auto [partials, parts] = partial_sums(d, SumTerms<T>{px}, device, stream);
-      mean_finish_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(static_cast<const double*>(partials.get()), parts,
-                                                                   d, static_cast<double*>(mean_d.get()),
-                                                                   static_cast<T*>(mean.raw_data()));
-      BCOS_CUDA_CHECK_LAUNCH();
-    }
-    const auto [partials, parts] =
-        partial_sums(d, SquaredDeviationTerms<T>{px, static_cast<const double*>(mean_d.get())}, device, stream);
-    var_finish_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(static_cast<const double*>(partials.get()), parts, d,
-                                                                static_cast<T*>(var_biased.raw_data()));
+    const auto [partials, parts] = partial_sums(d, ShiftedTerms<T>{px, d.s}, device, stream);
+    stats_finish_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(static_cast<const double*>(partials.get()), parts,
+                                                                  d, px, static_cast<T*>(mean.raw_data()),
+                                                                  static_cast<T*>(var_biased.raw_data()));
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }

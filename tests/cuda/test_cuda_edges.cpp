@@ -350,9 +350,9 @@ TEST_CASE("cuda ops: in-place methods (copy_, fill_, add_, mul_, masked_fill_) o
 }
 
 TEST_CASE("cuda ops: dense elementwise maps at every length and alignment (16-byte packs, the tail, views starting inside a pack) match the CPU") {
-  // Dense operands go 16 bytes at a time (4 float32, 2 float64 / int64) when every pointer is
-  // 16-byte aligned, the rest one by one: lengths around the pack and views 1-3 elements into
-  // their storage take each way, and a bool result (a comparison) never packs.
+  // Dense operands go 16 bytes at a time (4 float32, 2 float64 / int64, 16 bool) when every
+  // pointer is 16-byte aligned, the rest one by one: lengths around the pack and views 1-3
+  // elements into their storage take each way; a comparison of floats (bool out) never packs.
   if (cuda_device_count() == 0) {
     MESSAGE("no CUDA device: skipped");
     return;
@@ -369,11 +369,12 @@ TEST_CASE("cuda ops: dense elementwise maps at every length and alignment (16-by
           Tensor a = a0.to(dev).requires_grad_(), b = b0.to(dev).requires_grad_();
           const Tensor av = a.narrow(0, offset, n), bv = b.narrow(0, 3 - offset, n), iv = i0.to(dev).narrow(0, offset, n);
           Tensor product = av * bv, e = exp(av), above = gt(av, bv);
+          Tensor flags = ne(above, gt(bv, av));  // bool operands: 16 to a pack
           sum(relu(av) * bv + e).backward();  // relu's and exp's backward maps, on dense gradients
           Tensor ints = iv + iv * iv;
           Tensor into = b0.to(dev).clone();
           into.narrow(0, offset, n).add_(av.detach(), -2.0);  // a destination inside a pack
-          return std::vector<Tensor>{product, e, above, a.grad(), b.grad(), ints, into};
+          return std::vector<Tensor>{product, e, above, a.grad(), b.grad(), ints, into, flags};
         };
         const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
         for (size_t k = 0; k < cpu.size(); ++k) {
