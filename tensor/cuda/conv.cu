@@ -92,9 +92,11 @@ struct ConvDescriptors {
       key;  // every size and parameter: the algorithm cache's key
   bool deterministic = false;
   bool fma_only = false;  // float32 with TF32 off
-  std::string shapes;     // for messages: "(x [..], w [..], y [..])"
+  const Shape *xs_, *ws_, *ys_;  // the caller's, alive for the call: formatted only for a message
+  DType dt_;
 
-  ConvDescriptors(const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p, DType dt, const char* op) {
+  ConvDescriptors(const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p, DType dt, const char* op)
+      : xs_(&xs), ws_(&ws), ys_(&ys), dt_(dt) {
     const cudnnDataType_t type = cudnn_type(dt, op);
     BCOS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x));
     BCOS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y));
@@ -116,10 +118,10 @@ struct ConvDescriptors {
     BCOS_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, math));
     deterministic = deterministic_algorithms();
     fma_only = dt == DType::f32 && !tf32;
-    shapes = str("(x ", xs, ", w ", ws, ", y ", ys, ", ", dtype_name(dt), ")");
     key = {xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3], p.stride[0], p.stride[1], p.padding[0], p.padding[1],
            p.dilation[0], p.dilation[1], p.groups, int(dt), tf32, deterministic};
   }
+  std::string shapes() const { return str("(x ", *xs_, ", w ", *ws_, ", y ", *ys_, ", ", dtype_name(dt_), ")"); }
   ~ConvDescriptors() {
     cudnnDestroyConvolutionDescriptor(conv);
     cudnnDestroyFilterDescriptor(w);
@@ -206,7 +208,7 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
     return run(c.algo, ws.get(), bytes);
   };
   auto raise = [&](cudnnStatus_t status, const Choice<Algo>& c) {
-    fail(op, " ", d.shapes, ": ", call, " (algorithm ", int(c.algo), ", math type ", int(c.math), ") failed with ",
+    fail(op, " ", d.shapes(), ": ", call, " (algorithm ", int(c.algo), ", math type ", int(c.math), ") failed with ",
          cudnnGetErrorString(status), " (status ", int(status), ")");
   };
   if (const std::optional<Choice<Algo>> kept = cache.find(device, d)) {
@@ -232,8 +234,8 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
     return;
   }
   const std::string kind = str(d.deterministic ? " deterministic" : "", d.fma_only ? " FMA-math (TF32 off)" : "");
-  if (choices.empty()) fail(op, " ", d.shapes, ": cuDNN's heuristics offer no", kind, " algorithm for it");
-  fail(op, " ", d.shapes, ": none of the ", choices.size(), kind, " algorithms cuDNN's heuristics offer runs", passed);
+  if (choices.empty()) fail(op, " ", d.shapes(), ": cuDNN's heuristics offer no", kind, " algorithm for it");
+  fail(op, " ", d.shapes(), ": none of the ", choices.size(), kind, " algorithms cuDNN's heuristics offer runs", passed);
 }
 
 }  // namespace
