@@ -3,8 +3,8 @@
 // (cudnnGet*Algorithm_v7, fastest first -- deterministic ones only under
 // deterministic_algorithms()), run with the math type cuDNN rated it with; the first that runs
 // is cached per shape, and one whose workspace does not fit or that cuDNN refuses gives way to
-// the next. The workspace comes from the caching allocator. f32 convolutions may use TF32 tensor cores when allow_tf32() is on (as
-// matmul, and as PyTorch's cuDNN default); f64 never. Under autocast the operands are copied to
+// the next. The workspace comes from the caching allocator. f32 convolutions may use TF32
+// tensor cores when allow_tf32() is on (as matmul, and as PyTorch's cuDNN default); f64 never. Under autocast the operands are copied to
 // bf16 (or f16), cuDNN convolves those summing in float32 (its "pseudo" bf16 / half
 // configuration) into a bf16 result, which is widened into the float32 output. cuDNN 9 marks this descriptor API
 // deprecated in favour of its graph API; it is still shipped, and is the smallest readable way.
@@ -195,21 +195,22 @@ AlgoCache<cudnnConvolutionBwdFilterAlgo_t> g_backward_filter;
 // heuristics, `size(algo, &bytes)` and `run(algo, workspace, bytes)` wrap its workspace query and
 // itself. The first time a shape is seen its entries are tried in order until one runs, and
 // that one is kept: an entry whose workspace the device cannot hold, or that cuDNN refuses when
-// called (NOT_SUPPORTED: its heuristics may list what a shape then cannot run), gives way to the
-// next, as in PyTorch. Any other failure raises, naming the operation and the shapes.
+// asked for its workspace or called (NOT_SUPPORTED: its heuristics may list what a shape then
+// cannot run), gives way to the next, as in PyTorch. Any other failure raises, naming the
+// operation and the shapes.
 template <class Algo, class List, class Size, class Run>
 void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, const char* op, const char* call,
               List&& list, Size&& size, Run&& run) {
   auto attempt = [&](const Choice<Algo>& c) {
     BCOS_CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv, c.math));
     size_t bytes = 0;
-    BCOS_CUDNN_CHECK(size(c.algo, &bytes));
+    if (const cudnnStatus_t status = size(c.algo, &bytes); status != CUDNN_STATUS_SUCCESS) return status;
     std::shared_ptr<void> ws = workspace(bytes, device);  // may raise OutOfMemoryError
     return run(c.algo, ws.get(), bytes);
   };
   auto raise = [&](cudnnStatus_t status, const Choice<Algo>& c) {
-    fail(op, " ", d.shapes(), ": ", call, " (algorithm ", int(c.algo), ", math type ", int(c.math), ") failed with ",
-         cudnnGetErrorString(status), " (status ", int(status), ")");
+    fail(op, " ", d.shapes(), ": ", call, " or its workspace query (algorithm ", int(c.algo), ", math type ",
+         int(c.math), ") failed with ", cudnnGetErrorString(status), " (status ", int(status), ")");
   };
   if (const std::optional<Choice<Algo>> kept = cache.find(device, d)) {
     if (const cudnnStatus_t status = attempt(*kept); status != CUDNN_STATUS_SUCCESS) raise(status, *kept);
@@ -235,7 +236,8 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
   }
   const std::string kind = str(d.deterministic ? " deterministic" : "", d.fma_only ? " FMA-math (TF32 off)" : "");
   if (choices.empty()) fail(op, " ", d.shapes(), ": cuDNN's heuristics offer no", kind, " algorithm for it");
-  fail(op, " ", d.shapes(), ": none of the ", choices.size(), kind, " algorithms cuDNN's heuristics offer runs", passed);
+  fail(op, " ", d.shapes(), ": none of the ", choices.size(), kind, " algorithms cuDNN's heuristics offer runs",
+       passed);
 }
 
 }  // namespace
