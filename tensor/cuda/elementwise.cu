@@ -31,10 +31,11 @@ struct BinaryFn {
 };
 
 // ---- dense operands in 16-byte packs ---------------------------------------------------------------
-// A thread moves 16 bytes of each operand per access (4 float32, 2 float64) where the element
-// sizes agree and every pointer is 16-byte aligned (cudaMalloc's are; a view's offset may not
-// be): fewer, wider memory transactions for these bandwidth-bound maps, as PyTorch's vectorised
-// elementwise kernels and llm.c's x128 do. The elements past the last whole pack go one by one.
+// A thread moves 16 bytes of each operand per access (4 float32, 2 float64 / int64, 16 bool)
+// where the element sizes agree and every pointer is 16-byte aligned (cudaMalloc's are; a view's
+// offset may not be): fewer, wider memory transactions for these bandwidth-bound maps, as
+// PyTorch's vectorised elementwise kernels and llm.c's x128 do. The elements past the last whole
+// pack go one by one.
 template <class T>
 struct alignas(16) Pack {
   static constexpr int kSize = 16 / sizeof(T);
