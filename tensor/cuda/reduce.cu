@@ -4,9 +4,11 @@
 // min too, which is exact up to 2^53).
 //
 // Every op is described by one accumulator type with identity / add / combine / finish, so the
-// three launch shapes below share it:
+// four launch shapes below share it:
 //  - one thread per output: few reduced elements, or many outputs whose reads are coalesced
 //    across threads (reducing an outer dim);
+//  - columns: fewer such outputs, 32 neighbours to a block, its warps (and blocks) sharing each
+//    output's elements;
 //  - one block per output: enough outputs to fill the GPU, each over many elements;
 //  - split: few outputs over very many elements; blocks reduce slices into partial
 //    accumulators that a second kernel combines in a fixed order (deterministic results).
@@ -205,6 +207,34 @@ __global__ void __launch_bounds__(THREADS)
   }
 }
 
+// Reducing outer dims into a few thousand outputs (a bias's gradient: [rows, channels] summed
+// over rows) as one block per output reads a column: each lane of a warp a different row, a
+// 32-byte sector fetched for 4 useful bytes. Here a block's 32 lanes take 32 neighbouring outputs,
+// so each warp's load is one coalesced run, and its 8 warps take every 8th element of the block's
+// slice of the reduced range (blockIdx.y; one slice: the result, else partials[m * gridDim.y +
+// slice] for reduce_split_finish). The warps' results combine in a fixed order.
+constexpr int kColumnLanes = 32, kColumnWarps = 8;
+
+template <ReduceOp OP, class T, class Out>
+__global__ void __launch_bounds__(kColumnLanes * kColumnWarps)
+    reduce_columns(const T* x, Out* out, int64_t* indices, Acc* partials, ReduceArgs args,
+                   int64_t slice) {
+  __shared__ Acc shared[kColumnWarps][kColumnLanes];
+  const int64_t m = int64_t(blockIdx.x) * kColumnLanes + threadIdx.x;
+  const int64_t begin = int64_t(blockIdx.y) * slice;
+  const int64_t end = begin + slice < args.count ? begin + slice : args.count;
+  Acc acc = Reducer<OP>::identity();
+  if (m < args.outputs)
+    acc = reduce_range<OP>(x, args, geometry_offset(args.kept, m), begin + threadIdx.y, end,
+                           kColumnWarps);
+  shared[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y != 0 || m >= args.outputs) return;
+  for (int w = 1; w < kColumnWarps; ++w) acc = Reducer<OP>::combine(acc, shared[w][threadIdx.x]);
+  if (gridDim.y == 1) write_output<OP, T>(acc, args, out, indices, m);
+  else partials[m * gridDim.y + blockIdx.y] = acc;
+}
+
 template <ReduceOp OP, class T, class Out>
 __global__ void reduce_split_finish(const Acc* partials, int splits, Out* out, int64_t* indices,
                                     ReduceArgs args) {
@@ -248,6 +278,27 @@ void launch_reduce(const T* x, Out* out, int64_t* indices, const ReduceArgs& arg
     reduce_thread_per_output<OP, T, Out><<<blocks_for(args.outputs), kThreads, 0, stream>>>(
         x, out, indices, args);
     BCOS_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  if (coalesced_outputs) {  // fewer than sms * 256 outputs: tiles of 32, slices for 4 blocks an SM
+    const int64_t tiles = (args.outputs + kColumnLanes - 1) / kColumnLanes;
+    const int64_t per_block = int64_t(kColumnWarps) * 16;  // a slice's least elements
+    int64_t splits = std::min<int64_t>((args.count + per_block - 1) / per_block,
+                                       std::max<int64_t>(1, 4 * sms / tiles));
+    splits = std::min<int64_t>(splits, 65535);  // gridDim.y limit
+    const int64_t slice = (args.count + splits - 1) / splits;
+    splits = (args.count + slice - 1) / slice;  // no empty slice
+    std::shared_ptr<void> workspace;  // as below: safe to return right after the launches
+    if (splits > 1) workspace = allocate(size_t(args.outputs * splits) * sizeof(Acc), device);
+    Acc* partials = static_cast<Acc*>(workspace.get());
+    const dim3 grid{unsigned(tiles), unsigned(splits)}, block{kColumnLanes, kColumnWarps};
+    reduce_columns<OP, T, Out><<<grid, block, 0, stream>>>(x, out, indices, partials, args, slice);
+    BCOS_CUDA_CHECK_LAUNCH();
+    if (splits > 1) {
+      reduce_split_finish<OP, T, Out><<<blocks_for(args.outputs), kThreads, 0, stream>>>(
+          partials, int(splits), out, indices, args);
+      BCOS_CUDA_CHECK_LAUNCH();
+    }
     return;
   }
   // Few outputs over many elements: spread each output over several blocks.

@@ -611,9 +611,15 @@ struct ReduceCase {
 };
 
 // Shapes chosen so every launch shape runs: one thread per output (few reduced elements, or
-// many coalesced outputs), one block per output, and the split into partial sums.
+// many coalesced outputs), one block per output, the split into partial sums, and columns
+// (an outer dim reduced into fewer coalesced outputs than the GPU has threads -- the emulator
+// has 4 SMs, so under 1024 -- in one slice or several; tiles of 32 left partly empty; kept dims
+// that do not merge, so a tile spans two of them).
 std::vector<ReduceCase> reduce_cases() {
   return {
+      {{100, 700}, {true, false}, false},        {{1000, 70}, {true, false}, false},
+      {{3, 500, 40}, {false, true, false}, false}, {{70, 30, 5, 7}, {true, false, true, false}, false},
+      {{90, 500}, {false, true}, true},
       {{4, 5, 6}, {true, false, false}, false},  {{4, 5, 6}, {false, true, false}, true},
       {{4, 5, 6}, {false, false, true}, false},  {{4, 5, 6}, {true, false, true}, true},
       {{4, 5, 6}, {false, true, true}, false},   {{4, 5, 6}, {true, true, true}, true},

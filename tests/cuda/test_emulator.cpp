@@ -754,3 +754,29 @@ TEST_CASE("emulator: a cuDNN algorithm that is refused when called, or whose wor
     CHECK(bcos::full({4}, 2.0, {f64, bcos::Device::cuda(0)}).to_vector<double>()[3] == 2.0);
   }
 }
+
+TEST_CASE("emulator: a sum over rows into few outputs (a bias's gradient) runs as coalesced columns") {
+  // Which launch a shape takes decides its speed on a GPU, which no result shows: the run counts
+  // do. Here linear's and layer_norm's parameter gradients, [600 rows, 40 channels] summed over
+  // the rows: 40 outputs, fewer than the threads of the GPU, each over 600 elements.
+  namespace rt = bcos::emu::runtime;
+  bcos::manual_seed(32);
+  const bcos::DType f64 = bcos::DType::f64;
+  const bcos::Tensor x = bcos::randn({600, 48}, f64), w = bcos::randn({40, 48}, f64), b = bcos::randn({40}, f64);
+  const bcos::Tensor gamma = bcos::randn({40}, f64), beta = bcos::randn({40}, f64);
+  auto grads = [&](bcos::Device dev) {
+    std::vector<bcos::Tensor> leaves = {w.to(dev), b.to(dev), gamma.to(dev), beta.to(dev)};
+    for (bcos::Tensor& t : leaves) t.requires_grad_();
+    bcos::Tensor y = bcos::layer_norm(bcos::linear(x.to(dev), leaves[0], leaves[1]), {40}, leaves[2], leaves[3]);
+    bcos::sum(y * y).backward();
+    std::vector<bcos::Tensor> out;
+    for (const bcos::Tensor& t : leaves) out.push_back(t.grad().to(bcos::Device()));
+    return out;
+  };
+  const auto cpu = grads(bcos::Device());
+  const int64_t columns = rt::kernels_run("reduce_columns"), blocks = rt::kernels_run("reduce_block_per_output");
+  const auto gpu = grads(bcos::Device::cuda(0));
+  for (size_t i = 0; i < cpu.size(); ++i) CHECK(golden::relative_error(gpu[i], cpu[i]) <= 1e-10);
+  CHECK(rt::kernels_run("reduce_columns") - columns == 3);  // b, gamma and beta (w's is a product)
+  CHECK(rt::kernels_run("reduce_block_per_output") == blocks);
+}

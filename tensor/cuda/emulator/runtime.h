@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string_view>
 #include <vector>
 
 namespace bcos::emu::runtime {
@@ -31,6 +32,10 @@ void synchronize_all();
 // A permutation of [0, n) by the launches' order (scheduler.cpp): the order in which a library
 // stand-in's nondeterministic algorithm adds its partial sums.
 std::vector<int64_t> draw_order(int64_t n);
+// How many launches of kernels whose launch text starts with `name_prefix` ("reduce_columns") have
+// run so far (queued ones count once run: synchronise first). Tests check with it that a shape
+// takes the launch meant for it, which its results alone cannot show.
+int64_t kernels_run(std::string_view name_prefix);
 // Raises, naming `what`, unless [p, p + bytes) lies inside one live device allocation.
 void check_device_range(const void* p, size_t bytes, const char* what);
 

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <numeric>
 #include <random>
@@ -124,6 +125,12 @@ struct Grid {
 Grid& grid_state() {
   static Grid g;
   return g;
+}
+// How many times each kernel (by its launch's text, "reduce_columns<OP, T, Out>") has run: what
+// tests read to check that a shape takes the launch meant for it. Guarded by grid_lock.
+std::map<std::string, int64_t>& kernel_runs() {
+  static std::map<std::string, int64_t> runs;
+  return runs;
 }
 std::mutex& grid_lock() {
   static std::mutex m;
@@ -527,6 +534,7 @@ void run_grid_now(const char* kernel, dim3 grid, dim3 block, const std::function
   Grid& g = grid_state();
   g.kernel = kernel;
   g.body = &call;
+  ++kernel_runs()[kernel];
   g.error.clear();
   g.fibers.assign(size_t(threads), Fiber{});
   g.warps.assign(size_t((threads + 31) / 32), WarpBuffer{});
@@ -595,6 +603,13 @@ namespace runtime {
 std::vector<int64_t> draw_order(int64_t n) {
   std::lock_guard<std::mutex> lock(schedule_lock());
   return turns(schedule(), n);
+}
+int64_t kernels_run(std::string_view name_prefix) {
+  std::lock_guard<std::mutex> lock(grid_lock());
+  int64_t total = 0;
+  for (const auto& [name, runs] : kernel_runs())
+    if (std::string_view(name).starts_with(name_prefix)) total += runs;
+  return total;
 }
 }  // namespace runtime
 
