@@ -4,6 +4,7 @@
 //   bench_ops matmul M K N
 //   bench_ops conv N C H O K STRIDE PAD        (square input H x H, square kernel K x K)
 //   bench_ops attention N HEADS L D CAUSAL FUSED  (forward + backward; FUSED 0: the composed form)
+//   bench_ops layer_norm ROWS INNER            (forward + backward, with weight and bias)
 //   bench_ops peak                             (the CPU's float32 FMA GFLOP/s on the configured
 //                                               threads, and the GEMM kernel in use)
 #include <algorithm>
@@ -103,7 +104,8 @@ int peak() {
 
 int usage() {
   std::fprintf(stderr, "usage: bench_ops matmul M K N | bench_ops conv N C H O K STRIDE PAD | "
-                       "bench_ops attention N HEADS L D CAUSAL FUSED | bench_ops peak\n");
+                       "bench_ops attention N HEADS L D CAUSAL FUSED | bench_ops layer_norm ROWS INNER | "
+                       "bench_ops peak\n");
   return 2;
 }
 }  // namespace
@@ -137,6 +139,14 @@ int main(int argc, char** argv) {
       std::printf("%.9f\n", median_seconds([&] {
                     scaled_dot_product_attention(q, k, v, Tensor(), a[4] != 0, 0, a[5] != 0).backward(g);
                     q.zero_grad(), k.zero_grad(), v.zero_grad();
+                  }));
+    } else if (!std::strcmp(argv[1], "layer_norm") && a.size() == 2) {
+      // x [ROWS, INNER] normalised over INNER, affine weight and bias [INNER]
+      Tensor x = randn({a[0], a[1]}).requires_grad_(), w = randn({a[1]}).requires_grad_();
+      Tensor b = randn({a[1]}).requires_grad_(), g = randn(x.shape());
+      std::printf("%.9f\n", median_seconds([&] {
+                    layer_norm(x, {a[1]}, w, b).backward(g);
+                    x.zero_grad(), w.zero_grad(), b.zero_grad();
                   }));
     } else {
       return usage();

@@ -125,13 +125,15 @@ inline void batch_norm_backward(const Tensor& grad_out, const Tensor& x, const T
   BCOS_DISPATCH(grad_out, batch_norm_backward(grad_out, x, weight, bias, mean, invstd, training, relu, grad_x, grad_w,
                                               grad_b, replica_sums));
 }
-inline void row_norm_forward(const Tensor& x, int64_t outer, int64_t inner, double eps, const Tensor& out,
-                             const Tensor& mean, const Tensor& invstd) {
-  BCOS_DISPATCH(x, row_norm_forward(x, outer, inner, eps, out, mean, invstd));
+inline void row_norm_forward(const Tensor& x, int64_t outer, int64_t inner, double eps, const Tensor& weight,
+                             const Tensor& bias, const Tensor& out, const Tensor& mean, const Tensor& invstd) {
+  BCOS_DISPATCH(x, row_norm_forward(x, outer, inner, eps, weight, bias, out, mean, invstd));
 }
-inline void row_norm_backward(const Tensor& grad_xhat, const Tensor& x, int64_t outer, int64_t inner,
-                              const Tensor& mean, const Tensor& invstd, const Tensor& grad_x) {
-  BCOS_DISPATCH(grad_xhat, row_norm_backward(grad_xhat, x, outer, inner, mean, invstd, grad_x));
+inline void row_norm_backward(const Tensor& grad_out, const Tensor& x, int64_t outer, int64_t inner,
+                              const Tensor& mean, const Tensor& invstd, const Tensor& weight, const Tensor& grad_x,
+                              const Tensor& grad_weight = Tensor(), const Tensor& grad_bias = Tensor()) {
+  BCOS_DISPATCH(grad_out, row_norm_backward(grad_out, x, outer, inner, mean, invstd, weight, grad_x, grad_weight,
+                                            grad_bias));
 }
 inline void unit_rows_forward(const Tensor& w, int64_t outer, int64_t inner, const Tensor& out, const Tensor& norms) {
   BCOS_DISPATCH(w, unit_rows_forward(w, outer, inner, out, norms));

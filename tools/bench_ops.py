@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""PyTorch side of bench/ops: times the same matmul and conv2d (forward + backward) shapes
-with torch and with build/bench/bench_ops, in one run and with one thread count, and prints
-GFLOP/s for both and their ratio (bcos / torch; above 1 means bcos.cpp is faster)."""
+"""PyTorch side of bench/ops: times the same matmul, conv2d, attention and layer norm (forward +
+backward) shapes with torch and with build/bench/bench_ops, in one run and with one thread count,
+and prints GFLOP/s (layer norm: milliseconds) for both and their ratio (torch time / bcos time;
+above 1 means bcos.cpp is faster)."""
 import argparse
 import math
 import os
@@ -34,6 +35,13 @@ ATTENTION = [
     ("ViT-B/16", 8, 12, 197, 64, 0),
     ("ViT-B/32", 8, 12, 50, 64, 0),
     ("CLIP text, causal", 64, 8, 77, 64, 1),
+]
+
+# (name, rows, inner): layer norm over the channels of ViT-B/16's tokens at batch 8 (197 x 8 rows)
+# and of CLIP's text tower at 64 texts of 77 tokens.
+LAYER_NORM = [
+    ("ViT-B/16 tokens", 1576, 768),
+    ("CLIP text tokens", 4928, 512),
 ]
 
 CONV = [
@@ -92,6 +100,17 @@ def torch_attention(n, h, length, d, causal):
     return median_seconds(step)
 
 
+def torch_layer_norm(rows, inner):
+    x = torch.randn(rows, inner, requires_grad=True)
+    w, b = torch.randn(inner, requires_grad=True), torch.randn(inner, requires_grad=True)
+    g = torch.randn(rows, inner)
+
+    def step():
+        F.layer_norm(x, (inner,), w, b).backward(g)
+        x.grad = w.grad = b.grad = None
+    return median_seconds(step)
+
+
 def bcos_seconds(binary, threads, args):
     env = dict(os.environ, BCOS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     out = subprocess.run([binary] + [str(a) for a in args], env=env, check=True,
@@ -103,7 +122,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default="build/bench/bench_ops")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--only", choices=["matmul", "conv", "attention"])
+    ap.add_argument("--only", choices=["matmul", "conv", "attention", "layer_norm"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     env = dict(os.environ, BCOS_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
@@ -133,16 +152,32 @@ def main():
                 rows.append(("attn " + ("fused" if fused else "composed"), f"{name} [{n},{h},{length},{d}]", flops,
                              bcos_seconds(args.binary, args.threads, ["attention", n, h, length, d, causal, fused]),
                              torch_attention(n, h, length, d, causal), 0.7))
-    width = max(len(r[1]) for r in rows)
-    print(f"{'op':13} {'shape':{width}}  {'bcos':>8} {'torch':>8}  {'ratio':>6}  {'bcos/peak':>9}  bar")
     misses = 0
-    for kind, label, flops, ours, theirs, bar in rows:
-        ratio = theirs / ours
-        ok = ratio >= bar
-        misses += not ok
-        print(f"{kind:13} {label:{width}}  {flops / ours / 1e9:8.1f} {flops / theirs / 1e9:8.1f}  "
-              f"{ratio:6.2f}  {flops / ours / 1e9 / peak:8.0%}  {'ok' if ok else 'MISS'} (>= {bar})")
-    print(f"{len(rows) - misses}/{len(rows)} shapes meet the bar")
+    if rows:
+        width = max(len(r[1]) for r in rows)
+        print(f"{'op':13} {'shape':{width}}  {'bcos':>8} {'torch':>8}  {'ratio':>6}  {'bcos/peak':>9}  bar")
+        for kind, label, flops, ours, theirs, bar in rows:
+            ratio = theirs / ours
+            ok = ratio >= bar
+            misses += not ok
+            print(f"{kind:13} {label:{width}}  {flops / ours / 1e9:8.1f} {flops / theirs / 1e9:8.1f}  "
+                  f"{ratio:6.2f}  {flops / ours / 1e9 / peak:8.0%}  {'ok' if ok else 'MISS'} (>= {bar})")
+    # Layer norm moves memory rather than multiplying: milliseconds per forward + backward instead.
+    norm_rows = []
+    if args.only in (None, "layer_norm"):
+        for name, r, inner in LAYER_NORM:
+            norm_rows.append((f"{name} [{r}, {inner}]", bcos_seconds(args.binary, args.threads, ["layer_norm", r, inner]),
+                              torch_layer_norm(r, inner)))
+        width = max(len(r[0]) for r in norm_rows)
+        print(f"\nlayer_norm forward + backward (weight, bias), ms (lower is better)")
+        print(f"{'shape':{width}}  {'bcos':>8} {'torch':>8}  {'ratio':>6}  bar")
+        for label, ours, theirs in norm_rows:
+            ok = theirs / ours >= 1.0
+            misses += not ok
+            print(f"{label:{width}}  {ours * 1e3:8.3f} {theirs * 1e3:8.3f}  {theirs / ours:6.2f}  "
+                  f"{'ok' if ok else 'MISS'} (>= 1.0)")
+    total = len(rows) + len(norm_rows)
+    print(f"{total - misses}/{total} shapes meet the bar")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
 // "Unit rows" (B-cos weights, ŵ = w / ‖w‖₂ per row) are the uncentred kin: one kernel pair
 // instead of the composed norm, quotient and their backwards (five passes over the weights
 // forward and back instead of about fifteen: 12 % of a B-cos ViT-B/16 training step at batch 8).
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "tensor/kernel_views.h"
 #include "tensor/copy.h"
@@ -182,11 +184,13 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
   });
 }
 
-void row_norm_forward(const Tensor& x_in, int64_t outer, int64_t inner, double eps,
-                      const Tensor& out, const Tensor& mean, const Tensor& invstd) {
-  Tensor x = raw_contiguous(x_in);
+void row_norm_forward(const Tensor& x_in, int64_t outer, int64_t inner, double eps, const Tensor& weight_in,
+                      const Tensor& bias_in, const Tensor& out, const Tensor& mean, const Tensor& invstd) {
+  const Tensor x = raw_contiguous(x_in);
+  const Tensor weight = weight_in.defined() ? raw_contiguous(weight_in) : Tensor();
+  const Tensor bias = bias_in.defined() ? raw_contiguous(bias_in) : Tensor();
   dispatch_float(x.dtype(), "norm", [&]<class T>() {
-    const T* px = x.data<T>();
+    const T *px = x.data<T>(), *pw = maybe<T>(weight), *pb = maybe<T>(bias);
     T *po = out.data<T>(), *pm = mean.data<T>(), *pi = invstd.data<T>();
     parallel_for(outer, inner * 3, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
@@ -194,8 +198,20 @@ void row_norm_forward(const Tensor& x_in, int64_t outer, int64_t inner, double e
         const double mu = sum_of(p, inner) / double(inner);
         const double is = 1.0 / std::sqrt(squared_deviations(p, inner, mu) / double(inner) + eps);
         T* o = po + r * inner;
+        // x̂ · w + b in double, rounded once; a loop per case so that each vectorises.
+        if (pw && pb) {
 #pragma omp simd
-        for (int64_t j = 0; j < inner; ++j) o[j] = T((double(p[j]) - mu) * is);
+          for (int64_t j = 0; j < inner; ++j) o[j] = T((double(p[j]) - mu) * is * double(pw[j]) + double(pb[j]));
+        } else if (pw) {
+#pragma omp simd
+          for (int64_t j = 0; j < inner; ++j) o[j] = T((double(p[j]) - mu) * is * double(pw[j]));
+        } else if (pb) {
+#pragma omp simd
+          for (int64_t j = 0; j < inner; ++j) o[j] = T((double(p[j]) - mu) * is + double(pb[j]));
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < inner; ++j) o[j] = T((double(p[j]) - mu) * is);
+        }
         pm[r] = T(mu);
         pi[r] = T(is);
       }
@@ -203,26 +219,89 @@ void row_norm_forward(const Tensor& x_in, int64_t outer, int64_t inner, double e
   });
 }
 
-void row_norm_backward(const Tensor& grad_xhat_in, const Tensor& x_in, int64_t outer,
-                       int64_t inner, const Tensor& mean, const Tensor& invstd,
-                       const Tensor& grad_x) {
-  Tensor g = raw_contiguous(grad_xhat_in), x = raw_contiguous(x_in);
+// One row of row_norm_backward: a first loop over g and x for all its sums -- the affine
+// gradients' (added into sum_gxhat, sum_g) and, when grad_x is wanted, the row's sums of the
+// gradient w.r.t. x̂ (g · w, rounded to T as a separate product would be, and kept in `scaled`) --
+// then grad_x's loop. One loop per case, so that each vectorises.
+template <bool kAffine, bool kWeight, class T>
+void backward_row(const T* gp, const T* xp, const T* w, double mu, double is, int64_t n, double* sum_gxhat,
+                  double* sum_g, T* scaled, T* out) {
+  double row_g = 0, row_gxc = 0;  // Σ g', Σ g' · (x − mu), g' the gradient w.r.t. x̂
+  if (out) {
+#pragma omp simd reduction(+ : row_g, row_gxc)
+    for (int64_t j = 0; j < n; ++j) {
+      const double xc = double(xp[j]) - mu;
+      if constexpr (kAffine) {
+        sum_gxhat[j] += double(gp[j]) * (xc * is);
+        sum_g[j] += double(gp[j]);
+      }
+      T gj = gp[j];
+      if constexpr (kWeight) {
+        gj = gp[j] * w[j];
+        scaled[j] = gj;
+      }
+      row_g += double(gj);
+      row_gxc += double(gj) * xc;
+    }
+  } else if constexpr (kAffine) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      sum_gxhat[j] += double(gp[j]) * ((double(xp[j]) - mu) * is);
+      sum_g[j] += double(gp[j]);
+    }
+  }
+  if (!out) return;
+  const T* g_xhat = kWeight ? scaled : gp;
+  const double mean_g = row_g / double(n), mean_gx = row_gxc * is / double(n);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const double xhat = (double(xp[j]) - mu) * is;
+    out[j] = T(is * (double(g_xhat[j]) - mean_g - xhat * mean_gx));
+  }
+}
+
+// Everything asked in one pass over the rows of g and x. The affine gradients are summed per
+// block of kPartialRows rows into partials, then the partials added in block order: the same bits
+// for any thread count (a sum per thread, as PyTorch's CPU kernel keeps, would change with it),
+// for 1/kPartialRows of the activation's size in extra memory.
+constexpr int64_t kPartialRows = 64;
+
+void row_norm_backward(const Tensor& grad_in, const Tensor& x_in, int64_t outer, int64_t inner,
+                       const Tensor& mean, const Tensor& invstd, const Tensor& weight_in, const Tensor& grad_x,
+                       const Tensor& grad_weight, const Tensor& grad_bias) {
+  const Tensor g = raw_contiguous(grad_in), x = raw_contiguous(x_in);
+  const Tensor weight = weight_in.defined() ? raw_contiguous(weight_in) : Tensor();
+  const bool affine = grad_weight.defined() || grad_bias.defined();
+  const int64_t blocks = (outer + kPartialRows - 1) / kPartialRows;
+  // partials[block][0 or 1][inner]: Σ g · x̂ and Σ g over the block's rows
+  std::vector<double> partials(affine ? size_t(blocks * 2 * inner) : 0, 0.0);
   dispatch_float(x.dtype(), "norm_backward", [&]<class T>() {
     const T *pg = g.data<T>(), *px = x.data<T>(), *pm = mean.data<T>(), *pi = invstd.data<T>();
-    T* po = grad_x.data<T>();
-    parallel_for(outer, inner * 3, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const T *gp = pg + r * inner, *xp = px + r * inner;
-        const double mu = double(pm[r]), is = double(pi[r]);
-        double sum_g = 0, sum_gxc = 0;  // sum(g), sum(g * (x - mu))
-        grad_sums(gp, xp, inner, mu, &sum_g, &sum_gxc);
-        const double mean_g = sum_g / double(inner), mean_gx = sum_gxc * is / double(inner);
-        T* o = po + r * inner;
-#pragma omp simd
-        for (int64_t j = 0; j < inner; ++j) {
-          double xhat = (double(xp[j]) - mu) * is;
-          o[j] = T(is * (double(gp[j]) - mean_g - xhat * mean_gx));
+    const T* pw = maybe<T>(weight);
+    T* po = grad_x.defined() ? grad_x.data<T>() : nullptr;
+    auto row = affine ? (pw ? backward_row<true, true, T> : backward_row<true, false, T>)
+                      : (pw ? backward_row<false, true, T> : backward_row<false, false, T>);
+    parallel_for(blocks, kPartialRows * inner * 6, [&](int64_t block_begin, int64_t block_end) {
+      std::vector<T> scaled(pw && po ? size_t(inner) : 0);
+      for (int64_t blk = block_begin; blk < block_end; ++blk) {
+        double* sum_gxhat = affine ? partials.data() + blk * 2 * inner : nullptr;
+        for (int64_t r = blk * kPartialRows; r < std::min(outer, (blk + 1) * kPartialRows); ++r)
+          row(pg + r * inner, px + r * inner, pw, double(pm[r]), double(pi[r]), inner, sum_gxhat,
+              affine ? sum_gxhat + inner : nullptr, scaled.data(), po ? po + r * inner : nullptr);
+      }
+    });
+    if (!affine) return;
+    T* pgw = grad_weight.defined() ? grad_weight.data<T>() : nullptr;
+    T* pgb = grad_bias.defined() ? grad_bias.data<T>() : nullptr;
+    parallel_for(inner, blocks * 2, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) {
+        double sw = 0, sb = 0;
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+          sw += partials[size_t((blk * 2) * inner + j)];
+          sb += partials[size_t((blk * 2 + 1) * inner + j)];
         }
+        if (pgw) pgw[j] = T(sw);
+        if (pgb) pgb[j] = T(sb);
       }
     });
   });

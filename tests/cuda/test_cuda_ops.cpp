@@ -200,6 +200,9 @@ TEST_CASE("cuda ops: layer_norm, group_norm and unit_rows forward and backward m
     // B-cos weights: a conv's, and rows wider than a warp and more than a block's 8 warps.
     Tensor conv_w = randn({7, 3, 3, 3}, dt), lin_w = randn({300, 1000}, dt);
     Tensor wide = randn({300, 1000}, dt) * 3 + 1;  // layer norm rows wider than a warp, more than a block's
+    // Weight alone over 700 rows that need no gradient (the weight's gradient alone, its rows split
+    // over several blocks), bias alone over two dims.
+    Tensor tall = randn({700, 40}, dt) - 2, tall_w = randn({40}, dt), two_dims_b = randn({5, 8}, dt);
     auto run = [&](Device dev) {
       Tensor xd = x.to(dev).requires_grad_(), wd = w.to(dev).requires_grad_(), bd = b.to(dev).requires_grad_();
       Tensor id = img.to(dev).requires_grad_(), gwd = gw.to(dev).requires_grad_(), gbd = gb.to(dev).requires_grad_();
@@ -208,12 +211,17 @@ TEST_CASE("cuda ops: layer_norm, group_norm and unit_rows forward and backward m
       Tensor cwd = conv_w.to(dev).requires_grad_(), lwd = lin_w.to(dev).requires_grad_();
       Tensor cu = unit_rows(cwd), lu = unit_rows(lwd);
       Tensor wd2 = wide.to(dev).requires_grad_(), lw = layer_norm(wd2, {1000});
-      (sum(ln * ln * ln) + sum(gn * gn * gn) + sum(cu * cu * cu) + sum(lu * lu * lu) + sum(lw * lw * lw)).backward();
+      Tensor td = tall.to(dev), twd = tall_w.to(dev).requires_grad_();
+      Tensor tbd = two_dims_b.to(dev).requires_grad_();
+      Tensor lt = layer_norm(td, {40}, twd, Tensor()), l2 = layer_norm(xd, {5, 8}, Tensor(), tbd);
+      (sum(ln * ln * ln) + sum(gn * gn * gn) + sum(cu * cu * cu) + sum(lu * lu * lu) + sum(lw * lw * lw) +
+       sum(lt * lt * lt) + sum(l2 * l2 * l2)).backward();
       return std::vector<Tensor>{ln.to(Device()), gn.to(Device()), xd.grad().to(Device()), wd.grad().to(Device()),
                                  bd.grad().to(Device()), id.grad().to(Device()), gwd.grad().to(Device()),
                                  gbd.grad().to(Device()), cu.to(Device()), lu.to(Device()),
                                  cwd.grad().to(Device()), lwd.grad().to(Device()), lw.to(Device()),
-                                 wd2.grad().to(Device())};
+                                 wd2.grad().to(Device()), lt.to(Device()), l2.to(Device()), twd.grad().to(Device()),
+                                 tbd.grad().to(Device())};
     };
     const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
     for (size_t i = 0; i < cpu.size(); ++i) {

@@ -111,14 +111,27 @@ TEST_CASE("kernels: thread count does not change results") {
   manual_seed(3);
   Tensor x = randn({256, 512});
   Tensor w = randn({512, 128});
+  // layer_norm's backward sums its weight's and bias's gradients over the rows: in blocks of rows,
+  // not per thread, so that these too keep their bits. In float64, which shows the order of the
+  // sums (they are taken in double, so float32's results would mostly hide it).
+  Tensor x64 = x.to(kFloat64), gamma = randn({512}, kFloat64), beta = randn({512}, kFloat64);
+  Tensor g = randn({256, 512}, kFloat64);
+  auto layer_norm_grads = [&] {
+    Tensor xl = x64.clone().requires_grad_(), wl = gamma.clone().requires_grad_(), bl = beta.clone().requires_grad_();
+    layer_norm(xl, {512}, wl, bl).backward(g);
+    return std::vector<Tensor>{xl.grad(), wl.grad(), bl.grad()};
+  };
   int before = num_threads();
   set_num_threads(1);
   Tensor s1 = sum(x, {0}), m1 = matmul(x, w), c1 = softmax(x, 1);
+  const std::vector<Tensor> l1 = layer_norm_grads();
   set_num_threads(std::max(2, before));
   Tensor s2 = sum(x, {0}), m2 = matmul(x, w), c2 = softmax(x, 1);
+  const std::vector<Tensor> l2 = layer_norm_grads();
   set_num_threads(before);
   CHECK(max_diff(s1, s2) == 0.0);
   CHECK(max_diff(c1, c2) == 0.0);
+  for (size_t i = 0; i < l1.size(); ++i) CHECK(max_diff(l1[i], l2[i]) == 0.0);
   CHECK(max_diff(m1, m2) < 1e-3);  // GEMM blocking may differ by thread count
 }
 
