@@ -33,8 +33,7 @@ Tensor bmm3(const Tensor& a, const Tensor& b, DType operands) {
 // out [R, N] = x [R, K] · wᵀ (+ b) for w [N, K]. The weight's gradient is formed as gᵀ · x,
 // already [N, K] row-major, so the engine adopts it as .grad; through matmul(x, w.t()) it
 // arrived as a transposed view and was copied element by element (12 % of a ViT-B/32 training
-// step). A bias is written into out first and the product accumulated onto it, instead of a
-// separate pass adding it afterwards. Under autocast x is rounded to the operand type once, and
+// step). The bias goes in with the product (kernel::linear_bias), not in a separate pass. Under autocast x is rounded to the operand type once, and
 // that copy is both multiplied and kept for the weight's gradient, as torch.autocast keeps it:
 // half the bytes of the float32 input (ViT-B/16's linear inputs are a fifth of its training
 // memory), the same products -- they round x anyway.
@@ -44,8 +43,10 @@ Tensor linear_rows(const Tensor& x, const Tensor& w, const Tensor& b, bool keep_
   const bool rounded = operands != DType::f32 && keep_rounded_input && needs_graph({w});
   const Tensor x_operand = rounded ? raw_to(x, operands, x.device()) : x;
   Tensor out = empty({x.size(0), w.size(0)}, {x.dtype(), x.device()});
-  if (b.defined()) copy_into(out, b.detach().unsqueeze(0).expand(out.shape()));
-  kernel::bmm(x_operand.unsqueeze(0), w.t().unsqueeze(0), out.unsqueeze(0), b.defined(), operands);
+  if (b.defined())
+    kernel::linear_bias(x_operand, w.t(), b, out, operands);
+  else
+    kernel::bmm(x_operand.unsqueeze(0), w.t().unsqueeze(0), out.unsqueeze(0), false, operands);
   if (needs_graph({x, w, b})) {
     // Each is kept only for the other's gradient.
     SavedTensor sx(needs_graph({w}) ? x_operand : Tensor()), sw(needs_graph({x}) ? w : Tensor());

@@ -55,6 +55,10 @@ inline void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumu
                 DType operands = DType::f32) {
   BCOS_DISPATCH(a, bmm(a, b, out, accumulate, operands));
 }
+inline void linear_bias(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out,
+                        DType operands = DType::f32) {
+  BCOS_DISPATCH(a, linear_bias(a, b, bias, out, operands));
+}
 inline void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
                            const Conv2dParams& p) {
   BCOS_DISPATCH(x, conv2d_forward(x, w, bias, out, p));

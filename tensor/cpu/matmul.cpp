@@ -84,4 +84,10 @@ void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate, D
   dispatch_float(a.dtype(), "matmul", [&]<class T>() { bmm_typed<T>(a, b, out, accumulate); });
 }
 
+// The bias written into out, the product accumulated onto it: the GEMM adds it where it stores.
+void linear_bias(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out, DType operands) {
+  copy(out, bias.unsqueeze(0).expand(out.shape()));
+  bmm(a.unsqueeze(0), b.unsqueeze(0), out.unsqueeze(0), true, operands);
+}
+
 }  // namespace bcos::cpu

@@ -64,6 +64,13 @@ void record_event(int device, EventHandle event, StreamHandle stream);
 void stream_wait_event(int device, StreamHandle stream, EventHandle event);  // on the device, host returns at once
 void event_synchronize(int device, EventHandle event);
 
+// ---- products (cuda/matmul.cu) ----------------------------------------------------------------
+// How many linear_bias calls added their bias in cuBLASLt's epilogue, and how many fell back to
+// writing it into out for the GEMM to accumulate onto (cuBLASLt offered no algorithm or refused
+// the call; float64 and vectors never ask it). Tests and gpu_check read them.
+int64_t linear_bias_epilogues();
+int64_t linear_bias_fallbacks();
+
 // ---- kernels: the list every backend implements (tensor/kernels.inc) --------------------------
 // Defined in cuda/copy.cu, elementwise.cu, reduce.cu, matmul.cu, softmax.cu, indexing.cu,
 // topk.cu, norm.cu, batch_norm.cu, pool.cu, conv.cu (cuDNN) and bcos.cu.

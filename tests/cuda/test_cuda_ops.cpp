@@ -15,6 +15,7 @@
 #include "models/factory.h"
 #include "nn/bcos.h"
 #include "nn/optim.h"
+#include "tensor/cuda/backend.h"
 #include "tests/cuda/gpu_test.h"
 #include "tests/golden.h"
 
@@ -401,6 +402,36 @@ TEST_CASE("cuda ops: autocast bf16 / f16 linear, matmul and conv2d, forward and 
     for (size_t i = 0; i < cpu.size(); ++i) {
       CAPTURE(i);
       CHECK(golden::relative_error(gpu[i], cpu[i]) <= (through_cudnn[i] ? 1.0 / 256 : 1e-4));
+    }
+  }
+}
+
+TEST_CASE("cuda ops: float32 linear layers add their bias in cuBLASLt's epilogue (TF32 and under bf16 autocast) and match the CPU") {
+  // A layer of ViT's shape in miniature. On a GPU this shows that cuBLASLt takes the calls as
+  // matmul.cu makes them: a refusal would fall back to the copy-and-accumulate path (and pass the
+  // model tests), so the count of fallbacks is what fails here.
+  if (!have_gpu()) return;
+  manual_seed(23);
+  const Tensor x = randn({130, 96}), w = randn({72, 96}) * 0.1, b = randn({72});
+  for (bool autocast : {false, true}) {
+    CAPTURE(autocast);
+    auto run = [&](Device dev) {
+      Tensor xd = x.to(dev).clone().requires_grad_(), wd = w.to(dev).clone().requires_grad_();
+      Tensor bd = b.to(dev).clone().requires_grad_(), y;
+      {
+        AutocastGuard guard(dev.type, kBFloat16, autocast);
+        y = linear(xd, wd, bd);
+      }
+      sum(y * y).backward();
+      return std::vector<Tensor>{y.to(Device()), xd.grad().to(Device()), wd.grad().to(Device()), bd.grad().to(Device())};
+    };
+    const int64_t epilogues = cuda::linear_bias_epilogues(), fallbacks = cuda::linear_bias_fallbacks();
+    const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+    CHECK(cuda::linear_bias_epilogues() - epilogues == 1);
+    CHECK(cuda::linear_bias_fallbacks() == fallbacks);
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::relative_error(gpu[i], cpu[i]) <= 5e-3);  // TF32 / bf16 operands on both sides' terms
     }
   }
 }

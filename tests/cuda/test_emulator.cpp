@@ -782,3 +782,54 @@ TEST_CASE("emulator: sums over rows into few outputs (linear's and layer norm's 
   CHECK(rt::kernels_run("row_norm_affine_partials") - affine == 1);  // gamma's and beta's together
   CHECK(rt::kernels_run("reduce_block_per_output") == blocks);
 }
+
+TEST_CASE("emulator: a linear layer's bias goes in cuBLASLt's epilogue; where cuBLASLt offers no algorithm, "
+          "it is written into the output for the GEMM to accumulate onto") {
+  struct Restore {
+    ~Restore() {
+      bcos::emu::runtime::set_lt_algorithms(true);
+      bcos::set_allow_tf32(true);
+    }
+  } restore;
+  bcos::set_allow_tf32(false);  // float32 products as the CPU's, to 1e-5
+  bcos::manual_seed(33);
+  // x a view one row into its storage: 96 bytes in, so cuBLASLt must be told its alignment.
+  const bcos::Tensor big = bcos::randn({38, 24}), w = bcos::randn({19, 24}), b = bcos::randn({19});
+  const bcos::Tensor x = big.narrow(0, 1, 37), c = bcos::randint(-3, 4, {37, 19}).to(bcos::DType::f32);
+  auto run = [&](bcos::Device dev, bcos::DType autocast) {
+    // Fresh leaves each run (to() on the tensor's own device returns the tensor itself).
+    bcos::Tensor xd = dev.is_cuda() ? big.to(dev).narrow(0, 1, 37).detach() : x.clone();
+    bcos::Tensor wd = w.to(dev).clone().requires_grad_(), bd = b.to(dev).clone().requires_grad_();
+    xd.requires_grad_();
+    bcos::Tensor y;
+    {
+      bcos::AutocastGuard guard(dev.type, autocast, autocast != bcos::DType::f32);
+      y = bcos::linear(xd, wd, bd);
+    }
+    bcos::sum(y * c.to(dev)).backward();
+    return std::vector<bcos::Tensor>{y.to(bcos::Device()), xd.grad().to(bcos::Device()), wd.grad().to(bcos::Device()),
+                                     bd.grad().to(bcos::Device())};
+  };
+  for (bcos::DType autocast : {bcos::DType::f32, bcos::DType::bf16}) {
+    CAPTURE(bcos::dtype_name(autocast));
+    const auto cpu = run(bcos::Device(), autocast);
+    for (bool offered : {true, false}) {
+      CAPTURE(offered);
+      bcos::emu::runtime::set_lt_algorithms(offered);
+      const int64_t epilogues = bcos::cuda::linear_bias_epilogues(), fallbacks = bcos::cuda::linear_bias_fallbacks();
+      const auto gpu = run(bcos::Device::cuda(0), autocast);
+      for (size_t i = 0; i < cpu.size(); ++i) CHECK(golden::relative_error(gpu[i], cpu[i]) <= 1e-5);
+      CHECK(bcos::cuda::linear_bias_epilogues() - epilogues == (offered ? 1 : 0));
+      CHECK(bcos::cuda::linear_bias_fallbacks() - fallbacks == (offered ? 0 : 1));
+    }
+  }
+  // float64 never asks cuBLASLt (PyTorch's addmm keeps it off too).
+  const int64_t epilogues = bcos::cuda::linear_bias_epilogues(), fallbacks = bcos::cuda::linear_bias_fallbacks();
+  const bcos::Tensor y64 = bcos::linear(x.to(bcos::DType::f64).to(bcos::Device::cuda(0)),
+                                        w.to(bcos::DType::f64).to(bcos::Device::cuda(0)),
+                                        b.to(bcos::DType::f64).to(bcos::Device::cuda(0)));
+  CHECK(golden::relative_error(y64.to(bcos::Device()), bcos::linear(x.to(bcos::DType::f64), w.to(bcos::DType::f64),
+                                                                     b.to(bcos::DType::f64))) <= 1e-12);
+  CHECK(bcos::cuda::linear_bias_epilogues() == epilogues);
+  CHECK(bcos::cuda::linear_bias_fallbacks() == fallbacks);
+}

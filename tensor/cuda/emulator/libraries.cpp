@@ -12,64 +12,22 @@
 #include <cuda_fp16.h>
 #include <cudnn.h>
 
-// GCC 12 misreads Eigen's AVX-512 products as reading uninitialised registers (as in tensor/cpu/gemm.cpp).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <Eigen/Dense>
-#pragma GCC diagnostic pop
-
 #include <atomic>
 #include <cmath>
 #include <cstring>
 #include <numeric>
 #include <vector>
 
+#include "tensor/cuda/emulator/blas_values.h"
 #include "tensor/cuda/emulator/runtime.h"
 
+using bcos::emu::blas::cuda_type_bytes;
+using bcos::emu::blas::load;
+using bcos::emu::blas::store;
+using bcos::emu::blas::tf32;
 using bcos::emu::runtime::check_device_range;
 using bcos::emu::runtime::draw_order;
 using bcos::emu::runtime::enqueue;
-
-namespace {
-
-double tf32(double v) {  // float32 rounded to TF32's 10 mantissa bits, to nearest even
-  float f = float(v);
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0xfffu + ((bits >> 13) & 1u)) & ~0x1fffu;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-size_t cuda_type_bytes(cudaDataType t) {
-  switch (t) {
-    case CUDA_R_64F: return 8;
-    case CUDA_R_32F: return 4;
-    case CUDA_R_16F:
-    case CUDA_R_16BF: return 2;
-    default: return 0;
-  }
-}
-double load(const void* base, cudaDataType t, int64_t i) {
-  switch (t) {
-    case CUDA_R_64F: return static_cast<const double*>(base)[i];
-    case CUDA_R_32F: return static_cast<const float*>(base)[i];
-    case CUDA_R_16F: return __half2float(static_cast<const __half*>(base)[i]);
-    case CUDA_R_16BF: return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
-    default: return NAN;
-  }
-}
-void store(void* base, cudaDataType t, int64_t i, double v) {
-  switch (t) {
-    case CUDA_R_64F: static_cast<double*>(base)[i] = v; break;
-    case CUDA_R_32F: static_cast<float*>(base)[i] = float(v); break;
-    case CUDA_R_16F: static_cast<__half*>(base)[i] = __float2half_rn(float(v)); break;
-    case CUDA_R_16BF: static_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16_rn(float(v)); break;
-    default: break;
-  }
-}
-
-}  // namespace
 
 // ---- cuBLAS ---------------------------------------------------------------------------------------
 struct cublasContext {
@@ -142,18 +100,10 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
   // Queued: it runs in the stream's turn; the scalars were read now (host pointer mode).
   enqueue(handle->stream, "cublasGemmStridedBatchedEx", [=] {
     for (int64_t p = 0; p < batch; ++p) {
-      Eigen::MatrixXd op_a(m, k), op_b(k, n);
-      for (int64_t q = 0; q < k; ++q)
-        for (int64_t i = 0; i < m; ++i) {
-          const double v = load(A, Atype, p * strideA + (ta ? q + i * lda : i + q * lda));
-          op_a(i, q) = round_tf32 ? tf32(v) : v;
-        }
-      for (int64_t j = 0; j < n; ++j)
-        for (int64_t q = 0; q < k; ++q) {
-          const double v = load(B, Btype, p * strideB + (tb ? j + q * ldb : q + j * ldb));
-          op_b(q, j) = round_tf32 ? tf32(v) : v;
-        }
-      const Eigen::MatrixXd product = op_a * op_b;
+      const size_t a_bytes = cuda_type_bytes(Atype), b_bytes = cuda_type_bytes(Btype);
+      const Eigen::MatrixXd product = bcos::emu::blas::product(
+          ta, tb, m, n, k, static_cast<const char*>(A) + p * strideA * int64_t(a_bytes), Atype, lda,
+          static_cast<const char*>(B) + p * strideB * int64_t(b_bytes), Btype, ldb, round_tf32);
       for (int64_t j = 0; j < n; ++j)
         for (int64_t i = 0; i < m; ++i) {
           const int64_t at = p * strideC + i + j * ldc;

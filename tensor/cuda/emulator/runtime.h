@@ -47,4 +47,9 @@ enum class FastAlgorithms { run, refused, oversized };
 void set_fast_algorithms(FastAlgorithms mode);
 int64_t fast_refusals();
 
+// Whether the cuBLASLt stand-in's heuristics offer an algorithm (default true); off, they answer
+// CUBLAS_STATUS_NOT_SUPPORTED, as the library does when none suits, so that tests reach the
+// backend's fallback for a linear layer's bias (cublaslt.cpp).
+void set_lt_algorithms(bool offered);
+
 }  // namespace bcos::emu::runtime
