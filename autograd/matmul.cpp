@@ -33,8 +33,9 @@ Tensor bmm3(const Tensor& a, const Tensor& b, DType operands) {
 // out [R, N] = x [R, K] · wᵀ (+ b) for w [N, K]. The weight's gradient is formed as gᵀ · x,
 // already [N, K] row-major, so the engine adopts it as .grad; through matmul(x, w.t()) it
 // arrived as a transposed view and was copied element by element (12 % of a ViT-B/32 training
-// step). The bias goes in with the product (kernel::linear_bias), not in a separate pass. Under autocast x is rounded to the operand type once, and
-// that copy is both multiplied and kept for the weight's gradient, as torch.autocast keeps it:
+// step). The bias goes in with the product (kernel::linear_bias), not in a separate pass. Under
+// autocast x is rounded to the operand type once, and that copy is both multiplied and kept for
+// the weight's gradient, as torch.autocast keeps it:
 // half the bytes of the float32 input (ViT-B/16's linear inputs are a fifth of its training
 // memory), the same products -- they round x anyway.
 Tensor linear_rows(const Tensor& x, const Tensor& w, const Tensor& b, bool keep_rounded_input) {

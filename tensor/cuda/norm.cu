@@ -196,26 +196,7 @@ template <class T>
 T* maybe_out(const Tensor& t) {
   return t.defined() ? static_cast<T*>(t.raw_data()) : nullptr;
 }
-}  // namespace
 
-void row_norm_forward(const Tensor& x_in, int64_t outer, int64_t inner, double eps, const Tensor& weight_in,
-                      const Tensor& bias_in, const Tensor& out, const Tensor& mean, const Tensor& invstd) {
-  const Tensor x = raw_contiguous(x_in);
-  const Tensor weight = weight_in.defined() ? raw_contiguous(weight_in) : Tensor();
-  const Tensor bias = bias_in.defined() ? raw_contiguous(bias_in) : Tensor();
-  if (outer == 0 || inner == 0) return;
-  const int device = x.device().index;
-  DeviceGuard guard(device);
-  cudaStream_t stream = stream_of(device);
-  dispatch_float(x.dtype(), "cuda norm", [&]<class T>() {
-    row_norm_kernel<<<row_warp_blocks(outer), dim3(32, kRowWarps), 0, stream>>>(
-        static_cast<const T*>(x.raw_data()), outer, inner, eps, maybe<T>(weight), maybe<T>(bias),
-        static_cast<T*>(out.raw_data()), static_cast<T*>(mean.raw_data()), static_cast<T*>(invstd.raw_data()));
-    BCOS_CUDA_CHECK_LAUNCH();
-  });
-}
-
-namespace {
 // Layer norm's weight and bias gradients (row_norm_backward's second kernel), on `stream`.
 void affine_gradients(const Tensor& g, const Tensor& x, int64_t outer, int64_t inner, const Tensor& mean,
                       const Tensor& invstd, const Tensor& grad_weight, const Tensor& grad_bias, int device,
@@ -246,6 +227,24 @@ void affine_gradients(const Tensor& g, const Tensor& x, int64_t outer, int64_t i
   });
 }
 }  // namespace
+
+void row_norm_forward(const Tensor& x_in, int64_t outer, int64_t inner, double eps, const Tensor& weight_in,
+                      const Tensor& bias_in, const Tensor& out, const Tensor& mean, const Tensor& invstd) {
+  const Tensor x = raw_contiguous(x_in);
+  const Tensor weight = weight_in.defined() ? raw_contiguous(weight_in) : Tensor();
+  const Tensor bias = bias_in.defined() ? raw_contiguous(bias_in) : Tensor();
+  if (outer == 0 || inner == 0) return;
+  const int device = x.device().index;
+  DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  dispatch_float(x.dtype(), "cuda norm", [&]<class T>() {
+    row_norm_kernel<<<row_warp_blocks(outer), dim3(32, kRowWarps), 0, stream>>>(
+        static_cast<const T*>(x.raw_data()), outer, inner, eps, maybe<T>(weight), maybe<T>(bias),
+        static_cast<T*>(out.raw_data()), static_cast<T*>(mean.raw_data()), static_cast<T*>(invstd.raw_data()));
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
 
 void row_norm_backward(const Tensor& grad_in, const Tensor& x_in, int64_t outer, int64_t inner, const Tensor& mean,
                        const Tensor& invstd, const Tensor& weight_in, const Tensor& grad_x,
