@@ -10,6 +10,7 @@
 // deprecated in favour of its graph API; it is still shipped, and is the smallest readable way.
 #include <cudnn.h>
 
+#include <climits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -27,21 +28,27 @@ namespace bcos::cuda {
 
 namespace {
 
-// One cuDNN handle per (thread, device), bound to the thread's current stream on every use.
-struct CudnnHandles {
-  std::vector<cudnnHandle_t> by_device;
-  ~CudnnHandles() {
-    for (cudnnHandle_t h : by_device)
-      if (h) cudnnDestroy(h);
-  }
-};
-thread_local CudnnHandles t_cudnn;
+// One cuDNN handle per (thread, device), bound to the thread's current stream on every use. They
+// are never destroyed, as in PyTorch: at a thread's or the program's exit the CUDA context may
+// already be gone, and cudnnDestroy then crashes.
+thread_local std::vector<cudnnHandle_t> t_cudnn;
+
+// The cuDNN found at run time must be the major version compiled against (its pip wheel and a
+// system copy can both be on the search path).
+void check_cudnn_version() {
+  static const size_t found = cudnnGetVersion();
+  BCOS_CHECK(found / 10000 == CUDNN_MAJOR, "cuDNN: compiled against version ", CUDNN_MAJOR, ".", CUDNN_MINOR,
+             " but the library loaded is ", found, "; put cuDNN ", CUDNN_MAJOR, "'s library first on LD_LIBRARY_PATH");
+}
 
 cudnnHandle_t cudnn_handle(int device) {
   check_device_index(device, "cuda::cudnn_handle");
-  if (t_cudnn.by_device.size() <= size_t(device)) t_cudnn.by_device.resize(size_t(device) + 1, nullptr);
-  cudnnHandle_t& h = t_cudnn.by_device[size_t(device)];
-  if (!h) BCOS_CUDNN_CHECK(cudnnCreate(&h));
+  if (t_cudnn.size() <= size_t(device)) t_cudnn.resize(size_t(device) + 1, nullptr);
+  cudnnHandle_t& h = t_cudnn[size_t(device)];
+  if (!h) {
+    check_cudnn_version();
+    BCOS_CUDNN_CHECK(cudnnCreate(&h));
+  }
   BCOS_CUDNN_CHECK(cudnnSetStream(h, stream_of(device)));
   return h;
 }
@@ -98,6 +105,11 @@ struct ConvDescriptors {
   ConvDescriptors(const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p, DType dt, const char* op)
       : xs_(&xs), ws_(&ws), ys_(&ys), dt_(dt) {
     const cudnnDataType_t type = cudnn_type(dt, op);
+    // The descriptors take int sizes and cuDNN's kernels index in 32 bits (PyTorch splits such
+    // batches; here it is an error, not a silently truncated size).
+    for (const Shape* sh : {&xs, &ws, &ys})
+      BCOS_CHECK(sh->numel() <= INT_MAX, op, " ", shapes(), ": a tensor of more than 2^31 - 1 elements, "
+                 "beyond cuDNN's 32-bit sizes; split the batch");
     BCOS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x));
     BCOS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y));
     BCOS_CUDNN_CHECK(cudnnCreateFilterDescriptor(&w));
@@ -154,19 +166,27 @@ struct Choice {
 };
 
 // The heuristics' entries that may run, fastest first: those cuDNN reports as running; only the
-// deterministic ones under deterministic_algorithms(); for float32 without TF32 only FMA math.
+// deterministic ones under deterministic_algorithms(); for float32 without TF32 only FMA math --
+// and should cuDNN rate none with FMA math, every entry with FMA math forced on it, so that TF32
+// stays off whatever the heuristics answer.
 template <class Perf>
 auto usable(const Perf* perf, int count, const ConvDescriptors& d) {
-  std::vector<Choice<decltype(perf->algo)>> out;
-  for (int i = 0; i < count; ++i)
-    if (perf[i].status == CUDNN_STATUS_SUCCESS && (!d.deterministic || perf[i].determinism == CUDNN_DETERMINISTIC) &&
-        (!d.fma_only || perf[i].mathType == CUDNN_FMA_MATH))
-      out.push_back({perf[i].algo, perf[i].mathType});
-  return out;
+  std::vector<Choice<decltype(perf->algo)>> out, forced;
+  for (int i = 0; i < count; ++i) {
+    if (perf[i].status != CUDNN_STATUS_SUCCESS || (d.deterministic && perf[i].determinism != CUDNN_DETERMINISTIC))
+      continue;
+    if (!d.fma_only || perf[i].mathType == CUDNN_FMA_MATH) out.push_back({perf[i].algo, perf[i].mathType});
+    if (d.fma_only) forced.push_back({perf[i].algo, CUDNN_FMA_MATH});
+  }
+  return out.empty() ? forced : out;
 }
 
-bool not_supported(cudnnStatus_t status) {  // cuDNN 9 refines NOT_SUPPORTED into sub-codes 3001...
-  return status / 1000 * 1000 == CUDNN_STATUS_NOT_SUPPORTED;
+// The statuses with which an entry gives way to the next: NOT_SUPPORTED (cuDNN 9 refines it into
+// sub-codes 3001...), a pointer not aligned as the algorithm needs, and a texture it could not
+// create. Anything else (bad parameters, execution failures) is raised.
+bool gives_way(cudnnStatus_t status) {
+  return CUDNN_STATUS_CATEGORY(status) == CUDNN_STATUS_NOT_SUPPORTED || status == CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER ||
+         status == CUDNN_STATUS_INTERNAL_ERROR_TEXTURE_CREATION_FAILED;
 }
 
 // The choice that ran, per (device, shape, direction).
@@ -183,7 +203,7 @@ struct AlgoCache {
   }
   void keep(int device, const ConvDescriptors& d, Choice<Algo> c) {
     std::lock_guard<std::mutex> lock(mu);
-    choices.emplace(std::tuple{device, d.key}, c);
+    choices.insert_or_assign(std::tuple{device, d.key}, c);
   }
 };
 
@@ -195,9 +215,10 @@ AlgoCache<cudnnConvolutionBwdFilterAlgo_t> g_backward_filter;
 // heuristics, `size(algo, &bytes)` and `run(algo, workspace, bytes)` wrap its workspace query and
 // itself. The first time a shape is seen its entries are tried in order until one runs, and
 // that one is kept: an entry whose workspace the device cannot hold, or that cuDNN refuses when
-// asked for its workspace or called (NOT_SUPPORTED: its heuristics may list what a shape then
-// cannot run), gives way to the next, as in PyTorch. Any other failure raises, naming the
-// operation and the shapes.
+// asked for its workspace or called (gives_way: its heuristics may list what a shape then cannot
+// run), gives way to the next, as in PyTorch. The kept one failing so later (another view's
+// alignment, a fuller device) sends the shape back through the list. Any other failure raises,
+// naming the operation and the shapes.
 template <class Algo, class List, class Size, class Run>
 void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, const char* op, const char* call,
               List&& list, Size&& size, Run&& run) {
@@ -213,8 +234,14 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
          int(c.math), ") failed with ", cudnnGetErrorString(status), " (status ", int(status), ")");
   };
   if (const std::optional<Choice<Algo>> kept = cache.find(device, d)) {
-    if (const cudnnStatus_t status = attempt(*kept); status != CUDNN_STATUS_SUCCESS) raise(status, *kept);
-    return;
+    cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
+    try {
+      status = attempt(*kept);
+    } catch (const OutOfMemoryError&) {
+      status = CUDNN_STATUS_NOT_SUPPORTED;  // its workspace no longer fits: search again
+    }
+    if (status == CUDNN_STATUS_SUCCESS) return;
+    if (!gives_way(status)) raise(status, *kept);
   }
   const std::vector<Choice<Algo>> choices = list();
   std::string passed;  // why each entry gave way
@@ -226,7 +253,7 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
       passed += str("; algorithm ", int(c.algo), ": its workspace does not fit (", e.what(), ")");
       continue;
     }
-    if (not_supported(status)) {
+    if (gives_way(status)) {
       passed += str("; algorithm ", int(c.algo), ": ", cudnnGetErrorString(status));
       continue;
     }

@@ -12,6 +12,9 @@
 
 #include <atomic>
 #include <climits>
+#include <mutex>
+#include <unordered_map>
+#include <utility>
 
 #include "tensor/cuda/internal.h"
 
@@ -152,10 +155,23 @@ uint32_t alignment_of(const void* p) {
   return align;
 }
 
-constexpr uint64_t kLtWorkspaceBytes = uint64_t(4) << 20;
+// cuBLASLt's workspace cap: 32 MiB from Hopper on (sm_90, what NVIDIA's cuBLAS documentation asks
+// for there and PyTorch gives it), 4 MiB before. Taken from the caching allocator per call.
+uint64_t lt_workspace_bytes(int device) {
+  static std::mutex mutex;
+  static std::unordered_map<int, uint64_t> bytes;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = bytes.find(device);
+  if (it == bytes.end()) it = bytes.emplace(device, uint64_t(device_info(device).major >= 9 ? 32 : 4) << 20).first;
+  return it->second;
+}
+
+// cuBLASLt's "no": the status with which it turns down a problem it has no kernel for (any other
+// failure -- a bad argument, a fault -- is an error, raised as everywhere else).
+bool lt_declined(cublasStatus_t status) { return status == CUBLAS_STATUS_NOT_SUPPORTED; }
 
 // out (dense [M, N], float32) = a [M, K] · b [K, N] + bias [N] with the bias added in the epilogue.
-// Returns false, having written nothing, where cuBLASLt offers no algorithm or refuses the call;
+// Returns false, having written nothing, where cuBLASLt offers no algorithm or declines the call;
 // the caller then takes the copy-and-accumulate path.
 bool lt_linear_bias(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out) {
   const int64_t m = out.size(0), n = out.size(1), k = a.size(1);
@@ -165,55 +181,54 @@ bool lt_linear_bias(const Tensor& a, const Tensor& b, const Tensor& bias, const 
   const cudaDataType operand_type = cuda_data_type(a.dtype());
   const cublasComputeType_t compute = a.dtype() == DType::f32 && allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32
                                                                                : CUBLAS_COMPUTE_32F;
-  auto ok = [](cublasStatus_t status) { return status == CUBLAS_STATUS_SUCCESS; };
   LtOwned<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy> desc;
-  if (!ok(cublasLtMatmulDescCreate(&desc.h, compute, CUDA_R_32F))) return false;
+  BCOS_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc.h, compute, CUDA_R_32F));
   const int32_t trans_a = gb.op, trans_b = ga.op;
   const uint32_t epilogue = CUBLASLT_EPILOGUE_BIAS;
   const void* bias_ptr = bias.raw_data();
-  if (!ok(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a))) ||
-      !ok(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b))) ||
-      !ok(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue))) ||
-      !ok(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr))))
-    return false;
+  BCOS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
+  BCOS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)));
+  BCOS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+  // Set before the heuristics: they read the bias's alignment from it.
+  BCOS_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(desc.h, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr)));
   // Layouts describe the stored matrices (before op): rows, columns, leading dimension.
   using Layout = LtOwned<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
   Layout layout_a, layout_b, layout_d;
   const bool a_plain = gb.op == CUBLAS_OP_N, b_plain = ga.op == CUBLAS_OP_N;
-  if (!ok(cublasLtMatrixLayoutCreate(&layout_a.h, operand_type, a_plain ? n : k, a_plain ? k : n, gb.ld)) ||
-      !ok(cublasLtMatrixLayoutCreate(&layout_b.h, operand_type, b_plain ? k : m, b_plain ? m : k, ga.ld)) ||
-      !ok(cublasLtMatrixLayoutCreate(&layout_d.h, CUDA_R_32F, n, m, n)))
-    return false;
+  BCOS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_a.h, operand_type, a_plain ? n : k, a_plain ? k : n, gb.ld));
+  BCOS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_b.h, operand_type, b_plain ? k : m, b_plain ? m : k, ga.ld));
+  BCOS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_d.h, CUDA_R_32F, n, m, n));
   LtOwned<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy> preference;
-  const uint64_t max_workspace = kLtWorkspaceBytes;
+  const uint64_t max_workspace = lt_workspace_bytes(device);
   const uint32_t align_a = alignment_of(gb.ptr), align_b = alignment_of(ga.ptr), align_d = alignment_of(out.raw_data());
-  if (!ok(cublasLtMatmulPreferenceCreate(&preference.h)) ||
-      !ok(cublasLtMatmulPreferenceSetAttribute(preference.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_workspace,
-                                               sizeof(max_workspace))) ||
-      !ok(cublasLtMatmulPreferenceSetAttribute(preference.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
-                                               sizeof(align_a))) ||
-      !ok(cublasLtMatmulPreferenceSetAttribute(preference.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
-                                               sizeof(align_b))) ||
-      !ok(cublasLtMatmulPreferenceSetAttribute(preference.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d,
-                                               sizeof(align_d))) ||
-      !ok(cublasLtMatmulPreferenceSetAttribute(preference.h, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d,
-                                               sizeof(align_d))))
-    return false;
+  BCOS_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference.h));
+  const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> alignments[] = {
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_a}, {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_b},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_d}, {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_d}};
+  BCOS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                         &max_workspace, sizeof(max_workspace)));
+  for (const auto& [attribute, bytes] : alignments)
+    BCOS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference.h, attribute, &bytes, sizeof(bytes)));
   DeviceGuard guard(device);
   cublasLtHandle_t handle = lt_handle(device);
   cublasLtMatmulHeuristicResult_t heuristic{};
   int found = 0;
-  if (!ok(cublasLtMatmulAlgoGetHeuristic(handle, desc.h, layout_a.h, layout_b.h, layout_d.h, layout_d.h,
-                                         preference.h, 1, &heuristic, &found)) ||
-      found == 0 || !ok(heuristic.state))
-    return false;
+  const cublasStatus_t asked = cublasLtMatmulAlgoGetHeuristic(handle, desc.h, layout_a.h, layout_b.h, layout_d.h,
+                                                              layout_d.h, preference.h, 1, &heuristic, &found);
+  if (lt_declined(asked)) return false;
+  if (asked != CUBLAS_STATUS_SUCCESS) detail::raise_cublas_error("cublasLtMatmulAlgoGetHeuristic", asked, __FILE__, __LINE__);
+  if (found == 0 || heuristic.state != CUBLAS_STATUS_SUCCESS) return false;
   // From the caching allocator on this stream: returned after the call, reused only by later work on it.
   std::shared_ptr<void> workspace;
   if (heuristic.workspaceSize > 0) workspace = allocate(heuristic.workspaceSize, device);
   const float alpha = 1.0f, beta = 0.0f;
-  return ok(cublasLtMatmul(handle, desc.h, &alpha, gb.ptr, layout_a.h, ga.ptr, layout_b.h, &beta, out.raw_data(),
-                           layout_d.h, out.raw_data(), layout_d.h, &heuristic.algo, workspace.get(),
-                           heuristic.workspaceSize, stream_of(device)));
+  const cublasStatus_t ran = cublasLtMatmul(handle, desc.h, &alpha, gb.ptr, layout_a.h, ga.ptr, layout_b.h, &beta,
+                                            out.raw_data(), layout_d.h, out.raw_data(), layout_d.h, &heuristic.algo,
+                                            workspace.get(), heuristic.workspaceSize, stream_of(device));
+  if (lt_declined(ran)) return false;
+  if (ran != CUBLAS_STATUS_SUCCESS) detail::raise_cublas_error("cublasLtMatmul", ran, __FILE__, __LINE__);
+  return true;
 }
 
 }  // namespace
@@ -234,6 +249,8 @@ void linear_bias(const Tensor& a, const Tensor& b, const Tensor& bias, const Ten
   const int64_t m = out.size(0), n = out.size(1), k = a.size(1);
   const bool autocast = operands != DType::f32 && out.dtype() == DType::f32;
   Tensor narrow_a = autocast ? narrowed(a, operands) : a, narrow_b = autocast ? narrowed(b, operands) : b;
+  BCOS_CHECK(narrow_a.dtype() == narrow_b.dtype(), "cuda linear_bias: operands of two types, ",
+             dtype_name(narrow_a.dtype()), " ", a.shape(), " and ", dtype_name(narrow_b.dtype()), " ", b.shape());
   // cuBLASLt for float32 outputs, as PyTorch's addmm (not float64); PyTorch also keeps vectors
   // (a dim of 1) off it. A bias not 16-byte aligned goes the other way too.
   const bool lt = out.dtype() == DType::f32 && out.is_contiguous() && bias.is_contiguous() && m > 1 && n > 1 &&

@@ -753,6 +753,42 @@ TEST_CASE("emulator: a cuDNN algorithm that is refused when called, or whose wor
     // The device still serves ordinary allocations: the failed ones left nothing behind.
     CHECK(bcos::full({4}, 2.0, {f64, bcos::Device::cuda(0)}).to_vector<double>()[3] == 2.0);
   }
+  {
+    INFO("the kept algorithms failing later (MISALIGNED_POINTER): the shape goes back through the list");
+    const bcos::Tensor x = bcos::randn({2, 3, 9, 14}, f64), w = bcos::randn({5, 3, 3, 3}, f64);
+    const auto cpu = convolve(x, w, bcos::Device());
+    bcos::emu::runtime::set_fast_algorithms(FastAlgorithms::run);
+    same(convolve(x, w, bcos::Device::cuda(0)), cpu);  // the fast ones run and are kept
+    bcos::emu::runtime::set_fast_algorithms(FastAlgorithms::misaligned);
+    const int64_t before = bcos::emu::runtime::fast_refusals();
+    same(convolve(x, w, bcos::Device::cuda(0)), cpu);
+    CHECK(bcos::emu::runtime::fast_refusals() - before == 6);  // each direction: the kept one, then the list's first
+    same(convolve(x, w, bcos::Device::cuda(0)), cpu);
+    CHECK(bcos::emu::runtime::fast_refusals() - before == 6);  // the plain ones are kept now
+  }
+}
+
+TEST_CASE("emulator: float32 convolutions with TF32 off stay off it when cuDNN's heuristics rate every entry "
+          "with the default math") {
+  struct Restore {
+    ~Restore() {
+      bcos::emu::runtime::set_rated_with_descriptor_math(true);
+      bcos::set_allow_tf32(true);
+    }
+  } restore;
+  bcos::set_allow_tf32(false);
+  bcos::emu::runtime::set_rated_with_descriptor_math(false);
+  bcos::manual_seed(34);
+  const bcos::Tensor x = bcos::randn({2, 4, 10, 7}), w = bcos::randn({6, 4, 3, 3});
+  auto convolve = [&](bcos::Device dev) {
+    bcos::Tensor xd = x.to(dev).requires_grad_(), wd = w.to(dev).requires_grad_();
+    bcos::Tensor y = bcos::conv2d(xd, wd, bcos::Tensor(), 1, 1, 1, 1);
+    bcos::sum(y * y).backward();
+    return std::vector<bcos::Tensor>{y.to(bcos::Device()), xd.grad().to(bcos::Device()), wd.grad().to(bcos::Device())};
+  };
+  const auto cpu = convolve(bcos::Device()), gpu = convolve(bcos::Device::cuda(0));
+  // float32 sums (~1e-7); TF32's 10-bit operands would be ~1e-3 off.
+  for (size_t i = 0; i < cpu.size(); ++i) CHECK(golden::relative_error(gpu[i], cpu[i]) <= 1e-5);
 }
 
 TEST_CASE("emulator: sums over rows into few outputs (linear's and layer norm's parameter gradients) run as coalesced columns") {
@@ -788,6 +824,7 @@ TEST_CASE("emulator: a linear layer's bias goes in cuBLASLt's epilogue; where cu
   struct Restore {
     ~Restore() {
       bcos::emu::runtime::set_lt_algorithms(true);
+      bcos::emu::runtime::set_lt_matmul_answer(bcos::emu::runtime::LtMatmulAnswer::run);
       bcos::set_allow_tf32(true);
     }
   } restore;
@@ -813,15 +850,29 @@ TEST_CASE("emulator: a linear layer's bias goes in cuBLASLt's epilogue; where cu
   for (bcos::DType autocast : {bcos::DType::f32, bcos::DType::bf16}) {
     CAPTURE(bcos::dtype_name(autocast));
     const auto cpu = run(bcos::Device(), autocast);
-    for (bool offered : {true, false}) {
-      CAPTURE(offered);
-      bcos::emu::runtime::set_lt_algorithms(offered);
+    // No algorithm offered, or the call itself declined (CUBLAS_STATUS_NOT_SUPPORTED): the fallback.
+    for (const char* answer : {"offered", "no algorithm", "declined"}) {
+      CAPTURE(answer);
+      const bool offered = std::string(answer) == "offered";
+      bcos::emu::runtime::set_lt_algorithms(std::string(answer) != "no algorithm");
+      bcos::emu::runtime::set_lt_matmul_answer(std::string(answer) == "declined"
+                                                   ? bcos::emu::runtime::LtMatmulAnswer::decline
+                                                   : bcos::emu::runtime::LtMatmulAnswer::run);
       const int64_t epilogues = bcos::cuda::linear_bias_epilogues(), fallbacks = bcos::cuda::linear_bias_fallbacks();
       const auto gpu = run(bcos::Device::cuda(0), autocast);
       for (size_t i = 0; i < cpu.size(); ++i) CHECK(golden::relative_error(gpu[i], cpu[i]) <= 1e-5);
       CHECK(bcos::cuda::linear_bias_epilogues() - epilogues == (offered ? 1 : 0));
       CHECK(bcos::cuda::linear_bias_fallbacks() - fallbacks == (offered ? 0 : 1));
     }
+    bcos::emu::runtime::set_lt_algorithms(true);
+    // Any other failure is an error, raised with the call's name, not hidden behind the fallback.
+    bcos::emu::runtime::set_lt_matmul_answer(bcos::emu::runtime::LtMatmulAnswer::fail);
+    const int64_t fallbacks = bcos::cuda::linear_bias_fallbacks();
+    const bcos::Device gpu(bcos::Device::cuda(0));
+    CHECK_THROWS_WITH_AS(bcos::linear(x.to(gpu), w.to(gpu), b.to(gpu)), doctest::Contains("cublasLtMatmul"),
+                         bcos::Error);
+    CHECK(bcos::cuda::linear_bias_fallbacks() == fallbacks);
+    bcos::emu::runtime::set_lt_matmul_answer(bcos::emu::runtime::LtMatmulAnswer::run);
   }
   // float64 never asks cuBLASLt (PyTorch's addmm keeps it off too).
   const int64_t epilogues = bcos::cuda::linear_bias_epilogues(), fallbacks = bcos::cuda::linear_bias_fallbacks();

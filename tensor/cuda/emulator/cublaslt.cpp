@@ -70,6 +70,7 @@ bool take(T& into, const void* buf, size_t size) {
 }
 
 std::atomic<bool> g_offer_algorithms{true};
+std::atomic<bcos::emu::runtime::LtMatmulAnswer> g_matmul_answer{bcos::emu::runtime::LtMatmulAnswer::run};
 constexpr uint64_t kWorkspace = 64 << 10;  // what the emulated algorithm asks for, when allowed
 
 uint32_t alignment_of(const void* p) {
@@ -221,6 +222,11 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
   const Layout la = read<Layout>(a), lb = read<Layout>(b), lc = read<Layout>(c), ld = read<Layout>(d);
   if (!shapes_agree(dd, la, lb, lc, ld)) return CUBLAS_STATUS_INVALID_VALUE;
   if (!supported(dd, la, lb, lc, ld)) return CUBLAS_STATUS_NOT_SUPPORTED;
+  switch (g_matmul_answer.load()) {
+    case bcos::emu::runtime::LtMatmulAnswer::decline: return CUBLAS_STATUS_NOT_SUPPORTED;
+    case bcos::emu::runtime::LtMatmulAnswer::fail: return CUBLAS_STATUS_EXECUTION_FAILED;
+    case bcos::emu::runtime::LtMatmulAnswer::run: break;
+  }
   const Algo chosen = read<Algo>(algo);
   if (workspace_bytes < chosen.workspace || (chosen.workspace > 0 && workspace == nullptr))
     return CUBLAS_STATUS_INVALID_VALUE;
@@ -228,6 +234,10 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
   const void* pointers[4] = {A, B, C, D};
   for (int i = 0; i < 4; ++i)
     if (alignment_of(pointers[i]) < chosen.align[i]) return CUBLAS_STATUS_INVALID_VALUE;
+  // The documentation's own requirements: a workspace 256-byte aligned; a bias its kernels may read
+  // 16 bytes at a time (the alignment preferences do not cover it; misaligned, the GPU faults).
+  if (workspace != nullptr && alignment_of(workspace) < 256) return CUBLAS_STATUS_INVALID_VALUE;
+  if (dd.epilogue == CUBLASLT_EPILOGUE_BIAS && alignment_of(dd.bias) < 16) return CUBLAS_STATUS_INVALID_VALUE;
   const uint64_t m = ld.rows, n = ld.cols, k = op_cols(la, dd.trans_a);
   const double al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
   auto extent = [](const Layout& l) { return size_t((l.cols - 1) * uint64_t(l.ld) + l.rows) * cuda_type_bytes(l.type); };
@@ -259,4 +269,5 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
 
 namespace bcos::emu::runtime {
 void set_lt_algorithms(bool offered) { g_offer_algorithms = offered; }
+void set_lt_matmul_answer(LtMatmulAnswer answer) { g_matmul_answer = answer; }
 }  // namespace bcos::emu::runtime

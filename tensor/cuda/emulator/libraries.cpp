@@ -57,6 +57,7 @@ const char* cublasGetStatusString(cublasStatus_t status) {
     case CUBLAS_STATUS_NOT_INITIALIZED: return "the library was not initialized";
     case CUBLAS_STATUS_INVALID_VALUE: return "an invalid numeric value was used as an argument";
     case CUBLAS_STATUS_NOT_SUPPORTED: return "the functionality requested is not supported";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "the GPU program failed to execute";
     default: return "unknown error";
   }
 }
@@ -262,6 +263,7 @@ bool rounds_tf32(const cudnnTensorStruct* x, const cudnnConvolutionStruct* c) {
 constexpr size_t kWorkspace = 4096;
 std::atomic<int> g_fast_mode{0};  // a runtime::FastAlgorithms
 std::atomic<int64_t> g_fast_refusals{0};
+std::atomic<bool> g_rated_with_descriptor_math{true};
 
 size_t fast_workspace() {  // past the emulated device's 16 GiB when tests ask for it
   return g_fast_mode.load() == int(bcos::emu::runtime::FastAlgorithms::oversized) ? size_t(1) << 45 : kWorkspace;
@@ -278,7 +280,7 @@ void two_algorithms(Perf* perf, int requested, int* returned, Algo fast, bool fa
     perf[i].time = i == 0 ? 1.0f : 2.0f;
     perf[i].memory = i == 0 ? fast_workspace() : 0;
     perf[i].determinism = i == 0 && !fast_deterministic ? CUDNN_NON_DETERMINISTIC : CUDNN_DETERMINISTIC;
-    perf[i].mathType = math;
+    perf[i].mathType = g_rated_with_descriptor_math.load() ? math : CUDNN_DEFAULT_MATH;
   }
 }
 
@@ -303,6 +305,10 @@ cudnnStatus_t check_algorithm(void* workspace, size_t bytes, int algo, int fast_
   if (algo == fast_algo && g_fast_mode.load() == int(bcos::emu::runtime::FastAlgorithms::refused)) {
     ++g_fast_refusals;
     return CUDNN_STATUS_NOT_SUPPORTED_SHAPE;
+  }
+  if (algo == fast_algo && g_fast_mode.load() == int(bcos::emu::runtime::FastAlgorithms::misaligned)) {
+    ++g_fast_refusals;
+    return CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER;
   }
   if (need > 0) check_device_range(workspace, need, "cuDNN workspace");
   return CUDNN_STATUS_SUCCESS;
@@ -330,6 +336,7 @@ const char* cudnnGetErrorString(cudnnStatus_t status) {
     case CUDNN_STATUS_BAD_PARAM: return "CUDNN_STATUS_BAD_PARAM";
     case CUDNN_STATUS_NOT_SUPPORTED: return "CUDNN_STATUS_NOT_SUPPORTED";
     case CUDNN_STATUS_NOT_SUPPORTED_SHAPE: return "CUDNN_STATUS_NOT_SUPPORTED_SHAPE";
+    case CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER: return "CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER";
     default: return "CUDNN_STATUS_INTERNAL_ERROR";  // the only other status the stand-in returns
   }
 }
@@ -606,4 +613,5 @@ cudnnStatus_t cudnnAddTensor(cudnnHandle_t h, const void* alpha, const cudnnTens
 namespace bcos::emu::runtime {
 void set_fast_algorithms(FastAlgorithms mode) { g_fast_mode = int(mode); }
 int64_t fast_refusals() { return g_fast_refusals.load(); }
+void set_rated_with_descriptor_math(bool as_descriptor) { g_rated_with_descriptor_math = as_descriptor; }
 }  // namespace bcos::emu::runtime

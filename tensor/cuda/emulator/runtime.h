@@ -42,14 +42,27 @@ void check_device_range(const void* p, size_t bytes, const char* what);
 // What the cuDNN stand-in's fast convolution algorithms (the heuristics' first entries) do, so
 // that tests reach the backend's fallback to the next entry: run; refuse at execution with
 // CUDNN_STATUS_NOT_SUPPORTED_SHAPE, as real cuDNN may for an algorithm its heuristics listed; or
-// ask for a workspace larger than the device. fast_refusals() counts the refused executions.
-enum class FastAlgorithms { run, refused, oversized };
+// ask for a workspace larger than the device; or fail at execution with
+// CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER, as an algorithm kept for aligned pointers may on a
+// view that starts inside its allocation. fast_refusals() counts the refused executions.
+enum class FastAlgorithms { run, refused, oversized, misaligned };
 void set_fast_algorithms(FastAlgorithms mode);
 int64_t fast_refusals();
+
+// The math type the cuDNN stand-in's heuristics rate their entries with: the descriptor's (true,
+// the default), or always CUDNN_DEFAULT_MATH (false) -- what real cuDNN 9 might answer for an
+// FMA-math descriptor, which float32 without TF32 must not take as it is.
+void set_rated_with_descriptor_math(bool as_descriptor);
 
 // Whether the cuBLASLt stand-in's heuristics offer an algorithm (default true); off, they answer
 // CUBLAS_STATUS_NOT_SUPPORTED, as the library does when none suits, so that tests reach the
 // backend's fallback for a linear layer's bias (cublaslt.cpp).
 void set_lt_algorithms(bool offered);
+
+// What the stand-in's cublasLtMatmul answers (default: it runs the product). `decline`:
+// CUBLAS_STATUS_NOT_SUPPORTED, the library's "no kernel for this", which the backend takes as a
+// fallback; `fail`: CUBLAS_STATUS_EXECUTION_FAILED, which it must raise instead of hiding.
+enum class LtMatmulAnswer { run, decline, fail };
+void set_lt_matmul_answer(LtMatmulAnswer answer);
 
 }  // namespace bcos::emu::runtime
