@@ -97,7 +97,8 @@ struct DataLoader::State {
     const Shape shape = images[0].shape();
     const Shape batch_shape{int64_t(images.size()), shape[0], shape[1], shape[2]};
     // Bound for a GPU: pinned, so the copy there runs while the GPU is busy.
-    b.images = options.device.is_cuda() ? empty_pinned(batch_shape, DType::f32) : empty(batch_shape, DType::f32);
+    b.images = options.device.is_cuda() ? empty_pinned(batch_shape, DType::f32, options.device)
+                                        : empty(batch_shape, DType::f32);
     float* dst = b.images.data<float>();
     const int64_t per = shape.numel();
     for (size_t i = 0; i < images.size(); ++i) {
@@ -107,7 +108,7 @@ struct DataLoader::State {
       std::memcpy(dst + int64_t(i) * per, images[i].data<float>(), size_t(per) * sizeof(float));
     }
     b.labels = from_vector(labels, {int64_t(labels.size())});
-    if (options.device.is_cuda()) b.labels = pin_memory(b.labels);
+    if (options.device.is_cuda()) b.labels = pin_memory(b.labels, options.device);
     return res;
   }
 

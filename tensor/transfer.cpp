@@ -15,23 +15,24 @@
 
 namespace bcos {
 
-Tensor empty_pinned(const Shape& shape, DType dtype) {
+Tensor empty_pinned(const Shape& shape, DType dtype, Device for_device) {
 #ifdef BCOS_WITH_CUDA
   if (cuda_device_count() > 0) {
     for (int64_t d : shape) BCOS_CHECK(d >= 0, "empty_pinned: negative size in shape ", shape);
     const size_t nbytes = size_t(shape.numel()) * dtype_size(dtype);
-    std::shared_ptr<void> block = cuda::allocate_pinned(nbytes);
+    std::shared_ptr<void> block = cuda::allocate_pinned(nbytes, for_device.is_cuda() ? for_device.index : -1);
     void* data = block.get();
     return from_blob(data, shape, dtype, Device(), std::move(block));
   }
 #endif
+  (void)for_device;  // nothing to pin without CUDA
   return empty(shape, dtype);
 }
 
-Tensor pin_memory(const Tensor& t) {
+Tensor pin_memory(const Tensor& t, Device for_device) {
   BCOS_CHECK(t.defined() && t.is_cpu(), "pin_memory: needs a CPU tensor, got ",
              t.defined() ? t.device().name() : std::string("an undefined tensor"));
-  Tensor out = empty_pinned(t.shape(), t.dtype());
+  Tensor out = empty_pinned(t.shape(), t.dtype(), for_device);
   copy_into(out, t);
   return out;
 }

@@ -15,8 +15,11 @@ namespace bcos {
 
 // A contiguous CPU tensor in page-locked memory when a GPU is present; ordinary CPU memory
 // otherwise (pinning only speeds up copies, it changes no value).
-Tensor empty_pinned(const Shape& shape, DType dtype);
-Tensor pin_memory(const Tensor& t);  // a pinned contiguous copy
+// `for_device`: the CUDA device the memory is for, whose context pins it (default: the calling
+// thread's current device, as PyTorch's pin_memory()); a worker thread names it, so that it does
+// not wake GPU 0.
+Tensor empty_pinned(const Shape& shape, DType dtype, Device for_device = Device());
+Tensor pin_memory(const Tensor& t, Device for_device = Device());  // a pinned contiguous copy
 
 class DeviceStager {
  public:

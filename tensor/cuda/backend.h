@@ -18,6 +18,12 @@ namespace bcos::cuda {
 int device_count();  // 0 when no driver or no GPU: never throws
 void set_device(int index);
 int current_device();
+// Whether this process has used `device`: set it, or guarded work onto it. Setting a device
+// creates its context (~0.5 GiB of its memory), so a DeviceGuard hands a thread back to its
+// previous device only when that one is in use -- a rank of a data-parallel job that only ever
+// works on cuda:3 must not wake cuda:0 on the way (PyTorch's MaybeSetDevice does the same).
+bool device_in_use(int device);
+void mark_device_in_use(int device);
 struct DeviceInfo {
   std::string name;
   int major = 0, minor = 0, multiprocessors = 0;
@@ -56,7 +62,7 @@ void copy_peer(void* dst, int dst_device, const void* src, int src_device, size_
 // ---- pinned host memory and events (cuda/copy.cu) ----------------------------------------------
 // Page-locked host memory (copies from it run asynchronously); freed blocks are kept for reuse
 // by the next request of the same size, so a loader's per-batch buffers cost one cudaHostAlloc.
-std::shared_ptr<void> allocate_pinned(size_t nbytes);
+std::shared_ptr<void> allocate_pinned(size_t nbytes, int device = -1);
 using EventHandle = void*;  // a cudaEvent_t
 EventHandle create_event(int device);  // timing disabled
 void destroy_event(int device, EventHandle event);

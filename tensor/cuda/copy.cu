@@ -5,6 +5,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include "tensor/cuda/internal.h"
 #include "tensor/random_math.h"
@@ -90,7 +91,7 @@ std::mutex g_pinned_mutex;
 std::multimap<size_t, void*> g_pinned_free;  // size -> block, kept for reuse
 }  // namespace
 
-std::shared_ptr<void> allocate_pinned(size_t nbytes) {
+std::shared_ptr<void> allocate_pinned(size_t nbytes, int device) {
   void* p = nullptr;
   {
     std::lock_guard<std::mutex> lock(g_pinned_mutex);
@@ -100,7 +101,14 @@ std::shared_ptr<void> allocate_pinned(size_t nbytes) {
       g_pinned_free.erase(it);
     }
   }
-  if (p == nullptr) BCOS_CUDA_CHECK(cudaHostAlloc(&p, std::max<size_t>(nbytes, 1), cudaHostAllocDefault));
+  if (p == nullptr) {
+    // Pinning belongs to the current device's context: the one the memory is for, where known (a
+    // loader's worker thread has none chosen, and would wake GPU 0's). With unified addressing
+    // it serves every device.
+    std::optional<DeviceGuard> guard;
+    if (device >= 0) guard.emplace(device);
+    BCOS_CUDA_CHECK(cudaHostAlloc(&p, std::max<size_t>(nbytes, 1), cudaHostAllocDefault));
+  }
   return std::shared_ptr<void>(p, [nbytes](void* q) {
     std::lock_guard<std::mutex> lock(g_pinned_mutex);
     g_pinned_free.emplace(nbytes, q);

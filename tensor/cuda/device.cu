@@ -3,6 +3,7 @@
 // queries that the GPU check prints.
 #include <cudnn.h>
 
+#include <atomic>
 #include <mutex>
 #include <vector>
 
@@ -32,9 +33,21 @@ void check_device_index(int device, const char* op) {
              " visible)");
 }
 
+namespace {
+std::atomic<uint64_t> g_devices_in_use{0};
+}  // namespace
+
+bool device_in_use(int device) {
+  return device >= 0 && device < 64 && (g_devices_in_use.load() >> device & 1u) != 0;
+}
+void mark_device_in_use(int device) {
+  if (device >= 0 && device < 64) g_devices_in_use.fetch_or(uint64_t(1) << device);
+}
+
 void set_device(int index) {
   check_device_index(index, "cuda::set_device");
   BCOS_CUDA_CHECK(cudaSetDevice(index));
+  mark_device_in_use(index);
 }
 
 int current_device() {

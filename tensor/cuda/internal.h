@@ -43,18 +43,21 @@ int multiprocessor_count(int device);
 cublasHandle_t cublas_handle(int device);
 
 // Makes `device` current for a scope and restores the previous device afterwards, so a call
-// on cuda:1 never leaves the caller's thread switched away from its device.
+// on cuda:1 never leaves the caller's thread switched away from its device -- where that device
+// is in use: a thread that never chose one has device 0 "current", and setting it back would
+// create a context on GPU 0 (backend.h: device_in_use).
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
     BCOS_CUDA_CHECK(cudaGetDevice(&previous_));
+    mark_device_in_use(device);
     if (previous_ != device) {
       BCOS_CUDA_CHECK(cudaSetDevice(device));
       changed_ = true;
     }
   }
   ~DeviceGuard() {
-    if (changed_) cudaSetDevice(previous_);  // a destructor must not throw
+    if (changed_ && device_in_use(previous_)) cudaSetDevice(previous_);  // a destructor must not throw
   }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;

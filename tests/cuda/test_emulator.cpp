@@ -22,6 +22,7 @@
 #include "tensor/cuda/emulator/device.h"
 #include "tensor/cuda/emulator/runtime.h"
 #include "tensor/error.h"
+#include "tensor/transfer.h"
 #include "tests/golden.h"
 
 namespace {
@@ -883,4 +884,32 @@ TEST_CASE("emulator: a linear layer's bias goes in cuBLASLt's epilogue; where cu
                                                                      b.to(bcos::DType::f64))) <= 1e-12);
   CHECK(bcos::cuda::linear_bias_epilogues() == epilogues);
   CHECK(bcos::cuda::linear_bias_fallbacks() == fallbacks);
+}
+
+TEST_CASE("emulator contexts: threads that never chose a device, working on cuda:1 and pinning memory for it, "
+          "wake no context on cuda:0") {
+  // A data-parallel rank works on its own GPU only; a context on GPU 0 costs ~0.5 GiB there per
+  // rank. Threads start with device 0 "current": a guard handing them back to it, or pinned
+  // memory allocated under it, would create that context (real CUDA, from version 12, does so on
+  // cudaSetDevice). Runs in a process of its own with two GPUs (tests/meson.build).
+  namespace rt = bcos::emu::runtime;
+  if (bcos::cuda::device_count() < 2 || rt::contexts() != 0) {
+    MESSAGE("skipped: needs a process of its own with two emulated GPUs");
+    return;
+  }
+  const bcos::Device gpu1 = bcos::Device::cuda(1);
+  std::thread([&] {  // a training thread: forward, backward, results back
+    bcos::manual_seed(35);
+    const bcos::Tensor w = bcos::randn({8, 8}).to(gpu1).requires_grad_(), x = bcos::randn({4, 8}).to(gpu1);
+    bcos::sum(bcos::relu(bcos::linear(x, w, bcos::Tensor()))).backward();
+    CHECK(w.grad().to(bcos::Device()).numel() == 64);
+  }).join();
+  std::thread([&] {  // a data loader's worker: pinned buffers for batches bound for cuda:1
+    const bcos::Tensor images = bcos::empty_pinned({2, 3}, bcos::DType::f32, gpu1);
+    const bcos::Tensor labels = bcos::pin_memory(bcos::zeros({2}, bcos::DType::i64), gpu1);
+    CHECK(labels.to(gpu1).to(bcos::Device()).to_vector<int64_t>() == std::vector<int64_t>{0, 0});
+    CHECK(images.numel() == 6);
+  }).join();
+  bcos::cuda::synchronize(1);
+  CHECK(rt::contexts() == 0b10);
 }

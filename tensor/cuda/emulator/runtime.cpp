@@ -9,6 +9,7 @@
 // a thread of its own, and the stream keeps its future ("tail"), which the stream's later work,
 // events recorded after it and synchronisations wait for. Devices: one, or
 // BCOS_CUDA_EMULATOR_DEVICES of them.
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -72,6 +73,14 @@ State& state() {
 
 constexpr size_t kDeviceMemory = size_t(16) << 30;  // what cudaMemGetInfo reports as the total
 thread_local int t_device = 0;
+// The devices whose primary context is up: the real runtime creates one on cudaSetDevice (CUDA
+// 12 on) and on any call that needs the current device's context (an allocation, pinned host
+// memory, a stream, an event, queued work) -- ~0.5 GiB of a GPU's memory each, which a rank of a
+// data-parallel job must not spend on another rank's GPU.
+std::atomic<uint64_t> g_contexts{0};
+void wake_context(int device) {
+  if (device >= 0 && device < 64) g_contexts.fetch_or(uint64_t(1) << device);
+}
 thread_local cudaError_t t_last_error = cudaSuccess;
 
 int device_count() {
@@ -260,6 +269,7 @@ void enqueue(cudaStream_t stream, const char* what, std::function<void()> work) 
   {
     std::lock_guard<std::mutex> lock(state().mutex);
     BCOS_CHECK(valid_stream(stream), "CUDA emulator: ", what, " on a stream that does not exist (destroyed?)");
+    wake_context(queue_of(key).device);
     order_with_default_stream(key);
     // Work waits for the beside-host work queued before it on the stream.
     push(key, [key, work = std::move(work)] {
@@ -304,6 +314,8 @@ void check_device_range(const void* p, size_t bytes, const char* what) {
   BCOS_CHECK(is_device_memory(p, bytes), "CUDA emulator: ", what, ": ", bytes,
              " bytes that are not inside one device allocation");
 }
+
+uint64_t contexts() { return g_contexts.load(); }
 
 }  // namespace bcos::emu::runtime
 
@@ -363,6 +375,7 @@ cudaError_t cudaGetDevice(int* device) {
 cudaError_t cudaSetDevice(int device) {
   if (device < 0 || device >= device_count()) return record(cudaErrorInvalidDevice);
   t_device = device;
+  wake_context(device);
   return cudaSuccess;
 }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
@@ -419,6 +432,7 @@ cudaError_t cudaMalloc(void** p, size_t size) {
   // library would hand out large blocks as zeroed pages: a kernel that forgets to clear an
   // accumulator or to write part of its output then shows it, even in a tensor of its own.
   std::memset(q, 0xFF, size);
+  wake_context(t_device);
   s.allocations[reinterpret_cast<uintptr_t>(q)] = {size, t_device, Kind::device};
   s.device_bytes_in_use += size;
   *p = q;
@@ -442,6 +456,7 @@ cudaError_t cudaHostAlloc(void** p, size_t size, unsigned int) {
   void* q = nullptr;
   if (posix_memalign(&q, 256, std::max<size_t>(size, 1)) != 0) return record(cudaErrorMemoryAllocation);
   std::memset(q, 0xFF, size);  // as cudaMalloc's
+  wake_context(t_device);       // pinned memory belongs to the current device's context
   s.allocations[reinterpret_cast<uintptr_t>(q)] = {size, -1, Kind::pinned};
   *p = q;
   return cudaSuccess;
@@ -542,6 +557,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags) 
   Queue& q = state().queues[*stream] = Queue{};  // fresh, should a stale wait have named this address
   q.device = t_device;
   q.blocking = (flags & cudaStreamNonBlocking) == 0;
+  wake_context(t_device);
   return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
@@ -568,6 +584,7 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
   std::lock_guard<std::mutex> lock(state().mutex);
   *event = reinterpret_cast<cudaEvent_t>(new char);
   state().events.insert(*event);
+  wake_context(t_device);
   return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t event) {

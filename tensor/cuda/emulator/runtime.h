@@ -36,6 +36,11 @@ std::vector<int64_t> draw_order(int64_t n);
 // run so far (queued ones count once run: synchronise first). Tests check with it that a shape
 // takes the launch meant for it, which its results alone cannot show.
 int64_t kernels_run(std::string_view name_prefix);
+
+// The devices whose context the process has woken (bit d: device d), as the real runtime creates
+// them: on cudaSetDevice, and on allocations, pinned host memory, streams, events and queued work
+// on the current device. A data-parallel rank that wakes another rank's GPU costs it ~0.5 GiB.
+uint64_t contexts();
 // Raises, naming `what`, unless [p, p + bytes) lies inside one live device allocation.
 void check_device_range(const void* p, size_t bytes, const char* what);
 
