@@ -81,13 +81,14 @@ __device__ __forceinline__ int64_t sumsq_index(int64_t no, int64_t j, const Scal
 }
 
 // The scaled output of value v at (no, j), before any epilogue; the backward recomputes it with
-// this same code for the epilogue's ReLU mask.
+// this same code for the epilogue's ReLU mask. Its one multiply-add is an explicit fma: left to
+// nvcc (--fmad=true), the two kernels could contract it differently and disagree on the mask.
 template <class T>
 __device__ __forceinline__ T scaled(T v, const T* sumsq, int64_t no, int64_t j, const BcosScaleParams& p,
                                     const ScaleShape& d) {
   if (!sumsq) return v;
   const T inv = T(1) / (sqrt(sumsq[sumsq_index(no, j, d)] + T(p.eps_in)) + T(p.eps_out));
-  return p.b == 2 ? fabs(v) * v * inv : pow(fabs(v) * inv + T(1e-6), T(p.b - 1)) * v;
+  return p.b == 2 ? fabs(v) * v * inv : pow(math::Math<T>::fma(fabs(v), inv, T(1e-6)), T(p.b - 1)) * v;
 }
 
 template <class T>
