@@ -223,7 +223,20 @@ Work& Work::operator=(Work&& other) noexcept {
   return *this;
 }
 
-bool Work::done() { return !impl_ || impl_->finished || impl_->test(); }
+namespace {
+// Whether the collective is done; a failure it reports ends it (the destructor must not wait on it
+// again, and so hide this error behind a later one).
+bool poll(Work::Impl& impl) {
+  try {
+    return impl.test();
+  } catch (...) {
+    impl.finished = true;
+    throw;
+  }
+}
+}  // namespace
+
+bool Work::done() { return !impl_ || impl_->finished || poll(*impl_); }
 
 void Work::wait(double timeout_s) {
   if (!impl_ || impl_->finished) return;
@@ -236,7 +249,7 @@ void Work::wait(double timeout_s) {
   // something else (rank 0 evaluating alone), poll every millisecond.
   const auto patient_until = Clock::now() + std::chrono::milliseconds(500);
   bool long_wait = false;
-  for (int polls = 0; !impl_->test(); ++polls) {
+  for (int polls = 0; !poll(*impl_); ++polls) {
     if (long_wait)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     else

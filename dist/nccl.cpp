@@ -5,7 +5,9 @@
 // so later kernels see the result. Until Work::wait the caller's stream is not held back (the
 // backward goes on beside the all-reduce); wait() itself polls the event on the host, so a
 // collective stuck on a dead peer raises at the deadline, after aborting the communicator, instead
-// of hanging the GPU. Compiled only when
+// of hanging the GPU. A peer's failure that NCCL reports (ncclCommGetAsyncError) is checked on
+// every poll, as NCCL's guide asks: its kernels then never complete, so waiting for the event
+// alone would only end at the deadline. Compiled only when
 // meson found NCCL and the CUDA backend is on (-Dnccl).
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -52,6 +54,37 @@ ncclRedOp_t nccl_op(ReduceOp op) {
   return ncclSum;
 }
 
+// The communicator's device current on this thread while a collective is queued or polled: events
+// and streams belong to a device, and stream 0 means the current device's. The previous device is
+// restored only where this thread had one set, so a thread that never chose a device does not
+// wake a context on GPU 0 (cudaSetDevice creates the device's context).
+class OnCommDevice {
+ public:
+  OnCommDevice() {
+    BCOS_CUDA_CHECK(cudaGetDevice(&previous_));
+    if (previous_ != g_device) BCOS_CUDA_CHECK(cudaSetDevice(g_device));
+  }
+  ~OnCommDevice() {
+    if (previous_ != g_device && cuda::device_in_use(previous_)) cudaSetDevice(previous_);
+  }
+  OnCommDevice(const OnCommDevice&) = delete;
+  OnCommDevice& operator=(const OnCommDevice&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+// Raises, after aborting the communicator (which ends its kernels), when NCCL reports a failure.
+void check_async_error(const std::string& what) {
+  BCOS_CHECK(g_comm != nullptr, "dist: ", what, ": the NCCL communicator was aborted");
+  ncclResult_t async_error = ncclSuccess;  // a peer's failure shows up here
+  BCOS_NCCL_CHECK(ncclCommGetAsyncError(g_comm, &async_error));
+  if (async_error == ncclSuccess) return;
+  const std::string detail = ncclGetLastError(g_comm);
+  bcos::dist::detail::nccl::abort();
+  fail("dist: ", what, ": NCCL failed: ", ncclGetErrorString(async_error), " (", detail, ")");
+}
+
 void check_device(const char* op, const Tensor& t) {
   BCOS_CHECK(t.is_cuda() && t.device().index == g_device, "dist::", op, ": ", t.shape(), " is on ", t.device(),
              " but this rank's NCCL communicator is on cuda:", g_device, " (one GPU per rank)");
@@ -61,6 +94,7 @@ void check_device(const char* op, const Tensor& t) {
 // polls its completion event and, when done, orders the caller's stream after it.
 template <class Call>
 std::shared_ptr<Work::Impl> start(std::string what, std::vector<Tensor> keep, Call call) {
+  const OnCommDevice on_device;
   const auto caller = static_cast<cudaStream_t>(cuda::current_stream(g_device));
   cudaEvent_t ready = nullptr, done = nullptr;
   BCOS_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
@@ -73,17 +107,16 @@ std::shared_ptr<Work::Impl> start(std::string what, std::vector<Tensor> keep, Ca
   auto impl = std::make_shared<Work::Impl>();
   impl->what = what;
   impl->test = [done_owner, what] {
+    const OnCommDevice on_device;
     const cudaError_t rc = cudaEventQuery(done_owner.get());
+    check_async_error(what);  // pending or not: a failed collective never completes
     if (rc == cudaErrorNotReady) return false;
     BCOS_CUDA_CHECK(rc);
-    ncclResult_t async_error = ncclSuccess;  // a peer's failure shows up here
-    BCOS_NCCL_CHECK(ncclCommGetAsyncError(g_comm, &async_error));
-    if (async_error != ncclSuccess)
-      fail("dist: ", what, ": NCCL failed: ", ncclGetErrorString(async_error), " (", ncclGetLastError(g_comm), ")");
     return true;
   };
   impl->give_up = [] { bcos::dist::detail::nccl::abort(); };
   impl->finish = [done_owner, caller, keep = std::move(keep)] {
+    const OnCommDevice on_device;
     BCOS_CUDA_CHECK(cudaStreamWaitEvent(caller, done_owner.get(), 0));
     for (const Tensor& t : keep) t.bump_version();
   };

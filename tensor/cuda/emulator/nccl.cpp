@@ -6,7 +6,8 @@
 // (runtime::enqueue_beside_host), as an NCCL kernel runs on a GPU: the caller goes on, an event
 // tells when it is done, a peer that died shows as an asynchronous error (ncclRemoteError) and a
 // silent one as work that never finishes until ncclCommAbort — the cases dist/nccl.cpp handles
-// on a GPU. The unique id holds rank 0's host name, port and a random token; rank 0 must be the
+// on a GPU. A collective that failed never finishes either (NCCL's guide: such operations "will
+// usually not progress and never complete"), until the communicator is aborted. The unique id holds rank 0's host name, port and a random token; rank 0 must be the
 // process that made it. As NCCL, it refuses two ranks on one GPU (the same device of the same
 // host: BCOS_CUDA_EMULATOR_DEVICES gives each process several). Ranks calling different
 // collectives (which NCCL leaves undefined) are caught: the hub compares a header of each call
@@ -182,6 +183,8 @@ struct ncclComm {
   std::mutex flight_mutex;
   std::condition_variable flight_done;
   int in_flight = 0;
+  bool aborted = false;  // guarded by flight_mutex; ncclCommAbort sets it
+  std::condition_variable abort_called;
 
   int hub_socket() const { return peers[0]; }
   void fail(ncclResult_t rc, const std::string& why) {
@@ -192,6 +195,11 @@ struct ncclComm {
   void shut_down() {
     for (int fd : peers)
       if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+  }
+  // A failed collective's kernel: it spins until the communicator is aborted.
+  void hang_until_aborted() {
+    std::unique_lock<std::mutex> lock(flight_mutex);
+    abort_called.wait(lock, [&] { return aborted; });
   }
   void wait_idle() {
     std::unique_lock<std::mutex> lock(flight_mutex);
@@ -225,8 +233,9 @@ void run(ncclComm* comm, const Call& c) {
   auto lost = [&](int peer) {
     comm->fail(ncclRemoteError, bcos::str("rank ", comm->rank, " lost rank ", peer, " during ", describe(h),
                                           " (it exited, or aborted its communicator)"));
+    comm->hang_until_aborted();
   };
-  if (comm->async_error.load() != ncclSuccess) return;
+  if (comm->async_error.load() != ncclSuccess) return comm->hang_until_aborted();
   if (comm->rank != 0) {
     const int fd = comm->hub_socket();
     if (!send_all(fd, &h, sizeof h)) return lost(0);
@@ -552,6 +561,11 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
 ncclResult_t ncclCommAbort(ncclComm_t comm) {
   if (comm == nullptr) return ncclSuccess;
   comm->fail(ncclInvalidUsage, bcos::str("rank ", comm->rank, "'s communicator was aborted"));
+  {
+    std::lock_guard<std::mutex> lock(comm->flight_mutex);
+    comm->aborted = true;
+  }
+  comm->abort_called.notify_all();
   start_queued_calls();
   comm->wait_idle();
   delete comm;
