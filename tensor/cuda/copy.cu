@@ -3,6 +3,8 @@
 // copy_() and the creation functions. Conversions follow the CPU's copy kernel exactly so a
 // tensor converted on either device holds the same values.
 #include <cstring>
+#include <utility>
+#include <vector>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -74,6 +76,10 @@ int same_cuda_device(const Tensor& dst, const Tensor& src, const char* op) {
 
 }  // namespace
 
+namespace {
+void note_pinned_read(const void* src, int device, cudaStream_t stream);  // below, with the pinned blocks
+}  // namespace
+
 void copy_host_to_device(void* dst, const void* src, size_t nbytes, int device) {
   if (nbytes == 0) return;
   check_device_index(device, "cuda::copy_host_to_device");
@@ -81,25 +87,70 @@ void copy_host_to_device(void* dst, const void* src, size_t nbytes, int device) 
   cudaStream_t stream = stream_of(device);
   BCOS_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, stream));
   // A pageable source may be freed or rewritten as soon as we return; wait until the copy
-  // has consumed it. (A pinned source is the caller's to keep alive.)
-  if (is_pageable_host_memory(src)) BCOS_CUDA_CHECK(cudaStreamSynchronize(stream));
+  // has consumed it. A pinned one from allocate_pinned is not reused before the copy has run.
+  if (is_pageable_host_memory(src))
+    BCOS_CUDA_CHECK(cudaStreamSynchronize(stream));
+  else
+    note_pinned_read(src, device, stream);
 }
 
 // ---- pinned memory and events ----------------------------------------------------------------
+// Pinned blocks are kept for reuse. A copy from one to a GPU runs when its stream gets to it, after
+// the host has gone on -- and may have dropped the block (`pin_memory(x).to(gpu)`) -- so each such
+// copy leaves an event on its block, and a freed block is handed out again only once its events
+// have completed (PyTorch's caching host allocator does the same). Otherwise the next same-sized
+// pin_memory() would write into memory a queued copy has yet to read.
 namespace {
+struct PinnedBlock {
+  size_t bytes = 0;
+  std::vector<std::pair<int, cudaEvent_t>> reads;  // (device, event) of copies queued from it
+};
 std::mutex g_pinned_mutex;
-std::multimap<size_t, void*> g_pinned_free;  // size -> block, kept for reuse
+std::map<uintptr_t, PinnedBlock> g_pinned_blocks;  // every block, by address
+std::multimap<size_t, void*> g_pinned_free;        // size -> freed block
+
+// Whether every copy queued from the block has run (then its events go). Caller holds the lock.
+bool reads_done(PinnedBlock& block) {
+  for (const auto& [device, event] : block.reads) {
+    DeviceGuard guard(device);
+    const cudaError_t rc = cudaEventQuery(event);
+    if (rc == cudaErrorNotReady) return false;
+    BCOS_CUDA_CHECK(rc);
+  }
+  for (const auto& [device, event] : block.reads) {
+    DeviceGuard guard(device);
+    BCOS_CUDA_CHECK(cudaEventDestroy(event));
+  }
+  block.reads.clear();
+  return true;
+}
+
+// Notes a copy queued on `stream` (of the current device `device`) that reads pinned memory at src.
+void note_pinned_read(const void* src, int device, cudaStream_t stream) {
+  const auto address = reinterpret_cast<uintptr_t>(src);
+  std::lock_guard<std::mutex> lock(g_pinned_mutex);
+  auto it = g_pinned_blocks.upper_bound(address);
+  if (it == g_pinned_blocks.begin()) return;
+  --it;
+  if (address >= it->first + std::max<size_t>(it->second.bytes, 1)) return;  // pinned elsewhere (not ours)
+  cudaEvent_t event = nullptr;
+  BCOS_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  BCOS_CUDA_CHECK(cudaEventRecord(event, stream));
+  it->second.reads.emplace_back(device, event);
+}
 }  // namespace
 
 std::shared_ptr<void> allocate_pinned(size_t nbytes, int device) {
   void* p = nullptr;
   {
     std::lock_guard<std::mutex> lock(g_pinned_mutex);
-    auto it = g_pinned_free.find(nbytes);
-    if (it != g_pinned_free.end()) {
-      p = it->second;
-      g_pinned_free.erase(it);
-    }
+    auto [first, last] = g_pinned_free.equal_range(nbytes);
+    for (auto it = first; it != last; ++it)
+      if (reads_done(g_pinned_blocks.at(reinterpret_cast<uintptr_t>(it->second)))) {
+        p = it->second;
+        g_pinned_free.erase(it);
+        break;
+      }
   }
   if (p == nullptr) {
     // Pinning belongs to the current device's context: the one the memory is for, where known (a
@@ -108,6 +159,8 @@ std::shared_ptr<void> allocate_pinned(size_t nbytes, int device) {
     std::optional<DeviceGuard> guard;
     if (device >= 0) guard.emplace(device);
     BCOS_CUDA_CHECK(cudaHostAlloc(&p, std::max<size_t>(nbytes, 1), cudaHostAllocDefault));
+    std::lock_guard<std::mutex> lock(g_pinned_mutex);
+    g_pinned_blocks[reinterpret_cast<uintptr_t>(p)].bytes = nbytes;
   }
   return std::shared_ptr<void>(p, [nbytes](void* q) {
     std::lock_guard<std::mutex> lock(g_pinned_mutex);

@@ -19,7 +19,9 @@
 #include "tensor/cpu/kernels.h"
 #include "tensor/cuda/backend.h"
 #include "tensor/cuda/internal.h"
+#include "tensor/dispatch.h"
 #include "tensor/tensor.h"
+#include "tensor/transfer.h"
 
 namespace {
 
@@ -330,6 +332,22 @@ TEST_CASE("cuda: host <-> device round trip of every dtype") {
     Tensor dev = on_gpu(host);
     CHECK(dev.is_cuda());
     CHECK_CLOSE(to_cpu_contiguous(dev), host, 0, 0);
+  }
+}
+
+TEST_CASE("cuda: a pinned buffer dropped right after its copy to the GPU is not handed out again before the copy "
+          "has read it") {
+  SKIP_WITHOUT_GPU();
+  // pin_memory(x).to(gpu) returns at once; its copy waits behind the stream's queued work. The
+  // next same-sized pin_memory() must not write into the block that copy is still to read.
+  const Tensor busy = on_gpu(full({1, 1024, 1024}, 0.5));
+  const Tensor product = empty({1, 1024, 1024}, {DType::f32, kGpu});
+  for (int i = 0; i < 4; ++i) kernel::bmm(busy, busy, product);  // keeps a GPU's stream busy a while
+  std::vector<Tensor> copies;
+  for (int i = 0; i < 6; ++i) copies.push_back(on_gpu(pin_memory(full({3000}, double(i)))));
+  for (int i = 0; i < 6; ++i) {
+    INFO("copy ", i);
+    CHECK_CLOSE(to_cpu_contiguous(copies[size_t(i)]), full({3000}, double(i)), 0, 0);
   }
 }
 
