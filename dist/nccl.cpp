@@ -12,6 +12,10 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
 #include "dist/internal.h"
 #include "tensor/cuda/backend.h"
 #include "tensor/cuda/check.h"
@@ -138,7 +142,27 @@ bool active() { return g_comm != nullptr; }
 
 void finalize() {
   if (!g_comm) return;
-  cudaStreamSynchronize(g_stream);
+  const OnCommDevice on_device;
+  // The side stream's collectives finish first -- unless one waits on a peer that failed or left,
+  // which would never end: that, or the job's deadline passing, aborts the communicator instead.
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(timeout_seconds()));
+  for (;;) {
+    const cudaError_t rc = cudaStreamQuery(g_stream);
+    ncclResult_t async_error = ncclSuccess;
+    ncclCommGetAsyncError(g_comm, &async_error);
+    if (rc == cudaSuccess && async_error == ncclSuccess) break;
+    if ((rc != cudaSuccess && rc != cudaErrorNotReady) || async_error != ncclSuccess || Clock::now() > deadline) {
+      std::fprintf(stderr, "dist: finalize: NCCL's last collectives did not finish (%s); aborting the communicator\n",
+                   async_error != ncclSuccess ? ncclGetErrorString(async_error)
+                   : rc == cudaErrorNotReady  ? "the deadline passed"
+                                              : cudaGetErrorString(rc));
+      bcos::dist::detail::nccl::abort();
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   ncclCommDestroy(g_comm);
   cudaStreamDestroy(g_stream);
   g_comm = nullptr;
@@ -146,8 +170,12 @@ void finalize() {
 }
 
 void abort() {
-  if (g_comm) ncclCommAbort(g_comm);  // unblocks kernels waiting for a dead peer
+  if (!g_comm) return;
+  const OnCommDevice on_device;
+  ncclCommAbort(g_comm);  // unblocks kernels waiting for a dead peer
   g_comm = nullptr;
+  if (g_stream) cudaStreamDestroy(g_stream);  // its work has ended with the communicator
+  g_stream = nullptr;
 }
 
 std::shared_ptr<Work::Impl> all_reduce(const Tensor& t, ReduceOp op) {

@@ -32,6 +32,9 @@
 #include "nn/linear.h"
 #include "nn/optim.h"
 #include "tests/errors.h"
+#ifdef BCOS_DIST_WORKER_EMULATED
+#include "tensor/cuda/emulator/runtime.h"
+#endif
 
 using namespace bcos;
 using testing::error_of;
@@ -387,6 +390,12 @@ int main(int argc, char** argv) {
       return 2;
     }
     dist::barrier();
+#ifdef BCOS_DIST_WORKER_EMULATED
+    // A rank works on its own GPU only: a context on another (~0.5 GiB there) is a leak.
+    if (device == "cuda")
+      expect(bcos::emu::runtime::contexts() == uint64_t(1) << g_device.index,
+             str("only this rank's GPU has a context (contexts woken: mask ", bcos::emu::runtime::contexts(), ")"));
+#endif
   } catch (const std::exception& e) {
     dist::abort(1, str("dist_worker ", mode, ": rank ", dist::rank(), ": ", e.what()));
   }

@@ -619,6 +619,19 @@ static std::shared_ptr<Record> reached_record(cudaEvent_t event, cudaError_t* er
 }
 // The queued work an event waits for runs here (the host asked); beside-host work may still be
 // pending, and then the event is not ready.
+// Starts what is queued on the stream (as the event query runs work up to its record), then
+// answers whether all of it, beside-host work included, has finished.
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    if (!valid_stream(stream)) return record(cudaErrorInvalidResourceHandle);
+  }
+  void* key = key_of(stream);
+  run_until(key, UINT64_MAX);
+  if (cudaError_t failed = device_error(); failed != cudaSuccess) return failed;
+  std::lock_guard<std::mutex> lock(state().mutex);
+  return finished(pending_tail(key)) ? cudaSuccess : cudaErrorNotReady;  // not ready is not an error
+}
 cudaError_t cudaEventQuery(cudaEvent_t event) {
   cudaError_t err = cudaSuccess;
   std::shared_ptr<Record> rec = reached_record(event, &err);
