@@ -2,6 +2,7 @@
 // the strided copy-with-conversion and fill kernels behind contiguous(), clone(), to(dtype),
 // copy_() and the creation functions. Conversions follow the CPU's copy kernel exactly so a
 // tensor converted on either device holds the same values.
+#include <algorithm>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -133,6 +134,16 @@ void note_pinned_read(const void* src, int device, cudaStream_t stream) {
   if (it == g_pinned_blocks.begin()) return;
   --it;
   if (address >= it->first + std::max<size_t>(it->second.bytes, 1)) return;  // pinned elsewhere (not ours)
+  // Copies that have run need no event any more: a block held and copied every step keeps only
+  // the events of copies still queued.
+  std::erase_if(it->second.reads, [](const std::pair<int, cudaEvent_t>& read) {
+    DeviceGuard guard(read.first);
+    const cudaError_t rc = cudaEventQuery(read.second);
+    if (rc == cudaErrorNotReady) return false;
+    BCOS_CUDA_CHECK(rc);
+    BCOS_CUDA_CHECK(cudaEventDestroy(read.second));
+    return true;
+  });
   cudaEvent_t event = nullptr;
   BCOS_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
   BCOS_CUDA_CHECK(cudaEventRecord(event, stream));

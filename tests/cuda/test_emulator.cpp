@@ -886,6 +886,17 @@ TEST_CASE("emulator: a linear layer's bias goes in cuBLASLt's epilogue; where cu
   CHECK(bcos::cuda::linear_bias_fallbacks() == fallbacks);
 }
 
+TEST_CASE("emulator: a pinned buffer held and copied to the GPU every step keeps no event of a copy that has run") {
+  const bcos::Tensor host = bcos::pin_memory(bcos::full({256}, 3.0));
+  const int64_t before = bcos::emu::runtime::events_alive();
+  for (int step = 0; step < 20; ++step) {
+    const bcos::Tensor on_gpu = host.to(bcos::Device::cuda(0));
+    bcos::cuda::synchronize(0);
+  }
+  // Each copy's event goes once a later copy finds it done: at most the last one stays.
+  CHECK(bcos::emu::runtime::events_alive() - before <= 1);
+}
+
 TEST_CASE("emulator contexts: threads that never chose a device, working on cuda:1 and pinning memory for it, "
           "wake no context on cuda:0") {
   // A data-parallel rank works on its own GPU only; a context on GPU 0 costs ~0.5 GiB there per

@@ -316,6 +316,10 @@ void check_device_range(const void* p, size_t bytes, const char* what) {
 }
 
 uint64_t contexts() { return g_contexts.load(); }
+int64_t events_alive() {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  return int64_t(state().events.size());
+}
 
 }  // namespace bcos::emu::runtime
 

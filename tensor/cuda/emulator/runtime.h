@@ -41,6 +41,9 @@ int64_t kernels_run(std::string_view name_prefix);
 // them: on cudaSetDevice, and on allocations, pinned host memory, streams, events and queued work
 // on the current device. A data-parallel rank that wakes another rank's GPU costs it ~0.5 GiB.
 uint64_t contexts();
+
+// How many events exist (created, not destroyed): tests check with it that none pile up.
+int64_t events_alive();
 // Raises, naming `what`, unless [p, p + bytes) lies inside one live device allocation.
 void check_device_range(const void* p, size_t bytes, const char* what);
 
