@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "tensor/copy.h"
+#include "tensor/cpu/conv_bf16.h"
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/kernels.h"
 #include "tensor/cpu/winograd.h"
@@ -260,11 +261,12 @@ PaddedImage padded_image(const ConvShape& s, int64_t stride) {
 
 // Per-thread scratch is allocated on the calling thread, before the parallel region: allocations
 // inside it come from the workers' malloc arenas and raised ResNet-20 training's peak memory by
-// 15 %. zeroed_slots: `floats` zeros per slot (the padded image's borders, never written, stay
+// 15 %. zeroed_slots: `count` zeros per slot (the padded image's borders, never written, stay
 // zero). scratch_slots: `count` uninitialised values per slot, for buffers a pass writes whole
 // before reading (zeroing them was 3 % of a ResNet-18 training step).
-std::vector<std::vector<float>> zeroed_slots(int64_t floats) {
-  return std::vector<std::vector<float>>(size_t(num_threads()), std::vector<float>(size_t(floats), 0.0f));
+template <class T = float>
+std::vector<std::vector<T>> zeroed_slots(int64_t count) {
+  return std::vector<std::vector<T>>(size_t(num_threads()), std::vector<T>(size_t(count), T(0)));
 }
 
 template <class T>
@@ -300,21 +302,81 @@ void fill_padded(const float* x, const ConvShape& s, const PaddedImage& im, floa
     }
 }
 
+// The same image in bf16 for autocast's kernels (conv_bf16.h): plane q = phase·Cg + c at q·plane,
+// or, `paired`, channels c = 2·cp + h side by side: value (q, pos) at
+// 2·((phase·Cg/2 + cp)·plane + pos) + h, so two column-matrix rows (channels 2cp, 2cp + 1 at one
+// tap) are one run of (even, odd) values: the layout vdpbf16ps multiplies.
+int64_t bf16_image_index(const ConvShape& s, const PaddedImage& im, bool paired, int64_t q, int64_t pos) {
+  if (!paired) return q * im.plane + pos;
+  const int64_t phase = q / s.cg, c = q % s.cg;
+  return 2 * ((phase * (s.cg / 2) + c / 2) * im.plane + pos) + (c & 1);
+}
+
+void fill_padded_bf16(const float* x, const ConvShape& s, const PaddedImage& im, bool paired, uint16_t* image) {
+  const int64_t step = paired ? 2 : 1;
+  for (int64_t c = 0; c < s.cg; c += (im.stride == 1 ? step : 1))
+    for (int64_t y = 0; y < s.h; ++y) {
+      const float* src = x + (c * s.h + y) * s.w;
+      if (im.stride == 1) {
+        uint16_t* dst = image + bf16_image_index(s, im, paired, c, (y + im.pad) * im.row + im.pad);
+        if (paired) round_pair_to_bf16_row(src, src + s.h * s.w, s.w, dst);  // channels c, c + 1
+        else round_to_bf16_row(src, s.w, dst);
+        continue;
+      }
+      const int64_t r = y + im.pad;
+      for (int64_t b = 0; b < 2; ++b) {
+        uint16_t* dst = image + bf16_image_index(s, im, paired, ((r & 1) * 2 + b) * s.cg + c, (r >> 1) * im.row);
+        const int64_t x0 = ((b - im.pad) % 2 + 2) % 2;
+        for (int64_t xi = x0; xi < s.w; xi += 2) dst[((xi + im.pad) >> 1) * step] = BFloat16::from_float(src[xi]);
+      }
+    }
+}
+
+// Autocast's bf16 kernels (conv_bf16.h) take the implicit column matrix's products where the
+// CPU has them; the forward's pairs of channels need an even Cg.
+bool bf16_implicit_wins(const ConvShape& s, const Conv2dParams& p, bool paired) {
+  return p.operands == DType::bf16 && conv_bf16_kernels_available() && implicit_columns_win(s, p) &&
+         (!paired || s.cg % 2 == 0);
+}
+
 // out [N, O, Ho, Wo] = conv(x [N, C, H, W], w [O, C/groups, k, k]) (+ bias) as above; false where
-// the CPU has no kernel for it (nothing done).
+// the CPU has no kernel for it (nothing done). bf16: autocast's kernel on the paired bf16 image,
+// the weight's pairs packed once per group.
 bool forward_implicit_columns(const float* px, const float* pw, const float* pb, float* po, const ConvShape& s,
-                              int64_t stride) {
-  if (!gemm_offset_rows(0, 0, 0, nullptr, 0, nullptr, nullptr, nullptr, 0)) return false;
+                              int64_t stride, bool bf16 = false) {
+  if (!bf16 && !gemm_offset_rows(0, 0, 0, nullptr, 0, nullptr, nullptr, nullptr, 0)) return false;
   const PaddedImage im = padded_image(s, stride);
   const int64_t in_hw = s.h * s.w, out_hw = s.ho * s.wo;
-  std::vector<std::vector<float>> images = zeroed_slots(im.floats), products = zeroed_slots(s.og * im.wide_cols);
+  const int64_t pairs = bf16 ? s.k / 2 : 0, taps = s.kh * s.kw, panels = (s.og + 7) / 8;
+  std::vector<int64_t> first(static_cast<size_t>(pairs)), second(first.size()), pair_rows(first.size());
+  for (int64_t pr = 0; pr < pairs; ++pr) {  // pair (cp, tap): channels 2cp and 2cp + 1 at that tap
+    first[size_t(pr)] = (pr / taps) * 2 * taps + pr % taps, second[size_t(pr)] = first[size_t(pr)] + taps;
+    const int64_t at = im.offsets[size_t(first[size_t(pr)])];
+    pair_rows[size_t(pr)] = bf16_image_index(s, im, true, at / im.plane, at % im.plane);
+  }
+  std::vector<uint32_t> packed(size_t(s.groups * panels * pairs * 8));
+  for (int64_t g = 0; g < s.groups && bf16; ++g)
+    pack_pairs_bf16(s.og, pw + g * s.og * s.k, s.k, pairs, first.data(), second.data(),
+                    packed.data() + g * panels * pairs * 8);
+  // The paired image's partial last panel reads up to 64 values past its last column (conv_bf16.h).
+  std::vector<std::vector<uint16_t>> images16 = zeroed_slots<uint16_t>(bf16 ? im.floats + 32 : 0);
+  std::vector<std::vector<float>> images = zeroed_slots(bf16 ? 0 : im.floats),
+                                  products = zeroed_slots(s.og * im.wide_cols);
   over_samples(s.n, s.o * s.k * out_hw, [&](int64_t n, int slot) {
-    float* image = images[size_t(slot)].data();
     float* product = products[size_t(slot)].data();
     for (int64_t g = 0; g < s.groups; ++g) {
-      fill_padded(px + (n * s.c + g * s.cg) * in_hw, s, im, image);
-      gemm_offset_rows(s.og, im.wide_cols, s.k, pw + g * s.og * s.k, s.k, image, im.offsets.data(), product,
-                       im.wide_cols);
+      const float* xg = px + (n * s.c + g * s.cg) * in_hw;
+      if (bf16) {
+        uint16_t* image = images16[size_t(slot)].data();
+        fill_padded_bf16(xg, s, im, true, image);
+        gemm_offset_pairs_bf16(s.og, im.wide_cols, pairs, packed.data() + g * panels * pairs * 8, image,
+                               pair_rows.data(), product, im.wide_cols);
+      } else {
+        float* image = images[size_t(slot)].data();
+        fill_padded(xg, s, im, image);
+        gemm_offset_rows(s.og, im.wide_cols, s.k, pw + g * s.og * s.k, s.k, image, im.offsets.data(), product,
+                         im.wide_cols);
+      }
       float* o = po + (n * s.o + g * s.og) * out_hw;
       for (int64_t oc = 0; oc < s.og; ++oc) {
         const float bias = pb ? pb[g * s.og + oc] : 0.0f;
@@ -337,23 +399,40 @@ bool dot_product_weight_gradient_wins(const ConvShape& s) {
   return s.og <= 16 || (s.og <= 32 && s.h * s.w <= 32 * 32);
 }
 
+// bf16: autocast's kernel on bf16 copies of the image and the gradient.
 bool backward_weight_implicit_columns(const float* pg, const float* px, float* out, const ConvShape& s,
-                                      int64_t stride) {
-  if (!gemm_nt_offset_rows(0, 0, 0, nullptr, 0, nullptr, nullptr, nullptr, 0, false)) return false;
+                                      int64_t stride, bool bf16 = false) {
+  if (!bf16 && !gemm_nt_offset_rows(0, 0, 0, nullptr, 0, nullptr, nullptr, nullptr, 0, false)) return false;
   const PaddedImage im = padded_image(s, stride);
   const int64_t in_hw = s.h * s.w, out_hw = s.ho * s.wo, cost = s.o * s.k * out_hw;
   const int64_t slots = chunk_count(s.n, cost);
-  std::vector<std::vector<float>> images = zeroed_slots(im.floats), grads = zeroed_slots(s.og * im.wide_cols);
+  // float32 or bf16 copies (one pair per thread); their zero borders are never written.
+  const int64_t image_size = bf16 ? 0 : im.floats, grad_size = bf16 ? 0 : s.og * im.wide_cols;
+  std::vector<std::vector<float>> images = zeroed_slots(image_size), grads = zeroed_slots(grad_size);
+  std::vector<std::vector<uint16_t>> images16 = zeroed_slots<uint16_t>(bf16 ? im.floats : 0),
+                                     grads16 = zeroed_slots<uint16_t>(bf16 ? s.og * im.wide_cols : 0);
   // The extra threads' accumulators: each thread's first product overwrites its own.
   const std::vector<std::unique_ptr<float[]>> acc = scratch_slots<float>(slots - 1, s.o * s.k);
   parallel_chunks(s.n, cost, [&](int64_t slot, int64_t n0, int64_t n1) {
-    float* image = images[size_t(slot)].data();
-    float* grad = grads[size_t(slot)].data();
     float* dst = slot == 0 ? out : acc[size_t(slot - 1)].get();
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t g = 0; g < s.groups; ++g) {
-        fill_padded(px + (n * s.c + g * s.cg) * in_hw, s, im, image);
+        const float* xg = px + (n * s.c + g * s.cg) * in_hw;
         const float* go = pg + (n * s.o + g * s.og) * out_hw;
+        if (bf16) {
+          uint16_t* image = images16[size_t(slot)].data();
+          uint16_t* grad = grads16[size_t(slot)].data();
+          fill_padded_bf16(xg, s, im, false, image);
+          for (int64_t oc = 0; oc < s.og; ++oc)
+            for (int64_t y = 0; y < s.ho; ++y)
+              round_to_bf16_row(go + oc * out_hw + y * s.wo, s.wo, grad + oc * im.wide_cols + y * im.row);
+          gemm_nt_offset_rows_bf16(s.og, s.k, im.wide_cols, grad, im.wide_cols, image, im.offsets.data(),
+                                   dst + g * s.og * s.k, s.k, n > n0);
+          continue;
+        }
+        float* image = images[size_t(slot)].data();
+        float* grad = grads[size_t(slot)].data();
+        fill_padded(xg, s, im, image);
         for (int64_t oc = 0; oc < s.og; ++oc)
           for (int64_t y = 0; y < s.ho; ++y)
             std::memcpy(grad + oc * im.wide_cols + y * im.row, go + oc * out_hw + y * s.wo,
@@ -421,17 +500,26 @@ void forward_typed(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, c
 // shifted copies into gx (col2im), about half the memory traffic: CIFAR ResNet's 3 x 3 bwd_in
 // 16 channels 145 -> 187 GFLOP/s, 64 channels at 8 x 8 173 -> 197. Not used where all samples
 // form one product (small maps, below), which is faster still.
-template <class T>
-bool backward_input_as_forward(const Tensor& gout, const Tensor& w, const Tensor& gx, const ConvShape& s,
-                               const Conv2dParams& p) {
-  Conv2dParams q = p;
+// Its parameters (*q), false where it does not apply.
+bool input_gradient_as_forward(const ConvShape& s, const Conv2dParams& p, Conv2dParams* q) {
+  *q = p;
   for (int d = 0; d < 2; ++d) {
     const int64_t k = d == 0 ? s.kh : s.kw;
-    q.padding[d] = (k - 1) * p.dilation[d] - p.padding[d];
-    if (p.stride[d] != 1 || q.padding[d] < 0) return false;
+    q->padding[d] = (k - 1) * p.dilation[d] - p.padding[d];
+    if (p.stride[d] != 1 || q->padding[d] < 0) return false;
   }
-  if (s.pointwise) return false;
-  // W' [C, Og, kh, kw]: W'[g·Cg + c, o, i, j] = W[g·Og + o, c, kh-1-i, kw-1-j]
+  return !s.pointwise;
+}
+
+// Where all samples form one product (small maps).
+bool input_gradient_as_one_product(const ConvShape& s) {
+  const int64_t hw = s.ho * s.wo;
+  return s.n * hw <= kOneProductColumns && s.n > 1 && hw > 0;
+}
+
+// W' [C, Og, kh, kw]: W'[g·Cg + c, o, i, j] = W[g·Og + o, c, kh-1-i, kw-1-j]
+template <class T>
+Tensor flipped_kernel(const Tensor& w, const ConvShape& s) {
   Tensor flipped = empty({s.c, s.og, s.kh, s.kw}, {w.dtype(), w.device()});
   const T* pw = w.data<T>();
   T* pf = flipped.data<T>();
@@ -443,7 +531,15 @@ bool backward_input_as_forward(const Tensor& gout, const Tensor& w, const Tensor
         T* dst = pf + ((g * s.cg + c) * s.og + o) * taps;
         for (int64_t t = 0; t < taps; ++t) dst[t] = src[taps - 1 - t];
       }
-  forward_typed<T>(gout, flipped, Tensor(), gx, q);
+  return flipped;
+}
+
+template <class T>
+bool backward_input_as_forward(const Tensor& gout, const Tensor& w, const Tensor& gx, const ConvShape& s,
+                               const Conv2dParams& p) {
+  Conv2dParams q;
+  if (!input_gradient_as_forward(s, p, &q)) return false;
+  forward_typed<T>(gout, flipped_kernel<T>(w, s), Tensor(), gx, q);
   return true;
 }
 
@@ -453,7 +549,7 @@ void backward_input_typed(const Tensor& gout_in, const Tensor& w_in, const Tenso
   Tensor gout = raw_contiguous(gout_in), w = raw_contiguous(w_in);
   ConvShape s = conv_shape(gx, w, gout, p);
   const int64_t hw = s.ho * s.wo;
-  const bool one_product = s.n * hw <= kOneProductColumns && s.n > 1 && hw > 0;
+  const bool one_product = input_gradient_as_one_product(s);
   if (!one_product && backward_input_as_forward<T>(gout, w, gx, s, p)) return;
   const T* pg = gout.data<T>();
   const T* pw = w.data<T>();
@@ -596,7 +692,10 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
 // rounded as they are packed (gemm() rounds copies for any smaller product; Winograd and the
 // implicit column matrix step aside); otherwise both are rounded first (gemm.h: rounded_operand)
 // and the float32 paths run unchanged. Rounding whole activations first was 9 % of a ResNet-50
-// training step under bf16 autocast.
+// training step under bf16 autocast. Where the implicit column matrix would take a smaller
+// product and the CPU has AVX-512 BF16 (not AMX), its bf16 kernels (conv_bf16.h) take it instead,
+// rounding in the copies they make: the forward, the input gradient as a forward pass, the weight
+// gradient's dot products.
 bool autocast_operands(const Tensor& t, const Conv2dParams& p) {
   return p.operands != DType::f32 && t.dtype() == DType::f32;
 }
@@ -614,6 +713,12 @@ void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
     const ConvShape s = conv_shape(x, w, out, p);
     const Bf16OperandsScope bf16(rounding_of(p, bf16_gemm_fits(s.og, s.ho * s.wo, s.k)));
     if (bf16_operands_mode() == Bf16Operands::unrounded) return forward_typed<float>(x, w, bias, out, p);
+    if (bf16_implicit_wins(s, p, true)) {
+      const Tensor xc = raw_contiguous(x), wc = raw_contiguous(w), bc = bias.defined() ? raw_contiguous(bias) : Tensor();
+      forward_implicit_columns(xc.data<float>(), wc.data<float>(), bc.defined() ? bc.data<float>() : nullptr,
+                               out.data<float>(), s, p.stride[0], true);
+      return;
+    }
     forward_typed<float>(rounded_operand(x, p.operands), rounded_operand(w, p.operands), bias, out, p);
     return;
   }
@@ -626,6 +731,16 @@ void conv2d_backward_input(const Tensor& grad_out, const Tensor& w, const Tensor
     const ConvShape s = conv_shape(grad_x, w, grad_out, p);  // products ~ [Cg x Og] · [Og x HoWo]
     const Bf16OperandsScope bf16(rounding_of(p, bf16_gemm_fits(s.cg, s.ho * s.wo, s.og)));
     if (bf16_operands_mode() == Bf16Operands::unrounded) return backward_input_typed<float>(grad_out, w, grad_x, p);
+    Conv2dParams q;
+    if (!input_gradient_as_one_product(s) && input_gradient_as_forward(s, p, &q)) {
+      const Tensor flipped = flipped_kernel<float>(raw_contiguous(w), s);
+      const ConvShape sf = conv_shape(grad_out, flipped, grad_x, q);
+      if (bf16_implicit_wins(sf, q, true)) {
+        const Tensor g = raw_contiguous(grad_out);
+        forward_implicit_columns(g.data<float>(), flipped.data<float>(), nullptr, grad_x.data<float>(), sf, 1, true);
+        return;
+      }
+    }
     backward_input_typed<float>(rounded_operand(grad_out, p.operands), rounded_operand(w, p.operands), grad_x, p);
     return;
   }
@@ -639,6 +754,11 @@ void conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, const Tenso
     const ConvShape s = conv_shape(x, grad_w, grad_out, p);  // products [Og x HoWo] · [HoWo x K]
     const Bf16OperandsScope bf16(rounding_of(p, bf16_gemm_fits(s.og, s.k, s.ho * s.wo)));
     if (bf16_operands_mode() == Bf16Operands::unrounded) return backward_weight_typed<float>(grad_out, x, grad_w, p);
+    if (bf16_implicit_wins(s, p, false) && dot_product_weight_gradient_wins(s)) {
+      const Tensor g = raw_contiguous(grad_out), xc = raw_contiguous(x);
+      backward_weight_implicit_columns(g.data<float>(), xc.data<float>(), grad_w.data<float>(), s, p.stride[0], true);
+      return;
+    }
     backward_weight_typed<float>(rounded_operand(grad_out, p.operands), rounded_operand(x, p.operands), grad_w, p);
     return;
   }

@@ -12,7 +12,9 @@
 #include <functional>
 
 #include "autograd/ops.h"
+#include "tensor/cpu/conv_bf16.h"
 #include "tensor/dispatch.h"
+#include "tensor/parallel.h"
 #include "tests/errors.h"
 #include "tests/golden.h"
 
@@ -189,6 +191,49 @@ TEST_CASE("autocast: convolutions whose products the bf16 GEMM takes (operands r
     CHECK(golden::relative_error(w.grad(), w64.grad()) <= 1e-5);
     // The float32 convolution is ~1e-3 from the rounded answer: the checks above can fail.
     CHECK(golden::relative_error(conv2d(x0, w0, b0, c.stride, c.padding), y64) > 5e-4);
+  }
+}
+
+TEST_CASE("autocast: small convolutions on the bf16 kernels of the implicit column matrix (AVX-512 BF16) give the same rounding, forward and backward") {
+  // Shapes whose products are too small for the bf16 GEMM, on maps of 256 positions or more with a
+  // sample per thread: on a CPU with AVX-512 BF16 (no AMX) the implicit column matrix's bf16
+  // kernels take them (tensor/cpu/conv_bf16.cpp): the paired image (even channels), stride 2's
+  // phases, an odd channel count (forward on rounded copies, weight gradient in bf16), a 5 x 5
+  // kernel with 24 out channels (partial row tiles and column panels) and two groups.
+  if (!cpu::conv_bf16_kernels_available())
+    MESSAGE("no AVX-512 BF16 here: these convolutions run on rounded copies (the checks still hold)");
+  struct ConvCase {
+    Shape x, w;
+    int64_t stride, padding, groups;
+  };
+  const int64_t n = std::max<int64_t>(2, num_threads());
+  const std::vector<ConvCase> convs = {{{n, 16, 32, 32}, {16, 16, 3, 3}, 1, 1, 1},
+                                       {{n, 16, 32, 32}, {32, 16, 3, 3}, 2, 1, 1},
+                                       {{n, 3, 32, 32}, {16, 3, 3, 3}, 1, 1, 1},
+                                       {{n, 6, 20, 20}, {24, 6, 5, 5}, 1, 2, 1},
+                                       {{n, 6, 21, 19}, {24, 6, 5, 5}, 2, 2, 1},
+                                       {{n, 8, 16, 16}, {8, 4, 3, 3}, 1, 1, 2}};
+  manual_seed(12);
+  auto rounded64 = [](const Tensor& t) { return t.to(DType::bf16).to(DType::f64); };
+  for (const ConvCase& c : convs) {
+    CAPTURE(c.x);
+    CAPTURE(c.w);
+    const Tensor x0 = randn(c.x), w0 = randn(c.w) * 0.05, b0 = randn({c.w[0]});
+    Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+    Tensor y;
+    {
+      AutocastGuard guard(DeviceType::cpu);
+      y = conv2d(x, w, b, c.stride, c.padding, 1, c.groups);
+    }
+    const Tensor gout = randn(y.shape());
+    y.backward(gout);
+    Tensor x64 = rounded64(x0).requires_grad_(), w64 = rounded64(w0).requires_grad_();
+    Tensor y64 = conv2d(x64, w64, b0.to(DType::f64), c.stride, c.padding, 1, c.groups);
+    y64.backward(rounded64(gout));
+    CHECK(golden::relative_error(y, y64) <= 1e-5);
+    CHECK(golden::relative_error(x.grad(), x64.grad()) <= 1e-5);
+    CHECK(golden::relative_error(w.grad(), w64.grad()) <= 1e-5);
+    CHECK(golden::relative_error(conv2d(x0, w0, b0, c.stride, c.padding, 1, c.groups), y64) > 5e-4);
   }
 }
 
