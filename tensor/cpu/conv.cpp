@@ -216,11 +216,15 @@ constexpr int64_t kOneProductColumns = 1024;
 // Stride 2 works the same way on the four phases of the padded image (even / odd rows x even /
 // odd columns, each with its own zero borders): tap (i, j) of output (y, x) reads phase
 // (i mod 2, j mod 2) at (y + i/2, x + j/2), again a constant offset.
-bool implicit_columns_win(const ConvShape& s, const Conv2dParams& p) {
+bool implicit_columns_fit(const ConvShape& s, const Conv2dParams& p, int64_t min_positions) {
   const int64_t stride = p.stride[0];
   return s.kh == s.kw && s.kh % 2 == 1 && s.kh > 1 && (stride == 1 || stride == 2) && p.stride[1] == stride &&
          p.dilation[0] == 1 && p.dilation[1] == 1 && p.padding[0] == (s.kh - 1) / 2 &&
-         p.padding[1] == (s.kw - 1) / 2 && s.ho * s.wo >= 256 && s.n >= num_threads() &&
+         p.padding[1] == (s.kw - 1) / 2 && s.ho * s.wo >= min_positions && s.n >= num_threads();
+}
+
+bool implicit_columns_win(const ConvShape& s, const Conv2dParams& p) {
+  return implicit_columns_fit(s, p, 256) &&
          !bf16_product(s.og, s.ho * s.wo, s.k) &&  // with bf16 products on, im2col feeds the bf16 GEMM instead
          bf16_operands_mode() != Bf16Operands::unrounded;  // its products would not round their operands
 }
@@ -333,9 +337,14 @@ void fill_padded_bf16(const float* x, const ConvShape& s, const PaddedImage& im,
 }
 
 // Autocast's bf16 kernels (conv_bf16.h) take the implicit column matrix's products where the
-// CPU has them; the forward's pairs of channels need an even Cg.
+// CPU has them, down to ResNet's 7 x 7 maps and also where the bf16 GEMM would take the product
+// (it needs im2col): measured beside im2col + bf16 GEMM, 2 threads, bf16 autocast, ResNet-18
+// batch 8 training 27 -> 30 img/s, inference 75 -> 82; ResNet-20 training +8 % (its 64-channel
+// 8 x 8 stage); 7 x 7 maps level with 8 x 8 and less memory. The forward's pairs of channels need
+// an even Cg. The weight gradient keeps dot_product_weight_gradient_wins' shapes (more out
+// channels were no faster in bf16).
 bool bf16_implicit_wins(const ConvShape& s, const Conv2dParams& p, bool paired) {
-  return p.operands == DType::bf16 && conv_bf16_kernels_available() && implicit_columns_win(s, p) &&
+  return p.operands == DType::bf16 && conv_bf16_kernels_available() && implicit_columns_fit(s, p, 49) &&
          (!paired || s.cg % 2 == 0);
 }
 
@@ -692,8 +701,8 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
 // rounded as they are packed (gemm() rounds copies for any smaller product; Winograd and the
 // implicit column matrix step aside); otherwise both are rounded first (gemm.h: rounded_operand)
 // and the float32 paths run unchanged. Rounding whole activations first was 9 % of a ResNet-50
-// training step under bf16 autocast. Where the implicit column matrix would take a smaller
-// product and the CPU has AVX-512 BF16 (not AMX), its bf16 kernels (conv_bf16.h) take it instead,
+// training step under bf16 autocast. Before either, on a CPU with AVX-512 BF16 (not AMX), the
+// implicit column matrix's bf16 kernels (conv_bf16.h; bf16_implicit_wins) take what they can,
 // rounding in the copies they make: the forward, the input gradient as a forward pass, the weight
 // gradient's dot products.
 bool autocast_operands(const Tensor& t, const Conv2dParams& p) {
@@ -712,13 +721,13 @@ void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
   if (autocast_operands(x, p)) {
     const ConvShape s = conv_shape(x, w, out, p);
     const Bf16OperandsScope bf16(rounding_of(p, bf16_gemm_fits(s.og, s.ho * s.wo, s.k)));
-    if (bf16_operands_mode() == Bf16Operands::unrounded) return forward_typed<float>(x, w, bias, out, p);
     if (bf16_implicit_wins(s, p, true)) {
       const Tensor xc = raw_contiguous(x), wc = raw_contiguous(w), bc = bias.defined() ? raw_contiguous(bias) : Tensor();
       forward_implicit_columns(xc.data<float>(), wc.data<float>(), bc.defined() ? bc.data<float>() : nullptr,
                                out.data<float>(), s, p.stride[0], true);
       return;
     }
+    if (bf16_operands_mode() == Bf16Operands::unrounded) return forward_typed<float>(x, w, bias, out, p);
     forward_typed<float>(rounded_operand(x, p.operands), rounded_operand(w, p.operands), bias, out, p);
     return;
   }
@@ -730,7 +739,6 @@ void conv2d_backward_input(const Tensor& grad_out, const Tensor& w, const Tensor
   if (autocast_operands(w, p)) {
     const ConvShape s = conv_shape(grad_x, w, grad_out, p);  // products ~ [Cg x Og] · [Og x HoWo]
     const Bf16OperandsScope bf16(rounding_of(p, bf16_gemm_fits(s.cg, s.ho * s.wo, s.og)));
-    if (bf16_operands_mode() == Bf16Operands::unrounded) return backward_input_typed<float>(grad_out, w, grad_x, p);
     Conv2dParams q;
     if (!input_gradient_as_one_product(s) && input_gradient_as_forward(s, p, &q)) {
       const Tensor flipped = flipped_kernel<float>(raw_contiguous(w), s);
@@ -741,6 +749,7 @@ void conv2d_backward_input(const Tensor& grad_out, const Tensor& w, const Tensor
         return;
       }
     }
+    if (bf16_operands_mode() == Bf16Operands::unrounded) return backward_input_typed<float>(grad_out, w, grad_x, p);
     backward_input_typed<float>(rounded_operand(grad_out, p.operands), rounded_operand(w, p.operands), grad_x, p);
     return;
   }
@@ -753,12 +762,12 @@ void conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, const Tenso
   if (autocast_operands(x, p)) {
     const ConvShape s = conv_shape(x, grad_w, grad_out, p);  // products [Og x HoWo] · [HoWo x K]
     const Bf16OperandsScope bf16(rounding_of(p, bf16_gemm_fits(s.og, s.k, s.ho * s.wo)));
-    if (bf16_operands_mode() == Bf16Operands::unrounded) return backward_weight_typed<float>(grad_out, x, grad_w, p);
     if (bf16_implicit_wins(s, p, false) && dot_product_weight_gradient_wins(s)) {
       const Tensor g = raw_contiguous(grad_out), xc = raw_contiguous(x);
       backward_weight_implicit_columns(g.data<float>(), xc.data<float>(), grad_w.data<float>(), s, p.stride[0], true);
       return;
     }
+    if (bf16_operands_mode() == Bf16Operands::unrounded) return backward_weight_typed<float>(grad_out, x, grad_w, p);
     backward_weight_typed<float>(rounded_operand(grad_out, p.operands), rounded_operand(x, p.operands), grad_w, p);
     return;
   }

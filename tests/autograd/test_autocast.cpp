@@ -160,14 +160,15 @@ TEST_CASE("autocast: convolutions whose products the bf16 GEMM takes (operands r
   // Shapes where a pass's main product is 64 or more on each side, so on a CPU with a bf16 GEMM
   // the operands stay float32 and are rounded while packed (tensor/cpu/conv.cpp): samples side
   // by side (2 x 10 x 10), one sample at a time with the input gradient as a forward pass
-  // (2 x 24 x 24), stride 2, and a pointwise convolution. Elsewhere the rounded-copy path runs.
+  // (2 x 24 x 24), stride 2, and a pointwise convolution. Unpadded, so that the implicit column
+  // matrix's bf16 kernels (next case) do not take them. Elsewhere the rounded-copy path runs.
   struct ConvCase {
     Shape x, w;
     int64_t stride, padding;
   };
-  const std::vector<ConvCase> convs = {{{2, 64, 10, 10}, {64, 64, 3, 3}, 1, 1},
-                                       {{2, 64, 24, 24}, {64, 64, 3, 3}, 1, 1},
-                                       {{3, 64, 20, 20}, {96, 64, 3, 3}, 2, 1},
+  const std::vector<ConvCase> convs = {{{2, 64, 10, 10}, {64, 64, 3, 3}, 1, 0},
+                                       {{2, 64, 24, 24}, {64, 64, 3, 3}, 1, 0},
+                                       {{3, 64, 20, 20}, {96, 64, 3, 3}, 2, 0},
                                        {{2, 64, 9, 9}, {128, 64, 1, 1}, 1, 0}};
   manual_seed(11);
   auto rounded64 = [](const Tensor& t) { return t.to(DType::bf16).to(DType::f64); };
@@ -195,11 +196,12 @@ TEST_CASE("autocast: convolutions whose products the bf16 GEMM takes (operands r
 }
 
 TEST_CASE("autocast: small convolutions on the bf16 kernels of the implicit column matrix (AVX-512 BF16) give the same rounding, forward and backward") {
-  // Shapes whose products are too small for the bf16 GEMM, on maps of 256 positions or more with a
-  // sample per thread: on a CPU with AVX-512 BF16 (no AMX) the implicit column matrix's bf16
-  // kernels take them (tensor/cpu/conv_bf16.cpp): the paired image (even channels), stride 2's
-  // phases, an odd channel count (forward on rounded copies, weight gradient in bf16), a 5 x 5
-  // kernel with 24 out channels (partial row tiles and column panels) and two groups.
+  // "Same"-padded convolutions on maps of 49 positions or more with a sample per thread: on a CPU
+  // with AVX-512 BF16 (no AMX) the implicit column matrix's bf16 kernels take them
+  // (tensor/cpu/conv_bf16.cpp): the paired image (even channels), stride 2's phases, an odd
+  // channel count (forward on rounded copies, weight gradient in bf16), a 5 x 5 kernel with 24
+  // out channels (partial row tiles and column panels), two groups, and products the bf16 GEMM
+  // would otherwise take (64 channels on 10 x 10, a 7 x 7 map).
   if (!cpu::conv_bf16_kernels_available())
     MESSAGE("no AVX-512 BF16 here: these convolutions run on rounded copies (the checks still hold)");
   struct ConvCase {
@@ -212,7 +214,9 @@ TEST_CASE("autocast: small convolutions on the bf16 kernels of the implicit colu
                                        {{n, 3, 32, 32}, {16, 3, 3, 3}, 1, 1, 1},
                                        {{n, 6, 20, 20}, {24, 6, 5, 5}, 1, 2, 1},
                                        {{n, 6, 21, 19}, {24, 6, 5, 5}, 2, 2, 1},
-                                       {{n, 8, 16, 16}, {8, 4, 3, 3}, 1, 1, 2}};
+                                       {{n, 8, 16, 16}, {8, 4, 3, 3}, 1, 1, 2},
+                                       {{n, 64, 10, 10}, {64, 64, 3, 3}, 1, 1, 1},
+                                       {{n, 64, 7, 7}, {96, 64, 3, 3}, 1, 1, 1}};
   manual_seed(12);
   auto rounded64 = [](const Tensor& t) { return t.to(DType::bf16).to(DType::f64); };
   for (const ConvCase& c : convs) {
