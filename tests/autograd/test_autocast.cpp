@@ -7,6 +7,7 @@
 //           bf16 rounding of the output, 2^-9, with room for the bias PyTorch rounds as well).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -80,6 +81,35 @@ void compare(const AutocastCase& c, const Result& r, const std::string& tag, dou
     CAPTURE(i);
     CHECK(golden::relative_error(r.grads[size_t(i)], f[key + ".grad" + std::to_string(i)]) <= tol);
   }
+}
+
+struct ConvCase {
+  Shape x, w;
+  int64_t stride, padding, groups = 1;
+};
+
+// A convolution under bf16 autocast, forward and both gradients, against float64 on its rounded
+// operands: 1e-5 (float32 sums); the float32 convolution is ~1e-3 away, so the check can fail.
+void check_rounded_conv(const ConvCase& c) {
+  CAPTURE(c.x);
+  CAPTURE(c.w);
+  auto rounded64 = [](const Tensor& t) { return t.to(DType::bf16).to(DType::f64); };
+  const Tensor x0 = randn(c.x), w0 = randn(c.w) * 0.05, b0 = randn({c.w[0]});
+  Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+  Tensor y;
+  {
+    AutocastGuard guard(DeviceType::cpu);
+    y = conv2d(x, w, b, c.stride, c.padding, 1, c.groups);
+  }
+  const Tensor gout = randn(y.shape());
+  y.backward(gout);
+  Tensor x64 = rounded64(x0).requires_grad_(), w64 = rounded64(w0).requires_grad_();
+  Tensor y64 = conv2d(x64, w64, b0.to(DType::f64), c.stride, c.padding, 1, c.groups);
+  y64.backward(rounded64(gout));
+  CHECK(golden::relative_error(y, y64) <= 1e-5);
+  CHECK(golden::relative_error(x.grad(), x64.grad()) <= 1e-5);
+  CHECK(golden::relative_error(w.grad(), w64.grad()) <= 1e-5);
+  CHECK(golden::relative_error(conv2d(x0, w0, b0, c.stride, c.padding, 1, c.groups), y64) > 5e-4);
 }
 
 }  // namespace
@@ -162,40 +192,15 @@ TEST_CASE("autocast: convolutions whose products the bf16 GEMM takes (operands r
   // by side (2 x 10 x 10), one sample at a time with the input gradient as a forward pass
   // (2 x 24 x 24), stride 2, and a pointwise convolution. Unpadded, so that the implicit column
   // matrix's bf16 kernels (next case) do not take them. Elsewhere the rounded-copy path runs.
-  struct ConvCase {
-    Shape x, w;
-    int64_t stride, padding;
-  };
   const std::vector<ConvCase> convs = {{{2, 64, 10, 10}, {64, 64, 3, 3}, 1, 0},
                                        {{2, 64, 24, 24}, {64, 64, 3, 3}, 1, 0},
                                        {{3, 64, 20, 20}, {96, 64, 3, 3}, 2, 0},
                                        {{2, 64, 9, 9}, {128, 64, 1, 1}, 1, 0}};
   manual_seed(11);
-  auto rounded64 = [](const Tensor& t) { return t.to(DType::bf16).to(DType::f64); };
-  for (const ConvCase& c : convs) {
-    CAPTURE(c.x);
-    CAPTURE(c.w);
-    const Tensor x0 = randn(c.x), w0 = randn(c.w) * 0.05, b0 = randn({c.w[0]});
-    Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
-    Tensor y;
-    {
-      AutocastGuard guard(DeviceType::cpu);
-      y = conv2d(x, w, b, c.stride, c.padding);
-    }
-    const Tensor gout = randn(y.shape());
-    y.backward(gout);
-    Tensor x64 = rounded64(x0).requires_grad_(), w64 = rounded64(w0).requires_grad_();
-    Tensor y64 = conv2d(x64, w64, b0.to(DType::f64), c.stride, c.padding);
-    y64.backward(rounded64(gout));
-    CHECK(golden::relative_error(y, y64) <= 1e-5);
-    CHECK(golden::relative_error(x.grad(), x64.grad()) <= 1e-5);
-    CHECK(golden::relative_error(w.grad(), w64.grad()) <= 1e-5);
-    // The float32 convolution is ~1e-3 from the rounded answer: the checks above can fail.
-    CHECK(golden::relative_error(conv2d(x0, w0, b0, c.stride, c.padding), y64) > 5e-4);
-  }
+  for (const ConvCase& c : convs) check_rounded_conv(c);
 }
 
-TEST_CASE("autocast: small convolutions on the bf16 kernels of the implicit column matrix (AVX-512 BF16) give the same rounding, forward and backward") {
+TEST_CASE("autocast: same-padded convolutions on the implicit column matrix's bf16 kernels (AVX-512 BF16) give the same rounding, forward and backward") {
   // "Same"-padded convolutions on maps of 49 positions or more with a sample per thread: on a CPU
   // with AVX-512 BF16 (no AMX) the implicit column matrix's bf16 kernels take them
   // (tensor/cpu/conv_bf16.cpp): the paired image (even channels), stride 2's phases, an odd
@@ -204,10 +209,6 @@ TEST_CASE("autocast: small convolutions on the bf16 kernels of the implicit colu
   // would otherwise take (64 channels on 10 x 10, a 7 x 7 map).
   if (!cpu::conv_bf16_kernels_available())
     MESSAGE("no AVX-512 BF16 here: these convolutions run on rounded copies (the checks still hold)");
-  struct ConvCase {
-    Shape x, w;
-    int64_t stride, padding, groups;
-  };
   const int64_t n = std::max<int64_t>(2, num_threads());
   const std::vector<ConvCase> convs = {{{n, 16, 32, 32}, {16, 16, 3, 3}, 1, 1, 1},
                                        {{n, 16, 32, 32}, {32, 16, 3, 3}, 2, 1, 1},
@@ -218,27 +219,7 @@ TEST_CASE("autocast: small convolutions on the bf16 kernels of the implicit colu
                                        {{n, 64, 10, 10}, {64, 64, 3, 3}, 1, 1, 1},
                                        {{n, 64, 7, 7}, {96, 64, 3, 3}, 1, 1, 1}};
   manual_seed(12);
-  auto rounded64 = [](const Tensor& t) { return t.to(DType::bf16).to(DType::f64); };
-  for (const ConvCase& c : convs) {
-    CAPTURE(c.x);
-    CAPTURE(c.w);
-    const Tensor x0 = randn(c.x), w0 = randn(c.w) * 0.05, b0 = randn({c.w[0]});
-    Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
-    Tensor y;
-    {
-      AutocastGuard guard(DeviceType::cpu);
-      y = conv2d(x, w, b, c.stride, c.padding, 1, c.groups);
-    }
-    const Tensor gout = randn(y.shape());
-    y.backward(gout);
-    Tensor x64 = rounded64(x0).requires_grad_(), w64 = rounded64(w0).requires_grad_();
-    Tensor y64 = conv2d(x64, w64, b0.to(DType::f64), c.stride, c.padding, 1, c.groups);
-    y64.backward(rounded64(gout));
-    CHECK(golden::relative_error(y, y64) <= 1e-5);
-    CHECK(golden::relative_error(x.grad(), x64.grad()) <= 1e-5);
-    CHECK(golden::relative_error(w.grad(), w64.grad()) <= 1e-5);
-    CHECK(golden::relative_error(conv2d(x0, w0, b0, c.stride, c.padding, 1, c.groups), y64) > 5e-4);
-  }
+  for (const ConvCase& c : convs) check_rounded_conv(c);
 }
 
 TEST_CASE("autocast: linear keeps its input rounded to the operand type for the weight's gradient, as torch.autocast does") {
