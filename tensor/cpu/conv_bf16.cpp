@@ -1,8 +1,9 @@
-// Autocast's small convolutions in bfloat16 (see conv_bf16.h). The CIFAR ResNets' 16- and
+// Autocast's "same"-padded convolutions in bfloat16 (see conv_bf16.h). The CIFAR ResNets' 16- and
 // 32-channel convolutions are too small for the bf16 GEMM (packing its B panel costs more than
 // its tiles save), so under autocast they multiplied rounded float32 copies at float32 speed,
 // while PyTorch's bf16 convolutions ran at twice its float32 speed. These two kernels read their
-// operands where the implicit column matrix already puts them:
+// operands where the implicit column matrix already puts them (and so beat im2col + the bf16
+// GEMM on 64-512 channels as well; conv.cpp's bf16_implicit_wins says where they run):
 //   forward (W · col(x)): the padded image is written with its channels in pairs, c = 2·cp + h at
 //     image[2·(cp·plane + pos) + h], so a pair of column-matrix rows (channels 2cp and 2cp + 1 at
 //     one tap) is one run of the image with the two values of each column side by side: the
