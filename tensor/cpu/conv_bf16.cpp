@@ -117,21 +117,32 @@ BCOS_BF16_TARGET void nt_tile(int64_t len, const uint16_t* const* a, const uint1
 
 // vcvtneps2bf16 rounds as BFloat16::from_float does (nearest even, NaN kept quiet); it reads
 // subnormal inputs as zero, which vdpbf16ps does with subnormal bf16 values anyway.
+// Full vectors unmasked: masked stores cost more on AMD's cores even with every lane set.
 BCOS_BF16_TARGET void round_row_avx512(const float* src, int64_t n, uint16_t* dst) {
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 mask = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
-    const __m256i bits = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src + i));
-    _mm256_mask_storeu_epi16(dst + i, mask, bits);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+  if (i < n) {
+    const __mmask16 mask = __mmask16((1u << (n - i)) - 1);
+    _mm256_mask_storeu_epi16(dst + i, mask, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src + i)));
   }
 }
 
 // Two rows side by side, dst[2i] = even[i] and dst[2i + 1] = odd[i]: one 32-bit word per column.
+BCOS_BF16_TARGET inline __m512i rounded_pairs(__m512 even, __m512 odd) {
+  const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(even));
+  const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(odd));
+  return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+}
+
 BCOS_BF16_TARGET void round_pair_avx512(const float* even, const float* odd, int64_t n, uint16_t* dst) {
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 mask = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
-    const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, even + i)));
-    const __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, odd + i)));
-    _mm512_mask_storeu_epi32(dst + 2 * i, mask, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_si512(dst + 2 * i, rounded_pairs(_mm512_loadu_ps(even + i), _mm512_loadu_ps(odd + i)));
+  if (i < n) {
+    const __mmask16 mask = __mmask16((1u << (n - i)) - 1);
+    _mm512_mask_storeu_epi32(dst + 2 * i, mask,
+                             rounded_pairs(_mm512_maskz_loadu_ps(mask, even + i), _mm512_maskz_loadu_ps(mask, odd + i)));
   }
 }
 #endif  // BCOS_CONV_BF16_X86
