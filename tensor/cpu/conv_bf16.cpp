@@ -117,7 +117,8 @@ BCOS_BF16_TARGET void nt_tile(int64_t len, const uint16_t* const* a, const uint1
 
 // vcvtneps2bf16 rounds as BFloat16::from_float does (nearest even, NaN kept quiet); it reads
 // subnormal inputs as zero, which vdpbf16ps does with subnormal bf16 values anyway.
-// Full vectors unmasked: masked stores cost more on AMD's cores even with every lane set.
+// Full vectors with plain loads and stores, only the tail masked: the all-masked form measured
+// slower here (the paired rounding 7.9 -> 5.1 % of a ResNet-20 autocast training step, perf).
 BCOS_BF16_TARGET void round_row_avx512(const float* src, int64_t n, uint16_t* dst) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
