@@ -1,7 +1,8 @@
-// bf16 products for autocast's small convolutions (tensor/cpu/conv_bf16.cpp): the two products of
-// conv.cpp's implicit column matrix -- the forward's W · col(x) and the weight gradient's
-// dY · col(x)^T -- with AVX-512 BF16's vdpbf16ps. Operands are rounded to bf16 (nearest even)
-// in copies the convolution makes anyway (its padded image, its widened output gradient).
+// bf16 products for autocast's convolutions and for the bf16 inference option's (set_cpu_bf16)
+// (tensor/cpu/conv_bf16.cpp): the two products of conv.cpp's implicit column matrix -- the
+// forward's W · col(x) and the weight gradient's dY · col(x)^T -- with AVX-512 BF16's vdpbf16ps.
+// Operands are rounded to bf16 (nearest even) in copies the convolution makes anyway (its padded
+// image, its widened output gradient).
 #pragma once
 
 #include <cstdint>
