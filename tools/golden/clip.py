@@ -46,6 +46,16 @@ OUT = os.path.join(ROOT, "tests", "golden")
 
 
 # ---- the architecture ------------------------------------------------------------------------
+class LayerNorm(nn.LayerNorm):
+    """OpenAI's LayerNorm: 16-bit inputs are normalised in float32 and returned in their own type
+    (under CPU autocast, torch 1.13's layer_norm rejects bf16 input with float32 parameters, and the
+    ViT tower's conv1 output reaches ln_pre in bf16); float32 / float64 inputs as nn.LayerNorm."""
+    def forward(self, x):
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return super().forward(x.float()).to(x.dtype)
+        return super().forward(x)
+
+
 class QuickGELU(nn.Module):
     def forward(self, x):
         return x * torch.sigmoid(1.702 * x)
@@ -137,11 +147,11 @@ class ResidualAttentionBlock(nn.Module):
     def __init__(self, width, heads, attn_mask=None, quick_gelu=True):
         super().__init__()
         self.attn = nn.MultiheadAttention(width, heads)
-        self.ln_1 = nn.LayerNorm(width)
+        self.ln_1 = LayerNorm(width)
         self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, width * 4)),
                                               ("gelu", QuickGELU() if quick_gelu else nn.GELU()),
                                               ("c_proj", nn.Linear(width * 4, width))]))
-        self.ln_2 = nn.LayerNorm(width)
+        self.ln_2 = LayerNorm(width)
         self.attn_mask = attn_mask
 
     def forward(self, x):  # x: [L, N, width], as OpenAI's
@@ -167,9 +177,9 @@ class VisionTransformer(nn.Module):
         scale = width ** -0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn((resolution // patch) ** 2 + 1, width))
-        self.ln_pre = nn.LayerNorm(width)
+        self.ln_pre = LayerNorm(width)
         self.transformer = Transformer(width, layers, heads, quick_gelu=quick_gelu)
-        self.ln_post = nn.LayerNorm(width)
+        self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
     def forward(self, x):
@@ -196,7 +206,7 @@ class CLIP(nn.Module):
 
         self.token_embedding = nn.Embedding(vocab, text_width)
         self.positional_embedding = nn.Parameter(torch.empty(context, text_width))
-        self.ln_final = nn.LayerNorm(text_width)
+        self.ln_final = LayerNorm(text_width)
         self.text_projection = nn.Parameter(torch.empty(text_width, embed_dim))
         self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
         nn.init.normal_(self.positional_embedding, std=0.01)
