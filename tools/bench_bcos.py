@@ -19,6 +19,10 @@ alone. Modes:
 Ratios are bcos / torch: above 1 means bcos.cpp is faster (images/s) or leaner (memory:
 torch / bcos).
   bench/bcos [--threads N] [--seconds S] [--batch B] [--repeat R] [--modes train,explain,clip_distill,clip_explain]
+             [--autocast bf16]
+--autocast bf16 runs the training modes (train, clip_distill; the default modes then) with their
+forward passes, the frozen teacher's included, under torch.autocast("cpu", torch.bfloat16) and
+bench_bcos --autocast bf16; explanations are not meant to run in mixed precision and refuse it.
 
 The model is written here from the B-cos formulas (bcosify of tools/golden/models.py's
 CifarResNet(20), random init):
@@ -215,7 +219,13 @@ def add_inverse(x):
     return torch.cat([x, 1 - x], 1)
 
 
-def clip_step(mode, batch):
+def mixed(amp):
+    """torch.autocast on the CPU in `amp` (a torch dtype), or nothing where amp is None."""
+    import contextlib
+    return torch.autocast("cpu", dtype=amp) if amp is not None else contextlib.nullcontext()
+
+
+def clip_step(mode, batch, amp=None):
     """The B-cos CLIP rows: returns the step to time."""
     from bcos_clip_reference import CLIP_MEAN, CLIP_STD, BcosClipTower, sigmoid_distillation_loss, small_tower
     teacher = small_tower().eval()
@@ -229,9 +239,10 @@ def clip_step(mode, batch):
         opt = torch.optim.Adam(params, lr=1e-4)
 
         def step():
-            with torch.no_grad():
-                target = teacher((x - mean) / std)
-            loss = sigmoid_distillation_loss(student(add_inverse(x)), target)
+            with mixed(amp):
+                with torch.no_grad():
+                    target = teacher((x - mean) / std)
+                loss = sigmoid_distillation_loss(student(add_inverse(x)).float(), target.float())
             loss.backward()
             adaptive_clip_(params)
             opt.step()
@@ -264,11 +275,12 @@ def time_and_report(step, batch, seconds):
     print(f"images_per_s {iters * batch / elapsed:.2f} peak_rss_mb {peak:.1f}")
 
 
-def torch_child(mode, batch, seconds, threads):
+def torch_child(mode, batch, seconds, threads, autocast="none"):
     """Runs in a child process: one configuration, prints the result line."""
     torch.set_num_threads(threads)
+    amp = {"none": None, "bf16": torch.bfloat16}[autocast]
     if mode.startswith("clip_"):
-        time_and_report(clip_step(mode, batch), batch, seconds)
+        time_and_report(clip_step(mode, batch, amp), batch, seconds)
         return
     model = bcosify(cifar_resnet20())
     torch.manual_seed(1)
@@ -282,7 +294,8 @@ def torch_child(mode, batch, seconds, threads):
         target = F.one_hot(y, 10).float().clamp(min=1.0 / 10)
 
         def step():
-            loss = F.binary_cross_entropy_with_logits(model(add_inverse(x)), target)
+            with mixed(amp):
+                loss = F.binary_cross_entropy_with_logits(model(add_inverse(x)).float(), target)
             loss.backward()
             adaptive_clip_(params)  # clip 0.01, eps 1e-3
             opt.step()
@@ -413,20 +426,27 @@ def main():
     ap.add_argument("--check", action="store_true", help="run the conversion self-check and exit")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run the two sides alternately this many times; report medians and the paired ratios' range")
+    ap.add_argument("--autocast", choices=["none", "bf16"], default="none",
+                    help="bf16: the training modes in mixed precision on both sides (torch.autocast / AutocastGuard)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.autocast != "none" and a.modes == ",".join(MODES):
+        a.modes = "train,clip_distill"
     if a.check:
         self_check()
     if a.child:
-        torch_child(a.child, a.batch, a.seconds, a.threads)
+        torch_child(a.child, a.batch, a.seconds, a.threads, a.autocast)
         return
     modes = [m for m in a.modes.split(",") if m]
     bad = [m for m in modes if m not in MODES]
     if bad:
         ap.error(f"unknown mode(s) {','.join(bad)}; choose from {','.join(MODES)}")
+    if a.autocast != "none" and any(m.endswith("explain") for m in modes):
+        ap.error(f"--autocast {a.autocast} applies to the training modes (train, clip_distill), not explanations")
     have_binary = os.path.isfile(a.binary) and os.access(a.binary, os.X_OK)
     env = dict(os.environ, BCOS_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
-    print(f"torch {torch.__version__}, {a.threads} threads, batch {a.batch}, ~{a.seconds:g} s per measurement,"
+    amp_note = f", autocast {a.autocast}" if a.autocast != "none" else ""
+    print(f"torch {torch.__version__}, {a.threads} threads{amp_note}, batch {a.batch}, ~{a.seconds:g} s per measurement,"
           f" each in its own process; B-cosified CIFAR ResNet-20 and CLIP RN tower (b = 2)")
     if not have_binary:
         print(f"bench/bcos: NOTE: {a.binary} not found (or not executable); reporting PyTorch only")
@@ -434,9 +454,9 @@ def main():
           f" {'torch MB':>9s} {'bcos MB':>8s} {'mem ratio':>9s}" + (" ratio range" if a.repeat > 1 else ""))
     for mode in modes:
         torch_cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(a.threads), "--seconds",
-                     str(a.seconds), "--batch", str(a.batch), "--child", mode]
+                     str(a.seconds), "--batch", str(a.batch), "--autocast", a.autocast, "--child", mode]
         bcos_cmd = [a.binary, "--threads", str(a.threads), "--seconds", str(a.seconds), "--batch", str(a.batch),
-                    "--mode", mode]
+                    "--mode", mode, "--autocast", a.autocast]
         (t_speed, t_mem), b, spread = alternate(lambda: measure(torch_cmd, env),
                                                 (lambda: measure(bcos_cmd, env)) if have_binary else None, a.repeat)
         if b:
