@@ -4,6 +4,7 @@
 #include "data/tokenizer.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 
@@ -228,6 +229,161 @@ std::u32string unescape_once(const std::u32string& s) {
   return out;
 }
 
+// ---- ftfy.fix_text --------------------------------------------------------------------------
+// OpenAI's basic_clean runs ftfy.fix_text before anything else. This is ftfy 6's fix_text with its
+// default settings, except its mojibake repair (fix_encoding and the steps inside it), which is a
+// statistical heuristic: text that looks like mojibake tokenizes as given. Per line (each segment
+// ends after a '\n'), the fixes below run in ftfy's order until the segment stops changing.
+
+// ftfy's unescape_html: each &#?[0-9A-Za-z]{1,24}; that is an html5 name (or an upper-case form
+// ftfy also accepts), or a numeric reference html.unescape decodes whole, becomes its character.
+std::u32string ftfy_unescape(const std::u32string& s) {
+  auto alnum = [](char32_t c) { return (c >= U'0' && c <= U'9') || ((c | 0x20) >= U'a' && (c | 0x20) <= U'z'); };
+  std::u32string out;
+  size_t i = 0;
+  while (i < s.size()) {
+    if (s[i] != U'&') {
+      out += s[i++];
+      continue;
+    }
+    const size_t body = i + 1 + (i + 1 < s.size() && s[i + 1] == U'#');
+    size_t end = body;
+    while (end < s.size() && alnum(s[end])) ++end;
+    if (end == body || end - body > 24 || end == s.size() || s[end] != U';') {
+      out += s[i++];
+      continue;
+    }
+    const std::string name = encode_utf8(s.substr(i + 1, end + 1 - (i + 1)));  // with '#' or not, with ';'
+    const NamedEntity* e = body == i + 1 ? find_entity(name) : nullptr;
+    if (!e && body == i + 1) {
+      const auto* it = std::lower_bound(std::begin(kFtfyUpperEntities), std::end(kFtfyUpperEntities), name,
+                                        [](const NamedEntity& x, const std::string& n) { return x.name < n; });
+      if (it != std::end(kFtfyUpperEntities) && name == it->name) e = &*it;
+    }
+    if (e) {
+      out += utf8_to_u32(e->value);
+    } else if (body == i + 2) {
+      // html.unescape decodes "&#" + digits (or x / X + hex digits); anything else leaves a ';'
+      // behind, and then ftfy keeps the reference as it was.
+      const bool hex = s[body] == U'x' || s[body] == U'X';
+      bool whole = end > body + hex;
+      uint64_t num = 0;
+      for (size_t k = body + hex; k < end && whole; ++k) {
+        const char32_t c = s[k];
+        whole = hex ? ascii_hex(c) : ascii_digit(c);
+        const uint64_t d = ascii_digit(c) ? c - U'0' : (c | 0x20) - U'a' + 10;
+        num = std::min<uint64_t>(num * (hex ? 16 : 10) + d, 0x7FFFFFFF);
+      }
+      const std::u32string decoded = whole ? numeric_reference(num) : U";";
+      out += decoded.find(U';') == std::u32string::npos ? decoded : s.substr(i, end + 1 - i);  // "&#59;" stays
+    } else {
+      out += s.substr(i, end + 1 - i);
+    }
+    i = end + 1;
+  }
+  return out;
+}
+
+const char* code_point_text(const CodePointText* begin, const CodePointText* end, char32_t c) {
+  const auto* it = std::lower_bound(begin, end, c, [](const CodePointText& x, char32_t v) { return x.cp < v; });
+  return it != end && it->cp == c ? it->value : nullptr;
+}
+
+// fix_c1_controls, fix_latin_ligatures, fix_character_width, uncurl_quotes: one code point at a time.
+std::u32string ftfy_map_characters(const std::u32string& s) {
+  std::u32string c1, out;
+  for (char32_t c : s) c1 += c >= 0x80 && c <= 0x9F ? char32_t(kSloppyWindows1252[c - 0x80]) : c;
+  for (char32_t c : c1) {
+    if (const char* v = code_point_text(std::begin(kFtfyLigatures), std::end(kFtfyLigatures), c)) out += utf8_to_u32(v);
+    else out += c;
+  }
+  std::u32string wide;
+  for (char32_t c : out) {
+    if (const char* v = code_point_text(std::begin(kFtfyWidthMap), std::end(kFtfyWidthMap), c)) wide += utf8_to_u32(v);
+    else wide += c;
+  }
+  for (char32_t& c : wide) {
+    if (c == 0x2BC || (c >= 0x2018 && c <= 0x201B)) c = U'\'';
+    else if (c >= 0x201C && c <= 0x201F) c = U'"';
+  }
+  return wide;
+}
+
+// fix_line_breaks: \r\n, \r, U+2028, U+2029 and U+0085 become \n.
+std::u32string ftfy_line_breaks(const std::u32string& s) {
+  std::u32string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char32_t c = s[i];
+    if (c == U'\r' && i + 1 < s.size() && s[i + 1] == U'\n') continue;  // the \n follows
+    out += c == U'\r' || c == 0x2028 || c == 0x2029 || c == 0x85 ? U'\n' : c;
+  }
+  return out;
+}
+
+// remove_terminal_escapes (ESC [ then digits or ';' (\d: any decimal digit), then a letter A-Z /
+// a-z) and remove_control_chars (C0 controls but \t \n \f \r, DEL, U+206A-U+206F, U+FEFF,
+// U+FFF9-U+FFFC), in that order.
+std::u32string ftfy_remove_controls(const std::u32string& s) {
+  std::u32string kept;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == 0x1B && i + 1 < s.size() && s[i + 1] == U'[') {
+      size_t k = i + 2;
+      while (k < s.size() && (s[k] == U';' || utf8proc_category(utf8proc_int32_t(s[k])) == UTF8PROC_CATEGORY_ND)) ++k;
+      if (k < s.size() && (s[k] | 0x20) >= U'a' && (s[k] | 0x20) <= U'z') {
+        i = k;
+        continue;
+      }
+    }
+    kept += s[i];
+  }
+  std::u32string out;
+  for (char32_t c : kept) {
+    const bool control = (c <= 0x08) || c == 0x0B || (c >= 0x0E && c <= 0x1F) || c == 0x7F ||
+                         (c >= 0x206A && c <= 0x206F) || c == 0xFEFF || (c >= 0xFFF9 && c <= 0xFFFC);
+    if (!control) out += c;
+  }
+  return out;
+}
+
+// Unicode NFC (utf8proc). The text is valid by now: every code point came from valid UTF-8 or
+// from the tables.
+std::u32string nfc(const std::u32string& s) {
+  const std::string bytes = encode_utf8(s);
+  utf8proc_uint8_t* composed = nullptr;
+  const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(bytes.data()),
+                                          utf8proc_ssize_t(bytes.size()), &composed,
+                                          utf8proc_option_t(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+  BCOS_CHECK(n >= 0, "ftfy_fix_text: NFC normalisation failed: ", utf8proc_errmsg(n));
+  const std::u32string out = decode_utf8(std::string_view(reinterpret_cast<const char*>(composed), size_t(n)), "NFC");
+  std::free(composed);
+  return out;
+}
+
+std::u32string ftfy_fix(const std::u32string& text) {
+  // Printable ASCII, tabs and newlines without '&': no fix changes it (the common prompt).
+  if (std::all_of(text.begin(), text.end(), [](char32_t c) { return (c >= 0x20 && c < 0x7F && c != U'&') || c == U'\t' || c == U'\n'; }))
+    return text;
+  constexpr size_t kMaxSegment = 1000000;  // ftfy's max_decode_length
+  std::u32string out;
+  bool unescape = true;  // "auto": off from the first segment holding a '<' on
+  for (size_t pos = 0; pos < text.size();) {
+    size_t brk = text.find(U'\n', pos);
+    brk = brk == std::u32string::npos ? text.size() : brk + 1;
+    brk = std::min(brk, pos + kMaxSegment);
+    std::u32string segment = text.substr(pos, brk - pos);
+    if (segment.find(U'<') != std::u32string::npos) unescape = false;
+    for (;;) {
+      const std::u32string before = segment;
+      if (unescape) segment = ftfy_unescape(segment);
+      segment = nfc(ftfy_remove_controls(ftfy_line_breaks(ftfy_map_characters(segment))));
+      if (segment == before) break;
+    }
+    out += segment;
+    pos = brk;
+  }
+  return out;
+}
+
 std::u32string strip_python(const std::u32string& s) {
   size_t a = 0, b = s.size();
   while (a < b && python_space(s[a])) ++a;
@@ -236,7 +392,7 @@ std::u32string strip_python(const std::u32string& s) {
 }
 
 std::u32string clean(std::u32string s) {
-  s = strip_python(unescape_once(unescape_once(s)));
+  s = strip_python(unescape_once(unescape_once(ftfy_fix(s))));
   std::u32string collapsed;
   for (size_t i = 0; i < s.size();) {
     if (regex_space(s[i])) {
@@ -332,6 +488,8 @@ std::string encode_utf8(std::u32string_view text) {
 std::string html_unescape(std::string_view text) {
   return encode_utf8(unescape_once(decode_utf8(text, "html_unescape")));
 }
+
+std::string ftfy_fix_text(std::string_view text) { return encode_utf8(ftfy_fix(decode_utf8(text, "ftfy_fix_text"))); }
 
 std::string clean_text(std::string_view text) { return encode_utf8(clean(decode_utf8(text, "clean_text"))); }
 

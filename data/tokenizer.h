@@ -1,10 +1,14 @@
-// CLIP's text tokenizer: OpenAI's byte-level BPE, exactly (their simple_tokenizer.py without
-// ftfy's text repair). Text is data, so it lives here: loader workers tokenise captions.
+// CLIP's text tokenizer: OpenAI's byte-level BPE, exactly (their simple_tokenizer.py; of the
+// ftfy.fix_text it starts with, everything but the mojibake repair). Text is data, so it lives
+// here: loader workers tokenise captions.
 //
 //   ClipTokenizer tok("../shared/data/clip/bpe_simple_vocab_16e6.txt.gz");
 //   Tensor ids = tok.tokenize({"a photo of a cat."});  // i64 [1, 77]: 49406 320 1125 539 320 2368 269 49407 0 ...
 //
-// The steps, as OpenAI's: HTML references unescaped twice (html.unescape's rules, named and
+// The steps, as OpenAI's: ftfy.fix_text's deterministic fixes per line until nothing changes
+// (HTML references when the text has no '<', C1 controls as Windows-1252, Latin ligatures,
+// fullwidth / halfwidth forms, curly quotes straightened, line breaks, terminal escapes and
+// invisible controls removed, NFC), then HTML references unescaped twice (html.unescape's rules, named and
 // numeric), whitespace runs collapsed to one space, stripped, lower-cased as Python's
 // str.lower() (İ becomes i + U+0307; a word-final Σ becomes ς); split by their pattern
 // (the two special tokens, 's 't 're 've 'm 'll 'd, runs of letters, single digits, runs of
@@ -59,7 +63,8 @@ class ClipTokenizer {
 
 // The pieces of CLIP's text pipeline, for tests and for other tokenizers.
 std::string html_unescape(std::string_view text);  // Python's html.unescape, once
-std::string clean_text(std::string_view text);     // unescape twice, whitespace, strip, lower
+std::string ftfy_fix_text(std::string_view text);  // ftfy.fix_text without its mojibake repair
+std::string clean_text(std::string_view text);     // ftfy, unescape twice, whitespace, strip, lower
 std::vector<std::string> split_pieces(std::string_view cleaned);  // OpenAI's pattern, on clean text
 
 // UTF-8 helpers. decode_utf8 raises bcos::Error naming `what` and the byte offset of the first

@@ -12,6 +12,14 @@ those same sources rather than re-typed by hand:
     (the pattern's 's, 't, ... and special tokens are matched with IGNORECASE), and those that
     IGNORECASE moves out of the pattern's classes ([\\p{L}] / [\\p{N}] / [^\\s\\p{L}\\p{N}]).
 The last two are checked here, so a `regex` release that changes them fails loudly.
+And for ftfy.fix_text, which OpenAI's basic_clean runs first (ftfy 6's deterministic fixes; its
+mojibake repair is not ported), the tables its chardata module derives from the same sources:
+  - the upper-case HTML entities it also decodes (&NTILDE; -> Ñ): for each lower-case html5 name
+    with ';' whose upper-case form html.unescape leaves alone, that name -> str.upper() of its value;
+  - its width map: U+3000 -> space, and each of U+FF01..U+FFEF whose NFKC form differs -> that form;
+  - C1 controls U+0080..U+009F as sloppy Windows-1252 (bytes 81 8D 8F 90 9D, which cp1252 leaves
+    undefined, stay themselves);
+  - its table of Latin ligatures and digraphs (ftfy/chardata.py's LIGATURES, listed below).
 
 Run with Debian's Python: /usr/bin/python3 tools/gen_tokenizer_tables.py
 """
@@ -26,6 +34,15 @@ import regex
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "data", "tokenizer_tables.inc")
+
+
+# ftfy 6's chardata.LIGATURES: Latin ligatures and legacy digraphs, taken apart.
+FTFY_LIGATURES = {
+    0x132: "IJ", 0x133: "ij", 0x149: "\u02bcn",
+    0x1F1: "DZ", 0x1F2: "Dz", 0x1F3: "dz", 0x1C4: "D\u017d", 0x1C5: "D\u017e", 0x1C6: "d\u017e",
+    0x1C7: "LJ", 0x1C8: "Lj", 0x1C9: "lj", 0x1CA: "NJ", 0x1CB: "Nj", 0x1CC: "nj",
+    0xFB00: "ff", 0xFB01: "fi", 0xFB02: "fl", 0xFB03: "ffi", 0xFB04: "ffl", 0xFB05: "\u017ft", 0xFB06: "st",
+}
 
 
 def c_string(text):
@@ -127,10 +144,47 @@ def main():
     lines += ["};", "", "// str.isspace(): strip() removes these at both ends.", "constexpr uint32_t kPythonSpace[] = {"]
     lines += ["    " + " ".join("0x%X," % c for c in python_space[i:i + 10]) for i in range(0, len(python_space), 10)]
     lines += ["};", ""]
+
+    # ftfy's tables (see the docstring).
+    upper = {}
+    for name, value in html.entities.html5.items():
+        if name.endswith(";") and name == name.lower():
+            entity = "&" + name.upper()
+            if html.unescape(entity) == entity:
+                upper[name.upper()] = value.upper()
+    width = {0x3000: " "}
+    for cp in range(0xFF01, 0xFFF0):
+        alternate = unicodedata.normalize("NFKC", chr(cp))
+        if alternate != chr(cp):
+            width[cp] = alternate
+    sloppy = []
+    for b in range(0x80, 0xA0):
+        try:
+            sloppy.append(ord(bytes([b]).decode("cp1252")))
+        except UnicodeDecodeError:
+            sloppy.append(b)
+    lines += ["// ftfy.fix_text's tables (tools/gen_tokenizer_tables.py says where each comes from).",
+              "struct CodePointText {",
+              "  uint32_t cp;",
+              "  const char* value;  // UTF-8",
+              "};", "",
+              "// Upper-case entities ftfy decodes beside html5's, sorted by name (byte order).",
+              "constexpr NamedEntity kFtfyUpperEntities[] = {"]
+    lines += ["    {%s, %s}," % (c_string(n), c_string(v)) for n, v in sorted(upper.items(), key=lambda kv: kv[0].encode())]
+    lines += ["};", "", "// Halfwidth and fullwidth forms -> standard width, by code point.",
+              "constexpr CodePointText kFtfyWidthMap[] = {"]
+    lines += ["    {0x%X, %s}," % (cp, c_string(v)) for cp, v in sorted(width.items())]
+    lines += ["};", "", "// Latin ligatures and digraphs -> their letters, by code point.",
+              "constexpr CodePointText kFtfyLigatures[] = {"]
+    lines += ["    {0x%X, %s}," % (cp, c_string(v)) for cp, v in sorted(FTFY_LIGATURES.items())]
+    lines += ["};", "", "// U+0080..U+009F read as sloppy Windows-1252.",
+              "constexpr uint32_t kSloppyWindows1252[32] = {"]
+    lines += ["    " + " ".join("0x%X," % c for c in sloppy[i:i + 8]) for i in range(0, 32, 8)]
+    lines += ["};", ""]
     with open(OUT, "w", encoding="ascii") as f:
         f.write("\n".join(lines))
     print(f"wrote {OUT}: {len(entities)} entities, {len(cased_ranges)} cased and {len(ignorable_ranges)} "
-          f"case-ignorable ranges")
+          f"case-ignorable ranges; ftfy: {len(upper)} upper-case entities, {len(width)} width forms")
 
 
 if __name__ == "__main__":

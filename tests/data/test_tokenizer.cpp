@@ -168,6 +168,27 @@ TEST_CASE("tokenizer: html_unescape matches Python's html.unescape") {
   CHECK(data::clean_text("&amp;lt; X &amp;AmP;") == "< x &amp;");  // ... then lower-cases (names are case-sensitive)
 }
 
+TEST_CASE("tokenizer: ftfy_fix_text matches the reference's ftfy.fix_text") {
+  const golden::Fixtures f(golden::golden_dir() + "/tokenizer.safetensors");
+  const auto in = unpack_strings(f, "ftfy.in.bytes");
+  const auto out = unpack_strings(f, "ftfy.out.bytes");
+  REQUIRE(in.size() == out.size());
+  REQUIRE(in.size() >= 25);
+  for (size_t i = 0; i < in.size(); ++i) {
+    CAPTURE(in[i]);
+    CHECK(data::ftfy_fix_text(in[i]) == out[i]);
+  }
+  // ftfy's documented examples.
+  CHECK(data::ftfy_fix_text("\u201chere\u2019s a test\u201d") == "\"here's a test\"");
+  CHECK(data::ftfy_fix_text("\ufb02u\ufb03e\ufb06") == "fluffiest");
+  CHECK(data::ftfy_fix_text("\uff2c\uff2f\uff35\uff24\u3000\uff2e\uff2f\uff29\uff33\uff25\uff33") == "LOUD NOISES");
+  CHECK(data::ftfy_fix_text("P&EACUTE;REZ") == "P\u00c9REZ");
+  CHECK(data::ftfy_fix_text("&ntilde; &Ntilde; &NTILDE; &nTILDE;") == "\u00f1 \u00d1 \u00d1 &nTILDE;");
+  CHECK(data::ftfy_fix_text("\x1b[36;44mI'm blue\x1b[0m") == "I'm blue");
+  // What the tokenizer sees: a curly apostrophe splits as "'s" does.
+  CHECK(data::clean_text("It\u2019s \ufb01ne") == "it's fine");
+}
+
 TEST_CASE("tokenizer: pieces follow OpenAI's pattern") {
   using V = std::vector<std::string>;
   CHECK(data::split_pieces("it's a dog's life") == V{"it", "'s", "a", "dog", "'s", "life"});

@@ -1,10 +1,17 @@
 #!/usr/bin/python3
 """Golden fixtures for CLIP's tokenizer (data/tokenizer.cpp), from a reference written here from
 OpenAI's published algorithm (CLIP's simple_tokenizer): byte-level BPE over the first 48,894
-merges of bpe_simple_vocab_16e6.txt.gz, text cleaned by html.unescape twice, whitespace runs
-collapsed, stripped and lower-cased (ftfy's repair is left out, as in the C++ port), split by
-the `regex` module's pattern, then each piece's UTF-8 bytes mapped to printable characters and
-merged by rank.
+merges of bpe_simple_vocab_16e6.txt.gz, text cleaned by ftfy.fix_text (below), html.unescape
+twice, whitespace runs collapsed, stripped and lower-cased, split by the `regex` module's
+pattern, then each piece's UTF-8 bytes mapped to printable characters and merged by rank.
+
+ftfy is not packaged for Debian, so its fix_text is written here from its documented behaviour
+(ftfy 6, default settings): per line, until the line stops changing, HTML entities (html5 names
+with ';', upper-case forms html.unescape leaves alone, numeric references html.unescape decodes
+whole; off from the first line holding a '<'), C1 controls as sloppy Windows-1252, Latin
+ligatures, the width map (NFKC of U+FF01..U+FFEF, U+3000 -> space), curly quotes, line breaks,
+ANSI terminal escapes, invisible control characters, NFC. Its mojibake repair (fix_encoding) is
+left out, as in the C++ port.
 
 tests/golden/tokenizer.safetensors (strings are UTF-8 bytes concatenated in a U8 tensor, with
 I64 offsets [N + 1]; id lists likewise):
@@ -22,15 +29,19 @@ I64 offsets [N + 1]; id lists likewise):
   random.ids [R, 24]          random ids (byte tokens included, so UTF-8 breaks mid-character)
   random.bytes/.offsets       their decode (invalid UTF-8 replaced by U+FFFD as Python does)
   unescape.in/.out            html.unescape, once, on references of every kind
+  ftfy.in/.out                ftfy.fix_text (as above) on cases for each of its fixes
 
 Needs ../shared/data/clip/bpe_simple_vocab_16e6.txt.gz ($BCOS_DATA overrides ../shared) and
 Debian's python3-regex.  Run:  /usr/bin/python3 tools/golden/tokenizer.py
 """
 import gzip
 import html
+import html.entities
 import os
 import random
+import re
 import sys
+import unicodedata
 
 import regex
 import torch
@@ -58,6 +69,73 @@ def byte_alphabet():
     return table
 
 
+# ---- ftfy.fix_text without its mojibake repair (see the docstring) ----------------------------
+# ftfy's table of Latin ligatures and legacy digraphs.
+LIGATURES = {0x132: "IJ", 0x133: "ij", 0x149: "\u02bcn", 0x1F1: "DZ", 0x1F2: "Dz", 0x1F3: "dz",
+             0x1C4: "D\u017d", 0x1C5: "D\u017e", 0x1C6: "d\u017e", 0x1C7: "LJ", 0x1C8: "Lj", 0x1C9: "lj",
+             0x1CA: "NJ", 0x1CB: "Nj", 0x1CC: "nj", 0xFB00: "ff", 0xFB01: "fi", 0xFB02: "fl", 0xFB03: "ffi",
+             0xFB04: "ffl", 0xFB05: "\u017ft", 0xFB06: "st"}
+WIDTH = {0x3000: " ", **{cp: unicodedata.normalize("NFKC", chr(cp)) for cp in range(0xFF01, 0xFFF0)
+                         if unicodedata.normalize("NFKC", chr(cp)) != chr(cp)}}
+CONTROLS = dict.fromkeys([*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF,
+                          *range(0xFFF9, 0xFFFD)])
+
+
+def sloppy_1252(char):
+    try:
+        return char.encode("latin-1").decode("cp1252")
+    except UnicodeDecodeError:  # bytes cp1252 leaves undefined stay themselves
+        return char
+
+
+def upper_entities():
+    table = {}
+    for name, value in html.entities.html5.items():
+        if name.endswith(";") and name == name.lower() and html.unescape("&" + name.upper()) == "&" + name.upper():
+            table["&" + name.upper()] = value.upper()
+    return table
+
+
+ENTITIES = {**{"&" + n: v for n, v in html.entities.html5.items() if n.endswith(";")}, **upper_entities()}
+
+
+def ftfy_entity(match):
+    ref = match.group(0)
+    if ref in ENTITIES:
+        return ENTITIES[ref]
+    if ref.startswith("&#"):
+        decoded = html.unescape(ref)
+        return ref if ";" in decoded else decoded  # only references decoded whole
+    return ref
+
+
+def ftfy_line(line, unescape):
+    while True:
+        before = line
+        if unescape:
+            line = re.sub(r"&#?[0-9A-Za-z]{1,24};", ftfy_entity, line)
+        line = re.sub("[\x80-\x9f]", lambda m: sloppy_1252(m.group(0)), line)
+        line = line.translate(LIGATURES).translate(WIDTH)
+        line = re.sub("[\u02bc\u2018-\u201b]", "'", re.sub("[\u201c-\u201f]", '"', line))
+        for brk in ("\r\n", "\r", "\u2028", "\u2029", "\x85"):
+            line = line.replace(brk, "\n")
+        line = re.sub("\x1b\\[(?:\\d|;)*[a-zA-Z]", "", line)
+        line = unicodedata.normalize("NFC", line.translate(CONTROLS))
+        if line == before:
+            return line
+
+
+def ftfy_fix_text(text):
+    out, pos, unescape = [], 0, True
+    while pos < len(text):
+        end = text.find("\n", pos) + 1 or len(text)
+        end = min(end, pos + 1_000_000)
+        unescape = unescape and "<" not in text[pos:end]
+        out.append(ftfy_line(text[pos:end], unescape))
+        pos = end
+    return "".join(out)
+
+
 class Reference:
     def __init__(self, path):
         lines = gzip.open(path).read().decode("utf-8").split("\n")[1:MERGES + 1]
@@ -73,7 +151,7 @@ class Reference:
 
     @staticmethod
     def clean(text):
-        text = html.unescape(html.unescape(text)).strip()
+        text = html.unescape(html.unescape(ftfy_fix_text(text))).strip()
         return regex.sub(r"\s+", " ", text).strip().lower()
 
     def bpe(self, piece):
@@ -192,6 +270,20 @@ def unescape_cases():
             "&ThickSpace;", "&acE;", "&Abreve", "&Abreve;"]
 
 
+def ftfy_cases():
+    return ["it\u2019s \u201cquoted\u201d \u2018single\u2019 \u201ahigh\u201b \u201e\u201f \u02bcokina",
+            "\ufb01sh \ufb02ow o\ufb03ce \ufb00 \ufb04 \ufb05 \ufb06 \u0132\u0133 \u0149 \u01c4\u01c5\u01c6 \u01c7\u01ca\u01cb",
+            "\uff2c\uff2f\uff35\uff24\u3000\uff2e\uff2f\uff29\uff33\uff25\uff33 \uff01\uff1f \uff35\uff80\uff70\uff9d \uffe0\uffe5 \uffe8",
+            "price \x80 \x85 \x91x\x92 \x81\x8d\x8f\x90\x9d \x9f", "it&#x2019;s &#8220;entities&#8221;",
+            "P&EACUTE;REZ BUNDESSTRA&SZLIG;E &ntilde; &Ntilde; &NTILDE; &nTILDE;", "&#59; &amp&#59; &#x3B;",
+            "&#12ab; &#x; &#xZ; &#65;&#X42; &#0; &#128; &#xD800;", "&" + "a" * 25 + ";", "&checkmark; &Jscr;ohn",
+            "&amp;lt; twice", "a < b &amp; c", "x &amp; y\n<b>z</b>\n&amp; after", "&amp;\n&amp;<\n&amp;",
+            "\x1b[31mred\x1b[0m \x1b[1;\u0663m \x1b[m \x1b[31 \x1b[", "a\x00b\x08c\x0bd\x0ce\x0ef\x1fg\x7fh",
+            "\ufeffbom \u206a\u206f \ufff9\ufffc\ufffd kept", "cafe\u0301 e\u0301\u0301 \u1100\u1161 A\u030a",
+            "win\r\nmac\rsep\u2028par\u2029", "\u2126 \u212b \u00b5 nfc", "&amp;#x2019;s", "\x93quoted\x94",
+            "&#x2018;&#x2019; &#8216;", "\uff07s \uff02q\uff02", "line one\nline two &amp; more\n"]
+
+
 def pack(strings):
     data = [s.encode("utf-8", errors="surrogatepass") for s in strings]
     offsets = [0]
@@ -241,6 +333,8 @@ def main():
     fixtures["random.bytes"], fixtures["random.offsets"] = pack([ref.decode(ids) for ids in random_ids])
     fixtures["unescape.in.bytes"], fixtures["unescape.in.offsets"] = pack(unescape_in)
     fixtures["unescape.out.bytes"], fixtures["unescape.out.offsets"] = pack([html.unescape(s) for s in unescape_in])
+    fixtures["ftfy.in.bytes"], fixtures["ftfy.in.offsets"] = pack(ftfy_cases())
+    fixtures["ftfy.out.bytes"], fixtures["ftfy.out.offsets"] = pack([ftfy_fix_text(s) for s in ftfy_cases()])
     out = os.path.join(ROOT, "tests", "golden", "tokenizer.safetensors")
     save(fixtures, out, {"generator": "tools/golden/tokenizer.py", "python": sys.version.split()[0],
                          "regex": regex.__version__, "texts": str(len(texts))})
