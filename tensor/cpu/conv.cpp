@@ -6,6 +6,7 @@
 // column matrix). With at least as many samples as threads, samples run in parallel with a
 // column buffer per thread; otherwise the GEMM threads each product.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 
@@ -455,7 +456,10 @@ bool backward_weight_implicit_columns(const float* pg, const float* px, float* o
       }
   });
   add_accumulators(acc, s.o * s.k, out);
-  return true;
+  // The wide grid's discarded columns pair a zero gradient with image values from the next row,
+  // so an infinite or NaN input put NaN (0 · Inf) into taps the convolution never reads. Only a
+  // non-finite result can hold such a product: then the caller's exact path computes it again.
+  return std::all_of(out, out + s.o * s.k, [](float v) { return std::isfinite(v); });
 }
 
 template <class T>
@@ -751,7 +755,9 @@ void conv2d_backward_input(const Tensor& grad_out, const Tensor& w, const Tensor
     const ConvShape s = conv_shape(grad_x, w, grad_out, p);  // products ~ [Cg x Og] · [Og x HoWo]
     const Bf16OperandsScope bf16(rounding_of(p, bf16_gemm_fits(s.cg, s.ho * s.wo, s.og)));
     Conv2dParams q;
-    if (!input_gradient_as_one_product(s) && input_gradient_as_forward(s, p, &q)) {
+    // (the flipped kernel is only built where its bf16 kernel can run)
+    if (p.operands == DType::bf16 && conv_bf16_kernels_available() && !input_gradient_as_one_product(s) &&
+        input_gradient_as_forward(s, p, &q)) {
       const Tensor flipped = flipped_kernel<float>(raw_contiguous(w), s);
       const ConvShape sf = conv_shape(grad_out, flipped, grad_x, q);
       if (bf16_implicit_wins(sf, q, true)) {
@@ -775,8 +781,8 @@ void conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, const Tenso
     const Bf16OperandsScope bf16(rounding_of(p, bf16_gemm_fits(s.og, s.k, s.ho * s.wo)));
     if (bf16_implicit_wins(s, p, false) && dot_product_weight_gradient_wins(s)) {
       const Tensor g = raw_contiguous(grad_out), xc = raw_contiguous(x);
-      backward_weight_implicit_columns(g.data<float>(), xc.data<float>(), grad_w.data<float>(), s, p.stride[0], true);
-      return;
+      if (backward_weight_implicit_columns(g.data<float>(), xc.data<float>(), grad_w.data<float>(), s, p.stride[0], true))
+        return;
     }
     if (bf16_operands_mode() == Bf16Operands::unrounded) return backward_weight_typed<float>(grad_out, x, grad_w, p);
     backward_weight_typed<float>(rounded_operand(grad_out, p.operands), rounded_operand(x, p.operands), grad_w, p);

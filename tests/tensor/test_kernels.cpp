@@ -266,6 +266,37 @@ TEST_CASE("kernels: float32 'same'-padded stride-1 and stride-2 convolutions rea
   }
 }
 
+TEST_CASE("kernels: an infinite input leaves the weight gradient's other taps finite on the padded-image paths") {
+  // The padded image's wide grid has discarded columns whose taps read the next row; their
+  // gradient is zero, and 0 · Inf is NaN. Which entries of grad_W are non-finite must be those of
+  // the definition (float64 takes the column-matrix path), in float32 and under bf16 autocast.
+  manual_seed(5);
+  const int64_t n = 2 * num_threads();
+  Tensor x = randn({n, 4, 16, 16});
+  x.data<float>()[((0 * 4 + 1) * 16 + 5) * 16 + 15] = INFINITY;  // the last column: a discarded tap reads it
+  const Tensor w = randn({8, 4, 3, 3}), g = randn({n, 8, 16, 16});
+  Tensor w64 = w.to(kFloat64).requires_grad_();
+  sum(conv2d(x.to(kFloat64), w64, Tensor(), 1, 1) * g.to(kFloat64)).backward();
+  const std::vector<double> expect = w64.grad().to_vector<double>();
+  for (bool autocast : {false, true}) {
+    CAPTURE(autocast);
+    Tensor w32 = w.clone().requires_grad_();
+    {
+      AutocastGuard mixed(DeviceType::cpu, DType::bf16, autocast);
+      sum(conv2d(x, w32, Tensor(), 1, 1) * g).backward();
+    }
+    const std::vector<double> got = w32.grad().to_vector<double>();
+    int64_t nonfinite = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      CAPTURE(i);
+      CHECK(std::isfinite(got[i]) == std::isfinite(expect[i]));
+      nonfinite += !std::isfinite(expect[i]);
+      if (!autocast && std::isfinite(expect[i])) CHECK(std::abs(got[i] - expect[i]) < 1e-3);  // sums of 1,024 terms
+    }
+    CHECK(nonfinite > 0);  // the infinite input reaches some taps
+  }
+}
+
 TEST_CASE("kernels: pooling corner cases") {
   // all-negative input with padding: padding never wins a max
   Tensor x = full({1, 1, 3, 3}, -5.0);
