@@ -474,8 +474,7 @@ void forward_typed(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, c
   Tensor b = bias.defined() ? raw_contiguous(bias) : Tensor();
   const T* pb = b.defined() ? b.data<T>() : nullptr;
   if constexpr (std::is_same_v<T, float>) {
-    if (winograd_wins(s, p)) {
-      winograd_conv3x3(px, pw, po, s.n, s.c, s.h, s.w, s.o);
+    if (winograd_wins(s, p) && winograd_conv3x3(px, pw, po, s.n, s.c, s.h, s.w, s.o)) {
       if (pb)
         parallel_for(s.n * s.o, hw, [&](int64_t b0, int64_t e0) {
           for (int64_t r = b0; r < e0; ++r)

@@ -74,17 +74,18 @@ void transform_input(const float* x, int64_t c, int64_t h, int64_t w, int64_t th
 }
 
 // out [O, H, W] from M [16, O, T]: Aᵀ m A of every tile. `full` is scratch for one plane of
-// whole tiles (2 th x 2 tw), used when H or W is odd.
-void transform_output(const float* m, int64_t o, int64_t h, int64_t w, int64_t th, int64_t tw, float* full, float* out) {
+// whole tiles (2 th x 2 tw), used when H or W is odd. False where an output is not finite.
+bool transform_output(const float* m, int64_t o, int64_t h, int64_t w, int64_t th, int64_t tw, float* full, float* out) {
   const int64_t tiles = th * tw, plane = o * tiles, fw = 2 * tw;
   const bool even = h == 2 * th && w == 2 * tw;
+  float probe = 0.0f;  // Σ 0 · y: NaN once any y is infinite or NaN, in the vectorised loop
   for (int64_t oc = 0; oc < o; ++oc) {
     float* img = even ? out + oc * h * w : full;
     for (int64_t ty = 0; ty < th; ++ty) {
       const float* src = m + oc * tiles + ty * tw;
       float* y0 = img + 2 * ty * fw;
       float* y1 = y0 + fw;
-#pragma omp simd
+#pragma omp simd reduction(+ : probe)
       for (int64_t tx = 0; tx < tw; ++tx) {
         float v[4][4];
         for (int i = 0; i < 16; ++i) v[i / 4][i % 4] = src[i * plane + tx];
@@ -93,18 +94,21 @@ void transform_output(const float* m, int64_t o, int64_t h, int64_t w, int64_t t
           t[0][j] = v[0][j] + v[1][j] + v[2][j];
           t[1][j] = v[1][j] - v[2][j] - v[3][j];
         }
-        y0[2 * tx] = t[0][0] + t[0][1] + t[0][2], y0[2 * tx + 1] = t[0][1] - t[0][2] - t[0][3];
-        y1[2 * tx] = t[1][0] + t[1][1] + t[1][2], y1[2 * tx + 1] = t[1][1] - t[1][2] - t[1][3];
+        const float a = t[0][0] + t[0][1] + t[0][2], b = t[0][1] - t[0][2] - t[0][3];
+        const float c = t[1][0] + t[1][1] + t[1][2], d = t[1][1] - t[1][2] - t[1][3];
+        y0[2 * tx] = a, y0[2 * tx + 1] = b, y1[2 * tx] = c, y1[2 * tx + 1] = d;
+        probe += 0.0f * (a + b + c + d);
       }
     }
     if (!even)
       for (int64_t y = 0; y < h; ++y) std::memcpy(out + oc * h * w + y * w, full + y * fw, size_t(w) * sizeof(float));
   }
+  return probe == probe;
 }
 
 }  // namespace
 
-void winograd_conv3x3(const float* x, const float* w, float* out, int64_t n, int64_t c, int64_t h, int64_t width,
+bool winograd_conv3x3(const float* x, const float* w, float* out, int64_t n, int64_t c, int64_t h, int64_t width,
                       int64_t o) {
   const int64_t th = (h + 1) / 2, tw = (width + 1) / 2, tiles = th * tw;
   // Written whole by the transform: not zeroed first (16·O·C floats, 16 MiB for 512 channels).
@@ -118,6 +122,7 @@ void winograd_conv3x3(const float* x, const float* w, float* out, int64_t n, int
     std::vector<float> v, m, pad, full;
   };
   std::vector<Scratch> scratch(static_cast<size_t>(threads));
+  std::vector<char> finite(static_cast<size_t>(threads), 1);
   parallel_chunks(n, cost, [&](int64_t slot, int64_t b, int64_t e) {
     Scratch& s = scratch[size_t(slot)];
     s.v.resize(size_t(16 * c * tiles));
@@ -129,9 +134,11 @@ void winograd_conv3x3(const float* x, const float* w, float* out, int64_t n, int
       for (int xi = 0; xi < 16; ++xi)
         gemm(o, tiles, c, u.get() + xi * o * c, c, 1, s.v.data() + xi * c * tiles, tiles, 1,
              s.m.data() + xi * o * tiles, tiles, 1, false);
-      transform_output(s.m.data(), o, h, width, th, tw, s.full.data(), out + i * o * h * width);
+      if (!transform_output(s.m.data(), o, h, width, th, tw, s.full.data(), out + i * o * h * width))
+        finite[size_t(slot)] = 0;
     }
   });
+  return std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
 }
 
 }  // namespace bcos::cpu

@@ -11,8 +11,9 @@
 namespace bcos::cpu {
 
 // out [N, O, H, W] = conv2d(x [N, C, H, W], w [O, C, 3, 3]), padding 1, stride 1, no groups;
-// all contiguous.
-void winograd_conv3x3(const float* x, const float* w, float* out, int64_t n, int64_t c, int64_t h, int64_t width,
+// all contiguous. False where an output is infinite or NaN: the transforms spread an infinite
+// input over its whole tile (Inf − Inf), so the caller computes such a convolution directly.
+bool winograd_conv3x3(const float* x, const float* w, float* out, int64_t n, int64_t c, int64_t h, int64_t width,
                       int64_t o);
 
 }  // namespace bcos::cpu

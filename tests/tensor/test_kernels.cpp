@@ -295,6 +295,20 @@ TEST_CASE("kernels: an infinite input leaves the weight gradient's other taps fi
     }
     CHECK(nonfinite > 0);  // the infinite input reaches some taps
   }
+  // Winograd's transforms add and subtract an infinite input's transformed values (Inf − Inf):
+  // such a forward is computed directly, so each output is ±Inf or NaN as the direct sum has it.
+  Tensor big = randn({n, 64, 28, 28}), wb = randn({64, 64, 3, 3});
+  big.data<float>()[(0 * 64 + 3) * 28 * 28 + 10 * 28 + 11] = INFINITY;
+  const std::vector<double> y = conv2d(big, wb, Tensor(), 1, 1).to_vector<double>();
+  const std::vector<double> y64 = conv2d(big.to(kFloat64), wb.to(kFloat64), Tensor(), 1, 1).to_vector<double>();
+  int64_t mismatched = 0, nonfinite = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    mismatched += std::isnan(y[i]) != std::isnan(y64[i]) ||
+                  (std::isinf(y64[i]) && y[i] != y64[i]) || std::isfinite(y[i]) != std::isfinite(y64[i]);
+    nonfinite += !std::isfinite(y64[i]);
+  }
+  CHECK(mismatched == 0);
+  CHECK(nonfinite == 64 * 9);  // every out channel, the 3 x 3 outputs whose window holds it
 }
 
 TEST_CASE("kernels: pooling corner cases") {
