@@ -191,15 +191,18 @@ void over_samples(int64_t n, int64_t cost_per_sample, F&& fn) {
 
 // float32 3 x 3 stride-1 pad-1 convolutions run as Winograd F(2x2, 3x3) (tensor/cpu/winograd.h)
 // where it measured faster than im2col + GEMM here (2.25x fewer multiplies, against the cost of
-// the transforms): with samples for every thread and at least 64 channels in and out on maps of
-// 28 x 28 or more (1.2-1.5x: 64 ch 56 x 56 247 -> 305 GFLOP/s, 128 ch 28 x 28 266 -> 401), or
-// 128 channels on 14 x 14 (1.1x). Smaller maps, fewer channels or fewer samples lose.
+// the transforms), with samples for every thread (forward, 2 threads, direct / Winograd GFLOP/s):
+// 64 channels on 56 x 56 (360 / 395), 128 on 28 x 28 (355 / 420), 192-256 on 14 x 14 (300 / 330,
+// 258 / 321). It loses on 64 ch 28 x 28 (334 / 260), 128 ch 14 x 14 (274 / 250), 512 ch 7 x 7
+// (230 / 150) and under 64 channels (4-5x slower).
 bool winograd_wins(const ConvShape& s, const Conv2dParams& p) {
   const bool shape = s.kh == 3 && s.kw == 3 && s.groups == 1 && p.stride[0] == 1 && p.stride[1] == 1 &&
                      p.padding[0] == 1 && p.padding[1] == 1 && p.dilation[0] == 1 && p.dilation[1] == 1;
   const int64_t channels = std::min(s.c, s.o), area = s.h * s.w;
   return shape && !bf16_product(s.o, s.ho * s.wo, s.k) && bf16_operands_mode() != Bf16Operands::unrounded &&
-         s.n >= num_threads() && ((channels >= 64 && area >= 28 * 28) || (channels >= 128 && area >= 14 * 14));
+         s.n >= num_threads() &&
+         ((channels >= 64 && area >= 56 * 56) || (channels >= 128 && area >= 28 * 28) ||
+          (channels >= 192 && area >= 14 * 14));
 }
 
 // Each pass forms one product over all samples side by side when they have at most this many
@@ -565,7 +568,9 @@ void backward_input_typed(const Tensor& gout_in, const Tensor& w_in, const Tenso
   Tensor gout = raw_contiguous(gout_in), w = raw_contiguous(w_in);
   ConvShape s = conv_shape(gx, w, gout, p);
   const int64_t hw = s.ho * s.wo;
-  const bool one_product = input_gradient_as_one_product(s);
+  // Where the flipped convolution runs as Winograd, that beats the one product (3 x 3, pad 1: the
+  // same shape with C and O swapped).
+  const bool one_product = input_gradient_as_one_product(s) && !(std::is_same_v<T, float> && winograd_wins(s, p));
   if (!one_product && backward_input_as_forward<T>(gout, w, gx, s, p)) return;
   const T* pg = gout.data<T>();
   const T* pw = w.data<T>();

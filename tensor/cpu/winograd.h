@@ -14,6 +14,6 @@ namespace bcos::cpu {
 // all contiguous. False where an output is infinite or NaN: the transforms spread an infinite
 // input over its whole tile (Inf − Inf), so the caller computes such a convolution directly.
 bool winograd_conv3x3(const float* x, const float* w, float* out, int64_t n, int64_t c, int64_t h, int64_t width,
-                      int64_t o);
+                      int64_t o, int64_t block_tiles = 0);
 
 }  // namespace bcos::cpu

@@ -9,6 +9,7 @@
 #include "autograd/ops.h"
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/vec_math.h"
+#include "tensor/cpu/winograd.h"
 #include "tensor/parallel.h"
 
 using namespace bcos;
@@ -196,19 +197,24 @@ TEST_CASE("kernels: conv2d forward and both backward passes vs a direct convolut
 
 TEST_CASE("kernels: float32 3x3 convolutions taking the Winograd path match a float64 direct convolution") {
   // Shapes where conv.cpp picks Winograd F(2x2, 3x3) (enough samples for every thread, >= 64
-  // channels on 28 x 28, >= 128 on 14 x 14; odd sizes exercise the partial last tile), with a
-  // bias; the input gradient of such a conv runs the same path (a forward with the flipped kernel).
+  // channels on 56 x 56, >= 128 on 28 x 28, >= 192 on 14 x 14; odd sizes exercise the partial
+  // last tile, 57 x 56 two blocks of tile rows), with a bias; the input gradient of such a conv
+  // runs the same path (a forward with the flipped kernel). That conv2d took it is checked by
+  // its bits: those of cpu::winograd_conv3x3 called directly.
   manual_seed(21);
   const int64_t n = 2 * num_threads();
   struct Shape4 {
     int64_t c, o, h, w;
   };
-  for (Shape4 sh : {Shape4{64, 72, 28, 28}, Shape4{128, 128, 15, 14}, Shape4{64, 64, 29, 31}}) {
+  for (Shape4 sh : {Shape4{64, 72, 57, 56}, Shape4{128, 136, 29, 28}, Shape4{192, 192, 14, 15}}) {
     CAPTURE(sh.c);
     CAPTURE(sh.h);
     CAPTURE(sh.w);
     Tensor x = randn({n, sh.c, sh.h, sh.w}).requires_grad_(), w = randn({sh.o, sh.c, 3, 3}).requires_grad_();
     Tensor b = randn({sh.o});
+    Tensor direct = empty({n, sh.o, sh.h, sh.w});
+    REQUIRE(cpu::winograd_conv3x3(x.data<float>(), w.data<float>(), direct.data<float>(), n, sh.c, sh.h, sh.w, sh.o));
+    CHECK(max_diff(conv2d(x.detach(), w.detach(), Tensor(), 1, 1), direct) == 0.0);
     Tensor y = conv2d(x, w, b, 1, 1);
     Tensor expect = naive_conv(x.detach(), w.detach(), 1, 1, 1, 1) + b.to(kFloat64).reshape({1, sh.o, 1, 1});
     // norm-wise relative error: float32 rounding of 9·C-term sums, transformed (measured ~5e-7)
@@ -221,6 +227,32 @@ TEST_CASE("kernels: float32 3x3 convolutions taking the Winograd path match a fl
     const double gscale = std::sqrt(sum(x64.grad() * x64.grad()).item());
     CHECK(std::sqrt(sum(square(x.grad().to(kFloat64) - x64.grad())).item()) / gscale < 1e-5);
   }
+}
+
+TEST_CASE("kernels: Winograd in blocks of tile rows matches a float64 direct convolution for every block size") {
+  // Blocks of 1 tile (a partial row), of whole rows, of rows ending in a partial block, and the
+  // whole map; odd and even sizes; fewer samples than threads (threaded GEMMs) and more.
+  manual_seed(23);
+  struct Shape4 {
+    int64_t n, c, o, h, w;
+  };
+  for (Shape4 sh : {Shape4{3, 5, 6, 9, 11}, Shape4{1, 7, 4, 12, 10}, Shape4{2 * num_threads() + 1, 3, 9, 8, 7}})
+    for (int64_t block_tiles : {1, 6, 13, 1000}) {
+      CAPTURE(sh.n);
+      CAPTURE(sh.h);
+      CAPTURE(sh.w);
+      CAPTURE(block_tiles);
+      Tensor x = randn({sh.n, sh.c, sh.h, sh.w}), w = randn({sh.o, sh.c, 3, 3});
+      Tensor y = full({sh.n, sh.o, sh.h, sh.w}, NAN);  // every output must be written
+      REQUIRE(cpu::winograd_conv3x3(x.data<float>(), w.data<float>(), y.data<float>(), sh.n, sh.c, sh.h, sh.w, sh.o,
+                                    block_tiles));
+      // sums of 9·C terms through the transforms (measured ~3e-7)
+      CHECK(max_diff(y, naive_conv(x, w, 1, 1, 1, 1)) < 1e-5);
+    }
+  // An infinite input: false, so that the caller computes the convolution directly.
+  Tensor x = randn({2, 4, 8, 8}), w = randn({5, 4, 3, 3}), y = empty({2, 5, 8, 8});
+  x.data<float>()[100] = INFINITY;
+  for (int64_t block_tiles : {1, 1000}) CHECK_FALSE(cpu::winograd_conv3x3(x.data<float>(), w.data<float>(), y.data<float>(), 2, 4, 8, 8, 5, block_tiles));
 }
 
 TEST_CASE("kernels: float32 'same'-padded stride-1 and stride-2 convolutions read from a padded image (no column matrix) match float64") {
@@ -297,8 +329,8 @@ TEST_CASE("kernels: an infinite input leaves the weight gradient's other taps fi
   }
   // Winograd's transforms add and subtract an infinite input's transformed values (Inf − Inf):
   // such a forward is computed directly, so each output is ±Inf or NaN as the direct sum has it.
-  Tensor big = randn({n, 64, 28, 28}), wb = randn({64, 64, 3, 3});
-  big.data<float>()[(0 * 64 + 3) * 28 * 28 + 10 * 28 + 11] = INFINITY;
+  Tensor big = randn({n, 64, 56, 56}), wb = randn({64, 64, 3, 3});
+  big.data<float>()[(0 * 64 + 3) * 56 * 56 + 10 * 56 + 11] = INFINITY;
   const std::vector<double> y = conv2d(big, wb, Tensor(), 1, 1).to_vector<double>();
   const std::vector<double> y64 = conv2d(big.to(kFloat64), wb.to(kFloat64), Tensor(), 1, 1).to_vector<double>();
   int64_t mismatched = 0, nonfinite = 0;
