@@ -12,6 +12,7 @@
 
 #include "tensor/copy.h"
 #include "tensor/cpu/conv_bf16.h"
+#include "tensor/cpu/conv_columns.h"
 #include "tensor/cpu/gemm.h"
 #include "tensor/cpu/kernels.h"
 #include "tensor/cpu/winograd.h"
@@ -20,164 +21,6 @@
 namespace bcos::cpu {
 
 namespace {
-
-struct ConvShape {
-  int64_t n, c, h, w;      // input
-  int64_t o, kh, kw;       // weight
-  int64_t ho, wo, groups;  // output
-  int64_t cg, og, k;       // per group: in channels, out channels, K = cg * kh * kw
-  bool pointwise;          // 1x1, stride 1, no padding: im2col is the identity
-};
-
-ConvShape conv_shape(const Tensor& x, const Tensor& w, const Tensor& out, const Conv2dParams& p) {
-  ConvShape s{};
-  s.n = x.size(0), s.c = x.size(1), s.h = x.size(2), s.w = x.size(3);
-  s.o = w.size(0), s.kh = w.size(2), s.kw = w.size(3);
-  s.ho = out.size(2), s.wo = out.size(3), s.groups = p.groups;
-  s.cg = s.c / p.groups, s.og = s.o / p.groups, s.k = s.cg * s.kh * s.kw;
-  s.pointwise = s.kh == 1 && s.kw == 1 && p.stride[0] == 1 && p.stride[1] == 1 &&
-                p.padding[0] == 0 && p.padding[1] == 0;
-  return s;
-}
-
-// The output columns ow whose input column iw0 + ow * stride lies in [0, w): [lo, hi).
-inline void columns_inside(int64_t iw0, int64_t stride, int64_t w, int64_t wo, int64_t* lo, int64_t* hi) {
-  *lo = iw0 >= 0 ? 0 : std::min<int64_t>((-iw0 + stride - 1) / stride, wo);
-  *hi = iw0 > w - 1 ? *lo : std::clamp<int64_t>((w - 1 - iw0) / stride + 1, *lo, wo);
-}
-
-// A stride-1 convolution whose output is as wide as its input ("same" padding: 3x3 pad 1) sees
-// each tap (ki, kj) as the whole plane shifted by a constant: row ki·d - pad, column kj·d - pad.
-// Its column-matrix row is then one contiguous run of the plane, except the columns shifted out
-// of the image (which wrap into the neighbouring image row and must read as zero). For small
-// maps this beats copying image row by image row (CIFAR's 32 x 32: 2.4x faster im2col).
-bool shifts_whole_rows(const ConvShape& s, const Conv2dParams& p) {
-  return p.stride[0] == 1 && p.stride[1] == 1 && s.wo == s.w;
-}
-
-// The output rows [*oh_lo, *oh_hi) whose tap row ki lies inside the image.
-inline void rows_inside(const ConvShape& s, const Conv2dParams& p, int64_t ki, int64_t* oh_lo, int64_t* oh_hi) {
-  const int64_t ih0 = ki * p.dilation[0] - p.padding[0];  // input row of output row 0
-  *oh_lo = std::clamp<int64_t>(-ih0, 0, s.ho);
-  *oh_hi = std::clamp<int64_t>(s.h - ih0, *oh_lo, s.ho);
-}
-
-// col [K, (oh1 - oh0) * Wo] from x [Cg, H, W] (one sample, one group): the columns of output
-// rows [oh0, oh1) (all rows by default); rows of col are ld apart.
-template <class T>
-void im2col(const T* x, const ConvShape& s, const Conv2dParams& p, T* col, int64_t ld, int64_t oh0 = 0,
-            int64_t oh1 = -1) {
-  if (oh1 < 0) oh1 = s.ho;
-  if (shifts_whole_rows(s, p)) {
-    for (int64_t c = 0; c < s.cg; ++c)
-      for (int64_t ki = 0; ki < s.kh; ++ki)
-        for (int64_t kj = 0; kj < s.kw; ++kj) {
-          T* row = col + ((c * s.kh + ki) * s.kw + kj) * ld;  // output (oh, ow) at row[(oh - oh0) * wo + ow]
-          const T* plane = x + c * s.h * s.w;
-          const int64_t dh = ki * p.dilation[0] - p.padding[0], dw = kj * p.dilation[1] - p.padding[1];
-          const int64_t base = oh0 * s.wo;
-          int64_t oh_lo, oh_hi, lo, hi;
-          rows_inside(s, p, ki, &oh_lo, &oh_hi);
-          oh_lo = std::clamp(oh_lo, oh0, oh1), oh_hi = std::clamp(oh_hi, oh_lo, oh1);
-          columns_inside(dw, 1, s.w, s.wo, &lo, &hi);
-          std::fill(row, row + oh_lo * s.wo - base, T(0));
-          std::fill(row + oh_hi * s.wo - base, row + oh1 * s.wo - base, T(0));
-          if (oh_lo == oh_hi) continue;
-          // One run: output [oh_lo * wo + lo, oh_hi * wo - (wo - hi)) reads the plane shifted by
-          // dh rows and dw columns; it starts and ends inside the plane.
-          const int64_t first = oh_lo * s.wo + lo, last = (oh_hi - 1) * s.wo + hi;
-          if (first < last)
-            std::memcpy(row + first - base, plane + first + dh * s.w + dw, size_t(last - first) * sizeof(T));
-          for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {  // the wrapped columns read as zero
-            T* r = row + oh * s.wo - base;
-            for (int64_t ow = 0; ow < lo; ++ow) r[ow] = T(0);
-            for (int64_t ow = hi; ow < s.wo; ++ow) r[ow] = T(0);
-          }
-        }
-    return;
-  }
-  for (int64_t c = 0; c < s.cg; ++c)
-    for (int64_t ki = 0; ki < s.kh; ++ki)
-      for (int64_t kj = 0; kj < s.kw; ++kj) {
-        T* row = col + ((c * s.kh + ki) * s.kw + kj) * ld;
-        const T* plane = x + c * s.h * s.w;
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-          int64_t ih = oh * p.stride[0] - p.padding[0] + ki * p.dilation[0];
-          T* dst = row + (oh - oh0) * s.wo;
-          if (ih < 0 || ih >= s.h) {
-            std::fill(dst, dst + s.wo, T(0));
-            continue;
-          }
-          const T* src = plane + ih * s.w;
-          const int64_t iw0 = -p.padding[1] + kj * p.dilation[1], st = p.stride[1];
-          int64_t lo, hi;  // zero margins around the columns inside the image
-          columns_inside(iw0, st, s.w, s.wo, &lo, &hi);
-          std::fill(dst, dst + lo, T(0));
-          if (st == 1) {
-            std::memcpy(dst + lo, src + iw0 + lo, size_t(hi - lo) * sizeof(T));
-          } else {
-            for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[iw0 + ow * st];
-          }
-          std::fill(dst + hi, dst + s.wo, T(0));
-        }
-      }
-}
-
-// x [Cg, H, W] += col2im(col [K, Ho*Wo]); rows of col are ld apart. Zeroes col's entries for
-// taps outside the image on the whole-row path (col is scratch).
-template <class T>
-void col2im(T* col, const ConvShape& s, const Conv2dParams& p, T* x, int64_t ld) {
-  if (shifts_whole_rows(s, p)) {  // one shifted run per tap, as in im2col
-    for (int64_t c = 0; c < s.cg; ++c)
-      for (int64_t ki = 0; ki < s.kh; ++ki)
-        for (int64_t kj = 0; kj < s.kw; ++kj) {
-          T* row = col + ((c * s.kh + ki) * s.kw + kj) * ld;
-          T* plane = x + c * s.h * s.w;
-          const int64_t dh = ki * p.dilation[0] - p.padding[0], dw = kj * p.dilation[1] - p.padding[1];
-          int64_t oh_lo, oh_hi, lo, hi;
-          rows_inside(s, p, ki, &oh_lo, &oh_hi);
-          columns_inside(dw, 1, s.w, s.wo, &lo, &hi);
-          if (oh_lo == oh_hi || lo == hi) continue;
-          for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {  // wrapped columns must add nothing
-            T* r = row + oh * s.wo;
-            for (int64_t ow = 0; ow < lo; ++ow) r[ow] = T(0);
-            for (int64_t ow = hi; ow < s.wo; ++ow) r[ow] = T(0);
-          }
-          const int64_t first = oh_lo * s.wo + lo, last = (oh_hi - 1) * s.wo + hi;
-          const int64_t shift = dh * s.w + dw;
-          for (int64_t q = first; q < last; ++q) plane[q + shift] += row[q];
-        }
-    return;
-  }
-  for (int64_t c = 0; c < s.cg; ++c)
-    for (int64_t ki = 0; ki < s.kh; ++ki)
-      for (int64_t kj = 0; kj < s.kw; ++kj) {
-        const T* row = col + ((c * s.kh + ki) * s.kw + kj) * ld;
-        T* plane = x + c * s.h * s.w;
-        for (int64_t oh = 0; oh < s.ho; ++oh) {
-          int64_t ih = oh * p.stride[0] - p.padding[0] + ki * p.dilation[0];
-          if (ih < 0 || ih >= s.h) continue;
-          const T* src = row + oh * s.wo;
-          T* dst = plane + ih * s.w;
-          const int64_t iw0 = -p.padding[1] + kj * p.dilation[1], st = p.stride[1];
-          int64_t lo, hi;  // only the columns inside the image receive gradient
-          columns_inside(iw0, st, s.w, s.wo, &lo, &hi);
-          if (st == 1) {  // contiguous: vectorises
-            for (int64_t ow = lo; ow < hi; ++ow) dst[iw0 + ow] += src[ow];
-          } else {
-            for (int64_t ow = lo; ow < hi; ++ow) dst[iw0 + ow * st] += src[ow];
-          }
-        }
-      }
-}
-
-// The column matrix is built a block of output rows at a time, about 1 MiB of it, so the GEMM
-// packs it from L2 instead of from memory (ResNet-18's 56 x 56 maps: 7 MiB per sample; layer1
-// 3 x 3 forward 197 -> 255 GFLOP/s). The rows per block:
-int64_t column_block_rows(const ConvShape& s) {
-  const int64_t columns = std::max<int64_t>(256, (int64_t(1) << 18) / std::max<int64_t>(s.k, 1));
-  return std::clamp<int64_t>(columns / std::max<int64_t>(s.wo, 1), 1, std::max<int64_t>(s.ho, 1));
-}
 
 // Runs fn(sample, slot) for every sample: in parallel when there are enough samples. `slot`
 // (< num_threads()) picks the caller's scratch buffers.
@@ -233,41 +76,13 @@ bool implicit_columns_win(const ConvShape& s, const Conv2dParams& p) {
          bf16_operands_mode() != Bf16Operands::unrounded;  // its products would not round their operands
 }
 
-// The padded image of implicit_columns_win: `phases` (1, or 4 for stride 2) blocks of Cg planes
-// `plane` floats apart, rows of `row` floats; offsets[p] is where column-matrix row p = (c, i, j)
-// of output position 0 reads it; `wide_cols` = Ho rows of `row` output positions. The last tap of
-// a discarded column reads past the rows used, into spare space in the plane (or the next plane),
-// and a partial 32-wide column panel up to 31 floats past that: `floats` includes 32 spare.
-struct PaddedImage {
-  int64_t stride, pad, row, plane, wide_cols, floats;
-  std::vector<int64_t> offsets;
-};
-
-PaddedImage padded_image(const ConvShape& s, int64_t stride) {
-  PaddedImage im;
-  im.stride = stride, im.pad = (s.kh - 1) / 2;
-  int64_t phases = 1;
-  if (stride == 1) {
-    im.row = s.w + im.pad;
-    im.plane = (s.h + 2 * im.pad) * im.row + 2 * im.pad;
-  } else {
-    phases = 4;
-    im.row = (s.w + 2 * im.pad + 1) / 2;
-    im.plane = ((s.h + 2 * im.pad + 1) / 2 + 1) * im.row;
-  }
-  im.wide_cols = s.ho * im.row;
-  im.floats = phases * s.cg * im.plane + 32;
-  im.offsets.resize(size_t(s.k));
-  for (int64_t c = 0; c < s.cg; ++c)
-    for (int64_t i = 0; i < s.kh; ++i)
-      for (int64_t j = 0; j < s.kw; ++j)
-        im.offsets[size_t((c * s.kh + i) * s.kw + j)] =
-            stride == 1 ? c * im.plane + i * im.row + j
-                        : (((i & 1) * 2 + (j & 1)) * s.cg + c) * im.plane + (i >> 1) * im.row + (j >> 1);
-  return im;
+// float32 stride-2 "same" convolutions build their column blocks from the phase images
+// (columns_from_phases) where they still take im2col.
+template <class T>
+bool columns_from_phases_fit(const ConvShape& s, const Conv2dParams& p) {
+  return std::is_same_v<T, float> && p.stride[0] == 2 && implicit_columns_fit(s, p, 0);
 }
 
-// Per-thread scratch is allocated on the calling thread, before the parallel region: allocations
 // inside it come from the workers' malloc arenas and raised ResNet-20 training's peak memory by
 // 15 %. zeroed_slots: `count` zeros per slot (the padded image's borders, never written, stay
 // zero). scratch_slots: `count` uninitialised values per slot, for buffers a pass writes whole
@@ -289,55 +104,6 @@ template <class T>
 void add_accumulators(const std::vector<std::unique_ptr<T[]>>& acc, int64_t count, T* out) {
   for (const auto& a : acc)
     for (int64_t j = 0; j < count; ++j) out[j] += a[j];
-}
-
-// The interior of the padded image from x [Cg, H, W].
-void fill_padded(const float* x, const ConvShape& s, const PaddedImage& im, float* image) {
-  for (int64_t c = 0; c < s.cg; ++c)
-    for (int64_t y = 0; y < s.h; ++y) {
-      const float* src = x + (c * s.h + y) * s.w;
-      if (im.stride == 1) {
-        std::memcpy(image + c * im.plane + (y + im.pad) * im.row + im.pad, src, size_t(s.w) * sizeof(float));
-        continue;
-      }
-      const int64_t r = y + im.pad;  // padded row: phase r mod 2, phase row r / 2
-      for (int64_t b = 0; b < 2; ++b) {
-        // padded columns t = x + pad of parity b: phase column t / 2
-        float* dst = image + (((r & 1) * 2 + b) * s.cg + c) * im.plane + (r >> 1) * im.row;
-        const int64_t x0 = ((b - im.pad) % 2 + 2) % 2;  // first x with (x + pad) mod 2 = b
-        for (int64_t xi = x0; xi < s.w; xi += 2) dst[(xi + im.pad) >> 1] = src[xi];
-      }
-    }
-}
-
-// The same image in bf16 for autocast's kernels (conv_bf16.h): plane q = phase·Cg + c at q·plane,
-// or, `paired`, channels c = 2·cp + h side by side: value (q, pos) at
-// 2·((phase·Cg/2 + cp)·plane + pos) + h, so two column-matrix rows (channels 2cp, 2cp + 1 at one
-// tap) are one run of (even, odd) values: the layout vdpbf16ps multiplies.
-int64_t bf16_image_index(const ConvShape& s, const PaddedImage& im, bool paired, int64_t q, int64_t pos) {
-  if (!paired) return q * im.plane + pos;
-  const int64_t phase = q / s.cg, c = q % s.cg;
-  return 2 * ((phase * (s.cg / 2) + c / 2) * im.plane + pos) + (c & 1);
-}
-
-void fill_padded_bf16(const float* x, const ConvShape& s, const PaddedImage& im, bool paired, uint16_t* image) {
-  const int64_t step = paired ? 2 : 1;
-  for (int64_t c = 0; c < s.cg; c += (im.stride == 1 ? step : 1))
-    for (int64_t y = 0; y < s.h; ++y) {
-      const float* src = x + (c * s.h + y) * s.w;
-      if (im.stride == 1) {
-        uint16_t* dst = image + bf16_image_index(s, im, paired, c, (y + im.pad) * im.row + im.pad);
-        if (paired) round_pair_to_bf16_row(src, src + s.h * s.w, s.w, dst);  // channels c, c + 1
-        else round_to_bf16_row(src, s.w, dst);
-        continue;
-      }
-      const int64_t r = y + im.pad;
-      for (int64_t b = 0; b < 2; ++b) {
-        uint16_t* dst = image + bf16_image_index(s, im, paired, ((r & 1) * 2 + b) * s.cg + c, (r >> 1) * im.row);
-        const int64_t x0 = ((b - im.pad) % 2 + 2) % 2;
-        for (int64_t xi = x0; xi < s.w; xi += 2) dst[((xi + im.pad) >> 1) * step] = BFloat16::from_float(src[xi]);
-      }
-    }
 }
 
 // Autocast's bf16 kernels (conv_bf16.h) take the implicit column matrix's products where the
@@ -491,6 +257,9 @@ void forward_typed(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, c
   // Column buffers per thread, allocated on the calling thread and not zeroed (im2col writes all).
   const std::vector<std::unique_ptr<T[]>> cols =
       scratch_slots<T>(num_threads(), s.pointwise ? 0 : s.k * block_rows * s.wo);
+  const bool phases = columns_from_phases_fit<T>(s, p);
+  const PaddedImage im = padded_image(s, phases ? 2 : 1);
+  std::vector<std::vector<float>> images = zeroed_slots(phases ? im.floats : 0);
   over_samples(s.n, s.o * s.k * hw, [&](int64_t i, int slot) {
     T* col = cols[size_t(slot)].get();
     for (int64_t g = 0; g < s.groups; ++g) {
@@ -499,9 +268,13 @@ void forward_typed(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, c
       if (s.pointwise) {
         gemm(s.og, hw, s.k, pw + g * s.og * s.k, s.k, 1, xg, hw, 1, o, hw, 1, false);
       } else {
+        if constexpr (std::is_same_v<T, float>)
+          if (phases) fill_padded(xg, s, im, images[size_t(slot)].data());
         for (int64_t oh0 = 0; oh0 < s.ho; oh0 += block_rows) {
           const int64_t oh1 = std::min(s.ho, oh0 + block_rows), n_cols = (oh1 - oh0) * s.wo;
-          im2col(xg, s, p, col, n_cols, oh0, oh1);
+          if constexpr (std::is_same_v<T, float>)
+            if (phases) columns_from_phases(images[size_t(slot)].data(), im, s, col, n_cols, oh0, oh1);
+          if (!phases) im2col(xg, s, p, col, n_cols, oh0, oh1);
           gemm(s.og, n_cols, s.k, pw + g * s.og * s.k, s.k, 1, col, n_cols, 1, o + oh0 * s.wo, hw, 1, false);
         }
       }
@@ -605,6 +378,9 @@ void backward_input_typed(const Tensor& gout_in, const Tensor& w_in, const Tenso
   }
   // Per-thread columns, allocated on the calling thread, not zeroed (the product overwrites them).
   const std::vector<std::unique_ptr<T[]>> cols = scratch_slots<T>(num_threads(), s.pointwise ? 0 : s.k * hw);
+  const bool phases = columns_from_phases_fit<T>(s, p);
+  const PaddedImage im = padded_image(s, phases ? 2 : 1);
+  const std::vector<std::unique_ptr<float[]>> images = scratch_slots<float>(num_threads(), phases ? im.floats : 0);
   over_samples(s.n, s.o * s.k * hw, [&](int64_t i, int slot) {
     T* col = cols[size_t(slot)].get();
     for (int64_t g = 0; g < s.groups; ++g) {
@@ -616,6 +392,11 @@ void backward_input_typed(const Tensor& gout_in, const Tensor& w_in, const Tenso
         gemm(s.k, hw, s.og, wg, 1, s.k, go, hw, 1, xg, hw, 1, false);
       } else {
         gemm(s.k, hw, s.og, wg, 1, s.k, go, hw, 1, col, hw, 1, false);
+        if constexpr (std::is_same_v<T, float>)
+          if (phases) {
+            col2im_through_phases(col, hw, s, im, images[size_t(slot)].get(), xg);
+            continue;
+          }
         std::fill(xg, xg + s.cg * s.h * s.w, T(0));
         col2im(col, s, p, xg, hw);
       }
@@ -664,6 +445,9 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
   const std::vector<std::unique_ptr<T[]>> col_bufs =
       scratch_slots<T>(slots, group == 1 ? s.k * block_rows * s.wo : s.k * hw * group);
   const std::vector<std::unique_ptr<T[]>> grad_bufs = scratch_slots<T>(slots, group == 1 ? 0 : s.og * hw * group);
+  const bool phases = group == 1 && columns_from_phases_fit<T>(s, p);
+  const PaddedImage im = padded_image(s, phases ? 2 : 1);
+  std::vector<std::vector<float>> images = zeroed_slots(phases ? im.floats : 0);
   parallel_chunks(chunks, s.o * s.k * hw * group, [&](int64_t slot, int64_t c0, int64_t c1) {
     T* cols = col_bufs[size_t(slot)].get();
     T* grads = grad_bufs[size_t(slot)].get();
@@ -681,9 +465,13 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
             gemm(s.og, s.k, hw, go, hw, 1, xg, 1, hw, dg, s.k, 1, chunk > c0);
             continue;
           }
+          if constexpr (std::is_same_v<T, float>)
+            if (phases) fill_padded(xg, s, im, images[size_t(slot)].data());
           for (int64_t oh0 = 0; oh0 < s.ho; oh0 += block_rows) {
             const int64_t oh1 = std::min(s.ho, oh0 + block_rows), n_cols = (oh1 - oh0) * s.wo;
-            im2col(xg, s, p, cols, n_cols, oh0, oh1);
+            if constexpr (std::is_same_v<T, float>)
+              if (phases) columns_from_phases(images[size_t(slot)].data(), im, s, cols, n_cols, oh0, oh1);
+            if (!phases) im2col(xg, s, p, cols, n_cols, oh0, oh1);
             gemm(s.og, s.k, n_cols, go + oh0 * s.wo, hw, 1, cols, 1, n_cols, dg, s.k, 1, chunk > c0 || oh0 > 0);
           }
           continue;

@@ -255,7 +255,7 @@ TEST_CASE("kernels: Winograd in blocks of tile rows matches a float64 direct con
   for (int64_t block_tiles : {1, 1000}) CHECK_FALSE(cpu::winograd_conv3x3(x.data<float>(), w.data<float>(), y.data<float>(), 2, 4, 8, 8, 5, block_tiles));
 }
 
-TEST_CASE("kernels: float32 'same'-padded stride-1 and stride-2 convolutions read from a padded image (no column matrix) match float64") {
+TEST_CASE("kernels: float32 'same'-padded stride-1 and stride-2 convolutions read from a padded image or its phases match float64") {
   // Shapes where conv.cpp reads the column matrix through row offsets (gemm_offset_rows): odd
   // k x k with pad (k-1)/2, stride 1 or 2, outputs of 256 positions or more, a sample per thread. Out channels
   // not a multiple of 8 (partial row tiles), widths whose padded grid ends in a partial 32-wide
@@ -269,7 +269,11 @@ TEST_CASE("kernels: float32 'same'-padded stride-1 and stride-2 convolutions rea
   for (Shape5 sh : {Shape5{5, 11, 16, 20, 3, 1, 1}, Shape5{16, 16, 32, 32, 3, 1, 1}, Shape5{6, 8, 17, 16, 5, 2, 1},
                     Shape5{3, 16, 16, 19, 7, 1, 1},
                     // stride 2 (four phase images): odd and even sizes, 7 x 7, groups
-                    Shape5{5, 11, 32, 34, 3, 1, 2}, Shape5{3, 16, 33, 32, 7, 1, 2}, Shape5{8, 8, 32, 31, 5, 2, 2}}) {
+                    Shape5{5, 11, 32, 34, 3, 1, 2}, Shape5{3, 16, 33, 32, 7, 1, 2}, Shape5{8, 8, 32, 31, 5, 2, 2},
+                    // stride 2 on im2col's paths, whose columns come from the phase images: a
+                    // forward under 256 positions, weight gradients with more out channels (one
+                    // sample per product: over 128 positions), input gradients (groups, 5 x 5)
+                    Shape5{24, 40, 29, 27, 3, 1, 2}, Shape5{20, 48, 36, 35, 3, 2, 2}, Shape5{8, 40, 33, 34, 5, 1, 2}}) {
     CAPTURE(sh.c);
     CAPTURE(sh.o);
     CAPTURE(sh.h);
