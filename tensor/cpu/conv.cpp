@@ -253,7 +253,7 @@ void forward_typed(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, c
     }
     if (implicit_columns_win(s, p) && forward_implicit_columns(px, pw, pb, po, s, p.stride[0])) return;
   }
-  const int64_t block_rows = column_block_rows(s);
+  const int64_t block_rows = column_block_rows(s, int64_t(1) << 18);
   // Column buffers per thread, allocated on the calling thread and not zeroed (im2col writes all).
   const std::vector<std::unique_ptr<T[]>> cols =
       scratch_slots<T>(num_threads(), s.pointwise ? 0 : s.k * block_rows * s.wo);
@@ -440,7 +440,7 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
   // allocated here on the calling thread, and not zeroed (each thread's first product overwrites
   // its accumulator; im2col and the copies write every entry they leave for the GEMM). Zeroing
   // them was 2 % of a ResNet-18 training step (9 MiB per layer4 accumulator).
-  const int64_t block_rows = column_block_rows(s);
+  const int64_t block_rows = column_block_rows(s, int64_t(1) << 20);
   const std::vector<std::unique_ptr<T[]>> acc = scratch_slots<T>(slots - 1, s.o * s.k);
   const std::vector<std::unique_ptr<T[]>> col_bufs =
       scratch_slots<T>(slots, group == 1 ? s.k * block_rows * s.wo : s.k * hw * group);

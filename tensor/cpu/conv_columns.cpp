@@ -153,8 +153,8 @@ void col2im(T* col, const ConvShape& s, const Conv2dParams& p, T* x, int64_t ld)
       }
 }
 
-int64_t column_block_rows(const ConvShape& s) {
-  const int64_t columns = std::max<int64_t>(256, (int64_t(1) << 18) / std::max<int64_t>(s.k, 1));
+int64_t column_block_rows(const ConvShape& s, int64_t floats) {
+  const int64_t columns = std::max<int64_t>(256, floats / std::max<int64_t>(s.k, 1));
   return std::clamp<int64_t>(columns / std::max<int64_t>(s.wo, 1), 1, std::max<int64_t>(s.ho, 1));
 }
 

@@ -32,10 +32,13 @@ void im2col(const T* x, const ConvShape& s, const Conv2dParams& p, T* col, int64
 template <class T>
 void col2im(T* col, const ConvShape& s, const Conv2dParams& p, T* x, int64_t ld);
 
-// The column matrix is built a block of output rows at a time, about 1 MiB of it, so the GEMM
-// packs it from L2 instead of from memory (ResNet-18's 56 x 56 maps: 7 MiB per sample; layer1
-// 3 x 3 forward 197 -> 255 GFLOP/s). The rows per block:
-int64_t column_block_rows(const ConvShape& s);
+// The column matrix is built a block of output rows at a time, about `floats` of it. The forward
+// takes 2^18 (1 MiB), so the GEMM packs it from L2 instead of from memory (ResNet-18's 56 x 56
+// maps: 7 MiB per sample; layer1 3 x 3 forward 197 -> 255 GFLOP/s). The weight gradient, whose
+// GEMM reads the block in place and re-stores all of grad_W per block, takes 2^20 (2 threads,
+// 3 x 3 on 64 ch 56 x 56 237 -> 243-257 GFLOP/s, 128 ch 28 x 28 226-232 -> 280-299, 64 ch
+// 112 x 112 240 -> 245-268). The rows per block:
+int64_t column_block_rows(const ConvShape& s, int64_t floats);
 
 // The padded image of implicit_columns_win: `phases` (1, or 4 for stride 2) blocks of Cg planes
 // `plane` floats apart, rows of `row` floats; offsets[p] is where column-matrix row p = (c, i, j)

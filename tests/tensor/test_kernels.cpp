@@ -171,7 +171,9 @@ TEST_CASE("kernels: conv2d forward and both backward passes vs a direct convolut
                   Cfg{3, 4, 20, 6, 3, 1, 1, 1, 1}, Cfg{2, 5, 24, 3, 1, 1, 0, 1, 1}, Cfg{5, 4, 17, 4, 3, 1, 1, 1, 2},
                   // K = 1152: the column matrix is built in blocks of output rows (whole-row and
                   // strided im2col paths)
-                  Cfg{1, 128, 20, 4, 3, 1, 1, 1, 1}, Cfg{1, 128, 41, 3, 3, 2, 1, 1, 1}, Cfg{1, 128, 20, 3, 3, 1, 2, 2, 1}}) {
+                  Cfg{1, 128, 20, 4, 3, 1, 1, 1, 1}, Cfg{1, 128, 41, 3, 3, 2, 1, 1, 1}, Cfg{1, 128, 20, 3, 3, 1, 2, 2, 1},
+                  // the weight gradient's blocks (2^20 floats): K·Ho·Wo = 1152·34·34
+                  Cfg{1, 128, 34, 3, 3, 1, 1, 1, 1}}) {
     CAPTURE(cfg.n);
     CAPTURE(cfg.c);
     CAPTURE(cfg.h);
@@ -273,7 +275,9 @@ TEST_CASE("kernels: float32 'same'-padded stride-1 and stride-2 convolutions rea
                     // stride 2 on im2col's paths, whose columns come from the phase images: a
                     // forward under 256 positions, weight gradients with more out channels (one
                     // sample per product: over 128 positions), input gradients (groups, 5 x 5)
-                    Shape5{24, 40, 29, 27, 3, 1, 2}, Shape5{20, 48, 36, 35, 3, 2, 2}, Shape5{8, 40, 33, 34, 5, 1, 2}}) {
+                    Shape5{24, 40, 29, 27, 3, 1, 2}, Shape5{20, 48, 36, 35, 3, 2, 2}, Shape5{8, 40, 33, 34, 5, 1, 2},
+                    // K·Ho·Wo over 2^20: the weight gradient's columns in two blocks of rows
+                    Shape5{64, 40, 90, 91, 3, 1, 2}}) {
     CAPTURE(sh.c);
     CAPTURE(sh.o);
     CAPTURE(sh.h);
@@ -299,6 +303,16 @@ TEST_CASE("kernels: float32 'same'-padded stride-1 and stride-2 convolutions rea
     // sums of n·H·W terms
     const double wscale = std::sqrt(sum(w64.grad() * w64.grad()).item());
     CHECK(std::sqrt(sum(square(w.grad().to(kFloat64) - w64.grad())).item()) / wscale < 1e-6);
+    // The float64 reference shares these paths' blocking, so both gradients are also checked
+    // against the definition: <grad, d> = <naive_conv(d), g> (adjoint identity), to float32's
+    // rounding of the gradient (Cauchy-Schwarz: |error| <= 1e-6·|grad|·|d|).
+    const Tensor dx = randn(x.shape(), kFloat64), dw = randn(w.shape(), kFloat64), g64 = g.to(kFloat64);
+    const double lhs_x = sum(x.grad().to(kFloat64) * dx).item();
+    const double rhs_x = sum(naive_conv(dx, w.detach(), sh.stride, pad, 1, sh.groups) * g64).item();
+    CHECK(std::abs(lhs_x - rhs_x) < 1e-6 * gscale * std::sqrt(sum(dx * dx).item()));
+    const double lhs_w = sum(w.grad().to(kFloat64) * dw).item();
+    const double rhs_w = sum(naive_conv(x.detach(), dw, sh.stride, pad, 1, sh.groups) * g64).item();
+    CHECK(std::abs(lhs_w - rhs_w) < 1e-6 * wscale * std::sqrt(sum(dw * dw).item()));
   }
 }
 
