@@ -258,7 +258,7 @@ void forward_typed(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, c
   const std::vector<std::unique_ptr<T[]>> cols =
       scratch_slots<T>(num_threads(), s.pointwise ? 0 : s.k * block_rows * s.wo);
   const bool phases = columns_from_phases_fit<T>(s, p);
-  const PaddedImage im = padded_image(s, phases ? 2 : 1);
+  const PaddedImage im = phases ? padded_image(s, 2) : PaddedImage{};
   std::vector<std::vector<float>> images = zeroed_slots(phases ? im.floats : 0);
   over_samples(s.n, s.o * s.k * hw, [&](int64_t i, int slot) {
     T* col = cols[size_t(slot)].get();
@@ -379,7 +379,7 @@ void backward_input_typed(const Tensor& gout_in, const Tensor& w_in, const Tenso
   // Per-thread columns, allocated on the calling thread, not zeroed (the product overwrites them).
   const std::vector<std::unique_ptr<T[]>> cols = scratch_slots<T>(num_threads(), s.pointwise ? 0 : s.k * hw);
   const bool phases = columns_from_phases_fit<T>(s, p);
-  const PaddedImage im = padded_image(s, phases ? 2 : 1);
+  const PaddedImage im = phases ? padded_image(s, 2) : PaddedImage{};
   const std::vector<std::unique_ptr<float[]>> images = scratch_slots<float>(num_threads(), phases ? im.floats : 0);
   over_samples(s.n, s.o * s.k * hw, [&](int64_t i, int slot) {
     T* col = cols[size_t(slot)].get();
@@ -446,7 +446,7 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
       scratch_slots<T>(slots, group == 1 ? s.k * block_rows * s.wo : s.k * hw * group);
   const std::vector<std::unique_ptr<T[]>> grad_bufs = scratch_slots<T>(slots, group == 1 ? 0 : s.og * hw * group);
   const bool phases = group == 1 && columns_from_phases_fit<T>(s, p);
-  const PaddedImage im = padded_image(s, phases ? 2 : 1);
+  const PaddedImage im = phases ? padded_image(s, 2) : PaddedImage{};
   std::vector<std::vector<float>> images = zeroed_slots(phases ? im.floats : 0);
   parallel_chunks(chunks, s.o * s.k * hw * group, [&](int64_t slot, int64_t c0, int64_t c1) {
     T* cols = col_bufs[size_t(slot)].get();
