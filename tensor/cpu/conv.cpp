@@ -83,6 +83,16 @@ bool columns_from_phases_fit(const ConvShape& s, const Conv2dParams& p) {
   return std::is_same_v<T, float> && p.stride[0] == 2 && implicit_columns_fit(s, p, 0);
 }
 
+// One block of a sample's columns (output rows [oh0, oh1) of x [Cg, H, W]): copied from the
+// phase images where the pass filled them (`image`, float32 only), otherwise im2col.
+template <class T>
+void column_block(const T* x, const ConvShape& s, const Conv2dParams& p, const PaddedImage& im, const float* image,
+                  T* col, int64_t ld, int64_t oh0, int64_t oh1) {
+  if constexpr (std::is_same_v<T, float>)
+    if (image) return columns_from_phases(image, im, s, col, ld, oh0, oh1);
+  im2col(x, s, p, col, ld, oh0, oh1);
+}
+
 // inside it come from the workers' malloc arenas and raised ResNet-20 training's peak memory by
 // 15 %. zeroed_slots: `count` zeros per slot (the padded image's borders, never written, stay
 // zero). scratch_slots: `count` uninitialised values per slot, for buffers a pass writes whole
@@ -272,9 +282,7 @@ void forward_typed(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, c
           if (phases) fill_padded(xg, s, im, images[size_t(slot)].data());
         for (int64_t oh0 = 0; oh0 < s.ho; oh0 += block_rows) {
           const int64_t oh1 = std::min(s.ho, oh0 + block_rows), n_cols = (oh1 - oh0) * s.wo;
-          if constexpr (std::is_same_v<T, float>)
-            if (phases) columns_from_phases(images[size_t(slot)].data(), im, s, col, n_cols, oh0, oh1);
-          if (!phases) im2col(xg, s, p, col, n_cols, oh0, oh1);
+          column_block(xg, s, p, im, phases ? images[size_t(slot)].data() : nullptr, col, n_cols, oh0, oh1);
           gemm(s.og, n_cols, s.k, pw + g * s.og * s.k, s.k, 1, col, n_cols, 1, o + oh0 * s.wo, hw, 1, false);
         }
       }
@@ -469,9 +477,7 @@ void backward_weight_typed(const Tensor& gout_in, const Tensor& x_in, const Tens
             if (phases) fill_padded(xg, s, im, images[size_t(slot)].data());
           for (int64_t oh0 = 0; oh0 < s.ho; oh0 += block_rows) {
             const int64_t oh1 = std::min(s.ho, oh0 + block_rows), n_cols = (oh1 - oh0) * s.wo;
-            if constexpr (std::is_same_v<T, float>)
-              if (phases) columns_from_phases(images[size_t(slot)].data(), im, s, cols, n_cols, oh0, oh1);
-            if (!phases) im2col(xg, s, p, cols, n_cols, oh0, oh1);
+            column_block(xg, s, p, im, phases ? images[size_t(slot)].data() : nullptr, cols, n_cols, oh0, oh1);
             gemm(s.og, s.k, n_cols, go + oh0 * s.wo, hw, 1, cols, 1, n_cols, dg, s.k, 1, chunk > c0 || oh0 > 0);
           }
           continue;
