@@ -82,8 +82,9 @@ TEST_CASE("errors: devices") {
   } else {
     Tensor g = zeros({2}, Device::cuda(0));
     expect_error([&] { add(zeros({2}), g); }, {"add", "different devices", "cpu", "cuda:0"});
-    expect_error([&] { conv2d(zeros({1, 1, 3, 3}, Device::cuda(0)), zeros({1, 1, 1, 1}, Device::cuda(0))); },
-                 {"conv2d", "CUDA"});
+    expect_error([&] { conv2d(zeros({1, 1, 3, 3}, Device::cuda(0)), zeros({1, 1, 1, 1})); },
+                 {"conv2d", "cpu", "cuda:0"});
+    expect_error([&] { matmul(g.reshape({1, 2}), zeros({2, 1})); }, {"matmul", "cpu", "cuda:0"});
   }
   expect_error([] { Device::parse("tpu:0"); }, {"tpu:0"});
 }
