@@ -3,7 +3,9 @@
 // backward, SGD with momentum), and peak memory: the process's resident memory on the CPU, the
 // most tensor memory held at once on a GPU. One line:
 //   images_per_s <float> peak_rss_mb <float>        (peak_gpu_mb <float> on a GPU)
-//   bench_models --arch resnet50 --batch 8 --mode infer|train [--seconds 3] [--device cuda]
+//   bench_models --arch resnet50 --batch 8 --mode infer|train [--seconds 3] [--device cuda] [--profile N]
+// --profile N: after the measurement, N more steps with every kernel timed (tensor/profile.h),
+// printed as a table after the line above.
 // bcos_<arch> (bcos_resnet50, ...): the B-cosified model (models/bcosify.h, b = 2, biases
 // removed) on AddInverse(x), trained with the B-cos BCE loss (one-hot targets clamped to 1 / C).
 // CLIP: --arch clip_rn50 / clip_vit_b_32 time the image tower of OpenAI's RN50 / ViT-B/32
@@ -26,6 +28,7 @@
 #include "nn/attention.h"
 #include "nn/optim.h"
 #include "tensor/parallel.h"
+#include "tensor/profile.h"
 #include "timing.h"
 
 using namespace bcos;
@@ -38,6 +41,7 @@ int main(int argc, char** argv) {
     Device device;
     DType autocast = DType::f32;  // --autocast bf16 | f16: the forward (and its backward) in mixed precision
     bool fused_attention = true;  // --fused-attention 0: MultiheadAttention's composed form
+    int64_t profile_steps = 0;    // --profile N: then N more steps timed per kernel (tensor/profile.h)
     for (int i = 1; i + 1 < argc; i += 2) {
       const std::string a = argv[i], v = argv[i + 1];
       if (a == "--arch") arch = v;
@@ -47,6 +51,7 @@ int main(int argc, char** argv) {
       else if (a == "--device") device = Device(v);
       else if (a == "--bf16") set_cpu_bf16(v == "1");
       else if (a == "--fused-attention") fused_attention = v == "1";
+      else if (a == "--profile") profile_steps = std::stoll(v);
       else if (a == "--autocast") autocast = v == "bf16" ? DType::bf16 : v == "f16" ? DType::f16 : DType::f32;
       else fail("bench_models: unknown argument ", a);
     }
@@ -138,6 +143,14 @@ int main(int argc, char** argv) {
     time_steps(run, [&] { synchronize(device); }, batch, seconds);  // GPU work is queued: time what has finished
     if (device.is_cuda()) std::printf(" peak_gpu_mb %.1f", double(peak_memory_bytes(device)) / (1 << 20));
     std::printf("\n");
+    if (profile_steps > 0) {
+      profile::start();
+      for (int64_t i = 0; i < profile_steps; ++i) run();
+      synchronize(device);
+      const profile::Report report = profile::stop();
+      std::printf("profile of %lld steps (%.2f ms per step):\n%s", static_cast<long long>(profile_steps),
+                  report.wall_ms / double(profile_steps), report.format().c_str());
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

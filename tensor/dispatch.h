@@ -8,19 +8,26 @@
 
 #include "tensor/cpu/kernels.h"
 #include "tensor/op_kinds.h"
+#include "tensor/profile.h"
 #include "tensor/tensor.h"
+// Each call is also a profile::Scope: timed by its name while a profile runs (tensor/profile.h).
 #ifdef BCOS_WITH_CUDA
 #include "tensor/cuda/backend.h"
-#define BCOS_DISPATCH(on, call) \
-  do {                          \
-    if ((on).is_cuda()) {       \
-      cuda::call;               \
-      return;                   \
-    }                           \
-    cpu::call;                  \
+#define BCOS_DISPATCH(on, call)                          \
+  do {                                                   \
+    const profile::Scope bcos_profile_scope(#call, on);  \
+    if ((on).is_cuda()) {                                \
+      cuda::call;                                        \
+      return;                                            \
+    }                                                    \
+    cpu::call;                                           \
   } while (0)
 #else
-#define BCOS_DISPATCH(on, call) cpu::call
+#define BCOS_DISPATCH(on, call)                          \
+  do {                                                   \
+    const profile::Scope bcos_profile_scope(#call, on);  \
+    cpu::call;                                           \
+  } while (0)
 #endif
 
 namespace bcos::kernel {

@@ -144,7 +144,7 @@ def bcos_torchvision_vit(net, num_classes):
     return BcosViT()
 
 
-def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="none"):
+def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="none", profile=0):
     """Runs in a child process: one configuration, prints the result line."""
     import torch
     import torch.nn.functional as F
@@ -278,12 +278,25 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     gpu = f" peak_gpu_mb {torch.cuda.max_memory_allocated() / 2**20:.1f}" if device != "cpu" else ""
     print(f"images_per_s {iters * batch / elapsed:.2f} peak_rss_mb {peak:.1f}{gpu}")
+    if profile > 0:  # the same steps under torch.profiler: time per operator, as bench_models --profile
+        from torch.profiler import ProfilerActivity
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device != "cpu" else [])
+        start = time.perf_counter()
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(profile):
+                run()
+            sync()
+        per_step = (time.perf_counter() - start) * 1e3 / profile
+        key = "self_cuda_time_total" if device != "cpu" else "self_cpu_time_total"
+        print(f"profile of {profile} steps ({per_step:.2f} ms per step, under the profiler):")
+        print(prof.key_averages().table(sort_by=key, row_limit=25))
 
 
 NOTES_SHOWN = set()
+PROFILES = []  # (label, the profile's lines): printed after the row they belong to
 
 
-def measure(cmd, env):
+def measure(cmd, env, label=None):
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         sys.exit(f"bench/models: {' '.join(cmd)} failed:\n{out.stderr}")
@@ -295,6 +308,9 @@ def measure(cmd, env):
     if len(lines) != 1:
         sys.exit(f"bench/models: unexpected output from {' '.join(cmd)}:\n{out.stdout}")
     m = RESULT.match(lines[0])
+    rest = out.stdout.split(lines[0], 1)[1].strip("\n")
+    if label and rest:
+        PROFILES.append((label, rest))
     return float(m.group(1)), float(m.group(3) or m.group(2))  # GPU: peak tensor memory
 
 
@@ -310,11 +326,14 @@ def main():
                     help="run the two sides alternately this many times; report medians and the paired ratios' range")
     ap.add_argument("--autocast", default="none", choices=["none", "bf16", "f16"],
                     help="mixed precision on both sides: torch.autocast and bcos.cpp's AutocastGuard")
+    ap.add_argument("--profile", type=int, default=0,
+                    help="then N more steps per row profiled on both sides (torch.profiler, bench_models --profile), "
+                         "printed after the row")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         arch, batch, size, mode = a.child
-        torch_child(arch, int(batch), int(size), mode, a.seconds, a.threads, a.device, a.autocast)
+        torch_child(arch, int(batch), int(size), mode, a.seconds, a.threads, a.device, a.autocast, a.profile)
         return
     from bench_bcos import alternate
 
@@ -332,13 +351,19 @@ def main():
             continue
         for mode in MODES.get(arch, ("infer", "train")):
             torch_cmd = [a.python, __file__, "--threads", str(a.threads), "--seconds", str(a.seconds),
-                         "--device", a.device, "--autocast", a.autocast, "--child", arch, str(batch), str(size), mode]
+                         "--device", a.device, "--autocast", a.autocast, "--profile", str(a.profile),
+                         "--child", arch, str(batch), str(size), mode]
             bcos_cmd = [a.binary, "--arch", arch, "--batch", str(batch), "--mode", mode, "--seconds", str(a.seconds),
-                        "--device", a.device, "--autocast", a.autocast]
-            (t_speed, t_mem), (b_speed, b_mem), spread = alternate(lambda: measure(torch_cmd, env),
-                                                                   lambda: measure(bcos_cmd, env), a.repeat)
+                        "--device", a.device, "--autocast", a.autocast] + (["--profile", str(a.profile)] if a.profile else [])
+            row = f"{arch} {mode}"
+            (t_speed, t_mem), (b_speed, b_mem), spread = alternate(lambda: measure(torch_cmd, env, "torch " + row),
+                                                                   lambda: measure(bcos_cmd, env, "bcos " + row),
+                                                                   a.repeat)
             print(f"{arch:14s} {batch:5d} {mode:6s} {t_speed:12.1f} {b_speed:11.1f} {b_speed / t_speed:6.2f}"
                   f" {t_mem:12.0f} {b_mem:11.0f} {t_mem / b_mem:9.2f}{spread}", flush=True)
+            for label, text in PROFILES:
+                print(f"--- {label}: " + text.replace("\n", "\n    "), flush=True)
+            PROFILES.clear()
 
 
 if __name__ == "__main__":

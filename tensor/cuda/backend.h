@@ -65,6 +65,9 @@ void copy_peer(void* dst, int dst_device, const void* src, int src_device, size_
 std::shared_ptr<void> allocate_pinned(size_t nbytes, int device = -1);
 using EventHandle = void*;  // a cudaEvent_t
 EventHandle create_event(int device);  // timing disabled
+EventHandle create_timing_event(int device);  // for event_elapsed_ms (tensor/profile.h)
+// Milliseconds between two recorded, completed timing events (of the same device).
+float event_elapsed_ms(int device, EventHandle start, EventHandle end);
 void destroy_event(int device, EventHandle event);
 void record_event(int device, EventHandle event, StreamHandle stream);
 void stream_wait_event(int device, StreamHandle stream, EventHandle event);  // on the device, host returns at once

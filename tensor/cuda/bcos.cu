@@ -1,10 +1,12 @@
 // B-cos kernels on the GPU, as tensor/cpu/bcos.cpp computes them (its comments give the
 // formulas): the patch norms Σ x² over each group's channels and the conv's window, the B-cos
-// scale with max-out, and the uncentred batch norm's backward (in cuda/batch_norm.cu). One
-// thread per output element; sums shared by several outputs go through atomicAdd -- under
+// scale with max-out, and the uncentred batch norm's backward (in cuda/batch_norm.cu). The patch
+// norms are summed over channels first, then over the window (below); elsewhere one thread per
+// output element, and sums shared by several outputs go through atomicAdd -- under
 // deterministic_algorithms() one thread owns each sum and adds its terms in order.
 // Layouts: x [N, C, H, W], sums [N, G, Ho, Wo]; lin [N, O·M, S], sums [N, G, S], out / value /
 // argmax [N, O, S], all contiguous.
+#include <algorithm>
 #include <cmath>
 
 #include "tensor/copy.h"
@@ -23,22 +25,63 @@ struct PatchShape {
   int64_t ng, cg, h, w, ho, wo;
 };
 
-// out[ng, oh, ow] = Σ_c Σ_taps x[ng·cg + c, ih, iw]²
+// The patch norms in two steps, as on the CPU: the channels' sum of squares at each position of a
+// group's plane, then (unless the conv is pointwise) the window's sum of those. One thread per
+// output summing its whole window across all channels instead would redo each x² for every window
+// it lies in, and leave a small map (7 x 7 at batch 64: 3,136 threads) with one long serial loop each.
+
+// sq[ng, i] = Σ_c x[ng·cg + c, i]²: a block takes 32 neighbouring positions of one plane (coalesced
+// reads), its 8 rows of threads every 8th channel; the rows' partials are added in row order.
+constexpr int kChannelRows = 8;
 template <class T>
-__global__ void patch_sumsq_kernel(const T* x, T* out, PatchShape s, Pool2dParams p) {
+__global__ void channel_sumsq_kernel(const T* x, T* sq, int64_t ngs, int64_t cg, int64_t plane) {
+  __shared__ T part[kChannelRows][32];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  for (int64_t ng = blockIdx.y; ng < ngs; ng += gridDim.y)
+    for (int64_t base = int64_t(blockIdx.x) * 32; base < plane; base += int64_t(gridDim.x) * 32) {
+      const int64_t i = base + tx;
+      T sum = 0;
+      if (i < plane) {
+        const T* column = x + ng * cg * plane + i;
+        for (int64_t c = ty; c < cg; c += kChannelRows) {
+          const T v = column[c * plane];
+          sum += v * v;
+        }
+      }
+      part[ty][tx] = sum;
+      __syncthreads();
+      if (ty == 0 && i < plane) {
+        T total = part[0][tx];
+        for (int r = 1; r < kChannelRows; ++r) total += part[r][tx];
+        sq[ng * plane + i] = total;
+      }
+      __syncthreads();  // part is rewritten by the next position block
+    }
+}
+
+// A linear layer's rows ([rows, K, 1, 1]): out[r] = Σ_j x[r, j]², a warp per row.
+template <class T>
+__global__ void row_sumsq_kernel(const T* x, T* out, int64_t rows, int64_t k) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.y;
+  for (int64_t r = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; r < rows; r += step) {
+    const T* row = x + r * k;
+    T sum = 0;
+    for (int64_t j = threadIdx.x; j < k; j += 32) sum += row[j] * row[j];
+    sum = warp_sum(sum);
+    if (threadIdx.x == 0) out[r] = sum;
+  }
+}
+
+// out[ng, oh, ow] = Σ_taps sq[ng, ih, iw] over the conv's (dilated, zero-padded) window.
+template <class T>
+__global__ void window_sum_kernel(const T* sq, T* out, PatchShape s, Pool2dParams p) {
   BCOS_GRID_LOOP(o, s.ng * s.ho * s.wo) {
     const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, ng = o / (s.wo * s.ho);
     const pool::Taps t = pool::window_taps(oh, ow, s.h, s.w, p);
-    const int64_t h0 = t.h0, w0 = t.w0, ki_lo = t.ki_lo, ki_hi = t.ki_hi, kj_lo = t.kj_lo, kj_hi = t.kj_hi;
+    const T* plane = sq + ng * s.h * s.w;
     T sum = 0;
-    for (int64_t c = 0; c < s.cg; ++c) {
-      const T* plane = x + (ng * s.cg + c) * s.h * s.w;
-      for (int64_t ki = ki_lo; ki < ki_hi; ++ki)
-        for (int64_t kj = kj_lo; kj < kj_hi; ++kj) {
-          const T v = plane[(h0 + ki * p.dilation[0]) * s.w + w0 + kj * p.dilation[1]];
-          sum += v * v;
-        }
-    }
+    for (int64_t ki = t.ki_lo; ki < t.ki_hi; ++ki)
+      for (int64_t kj = t.kj_lo; kj < t.kj_hi; ++kj) sum += plane[(t.h0 + ki * p.dilation[0]) * s.w + t.w0 + kj * p.dilation[1]];
     out[o] = sum;
   }
 }
@@ -176,9 +219,27 @@ void bcos_patch_sumsq(const Tensor& x_in, int64_t groups, const Pool2dParams& p,
   const int device = x.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
+  const int64_t plane = s.h * s.w;
+  const bool pointwise = p.kernel[0] == 1 && p.kernel[1] == 1 && p.stride[0] == 1 && p.stride[1] == 1 &&
+                         p.padding[0] == 0 && p.padding[1] == 0;
   dispatch_float(x.dtype(), "cuda bcos_patch_sumsq", [&]<class T>() {
-    patch_sumsq_kernel<<<blocks_for(out.numel()), kThreads, 0, stream>>>(static_cast<const T*>(x.raw_data()),
-                                                                           static_cast<T*>(out.raw_data()), s, p);
+    const T* px = static_cast<const T*>(x.raw_data());
+    if (pointwise && plane == 1) {
+      row_sumsq_kernel<<<row_warp_blocks(s.ng), dim3(32, kRowWarps), 0, stream>>>(px, static_cast<T*>(out.raw_data()),
+                                                                                 s.ng, s.cg);
+      BCOS_CUDA_CHECK_LAUNCH();
+      return;
+    }
+    // Pointwise, the channels' sums are the output; otherwise a plane of them per (sample, group).
+    const Tensor sq = pointwise ? out : empty({s.ng, s.h, s.w}, {x.dtype(), x.device()});
+    const dim3 grid(unsigned(std::min<int64_t>((plane + 31) / 32, kMaxBlocks)),
+                    unsigned(std::min<int64_t>(s.ng, 65535)));
+    channel_sumsq_kernel<<<grid, dim3(32, kChannelRows), 0, stream>>>(px, static_cast<T*>(sq.raw_data()), s.ng, s.cg,
+                                                                      plane);
+    BCOS_CUDA_CHECK_LAUNCH();
+    if (pointwise) return;
+    window_sum_kernel<<<blocks_for(out.numel()), kThreads, 0, stream>>>(static_cast<const T*>(sq.raw_data()),
+                                                                          static_cast<T*>(out.raw_data()), s, p);
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }

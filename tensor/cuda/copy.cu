@@ -187,6 +187,21 @@ EventHandle create_event(int device) {
   return e;
 }
 
+EventHandle create_timing_event(int device) {
+  check_device_index(device, "cuda::create_timing_event");
+  DeviceGuard guard(device);
+  cudaEvent_t e = nullptr;
+  BCOS_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDefault));
+  return e;
+}
+
+float event_elapsed_ms(int device, EventHandle start, EventHandle end) {
+  DeviceGuard guard(device);
+  float ms = 0;
+  BCOS_CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(end)));
+  return ms;
+}
+
 void destroy_event(int device, EventHandle event) {
   if (event == nullptr) return;
   DeviceGuard guard(device);

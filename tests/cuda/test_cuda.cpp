@@ -18,6 +18,7 @@
 #include "tensor/copy.h"
 #include "tensor/cpu/kernels.h"
 #include "tensor/cuda/backend.h"
+#include "tensor/profile.h"
 #include "tensor/cuda/internal.h"
 #include "tensor/dispatch.h"
 #include "tensor/tensor.h"
@@ -135,6 +136,40 @@ TEST_CASE("cuda: device info and library versions") {
               info.name.c_str(), info.major, info.minor, info.multiprocessors, info.total_memory,
               cuda::runtime_version(), cuda::cublas_version(), cuda::cudnn_version());
   std::fflush(stdout);
+}
+
+TEST_CASE("cuda: the profiler times GPU kernels by events, by name, in batches past 8,192 calls") {
+  SKIP_WITHOUT_GPU();
+  const Tensor a = on_gpu(randn({1, 128, 128})), b = on_gpu(randn({1, 128, 128}));
+  const Tensor sum_out = empty({1, 128, 128}, {DType::f32, kGpu}), product = empty({1, 128, 128}, {DType::f32, kGpu});
+  synchronize(kGpu);
+  profile::start();
+  for (int i = 0; i < 4; ++i) kernel::binary(BinaryOp::add, a, b, sum_out);
+  kernel::bmm(a, b, product);
+  const profile::Report r = profile::stop();
+  REQUIRE(r.rows.size() == 2);
+  double total = 0;
+  for (const profile::Row& row : r.rows) {
+    CAPTURE(row.kernel);
+    CHECK(row.device == "cuda:0");
+    CHECK(row.ms >= 0);
+    CHECK(row.calls == (row.kernel == "binary" ? 4 : 1));
+    total += row.ms;
+  }
+  CHECK(r.rows[0].kernel != r.rows[1].kernel);
+  // One stream: the calls' event intervals follow each other inside the events' span.
+  CHECK(r.gpu_span_ms > 0);
+  CHECK(total <= r.gpu_span_ms * 1.001 + 1e-3);
+  CHECK(r.format().find("cuda:0: kernels") != std::string::npos);
+  // Nothing ran in between: nothing to report.
+  profile::start();
+  CHECK(profile::stop().rows.empty());
+  // Past 8,192 pending calls the events are read and reused: every call still counted once.
+  profile::start();
+  for (int i = 0; i < 9000; ++i) kernel::binary(BinaryOp::add, a, b, sum_out);
+  const profile::Report many = profile::stop();
+  REQUIRE(many.rows.size() == 1);
+  CHECK(many.rows[0].calls == 9000);
 }
 
 TEST_CASE("cuda: streams order work and can be made current") {

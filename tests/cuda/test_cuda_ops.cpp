@@ -486,6 +486,37 @@ TEST_CASE("cuda ops: B-cos conv2d / linear (patch norms, scale, max-out) and unc
   }
 }
 
+TEST_CASE("cuda ops: B-cos patch norms (channels, then window) match the CPU over the shapes each launch takes") {
+  if (!have_gpu()) return;
+  manual_seed(23);
+  struct Case {
+    Shape x;
+    IntPair kernel, stride, padding, dilation;
+    int64_t groups;
+  };
+  const std::vector<Case> cases = {
+      {{3, 40, 9, 11}, 3, 1, 1, 1, 1},   // more channels than a block's 8 rows, a partial 32-position block
+      {{2, 24, 7, 7}, 1, 1, 0, 1, 1},    // pointwise: the channels' sums are the output
+      {{2, 24, 7, 7}, 1, 2, 0, 1, 3},    // 1 x 1 with stride: through the window sum
+      {{2, 36, 10, 8}, 3, 1, 2, 2, 4},   // dilation, padding, groups
+      {{1, 9, 40, 37}, {5, 3}, {2, 1}, {2, 0}, 1, 1},  // several position blocks, uneven windows
+      {{70, 300, 1, 1}, 1, 1, 0, 1, 1},  // a linear layer's rows: a warp each, K past 32
+      {{20, 12, 1, 1}, 1, 1, 0, 1, 3},   // rows split in groups
+      {{2, 5, 1, 1}, 3, 1, 1, 1, 1},     // a 1 x 1 plane under a padded 3 x 3 window
+  };
+  for (DType dt : {kFloat32, kFloat64})
+    for (const Case& c : cases) {
+      CAPTURE(dt);
+      CAPTURE(c.x);
+      const Tensor x = randn(c.x, dt);
+      const Tensor cpu = bcos_patch_sumsq(x, c.kernel, c.stride, c.padding, c.dilation, c.groups);
+      const Tensor gpu = bcos_patch_sumsq(x.to(Device::cuda(0)), c.kernel, c.stride, c.padding, c.dilation, c.groups);
+      CHECK(gpu.shape() == cpu.shape());
+      // Sums of squares (no cancellation): only the summation order differs.
+      CHECK(golden::relative_error(gpu.to(Device()), cpu) <= (dt == kFloat64 ? 1e-14 : 1e-6));
+    }
+}
+
 TEST_CASE("cuda ops: topk (largest and smallest, ties, NaN) matches the CPU") {
   if (!have_gpu()) return;
   manual_seed(20);

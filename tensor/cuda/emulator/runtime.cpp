@@ -51,6 +51,8 @@ struct Record {
   void* queue;
   uint64_t through;
   std::shared_future<void> tail;
+  std::chrono::steady_clock::time_point at{};  // when the queue reached it (cudaEventElapsedTime)
+  bool reached = false;
 };
 
 struct State {
@@ -58,6 +60,7 @@ struct State {
   std::recursive_mutex exec;  // held while queued work runs: one host thread runs device work at a time
   std::map<uintptr_t, Allocation> allocations;  // by start address
   std::set<void*> streams, events;  // handles created and not destroyed
+  std::set<void*> timing_events;     // events created without cudaEventDisableTiming
   std::map<void*, Queue> queues;  // by stream handle; device d's default stream under default_key(d)
   std::map<void*, std::shared_ptr<Record>> records;  // each event's last record
   size_t device_bytes_in_use = 0;
@@ -217,6 +220,8 @@ std::shared_ptr<Record> push_record(void* key) {
   rec->through = push(key, [rec] {
     std::lock_guard<std::mutex> lock(state().mutex);
     rec->tail = pending_tail(rec->queue);
+    rec->at = std::chrono::steady_clock::now();
+    rec->reached = true;
   });
   return rec;
 }
@@ -584,16 +589,18 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   finish(key_of(stream));
   return device_error();
 }
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int flags) {
   std::lock_guard<std::mutex> lock(state().mutex);
   *event = reinterpret_cast<cudaEvent_t>(new char);
   state().events.insert(*event);
+  if ((flags & cudaEventDisableTiming) == 0) state().timing_events.insert(*event);
   wake_context(t_device);
   return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
   std::lock_guard<std::mutex> lock(state().mutex);
   if (state().events.erase(event) == 0) return record(cudaErrorInvalidResourceHandle);
+  state().timing_events.erase(event);
   state().records.erase(event);  // a wait already queued keeps the record it waits for
   delete reinterpret_cast<char*>(event);
   return cudaSuccess;
@@ -655,6 +662,25 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   }
   wait_for(tail);
   return device_error();
+}
+// Milliseconds between the two events' last records, by the host clock when each queue reached
+// them. As CUDA: both must time (no cudaEventDisableTiming) and be recorded, and both records reached.
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  std::shared_ptr<Record> a, b;
+  {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    if (!state().events.count(start) || !state().events.count(end)) return record(cudaErrorInvalidResourceHandle);
+    if (!state().timing_events.count(start) || !state().timing_events.count(end))
+      return record(cudaErrorInvalidResourceHandle);
+    auto ia = state().records.find(start), ib = state().records.find(end);
+    if (ia == state().records.end() || ib == state().records.end()) return record(cudaErrorInvalidResourceHandle);
+    a = ia->second;
+    b = ib->second;
+  }
+  std::lock_guard<std::mutex> lock(state().mutex);
+  if (!a->reached || !b->reached) return cudaErrorNotReady;  // not yet: the caller should have synchronised
+  *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
+  return cudaSuccess;
 }
 // The stream's later work waits for the event's last record (as CUDA: the one before this call).
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
