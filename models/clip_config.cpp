@@ -64,7 +64,7 @@ ClipConfig ClipConfig::from_state_dict(const nn::StateDict& state,
                                        const std::vector<std::pair<std::string, std::string>>& metadata) {
   ClipConfig c;
   if (nn::find(state, "visual.proj")) {  // a ViT tower
-    const Tensor& patchify = need(state, "visual.conv1.weight");  // [width, 3, p, p]
+    const Tensor patchify = need(state, "visual.conv1.weight");  // [width, 3, p, p]
     c.vision_width = patchify.size(0);
     c.vision_patch_size = patchify.size(3);
     c.vision_layers = {count_blocks(state, "visual.transformer.resblocks.")};

@@ -9,6 +9,8 @@
 #include <map>
 #include <mutex>
 
+#include "tensor/error.h"
+
 #ifdef BCOS_WITH_CUDA
 #include "tensor/cuda/backend.h"
 #endif
@@ -52,6 +54,9 @@ struct State {
   std::map<int, std::vector<void*>> spare_events;  // by device: recorded and read, ready again
   std::map<int, void*> span_start;                 // by device: recorded before its first call
   std::map<int, double> span_ms;                   // by device: span start to the latest call read
+  // A CUDA error met while timing (a Scope's end cannot throw: it runs in a destructor, perhaps
+  // while an exception unwinds): profiling of that device stops, and stop() raises it.
+  std::string error;
 };
 
 State& state() {
@@ -76,23 +81,19 @@ void* record_on(State& s, int device) {
   return e;
 }
 
-// Reads every pending call's events (waiting for the last of each device) into the totals.
+// Reads every pending call's events into the totals; the span runs to the latest closing event.
 // Caller holds the lock.
 void read_pending(State& s) {
-  // Every call's closing event: calls may have run on several streams (a loader's side stream).
-  std::map<int, void*> last;
-  for (const GpuCall& c : s.pending) {
-    cuda::event_synchronize(c.device, c.after);
-    last[c.device] = c.after;
-  }
+  // Every event read must have completed: calls may have run on several streams (a loader's
+  // side stream), and the span's start on yet another.
+  for (auto& [device, e] : s.span_start) cuda::event_synchronize(device, e);
+  for (const GpuCall& c : s.pending) cuda::event_synchronize(c.device, c.after);
   for (const GpuCall& c : s.pending) {
     Total& t = s.totals[{c.call, c.device}];
     t.calls += 1;
     t.ms += cuda::event_elapsed_ms(c.device, c.before, c.after);
-  }
-  for (auto& [device, e] : last) {
-    double& span = s.span_ms[device];
-    span = std::max(span, double(cuda::event_elapsed_ms(device, s.span_start.at(device), e)));
+    double& span = s.span_ms[c.device];
+    span = std::max(span, double(cuda::event_elapsed_ms(c.device, s.span_start.at(c.device), c.after)));
   }
   for (const GpuCall& c : s.pending) {
     s.spare_events[c.device].push_back(c.before);
@@ -108,31 +109,41 @@ std::string device_name(int device) { return device < 0 ? "cpu" : "cuda:" + std:
 
 namespace detail {
 
-void begin(Scope& scope, const char* call, const Tensor& on) {
+// Neither throws: a Scope's end runs in a destructor. A CUDA failure is kept for stop() and
+// ends the GPU timing (the device's sticky errors would fail every later record anyway).
+void begin(Scope& scope, const char* call, const Tensor& on) noexcept {
   scope.open_ = true;
   scope.timed_ = t_depth++ == 0;
   if (!scope.timed_) return;
   scope.call_ = call;
   scope.device_ = on.is_cuda() ? on.device().index : -1;
   State& s = state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  scope.generation_ = s.generation;
   if (scope.device_ < 0) {
-    std::lock_guard<std::mutex> lock(s.mutex);
-    scope.generation_ = s.generation;
     scope.start_ns_ = now_ns();
     return;
   }
 #ifdef BCOS_WITH_CUDA
-  std::lock_guard<std::mutex> lock(s.mutex);
-  scope.generation_ = s.generation;
-  if (!s.span_start.count(scope.device_)) {
-    s.span_start[scope.device_] = cuda::create_timing_event(scope.device_);
-    cuda::record_event(scope.device_, s.span_start[scope.device_], cuda::current_stream(scope.device_));
+  if (!s.error.empty()) {
+    scope.timed_ = false;
+    return;
   }
-  scope.event_ = record_on(s, scope.device_);
+  try {
+    if (!s.span_start.count(scope.device_)) {
+      void* e = cuda::create_timing_event(scope.device_);
+      s.span_start[scope.device_] = e;
+      cuda::record_event(scope.device_, e, cuda::current_stream(scope.device_));
+    }
+    scope.event_ = record_on(s, scope.device_);
+  } catch (const std::exception& e) {
+    s.error = e.what();
+    scope.timed_ = false;
+  }
 #endif
 }
 
-void end(Scope& scope) {
+void end(Scope& scope) noexcept {
   --t_depth;
   if (!scope.timed_) return;
   State& s = state();
@@ -148,12 +159,18 @@ void end(Scope& scope) {
     return;
   }
 #ifdef BCOS_WITH_CUDA
-  if (!current) {  // the profile it began in was stopped: its event goes back unread
-    if (scope.event_) s.spare_events[scope.device_].push_back(scope.event_);
+  if (!current || !s.error.empty()) {  // the profile it began in was stopped: its event goes back unread
+    s.spare_events[scope.device_].push_back(scope.event_);
     return;
   }
-  s.pending.push_back({scope.call_, scope.device_, scope.event_, record_on(s, scope.device_)});
-  if (s.pending.size() >= kMaxPending) read_pending(s);
+  try {
+    s.pending.push_back({scope.call_, scope.device_, scope.event_, nullptr});
+    s.pending.back().after = record_on(s, scope.device_);
+    if (s.pending.size() >= kMaxPending) read_pending(s);
+  } catch (const std::exception& e) {
+    s.error = e.what();
+    if (!s.pending.empty() && s.pending.back().after == nullptr) s.pending.pop_back();
+  }
 #endif
 }
 
@@ -173,6 +190,7 @@ void start() {
   s.span_start.clear();
   s.span_ms.clear();
   s.totals.clear();
+  s.error.clear();
   s.generation += 1;
   s.start_ns = now_ns();
   detail::g_active.store(true, std::memory_order_relaxed);
@@ -186,7 +204,23 @@ Report stop() {
   detail::g_active.store(false, std::memory_order_relaxed);
   r.wall_ms = double(now_ns() - s.start_ns) * 1e-6;
 #ifdef BCOS_WITH_CUDA
-  read_pending(s);
+  if (s.error.empty()) {
+    try {
+      read_pending(s);
+    } catch (const std::exception& e) {
+      s.error = e.what();
+    }
+  }
+  if (!s.error.empty()) {
+    const std::string error = s.error;
+    s.error.clear();
+    s.pending.clear();  // their events may be unusable; they are not reused
+    for (auto& [device, e] : s.span_start) cuda::destroy_event(device, e);
+    s.span_start.clear();
+    s.totals.clear();
+    s.generation += 1;
+    fail("profile: timing the GPU's kernels failed: ", error);
+  }
   for (auto& [device, ms] : s.span_ms) r.gpu_span_ms = std::max(r.gpu_span_ms, ms);
   for (auto& [device, e] : s.span_start) cuda::destroy_event(device, e);
   s.span_start.clear();
@@ -249,7 +283,8 @@ std::string Report::format(size_t max_rows) const {
   for (auto& [name, ms] : device_ms) {
     if (name == "cpu") {
       std::snprintf(line, sizeof line, "cpu: kernels %.2f ms of %.2f ms wall (%.1f%%; the rest: autograd, allocation, "
-                    "the caller)\n", ms, wall_ms, wall_ms > 0 ? 100.0 * ms / wall_ms : 0.0);
+                    "the caller; calls from several threads add up)\n", ms, wall_ms,
+                    wall_ms > 0 ? 100.0 * ms / wall_ms : 0.0);
     } else {
       std::snprintf(line, sizeof line, "%s: kernels %.2f ms of a %.2f ms span (%.1f%% busy; the rest: waiting for "
                     "the host to queue work)\n", name.c_str(), ms, gpu_span_ms,

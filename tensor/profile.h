@@ -37,8 +37,8 @@ struct Report {
 class Scope;
 namespace detail {
 extern std::atomic<bool> g_active;
-void begin(Scope& scope, const char* call, const Tensor& on);
-void end(Scope& scope);
+void begin(Scope& scope, const char* call, const Tensor& on) noexcept;
+void end(Scope& scope) noexcept;
 }  // namespace detail
 
 inline bool active() { return detail::g_active.load(std::memory_order_relaxed); }
@@ -46,6 +46,7 @@ inline bool active() { return detail::g_active.load(std::memory_order_relaxed); 
 // Starts collecting (a running profile is discarded and restarted).
 void start();
 // Stops collecting and returns the report: waits for the GPUs' queued work to read its events.
+// Raises the first CUDA error met while timing (the report is then lost).
 Report stop();
 
 // Times one kernel call: `call` is the dispatch's call text, a string literal ("conv2d_forward(x,

@@ -232,8 +232,9 @@ void bcos_patch_sumsq(const Tensor& x_in, int64_t groups, const Pool2dParams& p,
     }
     // Pointwise, the channels' sums are the output; otherwise a plane of them per (sample, group).
     const Tensor sq = pointwise ? out : empty({s.ng, s.h, s.w}, {x.dtype(), x.device()});
-    const dim3 grid(unsigned(std::min<int64_t>((plane + 31) / 32, kMaxBlocks)),
-                    unsigned(std::min<int64_t>(s.ng, 65535)));
+    // (An empty plane under a padded window leaves zero sums: one block that skips its loop.)
+    const dim3 grid(unsigned(std::clamp<int64_t>((plane + 31) / 32, 1, kMaxBlocks)),
+                    unsigned(std::clamp<int64_t>(s.ng, 1, 65535)));
     channel_sumsq_kernel<<<grid, dim3(32, kChannelRows), 0, stream>>>(px, static_cast<T*>(sq.raw_data()), s.ng, s.cg,
                                                                       plane);
     BCOS_CUDA_CHECK_LAUNCH();

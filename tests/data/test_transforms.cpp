@@ -34,8 +34,8 @@ const Tensor& F(const std::string& name) { return fixtures()[name]; }
 
 // Exact transforms: the same arithmetic as torchvision, so bit-for-bit equal.
 TEST_CASE("transforms: to_tensor, normalize, flips, crops, padding, add_inverse match torchvision") {
-  const Tensor& u8 = F("synth.in_u8");
-  const Tensor& f32 = F("synth.in_f32");
+  const Tensor u8 = F("synth.in_u8");
+  const Tensor f32 = F("synth.in_f32");
   CHECK(max_abs_diff(to_tensor(u8), F("synth.to_tensor.f32")) == 0);
   CHECK(max_abs_diff(normalize(f32, kImageNetMean, kImageNetStd), F("synth.normalize.f32")) == 0);
   CHECK(max_abs_diff(horizontal_flip(f32), F("synth.hflip.f32")) == 0);
@@ -57,8 +57,8 @@ TEST_CASE("transforms: to_tensor, normalize, flips, crops, padding, add_inverse 
 // from such floats: a value within 1e-6 of .5 may round the other way (1 of 41,472 does on
 // chelsea), hence 1 level, the 1/255 the photos must meet.
 TEST_CASE("transforms: antialiased resize matches torchvision on random images") {
-  const Tensor& f32 = F("synth.in_f32");
-  const Tensor& u8 = F("synth.in_u8");
+  const Tensor f32 = F("synth.in_f32");
+  const Tensor u8 = F("synth.in_u8");
   const auto bl = Interpolation::bilinear, bc = Interpolation::bicubic;
   CHECK(max_abs_diff(resize(f32, 11, 17, bl), F("synth.bilinear_down.f32")) <= 2e-6);
   CHECK(max_abs_diff(resize(f32, 11, 17, bc), F("synth.bicubic_down.f32")) <= 2e-6);
@@ -139,7 +139,7 @@ TEST_CASE("transforms: random_resized_crop follows torchvision's sampling") {
 }
 
 TEST_CASE("transforms: RandomCrop with padding 4 takes every one of the 81 offsets") {
-  const Tensor& u8 = F("synth.in_u8");  // 23 x 31
+  const Tensor u8 = F("synth.in_u8");  // 23 x 31
   const Tensor img = crop(u8, 0, 0, 23, 23);
   Transform t = RandomCrop(23, 4);
   std::set<std::pair<int, int>> seen;
@@ -158,7 +158,7 @@ TEST_CASE("transforms: RandomCrop with padding 4 takes every one of the 81 offse
 TEST_CASE("transforms: Compose is deterministic for a seed, and flips about half the time") {
   Transform t = Compose({RandomResizedCrop(24), RandomHorizontalFlip(), ToTensor(),
                          Normalize(kImageNetMean, kImageNetStd), AddInverse()});
-  const Tensor& u8 = F("synth.in_u8");
+  const Tensor u8 = F("synth.in_u8");
   Rng a(5), b(5);
   const Tensor x = t(u8, a), y = t(u8, b);
   CHECK(x.shape() == Shape({6, 24, 24}));
@@ -174,7 +174,7 @@ TEST_CASE("transforms: Compose is deterministic for a seed, and flips about half
 }
 
 TEST_CASE("transforms: bad input raises bcos::Error") {
-  const Tensor& u8 = F("synth.in_u8");
+  const Tensor u8 = F("synth.in_u8");
   CHECK_THROWS_AS(normalize(u8, kImageNetMean, kImageNetStd), Error);
   CHECK_THROWS_AS(normalize(to_tensor(u8), {0.5f, 0.5f}, {0.5f, 0.5f}), Error);
   CHECK_THROWS_AS(normalize(to_tensor(u8), {0.5f}, {0.f}), Error);

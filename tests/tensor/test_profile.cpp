@@ -56,3 +56,34 @@ TEST_CASE("tensor: the profiler counts each kernel call once, by name and device
   CHECK(again.rows[0].kernel == "binary");
   CHECK(again.rows[0].calls == 1);
 }
+
+TEST_CASE("tensor: the profiler times only the outermost of nested calls, and drops a call that spans a restart") {
+  const Tensor t = zeros({4});
+  profile::start();
+  {
+    const profile::Scope outer("outer(t)", t);
+    const profile::Scope inner("inner(t)", t);  // a kernel calling another through the dispatch
+  }
+  const profile::Report nested = profile::stop();
+  REQUIRE(nested.rows.size() == 1);
+  CHECK(nested.rows[0].kernel == "outer");
+  CHECK(nested.rows[0].calls == 1);
+
+  profile::start();
+  {
+    const profile::Scope first("first(t)", t);
+    (void)profile::stop();
+    profile::start();  // `first` began in the profile just stopped: the new one must not count it
+  }
+  { const profile::Scope after("after(t)", t); }
+  const profile::Report r = profile::stop();
+  REQUIRE(r.rows.size() == 1);
+  CHECK(r.rows[0].kernel == "after");
+  CHECK(r.rows[0].calls == 1);
+  // The nesting depth came back to zero: a later profile times calls again.
+  profile::start();
+  { const profile::Scope again("again(t)", t); }
+  const profile::Report later = profile::stop();
+  REQUIRE(later.rows.size() == 1);
+  CHECK(later.rows[0].kernel == "again");
+}

@@ -666,6 +666,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
 // Milliseconds between the two events' last records, by the host clock when each queue reached
 // them. As CUDA: both must time (no cudaEventDisableTiming) and be recorded, and both records reached.
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  if (ms == nullptr) return record(cudaErrorInvalidValue);
   std::shared_ptr<Record> a, b;
   {
     std::lock_guard<std::mutex> lock(state().mutex);
@@ -678,7 +679,8 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
     b = ib->second;
   }
   std::lock_guard<std::mutex> lock(state().mutex);
-  if (!a->reached || !b->reached) return cudaErrorNotReady;  // not yet: the caller should have synchronised
+  // Not yet completed (cudaEventQuery would say so too): the caller should have synchronised.
+  if (!a->reached || !b->reached || !finished(a->tail) || !finished(b->tail)) return cudaErrorNotReady;
   *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
   return cudaSuccess;
 }
