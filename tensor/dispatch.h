@@ -11,24 +11,26 @@
 #include "tensor/profile.h"
 #include "tensor/tensor.h"
 // Each call is also a profile::Scope: timed by its name while a profile runs (tensor/profile.h).
+// BCOS_DISPATCH_OP names the op too, for the kernels that run several (binary: add, mul, ...).
 #ifdef BCOS_WITH_CUDA
 #include "tensor/cuda/backend.h"
-#define BCOS_DISPATCH(on, call)                          \
-  do {                                                   \
-    const profile::Scope bcos_profile_scope(#call, on);  \
-    if ((on).is_cuda()) {                                \
-      cuda::call;                                        \
-      return;                                            \
-    }                                                    \
-    cpu::call;                                           \
+#define BCOS_DISPATCH_OP(on, op, call)                       \
+  do {                                                       \
+    const profile::Scope bcos_profile_scope(#call, on, op);  \
+    if ((on).is_cuda()) {                                    \
+      cuda::call;                                            \
+      return;                                                \
+    }                                                        \
+    cpu::call;                                               \
   } while (0)
 #else
-#define BCOS_DISPATCH(on, call)                          \
-  do {                                                   \
-    const profile::Scope bcos_profile_scope(#call, on);  \
-    cpu::call;                                           \
+#define BCOS_DISPATCH_OP(on, op, call)                       \
+  do {                                                       \
+    const profile::Scope bcos_profile_scope(#call, on, op);  \
+    cpu::call;                                               \
   } while (0)
 #endif
+#define BCOS_DISPATCH(on, call) BCOS_DISPATCH_OP(on, nullptr, call)
 
 namespace bcos::kernel {
 
@@ -42,21 +44,21 @@ inline void random_fill(const Tensor& dst, RandomDist dist, uint64_t seed, uint6
   BCOS_DISPATCH(dst, random_fill(dst, dist, seed, start, p0, p1));
 }
 inline void unary(UnaryOp op, const Tensor& x, const Tensor& out, double p0 = 0, double p1 = 0) {
-  BCOS_DISPATCH(x, unary(op, x, out, p0, p1));
+  BCOS_DISPATCH_OP(x, op_name(op), unary(op, x, out, p0, p1));
 }
 inline void unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x, const Tensor& y, const Tensor& grad_x,
                            double p0 = 0, double p1 = 0) {
-  BCOS_DISPATCH(grad, unary_backward(op, grad, x, y, grad_x, p0, p1));
+  BCOS_DISPATCH_OP(grad, op_name(op), unary_backward(op, grad, x, y, grad_x, p0, p1));
 }
 inline void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
-  BCOS_DISPATCH(a, binary(op, a, b, out));
+  BCOS_DISPATCH_OP(a, op_name(op), binary(op, a, b, out));
 }
 inline void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
   BCOS_DISPATCH(cond, where(cond, a, b, out));
 }
 inline void reduce(ReduceOp op, const Tensor& x, const std::vector<bool>& reduce, const Tensor& out,
                    const Tensor& indices = Tensor(), int64_t correction = 0) {
-  BCOS_DISPATCH(x, reduce(op, x, reduce, out, indices, correction));
+  BCOS_DISPATCH_OP(x, op_name(op), reduce(op, x, reduce, out, indices, correction));
 }
 inline void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate = false,
                 DType operands = DType::f32) {
@@ -194,3 +196,4 @@ inline void adam_step(const Tensor& param, const Tensor& grad, const Tensor& exp
 }  // namespace bcos::kernel
 
 #undef BCOS_DISPATCH
+#undef BCOS_DISPATCH_OP

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <tuple>
 
 #include "tensor/error.h"
 
@@ -36,6 +37,7 @@ struct Total {
 // One GPU call's events, read at the next batch (or stop()).
 struct GpuCall {
   const char* call;
+  const char* op;
   int device;
   void* before;
   void* after;
@@ -49,7 +51,7 @@ struct State {
   std::mutex mutex;
   uint64_t generation = 0;
   int64_t start_ns = 0;
-  std::map<std::pair<const char*, int>, Total> totals;  // by (call text, device)
+  std::map<std::tuple<const char*, const char*, int>, Total> totals;  // by (call text, op, device)
   std::vector<GpuCall> pending;
   std::map<int, std::vector<void*>> spare_events;  // by device: recorded and read, ready again
   std::map<int, void*> span_start;                 // by device: recorded before its first call
@@ -89,7 +91,7 @@ void read_pending(State& s) {
   for (auto& [device, e] : s.span_start) cuda::event_synchronize(device, e);
   for (const GpuCall& c : s.pending) cuda::event_synchronize(c.device, c.after);
   for (const GpuCall& c : s.pending) {
-    Total& t = s.totals[{c.call, c.device}];
+    Total& t = s.totals[{c.call, c.op, c.device}];
     t.calls += 1;
     t.ms += cuda::event_elapsed_ms(c.device, c.before, c.after);
     double& span = s.span_ms[c.device];
@@ -111,11 +113,12 @@ namespace detail {
 
 // Neither throws: a Scope's end runs in a destructor. A CUDA failure is kept for stop() and
 // ends the GPU timing (the device's sticky errors would fail every later record anyway).
-void begin(Scope& scope, const char* call, const Tensor& on) noexcept {
+void begin(Scope& scope, const char* call, const char* op, const Tensor& on) noexcept {
   scope.open_ = true;
   scope.timed_ = t_depth++ == 0;
   if (!scope.timed_) return;
   scope.call_ = call;
+  scope.op_ = op;
   scope.device_ = on.is_cuda() ? on.device().index : -1;
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
@@ -152,7 +155,7 @@ void end(Scope& scope) noexcept {
   const bool current = active() && scope.generation_ == s.generation;
   if (scope.device_ < 0) {
     if (current) {
-      Total& t = s.totals[{scope.call_, -1}];
+      Total& t = s.totals[{scope.call_, scope.op_, -1}];
       t.calls += 1;
       t.ms += double(end_ns - scope.start_ns_) * 1e-6;
     }
@@ -164,7 +167,7 @@ void end(Scope& scope) noexcept {
     return;
   }
   try {
-    s.pending.push_back({scope.call_, scope.device_, scope.event_, nullptr});
+    s.pending.push_back({scope.call_, scope.op_, scope.device_, scope.event_, nullptr});
     s.pending.back().after = record_on(s, scope.device_);
     if (s.pending.size() >= kMaxPending) read_pending(s);
   } catch (const std::exception& e) {
@@ -225,12 +228,14 @@ Report stop() {
   for (auto& [device, e] : s.span_start) cuda::destroy_event(device, e);
   s.span_start.clear();
 #endif
-  // Merge by name (the text before '(') and device.
+  // Merge by name (the text before '(', then the op) and device.
   std::map<std::pair<std::string, int>, Total> merged;
   for (auto& [key, t] : s.totals) {
-    const char* paren = std::strchr(key.first, '(');
-    std::string name = paren ? std::string(key.first, paren) : std::string(key.first);
-    Total& m = merged[{name, key.second}];
+    const auto& [call, op, device] = key;
+    const char* paren = std::strchr(call, '(');
+    std::string name = paren ? std::string(call, paren) : std::string(call);
+    if (op) name += std::string(" ") + op;
+    Total& m = merged[{name, device}];
     m.calls += t.calls;
     m.ms += t.ms;
   }

@@ -6,7 +6,8 @@
 // stream's time from the call's first queued work to its last, and the report's "GPU busy"
 // (the sum of the rows) against the events' whole span shows how long the GPU sat idle, waiting
 // for the host to queue work. Calls made from inside another timed call are not counted twice.
-// Off (the default) a kernel call pays one relaxed atomic load.
+// Off (the default) a kernel call pays one relaxed atomic load (and the multi-op kernels a
+// lookup of their op's name).
 #pragma once
 
 #include <atomic>
@@ -19,7 +20,7 @@
 namespace bcos::profile {
 
 struct Row {
-  std::string kernel;   // the dispatch name, e.g. "conv2d_forward"
+  std::string kernel;   // the dispatch name, e.g. "conv2d_forward", with its op: "binary add"
   std::string device;   // "cpu", "cuda:0"
   int64_t calls = 0;
   double ms = 0;        // summed over the calls
@@ -37,7 +38,7 @@ struct Report {
 class Scope;
 namespace detail {
 extern std::atomic<bool> g_active;
-void begin(Scope& scope, const char* call, const Tensor& on) noexcept;
+void begin(Scope& scope, const char* call, const char* op, const Tensor& on) noexcept;
 void end(Scope& scope) noexcept;
 }  // namespace detail
 
@@ -50,11 +51,12 @@ void start();
 Report stop();
 
 // Times one kernel call: `call` is the dispatch's call text, a string literal ("conv2d_forward(x,
-// w, ...)"), cut at its '(' for the report; `on` is the tensor whose device runs it.
+// w, ...)"), cut at its '(' for the report; `op`, a string literal or null, the op of a kernel
+// that runs several (op_name(BinaryOp::add): "add"); `on` is the tensor whose device runs it.
 class Scope {
  public:
-  Scope(const char* call, const Tensor& on) {
-    if (active()) detail::begin(*this, call, on);
+  Scope(const char* call, const Tensor& on, const char* op = nullptr) {
+    if (active()) detail::begin(*this, call, op, on);
   }
   ~Scope() {
     if (open_) detail::end(*this);
@@ -64,6 +66,7 @@ class Scope {
 
   // Filled by detail::begin (no allocation per call).
   const char* call_ = nullptr;
+  const char* op_ = nullptr;
   int device_ = -1;          // -1: the CPU
   int64_t start_ns_ = 0;     // CPU: the steady clock at the call
   void* event_ = nullptr;    // GPU: the timing event recorded before the call

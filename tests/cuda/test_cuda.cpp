@@ -153,7 +153,7 @@ TEST_CASE("cuda: the profiler times GPU kernels by events, by name, in batches p
     CAPTURE(row.kernel);
     CHECK(row.device == "cuda:0");
     CHECK(row.ms >= 0);
-    CHECK(row.calls == (row.kernel == "binary" ? 4 : 1));
+    CHECK(row.calls == (row.kernel == "binary add" ? 4 : 1));
     total += row.ms;
   }
   CHECK(r.rows[0].kernel != r.rows[1].kernel);
