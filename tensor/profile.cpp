@@ -74,7 +74,7 @@ void* record_on(State& s, int device) {
   std::vector<void*>& spare = s.spare_events[device];
   void* e = nullptr;
   if (spare.empty()) {
-    e = cuda::create_timing_event(device);
+    e = cuda::create_event(device, true);
   } else {
     e = spare.back();
     spare.pop_back();
@@ -134,7 +134,7 @@ void begin(Scope& scope, const char* call, const char* op, const Tensor& on) noe
   }
   try {
     if (!s.span_start.count(scope.device_)) {
-      void* e = cuda::create_timing_event(scope.device_);
+      void* e = cuda::create_event(scope.device_, true);
       s.span_start[scope.device_] = e;
       cuda::record_event(scope.device_, e, cuda::current_stream(scope.device_));
     }

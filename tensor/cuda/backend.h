@@ -64,8 +64,8 @@ void copy_peer(void* dst, int dst_device, const void* src, int src_device, size_
 // by the next request of the same size, so a loader's per-batch buffers cost one cudaHostAlloc.
 std::shared_ptr<void> allocate_pinned(size_t nbytes, int device = -1);
 using EventHandle = void*;  // a cudaEvent_t
-EventHandle create_event(int device);  // timing disabled
-EventHandle create_timing_event(int device);  // for event_elapsed_ms (tensor/profile.h)
+// Timing disabled unless `timing` (for event_elapsed_ms: tensor/profile.h); untimed events are cheaper.
+EventHandle create_event(int device, bool timing = false);
 // Milliseconds between two recorded, completed timing events (of the same device).
 float event_elapsed_ms(int device, EventHandle start, EventHandle end);
 void destroy_event(int device, EventHandle event);

@@ -179,19 +179,11 @@ std::shared_ptr<void> allocate_pinned(size_t nbytes, int device) {
   });
 }
 
-EventHandle create_event(int device) {
+EventHandle create_event(int device, bool timing) {
   check_device_index(device, "cuda::create_event");
   DeviceGuard guard(device);
   cudaEvent_t e = nullptr;
-  BCOS_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-  return e;
-}
-
-EventHandle create_timing_event(int device) {
-  check_device_index(device, "cuda::create_timing_event");
-  DeviceGuard guard(device);
-  cudaEvent_t e = nullptr;
-  BCOS_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDefault));
+  BCOS_CUDA_CHECK(cudaEventCreateWithFlags(&e, timing ? cudaEventDefault : cudaEventDisableTiming));
   return e;
 }
 
