@@ -80,8 +80,10 @@ __global__ void window_sum_kernel(const T* sq, T* out, PatchShape s, Pool2dParam
     const pool::Taps t = pool::window_taps(oh, ow, s.h, s.w, p);
     const T* plane = sq + ng * s.h * s.w;
     T sum = 0;
-    for (int64_t ki = t.ki_lo; ki < t.ki_hi; ++ki)
-      for (int64_t kj = t.kj_lo; kj < t.kj_hi; ++kj) sum += plane[(t.h0 + ki * p.dilation[0]) * s.w + t.w0 + kj * p.dilation[1]];
+    for (int64_t ki = t.ki_lo; ki < t.ki_hi; ++ki) {
+      const int64_t row = (t.h0 + ki * p.dilation[0]) * s.w + t.w0;  // may start in the padding: an index
+      for (int64_t kj = t.kj_lo; kj < t.kj_hi; ++kj) sum += plane[row + kj * p.dilation[1]];
+    }
     out[o] = sum;
   }
 }
