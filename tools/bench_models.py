@@ -293,7 +293,7 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
 
 
 NOTES_SHOWN = set()
-PROFILES = []  # (label, the profile's lines): printed after the row they belong to
+PROFILES = {}  # label -> the profile's lines (the last repeat's), printed after the row they belong to
 
 
 def measure(cmd, env, label=None):
@@ -310,7 +310,7 @@ def measure(cmd, env, label=None):
     m = RESULT.match(lines[0])
     rest = out.stdout.split(lines[0], 1)[1].strip("\n")
     if label and rest:
-        PROFILES.append((label, rest))
+        PROFILES[label] = rest
     return float(m.group(1)), float(m.group(3) or m.group(2))  # GPU: peak tensor memory
 
 
@@ -361,7 +361,7 @@ def main():
                                                                    a.repeat)
             print(f"{arch:14s} {batch:5d} {mode:6s} {t_speed:12.1f} {b_speed:11.1f} {b_speed / t_speed:6.2f}"
                   f" {t_mem:12.0f} {b_mem:11.0f} {t_mem / b_mem:9.2f}{spread}", flush=True)
-            for label, text in PROFILES:
+            for label, text in PROFILES.items():
                 print(f"--- {label}: " + text.replace("\n", "\n    "), flush=True)
             PROFILES.clear()
 
