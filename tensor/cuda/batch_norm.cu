@@ -173,14 +173,22 @@ __global__ void coefficients_kernel(const T* w, const T* mean, const T* invstd, 
   }
 }
 
-// Elementwise kernels index with I: 32 bits when the tensor allows (a 64-bit division per
-// element costs more than its memory traffic).
+// Elementwise kernels index with I: 32 bits when the tensor allows, their channel found by
+// multiplying (internal.h: Divisor), not dividing -- a division per element costs more than its
+// memory traffic.
+template <class I>
+struct ChannelOf {
+  Divisor<I> plane, channels;  // d.s, d.c
+  explicit ChannelOf(const Channels& d) : plane(d.s), channels(d.c) {}
+  __device__ __forceinline__ I operator()(I i) const { return channels.mod(plane.div(i)); }
+};
+
 template <class T, class I>
 __global__ void forward_kernel(const T* x, const T* w, const T* b, const T* mean, const T* invstd, Channels d,
-                               bool relu, T* out) {
-  const I n = I(d.n * d.c * d.s), s = I(d.s), channels = I(d.c);
+                               ChannelOf<I> channel_of, bool relu, T* out) {
+  const I n = I(d.n * d.c * d.s);
   for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += I(gridDim.x) * blockDim.x) {
-    const I c = i / s % channels;
+    const I c = channel_of(i);
     const T y = normalized(x[i], w, b, mean[c], invstd, c);
     out[i] = relu && y < T(0) ? T(0) : y;  // as relu: NaN stays NaN
   }
@@ -190,10 +198,11 @@ __global__ void forward_kernel(const T* x, const T* w, const T* b, const T* mean
 // normalized_mean: the mean the forward used, or none for the uncentred form).
 template <class T, class I>
 __global__ void grad_x_kernel(const T* g, const T* x, const T* w, const T* bias, const T* normalized_mean,
-                              const T* invstd, const T* coef, Channels d, bool relu, T* gx) {
-  const I n = I(d.n * d.c * d.s), s = I(d.s), channels = I(d.c);
+                              const T* invstd, const T* coef, Channels d, ChannelOf<I> channel_of, bool relu,
+                              T* gx) {
+  const I n = I(d.n * d.c * d.s);
   for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += I(gridDim.x) * blockDim.x) {
-    const I c = i / s % channels;
+    const I c = channel_of(i);
     const T* k = coef + 4 * c;
     const T m = normalized_mean ? normalized_mean[c] : T(0);
     const T gi = relu && !(normalized(x[i], w, bias, m, invstd, c) > T(0)) ? T(0) : g[i];
@@ -204,14 +213,6 @@ __global__ void grad_x_kernel(const T* g, const T* x, const T* w, const T* bias,
 template <class T>
 const T* maybe(const Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.raw_data()) : nullptr;
-}
-
-// Calls fn.template operator()<I>() with 32-bit indices where numel < 2^31 (so that i + the
-// grid's stride cannot wrap), 64-bit ones otherwise.
-template <class F>
-void with_index(int64_t numel, F&& fn) {
-  if (numel <= int64_t(INT32_MAX)) fn.template operator()<uint32_t>();
-  else fn.template operator()<int64_t>();
 }
 
 // Runs partial_sums_kernel for terms over every channel; returns the partials and their split.
@@ -256,7 +257,7 @@ void backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tens
     grad_x_kernel<T, I><<<blocks_for(x.numel()), kThreads, 0, stream>>>(
         static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
         maybe<T>(normalized_mean), static_cast<const T*>(invstd.raw_data()), static_cast<const T*>(coef.get()), d,
-        relu, static_cast<T*>(grad_x.raw_data()));
+        ChannelOf<I>(d), relu, static_cast<T*>(grad_x.raw_data()));
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }
@@ -293,7 +294,7 @@ void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& 
     with_index(x.numel(), [&]<class I>() {
       forward_kernel<T, I><<<blocks_for(x.numel()), kThreads, 0, stream>>>(
           static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
-          static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()), d, relu,
+          static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()), d, ChannelOf<I>(d), relu,
           static_cast<T*>(out.raw_data()));
       BCOS_CUDA_CHECK_LAUNCH();
     });

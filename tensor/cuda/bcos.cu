@@ -1,9 +1,9 @@
 // B-cos kernels on the GPU, as tensor/cpu/bcos.cpp computes them (its comments give the
 // formulas): the patch norms Σ x² over each group's channels and the conv's window, the B-cos
 // scale with max-out, and the uncentred batch norm's backward (in cuda/batch_norm.cu). The patch
-// norms are summed over channels first, then over the window (below); elsewhere one thread per
-// output element, and sums shared by several outputs go through atomicAdd -- under
-// deterministic_algorithms() one thread owns each sum and adds its terms in order.
+// norms are summed over channels first, then over the window (below); the scale walks a position's
+// channels (further below). No atomics: every sum is added in a fixed order, so each result is the
+// same on every run, deterministic_algorithms() or not.
 // Layouts: x [N, C, H, W], sums [N, G, Ho, Wo]; lin [N, O·M, S], sums [N, G, S], out / value /
 // argmax [N, O, S], all contiguous.
 #include <algorithm>
@@ -88,121 +88,255 @@ __global__ void window_sum_kernel(const T* sq, T* out, PatchShape s, Pool2dParam
   }
 }
 
-// acc[ng, ih, iw] += g[ng, oh, ow] for every tap of every window (acc zeroed first); ordered:
-// one thread per plane ng walks its outputs in order.
-template <class T>
-__global__ void patch_scatter_kernel(const T* g, T* acc, PatchShape s, Pool2dParams p, bool ordered) {
-  const int64_t per = ordered ? s.ho * s.wo : 1, units = s.ng * s.ho * s.wo / per;
-  BCOS_GRID_LOOP(unit, units)
-  for (int64_t o = unit * per; o < (unit + 1) * per; ++o) {
-    const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, ng = o / (s.wo * s.ho);
-    const pool::Taps t = pool::window_taps(oh, ow, s.h, s.w, p);
-    const int64_t h0 = t.h0, w0 = t.w0, ki_lo = t.ki_lo, ki_hi = t.ki_hi, kj_lo = t.kj_lo, kj_hi = t.kj_hi;
-    T* plane = acc + ng * s.h * s.w;
-    for (int64_t ki = ki_lo; ki < ki_hi; ++ki)
-      for (int64_t kj = kj_lo; kj < kj_hi; ++kj)
-        atomicAdd(plane + (h0 + ki * p.dilation[0]) * s.w + w0 + kj * p.dilation[1], g[o]);
+// The backward, ∂sumsq/∂x = 2x · Σ_{windows ∋ pixel} g, also in two steps: acc[ng, ih, iw], the sum
+// of g over the windows that hold the pixel (for each tap, the output whose window puts that tap
+// on it, if there is one: a gather, a thread per pixel adding its terms in tap order -- no
+// atomics, the same sum on every run), then gx = 2 x · acc of the pixel's (sample, group).
+// (Taps last to first: the windows in output order, as the CPU adds them.)
+template <class T, class I>
+__global__ void patch_gather_kernel(const T* g, T* acc, PatchShape s, Pool2dParams p, PlaneCoords<I> coords) {
+  const I count = I(s.ng * s.h * s.w);
+  for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += I(gridDim.x) * blockDim.x) {
+    const auto at = coords(i);
+    const T* plane = g + int64_t(at.plane) * s.ho * s.wo;
+    T sum = 0;
+    for (int64_t ki = p.kernel[0] - 1; ki >= 0; --ki) {
+      const int64_t th = int64_t(at.row) + p.padding[0] - ki * p.dilation[0];
+      if (th < 0 || th % p.stride[0] != 0 || th / p.stride[0] >= s.ho) continue;
+      for (int64_t kj = p.kernel[1] - 1; kj >= 0; --kj) {
+        const int64_t tw = int64_t(at.col) + p.padding[1] - kj * p.dilation[1];
+        if (tw < 0 || tw % p.stride[1] != 0 || tw / p.stride[1] >= s.wo) continue;
+        sum += plane[th / p.stride[0] * s.wo + tw / p.stride[1]];
+      }
+    }
+    acc[i] = sum;
   }
 }
 
-// gx = 2 x · acc of the pixel's (sample, group)
-template <class T>
-__global__ void patch_grad_kernel(const T* x, const T* acc, T* gx, PatchShape s) {
-  const int64_t plane = s.h * s.w;
-  BCOS_GRID_LOOP(i, s.ng * s.cg * plane) {
-    const int64_t ng = i / (s.cg * plane);
-    gx[i] = T(2) * x[i] * acc[ng * plane + i % plane];
+// gx[ng·cg + c, pixel] = 2 x · acc[ng, pixel]; plane = h·w, channels = cg.
+template <class T, class I>
+__global__ void patch_grad_kernel(const T* x, const T* acc, T* gx, I count, Divisor<I> plane, Divisor<I> channels) {
+  for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += I(gridDim.x) * blockDim.x) {
+    const I row = plane.div(i), pixel = i - row * plane.d;
+    gx[i] = T(2) * x[i] * acc[channels.div(row) * plane.d + pixel];
   }
 }
+
+// ---- the scale ---------------------------------------------------------------------------------
+// Every output of one (sample, group, position) shares that position's norm, and in the backward
+// the group's channels sum their terms into its one norm gradient. So a thread takes a (sample,
+// group, position) and walks channels: the norm is read once, no index is divided per element,
+// and the norm gradient is a sum in registers, then across the block in a fixed order -- not an
+// atomicAdd per element into one address per row (a linear layer's 3,072 outputs of a token all
+// added into one float), and the same result on every run.
+//   wide (S >= kWidePositions): blocks of 32 neighbouring positions (coalesced) x 8 channel rows;
+//     grid (position tiles, planes, channel chunks); with several chunks the backward's per-chunk
+//     sums go to partials [chunks, N·G, S], added in chunk order by scale_chunks_kernel.
+//   narrow (S < kWidePositions: linear layers' S = 1): a warp per (sample, group, position), its
+//     lanes over the group's channels, a warp sum.
+constexpr int64_t kWidePositions = 16;
 
 struct ScaleShape {
   int64_t n, o, s, m, groups, per_group;
 };
 
-// The sumsq entry of output element (no, j): its sample's group's norm.
-__device__ __forceinline__ int64_t sumsq_index(int64_t no, int64_t j, const ScaleShape& d) {
-  const int64_t sample = no / d.o, group = (no % d.o) / d.per_group;
-  return (sample * d.groups + group) * d.s + j;
+template <class T>
+struct ScaleArgs {
+  ScaleShape d;
+  BcosScaleParams p;
+  const T* sumsq;                        // [N, G, S], or nullptr (b = 1)
+  const T* post_scale;                   // [O] with post_shift, or nullptr
+  const T* post_shift;
+  const T* lin;                          // forward: [N, O·M, S]
+  T* out;                                // forward: [N, O, S]
+  T* value;                              // [N, O, S] when M > 1: forward writes, backward reads (else lin)
+  uint8_t* argmax;                       // [N, O, S] when M > 1: likewise
+  const T* grad;                         // backward: [N, O, S]
+  bool explain;                          // backward: s is a constant
+  T* grad_lin;                           // backward: [N, O·M, S]
+  T* grad_sumsq;                         // backward: [N, G, S] or nullptr (not wanted)
+};
+
+// A position's norm terms: root = sqrt(Σ x² + eps_in), inv = 1 / (root + eps_out).
+template <class T>
+struct Norm {
+  T root = 1, inv = 1;
+};
+
+template <class T>
+__device__ __forceinline__ Norm<T> norm_at(const ScaleArgs<T>& a, int64_t q) {
+  Norm<T> r;
+  if (a.sumsq) {
+    r.root = sqrt(a.sumsq[q] + T(a.p.eps_in));
+    r.inv = T(1) / (r.root + T(a.p.eps_out));
+  }
+  return r;
 }
 
-// The scaled output of value v at (no, j), before any epilogue; the backward recomputes it with
-// this same code for the epilogue's ReLU mask. Its one multiply-add is an explicit fma: left to
-// nvcc (--fmad=true), the two kernels could contract it differently and disagree on the mask.
+// The scaled output of value v, before any epilogue; the backward recomputes it with this same
+// code for the epilogue's ReLU mask. Its one multiply-add is an explicit fma: left to nvcc
+// (--fmad=true), the two kernels could contract it differently and disagree on the mask.
 template <class T>
-__device__ __forceinline__ T scaled(T v, const T* sumsq, int64_t no, int64_t j, const BcosScaleParams& p,
-                                    const ScaleShape& d) {
-  if (!sumsq) return v;
-  const T inv = T(1) / (sqrt(sumsq[sumsq_index(no, j, d)] + T(p.eps_in)) + T(p.eps_out));
-  return p.b == 2 ? fabs(v) * v * inv : pow(math::Math<T>::fma(fabs(v), inv, T(1e-6)), T(p.b - 1)) * v;
+__device__ __forceinline__ T scaled(T v, const ScaleArgs<T>& a, Norm<T> r) {
+  if (!a.sumsq) return v;
+  return a.p.b == 2 ? fabs(v) * v * r.inv : pow(math::Math<T>::fma(fabs(v), r.inv, T(1e-6)), T(a.p.b - 1)) * v;
 }
 
+// The forward of output (sample, channel oc, position j): max-out, scale, epilogue.
 template <class T>
-__global__ void scale_forward_kernel(const T* lin, const T* sumsq, BcosScaleParams p, const T* post_scale,
-                                     const T* post_shift, ScaleShape d, T* out, T* value, uint8_t* argmax) {
-  BCOS_GRID_LOOP(i, d.n * d.o * d.s) {
-    const int64_t no = i / d.s, j = i % d.s;
-    const T* l = lin + no * d.m * d.s + j;
-    T v = l[0];
-    uint8_t win = 0;
-    for (int64_t k = 1; k < d.m; ++k)
-      if (l[k * d.s] > v) v = l[k * d.s], win = uint8_t(k);
-    if (d.m > 1) value[i] = v, argmax[i] = win;
-    T y = scaled(v, sumsq, no, j, p, d);
-    if (post_scale) {
-      const int64_t c = no % d.o;
-      y = math::Math<T>::fma(y, post_scale[c], post_shift[c]);
-      if (p.relu) y = y < T(0) ? T(0) : y;  // as relu: NaN stays NaN
+__device__ __forceinline__ void scale_forward_at(const ScaleArgs<T>& a, int64_t sample, int64_t oc, int64_t j,
+                                                 Norm<T> r) {
+  const ScaleShape& d = a.d;
+  const int64_t i = (sample * d.o + oc) * d.s + j;
+  const T* l = a.lin + (sample * d.o + oc) * d.m * d.s + j;
+  T v = l[0];
+  uint8_t win = 0;
+  for (int64_t k = 1; k < d.m; ++k)
+    if (l[k * d.s] > v) v = l[k * d.s], win = uint8_t(k);
+  if (d.m > 1) a.value[i] = v, a.argmax[i] = win;
+  T y = scaled(v, a, r);
+  if (a.post_scale) {
+    y = math::Math<T>::fma(y, a.post_scale[oc], a.post_shift[oc]);
+    if (a.p.relu) y = y < T(0) ? T(0) : y;  // as relu: NaN stays NaN
+  }
+  a.out[i] = y;
+}
+
+// The backward of output (sample, oc, j): writes its M entries of grad_lin (the max-out's winner
+// gets the gradient, the others 0) and returns its term of the norm's gradient.
+template <class T>
+__device__ __forceinline__ T scale_backward_at(const ScaleArgs<T>& a, int64_t sample, int64_t oc, int64_t j,
+                                               Norm<T> r) {
+  const ScaleShape& d = a.d;
+  const BcosScaleParams& p = a.p;
+  const int64_t i = (sample * d.o + oc) * d.s + j;
+  const T v = a.value[i];
+  T g = a.grad[i];
+  if (a.post_scale) {
+    const T scale = a.post_scale[oc];
+    const bool live = !p.relu || math::Math<T>::fma(scaled(v, a, r), scale, a.post_shift[oc]) > T(0);
+    g = live ? g * scale : T(0);
+  }
+  T gv = g, gq = 0;
+  if (a.sumsq) {
+    if (p.b == 2) {
+      gv = a.explain ? g * fabs(v) * r.inv : g * T(2) * fabs(v) * r.inv;
+      if (!a.explain) gq = -g * fabs(v) * v * r.inv * r.inv / (T(2) * r.root);
+    } else {
+      const T e = T(p.b - 1), u = fabs(v) * r.inv, base = u + T(1e-6), sc = pow(base, e);
+      if (a.explain) {
+        gv = g * sc;
+      } else {
+        const T t = e * sc / base * u;
+        gv = g * (sc + t);
+        gq = -g * t * v * r.inv / (T(2) * r.root);
+      }
     }
-    out[i] = y;
+  }
+  const int64_t win = d.m > 1 ? a.argmax[i] : 0;
+  T* gl = a.grad_lin + (sample * d.o + oc) * d.m * d.s + j;
+  for (int64_t k = 0; k < d.m; ++k) gl[k * d.s] = k == win ? gv : T(0);
+  return gq;
+}
+
+constexpr int kScaleRows = 8;
+
+// Block (32, kScaleRows); grid (position tiles, planes, chunks of `chunk` channels of a group).
+template <class T, bool BACKWARD>
+__global__ void scale_wide_kernel(ScaleArgs<T> a, int64_t chunk, T* partials) {
+  __shared__ T part[kScaleRows][32];
+  const ScaleShape& d = a.d;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t planes = d.n * d.groups;
+  const int64_t c0 = int64_t(blockIdx.z) * chunk, c1 = c0 + chunk < d.per_group ? c0 + chunk : d.per_group;
+  for (int64_t ng = blockIdx.y; ng < planes; ng += gridDim.y) {
+    const int64_t sample = ng / d.groups, first = ng % d.groups * d.per_group;
+    for (int64_t base = int64_t(blockIdx.x) * 32; base < d.s; base += int64_t(gridDim.x) * 32) {
+      const int64_t j = base + tx;
+      T sum = 0;
+      if (j < d.s) {
+        const Norm<T> r = norm_at(a, ng * d.s + j);
+        for (int64_t c = c0 + ty; c < c1; c += kScaleRows) {
+          if constexpr (BACKWARD) sum += scale_backward_at(a, sample, first + c, j, r);
+          else scale_forward_at(a, sample, first + c, j, r);
+        }
+      }
+      if constexpr (BACKWARD) {
+        if (!a.grad_sumsq) continue;  // uniform across the block
+        part[ty][tx] = sum;
+        __syncthreads();
+        if (ty == 0 && j < d.s) {
+          T total = part[0][tx];
+          for (int row = 1; row < kScaleRows; ++row) total += part[row][tx];
+          if (gridDim.z == 1) a.grad_sumsq[ng * d.s + j] = total;
+          else partials[(int64_t(blockIdx.z) * planes + ng) * d.s + j] = total;
+        }
+        __syncthreads();  // part is rewritten by the next tile
+      }
+    }
   }
 }
 
-// Output element c of work unit `unit`: the unit itself, or (ordered) the c-th channel of the
-// unit's (sample, group, position), so one thread adds a group's terms into its sumsq entry.
-__device__ __forceinline__ int64_t scale_element(int64_t unit, int64_t c, const ScaleShape& d, bool ordered) {
-  if (!ordered) return unit;
-  const int64_t j = unit % d.s, sample = unit / d.s / d.groups, group = unit / d.s % d.groups;
-  return (sample * d.o + group * d.per_group + c) * d.s + j;
+// grad_sumsq[q] = Σ_z partials[z, q], in chunk order.
+template <class T>
+__global__ void scale_chunks_kernel(const T* partials, int64_t chunks, int64_t count, T* grad_sumsq) {
+  BCOS_GRID_LOOP(q, count) {
+    T total = partials[q];
+    for (int64_t z = 1; z < chunks; ++z) total += partials[z * count + q];
+    grad_sumsq[q] = total;
+  }
 }
 
-// grad_lin (zeroed first when M > 1) and grad_sumsq (zeroed first) from grad [N, O, S].
-template <class T>
-__global__ void scale_backward_kernel(const T* grad, const T* value, const T* sumsq, const uint8_t* argmax,
-                                      BcosScaleParams p, const T* post_scale, const T* post_shift, bool explain,
-                                      ScaleShape d, T* grad_lin, T* grad_sumsq, bool ordered) {
-  const int64_t per = ordered ? d.per_group : 1, units = d.n * d.o * d.s / per;
-  BCOS_GRID_LOOP(unit, units)
-  for (int64_t c = 0; c < per; ++c) {
-    const int64_t i = scale_element(unit, c, d, ordered);
-    const int64_t no = i / d.s, j = i % d.s;
-    T g = grad[i];
-    if (post_scale) {
-      const T a = post_scale[no % d.o];
-      const bool live = !p.relu || math::Math<T>::fma(scaled(value[i], sumsq, no, j, p, d), a, post_shift[no % d.o]) > T(0);
-      g = live ? g * a : T(0);
+// Block (32, kRowWarps): a warp per (sample, group, position) unit.
+template <class T, bool BACKWARD>
+__global__ void scale_narrow_kernel(ScaleArgs<T> a) {
+  const ScaleShape& d = a.d;
+  const int64_t units = d.n * d.groups * d.s, step = int64_t(gridDim.x) * blockDim.y;
+  for (int64_t unit = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; unit < units; unit += step) {
+    const int64_t j = unit % d.s, ng = unit / d.s;
+    const int64_t sample = ng / d.groups, first = ng % d.groups * d.per_group;
+    const Norm<T> r = norm_at(a, unit);
+    T sum = 0;
+    for (int64_t c = threadIdx.x; c < d.per_group; c += 32) {
+      if constexpr (BACKWARD) sum += scale_backward_at(a, sample, first + c, j, r);
+      else scale_forward_at(a, sample, first + c, j, r);
     }
-    T gv = g;
-    if (sumsq) {
-      const int64_t q = sumsq_index(no, j, d);
-      const T v = value[i], root = sqrt(sumsq[q] + T(p.eps_in)), inv = T(1) / (root + T(p.eps_out));
-      T gq = 0;
-      if (p.b == 2) {
-        gv = explain ? g * fabs(v) * inv : g * T(2) * fabs(v) * inv;
-        if (!explain) gq = -g * fabs(v) * v * inv * inv / (T(2) * root);
-      } else {
-        const T e = T(p.b - 1), u = fabs(v) * inv, a = u + T(1e-6), sc = pow(a, e);
-        if (explain) {
-          gv = g * sc;
-        } else {
-          const T t = e * sc / a * u;
-          gv = g * (sc + t);
-          gq = -g * t * v * inv / (T(2) * root);
-        }
+    if constexpr (BACKWARD) {
+      if (a.grad_sumsq) {  // uniform across the warp
+        sum = warp_sum(sum);
+        if (threadIdx.x == 0) a.grad_sumsq[unit] = sum;
       }
-      if (grad_sumsq && !explain) atomicAdd(grad_sumsq + q, gq);
     }
-    const int64_t k = d.m > 1 ? argmax[i] : 0;
-    grad_lin[(no * d.m + k) * d.s + j] = gv;
+  }
+}
+
+// Queues the forward or backward over a.d's outputs.
+template <class T, bool BACKWARD>
+void launch_scale(const ScaleArgs<T>& a, int device, cudaStream_t stream) {
+  const ScaleShape& d = a.d;
+  const int64_t planes = d.n * d.groups;
+  if (d.s < kWidePositions) {
+    scale_narrow_kernel<T, BACKWARD><<<row_warp_blocks(planes * d.s), dim3(32, kRowWarps), 0, stream>>>(a);
+    BCOS_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  // Enough blocks to fill the GPU (8 of 256 threads per SM), in chunks of at least 32 channels.
+  const int64_t tiles = (d.s + 31) / 32, spread = std::min<int64_t>(tiles, kMaxBlocks) * std::min<int64_t>(planes, 65535);
+  const int64_t wanted = (8 * int64_t(multiprocessor_count(device)) + spread - 1) / spread;
+  int64_t chunks = std::clamp<int64_t>(wanted, 1, (d.per_group + 31) / 32);
+  const int64_t chunk = (d.per_group + chunks - 1) / chunks;
+  chunks = (d.per_group + chunk - 1) / chunk;
+  std::shared_ptr<void> partials;
+  if (BACKWARD && a.grad_sumsq && chunks > 1)
+    partials = allocate(size_t(chunks * planes * d.s) * sizeof(T), device);
+  const dim3 grid(unsigned(std::min<int64_t>(tiles, kMaxBlocks)), unsigned(std::min<int64_t>(planes, 65535)),
+                  unsigned(chunks));
+  scale_wide_kernel<T, BACKWARD><<<grid, dim3(32, kScaleRows), 0, stream>>>(a, chunk, static_cast<T*>(partials.get()));
+  BCOS_CUDA_CHECK_LAUNCH();
+  if (partials) {
+    scale_chunks_kernel<<<blocks_for(planes * d.s), kThreads, 0, stream>>>(static_cast<const T*>(partials.get()), chunks,
+                                                                          planes * d.s, a.grad_sumsq);
+    BCOS_CUDA_CHECK_LAUNCH();
   }
 }
 
@@ -255,19 +389,23 @@ void bcos_patch_sumsq_backward(const Tensor& grad_in, const Tensor& x_in, int64_
   const int device = x.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
-  const Tensor acc = empty({s.ng, s.h, s.w}, {x.dtype(), x.device()});
-  zero(acc, stream);
+  // Pointwise (1 x 1, stride 1, no padding) each pixel lies in its own window only: acc is g.
+  const bool pointwise = p.kernel[0] == 1 && p.kernel[1] == 1 && p.stride[0] == 1 && p.stride[1] == 1 &&
+                         p.padding[0] == 0 && p.padding[1] == 0;
+  const Tensor acc = pointwise ? grad : empty({s.ng, s.h, s.w}, {x.dtype(), x.device()});
   dispatch_float(x.dtype(), "cuda bcos_patch_sumsq_backward", [&]<class T>() {
-    if (grad.numel() > 0) {
-      const bool ordered = deterministic_algorithms();
-      patch_scatter_kernel<<<blocks_for(ordered ? s.ng : grad.numel()), kThreads, 0, stream>>>(
-          static_cast<const T*>(grad.raw_data()), static_cast<T*>(acc.raw_data()), s, p, ordered);
+    if (!pointwise)
+      with_index(acc.numel(), [&]<class I>() {
+        patch_gather_kernel<T, I><<<blocks_for(acc.numel()), kThreads, 0, stream>>>(
+            static_cast<const T*>(grad.raw_data()), static_cast<T*>(acc.raw_data()), s, p, PlaneCoords<I>(s.h, s.w));
+        BCOS_CUDA_CHECK_LAUNCH();
+      });
+    with_index(grad_x.numel(), [&]<class I>() {
+      patch_grad_kernel<T, I><<<blocks_for(grad_x.numel()), kThreads, 0, stream>>>(
+          static_cast<const T*>(x.raw_data()), static_cast<const T*>(acc.raw_data()), static_cast<T*>(grad_x.raw_data()),
+          I(grad_x.numel()), Divisor<I>(s.h * s.w), Divisor<I>(s.cg));
       BCOS_CUDA_CHECK_LAUNCH();
-    }
-    patch_grad_kernel<<<blocks_for(grad_x.numel()), kThreads, 0, stream>>>(
-        static_cast<const T*>(x.raw_data()), static_cast<const T*>(acc.raw_data()), static_cast<T*>(grad_x.raw_data()),
-        s);
-    BCOS_CUDA_CHECK_LAUNCH();
+    });
   });
 }
 
@@ -278,15 +416,17 @@ void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleP
   if (out.numel() == 0) return;
   const int device = out.device().index;
   DeviceGuard guard(device);
-  cudaStream_t stream = stream_of(device);
   dispatch_float(lin.dtype(), "cuda bcos_scale", [&]<class T>() {
-    scale_forward_kernel<<<blocks_for(out.numel()), kThreads, 0, stream>>>(
-        static_cast<const T*>(lin.raw_data()), sumsq.defined() ? static_cast<const T*>(sumsq.raw_data()) : nullptr, p,
-        post_scale.defined() ? static_cast<const T*>(post_scale.raw_data()) : nullptr,
-        post_shift.defined() ? static_cast<const T*>(post_shift.raw_data()) : nullptr, d,
-        static_cast<T*>(out.raw_data()), d.m > 1 ? static_cast<T*>(value.raw_data()) : nullptr,
-        d.m > 1 ? static_cast<uint8_t*>(argmax.raw_data()) : nullptr);
-    BCOS_CUDA_CHECK_LAUNCH();
+    ScaleArgs<T> a{};
+    a.d = d, a.p = p;
+    a.sumsq = sumsq.defined() ? static_cast<const T*>(sumsq.raw_data()) : nullptr;
+    a.post_scale = post_scale.defined() ? static_cast<const T*>(post_scale.raw_data()) : nullptr;
+    a.post_shift = post_shift.defined() ? static_cast<const T*>(post_shift.raw_data()) : nullptr;
+    a.lin = static_cast<const T*>(lin.raw_data());
+    a.out = static_cast<T*>(out.raw_data());
+    a.value = d.m > 1 ? static_cast<T*>(value.raw_data()) : nullptr;
+    a.argmax = d.m > 1 ? static_cast<uint8_t*>(argmax.raw_data()) : nullptr;
+    launch_scale<T, false>(a, device, stream_of(device));
   });
 }
 
@@ -299,20 +439,22 @@ void bcos_scale_backward(const Tensor& grad_in, const Tensor& value, const Tenso
   const int device = grad.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
-  if (d.m > 1) zero(grad_lin, stream);  // only the winners receive a gradient
   const bool want_q = grad_sumsq.defined() && !explain && sumsq.defined();
-  if (grad_sumsq.defined()) zero(grad_sumsq, stream);
+  if (grad_sumsq.defined() && (!want_q || d.per_group == 0)) zero(grad_sumsq, stream);  // no terms to add
   if (grad.numel() == 0) return;
-  const bool ordered = want_q && deterministic_algorithms();
   dispatch_float(grad.dtype(), "cuda bcos_scale_backward", [&]<class T>() {
-    scale_backward_kernel<<<blocks_for(ordered ? grad.numel() / d.per_group : grad.numel()), kThreads, 0, stream>>>(
-        static_cast<const T*>(grad.raw_data()), static_cast<const T*>(value.raw_data()),
-        sumsq.defined() ? static_cast<const T*>(sumsq.raw_data()) : nullptr,
-        d.m > 1 ? static_cast<const uint8_t*>(argmax.raw_data()) : nullptr, p,
-        post_scale.defined() ? static_cast<const T*>(post_scale.raw_data()) : nullptr,
-        post_shift.defined() ? static_cast<const T*>(post_shift.raw_data()) : nullptr, explain, d,
-        static_cast<T*>(grad_lin.raw_data()), want_q ? static_cast<T*>(grad_sumsq.raw_data()) : nullptr, ordered);
-    BCOS_CUDA_CHECK_LAUNCH();
+    ScaleArgs<T> a{};
+    a.d = d, a.p = p;
+    a.sumsq = sumsq.defined() ? static_cast<const T*>(sumsq.raw_data()) : nullptr;
+    a.post_scale = post_scale.defined() ? static_cast<const T*>(post_scale.raw_data()) : nullptr;
+    a.post_shift = post_shift.defined() ? static_cast<const T*>(post_shift.raw_data()) : nullptr;
+    a.value = static_cast<T*>(value.raw_data());  // read only here
+    a.argmax = d.m > 1 ? static_cast<uint8_t*>(argmax.raw_data()) : nullptr;
+    a.grad = static_cast<const T*>(grad.raw_data());
+    a.explain = explain;
+    a.grad_lin = static_cast<T*>(grad_lin.raw_data());
+    a.grad_sumsq = want_q ? static_cast<T*>(grad_sumsq.raw_data()) : nullptr;
+    launch_scale<T, true>(a, device, stream);
   });
 }
 

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cstdint>
 #include <type_traits>
 
@@ -88,6 +89,71 @@ BCOS_UNROLL
 }
 #endif
 
+// ---- dividing by a launch's sizes -------------------------------------------------------------
+// Kernels that walk a tensor by flat index split it into (channel, position, ...) by dividing by
+// sizes fixed for the launch. A GPU has no integer divider: a 32-bit division is a routine of
+// ~20 instructions, a 64-bit one several times longer, and a few per element make a memory-bound
+// kernel compute-bound. Divisor<uint32_t> instead precomputes, on the host, m and s such that
+// n / d = (umulhi(n, m) + n) >> s for every n < 2^31 (Granlund and Montgomery's round-up method:
+// s = ceil(log2 d), m = floor(2^32 (2^s − d) / d) + 1, which fits 32 bits since 2^s − d < d);
+// (umulhi(n, m) ≤ n keeps the sum below 2^32.) Divisor<int64_t> divides plainly, for tensors of
+// 2^31 elements and more. with_index picks the index type: launches pass Divisor<I> by value.
+template <class I>
+struct Divisor;
+
+template <>
+struct Divisor<uint32_t> {
+  uint32_t d = 1, m = 1, s = 0;
+  Divisor() = default;
+  explicit Divisor(int64_t divisor) : d(uint32_t(divisor)) {
+    if (divisor < 1 || divisor > int64_t(INT32_MAX)) fail("cuda Divisor<uint32_t>: divisor ", divisor, " out of range");
+    s = uint32_t(std::bit_width(d - 1));  // the smallest s with 2^s >= d
+    m = uint32_t(((uint64_t(1) << 32) * ((uint64_t(1) << s) - d)) / d + 1);
+  }
+  __host__ __device__ __forceinline__ uint32_t div(uint32_t n) const {
+#if defined(__CUDA_ARCH__)
+    const uint32_t high = __umulhi(n, m);
+#else
+    const uint32_t high = uint32_t((uint64_t(n) * m) >> 32);
+#endif
+    return (high + n) >> s;
+  }
+  __host__ __device__ __forceinline__ uint32_t mod(uint32_t n) const { return n - div(n) * d; }
+};
+
+template <>
+struct Divisor<int64_t> {
+  int64_t d = 1;
+  Divisor() = default;
+  explicit Divisor(int64_t divisor) : d(divisor) {
+    if (divisor < 1) fail("cuda Divisor<int64_t>: divisor ", divisor, " out of range");
+  }
+  __host__ __device__ __forceinline__ int64_t div(int64_t n) const { return n / d; }
+  __host__ __device__ __forceinline__ int64_t mod(int64_t n) const { return n % d; }
+};
+
+// (plane, row, column) of flat index i over planes of rows x cols: two multiply-and-shifts.
+template <class I>
+struct PlaneCoords {
+  Divisor<I> cols, rows;
+  PlaneCoords(int64_t rows_, int64_t cols_) : cols(cols_), rows(rows_) {}
+  struct At {
+    I plane, row, col;
+  };
+  __host__ __device__ __forceinline__ At operator()(I i) const {
+    const I r = cols.div(i), plane = rows.div(r);
+    return {plane, I(r - plane * rows.d), I(i - r * cols.d)};
+  }
+};
+
+// Calls fn.template operator()<I>() with I = uint32_t where numel < 2^31 (so that an index plus a
+// grid's stride cannot wrap, and Divisor<uint32_t> holds), int64_t otherwise.
+template <class F>
+void with_index(int64_t numel, F&& fn) {
+  if (numel <= int64_t(INT32_MAX)) fn.template operator()<uint32_t>();
+  else fn.template operator()<int64_t>();
+}
+
 // ---- strided geometry -------------------------------------------------------------------------
 // The shape shared by N operands and each operand's strides (in elements), passed to kernels by
 // value. Built with size-1 dims dropped and adjacent dims merged wherever every operand allows
@@ -99,22 +165,23 @@ struct Geometry {
   int64_t numel = 0;
   int64_t sizes[kMaxDims] = {};
   int64_t strides[N][kMaxDims] = {};
+  Divisor<uint32_t> dividers[kMaxDims];  // by sizes[d], for numel in [1, 2^31)
 
 #if defined(__CUDACC__) || defined(BCOS_CUDA_EMULATION)
   // Element offsets of each operand for the row-major linear index `linear`. The loop runs over
-  // a compile-time bound so the arrays stay in registers / parameter space. Below 2^32 elements
-  // the index splits in 32-bit arithmetic: a 64-bit division is a long software routine on a
-  // GPU, a 32-bit one several times shorter, and there is one per dim and element.
+  // a compile-time bound so the arrays stay in registers / parameter space. Below 2^31 elements
+  // the index splits by multiply-and-shift (Divisor): a 64-bit division is a long software
+  // routine on a GPU, a 32-bit one ~20 instructions, and there is one per dim and element.
   __device__ __forceinline__ void offsets(int64_t linear, int64_t (&off)[N]) const {
 BCOS_UNROLL
     for (int k = 0; k < N; ++k) off[k] = 0;
-    if (numel <= int64_t(UINT32_MAX)) {
+    if (numel <= int64_t(INT32_MAX)) {
       uint32_t rest = uint32_t(linear);
 BCOS_UNROLL
       for (int d = kMaxDims - 1; d >= 0; --d) {
         if (d < ndim) {
-          const uint32_t size = uint32_t(sizes[d]), i = rest % size;
-          rest /= size;
+          const uint32_t quotient = dividers[d].div(rest), i = rest - quotient * dividers[d].d;
+          rest = quotient;
 BCOS_UNROLL
           for (int k = 0; k < N; ++k) off[k] += int64_t(i) * strides[k][d];
         }
@@ -159,6 +226,8 @@ Geometry<N> make_geometry(const Shape& shape, const std::array<const Strides*, N
       g.ndim++;
     }
   }
+  if (g.numel > 0 && g.numel <= int64_t(INT32_MAX))
+    for (int d = 0; d < g.ndim; ++d) g.dividers[d] = Divisor<uint32_t>(g.sizes[d]);
   g.contiguous = true;
   if (g.ndim > 1) g.contiguous = false;
   for (int k = 0; k < N && g.ndim == 1; ++k)

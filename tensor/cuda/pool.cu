@@ -1,7 +1,9 @@
 // Pooling on the GPU, as tensor/cpu/pool.cpp (window arithmetic shared in tensor/pool_math.h):
 // max (PyTorch's flat per-plane indices h * W + w; NaN wins), average (padding counted or not,
-// divisor override), adaptive average. One thread per output element; the backwards scatter
-// into the zeroed input gradient with atomicAdd (windows may overlap) -- under
+// divisor override), adaptive average. The forwards take a thread per output element (its
+// coordinates by multiply-and-shift, internal.h: PlaneCoords). Average pooling's backward takes a
+// thread per input pixel, gathering the windows that hold it; the max and adaptive backwards
+// scatter into the zeroed input gradient with atomicAdd (windows may overlap) -- under
 // deterministic_algorithms() one thread per plane walks that plane's outputs in order, so every
 // input's terms are added in the same order each run. x, outputs contiguous [N, C, H, W].
 #include <cmath>
@@ -14,9 +16,6 @@
 namespace bcos::cuda {
 
 namespace {
-
-#define BCOS_GRID_LOOP(i, n) \
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
 
 // Every output element o of planes s: spread over the grid, or (per_plane) one thread per plane
 // walking its outputs in order.
@@ -31,10 +30,12 @@ unsigned scatter_blocks(const Planes& s, bool per_plane) {
   return blocks_for(per_plane ? s.planes : s.planes * s.ho * s.wo);
 }
 
-template <class T>
-__global__ void max_pool_kernel(const T* x, T* out, int64_t* indices, Planes s, Pool2dParams p) {
-  BCOS_GRID_LOOP(o, s.planes * s.ho * s.wo) {
-    const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, pl = o / (s.wo * s.ho);
+template <class T, class I>
+__global__ void max_pool_kernel(const T* x, T* out, int64_t* indices, Planes s, Pool2dParams p, PlaneCoords<I> coords) {
+  const I count = I(s.planes * s.ho * s.wo);
+  for (I o = I(blockIdx.x) * blockDim.x + threadIdx.x; o < count; o += I(gridDim.x) * blockDim.x) {
+    const auto at = coords(o);
+    const int64_t oh = at.row, ow = at.col, pl = at.plane;
     const T* plane = x + pl * s.h * s.w;
     const pool::Taps t = pool::window_taps(oh, ow, s.h, s.w, p);
     const int64_t h0 = t.h0, w0 = t.w0, ki_lo = t.ki_lo, ki_hi = t.ki_hi, kj_lo = t.kj_lo, kj_hi = t.kj_hi;
@@ -64,10 +65,12 @@ __global__ void max_pool_backward_kernel(const T* g, const int64_t* indices, T* 
   }
 }
 
-template <class T>
-__global__ void avg_pool_kernel(const T* x, T* out, Planes s, Pool2dParams p) {
-  BCOS_GRID_LOOP(o, s.planes * s.ho * s.wo) {
-    const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, pl = o / (s.wo * s.ho);
+template <class T, class I>
+__global__ void avg_pool_kernel(const T* x, T* out, Planes s, Pool2dParams p, PlaneCoords<I> coords) {
+  const I count = I(s.planes * s.ho * s.wo);
+  for (I o = I(blockIdx.x) * blockDim.x + threadIdx.x; o < count; o += I(gridDim.x) * blockDim.x) {
+    const auto at = coords(o);
+    const int64_t oh = at.row, ow = at.col, pl = at.plane;
     const T* plane = x + pl * s.h * s.w;
     const pool::AvgWindow win = pool::avg_window(oh, ow, s.h, s.w, p);
     T sum = 0;
@@ -77,22 +80,37 @@ __global__ void avg_pool_kernel(const T* x, T* out, Planes s, Pool2dParams p) {
   }
 }
 
-template <class T>
-__global__ void avg_pool_backward_kernel(const T* g, T* gx, Planes s, Pool2dParams p, bool per_plane) {
-  BCOS_SCATTER_LOOP(o, s, per_plane) {
-    const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, pl = o / (s.wo * s.ho);
-    T* plane = gx + pl * s.h * s.w;
-    const pool::AvgWindow win = pool::avg_window(oh, ow, s.h, s.w, p);
-    const T share = g[o] / T(win.divisor);
-    for (int64_t ih = win.h0; ih < win.h1; ++ih)
-      for (int64_t iw = win.w0; iw < win.w1; ++iw) atomicAdd(plane + ih * s.w + iw, share);
+// grad_x[pl, ih, iw] = Σ g[o] / divisor(o) over the windows o that hold the pixel, in output
+// order (as the CPU adds them): a gather, a thread per input pixel -- no atomics, the same sum on
+// every run. Without dilation a window [oh·s − pad, oh·s − pad + k) holds ih for oh in
+// [ceil((ih + pad − k + 1) / s), floor((ih + pad) / s)] (its clipping to the plane never drops a
+// pixel of the plane).
+template <class T, class I>
+__global__ void avg_pool_backward_kernel(const T* g, T* gx, Planes s, Pool2dParams p, PlaneCoords<I> coords) {
+  const I count = I(s.planes * s.h * s.w);
+  for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += I(gridDim.x) * blockDim.x) {
+    const auto at = coords(i);
+    const int64_t ih = at.row, iw = at.col;
+    const T* plane = g + int64_t(at.plane) * s.ho * s.wo;
+    const int64_t top = ih + p.padding[0] - p.kernel[0] + 1, left = iw + p.padding[1] - p.kernel[1] + 1;
+    const int64_t oh0 = top <= 0 ? 0 : (top + p.stride[0] - 1) / p.stride[0];
+    const int64_t ow0 = left <= 0 ? 0 : (left + p.stride[1] - 1) / p.stride[1];
+    const int64_t oh1 = min((ih + p.padding[0]) / p.stride[0] + 1, s.ho);
+    const int64_t ow1 = min((iw + p.padding[1]) / p.stride[1] + 1, s.wo);
+    T sum = 0;
+    for (int64_t oh = oh0; oh < oh1; ++oh)
+      for (int64_t ow = ow0; ow < ow1; ++ow)
+        sum += plane[oh * s.wo + ow] / T(pool::avg_window(oh, ow, s.h, s.w, p).divisor);
+    gx[i] = sum;
   }
 }
 
-template <class T>
-__global__ void adaptive_avg_pool_kernel(const T* x, T* out, Planes s) {
-  BCOS_GRID_LOOP(o, s.planes * s.ho * s.wo) {
-    const int64_t ow = o % s.wo, oh = (o / s.wo) % s.ho, pl = o / (s.wo * s.ho);
+template <class T, class I>
+__global__ void adaptive_avg_pool_kernel(const T* x, T* out, Planes s, PlaneCoords<I> coords) {
+  const I count = I(s.planes * s.ho * s.wo);
+  for (I o = I(blockIdx.x) * blockDim.x + threadIdx.x; o < count; o += I(gridDim.x) * blockDim.x) {
+    const auto at = coords(o);
+    const int64_t oh = at.row, ow = at.col, pl = at.plane;
     const T* plane = x + pl * s.h * s.w;
     const int64_t h0 = pool::bin_start(oh, s.h, s.ho), h1 = pool::bin_end(oh, s.h, s.ho);
     const int64_t w0 = pool::bin_start(ow, s.w, s.wo), w1 = pool::bin_end(ow, s.w, s.wo);
@@ -116,7 +134,6 @@ __global__ void adaptive_avg_pool_backward_kernel(const T* g, T* gx, Planes s, b
   }
 }
 
-#undef BCOS_GRID_LOOP
 #undef BCOS_SCATTER_LOOP
 
 // Runs `launch` for T in {float, double} on x's device and stream, zeroing `zero` first.
@@ -140,9 +157,11 @@ void max_pool2d_forward(const Tensor& x_in, const Tensor& out, const Tensor& ind
   const Planes s = planes_of(x, out);
   if (out.numel() == 0) return;
   launch_float(x, "cuda max_pool2d", Tensor(), [&]<class T>(cudaStream_t stream) {
-    max_pool_kernel<<<blocks_for(out.numel()), kThreads, 0, stream>>>(
-        static_cast<const T*>(x.raw_data()), static_cast<T*>(out.raw_data()),
-        static_cast<int64_t*>(indices.raw_data()), s, p);
+    with_index(out.numel(), [&]<class I>() {
+      max_pool_kernel<T, I><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
+          static_cast<const T*>(x.raw_data()), static_cast<T*>(out.raw_data()),
+          static_cast<int64_t*>(indices.raw_data()), s, p, PlaneCoords<I>(s.ho, s.wo));
+    });
   });
 }
 
@@ -164,19 +183,25 @@ void avg_pool2d_forward(const Tensor& x_in, const Tensor& out, const Pool2dParam
   const Planes s = planes_of(x, out);
   if (out.numel() == 0) return;
   launch_float(x, "cuda avg_pool2d", Tensor(), [&]<class T>(cudaStream_t stream) {
-    avg_pool_kernel<<<blocks_for(out.numel()), kThreads, 0, stream>>>(static_cast<const T*>(x.raw_data()),
-                                                                        static_cast<T*>(out.raw_data()), s, p);
+    with_index(out.numel(), [&]<class I>() {
+      avg_pool_kernel<T, I><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
+          static_cast<const T*>(x.raw_data()), static_cast<T*>(out.raw_data()), s, p, PlaneCoords<I>(s.ho, s.wo));
+    });
   });
 }
 
 void avg_pool2d_backward(const Tensor& grad_out_in, const Tensor& grad_x, const Pool2dParams& p) {
   const Tensor g = raw_contiguous(grad_out_in);
   const Planes s = planes_of(grad_x, g);
-  launch_float(g, "cuda avg_pool2d_backward", grad_x, [&]<class T>(cudaStream_t stream) {
-    if (g.numel() == 0) return;
-    const bool ordered = deterministic_algorithms();
-    avg_pool_backward_kernel<<<scatter_blocks(s, ordered), kThreads, 0, stream>>>(
-        static_cast<const T*>(g.raw_data()), static_cast<T*>(grad_x.raw_data()), s, p, ordered);
+  if (g.numel() == 0 || grad_x.numel() == 0) {  // no window: zero gradients
+    launch_float(g, "cuda avg_pool2d_backward", grad_x, [&]<class T>(cudaStream_t) {});
+    return;
+  }
+  launch_float(g, "cuda avg_pool2d_backward", Tensor(), [&]<class T>(cudaStream_t stream) {
+    with_index(grad_x.numel(), [&]<class I>() {
+      avg_pool_backward_kernel<T, I><<<blocks_for(grad_x.numel()), kThreads, 0, stream>>>(
+          static_cast<const T*>(g.raw_data()), static_cast<T*>(grad_x.raw_data()), s, p, PlaneCoords<I>(s.h, s.w));
+    });
   });
 }
 
@@ -185,8 +210,10 @@ void adaptive_avg_pool2d_forward(const Tensor& x_in, const Tensor& out) {
   const Planes s = planes_of(x, out);
   if (out.numel() == 0) return;
   launch_float(x, "cuda adaptive_avg_pool2d", Tensor(), [&]<class T>(cudaStream_t stream) {
-    adaptive_avg_pool_kernel<<<blocks_for(out.numel()), kThreads, 0, stream>>>(
-        static_cast<const T*>(x.raw_data()), static_cast<T*>(out.raw_data()), s);
+    with_index(out.numel(), [&]<class I>() {
+      adaptive_avg_pool_kernel<T, I><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
+          static_cast<const T*>(x.raw_data()), static_cast<T*>(out.raw_data()), s, PlaneCoords<I>(s.ho, s.wo));
+    });
   });
 }
 

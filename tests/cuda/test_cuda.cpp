@@ -114,6 +114,46 @@ const std::vector<DType> kAllDTypes = {DType::f32, DType::f64, DType::f16, DType
 
 }  // namespace
 
+// ---- index arithmetic (no GPU needed) ------------------------------------------------------------
+
+TEST_CASE("cuda: Divisor<uint32_t>'s multiply-and-shift quotient is n / d for every n < 2^31") {
+  // The kernels split flat indices with it (internal.h); a wrong quotient would misplace elements.
+  // Every divisor up to 5,000 and ones near powers of two and the top of the range, each against
+  // n at and around its multiples, random n, and the largest n allowed.
+  std::mt19937_64 rng(7);
+  std::vector<int64_t> divisors;
+  for (int64_t d = 1; d <= 5000; ++d) divisors.push_back(d);
+  for (int k = 12; k <= 31; ++k)
+    for (int64_t delta : {-3, -1, 0, 1, 3}) {
+      const int64_t d = (int64_t(1) << k) + delta;
+      if (d >= 1 && d <= int64_t(INT32_MAX)) divisors.push_back(d);
+    }
+  for (int i = 0; i < 200; ++i) divisors.push_back(1 + int64_t(rng() % uint64_t(INT32_MAX)));
+  const uint32_t top = uint32_t(INT32_MAX);
+  int64_t wrong = 0, checked = 0;
+  for (int64_t d64 : divisors) {
+    const cuda::Divisor<uint32_t> div(d64);
+    const uint32_t d = uint32_t(d64);
+    std::vector<uint32_t> ns = {0, 1, d - 1, d, top, top - 1, top - top % d, top - top % d - 1};
+    for (uint32_t k : {1u, 2u, 3u, 1000u, top / d, top / d - 1})
+      if (k > 0 && uint64_t(k) * d <= top) ns.push_back(k * d), ns.push_back(k * d - 1);
+    for (int i = 0; i < 64; ++i) ns.push_back(uint32_t(rng() % (uint64_t(top) + 1)));
+    for (uint32_t n : ns) {
+      if (n > top) continue;
+      ++checked;
+      if (div.div(n) != n / d || div.mod(n) != n % d) {
+        if (++wrong <= 5) MESSAGE(n << " / " << d << ": got " << div.div(n) << " rem " << div.mod(n));
+      }
+    }
+  }
+  CHECK(wrong == 0);
+  CHECK(checked > 300000);
+  const cuda::Divisor<int64_t> wide(int64_t(3) << 33);
+  CHECK(wide.div((int64_t(7) << 35) + 5) == ((int64_t(7) << 35) + 5) / (int64_t(3) << 33));
+  CHECK_THROWS_WITH_AS(cuda::Divisor<uint32_t>(0), doctest::Contains("out of range"), Error);
+  CHECK_THROWS_WITH_AS(cuda::Divisor<uint32_t>(int64_t(1) << 31), doctest::Contains("out of range"), Error);
+}
+
 // ---- devices, streams, memory ----------------------------------------------------------------
 
 TEST_CASE("cuda: device info and library versions") {

@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <utility>
 
 #include "autograd/ops.h"
@@ -520,6 +521,72 @@ TEST_CASE("cuda ops: B-cos patch norms (channels, then window) match the CPU ove
       const double u = dt == kFloat64 ? 0x1p-53 : 0x1p-24;
       CHECK(golden::relative_error(gpu.to(Device()), cpu) <= 2.0 * double(std::max<int64_t>(n - 1, 1)) * u);
     }
+}
+
+TEST_CASE("cuda ops: the B-cos scale and the patch norms' backward over each launch's shapes, the same bits every run") {
+  if (!have_gpu()) return;
+  // The scale walks each (sample, group, position)'s channels: 'wide' blocks of 32 positions for
+  // S >= 16 (in chunks of channels, their norm gradients added in chunk order, when few planes
+  // would leave the GPU idle), a warp per unit for S < 16 (linear layers: S = 1). The patch
+  // norms' backward gathers each pixel's windows. No atomics: two runs (on the emulator, in
+  // different drawn block and thread orders) must agree bit for bit.
+  manual_seed(29);
+  struct Case {
+    const char* what;
+    Shape x, w;  // w: the conv's weight [O·M, C / G, k, k]
+    int64_t stride, padding, dilation, groups, max_out;
+    double b;
+    bool epilogue;
+  };
+  const std::vector<Case> cases = {
+      {"wide, channel chunks", {1, 8, 6, 6}, {512, 8, 1, 1}, 1, 0, 1, 1, 1, 2.0, false},
+      {"wide, chunks, max-out, b = 2.5", {1, 8, 5, 7}, {256, 8, 3, 3}, 1, 1, 1, 1, 2, 2.5, false},
+      {"wide, groups, epilogue", {2, 6, 8, 5}, {12, 2, 3, 3}, 1, 1, 1, 3, 1, 2.0, true},
+      {"narrow S = 9, stride 2, groups", {2, 6, 6, 5}, {40, 3, 3, 3}, 2, 1, 1, 2, 1, 2.0, false},
+      {"narrow S = 1, max-out, epilogue", {3, 6, 3, 3}, {70, 6, 3, 3}, 1, 0, 1, 1, 2, 2.0, true},
+      {"1 x 1, stride 2 (pixels in no window)", {2, 8, 7, 5}, {33, 8, 1, 1}, 2, 0, 1, 1, 1, 2.0, false},
+      {"dilated, padded", {1, 4, 9, 8}, {20, 4, 3, 3}, 1, 2, 2, 1, 1, 2.5, false},
+  };
+  for (DType dt : {kFloat32, kFloat64})
+    for (bool explain : {false, true})
+      for (const Case& c : cases) {
+        CAPTURE(dt);
+        CAPTURE(explain);
+        const std::string what = c.what;
+        CAPTURE(what);
+        const Tensor x = randn(c.x, dt);
+        const int64_t outputs = c.w[0] / c.max_out;
+        BcosEpilogue post;
+        if (c.epilogue) post.scale = rand({outputs}, dt) + 0.5, post.shift = randn({outputs}, dt) * 0.1, post.relu = true;
+        // The two passes themselves, the linear part a leaf (no cuDNN, whose algorithms the
+        // emulator draws nondeterministic ones of): the conv's sums and a linear layer's rows
+        // (x's rows of its last dim).
+        const int64_t rows = x.numel() / c.x[3];
+        const Tensor probe = bcos_patch_sumsq(x, c.w[2], c.stride, c.padding, c.dilation, c.groups);
+        const Tensor lin = randn({c.x[0], c.w[0], probe.size(2), probe.size(3)}, dt), lin_rows = randn({rows, c.w[0], 1}, dt);
+        auto run = [&](Device dev) {
+          std::optional<ExplanationModeGuard> guard;
+          if (explain) guard.emplace();
+          BcosEpilogue p = post;
+          if (c.epilogue) p.scale = post.scale.to(dev), p.shift = post.shift.to(dev);
+          Tensor xd = x.to(dev).requires_grad_(), ld = lin.to(dev).requires_grad_(), lr = lin_rows.to(dev).requires_grad_();
+          Tensor y = bcos_scale(ld, bcos_patch_sumsq(xd, c.w[2], c.stride, c.padding, c.dilation, c.groups), c.b, c.max_out,
+                                1e-6, 0, p);
+          Tensor q = bcos_patch_sumsq(xd.reshape({rows, c.x[3], 1, 1}), 1).reshape({rows, 1, 1});
+          Tensor z = bcos_scale(lr, q, c.b, c.max_out, 0, 1e-12);
+          (sum(y * y * y) + sum(z * z)).backward();
+          CHECK(xd.grad().defined() == !explain);  // explaining, the norms are constants
+          return std::vector<Tensor>{y.to(Device()), z.to(Device()), explain ? zeros({1}) : xd.grad().to(Device()),
+                                     ld.grad().to(Device()), lr.grad().to(Device())};
+        };
+        const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0)), again = run(Device::cuda(0));
+        for (size_t i = 0; i < cpu.size(); ++i) {
+          CAPTURE(i);
+          CHECK(gpu[i].shape() == cpu[i].shape());
+          CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-10 : 1e-4));  // f32: summation order
+          CHECK(golden::equal(again[i], gpu[i]));
+        }
+      }
 }
 
 TEST_CASE("cuda ops: topk (largest and smallest, ties, NaN) matches the CPU") {
