@@ -5,7 +5,8 @@
 //   images_per_s <float> peak_rss_mb <float>        (peak_gpu_mb <float> on a GPU)
 //   bench_models --arch resnet50 --batch 8 --mode infer|train [--seconds 3] [--device cuda] [--profile N]
 // --profile N: after the measurement, N more steps with every kernel timed (tensor/profile.h),
-// printed as a table after the line above.
+// printed as a table after the line above. --cudnn-benchmark 1: cuDNN's algorithms timed per
+// convolution shape (tensor/device.h; the warm-up steps pay for it), as torch.backends.cudnn.benchmark.
 // bcos_<arch> (bcos_resnet50, ...): the B-cosified model (models/bcosify.h, b = 2, biases
 // removed) on AddInverse(x), trained with the B-cos BCE loss (one-hot targets clamped to 1 / C).
 // CLIP: --arch clip_rn50 / clip_vit_b_32 time the image tower of OpenAI's RN50 / ViT-B/32
@@ -52,6 +53,7 @@ int main(int argc, char** argv) {
       else if (a == "--bf16") set_cpu_bf16(v == "1");
       else if (a == "--fused-attention") fused_attention = v == "1";
       else if (a == "--profile") profile_steps = std::stoll(v);
+      else if (a == "--cudnn-benchmark") set_cudnn_benchmark(v == "1");
       else if (a == "--autocast") autocast = v == "bf16" ? DType::bf16 : v == "f16" ? DType::f16 : DType::f32;
       else fail("bench_models: unknown argument ", a);
     }

@@ -112,11 +112,14 @@ size_t peak_memory_bytes(Device d) {
 namespace {
 std::atomic<bool> g_allow_tf32{true};
 std::atomic<bool> g_deterministic{false};
+std::atomic<bool> g_cudnn_benchmark{false};
 }  // namespace
 void set_allow_tf32(bool allow) { g_allow_tf32.store(allow, std::memory_order_relaxed); }
 bool allow_tf32() { return g_allow_tf32.load(std::memory_order_relaxed); }
 void set_deterministic_algorithms(bool on) { g_deterministic.store(on, std::memory_order_relaxed); }
 bool deterministic_algorithms() { return g_deterministic.load(std::memory_order_relaxed); }
+void set_cudnn_benchmark(bool on) { g_cudnn_benchmark.store(on, std::memory_order_relaxed); }
+bool cudnn_benchmark() { return g_cudnn_benchmark.load(std::memory_order_relaxed); }
 
 // ---- Tensor -----------------------------------------------------------------------------
 

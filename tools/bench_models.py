@@ -15,6 +15,7 @@ CLIP's RN50 tower (tools/bcos_clip_reference.py), whose training step is the dis
 loss, adaptive gradient clipping, Adam lr 1e-4).
   bench/models [--threads N] [--seconds S] [--repeat R] [--only resnet18,resnet50,resnet20,vit_b_16,clip_rn50,clip_vit_b_32,clip_text,bcos_vit_b_16,bcos_clip_rn50]
 --autocast bf16 (or f16): both sides in mixed precision, torch.autocast beside AutocastGuard.
+--cudnn-benchmark: both sides time cuDNN's algorithms per convolution shape (torch.backends.cudnn.benchmark).
 On a GPU (--device cuda): ResNet-50 and its B-cosified form, ViT-B/16, CLIP's RN50 image tower
 and text tower, the B-cos ViT-B/16 and B-cos CLIP RN50 at batch 64, inference and training step, both frameworks synchronising after
 every step; memory is the peak of tensor memory
@@ -144,11 +145,13 @@ def bcos_torchvision_vit(net, num_classes):
     return BcosViT()
 
 
-def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="none", profile=0):
+def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="none", profile=0, cudnn_benchmark=False):
     """Runs in a child process: one configuration, prints the result line."""
     import torch
     import torch.nn.functional as F
     import torchvision
+
+    torch.backends.cudnn.benchmark = cudnn_benchmark
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -329,11 +332,15 @@ def main():
     ap.add_argument("--profile", type=int, default=0,
                     help="then N more steps per row profiled on both sides (torch.profiler, bench_models --profile), "
                          "printed after the row")
+    ap.add_argument("--cudnn-benchmark", action="store_true",
+                    help="cuDNN's algorithms timed per convolution shape on both sides (torch.backends.cudnn.benchmark, "
+                         "bench_models --cudnn-benchmark 1)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         arch, batch, size, mode = a.child
-        torch_child(arch, int(batch), int(size), mode, a.seconds, a.threads, a.device, a.autocast, a.profile)
+        torch_child(arch, int(batch), int(size), mode, a.seconds, a.threads, a.device, a.autocast, a.profile,
+                    a.cudnn_benchmark)
         return
     from bench_bcos import alternate
 
@@ -341,7 +348,7 @@ def main():
     only = set(filter(None, a.only.split(",")))
     import torch
     where = f"{a.threads} threads" if a.device == "cpu" else torch.cuda.get_device_name(0)
-    amp = "" if a.autocast == "none" else f", autocast {a.autocast}"
+    amp = ("" if a.autocast == "none" else f", autocast {a.autocast}") + (", cudnn benchmark" if a.cudnn_benchmark else "")
     print(f"torch {torch.__version__}, {where}{amp}, ~{a.seconds:.0f} s per measurement, each in its own process")
     mem = "MB" if a.device == "cpu" else "GPU MB"
     print(f"{'model':14s} {'batch':>5s} {'mode':6s} {'torch img/s':>12s} {'bcos img/s':>11s} {'ratio':>6s}"
@@ -352,9 +359,10 @@ def main():
         for mode in MODES.get(arch, ("infer", "train")):
             torch_cmd = [a.python, __file__, "--threads", str(a.threads), "--seconds", str(a.seconds),
                          "--device", a.device, "--autocast", a.autocast, "--profile", str(a.profile),
-                         "--child", arch, str(batch), str(size), mode]
+                         "--child", arch, str(batch), str(size), mode] + (["--cudnn-benchmark"] if a.cudnn_benchmark else [])
             bcos_cmd = [a.binary, "--arch", arch, "--batch", str(batch), "--mode", mode, "--seconds", str(a.seconds),
-                        "--device", a.device, "--autocast", a.autocast] + (["--profile", str(a.profile)] if a.profile else [])
+                        "--device", a.device, "--autocast", a.autocast] + (["--profile", str(a.profile)] if a.profile else []) + \
+                       (["--cudnn-benchmark", "1"] if a.cudnn_benchmark else [])
             row = f"{arch} {mode}"
             (t_speed, t_mem), (b_speed, b_mem), spread = alternate(lambda: measure(torch_cmd, env, "torch " + row),
                                                                    lambda: measure(bcos_cmd, env, "bcos " + row),

@@ -79,6 +79,8 @@ void event_synchronize(int device, EventHandle event);
 // the call; float64 and vectors never ask it). Tests and gpu_check read them.
 int64_t linear_bias_epilogues();
 int64_t linear_bias_fallbacks();
+// How many convolution shapes (per direction) cudnn_benchmark() has timed (cuda/conv.cu).
+int64_t conv_algorithms_benchmarked();
 
 // ---- kernels: the list every backend implements (tensor/kernels.inc) --------------------------
 // Defined in cuda/copy.cu, elementwise.cu, reduce.cu, matmul.cu, softmax.cu, indexing.cu,

@@ -3,7 +3,7 @@
 // (cudnnGet*Algorithm_v7, fastest first -- deterministic ones only under
 // deterministic_algorithms()), run with the math type cuDNN rated it with; the first that runs
 // is cached per shape, and one whose workspace does not fit or that cuDNN refuses gives way to
-// the next. The workspace comes from the caching allocator. f32 convolutions may use TF32
+// the next (with cudnn_benchmark() on: every one that runs is timed, and the fastest cached). The workspace comes from the caching allocator. f32 convolutions may use TF32
 // tensor cores when allow_tf32() is on (as matmul, and as PyTorch's cuDNN default); f64 never. Under autocast the operands are copied to
 // bf16 (or f16), cuDNN convolves those summing in float32 (its "pseudo" bf16 / half
 // configuration) into a bf16 result, which is widened into the float32 output. cuDNN 9 marks this descriptor API
@@ -11,7 +11,9 @@
 #include <cudnn.h>
 
 #include <climits>
+#include <atomic>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -189,22 +191,41 @@ bool gives_way(cudnnStatus_t status) {
          status == CUDNN_STATUS_INTERNAL_ERROR_TEXTURE_CREATION_FAILED;
 }
 
-// The choice that ran, per (device, shape, direction).
+// The choice that ran, per (device, shape, direction), and whether it was timed (cudnn_benchmark:
+// a shape first seen without it is timed again once it is on).
 template <class Algo>
 struct AlgoCache {
   std::mutex mu;
-  std::map<std::tuple<int, decltype(ConvDescriptors::key)>, Choice<Algo>> choices;
+  std::map<std::tuple<int, decltype(ConvDescriptors::key), bool>, Choice<Algo>> choices;
 
-  std::optional<Choice<Algo>> find(int device, const ConvDescriptors& d) {
+  std::optional<Choice<Algo>> find(int device, const ConvDescriptors& d, bool timed) {
     std::lock_guard<std::mutex> lock(mu);
-    auto it = choices.find({device, d.key});
+    auto it = choices.find({device, d.key, timed});
     if (it == choices.end()) return std::nullopt;
     return it->second;
   }
-  void keep(int device, const ConvDescriptors& d, Choice<Algo> c) {
+  void keep(int device, const ConvDescriptors& d, bool timed, Choice<Algo> c) {
     std::lock_guard<std::mutex> lock(mu);
-    choices.insert_or_assign(std::tuple{device, d.key}, c);
+    choices.insert_or_assign(std::tuple{device, d.key, timed}, c);
   }
+};
+
+std::atomic<int64_t> g_benchmarked{0};
+
+// A pair of timing events on `device`, destroyed with it.
+struct TimedRun {
+  int device;
+  EventHandle start = nullptr, end = nullptr;
+  explicit TimedRun(int device_) : device(device_) {
+    start = create_event(device, true);
+    end = create_event(device, true);
+  }
+  ~TimedRun() {
+    if (start) destroy_event(device, start);
+    if (end) destroy_event(device, end);
+  }
+  TimedRun(const TimedRun&) = delete;
+  TimedRun& operator=(const TimedRun&) = delete;
 };
 
 AlgoCache<cudnnConvolutionFwdAlgo_t> g_forward;
@@ -233,7 +254,8 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
     fail(op, " ", d.shapes(), ": ", call, " or its workspace query (algorithm ", int(c.algo), ", math type ",
          int(c.math), ") failed with ", cudnnGetErrorString(status), " (status ", int(status), ")");
   };
-  if (const std::optional<Choice<Algo>> kept = cache.find(device, d)) {
+  const bool timed = cudnn_benchmark();
+  if (const std::optional<Choice<Algo>> kept = cache.find(device, d, timed)) {
     cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
     try {
       status = attempt(*kept);
@@ -245,10 +267,22 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
   }
   const std::vector<Choice<Algo>> choices = list();
   std::string passed;  // why each entry gave way
+  // Benchmarking: each entry that runs is run once more between two timing events on the
+  // stream (the first run warms it up: cuDNN loads an engine's kernels on first use), and the
+  // fastest is run last, so that its result is the one left in the output.
+  std::vector<std::pair<Choice<Algo>, std::unique_ptr<TimedRun>>> ran;
   for (const Choice<Algo>& c : choices) {
     cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
     try {
       status = attempt(c);
+      if (timed && status == CUDNN_STATUS_SUCCESS) {
+        auto run_timed = std::make_unique<TimedRun>(device);
+        const StreamHandle stream = stream_of(device);
+        record_event(device, run_timed->start, stream);
+        status = attempt(c);
+        record_event(device, run_timed->end, stream);
+        if (status == CUDNN_STATUS_SUCCESS) ran.emplace_back(c, std::move(run_timed));
+      }
     } catch (const OutOfMemoryError& e) {
       passed += str("; algorithm ", int(c.algo), ": its workspace does not fit (", e.what(), ")");
       continue;
@@ -258,7 +292,23 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
       continue;
     }
     if (status != CUDNN_STATUS_SUCCESS) raise(status, c);
-    cache.keep(device, d, c);
+    if (timed) continue;
+    cache.keep(device, d, false, c);
+    return;
+  }
+  if (!ran.empty()) {
+    size_t best = 0;
+    float best_ms = 0;
+    for (size_t i = 0; i < ran.size(); ++i) {
+      event_synchronize(device, ran[i].second->end);
+      const float ms = event_elapsed_ms(device, ran[i].second->start, ran[i].second->end);
+      if (i == 0 || ms < best_ms) best = i, best_ms = ms;
+    }
+    if (best + 1 != ran.size())
+      if (const cudnnStatus_t status = attempt(ran[best].first); status != CUDNN_STATUS_SUCCESS)
+        raise(status, ran[best].first);
+    cache.keep(device, d, true, ran[best].first);
+    g_benchmarked.fetch_add(1, std::memory_order_relaxed);
     return;
   }
   const std::string kind = str(d.deterministic ? " deterministic" : "", d.fma_only ? " FMA-math (TF32 off)" : "");
@@ -268,6 +318,8 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
 }
 
 }  // namespace
+
+int64_t conv_algorithms_benchmarked() { return g_benchmarked.load(std::memory_order_relaxed); }
 
 void conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, const Tensor& out,
                     const Conv2dParams& p) {

@@ -367,6 +367,44 @@ TEST_CASE("cuda ops: cuDNN conv2d forward and backward match the CPU (groups, st
   }
 }
 
+TEST_CASE("cuda ops: with cudnn_benchmark, each new convolution shape is timed once per direction, and the fastest's results match the CPU") {
+  if (!have_gpu()) return;
+  struct Benchmarking {
+    bool was = cudnn_benchmark();
+    Benchmarking() { set_cudnn_benchmark(true); }
+    ~Benchmarking() { set_cudnn_benchmark(was); }
+  } benchmarking;
+  manual_seed(41);
+  const Device cuda = Device::cuda(0);
+  for (bool deterministic : {false, true})
+    for (DType dt : {kFloat32, kFloat64}) {
+      CAPTURE(deterministic);
+      CAPTURE(dt);
+      // Shapes no other case convolves (the choices are kept per process), one per pass.
+      const int64_t h = deterministic ? 13 : 11;
+      const Tensor x = randn({3, 5, h, 7}, dt), w = randn({6, 5, 3, 3}, dt);
+      auto run = [&](Device dev) {
+        Tensor xd = x.to(dev).requires_grad_(), wd = w.to(dev).requires_grad_();
+        Tensor y = conv2d(xd, wd, Tensor(), 2, 1, 1, 1);
+        sum(y * y).backward();
+        return std::vector<Tensor>{y.to(Device()), xd.grad().to(Device()), wd.grad().to(Device())};
+      };
+      set_deterministic_algorithms(deterministic);
+      const int64_t before = cuda::conv_algorithms_benchmarked();
+      const std::vector<Tensor> gpu = run(cuda);
+      // float64 first times the shape in float64: a separate entry, so each dtype counts 3
+      CHECK(cuda::conv_algorithms_benchmarked() - before == 3);  // forward, backward data, backward filter
+      const std::vector<Tensor> again = run(cuda), cpu = run(Device());
+      CHECK(cuda::conv_algorithms_benchmarked() - before == 3);  // kept: not timed again
+      set_deterministic_algorithms(false);
+      for (size_t i = 0; i < cpu.size(); ++i) {
+        CAPTURE(i);
+        CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-10 : 5e-3));  // f32: TF32 by default
+        if (deterministic) CHECK(golden::equal(again[i], gpu[i]));
+      }
+    }
+}
+
 TEST_CASE("cuda ops: autocast bf16 / f16 linear, matmul and conv2d, forward and backward, match the CPU's autocast") {
   // Both devices multiply rounded operands and sum in float32; cuDNN also writes a convolution's
   // result (and gradients) in the 16-bit type before it is widened: one rounding of the output,
