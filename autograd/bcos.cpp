@@ -184,16 +184,10 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const T
                x.shape());
     Tensor var_biased = empty({c}, {x.dtype(), x.device()});
     kernel::batch_norm_stats(x, mean, var_biased);  // the usual, centred batch variance
-    NoGradGuard no_grad;
-    invstd = rsqrt(add(var_biased, eps));
     // As the B-cosification authors' layer: the *biased* variance, the one the forward divides by.
-    if (running_var.defined()) {
-      Tensor rv = running_var;
-      rv.mul_(1 - momentum).add_(var_biased, momentum);
-    }
+    invstd = detail::finish_batch_statistics(Tensor(), var_biased, eps, momentum, 1, Tensor(), running_var);
   } else {
-    NoGradGuard no_grad;
-    invstd = rsqrt(add(running_var.detach(), eps));
+    invstd = detail::finish_batch_statistics(Tensor(), running_var.detach(), eps, 0, 1, Tensor(), Tensor());
   }
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
   kernel::batch_norm_forward(x, weight, bias, zeros({c}, {x.dtype(), x.device()}), invstd, relu, out);  // x not centred

@@ -44,6 +44,12 @@ inline Tensor scalar_like(double value, const Tensor& like) {
 // In-place ops refuse tensors whose change autograd could not track.
 void check_inplace(const char* op, const Tensor& self);
 
+// Batch norm's per-channel finish (kernel::batch_norm_finish): returns invstd = 1 / sqrt(var + eps),
+// and steps the running statistics that are defined, r = (1 − m) r + m x (running_var's x: var ·
+// unbias). No graph is recorded.
+Tensor finish_batch_statistics(const Tensor& mean, const Tensor& var, double eps, double momentum, double unbias,
+                               const Tensor& running_mean, const Tensor& running_var);
+
 // linear, with the choice of what it keeps of x under autocast: the rounded copy it multiplies
 // (linear's own choice), or x itself, for a caller that keeps x anyway (bcos_linear: its norm's
 // backward reads x) -- a second, rounded copy would only add memory.

@@ -30,6 +30,28 @@ void check_per_channel(const char* op, const Tensor& x, std::initializer_list<co
 }
 }  // namespace
 
+namespace detail {
+Tensor finish_batch_statistics(const Tensor& mean, const Tensor& var, double eps, double momentum, double unbias,
+                               const Tensor& running_mean, const Tensor& running_var) {
+  NoGradGuard no_grad;
+  const bool plain = (!running_mean.defined() || running_mean.is_contiguous()) &&
+                     (!running_var.defined() || running_var.is_contiguous());
+  if (!plain) {  // a caller's strided views: the composed ops write through them
+    if (running_mean.defined()) Tensor(running_mean).mul_(1 - momentum).add_(mean, momentum);
+    Tensor invstd = rsqrt(add(var, eps));  // before var (it may be running_var) is stepped
+    if (running_var.defined()) Tensor(running_var).mul_(1 - momentum).add_(var, momentum * unbias);
+    return invstd;
+  }
+  for (const Tensor* r : {&running_mean, &running_var})
+    if (r->defined()) check_inplace("batch_norm (running statistics)", *r);
+  Tensor invstd = empty(var.shape(), {var.dtype(), var.device()});
+  kernel::batch_norm_finish(mean, var.contiguous(), eps, momentum, unbias, invstd, running_mean, running_var);
+  for (const Tensor* r : {&running_mean, &running_var})
+    if (r->defined()) r->bump_version();
+  return invstd;
+}
+}  // namespace detail
+
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, double momentum,
                   double eps, bool relu) {
@@ -56,20 +78,12 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
     mean = empty({c}, {x.dtype(), x.device()});
     Tensor var_biased = empty({c}, {x.dtype(), x.device()});
     kernel::batch_norm_stats(x, mean, var_biased);
-    {
-      NoGradGuard no_grad;
-      invstd = rsqrt(add(var_biased, eps));
-      if (running_mean.defined()) {
-        Tensor rm = running_mean, rv = running_var;
-        rm.mul_(1 - momentum).add_(mean, momentum);
-        double unbias = double(per_channel) / double(per_channel - 1);
-        rv.mul_(1 - momentum).add_(var_biased, momentum * unbias);
-      }
-    }
+    // PyTorch keeps the unbiased variance
+    invstd = finish_batch_statistics(mean, var_biased, eps, momentum, double(per_channel) / double(per_channel - 1),
+                                     running_mean, running_var);
   } else {
-    NoGradGuard no_grad;
     mean = running_mean.detach();
-    invstd = rsqrt(add(running_var.detach(), eps));
+    invstd = finish_batch_statistics(Tensor(), running_var.detach(), eps, 0, 1, Tensor(), Tensor());
   }
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
   kernel::batch_norm_forward(x, weight, bias, mean, invstd, relu, out);
@@ -115,12 +129,10 @@ Tensor batch_norm_synced(const Tensor& x, const Tensor& running_mean, const Tens
     Tensor global_mean = sums.narrow(0, 0, c) / total;
     var = replica_sum((var + square(mean - global_mean)) * local) / total;  // biased, as the forward divides by
     mean = global_mean;
-    invstd = rsqrt(var + eps);
-    if (factor > 0) {
-      if (centred && running_mean.defined()) Tensor(running_mean).mul_(1 - factor).add_(mean, factor);
-      if (running_var.defined())  // PyTorch keeps the unbiased variance; the uncentred norm the biased one
-        Tensor(running_var).mul_(1 - factor).add_(var * (centred ? total / (total - 1) : 1.0), factor);
-    }
+    // PyTorch keeps the unbiased variance; the uncentred norm the biased one.
+    const bool step = factor > 0;
+    invstd = finish_batch_statistics(mean, var, eps, factor, centred ? total / (total - 1) : 1.0,
+                                     step && centred ? running_mean : Tensor(), step ? running_var : Tensor());
   }
   Tensor out = empty(x.shape(), like);
   const Tensor shift_mean = centred ? mean : zeros({c}, like);  // the uncentred norm scales x itself

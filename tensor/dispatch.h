@@ -131,6 +131,10 @@ inline void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tens
 inline void batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& var_biased) {
   BCOS_DISPATCH(x, batch_norm_stats(x, mean, var_biased));
 }
+inline void batch_norm_finish(const Tensor& mean, const Tensor& var, double eps, double momentum, double unbias,
+                              const Tensor& invstd, const Tensor& running_mean, const Tensor& running_var) {
+  BCOS_DISPATCH(var, batch_norm_finish(mean, var, eps, momentum, unbias, invstd, running_mean, running_var));
+}
 inline void batch_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight, const Tensor& bias,
                                 const Tensor& mean, const Tensor& invstd, bool training, bool relu,
                                 const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b,

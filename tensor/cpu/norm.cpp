@@ -10,6 +10,7 @@
 #include <cmath>
 #include <vector>
 
+#include "tensor/batch_norm_math.h"
 #include "tensor/kernel_views.h"
 #include "tensor/copy.h"
 #include "tensor/cpu/kernels.h"
@@ -95,6 +96,18 @@ void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_
         pv[c] = T(sq / count);
       }
     });
+  });
+}
+
+void batch_norm_finish(const Tensor& mean, const Tensor& var, double eps, double momentum, double unbias,
+                       const Tensor& invstd, const Tensor& running_mean, const Tensor& running_var) {
+  dispatch_float(var.dtype(), "batch_norm", [&]<class T>() {
+    const T *pm = maybe<T>(mean), *pv = var.data<T>();
+    T *pi = invstd.defined() ? invstd.data<T>() : nullptr;
+    T *rm = running_mean.defined() ? running_mean.data<T>() : nullptr;
+    T *rv = running_var.defined() ? running_var.data<T>() : nullptr;
+    const auto f = batch_norm_math::finish_factors<T>(eps, momentum, unbias);
+    for (int64_t c = 0; c < var.numel(); ++c) batch_norm_math::finish_channel(c, pm, pv, f, pi, rm, rv);
   });
 }
 

@@ -17,6 +17,7 @@
 // grad_x's per-channel coefficients are computed once per channel (in double, as the CPU), not
 // per element.
 #include "tensor/kernel_views.h"
+#include "tensor/batch_norm_math.h"
 #include "tensor/copy.h"
 #include "tensor/cuda/internal.h"
 #include "tensor/elementwise_math.h"
@@ -211,6 +212,13 @@ __global__ void grad_x_kernel(const T* g, const T* x, const T* w, const T* bias,
 }
 
 template <class T>
+__global__ void finish_kernel(const T* mean, const T* var, batch_norm_math::Finish<T> f, int64_t c, T* invstd,
+                              T* running_mean, T* running_var) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < c; i += int64_t(gridDim.x) * blockDim.x)
+    batch_norm_math::finish_channel(i, mean, var, f, invstd, running_mean, running_var);
+}
+
+template <class T>
 const T* maybe(const Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.raw_data()) : nullptr;
 }
@@ -278,6 +286,20 @@ void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_
     stats_finish_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(static_cast<const double*>(partials.get()), parts,
                                                                   d, px, static_cast<T*>(mean.raw_data()),
                                                                   static_cast<T*>(var_biased.raw_data()));
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void batch_norm_finish(const Tensor& mean, const Tensor& var, double eps, double momentum, double unbias,
+                       const Tensor& invstd, const Tensor& running_mean, const Tensor& running_var) {
+  if (var.numel() == 0) return;
+  const int device = var.device().index;
+  DeviceGuard guard(device);
+  dispatch_float(var.dtype(), "cuda batch_norm", [&]<class T>() {
+    auto out = [](const Tensor& t) { return t.defined() ? static_cast<T*>(t.raw_data()) : nullptr; };
+    finish_kernel<T><<<blocks_for(var.numel()), kThreads, 0, stream_of(device)>>>(
+        maybe<T>(mean), static_cast<const T*>(var.raw_data()), batch_norm_math::finish_factors<T>(eps, momentum, unbias),
+        var.numel(), out(invstd), out(running_mean), out(running_var));
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }

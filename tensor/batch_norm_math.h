@@ -1,0 +1,34 @@
+// Batch norm's per-channel finish, shared by tensor/cpu/norm.cpp and tensor/cuda/batch_norm.cu
+// (BCOS_HD: __host__ __device__ under nvcc) so that both backends compute the same bits: the
+// inverse standard deviation, and the running statistics' step (1 − m) r + m x, written with an
+// explicit fma so that no compiler contracts it differently.
+#pragma once
+
+#include <cstdint>
+
+#include "tensor/elementwise_math.h"
+
+namespace bcos::batch_norm_math {
+
+// The factors as T, each rounded once from double as the composed ops rounded them.
+template <class T>
+struct Finish {
+  T eps, keep, momentum, momentum_unbias;  // eps, 1 − m, m, m · unbias
+};
+
+template <class T>
+Finish<T> finish_factors(double eps, double momentum, double unbias) {
+  return {T(eps), T(1 - momentum), T(momentum), T(momentum * unbias)};
+}
+
+// Channel c: invstd = 1 / sqrt(var + eps); running_mean, running_var stepped (each may be null).
+template <class T>
+BCOS_HD void finish_channel(int64_t c, const T* mean, const T* var, const Finish<T>& f, T* invstd, T* running_mean,
+                            T* running_var) {
+  const T v = var[c];
+  if (invstd) invstd[c] = T(1) / math::Math<T>::sqrt(v + f.eps);
+  if (running_mean) running_mean[c] = math::Math<T>::fma(f.keep, running_mean[c], f.momentum * mean[c]);
+  if (running_var) running_var[c] = math::Math<T>::fma(f.keep, running_var[c], f.momentum_unbias * v);
+}
+
+}  // namespace bcos::batch_norm_math
