@@ -190,10 +190,10 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const T
     invstd = detail::finish_batch_statistics(Tensor(), running_var.detach(), eps, 0, 1, Tensor(), Tensor());
   }
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
-  kernel::batch_norm_forward(x, weight, bias, zeros({c}, {x.dtype(), x.device()}), invstd, relu, out);  // x not centred
+  kernel::batch_norm_forward(x, dense(weight), dense(bias), zeros({c}, {x.dtype(), x.device()}), invstd, relu, out);  // x not centred
   if (needs_graph({x, weight, bias})) {
     const bool through_variance = training && !explanation_mode();
-    SavedTensor sx(x), sw(weight), sb(relu ? bias : Tensor());
+    SavedTensor sx(x), sw(dense(weight)), sb(relu ? dense(bias) : Tensor());
     record(relu ? "BatchNormUncenteredReluBackward" : "BatchNormUncenteredBackward", out, {x, weight, bias},
            [=](const Tensor& g, const std::vector<bool>& need) {
              Tensor gx, gw, gb;

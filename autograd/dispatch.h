@@ -41,6 +41,10 @@ inline Tensor scalar_like(double value, const Tensor& like) {
   return full(Shape{}, value, {like.dtype(), like.device()});
 }
 
+// t itself when contiguous (or undefined), else a contiguous copy: for the kernels that read
+// per-channel [C] tensors by raw pointer (a caller may pass strided views).
+inline Tensor dense(const Tensor& t) { return t.defined() ? raw_contiguous(t) : t; }
+
 // In-place ops refuse tensors whose change autograd could not track.
 void check_inplace(const char* op, const Tensor& self);
 

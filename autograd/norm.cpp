@@ -33,21 +33,28 @@ void check_per_channel(const char* op, const Tensor& x, std::initializer_list<co
 namespace detail {
 Tensor finish_batch_statistics(const Tensor& mean, const Tensor& var, double eps, double momentum, double unbias,
                                const Tensor& running_mean, const Tensor& running_var) {
+  const char* op = "batch_norm (statistics)";
   NoGradGuard no_grad;
-  const bool plain = (!running_mean.defined() || running_mean.is_contiguous()) &&
-                     (!running_var.defined() || running_var.is_contiguous());
-  if (!plain) {  // a caller's strided views: the composed ops write through them
-    if (running_mean.defined()) Tensor(running_mean).mul_(1 - momentum).add_(mean, momentum);
-    Tensor invstd = rsqrt(add(var, eps));  // before var (it may be running_var) is stepped
-    if (running_var.defined()) Tensor(running_var).mul_(1 - momentum).add_(var, momentum * unbias);
-    return invstd;
+  check_float(op, var);
+  for (const Tensor* t : {&mean, &running_mean, &running_var}) {
+    if (!t->defined()) continue;
+    check_same_dtype(op, var, *t);
+    check_same_device(op, var, *t);
+    BCOS_CHECK(t->numel() == var.numel(), op, ": ", t->shape(), " and ", var.shape(), " differ in channels");
   }
   for (const Tensor* r : {&running_mean, &running_var})
-    if (r->defined()) check_inplace("batch_norm (running statistics)", *r);
+    if (r->defined()) check_inplace(op, *r);
+  // Strided running statistics (a caller's views) are stepped in contiguous copies, written back.
+  const Tensor rm = running_mean.defined() ? raw_contiguous(running_mean) : Tensor();
+  const Tensor rv = running_var.defined() ? raw_contiguous(running_var) : Tensor();
   Tensor invstd = empty(var.shape(), {var.dtype(), var.device()});
-  kernel::batch_norm_finish(mean, var.contiguous(), eps, momentum, unbias, invstd, running_mean, running_var);
-  for (const Tensor* r : {&running_mean, &running_var})
-    if (r->defined()) r->bump_version();
+  kernel::batch_norm_finish(mean.defined() ? raw_contiguous(mean) : Tensor(), raw_contiguous(var), eps, momentum, unbias,
+                            invstd, rm, rv);
+  for (const auto& [running, stepped] : {std::pair{&running_mean, &rm}, std::pair{&running_var, &rv}}) {
+    if (!running->defined()) continue;
+    if (stepped->storage() != running->storage()) copy_into(*running, *stepped);
+    running->bump_version();
+  }
   return invstd;
 }
 }  // namespace detail
@@ -82,13 +89,13 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
     invstd = finish_batch_statistics(mean, var_biased, eps, momentum, double(per_channel) / double(per_channel - 1),
                                      running_mean, running_var);
   } else {
-    mean = running_mean.detach();
+    mean = dense(running_mean.detach());
     invstd = finish_batch_statistics(Tensor(), running_var.detach(), eps, 0, 1, Tensor(), Tensor());
   }
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
-  kernel::batch_norm_forward(x, weight, bias, mean, invstd, relu, out);
+  kernel::batch_norm_forward(x, dense(weight), dense(bias), mean, invstd, relu, out);
   if (needs_graph({x, weight, bias})) {
-    SavedTensor sx(x), sw(weight), sb(relu ? bias : Tensor()), sm(mean), si(invstd);
+    SavedTensor sx(x), sw(dense(weight)), sb(relu ? dense(bias) : Tensor()), sm(mean), si(invstd);
     record(relu ? "BatchNormReluBackward" : "BatchNormBackward", out, {x, weight, bias},
            [=](const Tensor& g, const std::vector<bool>& need) {
              Tensor gx, gw, gb;
@@ -136,11 +143,11 @@ Tensor batch_norm_synced(const Tensor& x, const Tensor& running_mean, const Tens
   }
   Tensor out = empty(x.shape(), like);
   const Tensor shift_mean = centred ? mean : zeros({c}, like);  // the uncentred norm scales x itself
-  kernel::batch_norm_forward(x, weight, bias, shift_mean, invstd, relu, out);
+  kernel::batch_norm_forward(x, dense(weight), dense(bias), shift_mean, invstd, relu, out);
   if (needs_graph({x, weight, bias})) {
     // As batch_norm_uncentered: in explanation mode no gradient flows through its variance.
     const bool through_stats = centred || !explanation_mode();
-    SavedTensor sx(x), sw(weight), sb(relu ? bias : Tensor());
+    SavedTensor sx(x), sw(dense(weight)), sb(relu ? dense(bias) : Tensor());
     record(relu ? "SyncBatchNormReluBackward" : "SyncBatchNormBackward", out, {x, weight, bias},
            [=](const Tensor& g, const std::vector<bool>& need) {
              const Tensor& xv = sx.get();

@@ -1,7 +1,8 @@
 // Batch norm's per-channel finish, shared by tensor/cpu/norm.cpp and tensor/cuda/batch_norm.cu
 // (BCOS_HD: __host__ __device__ under nvcc) so that both backends compute the same bits: the
-// inverse standard deviation, and the running statistics' step (1 − m) r + m x, written with an
-// explicit fma so that no compiler contracts it differently.
+// inverse standard deviation, and the running statistics' step (1 − m) r + m x, written as
+// fma(1 − m, r, m x) so that no compiler contracts it differently (the composed mul_ / add_ it
+// replaces rounded (1 − m) r too: the last bit may differ from theirs).
 #pragma once
 
 #include <cstdint>
@@ -10,7 +11,7 @@
 
 namespace bcos::batch_norm_math {
 
-// The factors as T, each rounded once from double as the composed ops rounded them.
+// The factors as T, each rounded once from double (as the composed ops rounded their scalars).
 template <class T>
 struct Finish {
   T eps, keep, momentum, momentum_unbias;  // eps, 1 − m, m, m · unbias

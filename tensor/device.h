@@ -71,7 +71,9 @@ bool deterministic_algorithms();
 // seen (per direction and device), every algorithm cuDNN's heuristics list for it is run and
 // timed on the GPU, and the fastest is kept for that shape; off, the heuristics' first entry that
 // runs is kept. Pays where shapes repeat (training at a fixed batch size): each new shape costs
-// two runs of every candidate. Off by default (as PyTorch).
+// two runs of every candidate. With deterministic_algorithms() too, each choice is deterministic,
+// but which one wins depends on the timings: bits may differ between processes (as in PyTorch).
+// Off by default (as PyTorch).
 void set_cudnn_benchmark(bool on);
 bool cudnn_benchmark();
 

@@ -10,8 +10,10 @@
 // deprecated in favour of its graph API; it is still shipped, and is the smallest readable way.
 #include <cudnn.h>
 
-#include <climits>
+#include <algorithm>
 #include <atomic>
+#include <climits>
+#include <cmath>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -218,7 +220,12 @@ struct TimedRun {
   EventHandle start = nullptr, end = nullptr;
   explicit TimedRun(int device_) : device(device_) {
     start = create_event(device, true);
-    end = create_event(device, true);
+    try {
+      end = create_event(device, true);
+    } catch (...) {
+      destroy_event(device, start);
+      throw;
+    }
   }
   ~TimedRun() {
     if (start) destroy_event(device, start);
@@ -243,12 +250,17 @@ AlgoCache<cudnnConvolutionBwdFilterAlgo_t> g_backward_filter;
 template <class Algo, class List, class Size, class Run>
 void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, const char* op, const char* call,
               List&& list, Size&& size, Run&& run) {
-  auto attempt = [&](const Choice<Algo>& c) {
+  // One call with choice c; `timing`, when given, brackets the call itself (not the workspace query
+  // and allocation before it) with its two events on the device's stream.
+  auto attempt = [&](const Choice<Algo>& c, TimedRun* timing = nullptr) {
     BCOS_CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv, c.math));
     size_t bytes = 0;
     if (const cudnnStatus_t status = size(c.algo, &bytes); status != CUDNN_STATUS_SUCCESS) return status;
     std::shared_ptr<void> ws = workspace(bytes, device);  // may raise OutOfMemoryError
-    return run(c.algo, ws.get(), bytes);
+    if (timing) record_event(device, timing->start, stream_of(device));
+    const cudnnStatus_t status = run(c.algo, ws.get(), bytes);
+    if (timing) record_event(device, timing->end, stream_of(device));
+    return status;
   };
   auto raise = [&](cudnnStatus_t status, const Choice<Algo>& c) {
     fail(op, " ", d.shapes(), ": ", call, " or its workspace query (algorithm ", int(c.algo), ", math type ",
@@ -267,21 +279,28 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
   }
   const std::vector<Choice<Algo>> choices = list();
   std::string passed;  // why each entry gave way
-  // Benchmarking: each entry that runs is run once more between two timing events on the
-  // stream (the first run warms it up: cuDNN loads an engine's kernels on first use), and the
-  // fastest is run last, so that its result is the one left in the output.
-  std::vector<std::pair<Choice<Algo>, std::unique_ptr<TimedRun>>> ran;
+  // Benchmarking: each entry that runs is run once more, timed (the first run warms it up: cuDNN
+  // loads an engine's kernels on first use); then the fastest is kept -- run once more unless the
+  // output already holds its result (it ran last), falling back to the next fastest should that
+  // run give way. Entries whose warm-up ran but whose timed run gave way rank last.
+  struct Ran {
+    Choice<Algo> choice;
+    std::unique_ptr<TimedRun> timing;  // null: not timed
+  };
+  std::vector<Ran> ran;
+  std::optional<Choice<Algo>> last;  // whose result the output holds
   for (const Choice<Algo>& c : choices) {
     cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
     try {
       status = attempt(c);
       if (timed && status == CUDNN_STATUS_SUCCESS) {
-        auto run_timed = std::make_unique<TimedRun>(device);
-        const StreamHandle stream = stream_of(device);
-        record_event(device, run_timed->start, stream);
-        status = attempt(c);
-        record_event(device, run_timed->end, stream);
-        if (status == CUDNN_STATUS_SUCCESS) ran.emplace_back(c, std::move(run_timed));
+        last = c;
+        ran.push_back({c, nullptr});
+        auto timing = std::make_unique<TimedRun>(device);
+        const cudnnStatus_t again = attempt(c, timing.get());
+        if (again == CUDNN_STATUS_SUCCESS) ran.back().timing = std::move(timing);
+        else if (!gives_way(again)) raise(again, c);
+        continue;
       }
     } catch (const OutOfMemoryError& e) {
       passed += str("; algorithm ", int(c.algo), ": its workspace does not fit (", e.what(), ")");
@@ -292,24 +311,41 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
       continue;
     }
     if (status != CUDNN_STATUS_SUCCESS) raise(status, c);
-    if (timed) continue;
     cache.keep(device, d, false, c);
     return;
   }
   if (!ran.empty()) {
-    size_t best = 0;
-    float best_ms = 0;
+    std::vector<std::pair<float, size_t>> ranked;  // (ms, index into ran); untimed: +inf
     for (size_t i = 0; i < ran.size(); ++i) {
-      event_synchronize(device, ran[i].second->end);
-      const float ms = event_elapsed_ms(device, ran[i].second->start, ran[i].second->end);
-      if (i == 0 || ms < best_ms) best = i, best_ms = ms;
+      float ms = INFINITY;
+      if (ran[i].timing) {
+        event_synchronize(device, ran[i].timing->end);
+        ms = event_elapsed_ms(device, ran[i].timing->start, ran[i].timing->end);
+      }
+      ranked.emplace_back(ms, i);
     }
-    if (best + 1 != ran.size())
-      if (const cudnnStatus_t status = attempt(ran[best].first); status != CUDNN_STATUS_SUCCESS)
-        raise(status, ran[best].first);
-    cache.keep(device, d, true, ran[best].first);
-    g_benchmarked.fetch_add(1, std::memory_order_relaxed);
-    return;
+    std::stable_sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    auto same = [](const Choice<Algo>& a, const Choice<Algo>& b) { return a.algo == b.algo && a.math == b.math; };
+    for (const auto& [ms, i] : ranked) {
+      const Choice<Algo>& c = ran[i].choice;
+      cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
+      if (!(last && same(*last, c))) {
+        try {
+          status = attempt(c);
+        } catch (const OutOfMemoryError& e) {
+          passed += str("; algorithm ", int(c.algo), ": its workspace no longer fits (", e.what(), ")");
+          continue;
+        }
+      }
+      if (gives_way(status)) {
+        passed += str("; algorithm ", int(c.algo), ": ", cudnnGetErrorString(status));
+        continue;
+      }
+      if (status != CUDNN_STATUS_SUCCESS) raise(status, c);
+      cache.keep(device, d, true, c);
+      g_benchmarked.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
   }
   const std::string kind = str(d.deterministic ? " deterministic" : "", d.fma_only ? " FMA-math (TF32 off)" : "");
   if (choices.empty()) fail(op, " ", d.shapes(), ": cuDNN's heuristics offer no", kind, " algorithm for it");

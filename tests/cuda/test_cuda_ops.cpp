@@ -246,9 +246,12 @@ TEST_CASE("cuda ops: max, average and adaptive pooling forward and backward matc
       Tensor c = avg_pool2d(xd, 3, 2, 1, false, true);           // padding counted
       Tensor d = avg_pool2d(xd, 3, 2, 1, true, false);           // ceil mode, padding not counted
       Tensor e = adaptive_avg_pool2d(xd, {4, 3});                // uneven bins
-      (sum(a * a) + sum(b * b) + sum(c * c) + sum(d * d) + sum(e * e)).backward();
+      Tensor f = avg_pool2d(xd, 2, 3, 0);                        // stride past the kernel: pixels in no window
+      Tensor h = avg_pool2d(xd, 3, 2, 1, true, true);            // ceil mode, padding counted (clipped windows)
+      Tensor k = avg_pool2d(xd, {3, 2}, IntPair(2, 1), {1, 1}, false, true, 5);  // divisor override
+      (sum(a * a) + sum(b * b) + sum(c * c) + sum(d * d) + sum(e * e) + sum(f * f) + sum(h * h) + sum(k * k)).backward();
       return std::vector<Tensor>{a.to(Device()), b.to(Device()), c.to(Device()), d.to(Device()), e.to(Device()),
-                                 xd.grad().to(Device())};
+                                 f.to(Device()), h.to(Device()), k.to(Device()), xd.grad().to(Device())};
     };
     const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
     for (size_t i = 0; i < cpu.size(); ++i) {
@@ -580,6 +583,7 @@ TEST_CASE("cuda ops: the B-cos scale and the patch norms' backward over each lau
       {"wide, channel chunks", {1, 8, 6, 6}, {512, 8, 1, 1}, 1, 0, 1, 1, 1, 2.0, false},
       {"wide, chunks, max-out, b = 2.5", {1, 8, 5, 7}, {256, 8, 3, 3}, 1, 1, 1, 1, 2, 2.5, false},
       {"wide, groups, epilogue", {2, 6, 8, 5}, {12, 2, 3, 3}, 1, 1, 1, 3, 1, 2.0, true},
+      {"wide, chunks over planes and groups, max-out, epilogue", {2, 8, 6, 6}, {384, 4, 1, 1}, 1, 0, 1, 2, 2, 2.0, true},
       {"narrow S = 9, stride 2, groups", {2, 6, 6, 5}, {40, 3, 3, 3}, 2, 1, 1, 2, 1, 2.0, false},
       {"narrow S = 1, max-out, epilogue", {3, 6, 3, 3}, {70, 6, 3, 3}, 1, 0, 1, 1, 2, 2.0, true},
       {"1 x 1, stride 2 (pixels in no window)", {2, 8, 7, 5}, {33, 8, 1, 1}, 2, 0, 1, 1, 1, 2.0, false},
@@ -602,27 +606,33 @@ TEST_CASE("cuda ops: the B-cos scale and the patch norms' backward over each lau
         const int64_t rows = x.numel() / c.x[3];
         const Tensor probe = bcos_patch_sumsq(x, c.w[2], c.stride, c.padding, c.dilation, c.groups);
         const Tensor lin = randn({c.x[0], c.w[0], probe.size(2), probe.size(3)}, dt), lin_rows = randn({rows, c.w[0], 1}, dt);
-        auto run = [&](Device dev) {
+        // x_grad false: the norms need no gradient (a frozen input), so the scale's backward skips them
+        auto run = [&](Device dev, bool x_grad) {
           std::optional<ExplanationModeGuard> guard;
           if (explain) guard.emplace();
           BcosEpilogue p = post;
           if (c.epilogue) p.scale = post.scale.to(dev), p.shift = post.shift.to(dev);
-          Tensor xd = x.to(dev).requires_grad_(), ld = lin.to(dev).requires_grad_(), lr = lin_rows.to(dev).requires_grad_();
+          Tensor xd = x.to(dev).requires_grad_(x_grad), ld = lin.to(dev).requires_grad_(), lr = lin_rows.to(dev).requires_grad_();
           Tensor y = bcos_scale(ld, bcos_patch_sumsq(xd, c.w[2], c.stride, c.padding, c.dilation, c.groups), c.b, c.max_out,
                                 1e-6, 0, p);
           Tensor q = bcos_patch_sumsq(xd.reshape({rows, c.x[3], 1, 1}), 1).reshape({rows, 1, 1});
           Tensor z = bcos_scale(lr, q, c.b, c.max_out, 0, 1e-12);
           (sum(y * y * y) + sum(z * z)).backward();
-          CHECK(xd.grad().defined() == !explain);  // explaining, the norms are constants
-          return std::vector<Tensor>{y.to(Device()), z.to(Device()), explain ? zeros({1}) : xd.grad().to(Device()),
+          CHECK(xd.grad().defined() == (x_grad && !explain));  // explaining, the norms are constants
+          return std::vector<Tensor>{y.to(Device()), z.to(Device()), xd.grad().defined() ? xd.grad().to(Device()) : zeros({1}),
                                      ld.grad().to(Device()), lr.grad().to(Device())};
         };
-        const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0)), again = run(Device::cuda(0));
-        for (size_t i = 0; i < cpu.size(); ++i) {
-          CAPTURE(i);
-          CHECK(gpu[i].shape() == cpu[i].shape());
-          CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-10 : 1e-4));  // f32: summation order
-          CHECK(golden::equal(again[i], gpu[i]));
+        for (bool x_grad : {true, false}) {
+          if (explain && !x_grad) continue;  // the same path as explaining
+          CAPTURE(x_grad);
+          const std::vector<Tensor> cpu = run(Device(), x_grad), gpu = run(Device::cuda(0), x_grad),
+                                    again = run(Device::cuda(0), x_grad);
+          for (size_t i = 0; i < cpu.size(); ++i) {
+            CAPTURE(i);
+            CHECK(gpu[i].shape() == cpu[i].shape());
+            CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-10 : 1e-4));  // f32: summation order
+            CHECK(golden::equal(again[i], gpu[i]));
+          }
         }
       }
 }

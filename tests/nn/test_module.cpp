@@ -124,6 +124,38 @@ TEST_CASE("module: BatchNorm2d with momentum = None keeps the plain average of e
   CHECK(golden::relative_error(bnu.running_var, expect) <= 1e-6);
 }
 
+TEST_CASE("module: batch_norm steps strided running statistics (views) exactly as contiguous ones, in place") {
+  // The per-channel finish (kernel::batch_norm_finish) steps contiguous copies of strided views and
+  // writes them back: the same bits either way, the views' storage updated, its version bumped.
+  manual_seed(43);
+  const Tensor x = randn({4, 3, 5, 5}) * 2 + 1;
+  for (bool uncentered : {false, true}) {
+    CAPTURE(uncentered);
+    Tensor rm = rand({3}), rv = rand({3}) + 0.5;
+    Tensor wide = zeros({3, 2});  // columns 0 and 1: strided views of one storage
+    wide.narrow(1, 0, 1).squeeze(1).copy_(rm);
+    wide.narrow(1, 1, 1).squeeze(1).copy_(rv);
+    Tensor rm_view = wide.narrow(1, 0, 1).squeeze(1), rv_view = wide.narrow(1, 1, 1).squeeze(1);
+    REQUIRE(!rm_view.is_contiguous());
+    const uint64_t version = wide.version();
+    Tensor a, b;
+    if (uncentered) {
+      a = batch_norm_uncentered(x, rv, Tensor(), Tensor(), true, 0.1, 1e-5);
+      b = batch_norm_uncentered(x, rv_view, Tensor(), Tensor(), true, 0.1, 1e-5);
+    } else {
+      a = batch_norm(x, rm, rv, Tensor(), Tensor(), true, 0.1, 1e-5);
+      b = batch_norm(x, rm_view, rv_view, Tensor(), Tensor(), true, 0.1, 1e-5);
+      CHECK(golden::equal(wide.narrow(1, 0, 1).squeeze(1), rm));
+    }
+    CHECK(golden::equal(b, a));
+    CHECK(golden::equal(wide.narrow(1, 1, 1).squeeze(1), rv));
+    CHECK(wide.version() > version);
+    // evaluation reads a strided running variance too
+    CHECK(golden::equal(batch_norm(x, rm_view, rv_view, Tensor(), Tensor(), false, 0.1, 1e-5),
+                        batch_norm(x, rm_view.contiguous(), rv_view.contiguous(), Tensor(), Tensor(), false, 0.1, 1e-5)));
+  }
+}
+
 TEST_CASE("module: synchronised batch norm over two identical replicas equals batch norm over the doubled batch") {
   // replica_sum = 2 t stands for a second replica holding the same batch (and, backward, the
   // same output gradient): the statistics, the input gradient (of both replicas' losses) and the
