@@ -279,6 +279,22 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
   }
   const std::vector<Choice<Algo>> choices = list();
   std::string passed;  // why each entry gave way
+  // c run once: true when it ran, false when it gave way (why goes to `passed`); other failures raise.
+  auto runs = [&](const Choice<Algo>& c, TimedRun* timing = nullptr) {
+    cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
+    try {
+      status = attempt(c, timing);
+    } catch (const OutOfMemoryError& e) {
+      passed += str("; algorithm ", int(c.algo), ": its workspace does not fit (", e.what(), ")");
+      return false;
+    }
+    if (gives_way(status)) {
+      passed += str("; algorithm ", int(c.algo), ": ", cudnnGetErrorString(status));
+      return false;
+    }
+    if (status != CUDNN_STATUS_SUCCESS) raise(status, c);
+    return true;
+  };
   // Benchmarking: each entry that runs is run once more, timed (the first run warms it up: cuDNN
   // loads an engine's kernels on first use); then the fastest is kept -- run once more unless the
   // output already holds its result (it ran last), falling back to the next fastest should that
@@ -290,62 +306,33 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
   std::vector<Ran> ran;
   std::optional<Choice<Algo>> last;  // whose result the output holds
   for (const Choice<Algo>& c : choices) {
-    cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
-    try {
-      status = attempt(c);
-      if (timed && status == CUDNN_STATUS_SUCCESS) {
-        last = c;
-        ran.push_back({c, nullptr});
-        auto timing = std::make_unique<TimedRun>(device);
-        const cudnnStatus_t again = attempt(c, timing.get());
-        if (again == CUDNN_STATUS_SUCCESS) ran.back().timing = std::move(timing);
-        else if (!gives_way(again)) raise(again, c);
-        continue;
-      }
-    } catch (const OutOfMemoryError& e) {
-      passed += str("; algorithm ", int(c.algo), ": its workspace does not fit (", e.what(), ")");
-      continue;
-    }
-    if (gives_way(status)) {
-      passed += str("; algorithm ", int(c.algo), ": ", cudnnGetErrorString(status));
-      continue;
-    }
-    if (status != CUDNN_STATUS_SUCCESS) raise(status, c);
-    cache.keep(device, d, false, c);
-    return;
-  }
-  if (!ran.empty()) {
-    std::vector<std::pair<float, size_t>> ranked;  // (ms, index into ran); untimed: +inf
-    for (size_t i = 0; i < ran.size(); ++i) {
-      float ms = INFINITY;
-      if (ran[i].timing) {
-        event_synchronize(device, ran[i].timing->end);
-        ms = event_elapsed_ms(device, ran[i].timing->start, ran[i].timing->end);
-      }
-      ranked.emplace_back(ms, i);
-    }
-    std::stable_sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-    auto same = [](const Choice<Algo>& a, const Choice<Algo>& b) { return a.algo == b.algo && a.math == b.math; };
-    for (const auto& [ms, i] : ranked) {
-      const Choice<Algo>& c = ran[i].choice;
-      cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
-      if (!(last && same(*last, c))) {
-        try {
-          status = attempt(c);
-        } catch (const OutOfMemoryError& e) {
-          passed += str("; algorithm ", int(c.algo), ": its workspace no longer fits (", e.what(), ")");
-          continue;
-        }
-      }
-      if (gives_way(status)) {
-        passed += str("; algorithm ", int(c.algo), ": ", cudnnGetErrorString(status));
-        continue;
-      }
-      if (status != CUDNN_STATUS_SUCCESS) raise(status, c);
-      cache.keep(device, d, true, c);
-      g_benchmarked.fetch_add(1, std::memory_order_relaxed);
+    if (!runs(c)) continue;
+    if (!timed) {
+      cache.keep(device, d, false, c);
       return;
     }
+    last = c;
+    auto timing = std::make_unique<TimedRun>(device);
+    const bool timed_run = runs(c, timing.get());
+    ran.push_back({c, timed_run ? std::move(timing) : nullptr});
+  }
+  std::vector<std::pair<float, size_t>> ranked;  // (ms, index into ran); untimed: +inf
+  for (size_t i = 0; i < ran.size(); ++i) {
+    float ms = INFINITY;
+    if (ran[i].timing) {
+      event_synchronize(device, ran[i].timing->end);
+      ms = event_elapsed_ms(device, ran[i].timing->start, ran[i].timing->end);
+    }
+    ranked.emplace_back(ms, i);
+  }
+  std::stable_sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (const auto& [ms, i] : ranked) {
+    const Choice<Algo>& c = ran[i].choice;
+    const bool holds = last && last->algo == c.algo && last->math == c.math;
+    if (!holds && !runs(c)) continue;
+    cache.keep(device, d, true, c);
+    g_benchmarked.fetch_add(1, std::memory_order_relaxed);
+    return;
   }
   const std::string kind = str(d.deterministic ? " deterministic" : "", d.fma_only ? " FMA-math (TF32 off)" : "");
   if (choices.empty()) fail(op, " ", d.shapes(), ": cuDNN's heuristics offer no", kind, " algorithm for it");
