@@ -47,6 +47,12 @@ BCOS_HD AvgWindow avg_window(int64_t oh, int64_t ow, int64_t h, int64_t w, const
   return {h0, h1, w0, w1, divisor};
 }
 
+// A 1 x 1, stride-1, unpadded window (dilation is then irrelevant): every pixel lies in its own
+// window only, so a window sum is the plane itself (the B-cos patch norms' shortcut, both backends).
+BCOS_HD bool is_pointwise(const Pool2dParams& p) {
+  return p.kernel[0] == 1 && p.kernel[1] == 1 && p.stride[0] == 1 && p.stride[1] == 1 && p.padding[0] == 0 &&
+         p.padding[1] == 0;
+}
 // Adaptive pooling bins: [floor(i * in / out), ceil((i + 1) * in / out)).
 BCOS_HD int64_t bin_start(int64_t i, int64_t in, int64_t out) { return (i * in) / out; }
 BCOS_HD int64_t bin_end(int64_t i, int64_t in, int64_t out) { return ((i + 1) * in + out - 1) / out; }

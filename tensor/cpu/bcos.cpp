@@ -17,32 +17,21 @@
 #include "tensor/cpu/kernels.h"
 #include "tensor/elementwise_math.h"
 #include "tensor/parallel.h"
+#include "tensor/pool_math.h"
 
 namespace bcos::cpu {
 
 namespace {
-// The taps of a window starting at `start` that land inside [0, size): [first, end).
-int64_t first_tap(int64_t start, int64_t d) { return start >= 0 ? 0 : (-start + d - 1) / d; }
-int64_t end_tap(int64_t start, int64_t d, int64_t kernel, int64_t size) {
-  if (start >= size) return 0;
-  return std::min<int64_t>(kernel, (size - 1 - start) / d + 1);
-}
-
-bool is_pointwise(const Pool2dParams& p) {
-  return p.kernel[0] == 1 && p.kernel[1] == 1 && p.stride[0] == 1 && p.stride[1] == 1 &&
-         p.padding[0] == 0 && p.padding[1] == 0;
-}
-
 // Calls fn(input_index, output_index) for every (tap, output) pair of a window sum over one
 // H×W plane: the adjoint pairs of the forward and backward window passes.
 template <class F>
 void for_each_tap(const Pool2dParams& p, int64_t h, int64_t w, int64_t ho, int64_t wo, F&& fn) {
   for (int64_t oh = 0; oh < ho; ++oh) {
     const int64_t h0 = oh * p.stride[0] - p.padding[0];
-    const int64_t ki_lo = first_tap(h0, p.dilation[0]), ki_hi = end_tap(h0, p.dilation[0], p.kernel[0], h);
+    const int64_t ki_lo = pool::first_tap(h0, p.dilation[0]), ki_hi = pool::end_tap(h0, p.dilation[0], p.kernel[0], h);
     for (int64_t ow = 0; ow < wo; ++ow) {
       const int64_t w0 = ow * p.stride[1] - p.padding[1];
-      const int64_t kj_lo = first_tap(w0, p.dilation[1]), kj_hi = end_tap(w0, p.dilation[1], p.kernel[1], w);
+      const int64_t kj_lo = pool::first_tap(w0, p.dilation[1]), kj_hi = pool::end_tap(w0, p.dilation[1], p.kernel[1], w);
       for (int64_t ki = ki_lo; ki < ki_hi; ++ki) {
         const int64_t row = (h0 + ki * p.dilation[0]) * w;
         for (int64_t kj = kj_lo; kj < kj_hi; ++kj) fn(row + w0 + kj * p.dilation[1], oh * wo + ow);
@@ -56,7 +45,7 @@ void bcos_patch_sumsq(const Tensor& x_in, int64_t groups, const Pool2dParams& p,
   Tensor x = raw_contiguous(x_in);
   const int64_t n = x.size(0), cg = x.size(1) / groups, h = x.size(2), w = x.size(3);
   const int64_t ho = out.size(2), wo = out.size(3), plane = h * w;
-  const bool pointwise = is_pointwise(p);
+  const bool pointwise = pool::is_pointwise(p);
   dispatch_float(x.dtype(), "bcos_patch_sumsq", [&]<class T>() {
     const T* px = x.data<T>();
     T* po = out.data<T>();
@@ -94,7 +83,7 @@ void bcos_patch_sumsq_backward(const Tensor& grad_in, const Tensor& x_in, int64_
   Tensor x = raw_contiguous(x_in), grad = raw_contiguous(grad_in);
   const int64_t n = x.size(0), cg = x.size(1) / groups, h = x.size(2), w = x.size(3);
   const int64_t ho = grad.size(2), wo = grad.size(3), plane = h * w;
-  const bool pointwise = is_pointwise(p);
+  const bool pointwise = pool::is_pointwise(p);
   dispatch_float(x.dtype(), "bcos_patch_sumsq_backward", [&]<class T>() {
     const T* px = x.data<T>();
     const T* pg = grad.data<T>();

@@ -356,8 +356,7 @@ void bcos_patch_sumsq(const Tensor& x_in, int64_t groups, const Pool2dParams& p,
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
   const int64_t plane = s.h * s.w;
-  const bool pointwise = p.kernel[0] == 1 && p.kernel[1] == 1 && p.stride[0] == 1 && p.stride[1] == 1 &&
-                         p.padding[0] == 0 && p.padding[1] == 0;
+  const bool pointwise = pool::is_pointwise(p);
   dispatch_float(x.dtype(), "cuda bcos_patch_sumsq", [&]<class T>() {
     const T* px = static_cast<const T*>(x.raw_data());
     if (pointwise && plane == 1) {
@@ -390,8 +389,7 @@ void bcos_patch_sumsq_backward(const Tensor& grad_in, const Tensor& x_in, int64_
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
   // Pointwise (1 x 1, stride 1, no padding) each pixel lies in its own window only: acc is g.
-  const bool pointwise = p.kernel[0] == 1 && p.kernel[1] == 1 && p.stride[0] == 1 && p.stride[1] == 1 &&
-                         p.padding[0] == 0 && p.padding[1] == 0;
+  const bool pointwise = pool::is_pointwise(p);
   const Tensor acc = pointwise ? grad : empty({s.ng, s.h, s.w}, {x.dtype(), x.device()});
   dispatch_float(x.dtype(), "cuda bcos_patch_sumsq_backward", [&]<class T>() {
     if (!pointwise)
