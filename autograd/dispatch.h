@@ -28,7 +28,15 @@ inline void check_same_dtype(const char* op, const Tensor& a, const Tensor& b) {
 
 inline void check_float(const char* op, const Tensor& t) {
   BCOS_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::f64, op,
-             ": expected a float32 or float64 tensor, got ", t.dtype(), " (shape ", t.shape(), ")");
+             ": expected a float32 or float64 tensor, got ", t.dtype(), " (shape ", t.shape(), ")",
+             is_half_float(t.dtype()) ? "; this op has no 16-bit kernel: convert with .to(kFloat32)" : "");
+}
+
+// Any floating type, float16 / bfloat16 included: for the ops whose kernels take 16-bit floats
+// (elementwise maps and reductions, computed in float32 and rounded once).
+inline void check_floating(const char* op, const Tensor& t) {
+  BCOS_CHECK(is_floating(t.dtype()), op, ": expected a floating-point tensor, got ", t.dtype(),
+             " (shape ", t.shape(), ")");
 }
 
 inline void check_index(const char* op, const Tensor& t) {

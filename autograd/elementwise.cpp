@@ -15,7 +15,7 @@ namespace {
 Tensor unary_op(const char* name, const char* node, UnaryOp op, const Tensor& x, double p0 = 0,
                 double p1 = 0) {
   check_defined(name, x, "input");
-  check_float(name, x);
+  check_floating(name, x);
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
   kernel::unary(op, x, out, p0, p1);
   if (needs_graph({x})) {
@@ -32,22 +32,42 @@ Tensor unary_op(const char* name, const char* node, UnaryOp op, const Tensor& x,
   return out;
 }
 
-// Forward of a binary op: checks, broadcast, kernel.
+// The result type of two floating operands of which one is 16-bit, as PyTorch's: a 0-dim tensor
+// (a scalar) does not widen a tensor with dims (bf16 x * 0.5 stays bf16); otherwise the wider type
+// wins. (float32 with float64 stays an error: in a gradcheck the mix is a bug, not a wish.)
+DType result_type(const Tensor& a, const Tensor& b) {
+  if (a.dtype() == b.dtype()) return a.dtype();
+  const bool a_scalar = a.dim() == 0, b_scalar = b.dim() == 0;
+  if (a_scalar != b_scalar) return a_scalar ? b.dtype() : a.dtype();
+  return promote_floats(a.dtype(), b.dtype());
+}
+
+// An operand in the type the kernel takes for result type r: r itself, except that a 0-dim
+// operand beside a 16-bit result keeps float32 (its value is not rounded to 16 bits: PyTorch
+// computes such ops in float32 with the scalar as given, and rounds only the result).
+Tensor kernel_operand(const Tensor& t, DType r) {
+  if (t.dtype() == r) return t;
+  if (is_half_float(r) && t.dim() == 0) return t.dtype() == DType::f32 ? t : raw_to(t, DType::f32, t.device());
+  return raw_to(t, r, t.device());
+}
+
+// Forward of a binary op: checks, type promotion of floating operands, broadcast, kernel.
 Tensor binary_forward(const char* name, BinaryOp op, const Tensor& a, const Tensor& b) {
   check_defined(name, a, "first operand");
   check_defined(name, b, "second operand");
   check_same_device(name, a, b);
-  check_same_dtype(name, a, b);
+  if (!(is_half_float(a.dtype()) || is_half_float(b.dtype())) || !(a.is_floating_point() && b.is_floating_point()))
+    check_same_dtype(name, a, b);
+  const DType r = a.is_floating_point() ? result_type(a, b) : a.dtype();
   if (!is_comparison(op)) {
     if (op == BinaryOp::div || op == BinaryOp::pow)
-      check_float(name, a);
+      BCOS_CHECK(is_floating(r), name, ": expected floating-point tensors, got ", a.dtype());
     else
-      BCOS_CHECK(a.dtype() == DType::f32 || a.dtype() == DType::f64 || a.dtype() == DType::i64,
-                 name, ": expected float32, float64 or int64 tensors, got ", a.dtype());
+      BCOS_CHECK(is_floating(r) || r == DType::i64, name, ": expected floating-point or int64 tensors, got ", a.dtype());
   }
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
-  Tensor out = empty(shape, {is_comparison(op) ? DType::boolean : a.dtype(), a.device()});
-  kernel::binary(op, raw_expand(a, shape, name), raw_expand(b, shape, name), out);
+  Tensor out = empty(shape, {is_comparison(op) ? DType::boolean : r, a.device()});
+  kernel::binary(op, raw_expand(kernel_operand(a, r), shape, name), raw_expand(kernel_operand(b, r), shape, name), out);
   return out;
 }
 
@@ -58,7 +78,8 @@ Tensor scalar_for(const char* op, double v, const Tensor& like) {
   BCOS_CHECK(like.is_floating_point() || v == std::trunc(v), op, ": a ", like.dtype(),
              " tensor (shape ", like.shape(), ") with the non-integer scalar ", v,
              "; convert the tensor with .to(kFloat32) first");
-  return scalar_like(v, like);
+  // A 16-bit tensor's scalar stays float32 (binary_forward: only the result is rounded).
+  return is_half_float(like.dtype()) ? full(Shape{}, v, {DType::f32, like.device()}) : scalar_like(v, like);
 }
 
 }  // namespace
@@ -76,7 +97,7 @@ Tensor add(const Tensor& a, const Tensor& b, double alpha) {
 Tensor add_relu(const Tensor& a, const Tensor& b) {
   Tensor out = binary_forward("add_relu", BinaryOp::add_relu, a, b);
   if (needs_graph({a, b})) {
-    check_float("add_relu", a);
+    check_floating("add_relu", a);
     SavedTensor sy(out);
     // relu's backward with the output for its input: out > 0 exactly where a + b > 0.
     record("AddReluBackward", out, {a, b}, [=](const Tensor& g, const std::vector<bool>&) {
@@ -240,10 +261,14 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   BCOS_CHECK(cond.dtype() == DType::boolean, op, ": condition must be bool, got ", cond.dtype());
   check_same_device(op, cond, a);
   check_same_device(op, a, b);
-  check_same_dtype(op, a, b);
+  const bool promote = (is_half_float(a.dtype()) || is_half_float(b.dtype())) && a.is_floating_point() &&
+                       b.is_floating_point();
+  if (!promote) check_same_dtype(op, a, b);
+  const DType r = promote ? result_type(a, b) : a.dtype();  // a selection: its values rounded first or after, the same
   Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), op), b.shape(), op);
-  Tensor out = empty(shape, {a.dtype(), a.device()});
-  kernel::where(raw_expand(cond, shape, op), raw_expand(a, shape, op), raw_expand(b, shape, op), out);
+  Tensor out = empty(shape, {r, a.device()});
+  kernel::where(raw_expand(cond, shape, op), raw_expand(a.dtype() == r ? a : raw_to(a, r, a.device()), shape, op),
+                raw_expand(b.dtype() == r ? b : raw_to(b, r, b.device()), shape, op), out);
   if (needs_graph({a, b})) {
     SavedTensor sc(cond);
     record("WhereBackward", out, {a, b}, [=](const Tensor& g, const std::vector<bool>& need) {

@@ -78,7 +78,7 @@ Tensor sum(const Tensor& x, const Dims& dims, bool keepdim) {
 
 Tensor mean(const Tensor& x, const Dims& dims, bool keepdim) {
   check_defined("mean", x, "input");
-  check_float("mean", x);
+  check_floating("mean", x);
   Plan p = plan_reduction("mean", x, dims, keepdim);
   Tensor out = reduce_raw(ReduceOp::mean, x, p, x.dtype());
   if (needs_graph({x})) {
@@ -93,7 +93,7 @@ Tensor mean(const Tensor& x, const Dims& dims, bool keepdim) {
 
 Tensor var(const Tensor& x, const Dims& dims, int64_t correction, bool keepdim) {
   check_defined("var", x, "input");
-  check_float("var", x);
+  check_floating("var", x);
   Plan p = plan_reduction("var", x, dims, keepdim);
   Tensor out = reduce_raw(ReduceOp::var, x, p, x.dtype(), Tensor(), correction);
   if (needs_graph({x})) {
@@ -112,7 +112,7 @@ Tensor var(const Tensor& x, const Dims& dims, int64_t correction, bool keepdim) 
 
 Tensor std(const Tensor& x, const Dims& dims, int64_t correction, bool keepdim) {
   check_defined("std", x, "input");
-  check_float("std", x);
+  check_floating("std", x);
   Plan p = plan_reduction("std", x, dims, keepdim);
   Tensor v = reduce_raw(ReduceOp::var, x, p, x.dtype(), Tensor(), correction);
   Tensor out = empty(v.shape(), {v.dtype(), v.device()});
@@ -134,7 +134,7 @@ Tensor std(const Tensor& x, const Dims& dims, int64_t correction, bool keepdim) 
 
 Tensor prod(const Tensor& x, const Dims& dims, bool keepdim) {
   check_defined("prod", x, "input");
-  check_float("prod", x);
+  check_floating("prod", x);
   Plan p = plan_reduction("prod", x, dims, keepdim);
   Tensor out = reduce_raw(ReduceOp::prod, x, p, x.dtype());
   if (needs_graph({x})) {
@@ -162,7 +162,7 @@ Tensor prod(const Tensor& x, const Dims& dims, bool keepdim) {
 
 Tensor norm(const Tensor& x, double pnorm, const Dims& dims, bool keepdim) {
   check_defined("norm", x, "input");
-  check_float("norm", x);
+  check_floating("norm", x);
   BCOS_CHECK(pnorm == 1 || pnorm == 2, "norm: only p = 1 and p = 2 are supported, got ", pnorm);
   Plan p = plan_reduction("norm", x, dims, keepdim);
   Tensor out = reduce_raw(pnorm == 1 ? ReduceOp::norm1 : ReduceOp::norm2, x, p, x.dtype());
@@ -184,7 +184,7 @@ Tensor norm(const Tensor& x, double pnorm, const Dims& dims, bool keepdim) {
 
 Tensor logsumexp(const Tensor& x, const Dims& dims, bool keepdim) {
   check_defined("logsumexp", x, "input");
-  check_float("logsumexp", x);
+  check_floating("logsumexp", x);
   Plan p = plan_reduction("logsumexp", x, dims, keepdim);
   Tensor out = reduce_raw(ReduceOp::logsumexp, x, p, x.dtype());
   if (needs_graph({x})) {

@@ -53,6 +53,17 @@ inline std::ostream& operator<<(std::ostream& os, DType t) { return os << dtype_
 inline bool is_floating(DType t) {
   return t == DType::f32 || t == DType::f64 || t == DType::f16 || t == DType::bf16;
 }
+// float16 / bfloat16: stored in 16 bits, computed in float32 (each result rounded once, as
+// PyTorch's CPU and CUDA kernels do with their "opmath" type).
+inline bool is_half_float(DType t) { return t == DType::f16 || t == DType::bf16; }
+
+// PyTorch's promotion of two floating types: the wider wins; float16 with bfloat16 is float32
+// (neither holds the other's values).
+inline DType promote_floats(DType a, DType b) {
+  if (a == b) return a;
+  if (a == DType::f64 || b == DType::f64) return DType::f64;
+  return DType::f32;
+}
 
 // IEEE half and bfloat16 as plain 16-bit storage with exact conversions (round to nearest even).
 struct Half {

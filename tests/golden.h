@@ -166,4 +166,31 @@ inline bool equal(const bcos::Tensor& a, const bcos::Tensor& b) {
   return a.shape() == b.shape() && a.to_vector<double>() == b.to_vector<double>();
 }
 
+// The largest |got − want| in units in the last place of want (of its 16-bit type); values much
+// smaller than the tensor's largest count in units of 2^-16 of that instead: near zero (a gradient
+// that is a difference of terms) a float32 difference between two formulas is no longer small
+// against the result's own ulp. NaN matches only NaN. As tools/golden/half.py measures; for float16 /
+// bfloat16 tensors (tests/autograd/test_half.cpp, tests/cuda).
+inline double max_ulps(const bcos::Tensor& got_in, const bcos::Tensor& want_in) {
+  BCOS_CHECK(got_in.dtype() == want_in.dtype() && got_in.shape() == want_in.shape(), "max_ulps: ", got_in.dtype(), " ",
+             got_in.shape(), " against ", want_in.dtype(), " ", want_in.shape());
+  const int bits = want_in.dtype() == bcos::DType::bf16 ? 7 : 10, low = want_in.dtype() == bcos::DType::bf16 ? -126 : -14;
+  const bcos::Tensor got = got_in.to(bcos::Device::cpu()).to(bcos::DType::f64).contiguous(), want = want_in.to(bcos::DType::f64).contiguous();
+  const double* g = got.data<double>();
+  const double* w = want.data<double>();
+  double largest = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) largest = std::max(largest, std::abs(w[i]));
+  double worst = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    if (std::isnan(g[i]) || std::isnan(w[i])) {
+      if (!(std::isnan(g[i]) && std::isnan(w[i]))) return INFINITY;
+      continue;
+    }
+    const int exponent = std::max(w[i] == 0 ? low : int(std::floor(std::log2(std::abs(w[i])))), low);
+    const double unit = std::max(std::ldexp(1.0, exponent - bits), std::ldexp(largest, -16));
+    worst = std::max(worst, std::abs(g[i] - w[i]) / unit);
+  }
+  return worst;
+}
+
 }  // namespace golden

@@ -56,23 +56,25 @@ void map3(const Tensor& a, const Tensor& b, const Tensor& c, const Tensor& out, 
                   });
 }
 
-// out = f(a, b) with a fast path for a broadcast scalar b (x + 2, x * w[c] rows).
-template <class T, class Out, class F>
+// out = f(a, b) with a fast path for a broadcast scalar b (x + 2, x * w[c] rows). A and B differ
+// only for a 16-bit tensor with a float32 scalar, which keeps its float32 value (as PyTorch's).
+template <class A, class Out, class B = A, class F>
 void map2(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
-  const T* pa = static_cast<const T*>(a.raw_data());
-  const T* pb = static_cast<const T*>(b.raw_data());
+  const A* pa = static_cast<const A*>(a.raw_data());
+  const B* pb = static_cast<const B*>(b.raw_data());
   Out* po = static_cast<Out*>(out.raw_data());
   for_each_row<3>(out.shape(), {&out, &a, &b}, 2,
                   [&](const int64_t* off, int64_t n, const int64_t* st) {
                     Out* o = po + off[0];
-                    const T *x = pa + off[1], *y = pb + off[2];
+                    const A* x = pa + off[1];
+                    const B* y = pb + off[2];
                     if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
                       for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], y[i]);
                     } else if (st[0] == 1 && st[1] == 1 && st[2] == 0) {
-                      const T s = *y;
+                      const B s = *y;
                       for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], s);
                     } else if (st[0] == 1 && st[1] == 0 && st[2] == 1) {
-                      const T s = *x;
+                      const A s = *x;
                       for (int64_t i = 0; i < n; ++i) o[i] = f(s, y[i]);
                     } else {
                       for (int64_t i = 0; i < n; ++i) o[i * st[0]] = f(x[i * st[1]], y[i * st[2]]);
@@ -139,6 +141,51 @@ void unary_backward_typed(UnaryOp op, const Tensor& g, const Tensor& x, const Te
   });
 }
 
+// float16 / bfloat16 (S): each element widened to float, computed by the float formulas, and the
+// result rounded once -- PyTorch's "opmath" scheme, so results agree with its bit for bit
+// wherever the float formulas do.
+template <class S>
+void unary_half(UnaryOp op, const Tensor& x, const Tensor& out, double p0, double p1) {
+  const math::UnaryParams<float> p = math::make_unary_params<float>(p0, p1);
+  if (op == UnaryOp::pow_scalar && p.p0 == 2.0f) op = UnaryOp::square;
+  math::with_unary_op(op, [&]<UnaryOp OP>() {
+    map1<S, S>(x, out, [p](S v) BCOS_VEC_INLINE_LAMBDA { return S(forward_on_cpu<OP>(float(v), p)); });
+  });
+}
+
+template <class S>
+void unary_backward_half(UnaryOp op, const Tensor& g, const Tensor& x, const Tensor& y, const Tensor& gx,
+                         double p0, double p1) {
+  const math::UnaryParams<float> p = math::make_unary_params<float>(p0, p1);
+  if (op == UnaryOp::pow_scalar && p.p0 == 2.0f) op = UnaryOp::square;
+  const Tensor& s = math::derivative_uses_output(op) ? y : x;
+  math::with_unary_op(op, [&]<UnaryOp OP>() {
+    map3<S, S>(g, s, Tensor(), gx, [p](S gv, S sv, S) BCOS_VEC_INLINE_LAMBDA {
+      return S(backward_on_cpu<OP>(float(gv), float(sv), p));
+    });
+  });
+}
+
+// Operands of type A and B, each S or float (a float32 scalar), into S (a comparison: bool).
+template <class S, class A, class B>
+void binary_half_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+  math::with_binary_op(op, [&]<BinaryOp OP>() {
+    using Out = std::conditional_t<is_comparison(OP), bool, S>;
+    map2<A, Out, B>(a, b, out, [](A x, B y) {
+      if constexpr (is_comparison(OP)) return math::binary<OP>(float(x), float(y));
+      else return S(math::binary<OP>(float(x), float(y)));
+    });
+  });
+}
+
+template <class S>
+void binary_half(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+  const bool a_wide = a.dtype() == DType::f32, b_wide = b.dtype() == DType::f32;
+  if (a_wide) return binary_half_typed<S, float, S>(op, a, b, out);
+  if (b_wide) return binary_half_typed<S, S, float>(op, a, b, out);
+  return binary_half_typed<S, S, S>(op, a, b, out);
+}
+
 template <class T>
 void binary_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
   math::with_binary_op(op, [&]<BinaryOp OP>() {
@@ -153,6 +200,8 @@ void binary_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& o
 }  // namespace
 
 void unary(UnaryOp op, const Tensor& x, const Tensor& out, double p0, double p1) {
+  if (x.dtype() == DType::bf16) return unary_half<BFloat16>(op, x, out, p0, p1);
+  if (x.dtype() == DType::f16) return unary_half<Half>(op, x, out, p0, p1);
   dispatch_float(x.dtype(), "unary", [&]<class T>() { unary_typed<T>(op, x, out, p0, p1); });
 }
 
@@ -161,6 +210,8 @@ void unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x, const Tenso
   const Tensor& s = math::derivative_uses_output(op) ? y : x;
   BCOS_CHECK(s.defined(), "unary_backward ", op_name(op), ": needs ",
              math::derivative_uses_output(op) ? "the forward output y" : "the input x");
+  if (s.dtype() == DType::bf16) return unary_backward_half<BFloat16>(op, grad, x, y, grad_x, p0, p1);
+  if (s.dtype() == DType::f16) return unary_backward_half<Half>(op, grad, x, y, grad_x, p0, p1);
   dispatch_float(s.dtype(), "unary_backward", [&]<class T>() {
     unary_backward_typed<T>(op, grad, x, y, grad_x, p0, p1);
   });
@@ -171,6 +222,10 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
     if (a.dtype() == DType::u8) return binary_typed<uint8_t>(op, a, b, out);
     return binary_typed<bool>(op, a, b, out);
   }
+  // 16-bit floats: out's type, or a comparison's operand type that is not a float32 scalar.
+  const DType half = is_comparison(op) ? (a.dtype() == DType::f32 ? b.dtype() : a.dtype()) : out.dtype();
+  if (half == DType::bf16) return binary_half<BFloat16>(op, a, b, out);
+  if (half == DType::f16) return binary_half<Half>(op, a, b, out);
   dispatch_arith(a.dtype(), "binary", [&]<class T>() { binary_typed<T>(op, a, b, out); });
 }
 

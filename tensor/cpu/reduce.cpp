@@ -1,6 +1,7 @@
 // Reductions over any set of dims of a strided tensor. Kept and reduced dims are each collapsed
 // (merged where contiguous); every output element then walks its reduced sub-space row by row.
-// Sums accumulate in double, so f32 results are as accurate as PyTorch's pairwise sums or more.
+// Sums accumulate in double, so f32 results are as accurate as PyTorch's pairwise sums or more
+// (float16 / bfloat16 likewise, each result rounded once).
 // Parallel over outputs when there are many, over the reduced range when there are few.
 #include <cmath>
 #include <limits>
@@ -155,6 +156,9 @@ struct ProdAcc {
 };
 
 template <class T>
+inline constexpr bool is_float_storage = std::is_floating_point_v<T> || std::is_same_v<T, BFloat16> || std::is_same_v<T, Half>;
+
+template <class T>
 struct ExtremeAcc {  // max (sign = +1) or min (sign = -1) with the first index; NaN wins
   const T* x;
   bool is_max;
@@ -162,11 +166,12 @@ struct ExtremeAcc {  // max (sign = +1) or min (sign = -1) with the first index;
   int64_t index = -1;
   bool better(T v) const {
     if (index < 0) return true;
-    if constexpr (std::is_floating_point_v<T>) {
-      if (std::isnan(best)) return false;
-      if (std::isnan(v)) return true;
+    if constexpr (is_float_storage<T>) {
+      if (std::isnan(double(best))) return false;
+      if (std::isnan(double(v))) return true;
     }
-    return is_max ? v > best : v < best;
+    if constexpr (is_float_storage<T>) return is_max ? double(v) > double(best) : double(v) < double(best);
+    else return is_max ? v > best : v < best;
   }
   void row(int64_t off, int64_t lin, int64_t n, int64_t st) {
     for (int64_t i = 0; i < n; ++i) {
@@ -318,6 +323,9 @@ void reduce(ReduceOp op, const Tensor& x, const std::vector<bool>& dims, const T
                   });
     return;
   }
+  // float16 / bfloat16 accumulate in double too, and round once into their output.
+  if (x.dtype() == DType::bf16) return reduce_float<BFloat16>(op, x, g, out, indices, correction);
+  if (x.dtype() == DType::f16) return reduce_float<Half>(op, x, g, out, indices, correction);
   dispatch_float(x.dtype(), "reduce",
                  [&]<class T>() { reduce_float<T>(op, x, g, out, indices, correction); });
 }

@@ -30,6 +30,31 @@ struct BinaryFn {
   __device__ auto operator()(T x, T y) const { return math::binary<OP>(x, y); }
 };
 
+// float16 / bfloat16 (S, CUDA's __half / __nv_bfloat16): widened to float, computed by the float
+// formulas, the result rounded once -- as PyTorch's opmath kernels and the CPU's (cpu/elementwise.cpp).
+template <UnaryOp OP, class S>
+struct UnaryHalfFn {
+  UnaryParams<float> p;
+  __device__ S operator()(S v) const { return convert_value<S>(math::unary_forward<OP>(convert_value<float>(v), p)); }
+};
+
+template <UnaryOp OP, class S>
+struct UnaryBackwardHalfFn {
+  UnaryParams<float> p;
+  __device__ S operator()(S g, S s) const {
+    return convert_value<S>(math::unary_backward<OP>(convert_value<float>(g), convert_value<float>(s), p));
+  }
+};
+
+// Operands A and B each S or float (a float32 scalar beside a 16-bit tensor keeps its value).
+template <BinaryOp OP, class S, class A, class B>
+struct BinaryHalfFn {
+  __device__ auto operator()(A x, B y) const {
+    if constexpr (is_comparison(OP)) return math::binary<OP>(convert_value<float>(x), convert_value<float>(y));
+    else return convert_value<S>(math::binary<OP>(convert_value<float>(x), convert_value<float>(y)));
+  }
+};
+
 // ---- dense operands in 16-byte packs ---------------------------------------------------------------
 // A thread moves 16 bytes of each operand per access (4 float32, 2 float64 / int64, 16 bool)
 // where the element sizes agree and every pointer is 16-byte aligned (cudaMalloc's are; a view's
@@ -84,15 +109,16 @@ BCOS_UNROLL
   return 0;
 }
 
-template <class Out, class In, class F>
-__device__ __forceinline__ int64_t map2_packed(Out* out, const In* a, const In* b, int64_t n, int64_t first,
+template <class Out, class In, class F, class InB = In>
+__device__ __forceinline__ int64_t map2_packed(Out* out, const In* a, const InB* b, int64_t n, int64_t first,
                                                int64_t step, F f) {
-  if constexpr (sizeof(Out) == sizeof(In) && sizeof(In) <= 8) {
+  if constexpr (sizeof(Out) == sizeof(In) && sizeof(InB) == sizeof(In) && sizeof(In) <= 8) {
     if (!aligned16(out, a, b)) return 0;
     constexpr int P = Pack<In>::kSize;
     const int64_t packs = n / P;
     for (int64_t p = first; p < packs; p += step) {
-      const Pack<In> ap = pack_at(a, p), bp = pack_at(b, p);
+      const Pack<In> ap = pack_at(a, p);
+      const Pack<InB> bp = pack_at(b, p);
       Pack<Out> o;
 BCOS_UNROLL
       for (int j = 0; j < P; ++j) o.v[j] = f(ap.v[j], bp.v[j]);
@@ -105,9 +131,9 @@ BCOS_UNROLL
 
 // The grid for a map: a thread per pack where the operands may go in packs, else per element
 // (either way the grid-stride loops cover every element).
-template <class Out, class In, int N>
+template <class Out, class In, int N, class InB = In>
 unsigned map_blocks(const Geometry<N>& g) {
-  constexpr bool packable = sizeof(Out) == sizeof(In) && sizeof(In) <= 8;
+  constexpr bool packable = sizeof(Out) == sizeof(In) && sizeof(InB) == sizeof(In) && sizeof(In) <= 8;
   return blocks_for(packable && g.contiguous ? (g.numel + Pack<In>::kSize - 1) / Pack<In>::kSize : g.numel);
 }
 
@@ -132,8 +158,8 @@ __global__ void map1_kernel(Out* out, const In* x, Geometry<2> g, F f) {
 }
 
 // out = f(a, b) over a Geometry<3> of (out, a, b).
-template <class Out, class In, class F>
-__global__ void map2_kernel(Out* out, const In* a, const In* b, Geometry<3> g, F f) {
+template <class Out, class In, class F, class InB = In>
+__global__ void map2_kernel(Out* out, const In* a, const InB* b, Geometry<3> g, F f) {
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (g.contiguous) {
@@ -173,14 +199,23 @@ void unary(UnaryOp op, const Tensor& x, const Tensor& out, double p0, double p1)
   int device = common_device({&x, &out}, "cuda::unary");
   check_same_shape(out, x, "cuda::unary");
   const DType dt = x.dtype();
-  BCOS_CHECK(dt == DType::f32 || dt == DType::f64, "cuda unary ", op_name(op),
-             ": expected a float32 or float64 tensor, got ", dtype_name(dt));
+  BCOS_CHECK(is_floating(dt), "cuda unary ", op_name(op), ": expected a floating-point tensor, got ", dtype_name(dt));
   BCOS_CHECK(out.dtype() == dt, "cuda unary ", op_name(op), ": output is ",
              dtype_name(out.dtype()), ", input is ", dtype_name(dt));
   if (out.numel() == 0) return;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
   Geometry<2> g = make_geometry<2>(out.shape(), {&out.strides(), &x.strides()});
+  if (is_half_float(dt)) {
+    const UnaryParams<float> params = math::make_unary_params<float>(p0, p1);
+    return dispatch_half(dt, [&]<class S>() {
+      math::with_unary_op(op, [&]<UnaryOp OP>() {
+        map1_kernel<<<map_blocks<S, S>(g), kThreads, 0, stream>>>(
+            static_cast<S*>(out.raw_data()), static_cast<const S*>(x.raw_data()), g, UnaryHalfFn<OP, S>{params});
+        BCOS_CUDA_CHECK_LAUNCH();
+      });
+    });
+  }
   dispatch_float(dt, "cuda unary", [&]<class T>() {
     UnaryParams<T> params = math::make_unary_params<T>(p0, p1);
     math::with_unary_op(op, [&]<UnaryOp OP>() {
@@ -202,8 +237,8 @@ void unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x, const Tenso
   check_same_shape(grad_x, grad, "cuda::unary_backward");
   check_same_shape(grad_x, s, "cuda::unary_backward");
   const DType dt = s.dtype();
-  BCOS_CHECK(dt == DType::f32 || dt == DType::f64, "cuda unary_backward ", op_name(op),
-             ": expected a float32 or float64 tensor, got ", dtype_name(dt));
+  BCOS_CHECK(is_floating(dt), "cuda unary_backward ", op_name(op), ": expected a floating-point tensor, got ",
+             dtype_name(dt));
   BCOS_CHECK(grad.dtype() == dt && grad_x.dtype() == dt, "cuda unary_backward ",
              op_name(op), ": grad ", dtype_name(grad.dtype()), ", grad_x ",
              dtype_name(grad_x.dtype()), " and input ", dtype_name(dt), " must agree");
@@ -212,6 +247,17 @@ void unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x, const Tenso
   cudaStream_t stream = stream_of(device);
   Geometry<3> g =
       make_geometry<3>(grad_x.shape(), {&grad_x.strides(), &grad.strides(), &s.strides()});
+  if (is_half_float(dt)) {
+    const UnaryParams<float> params = math::make_unary_params<float>(p0, p1);
+    return dispatch_half(dt, [&]<class S>() {
+      math::with_unary_op(op, [&]<UnaryOp OP>() {
+        map2_kernel<<<map_blocks<S, S>(g), kThreads, 0, stream>>>(
+            static_cast<S*>(grad_x.raw_data()), static_cast<const S*>(grad.raw_data()),
+            static_cast<const S*>(s.raw_data()), g, UnaryBackwardHalfFn<OP, S>{params});
+        BCOS_CUDA_CHECK_LAUNCH();
+      });
+    });
+  }
   dispatch_float(dt, "cuda unary_backward", [&]<class T>() {
     UnaryParams<T> params = math::make_unary_params<T>(p0, p1);
     math::with_unary_op(op, [&]<UnaryOp OP>() {
@@ -227,11 +273,14 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
   int device = common_device({&a, &b, &out}, "cuda::binary");
   check_same_shape(out, a, "cuda::binary");
   check_same_shape(out, b, "cuda::binary");
-  const DType dt = a.dtype();
   const char* name = op_name(op);
-  BCOS_CHECK(b.dtype() == dt, "cuda binary ", name, ": operands are ", dtype_name(dt), " and ",
-             dtype_name(b.dtype()));
   const bool comparison = is_comparison(op);
+  // 16-bit floats: both operands of that type, or one a float32 scalar beside it (kept in float32).
+  const DType dt = a.dtype() == DType::f32 && is_half_float(b.dtype()) ? b.dtype() : a.dtype();
+  const bool half = is_half_float(dt);
+  auto operand_ok = [&](DType t) { return t == dt || (half && t == DType::f32); };
+  BCOS_CHECK(operand_ok(a.dtype()) && operand_ok(b.dtype()) && (!half || a.dtype() == dt || b.dtype() == dt),
+             "cuda binary ", name, ": operands are ", dtype_name(a.dtype()), " and ", dtype_name(b.dtype()));
   if (comparison) {
     BCOS_CHECK(out.dtype() == DType::boolean, "cuda binary ", name,
                ": a comparison writes bool, output is ", dtype_name(out.dtype()));
@@ -239,16 +288,33 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
     BCOS_CHECK(out.dtype() == dt, "cuda binary ", name, ": output is ",
                dtype_name(out.dtype()), ", operands are ", dtype_name(dt));
   }
-  const bool arithmetic_type = dt == DType::f32 || dt == DType::f64 || dt == DType::i64;
+  const bool arithmetic_type = dt == DType::f32 || dt == DType::f64 || dt == DType::i64 || half;
   const bool comparable_type = arithmetic_type || dt == DType::u8 || dt == DType::boolean;
   BCOS_CHECK(comparison ? comparable_type : arithmetic_type, "cuda binary ", name,
              ": unsupported dtype ", dtype_name(dt),
-             comparison ? " (comparisons take float32, float64, int64, uint8 or bool)"
-                        : " (arithmetic takes float32, float64 or int64)");
+             comparison ? " (comparisons take floating-point, int64, uint8 or bool tensors)"
+                        : " (arithmetic takes floating-point or int64 tensors)");
   if (out.numel() == 0) return;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
   Geometry<3> g = make_geometry<3>(out.shape(), {&out.strides(), &a.strides(), &b.strides()});
+
+  if (half) {
+    auto run_half = [&]<class S, class A, class B>() {
+      math::with_binary_op(op, [&]<BinaryOp OP>() {
+        using Out = std::conditional_t<is_comparison(OP), bool, S>;
+        map2_kernel<<<map_blocks<Out, A, 3, B>(g), kThreads, 0, stream>>>(
+            static_cast<Out*>(out.raw_data()), static_cast<const A*>(a.raw_data()),
+            static_cast<const B*>(b.raw_data()), g, BinaryHalfFn<OP, S, A, B>{});
+        BCOS_CUDA_CHECK_LAUNCH();
+      });
+    };
+    return dispatch_half(dt, [&]<class S>() {
+      if (a.dtype() == DType::f32) return run_half.template operator()<S, float, S>();
+      if (b.dtype() == DType::f32) return run_half.template operator()<S, S, float>();
+      return run_half.template operator()<S, S, S>();
+    });
+  }
 
   auto run = [&]<class T>() {
     math::with_binary_op(op, [&]<BinaryOp OP>() {

@@ -262,6 +262,14 @@ void dispatch_any_dtype(DType dt, const char* op, F&& f) {
   fail(op, ": unsupported dtype ", dtype_name(dt));
 }
 
+// Calls f.template operator()<S>() with S = __half or __nv_bfloat16 for float16 / bfloat16.
+template <class F>
+void dispatch_half(DType dt, F&& f) {
+  if (dt == DType::f16) return f.template operator()<__half>();
+  if (dt == DType::bf16) return f.template operator()<__nv_bfloat16>();
+  fail("dispatch_half: ", dtype_name(dt), " is not a 16-bit float");
+}
+
 template <class T>
 inline constexpr bool is_half_like_v =
     std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;

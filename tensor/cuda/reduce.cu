@@ -1,7 +1,7 @@
 // Reductions on the GPU: sum, mean, prod, max / min (with the index of the first extreme),
 // all / any, norm1, norm2, logsumexp and var over any set of dims, writing a keepdim-shaped
 // contiguous output. Like the CPU kernels, f32 inputs accumulate in double (int64 sum / max /
-// min too, which is exact up to 2^53).
+// min too, which is exact up to 2^53; float16 / bfloat16 too, each result rounded once).
 //
 // Every op is described by one accumulator type with identity / add / combine / finish, so the
 // four launch shapes below share it:
@@ -135,13 +135,13 @@ __device__ __forceinline__ int64_t geometry_offset(const Geometry<1>& g, int64_t
 
 template <class T>
 __device__ __forceinline__ double load_as_double(const T* p) {
-  return double(*p);
+  return convert_value<double>(*p);  // float16 / bfloat16 through float
 }
 
 template <ReduceOp OP, class T, class Out>
 __device__ __forceinline__ void write_output(const Acc& acc, const ReduceArgs& args, Out* out,
                                              int64_t* indices, int64_t m) {
-  out[m] = Out(Reducer<OP>::finish(acc, args.count, args.correction));
+  out[m] = convert_value<Out>(Reducer<OP>::finish(acc, args.count, args.correction));  // 16-bit: rounded once
   if constexpr (OP == ReduceOp::max || OP == ReduceOp::min) {
     if (indices != nullptr) indices[m] = acc.i;
   }
@@ -349,9 +349,8 @@ void reduce(ReduceOp op, const Tensor& x, const std::vector<bool>& reduce, const
   } else {
     // int64 as on the CPU: sum, max and min (accumulated in double, exact below 2^53).
     const bool integer_ok = op == ReduceOp::sum || extreme;
-    BCOS_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64 ||
-                   (integer_ok && x.dtype() == DType::i64),
-               "cuda reduce ", name, ": expected a float32 or float64 tensor",
+    BCOS_CHECK(is_floating(x.dtype()) || (integer_ok && x.dtype() == DType::i64),
+               "cuda reduce ", name, ": expected a floating-point tensor",
                integer_ok ? " (or int64)" : "", ", got ", dtype_name(x.dtype()));
     BCOS_CHECK(out.dtype() == x.dtype(), "cuda reduce ", name, ": output is ",
                dtype_name(out.dtype()), ", input is ", dtype_name(x.dtype()));
@@ -397,6 +396,11 @@ void reduce(ReduceOp op, const Tensor& x, const std::vector<bool>& reduce, const
       launch_reduce<OP, bool, bool>(static_cast<const bool*>(x.raw_data()),
                                     static_cast<bool*>(out.raw_data()), nullptr, args, device,
                                     stream);
+    } else if (is_half_float(x.dtype())) {
+      dispatch_half(x.dtype(), [&]<class S>() {
+        launch_reduce<OP, S, S>(static_cast<const S*>(x.raw_data()), static_cast<S*>(out.raw_data()), index_ptr, args,
+                                device, stream);
+      });
     } else {
       dispatch_arith(x.dtype(), "cuda reduce", [&]<class T>() {
         if constexpr (std::is_same_v<T, int64_t> &&
