@@ -134,6 +134,10 @@ void fused_backward(const SavedAttention& s, const Tensor& grad_out, const Tenso
 
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, bool causal,
                                     double scale, bool fused) {
+  if (is_half(q))
+    return through_float32(q, [&] {
+      return scaled_dot_product_attention(widened(q), widened(k), widened(v), widened(mask), causal, scale, fused);
+    });
   const Plan plan = plan_for("scaled_dot_product_attention", q, k, v, mask, scale, fused);
   if (!plan.fused) return composed(q, k, v, plan.bias, causal, plan.scale);
 
@@ -161,6 +165,8 @@ Tensor packed_self_attention(const Tensor& qkv, int64_t heads, const Tensor& mas
                              bool fused, bool qk_grad) {
   const char* op = "packed_self_attention";
   check_defined(op, qkv, "qkv");
+  if (is_half(qkv))
+    return through_float32(qkv, [&] { return packed_self_attention(widened(qkv), heads, widened(mask), causal, scale, fused, qk_grad); });
   BCOS_CHECK(heads > 0 && qkv.dim() == 3 && qkv.size(2) % (3 * heads) == 0 && qkv.size(2) > 0, op,
              ": expected qkv [N, L, 3 * heads * d] for ", heads, " heads, got ", qkv.shape());
   const int64_t n = qkv.size(0), len = qkv.size(1), e = qkv.size(2) / 3, d = e / heads;

@@ -21,6 +21,8 @@ Tensor bcos_patch_sumsq(const Tensor& x, IntPair kernel, IntPair stride, IntPair
                         IntPair dilation, int64_t groups) {
   const char* op = "bcos_patch_sumsq";
   check_defined(op, x, "input");
+  if (is_half(x))
+    return through_float32(x, [&] { return bcos_patch_sumsq(widened(x), kernel, stride, padding, dilation, groups); });
   check_float(op, x);
   BCOS_CHECK(x.dim() == 4, op, ": expected a 4-D input [N, C, H, W], got shape ", x.shape());
   BCOS_CHECK(groups >= 1 && x.size(1) % groups == 0, op, ": groups = ", groups,
@@ -59,6 +61,11 @@ Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_
                   double eps_in, double eps_out, const BcosEpilogue& post) {
   const char* op = "bcos_scale";
   check_defined(op, lin, "linear output");
+  if (is_half(lin))
+    return through_float32(lin, [&] {
+      const BcosEpilogue wide{widened(post.scale), widened(post.shift), post.relu};
+      return bcos_scale(widened(lin), widened(sumsq), b, max_out, eps_in, eps_out, wide);
+    });
   check_float(op, lin);
   BCOS_CHECK(lin.dim() >= 2, op, ": expected the linear output [N, O·M, *], got ", lin.shape());
   BCOS_CHECK(b >= 1, op, ": b must be at least 1, got ", b);
@@ -138,6 +145,12 @@ Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_
 Tensor bcos_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, IntPair stride,
                    IntPair padding, IntPair dilation, int64_t groups, double b, int64_t max_out,
                    const BcosEpilogue& post) {
+  // A 16-bit layer rounds once, at its output.
+  if (is_half(x))
+    return through_float32(x, [&] {
+      const BcosEpilogue wide{widened(post.scale), widened(post.shift), post.relu};
+      return bcos_conv2d(widened(x), widened(weight), widened(bias), stride, padding, dilation, groups, b, max_out, wide);
+    });
   BCOS_CHECK(!weight.defined() || weight.dim() != 4 || weight.size(0) % (max_out * groups) == 0,
              "bcos_conv2d: weight ", weight.shape(), " has ", weight.size(0),
              " output channels, which must be a multiple of max_out (", max_out,
@@ -150,6 +163,8 @@ Tensor bcos_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, In
 
 Tensor bcos_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, double b,
                    int64_t max_out) {
+  if (is_half(x))  // rounded once, at the layer's output (as bcos_conv2d)
+    return through_float32(x, [&] { return bcos_linear(widened(x), widened(weight), widened(bias), b, max_out); });
   // x: [..., K] -> [..., O·M]; the norm below keeps x for its backward, so linear keeps x too
   // (under autocast it would otherwise keep a rounded copy beside it).
   Tensor lin = detail::linear_keeping(x, weight, bias, b == 1);
@@ -166,6 +181,17 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const T
                              const Tensor& bias, bool training, double momentum, double eps, bool relu) {
   const char* op = relu ? "batch_norm_uncentered_relu" : "batch_norm_uncentered";
   check_defined(op, x, "input");
+  if (is_half(x)) {
+    const Tensor rv = widened(running_var.detach());
+    Tensor out = through_float32(x, [&] {
+      return batch_norm_uncentered(widened(x), rv, widened(weight), widened(bias), training, momentum, eps, relu);
+    });
+    if (training && is_half(running_var)) {
+      NoGradGuard no_grad;
+      Tensor(running_var).copy_(rv);
+    }
+    return out;
+  }
   check_float(op, x);
   BCOS_CHECK(x.dim() >= 2, op, ": expected input [N, C, *], got shape ", x.shape());
   const int64_t c = x.size(1);

@@ -41,7 +41,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stri
   BCOS_CHECK(w.dim() == 4, op, ": weight must be 4-D [O, C/groups, kh, kw], got ", w.shape());
   check_same_device(op, x, w);
   check_same_dtype(op, x, w);
-  check_float(op, x);
+  check_floating(op, x);
   BCOS_CHECK(groups >= 1 && x.size(1) % groups == 0 && w.size(0) % groups == 0, op,
              ": groups = ", groups, " must divide the input channels (", x.size(1),
              ") and the output channels (", w.size(0), ")");
@@ -126,6 +126,15 @@ void check_pool_input(const char* op, const Tensor& x) {
 ValuesIndices max_pool2d_with_indices(const Tensor& x, IntPair kernel, std::optional<IntPair> stride,
                                       IntPair padding, IntPair dilation, bool ceil_mode) {
   const char* op = "max_pool2d";
+  if (is_half(x)) {  // (the values are the input's own: rounding them back is exact)
+    Tensor idx;
+    Tensor values = through_float32(x, [&] {
+      ValuesIndices r = max_pool2d_with_indices(widened(x), kernel, stride, padding, dilation, ceil_mode);
+      idx = r.indices;
+      return r.values;
+    });
+    return {values, idx};
+  }
   check_pool_input(op, x);
   Pool2dParams p = pool_params(op, kernel, stride, padding, dilation, ceil_mode);
   Shape os = pooled_shape(op, x, p);
@@ -152,6 +161,10 @@ Tensor max_pool2d(const Tensor& x, IntPair kernel, std::optional<IntPair> stride
 Tensor avg_pool2d(const Tensor& x, IntPair kernel, std::optional<IntPair> stride, IntPair padding,
                   bool ceil_mode, bool count_include_pad, int64_t divisor_override) {
   const char* op = "avg_pool2d";
+  if (is_half(x))
+    return through_float32(x, [&] {
+      return avg_pool2d(widened(x), kernel, stride, padding, ceil_mode, count_include_pad, divisor_override);
+    });
   check_pool_input(op, x);
   BCOS_CHECK(divisor_override >= 0, op, ": divisor_override must be positive (0 for none)");
   Pool2dParams p = pool_params(op, kernel, stride, padding, 1, ceil_mode);
@@ -172,6 +185,7 @@ Tensor avg_pool2d(const Tensor& x, IntPair kernel, std::optional<IntPair> stride
 
 Tensor adaptive_avg_pool2d(const Tensor& x, IntPair output_size) {
   const char* op = "adaptive_avg_pool2d";
+  if (is_half(x)) return through_float32(x, [&] { return adaptive_avg_pool2d(widened(x), output_size); });
   check_pool_input(op, x);
   BCOS_CHECK(output_size.h > 0 && output_size.w > 0, op, ": output size must be positive");
   Tensor out = empty({x.size(0), x.size(1), output_size.h, output_size.w}, {x.dtype(), x.device()});

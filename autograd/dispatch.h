@@ -39,6 +39,21 @@ inline void check_floating(const char* op, const Tensor& t) {
              " (shape ", t.shape(), ")");
 }
 
+// ---- float16 / bfloat16 through float32 ---------------------------------------------------------
+// An op without 16-bit kernels of its own takes float16 / bfloat16 tensors as PyTorch's opmath
+// kernels do: the values widened to float32 (exactly), the op computed there, the result rounded
+// once to the input's 16-bit type (a B-cos layer or attention as a whole: no 16-bit rounding
+// inside). The casts record, so gradients come back in each input's own type. The cost is the
+// float32 copies' memory traffic: native 16-bit kernels are the next step, where a GPU benchmark
+// asks for them.
+inline bool is_half(const Tensor& t) { return t.defined() && is_half_float(t.dtype()); }
+inline Tensor widened(const Tensor& t) { return is_half(t) ? t.to(DType::f32) : t; }
+
+template <class F>
+Tensor through_float32(const Tensor& x, F&& op_on_float32) {
+  return op_on_float32().to(x.dtype());
+}
+
 inline void check_index(const char* op, const Tensor& t) {
   BCOS_CHECK(t.dtype() == DType::i64, op, ": indices must be int64, got ", t.dtype(),
              " (shape ", t.shape(), ")");

@@ -104,6 +104,8 @@ std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim) {
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   const char* op = "index_select";
   check_defined(op, x, "input");
+  // 16-bit values are moved as they are; a gradient sums in float32, rounded once.
+  if (is_half(x) && needs_graph({x})) return through_float32(x, [&] { return index_select(widened(x), dim, index); });
   check_defined(op, index, "index");
   check_index(op, index);
   check_same_device(op, x, index);
@@ -148,6 +150,7 @@ void check_gather_shapes(const char* op, const Tensor& x, int d, const Tensor& i
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
   const char* op = "gather";
   check_defined(op, x, "input");
+  if (is_half(x) && needs_graph({x})) return through_float32(x, [&] { return gather(widened(x), dim, index); });
   check_defined(op, index, "index");
   check_index(op, index);
   check_same_device(op, x, index);
@@ -170,6 +173,7 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
 Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src) {
   const char* op = "scatter_add";
   check_defined(op, x, "input");
+  if (is_half(x)) return through_float32(x, [&] { return scatter_add(widened(x), dim, index, widened(src)); });
   check_defined(op, index, "index");
   check_defined(op, src, "src");
   check_index(op, index);
@@ -233,6 +237,15 @@ Tensor one_hot(const Tensor& indices, int64_t num_classes) {
 ValuesIndices topk(const Tensor& x, int64_t k, int64_t dim, bool largest, bool sorted) {
   const char* op = "topk";
   check_defined(op, x, "input");
+  if (is_half(x)) {  // (the values are the input's own: rounding them back is exact)
+    Tensor idx;
+    Tensor values = through_float32(x, [&] {
+      ValuesIndices r = topk(widened(x), k, dim, largest, sorted);
+      idx = r.indices;
+      return r.values;
+    });
+    return {values, idx};
+  }
   int d = wrap_dim(dim, x.dim(), op);
   int64_t n = x.dim() ? x.size(d) : 1;
   BCOS_CHECK(k >= 0 && k <= n, op, ": k = ", k, " is out of range for dim ", d, " of size ", n,

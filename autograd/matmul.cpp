@@ -70,7 +70,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   check_defined(op, b, "second operand");
   check_same_device(op, a, b);
   check_same_dtype(op, a, b);
-  check_float(op, a);
+  check_floating(op, a);
   BCOS_CHECK(a.dim() >= 1 && b.dim() >= 1, op, ": both operands need at least 1 dim, got ",
              a.shape(), " and ", b.shape());
   // Promote vectors to matrices: a [K] -> [1, K], b [K] -> [K, 1] (removed again at the end).
@@ -122,7 +122,7 @@ Tensor detail::linear_keeping(const Tensor& x, const Tensor& weight, const Tenso
              weight.shape(), ")");
   check_same_device(op, x, weight);
   check_same_dtype(op, x, weight);
-  check_float(op, x);
+  check_floating(op, x);
   // [..., K] -> rows [R, K] -> [..., N]
   Shape out_shape = x.shape();
   out_shape[x.dim() - 1] = weight.size(0);

@@ -59,11 +59,28 @@ Tensor finish_batch_statistics(const Tensor& mean, const Tensor& var, double eps
 }
 }  // namespace detail
 
+namespace {
+// A 16-bit running statistic was stepped in its float32 copy: written back, rounded.
+void write_back(const Tensor& running, const Tensor& stepped) {
+  if (!running.defined() || stepped.storage() == running.storage()) return;
+  NoGradGuard no_grad;
+  Tensor(running).copy_(stepped);
+}
+}  // namespace
+
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, double momentum,
                   double eps, bool relu) {
   const char* op = relu ? "batch_norm_relu" : "batch_norm";
   check_defined(op, x, "input");
+  if (is_half(x)) {
+    const Tensor rm = widened(running_mean.detach()), rv = widened(running_var.detach());
+    Tensor out = through_float32(x, [&] {
+      return batch_norm(widened(x), rm, rv, widened(weight), widened(bias), training, momentum, eps, relu);
+    });
+    if (training) write_back(running_mean, rm), write_back(running_var, rv);
+    return out;
+  }
   check_float(op, x);
   BCOS_CHECK(x.dim() >= 2, op, ": expected input [N, C, *], got shape ", x.shape());
   const int64_t c = x.size(1);
@@ -115,6 +132,14 @@ Tensor batch_norm_synced(const Tensor& x, const Tensor& running_mean, const Tens
                          bool centred, const std::function<Tensor(const Tensor&)>& replica_sum) {
   const char* op = "synced batch_norm";
   check_defined(op, x, "input");
+  if (is_half(x)) {
+    const Tensor rm = widened(running_mean.detach()), rv = widened(running_var.detach());
+    Tensor out = through_float32(x, [&] {
+      return batch_norm_synced(widened(x), rm, rv, widened(weight), widened(bias), factor, eps, relu, centred, replica_sum);
+    });
+    write_back(running_mean, rm), write_back(running_var, rv);
+    return out;
+  }
   check_float(op, x);
   BCOS_CHECK(x.dim() >= 2 && x.numel() > 0, op, ": expected a non-empty input [N, C, *], got shape ", x.shape());
   BCOS_CHECK(bool(replica_sum), op, ": no sum over the replicas was given");
@@ -238,6 +263,8 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
                   const Tensor& bias, double eps) {
   const char* op = "layer_norm";
   check_defined(op, x, "input");
+  if (is_half(x))
+    return through_float32(x, [&] { return layer_norm(widened(x), normalized_shape, widened(weight), widened(bias), eps); });
   check_float(op, x);
   int k = normalized_shape.size();
   bool matches = k >= 1 && k <= x.dim();
@@ -257,6 +284,8 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
                   double eps) {
   const char* op = "group_norm";
   check_defined(op, x, "input");
+  if (is_half(x))
+    return through_float32(x, [&] { return group_norm(widened(x), groups, widened(weight), widened(bias), eps); });
   check_float(op, x);
   BCOS_CHECK(x.dim() >= 2, op, ": expected input [N, C, *], got shape ", x.shape());
   const int64_t n = x.size(0), c = x.size(1);
@@ -276,6 +305,7 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
 Tensor unit_rows(const Tensor& w) {
   const char* op = "unit_rows";
   check_defined(op, w, "input");
+  if (is_half(w)) return through_float32(w, [&] { return unit_rows(widened(w)); });
   check_float(op, w);
   BCOS_CHECK(w.dim() >= 1, op, ": expected a tensor with at least one dim, got shape ", w.shape());
   const int64_t rows = w.size(0), inner = rows == 0 ? 0 : w.numel() / rows;
@@ -296,7 +326,8 @@ Tensor unit_rows(const Tensor& w) {
 Tensor dropout(const Tensor& x, double p, bool training) {
   const char* op = "dropout";
   check_defined(op, x, "input");
-  check_float(op, x);
+  if (is_half(x) && training && p > 0) return through_float32(x, [&] { return dropout(widened(x), p, training); });
+  if (!is_half(x)) check_float(op, x);
   BCOS_CHECK(p >= 0 && p <= 1, op, ": probability must be in [0, 1], got ", p);
   if (!training || p == 0) return x;
   if (p == 1) return mul(x, 0.0);
@@ -315,7 +346,7 @@ Tensor embedding(const Tensor& indices, const Tensor& weight) {
              weight.shape());
   Shape out_shape = indices.shape();
   out_shape.push_back(weight.size(1));
-  return index_select(weight, 0, indices.reshape({-1})).reshape(out_shape);
+  return index_select(weight, 0, indices.reshape({-1})).reshape(out_shape);  // (16-bit: index_select's float32 path)
 }
 
 }  // namespace bcos

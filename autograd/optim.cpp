@@ -23,7 +23,7 @@ void check_like(const char* op, const Tensor& param, const Tensor& t, const char
 void check_param(const char* op, const Tensor& param) {
   check_defined(op, param, "parameter");
   BCOS_CHECK(param.dtype() == DType::f32 || param.dtype() == DType::f64, op,
-             ": parameters must be float32 or float64, got ", dtype_name(param.dtype()));
+             ": parameters must be floating-point, got ", dtype_name(param.dtype()));
 }
 
 // Runs update(p, s...) on contiguous views, copying back whatever had to be made contiguous.
@@ -39,10 +39,30 @@ void on_contiguous(std::initializer_list<Tensor> state, F&& update) {
   }
 }
 
+// A 16-bit parameter and its state step in float32 copies, written back rounded once (the
+// gradient is only read): as PyTorch's kernels compute such steps.
+template <class F>
+void in_float32(std::initializer_list<Tensor> tensors, F&& step) {
+  std::vector<Tensor> wide;
+  for (const Tensor& t : tensors) wide.push_back(t.defined() ? raw_to(t, DType::f32, t.device()) : t);
+  step(wide);
+  size_t i = 0;
+  for (const Tensor& t : tensors) {
+    if (t.defined() && i != 1) kernel::copy(t, wide[i]);  // (index 1: the gradient)
+    ++i;
+  }
+}
+
 }  // namespace
 
 void sgd_step_(const Tensor& param, const Tensor& grad, const Tensor& momentum, const SgdStepParams& p) {
   const char* op = "sgd_step_";
+  check_defined(op, param, "parameter");
+  if (is_half(param)) {
+    check_like(op, param, grad, "gradient");
+    if (p.momentum != 0) check_like(op, param, momentum, "momentum buffer");
+    return in_float32({param, grad, momentum}, [&](const std::vector<Tensor>& w) { sgd_step_(w[0], w[1], w[2], p); });
+  }
   check_param(op, param);
   check_like(op, param, grad, "gradient");
   if (p.momentum != 0) check_like(op, param, momentum, "momentum buffer");
@@ -53,6 +73,15 @@ void sgd_step_(const Tensor& param, const Tensor& grad, const Tensor& momentum, 
 void adam_step_(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
                 const Tensor& max_exp_avg_sq, const AdamStepParams& p) {
   const char* op = "adam_step_";
+  check_defined(op, param, "parameter");
+  if (is_half(param)) {
+    for (const auto& [t, what] : {std::pair{grad, "gradient"}, {exp_avg, "exp_avg"}, {exp_avg_sq, "exp_avg_sq"}})
+      check_like(op, param, t, what);
+    if (p.amsgrad) check_like(op, param, max_exp_avg_sq, "max_exp_avg_sq");
+    return in_float32({param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq}, [&](const std::vector<Tensor>& w) {
+      adam_step_(w[0], w[1], w[2], w[3], w[4], p);
+    });
+  }
   check_param(op, param);
   check_like(op, param, grad, "gradient");
   check_like(op, param, exp_avg, "exp_avg");

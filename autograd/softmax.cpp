@@ -77,15 +77,19 @@ Tensor picked_nll(const char* op, const Tensor& logp, const Tensor& target, int6
 }  // namespace
 
 Tensor softmax(const Tensor& x, int64_t dim) {
+  if (is_half(x)) return through_float32(x, [&] { return softmax(widened(x), dim); });
   return softmax_impl("softmax", "SoftmaxBackward", false, x, dim);
 }
 Tensor log_softmax(const Tensor& x, int64_t dim) {
+  if (is_half(x)) return through_float32(x, [&] { return log_softmax(widened(x), dim); });
   return softmax_impl("log_softmax", "LogSoftmaxBackward", true, x, dim);
 }
 
 Tensor nll_loss(const Tensor& log_probs, const Tensor& target, int64_t ignore_index,
                 Reduction reduction) {
   const char* op = "nll_loss";
+  if (is_half(log_probs))
+    return through_float32(log_probs, [&] { return nll_loss(widened(log_probs), target, ignore_index, reduction); });
   Tensor lp, t;
   Shape item_shape;
   flatten_classes(op, log_probs, target, lp, t, item_shape);
@@ -101,6 +105,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_
   BCOS_CHECK(label_smoothing >= 0 && label_smoothing <= 1, op,
              ": label_smoothing must be in [0, 1], got ", label_smoothing);
   check_defined(op, logits, "input");
+  if (is_half(logits))
+    return through_float32(logits, [&] { return cross_entropy(widened(logits), target, ignore_index, label_smoothing, reduction); });
   check_float(op, logits);
   Tensor lg, t;
   Shape item_shape;
@@ -122,6 +128,10 @@ Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targ
   const char* op = "binary_cross_entropy_with_logits";
   check_defined(op, logits, "input");
   check_defined(op, target, "target");
+  if (is_half(logits))
+    return through_float32(logits, [&] {
+      return binary_cross_entropy_with_logits(widened(logits), widened(target), widened(weight), reduction);
+    });
   check_float(op, logits);
   check_same_dtype(op, logits, target);
   check_same_device(op, logits, target);

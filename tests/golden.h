@@ -171,7 +171,8 @@ inline bool equal(const bcos::Tensor& a, const bcos::Tensor& b) {
 // that is a difference of terms) a float32 difference between two formulas is no longer small
 // against the result's own ulp. NaN matches only NaN. As tools/golden/half.py measures; for float16 /
 // bfloat16 tensors (tests/autograd/test_half.cpp, tests/cuda).
-inline double max_ulps(const bcos::Tensor& got_in, const bcos::Tensor& want_in) {
+// floor: that fraction of the largest |want| (2^-16 by default).
+inline double max_ulps(const bcos::Tensor& got_in, const bcos::Tensor& want_in, double floor = 0x1p-16) {
   BCOS_CHECK(got_in.dtype() == want_in.dtype() && got_in.shape() == want_in.shape(), "max_ulps: ", got_in.dtype(), " ",
              got_in.shape(), " against ", want_in.dtype(), " ", want_in.shape());
   const int bits = want_in.dtype() == bcos::DType::bf16 ? 7 : 10, low = want_in.dtype() == bcos::DType::bf16 ? -126 : -14;
@@ -187,7 +188,7 @@ inline double max_ulps(const bcos::Tensor& got_in, const bcos::Tensor& want_in) 
       continue;
     }
     const int exponent = std::max(w[i] == 0 ? low : int(std::floor(std::log2(std::abs(w[i])))), low);
-    const double unit = std::max(std::ldexp(1.0, exponent - bits), std::ldexp(largest, -16));
+    const double unit = std::max(std::ldexp(1.0, exponent - bits), floor * largest);
     worst = std::max(worst, std::abs(g[i] - w[i]) / unit);
   }
   return worst;

@@ -530,8 +530,24 @@ void forward_bf16(const Tensor& x, const Tensor& w, const Tensor& bias, const Te
 
 }  // namespace
 
+// float16 / bfloat16 tensors: their values widened to float32 (exactly), convolved as autocast
+// does (products of 16-bit values summed in float32), the result rounded once into `out`.
+Tensor widened(const Tensor& t) { return t.defined() && t.dtype() != DType::f32 ? raw_to(t, DType::f32, t.device()) : t; }
+
+template <class Run>
+void through_float32(const Tensor& out, Conv2dParams& q, Run&& run) {
+  q.operands = out.dtype();
+  const Tensor wide = empty(out.shape(), {DType::f32, out.device()});
+  run(wide);
+  copy(out, wide);
+}
+
 void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
                     const Conv2dParams& p) {
+  if (is_half_float(out.dtype())) {
+    Conv2dParams q = p;
+    return through_float32(out, q, [&](const Tensor& wide) { conv2d_forward(widened(x), widened(w), widened(bias), wide, q); });
+  }
   if (autocast_operands(x, p)) {
     const ConvShape s = conv_shape(x, w, out, p);
     const Bf16OperandsScope bf16(rounding_of(p, bf16_gemm_fits(s.og, s.ho * s.wo, s.k)));
@@ -549,6 +565,10 @@ void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
 
 void conv2d_backward_input(const Tensor& grad_out, const Tensor& w, const Tensor& grad_x,
                            const Conv2dParams& p) {
+  if (is_half_float(grad_x.dtype())) {
+    Conv2dParams q = p;
+    return through_float32(grad_x, q, [&](const Tensor& wide) { conv2d_backward_input(widened(grad_out), widened(w), wide, q); });
+  }
   if (autocast_operands(w, p)) {
     const ConvShape s = conv_shape(grad_x, w, grad_out, p);  // products ~ [Cg x Og] · [Og x HoWo]
     const Bf16OperandsScope bf16(rounding_of(p, bf16_gemm_fits(s.cg, s.ho * s.wo, s.og)));
@@ -574,6 +594,10 @@ void conv2d_backward_input(const Tensor& grad_out, const Tensor& w, const Tensor
 
 void conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, const Tensor& grad_w,
                             const Conv2dParams& p) {
+  if (is_half_float(grad_w.dtype())) {
+    Conv2dParams q = p;
+    return through_float32(grad_w, q, [&](const Tensor& wide) { conv2d_backward_weight(widened(grad_out), widened(x), wide, q); });
+  }
   if (autocast_operands(x, p)) {
     const ConvShape s = conv_shape(x, grad_w, grad_out, p);  // products [Og x HoWo] · [HoWo x K]
     const Bf16OperandsScope bf16(rounding_of(p, bf16_gemm_fits(s.og, s.k, s.ho * s.wo)));

@@ -58,6 +58,14 @@ void bmm_bf16(const Tensor& a, const Tensor& b, const Tensor& out, bool accumula
 }  // namespace
 
 void bmm(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate, DType operands) {
+  if (is_half_float(out.dtype())) {
+    // float16 / bfloat16 tensors: their product as autocast's (16-bit values summed in float32,
+    // out's old values among them when accumulating), rounded once into out.
+    const Tensor wide = accumulate ? raw_to(out, DType::f32, out.device()) : empty(out.shape(), {DType::f32, out.device()});
+    bmm(a, b, wide, accumulate, out.dtype());
+    copy(out, wide);
+    return;
+  }
   const bool narrow_a = a.dtype() != out.dtype(), narrow_b = b.dtype() != out.dtype();
   if (narrow_a || narrow_b) {  // autocast, with an operand already in the operand type
     BCOS_CHECK(out.dtype() == DType::f32 && (operands == DType::bf16 || operands == DType::f16) &&

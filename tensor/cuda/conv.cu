@@ -372,7 +372,11 @@ void conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, 
                                        bytes, s.zero(io.type), d.y, y.raw_data());
       });
   io.finish(out);
-  if (bias.defined()) {  // added to the output in its own type (float32 under autocast)
+  if (bias.defined() && is_half_float(out.dtype())) {  // a 16-bit output: our broadcast add (float32 sum, rounded)
+    const Shape& os = out.shape();  // bias [C] as a stride-0 view over [N, C, H, W]
+    const Tensor per_channel(bias.storage(), os, Strides{0, bias.stride(0), 0, 0}, bias.offset(), bias.dtype());
+    binary(BinaryOp::add, out, per_channel, out);
+  } else if (bias.defined()) {  // added to the output in its own type (float32 under autocast)
     const Tensor b = raw_contiguous(bias);
     const DType ot = out.dtype();
     cudnnTensorDescriptor_t bd = nullptr, od = nullptr;

@@ -135,7 +135,20 @@ TEST_CASE("optim: bad settings raise") {
   const Tensor p = zeros({3, 2}), g = ones({3, 2});
   CHECK_THROWS_WITH_AS(sgd_step_(p, ones({2, 3}), Tensor(), {.lr = 0.1}), doctest::Contains("sgd_step_: gradient has shape"), Error);
   CHECK_THROWS_WITH_AS(sgd_step_(p, g, Tensor(), {.lr = 0.1, .momentum = 0.9}), doctest::Contains("momentum buffer"), Error);
-  CHECK_THROWS_WITH_AS(sgd_step_(p.to(kFloat16), g.to(kFloat16), Tensor(), {.lr = 0.1}), doctest::Contains("float32 or float64"), Error);
+  CHECK_THROWS_WITH_AS(sgd_step_(p.to(kInt64), g.to(kInt64), Tensor(), {.lr = 0.1}), doctest::Contains("floating-point"), Error);
+  CHECK_THROWS_WITH_AS(sgd_step_(p.to(kFloat16), g, Tensor(), {.lr = 0.1}), doctest::Contains("float16"), Error);
+  // A 16-bit parameter and its state step in float32 copies, written back rounded once.
+  for (DType dt : {kFloat16, kBFloat16}) {
+    CAPTURE(dt);
+    manual_seed(3);
+    const Tensor w0 = randn({3, 2}).to(dt), g0 = randn({3, 2}).to(dt), m0 = randn({3, 2}).to(dt);
+    Tensor w = w0.clone(), m = m0.clone(), wf = w0.to(kFloat32), mf = m0.to(kFloat32);
+    const SgdStepParams sp{.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-2};
+    sgd_step_(w, g0, m, sp);
+    sgd_step_(wf, g0.to(kFloat32), mf, sp);
+    CHECK(golden::equal(w, wf.to(dt)));
+    CHECK(golden::equal(m, mf.to(dt)));
+  }
   CHECK_THROWS_WITH_AS(adam_step_(p, g, zeros({3, 2}), zeros({3, 2}, kFloat64), Tensor(), {.bias2_sqrt = 1}), doctest::Contains("adam_step_"), Error);
   CHECK_THROWS_WITH_AS(adam_step_(p, g, zeros({3, 2}), zeros({3, 2}), Tensor(), {.bias2_sqrt = 1, .amsgrad = true}), doctest::Contains("max_exp_avg_sq"), Error);
 }

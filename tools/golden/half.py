@@ -13,7 +13,13 @@ rule's answers, for t in bf16, f16:
                                                a's gradient bf16, b's float32 (PyTorch's own run)
   reduce.<op>.<t>.{x, out[, gout, grad]}       reductions of x [6, 9, 5] (sums exact: float64);
                                                sum / mean / amax with gradients
+  product.<op>.<t>.{in<i>, gout, out, grad<i>} linear, matmul, bmm, conv2d (padded; grouped,
+                                               strided, dilated): exact sums, rounded once
   engine.<t>.{x, w, gout, grad_x, grad_w}      x used twice (its gradients accumulate in type t)
+  widened.<op>.<t>.{in<i>, gout, out, grad<i>} ops without 16-bit kernels (norms, softmax, losses,
+                                               pooling, attention, embedding): PyTorch float32 on
+                                               the widened values, rounded once; batch_norm_train
+                                               also its float32 running statistics after the step
 The answers are PyTorch float32 (float64) ops on the 16-bit values, rounded once; a gradient that
 PyTorch takes from the op's output (exp, sqrt, rsqrt, reciprocal, tanh, sigmoid: grad * f(y)) uses
 the output as stored, rounded to t. PyTorch 1.13's own CPU bfloat16 kernels are compared with these
@@ -36,7 +42,7 @@ TYPES = (("bf16", torch.bfloat16), ("f16", torch.float16))
 
 
 def N(*s):
-    return torch.randn(*s, generator=gen)
+    return torch.randn(tuple(s), generator=gen)
 
 
 def positive(*s):
@@ -94,6 +100,42 @@ REDUCE = {
     "norm": (lambda x: torch.linalg.vector_norm(x, 2, dim=2), False),
     "logsumexp": (lambda x: torch.logsumexp(x, 1), False),
     "prod": (lambda x: x.prod(2), False),
+}
+
+
+PRODUCTS = {
+    # name: (input shapes, function): the answers are exact sums (float64) of the 16-bit values
+    "linear": ([(6, 40), (24, 40), (24,)], lambda x, w, b: F.linear(x, w, b)),
+    "matmul": ([(2, 3, 36), (36, 7)], torch.matmul),
+    "bmm": ([(3, 9, 33), (3, 33, 6)], torch.matmul),
+    "conv": ([(2, 5, 9, 9), (8, 5, 3, 3), (8,)], lambda x, w, b: F.conv2d(x, w, b, padding=1)),
+    "conv_grouped": ([(2, 8, 10, 10), (6, 4, 3, 3)],
+                     lambda x, w: F.conv2d(x, w, None, stride=2, padding=1, dilation=2, groups=2)),
+}
+
+
+# Ops computed in float32 (their inputs' 16-bit values widened), each result rounded once: norms,
+# softmax, losses, pooling, attention, embedding. Inputs: (shape, kind); kind "x": 16-bit, "p":
+# float32 parameters (batch norm's, as PyTorch allows beside a 16-bit input), "u": 16-bit values
+# in [0, 1) (targets), "i<n>": indices < n.
+WIDENED = {
+    "softmax": ([((4, 9), "x")], lambda x: torch.softmax(x, -1)),
+    "log_softmax": ([((4, 9), "x")], lambda x: torch.log_softmax(x, 1)),
+    "layer_norm": ([((3, 5, 8), "x"), ((8,), "x"), ((8,), "x")], lambda x, w, b: F.layer_norm(x, (8,), w, b)),
+    "group_norm": ([((2, 6, 3, 3), "x"), ((6,), "x"), ((6,), "x")], lambda x, w, b: F.group_norm(x, 3, w, b)),
+    "batch_norm_eval": ([((4, 3, 5, 5), "x"), ((3,), "p"), ((3,), "p")],
+                        lambda x, w, b: F.batch_norm(x, torch.linspace(-0.5, 0.5, 3, dtype=x.dtype),
+                                                     torch.linspace(0.5, 2, 3, dtype=x.dtype), w, b, False)),
+    "max_pool2d": ([((2, 3, 7, 7), "x")], lambda x: F.max_pool2d(x, 3, 2, 1)),
+    "avg_pool2d": ([((2, 3, 7, 7), "x")], lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)),
+    "adaptive_avg_pool2d": ([((2, 3, 7, 7), "x")], lambda x: F.adaptive_avg_pool2d(x, (3, 2))),
+    "cross_entropy": ([((6, 5), "x"), ((6,), "i5")], lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1)),
+    "bce_with_logits": ([((4, 6), "x"), ((4, 6), "u")], F.binary_cross_entropy_with_logits),
+    "attention": ([((2, 3, 7, 16), "x"), ((2, 3, 7, 16), "x"), ((2, 3, 7, 16), "x")],
+                  lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                  if hasattr(F, "scaled_dot_product_attention") else
+                  torch.softmax((q @ k.transpose(-1, -2) / 4).masked_fill(torch.ones(7, 7).triu(1).bool(), float("-inf")), -1) @ v),
+    "embedding": ([((10, 4), "x"), ((3, 5), "i10")], lambda w, i: F.embedding(i, w)),
 }
 
 
@@ -196,6 +238,57 @@ def main():
             if with_grad:
                 out[f"reduce.{name}.{tag}.gout"] = gout
                 out[f"reduce.{name}.{tag}.grad"] = g
+        for name, (shapes, fn) in PRODUCTS.items():
+            inputs = [N(*shape).to(dtype) for shape in shapes]
+            probe = fn(*[t.double() for t in inputs])
+            gout = N(*probe.shape).to(dtype)
+            y, grads = opmath(fn, inputs, gout, dtype, torch.float64)
+            key = f"product.{name}.{tag}"
+            out.update({f"{key}.in{i}": t for i, t in enumerate(inputs)})
+            out.update({f"{key}.grad{i}": g for i, g in enumerate(grads)})
+            out.update({f"{key}.gout": gout, f"{key}.out": y})
+            if dtype == torch.bfloat16:
+                cross_check(f"product.{name}", fn, inputs, gout, y, grads)
+        for name, (specs, fn) in WIDENED.items():
+            inputs = []
+            for shape, kind in specs:
+                if kind.startswith("i"):
+                    inputs.append(torch.randint(0, int(kind[1:]), shape, generator=gen))
+                elif kind == "u":  # targets in [0, 1]
+                    inputs.append(torch.rand(shape, generator=gen).to(dtype))
+                else:
+                    inputs.append(N(*shape).to(dtype if kind == "x" else torch.float32))
+            key = f"widened.{name}.{tag}"
+            differentiable = [i for i, t in enumerate(inputs) if t.is_floating_point()]
+
+            def on(*diff, inputs=inputs, differentiable=differentiable, fn=fn):
+                args = list(inputs)
+                for i, t in zip(differentiable, diff):
+                    args[i] = t
+                return fn(*args)
+
+            diff_inputs = [inputs[i] for i in differentiable]
+            probe = on(*[t.float() for t in diff_inputs])
+            gout = N(*probe.shape).to(dtype)
+            leaves = [t.float().requires_grad_(True) for t in diff_inputs]
+            y = on(*leaves)
+            y.backward(gout.float())
+            out.update({f"{key}.in{i}": t for i, t in enumerate(inputs)})
+            out.update({f"{key}.grad{i}": leaf.grad.to(inputs[i].dtype) for i, leaf in zip(differentiable, leaves)})
+            out.update({f"{key}.gout": gout, f"{key}.out": y.detach().to(dtype)})
+        # Batch norm in training: a 16-bit input, float32 parameters and running statistics
+        # (stepped in float32 as PyTorch's are), and the same with 16-bit running statistics.
+        x, w, b = N(4, 3, 5, 5).to(dtype), N(3), N(3)
+        rm, rv = torch.linspace(-0.5, 0.5, 3), torch.linspace(0.5, 2, 3)
+        gout = N(4, 3, 5, 5).to(dtype)
+        leaves = [x.float().requires_grad_(True), w.clone().requires_grad_(True), b.clone().requires_grad_(True)]
+        y = F.batch_norm(leaves[0], rm, rv, leaves[1], leaves[2], True, 0.1, 1e-5)
+        y.backward(gout.float())
+        key = f"widened.batch_norm_train.{tag}"
+        out.update({f"{key}.in0": x, f"{key}.in1": w, f"{key}.in2": b, f"{key}.gout": gout,
+                    f"{key}.out": y.detach().to(dtype), f"{key}.grad0": leaves[0].grad.to(dtype),
+                    f"{key}.grad1": leaves[1].grad, f"{key}.grad2": leaves[2].grad,
+                    f"{key}.running_mean": rm, f"{key}.running_var": rv})
         # The engine: x feeds two ops, so its gradient is a sum of two 16-bit gradients.
         x, w = N(3, 8).to(dtype), N(8).to(dtype)
         gout = N(3, 8).to(dtype)
