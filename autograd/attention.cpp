@@ -134,10 +134,12 @@ void fused_backward(const SavedAttention& s, const Tensor& grad_out, const Tenso
 
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, bool causal,
                                     double scale, bool fused) {
-  if (is_half(q))
+  if (is_half(q) && k.defined() && v.defined()) {
+    for (const Tensor* t : {&k, &v}) check_same_dtype("scaled_dot_product_attention", q, *t);
     return through_float32(q, [&] {
       return scaled_dot_product_attention(widened(q), widened(k), widened(v), widened(mask), causal, scale, fused);
     });
+  }
   const Plan plan = plan_for("scaled_dot_product_attention", q, k, v, mask, scale, fused);
   if (!plan.fused) return composed(q, k, v, plan.bias, causal, plan.scale);
 

@@ -146,11 +146,13 @@ Tensor bcos_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, In
                    IntPair padding, IntPair dilation, int64_t groups, double b, int64_t max_out,
                    const BcosEpilogue& post) {
   // A 16-bit layer rounds once, at its output.
-  if (is_half(x))
+  if (is_half(x)) {
+    check_same_dtype("bcos_conv2d", x, weight);
     return through_float32(x, [&] {
       const BcosEpilogue wide{widened(post.scale), widened(post.shift), post.relu};
       return bcos_conv2d(widened(x), widened(weight), widened(bias), stride, padding, dilation, groups, b, max_out, wide);
     });
+  }
   BCOS_CHECK(!weight.defined() || weight.dim() != 4 || weight.size(0) % (max_out * groups) == 0,
              "bcos_conv2d: weight ", weight.shape(), " has ", weight.size(0),
              " output channels, which must be a multiple of max_out (", max_out,
@@ -163,8 +165,10 @@ Tensor bcos_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, In
 
 Tensor bcos_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, double b,
                    int64_t max_out) {
-  if (is_half(x))  // rounded once, at the layer's output (as bcos_conv2d)
+  if (is_half(x)) {  // rounded once, at the layer's output (as bcos_conv2d)
+    check_same_dtype("bcos_linear", x, weight);
     return through_float32(x, [&] { return bcos_linear(widened(x), widened(weight), widened(bias), b, max_out); });
+  }
   // x: [..., K] -> [..., O·M]; the norm below keeps x for its backward, so linear keeps x too
   // (under autocast it would otherwise keep a rounded copy beside it).
   Tensor lin = detail::linear_keeping(x, weight, bias, b == 1);
@@ -182,7 +186,7 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const T
   const char* op = relu ? "batch_norm_uncentered_relu" : "batch_norm_uncentered";
   check_defined(op, x, "input");
   if (is_half(x)) {
-    const Tensor rv = widened(running_var.detach());
+    const Tensor rv = widened_statistic(running_var);
     Tensor out = through_float32(x, [&] {
       return batch_norm_uncentered(widened(x), rv, widened(weight), widened(bias), training, momentum, eps, relu);
     });

@@ -48,6 +48,8 @@ inline void check_floating(const char* op, const Tensor& t) {
 // asks for them.
 inline bool is_half(const Tensor& t) { return t.defined() && is_half_float(t.dtype()); }
 inline Tensor widened(const Tensor& t) { return is_half(t) ? t.to(DType::f32) : t; }
+// A running statistic (which may be undefined) detached and widened: stepped in place when float32.
+inline Tensor widened_statistic(const Tensor& t) { return t.defined() ? widened(t.detach()) : t; }
 
 template <class F>
 Tensor through_float32(const Tensor& x, F&& op_on_float32) {

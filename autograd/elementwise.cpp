@@ -37,17 +37,20 @@ Tensor unary_op(const char* name, const char* node, UnaryOp op, const Tensor& x,
 // wins. (float32 with float64 stays an error: in a gradcheck the mix is a bug, not a wish.)
 DType result_type(const Tensor& a, const Tensor& b) {
   if (a.dtype() == b.dtype()) return a.dtype();
+  if (a.is_wrapped_number() != b.is_wrapped_number()) return a.is_wrapped_number() ? b.dtype() : a.dtype();
   const bool a_scalar = a.dim() == 0, b_scalar = b.dim() == 0;
   if (a_scalar != b_scalar) return a_scalar ? b.dtype() : a.dtype();
   return promote_floats(a.dtype(), b.dtype());
 }
 
-// An operand in the type the kernel takes for result type r: r itself, except that a 0-dim
-// operand beside a 16-bit result keeps float32 (its value is not rounded to 16 bits: PyTorch
-// computes such ops in float32 with the scalar as given, and rounds only the result).
-Tensor kernel_operand(const Tensor& t, DType r) {
+// An operand in the type the kernel takes for result type r: r itself, except that in arithmetic
+// a 0-dim operand beside a 16-bit result keeps float32 (its value is not rounded to 16 bits:
+// PyTorch computes such ops in float32 with the scalar as given, and rounds only the result). A
+// comparison rounds it to r first, as PyTorch's (bf16 x == 0.1 compares with bf16(0.1)).
+Tensor kernel_operand(const Tensor& t, DType r, bool comparison) {
   if (t.dtype() == r) return t;
-  if (is_half_float(r) && t.dim() == 0) return t.dtype() == DType::f32 ? t : raw_to(t, DType::f32, t.device());
+  if (is_half_float(r) && t.dim() == 0 && !comparison)
+    return t.dtype() == DType::f32 ? t : raw_to(t, DType::f32, t.device());
   return raw_to(t, r, t.device());
 }
 
@@ -67,7 +70,8 @@ Tensor binary_forward(const char* name, BinaryOp op, const Tensor& a, const Tens
   }
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   Tensor out = empty(shape, {is_comparison(op) ? DType::boolean : r, a.device()});
-  kernel::binary(op, raw_expand(kernel_operand(a, r), shape, name), raw_expand(kernel_operand(b, r), shape, name), out);
+  kernel::binary(op, raw_expand(kernel_operand(a, r, is_comparison(op)), shape, name),
+                 raw_expand(kernel_operand(b, r, is_comparison(op)), shape, name), out);
   return out;
 }
 
@@ -78,13 +82,22 @@ Tensor scalar_for(const char* op, double v, const Tensor& like) {
   BCOS_CHECK(like.is_floating_point() || v == std::trunc(v), op, ": a ", like.dtype(),
              " tensor (shape ", like.shape(), ") with the non-integer scalar ", v,
              "; convert the tensor with .to(kFloat32) first");
-  // A 16-bit tensor's scalar stays float32 (binary_forward: only the result is rounded).
-  return is_half_float(like.dtype()) ? full(Shape{}, v, {DType::f32, like.device()}) : scalar_like(v, like);
+  // A 16-bit tensor's scalar stays float32 (binary_forward: only the result is rounded), marked
+  // as a number so that it does not widen the result, whatever like's dims.
+  return is_half_float(like.dtype()) ? full(Shape{}, v, {DType::f32, like.device()}).as_wrapped_number()
+                                     : scalar_like(v, like);
 }
 
 }  // namespace
 
+// a ± alpha · b with a 16-bit operand: in float32, rounded once (as PyTorch), not b · alpha rounded first.
+bool alpha_in_float32(const Tensor& a, const Tensor& b, double alpha) {
+  return alpha != 1.0 && a.defined() && b.defined() && (is_half(a) || is_half(b)) && a.is_floating_point() &&
+         b.is_floating_point();
+}
+
 Tensor add(const Tensor& a, const Tensor& b, double alpha) {
+  if (alpha_in_float32(a, b, alpha)) return add(widened(a), mul(widened(b), alpha)).to(result_type(a, b));
   Tensor bb = alpha == 1.0 ? b : mul(b, alpha);
   Tensor out = binary_forward("add", BinaryOp::add, a, bb);
   if (needs_graph({a, bb}))
@@ -110,6 +123,7 @@ Tensor add_relu(const Tensor& a, const Tensor& b) {
 }
 
 Tensor sub(const Tensor& a, const Tensor& b, double alpha) {
+  if (alpha_in_float32(a, b, alpha)) return sub(widened(a), mul(widened(b), alpha)).to(result_type(a, b));
   Tensor bb = alpha == 1.0 ? b : mul(b, alpha);
   Tensor out = binary_forward("sub", BinaryOp::sub, a, bb);
   if (needs_graph({a, bb}))

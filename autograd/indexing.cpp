@@ -173,7 +173,11 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
 Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src) {
   const char* op = "scatter_add";
   check_defined(op, x, "input");
-  if (is_half(x)) return through_float32(x, [&] { return scatter_add(widened(x), dim, index, widened(src)); });
+  if (is_half(x)) {
+    check_defined(op, src, "src");
+    check_same_dtype(op, x, src);
+    return through_float32(x, [&] { return scatter_add(widened(x), dim, index, widened(src)); });
+  }
   check_defined(op, index, "index");
   check_defined(op, src, "src");
   check_index(op, index);

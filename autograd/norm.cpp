@@ -17,14 +17,16 @@ namespace bcos {
 using namespace detail;
 
 namespace {
-// Each defined tensor must be [C] for x [N, C, *], of x's dtype and on its device.
-void check_per_channel(const char* op, const Tensor& x, std::initializer_list<const Tensor*> per_channel) {
+// Each defined per-channel tensor must be [C] for x [N, C, *], of type `type` (x's own; float32
+// beside a 16-bit x), on x's device.
+void check_per_channel(const char* op, const Tensor& x, DType type, std::initializer_list<const Tensor*> per_channel) {
   const int64_t c = x.size(1);
   for (const Tensor* t : per_channel) {
     if (!t->defined()) continue;
     BCOS_CHECK(t->dim() == 1 && t->size(0) == c, op, ": per-channel tensor of shape ", t->shape(),
                " does not match the ", c, " channels of input ", x.shape());
-    check_same_dtype(op, x, *t);
+    BCOS_CHECK(t->dtype() == type, op, ": per-channel tensor ", t->shape(), " is ", t->dtype(), ", expected ", type,
+               " beside the ", x.dtype(), " input ", x.shape());
     check_same_device(op, x, *t);
   }
 }
@@ -73,18 +75,21 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
                   double eps, bool relu) {
   const char* op = relu ? "batch_norm_relu" : "batch_norm";
   check_defined(op, x, "input");
-  if (is_half(x)) {
-    const Tensor rm = widened(running_mean.detach()), rv = widened(running_var.detach());
-    Tensor out = through_float32(x, [&] {
-      return batch_norm(widened(x), rm, rv, widened(weight), widened(bias), training, momentum, eps, relu);
-    });
+  // A 16-bit x is read and written as it is (the kernels compute in float32, rounding the output
+  // once); its per-channel tensors are float32 -- 16-bit ones (a model converted whole) are widened,
+  // C values each: the parameters' casts record, so their gradients come back 16-bit, and the
+  // running statistics are stepped in float32 and written back.
+  if (is_half(x) && (is_half(weight) || is_half(bias) || is_half(running_mean) || is_half(running_var))) {
+    const Tensor rm = widened_statistic(running_mean), rv = widened_statistic(running_var);
+    Tensor out = batch_norm(x, rm, rv, widened(weight), widened(bias), training, momentum, eps, relu);
     if (training) write_back(running_mean, rm), write_back(running_var, rv);
     return out;
   }
-  check_float(op, x);
+  if (!is_half(x)) check_float(op, x);
   BCOS_CHECK(x.dim() >= 2, op, ": expected input [N, C, *], got shape ", x.shape());
   const int64_t c = x.size(1);
-  check_per_channel(op, x, {&running_mean, &running_var, &weight, &bias});
+  const DType stats = is_half(x) ? DType::f32 : x.dtype();  // the per-channel tensors' type
+  check_per_channel(op, x, stats, {&running_mean, &running_var, &weight, &bias});
   BCOS_CHECK(running_mean.defined() == running_var.defined(), op,
              ": running_mean and running_var must be given together");
   BCOS_CHECK(training || running_mean.defined(), op,
@@ -94,13 +99,13 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
   if (training && per_channel == 0) {
     // An empty batch, as PyTorch: an empty output, zero gradients, the running statistics left
     // alone (there are no batch statistics to move them towards).
-    mean = zeros({c}, {x.dtype(), x.device()});
-    invstd = ones({c}, {x.dtype(), x.device()});
+    mean = zeros({c}, {stats, x.device()});
+    invstd = ones({c}, {stats, x.device()});
   } else if (training) {
     BCOS_CHECK(per_channel > 1, op, ": expected more than 1 value per channel when training, "
                "got input of shape ", x.shape());
-    mean = empty({c}, {x.dtype(), x.device()});
-    Tensor var_biased = empty({c}, {x.dtype(), x.device()});
+    mean = empty({c}, {stats, x.device()});
+    Tensor var_biased = empty({c}, {stats, x.device()});
     kernel::batch_norm_stats(x, mean, var_biased);
     // PyTorch keeps the unbiased variance
     invstd = finish_batch_statistics(mean, var_biased, eps, momentum, double(per_channel) / double(per_channel - 1),
@@ -118,8 +123,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
              Tensor gx, gw, gb;
              const Tensor& xv = sx.get();
              if (need[0]) gx = empty(xv.shape(), {g.dtype(), g.device()});
-             if (need[1]) gw = empty({xv.size(1)}, {g.dtype(), g.device()});
-             if (need[2]) gb = empty({xv.size(1)}, {g.dtype(), g.device()});
+             if (need[1]) gw = empty({xv.size(1)}, {stats, g.device()});
+             if (need[2]) gb = empty({xv.size(1)}, {stats, g.device()});
              kernel::batch_norm_backward(g, xv, sw.get(), sb.get(), sm.get(), si.get(), training, relu, gx, gw, gb);
              return Grads{gx, gw, gb};
            });
@@ -133,7 +138,7 @@ Tensor batch_norm_synced(const Tensor& x, const Tensor& running_mean, const Tens
   const char* op = "synced batch_norm";
   check_defined(op, x, "input");
   if (is_half(x)) {
-    const Tensor rm = widened(running_mean.detach()), rv = widened(running_var.detach());
+    const Tensor rm = widened_statistic(running_mean), rv = widened_statistic(running_var);
     Tensor out = through_float32(x, [&] {
       return batch_norm_synced(widened(x), rm, rv, widened(weight), widened(bias), factor, eps, relu, centred, replica_sum);
     });
@@ -144,7 +149,7 @@ Tensor batch_norm_synced(const Tensor& x, const Tensor& running_mean, const Tens
   BCOS_CHECK(x.dim() >= 2 && x.numel() > 0, op, ": expected a non-empty input [N, C, *], got shape ", x.shape());
   BCOS_CHECK(bool(replica_sum), op, ": no sum over the replicas was given");
   const int64_t c = x.size(1);
-  check_per_channel(op, x, {&running_mean, &running_var, &weight, &bias});
+  check_per_channel(op, x, x.dtype(), {&running_mean, &running_var, &weight, &bias});
   const TensorOptions like{x.dtype(), x.device()};
   const double local = double(x.numel() / c);  // this replica's values per channel
   Tensor mean = empty({c}, like), var = empty({c}, like), invstd;

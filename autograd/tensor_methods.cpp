@@ -390,6 +390,12 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
   detail::check_inplace("add_", *this);
   detail::check_same_device("add_", *this, other);
   detail::check_same_dtype("add_", *this, other);
+  if (alpha != 1.0 && is_half_float(dtype_)) {  // 16-bit: x + alpha · y in float32, rounded once
+    const Tensor wide = add(detach().to(DType::f32), mul(other.detach().to(DType::f32), alpha));
+    kernel::copy(*this, raw_expand(wide, shape_, "add_"));
+    bump_version();
+    return *this;
+  }
   Tensor b = alpha == 1.0 ? other.detach() : mul(other.detach(), alpha);
   if (b.storage() == storage_) b = b.clone();  // x.add_(x.t()) must read x before writing it
   kernel::binary(BinaryOp::add, *this, raw_expand(b, shape_, "add_"), *this);
@@ -399,8 +405,9 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
 
 Tensor& Tensor::mul_(double value) {
   detail::check_inplace("mul_", *this);
-  kernel::binary(BinaryOp::mul, *this, raw_expand(detail::scalar_like(value, *this), shape_, "mul_"),
-                      *this);
+  // A 16-bit tensor's factor stays float32 (the product rounded once), as in mul(x, value).
+  const Tensor factor = is_half_float(dtype_) ? full(Shape{}, value, {DType::f32, device()}) : detail::scalar_like(value, *this);
+  kernel::binary(BinaryOp::mul, *this, raw_expand(factor, shape_, "mul_"), *this);
   bump_version();
   return *this;
 }

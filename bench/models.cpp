@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
     double seconds = 3.0;
     Device device;
     DType autocast = DType::f32;  // --autocast bf16 | f16: the forward (and its backward) in mixed precision
+    DType dtype = DType::f32;     // --dtype bf16 | f16: the whole model (and its input) converted, as module.to(dtype)
     bool fused_attention = true;  // --fused-attention 0: MultiheadAttention's composed form
     int64_t profile_steps = 0;    // --profile N: then N more steps timed per kernel (tensor/profile.h)
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -55,6 +56,7 @@ int main(int argc, char** argv) {
       else if (a == "--profile") profile_steps = std::stoll(v);
       else if (a == "--cudnn-benchmark") set_cudnn_benchmark(v == "1");
       else if (a == "--autocast") autocast = v == "bf16" ? DType::bf16 : v == "f16" ? DType::f16 : DType::f32;
+      else if (a == "--dtype") dtype = v == "bf16" ? DType::bf16 : v == "f16" ? DType::f16 : DType::f32;
       else fail("bench_models: unknown argument ", a);
     }
     BCOS_CHECK(mode == "infer" || mode == "train", "bench_models: --mode infer or train, got ", mode);
@@ -102,6 +104,11 @@ int main(int argc, char** argv) {
     }
     model->to(device);
     if (teacher) teacher->to(device);
+    if (dtype != DType::f32) {
+      model->to(dtype);
+      if (teacher) teacher->to(dtype);
+      if (x.is_floating_point()) x = x.to(dtype);
+    }
     x = x.to(device);
     if (y.defined()) y = y.to(device);
     for (auto& [name, m] : model->named_modules())
@@ -109,8 +116,8 @@ int main(int argc, char** argv) {
     if (params.empty()) params = clip ? (arch == "clip_text" ? clip->parameters() : clip->visual->parameters())
                                       : model->parameters();
     const bool bcos_loss = arch.rfind("bcos_", 0) == 0;
-    const Tensor clip_mean = from_vector(models::kClipMean, {1, 3, 1, 1}).to(device);
-    const Tensor clip_std = from_vector(models::kClipStd, {1, 3, 1, 1}).to(device);
+    const Tensor clip_mean = from_vector(models::kClipMean, {1, 3, 1, 1}).to(dtype).to(device);
+    const Tensor clip_std = from_vector(models::kClipStd, {1, 3, 1, 1}).to(dtype).to(device);
     auto forward = [&] {
       AutocastGuard mixed(device.type, autocast, autocast != DType::f32);
       if (teacher) return (*model)(nn::add_inverse(x));

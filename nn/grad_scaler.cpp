@@ -35,6 +35,10 @@ void GradScaler::unscale_(Optimizer& optimizer) {
   for (const Tensor& p : optimizer.params()) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
+    // As PyTorch: the scaler keeps float32 master weights' gradients finite; a float16 gradient
+    // would underflow at the inverse of a large scale (2^-24 and below round to 0).
+    BCOS_CHECK(g.dtype() != DType::f16, "GradScaler::unscale_: a float16 gradient (parameter ", p.shape(),
+               "): keep the parameters float32 and use autocast for float16 products");
     g.mul_(inverse);
     if (!all_finite(g)) found_inf_ = true;
   }

@@ -124,6 +124,15 @@ class Tensor {
 
   std::string to_string() const;  // as PyTorch prints it
 
+  // A number given where a tensor goes (x * 0.5): a 0-dim handle marked so, as PyTorch's wrapped
+  // numbers, so that it never widens the result's type (bf16 loss / 4 stays bf16).
+  bool is_wrapped_number() const { return wrapped_number_; }
+  Tensor as_wrapped_number() const {
+    Tensor t = *this;
+    t.wrapped_number_ = true;
+    return t;
+  }
+
   const std::shared_ptr<AutogradMeta>& autograd_meta() const { return autograd_; }
   void set_autograd_meta(std::shared_ptr<AutogradMeta> m) const { autograd_ = std::move(m); }
 
@@ -133,6 +142,7 @@ class Tensor {
   Strides strides_;
   int64_t offset_ = 0;
   DType dtype_ = DType::f32;
+  bool wrapped_number_ = false;
   mutable std::shared_ptr<AutogradMeta> autograd_;
 };
 

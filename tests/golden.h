@@ -187,6 +187,10 @@ inline double max_ulps(const bcos::Tensor& got_in, const bcos::Tensor& want_in, 
       if (!(std::isnan(g[i]) && std::isnan(w[i]))) return INFINITY;
       continue;
     }
+    if (std::isinf(g[i]) || std::isinf(w[i])) {  // infinities match exactly
+      if (g[i] != w[i]) return INFINITY;
+      continue;
+    }
     const int exponent = std::max(w[i] == 0 ? low : int(std::floor(std::log2(std::abs(w[i])))), low);
     const double unit = std::max(std::ldexp(1.0, exponent - bits), floor * largest);
     worst = std::max(worst, std::abs(g[i] - w[i]) / unit);

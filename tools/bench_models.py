@@ -15,6 +15,7 @@ CLIP's RN50 tower (tools/bcos_clip_reference.py), whose training step is the dis
 loss, adaptive gradient clipping, Adam lr 1e-4).
   bench/models [--threads N] [--seconds S] [--repeat R] [--only resnet18,resnet50,resnet20,vit_b_16,clip_rn50,clip_vit_b_32,clip_text,bcos_vit_b_16,bcos_clip_rn50]
 --autocast bf16 (or f16): both sides in mixed precision, torch.autocast beside AutocastGuard.
+--dtype bf16 (or f16): both models and their inputs converted whole, module.to(dtype) on each side.
 --cudnn-benchmark: both sides time cuDNN's algorithms per convolution shape (torch.backends.cudnn.benchmark).
 On a GPU (--device cuda): ResNet-50 and its B-cosified form, ViT-B/16, CLIP's RN50 image tower
 and text tower, the B-cos ViT-B/16 and B-cos CLIP RN50 at batch 64, inference and training step, both frameworks synchronising after
@@ -145,7 +146,8 @@ def bcos_torchvision_vit(net, num_classes):
     return BcosViT()
 
 
-def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="none", profile=0, cudnn_benchmark=False):
+def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="none", profile=0, cudnn_benchmark=False,
+                dtype="f32"):
     """Runs in a child process: one configuration, prints the result line."""
     import torch
     import torch.nn.functional as F
@@ -202,6 +204,14 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
         params = list(model.parameters())
     module.to(device)
     x, y = x.to(device), y.to(device)
+    whole = {"bf16": torch.bfloat16, "f16": torch.float16}.get(dtype)
+    if whole is not None:  # the model and its input converted whole (module.to(dtype))
+        module.to(whole)
+        if teacher is not None:
+            teacher.to(whole)
+            clip_mean, clip_std = clip_mean.to(whole), clip_std.to(whole)
+        if x.is_floating_point():
+            x = x.to(whole)
     if teacher is None:
         opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     else:  # the distillation recipe's optimiser
@@ -329,6 +339,8 @@ def main():
                     help="run the two sides alternately this many times; report medians and the paired ratios' range")
     ap.add_argument("--autocast", default="none", choices=["none", "bf16", "f16"],
                     help="mixed precision on both sides: torch.autocast and bcos.cpp's AutocastGuard")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"],
+                    help="both models and their inputs converted whole (module.to(dtype) on each side)")
     ap.add_argument("--profile", type=int, default=0,
                     help="then N more steps per row profiled on both sides (torch.profiler, bench_models --profile), "
                          "printed after the row")
@@ -340,7 +352,7 @@ def main():
     if a.child:
         arch, batch, size, mode = a.child
         torch_child(arch, int(batch), int(size), mode, a.seconds, a.threads, a.device, a.autocast, a.profile,
-                    a.cudnn_benchmark)
+                    a.cudnn_benchmark, a.dtype)
         return
     from bench_bcos import alternate
 
@@ -348,7 +360,8 @@ def main():
     only = set(filter(None, a.only.split(",")))
     import torch
     where = f"{a.threads} threads" if a.device == "cpu" else torch.cuda.get_device_name(0)
-    amp = ("" if a.autocast == "none" else f", autocast {a.autocast}") + (", cudnn benchmark" if a.cudnn_benchmark else "")
+    amp = ("" if a.autocast == "none" else f", autocast {a.autocast}") + (", cudnn benchmark" if a.cudnn_benchmark else "") + \
+        ("" if a.dtype == "f32" else f", models in {a.dtype}")
     print(f"torch {torch.__version__}, {where}{amp}, ~{a.seconds:.0f} s per measurement, each in its own process")
     mem = "MB" if a.device == "cpu" else "GPU MB"
     print(f"{'model':14s} {'batch':>5s} {'mode':6s} {'torch img/s':>12s} {'bcos img/s':>11s} {'ratio':>6s}"
@@ -358,10 +371,11 @@ def main():
             continue
         for mode in MODES.get(arch, ("infer", "train")):
             torch_cmd = [a.python, __file__, "--threads", str(a.threads), "--seconds", str(a.seconds),
-                         "--device", a.device, "--autocast", a.autocast, "--profile", str(a.profile),
+                         "--device", a.device, "--autocast", a.autocast, "--profile", str(a.profile), "--dtype", a.dtype,
                          "--child", arch, str(batch), str(size), mode] + (["--cudnn-benchmark"] if a.cudnn_benchmark else [])
             bcos_cmd = [a.binary, "--arch", arch, "--batch", str(batch), "--mode", mode, "--seconds", str(a.seconds),
-                        "--device", a.device, "--autocast", a.autocast] + (["--profile", str(a.profile)] if a.profile else []) + \
+                        "--device", a.device, "--autocast", a.autocast, "--dtype", a.dtype] + \
+                       (["--profile", str(a.profile)] if a.profile else []) + \
                        (["--cudnn-benchmark", "1"] if a.cudnn_benchmark else [])
             row = f"{arch} {mode}"
             (t_speed, t_mem), (b_speed, b_mem), spread = alternate(lambda: measure(torch_cmd, env, "torch " + row),

@@ -530,9 +530,12 @@ void forward_bf16(const Tensor& x, const Tensor& w, const Tensor& bias, const Te
 
 }  // namespace
 
+namespace {
 // float16 / bfloat16 tensors: their values widened to float32 (exactly), convolved as autocast
 // does (products of 16-bit values summed in float32), the result rounded once into `out`.
-Tensor widened(const Tensor& t) { return t.defined() && t.dtype() != DType::f32 ? raw_to(t, DType::f32, t.device()) : t; }
+Tensor widened(const Tensor& t) {
+  return t.defined() && is_half_float(t.dtype()) ? raw_to(t, DType::f32, t.device()) : t;
+}
 
 template <class Run>
 void through_float32(const Tensor& out, Conv2dParams& q, Run&& run) {
@@ -541,6 +544,7 @@ void through_float32(const Tensor& out, Conv2dParams& q, Run&& run) {
   run(wide);
   copy(out, wide);
 }
+}  // namespace
 
 void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& out,
                     const Conv2dParams& p) {

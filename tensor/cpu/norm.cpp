@@ -63,27 +63,67 @@ void grad_sums(const T* g, const T* x, int64_t n, double mu, double* sum_g, doub
 }
 
 // The same sums for batch norm + ReLU: g counts only where y = fma(x, scale, shift) > 0.
-template <class T>
-void masked_grad_sums(const T* g, const T* x, int64_t n, double mu, math::BatchNormAffine<T> y, double* sum_g,
+template <class S, class T>
+void masked_grad_sums(const S* g, const S* x, int64_t n, double mu, math::BatchNormAffine<T> y, double* sum_g,
                       double* sum_gxc) {
   double sg = 0, sgx = 0;
 #pragma omp simd reduction(+ : sg, sgx)
   for (int64_t j = 0; j < n; ++j) {
-    const T gv = g[j];  // a select between loaded values: vectorised (with -fno-trapping-math, meson.build)
-    const double gj = double(y(x[j]) > T(0) ? gv : T(0));
+    const T gv = T(g[j]);  // a select between loaded values: vectorised (with -fno-trapping-math, meson.build)
+    const double gj = double(y(T(x[j])) > T(0) ? gv : T(0));
     sg += gj;
     sgx += gj * (double(x[j]) - mu);
   }
   *sum_g += sg;
   *sum_gxc += sgx;
 }
+
+// Batch norm's element types: S stores x (its gradient, the output), T the per-channel tensors and
+// the arithmetic -- float for float16 / bfloat16 activations (16-bit in, 16-bit out, each result
+// rounded once, as PyTorch's kernels beside float32 parameters), else S itself.
+template <class F>
+void dispatch_batch_norm(const Tensor& x, const Tensor& per_channel, const char* op, F&& body) {
+  if (is_half_float(x.dtype())) {
+    BCOS_CHECK(per_channel.dtype() == DType::f32, op, ": a ", x.dtype(), " input takes float32 statistics, got ",
+               per_channel.dtype());
+    if (x.dtype() == DType::bf16) return body.template operator()<BFloat16, float>();
+    return body.template operator()<Half, float>();
+  }
+  dispatch_float(x.dtype(), op, [&]<class T>() { body.template operator()<T, T>(); });
+}
+
+// o[j] = S(f(T(p[j]), T(q[j]))) for j < n (q may be null): for 16-bit S through float buffers, whose
+// widening, arithmetic and rounding loops each vectorise (one loop doing all three stayed scalar).
+template <class S, class T, class F>
+void map_plane(const S* p, const S* q, int64_t n, S* o, F f) {
+  if constexpr (std::is_same_v<S, T>) {
+    if (q) {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) o[j] = f(p[j], q[j]);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) o[j] = f(p[j], T(0));
+    }
+  } else {
+    constexpr int64_t kChunk = 256;
+    T a[kChunk], b[kChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - i0);
+      for (int64_t j = 0; j < m; ++j) a[j] = T(p[i0 + j]);
+      if (q) for (int64_t j = 0; j < m; ++j) b[j] = T(q[i0 + j]);
+      else for (int64_t j = 0; j < m; ++j) b[j] = T(0);
+      for (int64_t j = 0; j < m; ++j) a[j] = f(a[j], b[j]);
+      for (int64_t j = 0; j < m; ++j) o[i0 + j] = S(a[j]);
+    }
+  }
+}
 }  // namespace
 
 void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_biased) {
   Tensor x = raw_contiguous(x_in);
   Channels d = channels_of(x);
-  dispatch_float(x.dtype(), "batch_norm", [&]<class T>() {
-    const T* px = x.data<T>();
+  dispatch_batch_norm(x, mean, "batch_norm", [&]<class S, class T>() {
+    const S* px = x.data<S>();
     T *pm = mean.data<T>(), *pv = var_biased.data<T>();
     const double count = double(d.n * d.s);
     parallel_for(d.c, d.n * d.s * 2, [&](int64_t b, int64_t e) {
@@ -115,26 +155,24 @@ void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& 
                         const Tensor& mean, const Tensor& invstd, bool relu, const Tensor& out) {
   Tensor x = raw_contiguous(x_in);
   Channels d = channels_of(x);
-  dispatch_float(x.dtype(), "batch_norm", [&]<class T>() {
-    const T* px = x.data<T>();
+  dispatch_batch_norm(x, mean, "batch_norm", [&]<class S, class T>() {
+    const S* px = x.data<S>();
     const T *pw = maybe<T>(weight), *pb = maybe<T>(bias);
     const T *pm = mean.data<T>(), *pi = invstd.data<T>();
-    T* po = out.data<T>();
+    S* po = out.data<S>();
     parallel_for(d.n * d.c, d.s, [&](int64_t b, int64_t e) {
       for (int64_t nc = b; nc < e; ++nc) {
         const int64_t c = nc % d.c;
         const math::BatchNormAffine<T> affine(pm[c], pi[c], pw ? pw[c] : T(1), pb ? pb[c] : T(0));
-        const T* p = px + nc * d.s;
-        T* o = po + nc * d.s;
+        const S* p = px + nc * d.s;
+        S* o = po + nc * d.s;
         if (relu) {
-#pragma omp simd
-          for (int64_t j = 0; j < d.s; ++j) {
-            const T y = affine(p[j]);
-            o[j] = y < T(0) ? T(0) : y;  // as relu: NaN stays NaN
-          }
+          map_plane<S, T>(p, nullptr, d.s, o, [affine](T v, T) {
+            const T y = affine(v);
+            return y < T(0) ? T(0) : y;  // as relu: NaN stays NaN
+          });
         } else {
-#pragma omp simd
-          for (int64_t j = 0; j < d.s; ++j) o[j] = affine(p[j]);
+          map_plane<S, T>(p, nullptr, d.s, o, [affine](T v, T) { return affine(v); });
         }
       }
     });
@@ -147,10 +185,11 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
                          const Tensor& replica_sums) {
   Tensor g = raw_contiguous(grad_out_in), x = raw_contiguous(x_in);
   Channels d = channels_of(x);
-  dispatch_float(x.dtype(), "batch_norm_backward", [&]<class T>() {
-    const T *pg = g.data<T>(), *px = x.data<T>(), *pw = maybe<T>(weight), *pb = maybe<T>(bias);
+  dispatch_batch_norm(x, mean, "batch_norm_backward", [&]<class S, class T>() {
+    const S *pg = g.data<S>(), *px = x.data<S>();
+    const T *pw = maybe<T>(weight), *pb = maybe<T>(bias);
     const T *pm = mean.data<T>(), *pi = invstd.data<T>(), *pr = maybe<T>(replica_sums);
-    T* pgx = grad_x.defined() ? grad_x.data<T>() : nullptr;
+    S* pgx = grad_x.defined() ? grad_x.data<S>() : nullptr;
     T* pgw = grad_w.defined() ? grad_w.data<T>() : nullptr;
     T* pgb = grad_b.defined() ? grad_b.data<T>() : nullptr;
     const double count = pr ? double(pr[2 * d.c]) : double(d.n * d.s);
@@ -161,7 +200,7 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
         const double mu = double(pm[c]), is = double(pi[c]);
         const math::BatchNormAffine<T> affine(pm[c], pi[c], pw ? pw[c] : T(1), pb ? pb[c] : T(0));
         for (int64_t i = 0; i < d.n && own_sums; ++i) {
-          const T *gp = pg + (i * d.c + c) * d.s, *xp = px + (i * d.c + c) * d.s;
+          const S *gp = pg + (i * d.c + c) * d.s, *xp = px + (i * d.c + c) * d.s;
           if (relu)
             masked_grad_sums(gp, xp, d.s, mu, affine, &sum_g, &sum_gxc);
           else
@@ -178,18 +217,16 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
         // are formed in double.
         const T a = T(w * is), b = T(w * is * is * mean_gx), mg = T(mean_g), m = T(mu);
         for (int64_t i = 0; i < d.n; ++i) {
-          const T* gp = pg + (i * d.c + c) * d.s;
-          const T* xp = px + (i * d.c + c) * d.s;
-          T* o = pgx + (i * d.c + c) * d.s;
+          const S* gp = pg + (i * d.c + c) * d.s;
+          const S* xp = px + (i * d.c + c) * d.s;
+          S* o = pgx + (i * d.c + c) * d.s;
           if (relu) {
-#pragma omp simd
-            for (int64_t j = 0; j < d.s; ++j) {
-              const T gv = gp[j], gj = affine(xp[j]) > T(0) ? gv : T(0);
-              o[j] = a * (gj - mg) - b * (xp[j] - m);
-            }
+            map_plane<S, T>(xp, gp, d.s, o, [=](T xv, T gv) {
+              const T gj = affine(xv) > T(0) ? gv : T(0);
+              return a * (gj - mg) - b * (xv - m);
+            });
           } else {
-#pragma omp simd
-            for (int64_t j = 0; j < d.s; ++j) o[j] = a * (gp[j] - mg) - b * (xp[j] - m);
+            map_plane<S, T>(xp, gp, d.s, o, [=](T xv, T gv) { return a * (gv - mg) - b * (xv - m); });
           }
         }
       }

@@ -15,7 +15,9 @@
 //   synchronised: given replica_sums (every replica's grad_w and grad_b summed, and their count),
 //             grad_x takes its means from those and the sums kernels are skipped
 // grad_x's per-channel coefficients are computed once per channel (in double, as the CPU), not
-// per element.
+// per element. Element types: S stores x, its gradient and the output; T the per-channel tensors
+// and the arithmetic -- float for float16 / bfloat16 activations (each result rounded once).
+// The uncentred form runs with S = T only (a 16-bit input reaches it through float32).
 #include "tensor/kernel_views.h"
 #include "tensor/batch_norm_math.h"
 #include "tensor/copy.h"
@@ -88,26 +90,32 @@ template <class T>
 __device__ T normalized(T x, const T* w, const T* b, T mean, const T* invstd, int64_t c) {
   return math::BatchNormAffine<T>(mean, invstd[c], w ? w[c] : T(1), b ? b[c] : T(0))(x);
 }
+template <class T, class S>
+__device__ __forceinline__ T value(S v) {
+  return convert_value<T>(v);
+}
 
 // The terms each reduction adds (a, b): the statistics' one pass, the backward's sums.
-template <class T>
+template <class S>
 struct ShiftedTerms {  // Σ (x − k), Σ (x − k)², k = the channel's first element
-  const T* x;
+  const S* x;
   int64_t plane;  // S: channel c's first element is x[c · S]
   __device__ void operator()(int64_t i, int64_t c, double& a, double& b) const {
-    const double v = double(x[i]) - double(x[c * plane]);
+    const double v = value<double>(x[i]) - value<double>(x[c * plane]);
     a += v;
     b += v * v;
   }
 };
-template <class T>
+template <class S, class T>
 struct GradTerms {  // Σ g, Σ g (x − mean)
-  const T *g, *x, *w, *b, *mean, *invstd;
+  const S *g, *x;
+  const T *w, *b, *mean, *invstd;
   bool relu;
   __device__ void operator()(int64_t i, int64_t c, double& sg, double& sgx) const {
-    const double gi = relu && !(normalized(x[i], w, b, mean[c], invstd, c) > T(0)) ? 0.0 : double(g[i]);
+    const T xi = value<T>(x[i]);
+    const double gi = relu && !(normalized(xi, w, b, mean[c], invstd, c) > T(0)) ? 0.0 : value<double>(g[i]);
     sg += gi;
-    sgx += gi * (double(x[i]) - double(mean[c]));
+    sgx += gi * (double(xi) - double(mean[c]));
   }
 };
 template <class T>
@@ -125,12 +133,12 @@ struct UncenteredTerms {  // Σ g x, Σ g
 // var = Σ(x − k)² / M − (Σ(x − k) / M)². In double, with k inside the data's spread, the
 // subtraction loses nothing a float32 result would keep (|mean − k| is a few standard deviations
 // at most), so one read of x gives what the CPU's two passes give. No elements: NaN, as there.
-template <class T>
-__global__ void stats_finish_kernel(const double* partials, int64_t parts, Channels d, const T* x, T* mean, T* var) {
+template <class S, class T>
+__global__ void stats_finish_kernel(const double* partials, int64_t parts, Channels d, const S* x, T* mean, T* var) {
   for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < d.c; c += int64_t(gridDim.x) * blockDim.x) {
     double a, b;
     channel_totals(partials, parts, c, a, b);
-    const double count = double(d.n * d.s), k = count > 0 ? double(x[c * d.s]) : 0.0;
+    const double count = double(d.n * d.s), k = count > 0 ? value<double>(x[c * d.s]) : 0.0;
     const double shifted_mean = a / count, v = b / count - shifted_mean * shifted_mean;
     mean[c] = T(k + shifted_mean);
     var[c] = T(v < 0 ? 0.0 : v);  // rounding may leave a constant channel a hair below 0; NaN stays NaN
@@ -184,30 +192,31 @@ struct ChannelOf {
   __device__ __forceinline__ I operator()(I i) const { return channels.mod(plane.div(i)); }
 };
 
-template <class T, class I>
-__global__ void forward_kernel(const T* x, const T* w, const T* b, const T* mean, const T* invstd, Channels d,
-                               ChannelOf<I> channel_of, bool relu, T* out) {
+template <class S, class T, class I>
+__global__ void forward_kernel(const S* x, const T* w, const T* b, const T* mean, const T* invstd, Channels d,
+                               ChannelOf<I> channel_of, bool relu, S* out) {
   const I n = I(d.n * d.c * d.s);
   for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += I(gridDim.x) * blockDim.x) {
     const I c = channel_of(i);
-    const T y = normalized(x[i], w, b, mean[c], invstd, c);
-    out[i] = relu && y < T(0) ? T(0) : y;  // as relu: NaN stays NaN
+    const T y = normalized(value<T>(x[i]), w, b, mean[c], invstd, c);
+    out[i] = convert_value<S>(relu && y < T(0) ? T(0) : y);  // as relu: NaN stays NaN
   }
 }
 
 // grad_x = k1 (g − mg) − k2 (x − mu); g is 0 where a fused ReLU cut y (y recomputed from
 // normalized_mean: the mean the forward used, or none for the uncentred form).
-template <class T, class I>
-__global__ void grad_x_kernel(const T* g, const T* x, const T* w, const T* bias, const T* normalized_mean,
+template <class S, class T, class I>
+__global__ void grad_x_kernel(const S* g, const S* x, const T* w, const T* bias, const T* normalized_mean,
                               const T* invstd, const T* coef, Channels d, ChannelOf<I> channel_of, bool relu,
-                              T* gx) {
+                              S* gx) {
   const I n = I(d.n * d.c * d.s);
   for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += I(gridDim.x) * blockDim.x) {
     const I c = channel_of(i);
     const T* k = coef + 4 * c;
     const T m = normalized_mean ? normalized_mean[c] : T(0);
-    const T gi = relu && !(normalized(x[i], w, bias, m, invstd, c) > T(0)) ? T(0) : g[i];
-    gx[i] = k[0] * (gi - k[2]) - k[1] * (x[i] - k[3]);
+    const T xi = value<T>(x[i]);
+    const T gi = relu && !(normalized(xi, w, bias, m, invstd, c) > T(0)) ? T(0) : value<T>(g[i]);
+    gx[i] = convert_value<S>(k[0] * (gi - k[2]) - k[1] * (xi - k[3]));
   }
 }
 
@@ -237,7 +246,7 @@ std::pair<std::shared_ptr<void>, int64_t> partial_sums(const Channels& d, const 
 
 // The backward shared by both forms: the sums (unless the replicas' are given and no parameter
 // gradient is wanted), the coefficients, grad_x.
-template <class T, class Terms>
+template <class S, class T, class Terms>
 void backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& invstd,
               const Tensor& normalized_mean, const Tensor& coefficient_mean, bool training, bool uncentered, bool relu,
               const Terms& terms, const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b,
@@ -262,12 +271,23 @@ void backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tens
       static_cast<T*>(coef.get()));
   BCOS_CUDA_CHECK_LAUNCH();
   with_index(x.numel(), [&]<class I>() {
-    grad_x_kernel<T, I><<<blocks_for(x.numel()), kThreads, 0, stream>>>(
-        static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
+    grad_x_kernel<S, T, I><<<blocks_for(x.numel()), kThreads, 0, stream>>>(
+        static_cast<const S*>(g.raw_data()), static_cast<const S*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
         maybe<T>(normalized_mean), static_cast<const T*>(invstd.raw_data()), static_cast<const T*>(coef.get()), d,
-        ChannelOf<I>(d), relu, static_cast<T*>(grad_x.raw_data()));
+        ChannelOf<I>(d), relu, static_cast<S*>(grad_x.raw_data()));
     BCOS_CUDA_CHECK_LAUNCH();
   });
+}
+
+// Calls body.template operator()<S, T>() for x's storage type S and the arithmetic's T (above).
+template <class F>
+void dispatch_batch_norm(const Tensor& x, const Tensor& per_channel, const char* op, F&& body) {
+  if (is_half_float(x.dtype())) {
+    BCOS_CHECK(per_channel.dtype() == DType::f32, op, ": a ", dtype_name(x.dtype()), " input takes float32 statistics, got ",
+               dtype_name(per_channel.dtype()));
+    return dispatch_half(x.dtype(), [&]<class S>() { body.template operator()<S, float>(); });
+  }
+  dispatch_float(x.dtype(), op, [&]<class T>() { body.template operator()<T, T>(); });
 }
 
 }  // namespace
@@ -279,10 +299,10 @@ void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_
   const int device = x.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
-  dispatch_float(x.dtype(), "cuda batch_norm", [&]<class T>() {
+  dispatch_batch_norm(x, mean, "cuda batch_norm", [&]<class S, class T>() {
     // One pass over x (the CPU makes two: the mean, then the squared deviations from it).
-    const T* px = static_cast<const T*>(x.raw_data());
-    const auto [partials, parts] = partial_sums(d, ShiftedTerms<T>{px, d.s}, device, stream);
+    const S* px = static_cast<const S*>(x.raw_data());
+    const auto [partials, parts] = partial_sums(d, ShiftedTerms<S>{px, d.s}, device, stream);
     stats_finish_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(static_cast<const double*>(partials.get()), parts,
                                                                   d, px, static_cast<T*>(mean.raw_data()),
                                                                   static_cast<T*>(var_biased.raw_data()));
@@ -312,12 +332,12 @@ void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& 
   const int device = x.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
-  dispatch_float(x.dtype(), "cuda batch_norm", [&]<class T>() {
+  dispatch_batch_norm(x, mean, "cuda batch_norm", [&]<class S, class T>() {
     with_index(x.numel(), [&]<class I>() {
-      forward_kernel<T, I><<<blocks_for(x.numel()), kThreads, 0, stream>>>(
-          static_cast<const T*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
+      forward_kernel<S, T, I><<<blocks_for(x.numel()), kThreads, 0, stream>>>(
+          static_cast<const S*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
           static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()), d, ChannelOf<I>(d), relu,
-          static_cast<T*>(out.raw_data()));
+          static_cast<S*>(out.raw_data()));
       BCOS_CUDA_CHECK_LAUNCH();
     });
   });
@@ -329,11 +349,11 @@ void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Te
   const Tensor g = raw_contiguous(grad_out_in), x = raw_contiguous(x_in);
   if (x.size(1) == 0) return;
   DeviceGuard guard(x.device().index);
-  dispatch_float(x.dtype(), "cuda batch_norm_backward", [&]<class T>() {
-    const GradTerms<T> terms{static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()),
-                             maybe<T>(weight), maybe<T>(bias), static_cast<const T*>(mean.raw_data()),
-                             static_cast<const T*>(invstd.raw_data()), relu};
-    backward<T>(g, x, weight, bias, invstd, mean, mean, training, false, relu, terms, grad_x, grad_w, grad_b,
+  dispatch_batch_norm(x, mean, "cuda batch_norm_backward", [&]<class S, class T>() {
+    const GradTerms<S, T> terms{static_cast<const S*>(g.raw_data()), static_cast<const S*>(x.raw_data()),
+                                maybe<T>(weight), maybe<T>(bias), static_cast<const T*>(mean.raw_data()),
+                                static_cast<const T*>(invstd.raw_data()), relu};
+    backward<S, T>(g, x, weight, bias, invstd, mean, mean, training, false, relu, terms, grad_x, grad_w, grad_b,
                 replica_sums);
   });
 }
@@ -348,7 +368,7 @@ void batch_norm_uncentered_backward(const Tensor& grad_in, const Tensor& x_in, c
   dispatch_float(x.dtype(), "cuda batch_norm_uncentered_backward", [&]<class T>() {
     const UncenteredTerms<T> terms{static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()),
                                    maybe<T>(weight), maybe<T>(bias), static_cast<const T*>(invstd.raw_data()), relu};
-    backward<T>(g, x, weight, bias, invstd, Tensor(), through_variance ? mean : Tensor(), true, true, relu, terms,
+    backward<T, T>(g, x, weight, bias, invstd, Tensor(), through_variance ? mean : Tensor(), true, true, relu, terms,
                 grad_x, grad_w, grad_b, replica_sums);
   });
 }

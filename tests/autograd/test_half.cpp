@@ -160,11 +160,28 @@ TEST_CASE("half: a Python-style scalar keeps its float32 value beside a 16-bit t
       CHECK_ULPS(x.grad(), f[key + ".grad"], 2);
     }
   }
-  // 0.1 is not a bfloat16 value: x < 0.1 compares against 0.1f, not against bf16(0.1) = 0.10009765625.
+  // A comparison rounds the number to the tensor's type first, as PyTorch's (bf16(0.1) =
+  // 0.10009765625): only arithmetic keeps its float32 value.
   const Tensor x = full({1}, 0.10009765625, {DType::bf16});
-  CHECK_FALSE(lt(x, 0.1).item() != 0);
-  CHECK(gt(x, 0.1).item() != 0);
-  CHECK(ge(x, full({}, 0.1, {DType::bf16})).item() != 0);  // a bf16 0-dim tensor is rounded: equal
+  CHECK(eq(x, 0.1).item() != 0);
+  CHECK_FALSE(gt(x, 0.1).item() != 0);
+  CHECK(lt(x.to(kFloat32), 0.1).item() == 0);  // (in float32, 0.10009765625 > 0.1f)
+  // A number never widens a 16-bit result, even beside a 0-dim tensor (a loss / 4 stays bf16);
+  // a 0-dim float32 *tensor* beside a 0-dim bf16 one does, as in PyTorch.
+  const Tensor loss = full({}, 3.0, {DType::bf16});
+  CHECK((loss / 4.0).dtype() == DType::bf16);
+  CHECK((loss * 0.1).dtype() == DType::bf16);
+  CHECK(golden::equal(loss * 0.1, full({}, 3.0f * 0.1f, {DType::bf16})));
+  CHECK((loss + full({}, 1.0)).dtype() == DType::f32);
+  CHECK(where(full({}, 1.0, {DType::boolean}), loss, 0.5).dtype() == DType::bf16);
+  // alpha (add, sub, add_) and an in-place factor (mul_) join the float32 arithmetic: rounded once.
+  manual_seed(5);
+  const Tensor a = randn({64}).to(kBFloat16), b = randn({64}).to(kBFloat16);
+  const Tensor once = (a.to(kFloat32) + b.to(kFloat32) * 0.1).to(kBFloat16);
+  CHECK(golden::equal(add(a, b, 0.1), once));
+  CHECK(golden::equal(sub(a, b, -0.1), once));
+  CHECK(golden::equal(a.clone().add_(b, 0.1), once));
+  CHECK(golden::equal(a.clone().mul_(0.1), a * 0.1));
 }
 
 TEST_CASE("half: a bfloat16 tensor with a float32 tensor promotes to float32; each gradient in its input's type") {
@@ -248,9 +265,9 @@ TEST_CASE("half: products and convolutions of 16-bit tensors sum in float32 and 
 }
 
 TEST_CASE("half: norms, softmax, losses, pooling, attention and embedding take 16-bit tensors through float32, rounded once") {
-  // These ops have no 16-bit kernels: their 16-bit inputs are widened, the op runs in float32,
-  // the result is rounded once (autograd/dispatch.h: through_float32), as PyTorch's opmath
-  // kernels compute them. Against PyTorch's float32 ops on the widened values: 1 ulp (float32
+  // These ops compute in float32 and round once, as PyTorch's opmath kernels: most through
+  // float32 copies (autograd/dispatch.h: through_float32), batch norm in its own kernels (16-bit x
+  // read and written as it is, float32 per-channel tensors). Against PyTorch's float32 ops on the widened values: 1 ulp (float32
   // formulas may straddle a rounding boundary). Gradients come
   // back in each input's own type: 16-bit for 16-bit inputs, float32 for batch norm's float32
   // parameters (2e-6 relative: float32 sums in another order).
@@ -370,6 +387,25 @@ TEST_CASE("half: the engine accumulates a tensor's 16-bit gradients and sums bro
 TEST_CASE("half: a 16-bit tensor beside a float32 one in a product is an error, as in PyTorch") {
   expect_error([] { matmul(zeros({2, 3}, kBFloat16), zeros({3, 2})); }, {"matmul", "bfloat16", "float32"});
   expect_error([] { conv2d(zeros({1, 2, 4, 4}, kBFloat16), zeros({2, 2, 1, 1})); }, {"conv2d", "bfloat16", "float32"});
+  expect_error([] { bcos_linear(zeros({2, 3}, kBFloat16), ones({4, 3})); }, {"bcos_linear", "bfloat16", "float32"});
+  expect_error([] { bcos_conv2d(zeros({1, 2, 4, 4}, kBFloat16), ones({2, 2, 1, 1})); }, {"bcos_conv2d", "bfloat16", "float32"});
+  expect_error([] { scaled_dot_product_attention(zeros({1, 2, 4}, kBFloat16), zeros({1, 2, 4}), zeros({1, 2, 4}, kBFloat16)); },
+               {"scaled_dot_product_attention", "bfloat16", "float32"});
+}
+
+TEST_CASE("half: batch norm without running statistics (track_running_stats = false) on 16-bit inputs") {
+  // Batch statistics only; with float32 parameters (the kernels' own 16-bit path) and with
+  // 16-bit ones (widened): the same bits, and those of the float32 computation rounded once.
+  manual_seed(6);
+  const Tensor x = randn({4, 3, 5, 5}).to(kBFloat16), w = randn({3}), b = randn({3});
+  const Tensor want = batch_norm(x.to(kFloat32), Tensor(), Tensor(), w, b, true).to(kBFloat16);
+  CHECK(golden::max_ulps(batch_norm(x, Tensor(), Tensor(), w, b, true), want) <= 1);
+  CHECK(golden::max_ulps(batch_norm(x, Tensor(), Tensor(), w.to(kBFloat16), b.to(kBFloat16), true),
+                         batch_norm(x.to(kFloat32), Tensor(), Tensor(), w.to(kBFloat16).to(kFloat32),
+                                    b.to(kBFloat16).to(kFloat32), true).to(kBFloat16)) <= 1);
+  CHECK(golden::max_ulps(batch_norm_uncentered(x, Tensor(), w.to(kBFloat16), b.to(kBFloat16), true, 0.1, 1e-5, false),
+                         batch_norm_uncentered(x.to(kFloat32), Tensor(), w.to(kBFloat16).to(kFloat32),
+                                               b.to(kBFloat16).to(kFloat32), true, 0.1, 1e-5, false).to(kBFloat16)) <= 1);
 }
 
 TEST_CASE("half: selections and joins (topk, max, pad, cat, stack, masked_fill) move 16-bit values as they are") {

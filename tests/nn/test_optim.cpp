@@ -260,6 +260,12 @@ TEST_CASE("optim: GradScaler scales, unscales, skips non-finite steps and adapts
   CHECK_THROWS_WITH_AS(s4.load_from(saved), doctest::Contains("unreadable grad_scaler entries 'abc'"), Error);
   saved.extra.erase("grad_scaler.growth_tracker");
   CHECK_THROWS_WITH_AS(s4.load_from(saved), doctest::Contains("only one of"), Error);
+  // float16 gradients are refused, as PyTorch's scaler refuses them (they underflow when unscaled).
+  Tensor half_weight = zeros({2}, kFloat16).requires_grad_();
+  sum(half_weight * 2.0).backward();
+  SGD half_sgd({half_weight}, {.lr = 0.1});
+  GradScaler s5;
+  CHECK_THROWS_WITH_AS(s5.unscale_(half_sgd), doctest::Contains("float16 gradient"), Error);
 
   // Misuse raises; a disabled scaler is a no-op.
   p.set_grad(full({2}, 1.0));
