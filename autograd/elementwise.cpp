@@ -32,9 +32,11 @@ Tensor unary_op(const char* name, const char* node, UnaryOp op, const Tensor& x,
   return out;
 }
 
-// The result type of two floating operands of which one is 16-bit, as PyTorch's: a 0-dim tensor
-// (a scalar) does not widen a tensor with dims (bf16 x * 0.5 stays bf16); otherwise the wider type
-// wins. (float32 with float64 stays an error: in a gradcheck the mix is a bug, not a wish.)
+// The result type of two floating operands of which one is 16-bit, as PyTorch's: a number
+// (scalar_for's wrapped float32) never widens the other operand's type, even a 0-dim one (a bf16
+// loss / 4 stays bf16); a 0-dim tensor does not widen a tensor with dims (bf16 x * t0 stays bf16);
+// otherwise the wider type wins. (float32 with float64 stays an error: in a gradcheck the mix is a
+// bug, not a wish.)
 DType result_type(const Tensor& a, const Tensor& b) {
   if (a.dtype() == b.dtype()) return a.dtype();
   if (a.is_wrapped_number() != b.is_wrapped_number()) return a.is_wrapped_number() ? b.dtype() : a.dtype();
