@@ -130,14 +130,14 @@ void fused_backward(const SavedAttention& s, const Tensor& grad_out, const Tenso
   }
 }
 
-}  // namespace
-
-Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, bool causal,
-                                    double scale, bool fused) {
+// The two entry points in their inputs' own types (autocast's rounding of float32 operands
+// included); the public ones below add autocast's 16-bit result.
+Tensor attention_in_types(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, bool causal,
+                          double scale, bool fused) {
   if (is_half(q) && k.defined() && v.defined()) {
     for (const Tensor* t : {&k, &v}) check_same_dtype("scaled_dot_product_attention", q, *t);
     return through_float32(q, [&] {
-      return scaled_dot_product_attention(widened(q), widened(k), widened(v), widened(mask), causal, scale, fused);
+      return attention_in_types(widened(q), widened(k), widened(v), widened(mask), causal, scale, fused);
     });
   }
   const Plan plan = plan_for("scaled_dot_product_attention", q, k, v, mask, scale, fused);
@@ -163,12 +163,12 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   return result;
 }
 
-Tensor packed_self_attention(const Tensor& qkv, int64_t heads, const Tensor& mask, bool causal, double scale,
-                             bool fused, bool qk_grad) {
+Tensor packed_in_types(const Tensor& qkv, int64_t heads, const Tensor& mask, bool causal, double scale, bool fused,
+                       bool qk_grad) {
   const char* op = "packed_self_attention";
   check_defined(op, qkv, "qkv");
   if (is_half(qkv))
-    return through_float32(qkv, [&] { return packed_self_attention(widened(qkv), heads, widened(mask), causal, scale, fused, qk_grad); });
+    return through_float32(qkv, [&] { return packed_in_types(widened(qkv), heads, widened(mask), causal, scale, fused, qk_grad); });
   BCOS_CHECK(heads > 0 && qkv.dim() == 3 && qkv.size(2) % (3 * heads) == 0 && qkv.size(2) > 0, op,
              ": expected qkv [N, L, 3 * heads * d] for ", heads, " heads, got ", qkv.shape());
   const int64_t n = qkv.size(0), len = qkv.size(1), e = qkv.size(2) / 3, d = e / heads;
@@ -200,6 +200,27 @@ Tensor packed_self_attention(const Tensor& qkv, int64_t heads, const Tensor& mas
     });
   }
   return result;
+}
+
+}  // namespace
+
+// Autocast (autograd.h): attention is one of torch's products -- a 16-bit result. Inside, float32
+// tensors (a 16-bit input widened exactly) whose products take autocast's rounding of their
+// operands (the fused kernels' softmax in float32); rounded once, at the output.
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, bool causal,
+                                    double scale, bool fused) {
+  if (autocasting(q) && k.defined() && v.defined())
+    return attention_in_types(widened(q), widened(k), widened(v), widened(mask), causal, scale, fused)
+        .to(autocast_dtype(q.device().type));
+  return attention_in_types(q, k, v, mask, causal, scale, fused);
+}
+
+Tensor packed_self_attention(const Tensor& qkv, int64_t heads, const Tensor& mask, bool causal, double scale,
+                             bool fused, bool qk_grad) {
+  if (autocasting(qkv))
+    return packed_in_types(widened(qkv), heads, widened(mask), causal, scale, fused, qk_grad)
+        .to(autocast_dtype(qkv.device().type));
+  return packed_in_types(qkv, heads, mask, causal, scale, fused, qk_grad);
 }
 
 }  // namespace bcos

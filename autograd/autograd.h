@@ -50,14 +50,24 @@ struct ExplanationModeGuard {
 };
 
 // ---- autocast (mixed precision) ---------------------------------------------------------------
-// As torch.autocast: inside an AutocastGuard for a device type, matmul, linear, bmm and conv2d
-// of float32 tensors on that device multiply bfloat16 (or float16) roundings of their operands
-// and sum in float32, forward and backward (a recorded product keeps the forward's setting).
-// Everything else -- reductions, norms, softmax, losses, elementwise ops -- stays float32, and so
-// do tensors, parameters (the master weights) and gradients: our ops keep float32 activations
-// where PyTorch's autocast stores bf16 ones, so results agree to bf16's rounding, not bit for
-// bit. float64 tensors are never touched (gradchecks stay exact). Per thread, like grad mode.
-// f16 overflows above 65504 and underflows small gradients: pair it with nn::GradScaler.
+// As torch.autocast: inside an AutocastGuard for a device type, the ops on that device cast their
+// floating inputs by three lists, PyTorch's (float64 tensors are never touched, so gradchecks
+// stay exact; the casts record, so gradients come back in each leaf's own type):
+// - products -- matmul, linear, conv2d, scaled_dot_product_attention / packed_self_attention:
+//   float32 inputs rounded to bfloat16 (or float16), the 16-bit values summed in float32, a
+//   16-bit result (weights stay float32 parameters: each forward multiplies a rounded copy);
+// - the float32 list -- the losses on both devices; on CUDA also softmax / log-softmax, layer
+//   and group norm, sum, norm, logsumexp, exp, log, log1p, rsqrt, reciprocal, pow (as torch's
+//   CUDA list; its CPU list keeps those in the input's type): 16-bit inputs widened, a float32
+//   result;
+// - everything else runs in its inputs' types (a 16-bit ReLU, batch norm of a 16-bit input with
+//   float32 parameters), and mixed operands promote (bf16 + float32 is float32; cat and stack).
+// So activations are 16-bit between a product and the next float32-list op, as PyTorch's. The
+// B-cos layers (bcos_conv2d / bcos_linear) are one op each: products of rounded operands summed in
+// float32, a float32 result (as the authors' layers under torch.autocast, whose scale is float32).
+// A backward runs in its forward's types, whatever autocast is on while it runs. Per thread,
+// like grad mode. f16 overflows above 65504 and underflows small gradients: pair it with
+// nn::GradScaler.
 DType autocast_dtype(DeviceType device);  // the operand type of float32 products (f32: off)
 void set_autocast(DeviceType device, DType dtype);
 
@@ -77,6 +87,17 @@ struct AutocastGuard {
 
 // The operand type a float32 product of t takes under the current autocast (f32: unchanged).
 DType autocast_operands(const Tensor& t);
+// Whether autocast is on for t's device and t a type it casts (float32 or 16-bit).
+bool autocasting(const Tensor& t);
+// A product's operand: t under autocast as a (recorded) copy of autocast's 16-bit type (as
+// torch's, a float16 t is cast under bfloat16 autocast too); autocast_lowers: whether it is cast.
+bool autocast_lowers(const Tensor& t);
+Tensor autocast_to_lower(const Tensor& t);
+// Whether a float32-list op widens its input t: t 16-bit under autocast -- on both devices for
+// the losses, on CUDA only for the rest of the list (torch's CPU list keeps softmax, norms, sum
+// and exp in the input's type). The op then runs on t.to(kFloat32) (recorded).
+enum class AutocastList { float32_everywhere, float32_on_cuda };
+bool autocast_widens(const Tensor& t, AutocastList list);
 
 // ---- anomaly detection ----------------------------------------------------------------------
 // For hunting a NaN in training (as torch.autograd.detect_anomaly): every recorded op's output is

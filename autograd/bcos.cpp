@@ -145,19 +145,22 @@ Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_
 Tensor bcos_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, IntPair stride,
                    IntPair padding, IntPair dilation, int64_t groups, double b, int64_t max_out,
                    const BcosEpilogue& post) {
-  // A 16-bit layer rounds once, at its output.
+  // A 16-bit layer rounds once, at its output; under autocast it gives the float32 result its
+  // float32 input would (autograd.h).
   if (is_half(x)) {
-    check_same_dtype("bcos_conv2d", x, weight);
-    return through_float32(x, [&] {
+    const auto wide_layer = [&] {
       const BcosEpilogue wide{widened(post.scale), widened(post.shift), post.relu};
       return bcos_conv2d(widened(x), widened(weight), widened(bias), stride, padding, dilation, groups, b, max_out, wide);
-    });
+    };
+    if (autocasting(x)) return wide_layer();
+    check_same_dtype("bcos_conv2d", x, weight);
+    return through_float32(x, wide_layer);
   }
   BCOS_CHECK(!weight.defined() || weight.dim() != 4 || weight.size(0) % (max_out * groups) == 0,
              "bcos_conv2d: weight ", weight.shape(), " has ", weight.size(0),
              " output channels, which must be a multiple of max_out (", max_out,
              ") times groups (", groups, ")");
-  Tensor lin = conv2d(x, weight, bias, stride, padding, dilation, groups);
+  Tensor lin = detail::conv2d_rounding_operands(x, weight, bias, stride, padding, dilation, groups);
   if (b == 1) return bcos_scale(lin, Tensor(), b, max_out, 0, 0, post);
   Tensor sumsq = bcos_patch_sumsq(x, {weight.size(2), weight.size(3)}, stride, padding, dilation, groups);
   return bcos_scale(lin, sumsq, b, max_out, 1e-6, 0, post);
@@ -165,9 +168,11 @@ Tensor bcos_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, In
 
 Tensor bcos_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, double b,
                    int64_t max_out) {
-  if (is_half(x)) {  // rounded once, at the layer's output (as bcos_conv2d)
+  if (is_half(x)) {  // rounded once, at the layer's output; float32 under autocast (as bcos_conv2d)
+    const auto wide_layer = [&] { return bcos_linear(widened(x), widened(weight), widened(bias), b, max_out); };
+    if (autocasting(x)) return wide_layer();
     check_same_dtype("bcos_linear", x, weight);
-    return through_float32(x, [&] { return bcos_linear(widened(x), widened(weight), widened(bias), b, max_out); });
+    return through_float32(x, wide_layer);
   }
   // x: [..., K] -> [..., O·M]; the norm below keeps x for its backward, so linear keeps x too
   // (under autocast it would otherwise keep a rounded copy beside it).

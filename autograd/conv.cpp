@@ -34,6 +34,16 @@ int64_t pool_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_
 
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stride,
               IntPair padding, IntPair dilation, int64_t groups) {
+  check_defined("conv2d", x, "input");
+  check_defined("conv2d", w, "weight");
+  // Autocast: 16-bit copies in, a 16-bit result out (autograd.h).
+  if (autocast_lowers(x) || autocast_lowers(w) || autocast_lowers(bias))
+    return conv2d(autocast_to_lower(x), autocast_to_lower(w), autocast_to_lower(bias), stride, padding, dilation, groups);
+  return detail::conv2d_rounding_operands(x, w, bias, stride, padding, dilation, groups);
+}
+
+Tensor detail::conv2d_rounding_operands(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stride,
+                                        IntPair padding, IntPair dilation, int64_t groups) {
   const char* op = "conv2d";
   check_defined(op, x, "input");
   check_defined(op, w, "weight");

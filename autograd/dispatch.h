@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "autograd/ops.h"
 #include "tensor/copy.h"
 #include "tensor/dispatch.h"
 #include "tensor/op_kinds.h"
@@ -56,6 +57,13 @@ Tensor through_float32(const Tensor& x, F&& op_on_float32) {
   return op_on_float32().to(x.dtype());
 }
 
+// An op on autocast's float32 list (autograd.h) given a 16-bit x: a float32 result under
+// autocast (where the list holds for x's device), else rounded back to x's type.
+template <class F>
+Tensor float32_list_op(const Tensor& x, AutocastList list, F&& op_on_float32) {
+  return autocast_widens(x, list) ? op_on_float32() : through_float32(x, op_on_float32);
+}
+
 inline void check_index(const char* op, const Tensor& t) {
   BCOS_CHECK(t.dtype() == DType::i64, op, ": indices must be int64, got ", t.dtype(),
              " (shape ", t.shape(), ")");
@@ -79,9 +87,16 @@ void check_inplace(const char* op, const Tensor& self);
 Tensor finish_batch_statistics(const Tensor& mean, const Tensor& var, double eps, double momentum, double unbias,
                                const Tensor& running_mean, const Tensor& running_var);
 
-// linear, with the choice of what it keeps of x under autocast: the rounded copy it multiplies
+// linear of float32 tensors under autocast in its rounding form (float32 result, as
+// conv2d_rounding_operands below), with the choice of what it keeps of x: the rounded copy it multiplies
 // (linear's own choice), or x itself, for a caller that keeps x anyway (bcos_linear: its norm's
 // backward reads x) -- a second, rounded copy would only add memory.
 Tensor linear_keeping(const Tensor& x, const Tensor& weight, const Tensor& bias, bool keep_rounded_input);
+
+// conv2d of float32 tensors whose products, forward and backward, take autocast's rounding of
+// their operands, with a float32 result: the B-cos convolution's own product under autocast (its
+// scale reads the float32 sums); the public conv2d returns a 16-bit result there (autograd.h).
+Tensor conv2d_rounding_operands(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stride,
+                                IntPair padding, IntPair dilation, int64_t groups);
 
 }  // namespace bcos::detail

@@ -12,10 +12,18 @@ using namespace detail;
 
 namespace {
 
+// torch's CUDA autocast float32 list among the unary maps (autograd.h).
+bool on_float32_list(UnaryOp op) {
+  return op == UnaryOp::exp || op == UnaryOp::log || op == UnaryOp::log1p || op == UnaryOp::rsqrt ||
+         op == UnaryOp::reciprocal || op == UnaryOp::pow_scalar;
+}
+
 Tensor unary_op(const char* name, const char* node, UnaryOp op, const Tensor& x, double p0 = 0,
                 double p1 = 0) {
   check_defined(name, x, "input");
   check_floating(name, x);
+  if (on_float32_list(op) && autocast_widens(x, AutocastList::float32_on_cuda))
+    return unary_op(name, node, op, widened(x), p0, p1);
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
   kernel::unary(op, x, out, p0, p1);
   if (needs_graph({x})) {
@@ -161,6 +169,8 @@ Tensor div(const Tensor& a, const Tensor& b) {
 }
 
 Tensor pow(const Tensor& a, const Tensor& b) {
+  if (autocast_widens(a, AutocastList::float32_on_cuda) || autocast_widens(b, AutocastList::float32_on_cuda))
+    return pow(widened(a), widened(b));
   Tensor out = binary_forward("pow", BinaryOp::pow, a, b);
   if (needs_graph({a, b})) {
     SavedTensor sa(a), sb(b), sy(out);

@@ -70,6 +70,20 @@ void set_autocast(DeviceType device, DType dtype) {
 DType autocast_operands(const Tensor& t) {
   return t.defined() && t.dtype() == DType::f32 ? g_autocast[int(t.device().type)] : DType::f32;
 }
+bool autocasting(const Tensor& t) {
+  return t.defined() && is_floating(t.dtype()) && t.dtype() != DType::f64 &&
+         g_autocast[int(t.device().type)] != DType::f32;
+}
+bool autocast_lowers(const Tensor& t) {
+  return autocasting(t) && t.dtype() != g_autocast[int(t.device().type)];
+}
+Tensor autocast_to_lower(const Tensor& t) {
+  return autocast_lowers(t) ? t.to(g_autocast[int(t.device().type)]) : t;
+}
+bool autocast_widens(const Tensor& t, AutocastList list) {
+  const bool listed = list == AutocastList::float32_everywhere || t.device().type == DeviceType::cuda;
+  return listed && autocasting(t) && is_half_float(t.dtype());
+}
 
 const Tensor& SavedTensor::get() const {
   if (value_.defined() && value_.version() != version_)
@@ -199,6 +213,10 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
              "backward: gradient is ", grad.dtype(), " on ", grad.device(), ", the tensor ",
              root.dtype(), " on ", root.device());
   NoGradGuard no_grad;
+  // A backward runs in its forward's types: each recorded product kept its operand type, and the
+  // ops backward functions are composed of (sums, a cast's backward) are not autocast again.
+  AutocastGuard no_cpu_autocast(DeviceType::cpu, DType::bf16, false);
+  AutocastGuard no_cuda_autocast(DeviceType::cuda, DType::bf16, false);
   std::shared_ptr<Node> start = edge_of(root);
   std::vector<std::function<void()>> callbacks;  // queue_backward_callback's, for this backward
   struct Restore {

@@ -18,18 +18,24 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
   BCOS_CHECK(first.dim() > 0, op, ": zero-dim tensors cannot be concatenated");
   Shape out_shape = first.shape();
   out_shape[d] = 0;
+  // Floating types promote where a 16-bit one is among them, as torch.cat's (a float32 class
+  // token before bf16 patch embeddings under autocast: float32).
+  DType type = first.dtype();
   for (size_t i = 0; i < tensors.size(); ++i) {
     const Tensor& t = tensors[i];
     check_defined(op, t, "a tensor");
     check_same_device(op, first, t);
-    check_same_dtype(op, first, t);
+    if ((is_half_float(type) || is_half_float(t.dtype())) && is_floating(type) && is_floating(t.dtype()))
+      type = promote_floats(type, t.dtype());
+    else
+      check_same_dtype(op, first, t);
     bool ok = t.dim() == first.dim();
     for (int k = 0; ok && k < t.dim(); ++k) ok = k == d || t.shape()[k] == first.shape()[k];
     BCOS_CHECK(ok, op, ": tensor ", i, " has shape ", t.shape(), ", expected ", first.shape(),
                " except in dim ", d);
     out_shape[d] += t.shape()[d];
   }
-  Tensor out = empty(out_shape, {first.dtype(), first.device()});
+  Tensor out = empty(out_shape, {type, first.device()});
   std::vector<int64_t> starts;
   int64_t pos = 0;
   for (const Tensor& t : tensors) {

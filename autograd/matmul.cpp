@@ -3,8 +3,9 @@
 //   out [B, M, N] = a [B, M, K] · b [B, K, N]
 //   grad_a = g · bᵀ,  grad_b = aᵀ · g       (transposes are free strided views)
 // Batch broadcasting is an expand (whose backward sums), so the engine does the rest.
-// Under autocast (autograd.h) every product of the forward and its backward gets the
-// forward's operand type.
+// Under autocast (autograd.h) matmul and linear take 16-bit copies of their float32 operands and
+// return a 16-bit result; the B-cos linear layer's own product (detail::linear_keeping) keeps
+// float32 tensors and gives every product of its forward and backward the forward's operand type.
 #include "autograd/dispatch.h"
 #include "autograd/ops.h"
 #include "tensor/copy.h"
@@ -68,6 +69,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   const char* op = "matmul";
   check_defined(op, a, "first operand");
   check_defined(op, b, "second operand");
+  if (autocast_lowers(a) || autocast_lowers(b)) return matmul(autocast_to_lower(a), autocast_to_lower(b));
   check_same_device(op, a, b);
   check_same_dtype(op, a, b);
   check_floating(op, a);
@@ -109,6 +111,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  if (autocast_lowers(x) || autocast_lowers(weight) || autocast_lowers(bias))
+    return linear(autocast_to_lower(x), autocast_to_lower(weight), autocast_to_lower(bias));
   return detail::linear_keeping(x, weight, bias, true);
 }
 

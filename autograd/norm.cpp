@@ -269,7 +269,7 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   const char* op = "layer_norm";
   check_defined(op, x, "input");
   if (is_half(x))
-    return through_float32(x, [&] { return layer_norm(widened(x), normalized_shape, widened(weight), widened(bias), eps); });
+    return float32_list_op(x, AutocastList::float32_on_cuda, [&] { return layer_norm(widened(x), normalized_shape, widened(weight), widened(bias), eps); });
   check_float(op, x);
   int k = normalized_shape.size();
   bool matches = k >= 1 && k <= x.dim();
@@ -290,7 +290,7 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
   const char* op = "group_norm";
   check_defined(op, x, "input");
   if (is_half(x))
-    return through_float32(x, [&] { return group_norm(widened(x), groups, widened(weight), widened(bias), eps); });
+    return float32_list_op(x, AutocastList::float32_on_cuda, [&] { return group_norm(widened(x), groups, widened(weight), widened(bias), eps); });
   check_float(op, x);
   BCOS_CHECK(x.dim() >= 2, op, ": expected input [N, C, *], got shape ", x.shape());
   const int64_t n = x.size(0), c = x.size(1);
@@ -310,7 +310,7 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
 Tensor unit_rows(const Tensor& w) {
   const char* op = "unit_rows";
   check_defined(op, w, "input");
-  if (is_half(w)) return through_float32(w, [&] { return unit_rows(widened(w)); });
+  if (is_half(w)) return float32_list_op(w, AutocastList::float32_on_cuda, [&] { return unit_rows(widened(w)); });
   check_float(op, w);
   BCOS_CHECK(w.dim() >= 1, op, ": expected a tensor with at least one dim, got shape ", w.shape());
   const int64_t rows = w.size(0), inner = rows == 0 ? 0 : w.numel() / rows;

@@ -64,6 +64,7 @@ void check_nonempty(const char* op, const Tensor& x, const Plan& p) {
 
 Tensor sum(const Tensor& x, const Dims& dims, bool keepdim) {
   check_defined("sum", x, "input");
+  if (autocast_widens(x, AutocastList::float32_on_cuda)) return sum(widened(x), dims, keepdim);
   Plan p = plan_reduction("sum", x, dims, keepdim);
   BCOS_CHECK(x.is_floating_point() || x.dtype() == DType::i64, "sum: unsupported dtype ", x.dtype());
   Tensor out = reduce_raw(ReduceOp::sum, x, p, x.dtype());
@@ -162,6 +163,7 @@ Tensor prod(const Tensor& x, const Dims& dims, bool keepdim) {
 
 Tensor norm(const Tensor& x, double pnorm, const Dims& dims, bool keepdim) {
   check_defined("norm", x, "input");
+  if (autocast_widens(x, AutocastList::float32_on_cuda)) return norm(widened(x), pnorm, dims, keepdim);
   check_floating("norm", x);
   BCOS_CHECK(pnorm == 1 || pnorm == 2, "norm: only p = 1 and p = 2 are supported, got ", pnorm);
   Plan p = plan_reduction("norm", x, dims, keepdim);
@@ -184,6 +186,7 @@ Tensor norm(const Tensor& x, double pnorm, const Dims& dims, bool keepdim) {
 
 Tensor logsumexp(const Tensor& x, const Dims& dims, bool keepdim) {
   check_defined("logsumexp", x, "input");
+  if (autocast_widens(x, AutocastList::float32_on_cuda)) return logsumexp(widened(x), dims, keepdim);
   check_floating("logsumexp", x);
   Plan p = plan_reduction("logsumexp", x, dims, keepdim);
   Tensor out = reduce_raw(ReduceOp::logsumexp, x, p, x.dtype());

@@ -77,11 +77,11 @@ Tensor picked_nll(const char* op, const Tensor& logp, const Tensor& target, int6
 }  // namespace
 
 Tensor softmax(const Tensor& x, int64_t dim) {
-  if (is_half(x)) return through_float32(x, [&] { return softmax(widened(x), dim); });
+  if (is_half(x)) return float32_list_op(x, AutocastList::float32_on_cuda, [&] { return softmax(widened(x), dim); });
   return softmax_impl("softmax", "SoftmaxBackward", false, x, dim);
 }
 Tensor log_softmax(const Tensor& x, int64_t dim) {
-  if (is_half(x)) return through_float32(x, [&] { return log_softmax(widened(x), dim); });
+  if (is_half(x)) return float32_list_op(x, AutocastList::float32_on_cuda, [&] { return log_softmax(widened(x), dim); });
   return softmax_impl("log_softmax", "LogSoftmaxBackward", true, x, dim);
 }
 
@@ -89,7 +89,7 @@ Tensor nll_loss(const Tensor& log_probs, const Tensor& target, int64_t ignore_in
                 Reduction reduction) {
   const char* op = "nll_loss";
   if (is_half(log_probs))
-    return through_float32(log_probs, [&] { return nll_loss(widened(log_probs), target, ignore_index, reduction); });
+    return float32_list_op(log_probs, AutocastList::float32_everywhere, [&] { return nll_loss(widened(log_probs), target, ignore_index, reduction); });
   Tensor lp, t;
   Shape item_shape;
   flatten_classes(op, log_probs, target, lp, t, item_shape);
@@ -106,7 +106,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_
              ": label_smoothing must be in [0, 1], got ", label_smoothing);
   check_defined(op, logits, "input");
   if (is_half(logits))
-    return through_float32(logits, [&] { return cross_entropy(widened(logits), target, ignore_index, label_smoothing, reduction); });
+    return float32_list_op(logits, AutocastList::float32_everywhere, [&] { return cross_entropy(widened(logits), target, ignore_index, label_smoothing, reduction); });
   check_float(op, logits);
   Tensor lg, t;
   Shape item_shape;
@@ -129,7 +129,7 @@ Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targ
   check_defined(op, logits, "input");
   check_defined(op, target, "target");
   if (is_half(logits))
-    return through_float32(logits, [&] {
+    return float32_list_op(logits, AutocastList::float32_everywhere, [&] {
       return binary_cross_entropy_with_logits(widened(logits), widened(target), widened(weight), reduction);
     });
   check_float(op, logits);

@@ -6,6 +6,8 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <string>
+
 #include <climits>
 
 #include "dist/internal.h"
@@ -31,6 +33,10 @@ MPI_Datatype mpi_type(const char* op, const Tensor& t) {
     case DType::i64: return MPI_INT64_T;
     case DType::u8:
     case DType::boolean: return MPI_UINT8_T;
+    case DType::f16:
+    case DType::bf16:  // moved as 16-bit words (autocast's features gathered); MPI has no sum of them
+      if (std::string(op) == "broadcast" || std::string(op) == "all_gather") return MPI_UINT16_T;
+      [[fallthrough]];
     default: fail("dist::", op, ": MPI has no ", t.dtype(), " (", t.shape(), "); convert to float32 first");
   }
 }

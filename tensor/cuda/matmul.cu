@@ -198,7 +198,7 @@ bool lt_linear_bias(const Tensor& a, const Tensor& b, const Tensor& bias, const 
   const bool a_plain = gb.op == CUBLAS_OP_N, b_plain = ga.op == CUBLAS_OP_N;
   BCOS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_a.h, operand_type, a_plain ? n : k, a_plain ? k : n, gb.ld));
   BCOS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_b.h, operand_type, b_plain ? k : m, b_plain ? m : k, ga.ld));
-  BCOS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_d.h, CUDA_R_32F, n, m, n));
+  BCOS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_d.h, cuda_data_type(out.dtype()), n, m, n));
   LtOwned<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy> preference;
   const uint64_t max_workspace = lt_workspace_bytes(device);
   const uint32_t align_a = alignment_of(gb.ptr), align_b = alignment_of(ga.ptr), align_d = alignment_of(out.raw_data());
@@ -251,9 +251,12 @@ void linear_bias(const Tensor& a, const Tensor& b, const Tensor& bias, const Ten
   Tensor narrow_a = autocast ? narrowed(a, operands) : a, narrow_b = autocast ? narrowed(b, operands) : b;
   BCOS_CHECK(narrow_a.dtype() == narrow_b.dtype(), "cuda linear_bias: operands of two types, ",
              dtype_name(narrow_a.dtype()), " ", a.shape(), " and ", dtype_name(narrow_b.dtype()), " ", b.shape());
-  // cuBLASLt for float32 outputs, as PyTorch's addmm (not float64); PyTorch also keeps vectors
-  // (a dim of 1) off it. A bias not 16-byte aligned goes the other way too.
-  const bool lt = out.dtype() == DType::f32 && out.is_contiguous() && bias.is_contiguous() && m > 1 && n > 1 &&
+  // cuBLASLt for float32 outputs and 16-bit ones (bias and result of the operands' type: autocast's
+  // linear layers, the bias added to the float32 sums before the one rounding), as PyTorch's addmm
+  // (not float64); PyTorch also keeps vectors (a dim of 1) off it. A bias not 16-byte aligned goes
+  // the other way too.
+  const bool lt_types = out.dtype() == DType::f32 || (is_half_float(out.dtype()) && narrow_a.dtype() == out.dtype());
+  const bool lt = lt_types && out.is_contiguous() && bias.is_contiguous() && m > 1 && n > 1 &&
                   k > 1 && m <= INT_MAX && n <= INT_MAX && k <= INT_MAX &&
                   reinterpret_cast<uintptr_t>(bias.raw_data()) % 16 == 0;
   if (lt) {

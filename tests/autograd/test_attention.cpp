@@ -188,7 +188,7 @@ TEST_CASE("attention: for head size 64 the scale on the logits gives the bits of
           y = divide_first ? scaled_dot_product_attention(q / 8.0, k, v, Tensor(), false, 1.0)
                            : scaled_dot_product_attention(q, k, v, Tensor(), false, 0.125);
         }
-        y.backward(gout);
+        y.backward(gout.to(y.dtype()));  // (under autocast y is bf16)
         return std::vector<Tensor>{y.detach(), q.grad(), k.grad(), v.grad()};
       };
       const auto before = run(true), now = run(false);
@@ -211,21 +211,47 @@ double share_apart(const Tensor& a, const Tensor& b) {
   return double(apart) / double(std::max<size_t>(x.size(), 1));
 }
 
-TEST_CASE("attention: under bf16 autocast the fused kernels multiply bf16 operands, as the composed form's matmuls") {
-  // torch.autocast runs scaled_dot_product_attention in bf16; here every product (q kᵀ, P v and
-  // the backward's four) multiplies bf16 roundings of its operands and sums in float32, the
-  // softmax staying float32: the rule of autocast's matmuls, so the composed form under autocast
-  // is the reference. Shapes: the fixture cases (products too small for the bf16 GEMM: rounded
-  // copies), and one whose products the bf16 GEMM takes where the CPU has one (256 x 100 x 64 and
-  // a second block of 44 rows).
-  // The two paths compute the probabilities and dS with different float32 roundings (the fused
+// x as bf16 rounds it in the forward, its gradient passed on as it is; and x as it is, with its
+// gradient rounded: the two roundings a product of autocast's makes, written as float32 ops.
+Tensor round_forward(const Tensor& x) {
+  const Tensor r = x.to(DType::bf16).to(DType::f32);
+  return x + (r - x).detach();  // r − x is exact, and so is the sum: r
+}
+Tensor round_backward(const Tensor& x) {
+  const Tensor r = x.to(DType::bf16).to(DType::f32);
+  return r + (x - r).detach();
+}
+
+// The fused kernels' rule under bf16 autocast, composed of float32 ops: every product (q kᵀ, P v
+// and the backward's four) multiplies bf16 roundings of its operands and sums in float32; the
+// softmax and dS = P ∘ (dP − rowsum(P ∘ dP)) stay float32, dS · scale rounded before its products.
+Tensor attention_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, bool causal, double scale) {
+  if (scale == 0) scale = 1.0 / std::sqrt(double(q.size(-1)));
+  Tensor logits = round_backward(matmul(round_forward(q), round_forward(k).transpose(-2, -1))) * scale;
+  if (mask.defined())
+    logits = logits + (mask.dtype() == DType::boolean ? where(mask, zeros(Shape{}), -INFINITY) : mask);
+  if (causal) {
+    const int64_t lq = q.size(-2), lk = k.size(-2);
+    const Tensor rows = arange(double(lq), DType::i64).reshape({lq, 1}), cols = arange(double(lk), DType::i64).reshape({1, lk});
+    logits = masked_fill(logits, gt(cols, rows), -INFINITY);
+  }
+  return matmul(round_forward(softmax(logits, -1)), round_forward(v));
+}
+
+TEST_CASE("attention: under bf16 autocast the fused kernels multiply bf16 operands, with a bf16 result") {
+  // torch.autocast runs scaled_dot_product_attention in bf16: a bf16 result. Inside, every
+  // product multiplies bf16 roundings of its operands and sums in float32, the softmax staying
+  // float32; the reference is that rule composed of float32 ops (attention_rule), its output
+  // rounded to bf16 once. Shapes: the fixture cases (products too small for the bf16 GEMM:
+  // rounded copies), and one whose products the bf16 GEMM takes where the CPU has one
+  // (256 x 100 x 64 and a second block of 44 rows).
+  // The two compute the probabilities and dS with different float32 roundings (the fused
   // backward recomputes P from the log-sum-exp), so now and then one of them sits on the other
   // side of a bf16 rounding boundary and moves by 2^-8: a handful of such flips among 10^5
-  // probabilities moved a result by up to 2.7e-3 norm-wise (both paths, against a float64
-  // evaluation of the same rule), as much as the rounding itself. So the check counts elements:
-  // further than 1e-4 of the RMS from the reference, at most 5 % (measured: 0 to 0.6 %, the rows
-  // a flip touches), where rounding against not rounding moves 53-98 % (bound 30 %); and norm-wise
-  // no further than bf16's own rounding (1e-2).
+  // probabilities moved a result by up to 2.7e-3 norm-wise, as much as the rounding itself. So
+  // the check counts elements: further than 1e-4 of the RMS from the reference, at most 5 %
+  // (the rows a flip touches), where rounding against not rounding moves 53-98 % (bound 30 %);
+  // and norm-wise no further than bf16's own rounding (1e-2).
   const auto& f = fixtures();
   manual_seed(35);
   struct Input {
@@ -253,15 +279,20 @@ TEST_CASE("attention: under bf16 autocast the fused kernels multiply bf16 operan
         AutocastGuard guard(DeviceType::cpu, DType::bf16, autocast);
         y = scaled_dot_product_attention(q, k, v, in.mask, in.causal, in.scale, fused);
       }
-      y.backward(gout);  // outside the guard: the backward keeps the forward's setting
+      y.backward(gout.to(y.dtype()));  // outside the guard: the backward keeps the forward's setting
       return std::vector<Tensor>{y.detach(), q.grad(), k.grad(), v.grad()};
     };
-    const auto fused = run(true, true), composed = run(false, true), plain = run(true, false);
+    const auto fused = run(true, true), plain = run(true, false);
+    REQUIRE(fused[0].dtype() == DType::bf16);
+    Tensor q = in.q.clone().requires_grad_(), k = in.k.clone().requires_grad_(), v = in.v.clone().requires_grad_();
+    const Tensor y = attention_rule(q, k, v, in.mask, in.causal, in.scale);
+    y.backward(gout.to(DType::bf16).to(DType::f32));
+    const std::vector<Tensor> rule{y.detach().to(DType::bf16), q.grad(), k.grad(), v.grad()};
     for (size_t i = 0; i < fused.size(); ++i) {
       CAPTURE(i);
-      CHECK(share_apart(fused[i], composed[i]) <= 0.05);
+      CHECK(share_apart(fused[i], rule[i]) <= 0.05);
       CHECK(share_apart(fused[i], plain[i]) >= 0.3);
-      CHECK(golden::relative_error(fused[i], composed[i]) <= 1e-2);
+      CHECK(golden::relative_error(fused[i], rule[i]) <= 1e-2);
     }
   }
 }
@@ -318,8 +349,8 @@ TEST_CASE("attention: packed_self_attention is scaled_dot_product_attention on i
         y_split = merge_heads(scaled_dot_product_attention(head_part(split, heads, 0), head_part(split, heads, 1),
                                                            head_part(split, heads, 2)));
       }
-      y_packed.backward(gout);
-      y_split.backward(gout);
+      y_packed.backward(gout.to(y_packed.dtype()));
+      y_split.backward(gout.to(y_split.dtype()));
       CHECK(y_packed.to_vector<float>() == y_split.to_vector<float>());
       CHECK(packed.grad().to_vector<float>() == split.grad().to_vector<float>());
     }

@@ -303,8 +303,9 @@ TEST_CASE("cuda ops: empty tensors (a batch of 0, empty rows, no indices) flow t
                  {{rn({0, 4}), rn({3, 4}), rn({3}), rn({0, 4, 6, 6}), rn({6, 2, 3, 3}), rn({2, 0, 5})}},
                  [autocast](const std::vector<Tensor>& t) {
                    AutocastGuard guard(t[0].device().type, autocast);
-                   Tensor a = linear(t[0], t[1], t[2]), b = conv2d(t[3], t[4], Tensor(), 1, 1, 1, 2);
-                   Tensor c = matmul(t[5].transpose(1, 2), t[5]);  // K = 0: zeros
+                   // (widened before the sums: CUDA's autocast widens sum's input, the CPU's does not)
+                   Tensor a = linear(t[0], t[1], t[2]).to(DType::f32), b = conv2d(t[3], t[4], Tensor(), 1, 1, 1, 2).to(DType::f32);
+                   Tensor c = matmul(t[5].transpose(1, 2), t[5]).to(DType::f32);  // K = 0: zeros
                    return std::vector<Tensor>{sum(a, {1}) + sum(b, {1, 2, 3}) + sum(c), c};
                  });
     if (r.error.empty()) CHECK(all_are(r.tensors.at(1), 0.0));

@@ -89,6 +89,24 @@ void collectives() {
     expect(g.shape() == Shape{w, 2, 3} && g.device() == g_device, str("all_gather shape ", g.shape(), " on ", g.device()));
     for (int q = 0; q < w; ++q) expect(max_diff(g.select(0, q), mine(q)) == 0, str("all_gather row ", q, " of ", dt));
   }
+  if (!gpu) {
+    // MPI moves 16-bit floats as words (autocast's bf16 features are gathered) and sums none.
+    for (DType dt : {DType::bf16, DType::f16}) {
+      auto mine = [&](int rank) { return (arange(0, 6, 1.0, DType::f64) + 10.0 * rank + 0.25).reshape({2, 3}).to(dt); };
+      Tensor g = dist::all_gather(mine(r));
+      for (int q = 0; q < w; ++q) expect(max_diff(g.select(0, q), mine(q)) == 0, str("all_gather row ", q, " of ", dt));
+      Tensor t = mine(r);
+      dist::broadcast(t, w - 1);
+      expect(max_diff(t, mine(w - 1)) == 0, str("broadcast of ", dt));
+      bool refused = false;
+      try {
+        dist::all_reduce(t, dist::ReduceOp::sum);
+      } catch (const Error& e) {
+        refused = std::string(e.what()).find("MPI has no") != std::string::npos;
+      }
+      expect(refused, str("all_reduce of ", dt, " refused by MPI"));
+    }
+  }
   Tensor flags = full({4}, double(r == 1), DType::u8).to(g_device);
   dist::all_reduce(flags, dist::ReduceOp::max);
   expect(flags.to_vector<uint8_t>() == std::vector<uint8_t>(4, 1), "all_reduce(max) of u8");

@@ -202,7 +202,7 @@ TEST_CASE("optim: GradScaler scales, unscales, skips non-finite steps and adapts
     Tensor loss;
     {
       AutocastGuard f16(DeviceType::cpu, DType::f16);
-      loss = sum(linear(x, w)) * 1e-8;
+      loss = sum(linear(x, w).to(DType::f32)) * 1e-8;  // a float32 loss, as autocast's losses are
     }
     (scaler ? scaler->scale(loss) : loss).backward();
     if (scaler) scaler->unscale_(sgd);

@@ -8,8 +8,9 @@ Writes tests/golden/autocast.safetensors. For each case <c> (linear, matmul, bmm
   <c>.<t>.out, <c>.<t>.grad<i>   t = bf16, f16: the exact answer of "round both operands of every
                             product (forward and backward, including the incoming gradient) to t,
                             then sum": float64 arithmetic on the rounded values, stored as float32
-  <c>.torch.out, <c>.torch.grad<i>  what torch.autocast("cpu", torch.bfloat16) gives (PyTorch keeps
-                            bf16 outputs, so these agree with ours to bf16's rounding only)
+  <c>.torch.out, <c>.torch.grad<i>  what torch.autocast("cpu", torch.bfloat16) gives (a bf16
+                            output, as ours)
+and two small networks under torch.autocast (conv_net, block_net: see networks()).
 Run with Debian's PyTorch:  /usr/bin/python3 tools/golden/autocast.py
 """
 import os
@@ -38,6 +39,47 @@ CASES = {
     "conv_grouped": ([N(2, 8, 10, 10), N(6, 4, 3, 3)],
                      lambda x, w: F.conv2d(x, w, None, stride=2, padding=1, dilation=2, groups=2)),
 }
+
+
+# Two small networks run whole under torch.autocast("cpu", bfloat16): the dtype after each stage
+# (0: float32, 1: bfloat16) is what the lists give, the loss and the parameters' gradients what the
+# numbers do. <net>.x, <net>.target, <net>.p<i> (parameters), <net>.dtypes, <net>.loss,
+# <net>.grad<i>.
+def conv_net(x, target, w1, b1, bnw, bnb, w2, fw, fb):
+    d = []
+    h = F.conv2d(x, w1, b1, padding=1); d.append(h)
+    h = F.batch_norm(h, None, None, bnw, bnb, training=True); d.append(h)
+    h = F.max_pool2d(F.relu(h), 2); d.append(h)
+    h = h + F.conv2d(h, w2, None, padding=1); d.append(h)
+    h = F.adaptive_avg_pool2d(h, 1).flatten(1); d.append(h)
+    y = F.linear(h, fw, fb); d.append(y)
+    loss = F.cross_entropy(y, target); d.append(loss)
+    return loss, d
+
+
+def block_net(x, target, wqkv, bqkv, wo, lnw, lnb, wfc, wout):
+    d = []
+    h = F.linear(x, wqkv, bqkv); d.append(h)  # [2, 5, 48]
+    q, k, v = (t.reshape(2, 5, 2, 8).transpose(1, 2) for t in h.split(16, -1))
+    s = torch.matmul(q, k.transpose(-2, -1)) * 8 ** -0.5; d.append(s)
+    a = torch.softmax(s, -1); d.append(a)
+    o = torch.matmul(a, v).transpose(1, 2).reshape(2, 5, 16); d.append(o)
+    r = x + F.linear(o, wo); d.append(r)
+    m = F.gelu(F.linear(F.layer_norm(r, (16,), lnw, lnb), wfc)); d.append(m)
+    m = F.layer_norm(m, (32,)); d.append(m)
+    y = F.linear(m, wout).mean(1); d.append(y)
+    loss = F.cross_entropy(y, target); d.append(loss)
+    return loss, d
+
+
+def networks():
+    conv = ([N(2, 3, 8, 8), torch.tensor([1, 4])],
+            [N(8, 3, 3, 3) * 0.3, N(8) * 0.1, 1 + 0.1 * N(8), 0.1 * N(8), N(8, 8, 3, 3) * 0.15, N(5, 8) * 0.3,
+             N(5) * 0.1], conv_net)
+    block = ([N(2, 5, 16), torch.tensor([0, 3])],
+             [N(48, 16) * 0.25, N(48) * 0.1, N(16, 16) * 0.25, 1 + 0.1 * N(16), 0.1 * N(16), N(32, 16) * 0.25,
+              N(4, 32) * 0.2], block_net)
+    return {"conv_net": conv, "block_net": block}
 
 
 def rounded(t, dtype):
@@ -75,6 +117,18 @@ def main():
         out[f"{name}.torch.out"] = y.detach().float()
         for i, t in enumerate(leaves):
             out[f"{name}.torch.grad{i}"] = t.grad
+    for name, (data, params, fn) in networks().items():
+        out[f"{name}.x"], out[f"{name}.target"] = data
+        for i, p in enumerate(params):
+            out[f"{name}.p{i}"] = p
+        leaves = [p.clone().requires_grad_(True) for p in params]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, stages = fn(*data, *leaves)
+        loss.backward()
+        out[f"{name}.dtypes"] = torch.tensor([float(t.dtype == torch.bfloat16) for t in stages])
+        out[f"{name}.loss"] = loss.detach().float()
+        for i, p in enumerate(leaves):
+            out[f"{name}.grad{i}"] = p.grad
     path = os.path.join(ROOT, "tests", "golden", "autocast.safetensors")
     save(out, path, {"generator": "tools/golden/autocast.py", "torch": torch.__version__})
     print(f"wrote {len(CASES)} cases, {len(out)} tensors to {path}")
