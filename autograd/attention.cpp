@@ -1,5 +1,7 @@
 // Scaled dot-product attention (see ops.h): the fused kernel pair of tensor/kernels.inc with its
 // backward beside it, and the composed form it must equal (tests compare the two and PyTorch).
+#include <algorithm>
+#include <climits>
 #include <cmath>
 
 #include "autograd/dispatch.h"
@@ -54,7 +56,7 @@ Plan plan_for(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
   check_same_device(op, q, v);
   check_same_dtype(op, q, k);
   check_same_dtype(op, q, v);
-  check_float(op, q);
+  if (q.dtype() != DType::bf16) check_float(op, q);  // (bf16: CUDA's tensor-core kernels, bf16_kernels_take)
   BCOS_CHECK((q.dim() == 3 || q.dim() == 4) && k.dim() == q.dim() && v.dim() == q.dim(), op,
              ": expected query, key and value of 3 dims [B, L, D] or 4 [N, heads, L, D], got ", q.shape(), ", ",
              k.shape(), " and ", v.shape());
@@ -75,14 +77,14 @@ Plan plan_for(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
                mask.dtype(), " (shape ", mask.shape(), ")");
     BCOS_CHECK(mask.dim() <= d && broadcast_shapes(mask.shape(), logits_shape, op) == logits_shape, op, ": mask ",
                mask.shape(), " does not broadcast to the logits ", logits_shape);
-    plan.bias = mask_as_bias(mask, logits_shape, q.dtype());
+    plan.bias = mask_as_bias(mask, logits_shape, is_half(q) ? DType::f32 : q.dtype());
   }
   const int64_t head = std::max(q.size(-1), v.size(-1));
   const bool cuda_head_too_large = q.is_cuda() && head > 256;
   // Autocast: as torch.autocast's scaled_dot_product_attention, the products multiply 16-bit
   // operands. bf16: the fused kernels round them (on CUDA the tensor-core ones, heads up to 64);
   // otherwise the composed form's matmuls do (on CUDA, cuBLAS on the tensor cores).
-  plan.operands = autocast_operands(q);
+  plan.operands = q.dtype() == DType::bf16 ? DType::bf16 : autocast_operands(q);
   const bool fused_takes_operands =
       plan.operands == DType::f32 || (plan.operands == DType::bf16 && (q.is_cpu() || head <= 64));
   plan.fused = fused && !cuda_head_too_large && !(mask.defined() && mask.requires_grad()) && fused_takes_operands;
@@ -101,7 +103,7 @@ FusedAttention fused_forward(const Tensor& q4, const Tensor& k4, const Tensor& v
                              bool causal, const Tensor& out) {
   FusedAttention f{q4, k4, v4, Tensor(), out, Tensor(), AttentionParams()};
   f.b4 = bias.defined() ? (bias.dim() == 4 ? bias : bias.unsqueeze(0)).detach() : Tensor();
-  f.lse = empty({q4.size(0), q4.size(1), q4.size(2)}, {q4.dtype(), q4.device()});
+  f.lse = empty({q4.size(0), q4.size(1), q4.size(2)}, {is_half(q4) ? DType::f32 : q4.dtype(), q4.device()});
   f.p.scale = plan.scale, f.p.causal = causal, f.p.bf16_operands = plan.operands == DType::bf16;
   f.p.tf32 = q4.dtype() == DType::f32 && plan.operands == DType::f32 && allow_tf32();
   if (out.numel() > 0) kernel::attention_forward(q4, k4, v4, f.b4, f.p, out, f.lse);
@@ -130,11 +132,20 @@ void fused_backward(const SavedAttention& s, const Tensor& grad_out, const Tenso
   }
 }
 
+// Whether CUDA's tensor-core kernels take bf16 q, k, v as they are (bf16 operands, float32 sums
+// and softmax, a bf16 result, a float32 log-sum-exp): heads within 64, the fused form asked for,
+// no mask gradient. Elsewhere 16-bit tensors go through float32.
+bool bf16_kernels_take(const Tensor& q, bool all_bf16, int64_t head, const Tensor& mask, bool fused) {
+  return fused && q.is_cuda() && all_bf16 && head <= 64 && !(mask.defined() && mask.requires_grad());
+}
+
 // The two entry points in their inputs' own types (autocast's rounding of float32 operands
 // included); the public ones below add autocast's 16-bit result.
 Tensor attention_in_types(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, bool causal,
                           double scale, bool fused) {
-  if (is_half(q) && k.defined() && v.defined()) {
+  if (is_half(q) && k.defined() && v.defined() &&
+      !bf16_kernels_take(q, q.dtype() == DType::bf16 && k.dtype() == DType::bf16 && v.dtype() == DType::bf16,
+                         q.dim() >= 3 && v.dim() >= 3 ? std::max(q.size(-1), v.size(-1)) : INT64_MAX, mask, fused)) {
     for (const Tensor* t : {&k, &v}) check_same_dtype("scaled_dot_product_attention", q, *t);
     return through_float32(q, [&] {
       return attention_in_types(widened(q), widened(k), widened(v), widened(mask), causal, scale, fused);
@@ -167,7 +178,8 @@ Tensor packed_in_types(const Tensor& qkv, int64_t heads, const Tensor& mask, boo
                        bool qk_grad) {
   const char* op = "packed_self_attention";
   check_defined(op, qkv, "qkv");
-  if (is_half(qkv))
+  if (is_half(qkv) && !bf16_kernels_take(qkv, qkv.dtype() == DType::bf16,
+                                          qkv.dim() == 3 && heads > 0 ? qkv.size(2) / 3 / heads : INT64_MAX, mask, fused))
     return through_float32(qkv, [&] { return packed_in_types(widened(qkv), heads, widened(mask), causal, scale, fused, qk_grad); });
   BCOS_CHECK(heads > 0 && qkv.dim() == 3 && qkv.size(2) % (3 * heads) == 0 && qkv.size(2) > 0, op,
              ": expected qkv [N, L, 3 * heads * d] for ", heads, " heads, got ", qkv.shape());
@@ -209,6 +221,10 @@ Tensor packed_in_types(const Tensor& qkv, int64_t heads, const Tensor& mask, boo
 // operands (the fused kernels' softmax in float32); rounded once, at the output.
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, bool causal,
                                     double scale, bool fused) {
+  // On CUDA under bf16 autocast: bf16 copies (of float32 inputs), which the tensor-core kernels
+  // take as they are (or which go through float32 as below).
+  if (autocasting(q) && k.defined() && v.defined() && q.is_cuda() && autocast_dtype(DeviceType::cuda) == DType::bf16)
+    return attention_in_types(autocast_to_lower(q), autocast_to_lower(k), autocast_to_lower(v), mask, causal, scale, fused);
   if (autocasting(q) && k.defined() && v.defined())
     return attention_in_types(widened(q), widened(k), widened(v), widened(mask), causal, scale, fused)
         .to(autocast_dtype(q.device().type));
@@ -217,6 +233,8 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
 
 Tensor packed_self_attention(const Tensor& qkv, int64_t heads, const Tensor& mask, bool causal, double scale,
                              bool fused, bool qk_grad) {
+  if (autocasting(qkv) && qkv.is_cuda() && autocast_dtype(DeviceType::cuda) == DType::bf16)
+    return packed_in_types(autocast_to_lower(qkv), heads, mask, causal, scale, fused, qk_grad);
   if (autocasting(qkv))
     return packed_in_types(widened(qkv), heads, widened(mask), causal, scale, fused, qk_grad)
         .to(autocast_dtype(qkv.device().type));

@@ -225,7 +225,18 @@ Tensor TextSimilarity::forward(const Tensor& images) {
 }
 
 // ---- distillation -----------------------------------------------------------------------------
-Tensor sigmoid_distillation_loss(const Tensor& student, const Tensor& teacher) {
+namespace {
+// The losses are computed in float32 whatever autocast is on, as the losses on autocast's float32
+// list (a bf16 teacher embedding under autocast is widened; their matmul is not rounded to bf16).
+struct LossInFloat32 {
+  AutocastGuard cpu{DeviceType::cpu, DType::bf16, false}, cuda{DeviceType::cuda, DType::bf16, false};
+};
+Tensor widened(const Tensor& t) { return is_half_float(t.dtype()) ? t.to(DType::f32) : t; }
+}  // namespace
+
+Tensor sigmoid_distillation_loss(const Tensor& student_in, const Tensor& teacher_in) {
+  const LossInFloat32 in_float32;
+  const Tensor student = widened(student_in), teacher = widened(teacher_in);
   BCOS_CHECK(student.dim() == 2 && student.shape() == teacher.shape() && student.size(0) > 0,
              "sigmoid_distillation_loss: expected student and teacher embeddings of one shape [B, E], got ",
              student.shape(), " and ", teacher.shape());
@@ -238,7 +249,9 @@ Tensor sigmoid_distillation_loss(const Tensor& student, const Tensor& teacher) {
   return sum(loss) / double(b);
 }
 
-Tensor cosine_distillation_loss(const Tensor& student, const Tensor& teacher) {
+Tensor cosine_distillation_loss(const Tensor& student_in, const Tensor& teacher_in) {
+  const LossInFloat32 in_float32;
+  const Tensor student = widened(student_in), teacher = widened(teacher_in);
   BCOS_CHECK(student.dim() == 2 && student.shape() == teacher.shape() && student.size(0) > 0,
              "cosine_distillation_loss: expected student and teacher embeddings of one shape [B, E], got ",
              student.shape(), " and ", teacher.shape());

@@ -57,7 +57,9 @@ struct AttentionParams {
   double scale = 1;
   bool causal = false;
   // Under bf16 autocast (float32 q, k, v): every product multiplies bf16 roundings of its two
-  // operands (q, k, v, dO, the probabilities and dS) and sums in float32, as a matmul does.
+  // operands (q, k, v, dO, the probabilities and dS) and sums in float32, as a matmul does. CUDA's
+  // tensor-core kernels also take bf16 q, k, v (and dO) as they are, with bf16 outputs and
+  // gradients and a float32 lse and bias.
   bool bf16_operands = false;
   // float32 products may run on TF32 tensor cores (CUDA; allow_tf32() when the forward ran, so
   // the backward recomputes the same probabilities). The CPU kernels multiply in float32.

@@ -305,13 +305,13 @@ __device__ Scratch<P> scratch_of(unsigned char* work, int slot, int warp) {
 
 // Rows [r0, r0 + count) of slice (ni, hi) of x (rows of len elements, `rows` of them, strides s)
 // into tile [count][kLd], rounded to the operand type, zero past the ends. The block's threads
-// share the work.
-template <class P>
-__device__ void stage(typename P::Elem* tile, int count, const float* x, const int64_t* s, int64_t ni, int64_t hi,
+// share the work. x: float32, or bf16 (In: autocast's bf16 tensors, whose values are the operands).
+template <class P, class In>
+__device__ void stage(typename P::Elem* tile, int count, const In* x, const int64_t* s, int64_t ni, int64_t hi,
                       int64_t r0, int64_t rows, int64_t len) {
   for (int e = threadIdx.y * 32 + threadIdx.x; e < count * kHead; e += kWarps * 32) {
     const int r = e / kHead, c = e % kHead;
-    const float v = r0 + r < rows && c < len ? row_of(x, s, ni, hi, r0 + r)[c] : 0.f;
+    const float v = r0 + r < rows && c < len ? convert_value<float>(row_of(x, s, ni, hi, r0 + r)[c]) : 0.f;
     tile[r * kLd + c] = P::round(v);
   }
 }
@@ -334,8 +334,8 @@ __device__ Tile tile_of(int64_t t, int64_t rows, int64_t heads) {
 
 // The block's own 64 rows of x (from tile.r0) staged through `work`, this warp's 16 of them
 // into f; work is free again on return.
-template <class P>
-__device__ void own_rows(FragA<P> (&f)[kHead / P::kK], unsigned char* work, const float* x, const int64_t* s,
+template <class P, class In>
+__device__ void own_rows(FragA<P> (&f)[kHead / P::kK], unsigned char* work, const In* x, const int64_t* s,
                          const Tile& tile, int64_t rows, int64_t len) {
   auto* staged = reinterpret_cast<typename P::Elem*>(work);
   stage<P>(staged, kOwn, x, s, tile.ni, tile.hi, tile.r0, rows, len);
@@ -345,9 +345,9 @@ __device__ void own_rows(FragA<P> (&f)[kHead / P::kK], unsigned char* work, cons
 }
 
 // The next kStep rows (from r0) of two operands of the other side, staged for the whole block.
-template <class P>
-__device__ void stream_rows(typename P::Elem* first, const float* x, const int64_t* xs, int64_t x_len,
-                            typename P::Elem* second, const float* y, const int64_t* ys, int64_t y_len,
+template <class P, class In>
+__device__ void stream_rows(typename P::Elem* first, const In* x, const int64_t* xs, int64_t x_len,
+                            typename P::Elem* second, const In* y, const int64_t* ys, int64_t y_len,
                             const Tile& tile, int64_t r0, int64_t rows) {
   stage<P>(first, kStep, x, xs, tile.ni, tile.hi, r0, rows, x_len);
   stage<P>(second, kStep, y, ys, tile.ni, tile.hi, r0, rows, y_len);
@@ -397,8 +397,8 @@ BCOS_UNROLL
 // The warp's 16 rows of acc into rows [r0, r0 + 16) of x (strides s, `rows` rows of len), through
 // its part of `work` (float, pitch kLd). nan_rows: rows whose lane pair (2 r, 2 r + 1) holds a NaN
 // `lse` are written as NaN (every key hidden).
-template <class P>
-__device__ void write_rows(const FragC<P> (&acc)[kHead / 16], float* part, float* x, const int64_t* s, int64_t ni,
+template <class P, class In>
+__device__ void write_rows(const FragC<P> (&acc)[kHead / 16], float* part, In* x, const int64_t* s, int64_t ni,
                            int64_t hi, int64_t r0, int64_t rows, int64_t len, bool nan_rows = false, float lse = 0) {
 BCOS_UNROLL
   for (int n = 0; n < kHead / 16; ++n) wmma::store_matrix_sync(part + 16 * n, acc[n], kLd, wmma::mem_row_major);
@@ -407,7 +407,8 @@ BCOS_UNROLL
   for (int e = lane; e < 16 * kHead; e += 32) {  // one row per two steps: r is the same on every lane
     const int r = e / kHead, c = e % kHead;
     const float row_lse = __shfl_sync(0xffffffffu, lse, 2 * r);
-    if (r0 + r < rows && c < len) row_of(x, s, ni, hi, r0 + r)[c] = nan_rows && isnan(row_lse) ? NAN : part[r * kLd + c];
+    if (r0 + r < rows && c < len)
+      row_of(x, s, ni, hi, r0 + r)[c] = convert_value<In>(nan_rows && isnan(row_lse) ? NAN : part[r * kLd + c]);
   }
   __syncwarp();
 }
@@ -421,9 +422,11 @@ __device__ float probability(float product, float lse, const float* bias, const 
   return exp(logit(product, bias, a, t.ni, t.hi, i, j) - lse);
 }
 
-template <class P>
-__global__ void __launch_bounds__(kWarps * 32) forward_kernel(const float* q, const float* k, const float* v,
-                                                              const float* bias, float* out, float* lse_out,
+// In: the tensors' element type (float; __nv_bfloat16 for autocast's bf16 tensors, with P = Bf16);
+// the bias, lse and row_dot are float32 either way.
+template <class P, class In>
+__global__ void __launch_bounds__(kWarps * 32) forward_kernel(const In* q, const In* k, const In* v,
+                                                              const float* bias, In* out, float* lse_out,
                                                               AttentionDims a) {
   using Elem = typename P::Elem;
   __shared__ __align__(32) unsigned char work[Work<P>::kBytes];
@@ -493,11 +496,11 @@ __global__ void __launch_bounds__(kWarps * 32) forward_kernel(const float* q, co
 // D_i (into row_dot, for the key pass) and dQ_i = scale Σ_j P_ij (dP_ij − D_i) k_j. D_i is
 // dO_i·O_i for TF32; for bf16 operands Σ_j P_ij dP_ij, the CPU's (tensor/cpu/attention.cpp: the
 // two differ by bf16's rounding, which dP − D would amplify), one more sweep over the keys.
-template <class P>
-__global__ void __launch_bounds__(kWarps * 32) backward_query_kernel(const float* g, const float* q, const float* k,
-                                                                     const float* v, const float* bias,
-                                                                     const float* out, const float* lse_in,
-                                                                     float* row_dot, float* gq, AttentionDims a) {
+template <class P, class In>
+__global__ void __launch_bounds__(kWarps * 32) backward_query_kernel(const In* g, const In* q, const In* k,
+                                                                     const In* v, const float* bias,
+                                                                     const In* out, const float* lse_in,
+                                                                     float* row_dot, In* gq, AttentionDims a) {
   using Elem = typename P::Elem;
   __shared__ __align__(32) unsigned char work[Work<P>::kBytes];
   __shared__ __align__(32) unsigned char tiles[2 * kStep * kLd * sizeof(Elem)];
@@ -516,8 +519,8 @@ __global__ void __launch_bounds__(kWarps * 32) backward_query_kernel(const float
     float di = 0;
     if constexpr (std::is_same_v<P, Tf32>) {
       if (i < a.lq) {
-        const float *gr = row_of(g, a.gs, tile.ni, tile.hi, i), *orow = row_of(out, a.os, tile.ni, tile.hi, i);
-        for (int64_t c = half; c < a.dv; c += 2) di += gr[c] * orow[c];
+        const In *gr = row_of(g, a.gs, tile.ni, tile.hi, i), *orow = row_of(out, a.os, tile.ni, tile.hi, i);
+        for (int64_t c = half; c < a.dv; c += 2) di += convert_value<float>(gr[c]) * convert_value<float>(orow[c]);
       }
     } else {
       for (int64_t j0 = 0; j0 < end; j0 += kStep) {
@@ -561,11 +564,11 @@ __global__ void __launch_bounds__(kWarps * 32) backward_query_kernel(const float
 
 // dV_j = Σ_i P_ij dO_i and dK_j = scale Σ_i P_ij (dP_ij − D_i) q_i, a block per 64 keys (after
 // the query pass wrote row_dot).
-template <class P>
-__global__ void __launch_bounds__(kWarps * 32) backward_key_kernel(const float* g, const float* q, const float* k,
-                                                                   const float* v, const float* bias,
+template <class P, class In>
+__global__ void __launch_bounds__(kWarps * 32) backward_key_kernel(const In* g, const In* q, const In* k,
+                                                                   const In* v, const float* bias,
                                                                    const float* lse_in, const float* row_dot,
-                                                                   float* gk, float* gv, AttentionDims a) {
+                                                                   In* gk, In* gv, AttentionDims a) {
   using Elem = typename P::Elem;
   __shared__ __align__(32) unsigned char work[Work<P>::kBytes];
   __shared__ __align__(32) unsigned char tiles[2 * kStep * kLd * sizeof(Elem)];
@@ -621,21 +624,25 @@ __global__ void __launch_bounds__(kWarps * 32) backward_key_kernel(const float* 
 }
 
 // Which tensor-core kernels take a call: float32 with bf16 autocast operands, or with TF32
-// allowed at the forward (AttentionParams::tf32); both head sizes within kHead.
+// allowed at the forward (AttentionParams::tf32); bf16 tensors (autocast's: bf16 operands as
+// they are); both head sizes within kHead.
 enum class Kind { none, tf32, bf16 };
 Kind kind_of(DType dt, const AttentionDims& a, const AttentionParams& p) {
-  if (dt != DType::f32 || a.d > kHead || a.dv > kHead) return Kind::none;
+  if (a.d > kHead || a.dv > kHead) return Kind::none;
+  if (dt == DType::bf16) return Kind::bf16;
+  if (dt != DType::f32) return Kind::none;
   if (p.bf16_operands) return Kind::bf16;
   return p.tf32 ? Kind::tf32 : Kind::none;
 }
 
 unsigned blocks(int64_t slices, int64_t rows) { return blocks_for(slices * ((rows + kOwn - 1) / kOwn), 1); }
 
-// Calls fn.template operator()<P>() for the kind's operand type.
+// Calls fn.template operator()<P, In>() for the kind's operand type and the tensors' type dt.
 template <class F>
-void with_kind(Kind kind, F&& fn) {
-  if (kind == Kind::tf32) fn.template operator()<Tf32>();
-  else fn.template operator()<Bf16>();
+void with_kind(Kind kind, DType dt, F&& fn) {
+  if (kind == Kind::tf32) fn.template operator()<Tf32, float>();
+  else if (dt == DType::bf16) fn.template operator()<Bf16, __nv_bfloat16>();
+  else fn.template operator()<Bf16, float>();
 }
 
 }  // namespace mma
@@ -651,11 +658,11 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
   if (const mma::Kind kind = mma::kind_of(q.dtype(), a, p); kind != mma::Kind::none) {
-    mma::with_kind(kind, [&]<class P>() {
-      mma::forward_kernel<P><<<mma::blocks(a.n * a.h, a.lq), dim3(32, mma::kWarps), 0, stream>>>(
-          static_cast<const float*>(q.raw_data()), static_cast<const float*>(k.raw_data()),
-          static_cast<const float*>(v.raw_data()), a.has_bias ? static_cast<const float*>(bias.raw_data()) : nullptr,
-          static_cast<float*>(out.raw_data()), static_cast<float*>(lse.raw_data()), a);
+    mma::with_kind(kind, q.dtype(), [&]<class P, class In>() {
+      mma::forward_kernel<P, In><<<mma::blocks(a.n * a.h, a.lq), dim3(32, mma::kWarps), 0, stream>>>(
+          static_cast<const In*>(q.raw_data()), static_cast<const In*>(k.raw_data()),
+          static_cast<const In*>(v.raw_data()), a.has_bias ? static_cast<const float*>(bias.raw_data()) : nullptr,
+          static_cast<In*>(out.raw_data()), static_cast<float*>(lse.raw_data()), a);
       BCOS_CUDA_CHECK_LAUNCH();
     });
     return;
@@ -679,24 +686,22 @@ void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k
   const int device = q.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
-  const Tensor row_dot = empty({a.n, a.h, a.lq}, {q.dtype(), q.device()});
+  const Tensor row_dot = empty({a.n, a.h, a.lq}, {lse.dtype(), q.device()});
   if (const mma::Kind kind = mma::kind_of(q.dtype(), a, p); kind != mma::Kind::none) {
     const float* b = a.has_bias ? static_cast<const float*>(bias.raw_data()) : nullptr;
-    const float *pg = static_cast<const float*>(grad_out.raw_data()), *pq = static_cast<const float*>(q.raw_data());
-    const float *pk = static_cast<const float*>(k.raw_data()), *pv = static_cast<const float*>(v.raw_data());
     const float* pl = static_cast<const float*>(lse.raw_data());
     float* pd = static_cast<float*>(row_dot.raw_data());
-    mma::with_kind(kind, [&]<class P>() {
+    mma::with_kind(kind, q.dtype(), [&]<class P, class In>() {
+      const In *pg = static_cast<const In*>(grad_out.raw_data()), *pq = static_cast<const In*>(q.raw_data());
+      const In *pk = static_cast<const In*>(k.raw_data()), *pv = static_cast<const In*>(v.raw_data());
       if (a.n * a.h * a.lq > 0) {
-        mma::backward_query_kernel<P><<<mma::blocks(a.n * a.h, a.lq), dim3(32, mma::kWarps), 0, stream>>>(
-            pg, pq, pk, pv, b, static_cast<const float*>(out.raw_data()), pl, pd,
-            static_cast<float*>(grad_q.raw_data()), a);
+        mma::backward_query_kernel<P, In><<<mma::blocks(a.n * a.h, a.lq), dim3(32, mma::kWarps), 0, stream>>>(
+            pg, pq, pk, pv, b, static_cast<const In*>(out.raw_data()), pl, pd, static_cast<In*>(grad_q.raw_data()), a);
         BCOS_CUDA_CHECK_LAUNCH();
       }
       if (a.n * a.h * a.lk > 0) {
-        mma::backward_key_kernel<P><<<mma::blocks(a.n * a.h, a.lk), dim3(32, mma::kWarps), 0, stream>>>(
-            pg, pq, pk, pv, b, pl, pd, static_cast<float*>(grad_k.raw_data()), static_cast<float*>(grad_v.raw_data()),
-            a);
+        mma::backward_key_kernel<P, In><<<mma::blocks(a.n * a.h, a.lk), dim3(32, mma::kWarps), 0, stream>>>(
+            pg, pq, pk, pv, b, pl, pd, static_cast<In*>(grad_k.raw_data()), static_cast<In*>(grad_v.raw_data()), a);
         BCOS_CUDA_CHECK_LAUNCH();
       }
     });

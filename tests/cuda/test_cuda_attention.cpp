@@ -5,9 +5,11 @@
 // Skipped (with a message) without a GPU.
 #include <doctest/doctest.h>
 
+#include <array>
 #include <vector>
 
 #include "autograd/ops.h"
+#include "tensor/dispatch.h"
 #include "tests/cuda/gpu_test.h"
 #include "tests/golden.h"
 
@@ -193,6 +195,45 @@ TEST_CASE("cuda ops: fused attention under bf16 autocast (bf16 operands on the t
         CHECK(all_nan(gpu[0].select(0, 0).select(1, 5)));
         CHECK(all_nan(gpu[2].select(0, 0)));
         CHECK_FALSE(any_nan(gpu[2].select(0, 1)));
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda ops: the tensor-core kernels take bf16 q, k, v as they are: float32's results with bf16 operands, each rounded once") {
+  // Autocast's attention on CUDA hands the kernels bf16 tensors (no float32 copies): staged, they
+  // are the same operands as float32 tensors holding those values, the products and the softmax
+  // the same float32 arithmetic, so each output and gradient is the float32 kernel's rounded to
+  // bf16, bit for bit, and the log-sum-exp (float32 either way) the same bits. Shapes ending
+  // inside the tiles, heads of 64 and 40 / 24, a mask, causal.
+  if (!have_gpu()) return;
+  manual_seed(51);
+  const Device gpu = Device::cuda(0);
+  for (const auto& [lq, lk, d, dv] : {std::array<int64_t, 4>{70, 75, 64, 64}, std::array<int64_t, 4>{33, 40, 40, 24}}) {
+    for (bool causal : {false, true}) {
+      CAPTURE(lq);
+      CAPTURE(d);
+      CAPTURE(causal);
+      const int64_t n = 2, h = 2;
+      auto bf16_values = [&](Shape s) { return randn(s).to(DType::bf16).to(gpu); };
+      const Tensor q = bf16_values({n, h, lq, d}), k = bf16_values({n, h, lk, d}), v = bf16_values({n, h, lk, dv}),
+                   g = bf16_values({n, h, lq, dv});
+      const Tensor bias = randn({n, h, lq, lk}).to(gpu);
+      AttentionParams p;
+      p.scale = 0.125, p.causal = causal, p.bf16_operands = true;
+      auto run = [&](DType t) {
+        const Tensor qt = q.to(t), kt = k.to(t), vt = v.to(t), gt = g.to(t);
+        Tensor out = empty({n, h, lq, dv}, {t, gpu}), lse = empty({n, h, lq}, {kFloat32, gpu});
+        Tensor gq = empty(q.shape(), {t, gpu}), gk = empty(k.shape(), {t, gpu}), gv = empty(v.shape(), {t, gpu});
+        kernel::attention_forward(qt, kt, vt, bias, p, out, lse);
+        kernel::attention_backward(gt, qt, kt, vt, bias, out, lse, p, gq, gk, gv);
+        return std::vector<Tensor>{out.to(Device()), lse.to(Device()), gq.to(Device()), gk.to(Device()), gv.to(Device())};
+      };
+      const std::vector<Tensor> wide = run(kFloat32), narrow = run(DType::bf16);
+      for (size_t i = 0; i < wide.size(); ++i) {
+        CAPTURE(i);
+        CHECK(narrow[i].dtype() == (i == 1 ? kFloat32 : DType::bf16));
+        CHECK(golden::equal(narrow[i], i == 1 ? wide[i] : wide[i].to(DType::bf16)));
       }
     }
   }

@@ -157,6 +157,16 @@ TEST_CASE("bcos_clip: the sigmoid and cosine distillation losses follow their fo
   CHECK(st.grad().defined());
   CHECK(sigmoid_distillation_loss(t, t).item() < sigmoid_distillation_loss(s, t).item());
   CHECK_THROWS_WITH_AS(sigmoid_distillation_loss(s, randn({4, 7}, kFloat64)), doctest::Contains("sigmoid_distillation_loss"), Error);
+  // Under autocast a bf16 teacher (a standard tower's embedding) is widened and the losses stay
+  // float32 (no bf16 product inside): the float32 losses of the widened values, bit for bit.
+  const Tensor s32 = s.to(kFloat32), t16 = t.to(DType::bf16);
+  const Tensor plain_sigmoid = sigmoid_distillation_loss(s32, t16.to(kFloat32)),
+               plain_cosine = cosine_distillation_loss(s32, t16.to(kFloat32));
+  AutocastGuard autocast(DeviceType::cpu);
+  const Tensor sigmoid = sigmoid_distillation_loss(s32, t16), cosine = cosine_distillation_loss(s32, t16);
+  CHECK(sigmoid.dtype() == kFloat32);
+  CHECK(sigmoid.item() == plain_sigmoid.item());
+  CHECK(cosine.item() == plain_cosine.item());
 }
 
 TEST_CASE("bcos_clip: towers take other resolutions (GridPG's 3 x 3 grids); the same resolution changes nothing") {
