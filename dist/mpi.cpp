@@ -34,7 +34,7 @@ MPI_Datatype mpi_type(const char* op, const Tensor& t) {
     case DType::u8:
     case DType::boolean: return MPI_UINT8_T;
     case DType::f16:
-    case DType::bf16:  // moved as 16-bit words (autocast's features gathered); MPI has no sum of them
+    case DType::bf16:  // moved as 16-bit words (autocast's features gathered); all_reduce adds float32 copies
       if (std::string(op) == "broadcast" || std::string(op) == "all_gather") return MPI_UINT16_T;
       [[fallthrough]];
     default: fail("dist::", op, ": MPI has no ", t.dtype(), " (", t.shape(), "); convert to float32 first");
@@ -111,6 +111,18 @@ std::shared_ptr<Work::Impl> all_reduce(const Tensor& t, ReduceOp op) {
                      : op == ReduceOp::max ? "all_reduce(max)" : "all_reduce(min)";
   BCOS_CHECK(op == ReduceOp::max || op == ReduceOp::min || t.dtype() != DType::boolean, "dist::", name,
              ": cannot add bool tensors (", t.shape(), ")");
+  if (is_half_float(t.dtype())) {
+    // MPI has no 16-bit float to add: the ranks reduce float32 copies (each value exact in them)
+    // and every rank rounds the result once into t -- the same bits on every rank. (NCCL adds
+    // bf16 / f16 itself.) A bf16 model's gradients and autocast's gathered features' gradients.
+    const Tensor wide = t.to(DType::f32);
+    std::shared_ptr<Work::Impl> impl = detail::mpi::all_reduce(wide, op);
+    impl->finish = [t, wide, widened = std::move(impl->finish)] {
+      if (widened) widened();
+      Tensor(t).copy_(wide);
+    };
+    return impl;
+  }
   const MPI_Datatype type = mpi_type(name, t);
   const int count = mpi_count(name, t);
   auto impl = start(describe(name, t), {t}, "MPI_Iallreduce", [&](MPI_Request* r) {
