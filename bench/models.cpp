@@ -7,6 +7,7 @@
 // --profile N: after the measurement, N more steps with every kernel timed (tensor/profile.h),
 // printed as a table after the line above. --cudnn-benchmark 1: cuDNN's algorithms timed per
 // convolution shape (tensor/device.h; the warm-up steps pay for it), as torch.backends.cudnn.benchmark.
+// --cudnn-api graph | legacy: which cuDNN API runs the convolutions (tensor/device.h).
 // bcos_<arch> (bcos_resnet50, ...): the B-cosified model (models/bcosify.h, b = 2, biases
 // removed) on AddInverse(x), trained with the B-cos BCE loss (one-hot targets clamped to 1 / C).
 // CLIP: --arch clip_rn50 / clip_vit_b_32 time the image tower of OpenAI's RN50 / ViT-B/32
@@ -29,6 +30,9 @@
 #include "nn/attention.h"
 #include "nn/optim.h"
 #include "tensor/parallel.h"
+#ifdef BCOS_WITH_CUDA
+#include "tensor/cuda/backend.h"
+#endif
 #include "tensor/profile.h"
 #include "timing.h"
 
@@ -55,6 +59,10 @@ int main(int argc, char** argv) {
       else if (a == "--fused-attention") fused_attention = v == "1";
       else if (a == "--profile") profile_steps = std::stoll(v);
       else if (a == "--cudnn-benchmark") set_cudnn_benchmark(v == "1");
+      else if (a == "--cudnn-api") {
+        BCOS_CHECK(v == "graph" || v == "legacy", "bench_models: --cudnn-api graph or legacy, got ", v);
+        set_cudnn_graph_api(v == "graph");
+      }
       else if (a == "--autocast") autocast = v == "bf16" ? DType::bf16 : v == "f16" ? DType::f16 : DType::f32;
       else if (a == "--dtype") dtype = v == "bf16" ? DType::bf16 : v == "f16" ? DType::f16 : DType::f32;
       else fail("bench_models: unknown argument ", a);
@@ -152,6 +160,12 @@ int main(int argc, char** argv) {
     time_steps(run, [&] { synchronize(device); }, batch, seconds);  // GPU work is queued: time what has finished
     if (device.is_cuda()) std::printf(" peak_gpu_mb %.1f", double(peak_memory_bytes(device)) / (1 << 20));
     std::printf("\n");
+#ifdef BCOS_WITH_CUDA
+    if (cudnn_graph_api() && cuda::conv_graph_declined() > 0)  // a note tools/bench_models.py shows once
+      std::fprintf(stderr, "bcos: cuDNN's graph API declined %lld convolution shapes (the legacy API ran them); "
+                   "last: %s\n", static_cast<long long>(cuda::conv_graph_declined()),
+                   cuda::conv_graph_last_declined().c_str());
+#endif
     if (profile_steps > 0) {
       profile::start();
       for (int64_t i = 0; i < profile_steps; ++i) run();

@@ -76,5 +76,11 @@ bool deterministic_algorithms();
 // Off by default (as PyTorch).
 void set_cudnn_benchmark(bool on);
 bool cudnn_benchmark();
+// Which of cuDNN's APIs runs the convolutions: its graph API (true: the engines its heuristics
+// rank, filtered as PyTorch filters them -- how PyTorch calls cuDNN) or the legacy descriptor
+// API with cuDNN 7's algorithms (false). A shape the graph API declines takes the legacy one.
+// Default: the legacy API, or the graph API when the environment has BCOS_CUDNN_API=graph.
+void set_cudnn_graph_api(bool on);
+bool cudnn_graph_api();
 
 }  // namespace bcos

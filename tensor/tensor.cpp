@@ -4,7 +4,9 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <cstdio>
 #include <string>
+#include <string_view>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -113,6 +115,13 @@ namespace {
 std::atomic<bool> g_allow_tf32{true};
 std::atomic<bool> g_deterministic{false};
 std::atomic<bool> g_cudnn_benchmark{false};
+std::atomic<bool> g_cudnn_graph_api{[] {
+  const char* api = std::getenv("BCOS_CUDNN_API");
+  if (api == nullptr || std::string_view(api).empty() || std::string_view(api) == "legacy") return false;
+  if (std::string_view(api) == "graph") return true;
+  std::fprintf(stderr, "bcos: BCOS_CUDNN_API=%s is neither \"graph\" nor \"legacy\"; using the legacy API\n", api);
+  return false;
+}()};
 }  // namespace
 void set_allow_tf32(bool allow) { g_allow_tf32.store(allow, std::memory_order_relaxed); }
 bool allow_tf32() { return g_allow_tf32.load(std::memory_order_relaxed); }
@@ -120,6 +129,8 @@ void set_deterministic_algorithms(bool on) { g_deterministic.store(on, std::memo
 bool deterministic_algorithms() { return g_deterministic.load(std::memory_order_relaxed); }
 void set_cudnn_benchmark(bool on) { g_cudnn_benchmark.store(on, std::memory_order_relaxed); }
 bool cudnn_benchmark() { return g_cudnn_benchmark.load(std::memory_order_relaxed); }
+void set_cudnn_graph_api(bool on) { g_cudnn_graph_api.store(on, std::memory_order_relaxed); }
+bool cudnn_graph_api() { return g_cudnn_graph_api.load(std::memory_order_relaxed); }
 
 // ---- Tensor -----------------------------------------------------------------------------
 

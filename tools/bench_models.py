@@ -17,6 +17,7 @@ loss, adaptive gradient clipping, Adam lr 1e-4).
 --autocast bf16 (or f16): both sides in mixed precision, torch.autocast beside AutocastGuard.
 --dtype bf16 (or f16): both models and their inputs converted whole, module.to(dtype) on each side.
 --cudnn-benchmark: both sides time cuDNN's algorithms per convolution shape (torch.backends.cudnn.benchmark).
+--cudnn-api graph|legacy: which of cuDNN's APIs runs bcos.cpp's convolutions (PyTorch takes its graph API).
 On a GPU (--device cuda): ResNet-50 and its B-cosified form, ViT-B/16, CLIP's RN50 image tower
 and text tower, the B-cos ViT-B/16 and B-cos CLIP RN50 at batch 64, inference and training step, both frameworks synchronising after
 every step; memory is the peak of tensor memory
@@ -314,7 +315,7 @@ def measure(cmd, env, label=None):
     if out.returncode != 0:
         sys.exit(f"bench/models: {' '.join(cmd)} failed:\n{out.stderr}")
     for note in out.stderr.splitlines():  # a child's notes on how it measured, once each
-        if note.startswith("torch: ") and note not in NOTES_SHOWN:
+        if note.startswith(("torch: ", "bcos: ")) and note not in NOTES_SHOWN:
             NOTES_SHOWN.add(note)
             print(f"({note})", flush=True)
     lines = [l for l in out.stdout.splitlines() if RESULT.match(l)]
@@ -347,6 +348,9 @@ def main():
     ap.add_argument("--cudnn-benchmark", action="store_true",
                     help="cuDNN's algorithms timed per convolution shape on both sides (torch.backends.cudnn.benchmark, "
                          "bench_models --cudnn-benchmark 1)")
+    ap.add_argument("--cudnn-api", default="", choices=["", "graph", "legacy"],
+                    help="which cuDNN API runs bcos.cpp's convolutions (bench_models --cudnn-api; default: "
+                         "bcos.cpp's default, BCOS_CUDNN_API); PyTorch runs its own (the graph API)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -361,6 +365,7 @@ def main():
     import torch
     where = f"{a.threads} threads" if a.device == "cpu" else torch.cuda.get_device_name(0)
     amp = ("" if a.autocast == "none" else f", autocast {a.autocast}") + (", cudnn benchmark" if a.cudnn_benchmark else "") + \
+        (f", bcos cuDNN {a.cudnn_api} API" if a.cudnn_api else "") + \
         ("" if a.dtype == "f32" else f", models in {a.dtype}")
     print(f"torch {torch.__version__}, {where}{amp}, ~{a.seconds:.0f} s per measurement, each in its own process")
     mem = "MB" if a.device == "cpu" else "GPU MB"
@@ -376,7 +381,8 @@ def main():
             bcos_cmd = [a.binary, "--arch", arch, "--batch", str(batch), "--mode", mode, "--seconds", str(a.seconds),
                         "--device", a.device, "--autocast", a.autocast, "--dtype", a.dtype] + \
                        (["--profile", str(a.profile)] if a.profile else []) + \
-                       (["--cudnn-benchmark", "1"] if a.cudnn_benchmark else [])
+                       (["--cudnn-benchmark", "1"] if a.cudnn_benchmark else []) + \
+                       (["--cudnn-api", a.cudnn_api] if a.cudnn_api else [])
             row = f"{arch} {mode}"
             (t_speed, t_mem), (b_speed, b_mem), spread = alternate(lambda: measure(torch_cmd, env, "torch " + row),
                                                                    lambda: measure(bcos_cmd, env, "bcos " + row),

@@ -81,6 +81,12 @@ int64_t linear_bias_epilogues();
 int64_t linear_bias_fallbacks();
 // How many convolution shapes (per direction) cudnn_benchmark() has timed (cuda/conv.cu).
 int64_t conv_algorithms_benchmarked();
+// Under cudnn_graph_api() (cuda/conv_graph.cu): how many execution plans have been built and
+// kept (per shape and direction), how many calls cuDNN's graph API declined (no engine ran, or
+// the graph could not be built: those shapes take the legacy API), and the last reason.
+int64_t conv_graph_plans_built();
+int64_t conv_graph_declined();
+std::string conv_graph_last_declined();
 
 // ---- kernels: the list every backend implements (tensor/kernels.inc) --------------------------
 // Defined in cuda/copy.cu, elementwise.cu, reduce.cu, matmul.cu, softmax.cu, indexing.cu,

@@ -8,8 +8,8 @@
 // bf16 (or f16), cuDNN convolves those summing in float32 (its "pseudo" bf16 / half
 // configuration) into a bf16 result, which is widened into the float32 output. cuDNN 9 marks this descriptor API
 // deprecated in favour of its graph API; it is still shipped, and is the smallest readable way.
-#include <cudnn.h>
-
+// Under cudnn_graph_api() each direction goes to the graph API first (conv_graph.cu: the engines
+// PyTorch's convolutions reach), and here only where that declines.
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "tensor/copy.h"
-#include "tensor/cuda/internal.h"
+#include "tensor/cuda/cudnn_common.h"
 
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 #pragma nv_diag_suppress 1444  // "declared deprecated" (nvcc's front end)
@@ -32,43 +32,12 @@ namespace bcos::cuda {
 
 namespace {
 
-// One cuDNN handle per (thread, device), bound to the thread's current stream on every use. They
-// are never destroyed, as in PyTorch: at a thread's or the program's exit the CUDA context may
-// already be gone, and cudnnDestroy then crashes.
-thread_local std::vector<cudnnHandle_t> t_cudnn;
-
-// The cuDNN found at run time must be the major version compiled against (its pip wheel and a
-// system copy can both be on the search path).
-void check_cudnn_version() {
-  static const size_t found = cudnnGetVersion();
-  BCOS_CHECK(found / 10000 == CUDNN_MAJOR, "cuDNN: compiled against version ", CUDNN_MAJOR, ".", CUDNN_MINOR,
-             " but the library loaded is ", found, "; put cuDNN ", CUDNN_MAJOR, "'s library first on LD_LIBRARY_PATH");
-}
-
-cudnnHandle_t cudnn_handle(int device) {
-  check_device_index(device, "cuda::cudnn_handle");
-  if (t_cudnn.size() <= size_t(device)) t_cudnn.resize(size_t(device) + 1, nullptr);
-  cudnnHandle_t& h = t_cudnn[size_t(device)];
-  if (!h) {
-    check_cudnn_version();
-    BCOS_CUDNN_CHECK(cudnnCreate(&h));
-  }
-  BCOS_CUDNN_CHECK(cudnnSetStream(h, stream_of(device)));
-  return h;
-}
-
-cudnnDataType_t cudnn_type(DType dt, const char* op) {
-  if (dt == DType::f32) return CUDNN_DATA_FLOAT;
-  if (dt == DType::f64) return CUDNN_DATA_DOUBLE;
-  if (dt == DType::bf16) return CUDNN_DATA_BFLOAT16;
-  if (dt == DType::f16) return CUDNN_DATA_HALF;
-  fail(op, ": cuDNN convolutions take float32, float64 or (autocast) bfloat16 / float16, got ", dtype_name(dt));
-}
-
-// The convolution's own arithmetic: float32 for the 16-bit operand types.
-cudnnDataType_t cudnn_compute_type(DType dt, const char* op) {
-  return dt == DType::bf16 || dt == DType::f16 ? CUDNN_DATA_FLOAT : cudnn_type(dt, op);
-}
+using cudnn::compute_type;
+using cudnn::gives_way;
+using cudnn::TimedRun;
+cudnnDataType_t cudnn_type(DType dt, const char* op) { return cudnn::data_type(dt, op); }
+cudnnDataType_t cudnn_compute_type(DType dt, const char* op) { return compute_type(dt, op); }
+cudnnHandle_t cudnn_handle(int device) { return cudnn::handle(device); }
 
 // The tensors one convolution call reads and writes, in the type cuDNN gets: as they are, or
 // under autocast (p.operands) 16-bit copies and a 16-bit result that finish() widens into the
@@ -185,14 +154,6 @@ auto usable(const Perf* perf, int count, const ConvDescriptors& d) {
   return out.empty() ? forced : out;
 }
 
-// The statuses with which an entry gives way to the next: NOT_SUPPORTED (cuDNN 9 refines it into
-// sub-codes 3001...), a pointer not aligned as the algorithm needs, and a texture it could not
-// create. Anything else (bad parameters, execution failures) is raised.
-bool gives_way(cudnnStatus_t status) {
-  return CUDNN_STATUS_CATEGORY(status) == CUDNN_STATUS_NOT_SUPPORTED || status == CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER ||
-         status == CUDNN_STATUS_INTERNAL_ERROR_TEXTURE_CREATION_FAILED;
-}
-
 // The choice that ran, per (device, shape, direction), and whether it was timed (cudnn_benchmark:
 // a shape first seen without it is timed again once it is on).
 template <class Algo>
@@ -213,27 +174,6 @@ struct AlgoCache {
 };
 
 std::atomic<int64_t> g_benchmarked{0};
-
-// A pair of timing events on `device`, destroyed with it.
-struct TimedRun {
-  int device;
-  EventHandle start = nullptr, end = nullptr;
-  explicit TimedRun(int device_) : device(device_) {
-    start = create_event(device, true);
-    try {
-      end = create_event(device, true);
-    } catch (...) {
-      destroy_event(device, start);
-      throw;
-    }
-  }
-  ~TimedRun() {
-    if (start) destroy_event(device, start);
-    if (end) destroy_event(device, end);
-  }
-  TimedRun(const TimedRun&) = delete;
-  TimedRun& operator=(const TimedRun&) = delete;
-};
 
 AlgoCache<cudnnConvolutionFwdAlgo_t> g_forward;
 AlgoCache<cudnnConvolutionBwdDataAlgo_t> g_backward_data;
@@ -353,24 +293,26 @@ void conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, 
   const ConvOperands io(x_in, w_in, out, p);
   const Tensor &x = io.first, &w = io.second, &y = io.result;
   cudnnHandle_t h = cudnn_handle(device);
-  ConvDescriptors d(x.shape(), w.shape(), out.shape(), p, io.type, op);
   const Scalars s;
-  convolve(
-      g_forward, device, d, op, "cudnnConvolutionForward",
-      [&] {
-        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-        int count = 0;
-        BCOS_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x, d.w, d.conv, d.y,
-                                                                CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf));
-        return usable(perf, count, d);
-      },
-      [&](cudnnConvolutionFwdAlgo_t algo, size_t* bytes) {
-        return cudnnGetConvolutionForwardWorkspaceSize(h, d.x, d.w, d.conv, d.y, algo, bytes);
-      },
-      [&](cudnnConvolutionFwdAlgo_t algo, void* ws, size_t bytes) {
-        return cudnnConvolutionForward(h, s.one(io.type), d.x, x.raw_data(), d.w, w.raw_data(), d.conv, algo, ws,
-                                       bytes, s.zero(io.type), d.y, y.raw_data());
-      });
+  if (!cudnn_graph_api() || !cudnn::convolve(cudnn::Direction::forward, device, x, w, y, p, op)) {
+    ConvDescriptors d(x.shape(), w.shape(), out.shape(), p, io.type, op);
+    convolve(
+        g_forward, device, d, op, "cudnnConvolutionForward",
+        [&] {
+          cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+          int count = 0;
+          BCOS_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x, d.w, d.conv, d.y,
+                                                                  CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf));
+          return usable(perf, count, d);
+        },
+        [&](cudnnConvolutionFwdAlgo_t algo, size_t* bytes) {
+          return cudnnGetConvolutionForwardWorkspaceSize(h, d.x, d.w, d.conv, d.y, algo, bytes);
+        },
+        [&](cudnnConvolutionFwdAlgo_t algo, void* ws, size_t bytes) {
+          return cudnnConvolutionForward(h, s.one(io.type), d.x, x.raw_data(), d.w, w.raw_data(), d.conv, algo, ws,
+                                         bytes, s.zero(io.type), d.y, y.raw_data());
+        });
+  }
   io.finish(out);
   if (bias.defined() && is_half_float(out.dtype())) {  // a 16-bit output: our broadcast add (float32 sum, rounded)
     const Shape& os = out.shape();  // bias [C] as a stride-0 view over [N, C, H, W]
@@ -406,6 +348,10 @@ void conv2d_backward_input(const Tensor& grad_out_in, const Tensor& w_in, const 
   }
   const ConvOperands io(grad_out_in, w_in, grad_x, p);
   const Tensor &g = io.first, &w = io.second, &gx = io.result;
+  if (cudnn_graph_api() && cudnn::convolve(cudnn::Direction::backward_data, device, gx, w, g, p, op)) {
+    io.finish(grad_x);
+    return;
+  }
   cudnnHandle_t h = cudnn_handle(device);
   ConvDescriptors d(grad_x.shape(), w.shape(), g.shape(), p, io.type, op);
   const Scalars s;
@@ -441,6 +387,10 @@ void conv2d_backward_weight(const Tensor& grad_out_in, const Tensor& x_in, const
   }
   const ConvOperands io(grad_out_in, x_in, grad_w, p);
   const Tensor &g = io.first, &x = io.second, &gw = io.result;
+  if (cudnn_graph_api() && cudnn::convolve(cudnn::Direction::backward_filter, device, x, gw, g, p, op)) {
+    io.finish(grad_w);
+    return;
+  }
   cudnnHandle_t h = cudnn_handle(device);
   ConvDescriptors d(x.shape(), grad_w.shape(), g.shape(), p, io.type, op);
   const Scalars s;

@@ -373,9 +373,9 @@ TEST_CASE("cuda ops: cuDNN conv2d forward and backward match the CPU (groups, st
 TEST_CASE("cuda ops: with cudnn_benchmark, each new convolution shape is timed once per direction, and the fastest's results match the CPU") {
   if (!have_gpu()) return;
   struct Benchmarking {
-    bool was = cudnn_benchmark();
-    Benchmarking() { set_cudnn_benchmark(true); }
-    ~Benchmarking() { set_cudnn_benchmark(was); }
+    bool was = cudnn_benchmark(), graph = cudnn_graph_api();
+    Benchmarking() { set_cudnn_benchmark(true), set_cudnn_graph_api(false); }  // the legacy API's count
+    ~Benchmarking() { set_cudnn_benchmark(was), set_cudnn_graph_api(graph); }
   } benchmarking;
   manual_seed(41);
   const Device cuda = Device::cuda(0);

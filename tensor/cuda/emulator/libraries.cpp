@@ -1,4 +1,5 @@
-// The CUDA emulator's cuBLAS and cuDNN: the calls tensor/cuda/matmul.cu and conv.cu make, written
+// The CUDA emulator's cuBLAS and cuDNN: the calls tensor/cuda/matmul.cu and conv.cu make (cuDNN's
+// graph API, for conv_graph.cu, is in cudnn_graph.cpp), written
 // from the libraries' documented contracts -- column-major GEMM with op(A) / op(B), leading
 // dimensions and batch strides; NCHW cross-correlation (or true convolution) with padding,
 // stride, dilation and groups, alpha / beta blending -- with the argument checks the libraries
@@ -327,6 +328,11 @@ cudnnStatus_t cudnnDestroy(cudnnHandle_t handle) {
 cudnnStatus_t cudnnSetStream(cudnnHandle_t handle, cudaStream_t stream) {
   if (handle == nullptr) return CUDNN_STATUS_BAD_PARAM;
   handle->stream = stream;
+  return CUDNN_STATUS_SUCCESS;
+}
+cudnnStatus_t cudnnGetStream(cudnnHandle_t handle, cudaStream_t* stream) {
+  if (handle == nullptr || stream == nullptr) return CUDNN_STATUS_BAD_PARAM;
+  *stream = handle->stream;
   return CUDNN_STATUS_SUCCESS;
 }
 size_t cudnnGetVersion(void) { return CUDNN_VERSION; }

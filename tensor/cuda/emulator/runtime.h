@@ -67,6 +67,11 @@ void set_rated_with_descriptor_math(bool as_descriptor);
 // backend's fallback for a linear layer's bias (cublaslt.cpp).
 void set_lt_algorithms(bool offered);
 
+// Whether the cuDNN graph API stand-in's heuristics rank any engine (default true); off, every
+// mode answers an empty list, so that tests reach the backend's fallback from the graph API to
+// the legacy one (cudnn_graph.cpp).
+void set_cudnn_graph_engines(bool offered);
+
 // What the stand-in's cublasLtMatmul answers (default: it runs the product). `decline`:
 // CUBLAS_STATUS_NOT_SUPPORTED, the library's "no kernel for this", which the backend takes as a
 // fallback; `fail`: CUBLAS_STATUS_EXECUTION_FAILED, which it must raise instead of hiding.
