@@ -128,7 +128,10 @@ Shape pooled_shape(const char* op, const Tensor& x, const Pool2dParams& p) {
 void check_pool_input(const char* op, const Tensor& x) {
   check_defined(op, x, "input");
   check_4d(op, x);
-  check_float(op, x);
+  if (x.is_cuda())
+    check_floating(op, x);  // 16-bit too: the CPU widens those before it comes here
+  else
+    check_float(op, x);
   BCOS_CHECK(x.size(2) > 0 && x.size(3) > 0, op, ": input ", x.shape(), " has an empty plane");
 }
 }  // namespace
@@ -136,7 +139,9 @@ void check_pool_input(const char* op, const Tensor& x) {
 ValuesIndices max_pool2d_with_indices(const Tensor& x, IntPair kernel, std::optional<IntPair> stride,
                                       IntPair padding, IntPair dilation, bool ceil_mode) {
   const char* op = "max_pool2d";
-  if (is_half(x)) {  // (the values are the input's own: rounding them back is exact)
+  // 16-bit on the CPU through float32 (the values are the input's own: rounding them back is
+  // exact); CUDA's pooling kernels read and write 16-bit tensors as they are.
+  if (is_half(x) && !x.is_cuda()) {
     Tensor idx;
     Tensor values = through_float32(x, [&] {
       ValuesIndices r = max_pool2d_with_indices(widened(x), kernel, stride, padding, dilation, ceil_mode);
@@ -156,7 +161,7 @@ ValuesIndices max_pool2d_with_indices(const Tensor& x, IntPair kernel, std::opti
     SavedTensor saved_idx(idx);  // returned to the caller: a change in place must be caught
     record("MaxPool2dBackward", out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
       Tensor gx = empty(xs, {g.dtype(), g.device()});
-      kernel::max_pool2d_backward(g, saved_idx.get(), gx);
+      kernel::max_pool2d_backward(g, saved_idx.get(), gx, p);
       return Grads{gx};
     });
   }
@@ -171,7 +176,7 @@ Tensor max_pool2d(const Tensor& x, IntPair kernel, std::optional<IntPair> stride
 Tensor avg_pool2d(const Tensor& x, IntPair kernel, std::optional<IntPair> stride, IntPair padding,
                   bool ceil_mode, bool count_include_pad, int64_t divisor_override) {
   const char* op = "avg_pool2d";
-  if (is_half(x))
+  if (is_half(x) && !x.is_cuda())
     return through_float32(x, [&] {
       return avg_pool2d(widened(x), kernel, stride, padding, ceil_mode, count_include_pad, divisor_override);
     });
@@ -195,7 +200,7 @@ Tensor avg_pool2d(const Tensor& x, IntPair kernel, std::optional<IntPair> stride
 
 Tensor adaptive_avg_pool2d(const Tensor& x, IntPair output_size) {
   const char* op = "adaptive_avg_pool2d";
-  if (is_half(x)) return through_float32(x, [&] { return adaptive_avg_pool2d(widened(x), output_size); });
+  if (is_half(x) && !x.is_cuda()) return through_float32(x, [&] { return adaptive_avg_pool2d(widened(x), output_size); });
   check_pool_input(op, x);
   BCOS_CHECK(output_size.h > 0 && output_size.w > 0, op, ": output size must be positive");
   Tensor out = empty({x.size(0), x.size(1), output_size.h, output_size.w}, {x.dtype(), x.device()});

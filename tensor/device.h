@@ -61,10 +61,10 @@ size_t peak_memory_bytes(Device d);
 void set_allow_tf32(bool allow);
 bool allow_tf32();
 // Deterministic algorithms: cuDNN convolutions restricted to its deterministic algorithms, and
-// the backward scatters (max and adaptive pooling, index_add, scatter_add) add each destination's
-// terms in a fixed order instead of with atomics in arrival order -- bit-identical results from
-// run to run, at some cost in speed. (The B-cos kernels' and average pooling's backwards gather,
-// deterministic either way.) Off by default (as PyTorch).
+// the backward scatters (index_add, scatter_add) add each destination's terms in a fixed order
+// instead of with atomics in arrival order -- bit-identical results from run to run, at some cost
+// in speed. (The B-cos kernels' and the pooling backwards gather, deterministic either way.) Off
+// by default (as PyTorch).
 void set_deterministic_algorithms(bool on);
 bool deterministic_algorithms();
 // cuDNN autotuning, as torch.backends.cudnn.benchmark: the first time a convolution's shape is

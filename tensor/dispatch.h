@@ -83,8 +83,9 @@ inline void conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, cons
 inline void max_pool2d_forward(const Tensor& x, const Tensor& out, const Tensor& indices, const Pool2dParams& p) {
   BCOS_DISPATCH(x, max_pool2d_forward(x, out, indices, p));
 }
-inline void max_pool2d_backward(const Tensor& grad_out, const Tensor& indices, const Tensor& grad_x) {
-  BCOS_DISPATCH(grad_out, max_pool2d_backward(grad_out, indices, grad_x));
+inline void max_pool2d_backward(const Tensor& grad_out, const Tensor& indices, const Tensor& grad_x,
+                                const Pool2dParams& p) {
+  BCOS_DISPATCH(grad_out, max_pool2d_backward(grad_out, indices, grad_x, p));
 }
 inline void avg_pool2d_forward(const Tensor& x, const Tensor& out, const Pool2dParams& p) {
   BCOS_DISPATCH(x, avg_pool2d_forward(x, out, p));

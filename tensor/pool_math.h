@@ -47,6 +47,21 @@ BCOS_HD AvgWindow avg_window(int64_t oh, int64_t ow, int64_t h, int64_t w, const
   return {h0, h1, w0, w1, divisor};
 }
 
+// The outputs whose windows can hold input pixel (ih, iw): rows [oh0, oh1), columns [ow0, ow1).
+// A window starting at oh·s − pad with taps every d rows holds row ih at tap ki when
+// oh·s = ih + pad − ki·d, so oh lies in [ceil((ih + pad − (k − 1)·d) / s), floor((ih + pad) / s)]
+// (clipping a window to the plane never drops a pixel of the plane). The backward gathers.
+struct OutputRange {
+  int64_t oh0, oh1, ow0, ow1;
+};
+BCOS_HD OutputRange windows_holding(int64_t ih, int64_t iw, int64_t ho, int64_t wo, const Pool2dParams& p) {
+  const int64_t top = ih + p.padding[0] - (p.kernel[0] - 1) * p.dilation[0];
+  const int64_t left = iw + p.padding[1] - (p.kernel[1] - 1) * p.dilation[1];
+  const int64_t oh1 = (ih + p.padding[0]) / p.stride[0] + 1, ow1 = (iw + p.padding[1]) / p.stride[1] + 1;
+  return {top <= 0 ? 0 : (top + p.stride[0] - 1) / p.stride[0], oh1 < ho ? oh1 : ho,
+          left <= 0 ? 0 : (left + p.stride[1] - 1) / p.stride[1], ow1 < wo ? ow1 : wo};
+}
+
 // A 1 x 1, stride-1, unpadded window (dilation is then irrelevant): every pixel lies in its own
 // window only, so a window sum is the plane itself (the B-cos patch norms' shortcut, both backends).
 BCOS_HD bool is_pointwise(const Pool2dParams& p) {

@@ -77,7 +77,7 @@ void max_pool2d_forward(const Tensor& x_in, const Tensor& out, const Tensor& ind
   });
 }
 
-void max_pool2d_backward(const Tensor& grad_out_in, const Tensor& indices, const Tensor& grad_x) {
+void max_pool2d_backward(const Tensor& grad_out_in, const Tensor& indices, const Tensor& grad_x, const Pool2dParams&) {
   Tensor g = raw_contiguous(grad_out_in);
   Planes s = planes_of(grad_x, g);
   const int64_t* idx = indices.data<int64_t>();

@@ -1,4 +1,5 @@
-// What the CUDA parity files share: the skip without a GPU, and TF32 switched for a scope.
+// What the CUDA parity files share: the skip without a GPU, and switches (TF32, the cuDNN API) set
+// for a scope.
 #pragma once
 
 #include <doctest/doctest.h>
@@ -14,13 +15,17 @@ inline bool have_gpu() {
   return false;
 }
 
-// allow_tf32() set for a scope, then put back (false: float32 products in float32).
-struct Tf32 {
-  bool was = allow_tf32();
-  explicit Tf32(bool allow) { set_allow_tf32(allow); }
-  ~Tf32() { set_allow_tf32(was); }
-  Tf32(const Tf32&) = delete;
-  Tf32& operator=(const Tf32&) = delete;
+// A process-wide switch of tensor/device.h set for a scope, then put back.
+template <bool (*Get)(), void (*Set)(bool)>
+struct Switched {
+  bool was = Get();
+  explicit Switched(bool on) { Set(on); }
+  ~Switched() { Set(was); }
+  Switched(const Switched&) = delete;
+  Switched& operator=(const Switched&) = delete;
 };
+// allow_tf32() (false: float32 products in float32); cudnn_graph_api() (conv_graph.cu).
+using Tf32 = Switched<allow_tf32, set_allow_tf32>;
+using GraphApi = Switched<cudnn_graph_api, set_cudnn_graph_api>;
 
 }  // namespace bcos::gpu_test

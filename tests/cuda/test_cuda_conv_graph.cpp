@@ -14,18 +14,10 @@
 
 using namespace bcos;
 
+using gpu_test::GraphApi;
 using gpu_test::have_gpu;
 
 namespace {
-
-// cudnn_graph_api() set for a scope, then put back.
-struct GraphApi {
-  bool was = cudnn_graph_api();
-  explicit GraphApi(bool on) { set_cudnn_graph_api(on); }
-  ~GraphApi() { set_cudnn_graph_api(was); }
-  GraphApi(const GraphApi&) = delete;
-  GraphApi& operator=(const GraphApi&) = delete;
-};
 
 struct Window {
   int64_t stride, padding, dilation, groups;

@@ -113,6 +113,51 @@ TEST_CASE("cuda ops: products and convolutions of float16 / bfloat16 tensors mat
     }
 }
 
+TEST_CASE("cuda ops: pooling reads and writes float16 / bfloat16 tensors as they are, bit for bit the CPU's "
+          "float32 kernels on widened copies (forward, backward)") {
+  // The GPU's pooling kernels take 16-bit tensors and sum in float32 (adaptive: double, as the
+  // CPU's float32 kernel) in the CPU's order, the backwards as gathers in output order -- the
+  // order in which the CPU's loops add: the same float32 results, rounded once.
+  if (!have_gpu()) return;
+  manual_seed(47);
+  using Fn = std::function<Tensor(const Tensor&)>;
+  const std::vector<Fn> pools = {
+      [](const Tensor& t) { return max_pool2d(t, 3, 2, 1); },                       // ResNet's stem pool
+      [](const Tensor& t) { return max_pool2d(t, 2, std::nullopt, 0, {2, 1}); },    // dilation
+      [](const Tensor& t) { return max_pool2d(t, 3, 2, 1, 1, true); },              // ceil mode
+      [](const Tensor& t) { return avg_pool2d(t, 3, 2, 1, false, true); },          // padding counted
+      [](const Tensor& t) { return avg_pool2d(t, 3, 2, 1, true, false); },          // ceil, not counted
+      [](const Tensor& t) { return avg_pool2d(t, {3, 2}, IntPair(2, 1), {1, 1}, false, true, 5); },
+      [](const Tensor& t) { return adaptive_avg_pool2d(t, {4, 3}); },               // uneven bins
+      [](const Tensor& t) { return adaptive_avg_pool2d(t, {1, 1}); },               // global
+  };
+  for (DType dt : {DType::bf16, DType::f16}) {
+    // Ties (repeated values) in the max pools' windows: the first in window order wins on both;
+    // and normal values, whose window sums round.
+    const Tensor ties = (randint(-8, 9, {2, 3, 11, 9}).to(kFloat32) * 0.25).to(dt), normal = randn({2, 3, 11, 9}).to(dt);
+    for (size_t c = 0; c < 2 * pools.size(); ++c) {
+      CAPTURE(dt);
+      CAPTURE(c);
+      const Tensor& x = c % 2 == 0 ? ties : normal;
+      const auto& pool = pools[c / 2];
+      const Tensor probe = pool(x);
+      const Tensor gout = randint(-3, 4, probe.shape()).to(dt);  // exact in 16 bits on both devices
+      auto run = [&](Device dev) {
+        Tensor xd = x.to(dev).requires_grad_();
+        Tensor y = pool(xd);
+        y.backward(gout.to(dev));
+        return std::vector<Tensor>{y.to(Device()), xd.grad().to(Device())};
+      };
+      const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+      for (size_t k = 0; k < cpu.size(); ++k) {
+        CAPTURE(k);
+        REQUIRE(gpu[k].dtype() == dt);
+        CHECK(golden::equal(gpu[k], cpu[k]));
+      }
+    }
+  }
+}
+
 TEST_CASE("cuda ops: a bfloat16 / float16 ResNet-20 and its B-cos form -- forward, explanation, gradients -- match the CPU") {
   // Module::to(16-bit) on both devices: cuDNN / cuBLAS on the 16-bit tensors, the 16-bit
   // elementwise kernels, the ops computed through float32. Each op may differ from the CPU's by
