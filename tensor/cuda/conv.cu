@@ -32,12 +32,8 @@ namespace bcos::cuda {
 
 namespace {
 
-using cudnn::compute_type;
 using cudnn::gives_way;
 using cudnn::TimedRun;
-cudnnDataType_t cudnn_type(DType dt, const char* op) { return cudnn::data_type(dt, op); }
-cudnnDataType_t cudnn_compute_type(DType dt, const char* op) { return compute_type(dt, op); }
-cudnnHandle_t cudnn_handle(int device) { return cudnn::handle(device); }
 
 // The tensors one convolution call reads and writes, in the type cuDNN gets: as they are, or
 // under autocast (p.operands) 16-bit copies and a 16-bit result that finish() widens into the
@@ -77,7 +73,7 @@ struct ConvDescriptors {
 
   ConvDescriptors(const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p, DType dt, const char* op)
       : xs_(&xs), ws_(&ws), ys_(&ys), dt_(dt) {
-    const cudnnDataType_t type = cudnn_type(dt, op);
+    const cudnnDataType_t type = cudnn::data_type(dt, op);
     // The descriptors take int sizes and cuDNN's kernels index in 32 bits (PyTorch splits such
     // batches; here it is an error, not a silently truncated size).
     for (const Shape* sh : {&xs, &ws, &ys})
@@ -92,7 +88,7 @@ struct ConvDescriptors {
     BCOS_CUDNN_CHECK(cudnnSetFilter4dDescriptor(w, type, CUDNN_TENSOR_NCHW, int(ws[0]), int(ws[1]), int(ws[2]), int(ws[3])));
     BCOS_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv, int(p.padding[0]), int(p.padding[1]), int(p.stride[0]),
                                                      int(p.stride[1]), int(p.dilation[0]), int(p.dilation[1]),
-                                                     CUDNN_CROSS_CORRELATION, cudnn_compute_type(dt, op)));
+                                                     CUDNN_CROSS_CORRELATION, cudnn::compute_type(dt, op)));
     BCOS_CUDNN_CHECK(cudnnSetConvolutionGroupCount(conv, int(p.groups)));
     // PyTorch's choices: tensor cores for 16-bit operands (TENSOR_OP), float32 as TF32 only when
     // allowed (DEFAULT permits TF32, FMA forbids it), float64 left to cuDNN (DEFAULT).
@@ -292,7 +288,7 @@ void conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, 
   DeviceGuard guard(device);
   const ConvOperands io(x_in, w_in, out, p);
   const Tensor &x = io.first, &w = io.second, &y = io.result;
-  cudnnHandle_t h = cudnn_handle(device);
+  cudnnHandle_t h = cudnn::handle(device);
   const Scalars s;
   if (!cudnn_graph_api() || !cudnn::convolve(cudnn::Direction::forward, device, x, w, y, p, op)) {
     ConvDescriptors d(x.shape(), w.shape(), out.shape(), p, io.type, op);
@@ -324,9 +320,10 @@ void conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, 
     cudnnTensorDescriptor_t bd = nullptr, od = nullptr;
     BCOS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&bd));
     BCOS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&od));
-    cudnnStatus_t status = cudnnSetTensor4dDescriptor(bd, CUDNN_TENSOR_NCHW, cudnn_type(ot, op), 1, int(b.numel()), 1, 1);
+    cudnnStatus_t status =
+        cudnnSetTensor4dDescriptor(bd, CUDNN_TENSOR_NCHW, cudnn::data_type(ot, op), 1, int(b.numel()), 1, 1);
     if (status == CUDNN_STATUS_SUCCESS)
-      status = cudnnSetTensor4dDescriptor(od, CUDNN_TENSOR_NCHW, cudnn_type(ot, op), int(out.shape()[0]),
+      status = cudnnSetTensor4dDescriptor(od, CUDNN_TENSOR_NCHW, cudnn::data_type(ot, op), int(out.shape()[0]),
                                           int(out.shape()[1]), int(out.shape()[2]), int(out.shape()[3]));
     if (status == CUDNN_STATUS_SUCCESS)
       status = cudnnAddTensor(h, s.one(ot), bd, b.raw_data(), s.one(ot), od, out.raw_data());
@@ -352,7 +349,7 @@ void conv2d_backward_input(const Tensor& grad_out_in, const Tensor& w_in, const 
     io.finish(grad_x);
     return;
   }
-  cudnnHandle_t h = cudnn_handle(device);
+  cudnnHandle_t h = cudnn::handle(device);
   ConvDescriptors d(grad_x.shape(), w.shape(), g.shape(), p, io.type, op);
   const Scalars s;
   convolve(
@@ -391,7 +388,7 @@ void conv2d_backward_weight(const Tensor& grad_out_in, const Tensor& x_in, const
     io.finish(grad_w);
     return;
   }
-  cudnnHandle_t h = cudnn_handle(device);
+  cudnnHandle_t h = cudnn::handle(device);
   ConvDescriptors d(x.shape(), grad_w.shape(), g.shape(), p, io.type, op);
   const Scalars s;
   convolve(
