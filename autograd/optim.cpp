@@ -53,6 +53,13 @@ void in_float32(std::initializer_list<Tensor> tensors, F&& step) {
   }
 }
 
+// The tensors a step wrote, marked changed (as PyTorch's in-place updates under no_grad): a graph
+// that saved a parameter before the step refuses to run its backward with the new values.
+void bump_versions(std::initializer_list<Tensor> written) {
+  for (const Tensor& t : written)
+    if (t.defined()) t.bump_version();
+}
+
 }  // namespace
 
 void sgd_step_(const Tensor& param, const Tensor& grad, const Tensor& momentum, const SgdStepParams& p) {
@@ -61,13 +68,15 @@ void sgd_step_(const Tensor& param, const Tensor& grad, const Tensor& momentum, 
   if (is_half(param)) {
     check_like(op, param, grad, "gradient");
     if (p.momentum != 0) check_like(op, param, momentum, "momentum buffer");
-    return in_float32({param, grad, momentum}, [&](const std::vector<Tensor>& w) { sgd_step_(w[0], w[1], w[2], p); });
+    in_float32({param, grad, momentum}, [&](const std::vector<Tensor>& w) { sgd_step_(w[0], w[1], w[2], p); });
+    return bump_versions({param, momentum});
   }
   check_param(op, param);
   check_like(op, param, grad, "gradient");
   if (p.momentum != 0) check_like(op, param, momentum, "momentum buffer");
   const Tensor g = grad.contiguous();
   on_contiguous({param, momentum}, [&](const std::vector<Tensor>& t) { kernel::sgd_step(t[0], g, t[1], p); });
+  bump_versions({param, momentum});
 }
 
 void adam_step_(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
@@ -78,9 +87,10 @@ void adam_step_(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, 
     for (const auto& [t, what] : {std::pair{grad, "gradient"}, {exp_avg, "exp_avg"}, {exp_avg_sq, "exp_avg_sq"}})
       check_like(op, param, t, what);
     if (p.amsgrad) check_like(op, param, max_exp_avg_sq, "max_exp_avg_sq");
-    return in_float32({param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq}, [&](const std::vector<Tensor>& w) {
+    in_float32({param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq}, [&](const std::vector<Tensor>& w) {
       adam_step_(w[0], w[1], w[2], w[3], w[4], p);
     });
+    return bump_versions({param, exp_avg, exp_avg_sq, max_exp_avg_sq});
   }
   check_param(op, param);
   check_like(op, param, grad, "gradient");
@@ -92,6 +102,7 @@ void adam_step_(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, 
   on_contiguous({param, exp_avg, exp_avg_sq, max_exp_avg_sq}, [&](const std::vector<Tensor>& t) {
     kernel::adam_step(t[0], g, t[1], t[2], t[3], p);
   });
+  bump_versions({param, exp_avg, exp_avg_sq, max_exp_avg_sq});
 }
 
 }  // namespace bcos

@@ -168,6 +168,29 @@ TEST_CASE("optim: the fused step updates strided parameters and gradients in pla
   CHECK(golden::relative_error(base.t(), expected - 0.1) <= 1e-6);
 }
 
+TEST_CASE("optim: a step marks the parameters it wrote, so a graph saved before it refuses its backward") {
+  // As PyTorch's in-place updates: a forward, a step, then the forward's backward would use the
+  // stepped weights with the old activations -- an error naming the change, not a wrong gradient.
+  for (const bool adam : {false, true})
+    for (const DType dt : {kFloat32, kBFloat16}) {
+      CAPTURE(adam);
+      CAPTURE(dt);
+      Tensor w = full({3}, 0.5, dt).requires_grad_(), x = full({3}, 2.0, dt).requires_grad_();
+      w.set_grad(ones({3}, dt));
+      Tensor y = sum(x * w);  // saves w for x's gradient
+      const uint64_t before = w.version();
+      if (adam) {
+        Tensor m = zeros({3}, dt), v = zeros({3}, dt);
+        adam_step_(w, w.grad(), m, v, Tensor(), {.lr = 0.1, .step_size = 0.1, .bias2_sqrt = 1.0});
+        CHECK(m.version() > 0);
+      } else {
+        sgd_step_(w, w.grad(), Tensor(), {.lr = 0.1});
+      }
+      CHECK(w.version() > before);
+      CHECK_THROWS_WITH_AS(y.backward(), doctest::Contains("modified"), Error);
+    }
+}
+
 TEST_CASE("optim: a step with no gradient anywhere raises; Adam counts steps per parameter") {
   std::vector<Tensor> params = fresh_params();
   SGD sgd(params, {.lr = 0.1});
