@@ -11,6 +11,7 @@
 #include <climits>
 
 #include "dist/internal.h"
+#include "tensor/copy.h"
 
 namespace bcos::dist::detail::mpi {
 
@@ -115,11 +116,12 @@ std::shared_ptr<Work::Impl> all_reduce(const Tensor& t, ReduceOp op) {
     // MPI has no 16-bit float to add: the ranks reduce float32 copies (each value exact in them)
     // and every rank rounds the result once into t -- the same bits on every rank. (NCCL adds
     // bf16 / f16 itself.) A bf16 model's gradients and autocast's gathered features' gradients.
-    const Tensor wide = t.to(DType::f32);
+    const Tensor wide = raw_to(t, DType::f32, t.device());
     std::shared_ptr<Work::Impl> impl = detail::mpi::all_reduce(wide, op);
     impl->finish = [t, wide, widened = std::move(impl->finish)] {
       if (widened) widened();
-      Tensor(t).copy_(wide);
+      copy_into(t, wide);  // written by the collective, not by an op (as MPI writes the others)
+      t.bump_version();
     };
     return impl;
   }
