@@ -54,7 +54,6 @@ struct Backend {
 
 using bcos::emu::blas::store;
 
-bool is_descriptor(const void* p) { return p != nullptr; }
 Backend* backend(cudnnBackendDescriptor_t d) { return static_cast<Backend*>(d); }
 
 // Which attributes each kind takes: the type, the element counts allowed, whether finalization
@@ -357,7 +356,7 @@ cudnnStatus_t cudnnBackendDestroyDescriptor(cudnnBackendDescriptor_t descriptor)
 
 cudnnStatus_t cudnnBackendSetAttribute(cudnnBackendDescriptor_t descriptor, cudnnBackendAttributeName_t name,
                                        cudnnBackendAttributeType_t type, int64_t count, const void* values) {
-  if (!is_descriptor(descriptor)) return CUDNN_STATUS_BAD_PARAM;
+  if (descriptor == nullptr) return CUDNN_STATUS_BAD_PARAM;
   Backend& b = *backend(descriptor);
   const Spec* s = spec_of(b.kind, name);
   if (b.finalized || s == nullptr || count < s->min || count > s->max || (count > 0 && values == nullptr))
@@ -383,14 +382,14 @@ cudnnStatus_t cudnnBackendSetAttribute(cudnnBackendDescriptor_t descriptor, cudn
 }
 
 cudnnStatus_t cudnnBackendFinalize(cudnnBackendDescriptor_t descriptor) {
-  if (!is_descriptor(descriptor) || backend(descriptor)->finalized) return CUDNN_STATUS_BAD_PARAM;
+  if (descriptor == nullptr || backend(descriptor)->finalized) return CUDNN_STATUS_BAD_PARAM;
   return finalize(*backend(descriptor));
 }
 
 cudnnStatus_t cudnnBackendGetAttribute(cudnnBackendDescriptor_t const descriptor, cudnnBackendAttributeName_t name,
                                        cudnnBackendAttributeType_t type, int64_t requested, int64_t* count,
                                        void* values) {
-  if (!is_descriptor(descriptor) || count == nullptr || requested < 0) return CUDNN_STATUS_BAD_PARAM;
+  if (descriptor == nullptr || count == nullptr || requested < 0) return CUDNN_STATUS_BAD_PARAM;
   const Backend& b = *backend(descriptor);
   if (!b.finalized) return CUDNN_STATUS_BAD_PARAM;
   if (requested > 0 && values == nullptr) return CUDNN_STATUS_BAD_PARAM;
@@ -431,7 +430,7 @@ cudnnStatus_t cudnnBackendGetAttribute(cudnnBackendDescriptor_t const descriptor
 }
 
 cudnnStatus_t cudnnBackendExecute(cudnnHandle_t handle, cudnnBackendDescriptor_t plan_d, cudnnBackendDescriptor_t pack_d) {
-  if (handle == nullptr || !is_descriptor(plan_d) || !is_descriptor(pack_d)) return CUDNN_STATUS_BAD_PARAM;
+  if (handle == nullptr || plan_d == nullptr || pack_d == nullptr) return CUDNN_STATUS_BAD_PARAM;
   const Backend &plan = *backend(plan_d), &pack = *backend(pack_d);
   if (plan.kind != T(EXECUTION_PLAN) || pack.kind != T(VARIANT_PACK) || !plan.finalized || !pack.finalized)
     return CUDNN_STATUS_BAD_PARAM;
@@ -451,14 +450,15 @@ cudnnStatus_t cudnnBackendExecute(cudnnHandle_t handle, cudnnBackendDescriptor_t
   void* ws = find(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE) ? value<void*>(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE) : nullptr;
   if (plan.workspace > 0 && ws == nullptr) return CUDNN_STATUS_BAD_PARAM;
   if (plan.engine == kDownConverting) {  // its inputs rounded to half: here, NaN everywhere it writes
-    const Snapshot& out = c.kind == T(OPERATION_CONVOLUTION_FORWARD) ? c.y
-                          : c.kind == T(OPERATION_CONVOLUTION_BACKWARD_DATA) ? c.x : c.w;
+    // What the operation writes: y forward (tensor 2), x backward-data (0), w backward-filter (1).
+    const int written = c.kind == T(OPERATION_CONVOLUTION_FORWARD) ? 2 : c.kind == T(OPERATION_CONVOLUTION_BACKWARD_DATA) ? 0 : 1;
+    const Snapshot& out = *tensors[written];
     int64_t numel = 1;
     for (int64_t d : int64s(*out, CUDNN_ATTR_TENSOR_DIMENSIONS)) numel *= d;
     const auto type = value<cudnnDataType_t>(*out, CUDNN_ATTR_TENSOR_DATA_TYPE);
     const cudaDataType t = type == CUDNN_DATA_DOUBLE ? CUDA_R_64F : type == CUDNN_DATA_FLOAT ? CUDA_R_32F
                            : type == CUDNN_DATA_HALF ? CUDA_R_16F : CUDA_R_16BF;
-    void* p = pointers[c.kind == T(OPERATION_CONVOLUTION_FORWARD) ? 2 : c.kind == T(OPERATION_CONVOLUTION_BACKWARD_DATA) ? 0 : 1];
+    void* p = pointers[written];
     cudaStream_t stream = nullptr;
     cudnnGetStream(handle, &stream);
     bcos::emu::runtime::enqueue(stream, "cudnnBackendExecute (down-converting engine)", [=] {
