@@ -10,6 +10,9 @@
 // In explanation mode s is a constant: ∂y/∂v = s, and no gradient reaches the norm.
 // An epilogue (BcosEpilogue: y · a + c, + ReLU) multiplies the incoming gradient by a (zero where
 // the ReLU was off) before the scale's backward, inside the same kernel pass.
+#include <functional>
+#include <utility>
+
 #include "autograd/dispatch.h"
 #include "autograd/ops.h"
 
@@ -50,22 +53,26 @@ Tensor bcos_patch_sumsq(const Tensor& x, IntPair kernel, IntPair stride, IntPair
     SavedTensor sx(x);
     record("BcosPatchSumsqBackward", out, {x}, [=](const Tensor& g, const std::vector<bool>&) {
       Tensor gx = empty(sx.get().shape(), {g.dtype(), g.device()});
-      kernel::bcos_patch_sumsq_backward(g, sx.get(), groups, p, gx);
+      kernel::bcos_patch_sumsq_backward(g, sx.get(), groups, p, gx, /*accumulate=*/false);
       return Grads{gx};
     });
   }
   return out;
 }
 
-Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_out,
-                  double eps_in, double eps_out, const BcosEpilogue& post) {
+namespace {
+// The scale pass of bcos_scale (below), checked and run, and its backward: what bcos_scale records,
+// and what bcos_conv2d's single node calls inside its own backward.
+struct ScalePass {
+  Tensor out;
+  // g [N, O, *] -> the gradients of lin and (when wanted, scaled and not in explanation mode)
+  // of sumsq, in their shapes.
+  std::function<std::pair<Tensor, Tensor>(const Tensor& g, bool want_sumsq)> backward;
+};
+
+ScalePass scale_pass(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_out, double eps_in, double eps_out,
+                     const BcosEpilogue& post, bool keep_for_backward) {
   const char* op = "bcos_scale";
-  check_defined(op, lin, "linear output");
-  if (is_half(lin))
-    return through_float32(lin, [&] {
-      const BcosEpilogue wide{widened(post.scale), widened(post.shift), post.relu};
-      return bcos_scale(widened(lin), widened(sumsq), b, max_out, eps_in, eps_out, wide);
-    });
   check_float(op, lin);
   BCOS_CHECK(lin.dim() >= 2, op, ": expected the linear output [N, O·M, *], got ", lin.shape());
   BCOS_CHECK(b >= 1, op, ": b must be at least 1, got ", b);
@@ -95,7 +102,8 @@ Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_
                  ": the epilogue's scale and shift are constants; they cannot require grad");
     }
   }
-  if (!scaled && max_out == 1 && !has_post) return lin;
+  if (!scaled && max_out == 1 && !has_post)
+    return {lin, [](const Tensor& g, bool) { return std::pair{g, Tensor()}; }};
   Shape out_shape = lin.shape();
   out_shape[1] = outputs;
   // Kernels see [N, O·M, S]: all trailing dims flattened.
@@ -115,31 +123,49 @@ Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_
   kernel::bcos_scale_forward(as3(l, lin.size(1)), scaled ? as3(q, q.size(1)) : Tensor(), p, post_scale, post_shift,
                           as3(out, outputs), max_out > 1 ? as3(value, outputs) : Tensor(),
                           max_out > 1 ? as3(argmax, outputs) : Tensor());
-  if (needs_graph({lin, sumsq})) {
-    const bool explain = explanation_mode();
-    SavedTensor sv(value), sq(q), sa(argmax), s_post_scale(post_scale), s_post_shift(post_shift);
-    const Shape lin_shape = lin.shape();
-    const int64_t groups = scaled ? q.size(1) : 1, channels = lin.size(1);
-    record("BcosScaleBackward", out, {lin, sumsq}, [=](const Tensor& g, const std::vector<bool>& need) {
-      Tensor gl = empty(lin_shape, {g.dtype(), g.device()});
-      Tensor gq;
-      if (scaled && need[1] && !explain) gq = empty({n, groups, spatial}, {g.dtype(), g.device()});
-      Tensor gc = g.contiguous();
-      kernel::bcos_scale_backward(gc.alias({n, outputs, spatial}, {outputs * spatial, spatial, 1}, gc.offset()),
-                               as3(sv.get(), max_out > 1 ? outputs : channels),
-                               scaled ? sq.get().alias({n, groups, spatial}, {groups * spatial, spatial, 1}, sq.get().offset()) : Tensor(),
-                               max_out > 1 ? sa.get().alias({n, outputs, spatial}, {outputs * spatial, spatial, 1}, sa.get().offset()) : Tensor(),
-                               p, s_post_scale.get(), s_post_shift.get(), explain,
-                               gl.alias({n, channels, spatial}, {channels * spatial, spatial, 1}, 0), gq);
-      if (gq.defined()) {
-        Shape qs = lin_shape;
-        qs[1] = groups;
-        gq = gq.alias(qs, contiguous_strides(qs), 0);
-      }
+  if (!keep_for_backward) return {out, nullptr};
+  const bool explain = explanation_mode();
+  SavedTensor sv(value), sq(q), sa(argmax), s_post_scale(post_scale), s_post_shift(post_shift);
+  const Shape lin_shape = lin.shape();
+  const int64_t groups = scaled ? q.size(1) : 1, channels = lin.size(1);
+  auto backward = [=](const Tensor& g, bool want_sumsq) {
+    Tensor gl = empty(lin_shape, {g.dtype(), g.device()});
+    Tensor gq;
+    if (scaled && want_sumsq && !explain) gq = empty({n, groups, spatial}, {g.dtype(), g.device()});
+    Tensor gc = g.contiguous();
+    kernel::bcos_scale_backward(gc.alias({n, outputs, spatial}, {outputs * spatial, spatial, 1}, gc.offset()),
+                             as3(sv.get(), max_out > 1 ? outputs : channels),
+                             scaled ? sq.get().alias({n, groups, spatial}, {groups * spatial, spatial, 1}, sq.get().offset()) : Tensor(),
+                             max_out > 1 ? sa.get().alias({n, outputs, spatial}, {outputs * spatial, spatial, 1}, sa.get().offset()) : Tensor(),
+                             p, s_post_scale.get(), s_post_shift.get(), explain,
+                             gl.alias({n, channels, spatial}, {channels * spatial, spatial, 1}, 0), gq);
+    if (gq.defined()) {
+      Shape qs = lin_shape;
+      qs[1] = groups;
+      gq = gq.alias(qs, contiguous_strides(qs), 0);
+    }
+    return std::pair{gl, gq};
+  };
+  return {out, backward};
+}
+}  // namespace
+
+Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_out,
+                  double eps_in, double eps_out, const BcosEpilogue& post) {
+  check_defined("bcos_scale", lin, "linear output");
+  if (is_half(lin))
+    return through_float32(lin, [&] {
+      const BcosEpilogue wide{widened(post.scale), widened(post.shift), post.relu};
+      return bcos_scale(widened(lin), widened(sumsq), b, max_out, eps_in, eps_out, wide);
+    });
+  const bool keep = needs_graph({lin, sumsq});
+  ScalePass pass = scale_pass(lin, sumsq, b, max_out, eps_in, eps_out, post, keep);
+  if (keep && pass.out.storage() != lin.storage())
+    record("BcosScaleBackward", pass.out, {lin, sumsq}, [backward = pass.backward](const Tensor& g, const std::vector<bool>& need) {
+      auto [gl, gq] = backward(g, need[1]);
       return Grads{gl, gq};
     });
-  }
-  return out;
+  return pass.out;
 }
 
 Tensor bcos_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, IntPair stride,
@@ -160,10 +186,53 @@ Tensor bcos_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, In
              "bcos_conv2d: weight ", weight.shape(), " has ", weight.size(0),
              " output channels, which must be a multiple of max_out (", max_out,
              ") times groups (", groups, ")");
-  Tensor lin = detail::conv2d_rounding_operands(x, weight, bias, stride, padding, dilation, groups);
-  if (b == 1) return bcos_scale(lin, Tensor(), b, max_out, 0, 0, post);
-  Tensor sumsq = bcos_patch_sumsq(x, {weight.size(2), weight.size(3)}, stride, padding, dilation, groups);
-  return bcos_scale(lin, sumsq, b, max_out, 1e-6, 0, post);
+  if (b == 1) return bcos_scale(detail::conv2d_rounding_operands(x, weight, bias, stride, padding, dilation, groups),
+                                Tensor(), b, max_out, 0, 0, post);
+  const IntPair kernel_size{weight.defined() && weight.dim() == 4 ? weight.size(2) : 1,
+                            weight.defined() && weight.dim() == 4 ? weight.size(3) : 1};
+  if (!needs_graph({x})) {  // the ops one after the other: nothing of x's gradient to add up
+    Tensor lin = detail::conv2d_rounding_operands(x, weight, bias, stride, padding, dilation, groups);
+    Tensor sumsq = bcos_patch_sumsq(x, kernel_size, stride, padding, dilation, groups);
+    return bcos_scale(lin, sumsq, b, max_out, 1e-6, 0, post);
+  }
+  // x wants its gradient from two places, the product and the norm: one node, whose backward adds
+  // the norm's share into the product's input gradient as it computes it -- recorded separately,
+  // each would make an x-sized gradient and the engine a third, their sum (a pass over three
+  // x-sized tensors per layer per training step).
+  const detail::Conv2dSetup conv = detail::conv2d_setup(x, weight, bias, stride, padding, dilation, groups);
+  Tensor lin = empty(conv.out_shape, {x.dtype(), x.device()}), sumsq;
+  kernel::conv2d_forward(x, weight, bias, lin, conv.params);
+  ScalePass scale;
+  {
+    NoGradGuard no_grad;  // the norm alone; the one node below records the whole layer
+    sumsq = bcos_patch_sumsq(x, kernel_size, stride, padding, dilation, groups);
+  }
+  scale = scale_pass(lin, sumsq, b, max_out, 1e-6, 0, post, /*keep_for_backward=*/true);
+  Pool2dParams window;
+  window.kernel[0] = kernel_size.h, window.kernel[1] = kernel_size.w;
+  window.stride[0] = stride.h, window.stride[1] = stride.w;
+  window.padding[0] = padding.h, window.padding[1] = padding.w;
+  window.dilation[0] = dilation.h, window.dilation[1] = dilation.w;
+  SavedTensor sx(x), sw(weight);
+  const Shape x_shape = x.shape(), w_shape = weight.shape();
+  const Conv2dParams p = conv.params;
+  record("BcosConv2dBackward", scale.out, {x, weight, bias},
+         [=, backward = scale.backward](const Tensor& g, const std::vector<bool>& need) {
+           auto [gl, gq] = backward(g, need[0]);
+           Tensor gx, gw, gb;
+           if (need[0]) {
+             gx = empty(x_shape, {gl.dtype(), gl.device()});
+             kernel::conv2d_backward_input(gl, sw.get(), gx, p);
+             if (gq.defined()) kernel::bcos_patch_sumsq_backward(gq, sx.get(), groups, window, gx, /*accumulate=*/true);
+           }
+           if (need[1]) {
+             gw = empty(w_shape, {gl.dtype(), gl.device()});
+             kernel::conv2d_backward_weight(gl, sx.get(), gw, p);
+           }
+           if (need[2]) gb = sum(gl, {0, 2, 3});
+           return Grads{gx, gw, gb};
+         });
+  return scale.out;
 }
 
 Tensor bcos_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, double b,
@@ -225,7 +294,9 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const T
     invstd = detail::finish_batch_statistics(Tensor(), running_var.detach(), eps, 0, 1, Tensor(), Tensor());
   }
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
-  kernel::batch_norm_forward(x, dense(weight), dense(bias), zeros({c}, {x.dtype(), x.device()}), invstd, relu, out);  // x not centred
+  // x not centred (in evaluation `mean` is still the zeros the forward wants)
+  kernel::batch_norm_forward(x, dense(weight), dense(bias), training ? zeros({c}, {x.dtype(), x.device()}) : mean, invstd,
+                             relu, out);
   if (needs_graph({x, weight, bias})) {
     const bool through_variance = training && !explanation_mode();
     SavedTensor sx(x), sw(dense(weight)), sb(relu ? dense(bias) : Tensor());

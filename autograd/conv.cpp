@@ -42,8 +42,8 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stri
   return detail::conv2d_rounding_operands(x, w, bias, stride, padding, dilation, groups);
 }
 
-Tensor detail::conv2d_rounding_operands(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stride,
-                                        IntPair padding, IntPair dilation, int64_t groups) {
+detail::Conv2dSetup detail::conv2d_setup(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stride,
+                                         IntPair padding, IntPair dilation, int64_t groups) {
   const char* op = "conv2d";
   check_defined(op, x, "input");
   check_defined(op, w, "weight");
@@ -67,7 +67,8 @@ Tensor detail::conv2d_rounding_operands(const Tensor& x, const Tensor& w, const 
     BCOS_CHECK(bias.dim() == 1 && bias.size(0) == w.size(0), op, ": bias ", bias.shape(),
                " does not match the ", w.size(0), " output channels of weight ", w.shape());
   }
-  Conv2dParams p;
+  Conv2dSetup s;
+  Conv2dParams& p = s.params;
   p.stride[0] = stride.h, p.stride[1] = stride.w;
   p.padding[0] = padding.h, p.padding[1] = padding.w;
   p.dilation[0] = dilation.h, p.dilation[1] = dilation.w;
@@ -77,7 +78,15 @@ Tensor detail::conv2d_rounding_operands(const Tensor& x, const Tensor& w, const 
   int64_t wo = conv_out_size(x.size(3), w.size(3), stride.w, padding.w, dilation.w);
   BCOS_CHECK(ho > 0 && wo > 0, op, ": input ", x.shape(), " is too small for kernel ",
              w.shape(), " with this padding and dilation");
-  Tensor out = empty({x.size(0), w.size(0), ho, wo}, {x.dtype(), x.device()});
+  s.out_shape = {x.size(0), w.size(0), ho, wo};
+  return s;
+}
+
+Tensor detail::conv2d_rounding_operands(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stride,
+                                        IntPair padding, IntPair dilation, int64_t groups) {
+  const Conv2dSetup setup = conv2d_setup(x, w, bias, stride, padding, dilation, groups);
+  const Conv2dParams p = setup.params;
+  Tensor out = empty(setup.out_shape, {x.dtype(), x.device()});
   kernel::conv2d_forward(x, w, bias, out, p);
   if (needs_graph({x, w, bias})) {
     SavedTensor sx(needs_graph({w}) ? x : Tensor()), sw(needs_graph({x}) ? w : Tensor());  // each for the other's gradient

@@ -99,4 +99,14 @@ Tensor linear_keeping(const Tensor& x, const Tensor& weight, const Tensor& bias,
 Tensor conv2d_rounding_operands(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stride,
                                 IntPair padding, IntPair dilation, int64_t groups);
 
+// conv2d's checks of its operands (errors name "conv2d") and the kernels' parameters (autocast's
+// operand type included) with the output's shape: for ops that run conv2d's kernels in a node of
+// their own (bcos_conv2d).
+struct Conv2dSetup {
+  Conv2dParams params;
+  Shape out_shape;
+};
+Conv2dSetup conv2d_setup(const Tensor& x, const Tensor& w, const Tensor& bias, IntPair stride, IntPair padding,
+                         IntPair dilation, int64_t groups);
+
 }  // namespace bcos::detail

@@ -70,6 +70,24 @@ void write_back(const Tensor& running, const Tensor& stepped) {
 }
 }  // namespace
 
+Tensor batch_norm_eval_scale(const Tensor& running_var, const Tensor& weight, double eps) {
+  const char* op = "batch_norm_eval_scale";
+  check_defined(op, running_var, "running_var");
+  if (is_half(running_var) || is_half(weight)) return batch_norm_eval_scale(widened(running_var), widened(weight), eps);
+  check_float(op, running_var);
+  BCOS_CHECK(running_var.dim() == 1, op, ": running_var must be [C], got ", running_var.shape());
+  if (weight.defined()) {
+    BCOS_CHECK(weight.shape() == running_var.shape(), op, ": weight ", weight.shape(), " does not match running_var ",
+               running_var.shape());
+    check_same_dtype(op, running_var, weight);
+    check_same_device(op, running_var, weight);
+  }
+  NoGradGuard no_grad;
+  Tensor scale = empty(running_var.shape(), {running_var.dtype(), running_var.device()});
+  kernel::batch_norm_eval_scale(raw_contiguous(running_var), weight.defined() ? raw_contiguous(weight) : Tensor(), eps, scale);
+  return scale;
+}
+
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, double momentum,
                   double eps, bool relu) {

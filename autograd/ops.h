@@ -203,6 +203,11 @@ Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_
 Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const Tensor& weight,
                              const Tensor& bias, bool training, double momentum = 0.1, double eps = 1e-5,
                              bool relu = false);
+// An evaluation-mode batch norm's per-channel scale, weight / sqrt(running_var + eps) (weight
+// undefined: 1), with the bits the norm's own kernels form: for folding the norm into the epilogue
+// of the layer before it (nn::conv_bn). One kernel, no graph (the scale is a constant); 16-bit
+// inputs give a float32 scale.
+Tensor batch_norm_eval_scale(const Tensor& running_var, const Tensor& weight, double eps);
 
 // ---- normalisation, dropout, embedding (autograd/norm.cpp) --------------------------------
 // x [N, C, *]. In training, batch statistics are used and the running ones (when defined)

@@ -119,11 +119,10 @@ std::optional<BcosEpilogue> BatchNormUncentered2d::eval_epilogue(bool relu) cons
   auto wants_grad = [](const Tensor& t) { return t.defined() && t.requires_grad() && grad_enabled(); };
   if (training_ || wants_grad(weight) || wants_grad(bias)) return std::nullopt;
   NoGradGuard no_grad;
-  // As batch_norm_uncentered in evaluation: invstd = rsqrt(running_var + eps), scale = invstd · γ.
-  const Tensor invstd = rsqrt(add(running_var.detach(), eps));
+  // As batch_norm_uncentered in evaluation: scale = invstd · γ, shift = β (its mean is 0).
   BcosEpilogue post;
-  post.scale = weight.defined() ? invstd * weight.detach() : invstd;
-  post.shift = bias.defined() ? bias.detach() : zeros({num_features}, {invstd.dtype(), invstd.device()});
+  post.scale = batch_norm_eval_scale(running_var.detach(), weight.defined() ? weight.detach() : Tensor(), eps);
+  post.shift = bias.defined() ? bias.detach() : zeros({num_features}, {post.scale.dtype(), post.scale.device()});
   post.relu = relu;
   return post;
 }

@@ -32,4 +32,13 @@ BCOS_HD void finish_channel(int64_t c, const T* mean, const T* var, const Finish
   if (running_var) running_var[c] = math::Math<T>::fma(f.keep, running_var[c], f.momentum_unbias * v);
 }
 
+// An evaluation-mode batch norm's per-channel scale: invstd · γ (γ null: 1), invstd as above -- the
+// product batch_norm_forward's affine map forms, so a layer with the norm folded into its
+// epilogue gives the unfolded norm's bits.
+template <class T>
+BCOS_HD T eval_scale(int64_t c, const T* var, const T* weight, T eps) {
+  const T invstd = T(1) / math::Math<T>::sqrt(var[c] + eps);
+  return weight ? invstd * weight[c] : invstd;
+}
+
 }  // namespace bcos::batch_norm_math

@@ -103,8 +103,8 @@ inline void bcos_patch_sumsq(const Tensor& x, int64_t groups, const Pool2dParams
   BCOS_DISPATCH(x, bcos_patch_sumsq(x, groups, p, out));
 }
 inline void bcos_patch_sumsq_backward(const Tensor& grad, const Tensor& x, int64_t groups, const Pool2dParams& p,
-                                      const Tensor& grad_x) {
-  BCOS_DISPATCH(grad, bcos_patch_sumsq_backward(grad, x, groups, p, grad_x));
+                                      const Tensor& grad_x, bool accumulate) {
+  BCOS_DISPATCH(grad, bcos_patch_sumsq_backward(grad, x, groups, p, grad_x, accumulate));
 }
 inline void bcos_scale_forward(const Tensor& lin, const Tensor& sumsq, const BcosScaleParams& p,
                                const Tensor& post_scale, const Tensor& post_shift, const Tensor& out,
@@ -135,6 +135,9 @@ inline void batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& 
 inline void batch_norm_finish(const Tensor& mean, const Tensor& var, double eps, double momentum, double unbias,
                               const Tensor& invstd, const Tensor& running_mean, const Tensor& running_var) {
   BCOS_DISPATCH(var, batch_norm_finish(mean, var, eps, momentum, unbias, invstd, running_mean, running_var));
+}
+inline void batch_norm_eval_scale(const Tensor& var, const Tensor& weight, double eps, const Tensor& scale) {
+  BCOS_DISPATCH(var, batch_norm_eval_scale(var, weight, eps, scale));
 }
 inline void batch_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight, const Tensor& bias,
                                 const Tensor& mean, const Tensor& invstd, bool training, bool relu,

@@ -79,7 +79,7 @@ void bcos_patch_sumsq(const Tensor& x_in, int64_t groups, const Pool2dParams& p,
 }
 
 void bcos_patch_sumsq_backward(const Tensor& grad_in, const Tensor& x_in, int64_t groups,
-                               const Pool2dParams& p, const Tensor& grad_x) {
+                               const Pool2dParams& p, const Tensor& grad_x, bool accumulate) {
   Tensor x = raw_contiguous(x_in), grad = raw_contiguous(grad_in);
   const int64_t n = x.size(0), cg = x.size(1) / groups, h = x.size(2), w = x.size(3);
   const int64_t ho = grad.size(2), wo = grad.size(3), plane = h * w;
@@ -102,12 +102,23 @@ void bcos_patch_sumsq_backward(const Tensor& grad_in, const Tensor& x_in, int64_
         T* gx = pgx + ng * cg * plane;
         if (plane == 1) {  // a row: one gradient for all its values
           const T gr = T(2) * g[0];
+          if (accumulate) {
 #pragma omp simd
-          for (int64_t c = 0; c < cg; ++c) gx[c] = gr * xg[c];
+            for (int64_t c = 0; c < cg; ++c) gx[c] += gr * xg[c];
+          } else {
+#pragma omp simd
+            for (int64_t c = 0; c < cg; ++c) gx[c] = gr * xg[c];
+          }
           continue;
         }
-        for (int64_t c = 0; c < cg; ++c)
-          for (int64_t i = 0; i < plane; ++i) gx[c * plane + i] = T(2) * xg[c * plane + i] * g[i];
+        for (int64_t c = 0; c < cg; ++c) {
+          const T* xc = xg + c * plane;
+          T* gc = gx + c * plane;
+          if (accumulate)
+            for (int64_t i = 0; i < plane; ++i) gc[i] += T(2) * xc[i] * g[i];
+          else
+            for (int64_t i = 0; i < plane; ++i) gc[i] = T(2) * xc[i] * g[i];
+        }
       }
     });
   });

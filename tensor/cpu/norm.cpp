@@ -151,6 +151,14 @@ void batch_norm_finish(const Tensor& mean, const Tensor& var, double eps, double
   });
 }
 
+void batch_norm_eval_scale(const Tensor& var, const Tensor& weight, double eps, const Tensor& scale) {
+  dispatch_float(var.dtype(), "batch_norm_eval_scale", [&]<class T>() {
+    const T *pv = var.data<T>(), *pw = maybe<T>(weight);
+    T* ps = scale.data<T>();
+    for (int64_t c = 0; c < var.numel(); ++c) ps[c] = batch_norm_math::eval_scale(c, pv, pw, T(eps));
+  });
+}
+
 void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
                         const Tensor& mean, const Tensor& invstd, bool relu, const Tensor& out) {
   Tensor x = raw_contiguous(x_in);

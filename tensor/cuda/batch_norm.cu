@@ -228,6 +228,12 @@ __global__ void finish_kernel(const T* mean, const T* var, batch_norm_math::Fini
 }
 
 template <class T>
+__global__ void eval_scale_kernel(const T* var, const T* weight, T eps, int64_t c, T* scale) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < c; i += int64_t(gridDim.x) * blockDim.x)
+    scale[i] = batch_norm_math::eval_scale(i, var, weight, eps);
+}
+
+template <class T>
 const T* maybe(const Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.raw_data()) : nullptr;
 }
@@ -320,6 +326,17 @@ void batch_norm_finish(const Tensor& mean, const Tensor& var, double eps, double
     finish_kernel<T><<<blocks_for(var.numel()), kThreads, 0, stream_of(device)>>>(
         maybe<T>(mean), static_cast<const T*>(var.raw_data()), batch_norm_math::finish_factors<T>(eps, momentum, unbias),
         var.numel(), out(invstd), out(running_mean), out(running_var));
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void batch_norm_eval_scale(const Tensor& var, const Tensor& weight, double eps, const Tensor& scale) {
+  if (var.numel() == 0) return;
+  const int device = var.device().index;
+  DeviceGuard guard(device);
+  dispatch_float(var.dtype(), "cuda batch_norm_eval_scale", [&]<class T>() {
+    eval_scale_kernel<T><<<blocks_for(var.numel()), kThreads, 0, stream_of(device)>>>(
+        static_cast<const T*>(var.raw_data()), maybe<T>(weight), T(eps), var.numel(), static_cast<T*>(scale.raw_data()));
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }

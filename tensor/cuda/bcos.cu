@@ -113,12 +113,14 @@ __global__ void patch_gather_kernel(const T* g, T* acc, PatchShape s, Pool2dPara
   }
 }
 
-// gx[ng·cg + c, pixel] = 2 x · acc[ng, pixel]; plane = h·w, channels = cg.
-template <class T, class I>
+// gx[ng·cg + c, pixel] = 2 x · acc[ng, pixel] (ACCUMULATE: added to gx's value); plane = h·w,
+// channels = cg.
+template <class T, class I, bool ACCUMULATE>
 __global__ void patch_grad_kernel(const T* x, const T* acc, T* gx, I count, Divisor<I> plane, Divisor<I> channels) {
   for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += I(gridDim.x) * blockDim.x) {
     const I row = plane.div(i), pixel = i - row * plane.d;
-    gx[i] = T(2) * x[i] * acc[channels.div(row) * plane.d + pixel];
+    const T term = T(2) * x[i] * acc[channels.div(row) * plane.d + pixel];
+    gx[i] = ACCUMULATE ? gx[i] + term : term;  // (may be one fma, as on the CPU)
   }
 }
 
@@ -381,7 +383,7 @@ void bcos_patch_sumsq(const Tensor& x_in, int64_t groups, const Pool2dParams& p,
 }
 
 void bcos_patch_sumsq_backward(const Tensor& grad_in, const Tensor& x_in, int64_t groups, const Pool2dParams& p,
-                               const Tensor& grad_x) {
+                               const Tensor& grad_x, bool accumulate) {
   const Tensor x = raw_contiguous(x_in), grad = raw_contiguous(grad_in);
   const PatchShape s{x.size(0) * groups, x.size(1) / groups, x.size(2), x.size(3), grad.size(2), grad.size(3)};
   if (grad_x.numel() == 0) return;
@@ -399,9 +401,16 @@ void bcos_patch_sumsq_backward(const Tensor& grad_in, const Tensor& x_in, int64_
         BCOS_CUDA_CHECK_LAUNCH();
       });
     with_index(grad_x.numel(), [&]<class I>() {
-      patch_grad_kernel<T, I><<<blocks_for(grad_x.numel()), kThreads, 0, stream>>>(
-          static_cast<const T*>(x.raw_data()), static_cast<const T*>(acc.raw_data()), static_cast<T*>(grad_x.raw_data()),
-          I(grad_x.numel()), Divisor<I>(s.h * s.w), Divisor<I>(s.cg));
+      const T* px = static_cast<const T*>(x.raw_data());
+      const T* pacc = static_cast<const T*>(acc.raw_data());
+      T* pgx = static_cast<T*>(grad_x.raw_data());
+      const unsigned blocks = blocks_for(grad_x.numel());
+      const Divisor<I> plane(s.h * s.w), channels(s.cg);
+      if (accumulate) {
+        patch_grad_kernel<T, I, true><<<blocks, kThreads, 0, stream>>>(px, pacc, pgx, I(grad_x.numel()), plane, channels);
+      } else {
+        patch_grad_kernel<T, I, false><<<blocks, kThreads, 0, stream>>>(px, pacc, pgx, I(grad_x.numel()), plane, channels);
+      }
       BCOS_CUDA_CHECK_LAUNCH();
     });
   });

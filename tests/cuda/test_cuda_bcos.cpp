@@ -40,9 +40,12 @@ TEST_CASE("cuda ops: B-cos conv2d / linear (patch norms, scale, max-out) and unc
           Tensor y2 = bcos_conv2d(xd, w2d, Tensor(), 2, 0, 1, 1, b, /*max_out=*/2);
           Tensor xld = xl.to(dev).requires_grad_(), wld = wl.to(dev).requires_grad_();
           Tensor y3 = bcos_linear(xld, wld, Tensor(), b, 2);
-          // with an epilogue (a folded evaluation-mode batch norm + ReLU; nn::conv_bn)
+          // with an epilogue (a folded evaluation-mode batch norm + ReLU; nn::conv_bn), its scale
+          // from the norm's statistics
           BcosEpilogue post;
-          post.scale = bn_w.narrow(0, 0, 3).to(dev), post.shift = bn_b.narrow(0, 0, 3).to(dev), post.relu = b == 2.0;
+          post.scale = batch_norm_eval_scale(rv0.narrow(0, 0, 3).to(dev), bn_w.narrow(0, 0, 3).to(dev), 1e-5);
+          post.shift = bn_b.narrow(0, 0, 3).to(dev), post.relu = b == 2.0;
+          results.push_back(post.scale.to(Device()));
           Tensor y4 = bcos_conv2d(xd, w2d, Tensor(), 1, 1, 1, 1, b, /*max_out=*/2, post);
           (sum(y * y) + sum(y2 * y2) + sum(y3 * y3) + sum(y4 * y4)).backward();
           for (const Tensor& t : {y, y2, y3, y4, xd.grad(), wd.grad(), w2d.grad(), xld.grad(), wld.grad()})
@@ -63,6 +66,8 @@ TEST_CASE("cuda ops: B-cos conv2d / linear (patch norms, scale, max-out) and unc
         CAPTURE(i);
         CHECK(golden::relative_error(gpu[i], cpu[i]) <= (dt == kFloat64 ? 1e-10 : 1e-4));  // f32: summation order
       }
+      // The folded norm's scale: a division by a square root, correctly rounded on both devices.
+      CHECK(gpu[0].to_vector<double>() == cpu[0].to_vector<double>());
     }
   }
 }

@@ -154,6 +154,52 @@ TEST_CASE("bcos: gradcheck when only the weight needs a gradient (the first laye
   }
 }
 
+TEST_CASE("bcos: the B-cos conv's one node gives the composed ops' values and gradients") {
+  // With x wanting a gradient bcos_conv2d records one node that adds the norm's share of x's
+  // gradient into the product's; recorded one by one (conv2d, patch norm, scale) the engine adds
+  // the two. Float32: outputs and the weight's and bias's gradients bit for bit; x's within a
+  // rounding of the largest (the add may be contracted with the norm term's product into one fma:
+  // one rounding where the engine's add makes two). Without the norm's share x's gradient is off
+  // by far more (its share is about half).
+  struct C {
+    IntPair k, stride, padding, dilation;
+    int64_t groups;
+    double b;
+    int64_t m;
+    bool bias, relu_epilogue;
+  };
+  const std::vector<C> cases = {{3, 1, 1, 1, 1, 2, 1, false, false}, {3, 2, 1, 1, 2, 2.5, 2, true, false},
+                                {3, 1, 2, 2, 1, 2, 1, true, true},   {1, 1, 0, 1, 1, 2, 1, false, true},
+                                {{3, 2}, {2, 1}, {1, 0}, 1, 1, 1.5, 2, false, false}};
+  int index = 0;
+  for (const C& c : cases)
+    for (bool explain : {false, true}) {
+      const std::string what = str("case ", index, explain ? " (explanation mode)" : "");
+      INFO(what);
+      ExplanationModeGuard guard(explain);
+      manual_seed(70 + index++);
+      const int64_t channels = 4, outputs = 4;
+      const Tensor x0 = randn({2, channels, 7, 6}), w0 = randn({outputs * c.m, channels / c.groups, c.k.h, c.k.w});
+      const Tensor b0 = c.bias ? randn({outputs * c.m}) : Tensor();
+      BcosEpilogue post;
+      if (c.relu_epilogue) post.scale = abs(randn({outputs})) + 0.5, post.shift = randn({outputs}), post.relu = true;
+      auto leaf = [](const Tensor& t) { return t.defined() ? t.clone().requires_grad_(true) : Tensor(); };
+      const Tensor x1 = leaf(x0), w1 = leaf(w0), b1 = leaf(b0), x2 = leaf(x0), w2 = leaf(w0), b2 = leaf(b0);
+      Tensor y1 = bcos_conv2d(x1, w1, b1, c.stride, c.padding, c.dilation, c.groups, c.b, c.m, post);
+      CHECK(y1.grad_fn_name() == "BcosConv2dBackward");
+      Tensor lin = conv2d(x2, w2, b2, c.stride, c.padding, c.dilation, c.groups);
+      Tensor y2 = bcos_scale(lin, bcos_patch_sumsq(x2, c.k, c.stride, c.padding, c.dilation, c.groups), c.b, c.m, 1e-6, 0,
+                             post);
+      const Tensor gout = randn(y1.shape());
+      sum(y1 * gout).backward();
+      sum(y2 * gout).backward();
+      CHECK(y1.to_vector<float>() == y2.to_vector<float>());
+      CHECK(golden::relative_error(x1.grad(), x2.grad()) <= 2.5e-7);
+      CHECK(w1.grad().to_vector<float>() == w2.grad().to_vector<float>());
+      if (c.bias) CHECK(b1.grad().to_vector<float>() == b2.grad().to_vector<float>());
+    }
+}
+
 TEST_CASE("bcos: gradcheck of the patch norm and the scale on their own") {
   expect_gradcheck([](const std::vector<Tensor>& t) { return bcos_patch_sumsq(t[0], 3, 2, 1, 1, 2); },
                    {randn64({2, 4, 6, 5}, 31)}, "patch_sumsq 3x3 stride 2 groups 2");
@@ -333,7 +379,8 @@ void check_bnu(const std::string& name, bool training, bool with_bias, bool expl
   ExplanationModeGuard guard(explain);
   Tensor y = relu ? bn.forward_relu(x) : bn(x);
   sum(y * fx[name + ".gout"]).backward();
-  INFO(name, explain ? " (explanation mode)" : "");
+  const std::string what = name + (explain ? " (explanation mode)" : "");
+  INFO(what);
   CHECK(golden::relative_error(y.detach(), fx[name + ".out"]) <= 1e-6);
   CHECK(golden::relative_error(x.grad(), fx[name + (explain ? ".gx_explain" : ".gx")]) <= 1e-5);
   if (explain) return;
@@ -442,7 +489,8 @@ TEST_CASE("bcos: conv -> uncentred batch norm (-> ReLU) in eval runs as one fuse
   };
   for (const Case& c : {Case{"conv_bnu_relu_eval", 2.0, 1, true}, Case{"conv_bnu_eval_b2.5_m2", 2.5, 2, false}})
     for (bool explain : {false, true}) {
-      INFO(c.name, explain ? " (explanation mode)" : "");
+      const std::string what = c.name + (explain ? " (explanation mode)" : "");
+      INFO(what);
       nn::BcosConv2dOptions o;
       o.padding = 1, o.bcos.b = c.b, o.bcos.max_out = c.m;
       nn::BcosConv2d conv(4, 3, 3, o);
@@ -460,7 +508,7 @@ TEST_CASE("bcos: conv -> uncentred batch norm (-> ReLU) in eval runs as one fuse
 
       Tensor x = fx[c.name + ".x"].clone().requires_grad_(true);
       Tensor y = nn::conv_bn(conv, bn, relu, x);
-      CHECK(y.grad_fn_name() == "BcosScaleBackward");  // the norm ran inside the scale pass
+      CHECK(y.grad_fn_name() == "BcosConv2dBackward");  // the norm ran inside the layer's own node
       sum(y * gout).backward();
       CHECK(golden::relative_error(y.detach(), fx[c.name + ".out"]) <= 1e-6);
       CHECK(golden::relative_error(x.grad(), fx[c.name + (explain ? ".gx_explain" : ".gx")]) <= 1e-5);
@@ -471,7 +519,7 @@ TEST_CASE("bcos: conv -> uncentred batch norm (-> ReLU) in eval runs as one fuse
       conv.weight.zero_grad();
       Tensor x2 = fx[c.name + ".x"].clone().requires_grad_(true);
       Tensor y2 = c.relu ? relu_module(bn(conv(x2))) : bn(conv(x2));
-      CHECK(y2.grad_fn_name() != "BcosScaleBackward");
+      CHECK(y2.grad_fn_name() != "BcosConv2dBackward");
       sum(y2 * gout).backward();
       CHECK(y.to_vector<double>() == y2.to_vector<double>());
       CHECK(golden::relative_error(x.grad(), x2.grad()) <= 1e-6);
@@ -479,10 +527,10 @@ TEST_CASE("bcos: conv -> uncentred batch norm (-> ReLU) in eval runs as one fuse
 
       // Not folded where the norm is not a fixed map: training, or its parameters wanting a gradient.
       bn.weight.requires_grad_(true);
-      CHECK(nn::conv_bn(conv, bn, relu, x).grad_fn_name() != "BcosScaleBackward");
+      CHECK(nn::conv_bn(conv, bn, relu, x).grad_fn_name() != "BcosConv2dBackward");
       bn.weight.requires_grad_(false);
       bn.train();
-      CHECK(nn::conv_bn(conv, bn, relu, x).grad_fn_name() != "BcosScaleBackward");
+      CHECK(nn::conv_bn(conv, bn, relu, x).grad_fn_name() != "BcosConv2dBackward");
     }
   // f64 gradcheck of the scale with an epilogue, for x and w (and the norm's gradient through sumsq).
   BcosEpilogue post;
@@ -498,4 +546,14 @@ TEST_CASE("bcos: conv -> uncentred batch norm (-> ReLU) in eval runs as one fuse
   BcosEpilogue trained = post;
   trained.scale = post.scale.clone().requires_grad_(true);
   CHECK_THROWS_WITH_AS(bcos_conv2d(x, w, {}, 1, 1, 1, 1, 2, 1, trained), doctest::Contains("constants"), Error);
+  // The folded norm's scale from its statistics: γ / sqrt(var + eps), and its checks.
+  const Tensor var = abs(randn64({3}, 68)), gamma = randn64({3}, 69);
+  const std::vector<double> got = batch_norm_eval_scale(var, gamma, 1e-5).to_vector<double>();
+  const std::vector<double> v = var.to_vector<double>(), g = gamma.to_vector<double>();
+  for (size_t c = 0; c < 3; ++c) CHECK(got[c] == 1.0 / std::sqrt(v[c] + 1e-5) * g[c]);
+  CHECK(batch_norm_eval_scale(var, Tensor(), 0.5).to_vector<double>()[1] == 1.0 / std::sqrt(v[1] + 0.5));
+  CHECK_THROWS_WITH_AS(batch_norm_eval_scale(var, randn64({4}, 70), 1e-5), doctest::Contains("batch_norm_eval_scale: weight [4]"),
+                       Error);
+  CHECK_THROWS_WITH_AS(batch_norm_eval_scale(var.reshape({1, 3}), Tensor(), 1e-5), doctest::Contains("running_var must be [C]"),
+                       Error);
 }
