@@ -11,6 +11,7 @@
 // An epilogue (BcosEpilogue: y · a + c, + ReLU) multiplies the incoming gradient by a (zero where
 // the ReLU was off) before the scale's backward, inside the same kernel pass.
 #include <functional>
+#include <optional>
 #include <utility>
 
 #include "autograd/dispatch.h"
@@ -245,14 +246,56 @@ Tensor bcos_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, do
   }
   // x: [..., K] -> [..., O·M]; the norm below keeps x for its backward, so linear keeps x too
   // (under autocast it would otherwise keep a rounded copy beside it).
-  Tensor lin = detail::linear_keeping(x, weight, bias, b == 1);
+  const bool one_node = b != 1 && needs_graph({x});
+  Tensor lin;
+  {
+    std::optional<NoGradGuard> no_grad;  // one node: the product is recorded below, with the rest
+    if (one_node) no_grad.emplace();
+    lin = detail::linear_keeping(x, weight, bias, b == 1);
+  }
   const int64_t k = x.size(-1), om = lin.size(-1), rows = lin.numel() / std::max<int64_t>(om, 1);
-  Tensor sumsq;
-  if (b != 1) sumsq = bcos_patch_sumsq(x.reshape({rows, k, 1, 1}), 1, 1, 0, 1, 1).reshape({rows, 1, 1});
-  Tensor y = bcos_scale(lin.reshape({rows, om, 1}), sumsq, b, max_out, 0, 1e-12);
   Shape out_shape = x.shape();
   out_shape[out_shape.size() - 1] = om / max_out;
-  return y.reshape(out_shape);
+  if (!one_node) {  // the ops one after the other: nothing of x's gradient to add up
+    Tensor sumsq;
+    if (b != 1) sumsq = bcos_patch_sumsq(x.reshape({rows, k, 1, 1}), 1, 1, 0, 1, 1).reshape({rows, 1, 1});
+    return bcos_scale(lin.reshape({rows, om, 1}), sumsq, b, max_out, 0, 1e-12).reshape(out_shape);
+  }
+  // As bcos_conv2d: one node, x's gradient formed once. Here the norm's share goes in first and
+  // the product's is accumulated onto it by the GEMM itself (bmm's accumulate: cuBLAS's beta = 1).
+  Tensor x_rows, sumsq;
+  {
+    NoGradGuard no_grad;
+    x_rows = x.reshape({rows, k});
+    sumsq = bcos_patch_sumsq(x_rows.reshape({rows, k, 1, 1}), 1, 1, 0, 1, 1).reshape({rows, 1, 1});
+  }
+  const ScalePass scale = scale_pass(lin.reshape({rows, om, 1}), sumsq, b, max_out, 0, 1e-12, {}, /*keep_for_backward=*/true);
+  Tensor y = scale.out.reshape(out_shape);
+  const DType operands = autocast_operands(x);  // the products' operand type, forward and backward
+  SavedTensor sx(x_rows), sw(weight);
+  const Shape x_shape = x.shape();
+  const int64_t outputs = om / max_out;
+  record("BcosLinearBackward", y, {x, weight, bias},
+         [=, backward = scale.backward](const Tensor& g, const std::vector<bool>& need) {
+           auto [gl, gq] = backward(g.reshape({rows, outputs, 1}), need[0]);
+           const Tensor g_rows = gl.reshape({rows, om});  // [R, O·M]
+           Tensor gx, gw, gb;
+           if (need[0]) {
+             gx = empty({rows, k}, {gl.dtype(), gl.device()});
+             if (gq.defined())
+               kernel::bcos_patch_sumsq_backward(gq.reshape({rows, 1, 1, 1}), sx.get().reshape({rows, k, 1, 1}), 1,
+                                                 Pool2dParams{}, gx.reshape({rows, k, 1, 1}), /*accumulate=*/false);
+             kernel::bmm(g_rows.unsqueeze(0), sw.get().unsqueeze(0), gx.unsqueeze(0), /*accumulate=*/gq.defined(), operands);
+             gx = gx.reshape(x_shape);
+           }
+           if (need[1]) {
+             gw = empty(sw.get().shape(), {gl.dtype(), gl.device()});
+             kernel::bmm(g_rows.t().unsqueeze(0), sx.get().unsqueeze(0), gw.unsqueeze(0), false, operands);
+           }
+           if (need[2]) gb = sum(g_rows, {0});
+           return Grads{gx, gw, gb};
+         });
+  return y;
 }
 
 Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const Tensor& weight,

@@ -200,6 +200,40 @@ TEST_CASE("bcos: the B-cos conv's one node gives the composed ops' values and gr
     }
 }
 
+TEST_CASE("bcos: the B-cos linear map's one node gives the composed ops' values and gradients") {
+  // As the conv's (above); here the GEMM itself adds the product's share of x's gradient onto the
+  // norm's (bmm's accumulate), so that sum runs in another order than the engine's add: x's
+  // gradient within a few roundings of its largest value (sums of K = 12 terms).
+  int index = 0;
+  for (double b : {2.0, 2.5})
+    for (int64_t m : {1, 2})
+      for (bool bias : {false, true})
+        for (bool explain : {false, true}) {
+          const std::string what = str("b=", b, " max_out=", m, bias ? " bias" : "", explain ? " (explanation mode)" : "");
+          INFO(what);
+          ExplanationModeGuard guard(explain);
+          manual_seed(90 + index++);
+          const int64_t k = 12, o = 5;
+          // x [3, 2, K] read through a transpose (not contiguous): the rows are a copy
+          const Tensor x0 = randn({2, 3, k}).transpose(0, 1), w0 = randn({o * m, k}), b0 = bias ? randn({o * m}) : Tensor();
+          auto leaf = [](const Tensor& t) { return t.defined() ? t.detach().clone().requires_grad_(true) : Tensor(); };
+          const Tensor x1 = leaf(x0), w1 = leaf(w0), b1 = leaf(b0), x2 = leaf(x0), w2 = leaf(w0), b2 = leaf(b0);
+          Tensor y1 = bcos_linear(x1, w1, b1, b, m);
+          CHECK(y1.grad_fn_name() == "BcosLinearBackward");
+          const int64_t rows = 6;
+          Tensor lin = linear(x2, w2, b2).reshape({rows, o * m, 1});
+          Tensor q = bcos_patch_sumsq(x2.reshape({rows, k, 1, 1}), 1, 1, 0, 1, 1).reshape({rows, 1, 1});
+          Tensor y2 = bcos_scale(lin, q, b, m, 0, 1e-12).reshape({3, 2, o});
+          const Tensor gout = randn(y1.shape());
+          sum(y1 * gout).backward();
+          sum(y2 * gout).backward();
+          CHECK(y1.to_vector<float>() == y2.to_vector<float>());
+          CHECK(golden::relative_error(x1.grad(), x2.grad()) <= 1e-6);
+          CHECK(w1.grad().to_vector<float>() == w2.grad().to_vector<float>());
+          if (bias) CHECK(b1.grad().to_vector<float>() == b2.grad().to_vector<float>());
+        }
+}
+
 TEST_CASE("bcos: gradcheck of the patch norm and the scale on their own") {
   expect_gradcheck([](const std::vector<Tensor>& t) { return bcos_patch_sumsq(t[0], 3, 2, 1, 1, 2); },
                    {randn64({2, 4, 6, 5}, 31)}, "patch_sumsq 3x3 stride 2 groups 2");
