@@ -21,6 +21,18 @@ namespace bcos {
 
 using namespace detail;
 
+namespace {
+// The patch norms' window: their convolution's kernel, stride, padding and dilation.
+Pool2dParams patch_window(IntPair kernel, IntPair stride, IntPair padding, IntPair dilation) {
+  Pool2dParams p;
+  p.kernel[0] = kernel.h, p.kernel[1] = kernel.w;
+  p.stride[0] = stride.h, p.stride[1] = stride.w;
+  p.padding[0] = padding.h, p.padding[1] = padding.w;
+  p.dilation[0] = dilation.h, p.dilation[1] = dilation.w;
+  return p;
+}
+}  // namespace
+
 Tensor bcos_patch_sumsq(const Tensor& x, IntPair kernel, IntPair stride, IntPair padding,
                         IntPair dilation, int64_t groups) {
   const char* op = "bcos_patch_sumsq";
@@ -34,11 +46,7 @@ Tensor bcos_patch_sumsq(const Tensor& x, IntPair kernel, IntPair stride, IntPair
   BCOS_CHECK(kernel.h > 0 && kernel.w > 0 && stride.h > 0 && stride.w > 0 && dilation.h > 0 &&
                  dilation.w > 0 && padding.h >= 0 && padding.w >= 0,
              op, ": kernel, stride and dilation must be positive and padding non-negative");
-  Pool2dParams p;
-  p.kernel[0] = kernel.h, p.kernel[1] = kernel.w;
-  p.stride[0] = stride.h, p.stride[1] = stride.w;
-  p.padding[0] = padding.h, p.padding[1] = padding.w;
-  p.dilation[0] = dilation.h, p.dilation[1] = dilation.w;
+  const Pool2dParams p = patch_window(kernel, stride, padding, dilation);
   auto out_size = [](int64_t in, int64_t k, int64_t s, int64_t pad, int64_t d) {
     int64_t span = in + 2 * pad - d * (k - 1) - 1;
     return span < 0 ? 0 : span / s + 1;
@@ -203,17 +211,12 @@ Tensor bcos_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, In
   const detail::Conv2dSetup conv = detail::conv2d_setup(x, weight, bias, stride, padding, dilation, groups);
   Tensor lin = empty(conv.out_shape, {x.dtype(), x.device()}), sumsq;
   kernel::conv2d_forward(x, weight, bias, lin, conv.params);
-  ScalePass scale;
   {
     NoGradGuard no_grad;  // the norm alone; the one node below records the whole layer
     sumsq = bcos_patch_sumsq(x, kernel_size, stride, padding, dilation, groups);
   }
-  scale = scale_pass(lin, sumsq, b, max_out, 1e-6, 0, post, /*keep_for_backward=*/true);
-  Pool2dParams window;
-  window.kernel[0] = kernel_size.h, window.kernel[1] = kernel_size.w;
-  window.stride[0] = stride.h, window.stride[1] = stride.w;
-  window.padding[0] = padding.h, window.padding[1] = padding.w;
-  window.dilation[0] = dilation.h, window.dilation[1] = dilation.w;
+  const ScalePass scale = scale_pass(lin, sumsq, b, max_out, 1e-6, 0, post, /*keep_for_backward=*/true);
+  const Pool2dParams window = patch_window(kernel_size, stride, padding, dilation);
   SavedTensor sx(x), sw(weight);
   const Shape x_shape = x.shape(), w_shape = weight.shape();
   const Conv2dParams p = conv.params;
