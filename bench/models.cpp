@@ -8,6 +8,7 @@
 // printed as a table after the line above. --cudnn-benchmark 1: cuDNN's algorithms timed per
 // convolution shape (tensor/device.h; the warm-up steps pay for it), as torch.backends.cudnn.benchmark.
 // --cudnn-api graph | legacy: which cuDNN API runs the convolutions (tensor/device.h).
+// --tf32 0: float32 matmuls and convolutions on a GPU in full float32 (default 1: TF32, set_allow_tf32).
 // bcos_<arch> (bcos_resnet50, ...): the B-cosified model (models/bcosify.h, b = 2, biases
 // removed) on AddInverse(x), trained with the B-cos BCE loss (one-hot targets clamped to 1 / C).
 // CLIP: --arch clip_rn50 / clip_vit_b_32 time the image tower of OpenAI's RN50 / ViT-B/32
@@ -59,6 +60,7 @@ int main(int argc, char** argv) {
       else if (a == "--fused-attention") fused_attention = v == "1";
       else if (a == "--profile") profile_steps = std::stoll(v);
       else if (a == "--cudnn-benchmark") set_cudnn_benchmark(v == "1");
+      else if (a == "--tf32") set_allow_tf32(v == "1");
       else if (a == "--cudnn-api") {
         BCOS_CHECK(v == "graph" || v == "legacy", "bench_models: --cudnn-api graph or legacy, got ", v);
         set_cudnn_graph_api(v == "graph");

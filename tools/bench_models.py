@@ -18,6 +18,8 @@ loss, adaptive gradient clipping, Adam lr 1e-4).
 --dtype bf16 (or f16): both models and their inputs converted whole, module.to(dtype) on each side.
 --cudnn-benchmark: both sides time cuDNN's algorithms per convolution shape (torch.backends.cudnn.benchmark).
 --cudnn-api graph|legacy: which of cuDNN's APIs runs bcos.cpp's convolutions (PyTorch takes its graph API).
+--no-tf32: float32 matmuls and convolutions in full float32 on both sides; by default both sides
+take TF32 for both (bcos.cpp's default; PyTorch's for convolutions, set here for its matmuls too).
 On a GPU (--device cuda): ResNet-50 and its B-cosified form, ViT-B/16, CLIP's RN50 image tower
 and text tower, the B-cos ViT-B/16 and B-cos CLIP RN50 at batch 64, inference and training step, both frameworks synchronising after
 every step; memory is the peak of tensor memory
@@ -148,13 +150,19 @@ def bcos_torchvision_vit(net, num_classes):
 
 
 def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="none", profile=0, cudnn_benchmark=False,
-                dtype="f32"):
+                dtype="f32", tf32=True):
     """Runs in a child process: one configuration, prints the result line."""
     import torch
     import torch.nn.functional as F
     import torchvision
 
     torch.backends.cudnn.benchmark = cudnn_benchmark
+    # Float32 products on the GPU in the same precision as bcos.cpp's (set_allow_tf32, --tf32):
+    # PyTorch's defaults differ between its two switches -- cuDNN's convolutions take TF32, its
+    # cuBLAS matmuls do not (torch.backends.cuda.matmul.allow_tf32 is False since 1.12) -- so
+    # without this a float32 transformer row would time TF32 GEMMs against full-float32 ones.
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -351,12 +359,15 @@ def main():
     ap.add_argument("--cudnn-api", default="", choices=["", "graph", "legacy"],
                     help="which cuDNN API runs bcos.cpp's convolutions (bench_models --cudnn-api; default: "
                          "bcos.cpp's default, BCOS_CUDNN_API); PyTorch runs its own (the graph API)")
+    ap.add_argument("--no-tf32", dest="tf32", action="store_false",
+                    help="GPU float32 matmuls and convolutions in full float32 on both sides (default: TF32 on both, "
+                         "torch.backends.cuda.matmul.allow_tf32 / cudnn.allow_tf32 and bench_models --tf32)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         arch, batch, size, mode = a.child
         torch_child(arch, int(batch), int(size), mode, a.seconds, a.threads, a.device, a.autocast, a.profile,
-                    a.cudnn_benchmark, a.dtype)
+                    a.cudnn_benchmark, a.dtype, a.tf32)
         return
     from bench_bcos import alternate
 
@@ -366,7 +377,9 @@ def main():
     where = f"{a.threads} threads" if a.device == "cpu" else torch.cuda.get_device_name(0)
     amp = ("" if a.autocast == "none" else f", autocast {a.autocast}") + (", cudnn benchmark" if a.cudnn_benchmark else "") + \
         (f", bcos cuDNN {a.cudnn_api} API" if a.cudnn_api else "") + \
-        ("" if a.dtype == "f32" else f", models in {a.dtype}")
+        ("" if a.dtype == "f32" else f", models in {a.dtype}") + \
+        ("" if a.device == "cpu" else ", float32 products in TF32 on both sides" if a.tf32 else
+         ", float32 products in full float32 on both sides (no TF32)")
     print(f"torch {torch.__version__}, {where}{amp}, ~{a.seconds:.0f} s per measurement, each in its own process")
     mem = "MB" if a.device == "cpu" else "GPU MB"
     print(f"{'model':14s} {'batch':>5s} {'mode':6s} {'torch img/s':>12s} {'bcos img/s':>11s} {'ratio':>6s}"
@@ -377,9 +390,10 @@ def main():
         for mode in MODES.get(arch, ("infer", "train")):
             torch_cmd = [a.python, __file__, "--threads", str(a.threads), "--seconds", str(a.seconds),
                          "--device", a.device, "--autocast", a.autocast, "--profile", str(a.profile), "--dtype", a.dtype,
-                         "--child", arch, str(batch), str(size), mode] + (["--cudnn-benchmark"] if a.cudnn_benchmark else [])
+                         "--child", arch, str(batch), str(size), mode] + (["--cudnn-benchmark"] if a.cudnn_benchmark else []) + \
+                        ([] if a.tf32 else ["--no-tf32"])
             bcos_cmd = [a.binary, "--arch", arch, "--batch", str(batch), "--mode", mode, "--seconds", str(a.seconds),
-                        "--device", a.device, "--autocast", a.autocast, "--dtype", a.dtype] + \
+                        "--device", a.device, "--autocast", a.autocast, "--dtype", a.dtype, "--tf32", "1" if a.tf32 else "0"] + \
                        (["--profile", str(a.profile)] if a.profile else []) + \
                        (["--cudnn-benchmark", "1"] if a.cudnn_benchmark else []) + \
                        (["--cudnn-api", a.cudnn_api] if a.cudnn_api else [])
