@@ -193,12 +193,20 @@ void accumulate_leaf(AutogradMeta& meta, const Tensor& g, bool adopt) {
   }
 }
 
+// A node's input gradient from several consumers, summed as they arrive. The first one's memory
+// takes the sum in place when nothing else holds it and the sum keeps its shape and dtype (as
+// PyTorch's InputBuffer): a fresh activation-sized tensor per residual branch otherwise.
 void accumulate(std::unordered_map<Node*, Tensor>& buffers, Node* node, const Tensor& g) {
   auto it = buffers.find(node);
-  if (it == buffers.end() || !it->second.defined())
+  if (it == buffers.end() || !it->second.defined()) {
     buffers[node] = g;
+    return;
+  }
+  Tensor& sum = it->second;
+  if (sole_owner(sum) && g.shape() == sum.shape() && g.dtype() == sum.dtype() && g.device() == sum.device())
+    sum.add_(g);
   else
-    it->second = add(it->second, g);
+    sum = add(sum, g);
 }
 }  // namespace
 

@@ -255,10 +255,18 @@ Tensor broadcast_to(const Tensor& x, const Shape& shape);
 
 // ---- optimizer steps (autograd/optim.cpp): in place, outside the graph, no backward ---------
 // One fused pass per parameter (tensor/optim_math.h); nn/optim.cpp drives them. param is the
-// parameter's data (f32 or f64); grad and the state tensors match its shape, dtype and device.
-// momentum (SGD) may be undefined when p.momentum == 0, max_exp_avg_sq unless p.amsgrad.
+// parameter's data (float32, float64, or 16-bit: stepped in float32); grad and the state tensors
+// match its shape, dtype and device. momentum (SGD) may be undefined when p.momentum == 0,
+// max_exp_avg_sq unless p.amsgrad. The list forms step several parameters with one p, in as few
+// kernel launches as their devices allow (on a GPU one per 32 parameters), each parameter's
+// result the same bits as its own step; a list of state not in use may be empty.
 void sgd_step_(const Tensor& param, const Tensor& grad, const Tensor& momentum, const SgdStepParams& p);
 void adam_step_(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
                 const Tensor& max_exp_avg_sq, const AdamStepParams& p);
+void sgd_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& momenta,
+               const SgdStepParams& p);
+void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                const std::vector<Tensor>& exp_avgs, const std::vector<Tensor>& exp_avg_sqs,
+                const std::vector<Tensor>& max_exp_avg_sqs, const AdamStepParams& p);
 
 }  // namespace bcos

@@ -1,9 +1,10 @@
-// The optimizers: their state and bookkeeping here, the per-element update in one fused op per
-// parameter (autograd/optim.cpp -> tensor/optim_math.h), written as PyTorch's single-tensor
+// The optimizers: their state and bookkeeping here, the per-element update in one fused op over
+// all parameters (autograd/optim.cpp -> tensor/optim_math.h), written as PyTorch's single-tensor
 // implementations write it, operation for operation, so float32 results agree to rounding.
 #include "nn/optim.h"
 
 #include <cmath>
+#include <map>
 
 #include "autograd/autograd.h"
 #include "autograd/ops.h"
@@ -60,21 +61,26 @@ SGD::SGD(std::vector<Tensor> params, SGDOptions o) : Optimizer(std::move(params)
   momentum_.resize(params_.size());
 }
 
+// Every parameter with a gradient in one list op (a launch per 32 parameters on a GPU); those
+// whose momentum buffer starts this step form a list of their own (their p.first_step).
 void SGD::step() {
   check_some_gradient();
   NoGradGuard no_grad;
+  std::vector<Tensor> params[2], grads[2], bufs[2];  // [first_step]
   for (size_t i = 0; i < params_.size(); ++i) {
     const Tensor& g = params_[i].grad();
     if (!g.defined()) continue;
-    SgdStepParams step{.lr = lr, .momentum = options.momentum, .dampening = options.dampening,
-                       .weight_decay = options.weight_decay, .nesterov = options.nesterov};
     Tensor& buf = momentum_[i];
-    if (options.momentum != 0 && !buf.defined()) {
-      buf = empty_like(params_[i]);
-      step.first_step = true;
-    }
-    sgd_step_(params_[i].data_alias(), g, buf, step);
+    const bool first = options.momentum != 0 && !buf.defined();
+    if (first) buf = empty_like(params_[i]);
+    params[first].push_back(params_[i].data_alias());
+    grads[first].push_back(g);
+    bufs[first].push_back(buf);
   }
+  for (const bool first : {false, true})
+    sgd_step_(params[first], grads[first], bufs[first],
+              {.lr = lr, .momentum = options.momentum, .dampening = options.dampening,
+               .weight_decay = options.weight_decay, .nesterov = options.nesterov, .first_step = first});
   ++steps_;
 }
 
@@ -100,25 +106,38 @@ Adam::Adam(std::vector<Tensor> params, AdamOptions o, bool decoupled)
   param_steps_.assign(params_.size(), 0);
 }
 
+// Parameters stepped as many times before share their bias corrections, so each such set is one
+// list op (usually all of them: one set).
 void Adam::step() {
   check_some_gradient();
   NoGradGuard no_grad;
   ++steps_;
+  struct Set {
+    std::vector<Tensor> params, grads, m, v, vmax;
+  };
+  std::map<int64_t, Set> by_step;
   for (size_t i = 0; i < params_.size(); ++i) {
     const Tensor& g = params_[i].grad();
     if (!g.defined()) continue;
-    const int64_t t = ++param_steps_[i];
     if (!exp_avg_[i].defined()) {
       exp_avg_[i] = zeros_like(params_[i]);
       exp_avg_sq_[i] = zeros_like(params_[i]);
       if (options.amsgrad) max_exp_avg_sq_[i] = zeros_like(params_[i]);
     }
+    Set& set = by_step[++param_steps_[i]];
+    set.params.push_back(params_[i].data_alias());
+    set.grads.push_back(g);
+    set.m.push_back(exp_avg_[i]);
+    set.v.push_back(exp_avg_sq_[i]);
+    set.vmax.push_back(max_exp_avg_sq_[i]);
+  }
+  for (const auto& [t, set] : by_step) {
     const AdamStepParams step{.lr = lr, .beta1 = options.beta1, .beta2 = options.beta2, .eps = options.eps,
                               .weight_decay = options.weight_decay,
                               .step_size = lr / (1 - std::pow(options.beta1, double(t))),
                               .bias2_sqrt = std::sqrt(1 - std::pow(options.beta2, double(t))),
                               .decoupled = decoupled_, .amsgrad = options.amsgrad};
-    adam_step_(params_[i].data_alias(), g, exp_avg_[i], exp_avg_sq_[i], max_exp_avg_sq_[i], step);
+    adam_step_(set.params, set.grads, set.m, set.v, set.vmax, step);
   }
 }
 

@@ -54,6 +54,9 @@ void synchronize(Device d);
 // The most memory tensors on `d` have held at once since the start, in bytes (0 on the CPU: use
 // the process's peak resident memory there).
 size_t peak_memory_bytes(Device d);
+// Starts that peak again from the memory in use now (torch.cuda.reset_peak_memory_stats; nothing
+// on the CPU).
+void reset_peak_memory(Device d);
 
 // ---- GPU numerics: process-wide switches (the CPU kernels are deterministic either way) ------
 // TF32 tensor cores for float32 matrix products and convolutions (about 10 mantissa bits per

@@ -193,12 +193,15 @@ inline void scatter_add(const Tensor& out, int dim, const Tensor& index, const T
 inline void topk(const Tensor& x, int64_t k, bool largest, bool sorted, const Tensor& values, const Tensor& indices) {
   BCOS_DISPATCH(x, topk(x, k, largest, sorted, values, indices));
 }
-inline void sgd_step(const Tensor& param, const Tensor& grad, const Tensor& momentum, const SgdStepParams& p) {
-  BCOS_DISPATCH(param, sgd_step(param, grad, momentum, p));
+// (The optimizer steps run on the device of their first parameter: the lists are never empty.)
+inline void sgd_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                     const std::vector<Tensor>& momenta, const SgdStepParams& p) {
+  BCOS_DISPATCH(params.front(), sgd_step(params, grads, momenta, p));
 }
-inline void adam_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
-                      const Tensor& max_exp_avg_sq, const AdamStepParams& p) {
-  BCOS_DISPATCH(param, adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, p));
+inline void adam_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                      const std::vector<Tensor>& exp_avgs, const std::vector<Tensor>& exp_avg_sqs,
+                      const std::vector<Tensor>& max_exp_avg_sqs, const AdamStepParams& p) {
+  BCOS_DISPATCH(params.front(), adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, p));
 }
 
 }  // namespace bcos::kernel

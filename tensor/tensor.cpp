@@ -111,6 +111,14 @@ size_t peak_memory_bytes(Device d) {
   return 0;
 }
 
+void reset_peak_memory(Device d) {
+#ifdef BCOS_WITH_CUDA
+  if (d.is_cuda()) cuda::reset_peak_memory(d.index);
+#else
+  BCOS_CHECK(d.is_cpu(), "reset_peak_memory: ", d, " is not available: bcos was built without CUDA");
+#endif
+}
+
 namespace {
 std::atomic<bool> g_allow_tf32{true};
 std::atomic<bool> g_deterministic{false};

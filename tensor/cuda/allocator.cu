@@ -139,6 +139,13 @@ class Allocator {
     return s;
   }
 
+  void reset_peak(int device) {
+    check_device_index(device, "cuda::reset_peak_memory");
+    std::lock_guard<std::mutex> lock(mu_);
+    DeviceState& st = state(device);
+    st.peak_in_use = st.in_use;
+  }
+
   void empty_cache() {
     std::lock_guard<std::mutex> lock(mu_);
     for (size_t d = 0; d < devices_.size(); ++d) release_free_segments(int(d));
@@ -297,6 +304,8 @@ std::shared_ptr<void> allocate(size_t nbytes, int device) {
 }
 
 MemoryStats memory_stats(int device) { return allocator().stats(device); }
+
+void reset_peak_memory(int device) { allocator().reset_peak(device); }
 
 void empty_cache() { allocator().empty_cache(); }
 

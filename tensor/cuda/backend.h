@@ -53,6 +53,7 @@ struct MemoryStats {
   size_t in_use = 0, cached = 0, peak_in_use = 0, segments = 0, device_total = 0;
 };
 MemoryStats memory_stats(int device);
+void reset_peak_memory(int device);  // peak_in_use starts again from what is in use now
 void empty_cache();  // returns unused cached segments to the driver
 
 // ---- copies (cuda/copy.cu) -------------------------------------------------------------------

@@ -11,11 +11,13 @@
 #include <cmath>
 #include <cstdlib>
 #include <future>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "autograd/ops.h"
+#include "nn/optim.h"
 #include "tensor/cuda/backend.h"
 #include "tensor/cuda/emulator/device.h"
 #include "tensor/cuda/emulator/runtime.h"
@@ -598,6 +600,36 @@ TEST_CASE("emulator: sums over rows into few outputs (linear's and layer norm's 
   CHECK(rt::kernels_run("reduce_columns") - columns == 1);  // b's (w's is a product)
   CHECK(rt::kernels_run("row_norm_affine_partials") - affine == 1);  // gamma's and beta's together
   CHECK(rt::kernels_run("reduce_block_per_output") == blocks);
+}
+
+TEST_CASE("emulator: an optimizer step launches once per 32 parameters of a dtype, not once per parameter") {
+  // 161 float32 parameters (a ResNet-50's count) and 3 float64 ones: ceil(161 / 32) + 1 launches
+  // per step, where the per-parameter step launched 164; a 16-bit parameter steps through float32
+  // copies in the float32 launches (its widening and narrowing are copies, not step launches).
+  namespace rt = bcos::emu::runtime;
+  const bcos::Device gpu = bcos::Device::cuda(0);
+  bcos::manual_seed(8);
+  std::vector<bcos::Tensor> params;
+  for (int i = 0; i < 164; ++i)
+    params.push_back(bcos::randn({i % 5 == 0 ? 3000 : 17}, i < 3 ? bcos::DType::f64 : i == 7 ? bcos::DType::bf16
+                                                                                            : bcos::DType::f32)
+                         .to(gpu)
+                         .requires_grad_());
+  for (const bool adam : {false, true}) {
+    CAPTURE(adam);
+    std::unique_ptr<bcos::nn::Optimizer> opt;
+    if (adam) opt = std::make_unique<bcos::nn::Adam>(params, bcos::nn::AdamOptions{.lr = 1e-3});
+    else opt = std::make_unique<bcos::nn::SGD>(params, bcos::nn::SGDOptions{.lr = 0.1, .momentum = 0.9});
+    for (const bcos::Tensor& p : params) p.set_grad(bcos::ones_like(p));
+    for (int step = 0; step < 2; ++step) {
+      const char* kernel = adam ? "adam_kernel" : "sgd_kernel";
+      bcos::synchronize(gpu);  // (queued launches are counted when they run)
+      const int64_t before = rt::kernels_run(kernel);
+      opt->step();
+      bcos::synchronize(gpu);
+      CHECK(rt::kernels_run(kernel) - before == 6 + 1);
+    }
+  }
 }
 
 TEST_CASE("emulator: a linear layer's bias goes in cuBLASLt's epilogue; where cuBLASLt offers no algorithm, "

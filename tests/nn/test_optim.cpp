@@ -168,6 +168,82 @@ TEST_CASE("optim: the fused step updates strided parameters and gradients in pla
   CHECK(golden::relative_error(base.t(), expected - 0.1) <= 1e-6);
 }
 
+TEST_CASE("optim: a list step gives each parameter the bits of its own step, across dtypes and layouts") {
+  // One list op over parameters of every kind the op groups or copies -- float32 and float64 (two
+  // kernel calls), bfloat16 (float32 copies), a transposed view (a contiguous copy), a scalar, an
+  // empty tensor, one past a GPU block's chunk -- must leave each exactly where its one-parameter
+  // step does.
+  auto make = [](uint64_t seed, bool square = false) {
+    manual_seed(seed);
+    std::vector<Tensor> t{randn({5, 3}), randn({4}, kFloat64), randn({3, 2}).to(kBFloat16), randn({2, 3}).t(),
+                          randn({}), randn({0, 3}), randn({2049})};
+    if (square)
+      for (Tensor& x : t) x = x * x;  // second moments are non-negative
+    return t;
+  };
+  const std::vector<Tensor> grads = make(2);
+  auto check_same = [](const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::equal(a[i], b[i]));
+    }
+  };
+  for (const SgdStepParams& sp : {SgdStepParams{.lr = 0.1}, SgdStepParams{.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-2,
+                                                                          .nesterov = true, .first_step = true},
+                                  SgdStepParams{.lr = 0.05, .momentum = 0.8, .dampening = 0.1}}) {
+    CAPTURE(sp.momentum);
+    std::vector<Tensor> wa = make(1), wb = make(1), ma = make(3), mb = make(3);
+    sgd_step_(wa, grads, sp.momentum != 0 ? ma : std::vector<Tensor>{}, sp);
+    for (size_t i = 0; i < wb.size(); ++i) sgd_step_(wb[i], grads[i], sp.momentum != 0 ? mb[i] : Tensor(), sp);
+    check_same(wa, wb);
+    check_same(ma, mb);
+  }
+  for (const bool amsgrad : {false, true})
+    for (const bool decoupled : {false, true}) {
+      CAPTURE(amsgrad);
+      CAPTURE(decoupled);
+      const AdamStepParams ap{.lr = 1e-2, .weight_decay = 0.1, .step_size = 1e-2 / (1 - 0.9 * 0.9),
+                              .bias2_sqrt = std::sqrt(1 - 0.999 * 0.999), .decoupled = decoupled, .amsgrad = amsgrad};
+      std::vector<Tensor> wa = make(1), wb = make(1), ma = make(3), mb = make(3);
+      std::vector<Tensor> va = make(4, true), vb = make(4, true), xa = make(5, true), xb = make(5, true);
+      adam_step_(wa, grads, ma, va, amsgrad ? xa : std::vector<Tensor>{}, ap);
+      for (size_t i = 0; i < wb.size(); ++i) adam_step_(wb[i], grads[i], mb[i], vb[i], amsgrad ? xb[i] : Tensor(), ap);
+      check_same(wa, wb);
+      check_same(ma, mb);
+      check_same(va, vb);
+      check_same(xa, xb);
+    }
+  // SGD's momentum buffers start at different steps for a parameter whose first gradient comes late.
+  manual_seed(6);
+  const Tensor w0 = randn({4}), w1 = randn({3}), g0 = randn({4}), g1 = randn({3});
+  Tensor a0 = w0.clone().requires_grad_(), a1 = w1.clone().requires_grad_();
+  SGD sgd({a0, a1}, {.lr = 0.1, .momentum = 0.9});
+  a0.set_grad(g0.clone());
+  sgd.step();
+  a1.set_grad(g1.clone());
+  sgd.step();
+  Tensor b0 = w0.clone(), b1 = w1.clone(), m0 = empty({4}), m1 = empty({3});
+  sgd_step_(b0, g0, m0, {.lr = 0.1, .momentum = 0.9, .first_step = true});
+  sgd_step_(b0, g0, m0, {.lr = 0.1, .momentum = 0.9});
+  sgd_step_(b1, g1, m1, {.lr = 0.1, .momentum = 0.9, .first_step = true});
+  CHECK(golden::equal(a0.detach(), b0));
+  CHECK(golden::equal(a1.detach(), b1));
+  // The lists' errors name the op, the parameter and the shapes.
+  const Tensor p = zeros({3, 2}), q = zeros({4}), g = ones({3, 2});
+  CHECK_THROWS_WITH_AS(sgd_step_({p, q}, {g}, {}, {.lr = 0.1}), doctest::Contains("sgd_step_: 2 parameters but 1 gradients"), Error);
+  CHECK_THROWS_WITH_AS(sgd_step_({p, q}, {g, g}, {}, {.lr = 0.1}),
+                       doctest::Contains("sgd_step_ (parameter 1): gradient has shape [3, 2] but the parameter has [4]"), Error);
+  CHECK_THROWS_WITH_AS(sgd_step_({p, q}, {g, ones({4})}, {}, {.lr = 0.1, .momentum = 0.9}),
+                       doctest::Contains("2 parameters but 0 momentum buffers"), Error);
+  CHECK_THROWS_WITH_AS(sgd_step_({p, q, p}, {g, ones({4}), g}, {}, {.lr = 0.1}),
+                       doctest::Contains("sgd_step_: parameter 2 is parameter 0 again"), Error);
+  using List = std::vector<Tensor>;
+  CHECK_THROWS_WITH_AS(adam_step_(List{p}, List{g}, List{zeros({3, 2})}, List{}, List{}, {.bias2_sqrt = 1}),
+                       doctest::Contains("adam_step_: 1 parameters but 0 exp_avg_sq tensors"), Error);
+  CHECK(golden::equal(p, zeros({3, 2})));  // nothing stepped
+}
+
 TEST_CASE("optim: a step marks the parameters it wrote, so a graph saved before it refuses its backward") {
   // As PyTorch's in-place updates: a forward, a step, then the forward's backward would use the
   // stepped weights with the old activations -- an error naming the change, not a wrong gradient.
