@@ -268,5 +268,12 @@ void sgd_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& gra
 void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                 const std::vector<Tensor>& exp_avgs, const std::vector<Tensor>& exp_avg_sqs,
                 const std::vector<Tensor>& max_exp_avg_sqs, const AdamStepParams& p);
+// Adaptive gradient clipping (NFNets), in place on grads[i], parameter i's gradient: per unit (a
+// weight's output rows, over all dims but the first; the whole tensor for vectors and scalars),
+// with limit = max(||p||, eps) · clip, the gradient scaled by limit / max(||g||, 1e-6) where
+// ||g|| > limit. One kernel per list on float32 / float64 (a GPU launch per 32 parameters),
+// bit for bit the composed ops' values but for the order of the norms' double sums; 16-bit
+// parameters through those ops.
+void adaptive_clip_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, double clip, double eps);
 
 }  // namespace bcos

@@ -4,7 +4,8 @@
 // tensors of one dtype and device, so a strided tensor is stepped through a contiguous copy and a
 // 16-bit parameter with its state through float32 copies (as PyTorch's kernels compute such
 // steps: rounded once when written back; the gradient is only read); the rest reach the kernels
-// as they are, grouped by device and dtype.
+// as they are, grouped by device and dtype. Adaptive gradient clipping likewise, in place on the
+// gradients (16-bit ones through the composed ops, rounded at each step as PyTorch rounds them).
 #include <string>
 #include <unordered_map>
 
@@ -44,13 +45,13 @@ void check_count(const char* op, size_t params, size_t count, const char* what, 
 }
 
 // Several parameters' tensors as the kernels take them. add() takes one parameter's: [0] the
-// parameter, [1] its gradient (read only), [2...] its state (undefined where not in use); run()
-// calls the kernel once per (device, dtype) group with a list per slot, writes the copies back
-// and marks what the step wrote as changed (as PyTorch's in-place updates: a graph that saved a
-// parameter before the step refuses its backward with the new values).
+// parameter, [1] its gradient, [2...] its state (undefined where not in use), all written but the
+// read-only slot; run() calls the kernel once per (device, dtype) group with a list per slot,
+// writes the copies back and marks what it wrote as changed (as PyTorch's in-place updates: a
+// graph that saved a parameter before the step refuses its backward with the new values).
 class StepBatch {
  public:
-  explicit StepBatch(size_t slots) : slots_(slots) {}
+  StepBatch(size_t slots, size_t read_only) : slots_(slots), read_only_(read_only) {}
 
   void add(const std::vector<Tensor>& tensors) {
     const bool half = is_half(tensors[0]);
@@ -59,7 +60,7 @@ class StepBatch {
       const Tensor& t = tensors[k];
       const bool copy = t.defined() && (half || !t.is_contiguous());
       work.push_back(!copy ? t : half ? raw_to(t, DType::f32, t.device()) : raw_contiguous(t));
-      if (k != 1 && t.defined()) {
+      if (k != read_only_ && t.defined()) {
         written_.push_back(t);
         if (copy) write_back_.emplace_back(t, work.back());
       }
@@ -82,7 +83,7 @@ class StepBatch {
   struct Group {
     std::vector<std::vector<Tensor>> lists;  // [slot][parameter]
   };
-  size_t slots_;
+  size_t slots_, read_only_;
   std::vector<Group> groups_;
   std::vector<std::pair<Tensor, Tensor>> write_back_;  // (original, the copy the kernel stepped)
   std::vector<Tensor> written_;
@@ -110,7 +111,7 @@ void sgd_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& gra
   check_count(op, n, grads.size(), "gradients", true);
   check_count(op, n, momenta.size(), "momentum buffers", p.momentum != 0);
   check_distinct(op, params);
-  StepBatch batch(3);
+  StepBatch batch(3, /*read_only=*/1);
   for (size_t i = 0; i < n; ++i) {
     const std::string who = who_of(op, i, n);
     check_param(who, params[i]);
@@ -137,7 +138,7 @@ void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
   check_count(op, n, max_exp_avg_sqs.size(), "max_exp_avg_sq tensors", p.amsgrad);
   BCOS_CHECK(p.bias2_sqrt > 0, op, ": bias correction sqrt(1 - beta2^t) must be positive (step count >= 1)");
   check_distinct(op, params);
-  StepBatch batch(5);
+  StepBatch batch(5, /*read_only=*/1);
   for (size_t i = 0; i < n; ++i) {
     const std::string who = who_of(op, i, n);
     check_param(who, params[i]);
@@ -155,6 +156,39 @@ void adam_step_(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, 
                 const Tensor& max_exp_avg_sq, const AdamStepParams& p) {
   adam_step_(std::vector{param}, std::vector{grad}, std::vector{exp_avg}, std::vector{exp_avg_sq},
              std::vector{max_exp_avg_sq}, p);
+}
+
+void adaptive_clip_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, double clip, double eps) {
+  const char* op = "adaptive_clip_";
+  BCOS_CHECK(clip > 0 && eps >= 0, op, ": clip must be positive and eps non-negative, got ", clip, " and ", eps);
+  const size_t n = params.size();
+  check_count(op, n, grads.size(), "gradients", true);
+  check_distinct(op, grads);
+  NoGradGuard no_grad;
+  StepBatch batch(2, /*read_only=*/0);
+  for (size_t i = 0; i < n; ++i) {
+    const std::string who = who_of(op, i, n);
+    check_param(who, params[i]);
+    check_like(who, params[i], grads[i], "gradient");
+    const Tensor& p = params[i];
+    if (!is_half(p)) {
+      batch.add({p, grads[i]});
+      continue;
+    }
+    // Unit-wise norms over all dims but the first (the whole tensor for vectors and scalars).
+    Dims dims;
+    for (int64_t d = 1; d < p.dim(); ++d) dims.push_back(d);
+    const bool keep = p.dim() > 1;
+    const Tensor limit = clamp_min(norm(p, 2, dims, keep), eps) * clip;
+    const Tensor grad_norm = norm(grads[i], 2, dims, keep);
+    const Tensor factor = where(gt(grad_norm, limit), limit / clamp_min(grad_norm, 1e-6), 1.0);
+    Tensor(grads[i]).copy_(grads[i] * factor);
+  }
+  batch.run([&](const std::vector<std::vector<Tensor>>& l) {
+    std::vector<int64_t> units;  // a weight's output units; the whole tensor for vectors and scalars
+    for (const Tensor& p : l[0]) units.push_back(p.dim() > 1 ? p.size(0) : 1);
+    kernel::adaptive_clip(l[0], l[1], units, clip, eps);
+  });
 }
 
 }  // namespace bcos

@@ -215,20 +215,10 @@ Tensor uniform_off_labels_bce(const Tensor& logits, const Tensor& target) {
 }
 
 void adaptive_clip_grad_(const std::vector<Tensor>& params, double clip, double eps) {
-  BCOS_CHECK(clip > 0 && eps >= 0, "adaptive_clip_grad_: clip must be positive and eps non-negative, got ", clip,
-             " and ", eps);
-  NoGradGuard no_grad;
-  for (const Tensor& p : params) {
-    Tensor g = p.grad();
-    if (!g.defined()) continue;
-    Dims dims;  // the unit's dims: all but the first, or everything for vectors and scalars
-    for (int64_t d = 1; d < p.dim(); ++d) dims.push_back(d);
-    const bool keep = p.dim() > 1;
-    Tensor max_norm = clamp_min(norm(p, 2, dims, keep), eps) * clip;
-    Tensor grad_norm = norm(g, 2, dims, keep);
-    Tensor factor = where(gt(grad_norm, max_norm), max_norm / clamp_min(grad_norm, 1e-6), 1.0);
-    g.copy_(g * factor);
-  }
+  std::vector<Tensor> with_grad, grads;
+  for (const Tensor& p : params)
+    if (p.grad().defined()) with_grad.push_back(p.detach()), grads.push_back(p.grad());
+  adaptive_clip_(with_grad, grads, clip, eps);
 }
 
 }  // namespace bcos::nn

@@ -193,7 +193,8 @@ inline void scatter_add(const Tensor& out, int dim, const Tensor& index, const T
 inline void topk(const Tensor& x, int64_t k, bool largest, bool sorted, const Tensor& values, const Tensor& indices) {
   BCOS_DISPATCH(x, topk(x, k, largest, sorted, values, indices));
 }
-// (The optimizer steps run on the device of their first parameter: the lists are never empty.)
+// (The optimizer steps and the clipping run on the device of their first parameter: the lists
+// are never empty.)
 inline void sgd_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                      const std::vector<Tensor>& momenta, const SgdStepParams& p) {
   BCOS_DISPATCH(params.front(), sgd_step(params, grads, momenta, p));
@@ -202,6 +203,10 @@ inline void adam_step(const std::vector<Tensor>& params, const std::vector<Tenso
                       const std::vector<Tensor>& exp_avgs, const std::vector<Tensor>& exp_avg_sqs,
                       const std::vector<Tensor>& max_exp_avg_sqs, const AdamStepParams& p) {
   BCOS_DISPATCH(params.front(), adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, p));
+}
+inline void adaptive_clip(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                          const std::vector<int64_t>& units, double clip, double eps) {
+  BCOS_DISPATCH(params.front(), adaptive_clip(params, grads, units, clip, eps));
 }
 
 }  // namespace bcos::kernel

@@ -1,7 +1,8 @@
-// One element of an optimizer step, written once for both backends (tensor/cpu/optim.cpp loops
-// over it, tensor/cuda/optim.cu runs it one thread per element). The operations and their order
-// are PyTorch's single-tensor SGD and Adam/AdamW (torch/optim/sgd.py, adam.py), each rounded in
-// the parameter's precision as PyTorch's sequence of in-place ops rounds them.
+// One element of an optimizer step, and one unit's gradient-clipping factor, written once for
+// both backends (tensor/cpu/optim.cpp loops over them, tensor/cuda/optim.cu runs them a thread per
+// element / a block per unit). The operations and their order are PyTorch's single-tensor SGD and
+// Adam/AdamW (torch/optim/sgd.py, adam.py), each rounded in the parameter's precision as PyTorch's
+// sequence of in-place ops rounds them.
 #pragma once
 
 #include "tensor/elementwise_math.h"
@@ -39,6 +40,18 @@ BCOS_HD void adam_update(T& param, T grad, T& exp_avg, T& exp_avg_sq, T& max_sq,
   }
   const T denom = Math<T>::sqrt(second) / T(p.bias2_sqrt) + T(p.eps);
   param = param - T(p.step_size) * (exp_avg / denom);
+}
+
+// Adaptive gradient clipping (NFNets' AGC), one unit: the factor its gradient is multiplied by,
+// from the sums of squares of the unit's parameter and gradient entries (summed in double), each
+// step rounded as nn::adaptive_clip_grad_'s composed ops round it: limit = max(||p||, eps) · clip
+// and norm = ||g|| in T; limit / max(norm, 1e-6) where norm > limit, else 1 (so a NaN norm
+// leaves the gradient as it is).
+template <class T>
+BCOS_HD T adaptive_clip_factor(double param_sumsq, double grad_sumsq, double clip, double eps) {
+  const T limit = clamp_value<true, false>(T(Math<double>::sqrt(param_sumsq)), T(eps), T(0)) * T(clip);
+  const T norm = T(Math<double>::sqrt(grad_sumsq));
+  return norm > limit ? limit / clamp_value<true, false>(norm, T(1e-6), T(0)) : T(1);
 }
 
 }  // namespace bcos::math

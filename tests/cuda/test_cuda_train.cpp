@@ -133,3 +133,42 @@ TEST_CASE("cuda ops: fused SGD and Adam steps on lists of parameters give each i
     check(*a, *c, 1e-5);
   }
 }
+
+TEST_CASE("cuda ops: adaptive gradient clipping (a block per unit) matches the CPU's") {
+  if (!have_gpu()) return;
+  // 40 parameters (two launches): conv weights with rows of 27 and 2,304 elements (a block's
+  // threads each summing several), matrices, vectors, a scalar, an empty one, float64; gradients
+  // scaled per row from 1e-3 to 1e4, so some units are clipped and some are not.
+  const Device gpu = Device::cuda(0);
+  manual_seed(31);
+  std::vector<Tensor> params, grads;
+  for (int i = 0; i < 40; ++i) {
+    const DType dt = i % 7 == 3 ? kFloat64 : kFloat32;
+    const Shape shape = i % 5 == 0 ? Shape{8, 256, 3, 3} : i % 5 == 1 ? Shape{8, 3, 3, 3} : i % 5 == 2 ? Shape{8, 12}
+                        : i % 5 == 3 ? Shape{30} : i == 4 ? Shape{0, 3} : Shape{};
+    params.push_back(randn(shape, dt));
+    Tensor g = randn(shape, dt) * 0.05;
+    if (g.dim() > 1 && g.numel() > 0) {
+      std::vector<int64_t> column(size_t(g.dim()), 1);
+      column[0] = g.size(0);
+      g = g * exp((arange(g.size(0), dt) - 3.0) * std::log(10.0)).reshape(Shape(column));
+    }
+    grads.push_back(g);
+  }
+  std::vector<Tensor> on_cpu, on_gpu, params_gpu;
+  for (size_t i = 0; i < params.size(); ++i) {
+    on_cpu.push_back(grads[i].clone());
+    on_gpu.push_back(grads[i].to(gpu));
+    params_gpu.push_back(params[i].to(gpu));
+  }
+  adaptive_clip_(params, on_cpu, 0.01, 1e-3);
+  adaptive_clip_(params_gpu, on_gpu, 0.01, 1e-3);
+  int clipped = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    CAPTURE(i);
+    // (The GPU adds each unit's squares in another order: float32 norms may differ in the last bit.)
+    CHECK(golden::relative_error(on_gpu[i].to(Device()), on_cpu[i]) <= (params[i].dtype() == kFloat64 ? 1e-14 : 1e-6));
+    clipped += on_cpu[i].numel() > 0 && !golden::equal(on_cpu[i], grads[i]);
+  }
+  CHECK(clipped >= 20);
+}

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "autograd/ops.h"
+#include "nn/bcos.h"
 #include "nn/optim.h"
 #include "tensor/cuda/backend.h"
 #include "tensor/cuda/emulator/device.h"
@@ -602,7 +603,8 @@ TEST_CASE("emulator: sums over rows into few outputs (linear's and layer norm's 
   CHECK(rt::kernels_run("reduce_block_per_output") == blocks);
 }
 
-TEST_CASE("emulator: an optimizer step launches once per 32 parameters of a dtype, not once per parameter") {
+TEST_CASE("emulator: an optimizer step and adaptive clipping launch once per 32 parameters of a dtype, not once per "
+          "parameter") {
   // 161 float32 parameters (a ResNet-50's count) and 3 float64 ones: ceil(161 / 32) + 1 launches
   // per step, where the per-parameter step launched 164; a 16-bit parameter steps through float32
   // copies in the float32 launches (its widening and narrowing are copies, not step launches).
@@ -630,6 +632,13 @@ TEST_CASE("emulator: an optimizer step launches once per 32 parameters of a dtyp
       CHECK(rt::kernels_run(kernel) - before == 6 + 1);
     }
   }
+  // Adaptive gradient clipping likewise: a launch per 32 float32 / float64 parameters (the bf16
+  // one clips through the composed ops).
+  bcos::synchronize(gpu);
+  const int64_t before = rt::kernels_run("adaptive_clip_kernel");
+  bcos::nn::adaptive_clip_grad_(params, 0.01, 1e-3);
+  bcos::synchronize(gpu);
+  CHECK(rt::kernels_run("adaptive_clip_kernel") - before == 5 + 1);
 }
 
 TEST_CASE("emulator: a linear layer's bias goes in cuBLASLt's epilogue; where cuBLASLt offers no algorithm, "

@@ -244,6 +244,64 @@ TEST_CASE("optim: a list step gives each parameter the bits of its own step, acr
   CHECK(golden::equal(p, zeros({3, 2})));  // nothing stepped
 }
 
+// Equal values, NaN where the other has NaN (golden::equal compares with ==).
+bool same_values(const Tensor& a, const Tensor& b) {
+  if (a.shape() != b.shape()) return false;
+  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  for (size_t i = 0; i < x.size(); ++i)
+    if (!(x[i] == y[i] || (std::isnan(x[i]) && std::isnan(y[i])))) return false;
+  return true;
+}
+
+TEST_CASE("optim: adaptive clipping's one kernel gives the composed ops' values, unit by unit") {
+  // The reference: NFNets' unit-wise clipping as the authors compose it (and as 16-bit parameters
+  // still run it): norms over all dims but the first, the limit, the comparison, the quotient.
+  auto composed = [](const Tensor& p, const Tensor& g) {
+    Dims dims;
+    for (int64_t d = 1; d < p.dim(); ++d) dims.push_back(d);
+    const Tensor limit = clamp_min(norm(p, 2, dims, p.dim() > 1), 1e-3) * 0.01;
+    const Tensor grad_norm = norm(g, 2, dims, p.dim() > 1);
+    return g * where(gt(grad_norm, limit), limit / clamp_min(grad_norm, 1e-6), 1.0);
+  };
+  // Units clipped and not (the gradient's scale per row), a zero row (the eps floor), a NaN row
+  // (left as it is), a conv weight, a matrix, a vector, a scalar, an empty tensor, a transposed
+  // view (a contiguous copy, written back), float64, and bfloat16 (through the composed ops).
+  manual_seed(12);
+  std::vector<Tensor> params{randn({6, 3, 3, 3}), randn({5, 7}), randn({9}), randn({}), randn({0, 4}),
+                             randn({7, 5}).t(), randn({4, 3}, kFloat64), randn({3, 4}).to(kBFloat16)};
+  params[1].select(0, 2).zero_();
+  std::vector<Tensor> grads;
+  for (const Tensor& p : params) {
+    const DType wide = p.dtype() == kFloat64 ? kFloat64 : kFloat32;
+    Tensor g = randn(p.shape(), wide) * 0.05;
+    if (p.dim() > 1) {  // row r's gradient scaled by 10^(r - 3)
+      std::vector<int64_t> column(size_t(p.dim()), 1);
+      column[0] = p.size(0);
+      g = g * exp((arange(p.size(0), wide) - 3.0) * std::log(10.0)).reshape(Shape(column));
+    }
+    grads.push_back(g.to(p.dtype()));
+  }
+  grads[1].select(0, 4).select(0, 3).fill_(std::nan(""));
+  std::vector<Tensor> expected;
+  for (size_t i = 0; i < params.size(); ++i) expected.push_back(composed(params[i], grads[i]));
+  std::vector<Tensor> clipped;
+  for (const Tensor& g : grads) clipped.push_back(g.clone());
+  clipped[5] = grads[5].t().clone().t();  // (a strided gradient too)
+  adaptive_clip_(params, clipped, 0.01, 1e-3);
+  int units_clipped = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    CAPTURE(i);
+    CHECK(same_values(clipped[i], expected[i]));
+    if (params[i].dim() > 1 && params[i].numel() > 0)
+      units_clipped += int(sum(any(ne(clipped[i], grads[i]).reshape({params[i].size(0), -1}), {1}).to(kInt64)).item());
+  }
+  CHECK(units_clipped >= 10);  // (and the rest not: the comparison goes both ways)
+  CHECK(same_values(clipped[1].select(0, 4), grads[1].select(0, 4)));  // the NaN unit as it was
+  CHECK_THROWS_WITH_AS(adaptive_clip_({params[0]}, {grads[1]}, 0.01, 1e-3),
+                       doctest::Contains("adaptive_clip_: gradient has shape [5, 7] but the parameter has [6, 3, 3, 3]"), Error);
+  CHECK_THROWS_WITH_AS(adaptive_clip_({params[0]}, {grads[0]}, 0, 1e-3), doctest::Contains("clip must be positive"), Error);
+}
+
 TEST_CASE("optim: a step marks the parameters it wrote, so a graph saved before it refuses its backward") {
   // As PyTorch's in-place updates: a forward, a step, then the forward's backward would use the
   // stepped weights with the old activations -- an error naming the change, not a wrong gradient.
