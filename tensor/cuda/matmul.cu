@@ -12,6 +12,8 @@
 
 #include <atomic>
 #include <climits>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
 #include <utility>
@@ -86,6 +88,28 @@ cudaDataType cuda_data_type(DType t) {
   }
 }
 
+// cuBLAS's and cuBLASLt's workspace: 32 MiB from Hopper on (sm_90, what NVIDIA's cuBLAS
+// documentation asks for there and PyTorch gives it), 4 MiB before. Taken from the caching
+// allocator per call.
+uint64_t blas_workspace_bytes(int device) {
+  static std::mutex mutex;
+  static std::unordered_map<int, uint64_t> bytes;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = bytes.find(device);
+  if (it == bytes.end()) it = bytes.emplace(device, uint64_t(device_info(device).major >= 9 ? 32 : 4) << 20).first;
+  return it->second;
+}
+
+// This thread's cuBLAS workspace for the device's current stream, kept for the thread's life as
+// PyTorch keeps one per (handle, stream): GEMMs on one stream run in turn, so they can share it;
+// two streams (two threads, or a side stream) must not, as their GEMMs may overlap.
+void* gemm_workspace(int device, uint64_t bytes) {
+  thread_local std::map<std::pair<int, StreamHandle>, std::shared_ptr<void>> workspaces;
+  std::shared_ptr<void>& w = workspaces[{device, StreamHandle(stream_of(device))}];
+  if (!w) w = allocate(bytes, device);
+  return w.get();
+}
+
 // out (dense [B, M, N]) = a @ b (+ out when accumulate).
 void gemm_into_contiguous(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate) {
   const int64_t batch = out.shape()[0], m = out.shape()[1], n = out.shape()[2];
@@ -109,6 +133,11 @@ void gemm_into_contiguous(const Tensor& a, const Tensor& b, const Tensor& out, b
 
   DeviceGuard guard(device);
   cublasHandle_t handle = cublas_handle(device);
+  // cuBLAS's own workspace pool is 4 MiB; from Hopper on NVIDIA asks for 32 MiB (kernels that
+  // split K keep their partial sums there), which PyTorch gives each handle from its caching
+  // allocator: so does this (cublas_handle's cublasSetStream resets it every call).
+  const uint64_t workspace_bytes = blas_workspace_bytes(device);
+  BCOS_CUBLAS_CHECK(cublasSetWorkspace(handle, gemm_workspace(device, workspace_bytes), workspace_bytes));
   // Column-major C^T [N, M] = op(B-storage) [N, K] * op(A-storage) [K, M].
   BCOS_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
       handle, gb.op, ga.op, int(n), int(m), int(k), alpha, gb.ptr, operand_type, int(gb.ld),
@@ -155,17 +184,6 @@ uint32_t alignment_of(const void* p) {
   return align;
 }
 
-// cuBLASLt's workspace cap: 32 MiB from Hopper on (sm_90, what NVIDIA's cuBLAS documentation asks
-// for there and PyTorch gives it), 4 MiB before. Taken from the caching allocator per call.
-uint64_t lt_workspace_bytes(int device) {
-  static std::mutex mutex;
-  static std::unordered_map<int, uint64_t> bytes;
-  const std::lock_guard<std::mutex> lock(mutex);
-  auto it = bytes.find(device);
-  if (it == bytes.end()) it = bytes.emplace(device, uint64_t(device_info(device).major >= 9 ? 32 : 4) << 20).first;
-  return it->second;
-}
-
 // cuBLASLt's "no": the status with which it turns down a problem it has no kernel for (any other
 // failure -- a bad argument, a fault -- is an error, raised as everywhere else).
 bool lt_declined(cublasStatus_t status) { return status == CUBLAS_STATUS_NOT_SUPPORTED; }
@@ -200,7 +218,7 @@ bool lt_linear_bias(const Tensor& a, const Tensor& b, const Tensor& bias, const 
   BCOS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_b.h, operand_type, b_plain ? k : m, b_plain ? m : k, ga.ld));
   BCOS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_d.h, cuda_data_type(out.dtype()), n, m, n));
   LtOwned<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy> preference;
-  const uint64_t max_workspace = lt_workspace_bytes(device);
+  const uint64_t max_workspace = blas_workspace_bytes(device);
   const uint32_t align_a = alignment_of(gb.ptr), align_b = alignment_of(ga.ptr), align_d = alignment_of(out.raw_data());
   BCOS_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference.h));
   const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> alignments[] = {

@@ -12,6 +12,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tensor/copy.h"
@@ -424,4 +425,38 @@ TEST_CASE("cuda: bmm edge cases") {
   Tensor xi = zeros({2, 3, 4}, {DType::i64, kGpu}), yi = zeros({2, 4, 6}, {DType::i64, kGpu});
   Tensor zi = empty({2, 3, 6}, {DType::i64, kGpu});
   CHECK_THROWS_AS(cuda::bmm(xi, yi, zi), Error);
+}
+
+TEST_CASE("cuda: bmm gives cuBLAS a workspace of NVIDIA's size per thread and stream, kept until the thread ends") {
+  SKIP_WITHOUT_GPU();
+  // 32 MiB from Hopper on, 4 MiB before (cuBLAS's documented recommendation, PyTorch's sizes):
+  // taken on a thread's first GEMM on a stream, reused by its later ones there, one more for a
+  // side stream (GEMMs on two streams may overlap), all returned when the thread ends. Each GEMM
+  // runs with it (the emulator's cuBLAS checks the buffer is device memory and writes into it).
+  const size_t bytes = size_t(cuda::device_info(0).major >= 9 ? 32 : 4) << 20;
+  const Tensor a = on_gpu(make({2, 40, 24}, DType::f32, normal())), b = on_gpu(make({2, 24, 16}, DType::f32, normal()));
+  Tensor want = empty({2, 40, 16}, DType::f32);
+  cpu::bmm(to_cpu_contiguous(a), to_cpu_contiguous(b), want);
+  const size_t before = cuda::memory_stats(0).in_use;
+  std::vector<size_t> growth;
+  std::thread([&] {
+    auto gemm = [&] {
+      Tensor out = empty({2, 40, 16}, {DType::f32, kGpu});
+      const size_t start = cuda::memory_stats(0).in_use;
+      cuda::bmm(a, b, out);
+      growth.push_back(cuda::memory_stats(0).in_use - start);
+      CHECK_CLOSE(to_cpu_contiguous(out), want, 1e-2, 1e-2);  // (TF32)
+    };
+    gemm();
+    gemm();
+    const cuda::StreamHandle side = cuda::create_stream(0);
+    cuda::set_current_stream(0, side);
+    gemm();
+    gemm();
+    cuda::set_current_stream(0, nullptr);
+    cuda::stream_synchronize(0, side);
+    cuda::destroy_stream(0, side);
+  }).join();
+  CHECK(growth == std::vector<size_t>{bytes, 0, bytes, 0});
+  CHECK(cuda::memory_stats(0).in_use == before);
 }

@@ -13,6 +13,7 @@
 #include <cuda_fp16.h>
 #include <cudnn.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -33,6 +34,8 @@ using bcos::emu::runtime::enqueue;
 // ---- cuBLAS ---------------------------------------------------------------------------------------
 struct cublasContext {
   cudaStream_t stream = nullptr;
+  void* workspace = nullptr;  // a user workspace (cublasSetWorkspace), or the library's own pool
+  size_t workspace_bytes = 0;
 };
 
 cublasStatus_t cublasCreate_v2(cublasHandle_t* handle) {
@@ -46,6 +49,16 @@ cublasStatus_t cublasDestroy_v2(cublasHandle_t handle) {
 cublasStatus_t cublasSetStream_v2(cublasHandle_t handle, cudaStream_t stream) {
   if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
   handle->stream = stream;
+  handle->workspace = nullptr, handle->workspace_bytes = 0;  // as documented: back to the default pool
+  return CUBLAS_STATUS_SUCCESS;
+}
+// As documented: the pointer aligned to 256 bytes, the buffer device memory; later calls on the
+// handle's stream use it until cublasSetStream resets it.
+cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t handle, void* workspace, size_t bytes) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) return CUBLAS_STATUS_INVALID_VALUE;
+  if (bytes > 0) check_device_range(workspace, bytes, "cublasSetWorkspace");
+  handle->workspace = workspace, handle->workspace_bytes = bytes;
   return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasGetProperty(libraryPropertyType type, int* value) {
@@ -99,8 +112,17 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
   }
   check_device_range(C, size_t(extent(m, n, ldc, strideC, batch)) * cuda_type_bytes(Ctype),
                      "cublasGemmStridedBatchedEx: C");
-  // Queued: it runs in the stream's turn; the scalars were read now (host pointer mode).
+  // Queued: it runs in the stream's turn; the scalars were read now (host pointer mode). A user
+  // workspace must still be the caller's then: the GEMM scribbles on its ends, as a split-K kernel
+  // writes its partial sums there.
+  void* const workspace = handle->workspace;
+  const size_t workspace_bytes = handle->workspace_bytes;
   enqueue(handle->stream, "cublasGemmStridedBatchedEx", [=] {
+    if (workspace_bytes > 0) {
+      const size_t edge = std::min<size_t>(workspace_bytes, 256);
+      std::memset(workspace, 0xFF, edge);
+      std::memset(static_cast<char*>(workspace) + workspace_bytes - edge, 0xFF, edge);
+    }
     for (int64_t p = 0; p < batch; ++p) {
       const size_t a_bytes = cuda_type_bytes(Atype), b_bytes = cuda_type_bytes(Btype);
       const Eigen::MatrixXd product = bcos::emu::blas::product(
