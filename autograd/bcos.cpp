@@ -302,13 +302,15 @@ Tensor bcos_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, do
 }
 
 Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const Tensor& weight,
-                             const Tensor& bias, bool training, double momentum, double eps, bool relu) {
+                             const Tensor& bias, bool training, double momentum, double eps, bool relu,
+                             const Tensor& num_batches_tracked) {
   const char* op = relu ? "batch_norm_uncentered_relu" : "batch_norm_uncentered";
   check_defined(op, x, "input");
   if (is_half(x)) {
     const Tensor rv = widened_statistic(running_var);
     Tensor out = through_float32(x, [&] {
-      return batch_norm_uncentered(widened(x), rv, widened(weight), widened(bias), training, momentum, eps, relu);
+      return batch_norm_uncentered(widened(x), rv, widened(weight), widened(bias), training, momentum, eps, relu,
+                                   num_batches_tracked);
     });
     if (training && is_half(running_var)) {
       NoGradGuard no_grad;
@@ -335,7 +337,8 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const T
     Tensor var_biased = empty({c}, {x.dtype(), x.device()});
     kernel::batch_norm_stats(x, mean, var_biased);  // the usual, centred batch variance
     // As the B-cosification authors' layer: the *biased* variance, the one the forward divides by.
-    invstd = detail::finish_batch_statistics(Tensor(), var_biased, eps, momentum, 1, Tensor(), running_var);
+    invstd = detail::finish_batch_statistics(Tensor(), var_biased, eps, momentum, 1, Tensor(), running_var,
+                                             num_batches_tracked);
   } else {
     invstd = detail::finish_batch_statistics(Tensor(), running_var.detach(), eps, 0, 1, Tensor(), Tensor());
   }

@@ -83,9 +83,13 @@ void check_inplace(const char* op, const Tensor& self);
 
 // Batch norm's per-channel finish (kernel::batch_norm_finish): returns invstd = 1 / sqrt(var + eps),
 // and steps the running statistics that are defined, r = (1 − m) r + m x (running_var's x: var ·
-// unbias). No graph is recorded.
+// unbias), and the batch count (an int64 scalar) when defined. No graph is recorded.
 Tensor finish_batch_statistics(const Tensor& mean, const Tensor& var, double eps, double momentum, double unbias,
-                               const Tensor& running_mean, const Tensor& running_var);
+                               const Tensor& running_mean, const Tensor& running_var,
+                               const Tensor& batches_tracked = Tensor());
+// The batch count of a training step whose statistics a batch norm does not finish (an empty
+// batch: nothing to move the running statistics towards, but PyTorch's module counts it).
+void count_batch(const Tensor& batches_tracked);
 
 // linear of float32 tensors under autocast in its rounding form (float32 result, as
 // conv2d_rounding_operands below), with the choice of what it keeps of x: the rounded copy it multiplies

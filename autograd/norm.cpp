@@ -34,10 +34,16 @@ void check_per_channel(const char* op, const Tensor& x, DType type, std::initial
 
 namespace detail {
 Tensor finish_batch_statistics(const Tensor& mean, const Tensor& var, double eps, double momentum, double unbias,
-                               const Tensor& running_mean, const Tensor& running_var) {
+                               const Tensor& running_mean, const Tensor& running_var, const Tensor& batches_tracked) {
   const char* op = "batch_norm (statistics)";
   NoGradGuard no_grad;
   check_float(op, var);
+  if (batches_tracked.defined()) {
+    BCOS_CHECK(batches_tracked.dtype() == DType::i64 && batches_tracked.numel() == 1, op,
+               ": num_batches_tracked must be one int64, got ", batches_tracked.dtype(), " ", batches_tracked.shape());
+    check_same_device(op, var, batches_tracked);
+    check_inplace(op, batches_tracked);
+  }
   for (const Tensor* t : {&mean, &running_mean, &running_var}) {
     if (!t->defined()) continue;
     check_same_dtype(op, var, *t);
@@ -50,14 +56,22 @@ Tensor finish_batch_statistics(const Tensor& mean, const Tensor& var, double eps
   const Tensor rm = running_mean.defined() ? raw_contiguous(running_mean) : Tensor();
   const Tensor rv = running_var.defined() ? raw_contiguous(running_var) : Tensor();
   Tensor invstd = empty(var.shape(), {var.dtype(), var.device()});
+  // (A one-element count is contiguous whatever its strides: the kernel writes it in place.)
   kernel::batch_norm_finish(mean.defined() ? raw_contiguous(mean) : Tensor(), raw_contiguous(var), eps, momentum, unbias,
-                            invstd, rm, rv);
+                            invstd, rm, rv, batches_tracked);
+  if (batches_tracked.defined()) batches_tracked.bump_version();
   for (const auto& [running, stepped] : {std::pair{&running_mean, &rm}, std::pair{&running_var, &rv}}) {
     if (!running->defined()) continue;
     if (stepped->storage() != running->storage()) copy_into(*running, *stepped);
     running->bump_version();
   }
   return invstd;
+}
+
+void count_batch(const Tensor& batches_tracked) {
+  if (!batches_tracked.defined()) return;
+  NoGradGuard no_grad;
+  Tensor(batches_tracked).add_(ones({}, {DType::i64, batches_tracked.device()}));
 }
 }  // namespace detail
 
@@ -90,7 +104,7 @@ Tensor batch_norm_eval_scale(const Tensor& running_var, const Tensor& weight, do
 
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, double momentum,
-                  double eps, bool relu) {
+                  double eps, bool relu, const Tensor& num_batches_tracked) {
   const char* op = relu ? "batch_norm_relu" : "batch_norm";
   check_defined(op, x, "input");
   // A 16-bit x is read and written as it is (the kernels compute in float32, rounding the output
@@ -99,7 +113,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
   // running statistics are stepped in float32 and written back.
   if (is_half(x) && (is_half(weight) || is_half(bias) || is_half(running_mean) || is_half(running_var))) {
     const Tensor rm = widened_statistic(running_mean), rv = widened_statistic(running_var);
-    Tensor out = batch_norm(x, rm, rv, widened(weight), widened(bias), training, momentum, eps, relu);
+    Tensor out = batch_norm(x, rm, rv, widened(weight), widened(bias), training, momentum, eps, relu, num_batches_tracked);
     if (training) write_back(running_mean, rm), write_back(running_var, rv);
     return out;
   }
@@ -119,6 +133,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
     // alone (there are no batch statistics to move them towards).
     mean = zeros({c}, {stats, x.device()});
     invstd = ones({c}, {stats, x.device()});
+    count_batch(num_batches_tracked);
   } else if (training) {
     BCOS_CHECK(per_channel > 1, op, ": expected more than 1 value per channel when training, "
                "got input of shape ", x.shape());
@@ -127,7 +142,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
     kernel::batch_norm_stats(x, mean, var_biased);
     // PyTorch keeps the unbiased variance
     invstd = finish_batch_statistics(mean, var_biased, eps, momentum, double(per_channel) / double(per_channel - 1),
-                                     running_mean, running_var);
+                                     running_mean, running_var, num_batches_tracked);
   } else {
     mean = dense(running_mean.detach());
     invstd = finish_batch_statistics(Tensor(), running_var.detach(), eps, 0, 1, Tensor(), Tensor());
@@ -152,13 +167,15 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
 
 Tensor batch_norm_synced(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                          const Tensor& weight, const Tensor& bias, double factor, double eps, bool relu,
-                         bool centred, const std::function<Tensor(const Tensor&)>& replica_sum) {
+                         bool centred, const std::function<Tensor(const Tensor&)>& replica_sum,
+                         const Tensor& num_batches_tracked) {
   const char* op = "synced batch_norm";
   check_defined(op, x, "input");
   if (is_half(x)) {
     const Tensor rm = widened_statistic(running_mean), rv = widened_statistic(running_var);
     Tensor out = through_float32(x, [&] {
-      return batch_norm_synced(widened(x), rm, rv, widened(weight), widened(bias), factor, eps, relu, centred, replica_sum);
+      return batch_norm_synced(widened(x), rm, rv, widened(weight), widened(bias), factor, eps, relu, centred, replica_sum,
+                               num_batches_tracked);
     });
     write_back(running_mean, rm), write_back(running_var, rv);
     return out;
@@ -187,7 +204,8 @@ Tensor batch_norm_synced(const Tensor& x, const Tensor& running_mean, const Tens
     // PyTorch keeps the unbiased variance; the uncentred norm the biased one.
     const bool step = factor > 0;
     invstd = finish_batch_statistics(mean, var, eps, factor, centred ? total / (total - 1) : 1.0,
-                                     step && centred ? running_mean : Tensor(), step ? running_var : Tensor());
+                                     step && centred ? running_mean : Tensor(), step ? running_var : Tensor(),
+                                     num_batches_tracked);
   }
   Tensor out = empty(x.shape(), like);
   const Tensor shift_mean = centred ? mean : zeros({c}, like);  // the uncentred norm scales x itself

@@ -202,7 +202,7 @@ Tensor bcos_scale(const Tensor& lin, const Tensor& sumsq, double b, int64_t max_
 // In explanation mode no gradient flows through the batch variance.
 Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const Tensor& weight,
                              const Tensor& bias, bool training, double momentum = 0.1, double eps = 1e-5,
-                             bool relu = false);
+                             bool relu = false, const Tensor& num_batches_tracked = Tensor());
 // An evaluation-mode batch norm's per-channel scale, weight / sqrt(running_var + eps) (weight
 // undefined: 1), with the bits the norm's own kernels form: for folding the norm into the epilogue
 // of the layer before it (nn::conv_bn). One kernel, no graph (the scale is a constant); 16-bit
@@ -213,9 +213,14 @@ Tensor batch_norm_eval_scale(const Tensor& running_var, const Tensor& weight, do
 // x [N, C, *]. In training, batch statistics are used and the running ones (when defined)
 // updated in place with momentum (unbiased variance), as PyTorch does. relu: relu(batch_norm(x))
 // in one pass each way (no intermediate tensor; the backward recomputes the mask from x).
+// num_batches_tracked (a module's int64 count, the three norms alike): in training, incremented
+// by the kernel that steps the running statistics, where PyTorch's module adds 1 itself (a launch
+// per norm per step on a GPU); callers with a cumulative average (momentum None) count
+// themselves first, as the factor depends on the count.
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training,
-                  double momentum = 0.1, double eps = 1e-5, bool relu = false);
+                  double momentum = 0.1, double eps = 1e-5, bool relu = false,
+                  const Tensor& num_batches_tracked = Tensor());
 // Batch norm in training over the batches of every data-parallel replica together (PyTorch's
 // SyncBatchNorm): this replica's statistics in one pass, combined through replica_sum (a sum over
 // the replicas, e.g. an all-reduce; two of [C + 1] / [C] values forward, one of [2C + 1] back),
@@ -226,7 +231,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
 // DistributedDataParallel's; weight and bias get this replica's share.
 Tensor batch_norm_synced(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                          const Tensor& weight, const Tensor& bias, double factor, double eps, bool relu,
-                         bool centred, const std::function<Tensor(const Tensor&)>& replica_sum);
+                         bool centred, const std::function<Tensor(const Tensor&)>& replica_sum,
+                         const Tensor& num_batches_tracked = Tensor());
 Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = Tensor(),
                   const Tensor& bias = Tensor(), double eps = 1e-5);
 Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight = Tensor(),

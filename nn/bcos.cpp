@@ -109,10 +109,11 @@ Tensor BatchNormUncentered2d::forward_relu(const Tensor& x) { return run(x, true
 Tensor BatchNormUncentered2d::run(const Tensor& x, bool relu) {
   BCOS_CHECK(x.dim() == 4 && x.size(1) == num_features, "BatchNormUncentered2d(", num_features,
              "): expected input [N, ", num_features, ", H, W], got ", x.shape());
-  const double factor = training_ ? running_stats_factor(momentum, num_batches_tracked) : 0.0;
+  const RunningStatsStep step = training_ ? running_stats_step(momentum, num_batches_tracked) : RunningStatsStep{};
   if (training_ && replica_sum)
-    return batch_norm_synced(x, Tensor(), running_var, weight, bias, factor, eps, relu, false, replica_sum);
-  return batch_norm_uncentered(x, running_var, weight, bias, training_, factor, eps, relu);
+    return batch_norm_synced(x, Tensor(), running_var, weight, bias, step.factor, eps, relu, false, replica_sum,
+                             step.count);
+  return batch_norm_uncentered(x, running_var, weight, bias, training_, step.factor, eps, relu, step.count);
 }
 
 std::optional<BcosEpilogue> BatchNormUncentered2d::eval_epilogue(bool relu) const {

@@ -9,14 +9,12 @@
 
 namespace bcos::nn {
 
-double running_stats_factor(const std::optional<double>& momentum, Tensor num_batches_tracked) {
-  if (num_batches_tracked.defined()) {
-    NoGradGuard no_grad;
-    num_batches_tracked.add_(ones({}, TensorOptions(DType::i64, num_batches_tracked.device())));
-  }
-  if (momentum) return *momentum;
-  if (!num_batches_tracked.defined()) return 0.0;  // nothing tracked: no running statistics to move
-  return 1.0 / double(num_batches_tracked.item<int64_t>());
+RunningStatsStep running_stats_step(const std::optional<double>& momentum, const Tensor& num_batches_tracked) {
+  if (momentum) return {*momentum, num_batches_tracked};
+  if (!num_batches_tracked.defined()) return {0.0, Tensor()};  // nothing tracked: no running statistics to move
+  NoGradGuard no_grad;
+  Tensor(num_batches_tracked).add_(ones({}, TensorOptions(DType::i64, num_batches_tracked.device())));
+  return {1.0 / double(num_batches_tracked.item<int64_t>()), Tensor()};
 }
 
 std::string momentum_repr(const std::optional<double>& momentum) { return momentum ? str(*momentum) : "None"; }
@@ -42,10 +40,11 @@ Tensor BatchNorm2d::run(const Tensor& x, bool relu) {
   BCOS_CHECK(x.dim() == 4 && x.size(1) == num_features, "BatchNorm2d(", num_features,
              "): expected input [N, ", num_features, ", H, W], got ", x.shape());
   const bool use_batch_stats = training_ || !running_mean.defined();
-  const double factor = training_ ? running_stats_factor(momentum, num_batches_tracked) : 0.0;
+  const RunningStatsStep step = training_ ? running_stats_step(momentum, num_batches_tracked) : RunningStatsStep{};
   if (training_ && replica_sum)  // (as PyTorch's SyncBatchNorm: synchronised in training only)
-    return batch_norm_synced(x, running_mean, running_var, weight, bias, factor, eps, relu, true, replica_sum);
-  return batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, factor, eps, relu);
+    return batch_norm_synced(x, running_mean, running_var, weight, bias, step.factor, eps, relu, true, replica_sum,
+                             step.count);
+  return batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, step.factor, eps, relu, step.count);
 }
 
 std::string BatchNorm2d::describe() const {

@@ -36,10 +36,16 @@ class BatchNorm2d : public Module {
   Tensor run(const Tensor& x, bool relu);
 };
 
-// The running-statistics update factor of a training step of a batch norm with this momentum:
-// momentum itself, or (momentum = std::nullopt) 1 / num_batches_tracked after the step's
-// increment. Increments num_batches_tracked (a handle to the buffer) in place when it is defined.
-double running_stats_factor(const std::optional<double>& momentum, Tensor num_batches_tracked);
+// A training step of a batch norm with this momentum: the running statistics' update factor, and
+// the count to hand the norm op. With a momentum: the momentum, and num_batches_tracked itself
+// (the op increments it in the kernel that steps the statistics). With a cumulative average
+// (momentum = std::nullopt): 1 / num_batches_tracked after this step's increment, made here
+// first, and no count for the op.
+struct RunningStatsStep {
+  double factor = 0;
+  Tensor count;
+};
+RunningStatsStep running_stats_step(const std::optional<double>& momentum, const Tensor& num_batches_tracked);
 
 // "0.1", or "None" for a cumulative average: as PyTorch prints the momentum.
 std::string momentum_repr(const std::optional<double>& momentum);

@@ -133,8 +133,10 @@ inline void batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& 
   BCOS_DISPATCH(x, batch_norm_stats(x, mean, var_biased));
 }
 inline void batch_norm_finish(const Tensor& mean, const Tensor& var, double eps, double momentum, double unbias,
-                              const Tensor& invstd, const Tensor& running_mean, const Tensor& running_var) {
-  BCOS_DISPATCH(var, batch_norm_finish(mean, var, eps, momentum, unbias, invstd, running_mean, running_var));
+                              const Tensor& invstd, const Tensor& running_mean, const Tensor& running_var,
+                              const Tensor& batches_tracked) {
+  BCOS_DISPATCH(var, batch_norm_finish(mean, var, eps, momentum, unbias, invstd, running_mean, running_var,
+                                       batches_tracked));
 }
 inline void batch_norm_eval_scale(const Tensor& var, const Tensor& weight, double eps, const Tensor& scale) {
   BCOS_DISPATCH(var, batch_norm_eval_scale(var, weight, eps, scale));

@@ -140,7 +140,9 @@ void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_
 }
 
 void batch_norm_finish(const Tensor& mean, const Tensor& var, double eps, double momentum, double unbias,
-                       const Tensor& invstd, const Tensor& running_mean, const Tensor& running_var) {
+                       const Tensor& invstd, const Tensor& running_mean, const Tensor& running_var,
+                       const Tensor& batches_tracked) {
+  if (batches_tracked.defined()) ++*batches_tracked.data<int64_t>();
   dispatch_float(var.dtype(), "batch_norm", [&]<class T>() {
     const T *pm = maybe<T>(mean), *pv = var.data<T>();
     T *pi = invstd.defined() ? invstd.data<T>() : nullptr;

@@ -222,7 +222,8 @@ __global__ void grad_x_kernel(const S* g, const S* x, const T* w, const T* bias,
 
 template <class T>
 __global__ void finish_kernel(const T* mean, const T* var, batch_norm_math::Finish<T> f, int64_t c, T* invstd,
-                              T* running_mean, T* running_var) {
+                              T* running_mean, T* running_var, int64_t* batches_tracked) {
+  if (batches_tracked && blockIdx.x == 0 && threadIdx.x == 0) ++*batches_tracked;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < c; i += int64_t(gridDim.x) * blockDim.x)
     batch_norm_math::finish_channel(i, mean, var, f, invstd, running_mean, running_var);
 }
@@ -317,15 +318,17 @@ void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_
 }
 
 void batch_norm_finish(const Tensor& mean, const Tensor& var, double eps, double momentum, double unbias,
-                       const Tensor& invstd, const Tensor& running_mean, const Tensor& running_var) {
-  if (var.numel() == 0) return;
+                       const Tensor& invstd, const Tensor& running_mean, const Tensor& running_var,
+                       const Tensor& batches_tracked) {
+  if (var.numel() == 0 && !batches_tracked.defined()) return;
   const int device = var.device().index;
   DeviceGuard guard(device);
   dispatch_float(var.dtype(), "cuda batch_norm", [&]<class T>() {
     auto out = [](const Tensor& t) { return t.defined() ? static_cast<T*>(t.raw_data()) : nullptr; };
     finish_kernel<T><<<blocks_for(var.numel()), kThreads, 0, stream_of(device)>>>(
         maybe<T>(mean), static_cast<const T*>(var.raw_data()), batch_norm_math::finish_factors<T>(eps, momentum, unbias),
-        var.numel(), out(invstd), out(running_mean), out(running_var));
+        var.numel(), out(invstd), out(running_mean), out(running_var),
+        batches_tracked.defined() ? batches_tracked.data<int64_t>() : nullptr);
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }

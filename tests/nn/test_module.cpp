@@ -3,6 +3,8 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <functional>
+#include <optional>
 
 #include "autograd/ops.h"
 #include "golden.h"
@@ -95,6 +97,48 @@ TEST_CASE("module: train / eval reach every child; BatchNorm uses running statis
   m(x);
   CHECK(!same(bn.running_mean, before));
   CHECK(bn.num_batches_tracked.item<int64_t>() == 1);
+}
+
+TEST_CASE("module: the batch norms count their training batches in the kernel that steps the statistics") {
+  // Each norm op increments a given num_batches_tracked once per training step -- with ReLU, the
+  // uncentred norm, the synchronised one (a world of one), 16-bit input, an empty batch -- and
+  // leaves it alone in evaluation; the modules hand theirs over (momentum None counts first).
+  manual_seed(44);
+  const Tensor x = randn({4, 3, 5, 5}), rm = zeros({3}), rv = ones({3}), w = ones({3}), b = zeros({3});
+  const auto world_of_one = [](const Tensor& t) { return t; };
+  Tensor count = zeros({}, DType::i64);
+  auto counted = [&](const std::function<void()>& step) {
+    const int64_t before = count.item<int64_t>();
+    const uint64_t version = count.version();
+    step();
+    CHECK(count.version() > version);
+    return count.item<int64_t>() - before;
+  };
+  CHECK(counted([&] { batch_norm(x, rm, rv, w, b, true, 0.1, 1e-5, false, count); }) == 1);
+  CHECK(counted([&] { batch_norm(x, rm, rv, w, b, true, 0.1, 1e-5, true, count); }) == 1);
+  CHECK(counted([&] { batch_norm(x.to(DType::bf16), rm, rv, w, b, true, 0.1, 1e-5, false, count); }) == 1);
+  CHECK(counted([&] { batch_norm(x.to(DType::bf16), rm.to(DType::bf16), rv.to(DType::bf16), w.to(DType::bf16),
+                                 b.to(DType::bf16), true, 0.1, 1e-5, false, count); }) == 1);
+  CHECK(counted([&] { batch_norm(empty({0, 3, 5, 5}), rm, rv, w, b, true, 0.1, 1e-5, false, count); }) == 1);
+  CHECK(counted([&] { batch_norm_uncentered(x, rv, w, b, true, 0.1, 1e-5, false, count); }) == 1);
+  CHECK(counted([&] { batch_norm_synced(x, rm, rv, w, b, 0.1, 1e-5, false, true, world_of_one, count); }) == 1);
+  CHECK(counted([&] { batch_norm_synced(x, Tensor(), rv, w, b, 0.1, 1e-5, true, false, world_of_one, count); }) == 1);
+  const int64_t now = count.item<int64_t>();
+  batch_norm(x, rm, rv, w, b, false, 0.1, 1e-5, false, count);
+  batch_norm_uncentered(x, rv, w, b, false, 0.1, 1e-5, false, count);
+  CHECK(count.item<int64_t>() == now);
+  CHECK_THROWS_WITH_AS(batch_norm(x, rm, rv, w, b, true, 0.1, 1e-5, false, zeros({2}, DType::i64)),
+                       doctest::Contains("num_batches_tracked must be one int64, got int64 [2]"), Error);
+  // The modules: three training steps, one evaluation, with and without momentum.
+  for (const std::optional<double> momentum : {std::optional<double>(0.1), std::optional<double>()}) {
+    BatchNorm2d bn(3, 1e-5, momentum);
+    nn::BatchNormUncentered2d bnu(3, 1e-5, momentum);
+    for (int k = 0; k < 3; ++k) bn(x), bnu(x);
+    bn.eval(), bnu.eval();
+    bn(x), bnu(x);
+    CHECK(bn.num_batches_tracked.item<int64_t>() == 3);
+    CHECK(bnu.num_batches_tracked.item<int64_t>() == 3);
+  }
 }
 
 TEST_CASE("module: BatchNorm2d with momentum = None keeps the plain average of every batch's statistics") {
