@@ -67,15 +67,25 @@ struct StepTable {
   BlockRanges ranges;
 };
 
+// The elements [begin, end) of parameter t that this block updates.
+struct Chunk {
+  int t;
+  int64_t begin, end;
+};
 template <class T>
-__global__ void sgd_kernel(StepTable<T> table, SgdStepParams p) {
+__device__ __forceinline__ Chunk chunk_of(const StepTable<T>& table) {
   const int t = table.ranges.entry(blockIdx.x);
   const int64_t begin = (int64_t(blockIdx.x) - table.ranges.first_block[t]) * kChunk;
-  const int64_t end = begin + kChunk < table.numel[t] ? begin + kChunk : table.numel[t];
-  T* w = table.w[t];
-  const T* g = table.g[t];
-  T* m = table.s0[t];
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+  return {t, begin, begin + kChunk < table.numel[t] ? begin + kChunk : table.numel[t]};
+}
+
+template <class T>
+__global__ void sgd_kernel(StepTable<T> table, SgdStepParams p) {
+  const Chunk c = chunk_of(table);
+  T* w = table.w[c.t];
+  const T* g = table.g[c.t];
+  T* m = table.s0[c.t];
+  for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x) {
     T unused = 0;
     math::sgd_update(w[i], g[i], m ? m[i] : unused, p);
   }
@@ -83,13 +93,11 @@ __global__ void sgd_kernel(StepTable<T> table, SgdStepParams p) {
 
 template <class T>
 __global__ void adam_kernel(StepTable<T> table, AdamStepParams p) {
-  const int t = table.ranges.entry(blockIdx.x);
-  const int64_t begin = (int64_t(blockIdx.x) - table.ranges.first_block[t]) * kChunk;
-  const int64_t end = begin + kChunk < table.numel[t] ? begin + kChunk : table.numel[t];
-  T* w = table.w[t];
-  const T* g = table.g[t];
-  T *m = table.s0[t], *v = table.s1[t], *vmax = table.s2[t];
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+  const Chunk c = chunk_of(table);
+  T* w = table.w[c.t];
+  const T* g = table.g[c.t];
+  T *m = table.s0[c.t], *v = table.s1[c.t], *vmax = table.s2[c.t];
+  for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x) {
     T unused = 0;
     math::adam_update(w[i], g[i], m[i], v[i], vmax ? vmax[i] : unused, p);
   }
