@@ -145,6 +145,10 @@ void destroy_stream(int device, StreamHandle stream) {
   if (stream == nullptr) return;  // the default stream is not ours to destroy
   if (stream_of(device) == static_cast<cudaStream_t>(stream)) set_current_stream(device, nullptr);
   DeviceGuard guard(device);
+  // Its queued work finishes first: cudaStreamDestroy returns at once, and a stream created later
+  // may get the same handle, while the caching allocator's free blocks and the cuBLAS workspaces
+  // are kept per stream handle (reused only behind that stream's earlier work).
+  BCOS_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
   BCOS_CUDA_CHECK(cudaStreamDestroy(static_cast<cudaStream_t>(stream)));
 }
 

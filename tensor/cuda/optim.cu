@@ -43,6 +43,8 @@ void launch_in_tables(size_t count, BlocksOf&& blocks_of, Fill&& fill, Launch&& 
   for (size_t t = 0; t < count; ++t) {
     const int64_t blocks = blocks_of(t);
     if (blocks == 0) continue;
+    BCOS_CHECK(blocks <= int64_t(INT32_MAX), "cuda optimizer step / clipping: tensor ", t, " needs ", blocks,
+               " blocks, more than a grid holds");
     // A grid holds at most 2^31 − 1 blocks: a new table before the sum would pass it.
     BlockRanges& r = table.ranges;
     if (r.count == kTableSize || r.first_block[r.count] + blocks > int64_t(INT32_MAX)) flush();
