@@ -88,9 +88,9 @@ cudaDataType cuda_data_type(DType t) {
   }
 }
 
-// cuBLAS's and cuBLASLt's workspace: 32 MiB from Hopper on (sm_90, what NVIDIA's cuBLAS
-// documentation asks for there and PyTorch gives it), 4 MiB before. Taken from the caching
-// allocator per call.
+// cuBLAS's and cuBLASLt's workspace size: 32 MiB from Hopper on (sm_90, what NVIDIA's cuBLAS
+// documentation asks for there and PyTorch gives it), 4 MiB before. cuBLASLt's is taken from the
+// caching allocator per call, cuBLAS's kept per thread and stream (gemm_workspace).
 uint64_t blas_workspace_bytes(int device) {
   static std::mutex mutex;
   static std::unordered_map<int, uint64_t> bytes;
