@@ -17,9 +17,6 @@
 #include <vector>
 
 #include "autograd/ops.h"
-#include "nn/bcos.h"
-#include "nn/norm.h"
-#include "nn/optim.h"
 #include "tensor/cuda/backend.h"
 #include "tensor/cuda/emulator/device.h"
 #include "tensor/cuda/emulator/runtime.h"
@@ -574,94 +571,6 @@ TEST_CASE("emulator: wmma's TF32 products multiply as a warp does; unrounded ope
   const auto [failure, out] = product(no_syncwarp, a);
   CHECK(failure == "");
   CHECK(out != want);
-}
-
-TEST_CASE("emulator: sums over rows into few outputs (linear's and layer norm's parameter gradients) run as coalesced columns") {
-  // Which launch a shape takes decides its speed on a GPU, which no result shows: the run counts
-  // do. Here linear's and layer_norm's parameter gradients, [600 rows, 40 channels] summed over
-  // the rows: 40 outputs, fewer than the threads of the GPU, each over 600 elements.
-  namespace rt = bcos::emu::runtime;
-  bcos::manual_seed(32);
-  const bcos::DType f64 = bcos::DType::f64;
-  const bcos::Tensor x = bcos::randn({600, 48}, f64), w = bcos::randn({40, 48}, f64), b = bcos::randn({40}, f64);
-  const bcos::Tensor gamma = bcos::randn({40}, f64), beta = bcos::randn({40}, f64);
-  auto grads = [&](bcos::Device dev) {
-    std::vector<bcos::Tensor> leaves = {w.to(dev), b.to(dev), gamma.to(dev), beta.to(dev)};
-    for (bcos::Tensor& t : leaves) t.requires_grad_();
-    bcos::Tensor y = bcos::layer_norm(bcos::linear(x.to(dev), leaves[0], leaves[1]), {40}, leaves[2], leaves[3]);
-    bcos::sum(y * y).backward();
-    std::vector<bcos::Tensor> out;
-    for (const bcos::Tensor& t : leaves) out.push_back(t.grad().to(bcos::Device()));
-    return out;
-  };
-  const auto cpu = grads(bcos::Device());
-  const int64_t columns = rt::kernels_run("reduce_columns"), blocks = rt::kernels_run("reduce_block_per_output");
-  const int64_t affine = rt::kernels_run("row_norm_affine_partials");
-  const auto gpu = grads(bcos::Device::cuda(0));
-  for (size_t i = 0; i < cpu.size(); ++i) CHECK(golden::relative_error(gpu[i], cpu[i]) <= 1e-10);
-  CHECK(rt::kernels_run("reduce_columns") - columns == 1);  // b's (w's is a product)
-  CHECK(rt::kernels_run("row_norm_affine_partials") - affine == 1);  // gamma's and beta's together
-  CHECK(rt::kernels_run("reduce_block_per_output") == blocks);
-}
-
-TEST_CASE("emulator: an optimizer step and adaptive clipping launch once per 32 parameters of a dtype, not once per "
-          "parameter") {
-  // 161 float32 parameters (a ResNet-50's count) and 3 float64 ones: ceil(161 / 32) + 1 launches
-  // per step, where the per-parameter step launched 164; a 16-bit parameter steps through float32
-  // copies in the float32 launches (its widening and narrowing are copies, not step launches).
-  namespace rt = bcos::emu::runtime;
-  const bcos::Device gpu = bcos::Device::cuda(0);
-  bcos::manual_seed(8);
-  std::vector<bcos::Tensor> params;
-  for (int i = 0; i < 164; ++i)
-    params.push_back(bcos::randn({i % 5 == 0 ? 3000 : 17}, i < 3 ? bcos::DType::f64 : i == 7 ? bcos::DType::bf16
-                                                                                            : bcos::DType::f32)
-                         .to(gpu)
-                         .requires_grad_());
-  for (const bool adam : {false, true}) {
-    CAPTURE(adam);
-    std::unique_ptr<bcos::nn::Optimizer> opt;
-    if (adam) opt = std::make_unique<bcos::nn::Adam>(params, bcos::nn::AdamOptions{.lr = 1e-3});
-    else opt = std::make_unique<bcos::nn::SGD>(params, bcos::nn::SGDOptions{.lr = 0.1, .momentum = 0.9});
-    for (const bcos::Tensor& p : params) p.set_grad(bcos::ones_like(p));
-    for (int step = 0; step < 2; ++step) {
-      const char* kernel = adam ? "adam_kernel" : "sgd_kernel";
-      bcos::synchronize(gpu);  // (queued launches are counted when they run)
-      const int64_t before = rt::kernels_run(kernel);
-      opt->step();
-      bcos::synchronize(gpu);
-      CHECK(rt::kernels_run(kernel) - before == 6 + 1);
-    }
-  }
-  // Adaptive gradient clipping likewise: a launch per 32 float32 / float64 parameters (the bf16
-  // one clips through the composed ops).
-  bcos::synchronize(gpu);
-  const int64_t before = rt::kernels_run("adaptive_clip_kernel");
-  bcos::nn::adaptive_clip_grad_(params, 0.01, 1e-3);
-  bcos::synchronize(gpu);
-  CHECK(rt::kernels_run("adaptive_clip_kernel") - before == 5 + 1);
-}
-
-TEST_CASE("emulator: a batch norm's training step counts its batch in the statistics' kernel: no fill, no add") {
-  // PyTorch's module adds 1 to num_batches_tracked in a launch of its own per norm per step (and
-  // this backend used to make a one for it first: two launches, 53 norms in a ResNet-50).
-  namespace rt = bcos::emu::runtime;
-  const bcos::Device gpu = bcos::Device::cuda(0);
-  bcos::manual_seed(9);
-  const bcos::Tensor x = bcos::randn({4, 3, 5, 5}).to(gpu);
-  bcos::nn::BatchNorm2d bn(3);
-  bcos::nn::BatchNormUncentered2d bnu(3);
-  bn.to(gpu), bnu.to(gpu);
-  for (bcos::nn::Module* m : {static_cast<bcos::nn::Module*>(&bn), static_cast<bcos::nn::Module*>(&bnu)}) {
-    bcos::synchronize(gpu);
-    const int64_t fills = rt::kernels_run("fill_kernel"), maps = rt::kernels_run("map2_kernel");
-    (*m)(x);
-    bcos::synchronize(gpu);
-    CHECK(rt::kernels_run("map2_kernel") == maps);
-    CHECK(rt::kernels_run("fill_kernel") - fills <= (m == &bnu ? 2 : 0));  // (the uncentred norm's zero means)
-  }
-  CHECK(bn.num_batches_tracked.to(bcos::Device()).item<int64_t>() == 1);
-  CHECK(bnu.num_batches_tracked.to(bcos::Device()).item<int64_t>() == 1);
 }
 
 TEST_CASE("emulator: a linear layer's bias goes in cuBLASLt's epilogue; where cuBLASLt offers no algorithm, "

@@ -253,6 +253,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
   if (workspace_bytes > 0 && workspace != nullptr) check_device_range(workspace, workspace_bytes, "cublasLtMatmul: workspace");
   const bool round_tf32 = la.type == CUDA_R_32F && dd.compute == CUBLAS_COMPUTE_32F_FAST_TF32;
   enqueue(stream, "cublasLtMatmul", [=] {
+    const uint64_t start = bcos::emu::runtime::tracing() ? bcos::emu::runtime::trace_clock_ns() : 0;
     const Eigen::MatrixXd product = bcos::emu::blas::product(dd.trans_a != CUBLAS_OP_N, dd.trans_b != CUBLAS_OP_N,
                                                              int64_t(m), int64_t(n), int64_t(k), A, la.type, la.ld, B,
                                                              lb.type, lb.ld, round_tf32);
@@ -263,6 +264,12 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
         if (bias) v += load(dd.bias, ld.type, int64_t(i));
         store(D, ld.type, int64_t(i + j * uint64_t(ld.ld)), v);
       }
+    if (start != 0)
+      bcos::emu::runtime::trace_call("cublasLtMatmul",
+                                     std::to_string(m) + "," + std::to_string(n) + "," + std::to_string(k) + ",1," +
+                                         (dd.trans_a != CUBLAS_OP_N ? "T" : "N") + (dd.trans_b != CUBLAS_OP_N ? "T" : "N") +
+                                         (bias ? ",bias," : ",") + (round_tf32 ? "tf32" : "other"),
+                                     bcos::emu::runtime::trace_clock_ns() - start);
   });
   return CUBLAS_STATUS_SUCCESS;
 }

@@ -118,6 +118,7 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
   void* const workspace = handle->workspace;
   const size_t workspace_bytes = handle->workspace_bytes;
   enqueue(handle->stream, "cublasGemmStridedBatchedEx", [=] {
+    const uint64_t start = bcos::emu::runtime::tracing() ? bcos::emu::runtime::trace_clock_ns() : 0;
     if (workspace_bytes > 0) {
       const size_t edge = std::min<size_t>(workspace_bytes, 256);
       std::memset(workspace, 0xFF, edge);
@@ -134,6 +135,16 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
           // beta == 0: C is not read (it may hold NaN), as the documentation promises.
           store(C, Ctype, at, a * product(i, j) + (b == 0 ? 0.0 : b * load(C, Ctype, at)));
         }
+    }
+    if (start != 0) {
+      const char* math = compute == CUBLAS_COMPUTE_32F_FAST_TF32 ? "tf32"
+                         : f64                                   ? "f64"
+                         : half                                  ? "16-bit"
+                                                                 : "f32";
+      bcos::emu::runtime::trace_call("cublasGemmStridedBatchedEx",
+                                     std::to_string(m) + "," + std::to_string(n) + "," + std::to_string(k) + "," +
+                                         std::to_string(batch) + (ta ? ",T" : ",N") + (tb ? "T," : "N,") + math,
+                                     bcos::emu::runtime::trace_clock_ns() - start);
     }
   });
   return CUBLAS_STATUS_SUCCESS;

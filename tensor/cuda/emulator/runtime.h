@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -36,6 +37,14 @@ std::vector<int64_t> draw_order(int64_t n);
 // run so far (queued ones count once run: synchronise first). Tests check with it that a shape
 // takes the launch meant for it, which its results alone cannot show.
 int64_t kernels_run(std::string_view name_prefix);
+// BCOS_CUDA_EMULATOR_TRACE=<file> writes a line per launch and per cuBLAS GEMM to <file>
+// (scheduler.cpp; tools/emu_trace.py reads it). set_trace starts a new one in `path` in its place
+// (closing the last; "" stops tracing); tracing() says whether one is open; trace_call writes a
+// library call's line: its name, its shape in the grid's column, its host time as its work.
+void set_trace(const std::string& path);
+bool tracing();
+void trace_call(const char* name, const std::string& shape, uint64_t work_ns);
+uint64_t trace_clock_ns();
 
 // The devices whose context the process has woken (bit d: device d), as the real runtime creates
 // them: on cudaSetDevice, and on allocations, pinned host memory, streams, events and queued work

@@ -11,6 +11,8 @@
 // turns (the schedule below), and code that leans on one order shows it under another.
 #include <sys/mman.h>
 
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -120,6 +122,11 @@ struct Grid {
   Fiber* running = nullptr;
   std::string error;  // set by a fiber that cannot go on; raised once the fiber has yielded
   char* stacks = nullptr;
+  // Under BCOS_CUDA_EMULATOR_TRACE: each thread's running time in the block being run (ns), the
+  // one it is charged to now (-1: the scheduler) and since when.
+  std::vector<uint64_t> busy;
+  int charged = -1;
+  uint64_t charged_since = 0;
 };
 
 Grid& grid_state() {
@@ -135,6 +142,63 @@ std::map<std::string, int64_t>& kernel_runs() {
 std::mutex& grid_lock() {
   static std::mutex m;
   return m;
+}
+
+// BCOS_CUDA_EMULATOR_TRACE=<file>: a line per launch (tab-separated: kernel, grid, block, blocks,
+// threads per block, and in ns of this host's time: all threads' running time, the
+// longest block's, the longest thread's, and the mean over blocks of each block's longest thread).
+// The emulator runs every thread one after another, so the sum is the launch's work, and a
+// block's longest thread its critical path: a GPU runs a block's threads side by side and cannot
+// end the block sooner -- the measure of a kernel whose per-thread loop grows with the batch while
+// its grid does not, which no CPU profile shows. The mean over blocks leaves out the one thread
+// that met a page fault or a cold cache (tools/emu_trace.py sums a trace by kernel).
+std::mutex& trace_lock() {
+  static std::mutex m;
+  return m;
+}
+std::FILE* open_trace(const char* path) {
+  std::FILE* f = std::fopen(path, "w");
+  if (f == nullptr) fail("CUDA emulator: cannot open the trace file ", path, " for writing");
+  std::fputs("kernel\tgrid\tblock\tblocks\tthreads\twork_ns\tmax_block_ns\tmax_thread_ns\tblock_path_ns\n", f);
+  return f;
+}
+struct Trace {
+  bool started = false;  // BCOS_CUDA_EMULATOR_TRACE read (or set_trace called)
+  std::FILE* file = nullptr;
+};
+Trace& trace_state() {  // under trace_lock()
+  static Trace t;
+  return t;
+}
+std::FILE* trace_file() {  // under trace_lock()
+  Trace& t = trace_state();
+  if (!t.started) {
+    t.started = true;
+    if (const char* env = std::getenv("BCOS_CUDA_EMULATOR_TRACE"); env != nullptr && *env != '\0')
+      t.file = open_trace(env);
+  }
+  return t.file;
+}
+
+// Wall time (~25 ns a read). A thread's CPU time would leave out what other processes took while
+// this one waited for a core, but its clock is a system call (~1.7 us on a VM, more than most
+// emulated threads run, charged to every barrier-heavy kernel); a preemption instead lands on the
+// one thread that ran then, which the mean over blocks dilutes.
+uint64_t now_ns() {
+  return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::steady_clock::now().time_since_epoch())
+                      .count());
+}
+
+// Charges the time since the last switch to the thread that ran, and starts `next`'s (-1: the
+// scheduler's, charged to nobody). Only while tracing.
+void charge_switch(int next) {
+  Grid& g = grid_state();
+  if (g.busy.empty()) return;
+  const uint64_t t = now_ns();
+  if (g.charged >= 0) g.busy[size_t(g.charged)] += t - g.charged_since;
+  g.charged = next;
+  g.charged_since = t;
 }
 
 char* fiber_stacks() {
@@ -163,6 +227,7 @@ char* stack_bottom(int index) {
 // Saves the running context in *save and resumes `next_sp`: fiber `next_index`'s stack, or the
 // scheduler's (the host thread's own) for -1. `last`: the running fiber never resumes.
 void switch_to(void** save, void* next_sp, int next_index, bool last = false) {
+  charge_switch(next_index);
 #ifdef BCOS_EMU_ASAN
   const void* bottom = nullptr;
   size_t size = 0;
@@ -554,11 +619,28 @@ void run_grid_now(const char* kernel, dim3 grid, dim3 block, const std::function
   ThreadState* const outer_thread = current_thread;
   block_dim = block;
   grid_dim = grid;
+  std::FILE* trace = nullptr;
+  {
+    std::lock_guard<std::mutex> trace_guard(trace_lock());
+    trace = trace_file();
+  }
+  uint64_t work_ns = 0, max_block_ns = 0, max_thread_ns = 0, sum_block_longest_ns = 0;
+  g.busy.clear();
   for (uint64_t k = 0; k < blocks; ++k) {
     const uint64_t b = order.at(k);
     const unsigned x = unsigned(b % grid.x), y = unsigned(b / grid.x % grid.y), z = unsigned(b / grid.x / grid.y);
     block_index = uint3{x, y, z};
+    if (trace != nullptr) g.busy.assign(size_t(threads), 0), g.charged = -1;
     run_block(g);
+    if (trace != nullptr) {
+      uint64_t block_ns = 0, longest = 0;
+      for (uint64_t t : g.busy) block_ns += t, longest = std::max(longest, t);
+      work_ns += block_ns;
+      max_thread_ns = std::max(max_thread_ns, longest);
+      sum_block_longest_ns += longest;
+      max_block_ns = std::max(max_block_ns, block_ns);
+      g.busy.clear();
+    }
     if (!g.error.empty()) {
       current_thread = outer_thread;
       fail("CUDA emulator: kernel ", kernel, ", block (", x, ", ", y, ", ", z, ") of (", grid.x, ", ", grid.y,
@@ -566,6 +648,14 @@ void run_grid_now(const char* kernel, dim3 grid, dim3 block, const std::function
     }
   }
   current_thread = outer_thread;
+  if (trace != nullptr) {
+    std::lock_guard<std::mutex> trace_guard(trace_lock());
+    if (std::FILE* f = trace_file())  // the one open now (set_trace may have replaced it)
+      std::fprintf(f, "%s\t%u,%u,%u\t%u,%u,%u\t%llu\t%llu\t%llu\t%llu\t%llu\t%llu\n", kernel, grid.x, grid.y,
+                   grid.z, block.x, block.y, block.z, (unsigned long long)blocks, (unsigned long long)threads,
+                   (unsigned long long)work_ns, (unsigned long long)max_block_ns, (unsigned long long)max_thread_ns,
+                   (unsigned long long)(sum_block_longest_ns / blocks));
+  }
 }
 
 }  // namespace
@@ -603,6 +693,25 @@ namespace runtime {
 std::vector<int64_t> draw_order(int64_t n) {
   std::lock_guard<std::mutex> lock(schedule_lock());
   return turns(schedule(), n);
+}
+void set_trace(const std::string& path) {
+  std::lock_guard<std::mutex> lock(trace_lock());
+  Trace& t = trace_state();
+  t.started = true;
+  if (t.file != nullptr) std::fclose(t.file);
+  t.file = nullptr;
+  if (!path.empty()) t.file = open_trace(path.c_str());
+}
+bool tracing() {
+  std::lock_guard<std::mutex> lock(trace_lock());
+  return trace_file() != nullptr;
+}
+uint64_t trace_clock_ns() { return now_ns(); }
+void trace_call(const char* name, const std::string& shape, uint64_t work_ns) {
+  std::lock_guard<std::mutex> lock(trace_lock());
+  if (std::FILE* f = trace_file())
+    std::fprintf(f, "%s\t%s\t-\t1\t1\t%llu\t%llu\t%llu\t%llu\n", name, shape.c_str(), (unsigned long long)work_ns,
+                 (unsigned long long)work_ns, (unsigned long long)work_ns, (unsigned long long)work_ns);
 }
 int64_t kernels_run(std::string_view name_prefix) {
   std::lock_guard<std::mutex> lock(grid_lock());
