@@ -80,8 +80,15 @@ Tensor binary_forward(const char* name, BinaryOp op, const Tensor& a, const Tens
   }
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   Tensor out = empty(shape, {is_comparison(op) ? DType::boolean : r, a.device()});
-  kernel::binary(op, raw_expand(kernel_operand(a, r, is_comparison(op)), shape, name),
-                 raw_expand(kernel_operand(b, r, is_comparison(op)), shape, name), out);
+  // A float32 result of a float32 and a 16-bit operand (a bf16 linear's output added to a float32
+  // residual stream under autocast): the kernel widens the 16-bit one as it reads it -- exact, so
+  // the same bits as a widened copy, without that copy's pass.
+  const bool widen_in_kernel =
+      !is_comparison(op) && r == DType::f32 && is_half_float(a.dtype()) != is_half_float(b.dtype());
+  auto operand = [&](const Tensor& t) {
+    return widen_in_kernel && is_half_float(t.dtype()) ? t : kernel_operand(t, r, is_comparison(op));
+  };
+  kernel::binary(op, raw_expand(operand(a), shape, name), raw_expand(operand(b), shape, name), out);
   return out;
 }
 

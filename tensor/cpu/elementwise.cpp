@@ -241,6 +241,41 @@ void binary_half(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& ou
   return binary_half_typed<S, S, S>(op, a, b, out);
 }
 
+// A float32 op with one 16-bit operand (A or B): the 16-bit one widened (exactly) in chunks into
+// a float buffer, which vectorises, then the float formula.
+template <class A, class B, class F>
+void map2_widening(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
+  const A* pa = static_cast<const A*>(a.raw_data());
+  const B* pb = static_cast<const B*>(b.raw_data());
+  float* po = static_cast<float*>(out.raw_data());
+  for_each_row<3>(out.shape(), {&out, &a, &b}, 4, [&](const int64_t* off, int64_t n, const int64_t* st) {
+    float ba[kHalfChunk], bb[kHalfChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kHalfChunk) {
+      const int64_t m = std::min(kHalfChunk, n - i0);
+      const A* x = pa + off[1] + i0 * st[1];
+      const B* y = pb + off[2] + i0 * st[2];
+      float* o = po + off[0] + i0 * st[0];
+      if (st[1] == 1) for (int64_t j = 0; j < m; ++j) ba[j] = float(x[j]);
+      else for (int64_t j = 0; j < m; ++j) ba[j] = float(x[j * st[1]]);
+      if (st[2] == 1) for (int64_t j = 0; j < m; ++j) bb[j] = float(y[j]);
+      else for (int64_t j = 0; j < m; ++j) bb[j] = float(y[j * st[2]]);
+      if (st[0] == 1) for (int64_t j = 0; j < m; ++j) o[j] = f(ba[j], bb[j]);
+      else for (int64_t j = 0; j < m; ++j) o[j * st[0]] = f(ba[j], bb[j]);
+    }
+  });
+}
+
+template <class S>
+void binary_widening(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+  math::with_binary_op(op, [&]<BinaryOp OP>() {
+    if constexpr (!is_comparison(OP)) {
+      auto f = [](float x, float y) { return math::binary<OP>(x, y); };
+      if (a.dtype() == DType::f32) map2_widening<float, S>(a, b, out, f);
+      else map2_widening<S, float>(a, b, out, f);
+    }
+  });
+}
+
 template <class T>
 void binary_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
   math::with_binary_op(op, [&]<BinaryOp OP>() {
@@ -276,6 +311,14 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
   if (is_comparison(op) && (a.dtype() == DType::u8 || a.dtype() == DType::boolean)) {
     if (a.dtype() == DType::u8) return binary_typed<uint8_t>(op, a, b, out);
     return binary_typed<bool>(op, a, b, out);
+  }
+  // A float32 result of a float32 and a 16-bit operand: widened as it is read.
+  if (!is_comparison(op) && out.dtype() == DType::f32 && is_half_float(a.dtype()) != is_half_float(b.dtype())) {
+    const DType half = is_half_float(a.dtype()) ? a.dtype() : b.dtype(), wide = is_half_float(a.dtype()) ? b.dtype() : a.dtype();
+    BCOS_CHECK(wide == DType::f32, "binary ", op_name(op), ": operands ", a.dtype(), " and ", b.dtype(), " into ",
+               out.dtype(), " (a float32 op takes float32 and at most one 16-bit operand)");
+    if (half == DType::bf16) return binary_widening<BFloat16>(op, a, b, out);
+    return binary_widening<Half>(op, a, b, out);
   }
   // 16-bit floats: out's type, or a comparison's operand type that is not a float32 scalar.
   const DType half = is_comparison(op) ? (a.dtype() == DType::f32 ? b.dtype() : a.dtype()) : out.dtype();

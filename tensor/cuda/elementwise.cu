@@ -46,7 +46,8 @@ struct UnaryBackwardHalfFn {
   }
 };
 
-// Operands A and B each S or float (a float32 scalar beside a 16-bit tensor keeps its value).
+// Operands A and B each S or float (a float32 scalar beside a 16-bit tensor keeps its value); with
+// S = float, a float32 op widening its one 16-bit operand.
 template <BinaryOp OP, class S, class A, class B>
 struct BinaryHalfFn {
   __device__ auto operator()(A x, B y) const {
@@ -275,6 +276,32 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
   check_same_shape(out, b, "cuda::binary");
   const char* name = op_name(op);
   const bool comparison = is_comparison(op);
+  // A float32 result of a float32 and a 16-bit operand: widened as it is read (one pass, not a
+  // widened copy and then the op; as PyTorch's kernels cast their operands on the fly).
+  if (!comparison && out.dtype() == DType::f32 && is_half_float(a.dtype()) != is_half_float(b.dtype())) {
+    const DType half = is_half_float(a.dtype()) ? a.dtype() : b.dtype(), wide = is_half_float(a.dtype()) ? b.dtype() : a.dtype();
+    BCOS_CHECK(wide == DType::f32, "cuda binary ", name, ": operands are ", dtype_name(a.dtype()), " and ",
+               dtype_name(b.dtype()), " into ", dtype_name(out.dtype()),
+               " (a float32 op takes float32 and at most one 16-bit operand)");
+    if (out.numel() == 0) return;
+    DeviceGuard guard(device);
+    cudaStream_t stream = stream_of(device);
+    Geometry<3> g = make_geometry<3>(out.shape(), {&out.strides(), &a.strides(), &b.strides()});
+    auto run = [&]<class A, class B>() {
+      math::with_binary_op(op, [&]<BinaryOp OP>() {
+        if constexpr (!is_comparison(OP)) {
+          map2_kernel<<<map_blocks<float, A, 3, B>(g), kThreads, 0, stream>>>(
+              static_cast<float*>(out.raw_data()), static_cast<const A*>(a.raw_data()),
+              static_cast<const B*>(b.raw_data()), g, BinaryHalfFn<OP, float, A, B>{});
+          BCOS_CUDA_CHECK_LAUNCH();
+        }
+      });
+    };
+    return dispatch_half(half, [&]<class S>() {
+      if (a.dtype() == DType::f32) return run.template operator()<float, S>();
+      return run.template operator()<S, float>();
+    });
+  }
   // 16-bit floats: both operands of that type, or one a float32 scalar beside it (kept in float32).
   const DType dt = a.dtype() == DType::f32 && is_half_float(b.dtype()) ? b.dtype() : a.dtype();
   const bool half = is_half_float(dt);

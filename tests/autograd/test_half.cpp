@@ -207,6 +207,48 @@ TEST_CASE("half: a bfloat16 tensor with a float32 tensor promotes to float32; ea
   CHECK(where(full({2}, 1.0, {DType::boolean}), zeros({2}, kBFloat16), zeros({2})).dtype() == DType::f32);
 }
 
+TEST_CASE("half: a float32 op with one 16-bit operand widens it as it reads it: the bits of widening it first") {
+  // Under autocast a bf16 linear's output meets the float32 residual stream; the kernel takes the
+  // 16-bit operand as it is (no widened copy, a pass over it fewer), which is exact, so every op,
+  // either operand order and every layout must give the bits of an explicit widening first.
+  manual_seed(41);
+  std::map<std::string, Binary> ops = binary_ops();
+  ops["add_relu"] = [](const Tensor& a, const Tensor& b) { return add_relu(a, b); };
+  for (DType h : {kBFloat16, kFloat16}) {
+    for (const auto& [name, fn] : ops) {
+      for (int layout = 0; layout < 5; ++layout) {
+        // 0: both [6, 5]; 1: the 16-bit operand a broadcast row; 2: a transposed 16-bit view;
+        // 3: a 0-dim 16-bit tensor (a tensor with dims decides the type: float32); 4: a float32
+        // column broadcast against the 16-bit tensor.
+        Tensor wide = layout == 4 ? randn({6, 1}) : randn({6, 5});
+        Tensor half = layout == 1   ? randn({5}).to(h)
+                      : layout == 2 ? randn({5, 6}).to(h).t()
+                      : layout == 3 ? randn({}).to(h)
+                                    : randn({6, 5}).to(h);
+        if (name == "pow") wide = abs(wide) + 0.25, half = (abs(half) + 0.25).to(h);  // real powers
+        for (bool half_first : {true, false}) {
+          CAPTURE(dtype_name(h));
+          CAPTURE(name);
+          CAPTURE(layout);
+          CAPTURE(half_first);
+          const Tensor got = half_first ? fn(half, wide) : fn(wide, half);
+          const Tensor want = half_first ? fn(half.to(kFloat32), wide) : fn(wide, half.to(kFloat32));
+          REQUIRE(got.dtype() == DType::f32);
+          CHECK(golden::equal(got, want));
+        }
+      }
+    }
+  }
+  // Two 16-bit types (bfloat16 with float16: float32) and a 16-bit with a float64 operand still
+  // widen first, as before.
+  const Tensor mixed = add(full({3}, 1.5, {DType::bf16}), full({3}, 0.25, {DType::f16}));
+  CHECK(mixed.dtype() == DType::f32);
+  CHECK(golden::equal(mixed, full({3}, 1.75)));
+  const Tensor wider = mul(full({3}, 1.5, {DType::bf16}), full({3}, 0.1, {DType::f64}));
+  CHECK(wider.dtype() == DType::f64);
+  CHECK(golden::equal(wider, full({3}, 1.5 * 0.1, {DType::f64})));
+}
+
 TEST_CASE("half: reductions accumulate in double and round once; gradients of sum, mean and amax") {
   const auto& f = fixtures();
   const std::map<std::string, Unary> ops = {

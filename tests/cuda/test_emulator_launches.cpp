@@ -190,3 +190,27 @@ TEST_CASE("emulator: a batch norm's training step counts its batch in the statis
   CHECK(bn.num_batches_tracked.to(bcos::Device()).item<int64_t>() == 1);
   CHECK(bnu.num_batches_tracked.to(bcos::Device()).item<int64_t>() == 1);
 }
+
+TEST_CASE("emulator: a float32 op with a 16-bit operand reads it as it is: one launch, no widened copy") {
+  // Under autocast a bf16 linear's output is added to the float32 residual stream (twice per
+  // transformer block): a widened copy first was a pass over the activation and a launch more.
+  namespace rt = bcos::emu::runtime;
+  const bcos::Device gpu = bcos::Device::cuda(0);
+  bcos::manual_seed(43);
+  const bcos::Tensor wide = bcos::randn({64, 48}), row = bcos::randn({48});
+  for (bcos::DType h : {bcos::DType::bf16, bcos::DType::f16}) {
+    const bcos::Tensor half = bcos::randn({64, 48}).to(h);
+    const bcos::Tensor want = bcos::add(wide, half.to(bcos::DType::f32));
+    const bcos::Tensor want_row = bcos::mul(half.to(bcos::DType::f32), row);
+    const bcos::Tensor w = wide.to(gpu), hg = half.to(gpu), r = row.to(gpu);
+    bcos::synchronize(gpu);
+    const int64_t converts = rt::kernels_run("convert_copy"), maps = rt::kernels_run("map2_kernel");
+    const bcos::Tensor got = bcos::add(w, hg), got_row = bcos::mul(hg, r);
+    bcos::synchronize(gpu);
+    CHECK(rt::kernels_run("convert_copy") == converts);
+    CHECK(rt::kernels_run("map2_kernel") - maps == 2);
+    REQUIRE(got.dtype() == bcos::DType::f32);
+    CHECK(golden::equal(got.to(bcos::Device()), want));  // float32 sums of exactly widened values
+    CHECK(golden::equal(got_row.to(bcos::Device()), want_row));
+  }
+}
