@@ -76,6 +76,9 @@ Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
 Tensor relu(const Tensor& x);
 Tensor silu(const Tensor& x);
+// CLIP's QuickGELU x · σ(1.702 x) in one pass each way, with the bits of OpenAI's composed form
+// (x * torch.sigmoid(1.702 * x): each of its three ops rounds to x's type).
+Tensor quick_gelu(const Tensor& x);
 // approximate: "none" (x * Phi(x), with erf) or "tanh"
 Tensor gelu(const Tensor& x, const std::string& approximate = "none");
 Tensor clamp(const Tensor& x, std::optional<double> min, std::optional<double> max);

@@ -20,7 +20,7 @@ using nn::ModulePtr;
 const std::vector<float> kClipMean = {0.48145466f, 0.4578275f, 0.40821073f};
 const std::vector<float> kClipStd = {0.26862954f, 0.26130258f, 0.27577711f};
 
-Tensor QuickGELU::forward(const Tensor& x) { return x * sigmoid(x * 1.702); }
+Tensor QuickGELU::forward(const Tensor& x) { return quick_gelu(x); }
 
 Tensor l2_normalize(const Tensor& x) { return x / norm(x, 2, {-1}, true); }
 

@@ -166,8 +166,8 @@ std::string DetachableLayerNorm::describe() const {
 }
 
 Tensor DetachableQuickGELU::forward(const Tensor& x) {
-  const Tensor gate = sigmoid(x * 1.702);
-  return x * (explanation_mode() ? gate.detach() : gate);
+  if (!explanation_mode()) return quick_gelu(x);  // one pass each way, the composed ops' roundings
+  return x * sigmoid(x * 1.702).detach();
 }
 
 Tensor DetachableGELU::forward(const Tensor& x) {

@@ -13,8 +13,11 @@
 
 #if defined(__CUDACC__)
 #define BCOS_HD __host__ __device__ __forceinline__
+#define BCOS_HD_ALWAYS __host__ __device__ __forceinline__
 #else
 #define BCOS_HD inline
+// Inlined into the CPU's loops whatever the compiler's inlining budget, so that they vectorise.
+#define BCOS_HD_ALWAYS inline __attribute__((always_inline))
 #endif
 
 namespace bcos::math {
@@ -23,6 +26,7 @@ constexpr double kSqrt1_2 = 0.70710678118654752440;
 constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 constexpr double kSqrt2OverPi = 0.79788456080286535588;
 constexpr double kGeluTanhC = 0.044715;
+constexpr double kQuickGeluScale = 1.702;  // OpenAI CLIP's QuickGELU: x · σ(1.702 x)
 
 // The C math library in the precision of T: the same functions on the host and on the device.
 template <class T> struct Math;
@@ -88,6 +92,41 @@ BCOS_HD T clamp_value(T v, T lo, T hi) {
   return v;
 }
 
+// CLIP's QuickGELU, x · σ(1.702 x), as the three ops OpenAI's code composes it of compute it
+// (t = x * 1.702, s = sigmoid(t), x * s), each intermediate rounded by `round` to the tensor's type
+// (KeepValue for float32 / float64; bfloat16 / float16 for a 16-bit tensor, computed in float);
+// the caller rounds the result. `sigmoid`: the backend's σ (the CPU's vectorised one). The
+// backward follows autograd through the same ops: g·s from the product, and (g·x)·s(1 − s)·1.702
+// through the gate, each rounded, summed. So a 16-bit tensor gets the composed ops' bits; in
+// float32 / float64 the last step is an explicit fma (a compiler could contract it or not: this
+// way every backend and optimisation level rounds it the same), a last bit the composed ops'
+// separate product and sum may differ in.
+template <class T, class Round, class SigmoidFn>
+BCOS_HD_ALWAYS T quick_gelu_forward(T x, Round round, SigmoidFn sigmoid) {
+  const T t = round(x * T(kQuickGeluScale));
+  const T s = round(sigmoid(t));
+  return x * s;
+}
+template <class T, class Round, class SigmoidFn>
+BCOS_HD_ALWAYS T quick_gelu_backward(T g, T x, Round round, SigmoidFn sigmoid) {
+  const T t = round(x * T(kQuickGeluScale));
+  const T s = round(sigmoid(t));
+  const T from_product = round(g * s), through_gate = round(g * x);
+  const T through_sigmoid = round(through_gate * s * (T(1) - s));
+  if constexpr (Round::kKeeps) return Math<T>::fma(through_sigmoid, T(kQuickGeluScale), from_product);
+  else return from_product + round(through_sigmoid * T(kQuickGeluScale));
+}
+// The identity rounding and σ of the float32 / float64 formulas.
+struct KeepValue {
+  static constexpr bool kKeeps = true;
+  template <class T>
+  BCOS_HD_ALWAYS T operator()(T v) const { return v; }
+};
+struct PlainSigmoid {
+  template <class T>
+  BCOS_HD_ALWAYS T operator()(T v) const { return T(1) / (T(1) + Math<T>::exp(-v)); }
+};
+
 // y = op(x)
 template <UnaryOp OP, class T>
 BCOS_HD T unary_forward(T v, const UnaryParams<T>& p) {
@@ -112,6 +151,7 @@ BCOS_HD T unary_forward(T v, const UnaryParams<T>& p) {
     const T inner = T(kSqrt2OverPi) * (v + T(kGeluTanhC) * v * v * v);
     return T(0.5) * v * (T(1) + M::tanh(inner));
   } else if constexpr (OP == UnaryOp::silu) return v / (T(1) + M::exp(-v));
+  else if constexpr (OP == UnaryOp::quick_gelu) return quick_gelu_forward(v, KeepValue{}, PlainSigmoid{});
   else if constexpr (OP == UnaryOp::pow_scalar) return p.p0 == T(2) ? v * v : M::pow(v, p.p0);
   else if constexpr (OP == UnaryOp::clamp) {
     if (p.has_lo) v = clamp_value<true, false>(v, p.p0, p.p1);
@@ -157,6 +197,8 @@ BCOS_HD T unary_backward(T g, T s, const UnaryParams<T>& p) {
   } else if constexpr (OP == UnaryOp::silu) {
     const T sig = T(1) / (T(1) + M::exp(-s));
     return g * sig * (T(1) + s * (T(1) - sig));
+  } else if constexpr (OP == UnaryOp::quick_gelu) {
+    return quick_gelu_backward(g, s, KeepValue{}, PlainSigmoid{});
   } else if constexpr (OP == UnaryOp::pow_scalar) {
     return p.p0 == T(0) ? T(0) : g * p.p0 * M::pow(s, p.p0 - T(1));
   } else if constexpr (OP == UnaryOp::clamp) {
@@ -226,6 +268,7 @@ void with_unary_op(UnaryOp op, F&& f) {
     case UnaryOp::gelu_erf: return f.template operator()<UnaryOp::gelu_erf>();
     case UnaryOp::gelu_tanh: return f.template operator()<UnaryOp::gelu_tanh>();
     case UnaryOp::silu: return f.template operator()<UnaryOp::silu>();
+    case UnaryOp::quick_gelu: return f.template operator()<UnaryOp::quick_gelu>();
     case UnaryOp::pow_scalar: return f.template operator()<UnaryOp::pow_scalar>();
     case UnaryOp::clamp: return f.template operator()<UnaryOp::clamp>();
   }

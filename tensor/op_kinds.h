@@ -12,6 +12,7 @@ namespace bcos {
 enum class UnaryOp {
   neg, abs, sign, exp, log, log1p, sqrt, rsqrt, square, reciprocal, sin, cos, tanh, sigmoid,
   relu, gelu_erf, gelu_tanh, silu,
+  quick_gelu,  // CLIP's x · σ(1.702 x), with its composed ops' roundings (elementwise_math.h)
   pow_scalar,  // x ^ p0
   clamp,       // clamp(x, p0, p1); a NaN bound means "no bound"
 };
@@ -109,6 +110,7 @@ constexpr const char* op_name(UnaryOp op) {
     case UnaryOp::relu: return "relu";
     case UnaryOp::gelu_erf: return "gelu_erf";
     case UnaryOp::gelu_tanh: return "gelu_tanh";
+    case UnaryOp::quick_gelu: return "quick_gelu";
     case UnaryOp::silu: return "silu";
     case UnaryOp::pow_scalar: return "pow_scalar";
     case UnaryOp::clamp: return "clamp";

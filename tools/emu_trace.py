@@ -25,6 +25,7 @@ import argparse
 import collections
 import csv
 import re
+import signal
 import sys
 
 
@@ -115,4 +116,5 @@ def main():
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the output quietly
     main()

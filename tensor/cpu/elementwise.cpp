@@ -86,6 +86,17 @@ void map2(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
 // float exp, sigmoid, SiLU and GELU through tensor/cpu/vec_math.h, whose loops vectorise (libm's
 // erff / expf kept them scalar: GELU was 7.6 % of a ViT-B/16 forward); every other op and dtype
 // through the formulas shared with CUDA.
+// σ as the CPU's float sigmoid computes it (vectorised exp), for QuickGELU's gate.
+struct VecSigmoid {
+  BCOS_VEC_INLINE float operator()(float v) const { return 1.0f / (1.0f + vec::exp(-v)); }
+};
+// Rounds a float to the 16-bit type S and back: QuickGELU's intermediates on S tensors.
+template <class S>
+struct RoundThrough {
+  static constexpr bool kKeeps = false;
+  BCOS_VEC_INLINE float operator()(float v) const { return float(S(v)); }
+};
+
 template <UnaryOp OP, class T>
 BCOS_VEC_INLINE T forward_on_cpu(T v, const math::UnaryParams<T>& p) {
   if constexpr (std::is_same_v<T, float>) {
@@ -93,6 +104,7 @@ BCOS_VEC_INLINE T forward_on_cpu(T v, const math::UnaryParams<T>& p) {
     else if constexpr (OP == UnaryOp::sigmoid) return 1.0f / (1.0f + vec::exp(-v));
     else if constexpr (OP == UnaryOp::silu) return v / (1.0f + vec::exp(-v));
     else if constexpr (OP == UnaryOp::gelu_erf) return v * vec::normal_cdf(v);
+    else if constexpr (OP == UnaryOp::quick_gelu) return math::quick_gelu_forward(v, math::KeepValue{}, VecSigmoid{});
   }
   return math::unary_forward<OP>(v, p);
 }
@@ -102,6 +114,7 @@ template <UnaryOp OP, class T>
 BCOS_VEC_INLINE T backward_on_cpu(T g, T s, const math::UnaryParams<T>& p) {
   if constexpr (std::is_same_v<T, float>) {
     if constexpr (OP == UnaryOp::gelu_erf) return g * (vec::normal_cdf(s) + s * vec::normal_pdf(s));
+    else if constexpr (OP == UnaryOp::quick_gelu) return math::quick_gelu_backward(g, s, math::KeepValue{}, VecSigmoid{});
     else if constexpr (OP == UnaryOp::silu) {
       const float sig = 1.0f / (1.0f + vec::exp(-s));
       return g * sig * (1.0f + s * (1.0f - sig));
@@ -199,7 +212,12 @@ void unary_half(UnaryOp op, const Tensor& x, const Tensor& out, double p0, doubl
   const math::UnaryParams<float> p = math::make_unary_params<float>(p0, p1);
   if (op == UnaryOp::pow_scalar && p.p0 == 2.0f) op = UnaryOp::square;
   math::with_unary_op(op, [&]<UnaryOp OP>() {
-    map1_half<S>(x, out, [p](float v) BCOS_VEC_INLINE_LAMBDA { return forward_on_cpu<OP>(v, p); });
+    if constexpr (OP == UnaryOp::quick_gelu)  // its composed ops' roundings to S
+      map1_half<S>(x, out, [](float v) BCOS_VEC_INLINE_LAMBDA {
+        return math::quick_gelu_forward(v, RoundThrough<S>{}, VecSigmoid{});
+      });
+    else
+      map1_half<S>(x, out, [p](float v) BCOS_VEC_INLINE_LAMBDA { return forward_on_cpu<OP>(v, p); });
   });
 }
 
@@ -212,7 +230,12 @@ void unary_backward_half(UnaryOp op, const Tensor& g, const Tensor& x, const Ten
   BCOS_CHECK(g.dtype() == s.dtype() && gx.dtype() == s.dtype(), "unary_backward ", op_name(op), ": grad ", g.dtype(),
              ", grad_x ", gx.dtype(), " and input ", s.dtype(), " must agree");
   math::with_unary_op(op, [&]<UnaryOp OP>() {
-    map2_half<S>(g, s, gx, [p](float gv, float sv) BCOS_VEC_INLINE_LAMBDA { return backward_on_cpu<OP>(gv, sv, p); });
+    if constexpr (OP == UnaryOp::quick_gelu)
+      map2_half<S>(g, s, gx, [](float gv, float sv) BCOS_VEC_INLINE_LAMBDA {
+        return math::quick_gelu_backward(gv, sv, RoundThrough<S>{}, VecSigmoid{});
+      });
+    else
+      map2_half<S>(g, s, gx, [p](float gv, float sv) BCOS_VEC_INLINE_LAMBDA { return backward_on_cpu<OP>(gv, sv, p); });
   });
 }
 

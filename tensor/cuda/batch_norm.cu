@@ -160,25 +160,47 @@ __global__ void grad_finish_kernel(const double* partials, int64_t parts, Channe
   }
 }
 
-// grad_x's per-channel coefficients coef[c] = {k1, k2, mg, mu}: grad_x = k1 (g − mg) − k2 (x − mu).
+// grad_x's per-channel coefficients coef[c] = {k1, k2, mg, mu}: grad_x = k1 (g − mg) − k2 (x − mu),
+// from channel c's sums (a, b) (grad_finish's) or the replicas' summed ones.
 //   centred:   k1 = w invstd, k2 = w invstd² mean(g x̂), mg = mean(g) (both means 0 in evaluation)
 //   uncentred: k1 = γ r, k2 = γ r³ A / M (through the variance), mg = 0
 template <class T>
+__device__ void channel_coefficients(const T* w, const T* mean, const T* invstd, double sa, double sb,
+                                     const T* replica, Channels d, bool training, bool uncentered, int64_t c, T* coef) {
+  const double count = replica ? double(replica[2 * d.c]) : double(d.n * d.s);
+  const double is = double(invstd[c]), wc = w ? double(w[c]) : 1.0;
+  T* k = coef + 4 * c;
+  if (uncentered) {
+    const double a = replica ? double(replica[c]) / is : sa;  // the replicas' Σ grad_w is r A summed
+    k[0] = T(wc * is), k[1] = mean ? T(wc * is * is * is * a / count) : T(0), k[2] = T(0);
+    k[3] = mean ? mean[c] : T(0);
+  } else {
+    const double mean_g = training ? (replica ? double(replica[d.c + c]) : sa) / count : 0.0;
+    const double mean_gx = training ? (replica ? double(replica[c]) : sb * is) / count : 0.0;
+    k[0] = T(wc * is), k[1] = T(wc * is * is * mean_gx), k[2] = T(mean_g), k[3] = mean[c];
+  }
+}
+
+template <class T>
 __global__ void coefficients_kernel(const T* w, const T* mean, const T* invstd, const double* sums, const T* replica,
                                     Channels d, bool training, bool uncentered, T* coef) {
-  const double count = replica ? double(replica[2 * d.c]) : double(d.n * d.s);
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < d.c; c += int64_t(gridDim.x) * blockDim.x)
+    channel_coefficients(w, mean, invstd, replica ? 0.0 : sums[2 * c], replica ? 0.0 : sums[2 * c + 1], replica, d,
+                         training, uncentered, c, coef);
+}
+
+// grad_finish_kernel and coefficients_kernel in one launch, where the sums are this replica's own
+// (no synchronised batch norm): a per-channel launch fewer per batch norm per backward.
+template <class T>
+__global__ void grad_finish_coefficients_kernel(const double* partials, int64_t parts, Channels d, const T* invstd,
+                                                bool uncentered, T* grad_w, T* grad_b, const T* w, const T* mean,
+                                                bool training, T* coef) {
   for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < d.c; c += int64_t(gridDim.x) * blockDim.x) {
-    const double is = double(invstd[c]), wc = w ? double(w[c]) : 1.0;
-    T* k = coef + 4 * c;
-    if (uncentered) {
-      const double a = replica ? double(replica[c]) / is : sums[2 * c];  // the replicas' Σ grad_w is r A summed
-      k[0] = T(wc * is), k[1] = mean ? T(wc * is * is * is * a / count) : T(0), k[2] = T(0);
-      k[3] = mean ? mean[c] : T(0);
-    } else {
-      const double mean_g = training ? (replica ? double(replica[d.c + c]) : sums[2 * c]) / count : 0.0;
-      const double mean_gx = training ? (replica ? double(replica[c]) : sums[2 * c + 1] * is) / count : 0.0;
-      k[0] = T(wc * is), k[1] = T(wc * is * is * mean_gx), k[2] = T(mean_g), k[3] = mean[c];
-    }
+    double a, b;
+    channel_totals(partials, parts, c, a, b);
+    if (grad_w) grad_w[c] = T((uncentered ? a : b) * double(invstd[c]));
+    if (grad_b) grad_b[c] = T(uncentered ? b : a);
+    channel_coefficients(w, mean, invstd, a, b, static_cast<const T*>(nullptr), d, training, uncentered, c, coef);
   }
 }
 
@@ -261,22 +283,32 @@ void backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tens
   const Channels d = channels_of(x);
   const int device = x.device().index;
   cudaStream_t stream = stream_of(device);
-  std::shared_ptr<void> sums = allocate(size_t(2 * d.c) * sizeof(double), device);
-  if (grad_w.defined() || grad_b.defined() || !replica_sums.defined()) {
+  T* const gw = grad_w.defined() ? static_cast<T*>(grad_w.raw_data()) : nullptr;
+  T* const gb = grad_b.defined() ? static_cast<T*>(grad_b.raw_data()) : nullptr;
+  const bool wants_x = grad_x.defined() && x.numel() > 0;
+  std::shared_ptr<void> coef = wants_x ? allocate(size_t(4 * d.c) * sizeof(T), device) : nullptr;
+  if (wants_x && !replica_sums.defined()) {  // the sums are ours: finish and coefficients in one launch
     const auto [partials, parts] = partial_sums(d, terms, device, stream);
-    grad_finish_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(
+    grad_finish_coefficients_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(
         static_cast<const double*>(partials.get()), parts, d, static_cast<const T*>(invstd.raw_data()), uncentered,
-        static_cast<double*>(sums.get()), grad_w.defined() ? static_cast<T*>(grad_w.raw_data()) : nullptr,
-        grad_b.defined() ? static_cast<T*>(grad_b.raw_data()) : nullptr);
+        gw, gb, maybe<T>(weight), maybe<T>(coefficient_mean), training, static_cast<T*>(coef.get()));
+    BCOS_CUDA_CHECK_LAUNCH();
+  } else {
+    std::shared_ptr<void> sums = allocate(size_t(2 * d.c) * sizeof(double), device);
+    if (grad_w.defined() || grad_b.defined() || !replica_sums.defined()) {
+      const auto [partials, parts] = partial_sums(d, terms, device, stream);
+      grad_finish_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(
+          static_cast<const double*>(partials.get()), parts, d, static_cast<const T*>(invstd.raw_data()), uncentered,
+          static_cast<double*>(sums.get()), gw, gb);
+      BCOS_CUDA_CHECK_LAUNCH();
+    }
+    if (!wants_x) return;
+    coefficients_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(
+        maybe<T>(weight), maybe<T>(coefficient_mean), static_cast<const T*>(invstd.raw_data()),
+        static_cast<const double*>(sums.get()), maybe<T>(replica_sums), d, training, uncentered,
+        static_cast<T*>(coef.get()));
     BCOS_CUDA_CHECK_LAUNCH();
   }
-  if (!grad_x.defined() || x.numel() == 0) return;
-  std::shared_ptr<void> coef = allocate(size_t(4 * d.c) * sizeof(T), device);
-  coefficients_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(
-      maybe<T>(weight), maybe<T>(coefficient_mean), static_cast<const T*>(invstd.raw_data()),
-      static_cast<const double*>(sums.get()), maybe<T>(replica_sums), d, training, uncentered,
-      static_cast<T*>(coef.get()));
-  BCOS_CUDA_CHECK_LAUNCH();
   with_index(x.numel(), [&]<class I>() {
     grad_x_kernel<S, T, I><<<blocks_for(x.numel()), kThreads, 0, stream>>>(
         static_cast<const S*>(g.raw_data()), static_cast<const S*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),

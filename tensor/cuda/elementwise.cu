@@ -32,17 +32,34 @@ struct BinaryFn {
 
 // float16 / bfloat16 (S, CUDA's __half / __nv_bfloat16): widened to float, computed by the float
 // formulas, the result rounded once -- as PyTorch's opmath kernels and the CPU's (cpu/elementwise.cpp).
+// Rounds a float to S and back: QuickGELU's intermediates on 16-bit tensors (elementwise_math.h).
+template <class S>
+struct RoundThrough {
+  static constexpr bool kKeeps = false;
+  __device__ float operator()(float v) const { return convert_value<float>(convert_value<S>(v)); }
+};
+
 template <UnaryOp OP, class S>
 struct UnaryHalfFn {
   UnaryParams<float> p;
-  __device__ S operator()(S v) const { return convert_value<S>(math::unary_forward<OP>(convert_value<float>(v), p)); }
+  __device__ S operator()(S v) const {
+    const float x = convert_value<float>(v);
+    if constexpr (OP == UnaryOp::quick_gelu)
+      return convert_value<S>(math::quick_gelu_forward(x, RoundThrough<S>{}, math::PlainSigmoid{}));
+    else
+      return convert_value<S>(math::unary_forward<OP>(x, p));
+  }
 };
 
 template <UnaryOp OP, class S>
 struct UnaryBackwardHalfFn {
   UnaryParams<float> p;
   __device__ S operator()(S g, S s) const {
-    return convert_value<S>(math::unary_backward<OP>(convert_value<float>(g), convert_value<float>(s), p));
+    const float gf = convert_value<float>(g), sf = convert_value<float>(s);
+    if constexpr (OP == UnaryOp::quick_gelu)
+      return convert_value<S>(math::quick_gelu_backward(gf, sf, RoundThrough<S>{}, math::PlainSigmoid{}));
+    else
+      return convert_value<S>(math::unary_backward<OP>(gf, sf, p));
   }
 };
 

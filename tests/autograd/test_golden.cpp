@@ -77,6 +77,7 @@ const std::map<std::string, Case>& cases() {
       {"gelu", {"elementwise", [](In x) { return one(gelu(x[0])); }}},
       {"gelu_tanh", {"elementwise", [](In x) { return one(gelu(x[0], "tanh")); }}},
       {"silu", {"elementwise", [](In x) { return one(silu(x[0])); }}},
+      {"quick_gelu", {"elementwise", [](In x) { return one(quick_gelu(x[0])); }}},
       {"clamp", {"elementwise", [](In x) { return one(clamp(x[0], -0.5, 0.5)); }}},
       {"clamp_min", {"elementwise", [](In x) { return one(clamp_min(x[0], 0.1)); }}},
       {"clamp_max", {"elementwise", [](In x) { return one(clamp_max(x[0], 0.2)); }}},
@@ -253,7 +254,7 @@ TEST_CASE("golden: the fixture file and the C++ table list the same cases") {
 }
 
 TEST_CASE("golden: elementwise (add sub mul div pow minimum maximum, scalar forms, neg abs sign exp "
-          "log log1p sqrt rsqrt square reciprocal sin cos tanh sigmoid relu gelu silu clamp, where, "
+          "log log1p sqrt rsqrt square reciprocal sin cos tanh sigmoid relu gelu silu quick_gelu clamp, where, "
           "comparisons)") {
   run_family("elementwise");
 }

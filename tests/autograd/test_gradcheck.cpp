@@ -86,6 +86,7 @@ TEST_CASE_FIXTURE(Seeded, "gradcheck: unary maps") {
   check("gelu", [](In v) { return gelu(v[0]); }, {x()});
   check("gelu tanh", [](In v) { return gelu(v[0], "tanh"); }, {x()});
   check("silu", [](In v) { return silu(v[0]); }, {x()});
+  check("quick_gelu", [](In v) { return quick_gelu(v[0]); }, {x()});
   check("clamp", [](In v) { return clamp(v[0], -0.5, 0.5); }, {x()});
   check("clamp_min", [](In v) { return clamp_min(v[0], 0.1); }, {x()});
 }

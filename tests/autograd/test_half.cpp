@@ -25,6 +25,7 @@
 #include <string>
 
 #include "autograd/ops.h"
+#include "tensor/dispatch.h"
 #include "tests/errors.h"
 #include "tests/golden.h"
 
@@ -247,6 +248,42 @@ TEST_CASE("half: a float32 op with one 16-bit operand widens it as it reads it: 
   const Tensor wider = mul(full({3}, 1.5, {DType::bf16}), full({3}, 0.1, {DType::f64}));
   CHECK(wider.dtype() == DType::f64);
   CHECK(golden::equal(wider, full({3}, 1.5 * 0.1, {DType::f64})));
+}
+
+TEST_CASE("half: quick_gelu rounds as OpenAI's composed QuickGELU: its 16-bit bits, forward and backward") {
+  // CLIP's x * sigmoid(1.702 * x) is three ops that each round to x's type (and five more in the
+  // backward); quick_gelu computes them in one pass each way with the same roundings, so on 16-bit
+  // tensors its values and gradients are the composed ops' bits. In float32 / float64 the
+  // backward's last multiply-add is one fma (the same on every compiler), which the composed ops
+  // round twice: within an ulp or so of theirs. The PyTorch golden checks the float32 values.
+  manual_seed(1702);
+  for (DType dt : {kFloat32, kFloat64, kBFloat16, kFloat16}) {
+    CAPTURE(std::string(dtype_name(dt)));
+    const Tensor x0 = (randn({7, 33}) * 4.0).to(dt), g = randn({7, 33}).to(dt);
+    Tensor xa = x0.clone().requires_grad_(), xb = x0.clone().requires_grad_();
+    const Tensor fused = quick_gelu(xa), composed = xb * sigmoid(xb * 1.702);
+    REQUIRE(fused.dtype() == dt);
+    fused.backward(g);
+    composed.backward(g);
+    const Tensor strided = quick_gelu(x0.t()), strided_want = x0.t() * sigmoid(x0.t() * 1.702);
+    if (is_half_float(dt)) {
+      CHECK(golden::equal(fused, composed));
+      CHECK(golden::equal(xa.grad(), xb.grad()));
+      CHECK(golden::equal(strided, strided_want));
+      // The op composes on the CPU for 16-bit tensors (faster there); the kernel itself, which a
+      // GPU runs, must give the same bits.
+      Tensor y = empty(x0.shape(), {dt}), gx = empty(x0.shape(), {dt});
+      kernel::unary(UnaryOp::quick_gelu, x0, y);
+      kernel::unary_backward(UnaryOp::quick_gelu, g, x0, Tensor(), gx);
+      CHECK(golden::equal(y, composed));
+      CHECK(golden::equal(gx, xb.grad()));
+    } else {
+      const double tol = dt == kFloat32 ? 4e-7 : 1e-15;
+      CHECK(golden::relative_error(fused, composed) <= tol);
+      CHECK(golden::relative_error(xa.grad(), xb.grad()) <= tol);
+      CHECK(golden::relative_error(strided, strided_want) <= tol);
+    }
+  }
 }
 
 TEST_CASE("half: reductions accumulate in double and round once; gradients of sum, mean and amax") {

@@ -35,7 +35,8 @@ const std::vector<UnaryOp> kUnaryOps = {
     UnaryOp::neg,     UnaryOp::abs,        UnaryOp::sign,     UnaryOp::exp,   UnaryOp::log,
     UnaryOp::log1p,   UnaryOp::sqrt,       UnaryOp::rsqrt,    UnaryOp::square, UnaryOp::reciprocal,
     UnaryOp::sin,     UnaryOp::cos,        UnaryOp::tanh,     UnaryOp::sigmoid, UnaryOp::relu,
-    UnaryOp::gelu_erf, UnaryOp::gelu_tanh, UnaryOp::silu,     UnaryOp::pow_scalar, UnaryOp::clamp};
+    UnaryOp::gelu_erf, UnaryOp::gelu_tanh, UnaryOp::silu,     UnaryOp::quick_gelu, UnaryOp::pow_scalar,
+    UnaryOp::clamp};
 
 struct UnaryCase {
   UnaryOp op;

@@ -191,6 +191,41 @@ TEST_CASE("emulator: a batch norm's training step counts its batch in the statis
   CHECK(bnu.num_batches_tracked.to(bcos::Device()).item<int64_t>() == 1);
 }
 
+TEST_CASE("emulator: a batch norm's backward finishes its sums and coefficients in one per-channel launch") {
+  // Per channel, the backward's sums give the parameter gradients and grad_x's coefficients: one
+  // tiny launch for both where the sums are this process's own; a synchronised norm, whose
+  // coefficients come from the replicas' summed ones, keeps the two. Values: the CUDA parity cases.
+  namespace rt = bcos::emu::runtime;
+  const bcos::Device gpu = bcos::Device::cuda(0);
+  bcos::manual_seed(10);
+  const bcos::Tensor x = bcos::randn({4, 3, 5, 5}, bcos::kFloat64);
+  bcos::nn::BatchNorm2d bn(3);
+  bcos::nn::BatchNormUncentered2d bnu(3);
+  bn.to(bcos::kFloat64), bnu.to(bcos::kFloat64);
+  auto grads = [&](bcos::nn::Module& m, bcos::Device dev) {
+    m.to(dev);
+    const bcos::Tensor xi = x.to(dev).requires_grad_();
+    bcos::sum((m)(xi) * bcos::arange(0, 300, 1, {bcos::kFloat64}).reshape({4, 3, 5, 5}).to(dev)).backward();
+    std::vector<bcos::Tensor> out{xi.grad().to(bcos::Device())};
+    for (const bcos::Tensor& p : m.parameters()) out.push_back(p.grad().to(bcos::Device()));
+    return out;
+  };
+  for (bcos::nn::Module* m : {static_cast<bcos::nn::Module*>(&bn), static_cast<bcos::nn::Module*>(&bnu)}) {
+    const auto cpu = grads(*m, bcos::Device());
+    m->zero_grad();
+    bcos::synchronize(gpu);
+    const int64_t fused = rt::kernels_run("grad_finish_coefficients_kernel"),
+                  apart = rt::kernels_run("coefficients_kernel") + rt::kernels_run("grad_finish_kernel");
+    const auto gpu_grads = grads(*m, gpu);
+    bcos::synchronize(gpu);
+    CHECK(rt::kernels_run("grad_finish_coefficients_kernel") - fused == 1);
+    CHECK(rt::kernels_run("coefficients_kernel") + rt::kernels_run("grad_finish_kernel") == apart);
+    REQUIRE(gpu_grads.size() == cpu.size());
+    for (size_t i = 0; i < cpu.size(); ++i) CHECK(golden::relative_error(gpu_grads[i], cpu[i]) <= 1e-12);
+    m->to(bcos::Device());
+  }
+}
+
 TEST_CASE("emulator: a float32 op with a 16-bit operand reads it as it is: one launch, no widened copy") {
   // Under autocast a bf16 linear's output is added to the float32 residual stream (twice per
   // transformer block): a widened copy first was a pass over the activation and a launch more.
@@ -212,5 +247,34 @@ TEST_CASE("emulator: a float32 op with a 16-bit operand reads it as it is: one l
     REQUIRE(got.dtype() == bcos::DType::f32);
     CHECK(golden::equal(got.to(bcos::Device()), want));  // float32 sums of exactly widened values
     CHECK(golden::equal(got_row.to(bcos::Device()), want_row));
+  }
+}
+
+TEST_CASE("emulator: quick_gelu is one launch each way on the GPU, with the composed ops' 16-bit bits") {
+  // CLIP's QuickGELU composed (x * sigmoid(x * 1.702)) is 3 launches forward and 5 backward over
+  // the MLP's widest activation; quick_gelu is one each way, rounding as the composed ops do.
+  namespace rt = bcos::emu::runtime;
+  const bcos::Device gpu = bcos::Device::cuda(0);
+  bcos::manual_seed(44);
+  for (bcos::DType dt : {bcos::DType::f32, bcos::DType::bf16, bcos::DType::f16}) {
+    CAPTURE(std::string(bcos::dtype_name(dt)));
+    const bcos::Tensor x0 = (bcos::randn({24, 40}) * 4.0).to(dt).to(gpu), g = bcos::randn({24, 40}).to(dt).to(gpu);
+    bcos::Tensor xa = x0.clone().requires_grad_(), xb = x0.clone().requires_grad_();
+    bcos::synchronize(gpu);
+    const int64_t before = rt::kernels_run("");
+    const bcos::Tensor fused = bcos::quick_gelu(xa);
+    fused.backward(g);
+    bcos::synchronize(gpu);
+    const int64_t launches = rt::kernels_run("") - before;
+    const bcos::Tensor composed = xb * bcos::sigmoid(xb * 1.702);
+    composed.backward(g);
+    CHECK(launches <= 3);  // forward, backward (and a gradient buffer's fill at most)
+    if (dt == bcos::DType::f32) {  // the backward's last step one fma: within an ulp or so
+      CHECK(golden::relative_error(fused.to(bcos::Device()), composed.to(bcos::Device())) <= 4e-7);
+      CHECK(golden::relative_error(xa.grad().to(bcos::Device()), xb.grad().to(bcos::Device())) <= 4e-7);
+    } else {
+      CHECK(golden::equal(fused.to(bcos::Device()), composed.to(bcos::Device())));
+      CHECK(golden::equal(xa.grad().to(bcos::Device()), xb.grad().to(bcos::Device())));
+    }
   }
 }

@@ -231,6 +231,10 @@ CASES = [
     ("topk_smallest_dim0", [distinct(5, 3)], lambda a: tuple(torch.topk(a, 3, dim=0, largest=False))),
     # bcos.cpp's add_relu: a residual block's sum and ReLU in one op
     ("add_relu", [N(2, 3, 4, 4), N(2, 3, 4, 4)], lambda a, b: F.relu(a + b)),
+    # OpenAI CLIP's QuickGELU as its code composes it; bcos.cpp's quick_gelu is one op. Its input
+    # from a generator of its own and its case last, so that every case above keeps its numbers.
+    ("quick_gelu", [(torch.randn(4, 6, generator=torch.Generator().manual_seed(1702)) * 3, True)],
+     lambda a: a * torch.sigmoid(1.702 * a)),
 ]
 
 
