@@ -182,28 +182,35 @@ void map1_half(const Tensor& x, const Tensor& out, F f) {
   });
 }
 
-// out = f(a, b) for S tensors of one shape, f on float.
-template <class S, class F>
-void map2_half(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
-  const S* pa = static_cast<const S*>(a.raw_data());
-  const S* pb = static_cast<const S*>(b.raw_data());
-  S* po = static_cast<S*>(out.raw_data());
+// out = f(a, b) for operands of types A and B (each 16-bit or float) into Out, f on float: each
+// operand widened into a float buffer, f, the result converted (rounded, for a 16-bit Out).
+template <class A, class B, class Out, class F>
+void map2_buffered(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
+  const A* pa = static_cast<const A*>(a.raw_data());
+  const B* pb = static_cast<const B*>(b.raw_data());
+  Out* po = static_cast<Out*>(out.raw_data());
   for_each_row<3>(out.shape(), {&out, &a, &b}, 4, [&](const int64_t* off, int64_t n, const int64_t* st) {
     float ba[kHalfChunk], bb[kHalfChunk];
     for (int64_t i0 = 0; i0 < n; i0 += kHalfChunk) {
       const int64_t m = std::min(kHalfChunk, n - i0);
-      const S* x = pa + off[1] + i0 * st[1];
-      const S* y = pb + off[2] + i0 * st[2];
-      S* o = po + off[0] + i0 * st[0];
+      const A* x = pa + off[1] + i0 * st[1];
+      const B* y = pb + off[2] + i0 * st[2];
+      Out* o = po + off[0] + i0 * st[0];
       if (st[1] == 1) for (int64_t j = 0; j < m; ++j) ba[j] = float(x[j]);
       else for (int64_t j = 0; j < m; ++j) ba[j] = float(x[j * st[1]]);
       if (st[2] == 1) for (int64_t j = 0; j < m; ++j) bb[j] = float(y[j]);
       else for (int64_t j = 0; j < m; ++j) bb[j] = float(y[j * st[2]]);
       for (int64_t j = 0; j < m; ++j) ba[j] = f(ba[j], bb[j]);
-      if (st[0] == 1) for (int64_t j = 0; j < m; ++j) o[j] = S(ba[j]);
-      else for (int64_t j = 0; j < m; ++j) o[j * st[0]] = S(ba[j]);
+      if (st[0] == 1) for (int64_t j = 0; j < m; ++j) o[j] = Out(ba[j]);
+      else for (int64_t j = 0; j < m; ++j) o[j * st[0]] = Out(ba[j]);
     }
   });
+}
+
+// out = f(a, b) for S tensors of one shape, f on float.
+template <class S, class F>
+void map2_half(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
+  map2_buffered<S, S, S>(a, b, out, f);
 }
 
 template <class S>
@@ -264,37 +271,14 @@ void binary_half(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& ou
   return binary_half_typed<S, S, S>(op, a, b, out);
 }
 
-// A float32 op with one 16-bit operand (A or B): the 16-bit one widened (exactly) in chunks into
-// a float buffer, which vectorises, then the float formula.
-template <class A, class B, class F>
-void map2_widening(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
-  const A* pa = static_cast<const A*>(a.raw_data());
-  const B* pb = static_cast<const B*>(b.raw_data());
-  float* po = static_cast<float*>(out.raw_data());
-  for_each_row<3>(out.shape(), {&out, &a, &b}, 4, [&](const int64_t* off, int64_t n, const int64_t* st) {
-    float ba[kHalfChunk], bb[kHalfChunk];
-    for (int64_t i0 = 0; i0 < n; i0 += kHalfChunk) {
-      const int64_t m = std::min(kHalfChunk, n - i0);
-      const A* x = pa + off[1] + i0 * st[1];
-      const B* y = pb + off[2] + i0 * st[2];
-      float* o = po + off[0] + i0 * st[0];
-      if (st[1] == 1) for (int64_t j = 0; j < m; ++j) ba[j] = float(x[j]);
-      else for (int64_t j = 0; j < m; ++j) ba[j] = float(x[j * st[1]]);
-      if (st[2] == 1) for (int64_t j = 0; j < m; ++j) bb[j] = float(y[j]);
-      else for (int64_t j = 0; j < m; ++j) bb[j] = float(y[j * st[2]]);
-      if (st[0] == 1) for (int64_t j = 0; j < m; ++j) o[j] = f(ba[j], bb[j]);
-      else for (int64_t j = 0; j < m; ++j) o[j * st[0]] = f(ba[j], bb[j]);
-    }
-  });
-}
-
+// A float32 op with one 16-bit operand (S): widened exactly as map2_buffered reads it.
 template <class S>
 void binary_widening(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
   math::with_binary_op(op, [&]<BinaryOp OP>() {
     if constexpr (!is_comparison(OP)) {
       auto f = [](float x, float y) { return math::binary<OP>(x, y); };
-      if (a.dtype() == DType::f32) map2_widening<float, S>(a, b, out, f);
-      else map2_widening<S, float>(a, b, out, f);
+      if (a.dtype() == DType::f32) map2_buffered<float, S, float>(a, b, out, f);
+      else map2_buffered<S, float, float>(a, b, out, f);
     }
   });
 }
