@@ -30,8 +30,6 @@ struct BinaryFn {
   __device__ auto operator()(T x, T y) const { return math::binary<OP>(x, y); }
 };
 
-// float16 / bfloat16 (S, CUDA's __half / __nv_bfloat16): widened to float, computed by the float
-// formulas, the result rounded once -- as PyTorch's opmath kernels and the CPU's (cpu/elementwise.cpp).
 // Rounds a float to S and back: QuickGELU's intermediates on 16-bit tensors (elementwise_math.h).
 template <class S>
 struct RoundThrough {
@@ -39,6 +37,9 @@ struct RoundThrough {
   __device__ float operator()(float v) const { return convert_value<float>(convert_value<S>(v)); }
 };
 
+// float16 / bfloat16 (S, CUDA's __half / __nv_bfloat16): widened to float, computed by the float
+// formulas, the result rounded once -- as PyTorch's opmath kernels and the CPU's (cpu/elementwise.cpp);
+// QuickGELU rounds its intermediates too, as its composed ops do.
 template <UnaryOp OP, class S>
 struct UnaryHalfFn {
   UnaryParams<float> p;
