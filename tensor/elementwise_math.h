@@ -116,7 +116,7 @@ BCOS_HD_ALWAYS T quick_gelu_backward(T g, T x, Round round, SigmoidFn sigmoid) {
   if constexpr (Round::kKeeps) return Math<T>::fma(through_sigmoid, T(kQuickGeluScale), from_product);
   else return from_product + round(through_sigmoid * T(kQuickGeluScale));
 }
-// The identity rounding and σ of the float32 / float64 formulas.
+// The identity rounding, and σ as the sigmoid op computes it (QuickGELU's gate the same bits).
 struct KeepValue {
   static constexpr bool kKeeps = true;
   template <class T>
@@ -144,7 +144,7 @@ BCOS_HD T unary_forward(T v, const UnaryParams<T>& p) {
   else if constexpr (OP == UnaryOp::sin) return M::sin(v);
   else if constexpr (OP == UnaryOp::cos) return M::cos(v);
   else if constexpr (OP == UnaryOp::tanh) return M::tanh(v);
-  else if constexpr (OP == UnaryOp::sigmoid) return T(1) / (T(1) + M::exp(-v));
+  else if constexpr (OP == UnaryOp::sigmoid) return PlainSigmoid{}(v);
   else if constexpr (OP == UnaryOp::relu) return v < T(0) ? T(0) : v;  // NaN stays NaN
   else if constexpr (OP == UnaryOp::gelu_erf) return T(0.5) * v * (T(1) + M::erf(v * T(kSqrt1_2)));
   else if constexpr (OP == UnaryOp::gelu_tanh) {

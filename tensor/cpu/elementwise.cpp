@@ -83,10 +83,7 @@ void map2(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
                   });
 }
 
-// float exp, sigmoid, SiLU and GELU through tensor/cpu/vec_math.h, whose loops vectorise (libm's
-// erff / expf kept them scalar: GELU was 7.6 % of a ViT-B/16 forward); every other op and dtype
-// through the formulas shared with CUDA.
-// σ as the CPU's float sigmoid computes it (vectorised exp), for QuickGELU's gate.
+// σ as the CPU's float sigmoid computes it (vectorised exp): sigmoid's and QuickGELU's gate.
 struct VecSigmoid {
   BCOS_VEC_INLINE float operator()(float v) const { return 1.0f / (1.0f + vec::exp(-v)); }
 };
@@ -97,11 +94,14 @@ struct RoundThrough {
   BCOS_VEC_INLINE float operator()(float v) const { return float(S(v)); }
 };
 
+// float exp, sigmoid, SiLU and GELU through tensor/cpu/vec_math.h, whose loops vectorise (libm's
+// erff / expf kept them scalar: GELU was 7.6 % of a ViT-B/16 forward); every other op and dtype
+// through the formulas shared with CUDA.
 template <UnaryOp OP, class T>
 BCOS_VEC_INLINE T forward_on_cpu(T v, const math::UnaryParams<T>& p) {
   if constexpr (std::is_same_v<T, float>) {
     if constexpr (OP == UnaryOp::exp) return vec::exp(v);
-    else if constexpr (OP == UnaryOp::sigmoid) return 1.0f / (1.0f + vec::exp(-v));
+    else if constexpr (OP == UnaryOp::sigmoid) return VecSigmoid{}(v);
     else if constexpr (OP == UnaryOp::silu) return v / (1.0f + vec::exp(-v));
     else if constexpr (OP == UnaryOp::gelu_erf) return v * vec::normal_cdf(v);
     else if constexpr (OP == UnaryOp::quick_gelu) return math::quick_gelu_forward(v, math::KeepValue{}, VecSigmoid{});
