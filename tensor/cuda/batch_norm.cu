@@ -1,6 +1,7 @@
 // Batch norm on the GPU, as tensor/cpu/norm.cpp: per channel over x viewed [N, C, S], statistics
 // (in one pass over x, from sums shifted by the channel's first element) and gradient sums
-// accumulated in double, and the elementwise parts one thread per element.
+// accumulated in double, and the elementwise parts one thread per element -- or per 16-byte pack
+// of elements, in every pass over the activations, where the plane size allows (below).
 // A channel's sums are split across blocks (block (c, part) adds a contiguous stretch of the
 // channel's N·S elements, walked plane by plane so that its reads are coalesced and divide
 // nothing), then a finish kernel adds each channel's parts in order: deterministic, and a GPU
@@ -50,17 +51,21 @@ __device__ double block_sum(double v, double* scratch) {
 struct Split {
   int64_t parts, chunk;
 };
-Split split_of(const Channels& d) {
+// pack: the elements a thread reads at a time (16-byte packs where they fit, below), which every
+// stretch's start is then a multiple of (a last part may be left empty: it adds nothing).
+Split split_of(const Channels& d, int64_t pack) {
   const int64_t count = d.n * d.s;
   const int64_t parts = std::clamp<int64_t>(std::min(kTargetBlocks / std::max<int64_t>(d.c, 1), count / kMinPerBlock),
                                             1, 65535);
-  return {parts, (count + parts - 1) / parts};
+  return {parts, ((count + parts - 1) / parts + pack - 1) / pack * pack};
 }
 
 // Block (c, part): two sums of terms(i, c, a, b) over elements [part · chunk, (part + 1) · chunk)
-// of channel c (flattened (n, s) order) into partials[c][part][0, 1].
+// of channel c (flattened (n, s) order) into partials[c][part][0, 1]. With packs (pack > 1: the
+// plane size and chunk are multiples of it, so each run of a plane starts and ends on a pack)
+// a thread adds a pack's terms at a time, in element order.
 template <class Terms>
-__global__ void partial_sums_kernel(Channels d, int64_t chunk, Terms terms, double* partials) {
+__global__ void partial_sums_kernel(Channels d, int64_t chunk, Terms terms, int pack, double* partials) {
   __shared__ double scratch[kReduceThreads];
   const int64_t c = blockIdx.x, part = blockIdx.y, count = d.n * d.s;
   const int64_t end = min(count, (part + 1) * chunk);
@@ -68,7 +73,11 @@ __global__ void partial_sums_kernel(Channels d, int64_t chunk, Terms terms, doub
   for (int64_t k = part * chunk; k < end;) {  // plane by plane: a run of one (n, c) plane
     const int64_t n = k / d.s, s0 = k % d.s, s1 = min(d.s, s0 + (end - k));
     const int64_t base = (n * d.c + c) * d.s;
-    for (int64_t s = s0 + threadIdx.x; s < s1; s += blockDim.x) terms(base + s, c, a, b);
+    if (pack > 1) {
+      for (int64_t q = (base + s0) / pack + threadIdx.x; q < (base + s1) / pack; q += blockDim.x) terms.pack(q, c, a, b);
+    } else {
+      for (int64_t s = s0 + threadIdx.x; s < s1; s += blockDim.x) terms(base + s, c, a, b);
+    }
     k += s1 - s0;
   }
   a = block_sum(a, scratch);
@@ -87,23 +96,35 @@ __device__ void channel_totals(const double* partials, int64_t parts, int64_t c,
 
 // y = fma(x, scale, shift) of channel c, as the CPU computes it (the ReLU mask depends on it).
 template <class T>
+__device__ __forceinline__ math::BatchNormAffine<T> affine_of(const T* w, const T* b, T mean, const T* invstd,
+                                                              int64_t c) {
+  return math::BatchNormAffine<T>(mean, invstd[c], w ? w[c] : T(1), b ? b[c] : T(0));
+}
+template <class T>
 __device__ T normalized(T x, const T* w, const T* b, T mean, const T* invstd, int64_t c) {
-  return math::BatchNormAffine<T>(mean, invstd[c], w ? w[c] : T(1), b ? b[c] : T(0))(x);
+  return affine_of(w, b, mean, invstd, c)(x);
 }
 template <class T, class S>
 __device__ __forceinline__ T value(S v) {
   return convert_value<T>(v);
 }
 
-// The terms each reduction adds (a, b): the statistics' one pass, the backward's sums.
+// The terms each reduction adds (a, b): the statistics' one pass, the backward's sums. Each adds
+// an element's terms by value (add); operator() reads element i, pack() pack q (internal.h).
 template <class S>
 struct ShiftedTerms {  // Σ (x − k), Σ (x − k)², k = the channel's first element
   const S* x;
   int64_t plane;  // S: channel c's first element is x[c · S]
-  __device__ void operator()(int64_t i, int64_t c, double& a, double& b) const {
-    const double v = value<double>(x[i]) - value<double>(x[c * plane]);
+  __device__ void add(S xi, int64_t c, double& a, double& b) const {
+    const double v = value<double>(xi) - value<double>(x[c * plane]);
     a += v;
     b += v * v;
+  }
+  __device__ void operator()(int64_t i, int64_t c, double& a, double& b) const { add(x[i], c, a, b); }
+  __device__ void pack(int64_t q, int64_t c, double& a, double& b) const {
+    const Pack<S> xp = pack_at(x, q);
+BCOS_UNROLL
+    for (int j = 0; j < Pack<S>::kSize; ++j) add(xp.v[j], c, a, b);
   }
 };
 template <class S, class T>
@@ -111,21 +132,33 @@ struct GradTerms {  // Σ g, Σ g (x − mean)
   const S *g, *x;
   const T *w, *b, *mean, *invstd;
   bool relu;
-  __device__ void operator()(int64_t i, int64_t c, double& sg, double& sgx) const {
-    const T xi = value<T>(x[i]);
-    const double gi = relu && !(normalized(xi, w, b, mean[c], invstd, c) > T(0)) ? 0.0 : value<double>(g[i]);
+  __device__ void add(S gs, S xs, int64_t c, double& sg, double& sgx) const {
+    const T xi = value<T>(xs);
+    const double gi = relu && !(normalized(xi, w, b, mean[c], invstd, c) > T(0)) ? 0.0 : value<double>(gs);
     sg += gi;
     sgx += gi * (double(xi) - double(mean[c]));
+  }
+  __device__ void operator()(int64_t i, int64_t c, double& sg, double& sgx) const { add(g[i], x[i], c, sg, sgx); }
+  __device__ void pack(int64_t q, int64_t c, double& sg, double& sgx) const {
+    const Pack<S> gp = pack_at(g, q), xp = pack_at(x, q);
+BCOS_UNROLL
+    for (int j = 0; j < Pack<S>::kSize; ++j) add(gp.v[j], xp.v[j], c, sg, sgx);
   }
 };
 template <class T>
 struct UncenteredTerms {  // Σ g x, Σ g
   const T *g, *x, *w, *b, *invstd;
   bool relu;
-  __device__ void operator()(int64_t i, int64_t c, double& sgx, double& sg) const {
-    const double gi = relu && !(normalized(x[i], w, b, T(0), invstd, c) > T(0)) ? 0.0 : double(g[i]);
-    sgx += gi * double(x[i]);
+  __device__ void add(T gs, T xi, int64_t c, double& sgx, double& sg) const {
+    const double gi = relu && !(normalized(xi, w, b, T(0), invstd, c) > T(0)) ? 0.0 : double(gs);
+    sgx += gi * double(xi);
     sg += gi;
+  }
+  __device__ void operator()(int64_t i, int64_t c, double& sgx, double& sg) const { add(g[i], x[i], c, sgx, sg); }
+  __device__ void pack(int64_t q, int64_t c, double& sgx, double& sg) const {
+    const Pack<T> gp = pack_at(g, q), xp = pack_at(x, q);
+BCOS_UNROLL
+    for (int j = 0; j < Pack<T>::kSize; ++j) add(gp.v[j], xp.v[j], c, sgx, sg);
   }
 };
 
@@ -214,14 +247,38 @@ struct ChannelOf {
   __device__ __forceinline__ I operator()(I i) const { return channels.mod(plane.div(i)); }
 };
 
+// The elementwise passes go in 16-byte packs (internal.h) where the plane size is a multiple of
+// the pack's P elements and the tensors are aligned: a plane then starts at a multiple of P, so
+// a pack never straddles two channels and finds its channel, and loads its per-channel values,
+// once for P elements (everything but ResNet's 7 x 7 stage). The arithmetic per element is the
+// same either way, and so are the bits.
+template <class S>
+constexpr int kPackOf = Pack<S>::kSize;
+
 template <class S, class T, class I>
 __global__ void forward_kernel(const S* x, const T* w, const T* b, const T* mean, const T* invstd, Channels d,
-                               ChannelOf<I> channel_of, bool relu, S* out) {
-  const I n = I(d.n * d.c * d.s);
-  for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += I(gridDim.x) * blockDim.x) {
+                               ChannelOf<I> channel_of, bool relu, bool packed, S* out) {
+  const I n = I(d.n * d.c * d.s), first = I(blockIdx.x) * blockDim.x + threadIdx.x, step = I(gridDim.x) * blockDim.x;
+  auto apply = [relu](const math::BatchNormAffine<T>& f, S v) {
+    const T y = f(value<T>(v));
+    return convert_value<S>(relu && y < T(0) ? T(0) : y);  // as relu: NaN stays NaN
+  };
+  if (packed) {
+    constexpr int P = kPackOf<S>;
+    for (I p = first; p < n / P; p += step) {
+      const I c = channel_of(p * P);
+      const math::BatchNormAffine<T> f = affine_of(w, b, mean[c], invstd, c);
+      const Pack<S> xp = pack_at(x, p);
+      Pack<S> o;
+BCOS_UNROLL
+      for (int j = 0; j < P; ++j) o.v[j] = apply(f, xp.v[j]);
+      pack_at(out, p) = o;
+    }
+    return;
+  }
+  for (I i = first; i < n; i += step) {
     const I c = channel_of(i);
-    const T y = normalized(value<T>(x[i]), w, b, mean[c], invstd, c);
-    out[i] = convert_value<S>(relu && y < T(0) ? T(0) : y);  // as relu: NaN stays NaN
+    out[i] = apply(affine_of(w, b, mean[c], invstd, c), x[i]);
   }
 }
 
@@ -230,16 +287,43 @@ __global__ void forward_kernel(const S* x, const T* w, const T* b, const T* mean
 template <class S, class T, class I>
 __global__ void grad_x_kernel(const S* g, const S* x, const T* w, const T* bias, const T* normalized_mean,
                               const T* invstd, const T* coef, Channels d, ChannelOf<I> channel_of, bool relu,
-                              S* gx) {
-  const I n = I(d.n * d.c * d.s);
-  for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += I(gridDim.x) * blockDim.x) {
-    const I c = channel_of(i);
-    const T* k = coef + 4 * c;
-    const T m = normalized_mean ? normalized_mean[c] : T(0);
-    const T xi = value<T>(x[i]);
-    const T gi = relu && !(normalized(xi, w, bias, m, invstd, c) > T(0)) ? T(0) : value<T>(g[i]);
-    gx[i] = convert_value<S>(k[0] * (gi - k[2]) - k[1] * (xi - k[3]));
+                              bool packed, S* gx) {
+  const I n = I(d.n * d.c * d.s), first = I(blockIdx.x) * blockDim.x + threadIdx.x, step = I(gridDim.x) * blockDim.x;
+  struct Channel {  // channel c's coefficients and forward map
+    const T* k;
+    math::BatchNormAffine<T> f;
+  };
+  auto channel = [&](I c) {
+    return Channel{coef + 4 * c, affine_of(w, bias, normalized_mean ? normalized_mean[c] : T(0), invstd, c)};
+  };
+  auto grad = [relu](const Channel& ch, S gs, S xs) {
+    const T xi = value<T>(xs);
+    const T gi = relu && !(ch.f(xi) > T(0)) ? T(0) : value<T>(gs);
+    return convert_value<S>(ch.k[0] * (gi - ch.k[2]) - ch.k[1] * (xi - ch.k[3]));
+  };
+  if (packed) {
+    constexpr int P = kPackOf<S>;
+    for (I p = first; p < n / P; p += step) {
+      const Channel ch = channel(channel_of(p * P));
+      const Pack<S> gp = pack_at(g, p), xp = pack_at(x, p);
+      Pack<S> o;
+BCOS_UNROLL
+      for (int j = 0; j < P; ++j) o.v[j] = grad(ch, gp.v[j], xp.v[j]);
+      pack_at(gx, p) = o;
+    }
+    return;
   }
+  for (I i = first; i < n; i += step) gx[i] = grad(channel(channel_of(i)), g[i], x[i]);
+}
+
+// Whether the elementwise passes over these tensors go in packs (above), and their grid.
+template <class S, class... P>
+bool packs_fit(const Channels& d, const P*... pointers) {
+  return d.s % kPackOf<S> == 0 && aligned16(pointers...);
+}
+template <class S>
+unsigned elementwise_blocks(int64_t n, bool packed) {
+  return blocks_for(packed ? n / kPackOf<S> : n);
 }
 
 template <class T>
@@ -262,13 +346,14 @@ const T* maybe(const Tensor& t) {
 }
 
 // Runs partial_sums_kernel for terms over every channel; returns the partials and their split.
+// pack: Pack<S>::kSize where the terms' tensors fit packs (packs_fit), else 1.
 template <class Terms>
-std::pair<std::shared_ptr<void>, int64_t> partial_sums(const Channels& d, const Terms& terms, int device,
+std::pair<std::shared_ptr<void>, int64_t> partial_sums(const Channels& d, const Terms& terms, int pack, int device,
                                                        cudaStream_t stream) {
-  const Split split = split_of(d);
+  const Split split = split_of(d, pack);
   std::shared_ptr<void> partials = allocate(size_t(d.c * split.parts * 2) * sizeof(double), device);
   partial_sums_kernel<<<dim3(unsigned(d.c), unsigned(split.parts)), kReduceThreads, 0, stream>>>(
-      d, split.chunk, terms, static_cast<double*>(partials.get()));
+      d, split.chunk, terms, pack, static_cast<double*>(partials.get()));
   BCOS_CUDA_CHECK_LAUNCH();
   return {partials, split.parts};
 }
@@ -287,8 +372,9 @@ void backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tens
   T* const gb = grad_b.defined() ? static_cast<T*>(grad_b.raw_data()) : nullptr;
   const bool wants_x = grad_x.defined() && x.numel() > 0;
   std::shared_ptr<void> coef = wants_x ? allocate(size_t(4 * d.c) * sizeof(T), device) : nullptr;
+  const int pack = packs_fit<S>(d, g.raw_data(), x.raw_data()) ? kPackOf<S> : 1;
   if (wants_x && !replica_sums.defined()) {  // the sums are ours: finish and coefficients in one launch
-    const auto [partials, parts] = partial_sums(d, terms, device, stream);
+    const auto [partials, parts] = partial_sums(d, terms, pack, device, stream);
     grad_finish_coefficients_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(
         static_cast<const double*>(partials.get()), parts, d, static_cast<const T*>(invstd.raw_data()), uncentered,
         gw, gb, maybe<T>(weight), maybe<T>(coefficient_mean), training, static_cast<T*>(coef.get()));
@@ -296,7 +382,7 @@ void backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tens
   } else {
     std::shared_ptr<void> sums = allocate(size_t(2 * d.c) * sizeof(double), device);
     if (grad_w.defined() || grad_b.defined() || !replica_sums.defined()) {
-      const auto [partials, parts] = partial_sums(d, terms, device, stream);
+      const auto [partials, parts] = partial_sums(d, terms, pack, device, stream);
       grad_finish_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(
           static_cast<const double*>(partials.get()), parts, d, static_cast<const T*>(invstd.raw_data()), uncentered,
           static_cast<double*>(sums.get()), gw, gb);
@@ -309,11 +395,12 @@ void backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tens
         static_cast<T*>(coef.get()));
     BCOS_CUDA_CHECK_LAUNCH();
   }
+  const bool packed = packs_fit<S>(d, g.raw_data(), x.raw_data(), grad_x.raw_data());
   with_index(x.numel(), [&]<class I>() {
-    grad_x_kernel<S, T, I><<<blocks_for(x.numel()), kThreads, 0, stream>>>(
+    grad_x_kernel<S, T, I><<<elementwise_blocks<S>(x.numel(), packed), kThreads, 0, stream>>>(
         static_cast<const S*>(g.raw_data()), static_cast<const S*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
         maybe<T>(normalized_mean), static_cast<const T*>(invstd.raw_data()), static_cast<const T*>(coef.get()), d,
-        ChannelOf<I>(d), relu, static_cast<S*>(grad_x.raw_data()));
+        ChannelOf<I>(d), relu, packed, static_cast<S*>(grad_x.raw_data()));
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }
@@ -341,7 +428,8 @@ void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_
   dispatch_batch_norm(x, mean, "cuda batch_norm", [&]<class S, class T>() {
     // One pass over x (the CPU makes two: the mean, then the squared deviations from it).
     const S* px = static_cast<const S*>(x.raw_data());
-    const auto [partials, parts] = partial_sums(d, ShiftedTerms<S>{px, d.s}, device, stream);
+    const int pack = packs_fit<S>(d, px) ? kPackOf<S> : 1;
+    const auto [partials, parts] = partial_sums(d, ShiftedTerms<S>{px, d.s}, pack, device, stream);
     stats_finish_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(static_cast<const double*>(partials.get()), parts,
                                                                   d, px, static_cast<T*>(mean.raw_data()),
                                                                   static_cast<T*>(var_biased.raw_data()));
@@ -385,11 +473,12 @@ void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& 
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
   dispatch_batch_norm(x, mean, "cuda batch_norm", [&]<class S, class T>() {
+    const bool packed = packs_fit<S>(d, x.raw_data(), out.raw_data());
     with_index(x.numel(), [&]<class I>() {
-      forward_kernel<S, T, I><<<blocks_for(x.numel()), kThreads, 0, stream>>>(
+      forward_kernel<S, T, I><<<elementwise_blocks<S>(x.numel(), packed), kThreads, 0, stream>>>(
           static_cast<const S*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
           static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()), d, ChannelOf<I>(d), relu,
-          static_cast<S*>(out.raw_data()));
+          packed, static_cast<S*>(out.raw_data()));
       BCOS_CUDA_CHECK_LAUNCH();
     });
   });

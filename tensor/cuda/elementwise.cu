@@ -74,41 +74,7 @@ struct BinaryHalfFn {
   }
 };
 
-// ---- dense operands in 16-byte packs ---------------------------------------------------------------
-// A thread moves 16 bytes of each operand per access (4 float32, 2 float64 / int64, 16 bool)
-// where the element sizes agree and every pointer is 16-byte aligned (cudaMalloc's are; a view's
-// offset may not be): fewer, wider memory transactions for these bandwidth-bound maps, as
-// PyTorch's vectorised elementwise kernels and llm.c's x128 do. The elements past the last whole
-// pack go one by one.
-template <class T>
-struct alignas(16) Pack {
-  static constexpr int kSize = 16 / sizeof(T);
-  T v[kSize];
-};
-
-template <class... P>
-__device__ __forceinline__ bool aligned16(const P*... p) {
-  return ((reinterpret_cast<uintptr_t>(p) % 16 == 0) && ...);
-}
-
-// Pack p of `base` (T may be const). A GPU faults on a 16-byte access that is not 16-byte
-// aligned, where the emulator's x86 host mostly would not: there the access is checked first.
-template <class T>
-using PackOf = std::conditional_t<std::is_const_v<T>, const Pack<std::remove_const_t<T>>, Pack<T>>;
-
-template <class T>
-__device__ __forceinline__ PackOf<T>& pack_at(T* base, int64_t p) {
-  using Whole = PackOf<T>;
-#if defined(BCOS_CUDA_EMULATION)
-  if (!aligned16(base + p * Whole::kSize)) {  // fail the launch; meanwhile the thread reads and writes a stand-in
-    ::bcos::emu::device_fault("a 16-byte pack access that is not 16-byte aligned");
-    static thread_local Pack<std::remove_const_t<T>> stand_in;
-    return stand_in;
-  }
-#endif
-  return reinterpret_cast<Whole*>(base)[p];
-}
-
+// ---- dense operands in 16-byte packs (internal.h: Pack) ------------------------------------------
 // Returns how many leading elements went in packs (0 where the operands do not allow it).
 template <class Out, class In, class F>
 __device__ __forceinline__ int64_t map1_packed(Out* out, const In* x, int64_t n, int64_t first, int64_t step, F f) {

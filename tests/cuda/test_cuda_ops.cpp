@@ -273,7 +273,8 @@ TEST_CASE("cuda ops: batch_norm (and with ReLU fused; centred and uncentred) in 
     // [4, 3, 9, 10]: 360 values per channel, over the block reduction's 256 threads, so that each
     // thread holds data (at 120 the upper half summed zeros and a missing barrier went unseen).
     // [5, 3, 50, 50]: 12,500 per channel, which the sums split across three blocks whose
-    // stretches (4,167 values) start and end inside the 2,500-value planes.
+    // stretches (4,167 values; 4,168, a whole number of packs, where they go in 16-byte packs)
+    // start and end inside the 2,500-value planes.
     // far_means: channels centred at 0.5, 10^4 and -300 with spreads 2, 1 and 0.01. The GPU's one
     // pass shifts each channel's sums by a value of that channel; shifted by one far from the
     // channel's mean (another channel's), the variance would lose ~8 digits to cancellation.

@@ -226,6 +226,73 @@ TEST_CASE("emulator: a batch norm's backward finishes its sums and coefficients 
   }
 }
 
+TEST_CASE("emulator: batch norm's passes over the activations move 16-byte packs where the plane allows") {
+  // A GPU keeps its memory busy only with enough bytes in flight; a thread per 4-byte element
+  // leaves it about half idle. Where P = 16 bytes / element divides the plane (a pack then never
+  // straddles two channels) and the tensors are aligned, the forward and grad_x passes take a
+  // pack per thread (1/P of the threads: the trace's grid) with the element-wise path's bits,
+  // and the statistics' and gradient sums add a pack at a time (another order, within rounding).
+  // A view one element into its storage (not 16-byte aligned) takes the element-wise paths.
+  namespace rt = bcos::emu::runtime;
+  const bcos::Device gpu = bcos::Device::cuda(0);
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("bcos_emu_bn_packs_" + std::to_string(::getpid()) + ".tsv")).string();
+  bcos::manual_seed(12);
+  for (bcos::DType dt : {bcos::kFloat32, bcos::kBFloat16, bcos::kFloat64}) {
+    CAPTURE(dt);
+    const int64_t pack = 16 / int64_t(bcos::dtype_size(dt)), count = 2 * 4 * 16 * 16;  // planes of 256
+    const bcos::Tensor data = (bcos::randn({count}) * 2.0 + 0.5).to(dt).to(gpu);
+    const bcos::Tensor shifted = bcos::cat({bcos::zeros({1}, {dt, gpu}), data}, 0);  // the same values, an element on
+    const bcos::DType per_channel = dt == bcos::kBFloat16 ? bcos::kFloat32 : dt;  // a 16-bit input's are float32
+    const bcos::Tensor w = bcos::randn({4}).to(per_channel), b = bcos::randn({4}).to(per_channel);
+    const bcos::Tensor rm = bcos::randn({4}).to(per_channel), rv = (bcos::rand({4}) + 0.5).to(per_channel);
+    const bcos::Tensor weights = bcos::randn({2, 4, 16, 16}).to(dt);
+    auto run = [&](const bcos::Tensor& x_in, bool training) {  // y, grad_x, grad_w, grad_b
+      const bcos::Device dev = x_in.device();
+      const bcos::Tensor x = x_in.detach().requires_grad_();
+      const bcos::Tensor wd = w.to(dev).requires_grad_(), bd = b.to(dev).requires_grad_();
+      const bcos::Tensor y = bcos::batch_norm(x, training ? bcos::Tensor() : rm.to(dev), training ? bcos::Tensor() : rv.to(dev),
+                                              wd, bd, training, 0.1, 1e-5, /*relu=*/true);
+      bcos::sum((y * weights.to(dev)).to(bcos::kFloat32)).backward();
+      std::vector<bcos::Tensor> out;
+      for (const bcos::Tensor& t : {y, x.grad(), wd.grad(), bd.grad()}) out.push_back(t.to(bcos::Device()));
+      return out;
+    };
+    auto blocks = [&](const std::string& kernel) -> int64_t {  // the traced launch's blocks
+      std::ifstream in(path);
+      for (std::string line; std::getline(in, line);)
+        if (line.starts_with(kernel + "<")) return std::stoll(line.substr(line.find('\t') + 1));
+      return int64_t(-1);
+    };
+    const bcos::Tensor aligned = data.view({2, 4, 16, 16}), off = shifted.narrow(0, 1, count).view({2, 4, 16, 16});
+    for (bool training : {true, false}) {
+      CAPTURE(training);
+      bcos::synchronize(gpu);
+      rt::set_trace(path);
+      const auto packed = run(aligned, training);
+      bcos::synchronize(gpu);
+      rt::set_trace("");
+      CHECK(blocks("forward_kernel") == count / pack / 256);
+      CHECK(blocks("grad_x_kernel") == count / pack / 256);
+      rt::set_trace(path);
+      const auto single = run(off, training);
+      bcos::synchronize(gpu);
+      rt::set_trace("");
+      CHECK(blocks("forward_kernel") == count / 256);
+      CHECK(blocks("grad_x_kernel") == count / 256);
+      const auto cpu = run(aligned.to(bcos::Device()), training);
+      for (size_t i = 0; i < packed.size(); ++i) {
+        CAPTURE(i);
+        if (!training && i < 2) CHECK(golden::equal(packed[i], single[i]));  // y, grad_x: no sums in them
+        const double tolerance = dt == bcos::kFloat64 ? 1e-12 : dt == bcos::kFloat32 ? 1e-5 : 1e-2;
+        CHECK(golden::relative_error(packed[i], cpu[i]) <= tolerance);
+        CHECK(golden::relative_error(single[i], cpu[i]) <= tolerance);
+      }
+    }
+    std::filesystem::remove(path);
+  }
+}
+
 TEST_CASE("emulator: a float32 op with a 16-bit operand reads it as it is: one launch, no widened copy") {
   // Under autocast a bf16 linear's output is added to the float32 residual stream (twice per
   // transformer block): a widened copy first was a pass over the activation and a launch more.
