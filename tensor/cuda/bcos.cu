@@ -114,13 +114,46 @@ __global__ void patch_gather_kernel(const T* g, T* acc, PatchShape s, Pool2dPara
 }
 
 // gx[ng·cg + c, pixel] = 2 x · acc[ng, pixel] (ACCUMULATE: added to gx's value); plane = h·w,
-// channels = cg.
+// channels = cg. In 16-byte packs (internal.h) of P elements where they fit (aligned tensors):
+//   PatchPacks::pixels   P divides the plane: a pack's pixels are consecutive in one plane, and
+//                        so are their acc values (a pack of acc);
+//   PatchPacks::channels a linear layer's rows (plane 1) with P dividing cg: a pack's channels
+//                        share one acc value.
+enum class PatchPacks { none, pixels, channels };
+
+template <class T, bool ACCUMULATE>
+__device__ __forceinline__ T patch_grad_term(T gx, T x, T acc) {
+  const T term = T(2) * x * acc;
+  return ACCUMULATE ? gx + term : term;  // (may be one fma, as on the CPU)
+}
+
 template <class T, class I, bool ACCUMULATE>
-__global__ void patch_grad_kernel(const T* x, const T* acc, T* gx, I count, Divisor<I> plane, Divisor<I> channels) {
-  for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += I(gridDim.x) * blockDim.x) {
+__global__ void patch_grad_kernel(const T* x, const T* acc, T* gx, I count, Divisor<I> plane, Divisor<I> channels,
+                                  PatchPacks packs) {
+  const I first = I(blockIdx.x) * blockDim.x + threadIdx.x, step = I(gridDim.x) * blockDim.x;
+  if (packs != PatchPacks::none) {
+    constexpr int P = Pack<T>::kSize;
+    for (I q = first; q < count / P; q += step) {
+      const I row = plane.div(q * P), at = channels.div(row) * plane.d + (q * P - row * plane.d);
+      Pack<T> a;
+      if (packs == PatchPacks::pixels) {
+        a = pack_at(acc, at / P);
+      } else {
+BCOS_UNROLL
+        for (int j = 0; j < P; ++j) a.v[j] = acc[at];
+      }
+      const Pack<T> xp = pack_at(x, q);
+      Pack<T> o;
+      if constexpr (ACCUMULATE) o = pack_at(gx, q);
+BCOS_UNROLL
+      for (int j = 0; j < P; ++j) o.v[j] = patch_grad_term<T, ACCUMULATE>(o.v[j], xp.v[j], a.v[j]);
+      pack_at(gx, q) = o;
+    }
+    return;
+  }
+  for (I i = first; i < count; i += step) {
     const I row = plane.div(i), pixel = i - row * plane.d;
-    const T term = T(2) * x[i] * acc[channels.div(row) * plane.d + pixel];
-    gx[i] = ACCUMULATE ? gx[i] + term : term;  // (may be one fma, as on the CPU)
+    gx[i] = patch_grad_term<T, ACCUMULATE>(ACCUMULATE ? gx[i] : T(0), x[i], acc[channels.div(row) * plane.d + pixel]);
   }
 }
 
@@ -404,12 +437,20 @@ void bcos_patch_sumsq_backward(const Tensor& grad_in, const Tensor& x_in, int64_
       const T* px = static_cast<const T*>(x.raw_data());
       const T* pacc = static_cast<const T*>(acc.raw_data());
       T* pgx = static_cast<T*>(grad_x.raw_data());
-      const unsigned blocks = blocks_for(grad_x.numel());
-      const Divisor<I> plane(s.h * s.w), channels(s.cg);
+      constexpr int64_t P = Pack<T>::kSize;
+      const int64_t area = s.h * s.w;
+      const PatchPacks packs = !aligned16(px, pacc, pgx) ? PatchPacks::none
+                               : area % P == 0           ? PatchPacks::pixels
+                               : area == 1 && s.cg % P == 0 ? PatchPacks::channels
+                                                            : PatchPacks::none;
+      const unsigned blocks = blocks_for(packs == PatchPacks::none ? grad_x.numel() : grad_x.numel() / P);
+      const Divisor<I> plane(area), channels(s.cg);
       if (accumulate) {
-        patch_grad_kernel<T, I, true><<<blocks, kThreads, 0, stream>>>(px, pacc, pgx, I(grad_x.numel()), plane, channels);
+        patch_grad_kernel<T, I, true><<<blocks, kThreads, 0, stream>>>(px, pacc, pgx, I(grad_x.numel()), plane, channels,
+                                                                       packs);
       } else {
-        patch_grad_kernel<T, I, false><<<blocks, kThreads, 0, stream>>>(px, pacc, pgx, I(grad_x.numel()), plane, channels);
+        patch_grad_kernel<T, I, false><<<blocks, kThreads, 0, stream>>>(px, pacc, pgx, I(grad_x.numel()), plane,
+                                                                        channels, packs);
       }
       BCOS_CUDA_CHECK_LAUNCH();
     });

@@ -23,12 +23,17 @@ TEST_CASE("cuda ops: B-cos conv2d / linear (patch norms, scale, max-out) and unc
   // could pick the other unit of a near tie than the CPU does (a gradient sent elsewhere).
   const gpu_test::Tf32 exact_f32(false);
   manual_seed(19);
+  // [2, 4, 7, 6] and linear rows of 5: the patch norms' backward element by element (float32);
+  // [2, 4, 4, 6] and rows of 8: in 16-byte packs of pixels and of channels (internal.h).
+  for (const Shape& shape : {Shape{2, 4, 7, 6}, Shape{2, 4, 4, 6}})
   for (DType dt : {kFloat32, kFloat64}) {
     for (bool explain : {false, true}) {
+      CAPTURE(shape);
       CAPTURE(dt);
       CAPTURE(explain);
-      Tensor x = randn({2, 4, 7, 6}, dt), w = randn({6, 2, 3, 3}, dt), w2 = randn({6, 4, 3, 3}, dt);
-      Tensor wl = randn({8, 5}, dt), xl = randn({3, 5}, dt);
+      const int64_t row = shape[2] == 7 ? 5 : 8;
+      Tensor x = randn(shape, dt), w = randn({6, 2, 3, 3}, dt), w2 = randn({6, 4, 3, 3}, dt);
+      Tensor wl = randn({8, row}, dt), xl = randn({3, row}, dt);
       Tensor bn_w = rand({4}, dt) + 0.5, bn_b = randn({4}, dt), rv0 = rand({4}, dt) + 0.5;
       auto run = [&](Device dev) {
         std::vector<Tensor> results;
