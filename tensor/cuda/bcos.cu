@@ -59,14 +59,24 @@ __global__ void channel_sumsq_kernel(const T* x, T* sq, int64_t ngs, int64_t cg,
     }
 }
 
-// A linear layer's rows ([rows, K, 1, 1]): out[r] = Σ_j x[r, j]², a warp per row.
+// A linear layer's rows ([rows, K, 1, 1]): out[r] = Σ_j x[r, j]², a warp per row; packed (x
+// aligned, K a multiple of the pack): each lane reads 16-byte packs (internal.h).
 template <class T>
-__global__ void row_sumsq_kernel(const T* x, T* out, int64_t rows, int64_t k) {
+__global__ void row_sumsq_kernel(const T* x, T* out, int64_t rows, int64_t k, bool packed) {
   const int64_t step = int64_t(gridDim.x) * blockDim.y;
   for (int64_t r = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; r < rows; r += step) {
     const T* row = x + r * k;
     T sum = 0;
-    for (int64_t j = threadIdx.x; j < k; j += 32) sum += row[j] * row[j];
+    if (packed) {
+      constexpr int P = Pack<T>::kSize;
+      for (int64_t j = threadIdx.x; j < k / P; j += 32) {
+        const Pack<T> v = pack_at(row, j);
+BCOS_UNROLL
+        for (int q = 0; q < P; ++q) sum += v.v[q] * v.v[q];
+      }
+    } else {
+      for (int64_t j = threadIdx.x; j < k; j += 32) sum += row[j] * row[j];
+    }
     sum = warp_sum(sum);
     if (threadIdx.x == 0) out[r] = sum;
   }
@@ -217,6 +227,17 @@ __device__ __forceinline__ T scaled(T v, const ScaleArgs<T>& a, Norm<T> r) {
   return a.p.b == 2 ? fabs(v) * v * r.inv : pow(math::Math<T>::fma(fabs(v), r.inv, T(1e-6)), T(a.p.b - 1)) * v;
 }
 
+// Output channel oc's value from its max-out winner v: scale, epilogue.
+template <class T>
+__device__ __forceinline__ T scale_forward_value(const ScaleArgs<T>& a, T v, int64_t oc, Norm<T> r) {
+  T y = scaled(v, a, r);
+  if (a.post_scale) {
+    y = math::Math<T>::fma(y, a.post_scale[oc], a.post_shift[oc]);
+    if (a.p.relu) y = y < T(0) ? T(0) : y;  // as relu: NaN stays NaN
+  }
+  return y;
+}
+
 // The forward of output (sample, channel oc, position j): max-out, scale, epilogue.
 template <class T>
 __device__ __forceinline__ void scale_forward_at(const ScaleArgs<T>& a, int64_t sample, int64_t oc, int64_t j,
@@ -229,24 +250,14 @@ __device__ __forceinline__ void scale_forward_at(const ScaleArgs<T>& a, int64_t 
   for (int64_t k = 1; k < d.m; ++k)
     if (l[k * d.s] > v) v = l[k * d.s], win = uint8_t(k);
   if (d.m > 1) a.value[i] = v, a.argmax[i] = win;
-  T y = scaled(v, a, r);
-  if (a.post_scale) {
-    y = math::Math<T>::fma(y, a.post_scale[oc], a.post_shift[oc]);
-    if (a.p.relu) y = y < T(0) ? T(0) : y;  // as relu: NaN stays NaN
-  }
-  a.out[i] = y;
+  a.out[i] = scale_forward_value(a, v, oc, r);
 }
 
-// The backward of output (sample, oc, j): writes its M entries of grad_lin (the max-out's winner
-// gets the gradient, the others 0) and returns its term of the norm's gradient.
+// The backward through channel oc's scale and epilogue, at winner v with output gradient g: the
+// gradient for v, and (gq) its term of the norm's gradient.
 template <class T>
-__device__ __forceinline__ T scale_backward_at(const ScaleArgs<T>& a, int64_t sample, int64_t oc, int64_t j,
-                                               Norm<T> r) {
-  const ScaleShape& d = a.d;
+__device__ __forceinline__ T scale_backward_value(const ScaleArgs<T>& a, T v, T g, int64_t oc, Norm<T> r, T& gq_out) {
   const BcosScaleParams& p = a.p;
-  const int64_t i = (sample * d.o + oc) * d.s + j;
-  const T v = a.value[i];
-  T g = a.grad[i];
   if (a.post_scale) {
     const T scale = a.post_scale[oc];
     const bool live = !p.relu || math::Math<T>::fma(scaled(v, a, r), scale, a.post_shift[oc]) > T(0);
@@ -268,6 +279,19 @@ __device__ __forceinline__ T scale_backward_at(const ScaleArgs<T>& a, int64_t sa
       }
     }
   }
+  gq_out = gq;
+  return gv;
+}
+
+// The backward of output (sample, oc, j): writes its M entries of grad_lin (the max-out's winner
+// gets the gradient, the others 0) and returns its term of the norm's gradient.
+template <class T>
+__device__ __forceinline__ T scale_backward_at(const ScaleArgs<T>& a, int64_t sample, int64_t oc, int64_t j,
+                                               Norm<T> r) {
+  const ScaleShape& d = a.d;
+  const int64_t i = (sample * d.o + oc) * d.s + j;
+  T gq;
+  const T gv = scale_backward_value(a, a.value[i], a.grad[i], oc, r, gq);
   const int64_t win = d.m > 1 ? a.argmax[i] : 0;
   T* gl = a.grad_lin + (sample * d.o + oc) * d.m * d.s + j;
   for (int64_t k = 0; k < d.m; ++k) gl[k * d.s] = k == win ? gv : T(0);
@@ -322,9 +346,12 @@ __global__ void scale_chunks_kernel(const T* partials, int64_t chunks, int64_t c
   }
 }
 
-// Block (32, kRowWarps): a warp per (sample, group, position) unit.
+// Block (32, kRowWarps): a warp per (sample, group, position) unit. packed: a linear layer
+// without max-out (S = 1, M = 1) whose group's channels are whole 16-byte packs (internal.h) and
+// whose tensors are aligned: a unit's outputs, inputs and gradients are then consecutive, and
+// each lane takes a pack of channels at a time (B-cos ViT's rows of 768 and 3,072).
 template <class T, bool BACKWARD>
-__global__ void scale_narrow_kernel(ScaleArgs<T> a) {
+__global__ void scale_narrow_kernel(ScaleArgs<T> a, bool packed) {
   const ScaleShape& d = a.d;
   const int64_t units = d.n * d.groups * d.s, step = int64_t(gridDim.x) * blockDim.y;
   for (int64_t unit = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; unit < units; unit += step) {
@@ -332,9 +359,33 @@ __global__ void scale_narrow_kernel(ScaleArgs<T> a) {
     const int64_t sample = ng / d.groups, first = ng % d.groups * d.per_group;
     const Norm<T> r = norm_at(a, unit);
     T sum = 0;
-    for (int64_t c = threadIdx.x; c < d.per_group; c += 32) {
-      if constexpr (BACKWARD) sum += scale_backward_at(a, sample, first + c, j, r);
-      else scale_forward_at(a, sample, first + c, j, r);
+    if (packed) {
+      constexpr int P = Pack<T>::kSize;
+      const int64_t at = (sample * d.o + first) / P;  // the unit's first pack
+      for (int64_t c = threadIdx.x; c < d.per_group / P; c += 32) {
+        const int64_t oc = first + c * P;
+        Pack<T> o;
+        if constexpr (BACKWARD) {
+          const Pack<T> v = pack_at(static_cast<const T*>(a.value), at + c), g = pack_at(a.grad, at + c);
+BCOS_UNROLL
+          for (int k = 0; k < P; ++k) {
+            T gq;
+            o.v[k] = scale_backward_value(a, v.v[k], g.v[k], oc + k, r, gq);
+            sum += gq;
+          }
+          pack_at(a.grad_lin, at + c) = o;
+        } else {
+          const Pack<T> v = pack_at(a.lin, at + c);
+BCOS_UNROLL
+          for (int k = 0; k < P; ++k) o.v[k] = scale_forward_value(a, v.v[k], oc + k, r);
+          pack_at(a.out, at + c) = o;
+        }
+      }
+    } else {
+      for (int64_t c = threadIdx.x; c < d.per_group; c += 32) {
+        if constexpr (BACKWARD) sum += scale_backward_at(a, sample, first + c, j, r);
+        else scale_forward_at(a, sample, first + c, j, r);
+      }
     }
     if constexpr (BACKWARD) {
       if (a.grad_sumsq) {  // uniform across the warp
@@ -351,7 +402,9 @@ void launch_scale(const ScaleArgs<T>& a, int device, cudaStream_t stream) {
   const ScaleShape& d = a.d;
   const int64_t planes = d.n * d.groups;
   if (d.s < kWidePositions) {
-    scale_narrow_kernel<T, BACKWARD><<<row_warp_blocks(planes * d.s), dim3(32, kRowWarps), 0, stream>>>(a);
+    const bool packed = d.s == 1 && d.m == 1 && d.per_group % Pack<T>::kSize == 0 &&
+                        (BACKWARD ? aligned16(a.value, a.grad, a.grad_lin) : aligned16(a.lin, a.out));
+    scale_narrow_kernel<T, BACKWARD><<<row_warp_blocks(planes * d.s), dim3(32, kRowWarps), 0, stream>>>(a, packed);
     BCOS_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -395,8 +448,9 @@ void bcos_patch_sumsq(const Tensor& x_in, int64_t groups, const Pool2dParams& p,
   dispatch_float(x.dtype(), "cuda bcos_patch_sumsq", [&]<class T>() {
     const T* px = static_cast<const T*>(x.raw_data());
     if (pointwise && plane == 1) {
+      const bool packed = s.cg % Pack<T>::kSize == 0 && aligned16(px);
       row_sumsq_kernel<<<row_warp_blocks(s.ng), dim3(32, kRowWarps), 0, stream>>>(px, static_cast<T*>(out.raw_data()),
-                                                                                 s.ng, s.cg);
+                                                                                 s.ng, s.cg, packed);
       BCOS_CUDA_CHECK_LAUNCH();
       return;
     }

@@ -117,7 +117,8 @@ TEST_CASE("cuda ops: the B-cos scale and the patch norms' backward over each lau
   if (!have_gpu()) return;
   // The scale walks each (sample, group, position)'s channels: 'wide' blocks of 32 positions for
   // S >= 16 (in chunks of channels, their norm gradients added in chunk order, when few planes
-  // would leave the GPU idle), a warp per unit for S < 16 (linear layers: S = 1). The patch
+  // would leave the GPU idle), a warp per unit for S < 16 (linear layers: S = 1; without max-out
+  // in 16-byte packs of channels where a group's channels are whole packs). The patch
   // norms' backward gathers each pixel's windows. No atomics: two runs (on the emulator, in
   // different drawn block and thread orders) must agree bit for bit.
   manual_seed(29);
@@ -135,6 +136,7 @@ TEST_CASE("cuda ops: the B-cos scale and the patch norms' backward over each lau
       {"wide, chunks over planes and groups, max-out, epilogue", {2, 8, 6, 6}, {384, 4, 1, 1}, 1, 0, 1, 2, 2, 2.0, true},
       {"narrow S = 9, stride 2, groups", {2, 6, 6, 5}, {40, 3, 3, 3}, 2, 1, 1, 2, 1, 2.0, false},
       {"narrow S = 1, max-out, epilogue", {3, 6, 3, 3}, {70, 6, 3, 3}, 1, 0, 1, 1, 2, 2.0, true},
+      {"narrow S = 1 in 16-byte packs, groups, epilogue", {3, 8, 1, 1}, {32, 4, 1, 1}, 1, 0, 1, 2, 1, 2.5, true},
       {"1 x 1, stride 2 (pixels in no window)", {2, 8, 7, 5}, {33, 8, 1, 1}, 2, 0, 1, 1, 1, 2.0, false},
       {"dilated, padded", {1, 4, 9, 8}, {20, 4, 3, 3}, 1, 2, 2, 1, 1, 2.5, false},
   };
