@@ -174,9 +174,10 @@ BCOS_UNROLL
 // and the norm gradient is a sum in registers, then across the block in a fixed order -- not an
 // atomicAdd per element into one address per row (a linear layer's 3,072 outputs of a token all
 // added into one float), and the same result on every run.
-//   wide (S >= kWidePositions): blocks of 32 neighbouring positions (coalesced) x 8 channel rows;
-//     grid (position tiles, planes, channel chunks); with several chunks the backward's per-chunk
-//     sums go to partials [chunks, N·G, S], added in chunk order by scale_chunks_kernel.
+//   wide (S >= kWidePositions): blocks of 32 neighbouring positions (coalesced; 32 packs of them
+//     without max-out where S allows) x 8 channel rows; grid (position tiles, planes, channel
+//     chunks); with several chunks the backward's per-chunk sums go to partials [chunks, N·G, S],
+//     added in chunk order by scale_chunks_kernel.
 //   narrow (S < kWidePositions: linear layers' S = 1): a warp per (sample, group, position), its
 //     lanes over the group's channels, a warp sum.
 constexpr int64_t kWidePositions = 16;
@@ -301,34 +302,66 @@ __device__ __forceinline__ T scale_backward_at(const ScaleArgs<T>& a, int64_t sa
 constexpr int kScaleRows = 8;
 
 // Block (32, kScaleRows); grid (position tiles, planes, chunks of `chunk` channels of a group).
-template <class T, bool BACKWARD>
+// W positions per lane: 1, or a 16-byte pack (internal.h) where there is no max-out (M = 1), the
+// pack divides S (a pack's positions are then in one plane, its outputs and inputs consecutive)
+// and the tensors are aligned; a tile is 32 W positions. A position's norm-gradient terms add in
+// the same order either way (its row's channels in order, then the rows, then the chunks), but
+// with fewer tiles the launch may split the channels into more chunks (fewer blocks to fill the GPU).
+template <class T, bool BACKWARD, int W>
 __global__ void scale_wide_kernel(ScaleArgs<T> a, int64_t chunk, T* partials) {
-  __shared__ T part[kScaleRows][32];
+  __shared__ T part[kScaleRows][32 * W];
   const ScaleShape& d = a.d;
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t planes = d.n * d.groups;
   const int64_t c0 = int64_t(blockIdx.z) * chunk, c1 = c0 + chunk < d.per_group ? c0 + chunk : d.per_group;
   for (int64_t ng = blockIdx.y; ng < planes; ng += gridDim.y) {
     const int64_t sample = ng / d.groups, first = ng % d.groups * d.per_group;
-    for (int64_t base = int64_t(blockIdx.x) * 32; base < d.s; base += int64_t(gridDim.x) * 32) {
-      const int64_t j = base + tx;
-      T sum = 0;
+    for (int64_t base = int64_t(blockIdx.x) * 32 * W; base < d.s; base += int64_t(gridDim.x) * 32 * W) {
+      const int64_t j = base + tx * W;  // the lane's first position (W > 1: all W < S, as W divides S)
+      T sum[W] = {};
       if (j < d.s) {
-        const Norm<T> r = norm_at(a, ng * d.s + j);
+        Norm<T> r[W];
+BCOS_UNROLL
+        for (int k = 0; k < W; ++k) r[k] = norm_at(a, ng * d.s + j + k);
         for (int64_t c = c0 + ty; c < c1; c += kScaleRows) {
-          if constexpr (BACKWARD) sum += scale_backward_at(a, sample, first + c, j, r);
-          else scale_forward_at(a, sample, first + c, j, r);
+          const int64_t oc = first + c;
+          if constexpr (W == 1) {
+            if constexpr (BACKWARD) sum[0] += scale_backward_at(a, sample, oc, j, r[0]);
+            else scale_forward_at(a, sample, oc, j, r[0]);
+          } else {
+            const int64_t q = ((sample * d.o + oc) * d.s + j) / W;  // M = 1: lin, out and grads alike
+            Pack<T> o;
+            if constexpr (BACKWARD) {
+              const Pack<T> v = pack_at(static_cast<const T*>(a.value), q), g = pack_at(a.grad, q);
+BCOS_UNROLL
+              for (int k = 0; k < W; ++k) {
+                T gq;
+                o.v[k] = scale_backward_value(a, v.v[k], g.v[k], oc, r[k], gq);
+                sum[k] += gq;
+              }
+              pack_at(a.grad_lin, q) = o;
+            } else {
+              const Pack<T> v = pack_at(a.lin, q);
+BCOS_UNROLL
+              for (int k = 0; k < W; ++k) o.v[k] = scale_forward_value(a, v.v[k], oc, r[k]);
+              pack_at(a.out, q) = o;
+            }
+          }
         }
       }
       if constexpr (BACKWARD) {
         if (!a.grad_sumsq) continue;  // uniform across the block
-        part[ty][tx] = sum;
+BCOS_UNROLL
+        for (int k = 0; k < W; ++k) part[ty][tx * W + k] = sum[k];
         __syncthreads();
         if (ty == 0 && j < d.s) {
-          T total = part[0][tx];
-          for (int row = 1; row < kScaleRows; ++row) total += part[row][tx];
-          if (gridDim.z == 1) a.grad_sumsq[ng * d.s + j] = total;
-          else partials[(int64_t(blockIdx.z) * planes + ng) * d.s + j] = total;
+BCOS_UNROLL
+          for (int k = 0; k < W; ++k) {
+            T total = part[0][tx * W + k];
+            for (int row = 1; row < kScaleRows; ++row) total += part[row][tx * W + k];
+            if (gridDim.z == 1) a.grad_sumsq[ng * d.s + j + k] = total;
+            else partials[(int64_t(blockIdx.z) * planes + ng) * d.s + j + k] = total;
+          }
         }
         __syncthreads();  // part is rewritten by the next tile
       }
@@ -408,8 +441,12 @@ void launch_scale(const ScaleArgs<T>& a, int device, cudaStream_t stream) {
     BCOS_CUDA_CHECK_LAUNCH();
     return;
   }
+  constexpr int P = Pack<T>::kSize;
+  const bool packed = d.m == 1 && d.s % P == 0 &&
+                      (BACKWARD ? aligned16(a.value, a.grad, a.grad_lin) : aligned16(a.lin, a.out));
   // Enough blocks to fill the GPU (8 of 256 threads per SM), in chunks of at least 32 channels.
-  const int64_t tiles = (d.s + 31) / 32, spread = std::min<int64_t>(tiles, kMaxBlocks) * std::min<int64_t>(planes, 65535);
+  const int64_t tile = packed ? 32 * P : 32, tiles = (d.s + tile - 1) / tile;
+  const int64_t spread = std::min<int64_t>(tiles, kMaxBlocks) * std::min<int64_t>(planes, 65535);
   const int64_t wanted = (8 * int64_t(multiprocessor_count(device)) + spread - 1) / spread;
   int64_t chunks = std::clamp<int64_t>(wanted, 1, (d.per_group + 31) / 32);
   const int64_t chunk = (d.per_group + chunks - 1) / chunks;
@@ -419,7 +456,11 @@ void launch_scale(const ScaleArgs<T>& a, int device, cudaStream_t stream) {
     partials = allocate(size_t(chunks * planes * d.s) * sizeof(T), device);
   const dim3 grid(unsigned(std::min<int64_t>(tiles, kMaxBlocks)), unsigned(std::min<int64_t>(planes, 65535)),
                   unsigned(chunks));
-  scale_wide_kernel<T, BACKWARD><<<grid, dim3(32, kScaleRows), 0, stream>>>(a, chunk, static_cast<T*>(partials.get()));
+  if (packed) {
+    scale_wide_kernel<T, BACKWARD, P><<<grid, dim3(32, kScaleRows), 0, stream>>>(a, chunk, static_cast<T*>(partials.get()));
+  } else {
+    scale_wide_kernel<T, BACKWARD, 1><<<grid, dim3(32, kScaleRows), 0, stream>>>(a, chunk, static_cast<T*>(partials.get()));
+  }
   BCOS_CUDA_CHECK_LAUNCH();
   if (partials) {
     scale_chunks_kernel<<<blocks_for(planes * d.s), kThreads, 0, stream>>>(static_cast<const T*>(partials.get()), chunks,

@@ -293,6 +293,45 @@ TEST_CASE("emulator: batch norm's passes over the activations move 16-byte packs
   }
 }
 
+TEST_CASE("emulator: a B-cos conv's scale and its norm gradient move 16-byte packs where the plane allows") {
+  // As batch norm's passes (above): the trace's grids show the packed launches, a tile of 32
+  // packs of positions for the scale (8 x 8 maps: one tile, where 32 positions a tile take two)
+  // and a pack per thread for the patch norms' gradient into x; max-out keeps 32 positions a tile.
+  // Values: the B-cos CUDA parity cases, which run both paths.
+  namespace rt = bcos::emu::runtime;
+  const bcos::Device gpu = bcos::Device::cuda(0);
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("bcos_emu_bcos_packs_" + std::to_string(::getpid()) + ".tsv")).string();
+  bcos::manual_seed(13);
+  const bcos::Tensor x = bcos::randn({2, 16, 8, 8}).to(gpu).requires_grad_();
+  auto grids = [&](const std::string& kernel) {  // each traced launch's grid, in order
+    std::vector<std::string> out;
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);)
+      if (line.starts_with(kernel + "<")) {
+        const size_t tab = line.find('\t');
+        out.push_back(line.substr(tab + 1, line.find('\t', tab + 1) - tab - 1));
+      }
+    return out;
+  };
+  for (int64_t max_out : {1, 2}) {
+    CAPTURE(max_out);
+    const bcos::Tensor w = bcos::randn({8 * max_out, 16, 3, 3}).to(gpu).requires_grad_();
+    bcos::synchronize(gpu);
+    rt::set_trace(path);
+    bcos::Tensor y = bcos::bcos_conv2d(x, w, bcos::Tensor(), 1, 1, 1, 1, 2.0, max_out);
+    bcos::sum(y * y).backward();
+    bcos::synchronize(gpu);
+    rt::set_trace("");
+    const std::vector<std::string> scale = grids("scale_wide_kernel"), patch = grids("patch_grad_kernel");
+    REQUIRE(scale.size() == 2);  // forward, backward
+    REQUIRE(patch.size() == 1);
+    for (const std::string& g : scale) CHECK(g.starts_with(max_out == 1 ? "1," : "2,"));
+    CHECK(patch[0] == "2,1,1");  // 2,048 elements of x: 512 packs of 4, blocks of 256 threads
+  }
+  std::filesystem::remove(path);
+}
+
 TEST_CASE("emulator: a float32 op with a 16-bit operand reads it as it is: one launch, no widened copy") {
   // Under autocast a bf16 linear's output is added to the float32 residual stream (twice per
   // transformer block): a widened copy first was a pass over the activation and a launch more.
