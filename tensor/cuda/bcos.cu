@@ -31,29 +31,41 @@ struct PatchShape {
 // it lies in, and leave a small map (7 x 7 at batch 64: 3,136 threads) with one long serial loop each.
 
 // sq[ng, i] = Σ_c x[ng·cg + c, i]²: a block takes 32 neighbouring positions of one plane (coalesced
-// reads), its 8 rows of threads every 8th channel; the rows' partials are added in row order.
+// reads) -- W per lane: 1, or a 16-byte pack (internal.h) where it divides the plane and x is
+// aligned -- its 8 rows of threads every 8th channel; the rows' partials are added in row order
+// (each position's sum in the same order either way: the same bits).
 constexpr int kChannelRows = 8;
-template <class T>
+template <class T, int W>
 __global__ void channel_sumsq_kernel(const T* x, T* sq, int64_t ngs, int64_t cg, int64_t plane) {
-  __shared__ T part[kChannelRows][32];
+  __shared__ T part[kChannelRows][32 * W];
   const int tx = threadIdx.x, ty = threadIdx.y;
   for (int64_t ng = blockIdx.y; ng < ngs; ng += gridDim.y)
-    for (int64_t base = int64_t(blockIdx.x) * 32; base < plane; base += int64_t(gridDim.x) * 32) {
-      const int64_t i = base + tx;
-      T sum = 0;
+    for (int64_t base = int64_t(blockIdx.x) * 32 * W; base < plane; base += int64_t(gridDim.x) * 32 * W) {
+      const int64_t i = base + tx * W;  // the lane's first position (W > 1: all W inside the plane)
+      T sum[W] = {};
       if (i < plane) {
         const T* column = x + ng * cg * plane + i;
         for (int64_t c = ty; c < cg; c += kChannelRows) {
-          const T v = column[c * plane];
-          sum += v * v;
+          if constexpr (W == 1) {
+            const T v = column[c * plane];
+            sum[0] += v * v;
+          } else {
+            const Pack<T> v = pack_at(column + c * plane, 0);
+BCOS_UNROLL
+            for (int k = 0; k < W; ++k) sum[k] += v.v[k] * v.v[k];
+          }
         }
       }
-      part[ty][tx] = sum;
+BCOS_UNROLL
+      for (int k = 0; k < W; ++k) part[ty][tx * W + k] = sum[k];
       __syncthreads();
       if (ty == 0 && i < plane) {
-        T total = part[0][tx];
-        for (int r = 1; r < kChannelRows; ++r) total += part[r][tx];
-        sq[ng * plane + i] = total;
+BCOS_UNROLL
+        for (int k = 0; k < W; ++k) {
+          T total = part[0][tx * W + k];
+          for (int r = 1; r < kChannelRows; ++r) total += part[r][tx * W + k];
+          sq[ng * plane + i + k] = total;
+        }
       }
       __syncthreads();  // part is rewritten by the next position block
     }
@@ -498,10 +510,18 @@ void bcos_patch_sumsq(const Tensor& x_in, int64_t groups, const Pool2dParams& p,
     // Pointwise, the channels' sums are the output; otherwise a plane of them per (sample, group).
     const Tensor sq = pointwise ? out : empty({s.ng, s.h, s.w}, {x.dtype(), x.device()});
     // (An empty plane under a padded window leaves zero sums: one block that skips its loop.)
-    const dim3 grid(unsigned(std::clamp<int64_t>((plane + 31) / 32, 1, kMaxBlocks)),
+    constexpr int P = Pack<T>::kSize;
+    const bool packed = plane % P == 0 && aligned16(px);
+    const int64_t tile = packed ? 32 * P : 32;
+    const dim3 grid(unsigned(std::clamp<int64_t>((plane + tile - 1) / tile, 1, kMaxBlocks)),
                     unsigned(std::clamp<int64_t>(s.ng, 1, 65535)));
-    channel_sumsq_kernel<<<grid, dim3(32, kChannelRows), 0, stream>>>(px, static_cast<T*>(sq.raw_data()), s.ng, s.cg,
-                                                                      plane);
+    if (packed) {
+      channel_sumsq_kernel<T, P><<<grid, dim3(32, kChannelRows), 0, stream>>>(px, static_cast<T*>(sq.raw_data()), s.ng,
+                                                                            s.cg, plane);
+    } else {
+      channel_sumsq_kernel<T, 1><<<grid, dim3(32, kChannelRows), 0, stream>>>(px, static_cast<T*>(sq.raw_data()), s.ng,
+                                                                            s.cg, plane);
+    }
     BCOS_CUDA_CHECK_LAUNCH();
     if (pointwise) return;
     window_sum_kernel<<<blocks_for(out.numel()), kThreads, 0, stream>>>(static_cast<const T*>(sq.raw_data()),

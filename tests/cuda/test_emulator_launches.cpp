@@ -293,10 +293,11 @@ TEST_CASE("emulator: batch norm's passes over the activations move 16-byte packs
   }
 }
 
-TEST_CASE("emulator: a B-cos conv's scale and its norm gradient move 16-byte packs where the plane allows") {
+TEST_CASE("emulator: a B-cos conv's patch norms, scale and norm gradient move 16-byte packs where the plane allows") {
   // As batch norm's passes (above): the trace's grids show the packed launches, a tile of 32
-  // packs of positions for the scale (8 x 8 maps: one tile, where 32 positions a tile take two)
-  // and a pack per thread for the patch norms' gradient into x; max-out keeps 32 positions a tile.
+  // packs of positions for the scale and for the channels' sums of x² (8 x 8 maps: one tile,
+  // where 32 positions a tile take two) and a pack per thread for the patch norms' gradient into
+  // x; max-out keeps 32 positions a tile for the scale.
   // Values: the B-cos CUDA parity cases, which run both paths.
   namespace rt = bcos::emu::runtime;
   const bcos::Device gpu = bcos::Device::cuda(0);
@@ -324,10 +325,12 @@ TEST_CASE("emulator: a B-cos conv's scale and its norm gradient move 16-byte pac
     bcos::synchronize(gpu);
     rt::set_trace("");
     const std::vector<std::string> scale = grids("scale_wide_kernel"), patch = grids("patch_grad_kernel");
+    const std::vector<std::string> sums = grids("channel_sumsq_kernel");
     REQUIRE(scale.size() == 2);  // forward, backward
     REQUIRE(patch.size() == 1);
     for (const std::string& g : scale) CHECK(g.starts_with(max_out == 1 ? "1," : "2,"));
     CHECK(patch[0] == "2,1,1");  // 2,048 elements of x: 512 packs of 4, blocks of 256 threads
+    CHECK(sums == std::vector<std::string>{"1,2,1"});  // x's channel sums: one tile of 32 packs per sample
   }
   std::filesystem::remove(path);
 }
