@@ -114,6 +114,7 @@ template <class T>
 __device__ __forceinline__ PackOf<T>& pack_at(T* base, int64_t p) {
   using Whole = PackOf<T>;
 #if defined(BCOS_CUDA_EMULATION)
+  ::bcos::emu::count_pack_access();
   if (!aligned16(base + p * Whole::kSize)) {  // fail the launch; meanwhile the thread reads and writes a stand-in
     ::bcos::emu::device_fault("a 16-byte pack access that is not 16-byte aligned");
     static thread_local Pack<std::remove_const_t<T>> stand_in;

@@ -17,29 +17,61 @@ namespace bcos::cuda {
 namespace {
 
 // One warp per row (blockDim (32, kRowWarps)): its lanes read the row coalesced; the row loop's
-// bound is the same for a whole warp, so every lane reaches warp_sum.
+// bound is the same for a whole warp, so every lane reaches warp_sum. packed (rows of whole
+// 16-byte packs, aligned tensors: internal.h): each lane reads and writes a pack at a time.
+
+// f(j, a[j], b[j]) for each element j of a row that this lane takes (b may be a itself).
+template <class T, class F>
+__device__ __forceinline__ void lane_walk(const T* a, const T* b, int64_t inner, bool packed, F f) {
+  if (packed) {
+    constexpr int P = Pack<T>::kSize;
+    for (int64_t q = threadIdx.x; q < inner / P; q += 32) {
+      const Pack<T> va = pack_at(a, q), vb = b == a ? va : pack_at(b, q);
+BCOS_UNROLL
+      for (int k = 0; k < P; ++k) f(q * P + k, va.v[k], vb.v[k]);
+    }
+    return;
+  }
+  for (int64_t j = threadIdx.x; j < inner; j += 32) f(j, a[j], b[j]);
+}
+
+// out[j] = f(j, a[j], b[j]) over the row, as lane_walk.
+template <class T, class F>
+__device__ __forceinline__ void lane_map(const T* a, const T* b, T* out, int64_t inner, bool packed, F f) {
+  if (packed) {
+    constexpr int P = Pack<T>::kSize;
+    for (int64_t q = threadIdx.x; q < inner / P; q += 32) {
+      const Pack<T> va = pack_at(a, q), vb = b == a ? va : pack_at(b, q);
+      Pack<T> o;
+BCOS_UNROLL
+      for (int k = 0; k < P; ++k) o.v[k] = f(q * P + k, va.v[k], vb.v[k]);
+      pack_at(out, q) = o;
+    }
+    return;
+  }
+  for (int64_t j = threadIdx.x; j < inner; j += 32) out[j] = f(j, a[j], b[j]);
+}
 
 template <class T>
 __global__ void row_norm_kernel(const T* x, int64_t rows, int64_t inner, double eps, const T* w, const T* b, T* out,
-                                T* mean, T* invstd) {
+                                T* mean, T* invstd, bool packed) {
   const int64_t step = int64_t(gridDim.x) * blockDim.y;
   for (int64_t r = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; r < rows; r += step) {
     const T* p = x + r * inner;
     double sum = 0, sq = 0;
-    for (int64_t j = threadIdx.x; j < inner; j += 32) sum += double(p[j]);
+    lane_walk(p, p, inner, packed, [&](int64_t, T v, T) { sum += double(v); });
     const double mu = warp_sum(sum) / double(inner);
-    for (int64_t j = threadIdx.x; j < inner; j += 32) {
-      const double v = double(p[j]) - mu;
-      sq += v * v;
-    }
+    lane_walk(p, p, inner, packed, [&](int64_t, T v, T) {
+      const double d = double(v) - mu;
+      sq += d * d;
+    });
     const double is = 1.0 / ::sqrt(warp_sum(sq) / double(inner) + eps);
-    T* o = out + r * inner;
-    for (int64_t j = threadIdx.x; j < inner; j += 32) {
-      double y = (double(p[j]) - mu) * is;
+    lane_map(p, p, out + r * inner, inner, packed, [&](int64_t j, T v, T) {
+      double y = (double(v) - mu) * is;
       if (w != nullptr) y *= double(w[j]);
       if (b != nullptr) y += double(b[j]);
-      o[j] = T(y);
-    }
+      return T(y);
+    });
     if (threadIdx.x == 0) {
       mean[r] = T(mu);
       invstd[r] = T(is);
@@ -49,25 +81,24 @@ __global__ void row_norm_kernel(const T* x, int64_t rows, int64_t inner, double 
 
 template <class T>
 __global__ void row_norm_backward_kernel(const T* g, const T* x, int64_t rows, int64_t inner, const T* mean,
-                                         const T* invstd, const T* w, T* gx) {
+                                         const T* invstd, const T* w, T* gx, bool packed) {
   const int64_t step = int64_t(gridDim.x) * blockDim.y;
   // The gradient w.r.t. x̂: g · w, rounded to T as the CPU forms it.
-  auto grad_xhat = [&](const T* gp, int64_t j) { return w != nullptr ? double(T(gp[j] * w[j])) : double(gp[j]); };
+  auto grad_xhat = [w](T gj, int64_t j) { return w != nullptr ? double(T(gj * w[j])) : double(gj); };
   for (int64_t r = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; r < rows; r += step) {
     const T *gp = g + r * inner, *xp = x + r * inner;
     const double mu = double(mean[r]), is = double(invstd[r]);
     double sum_g = 0, sum_gx = 0;
-    for (int64_t j = threadIdx.x; j < inner; j += 32) {
-      const double gj = grad_xhat(gp, j);
-      sum_g += gj;
-      sum_gx += gj * (double(xp[j]) - mu) * is;
-    }
+    lane_walk(gp, xp, inner, packed, [&](int64_t j, T gj, T xj) {
+      const double gh = grad_xhat(gj, j);
+      sum_g += gh;
+      sum_gx += gh * (double(xj) - mu) * is;
+    });
     const double mean_g = warp_sum(sum_g) / double(inner), mean_gx = warp_sum(sum_gx) / double(inner);
-    T* o = gx + r * inner;
-    for (int64_t j = threadIdx.x; j < inner; j += 32) {
-      const double xhat = (double(xp[j]) - mu) * is;
-      o[j] = T(is * (grad_xhat(gp, j) - mean_g - xhat * mean_gx));
-    }
+    lane_map(gp, xp, gx + r * inner, inner, packed, [&](int64_t j, T gj, T xj) {
+      const double xhat = (double(xj) - mu) * is;
+      return T(is * (grad_xhat(gj, j) - mean_g - xhat * mean_gx));
+    });
   }
 }
 
@@ -238,9 +269,10 @@ void row_norm_forward(const Tensor& x_in, int64_t outer, int64_t inner, double e
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
   dispatch_float(x.dtype(), "cuda norm", [&]<class T>() {
+    const bool packed = inner % Pack<T>::kSize == 0 && aligned16(x.raw_data(), out.raw_data());
     row_norm_kernel<<<row_warp_blocks(outer), dim3(32, kRowWarps), 0, stream>>>(
         static_cast<const T*>(x.raw_data()), outer, inner, eps, maybe<T>(weight), maybe<T>(bias),
-        static_cast<T*>(out.raw_data()), static_cast<T*>(mean.raw_data()), static_cast<T*>(invstd.raw_data()));
+        static_cast<T*>(out.raw_data()), static_cast<T*>(mean.raw_data()), static_cast<T*>(invstd.raw_data()), packed);
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }
@@ -259,10 +291,11 @@ void row_norm_backward(const Tensor& grad_in, const Tensor& x_in, int64_t outer,
     affine_gradients(g, x, outer, inner, mean, invstd, grad_weight, grad_bias, device, stream);
   if (!grad_x.defined() || outer == 0) return;
   dispatch_float(x.dtype(), "cuda norm_backward", [&]<class T>() {
+    const bool packed = inner % Pack<T>::kSize == 0 && aligned16(g.raw_data(), x.raw_data(), grad_x.raw_data());
     row_norm_backward_kernel<<<row_warp_blocks(outer), dim3(32, kRowWarps), 0, stream>>>(
         static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), outer, inner,
         static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()), maybe<T>(weight),
-        static_cast<T*>(grad_x.raw_data()));
+        static_cast<T*>(grad_x.raw_data()), packed);
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }

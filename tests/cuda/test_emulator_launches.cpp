@@ -335,6 +335,43 @@ TEST_CASE("emulator: a B-cos conv's patch norms, scale and norm gradient move 16
   std::filesystem::remove(path);
 }
 
+TEST_CASE("emulator: layer norm and a B-cos linear layer's row passes read 16-byte packs where the rows allow") {
+  // A warp per row, as before; where the rows are whole packs and the tensors aligned each lane
+  // reads a pack at a time (the grid does not change: the emulator counts pack accesses). A view
+  // one element into its storage, or rows of an odd length, take an element at a time.
+  namespace rt = bcos::emu::runtime;
+  const bcos::Device gpu = bcos::Device::cuda(0);
+  bcos::manual_seed(14);
+  const bcos::Tensor data = bcos::randn({16 * 64}).to(gpu), shifted = bcos::cat({bcos::zeros({1}).to(gpu), data}, 0);
+  const bcos::Tensor w = bcos::randn({64}).to(gpu), wl = bcos::randn({32, 64}).to(gpu);
+  auto packs = [&](const bcos::Tensor& x_in) {  // each row kernel's pack accesses in a forward + backward
+    const bcos::Tensor x = x_in.detach().requires_grad_();
+    const char* kernels[] = {"row_norm_kernel", "row_norm_backward_kernel", "row_sumsq_kernel", "scale_narrow_kernel"};
+    bcos::synchronize(gpu);
+    std::vector<int64_t> before;
+    for (const char* k : kernels) before.push_back(rt::pack_accesses(k));
+    const bcos::Tensor y = bcos::layer_norm(x, {x.size(1)}, w.narrow(0, 0, x.size(1)), bcos::Tensor());
+    const bcos::Tensor z = bcos::bcos_linear(x, wl.narrow(1, 0, x.size(1)).contiguous());
+    bcos::sum(y * y + y).backward();
+    bcos::sum(z * z).backward();
+    bcos::synchronize(gpu);
+    std::vector<int64_t> made;
+    for (size_t i = 0; i < before.size(); ++i) made.push_back(rt::pack_accesses(kernels[i]) - before[i]);
+    return made;
+  };
+  const std::vector<int64_t> aligned = packs(data.view({16, 64}));
+  CHECK(aligned[0] == 4 * 16 * 64 / 4);  // per pack: read for the sum, the squares, the output; written
+  CHECK(aligned[1] == 5 * 16 * 64 / 4);  // g and x read for the sums and again for grad_x, written
+  CHECK(aligned[2] == 16 * 64 / 4);
+  CHECK(aligned[3] > 0);  // the scale's rows of 32 outputs (its lin comes from the GEMM: aligned)
+  const std::vector<int64_t> off = packs(shifted.narrow(0, 1, 16 * 64).view({16, 64}));
+  CHECK(off[0] == 0);
+  CHECK(off[1] == 0);
+  CHECK(off[2] == 0);
+  const std::vector<int64_t> odd = packs(data.narrow(0, 0, 16 * 63).view({16, 63}));
+  for (size_t i = 0; i < 3; ++i) CHECK(odd[i] == 0);  // (the scale's rows are still 32 outputs)
+}
+
 TEST_CASE("emulator: a float32 op with a 16-bit operand reads it as it is: one launch, no widened copy") {
   // Under autocast a bf16 linear's output is added to the float32 residual stream (twice per
   // transformer block): a widened copy first was a pass over the activation and a launch more.

@@ -64,6 +64,8 @@ void sync_block();  // __syncthreads
 // Fails the running launch with `what` once its thread yields (a fault the hardware would raise,
 // or a rule of CUDA's the kernel broke); the thread goes on meanwhile.
 void device_fault(const std::string& what);
+// Counts a 16-byte pack access (tensor/cuda/internal.h: pack_at) for the running kernel.
+void count_pack_access();
 // Every lane of the warp hands in `bits`; each gets back the bits of lane `source(lane)`.
 uint64_t warp_exchange(uint64_t bits, int source_lane, unsigned mask, const char* op);
 unsigned warp_ballot(bool predicate, unsigned mask, const char* op);

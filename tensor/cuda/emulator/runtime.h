@@ -37,6 +37,9 @@ std::vector<int64_t> draw_order(int64_t n);
 // run so far (queued ones count once run: synchronise first). Tests check with it that a shape
 // takes the launch meant for it, which its results alone cannot show.
 int64_t kernels_run(std::string_view name_prefix);
+// How many 16-byte pack accesses (tensor/cuda/internal.h: pack_at) those kernels have made: which
+// of a kernel's paths a launch took where its grid does not show it.
+int64_t pack_accesses(std::string_view name_prefix);
 // BCOS_CUDA_EMULATOR_TRACE=<file> writes a line per launch and per cuBLAS GEMM to <file>
 // (scheduler.cpp; tools/emu_trace.py reads it). set_trace starts a new one in `path` in its place
 // (closing the last; "" stops tracing); tracing() says whether one is open; trace_call writes a

@@ -127,6 +127,7 @@ struct Grid {
   std::vector<uint64_t> busy;
   int charged = -1;
   uint64_t charged_since = 0;
+  int64_t packs = 0;  // 16-byte pack accesses (count_pack_access)
 };
 
 Grid& grid_state() {
@@ -138,6 +139,11 @@ Grid& grid_state() {
 std::map<std::string, int64_t>& kernel_runs() {
   static std::map<std::string, int64_t> runs;
   return runs;
+}
+// How many 16-byte pack accesses each kernel has made (count_pack_access). Guarded by grid_lock.
+std::map<std::string, int64_t>& pack_runs() {
+  static std::map<std::string, int64_t> packs;
+  return packs;
 }
 std::mutex& grid_lock() {
   static std::mutex m;
@@ -454,6 +460,8 @@ void sync_block() {
   yield_to_scheduler();
 }
 
+void count_pack_access() { ++grid_state().packs; }
+
 void device_fault(const std::string& what) {
   Grid& g = grid_state();
   if (g.error.empty()) g.error = what;
@@ -600,6 +608,7 @@ void run_grid_now(const char* kernel, dim3 grid, dim3 block, const std::function
   g.kernel = kernel;
   g.body = &call;
   ++kernel_runs()[kernel];
+  g.packs = 0;
   g.error.clear();
   g.fibers.assign(size_t(threads), Fiber{});
   g.warps.assign(size_t((threads + 31) / 32), WarpBuffer{});
@@ -648,6 +657,7 @@ void run_grid_now(const char* kernel, dim3 grid, dim3 block, const std::function
     }
   }
   current_thread = outer_thread;
+  if (g.packs > 0) pack_runs()[kernel] += g.packs;
   if (trace != nullptr) {
     std::lock_guard<std::mutex> trace_guard(trace_lock());
     if (std::FILE* f = trace_file())  // the one open now (set_trace may have replaced it)
@@ -718,6 +728,13 @@ int64_t kernels_run(std::string_view name_prefix) {
   int64_t total = 0;
   for (const auto& [name, runs] : kernel_runs())
     if (std::string_view(name).starts_with(name_prefix)) total += runs;
+  return total;
+}
+int64_t pack_accesses(std::string_view name_prefix) {
+  std::lock_guard<std::mutex> lock(grid_lock());
+  int64_t total = 0;
+  for (const auto& [name, packs] : pack_runs())
+    if (std::string_view(name).starts_with(name_prefix)) total += packs;
   return total;
 }
 }  // namespace runtime
