@@ -231,7 +231,8 @@ TEST_CASE("emulator: batch norm's passes over the activations move 16-byte packs
   // leaves it about half idle. Where P = 16 bytes / element divides the plane (a pack then never
   // straddles two channels) and the tensors are aligned, the forward and grad_x passes take a
   // pack per thread (1/P of the threads: the trace's grid) with the element-wise path's bits,
-  // and the statistics' and gradient sums add a pack at a time (another order, within rounding).
+  // and the statistics' and gradient sums add a pack at a time (another order, within rounding;
+  // their grid is per channel either way: the emulator's count of pack accesses shows them).
   // A view one element into its storage (not 16-byte aligned) takes the element-wise paths.
   namespace rt = bcos::emu::runtime;
   const bcos::Device gpu = bcos::Device::cuda(0);
@@ -268,18 +269,23 @@ TEST_CASE("emulator: batch norm's passes over the activations move 16-byte packs
     for (bool training : {true, false}) {
       CAPTURE(training);
       bcos::synchronize(gpu);
+      int64_t sums = rt::pack_accesses("partial_sums_kernel");  // the sums' packs: not in the grid
       rt::set_trace(path);
       const auto packed = run(aligned, training);
       bcos::synchronize(gpu);
       rt::set_trace("");
       CHECK(blocks("forward_kernel") == count / pack / 256);
       CHECK(blocks("grad_x_kernel") == count / pack / 256);
+      // training: x for the statistics, g and x for the backward's sums; evaluation: g and x
+      CHECK(rt::pack_accesses("partial_sums_kernel") - sums == (training ? 3 : 2) * count / pack);
+      sums = rt::pack_accesses("partial_sums_kernel");
       rt::set_trace(path);
       const auto single = run(off, training);
       bcos::synchronize(gpu);
       rt::set_trace("");
       CHECK(blocks("forward_kernel") == count / 256);
       CHECK(blocks("grad_x_kernel") == count / 256);
+      CHECK(rt::pack_accesses("partial_sums_kernel") == sums);
       const auto cpu = run(aligned.to(bcos::Device()), training);
       for (size_t i = 0; i < packed.size(); ++i) {
         CAPTURE(i);
