@@ -723,20 +723,16 @@ void trace_call(const char* name, const std::string& shape, uint64_t work_ns) {
     std::fprintf(f, "%s\t%s\t-\t1\t1\t%llu\t%llu\t%llu\t%llu\n", name, shape.c_str(), (unsigned long long)work_ns,
                  (unsigned long long)work_ns, (unsigned long long)work_ns, (unsigned long long)work_ns);
 }
-int64_t kernels_run(std::string_view name_prefix) {
+// The counts of the kernels whose names start with name_prefix, added.
+int64_t total_by_prefix(const std::map<std::string, int64_t>& counts, std::string_view name_prefix) {
   std::lock_guard<std::mutex> lock(grid_lock());
   int64_t total = 0;
-  for (const auto& [name, runs] : kernel_runs())
-    if (std::string_view(name).starts_with(name_prefix)) total += runs;
+  for (const auto& [name, count] : counts)
+    if (std::string_view(name).starts_with(name_prefix)) total += count;
   return total;
 }
-int64_t pack_accesses(std::string_view name_prefix) {
-  std::lock_guard<std::mutex> lock(grid_lock());
-  int64_t total = 0;
-  for (const auto& [name, packs] : pack_runs())
-    if (std::string_view(name).starts_with(name_prefix)) total += packs;
-  return total;
-}
+int64_t kernels_run(std::string_view name_prefix) { return total_by_prefix(kernel_runs(), name_prefix); }
+int64_t pack_accesses(std::string_view name_prefix) { return total_by_prefix(pack_runs(), name_prefix); }
 }  // namespace runtime
 
 }  // namespace bcos::emu
