@@ -319,7 +319,7 @@ BCOS_UNROLL
 // Whether the elementwise passes over these tensors go in packs (above), and their grid.
 template <class S, class... P>
 bool packs_fit(const Channels& d, const P*... pointers) {
-  return d.s % kPackOf<S> == 0 && aligned16(pointers...);
+  return packs_enabled() && d.s % kPackOf<S> == 0 && aligned16(pointers...);
 }
 template <class S>
 unsigned elementwise_blocks(int64_t n, bool packed) {

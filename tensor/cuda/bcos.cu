@@ -447,14 +447,14 @@ void launch_scale(const ScaleArgs<T>& a, int device, cudaStream_t stream) {
   const ScaleShape& d = a.d;
   const int64_t planes = d.n * d.groups;
   if (d.s < kWidePositions) {
-    const bool packed = d.s == 1 && d.m == 1 && d.per_group % Pack<T>::kSize == 0 &&
+    const bool packed = packs_enabled() && d.s == 1 && d.m == 1 && d.per_group % Pack<T>::kSize == 0 &&
                         (BACKWARD ? aligned16(a.value, a.grad, a.grad_lin) : aligned16(a.lin, a.out));
     scale_narrow_kernel<T, BACKWARD><<<row_warp_blocks(planes * d.s), dim3(32, kRowWarps), 0, stream>>>(a, packed);
     BCOS_CUDA_CHECK_LAUNCH();
     return;
   }
   constexpr int P = Pack<T>::kSize;
-  const bool packed = d.m == 1 && d.s % P == 0 &&
+  const bool packed = packs_enabled() && d.m == 1 && d.s % P == 0 &&
                       (BACKWARD ? aligned16(a.value, a.grad, a.grad_lin) : aligned16(a.lin, a.out));
   // Enough blocks to fill the GPU (8 of 256 threads per SM), in chunks of at least 32 channels.
   const int64_t tile = packed ? 32 * P : 32, tiles = (d.s + tile - 1) / tile;
@@ -501,7 +501,7 @@ void bcos_patch_sumsq(const Tensor& x_in, int64_t groups, const Pool2dParams& p,
   dispatch_float(x.dtype(), "cuda bcos_patch_sumsq", [&]<class T>() {
     const T* px = static_cast<const T*>(x.raw_data());
     if (pointwise && plane == 1) {
-      const bool packed = s.cg % Pack<T>::kSize == 0 && aligned16(px);
+      const bool packed = packs_enabled() && s.cg % Pack<T>::kSize == 0 && aligned16(px);
       row_sumsq_kernel<<<row_warp_blocks(s.ng), dim3(32, kRowWarps), 0, stream>>>(px, static_cast<T*>(out.raw_data()),
                                                                                  s.ng, s.cg, packed);
       BCOS_CUDA_CHECK_LAUNCH();
@@ -511,7 +511,7 @@ void bcos_patch_sumsq(const Tensor& x_in, int64_t groups, const Pool2dParams& p,
     const Tensor sq = pointwise ? out : empty({s.ng, s.h, s.w}, {x.dtype(), x.device()});
     // (An empty plane under a padded window leaves zero sums: one block that skips its loop.)
     constexpr int P = Pack<T>::kSize;
-    const bool packed = plane % P == 0 && aligned16(px);
+    const bool packed = packs_enabled() && plane % P == 0 && aligned16(px);
     const int64_t tile = packed ? 32 * P : 32;
     const dim3 grid(unsigned(std::clamp<int64_t>((plane + tile - 1) / tile, 1, kMaxBlocks)),
                     unsigned(std::clamp<int64_t>(s.ng, 1, 65535)));
@@ -554,7 +554,7 @@ void bcos_patch_sumsq_backward(const Tensor& grad_in, const Tensor& x_in, int64_
       T* pgx = static_cast<T*>(grad_x.raw_data());
       constexpr int64_t P = Pack<T>::kSize;
       const int64_t area = s.h * s.w;
-      const PatchPacks packs = !aligned16(px, pacc, pgx) ? PatchPacks::none
+      const PatchPacks packs = !packs_enabled() || !aligned16(px, pacc, pgx) ? PatchPacks::none
                                : area % P == 0           ? PatchPacks::pixels
                                : area == 1 && s.cg % P == 0 ? PatchPacks::channels
                                                             : PatchPacks::none;

@@ -12,6 +12,8 @@
 #include <array>
 #include <bit>
 #include <cstdint>
+#include <cstdlib>
+#include <string_view>
 #include <type_traits>
 
 #include "tensor/cuda/backend.h"
@@ -89,6 +91,14 @@ BCOS_UNROLL
 }
 
 // ---- 16-byte packs --------------------------------------------------------------------------
+// BCOS_CUDA_PACKS=0 keeps the passes packed since session 58 (batch norm, the B-cos layers, layer
+// norm) a thread or lane per element: an A/B switch for a GPU's timings (scripts/gpu_check's
+// `packs` section). Read at each launch, so that a test can switch it.
+inline bool packs_enabled() {
+  const char* v = std::getenv("BCOS_CUDA_PACKS");
+  return v == nullptr || std::string_view(v) != "0";
+}
+
 // Bandwidth-bound kernels move 16 bytes of each operand per access (4 float32, 8 bfloat16, 2
 // float64, 16 bool) where every pointer is 16-byte aligned (cudaMalloc's are; a view's offset
 // may not be): fewer, wider memory transactions, and four times the bytes in flight per thread

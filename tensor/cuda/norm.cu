@@ -269,7 +269,7 @@ void row_norm_forward(const Tensor& x_in, int64_t outer, int64_t inner, double e
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
   dispatch_float(x.dtype(), "cuda norm", [&]<class T>() {
-    const bool packed = inner % Pack<T>::kSize == 0 && aligned16(x.raw_data(), out.raw_data());
+    const bool packed = packs_enabled() && inner % Pack<T>::kSize == 0 && aligned16(x.raw_data(), out.raw_data());
     row_norm_kernel<<<row_warp_blocks(outer), dim3(32, kRowWarps), 0, stream>>>(
         static_cast<const T*>(x.raw_data()), outer, inner, eps, maybe<T>(weight), maybe<T>(bias),
         static_cast<T*>(out.raw_data()), static_cast<T*>(mean.raw_data()), static_cast<T*>(invstd.raw_data()), packed);
@@ -291,7 +291,8 @@ void row_norm_backward(const Tensor& grad_in, const Tensor& x_in, int64_t outer,
     affine_gradients(g, x, outer, inner, mean, invstd, grad_weight, grad_bias, device, stream);
   if (!grad_x.defined() || outer == 0) return;
   dispatch_float(x.dtype(), "cuda norm_backward", [&]<class T>() {
-    const bool packed = inner % Pack<T>::kSize == 0 && aligned16(g.raw_data(), x.raw_data(), grad_x.raw_data());
+    const bool packed = packs_enabled() && inner % Pack<T>::kSize == 0 &&
+                        aligned16(g.raw_data(), x.raw_data(), grad_x.raw_data());
     row_norm_backward_kernel<<<row_warp_blocks(outer), dim3(32, kRowWarps), 0, stream>>>(
         static_cast<const T*>(g.raw_data()), static_cast<const T*>(x.raw_data()), outer, inner,
         static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()), maybe<T>(weight),

@@ -4,6 +4,7 @@
 // kernel (runtime::kernels_run), and check the trace (BCOS_CUDA_EMULATOR_TRACE,
 // tools/emu_trace.py) that lists each launch with its grid and its longest thread.
 #include <doctest/doctest.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -286,6 +287,15 @@ TEST_CASE("emulator: batch norm's passes over the activations move 16-byte packs
       CHECK(blocks("forward_kernel") == count / 256);
       CHECK(blocks("grad_x_kernel") == count / 256);
       CHECK(rt::pack_accesses("partial_sums_kernel") == sums);
+      ::setenv("BCOS_CUDA_PACKS", "0", 1);  // the A/B switch for a GPU's timings: aligned, element by element
+      rt::set_trace(path);
+      const auto switched_off = run(aligned, training);
+      bcos::synchronize(gpu);
+      rt::set_trace("");
+      ::unsetenv("BCOS_CUDA_PACKS");
+      CHECK(blocks("forward_kernel") == count / 256);
+      CHECK(rt::pack_accesses("partial_sums_kernel") == sums);
+      if (!training) CHECK(golden::equal(switched_off[0], packed[0]));
       const auto cpu = run(aligned.to(bcos::Device()), training);
       for (size_t i = 0; i < packed.size(); ++i) {
         CAPTURE(i);
@@ -338,6 +348,18 @@ TEST_CASE("emulator: a B-cos conv's patch norms, scale and norm gradient move 16
     CHECK(patch[0] == "2,1,1");  // 2,048 elements of x: 512 packs of 4, blocks of 256 threads
     CHECK(sums == std::vector<std::string>{"1,2,1"});  // x's channel sums: one tile of 32 packs per sample
   }
+  // BCOS_CUDA_PACKS=0 (the A/B switch for a GPU's timings): the element paths' grids.
+  ::setenv("BCOS_CUDA_PACKS", "0", 1);
+  const bcos::Tensor w = bcos::randn({8, 16, 3, 3}).to(gpu).requires_grad_();
+  rt::set_trace(path);
+  bcos::Tensor y = bcos::bcos_conv2d(x, w, bcos::Tensor(), 1, 1, 1, 1, 2.0, 1);
+  bcos::sum(y * y).backward();
+  bcos::synchronize(gpu);
+  rt::set_trace("");
+  ::unsetenv("BCOS_CUDA_PACKS");
+  for (const std::string& g : grids("scale_wide_kernel")) CHECK(g.starts_with("2,"));
+  CHECK(grids("patch_grad_kernel") == std::vector<std::string>{"8,1,1"});
+  CHECK(grids("channel_sumsq_kernel") == std::vector<std::string>{"2,2,1"});
   std::filesystem::remove(path);
 }
 
@@ -376,6 +398,11 @@ TEST_CASE("emulator: layer norm and a B-cos linear layer's row passes read 16-by
   CHECK(off[2] == 0);
   const std::vector<int64_t> odd = packs(data.narrow(0, 0, 16 * 63).view({16, 63}));
   for (size_t i = 0; i < 3; ++i) CHECK(odd[i] == 0);  // (the scale's rows are still 32 outputs)
+  // BCOS_CUDA_PACKS=0 (the A/B switch for a GPU's timings): every one an element at a time.
+  ::setenv("BCOS_CUDA_PACKS", "0", 1);
+  const std::vector<int64_t> switched_off = packs(data.view({16, 64}));
+  ::unsetenv("BCOS_CUDA_PACKS");
+  for (int64_t n : switched_off) CHECK(n == 0);
 }
 
 TEST_CASE("emulator: a float32 op with a 16-bit operand reads it as it is: one launch, no widened copy") {
