@@ -32,7 +32,10 @@ BCOS_UNROLL
     }
     return;
   }
-  for (int64_t j = threadIdx.x; j < inner; j += 32) f(j, a[j], b[j]);
+  for (int64_t j = threadIdx.x; j < inner; j += 32) {
+    const T va = a[j];
+    f(j, va, b == a ? va : b[j]);
+  }
 }
 
 // out[j] = f(j, a[j], b[j]) over the row, as lane_walk.
@@ -49,7 +52,10 @@ BCOS_UNROLL
     }
     return;
   }
-  for (int64_t j = threadIdx.x; j < inner; j += 32) out[j] = f(j, a[j], b[j]);
+  for (int64_t j = threadIdx.x; j < inner; j += 32) {
+    const T va = a[j];
+    out[j] = f(j, va, b == a ? va : b[j]);
+  }
 }
 
 template <class T>
