@@ -330,6 +330,12 @@ Tensor batch_norm_uncentered(const Tensor& x, const Tensor& running_var, const T
   }
   BCOS_CHECK(training || running_var.defined(), op, ": evaluation mode needs running_var");
   const int64_t per_channel = x.numel() / std::max<int64_t>(c, 1);
+  if (!training && !needs_graph({x, weight, bias})) {  // inference: invstd made in the pass, one launch
+    Tensor out = empty(x.shape(), {x.dtype(), x.device()});
+    kernel::batch_norm_eval_forward(x, dense(weight), dense(bias), Tensor(), dense(running_var.detach()), eps, relu,
+                                    out);
+    return out;
+  }
   Tensor mean = zeros({c}, {x.dtype(), x.device()}), invstd;
   if (training) {
     BCOS_CHECK(per_channel > 1, op, ": expected more than 1 value per channel when training, got input of shape ",

@@ -143,6 +143,11 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
     // PyTorch keeps the unbiased variance
     invstd = finish_batch_statistics(mean, var_biased, eps, momentum, double(per_channel) / double(per_channel - 1),
                                      running_mean, running_var, num_batches_tracked);
+  } else if (!needs_graph({x, weight, bias})) {  // inference: invstd made in the pass, one launch
+    Tensor out = empty(x.shape(), {x.dtype(), x.device()});
+    kernel::batch_norm_eval_forward(x, dense(weight), dense(bias), dense(running_mean.detach()),
+                                    dense(running_var.detach()), eps, relu, out);
+    return out;
   } else {
     mean = dense(running_mean.detach());
     invstd = finish_batch_statistics(Tensor(), running_var.detach(), eps, 0, 1, Tensor(), Tensor());

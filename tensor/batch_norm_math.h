@@ -22,12 +22,19 @@ Finish<T> finish_factors(double eps, double momentum, double unbias) {
   return {T(eps), T(1 - momentum), T(momentum), T(momentum * unbias)};
 }
 
+// 1 / sqrt(var + eps), the one formula every path uses (the finish, an evaluation's scale and its
+// forward): evaluation computes it where the statistics' finish would have, with the same bits.
+template <class T>
+BCOS_HD T invstd_of(T var, T eps) {
+  return T(1) / math::Math<T>::sqrt(var + eps);
+}
+
 // Channel c: invstd = 1 / sqrt(var + eps); running_mean, running_var stepped (each may be null).
 template <class T>
 BCOS_HD void finish_channel(int64_t c, const T* mean, const T* var, const Finish<T>& f, T* invstd, T* running_mean,
                             T* running_var) {
   const T v = var[c];
-  if (invstd) invstd[c] = T(1) / math::Math<T>::sqrt(v + f.eps);
+  if (invstd) invstd[c] = invstd_of(v, f.eps);
   if (running_mean) running_mean[c] = math::Math<T>::fma(f.keep, running_mean[c], f.momentum * mean[c]);
   if (running_var) running_var[c] = math::Math<T>::fma(f.keep, running_var[c], f.momentum_unbias * v);
 }
@@ -37,7 +44,7 @@ BCOS_HD void finish_channel(int64_t c, const T* mean, const T* var, const Finish
 // epilogue gives the unfolded norm's bits.
 template <class T>
 BCOS_HD T eval_scale(int64_t c, const T* var, const T* weight, T eps) {
-  const T invstd = T(1) / math::Math<T>::sqrt(var[c] + eps);
+  const T invstd = invstd_of(var[c], eps);
   return weight ? invstd * weight[c] : invstd;
 }
 

@@ -129,6 +129,11 @@ inline void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tens
                                const Tensor& invstd, bool relu, const Tensor& out) {
   BCOS_DISPATCH(x, batch_norm_forward(x, weight, bias, mean, invstd, relu, out));
 }
+inline void batch_norm_eval_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                    const Tensor& running_mean, const Tensor& running_var, double eps, bool relu,
+                                    const Tensor& out) {
+  BCOS_DISPATCH(x, batch_norm_eval_forward(x, weight, bias, running_mean, running_var, eps, relu, out));
+}
 inline void batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& var_biased) {
   BCOS_DISPATCH(x, batch_norm_stats(x, mean, var_biased));
 }

@@ -96,14 +96,28 @@ __device__ void channel_totals(const double* partials, int64_t parts, int64_t c,
 
 // y = fma(x, scale, shift) of channel c, as the CPU computes it (the ReLU mask depends on it).
 template <class T>
-__device__ __forceinline__ math::BatchNormAffine<T> affine_of(const T* w, const T* b, T mean, const T* invstd,
-                                                              int64_t c) {
-  return math::BatchNormAffine<T>(mean, invstd[c], w ? w[c] : T(1), b ? b[c] : T(0));
+__device__ __forceinline__ math::BatchNormAffine<T> affine_of(const T* w, const T* b, T mean, T invstd, int64_t c) {
+  return math::BatchNormAffine<T>(mean, invstd, w ? w[c] : T(1), b ? b[c] : T(0));
 }
 template <class T>
 __device__ T normalized(T x, const T* w, const T* b, T mean, const T* invstd, int64_t c) {
-  return affine_of(w, b, mean, invstd, c)(x);
+  return affine_of(w, b, mean, invstd[c], c)(x);
 }
+
+// The forward's per-channel statistics: mean (null: 0, the uncentred norm) and invstd, read from
+// the finish kernel's output or, in an evaluation forward that runs alone, made from the running
+// variance by the finish's own formula (the same bits, one launch fewer per norm).
+template <class T>
+struct ForwardStats {
+  const T* mean;
+  const T* invstd;  // or null: from var and eps
+  const T* var;
+  T eps;
+  __device__ __forceinline__ T mean_of(int64_t c) const { return mean ? mean[c] : T(0); }
+  __device__ __forceinline__ T invstd_of(int64_t c) const {
+    return invstd ? invstd[c] : batch_norm_math::invstd_of(var[c], eps);
+  }
+};
 template <class T, class S>
 __device__ __forceinline__ T value(S v) {
   return convert_value<T>(v);
@@ -250,13 +264,13 @@ struct ChannelOf {
 // The elementwise passes go in 16-byte packs (internal.h) where the plane size is a multiple of
 // the pack's P elements and the tensors are aligned: a plane then starts at a multiple of P, so
 // a pack never straddles two channels and finds its channel, and loads its per-channel values,
-// once for P elements (everything but ResNet's 7 x 7 stage). The arithmetic per element is the
-// same either way, and so are the bits.
+// once for P elements (float32: every ResNet stage but 7 x 7; 16-bit packs of 8 miss 14 x 14 too).
+// The arithmetic per element is the same either way, and so are the bits.
 template <class S>
 constexpr int kPackOf = Pack<S>::kSize;
 
 template <class S, class T, class I>
-__global__ void forward_kernel(const S* x, const T* w, const T* b, const T* mean, const T* invstd, Channels d,
+__global__ void forward_kernel(const S* x, const T* w, const T* b, ForwardStats<T> stats, Channels d,
                                ChannelOf<I> channel_of, bool relu, bool packed, S* out) {
   const I n = I(d.n * d.c * d.s), first = I(blockIdx.x) * blockDim.x + threadIdx.x, step = I(gridDim.x) * blockDim.x;
   auto apply = [relu](const math::BatchNormAffine<T>& f, S v) {
@@ -267,7 +281,7 @@ __global__ void forward_kernel(const S* x, const T* w, const T* b, const T* mean
     constexpr int P = kPackOf<S>;
     for (I p = first; p < n / P; p += step) {
       const I c = channel_of(p * P);
-      const math::BatchNormAffine<T> f = affine_of(w, b, mean[c], invstd, c);
+      const math::BatchNormAffine<T> f = affine_of(w, b, stats.mean_of(c), stats.invstd_of(c), c);
       const Pack<S> xp = pack_at(x, p);
       Pack<S> o;
 BCOS_UNROLL
@@ -278,7 +292,7 @@ BCOS_UNROLL
   }
   for (I i = first; i < n; i += step) {
     const I c = channel_of(i);
-    out[i] = apply(affine_of(w, b, mean[c], invstd, c), x[i]);
+    out[i] = apply(affine_of(w, b, stats.mean_of(c), stats.invstd_of(c), c), x[i]);
   }
 }
 
@@ -294,7 +308,7 @@ __global__ void grad_x_kernel(const S* g, const S* x, const T* w, const T* bias,
     math::BatchNormAffine<T> f;
   };
   auto channel = [&](I c) {
-    return Channel{coef + 4 * c, affine_of(w, bias, normalized_mean ? normalized_mean[c] : T(0), invstd, c)};
+    return Channel{coef + 4 * c, affine_of(w, bias, normalized_mean ? normalized_mean[c] : T(0), invstd[c], c)};
   };
   auto grad = [relu](const Channel& ch, S gs, S xs) {
     const T xi = value<T>(xs);
@@ -464,24 +478,35 @@ void batch_norm_eval_scale(const Tensor& var, const Tensor& weight, double eps, 
   });
 }
 
-void batch_norm_forward(const Tensor& x_in, const Tensor& weight, const Tensor& bias, const Tensor& mean,
-                        const Tensor& invstd, bool relu, const Tensor& out) {
+// The forward pass with invstd given, or made from var and eps (invstd undefined).
+static void launch_forward(const Tensor& x_in, const Tensor& weight, const Tensor& bias, const Tensor& mean,
+                           const Tensor& invstd, const Tensor& var, double eps, bool relu, const Tensor& out) {
   const Tensor x = raw_contiguous(x_in);
   const Channels d = channels_of(x);
   if (x.numel() == 0) return;
   const int device = x.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
-  dispatch_batch_norm(x, mean, "cuda batch_norm", [&]<class S, class T>() {
+  dispatch_batch_norm(x, invstd.defined() ? invstd : var, "cuda batch_norm", [&]<class S, class T>() {
     const bool packed = packs_fit<S>(d, x.raw_data(), out.raw_data());
+    const ForwardStats<T> stats{maybe<T>(mean), maybe<T>(invstd), maybe<T>(var), T(eps)};
     with_index(x.numel(), [&]<class I>() {
       forward_kernel<S, T, I><<<elementwise_blocks<S>(x.numel(), packed), kThreads, 0, stream>>>(
-          static_cast<const S*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias),
-          static_cast<const T*>(mean.raw_data()), static_cast<const T*>(invstd.raw_data()), d, ChannelOf<I>(d), relu,
+          static_cast<const S*>(x.raw_data()), maybe<T>(weight), maybe<T>(bias), stats, d, ChannelOf<I>(d), relu,
           packed, static_cast<S*>(out.raw_data()));
       BCOS_CUDA_CHECK_LAUNCH();
     });
   });
+}
+
+void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& mean,
+                        const Tensor& invstd, bool relu, const Tensor& out) {
+  launch_forward(x, weight, bias, mean, invstd, Tensor(), 0, relu, out);
+}
+
+void batch_norm_eval_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                             const Tensor& running_var, double eps, bool relu, const Tensor& out) {
+  launch_forward(x, weight, bias, running_mean, Tensor(), running_var, eps, relu, out);
 }
 
 void batch_norm_backward(const Tensor& grad_out_in, const Tensor& x_in, const Tensor& weight, const Tensor& bias,

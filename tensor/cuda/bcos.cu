@@ -57,13 +57,13 @@ BCOS_UNROLL
         }
       }
 BCOS_UNROLL
-      for (int k = 0; k < W; ++k) part[ty][tx * W + k] = sum[k];
+      for (int k = 0; k < W; ++k) part[ty][k * 32 + tx] = sum[k];
       __syncthreads();
       if (ty == 0 && i < plane) {
 BCOS_UNROLL
         for (int k = 0; k < W; ++k) {
-          T total = part[0][tx * W + k];
-          for (int r = 1; r < kChannelRows; ++r) total += part[r][tx * W + k];
+          T total = part[0][k * 32 + tx];
+          for (int r = 1; r < kChannelRows; ++r) total += part[r][k * 32 + tx];
           sq[ng * plane + i + k] = total;
         }
       }
@@ -165,7 +165,7 @@ BCOS_UNROLL
         for (int j = 0; j < P; ++j) a.v[j] = acc[at];
       }
       const Pack<T> xp = pack_at(x, q);
-      Pack<T> o;
+      Pack<T> o{};  // zeros, unread, where not accumulating (as the element path's T(0))
       if constexpr (ACCUMULATE) o = pack_at(gx, q);
 BCOS_UNROLL
       for (int j = 0; j < P; ++j) o.v[j] = patch_grad_term<T, ACCUMULATE>(o.v[j], xp.v[j], a.v[j]);
@@ -364,13 +364,13 @@ BCOS_UNROLL
       if constexpr (BACKWARD) {
         if (!a.grad_sumsq) continue;  // uniform across the block
 BCOS_UNROLL
-        for (int k = 0; k < W; ++k) part[ty][tx * W + k] = sum[k];
+        for (int k = 0; k < W; ++k) part[ty][k * 32 + tx] = sum[k];
         __syncthreads();
         if (ty == 0 && j < d.s) {
 BCOS_UNROLL
           for (int k = 0; k < W; ++k) {
-            T total = part[0][tx * W + k];
-            for (int row = 1; row < kScaleRows; ++row) total += part[row][tx * W + k];
+            T total = part[0][k * 32 + tx];
+            for (int row = 1; row < kScaleRows; ++row) total += part[row][k * 32 + tx];
             if (gridDim.z == 1) a.grad_sumsq[ng * d.s + j + k] = total;
             else partials[(int64_t(blockIdx.z) * planes + ng) * d.s + j + k] = total;
           }

@@ -192,6 +192,53 @@ TEST_CASE("emulator: a batch norm's training step counts its batch in the statis
   CHECK(bnu.num_batches_tracked.to(bcos::Device()).item<int64_t>() == 1);
 }
 
+TEST_CASE("emulator: an evaluation-mode batch norm with nothing to keep for a backward is one launch") {
+  // Inference (ResNet-50: 53 norms a forward) made each norm's invstd = 1 / sqrt(var + eps) in a
+  // launch of its own before the pass over x (and the uncentred norm a zero mean in another); the
+  // pass now makes it per channel by the finish kernel's formula: the same bits as the launches it
+  // replaces, which still run where a backward needs invstd (x or a parameter wants a gradient).
+  namespace rt = bcos::emu::runtime;
+  const bcos::Device gpu = bcos::Device::cuda(0);
+  bcos::manual_seed(11);
+  for (bcos::DType dt : {bcos::kFloat32, bcos::kBFloat16, bcos::kFloat64}) {
+    CAPTURE(dt);
+    const bcos::DType stats = dt == bcos::kBFloat16 ? bcos::kFloat32 : dt;
+    for (int64_t plane : {16, 7}) {  // packed planes, and an element per thread
+      CAPTURE(plane);
+      const bcos::Tensor x = (bcos::randn({2, 3, plane, 4}) * 3.0 + 1.0).to(dt).to(gpu);
+      const bcos::Tensor rm = bcos::randn({3}).to(stats).to(gpu), rv = (bcos::rand({3}) * 2.0 + 1e-3).to(stats).to(gpu);
+      const bcos::Tensor w = bcos::randn({3}).to(stats).to(gpu), b = bcos::randn({3}).to(stats).to(gpu);
+      for (bool uncentred : {false, true}) {
+        if (uncentred && dt == bcos::kBFloat16) continue;  // the uncentred norm takes one dtype throughout
+        for (bool relu : {false, true}) {
+          CAPTURE(uncentred);
+          CAPTURE(relu);
+          auto norm = [&](const bcos::Tensor& weight) {
+            return uncentred ? bcos::batch_norm_uncentered(x, rv, weight, b, false, 0.1, 1e-3, relu)
+                             : bcos::batch_norm(x, rm, rv, weight, b, false, 0.1, 1e-3, relu);
+          };
+          bcos::synchronize(gpu);
+          const int64_t all = rt::kernels_run(""), passes = rt::kernels_run("forward_kernel");
+          const bcos::Tensor alone = norm(w);
+          bcos::synchronize(gpu);
+          CHECK(rt::kernels_run("") - all == 1);
+          CHECK(rt::kernels_run("forward_kernel") - passes == 1);
+          const bcos::Tensor kept = norm(w.detach().requires_grad_());  // invstd kept for a backward
+          bcos::synchronize(gpu);
+          CHECK(rt::kernels_run("") - all >= 3);
+          CHECK(golden::equal(alone.to(bcos::Device()), kept.to(bcos::Device())));
+          const bcos::Tensor on_cpu = uncentred
+              ? bcos::batch_norm_uncentered(x.to(bcos::Device()), rv.to(bcos::Device()), w.to(bcos::Device()),
+                                            b.to(bcos::Device()), false, 0.1, 1e-3, relu)
+              : bcos::batch_norm(x.to(bcos::Device()), rm.to(bcos::Device()), rv.to(bcos::Device()),
+                                 w.to(bcos::Device()), b.to(bcos::Device()), false, 0.1, 1e-3, relu);
+          CHECK(golden::equal(alone.to(bcos::Device()), on_cpu));  // the CPU's fma, the same bits
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("emulator: a batch norm's backward finishes its sums and coefficients in one per-channel launch") {
   // Per channel, the backward's sums give the parameter gradients and grad_x's coefficients: one
   // tiny launch for both where the sums are this process's own; a synchronised norm, whose
