@@ -311,6 +311,7 @@ int main(int argc, char** argv) {
         auto copy = models::bcosify_clip_visual(models::load_clip(teacher_file)->visual, exact);
         copy->to(device), copy->eval(), teacher->eval();
         NoGradGuard no_grad;
+        ExactFloat32Guard exact_products;  // TF32 would blur the identity to ~1e-3 on a GPU
         const Tensor expected = (*teacher)(clip_normalize(probe));
         equivalence = norm((*copy)(nn::add_inverse(probe)) - expected).item() / norm(expected).item();
       }

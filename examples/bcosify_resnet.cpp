@@ -187,21 +187,10 @@ models::GridPGResult run_gridpg(nn::Module& model, bool bcos_model, const Setup&
   return r;
 }
 
-// Exact float32 products while in scope. The two checks below verify identities (equal logits,
-// contributions that sum to the logit); on a GPU, TF32's 10-bit inputs would blur both to ~1e-3
-// (measured on the CUDA emulator, which rounds as TF32 does), hiding a real 1e-4 error.
-struct ExactFloat32 {
-  bool was = allow_tf32();
-  ExactFloat32() { set_allow_tf32(false); }
-  ~ExactFloat32() { set_allow_tf32(was); }
-  ExactFloat32(const ExactFloat32&) = delete;
-  ExactFloat32& operator=(const ExactFloat32&) = delete;
-};
-
 // The conversion is right: b = 1 with biases and max-pool kept gives the original's logits (on
 // the first 64 test images). Returns the largest error relative to the largest logit.
 double b1_equivalence_error(nn::Module& original, const Setup& s, const std::string& weights, const Tensor& images) {
-  ExactFloat32 exact_products;
+  ExactFloat32Guard exact_products;  // TF32 would blur the identity to ~1e-3 on a GPU
   auto copy = models::create_model(s.spec.arch);
   models::load_pretrained(*copy, weights);
   copy->eval();
@@ -521,7 +510,7 @@ int main(int argc, char** argv) {
     // Completeness: contributions sum to the logit minus the logit bias.
     Tensor x6 = nn::add_inverse(explain_images);
     models::Explanation e = [&] {
-      ExactFloat32 exact_products;
+      ExactFloat32Guard exact_products;  // TF32 would blur the identity to ~1e-3 on a GPU
       return explain_on(*bcos_model, s, x6, Tensor());  // the predicted classes
     }();
     const Tensor& preds = e.targets;

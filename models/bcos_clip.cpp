@@ -160,15 +160,18 @@ std::shared_ptr<BcosClipVisual> bcosify_clip_visual(ModulePtr visual, const Bcos
 
 // ---- other resolutions ------------------------------------------------------------------------
 namespace {
-// pos [1 + g², C] (the first row: the class / mean token) -> [1 + G², C], the grid resampled.
+// pos [1 + g², C] (the first row: the class / mean token) -> [1 + G², C], the grid resampled (on
+// the CPU, where the image resize runs; the result on pos's device).
 Tensor resample_positions(const Tensor& pos, int64_t grid) {
   const int64_t old = std::llround(std::sqrt(double(pos.size(0) - 1))), c = pos.size(1);
   BCOS_CHECK(old * old + 1 == pos.size(0), "set_image_resolution: ", pos.size(0), " positions are not 1 + a square");
   if (old == grid) return pos;
   NoGradGuard no_grad;
-  const Tensor spatial = pos.slice(0, 1, pos.size(0)).to(DType::f32).transpose(0, 1).reshape({c, old, old}).contiguous();
+  const Tensor spatial =
+      pos.slice(0, 1, pos.size(0)).to(Device()).to(DType::f32).transpose(0, 1).reshape({c, old, old}).contiguous();
   const Tensor resized = data::resize(spatial, grid, grid, data::Interpolation::bicubic);  // [C, G, G]
-  return cat({pos.slice(0, 0, 1), resized.reshape({c, grid * grid}).transpose(0, 1).to(pos.dtype())}, 0).contiguous();
+  const Tensor rows = resized.reshape({c, grid * grid}).transpose(0, 1).to(pos.dtype()).to(pos.device());
+  return cat({pos.slice(0, 0, 1), rows}, 0).contiguous();
 }
 }  // namespace
 

@@ -63,6 +63,19 @@ void reset_peak_memory(Device d);
 // input, float32 accumulation). On by default, as PyTorch's default for cuDNN convolutions.
 void set_allow_tf32(bool allow);
 bool allow_tf32();
+// Exact float32 products (TF32 off) while in scope, the setting before restored after: for checks
+// of identities (a converted model's equal logits, contributions summing to a logit) that TF32's
+// 10-bit inputs would blur to ~1e-3, hiding a real 1e-4 error.
+class ExactFloat32Guard {
+ public:
+  ExactFloat32Guard() : was_(allow_tf32()) { set_allow_tf32(false); }
+  ~ExactFloat32Guard() { set_allow_tf32(was_); }
+  ExactFloat32Guard(const ExactFloat32Guard&) = delete;
+  ExactFloat32Guard& operator=(const ExactFloat32Guard&) = delete;
+
+ private:
+  bool was_;
+};
 // Deterministic algorithms: cuDNN convolutions restricted to its deterministic algorithms, and
 // the backward scatters (index_add, scatter_add) add each destination's terms in a fixed order
 // instead of with atomics in arrival order -- bit-identical results from run to run, at some cost

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "autograd/ops.h"
+#include "models/bcos_clip.h"
 #include "models/bcosify.h"
 #include "models/clip.h"
 #include "models/explain.h"
@@ -742,7 +743,7 @@ TEST_CASE("cuda ops: a small CLIP (ModifiedResNet and ViT image towers, causal t
   // The 224-px case above at a size the CUDA emulator runs in seconds: every module of both
   // towers, the text tower's causal mask included (it once stayed on the CPU after to(cuda)).
   manual_seed(46);
-  const Tensor images = randn({2, 3, 32, 32}, kFloat64);
+  const Tensor images = randn({2, 3, 32, 32}, kFloat64), images64 = randn({2, 3, 64, 64}, kFloat64);
   const Tensor tokens = randint(1, 63, {2, 9});
   for (int64_t patch : {0, 8}) {
     CAPTURE(patch);
@@ -764,6 +765,10 @@ TEST_CASE("cuda ops: a small CLIP (ModifiedResNet and ViT image towers, causal t
       sgd.step();
       std::vector<Tensor> r{logits.detach().to(Device())};
       for (const auto& [name, p] : clip.named_parameters()) r.push_back(p.detach().to(Device()));
+      // GridPG's grids at twice the resolution: the positions resampled (on the CPU) stay on dev
+      models::set_image_resolution(*clip.visual, 64);
+      NoGradGuard no_grad;
+      r.push_back(clip.encode_image(images64.to(dev)).to(Device()));
       return r;
     };
     const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The examples with --device cuda, end to end: on the CPU emulator in CI (build-emu), on the GPU in
+# scripts/gpu_check. The parity cases check every kernel; these check what only a whole program
+# does: every tensor a run makes (masks, targets, text embeddings, resampled positions) on the
+# model's device, identity checks not blurred by TF32, checkpoints written from device tensors and
+# resumed onto the device, reports written. bcosify_resnet, evaluate and predict run on synthetic
+# data (tests/tools/make_fixtures.cpp); clip, train_clip and bcos_clip_zeroshot need the CLIP
+# vocabulary and the CIFAR-10 test shard: $BCOS_DATA, else ../shared, else .gpu_data (what
+# scripts/pack_gpu_data packs for a GPU machine); they skip without them. Exit 77 (skipped) where
+# the build has no CUDA device.
+#   usage: test_examples_gpu.sh BUILD_DIR SOURCE_DIR
+set -uo pipefail
+build=$1
+src=$2
+data=${BCOS_DATA:-$src/../shared}
+[[ -z "${BCOS_DATA:-}" && ! -d "$src/../shared" && -d "$src/.gpu_data" ]] && data="$src/.gpu_data"
+fixtures="$build/tests/make_fixtures"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+failures=0
+check() {  # check DESCRIPTION COMMAND...
+  if "${@:2}"; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi
+}
+contains() { grep -q -- "$2" "$1"; }
+show_on_failure() { (( $1 == 0 )) || tail -20 "$2"; }
+
+"$fixtures" weights resnet20 "$work/resnet20.safetensors" 3 || exit 1
+"$fixtures" cifar "$work/cifar" 96 64 || exit 1
+"$fixtures" png "$work/photo.png" 40 30 || exit 1
+# predict first: it says whether there is a device at all.
+"$build/examples/predict" --device cuda --arch resnet20 --weights "$work/resnet20.safetensors" \
+  --image "$work/photo.png" >"$work/out" 2>&1
+status=$?
+if grep -q "no CUDA device here" "$work/out"; then
+  echo "skip: no CUDA device here (the emulator's build, or a GPU machine, runs these)"
+  exit 77
+fi
+check "predict --device cuda (exit 0)" test $status -eq 0
+show_on_failure $status "$work/out"
+
+# bcosify_resnet: the b = 1 checks, two epochs of fine-tuning, GridPG, explanations, then a resume.
+bcosify() {
+  "$build/examples/bcosify_resnet" --device cuda --arch resnet20 --weights "$work/resnet20.safetensors" \
+    --data "$work/cifar" --test-data "$work/cifar" --batch 32 --lr 1e-3 --workers 1 --seed 5 --limit-test 64 \
+    --gridpg-grids 2 --explain 2 --photos "" --out "$work/bcos" "$@" >"$work/out" 2>&1
+}
+bcosify --epochs 1
+status=$?
+check "bcosify_resnet --device cuda converts, fine-tunes and explains (exit 0)" test $status -eq 0
+show_on_failure $status "$work/out"
+check "... the b = 1 equivalence holds on the GPU" contains "$work/out" "equivalence"
+check "... writing the model, a checkpoint and report.json" \
+  test -s "$work/bcos/bcos_resnet20.safetensors" -a -s "$work/bcos/checkpoint.safetensors" -a -s "$work/bcos/report.json"
+bcosify --epochs 2 --resume
+status=$?
+check "bcosify_resnet --device cuda --resume continues from the checkpoint (exit 0)" test $status -eq 0
+show_on_failure $status "$work/out"
+check "... after epoch 1" contains "$work/out" "after epoch 1"
+
+# evaluate on the GPU.
+"$build/examples/evaluate" --device cuda --arch resnet20 --weights "$work/resnet20.safetensors" \
+  --data "$work/cifar" --limit 64 >"$work/out" 2>&1
+status=$?
+check "evaluate --device cuda (exit 0)" test $status -eq 0
+show_on_failure $status "$work/out"
+
+vocab="$data/data/clip/bpe_simple_vocab_16e6.txt.gz" shard="$data/data/cifar10/cifar10-test-000000.tar"
+if [[ -f "$vocab" && -f "$shard" ]]; then
+  tiny=(--vision-width 8 --vision-layers 1,1 --embed-dim 32 --text-width 32 --text-layers 1 --text-heads 1
+        --context-length 16 --warmup 1)
+  "$build/examples/train_clip" --device cuda --vocab "$vocab" --data "$shard" --captions-from-classes --test-data "$shard" --epochs 1 \
+    --limit-train 128 --batch 64 --limit-test 64 "${tiny[@]}" --out "$work/clip" >"$work/out" 2>&1
+  status=$?
+  check "train_clip --device cuda trains a tiny CLIP and evaluates it (exit 0)" test $status -eq 0
+  show_on_failure $status "$work/out"
+  check "... with a zero-shot top-1 in report.json" contains "$work/clip/report.json" '"top1"'
+  "$build/examples/train_clip" --device cuda --vocab "$vocab" --data "$shard" --captions-from-classes --test-data "" --epochs 1 \
+    --limit-train 128 --batch 64 "${tiny[@]}" --autocast bf16 --out "$work/clip_bf16" >"$work/out" 2>&1
+  status=$?
+  check "train_clip --device cuda --autocast bf16 (exit 0)" test $status -eq 0
+  show_on_failure $status "$work/out"
+  "$build/examples/clip" zeroshot --device cuda --clip "$work/clip/clip.safetensors" --vocab "$vocab" \
+    --data "$shard" --limit 64 --json >"$work/json" 2>"$work/out"
+  status=$?
+  check "clip zeroshot --device cuda reads what train_clip saved (exit 0)" test $status -eq 0
+  show_on_failure $status "$work/out"
+  check "... over 64 samples" contains "$work/json" '"samples": 64'
+  "$build/examples/bcos_clip_zeroshot" --device cuda --clip "$work/clip/clip.safetensors" --vocab "$vocab" \
+    --data "$shard" --test-data "$shard" --epochs 1 --limit-train 128 --batch 64 --limit-test 64 --grids 1 --photos "" \
+    --out "$work/bcos_clip" >"$work/out" 2>&1
+  status=$?
+  check "bcos_clip_zeroshot --device cuda distils, evaluates and explains (exit 0)" test $status -eq 0
+  show_on_failure $status "$work/out"
+  check "... passing the b = 1 equivalence check" contains "$work/out" "b = 1 equivalence: relative error"
+  check "... with both towers' zero-shot in report.json" contains "$work/bcos_clip/report.json" '"student_top1"'
+else
+  echo "skip train_clip / clip / bcos_clip_zeroshot --device cuda: $vocab or $shard not found (set BCOS_DATA)"
+fi
+
+echo "$failures failure(s)"
+[[ $failures -eq 0 ]]
