@@ -4,10 +4,10 @@
 # does: every tensor a run makes (masks, targets, text embeddings, resampled positions) on the
 # model's device, identity checks not blurred by TF32, checkpoints written from device tensors and
 # resumed onto the device, reports written. bcosify_resnet, evaluate and predict run on synthetic
-# data (tests/tools/make_fixtures.cpp); clip, train_clip and bcos_clip_zeroshot need the CLIP
-# vocabulary and the CIFAR-10 test shard: $BCOS_DATA, else ../shared, else .gpu_data (what
-# scripts/pack_gpu_data packs for a GPU machine); they skip without them. Exit 77 (skipped) where
-# the build has no CUDA device.
+# data (tests/tools/make_fixtures.cpp), clip embed on a golden CLIP file beside the CPU's; clip
+# zeroshot, train_clip and bcos_clip_zeroshot need the CLIP vocabulary and the CIFAR-10 test
+# shard: $BCOS_DATA, else ../shared, else .gpu_data (what scripts/pack_gpu_data packs for a GPU
+# machine), and skip without them. Exit 77 (skipped) where the build has no CUDA device.
 #   usage: test_examples_gpu.sh BUILD_DIR SOURCE_DIR
 set -uo pipefail
 build=$1
@@ -63,6 +63,21 @@ check "... after epoch 1" contains "$work/out" "after epoch 1"
 status=$?
 check "evaluate --device cuda (exit 0)" test $status -eq 0
 show_on_failure $status "$work/out"
+
+# clip embed: the golden OpenAI-format RN tower (tests/golden) on both devices, the same embedding
+# to TF32's precision (measured 1.2e-4 on the emulator, which rounds as TF32; the numbers are ~0.1).
+embed_numbers() {  # embed_numbers DEVICE: the 128 numbers of the photo's embedding, one per line
+  "$build/examples/clip" embed --device "$1" --clip "$src/tests/golden/clip_rn.pt" --image "$work/photo.png" --json \
+    2>"$work/err" | tr -d ' \n' | grep -o '"embedding":\[[^]]*\]' | sed 's/.*\[//; s/\]//' | tr ',' '\n'
+}
+embed_numbers cpu >"$work/cpu.txt"
+embed_numbers cuda >"$work/cuda.txt"
+check "clip embed gives the 128 numbers of the embedding on both devices" \
+  test "$(wc -l <"$work/cpu.txt")" -eq 128 -a "$(wc -l <"$work/cuda.txt")" -eq 128
+check "... those of the CPU within 2e-3 (largest difference $(paste "$work/cpu.txt" "$work/cuda.txt" |
+  awk '{d = $1 - $2; if (d < 0) d = -d; if (d > m) m = d} END {printf "%.1e", m}'))" \
+  awk 'NR == FNR {a[FNR] = $1; next} {d = a[FNR] - $1; if (d < 0) d = -d; if (d > 2e-3 || $1 == "") bad = 1}
+       END {exit bad || FNR != 128}' "$work/cpu.txt" "$work/cuda.txt"
 
 vocab="$data/data/clip/bpe_simple_vocab_16e6.txt.gz" shard="$data/data/cifar10/cifar10-test-000000.tar"
 if [[ -f "$vocab" && -f "$shard" ]]; then
