@@ -39,23 +39,28 @@ check "predict --device cuda (exit 0)" test $status -eq 0
 show_on_failure $status "$work/out"
 
 # bcosify_resnet: the b = 1 checks, two epochs of fine-tuning, GridPG, explanations, then a resume.
-bcosify() {
+bcosify() {  # bcosify OUT_DIR ARGS...
   "$build/examples/bcosify_resnet" --device cuda --arch resnet20 --weights "$work/resnet20.safetensors" \
     --data "$work/cifar" --test-data "$work/cifar" --batch 32 --lr 1e-3 --workers 1 --seed 5 --limit-test 64 \
-    --gridpg-grids 2 --explain 2 --photos "" --out "$work/bcos" "$@" >"$work/out" 2>&1
+    --gridpg-grids 2 --explain 2 --photos "" --out "$1" "${@:2}" >"$work/out" 2>&1
 }
-bcosify --epochs 1
+bcosify "$work/bcos" --epochs 1
 status=$?
 check "bcosify_resnet --device cuda converts, fine-tunes and explains (exit 0)" test $status -eq 0
 show_on_failure $status "$work/out"
 check "... the b = 1 equivalence holds on the GPU" contains "$work/out" "equivalence"
 check "... writing the model, a checkpoint and report.json" \
   test -s "$work/bcos/bcos_resnet20.safetensors" -a -s "$work/bcos/checkpoint.safetensors" -a -s "$work/bcos/report.json"
-bcosify --epochs 2 --resume
+bcosify "$work/bcos" --epochs 2 --resume
 status=$?
 check "bcosify_resnet --device cuda --resume continues from the checkpoint (exit 0)" test $status -eq 0
 show_on_failure $status "$work/out"
 check "... after epoch 1" contains "$work/out" "after epoch 1"
+
+bcosify "$work/bcos_bf16" --epochs 1 --autocast bf16
+status=$?
+check "bcosify_resnet --device cuda --autocast bf16 (exit 0)" test $status -eq 0
+show_on_failure $status "$work/out"
 
 # evaluate on the GPU.
 "$build/examples/evaluate" --device cuda --arch resnet20 --weights "$work/resnet20.safetensors" \
@@ -108,6 +113,12 @@ if [[ -f "$vocab" && -f "$shard" ]]; then
   show_on_failure $status "$work/out"
   check "... passing the b = 1 equivalence check" contains "$work/out" "b = 1 equivalence: relative error"
   check "... with both towers' zero-shot in report.json" contains "$work/bcos_clip/report.json" '"student_top1"'
+  "$build/examples/bcos_clip_zeroshot" --device cuda --clip "$work/clip/clip.safetensors" --vocab "$vocab" \
+    --data "$shard" --test-data "$shard" --epochs 1 --limit-train 128 --batch 64 --limit-test 64 --grids 0 --photos "" \
+    --autocast bf16 --out "$work/bcos_clip_bf16" >"$work/out" 2>&1
+  status=$?
+  check "bcos_clip_zeroshot --device cuda --autocast bf16 (exit 0)" test $status -eq 0
+  show_on_failure $status "$work/out"
 else
   echo "skip train_clip / clip / bcos_clip_zeroshot --device cuda: $vocab or $shard not found (set BCOS_DATA)"
 fi
