@@ -12,11 +12,7 @@ data=${BCOS_DATA:-$src/../shared}
 vocab="$data/data/clip/bpe_simple_vocab_16e6.txt.gz"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-failures=0
-check() {  # check DESCRIPTION COMMAND...
-  if "${@:2}"; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi
-}
-contains() { grep -q -- "$2" "$1"; }
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 
 # Errors first: they need nothing.
 "$clip" >"$work/out" 2>&1

@@ -17,11 +17,7 @@ data=${BCOS_DATA:-$src/../shared}
 fixtures="$build/tests/make_fixtures"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-failures=0
-check() {  # check DESCRIPTION COMMAND...
-  if "${@:2}"; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi
-}
-contains() { grep -q -- "$2" "$1"; }
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 show_on_failure() { (( $1 == 0 )) || tail -20 "$2"; }
 
 "$fixtures" weights resnet20 "$work/resnet20.safetensors" 3 || exit 1

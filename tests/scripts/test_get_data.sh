@@ -6,10 +6,7 @@ set -uo pipefail
 get_data=$1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-failures=0
-check() {  # check DESCRIPTION COMMAND...
-  if "${@:2}"; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 run() {  # run MANIFEST: get_data with a fresh environment; output in $work/out, $work/err
   BCOS_CACHE="$work/cache" BCOS_GET_DATA_MANIFEST="$1" "$get_data" >"$work/out" 2>"$work/err"
 }

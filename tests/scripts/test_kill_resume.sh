@@ -73,10 +73,7 @@ while (( attempts < 40 )); do
   echo "FAIL a resumed run exited with an error:"; cat "$work/attempt.log"; exit 1
 done
 
-failures=0
-check() {  # check DESCRIPTION COMMAND...
-  if "${@:2}"; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 check "the interrupted run finished (after $kills kills, $write_kills of them mid-write)" test $finished -eq 1
 check "... killed at least 3 times" test $kills -ge 3
 check "... its final model is bit-identical to the uninterrupted run's" \
