@@ -203,9 +203,9 @@ TEST_CASE("emulator: an evaluation-mode batch norm with nothing to keep for a ba
   for (bcos::DType dt : {bcos::kFloat32, bcos::kBFloat16, bcos::kFloat64}) {
     CAPTURE(dt);
     const bcos::DType stats = dt == bcos::kBFloat16 ? bcos::kFloat32 : dt;
-    for (int64_t plane : {16, 7}) {  // packed planes, and an element per thread
+    for (int64_t plane : {16, 7}) {  // planes of 80 (packs), of 35 (an element per thread)
       CAPTURE(plane);
-      const bcos::Tensor x = (bcos::randn({2, 3, plane, 4}) * 3.0 + 1.0).to(dt).to(gpu);
+      const bcos::Tensor x = (bcos::randn({2, 3, plane, 5}) * 3.0 + 1.0).to(dt).to(gpu);
       const bcos::Tensor rm = bcos::randn({3}).to(stats).to(gpu), rv = (bcos::rand({3}) * 2.0 + 1e-3).to(stats).to(gpu);
       const bcos::Tensor w = bcos::randn({3}).to(stats).to(gpu), b = bcos::randn({3}).to(stats).to(gpu);
       for (bool uncentred : {false, true}) {
@@ -219,10 +219,14 @@ TEST_CASE("emulator: an evaluation-mode batch norm with nothing to keep for a ba
           };
           bcos::synchronize(gpu);
           const int64_t all = rt::kernels_run(""), passes = rt::kernels_run("forward_kernel");
+          const int64_t packs = rt::pack_accesses("forward_kernel");
           const bcos::Tensor alone = norm(w);
           bcos::synchronize(gpu);
           CHECK(rt::kernels_run("") - all == 1);
           CHECK(rt::kernels_run("forward_kernel") - passes == 1);
+          // packed: a pack of x read and one of y written per P elements
+          const int64_t pack = 16 / int64_t(bcos::dtype_size(dt));
+          CHECK(rt::pack_accesses("forward_kernel") - packs == (plane == 16 ? 2 * x.numel() / pack : 0));
           const bcos::Tensor kept = norm(w.detach().requires_grad_());  // invstd kept for a backward
           bcos::synchronize(gpu);
           CHECK(rt::kernels_run("") - all >= 3);
