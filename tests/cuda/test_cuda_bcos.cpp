@@ -1,7 +1,7 @@
 // The B-cos kernels on CUDA against the CPU (tensor/cuda/bcos.cu): B-cos conv2d / linear through
 // the public API, the patch norms over the shapes each launch takes, and the scale and the patch
-// norms' backward over theirs -- no atomics, so two GPU runs must agree bit for bit. Skipped (with a
-// message) without a GPU.
+// norms' backward over theirs -- no atomics, so two GPU runs must agree bit for bit; and a B-cos
+// CLIP image tower as bcos_clip_zeroshot uses it. Skipped (with a message) without a GPU.
 #include <doctest/doctest.h>
 
 #include <optional>
@@ -9,7 +9,11 @@
 #include <vector>
 
 #include "autograd/ops.h"
+#include "models/bcos_clip.h"
+#include "models/clip.h"
+#include "models/explain.h"
 #include "nn/bcos.h"
+#include "nn/optim.h"
 #include "tests/cuda/gpu_test.h"
 #include "tests/golden.h"
 
@@ -186,4 +190,55 @@ TEST_CASE("cuda ops: the B-cos scale and the patch norms' backward over each lau
           }
         }
       }
+}
+
+TEST_CASE("cuda ops: a B-cos CLIP image tower -- distillation step, explanation, maps at 3x its resolution -- matches the CPU") {
+  if (!have_gpu()) return;
+  // What bcos_clip_zeroshot does with the student, on both devices in float64: a cosine
+  // distillation step against fixed teacher embeddings, the explanation of cos(image, text), and
+  // GridPG's contribution maps at three times the resolution (the positions resampled on the
+  // CPU, then on the device: set_image_resolution once resized GPU positions with the CPU-only
+  // image resize and stopped the example).
+  manual_seed(61);
+  const Tensor images = rand({2, 3, 32, 32}, kFloat64), big = rand({1, 3, 96, 96}, kFloat64);
+  const Tensor teacher = randn({2, 16}, kFloat64), texts = randn({3, 16}, kFloat64);
+  for (bool vit : {false, true}) {
+    CAPTURE(vit);
+    auto run = [&](Device dev) {
+      manual_seed(62);
+      std::shared_ptr<nn::Module> tower =
+          vit ? std::shared_ptr<nn::Module>(std::make_shared<models::ClipVisionTransformer>(32, 8, 16, 2, 2, 16, true))
+              : std::shared_ptr<nn::Module>(std::make_shared<models::ModifiedResNet>(std::vector<int64_t>{1, 1}, 16, 2, 32, 8));
+      models::BcosClipOptions o;
+      o.keep_position = true;  // (the ResNet's attention pool then has positions to resample too)
+      auto student = models::bcosify_clip_visual(tower, o);
+      student->to(kFloat64);
+      student->to(dev);
+      student->train();
+      nn::SGD sgd(student->parameters(), {.lr = 0.1, .momentum = 0.9});
+      const Tensor loss = models::cosine_distillation_loss((*student)(nn::add_inverse(images.to(dev))), teacher.to(dev));
+      sgd.zero_grad();
+      loss.backward();
+      sgd.step();
+      student->eval();
+      auto similarity = std::make_shared<models::TextSimilarity>(
+          std::shared_ptr<nn::Module>(student.get(), [](nn::Module*) {}), texts.to(dev));
+      const models::Explanation e =
+          models::explain(*similarity, nn::add_inverse(images.to(dev)), from_vector(std::vector<int64_t>{2, 0}, {2}).to(dev));
+      models::set_image_resolution(*student, 96);
+      const Tensor maps = models::contribution_maps(*similarity, nn::add_inverse(big.to(dev)),
+                                                    from_vector(std::vector<int64_t>{0, 1, 2}, {1, 3}).to(dev));
+      std::vector<Tensor> r{loss.detach().to(Device()), e.logits.to(Device()), e.weights.to(Device()),
+                            e.contributions.to(Device()), maps.to(Device())};
+      for (const Tensor& p : student->parameters()) r.push_back(p.detach().to(Device()));
+      return r;
+    };
+    const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
+    REQUIRE(cpu.size() == gpu.size());
+    CHECK(gpu[4].shape() == Shape{1, 3, 96, 96});
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      CAPTURE(i);
+      CHECK(golden::relative_error(gpu[i], cpu[i]) <= 1e-9);
+    }
+  }
 }
