@@ -127,6 +127,7 @@ __device__ __forceinline__ T value(S v) {
 // an element's terms by value (add); operator() reads element i, pack() pack q (internal.h).
 template <class S>
 struct ShiftedTerms {  // Σ (x − k), Σ (x − k)², k = the channel's first element
+  static constexpr int kPack = Pack<S>::kSize;  // elements per pack(): partial_sums' index step
   const S* x;
   int64_t plane;  // S: channel c's first element is x[c · S]
   __device__ void add(S xi, int64_t c, double& a, double& b) const {
@@ -138,11 +139,12 @@ struct ShiftedTerms {  // Σ (x − k), Σ (x − k)², k = the channel's first 
   __device__ void pack(int64_t q, int64_t c, double& a, double& b) const {
     const Pack<S> xp = pack_at(x, q);
 BCOS_UNROLL
-    for (int j = 0; j < Pack<S>::kSize; ++j) add(xp.v[j], c, a, b);
+    for (int j = 0; j < kPack; ++j) add(xp.v[j], c, a, b);
   }
 };
 template <class S, class T>
 struct GradTerms {  // Σ g, Σ g (x − mean)
+  static constexpr int kPack = Pack<S>::kSize;
   const S *g, *x;
   const T *w, *b, *mean, *invstd;
   bool relu;
@@ -156,11 +158,12 @@ struct GradTerms {  // Σ g, Σ g (x − mean)
   __device__ void pack(int64_t q, int64_t c, double& sg, double& sgx) const {
     const Pack<S> gp = pack_at(g, q), xp = pack_at(x, q);
 BCOS_UNROLL
-    for (int j = 0; j < Pack<S>::kSize; ++j) add(gp.v[j], xp.v[j], c, sg, sgx);
+    for (int j = 0; j < kPack; ++j) add(gp.v[j], xp.v[j], c, sg, sgx);
   }
 };
 template <class T>
 struct UncenteredTerms {  // Σ g x, Σ g
+  static constexpr int kPack = Pack<T>::kSize;
   const T *g, *x, *w, *b, *invstd;
   bool relu;
   __device__ void add(T gs, T xi, int64_t c, double& sgx, double& sg) const {
@@ -172,7 +175,7 @@ struct UncenteredTerms {  // Σ g x, Σ g
   __device__ void pack(int64_t q, int64_t c, double& sgx, double& sg) const {
     const Pack<T> gp = pack_at(g, q), xp = pack_at(x, q);
 BCOS_UNROLL
-    for (int j = 0; j < Pack<T>::kSize; ++j) add(gp.v[j], xp.v[j], c, sgx, sg);
+    for (int j = 0; j < kPack; ++j) add(gp.v[j], xp.v[j], c, sgx, sg);
   }
 };
 
@@ -360,10 +363,11 @@ const T* maybe(const Tensor& t) {
 }
 
 // Runs partial_sums_kernel for terms over every channel; returns the partials and their split.
-// pack: Pack<S>::kSize where the terms' tensors fit packs (packs_fit), else 1.
+// packed: the terms' tensors fit packs (packs_fit); the kernel then steps by the terms' own pack.
 template <class Terms>
-std::pair<std::shared_ptr<void>, int64_t> partial_sums(const Channels& d, const Terms& terms, int pack, int device,
+std::pair<std::shared_ptr<void>, int64_t> partial_sums(const Channels& d, const Terms& terms, bool packed, int device,
                                                        cudaStream_t stream) {
+  const int pack = packed ? Terms::kPack : 1;
   const Split split = split_of(d, pack);
   std::shared_ptr<void> partials = allocate(size_t(d.c * split.parts * 2) * sizeof(double), device);
   partial_sums_kernel<<<dim3(unsigned(d.c), unsigned(split.parts)), kReduceThreads, 0, stream>>>(
@@ -386,9 +390,10 @@ void backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tens
   T* const gb = grad_b.defined() ? static_cast<T*>(grad_b.raw_data()) : nullptr;
   const bool wants_x = grad_x.defined() && x.numel() > 0;
   std::shared_ptr<void> coef = wants_x ? allocate(size_t(4 * d.c) * sizeof(T), device) : nullptr;
-  const int pack = packs_fit<S>(d, g.raw_data(), x.raw_data()) ? kPackOf<S> : 1;
+  static_assert(Terms::kPack == kPackOf<S>, "packs_fit<S> checked the planes for the terms' packs");
+  const bool sums_packed = packs_fit<S>(d, g.raw_data(), x.raw_data());
   if (wants_x && !replica_sums.defined()) {  // the sums are ours: finish and coefficients in one launch
-    const auto [partials, parts] = partial_sums(d, terms, pack, device, stream);
+    const auto [partials, parts] = partial_sums(d, terms, sums_packed, device, stream);
     grad_finish_coefficients_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(
         static_cast<const double*>(partials.get()), parts, d, static_cast<const T*>(invstd.raw_data()), uncentered,
         gw, gb, maybe<T>(weight), maybe<T>(coefficient_mean), training, static_cast<T*>(coef.get()));
@@ -396,7 +401,7 @@ void backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tens
   } else {
     std::shared_ptr<void> sums = allocate(size_t(2 * d.c) * sizeof(double), device);
     if (grad_w.defined() || grad_b.defined() || !replica_sums.defined()) {
-      const auto [partials, parts] = partial_sums(d, terms, pack, device, stream);
+      const auto [partials, parts] = partial_sums(d, terms, sums_packed, device, stream);
       grad_finish_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(
           static_cast<const double*>(partials.get()), parts, d, static_cast<const T*>(invstd.raw_data()), uncentered,
           static_cast<double*>(sums.get()), gw, gb);
@@ -442,8 +447,7 @@ void batch_norm_stats(const Tensor& x_in, const Tensor& mean, const Tensor& var_
   dispatch_batch_norm(x, mean, "cuda batch_norm", [&]<class S, class T>() {
     // One pass over x (the CPU makes two: the mean, then the squared deviations from it).
     const S* px = static_cast<const S*>(x.raw_data());
-    const int pack = packs_fit<S>(d, px) ? kPackOf<S> : 1;
-    const auto [partials, parts] = partial_sums(d, ShiftedTerms<S>{px, d.s}, pack, device, stream);
+    const auto [partials, parts] = partial_sums(d, ShiftedTerms<S>{px, d.s}, packs_fit<S>(d, px), device, stream);
     stats_finish_kernel<<<blocks_for(d.c), kThreads, 0, stream>>>(static_cast<const double*>(partials.get()), parts,
                                                                   d, px, static_cast<T*>(mean.raw_data()),
                                                                   static_cast<T*>(var_biased.raw_data()));
