@@ -19,6 +19,14 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 show_on_failure() { (( $1 == 0 )) || tail -20 "$2"; }
+# exits_zero DESCRIPTION COMMAND...: runs COMMAND (its output in $work/out) and checks it exits 0,
+# showing the output's tail if not
+exits_zero() {
+  "${@:2}" >"$work/out" 2>&1
+  local status=$?
+  check "$1" test $status -eq 0
+  show_on_failure $status "$work/out"
+}
 # at_most FILE PATTERN LIMIT: the number after PATTERN in FILE is there and at most LIMIT
 at_most() {
   local v
@@ -44,34 +52,23 @@ show_on_failure $status "$work/out"
 bcosify() {  # bcosify OUT_DIR ARGS...
   "$build/examples/bcosify_resnet" --device cuda --arch resnet20 --weights "$work/resnet20.safetensors" \
     --data "$work/cifar" --test-data "$work/cifar" --batch 32 --lr 1e-3 --workers 1 --seed 5 --limit-test 64 \
-    --gridpg-grids 2 --explain 2 --photos "" --out "$1" "${@:2}" >"$work/out" 2>&1
+    --gridpg-grids 2 --explain 2 --photos "" --out "$1" "${@:2}"
 }
-bcosify "$work/bcos" --epochs 1
-status=$?
-check "bcosify_resnet --device cuda converts, fine-tunes and explains (exit 0)" test $status -eq 0
-show_on_failure $status "$work/out"
+exits_zero "bcosify_resnet --device cuda converts, fine-tunes and explains (exit 0)" bcosify "$work/bcos" --epochs 1
 check "... its b = 1 equivalence within 1e-4 (issue 12's bound)" \
   at_most "$work/out" "max relative logit error" 1e-4
 check "... completeness within 1e-4" at_most "$work/out" "completeness: max relative error" 1e-4
 check "... writing the model, a checkpoint and report.json" \
   test -s "$work/bcos/bcos_resnet20.safetensors" -a -s "$work/bcos/checkpoint.safetensors" -a -s "$work/bcos/report.json"
-bcosify "$work/bcos" --epochs 2 --resume
-status=$?
-check "bcosify_resnet --device cuda --resume continues from the checkpoint (exit 0)" test $status -eq 0
-show_on_failure $status "$work/out"
+exits_zero "bcosify_resnet --device cuda --resume continues from the checkpoint (exit 0)" \
+  bcosify "$work/bcos" --epochs 2 --resume
 check "... after epoch 1" contains "$work/out" "after epoch 1"
 
-bcosify "$work/bcos_bf16" --epochs 1 --autocast bf16
-status=$?
-check "bcosify_resnet --device cuda --autocast bf16 (exit 0)" test $status -eq 0
-show_on_failure $status "$work/out"
+exits_zero "bcosify_resnet --device cuda --autocast bf16 (exit 0)" bcosify "$work/bcos_bf16" --epochs 1 --autocast bf16
 
 # evaluate on the GPU.
-"$build/examples/evaluate" --device cuda --arch resnet20 --weights "$work/resnet20.safetensors" \
-  --data "$work/cifar" --limit 64 >"$work/out" 2>&1
-status=$?
-check "evaluate --device cuda (exit 0)" test $status -eq 0
-show_on_failure $status "$work/out"
+exits_zero "evaluate --device cuda (exit 0)" "$build/examples/evaluate" --device cuda --arch resnet20 \
+  --weights "$work/resnet20.safetensors" --data "$work/cifar" --limit 64
 
 # clip embed: the golden OpenAI-format RN tower (tests/golden) on both devices, the same embedding
 # to TF32's precision (measured 1.2e-4 on the emulator, which rounds as TF32; the numbers are ~0.1).
@@ -92,37 +89,29 @@ vocab="$data/data/clip/bpe_simple_vocab_16e6.txt.gz" shard="$data/data/cifar10/c
 if [[ -f "$vocab" && -f "$shard" ]]; then
   tiny=(--vision-width 8 --vision-layers 1,1 --embed-dim 32 --text-width 32 --text-layers 1 --text-heads 1
         --context-length 16 --warmup 1)
-  "$build/examples/train_clip" --device cuda --vocab "$vocab" --data "$shard" --captions-from-classes --test-data "$shard" --epochs 1 \
-    --limit-train 128 --batch 64 --limit-test 64 "${tiny[@]}" --out "$work/clip" >"$work/out" 2>&1
-  status=$?
-  check "train_clip --device cuda trains a tiny CLIP and evaluates it (exit 0)" test $status -eq 0
-  show_on_failure $status "$work/out"
+  exits_zero "train_clip --device cuda trains a tiny CLIP and evaluates it (exit 0)" \
+    "$build/examples/train_clip" --device cuda --vocab "$vocab" --data "$shard" --captions-from-classes \
+    --test-data "$shard" --epochs 1 --limit-train 128 --batch 64 --limit-test 64 "${tiny[@]}" --out "$work/clip"
   check "... with a zero-shot top-1 in report.json" contains "$work/clip/report.json" '"top1"'
-  "$build/examples/train_clip" --device cuda --vocab "$vocab" --data "$shard" --captions-from-classes --test-data "" --epochs 1 \
-    --limit-train 128 --batch 64 "${tiny[@]}" --autocast bf16 --out "$work/clip_bf16" >"$work/out" 2>&1
-  status=$?
-  check "train_clip --device cuda --autocast bf16 (exit 0)" test $status -eq 0
-  show_on_failure $status "$work/out"
+  exits_zero "train_clip --device cuda --autocast bf16 (exit 0)" \
+    "$build/examples/train_clip" --device cuda --vocab "$vocab" --data "$shard" --captions-from-classes \
+    --test-data "" --epochs 1 --limit-train 128 --batch 64 "${tiny[@]}" --autocast bf16 --out "$work/clip_bf16"
   "$build/examples/clip" zeroshot --device cuda --clip "$work/clip/clip.safetensors" --vocab "$vocab" \
     --data "$shard" --limit 64 --json >"$work/json" 2>"$work/out"
   status=$?
   check "clip zeroshot --device cuda reads what train_clip saved (exit 0)" test $status -eq 0
   show_on_failure $status "$work/out"
   check "... over 64 samples" contains "$work/json" '"samples": 64'
-  "$build/examples/bcos_clip_zeroshot" --device cuda --clip "$work/clip/clip.safetensors" --vocab "$vocab" \
+  exits_zero "bcos_clip_zeroshot --device cuda distils, evaluates and explains (exit 0)" \
+    "$build/examples/bcos_clip_zeroshot" --device cuda --clip "$work/clip/clip.safetensors" --vocab "$vocab" \
     --data "$shard" --test-data "$shard" --epochs 1 --limit-train 128 --batch 64 --limit-test 64 --grids 1 --photos "" \
-    --out "$work/bcos_clip" >"$work/out" 2>&1
-  status=$?
-  check "bcos_clip_zeroshot --device cuda distils, evaluates and explains (exit 0)" test $status -eq 0
-  show_on_failure $status "$work/out"
+    --out "$work/bcos_clip"
   check "... its b = 1 equivalence within 1e-4" at_most "$work/out" "b = 1 equivalence: relative error" 1e-4
   check "... with both towers' zero-shot in report.json" contains "$work/bcos_clip/report.json" '"student_top1"'
-  "$build/examples/bcos_clip_zeroshot" --device cuda --clip "$work/clip/clip.safetensors" --vocab "$vocab" \
+  exits_zero "bcos_clip_zeroshot --device cuda --autocast bf16 (exit 0)" \
+    "$build/examples/bcos_clip_zeroshot" --device cuda --clip "$work/clip/clip.safetensors" --vocab "$vocab" \
     --data "$shard" --test-data "$shard" --epochs 1 --limit-train 128 --batch 64 --limit-test 64 --grids 0 --photos "" \
-    --autocast bf16 --out "$work/bcos_clip_bf16" >"$work/out" 2>&1
-  status=$?
-  check "bcos_clip_zeroshot --device cuda --autocast bf16 (exit 0)" test $status -eq 0
-  show_on_failure $status "$work/out"
+    --autocast bf16 --out "$work/bcos_clip_bf16"
 else
   echo "skip train_clip / clip / bcos_clip_zeroshot --device cuda: $vocab or $shard not found (set BCOS_DATA)"
 fi
