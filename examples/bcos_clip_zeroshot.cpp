@@ -421,15 +421,16 @@ int main(int argc, char** argv) {
                 "embedding cosine %.4f\n", ev.teacher_top1, ev.student_top1, ev.teacher_top5, ev.student_top5,
                 ev.agreement, ev.cosine);
 
-    // 5. GridPG with text targets, at three times the resolution.
-    models::set_image_resolution(*teacher, 3 * res);
-    models::set_image_resolution(*student, 3 * res);
-    auto teacher_sim = std::make_shared<models::TextSimilarity>(teacher, classifier.to(device));
-    auto student_sim = std::make_shared<models::TextSimilarity>(student, classifier.to(device));
-    const models::GridPGResult g_teacher = gridpg(*teacher_sim, false, ev, grids, seed, device, "GridPG teacher (input x gradient)");
-    const models::GridPGResult g_student = gridpg(*student_sim, true, ev, grids, seed, device, "GridPG student (contributions)");
-    models::set_image_resolution(*teacher, res);
-    models::set_image_resolution(*student, res);
+    // 5. GridPG with text targets, at three times the resolution (then the towers' own positions
+    //    again, for the figures below).
+    models::GridPGResult g_teacher, g_student;
+    {
+      const models::ImageResolutionScope teacher_3x(*teacher, 3 * res), student_3x(*student, 3 * res);
+      auto teacher_sim = std::make_shared<models::TextSimilarity>(teacher, classifier.to(device));
+      auto student_sim = std::make_shared<models::TextSimilarity>(student, classifier.to(device));
+      g_teacher = gridpg(*teacher_sim, false, ev, grids, seed, device, "GridPG teacher (input x gradient)");
+      g_student = gridpg(*student_sim, true, ev, grids, seed, device, "GridPG student (contributions)");
+    }
     std::printf("GridPG (3 x 3, text targets): teacher input x gradient %.3f, student contributions %.3f\n",
                 g_teacher.mean, g_student.mean);
 

@@ -173,40 +173,69 @@ Tensor resample_positions(const Tensor& pos, int64_t grid) {
   const Tensor rows = resized.reshape({c, grid * grid}).transpose(0, 1).to(pos.dtype()).to(pos.device());
   return cat({pos.slice(0, 0, 1), rows}, 0).contiguous();
 }
+
+
+// Where a CLIP image tower keeps its resolution: the sizes its shape checks read (px), the
+// positional embeddings' grids (cells per side) and the embeddings themselves ([1 + grid², C]);
+// `stride` px make one grid cell. set_image_resolution and ImageResolutionScope both go through
+// this one list.
+struct ResolutionFields {
+  std::vector<int64_t*> resolutions, grids;
+  std::vector<Tensor*> positions;  // (only those the tower has: a B-cos ResNet may drop them)
+  int64_t stride = 0;
+  const char* stride_name = "";
+};
+
+ResolutionFields resolution_fields(Module& tower) {
+  ResolutionFields f;
+  Module* inner = &tower;
+  if (auto* b = dynamic_cast<BcosClipVisual*>(&tower)) {
+    f.resolutions.push_back(&b->input_resolution);
+    inner = b->visual.get();
+  }
+  if (auto* r = dynamic_cast<ModifiedResNet*>(inner)) {
+    f.resolutions.push_back(&r->input_resolution);
+    f.stride = int64_t(4) << (r->stages.size() - 1), f.stride_name = "the ResNet tower's stride";
+    if (auto* pool = dynamic_cast<AttentionPool2d*>(r->attnpool.get())) {
+      f.grids.push_back(&pool->spacial_dim);
+      f.positions.push_back(&pool->positional_embedding);
+    } else if (auto* bpool = dynamic_cast<BcosAttentionPool2d*>(r->attnpool.get())) {
+      f.grids.push_back(&bpool->spacial_dim);
+      if (bpool->positional_embedding.defined()) f.positions.push_back(&bpool->positional_embedding);
+    }
+  } else if (auto* v = dynamic_cast<ClipVisionTransformer*>(inner)) {
+    f.resolutions.push_back(&v->input_resolution);
+    f.stride = v->patch_size, f.stride_name = "the ViT's patch size";
+    if (v->positional_embedding.defined()) f.positions.push_back(&v->positional_embedding);
+  } else {
+    fail("set_image_resolution: ", tower.type_name(), " is not a CLIP image tower");
+  }
+  return f;
+}
 }  // namespace
 
 void set_image_resolution(Module& tower, int64_t resolution) {
   BCOS_CHECK(resolution > 0, "set_image_resolution: resolution must be positive, got ", resolution);
-  if (auto* b = dynamic_cast<BcosClipVisual*>(&tower)) {
-    set_image_resolution(*b->visual, resolution);
-    b->input_resolution = resolution;
-    return;
-  }
-  if (auto* r = dynamic_cast<ModifiedResNet*>(&tower)) {
-    const int64_t stride = int64_t(4) << (r->stages.size() - 1);
-    BCOS_CHECK(resolution % stride == 0, "set_image_resolution: ", resolution, " px is not a multiple of the "
-               "ResNet tower's stride ", stride);
-    const int64_t grid = resolution / stride;
-    if (auto* pool = dynamic_cast<AttentionPool2d*>(r->attnpool.get())) {
-      pool->positional_embedding = resample_positions(pool->positional_embedding.detach(), grid);
-      pool->spacial_dim = grid;
-    } else if (auto* bpool = dynamic_cast<BcosAttentionPool2d*>(r->attnpool.get())) {
-      if (bpool->positional_embedding.defined())
-        bpool->positional_embedding = resample_positions(bpool->positional_embedding.detach(), grid);
-      bpool->spacial_dim = grid;
-    }
-    r->input_resolution = resolution;
-    return;
-  }
-  if (auto* v = dynamic_cast<ClipVisionTransformer*>(&tower)) {
-    BCOS_CHECK(resolution % v->patch_size == 0, "set_image_resolution: ", resolution, " px is not a multiple of the "
-               "ViT's patch size ", v->patch_size);
-    if (v->positional_embedding.defined())
-      v->positional_embedding = resample_positions(v->positional_embedding.detach(), resolution / v->patch_size);
-    v->input_resolution = resolution;
-    return;
-  }
-  fail("set_image_resolution: ", tower.type_name(), " is not a CLIP image tower");
+  const ResolutionFields f = resolution_fields(tower);
+  BCOS_CHECK(resolution % f.stride == 0, "set_image_resolution: ", resolution, " px is not a multiple of ",
+             f.stride_name, " ", f.stride);
+  const int64_t grid = resolution / f.stride;
+  for (Tensor* p : f.positions) *p = resample_positions(p->detach(), grid);
+  for (int64_t* g : f.grids) *g = grid;
+  for (int64_t* r : f.resolutions) *r = resolution;
+}
+
+ImageResolutionScope::ImageResolutionScope(Module& tower, int64_t resolution) {
+  const ResolutionFields f = resolution_fields(tower);
+  for (int64_t* r : f.resolutions) sizes_.emplace_back(r, *r);
+  for (int64_t* g : f.grids) sizes_.emplace_back(g, *g);
+  for (Tensor* p : f.positions) positions_.emplace_back(p, *p);
+  set_image_resolution(tower, resolution);
+}
+
+ImageResolutionScope::~ImageResolutionScope() {
+  for (auto& [field, value] : sizes_) *field = value;
+  for (auto& [field, value] : positions_) *field = value;
 }
 
 // ---- text-conditioned similarities -----------------------------------------------------------

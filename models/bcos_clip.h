@@ -17,6 +17,8 @@
 
 #include <memory>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include "models/clip.h"
 #include "nn/module.h"
@@ -66,6 +68,22 @@ std::shared_ptr<BcosClipVisual> bcosify_clip_visual(std::shared_ptr<nn::Module> 
 // usual for CLIP at other resolutions); a B-cos ResNet tower without them only changes its size
 // check. GridPG uses it to explain 3 x 3 grids of test images at three times the resolution.
 void set_image_resolution(nn::Module& tower, int64_t resolution);
+
+// set_image_resolution for a while: on destruction the tower gets back its own resolution and
+// positional embeddings, bit for bit. (Setting the old resolution again would resample the
+// resampled grid: bicubic up, then an antialiased bicubic down, a smoothing -- not the
+// embeddings it was trained with.) The tower must outlive the scope.
+class ImageResolutionScope {
+ public:
+  ImageResolutionScope(nn::Module& tower, int64_t resolution);
+  ~ImageResolutionScope();
+  ImageResolutionScope(const ImageResolutionScope&) = delete;
+  ImageResolutionScope& operator=(const ImageResolutionScope&) = delete;
+
+ private:
+  std::vector<std::pair<int64_t*, int64_t>> sizes_;
+  std::vector<std::pair<Tensor*, Tensor>> positions_;
+};
 
 // Cosine similarities of an image tower's embeddings with fixed text embeddings: images -> [N, K]
 // = scale · ŝ · t̂ᵀ. ‖s‖ is detached in explanation mode, so for a B-cos tower the similarity is a

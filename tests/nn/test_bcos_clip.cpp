@@ -11,6 +11,7 @@
 #include "models/bcos_clip.h"
 #include "models/explain.h"
 #include "nn/bcos.h"
+#include "nn/linear.h"
 #include "tests/golden.h"
 
 using namespace bcos;
@@ -193,4 +194,45 @@ TEST_CASE("bcos_clip: towers take other resolutions (GridPG's 3 x 3 grids); the 
   vit->eval();
   set_image_resolution(*vit, 64);
   CHECK((*vit)(nn::add_inverse(rand({1, 3, 64, 64}))).shape() == Shape{1, 24});
+}
+
+TEST_CASE("bcos_clip: ImageResolutionScope gives a tower back its own positions, bit for bit") {
+  // Setting the old resolution again resamples the resampled grid (a smoothing); the scope
+  // restores what the tower had, for a standard, a B-cos ResNet and a B-cos ViT tower.
+  manual_seed(21);
+  const Tensor x = rand({2, 3, 32, 32});
+  std::vector<std::pair<std::string, std::shared_ptr<nn::Module>>> towers = {
+      {"ModifiedResNet", small_resnet()},
+      {"B-cos ResNet", bcosify_clip_visual(small_resnet(), {.keep_position = true})},
+      {"B-cos ViT", bcosify_clip_visual(small_vit(), {})}};
+  for (auto& [name, tower] : towers) {
+    CAPTURE(name);
+    randomize(*tower, 22);
+    tower->eval();
+    NoGradGuard no_grad;
+    const bool bcos = name != "ModifiedResNet";
+    auto input = [&](const Tensor& images) { return bcos ? nn::add_inverse(images) : clip_normalized(images); };
+    const Tensor before = (*tower)(input(x));
+    std::vector<Tensor> positions;
+    for (const auto& [key, value] : tower->state_dict())
+      if (key.find("positional_embedding") != std::string::npos) positions.push_back(value.clone());
+    REQUIRE(!positions.empty());
+    {
+      const ImageResolutionScope at_96(*tower, 96);
+      CHECK((*tower)(input(rand({1, 3, 96, 96}))).shape() == Shape{1, 24});
+      CHECK_THROWS_WITH_AS((*tower)(input(x)), doctest::Contains("96"), Error);
+    }
+    size_t i = 0;
+    for (const auto& [key, value] : tower->state_dict())
+      if (key.find("positional_embedding") != std::string::npos) {
+        CAPTURE(key);
+        REQUIRE(i < positions.size());
+        CHECK(golden::equal(value, positions[i++]));
+      }
+    CHECK(i == positions.size());
+    CHECK(golden::equal((*tower)(input(x)), before));
+  }
+  // A tower that is not CLIP's is refused before anything changes.
+  nn::Linear linear(3, 4);
+  CHECK_THROWS_WITH_AS(ImageResolutionScope(linear, 64), doctest::Contains("not a CLIP image tower"), Error);
 }
