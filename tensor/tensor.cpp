@@ -120,7 +120,15 @@ void reset_peak_memory(Device d) {
 }
 
 namespace {
-std::atomic<bool> g_allow_tf32{true};
+// BCOS_TF32=0 starts a program with TF32 off (every float32 product: cuBLAS, cuDNN and our own
+// tensor-core attention), as set_allow_tf32(false) would; unset or 1: on, PyTorch's cuDNN default.
+std::atomic<bool> g_allow_tf32{[] {
+  const char* tf32 = std::getenv("BCOS_TF32");
+  if (tf32 == nullptr || std::string_view(tf32).empty() || std::string_view(tf32) == "1") return true;
+  if (std::string_view(tf32) == "0") return false;
+  std::fprintf(stderr, "bcos: BCOS_TF32=%s is neither 0 nor 1; TF32 stays on\n", tf32);
+  return true;
+}()};
 std::atomic<bool> g_deterministic{false};
 std::atomic<bool> g_cudnn_benchmark{false};
 std::atomic<bool> g_cudnn_graph_api{[] {

@@ -2,8 +2,10 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <string>
 
 #include "autograd/ops.h"
 #include "tests/golden.h"
@@ -183,7 +185,16 @@ TEST_CASE("tensor: draws are counter ranges of one stream -- split draws equal o
   for (size_t i = 0; i < words.size(); ++i) CHECK(narrow[i] == double(words[i] >> 40) * 0x1.0p-24);
 }
 
+// Run again by tests/meson.build with BCOS_TF32=0 and with a value that is neither 0 nor 1.
+TEST_CASE("tensor: BCOS_TF32 in the environment sets TF32's start (0: off; unset, 1 or anything else: on)") {
+  const char* env = std::getenv("BCOS_TF32");
+  const bool off = env != nullptr && std::string(env) == "0";
+  CHECK(allow_tf32() == !off);
+}
+
 TEST_CASE("tensor: the GPU numerics switches default to PyTorch's (TF32 on, nondeterministic) and toggle") {
+  const char* env = std::getenv("BCOS_TF32");
+  if (env != nullptr && std::string(env) == "0") set_allow_tf32(true);  // (the case above checks the start)
   CHECK(allow_tf32());
   CHECK_FALSE(deterministic_algorithms());
   set_deterministic_algorithms(true);
