@@ -120,24 +120,24 @@ void reset_peak_memory(Device d) {
 }
 
 namespace {
+// A switch's start from the environment: `on` or `off`; unset or empty: `fallback`; anything else
+// keeps `fallback` and says so.
+bool switch_from_env(const char* name, std::string_view on, std::string_view off, bool fallback) {
+  const char* value = std::getenv(name);
+  if (value == nullptr || std::string_view(value).empty()) return fallback;
+  if (value == on) return true;
+  if (value == off) return false;
+  std::fprintf(stderr, "bcos: %s=%s is neither \"%.*s\" nor \"%.*s\"; using \"%.*s\"\n", name, value,
+               int(on.size()), on.data(), int(off.size()), off.data(), int((fallback ? on : off).size()),
+               (fallback ? on : off).data());
+  return fallback;
+}
 // BCOS_TF32=0 starts a program with TF32 off (every float32 product: cuBLAS, cuDNN and our own
 // tensor-core attention), as set_allow_tf32(false) would; unset or 1: on, PyTorch's cuDNN default.
-std::atomic<bool> g_allow_tf32{[] {
-  const char* tf32 = std::getenv("BCOS_TF32");
-  if (tf32 == nullptr || std::string_view(tf32).empty() || std::string_view(tf32) == "1") return true;
-  if (std::string_view(tf32) == "0") return false;
-  std::fprintf(stderr, "bcos: BCOS_TF32=%s is neither 0 nor 1; TF32 stays on\n", tf32);
-  return true;
-}()};
+std::atomic<bool> g_allow_tf32{switch_from_env("BCOS_TF32", "1", "0", true)};
 std::atomic<bool> g_deterministic{false};
 std::atomic<bool> g_cudnn_benchmark{false};
-std::atomic<bool> g_cudnn_graph_api{[] {
-  const char* api = std::getenv("BCOS_CUDNN_API");
-  if (api == nullptr || std::string_view(api).empty() || std::string_view(api) == "legacy") return false;
-  if (std::string_view(api) == "graph") return true;
-  std::fprintf(stderr, "bcos: BCOS_CUDNN_API=%s is neither \"graph\" nor \"legacy\"; using the legacy API\n", api);
-  return false;
-}()};
+std::atomic<bool> g_cudnn_graph_api{switch_from_env("BCOS_CUDNN_API", "graph", "legacy", false)};
 }  // namespace
 void set_allow_tf32(bool allow) { g_allow_tf32.store(allow, std::memory_order_relaxed); }
 bool allow_tf32() { return g_allow_tf32.load(std::memory_order_relaxed); }
