@@ -120,33 +120,48 @@ void reset_peak_memory(Device d) {
 }
 
 namespace {
-// A switch's start from the environment: `on` or `off`; unset or empty: `fallback`; anything else
-// keeps `fallback` and says so.
-bool switch_from_env(const char* name, std::string_view on, std::string_view off, bool fallback) {
-  const char* value = std::getenv(name);
-  if (value == nullptr || std::string_view(value).empty()) return fallback;
-  if (value == on) return true;
-  if (value == off) return false;
-  std::fprintf(stderr, "bcos: %s=%s is neither \"%.*s\" nor \"%.*s\"; using \"%.*s\"\n", name, value,
-               int(on.size()), on.data(), int(off.size()), off.data(), int((fallback ? on : off).size()),
-               (fallback ? on : off).data());
-  return fallback;
-}
+// A process-wide switch whose start comes from the environment: `on` or `off`; unset or empty:
+// `fallback`; anything else keeps `fallback` and says so. Read at the first use (not at static
+// initialisation, so another file's static initialiser cannot see it unset); set() wins.
+struct EnvSwitch {
+  const char *name, *on, *off;
+  bool fallback;
+  std::atomic<int> state{-1};  // -1: not read yet; else 0 / 1
+  bool get() {
+    int v = state.load(std::memory_order_relaxed);
+    if (v < 0) {
+      int read = from_env();
+      state.compare_exchange_strong(v, read, std::memory_order_relaxed);  // a set() meanwhile wins
+      v = state.load(std::memory_order_relaxed);
+    }
+    return v == 1;
+  }
+  void set(bool value) { state.store(value ? 1 : 0, std::memory_order_relaxed); }
+  int from_env() const {
+    const char* value = std::getenv(name);
+    if (value == nullptr || std::string_view(value).empty()) return fallback;
+    if (std::string_view(value) == on) return 1;
+    if (std::string_view(value) == off) return 0;
+    std::fprintf(stderr, "bcos: %s=%s is neither \"%s\" nor \"%s\"; using \"%s\"\n", name, value, on, off,
+                 fallback ? on : off);
+    return fallback;
+  }
+};
 // BCOS_TF32=0 starts a program with TF32 off (every float32 product: cuBLAS, cuDNN and our own
 // tensor-core attention), as set_allow_tf32(false) would; unset or 1: on, PyTorch's cuDNN default.
-std::atomic<bool> g_allow_tf32{switch_from_env("BCOS_TF32", "1", "0", true)};
+EnvSwitch g_allow_tf32{"BCOS_TF32", "1", "0", true};
+EnvSwitch g_cudnn_graph_api{"BCOS_CUDNN_API", "graph", "legacy", false};
 std::atomic<bool> g_deterministic{false};
 std::atomic<bool> g_cudnn_benchmark{false};
-std::atomic<bool> g_cudnn_graph_api{switch_from_env("BCOS_CUDNN_API", "graph", "legacy", false)};
 }  // namespace
-void set_allow_tf32(bool allow) { g_allow_tf32.store(allow, std::memory_order_relaxed); }
-bool allow_tf32() { return g_allow_tf32.load(std::memory_order_relaxed); }
+void set_allow_tf32(bool allow) { g_allow_tf32.set(allow); }
+bool allow_tf32() { return g_allow_tf32.get(); }
 void set_deterministic_algorithms(bool on) { g_deterministic.store(on, std::memory_order_relaxed); }
 bool deterministic_algorithms() { return g_deterministic.load(std::memory_order_relaxed); }
 void set_cudnn_benchmark(bool on) { g_cudnn_benchmark.store(on, std::memory_order_relaxed); }
 bool cudnn_benchmark() { return g_cudnn_benchmark.load(std::memory_order_relaxed); }
-void set_cudnn_graph_api(bool on) { g_cudnn_graph_api.store(on, std::memory_order_relaxed); }
-bool cudnn_graph_api() { return g_cudnn_graph_api.load(std::memory_order_relaxed); }
+void set_cudnn_graph_api(bool on) { g_cudnn_graph_api.set(on); }
+bool cudnn_graph_api() { return g_cudnn_graph_api.get(); }
 
 // ---- Tensor -----------------------------------------------------------------------------
 

@@ -185,16 +185,20 @@ TEST_CASE("tensor: draws are counter ranges of one stream -- split draws equal o
   for (size_t i = 0; i < words.size(); ++i) CHECK(narrow[i] == double(words[i] >> 40) * 0x1.0p-24);
 }
 
-// Run again by tests/meson.build with BCOS_TF32=0 and with a value that is neither 0 nor 1.
-TEST_CASE("tensor: BCOS_TF32 in the environment sets TF32's start (0: off; unset, 1 or anything else: on)") {
-  const char* env = std::getenv("BCOS_TF32");
-  const bool off = env != nullptr && std::string(env) == "0";
-  CHECK(allow_tf32() == !off);
+// Run again by tests/meson.build with BCOS_TF32=0 BCOS_CUDNN_API=graph, and with values that are
+// neither of a switch's two.
+TEST_CASE("tensor: BCOS_TF32 and BCOS_CUDNN_API in the environment set the switches' start") {
+  auto env_is = [](const char* name, const char* value) {
+    const char* v = std::getenv(name);
+    return v != nullptr && std::string(v) == value;
+  };
+  CHECK(allow_tf32() == !env_is("BCOS_TF32", "0"));  // unset, 1 or anything else: on
+  CHECK(cudnn_graph_api() == env_is("BCOS_CUDNN_API", "graph"));  // unset, legacy or anything else: off
 }
 
 TEST_CASE("tensor: the GPU numerics switches default to PyTorch's (TF32 on, nondeterministic) and toggle") {
-  const char* env = std::getenv("BCOS_TF32");
-  if (env != nullptr && std::string(env) == "0") set_allow_tf32(true);  // (the case above checks the start)
+  const char* tf32 = std::getenv("BCOS_TF32");
+  if (tf32 != nullptr && std::string(tf32) == "0") set_allow_tf32(true);  // (the case above checks that start)
   CHECK(allow_tf32());
   CHECK_FALSE(deterministic_algorithms());
   set_deterministic_algorithms(true);
