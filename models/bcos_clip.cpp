@@ -174,7 +174,6 @@ Tensor resample_positions(const Tensor& pos, int64_t grid) {
   return cat({pos.slice(0, 0, 1), rows}, 0).contiguous();
 }
 
-
 // Where a CLIP image tower keeps its resolution: the sizes its shape checks read (px), the
 // positional embeddings' grids (cells per side) and the embeddings themselves ([1 + grid², C]);
 // `stride` px make one grid cell. set_image_resolution and ImageResolutionScope both go through
