@@ -6,6 +6,7 @@
 //     gradient σ(x) − t is recorded directly (a composite would get x = 0 wrong).
 #include "autograd/dispatch.h"
 #include "autograd/ops.h"
+#include "tensor/cuda_graph.h"
 
 namespace bcos {
 
@@ -64,7 +65,9 @@ Tensor picked_nll(const char* op, const Tensor& logp, const Tensor& target, int6
   const int64_t c = logp.size(1);
   valid = ne(target, double(ignore_index));
   Tensor safe_target = where(valid, target, zeros(Shape{}, {DType::i64, target.device()}));
-  {
+  // Checked on the host (a round trip from a GPU), except inside a CUDA graph capture, which
+  // cannot wait for one: gather's device-side check stops a replay with a bad target instead.
+  if (!cuda_graph_capturing()) {
     auto t = to_cpu_contiguous(safe_target);
     const int64_t* p = t.data<int64_t>();
     for (int64_t i = 0; i < t.numel(); ++i)

@@ -8,6 +8,7 @@
 
 #include "autograd/autograd.h"
 #include "autograd/ops.h"
+#include "tensor/cuda_graph.h"
 
 namespace bcos::nn {
 
@@ -26,6 +27,9 @@ void Optimizer::zero_grad() {
 }
 
 void Optimizer::check_some_gradient() const {
+  // Before any state is made: a capture that fails leaves the tensors it made unfilled.
+  BCOS_CHECK(!cuda_graph_capturing(), name_, ".step: not inside a CUDA graph capture (a replay would repeat the "
+             "captured learning rate and step count); step the optimizer after each replay");
   for (const Tensor& p : params_)
     if (p.grad().defined()) return;
   fail(name_, ".step: none of the ", params_.size(), " parameters has a gradient (call backward() first; if the "

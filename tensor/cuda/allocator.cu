@@ -10,9 +10,15 @@
 // checkers (compute-sanitizer on a GPU, AddressSanitizer on the CUDA emulator), which then see
 // every tensor's own bounds instead of a segment's. Each free is a cudaFree, which waits for the
 // whole device: with an NCCL collective stuck on a dead peer, freeing a tensor waits for it too.
+// While a CUDA graph is captured (tensor/cuda/graph.cu) the capturing stream's allocations come
+// from a pool of the graph's own, as PyTorch's private graph pools: every replay writes the same
+// addresses, so those blocks -- freed or not -- are never handed to work outside the graph, and
+// its segments stay until the graph is gone. A block is keyed by a pool instead of a stream
+// there; blocks freed during the capture are reused by the capture, in its own order.
 #include <cstdint>
 #include <cstdlib>
 #include <iomanip>
+#include <map>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -44,7 +50,7 @@ bool caching_disabled() {  // read at each allocation, so that a test can switch
 // a returned block finds its neighbours without a search.
 struct Block {
   int device = 0;
-  cudaStream_t stream = nullptr;
+  cudaStream_t stream = nullptr;  // the stream it is reused on, or a graph pool's key
   size_t size = 0;
   char* ptr = nullptr;
   bool allocated = false;
@@ -64,6 +70,7 @@ struct BlockOrder {
   }
 };
 using Pool = std::set<Block*, BlockOrder>;
+using PoolKey = cudaStream_t;  // a graph pool's key takes a stream's place in the block order
 
 struct DeviceState {
   Pool small_pool, large_pool;
@@ -94,6 +101,9 @@ class Allocator {
 
     std::lock_guard<std::mutex> lock(mu_);
     DeviceState& st = state(device);
+    const auto capture = capture_pools_.find(stream);
+    const bool capturing = capture != capture_pools_.end();
+    if (capturing) stream = capture->second;
     Pool& pool = small ? st.small_pool : st.large_pool;
     Block* block = take_best_fit(pool, stream, size);
     if (block == nullptr) {
@@ -106,7 +116,7 @@ class Allocator {
       block->size = segment;
       block->small = small;
       try {
-        block->ptr = static_cast<char*>(malloc_segment(device, segment, nbytes));
+        block->ptr = static_cast<char*>(malloc_segment(device, segment, nbytes, capturing));
       } catch (...) {
         delete block;
         throw;
@@ -148,7 +158,32 @@ class Allocator {
 
   void empty_cache() {
     std::lock_guard<std::mutex> lock(mu_);
+    BCOS_CHECK(capture_pools_.empty(), "cuda::empty_cache: not while a CUDA graph is being captured");
     for (size_t d = 0; d < devices_.size(); ++d) release_free_segments(int(d));
+  }
+
+  // From now until end_capture, `stream`'s allocations come from a new pool; returns its key.
+  PoolKey begin_capture(int device, cudaStream_t stream) {
+    BCOS_CHECK(!caching_disabled(), "CudaGraph.capture: needs the caching allocator (BCOS_CUDA_NO_CACHING is "
+               "set): a graph's memory must stay its own between replays");
+    std::lock_guard<std::mutex> lock(mu_);
+    BCOS_CHECK(capture_pools_.count(stream) == 0, "CudaGraph.capture: stream ", stream, " is capturing already");
+    const PoolKey key = reinterpret_cast<PoolKey>(kPoolTag | ++pools_made_);
+    capture_pools_[stream] = key;
+    live_pools_.insert(key);
+    (void)state(device);
+    return key;
+  }
+  void end_capture(cudaStream_t stream) {
+    std::lock_guard<std::mutex> lock(mu_);
+    capture_pools_.erase(stream);
+  }
+  // The graph is gone: its pool's free segments go back to the driver (blocks still held by
+  // tensors follow when those are freed and the cache is emptied).
+  void release_pool(int device, PoolKey key) {
+    std::lock_guard<std::mutex> lock(mu_);
+    live_pools_.erase(key);
+    if (capture_pools_.empty()) release_free_segments(device);
   }
 
  private:
@@ -211,10 +246,28 @@ class Allocator {
     pool.insert(rest);
   }
 
-  void* malloc_segment(int device, size_t bytes, size_t requested) {
+  void* malloc_segment(int device, size_t bytes, size_t requested, bool capturing = false) {
     DeviceGuard guard(device);
     void* p = nullptr;
-    cudaError_t err = cudaMalloc(&p, bytes);
+    cudaError_t err = cudaSuccess;
+    if (capturing) {
+      // cudaMalloc is among the calls a capture forbids outside relaxed mode: it is not a node of
+      // the graph. That is as meant here (the segment outlives the graph's replays), so relaxed.
+      cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+      BCOS_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+      err = cudaMalloc(&p, bytes);
+      BCOS_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+      // No retry after freeing the cache: that synchronises the device, which a capture forbids.
+      if (err == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        throw OutOfMemoryError(str("CUDA out of memory on cuda:", device, " while capturing a CUDA graph: requested ",
+                                   requested, " bytes (", human_bytes(requested), "); free the cache (empty_cache) "
+                                   "before the capture, or capture less"));
+      }
+      BCOS_CUDA_CHECK(err);
+      return p;
+    }
+    err = cudaMalloc(&p, bytes);
     if (err == cudaErrorMemoryAllocation) {
       cudaGetLastError();  // clear it: we handle out-of-memory ourselves
       release_free_segments(device);
@@ -241,7 +294,7 @@ class Allocator {
     std::vector<Block*> whole;
     for (Pool* pool : {&st.small_pool, &st.large_pool})
       for (Block* b : *pool)
-        if (b->prev == nullptr && b->next == nullptr) whole.push_back(b);
+        if (b->prev == nullptr && b->next == nullptr && live_pools_.count(b->stream) == 0) whole.push_back(b);
     if (whole.empty()) return;
     DeviceGuard guard(device);
     // Kernels queued before the blocks were returned may still be reading them.
@@ -288,6 +341,12 @@ class Allocator {
 
   std::mutex mu_;
   std::vector<DeviceState> devices_;
+  // Graph pools: keys no stream handle can be (stream handles are addresses: the tag's top bits
+  // are never one there), the capturing streams' current pools, the pools whose graph lives.
+  static constexpr uintptr_t kPoolTag = uintptr_t(0xB0C5) << 48;
+  uint64_t pools_made_ = 0;
+  std::map<cudaStream_t, PoolKey> capture_pools_;
+  std::set<PoolKey> live_pools_;
 };
 
 // Leaked on purpose: tensors held by static objects are freed during static destruction, in
@@ -308,5 +367,11 @@ MemoryStats memory_stats(int device) { return allocator().stats(device); }
 void reset_peak_memory(int device) { allocator().reset_peak(device); }
 
 void empty_cache() { allocator().empty_cache(); }
+
+void* begin_capture_pool(int device, void* stream) {
+  return allocator().begin_capture(device, static_cast<cudaStream_t>(stream));
+}
+void end_capture_pool(void* stream) { allocator().end_capture(static_cast<cudaStream_t>(stream)); }
+void release_capture_pool(int device, void* pool) { allocator().release_pool(device, static_cast<cudaStream_t>(pool)); }
 
 }  // namespace bcos::cuda

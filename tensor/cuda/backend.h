@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,6 +56,23 @@ struct MemoryStats {
 MemoryStats memory_stats(int device);
 void reset_peak_memory(int device);  // peak_in_use starts again from what is in use now
 void empty_cache();  // returns unused cached segments to the driver
+
+// Graph pools (tensor/cuda/graph.cu uses them): from begin_capture_pool until end_capture_pool
+// the allocations made on `stream` come from a pool of the graph's own (its key is returned), kept
+// apart until release_capture_pool.
+void* begin_capture_pool(int device, StreamHandle stream);
+void end_capture_pool(StreamHandle stream);
+void release_capture_pool(int device, void* pool);
+
+// ---- CUDA graphs (cuda/graph.cu) -------------------------------------------------------------
+// capture_graph records what `work` queues on `device` (on a stream of the graph's own, made the
+// thread's current one meanwhile) into a graph, without running it; replay_graph runs it on the
+// device's current stream. Ops that cannot be captured ask capturing() and refuse.
+using GraphHandle = void*;
+GraphHandle capture_graph(int device, const std::function<void()>& work);
+void replay_graph(GraphHandle graph);
+void destroy_graph(GraphHandle graph) noexcept;
+bool capturing();  // whether this thread is capturing a graph now
 
 // ---- copies (cuda/copy.cu) -------------------------------------------------------------------
 void copy_host_to_device(void* dst, const void* src, size_t nbytes, int device);

@@ -303,6 +303,9 @@ __global__ void random_fill_kernel(T* dst, int64_t n, RandomDist dist, uint64_t 
 
 void random_fill(const Tensor& dst, RandomDist dist, uint64_t seed, uint64_t start, double p0, double p1) {
   BCOS_CHECK(dst.is_cuda() && dst.is_contiguous(), "cuda::random_fill: needs a contiguous tensor on a GPU");
+  // The seed and counter are the launch's scalars: every replay of a graph would draw these numbers again.
+  BCOS_CHECK(!capturing(), "random_fill (rand, randn, dropout, ...) of a ", dst.shape(), " tensor: not inside a CUDA "
+             "graph capture: each replay would repeat the captured draw; draw outside the graph and copy in");
   if (dst.numel() == 0) return;
   const int device = dst.device().index;
   DeviceGuard guard(device);

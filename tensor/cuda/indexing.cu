@@ -19,10 +19,24 @@ __global__ void find_bad_index(const int64_t* index, int64_t n, int64_t limit, u
     if (index[i] < 0 || index[i] >= limit) atomicMin(bad, (unsigned long long)(i + 1));
 }
 
+// Inside a graph capture, where the host cannot wait for the answer: a bad index stops the kernel
+// as a failed device-side assertion (PyTorch's way always), reported at the next synchronisation.
+__global__ void assert_indices_kernel(const int64_t* index, int64_t n, int64_t limit) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step)
+    if (index[i] < 0 || index[i] >= limit) BCOS_DEVICE_TRAP("an index out of range in a CUDA graph's replay");
+}
+
 // Raises naming the first bad index (a device round trip: the price of a clear error).
 void check_indices(const Tensor& index, int64_t limit, const char* op, cudaStream_t stream) {
   if (index.numel() == 0) return;
   const int device = index.device().index;
+  if (capturing()) {
+    assert_indices_kernel<<<blocks_for(index.numel()), kThreads, 0, stream>>>(
+        static_cast<const int64_t*>(index.raw_data()), index.numel(), limit);
+    BCOS_CUDA_CHECK_LAUNCH();
+    return;
+  }
   std::shared_ptr<void> flag = allocate(sizeof(unsigned long long), device);
   auto* bad = static_cast<unsigned long long*>(flag.get());
   const unsigned long long none = ~0ull;

@@ -32,6 +32,14 @@
 #define BCOS_UNROLL
 #endif
 
+// A failed device-side assertion: the kernel stops and its stream reports an error at the next
+// synchronisation (the context is lost on a GPU, as after PyTorch's device asserts).
+#if defined(BCOS_CUDA_EMULATION)
+#define BCOS_DEVICE_TRAP(what) ::bcos::emu::device_fault(what)
+#else
+#define BCOS_DEVICE_TRAP(what) __trap()
+#endif
+
 namespace bcos::cuda {
 
 // ---- devices and streams (device.cu) ------------------------------------------------------

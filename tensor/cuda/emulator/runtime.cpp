@@ -8,7 +8,10 @@
 // enqueue_beside_host queues (the NCCL stand-in's collectives): it starts in its stream's turn on
 // a thread of its own, and the stream keeps its future ("tail"), which the stream's later work,
 // events recorded after it and synchronisations wait for. Devices: one, or
-// BCOS_CUDA_EMULATOR_DEVICES of them.
+// BCOS_CUDA_EMULATOR_DEVICES of them. A stream capture (capture.cpp) keeps the stream's
+// work in a list instead of its queue; a graph launch queues that list again, as one item. The
+// calls CUDA forbids while a capture is on (a synchronisation that covers it, cudaMalloc / cudaFree
+// outside relaxed mode, a copy through pageable host memory) fail and spoil the capture, as there.
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -21,54 +24,16 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tensor/cuda/emulator/runtime.h"
+#include "tensor/cuda/emulator/runtime_state.h"
 #include "tensor/error.h"
 
 namespace bcos::emu::runtime {
-namespace {
+namespace internal {
 
-enum class Kind { device, pinned };
-struct Allocation {
-  size_t bytes;
-  int device;
-  Kind kind;
-};
-
-// A stream's queue. Items run in order; `started` counts those taken off the front (an item
-// runs to its end before another thread may take the next: see State::exec).
-struct Queue {
-  std::deque<std::function<void()>> items;
-  uint64_t queued = 0, started = 0;
-  std::shared_future<void> tail;  // the last work started beside the host from this queue
-  int device = 0;
-  bool blocking = false;  // a stream created without cudaStreamNonBlocking: ordered with the default stream
-};
-// An event's record: the work queued on `queue` before `through` (the record's own item
-// included), then the beside-host work pending when that item ran.
-struct Record {
-  void* queue;
-  uint64_t through;
-  std::shared_future<void> tail;
-  std::chrono::steady_clock::time_point at{};  // when the queue reached it (cudaEventElapsedTime)
-  bool reached = false;
-};
-
-struct State {
-  std::mutex mutex;  // guards everything below but `exec`
-  std::recursive_mutex exec;  // held while queued work runs: one host thread runs device work at a time
-  std::map<uintptr_t, Allocation> allocations;  // by start address
-  std::set<void*> streams, events;  // handles created and not destroyed
-  std::set<void*> timing_events;     // events created without cudaEventDisableTiming
-  std::map<void*, Queue> queues;  // by stream handle; device d's default stream under default_key(d)
-  std::map<void*, std::shared_ptr<Record>> records;  // each event's last record
-  size_t device_bytes_in_use = 0;
-  // The first failure of queued work (a kernel's deadlock, say) not yet reported; its text stays
-  // for cudaGetErrorString.
-  bool device_error = false;
-  std::string device_error_text = "unspecified launch failure";
-};
 State& state() {
   static State s;
   return s;
@@ -85,6 +50,8 @@ void wake_context(int device) {
   if (device >= 0 && device < 64) g_contexts.fetch_or(uint64_t(1) << device);
 }
 thread_local cudaError_t t_last_error = cudaSuccess;
+// The calling thread's interaction mode with captures (cudaThreadExchangeStreamCaptureMode).
+thread_local cudaStreamCaptureMode t_capture_mode = cudaStreamCaptureModeGlobal;
 
 int device_count() {
   static const int n = [] {
@@ -265,7 +232,8 @@ cudaError_t check_copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind
   return cudaErrorInvalidMemcpyDirection;
 }
 
-}  // namespace
+}  // namespace internal
+using namespace internal;
 
 void set_launch_error(cudaError_t err) { t_last_error = err; }
 
@@ -275,6 +243,10 @@ void enqueue(cudaStream_t stream, const char* what, std::function<void()> work) 
     std::lock_guard<std::mutex> lock(state().mutex);
     BCOS_CHECK(valid_stream(stream), "CUDA emulator: ", what, " on a stream that does not exist (destroyed?)");
     wake_context(queue_of(key).device);
+    if (Capture* c = capture_of(key)) {  // a node of the graph, run when the graph is launched
+      c->items.push_back(std::move(work));
+      return;
+    }
     order_with_default_stream(key);
     // Work waits for the beside-host work queued before it on the stream.
     push(key, [key, work = std::move(work)] {
@@ -298,6 +270,7 @@ void enqueue_beside_host(cudaStream_t stream, std::function<void()> work) {
   {
     std::lock_guard<std::mutex> lock(state().mutex);
     BCOS_CHECK(valid_stream(stream), "CUDA emulator: work queued on a stream that does not exist (destroyed?)");
+    BCOS_CHECK(capture_of(key) == nullptr, "CUDA emulator: an NCCL collective inside a stream capture is not emulated");
     order_with_default_stream(key);
     push(key, [key, work = std::move(work)] {
       std::lock_guard<std::mutex> lock(state().mutex);
@@ -329,6 +302,7 @@ int64_t events_alive() {
 }  // namespace bcos::emu::runtime
 
 using namespace bcos::emu::runtime;
+using namespace bcos::emu::runtime::internal;
 
 // ---- errors ---------------------------------------------------------------------------------------
 cudaError_t cudaGetLastError(void) {
@@ -350,6 +324,11 @@ const char* cudaGetErrorName(cudaError_t error) {
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorNotReady: return "cudaErrorNotReady";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureIsolation: return "cudaErrorStreamCaptureIsolation";
+    case cudaErrorStreamCaptureWrongThread: return "cudaErrorStreamCaptureWrongThread";
     default: return "cudaErrorUnknown";
   }
 }
@@ -364,6 +343,11 @@ const char* cudaGetErrorString(cudaError_t error) {
     case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorNotReady: return "device not ready";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureIsolation: return "dependency created on uncaptured work in another stream";
+    case cudaErrorStreamCaptureWrongThread: return "attempt to terminate a thread-local capture sequence from another thread";
     case cudaErrorLaunchFailure: {  // what failed (the text stays until another failure replaces it)
       std::lock_guard<std::mutex> lock(state().mutex);
       return state().device_error_text.c_str();
@@ -423,6 +407,10 @@ cudaError_t cudaRuntimeGetVersion(int* version) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize(void) {
+  {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    if (device_capturing(t_device)) return record(cudaErrorStreamCaptureUnsupported);
+  }
   finish_all();
   return device_error();
 }
@@ -432,6 +420,7 @@ cudaError_t cudaMalloc(void** p, size_t size) {
   *p = nullptr;
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
+  if (unsafe_call_refused()) return record(cudaErrorStreamCaptureUnsupported);
   if (s.device_bytes_in_use + size > kDeviceMemory) return record(cudaErrorMemoryAllocation);
   // 256-byte alignment, as cudaMalloc's; at least one byte so that every allocation has an
   // address. Exactly `size` bytes, so that AddressSanitizer sees the same bound as the checks here.
@@ -449,6 +438,11 @@ cudaError_t cudaMalloc(void** p, size_t size) {
 }
 cudaError_t cudaFree(void* p) {
   if (p == nullptr) return cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    const bool refused = unsafe_call_refused();
+    if (device_capturing(t_device) || refused) return record(cudaErrorStreamCaptureUnsupported);
+  }
   finish_all();  // cudaFree synchronises the device: no queued work still uses p
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
@@ -462,6 +456,7 @@ cudaError_t cudaFree(void* p) {
 cudaError_t cudaHostAlloc(void** p, size_t size, unsigned int) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
+  if (unsafe_call_refused()) return record(cudaErrorStreamCaptureUnsupported);
   void* q = nullptr;
   if (posix_memalign(&q, 256, std::max<size_t>(size, 1)) != 0) return record(cudaErrorMemoryAllocation);
   std::memset(q, 0xFF, size);  // as cudaMalloc's
@@ -472,6 +467,11 @@ cudaError_t cudaHostAlloc(void** p, size_t size, unsigned int) {
 }
 cudaError_t cudaFreeHost(void* p) {
   if (p == nullptr) return cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    const bool refused = unsafe_call_refused();
+    if (device_capturing(t_device) || refused) return record(cudaErrorStreamCaptureUnsupported);
+  }
   finish_all();  // as cudaFree: no queued copy still reads or writes p
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
@@ -511,6 +511,11 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
     if (cudaError_t err = check_copy(dst, src, count, kind); err != cudaSuccess) return record(err);
     pageable_src = !is_device_memory(src, count) && !is_pinned_memory(src, count);
     pageable_dst = !is_device_memory(dst, count) && !is_pinned_memory(dst, count);
+    // A graph cannot replay a copy staged through pageable memory (it is done at the call).
+    if (Capture* c = capture_of(key_of(stream)); c != nullptr && (pageable_src || pageable_dst)) {
+      c->invalid = true;
+      return record(cudaErrorStreamCaptureUnsupported);
+    }
   }
   if (pageable_dst) {
     finish(key_of(stream));
@@ -527,6 +532,10 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
 }
 // On the default stream, done when it returns (the device's earlier work first).
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  {
+    std::lock_guard<std::mutex> lock(state().mutex);
+    if (unsafe_call_refused()) return record(cudaErrorStreamCaptureUnsupported);
+  }
   const cudaError_t err = cudaMemcpyAsync(dst, src, count, kind, nullptr);
   if (err != cudaSuccess) return err;
   finish(key_of(nullptr));
@@ -573,6 +582,10 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   {
     std::lock_guard<std::mutex> lock(state().mutex);
     if (stream == nullptr || !valid_stream(stream)) return record(cudaErrorInvalidResourceHandle);
+    if (Capture* c = capture_of(stream)) {
+      c->invalid = true;
+      return record(cudaErrorStreamCaptureUnsupported);
+    }
   }
   finish(stream);  // the stream's work still finishes (here, before its handle goes)
   std::lock_guard<std::mutex> lock(state().mutex);
@@ -585,6 +598,10 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   {
     std::lock_guard<std::mutex> lock(state().mutex);
     if (!valid_stream(stream)) return record(cudaErrorInvalidResourceHandle);
+    if (Capture* c = capture_of(key_of(stream))) {  // its work is not queued: there is nothing to wait for
+      c->invalid = true;
+      return record(cudaErrorStreamCaptureUnsupported);
+    }
   }
   finish(key_of(stream));
   return device_error();
@@ -609,6 +626,13 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(state().mutex);
   if (!state().events.count(event) || !valid_stream(stream)) return record(cudaErrorInvalidResourceHandle);
   void* key = key_of(stream);
+  if (Capture* c = capture_of(key)) {  // a node of the graph: queued nowhere
+    auto rec = std::make_shared<Record>();
+    rec->queue = key;
+    rec->capture = c->id;
+    state().records[event] = rec;
+    return cudaSuccess;
+  }
   order_with_default_stream(key);
   state().records[event] = push_record(key);
   return cudaSuccess;
@@ -624,6 +648,12 @@ static std::shared_ptr<Record> reached_record(cudaEvent_t event, cudaError_t* er
     }
     auto it = state().records.find(event);
     if (it != state().records.end()) rec = it->second;
+    if (rec && rec->capture != 0) {  // a captured event stands for no work that will run
+      for (auto& [key, c] : state().captures)
+        if (c.id == rec->capture) c.invalid = true;
+      *err = record(cudaErrorStreamCaptureUnsupported);
+      return nullptr;
+    }
   }
   if (rec) run_until(rec->queue, rec->through);
   return rec;
@@ -636,6 +666,10 @@ cudaError_t cudaStreamQuery(cudaStream_t stream) {
   {
     std::lock_guard<std::mutex> lock(state().mutex);
     if (!valid_stream(stream)) return record(cudaErrorInvalidResourceHandle);
+    if (Capture* c = capture_of(key_of(stream))) {
+      c->invalid = true;
+      return record(cudaErrorStreamCaptureUnsupported);
+    }
   }
   void* key = key_of(stream);
   run_until(key, UINT64_MAX);
@@ -689,8 +723,16 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
   std::lock_guard<std::mutex> lock(state().mutex);
   if (!state().events.count(event) || !valid_stream(stream)) return record(cudaErrorInvalidResourceHandle);
   auto it = state().records.find(event);
-  if (it == state().records.end()) return cudaSuccess;  // never recorded: nothing to wait for
   void* key = key_of(stream);
+  Capture* c = capture_of(key);
+  if (it == state().records.end()) return cudaSuccess;  // never recorded: nothing to wait for
+  if (c != nullptr || it->second->capture != 0) {
+    // Within one capture a stream is in order already. A capture waiting on work outside it, or
+    // another stream joining a capture (which CUDA allows: multi-stream capture), is not emulated.
+    if (c != nullptr && it->second->capture == c->id) return cudaSuccess;
+    if (c != nullptr) c->invalid = true;
+    return record(cudaErrorStreamCaptureIsolation);
+  }
   order_with_default_stream(key);
   push_wait(key, it->second);
   return cudaSuccess;

@@ -56,6 +56,9 @@ uint64_t contexts();
 
 // How many events exist (created, not destroyed): tests check with it that none pile up.
 int64_t events_alive();
+// How many graphs and executable graphs exist (cudaStreamEndCapture / cudaGraphInstantiate, not
+// destroyed): tests check with it that a capture, failed or not, leaves none behind.
+int64_t graphs_alive();
 // Raises, naming `what`, unless [p, p + bytes) lies inside one live device allocation.
 void check_device_range(const void* p, size_t bytes, const char* what);
 

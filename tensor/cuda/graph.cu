@@ -1,0 +1,120 @@
+// CUDA graphs: a stretch of GPU work recorded once by stream capture and replayed with one
+// launch, so that a training step's hundreds of kernel launches cost the host one call. Capture
+// runs the host code as usual but the GPU runs nothing: each launch becomes a node, with the
+// addresses and scalars it was given. A replay therefore reads and writes exactly the tensors
+// the capture saw -- inputs are refreshed by copying into them -- and every allocation made while
+// capturing comes from a pool of the graph's own (allocator.cu), so later work cannot take memory
+// that a replay still writes. What a graph cannot hold (a host round trip, a copy through
+// pageable memory, a random draw or a learning rate that must change per replay) refuses with an
+// error while capturing; the ops that would have made one ask capturing().
+#include <memory>
+#include <vector>
+
+#include "tensor/cuda/internal.h"
+
+namespace bcos::cuda {
+
+namespace {
+thread_local int t_capturing_device = -1;
+
+struct Graph {
+  int device = 0;
+  void* pool = nullptr;  // the allocator's pool for what the capture allocated
+  cudaGraphExec_t exec = nullptr;
+};
+
+// The stream a thread captures on, one per device, kept for the process (as PyTorch's default
+// capture stream): the per-stream caches (cuBLAS's workspace, gemm_workspace) then hold one entry
+// for all of a thread's graphs instead of one per graph.
+cudaStream_t capture_stream(int device) {
+  thread_local std::vector<cudaStream_t> streams;
+  if (streams.size() <= size_t(device)) streams.resize(size_t(device) + 1, nullptr);
+  if (streams[size_t(device)] == nullptr)
+    BCOS_CUDA_CHECK(cudaStreamCreateWithFlags(&streams[size_t(device)], cudaStreamNonBlocking));
+  return streams[size_t(device)];
+}
+
+// Ends a capture that failed (its graph, if any, discarded) and leaves no error behind.
+void abandon_capture(cudaStream_t stream) {
+  cudaGraph_t partial = nullptr;
+  if (cudaStreamEndCapture(stream, &partial) == cudaSuccess && partial != nullptr) cudaGraphDestroy(partial);
+  cudaGetLastError();
+}
+}  // namespace
+
+bool capturing() { return t_capturing_device >= 0; }
+
+GraphHandle capture_graph(int device, const std::function<void()>& work) {
+  check_device_index(device, "CudaGraph.capture");
+  BCOS_CHECK(!capturing(), "CudaGraph.capture: this thread is capturing a graph already (captures do not nest)");
+  DeviceGuard guard(device);
+  // Work queued before the capture runs before it, and a block freed by it is not in use by the
+  // time the graph's pool could be asked for memory (PyTorch synchronises here too).
+  BCOS_CUDA_CHECK(cudaDeviceSynchronize());
+  auto graph = std::make_unique<Graph>();
+  graph->device = device;
+  const cudaStream_t stream = capture_stream(device), previous = stream_of(device);
+  graph->pool = begin_capture_pool(device, stream);
+  set_current_stream(device, stream);
+  t_capturing_device = device;
+  auto restore = [&] {
+    t_capturing_device = -1;
+    set_current_stream(device, previous);
+    end_capture_pool(stream);
+  };
+  // Thread-local mode: other threads (a loader's copies) may allocate and synchronise meanwhile.
+  cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+  if (err == cudaSuccess) {
+    try {
+      work();
+    } catch (...) {
+      abandon_capture(stream);
+      restore();
+      release_capture_pool(device, graph->pool);
+      try {
+        throw;
+      } catch (const std::exception& e) {
+        fail("CudaGraph.capture on cuda:", device, ": the captured work failed: ", e.what());
+      }
+    }
+    cudaGraph_t captured = nullptr;
+    err = cudaStreamEndCapture(stream, &captured);
+    if (err == cudaSuccess) {
+      err = cudaGraphInstantiate(&graph->exec, captured, 0);
+      cudaGraphDestroy(captured);
+    }
+  }
+  restore();
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    release_capture_pool(device, graph->pool);
+    fail("CudaGraph.capture on cuda:", device, ": ", cudaGetErrorName(err), " (", cudaGetErrorString(err),
+         "): the captured work made a call a capture forbids (a synchronisation, a copy to or from pageable "
+         "host memory, work waiting on another stream)");
+  }
+  return graph.release();
+}
+
+void replay_graph(GraphHandle handle) {
+  BCOS_CHECK(handle != nullptr, "CudaGraph.replay: nothing captured");
+  BCOS_CHECK(!capturing(), "CudaGraph.replay: not while capturing a graph");
+  const Graph& graph = *static_cast<const Graph*>(handle);
+  DeviceGuard guard(graph.device);
+  BCOS_CUDA_CHECK(cudaGraphLaunch(graph.exec, stream_of(graph.device)));
+}
+
+void destroy_graph(GraphHandle handle) noexcept {
+  if (handle == nullptr) return;
+  std::unique_ptr<Graph> graph(static_cast<Graph*>(handle));
+  try {
+    DeviceGuard guard(graph->device);
+    // A replay may still be queued: it finishes before the graph and its memory go.
+    if (cudaDeviceSynchronize() != cudaSuccess) cudaGetLastError();
+    if (cudaGraphExecDestroy(graph->exec) != cudaSuccess) cudaGetLastError();
+    release_capture_pool(graph->device, graph->pool);
+  } catch (...) {
+    // At program exit the runtime may be gone; the memory goes with the process.
+  }
+}
+
+}  // namespace bcos::cuda

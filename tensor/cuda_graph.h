@@ -1,0 +1,61 @@
+// CUDA graphs (as torch.cuda.CUDAGraph): record a stretch of GPU work once, then replay it with a
+// single launch. For training steps whose host side -- hundreds of kernel launches, autograd's
+// bookkeeping -- costs as much as the GPU's work (small batches, small models).
+//
+//   model->train();  step(x, y);                        // warm up first: cuDNN choices, optimizer state
+//   CudaGraph graph;
+//   Tensor loss;
+//   graph.capture(Device::cuda(0), [&] {                // runs the host code; the GPU runs nothing yet
+//     optimizer.zero_grad();
+//     loss = cross_entropy(model->forward(static_x), static_y);
+//     loss.backward();
+//   });
+//   for (auto& [x, y] : batches) {
+//     static_x.copy_(x), static_y.copy_(y);            // a replay reads the tensors the capture saw
+//     graph.replay();                                   // loss and every .grad hold this batch's values
+//     optimizer.step();                                 // outside: its learning rate and step count change
+//   }
+//
+// The rules are CUDA's and PyTorch's: a replay reuses the addresses and the scalars of the capture
+// (shapes, learning rates, random seeds are fixed), so inputs are refreshed by copying into the
+// tensors the capture read, and what must change per replay stays outside. Memory allocated while
+// capturing belongs to the graph until it is destroyed; tensors made during the capture (loss,
+// gradients) are overwritten by each replay. What cannot be captured raises while capturing: a
+// host round trip (item(), a GradScaler's step, anomaly detection), a random draw (dropout), an
+// optimizer step, a copy through pageable host memory, collectives (DataParallel).
+#pragma once
+
+#include <functional>
+
+#include "tensor/device.h"
+
+namespace bcos {
+
+class CudaGraph {
+ public:
+  CudaGraph() = default;
+  ~CudaGraph();
+  CudaGraph(const CudaGraph&) = delete;
+  CudaGraph& operator=(const CudaGraph&) = delete;
+  CudaGraph(CudaGraph&& other) noexcept;
+  CudaGraph& operator=(CudaGraph&& other) noexcept;
+
+  // Records the GPU work `work` queues on `device` (on a stream of the graph's own, current for
+  // the calling thread meanwhile). Its host code runs once; the work runs at each replay. A graph
+  // captured before is replaced. Raises (and keeps nothing) when the work does something a graph
+  // cannot hold.
+  void capture(Device device, const std::function<void()>& work);
+  // Queues the captured work on the device's current stream (the host returns at once).
+  void replay();
+  bool captured() const { return handle_ != nullptr; }
+  Device device() const { return device_; }
+
+ private:
+  void* handle_ = nullptr;
+  Device device_;
+};
+
+// Whether the calling thread is capturing a CUDA graph now (ops that cannot be captured ask).
+bool cuda_graph_capturing();
+
+}  // namespace bcos

@@ -1,0 +1,222 @@
+// CUDA graphs (tensor/cuda_graph.h): a captured stretch of work replays as the eager work would
+// run, training steps included; the graph's memory stays its own; what a graph cannot hold raises
+// while capturing and leaves nothing behind. Skipped (with a message) without a GPU.
+#include <doctest/doctest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "autograd/ops.h"
+#include "models/bcosify.h"
+#include "models/factory.h"
+#include "nn/bcos.h"
+#include "nn/optim.h"
+#include "tensor/cuda/backend.h"
+#include "tensor/cuda_graph.h"
+#include "tests/cuda/gpu_test.h"
+#include "tests/golden.h"
+
+using namespace bcos;
+
+using gpu_test::have_gpu;
+
+TEST_CASE("CUDA graph: a captured chain of ops runs only when replayed, on the inputs of the moment") {
+  if (!have_gpu()) return;
+  const Device gpu = Device::cuda(0);
+  manual_seed(3);
+  Tensor x = randn({1000}).to(gpu), w = randn({1000}).to(gpu);
+  Tensor out;
+  {
+    CudaGraph graph;
+    CHECK_FALSE(graph.captured());
+    graph.capture(gpu, [&] {
+      CHECK(cuda_graph_capturing());
+      Tensor t = exp(x * 0.5) + w;  // a temporary freed inside the capture
+      out = t * sum(x);
+    });
+    CHECK(graph.captured());
+    CHECK_FALSE(cuda_graph_capturing());
+    for (int round = 0; round < 3; ++round) {
+      CAPTURE(round);
+      x.copy_(randn({1000}).to(gpu));  // new inputs, into the tensor the capture read
+      graph.replay();
+      const Tensor expected = (exp(x * 0.5) + w) * sum(x);
+      CHECK(golden::equal(out.to(Device()), expected.to(Device())));
+    }
+  }
+}
+
+TEST_CASE("CUDA graph: memory allocated while capturing stays the graph's, freed blocks included") {
+  if (!have_gpu()) return;
+  const Device gpu = Device::cuda(0);
+  manual_seed(5);
+  constexpr int64_t n = int64_t(1) << 22;  // 16 MiB: a segment of its own
+  const Tensor x = randn({n}).to(gpu);
+  const void* temporary = nullptr;
+  Tensor out;
+  cuda::empty_cache();
+  const size_t cached_before = cuda::memory_stats(0).cached;
+  CudaGraph graph;
+  graph.capture(gpu, [&] {
+    Tensor t = x * 3.0;  // freed when the lambda returns: each replay still writes it
+    temporary = t.raw_data();
+    out = sum(t);
+  });
+  // Its segment, entirely free now, is the graph's: emptying the cache keeps it.
+  const size_t cached = cuda::memory_stats(0).cached;
+  REQUIRE(cached >= cached_before + size_t(n) * 4);
+  cuda::empty_cache();
+  REQUIRE(cuda::memory_stats(0).cached == cached);
+  // Eager tensors of the temporary's size: none may get its block, or each replay would overwrite it.
+  std::vector<Tensor> eager;
+  for (int i = 0; i < 3; ++i) {
+    eager.push_back(full({n}, double(i), {kFloat32, gpu}));
+    CHECK(eager.back().raw_data() != temporary);
+  }
+  graph.replay();
+  for (int i = 0; i < 3; ++i) CHECK(golden::equal(eager[size_t(i)].to(Device()), full({n}, double(i))));
+  CHECK(golden::relative_error(out.to(Device()), sum(x.to(Device()) * 3.0)) < 1e-5);
+  // The graph gone and its outputs dropped, its memory can go back to the driver.
+  graph = CudaGraph();
+  out = Tensor();
+  synchronize(gpu);
+  const size_t in_use = cuda::memory_stats(0).in_use;
+  cuda::empty_cache();
+  CHECK(cuda::memory_stats(0).in_use == in_use);
+}
+
+TEST_CASE("CUDA graph: a ResNet-20 training step (and its B-cos form's) replays as the eager step, bit for bit") {
+  if (!have_gpu()) return;
+  const Device gpu = Device::cuda(0);
+  const gpu_test::Tf32 exact_f32(false);  // (the same algorithms either way; TF32 would only add noise)
+  set_deterministic_algorithms(true);     // scatters in a fixed order: an eager step repeats its bits
+  for (bool bcos : {false, true}) {
+    CAPTURE(bcos);
+    const models::ModelSpec spec = models::model_spec("resnet20");
+    auto make = [&] {
+      manual_seed(41);
+      std::shared_ptr<nn::Module> m = models::create_model("resnet20");
+      if (bcos) {
+        models::BcosifyOptions o;
+        o.mean = spec.mean, o.std = spec.std;
+        m = models::bcosify(m, o);
+      }
+      m->to(gpu);
+      m->train();
+      return m;
+    };
+    manual_seed(42);
+    std::vector<Tensor> images, labels;
+    for (int b = 0; b < 4; ++b) {
+      const Tensor x = rand({8, 3, 32, 32});
+      images.push_back((bcos ? nn::add_inverse(x) : x).to(gpu));
+      labels.push_back(randint(0, 10, {8}).to(gpu));
+    }
+    auto loss_of = [&](nn::Module& m, const Tensor& x, const Tensor& y) {
+      const Tensor logits = m(x);
+      return bcos ? nn::uniform_off_labels_bce(logits, y) : cross_entropy(logits, y);
+    };
+    auto eager = make(), graphed = make();
+    nn::SGD eager_sgd(eager->parameters(), {.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-4});
+    nn::SGD graphed_sgd(graphed->parameters(), {.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-4});
+    // A warm-up step each (momentum buffers, cuDNN's choices), then the graphed model's step captured.
+    for (auto [m, opt] : {std::pair{eager.get(), &eager_sgd}, std::pair{graphed.get(), &graphed_sgd}}) {
+      opt->zero_grad();
+      loss_of(*m, images[0], labels[0]).backward();
+      opt->step();
+    }
+    Tensor static_x = images[0].clone(), static_y = labels[0].clone(), graphed_loss;
+    CudaGraph graph;
+    graph.capture(gpu, [&] {
+      graphed_sgd.zero_grad();
+      graphed_loss = loss_of(*graphed, static_x, static_y);
+      graphed_loss.backward();
+    });
+    for (int b = 1; b < 4; ++b) {
+      CAPTURE(b);
+      eager_sgd.zero_grad();
+      const Tensor loss = loss_of(*eager, images[size_t(b)], labels[size_t(b)]);
+      loss.backward();
+      eager_sgd.step();
+      static_x.copy_(images[size_t(b)]);
+      static_y.copy_(labels[size_t(b)]);
+      graph.replay();
+      graphed_sgd.step();
+      CHECK(golden::equal(graphed_loss.detach().to(Device()), loss.detach().to(Device())));
+      const auto a = eager->named_parameters(), g = graphed->named_parameters();
+      REQUIRE(a.size() == g.size());
+      for (size_t i = 0; i < a.size(); ++i) {
+        CAPTURE(a[i].first);
+        CHECK(golden::equal(g[i].second.detach().to(Device()), a[i].second.detach().to(Device())));
+      }
+      const auto ab = eager->named_buffers(), gb = graphed->named_buffers();  // batch norms' running statistics
+      for (size_t i = 0; i < ab.size(); ++i) {
+        CAPTURE(ab[i].first);
+        CHECK(golden::equal(gb[i].second.to(Device()), ab[i].second.to(Device())));
+      }
+    }
+  }
+  set_deterministic_algorithms(false);
+}
+
+TEST_CASE("CUDA graph: what a graph cannot hold raises while capturing, and leaves nothing behind") {
+  if (!have_gpu()) return;
+  const Device gpu = Device::cuda(0);
+  manual_seed(7);
+  const Tensor x = randn({64}).to(gpu);
+  const cuda::StreamHandle stream_before = cuda::current_stream(0);
+  auto refused = [&](const char* what, const std::function<void()>& work, const std::string& says) {
+    CAPTURE(what);
+    CudaGraph graph;
+    try {
+      graph.capture(gpu, work);
+      FAIL("captured");
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      CAPTURE(m);
+      CHECK(m.find("CudaGraph.capture on cuda:0") != std::string::npos);
+      CHECK(m.find(says) != std::string::npos);
+    }
+    CHECK_FALSE(graph.captured());
+    CHECK_FALSE(cuda_graph_capturing());
+    CHECK(cuda::current_stream(0) == stream_before);
+    // The device works as before.
+    CHECK(golden::equal((x * 2.0).to(Device()), x.to(Device()) * 2.0));
+  };
+  refused("a host round trip", [&] { (void)sum(x).item(); }, "capturing");
+  refused("a copy to the host", [&] { (void)x.to(Device()); }, "capturing");
+  refused("a copy from pageable host memory", [&] { (void)randn({8}).to(gpu); }, "capturing");
+  refused("dropout's draw", [&] { (void)dropout(x, 0.5, true); }, "each replay would repeat the captured draw");
+  std::vector<Tensor> params{x.clone().requires_grad_()};
+  sum(params[0] * params[0]).backward();
+  nn::SGD sgd(params, {.lr = 0.1, .momentum = 0.9});
+  nn::Adam adam(params, {.lr = 0.1});
+  refused("an SGD step", [&] { sgd.step(); }, "SGD.step: not inside a CUDA graph capture");
+  refused("an Adam step", [&] { adam.step(); }, "Adam.step: not inside a CUDA graph capture");
+  // Refused before making any state: a momentum buffer made inside the failed capture would never
+  // have been filled.
+  CHECK(sgd.state_dict().empty());
+  CHECK(adam.state_dict().empty());
+  refused("a nested capture", [&] { CudaGraph inner; inner.capture(gpu, [] {}); }, "captures do not nest");
+  refused("a synchronisation", [&] { synchronize(gpu); }, "capturing");
+  refused("an exception of the work's own", [&] { fail("the work's own error"); }, "the work's own error");
+
+  CudaGraph empty;
+  CHECK_THROWS_WITH_AS(empty.replay(), doctest::Contains("nothing captured"), Error);
+  CHECK_THROWS_WITH_AS(empty.capture(Device(), [] {}), doctest::Contains("graphs are CUDA's"), Error);
+}
+
+TEST_CASE("CUDA graph: one_hot of GPU labels (made on the GPU, no host round trip) matches the CPU's; a bad label raises") {
+  if (!have_gpu()) return;
+  const Device gpu = Device::cuda(0);
+  const Tensor labels = from_vector(std::vector<int64_t>{3, 0, 9, 3, 7, 1}, {2, 3});
+  CHECK(golden::equal(one_hot(labels.to(gpu), 10).to(Device()), one_hot(labels, 10)));
+  CHECK(one_hot(labels.to(gpu), 10).dtype() == DType::i64);
+  for (int64_t bad : {10, -1}) {
+    CAPTURE(bad);
+    const Tensor wrong = from_vector(std::vector<int64_t>{3, bad}, {2}).to(gpu);
+    CHECK_THROWS_WITH_AS(one_hot(wrong, 10), doctest::Contains("one_hot: a class index is out of range for 10 classes"),
+                         Error);
+  }
+}
