@@ -9,6 +9,8 @@
 // convolution shape (tensor/device.h; the warm-up steps pay for it), as torch.backends.cudnn.benchmark.
 // --cudnn-api graph | legacy: which cuDNN API runs the convolutions (tensor/device.h).
 // --tf32 0: float32 matmuls and convolutions on a GPU in full float32 (default 1: TF32, set_allow_tf32).
+// --cuda-graph 1: after two warm-up steps, the step but its optimizer update is captured as a CUDA
+// graph (tensor/cuda_graph.h) and each timed step replays it, then steps the optimizer.
 // bcos_<arch> (bcos_resnet50, ...): the B-cosified model (models/bcosify.h, b = 2, biases
 // removed) on AddInverse(x), trained with the B-cos BCE loss (one-hot targets clamped to 1 / C).
 // CLIP: --arch clip_rn50 / clip_vit_b_32 time the image tower of OpenAI's RN50 / ViT-B/32
@@ -30,6 +32,7 @@
 #include "nn/bcos.h"
 #include "nn/attention.h"
 #include "nn/optim.h"
+#include "tensor/cuda_graph.h"
 #include "tensor/parallel.h"
 #ifdef BCOS_WITH_CUDA
 #include "tensor/cuda/backend.h"
@@ -49,6 +52,7 @@ int main(int argc, char** argv) {
     DType dtype = DType::f32;     // --dtype bf16 | f16: the whole model (and its input) converted, as module.to(dtype)
     bool fused_attention = true;  // --fused-attention 0: MultiheadAttention's composed form
     int64_t profile_steps = 0;    // --profile N: then N more steps timed per kernel (tensor/profile.h)
+    bool cuda_graph = false;      // --cuda-graph 1: the step replayed from a CUDA graph
     for (int i = 1; i + 1 < argc; i += 2) {
       const std::string a = argv[i], v = argv[i + 1];
       if (a == "--arch") arch = v;
@@ -59,6 +63,7 @@ int main(int argc, char** argv) {
       else if (a == "--bf16") set_cpu_bf16(v == "1");
       else if (a == "--fused-attention") fused_attention = v == "1";
       else if (a == "--profile") profile_steps = std::stoll(v);
+      else if (a == "--cuda-graph") cuda_graph = v == "1";
       else if (a == "--cudnn-benchmark") set_cudnn_benchmark(v == "1");
       else if (a == "--tf32") set_allow_tf32(v == "1");
       else if (a == "--cudnn-api") {
@@ -70,6 +75,8 @@ int main(int argc, char** argv) {
       else fail("bench_models: unknown argument ", a);
     }
     BCOS_CHECK(mode == "infer" || mode == "train", "bench_models: --mode infer or train, got ", mode);
+    BCOS_CHECK(!cuda_graph || (device.is_cuda() && profile_steps == 0), "bench_models: --cuda-graph 1 needs "
+               "--device cuda (and no --profile: a replay makes no op calls to time)");
     manual_seed(0);
     std::shared_ptr<nn::Module> model;
     std::shared_ptr<models::Clip> clip;
@@ -136,7 +143,8 @@ int main(int argc, char** argv) {
     };
     nn::SGD opt(params, {.lr = 0.01, .momentum = 0.9});
     nn::Adam distill_opt(teacher ? params : std::vector<Tensor>{}, {.lr = 1e-4});
-    auto run = [&] {
+    // A step: its gradients (or the forward alone), then the optimizer's update.
+    auto gradients = [&] {
       if (mode == "infer") {
         NoGradGuard no_grad;
         forward();
@@ -150,16 +158,34 @@ int main(int argc, char** argv) {
         distill_opt.zero_grad();
         models::sigmoid_distillation_loss(forward(), target).backward();
         nn::adaptive_clip_grad_(params, 0.01, 1e-3);
-        distill_opt.step();
       } else {
         opt.zero_grad();
         const Tensor out = forward();
         (bcos_loss ? nn::uniform_off_labels_bce(out, y) : cross_entropy(out, y)).backward();
-        opt.step();
       }
     };
+    auto update = [&] {
+      if (mode == "infer") return;
+      if (teacher) distill_opt.step();
+      else opt.step();
+    };
+    auto run = [&] {
+      gradients();
+      update();
+    };
     model->train(mode == "train");
-    time_steps(run, [&] { synchronize(device); }, batch, seconds);  // GPU work is queued: time what has finished
+    CudaGraph graph;
+    if (cuda_graph) {
+      run(), run();  // the optimizer's state and cuDNN's choices exist before the capture
+      graph.capture(device, gradients);
+    }
+    auto replay = [&] {
+      graph.replay();
+      update();
+    };
+    // GPU work is queued: time what has finished.
+    if (cuda_graph) time_steps(replay, [&] { synchronize(device); }, batch, seconds);
+    else time_steps(run, [&] { synchronize(device); }, batch, seconds);
     if (device.is_cuda()) std::printf(" peak_gpu_mb %.1f", double(peak_memory_bytes(device)) / (1 << 20));
     std::printf("\n");
 #ifdef BCOS_WITH_CUDA

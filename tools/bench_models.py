@@ -20,6 +20,9 @@ loss, adaptive gradient clipping, Adam lr 1e-4).
 --cudnn-api graph|legacy: which of cuDNN's APIs runs bcos.cpp's convolutions (PyTorch takes its graph API).
 --no-tf32: float32 matmuls and convolutions in full float32 on both sides; by default both sides
 take TF32 for both (bcos.cpp's default; PyTorch's for convolutions, set here for its matmuls too).
+--cuda-graph (GPU): each step but its optimizer update captured once as a CUDA graph and replayed
+on both sides (torch.cuda.CUDAGraph beside tensor/cuda_graph.h); --batch N: every row at batch N
+(the launches a graph saves weigh most at small batches).
 On a GPU (--device cuda): ResNet-50 and its B-cosified form, ViT-B/16, CLIP's RN50 image tower
 and text tower, the B-cos ViT-B/16 and B-cos CLIP RN50 at batch 64, inference and training step, both frameworks synchronising after
 every step; memory is the peak of tensor memory
@@ -150,7 +153,7 @@ def bcos_torchvision_vit(net, num_classes):
 
 
 def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="none", profile=0, cudnn_benchmark=False,
-                dtype="f32", tf32=True):
+                dtype="f32", tf32=True, cuda_graph=False):
     """Runs in a child process: one configuration, prints the result line."""
     import torch
     import torch.nn.functional as F
@@ -241,7 +244,7 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
         with torch.autocast(device_type=device.split(":")[0], dtype=amp):
             return model(inputs)
 
-    def run():
+    def gradients():  # a step but its optimizer update (the part --cuda-graph captures)
         if mode == "infer":
             with torch.no_grad():
                 forward()
@@ -255,11 +258,17 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
             opt.zero_grad(set_to_none=True)
             sigmoid_distillation_loss(forward().float(), target.float()).backward()
             adaptive_clip_(params)
-            opt.step()
         else:
             opt.zero_grad(set_to_none=True)
             loss_of(forward().float()).backward()
+
+    def update():
+        if mode != "infer":
             opt.step()
+
+    def run():
+        gradients()
+        update()
 
     def sync():
         if device != "cpu":
@@ -289,6 +298,20 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
             return
         print(f"torch: {str(e).splitlines()[0]} in evaluation mode; measured in training mode "
               "(no dropout, no batch norm: the same computation)", file=sys.stderr)
+    if cuda_graph:  # PyTorch's recipe (torch.cuda.graphs): warm up on a side stream, capture, replay
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            gradients()
+
+        def run():  # noqa: F811 (the timed step: a replay, then the optimizer outside the graph)
+            graph.replay()
+            update()
     run()
     sync()
     iters, start = 0, time.perf_counter()
@@ -362,12 +385,16 @@ def main():
     ap.add_argument("--no-tf32", dest="tf32", action="store_false",
                     help="GPU float32 matmuls and convolutions in full float32 on both sides (default: TF32 on both, "
                          "torch.backends.cuda.matmul.allow_tf32 / cudnn.allow_tf32 and bench_models --tf32)")
+    ap.add_argument("--batch", type=int, default=0, help="every row at this batch size (default: the table's)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="each step but its optimizer update captured once as a CUDA graph and replayed, on both "
+                         "sides (torch.cuda.CUDAGraph, bench_models --cuda-graph 1)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         arch, batch, size, mode = a.child
         torch_child(arch, int(batch), int(size), mode, a.seconds, a.threads, a.device, a.autocast, a.profile,
-                    a.cudnn_benchmark, a.dtype, a.tf32)
+                    a.cudnn_benchmark, a.dtype, a.tf32, a.cuda_graph)
         return
     from bench_bcos import alternate
 
@@ -376,7 +403,7 @@ def main():
     import torch
     where = f"{a.threads} threads" if a.device == "cpu" else torch.cuda.get_device_name(0)
     amp = ("" if a.autocast == "none" else f", autocast {a.autocast}") + (", cudnn benchmark" if a.cudnn_benchmark else "") + \
-        (f", bcos cuDNN {a.cudnn_api} API" if a.cudnn_api else "") + \
+        (f", bcos cuDNN {a.cudnn_api} API" if a.cudnn_api else "") + (", CUDA graphs" if a.cuda_graph else "") + \
         ("" if a.dtype == "f32" else f", models in {a.dtype}") + \
         ("" if a.device == "cpu" else ", float32 products in TF32 on both sides" if a.tf32 else
          ", float32 products in full float32 on both sides (no TF32)")
@@ -387,16 +414,18 @@ def main():
     for arch, batch, size in (CONFIGS if a.device == "cpu" else GPU_CONFIGS):
         if only and arch not in only:
             continue
+        batch = a.batch or batch
         for mode in MODES.get(arch, ("infer", "train")):
             torch_cmd = [a.python, __file__, "--threads", str(a.threads), "--seconds", str(a.seconds),
                          "--device", a.device, "--autocast", a.autocast, "--profile", str(a.profile), "--dtype", a.dtype,
                          "--child", arch, str(batch), str(size), mode] + (["--cudnn-benchmark"] if a.cudnn_benchmark else []) + \
-                        ([] if a.tf32 else ["--no-tf32"])
+                        ([] if a.tf32 else ["--no-tf32"]) + (["--cuda-graph"] if a.cuda_graph else [])
             bcos_cmd = [a.binary, "--arch", arch, "--batch", str(batch), "--mode", mode, "--seconds", str(a.seconds),
                         "--device", a.device, "--autocast", a.autocast, "--dtype", a.dtype, "--tf32", "1" if a.tf32 else "0"] + \
                        (["--profile", str(a.profile)] if a.profile else []) + \
                        (["--cudnn-benchmark", "1"] if a.cudnn_benchmark else []) + \
-                       (["--cudnn-api", a.cudnn_api] if a.cudnn_api else [])
+                       (["--cudnn-api", a.cudnn_api] if a.cudnn_api else []) + \
+                       (["--cuda-graph", "1"] if a.cuda_graph else [])
             row = f"{arch} {mode}"
             (t_speed, t_mem), (b_speed, b_mem), spread = alternate(lambda: measure(torch_cmd, env, "torch " + row),
                                                                    lambda: measure(bcos_cmd, env, "bcos " + row),
