@@ -127,7 +127,10 @@ bool reads_done(PinnedBlock& block) {
 }
 
 // Notes a copy queued on `stream` (of the current device `device`) that reads pinned memory at src.
+// Not a copy captured into a CUDA graph: it runs at every replay, whenever that is (the buffer is
+// the graph's input, kept by its owner), and an event recorded in a capture cannot be queried.
 void note_pinned_read(const void* src, int device, cudaStream_t stream) {
+  if (capturing()) return;
   const auto address = reinterpret_cast<uintptr_t>(src);
   std::lock_guard<std::mutex> lock(g_pinned_mutex);
   auto it = g_pinned_blocks.upper_bound(address);
