@@ -3,7 +3,8 @@
 //   evaluate --arch resnet20 --weights resnet20-12fca82f.th --data cifar10-test-000000.tar
 // --data takes WebDataset shards (a .tar path or a brace pattern), a CIFAR-10 binary folder
 // (data_batch_*.bin / test_batch.bin), or an ImageFolder root. The input transform follows the
-// architecture (models/factory.h).
+// architecture (models/factory.h). --cuda-graph (with --device cuda): every full batch's forward
+// replayed from one CUDA graph (tensor/cuda_graph.h), captured at the second full batch.
 #include <chrono>
 #include <cstdio>
 #include <thread>
@@ -14,6 +15,7 @@
 #include "examples/classifier.h"
 #include "models/factory.h"
 #include "nn/safetensors.h"
+#include "tensor/cuda_graph.h"
 #include "tensor/parallel.h"
 
 using namespace bcos;
@@ -25,7 +27,7 @@ int main(int argc, char** argv) {
   examples::ModelArgs m;
   std::string data_path, split = "test", save_logits, save_inputs;
   int64_t batch = 256, limit = 0;
-  bool json = false, bf16 = false;
+  bool json = false, bf16 = false, cuda_graph = false;
   int workers = int(std::max(1u, std::thread::hardware_concurrency()));
   examples::model_options(app, m);
   app.add_option("--data", data_path, "WebDataset shards (.tar, brace patterns), a CIFAR-10 binary folder or an ImageFolder")
@@ -37,10 +39,13 @@ int main(int argc, char** argv) {
   app.add_option("--save-logits", save_logits, "write logits [N, classes] and labels [N] here (safetensors), in dataset order");
   app.add_option("--save-inputs", save_inputs, "write the network's inputs [N, 3, H, W] here (safetensors), to check other tools on them");
   app.add_flag("--json", json, "print the result as JSON (progress stays on stderr)");
+  app.add_flag("--cuda-graph", cuda_graph, "GPU: replay each full batch's forward from one CUDA graph (the host "
+               "then queues one launch per batch instead of hundreds)");
   app.add_flag("--bf16", bf16, "CPU: bfloat16 matrix products with float32 sums (AMX or AVX-512 BF16; ignored, with a warning, without)");
   return examples::run(app, argc, argv, [&] {
     const models::ModelSpec spec = models::model_spec(m.arch);
     const Device device = examples::parse_device(m.device);
+    BCOS_CHECK(!cuda_graph || device.is_cuda(), "evaluate: --cuda-graph needs --device cuda");
     if (bf16 && !cpu_bf16_supported())
       std::fprintf(stderr, "evaluate: --bf16: this CPU has neither AMX-BF16 nor AVX-512 BF16, products stay float32\n");
     CpuBf16Guard bf16_products(bf16);
@@ -60,8 +65,25 @@ int main(int argc, char** argv) {
     data::ProgressBar bar(loader->num_samples(), "evaluate " + spec.arch, "img");
     const auto start = std::chrono::steady_clock::now();
     NoGradGuard no_grad;
+    // The model's logits for a batch: with --cuda-graph, a full batch after the first replays the
+    // graph captured from the second one (its input copied into the tensor the capture read).
+    CudaGraph graph;
+    Tensor graph_input, graph_logits;
+    int64_t full_batches = 0;
+    auto logits_of = [&](const Tensor& images) {
+      const Tensor x = images.to(device);
+      if (!cuda_graph || x.size(0) != batch || full_batches++ == 0) return (*model)(x);  // (the first warms up)
+      if (!graph.captured()) {
+        graph_input = x;
+        graph.capture(device, [&] { graph_logits = (*model)(graph_input); });
+      } else {
+        graph_input.copy_(x);
+      }
+      graph.replay();
+      return graph_logits;
+    };
     for (data::Batch& b : loader->epoch(0)) {
-      const Tensor logits = (*model)(b.images.to(device)).to(Device());
+      const Tensor logits = logits_of(b.images).to(Device());
       BCOS_CHECK(logits.dim() == 2 && logits.size(1) == spec.num_classes, "evaluate: the model gave logits ",
                  logits.shape(), ", expected [", b.size(), ", ", spec.num_classes, "]");
       const auto labels = b.labels.to_vector<int64_t>();

@@ -22,7 +22,9 @@
 // capturing belongs to the graph until it is destroyed; tensors made during the capture (loss,
 // gradients) are overwritten by each replay. What cannot be captured raises while capturing: a
 // host round trip (item(), a GradScaler's step, anomaly detection), a random draw (dropout), an
-// optimizer step, a copy through pageable host memory, collectives (DataParallel).
+// optimizer step, a copy through pageable host memory, collectives (DataParallel), a second capture
+// while another thread captures. Graphs one thread captures share its capture stream's cuBLAS
+// workspace (as PyTorch's default capture stream): replay them one after another, on one stream.
 #pragma once
 
 #include <functional>

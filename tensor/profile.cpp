@@ -128,7 +128,8 @@ void begin(Scope& scope, const char* call, const char* op, const Tensor& on) noe
     return;
   }
 #ifdef BCOS_WITH_CUDA
-  if (!s.error.empty()) {
+  // (Inside a CUDA graph capture nothing runs to time, and its events cannot be waited for.)
+  if (!s.error.empty() || cuda::capturing()) {
     scope.timed_ = false;
     return;
   }

@@ -167,7 +167,9 @@ class Allocator {
     BCOS_CHECK(!caching_disabled(), "CudaGraph.capture: needs the caching allocator (BCOS_CUDA_NO_CACHING is "
                "set): a graph's memory must stay its own between replays");
     std::lock_guard<std::mutex> lock(mu_);
-    BCOS_CHECK(capture_pools_.count(stream) == 0, "CudaGraph.capture: stream ", stream, " is capturing already");
+    // One at a time: a capture synchronises the device first, which would spoil another one.
+    BCOS_CHECK(capture_pools_.empty(), "CudaGraph.capture: another thread is capturing a graph (captures run one at "
+               "a time)");
     const PoolKey key = reinterpret_cast<PoolKey>(kPoolTag | ++pools_made_);
     capture_pools_[stream] = key;
     live_pools_.insert(key);
@@ -179,11 +181,12 @@ class Allocator {
     capture_pools_.erase(stream);
   }
   // The graph is gone: its pool's free segments go back to the driver (blocks still held by
-  // tensors follow when those are freed and the cache is emptied).
+  // tensors follow when those are freed and the cache is emptied) -- not while another graph is
+  // captured, as that needs a device-wide synchronisation.
   void release_pool(int device, PoolKey key) {
     std::lock_guard<std::mutex> lock(mu_);
     live_pools_.erase(key);
-    if (capture_pools_.empty()) release_free_segments(device);
+    if (capture_pools_.empty()) release_free_segments(device, key);
   }
 
  private:
@@ -270,8 +273,11 @@ class Allocator {
     err = cudaMalloc(&p, bytes);
     if (err == cudaErrorMemoryAllocation) {
       cudaGetLastError();  // clear it: we handle out-of-memory ourselves
-      release_free_segments(device);
-      err = cudaMalloc(&p, bytes);
+      // (Freeing the cache synchronises the device: not while another thread captures a graph.)
+      if (capture_pools_.empty()) {
+        release_free_segments(device);
+        err = cudaMalloc(&p, bytes);
+      }
       if (err == cudaErrorMemoryAllocation) {
         cudaGetLastError();
         DeviceState& st = state(device);
@@ -288,13 +294,16 @@ class Allocator {
     return p;
   }
 
-  // Returns every segment that is entirely free to the driver. Callers hold mu_.
-  void release_free_segments(int device) {
+  // Returns every segment that is entirely free to the driver (only those of `only`, a stream or
+  // graph pool, when given), but a live graph's. Callers hold mu_.
+  void release_free_segments(int device, cudaStream_t only = nullptr) {
     DeviceState& st = state(device);
     std::vector<Block*> whole;
     for (Pool* pool : {&st.small_pool, &st.large_pool})
       for (Block* b : *pool)
-        if (b->prev == nullptr && b->next == nullptr && live_pools_.count(b->stream) == 0) whole.push_back(b);
+        if (b->prev == nullptr && b->next == nullptr && live_pools_.count(b->stream) == 0 &&
+            (only == nullptr || b->stream == only))
+          whole.push_back(b);
     if (whole.empty()) return;
     DeviceGuard guard(device);
     // Kernels queued before the blocks were returned may still be reading them.

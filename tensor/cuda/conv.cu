@@ -202,7 +202,8 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
     fail(op, " ", d.shapes(), ": ", call, " or its workspace query (algorithm ", int(c.algo), ", math type ",
          int(c.math), ") failed with ", cudnnGetErrorString(status), " (status ", int(status), ")");
   };
-  const bool timed = cudnn_benchmark();
+  // Not inside a CUDA graph capture, whose events cannot be waited for: the heuristics' choice there.
+  const bool timed = cudnn_benchmark() && !capturing();
   if (const std::optional<Choice<Algo>> kept = cache.find(device, d, timed)) {
     cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
     try {

@@ -305,7 +305,8 @@ std::vector<int64_t> key_of(Direction direction, int device, const Tensor& x, co
 bool convolve(Direction direction, int device, const Tensor& x, const Tensor& w, const Tensor& y,
               const Conv2dParams& p, const char* op) {
   const DType dt = x.dtype();
-  const bool timed = cudnn_benchmark();
+  // Not inside a CUDA graph capture, whose events cannot be waited for: the heuristics' choice there.
+  const bool timed = cudnn_benchmark() && !capturing();
   const std::vector<int64_t> key = key_of(direction, device, x, w, y, p, timed);
   cudnnHandle_t h = handle(device);
   auto raise = [&](cudnnStatus_t status, int64_t engine) {

@@ -48,13 +48,16 @@ GraphHandle capture_graph(int device, const std::function<void()>& work) {
   check_device_index(device, "CudaGraph.capture");
   BCOS_CHECK(!capturing(), "CudaGraph.capture: this thread is capturing a graph already (captures do not nest)");
   DeviceGuard guard(device);
-  // Work queued before the capture runs before it, and a block freed by it is not in use by the
-  // time the graph's pool could be asked for memory (PyTorch synchronises here too).
-  BCOS_CUDA_CHECK(cudaDeviceSynchronize());
   auto graph = std::make_unique<Graph>();
   graph->device = device;
   const cudaStream_t stream = capture_stream(device), previous = stream_of(device);
-  graph->pool = begin_capture_pool(device, stream);
+  graph->pool = begin_capture_pool(device, stream);  // (refuses while another thread captures)
+  // Work queued before the capture runs before it (PyTorch synchronises here too).
+  if (const cudaError_t synced = cudaDeviceSynchronize(); synced != cudaSuccess) {
+    end_capture_pool(stream);
+    release_capture_pool(device, graph->pool);
+    BCOS_CUDA_CHECK(synced);
+  }
   set_current_stream(device, stream);
   t_capturing_device = device;
   auto restore = [&] {
@@ -73,6 +76,8 @@ GraphHandle capture_graph(int device, const std::function<void()>& work) {
       release_capture_pool(device, graph->pool);
       try {
         throw;
+      } catch (const OutOfMemoryError& e) {
+        throw OutOfMemoryError(str("CudaGraph.capture on cuda:", device, ": the captured work failed: ", e.what()));
       } catch (const std::exception& e) {
         fail("CudaGraph.capture on cuda:", device, ": the captured work failed: ", e.what());
       }
@@ -108,8 +113,8 @@ void destroy_graph(GraphHandle handle) noexcept {
   std::unique_ptr<Graph> graph(static_cast<Graph*>(handle));
   try {
     DeviceGuard guard(graph->device);
-    // A replay may still be queued: it finishes before the graph and its memory go.
-    if (cudaDeviceSynchronize() != cudaSuccess) cudaGetLastError();
+    // A replay still queued finishes first (CUDA frees an executable graph in flight once it has
+    // run), and the pool's segments go back to the driver only after a device-wide synchronisation.
     if (cudaGraphExecDestroy(graph->exec) != cudaSuccess) cudaGetLastError();
     release_capture_pool(graph->device, graph->pool);
   } catch (...) {

@@ -6,6 +6,8 @@
 // fixed order under deterministic_algorithms().
 #include "tensor/kernel_views.h"
 #include "tensor/copy.h"
+#include <cstdio>
+
 #include "tensor/cuda/internal.h"
 
 namespace bcos::cuda {
@@ -20,11 +22,17 @@ __global__ void find_bad_index(const int64_t* index, int64_t n, int64_t limit, u
 }
 
 // Inside a graph capture, where the host cannot wait for the answer: a bad index stops the kernel
-// as a failed device-side assertion (PyTorch's way always), reported at the next synchronisation.
+// as a failed device-side assertion (PyTorch's way always), reported at the next synchronisation
+// -- on a GPU as CUDA's "unspecified launch failure" after the kernel's printed line, with the
+// process's CUDA context lost.
 __global__ void assert_indices_kernel(const int64_t* index, int64_t n, int64_t limit) {
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step)
-    if (index[i] < 0 || index[i] >= limit) BCOS_DEVICE_TRAP("an index out of range in a CUDA graph's replay");
+    if (index[i] < 0 || index[i] >= limit) {
+      printf("bcos: index %lld is out of range for size %lld in a CUDA graph's replay\n", (long long)index[i],
+             (long long)limit);
+      BCOS_DEVICE_TRAP("an index out of range in a CUDA graph's replay");
+    }
 }
 
 // Raises naming the first bad index (a device round trip: the price of a clear error).

@@ -3,8 +3,10 @@
 // while capturing and leaves nothing behind. Skipped (with a message) without a GPU.
 #include <doctest/doctest.h>
 
+#include <future>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "autograd/ops.h"
@@ -14,6 +16,7 @@
 #include "nn/optim.h"
 #include "tensor/cuda/backend.h"
 #include "tensor/cuda_graph.h"
+#include "tensor/profile.h"
 #include "tensor/transfer.h"
 #include "tests/cuda/gpu_test.h"
 #include "tests/golden.h"
@@ -239,4 +242,48 @@ TEST_CASE("CUDA graph: one_hot of GPU labels (made on the GPU, no host round tri
     CHECK_THROWS_WITH_AS(one_hot(wrong, 10), doctest::Contains("one_hot: a class index is out of range for 10 classes"),
                          Error);
   }
+}
+
+TEST_CASE("CUDA graph: a capture with the profiler running and cuDNN's benchmark mode on (a new shape) works") {
+  if (!have_gpu()) return;
+  // Inside a capture nothing runs to time and its events cannot be waited for: the profiler skips
+  // the captured calls, and a convolution shape first seen there takes the heuristics' choice.
+  const Device gpu = Device::cuda(0);
+  const gpu_test::Tf32 exact_f32(false);
+  manual_seed(13);
+  const Tensor x = randn({2, 3, 11, 13}).to(gpu), w = randn({5, 3, 3, 3}).to(gpu);
+  Tensor y;
+  set_cudnn_benchmark(true);
+  profile::start();
+  CudaGraph graph;
+  graph.capture(gpu, [&] { y = conv2d(x, w, Tensor(), 1, 1); });
+  graph.replay();
+  const profile::Report report = profile::stop();  // (raises the first CUDA error met while timing)
+  set_cudnn_benchmark(false);
+  CHECK(golden::relative_error(y.to(Device()), conv2d(x.to(Device()), w.to(Device()), Tensor(), 1, 1)) < 1e-5);
+  CHECK(report.gpu_span_ms >= 0);
+}
+
+TEST_CASE("CUDA graph: a second capture while another thread captures is refused") {
+  if (!have_gpu()) return;
+  const Device gpu = Device::cuda(0);
+  const Tensor x = randn({16}).to(gpu);
+  std::promise<void> started, finish;
+  std::thread first([&] {
+    CudaGraph graph;
+    graph.capture(gpu, [&] {
+      (void)(x * 2.0);
+      started.set_value();
+      finish.get_future().wait();  // the other thread tries meanwhile
+    });
+  });
+  started.get_future().wait();
+  CudaGraph second;
+  CHECK_THROWS_WITH_AS(second.capture(gpu, [&] { (void)(x * 3.0); }),
+                       doctest::Contains("another thread is capturing a graph"), Error);
+  finish.set_value();
+  first.join();
+  CHECK_FALSE(second.captured());
+  second.capture(gpu, [&] { (void)(x * 3.0); });  // and once it is done, the next one goes ahead
+  CHECK(second.captured());
 }

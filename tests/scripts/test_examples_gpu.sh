@@ -69,6 +69,16 @@ exits_zero "bcosify_resnet --device cuda --autocast bf16 (exit 0)" bcosify "$wor
 # evaluate on the GPU.
 exits_zero "evaluate --device cuda (exit 0)" "$build/examples/evaluate" --device cuda --arch resnet20 \
   --weights "$work/resnet20.safetensors" --data "$work/cifar" --limit 64
+# ... with the forward replayed from a CUDA graph: of the 64 test images, five full batches of 12
+# (one eager, then the graph captured and replayed four times) and a last one of 4 (eager): the
+# same logits as without.
+for mode in eager graph; do
+  "$build/examples/evaluate" --device cuda --arch resnet20 --weights "$work/resnet20.safetensors" --data "$work/cifar" \
+    --batch 12 --save-logits "$work/logits_$mode.safetensors" $([[ $mode == graph ]] && echo --cuda-graph) \
+    >"$work/eval_$mode" 2>&1 || echo "evaluate ($mode) failed: $(tail -3 "$work/eval_$mode")"
+done
+check "evaluate --device cuda --cuda-graph gives the logits evaluate gives without" \
+  cmp "$work/logits_eager.safetensors" "$work/logits_graph.safetensors"
 
 # clip embed: the golden OpenAI-format RN tower (tests/golden) on both devices, the same embedding
 # to TF32's precision (measured 1.2e-4 on the emulator, which rounds as TF32; the numbers are ~0.1).
