@@ -18,7 +18,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <iomanip>
-#include <map>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -101,9 +100,8 @@ class Allocator {
 
     std::lock_guard<std::mutex> lock(mu_);
     DeviceState& st = state(device);
-    const auto capture = capture_pools_.find(stream);
-    const bool capturing = capture != capture_pools_.end();
-    if (capturing) stream = capture->second;
+    const bool capturing = capture_stream_ != nullptr && stream == capture_stream_;
+    if (capturing) stream = capture_pool_;
     Pool& pool = small ? st.small_pool : st.large_pool;
     Block* block = take_best_fit(pool, stream, size);
     if (block == nullptr) {
@@ -158,7 +156,7 @@ class Allocator {
 
   void empty_cache() {
     std::lock_guard<std::mutex> lock(mu_);
-    BCOS_CHECK(capture_pools_.empty(), "cuda::empty_cache: not while a CUDA graph is being captured");
+    BCOS_CHECK(capture_stream_ == nullptr, "cuda::empty_cache: not while a CUDA graph is being captured");
     for (size_t d = 0; d < devices_.size(); ++d) release_free_segments(int(d));
   }
 
@@ -168,17 +166,16 @@ class Allocator {
                "set): a graph's memory must stay its own between replays");
     std::lock_guard<std::mutex> lock(mu_);
     // One at a time: a capture synchronises the device first, which would spoil another one.
-    BCOS_CHECK(capture_pools_.empty(), "CudaGraph.capture: another thread is capturing a graph (captures run one at "
-               "a time)");
-    const PoolKey key = reinterpret_cast<PoolKey>(kPoolTag | ++pools_made_);
-    capture_pools_[stream] = key;
-    live_pools_.insert(key);
-    (void)state(device);
-    return key;
+    BCOS_CHECK(capture_stream_ == nullptr, "CudaGraph.capture on cuda:", device, ": another thread is capturing a "
+               "graph (captures run one at a time)");
+    capture_stream_ = stream;
+    capture_pool_ = reinterpret_cast<PoolKey>(kPoolTag | ++pools_made_);
+    live_pools_.insert(capture_pool_);
+    return capture_pool_;
   }
-  void end_capture(cudaStream_t stream) {
+  void end_capture() {
     std::lock_guard<std::mutex> lock(mu_);
-    capture_pools_.erase(stream);
+    capture_stream_ = nullptr;
   }
   // The graph is gone: its pool's free segments go back to the driver (blocks still held by
   // tensors follow when those are freed and the cache is emptied) -- not while another graph is
@@ -186,7 +183,7 @@ class Allocator {
   void release_pool(int device, PoolKey key) {
     std::lock_guard<std::mutex> lock(mu_);
     live_pools_.erase(key);
-    if (capture_pools_.empty()) release_free_segments(device, key);
+    if (capture_stream_ == nullptr) release_free_segments(device, key);
   }
 
  private:
@@ -274,7 +271,7 @@ class Allocator {
     if (err == cudaErrorMemoryAllocation) {
       cudaGetLastError();  // clear it: we handle out-of-memory ourselves
       // (Freeing the cache synchronises the device: not while another thread captures a graph.)
-      if (capture_pools_.empty()) {
+      if (capture_stream_ == nullptr) {
         release_free_segments(device);
         err = cudaMalloc(&p, bytes);
       }
@@ -351,10 +348,12 @@ class Allocator {
   std::mutex mu_;
   std::vector<DeviceState> devices_;
   // Graph pools: keys no stream handle can be (stream handles are addresses: the tag's top bits
-  // are never one there), the capturing streams' current pools, the pools whose graph lives.
+  // are never one there); the stream capturing now (one at a time) and its pool; the pools whose
+  // graph lives.
   static constexpr uintptr_t kPoolTag = uintptr_t(0xB0C5) << 48;
   uint64_t pools_made_ = 0;
-  std::map<cudaStream_t, PoolKey> capture_pools_;
+  cudaStream_t capture_stream_ = nullptr;
+  PoolKey capture_pool_ = nullptr;
   std::set<PoolKey> live_pools_;
 };
 
@@ -380,7 +379,7 @@ void empty_cache() { allocator().empty_cache(); }
 void* begin_capture_pool(int device, void* stream) {
   return allocator().begin_capture(device, static_cast<cudaStream_t>(stream));
 }
-void end_capture_pool(void* stream) { allocator().end_capture(static_cast<cudaStream_t>(stream)); }
+void end_capture_pool() { allocator().end_capture(); }
 void release_capture_pool(int device, void* pool) { allocator().release_pool(device, static_cast<cudaStream_t>(pool)); }
 
 }  // namespace bcos::cuda

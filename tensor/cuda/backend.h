@@ -59,9 +59,9 @@ void empty_cache();  // returns unused cached segments to the driver
 
 // Graph pools (tensor/cuda/graph.cu uses them): from begin_capture_pool until end_capture_pool
 // the allocations made on `stream` come from a pool of the graph's own (its key is returned), kept
-// apart until release_capture_pool.
+// apart until release_capture_pool. One capture at a time.
 void* begin_capture_pool(int device, StreamHandle stream);
-void end_capture_pool(StreamHandle stream);
+void end_capture_pool();
 void release_capture_pool(int device, void* pool);
 
 // ---- CUDA graphs (cuda/graph.cu) -------------------------------------------------------------

@@ -54,7 +54,7 @@ GraphHandle capture_graph(int device, const std::function<void()>& work) {
   graph->pool = begin_capture_pool(device, stream);  // (refuses while another thread captures)
   // Work queued before the capture runs before it (PyTorch synchronises here too).
   if (const cudaError_t synced = cudaDeviceSynchronize(); synced != cudaSuccess) {
-    end_capture_pool(stream);
+    end_capture_pool();
     release_capture_pool(device, graph->pool);
     BCOS_CUDA_CHECK(synced);
   }
@@ -63,7 +63,7 @@ GraphHandle capture_graph(int device, const std::function<void()>& work) {
   auto restore = [&] {
     t_capturing_device = -1;
     set_current_stream(device, previous);
-    end_capture_pool(stream);
+    end_capture_pool();
   };
   // Thread-local mode: other threads (a loader's copies) may allocate and synchronise meanwhile.
   cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
