@@ -26,8 +26,9 @@ Tensor composed(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
   if (bias.defined()) logits = logits + bias;
   if (causal) {
     const int64_t lq = q.size(-2), lk = k.size(-2);
-    const Tensor rows = arange(double(lq), DType::i64).reshape({lq, 1}), cols = arange(double(lk), DType::i64).reshape({1, lk});
-    logits = masked_fill(logits, gt(cols, rows).to(q.device()), -INFINITY);
+    const TensorOptions index{DType::i64, q.device()};  // (made on q's device: no copy from the host)
+    const Tensor rows = arange(double(lq), index).reshape({lq, 1}), cols = arange(double(lk), index).reshape({1, lk});
+    logits = masked_fill(logits, gt(cols, rows), -INFINITY);
   }
   return matmul(softmax(logits, -1), v);
 }

@@ -296,7 +296,7 @@ int main(int argc, char** argv) {
         ++state.step;
         loss_sum += l * double(batch);  // the global batch's loss, the same on every rank
         matched += int64_t(
-            sum(eq(argmax(logits.detach(), 1), arange(double(batch), DType::i64).to(device)).to(DType::f32)).item());
+            sum(eq(argmax(logits.detach(), 1), arange(double(batch), {DType::i64, device})).to(DType::f32)).item());
         seen += batch;
         bar.update(batch, {{"loss", loss_sum / double(seen)}, {"i2t", 100.0 * double(matched) / double(seen)},
                               {"lr", optimizer.lr}, {"scale", std::exp(model->logit_scale.item())}});

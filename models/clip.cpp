@@ -10,6 +10,7 @@
 #include "autograd/ops.h"
 #include "nn/bcos.h"
 #include "nn/init.h"
+#include "tensor/cuda_graph.h"
 
 namespace bcos::models {
 
@@ -27,7 +28,7 @@ Tensor l2_normalize(const Tensor& x) { return x / norm(x, 2, {-1}, true); }
 Tensor clip_contrastive_loss(const Tensor& logits) {
   BCOS_CHECK(logits.dim() == 2 && logits.size(0) == logits.size(1) && logits.size(0) > 0,
              "clip_contrastive_loss: expected square logits [N, N] (image i with text i), got ", logits.shape());
-  const Tensor labels = arange(double(logits.size(0)), DType::i64).to(logits.device());
+  const Tensor labels = arange(double(logits.size(0)), {DType::i64, logits.device()});  // (made on its device)
   return (cross_entropy(logits, labels) + cross_entropy(logits.transpose(0, 1), labels)) * 0.5;
 }
 
@@ -303,7 +304,9 @@ Tensor Clip::encode_text(const Tensor& ids) {
              "CLIP encode_text: expected token ids i64 [N, ", config.context_length, "], got ", ids.dtype(), " ",
              ids.shape());
   const int64_t n = ids.size(0);
-  if (ids.numel() > 0) {
+  // (A round trip through the host: not inside a CUDA graph capture, where the embedding's
+  // device-side index check stops a replay with a bad id instead.)
+  if (ids.numel() > 0 && !cuda_graph_capturing()) {
     const int64_t low = min(ids).item<int64_t>(), high = max(ids).item<int64_t>();
     BCOS_CHECK(low >= 0 && high < config.vocab_size, "CLIP encode_text: token ids from ", low, " to ", high,
                " do not fit the model's vocabulary of ", config.vocab_size);

@@ -40,6 +40,9 @@ inline void copy(const Tensor& dst, const Tensor& src) {
 inline void fill(const Tensor& dst, double value) {
   BCOS_DISPATCH(dst, fill(dst, value));
 }
+inline void arange_fill(const Tensor& dst, double start, double step) {
+  BCOS_DISPATCH(dst, arange_fill(dst, start, step));
+}
 inline void random_fill(const Tensor& dst, RandomDist dist, uint64_t seed, uint64_t start, double p0, double p1) {
   BCOS_DISPATCH(dst, random_fill(dst, dist, seed, start, p0, p1));
 }

@@ -71,7 +71,10 @@ Tensor arange(double start, double end, double step, TensorOptions opts) {
   BCOS_CHECK((end - start) * step >= 0, "arange: the range [", start, ", ", end,
              ") is not reachable with step ", step);
   auto n = int64_t(std::ceil((end - start) / step));
-  return host_generate({n}, opts, "arange", [&](int64_t i) { return start + double(i) * step; });
+  check_device_available(opts.device, "arange");
+  Tensor t = empty({n}, opts);
+  kernel::arange_fill(t, start, step);  // (on a GPU, made there)
+  return t;
 }
 
 Tensor linspace(double start, double end, int64_t steps, TensorOptions opts) {
@@ -87,7 +90,10 @@ Tensor linspace(double start, double end, int64_t steps, TensorOptions opts) {
 Tensor eye(int64_t n, int64_t m, TensorOptions opts) {
   BCOS_CHECK(n >= 0 && m >= -1, "eye: sizes must be non-negative, got ", n, " x ", m);
   if (m < 0) m = n;
-  return host_generate({n, m}, opts, "eye", [&](int64_t i) { return i / m == i % m ? 1.0 : 0.0; });
+  // Zeros, then ones along the diagonal (a strided view): made where it lives, on a GPU too.
+  Tensor t = zeros({n, m}, opts);
+  if (n > 0 && m > 0) kernel::fill(t.alias({std::min(n, m)}, {m + 1}, 0), 1.0);
+  return t;
 }
 
 namespace {

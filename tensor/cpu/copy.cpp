@@ -65,6 +65,13 @@ void fill(const Tensor& dst, double value) {
   });
 }
 
+void arange_fill(const Tensor& dst, double start, double step) {
+  dispatch_all(dst.dtype(), [&]<class T>() {
+    T* d = static_cast<T*>(dst.raw_data());
+    for (int64_t i = 0; i < dst.numel(); ++i) d[i] = convert<T>(start + double(i) * step);
+  });
+}
+
 void random_fill(const Tensor& dst, RandomDist dist, uint64_t seed, uint64_t start, double p0, double p1) {
   const bool narrow = dst.dtype() != DType::f64;
   dispatch_all(dst.dtype(), [&]<class T>() {

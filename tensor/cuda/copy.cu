@@ -296,6 +296,29 @@ void fill(const Tensor& dst, double value) {
 
 namespace {
 template <class T>
+__global__ void arange_kernel(T* dst, int64_t n, double start, double step) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    dst[i] = convert_value<T>(start + double(i) * step);
+}
+}  // namespace
+
+// Made on the device: no host buffer and copy (which a CUDA graph capture could not hold).
+void arange_fill(const Tensor& dst, double start, double step) {
+  BCOS_CHECK(dst.is_cuda() && dst.is_contiguous(), "cuda::arange_fill: needs a contiguous tensor on a GPU");
+  if (dst.numel() == 0) return;
+  const int device = dst.device().index;
+  DeviceGuard guard(device);
+  dispatch_all(dst.dtype(), [&]<class T>() {
+    using D = device_t<T>;
+    arange_kernel<D><<<blocks_for(dst.numel()), kThreads, 0, stream_of(device)>>>(static_cast<D*>(dst.raw_data()),
+                                                                                 dst.numel(), start, step);
+    BCOS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+namespace {
+template <class T>
 __global__ void random_fill_kernel(T* dst, int64_t n, RandomDist dist, uint64_t seed, uint64_t start, bool narrow,
                                    double p0, double p1) {
   const int64_t step = int64_t(gridDim.x) * blockDim.x;

@@ -11,6 +11,7 @@
 
 #include "autograd/ops.h"
 #include "models/bcosify.h"
+#include "models/clip.h"
 #include "models/factory.h"
 #include "nn/bcos.h"
 #include "nn/optim.h"
@@ -286,4 +287,87 @@ TEST_CASE("CUDA graph: a second capture while another thread captures is refused
   CHECK_FALSE(second.captured());
   second.capture(gpu, [&] { (void)(x * 3.0); });  // and once it is done, the next one goes ahead
   CHECK(second.captured());
+}
+
+TEST_CASE("CUDA graph: a small CLIP's contrastive training step (ViT and causal text towers) replays as the eager step, bit for bit") {
+  if (!have_gpu()) return;
+  const Device gpu = Device::cuda(0);
+  const gpu_test::Tf32 exact_f32(false);
+  set_deterministic_algorithms(true);
+  auto make = [&] {
+    manual_seed(51);
+    models::ClipConfig c;
+    c.embed_dim = 16, c.image_resolution = 32, c.vision_layers = {2}, c.vision_width = 32, c.vision_patch_size = 8;
+    c.vision_heads = 2, c.context_length = 9, c.vocab_size = 64, c.transformer_width = 32, c.transformer_heads = 2;
+    c.transformer_layers = 2;
+    auto clip = std::make_shared<models::Clip>(c);
+    clip->to(gpu);
+    clip->train();
+    return clip;
+  };
+  manual_seed(52);
+  std::vector<Tensor> images, tokens;
+  for (int b = 0; b < 4; ++b) {
+    images.push_back(randn({4, 3, 32, 32}).to(gpu));
+    tokens.push_back(randint(1, 63, {4, 9}).to(gpu));
+  }
+  auto eager = make(), graphed = make();
+  nn::AdamW eager_opt(eager->parameters(), {.lr = 1e-3, .weight_decay = 0.1});
+  nn::AdamW graphed_opt(graphed->parameters(), {.lr = 1e-3, .weight_decay = 0.1});
+  auto loss_of = [](models::Clip& m, const Tensor& x, const Tensor& t) {
+    return models::clip_contrastive_loss(m.logits(m.encode_image(x), m.encode_text(t)));
+  };
+  for (auto [m, opt] : {std::pair{eager.get(), &eager_opt}, std::pair{graphed.get(), &graphed_opt}}) {
+    opt->zero_grad();
+    loss_of(*m, images[0], tokens[0]).backward();
+    opt->step();
+  }
+  Tensor static_x = images[0].clone(), static_t = tokens[0].clone(), graphed_loss;
+  CudaGraph graph;
+  graph.capture(gpu, [&] {
+    graphed_opt.zero_grad();
+    graphed_loss = loss_of(*graphed, static_x, static_t);
+    graphed_loss.backward();
+  });
+  for (int b = 1; b < 4; ++b) {
+    CAPTURE(b);
+    eager_opt.zero_grad();
+    const Tensor loss = loss_of(*eager, images[size_t(b)], tokens[size_t(b)]);
+    loss.backward();
+    eager_opt.step();
+    static_x.copy_(images[size_t(b)]);
+    static_t.copy_(tokens[size_t(b)]);
+    graph.replay();
+    graphed_opt.step();
+    CHECK(golden::equal(graphed_loss.detach().to(Device()), loss.detach().to(Device())));
+    const auto a = eager->named_parameters(), g = graphed->named_parameters();
+    for (size_t i = 0; i < a.size(); ++i) {
+      CAPTURE(a[i].first);
+      CHECK(golden::equal(g[i].second.detach().to(Device()), a[i].second.detach().to(Device())));
+    }
+  }
+  set_deterministic_algorithms(false);
+}
+
+TEST_CASE("CUDA graph: arange and eye are made on the GPU (so a graph can hold them), the CPU's values in every dtype") {
+  if (!have_gpu()) return;
+  const Device gpu = Device::cuda(0);
+  for (DType dt : {kFloat32, kFloat64, kFloat16, kBFloat16, kInt64, kUInt8, kBool}) {
+    CAPTURE(dt);
+    CHECK(golden::equal(arange(-3.5, 40, 0.75, {dt, gpu}).to(Device()), arange(-3.5, 40, 0.75, {dt, Device()})));
+    for (auto [n, m] : {std::pair<int64_t, int64_t>{3, 5}, {5, 3}, {4, -1}, {0, 2}}) {
+      CAPTURE(n);
+      CAPTURE(m);
+      CHECK(golden::equal(eye(n, m, {dt, gpu}).to(Device()), eye(n, m, {dt, Device()})));
+    }
+  }
+  Tensor a, e;
+  CudaGraph graph;
+  graph.capture(gpu, [&] {
+    a = arange(0, 9, 1, {kInt64, gpu});
+    e = eye(3, 3, {kFloat32, gpu});
+  });
+  graph.replay();
+  CHECK(golden::equal(a.to(Device()), arange(0, 9, 1, kInt64)));
+  CHECK(golden::equal(e.to(Device()), eye(3, 3, kFloat32)));
 }
