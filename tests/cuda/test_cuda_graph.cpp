@@ -3,6 +3,7 @@
 // while capturing and leaves nothing behind. Skipped (with a message) without a GPU.
 #include <doctest/doctest.h>
 
+#include <functional>
 #include <future>
 #include <memory>
 #include <string>
@@ -25,6 +26,51 @@
 using namespace bcos;
 
 using gpu_test::have_gpu;
+
+namespace {
+// Two copies of a model (the same weights) train side by side on batches (xs[b], ys[b]): after a
+// warm-up step each on batch 0 (optimizer state, cuDNN's choices), `eager` steps as usual while
+// `graphed` replays one captured step (zero_grad, loss, backward) with each batch copied into the
+// tensors the capture read, its optimizer stepped after the replay. Loss, parameters and buffers
+// (running statistics) must agree bit for bit after every step.
+using LossOf = std::function<Tensor(nn::Module&, const Tensor&, const Tensor&)>;
+void check_replayed_steps(nn::Module& eager, nn::Optimizer& eager_opt, nn::Module& graphed, nn::Optimizer& graphed_opt,
+                          const std::vector<Tensor>& xs, const std::vector<Tensor>& ys, const LossOf& loss_of) {
+  for (auto [m, opt] : {std::pair{&eager, &eager_opt}, std::pair{&graphed, &graphed_opt}}) {
+    opt->zero_grad();
+    loss_of(*m, xs[0], ys[0]).backward();
+    opt->step();
+  }
+  Tensor static_x = xs[0].clone(), static_y = ys[0].clone(), graphed_loss;
+  CudaGraph graph;
+  graph.capture(xs[0].device(), [&] {
+    graphed_opt.zero_grad();
+    graphed_loss = loss_of(graphed, static_x, static_y);
+    graphed_loss.backward();
+  });
+  for (size_t b = 1; b < xs.size(); ++b) {
+    CAPTURE(b);
+    eager_opt.zero_grad();
+    const Tensor loss = loss_of(eager, xs[b], ys[b]);
+    loss.backward();
+    eager_opt.step();
+    static_x.copy_(xs[b]);
+    static_y.copy_(ys[b]);
+    graph.replay();
+    graphed_opt.step();
+    CHECK(golden::equal(graphed_loss.detach().to(Device()), loss.detach().to(Device())));
+    for (const bool buffers : {false, true}) {
+      const auto a = buffers ? eager.named_buffers() : eager.named_parameters();
+      const auto g = buffers ? graphed.named_buffers() : graphed.named_parameters();
+      REQUIRE(a.size() == g.size());
+      for (size_t i = 0; i < a.size(); ++i) {
+        CAPTURE(a[i].first);
+        CHECK(golden::equal(g[i].second.detach().to(Device()), a[i].second.detach().to(Device())));
+      }
+    }
+  }
+}
+}  // namespace
 
 TEST_CASE("CUDA graph: a captured chain of ops runs only when replayed, on the inputs of the moment") {
   if (!have_gpu()) return;
@@ -144,42 +190,7 @@ TEST_CASE("CUDA graph: a ResNet-20 training step (and its B-cos form's) replays 
     auto eager = make(), graphed = make();
     nn::SGD eager_sgd(eager->parameters(), {.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-4});
     nn::SGD graphed_sgd(graphed->parameters(), {.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-4});
-    // A warm-up step each (momentum buffers, cuDNN's choices), then the graphed model's step captured.
-    for (auto [m, opt] : {std::pair{eager.get(), &eager_sgd}, std::pair{graphed.get(), &graphed_sgd}}) {
-      opt->zero_grad();
-      loss_of(*m, images[0], labels[0]).backward();
-      opt->step();
-    }
-    Tensor static_x = images[0].clone(), static_y = labels[0].clone(), graphed_loss;
-    CudaGraph graph;
-    graph.capture(gpu, [&] {
-      graphed_sgd.zero_grad();
-      graphed_loss = loss_of(*graphed, static_x, static_y);
-      graphed_loss.backward();
-    });
-    for (int b = 1; b < 4; ++b) {
-      CAPTURE(b);
-      eager_sgd.zero_grad();
-      const Tensor loss = loss_of(*eager, images[size_t(b)], labels[size_t(b)]);
-      loss.backward();
-      eager_sgd.step();
-      static_x.copy_(images[size_t(b)]);
-      static_y.copy_(labels[size_t(b)]);
-      graph.replay();
-      graphed_sgd.step();
-      CHECK(golden::equal(graphed_loss.detach().to(Device()), loss.detach().to(Device())));
-      const auto a = eager->named_parameters(), g = graphed->named_parameters();
-      REQUIRE(a.size() == g.size());
-      for (size_t i = 0; i < a.size(); ++i) {
-        CAPTURE(a[i].first);
-        CHECK(golden::equal(g[i].second.detach().to(Device()), a[i].second.detach().to(Device())));
-      }
-      const auto ab = eager->named_buffers(), gb = graphed->named_buffers();  // batch norms' running statistics
-      for (size_t i = 0; i < ab.size(); ++i) {
-        CAPTURE(ab[i].first);
-        CHECK(golden::equal(gb[i].second.to(Device()), ab[i].second.to(Device())));
-      }
-    }
+    check_replayed_steps(*eager, eager_sgd, *graphed, graphed_sgd, images, labels, loss_of);
   }
   set_deterministic_algorithms(false);
 }
@@ -314,38 +325,11 @@ TEST_CASE("CUDA graph: a small CLIP's contrastive training step (ViT and causal 
   auto eager = make(), graphed = make();
   nn::AdamW eager_opt(eager->parameters(), {.lr = 1e-3, .weight_decay = 0.1});
   nn::AdamW graphed_opt(graphed->parameters(), {.lr = 1e-3, .weight_decay = 0.1});
-  auto loss_of = [](models::Clip& m, const Tensor& x, const Tensor& t) {
-    return models::clip_contrastive_loss(m.logits(m.encode_image(x), m.encode_text(t)));
-  };
-  for (auto [m, opt] : {std::pair{eager.get(), &eager_opt}, std::pair{graphed.get(), &graphed_opt}}) {
-    opt->zero_grad();
-    loss_of(*m, images[0], tokens[0]).backward();
-    opt->step();
-  }
-  Tensor static_x = images[0].clone(), static_t = tokens[0].clone(), graphed_loss;
-  CudaGraph graph;
-  graph.capture(gpu, [&] {
-    graphed_opt.zero_grad();
-    graphed_loss = loss_of(*graphed, static_x, static_t);
-    graphed_loss.backward();
-  });
-  for (int b = 1; b < 4; ++b) {
-    CAPTURE(b);
-    eager_opt.zero_grad();
-    const Tensor loss = loss_of(*eager, images[size_t(b)], tokens[size_t(b)]);
-    loss.backward();
-    eager_opt.step();
-    static_x.copy_(images[size_t(b)]);
-    static_t.copy_(tokens[size_t(b)]);
-    graph.replay();
-    graphed_opt.step();
-    CHECK(golden::equal(graphed_loss.detach().to(Device()), loss.detach().to(Device())));
-    const auto a = eager->named_parameters(), g = graphed->named_parameters();
-    for (size_t i = 0; i < a.size(); ++i) {
-      CAPTURE(a[i].first);
-      CHECK(golden::equal(g[i].second.detach().to(Device()), a[i].second.detach().to(Device())));
-    }
-  }
+  check_replayed_steps(*eager, eager_opt, *graphed, graphed_opt, images, tokens,
+                       [](nn::Module& m, const Tensor& x, const Tensor& t) {
+                         auto& clip = dynamic_cast<models::Clip&>(m);
+                         return models::clip_contrastive_loss(clip.logits(clip.encode_image(x), clip.encode_text(t)));
+                       });
   set_deterministic_algorithms(false);
 }
 
