@@ -5,6 +5,7 @@
 #include "autograd/dispatch.h"
 #include "autograd/ops.h"
 #include "tensor/cuda_graph.h"
+#include "tensor/index_errors.h"
 
 namespace bcos {
 
@@ -229,17 +230,14 @@ Tensor one_hot(const Tensor& indices, int64_t num_classes) {
   check_index(op, indices);
   if (indices.is_cuda() && num_classes >= 0) {
     // Made where the indices are: no round trip through the host (which a CUDA graph capture
-    // could not make); scatter_add checks the range (inside a capture, on the device).
+    // could not make); scatter_add checks the range in its kernel (fault.cu).
     NoGradGuard no_grad;
+    const IndexRole role(str(op, ": class index"), "classes");
     const Tensor at = indices.unsqueeze(-1);
     Shape s = indices.shape();
     s.push_back(num_classes);
     const TensorOptions f32{DType::f32, indices.device()};
-    try {
-      return scatter_add(zeros(s, f32), -1, at, ones(at.shape(), f32)).to(DType::i64);
-    } catch (const Error& e) {
-      fail(op, ": a class index is out of range for ", num_classes, " classes (", e.what(), ")");
-    }
+    return scatter_add(zeros(s, f32), -1, at, ones(at.shape(), f32)).to(DType::i64);
   }
   BCOS_CHECK(!cuda_graph_capturing(), op, ": inside a CUDA graph capture, give num_classes (finding the largest "
              "index takes a round trip through the host)");

@@ -6,7 +6,7 @@
 //     gradient σ(x) − t is recorded directly (a composite would get x = 0 wrong).
 #include "autograd/dispatch.h"
 #include "autograd/ops.h"
-#include "tensor/cuda_graph.h"
+#include "tensor/index_errors.h"
 
 namespace bcos {
 
@@ -62,18 +62,11 @@ void flatten_classes(const char* op, const Tensor& logits, const Tensor& target,
 // −log p[target] per item, 0 for ignored items; and the number of counted items.
 Tensor picked_nll(const char* op, const Tensor& logp, const Tensor& target, int64_t ignore_index,
                   Tensor& valid) {
-  const int64_t c = logp.size(1);
   valid = ne(target, double(ignore_index));
   Tensor safe_target = where(valid, target, zeros(Shape{}, {DType::i64, target.device()}));
-  // Checked on the host (a round trip from a GPU), except inside a CUDA graph capture, which
-  // cannot wait for one: gather's device-side check stops a replay with a bad target instead.
-  if (!cuda_graph_capturing()) {
-    auto t = to_cpu_contiguous(safe_target);
-    const int64_t* p = t.data<int64_t>();
-    for (int64_t i = 0; i < t.numel(); ++i)
-      BCOS_CHECK(p[i] >= 0 && p[i] < c, op, ": target ", p[i], " is out of range for ", c,
-                 " classes");
-  }
+  // gather checks the targets (on a GPU inside its kernel, raised at the next synchronisation:
+  // no round trip through the host here) and words its error as ours.
+  const IndexRole role(str(op, ": target"), "classes");
   Tensor picked = gather(logp, 1, safe_target.unsqueeze(1)).squeeze(1);
   return where(valid, neg(picked), zeros(Shape{}, {logp.dtype(), logp.device()}));
 }

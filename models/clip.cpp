@@ -10,7 +10,7 @@
 #include "autograd/ops.h"
 #include "nn/bcos.h"
 #include "nn/init.h"
-#include "tensor/cuda_graph.h"
+#include "tensor/index_errors.h"
 
 namespace bcos::models {
 
@@ -304,14 +304,13 @@ Tensor Clip::encode_text(const Tensor& ids) {
              "CLIP encode_text: expected token ids i64 [N, ", config.context_length, "], got ", ids.dtype(), " ",
              ids.shape());
   const int64_t n = ids.size(0);
-  // (A round trip through the host: not inside a CUDA graph capture, where the embedding's
-  // device-side index check stops a replay with a bad id instead.)
-  if (ids.numel() > 0 && !cuda_graph_capturing()) {
-    const int64_t low = min(ids).item<int64_t>(), high = max(ids).item<int64_t>();
-    BCOS_CHECK(low >= 0 && high < config.vocab_size, "CLIP encode_text: token ids from ", low, " to ", high,
-               " do not fit the model's vocabulary of ", config.vocab_size);
+  Tensor x;
+  {
+    // The embedding checks the ids (on a GPU in its kernel, raised at the next synchronisation)
+    // and words an error as ours.
+    const IndexRole role("CLIP encode_text: token id", "ids in the model's vocabulary");
+    x = (*token_embedding)(ids) + positional_embedding;  // [N, ctx, width]
   }
-  Tensor x = (*token_embedding)(ids) + positional_embedding;  // [N, ctx, width]
   x = (*ln_final)((*transformer)(x));
   // The end-of-text token has the largest id: its features represent the text.
   const Tensor eot = argmax(ids, 1);                                                        // [N]

@@ -49,7 +49,9 @@ bool cuda_compiled();
 // Number of visible CUDA devices (0 without a GPU or without the CUDA backend).
 int cuda_device_count();
 
-// Waits until all queued work on `d` has finished (nothing to wait for on the CPU).
+// Waits until all queued work on `d` has finished (nothing to wait for on the CPU). On a GPU an
+// index out of range is found by the kernel that reads it and raised here, or by the next copy
+// to the host, whichever comes first (PyTorch's device-side asserts, without losing the device).
 void synchronize(Device d);
 // The most memory tensors on `d` have held at once since the start, in bytes (0 on the CPU: use
 // the process's peak resident memory there).

@@ -7,6 +7,7 @@
 
 #include "tensor/kernel_views.h"
 #include "tensor/copy.h"
+#include "tensor/index_errors.h"
 #include "tensor/cpu/kernels.h"
 #include "tensor/parallel.h"
 
@@ -16,8 +17,7 @@ namespace {
 void check_indices(const Tensor& index, int64_t limit, const char* op) {
   const int64_t* p = index.data<int64_t>();
   for (int64_t i = 0; i < index.numel(); ++i)
-    BCOS_CHECK(p[i] >= 0 && p[i] < limit, op, ": index ", p[i], " is out of range for size ",
-               limit);
+    if (p[i] < 0 || p[i] >= limit) fail(index_error_text(op, current_index_role(), p[i], limit));
 }
 }  // namespace
 

@@ -31,7 +31,9 @@ struct DeviceInfo {
   size_t total_memory = 0;
 };
 DeviceInfo device_info(int index);
-void synchronize(int index);  // waits for all work on the device
+// Waits for all work on the device; raises an error its kernels found (an index out of range:
+// cuda/fault.cu), as stream_synchronize and every copy to the host do.
+void synchronize(int index);
 int runtime_version();        // e.g. 13000
 int cublas_version();
 size_t cudnn_version();

@@ -225,6 +225,7 @@ void copy_device_to_host(void* dst, const void* src, size_t nbytes, int device) 
   cudaStream_t stream = stream_of(device);
   BCOS_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, stream));
   BCOS_CUDA_CHECK(cudaStreamSynchronize(stream));  // the caller reads dst next
+  raise_device_fault(device);                      // ... unless it was computed from a bad index
 }
 
 void copy_peer(void* dst, int dst_device, const void* src, int src_device, size_t nbytes) {

@@ -87,6 +87,7 @@ void synchronize(int index) {
   check_device_index(index, "cuda::synchronize");
   DeviceGuard guard(index);
   BCOS_CUDA_CHECK(cudaDeviceSynchronize());
+  raise_device_fault(index);
 }
 
 int runtime_version() {
@@ -156,6 +157,7 @@ void stream_synchronize(int device, StreamHandle stream) {
   check_device_index(device, "cuda::stream_synchronize");
   DeviceGuard guard(device);
   BCOS_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+  raise_device_fault(device);
 }
 
 // ---- cuBLAS handles ---------------------------------------------------------------------------

@@ -51,6 +51,7 @@ GraphHandle capture_graph(int device, const std::function<void()>& work) {
   auto graph = std::make_unique<Graph>();
   graph->device = device;
   const cudaStream_t stream = capture_stream(device), previous = stream_of(device);
+  make_fault_report(device);  // (index checks inside the capture write to it)
   graph->pool = begin_capture_pool(device, stream);  // (refuses while another thread captures)
   // Work queued before the capture runs before it (PyTorch synchronises here too).
   if (const cudaError_t synced = cudaDeviceSynchronize(); synced != cudaSuccess) {

@@ -1,12 +1,12 @@
 // index_select / index_add (its backward; embeddings use both) and gather / scatter_add (its
 // backward; cross-entropy uses both) on the GPU, as tensor/cpu/indexing.cpp: for index_select
-// x viewed contiguous [outer, D, inner]; for gather one thread per index element. Indices are checked on the
-// device first -- one flag, read back before any write -- so a bad index is a bcos::Error naming
-// it, never a stray memory access. index_add accumulates with atomicAdd (repeated indices), in a
-// fixed order under deterministic_algorithms().
+// x viewed contiguous [outer, D, inner]; for gather one thread per index element. Each kernel
+// checks the indices it reads: a bad one is skipped (a read gives 0) and reported, and raised as a
+// bcos::Error naming it at the next synchronisation (fault.cu) -- never a stray memory access, and
+// no round trip through the host per op. index_add accumulates with atomicAdd (repeated
+// indices), in a fixed order under deterministic_algorithms().
 #include "tensor/kernel_views.h"
 #include "tensor/copy.h"
-#include <cstdio>
 
 #include "tensor/cuda/internal.h"
 
@@ -14,75 +14,40 @@ namespace bcos::cuda {
 
 namespace {
 
-// bad[0] = 1 + the position of an index outside [0, limit) (the first found; any if several).
-__global__ void find_bad_index(const int64_t* index, int64_t n, int64_t limit, unsigned long long* bad) {
+// An empty output reads no index, yet its indices must still be valid (as on the CPU).
+__global__ void check_indices_kernel(const int64_t* index, int64_t n, IndexCheck check) {
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step)
-    if (index[i] < 0 || index[i] >= limit) atomicMin(bad, (unsigned long long)(i + 1));
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) index_in_range(check, index[i]);
 }
 
-// Inside a graph capture, where the host cannot wait for the answer: a bad index stops the kernel
-// as a failed device-side assertion (PyTorch's way always), reported at the next synchronisation
-// -- on a GPU as CUDA's "unspecified launch failure" after the kernel's printed line, with the
-// process's CUDA context lost.
-__global__ void assert_indices_kernel(const int64_t* index, int64_t n, int64_t limit) {
-  const int64_t step = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step)
-    if (index[i] < 0 || index[i] >= limit) {
-      printf("bcos: index %lld is out of range for size %lld in a CUDA graph's replay\n", (long long)index[i],
-             (long long)limit);
-      BCOS_DEVICE_TRAP("an index out of range in a CUDA graph's replay");
-    }
-}
-
-// Raises naming the first bad index (a device round trip: the price of a clear error).
-void check_indices(const Tensor& index, int64_t limit, const char* op, cudaStream_t stream) {
+void check_only(const Tensor& index, const IndexCheck& check, cudaStream_t stream) {
   if (index.numel() == 0) return;
-  const int device = index.device().index;
-  if (capturing()) {
-    assert_indices_kernel<<<blocks_for(index.numel()), kThreads, 0, stream>>>(
-        static_cast<const int64_t*>(index.raw_data()), index.numel(), limit);
-    BCOS_CUDA_CHECK_LAUNCH();
-    return;
-  }
-  std::shared_ptr<void> flag = allocate(sizeof(unsigned long long), device);
-  auto* bad = static_cast<unsigned long long*>(flag.get());
-  const unsigned long long none = ~0ull;
-  BCOS_CUDA_CHECK(cudaMemcpyAsync(bad, &none, sizeof none, cudaMemcpyHostToDevice, stream));
-  find_bad_index<<<blocks_for(index.numel()), kThreads, 0, stream>>>(static_cast<const int64_t*>(index.raw_data()),
-                                                                     index.numel(), limit, bad);
+  check_indices_kernel<<<blocks_for(index.numel()), kThreads, 0, stream>>>(
+      static_cast<const int64_t*>(index.raw_data()), index.numel(), check);
   BCOS_CUDA_CHECK_LAUNCH();
-  unsigned long long first = none;
-  BCOS_CUDA_CHECK(cudaMemcpyAsync(&first, bad, sizeof first, cudaMemcpyDeviceToHost, stream));
-  BCOS_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (first != none) {
-    int64_t value = 0;
-    BCOS_CUDA_CHECK(cudaMemcpy(&value, static_cast<const int64_t*>(index.raw_data()) + (first - 1), sizeof value,
-                               cudaMemcpyDeviceToHost));
-    fail(op, ": index ", value, " is out of range for size ", limit);
-  }
 }
 
 template <class T>
-__global__ void index_select_kernel(const T* x, const int64_t* index, T* out, DimView s, int64_t k) {
+__global__ void index_select_kernel(const T* x, const int64_t* index, T* out, DimView s, int64_t k, IndexCheck check) {
   const int64_t n = s.outer * k * s.inner, step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
-    const int64_t c = i % s.inner, r = i / s.inner, o = r / k, j = r % k;
-    out[i] = x[(o * s.d + index[j]) * s.inner + c];
+    const int64_t c = i % s.inner, r = i / s.inner, o = r / k, j = r % k, at = index[j];
+    out[i] = index_in_range(check, at) ? x[(o * s.d + at) * s.inner + c] : T(0);
   }
 }
 
 // ordered: one thread per (outer, inner) column adds the k rows in index order, so repeated
 // indices sum in the same order every run (deterministic_algorithms()).
 template <class T>
-__global__ void index_add_kernel(T* out, const int64_t* index, const T* src, DimView s, int64_t k, bool ordered) {
+__global__ void index_add_kernel(T* out, const int64_t* index, const T* src, DimView s, int64_t k, bool ordered,
+                                 IndexCheck check) {
   const int64_t per = ordered ? k : 1, n = s.outer * k * s.inner / per, step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t unit = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; unit < n; unit += step)
     for (int64_t t = 0; t < per; ++t) {
       // unordered: unit is the element of src; ordered: unit is a column (o, c), t its row.
       const int64_t i = ordered ? ((unit / s.inner) * k + t) * s.inner + unit % s.inner : unit;
-      const int64_t c = i % s.inner, r = i / s.inner, o = r / k, j = r % k;
-      atomicAdd(out + (o * s.d + index[j]) * s.inner + c, src[i]);
+      const int64_t c = i % s.inner, r = i / s.inner, o = r / k, j = r % k, at = index[j];
+      if (index_in_range(check, at)) atomicAdd(out + (o * s.d + at) * s.inner + c, src[i]);
     }
 }
 
@@ -117,20 +82,21 @@ IndexWalk walk_of(const Tensor& index, int dim, const Strides& strides) {
 }
 
 template <class T>
-__global__ void gather_kernel(const T* x, const int64_t* index, T* out, int64_t n, IndexWalk w) {
+__global__ void gather_kernel(const T* x, const int64_t* index, T* out, int64_t n, IndexWalk w, IndexCheck check) {
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step)
-    out[i] = x[w.offset(i, index[i])];
+    out[i] = index_in_range(check, index[i]) ? x[w.offset(i, index[i])] : T(0);
 }
 
 // ordered: one thread per line along `dim` adds its elements in order (deterministic_algorithms()).
 template <class T>
-__global__ void scatter_add_kernel(T* out, const int64_t* index, const T* src, int64_t n, IndexWalk w, bool ordered) {
+__global__ void scatter_add_kernel(T* out, const int64_t* index, const T* src, int64_t n, IndexWalk w, bool ordered,
+                                   IndexCheck check) {
   const int64_t step = int64_t(gridDim.x) * blockDim.x, per = ordered ? w.shape[w.dim] : 1, units = n / per;
   for (int64_t unit = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; unit < units; unit += step)
     for (int64_t t = 0; t < per; ++t) {
       const int64_t i = ordered ? w.along(unit, t) : unit;
-      atomicAdd(out + w.offset(i, index[i]), src[i]);
+      if (index_in_range(check, index[i])) atomicAdd(out + w.offset(i, index[i]), src[i]);
     }
 }
 
@@ -142,13 +108,13 @@ void index_select(const Tensor& x_in, int dim, const Tensor& index_in, const Ten
   const int device = x.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
-  check_indices(index, s.d, "index_select", stream);
   const int64_t k = index.numel();
-  if (out.numel() == 0) return;
+  const IndexCheck check = index_check(device, IndexOp::index_select, s.d);
+  if (out.numel() == 0) return check_only(index, check, stream);
   auto run = [&]<class T>() {
     index_select_kernel<<<blocks_for(out.numel()), kThreads, 0, stream>>>(
         static_cast<const T*>(x.raw_data()), static_cast<const int64_t*>(index.raw_data()),
-        static_cast<T*>(out.raw_data()), s, k);
+        static_cast<T*>(out.raw_data()), s, k, check);
     BCOS_CUDA_CHECK_LAUNCH();
   };
   dispatch_any_dtype(x.dtype(), "cuda index_select", run);
@@ -160,14 +126,14 @@ void index_add(const Tensor& out, int dim, const Tensor& index_in, const Tensor&
   const int device = out.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
-  check_indices(index, s.d, "index_add", stream);
   const int64_t k = index.numel();
-  if (src.numel() == 0) return;
+  const IndexCheck check = index_check(device, IndexOp::index_add, s.d);
+  if (src.numel() == 0) return check_only(index, check, stream);
   dispatch_float(out.dtype(), "cuda index_add", [&]<class T>() {
     const bool ordered = deterministic_algorithms();
     index_add_kernel<<<blocks_for(ordered ? src.numel() / k : src.numel()), kThreads, 0, stream>>>(
         static_cast<T*>(out.raw_data()), static_cast<const int64_t*>(index.raw_data()),
-        static_cast<const T*>(src.raw_data()), s, k, ordered);
+        static_cast<const T*>(src.raw_data()), s, k, ordered, check);
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }
@@ -177,14 +143,14 @@ void gather(const Tensor& x, int dim, const Tensor& index_in, const Tensor& out)
   const int device = x.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
-  check_indices(index, x.size(dim), "gather", stream);
   const int64_t n = index.numel();
   if (n == 0) return;
+  const IndexCheck check = index_check(device, IndexOp::gather, x.size(dim));
   const IndexWalk w = walk_of(index, dim, x.strides());
   auto run = [&]<class T>() {
     gather_kernel<<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const T*>(x.raw_data()),
                                                             static_cast<const int64_t*>(index.raw_data()),
-                                                            static_cast<T*>(out.raw_data()), n, w);
+                                                            static_cast<T*>(out.raw_data()), n, w, check);
     BCOS_CUDA_CHECK_LAUNCH();
   };
   dispatch_any_dtype(x.dtype(), "cuda gather", run);
@@ -195,15 +161,15 @@ void scatter_add(const Tensor& out, int dim, const Tensor& index_in, const Tenso
   const int device = out.device().index;
   DeviceGuard guard(device);
   cudaStream_t stream = stream_of(device);
-  check_indices(index, out.size(dim), "scatter_add", stream);
   const int64_t n = index.numel();
   if (n == 0) return;
+  const IndexCheck check = index_check(device, IndexOp::scatter_add, out.size(dim));
   const IndexWalk w = walk_of(index, dim, out.strides());
   dispatch_float(out.dtype(), "cuda scatter_add", [&]<class T>() {
     const bool ordered = deterministic_algorithms();
     scatter_add_kernel<<<blocks_for(ordered ? n / w.shape[dim] : n), kThreads, 0, stream>>>(
         static_cast<T*>(out.raw_data()), static_cast<const int64_t*>(index.raw_data()),
-        static_cast<const T*>(src.raw_data()), n, w, ordered);
+        static_cast<const T*>(src.raw_data()), n, w, ordered, check);
     BCOS_CUDA_CHECK_LAUNCH();
   });
 }

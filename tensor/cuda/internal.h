@@ -32,14 +32,6 @@
 #define BCOS_UNROLL
 #endif
 
-// A failed device-side assertion: the kernel stops and its stream reports an error at the next
-// synchronisation (the context is lost on a GPU, as after PyTorch's device asserts).
-#if defined(BCOS_CUDA_EMULATION)
-#define BCOS_DEVICE_TRAP(what) ::bcos::emu::device_fault(what)
-#else
-#define BCOS_DEVICE_TRAP(what) __trap()
-#endif
-
 namespace bcos::cuda {
 
 // ---- devices and streams (device.cu) ------------------------------------------------------
@@ -77,6 +69,46 @@ class DeviceGuard {
   int previous_ = 0;
   bool changed_ = false;
 };
+
+// ---- errors found on the device (fault.cu) ---------------------------------------------------
+// An index out of range is found by the kernel that reads it, which skips it and fills in the
+// device's fault report; the host raises it at the next synchronisation (a copy to the host,
+// synchronize()). No round trip per index op, and a CUDA graph's replay reports the same way.
+enum class IndexOp : int { index_select, index_add, gather, scatter_add };
+
+struct FaultReport {  // in pinned host memory the device writes to
+  int present, role, op, unused;
+  int64_t value, limit;
+};
+
+struct IndexCheck {
+  unsigned* claim;      // device memory: the first bad index takes the report
+  FaultReport* report;  // its device address
+  int64_t limit;
+  int role, op;
+};
+
+// For a kernel of `op` on `device` whose indices must lie in [0, limit); its fault report is
+// made at first use (a capture makes it before it begins: allocations cannot be captured).
+IndexCheck index_check(int device, IndexOp op, int64_t limit);
+void make_fault_report(int device);
+// Raises the fault the device's kernels have reported, if any, and clears it. Called where the
+// host has waited for the device.
+void raise_device_fault(int device);
+
+#if defined(__CUDACC__) || defined(BCOS_CUDA_EMULATION)
+// Whether v is a valid index; if not, reports it (the first bad one reported wins).
+__device__ __forceinline__ bool index_in_range(const IndexCheck& c, int64_t v) {
+  if (v >= 0 && v < c.limit) return true;
+  if (atomicCAS(c.claim, 0u, 1u) == 0u) {
+    volatile FaultReport* r = c.report;
+    r->role = c.role, r->op = c.op, r->value = v, r->limit = c.limit;
+    __threadfence_system();
+    r->present = 1;
+  }
+  return false;
+}
+#endif
 
 // ---- launch sizes ---------------------------------------------------------------------------
 inline constexpr int kThreads = 256;

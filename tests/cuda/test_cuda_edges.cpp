@@ -24,6 +24,7 @@
 #include "autograd/autograd.h"
 #include "autograd/gradcheck.h"
 #include "autograd/ops.h"
+#include "tensor/dispatch.h"
 #include "tests/golden.h"
 
 using namespace bcos;
@@ -442,4 +443,61 @@ TEST_CASE("cuda ops: gradcheck runs on the GPU (norms, softmax and losses, pooli
   CHECK_THROWS_AS(gradcheck([](In x) { return x[0] * 2.0; }, {randn({2}, {DType::f32, gpu}).requires_grad_()}), Error);
   const Tensor not_leaf = leaf({2}) * 2.0;
   CHECK_THROWS_AS(gradcheck([](In x) { return x[0] * 2.0; }, {not_leaf}), Error);
+}
+
+TEST_CASE("cuda ops: an index out of range is raised at the next synchronisation, in the CPU's words, and the device works on") {
+  if (cuda_device_count() == 0) {
+    MESSAGE("no CUDA device: skipped");
+    return;
+  }
+  // The kernel that reads a bad index skips it and reports it (tensor/cuda/fault.cu); a copy to
+  // the host or synchronize() raises it. No result of the bad op reaches the host without the
+  // error, the report is cleared once raised, and later work runs as usual.
+  const Device gpu = Device::cuda(0);
+  auto ids = [](std::vector<int64_t> v, Shape s) { return from_vector(v, s); };
+  struct BadCase {
+    const char* words;
+    std::function<Tensor(Device)> run;
+  };
+  const std::vector<BadCase> cases = {
+      {"index_select: index 5 is out of range for size 5",
+       [&](Device d) { return index_select(ones({5, 2}, d), 0, ids({1, 5}, {2}).to(d)); }},
+      {"index_select: index -1 is out of range for size 5",
+       [&](Device d) { return index_select(ones({5, 2}, d), 0, ids({-1}, {1}).to(d)); }},
+      {"gather: index 3 is out of range for size 3",
+       [&](Device d) { return gather(ones({2, 3}, d), 1, ids({0, 3}, {2, 1}).to(d)); }},
+      {"scatter_add: index 4 is out of range for size 4",
+       [&](Device d) { return scatter_add(zeros({4, 3}, d), 0, ids({0, 4, 1}, {1, 3}).to(d), ones({1, 3}, d)); }},
+      {"index_add: index 6 is out of range for size 6",  // (an embedding's backward kernel)
+       [&](Device d) {
+         const Tensor out = zeros({6, 2}, d);
+         kernel::index_add(out, 0, ids({1, 6}, {2}).to(d), ones({2, 2}, d));
+         return out;
+       }},
+      {"cross_entropy: target 7 is out of range for 3 classes",
+       [&](Device d) { return cross_entropy(ones({2, 3}, d), ids({0, 7}, {2}).to(d)); }},
+      {"nll_loss: target -3 is out of range for 3 classes",
+       [&](Device d) { return nll_loss(ones({2, 3}, d), ids({-3, 1}, {2}).to(d)); }},
+      {"one_hot: class index 10 is out of range for 10 classes",
+       [&](Device d) { return one_hot(ids({3, 10}, {2}).to(d), 10); }},
+  };
+  for (const BadCase& c : cases) {
+    CAPTURE(c.words);
+    CHECK_THROWS_WITH_AS(c.run(Device()), doctest::Contains(c.words), Error);
+    Tensor out;
+    CHECK_NOTHROW(out = c.run(gpu));  // (found later, on the device)
+    CHECK_THROWS_WITH_AS(out.to(Device()), doctest::Contains(c.words), Error);
+    CHECK_NOTHROW(synchronize(gpu));  // raised once
+    const Tensor good = gather(arange(6.0).reshape({2, 3}).to(gpu), 1, ids({2, 0}, {2, 1}).to(gpu));
+    CHECK(golden::equal(good.to(Device()), from_vector(std::vector<double>{2.0, 3.0}, {2, 1})));
+  }
+  // synchronize() raises it too; the first bad index found is the one named.
+  (void)gather(ones({2, 3}, gpu), 1, ids({9, 0}, {2, 1}).to(gpu));
+  (void)index_select(ones({5, 2}, gpu), 0, ids({8}, {1}).to(gpu));
+  CHECK_THROWS_WITH_AS(synchronize(gpu), doctest::Contains("gather: index 9 is out of range for size 3"), Error);
+  CHECK_NOTHROW(synchronize(gpu));
+  // An output of no elements reads no index, yet its indices are checked (as on the CPU).
+  CHECK_THROWS_WITH_AS(index_select(ones({5, 0}), 0, ids({7}, {1})), doctest::Contains("index 7"), Error);
+  (void)index_select(ones({5, 0}, gpu), 0, ids({7}, {1}).to(gpu));
+  CHECK_THROWS_WITH_AS(synchronize(gpu), doctest::Contains("index_select: index 7 is out of range for size 5"), Error);
 }

@@ -242,7 +242,7 @@ TEST_CASE("CUDA graph: what a graph cannot hold raises while capturing, and leav
   CHECK_THROWS_WITH_AS(empty.capture(Device(), [] {}), doctest::Contains("graphs are CUDA's"), Error);
 }
 
-TEST_CASE("CUDA graph: one_hot of GPU labels (made on the GPU, no host round trip) matches the CPU's; a bad label raises") {
+TEST_CASE("CUDA graph: one_hot of GPU labels (made on the GPU, no host round trip) matches the CPU's; a bad label raises at the next synchronisation") {
   if (!have_gpu()) return;
   const Device gpu = Device::cuda(0);
   const Tensor labels = from_vector(std::vector<int64_t>{3, 0, 9, 3, 7, 1}, {2, 3});
@@ -251,9 +251,42 @@ TEST_CASE("CUDA graph: one_hot of GPU labels (made on the GPU, no host round tri
   for (int64_t bad : {10, -1}) {
     CAPTURE(bad);
     const Tensor wrong = from_vector(std::vector<int64_t>{3, bad}, {2}).to(gpu);
-    CHECK_THROWS_WITH_AS(one_hot(wrong, 10), doctest::Contains("one_hot: a class index is out of range for 10 classes"),
-                         Error);
+    CHECK_THROWS_WITH_AS(one_hot(wrong, 10).to(Device()),
+                         doctest::Contains(str("one_hot: class index ", bad, " is out of range for 10 classes").c_str()), Error);
   }
+}
+
+TEST_CASE("CUDA graph: an index out of range in a replay raises at the next synchronisation, and the device works on") {
+  if (!have_gpu()) return;
+  // The index ops check inside their kernels and report into memory the host reads after it
+  // waits (tensor/cuda/fault.cu): a replay reports as eager work does, and the CUDA context
+  // survives (PyTorch's device-side assert would end it).
+  const Device gpu = Device::cuda(0);
+  manual_seed(9);
+  const Tensor table = randn({10, 4}).to(gpu);
+  Tensor index = from_vector(std::vector<int64_t>{1, 2, 9}, {3}).to(gpu), rows;
+  CudaGraph graph;
+  graph.capture(gpu, [&] { rows = index_select(table, 0, index); });
+  graph.replay();
+  CHECK(golden::equal(rows.to(Device()), index_select(table.to(Device()), 0, index.to(Device()))));
+  index.copy_(from_vector(std::vector<int64_t>{1, 10, 2}, {3}).to(gpu));
+  graph.replay();
+  CHECK_THROWS_WITH_AS(synchronize(gpu), doctest::Contains("index_select: index 10 is out of range for size 10"), Error);
+  // A bad target of cross_entropy, in its own words; then good targets replay right again.
+  const Tensor logits = randn({3, 10}).to(gpu);
+  Tensor target = from_vector(std::vector<int64_t>{0, 4, 9}, {3}).to(gpu), loss;
+  CudaGraph step;
+  step.capture(gpu, [&] { loss = cross_entropy(logits, target); });
+  target.copy_(from_vector(std::vector<int64_t>{0, 11, 9}, {3}).to(gpu));
+  step.replay();
+  CHECK_THROWS_WITH_AS(loss.to(Device()), doctest::Contains("cross_entropy: target 11 is out of range for 10 classes"),
+                       Error);
+  target.copy_(from_vector(std::vector<int64_t>{2, 4, 9}, {3}).to(gpu));
+  step.replay();
+  CHECK(golden::equal(loss.to(Device()), cross_entropy(logits, target).to(Device())));  // (the eager step's bits)
+  index.copy_(from_vector(std::vector<int64_t>{0, 3, 0}, {3}).to(gpu));
+  graph.replay();
+  CHECK(golden::equal(rows.to(Device()), index_select(table.to(Device()), 0, index.to(Device()))));
 }
 
 TEST_CASE("CUDA graph: a capture with the profiler running and cuDNN's benchmark mode on (a new shape) works") {

@@ -133,6 +133,12 @@ TEST_CASE("clip: bad files and inputs raise errors naming the file, key or shape
   CHECK(testdata::error_of([&] { model->encode_image(zeros({1, 3, 64, 64})); }).find("[N, 3, 32, 32]") != std::string::npos);
   CHECK(testdata::error_of([&] { model->encode_text(zeros({2, 76}, DType::i64)); }).find("[N, 77]") != std::string::npos);
   CHECK(testdata::error_of([&] { model->encode_text(zeros({2, 77})); }).find("i64") != std::string::npos);
+  const int64_t vocab = model->config.vocab_size;
+  std::vector<int64_t> ids(77, 1);
+  ids[5] = vocab;
+  CHECK(testdata::error_of([&] { model->encode_text(from_vector(ids, {1, 77})); })
+            .find(str("CLIP encode_text: token id ", vocab, " is out of range for ", vocab,
+                      " ids in the model's vocabulary")) != std::string::npos);
 }
 
 TEST_CASE("clip: full-size RN50 and ViT-B/32 image towers and the text tower match the reference (pattern weights)") {

@@ -47,7 +47,7 @@ else
   check "... or cut with --truncate" \
     test "$("$clip" tokenize --vocab "$vocab" --context-length 5 --truncate "a photo of a cat.")" == "49406 320 1125 539 49407"
   "$clip" embed --clip "$src/tests/golden/clip_vit.pt" --vocab "$vocab" --text "a cat" >"$work/out" 2>&1
-  check "token ids beyond a model's vocabulary are an error" contains "$work/out" "vocabulary of 500"
+  check "token ids beyond a model's vocabulary are an error" contains "$work/out" "is out of range for 500 ids in the model's vocabulary"
 
   shards="$data/data/cifar10/cifar10-train-{000000..000004}.tar"
   if [[ -f "$data/data/cifar10/cifar10-train-000000.tar" ]]; then

@@ -121,6 +121,7 @@ inline void __syncthreads() { ::bcos::emu::sync_block(); }
 // A rendezvous of the warp's lanes (the emulator runs warp operations with every lane only).
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::bcos::emu::warp_ballot(true, mask, "__syncwarp"); }
 inline void __threadfence() {}
+inline void __threadfence_system() {}
 
 template <class T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {

@@ -46,6 +46,8 @@ thread_local int t_device = 0;
 // memory, a stream, an event, queued work) -- ~0.5 GiB of a GPU's memory each, which a rank of a
 // data-parallel job must not spend on another rank's GPU.
 std::atomic<uint64_t> g_contexts{0};
+std::atomic<int64_t> g_host_waits{0};
+thread_local bool t_in_synchronous_copy = false;  // (cudaMemcpy's wait counts once)
 void wake_context(int device) {
   if (device >= 0 && device < 64) g_contexts.fetch_or(uint64_t(1) << device);
 }
@@ -294,6 +296,7 @@ void check_device_range(const void* p, size_t bytes, const char* what) {
 }
 
 uint64_t contexts() { return g_contexts.load(); }
+int64_t host_waits() { return g_host_waits.load(); }
 int64_t events_alive() {
   std::lock_guard<std::mutex> lock(state().mutex);
   return int64_t(state().events.size());
@@ -411,6 +414,7 @@ cudaError_t cudaDeviceSynchronize(void) {
     std::lock_guard<std::mutex> lock(state().mutex);
     if (device_capturing(t_device)) return record(cudaErrorStreamCaptureUnsupported);
   }
+  ++g_host_waits;
   finish_all();
   return device_error();
 }
@@ -443,6 +447,7 @@ cudaError_t cudaFree(void* p) {
     const bool refused = unsafe_call_refused();
     if (device_capturing(t_device) || refused) return record(cudaErrorStreamCaptureUnsupported);
   }
+  ++g_host_waits;
   finish_all();  // cudaFree synchronises the device: no queued work still uses p
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
@@ -472,6 +477,7 @@ cudaError_t cudaFreeHost(void* p) {
     const bool refused = unsafe_call_refused();
     if (device_capturing(t_device) || refused) return record(cudaErrorStreamCaptureUnsupported);
   }
+  ++g_host_waits;
   finish_all();  // as cudaFree: no queued copy still reads or writes p
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
@@ -479,6 +485,12 @@ cudaError_t cudaFreeHost(void* p) {
   if (it == s.allocations.end() || it->second.kind != Kind::pinned) return record(cudaErrorInvalidValue);
   s.allocations.erase(it);
   std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaHostGetDevicePointer(void** device_pointer, void* host_pointer, unsigned int) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  if (!is_pinned_memory(host_pointer, 1)) return record(cudaErrorInvalidValue);
+  *device_pointer = host_pointer;  // (unified addressing: the same address)
   return cudaSuccess;
 }
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
@@ -518,6 +530,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
     }
   }
   if (pageable_dst) {
+    if (!t_in_synchronous_copy) ++g_host_waits;
     finish(key_of(stream));
     if (cudaError_t err = device_error(); err != cudaSuccess) return err;
     std::memmove(dst, src, count);
@@ -536,7 +549,10 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind 
     std::lock_guard<std::mutex> lock(state().mutex);
     if (unsafe_call_refused()) return record(cudaErrorStreamCaptureUnsupported);
   }
+  ++g_host_waits;
+  t_in_synchronous_copy = true;
   const cudaError_t err = cudaMemcpyAsync(dst, src, count, kind, nullptr);
+  t_in_synchronous_copy = false;
   if (err != cudaSuccess) return err;
   finish(key_of(nullptr));
   return device_error();
@@ -603,6 +619,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
       return record(cudaErrorStreamCaptureUnsupported);
     }
   }
+  ++g_host_waits;
   finish(key_of(stream));
   return device_error();
 }
@@ -694,6 +711,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     std::lock_guard<std::mutex> lock(state().mutex);
     tail = rec->tail;
   }
+  ++g_host_waits;
   wait_for(tail);
   return device_error();
 }

@@ -54,6 +54,11 @@ uint64_t trace_clock_ns();
 // on the current device. A data-parallel rank that wakes another rank's GPU costs it ~0.5 GiB.
 uint64_t contexts();
 
+// How many times the host has waited for the device: stream, event and device synchronisations,
+// synchronous copies, copies into pageable memory, cudaFree and cudaFreeHost. Tests check with it that a GPU training step
+// makes no round trip through the host (each one stalls the host until the GPU catches up).
+int64_t host_waits();
+
 // How many events exist (created, not destroyed): tests check with it that none pile up.
 int64_t events_alive();
 // How many graphs and executable graphs exist (cudaStreamEndCapture / cudaGraphInstantiate, not
