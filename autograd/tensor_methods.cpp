@@ -412,6 +412,23 @@ Tensor& Tensor::mul_(double value) {
   return *this;
 }
 
+Tensor& Tensor::mul_(const Tensor& other) {
+  detail::check_inplace("mul_", *this);
+  detail::check_defined("mul_", other, "other");
+  detail::check_same_device("mul_", *this, other);
+  if (other.dtype() != dtype_) {  // (promoted as mul(x, y), written back in this dtype)
+    BCOS_CHECK(is_floating(dtype_) || !is_floating(other.dtype()), "mul_: this ", dtype_name(dtype_), " ",
+               shape_, " tensor cannot hold its product with a ", dtype_name(other.dtype()), " ", other.shape(), " one");
+    kernel::copy(*this, raw_expand(mul(detach(), other.detach()), shape_, "mul_"));
+  } else {
+    Tensor b = other.detach();
+    if (b.storage() == storage_) b = b.clone();  // read before written, as add_
+    kernel::binary(BinaryOp::mul, *this, raw_expand(b, shape_, "mul_"), *this);
+  }
+  bump_version();
+  return *this;
+}
+
 Tensor& Tensor::masked_fill_(const Tensor& mask, double value) {
   detail::check_inplace("masked_fill_", *this);
   BCOS_CHECK(mask.dtype() == DType::boolean, "masked_fill_: mask must be bool, got ", mask.dtype());

@@ -177,26 +177,23 @@ void Adam::load_state_dict(const StateDict& state, int64_t steps) {
 }
 
 // ---- clipping ------------------------------------------------------------------------------
-double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type) {
+Tensor clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type) {
   BCOS_CHECK(max_norm > 0 && norm_type > 0, "clip_grad_norm_: max_norm ", max_norm, " and norm_type ", norm_type,
              " must be positive");
   NoGradGuard no_grad;
   std::vector<Tensor> grads;
   for (const Tensor& p : params)
     if (p.grad().defined()) grads.push_back(p.grad());
-  if (grads.empty()) return 0.0;
-  double total = 0;
-  if (std::isinf(norm_type)) {
-    for (const Tensor& g : grads) total = std::max(total, max(abs(g)).item());
-  } else {
-    // As torch: the norm of the per-tensor norms.
-    std::vector<Tensor> norms;
-    for (const Tensor& g : grads) norms.push_back(norm(g, norm_type));
-    total = norm(stack(norms), norm_type).item();
-  }
-  const double coef = max_norm / (total + 1e-6);
-  if (coef < 1)
-    for (const Tensor& g : grads) g.data_alias().mul_(coef);
+  if (grads.empty()) return zeros(Shape{});
+  // As torch: the norm of the per-tensor norms (gathered on the first gradient's device), and
+  // every gradient multiplied by min(1, max_norm / (total + 1e-6)) computed there -- no value
+  // goes through the host, so a GPU step does not wait here.
+  const Device device = grads[0].device();
+  std::vector<Tensor> norms;
+  for (const Tensor& g : grads) norms.push_back((std::isinf(norm_type) ? amax(abs(g)) : norm(g, norm_type)).to(device));
+  const Tensor total = std::isinf(norm_type) ? amax(stack(norms)) : norm(stack(norms), norm_type);
+  const Tensor coef = clamp_max(max_norm / (total + 1e-6), 1.0);
+  for (const Tensor& g : grads) g.data_alias().mul_(coef.to(g.device()));
   return total;
 }
 

@@ -82,7 +82,8 @@ class AdamW : public Adam {
   AdamW(std::vector<Tensor> params, AdamOptions options = {.weight_decay = 1e-2}) : Adam(std::move(params), options, true) {}
 };
 
-// Scales all gradients so their global norm is at most max_norm; returns the norm before.
-double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type = 2.0);
+// Scales all gradients so their global norm is at most max_norm; returns the norm before, as a
+// 0-dim tensor on the first gradient's device (as torch.nn.utils.clip_grad_norm_: no host round trip).
+Tensor clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type = 2.0);
 
 }  // namespace bcos::nn

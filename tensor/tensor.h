@@ -120,6 +120,7 @@ class Tensor {
   Tensor& zero_() { return fill_(0.0); }
   Tensor& add_(const Tensor& other, double alpha = 1.0);
   Tensor& mul_(double value);
+  Tensor& mul_(const Tensor& other);  // other broadcast to this shape; another dtype: rounded once
   Tensor& masked_fill_(const Tensor& mask, double value);
 
   std::string to_string() const;  // as PyTorch prints it

@@ -19,8 +19,7 @@ namespace bcos::cuda {
 namespace {
 struct Slot {
   unsigned* claim = nullptr;      // device memory
-  FaultReport* report = nullptr;  // pinned, mapped: the host's address
-  FaultReport* device_report = nullptr;
+  FaultReport* report = nullptr;  // pinned, mapped; the same address on the host and the device
 };
 
 std::mutex g_mutex;
@@ -40,11 +39,11 @@ Slot& slot_of(int device) {
     BCOS_CUDA_CHECK(cudaMalloc(&claim, sizeof(unsigned)));
     BCOS_CUDA_CHECK(cudaMemsetAsync(claim, 0, sizeof(unsigned), nullptr));
     BCOS_CUDA_CHECK(cudaStreamSynchronize(nullptr));
+    // Pinned memory is mapped into every device's address space at the host's address (unified
+    // addressing, always on in a 64-bit process): kernels write to it through that pointer.
     BCOS_CUDA_CHECK(cudaHostAlloc(&report, sizeof(FaultReport), cudaHostAllocMapped | cudaHostAllocPortable));
     *static_cast<FaultReport*>(report) = FaultReport{};
-    void* on_device = nullptr;
-    BCOS_CUDA_CHECK(cudaHostGetDevicePointer(&on_device, report, 0));
-    s = {static_cast<unsigned*>(claim), static_cast<FaultReport*>(report), static_cast<FaultReport*>(on_device)};
+    s = {static_cast<unsigned*>(claim), static_cast<FaultReport*>(report)};
   }
   return s;
 }
@@ -69,7 +68,7 @@ void make_fault_report(int device) {
 IndexCheck index_check(int device, IndexOp op, int64_t limit) {
   std::lock_guard<std::mutex> lock(g_mutex);
   const Slot& s = slot_of(device);  // (the caller's DeviceGuard made the device current)
-  return {s.claim, s.device_report, limit, current_index_role(), int(op)};
+  return {s.claim, s.report, limit, current_index_role(), int(op)};
 }
 
 void raise_device_fault(int device) {

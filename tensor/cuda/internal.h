@@ -83,7 +83,7 @@ struct FaultReport {  // in pinned host memory the device writes to
 
 struct IndexCheck {
   unsigned* claim;      // device memory: the first bad index takes the report
-  FaultReport* report;  // its device address
+  FaultReport* report;  // pinned host memory (the same address on the device)
   int64_t limit;
   int role, op;
 };

@@ -183,6 +183,11 @@ TEST_CASE("half: a Python-style scalar keeps its float32 value beside a 16-bit t
   CHECK(golden::equal(sub(a, b, -0.1), once));
   CHECK(golden::equal(a.clone().add_(b, 0.1), once));
   CHECK(golden::equal(a.clone().mul_(0.1), a * 0.1));
+  // mul_ by a float32 tensor: the product in float32, rounded once into the bfloat16 tensor.
+  const Tensor tenth = full({64}, 0.1f);
+  CHECK(golden::equal(a.clone().mul_(tenth), (a.to(kFloat32) * tenth).to(kBFloat16)));
+  Tensor counts = from_vector(std::vector<int64_t>{1, 2}, {2});
+  CHECK_THROWS_WITH_AS(counts.mul_(full({2}, 0.5)), doctest::Contains("mul_: this int64 [2] tensor cannot hold its product with a float32 [2] one"), Error);
 }
 
 TEST_CASE("half: a bfloat16 tensor with a float32 tensor promotes to float32; each gradient in its input's type") {

@@ -314,7 +314,7 @@ TEST_CASE("cuda ops: empty tensors (a batch of 0, empty rows, no indices) flow t
   }
 }
 
-TEST_CASE("cuda ops: in-place methods (copy_, fill_, add_, mul_, masked_fill_) on views and overlapping sources match the CPU") {
+TEST_CASE("cuda ops: in-place methods (copy_, fill_, add_, mul_ by a number or a tensor, masked_fill_) on views and overlapping sources match the CPU") {
   if (cuda_device_count() == 0) {
     MESSAGE("no CUDA device: skipped");
     return;
@@ -334,7 +334,10 @@ TEST_CASE("cuda ops: in-place methods (copy_, fill_, add_, mul_, masked_fill_) o
     sq.add_(sq.t());                                  // overlapping: reads sq before writing it
     sq2.copy_(sq2.t());
     i.t().narrow(0, 1, 2).add_(i.t().narrow(0, 0, 2));  // int64, overlapping rows of one storage
-    return std::vector<Tensor>{x.to(Device()), sq.to(Device()), sq2.to(Device()), i.to(Device())};
+    Tensor sq3 = square.to(dev).clone();
+    sq3.mul_(sq3.t());                                // a tensor factor, overlapping
+    sq3.narrow(0, 1, 2).mul_(full({}, -0.5, {kF64, dev}));  // a 0-dim one, broadcast
+    return std::vector<Tensor>{x.to(Device()), sq.to(Device()), sq2.to(Device()), i.to(Device()), sq3.to(Device())};
   };
   const std::vector<Tensor> cpu = run(Device()), gpu = run(Device::cuda(0));
   for (size_t k = 0; k < cpu.size(); ++k) {
@@ -344,11 +347,14 @@ TEST_CASE("cuda ops: in-place methods (copy_, fill_, add_, mul_, masked_fill_) o
   // The symmetric part came out symmetric, and the copy is the transpose of the original.
   CHECK(golden::equal(cpu[1], cpu[1].t().contiguous()));
   CHECK(golden::equal(cpu[2], square.t().contiguous()));
+  CHECK(golden::equal(cpu[4].narrow(0, 0, 1), (square * square.t()).narrow(0, 0, 1)));
+  CHECK(golden::equal(cpu[4].narrow(0, 1, 2), (square * square.t() * -0.5).narrow(0, 1, 2)));
 
   const Device gpu0 = Device::cuda(0);
   CHECK_THROWS_AS(base.to(gpu0).masked_fill_(mask, 1.0), Error);  // the mask on another device
   CHECK_THROWS_AS(base.to(gpu0).masked_fill_(mask.to(gpu0).to(kF64), 1.0), Error);  // not a bool mask
   CHECK_THROWS_AS(zeros({1, 6}, {kF64, gpu0}).expand({5, 6}).fill_(1.0), Error);
+  CHECK_THROWS_AS(base.to(gpu0).mul_(full({}, 2.0, kF64)), Error);  // the factor on another device
 }
 
 TEST_CASE("cuda ops: dense elementwise maps at every length and alignment (16-byte packs, the tail, views starting inside a pack) match the CPU") {

@@ -513,7 +513,7 @@ TEST_CASE("emulator: quick_gelu is one launch each way on the GPU, with the comp
   }
 }
 
-TEST_CASE("emulator: a training step on the GPU waits for the device nowhere (cross-entropy, the B-cos loss's one_hot, CLIP's token ids)") {
+TEST_CASE("emulator: a training step on the GPU waits for the device nowhere (cross-entropy, the B-cos loss's one_hot, gradient clipping, CLIP's token ids)") {
   // Each wait (a copy to the host, a synchronisation, cudaFree) stalls the host until the GPU has
   // caught up, and the GPU then idles while the host queues the next kernels. Index checks
   // (the loss's targets, gather, scatter_add) are made inside the kernels (tensor/cuda/fault.cu),
@@ -542,6 +542,7 @@ TEST_CASE("emulator: a training step on the GPU waits for the device nowhere (cr
       const Tensor logits = (*m)(x);
       loss = bcos ? nn::uniform_off_labels_bce(logits, y) : cross_entropy(logits, y);
       loss.backward();
+      (void)nn::clip_grad_norm_(m->parameters(), 1.0, bcos ? INFINITY : 2.0);  // (the norm stays on the device)
       sgd.step();
     };
     step();

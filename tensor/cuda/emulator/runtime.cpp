@@ -487,12 +487,6 @@ cudaError_t cudaFreeHost(void* p) {
   std::free(p);
   return cudaSuccess;
 }
-cudaError_t cudaHostGetDevicePointer(void** device_pointer, void* host_pointer, unsigned int) {
-  std::lock_guard<std::mutex> lock(state().mutex);
-  if (!is_pinned_memory(host_pointer, 1)) return record(cudaErrorInvalidValue);
-  *device_pointer = host_pointer;  // (unified addressing: the same address)
-  return cudaSuccess;
-}
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
   std::lock_guard<std::mutex> lock(state().mutex);
   *total = kDeviceMemory;
