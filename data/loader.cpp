@@ -109,6 +109,7 @@ struct DataLoader::State {
     }
     b.labels = from_vector(labels, {int64_t(labels.size())});
     if (options.device.is_cuda()) b.labels = pin_memory(b.labels, options.device);
+    b.label_values = std::move(labels);
     return res;
   }
 

@@ -54,6 +54,7 @@ struct LoaderOptions {
 struct Batch {
   Tensor images;                   // f32 [N, C, H, W], contiguous, on LoaderOptions::device
   Tensor labels;                   // i64 [N] (-1 where a sample has none), on the same device
+  std::vector<int64_t> label_values;  // the same labels on the host: read without a GPU round trip
   std::vector<std::string> texts;  // per sample (empty strings when absent)
   std::vector<std::string> jsons;
   std::vector<std::string> names;  // file path or "shard: key", for messages

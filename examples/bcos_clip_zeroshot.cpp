@@ -86,7 +86,7 @@ Evaluation evaluate(nn::Module& teacher, nn::Module& student, const Tensor& clas
     const auto tbest = topk(matmul(te, cls), k, 1).indices.to_vector<int64_t>();
     const auto sbest = topk(matmul(se, cls), k, 1).indices.to_vector<int64_t>();
     const auto cosines = sum(te * se, {1}).to_vector<float>();
-    const auto labels = b.labels.to_vector<int64_t>();
+    const std::vector<int64_t>& labels = b.label_values;
     for (size_t i = 0; i < labels.size(); ++i) {
       BCOS_CHECK(labels[i] >= 0 && labels[i] < classifier.size(0), "zero-shot: ", b.names[i], " has label ", labels[i],
                  ", outside the ", classifier.size(0), " classes");
@@ -442,7 +442,7 @@ int main(int argc, char** argv) {
         shown.push_back(ev.pool_images[i]), shown_labels.push_back(ev.pool_labels[i]);
     if (shown.empty())  // no image both get right (a weak student): the first test images
       for (int64_t i = 0; i < first.size() && int64_t(shown.size()) < figure_images; ++i) {
-        const int64_t label = first.labels.select(0, i).item<int64_t>();
+        const int64_t label = first.label_values[size_t(i)];
         if (label >= 0 && label < int64_t(class_names.size()))
           shown.push_back(first.images.select(0, i)), shown_labels.push_back(label);
       }

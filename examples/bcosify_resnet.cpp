@@ -95,7 +95,7 @@ EvalResult evaluate(nn::Module& model, bool bcos_model, const Setup& s, data::Da
     ValuesIndices best = max(confidence, 1);
     const auto pred = best.indices.to_vector<int64_t>();
     const auto conf = best.values.to_vector<float>();
-    const auto labels = b.labels.to_vector<int64_t>();
+    const std::vector<int64_t>& labels = b.label_values;
     for (size_t i = 0; i < labels.size(); ++i) {
       BCOS_CHECK(labels[i] >= 0 && labels[i] < s.spec.num_classes, "bcosify_resnet: ", b.names[i], " has label ",
                  labels[i], ", outside the model's ", s.spec.num_classes, " classes");
@@ -443,7 +443,7 @@ int main(int argc, char** argv) {
       for (Batch& b : train_loader->epoch(epoch)) {
         if (state.step >= (epoch + 1) * steps_per_epoch || state.step >= total_steps) break;  // a partial epoch
         models::apply_finetune_schedule(*bcos_model, plan, state.step);
-        const std::vector<int64_t> label_values = b.labels.to_vector<int64_t>();  // (the loader may deliver to the GPU)
+        const std::vector<int64_t>& label_values = b.label_values;  // (on the host: no wait for the GPU)
         for (size_t i = 0; i < label_values.size(); ++i)
           BCOS_CHECK(label_values[i] >= 0 && label_values[i] < s.spec.num_classes, "bcosify_resnet: ", b.names[i],
                      " has label ", label_values[i], ", outside the model's ", s.spec.num_classes, " classes");
@@ -466,9 +466,10 @@ int main(int argc, char** argv) {
         scaler.update();
         scheduler.step();
         ++state.step;
-        // This step's loss and hits over every rank's share (one small all-reduce), for the display.
-        Tensor step_stats = from_vector<double>({l * double(b.size()), sum(eq(argmax(logits.detach(), 1), labels).to(DType::f32)).item()}, {2})
-                                .to(s.device);  // (a GPU job started torchrun-style has NCCL only)
+        // This step's loss and hits over every rank's share (one small all-reduce), for the display;
+        // made on the model's device (a GPU job started torchrun-style has NCCL only), read once.
+        const Tensor hits = sum(eq(argmax(logits.detach(), 1), labels).to(DType::f32)).to(DType::f64);
+        Tensor step_stats = stack({full({}, l * double(b.size()), {DType::f64, s.device}), hits});
         dist::all_reduce(step_stats);
         const auto totals = step_stats.to_vector<double>();
         loss_sum += totals[0];

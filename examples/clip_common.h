@@ -100,7 +100,7 @@ inline ZeroShotResult zeroshot_eval(bcos::models::Clip& model, const bcos::Tenso
     const Tensor logits = matmul(models::l2_normalize(model.encode_image(b.images.to(device))),
                                  classifier.to(device).transpose(0, 1)) * 100.0;
     const auto best = topk(logits, k, 1).indices.to(Device()).to_vector<int64_t>();
-    const auto labels = b.labels.to_vector<int64_t>();
+    const std::vector<int64_t>& labels = b.label_values;
     for (size_t i = 0; i < labels.size(); ++i) {
       BCOS_CHECK(labels[i] >= 0 && labels[i] < classes, "zero-shot: ", b.names[i], " has label ", labels[i],
                  ", outside the ", classes, " classes");

@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
       const Tensor logits = logits_of(b.images).to(Device());
       BCOS_CHECK(logits.dim() == 2 && logits.size(1) == spec.num_classes, "evaluate: the model gave logits ",
                  logits.shape(), ", expected [", b.size(), ", ", spec.num_classes, "]");
-      const auto labels = b.labels.to_vector<int64_t>();
+      const std::vector<int64_t>& labels = b.label_values;
       const int64_t k = std::min<int64_t>(5, logits.size(1));
       const auto best = topk(logits, k, 1).indices.to_vector<int64_t>();
       for (size_t i = 0; i < labels.size(); ++i) {

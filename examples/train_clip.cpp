@@ -241,7 +241,7 @@ int main(int argc, char** argv) {
         if (state.step >= (epoch + 1) * steps_per_epoch || state.step >= total_steps) break;  // a partial epoch
         std::vector<std::string> captions = b.texts;
         if (from_classes) {
-          const auto labels = b.labels.to_vector<int64_t>();
+          const std::vector<int64_t>& labels = b.label_values;
           Rng rng(seed, 7, uint64_t(state.step));  // each step's template draws, reproducible on resume
           std::vector<int64_t> draws(static_cast<size_t>(batch));  // for the global batch: this rank's samples are
           for (auto& d : draws) d = rng.randint(0, int64_t(fit_templates.size()));  // at i · ranks + rank
@@ -295,11 +295,13 @@ int main(int argc, char** argv) {
         models::clamp_logit_scale_(*model);
         ++state.step;
         loss_sum += l * double(batch);  // the global batch's loss, the same on every rank
-        matched += int64_t(
-            sum(eq(argmax(logits.detach(), 1), arange(double(batch), {DType::i64, device})).to(DType::f32)).item());
+        // The matches and the clamped scale for the display, read together (one wait for a GPU).
+        const Tensor hits = sum(eq(argmax(logits.detach(), 1), arange(double(batch), {DType::i64, device})).to(DType::f32));
+        const auto shown = stack({hits, model->logit_scale.detach().to(DType::f32).reshape({})}).to_vector<float>();
+        matched += int64_t(shown[0]);
         seen += batch;
         bar.update(batch, {{"loss", loss_sum / double(seen)}, {"i2t", 100.0 * double(matched) / double(seen)},
-                              {"lr", optimizer.lr}, {"scale", std::exp(model->logit_scale.item())}});
+                              {"lr", optimizer.lr}, {"scale", std::exp(double(shown[1]))}});
       }
       bar.finish();
       train_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

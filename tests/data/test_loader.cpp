@@ -68,6 +68,7 @@ EpochData run(const DataLoader& loader, int64_t epoch) {
     const auto im = b.images.to_vector<float>();
     d.images.insert(d.images.end(), im.begin(), im.end());
     const auto lb = b.labels.to_vector<int64_t>();
+    CHECK(b.label_values == lb);  // (the host's copy)
     d.labels.insert(d.labels.end(), lb.begin(), lb.end());
     d.names.insert(d.names.end(), b.names.begin(), b.names.end());
     d.batch_sizes.push_back(b.size());
@@ -137,6 +138,7 @@ TEST_CASE("loader: batches delivered to a GPU (pinned, staged on a side stream) 
     const auto im = b.images.to_vector<float>();
     gpu.images.insert(gpu.images.end(), im.begin(), im.end());
     const auto lb = b.labels.to_vector<int64_t>();
+    CHECK(b.label_values == lb);  // the host's copy of the labels the GPU got
     gpu.labels.insert(gpu.labels.end(), lb.begin(), lb.end());
     gpu.names.insert(gpu.names.end(), b.names.begin(), b.names.end());
     gpu.batch_sizes.push_back(b.size());
