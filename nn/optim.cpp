@@ -190,10 +190,18 @@ Tensor clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, doubl
   // goes through the host, so a GPU step does not wait here.
   const Device device = grads[0].device();
   std::vector<Tensor> norms;
-  for (const Tensor& g : grads) norms.push_back((std::isinf(norm_type) ? amax(abs(g)) : norm(g, norm_type)).to(device));
+  bool mixed = false, any_f64 = false;
+  for (const Tensor& g : grads) {
+    norms.push_back((std::isinf(norm_type) ? amax(abs(g)) : norm(g, norm_type)).to(device));
+    mixed |= g.dtype() != grads[0].dtype(), any_f64 |= g.dtype() == DType::f64;
+  }
+  if (mixed)  // (torch.stack promotes: float64 if any, else float32)
+    for (Tensor& n : norms) n = n.to(any_f64 ? DType::f64 : DType::f32);
   const Tensor total = std::isinf(norm_type) ? amax(stack(norms)) : norm(stack(norms), norm_type);
   const Tensor coef = clamp_max(max_norm / (total + 1e-6), 1.0);
-  for (const Tensor& g : grads) g.data_alias().mul_(coef.to(g.device()));
+  // Each gradient times the factor in its own dtype (as torch's g.mul_(coef): a 0-dim factor does
+  // not promote).
+  for (const Tensor& g : grads) g.data_alias().mul_(coef.to(g.dtype()).to(g.device()));
   return total;
 }
 

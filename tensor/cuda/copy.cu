@@ -242,6 +242,7 @@ void copy_peer(void* dst, int dst_device, const void* src, int src_device, size_
   BCOS_CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_device, src, src_device, nbytes, stream));
   // The destination device's streams know nothing of this one: finish before they read dst.
   BCOS_CUDA_CHECK(cudaStreamSynchronize(stream));
+  raise_device_fault(src_device);  // (dst must not carry a bad index's result on unreported)
 }
 
 void copy(const Tensor& dst, const Tensor& src) {

@@ -6,10 +6,13 @@
 // -- the op or its IndexRole, the value, the limit -- at the next point where it waits for the
 // device anyway (a copy to the host, synchronize()), and the device works on. Until then the bad
 // op's output holds zeros (a read) or misses the skipped terms (an accumulation); no result gets
-// to the host without the error.
+// to the host without the error -- a loop that reads its loss before the optimizer step (as the
+// examples do) stops before a step on such gradients. One report per device at a time: the first
+// bad index found is named (others found before it is raised are not), raised by whichever thread
+// waits for that device first.
+#include <atomic>
 #include <memory>
 #include <mutex>
-#include <vector>
 
 #include "tensor/cuda/internal.h"
 #include "tensor/index_errors.h"
@@ -18,33 +21,36 @@ namespace bcos::cuda {
 
 namespace {
 struct Slot {
+  std::once_flag made;
+  std::atomic<bool> ready{false};
   unsigned* claim = nullptr;      // device memory
-  FaultReport* report = nullptr;  // pinned, mapped; the same address on the host and the device
+  FaultReport* report = nullptr;  // pinned, mapped: the same address on the host and the device
 };
 
-std::mutex g_mutex;
-std::vector<Slot>& slots() {
-  static auto* s = new std::vector<Slot>;  // leaked: the memory lives as long as the process
-  return *s;
+// One slot per device, made once and leaked (kernels of graphs hold the addresses).
+Slot& slot_of(int device) {
+  static Slot* slots = new Slot[size_t(device_count())];
+  return slots[size_t(device)];
 }
 
-// The device's slot, made at first use (the caller holds g_mutex and has made device current).
-Slot& slot_of(int device) {
-  std::vector<Slot>& all = slots();
-  if (all.size() <= size_t(device)) all.resize(size_t(device) + 1);
-  Slot& s = all[size_t(device)];
-  if (s.claim == nullptr) {
+// The device's slot, made at first use: a claim word of 0 (report 0 free to take) and an empty
+// report. The caller has made the device current.
+Slot& made_slot(int device) {
+  Slot& s = slot_of(device);
+  std::call_once(s.made, [&] {
     void* claim = nullptr;
     void* report = nullptr;
     BCOS_CUDA_CHECK(cudaMalloc(&claim, sizeof(unsigned)));
-    BCOS_CUDA_CHECK(cudaMemsetAsync(claim, 0, sizeof(unsigned), nullptr));
-    BCOS_CUDA_CHECK(cudaStreamSynchronize(nullptr));
+    const cudaStream_t stream = stream_of(device);
+    BCOS_CUDA_CHECK(cudaMemsetAsync(claim, 0, sizeof(unsigned), stream));
+    BCOS_CUDA_CHECK(cudaStreamSynchronize(stream));  // (once: kernels on any stream may read it next)
     // Pinned memory is mapped into every device's address space at the host's address (unified
     // addressing, always on in a 64-bit process): kernels write to it through that pointer.
     BCOS_CUDA_CHECK(cudaHostAlloc(&report, sizeof(FaultReport), cudaHostAllocMapped | cudaHostAllocPortable));
     *static_cast<FaultReport*>(report) = FaultReport{};
-    s = {static_cast<unsigned*>(claim), static_cast<FaultReport*>(report)};
-  }
+    s.claim = static_cast<unsigned*>(claim), s.report = static_cast<FaultReport*>(report);
+    s.ready.store(true, std::memory_order_release);
+  });
   return s;
 }
 
@@ -61,32 +67,25 @@ const char* index_op_name(int op) {
 
 void make_fault_report(int device) {
   DeviceGuard guard(device);
-  std::lock_guard<std::mutex> lock(g_mutex);
-  slot_of(device);
+  made_slot(device);
 }
 
 IndexCheck index_check(int device, IndexOp op, int64_t limit) {
-  std::lock_guard<std::mutex> lock(g_mutex);
-  const Slot& s = slot_of(device);  // (the caller's DeviceGuard made the device current)
+  const Slot& s = made_slot(device);  // (the caller's DeviceGuard made the device current)
   return {s.claim, s.report, limit, current_index_role(), int(op)};
 }
 
 void raise_device_fault(int device) {
-  FaultReport found{};
-  {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    std::vector<Slot>& all = slots();
-    if (all.size() <= size_t(device) || all[size_t(device)].report == nullptr) return;
-    Slot& s = all[size_t(device)];
-    volatile FaultReport* r = s.report;
-    if (r->present == 0) return;
-    found.role = r->role, found.op = r->op, found.value = r->value, found.limit = r->limit;
-    r->present = 0;
-    // Stream-ordered: kernels queued after this point may report again.
-    DeviceGuard guard(device);
-    BCOS_CUDA_CHECK(cudaMemsetAsync(s.claim, 0, sizeof(unsigned), stream_of(device)));
-  }
-  fail(index_error_text(index_op_name(found.op), found.role, found.value, found.limit), " (found on cuda:", device,
+  Slot& s = slot_of(device);
+  if (!s.ready.load(std::memory_order_acquire)) return;
+  FaultReport* r = s.report;
+  // Taken by one thread (acquire: the kernel wrote the fields, then a system fence, then present).
+  if (__atomic_exchange_n(&r->present, 0, __ATOMIC_ACQ_REL) == 0) return;
+  const int role = r->role, op = r->op;
+  const int64_t value = r->value, limit = r->limit;
+  // The next bad index may take the next report (the kernel that finds it frees it: internal.h).
+  __atomic_store_n(&r->raised, unsigned(r->generation) + 1, __ATOMIC_RELEASE);
+  fail(index_error_text(index_op_name(op), role, value, limit), " (found on cuda:", device,
        " by the kernel, raised at the next synchronisation)");
 }
 

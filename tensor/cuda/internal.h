@@ -76,33 +76,46 @@ class DeviceGuard {
 // synchronize()). No round trip per index op, and a CUDA graph's replay reports the same way.
 enum class IndexOp : int { index_select, index_add, gather, scatter_add };
 
-struct FaultReport {  // in pinned host memory the device writes to
-  int present, role, op, unused;
+// One per device, in pinned host memory the device writes to. Reports take turns, numbered:
+// the device's claim word is 2g while report g is free to take and 2g + 1 once a bad index has
+// taken it; `raised` (the host's) counts the reports raised, so a kernel that finds the claim
+// taken and report g raised moves it on to 2g + 2 itself -- the host never writes device memory.
+struct FaultReport {
+  int present, role, op, generation;
   int64_t value, limit;
+  unsigned raised;
 };
 
 struct IndexCheck {
-  unsigned* claim;      // device memory: the first bad index takes the report
+  unsigned* claim;      // device memory
   FaultReport* report;  // pinned host memory (the same address on the device)
   int64_t limit;
   int role, op;
 };
 
-// For a kernel of `op` on `device` whose indices must lie in [0, limit); its fault report is
+// For a kernel of `op` on `device` whose indices must lie in [0, limit); the device's report is
 // made at first use (a capture makes it before it begins: allocations cannot be captured).
 IndexCheck index_check(int device, IndexOp op, int64_t limit);
 void make_fault_report(int device);
-// Raises the fault the device's kernels have reported, if any, and clears it. Called where the
-// host has waited for the device.
+// Raises the fault the device's kernels have reported, if any. Called where the host has waited
+// for the device (a report is raised once, by whichever thread waits first).
 void raise_device_fault(int device);
 
 #if defined(__CUDACC__) || defined(BCOS_CUDA_EMULATION)
-// Whether v is a valid index; if not, reports it (the first bad one reported wins).
+// Whether v is a valid index; if not, reports it (unless a report not yet raised is pending:
+// the first bad index found is the one named).
 __device__ __forceinline__ bool index_in_range(const IndexCheck& c, int64_t v) {
   if (v >= 0 && v < c.limit) return true;
-  if (atomicCAS(c.claim, 0u, 1u) == 0u) {
-    volatile FaultReport* r = c.report;
-    r->role = c.role, r->op = c.op, r->value = v, r->limit = c.limit;
+  volatile FaultReport* r = c.report;
+  unsigned now = *static_cast<volatile unsigned*>(c.claim);
+  if (now & 1u) {                              // taken by report now / 2
+    if (r->raised <= now / 2) return false;    // ... and not raised yet
+    atomicCAS(c.claim, now, now + 1);          // raised: free the next one (or another thread did)
+    now = *static_cast<volatile unsigned*>(c.claim);
+    if (now & 1u) return false;
+  }
+  if (atomicCAS(c.claim, now, now + 1) == now) {
+    r->role = c.role, r->op = c.op, r->generation = int(now / 2), r->value = v, r->limit = c.limit;
     __threadfence_system();
     r->present = 1;
   }

@@ -177,6 +177,14 @@ TEST_CASE("cuda: copies between two GPUs, and a peer copy into a recycled block 
   CHECK_CLOSE(to_cpu_contiguous(negated), want, 0, 0);
   CHECK_CLOSE(to_cpu_contiguous(target), to_cpu_contiguous(b), 0, 0);
   if (target.raw_data() != z_block) MESSAGE("the cache handed out another block: the recycling case did not arise");
+
+  // A result of a bad index on the second GPU copied to the first raises there, at the copy.
+  const Tensor rows = empty({2, 1}, {DType::f32, second});
+  kernel::gather(full({2, 3}, 1.0, {DType::f32, second}), 1, raw_to(from_vector(std::vector<int64_t>{0, 5}, {2, 1}), DType::i64, second),
+                 rows);
+  CHECK_THROWS_WITH_AS(raw_to(rows, DType::f32, Device::cuda(0)),
+                       doctest::Contains("gather: index 5 is out of range for size 3 (found on cuda:1"), Error);
+  CHECK_NOTHROW(synchronize(second));
 }
 
 TEST_CASE("cuda: allocator hands a freed block back out") {

@@ -24,6 +24,7 @@
 #include "autograd/autograd.h"
 #include "autograd/gradcheck.h"
 #include "autograd/ops.h"
+#include "tensor/cuda/backend.h"
 #include "tensor/dispatch.h"
 #include "tests/golden.h"
 
@@ -502,6 +503,13 @@ TEST_CASE("cuda ops: an index out of range is raised at the next synchronisation
   (void)index_select(ones({5, 2}, gpu), 0, ids({8}, {1}).to(gpu));
   CHECK_THROWS_WITH_AS(synchronize(gpu), doctest::Contains("gather: index 9 is out of range for size 3"), Error);
   CHECK_NOTHROW(synchronize(gpu));
+  // The next report after a raised one, on another stream: the kernel frees the claim itself.
+  const cuda::StreamHandle side = cuda::create_stream(0);
+  cuda::set_current_stream(0, side);
+  (void)scatter_add(zeros({4, 3}, gpu), 0, ids({0, -2, 1}, {1, 3}).to(gpu), ones({1, 3}, gpu));
+  CHECK_THROWS_WITH_AS(cuda::stream_synchronize(0, side), doctest::Contains("scatter_add: index -2"), Error);
+  cuda::set_current_stream(0, nullptr);
+  cuda::destroy_stream(0, side);
   // An output of no elements reads no index, yet its indices are checked (as on the CPU).
   CHECK_THROWS_WITH_AS(index_select(ones({5, 0}), 0, ids({7}, {1})), doctest::Contains("index 7"), Error);
   (void)index_select(ones({5, 0}, gpu), 0, ids({7}, {1}).to(gpu));

@@ -101,6 +101,17 @@ TEST_CASE("optim: clip_grad_norm_ matches PyTorch for the 2-norm and the max nor
     for (size_t i = 0; i < params.size(); ++i)
       CHECK(golden::relative_error(params[i].grad(), fixtures()[tag + ".grads." + std::to_string(i)]) <= 1e-6);
   }
+  // Gradients of two dtypes: the norms stacked in float64 (as torch.stack promotes) -- a's norm
+  // sqrt(27) computed in float32 --, each gradient scaled in its own dtype.
+  Tensor a = ones({3}).requires_grad_(), b = ones({2}, DType::f64).requires_grad_();
+  (sum(a * 3.0) + sum(b * 4.0).to(DType::f32)).backward();
+  const Tensor total = clip_grad_norm_({a, b}, 1.0);
+  CHECK(total.dtype() == DType::f64);
+  const double norm_a = double(std::sqrt(27.0f)), norm_b = std::sqrt(32.0);
+  CHECK(total.item() == doctest::Approx(std::sqrt(norm_a * norm_a + norm_b * norm_b)).epsilon(1e-15));
+  const double coef = 1.0 / (total.item() + 1e-6);
+  CHECK(golden::equal(a.grad(), full({3}, float(3.0 * float(coef)))));
+  CHECK(golden::relative_error(b.grad(), full({2}, 4.0 * coef, DType::f64)) <= 1e-15);
 }
 
 TEST_CASE("optim: schedules give PyTorch's learning rates step by step") {
