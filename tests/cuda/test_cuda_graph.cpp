@@ -21,6 +21,7 @@
 #include "tensor/profile.h"
 #include "tensor/transfer.h"
 #include "tests/cuda/gpu_test.h"
+#include "tests/cuda/small_models.h"
 #include "tests/golden.h"
 
 using namespace bcos;
@@ -163,15 +164,9 @@ TEST_CASE("CUDA graph: a ResNet-20 training step (and its B-cos form's) replays 
   set_deterministic_algorithms(true);     // scatters in a fixed order: an eager step repeats its bits
   for (bool bcos : {false, true}) {
     CAPTURE(bcos);
-    const models::ModelSpec spec = models::model_spec("resnet20");
     auto make = [&] {
       manual_seed(41);
-      std::shared_ptr<nn::Module> m = models::create_model("resnet20");
-      if (bcos) {
-        models::BcosifyOptions o;
-        o.mean = spec.mean, o.std = spec.std;
-        m = models::bcosify(m, o);
-      }
+      std::shared_ptr<nn::Module> m = small_models::resnet20(bcos);
       m->to(gpu);
       m->train();
       return m;
@@ -340,11 +335,7 @@ TEST_CASE("CUDA graph: a small CLIP's contrastive training step (ViT and causal 
   set_deterministic_algorithms(true);
   auto make = [&] {
     manual_seed(51);
-    models::ClipConfig c;
-    c.embed_dim = 16, c.image_resolution = 32, c.vision_layers = {2}, c.vision_width = 32, c.vision_patch_size = 8;
-    c.vision_heads = 2, c.context_length = 9, c.vocab_size = 64, c.transformer_width = 32, c.transformer_heads = 2;
-    c.transformer_layers = 2;
-    auto clip = std::make_shared<models::Clip>(c);
+    auto clip = std::make_shared<models::Clip>(small_models::clip_config());
     clip->to(gpu);
     clip->train();
     return clip;

@@ -19,6 +19,7 @@
 #include "nn/optim.h"
 #include "tensor/cuda/backend.h"
 #include "tests/cuda/gpu_test.h"
+#include "tests/cuda/small_models.h"
 #include "tests/golden.h"
 
 using namespace bcos;
@@ -750,11 +751,7 @@ TEST_CASE("cuda ops: a small CLIP (ModifiedResNet and ViT image towers, causal t
     CAPTURE(patch);
     auto run = [&](Device dev) {
       manual_seed(47);
-      models::ClipConfig c;
-      c.embed_dim = 16, c.image_resolution = 32, c.vision_layers = patch ? std::vector<int64_t>{2} : std::vector<int64_t>{1, 1};
-      c.vision_width = patch ? 32 : 8, c.vision_patch_size = patch, c.vision_heads = 2;
-      c.context_length = 9, c.vocab_size = 64, c.transformer_width = 32, c.transformer_heads = 2, c.transformer_layers = 2;
-      models::Clip clip(c);
+      models::Clip clip(small_models::clip_config(patch));
       clip.to(kFloat64);
       clip.to(dev);
       clip.train();

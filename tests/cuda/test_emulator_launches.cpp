@@ -17,14 +17,13 @@
 #include <vector>
 
 #include "autograd/ops.h"
-#include "models/bcosify.h"
 #include "models/clip.h"
-#include "models/factory.h"
 #include "nn/bcos.h"
 #include "nn/norm.h"
 #include "nn/optim.h"
 #include "tensor/cuda/emulator/device.h"
 #include "tensor/cuda/emulator/runtime.h"
+#include "tests/cuda/small_models.h"
 #include "tests/golden.h"
 
 TEST_CASE("emulator: sums over rows into few outputs (linear's and layer norm's parameter gradients) run as coalesced columns") {
@@ -532,13 +531,7 @@ TEST_CASE("emulator: a training step on the GPU waits for the device nowhere (cr
   for (const bool bcos : {false, true}) {
     CAPTURE(bcos);
     manual_seed(43);
-    std::shared_ptr<nn::Module> m = models::create_model("resnet20");
-    if (bcos) {
-      const models::ModelSpec spec = models::model_spec("resnet20");
-      models::BcosifyOptions o;
-      o.mean = spec.mean, o.std = spec.std;
-      m = models::bcosify(m, o);
-    }
+    std::shared_ptr<nn::Module> m = small_models::resnet20(bcos);
     m->to(gpu);
     m->train();
     nn::SGD sgd(m->parameters(), {.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-4});
@@ -561,11 +554,7 @@ TEST_CASE("emulator: a training step on the GPU waits for the device nowhere (cr
   // A small CLIP's contrastive step with AdamW: the text tower's token ids are checked by the
   // embedding's kernel, the loss's targets made on the device.
   manual_seed(44);
-  models::ClipConfig c;
-  c.embed_dim = 16, c.image_resolution = 32, c.vision_layers = {2}, c.vision_width = 32, c.vision_patch_size = 8;
-  c.vision_heads = 2, c.context_length = 9, c.vocab_size = 64, c.transformer_width = 32, c.transformer_heads = 2;
-  c.transformer_layers = 2;
-  models::Clip clip(c);
+  models::Clip clip(small_models::clip_config());
   clip.to(gpu);
   clip.train();
   nn::AdamW adamw(clip.parameters(), {.lr = 1e-3, .weight_decay = 1e-2});
