@@ -11,7 +11,6 @@
 // bad index found is named (others found before it is raised are not), raised by whichever thread
 // waits for that device first.
 #include <atomic>
-#include <memory>
 #include <mutex>
 
 #include "tensor/cuda/internal.h"
