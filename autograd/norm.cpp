@@ -194,23 +194,26 @@ Tensor batch_norm_synced(const Tensor& x, const Tensor& running_mean, const Tens
   const double local = double(x.numel() / c);  // this replica's values per channel
   Tensor mean = empty({c}, like), var = empty({c}, like), invstd;
   kernel::batch_norm_stats(x, mean, var);  // this replica's mean and biased variance
-  double total = 0;
   {
     NoGradGuard no_grad;
     // The replicas' counts and Σ count · mean give the global mean; each replica's squared
     // deviations from it are its own plus count · (mean_r − mean)² (Chan et al.'s pairwise update,
-    // as stable as a second pass over the data).
+    // as stable as a second pass over the data). The total count stays on the device: reading it
+    // would make the host wait for the GPU in every layer of every step.
     Tensor sums = replica_sum(cat({mean * local, full({1}, local, like)}, 0));
-    total = sums.narrow(0, c, 1).item();
-    BCOS_CHECK(total > 1, op, ": expected more than 1 value per channel over all replicas, got input ", x.shape());
+    const Tensor total = sums.narrow(0, c, 1);  // [1], broadcast over the channels
+    // Only a replica with at most one value can see a total of 1 or less: it reads it to say so.
+    BCOS_CHECK(local > 1 || total.item() > 1, op, ": expected more than 1 value per channel over all replicas, got input ",
+               x.shape());
     Tensor global_mean = sums.narrow(0, 0, c) / total;
     var = replica_sum((var + square(mean - global_mean)) * local) / total;  // biased, as the forward divides by
     mean = global_mean;
-    // PyTorch keeps the unbiased variance; the uncentred norm the biased one.
     const bool step = factor > 0;
-    invstd = finish_batch_statistics(mean, var, eps, factor, centred ? total / (total - 1) : 1.0,
-                                     step && centred ? running_mean : Tensor(), step ? running_var : Tensor(),
-                                     num_batches_tracked);
+    invstd = finish_batch_statistics(mean, var, eps, factor, 1.0, step && centred ? running_mean : Tensor(),
+                                     step && !centred ? running_var : Tensor(), num_batches_tracked);
+    // PyTorch keeps the unbiased variance; the uncentred norm the biased one (stepped above).
+    if (step && centred)
+      finish_batch_statistics(Tensor(), var * (total / (total - 1.0)), eps, factor, 1.0, Tensor(), running_var, Tensor());
   }
   Tensor out = empty(x.shape(), like);
   const Tensor shift_mean = centred ? mean : zeros({c}, like);  // the uncentred norm scales x itself

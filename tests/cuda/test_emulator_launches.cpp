@@ -513,7 +513,7 @@ TEST_CASE("emulator: quick_gelu is one launch each way on the GPU, with the comp
   }
 }
 
-TEST_CASE("emulator: a training step on the GPU waits for the device nowhere (cross-entropy, the B-cos loss's one_hot, gradient clipping, CLIP's token ids)") {
+TEST_CASE("emulator: a training step on the GPU waits for the device nowhere (cross-entropy, the B-cos loss's one_hot, gradient clipping, synchronised batch norm, CLIP's token ids)") {
   // Each wait (a copy to the host, a synchronisation, cudaFree) stalls the host until the GPU has
   // caught up, and the GPU then idles while the host queues the next kernels. Index checks
   // (the loss's targets, gather, scatter_add) are made inside the kernels (tensor/cuda/fault.cu),
@@ -528,10 +528,19 @@ TEST_CASE("emulator: a training step on the GPU waits for the device nowhere (cr
     step();
     return rt::host_waits() - before;
   };
-  for (const bool bcos : {false, true}) {
+  for (const int config : {0, 1, 2, 3}) {
+    const bool bcos = config % 2 == 1, synced = config >= 2;
     CAPTURE(bcos);
+    CAPTURE(synced);
     manual_seed(43);
     std::shared_ptr<nn::Module> m = small_models::resnet20(bcos);
+    if (synced) {  // --sync-bn's batch norms; a doubled sum stands for a second, identical replica
+      auto twice = [](const Tensor& t) { return t * 2.0; };
+      for (auto& [name, sub] : m->named_modules()) {
+        if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(sub)) bn->replica_sum = twice;
+        if (auto* bn = dynamic_cast<nn::BatchNormUncentered2d*>(sub)) bn->replica_sum = twice;
+      }
+    }
     m->to(gpu);
     m->train();
     nn::SGD sgd(m->parameters(), {.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-4});
