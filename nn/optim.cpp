@@ -22,14 +22,13 @@ Optimizer::Optimizer(std::vector<Tensor> params, double lr_, const char* name) :
   }
 }
 
+Optimizer::~Optimizer() { *alive_ = false; }
+
 void Optimizer::zero_grad() {
   for (Tensor& p : params_) p.zero_grad();
 }
 
 void Optimizer::check_some_gradient() const {
-  // Before any state is made: a capture that fails leaves the tensors it made unfilled.
-  BCOS_CHECK(!cuda_graph_capturing(), name_, ".step: not inside a CUDA graph capture (a replay would repeat the "
-             "captured learning rate and step count); step the optimizer after each replay");
   for (const Tensor& p : params_)
     if (p.grad().defined()) return;
   fail(name_, ".step: none of the ", params_.size(), " parameters has a gradient (call backward() first; if the "
@@ -69,6 +68,13 @@ SGD::SGD(std::vector<Tensor> params, SGDOptions o) : Optimizer(std::move(params)
 // whose momentum buffer starts this step form a list of their own (their p.first_step).
 void SGD::step() {
   check_some_gradient();
+  const bool capturing = cuda_graph_capturing();
+  if (capturing)  // (before any state is made: a failed capture leaves the tensors it made unfilled)
+    for (size_t i = 0; i < params_.size(); ++i)
+      BCOS_CHECK(!params_[i].grad().defined() || options.momentum == 0 || momentum_[i].defined(),
+                 "SGD.step inside a CUDA graph capture: parameter ", i, " ", params_[i].shape(),
+                 " has no momentum buffer yet, and a replay would start it afresh each time; "
+                 "take an eager step first");
   NoGradGuard no_grad;
   std::vector<Tensor> params[2], grads[2], bufs[2];  // [first_step]
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -85,7 +91,19 @@ void SGD::step() {
     sgd_step_(params[first], grads[first], bufs[first],
               {.lr = lr, .momentum = options.momentum, .dampening = options.dampening,
                .weight_decay = options.weight_decay, .nesterov = options.nesterov, .first_step = first});
-  ++steps_;
+  if (!capturing) {
+    ++steps_;
+    return;
+  }
+  // The step happens at each replay, with this learning rate; the hook keeps the tensors the
+  // graph writes alive with it.
+  cuda_graph_on_replay([this, alive = alive_, captured_lr = lr, keep = std::move(params[0]), bufs = std::move(bufs[0])] {
+    BCOS_CHECK(*alive, "CudaGraph.replay: the SGD optimizer whose step the graph captured was destroyed");
+    BCOS_CHECK(lr == captured_lr, "CudaGraph.replay: the graph's SGD step was captured with learning rate ",
+               captured_lr, " but lr is now ", lr, " (a replay cannot change it: capture the step again, or "
+               "step the optimizer outside the graph)");
+    ++steps_;
+  });
 }
 
 StateDict SGD::state_dict() const {
@@ -113,6 +131,9 @@ Adam::Adam(std::vector<Tensor> params, AdamOptions o, bool decoupled)
 // Parameters stepped as many times before share their bias corrections, so each such set is one
 // list op (usually all of them: one set).
 void Adam::step() {
+  // (As torch.optim.Adam without capturable: its bias corrections come from the host's step count.)
+  BCOS_CHECK(!cuda_graph_capturing(), name_, ".step: not inside a CUDA graph capture (a replay would repeat the "
+             "captured step count's bias corrections and learning rate); step it after each replay");
   check_some_gradient();
   NoGradGuard no_grad;
   ++steps_;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -16,7 +17,10 @@ namespace bcos::nn {
 class Optimizer {
  public:
   Optimizer(std::vector<Tensor> params, double lr, const char* name);
-  virtual ~Optimizer() = default;
+  virtual ~Optimizer();
+  // (A CUDA graph that captured a step holds on to its optimizer: neither copied nor moved.)
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
   virtual void step() = 0;
   void zero_grad();  // drops the gradients (PyTorch's set_to_none=True)
   // Raises when no parameter has a gradient: backward was not called, or the tensors the
@@ -37,6 +41,7 @@ class Optimizer {
   std::vector<Tensor> params_;
   int64_t steps_ = 0;
   const char* name_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // false once destroyed (a graph's hooks ask)
 };
 
 struct SGDOptions {
@@ -44,6 +49,9 @@ struct SGDOptions {
   bool nesterov = false;
 };
 
+// A CUDA graph may capture an SGD step (as torch.optim.SGD's in PyTorch's whole-network capture):
+// each replay then steps with the captured learning rate (a replay after `lr` changed raises), and
+// counts as a step. Every momentum buffer must exist before the capture: warm up with an eager step.
 class SGD : public Optimizer {
  public:
   SGD(std::vector<Tensor> params, SGDOptions options);

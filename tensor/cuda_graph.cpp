@@ -10,6 +10,11 @@
 
 namespace bcos {
 
+namespace {
+// The replay hooks of the capture the calling thread is making (null when it makes none).
+thread_local std::vector<std::function<void()>>* t_capture_hooks = nullptr;
+}  // namespace
+
 CudaGraph::~CudaGraph() {
 #ifdef BCOS_WITH_CUDA
   cuda::destroy_graph(handle_);
@@ -17,7 +22,7 @@ CudaGraph::~CudaGraph() {
 }
 
 CudaGraph::CudaGraph(CudaGraph&& other) noexcept
-    : handle_(std::exchange(other.handle_, nullptr)), device_(other.device_) {}
+    : handle_(std::exchange(other.handle_, nullptr)), device_(other.device_), on_replay_(std::move(other.on_replay_)) {}
 
 CudaGraph& CudaGraph::operator=(CudaGraph&& other) noexcept {
   if (this != &other) {
@@ -26,6 +31,7 @@ CudaGraph& CudaGraph::operator=(CudaGraph&& other) noexcept {
 #endif
     handle_ = std::exchange(other.handle_, nullptr);
     device_ = other.device_;
+    on_replay_ = std::move(other.on_replay_);
   }
   return *this;
 }
@@ -34,10 +40,18 @@ void CudaGraph::capture(Device device, const std::function<void()>& work) {
   BCOS_CHECK(device.is_cuda(), "CudaGraph.capture: graphs are CUDA's; got device ", device);
   BCOS_CHECK(work != nullptr, "CudaGraph.capture: no work to capture");
 #ifdef BCOS_WITH_CUDA
-  void* fresh = cuda::capture_graph(device.index, work);
+  std::vector<std::function<void()>> hooks;
+  void* fresh = cuda::capture_graph(device.index, [&] {
+    struct Collect {  // (reset however the work ends)
+      explicit Collect(std::vector<std::function<void()>>* h) { t_capture_hooks = h; }
+      ~Collect() { t_capture_hooks = nullptr; }
+    } collect(&hooks);
+    work();
+  });
   cuda::destroy_graph(handle_);
   handle_ = fresh;
   device_ = device;
+  on_replay_ = std::move(hooks);
 #else
   fail("CudaGraph.capture on ", device, ": bcos was built without CUDA");
 #endif
@@ -45,6 +59,7 @@ void CudaGraph::capture(Device device, const std::function<void()>& work) {
 
 void CudaGraph::replay() {
   BCOS_CHECK(handle_ != nullptr, "CudaGraph.replay: nothing captured (call capture first)");
+  for (const auto& hook : on_replay_) hook();
 #ifdef BCOS_WITH_CUDA
   cuda::replay_graph(handle_);
 #endif
@@ -56,6 +71,11 @@ bool cuda_graph_capturing() {
 #else
   return false;
 #endif
+}
+
+void cuda_graph_on_replay(std::function<void()> hook) {
+  BCOS_CHECK(t_capture_hooks != nullptr, "cuda_graph_on_replay: this thread is not capturing a CUDA graph");
+  t_capture_hooks->push_back(std::move(hook));
 }
 
 }  // namespace bcos

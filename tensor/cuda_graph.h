@@ -15,6 +15,7 @@
 //     graph.replay();                                   // loss and every .grad hold this batch's values
 //     optimizer.step();                                 // outside: its learning rate and step count change
 //   }
+// (An SGD step may go inside the capture instead, as in PyTorch's whole-network capture: nn/optim.h.)
 //
 // The rules are CUDA's and PyTorch's: a replay reuses the addresses and the scalars of the capture
 // (shapes, learning rates, random seeds are fixed), so inputs are refreshed by copying into the
@@ -22,12 +23,13 @@
 // capturing belongs to the graph until it is destroyed; tensors made during the capture (loss,
 // gradients) are overwritten by each replay. What cannot be captured raises while capturing: a
 // host round trip (item(), a GradScaler's step, anomaly detection), a random draw (dropout), an
-// optimizer step, a copy through pageable host memory, collectives (DataParallel), a second capture
+// Adam step, a copy through pageable host memory, collectives (DataParallel), a second capture
 // while another thread captures. Graphs one thread captures share its capture stream's cuBLAS
 // workspace (as PyTorch's default capture stream): replay them one after another, on one stream.
 #pragma once
 
 #include <functional>
+#include <vector>
 
 #include "tensor/device.h"
 
@@ -55,9 +57,16 @@ class CudaGraph {
  private:
   void* handle_ = nullptr;
   Device device_;
+  std::vector<std::function<void()>> on_replay_;  // host code each replay runs first
 };
 
 // Whether the calling thread is capturing a CUDA graph now (ops that cannot be captured ask).
 bool cuda_graph_capturing();
+
+// Host code that each replay of the graph the calling thread is capturing runs before it queues
+// the work: the host side of a captured step (an SGD step counts itself and checks that its
+// learning rate is still the captured one). A hook that raises stops that replay before any work
+// is queued. Kept with the graph; dropped when its capture fails.
+void cuda_graph_on_replay(std::function<void()> hook);
 
 }  // namespace bcos

@@ -20,9 +20,10 @@ loss, adaptive gradient clipping, Adam lr 1e-4).
 --cudnn-api graph|legacy: which of cuDNN's APIs runs bcos.cpp's convolutions (PyTorch takes its graph API).
 --no-tf32: float32 matmuls and convolutions in full float32 on both sides; by default both sides
 take TF32 for both (bcos.cpp's default; PyTorch's for convolutions, set here for its matmuls too).
---cuda-graph (GPU): each step but its optimizer update captured once as a CUDA graph and replayed
-on both sides (torch.cuda.CUDAGraph beside tensor/cuda_graph.h); --batch N: every row at batch N
-(the launches a graph saves weigh most at small batches).
+--cuda-graph (GPU): each step captured once as a CUDA graph and replayed on both sides
+(torch.cuda.CUDAGraph beside tensor/cuda_graph.h): the whole step with SGD, as PyTorch's
+whole-network capture, the step but its Adam update in the distillation rows; --batch N: every row
+at batch N (the launches a graph saves weigh most at small batches).
 On a GPU (--device cuda): ResNet-50 and its B-cosified form, ViT-B/16, CLIP's RN50 image tower
 and text tower, the B-cos ViT-B/16 and B-cos CLIP RN50 at batch 64, inference and training step, both frameworks synchronising after
 every step; memory is the peak of tensor memory
@@ -244,7 +245,7 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
         with torch.autocast(device_type=device.split(":")[0], dtype=amp):
             return model(inputs)
 
-    def gradients():  # a step but its optimizer update (the part --cuda-graph captures)
+    def gradients():  # a step but its optimizer update
         if mode == "infer":
             with torch.no_grad():
                 forward()
@@ -306,12 +307,17 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
                 run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
+        step_in_graph = teacher is None  # SGD's step is captured too; Adam's (not capturable) is not
         with torch.cuda.graph(graph):
-            gradients()
+            if step_in_graph:
+                run()
+            else:
+                gradients()
 
-        def run():  # noqa: F811 (the timed step: a replay, then the optimizer outside the graph)
+        def run():  # noqa: F811 (the timed step: a replay, then Adam's update outside the graph)
             graph.replay()
-            update()
+            if not step_in_graph:
+                update()
     run()
     sync()
     iters, start = 0, time.perf_counter()
@@ -387,8 +393,8 @@ def main():
                          "torch.backends.cuda.matmul.allow_tf32 / cudnn.allow_tf32 and bench_models --tf32)")
     ap.add_argument("--batch", type=int, default=0, help="every row at this batch size (default: the table's)")
     ap.add_argument("--cuda-graph", action="store_true",
-                    help="each step but its optimizer update captured once as a CUDA graph and replayed, on both "
-                         "sides (torch.cuda.CUDAGraph, bench_models --cuda-graph 1)")
+                    help="each step captured once as a CUDA graph and replayed, on both sides (torch.cuda.CUDAGraph, "
+                         "bench_models --cuda-graph 1; Adam's update, in the distillation rows, outside it)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:

@@ -164,8 +164,9 @@ __global__ void adaptive_clip_kernel(ClipTable<T> table, double clip, double eps
 
 }  // namespace
 
-// A step's learning rate (and Adam's bias corrections, from its step count) are the launch's
-// scalars: a graph would replay the captured ones forever.
+// Adam's bias corrections (from its step count) are the launch's scalars: a graph would replay the
+// captured ones forever. (An SGD step may be captured: nn::SGD checks its learning rate at each
+// replay.)
 void refuse_in_capture(const char* optimizer, size_t tensors) {
   BCOS_CHECK(!capturing(), optimizer, " step over ", tensors, " tensors: not inside a CUDA graph capture (a replay "
              "would repeat the captured learning rate and step count); step the optimizer after each replay");
@@ -174,7 +175,6 @@ void refuse_in_capture(const char* optimizer, size_t tensors) {
 void sgd_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& momenta,
               const SgdStepParams& p) {
   const int device = params.front().device().index;
-  refuse_in_capture("SGD", params.size());
   DeviceGuard guard(device);
   dispatch_float(params.front().dtype(), "sgd_step", [&]<class T>() {
     auto state = [&](size_t t, int k) -> T* { return k == 0 && p.momentum != 0 ? momenta[t].data<T>() : nullptr; };

@@ -32,11 +32,13 @@ namespace {
 // Two copies of a model (the same weights) train side by side on batches (xs[b], ys[b]): after a
 // warm-up step each on batch 0 (optimizer state, cuDNN's choices), `eager` steps as usual while
 // `graphed` replays one captured step (zero_grad, loss, backward) with each batch copied into the
-// tensors the capture read, its optimizer stepped after the replay. Loss, parameters and buffers
-// (running statistics) must agree bit for bit after every step.
+// tensors the capture read, its optimizer stepped after the replay -- or, with `step_inside`, in
+// it (PyTorch's whole-network capture; SGD only). Loss, parameters and buffers (running
+// statistics) must agree bit for bit after every step.
 using LossOf = std::function<Tensor(nn::Module&, const Tensor&, const Tensor&)>;
 void check_replayed_steps(nn::Module& eager, nn::Optimizer& eager_opt, nn::Module& graphed, nn::Optimizer& graphed_opt,
-                          const std::vector<Tensor>& xs, const std::vector<Tensor>& ys, const LossOf& loss_of) {
+                          const std::vector<Tensor>& xs, const std::vector<Tensor>& ys, const LossOf& loss_of,
+                          bool step_inside = false) {
   for (auto [m, opt] : {std::pair{&eager, &eager_opt}, std::pair{&graphed, &graphed_opt}}) {
     opt->zero_grad();
     loss_of(*m, xs[0], ys[0]).backward();
@@ -48,7 +50,9 @@ void check_replayed_steps(nn::Module& eager, nn::Optimizer& eager_opt, nn::Modul
     graphed_opt.zero_grad();
     graphed_loss = loss_of(graphed, static_x, static_y);
     graphed_loss.backward();
+    if (step_inside) graphed_opt.step();
   });
+  CHECK(graphed_opt.steps_taken() == 1);  // (a captured step is taken at each replay, not at the capture)
   for (size_t b = 1; b < xs.size(); ++b) {
     CAPTURE(b);
     eager_opt.zero_grad();
@@ -58,7 +62,8 @@ void check_replayed_steps(nn::Module& eager, nn::Optimizer& eager_opt, nn::Modul
     static_x.copy_(xs[b]);
     static_y.copy_(ys[b]);
     graph.replay();
-    graphed_opt.step();
+    if (!step_inside) graphed_opt.step();
+    CHECK(graphed_opt.steps_taken() == eager_opt.steps_taken());
     CHECK(golden::equal(graphed_loss.detach().to(Device()), loss.detach().to(Device())));
     for (const bool buffers : {false, true}) {
       const auto a = buffers ? eager.named_buffers() : eager.named_parameters();
@@ -157,13 +162,15 @@ TEST_CASE("CUDA graph: memory allocated while capturing stays the graph's, freed
   CHECK(cuda::memory_stats(0).in_use == in_use);
 }
 
-TEST_CASE("CUDA graph: a ResNet-20 training step (and its B-cos form's) replays as the eager step, bit for bit") {
+TEST_CASE("CUDA graph: a ResNet-20 training step (and its B-cos form's) replays as the eager step, bit for bit (SGD's step outside the graph or in it)") {
   if (!have_gpu()) return;
   const Device gpu = Device::cuda(0);
   const gpu_test::Tf32 exact_f32(false);  // (the same algorithms either way; TF32 would only add noise)
   set_deterministic_algorithms(true);     // scatters in a fixed order: an eager step repeats its bits
-  for (bool bcos : {false, true}) {
+  for (const int variant : {0, 1, 2}) {
+    const bool bcos = variant == 1, step_inside = variant == 2;
     CAPTURE(bcos);
+    CAPTURE(step_inside);
     auto make = [&] {
       manual_seed(41);
       std::shared_ptr<nn::Module> m = small_models::resnet20(bcos);
@@ -185,9 +192,41 @@ TEST_CASE("CUDA graph: a ResNet-20 training step (and its B-cos form's) replays 
     auto eager = make(), graphed = make();
     nn::SGD eager_sgd(eager->parameters(), {.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-4});
     nn::SGD graphed_sgd(graphed->parameters(), {.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-4});
-    check_replayed_steps(*eager, eager_sgd, *graphed, graphed_sgd, images, labels, loss_of);
+    check_replayed_steps(*eager, eager_sgd, *graphed, graphed_sgd, images, labels, loss_of, step_inside);
   }
   set_deterministic_algorithms(false);
+}
+
+TEST_CASE("CUDA graph: a captured SGD step is taken at each replay, which refuses a changed learning rate or a destroyed optimizer before queuing anything") {
+  if (!have_gpu()) return;
+  const Device gpu = Device::cuda(0);
+  Tensor w = full({32}, 1.0, {kFloat32, gpu}).requires_grad_();
+  auto sgd = std::make_unique<nn::SGD>(std::vector<Tensor>{w}, nn::SGDOptions{.lr = 0.5});
+  auto step = [&] {  // the gradient of sum(w²) / 2 is w: each step halves w (exactly)
+    sgd->zero_grad();
+    (sum(w * w) * 0.5).backward();
+    sgd->step();
+  };
+  auto w_is = [&](double v) { return golden::equal(w.detach().to(Device()), full({32}, v)); };
+  step();
+  CudaGraph graph;
+  graph.capture(gpu, step);
+  CHECK(sgd->steps_taken() == 1);
+  CHECK(w_is(0.5));  // (capturing ran nothing)
+  graph.replay();
+  graph.replay();
+  CHECK(sgd->steps_taken() == 3);
+  CHECK(w_is(0.125));
+  sgd->lr = 0.25;  // a schedule's change cannot reach the captured step
+  CHECK_THROWS_WITH_AS(graph.replay(), doctest::Contains("captured with learning rate 0.5 but lr is now 0.25"), Error);
+  CHECK(sgd->steps_taken() == 3);
+  CHECK(w_is(0.125));
+  sgd->lr = 0.5;
+  graph.replay();
+  CHECK(w_is(0.0625));
+  sgd.reset();
+  CHECK_THROWS_WITH_AS(graph.replay(), doctest::Contains("SGD optimizer whose step the graph captured was destroyed"), Error);
+  CHECK(w_is(0.0625));
 }
 
 TEST_CASE("CUDA graph: what a graph cannot hold raises while capturing, and leaves nothing behind") {
@@ -222,7 +261,8 @@ TEST_CASE("CUDA graph: what a graph cannot hold raises while capturing, and leav
   sum(params[0] * params[0]).backward();
   nn::SGD sgd(params, {.lr = 0.1, .momentum = 0.9});
   nn::Adam adam(params, {.lr = 0.1});
-  refused("an SGD step", [&] { sgd.step(); }, "SGD.step: not inside a CUDA graph capture");
+  refused("an SGD step before its momentum buffers exist", [&] { sgd.step(); },
+          "SGD.step inside a CUDA graph capture: parameter 0 [64] has no momentum buffer yet");
   refused("an Adam step", [&] { adam.step(); }, "Adam.step: not inside a CUDA graph capture");
   // Refused before making any state: a momentum buffer made inside the failed capture would never
   // have been filled.
