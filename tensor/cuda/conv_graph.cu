@@ -281,17 +281,26 @@ cudnnStatus_t execute(cudnnHandle_t handle, int device, const Plan& plan, const 
   return status;  // the workspace goes back to the stream's pool, reused only by later work on it
 }
 
-// Kept plans per (device, direction, shapes, parameters, type, numerics switches, alignments,
-// timed); a plan is used from any thread of its device.
+// Kept plans per (thread, device, direction, shapes, parameters, type, numerics switches,
+// alignments, timed). Per thread, as PyTorch keeps them: a plan is finalized with one thread's
+// handle, and cuDNN does not promise that every engine's plan may run on another handle, or on
+// two threads at once. Never destroyed (as PyTorch's cache, since cuDNN 9.10): at exit cuDNN may
+// be gone before a static map's destructor would destroy its plans.
 std::mutex g_mutex;
-std::map<std::vector<int64_t>, std::shared_ptr<Plan>> g_plans;
+auto& g_plans = *new std::map<std::vector<int64_t>, std::shared_ptr<Plan>>;
 std::atomic<int64_t> g_built{0}, g_declined{0};
 std::string g_last_declined;
 
+int64_t thread_number() {
+  static std::atomic<int64_t> threads{0};
+  thread_local const int64_t number = threads.fetch_add(1);
+  return number;
+}
+
 std::vector<int64_t> key_of(Direction direction, int device, const Tensor& x, const Tensor& w, const Tensor& y,
                             const Conv2dParams& p, bool timed) {
-  std::vector<int64_t> key{device, int64_t(direction), int64_t(x.dtype()), allow_tf32(), deterministic_algorithms(),
-                           timed};
+  std::vector<int64_t> key{thread_number(), device, int64_t(direction), int64_t(x.dtype()), allow_tf32(),
+                           deterministic_algorithms(), timed};
   for (const Tensor* t : {&x, &w, &y}) {
     key.insert(key.end(), t->shape().begin(), t->shape().end());
     key.push_back(alignment_of(t->raw_data()));
@@ -308,6 +317,9 @@ bool convolve(Direction direction, int device, const Tensor& x, const Tensor& w,
   // Not inside a CUDA graph capture, whose events cannot be waited for: the heuristics' choice there.
   const bool timed = cudnn_benchmark() && !capturing();
   const std::vector<int64_t> key = key_of(direction, device, x, w, y, p, timed);
+  // A timed choice serves an untimed call too: a capture after a warm-up in benchmark mode then
+  // replays the engine the warm-up chose, and builds no plan inside the capture.
+  const std::vector<int64_t> timed_key = timed ? key : key_of(direction, device, x, w, y, p, true);
   cudnnHandle_t h = handle(device);
   auto raise = [&](cudnnStatus_t status, int64_t engine) {
     fail(op, " (x ", x.shape(), ", w ", w.shape(), ", y ", y.shape(), ", ", dtype_name(dt),
@@ -317,7 +329,9 @@ bool convolve(Direction direction, int device, const Tensor& x, const Tensor& w,
   std::shared_ptr<Plan> kept;
   {
     std::lock_guard<std::mutex> lock(g_mutex);
-    if (auto it = g_plans.find(key); it != g_plans.end()) {
+    auto it = g_plans.find(timed_key);
+    if (it == g_plans.end()) it = g_plans.find(key);
+    if (it != g_plans.end()) {
       if (!it->second) return false;  // declined before: the legacy path, without asking again
       kept = it->second;
     }
@@ -359,11 +373,14 @@ bool convolve(Direction direction, int device, const Tensor& x, const Tensor& w,
         why += str("; engine ", notes.index, ": ", d.why);
         continue;
       }
-      if (gives_way(status)) {
+      // While searching, any engine that fails gives way (as PyTorch's try_plans): cuDNN 9's
+      // engines may fail with bad-parameter or internal sub-codes (a device allocation, say)
+      // where another engine runs. A kept plan failing later is raised (above).
+      if (status != CUDNN_STATUS_SUCCESS) {
         why += str("; engine ", notes.index, ": ", cudnnGetErrorString(status));
+        if (!gives_way(status)) cudaGetLastError();  // (a launch error the engine left behind)
         continue;
       }
-      if (status != CUDNN_STATUS_SUCCESS) raise(status, notes.index);
       g_built.fetch_add(1);
       if (!timed) {
         std::lock_guard<std::mutex> lock(g_mutex);

@@ -21,10 +21,14 @@ struct Graph {
   int device = 0;
   void* pool = nullptr;  // the allocator's pool for what the capture allocated
   cudaGraphExec_t exec = nullptr;
+  // The cuBLAS workspace its GEMMs were captured with: the capturing thread's for the capture
+  // stream, made before the capture (outside the graph's pool) and held here, so that a replay
+  // after that thread has ended never writes memory the allocator has handed on.
+  std::shared_ptr<void> gemm_workspace;
 };
 
 // The stream a thread captures on, one per device, kept for the process (as PyTorch's default
-// capture stream): the per-stream caches (cuBLAS's workspace, gemm_workspace) then hold one entry
+// capture stream): the per-stream caches (cuBLAS's workspace, gemm_workspace_for) then hold one entry
 // for all of a thread's graphs instead of one per graph.
 cudaStream_t capture_stream(int device) {
   thread_local std::vector<cudaStream_t> streams;
@@ -52,6 +56,7 @@ GraphHandle capture_graph(int device, const std::function<void()>& work) {
   graph->device = device;
   const cudaStream_t stream = capture_stream(device), previous = stream_of(device);
   make_fault_report(device);  // (index checks inside the capture write to it)
+  graph->gemm_workspace = gemm_workspace_for(device, stream);
   graph->pool = begin_capture_pool(device, stream);  // (refuses while another thread captures)
   // Work queued before the capture runs before it (PyTorch synchronises here too).
   if (const cudaError_t synced = cudaDeviceSynchronize(); synced != cudaSuccess) {

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cublas_v2.h>
+
+#include <memory>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -44,6 +46,10 @@ int multiprocessor_count(int device);
 // This thread's cuBLAS handle for `device`, created on first use and bound to the thread's
 // current stream on every call. The device must be the current one (see DeviceGuard).
 cublasHandle_t cublas_handle(int device);
+// This thread's cuBLAS workspace for `stream` on `device` (made on first use, kept for the thread's
+// life); a CUDA graph holds its capture stream's too, so that the memory its GEMMs were captured
+// with outlives the capturing thread (matmul.cu).
+std::shared_ptr<void> gemm_workspace_for(int device, cudaStream_t stream);
 
 // Makes `device` current for a scope and restores the previous device afterwards, so a call
 // on cuda:1 never leaves the caller's thread switched away from its device -- where that device

@@ -90,7 +90,7 @@ cudaDataType cuda_data_type(DType t) {
 
 // cuBLAS's and cuBLASLt's workspace size: 32 MiB from Hopper on (sm_90, what NVIDIA's cuBLAS
 // documentation asks for there and PyTorch gives it), 4 MiB before. cuBLASLt's is taken from the
-// caching allocator per call, cuBLAS's kept per thread and stream (gemm_workspace).
+// caching allocator per call, cuBLAS's kept per thread and stream (gemm_workspace_for).
 uint64_t blas_workspace_bytes(int device) {
   static std::mutex mutex;
   static std::unordered_map<int, uint64_t> bytes;
@@ -98,16 +98,6 @@ uint64_t blas_workspace_bytes(int device) {
   auto it = bytes.find(device);
   if (it == bytes.end()) it = bytes.emplace(device, uint64_t(device_info(device).major >= 9 ? 32 : 4) << 20).first;
   return it->second;
-}
-
-// This thread's cuBLAS workspace for the device's current stream, kept for the thread's life as
-// PyTorch keeps one per (handle, stream): GEMMs on one stream run in turn, so they can share it;
-// two streams (two threads, or a side stream) must not, as their GEMMs may overlap.
-void* gemm_workspace(int device, uint64_t bytes) {
-  thread_local std::map<std::pair<int, StreamHandle>, std::shared_ptr<void>> workspaces;
-  std::shared_ptr<void>& w = workspaces[{device, StreamHandle(stream_of(device))}];
-  if (!w) w = allocate(bytes, device);
-  return w.get();
 }
 
 // out (dense [B, M, N]) = a @ b (+ out when accumulate).
@@ -137,7 +127,7 @@ void gemm_into_contiguous(const Tensor& a, const Tensor& b, const Tensor& out, b
   // split K keep their partial sums there), which PyTorch gives each handle from its caching
   // allocator: so does this (cublas_handle's cublasSetStream resets it every call).
   const uint64_t workspace_bytes = blas_workspace_bytes(device);
-  BCOS_CUBLAS_CHECK(cublasSetWorkspace(handle, gemm_workspace(device, workspace_bytes), workspace_bytes));
+  BCOS_CUBLAS_CHECK(cublasSetWorkspace(handle, gemm_workspace_for(device, stream_of(device)).get(), workspace_bytes));
   // Column-major C^T [N, M] = op(B-storage) [N, K] * op(A-storage) [K, M].
   BCOS_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
       handle, gb.op, ga.op, int(n), int(m), int(k), alpha, gb.ptr, operand_type, int(gb.ld),
@@ -250,6 +240,17 @@ bool lt_linear_bias(const Tensor& a, const Tensor& b, const Tensor& bias, const 
 }
 
 }  // namespace
+
+// This thread's cuBLAS workspace for `stream`, kept for the thread's life (and by the CUDA graphs
+// captured on it: graph.cu) as PyTorch keeps one per (handle, stream): GEMMs on one stream run in
+// turn, so they can share it; two streams (two threads, or a side stream) must not, as their GEMMs
+// may overlap.
+std::shared_ptr<void> gemm_workspace_for(int device, cudaStream_t stream) {
+  thread_local std::map<std::pair<int, StreamHandle>, std::shared_ptr<void>> workspaces;
+  std::shared_ptr<void>& w = workspaces[{device, StreamHandle(stream)}];
+  if (!w) w = allocate(blas_workspace_bytes(device), device);
+  return w;
+}
 
 int64_t linear_bias_epilogues() { return g_bias_epilogues.load(); }
 int64_t linear_bias_fallbacks() { return g_bias_fallbacks.load(); }

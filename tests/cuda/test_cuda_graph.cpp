@@ -229,6 +229,28 @@ TEST_CASE("CUDA graph: a captured SGD step is taken at each replay, which refuse
   CHECK(w_is(0.0625));
 }
 
+TEST_CASE("CUDA graph: a graph outlives the thread that captured it and that thread's other graphs (the cuBLAS workspace its GEMMs write is its own to keep)") {
+  if (!have_gpu()) return;
+  const Device gpu = Device::cuda(0);
+  const gpu_test::Tf32 exact_f32(false);
+  manual_seed(9);
+  const Tensor a = randn({64, 96}), b = randn({96, 80});
+  const Tensor ag = a.to(gpu), bg = b.to(gpu);
+  Tensor y;
+  CudaGraph kept;
+  std::thread([&] {
+    CudaGraph first;  // the thread's first graph: its capture stream's workspace is made then
+    Tensor unused;
+    first.capture(gpu, [&] { unused = matmul(ag, bg); });
+    kept.capture(gpu, [&] { y = matmul(ag, bg); });
+  }).join();  // the first graph, and the thread's own hold on its workspaces, are gone
+  cuda::empty_cache();
+  const Tensor other = full({int64_t(1) << 23}, 3.0, {kFloat32, gpu});  // 32 MiB the allocator hands out now
+  kept.replay();
+  CHECK(golden::relative_error(y.to(Device()), matmul(a, b)) <= 1e-5);
+  CHECK(sum(other).item<double>() == 3.0 * double(int64_t(1) << 23));  // untouched by the replay's GEMM
+}
+
 TEST_CASE("CUDA graph: what a graph cannot hold raises while capturing, and leaves nothing behind") {
   if (!have_gpu()) return;
   const Device gpu = Device::cuda(0);

@@ -9,12 +9,14 @@
 #include <cudnn.h>
 
 #include <cmath>
+#include <thread>
 #include <tuple>
 #include <vector>
 
 #include "autograd/ops.h"
 #include "tensor/cuda/backend.h"
 #include "tensor/cuda/emulator/runtime.h"
+#include "tensor/cuda_graph.h"
 #include "tests/cuda/emulator_test.h"
 #include "tests/golden.h"
 
@@ -246,8 +248,8 @@ TEST_CASE("emulator: float32 convolutions with TF32 off stay off it when cuDNN's
   for (size_t i = 0; i < cpu.size(); ++i) CHECK(golden::relative_error(gpu[i], cpu[i]) <= 1e-5);
 }
 
-TEST_CASE("emulator conv graph: an engine refused at execution, or whose workspace does not fit, gives way to "
-          "the next; a kept plan failing later sends the shape back through the list") {
+TEST_CASE("emulator conv graph: an engine refused at execution, failing there, or whose workspace does not fit, "
+          "gives way to the next; a kept plan failing later sends the shape back through the list") {
   Restore restore;
   manual_seed(81);
   const Device cuda = Device::cuda(0);
@@ -262,6 +264,17 @@ TEST_CASE("emulator conv graph: an engine refused at execution, or whose workspa
     CHECK(cuda::conv_graph_plans_built() - built == 3);
     same(convolve(x, w, cuda), cpu);
     CHECK(rt::fast_refusals() - refusals == 3);  // straight to the kept plans
+  }
+  {
+    INFO("the fast engine failing when executed (INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED)");
+    const Tensor x = randn({2, 3, 11, 13}, kFloat64), w = randn({5, 3, 3, 3}, kFloat64);
+    const auto cpu = convolve(x, w, Device());
+    rt::set_fast_algorithms(rt::FastAlgorithms::failing);
+    const int64_t refusals = rt::fast_refusals();
+    same(convolve(x, w, cuda), cpu);
+    CHECK(rt::fast_refusals() - refusals == 3);  // once per direction, then the next engine's plan kept
+    same(convolve(x, w, cuda), cpu);
+    CHECK(rt::fast_refusals() - refusals == 3);
   }
   {
     INFO("the fast engine asking for 32 TiB of workspace");
@@ -301,4 +314,39 @@ TEST_CASE("emulator conv graph: heuristics that offer no engine decline the shap
   same(convolve(x, w, Device::cuda(0)), cpu);
   CHECK(cuda::conv_graph_declined() - declined == 3);  // remembered: the legacy API, not asked again
   CHECK(cuda::conv_graph_plans_built() == built);
+}
+
+TEST_CASE("emulator conv graph: plans are kept per thread; a capture after a warm-up in benchmark mode runs the "
+          "warm-up's choice and builds no plan") {
+  Restore restore;
+  manual_seed(83);
+  const Device cuda = Device::cuda(0);
+  const Tensor x = randn({2, 3, 9, 11}, kFloat64), w = randn({4, 3, 3, 3}, kFloat64);
+  const auto cpu = convolve(x, w, Device());
+  int64_t built = cuda::conv_graph_plans_built();
+  same(convolve(x, w, cuda), cpu);
+  CHECK(cuda::conv_graph_plans_built() - built == 3);
+  // Another thread finalizes its own (a plan is tied to the handle that made it).
+  std::vector<Tensor> other;
+  std::thread([&] { other = convolve(x, w, cuda); }).join();
+  same(other, cpu);
+  CHECK(cuda::conv_graph_plans_built() - built == 6);
+  same(convolve(x, w, cuda), cpu);
+  CHECK(cuda::conv_graph_plans_built() - built == 6);
+
+  // cuDNN's benchmark mode times the candidates in the warm-up; a capture cannot time (its events
+  // are never waited for), and takes the timed choice instead of searching inside the capture.
+  struct Benchmark {
+    Benchmark() { set_cudnn_benchmark(true); }
+    ~Benchmark() { set_cudnn_benchmark(false); }
+  } benchmark;
+  const Tensor x2 = randn({2, 3, 10, 9}, kFloat64).to(cuda), w2 = randn({4, 3, 3, 3}, kFloat64).to(cuda);
+  const Tensor warm = conv2d(x2, w2, Tensor(), 1, 1, 1, 1);
+  built = cuda::conv_graph_plans_built();
+  Tensor y;
+  CudaGraph graph;
+  graph.capture(cuda, [&] { y = conv2d(x2, w2, Tensor(), 1, 1, 1, 1); });
+  CHECK(cuda::conv_graph_plans_built() == built);
+  graph.replay();
+  CHECK(golden::equal(y.to(Device()), warm.to(Device())));
 }

@@ -120,6 +120,9 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
   enqueue(handle->stream, "cublasGemmStridedBatchedEx", [=] {
     const uint64_t start = bcos::emu::runtime::tracing() ? bcos::emu::runtime::trace_clock_ns() : 0;
     if (workspace_bytes > 0) {
+      // (Freed by then -- a graph replayed after its workspace went back to the driver -- a GPU
+      // would fault: so does this, stickily.)
+      check_device_range(workspace, workspace_bytes, "cublasGemmStridedBatchedEx: the workspace, when the GEMM ran");
       const size_t edge = std::min<size_t>(workspace_bytes, 256);
       std::memset(workspace, 0xFF, edge);
       std::memset(static_cast<char*>(workspace) + workspace_bytes - edge, 0xFF, edge);
@@ -343,6 +346,10 @@ cudnnStatus_t check_algorithm(void* workspace, size_t bytes, int algo, int fast_
   if (algo == fast_algo && g_fast_mode.load() == int(bcos::emu::runtime::FastAlgorithms::misaligned)) {
     ++g_fast_refusals;
     return CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER;
+  }
+  if (algo == fast_algo && g_fast_mode.load() == int(bcos::emu::runtime::FastAlgorithms::failing)) {
+    ++g_fast_refusals;
+    return CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED;
   }
   if (need > 0) check_device_range(workspace, need, "cuDNN workspace");
   return CUDNN_STATUS_SUCCESS;

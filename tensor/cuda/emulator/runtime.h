@@ -72,8 +72,11 @@ void check_device_range(const void* p, size_t bytes, const char* what);
 // CUDNN_STATUS_NOT_SUPPORTED_SHAPE, as real cuDNN may for an algorithm its heuristics listed; or
 // ask for a workspace larger than the device; or fail at execution with
 // CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER, as an algorithm kept for aligned pointers may on a
-// view that starts inside its allocation. fast_refusals() counts the refused executions.
-enum class FastAlgorithms { run, refused, oversized, misaligned };
+// view that starts inside its allocation; or fail at execution with
+// CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED, as a cuDNN 9 engine may where the next one
+// runs (the graph API's search moves on; the legacy API raises it). fast_refusals() counts the
+// refused executions.
+enum class FastAlgorithms { run, refused, oversized, misaligned, failing };
 void set_fast_algorithms(FastAlgorithms mode);
 int64_t fast_refusals();
 
