@@ -100,8 +100,11 @@ void event_synchronize(int device, EventHandle event);
 // the call; float64 and vectors never ask it). Tests and gpu_check read them.
 int64_t linear_bias_epilogues();
 int64_t linear_bias_fallbacks();
-// How many convolution shapes (per direction) cudnn_benchmark() has timed (cuda/conv.cu).
+// How many convolution shapes (per direction) cudnn_benchmark() has timed, and how many times
+// the legacy API's heuristics were asked for a shape's algorithms (a shape without a kept choice,
+// or whose kept one stopped running) (cuda/conv.cu).
 int64_t conv_algorithms_benchmarked();
+int64_t conv_algorithm_searches();
 // Under cudnn_graph_api() (cuda/conv_graph.cu): how many execution plans have been built and
 // kept (per shape and direction), how many calls cuDNN's graph API declined (no engine ran, or
 // the graph could not be built: those shapes take the legacy API), and the last reason.

@@ -169,7 +169,7 @@ struct AlgoCache {
   }
 };
 
-std::atomic<int64_t> g_benchmarked{0};
+std::atomic<int64_t> g_benchmarked{0}, g_searched{0};
 
 AlgoCache<cudnnConvolutionFwdAlgo_t> g_forward;
 AlgoCache<cudnnConvolutionBwdDataAlgo_t> g_backward_data;
@@ -202,9 +202,12 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
     fail(op, " ", d.shapes(), ": ", call, " or its workspace query (algorithm ", int(c.algo), ", math type ",
          int(c.math), ") failed with ", cudnnGetErrorString(status), " (status ", int(status), ")");
   };
-  // Not inside a CUDA graph capture, whose events cannot be waited for: the heuristics' choice there.
+  // Not inside a CUDA graph capture, whose events cannot be waited for: the heuristics' choice
+  // there -- unless a timed choice exists (a warm-up in benchmark mode), which serves any call.
   const bool timed = cudnn_benchmark() && !capturing();
-  if (const std::optional<Choice<Algo>> kept = cache.find(device, d, timed)) {
+  std::optional<Choice<Algo>> kept = cache.find(device, d, true);
+  if (!kept && !timed) kept = cache.find(device, d, false);
+  if (kept) {
     cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
     try {
       status = attempt(*kept);
@@ -214,6 +217,7 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
     if (status == CUDNN_STATUS_SUCCESS) return;
     if (!gives_way(status)) raise(status, *kept);
   }
+  g_searched.fetch_add(1, std::memory_order_relaxed);
   const std::vector<Choice<Algo>> choices = list();
   std::string passed;  // why each entry gave way
   // c run once: true when it ran, false when it gave way (why goes to `passed`); other failures raise.
@@ -280,6 +284,7 @@ void convolve(AlgoCache<Algo>& cache, int device, const ConvDescriptors& d, cons
 }  // namespace
 
 int64_t conv_algorithms_benchmarked() { return g_benchmarked.load(std::memory_order_relaxed); }
+int64_t conv_algorithm_searches() { return g_searched.load(std::memory_order_relaxed); }
 
 void conv2d_forward(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, const Tensor& out,
                     const Conv2dParams& p) {

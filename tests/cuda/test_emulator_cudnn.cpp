@@ -316,8 +316,8 @@ TEST_CASE("emulator conv graph: heuristics that offer no engine decline the shap
   CHECK(cuda::conv_graph_plans_built() == built);
 }
 
-TEST_CASE("emulator conv graph: plans are kept per thread; a capture after a warm-up in benchmark mode runs the "
-          "warm-up's choice and builds no plan") {
+TEST_CASE("emulator conv graph: plans are kept per thread; a CUDA graph captured after a warm-up in benchmark "
+          "mode runs the warm-up's choice and builds no plan") {
   Restore restore;
   manual_seed(83);
   const Device cuda = Device::cuda(0);
@@ -349,4 +349,26 @@ TEST_CASE("emulator conv graph: plans are kept per thread; a capture after a war
   CHECK(cuda::conv_graph_plans_built() == built);
   graph.replay();
   CHECK(golden::equal(y.to(Device()), warm.to(Device())));
+}
+
+TEST_CASE("emulator: a CUDA graph captured after a warm-up in cuDNN's benchmark mode runs the warm-up's algorithms "
+          "and asks the heuristics nothing more (legacy API)") {
+  const bool was = cudnn_graph_api();
+  set_cudnn_graph_api(false);
+  struct Benchmark {
+    Benchmark() { set_cudnn_benchmark(true); }
+    ~Benchmark() { set_cudnn_benchmark(false); }
+  } benchmark;
+  manual_seed(84);
+  const Device cuda = Device::cuda(0);
+  const Tensor x = randn({2, 3, 8, 13}, kFloat64).to(cuda), w = randn({4, 3, 3, 3}, kFloat64).to(cuda);
+  const Tensor warm = conv2d(x, w, Tensor(), 1, 1, 1, 1);
+  const int64_t searches = cuda::conv_algorithm_searches();
+  Tensor y;
+  CudaGraph graph;
+  graph.capture(cuda, [&] { y = conv2d(x, w, Tensor(), 1, 1, 1, 1); });
+  CHECK(cuda::conv_algorithm_searches() == searches);
+  graph.replay();
+  CHECK(golden::equal(y.to(Device()), warm.to(Device())));
+  set_cudnn_graph_api(was);
 }
