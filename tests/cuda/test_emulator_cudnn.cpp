@@ -9,6 +9,7 @@
 #include <cudnn.h>
 
 #include <cmath>
+#include <functional>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -72,6 +73,25 @@ std::vector<Tensor> convolve(const Tensor& x, const Tensor& w, Device dev) {
 }
 void same(const std::vector<Tensor>& gpu, const std::vector<Tensor>& cpu) {
   for (size_t i = 0; i < cpu.size(); ++i) CHECK(golden::relative_error(gpu[i], cpu[i]) <= 1e-10);
+}
+
+// x convolved with w once in cuDNN's benchmark mode (a warm-up: the candidates timed), then the
+// same convolution captured in a CUDA graph, which cannot time (its events are never waited for):
+// it takes the timed choice, so `searched()` (plans built, heuristics asked) stays where the
+// warm-up left it, and the replay gives the warm-up's bits.
+void check_capture_after_benchmark_warm_up(const Tensor& x, const Tensor& w, const std::function<int64_t()>& searched) {
+  struct BenchmarkMode {
+    BenchmarkMode() { set_cudnn_benchmark(true); }
+    ~BenchmarkMode() { set_cudnn_benchmark(false); }
+  } benchmark;
+  const Tensor warm = conv2d(x, w, Tensor(), 1, 1, 1, 1);
+  const int64_t before = searched();
+  Tensor y;
+  CudaGraph graph;
+  graph.capture(x.device(), [&] { y = conv2d(x, w, Tensor(), 1, 1, 1, 1); });
+  CHECK(searched() == before);
+  graph.replay();
+  CHECK(golden::equal(y.to(Device()), warm.to(Device())));
 }
 
 }  // namespace
@@ -334,41 +354,17 @@ TEST_CASE("emulator conv graph: plans are kept per thread; a CUDA graph captured
   same(convolve(x, w, cuda), cpu);
   CHECK(cuda::conv_graph_plans_built() - built == 6);
 
-  // cuDNN's benchmark mode times the candidates in the warm-up; a capture cannot time (its events
-  // are never waited for), and takes the timed choice instead of searching inside the capture.
-  struct Benchmark {
-    Benchmark() { set_cudnn_benchmark(true); }
-    ~Benchmark() { set_cudnn_benchmark(false); }
-  } benchmark;
   const Tensor x2 = randn({2, 3, 10, 9}, kFloat64).to(cuda), w2 = randn({4, 3, 3, 3}, kFloat64).to(cuda);
-  const Tensor warm = conv2d(x2, w2, Tensor(), 1, 1, 1, 1);
-  built = cuda::conv_graph_plans_built();
-  Tensor y;
-  CudaGraph graph;
-  graph.capture(cuda, [&] { y = conv2d(x2, w2, Tensor(), 1, 1, 1, 1); });
-  CHECK(cuda::conv_graph_plans_built() == built);
-  graph.replay();
-  CHECK(golden::equal(y.to(Device()), warm.to(Device())));
+  check_capture_after_benchmark_warm_up(x2, w2, cuda::conv_graph_plans_built);
 }
 
 TEST_CASE("emulator: a CUDA graph captured after a warm-up in cuDNN's benchmark mode runs the warm-up's algorithms "
           "and asks the heuristics nothing more (legacy API)") {
   const bool was = cudnn_graph_api();
   set_cudnn_graph_api(false);
-  struct Benchmark {
-    Benchmark() { set_cudnn_benchmark(true); }
-    ~Benchmark() { set_cudnn_benchmark(false); }
-  } benchmark;
   manual_seed(84);
   const Device cuda = Device::cuda(0);
   const Tensor x = randn({2, 3, 8, 13}, kFloat64).to(cuda), w = randn({4, 3, 3, 3}, kFloat64).to(cuda);
-  const Tensor warm = conv2d(x, w, Tensor(), 1, 1, 1, 1);
-  const int64_t searches = cuda::conv_algorithm_searches();
-  Tensor y;
-  CudaGraph graph;
-  graph.capture(cuda, [&] { y = conv2d(x, w, Tensor(), 1, 1, 1, 1); });
-  CHECK(cuda::conv_algorithm_searches() == searches);
-  graph.replay();
-  CHECK(golden::equal(y.to(Device()), warm.to(Device())));
+  check_capture_after_benchmark_warm_up(x, w, cuda::conv_algorithm_searches);
   set_cudnn_graph_api(was);
 }
