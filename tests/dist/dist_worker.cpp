@@ -8,6 +8,8 @@
 //   dist_worker fail-throw    rank 1 raises at step 3: every rank ends, rank 1's error printed
 //   dist_worker fail-exit     rank 1 exits at step 3 without a word: every rank ends
 //   dist_worker timeout       rank 1 sleeps 60 s before a collective: rank 0 times out
+//   dist_worker waits cuda    (the CUDA emulator only) a warmed-up data-parallel GPU step waits for
+//                             the device nowhere (the emulator counts the host's waits)
 // With a second argument `cuda` every mode runs on the GPU (each rank's cuda:local_rank), so its
 // tensors go through NCCL: the model being trained data-parallel, the collectives' tensors (every
 // dtype NCCL takes). The equality mode's reference process stays on the CPU. Started with
@@ -344,6 +346,48 @@ struct TwoHeads : nn::Module {
   }
 };
 
+#ifdef BCOS_DIST_WORKER_EMULATED
+// A warmed-up data-parallel step on the GPU (ResNet-20 and its B-cos form, synchronised batch
+// norm, gradient buckets all-reduced through NCCL, AdamW) waits for the device nowhere: each wait
+// would stall the host until the GPU caught up, and the GPU then idle while the host queues on.
+void waits() {
+  namespace rt = bcos::emu::runtime;
+  for (const bool bcos : {false, true}) {
+    manual_seed(7);
+    std::shared_ptr<nn::Module> m = models::create_model("resnet20", 10);
+    if (bcos) {
+      models::BcosifyOptions o;
+      o.mean = {0.5f, 0.5f, 0.5f}, o.std = {0.25f, 0.25f, 0.25f};
+      m = models::bcosify(m, o);
+    }
+    m->to(g_device);
+    m->train();
+    dist::DataParallelOptions small_buckets;
+    small_buckets.bucket_mb = 0.05, small_buckets.first_bucket_mb = 0.01;
+    dist::DataParallel ddp(*m, small_buckets);
+    dist::use_sync_batch_norm(*m);
+    nn::AdamW opt(m->parameters(), {.lr = 1e-3, .weight_decay = 0.05});
+    manual_seed(100 + dist::rank());
+    const Tensor x = rand({4, 3, 16, 16}).to(g_device), y = randint(0, 10, {4}).to(g_device);
+    const Tensor input = bcos ? nn::add_inverse(x) : x;
+    auto step = [&] {
+      opt.zero_grad();
+      const Tensor logits = ddp(input);
+      (bcos ? nn::uniform_off_labels_bce(logits, y) : cross_entropy(logits, y)).backward();
+      opt.step();
+    };
+    step(), step();
+    const int64_t before = rt::host_waits();
+    step();
+    const int64_t waited = rt::host_waits() - before;
+    std::printf("rank %d: %s data-parallel step: %lld waits for the device\n", dist::rank(),
+                bcos ? "B-cos ResNet-20" : "ResNet-20", static_cast<long long>(waited));
+    expect(waited == 0, str(bcos ? "B-cos ResNet-20" : "ResNet-20", ": a warmed-up data-parallel step waited for the device ",
+                            waited, " times"));
+  }
+}
+#endif
+
 void unused() {
   manual_seed(5);
   auto model = std::make_shared<TwoHeads>();
@@ -411,10 +455,15 @@ int main(int argc, char** argv) {
       contrastive();
     } else if (mode == "unused") {
       unused();
+#ifdef BCOS_DIST_WORKER_EMULATED
+    } else if (mode == "waits" && device == "cuda") {
+      waits();
+#endif
     } else if (mode == "fail-throw" || mode == "fail-exit" || mode == "timeout") {
       train_until_failure(mode);
     } else {
-      std::fprintf(stderr, "usage: dist_worker collectives|equality|unused|fail-throw|fail-exit|timeout [cpu|cuda]\n");
+      std::fprintf(stderr, "usage: dist_worker collectives|equality|unused|fail-throw|fail-exit|timeout [cpu|cuda], "
+                   "or waits cuda (emulated GPUs)\n");
       return 2;
     }
     dist::barrier();
