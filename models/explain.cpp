@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "autograd/ops.h"
+#include "tensor/index_errors.h"
 
 namespace bcos::models {
 
@@ -33,11 +34,6 @@ auto with_frozen_eval(nn::Module& model, F&& fn) {
   return fn();
 }
 
-void check_targets(const char* op, const Tensor& targets, int64_t classes) {
-  for (int64_t c : targets.to(Device("cpu")).contiguous().to_vector<int64_t>())
-    BCOS_CHECK(c >= 0 && c < classes, op, ": target ", c, " is not a class index in [0, ", classes, ")");
-}
-
 Tensor logits_of(nn::Module& model, const Tensor& x, const char* op) {
   Tensor logits = model(x);
   BCOS_CHECK(logits.dim() == 2 && logits.size(0) == x.size(0), op, ": the model returned ", logits.shape(),
@@ -56,9 +52,13 @@ Explanation explain(nn::Module& model, const Tensor& inputs, const Tensor& targe
     ExplanationModeGuard explaining;
     Tensor logits = logits_of(model, x, "explain");
     Tensor t = targets.defined() ? targets.to(logits.device()) : argmax(logits.detach(), 1);
-    if (targets.defined()) check_targets("explain", targets, logits.size(1));
     // Samples are independent in eval mode, so one backward of the sum gives every W(x) at once.
-    sum(gather(logits, 1, t.reshape({-1, 1}))).backward();
+    // (A target out of range: the gather's own check, in explain's words; on a GPU it is raised
+    // at the next synchronisation, without the host waiting here.)
+    {
+      const IndexRole role("explain: target", "classes");
+      sum(gather(logits, 1, t.reshape({-1, 1}))).backward();
+    }
     Explanation e;
     e.targets = t;
     e.logits = logits.detach();
@@ -77,8 +77,8 @@ Tensor contribution_maps(nn::Module& model, const Tensor& inputs, const Tensor& 
     Tensor x = inputs.detach().clone().requires_grad_(true);
     ExplanationModeGuard explaining;
     Tensor logits = logits_of(model, x, "contribution_maps");
-    check_targets("contribution_maps", targets, logits.size(1));
     Tensor t = targets.to(logits.device());
+    const IndexRole role("contribution_maps: target", "classes");  // (as explain's)
     std::vector<Tensor> maps;
     const int64_t k = targets.size(1);
     for (int64_t j = 0; j < k; ++j) {

@@ -24,6 +24,9 @@
 #include "autograd/autograd.h"
 #include "autograd/gradcheck.h"
 #include "autograd/ops.h"
+#include "models/explain.h"
+#include "nn/linear.h"
+#include "nn/module.h"
 #include "tensor/cuda/backend.h"
 #include "tensor/dispatch.h"
 #include "tests/golden.h"
@@ -487,6 +490,13 @@ TEST_CASE("cuda ops: an index out of range is raised at the next synchronisation
        [&](Device d) { return nll_loss(ones({2, 3}, d), ids({-3, 1}, {2}).to(d)); }},
       {"one_hot: class index 10 is out of range for 10 classes",
        [&](Device d) { return one_hot(ids({3, 10}, {2}).to(d), 10); }},
+      {"explain: target 4 is out of range for 4 classes",  // (an explanation's weights: its gather's backward)
+       [&](Device d) {
+         manual_seed(5);
+         nn::Sequential model({std::make_shared<nn::Flatten>(), std::make_shared<nn::Linear>(12, 4)});
+         model.to(d);
+         return models::explain(model, rand({2, 3, 2, 2}).to(d), ids({1, 4}, {2}).to(d)).weights;
+       }},
   };
   for (const BadCase& c : cases) {
     CAPTURE(c.words);
