@@ -417,7 +417,7 @@ cudnnStatus_t cudnnBackendGetAttribute(cudnnBackendDescriptor_t const descriptor
     if (type != CUDNN_TYPE_NUMERICAL_NOTE) return CUDNN_STATUS_BAD_PARAM;
     const auto notes = notes_of(b);
     const int64_t n = std::min<int64_t>(requested, int64_t(notes.size()));
-    std::memcpy(values, notes.data(), size_t(n) * sizeof(notes[0]));
+    if (n > 0) std::memcpy(values, notes.data(), size_t(n) * sizeof(notes[0]));  // (a count query passes null)
     *count = requested == 0 ? int64_t(notes.size()) : n;
     return CUDNN_STATUS_SUCCESS;
   }
