@@ -99,6 +99,14 @@ void check_distinct(const char* op, const std::vector<Tensor>& params) {
   }
 }
 
+// Scalars read from device memory are a CUDA graph's (tensor/op_kinds.h): every parameter on a GPU.
+void check_on_device(const char* op, const std::vector<Tensor>& params, bool on_device) {
+  if (!on_device) return;
+  for (size_t i = 0; i < params.size(); ++i)
+    BCOS_CHECK(params[i].is_cuda(), op, ": scalars read from device memory (on_device) are for steps inside a CUDA "
+               "graph, but parameter ", i, " ", params[i].shape(), " is on ", params[i].device());
+}
+
 // list[i], or an undefined tensor when the list is empty (state not in use).
 Tensor entry(const std::vector<Tensor>& list, size_t i) { return list.empty() ? Tensor() : list[i]; }
 
@@ -111,6 +119,7 @@ void sgd_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& gra
   check_count(op, n, grads.size(), "gradients", true);
   check_count(op, n, momenta.size(), "momentum buffers", p.momentum != 0);
   check_distinct(op, params);
+  check_on_device(op, params, p.on_device != nullptr);
   StepBatch batch(3, /*read_only=*/1);
   for (size_t i = 0; i < n; ++i) {
     const std::string who = who_of(op, i, n);
@@ -138,6 +147,7 @@ void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
   check_count(op, n, max_exp_avg_sqs.size(), "max_exp_avg_sq tensors", p.amsgrad);
   BCOS_CHECK(p.bias2_sqrt > 0, op, ": bias correction sqrt(1 - beta2^t) must be positive (step count >= 1)");
   check_distinct(op, params);
+  check_on_device(op, params, p.on_device != nullptr);
   StepBatch batch(5, /*read_only=*/1);
   for (size_t i = 0; i < n; ++i) {
     const std::string who = who_of(op, i, n);

@@ -10,8 +10,8 @@
 // --cudnn-api graph | legacy: which cuDNN API runs the convolutions (tensor/device.h).
 // --tf32 0: float32 matmuls and convolutions on a GPU in full float32 (default 1: TF32, set_allow_tf32).
 // --cuda-graph 1: after two warm-up steps, the step is captured as a CUDA graph (tensor/cuda_graph.h)
-// and each timed step replays it: the whole step with SGD, as PyTorch's whole-network capture; the
-// distillation rows' Adam steps after each replay (its bias corrections change per step).
+// and each timed step replays it: the whole step with its optimizer, as PyTorch's whole-network
+// capture (the distillation rows' Adam as torch.optim.Adam(capturable=True)).
 // bcos_<arch> (bcos_resnet50, ...): the B-cosified model (models/bcosify.h, b = 2, biases
 // removed) on AddInverse(x), trained with the B-cos BCE loss (one-hot targets clamped to 1 / C).
 // CLIP: --arch clip_rn50 / clip_vit_b_32 time the image tower of OpenAI's RN50 / ViT-B/32
@@ -176,17 +176,12 @@ int main(int argc, char** argv) {
     };
     model->train(mode == "train");
     CudaGraph graph;
-    const bool step_in_graph = !teacher;  // (SGD's step can be captured; Adam's cannot)
     if (cuda_graph) {
       run(), run();  // the optimizer's state and cuDNN's choices exist before the capture
-      graph.capture(device, step_in_graph ? std::function<void()>(run) : std::function<void()>(gradients));
+      graph.capture(device, run);
     }
-    auto replay = [&] {
-      graph.replay();
-      if (!step_in_graph) update();
-    };
     // GPU work is queued: time what has finished.
-    if (cuda_graph) time_steps(replay, [&] { synchronize(device); }, batch, seconds);
+    if (cuda_graph) time_steps([&] { graph.replay(); }, [&] { synchronize(device); }, batch, seconds);
     else time_steps(run, [&] { synchronize(device); }, batch, seconds);
     if (device.is_cuda()) std::printf(" peak_gpu_mb %.1f", double(peak_memory_bytes(device)) / (1 << 20));
     std::printf("\n");

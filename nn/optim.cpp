@@ -28,6 +28,20 @@ void Optimizer::zero_grad() {
   for (Tensor& p : params_) p.zero_grad();
 }
 
+void Optimizer::make_replay_scalars(const Tensor& first, size_t bytes) {
+  if (first.is_cuda() && (!replay_scalars_.defined() || replay_scalars_.device() != first.device() ||
+                          replay_scalars_.numel() < int64_t(bytes)))
+    replay_scalars_ = empty({int64_t(bytes)}, {DType::u8, first.device()});
+}
+
+const Tensor& Optimizer::replay_scalars(const Tensor& first, size_t bytes) const {
+  BCOS_CHECK(replay_scalars_.defined() && replay_scalars_.device() == first.device() &&
+                 replay_scalars_.numel() >= int64_t(bytes),
+             name_, ".step inside a CUDA graph capture: take an eager step on ", first.device(), " first (it makes the "
+             "device memory the captured step reads its learning rate from at each replay)");
+  return replay_scalars_;
+}
+
 void Optimizer::check_some_gradient() const {
   for (const Tensor& p : params_)
     if (p.grad().defined()) return;
@@ -64,6 +78,14 @@ SGD::SGD(std::vector<Tensor> params, SGDOptions o) : Optimizer(std::move(params)
   momentum_.resize(params_.size());
 }
 
+namespace {
+SgdStepParams sgd_params(const SGDOptions& o, double lr, bool first_step) {
+  return {.lr = lr, .momentum = o.momentum, .dampening = o.dampening, .weight_decay = o.weight_decay,
+          .nesterov = o.nesterov, .first_step = first_step};
+}
+
+}  // namespace
+
 // Every parameter with a gradient in one list op (a launch per 32 parameters on a GPU); those
 // whose momentum buffer starts this step form a list of their own (their p.first_step).
 void SGD::step() {
@@ -87,21 +109,28 @@ void SGD::step() {
     grads[first].push_back(g);
     bufs[first].push_back(buf);
   }
-  for (const bool first : {false, true})
-    sgd_step_(params[first], grads[first], bufs[first],
-              {.lr = lr, .momentum = options.momentum, .dampening = options.dampening,
-               .weight_decay = options.weight_decay, .nesterov = options.nesterov, .first_step = first});
+  const Tensor& first = params[0].empty() ? params[1][0] : params[0][0];
   if (!capturing) {
+    for (const bool first : {false, true}) sgd_step_(params[first], grads[first], bufs[first], sgd_params(options, lr, first));
+    make_replay_scalars(first, sizeof(SgdStepParams));
     ++steps_;
     return;
   }
-  // The step happens at each replay, with this learning rate; the hook keeps the tensors the
-  // graph writes alive with it.
-  cuda_graph_on_replay([this, alive = alive_, captured_lr = lr, keep = std::move(params[0]), bufs = std::move(bufs[0])] {
+  // Captured (one list: every buffer exists), the step happens at each replay with the learning
+  // rate and options of that moment, which its hook writes where the kernels read them. The hook
+  // keeps the tensors the graph writes alive with it.
+  const Tensor scalars = replay_scalars(first, sizeof(SgdStepParams));
+  SgdStepParams captured = sgd_params(options, lr, false);
+  captured.on_device = static_cast<const SgdStepParams*>(scalars.raw_data());
+  sgd_step_(params[0], grads[0], bufs[0], captured);
+  cuda_graph_on_replay([this, alive = alive_, with_momentum = options.momentum != 0, scalars,
+                        keep = std::move(params[0]), bufs = std::move(bufs[0])] {
     BCOS_CHECK(*alive, "CudaGraph.replay: the SGD optimizer whose step the graph captured was destroyed");
-    BCOS_CHECK(lr == captured_lr, "CudaGraph.replay: the graph's SGD step was captured with learning rate ",
-               captured_lr, " but lr is now ", lr, " (a replay cannot change it: capture the step again, or "
-               "step the optimizer outside the graph)");
+    BCOS_CHECK((options.momentum != 0) == with_momentum, "CudaGraph.replay: the graph's SGD step was captured ",
+               with_momentum ? "with" : "without", " momentum buffers, but momentum is now ", options.momentum,
+               " (capture the step again)");
+    const SgdStepParams now = sgd_params(options, lr, false);
+    store_for_replay(scalars.device(), scalars.raw_data(), &now, sizeof now);
     ++steps_;
   });
 }
@@ -128,19 +157,33 @@ Adam::Adam(std::vector<Tensor> params, AdamOptions o, bool decoupled)
   param_steps_.assign(params_.size(), 0);
 }
 
+namespace {
+// The scalars of a parameter's t-th step (t >= 1).
+AdamStepParams adam_params(const AdamOptions& o, double lr, bool decoupled, int64_t t) {
+  return {.lr = lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = o.eps, .weight_decay = o.weight_decay,
+          .step_size = lr / (1 - std::pow(o.beta1, double(t))), .bias2_sqrt = std::sqrt(1 - std::pow(o.beta2, double(t))),
+          .decoupled = decoupled, .amsgrad = o.amsgrad};
+}
+}  // namespace
+
 // Parameters stepped as many times before share their bias corrections, so each such set is one
-// list op (usually all of them: one set).
+// list op (usually all of them: one set). Inside a CUDA graph capture the sets are fixed and each
+// replay steps them with the step counts, learning rate and options of that moment (as PyTorch's
+// capturable=True, with the counts kept on the host and handed to the kernels before each replay).
 void Adam::step() {
-  // (As torch.optim.Adam without capturable: its bias corrections come from the host's step count.)
-  BCOS_CHECK(!cuda_graph_capturing(), name_, ".step: not inside a CUDA graph capture (a replay would repeat the "
-             "captured step count's bias corrections and learning rate); step it after each replay");
   check_some_gradient();
+  const bool capturing = cuda_graph_capturing();
+  if (capturing)  // (before any state is made, as SGD's)
+    for (size_t i = 0; i < params_.size(); ++i)
+      BCOS_CHECK(!params_[i].grad().defined() || exp_avg_[i].defined(), name_, ".step inside a CUDA graph capture: "
+                 "parameter ", i, " ", params_[i].shape(), " has no moments yet, and a replay would start them afresh "
+                 "each time; take an eager step first");
   NoGradGuard no_grad;
-  ++steps_;
   struct Set {
+    std::vector<size_t> index;
     std::vector<Tensor> params, grads, m, v, vmax;
   };
-  std::map<int64_t, Set> by_step;
+  std::map<int64_t, Set> by_step;  // eager: by the step each takes now; captured: by the steps taken so far
   for (size_t i = 0; i < params_.size(); ++i) {
     const Tensor& g = params_[i].grad();
     if (!g.defined()) continue;
@@ -149,21 +192,56 @@ void Adam::step() {
       exp_avg_sq_[i] = zeros_like(params_[i]);
       if (options.amsgrad) max_exp_avg_sq_[i] = zeros_like(params_[i]);
     }
-    Set& set = by_step[++param_steps_[i]];
+    Set& set = by_step[capturing ? param_steps_[i] : ++param_steps_[i]];
+    set.index.push_back(i);
     set.params.push_back(params_[i].data_alias());
     set.grads.push_back(g);
     set.m.push_back(exp_avg_[i]);
     set.v.push_back(exp_avg_sq_[i]);
     set.vmax.push_back(max_exp_avg_sq_[i]);
   }
-  for (const auto& [t, set] : by_step) {
-    const AdamStepParams step{.lr = lr, .beta1 = options.beta1, .beta2 = options.beta2, .eps = options.eps,
-                              .weight_decay = options.weight_decay,
-                              .step_size = lr / (1 - std::pow(options.beta1, double(t))),
-                              .bias2_sqrt = std::sqrt(1 - std::pow(options.beta2, double(t))),
-                              .decoupled = decoupled_, .amsgrad = options.amsgrad};
-    adam_step_(set.params, set.grads, set.m, set.v, set.vmax, step);
+  // (Room for a set per parameter: each set's scalars at its own offset.)
+  const Tensor& first = by_step.begin()->second.params[0];
+  const size_t bytes = params_.size() * sizeof(AdamStepParams);
+  if (!capturing) {
+    ++steps_;
+    for (const auto& [t, set] : by_step)
+      adam_step_(set.params, set.grads, set.m, set.v, set.vmax, adam_params(options, lr, decoupled_, t));
+    make_replay_scalars(first, bytes);
+    return;
   }
+  const Tensor all_scalars = replay_scalars(first, bytes);
+  std::vector<std::pair<std::vector<size_t>, Tensor>> sets;  // (parameters, their scalars' device copy)
+  std::vector<Tensor> keep{all_scalars};                     // what the graph reads and writes
+  for (auto& [t, set] : by_step) {
+    const int64_t at = int64_t(sets.size() * sizeof(AdamStepParams));
+    const Tensor scalars = all_scalars.narrow(0, at, int64_t(sizeof(AdamStepParams)));
+    AdamStepParams captured = adam_params(options, lr, decoupled_, t + 1);
+    captured.on_device = static_cast<const AdamStepParams*>(scalars.raw_data());
+    adam_step_(set.params, set.grads, set.m, set.v, set.vmax, captured);
+    for (auto* list : {&set.params, &set.m, &set.v, &set.vmax}) keep.insert(keep.end(), list->begin(), list->end());
+    sets.emplace_back(std::move(set.index), scalars);
+  }
+  cuda_graph_on_replay([this, alive = alive_, name = name_, amsgrad = options.amsgrad, sets = std::move(sets),
+                        keep = std::move(keep)] {
+    // (Nothing of *this is read before it is known to be alive.)
+    BCOS_CHECK(*alive, "CudaGraph.replay: the ", name, " optimizer whose step the graph captured was destroyed");
+    BCOS_CHECK(options.amsgrad == amsgrad, "CudaGraph.replay: the graph's ", name_, " step was captured ",
+               amsgrad ? "with" : "without", " AMSGrad, but options.amsgrad is now ", options.amsgrad,
+               " (capture the step again)");
+    for (const auto& [index, scalars] : sets)  // (all checked before anything is written)
+      for (size_t i : index)
+        BCOS_CHECK(param_steps_[i] == param_steps_[index[0]], "CudaGraph.replay: parameters ", index[0], " and ", i,
+                   " of the graph's ", name_, " step have taken ", param_steps_[index[0]], " and ", param_steps_[i],
+                   " steps (eager steps without one's gradient since the capture), but the graph steps them with "
+                   "one bias correction (capture the step again)");
+    for (const auto& [index, scalars] : sets) {
+      for (size_t i : index) ++param_steps_[i];
+      const AdamStepParams now = adam_params(options, lr, decoupled_, param_steps_[index[0]]);
+      store_for_replay(scalars.device(), scalars.raw_data(), &now, sizeof now);
+    }
+    ++steps_;
+  });
 }
 
 StateDict Adam::state_dict() const {

@@ -42,6 +42,12 @@ class Optimizer {
   int64_t steps_ = 0;
   const char* name_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // false once destroyed (a graph's hooks ask)
+  // GPU memory a captured step's kernels read their scalars from, rewritten before each replay.
+  // Made by an eager step, outside any capture: memory allocated inside one may be a temporary's
+  // that the replay writes before the step reads it.
+  Tensor replay_scalars_;
+  void make_replay_scalars(const Tensor& first, size_t bytes);  // (an eager step on a GPU)
+  const Tensor& replay_scalars(const Tensor& first, size_t bytes) const;  // (a captured step)
 };
 
 struct SGDOptions {
@@ -49,9 +55,11 @@ struct SGDOptions {
   bool nesterov = false;
 };
 
-// A CUDA graph may capture an SGD step (as torch.optim.SGD's in PyTorch's whole-network capture):
-// each replay then steps with the captured learning rate (a replay after `lr` changed raises), and
-// counts as a step. Every momentum buffer must exist before the capture: warm up with an eager step.
+// A CUDA graph may capture an optimizer's step (PyTorch's whole-network capture): each replay is
+// then a step, counted, with the learning rate and options of that moment -- a schedule that sets
+// `lr` between replays works, as with PyTorch's capturable=True and a tensor lr. The state must
+// exist before the capture (warm up with an eager step); what decides which kernels the capture
+// holds (momentum on or off, AMSGrad) cannot change afterwards, and a replay after it did raises.
 class SGD : public Optimizer {
  public:
   SGD(std::vector<Tensor> params, SGDOptions options);
@@ -70,6 +78,8 @@ struct AdamOptions {
 };
 
 // decoupled = false: Adam (decay added to the gradient); true: AdamW (params shrink by lr * wd).
+// A captured step (see SGD) steps, at each replay, the parameters that had gradients at the
+// capture, each with its own step count's bias corrections.
 class Adam : public Optimizer {
  public:
   Adam(std::vector<Tensor> params, AdamOptions options, bool decoupled = false);

@@ -59,6 +59,8 @@ void CudaGraph::capture(Device device, const std::function<void()>& work) {
 
 void CudaGraph::replay() {
   BCOS_CHECK(handle_ != nullptr, "CudaGraph.replay: nothing captured (call capture first)");
+  // (Before the hooks: what they queue would be captured.)
+  BCOS_CHECK(!cuda_graph_capturing(), "CudaGraph.replay: not while capturing a graph");
   for (const auto& hook : on_replay_) hook();
 #ifdef BCOS_WITH_CUDA
   cuda::replay_graph(handle_);
@@ -78,4 +80,13 @@ void cuda_graph_on_replay(std::function<void()> hook) {
   t_capture_hooks->push_back(std::move(hook));
 }
 
+void store_for_replay(Device device, void* device_address, const void* bytes, size_t count) {
+  BCOS_CHECK(device.is_cuda(), "store_for_replay: device memory of a GPU; got device ", device);
+#ifdef BCOS_WITH_CUDA
+  cuda::store_bytes(device.index, device_address, bytes, count);
+#else
+  (void)device_address, (void)bytes, (void)count;
+  fail("store_for_replay on ", device, ": bcos was built without CUDA");
+#endif
+}
 }  // namespace bcos

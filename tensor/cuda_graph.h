@@ -13,9 +13,10 @@
 //   for (auto& [x, y] : batches) {
 //     static_x.copy_(x), static_y.copy_(y);            // a replay reads the tensors the capture saw
 //     graph.replay();                                   // loss and every .grad hold this batch's values
-//     optimizer.step();                                 // outside: its learning rate and step count change
+//     optimizer.step();                                 // or inside the capture (after a warm-up step)
 //   }
-// (An SGD step may go inside the capture instead, as in PyTorch's whole-network capture: nn/optim.h.)
+// (The optimizer's step may go inside the capture, as in PyTorch's whole-network capture: each
+// replay then steps with the learning rate and step count of the moment -- nn/optim.h.)
 //
 // The rules are CUDA's and PyTorch's: a replay reuses the addresses and the scalars of the capture
 // (shapes, learning rates, random seeds are fixed), so inputs are refreshed by copying into the
@@ -23,11 +24,12 @@
 // capturing belongs to the graph until it is destroyed; tensors made during the capture (loss,
 // gradients) are overwritten by each replay. What cannot be captured raises while capturing: a
 // host round trip (item(), a GradScaler's step, anomaly detection), a random draw (dropout), an
-// Adam step, a copy through pageable host memory, collectives (DataParallel), a second capture
-// while another thread captures. Graphs one thread captures share its capture stream's cuBLAS
+// optimizer step before its state exists, a copy through pageable host memory, collectives
+// (DataParallel), a second capture while another thread captures. Graphs one thread captures share its capture stream's cuBLAS
 // workspace (as PyTorch's default capture stream): replay them one after another, on one stream.
 #pragma once
 
+#include <cstddef>
 #include <functional>
 #include <vector>
 
@@ -64,9 +66,15 @@ class CudaGraph {
 bool cuda_graph_capturing();
 
 // Host code that each replay of the graph the calling thread is capturing runs before it queues
-// the work: the host side of a captured step (an SGD step counts itself and checks that its
-// learning rate is still the captured one). A hook that raises stops that replay before any work
+// the work: the host side of a captured step (an optimizer counts its step and writes the step's
+// scalars where the captured kernels read them, with store_for_replay). A hook that raises stops that replay before any work
 // is queued. Kept with the graph; dropped when its capture fails.
 void cuda_graph_on_replay(std::function<void()> hook);
+
+// Queues on the device's current stream a write of `count` (at most 256) host bytes to
+// `device_address` on `device` -- the bytes are taken now, nothing waits. A hook's way to hand the
+// graph's kernels what changes per replay: captured kernels that read their scalars from device
+// memory (an optimizer step's learning rate and bias corrections) find the new ones there.
+void store_for_replay(Device device, void* device_address, const void* bytes, size_t count);
 
 }  // namespace bcos

@@ -78,16 +78,21 @@ struct BcosScaleParams {
 };
 
 // One optimizer step (tensor/optim_math.h), PyTorch's single-tensor update rules.
+// on_device (CUDA only): the kernel reads its scalars from this device copy when it runs, not
+// from the launch's arguments -- how a step inside a CUDA graph takes a new learning rate and step
+// count at each replay (nn/optim.cpp rewrites the copy before each; tensor/cuda_graph.h).
 struct SgdStepParams {
   double lr = 0, momentum = 0, dampening = 0, weight_decay = 0;
   bool nesterov = false;
   bool first_step = false;  // the momentum buffer starts at the gradient
+  const SgdStepParams* on_device = nullptr;
 };
 struct AdamStepParams {
   double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
   double step_size = 0;   // lr / (1 − beta1^t)
   double bias2_sqrt = 1;  // sqrt(1 − beta2^t)
   bool decoupled = false, amsgrad = false;
+  const AdamStepParams* on_device = nullptr;
 };
 
 // ---- names for messages ---------------------------------------------------------------------------

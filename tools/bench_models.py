@@ -21,8 +21,8 @@ loss, adaptive gradient clipping, Adam lr 1e-4).
 --no-tf32: float32 matmuls and convolutions in full float32 on both sides; by default both sides
 take TF32 for both (bcos.cpp's default; PyTorch's for convolutions, set here for its matmuls too).
 --cuda-graph (GPU): each step captured once as a CUDA graph and replayed on both sides
-(torch.cuda.CUDAGraph beside tensor/cuda_graph.h): the whole step with SGD, as PyTorch's
-whole-network capture, the step but its Adam update in the distillation rows; --batch N: every row
+(torch.cuda.CUDAGraph beside tensor/cuda_graph.h): the whole step with its optimizer, as PyTorch's
+whole-network capture (the distillation rows' Adam with capturable=True); --batch N: every row
 at batch N (the launches a graph saves weigh most at small batches).
 On a GPU (--device cuda): ResNet-50 and its B-cosified form, ViT-B/16, CLIP's RN50 image tower
 and text tower, the B-cos ViT-B/16 and B-cos CLIP RN50 at batch 64, inference and training step, both frameworks synchronising after
@@ -227,8 +227,8 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
             x = x.to(whole)
     if teacher is None:
         opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    else:  # the distillation recipe's optimiser
-        opt = torch.optim.Adam(params, lr=1e-4)
+    else:  # the distillation recipe's optimiser (capturable: its step inside a CUDA graph)
+        opt = torch.optim.Adam(params, lr=1e-4, **({"capturable": True} if cuda_graph else {}))
 
     def loss_of(out):
         if arch.startswith("bcos_"):  # the B-cos BCE: one-hot targets clamped to 1 / C
@@ -307,17 +307,9 @@ def torch_child(arch, batch, size, mode, seconds, threads, device, autocast="non
                 run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        step_in_graph = teacher is None  # SGD's step is captured too; Adam's (not capturable) is not
-        with torch.cuda.graph(graph):
-            if step_in_graph:
-                run()
-            else:
-                gradients()
-
-        def run():  # noqa: F811 (the timed step: a replay, then Adam's update outside the graph)
-            graph.replay()
-            if not step_in_graph:
-                update()
+        with torch.cuda.graph(graph):  # the whole step, the optimizer's included
+            run()
+        run = graph.replay  # noqa: F811 (the timed step)
     run()
     sync()
     iters, start = 0, time.perf_counter()
@@ -394,7 +386,7 @@ def main():
     ap.add_argument("--batch", type=int, default=0, help="every row at this batch size (default: the table's)")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="each step captured once as a CUDA graph and replayed, on both sides (torch.cuda.CUDAGraph, "
-                         "bench_models --cuda-graph 1; Adam's update, in the distillation rows, outside it)")
+                         "bench_models --cuda-graph 1; the optimizer's step inside, Adam capturable)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:

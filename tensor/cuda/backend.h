@@ -75,6 +75,10 @@ GraphHandle capture_graph(int device, const std::function<void()>& work);
 void replay_graph(GraphHandle graph);
 void destroy_graph(GraphHandle graph) noexcept;
 bool capturing();  // whether this thread is capturing a graph now
+// Queues a write of nbytes (<= 256) host bytes to device memory on the device's current stream,
+// carried by a kernel's argument (the host's bytes may change at once; nothing waits): how a
+// replay hook hands a captured kernel its new scalars.
+void store_bytes(int device, void* dst, const void* src, size_t nbytes);
 
 // ---- copies (cuda/copy.cu) -------------------------------------------------------------------
 void copy_host_to_device(void* dst, const void* src, size_t nbytes, int device);

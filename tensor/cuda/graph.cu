@@ -5,8 +5,10 @@
 // the capture saw -- inputs are refreshed by copying into them -- and every allocation made while
 // capturing comes from a pool of the graph's own (allocator.cu), so later work cannot take memory
 // that a replay still writes. What a graph cannot hold (a host round trip, a copy through
-// pageable memory, a random draw or a learning rate that must change per replay) refuses with an
-// error while capturing; the ops that would have made one ask capturing().
+// pageable memory, a random draw, an optimizer step's scalars passed by value) refuses with an
+// error while capturing; the ops that would have made one ask capturing(). What must change per
+// replay is written to device memory the captured kernels read, before the replay (store_bytes).
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -36,6 +38,16 @@ cudaStream_t capture_stream(int device) {
   if (streams[size_t(device)] == nullptr)
     BCOS_CUDA_CHECK(cudaStreamCreateWithFlags(&streams[size_t(device)], cudaStreamNonBlocking));
   return streams[size_t(device)];
+}
+
+// Up to kStoreBytes bytes travel as a kernel's argument: copied at the launch, so the host's copy
+// may change or go at once, and nothing waits (a copy from pageable memory might).
+constexpr size_t kStoreBytes = 256;
+struct StoreBytes {
+  unsigned char bytes[kStoreBytes];
+};
+__global__ void store_kernel(StoreBytes values, size_t count, unsigned char* dst) {
+  for (size_t i = threadIdx.x; i < count; i += blockDim.x) dst[i] = values.bytes[i];
 }
 
 // Ends a capture that failed (its graph, if any, discarded) and leaves no error behind.
@@ -112,6 +124,18 @@ void replay_graph(GraphHandle handle) {
   const Graph& graph = *static_cast<const Graph*>(handle);
   DeviceGuard guard(graph.device);
   BCOS_CUDA_CHECK(cudaGraphLaunch(graph.exec, stream_of(graph.device)));
+}
+
+void store_bytes(int device, void* dst, const void* src, size_t nbytes) {
+  BCOS_CHECK(nbytes <= kStoreBytes, "cuda store_bytes: ", nbytes, " bytes, more than the ", kStoreBytes,
+             " a launch carries");
+  BCOS_CHECK(!capturing(), "cuda store_bytes: not while capturing a graph (the write would be replayed)");
+  if (nbytes == 0) return;
+  DeviceGuard guard(device);
+  StoreBytes values{};
+  std::memcpy(values.bytes, src, nbytes);
+  store_kernel<<<1, 64, 0, stream_of(device)>>>(values, nbytes, static_cast<unsigned char*>(dst));
+  BCOS_CUDA_CHECK_LAUNCH();
 }
 
 void destroy_graph(GraphHandle handle) noexcept {

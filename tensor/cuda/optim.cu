@@ -81,8 +81,10 @@ __device__ __forceinline__ Chunk chunk_of(const StepTable<T>& table) {
   return {t, begin, begin + kChunk < table.numel[t] ? begin + kChunk : table.numel[t]};
 }
 
+// (With p.on_device, the scalars of the moment: a replayed step's, written before the replay.)
 template <class T>
-__global__ void sgd_kernel(StepTable<T> table, SgdStepParams p) {
+__global__ void sgd_kernel(StepTable<T> table, SgdStepParams launched) {
+  const SgdStepParams p = launched.on_device ? *launched.on_device : launched;
   const Chunk c = chunk_of(table);
   T* w = table.w[c.t];
   const T* g = table.g[c.t];
@@ -94,7 +96,8 @@ __global__ void sgd_kernel(StepTable<T> table, SgdStepParams p) {
 }
 
 template <class T>
-__global__ void adam_kernel(StepTable<T> table, AdamStepParams p) {
+__global__ void adam_kernel(StepTable<T> table, AdamStepParams launched) {
+  const AdamStepParams p = launched.on_device ? *launched.on_device : launched;
   const Chunk c = chunk_of(table);
   T* w = table.w[c.t];
   const T* g = table.g[c.t];
@@ -164,17 +167,19 @@ __global__ void adaptive_clip_kernel(ClipTable<T> table, double clip, double eps
 
 }  // namespace
 
-// Adam's bias corrections (from its step count) are the launch's scalars: a graph would replay the
-// captured ones forever. (An SGD step may be captured: nn::SGD checks its learning rate at each
-// replay.)
-void refuse_in_capture(const char* optimizer, size_t tensors) {
-  BCOS_CHECK(!capturing(), optimizer, " step over ", tensors, " tensors: not inside a CUDA graph capture (a replay "
-             "would repeat the captured learning rate and step count); step the optimizer after each replay");
+// A step captured with its scalars as the launch's arguments would repeat them at every replay
+// (the learning rate of the capture, its step count's bias corrections): inside a capture the
+// kernels read them from device memory that the replays rewrite (nn/optim.cpp).
+void refuse_scalars_by_value(const char* op, size_t tensors, bool on_device) {
+  BCOS_CHECK(!capturing() || on_device, op, " over ", tensors, " tensors inside a CUDA graph capture: its scalars "
+             "must be read from device memory (on_device), or each replay would repeat the captured learning rate "
+             "and step count; nn::SGD / nn::Adam do this, or step after each replay");
 }
 
 void sgd_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& momenta,
               const SgdStepParams& p) {
   const int device = params.front().device().index;
+  refuse_scalars_by_value("sgd_step", params.size(), p.on_device != nullptr);
   DeviceGuard guard(device);
   dispatch_float(params.front().dtype(), "sgd_step", [&]<class T>() {
     auto state = [&](size_t t, int k) -> T* { return k == 0 && p.momentum != 0 ? momenta[t].data<T>() : nullptr; };
@@ -189,7 +194,7 @@ void adam_step(const std::vector<Tensor>& params, const std::vector<Tensor>& gra
                const std::vector<Tensor>& exp_avgs, const std::vector<Tensor>& exp_avg_sqs,
                const std::vector<Tensor>& max_exp_avg_sqs, const AdamStepParams& p) {
   const int device = params.front().device().index;
-  refuse_in_capture("Adam", params.size());
+  refuse_scalars_by_value("adam_step", params.size(), p.on_device != nullptr);
   DeviceGuard guard(device);
   dispatch_float(params.front().dtype(), "adam_step", [&]<class T>() {
     auto state = [&](size_t t, int k) -> T* {

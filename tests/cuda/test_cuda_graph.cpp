@@ -33,12 +33,13 @@ namespace {
 // warm-up step each on batch 0 (optimizer state, cuDNN's choices), `eager` steps as usual while
 // `graphed` replays one captured step (zero_grad, loss, backward) with each batch copied into the
 // tensors the capture read, its optimizer stepped after the replay -- or, with `step_inside`, in
-// it (PyTorch's whole-network capture; SGD only). Loss, parameters and buffers (running
-// statistics) must agree bit for bit after every step.
+// it (PyTorch's whole-network capture). Both learning rates are multiplied by `lr_factor` before
+// each step after the warm-up (a schedule, which a step inside the graph follows). Loss,
+// parameters and buffers (running statistics) must agree bit for bit after every step.
 using LossOf = std::function<Tensor(nn::Module&, const Tensor&, const Tensor&)>;
 void check_replayed_steps(nn::Module& eager, nn::Optimizer& eager_opt, nn::Module& graphed, nn::Optimizer& graphed_opt,
                           const std::vector<Tensor>& xs, const std::vector<Tensor>& ys, const LossOf& loss_of,
-                          bool step_inside = false) {
+                          bool step_inside = false, double lr_factor = 1.0) {
   for (auto [m, opt] : {std::pair{&eager, &eager_opt}, std::pair{&graphed, &graphed_opt}}) {
     opt->zero_grad();
     loss_of(*m, xs[0], ys[0]).backward();
@@ -55,6 +56,8 @@ void check_replayed_steps(nn::Module& eager, nn::Optimizer& eager_opt, nn::Modul
   CHECK(graphed_opt.steps_taken() == 1);  // (a captured step is taken at each replay, not at the capture)
   for (size_t b = 1; b < xs.size(); ++b) {
     CAPTURE(b);
+    eager_opt.lr *= lr_factor;
+    graphed_opt.lr *= lr_factor;
     eager_opt.zero_grad();
     const Tensor loss = loss_of(eager, xs[b], ys[b]);
     loss.backward();
@@ -162,15 +165,16 @@ TEST_CASE("CUDA graph: memory allocated while capturing stays the graph's, freed
   CHECK(cuda::memory_stats(0).in_use == in_use);
 }
 
-TEST_CASE("CUDA graph: a ResNet-20 training step (and its B-cos form's) replays as the eager step, bit for bit (SGD's step outside the graph or in it)") {
+TEST_CASE("CUDA graph: a ResNet-20 training step (and its B-cos form's) replays as the eager step, bit for bit (the optimizer's step outside the graph or in it, SGD or Adam, under a schedule)") {
   if (!have_gpu()) return;
   const Device gpu = Device::cuda(0);
   const gpu_test::Tf32 exact_f32(false);  // (the same algorithms either way; TF32 would only add noise)
   set_deterministic_algorithms(true);     // scatters in a fixed order: an eager step repeats its bits
-  for (const int variant : {0, 1, 2}) {
-    const bool bcos = variant == 1, step_inside = variant == 2;
-    CAPTURE(bcos);
-    CAPTURE(step_inside);
+  for (const int variant : {0, 1, 2, 3}) {
+    // 0, 1: ResNet-20 and its B-cos form, SGD stepped after each replay; 2: SGD's step in the graph,
+    // 3: Adam's (L2 decay, AMSGrad), both under a decaying learning rate.
+    const bool bcos = variant == 1, step_inside = variant >= 2, adam = variant == 3;
+    CAPTURE(variant);
     auto make = [&] {
       manual_seed(41);
       std::shared_ptr<nn::Module> m = small_models::resnet20(bcos);
@@ -190,19 +194,23 @@ TEST_CASE("CUDA graph: a ResNet-20 training step (and its B-cos form's) replays 
       return bcos ? nn::uniform_off_labels_bce(logits, y) : cross_entropy(logits, y);
     };
     auto eager = make(), graphed = make();
-    nn::SGD eager_sgd(eager->parameters(), {.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-4});
-    nn::SGD graphed_sgd(graphed->parameters(), {.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-4});
-    check_replayed_steps(*eager, eager_sgd, *graphed, graphed_sgd, images, labels, loss_of, step_inside);
+    auto optimizer = [&](nn::Module& m) -> std::unique_ptr<nn::Optimizer> {
+      if (adam) return std::make_unique<nn::Adam>(m.parameters(), nn::AdamOptions{.lr = 1e-2, .weight_decay = 1e-4, .amsgrad = true});
+      return std::make_unique<nn::SGD>(m.parameters(), nn::SGDOptions{.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-4});
+    };
+    auto eager_opt = optimizer(*eager), graphed_opt = optimizer(*graphed);
+    check_replayed_steps(*eager, *eager_opt, *graphed, *graphed_opt, images, labels, loss_of, step_inside,
+                         step_inside ? 0.7 : 1.0);
   }
   set_deterministic_algorithms(false);
 }
 
-TEST_CASE("CUDA graph: a captured SGD step is taken at each replay, which refuses a changed learning rate or a destroyed optimizer before queuing anything") {
+TEST_CASE("CUDA graph: a captured SGD step is taken at each replay with the learning rate of the moment; a replay refuses changed momentum or a destroyed optimizer before queuing anything") {
   if (!have_gpu()) return;
   const Device gpu = Device::cuda(0);
   Tensor w = full({32}, 1.0, {kFloat32, gpu}).requires_grad_();
   auto sgd = std::make_unique<nn::SGD>(std::vector<Tensor>{w}, nn::SGDOptions{.lr = 0.5});
-  auto step = [&] {  // the gradient of sum(w²) / 2 is w: each step halves w (exactly)
+  auto step = [&] {  // the gradient of sum(w²) / 2 is w: each step multiplies w by 1 - lr (exactly)
     sgd->zero_grad();
     (sum(w * w) * 0.5).backward();
     sgd->step();
@@ -217,16 +225,101 @@ TEST_CASE("CUDA graph: a captured SGD step is taken at each replay, which refuse
   graph.replay();
   CHECK(sgd->steps_taken() == 3);
   CHECK(w_is(0.125));
-  sgd->lr = 0.25;  // a schedule's change cannot reach the captured step
-  CHECK_THROWS_WITH_AS(graph.replay(), doctest::Contains("captured with learning rate 0.5 but lr is now 0.25"), Error);
-  CHECK(sgd->steps_taken() == 3);
-  CHECK(w_is(0.125));
-  sgd->lr = 0.5;
+  sgd->lr = 0.25;  // a schedule's change reaches the captured step
   graph.replay();
-  CHECK(w_is(0.0625));
+  CHECK(w_is(0.09375));
+  sgd->lr = 0.75;
+  graph.replay();
+  CHECK(w_is(0.0234375));
+  CHECK(sgd->steps_taken() == 5);
+  CudaGraph other;  // (a replay inside a capture is refused before its hooks run)
+  CHECK_THROWS_WITH_AS(other.capture(gpu, [&] { graph.replay(); }),
+                       doctest::Contains("CudaGraph.replay: not while capturing a graph"), Error);
+  CHECK(sgd->steps_taken() == 5);
+  sgd->options.momentum = 0.9;  // the graph holds no momentum buffers
+  CHECK_THROWS_WITH_AS(graph.replay(), doctest::Contains("captured without momentum buffers, but momentum is now 0.9"),
+                       Error);
+  CHECK(sgd->steps_taken() == 5);
+  CHECK(w_is(0.0234375));
+  sgd->options.momentum = 0;
   sgd.reset();
   CHECK_THROWS_WITH_AS(graph.replay(), doctest::Contains("SGD optimizer whose step the graph captured was destroyed"), Error);
-  CHECK(w_is(0.0625));
+  CHECK(w_is(0.0234375));
+}
+
+TEST_CASE("CUDA graph: a captured Adam step follows each parameter's step count and the learning rate; a replay refuses diverged counts, a changed AMSGrad or a destroyed optimizer before queuing anything") {
+  if (!have_gpu()) return;
+  const Device gpu = Device::cuda(0);
+  manual_seed(17);
+  // Two parameters; an eager twin takes the same steps (the replay's scalars come from the same
+  // host arithmetic, so its values must match bit for bit).
+  const Tensor a0 = randn({40}), b0 = randn({7, 3});
+  auto make = [&] { return std::vector<Tensor>{a0.to(gpu).requires_grad_(), b0.to(gpu).requires_grad_()}; };
+  std::vector<Tensor> graphed = make(), eager = make();
+  auto step = [](std::vector<Tensor>& p, nn::Optimizer& opt, bool only_first) {
+    opt.zero_grad();
+    Tensor loss = sum(p[0] * p[0] * p[0]);
+    if (!only_first) loss = loss + sum(exp(p[1] * 0.3));
+    loss.backward();
+    opt.step();
+  };
+  auto same = [&] {
+    for (size_t i = 0; i < 2; ++i)
+      if (!golden::equal(graphed[i].detach().to(Device()), eager[i].detach().to(Device()))) return false;
+    return true;
+  };
+  auto counts = [](const nn::Optimizer& opt) {
+    std::vector<int64_t> out;
+    for (const auto& [key, t] : opt.state_dict())
+      if (key.ends_with(".step")) out.push_back(t.item<int64_t>());
+    return out;
+  };
+  {
+    // Parameter 1 has a gradient in the first warm-up step only: the capture holds two sets of
+    // parameters (steps taken 2 and 1), each replay steps each with its own bias corrections.
+    nn::AdamW graphed_opt(graphed, {.lr = 1e-2, .weight_decay = 0.1});
+    nn::AdamW eager_opt(eager, {.lr = 1e-2, .weight_decay = 0.1});
+    step(eager, eager_opt, false), step(graphed, graphed_opt, false);
+    step(eager, eager_opt, true), step(graphed, graphed_opt, true);
+    CudaGraph graph;
+    graph.capture(gpu, [&] { step(graphed, graphed_opt, false); });
+    CHECK(graphed_opt.steps_taken() == 2);
+    for (double lr : {1e-2, 3e-3, 5e-2}) {  // a schedule
+      CAPTURE(lr);
+      eager_opt.lr = graphed_opt.lr = lr;
+      step(eager, eager_opt, false);
+      graph.replay();
+      CHECK(same());
+    }
+    CHECK(graphed_opt.steps_taken() == 5);
+    CHECK(counts(graphed_opt) == std::vector<int64_t>{5, 4});
+    CHECK(counts(eager_opt) == std::vector<int64_t>{5, 4});
+    // Eager steps between replays count too: the next replay takes steps 7 and 5.
+    step(eager, eager_opt, true), step(graphed, graphed_opt, true);
+    step(eager, eager_opt, false);
+    graph.replay();
+    CHECK(same());
+    CHECK(counts(graphed_opt) == std::vector<int64_t>{7, 5});
+  }
+  // One set (both parameters at one count) whose counts then diverge through an eager step.
+  auto opt = std::make_unique<nn::Adam>(graphed, nn::AdamOptions{.lr = 1e-3});
+  step(graphed, *opt, false);
+  CudaGraph graph;
+  graph.capture(gpu, [&] { step(graphed, *opt, false); });
+  graph.replay();
+  CHECK(counts(*opt) == std::vector<int64_t>{2, 2});
+  step(graphed, *opt, true);
+  const Tensor before = graphed[0].detach().to(Device());
+  CHECK_THROWS_WITH_AS(graph.replay(), doctest::Contains("parameters 0 and 1 of the graph's Adam step have taken 3 and 2 steps"),
+                       Error);
+  CHECK(counts(*opt) == std::vector<int64_t>{3, 2});  // (nothing counted, nothing queued)
+  CHECK(golden::equal(graphed[0].detach().to(Device()), before));
+  opt->options.amsgrad = true;
+  CHECK_THROWS_WITH_AS(graph.replay(), doctest::Contains("captured without AMSGrad, but options.amsgrad is now 1"), Error);
+  opt->options.amsgrad = false;
+  opt.reset();
+  CHECK_THROWS_WITH_AS(graph.replay(), doctest::Contains("the Adam optimizer whose step the graph captured was destroyed"),
+                       Error);
 }
 
 TEST_CASE("CUDA graph: a graph outlives the thread that captured it and that thread's other graphs (the cuBLAS workspace its GEMMs write is its own to keep)") {
@@ -285,7 +378,18 @@ TEST_CASE("CUDA graph: what a graph cannot hold raises while capturing, and leav
   nn::Adam adam(params, {.lr = 0.1});
   refused("an SGD step before its momentum buffers exist", [&] { sgd.step(); },
           "SGD.step inside a CUDA graph capture: parameter 0 [64] has no momentum buffer yet");
-  refused("an Adam step", [&] { adam.step(); }, "Adam.step: not inside a CUDA graph capture");
+  nn::SGD plain(params, {.lr = 0.1});  // (no state to make, but the device memory its replays read)
+  refused("an SGD step without momentum before any eager step", [&] { plain.step(); },
+          "SGD.step inside a CUDA graph capture: take an eager step on cuda:0 first");
+  refused("an Adam step before its moments exist", [&] { adam.step(); },
+          "Adam.step inside a CUDA graph capture: parameter 0 [64] has no moments yet");
+  const Tensor m = zeros({64}).to(gpu), v = zeros({64}).to(gpu);
+  refused("an Adam step with its scalars as the launch's", [&] {
+    adam_step_(params[0].data_alias(), params[0].grad(), m, v, Tensor(), {.lr = 0.1, .step_size = 1, .bias2_sqrt = 0.1});
+  }, "adam_step over 1 tensors inside a CUDA graph capture: its scalars must be read from device memory");
+  refused("an SGD step with its scalars as the launch's", [&] {
+    sgd_step_(params[0].data_alias(), params[0].grad(), Tensor(), {.lr = 0.1});
+  }, "sgd_step over 1 tensors inside a CUDA graph capture: its scalars must be read from device memory");
   // Refused before making any state: a momentum buffer made inside the failed capture would never
   // have been filled.
   CHECK(sgd.state_dict().empty());
@@ -390,7 +494,7 @@ TEST_CASE("CUDA graph: a second capture while another thread captures is refused
   CHECK(second.captured());
 }
 
-TEST_CASE("CUDA graph: a small CLIP's contrastive training step (ViT and causal text towers) replays as the eager step, bit for bit") {
+TEST_CASE("CUDA graph: a small CLIP's contrastive training step (ViT and causal text towers) replays as the eager step, bit for bit (AdamW's step outside the graph, or in it under a schedule)") {
   if (!have_gpu()) return;
   const Device gpu = Device::cuda(0);
   const gpu_test::Tf32 exact_f32(false);
@@ -408,14 +512,18 @@ TEST_CASE("CUDA graph: a small CLIP's contrastive training step (ViT and causal 
     images.push_back(randn({4, 3, 32, 32}).to(gpu));
     tokens.push_back(randint(1, 63, {4, 9}).to(gpu));
   }
-  auto eager = make(), graphed = make();
-  nn::AdamW eager_opt(eager->parameters(), {.lr = 1e-3, .weight_decay = 0.1});
-  nn::AdamW graphed_opt(graphed->parameters(), {.lr = 1e-3, .weight_decay = 0.1});
-  check_replayed_steps(*eager, eager_opt, *graphed, graphed_opt, images, tokens,
-                       [](nn::Module& m, const Tensor& x, const Tensor& t) {
-                         auto& clip = dynamic_cast<models::Clip&>(m);
-                         return models::clip_contrastive_loss(clip.logits(clip.encode_image(x), clip.encode_text(t)));
-                       });
+  for (const bool step_inside : {false, true}) {
+    CAPTURE(step_inside);
+    auto eager = make(), graphed = make();
+    nn::AdamW eager_opt(eager->parameters(), {.lr = 1e-3, .weight_decay = 0.1});
+    nn::AdamW graphed_opt(graphed->parameters(), {.lr = 1e-3, .weight_decay = 0.1});
+    check_replayed_steps(*eager, eager_opt, *graphed, graphed_opt, images, tokens,
+                         [](nn::Module& m, const Tensor& x, const Tensor& t) {
+                           auto& clip = dynamic_cast<models::Clip&>(m);
+                           return models::clip_contrastive_loss(clip.logits(clip.encode_image(x), clip.encode_text(t)));
+                         },
+                         step_inside, step_inside ? 0.8 : 1.0);
+  }
   set_deterministic_algorithms(false);
 }
 

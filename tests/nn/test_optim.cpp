@@ -148,6 +148,16 @@ TEST_CASE("optim: bad settings raise") {
   CHECK_THROWS_WITH_AS(sgd_step_(p, g, Tensor(), {.lr = 0.1, .momentum = 0.9}), doctest::Contains("momentum buffer"), Error);
   CHECK_THROWS_WITH_AS(sgd_step_(p.to(kInt64), g.to(kInt64), Tensor(), {.lr = 0.1}), doctest::Contains("floating-point"), Error);
   CHECK_THROWS_WITH_AS(sgd_step_(p.to(kFloat16), g, Tensor(), {.lr = 0.1}), doctest::Contains("float16"), Error);
+  // Scalars read from device memory are a CUDA graph's: never on the CPU (a stray pointer there would be read).
+  const SgdStepParams sp_here{.lr = 0.1};
+  CHECK_THROWS_WITH_AS(sgd_step_(p, g, Tensor(), {.lr = 0.1, .on_device = &sp_here}),
+                       doctest::Contains("sgd_step_: scalars read from device memory (on_device) are for steps inside a "
+                                         "CUDA graph, but parameter 0 [3, 2] is on cpu"), Error);
+  const AdamStepParams ap_here{.lr = 0.1, .step_size = 1, .bias2_sqrt = 0.1};
+  AdamStepParams ap = ap_here;
+  ap.on_device = &ap_here;
+  CHECK_THROWS_WITH_AS(adam_step_(p, g, zeros({3, 2}), zeros({3, 2}), Tensor(), ap),
+                       doctest::Contains("adam_step_: scalars read from device memory (on_device)"), Error);
   // A 16-bit parameter and its state step in float32 copies, written back rounded once.
   for (DType dt : {kFloat16, kBFloat16}) {
     CAPTURE(dt);
