@@ -34,11 +34,20 @@ void Optimizer::make_replay_scalars(const Tensor& first, size_t bytes) {
     replay_scalars_ = empty({int64_t(bytes)}, {DType::u8, first.device()});
 }
 
-const Tensor& Optimizer::replay_scalars(const Tensor& first, size_t bytes) const {
-  BCOS_CHECK(replay_scalars_.defined() && replay_scalars_.device() == first.device() &&
+const Tensor& Optimizer::begin_captured_step(size_t bytes) {
+  const CudaGraphCapture capture = cuda_graph_capture();
+  for (size_t i = 0; i < params_.size(); ++i)
+    BCOS_CHECK(!params_[i].grad().defined() || params_[i].device() == capture.device, name_, ".step inside a CUDA "
+               "graph capture on ", capture.device, ": parameter ", i, " ", params_[i].shape(), " is on ",
+               params_[i].device(), " (a graph steps the parameters of its own device)");
+  BCOS_CHECK(captured_in_ != capture.serial, name_, ".step: a second step of this optimizer inside one CUDA graph "
+             "capture (each replay hands the optimizer's captured step its scalars in one place); capture one step "
+             "per graph");
+  BCOS_CHECK(replay_scalars_.defined() && replay_scalars_.device() == capture.device &&
                  replay_scalars_.numel() >= int64_t(bytes),
-             name_, ".step inside a CUDA graph capture: take an eager step on ", first.device(), " first (it makes the "
+             name_, ".step inside a CUDA graph capture: take an eager step on ", capture.device, " first (it makes the "
              "device memory the captured step reads its learning rate from at each replay)");
+  captured_in_ = capture.serial;
   return replay_scalars_;
 }
 
@@ -57,15 +66,35 @@ void put(StateDict& out, const std::vector<Tensor>& state, const char* name) {
     if (state[i].defined()) out.emplace_back(std::to_string(i) + "." + name, state[i]);
 }
 
-void take(const StateDict& in, std::vector<Tensor>& state, const std::vector<Tensor>& params, const char* name,
-          const char* op) {
-  state.assign(params.size(), Tensor());
+// The loaded value of each parameter's `name` state (undefined where the dict has none).
+std::vector<Tensor> take(const StateDict& in, const std::vector<Tensor>& params, const char* name, const char* op) {
+  std::vector<Tensor> loaded(params.size());
   for (size_t i = 0; i < params.size(); ++i)
     if (const Tensor* t = find(in, std::to_string(i) + "." + name)) {
       BCOS_CHECK(t->shape() == params[i].shape(), op, ": state ", i, ".", name, " has shape ", t->shape(),
                  " but parameter ", i, " has ", params[i].shape());
-      state[i] = t->to(params[i].dtype()).to(params[i].device()).clone();
+      loaded[i] = t->to(params[i].dtype()).to(params[i].device());
     }
+  return loaded;
+}
+
+// Makes `loaded` the state: copied into the tensors already there (so a CUDA graph that captured a
+// step goes on stepping the loaded state), else as tensors of its own.
+void adopt(std::vector<Tensor>& state, const std::vector<Tensor>& loaded) {
+  NoGradGuard no_grad;
+  for (size_t i = 0; i < state.size(); ++i) {
+    if (!loaded[i].defined()) state[i] = Tensor();
+    else if (state[i].defined() && state[i].shape() == loaded[i].shape() && state[i].dtype() == loaded[i].dtype() &&
+             state[i].device() == loaded[i].device())
+      state[i].copy_(loaded[i]);
+    else
+      state[i] = loaded[i].clone();
+  }
+}
+
+// Whether state[i] is still the tensor a captured step writes (not dropped or replaced).
+bool same_state(const Tensor& now, const Tensor& captured) {
+  return now.defined() == captured.defined() && (!now.defined() || now.raw_data() == captured.raw_data());
 }
 
 }  // namespace
@@ -91,13 +120,17 @@ SgdStepParams sgd_params(const SGDOptions& o, double lr, bool first_step) {
 void SGD::step() {
   check_some_gradient();
   const bool capturing = cuda_graph_capturing();
-  if (capturing)  // (before any state is made: a failed capture leaves the tensors it made unfilled)
+  Tensor scalars;
+  if (capturing) {  // (before any state is made: a failed capture leaves the tensors it made unfilled)
     for (size_t i = 0; i < params_.size(); ++i)
       BCOS_CHECK(!params_[i].grad().defined() || options.momentum == 0 || momentum_[i].defined(),
                  "SGD.step inside a CUDA graph capture: parameter ", i, " ", params_[i].shape(),
                  " has no momentum buffer yet, and a replay would start it afresh each time; "
                  "take an eager step first");
+    scalars = begin_captured_step(sizeof(SgdStepParams));
+  }
   NoGradGuard no_grad;
+  std::vector<size_t> index;                         // (captured: the parameters stepped)
   std::vector<Tensor> params[2], grads[2], bufs[2];  // [first_step]
   for (size_t i = 0; i < params_.size(); ++i) {
     const Tensor& g = params_[i].grad();
@@ -105,33 +138,39 @@ void SGD::step() {
     Tensor& buf = momentum_[i];
     const bool first = options.momentum != 0 && !buf.defined();
     if (first) buf = empty_like(params_[i]);
+    index.push_back(i);
     params[first].push_back(params_[i].data_alias());
     grads[first].push_back(g);
     bufs[first].push_back(buf);
   }
-  const Tensor& first = params[0].empty() ? params[1][0] : params[0][0];
   if (!capturing) {
     for (const bool first : {false, true}) sgd_step_(params[first], grads[first], bufs[first], sgd_params(options, lr, first));
-    make_replay_scalars(first, sizeof(SgdStepParams));
+    make_replay_scalars(params[0].empty() ? params[1][0] : params[0][0], sizeof(SgdStepParams));
     ++steps_;
     return;
   }
   // Captured (one list: every buffer exists), the step happens at each replay with the learning
   // rate and options of that moment, which its hook writes where the kernels read them. The hook
   // keeps the tensors the graph writes alive with it.
-  const Tensor scalars = replay_scalars(first, sizeof(SgdStepParams));
   SgdStepParams captured = sgd_params(options, lr, false);
   captured.on_device = static_cast<const SgdStepParams*>(scalars.raw_data());
   sgd_step_(params[0], grads[0], bufs[0], captured);
-  cuda_graph_on_replay([this, alive = alive_, with_momentum = options.momentum != 0, scalars,
-                        keep = std::move(params[0]), bufs = std::move(bufs[0])] {
-    BCOS_CHECK(*alive, "CudaGraph.replay: the SGD optimizer whose step the graph captured was destroyed");
-    BCOS_CHECK((options.momentum != 0) == with_momentum, "CudaGraph.replay: the graph's SGD step was captured ",
-               with_momentum ? "with" : "without", " momentum buffers, but momentum is now ", options.momentum,
-               " (capture the step again)");
-    const SgdStepParams now = sgd_params(options, lr, false);
-    store_for_replay(scalars.device(), scalars.raw_data(), &now, sizeof now);
-    ++steps_;
+  cuda_graph_on_replay([this, alive = alive_, with_momentum = options.momentum != 0, scalars, index = std::move(index),
+                        keep = std::move(params[0]), bufs = std::move(bufs[0])](ReplayPhase phase) {
+    if (phase == ReplayPhase::check) {  // (nothing of *this is read before it is known to be alive)
+      BCOS_CHECK(*alive, "CudaGraph.replay: the SGD optimizer whose step the graph captured was destroyed");
+      BCOS_CHECK((options.momentum != 0) == with_momentum, "CudaGraph.replay: the graph's SGD step was captured ",
+                 with_momentum ? "with" : "without", " momentum buffers, but momentum is now ", options.momentum,
+                 " (capture the step again)");
+      for (size_t k = 0; k < index.size(); ++k)
+        BCOS_CHECK(!with_momentum || same_state(momentum_[index[k]], bufs[k]), "CudaGraph.replay: the momentum buffer "
+                   "of parameter ", index[k], " was dropped since the graph captured its SGD step (capture it again)");
+    } else if (phase == ReplayPhase::queue) {
+      const SgdStepParams now = sgd_params(options, lr, false);
+      store_for_replay(scalars.device(), scalars.raw_data(), &now, sizeof now);
+    } else {
+      ++steps_;
+    }
   });
 }
 
@@ -142,7 +181,7 @@ StateDict SGD::state_dict() const {
 }
 
 void SGD::load_state_dict(const StateDict& state, int64_t steps) {
-  take(state, momentum_, params_, "momentum_buffer", "SGD::load_state_dict");
+  adopt(momentum_, take(state, params_, "momentum_buffer", "SGD::load_state_dict"));
   steps_ = steps;
 }
 
@@ -173,11 +212,16 @@ AdamStepParams adam_params(const AdamOptions& o, double lr, bool decoupled, int6
 void Adam::step() {
   check_some_gradient();
   const bool capturing = cuda_graph_capturing();
-  if (capturing)  // (before any state is made, as SGD's)
+  // (Room for a set per parameter: each set's scalars at its own offset.)
+  const size_t bytes = params_.size() * sizeof(AdamStepParams);
+  Tensor all_scalars;
+  if (capturing) {  // (before any state is made, as SGD's)
     for (size_t i = 0; i < params_.size(); ++i)
       BCOS_CHECK(!params_[i].grad().defined() || exp_avg_[i].defined(), name_, ".step inside a CUDA graph capture: "
                  "parameter ", i, " ", params_[i].shape(), " has no moments yet, and a replay would start them afresh "
                  "each time; take an eager step first");
+    all_scalars = begin_captured_step(bytes);
+  }
   NoGradGuard no_grad;
   struct Set {
     std::vector<size_t> index;
@@ -200,47 +244,57 @@ void Adam::step() {
     set.v.push_back(exp_avg_sq_[i]);
     set.vmax.push_back(max_exp_avg_sq_[i]);
   }
-  // (Room for a set per parameter: each set's scalars at its own offset.)
-  const Tensor& first = by_step.begin()->second.params[0];
-  const size_t bytes = params_.size() * sizeof(AdamStepParams);
   if (!capturing) {
     ++steps_;
     for (const auto& [t, set] : by_step)
       adam_step_(set.params, set.grads, set.m, set.v, set.vmax, adam_params(options, lr, decoupled_, t));
-    make_replay_scalars(first, bytes);
+    make_replay_scalars(by_step.begin()->second.params[0], bytes);
     return;
   }
-  const Tensor all_scalars = replay_scalars(first, bytes);
-  std::vector<std::pair<std::vector<size_t>, Tensor>> sets;  // (parameters, their scalars' device copy)
-  std::vector<Tensor> keep{all_scalars};                     // what the graph reads and writes
+  struct Captured {
+    std::vector<size_t> index;  // the set's parameters
+    Tensor scalars;             // where its kernels read their scalars
+    std::vector<Tensor> m, v, vmax;
+  };
+  std::vector<Captured> sets;
+  std::vector<Tensor> keep{all_scalars};  // (the parameters the graph writes)
   for (auto& [t, set] : by_step) {
-    const int64_t at = int64_t(sets.size() * sizeof(AdamStepParams));
-    const Tensor scalars = all_scalars.narrow(0, at, int64_t(sizeof(AdamStepParams)));
+    const Tensor scalars = all_scalars.narrow(0, int64_t(sets.size() * sizeof(AdamStepParams)),
+                                              int64_t(sizeof(AdamStepParams)));
     AdamStepParams captured = adam_params(options, lr, decoupled_, t + 1);
     captured.on_device = static_cast<const AdamStepParams*>(scalars.raw_data());
     adam_step_(set.params, set.grads, set.m, set.v, set.vmax, captured);
-    for (auto* list : {&set.params, &set.m, &set.v, &set.vmax}) keep.insert(keep.end(), list->begin(), list->end());
-    sets.emplace_back(std::move(set.index), scalars);
+    keep.insert(keep.end(), set.params.begin(), set.params.end());
+    sets.push_back({std::move(set.index), scalars, std::move(set.m), std::move(set.v), std::move(set.vmax)});
   }
   cuda_graph_on_replay([this, alive = alive_, name = name_, amsgrad = options.amsgrad, sets = std::move(sets),
-                        keep = std::move(keep)] {
-    // (Nothing of *this is read before it is known to be alive.)
-    BCOS_CHECK(*alive, "CudaGraph.replay: the ", name, " optimizer whose step the graph captured was destroyed");
-    BCOS_CHECK(options.amsgrad == amsgrad, "CudaGraph.replay: the graph's ", name_, " step was captured ",
-               amsgrad ? "with" : "without", " AMSGrad, but options.amsgrad is now ", options.amsgrad,
-               " (capture the step again)");
-    for (const auto& [index, scalars] : sets)  // (all checked before anything is written)
-      for (size_t i : index)
-        BCOS_CHECK(param_steps_[i] == param_steps_[index[0]], "CudaGraph.replay: parameters ", index[0], " and ", i,
-                   " of the graph's ", name_, " step have taken ", param_steps_[index[0]], " and ", param_steps_[i],
-                   " steps (eager steps without one's gradient since the capture), but the graph steps them with "
-                   "one bias correction (capture the step again)");
-    for (const auto& [index, scalars] : sets) {
-      for (size_t i : index) ++param_steps_[i];
-      const AdamStepParams now = adam_params(options, lr, decoupled_, param_steps_[index[0]]);
-      store_for_replay(scalars.device(), scalars.raw_data(), &now, sizeof now);
+                        keep = std::move(keep)](ReplayPhase phase) {
+    if (phase == ReplayPhase::check) {  // (nothing of *this is read before it is known to be alive)
+      BCOS_CHECK(*alive, "CudaGraph.replay: the ", name, " optimizer whose step the graph captured was destroyed");
+      BCOS_CHECK(options.amsgrad == amsgrad, "CudaGraph.replay: the graph's ", name, " step was captured with AMSGrad ",
+                 amsgrad ? "on" : "off", ", but it is ", options.amsgrad ? "on" : "off", " now (capture the step again)");
+      for (const Captured& set : sets)
+        for (size_t k = 0; k < set.index.size(); ++k) {
+          const size_t i = set.index[k], i0 = set.index[0];
+          BCOS_CHECK(same_state(exp_avg_[i], set.m[k]) && same_state(exp_avg_sq_[i], set.v[k]) &&
+                         (!amsgrad || same_state(max_exp_avg_sq_[i], set.vmax[k])),
+                     "CudaGraph.replay: the moments of parameter ", i, " were dropped since the graph captured its ",
+                     name, " step (capture it again)");
+          BCOS_CHECK(param_steps_[i] == param_steps_[i0], "CudaGraph.replay: parameters ", i0, " and ", i, " of the "
+                     "graph's ", name, " step have taken ", param_steps_[i0], " and ", param_steps_[i], " steps (eager "
+                     "steps without one's gradient, or a loaded state, since the capture), but the graph steps them "
+                     "with one bias correction (capture the step again)");
+        }
+    } else if (phase == ReplayPhase::queue) {
+      for (const Captured& set : sets) {
+        const AdamStepParams now = adam_params(options, lr, decoupled_, param_steps_[set.index[0]] + 1);
+        store_for_replay(set.scalars.device(), set.scalars.raw_data(), &now, sizeof now);
+      }
+    } else {
+      for (const Captured& set : sets)
+        for (size_t i : set.index) ++param_steps_[i];
+      ++steps_;
     }
-    ++steps_;
   });
 }
 
@@ -255,10 +309,8 @@ StateDict Adam::state_dict() const {
 }
 
 void Adam::load_state_dict(const StateDict& state, int64_t steps) {
-  std::vector<Tensor> m, v, vmax;
-  take(state, m, params_, "exp_avg", name_);
-  take(state, v, params_, "exp_avg_sq", name_);
-  take(state, vmax, params_, "max_exp_avg_sq", name_);
+  const std::vector<Tensor> m = take(state, params_, "exp_avg", name_), v = take(state, params_, "exp_avg_sq", name_),
+                            vmax = take(state, params_, "max_exp_avg_sq", name_);
   std::vector<int64_t> counts(params_.size(), 0);
   for (size_t i = 0; i < params_.size(); ++i) {
     // Every parameter's moments come together; AMSGrad needs its running maximum too.
@@ -270,7 +322,7 @@ void Adam::load_state_dict(const StateDict& state, int64_t steps) {
     const Tensor* t = find(state, std::to_string(i) + ".step");
     counts[i] = t ? t->item<int64_t>() : steps;
   }
-  exp_avg_ = std::move(m), exp_avg_sq_ = std::move(v), max_exp_avg_sq_ = std::move(vmax);
+  adopt(exp_avg_, m), adopt(exp_avg_sq_, v), adopt(max_exp_avg_sq_, vmax);  // (all checked first)
   param_steps_ = std::move(counts);
   steps_ = steps;
 }

@@ -4,6 +4,7 @@
 // numbers, so a training checkpoint can hold it.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -46,8 +47,11 @@ class Optimizer {
   // Made by an eager step, outside any capture: memory allocated inside one may be a temporary's
   // that the replay writes before the step reads it.
   Tensor replay_scalars_;
+  uint64_t captured_in_ = 0;  // the capture that took a step last (cuda_graph_capture().serial)
   void make_replay_scalars(const Tensor& first, size_t bytes);  // (an eager step on a GPU)
-  const Tensor& replay_scalars(const Tensor& first, size_t bytes) const;  // (a captured step)
+  // A captured step's checks (every stepped parameter on the capture's device, one step per
+  // capture, an eager step taken before); returns replay_scalars_.
+  const Tensor& begin_captured_step(size_t bytes);
 };
 
 struct SGDOptions {
@@ -58,8 +62,9 @@ struct SGDOptions {
 // A CUDA graph may capture an optimizer's step (PyTorch's whole-network capture): each replay is
 // then a step, counted, with the learning rate and options of that moment -- a schedule that sets
 // `lr` between replays works, as with PyTorch's capturable=True and a tensor lr. The state must
-// exist before the capture (warm up with an eager step); what decides which kernels the capture
-// holds (momentum on or off, AMSGrad) cannot change afterwards, and a replay after it did raises.
+// exist before the capture (warm up with an eager step); load_state_dict copies into it, so a
+// graph steps a loaded state. One step per optimizer per capture. What decides which kernels the
+// capture holds (momentum on or off, AMSGrad) cannot change afterwards: a replay after it did raises.
 class SGD : public Optimizer {
  public:
   SGD(std::vector<Tensor> params, SGDOptions options);

@@ -2,6 +2,7 @@
 // backend's (tensor/cuda/graph.cu).
 #include "tensor/cuda_graph.h"
 
+#include <atomic>
 #include <utility>
 
 #ifdef BCOS_WITH_CUDA
@@ -11,8 +12,11 @@
 namespace bcos {
 
 namespace {
-// The replay hooks of the capture the calling thread is making (null when it makes none).
-thread_local std::vector<std::function<void()>>* t_capture_hooks = nullptr;
+// The replay hooks of the capture the calling thread is making (null when it makes none), and
+// that capture's device and number.
+thread_local std::vector<std::function<void(ReplayPhase)>>* t_capture_hooks = nullptr;
+thread_local CudaGraphCapture t_capture;
+std::atomic<uint64_t> g_captures{0};
 }  // namespace
 
 CudaGraph::~CudaGraph() {
@@ -40,12 +44,18 @@ void CudaGraph::capture(Device device, const std::function<void()>& work) {
   BCOS_CHECK(device.is_cuda(), "CudaGraph.capture: graphs are CUDA's; got device ", device);
   BCOS_CHECK(work != nullptr, "CudaGraph.capture: no work to capture");
 #ifdef BCOS_WITH_CUDA
-  std::vector<std::function<void()>> hooks;
+  std::vector<std::function<void(ReplayPhase)>> hooks;
   void* fresh = cuda::capture_graph(device.index, [&] {
     struct Collect {  // (reset however the work ends)
-      explicit Collect(std::vector<std::function<void()>>* h) { t_capture_hooks = h; }
-      ~Collect() { t_capture_hooks = nullptr; }
-    } collect(&hooks);
+      Collect(std::vector<std::function<void(ReplayPhase)>>* h, Device d) {
+        t_capture_hooks = h;
+        t_capture = {d, ++g_captures};
+      }
+      ~Collect() {
+        t_capture_hooks = nullptr;
+        t_capture = {};
+      }
+    } collect(&hooks, device);
     work();
   });
   cuda::destroy_graph(handle_);
@@ -61,10 +71,12 @@ void CudaGraph::replay() {
   BCOS_CHECK(handle_ != nullptr, "CudaGraph.replay: nothing captured (call capture first)");
   // (Before the hooks: what they queue would be captured.)
   BCOS_CHECK(!cuda_graph_capturing(), "CudaGraph.replay: not while capturing a graph");
-  for (const auto& hook : on_replay_) hook();
+  for (const auto& hook : on_replay_) hook(ReplayPhase::check);
+  for (const auto& hook : on_replay_) hook(ReplayPhase::queue);
 #ifdef BCOS_WITH_CUDA
   cuda::replay_graph(handle_);
 #endif
+  for (const auto& hook : on_replay_) hook(ReplayPhase::done);
 }
 
 bool cuda_graph_capturing() {
@@ -75,7 +87,9 @@ bool cuda_graph_capturing() {
 #endif
 }
 
-void cuda_graph_on_replay(std::function<void()> hook) {
+CudaGraphCapture cuda_graph_capture() { return t_capture; }
+
+void cuda_graph_on_replay(std::function<void(ReplayPhase)> hook) {
   BCOS_CHECK(t_capture_hooks != nullptr, "cuda_graph_on_replay: this thread is not capturing a CUDA graph");
   t_capture_hooks->push_back(std::move(hook));
 }

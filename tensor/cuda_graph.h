@@ -19,23 +19,29 @@
 // replay then steps with the learning rate and step count of the moment -- nn/optim.h.)
 //
 // The rules are CUDA's and PyTorch's: a replay reuses the addresses and the scalars of the capture
-// (shapes, learning rates, random seeds are fixed), so inputs are refreshed by copying into the
-// tensors the capture read, and what must change per replay stays outside. Memory allocated while
+// (shapes and random seeds are fixed), so inputs are refreshed by copying into the tensors the
+// capture read, and what must change per replay either stays outside or is handed over by a
+// replay hook (below: how a captured optimizer step gets its learning rate). Memory allocated while
 // capturing belongs to the graph until it is destroyed; tensors made during the capture (loss,
 // gradients) are overwritten by each replay. What cannot be captured raises while capturing: a
 // host round trip (item(), a GradScaler's step, anomaly detection), a random draw (dropout), an
 // optimizer step before its state exists, a copy through pageable host memory, collectives
-// (DataParallel), a second capture while another thread captures. Graphs one thread captures share its capture stream's cuBLAS
-// workspace (as PyTorch's default capture stream): replay them one after another, on one stream.
+// (DataParallel), a second capture while another thread captures. Graphs one thread captures
+// share its capture stream's cuBLAS workspace (as PyTorch's default capture stream), and graphs
+// that captured one optimizer's step share the memory its scalars are handed over in: replay
+// them one after another, on one stream, from one thread.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <vector>
 
 #include "tensor/device.h"
 
 namespace bcos {
+
+enum class ReplayPhase { check, queue, done };  // (cuda_graph_on_replay)
 
 class CudaGraph {
  public:
@@ -59,17 +65,27 @@ class CudaGraph {
  private:
   void* handle_ = nullptr;
   Device device_;
-  std::vector<std::function<void()>> on_replay_;  // host code each replay runs first
+  std::vector<std::function<void(ReplayPhase)>> on_replay_;  // host code each replay runs
 };
 
 // Whether the calling thread is capturing a CUDA graph now (ops that cannot be captured ask).
 bool cuda_graph_capturing();
+// The capture the calling thread is making: its device, and a number no other capture of the
+// process has (serial 0: none).
+struct CudaGraphCapture {
+  Device device;
+  uint64_t serial = 0;
+};
+CudaGraphCapture cuda_graph_capture();
 
-// Host code that each replay of the graph the calling thread is capturing runs before it queues
-// the work: the host side of a captured step (an optimizer counts its step and writes the step's
-// scalars where the captured kernels read them, with store_for_replay). A hook that raises stops that replay before any work
-// is queued. Kept with the graph; dropped when its capture fails.
-void cuda_graph_on_replay(std::function<void()> hook);
+// Host code each replay of the graph the calling thread is capturing runs, in three phases:
+// `check` for every hook first (one that raises stops the replay: nothing is queued, nothing
+// changed), then `queue` (work for the device queued before the graph's: store_for_replay), then
+// the graph is queued, then `done` (host bookkeeping once the replay is queued). A captured
+// optimizer step checks that its state is the captured one, writes the step's scalars where the
+// captured kernels read them, and counts the step. Kept with the graph; dropped when its capture
+// fails.
+void cuda_graph_on_replay(std::function<void(ReplayPhase)> hook);
 
 // Queues on the device's current stream a write of `count` (at most 256) host bytes to
 // `device_address` on `device` -- the bytes are taken now, nothing waits. A hook's way to hand the

@@ -121,7 +121,12 @@ __device__ __forceinline__ bool index_in_range(const IndexCheck& c, int64_t v) {
     if (now & 1u) return false;
   }
   if (atomicCAS(c.claim, now, now + 1) == now) {
-    r->role = c.role, r->op = c.op, r->generation = int(now / 2), r->value = v, r->limit = c.limit;
+    // (One statement each: a volatile assignment's value is not used, which C++20 deprecates.)
+    r->role = c.role;
+    r->op = c.op;
+    r->generation = int(now / 2);
+    r->value = v;
+    r->limit = c.limit;
     __threadfence_system();
     r->present = 1;
   }

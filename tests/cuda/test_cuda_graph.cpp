@@ -247,15 +247,11 @@ TEST_CASE("CUDA graph: a captured SGD step is taken at each replay with the lear
   CHECK(w_is(0.0234375));
 }
 
-TEST_CASE("CUDA graph: a captured Adam step follows each parameter's step count and the learning rate; a replay refuses diverged counts, a changed AMSGrad or a destroyed optimizer before queuing anything") {
+TEST_CASE("CUDA graph: a captured Adam step follows each parameter's step count, the learning rate and a loaded state; a replay refuses diverged counts, a changed AMSGrad or a destroyed optimizer before queuing anything") {
   if (!have_gpu()) return;
   const Device gpu = Device::cuda(0);
   manual_seed(17);
-  // Two parameters; an eager twin takes the same steps (the replay's scalars come from the same
-  // host arithmetic, so its values must match bit for bit).
   const Tensor a0 = randn({40}), b0 = randn({7, 3});
-  auto make = [&] { return std::vector<Tensor>{a0.to(gpu).requires_grad_(), b0.to(gpu).requires_grad_()}; };
-  std::vector<Tensor> graphed = make(), eager = make();
   auto step = [](std::vector<Tensor>& p, nn::Optimizer& opt, bool only_first) {
     opt.zero_grad();
     Tensor loss = sum(p[0] * p[0] * p[0]);
@@ -263,24 +259,31 @@ TEST_CASE("CUDA graph: a captured Adam step follows each parameter's step count 
     loss.backward();
     opt.step();
   };
-  auto same = [&] {
-    for (size_t i = 0; i < 2; ++i)
-      if (!golden::equal(graphed[i].detach().to(Device()), eager[i].detach().to(Device()))) return false;
-    return true;
-  };
   auto counts = [](const nn::Optimizer& opt) {
     std::vector<int64_t> out;
     for (const auto& [key, t] : opt.state_dict())
       if (key.ends_with(".step")) out.push_back(t.item<int64_t>());
     return out;
   };
-  {
+  for (const DType dt : {kFloat32, kBFloat16}) {  // (bf16: stepped through float32 copies made in the graph)
+    CAPTURE(dt);
+    // Two parameters; an eager twin takes the same steps (the replay's scalars come from the same
+    // host arithmetic, so its values must match bit for bit).
+    auto make = [&] { return std::vector<Tensor>{a0.to(dt).to(gpu).requires_grad_(), b0.to(dt).to(gpu).requires_grad_()}; };
+    std::vector<Tensor> graphed = make(), eager = make();
+    auto same = [&] {
+      for (size_t i = 0; i < 2; ++i)
+        if (!golden::equal(graphed[i].detach().to(Device()), eager[i].detach().to(Device()))) return false;
+      return true;
+    };
     // Parameter 1 has a gradient in the first warm-up step only: the capture holds two sets of
     // parameters (steps taken 2 and 1), each replay steps each with its own bias corrections.
     nn::AdamW graphed_opt(graphed, {.lr = 1e-2, .weight_decay = 0.1});
     nn::AdamW eager_opt(eager, {.lr = 1e-2, .weight_decay = 0.1});
     step(eager, eager_opt, false), step(graphed, graphed_opt, false);
     step(eager, eager_opt, true), step(graphed, graphed_opt, true);
+    nn::StateDict saved;  // (a copy: the state's own tensors go on changing)
+    for (const auto& [key, t] : eager_opt.state_dict()) saved.emplace_back(key, t.clone());
     CudaGraph graph;
     graph.capture(gpu, [&] { step(graphed, graphed_opt, false); });
     CHECK(graphed_opt.steps_taken() == 2);
@@ -300,26 +303,61 @@ TEST_CASE("CUDA graph: a captured Adam step follows each parameter's step count 
     graph.replay();
     CHECK(same());
     CHECK(counts(graphed_opt) == std::vector<int64_t>{7, 5});
+    // A state loaded between replays (moments and counts of the warm-up) is the one the graph steps.
+    eager_opt.load_state_dict(saved, 2);
+    graphed_opt.load_state_dict(saved, 2);
+    step(eager, eager_opt, false);
+    graph.replay();
+    CHECK(same());
+    CHECK(counts(graphed_opt) == std::vector<int64_t>{3, 2});
+    CHECK(golden::equal(graphed_opt.state_dict()[0].second.to(Device()), eager_opt.state_dict()[0].second.to(Device())));
   }
   // One set (both parameters at one count) whose counts then diverge through an eager step.
-  auto opt = std::make_unique<nn::Adam>(graphed, nn::AdamOptions{.lr = 1e-3});
-  step(graphed, *opt, false);
+  std::vector<Tensor> params{a0.to(gpu).requires_grad_(), b0.to(gpu).requires_grad_()};
+  auto opt = std::make_unique<nn::Adam>(params, nn::AdamOptions{.lr = 1e-3});
+  step(params, *opt, false);
   CudaGraph graph;
-  graph.capture(gpu, [&] { step(graphed, *opt, false); });
+  graph.capture(gpu, [&] { step(params, *opt, false); });
   graph.replay();
   CHECK(counts(*opt) == std::vector<int64_t>{2, 2});
-  step(graphed, *opt, true);
-  const Tensor before = graphed[0].detach().to(Device());
+  step(params, *opt, true);
+  const Tensor before = params[0].detach().to(Device());
   CHECK_THROWS_WITH_AS(graph.replay(), doctest::Contains("parameters 0 and 1 of the graph's Adam step have taken 3 and 2 steps"),
                        Error);
   CHECK(counts(*opt) == std::vector<int64_t>{3, 2});  // (nothing counted, nothing queued)
-  CHECK(golden::equal(graphed[0].detach().to(Device()), before));
+  CHECK(golden::equal(params[0].detach().to(Device()), before));
   opt->options.amsgrad = true;
-  CHECK_THROWS_WITH_AS(graph.replay(), doctest::Contains("captured without AMSGrad, but options.amsgrad is now 1"), Error);
+  CHECK_THROWS_WITH_AS(graph.replay(), doctest::Contains("captured with AMSGrad off, but it is on now"), Error);
   opt->options.amsgrad = false;
   opt.reset();
   CHECK_THROWS_WITH_AS(graph.replay(), doctest::Contains("the Adam optimizer whose step the graph captured was destroyed"),
                        Error);
+
+  // Two optimizers' steps in one graph: when the second's check fails, the first has not counted
+  // its step either, and nothing ran.
+  nn::SGD head(std::vector<Tensor>{params[1]}, {.lr = 0.1, .momentum = 0.9});
+  nn::Adam body(std::vector<Tensor>{params[0]}, {.lr = 1e-3});
+  auto both = [&] {
+    head.zero_grad(), body.zero_grad();
+    (sum(params[0] * params[0]) + sum(params[1] * params[1])).backward();
+    head.step(), body.step();
+  };
+  both();
+  CudaGraph pair;
+  pair.capture(gpu, both);
+  pair.replay();
+  CHECK(head.steps_taken() == 2);
+  CHECK(body.steps_taken() == 2);
+  const Tensor head_before = params[1].detach().to(Device());
+  body.options.amsgrad = true;
+  CHECK_THROWS_WITH_AS(pair.replay(), doctest::Contains("captured with AMSGrad off"), Error);
+  CHECK(head.steps_taken() == 2);
+  CHECK(body.steps_taken() == 2);
+  CHECK(golden::equal(params[1].detach().to(Device()), head_before));
+  body.options.amsgrad = false;
+  pair.replay();
+  CHECK(head.steps_taken() == 3);
+  CHECK(body.steps_taken() == 3);
 }
 
 TEST_CASE("CUDA graph: a graph outlives the thread that captured it and that thread's other graphs (the cuBLAS workspace its GEMMs write is its own to keep)") {
@@ -381,6 +419,16 @@ TEST_CASE("CUDA graph: what a graph cannot hold raises while capturing, and leav
   nn::SGD plain(params, {.lr = 0.1});  // (no state to make, but the device memory its replays read)
   refused("an SGD step without momentum before any eager step", [&] { plain.step(); },
           "SGD.step inside a CUDA graph capture: take an eager step on cuda:0 first");
+  nn::SGD twice(params, {.lr = 0.1});
+  twice.step();
+  refused("two steps of one optimizer in one capture", [&] { twice.step(), twice.step(); },
+          "SGD.step: a second step of this optimizer inside one CUDA graph capture");
+  Tensor on_cpu = full({4}, 1.0).requires_grad_();
+  sum(on_cpu * on_cpu).backward();
+  nn::SGD cpu_sgd(std::vector<Tensor>{on_cpu}, {.lr = 0.1});
+  cpu_sgd.step();
+  refused("a step of CPU parameters", [&] { cpu_sgd.step(); },
+          "SGD.step inside a CUDA graph capture on cuda:0: parameter 0 [4] is on cpu (a graph steps the parameters of its own device)");
   refused("an Adam step before its moments exist", [&] { adam.step(); },
           "Adam.step inside a CUDA graph capture: parameter 0 [64] has no moments yet");
   const Tensor m = zeros({64}).to(gpu), v = zeros({64}).to(gpu);
