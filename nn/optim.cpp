@@ -112,7 +112,6 @@ SgdStepParams sgd_params(const SGDOptions& o, double lr, bool first_step) {
   return {.lr = lr, .momentum = o.momentum, .dampening = o.dampening, .weight_decay = o.weight_decay,
           .nesterov = o.nesterov, .first_step = first_step};
 }
-
 }  // namespace
 
 // Every parameter with a gradient in one list op (a launch per 32 parameters on a GPU); those
@@ -138,7 +137,7 @@ void SGD::step() {
     Tensor& buf = momentum_[i];
     const bool first = options.momentum != 0 && !buf.defined();
     if (first) buf = empty_like(params_[i]);
-    index.push_back(i);
+    if (capturing) index.push_back(i);
     params[first].push_back(params_[i].data_alias());
     grads[first].push_back(g);
     bufs[first].push_back(buf);
@@ -237,7 +236,7 @@ void Adam::step() {
       if (options.amsgrad) max_exp_avg_sq_[i] = zeros_like(params_[i]);
     }
     Set& set = by_step[capturing ? param_steps_[i] : ++param_steps_[i]];
-    set.index.push_back(i);
+    if (capturing) set.index.push_back(i);
     set.params.push_back(params_[i].data_alias());
     set.grads.push_back(g);
     set.m.push_back(exp_avg_[i]);
