@@ -75,6 +75,9 @@ GraphHandle capture_graph(int device, const std::function<void()>& work);
 void replay_graph(GraphHandle graph);
 void destroy_graph(GraphHandle graph) noexcept;
 bool capturing();  // whether this thread is capturing a graph now
+// Held by the graph this thread is capturing until that graph is destroyed (or its capture
+// fails): what its kernels need that a cache might otherwise destroy meanwhile (a cuDNN plan).
+void keep_with_capture(std::shared_ptr<const void> resource);
 // Queues a write of nbytes (<= 256) host bytes to device memory on the device's current stream,
 // carried by a kernel's argument (the host's bytes may change at once; nothing waits): how a
 // replay hook hands a captured kernel its new scalars.
@@ -115,6 +118,12 @@ int64_t conv_algorithm_searches();
 int64_t conv_graph_plans_built();
 int64_t conv_graph_declined();
 std::string conv_graph_last_declined();
+// The plan cache's entries now (declined shapes included), and its bound: the least recently
+// used beyond it are dropped (0: no bound; negative: nothing kept). BCOS_CUDNN_PLAN_CACHE_LIMIT
+// sets it at start (default 10,000, as PyTorch's TORCH_CUDNN_V8_API_LRU_CACHE_LIMIT).
+int64_t conv_graph_plans_kept();
+void set_conv_graph_cache_limit(int64_t limit);
+int64_t conv_graph_cache_limit();
 
 // ---- kernels: the list every backend implements (tensor/kernels.inc) --------------------------
 // Defined in cuda/copy.cu, elementwise.cu, reduce.cu, matmul.cu, softmax.cu, indexing.cu,

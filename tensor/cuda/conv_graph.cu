@@ -6,11 +6,17 @@
 // failure to build a graph declines the call and conv.cu takes the legacy path.
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tensor/cuda/cudnn_common.h"
@@ -196,14 +202,56 @@ std::vector<Owned> engine_configs(const Descriptor& graph, cudnnBackendHeurMode_
   return configs;
 }
 
-// What an engine configuration's engine says of itself.
+// What an engine configuration's engine says of itself, and the configuration's knob settings.
 struct EngineNotes {
   int64_t index = -1;
   std::vector<cudnnBackendNumericalNote_t> numerical;
+  // The engine's index, then each knob's (type, value): the same for two configurations that are
+  // the same (INSTANT's and FALLBACK's lists overlap), as PyTorch's plan tags. Empty when the
+  // knobs could not be read: such a configuration is never taken for another.
+  std::vector<int64_t> tag;
   bool has(cudnnBackendNumericalNote_t note) const {
     return std::find(numerical.begin(), numerical.end(), note) != numerical.end();
   }
 };
+
+std::vector<int64_t> knob_tag(const Descriptor& config, int64_t engine) {
+  try {
+    int64_t count = 0;  // (asked first, as the heuristics' results are)
+    need(cudnnBackendGetAttribute(config.get(), CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0,
+                                  &count, nullptr),
+         "cudnnBackendGetAttribute (knob choices' count)");
+    std::vector<Owned> choices;
+    std::vector<cudnnBackendDescriptor_t> raw;
+    for (int64_t i = 0; i < std::clamp<int64_t>(count, 0, CUDNN_KNOB_TYPE_COUNTS); ++i) {
+      choices.push_back(std::make_shared<Descriptor>(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR));
+      raw.push_back(choices.back()->get());
+    }
+    int64_t got = 0;
+    if (!raw.empty())
+      need(cudnnBackendGetAttribute(config.get(), CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                    int64_t(raw.size()), &got, raw.data()),
+           "cudnnBackendGetAttribute (knob choices)");
+    std::vector<std::pair<int64_t, int64_t>> knobs;
+    for (int64_t i = 0; i < std::clamp<int64_t>(got, 0, int64_t(raw.size())); ++i) {
+      cudnnBackendKnobType_t type{};
+      int64_t value = 0, one = 0;
+      need(cudnnBackendGetAttribute(raw[size_t(i)], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &one,
+                                    &type),
+           "cudnnBackendGetAttribute (knob type)");
+      need(cudnnBackendGetAttribute(raw[size_t(i)], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &one,
+                                    &value),
+           "cudnnBackendGetAttribute (knob value)");
+      knobs.emplace_back(int64_t(type), value);
+    }
+    std::sort(knobs.begin(), knobs.end());
+    std::vector<int64_t> tag{engine};
+    for (const auto& [type, value] : knobs) tag.insert(tag.end(), {type, value});
+    return tag;
+  } catch (const Declined&) {
+    return {};
+  }
+}
 
 EngineNotes notes_of(const Descriptor& config) {
   Descriptor engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
@@ -220,6 +268,7 @@ EngineNotes notes_of(const Descriptor& config) {
                                 CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &count, notes.numerical.data()),
        "cudnnBackendGetAttribute (engine notes)");
   notes.numerical.resize(size_t(std::clamp<int64_t>(count, 0, CUDNN_NUMERICAL_NOTE_TYPE_COUNT)));
+  notes.tag = knob_tag(config, notes.index);
   return notes;
 }
 
@@ -284,10 +333,83 @@ cudnnStatus_t execute(cudnnHandle_t handle, int device, const Plan& plan, const 
 // Kept plans per (thread, device, direction, shapes, parameters, type, numerics switches,
 // alignments, timed). Per thread, as PyTorch keeps them: a plan is finalized with one thread's
 // handle, and cuDNN does not promise that every engine's plan may run on another handle, or on
-// two threads at once. Never destroyed (as PyTorch's cache, since cuDNN 9.10): at exit cuDNN may
-// be gone before a static map's destructor would destroy its plans.
+// two threads at once. Never destroyed at exit (as PyTorch's cache, since cuDNN 9.10): cuDNN may
+// be gone before a static's destructor would destroy its plans. At most cache_limit() entries
+// (a declined shape is one too), the least recently used dropped first, as PyTorch's LRU cache
+// of plans; a plan a CUDA graph captured lives on with that graph (keep_with_capture).
+using Key = std::vector<int64_t>;
+struct PlanCache {
+  struct Entry {
+    std::shared_ptr<Plan> plan;  // null: declined
+    std::list<Key>::iterator recent;
+  };
+  std::map<Key, Entry> entries;
+  std::list<Key> recent;  // most recently used first
+
+  const Entry* find(const Key& key) {
+    auto it = entries.find(key);
+    if (it == entries.end()) return nullptr;
+    recent.splice(recent.begin(), recent, it->second.recent);
+    return &it->second;
+  }
+  // Returns what fell out, for the caller to drop once it has let go of the lock.
+  std::vector<std::shared_ptr<Plan>> put(const Key& key, std::shared_ptr<Plan> plan, int64_t limit) {
+    std::vector<std::shared_ptr<Plan>> dropped;
+    if (limit < 0) return dropped;  // nothing kept
+    if (auto it = entries.find(key); it != entries.end()) {
+      dropped.push_back(std::exchange(it->second.plan, std::move(plan)));
+      recent.splice(recent.begin(), recent, it->second.recent);
+      return dropped;
+    }
+    recent.push_front(key);
+    entries[key] = {std::move(plan), recent.begin()};
+    trim(limit, dropped);
+    return dropped;
+  }
+  // The least recently used entries beyond `limit` (0: none; negative: all) go into `dropped`.
+  void trim(int64_t limit, std::vector<std::shared_ptr<Plan>>& dropped) {
+    while (limit != 0 && !recent.empty() && (limit < 0 || int64_t(entries.size()) > limit)) {
+      auto last = entries.find(recent.back());
+      dropped.push_back(std::move(last->second.plan));
+      entries.erase(last);
+      recent.pop_back();
+    }
+  }
+};
 std::mutex g_mutex;
-auto& g_plans = *new std::map<std::vector<int64_t>, std::shared_ptr<Plan>>;
+PlanCache& g_plans = *new PlanCache;
+
+// BCOS_CUDNN_PLAN_CACHE_LIMIT, as PyTorch's TORCH_CUDNN_V8_API_LRU_CACHE_LIMIT: 10,000 plans by
+// default (~2 GiB at ~200 KiB a plan, PyTorch's estimate), 0 for no bound, negative for none kept.
+constexpr int64_t kUnread = INT64_MIN;
+std::atomic<int64_t> g_limit{kUnread};
+int64_t cache_limit() {
+  int64_t limit = g_limit.load(std::memory_order_relaxed);
+  if (limit != kUnread) return limit;
+  limit = 10000;
+  if (const char* v = std::getenv("BCOS_CUDNN_PLAN_CACHE_LIMIT"); v != nullptr && *v != '\0') {
+    char* end = nullptr;
+    errno = 0;
+    const long long parsed = std::strtoll(v, &end, 10);
+    if (*end == '\0' && errno == 0)
+      limit = parsed;
+    else
+      std::fprintf(stderr, "bcos: BCOS_CUDNN_PLAN_CACHE_LIMIT=%s is not an integer; keeping %lld plans\n", v,
+                   static_cast<long long>(limit));
+  }
+  int64_t unread = kUnread;
+  g_limit.compare_exchange_strong(unread, limit, std::memory_order_relaxed);  // a set meanwhile wins
+  return g_limit.load(std::memory_order_relaxed);
+}
+
+void keep(const Key& key, std::shared_ptr<Plan> plan) {
+  std::vector<std::shared_ptr<Plan>> dropped;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    dropped = g_plans.put(key, std::move(plan), cache_limit());
+  }
+}  // (the plans dropped are destroyed here, unless a CUDA graph holds them)
+
 std::atomic<int64_t> g_built{0}, g_declined{0};
 std::string g_last_declined;
 
@@ -330,16 +452,21 @@ bool convolve(Direction direction, int device, const Tensor& x, const Tensor& w,
   std::shared_ptr<Plan> kept;
   {
     std::lock_guard<std::mutex> lock(g_mutex);
-    auto it = g_plans.find(timed_key);
-    if (it == g_plans.end()) it = g_plans.find(key);
-    if (it != g_plans.end()) {
-      if (!it->second) return false;  // declined before: the legacy path, without asking again
-      kept = it->second;
+    const PlanCache::Entry* found = g_plans.find(timed_key);
+    if (found == nullptr) found = g_plans.find(key);
+    if (found != nullptr) {
+      if (!found->plan) return false;  // declined before: the legacy path, without asking again
+      kept = found->plan;
     }
   }
+  // A plan captured into a CUDA graph is held by the graph: the cache may drop it meanwhile.
+  auto done = [&](const std::shared_ptr<Plan>& plan) {
+    if (capturing()) keep_with_capture(plan);
+    return true;
+  };
   if (kept) {
     const cudnnStatus_t status = execute(h, device, *kept, x, w, y);
-    if (status == CUDNN_STATUS_SUCCESS) return true;
+    if (status == CUDNN_STATUS_SUCCESS) return done(kept);
     if (!gives_way(status)) raise(status, kept->engine);  // else: search again (a fuller device, ...)
   }
   std::string why;
@@ -360,12 +487,14 @@ bool convolve(Direction direction, int device, const Tensor& x, const Tensor& w,
       std::unique_ptr<TimedRun> timing;
     };
     std::vector<Ran> ran;
+    std::set<std::vector<int64_t>> tried;  // each configuration once, though both lists name it
     for (const Owned& config : configs) {
       EngineNotes notes;
       std::shared_ptr<Plan> plan;
       cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
       try {  // a configuration that cannot be read or planned gives way to the next
         notes = notes_of(*config);
+        if (!notes.tag.empty() && !tried.insert(notes.tag).second) continue;
         if (!usable(notes, dt)) continue;
         plan = plan_for(h, g, config, notes.index, why);
         if (!plan) continue;
@@ -384,9 +513,8 @@ bool convolve(Direction direction, int device, const Tensor& x, const Tensor& w,
       }
       g_built.fetch_add(1);
       if (!timed) {
-        std::lock_guard<std::mutex> lock(g_mutex);
-        g_plans[key] = plan;
-        return true;
+        keep(key, plan);
+        return done(plan);
       }
       auto timing = std::make_unique<TimedRun>(device);
       const bool timed_ok = execute(h, device, *plan, x, w, y, timing.get()) == CUDNN_STATUS_SUCCESS;
@@ -403,8 +531,7 @@ bool convolve(Direction direction, int device, const Tensor& x, const Tensor& w,
         const cudnnStatus_t status = execute(h, device, *ran[best].plan, x, w, y);
         if (status != CUDNN_STATUS_SUCCESS) raise(status, ran[best].plan->engine);
       }
-      std::lock_guard<std::mutex> lock(g_mutex);
-      g_plans[key] = ran[best].plan;
+      keep(key, ran[best].plan);
       return true;
     }
     why = str(configs.empty() ? "the heuristics offer no engine" : "no engine runs it", why);
@@ -412,8 +539,8 @@ bool convolve(Direction direction, int device, const Tensor& x, const Tensor& w,
     why = d.why + why;
   }
   g_declined.fetch_add(1);
+  keep(key, nullptr);
   std::lock_guard<std::mutex> lock(g_mutex);
-  g_plans[key] = nullptr;
   g_last_declined = str(op, " (x ", x.shape(), ", w ", w.shape(), ", y ", y.shape(), ", ", dtype_name(dt), "): ", why);
   return false;
 }
@@ -422,6 +549,17 @@ bool convolve(Direction direction, int device, const Tensor& x, const Tensor& w,
 
 int64_t conv_graph_plans_built() { return cudnn::g_built.load(); }
 int64_t conv_graph_declined() { return cudnn::g_declined.load(); }
+int64_t conv_graph_plans_kept() {
+  std::lock_guard<std::mutex> lock(cudnn::g_mutex);
+  return int64_t(cudnn::g_plans.entries.size());
+}
+void set_conv_graph_cache_limit(int64_t limit) {
+  cudnn::g_limit.store(limit == cudnn::kUnread ? limit + 1 : limit, std::memory_order_relaxed);
+  std::vector<std::shared_ptr<cudnn::Plan>> dropped;  // (destroyed after the lock is let go)
+  std::lock_guard<std::mutex> lock(cudnn::g_mutex);
+  cudnn::g_plans.trim(limit, dropped);
+}
+int64_t conv_graph_cache_limit() { return cudnn::cache_limit(); }
 std::string conv_graph_last_declined() {
   std::lock_guard<std::mutex> lock(cudnn::g_mutex);
   return cudnn::g_last_declined;

@@ -27,7 +27,9 @@ struct Graph {
   // stream, made before the capture (outside the graph's pool) and held here, so that a replay
   // after that thread has ended never writes memory the allocator has handed on.
   std::shared_ptr<void> gemm_workspace;
+  std::vector<std::shared_ptr<const void>> kept;  // keep_with_capture's
 };
+thread_local Graph* t_capturing_graph = nullptr;
 
 // The stream a thread captures on, one per device, kept for the process (as PyTorch's default
 // capture stream): the per-stream caches (cuBLAS's workspace, gemm_workspace_for) then hold one entry
@@ -60,6 +62,11 @@ void abandon_capture(cudaStream_t stream) {
 
 bool capturing() { return t_capturing_device >= 0; }
 
+void keep_with_capture(std::shared_ptr<const void> resource) {
+  BCOS_CHECK(t_capturing_graph != nullptr, "cuda keep_with_capture: this thread is not capturing a graph");
+  t_capturing_graph->kept.push_back(std::move(resource));
+}
+
 GraphHandle capture_graph(int device, const std::function<void()>& work) {
   check_device_index(device, "CudaGraph.capture");
   BCOS_CHECK(!capturing(), "CudaGraph.capture: this thread is capturing a graph already (captures do not nest)");
@@ -78,8 +85,10 @@ GraphHandle capture_graph(int device, const std::function<void()>& work) {
   }
   set_current_stream(device, stream);
   t_capturing_device = device;
+  t_capturing_graph = graph.get();
   auto restore = [&] {
     t_capturing_device = -1;
+    t_capturing_graph = nullptr;
     set_current_stream(device, previous);
     end_capture_pool();
   };

@@ -1,14 +1,17 @@
 // Convolutions through cuDNN's graph API (set_cudnn_graph_api, tensor/cuda/conv_graph.cu): every
 // direction, type and window option against the CPU and against the legacy API; the numerics
 // switches (TF32 off, deterministic algorithms) obeyed through the engines' notes; a plan kept
-// per shape and pointer alignment; benchmark mode. On a GPU, and on the emulator (whose engines
-// include one that down-converts its inputs and writes NaN: taking it fails these cases).
+// per shape and pointer alignment, up to the cache's bound (a CUDA graph holding what it captured);
+// benchmark mode. On a GPU, and on the emulator (whose engines include one that down-converts its
+// inputs and writes NaN: taking it fails these cases).
 #include <doctest/doctest.h>
 
+#include <initializer_list>
 #include <vector>
 
 #include "autograd/ops.h"
 #include "tensor/cuda/backend.h"
+#include "tensor/cuda_graph.h"
 #include "tests/cuda/gpu_test.h"
 #include "tests/golden.h"
 
@@ -158,5 +161,57 @@ TEST_CASE("cuda conv graph: cudnn_benchmark times the graph API's engines and ke
   for (size_t i = 0; i < cpu.size(); ++i) {
     CHECK(golden::relative_error(gpu[i], cpu[i]) <= 1e-10);
     CHECK(golden::relative_error(again[i], cpu[i]) <= 1e-10);
+  }
+}
+
+TEST_CASE("cuda conv graph: the plan cache keeps the most recently used plans up to its bound; a CUDA graph holds "
+          "the plans it captured after the cache drops them") {
+  if (!have_gpu()) return;
+  GraphApi on(true);
+  struct RestoreLimit {
+    int64_t was = cuda::conv_graph_cache_limit();
+    ~RestoreLimit() { cuda::set_conv_graph_cache_limit(was); }
+  } restore;
+  manual_seed(75);
+  const Device cuda = Device::cuda(0);
+  const Tensor w = randn({4, 3, 3, 3}).to(cuda);
+  // Forward only (no gradient): one plan per shape; five heights, five shapes.
+  std::vector<Tensor> xs;
+  for (int64_t h : {9, 10, 11, 12, 13}) xs.push_back(randn({2, 3, h, 8}).to(cuda));
+  auto built_by = [&](std::initializer_list<int> shapes) {
+    const int64_t before = cuda::conv_graph_plans_built();
+    for (int i : shapes) (void)conv2d(xs[size_t(i)], w, Tensor(), 1, 1, 1, 1);
+    return cuda::conv_graph_plans_built() - before;
+  };
+  cuda::set_conv_graph_cache_limit(2);
+  CHECK(cuda::conv_graph_plans_kept() <= 2);  // trimmed at once
+  CHECK(built_by({0, 1}) == 2);
+  CHECK(cuda::conv_graph_plans_kept() == 2);
+  CHECK(built_by({0}) == 0);     // kept, and now the most recent: 0, 1
+  CHECK(built_by({2}) == 1);     // 1 dropped: 2, 0
+  CHECK(built_by({0, 2}) == 0);
+  CHECK(built_by({1}) == 1);     // 0 dropped: 1, 2
+  CHECK(cuda::conv_graph_plans_kept() == 2);
+  cuda::set_conv_graph_cache_limit(-1);  // nothing kept: every call searches
+  CHECK(cuda::conv_graph_plans_kept() == 0);
+  CHECK(built_by({3, 3}) == 2);
+  CHECK(cuda::conv_graph_plans_kept() == 0);
+  cuda::set_conv_graph_cache_limit(0);  // no bound
+  CHECK(built_by({0, 1, 2, 3}) == 4);
+  CHECK(built_by({0, 1, 2, 3}) == 0);
+  CHECK(cuda::conv_graph_plans_kept() == 4);
+
+  // A graph captured with shape 4's plan replays it after the cache has dropped it.
+  cuda::set_conv_graph_cache_limit(1);
+  const Tensor eager = conv2d(xs[4], w, Tensor(), 1, 1, 1, 1);
+  Tensor y;
+  CudaGraph graph;
+  graph.capture(cuda, [&] { y = conv2d(xs[4], w, Tensor(), 1, 1, 1, 1); });
+  CHECK(built_by({0}) == 1);  // shape 4's plan dropped from the cache
+  CHECK(built_by({4}) == 1);
+  for (int replay = 0; replay < 2; ++replay) {
+    y.zero_();
+    graph.replay();
+    CHECK(golden::equal(y.to(Device()), eager.to(Device())));
   }
 }

@@ -319,6 +319,35 @@ TEST_CASE("emulator conv graph: an engine refused at execution, failing there, o
   }
 }
 
+TEST_CASE("emulator conv graph: each engine configuration is tried once though INSTANT's and FALLBACK's lists both "
+          "name it; the same engine with a knob set otherwise is another configuration") {
+  Restore restore;
+  struct BenchmarkMode {  // every configuration that runs is timed: none left out by an earlier success
+    BenchmarkMode() { set_cudnn_benchmark(true); }
+    ~BenchmarkMode() { set_cudnn_benchmark(false); }
+  } benchmark;
+  manual_seed(84);
+  const Device cuda = Device::cuda(0);
+  {
+    INFO("every engine runs: the fast engine at two tile sizes and the plain one (listed twice), per direction");
+    const Tensor x = randn({2, 3, 11, 12}, kFloat64), w = randn({4, 3, 3, 3}, kFloat64);
+    const auto cpu = convolve(x, w, Device());
+    const int64_t built = cuda::conv_graph_plans_built();
+    same(convolve(x, w, cuda), cpu);
+    CHECK(cuda::conv_graph_plans_built() - built == 9);
+  }
+  {
+    INFO("the fast engine refused: both of its configurations asked, the plain engine planned once per direction");
+    const Tensor x = randn({2, 3, 12, 11}, kFloat64), w = randn({4, 3, 3, 3}, kFloat64);
+    const auto cpu = convolve(x, w, Device());
+    rt::set_fast_algorithms(rt::FastAlgorithms::refused);
+    const int64_t built = cuda::conv_graph_plans_built(), refusals = rt::fast_refusals();
+    same(convolve(x, w, cuda), cpu);
+    CHECK(cuda::conv_graph_plans_built() - built == 3);
+    CHECK(rt::fast_refusals() - refusals == 6);
+  }
+}
+
 TEST_CASE("emulator conv graph: heuristics that offer no engine decline the shape to the legacy API, once") {
   Restore restore;
   manual_seed(82);

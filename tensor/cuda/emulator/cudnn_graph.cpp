@@ -11,8 +11,10 @@
 // its inputs (its result here is NaN, so that a backend which does not leave it out, as PyTorch
 // does, fails its tests), engine 0, the legacy stand-in's fast algorithm (tensor cores: TF32 for
 // float32; nondeterministic backwards; a workspace; the runtime::FastAlgorithms refusals), and
-// engine 1, its plain deterministic one (FMA math, no workspace); FALLBACK lists engine 1 alone.
-// Engines 0 and 1 run through the legacy stand-in (libraries.cpp), so both APIs compute alike.
+// engine 1, its plain deterministic one (FMA math, no workspace); FALLBACK lists engine 1 again
+// (the lists overlap, as cuDNN's do) and engine 0 with another setting of its one knob (a tile
+// size: a configuration of its own, computing alike). Engines 0 and 1 run through the legacy
+// stand-in (libraries.cpp), so both APIs compute alike.
 #include <cudnn.h>
 
 #include <atomic>
@@ -20,6 +22,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <vector>
 
 #include "tensor/cuda/emulator/blas_values.h"
@@ -32,6 +35,16 @@ std::atomic<bool> g_offer_engines{true};
 
 struct Backend;
 using Snapshot = std::shared_ptr<const Backend>;
+
+// An engine configuration: the engine and its knobs' settings.
+struct Knob {
+  cudnnBackendKnobType_t type;
+  int64_t value;
+};
+struct Config {
+  int64_t engine;
+  std::vector<Knob> knobs;
+};
 
 // One attribute's value: raw elements, or (BACKEND_DESCRIPTOR) copies of the descriptors.
 struct Attribute {
@@ -47,9 +60,11 @@ struct Backend {
   bool finalized = false;
   std::map<cudnnBackendAttributeName_t, Attribute> attributes;
   int64_t engine = -1;                // ENGINE / ENGINECFG / EXECUTION_PLAN
+  std::vector<Knob> knobs;            // ENGINECFG: its settings; KNOB_CHOICE: the one it is
   Snapshot graph;                     // ENGINEHEUR / ENGINE / ENGINECFG / EXECUTION_PLAN: the graph
-  std::vector<int64_t> results;       // ENGINEHEUR: the engines, best first
+  std::vector<Config> results;        // ENGINEHEUR: the configurations, best first
   size_t workspace = 0;               // EXECUTION_PLAN
+  std::shared_ptr<const int> alive;   // EXECUTION_PLAN: expires when it is destroyed
 };
 
 using bcos::emu::blas::store;
@@ -310,15 +325,17 @@ cudnnStatus_t finalize(Backend& b) {
       b.graph = find(b, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH)->descriptors[0];
       const auto mode = value<cudnnBackendHeurMode_t>(b, CUDNN_ATTR_ENGINEHEUR_MODE);
       if (int(mode) < 0 || int(mode) >= int(CUDNN_HEUR_MODES_COUNT)) return CUDNN_STATUS_BAD_PARAM;
-      b.results = !g_offer_engines.load()            ? std::vector<int64_t>{}
-                  : mode == CUDNN_HEUR_MODE_FALLBACK ? std::vector<int64_t>{kPlain}
-                                                     : std::vector<int64_t>{kDownConverting, kFast, kPlain};
+      const Config fast{kFast, {{CUDNN_KNOB_TYPE_TILE_SIZE, 1}}}, fast_other{kFast, {{CUDNN_KNOB_TYPE_TILE_SIZE, 2}}};
+      b.results = !g_offer_engines.load()            ? std::vector<Config>{}
+                  : mode == CUDNN_HEUR_MODE_FALLBACK ? std::vector<Config>{{kPlain, {}}, fast_other}
+                                                     : std::vector<Config>{{kDownConverting, {}}, fast, {kPlain, {}}};
       break;
     }
     case T(EXECUTION_PLAN): {
       if (value<cudnnHandle_t>(b, CUDNN_ATTR_EXECUTION_PLAN_HANDLE) == nullptr) return CUDNN_STATUS_BAD_PARAM;
       const Backend& config = *find(b, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG)->descriptors[0];
       b.engine = config.engine, b.graph = config.graph;
+      b.alive = std::make_shared<const int>(0);
       if (cudnnStatus_t s = workspace_of(conv_of_graph(*b.graph), b.engine, &b.workspace); s != CUDNN_STATUS_SUCCESS)
         return s;
       break;
@@ -393,21 +410,39 @@ cudnnStatus_t cudnnBackendGetAttribute(cudnnBackendDescriptor_t const descriptor
   const Backend& b = *backend(descriptor);
   if (!b.finalized) return CUDNN_STATUS_BAD_PARAM;
   if (requested > 0 && values == nullptr) return CUDNN_STATUS_BAD_PARAM;
-  // Fills the caller's descriptors (created by it, of `kind`) with engines.
-  auto fill = [&](cudnnBackendDescriptorType_t kind, const std::vector<int64_t>& engines) {
+  // Fills the caller's descriptors (created by it, of `kind`), one per item, with set(descriptor, item).
+  auto fill = [&](cudnnBackendDescriptorType_t kind, const auto& items, auto set) {
     if (type != CUDNN_TYPE_BACKEND_DESCRIPTOR) return CUDNN_STATUS_BAD_PARAM;
-    const int64_t n = std::min<int64_t>(requested, int64_t(engines.size()));
+    const int64_t n = std::min<int64_t>(requested, int64_t(items.size()));
     auto* out = static_cast<cudnnBackendDescriptor_t*>(values);
     for (int64_t i = 0; i < n; ++i) {
       Backend* d = backend(out[i]);
       if (d == nullptr || d->kind != kind) return CUDNN_STATUS_BAD_PARAM;
-      d->engine = engines[size_t(i)], d->graph = b.graph, d->finalized = true;
+      set(*d, items[size_t(i)]);
+      d->finalized = true;
     }
-    *count = requested == 0 ? int64_t(engines.size()) : n;
+    *count = requested == 0 ? int64_t(items.size()) : n;
     return CUDNN_STATUS_SUCCESS;
   };
-  if (b.kind == T(ENGINEHEUR) && name == CUDNN_ATTR_ENGINEHEUR_RESULTS) return fill(T(ENGINECFG), b.results);
-  if (b.kind == T(ENGINECFG) && name == CUDNN_ATTR_ENGINECFG_ENGINE) return fill(T(ENGINE), {b.engine});
+  if (b.kind == T(ENGINEHEUR) && name == CUDNN_ATTR_ENGINEHEUR_RESULTS)
+    return fill(T(ENGINECFG), b.results, [&](Backend& d, const Config& c) {
+      d.engine = c.engine, d.knobs = c.knobs, d.graph = b.graph;
+    });
+  if (b.kind == T(ENGINECFG) && name == CUDNN_ATTR_ENGINECFG_ENGINE)
+    return fill(T(ENGINE), std::vector<int64_t>{b.engine}, [&](Backend& d, int64_t e) { d.engine = e, d.graph = b.graph; });
+  if (b.kind == T(ENGINECFG) && name == CUDNN_ATTR_ENGINECFG_KNOB_CHOICES)
+    return fill(T(KNOB_CHOICE), b.knobs, [](Backend& d, const Knob& k) { d.knobs = {k}; });
+  if (b.kind == T(KNOB_CHOICE) && (name == CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE || name == CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE)) {
+    const bool is_type = name == CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE;
+    if (type != (is_type ? CUDNN_TYPE_KNOB_TYPE : CUDNN_TYPE_INT64) || requested < 1 || b.knobs.size() != 1)
+      return CUDNN_STATUS_BAD_PARAM;
+    if (is_type)
+      *static_cast<cudnnBackendKnobType_t*>(values) = b.knobs[0].type;
+    else
+      *static_cast<int64_t*>(values) = b.knobs[0].value;
+    *count = 1;
+    return CUDNN_STATUS_SUCCESS;
+  }
   if (b.kind == T(ENGINE) && name == CUDNN_ATTR_ENGINE_GLOBAL_INDEX) {
     if (type != CUDNN_TYPE_INT64 || requested < 1) return CUDNN_STATUS_BAD_PARAM;
     *static_cast<int64_t*>(values) = b.engine, *count = 1;
@@ -449,6 +484,17 @@ cudnnStatus_t cudnnBackendExecute(cudnnHandle_t handle, cudnnBackendDescriptor_t
   }
   void* ws = find(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE) ? value<void*>(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE) : nullptr;
   if (plan.workspace > 0 && ws == nullptr) return CUDNN_STATUS_BAD_PARAM;
+  cudaStream_t stream = nullptr;
+  cudnnGetStream(handle, &stream);
+  // Captured into a CUDA graph, an execution runs again at each replay: its plan must still exist
+  // then (an engine's runtime-compiled kernels may go with it; cuDNN promises nothing else), so a
+  // replay after the plan was destroyed fails here.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capture) == cudaSuccess && capture == cudaStreamCaptureStatusActive)
+    bcos::emu::runtime::enqueue(stream, "cudnnBackendExecute (its plan)", [alive = std::weak_ptr<const int>(plan.alive)] {
+      if (alive.expired())
+        throw std::runtime_error("cudnnBackendExecute in a CUDA graph replay: its execution plan has been destroyed");
+    });
   if (plan.engine == kDownConverting) {  // its inputs rounded to half: here, NaN everywhere it writes
     // What the operation writes: y forward (tensor 2), x backward-data (0), w backward-filter (1).
     const int written = c.kind == T(OPERATION_CONVOLUTION_FORWARD) ? 2 : c.kind == T(OPERATION_CONVOLUTION_BACKWARD_DATA) ? 0 : 1;
@@ -459,8 +505,6 @@ cudnnStatus_t cudnnBackendExecute(cudnnHandle_t handle, cudnnBackendDescriptor_t
     const cudaDataType t = type == CUDNN_DATA_DOUBLE ? CUDA_R_64F : type == CUDNN_DATA_FLOAT ? CUDA_R_32F
                            : type == CUDNN_DATA_HALF ? CUDA_R_16F : CUDA_R_16BF;
     void* p = pointers[written];
-    cudaStream_t stream = nullptr;
-    cudnnGetStream(handle, &stream);
     bcos::emu::runtime::enqueue(stream, "cudnnBackendExecute (down-converting engine)", [=] {
       for (int64_t i = 0; i < numel; ++i) store(p, t, i, std::nan(""));
     });
