@@ -11,6 +11,9 @@
 //   6. OUT/report.md, OUT/report.json and the PNGs.
 // mpirun -np N bcos_clip_zeroshot --distributed: the distillation (3) data-parallel over the N
 // processes (--batch global); rank 0 alone trains the teacher if needed, evaluates and writes.
+// --device cuda --cuda-graph: each distillation step's forward and backward (teacher, student,
+// loss: hundreds of kernel launches for a small tower) replayed from one CUDA graph captured at
+// the run's second step; the loss check, the clipping and Adam's step stay outside it.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -40,6 +43,7 @@
 #include "nn/optim.h"
 #include "nn/safetensors.h"
 #include "nn/schedule.h"
+#include "tensor/cuda_graph.h"
 
 using namespace bcos;
 namespace fs = std::filesystem;
@@ -55,10 +59,15 @@ std::string fixed(double v, int digits) {
   return buf;
 }
 
-Tensor clip_normalize(const Tensor& x) {  // images in [0, 1] -> the teacher's input
-  return (x - from_vector(models::kClipMean, {1, 3, 1, 1}).to(x.device())) /
-         from_vector(models::kClipStd, {1, 3, 1, 1}).to(x.device());
-}
+// Images in [0, 1] -> the teacher's input. CLIP's per-channel constants are put on the device once
+// (a CUDA graph capture may not copy from the host).
+struct ClipNormalize {
+  Tensor mean, std;
+  explicit ClipNormalize(Device device)
+      : mean(from_vector(models::kClipMean, {1, 3, 1, 1}).to(device)),
+        std(from_vector(models::kClipStd, {1, 3, 1, 1}).to(device)) {}
+  Tensor operator()(const Tensor& x) const { return (x - mean) / std; }
+};
 
 // The test set seen by both models: top-1 / top-5, agreement, embedding cosine, and the images
 // both classify correctly (GridPG's pool, the figures' examples).
@@ -79,6 +88,7 @@ Evaluation evaluate(nn::Module& teacher, nn::Module& student, const Tensor& clas
   double cos_sum = 0;
   std::map<int64_t, int64_t> per_class;
   const Tensor cls = classifier.to(device).transpose(0, 1);
+  const ClipNormalize clip_normalize(device);
   const int64_t k = std::min<int64_t>(5, classifier.size(0));
   for (data::Batch& b : loader.epoch(0)) {
     const Tensor x = b.images.to(device);
@@ -123,6 +133,7 @@ models::GridPGResult gridpg(nn::Module& similarity, bool bcos_model, const Evalu
   models::GridPGOptions o;
   o.grids = grids, o.seed = seed, o.batch = 4;
   data::ProgressBar bar(grids * 9, title, "map");
+  const ClipNormalize clip_normalize(device);
   auto attribution = [&](const Tensor& images, const Tensor& targets) {
     const Tensor x = images.to(device);
     const Tensor maps = models::contribution_maps(similarity, bcos_model ? nn::add_inverse(x) : clip_normalize(x),
@@ -194,7 +205,8 @@ int main(int argc, char** argv) {
   int64_t batch = 128, limit_train = 0, limit_test = 0, grids = 250, pool_size = 2000, scale = 4, figure_images = 8;
   int workers = 2;
   uint64_t seed = 0;
-  bool resume = false, detect_anomaly = false, distributed = false, sync_bn = false, split_shards = false;
+  bool resume = false, detect_anomaly = false, distributed = false, sync_bn = false, split_shards = false,
+       cuda_graph = false;
   app.add_option("--clip", clip_path, "the teacher: CLIP weights (OpenAI .pt, open_clip, Hugging Face); default: the "
                  "small CLIP train_clip makes on the CIFAR-10 shards, trained on first use into OUT/teacher");
   app.add_option("--out", out, "output folder: report.md, report.json, PNGs, checkpoint.safetensors, student.safetensors");
@@ -221,6 +233,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "seed of shuffling, augmentation and GridPG");
   app.add_option("--device", device_spec, "where the models run: cpu, cuda or cuda:N");
   examples::add_autocast_option(app, autocast);
+  app.add_flag("--cuda-graph", cuda_graph, "GPU: replay each distillation step's forward and backward from one CUDA "
+               "graph (the host's launches once, not per step; one process, not with --autocast f16)");
   app.add_flag("--resume", resume, "continue the distillation from OUT/checkpoint.safetensors");
   app.add_flag("--detect-anomaly", detect_anomaly,
                "check every op's output and gradient while distilling; stop at the first NaN, naming the op (slow)");
@@ -234,6 +248,9 @@ int main(int argc, char** argv) {
     Device device = examples::parse_device(device_spec);
     examples::start_processes("bcos_clip_zeroshot", distributed, batch);
     BCOS_CHECK(!sync_bn || distributed, "bcos_clip_zeroshot: --sync-bn needs --distributed");
+    BCOS_CHECK(!cuda_graph || (device.is_cuda() && !distributed && autocast != "f16" && !detect_anomaly),
+               "bcos_clip_zeroshot: --cuda-graph needs --device cuda, one process (no --distributed), and neither "
+               "--autocast f16 (its loss scale changes per step) nor --detect-anomaly (it reads every op's output)");
     if (distributed && device.is_cuda() && device_spec == "cuda") device = Device::cuda(dist::local_rank());  // a GPU per rank
     const bool main_rank = dist::is_main();
     std::FILE* progress = main_rank ? stderr : nullptr;
@@ -312,7 +329,7 @@ int main(int argc, char** argv) {
         copy->to(device), copy->eval(), teacher->eval();
         NoGradGuard no_grad;
         ExactFloat32Guard exact_products;  // TF32 would blur the identity to ~1e-3 on a GPU
-        const Tensor expected = (*teacher)(clip_normalize(probe));
+        const Tensor expected = (*teacher)(ClipNormalize(device)(probe));
         equivalence = norm((*copy)(nn::add_inverse(probe)) - expected).item() / norm(expected).item();
       }
       std::printf("b = 1 equivalence: relative error %.2e between the converted and the original tower\n", equivalence);
@@ -358,6 +375,29 @@ int main(int argc, char** argv) {
     double train_seconds = 0, last_loss = 0;
     int64_t train_images = 0;
     AnomalyDetectionGuard anomaly(detect_anomaly);
+    Tensor target, s, loss;  // a step's: the teacher's and the student's embeddings, the loss
+    const ClipNormalize clip_normalize(device);
+    auto forward_backward = [&](const Tensor& x) {
+      {
+        AutocastGuard mixed(device.type, autocast_dtype, autocast_dtype != DType::f32);  // teacher and student
+        {
+          NoGradGuard no_grad;
+          target = (*teacher)(clip_normalize(x));
+        }
+        // The sigmoid loss pairs every student embedding with every teacher one in the batch: with
+        // several ranks, over the gathered global batch (gradients back to their own rank), so the
+        // loss is the one-process loss (the identity on one process).
+        s = dist::all_gather_autograd(ddp(nn::add_inverse(x)));
+        target = dist::all_gather_autograd(target);
+        loss = loss_name == "sigmoid" ? models::sigmoid_distillation_loss(s, target)
+                                      : models::cosine_distillation_loss(s, target);
+      }
+      optimizer.zero_grad();
+      scaler.scale(loss).backward();
+    };
+    CudaGraph graph;
+    Tensor graph_x;  // the batch the captured step reads
+    bool warmed_up = false;
     for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
       student->train();
       teacher->eval();
@@ -368,29 +408,25 @@ int main(int argc, char** argv) {
       int64_t seen = 0;
       for (Batch& bt : train_loader->epoch(epoch)) {
         if (state.step >= (epoch + 1) * steps_per_epoch || state.step >= total_steps) break;
+        // Forward and backward; with --cuda-graph captured at the run's second step (the first warms
+        // up: cuDNN's choices, Adam's state) and replayed from then on, reading the batch from graph_x.
         const Tensor x = bt.images.to(device);
-        Tensor target, s, loss;
-        {
-          AutocastGuard mixed(device.type, autocast_dtype, autocast_dtype != DType::f32);  // teacher and student
-          {
-            NoGradGuard no_grad;
-            target = (*teacher)(clip_normalize(x));
-          }
-          // The sigmoid loss pairs every student embedding with every teacher one in the batch: with
-          // several ranks, over the gathered global batch (gradients back to their own rank), so the
-          // loss is the one-process loss (the identity on one process).
-          s = dist::all_gather_autograd(ddp(nn::add_inverse(x)));
-          target = dist::all_gather_autograd(target);
-          loss = loss_name == "sigmoid" ? models::sigmoid_distillation_loss(s, target)
-                                        : models::cosine_distillation_loss(s, target);
+        if (graph.captured()) {
+          graph_x.copy_(x);
+          graph.replay();
+        } else if (cuda_graph && warmed_up) {
+          graph_x = x.clone();
+          graph.capture(device, [&] { forward_backward(graph_x); });
+          graph.replay();
+        } else {
+          forward_backward(x);
+          warmed_up = true;
         }
         const double l = loss.item();  // checked before the step, so no NaN reaches the weights
         BCOS_CHECK(std::isfinite(l), "bcos_clip_zeroshot: the loss became ", l, " at step ", state.step + 1, " (epoch ",
                    epoch + 1, "); stopped before the update",
                    fs::exists(ckpt) ? str("; ", ckpt, " holds the last good epoch") : "",
                    detect_anomaly ? "" : "; --detect-anomaly names the op that produced the first NaN");
-        optimizer.zero_grad();
-        scaler.scale(loss).backward();
         scaler.unscale_(optimizer);  // (f16: the clipping below sees true gradients)
         nn::adaptive_clip_grad_(params, 0.01, 1e-3);
         scaler.step(optimizer);  // f16: skipped when a gradient overflowed
@@ -487,7 +523,7 @@ int main(int argc, char** argv) {
                               {"loss", loss_name}, {"last_loss", last_loss}, {"train_seconds", train_seconds},
                               {"train_images_per_s", train_images > 0 ? double(train_images) / train_seconds : 0.0},
                               {"processes", dist::world_size()}, {"sync_bn", sync_bn},
-                              {"autocast", autocast}, {"skipped_steps", scaler.skipped_steps()}};
+                              {"autocast", autocast}, {"cuda_graph", cuda_graph}, {"skipped_steps", scaler.skipped_steps()}};
     report["zeroshot"] = {{"samples", ev.samples}, {"templates", held_out.size()},
                           {"teacher_top1", ev.teacher_top1}, {"teacher_top5", ev.teacher_top5},
                           {"student_top1", ev.student_top1}, {"student_top5", ev.student_top5},

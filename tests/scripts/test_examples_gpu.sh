@@ -118,6 +118,19 @@ if [[ -f "$vocab" && -f "$shard" ]]; then
     --out "$work/bcos_clip"
   check "... its b = 1 equivalence within 1e-4" at_most "$work/out" "b = 1 equivalence: relative error" 1e-4
   check "... with both towers' zero-shot in report.json" contains "$work/bcos_clip/report.json" '"student_top1"'
+  # ... with each step's forward and backward replayed from a CUDA graph: 8 steps of 32 (one eager,
+  # one captured, six replays), the loss of the eager run (bit for bit on the emulator; on a GPU
+  # cuDNN may pick nondeterministic backward algorithms, whose sums differ in the last bits).
+  for mode in eager graph; do
+    "$build/examples/bcos_clip_zeroshot" --device cuda --clip "$work/clip/clip.safetensors" --vocab "$vocab" \
+      --data "$shard" --test-data "$shard" --epochs 1 --limit-train 256 --batch 32 --limit-test 32 --grids 0 \
+      --photos "" --out "$work/bcos_clip_$mode" $([[ $mode == graph ]] && echo --cuda-graph) >"$work/distil_$mode" 2>&1 ||
+      echo "bcos_clip_zeroshot ($mode) failed: $(tail -3 "$work/distil_$mode")"
+  done
+  last_loss() { grep -o '"last_loss": [-0-9.e+]*' "$work/bcos_clip_$1/report.json" 2>/dev/null | awk '{print $2}'; }
+  check "bcos_clip_zeroshot --device cuda --cuda-graph distils to the loss it reaches without (eager $(last_loss eager), graph $(last_loss graph))" \
+    awk -v a="$(last_loss eager)" -v b="$(last_loss graph)" \
+      'BEGIN {d = a - b; if (d < 0) d = -d; exit !(a != "" && b != "" && d <= 1e-4 * (a < 0 ? -a : a))}'
   exits_zero "bcos_clip_zeroshot --device cuda --autocast bf16 (exit 0)" \
     "$build/examples/bcos_clip_zeroshot" --device cuda --clip "$work/clip/clip.safetensors" --vocab "$vocab" \
     --data "$shard" --test-data "$shard" --epochs 1 --limit-train 128 --batch 64 --limit-test 64 --grids 0 --photos "" \
