@@ -118,9 +118,11 @@ int64_t conv_algorithm_searches();
 int64_t conv_graph_plans_built();
 int64_t conv_graph_declined();
 std::string conv_graph_last_declined();
-// The plan cache's entries now (declined shapes included), and its bound: the least recently
-// used beyond it are dropped (0: no bound; negative: nothing kept). BCOS_CUDNN_PLAN_CACHE_LIMIT
-// sets it at start (default 10,000, as PyTorch's TORCH_CUDNN_V8_API_LRU_CACHE_LIMIT).
+// The calling thread's plan cache (each thread keeps its own): its entries now (declined shapes
+// included), and the bound of every thread's: the least recently used beyond it are dropped (0:
+// no bound; negative: nothing kept; a thread's cache is trimmed at its next plan, the caller's at
+// once). BCOS_CUDNN_PLAN_CACHE_LIMIT sets it at start (default 10,000, as PyTorch's
+// TORCH_CUDNN_V8_API_LRU_CACHE_LIMIT).
 int64_t conv_graph_plans_kept();
 void set_conv_graph_cache_limit(int64_t limit);
 int64_t conv_graph_cache_limit();

@@ -330,13 +330,14 @@ cudnnStatus_t execute(cudnnHandle_t handle, int device, const Plan& plan, const 
   return status;  // the workspace goes back to the stream's pool, reused only by later work on it
 }
 
-// Kept plans per (thread, device, direction, shapes, parameters, type, numerics switches,
-// alignments, timed). Per thread, as PyTorch keeps them: a plan is finalized with one thread's
-// handle, and cuDNN does not promise that every engine's plan may run on another handle, or on
-// two threads at once. Never destroyed at exit (as PyTorch's cache, since cuDNN 9.10): cuDNN may
-// be gone before a static's destructor would destroy its plans. At most cache_limit() entries
-// (a declined shape is one too), the least recently used dropped first, as PyTorch's LRU cache
-// of plans; a plan a CUDA graph captured lives on with that graph (keep_with_capture).
+// Kept plans per (device, direction, shapes, parameters, type, numerics switches, alignments,
+// timed), a cache per thread, as PyTorch keeps them: a plan is finalized with one thread's handle,
+// and cuDNN does not promise that every engine's plan may run on another handle, or on two threads
+// at once (nor that one thread may destroy what another's handle made). Never destroyed at exit
+// (as PyTorch's cache, since cuDNN 9.10): cuDNN may be gone before a destructor at exit would
+// destroy its plans. At most cache_limit() entries in each (a declined shape is one too), the
+// least recently used dropped first, as PyTorch's LRU cache of plans; a plan a CUDA graph
+// captured lives on with that graph (keep_with_capture).
 using Key = std::vector<int64_t>;
 struct PlanCache {
   struct Entry {
@@ -352,7 +353,7 @@ struct PlanCache {
     recent.splice(recent.begin(), recent, it->second.recent);
     return &it->second;
   }
-  // Returns what fell out, for the caller to drop once it has let go of the lock.
+  // Returns what fell out (destroyed when the caller lets go, unless a CUDA graph holds it).
   std::vector<std::shared_ptr<Plan>> put(const Key& key, std::shared_ptr<Plan> plan, int64_t limit) {
     std::vector<std::shared_ptr<Plan>> dropped;
     if (limit < 0) return dropped;  // nothing kept
@@ -376,8 +377,10 @@ struct PlanCache {
     }
   }
 };
-std::mutex g_mutex;
-PlanCache& g_plans = *new PlanCache;
+PlanCache& plans() {
+  thread_local PlanCache* cache = new PlanCache;  // (left to the process's end, as said above)
+  return *cache;
+}
 
 // BCOS_CUDNN_PLAN_CACHE_LIMIT, as PyTorch's TORCH_CUDNN_V8_API_LRU_CACHE_LIMIT: 10,000 plans by
 // default (~2 GiB at ~200 KiB a plan, PyTorch's estimate), 0 for no bound, negative for none kept.
@@ -403,25 +406,16 @@ int64_t cache_limit() {
 }
 
 void keep(const Key& key, std::shared_ptr<Plan> plan) {
-  std::vector<std::shared_ptr<Plan>> dropped;
-  {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    dropped = g_plans.put(key, std::move(plan), cache_limit());
-  }
-}  // (the plans dropped are destroyed here, unless a CUDA graph holds them)
+  plans().put(key, std::move(plan), cache_limit());  // (what falls out is destroyed unless a graph holds it)
+}
 
 std::atomic<int64_t> g_built{0}, g_declined{0};
+std::mutex g_mutex;  // g_last_declined's
 std::string g_last_declined;
-
-int64_t thread_number() {
-  static std::atomic<int64_t> threads{0};
-  thread_local const int64_t number = threads.fetch_add(1);
-  return number;
-}
 
 std::vector<int64_t> key_of(Direction direction, int device, const Tensor& x, const Tensor& w, const Tensor& y,
                             const Conv2dParams& p, bool timed) {
-  std::vector<int64_t> key{timed, thread_number(), device, int64_t(direction), int64_t(x.dtype()), allow_tf32(),
+  std::vector<int64_t> key{timed, device, int64_t(direction), int64_t(x.dtype()), allow_tf32(),
                            deterministic_algorithms()};  // (timed first: convolve flips it)
   for (const Tensor* t : {&x, &w, &y}) {
     key.insert(key.end(), t->shape().begin(), t->shape().end());
@@ -450,14 +444,11 @@ bool convolve(Direction direction, int device, const Tensor& x, const Tensor& w,
          int(status), ")");
   };
   std::shared_ptr<Plan> kept;
-  {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    const PlanCache::Entry* found = g_plans.find(timed_key);
-    if (found == nullptr) found = g_plans.find(key);
-    if (found != nullptr) {
-      if (!found->plan) return false;  // declined before: the legacy path, without asking again
-      kept = found->plan;
-    }
+  const PlanCache::Entry* found = plans().find(timed_key);
+  if (found == nullptr) found = plans().find(key);
+  if (found != nullptr) {
+    if (!found->plan) return false;  // declined before: the legacy path, without asking again
+    kept = found->plan;
   }
   // A plan captured into a CUDA graph is held by the graph: the cache may drop it meanwhile.
   auto done = [&](const std::shared_ptr<Plan>& plan) {
@@ -549,15 +540,11 @@ bool convolve(Direction direction, int device, const Tensor& x, const Tensor& w,
 
 int64_t conv_graph_plans_built() { return cudnn::g_built.load(); }
 int64_t conv_graph_declined() { return cudnn::g_declined.load(); }
-int64_t conv_graph_plans_kept() {
-  std::lock_guard<std::mutex> lock(cudnn::g_mutex);
-  return int64_t(cudnn::g_plans.entries.size());
-}
+int64_t conv_graph_plans_kept() { return int64_t(cudnn::plans().entries.size()); }
 void set_conv_graph_cache_limit(int64_t limit) {
   cudnn::g_limit.store(limit == cudnn::kUnread ? limit + 1 : limit, std::memory_order_relaxed);
-  std::vector<std::shared_ptr<cudnn::Plan>> dropped;  // (destroyed after the lock is let go)
-  std::lock_guard<std::mutex> lock(cudnn::g_mutex);
-  cudnn::g_plans.trim(limit, dropped);
+  std::vector<std::shared_ptr<cudnn::Plan>> dropped;
+  cudnn::plans().trim(limit, dropped);  // (other threads' caches at their next plan)
 }
 int64_t conv_graph_cache_limit() { return cudnn::cache_limit(); }
 std::string conv_graph_last_declined() {

@@ -27,7 +27,10 @@ struct Graph {
   // stream, made before the capture (outside the graph's pool) and held here, so that a replay
   // after that thread has ended never writes memory the allocator has handed on.
   std::shared_ptr<void> gemm_workspace;
-  std::vector<std::shared_ptr<const void>> kept;  // keep_with_capture's
+  // What keep_with_capture handed it (each once), and an event recorded after each replay: the
+  // graph lets go of them only once its last replay has run.
+  std::vector<std::shared_ptr<const void>> kept;
+  cudaEvent_t replayed = nullptr;
 };
 thread_local Graph* t_capturing_graph = nullptr;
 
@@ -64,7 +67,10 @@ bool capturing() { return t_capturing_device >= 0; }
 
 void keep_with_capture(std::shared_ptr<const void> resource) {
   BCOS_CHECK(t_capturing_graph != nullptr, "cuda keep_with_capture: this thread is not capturing a graph");
-  t_capturing_graph->kept.push_back(std::move(resource));
+  auto& kept = t_capturing_graph->kept;
+  for (const auto& k : kept)
+    if (k == resource) return;
+  kept.push_back(std::move(resource));
 }
 
 GraphHandle capture_graph(int device, const std::function<void()>& work) {
@@ -130,9 +136,14 @@ GraphHandle capture_graph(int device, const std::function<void()>& work) {
 void replay_graph(GraphHandle handle) {
   BCOS_CHECK(handle != nullptr, "CudaGraph.replay: nothing captured");
   BCOS_CHECK(!capturing(), "CudaGraph.replay: not while capturing a graph");
-  const Graph& graph = *static_cast<const Graph*>(handle);
+  Graph& graph = *static_cast<Graph*>(handle);
   DeviceGuard guard(graph.device);
-  BCOS_CUDA_CHECK(cudaGraphLaunch(graph.exec, stream_of(graph.device)));
+  const cudaStream_t stream = stream_of(graph.device);
+  BCOS_CUDA_CHECK(cudaGraphLaunch(graph.exec, stream));
+  if (!graph.kept.empty()) {
+    if (graph.replayed == nullptr) BCOS_CUDA_CHECK(cudaEventCreateWithFlags(&graph.replayed, cudaEventDisableTiming));
+    BCOS_CUDA_CHECK(cudaEventRecord(graph.replayed, stream));
+  }
 }
 
 void store_bytes(int device, void* dst, const void* src, size_t nbytes) {
@@ -156,6 +167,10 @@ void destroy_graph(GraphHandle handle) noexcept {
     // run), and the pool's segments go back to the driver only after a device-wide synchronisation.
     if (cudaGraphExecDestroy(graph->exec) != cudaSuccess) cudaGetLastError();
     release_capture_pool(graph->device, graph->pool);
+    if (graph->replayed != nullptr) {  // what it keeps alive, once the last replay has run
+      if (cudaEventSynchronize(graph->replayed) != cudaSuccess || cudaEventDestroy(graph->replayed) != cudaSuccess)
+        cudaGetLastError();
+    }
   } catch (...) {
     // At program exit the runtime may be gone; the memory goes with the process.
   }
