@@ -396,6 +396,7 @@ int main(int argc, char** argv) {
       scaler.scale(loss).backward();
     };
     CudaGraph graph;
+    int64_t graph_replays = 0;  // (report.json)
     Tensor graph_x;  // the batch the captured step reads
     bool warmed_up = false;
     for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
@@ -414,10 +415,12 @@ int main(int argc, char** argv) {
         if (graph.captured()) {
           graph_x.copy_(x);
           graph.replay();
+          ++graph_replays;
         } else if (cuda_graph && warmed_up) {
           graph_x = x.clone();
           graph.capture(device, [&] { forward_backward(graph_x); });
           graph.replay();
+          ++graph_replays;
         } else {
           forward_backward(x);
           warmed_up = true;
@@ -445,6 +448,8 @@ int main(int argc, char** argv) {
       scaler.save_to(state);  // f16: the loss scale goes on after a resume
       if (main_rank) nn::save_training_checkpoint(ckpt, *student, optimizer, &scheduler, state);
     }
+    graph = CudaGraph();  // its memory (a whole step's activations) back for the evaluation
+    optimizer.zero_grad(), target = s = loss = Tensor();
     if (!main_rank) {  // the rest is rank 0's: the others wait for it, then end together
       dist::barrier(7 * 24 * 3600.0);
       return;
@@ -523,7 +528,8 @@ int main(int argc, char** argv) {
                               {"loss", loss_name}, {"last_loss", last_loss}, {"train_seconds", train_seconds},
                               {"train_images_per_s", train_images > 0 ? double(train_images) / train_seconds : 0.0},
                               {"processes", dist::world_size()}, {"sync_bn", sync_bn},
-                              {"autocast", autocast}, {"cuda_graph", cuda_graph}, {"skipped_steps", scaler.skipped_steps()}};
+                              {"autocast", autocast}, {"cuda_graph", cuda_graph}, {"graph_replays", graph_replays},
+                              {"skipped_steps", scaler.skipped_steps()}};
     report["zeroshot"] = {{"samples", ev.samples}, {"templates", held_out.size()},
                           {"teacher_top1", ev.teacher_top1}, {"teacher_top5", ev.teacher_top5},
                           {"student_top1", ev.student_top1}, {"student_top5", ev.student_top5},

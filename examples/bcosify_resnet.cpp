@@ -11,6 +11,8 @@
 //   bcosify_resnet --arch resnet20 --weights CKPT --data TRAIN --test-data TEST --epochs 1 --out out/bcosify
 //   bcosify_resnet --from-scratch       (a B-cos ResNet of the same shape from random weights)
 //   mpirun -np 2 bcosify_resnet --distributed   (data-parallel fine-tuning; rank 0 does the rest)
+//   bcosify_resnet --device cuda --cuda-graph   (each step's schedule, forward and backward replayed
+//                                       from one CUDA graph once b and the biases have settled)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -37,6 +39,7 @@
 #include "nn/optim.h"
 #include "nn/safetensors.h"
 #include "nn/schedule.h"
+#include "tensor/cuda_graph.h"
 
 using namespace bcos;
 namespace fs = std::filesystem;
@@ -232,7 +235,7 @@ int main(int argc, char** argv) {
   int workers = int(std::max(1u, std::thread::hardware_concurrency()));
   uint64_t seed = 0;
   bool keep_bias = false, no_original_gridpg = false, resume = false, from_scratch = false, detect_anomaly = false;
-  bool distributed = false, sync_bn = false, split_shards = false;
+  bool distributed = false, sync_bn = false, split_shards = false, cuda_graph = false;
   std::string device_spec = "cpu", autocast = "none";
   models::FinetuneSchedule plan;
   plan.b = 2, plan.b_warmup = 0.25, plan.bias_decay = 0.3;
@@ -276,6 +279,8 @@ int main(int argc, char** argv) {
   app.add_option("--out", out, "output folder: checkpoint, model, report, PNGs");
   app.add_option("--device", device_spec, "where the models run: cpu, cuda or cuda:N");
   examples::add_autocast_option(app, autocast);
+  app.add_flag("--cuda-graph", cuda_graph, "GPU: once b and the biases have settled (after the warm-up and the fade), "
+               "replay each step's forward and backward from one CUDA graph (one process, not with --autocast f16)");
   app.add_flag("--keep-bias", keep_bias, "keep the biases and batch-norm shifts for good (an ablation: breaks completeness)");
   app.add_flag("--no-original-gridpg", no_original_gridpg,
                "skip the original model's GridPG (ablations, which measure only the B-cos model)");
@@ -302,6 +307,9 @@ int main(int argc, char** argv) {
     const bool main_rank = dist::is_main();
     if (!main_rank) s.progress = nullptr;
     BCOS_CHECK(!sync_bn || distributed, "bcosify_resnet: --sync-bn needs --distributed");
+    BCOS_CHECK(!cuda_graph || (s.device.is_cuda() && !distributed && autocast != "f16" && !detect_anomaly),
+               "bcosify_resnet: --cuda-graph needs --device cuda, one process (no --distributed), and neither "
+               "--autocast f16 (its loss scale changes per step) nor --detect-anomaly (it reads every op's output)");
     if (weights.empty()) {
       BCOS_CHECK(s.cifar, "bcosify_resnet: --weights is required for ", s.spec.arch);
       std::error_code ec;
@@ -324,6 +332,7 @@ int main(int argc, char** argv) {
     const bool fade_biases = plan.bias_decay > 0 || plan.head_bias_decay > 0;
     BCOS_CHECK(!(keep_bias && fade_biases), "bcosify_resnet: --keep-bias keeps the biases for good, so they cannot "
                "also fade out (--bias-decay / --head-bias-decay)");
+    plan.keep_biases = keep_bias;  // (else a decay of 0 would zero them at every step)
     std::vector<std::pair<std::string, double>> timings;
     const std::string command = examples::command_line(argc, argv);
 
@@ -433,6 +442,23 @@ int main(int argc, char** argv) {
     int64_t train_images = 0;
     double last_loss = 0, last_acc = 0;
     AnomalyDetectionGuard anomaly(detect_anomaly);
+    Tensor logits, loss;  // a step's
+    auto forward_backward = [&](const Tensor& images, const Tensor& labels, int64_t step) {
+      models::apply_finetune_schedule(*bcos_model, plan, step);
+      {
+        AutocastGuard mixed(s.device.type, autocast_dtype, autocast_dtype != DType::f32);
+        logits = ddp(nn::add_inverse(images));
+        loss = loss_name == "bce" ? nn::uniform_off_labels_bce(logits, labels) : cross_entropy(logits, labels);
+      }
+      optimizer.zero_grad();
+      scaler.scale(loss).backward();
+    };
+    // --cuda-graph: captured at the first step from which the schedule does the same at every step
+    // (not the run's first: that one warms up cuDNN's choices and AdamW's state), then replayed.
+    CudaGraph graph;
+    int64_t graph_replays = 0;  // (report.json)
+    Tensor graph_images, graph_labels;  // the batch the captured step reads
+    const int64_t capture_step = std::max(state.step + 1, plan.settled_step());
     for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
       bcos_model->train();
       const int64_t steps = std::min(steps_per_epoch, total_steps - epoch * steps_per_epoch);
@@ -442,24 +468,27 @@ int main(int argc, char** argv) {
       int64_t correct = 0, seen = 0;
       for (Batch& b : train_loader->epoch(epoch)) {
         if (state.step >= (epoch + 1) * steps_per_epoch || state.step >= total_steps) break;  // a partial epoch
-        models::apply_finetune_schedule(*bcos_model, plan, state.step);
         const std::vector<int64_t>& label_values = b.label_values;  // (on the host: no wait for the GPU)
         for (size_t i = 0; i < label_values.size(); ++i)
           BCOS_CHECK(label_values[i] >= 0 && label_values[i] < s.spec.num_classes, "bcosify_resnet: ", b.names[i],
                      " has label ", label_values[i], ", outside the model's ", s.spec.num_classes, " classes");
-        const Tensor labels = b.labels.to(s.device);
-        Tensor logits, loss;
-        {
-          AutocastGuard mixed(s.device.type, autocast_dtype, autocast_dtype != DType::f32);
-          logits = ddp(nn::add_inverse(b.images.to(s.device)));
-          loss = loss_name == "bce" ? nn::uniform_off_labels_bce(logits, labels) : cross_entropy(logits, labels);
+        const Tensor images = b.images.to(s.device), labels = b.labels.to(s.device);
+        if (graph.captured()) {
+          graph_images.copy_(images), graph_labels.copy_(labels);
+          graph.replay();
+          ++graph_replays;
+        } else if (cuda_graph && state.step >= capture_step) {
+          graph_images = images.clone(), graph_labels = labels.clone();
+          graph.capture(s.device, [&] { forward_backward(graph_images, graph_labels, state.step); });
+          graph.replay();
+          ++graph_replays;
+        } else {
+          forward_backward(images, labels, state.step);
         }
         const double l = loss.item();  // checked before the step, so no NaN reaches the weights
         BCOS_CHECK(std::isfinite(l), "bcosify_resnet: the loss became ", l, " at step ", state.step + 1, " (epoch ",
                    epoch + 1, "); stopped before the update", fs::exists(ckpt) ? str("; ", ckpt, " holds the last good epoch") : "",
                    detect_anomaly ? "" : "; --detect-anomaly names the op that produced the first NaN");
-        optimizer.zero_grad();
-        scaler.scale(loss).backward();
         scaler.unscale_(optimizer);  // (f16: the clipping below sees true gradients)
         nn::adaptive_clip_grad_(params, 0.01, 1e-3);
         scaler.step(optimizer);  // f16: skipped when a gradient overflowed
@@ -489,6 +518,8 @@ int main(int argc, char** argv) {
       scaler.save_to(state);  // f16: the loss scale goes on after a resume
       if (main_rank) nn::save_training_checkpoint(ckpt, *bcos_model, optimizer, &scheduler, state);
     }
+    graph = CudaGraph();  // its memory (a whole step's activations) back for the evaluation
+    optimizer.zero_grad(), logits = loss = Tensor();
     if (!main_rank) {  // the rest is rank 0's: the others wait for it to finish, then end together
       dist::barrier(7 * 24 * 3600.0);
       return;
@@ -630,6 +661,7 @@ int main(int argc, char** argv) {
         {"completeness_logit_scale", logit_scale}, {"train_images_per_s", train_ips},
         {"last_epoch_loss", last_loss}, {"last_epoch_train_accuracy", last_acc},
         {"processes", dist::world_size()}, {"sync_bn", sync_bn}, {"autocast", autocast},
+        {"cuda_graph", cuda_graph}, {"graph_replays", graph_replays},
         {"skipped_steps", scaler.skipped_steps()}};
     examples::Json times;
     for (const auto& [name, sec] : timings) times[name] = sec;

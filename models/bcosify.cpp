@@ -254,9 +254,18 @@ double FinetuneSchedule::exponent(int64_t step) const {
 
 double FinetuneSchedule::bias_fraction(int64_t step, bool head) const {
   const double fraction = head ? head_bias_decay : bias_decay;
-  if (step < 0) return 1;  // as converted
+  if (step < 0 || keep_biases) return 1;  // as converted, or kept
   if (fraction <= 0) return 0;
   return std::max(0.0, 1 - double(step) / (fraction * double(total_steps)));
+}
+
+int64_t FinetuneSchedule::settled_step() const {
+  // exponent(step) is b from step b_warmup · total_steps on; α(step) is 0 from fraction ·
+  // total_steps on, and the factor α(step) / α(step − 1) is 0 from then (1 throughout when kept).
+  double from = b_warmup > 0 ? b_warmup * double(total_steps) : 0;
+  if (!keep_biases)
+    for (const double fraction : {bias_decay, head_bias_decay}) from = std::max(from, fraction * double(total_steps));
+  return int64_t(std::ceil(from));
 }
 
 namespace {

@@ -88,14 +88,19 @@ void convert_tree(nn::Module& m, const BcosifyOptions& o, bool linears, const Ho
 //     the first `bias_decay` of the steps (0: zero from the first step), the classifier head's bias
 //     over its own `head_bias_decay`; once zero they stay zero, and remove_biases() drops them at
 //     the end, so the final model is bias-free and its explanations complete.
+//     With `keep_biases` they stay as the optimizer leaves them (α = 1: an ablation, not complete).
 //   - b warm-up: every B-cos layer's b rises linearly from 1 to `b` over the first `b_warmup` of
 //     the steps (0: b from the start; convert with b = 1 when warming up).
 struct FinetuneSchedule {
   int64_t total_steps = 1;
   double b = 2, b_warmup = 0;
   double bias_decay = 0, head_bias_decay = 0;
+  bool keep_biases = false;
   double exponent(int64_t step) const;
   double bias_fraction(int64_t step, bool head) const;  // α(step) in [0, 1]
+  // The first step from which apply_finetune_schedule does the same at every step (b reached,
+  // every bias fraction settled at 0, or 1 when kept): a CUDA graph may capture it from there.
+  int64_t settled_step() const;
 };
 // Before the forward of step `step` (0, 1, ...): sets b and scales the biases from α(step − 1) to
 // α(step) (the optimizer moves them in between, so they are rescaled, not overwritten).

@@ -121,6 +121,70 @@ TEST_CASE("recipe: apply_finetune_schedule fades the biases, the head's on its o
   CHECK_THROWS_WITH_AS(set_bcos_exponent(*a, 0.5), doctest::Contains("at least 1"), Error);
 }
 
+TEST_CASE("recipe: keep_biases leaves the biases where the optimizer puts them, b still warming up") {
+  auto model = converted_with_biases(1.0, 6);
+  FinetuneSchedule s;
+  s.total_steps = 8, s.b = 2, s.b_warmup = 0.5, s.bias_decay = 0, s.head_bias_decay = 0, s.keep_biases = true;
+  for (int64_t step = -1; step < 8; ++step) CHECK(s.bias_fraction(step, step % 2 == 0) == 1.0);
+  for (int64_t step = 0; step < 8; ++step) {
+    {
+      NoGradGuard no_grad;  // the optimizer's move between steps
+      for (const auto& [name, p] : model->named_parameters())
+        if (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0) {
+          Tensor slot = p;
+          slot.add_(full_like(slot, 0.125));
+        }
+    }
+    const auto moved = biases_of(*model);
+    apply_finetune_schedule(*model, s, step);
+    INFO("step ", step);
+    for (const auto& [name, t] : biases_of(*model)) CHECK(golden::equal(t, moved.at(name)));
+    for (const auto& [path, m] : model->named_modules())
+      if (auto* conv = dynamic_cast<nn::BcosConv2d*>(m)) CHECK(conv->options.bcos.b == s.exponent(step));
+  }
+}
+
+TEST_CASE("recipe: from settled_step() on, apply_finetune_schedule does the same at every step, and not before") {
+  // What one application does to biases the optimizer moved (each set to 0.5 first), and b.
+  auto effect = [](const FinetuneSchedule& s, int64_t step) {
+    auto model = converted_with_biases(1.0, 7);
+    {
+      NoGradGuard no_grad;
+      for (const auto& [name, p] : model->named_parameters())
+        if (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0) {
+          Tensor slot = p;
+          slot.fill_(0.5);
+        }
+    }
+    apply_finetune_schedule(*model, s, step);
+    std::vector<double> out;
+    for (const auto& [name, t] : biases_of(*model)) out.push_back(sum(t.to(DType::f64)).item());
+    for (const auto& [path, m] : model->named_modules())
+      if (auto* conv = dynamic_cast<nn::BcosConv2d*>(m)) out.push_back(conv->options.bcos.b);
+    return out;
+  };
+  struct Case {
+    int64_t total;
+    double b_warmup, bias_decay, head_bias_decay;
+    bool keep;
+  };
+  for (const Case c : {Case{10, 0.25, 0.3, 0.3, false}, Case{7, 0.25, 0.3, 0.1, false}, Case{12, 0.5, 0.0, 0.0, false},
+                       Case{9, 0.0, 0.0, 0.0, false}, Case{6, 0.0, 0.5, 0.0, false}, Case{11, 0.3, 0.0, 0.0, true},
+                       Case{5, 0.0, 0.0, 0.0, true}, Case{40, 0.1, 0.35, 0.2, false}}) {
+    FinetuneSchedule s;
+    s.total_steps = c.total, s.b = 2.5, s.b_warmup = c.b_warmup, s.bias_decay = c.bias_decay;
+    s.head_bias_decay = c.head_bias_decay, s.keep_biases = c.keep;
+    const int64_t settled = s.settled_step();
+    INFO("total ", c.total, ", b warm-up ", c.b_warmup, ", bias decay ", c.bias_decay, " / ", c.head_bias_decay,
+         c.keep ? ", kept" : "", ": settled at ", settled);
+    REQUIRE(settled >= 0);
+    REQUIRE(settled < c.total);
+    const auto from = effect(s, settled);
+    for (int64_t step = settled + 1; step < c.total + 3; ++step) CHECK(effect(s, step) == from);
+    if (settled > 0) CHECK(effect(s, settled - 1) != from);
+  }
+}
+
 TEST_CASE("recipe: remove_biases leaves the model a bias-free B-cos network with complete explanations") {
   auto model = converted_with_biases(2.0, 5);
   remove_biases(*model);
