@@ -10,6 +10,8 @@
 //                                     batch, the features of all ranks are gathered (with their
 //                                     gradients), so the loss sees the whole global batch as on one
 //                                     process (open_clip's gather_with_grad)
+//   train_clip --device cuda --cuda-graph     each step's forward and backward replayed from one
+//                                     CUDA graph (every caption encoded: a graph's shapes are fixed)
 // The loss is CLIP's symmetric cross-entropy over the batch's image-text logits, with a learnable
 // temperature clamped so exp(logit_scale) <= 100; AdamW with CLIP's betas, decoupled weight decay
 // on weight matrices only, cosine schedule with warm-up; checkpoints every epoch and --resume.
@@ -32,6 +34,7 @@
 #include "nn/optim.h"
 #include "nn/safetensors.h"
 #include "nn/schedule.h"
+#include "tensor/cuda_graph.h"
 
 using namespace bcos;
 namespace fs = std::filesystem;
@@ -96,7 +99,7 @@ int main(int argc, char** argv) {
   int workers = int(std::max(1u, std::thread::hardware_concurrency()));
   uint64_t seed = 0;
   bool from_classes = false, resume = false, eval_each_epoch = false, detect_anomaly = false, distributed = false,
-       sync_bn = false, split_shards = false;
+       sync_bn = false, split_shards = false, cuda_graph = false;
   cli::Option* data_opt = app.add_option("--data", train_path, "training shards: <key>.jpg + <key>.txt (or .cls with "
                                          "--captions-from-classes)");
   cli::Option* test_opt = app.add_option("--test-data", test_path, "labelled test data for the zero-shot evaluation (\"\" to skip)");
@@ -135,6 +138,9 @@ int main(int argc, char** argv) {
   app.add_option("--device", device_spec, "where the model trains: cpu, cuda or cuda:N (with --distributed: "
                  "cuda gives each rank the GPU of its local rank)");
   examples::add_autocast_option(app, autocast);
+  app.add_flag("--cuda-graph", cuda_graph, "GPU: replay each step's forward and backward from one CUDA graph, captured "
+               "at the run's second step; every caption is encoded (not each distinct one once: a graph's shapes are "
+               "fixed); one process, not with --autocast f16");
   app.add_flag("--resume", resume, "continue from OUT/checkpoint.safetensors");
   app.add_flag("--detect-anomaly", detect_anomaly,
                "check every op's output and gradient while training; stop at the first NaN, naming the op (slow)");
@@ -149,6 +155,10 @@ int main(int argc, char** argv) {
     examples::check_given_paths("train_clip", {data_opt, test_opt, vocab_opt});
     examples::start_processes("train_clip", distributed, batch);
     BCOS_CHECK(!sync_bn || distributed, "train_clip: --sync-bn needs --distributed");
+    BCOS_CHECK(!cuda_graph || (examples::parse_device(device_spec).is_cuda() && !distributed && autocast != "f16" &&
+                               !detect_anomaly),
+               "train_clip: --cuda-graph needs --device cuda, one process (no --distributed), and neither --autocast "
+               "f16 (its loss scale changes per step) nor --detect-anomaly (it reads every op's output)");
     const bool main_rank = dist::is_main();
     std::FILE* progress = main_rank ? stderr : nullptr;
     if (!data_opt->count()) from_classes = true;  // the CIFAR-10 shards have labels, not captions
@@ -230,6 +240,28 @@ int main(int argc, char** argv) {
     };
     double train_seconds = 0, last_loss = 0;
     AnomalyDetectionGuard anomaly(detect_anomaly);
+    // A step's forward and backward: the captions' tokens encoded, their rows picked by `rows` when
+    // given (each distinct caption encoded once), the global batch's logits and loss.
+    Tensor logits, loss;
+    auto forward_backward = [&](const Tensor& images, const Tensor& tokens, const Tensor& rows) {
+      {
+        AutocastGuard mixed(device.type, autocast_dtype, autocast_dtype != DType::f32);
+        const Tensor encoded = model->encode_text(tokens);
+        const Tensor text_features = rows.defined() ? index_select(encoded, 0, rows) : encoded;
+        // Every rank's features, in rank order, gradients flowing back to their own rank: the
+        // global batch's logits (the identity on one process).
+        ddp.broadcast_buffers();  // rank 0's running statistics, as ddp(x) does (the towers run outside it)
+        logits = model->logits(dist::all_gather_autograd(model->encode_image(images)),
+                               dist::all_gather_autograd(text_features));
+        loss = models::clip_contrastive_loss(logits);
+      }
+      optimizer.zero_grad();
+      scaler.scale(loss).backward();
+    };
+    CudaGraph graph;
+    Tensor graph_images, graph_tokens;  // what the captured step reads
+    int64_t graph_replays = 0;  // (report.json)
+    bool warmed_up = false;
     for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
       model->train();
       const int64_t steps = std::min(steps_per_epoch, total_steps - epoch * steps_per_epoch);
@@ -255,36 +287,38 @@ int main(int argc, char** argv) {
         for (size_t i = 0; i < captions.size(); ++i)
           BCOS_CHECK(!captions[i].empty(), "train_clip: ", b.names[i], " has no caption (.txt); pass "
                      "--captions-from-classes for labelled data");
-        // Each distinct caption is encoded once (captions made from templates repeat within a
-        // batch); rows are then gathered back, so the logits and gradients are exactly those of
-        // encoding every caption.
-        std::vector<std::string> distinct;
-        std::vector<int64_t> row_of;
-        std::map<std::string, int64_t> seen_at;
-        for (const auto& c : captions) {
-          auto [it, fresh] = seen_at.emplace(c, int64_t(distinct.size()));
-          if (fresh) distinct.push_back(c);
-          row_of.push_back(it->second);
-        }
-        Tensor logits, loss;
-        {
-          AutocastGuard mixed(device.type, autocast_dtype, autocast_dtype != DType::f32);
-          const Tensor text_features = index_select(
-              model->encode_text(tok->tokenize(distinct, config.context_length, true).to(device)), 0,
-              from_vector(row_of, {int64_t(row_of.size())}).to(device));
-          // Every rank's features, in rank order, gradients flowing back to their own rank: the
-          // global batch's logits (the identity on one process).
-          ddp.broadcast_buffers();  // rank 0's running statistics, as ddp(x) does (the towers run outside it)
-          logits = model->logits(dist::all_gather_autograd(model->encode_image(b.images.to(device))),
-                                 dist::all_gather_autograd(text_features));
-          loss = models::clip_contrastive_loss(logits);
+        const Tensor images = b.images.to(device);
+        if (!cuda_graph) {
+          // Each distinct caption is encoded once (captions made from templates repeat within a
+          // batch); rows are then gathered back, so the logits and gradients are exactly those of
+          // encoding every caption.
+          std::vector<std::string> distinct;
+          std::vector<int64_t> row_of;
+          std::map<std::string, int64_t> seen_at;
+          for (const auto& c : captions) {
+            auto [it, fresh] = seen_at.emplace(c, int64_t(distinct.size()));
+            if (fresh) distinct.push_back(c);
+            row_of.push_back(it->second);
+          }
+          forward_backward(images, tok->tokenize(distinct, config.context_length, true).to(device),
+                           from_vector(row_of, {int64_t(row_of.size())}).to(device));
+        } else {  // captured at the run's second step (the first warms up), then replayed
+          const Tensor tokens = tok->tokenize(captions, config.context_length, true).to(device);
+          if (graph.captured()) {
+            graph_images.copy_(images), graph_tokens.copy_(tokens);
+          } else if (warmed_up) {
+            graph_images = images.clone(), graph_tokens = tokens.clone();
+            graph.capture(device, [&] { forward_backward(graph_images, graph_tokens, Tensor()); });
+          } else {
+            forward_backward(images, tokens, Tensor());
+            warmed_up = true;
+          }
+          if (graph.captured()) graph.replay(), ++graph_replays;
         }
         const double l = loss.item();  // checked before the step, so no NaN reaches the weights
         BCOS_CHECK(std::isfinite(l), "train_clip: the loss became ", l, " at step ", state.step + 1, " (epoch ", epoch + 1,
                    "); stopped before the update", fs::exists(ckpt) ? str("; ", ckpt, " holds the last good epoch") : "",
                    detect_anomaly ? "" : "; --detect-anomaly names the op that produced the first NaN");
-        optimizer.zero_grad();
-        scaler.scale(loss).backward();
         scaler.step(optimizer);  // f16: skipped when a gradient overflowed
         scaler.update();
         {  // AdamW's decoupled decay, on the weight matrices only
@@ -313,6 +347,8 @@ int main(int argc, char** argv) {
       if (main_rank && eval_each_epoch && !test_path.empty() && epoch + 1 < epoch_count)
         std::printf("epoch %lld: zero-shot top-1 %.2f %%\n", static_cast<long long>(epoch + 1), zero_shot().top1);
     }
+    graph = CudaGraph();  // its memory (a whole step's activations) back for the evaluation
+    optimizer.zero_grad(), logits = loss = Tensor();
     if (!main_rank) {  // the rest is rank 0's: the others wait for it, then end together
       dist::barrier(7 * 24 * 3600.0);
       return;
@@ -327,6 +363,7 @@ int main(int argc, char** argv) {
                              {"last_epoch_loss", last_loss}, {"train_seconds", train_seconds},
                              {"train_templates", fit_templates}, {"held_out_templates", held_out},
                              {"processes", ranks}, {"sync_bn", sync_bn}, {"autocast", autocast}, {"device", device.name()},
+                             {"cuda_graph", cuda_graph}, {"graph_replays", graph_replays},
                              {"skipped_steps", scaler.skipped_steps()}};
     if (!test_path.empty()) {
       const examples::ZeroShotResult r = zero_shot();

@@ -157,6 +157,7 @@ expect_error "clip tokenize: random bytes as the vocabulary" "random.pt" "$ex/cl
 expect_error "train_clip: missing vocabulary" "none.txt.gz" "$ex/train_clip" --vocab "$work/none.txt.gz" --out "$work/t0"
 expect_error "bcos_clip_zeroshot: a missing teacher" "none.pt does not exist" "$ex/bcos_clip_zeroshot" --clip "$work/none.pt" --out "$work/z0"
 expect_error "train_clip: --data missing" "none.tar" "$ex/train_clip" --data "$work/none.tar" --out "$work/t0"
+expect_error "train_clip: --cuda-graph on the CPU" "--cuda-graph needs --device cuda" "$ex/train_clip" --cuda-graph --out "$work/z0"
 expect_error "bcosify_resnet: --cuda-graph on the CPU" "--cuda-graph needs --device cuda" "$ex/bcosify_resnet" --cuda-graph --out "$work/z0"
 expect_error "bcos_clip_zeroshot: --cuda-graph on the CPU" "--cuda-graph needs --device cuda" "$ex/bcos_clip_zeroshot" --cuda-graph --out "$work/z0"
 expect_error "bcos_clip_zeroshot: --test-data missing" "none.tar" "$ex/bcos_clip_zeroshot" --test-data "$work/none.tar" --out "$work/z0"

@@ -36,6 +36,8 @@ close() {
   awk -v a="$1" -v b="$2" -v exact="${EMULATED:-0}" 'BEGIN {d = a - b; if (d < 0) d = -d; m = a < 0 ? -a : a
     exit !(a != "" && b != "" && (exact == 1 ? a == b : d <= 1e-4 * m))}'
 }
+# near A B: within 1e-3 relative, on the emulator too (two computations alike but not the same)
+near() { awk -v a="$1" -v b="$2" 'BEGIN {d = a - b; if (d < 0) d = -d; exit !(a != "" && b != "" && d <= 1e-3 * (a < 0 ? -a : a))}'; }
 # at_most FILE PATTERN LIMIT: the number after PATTERN in FILE is there and at most LIMIT
 at_most() {
   local v
@@ -117,8 +119,18 @@ if [[ -f "$vocab" && -f "$shard" ]]; then
         --context-length 16 --warmup 1)
   exits_zero "train_clip --device cuda trains a tiny CLIP and evaluates it (exit 0)" \
     "$build/examples/train_clip" --device cuda --vocab "$vocab" --data "$shard" --captions-from-classes \
-    --test-data "$shard" --epochs 1 --limit-train 128 --batch 64 --limit-test 64 "${tiny[@]}" --out "$work/clip"
+    --test-data "$shard" --epochs 1 --limit-train 256 --batch 64 --limit-test 64 "${tiny[@]}" --out "$work/clip"
   check "... with a zero-shot top-1 in report.json" contains "$work/clip/report.json" '"top1"'
+  # ... with its second step captured in a CUDA graph and replayed, then the third and fourth: every
+  # caption encoded there (not each distinct one once), so the sums differ in the last bits (4e-6
+  # relative on the emulator; a replay of a stale batch: 7e-3).
+  exits_zero "train_clip --device cuda --cuda-graph (exit 0)" \
+    "$build/examples/train_clip" --device cuda --vocab "$vocab" --data "$shard" --captions-from-classes \
+    --test-data "" --epochs 1 --limit-train 256 --batch 64 "${tiny[@]}" --cuda-graph --out "$work/clip_graph"
+  check "... replaying 3 steps" test "$(json_number "$work/clip_graph/report.json" graph_replays)" = 3
+  check "... to the loss of the run without (eager $(json_number "$work/clip/report.json" last_epoch_loss), graph $(
+    json_number "$work/clip_graph/report.json" last_epoch_loss))" near "$(json_number \
+    "$work/clip/report.json" last_epoch_loss)" "$(json_number "$work/clip_graph/report.json" last_epoch_loss)"
   exits_zero "train_clip --device cuda --autocast bf16 (exit 0)" \
     "$build/examples/train_clip" --device cuda --vocab "$vocab" --data "$shard" --captions-from-classes \
     --test-data "" --epochs 1 --limit-train 128 --batch 64 "${tiny[@]}" --autocast bf16 --out "$work/clip_bf16"
