@@ -32,6 +32,7 @@
 #include "examples/cli.h"
 #include "examples/clip_common.h"
 #include "examples/distributed.h"
+#include "examples/graphed_step.h"
 #include "dist/data_parallel.h"
 #include "models/bcos_clip.h"
 #include "models/clip_load.h"
@@ -43,7 +44,6 @@
 #include "nn/optim.h"
 #include "nn/safetensors.h"
 #include "nn/schedule.h"
-#include "tensor/cuda_graph.h"
 
 using namespace bcos;
 namespace fs = std::filesystem;
@@ -395,10 +395,8 @@ int main(int argc, char** argv) {
       optimizer.zero_grad();
       scaler.scale(loss).backward();
     };
-    CudaGraph graph;
-    int64_t graph_replays = 0;  // (report.json)
-    Tensor graph_x;  // the batch the captured step reads
-    bool warmed_up = false;
+    examples::GraphedStep graphed;  // --cuda-graph: captured at the run's second step (the first warms up)
+    const int64_t first_step = state.step;
     for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
       student->train();
       teacher->eval();
@@ -409,22 +407,8 @@ int main(int argc, char** argv) {
       int64_t seen = 0;
       for (Batch& bt : train_loader->epoch(epoch)) {
         if (state.step >= (epoch + 1) * steps_per_epoch || state.step >= total_steps) break;
-        // Forward and backward; with --cuda-graph captured at the run's second step (the first warms
-        // up: cuDNN's choices, Adam's state) and replayed from then on, reading the batch from graph_x.
-        const Tensor x = bt.images.to(device);
-        if (graph.captured()) {
-          graph_x.copy_(x);
-          graph.replay();
-          ++graph_replays;
-        } else if (cuda_graph && warmed_up) {
-          graph_x = x.clone();
-          graph.capture(device, [&] { forward_backward(graph_x); });
-          graph.replay();
-          ++graph_replays;
-        } else {
-          forward_backward(x);
-          warmed_up = true;
-        }
+        graphed.run({bt.images.to(device)}, cuda_graph && state.step > first_step,
+                    [&](const std::vector<Tensor>& in) { forward_backward(in[0]); });
         const double l = loss.item();  // checked before the step, so no NaN reaches the weights
         BCOS_CHECK(std::isfinite(l), "bcos_clip_zeroshot: the loss became ", l, " at step ", state.step + 1, " (epoch ",
                    epoch + 1, "); stopped before the update",
@@ -448,7 +432,7 @@ int main(int argc, char** argv) {
       scaler.save_to(state);  // f16: the loss scale goes on after a resume
       if (main_rank) nn::save_training_checkpoint(ckpt, *student, optimizer, &scheduler, state);
     }
-    graph = CudaGraph();  // its memory (a whole step's activations) back for the evaluation
+    graphed.release();
     optimizer.zero_grad(), target = s = loss = Tensor();
     if (!main_rank) {  // the rest is rank 0's: the others wait for it, then end together
       dist::barrier(7 * 24 * 3600.0);
@@ -528,7 +512,7 @@ int main(int argc, char** argv) {
                               {"loss", loss_name}, {"last_loss", last_loss}, {"train_seconds", train_seconds},
                               {"train_images_per_s", train_images > 0 ? double(train_images) / train_seconds : 0.0},
                               {"processes", dist::world_size()}, {"sync_bn", sync_bn},
-                              {"autocast", autocast}, {"cuda_graph", cuda_graph}, {"graph_replays", graph_replays},
+                              {"autocast", autocast}, {"cuda_graph", cuda_graph}, {"graph_replays", graphed.replays()},
                               {"skipped_steps", scaler.skipped_steps()}};
     report["zeroshot"] = {{"samples", ev.samples}, {"templates", held_out.size()},
                           {"teacher_top1", ev.teacher_top1}, {"teacher_top5", ev.teacher_top5},

@@ -29,6 +29,7 @@
 #include "examples/cli.h"
 #include "examples/classifier.h"
 #include "examples/distributed.h"
+#include "examples/graphed_step.h"
 #include "models/bcosify.h"
 #include "models/explain.h"
 #include "models/factory.h"
@@ -39,7 +40,6 @@
 #include "nn/optim.h"
 #include "nn/safetensors.h"
 #include "nn/schedule.h"
-#include "tensor/cuda_graph.h"
 
 using namespace bcos;
 namespace fs = std::filesystem;
@@ -455,9 +455,7 @@ int main(int argc, char** argv) {
     };
     // --cuda-graph: captured at the first step from which the schedule does the same at every step
     // (not the run's first: that one warms up cuDNN's choices and AdamW's state), then replayed.
-    CudaGraph graph;
-    int64_t graph_replays = 0;  // (report.json)
-    Tensor graph_images, graph_labels;  // the batch the captured step reads
+    examples::GraphedStep graphed;
     const int64_t capture_step = std::max(state.step + 1, plan.settled_step());
     for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
       bcos_model->train();
@@ -473,18 +471,8 @@ int main(int argc, char** argv) {
           BCOS_CHECK(label_values[i] >= 0 && label_values[i] < s.spec.num_classes, "bcosify_resnet: ", b.names[i],
                      " has label ", label_values[i], ", outside the model's ", s.spec.num_classes, " classes");
         const Tensor images = b.images.to(s.device), labels = b.labels.to(s.device);
-        if (graph.captured()) {
-          graph_images.copy_(images), graph_labels.copy_(labels);
-          graph.replay();
-          ++graph_replays;
-        } else if (cuda_graph && state.step >= capture_step) {
-          graph_images = images.clone(), graph_labels = labels.clone();
-          graph.capture(s.device, [&] { forward_backward(graph_images, graph_labels, state.step); });
-          graph.replay();
-          ++graph_replays;
-        } else {
-          forward_backward(images, labels, state.step);
-        }
+        graphed.run({images, labels}, cuda_graph && state.step >= capture_step,
+                    [&](const std::vector<Tensor>& in) { forward_backward(in[0], in[1], state.step); });
         const double l = loss.item();  // checked before the step, so no NaN reaches the weights
         BCOS_CHECK(std::isfinite(l), "bcosify_resnet: the loss became ", l, " at step ", state.step + 1, " (epoch ",
                    epoch + 1, "); stopped before the update", fs::exists(ckpt) ? str("; ", ckpt, " holds the last good epoch") : "",
@@ -518,7 +506,7 @@ int main(int argc, char** argv) {
       scaler.save_to(state);  // f16: the loss scale goes on after a resume
       if (main_rank) nn::save_training_checkpoint(ckpt, *bcos_model, optimizer, &scheduler, state);
     }
-    graph = CudaGraph();  // its memory (a whole step's activations) back for the evaluation
+    graphed.release();
     optimizer.zero_grad(), logits = loss = Tensor();
     if (!main_rank) {  // the rest is rank 0's: the others wait for it to finish, then end together
       dist::barrier(7 * 24 * 3600.0);
@@ -661,7 +649,7 @@ int main(int argc, char** argv) {
         {"completeness_logit_scale", logit_scale}, {"train_images_per_s", train_ips},
         {"last_epoch_loss", last_loss}, {"last_epoch_train_accuracy", last_acc},
         {"processes", dist::world_size()}, {"sync_bn", sync_bn}, {"autocast", autocast},
-        {"cuda_graph", cuda_graph}, {"graph_replays", graph_replays},
+        {"cuda_graph", cuda_graph}, {"graph_replays", graphed.replays()},
         {"skipped_steps", scaler.skipped_steps()}};
     examples::Json times;
     for (const auto& [name, sec] : timings) times[name] = sec;

@@ -28,13 +28,13 @@
 #include "dist/data_parallel.h"
 #include "examples/clip_common.h"
 #include "examples/distributed.h"
+#include "examples/graphed_step.h"
 #include "models/clip_load.h"
 #include "nn/checkpoint.h"
 #include "nn/grad_scaler.h"
 #include "nn/optim.h"
 #include "nn/safetensors.h"
 #include "nn/schedule.h"
-#include "tensor/cuda_graph.h"
 
 using namespace bcos;
 namespace fs = std::filesystem;
@@ -258,10 +258,8 @@ int main(int argc, char** argv) {
       optimizer.zero_grad();
       scaler.scale(loss).backward();
     };
-    CudaGraph graph;
-    Tensor graph_images, graph_tokens;  // what the captured step reads
-    int64_t graph_replays = 0;  // (report.json)
-    bool warmed_up = false;
+    examples::GraphedStep graphed;  // --cuda-graph: captured at the run's second step (the first warms up)
+    const int64_t first_step = state.step;
     for (int64_t epoch = state.epoch; epoch < epoch_count; ++epoch) {
       model->train();
       const int64_t steps = std::min(steps_per_epoch, total_steps - epoch * steps_per_epoch);
@@ -302,18 +300,10 @@ int main(int argc, char** argv) {
           }
           forward_backward(images, tok->tokenize(distinct, config.context_length, true).to(device),
                            from_vector(row_of, {int64_t(row_of.size())}).to(device));
-        } else {  // captured at the run's second step (the first warms up), then replayed
-          const Tensor tokens = tok->tokenize(captions, config.context_length, true).to(device);
-          if (graph.captured()) {
-            graph_images.copy_(images), graph_tokens.copy_(tokens);
-          } else if (warmed_up) {
-            graph_images = images.clone(), graph_tokens = tokens.clone();
-            graph.capture(device, [&] { forward_backward(graph_images, graph_tokens, Tensor()); });
-          } else {
-            forward_backward(images, tokens, Tensor());
-            warmed_up = true;
-          }
-          if (graph.captured()) graph.replay(), ++graph_replays;
+        } else {
+          graphed.run({images, tok->tokenize(captions, config.context_length, true).to(device)},
+                      state.step > first_step,
+                      [&](const std::vector<Tensor>& in) { forward_backward(in[0], in[1], Tensor()); });
         }
         const double l = loss.item();  // checked before the step, so no NaN reaches the weights
         BCOS_CHECK(std::isfinite(l), "train_clip: the loss became ", l, " at step ", state.step + 1, " (epoch ", epoch + 1,
@@ -347,7 +337,7 @@ int main(int argc, char** argv) {
       if (main_rank && eval_each_epoch && !test_path.empty() && epoch + 1 < epoch_count)
         std::printf("epoch %lld: zero-shot top-1 %.2f %%\n", static_cast<long long>(epoch + 1), zero_shot().top1);
     }
-    graph = CudaGraph();  // its memory (a whole step's activations) back for the evaluation
+    graphed.release();
     optimizer.zero_grad(), logits = loss = Tensor();
     if (!main_rank) {  // the rest is rank 0's: the others wait for it, then end together
       dist::barrier(7 * 24 * 3600.0);
@@ -363,7 +353,7 @@ int main(int argc, char** argv) {
                              {"last_epoch_loss", last_loss}, {"train_seconds", train_seconds},
                              {"train_templates", fit_templates}, {"held_out_templates", held_out},
                              {"processes", ranks}, {"sync_bn", sync_bn}, {"autocast", autocast}, {"device", device.name()},
-                             {"cuda_graph", cuda_graph}, {"graph_replays", graph_replays},
+                             {"cuda_graph", cuda_graph}, {"graph_replays", graphed.replays()},
                              {"skipped_steps", scaler.skipped_steps()}};
     if (!test_path.empty()) {
       const examples::ZeroShotResult r = zero_shot();
