@@ -24,8 +24,10 @@ struct Switched {
   Switched(const Switched&) = delete;
   Switched& operator=(const Switched&) = delete;
 };
-// allow_tf32() (false: float32 products in float32); cudnn_graph_api() (conv_graph.cu).
+// allow_tf32() (false: float32 products in float32); cudnn_graph_api() (conv_graph.cu);
+// cudnn_benchmark() (each candidate timed, the fastest kept).
 using Tf32 = Switched<allow_tf32, set_allow_tf32>;
 using GraphApi = Switched<cudnn_graph_api, set_cudnn_graph_api>;
+using CudnnBenchmark = Switched<cudnn_benchmark, set_cudnn_benchmark>;
 
 }  // namespace bcos::gpu_test

@@ -144,10 +144,7 @@ TEST_CASE("cuda conv graph: a view that starts inside its allocation gets a plan
 TEST_CASE("cuda conv graph: cudnn_benchmark times the graph API's engines and keeps the fastest") {
   if (!have_gpu()) return;
   GraphApi on(true);
-  struct Benchmarking {
-    Benchmarking() { set_cudnn_benchmark(true); }
-    ~Benchmarking() { set_cudnn_benchmark(false); }
-  } benchmarking;
+  const gpu_test::CudnnBenchmark benchmarking(true);
   manual_seed(74);
   const Tensor x = randn({3, 4, 9, 13}, kFloat64), w = randn({5, 4, 3, 3}, kFloat64), b = randn({5}, kFloat64);
   const Window o{2, 1, 1, 1};

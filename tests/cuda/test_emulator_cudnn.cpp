@@ -19,6 +19,7 @@
 #include "tensor/cuda/emulator/runtime.h"
 #include "tensor/cuda_graph.h"
 #include "tests/cuda/emulator_test.h"
+#include "tests/cuda/gpu_test.h"
 #include "tests/golden.h"
 
 using namespace bcos;
@@ -80,10 +81,7 @@ void same(const std::vector<Tensor>& gpu, const std::vector<Tensor>& cpu) {
 // it takes the timed choice, so `searched()` (plans built, heuristics asked) stays where the
 // warm-up left it, and the replay gives the warm-up's bits.
 void check_capture_after_benchmark_warm_up(const Tensor& x, const Tensor& w, const std::function<int64_t()>& searched) {
-  struct BenchmarkMode {
-    BenchmarkMode() { set_cudnn_benchmark(true); }
-    ~BenchmarkMode() { set_cudnn_benchmark(false); }
-  } benchmark;
+  const gpu_test::CudnnBenchmark benchmark(true);
   const Tensor warm = conv2d(x, w, Tensor(), 1, 1, 1, 1);
   const int64_t before = searched();
   Tensor y;
@@ -322,10 +320,7 @@ TEST_CASE("emulator conv graph: an engine refused at execution, failing there, o
 TEST_CASE("emulator conv graph: each engine configuration is tried once though INSTANT's and FALLBACK's lists both "
           "name it; the same engine with a knob set otherwise is another configuration") {
   Restore restore;
-  struct BenchmarkMode {  // every configuration that runs is timed: none left out by an earlier success
-    BenchmarkMode() { set_cudnn_benchmark(true); }
-    ~BenchmarkMode() { set_cudnn_benchmark(false); }
-  } benchmark;
+  const gpu_test::CudnnBenchmark benchmark(true);  // every configuration that runs is timed: none left out
   manual_seed(84);
   const Device cuda = Device::cuda(0);
   {
